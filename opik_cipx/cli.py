@@ -1,0 +1,66 @@
+"""The `opik-cipx` command: one argparse dispatcher for the daemon and every helper command.
+
+Command modules are imported only when chosen, so a short-lived command such as `sync`
+(run on every Claude Code session start) loads only what it needs.
+"""
+
+import argparse
+import importlib
+import os
+import sys
+
+from opik_cipx import __version__
+from opik_cipx.config import ConfigError, is_truthy, load_settings
+
+# name -> (module under opik_cipx.commands, or None while not built yet; one-line help)
+COMMANDS: dict[str, tuple[str | None, str]] = {
+    "status": (None, "snapshot the running daemon (--json for the raw admin stats)"),
+    "sync": (None, "install/refresh the supervisor, start the daemon, point Claude Code at it"),
+    "restart": (None, "restart the daemon to pick up the binary on disk"),
+    "logs": (None, "print and follow the gateway log"),
+    "viewer": (None, "print (--open: launch) the debug viewer URL"),
+    "purge": (None, "stop the daemon and wipe the spool (drops unshipped spans)"),
+    "uninstall": (None, "stop the daemon, remove the supervisor and settings entry, delete ~/.opik-cipx"),
+    "proxy": ("proxy", "run the gateway in the foreground (normally started by the supervisor)"),
+    "replay": (None, "re-derive spans from stored raw captures (offline, read-only)"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="opik-cipx",
+        description="Local cost-intelligence proxy for Claude Code: where did my tokens go, and what did they cost?",
+    )
+    parser.add_argument("--version", action="version", version=f"opik-cipx {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    for name, (module_name, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if module_name and name == chosen:
+            module = importlib.import_module(f"opik_cipx.commands.{module_name}")
+            module.configure(command)
+            command.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    if not hasattr(args, "run"):
+        print(f"opik-cipx: '{args.command}' is not available in opik-cipx {__version__} yet.", file=sys.stderr)
+        return 2
+    if args.command == "proxy" and is_truthy(os.environ.get("CIPX_DISABLED")):
+        return 0  # the kill switch wins over everything, even a broken config file
+    try:
+        settings = load_settings(dict(os.environ))
+    except ConfigError as exc:
+        print(f"opik-cipx: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return args.run(args, settings)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+"""One module per subcommand. Each defines `HELP`, `configure(parser)` and `run(args, settings)`."""
