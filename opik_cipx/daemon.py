@@ -1,0 +1,181 @@
+"""The long-lived daemon behind `opik-cipx proxy`: listeners, workers, `state.json`, shutdown.
+
+Start order: gateway port first (a taken 9909 fails before anything is written), then the
+admin port, the worker, and finally `state.json`, the handshake `sync` and `status` wait for.
+Stop order on SIGTERM/SIGINT: stop accepting, let in-flight exchanges finish (bounded), drain
+the tee queue (bounded), close files, remove `state.json`.
+"""
+
+import logging
+import os
+import signal
+import ssl
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from opik_cipx import __version__
+from opik_cipx.admin import AdminHandler
+from opik_cipx.capture import Capture
+from opik_cipx.capture_store import CaptureStore
+from opik_cipx.config import Settings
+from opik_cipx.gateway import Gateway, GatewayHandler
+from opik_cipx.home import private_dir, write_json
+from opik_cipx.logs import configure_daemon_logging
+from opik_cipx.loopback import ListenError, LoopbackServer
+from opik_cipx.pipeline import Pipeline
+from opik_cipx.ports import assign_picked_ports, claude_code_port
+from opik_cipx.stats import Counters, build_stats
+from opik_cipx.upstream import UpstreamPool
+
+log = logging.getLogger(__name__)
+SHUTDOWN_POLL_S = 0.1  # how often an idle listener checks for shutdown
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message is one line fit for the user."""
+
+
+def utc_iso(ts: float) -> str:
+    """ISO-8601 UTC with a `Z` suffix, millisecond precision."""
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class Daemon:
+    """Owns every listener and worker thread of one running proxy."""
+
+    def __init__(self, settings: Settings, port: int | None = None):
+        self.settings = settings
+        self.counters = Counters()
+        self.started_at = time.time()
+        private_dir(settings.home)
+        try:
+            self.pool = UpstreamPool(
+                settings.upstream_url,
+                settings.upstream_proxy,
+                settings.ca_bundle,
+                settings.upstream_connect_timeout_s,
+                settings.upstream_timeout_s,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"cannot load the CA bundle {settings.ca_bundle!r}: {exc}") from None
+        self.store = (
+            CaptureStore(
+                settings.captures_dir,
+                max_bytes=settings.captures_max_mb * 1024 * 1024,
+                max_age_s=settings.captures_max_age_days * 86400,
+                segment_bytes=settings.captures_segment_mb * 1024 * 1024,
+            )
+            if settings.captures_enabled
+            else None
+        )
+        stages = [("capture_store", self._persist_capture)] if self.store else []
+        self.pipeline = Pipeline(stages, self.counters, settings.tee_queue_max)
+        self.gateway = Gateway(self.pool, self.pipeline.offer, self.counters)
+        host = settings.listen_host
+        try:
+            handler = type("Handler", (GatewayHandler,), {"gateway": self.gateway})
+            self.gateway_server = LoopbackServer(
+                "claude_code", host, claude_code_port(settings.ports_path) if port is None else port, handler
+            )
+            self.ports = assign_picked_ports(settings.ports_path)
+            self.ports["claude_code"] = self.gateway_server.port
+            admin_handler = type("Handler", (AdminHandler,), {"stats": staticmethod(self.stats)})
+            self.admin_server = LoopbackServer("admin", host, self.ports["admin"], admin_handler)
+        except ListenError as exc:
+            self.pool.close()
+            if hasattr(self, "gateway_server"):
+                self.gateway_server.server_close()
+            raise StartupError(str(exc)) from None
+        self._threads: list[threading.Thread] = []
+
+    def _persist_capture(self, capture: Capture) -> None:
+        try:
+            self.store.append(capture)
+        except OSError as exc:
+            self.counters.incr("raw_captures_dropped")
+            log.warning("capture store: cannot write capture %s: %s", capture.id, exc.strerror or exc)
+
+    def start(self) -> None:
+        self.pipeline.start()
+        for server in (self.gateway_server, self.admin_server):
+            thread = threading.Thread(
+                target=server.serve_forever, args=(SHUTDOWN_POLL_S,), name=f"cipx-{server.name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        write_json(self.settings.state_path, self.state())
+        log.info(
+            "opik-cipx %s listening: claude_code 127.0.0.1:%d, admin 127.0.0.1:%d, upstream %s",
+            __version__, self.ports["claude_code"], self.ports["admin"], self.settings.upstream_url,
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "started_at": utc_iso(self.started_at),
+            "ports": self.ports,
+            "version": __version__,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        listeners = {
+            "claude_code": f"127.0.0.1:{self.ports['claude_code']}",
+            "admin": f"127.0.0.1:{self.ports['admin']}",
+            "viewer": None,
+        }
+        base = {
+            "pid": os.getpid(),
+            "version": __version__,
+            "started_at": utc_iso(self.started_at),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "listeners": listeners,
+            "project": None,
+        }
+        return build_stats(base, self.counters, {"materializer": self.pipeline.section})
+
+    def shutdown(self) -> None:
+        """Stop accepting, drain in-flight exchanges and the tee queue, release everything."""
+        drain = self.settings.drain_timeout_s
+        self.gateway.draining = True
+        self.gateway_server.shutdown()
+        self.gateway_server.server_close()
+        if not self.gateway.wait_idle(drain):
+            log.warning("shutdown: %d exchange(s) still in flight after %.0fs; stopping anyway",
+                        self.gateway.inflight, drain)
+        if not self.pipeline.stop(timeout_s=max(drain, 5.0)):
+            log.warning("shutdown: materializer did not drain its queue in time")
+        self.admin_server.shutdown()
+        self.admin_server.server_close()
+        self.pool.close()
+        if self.store:
+            self.store.close()
+        try:
+            self.settings.state_path.unlink()
+        except FileNotFoundError:
+            pass
+        log.info("opik-cipx stopped")
+
+
+def run_proxy(settings: Settings, port: int | None = None) -> int:
+    """Run the daemon in the foreground until SIGTERM/SIGINT; the exit code."""
+    os.umask(0o077)
+    private_dir(settings.home)
+    configure_daemon_logging(settings.logs_dir, settings.logs_max_mb * 1024 * 1024, settings.logs_backups)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    try:
+        daemon = Daemon(settings, port)
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    daemon.start()
+    while not stop.wait(1.0):
+        pass
+    log.info("signal received: draining")
+    daemon.shutdown()
+    return 0

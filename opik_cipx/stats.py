@@ -1,0 +1,92 @@
+"""Process-wide counters and the `/admin/stats` document (architecture.md, contract 3).
+
+Counters are plain integers behind one lock: increments come from the wire and worker threads
+and cost a lock round-trip, nothing more. Sections a component has not filled yet are present
+with zero/null values, so `status` can always render the full document.
+"""
+
+import threading
+from typing import Any, Callable
+
+COUNTER_NAMES = (
+    "requests_captured",
+    "events_materialized",
+    "spans_shipped",
+    "materializer_errors_total",
+    "raw_captures_dropped",
+    "requests_dropped_queue_full",
+    "spans_dropped_term",
+    "unknown_endpoints",
+    "panics_recovered",
+)
+
+# Counters that mean something went wrong when nonzero; `status` flags them.
+PROBLEM_COUNTERS = frozenset(
+    {
+        "materializer_errors_total",
+        "raw_captures_dropped",
+        "requests_dropped_queue_full",
+        "spans_dropped_term",
+        "unknown_endpoints",
+        "panics_recovered",
+    }
+)
+
+
+class Counters:
+    """Named monotonically increasing counters, safe to bump from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values = dict.fromkeys(COUNTER_NAMES, 0)
+
+    def incr(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self._values[name] += amount
+
+    def get(self, name: str) -> int:
+        with self._lock:
+            return self._values[name]
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._values)
+
+
+def default_sections() -> dict[str, Any]:
+    """Every section of contract 3 with its zero/null values."""
+    return {
+        "opik": {"configured": False, "base_url": None, "last_error": None, "last_ok_at": None},
+        "queue": {"in_memory": 0, "ready": 0, "inflight": 0},
+        "wal": {
+            "hot_bytes": 0,
+            "segments": 0,
+            "last_sync_at": None,
+            "degraded": False,
+            "last_write_error": None,
+            "dropped_events_inmem": 0,
+            "dropped_events_disk": 0,
+        },
+        "materializer": {"lag_events": 0, "inflight_raw": 0, "ready_raw": 0},
+        "telemetry": {"enabled": False, "reason": "off (no CIPX_SENTRY_DSN)"},
+    }
+
+
+SectionProvider = Callable[[], dict[str, Any]]
+
+
+def build_stats(
+    base: dict[str, Any], counters: Counters, providers: dict[str, SectionProvider]
+) -> dict[str, Any]:
+    """Contract 3: `base` (pid, version, listeners, ...) + counters + each provider's section.
+
+    A provider's keys are merged over the section defaults, so a component reports only
+    what it owns.
+    """
+    doc = dict(base)
+    sections = default_sections()
+    for name, provide in providers.items():
+        sections.setdefault(name, {}).update(provide())
+    doc.update(sections)
+    doc["counters"] = counters.snapshot()
+    return doc

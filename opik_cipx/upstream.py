@@ -1,0 +1,138 @@
+"""The upstream leg: a keep-alive pool of `http.client` connections to the Anthropic API.
+
+Connections are opened over `ssl` (the system trust store plus `CIPX_CA_BUNDLE`), optionally
+tunnelled with CONNECT through `CIPX_UPSTREAM_PROXY`, with TCP_NODELAY set. A connection goes
+back to the pool only after a complete exchange; anything that failed is closed instead. An
+idle connection the server has already closed is noticed (readable socket) and dropped before
+it is handed out.
+"""
+
+import http.client
+import select
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+
+IDLE_TTL_S = 55.0  # below common server idle timeouts, so we rarely race a server-side close
+MAX_IDLE = 32
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def from_url(cls, url: str) -> "Endpoint":
+        parts = urllib.parse.urlsplit(url)
+        default = 443 if parts.scheme == "https" else 80
+        return cls(parts.scheme, parts.hostname or "", parts.port or default)
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def ssl_context(ca_bundle: str) -> ssl.SSLContext:
+    """System trust plus an optional extra CA file; raises OSError/ssl.SSLError if unusable."""
+    ctx = ssl.create_default_context()
+    if ca_bundle:
+        ctx.load_verify_locations(cafile=ca_bundle)
+    return ctx
+
+
+class UpstreamPool:
+    """Hands out connected upstream connections and keeps finished ones alive for reuse."""
+
+    def __init__(
+        self,
+        upstream_url: str,
+        proxy_url: str = "",
+        ca_bundle: str = "",
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 600.0,
+    ):
+        self.target = Endpoint.from_url(upstream_url)
+        self.proxy = Endpoint.from_url(proxy_url) if proxy_url else None
+        self._ctx = ssl_context(ca_bundle) if self.target.scheme == "https" else None
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self._idle: list[tuple[http.client.HTTPConnection, float]] = []
+        self._lock = threading.Lock()
+        self.connections_opened = 0
+
+    def acquire(self) -> tuple[http.client.HTTPConnection, bool]:
+        """A connected connection and whether it was reused from the pool."""
+        now = time.monotonic()
+        while True:
+            with self._lock:
+                if not self._idle:
+                    break
+                conn, since = self._idle.pop()
+            if now - since < IDLE_TTL_S and _still_open(conn):
+                return conn, True
+            conn.close()
+        return self._open(), False
+
+    def _open(self) -> http.client.HTTPConnection:
+        hop = self.proxy or self.target
+        if self.target.scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                hop.host, hop.port, timeout=self.connect_timeout_s, context=self._ctx
+            )
+        else:
+            conn = http.client.HTTPConnection(hop.host, hop.port, timeout=self.connect_timeout_s)
+        if self.proxy:
+            conn.set_tunnel(self.target.host, self.target.port)
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sock.settimeout(self.read_timeout_s)
+        with self._lock:
+            self.connections_opened += 1
+        return conn
+
+    def release(self, conn: http.client.HTTPConnection) -> None:
+        """Return a connection whose last exchange completed cleanly."""
+        if conn.sock is None:
+            return
+        with self._lock:
+            if len(self._idle) < MAX_IDLE:
+                self._idle.append((conn, time.monotonic()))
+                return
+        conn.close()
+
+    @staticmethod
+    def discard(conn: http.client.HTTPConnection) -> None:
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            conn.close()
+
+    @property
+    def idle_count(self) -> int:
+        with self._lock:
+            return len(self._idle)
+
+
+def _still_open(conn: http.client.HTTPConnection) -> bool:
+    """An idle keep-alive socket should have nothing to read; readable means closed or broken."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return False
+    poller = select.poll()
+    try:
+        poller.register(sock, select.POLLIN)
+        return not poller.poll(0)
+    except (OSError, ValueError):
+        return False
