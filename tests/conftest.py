@@ -1,0 +1,125 @@
+"""Shared test helpers: the daemon as a real subprocess, polling with deadlines, fixtures."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.fake_anthropic import CA_BUNDLE, FakeAnthropic
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).parent / "fixtures" / "claude-code"
+
+
+def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.01, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def load_fixture(scenario: str, number: str) -> tuple[dict, dict]:
+    """(request, response) of one recorded exchange."""
+    base = FIXTURES / scenario
+    return (
+        json.loads((base / f"{number}.json").read_text()),
+        json.loads((base / f"{number}.response.json").read_text()),
+    )
+
+
+def cli_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CIPX_", "OPIK_"))}
+    env.update({"CIPX_HOME": str(home), "HOME": str(home.parent), "PYTHONPATH": str(REPO)})
+    env.update(extra)
+    return env
+
+
+def run_cli(home: Path, *args: str, timeout: float = 30, input: str | None = None, **extra: str):
+    return subprocess.run(
+        [sys.executable, "-m", "opik_cipx", *args],
+        env=cli_env(home, **extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+    )
+
+
+class DaemonProcess:
+    """`opik-cipx proxy --port 0` in a subprocess, up once `state.json` appears."""
+
+    def __init__(self, home: Path, upstream_url: str, **extra: str):
+        self.home = home
+        env = cli_env(home, **{"CIPX_UPSTREAM_URL": upstream_url, "CIPX_CA_BUNDLE": CA_BUNDLE, **extra})
+        self.stderr_path = home.parent / "daemon.stderr"
+        home.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.stderr_path, "ab") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "opik_cipx", "proxy", "--port", "0"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        state_path = home / "state.json"
+
+        def ready():
+            if self.proc.poll() is not None:
+                pytest.fail(f"daemon exited {self.proc.returncode}: {self.stderr()}")
+            return state_path.exists() and json.loads(state_path.read_text())
+
+        self.state = wait_for(ready, what="daemon state.json")
+        self.port = self.state["ports"]["claude_code"]
+        self.admin_port = self.state["ports"]["admin"]
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/admin/stats", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def counter(self, name: str) -> int:
+        return self.stats()["counters"][name]
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "cipx-home"
+
+
+@pytest.fixture
+def upstream():
+    with FakeAnthropic(tls=True) as fake:
+        yield fake
+
+
+@pytest.fixture
+def daemon(home: Path, upstream: FakeAnthropic):
+    proc = DaemonProcess(home, upstream.url)
+    yield proc
+    try:
+        proc.stop()
+    finally:
+        proc.kill()

@@ -1,0 +1,190 @@
+"""`opik-cipx proxy` as a process: startup, state files, admin listener, signals, refusals."""
+
+import http.client
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+from tests.conftest import REPO, DaemonProcess, load_fixture, run_cli, wait_for
+from tests.fake_anthropic import fixture_reply, split_sse, sse_reply
+
+CONTRACT_3 = {
+    "pid", "version", "started_at", "uptime_s", "listeners", "project", "opik", "queue", "wal",
+    "counters", "materializer", "telemetry",
+}
+COUNTERS = {
+    "requests_captured", "events_materialized", "spans_shipped", "materializer_errors_total",
+    "raw_captures_dropped", "requests_dropped_queue_full", "spans_dropped_term", "unknown_endpoints",
+    "panics_recovered",
+}
+
+
+def admin_get(port: int, path: str, host: str | None = None) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.putrequest("GET", path, skip_host=host is not None)
+    if host is not None:
+        conn.putheader("Host", host)
+    conn.endheaders()
+    resp = conn.getresponse()
+    return resp.status, json.loads(resp.read())
+
+
+def test_stats_document_has_every_contract_field(daemon, upstream):
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=5)
+    conn.request("POST", "/v1/messages", body=b"{}")
+    conn.getresponse().read()
+    stats = wait_for(lambda: (s := daemon.stats())["counters"]["requests_captured"] == 1 and s, what="capture counted")
+    assert CONTRACT_3 <= set(stats)
+    assert set(stats["counters"]) == COUNTERS
+    assert stats["pid"] == daemon.proc.pid
+    assert stats["listeners"]["claude_code"] == f"127.0.0.1:{daemon.port}"
+    assert stats["listeners"]["admin"] == f"127.0.0.1:{daemon.admin_port}"
+    assert stats["started_at"].endswith("Z")
+    assert set(stats["wal"]) >= {"hot_bytes", "segments", "last_sync_at", "degraded", "last_write_error",
+                                 "dropped_events_inmem", "dropped_events_disk"}
+    assert set(stats["materializer"]) == {"lag_events", "inflight_raw", "ready_raw"}
+    assert stats["telemetry"]["enabled"] is False
+    assert admin_get(daemon.admin_port, "/admin/health") == (200, {"ok": True})
+
+
+def test_admin_refuses_non_loopback_host_header(daemon):
+    assert admin_get(daemon.admin_port, "/admin/health", host="evil.example:80")[0] == 403
+    assert admin_get(daemon.admin_port, "/admin/stats", host="127.0.0.1.nip.io")[0] == 403
+    assert admin_get(daemon.admin_port, "/admin/stats", host=f"localhost:{daemon.admin_port}")[0] == 200
+    assert admin_get(daemon.admin_port, "/admin/stats", host="[::1]")[0] == 200
+
+
+def test_state_files_are_private_and_state_json_is_the_handshake(daemon):
+    home = daemon.home
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    for name in ("state.json", "ports.json", "logs/cipx.log"):
+        assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
+    assert stat.S_IMODE((home / "logs").stat().st_mode) == 0o700
+    state = json.loads((home / "state.json").read_text())
+    assert state["pid"] == daemon.proc.pid
+    assert set(state) >= {"pid", "started_at", "ports", "version"}
+    ports = json.loads((home / "ports.json").read_text())
+    assert ports["claude_code"] == 9909  # `--port 0` is a per-run override, never persisted
+    assert ports["admin"] == daemon.admin_port
+    assert daemon.stop() == 0
+    assert not (home / "state.json").exists()
+
+
+def test_picked_ports_are_kept_across_restarts(home, upstream):
+    first = DaemonProcess(home, upstream.url)
+    admin = first.admin_port
+    assert first.stop() == 0
+    second = DaemonProcess(home, upstream.url)
+    try:
+        assert second.admin_port == admin
+    finally:
+        second.stop()
+
+
+def test_disabled_proxy_exits_zero_at_once_even_with_a_broken_config(home):
+    home.mkdir(parents=True)
+    (home / "config.toml").write_text("this is = = not toml")
+    for value in ("1", "true", "YES", "on"):
+        started = time.monotonic()
+        result = run_cli(home, "proxy", CIPX_DISABLED=value)
+        assert result.returncode == 0, result.stderr
+        assert time.monotonic() - started < 5
+    assert not (home / "state.json").exists()
+
+
+def test_non_loopback_listen_address_is_refused(home, upstream):
+    for host in ("0.0.0.0", "192.168.1.10", "::"):
+        result = run_cli(home, "proxy", "--port", "0", CIPX_LISTEN_HOST=host, CIPX_UPSTREAM_URL=upstream.url)
+        assert result.returncode == 1
+        assert "refusing to listen" in result.stderr and "127.0.0.1" in result.stderr
+    assert not (home / "state.json").exists()
+
+
+def test_port_in_use_is_a_clear_error(home, upstream):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = run_cli(home, "proxy", "--port", str(port), CIPX_UPSTREAM_URL=upstream.url)
+    assert result.returncode == 1
+    assert f"port {port}" in result.stderr and "already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_config_value_names_file_and_key(home):
+    home.mkdir(parents=True)
+    config = home / "config.toml"
+    config.write_text('[captures]\nmax_mb = "lots"\n')
+    result = run_cli(home, "proxy")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert str(config) in lines[0] and "captures.max_mb" in lines[0]
+
+
+def test_plain_http_upstream_only_to_loopback(home):
+    result = run_cli(home, "proxy", CIPX_UPSTREAM_URL="http://api.anthropic.com")
+    assert result.returncode == 2
+    assert "CIPX_UPSTREAM_URL" in result.stderr and "loopback" in result.stderr
+
+
+def test_sigterm_lets_an_in_flight_stream_finish(daemon, upstream):
+    _, response = load_fixture("tools", "001")
+    held = sse_reply(split_sse(response["body"]), hold_after=2)
+    upstream.script(held)
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+    conn.request("POST", "/v1/messages", body=b"{}")
+    resp = conn.getresponse()
+    first = resp.read1(65536)
+    daemon.proc.send_signal(15)
+    # Stops accepting: new connections are refused once the listener is closed.
+    def refused():
+        try:
+            socket.create_connection(("127.0.0.1", daemon.port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    wait_for(refused, what="listener closed")
+    assert daemon.proc.poll() is None  # still draining the held stream
+    held.gate.set()
+    assert first + resp.read() == response["body"].encode()
+    assert daemon.proc.wait(15) == 0
+
+
+def test_sigterm_with_idle_keepalive_clients_exits_promptly(daemon):
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=5)
+    conn.request("GET", "/v1/models")
+    conn.getresponse().read()  # connection stays open, idle
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - started < 5
+
+
+def test_log_has_no_bodies(daemon, upstream):
+    request, response = load_fixture("simple", "001")
+    upstream.script(fixture_reply(response))
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+    conn.request("POST", request["path"], body=request["body"].encode())
+    conn.getresponse().read()
+    daemon.stop()
+    log = (daemon.home / "logs" / "cipx.log").read_text()
+    assert "listening" in log
+    assert "say hello" not in log and "Hello! How" not in log
+
+
+def test_python_dash_m_and_version():
+    result = subprocess.run([sys.executable, "-m", "opik_cipx", "--version"], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0 and result.stdout.startswith("opik-cipx ")
+
+
+def test_unbuilt_commands_say_so_and_exit_2(home):
+    for command in ("status", "sync", "restart", "logs", "viewer", "purge", "uninstall", "replay"):
+        result = run_cli(home, command)
+        assert result.returncode == 2, command
+        assert "not available" in result.stderr

@@ -1,0 +1,52 @@
+"""The tee queue and its worker: never blocks the wire, counts drops and stage failures."""
+
+import threading
+
+from opik_cipx.capture import Capture
+from opik_cipx.pipeline import Pipeline
+from opik_cipx.stats import Counters
+
+
+def capture(n: int) -> Capture:
+    return Capture(id=f"id-{n}", started_at_ns=n, method="POST", path="/v1/messages", request_headers=[])
+
+
+def test_full_queue_drops_and_counts_without_blocking():
+    counters = Counters()
+    release = threading.Event()
+    started = threading.Event()
+    seen = []
+
+    def slow(c: Capture) -> None:
+        started.set()
+        release.wait(10)
+        seen.append(c.id)
+
+    pipeline = Pipeline([("slow", slow)], counters, maxsize=2)
+    pipeline.start()
+    pipeline.offer(capture(0))
+    assert started.wait(5)  # worker holds capture 0; the queue has room for 2 more
+    for n in range(1, 6):
+        pipeline.offer(capture(n))  # returns at once even though the worker is stuck
+    assert counters.get("requests_captured") == 3
+    assert counters.get("requests_dropped_queue_full") == 3
+    release.set()
+    assert pipeline.stop(timeout_s=5)
+    assert seen == ["id-0", "id-1", "id-2"]
+
+
+def test_failing_stage_is_counted_and_later_stages_and_captures_still_run():
+    counters = Counters()
+    after = []
+
+    def boom(c: Capture) -> None:
+        if c.id == "id-1":
+            raise ValueError("bad capture")
+
+    pipeline = Pipeline([("boom", boom), ("after", lambda c: after.append(c.id))], counters, maxsize=10)
+    pipeline.start()
+    for n in range(3):
+        pipeline.offer(capture(n))
+    assert pipeline.stop(timeout_s=5)
+    assert after == ["id-0", "id-1", "id-2"]
+    assert counters.get("materializer_errors_total") == 1
