@@ -1,0 +1,170 @@
+"""Opik record shapes: TraceWrite / SpanWrite bodies wrapped as spool records (contract 2).
+
+Pure builders. Callers pass ids, times and already-computed metadata; this module only knows
+Opik's field names, its usage-key convention and how to bound oversized input/output.
+"""
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+PROVIDER = "anthropic"
+TRUNCATED_KEY = "_opik_cipx_truncated"
+
+
+def iso_z(ns: int) -> str:
+    """ISO-8601 UTC with microseconds and a `Z` suffix, from epoch nanoseconds."""
+    seconds, micros = divmod(ns // 1000, 1_000_000)
+    dt = datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=micros)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def opik_usage(usage: dict[str, Any] | None) -> dict[str, int] | None:
+    """Usage the way Opik reads Anthropic usage: OpenAI-style totals plus `original_usage.*`.
+
+    `prompt_tokens` counts every input-side token (uncached input + cache reads + cache
+    writes), `completion_tokens` the output tokens (thinking included). Original keys are
+    flattened with dots; only integer values are kept, as the API requires.
+    """
+    if not usage:
+        return None
+    out: dict[str, int] = {}
+
+    def flatten(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                flatten(f"{prefix}.{key}", inner)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            out[prefix] = value
+
+    flatten("original_usage", usage)
+    prompt = prompt_tokens(usage)
+    completion = _int(usage.get("output_tokens"))
+    out.update(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return out
+
+
+def prompt_tokens(usage: dict[str, Any]) -> int:
+    """Input-side tokens of a call: uncached input + cache reads + cache writes."""
+    return (
+        _int(usage.get("input_tokens"))
+        + _int(usage.get("cache_read_input_tokens"))
+        + _int(usage.get("cache_creation_input_tokens"))
+    )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def bounded(value: Any, limit_chars: int) -> Any:
+    """`value` if its JSON is within `limit_chars`, else an explicit truncation marker."""
+    if value is None:
+        return None
+    text = json.dumps(value, ensure_ascii=False)
+    if len(text) <= limit_chars:
+        return value
+    return {
+        TRUNCATED_KEY: True,
+        "original_chars": len(text),
+        "limit_chars": limit_chars,
+        "preview": text[: max(0, limit_chars - 200)],
+    }
+
+
+def trace_record(
+    *,
+    trace_id: str,
+    project_name: str,
+    name: str,
+    start_ns: int,
+    end_ns: int,
+    thread_id: str | None,
+    input: Any,
+    output: Any,
+    metadata: dict[str, Any],
+    tags: list[str],
+    updated_ns: int,
+    error_info: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": trace_id,
+        "project_name": project_name,
+        "name": name,
+        "start_time": iso_z(start_ns),
+        "end_time": iso_z(end_ns),
+        "metadata": metadata,
+        "tags": tags,
+        "last_updated_at": iso_z(updated_ns),
+    }
+    if thread_id:
+        body["thread_id"] = thread_id
+    if input is not None:
+        body["input"] = input
+    if output is not None:
+        body["output"] = output
+    if error_info:
+        body["error_info"] = error_info
+    return {"kind": "trace", "body": body}
+
+
+def span_record(
+    *,
+    span_id: str,
+    trace_id: str,
+    parent_span_id: str | None,
+    project_name: str,
+    name: str,
+    span_type: str,
+    start_ns: int,
+    end_ns: int,
+    input: Any,
+    output: Any,
+    metadata: dict[str, Any],
+    tags: list[str],
+    updated_ns: int,
+    model: str | None = None,
+    usage: dict[str, int] | None = None,
+    total_estimated_cost: float | None = None,
+    cost_version: str | None = None,
+    ttft_ms: float | None = None,
+    error_info: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": span_id,
+        "trace_id": trace_id,
+        "project_name": project_name,
+        "name": name,
+        "type": span_type,
+        "start_time": iso_z(start_ns),
+        "end_time": iso_z(max(start_ns, end_ns)),
+        "metadata": metadata,
+        "tags": tags,
+        "last_updated_at": iso_z(updated_ns),
+    }
+    if parent_span_id:
+        body["parent_span_id"] = parent_span_id
+    if input is not None:
+        body["input"] = input
+    if output is not None:
+        body["output"] = output
+    if span_type == "llm":
+        body["provider"] = PROVIDER
+        if model:
+            body["model"] = model
+    if usage:
+        body["usage"] = usage
+    if total_estimated_cost is not None:
+        body["total_estimated_cost"] = total_estimated_cost
+        if cost_version:
+            body["total_estimated_cost_version"] = cost_version
+    if ttft_ms is not None:
+        body["ttft"] = ttft_ms
+    if error_info:
+        body["error_info"] = error_info
+    return {"kind": "span", "body": body}
+
+
+def error_info(error_type: str, message: str) -> dict[str, str]:
+    """Opik's ErrorInfo (a traceback is required by the schema; API errors have none)."""
+    return {"exception_type": error_type, "message": message, "traceback": ""}

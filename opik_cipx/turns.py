@@ -1,0 +1,112 @@
+"""Conversation structure read from a Messages API request: turns and finished tool calls.
+
+A *turn* starts with a user message that carries no `tool_result` (a typed prompt or a slash
+command); every call until the next such message belongs to it, so all of them land in one
+Opik trace. A tool call is *finished* when its `tool_result` is in the request: the user
+message(s) after the last assistant message answer that assistant's `tool_use` blocks.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TurnAnchor:
+    index: int  # position in `messages` of the user message that opened the turn
+    digest: str  # hash of that message's text: identifies the turn across calls
+    text: str
+
+
+@dataclass(frozen=True)
+class FinishedTool:
+    tool_use_id: str
+    name: str
+    input: Any
+    result: Any
+    is_error: bool
+
+
+def _blocks(message: dict) -> list:
+    content = message.get("content")
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return content if isinstance(content, list) else []
+
+
+def _is_prompt_message(message: dict) -> bool:
+    if message.get("role") != "user":
+        return False
+    return not any(isinstance(b, dict) and b.get("type") == "tool_result" for b in _blocks(message))
+
+
+def message_text(message: dict) -> str:
+    """The text blocks of a message joined with newlines."""
+    return "\n".join(
+        b.get("text", "") for b in _blocks(message) if isinstance(b, dict) and b.get("type") == "text"
+    )
+
+
+def turn_anchor(messages: list) -> TurnAnchor | None:
+    """The user message that opened the current turn, or None when there is none."""
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if isinstance(message, dict) and _is_prompt_message(message):
+            text = message_text(message)
+            return TurnAnchor(index, hashlib.sha256(text.encode()).hexdigest()[:16], text)
+    return None
+
+
+def finished_tools(messages: list) -> list[FinishedTool]:
+    """Tool calls of the last assistant message whose results follow it in `messages`."""
+    last_assistant = next(
+        (i for i in range(len(messages) - 1, -1, -1) if isinstance(messages[i], dict)
+         and messages[i].get("role") == "assistant"),
+        None,
+    )
+    if last_assistant is None:
+        return []
+    uses = {
+        b.get("id"): b for b in _blocks(messages[last_assistant])
+        if isinstance(b, dict) and b.get("type") == "tool_use"
+    }
+    out = []
+    for message in messages[last_assistant + 1 :]:
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        for block in _blocks(message):
+            if isinstance(block, dict) and block.get("type") == "tool_result":
+                use = uses.get(block.get("tool_use_id"))
+                if use is not None:
+                    out.append(FinishedTool(
+                        tool_use_id=str(block.get("tool_use_id")),
+                        name=str(use.get("name", "")),
+                        input=use.get("input"),
+                        result=block.get("content"),
+                        is_error=bool(block.get("is_error", False)),
+                    ))
+    return out
+
+
+def result_text(content: Any) -> str:
+    """A tool_result's content as text (text blocks joined; other blocks as JSON)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for block in content:
+            if isinstance(block, dict) and block.get("type") == "text":
+                parts.append(str(block.get("text", "")))
+            else:
+                parts.append(json.dumps(block, ensure_ascii=False))
+        return "\n".join(parts)
+    return "" if content is None else json.dumps(content, ensure_ascii=False)
+
+
+def first_user_text(messages: list) -> str:
+    """All text of the first user message (a subagent's brief is in it)."""
+    for message in messages:
+        if isinstance(message, dict) and message.get("role") == "user":
+            return message_text(message)
+    return ""
