@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from opik_cipx.home import default_home
+from opik_cipx.pricing import load_price_table
 
 TRUTHY = frozenset({"1", "true", "yes", "on"})
 FALSY = frozenset({"0", "false", "no", "off", ""})
@@ -94,6 +95,11 @@ def _proxy_url(raw: Any) -> str:
     return url
 
 
+def _price_overrides(raw: Any) -> dict:
+    load_price_table(raw)  # checks every model table and rate; the ValueError names the key
+    return raw
+
+
 @dataclass(frozen=True)
 class Option:
     key: str
@@ -128,6 +134,8 @@ OPTIONS: tuple[Option, ...] = (
            "seconds a stopping daemon lets in-flight calls finish"),
     Option("tee_queue_max", None, _number(int, 1), 128,
            "captures held in memory for the materializer; beyond it they are dropped, counted"),
+    Option("prices", None, _price_overrides, {},
+           "[prices.\"<model>\"] tables of USD/MTok rates that add models to or override prices.json"),
     Option("captures.enabled", "CIPX_CAPTURES", parse_bool, True,
            "keep raw captures on disk for replay and the viewer"),
     Option("captures.max_mb", None, _number(int, 1), 512,
