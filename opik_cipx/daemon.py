@@ -20,6 +20,7 @@ from opik_cipx.admin import AdminHandler
 from opik_cipx.capture import Capture
 from opik_cipx.capture_store import CaptureStore
 from opik_cipx.config import Settings
+from opik_cipx.executable import current as current_executable
 from opik_cipx.gateway import Gateway, GatewayHandler
 from opik_cipx.home import private_dir, write_json
 from opik_cipx.logs import configure_daemon_logging
@@ -112,11 +113,15 @@ class Daemon:
         )
 
     def state(self) -> dict[str, Any]:
+        """The `state.json` handshake; `executable*` let `sync` spot a replaced binary."""
+        exe = current_executable()
         return {
             "pid": os.getpid(),
             "started_at": utc_iso(self.started_at),
             "ports": self.ports,
             "version": __version__,
+            "executable": str(exe.path),
+            "executable_id": exe.identity,
         }
 
     def stats(self) -> dict[str, Any]:

@@ -1,0 +1,237 @@
+"""Talking to the daemon from short-lived commands: `state.json`, the admin listener, pids.
+
+The daemon writes `state.json` once it is listening and removes it on a clean exit, so a
+`state.json` whose admin port does not answer means a daemon that crashed, was killed or is
+wedged. Everything here is bounded: every wait has a deadline, every request a timeout.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from opik_cipx.config import Settings, load_settings
+from opik_cipx.home import open_private, private_dir, read_json
+from opik_cipx.ports import saved_ports
+
+HEALTH_TIMEOUT_S = 1.0
+POLL_S = 0.02
+
+
+def paths_only_settings(env: dict[str, str]) -> Settings:
+    """Settings for lifecycle commands when the config is unusable: paths from `env`, defaults."""
+    keep = {key: env[key] for key in ("HOME", "CIPX_HOME") if key in env}
+    return load_settings({**keep, "CIPX_CONFIG": os.devnull})
+
+
+def read_state(settings: Settings) -> dict[str, Any] | None:
+    """`state.json` when it names a pid, else None."""
+    state = read_json(settings.state_path)
+    if isinstance(state, dict) and isinstance(state.get("pid"), int) and state["pid"] > 0:
+        return state
+    return None
+
+
+def admin_port(settings: Settings, state: dict[str, Any] | None) -> int | None:
+    """The admin port from `state.json`, else from `ports.json`."""
+    ports = state.get("ports") if state else None
+    port = ports.get("admin") if isinstance(ports, dict) else None
+    if isinstance(port, int) and 0 < port < 65536:
+        return port
+    return saved_ports(settings.ports_path).get("admin")
+
+
+def admin_get(port: int, path: str, timeout_s: float = HEALTH_TIMEOUT_S) -> tuple[int, bytes] | None:
+    """(status, body) of `GET path` on the admin listener, or None if it does not answer.
+
+    A raw socket instead of http.client: `sync` runs on every session start and this keeps
+    its import time down.
+    """
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
+    deadline = time.monotonic() + timeout_s
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+            sock.sendall(request)
+            chunks = []
+            while time.monotonic() < deadline:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            else:
+                return None
+    except OSError:
+        return None
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    parts = head.split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return None
+    return int(parts[1]), body
+
+
+def is_healthy(port: int | None, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
+    """True when `/admin/health` on `port` answers 200."""
+    if port is None:
+        return False
+    answer = admin_get(port, "/admin/health", timeout_s)
+    return answer is not None and answer[0] == 200
+
+
+def fetch_stats(port: int | None, timeout_s: float = 2.0) -> dict[str, Any] | None:
+    """The `/admin/stats` document (contract 3), or None when the daemon does not answer."""
+    answer = admin_get(port, "/admin/stats", timeout_s) if port else None
+    if answer is None or answer[0] != 200:
+        return None
+    try:
+        doc = json.loads(answer[1])
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie waiting to be reaped."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True  # no /proc (macOS): signal 0 is all there is
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
+
+
+def _command_line(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["ps", "-p", str(pid), "-o", "command="], capture_output=True, text=True, timeout=2)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def is_our_daemon(pid: int) -> bool:
+    """True when `pid` is alive and its command line is an opik-cipx `proxy`.
+
+    A `state.json` left behind by a killed daemon can name a pid the OS has since given to
+    an unrelated process; that one must never be signalled.
+    """
+    if not pid_alive(pid):
+        return False
+    cmdline = _command_line(pid)
+    return cmdline is not None and "opik" in cmdline and " proxy" in cmdline
+
+
+def wait_healthy(settings: Settings, timeout_s: float, proc: subprocess.Popen | None = None) -> dict[str, Any] | None:
+    """Wait until `state.json` names a pid whose admin listener answers; the state, or None.
+
+    Gives up early when `proc` (a daemon this process started) has exited.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = read_state(settings)
+        if state and is_healthy(admin_port(settings, state), timeout_s=0.5):
+            return state
+        if proc is not None and proc.poll() is not None:
+            return None
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(POLL_S)
+
+
+def start_detached(settings: Settings, argv: list[str], extra_env: dict[str, str]) -> subprocess.Popen:
+    """Spawn the daemon in its own session, detached from this process and its terminal.
+
+    Its stderr goes to `logs/daemon.stderr` (startup failures before logging is set up, such
+    as a bad config file); stdout to /dev/null.
+    """
+    logs = private_dir(settings.logs_dir)
+    env = dict(os.environ)
+    for key, value in extra_env.items():
+        env[key] = value + (os.pathsep + env[key] if key == "PYTHONPATH" and env.get(key) else "")
+    env["CIPX_HOME"] = str(settings.home)
+    with open_private(logs / "daemon.stderr", os.O_WRONLY | os.O_CREAT | os.O_TRUNC) as stderr:
+        return subprocess.Popen(
+            argv,
+            env=env,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def startup_error(settings: Settings) -> str | None:
+    """The last line a detached daemon wrote to stderr before it died, if any."""
+    try:
+        lines = (settings.logs_dir / "daemon.stderr").read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return None
+    return lines[-1] if lines else None
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL_S)
+    return True
+
+
+def stop_daemon(settings: Settings, timeout_s: float | None = None) -> str:
+    """Stop the daemon named in `state.json`: SIGTERM, wait (bounded), then SIGKILL.
+
+    The daemon drains in-flight calls for up to `drain_timeout_s` after SIGTERM, so the default
+    wait is that plus a margin. A clean exit is not restarted by the supervisor (systemd
+    `Restart=on-failure`, launchd `SuccessfulExit=false`). A stale `state.json` (dead pid, or a
+    pid that is not an opik-cipx daemon) is removed without signalling anything.
+    Returns "not running", "stopped" or "killed".
+    """
+    state = read_state(settings)
+    if state is None:
+        return "not running"
+    pid = state["pid"]
+    if pid == os.getpid() or not is_our_daemon(pid):
+        _remove_state(settings, pid)
+        return "not running"
+    wait_s = settings.drain_timeout_s + 5 if timeout_s is None else timeout_s
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        _remove_state(settings, pid)
+        return "stopped"
+    if _wait_gone(pid, wait_s):
+        _remove_state(settings, pid)
+        return "stopped"
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _wait_gone(pid, 5.0)
+    _remove_state(settings, pid)
+    return "killed"
+
+
+def _remove_state(settings: Settings, pid: int) -> None:
+    """Remove `state.json` if it still names `pid` (a new daemon may already have replaced it)."""
+    state = read_state(settings)
+    if state is not None and state["pid"] != pid:
+        return
+    try:
+        settings.state_path.unlink()
+    except FileNotFoundError:
+        pass
