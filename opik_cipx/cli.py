@@ -14,13 +14,13 @@ from opik_cipx.config import ConfigError, is_truthy, load_settings
 
 # name -> (module under opik_cipx.commands, or None while not built yet; one-line help)
 COMMANDS: dict[str, tuple[str | None, str]] = {
-    "status": (None, "snapshot the running daemon (--json for the raw admin stats)"),
-    "sync": (None, "install/refresh the supervisor, start the daemon, point Claude Code at it"),
-    "restart": (None, "restart the daemon to pick up the binary on disk"),
-    "logs": (None, "print and follow the gateway log"),
+    "status": ("status", "snapshot the running daemon (--json for the raw admin stats)"),
+    "sync": ("sync", "install/refresh the supervisor, start the daemon, point Claude Code at it"),
+    "restart": ("restart", "restart the daemon to pick up the binary on disk"),
+    "logs": ("logs", "print and follow the gateway log"),
     "viewer": (None, "print (--open: launch) the debug viewer URL"),
     "purge": (None, "stop the daemon and wipe the spool (drops unshipped spans)"),
-    "uninstall": (None, "stop the daemon, remove the supervisor and settings entry, delete ~/.opik-cipx"),
+    "uninstall": ("uninstall", "stop the daemon, remove the supervisor and settings entry, delete ~/.opik-cipx"),
     "proxy": ("proxy", "run the gateway in the foreground (normally started by the supervisor)"),
     "replay": (None, "re-derive spans from stored raw captures (offline, read-only)"),
 }
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(dict(os.environ))
     except ConfigError as exc:
+        if getattr(args, "on_config_error", None):
+            return args.on_config_error(args, exc)  # lifecycle commands must work with a broken config
         print(f"opik-cipx: {exc}", file=sys.stderr)
         return 2
     try:

@@ -1,0 +1,35 @@
+"""`opik-cipx restart`: stop the daemon and start it again from the executable on disk.
+
+The old daemon gets its full `drain_timeout_s` to finish in-flight calls. The supervisor unit
+is refreshed on the way. If the new daemon does not come up healthy, Claude Code is pointed
+straight at Anthropic again (fail open) and the exit status is 1.
+"""
+
+import argparse
+import os
+import sys
+
+from opik_cipx import lifecycle
+from opik_cipx.config import Settings
+
+HELP = "restart the daemon to pick up the binary on disk"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.disabled:
+        print("opik-cipx: disabled (CIPX_DISABLED); nothing to restart. Unset it, then run `opik-cipx sync`.",
+              file=sys.stderr)
+        return 1
+    outcome, problems = lifecycle.up_and_point(settings, dict(os.environ), restart=True, stop_timeout_s=None)
+    for line in outcome.notes:
+        print(f"opik-cipx: {line}")
+    for line in problems:
+        print(f"opik-cipx: {line}", file=sys.stderr)
+    if not outcome.ok:
+        return 1
+    print(f"opik-cipx: {lifecycle.summary(settings, outcome)}")
+    return 0

@@ -1,0 +1,98 @@
+"""`opik-cipx uninstall [--yes]`: remove everything opik-cipx put on this machine. Destructive.
+
+Stops the daemon, removes the supervisor unit, our `ANTHROPIC_BASE_URL` (only if it is ours)
+and the hook scripts that carry our managed-file marker, then deletes `$CIPX_HOME` (the
+installed binary, logs, captures, sessions and the spool with any spans not yet shipped).
+Nothing of the user's is touched: other settings keys, hand-written hooks, a foreign
+`ANTHROPIC_BASE_URL`. A `$CIPX_HOME` that is the home directory or one of its parents is
+refused. The Claude Code plugin, if installed, stays until `/plugin uninstall`; its next
+session start would install opik-cipx again.
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+from opik_cipx import claude_settings, lifecycle
+from opik_cipx.config import ConfigError, Settings
+from opik_cipx.daemon_control import paths_only_settings
+
+HELP = "stop the daemon, remove the supervisor and settings entry, delete ~/.opik-cipx"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    parser.set_defaults(on_config_error=on_config_error)
+
+
+def on_config_error(args: argparse.Namespace, exc: ConfigError) -> int:
+    print(f"opik-cipx: warning: {exc} (uninstalling anyway)", file=sys.stderr)
+    return run(args, paths_only_settings(dict(os.environ)))
+
+
+def _confirm(home: Path) -> bool:
+    if not sys.stdin.isatty():
+        print("opik-cipx: uninstall needs confirmation; re-run with --yes to proceed without a prompt.", file=sys.stderr)
+        return False
+    print(f"This stops opik-cipx, removes its supervisor unit and Claude Code settings entry, and deletes {home}\n"
+          "(logs, captures and any spans not yet shipped to Opik).")
+    try:
+        answer = input("Uninstall opik-cipx? [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def unsafe_to_delete(home: Path, env: dict[str, str]) -> str | None:
+    """Why `home` must not be deleted wholesale, or None."""
+    target = home.resolve()
+    user_home = Path(env.get("HOME") or Path.home()).resolve()
+    if target == Path(target.anchor) or target == user_home or target in user_home.parents:
+        return f"{home} is the root, your home directory or one of its parents"
+    if target == claude_settings.settings_path(env).parent.resolve():
+        return f"{home} is Claude Code's configuration directory"
+    return None
+
+
+def _installed_copy(env: dict[str, str], home: Path) -> Path | None:
+    """`$CIPX_INSTALL_DIR/opik-cipx` when it is one of our zipapps outside `$CIPX_HOME`."""
+    install_dir = env.get("CIPX_INSTALL_DIR", "").strip()
+    if not install_dir:
+        return None
+    path = Path(install_dir).expanduser() / "opik-cipx"
+    if home.resolve() in path.resolve().parents or not path.is_file():
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return path if "opik_cipx/__init__.py" in archive.namelist() else None
+    except (OSError, zipfile.BadZipFile):
+        return None
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    env = dict(os.environ)
+    home = settings.home
+    refusal = unsafe_to_delete(home, env)
+    if refusal:
+        print(f"opik-cipx: refusing to uninstall: {refusal}. Check CIPX_HOME.", file=sys.stderr)
+        return 1
+    if not args.yes and not _confirm(home):
+        print("opik-cipx: nothing changed.", file=sys.stderr)
+        return 1
+    for line in lifecycle.tear_down(settings, env):
+        print(f"opik-cipx: {line}")
+    for path in claude_settings.remove_managed_hook_scripts(env):
+        print(f"opik-cipx: removed hook script {path}")
+    copy = _installed_copy(env, home)
+    if copy is not None:
+        copy.unlink(missing_ok=True)
+        print(f"opik-cipx: removed {copy}")
+    if home.exists():
+        shutil.rmtree(home)
+        print(f"opik-cipx: deleted {home}")
+    print("opik-cipx: uninstalled. If the Claude Code plugin is installed, remove it too "
+          "(/plugin uninstall opik-cipx@opik-enterprise), or its next session start installs opik-cipx again.")
+    return 0

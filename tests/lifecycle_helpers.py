@@ -1,0 +1,111 @@
+"""Helpers for the lifecycle tests (sync, status, install, launcher): a sandboxed machine.
+
+Every test gets its own HOME and `$CIPX_HOME` under tmp_path, the supervisor forced to
+`detached` (no systemd or launchd unit is ever installed for real), Claude Code's config dir
+inside that HOME, and a free port for the Claude Code listener so tests can run side by side.
+Daemons a test starts are killed in teardown.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from opik_cipx.daemon_control import pid_alive
+from opik_cipx.loopback import free_port
+from tests.conftest import cli_env, wait_for
+from tests.fake_anthropic import CA_BUNDLE
+
+REPO = Path(__file__).resolve().parent.parent
+SESSION_START = sorted((REPO / "tests" / "fixtures" / "claude-code" / "simple").glob("hook_SessionStart_*.json"))[0]
+# Inherited variables that would point a test at this machine's real Claude Code or systemd.
+_LEAKY = ("CLAUDE_CONFIG_DIR", "ANTHROPIC_BASE_URL", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR", "CIPX_INSTALL_DIR")
+
+
+class Machine:
+    """A temporary HOME with opik-cipx's state root in it, and the commands to drive it."""
+
+    def __init__(self, root: Path, upstream_url: str | None = None):
+        self.user_home = root
+        self.home = root / ".opik-cipx"
+        self.claude_dir = root / ".claude"
+        self.settings_path = self.claude_dir / "settings.json"
+        self.port = free_port()
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "ports.json").write_text(json.dumps({"claude_code": self.port}))
+        self.extra = {"CIPX_SUPERVISOR": "detached"}
+        if upstream_url:
+            self.extra.update(CIPX_UPSTREAM_URL=upstream_url, CIPX_CA_BUNDLE=CA_BUNDLE)
+        self.pids: set[int] = set()
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = cli_env(self.home, **self.extra)
+        for key in _LEAKY:
+            env.pop(key, None)
+        env.update(extra)
+        return env
+
+    def run(self, argv: list[str], input: str | None = None, timeout: float = 60, **extra: str):
+        result = subprocess.run(argv, env=self.env(**extra), capture_output=True, text=True,
+                                timeout=timeout, input=input, stdin=None if input is not None else subprocess.DEVNULL)
+        self.remember_daemon()
+        return result
+
+    def cli(self, *args: str, input: str | None = None, **extra: str):
+        """`python -m opik_cipx ARGS` from this checkout."""
+        return self.run([sys.executable, "-m", "opik_cipx", *args], input=input, **extra)
+
+    def state(self) -> dict | None:
+        try:
+            return json.loads((self.home / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def remember_daemon(self) -> None:
+        state = self.state()
+        if state:
+            self.pids.add(state["pid"])
+
+    def stats(self) -> dict:
+        port = self.state()["ports"]["admin"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/stats", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def settings(self) -> dict:
+        return json.loads(self.settings_path.read_text())
+
+    def base_url(self) -> str | None:
+        if not self.settings_path.exists():
+            return None
+        return self.settings().get("env", {}).get("ANTHROPIC_BASE_URL")
+
+    def kill_all(self) -> None:
+        self.remember_daemon()
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def wait_gone(pid: int, timeout_s: float = 15) -> None:
+    wait_for(lambda: not pid_alive(pid), timeout_s=timeout_s, what=f"pid {pid} to exit")
+
+
+@pytest.fixture
+def machine(tmp_path: Path):
+    m = Machine(tmp_path / "user")
+    yield m
+    m.kill_all()
+
+
+@pytest.fixture
+def machine_with_upstream(tmp_path: Path, upstream):
+    m = Machine(tmp_path / "user", upstream.url)
+    yield m
+    m.kill_all()
