@@ -1,0 +1,74 @@
+"""The zipapp: reproducible bytes, compressed, stdlib-only, and every subcommand runs from it."""
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from opik_cipx.cli import COMMANDS
+from tests.conftest import REPO
+
+
+def build(output: Path) -> Path:
+    result = subprocess.run([sys.executable, str(REPO / "build_zipapp.py"), "-o", str(output)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(output)
+    return output
+
+
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory) -> Path:
+    return build(tmp_path_factory.mktemp("build") / "opik-cipx.pyz")
+
+
+def test_same_tree_gives_the_same_bytes(pyz, tmp_path):
+    again = build(tmp_path / "again" / "opik-cipx.pyz")
+    assert again.read_bytes() == pyz.read_bytes()
+
+
+def test_shebang_compression_and_fixed_metadata(pyz):
+    data = pyz.read_bytes()
+    assert data.startswith(b"#!/usr/bin/env python3\n")
+    assert pyz.stat().st_mode & 0o111
+    with zipfile.ZipFile(pyz) as archive:
+        infos = archive.infolist()
+        names = [info.filename for info in infos]
+        assert names[0] == "__main__.py" and "opik_cipx/cli.py" in names
+        assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+        assert all(info.compress_type == zipfile.ZIP_DEFLATED for info in infos)
+        assert {info.date_time for info in infos} == {(1980, 1, 1, 0, 0, 0)}
+
+
+def test_pyz_is_stdlib_only(pyz):
+    allowed = set(sys.stdlib_module_names) | {"opik_cipx", "__future__"}
+    bad = []
+    with zipfile.ZipFile(pyz) as archive:
+        for name in archive.namelist():
+            if not name.endswith(".py"):
+                continue
+            for node in ast.walk(ast.parse(archive.read(name))):
+                if isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    modules = [node.module or ""]
+                else:
+                    continue
+                bad += [f"{name}: {m}" for m in modules if m.split(".")[0] not in allowed]
+    assert bad == []
+
+
+def test_every_subcommand_runs_from_the_pyz(pyz, tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CIPX_HOME": str(tmp_path / "h")}
+    version = subprocess.run([sys.executable, str(pyz), "--version"], capture_output=True, text=True, env=env)
+    assert version.returncode == 0 and version.stdout.startswith("opik-cipx ")
+    for command in COMMANDS:
+        result = subprocess.run([sys.executable, str(pyz), command, "--help"], capture_output=True, text=True,
+                                env=env, timeout=30)
+        assert result.returncode == 0, (command, result.stderr)
+        assert f"opik-cipx {command}" in result.stdout
+    status = subprocess.run([sys.executable, str(pyz), "status"], capture_output=True, text=True, env=env, timeout=30)
+    assert status.returncode == 0 and "not running" in status.stdout

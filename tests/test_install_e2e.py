@@ -1,0 +1,206 @@
+"""End to end, as a user runs it: install.sh, the installed pyz, a request through the proxy, upgrades,
+crashes, the kill switch and uninstall — real subprocesses, a temporary HOME, detached supervisor."""
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from opik_cipx.claude_settings import MANAGED_MARKER
+from tests.conftest import REPO, wait_for
+from tests.lifecycle_helpers import SESSION_START, Machine, machine_with_upstream, wait_gone  # noqa: F401
+
+USER_SETTINGS = {"model": "opus", "permissions": {"allow": ["Bash(git status)"]}, "env": {"DISABLE_TELEMETRY": "1"}}
+
+
+class Installed:
+    """A machine with opik-cipx installed by install.sh; commands run through the installed pyz."""
+
+    def __init__(self, machine: Machine):
+        self.m = machine
+        self.pyz = machine.home / "bin" / "opik-cipx"
+
+    def install(self, *args: str):
+        env = self.m.env(PYTHON=sys.executable)
+        env.pop("PYTHONPATH")  # the pyz must stand on its own
+        result = subprocess.run([str(REPO / "install.sh"), *args], env=env, capture_output=True, text=True,
+                                timeout=120, stdin=subprocess.DEVNULL)
+        self.m.remember_daemon()
+        return result
+
+    def __call__(self, *args: str, input: str | None = None, **extra: str):
+        env_extra = {"PYTHONPATH": "", **extra}
+        return self.m.run([sys.executable, str(self.pyz), *args], input=input, **env_extra)
+
+
+@pytest.fixture
+def installed(machine_with_upstream) -> Installed:
+    m = machine_with_upstream
+    m.claude_dir.mkdir(parents=True)
+    m.settings_path.write_text(json.dumps(USER_SETTINGS, indent=2) + "\n")
+    return Installed(m)
+
+
+def build_variant(tmp_path: Path, version: str) -> Path:
+    """A pyz of this tree with another version number, as a released upgrade would be."""
+    tree = tmp_path / f"tree-{version}"
+    shutil.copytree(REPO / "opik_cipx", tree / "opik_cipx", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(REPO / "build_zipapp.py", tree / "build_zipapp.py")
+    init = tree / "opik_cipx" / "__init__.py"
+    init.write_text(init.read_text().replace('__version__ = "', f'__version__ = "{version}"  # was "', 1))
+    out = tree / "opik-cipx.pyz"
+    subprocess.run([sys.executable, str(tree / "build_zipapp.py"), "-o", str(out)], check=True, capture_output=True)
+    return out
+
+
+def post(port: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", "/v1/messages", body=b'{"model": "claude-x", "messages": []}',
+                 headers={"content-type": "application/json", "x-api-key": "sk-test"})
+    resp = conn.getresponse()
+    resp.read()
+    return resp.status
+
+
+def test_install_sync_status_request_and_a_fast_noop_sync(installed, upstream):
+    m = installed.m
+    result = installed.install()
+    assert result.returncode == 0, result.stderr
+    assert f"installed {installed.pyz}" in result.stdout and "next:" in result.stdout
+    assert stat.S_IMODE(installed.pyz.stat().st_mode) == 0o755
+    state = m.state()
+    assert state["executable"] == str(installed.pyz.resolve()) and state["executable_id"]
+    assert not (REPO / "dist" / "opik-cipx.pyz.tmp").exists()
+
+    status = installed("status")
+    assert status.returncode == 0 and f"running (pid {state['pid']})" in status.stdout, status.stderr
+
+    assert post(m.port) == 200
+    assert upstream.seen and upstream.seen[-1].path == "/v1/messages"
+    wait_for(lambda: m.stats()["counters"]["requests_captured"] == 1, what="requests_captured == 1")
+    assert "requests_captured" in installed("status").stdout
+
+    settings_bytes = m.settings_path.read_bytes()
+    doc = json.loads(settings_bytes)
+    assert doc == {**USER_SETTINGS, "env": {"DISABLE_TELEMETRY": "1", "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{m.port}"}}
+    assert settings_bytes.decode() == json.dumps(doc, indent=2) + "\n"
+
+    hook = SESSION_START.read_text()
+    timings = []
+    for _ in range(3):
+        started = time.monotonic()
+        again = installed("sync", input=hook)
+        timings.append(time.monotonic() - started)
+        assert again.returncode == 0 and again.stdout == "" and again.stderr == ""
+    assert m.state() == state and m.settings_path.read_bytes() == settings_bytes
+    assert sorted(timings)[1] < 1.0, timings  # the benchmark holds the real target (bench/bench_sync.py)
+
+
+def test_install_checks_python_version(installed, tmp_path):
+    old = tmp_path / "python-old"
+    old.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo 'Python 3.9.18' && exit 0\nexit 1\n")
+    old.chmod(0o755)
+    result = subprocess.run([str(REPO / "install.sh")], env=installed.m.env(PYTHON=str(old)),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "needs Python 3.11 or newer" in result.stderr and "3.9.18" in result.stderr
+    assert not installed.pyz.exists()
+
+
+def test_restart_and_sync_pick_up_a_new_pyz(installed, tmp_path):
+    m = installed.m
+    assert installed.install().returncode == 0
+    first = m.state()
+
+    result = installed.install(str(build_variant(tmp_path, "9.0.1")))
+    assert result.returncode == 0 and "next: run" in result.stdout
+    assert m.state() == first  # installing a file alone does not touch the running daemon
+    restarted = installed("restart")
+    assert restarted.returncode == 0, restarted.stderr
+    second = m.state()
+    assert second["pid"] != first["pid"] and second["version"] == "9.0.1"
+    wait_gone(first["pid"])
+    assert m.stats()["version"] == "9.0.1"
+
+    assert installed.install(str(build_variant(tmp_path, "9.0.2"))).returncode == 0
+    synced = installed("sync", input=SESSION_START.read_text())
+    assert synced.returncode == 0 and "executable changed" in synced.stderr
+    assert m.state()["version"] == "9.0.2" and m.state()["pid"] != second["pid"]
+    assert m.base_url() == f"http://127.0.0.1:{m.port}"
+
+
+def test_kill_9_is_reported_by_status_and_repaired_by_sync(installed):
+    m = installed.m
+    assert installed.install().returncode == 0
+    pid = m.state()["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_gone(pid)
+    status = installed("status")
+    assert status.returncode == 1 and f"pid {pid}" in status.stderr and "opik-cipx restart" in status.stderr
+    assert installed("sync", input=SESSION_START.read_text()).returncode == 0
+    assert installed("status").returncode == 0
+    assert m.state()["pid"] != pid and post(m.port) == 200
+
+
+def test_kill_switch_points_claude_code_straight_at_anthropic(installed):
+    m = installed.m
+    assert installed.install().returncode == 0
+    pid = m.state()["pid"]
+    result = installed("sync", input=SESSION_START.read_text(), CIPX_DISABLED="1")
+    assert result.returncode == 0 and result.stdout == ""
+    wait_gone(pid)
+    assert m.state() is None
+    assert m.settings() == USER_SETTINGS  # no ANTHROPIC_BASE_URL: Claude Code goes to api.anthropic.com
+    assert installed("proxy", CIPX_DISABLED="1").returncode == 0  # the backstop
+    assert installed("status").returncode == 0 and "not running" in installed("status").stdout
+
+
+def snapshot(root: Path, skip: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and skip not in p.parents}
+
+
+def test_uninstall_leaves_nothing_of_ours_and_everything_of_the_users(installed):
+    m = installed.m
+    hooks = m.claude_dir / "hooks"
+    hooks.mkdir()
+    (hooks / "log-event.sh").write_text("#!/bin/sh\ncat > /tmp/last-event.json\n")
+    (hooks / "opik-cipx-hook-launcher").write_text(f"#!/bin/sh\n# {MANAGED_MARKER}\nexit 0\n")
+    (m.user_home / "notes.txt").write_text("mine")
+    unit = m.user_home / ".config" / "systemd" / "user" / "opik-cipx.service"
+    unit.parent.mkdir(parents=True)
+    unit.write_text("# Managed by opik-cipx\n")  # left by an earlier install under a systemd session
+    before = snapshot(m.user_home, m.home)
+    assert installed.install().returncode == 0
+    pid = m.state()["pid"]
+
+    refused = installed("uninstall")  # no terminal to confirm on, no --yes
+    assert refused.returncode == 1 and "--yes" in refused.stderr and m.state()["pid"] == pid
+
+    result = installed("uninstall", "--yes")
+    assert result.returncode == 0, result.stderr
+    wait_gone(pid)
+    assert not m.home.exists()
+    after = snapshot(m.user_home, m.home)
+    expected = {k: v for k, v in before.items()
+                if k not in (".claude/hooks/opik-cipx-hook-launcher", ".config/systemd/user/opik-cipx.service")}
+    assert after.keys() == expected.keys()
+    assert json.loads(after[".claude/settings.json"]) == USER_SETTINGS
+    assert {k: v for k, v in after.items() if k != ".claude/settings.json"} == \
+        {k: v for k, v in expected.items() if k != ".claude/settings.json"}
+    assert "/plugin uninstall" in result.stdout
+
+
+def test_uninstall_refuses_a_state_root_that_is_the_home_directory(installed):
+    m = installed.m
+    result = m.cli("uninstall", "--yes", CIPX_HOME=str(m.user_home))
+    assert result.returncode == 1 and "refusing" in result.stderr
+    assert m.user_home.exists() and m.settings_path.exists()

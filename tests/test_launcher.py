@@ -1,0 +1,140 @@
+"""The Claude Code plugin: the hook launcher (real /bin/sh runs) and its manifest files."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from opik_cipx import __version__
+from opik_cipx.claude_settings import MANAGED_MARKER
+from tests.conftest import REPO
+from tests.lifecycle_helpers import SESSION_START, machine, wait_gone  # noqa: F401 - fixture
+
+LAUNCHER = REPO / "scripts" / "opik-cipx-hook-launcher"
+no_system_copy = pytest.mark.skipif(Path("/usr/local/bin/opik-cipx").exists(),
+                                    reason="an opik-cipx in /usr/local/bin would be found")
+
+
+def plugin_tree(tmp_path: Path) -> Path:
+    """A copy of the plugin's launcher with nothing else in its tree."""
+    root = tmp_path / "plugin"
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy2(LAUNCHER, root / "scripts" / LAUNCHER.name)
+    return root
+
+
+def tool_dir(tmp_path: Path, python: str | None = sys.executable) -> Path:
+    """A PATH with the few tools the launcher uses, and `python3` when given."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for tool in ("dirname",):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    if python:
+        (bin_dir / "python3").symlink_to(os.path.realpath(python))
+    return bin_dir
+
+
+def launch(root: Path, env: dict[str, str], stdin: str = "", event: str = "SessionStart"):
+    return subprocess.run(["/bin/sh", str(root / "scripts" / LAUNCHER.name), event], input=stdin, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+@no_system_copy
+def test_no_executable_is_a_hint_and_exit_0(tmp_path):
+    root = plugin_tree(tmp_path)
+    env = {"PATH": str(tool_dir(tmp_path)), "HOME": str(tmp_path / "home")}
+    result = launch(root, env, SESSION_START.read_text())
+    assert result.returncode == 0
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "executable not found" in result.stderr
+    assert "/plugin install opik-cipx@opik-enterprise" in result.stderr
+
+
+def test_no_recent_python_is_a_hint_and_exit_0(tmp_path):
+    root = plugin_tree(tmp_path)
+    bin_dir = tool_dir(tmp_path, python=None)
+    old = bin_dir / "python3"
+    old.write_text("#!/bin/sh\nexit 1\n")  # answers the version check like Python 3.9 would
+    old.chmod(0o755)
+    result = launch(root, {"PATH": str(bin_dir), "HOME": str(tmp_path)})
+    assert result.returncode == 0 and result.stdout == ""
+    assert "no Python 3.11 or newer" in result.stderr
+
+
+@no_system_copy
+def test_path_executable_gets_sync_and_the_hook_stdin_whatever_the_event(tmp_path):
+    root = plugin_tree(tmp_path)
+    bin_dir = tool_dir(tmp_path)
+    record = tmp_path / "record"
+    fake = bin_dir / "opik-cipx"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {record}\n{shutil.which("cat")} >> {record}\necho noise\nexit 3\n')
+    fake.chmod(0o755)
+    result = launch(root, {"PATH": str(bin_dir), "HOME": str(tmp_path)}, '{"session_id": "s"}', event="UserPromptSubmit")
+    assert result.returncode == 0  # even though the executable failed
+    assert result.stdout == ""  # never model context
+    assert record.read_text() == 'sync\n{"session_id": "s"}'
+
+
+@no_system_copy
+def test_plugin_tree_source_is_the_last_resort(tmp_path):
+    root = plugin_tree(tmp_path)
+    (root / "opik_cipx").symlink_to(REPO / "opik_cipx")
+    env = {"PATH": str(tool_dir(tmp_path)), "HOME": str(tmp_path), "CIPX_HOME": str(tmp_path / "h"),
+           "CIPX_DISABLED": "1"}
+    result = launch(root, env, SESSION_START.read_text())
+    assert result.returncode == 0 and result.stdout == ""
+    assert "disabled (CIPX_DISABLED)" in result.stderr
+
+
+def test_pyz_in_the_plugin_tree_brings_opik_cipx_up(tmp_path, machine):
+    root = plugin_tree(tmp_path)
+    build = subprocess.run([sys.executable, str(REPO / "build_zipapp.py"), "-o", str(root / "bin" / "opik-cipx")],
+                           capture_output=True, text=True, timeout=60)
+    assert build.returncode == 0, build.stderr
+    env = machine.env(PATH=str(tool_dir(tmp_path)), CLAUDE_PLUGIN_ROOT=str(root))
+    env.pop("PYTHONPATH")
+    hook = SESSION_START.read_text()
+    result = launch(root, env, hook)
+    machine.remember_daemon()
+    assert result.returncode == 0 and result.stdout == "", result.stderr
+    state = machine.state()
+    assert state and state["executable"] == str((root / "bin" / "opik-cipx").resolve())
+    assert machine.base_url() == f"http://127.0.0.1:{machine.port}"
+    assert (machine.home / "sessions" / f"{json.loads(hook)['session_id']}.json").exists()
+    assert launch(root, {**env, "CIPX_DISABLED": "1"}, hook).returncode == 0
+    wait_gone(state["pid"])
+    assert machine.base_url() is None
+
+
+def test_plugin_manifests():
+    plugin = json.loads((REPO / ".claude-plugin" / "plugin.json").read_text())
+    assert plugin["name"] == "opik-cipx" and plugin["version"] == __version__ and plugin["description"]
+    market = json.loads((REPO / ".claude-plugin" / "marketplace.json").read_text())
+    assert market["name"] == "opik-enterprise" and market["owner"]["name"]
+    [entry] = market["plugins"]
+    assert entry["name"] == "opik-cipx" and entry["source"] == "./" and entry["version"] == __version__
+    hooks = json.loads((REPO / "hooks" / "hooks.json").read_text())["hooks"]
+    assert set(hooks) == {"SessionStart", "UserPromptSubmit"}
+    for event, groups in hooks.items():
+        [group] = groups
+        [hook] = group["hooks"]
+        assert hook["type"] == "command"
+        assert hook["command"].startswith('"${CLAUDE_PLUGIN_ROOT}/scripts/opik-cipx-hook-launcher"')
+        assert 10 <= hook["timeout"] <= 120
+    assert os.access(LAUNCHER, os.X_OK)
+    assert MANAGED_MARKER in LAUNCHER.read_text().splitlines()[1]
+    assert subprocess.run(["sh", "-n", str(LAUNCHER)]).returncode == 0
+
+
+def test_skill_front_matter():
+    text = (REPO / "skills" / "opik-cipx" / "SKILL.md").read_text()
+    head, _, body = text.removeprefix("---\n").partition("\n---\n")
+    fields = dict(line.split(": ", 1) for line in head.splitlines())
+    assert fields["name"] == "opik-cipx" and len(fields["description"]) > 80
+    for must in ("opik-cipx status", "opik-cipx sync", "opik-cipx restart", "opik-cipx logs", "CIPX_DISABLED",
+                 "state.json", "sessions/", "uninstall", "purge"):
+        assert must in body, must
