@@ -16,7 +16,6 @@ from typing import Any
 
 from opik_cipx.config import Settings, load_settings
 from opik_cipx.home import open_private, private_dir, read_json
-from opik_cipx.ports import saved_ports
 
 HEALTH_TIMEOUT_S = 1.0
 POLL_S = 0.02
@@ -36,13 +35,22 @@ def read_state(settings: Settings) -> dict[str, Any] | None:
     return None
 
 
+def _port(ports: object, name: str) -> int | None:
+    port = ports.get(name) if isinstance(ports, dict) else None
+    return port if isinstance(port, int) and 0 < port < 65536 else None
+
+
+def listener_port(settings: Settings, state: dict[str, Any] | None, name: str) -> int | None:
+    """The port of listener `name` from `state.json`, else from `ports.json`.
+
+    Reads `ports.json` itself rather than through ports.py, which pulls in the listener code:
+    `sync` runs on every session start and this keeps its start-up short.
+    """
+    return _port((state or {}).get("ports"), name) or _port(read_json(settings.ports_path), name)
+
+
 def admin_port(settings: Settings, state: dict[str, Any] | None) -> int | None:
-    """The admin port from `state.json`, else from `ports.json`."""
-    ports = state.get("ports") if state else None
-    port = ports.get("admin") if isinstance(ports, dict) else None
-    if isinstance(port, int) and 0 < port < 65536:
-        return port
-    return saved_ports(settings.ports_path).get("admin")
+    return listener_port(settings, state, "admin")
 
 
 def admin_get(port: int, path: str, timeout_s: float = HEALTH_TIMEOUT_S) -> tuple[int, bytes] | None:

@@ -23,15 +23,16 @@ from opik_cipx.config import Settings
 from opik_cipx.daemon_control import (
     admin_port,
     is_healthy,
+    listener_port,
     read_state,
     startup_error,
     stop_daemon,
     wait_healthy,
 )
 from opik_cipx.home import open_private, private_dir
-from opik_cipx.ports import claude_code_port
 from opik_cipx.supervisor import Supervisor, SupervisorError, detect_mode
 
+CLAUDE_CODE_PORT = 9909  # ports.CLAUDE_CODE_PORT, without importing the listener code
 START_TIMEOUT_S = 10.0  # how long a starting daemon gets to answer /admin/health
 SYNC_STOP_TIMEOUT_S = 10.0  # how long `sync` lets a daemon it replaces drain
 LOCK_TIMEOUT_S = 30.0
@@ -145,9 +146,7 @@ def _start_failure(settings: Settings, supervisor: Supervisor, proc) -> str:
 
 def our_url(settings: Settings, state: dict[str, Any] | None = None) -> str:
     """The URL `sync` writes: the running daemon's Claude Code port, else the configured one."""
-    ports = (state or {}).get("ports")
-    port = ports.get("claude_code") if isinstance(ports, dict) else None
-    return claude_settings.proxy_url(port if isinstance(port, int) else claude_code_port(settings.ports_path))
+    return claude_settings.proxy_url(listener_port(settings, state, "claude_code") or CLAUDE_CODE_PORT)
 
 
 def describe(change: claude_settings.Change, url: str) -> str | None:
