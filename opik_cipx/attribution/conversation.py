@@ -123,7 +123,7 @@ class Conversation:
             if kind == "text":
                 self._text_block(role, block)
             else:
-                self._other_block(role, kind, block)
+                self._other_block(role, kind, payload, block)
             user_items.append(None)
         if role == "user":
             self._user(user_items, opens_turn)
@@ -254,10 +254,11 @@ class Conversation:
             self._whole(block, "text", UNATTRIBUTED, None)
         self._whole(block, "citations", UNATTRIBUTED, None)
 
-    def _other_block(self, role: object, kind: str, block: Block) -> None:
+    def _other_block(self, role: object, kind: str, payload: frozenset[str], block: Block) -> None:
+        """A non-text block; its `payload` members are painted here, each exactly once."""
         fields = block.fields
         if kind in ("thinking", "redacted_thinking"):
-            for key in ("thinking", "signature", "data"):
+            for key in payload:
                 self._whole(block, key, PRIOR_ASSISTANT, "thinking")
         elif kind in ("tool_use", "server_tool_use", "mcp_tool_use"):
             name = _string_of(fields.get("name")) or "unknown"
@@ -266,11 +267,11 @@ class Conversation:
                 self.tool_names[call_id] = name
             record = self.facts.tool(name)
             record["calls"] += 1
-            self._whole(block, "input", TOOL_IO, name, ((record, "input_chars"),))
-            self._whole(block, "server_name", TOOL_IO, name, ((record, "input_chars"),))
+            for key in payload:
+                self._whole(block, key, TOOL_IO, name, ((record, "input_chars"),))
         elif kind == "image" or kind == "document":
             bucket = PRIOR_ASSISTANT if role == "assistant" else USER_PROMPT
-            for key in ("source", "title", "context", "citations"):
+            for key in payload:
                 self._whole(block, key, bucket, kind)
         else:  # a tool result
             name = self.tool_names.get(_string_of(fields.get("tool_use_id")) or "", "unknown")
