@@ -96,7 +96,7 @@ def _keep_or_fail_open(settings: Settings, env: dict[str, str], config_error: st
     change = lifecycle.unpoint(settings, env, state)
     tail = f" Removed {claude_settings.KEY} from {change.path}." if change.outcome == "removed" else ""
     report.problem(f"{config_error}. opik-cipx is not running, so Claude Code talks to Anthropic directly.{tail} "
-                   "Fix the file, then run `opik-cipx sync`.")
+                   "Fix it, then run `opik-cipx sync`.")
 
 
 def _record(settings: Settings, env: dict[str, str], raw: bytes, report: _Report) -> None:
