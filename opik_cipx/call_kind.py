@@ -92,10 +92,11 @@ def _side_kind(body: dict, system: list[str]) -> str:
         WEB_SEARCH_PROMPT in text for text in system
     ):
         return "web_search"
-    user_texts = [text for message in _messages(body) if message.get("role") == "user" for text in _texts(message)]
+    messages = _messages(body)
+    user_texts = [text for message in messages if message.get("role") == "user" for text in _texts(message)]
     if any(WEB_FETCH_TEXT in text for text in user_texts):
         return "web_fetch"
-    if body.get("max_tokens") == 1 and len(_messages(body)) == 1 and [t.strip() for t in user_texts] == ["quota"]:
+    if body.get("max_tokens") == 1 and len(messages) == 1 and [t.strip() for t in user_texts] == ["quota"]:
         return "quota_probe"
     prompt = "\n".join(text for text in system if not text.startswith(BILLING_HEADER))
     if not tools and (_TITLE.search(prompt) and _TITLE_SUBJECT.search(prompt) or _title_schema(body)):
@@ -128,13 +129,16 @@ def _system_texts(body: dict) -> list[str]:
     if isinstance(system, str):
         return [system]
     if isinstance(system, list):
-        return [block["text"] for block in system if isinstance(block, dict) and isinstance(block.get("text"), str)]
+        texts = [block.get("text") for block in system if isinstance(block, dict)]
+        return [text for text in texts if isinstance(text, str)]
     return []
 
 
 def _messages(body: dict) -> list[dict]:
     messages = body.get("messages")
-    return [message for message in messages if isinstance(message, dict)] if isinstance(messages, list) else []
+    if not isinstance(messages, list):
+        return []
+    return [message for message in messages if isinstance(message, dict)]
 
 
 def _texts(message: dict) -> list[str]:
@@ -142,11 +146,8 @@ def _texts(message: dict) -> list[str]:
     if isinstance(content, str):
         return [content]
     if isinstance(content, list):
-        return [
-            block["text"]
-            for block in content
-            if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str)
-        ]
+        blocks = [block for block in content if isinstance(block, dict) and block.get("type") == "text"]
+        return [block["text"] for block in blocks if isinstance(block.get("text"), str)]
     return []
 
 

@@ -5,7 +5,16 @@ from functools import cache
 from pathlib import Path
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code"
-SCENARIOS = ("simple", "tools", "subagent", "mcp", "skills_agents", "compact", "nonstream_and_others", "error")
+SCENARIOS = (
+    "simple",
+    "tools",
+    "subagent",
+    "mcp",
+    "skills_agents",
+    "compact",
+    "nonstream_and_others",
+    "error",
+)
 
 
 @cache

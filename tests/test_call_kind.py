@@ -66,7 +66,11 @@ def test_subagent_without_headers_from_the_system_prompt():
 
 
 def test_headers_are_case_insensitive_and_parent_agent_id_is_read():
-    headers = [["X-CLAUDE-CODE-AGENT-ID", "a1"], ["x-claude-code-parent-agent-id", "p0"], ["X-Stainless-Retry-Count", "2"]]
+    headers = [
+        ["X-CLAUDE-CODE-AGENT-ID", "a1"],
+        ["x-claude-code-parent-agent-id", "p0"],
+        ["X-Stainless-Retry-Count", "2"],
+    ]
     kind = classify("POST", "/v1/messages", headers, {"messages": []})
     assert (kind.kind, kind.agent_id, kind.parent_agent_id, kind.retry_count) == ("subagent", "a1", "p0", 2)
 
@@ -92,7 +96,7 @@ def test_side_calls_web_search_and_web_fetch():
 
 
 def test_quota_probe():
-    body = {"model": "claude-haiku-4-5-20251001", "max_tokens": 1, "messages": [{"role": "user", "content": "quota"}]}
+    body = {"model": "claude-haiku-4-5", "max_tokens": 1, "messages": [{"role": "user", "content": "quota"}]}
     assert classify("POST", "/v1/messages?beta=true", [], body) == CallKind("side", side_kind="quota_probe")
     body["max_tokens"] = 2
     assert classify("POST", "/v1/messages", [], body).side_kind == "unknown"
@@ -135,7 +139,7 @@ def test_main_loop_is_never_a_side_call():
         ("POST", "/v1/messages", [1, 2], "other"),
         ("GET", "/v1/messages", None, "other"),
         ("POST", "https://api.anthropic.com/api/event_logging/v2/batch", {"events": []}, "other"),
-        ("POST", "/v1/messages", {"system": 5, "messages": "x", "tools": {"a": 1}, "metadata": {"user_id": 7}}, "side"),
+        ("POST", "/v1/messages", {"system": 5, "messages": "x", "tools": {"a": 1}, "metadata": 7}, "side"),
     ],
 )
 def test_routes_and_odd_bodies(method, path, body, kind):

@@ -208,8 +208,10 @@ def test_memory_kind_for_local_and_auto_memory_files():
 
 @pytest.mark.parametrize("ascii_only", [False, True])
 def test_split_strings_keep_escapes_inside_their_piece(ascii_only):
-    section = 'Contents of /p/CLAUDE.md (project instructions, checked into the codebase):\n\n"caf\u00e9" \U0001f600\\\n\n'
-    reminder = "<system-reminder>\n# claudeMd\nIntro \u2014 \U0001f600\n\n" + section + "# currentDate\nToday.\n</system-reminder>"
+    header = "Contents of /p/CLAUDE.md (project instructions, checked into the codebase):"
+    section = header + '\n\n"caf\u00e9" \U0001f600\\\n\n'
+    intro = "<system-reminder>\n# claudeMd\nIntro \u2014 \U0001f600\n\n"
+    reminder = intro + section + "# currentDate\nToday.\n</system-reminder>"
     body = {"messages": [{"role": "user", "content": [{"type": "text", "text": reminder}]}]}
     text = json.dumps(body, ensure_ascii=ascii_only)
     result = categorize(text.encode())
@@ -255,7 +257,8 @@ def test_builtin_subagent_prompt_stays_system_prompt():
     result = attribution("subagent", "002")
     assert result.buckets["agents"] == 0
     assert result.facts["agents"]["custom"] == []
-    assert region_texts("subagent", "002", "system_prompt", "preamble")[0].startswith('"You are an agent for Claude Code')
+    (preamble,) = region_texts("subagent", "002", "system_prompt", "preamble")
+    assert preamble.startswith('"You are an agent for Claude Code')
 
 
 def test_agent_list_arriving_mid_conversation():
@@ -335,7 +338,7 @@ def test_local_compact_command_with_caveat_and_stdout():
     (command,) = result.facts["slash_commands"]["by_command"]
     assert (command["name"], command["kind"], command["args"]) == ("compact", "local", "")
     texts = region_texts("compact", "012", "slash_command", "compact")
-    assert [t[:24] for t in texts] == ['"<local-command-caveat>C', '"<command-name>/compact<', '"<local-command-stdout>C']
+    assert [t[:23] for t in texts] == ['"<local-command-caveat>', '"<command-name>/compact', '"<local-command-stdout>']
     assert command["stdout_chars"] == len(texts[2])
     assert command["chars"] == sum(map(len, texts))
 
@@ -475,38 +478,42 @@ MARKERS = [
     '# MCP Server Instructions\n\nThe following:\n\n## w\u00e9\n"quoted"\n\n## n\nx\n',
 ]
 texts = st.lists(st.one_of(st.sampled_from(MARKERS), st.text(max_size=12)), max_size=6).map("".join)
+marker_texts = st.lists(st.one_of(st.sampled_from(MARKERS), st.text(max_size=6)), min_size=1, max_size=8)
+marker_texts = marker_texts.map("".join)
 leaves = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), texts)
-values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3), max_leaves=6)
-BLOCK_TYPES = ["text", "thinking", "redacted_thinking", "tool_use", "server_tool_use", "tool_result",
-               "web_search_tool_result", "image", "document", "hologram"]
-BLOCK_KEYS = ["text", "thinking", "signature", "data", "input", "content", "id", "name", "tool_use_id",
-              "is_error", "cache_control", "citations", "source", "zzz"]
-ids = st.sampled_from(["t1", "t2", "t3"])
-blocks = st.builds(
-    lambda kind, rest, call_id: {"type": kind, **rest, "id": call_id, "tool_use_id": call_id},
-    st.sampled_from(BLOCK_TYPES),
-    st.dictionaries(st.sampled_from(BLOCK_KEYS), st.one_of(texts, values, ids), max_size=4),
-    ids,
+values = st.recursive(
+    leaves, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3), max_leaves=6
 )
-marker_texts = st.lists(st.one_of(st.sampled_from(MARKERS), st.text(max_size=6)), min_size=1, max_size=8).map("".join)
+BLOCK_TYPES = ["text", "thinking", "redacted_thinking", "tool_use", "server_tool_use", "tool_result"]
+BLOCK_TYPES += ["web_search_tool_result", "image", "document", "hologram"]
+BLOCK_KEYS = ["text", "thinking", "signature", "data", "input", "content", "id", "name", "tool_use_id"]
+BLOCK_KEYS += ["is_error", "cache_control", "citations", "source", "zzz"]
+CACHE_CONTROL = [{}, {"cache_control": {"type": "ephemeral"}}]
+
+
+def block(kind: str, members: dict, call_id: str) -> dict:
+    return {"type": kind, **members, "id": call_id, "tool_use_id": call_id}
+
+
+def message(role: object, content: object, role_first: bool) -> dict:
+    return {"role": role, "content": content} if role_first else {"content": content, "role": role}
+
+
+ids = st.sampled_from(["t1", "t2", "t3"])
+block_members = st.dictionaries(st.sampled_from(BLOCK_KEYS), st.one_of(texts, values, ids), max_size=4)
+blocks = st.builds(block, st.sampled_from(BLOCK_TYPES), block_members, ids)
 text_blocks = st.builds(lambda text: {"type": "text", "text": text}, marker_texts)
 contents = st.one_of(
     texts, marker_texts, st.lists(st.one_of(text_blocks, text_blocks, blocks, values), max_size=5), values
 )
 roles = st.one_of(st.sampled_from(["user", "assistant", "system", "other"]), values)
-messages = st.builds(
-    lambda role, content, role_first: {"role": role, "content": content} if role_first else {"content": content, "role": role},
-    roles, contents, st.booleans(),
-)
-system_blocks = st.lists(
-    st.one_of(st.builds(lambda text, cc: {"type": "text", "text": text, **cc}, texts, st.sampled_from([{}, {"cache_control": {"type": "ephemeral"}}])), values),
-    max_size=4,
-)
+messages = st.builds(message, roles, contents, st.booleans())
+system_block = st.builds(lambda text, cc: {"type": "text", "text": text, **cc}, texts, st.sampled_from(CACHE_CONTROL))
+system_blocks = st.lists(st.one_of(system_block, values), max_size=4)
 tool_names = st.one_of(st.sampled_from(["Bash", "mcp__srv__t", "mcp__plugin_a_b__c", "mcp__", "mcp__x"]), texts)
-tool_defs = st.lists(
-    st.one_of(st.builds(lambda name, rest: {"name": name, **rest}, tool_names, st.dictionaries(texts, values, max_size=2)), values),
-    max_size=3,
-)
+tool_members = st.dictionaries(texts, values, max_size=2)
+tool_def = st.builds(lambda name, rest: {"name": name, **rest}, tool_names, tool_members)
+tool_defs = st.lists(st.one_of(tool_def, values), max_size=3)
 requests = st.fixed_dictionaries(
     {},
     optional={

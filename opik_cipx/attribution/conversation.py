@@ -65,7 +65,8 @@ class Block(NamedTuple):
 
 
 class _Segment(NamedTuple):
-    field: Field
+    item: int  # index of the text item it belongs to
+    text: str
     start: int
     end: int
     kind: int
@@ -138,24 +139,26 @@ class Conversation:
         if opens_turn:
             self.facts.turn_prompts = []
         segments: list[_Segment | None] = []
-        for item in items:
+        for number, item in enumerate(items):
             if item is None:
                 segments.append(None)
             else:
-                segments += [_Segment(item, *span) for span in _segments(item.value)]
+                segments += [_Segment(number, item.value, *span) for span in _segments(item.value)]
         records = self._commands(segments)
-        pieces: dict[int, list[Piece]] = {id(item): [] for item in items if item is not None}
+        pieces: list[list[Piece]] = [[] for _ in items]
         previous: dict | None = None  # a prompt command directly before this segment
         for index, segment in enumerate(segments):
             if segment is None:
                 previous = None
                 continue
-            pieces[id(segment.field)] += self._user_segment(index, segment, segments, records, previous, opens_turn)
+            pieces[segment.item] += self._user_segment(
+                index, segment, segments, records, previous, opens_turn
+            )
             command = records.get(index)
             previous = command[0] if command is not None and command[0]["kind"] == "prompt" else None
-        for item in items:
+        for item, item_pieces in zip(items, pieces):
             if item is not None:
-                self._string(item, pieces[id(item)])
+                self._string(item, item_pieces)
 
     def _commands(self, segments: list[_Segment | None]) -> dict[int, tuple[dict, list[Piece]]]:
         """Command records and pieces by segment index, created in message order."""
@@ -165,7 +168,7 @@ class Conversation:
                 before = segments[index - 1] if index else None
                 after_caveat = before is not None and before.kind == CAVEAT
                 records[index] = commands.command(
-                    segment.field.value, segment.start, segment.end, after_caveat, self.facts
+                    segment.text, segment.start, segment.end, after_caveat, self.facts
                 )
         return records
 
@@ -178,7 +181,7 @@ class Conversation:
         previous: dict | None,
         opens_turn: bool,
     ) -> list[Piece]:
-        text, start, end, kind = segment.field.value, segment.start, segment.end, segment.kind
+        _, text, start, end, kind = segment
         facts = self.facts
         if kind == REMINDER:
             if memory.CLAUDE_MD in text[start:end]:
@@ -343,6 +346,6 @@ def _sample(content: object) -> str:
     if isinstance(content, str):
         return content[:SAMPLE_CHARS]
     if isinstance(content, list):
-        texts = [item["text"] for item in content if isinstance(item, dict) and isinstance(item.get("text"), str)]
-        return "".join(texts)[:SAMPLE_CHARS]
+        texts = [item.get("text") for item in content if isinstance(item, dict)]
+        return "".join(text for text in texts if isinstance(text, str))[:SAMPLE_CHARS]
     return ""

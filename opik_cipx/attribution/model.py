@@ -6,6 +6,7 @@ cover the body exactly once.
 """
 
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import NamedTuple
 
 from opik_cipx.attribution.json_spans import string_cuts
@@ -103,14 +104,14 @@ class Canvas:
         the last.
         """
         pieces = [piece for piece in pieces if piece.end > piece.start] or pieces[:1]
-        bounds = string_bounds(self.text, start, end, len(value), pieces)
-        for piece, (left, right) in zip(pieces, bounds):
+        cuts = string_cuts(self.text, start, end, len(value), [piece.start for piece in pieces[1:]])
+        for piece, left, right in zip(pieces, [start, *cuts], [*cuts, end]):
             self.paint(left, right, piece.bucket, piece.label, piece.tally)
 
     def regions(self) -> list[Region]:
         out: list[Region] = []
         pos = 0
-        for start, end, bucket, label in sorted(self._paint):
+        for start, end, bucket, label in sorted(self._paint, key=itemgetter(0)):
             if start > pos:
                 _append(out, pos, start, ENVELOPE, None)
             _append(out, start, end, bucket, label)
@@ -126,10 +127,3 @@ def _append(out: list[Region], start: int, end: int, bucket: str, label: str | N
     else:
         out.append(Region(start, end, bucket, label))
 
-
-def string_bounds(text: str, start: int, end: int, length: int, pieces: list[Piece]) -> list[tuple[int, int]]:
-    """Body [left, right) of each piece of the literal text[start:end] (see `paint_string`)."""
-    cuts = string_cuts(text, start, end, length, [piece.start for piece in pieces[1:]])
-    lefts = [start, *cuts]
-    rights = [*cuts, end]
-    return list(zip(lefts, rights))

@@ -42,9 +42,9 @@ class SystemPrompt:
             custom = agents.custom_definition(text, self.facts)
             if custom is not None:
                 return custom
-        return self.sections(text)
+        return self._sections(text)
 
-    def sections(self, text: str) -> list[Piece]:
+    def _sections(self, text: str) -> list[Piece]:
         headings = list(_SECTION.finditer(text))
         pieces = [Piece(0, headings[0].start() if headings else len(text), SYSTEM_PROMPT, "preamble")]
         for index, heading in enumerate(headings):
