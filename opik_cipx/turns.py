@@ -16,7 +16,6 @@ from typing import Any
 class TurnAnchor:
     index: int  # position in `messages` of the user message that opened the turn
     digest: str  # hash of that message's text: identifies the turn across calls
-    text: str
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,8 @@ def turn_anchor(messages: list) -> TurnAnchor | None:
     for index in range(len(messages) - 1, -1, -1):
         message = messages[index]
         if isinstance(message, dict) and _is_prompt_message(message):
-            text = message_text(message)
-            return TurnAnchor(index, hashlib.sha256(text.encode()).hexdigest()[:16], text)
+            digest = hashlib.sha256(message_text(message).encode()).hexdigest()[:16]
+            return TurnAnchor(index, digest)
     return None
 
 

@@ -1,8 +1,12 @@
 """The recorded Claude Code 2.1.197 requests (tests/fixtures/claude-code), for golden tests."""
 
 import json
+import re
 from functools import cache
 from pathlib import Path
+
+from opik_cipx.capture import Capture
+from opik_cipx.ids import derived_uuid7
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code"
 SCENARIOS = (
@@ -53,3 +57,50 @@ def body_json(req: dict) -> dict | None:
         return json.loads(req["body"]) if req.get("body") else None
     except ValueError:
         return None
+
+
+@cache
+def response(scenario: str, number: str) -> dict:
+    """What the recording's fake upstream answered: {status, headers (dict), body (str)}."""
+    return json.loads((FIXTURES / scenario / f"{number}.response.json").read_text())
+
+
+def exchange(scenario: str, number: str) -> Capture:
+    """One recorded exchange as the gateway would have captured it (times from the recording)."""
+    req, resp = request(scenario, number), response(scenario, number)
+    started = int(req["received_at"] * 1e9)
+    capture = Capture(
+        id=derived_uuid7(started // 1_000_000, "fixture", scenario, number),
+        started_at_ns=started,
+        ttfb_ns=started + 40_000_000,
+        ended_at_ns=started + 200_000_000,
+        method=req["method"],
+        path=req["path"],
+        request_headers=header_pairs(req),
+        request_body=body_bytes(req),
+        status=resp["status"],
+        response_headers=[[name, value] for name, value in resp["headers"].items()],
+    )
+    capture.response_parts = [resp["body"].encode("utf-8")]
+    return capture
+
+
+def exchanges(scenario: str) -> list[tuple[str, Capture]]:
+    """(number, capture) for every recorded exchange of a scenario, in recorded order."""
+    return [(number, exchange(scenario, number)) for number, _ in requests(scenario)]
+
+
+def runs(scenario: str) -> dict[str, int]:
+    """Request number -> the CLI invocation (1-based `cli_runN`) that sent it, from `_server.log`."""
+    out, run = {}, 0
+    for line in (FIXTURES / scenario / "_server.log").read_text().splitlines():
+        if line.startswith("=== run "):
+            run = int(line.split()[2].rstrip(":"))
+        elif match := re.match(r"^\S+ #(\d{3}) ", line):
+            out[match.group(1)] = run
+    return out
+
+
+def cli_result(scenario: str, run: int) -> dict:
+    """Claude Code's own `--output-format json` result of one invocation (its cost included)."""
+    return json.loads((FIXTURES / scenario / f"cli_run{run}.stdout.json").read_text())
