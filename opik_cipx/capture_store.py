@@ -37,8 +37,8 @@ class CaptureStore:
         self._opened_at = 0.0
         self._seq = 0
 
-    def append(self, capture: Capture) -> None:
-        """Persist one capture; raises OSError when the disk refuses it."""
+    def append(self, capture: Capture) -> Path:
+        """Persist one capture and return its segment; raises OSError when the disk refuses it."""
         member = gzip.compress(json.dumps(capture.to_json()).encode() + b"\n", compresslevel=6, mtime=0)
         if (
             self._fh is None
@@ -48,6 +48,7 @@ class CaptureStore:
             self._rotate()
         self._fh.write(member)
         self._size += len(member)
+        return self._path
 
     def _rotate(self) -> None:
         self.close()
@@ -119,6 +120,14 @@ def read_segment(path: Path) -> Iterator[Capture]:
             yield Capture.from_json(json.loads(line))
         except (ValueError, KeyError, TypeError):
             log.warning("capture segment %s: unreadable record skipped", path.name)
+
+
+def find_capture(segment: Path, capture_id: str) -> Capture | None:
+    """The capture with `capture_id` in `segment`, or None (deleted by retention, or absent)."""
+    try:
+        return next((c for c in read_segment(segment) if c.id == capture_id), None)
+    except FileNotFoundError:
+        return None
 
 
 def read_captures(directory: Path) -> Iterator[Capture]:
