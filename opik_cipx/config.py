@@ -85,6 +85,17 @@ def _upstream_url(raw: Any) -> str:
     return url
 
 
+def opik_url(raw: Any) -> str:
+    """An Opik REST API root such as `https://www.comet.com/opik/api`; empty means unset."""
+    url = _text(raw).rstrip("/")
+    if not url:
+        return ""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"expected http(s)://host[:port][/path], got {url!r}")
+    return url
+
+
 def _proxy_url(raw: Any) -> str:
     url = _text(raw)
     if not url:
@@ -146,6 +157,27 @@ OPTIONS: tuple[Option, ...] = (
            "raw capture segment size before rotation"),
     Option("logs.max_mb", None, _number(int, 1), 10, "gateway log size before rotation"),
     Option("logs.backups", None, _number(int, 0), 3, "rotated gateway logs kept"),
+    Option("opik.base_url", "OPIK_CIPX_BASE_URL", opik_url, "",
+           "Opik REST API root; unset: ~/.opik.config, else Opik Cloud when an API key is set"),
+    Option("opik.api_key", "OPIK_CIPX_API_KEY", _text, "", "Opik API key (Opik Cloud); never logged"),
+    Option("opik.workspace", "OPIK_CIPX_WORKSPACE", _text, "", "Opik workspace; unset: ~/.opik.config, else 'default'"),
+    Option("opik.project", "OPIK_CIPX_PROJECT", _text, "",
+           "Opik project, with {field} templating; unset: ~/.opik.config, else 'claude-code'"),
+    Option("opik.debug", "OPIK_CIPX_DEBUG", parse_bool, False, "log at debug level, every batch sent to Opik included"),
+    Option("opik.timeout_s", None, _number(float, 1), 30.0, "seconds one request to Opik may take"),
+    Option("opik.retry_max_s", None, _number(float, 0.01), 300.0,
+           "cap of the backoff between retries while Opik is down or failing"),
+    Option("opik.auth_probe_s", None, _number(float, 0.01), 300.0,
+           "seconds between probes while Opik refuses the API key or workspace"),
+    Option("spool.max_mb", None, _number(float, 0.01), 512.0,
+           "disk budget for unshipped records; beyond it the oldest segments are dropped, counted"),
+    Option("spool.segment_mb", None, _number(float, 0.001), 8.0, "spool segment size before rotation"),
+    Option("spool.inmem_max", None, _number(int, 1), 10000,
+           "records waiting for the disk write; beyond it new ones are dropped, counted"),
+    Option("spool.inmem_max_mb", None, _number(float, 0.01), 64.0,
+           "bytes of records waiting for the disk write; beyond it new ones are dropped, counted"),
+    Option("spool.commit_interval_s", None, _number(float, 0.001), 0.2,
+           "group commit: under load, at most one fsync per this many seconds"),
 )
 
 
@@ -171,6 +203,10 @@ class Settings:
     @property
     def captures_dir(self) -> Path:
         return self.home / "captures"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
 
     @property
     def state_path(self) -> Path:
