@@ -3,7 +3,9 @@
 Start order: gateway port first (a taken 9909 fails before anything is written), then the
 admin port, the worker, and finally `state.json`, the handshake `sync` and `status` wait for.
 Stop order on SIGTERM/SIGINT: stop accepting, let in-flight exchanges finish (bounded), drain
-the tee queue (bounded), close files, remove `state.json`.
+the tee queue (bounded), commit the spool's queued records (bounded; what cannot be written is
+counted in `spans_dropped_term`), stop the shipper (unshipped records stay in the spool for
+the next start), close files, remove `state.json`.
 """
 
 import logging
@@ -12,7 +14,6 @@ import signal
 import ssl
 import threading
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 from opik_cipx import __version__
@@ -25,9 +26,12 @@ from opik_cipx.gateway import Gateway, GatewayHandler
 from opik_cipx.home import private_dir, write_json
 from opik_cipx.logs import configure_daemon_logging
 from opik_cipx.loopback import ListenError, LoopbackServer
+from opik_cipx.opik_destination import opik_config_path, resolve_destination
 from opik_cipx.pipeline import Pipeline
 from opik_cipx.ports import assign_picked_ports, claude_code_port
-from opik_cipx.stats import Counters, build_stats
+from opik_cipx.shipper import Shipper
+from opik_cipx.spool import Spool
+from opik_cipx.stats import Counters, build_stats, utc_iso
 from opik_cipx.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -36,11 +40,6 @@ SHUTDOWN_POLL_S = 0.1  # how often an idle listener checks for shutdown
 
 class StartupError(Exception):
     """The daemon cannot start; the message is one line fit for the user."""
-
-
-def utc_iso(ts: float) -> str:
-    """ISO-8601 UTC with a `Z` suffix, millisecond precision."""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class Daemon:
@@ -90,6 +89,24 @@ class Daemon:
                 self.gateway_server.server_close()
             raise StartupError(str(exc)) from None
         self._threads: list[threading.Thread] = []
+        self.destination = resolve_destination(settings, opik_config_path(dict(os.environ)))
+        mib = 1024 * 1024
+        self.spool = Spool(
+            settings.spool_dir,
+            max_bytes=int(settings.spool_max_mb * mib),
+            segment_bytes=int(settings.spool_segment_mb * mib),
+            inmem_max=settings.spool_inmem_max,
+            inmem_max_bytes=int(settings.spool_inmem_max_mb * mib),
+            commit_interval_s=settings.spool_commit_interval_s,
+        )
+        self.shipper = Shipper(
+            self.spool,
+            self.destination,
+            self.counters,
+            timeout_s=settings.opik_timeout_s,
+            retry_max_s=settings.opik_retry_max_s,
+            auth_probe_s=settings.opik_auth_probe_s,
+        )
 
     def _persist_capture(self, capture: Capture) -> None:
         try:
@@ -99,6 +116,8 @@ class Daemon:
             log.warning("capture store: cannot write capture %s: %s", capture.id, exc.strerror or exc)
 
     def start(self) -> None:
+        self.spool.start()
+        self.shipper.start()
         self.pipeline.start()
         for server in (self.gateway_server, self.admin_server):
             thread = threading.Thread(
@@ -111,6 +130,11 @@ class Daemon:
             "opik-cipx %s listening: claude_code 127.0.0.1:%d, admin 127.0.0.1:%d, upstream %s",
             __version__, self.ports["claude_code"], self.ports["admin"], self.settings.upstream_url,
         )
+        dest = self.destination
+        if dest.configured:
+            log.info("opik: %s, workspace %s, project %s", dest.display_url, dest.workspace, dest.project)
+        else:
+            log.info("opik: not configured; spans are kept in the spool")
 
     def state(self) -> dict[str, Any]:
         """The `state.json` handshake; `executable*` let `sync` spot a replaced binary."""
@@ -136,9 +160,15 @@ class Daemon:
             "started_at": utc_iso(self.started_at),
             "uptime_s": round(time.time() - self.started_at, 3),
             "listeners": listeners,
-            "project": None,
+            "project": self.destination.project,
         }
-        return build_stats(base, self.counters, {"materializer": self.pipeline.section})
+        providers = {
+            "materializer": self.pipeline.section,
+            "opik": self.shipper.section,
+            "queue": self.shipper.queue_section,
+            "wal": self.spool.section,
+        }
+        return build_stats(base, self.counters, providers)
 
     def shutdown(self) -> None:
         """Stop accepting, drain in-flight exchanges and the tee queue, release everything."""
@@ -151,6 +181,12 @@ class Daemon:
                         self.gateway.inflight, drain)
         if not self.pipeline.stop(timeout_s=max(drain, 5.0)):
             log.warning("shutdown: materializer did not drain its queue in time")
+        unwritten = self.spool.close(timeout_s=5.0)
+        if unwritten:
+            self.counters.incr("spans_dropped_term", unwritten)
+            log.warning("shutdown: %d record(s) could not be written to the spool and are lost", unwritten)
+        if not self.shipper.stop(timeout_s=5.0):
+            log.warning("shutdown: a request to Opik is still in flight; its records stay in the spool")
         self.admin_server.shutdown()
         self.admin_server.server_close()
         self.pool.close()
@@ -167,7 +203,9 @@ def run_proxy(settings: Settings, port: int | None = None) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT; the exit code."""
     os.umask(0o077)
     private_dir(settings.home)
-    configure_daemon_logging(settings.logs_dir, settings.logs_max_mb * 1024 * 1024, settings.logs_backups)
+    configure_daemon_logging(
+        settings.logs_dir, settings.logs_max_mb * 1024 * 1024, settings.logs_backups, debug=settings.opik_debug
+    )
     for warning in settings.warnings:
         log.warning("%s", warning)
     try:

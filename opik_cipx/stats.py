@@ -6,6 +6,7 @@ with zero/null values, so `status` can always render the full document.
 """
 
 import threading
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 COUNTER_NAMES = (
@@ -31,6 +32,11 @@ PROBLEM_COUNTERS = frozenset(
         "panics_recovered",
     }
 )
+
+
+def utc_iso(ts: float) -> str:
+    """A stats timestamp: ISO-8601 UTC with a `Z` suffix, millisecond precision."""
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class Counters:
