@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "restart": ("restart", "restart the daemon to pick up the binary on disk"),
     "logs": ("logs", "print and follow the gateway log"),
     "viewer": (None, "print (--open: launch) the debug viewer URL"),
-    "purge": (None, "stop the daemon and wipe the spool (drops unshipped spans)"),
+    "purge": ("purge", "stop the daemon and wipe the spool (drops unshipped spans)"),
     "uninstall": ("uninstall", "stop the daemon, remove the supervisor and settings entry, delete ~/.opik-cipx"),
     "proxy": ("proxy", "run the gateway in the foreground (normally started by the supervisor)"),
     "replay": (None, "re-derive spans from stored raw captures (offline, read-only)"),

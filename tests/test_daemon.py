@@ -184,7 +184,7 @@ def test_python_dash_m_and_version():
 
 
 def test_unbuilt_commands_say_so_and_exit_2(home):
-    for command in ("viewer", "purge", "replay"):
+    for command in ("viewer", "replay"):
         result = run_cli(home, command)
         assert result.returncode == 2, command
         assert "not available" in result.stderr

@@ -1,0 +1,74 @@
+"""`opik-cipx purge [--yes]`: stop the daemon and wipe the spool. Destructive.
+
+Every record not yet shipped to Opik is dropped, and the quarantine file goes with it; how many
+records were dropped is printed. Asks first; `--yes` skips the question, and without it a
+stdin that is not a terminal is refused. A daemon that was running is started again on the
+empty spool, so Claude Code is never left pointed at a proxy that is not there.
+"""
+
+import argparse
+import os
+import shutil
+import sys
+
+from opik_cipx import lifecycle
+from opik_cipx.config import ConfigError, Settings
+from opik_cipx.daemon_control import admin_port, fetch_stats, paths_only_settings, read_state, stop_daemon
+from opik_cipx.spool import unshipped_records
+
+HELP = "stop the daemon and wipe the spool (drops unshipped spans)"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    parser.set_defaults(on_config_error=on_config_error)
+
+
+def on_config_error(args: argparse.Namespace, exc: ConfigError) -> int:
+    print(f"opik-cipx: warning: {exc} (purging anyway)", file=sys.stderr)
+    return run(args, paths_only_settings(dict(os.environ)))
+
+
+def _unshipped_now(settings: Settings) -> int:
+    """What a purge would drop: from the running daemon's stats, else from the spool on disk."""
+    stats = fetch_stats(admin_port(settings, read_state(settings)))
+    if stats and isinstance(stats.get("queue"), dict):
+        return sum(int(stats["queue"].get(key) or 0) for key in ("in_memory", "ready", "inflight"))
+    return unshipped_records(settings.spool_dir)
+
+
+def _confirm(settings: Settings) -> bool:
+    if not sys.stdin.isatty():
+        print("opik-cipx: purge needs confirmation; re-run with --yes to proceed without a prompt.", file=sys.stderr)
+        return False
+    print(f"This stops opik-cipx and deletes {settings.spool_dir}: {_unshipped_now(settings)} record(s) "
+          "(spans and traces) not yet shipped to Opik are lost.")
+    try:
+        answer = input("Purge the spool? [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.yes and not _confirm(settings):
+        print("opik-cipx: nothing changed.", file=sys.stderr)
+        return 1
+    stopped = stop_daemon(settings)
+    if stopped != "not running":
+        print(f"opik-cipx: daemon {stopped}")
+    dropped = unshipped_records(settings.spool_dir)
+    shutil.rmtree(settings.spool_dir, ignore_errors=True)
+    if settings.spool_dir.exists():
+        print(f"opik-cipx: could not delete {settings.spool_dir}", file=sys.stderr)
+        return 1
+    print(f"opik-cipx: spool wiped: {dropped} unshipped record(s) (spans and traces) dropped")
+    if stopped == "not running" or settings.disabled:
+        return 0
+    outcome, problems = lifecycle.up_and_point(settings, dict(os.environ))
+    for line in problems:
+        print(f"opik-cipx: {line}", file=sys.stderr)
+    if not outcome.ok:
+        return 1
+    print(f"opik-cipx: {lifecycle.summary(settings, outcome)}")
+    return 0
