@@ -106,7 +106,9 @@ class OpikClient:
             return Reply(None, {}, b"", f"{type(exc).__name__}: {reason}")
 
 
-def plan_requests(records: list[tuple[str, dict[str, Any], int]], max_records: int, max_bytes: int) -> list[tuple[str, list[Item]]]:
+def plan_requests(
+    records: list[tuple[str, dict[str, Any], int]], max_records: int, max_bytes: int
+) -> list[tuple[str, list[Item]]]:
     """The batch's requests: traces first, then spans; each id once (newest `last_updated_at`)."""
     out: list[tuple[str, list[Item]]] = []
     for kind in KINDS:
@@ -264,7 +266,7 @@ class Shipper:
         self.spool.quarantine(kind, body, status, reason)
         with self._lock:
             self._quarantined += 1
-        log.warning("shipper: Opik rejected %s %s (HTTP %d); set aside in the quarantine file", kind, body["id"], status)
+        log.warning("shipper: Opik rejected %s %s (HTTP %d); set aside in quarantine.jsonl", kind, body["id"], status)
 
     def _failed(self, reply: Reply) -> float:
         """Record why the request failed; the seconds to wait before trying it again."""

@@ -214,7 +214,8 @@ class Spool:
             full = self._inmem + len(lines) > self.inmem_max or self._inmem_bytes + size > self.inmem_max_bytes
             if full or self._stopping:
                 if not self._dropping:
-                    log.warning("spool: dropping records: %s", "spool closed" if self._stopping else "in-memory queue full")
+                    why = "spool closed" if self._stopping else "in-memory queue full"
+                    log.warning("spool: dropping records: %s", why)
                 self._dropping = True
                 self._dropped_inmem += len(lines)
                 return None
@@ -292,7 +293,9 @@ class Spool:
             if not self._recovered:
                 return None
             start = pos = self._cursor
-            segments = [(n, seg.size, n != self._active) for n, seg in sorted(self._segments.items()) if n >= pos.segment]
+            segments = [
+                (n, seg.size, n != self._active) for n, seg in sorted(self._segments.items()) if n >= pos.segment
+            ]
         records: list[tuple[str, dict[str, Any], int]] = []
         nbytes = corrupt = 0
         for i, (number, size, sealed) in enumerate(segments):

@@ -53,6 +53,15 @@ def synthetic_capture(project: str = PROJECT, padding: int = 200) -> list[dict]:
     return [{"kind": "trace", "body": trace}, {"kind": "span", "body": llm}, {"kind": "span", "body": tool}]
 
 
+def prefill(directory: Path, captures: int) -> list[dict]:
+    """Leave `captures` synthetic calls in a spool at `directory`, as a stopped daemon would; the records."""
+    spool = Spool(directory, max_bytes=1 << 26, segment_bytes=1 << 16, inmem_max=100_000, inmem_max_bytes=1 << 26)
+    records = [r for _ in range(captures) for r in synthetic_capture()]
+    spool.append(records)
+    assert spool.close(5) == 0
+    return records
+
+
 def emit(doc: dict) -> None:
     sys.stdout.write(json.dumps(doc) + "\n")
     sys.stdout.flush()

@@ -8,24 +8,21 @@ from opik_cipx.commands import purge
 from opik_cipx.config import load_settings
 from opik_cipx.spool import Spool
 from tests.lifecycle_helpers import machine, wait_gone  # noqa: F401 - fixture
-from tests.spool_driver import synthetic_capture
+from tests.spool_driver import prefill
 
 MIB = 1024 * 1024
 
 
-def prefill(machine, captures: int, shipped: int = 0) -> None:
+def fill(machine, captures: int, shipped: int = 0) -> None:
     """`captures` calls in the spool, the first `shipped` records already accepted by Opik."""
-    spool = Spool(machine.home / "spool", max_bytes=MIB, segment_bytes=MIB, inmem_max=1000, inmem_max_bytes=MIB)
-    for _ in range(captures):
-        spool.append(synthetic_capture())
-    assert spool.close(5) == 0
+    prefill(machine.home / "spool", captures)
     if shipped:
-        reopened = Spool(machine.home / "spool", max_bytes=MIB, segment_bytes=MIB, inmem_max=1, inmem_max_bytes=MIB)
-        reopened.commit(reopened.read_batch(shipped, MIB))
+        spool = Spool(machine.home / "spool", max_bytes=MIB, segment_bytes=MIB, inmem_max=1, inmem_max_bytes=MIB)
+        spool.commit(spool.read_batch(shipped, MIB))
 
 
 def test_refuses_without_yes_when_stdin_is_not_a_terminal(machine):
-    prefill(machine, 2)
+    fill(machine, 2)
     result = machine.cli("purge")
     assert result.returncode == 1
     assert "--yes" in result.stderr and "nothing changed" in result.stderr
@@ -33,7 +30,7 @@ def test_refuses_without_yes_when_stdin_is_not_a_terminal(machine):
 
 
 def test_yes_wipes_the_spool_and_prints_what_was_dropped(machine):
-    prefill(machine, 3, shipped=2)
+    fill(machine, 3, shipped=2)
     (machine.home / "spool" / "quarantine.jsonl").write_text("{}\n")
     result = machine.cli("purge", "--yes")
     assert result.returncode == 0, result.stderr
@@ -43,7 +40,7 @@ def test_yes_wipes_the_spool_and_prints_what_was_dropped(machine):
 
 
 def test_stops_the_running_daemon_wipes_and_starts_it_again(machine):
-    prefill(machine, 4)
+    fill(machine, 4)
     assert machine.cli("sync").returncode == 0
     before = machine.state()["pid"]
     assert machine.stats()["queue"]["ready"] == 12  # Opik not configured: the records wait
@@ -59,7 +56,7 @@ def test_stops_the_running_daemon_wipes_and_starts_it_again(machine):
 
 
 def test_asks_on_a_terminal(machine, monkeypatch, capsys):
-    prefill(machine, 1)
+    fill(machine, 1)
     settings = load_settings(machine.env())
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
     monkeypatch.setattr(builtins, "input", lambda prompt: "n")

@@ -9,11 +9,11 @@ import pytest
 
 from opik_cipx.opik_destination import NOT_CONFIGURED, Destination
 from opik_cipx.shipper import PATHS, Shipper, plan_requests, rate_limit_wait_s
-from opik_cipx.spool import Spool
+from opik_cipx.spool import Spool, unshipped_records
 from opik_cipx.stats import Counters
 from tests.conftest import DaemonProcess, wait_for
 from tests.fake_opik import API_KEY, WORKSPACE, Answer, FakeOpik
-from tests.spool_driver import synthetic_capture
+from tests.spool_driver import prefill, synthetic_capture
 
 MIB = 1024 * 1024
 
@@ -293,10 +293,7 @@ def test_plan_requests_puts_traces_first_and_splits_by_count_and_bytes():
 
 
 def test_daemon_drains_a_prefilled_spool_and_reports_it(home, upstream, opik):
-    prefill = Spool(home / "spool", max_bytes=MIB, segment_bytes=MIB, inmem_max=1000, inmem_max_bytes=MIB)
-    records = [r for _ in range(20) for r in synthetic_capture()]
-    prefill.append(records)
-    assert prefill.close(5) == 0
+    records = prefill(home / "spool", 20)
     daemon = DaemonProcess(home, upstream.url, OPIK_CIPX_BASE_URL=opik.url, OPIK_CIPX_API_KEY=API_KEY,
                            OPIK_CIPX_WORKSPACE=WORKSPACE, OPIK_CIPX_PROJECT="{username}-cc")
     try:
@@ -320,10 +317,7 @@ def test_daemon_reads_the_opik_sdk_config_file(home, upstream, opik):
         f"[opik]\nurl_override = http://127.0.0.1:1/api/\napi_key = {API_KEY}\nworkspace = nope\n"
         f"[opik_cc]\nurl_override = {opik.url}/\nworkspace = {WORKSPACE}\nproject_name = from-ini\n"
     )
-    prefill = Spool(home / "spool", max_bytes=MIB, segment_bytes=MIB, inmem_max=1000, inmem_max_bytes=MIB)
-    records = synthetic_capture()
-    prefill.append(records)
-    prefill.close(5)
+    records = prefill(home / "spool", 1)
     daemon = DaemonProcess(home, upstream.url)
     try:
         wait_for(lambda: all_received(opik, [r["body"]["id"] for r in records]), what="drained")
@@ -334,9 +328,7 @@ def test_daemon_reads_the_opik_sdk_config_file(home, upstream, opik):
 
 
 def test_daemon_without_opik_keeps_spans_in_the_spool(home, upstream):
-    prefill = Spool(home / "spool", max_bytes=MIB, segment_bytes=MIB, inmem_max=1000, inmem_max_bytes=MIB)
-    prefill.append(synthetic_capture())
-    prefill.close(5)
+    prefill(home / "spool", 1)
     daemon = DaemonProcess(home, upstream.url)
     try:
         stats = daemon.stats()
@@ -346,4 +338,4 @@ def test_daemon_without_opik_keeps_spans_in_the_spool(home, upstream):
         assert stats["project"] == "claude-code"
     finally:
         assert daemon.stop() == 0
-    assert Spool(home / "spool", max_bytes=MIB, segment_bytes=MIB, inmem_max=1, inmem_max_bytes=MIB).counts() == (0, 3)
+    assert unshipped_records(home / "spool") == 3

@@ -6,10 +6,9 @@ import sys
 import threading
 from pathlib import Path
 
-from opik_cipx.spool import Spool
 from tests.conftest import REPO, DaemonProcess, wait_for
 from tests.fake_opik import API_KEY, WORKSPACE, FakeOpik
-from tests.spool_driver import synthetic_capture
+from tests.spool_driver import prefill
 
 
 class Driver:
@@ -92,12 +91,7 @@ def test_kill_9_while_appending_and_shipping_loses_no_acknowledged_record(tmp_pa
 
 
 def test_daemon_killed_mid_drain_ships_everything_after_restart(home, upstream):
-    prefill = Spool(home / "spool", max_bytes=1 << 26, segment_bytes=1 << 16, inmem_max=10_000,
-                    inmem_max_bytes=1 << 26)
-    records = [r for _ in range(700) for r in synthetic_capture()]
-    prefill.append(records)
-    assert prefill.close(5) == 0
-    ids = {r["body"]["id"] for r in records}
+    ids = {r["body"]["id"] for r in prefill(home / "spool", 700)}
     env = {"OPIK_CIPX_BASE_URL": "", "OPIK_CIPX_API_KEY": API_KEY, "OPIK_CIPX_WORKSPACE": WORKSPACE}
     with FakeOpik() as opik:
         env["OPIK_CIPX_BASE_URL"] = opik.url
