@@ -7,6 +7,7 @@ config written for a newer version does not stop an older daemon.
 """
 
 import ipaddress
+import uuid
 import tomllib
 import urllib.parse
 from dataclasses import dataclass, field
@@ -83,6 +84,16 @@ def _upstream_url(raw: Any) -> str:
     if parts.path or parts.query:
         raise ValueError(f"expected a bare origin without a path, got {url!r}")
     return url
+
+
+def _uuid_or_empty(raw: Any) -> str:
+    text = _text(raw)
+    if text:
+        try:
+            uuid.UUID(text)
+        except ValueError:
+            raise ValueError(f"expected an Opik id (a UUID), got {text!r}") from None
+    return text
 
 
 def opik_url(raw: Any) -> str:
@@ -178,6 +189,12 @@ OPTIONS: tuple[Option, ...] = (
            "bytes of records waiting for the disk write; beyond it new ones are dropped, counted"),
     Option("spool.commit_interval_s", None, _number(float, 0.001), 0.2,
            "group commit: under load, at most one fsync per this many seconds"),
+    Option("spans.max_io_kb", None, _number(int, 1), 256,
+           "span input/output larger than this (JSON) is replaced by an explicit truncation marker"),
+    Option("opik.parent_trace_id", "OPIK_CC_PARENT_TRACE_ID", _uuid_or_empty, "",
+           "put every span under this existing Opik trace instead of one trace per turn"),
+    Option("opik.root_span_id", "OPIK_CC_ROOT_SPAN_ID", _uuid_or_empty, "",
+           "with opik.parent_trace_id: the span every top-level span hangs under"),
 )
 
 
@@ -207,6 +224,10 @@ class Settings:
     @property
     def spool_dir(self) -> Path:
         return self.home / "spool"
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.home / "sessions"
 
     @property
     def state_path(self) -> Path:

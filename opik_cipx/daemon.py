@@ -14,6 +14,7 @@ import signal
 import ssl
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from opik_cipx import __version__
@@ -26,13 +27,16 @@ from opik_cipx.gateway import Gateway, GatewayHandler
 from opik_cipx.home import private_dir, write_json
 from opik_cipx.logs import configure_daemon_logging
 from opik_cipx.loopback import ListenError, LoopbackServer
+from opik_cipx.materializer import Materializer, materializer_config
 from opik_cipx.opik_destination import opik_config_path, resolve_destination
 from opik_cipx.pipeline import Pipeline
 from opik_cipx.ports import assign_picked_ports, claude_code_port
+from opik_cipx.pricing import load_price_table
 from opik_cipx.shipper import Shipper
 from opik_cipx.spool import Spool
 from opik_cipx.stats import Counters, build_stats, utc_iso
 from opik_cipx.upstream import UpstreamPool
+from opik_cipx.viewer import RecentCalls, ViewerHandler, call_row
 
 log = logging.getLogger(__name__)
 SHUTDOWN_POLL_S = 0.1  # how often an idle listener checks for shutdown
@@ -70,8 +74,10 @@ class Daemon:
             if settings.captures_enabled
             else None
         )
-        stages = [("capture_store", self._persist_capture)] if self.store else []
-        self.pipeline = Pipeline(stages, self.counters, settings.tee_queue_max)
+        env = dict(os.environ)
+        self.materializer = Materializer(materializer_config(settings, env), load_price_table(settings.prices))
+        self.calls = RecentCalls()
+        self.pipeline = Pipeline([("materialize", self._materialize)], self.counters, settings.tee_queue_max)
         self.gateway = Gateway(self.pool, self.pipeline.offer, self.counters)
         host = settings.listen_host
         try:
@@ -83,13 +89,16 @@ class Daemon:
             self.ports["claude_code"] = self.gateway_server.port
             admin_handler = type("Handler", (AdminHandler,), {"stats": staticmethod(self.stats)})
             self.admin_server = LoopbackServer("admin", host, self.ports["admin"], admin_handler)
+            viewer_handler = type("Handler", (ViewerHandler,), {"calls": self.calls})
+            self.viewer_server = LoopbackServer("viewer", host, self.ports["viewer"], viewer_handler)
         except ListenError as exc:
             self.pool.close()
-            if hasattr(self, "gateway_server"):
-                self.gateway_server.server_close()
+            for name in ("gateway_server", "admin_server"):
+                if hasattr(self, name):
+                    getattr(self, name).server_close()
             raise StartupError(str(exc)) from None
         self._threads: list[threading.Thread] = []
-        self.destination = resolve_destination(settings, opik_config_path(dict(os.environ)))
+        self.destination = resolve_destination(settings, opik_config_path(env))
         mib = 1024 * 1024
         self.spool = Spool(
             settings.spool_dir,
@@ -108,18 +117,30 @@ class Daemon:
             auth_probe_s=settings.opik_auth_probe_s,
         )
 
-    def _persist_capture(self, capture: Capture) -> None:
+    def _materialize(self, capture: Capture) -> None:
+        """The off-wire stage: keep the raw capture, derive its records, spool them, list the call."""
+        segment = self._persist_capture(capture)
+        records = self.materializer.materialize(capture)
+        if records:
+            self.spool.append(records)
+        self.counters.incr("events_materialized")
+        self.calls.add(call_row(capture, records, segment))
+
+    def _persist_capture(self, capture: Capture) -> Path | None:
+        if self.store is None:
+            return None
         try:
-            self.store.append(capture)
+            return self.store.append(capture)
         except OSError as exc:
             self.counters.incr("raw_captures_dropped")
             log.warning("capture store: cannot write capture %s: %s", capture.id, exc.strerror or exc)
+            return None
 
     def start(self) -> None:
         self.spool.start()
         self.shipper.start()
         self.pipeline.start()
-        for server in (self.gateway_server, self.admin_server):
+        for server in (self.gateway_server, self.admin_server, self.viewer_server):
             thread = threading.Thread(
                 target=server.serve_forever, args=(SHUTDOWN_POLL_S,), name=f"cipx-{server.name}", daemon=True
             )
@@ -127,8 +148,8 @@ class Daemon:
             self._threads.append(thread)
         write_json(self.settings.state_path, self.state())
         log.info(
-            "opik-cipx %s listening: claude_code 127.0.0.1:%d, admin 127.0.0.1:%d, upstream %s",
-            __version__, self.ports["claude_code"], self.ports["admin"], self.settings.upstream_url,
+            "opik-cipx %s listening: claude_code 127.0.0.1:%d, admin 127.0.0.1:%d, viewer 127.0.0.1:%d, upstream %s",
+            __version__, self.ports["claude_code"], self.ports["admin"], self.ports["viewer"], self.settings.upstream_url,
         )
         dest = self.destination
         if dest.configured:
@@ -149,11 +170,7 @@ class Daemon:
         }
 
     def stats(self) -> dict[str, Any]:
-        listeners = {
-            "claude_code": f"127.0.0.1:{self.ports['claude_code']}",
-            "admin": f"127.0.0.1:{self.ports['admin']}",
-            "viewer": None,
-        }
+        listeners = {name: f"127.0.0.1:{self.ports[name]}" for name in ("claude_code", "admin", "viewer")}
         base = {
             "pid": os.getpid(),
             "version": __version__,
@@ -187,8 +204,9 @@ class Daemon:
             log.warning("shutdown: %d record(s) could not be written to the spool and are lost", unwritten)
         if not self.shipper.stop(timeout_s=5.0):
             log.warning("shutdown: a request to Opik is still in flight; its records stay in the spool")
-        self.admin_server.shutdown()
-        self.admin_server.server_close()
+        for server in (self.admin_server, self.viewer_server):
+            server.shutdown()
+            server.server_close()
         self.pool.close()
         if self.store:
             self.store.close()

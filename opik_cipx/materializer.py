@@ -20,8 +20,11 @@ from typing import Any
 from opik_cipx.attribution import categorize, redacted
 from opik_cipx.call_kind import CallKind, classify
 from opik_cipx.capture import Capture, header_value
+from opik_cipx.claude_settings import claude_json_path
+from opik_cipx.config import Settings
 from opik_cipx.identity import read_identity, render_template, template_values
 from opik_cipx.ids import derived_uuid7
+from opik_cipx.opik_destination import opik_config_path, resolve_destination
 from opik_cipx.pricing import Cost, PriceTable, price_call
 from opik_cipx.redaction import redact_records
 from opik_cipx.response import ResponseSummary, summarize_response
@@ -46,6 +49,19 @@ class MaterializerConfig:
     claude_json: Path
     parent_trace_id: str | None = None
     root_span_id: str | None = None
+
+
+def materializer_config(settings: Settings, env: dict[str, str]) -> MaterializerConfig:
+    """The materializer's settings: project from the Opik destination, files of `env`'s user."""
+    return MaterializerConfig(
+        project_template=resolve_destination(settings, opik_config_path(env)).project,
+        capture_content=settings.capture_content,
+        max_io_chars=settings.spans_max_io_kb * 1024,
+        sessions_dir=settings.sessions_dir,
+        claude_json=claude_json_path(env),
+        parent_trace_id=settings.opik_parent_trace_id or None,
+        root_span_id=settings.opik_root_span_id or None,
+    )
 
 
 @dataclass

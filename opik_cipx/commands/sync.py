@@ -19,8 +19,6 @@ from opik_cipx.config import ConfigError, Settings, is_truthy
 from opik_cipx.daemon_control import admin_port, is_healthy, paths_only_settings, read_state
 from opik_cipx.sessions import parse_hook_input, read_hook_stdin, record_session
 
-HELP = "install/refresh the supervisor, start the daemon, point Claude Code at it"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(on_config_error=on_config_error)
@@ -105,6 +103,6 @@ def _record(settings: Settings, env: dict[str, str], raw: bytes, report: _Report
         report.problem("the hook input on stdin is not a JSON object; no session metadata written")
         return
     try:
-        record_session(settings.home / "sessions", hook, claude_settings.claude_json_path(env))
+        record_session(settings.sessions_dir, hook, claude_settings.claude_json_path(env))
     except ValueError as exc:
         report.problem(f"{exc}; no session metadata written")
