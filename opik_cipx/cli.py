@@ -12,17 +12,17 @@ import sys
 from opik_cipx import __version__
 from opik_cipx.config import ConfigError, is_truthy, load_settings
 
-# name -> (module under opik_cipx.commands, or None while not built yet; one-line help)
-COMMANDS: dict[str, tuple[str | None, str]] = {
-    "status": ("status", "snapshot the running daemon (--json for the raw admin stats)"),
-    "sync": ("sync", "install/refresh the supervisor, start the daemon, point Claude Code at it"),
-    "restart": ("restart", "restart the daemon to pick up the binary on disk"),
-    "logs": ("logs", "print and follow the gateway log"),
-    "viewer": (None, "print (--open: launch) the debug viewer URL"),
-    "purge": ("purge", "stop the daemon and wipe the spool (drops unshipped spans)"),
-    "uninstall": ("uninstall", "stop the daemon, remove the supervisor and settings entry, delete ~/.opik-cipx"),
-    "proxy": ("proxy", "run the gateway in the foreground (normally started by the supervisor)"),
-    "replay": (None, "re-derive spans from stored raw captures (offline, read-only)"),
+# name (also its module under opik_cipx.commands) -> one-line help
+COMMANDS: dict[str, str] = {
+    "status": "snapshot the running daemon (--json for the raw admin stats)",
+    "sync": "install/refresh the supervisor, start the daemon, point Claude Code at it",
+    "restart": "restart the daemon to pick up the binary on disk",
+    "logs": "print and follow the gateway log",
+    "viewer": "print (--open: launch) the debug viewer URL",
+    "purge": "stop the daemon and wipe the spool (drops unshipped spans)",
+    "uninstall": "stop the daemon, remove the supervisor and settings entry, delete ~/.opik-cipx",
+    "proxy": "run the gateway in the foreground (normally started by the supervisor)",
+    "replay": "re-derive spans from stored raw captures (offline, read-only)",
 }
 
 
@@ -34,10 +34,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"opik-cipx {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
-    for name, (module_name, help_text) in COMMANDS.items():
+    for name, help_text in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
-        if module_name and name == chosen:
-            module = importlib.import_module(f"opik_cipx.commands.{module_name}")
+        if name == chosen:
+            module = importlib.import_module(f"opik_cipx.commands.{name}")
             module.configure(command)
             command.set_defaults(run=module.run)
     return parser
@@ -49,9 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
-        return 2
-    if not hasattr(args, "run"):
-        print(f"opik-cipx: '{args.command}' is not available in opik-cipx {__version__} yet.", file=sys.stderr)
         return 2
     if args.command == "proxy" and is_truthy(os.environ.get("CIPX_DISABLED")):
         return 0  # the kill switch wins over everything, even a broken config file

@@ -181,10 +181,3 @@ def test_python_dash_m_and_version():
     result = subprocess.run([sys.executable, "-m", "opik_cipx", "--version"], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0 and result.stdout.startswith("opik-cipx ")
-
-
-def test_unbuilt_commands_say_so_and_exit_2(home):
-    for command in ("viewer", "replay"):
-        result = run_cli(home, command)
-        assert result.returncode == 2, command
-        assert "not available" in result.stderr

@@ -1,1 +1,1 @@
-"""One module per subcommand. Each defines `HELP`, `configure(parser)` and `run(args, settings)`."""
+"""One module per subcommand, named like it. Each defines `configure(parser)` and `run(args, settings)`."""

@@ -13,7 +13,6 @@ from pathlib import Path
 from opik_cipx.config import ConfigError, Settings
 from opik_cipx.daemon_control import paths_only_settings
 
-HELP = "print and follow the gateway log"
 FOLLOW_POLL_S = 0.25
 BLOCK = 64 * 1024
 

@@ -4,8 +4,6 @@ import argparse
 
 from opik_cipx.config import Settings
 
-HELP = "run the gateway in the foreground (normally started by the supervisor)"
-
 
 def _port(raw: str) -> int:
     try:

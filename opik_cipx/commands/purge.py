@@ -16,8 +16,6 @@ from opik_cipx.config import ConfigError, Settings
 from opik_cipx.daemon_control import admin_port, fetch_stats, paths_only_settings, read_state, stop_daemon
 from opik_cipx.spool import unshipped_records
 
-HELP = "stop the daemon and wipe the spool (drops unshipped spans)"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")

@@ -12,8 +12,6 @@ import sys
 from opik_cipx import lifecycle
 from opik_cipx.config import Settings
 
-HELP = "restart the daemon to pick up the binary on disk"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     pass

@@ -18,7 +18,6 @@ from opik_cipx.config import ConfigError, Settings
 from opik_cipx.daemon_control import admin_port, fetch_stats, paths_only_settings, pid_alive, read_state
 from opik_cipx.stats import COUNTER_NAMES, PROBLEM_COUNTERS
 
-HELP = "snapshot the running daemon (--json for the raw admin stats)"
 
 PROBLEM_HINTS = {
     "materializer_errors_total": "captures the materializer could not turn into spans; see `opik-cipx logs`",

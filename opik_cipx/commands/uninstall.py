@@ -20,8 +20,6 @@ from opik_cipx import claude_settings, lifecycle
 from opik_cipx.config import ConfigError, Settings
 from opik_cipx.daemon_control import paths_only_settings
 
-HELP = "stop the daemon, remove the supervisor and settings entry, delete ~/.opik-cipx"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")

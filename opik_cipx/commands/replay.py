@@ -1,0 +1,110 @@
+"""`opik-cipx replay`: re-derive Opik records from the stored raw captures, offline.
+
+Read-only: it reads `captures/` and writes JSON lines (one spool record each) to stdout or
+`--out`; it never touches the daemon, the spool or Opik. Captures are replayed oldest first
+through a fresh materializer, so the records carry the same ids the daemon derived.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from typing import TextIO
+
+from opik_cipx.config import Settings
+
+RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(raw: str, now: float | None = None) -> int:
+    """Epoch ns from `2h` / `30m` / `7d` (ago) or an ISO date/time (UTC unless it says)."""
+    now = time.time() if now is None else now
+    match = RELATIVE.match(raw.strip())
+    if match:
+        return int((now - float(match.group(1)) * UNIT_S[match.group(2)]) * 1e9)
+    try:
+        moment = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"cannot read --since {raw!r}: use e.g. 2h, 30m, 7d or 2026-11-24T09:00"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1e9)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--since", type=parse_since, help="only captures from then on: 2h, 30m, 7d or an ISO time")
+    parser.add_argument("--out", help="write the JSON lines to this file instead of stdout")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from opik_cipx.capture_store import list_segments, read_segment
+    from opik_cipx.materializer import Materializer, materializer_config
+    from opik_cipx.pricing import load_price_table
+
+    segments = list_segments(settings.captures_dir)
+    if not segments:
+        print(f"opik-cipx: no raw captures in {settings.captures_dir} (captures.enabled is "
+              f"{str(settings.captures_enabled).lower()}); nothing to replay.", file=sys.stderr)
+        return 0
+    materializer = Materializer(materializer_config(settings, dict(os.environ)), load_price_table(settings.prices))
+    try:
+        out: TextIO = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    except OSError as exc:
+        print(f"opik-cipx: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+        return 1
+    progress = Progress(sys.stderr, total_bytes=sum(size for _, size, _ in segments))
+    captures = records = 0
+    try:
+        for path, size, _ in segments:
+            try:
+                stored = list(read_segment(path))
+            except FileNotFoundError:
+                stored = []  # deleted by retention meanwhile
+            for capture in stored:
+                if args.since and capture.started_at_ns < args.since:
+                    continue
+                for record in materializer.materialize(capture):
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    records += 1
+                captures += 1
+            progress.advance(size, captures)
+    except BrokenPipeError:
+        return 0  # e.g. piped into `head`
+    finally:
+        progress.done()
+        if out is not sys.stdout:
+            out.close()
+    print(f"replayed {captures} capture(s) into {records} record(s)" + (f" -> {args.out}" if args.out else ""),
+          file=sys.stderr)
+    return 0
+
+
+class Progress:
+    """A progress bar over the bytes of capture segments, on stderr, only on a terminal."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO, total_bytes: int):
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.total = max(1, total_bytes)
+        self.done_bytes = 0
+
+    def advance(self, segment_bytes: int, captures: int) -> None:
+        self.done_bytes += segment_bytes
+        if self.enabled:
+            filled = int(self.WIDTH * min(1.0, self.done_bytes / self.total))
+            bar = "#" * filled + "-" * (self.WIDTH - filled)
+            self.stream.write(f"\rreplaying [{bar}] {self.done_bytes / self.total:4.0%}  {captures} captures")
+            self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
