@@ -2,7 +2,8 @@
 
 Checked: method and path, `Authorization` (the bare API key, no `Bearer`), `Comet-Workspace`,
 `Content-Encoding: gzip`, a JSON body `{"traces": [...]}` / `{"spans": [...]}` with 1..1000
-records and no id twice, UUIDv7 ids, ISO-8601 `Z` timestamps. A request that breaks a rule is
+records and no id twice, each record valid against Opik's write schema (tests/opik_schema.py:
+UUIDv7 ids, ISO-8601 `Z` timestamps, known fields only, integer usage). A request that breaks a rule is
 answered 400 and listed in `violations`; tests assert that list stays empty.
 
 Accepted records are kept by id (`received`, every version that arrived), each request in
@@ -14,18 +15,15 @@ of them, with a reason), `max_body_bytes` (413 beyond it).
 
 import gzip
 import json
-import re
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from opik_cipx.ids import is_uuid7
+from tests.opik_schema import problems
 
 PATHS = {"/v1/private/traces/batch": "traces", "/v1/private/spans/batch": "spans"}
-Z_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
-TIME_FIELDS = ("start_time", "end_time", "last_updated_at")
 API_KEY = "test-api-key"
 WORKSPACE = "test-workspace"
 
@@ -55,21 +53,12 @@ def problems_of(field_name: str, items: object) -> list[str]:
     ids = [item.get("id") if isinstance(item, dict) else None for item in items]
     if len(set(ids)) != len(ids):
         out.append(f"{field_name}: duplicate id in one batch")
+    kind = "span" if field_name == "spans" else "trace"
     for item in items:
         if not isinstance(item, dict):
             out.append(f"{field_name}: record is not an object")
             continue
-        refs = ("id", "trace_id") if field_name == "spans" else ("id",)
-        out += [f"{key} not a UUIDv7: {item.get(key)!r}" for key in refs if not is_uuid7(str(item.get(key)))]
-        if item.get("parent_span_id") is not None and not is_uuid7(str(item["parent_span_id"])):
-            out.append(f"parent_span_id not a UUIDv7: {item['parent_span_id']!r}")
-        if not isinstance(item.get("project_name"), str) or not item["project_name"]:
-            out.append(f"{item.get('id')}: no project_name")
-        for key in TIME_FIELDS:
-            if key in item and not (isinstance(item[key], str) and Z_TIME.match(item[key])):
-                out.append(f"{item.get('id')}: {key} is not a Z timestamp: {item[key]!r}")
-        if "start_time" not in item or "last_updated_at" not in item:
-            out.append(f"{item.get('id')}: start_time and last_updated_at are required here")
+        out += [f"{item.get('id')}: {problem}" for problem in problems({"kind": kind, "body": item})]
     return out
 
 

@@ -1,0 +1,69 @@
+"""The whole chain with real processes: Claude Code-shaped calls -> daemon -> TLS fake Anthropic,
+materialized off the wire, spooled, shipped to a fake Opik (or kept and shown in the viewer)."""
+
+import http.client
+import json
+
+from tests.claude_code_corpus import request, requests, response
+from tests.conftest import DaemonProcess, wait_for
+from tests.fake_anthropic import fixture_reply
+from tests.fake_opik import API_KEY, WORKSPACE, FakeOpik
+
+
+def replay_scenario(daemon: DaemonProcess, upstream, scenario: str) -> int:
+    """Send every recorded request of a scenario through the daemon; the number of model calls."""
+    numbers = [n for n, req in requests(scenario) if req["path"].startswith("/v1/messages")]
+    upstream.script(*(fixture_reply(response(scenario, n)) for n in numbers))
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+    for number in numbers:
+        req = request(scenario, number)
+        headers = {k: v for k, v in req["headers"].items() if k.lower() not in ("host", "content-length", "connection")}
+        conn.request(req["method"], req["path"], body=req["body"].encode(), headers=headers)
+        resp = conn.getresponse()
+        assert resp.read() == response(scenario, number)["body"].encode()
+    return len(numbers)
+
+
+def test_calls_become_spans_in_opik_with_exact_cost(home, upstream):
+    with FakeOpik() as opik:
+        daemon = DaemonProcess(home, upstream.url, OPIK_CIPX_BASE_URL=opik.url, OPIK_CIPX_API_KEY=API_KEY,
+                               OPIK_CIPX_WORKSPACE=WORKSPACE, OPIK_CIPX_PROJECT="cc-{nope}")
+        try:
+            calls = replay_scenario(daemon, upstream, "tools")
+            stats = wait_for(lambda: (s := daemon.stats())["counters"]["events_materialized"] == calls and s,
+                             what="every call materialized")
+            assert stats["counters"]["materializer_errors_total"] == 0
+
+            def spans():
+                with opik.lock:
+                    return [v[-1] for v in opik.received.values() if "type" in v[-1]]
+
+            wait_for(lambda: len(spans()) == 12, timeout_s=20, what="6 llm + 6 tool spans at the fake Opik")
+            assert opik.violations == []
+            llm = sorted((s for s in spans() if s["type"] == "llm"), key=lambda s: s["start_time"])
+            assert [s["metadata"]["cc"]["call"]["kind"] for s in llm] == ["main"] * 6
+            assert all(s["total_estimated_cost"] > 0 and s["project_name"] == "cc-{nope}" for s in llm)
+            assert len({s["trace_id"] for s in spans()}) == 1
+            with opik.lock:
+                traces = [v[-1] for v in opik.received.values() if "thread_id" in v[-1]]
+            assert len(traces) == 1 and traces[0]["metadata"]["cc"]["metrics_rollup"]["calls"] == 6
+            wait_for(lambda: daemon.counter("spans_shipped") >= 13, what="shipped counted")
+        finally:
+            assert daemon.stop() == 0
+
+
+def test_without_opik_spans_stay_in_the_spool_and_show_in_the_viewer(daemon, upstream):
+    calls = replay_scenario(daemon, upstream, "mcp")
+    stats = wait_for(lambda: (s := daemon.stats())["counters"]["events_materialized"] == calls and s,
+                     what="every call materialized")
+    assert stats["opik"]["configured"] is False
+    wait_for(lambda: daemon.stats()["queue"]["ready"] > 0, what="records durable in the spool")
+    viewer_port = daemon.state["ports"]["viewer"]
+    assert daemon.stats()["listeners"]["viewer"] == f"127.0.0.1:{viewer_port}"
+    conn = http.client.HTTPConnection("127.0.0.1", viewer_port, timeout=10)
+    conn.request("GET", "/api/calls")
+    rows = json.loads(conn.getresponse().read())
+    assert len(rows) == calls and all(r["kind"] == "main" for r in rows)
+    conn.request("GET", f"/capture/{rows[0]['capture_id']}")
+    page = conn.getresponse().read().decode()
+    assert "mcp__weather__get_forecast" in page and "tools_mcp" in page
