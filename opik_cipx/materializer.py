@@ -12,6 +12,7 @@ same captures again yields the same ids, and Opik upserts instead of duplicating
 
 import json
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ SPAN_ENDPOINTS = {"/v1/messages", "/v1/messages/count_tokens"}
 AGENT_TOOLS = frozenset({"Agent", "Task"})
 MAX_SESSIONS = 256
 MAX_PENDING_TOOLS = 512
+SESSION_FILE_RETRY_S = 5.0  # a session file not written yet is looked for again after this
+IDENTITY_TTL_S = 60.0  # ~/.claude.json is re-read at most this often
 OUTPUT_BLOCKS = ("thinking", "text", "tool_use")
 
 
@@ -95,6 +98,8 @@ class SessionState:
     agents: dict[str, PendingTool] = field(default_factory=dict)  # agent id -> its Agent tool call
     last_main: dict[str, int] | None = None  # size of the previous main-loop call
     before_compaction: dict[str, int] | None = None
+    info: dict = field(default_factory=dict)  # sessions/<id>.json, once the hook has written it
+    info_checked: float = float("-inf")
 
 
 class Materializer:
@@ -104,7 +109,8 @@ class Materializer:
         self.config = config
         self.prices = prices
         self._sessions: OrderedDict[str, SessionState] = OrderedDict()
-        self._session_info: dict[str, dict] = {}
+        self._account: dict[str, str | None] = {}
+        self._account_read = float("-inf")
 
     def materialize(self, capture: Capture) -> list[dict]:
         """The spool records for one exchange (empty for routes that carry no model call)."""
@@ -119,7 +125,10 @@ class Materializer:
         attribution = categorize(capture.request_body)
         session_id = kind.session_id or "unknown-session"
         state = self._session(session_id)
-        call = _Call(capture, body or {}, kind, summary, cost, attribution, session_id)
+        info = self._session_info(state, session_id)
+        identity = info.get("identity") if isinstance(info.get("identity"), dict) else self._account_identity()
+        project = render_template(self.config.project_template, template_values(identity))
+        call = _Call(capture, body or {}, kind, summary, cost, attribution, session_id, info, identity, project)
         records = self._build(call, state)
         if not self.config.capture_content:
             records = redact_records(records, applied_ns=capture.ended_at_ns or capture.started_at_ns)
@@ -131,9 +140,28 @@ class Materializer:
         state = self._sessions.pop(session_id, None) or SessionState()
         self._sessions[session_id] = state
         while len(self._sessions) > MAX_SESSIONS:
-            old, _ = self._sessions.popitem(last=False)
-            self._session_info.pop(old, None)
+            self._sessions.popitem(last=False)
         return state
+
+    def _session_info(self, state: SessionState, session_id: str) -> dict:
+        """`sessions/<id>.json` written by the SessionStart hook ({} until it exists)."""
+        now = time.monotonic()
+        if not state.info and now - state.info_checked > SESSION_FILE_RETRY_S:
+            state.info_checked = now
+            try:
+                info = json.loads((self.config.sessions_dir / f"{session_id}.json").read_text())
+            except (OSError, ValueError):
+                info = None
+            state.info = info if isinstance(info, dict) else {}
+        return state.info
+
+    def _account_identity(self) -> dict[str, str | None]:
+        """The Claude Code account of this machine's user (`~/.claude.json`), briefly cached."""
+        now = time.monotonic()
+        if now - self._account_read > IDENTITY_TTL_S:
+            self._account_read = now
+            self._account = read_identity(self.config.claude_json)
+        return self._account
 
     def _build(self, call: "_Call", state: SessionState) -> list[dict]:
         c = call.capture
@@ -151,7 +179,7 @@ class Materializer:
         compaction = self._compaction_sizes(call, state)
         records.append(self._llm_span(call, span_id, turn.trace_id, parent, compaction, agent_call))
         self._remember_tool_uses(call, state, span_id, turn.trace_id, ended)
-        self._account(turn, call)
+        self._tally(turn, call)
         if not self.config.parent_trace_id:
             records.insert(0, self._trace(call, turn))
         return records
@@ -234,7 +262,7 @@ class Materializer:
             state.last_main = size
         return result
 
-    def _account(self, turn: Turn, call: "_Call") -> None:
+    def _tally(self, turn: Turn, call: "_Call") -> None:
         usage = call.summary.usage or {}
         turn.calls += 1
         turn.prompt_tokens += prompt_tokens(usage)
@@ -248,38 +276,15 @@ class Materializer:
 
     # -- records -----------------------------------------------------------------------
 
-    def _project(self, session_id: str) -> str:
-        return render_template(self.config.project_template, template_values(self._identity(session_id)))
-
-    def _identity(self, session_id: str) -> dict[str, str | None]:
-        info = self._session_file(session_id)
-        identity = info.get("identity") if isinstance(info.get("identity"), dict) else None
-        return identity or read_identity(self.config.claude_json)
-
-    def _session_file(self, session_id: str) -> dict:
-        """`sessions/<id>.json` written by the SessionStart hook (cached once found)."""
-        cached = self._session_info.get(session_id)
-        if cached is not None:
-            return cached
-        try:
-            info = json.loads((self.config.sessions_dir / f"{session_id}.json").read_text())
-        except (OSError, ValueError):
-            return {}
-        if isinstance(info, dict):
-            self._session_info[session_id] = info
-            return info
-        return {}
-
     def _tags(self, call: "_Call") -> list[str]:
         tags = ["claude-code", call.kind.kind]
-        email = self._identity(call.session_id).get("user_email")
+        email = call.identity.get("user_email")
         if email:
             tags.append(f"user:{email}")
         return tags
 
     def _common_cc(self, call: "_Call") -> dict[str, Any]:
-        info = self._session_file(call.session_id)
-        identity = self._identity(call.session_id)
+        info, identity = call.info, call.identity
         return {
             "session": {
                 "id": call.session_id,
@@ -319,12 +324,12 @@ class Materializer:
             span_id=span_id,
             trace_id=trace_id,
             parent_span_id=parent,
-            project_name=self._project(call.session_id),
+            project_name=call.project,
             name=_span_name(call.kind),
             span_type="llm",
             start_ns=c.started_at_ns,
             end_ns=ended,
-            input=bounded(_llm_input(call.body), self.config.max_io_chars),
+            input=self._bounded_input(call),
             output=bounded(_llm_output(s), self.config.max_io_chars),
             metadata={"cc": cc},
             tags=self._tags(call),
@@ -336,6 +341,16 @@ class Materializer:
             ttft_ms=(c.ttfb_ns - c.started_at_ns) / 1e6 if c.ttfb_ns else None,
             error_info=err,
         )
+
+    def _bounded_input(self, call: "_Call") -> Any:
+        """The request as span input, sized from the attribution instead of re-serialized."""
+        buckets = call.attribution.buckets
+        size = call.attribution.total_chars - buckets["tools_builtin"] - buckets["tools_mcp"]
+        limit = self.config.max_io_chars
+        if size <= limit:
+            return _llm_input(call.body)
+        preview = call.capture.request_body[:limit].decode("utf-8", "ignore")
+        return bounded(_llm_input(call.body), limit, size=size, preview=preview)
 
     def _tool_span(self, tool: FinishedTool, pending: PendingTool | None, call: "_Call", turn: Turn,
                    parent: str | None) -> dict:
@@ -357,13 +372,13 @@ class Materializer:
             span_id=span_id,
             trace_id=pending.trace_id if pending else turn.trace_id,
             parent_span_id=pending.llm_span_id if pending else parent,
-            project_name=self._project(call.session_id),
+            project_name=call.project,
             name=tool.name or "tool",
             span_type="tool",
             start_ns=issued,
             end_ns=c.started_at_ns,
             input=bounded(tool.input if isinstance(tool.input, dict) else {"input": tool.input}, self.config.max_io_chars),
-            output=bounded({"result": text}, self.config.max_io_chars),
+            output=bounded({"result": text}, self.config.max_io_chars, size=len(text) + 14, preview=text),
             metadata={"cc": meta},
             tags=["claude-code", "tool"],
             updated_ns=c.ended_at_ns or c.started_at_ns,
@@ -391,7 +406,7 @@ class Materializer:
             name = turn.prompt.strip().splitlines()[0][:80]
         return trace_record(
             trace_id=turn.trace_id,
-            project_name=self._project(call.session_id),
+            project_name=call.project,
             name=name,
             start_ns=turn.start_ns,
             end_ns=ended,
@@ -413,6 +428,9 @@ class _Call:
     cost: Cost
     attribution: Any
     session_id: str
+    info: dict
+    identity: dict
+    project: str
 
 
 def _json_or_none(raw: bytes) -> dict | None:

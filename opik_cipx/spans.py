@@ -57,18 +57,28 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def bounded(value: Any, limit_chars: int) -> Any:
-    """`value` if its JSON is within `limit_chars`, else an explicit truncation marker."""
+def bounded(value: Any, limit_chars: int, size: int | None = None, preview: str | None = None) -> Any:
+    """`value` if its JSON is within `limit_chars`, else an explicit truncation marker.
+
+    `size` is the JSON length when the caller already knows it (from the wire), and `preview`
+    the text to show the start of: with both, a large value is never serialized just to be
+    measured and cut, which would hold the GIL for milliseconds per megabyte.
+    """
     if value is None:
         return None
-    text = json.dumps(value, ensure_ascii=False)
-    if len(text) <= limit_chars:
+    text = None
+    if size is None:
+        text = json.dumps(value, ensure_ascii=False)
+        size = len(text)
+    if size <= limit_chars:
         return value
+    if preview is None:
+        preview = text if text is not None else json.dumps(value, ensure_ascii=False)
     return {
         TRUNCATED_KEY: True,
-        "original_chars": len(text),
+        "original_chars": size,
         "limit_chars": limit_chars,
-        "preview": text[: max(0, limit_chars - 200)],
+        "preview": preview[: max(0, limit_chars - 200)],
     }
 
 

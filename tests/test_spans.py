@@ -38,6 +38,10 @@ def test_oversized_values_are_cut_with_an_explicit_marker():
     assert cut[TRUNCATED_KEY] is True
     assert cut["original_chars"] == len(json.dumps({"text": "x" * 10_000}))
     assert len(json.dumps(cut)) < 1200
+    big = {"text": "x" * 10_000}
+    cut = bounded(big, 1000, size=10_012, preview="wire text " * 200)  # size known: not serialized
+    assert cut["original_chars"] == 10_012 and cut["preview"].startswith("wire text ")
+    assert bounded(big, 20_000, size=10_012) is big
 
 
 def test_records_validate_against_opik_write_schemas():
