@@ -1,9 +1,12 @@
 """Raw captures on disk (`captures/`), for `replay` and the viewer, within a size and age budget.
 
-A segment is a file of gzip members, one member per capture (a JSON line). Every append is a
-complete member, so a reader can use a segment while it is still being written and a torn
-last member (crash mid-write) costs only that capture. Segments rotate by size; the oldest
-are deleted when the directory exceeds its byte budget or a segment outlives the age limit.
+A segment is a file of gzip members, one member per capture: a JSON header line (every
+Capture field but the bodies, plus their lengths) followed by the raw request and response
+bodies. Bodies are never JSON-escaped: escaping megabytes would hold the daemon's GIL for
+milliseconds, while zlib releases it. Every append is a complete member, so a reader can use
+a segment while it is still being written and a torn last member (crash mid-write) costs only
+that capture. Segments rotate by size; the oldest are deleted when the directory exceeds its
+byte budget or a segment outlives the age limit.
 """
 
 import gzip
@@ -39,7 +42,7 @@ class CaptureStore:
 
     def append(self, capture: Capture) -> Path:
         """Persist one capture and return its segment; raises OSError when the disk refuses it."""
-        member = gzip.compress(json.dumps(capture.to_json()).encode() + b"\n", compresslevel=6, mtime=0)
+        member = gzip.compress(encode_capture(capture), compresslevel=6, mtime=0)
         if (
             self._fh is None
             or self._size + len(member) > self.segment_bytes
@@ -88,6 +91,34 @@ class CaptureStore:
                 self._path = None
 
 
+HEADER_FIELDS = (
+    "id", "started_at_ns", "ttfb_ns", "ended_at_ns", "method", "path", "request_headers", "status",
+    "response_headers", "client_aborted", "upstream_error",
+)
+
+
+def encode_capture(capture: Capture) -> bytes:
+    """Header line + raw request body + raw response body."""
+    header = {name: getattr(capture, name) for name in HEADER_FIELDS}
+    request, response = capture.request_body, capture.response_body
+    header["request_body_len"], header["response_body_len"] = len(request), len(response)
+    return b"".join((json.dumps(header).encode(), b"\n", request, response))
+
+
+def decode_capture(data: bytes) -> Capture:
+    """Inverse of `encode_capture`; raises ValueError/KeyError/TypeError on a malformed record."""
+    newline = data.index(b"\n")
+    header = json.loads(data[:newline])
+    start = newline + 1
+    middle = start + int(header.pop("request_body_len"))
+    end = middle + int(header.pop("response_body_len"))
+    if end != len(data):
+        raise ValueError("body lengths do not match the record")
+    capture = Capture(**{name: header[name] for name in HEADER_FIELDS}, request_body=data[start:middle])
+    capture.response_parts = [data[middle:end]]
+    return capture
+
+
 def list_segments(directory: Path) -> list[tuple[Path, int, float]]:
     """(path, size, mtime) of every segment, oldest first."""
     out = []
@@ -109,7 +140,7 @@ def read_segment(path: Path) -> Iterator[Capture]:
     while data:
         inflater = zlib.decompressobj(wbits=31)
         try:
-            line = inflater.decompress(data)
+            record = inflater.decompress(data)
         except zlib.error:
             log.warning("capture segment %s: corrupt member skipped with the rest of the file", path.name)
             return
@@ -117,7 +148,7 @@ def read_segment(path: Path) -> Iterator[Capture]:
             return  # torn last member
         data = inflater.unused_data
         try:
-            yield Capture.from_json(json.loads(line))
+            yield decode_capture(record)
         except (ValueError, KeyError, TypeError):
             log.warning("capture segment %s: unreadable record skipped", path.name)
 
