@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import ssl
+import sys
 import threading
 import time
 from pathlib import Path
@@ -40,6 +41,10 @@ from opik_cipx.viewer import RecentCalls, ViewerHandler, call_row
 
 log = logging.getLogger(__name__)
 SHUTDOWN_POLL_S = 0.1  # how often an idle listener checks for shutdown
+# A wire thread that wakes (bytes arrived) waits for the GIL until the running thread yields
+# it; CPython's default forces that only every 5 ms. With the materializer busy, that wait
+# lands on the wire. 100 us keeps it below the wire's own overhead (bench/bench_wire.py).
+GIL_SWITCH_INTERVAL_S = 0.0001
 
 
 class StartupError(Exception):
@@ -77,7 +82,8 @@ class Daemon:
         env = dict(os.environ)
         self.materializer = Materializer(materializer_config(settings, env), load_price_table(settings.prices))
         self.calls = RecentCalls()
-        self.pipeline = Pipeline([("materialize", self._materialize)], self.counters, settings.tee_queue_max)
+        self.pipeline = Pipeline([("materialize", self._materialize)], self.counters, settings.tee_queue_max,
+                                 wire_idle=lambda timeout_s: self.gateway.wait_idle(timeout_s))
         self.gateway = Gateway(self.pool, self.pipeline.offer, self.counters)
         host = settings.listen_host
         try:
@@ -220,6 +226,7 @@ class Daemon:
 def run_proxy(settings: Settings, port: int | None = None) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT; the exit code."""
     os.umask(0o077)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     private_dir(settings.home)
     configure_daemon_logging(
         settings.logs_dir, settings.logs_max_mb * 1024 * 1024, settings.logs_backups, debug=settings.opik_debug

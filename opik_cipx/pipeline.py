@@ -1,9 +1,14 @@
 """The tee: a bounded queue from the wire to the off-wire stages, and the worker that drains it.
 
 `offer` never blocks: a full queue drops the capture and counts it. The worker hands each
-capture to the stages in order (persist the raw capture, then materialize); a stage that
-raises is logged and counted, and the next capture goes on. Stages are plain callables, so
-later work plugs in here without touching the gateway.
+capture to the stages in order; a stage that raises is logged and counted, and the next
+capture goes on. Stages are plain callables, so work plugs in here without touching the
+gateway.
+
+The worker yields to the wire: before each capture it waits (at most `MAX_DEFER_S`) until no
+exchange is in flight, so its CPU work (and the GIL it holds) lands in the gaps between calls
+instead of delaying bytes. With `DEFER_BELOW` or more captures waiting it stops deferring, so
+a sustained burst cannot grow the backlog into drops.
 """
 
 import logging
@@ -19,12 +24,22 @@ log = logging.getLogger(__name__)
 
 Stage = Callable[[Capture], None]
 _STOP = object()
+MAX_DEFER_S = 1.0
+DEFER_BELOW = 8
 
 
 class Pipeline:
-    def __init__(self, stages: list[tuple[str, Stage]], counters: Counters, maxsize: int):
+    def __init__(
+        self,
+        stages: list[tuple[str, Stage]],
+        counters: Counters,
+        maxsize: int,
+        wire_idle: Callable[[float], bool] | None = None,
+    ):
+        """`wire_idle(timeout_s)` blocks until no exchange is in flight (True) or the timeout."""
         self.stages = stages
         self.counters = counters
+        self.wire_idle = wire_idle
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self._thread = threading.Thread(target=self._run, name="cipx-materializer", daemon=True)
         self._inflight = 0
@@ -60,6 +75,8 @@ class Pipeline:
             item = self._queue.get()
             if item is _STOP:
                 return
+            if self.wire_idle is not None and self._queue.qsize() < DEFER_BELOW:
+                self.wire_idle(MAX_DEFER_S)
             self._inflight = 1
             for name, stage in self.stages:
                 try:

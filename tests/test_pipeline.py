@@ -50,3 +50,39 @@ def test_failing_stage_is_counted_and_later_stages_and_captures_still_run():
     assert pipeline.stop(timeout_s=5)
     assert after == ["id-0", "id-1", "id-2"]
     assert counters.get("materializer_errors_total") == 1
+
+
+def test_worker_waits_for_an_idle_wire_but_not_behind_a_backlog():
+    counters = Counters()
+    wire_busy = threading.Event()
+    wire_busy.set()
+    asked = []
+    done = []
+
+    def wire_idle(timeout_s: float) -> bool:
+        asked.append(timeout_s)
+        while wire_busy.is_set():
+            threading.Event().wait(0.005)
+        return True
+
+    pipeline = Pipeline([("s", lambda c: done.append(c.id))], counters, maxsize=100, wire_idle=wire_idle)
+    pipeline.start()
+    pipeline.offer(capture(0))
+    finished = threading.Event()
+    threading.Thread(target=lambda: (pipeline.stop(timeout_s=5), finished.set()), daemon=True).start()
+    assert not finished.wait(0.2) and done == []  # held back while an exchange is in flight
+    wire_busy.clear()
+    assert finished.wait(5) and done == ["id-0"] and asked
+
+
+def test_a_backlog_is_processed_without_waiting_for_the_wire():
+    from opik_cipx.pipeline import DEFER_BELOW
+
+    waits = []
+    pipeline = Pipeline([("s", lambda c: None)], Counters(), maxsize=100,
+                        wire_idle=lambda timeout_s: waits.append(timeout_s) or True)
+    for n in range(DEFER_BELOW + 5):
+        pipeline.offer(capture(n))
+    pipeline.start()
+    assert pipeline.stop(timeout_s=5)
+    assert len(waits) < DEFER_BELOW + 5  # the head of the backlog did not wait
