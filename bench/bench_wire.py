@@ -4,7 +4,10 @@
 Run from the repository root: `python3 bench/bench_wire.py [--quick]`.
 
 Three processes: this client, the fake upstream (`bench/fake_upstream.py`, plain HTTP on
-loopback) and the real daemon (`python3 -m opik_cipx proxy`). Measured in one run:
+loopback) and the real daemon (`python3 -m opik_cipx proxy`). Calls are paced `--gap-ms`
+apart, direct and proxied alike: Claude Code never sends its next call the instant the last
+one ends (a tool runs in between), and the daemon materializes each capture in such gaps.
+The busy-materializer case removes that slack on purpose. Measured in one run:
   - p50/p99 latency of non-streaming calls with 100 KB and 1 MB request and response bodies;
   - per-SSE-event delay (receive time minus the upstream's send time stamped in the event);
   - 32 concurrent streams through the proxy (errors, event-delay p99);
@@ -71,12 +74,15 @@ def call_json(conn: http.client.HTTPConnection, body: bytes, size: int) -> float
     return elapsed
 
 
-def latencies(port: int, size: int, n: int) -> list[float]:
+def latencies(port: int, size: int, n: int, gap_s: float) -> list[float]:
     body = json.dumps({"model": "claude-opus-4-8", "messages": [{"role": "user", "content": "x" * size}]}).encode()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     for _ in range(5):
         call_json(conn, body, size)  # warm up connections and pools
-    out = [call_json(conn, body, size) for _ in range(n)]
+    out = []
+    for _ in range(n):
+        time.sleep(gap_s)
+        out.append(call_json(conn, body, size))
     conn.close()
     return out
 
@@ -137,10 +143,14 @@ def fill_materializer_backlog(port: int, calls: int) -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def lag_events(admin_port: int) -> int:
+def admin_stats(admin_port: int) -> dict:
     conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=10)
     conn.request("GET", "/admin/stats")
-    return json.loads(conn.getresponse().read())["materializer"]["lag_events"]
+    return json.loads(conn.getresponse().read())
+
+
+def lag_events(admin_port: int) -> int:
+    return admin_stats(admin_port)["materializer"]["lag_events"]
 
 
 def row(name: str, direct: list[float], proxied: list[float]) -> dict:
@@ -153,7 +163,9 @@ def row(name: str, direct: list[float], proxied: list[float]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description="direct vs through opik-cipx, measured in one run")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
+    parser.add_argument("--gap-ms", type=float, default=5.0, help="pause between non-streaming calls")
     args = parser.parse_args()
+    gap_s = args.gap_ms / 1000
     n_small, n_large, n_events = (50, 10, 100) if args.quick else (400, 60, 400)
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -162,7 +174,8 @@ def main() -> int:
         try:
             results = {}
             for size, n in ((100_000, n_small), (1_000_000, n_large)):
-                results[size] = row(f"json {size // 1000} KB", latencies(up_port, size, n), latencies(px_port, size, n))
+                results[size] = row(f"json {size // 1000} KB", latencies(up_port, size, n, gap_s),
+                                    latencies(px_port, size, n, gap_s))
             direct_ev, proxied_ev = stream_delays(up_port, n_events, 2), stream_delays(px_port, n_events, 2)
             ev = row("sse per-event delay", direct_ev, proxied_ev)
             errors, conc = concurrent_streams(px_port, 32, 50 if args.quick else 200, 5)
@@ -171,12 +184,15 @@ def main() -> int:
             quiet = results[100_000]["proxied_p50"]
             fill_materializer_backlog(px_port, 100)
             lag_before = lag_events(admin_port)
-            busy = latencies(px_port, 100_000, n_small)
+            busy = latencies(px_port, 100_000, n_small, gap_s)
             lag_after = lag_events(admin_port)
             busy_p50 = pct(busy, 50)
             print(f"{'json 100 KB, materializer busy':<28} proxied p50 {busy_p50*1e3:8.3f} ms"
                   f"  vs quiet {quiet*1e3:8.3f} ms  ratio {busy_p50/quiet:5.2f}x"
                   f"  (materializer backlog {lag_before} -> {lag_after} captures)")
+            counters = admin_stats(admin_port)["counters"]
+            print(f"daemon counters: captured {counters['requests_captured']}, materialized "
+                  f"{counters['events_materialized']}, dropped (queue full) {counters['requests_dropped_queue_full']}")
             added_small = (results[100_000]["proxied_p50"] - results[100_000]["direct_p50"]) * 1e3
             added_ev99 = (ev["proxied_p99"] - ev["direct_p99"]) * 1e3
             print()
