@@ -45,6 +45,7 @@ SHUTDOWN_POLL_S = 0.1  # how often an idle listener checks for shutdown
 # it; CPython's default forces that only every 5 ms. With the materializer busy, that wait
 # lands on the wire. 100 us keeps it below the wire's own overhead (bench/bench_wire.py).
 GIL_SWITCH_INTERVAL_S = 0.0001
+YIELD_MAX_S = 0.2  # the longest one slice of off-wire work waits for the wire (streams are long)
 
 
 class StartupError(Exception):
@@ -80,7 +81,9 @@ class Daemon:
             else None
         )
         env = dict(os.environ)
-        self.materializer = Materializer(materializer_config(settings, env), load_price_table(settings.prices))
+        self.materializer = Materializer(
+            materializer_config(settings, env), load_price_table(settings.prices), pause=self._yield_to_wire
+        )
         self.calls = RecentCalls()
         self.pipeline = Pipeline([("materialize", self._materialize)], self.counters, settings.tee_queue_max,
                                  wire_idle=lambda timeout_s: self.gateway.wait_idle(timeout_s))
@@ -123,9 +126,14 @@ class Daemon:
             auth_probe_s=settings.opik_auth_probe_s,
         )
 
+    def _yield_to_wire(self) -> None:
+        """Between slices of off-wire work: let an exchange in flight finish first (bounded)."""
+        self.gateway.wait_idle(YIELD_MAX_S)
+
     def _materialize(self, capture: Capture) -> None:
         """The off-wire stage: keep the raw capture, derive its records, spool them, list the call."""
         segment = self._persist_capture(capture)
+        self._yield_to_wire()
         records = self.materializer.materialize(capture)
         if records:
             self.spool.append(records)

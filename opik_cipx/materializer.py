@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from opik_cipx.attribution import categorize, redacted
 from opik_cipx.call_kind import CallKind, classify
@@ -105,9 +105,12 @@ class SessionState:
 class Materializer:
     """Turns captures into spool records; keeps bounded per-session state between calls."""
 
-    def __init__(self, config: MaterializerConfig, prices: PriceTable):
+    def __init__(self, config: MaterializerConfig, prices: PriceTable, pause: Callable[[], None] | None = None):
+        """`pause()` is called between the expensive steps of a capture: the daemon passes one
+        that waits while an exchange is in flight, so the work runs in slices between calls."""
         self.config = config
         self.prices = prices
+        self._pause = pause or (lambda: None)
         self._sessions: OrderedDict[str, SessionState] = OrderedDict()
         self._account: dict[str, str | None] = {}
         self._account_read = float("-inf")
@@ -119,10 +122,13 @@ class Materializer:
             return []
         body = _json_or_none(capture.request_body)
         kind = classify(capture.method, capture.path, capture.request_headers, body)
+        self._pause()
         summary = summarize_response(capture)
         model = summary.model or (body or {}).get("model")
         cost = price_call(model, summary.usage, self.prices)
+        self._pause()
         attribution = categorize(capture.request_body)
+        self._pause()
         session_id = kind.session_id or "unknown-session"
         state = self._session(session_id)
         info = self._session_info(state, session_id)

@@ -7,8 +7,8 @@ gateway.
 
 The worker yields to the wire: before each capture it waits (at most `MAX_DEFER_S`) until no
 exchange is in flight, so its CPU work (and the GIL it holds) lands in the gaps between calls
-instead of delaying bytes. With `DEFER_BELOW` or more captures waiting it stops deferring, so
-a sustained burst cannot grow the backlog into drops.
+instead of delaying bytes. Once half the queue is waiting it stops deferring, so a sustained
+burst cannot grow the backlog into drops.
 """
 
 import logging
@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 Stage = Callable[[Capture], None]
 _STOP = object()
 MAX_DEFER_S = 1.0
-DEFER_BELOW = 8
 
 
 class Pipeline:
@@ -41,6 +40,7 @@ class Pipeline:
         self.counters = counters
         self.wire_idle = wire_idle
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._defer_below = max(1, maxsize // 2)
         self._thread = threading.Thread(target=self._run, name="cipx-materializer", daemon=True)
         self._inflight = 0
 
@@ -75,7 +75,7 @@ class Pipeline:
             item = self._queue.get()
             if item is _STOP:
                 return
-            if self.wire_idle is not None and self._queue.qsize() < DEFER_BELOW:
+            if self.wire_idle is not None and self._queue.qsize() < self._defer_below:
                 self.wire_idle(MAX_DEFER_S)
             self._inflight = 1
             for name, stage in self.stages:

@@ -75,14 +75,12 @@ def test_worker_waits_for_an_idle_wire_but_not_behind_a_backlog():
     assert finished.wait(5) and done == ["id-0"] and asked
 
 
-def test_a_backlog_is_processed_without_waiting_for_the_wire():
-    from opik_cipx.pipeline import DEFER_BELOW
-
+def test_a_backlog_of_half_the_queue_is_processed_without_waiting_for_the_wire():
     waits = []
-    pipeline = Pipeline([("s", lambda c: None)], Counters(), maxsize=100,
+    pipeline = Pipeline([("s", lambda c: None)], Counters(), maxsize=20,
                         wire_idle=lambda timeout_s: waits.append(timeout_s) or True)
-    for n in range(DEFER_BELOW + 5):
+    for n in range(20):
         pipeline.offer(capture(n))
     pipeline.start()
     assert pipeline.stop(timeout_s=5)
-    assert len(waits) < DEFER_BELOW + 5  # the head of the backlog did not wait
+    assert len(waits) == 10  # the first ten found ten or more behind them and did not wait
