@@ -198,6 +198,7 @@ class Daemon:
             "opik": self.shipper.section,
             "queue": self.shipper.queue_section,
             "wal": self.spool.section,
+            "telemetry": _telemetry,
         }
         return build_stats(base, self.counters, providers)
 
@@ -229,6 +230,13 @@ class Daemon:
         except FileNotFoundError:
             pass
         log.info("opik-cipx stopped")
+
+
+def _telemetry() -> dict[str, Any]:
+    """This build sends no error telemetry; say so plainly, also to a user who set a DSN."""
+    if os.environ.get("CIPX_SENTRY_DSN"):
+        return {"enabled": False, "reason": "off (CIPX_SENTRY_DSN is set, but this build sends no telemetry)"}
+    return {"enabled": False, "reason": "off (no CIPX_SENTRY_DSN)"}
 
 
 def run_proxy(settings: Settings, port: int | None = None) -> int:
