@@ -14,6 +14,7 @@ both start a daemon.
 
 import fcntl
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,6 +201,19 @@ def up_and_point(settings: Settings, env: dict[str, str], restart: bool = False,
     outcome.change = claude_settings.point_at_proxy(claude_settings.settings_path(env), url)
     line = describe(outcome.change, url)
     return outcome, [line] if line else []
+
+
+def bring_up_and_report(settings: Settings, env: dict[str, str], **kwargs) -> int:
+    """`up_and_point` for a command run by hand: print notes, problems and a summary; exit code."""
+    outcome, problems = up_and_point(settings, env, **kwargs)
+    for line in outcome.notes:
+        print(f"opik-cipx: {line}")
+    for line in problems:
+        print(f"opik-cipx: {line}", file=sys.stderr)
+    if not outcome.ok:
+        return 1
+    print(f"opik-cipx: {summary(settings, outcome)}")
+    return 0
 
 
 def summary(settings: Settings, outcome: Outcome) -> str:

@@ -13,6 +13,7 @@ import sys
 
 from opik_cipx import lifecycle
 from opik_cipx.config import ConfigError, Settings
+from opik_cipx.confirm import confirmed
 from opik_cipx.daemon_control import admin_port, fetch_stats, paths_only_settings, read_state, stop_daemon
 from opik_cipx.spool import unshipped_records
 
@@ -35,21 +36,10 @@ def _unshipped_now(settings: Settings) -> int:
     return unshipped_records(settings.spool_dir)
 
 
-def _confirm(settings: Settings) -> bool:
-    if not sys.stdin.isatty():
-        print("opik-cipx: purge needs confirmation; re-run with --yes to proceed without a prompt.", file=sys.stderr)
-        return False
-    print(f"This stops opik-cipx and deletes {settings.spool_dir}: {_unshipped_now(settings)} record(s) "
-          "(spans and traces) not yet shipped to Opik are lost.")
-    try:
-        answer = input("Purge the spool? [y/N] ")
-    except EOFError:
-        return False
-    return answer.strip().lower() in ("y", "yes")
-
-
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    if not args.yes and not _confirm(settings):
+    consequences = (f"This stops opik-cipx and deletes {settings.spool_dir}: {_unshipped_now(settings)} record(s) "
+                    "(spans and traces) not yet shipped to Opik are lost.")
+    if not args.yes and not confirmed("purge", consequences, "Purge the spool?"):
         print("opik-cipx: nothing changed.", file=sys.stderr)
         return 1
     stopped = stop_daemon(settings)
@@ -63,10 +53,4 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(f"opik-cipx: spool wiped: {dropped} unshipped record(s) (spans and traces) dropped")
     if stopped == "not running" or settings.disabled:
         return 0
-    outcome, problems = lifecycle.up_and_point(settings, dict(os.environ))
-    for line in problems:
-        print(f"opik-cipx: {line}", file=sys.stderr)
-    if not outcome.ok:
-        return 1
-    print(f"opik-cipx: {lifecycle.summary(settings, outcome)}")
-    return 0
+    return lifecycle.bring_up_and_report(settings, dict(os.environ))

@@ -22,12 +22,4 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print("opik-cipx: disabled (CIPX_DISABLED); nothing to restart. Unset it, then run `opik-cipx sync`.",
               file=sys.stderr)
         return 1
-    outcome, problems = lifecycle.up_and_point(settings, dict(os.environ), restart=True, stop_timeout_s=None)
-    for line in outcome.notes:
-        print(f"opik-cipx: {line}")
-    for line in problems:
-        print(f"opik-cipx: {line}", file=sys.stderr)
-    if not outcome.ok:
-        return 1
-    print(f"opik-cipx: {lifecycle.summary(settings, outcome)}")
-    return 0
+    return lifecycle.bring_up_and_report(settings, dict(os.environ), restart=True, stop_timeout_s=None)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from opik_cipx import claude_settings, lifecycle
 from opik_cipx.config import ConfigError, Settings
+from opik_cipx.confirm import confirmed
 from opik_cipx.daemon_control import paths_only_settings
 
 
@@ -29,19 +30,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def on_config_error(args: argparse.Namespace, exc: ConfigError) -> int:
     print(f"opik-cipx: warning: {exc} (uninstalling anyway)", file=sys.stderr)
     return run(args, paths_only_settings(dict(os.environ)))
-
-
-def _confirm(home: Path) -> bool:
-    if not sys.stdin.isatty():
-        print("opik-cipx: uninstall needs confirmation; re-run with --yes to proceed without a prompt.", file=sys.stderr)
-        return False
-    print(f"This stops opik-cipx, removes its supervisor unit and Claude Code settings entry, and deletes {home}\n"
-          "(logs, captures and any spans not yet shipped to Opik).")
-    try:
-        answer = input("Uninstall opik-cipx? [y/N] ")
-    except EOFError:
-        return False
-    return answer.strip().lower() in ("y", "yes")
 
 
 def unsafe_to_delete(home: Path, env: dict[str, str]) -> str | None:
@@ -77,7 +65,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if refusal:
         print(f"opik-cipx: refusing to uninstall: {refusal}. Check CIPX_HOME.", file=sys.stderr)
         return 1
-    if not args.yes and not _confirm(home):
+    consequences = (f"This stops opik-cipx, removes its supervisor unit and Claude Code settings entry, and deletes "
+                    f"{home}\n(logs, captures and any spans not yet shipped to Opik).")
+    if not args.yes and not confirmed("uninstall", consequences, "Uninstall opik-cipx?"):
         print("opik-cipx: nothing changed.", file=sys.stderr)
         return 1
     for line in lifecycle.tear_down(settings, env):
