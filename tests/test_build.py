@@ -1,6 +1,5 @@
 """The zipapp: reproducible bytes, compressed, stdlib-only, and every subcommand runs from it."""
 
-import ast
 import subprocess
 import sys
 import zipfile
@@ -10,6 +9,7 @@ import pytest
 
 from opik_cipx.cli import COMMANDS
 from tests.conftest import REPO
+from tests.test_stdlib_only import non_stdlib_imports
 
 
 def build(output: Path) -> Path:
@@ -44,20 +44,11 @@ def test_shebang_compression_and_fixed_metadata(pyz):
 
 
 def test_pyz_is_stdlib_only(pyz):
-    allowed = set(sys.stdlib_module_names) | {"opik_cipx", "__future__"}
     bad = []
     with zipfile.ZipFile(pyz) as archive:
         for name in archive.namelist():
-            if not name.endswith(".py"):
-                continue
-            for node in ast.walk(ast.parse(archive.read(name))):
-                if isinstance(node, ast.Import):
-                    modules = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and not node.level:
-                    modules = [node.module or ""]
-                else:
-                    continue
-                bad += [f"{name}: {m}" for m in modules if m.split(".")[0] not in allowed]
+            if name.endswith(".py"):
+                bad += non_stdlib_imports(name, archive.read(name))
     assert bad == []
 
 
