@@ -38,8 +38,17 @@ def test_header_listeners_queue_counters_and_sections():
     assert "  last sync    never" in lines
     assert any(line.split()[:2] == ["requests_captured", "12"] for line in lines)
     assert "!" not in text  # healthy: nothing flagged
-    assert "not configured" in text and "OPIK_CIPX_API_KEY" in text and "opik configure" in text
+    assert "  Opik is not configured: spans stay in the local spool." in lines  # an old daemon without a hint
     assert lines[-1] == "telemetry      off (no CIPX_SENTRY_DSN)"
+
+
+def test_not_configured_shows_the_daemons_own_hint():
+    from opik_cipx.opik_destination import NOT_CONFIGURED
+
+    opik = {"configured": False, "base_url": None, "last_error": NOT_CONFIGURED, "last_ok_at": None}
+    text = render(stats_doc(opik=opik), "", "", now=NOW)
+    assert f"  {NOT_CONFIGURED}" in text.splitlines()
+    assert "config.toml" in text and "opik configure" in text
 
 
 def test_problem_counters_are_flagged_with_a_hint():

@@ -159,8 +159,7 @@ def render(stats: dict[str, Any], claude_code: str | None = None, log_path: str 
         if opik.get("last_error"):
             out.append(f"  ! last error: {opik['last_error']}")
     else:
-        out.append("  not configured: set OPIK_CIPX_BASE_URL and OPIK_CIPX_API_KEY (plus OPIK_CIPX_WORKSPACE for "
-                   "Opik Cloud), or run `opik configure` to write ~/.opik.config; then `opik-cipx restart`")
+        out.append(f"  {opik.get('last_error') or 'Opik is not configured: spans stay in the local spool.'}")
     out.append(f"telemetry      {telemetry.get('reason') or ('on' if telemetry.get('enabled') else 'off')}")
     if problems:
         out.append(f"! {len(problems)} problem counter(s) nonzero: {', '.join(problems)}"
