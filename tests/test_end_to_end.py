@@ -5,7 +5,7 @@ import http.client
 import json
 
 from tests.claude_code_corpus import request, requests, response
-from tests.conftest import DaemonProcess, wait_for
+from tests.conftest import DaemonProcess, run_cli, wait_for
 from tests.fake_anthropic import fixture_reply
 from tests.fake_opik import API_KEY, WORKSPACE, FakeOpik
 
@@ -67,3 +67,26 @@ def test_without_opik_spans_stay_in_the_spool_and_show_in_the_viewer(daemon, ups
     conn.request("GET", f"/capture/{rows[0]['capture_id']}")
     page = conn.getresponse().read().decode()
     assert "mcp__weather__get_forecast" in page and "tools_mcp" in page
+
+
+def test_kill_9_after_calls_then_restart_ships_the_same_ids_replay_derives(home, upstream):
+    with FakeOpik() as opik:
+        env = dict(OPIK_CIPX_BASE_URL=opik.url, OPIK_CIPX_API_KEY=API_KEY, OPIK_CIPX_WORKSPACE=WORKSPACE)
+        opik.down()  # Opik unreachable while the calls happen
+        daemon = DaemonProcess(home, upstream.url, **env)
+        calls = replay_scenario(daemon, upstream, "subagent")
+        wait_for(lambda: daemon.stats()["counters"]["events_materialized"] == calls, what="materialized")
+        wait_for(lambda: daemon.stats()["queue"]["in_memory"] == 0 and daemon.stats()["queue"]["ready"] > 0,
+                 what="records durable in the spool")
+        daemon.kill()  # kill -9: nothing gets a chance to flush
+        opik.up()
+        daemon = DaemonProcess(home, upstream.url, **env)
+        try:
+            replayed = run_cli(home, "replay")
+            assert replayed.returncode == 0, replayed.stderr
+            expected = {json.loads(line)["body"]["id"] for line in replayed.stdout.splitlines()}
+            wait_for(lambda: expected <= opik.ids(), timeout_s=20, what="every record at Opik after the restart")
+            assert opik.ids() == expected  # nothing extra, nothing under another id
+        finally:
+            assert daemon.stop() == 0
+    assert opik.violations == []
