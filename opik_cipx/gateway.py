@@ -43,6 +43,9 @@ REWRITTEN = frozenset({"host", "content-length", "accept-encoding", "expect"})
 DECODABLE_ENCODINGS = ("gzip", "deflate", "identity")
 MAX_BODY_BYTES = 64 * 1024 * 1024
 READ_SIZE = 64 * 1024
+# A pooled connection the server closed just as we reused it fails within a round trip; a
+# failure later than this may come after the upstream started work, so it is not retried.
+STALE_RETRY_WINDOW_S = 0.25
 
 
 class BadRequest(Exception):
@@ -170,8 +173,8 @@ class GatewayHandler(BaseHTTPRequestHandler):
         try:
             body = self._read_body()
         except BadRequest as exc:
+            self.close_connection = True  # the rest of the request is unread: the connection ends here
             self._reply_error(exc.status, f"opik-cipx: {exc}", "invalid_request_error")
-            self.close_connection = True
             return
         except OSError:
             self.close_connection = True  # client went away mid-request: nothing to forward
@@ -227,25 +230,40 @@ class GatewayHandler(BaseHTTPRequestHandler):
             parts.append(chunk)
 
     def _send_upstream(self, gw: Gateway, body: bytes) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """Send the request and read the response head; retry once on a stale pooled socket."""
+        """Send the request and read the response head.
+
+        A reused pooled connection that turns out to be closed is replaced once, and only when
+        the failure shows the upstream cannot have acted on the request: an error while
+        sending, or a disconnect with no response byte within `STALE_RETRY_WINDOW_S`.
+        """
         framed = body or "content-length" in self.headers or "transfer-encoding" in self.headers
         headers = upstream_headers(self.headers.items(), gw.pool.target.host_header, len(body) if framed else None)
+        retried = False
         while True:
             conn, reused = gw.pool.acquire()
             try:
-                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-                for name, value in headers:
-                    conn.putheader(name, value)
-                conn.endheaders(body or None)
-                return conn, conn.getresponse()
-            except (ConnectionError, ssl.SSLEOFError) as exc:
-                gw.pool.discard(conn)
-                if not reused:
-                    raise
-                log.debug("gateway: pooled upstream connection was stale (%s); retrying on a new one", exc)
+                try:
+                    conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                    for name, value in headers:
+                        conn.putheader(name, value)
+                    conn.endheaders(body or None)
+                except (ConnectionError, ssl.SSLEOFError):
+                    if not reused or retried:
+                        raise
+                    sent = None  # never reached the upstream
+                else:
+                    sent = time.monotonic()
+                    try:
+                        return conn, conn.getresponse()
+                    except (http.client.RemoteDisconnected, ConnectionResetError, ssl.SSLEOFError):
+                        if not reused or retried or time.monotonic() - sent > STALE_RETRY_WINDOW_S:
+                            raise
             except BaseException:
                 gw.pool.discard(conn)
                 raise
+            gw.pool.discard(conn)
+            retried = True
+            log.debug("gateway: pooled upstream connection was closed by the server; retrying on a new one")
 
     def _relay(self, gw: Gateway, capture: Capture, body: bytes) -> None:
         try:
@@ -280,7 +298,8 @@ class GatewayHandler(BaseHTTPRequestHandler):
             self.close_connection = True  # an HTTP/1.0 client reads to EOF instead
         self.send_response_only(resp.status, resp.reason)
         for name, value in resp_headers:
-            if name.lower() not in HOP_BY_HOP:
+            lowered = name.lower()
+            if lowered not in HOP_BY_HOP and not (chunked and lowered == "content-length"):
                 self.send_header(name, value)
         if chunked:
             self.send_header("Transfer-Encoding", "chunked")
@@ -301,6 +320,10 @@ class GatewayHandler(BaseHTTPRequestHandler):
             except (OSError, http.client.HTTPException) as exc:
                 capture.upstream_error = describe_upstream_error(exc, mid_stream=True)
                 log.warning("gateway: upstream broke mid-response: %s", capture.upstream_error)
+                return False
+            if not data and resp.length:  # EOF before the promised Content-Length
+                capture.upstream_error = "upstream connection failed mid-response: body shorter than its Content-Length"
+                log.warning("gateway: %s", capture.upstream_error)
                 return False
             try:
                 if not data:
@@ -339,5 +362,7 @@ def describe_upstream_error(exc: BaseException, mid_stream: bool = False) -> str
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve the upstream host: {exc.strerror}"
     kind = type(exc).__name__
+    if isinstance(exc, http.client.HTTPException):
+        return f"upstream sent an invalid response {where}: {kind}"  # its message may quote upstream bytes
     detail = str(exc).splitlines()[0][:200] if str(exc) else ""
     return f"upstream connection failed {where}: {kind}{': ' + detail if detail else ''}"

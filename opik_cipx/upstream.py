@@ -39,6 +39,21 @@ class Endpoint:
         return host if self.port == default else f"{host}:{self.port}"
 
 
+class FinalResponse(http.client.HTTPResponse):
+    """Reads past every interim 1xx response (103 Early Hints, ...); http.client skips only 100.
+
+    Otherwise a 103 would be taken as the whole response and the real one would be left
+    unread on a connection going back to the pool, for the next call to receive.
+    """
+
+    def _read_status(self):
+        while True:
+            version, status, reason = super()._read_status()
+            if status == http.client.CONTINUE or status == 101 or not 100 <= status < 200:
+                return version, status, reason  # begin() skips a 100 itself
+            http.client._read_headers(self.fp)  # the interim response's header block
+
+
 def ssl_context(ca_bundle: str) -> ssl.SSLContext:
     """System trust plus an optional extra CA file; raises OSError/ssl.SSLError if unusable."""
     ctx = ssl.create_default_context()
@@ -88,6 +103,7 @@ class UpstreamPool:
             )
         else:
             conn = http.client.HTTPConnection(hop.host, hop.port, timeout=self.connect_timeout_s)
+        conn.response_class = FinalResponse
         if self.proxy:
             conn.set_tunnel(self.target.host, self.target.port)
         conn.connect()

@@ -26,7 +26,9 @@ class Reply:
     for `gate` before sending the rest. `abort_after`: close the socket after that many chunks
     without finishing the body. `no_response`: close the connection without answering.
     `close_after`: close the connection after a complete answer, without announcing it (as a
-    server dropping an idle keep-alive connection does).
+    server dropping an idle keep-alive connection does). `interim`: 1xx statuses (e.g. 103
+    Early Hints) sent before the answer. `declared_length`: a Content-Length that differs
+    from the body actually sent (then the connection is closed).
     """
 
     status: int = 200
@@ -39,6 +41,8 @@ class Reply:
     no_response: bool = False
     close_after: bool = False
     delay_s: float = 0.0
+    interim: list[int] = field(default_factory=list)
+    declared_length: int | None = None
 
 
 def sse_reply(events: list[bytes], **kw) -> Reply:
@@ -125,13 +129,18 @@ class FakeAnthropic:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
+                for code in reply.interim:
+                    self.wfile.write(b"HTTP/1.1 %d Interim\r\nLink: </style.css>; rel=preload\r\n\r\n" % code)
                 self.send_response_only(reply.status)
                 for name, value in reply.headers:
                     self.send_header(name, value)
                 if reply.chunked:
                     self.send_header("Transfer-Encoding", "chunked")
                 else:
-                    self.send_header("Content-Length", str(sum(len(c) for c in reply.chunks)))
+                    length = sum(len(c) for c in reply.chunks)
+                    self.send_header("Content-Length", str(reply.declared_length or length))
+                    if reply.declared_length not in (None, length):
+                        self.close_connection = True
                 self.end_headers()
                 if self.command == "HEAD":
                     fake.finished.set()

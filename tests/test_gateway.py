@@ -267,3 +267,64 @@ def test_concurrent_streams(daemon, upstream):
     for t in threads:
         t.join(30)
     assert results == [response["body"].encode()] * n
+
+
+def test_interim_1xx_responses_are_skipped_and_do_not_desync_the_pool(daemon, upstream):
+    upstream.script(json_reply(200, {"first": True}, interim=[103]), json_reply(200, {"second": True}))
+    conn = client(daemon)
+    conn.request("POST", "/v1/messages", body=b"{}")
+    resp = conn.getresponse()
+    assert (resp.status, resp.read()) == (200, b'{"first": true}')
+    other = client(daemon)  # may reuse the same upstream connection: it must be in sync
+    other.request("POST", "/v1/messages", body=b"{}")
+    assert other.getresponse().read() == b'{"second": true}'
+
+
+def test_body_shorter_than_its_content_length_is_a_broken_exchange_not_a_hang(daemon, upstream):
+    upstream.script(Reply(headers=[("content-type", "application/json")], chunks=[b'{"partial'],
+                          chunked=False, declared_length=100))
+    conn = client(daemon)
+    conn.request("POST", "/v1/messages", body=b"{}")
+    resp = conn.getresponse()
+    try:
+        resp.read()
+        raise AssertionError("a truncated body must not look complete")
+    except http.client.IncompleteRead as exc:
+        assert exc.partial == b'{"partial'  # the client sees the truncation at once, no timeout
+    capture = wait_for(lambda: [c for c in read_captures(daemon.home / "captures") if c.upstream_error],
+                       what="the broken exchange on disk")[0]
+    assert "shorter than its Content-Length" in capture.upstream_error
+
+
+def test_a_request_is_not_sent_twice_when_the_upstream_drops_it_late(daemon, upstream):
+    upstream.script(json_reply(200, {"warm": True}), Reply(no_response=True, delay_s=0.6))
+    conn = client(daemon)
+    conn.request("POST", "/v1/messages", body=b'{"n":1}')
+    conn.getresponse().read()
+    conn.request("POST", "/v1/messages", body=b'{"n":2}')  # reuses the pooled connection
+    resp = conn.getresponse()
+    assert resp.status == 502 and b"opik-cipx:" in resp.read()
+    assert [s.body for s in upstream.seen].count(b'{"n":2}') == 1  # never re-sent: it may have been acted on
+
+
+def test_a_pooled_connection_dropped_at_once_is_retried_transparently(daemon, upstream):
+    upstream.script(json_reply(200, {"warm": True}), Reply(no_response=True), json_reply(200, {"ok": 2}))
+    conn = client(daemon)
+    conn.request("POST", "/v1/messages", body=b"{}")
+    conn.getresponse().read()
+    conn.request("POST", "/v1/messages", body=b"{}")
+    resp = conn.getresponse()
+    assert (resp.status, resp.read()) == (200, b'{"ok": 2}')
+
+
+def test_a_rechunked_response_never_carries_content_length_too(daemon, upstream):
+    upstream.script(Reply(headers=[("content-type", "text/event-stream"), ("Content-Length", "999")],
+                          chunks=[b"data: 1\n\n"], chunked=True))
+    sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=10)
+    sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(65536)
+    sock.close()
+    lowered = head.split(b"\r\n\r\n")[0].lower()
+    assert b"transfer-encoding: chunked" in lowered and b"content-length" not in lowered
