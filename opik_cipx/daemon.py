@@ -205,6 +205,7 @@ class Daemon:
     def shutdown(self) -> None:
         """Stop accepting, drain in-flight exchanges and the tee queue, release everything."""
         drain = self.settings.drain_timeout_s
+        drain_deadline = time.monotonic() + drain
         self.gateway.draining = True
         self.gateway_server.shutdown()
         self.gateway_server.server_close()
@@ -219,6 +220,10 @@ class Daemon:
             log.warning("shutdown: %d record(s) could not be written to the spool and are lost", unwritten)
         if not self.shipper.stop(timeout_s=5.0):
             log.warning("shutdown: a request to Opik is still in flight; its records stay in the spool")
+        # An open keep-alive connection can still bring one last call in while the rest shuts
+        # down; let it finish too (it is no longer materialized: the pipeline has stopped).
+        if not self.gateway.wait_idle(max(1.0, drain_deadline - time.monotonic())):
+            log.warning("shutdown: a call that arrived during shutdown is cut off")
         for server in (self.admin_server, self.viewer_server):
             server.shutdown()
             server.server_close()

@@ -5,11 +5,15 @@ refused before a socket is opened, and a port that is taken fails with a message
 """
 
 import errno
+import logging
 import socket
 import socketserver
+import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from opik_cipx.config import LOOPBACK_HOST
+
+log = logging.getLogger(__name__)
 
 
 class ListenError(Exception):
@@ -45,6 +49,14 @@ class LoopbackServer(ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return self.server_address[1]
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that resets its connection is routine: one debug line, no traceback on stderr."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log.debug("%s listener: client connection ended: %s", self.name, exc)
+        else:
+            log.exception("%s listener: unexpected error", self.name)
 
 
 def free_port() -> int:
