@@ -40,12 +40,13 @@ class Capture:
     response_parts: list[bytes] = field(default_factory=list, repr=False)
     client_aborted: bool = False
     upstream_error: str | None = None
-    _joined: bytes | None = field(default=None, repr=False)
 
     @property
     def response_body(self) -> bytes:
-        """The response body exactly as upstream sent it (possibly gzip/deflate encoded)."""
-        if self._joined is None:
-            self._joined = b"".join(self.response_parts)
-            self.response_parts = [self._joined]
-        return self._joined
+        """The response body exactly as upstream sent it (possibly gzip/deflate encoded).
+
+        The pieces are joined once and kept as a single piece, which later calls return as is.
+        """
+        if len(self.response_parts) != 1:
+            self.response_parts = [b"".join(self.response_parts)]
+        return self.response_parts[0]
