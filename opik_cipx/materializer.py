@@ -29,6 +29,7 @@ from opik_cipx.opik_destination import opik_config_path, resolve_destination
 from opik_cipx.pricing import Cost, PriceTable, price_call
 from opik_cipx.redaction import redact_records
 from opik_cipx.response import ResponseSummary, summarize_response
+from opik_cipx.sessions import valid_session_id
 from opik_cipx.spans import bounded, error_info, opik_usage, prompt_tokens, span_record, trace_record
 from opik_cipx.turns import FinishedTool, finished_tools, first_user_text, result_text, turn_anchor
 
@@ -38,6 +39,8 @@ SPAN_ENDPOINTS = {"/v1/messages", "/v1/messages/count_tokens"}
 AGENT_TOOLS = frozenset({"Agent", "Task"})
 MAX_SESSIONS = 256
 MAX_PENDING_TOOLS = 512
+MAX_AGENTS = 64
+TOOL_SPAN_KINDS = frozenset({"main", "subagent", "compaction"})
 SESSION_FILE_RETRY_S = 5.0  # a session file not written yet is looked for again after this
 IDENTITY_TTL_S = 60.0  # ~/.claude.json is re-read at most this often
 OUTPUT_BLOCKS = ("thinking", "text", "tool_use")
@@ -70,7 +73,7 @@ def materializer_config(settings: Settings, env: dict[str, str]) -> Materializer
 @dataclass
 class PendingTool:
     span_id: str
-    trace_id: str
+    turn: "Turn"
     llm_span_id: str
     issued_ns: int
     name: str
@@ -95,7 +98,8 @@ class Turn:
 class SessionState:
     turn: Turn | None = None
     pending: "OrderedDict[str, PendingTool]" = field(default_factory=OrderedDict)
-    agents: dict[str, PendingTool] = field(default_factory=dict)  # agent id -> its Agent tool call
+    agents: "OrderedDict[str, PendingTool]" = field(default_factory=OrderedDict)  # agent id -> its Agent call
+    emitted: "OrderedDict[str, None]" = field(default_factory=OrderedDict)  # tool_use ids with a tool span
     last_main: dict[str, int] | None = None  # size of the previous main-loop call
     before_compaction: dict[str, int] | None = None
     info: dict = field(default_factory=dict)  # sessions/<id>.json, once the hook has written it
@@ -152,6 +156,8 @@ class Materializer:
     def _session_info(self, state: SessionState, session_id: str) -> dict:
         """`sessions/<id>.json` written by the SessionStart hook ({} until it exists)."""
         now = time.monotonic()
+        if not valid_session_id(session_id):
+            return state.info  # never a path: the id comes from request headers or the body
         if not state.info and now - state.info_checked > SESSION_FILE_RETRY_S:
             state.info_checked = now
             try:
@@ -175,16 +181,15 @@ class Materializer:
         ms = started // 1_000_000
         span_id = derived_uuid7(ms, "llm", c.id)
         records: list[dict] = []
-        turn = self._turn_for(call, state)
-        parent = self.config.root_span_id
         agent_call = self._agent_call(call, state) if call.kind.kind == "subagent" else None
-        if agent_call:
-            parent = agent_call.span_id
-        for tool in finished_tools(call.body.get("messages") or []):
-            records.append(self._tool_span(tool, state.pending.pop(tool.tool_use_id, None), call, turn, parent))
+        # A subagent belongs to the turn that launched it, even after the user moved on.
+        turn = agent_call.turn if agent_call else self._turn_for(call, state)
+        parent = agent_call.span_id if agent_call else self.config.root_span_id
+        if call.kind.kind in TOOL_SPAN_KINDS:
+            records += self._tool_spans(call, state, turn, parent)
         compaction = self._compaction_sizes(call, state)
         records.append(self._llm_span(call, span_id, turn.trace_id, parent, compaction, agent_call))
-        self._remember_tool_uses(call, state, span_id, turn.trace_id, ended)
+        self._remember_tool_uses(call, state, span_id, turn, ended)
         self._tally(turn, call)
         if not self.config.parent_trace_id:
             records.insert(0, self._trace(call, turn))
@@ -210,6 +215,19 @@ class Materializer:
             state.turn = Turn(key=key, trace_id=trace_id, start_ns=c.started_at_ns, prompt=_prompt(call.attribution.facts))
         return state.turn
 
+    def _tool_spans(self, call: "_Call", state: SessionState, turn: Turn, parent: str | None) -> list[dict]:
+        """A span per tool call finished in this request, once per tool call: a retried or
+        repeated request carries the same results again."""
+        out = []
+        for tool in finished_tools(call.body.get("messages") or []):
+            if tool.tool_use_id in state.emitted:
+                continue
+            out.append(self._tool_span(tool, state.pending.pop(tool.tool_use_id, None), call, turn, parent))
+            state.emitted[tool.tool_use_id] = None
+            while len(state.emitted) > 4 * MAX_PENDING_TOOLS:
+                state.emitted.popitem(last=False)
+        return out
+
     def _agent_call(self, call: "_Call", state: SessionState) -> PendingTool | None:
         """The `Agent` tool call that started this subagent (matched by its brief)."""
         agent_id = call.kind.agent_id or ""
@@ -225,16 +243,18 @@ class Materializer:
             return None
         if agent_id:
             state.agents[agent_id] = match
+            while len(state.agents) > MAX_AGENTS:
+                state.agents.popitem(last=False)
         return match
 
-    def _remember_tool_uses(self, call: "_Call", state: SessionState, span_id: str, trace_id: str, ended: int) -> None:
+    def _remember_tool_uses(self, call: "_Call", state: SessionState, span_id: str, turn: Turn, ended: int) -> None:
         for block in call.summary.content:
             if block.get("type") != "tool_use" or not block.get("id"):
                 continue
             tool_use_id = str(block["id"])
             state.pending[tool_use_id] = PendingTool(
                 span_id=derived_uuid7(ended // 1_000_000, "tool", call.session_id, tool_use_id),
-                trace_id=trace_id,
+                turn=turn,
                 llm_span_id=span_id,
                 issued_ns=ended,
                 name=str(block.get("name", "")),
@@ -376,7 +396,7 @@ class Materializer:
         }
         return span_record(
             span_id=span_id,
-            trace_id=pending.trace_id if pending else turn.trace_id,
+            trace_id=pending.turn.trace_id if pending else turn.trace_id,
             parent_span_id=pending.llm_span_id if pending else parent,
             project_name=call.project,
             name=tool.name or "tool",

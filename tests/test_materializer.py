@@ -1,5 +1,6 @@
 """Capture -> Opik records over the recorded Claude Code corpus, materialized in recorded order."""
 
+import dataclasses
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -108,6 +109,41 @@ def test_subagent_calls_nest_under_the_agent_tool_span(tmp_path):
     assert llm(records["001"])["trace_id"] == agent_span["trace_id"]
 
 
+def again(capture, shift_ms: int, body: bytes | None = None):
+    """The same exchange sent again later (a retry, or a variation of it)."""
+    copy = dataclasses.replace(capture, id=derived_uuid7(capture.started_at_ns // 1_000_000 + shift_ms, capture.id),
+                               started_at_ns=capture.started_at_ns + shift_ms * 1_000_000,
+                               ended_at_ns=capture.ended_at_ns + shift_ms * 1_000_000)
+    if body is not None:
+        copy.request_body = body
+    return copy
+
+
+def test_a_repeated_request_does_not_repeat_its_tool_spans(tmp_path):
+    materializer = Materializer(config(tmp_path), load_price_table())
+    captured = dict(exchanges("tools"))
+    for number in ("001", "002", "003", "004", "005"):
+        materializer.materialize(captured[number])
+    first = materializer.materialize(captured["006"])
+    retry = materializer.materialize(again(captured["006"], 1500))  # e.g. after a 529
+    assert [r["body"]["name"] for r in first if r["body"].get("type") == "tool"] == ["Bash"]
+    assert [r for r in retry if r["body"].get("type") == "tool"] == []
+
+
+def test_a_subagent_stays_in_the_turn_that_launched_it_after_the_next_prompt(tmp_path):
+    materializer = Materializer(config(tmp_path), load_price_table())
+    captured = dict(exchanges("subagent"))
+    launch = llm(materializer.materialize(captured["001"]))
+    body = json.loads(captured["001"].request_body)
+    body["messages"][0]["content"][-1]["text"] = "meanwhile, something else entirely"
+    meanwhile = again(captured["001"], 200, json.dumps(body).encode())
+    meanwhile.response_parts = [exchanges("simple")[1][1].response_body]  # a plain text answer
+    other_turn = llm(materializer.materialize(meanwhile))
+    assert other_turn["trace_id"] != launch["trace_id"]
+    sub = llm(materializer.materialize(captured["002"]))
+    assert sub["trace_id"] == launch["trace_id"]  # with its Agent tool call, not the newer turn
+
+
 def test_compaction_is_flagged_with_before_and_after_sizes(tmp_path):
     records = run("compact", tmp_path)
     request = cc(llm(records["010"]))
@@ -201,7 +237,7 @@ SECRET = st.text(alphabet=st.characters(codec="utf-8", categories=("L", "N")), m
 @given(prompt=SECRET, answer=SECRET, tool_input=SECRET, tool_output=SECRET, args=SECRET)
 def test_redacted_spans_never_contain_text_of_any_shape(tmp_path, prompt, answer, tool_input, tool_output, args):
     body = {
-        "model": "claude-opus-4-8", "stream": True,
+        "model": "claude-opus-4-8", "stream": True, "context_management": {},  # a main-loop call
         "metadata": {"user_id": json.dumps({"session_id": "s-1"})},
         "messages": [
             {"role": "user", "content": [{"type": "text", "text": prompt},
