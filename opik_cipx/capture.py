@@ -8,7 +8,7 @@ Auth header values never enter a Capture: `redact_headers` replaces them at capt
 from dataclasses import dataclass, field
 
 REDACTED = "[redacted]"
-SECRET_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie"})
+SECRET_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie", "set-cookie"})
 
 
 def redact_headers(headers: list[tuple[str, str]]) -> list[list[str]]:

@@ -49,7 +49,13 @@ class CaptureStore:
             or time.monotonic() - self._opened_at > SEGMENT_MAX_AGE_S
         ):
             self._rotate()
-        self._fh.write(member)
+        try:
+            written = self._fh.write(member)
+            if written != len(member):
+                raise OSError(f"short write ({written} of {len(member)} bytes)")
+        except OSError:
+            self.close()  # a torn member must not sit in front of the next captures
+            raise
         self._size += len(member)
         return self._path
 

@@ -70,16 +70,14 @@ class Daemon:
             )
         except (OSError, ssl.SSLError) as exc:
             raise StartupError(f"cannot load the CA bundle {settings.ca_bundle!r}: {exc}") from None
-        self.store = (
-            CaptureStore(
-                settings.captures_dir,
-                max_bytes=settings.captures_max_mb * 1024 * 1024,
-                max_age_s=settings.captures_max_age_days * 86400,
-                segment_bytes=settings.captures_segment_mb * 1024 * 1024,
-            )
-            if settings.captures_enabled
-            else None
+        store = CaptureStore(
+            settings.captures_dir,
+            max_bytes=settings.captures_max_mb * 1024 * 1024,
+            max_age_s=settings.captures_max_age_days * 86400,
+            segment_bytes=settings.captures_segment_mb * 1024 * 1024,
         )
+        store.enforce_retention()  # also when captures are off: old ones still age out
+        self.store = store if settings.captures_enabled else None
         env = dict(os.environ)
         self.materializer = Materializer(
             materializer_config(settings, env), load_price_table(settings.prices), pause=self._yield_to_wire
@@ -128,7 +126,8 @@ class Daemon:
 
     def _yield_to_wire(self) -> None:
         """Between slices of off-wire work: let an exchange in flight finish first (bounded)."""
-        self.gateway.wait_idle(YIELD_MAX_S)
+        if not self.pipeline.backlogged:
+            self.gateway.wait_idle(YIELD_MAX_S)
 
     def _materialize(self, capture: Capture) -> None:
         """The off-wire stage: keep the raw capture, derive its records, spool them, list the call."""

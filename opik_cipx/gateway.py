@@ -276,7 +276,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
         capture.ttfb_ns = time.time_ns()
         capture.status = resp.status
         resp_headers = resp.getheaders()
-        capture.response_headers = [[name, value] for name, value in resp_headers]
+        capture.response_headers = redact_headers(resp_headers)
         if not self._stream_response(gw, capture, resp, resp_headers):
             gw.pool.discard(conn)
             self.close_connection = True

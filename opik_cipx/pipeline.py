@@ -66,6 +66,11 @@ class Pipeline:
         self._thread.join(max(0.0, deadline - time.monotonic()))
         return not self._thread.is_alive()
 
+    @property
+    def backlogged(self) -> bool:
+        """Half the queue or more is waiting: off-wire work stops deferring to the wire."""
+        return self._queue.qsize() >= self._defer_below
+
     def section(self) -> dict[str, int]:
         """The `materializer` section of the admin stats."""
         return {"lag_events": self._queue.qsize(), "inflight_raw": self._inflight}
@@ -75,7 +80,7 @@ class Pipeline:
             item = self._queue.get()
             if item is _STOP:
                 return
-            if self.wire_idle is not None and self._queue.qsize() < self._defer_below:
+            if self.wire_idle is not None and not self.backlogged:
                 self.wire_idle(MAX_DEFER_S)
             self._inflight = 1
             for name, stage in self.stages:

@@ -64,3 +64,26 @@ def test_age_limit_deletes_old_segments(tmp_path):
     os.utime(old, (past, past))
     assert store.enforce_retention() == [old]
     assert list(read_captures(tmp_path)) == []
+
+
+def test_a_failed_write_starts_a_new_segment_so_later_captures_stay_readable(tmp_path):
+    store = CaptureStore(tmp_path, max_bytes=10**9, max_age_s=10**6, segment_bytes=10**6)
+    first = store.append(make(1))
+
+    class Full:
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            pass
+
+    store._fh = Full()  # the disk fills up mid-segment
+    try:
+        store.append(make(2))
+        raise AssertionError("the write error must reach the caller (it is counted there)")
+    except OSError:
+        pass
+    later = store.append(make(3))
+    store.close()
+    assert later != first
+    assert [c.id for c in read_captures(tmp_path)] == ["0190-1", "0190-3"]

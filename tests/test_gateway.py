@@ -328,3 +328,15 @@ def test_a_rechunked_response_never_carries_content_length_too(daemon, upstream)
     sock.close()
     lowered = head.split(b"\r\n\r\n")[0].lower()
     assert b"transfer-encoding: chunked" in lowered and b"content-length" not in lowered
+
+
+def test_set_cookie_reaches_the_client_but_not_the_capture(daemon, upstream):
+    upstream.script(Reply(headers=[("content-type", "application/json"), ("Set-Cookie", "sid=SECRETSESSION")],
+                          chunks=[b"{}"], chunked=False))
+    conn = client(daemon)
+    conn.request("GET", "/v1/models")
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.getheader("Set-Cookie") == "sid=SECRETSESSION"
+    capture = wait_for(lambda: list(read_captures(daemon.home / "captures")), what="capture on disk")[0]
+    assert ["Set-Cookie", "[redacted]"] in capture.response_headers

@@ -30,6 +30,7 @@ def test_replay_rederives_the_same_records_read_only(home, tmp_path):
     second = run_cli(home, "replay", "--out", str(out))
     assert second.returncode == 0 and second.stdout == ""
     assert out.read_text() == first.stdout  # same captures => same ids and content
+    assert out.stat().st_mode & 0o777 == 0o600  # it holds prompts and responses
     assert f"-> {out}" in second.stderr
     assert sorted(p.relative_to(home) for p in home.rglob("*")) == before  # nothing written under CIPX_HOME
 

@@ -6,15 +6,18 @@ through a fresh materializer, so the records carry the same ids the daemon deriv
 """
 
 import argparse
+import io
 import json
 import os
 import re
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TextIO
 
 from opik_cipx.config import Settings
+from opik_cipx.home import open_private
 
 RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -54,12 +57,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     materializer = Materializer(materializer_config(settings, dict(os.environ)), load_price_table(settings.prices))
     try:
-        out: TextIO = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+        # The records hold prompts and responses: the file is owner-only, like everything of ours.
+        out: TextIO = (io.TextIOWrapper(open_private(Path(args.out), os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                                        encoding="utf-8") if args.out else sys.stdout)
     except OSError as exc:
         print(f"opik-cipx: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
         return 1
     progress = Progress(sys.stderr, total_bytes=sum(size for _, size, _ in segments))
-    captures = records = 0
+    captures = records = failed = 0
     try:
         for path, size, _ in segments:
             try:
@@ -69,19 +74,31 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             for capture in stored:
                 if args.since and capture.started_at_ns < args.since:
                     continue
-                for record in materializer.materialize(capture):
+                try:
+                    derived = materializer.materialize(capture)
+                except Exception:  # one bad capture must not end the replay
+                    failed += 1
+                    continue
+                for record in derived:
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")
                     records += 1
                 captures += 1
             progress.advance(size, captures)
     except BrokenPipeError:
         return 0  # e.g. piped into `head`
+    except OSError as exc:
+        print(f"opik-cipx: cannot write {args.out or 'stdout'}: {exc.strerror}", file=sys.stderr)
+        return 1
     finally:
         progress.done()
         if out is not sys.stdout:
             out.close()
     print(f"replayed {captures} capture(s) into {records} record(s)" + (f" -> {args.out}" if args.out else ""),
           file=sys.stderr)
+    if failed:
+        print(f"opik-cipx: {failed} capture(s) could not be materialized and were skipped "
+              "(a materializer bug: please report it)", file=sys.stderr)
+        return 1
     return 0
 
 
