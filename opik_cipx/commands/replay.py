@@ -2,7 +2,9 @@
 
 Read-only: it reads `captures/` and writes JSON lines (one spool record each) to stdout or
 `--out`; it never touches the daemon, the spool or Opik. Captures are replayed oldest first
-through a fresh materializer, so the records carry the same ids the daemon derived.
+through a fresh materializer, so a session replayed from its first call gets the same ids
+the daemon derived. Starting mid-turn (`--since`, or after a daemon restart mid-turn) puts
+the rest of that turn in a trace of its own, as the restarted daemon did.
 """
 
 import argparse
