@@ -24,6 +24,17 @@ COUNTERS = {
 }
 
 
+def wait_for_listener_closed(port: int) -> None:
+    def refused() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    wait_for(refused, what=f"listener on port {port} closed")
+
+
 def admin_get(port: int, path: str, host: str | None = None) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     conn.putrequest("GET", path, skip_host=host is not None)
@@ -142,15 +153,7 @@ def test_sigterm_lets_an_in_flight_stream_finish(daemon, upstream):
     resp = conn.getresponse()
     first = resp.read1(65536)
     daemon.proc.send_signal(15)
-    # Stops accepting: new connections are refused once the listener is closed.
-    def refused():
-        try:
-            socket.create_connection(("127.0.0.1", daemon.port), timeout=1).close()
-        except ConnectionRefusedError:
-            return True
-        return False
-
-    wait_for(refused, what="listener closed")
+    wait_for_listener_closed(daemon.port)  # stops accepting: new connections are refused
     assert daemon.proc.poll() is None  # still draining the held stream
     held.gate.set()
     assert first + resp.read() == response["body"].encode()
@@ -198,15 +201,7 @@ def test_a_call_arriving_on_a_keepalive_connection_during_shutdown_still_complet
         conn.getresponse().read()
         wait_for(lambda: daemon.stats()["queue"]["inflight"] > 0, what="a post to Opik in flight")
         daemon.proc.send_signal(15)
-
-        def refused():
-            try:
-                socket.create_connection(("127.0.0.1", daemon.port), timeout=1).close()
-            except ConnectionRefusedError:
-                return True
-            return False
-
-        wait_for(refused, what="listener closed")
+        wait_for_listener_closed(daemon.port)
         held = sse_reply(split_sse(response["body"]), hold_after=2)
         upstream.script(held)
         conn.request("POST", "/v1/messages", body=b"{}")  # the idle keep-alive connection brings one more
