@@ -16,10 +16,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from opik_cipx.attribution import categorize  # noqa: E402
-from opik_cipx.materializer import Materializer, MaterializerConfig  # noqa: E402
-from opik_cipx.pricing import load_price_table  # noqa: E402
-from opik_cipx.response import summarize_response  # noqa: E402
+from opik_cipx.materialize.attribution import categorize  # noqa: E402
+from opik_cipx.materialize.materializer import Materializer, MaterializerConfig  # noqa: E402
+from opik_cipx.materialize.pricing import load_price_table  # noqa: E402
+from opik_cipx.materialize.response import summarize_response  # noqa: E402
 from tests.claude_code_corpus import SCENARIOS, exchanges  # noqa: E402
 
 

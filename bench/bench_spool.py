@@ -25,10 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from opik_cipx.opik_destination import Destination  # noqa: E402
-from opik_cipx.shipper import Shipper  # noqa: E402
-from opik_cipx.spool import Spool  # noqa: E402
+from opik_cipx.ship.destination import Destination  # noqa: E402
+from opik_cipx.ship.shipper import Shipper  # noqa: E402
 from opik_cipx.stats import Counters  # noqa: E402
+from opik_cipx.store.spool import Spool  # noqa: E402
 from tests.fake_opik import API_KEY, WORKSPACE, FakeOpik  # noqa: E402
 from tests.spool_driver import synthetic_capture  # noqa: E402
 

@@ -7,16 +7,17 @@ config written for a newer version does not stop an older daemon.
 """
 
 import ipaddress
-import uuid
+import math
 import tomllib
 import urllib.parse
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from opik_cipx.home import default_home
-from opik_cipx.pricing import load_price_table
 
+PRICE_RATE_KEYS = ("input", "cache_write_5m", "cache_write_1h", "cache_read", "output")
 TRUTHY = frozenset({"1", "true", "yes", "on"})
 FALSY = frozenset({"0", "false", "no", "off", ""})
 LOOPBACK_HOST = "127.0.0.1"
@@ -117,9 +118,31 @@ def _proxy_url(raw: Any) -> str:
     return url
 
 
-def _price_overrides(raw: Any) -> dict:
-    load_price_table(raw)  # checks every model table and rate; the ValueError names the key
-    return raw
+def parse_price_overrides(raw: Any) -> dict[str, dict[str, float]]:
+    """`[prices."<model>"]` tables as {model: {rate key: USD per million tokens}}.
+
+    Raises ValueError naming the bad key, e.g. `prices.claude-foo-5.output: expected a number`.
+    Whether a model needs every rate depends on the packaged table: pricing checks that.
+    """
+    if not isinstance(raw, dict):
+        raise ValueError("prices: expected a table of models")
+    out = {}
+    for name, row in raw.items():
+        where = f"prices.{name}"
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a table with {', '.join(PRICE_RATE_KEYS)}")
+        out[str(name)] = {key: _price_rate(f"{where}.{key}", key, value) for key, value in row.items()}
+    return out
+
+
+def _price_rate(where: str, key: str, value: object) -> float:
+    if key not in PRICE_RATE_KEYS:
+        raise ValueError(f"{where}: unknown key; expected one of {', '.join(PRICE_RATE_KEYS)}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{where}: expected a number, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{where}: must not be negative, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -156,7 +179,7 @@ OPTIONS: tuple[Option, ...] = (
            "seconds a stopping daemon lets in-flight calls finish"),
     Option("tee_queue_max", None, _number(int, 1), 128,
            "captures held in memory for the materializer; beyond it they are dropped, counted"),
-    Option("prices", None, _price_overrides, {},
+    Option("prices", None, parse_price_overrides, {},
            "[prices.\"<model>\"] tables of USD/MTok rates that add models to or override prices.json"),
     Option("captures.enabled", "CIPX_CAPTURES", parse_bool, True,
            "keep raw captures on disk for replay and the viewer"),

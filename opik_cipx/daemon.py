@@ -16,28 +16,28 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from opik_cipx import __version__
-from opik_cipx.admin import AdminHandler
-from opik_cipx.capture import Capture
-from opik_cipx.capture_store import CaptureStore
 from opik_cipx.config import Settings
-from opik_cipx.executable import current as current_executable
-from opik_cipx.gateway import Gateway, GatewayHandler
+from opik_cipx.control.executable import current as current_executable
+from opik_cipx.control.ports import assign_picked_ports, claude_code_port
 from opik_cipx.home import private_dir, write_json
 from opik_cipx.logs import configure_daemon_logging
-from opik_cipx.loopback import ListenError, LoopbackServer
-from opik_cipx.materializer import Materializer, materializer_config
-from opik_cipx.opik_destination import opik_config_path, resolve_destination
-from opik_cipx.pipeline import Pipeline
-from opik_cipx.ports import assign_picked_ports, claude_code_port
-from opik_cipx.pricing import load_price_table
-from opik_cipx.shipper import Shipper
-from opik_cipx.spool import Spool
+from opik_cipx.materialize.materializer import Materializer, materializer_config
+from opik_cipx.materialize.pricing import load_price_table
+from opik_cipx.ship.destination import opik_config_path, resolve_destination
+from opik_cipx.ship.shipper import Shipper
 from opik_cipx.stats import Counters, build_stats, utc_iso
-from opik_cipx.upstream import UpstreamPool
-from opik_cipx.viewer import RecentCalls, ViewerHandler, call_row
+from opik_cipx.store.captures import CaptureStore
+from opik_cipx.store.spool import Spool
+from opik_cipx.views.admin import AdminHandler
+from opik_cipx.views.viewer import RecentCalls, ViewerHandler, call_row
+from opik_cipx.wire.capture import Capture
+from opik_cipx.wire.gateway import Gateway, GatewayHandler
+from opik_cipx.wire.loopback import ListenError, LoopbackServer
+from opik_cipx.wire.tee import Pipeline
+from opik_cipx.wire.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
 SHUTDOWN_POLL_S = 0.1  # how often an idle listener checks for shutdown
@@ -50,6 +50,21 @@ YIELD_MAX_S = 0.2  # the longest one slice of off-wire work waits for the wire (
 
 class StartupError(Exception):
     """The daemon cannot start; the message is one line fit for the user."""
+
+
+def build_materializer(
+    settings: Settings, env: dict[str, str], pause: Callable[[], None] | None = None
+) -> Materializer:
+    """The materializer the daemon runs (`replay` builds the same one, so the ids match).
+
+    Raises StartupError when a `[prices]` override cannot be applied to the packaged table.
+    """
+    try:
+        prices = load_price_table(settings.prices)
+    except ValueError as exc:
+        raise StartupError(f"bad setting in config file {settings.config_path}: {exc}") from None
+    project = resolve_destination(settings, opik_config_path(env)).project
+    return Materializer(materializer_config(settings, env, project), prices, pause=pause)
 
 
 class Daemon:
@@ -79,9 +94,7 @@ class Daemon:
         store.enforce_retention()  # also when captures are off: old ones still age out
         self.store = store if settings.captures_enabled else None
         env = dict(os.environ)
-        self.materializer = Materializer(
-            materializer_config(settings, env), load_price_table(settings.prices), pause=self._yield_to_wire
-        )
+        self.materializer = build_materializer(settings, env, pause=self._yield_to_wire)
         self.calls = RecentCalls()
         self.pipeline = Pipeline([("materialize", self._materialize)], self.counters, settings.tee_queue_max,
                                  wire_idle=lambda timeout_s: self.gateway.wait_idle(timeout_s))

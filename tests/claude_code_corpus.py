@@ -5,8 +5,8 @@ import re
 from functools import cache
 from pathlib import Path
 
-from opik_cipx.capture import Capture
 from opik_cipx.ids import derived_uuid7
+from opik_cipx.wire.capture import Capture
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code"
 SCENARIOS = (

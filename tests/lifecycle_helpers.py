@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from opik_cipx.daemon_control import pid_alive
-from opik_cipx.loopback import free_port
+from opik_cipx.control.daemon_control import pid_alive
+from opik_cipx.wire.loopback import free_port
 from tests.conftest import cli_env, wait_for
 from tests.fake_anthropic import CA_BUNDLE
 

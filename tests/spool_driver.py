@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 from opik_cipx.ids import new_uuid7
-from opik_cipx.opik_destination import Destination
-from opik_cipx.shipper import Shipper
-from opik_cipx.spool import Spool
+from opik_cipx.ship.destination import Destination
+from opik_cipx.ship.shipper import Shipper
 from opik_cipx.stats import Counters, utc_iso
+from opik_cipx.store.spool import Spool
 from tests.fake_opik import API_KEY, WORKSPACE
 
 PROJECT = "cipx-crash-test"

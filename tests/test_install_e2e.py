@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from opik_cipx.claude_settings import MANAGED_MARKER
+from opik_cipx.control.claude_settings import MANAGED_MARKER
 from tests.conftest import REPO, wait_for
 from tests.lifecycle_helpers import SESSION_START, Machine, machine_with_upstream, wait_gone  # noqa: F401
 

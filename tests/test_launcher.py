@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from opik_cipx import __version__
-from opik_cipx.claude_settings import MANAGED_MARKER
+from opik_cipx.control.claude_settings import MANAGED_MARKER
 from tests.conftest import REPO
 from tests.lifecycle_helpers import SESSION_START, machine, wait_gone  # noqa: F401 - fixture
 

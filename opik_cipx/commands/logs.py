@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from opik_cipx.config import ConfigError, Settings
-from opik_cipx.daemon_control import paths_only_settings
+from opik_cipx.control.daemon_control import paths_only_settings
 
 FOLLOW_POLL_S = 0.25
 BLOCK = 64 * 1024

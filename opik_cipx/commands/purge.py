@@ -11,11 +11,11 @@ import os
 import shutil
 import sys
 
-from opik_cipx import lifecycle
 from opik_cipx.config import ConfigError, Settings
-from opik_cipx.confirm import confirmed
-from opik_cipx.daemon_control import admin_port, fetch_stats, paths_only_settings, read_state, stop_daemon
-from opik_cipx.spool import unshipped_records
+from opik_cipx.control import lifecycle
+from opik_cipx.control.confirm import confirmed
+from opik_cipx.control.daemon_control import admin_port, fetch_stats, paths_only_settings, read_state, stop_daemon
+from opik_cipx.store.spool import unshipped_records
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -48,16 +48,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from opik_cipx.capture_store import list_segments, read_segment
-    from opik_cipx.materializer import Materializer, materializer_config
-    from opik_cipx.pricing import load_price_table
+    from opik_cipx.daemon import StartupError, build_materializer
+    from opik_cipx.store.captures import list_segments, read_segment
 
     segments = list_segments(settings.captures_dir)
     if not segments:
         print(f"opik-cipx: no raw captures in {settings.captures_dir} (captures.enabled is "
               f"{str(settings.captures_enabled).lower()}); nothing to replay.", file=sys.stderr)
         return 0
-    materializer = Materializer(materializer_config(settings, dict(os.environ)), load_price_table(settings.prices))
+    try:
+        materializer = build_materializer(settings, dict(os.environ))
+    except StartupError as exc:
+        print(f"opik-cipx: {exc}", file=sys.stderr)
+        return 2
     try:
         # The records hold prompts and responses: the file is owner-only, like everything of ours.
         out: TextIO = (io.TextIOWrapper(open_private(Path(args.out), os.O_WRONLY | os.O_CREAT | os.O_TRUNC),

@@ -9,8 +9,8 @@ import argparse
 import os
 import sys
 
-from opik_cipx import lifecycle
 from opik_cipx.config import Settings
+from opik_cipx.control import lifecycle
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -13,11 +13,10 @@ import time
 from datetime import datetime
 from typing import Any
 
-from opik_cipx import claude_settings, lifecycle
 from opik_cipx.config import ConfigError, Settings
-from opik_cipx.daemon_control import admin_port, fetch_stats, paths_only_settings, pid_alive, read_state
+from opik_cipx.control import claude_settings, lifecycle
+from opik_cipx.control.daemon_control import admin_port, fetch_stats, paths_only_settings, pid_alive, read_state
 from opik_cipx.stats import COUNTER_NAMES, PROBLEM_COUNTERS
-
 
 PROBLEM_HINTS = {
     "materializer_errors_total": "captures the materializer could not turn into spans; see `opik-cipx logs`",

@@ -14,10 +14,11 @@ import argparse
 import os
 import sys
 
-from opik_cipx import claude_settings, lifecycle
 from opik_cipx.config import ConfigError, Settings, is_truthy
-from opik_cipx.daemon_control import admin_port, is_healthy, paths_only_settings, read_state
-from opik_cipx.sessions import parse_hook_input, read_hook_stdin, record_session
+from opik_cipx.control import claude_settings, lifecycle
+from opik_cipx.control.daemon_control import admin_port, is_healthy, paths_only_settings, read_state
+from opik_cipx.materialize.identity import claude_json_path
+from opik_cipx.materialize.sessions import parse_hook_input, read_hook_stdin, record_session
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -103,6 +104,6 @@ def _record(settings: Settings, env: dict[str, str], raw: bytes, report: _Report
         report.problem("the hook input on stdin is not a JSON object; no session metadata written")
         return
     try:
-        record_session(settings.sessions_dir, hook, claude_settings.claude_json_path(env))
+        record_session(settings.sessions_dir, hook, claude_json_path(env))
     except ValueError as exc:
         report.problem(f"{exc}; no session metadata written")

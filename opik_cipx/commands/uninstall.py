@@ -16,10 +16,10 @@ import sys
 import zipfile
 from pathlib import Path
 
-from opik_cipx import claude_settings, lifecycle
 from opik_cipx.config import ConfigError, Settings
-from opik_cipx.confirm import confirmed
-from opik_cipx.daemon_control import paths_only_settings
+from opik_cipx.control import claude_settings, lifecycle
+from opik_cipx.control.confirm import confirmed
+from opik_cipx.control.daemon_control import paths_only_settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

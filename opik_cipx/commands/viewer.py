@@ -5,7 +5,7 @@ import sys
 import webbrowser
 
 from opik_cipx.config import Settings
-from opik_cipx.daemon_control import is_healthy, listener_port, read_state
+from opik_cipx.control.daemon_control import is_healthy, listener_port, read_state
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

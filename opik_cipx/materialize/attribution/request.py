@@ -1,0 +1,188 @@
+"""Categorize one Messages API request body: every character into exactly one cost bucket.
+
+The walker descends into `system`, `tools` and `messages` and hands text to the domain
+modules (system, tools, conversation, and through it memory, skills, agents, commands,
+compaction); every other top-level member is a request parameter (envelope) or, if unknown,
+unattributed. A body that is not UTF-8 JSON with an object at the top is all unattributed.
+"""
+
+from opik_cipx.materialize.attribution import tools
+from opik_cipx.materialize.attribution.conversation import Block, Conversation
+from opik_cipx.materialize.attribution.facts import Facts
+from opik_cipx.materialize.attribution.json_spans import Cursor, Field
+from opik_cipx.materialize.attribution.model import BUCKETS, UNATTRIBUTED, Attribution, Canvas, Region
+from opik_cipx.materialize.attribution.system import SystemPrompt
+
+PARAMS = frozenset(
+    {
+        "model",
+        "max_tokens",
+        "stream",
+        "metadata",
+        "thinking",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop_sequences",
+        "tool_choice",
+        "context_management",
+        "output_config",
+        "output_format",
+        "service_tier",
+        "container",
+        "betas",
+    }
+)
+
+
+def categorize(body: bytes) -> Attribution:
+    """Where every character of `body` went. Never raises on any input bytes."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return _summarise(body.decode("utf-8", "replace"), None, Facts())
+    canvas, facts = Canvas(text), Facts()
+    try:
+        walked = _walk(Cursor(text), canvas, facts)
+    except (ValueError, RecursionError):
+        walked = False
+    return _summarise(text, canvas if walked else None, facts if walked else Facts())
+
+
+def _walk(cur: Cursor, canvas: Canvas, facts: Facts) -> bool:
+    if cur.peek() != "{":
+        cur.value()
+        cur.finish()
+        return False
+    system, conversation = SystemPrompt(facts), Conversation(canvas, facts)
+    for key, _ in cur.members():
+        if key == "system":
+            _system(cur, canvas, system)
+        elif key == "tools":
+            _tools(cur, canvas, facts)
+        elif key == "messages":
+            _messages(cur, canvas, conversation)
+        elif key in PARAMS:
+            cur.value()
+        else:
+            _unknown(cur, canvas)
+    cur.finish()
+    return True
+
+
+def _system(cur: Cursor, canvas: Canvas, system: SystemPrompt) -> None:
+    char = cur.peek()
+    if char == '"':
+        field = cur.value()
+        canvas.paint_string(field.start, field.end, field.value, system.block(field.value))
+    elif char == "[":
+        for _ in cur.elements():
+            if cur.peek() != "{":
+                _unknown(cur, canvas)
+                continue
+            for key, _ in cur.members():
+                if key == "text" and cur.peek() == '"':
+                    field = cur.value()
+                    canvas.paint_string(field.start, field.end, field.value, system.block(field.value))
+                elif key not in ("type", "cache_control"):
+                    _unknown(cur, canvas)
+    else:
+        _unknown(cur, canvas)
+
+
+def _tools(cur: Cursor, canvas: Canvas, facts: Facts) -> None:
+    """Each tool definition whole, except its own `cache_control` member (envelope)."""
+    if cur.peek() != "[":
+        _unknown(cur, canvas)
+        return
+    for start in cur.elements():
+        if cur.peek() != "{":
+            _unknown(cur, canvas)
+            continue
+        name, carve = None, None
+        for key, key_start in cur.members():
+            field = cur.value()
+            if key == "name" and isinstance(field.value, str):
+                name = field.value
+            elif key == "cache_control":
+                carve = (key_start, field.end)
+        end = cur.pos
+        if name is None:
+            canvas.paint(start, end, UNATTRIBUTED)
+            continue
+        bucket, label, tally = tools.definition(name, facts)
+        left, right = carve or (end, end)
+        canvas.paint(start, left, bucket, label, tally)
+        canvas.paint(right, end, bucket, label, tally)
+
+
+def _messages(cur: Cursor, canvas: Canvas, conversation: Conversation) -> None:
+    if cur.peek() != "[":
+        _unknown(cur, canvas)
+        return
+    for _ in cur.elements():
+        if cur.peek() != "{":
+            _unknown(cur, canvas)
+            continue
+        role, role_seen, deferred = None, False, []
+        for key, _ in cur.members():
+            if key == "role":
+                role, role_seen = cur.value().value, True
+            elif key == "content" and role_seen:
+                _content(cur, canvas, conversation, role)
+            elif key == "content":  # content before role: read it once the role is known
+                deferred.append(cur.value().start)
+            else:
+                _unknown(cur, canvas)
+        for start in deferred:
+            _content(Cursor(cur.text, start), canvas, conversation, role)
+
+
+def _content(cur: Cursor, canvas: Canvas, conversation: Conversation, role: object) -> None:
+    char = cur.peek()
+    if char == '"':
+        conversation.string_content(role, cur.value())
+    elif char == "[":
+        blocks = []
+        for start in cur.elements():
+            if cur.peek() == "{":
+                fields = _read_object(cur, canvas)
+                blocks.append(Block(start, cur.pos, fields))
+            else:
+                _unknown(cur, canvas)
+        conversation.blocks(role, blocks)
+    else:
+        _unknown(cur, canvas)
+
+
+def _read_object(cur: Cursor, canvas: Canvas) -> dict[str, Field]:
+    """Every member of the object at the cursor, read whole; a repeated key is unattributed."""
+    fields: dict[str, Field] = {}
+    for key, _ in cur.members():
+        field = cur.value()
+        if key in fields:
+            canvas.paint(field.start, field.end, UNATTRIBUTED)
+        else:
+            fields[key] = field
+    return fields
+
+
+def _unknown(cur: Cursor, canvas: Canvas) -> None:
+    field = cur.value()
+    canvas.paint(field.start, field.end, UNATTRIBUTED)
+
+
+def _summarise(text: str, canvas: Canvas | None, facts: Facts) -> Attribution:
+    if canvas is not None:
+        regions = canvas.regions()
+    else:
+        regions = [Region(0, len(text), UNATTRIBUTED)] if text else []
+    buckets = dict.fromkeys(BUCKETS, 0)
+    by_label: dict[str, dict[str, int]] = {bucket: {} for bucket in BUCKETS}
+    for region in regions:
+        size = region.end - region.start
+        buckets[region.bucket] += size
+        if region.label is not None:
+            labels = by_label[region.bucket]
+            labels[region.label] = labels.get(region.label, 0) + size
+    return Attribution(len(text), regions, buckets, by_label, facts.to_json(buckets, by_label))

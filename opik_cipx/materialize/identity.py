@@ -1,0 +1,68 @@
+"""Who is using Claude Code: the OAuth account Claude Code keeps in `~/.claude.json`.
+
+Used for `sessions/<id>.json`, the `cc.identity.*` span metadata, the `user:<email>` tag and
+`{field}` templating of the Opik project name. Every field may be missing (API-key users have
+no `oauthAccount`); missing fields are None, never empty strings.
+"""
+
+import json
+import socket
+from pathlib import Path
+
+FIELDS = {
+    "user_email": "emailAddress",
+    "user_uuid": "accountUuid",
+    "display_name": "displayName",
+    "org_uuid": "organizationUuid",
+    "org_name": "organizationName",
+}
+
+
+def claude_json_path(env: dict[str, str]) -> Path:
+    """Where Claude Code keeps its account (`oauthAccount`): `$CLAUDE_CONFIG_DIR/.claude.json` or `~/.claude.json`."""
+    config_dir = env.get("CLAUDE_CONFIG_DIR", "").strip()
+    if config_dir:
+        return Path(config_dir).expanduser() / ".claude.json"
+    return Path(env.get("HOME") or Path.home()) / ".claude.json"
+
+
+def read_identity(claude_json: Path) -> dict[str, str | None]:
+    """The identity fields from `claude_json` (all None when the file or account is absent)."""
+    try:
+        account = json.loads(claude_json.read_text(encoding="utf-8")).get("oauthAccount") or {}
+    except (OSError, ValueError, AttributeError):
+        account = {}
+    if not isinstance(account, dict):
+        account = {}
+    out = {}
+    for key, source in FIELDS.items():
+        value = account.get(source)
+        out[key] = value if isinstance(value, str) and value else None
+    return out
+
+
+def template_values(identity: dict[str, str | None]) -> dict[str, str]:
+    """Values for `{field}` tokens in the project name; absent fields are left out."""
+    values = {key: value for key, value in identity.items() if value}
+    email = identity.get("user_email")
+    if email:
+        values["email"] = email
+        values["username"] = email.split("@", 1)[0]
+    values["hostname"] = socket.gethostname().split(".", 1)[0]
+    return values
+
+
+def render_template(template: str, values: dict[str, str]) -> str:
+    """Replace `{field}` tokens with `values`; unknown or empty tokens stay literally."""
+    out, i = [], 0
+    while i < len(template):
+        start = template.find("{", i)
+        end = template.find("}", start + 1) if start >= 0 else -1
+        if start < 0 or end < 0:
+            out.append(template[i:])
+            break
+        token = template[start + 1 : end]
+        out.append(template[i:start])
+        out.append(values.get(token, template[start : end + 1]))
+        i = end + 1
+    return "".join(out)

@@ -1,0 +1,224 @@
+"""What a captured response says: model, exact usage, assistant content, and how it ended.
+
+`summarize_response` reads a `Capture` off the wire and never raises on bad input: a body it
+cannot decode, parse or make sense of gives a summary with an `error` note instead. Streams
+(`text/event-stream`) are rebuilt from their events; anything else is read as JSON.
+
+Usage follows the Messages API streaming contract: `message_start.message.usage` is the
+base, and each `message_delta.usage` overwrites it field by field with its non-null values
+(they are running totals, never increments; nested objects overwrite key by key).
+
+`partial` is True when the exchange did not run to `message_stop`: a mid-stream `error`
+event, a stream that just stops, the client hanging up, or the upstream failing. The usage
+is then the last seen, and `error` says why, as `{"type", "message"}`: the API's own error
+object when there is one, else a type of `upstream_error`, `client_aborted`,
+`incomplete_stream`, `undecodable_body` or `http_error`.
+"""
+
+import json
+import zlib
+from dataclasses import dataclass, field
+
+from opik_cipx.materialize.sse import parse_sse
+from opik_cipx.wire.capture import Capture, header_value
+
+_TEXT_DELTAS = {"text_delta": "text", "thinking_delta": "thinking", "signature_delta": "signature"}
+
+
+@dataclass
+class ResponseSummary:
+    status: int | None
+    kind: str  # "stream" | "json" | "empty"
+    model: str | None = None
+    message_id: str | None = None
+    stop_reason: str | None = None
+    stop_sequence: str | None = None
+    usage: dict | None = None
+    content: list[dict] = field(default_factory=list)
+    partial: bool = False
+    error: dict | None = None
+    request_id: str | None = None
+
+
+def summarize_response(capture: Capture) -> ResponseSummary:
+    summary = ResponseSummary(
+        status=capture.status, kind="empty", request_id=header_value(capture.response_headers, "request-id")
+    )
+    try:
+        body = decode_body(capture.response_body, header_value(capture.response_headers, "content-encoding"))
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
+        summary.error = _error("undecodable_body", f"cannot decode the response body: {exc}")
+        body = b""
+    content_type = (header_value(capture.response_headers, "content-type") or "").lower()
+    if content_type.startswith("text/event-stream"):
+        _read_stream(summary, body)
+    elif body.strip():
+        _read_json(summary, body)
+    _note_how_it_ended(summary, capture)
+    return summary
+
+
+def decode_body(body: bytes, content_encoding: str | None) -> bytes:
+    """The body with its content codings undone (gzip, deflate zlib-wrapped or raw, identity).
+
+    A truncated compressed body yields what decodes; a corrupt one raises OSError,
+    zlib.error or ValueError.
+    """
+    codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
+    for coding in reversed(codings):
+        if coding in ("gzip", "x-gzip"):
+            body = _inflate(body, 16 + zlib.MAX_WBITS)
+        elif coding == "deflate":
+            try:
+                body = _inflate(body, zlib.MAX_WBITS)
+            except zlib.error:
+                body = _inflate(body, -zlib.MAX_WBITS)
+        elif coding != "identity":
+            raise ValueError(f"unsupported content-encoding {coding!r}")
+    return body
+
+
+def _inflate(body: bytes, wbits: int) -> bytes:
+    """Every member of a (possibly multi-member, possibly truncated) compressed body."""
+    out = []
+    while body:
+        inflater = zlib.decompressobj(wbits)
+        out.append(inflater.decompress(body))
+        if not inflater.eof:
+            break  # truncated: keep what decoded
+        body = inflater.unused_data
+    return b"".join(out)
+
+
+def merge_usage(usage: dict, update: dict) -> dict:
+    """A new dict: `usage` overwritten by every non-null field of `update`, nested objects per key."""
+    merged = dict(usage)
+    for key, value in update.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            current = merged.get(key)
+            value = merge_usage(current if isinstance(current, dict) else {}, value)
+        merged[key] = value
+    return merged
+
+
+def _read_json(summary: ResponseSummary, body: bytes) -> None:
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError):
+        return  # not a JSON body: nothing of a Messages response to read
+    if not isinstance(message, dict):
+        return
+    if message.get("type") == "message":
+        summary.kind = "json"
+        _take_message_fields(summary, message)
+        summary.usage = _usage(message)
+        summary.content = [block for block in message.get("content") or [] if isinstance(block, dict)]
+    elif message.get("type") == "error":
+        summary.kind = "json"
+        summary.error = _api_error(message.get("error"))
+
+
+def _read_stream(summary: ResponseSummary, body: bytes) -> None:
+    summary.kind = "stream"
+    blocks: dict[int, dict] = {}
+    pieces: dict[int, dict[str, list[str]]] = {}  # block index -> field -> streamed chunks
+    completed = False
+    for event in parse_sse(body):
+        try:
+            payload = json.loads(event.data)
+        except (ValueError, RecursionError):
+            continue  # a torn last event of a cut stream
+        if not isinstance(payload, dict):
+            continue
+        kind = payload.get("type")
+        if kind == "content_block_delta":
+            index, delta = payload.get("index"), payload.get("delta")
+            if isinstance(index, int) and index in blocks and isinstance(delta, dict):
+                _add_delta(pieces.setdefault(index, {}), blocks[index], delta)
+        elif kind == "content_block_start":
+            index, block = payload.get("index"), payload.get("content_block")
+            if isinstance(index, int) and isinstance(block, dict):
+                blocks[index] = dict(block)
+        elif kind == "message_delta":
+            delta = payload.get("delta")
+            if isinstance(delta, dict):
+                summary.stop_reason = delta.get("stop_reason", summary.stop_reason)
+                summary.stop_sequence = delta.get("stop_sequence", summary.stop_sequence)
+            if isinstance(payload.get("usage"), dict):
+                summary.usage = merge_usage(summary.usage or {}, payload["usage"])
+        elif kind == "message_start":
+            message = payload.get("message")
+            if isinstance(message, dict):
+                _take_message_fields(summary, message)
+                summary.usage = _usage(message)
+        elif kind == "message_stop":
+            completed = True
+        elif kind == "error":
+            summary.error = _api_error(payload.get("error"))
+    summary.content = [_finish_block(blocks[i], pieces.get(i, {})) for i in sorted(blocks)]
+    if not completed:
+        summary.partial = True
+        if summary.error is None:
+            summary.error = _error("incomplete_stream", "the stream ended without message_stop")
+
+
+def _add_delta(pieces: dict[str, list[str]], block: dict, delta: dict) -> None:
+    kind = delta.get("type")
+    if kind == "input_json_delta":
+        pieces.setdefault("partial_json", []).append(str(delta.get("partial_json") or ""))
+    elif kind in _TEXT_DELTAS:
+        name = _TEXT_DELTAS[kind]
+        pieces.setdefault(name, []).append(str(delta.get(name) or ""))
+    elif kind == "citations_delta" and isinstance(delta.get("citation"), dict):
+        block.setdefault("citations", []).append(delta["citation"])
+
+
+def _finish_block(block: dict, pieces: dict[str, list[str]]) -> dict:
+    """Join the streamed chunks onto the block; tool input JSON is parsed, or kept raw when invalid."""
+    for name, chunks in pieces.items():
+        if name != "partial_json":
+            block[name] = str(block.get(name) or "") + "".join(chunks)
+    raw = "".join(pieces.get("partial_json", ()))
+    if raw.strip():
+        try:
+            block["input"] = json.loads(raw)
+        except (ValueError, RecursionError):
+            block["input_raw"] = raw
+            block["input_parse_error"] = True
+    return block
+
+
+def _usage(message: dict) -> dict | None:
+    usage = message.get("usage")
+    return dict(usage) if isinstance(usage, dict) else None
+
+
+def _take_message_fields(summary: ResponseSummary, message: dict) -> None:
+    summary.model = message.get("model") or summary.model
+    summary.message_id = message.get("id") or summary.message_id
+    summary.stop_reason = message.get("stop_reason") or summary.stop_reason
+    summary.stop_sequence = message.get("stop_sequence") or summary.stop_sequence
+
+
+def _note_how_it_ended(summary: ResponseSummary, capture: Capture) -> None:
+    if capture.upstream_error or capture.client_aborted:
+        summary.partial = True
+    if summary.error is None or summary.error["type"] == "incomplete_stream":
+        if capture.upstream_error:
+            summary.error = _error("upstream_error", capture.upstream_error)
+        elif capture.client_aborted:
+            summary.error = _error("client_aborted", "the client closed the connection before the response ended")
+    if summary.error is None and capture.status is not None and not 200 <= capture.status < 300:
+        summary.error = _error("http_error", f"HTTP {capture.status}")
+
+
+def _api_error(error: object) -> dict:
+    if not isinstance(error, dict):
+        return _error("api_error", "error event without an error object")
+    return _error(str(error.get("type") or "api_error"), str(error.get("message") or ""))
+
+
+def _error(kind: str, message: str) -> dict:
+    return {"type": kind, "message": message}

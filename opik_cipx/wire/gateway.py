@@ -1,0 +1,368 @@
+"""The wire: forward each Claude Code exchange upstream and stream the answer straight back.
+
+Nothing here parses bodies. The request body is read whole (Content-Length, or de-chunked),
+forwarded with the client's headers minus hop-by-hop ones, and each piece of the response is
+written to Claude Code and flushed as soon as `read1` returns it. The bytes already on the
+wire are referenced by a `Capture` that goes to the tee once the exchange is over.
+"""
+
+import http.client
+import json
+import logging
+import socket
+import ssl
+import threading
+import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler
+from typing import Callable, Iterator
+
+from opik_cipx.ids import new_uuid7
+from opik_cipx.stats import Counters
+from opik_cipx.wire.capture import Capture, redact_headers
+from opik_cipx.wire.endpoints import is_known
+from opik_cipx.wire.upstream import UpstreamPool
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Set by the gateway itself on the upstream request.
+REWRITTEN = frozenset({"host", "content-length", "accept-encoding", "expect"})
+DECODABLE_ENCODINGS = ("gzip", "deflate", "identity")
+MAX_BODY_BYTES = 64 * 1024 * 1024
+READ_SIZE = 64 * 1024
+# A pooled connection the server closed just as we reused it fails within a round trip; a
+# failure later than this may come after the upstream started work, so it is not retried.
+STALE_RETRY_WINDOW_S = 0.25
+
+
+class BadRequest(Exception):
+    """The client's request framing is unusable; answered with 400 (or 413) and closed."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Gateway:
+    """State shared by the gateway's handler threads: upstream pool, tee, counters, drain."""
+
+    def __init__(self, pool: UpstreamPool, tee: Callable[[Capture], None], counters: Counters):
+        self.pool = pool
+        self.tee = tee
+        self.counters = counters
+        self.draining = False
+        self._inflight = 0
+        self._idle = threading.Condition()
+
+    @contextmanager
+    def exchange(self) -> Iterator[None]:
+        with self._idle:
+            self._inflight += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                if not self._inflight:
+                    self._idle.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Block until no exchange is in flight (True) or `timeout_s` passes (False)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._inflight == 0, timeout=timeout_s)
+
+    @property
+    def inflight(self) -> int:
+        with self._idle:
+            return self._inflight
+
+
+def error_body(message: str, error_type: str = "api_error") -> bytes:
+    """An error in the Anthropic API's JSON shape, so Claude Code shows the message."""
+    return json.dumps({"type": "error", "error": {"type": error_type, "message": message}}).encode()
+
+
+def upstream_headers(items: list[tuple[str, str]], host: str, body_len: int | None) -> list[tuple[str, str]]:
+    """The client's headers as sent upstream: hop-by-hop dropped, Host and framing rewritten."""
+    listed = set()
+    for name, value in items:
+        if name.lower() == "connection":
+            listed.update(token.strip().lower() for token in value.split(","))
+    out = [("Host", host)]
+    accept_encoding = None
+    for name, value in items:
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP or lowered in REWRITTEN or lowered in listed:
+            if lowered == "accept-encoding":
+                accept_encoding = value
+            continue
+        out.append((name, value))
+    if accept_encoding is not None:
+        out.append(("Accept-Encoding", decodable_accept_encoding(accept_encoding)))
+    if body_len is not None:
+        out.append(("Content-Length", str(body_len)))
+    return out
+
+
+def decodable_accept_encoding(value: str) -> str:
+    """Keep only the codings the stdlib can decode later (gzip, deflate, identity)."""
+    kept = []
+    for token in value.split(","):
+        coding = token.split(";", 1)[0].strip().lower()
+        if coding in DECODABLE_ENCODINGS:
+            kept.append(token.strip())
+    return ", ".join(kept) or "identity"
+
+
+class GatewayHandler(BaseHTTPRequestHandler):
+    """One client connection; every method on every path is forwarded."""
+
+    protocol_version = "HTTP/1.1"
+    gateway: Gateway  # set on the subclass the daemon builds
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def __getattr__(self, name: str):
+        if name.startswith("do_"):
+            return self._exchange
+        raise AttributeError(name)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
+        log.debug("client %s: " + format, self.client_address[0], *args)
+
+    def _exchange(self) -> None:
+        gw = self.gateway
+        with gw.exchange():
+            if gw.draining:
+                self.close_connection = True
+            self._headers_sent = False
+            try:
+                self._forward(gw)
+            except Exception:
+                gw.counters.incr("panics_recovered")
+                log.exception("gateway: unexpected error on %s %s", self.command, self.path.split("?", 1)[0])
+                if self._headers_sent:
+                    self.close_connection = True
+                else:
+                    self._reply_error(502, "opik-cipx: internal proxy error; see `opik-cipx logs`")
+
+    def _forward(self, gw: Gateway) -> None:
+        started = time.time_ns()
+        capture = Capture(
+            id=new_uuid7(started // 1_000_000),
+            started_at_ns=started,
+            method=self.command,
+            path=self.path,
+            request_headers=redact_headers(self.headers.items()),
+        )
+        try:
+            body = self._read_body()
+        except BadRequest as exc:
+            self.close_connection = True  # the rest of the request is unread: the connection ends here
+            self._reply_error(exc.status, f"opik-cipx: {exc}", "invalid_request_error")
+            return
+        except OSError:
+            self.close_connection = True  # client went away mid-request: nothing to forward
+            return
+        capture.request_body = body
+        if not is_known(self.command, self.path):
+            gw.counters.incr("unknown_endpoints")
+        try:
+            self._relay(gw, capture, body)
+        finally:
+            capture.ended_at_ns = time.time_ns()
+            gw.tee(capture)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked()
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            return b""
+        try:
+            length = int(raw)
+        except ValueError:
+            raise BadRequest(400, f"invalid Content-Length {raw!r}") from None
+        if length < 0:
+            raise BadRequest(400, f"invalid Content-Length {raw!r}")
+        if length > MAX_BODY_BYTES:
+            raise BadRequest(413, f"request body of {length} bytes exceeds the {MAX_BODY_BYTES} byte limit")
+        body = self.rfile.read(length)
+        if len(body) != length:
+            raise OSError("client closed the connection mid-body")
+        return body
+
+    def _read_chunked(self) -> bytes:
+        parts, total = [], 0
+        while True:
+            line = self.rfile.readline(1024)
+            if not line.endswith(b"\n"):
+                raise OSError("client closed the connection mid-body")
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise BadRequest(400, "malformed chunked request body") from None
+            if size == 0:
+                while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers are hop-by-hop; dropped
+                return b"".join(parts)
+            total += size
+            if total > MAX_BODY_BYTES:
+                raise BadRequest(413, f"request body exceeds the {MAX_BODY_BYTES} byte limit")
+            chunk = self.rfile.read(size)
+            if len(chunk) != size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                raise OSError("client closed the connection mid-body")
+            parts.append(chunk)
+
+    def _send_upstream(self, gw: Gateway, body: bytes) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send the request and read the response head.
+
+        A reused pooled connection that turns out to be closed is replaced once, and only when
+        the failure shows the upstream cannot have acted on the request: an error while
+        sending, or a disconnect with no response byte within `STALE_RETRY_WINDOW_S`.
+        """
+        framed = body or "content-length" in self.headers or "transfer-encoding" in self.headers
+        headers = upstream_headers(self.headers.items(), gw.pool.target.host_header, len(body) if framed else None)
+        retried = False
+        while True:
+            conn, reused = gw.pool.acquire()
+            try:
+                try:
+                    conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                    for name, value in headers:
+                        conn.putheader(name, value)
+                    conn.endheaders(body or None)
+                except (ConnectionError, ssl.SSLEOFError):
+                    if not reused or retried:
+                        raise
+                    sent = None  # never reached the upstream
+                else:
+                    sent = time.monotonic()
+                    try:
+                        return conn, conn.getresponse()
+                    except (http.client.RemoteDisconnected, ConnectionResetError, ssl.SSLEOFError):
+                        if not reused or retried or time.monotonic() - sent > STALE_RETRY_WINDOW_S:
+                            raise
+            except BaseException:
+                gw.pool.discard(conn)
+                raise
+            gw.pool.discard(conn)
+            retried = True
+            log.debug("gateway: pooled upstream connection was closed by the server; retrying on a new one")
+
+    def _relay(self, gw: Gateway, capture: Capture, body: bytes) -> None:
+        try:
+            conn, resp = self._send_upstream(gw, body)
+        except (OSError, http.client.HTTPException) as exc:
+            capture.upstream_error = describe_upstream_error(exc)
+            log.warning("gateway: upstream request failed: %s", capture.upstream_error)
+            self._reply_error(502, f"opik-cipx: {capture.upstream_error}")
+            return
+        capture.ttfb_ns = time.time_ns()
+        capture.status = resp.status
+        resp_headers = resp.getheaders()
+        capture.response_headers = redact_headers(resp_headers)
+        if not self._stream_response(gw, capture, resp, resp_headers):
+            gw.pool.discard(conn)
+            self.close_connection = True
+            return
+        resp.close()
+        if resp.will_close:
+            gw.pool.discard(conn)
+        else:
+            gw.pool.release(conn)
+
+    def _stream_response(
+        self, gw: Gateway, capture: Capture, resp: http.client.HTTPResponse, resp_headers: list[tuple[str, str]]
+    ) -> bool:
+        """Write the response to the client as it arrives; False when the exchange broke."""
+        has_body = self.command != "HEAD" and resp.status not in (204, 304) and resp.status >= 200
+        chunked = has_body and resp.length is None
+        if chunked and self.request_version == "HTTP/1.0":
+            chunked = False
+            self.close_connection = True  # an HTTP/1.0 client reads to EOF instead
+        self.send_response_only(resp.status, resp.reason)
+        for name, value in resp_headers:
+            lowered = name.lower()
+            if lowered not in HOP_BY_HOP and not (chunked and lowered == "content-length"):
+                self.send_header(name, value)
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        try:
+            self.end_headers()
+            self._headers_sent = True
+        except OSError:
+            capture.client_aborted = True
+            return False
+        if not has_body:
+            return True
+        parts, write = capture.response_parts, self.wfile.write
+        while True:
+            try:
+                data = resp.read1(READ_SIZE)
+            except (OSError, http.client.HTTPException) as exc:
+                capture.upstream_error = describe_upstream_error(exc, mid_stream=True)
+                log.warning("gateway: upstream broke mid-response: %s", capture.upstream_error)
+                return False
+            if not data and resp.length:  # EOF before the promised Content-Length
+                capture.upstream_error = "upstream connection failed mid-response: body shorter than its Content-Length"
+                log.warning("gateway: %s", capture.upstream_error)
+                return False
+            try:
+                if not data:
+                    if chunked:
+                        write(b"0\r\n\r\n")
+                    return True
+                parts.append(data)
+                write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+            except OSError:
+                capture.client_aborted = True
+                log.info("gateway: client disconnected mid-response; upstream connection closed")
+                return False
+
+    def _reply_error(self, status: int, message: str, error_type: str = "api_error") -> None:
+        body = error_body(message, error_type)
+        try:
+            self.send_response_only(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self._headers_sent = True
+            self.wfile.write(body)
+        except OSError:
+            self.close_connection = True
+
+
+def describe_upstream_error(exc: BaseException, mid_stream: bool = False) -> str:
+    """One line for the user (and the capture); never includes request or response bytes."""
+    where = "mid-response" if mid_stream else "before a response"
+    if isinstance(exc, TimeoutError):
+        return f"upstream timed out {where}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "upstream refused the connection (is the API reachable from this machine?)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the upstream host: {exc.strerror}"
+    kind = type(exc).__name__
+    if isinstance(exc, http.client.HTTPException):
+        return f"upstream sent an invalid response {where}: {kind}"  # its message may quote upstream bytes
+    detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"upstream connection failed {where}: {kind}{': ' + detail if detail else ''}"

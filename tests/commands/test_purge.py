@@ -1,0 +1,68 @@
+"""`opik-cipx purge`: confirmation, stopping the daemon, wiping the spool, the count it prints."""
+
+import argparse
+import builtins
+import sys
+
+from opik_cipx.commands import purge
+from opik_cipx.config import load_settings
+from opik_cipx.store.spool import Spool
+from tests.lifecycle_helpers import machine, wait_gone  # noqa: F401 - fixture
+from tests.spool_driver import prefill
+
+MIB = 1024 * 1024
+
+
+def fill(machine, captures: int, shipped: int = 0) -> None:
+    """`captures` calls in the spool, the first `shipped` records already accepted by Opik."""
+    prefill(machine.home / "spool", captures)
+    if shipped:
+        spool = Spool(machine.home / "spool", max_bytes=MIB, segment_bytes=MIB, inmem_max=1, inmem_max_bytes=MIB)
+        spool.commit(spool.read_batch(shipped, MIB))
+
+
+def test_refuses_without_yes_when_stdin_is_not_a_terminal(machine):
+    fill(machine, 2)
+    result = machine.cli("purge")
+    assert result.returncode == 1
+    assert "--yes" in result.stderr and "nothing changed" in result.stderr
+    assert any((machine.home / "spool").glob("*.jsonl"))
+
+
+def test_yes_wipes_the_spool_and_prints_what_was_dropped(machine):
+    fill(machine, 3, shipped=2)
+    (machine.home / "spool" / "quarantine.jsonl").write_text("{}\n")
+    result = machine.cli("purge", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "7 unshipped record(s)" in result.stdout
+    assert not (machine.home / "spool").exists()
+    assert machine.state() is None  # it was not running, so it is not started
+
+
+def test_stops_the_running_daemon_wipes_and_starts_it_again(machine):
+    fill(machine, 4)
+    assert machine.cli("sync").returncode == 0
+    before = machine.state()["pid"]
+    assert machine.stats()["queue"]["ready"] == 12  # Opik not configured: the records wait
+    result = machine.cli("purge", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "daemon stopped" in result.stdout and "12 unshipped record(s)" in result.stdout
+    wait_gone(before)
+    after = machine.state()
+    assert after and after["pid"] != before
+    stats = machine.stats()
+    assert stats["queue"] == {"in_memory": 0, "ready": 0, "inflight": 0} and stats["wal"]["segments"] == 0
+    assert machine.base_url() == f"http://127.0.0.1:{machine.port}"
+
+
+def test_asks_on_a_terminal(machine, monkeypatch, capsys):
+    fill(machine, 1)
+    settings = load_settings(machine.env())
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(builtins, "input", lambda prompt: "n")
+    assert purge.run(argparse.Namespace(yes=False), settings) == 1
+    assert "3 record(s)" in capsys.readouterr().out
+    assert (machine.home / "spool").exists()
+    monkeypatch.setattr(builtins, "input", lambda prompt: "y")
+    assert purge.run(argparse.Namespace(yes=False), settings) == 0
+    assert not (machine.home / "spool").exists()

@@ -1,0 +1,56 @@
+"""`opik-cipx replay` and `opik-cipx viewer` as real subprocesses against a real daemon's state."""
+
+import json
+
+from opik_cipx.store.captures import CaptureStore
+from tests.claude_code_corpus import exchanges
+from tests.conftest import run_cli
+from tests.opik_schema import problems
+
+
+def store_scenario(home, scenario: str) -> int:
+    store = CaptureStore(home / "captures", max_bytes=10**9, max_age_s=10**9, segment_bytes=200_000)
+    captured = exchanges(scenario)
+    for _, capture in captured:
+        store.append(capture)
+    store.close()
+    return len(captured)
+
+
+def test_replay_rederives_the_same_records_read_only(home, tmp_path):
+    store_scenario(home, "subagent")
+    before = sorted(p.relative_to(home) for p in home.rglob("*"))
+    first = run_cli(home, "replay")
+    assert first.returncode == 0, first.stderr
+    records = [json.loads(line) for line in first.stdout.splitlines()]
+    assert records and all(problems(r) == [] for r in records)
+    assert {r["body"]["metadata"]["cc"]["call"]["kind"] for r in records if r["body"].get("type") == "llm"} == {
+        "main", "subagent"}
+    out = tmp_path / "replayed.jsonl"
+    second = run_cli(home, "replay", "--out", str(out))
+    assert second.returncode == 0 and second.stdout == ""
+    assert out.read_text() == first.stdout  # same captures => same ids and content
+    assert out.stat().st_mode & 0o777 == 0o600  # it holds prompts and responses
+    assert f"-> {out}" in second.stderr
+    assert sorted(p.relative_to(home) for p in home.rglob("*")) == before  # nothing written under CIPX_HOME
+
+
+def test_replay_since_filters_and_bad_input_is_a_clear_error(home):
+    store_scenario(home, "simple")
+    # simple/001 was recorded at 2026-11-24T01:53:20Z
+    assert run_cli(home, "replay", "--since", "2026-11-24T01:53").stdout.count("\n") == 2  # trace + llm span
+    assert run_cli(home, "replay", "--since", "2026-11-24T01:54:00Z").stdout == ""
+    assert run_cli(home, "replay", "--since", "30d").stdout.count("\n") == 2
+    bad = run_cli(home, "replay", "--since", "yesterday-ish")
+    assert bad.returncode == 2 and "cannot read --since" in bad.stderr and "Traceback" not in bad.stderr
+    empty = run_cli(home.parent / "elsewhere", "replay")
+    assert empty.returncode == 0 and "nothing to replay" in empty.stderr
+
+
+def test_viewer_prints_the_url_and_says_when_the_daemon_is_down(daemon):
+    result = run_cli(daemon.home, "viewer")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"http://127.0.0.1:{daemon.state['ports']['viewer']}/"
+    daemon.stop()
+    down = run_cli(daemon.home, "viewer")
+    assert down.returncode == 1 and "not running" in down.stderr and "opik-cipx sync" in down.stderr

@@ -1,0 +1,233 @@
+"""`opik-cipx sync`: session files from hook stdin, bring-up, idempotence, fail-open, teardown."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from opik_cipx.materialize.sessions import git_info, read_hook_stdin, record_session, strip_credentials
+from tests.conftest import FIXTURES
+from tests.lifecycle_helpers import SESSION_START, machine, wait_gone  # noqa: F401 - fixture
+
+IDENTITY = {"emailAddress": "ada@example.com", "accountUuid": "u-1", "displayName": "Ada",
+            "organizationUuid": "o-1", "organizationName": "Acme"}
+RECORD_KEYS = {"session_id", "cwd", "transcript_path", "source", "hook_event_name", "git", "identity", "written_at"}
+
+
+def git(cwd, *args):
+    subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@e"})
+
+
+# --- sessions/<id>.json -------------------------------------------------------------------
+
+
+def test_session_record_from_every_recorded_session_start(tmp_path):
+    claude_json = tmp_path / ".claude.json"
+    claude_json.write_text(json.dumps({"oauthAccount": IDENTITY, "other": 1}))
+    hooks = sorted(FIXTURES.glob("*/hook_SessionStart_*.json"))
+    assert hooks
+    for hook_path in hooks:
+        hook = json.loads(hook_path.read_text())
+        path = record_session(tmp_path / "sessions", hook, claude_json)
+        record = json.loads(path.read_text())
+        assert path.name == f"{hook['session_id']}.json"
+        assert set(record) == RECORD_KEYS
+        assert record["source"] == hook["source"] and record["hook_event_name"] == "SessionStart"
+        assert record["cwd"] == hook["cwd"] and record["transcript_path"] == hook["transcript_path"]
+        assert record["git"] == {"remote": None, "branch": None, "commit": None}  # /home/dev/... is not here
+        assert record["identity"] == {"user_email": "ada@example.com", "user_uuid": "u-1", "display_name": "Ada",
+                                      "org_uuid": "o-1", "org_name": "Acme"}
+        assert record["written_at"].endswith("Z") and "T" in record["written_at"]
+    assert oct((tmp_path / "sessions").stat().st_mode & 0o777) == oct(0o700)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_git_metadata_of_the_session_cwd(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "feature/x")
+    assert git_info(str(repo)) == {"remote": None, "branch": "feature/x", "commit": None}  # no commit yet
+    git(repo, "commit", "-q", "--allow-empty", "-m", "one")
+    git(repo, "remote", "add", "upstream", "git@github.com:acme/fork.git")
+    git(repo, "remote", "add", "origin", "https://ada:ghp_secret@github.com/acme/api.git")
+    info = git_info(str(repo / "."))
+    assert info["branch"] == "feature/x" and len(info["commit"]) == 40
+    assert info["remote"] == "https://github.com/acme/api.git"  # origin wins; the token is stripped
+    git(repo, "checkout", "-q", "--detach")
+    assert git_info(str(repo))["branch"] is None
+    assert git_info(str(tmp_path)) == {"remote": None, "branch": None, "commit": None}
+    assert git_info(str(tmp_path / "missing")) == {"remote": None, "branch": None, "commit": None}
+    assert git_info(None) == {"remote": None, "branch": None, "commit": None}
+    assert strip_credentials("git@github.com:acme/api.git") == "git@github.com:acme/api.git"
+    assert strip_credentials("ssh://git@host:22/x.git") == "ssh://host:22/x.git"
+
+
+def test_session_ids_that_could_escape_the_directory_are_refused(tmp_path):
+    for bad in ("../../etc/passwd", "/abs", ".hidden", "", "a/b", "a\\b", None, 123, "x" * 200, "ok\n"):
+        with pytest.raises(ValueError):
+            record_session(tmp_path / "sessions", {"session_id": bad}, tmp_path / "none.json")
+    assert not (tmp_path / "sessions").exists()
+
+
+def test_prompt_submit_only_fills_a_missing_file_and_never_keeps_the_prompt(tmp_path):
+    sessions = tmp_path / "sessions"
+    prompt = {"session_id": "s-1", "hook_event_name": "UserPromptSubmit", "prompt": "my secret plan", "cwd": "/x"}
+    path = record_session(sessions, prompt, tmp_path / "none.json")
+    record = json.loads(path.read_text())
+    assert record["source"] is None and record["hook_event_name"] == "UserPromptSubmit"
+    assert "secret" not in path.read_text()
+    start = {"session_id": "s-1", "hook_event_name": "SessionStart", "source": "resume", "cwd": "/x"}
+    assert record_session(sessions, start, tmp_path / "none.json") == path
+    assert json.loads(path.read_text())["source"] == "resume"
+    assert record_session(sessions, prompt, tmp_path / "none.json") is None  # kept as SessionStart wrote it
+    assert json.loads(path.read_text())["source"] == "resume"
+
+
+def test_hook_stdin_reading_is_bounded():
+    master, slave = os.openpty()
+    try:
+        assert read_hook_stdin(slave) is None  # a terminal: someone typed `opik-cipx sync`
+    finally:
+        os.close(master)
+        os.close(slave)
+    r, w = os.pipe()
+    os.write(w, b'{"session_id": "x"}')
+    os.close(w)
+    assert read_hook_stdin(r) == b'{"session_id": "x"}'
+    os.close(r)
+    r, w = os.pipe()  # a pipe nobody writes to or closes
+    started = time.monotonic()
+    assert read_hook_stdin(r, timeout_s=0.2) is None
+    assert time.monotonic() - started < 2
+    os.close(r)
+    os.close(w)
+    with open(os.devnull, "rb") as null:
+        assert read_hook_stdin(null.fileno()) is None
+
+
+# --- sync as a process ----------------------------------------------------------------------
+
+
+def test_hook_sync_brings_the_daemon_up_quietly(machine):
+    hook = SESSION_START.read_text()
+    result = machine.cli("sync", input=hook)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""  # a SessionStart hook's stdout would become model context
+    state = machine.state()
+    assert state and state["ports"]["claude_code"] == machine.port
+    assert machine.stats()["pid"] == state["pid"]
+    assert machine.base_url() == f"http://127.0.0.1:{machine.port}"
+    session = json.loads((machine.home / "sessions" / f"{json.loads(hook)['session_id']}.json").read_text())
+    assert session["source"] == "startup"
+
+
+def test_second_sync_is_a_noop(machine):
+    machine.settings_path.parent.mkdir(parents=True)
+    machine.settings_path.write_text(json.dumps({"model": "opus", "env": {"A": "1"}}, indent=2) + "\n")
+    first = machine.cli("sync")
+    assert first.returncode == 0 and "started" in first.stdout, first.stderr
+    state_before = (machine.home / "state.json").read_bytes()
+    settings_before = machine.settings_path.stat().st_mtime_ns
+    second = machine.cli("sync")
+    assert second.returncode == 0 and "running" in second.stdout, second.stderr
+    assert (machine.home / "state.json").read_bytes() == state_before
+    assert machine.settings_path.stat().st_mtime_ns == settings_before
+    assert machine.settings() == {"model": "opus", "env": {"A": "1", "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{machine.port}"}}
+
+
+def test_concurrent_syncs_start_one_daemon(machine):
+    procs = [subprocess.Popen([sys.executable, "-m", "opik_cipx", "sync"], env=machine.env(), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    machine.remember_daemon()
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    assert sum("started" in out for out, _ in outputs) == 1, outputs
+    assert sum("running" in out for out, _ in outputs) == 2, outputs
+
+
+def test_daemon_that_cannot_start_fails_open(machine):
+    url = f"http://127.0.0.1:{machine.port}"
+    machine.settings_path.parent.mkdir(parents=True)
+    machine.settings_path.write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": url, "KEEP": "me"}}))
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", machine.port))
+        squatter.listen()
+        hook = machine.cli("sync", input=SESSION_START.read_text())
+        assert hook.returncode == 0 and hook.stdout == ""
+        assert "cannot bring the daemon up" in hook.stderr and "already in use" in hook.stderr
+        assert "Removed ANTHROPIC_BASE_URL" in hook.stderr
+        assert machine.settings() == {"env": {"KEEP": "me"}}
+        by_hand = machine.cli("sync")
+        assert by_hand.returncode == 1 and "Traceback" not in by_hand.stderr
+    assert machine.base_url() is None and machine.state() is None
+
+
+def test_bad_config_file_fails_open_and_a_healthy_daemon_keeps_running(machine):
+    assert machine.cli("sync").returncode == 0
+    pid = machine.state()["pid"]
+    config = machine.home / "config.toml"
+    config.write_text("tee_queue_max = = 3\n")
+    kept = machine.cli("sync", input=SESSION_START.read_text())
+    assert kept.returncode == 0 and str(config) in kept.stderr and "opik-cipx restart" in kept.stderr
+    assert machine.state()["pid"] == pid and machine.base_url() is not None
+    assert "warning" in machine.cli("status").stderr  # status still reads the daemon
+
+    assert machine.cli("sync", CIPX_DISABLED="1").returncode == 0  # the kill switch works despite the file
+    wait_gone(pid)
+    assert machine.state() is None
+    down = machine.cli("sync", input=SESSION_START.read_text())
+    assert down.returncode == 0 and "not running" in down.stderr and str(config) in down.stderr
+    assert machine.base_url() is None
+    assert machine.cli("sync").returncode == 1
+
+
+def test_disabled_tears_down_and_leaves_claude_code_on_anthropic(machine):
+    machine.settings_path.parent.mkdir(parents=True)
+    machine.settings_path.write_text(json.dumps({"theme": "dark"}))
+    assert machine.cli("sync").returncode == 0
+    pid = machine.state()["pid"]
+    result = machine.cli("sync", input=SESSION_START.read_text(), CIPX_DISABLED="yes")
+    assert result.returncode == 0 and result.stdout == ""
+    wait_gone(pid)
+    assert machine.state() is None
+    assert machine.settings() == {"theme": "dark"}
+    assert machine.cli("sync", CIPX_DISABLED="1").returncode == 0  # idempotent
+    (machine.home / "config.toml").write_text("disabled = true\n")
+    assert machine.cli("sync").returncode == 0
+    assert machine.state() is None and machine.base_url() is None
+
+
+def test_foreign_base_url_is_reported_and_kept(machine):
+    machine.settings_path.parent.mkdir(parents=True)
+    machine.settings_path.write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": "https://gateway.corp.example"}}))
+    result = machine.cli("sync", input=SESSION_START.read_text())
+    assert result.returncode == 0 and "gateway.corp.example" in result.stderr and "left as is" in result.stderr
+    assert machine.base_url() == "https://gateway.corp.example"
+    assert machine.cli("sync", CIPX_DISABLED="1").returncode == 0
+    assert machine.base_url() == "https://gateway.corp.example"
+
+
+def test_stale_state_naming_an_unrelated_process_is_never_signalled(machine):
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (machine.home / "state.json").write_text(json.dumps({"pid": bystander.pid, "ports": {"admin": 1}}))
+        assert machine.cli("sync").returncode == 0
+        assert bystander.poll() is None
+        assert machine.state()["pid"] != bystander.pid
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_garbage_hook_input_still_exits_zero(machine):
+    result = machine.cli("sync", input="not json at all")
+    assert result.returncode == 0 and "not a JSON object" in result.stderr
+    assert machine.state() is not None
+    result = machine.cli("sync", input=json.dumps({"session_id": "../x"}))
+    assert result.returncode == 0 and "session_id" in result.stderr

@@ -1,0 +1,144 @@
+"""`~/.claude/settings.json`: our ANTHROPIC_BASE_URL only, everything else kept; managed hook scripts."""
+
+import json
+import os
+import stat
+
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from opik_cipx.control.claude_settings import (
+    MANAGED_MARKER,
+    current_value,
+    point_at_proxy,
+    remove_managed_hook_scripts,
+    settings_path,
+    stop_pointing_at_proxy,
+)
+from opik_cipx.materialize.identity import claude_json_path
+
+URL = "http://127.0.0.1:9909"
+USER_SETTINGS = {
+    "permissions": {"allow": ["Bash(ls:*)"], "deny": []},
+    "env": {"FOO": "bar", "EMPTY": ""},
+    "hooks": {"SessionStart": [{"hooks": [{"type": "command", "command": "~/.claude/hooks/mine.sh"}]}]},
+    "model": "opus",
+    "unicode": "caf\u00e9 \u2603",
+}
+
+
+def test_paths_follow_home_and_claude_config_dir():
+    assert settings_path({"HOME": "/h"}).as_posix() == "/h/.claude/settings.json"
+    assert claude_json_path({"HOME": "/h"}).as_posix() == "/h/.claude.json"
+    env = {"HOME": "/h", "CLAUDE_CONFIG_DIR": "/cfg"}
+    assert settings_path(env).as_posix() == "/cfg/settings.json"
+    assert claude_json_path(env).as_posix() == "/cfg/.claude.json"
+
+
+def test_creates_the_file_when_missing(tmp_path):
+    path = tmp_path / ".claude" / "settings.json"
+    assert point_at_proxy(path, URL).outcome == "set"
+    assert json.loads(path.read_text()) == {"env": {"ANTHROPIC_BASE_URL": URL}}
+    assert point_at_proxy(path, URL).outcome == "kept"
+
+
+def test_upsert_keeps_other_keys_their_order_and_plain_formatting(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(USER_SETTINGS, indent=2, ensure_ascii=False) + "\n")
+    os.chmod(path, 0o640)
+    assert point_at_proxy(path, URL).outcome == "set"
+    text = path.read_text(encoding="utf-8")
+    doc = json.loads(text)
+    assert list(doc) == list(USER_SETTINGS)
+    assert list(doc["env"]) == ["FOO", "EMPTY", "ANTHROPIC_BASE_URL"]
+    assert {k: v for k, v in doc.items() if k != "env"} == {k: v for k, v in USER_SETTINGS.items() if k != "env"}
+    assert text == json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    assert "caf\u00e9" in text
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+    assert stop_pointing_at_proxy(path, URL).outcome == "removed"
+    assert json.loads(path.read_text()) == USER_SETTINGS
+
+
+def test_foreign_value_is_reported_and_never_touched(tmp_path):
+    path = tmp_path / "settings.json"
+    original = json.dumps({"env": {"ANTHROPIC_BASE_URL": "https://corp-gateway.example"}})
+    path.write_text(original)
+    change = point_at_proxy(path, URL)
+    assert (change.outcome, change.detail) == ("foreign", "https://corp-gateway.example")
+    assert stop_pointing_at_proxy(path, URL).outcome == "foreign"
+    assert path.read_text() == original
+    # Our old port after ports.json changed is not ours either: it is left alone.
+    path.write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": "http://127.0.0.1:1234"}}))
+    assert stop_pointing_at_proxy(path, URL).outcome == "foreign"
+
+
+def test_unparsable_file_is_left_byte_for_byte(tmp_path):
+    path = tmp_path / "settings.json"
+    for text in ('{"env": {// a comment\n}}', "[1, 2]", '{"env": "not an object"}', "\xff\xfe"):
+        path.write_bytes(text.encode("latin-1") if text.startswith("\xff") else text.encode())
+        before = path.read_bytes()
+        for change in (point_at_proxy(path, URL), stop_pointing_at_proxy(path, URL)):
+            assert change.outcome == "unusable" and change.detail
+        assert path.read_bytes() == before
+
+
+def test_blank_file_counts_as_empty_and_removal_drops_an_env_we_emptied(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text("\n")
+    assert point_at_proxy(path, URL).outcome == "set"
+    assert current_value(path) == URL
+    assert stop_pointing_at_proxy(path, URL).outcome == "removed"
+    assert json.loads(path.read_text()) == {}
+    assert stop_pointing_at_proxy(path, URL).outcome == "absent"
+    assert stop_pointing_at_proxy(tmp_path / "missing.json", URL).outcome == "absent"
+    assert not (tmp_path / "missing.json").exists()
+
+
+def test_symlinked_settings_are_written_through(tmp_path):
+    dotfiles = tmp_path / "dotfiles" / "claude-settings.json"
+    dotfiles.parent.mkdir()
+    dotfiles.write_text('{"model": "opus"}')
+    link = tmp_path / "settings.json"
+    link.symlink_to(dotfiles)
+    point_at_proxy(link, URL)
+    assert link.is_symlink()
+    assert json.loads(dotfiles.read_text()) == {"model": "opus", "env": {"ANTHROPIC_BASE_URL": URL}}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(doc=st.dictionaries(st.text(max_size=8).filter(lambda k: k != "env"), json_values, max_size=5),
+       env=st.dictionaries(st.text(max_size=8).filter(lambda k: k != "ANTHROPIC_BASE_URL"), st.text(max_size=8), max_size=4))
+def test_set_then_remove_restores_any_document(tmp_path_factory, doc, env):
+    path = tmp_path_factory.mktemp("s") / "settings.json"
+    original = {**doc, "env": env} if env else doc
+    path.write_text(json.dumps(original))
+    assert point_at_proxy(path, URL).outcome == "set"
+    assert stop_pointing_at_proxy(path, URL).outcome == "removed"
+    assert json.loads(path.read_text()) == original
+
+
+def test_only_scripts_with_the_managed_marker_are_removed(tmp_path):
+    hooks = tmp_path / ".claude" / "hooks"
+    hooks.mkdir(parents=True)
+    ours = hooks / "opik-cipx-hook-launcher"
+    ours.write_text(f"#!/bin/sh\n# {MANAGED_MARKER}. launcher\nexit 0\n")
+    ours_no_shebang = hooks / "ours.py"
+    ours_no_shebang.write_text(f"# {MANAGED_MARKER}\n")
+    mine = hooks / "log-event.sh"
+    mine.write_text(f"#!/bin/sh\n# my own hook\necho {MANAGED_MARKER}\n")  # marker below the header: not ours
+    shebang_only = hooks / "empty.sh"
+    shebang_only.write_text("#!/bin/sh\n")
+    removed = remove_managed_hook_scripts({"HOME": str(tmp_path)})
+    assert sorted(removed) == sorted([ours, ours_no_shebang])
+    assert mine.exists() and shebang_only.exists()
+    assert remove_managed_hook_scripts({"HOME": str(tmp_path / "nowhere")}) == []

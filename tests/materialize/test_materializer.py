@@ -1,0 +1,269 @@
+"""Capture -> Opik records over the recorded Claude Code corpus, materialized in recorded order."""
+
+import dataclasses
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from opik_cipx.ids import derived_uuid7, is_uuid7
+from opik_cipx.materialize.materializer import Materializer, MaterializerConfig
+from opik_cipx.materialize.pricing import load_price_table
+from opik_cipx.wire.capture import Capture
+from tests.claude_code_corpus import SCENARIOS, cli_result, exchanges, runs
+from tests.opik_schema import problems
+
+
+def config(tmp_path: Path, **overrides) -> MaterializerConfig:
+    values = dict(project_template="claude-code", capture_content=True, max_io_chars=500_000,
+                  sessions_dir=tmp_path / "sessions", claude_json=tmp_path / ".claude.json")
+    values.update(overrides)
+    return MaterializerConfig(**values)
+
+
+def run(scenario: str, tmp_path: Path, **overrides) -> dict[str, list[dict]]:
+    """Fixture number -> the records its exchange produced."""
+    materializer = Materializer(config(tmp_path, **overrides), load_price_table())
+    return {number: materializer.materialize(capture) for number, capture in exchanges(scenario)}
+
+
+def llm(records: list[dict]) -> dict:
+    (span,) = [r["body"] for r in records if r["kind"] == "span" and r["body"]["type"] == "llm"]
+    return span
+
+
+def cc(body: dict) -> dict:
+    return body["metadata"]["cc"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_record_validates_and_ids_are_deterministic(scenario, tmp_path):
+    first = run(scenario, tmp_path)
+    again = run(scenario, tmp_path)
+    assert first == again  # same captures => same records, ids included
+    ids = defaultdict(list)
+    for number, records in first.items():
+        for record in records:
+            assert problems(record) == [], (number, problems(record))
+            ids[record["body"]["id"]].append(record["kind"])
+    spans = [i for i, kinds in ids.items() if "span" in kinds]
+    assert all(len(ids[i]) == 1 for i in spans)  # a span id is emitted once; traces are upserted
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_costs_match_claude_codes_own_total_per_invocation(scenario, tmp_path):
+    records = run(scenario, tmp_path)
+    per_run = defaultdict(float)
+    for number, run_no in runs(scenario).items():
+        for record in records.get(number, []):
+            body = record["body"]
+            if body.get("type") == "llm" and not cc(body)["call"]["partial"]:
+                per_run[run_no] += body.get("total_estimated_cost") or 0.0
+    for run_no, total in per_run.items():
+        assert total == pytest.approx(cli_result(scenario, run_no)["total_cost_usd"], abs=1e-9), run_no
+
+
+def test_buckets_partition_the_request_and_tokens_follow_chars(tmp_path):
+    span = llm(run("mcp", tmp_path)["001"])
+    categories = cc(span)["categories"]
+    assert sum(c["chars"] for c in categories.values()) == cc(span)["call"]["request_chars"]
+    assert categories["unattributed"]["chars"] == 0
+    assert set(categories["tools_mcp"]["by"]) == {"weather", "notes"}
+    assert sum(c["tokens"] for c in categories.values()) == pytest.approx(span["usage"]["prompt_tokens"], abs=0.1)
+    total_input_cost = cc(span)["pricing"]["input_side_usd"]
+    assert sum(c["cost_usd"] for c in categories.values()) == pytest.approx(total_input_cost, abs=1e-8)
+    output = cc(span)["output_categories"]
+    assert sum(o["tokens"] for o in output.values()) == pytest.approx(span["usage"]["completion_tokens"], abs=0.1)
+
+
+def test_one_trace_per_user_turn_with_tool_spans_under_their_llm_span(tmp_path):
+    records = run("tools", tmp_path)
+    all_records = [r for number in sorted(records) for r in records[number]]
+    traces = {r["body"]["id"] for r in all_records if r["kind"] == "trace"}
+    assert len(traces) == 1
+    spans = [r["body"] for r in all_records if r["kind"] == "span"]
+    assert {s["trace_id"] for s in spans} == traces
+    tools = [s for s in spans if s["type"] == "tool"]
+    assert [t["name"] for t in tools] == ["Read", "Bash", "Glob", "Grep", "Edit", "Bash"]
+    llm_ids = {s["id"] for s in spans if s["type"] == "llm"}
+    assert all(t["parent_span_id"] in llm_ids for t in tools)
+    failing = tools[-1]
+    assert failing["error_info"]["exception_type"] == "tool_error" and cc(failing)["tool"]["is_error"]
+    trace = [r["body"] for r in all_records if r["kind"] == "trace"][-1]
+    assert trace["thread_id"] == cc(spans[0])["session"]["id"]
+    assert cc(trace)["metrics_rollup"]["calls"] == 6
+
+
+def test_subagent_calls_nest_under_the_agent_tool_span(tmp_path):
+    records = run("subagent", tmp_path)
+    agent_span = next(r["body"] for r in records["005"] if r["body"].get("name") == "Agent")
+    for number in ("002", "003", "004"):
+        sub = llm(records[number])
+        assert sub["parent_span_id"] == agent_span["id"]
+        assert sub["trace_id"] == agent_span["trace_id"]
+        assert cc(sub)["call"]["kind"] == "subagent"
+        assert cc(sub)["call"]["subagent_type"] == "general-purpose"
+    assert llm(records["001"])["trace_id"] == agent_span["trace_id"]
+
+
+def again(capture, shift_ms: int, body: bytes | None = None):
+    """The same exchange sent again later (a retry, or a variation of it)."""
+    copy = dataclasses.replace(capture, id=derived_uuid7(capture.started_at_ns // 1_000_000 + shift_ms, capture.id),
+                               started_at_ns=capture.started_at_ns + shift_ms * 1_000_000,
+                               ended_at_ns=capture.ended_at_ns + shift_ms * 1_000_000)
+    if body is not None:
+        copy.request_body = body
+    return copy
+
+
+def test_a_repeated_request_does_not_repeat_its_tool_spans(tmp_path):
+    materializer = Materializer(config(tmp_path), load_price_table())
+    captured = dict(exchanges("tools"))
+    for number in ("001", "002", "003", "004", "005"):
+        materializer.materialize(captured[number])
+    first = materializer.materialize(captured["006"])
+    retry = materializer.materialize(again(captured["006"], 1500))  # e.g. after a 529
+    assert [r["body"]["name"] for r in first if r["body"].get("type") == "tool"] == ["Bash"]
+    assert [r for r in retry if r["body"].get("type") == "tool"] == []
+
+
+def test_a_subagent_stays_in_the_turn_that_launched_it_after_the_next_prompt(tmp_path):
+    materializer = Materializer(config(tmp_path), load_price_table())
+    captured = dict(exchanges("subagent"))
+    launch = llm(materializer.materialize(captured["001"]))
+    body = json.loads(captured["001"].request_body)
+    body["messages"][0]["content"][-1]["text"] = "meanwhile, something else entirely"
+    meanwhile = again(captured["001"], 200, json.dumps(body).encode())
+    meanwhile.response_parts = [exchanges("simple")[1][1].response_body]  # a plain text answer
+    other_turn = llm(materializer.materialize(meanwhile))
+    assert other_turn["trace_id"] != launch["trace_id"]
+    sub = llm(materializer.materialize(captured["002"]))
+    assert sub["trace_id"] == launch["trace_id"]  # with its Agent tool call, not the newer turn
+
+
+def test_compaction_is_flagged_with_before_and_after_sizes(tmp_path):
+    records = run("compact", tmp_path)
+    request = cc(llm(records["010"]))
+    assert request["call"]["kind"] == "compaction"
+    assert request["compaction"]["request"] is True
+    continued = cc(llm(records["012"]))["compaction"]
+    assert continued["continued"] is True
+    before, after = continued["before"], continued["after"]
+    assert continued["delta_chars"] == after["chars"] - before["chars"]
+    assert continued["delta_prompt_tokens"] == after["prompt_tokens"] - before["prompt_tokens"]
+    assert (before["messages"], after["messages"]) == (12, 7)  # history replaced by the summary
+    assert llm(records["010"])["trace_id"] != llm(records["012"])["trace_id"]
+
+
+def test_side_calls_and_count_tokens_are_flagged(tmp_path):
+    records = run("nonstream_and_others", tmp_path)
+    assert cc(llm(records["028"]))["call"]["side_kind"] == "web_search"
+    assert llm(records["028"])["name"] == "side_call:web_search"
+    assert cc(llm(records["028"]))["pricing"]["web_search_usd"] == pytest.approx(0.01)
+    compact = run("compact", tmp_path)
+    assert cc(llm(compact["014"]))["call"]["kind"] == "count_tokens"
+    assert run("simple", tmp_path)["000"] == []  # HEAD / preconnect carries no model call
+
+
+def test_errors_and_partial_streams(tmp_path):
+    records = run("error", tmp_path)
+    overloaded = llm(records["001"])
+    assert overloaded["error_info"]["exception_type"] == "overloaded_error"
+    assert "usage" not in overloaded and "total_estimated_cost" not in overloaded
+    partial = llm(records["004"])
+    assert cc(partial)["call"]["partial"] is True
+    assert partial["usage"]["prompt_tokens"] > 0  # tokens seen before the stream broke
+    assert llm(records["005"])["output"]["content"][0]["text"] == "The command printed `hi`."
+
+
+def test_redacted_mode_ships_no_prompt_or_completion_text(tmp_path):
+    texts = ["say hello", "Hello! How", "Exit code 2", "echo hi", "What have we done so far?", "v1.3.0",
+             "Compacted (ctrl+o", "notes.txt lists TODOs"]
+    for scenario in SCENARIOS:
+        records = run(scenario, tmp_path, capture_content=False)
+        for record in (r for rs in records.values() for r in rs):
+            body = record["body"]
+            assert "input" not in body and "output" not in body
+            assert cc(body)["privacy"]["capture_content"] is False
+            blob = json.dumps(record)
+            for text in texts:
+                assert text not in blob, (scenario, text)
+    numbers = cc(llm(run("tools", tmp_path, capture_content=False)["006"]))
+    assert numbers["categories"]["tool_io"]["chars"] > 0 and numbers["user_prompt"]["text_chars"] > 0
+
+
+def test_project_name_is_templated_from_the_session_identity(tmp_path):
+    (tmp_path / "sessions").mkdir()
+    session = json.loads(exchanges("simple")[1][1].request_body)["metadata"]["user_id"]
+    session_id = json.loads(session)["session_id"]
+    (tmp_path / "sessions" / f"{session_id}.json").write_text(json.dumps({
+        "session_id": session_id, "cwd": "/home/dev/code/acme-api",
+        "git": {"remote": "git@example.com:acme/api.git", "branch": "main", "commit": "abc"},
+        "identity": {"user_email": "ada@example.com", "user_uuid": "u-1", "display_name": "Ada",
+                     "org_uuid": "o-1", "org_name": "Acme"}}))
+    records = run("simple", tmp_path, project_template="cc-{username}-{org_name}-{nope}")["001"]
+    assert {r["body"]["project_name"] for r in records} == {"cc-ada-Acme-{nope}"}
+    span = llm(records)
+    assert "user:ada@example.com" in span["tags"]
+    assert cc(span)["session"]["git"]["branch"] == "main"
+    assert cc(span)["identity"]["user_email"] == "ada@example.com"
+
+
+def test_external_parent_trace_and_root_span(tmp_path):
+    parent = "01960000-0000-7000-8000-000000000001"
+    root = "01960000-0000-7000-8000-000000000002"
+    records = run("subagent", tmp_path, parent_trace_id=parent, root_span_id=root)
+    flat = [r for rs in records.values() for r in rs]
+    assert all(r["kind"] == "span" for r in flat)
+    assert {r["body"]["trace_id"] for r in flat} == {parent}
+    assert llm(records["001"])["parent_span_id"] == root
+    assert all(is_uuid7(r["body"]["id"]) for r in flat)
+
+
+def test_oversized_input_is_truncated_explicitly(tmp_path):
+    span = llm(run("simple", tmp_path, max_io_chars=5_000)["001"])
+    assert span["input"]["_opik_cipx_truncated"] is True
+    assert span["input"]["original_chars"] > 5_000
+
+
+SECRET = st.text(alphabet=st.characters(codec="utf-8", categories=("L", "N")), min_size=12, max_size=40).map(
+    lambda t: "Z" + t)  # a leading marker keeps generated text from colliding with metadata keys
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prompt=SECRET, answer=SECRET, tool_input=SECRET, tool_output=SECRET, args=SECRET)
+def test_redacted_spans_never_contain_text_of_any_shape(tmp_path, prompt, answer, tool_input, tool_output, args):
+    body = {
+        "model": "claude-opus-4-8", "stream": True, "context_management": {},  # a main-loop call
+        "metadata": {"user_id": json.dumps({"session_id": "s-1"})},
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": prompt},
+                                         {"type": "text", "text": f"<command-name>/x</command-name><command-args>{args}</command-args>"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": answer},
+                                              {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": tool_input}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": tool_output, "is_error": True}]},
+        ],
+    }
+    events = [
+        {"type": "message_start", "message": {"id": "msg_1", "model": "claude-opus-4-8", "content": [],
+                                               "usage": {"input_tokens": 5, "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": answer}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 9}},
+        {"type": "message_stop"},
+    ]
+    sse = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
+    capture = Capture(id=derived_uuid7(1_795_000_000_000, prompt), started_at_ns=1_795_000_000_000_000_000,
+                      ended_at_ns=1_795_000_001_000_000_000, method="POST", path="/v1/messages?beta=true",
+                      request_headers=[["X-Claude-Code-Session-Id", "s-1"]], request_body=json.dumps(body).encode(),
+                      status=200, response_headers=[["content-type", "text/event-stream"]])
+    capture.response_parts = [sse]
+    records = Materializer(config(tmp_path, capture_content=False), load_price_table()).materialize(capture)
+    assert {r["body"].get("type") for r in records if r["kind"] == "span"} == {"llm", "tool"}
+    blob = json.dumps(records, ensure_ascii=False)
+    for text in (prompt, answer, tool_input, tool_output, args):
+        assert text not in blob

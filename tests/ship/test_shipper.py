@@ -1,0 +1,341 @@
+"""The shipper against a fake Opik over real HTTP: batching, headers, every response policy."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from opik_cipx.ship.destination import NOT_CONFIGURED, Destination
+from opik_cipx.ship.shipper import PATHS, Shipper, plan_requests, rate_limit_wait_s
+from opik_cipx.stats import Counters
+from opik_cipx.store.spool import Spool, unshipped_records
+from tests.conftest import DaemonProcess, wait_for
+from tests.fake_opik import API_KEY, WORKSPACE, Answer, FakeOpik
+from tests.spool_driver import prefill, synthetic_capture
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def opik():
+    with FakeOpik() as fake:
+        yield fake
+
+
+class Rig:
+    """A started Spool + Shipper pointed at the fake Opik, with test-sized intervals."""
+
+    def __init__(self, directory: Path, opik: FakeOpik, spool_kw=None, **shipper_kw):
+        self.spool = Spool(directory, **{"max_bytes": 64 * MIB, "segment_bytes": MIB, "inmem_max": 100_000,
+                                         "inmem_max_bytes": 64 * MIB, "commit_interval_s": 0.01, "retry_s": 0.02,
+                                         **(spool_kw or {})})
+        self.counters = Counters()
+        options = {"timeout_s": 5.0, "retry_base_s": 0.01, "retry_max_s": 0.05, "auth_probe_s": 0.1, **shipper_kw}
+        destination = Destination(opik.url, API_KEY, WORKSPACE, "cipx-test")
+        self.shipper = Shipper(self.spool, destination, self.counters, **options)
+        self.spool.start()
+
+    def append(self, captures: int, **kw) -> list[str]:
+        ids = []
+        for _ in range(captures):
+            records = synthetic_capture(**kw)
+            self.spool.append(records)
+            ids += [r["body"]["id"] for r in records]
+        assert self.spool.flush(5)
+        return ids
+
+    def close(self) -> None:
+        self.shipper.stop(5)
+        self.spool.close(5)
+
+
+@pytest.fixture
+def rig(tmp_path, opik):
+    made = []
+
+    def make(name: str = "spool", **kw) -> Rig:
+        made.append(Rig(tmp_path / name, opik, **kw))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def all_received(opik: FakeOpik, ids) -> bool:
+    return set(ids) <= opik.ids()
+
+
+def test_ships_traces_then_spans_with_opik_headers_and_moves_the_cursor(rig, opik):
+    r = rig()
+    ids = r.append(10)
+    r.shipper.start()
+    wait_for(lambda: all_received(opik, ids), what="records at Opik")
+    assert opik.violations == []  # path, bare Authorization, Comet-Workspace, gzip, UUIDv7, Z times
+    assert [req.field for req in opik.requests] == ["traces", "spans"]
+    assert len(opik.requests[0].ids) == 10 and len(opik.requests[1].ids) == 20
+    assert r.counters.get("spans_shipped") == 30
+    wait_for(lambda: r.shipper.queue_section() == {"in_memory": 0, "ready": 0, "inflight": 0}, what="empty queue")
+    section = r.shipper.section()
+    assert section["configured"] and section["last_error"] is None and section["last_ok_at"].endswith("Z")
+    assert section["base_url"] == opik.url and API_KEY not in json.dumps(section)
+    assert all(len(versions) == 1 for versions in opik.received.values())
+
+
+def test_requests_are_bounded_by_count_and_bytes(rig, opik):
+    r = rig()
+    spans = [rec for _ in range(550) for rec in synthetic_capture(padding=10) if rec["kind"] == "span"]
+    r.spool.append(spans)
+    r.spool.flush(5)
+    r.shipper.start()
+    wait_for(lambda: all_received(opik, [rec["body"]["id"] for rec in spans]), what="records at Opik")
+    assert [len(req.ids) for req in opik.requests] == [1000, 100]
+    assert opik.violations == []
+    small = rig("small", batch_max_bytes=4000)
+    more = small.append(10)
+    before = len(opik.requests)
+    small.shipper.start()
+    wait_for(lambda: all_received(opik, more), what="records at Opik")
+    sizes = [len(req.ids) for req in opik.requests[before:]]
+    assert max(sizes) <= 6 and len(sizes) >= 6  # ~700-byte records, 4000-byte requests
+
+
+def test_one_id_once_per_request_and_the_newest_version_wins(rig, opik):
+    r = rig()
+    trace = synthetic_capture()[0]
+    older = {"kind": "trace", "body": {**trace["body"], "last_updated_at": "2026-01-01T00:00:00.000Z", "name": "old"}}
+    newer = {"kind": "trace", "body": {**trace["body"], "last_updated_at": "2026-01-01T00:00:01.000Z", "name": "new"}}
+    r.spool.append([newer, older, newer])
+    r.spool.flush(5)
+    r.shipper.start()
+    wait_for(lambda: trace["body"]["id"] in opik.ids(), what="trace at Opik")
+    assert opik.received[trace["body"]["id"]] == [newer["body"]]
+    assert opik.violations == []
+
+
+def test_429_waits_for_ratelimit_reset(rig, opik):
+    opik.script(Answer(429, {"RateLimit-Reset": "1"}))
+    r = rig()
+    ids = r.append(1)
+    r.shipper.start()
+    wait_for(lambda: "429" in (r.shipper.section()["last_error"] or ""), what="rate limit noticed")
+    wait_for(lambda: all_received(opik, ids), what="records at Opik")
+    first, second = opik.requests[0], opik.requests[1]
+    assert first.status == 429 and second.status == 204 and first.ids == second.ids
+    assert second.at - first.at >= 0.95
+    assert r.shipper.section()["last_error"] is None
+
+
+def test_rate_limit_headers():
+    assert rate_limit_wait_s({"RateLimit-Reset": "7"}, now=100.0) == 7
+    assert rate_limit_wait_s({"Retry-After": "3"}, now=100.0) == 3
+    assert rate_limit_wait_s({"RateLimit-Reset": "2000000010"}, now=2000000000.0) == 10
+    assert rate_limit_wait_s({"Retry-After": "Thu, 01 Jan 2099 00:00:00 GMT"}, now=0) == 3600  # capped
+    assert rate_limit_wait_s({"Retry-After": "soon"}, now=0) is None
+    assert rate_limit_wait_s({}, now=0) is None
+
+
+def test_5xx_backs_off_exponentially_then_succeeds(rig, opik):
+    opik.script(*[Answer(500, body=b"boom")] * 4)
+    r = rig(retry_base_s=0.05, retry_max_s=1.0)
+    ids = r.append(1)
+    r.shipper.start()
+    wait_for(lambda: all_received(opik, ids), what="records at Opik")
+    times = [req.at for req in opik.requests]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert [req.status for req in opik.requests] == [500] * 4 + [204, 204]
+    assert gaps[0] >= 0.025 and gaps[3] >= 0.2  # 0.05 * 2**n, jittered between half and all of it
+    assert r.shipper.section()["last_error"] is None
+
+
+def test_opik_down_for_the_whole_run_then_up_drains_completely(rig, opik):
+    opik.down()
+    r = rig()
+    r.shipper.start()
+    ids = r.append(50)
+    wait_for(lambda: "cannot reach Opik" in (r.shipper.section()["last_error"] or ""), what="outage noticed")
+    ids += r.append(50)
+    assert r.shipper.queue_section()["ready"] + r.shipper.queue_section()["inflight"] == 300
+    opik.up()
+    wait_for(lambda: all_received(opik, ids), what="drained")
+    wait_for(lambda: r.shipper.queue_section() == {"in_memory": 0, "ready": 0, "inflight": 0}, what="empty queue")
+    assert r.counters.get("spans_shipped") == 300
+    assert r.spool.section()["hot_bytes"] == 0
+
+
+def test_slow_opik_times_out_and_the_retry_upserts_the_same_records(rig, opik):
+    opik.delay_s = 1.5
+    r = rig(timeout_s=1.0)
+    ids = r.append(2)
+    r.shipper.start()
+    wait_for(lambda: "timed out" in (r.shipper.section()["last_error"] or ""), what="timeout noticed")
+    opik.delay_s = 0
+    wait_for(lambda: all_received(opik, ids), what="records at Opik")
+    for versions in opik.received.values():
+        assert all(v == versions[0] for v in versions)  # same id, same last_updated_at: an upsert
+
+
+def test_400_for_one_record_quarantines_it_and_ships_the_rest(rig, opik, tmp_path):
+    r = rig()
+    ids = r.append(40)
+    bad = ids[3 * 17 + 1]  # an llm span
+    opik.reject_ids[bad] = "usage.prompt_tokens: must be an integer"
+    r.shipper.start()
+    good = [i for i in ids if i != bad]
+    wait_for(lambda: all_received(opik, good), what="the other records")
+    wait_for(lambda: r.shipper.queue_section()["ready"] == 0, what="batch settled")
+    assert bad not in opik.ids()
+    (entry,) = [json.loads(line) for line in (tmp_path / "spool" / "quarantine.jsonl").read_text().splitlines()]
+    assert entry["body"]["id"] == bad and entry["status"] == 400
+    assert "must be an integer" in entry["reason"]
+    assert r.shipper.section()["quarantined"] == 1
+    rejected = [req for req in opik.requests if req.status == 400]
+    assert len(rejected) <= 2 * math.ceil(math.log2(80)) + 1  # bisected, never retried forever
+    assert opik.violations == []
+
+
+def test_413_splits_the_batch_and_a_record_too_big_alone_is_quarantined(rig, opik, tmp_path):
+    opik.max_body_bytes = 6000
+    r = rig()
+    ids = r.append(30)
+    huge = synthetic_capture(padding=0)
+    huge[0]["body"]["input"] = {"blob": os.urandom(8000).hex()}
+    r.spool.append(huge)
+    r.spool.flush(5)
+    r.shipper.start()
+    rest = ids + [rec["body"]["id"] for rec in huge[1:]]
+    wait_for(lambda: all_received(opik, rest), what="the split batches")
+    wait_for(lambda: r.shipper.section()["quarantined"] == 1, what="the oversize record set aside")
+    assert huge[0]["body"]["id"] not in opik.ids()
+    assert any(req.status == 413 for req in opik.requests)
+    assert "quarantine.jsonl" in {p.name for p in (tmp_path / "spool").iterdir()}
+
+
+def test_401_pauses_shipping_until_a_probe_succeeds(rig, opik):
+    opik.fail_with = Answer(401, body=b'{"errors":["unauthorized"]}')
+    r = rig(auth_probe_s=0.3)
+    ids = r.append(3)
+    r.shipper.start()
+    section = wait_for(lambda: (s := r.shipper.section())["paused"] and s, what="paused")
+    assert "HTTP 401" in section["last_error"] and "OPIK_CIPX_API_KEY" in section["last_error"]
+    assert API_KEY not in json.dumps(section)
+    ids += r.append(3)  # the spool keeps taking records
+    assert r.shipper.queue_section()["ready"] + r.shipper.queue_section()["inflight"] == 18
+    seen = len(opik.requests)
+    wait_for(lambda: len(opik.requests) > seen, what="a probe")
+    assert len(opik.requests) <= seen + 2  # probes, not a retry storm
+    opik.fail_with = None
+    wait_for(lambda: all_received(opik, ids), what="resumed")
+    assert not r.shipper.section()["paused"] and r.shipper.section()["last_error"] is None
+
+
+def test_a_wrong_base_url_pauses_with_a_hint(rig, opik):
+    opik.fail_with = Answer(404, body=b"Not Found")
+    r = rig()
+    r.append(1)
+    r.shipper.start()
+    section = wait_for(lambda: (s := r.shipper.section())["paused"] and s, what="paused")
+    assert "OPIK_CIPX_BASE_URL" in section["last_error"]
+
+
+def test_without_opik_nothing_is_sent_and_the_stats_say_how_to_configure(tmp_path):
+    spool = Spool(tmp_path / "spool", max_bytes=MIB, segment_bytes=MIB, inmem_max=100, inmem_max_bytes=MIB)
+    shipper = Shipper(spool, Destination(None, "", "default", "claude-code"), Counters())
+    spool.start()
+    shipper.start()
+    spool.append(synthetic_capture())
+    spool.flush(5)
+    section = shipper.section()
+    assert section["configured"] is False and section["base_url"] is None
+    assert section["last_error"] == NOT_CONFIGURED and "OPIK_CIPX_BASE_URL" in NOT_CONFIGURED
+    assert shipper.queue_section() == {"in_memory": 0, "ready": 3, "inflight": 0}
+    assert shipper.stop(1) and spool.close(1) == 0
+
+
+def test_a_crash_after_opik_accepted_reships_the_same_ids(rig, opik, monkeypatch):
+    r = rig()
+    ids = r.append(5)
+    monkeypatch.setattr(r.spool, "commit", lambda batch: None)  # dies before the cursor is saved
+    assert r.shipper.ship_once()
+    r.spool.close(5)
+    again = rig()
+    assert again.shipper.ship_once()
+    assert all(len(opik.received[i]) == 2 for i in ids)
+    assert all(a == b for a, b in opik.received.values())  # same ids, same last_updated_at: upserts
+    assert not again.shipper.ship_once()  # cursor saved this time
+
+
+def test_disk_budget_while_opik_is_down_keeps_the_newest(rig, opik):
+    opik.down()
+    r = rig(spool_kw={"max_bytes": 30_000, "segment_bytes": 6_000})
+    r.shipper.start()
+    ids = []
+    for _ in range(60):
+        ids += r.append(1)
+    dropped = r.spool.section()["dropped_events_disk"]
+    assert dropped > 0
+    opik.up()
+    kept = ids[dropped:]
+    wait_for(lambda: all_received(opik, kept), what="the newest records")
+    assert not opik.ids() & set(ids[:dropped])  # the oldest were dropped, not shipped
+
+
+def test_plan_requests_puts_traces_first_and_splits_by_count_and_bytes():
+    records = [(r["kind"], r["body"], 100) for _ in range(5) for r in synthetic_capture()]
+    plan = plan_requests(records, max_records=3, max_bytes=10_000)
+    assert [kind for kind, _ in plan] == ["trace", "trace", "span", "span", "span", "span"]
+    assert [len(items) for _, items in plan] == [3, 2, 3, 3, 3, 1]
+    plan = plan_requests(records, max_records=1000, max_bytes=250)
+    assert [len(items) for _, items in plan] == [2, 2, 1, 2, 2, 2, 2, 2]
+    assert set(PATHS) == {"trace", "span"}
+
+
+def test_daemon_drains_a_prefilled_spool_and_reports_it(home, upstream, opik):
+    records = prefill(home / "spool", 20)
+    daemon = DaemonProcess(home, upstream.url, OPIK_CIPX_BASE_URL=opik.url, OPIK_CIPX_API_KEY=API_KEY,
+                           OPIK_CIPX_WORKSPACE=WORKSPACE, OPIK_CIPX_PROJECT="{username}-cc")
+    try:
+        wait_for(lambda: all_received(opik, [r["body"]["id"] for r in records]), what="drained")
+        stats = wait_for(lambda: (s := daemon.stats())["queue"]["ready"] == 0 and s, what="stats caught up")
+        assert stats["counters"]["spans_shipped"] == 60
+        assert stats["opik"]["configured"] and stats["opik"]["base_url"] == opik.url
+        assert stats["opik"]["last_ok_at"].endswith("Z") and stats["opik"]["last_error"] is None
+        assert stats["project"] == "{username}-cc"
+        assert stats["wal"]["degraded"] is False
+        assert API_KEY not in json.dumps(stats)
+    finally:
+        assert daemon.stop() == 0
+    assert API_KEY not in (home / "logs" / "cipx.log").read_text()
+    assert opik.violations == []
+
+
+def test_daemon_reads_the_opik_sdk_config_file(home, upstream, opik):
+    home.parent.mkdir(parents=True, exist_ok=True)
+    (home.parent / ".opik.config").write_text(
+        f"[opik]\nurl_override = http://127.0.0.1:1/api/\napi_key = {API_KEY}\nworkspace = nope\n"
+        f"[opik_cc]\nurl_override = {opik.url}/\nworkspace = {WORKSPACE}\nproject_name = from-ini\n"
+    )
+    records = prefill(home / "spool", 1)
+    daemon = DaemonProcess(home, upstream.url)
+    try:
+        wait_for(lambda: all_received(opik, [r["body"]["id"] for r in records]), what="drained")
+        assert daemon.stats()["project"] == "from-ini"
+    finally:
+        daemon.stop()
+    assert opik.violations == []
+
+
+def test_daemon_without_opik_keeps_spans_in_the_spool(home, upstream):
+    prefill(home / "spool", 1)
+    daemon = DaemonProcess(home, upstream.url)
+    try:
+        stats = daemon.stats()
+        assert stats["opik"]["configured"] is False
+        assert "not configured" in stats["opik"]["last_error"] and "opik-cipx restart" in stats["opik"]["last_error"]
+        assert stats["queue"]["ready"] == 3 and stats["wal"]["segments"] == 1 and stats["wal"]["hot_bytes"] > 0
+        assert stats["project"] == "claude-code"
+    finally:
+        assert daemon.stop() == 0
+    assert unshipped_records(home / "spool") == 3

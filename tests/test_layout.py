@@ -1,0 +1,142 @@
+"""The package layout reads as the data flow, and imports only run with it.
+
+docs/ARCHITECTURE.md, "Layout": a module imports from the basics, from its own stage and from
+stages before it; never from a later stage, never from `commands/` or an entry point. The
+basics import only each other. A new top-level module has to be a basic or an entry point.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "opik_cipx"
+# The stages in the order a call flows through them; a stage may import from those before it.
+STAGES = ("wire", "store", "materialize", "ship", "views", "control", "commands")
+BASICS = frozenset({"config", "home", "ids", "logs", "stats"})
+ENTRY_POINTS = frozenset({"cli", "daemon", "__main__"})
+
+
+def place(module: str) -> str:
+    """The stage of `opik_cipx.<...>`: a stage name, "basics", "entry" or "unknown"."""
+    parts = module.split(".")
+    if parts[0] != "opik_cipx":
+        return "outside"
+    if len(parts) == 1:
+        return "basics"  # the package itself: __version__
+    if parts[1] in STAGES:
+        return parts[1]
+    if parts[1] in BASICS:
+        return "basics"
+    if parts[1] in ENTRY_POINTS:
+        return "entry"
+    return "unknown"
+
+
+def rank(where: str) -> int:
+    return -1 if where == "basics" else STAGES.index(where)
+
+
+def imported_modules(module: str, source: str, is_package: bool) -> list[tuple[int, str]]:
+    """(line, absolute dotted name) of every import in `source`, relative ones resolved.
+
+    `from a import b` yields `a.b` when `b` is a submodule and `a` otherwise; both place the
+    same way unless `a` is the package root, where the submodule is what counts.
+    """
+    package = module if is_package else module.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                out.append((node.lineno, candidate if _is_module(candidate) else base))
+    return out
+
+
+def _is_module(dotted: str) -> bool:
+    path = PACKAGE.parent.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def violations(module: str, source: str, is_package: bool = False) -> list[str]:
+    """Why each import of `module` runs against the flow (empty when none does)."""
+    here = place(module)
+    if here == "unknown":
+        return [f"{module}: a top-level module must be a basic ({', '.join(sorted(BASICS))}) or an "
+                f"entry point ({', '.join(sorted(ENTRY_POINTS))}); put it in a stage package"]
+    problems = []
+    for line, target in imported_modules(module, source, is_package):
+        there = place(target)
+        if there == "outside" or here == "entry":
+            continue  # the stdlib; entry points put the stages together
+        if there == "entry":
+            why = None if here == "commands" and target == "opik_cipx.daemon" else "an entry point"
+        elif there == "unknown":
+            why = "a module outside every stage"
+        elif there == "commands" and here != "commands":
+            why = "a subcommand"
+        elif here == "basics" and there != "basics":
+            why = f"the later stage `{there}` (basics import only basics)"
+        elif here != "basics" and rank(there) > rank(here):
+            why = f"the later stage `{there}`"
+        else:
+            why = None
+        if why:
+            problems.append(f"{module}:{line} imports {target}: {why}")
+    return problems
+
+
+def package_modules() -> list[tuple[str, Path]]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out.append((".".join(parts), path))
+    return out
+
+
+def test_imports_follow_the_flow():
+    problems = []
+    for module, path in package_modules():
+        problems += violations(module, path.read_text(encoding="utf-8"), path.name == "__init__.py")
+    assert problems == []
+
+
+def test_every_stage_is_a_package_with_a_docstring():
+    for stage in STAGES:
+        init = PACKAGE / stage / "__init__.py"
+        assert init.is_file(), f"{stage}/ is not a package"
+        assert ast.get_docstring(ast.parse(init.read_text())), f"{stage}/__init__.py says nothing about the stage"
+
+
+@pytest.mark.parametrize("module, source", [
+    ("opik_cipx.wire.gateway", "from opik_cipx.materialize.pricing import price_call"),
+    ("opik_cipx.wire.gateway", "from ..materialize import pricing"),
+    ("opik_cipx.materialize.materializer", "from opik_cipx.control.claude_settings import claude_json_path"),
+    ("opik_cipx.store.spool", "def later():\n    from opik_cipx.ship import shipper"),
+    ("opik_cipx.config", "from opik_cipx.materialize.pricing import load_price_table"),
+    ("opik_cipx.control.lifecycle", "from opik_cipx.commands import status"),
+    ("opik_cipx.views.viewer", "import opik_cipx.daemon"),
+    ("opik_cipx.helpers", "import json"),
+])
+def test_a_backwards_import_is_caught(module, source):
+    assert violations(module, source)
+
+
+@pytest.mark.parametrize("module, source", [
+    ("opik_cipx.materialize.materializer", "from opik_cipx.wire.capture import Capture"),
+    ("opik_cipx.materialize.call_kind", "from .attribution.system import BILLING_HEADER"),
+    ("opik_cipx.ship.shipper", "from opik_cipx import __version__\nfrom opik_cipx.store.spool import Spool"),
+    ("opik_cipx.commands.status", "from opik_cipx.control import lifecycle"),
+    ("opik_cipx.daemon", "from opik_cipx.views.admin import AdminHandler"),
+])
+def test_imports_with_the_flow_pass(module, source):
+    assert violations(module, source) == []

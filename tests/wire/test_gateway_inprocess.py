@@ -1,0 +1,105 @@
+"""Gateway behaviour that needs a hand on its internals: panics, upstream proxy (CONNECT)."""
+
+import http.client
+import json
+import select
+import socket
+import threading
+
+from opik_cipx.stats import Counters
+from opik_cipx.wire.gateway import Gateway, GatewayHandler, decodable_accept_encoding, upstream_headers
+from opik_cipx.wire.loopback import LoopbackServer
+from opik_cipx.wire.upstream import UpstreamPool
+from tests.conftest import DaemonProcess
+from tests.fake_anthropic import CA_BUNDLE
+
+
+class ExplodingPool(UpstreamPool):
+    def acquire(self):
+        raise RuntimeError("bug in the pool")
+
+
+def test_unexpected_handler_error_is_recovered_as_502_and_counted(tmp_path):
+    counters = Counters()
+    captured = []
+    gateway = Gateway(ExplodingPool("https://127.0.0.1:1", ca_bundle=CA_BUNDLE), captured.append, counters)
+    handler = type("H", (GatewayHandler,), {"gateway": gateway})
+    server = LoopbackServer("claude_code", "127.0.0.1", 0, handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        conn.request("POST", "/v1/messages", body=b"{}")
+        resp = conn.getresponse()
+        assert resp.status == 502
+        assert json.loads(resp.read())["error"]["message"].startswith("opik-cipx:")
+        assert counters.get("panics_recovered") == 1
+        assert len(captured) == 1  # the exchange is still teed
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_hop_by_hop_and_connection_listed_headers_are_not_forwarded():
+    items = [("Host", "127.0.0.1:9909"), ("Connection", "keep-alive, X-Trace"), ("X-Trace", "1"),
+             ("Keep-Alive", "timeout=5"), ("TE", "trailers"), ("x-api-key", "k"),
+             ("Accept-Encoding", "gzip, deflate, br, zstd"), ("anthropic-beta", "a,b"), ("Content-Length", "2")]
+    out = upstream_headers(items, "api.anthropic.com", 2)
+    assert out == [("Host", "api.anthropic.com"), ("x-api-key", "k"), ("anthropic-beta", "a,b"),
+                   ("Accept-Encoding", "gzip, deflate"), ("Content-Length", "2")]
+    assert decodable_accept_encoding("br, zstd") == "identity"
+    assert decodable_accept_encoding("gzip;q=1.0, br;q=0.9") == "gzip;q=1.0"
+
+
+class ConnectProxy:
+    """A minimal HTTP CONNECT proxy that records the tunnels it opened."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.tunnels: list[str] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+
+    def _tunnel(self, client):
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += client.recv(4096)
+        target = head.split(b" ")[1].decode()
+        self.tunnels.append(target)
+        host, port = target.rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)))
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        pair = {client: upstream, upstream: client}
+        while True:
+            readable, _, _ = select.select(list(pair), [], [], 10)
+            for s in readable:
+                data = s.recv(65536)
+                if not data:
+                    client.close()
+                    upstream.close()
+                    return
+                pair[s].sendall(data)
+
+
+def test_upstream_proxy_is_used_with_connect(home, upstream):
+    proxy = ConnectProxy()
+    proc = DaemonProcess(home, upstream.url, CIPX_UPSTREAM_PROXY=f"http://127.0.0.1:{proxy.port}")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=10)
+        for _ in range(2):
+            conn.request("POST", "/v1/messages", body=b"{}")
+            assert conn.getresponse().read() == b'{"ok": true}'
+        assert proxy.tunnels == [upstream.url.split("://")[1]]  # one tunnel, kept alive
+        assert upstream.seen[-1].header("Host") == upstream.url.split("://")[1]
+    finally:
+        proc.stop()
+        proxy.sock.close()
