@@ -1,4 +1,4 @@
-"""Process-wide counters and the `/admin/stats` document (architecture.md, contract 3).
+"""Process-wide counters and the `/admin/stats` document (docs/ARCHITECTURE.md, "Admin stats").
 
 Counters are plain integers behind one lock: increments come from the wire and worker threads
 and cost a lock round-trip, nothing more. Sections a component has not filled yet are present
@@ -60,7 +60,7 @@ class Counters:
 
 
 def default_sections() -> dict[str, Any]:
-    """Every section of contract 3 with its zero/null values."""
+    """Every section of the admin stats with its zero/null values."""
     return {
         "opik": {"configured": False, "base_url": None, "last_error": None, "last_ok_at": None},
         "queue": {"in_memory": 0, "ready": 0, "inflight": 0},
@@ -84,7 +84,7 @@ SectionProvider = Callable[[], dict[str, Any]]
 def build_stats(
     base: dict[str, Any], counters: Counters, providers: dict[str, SectionProvider]
 ) -> dict[str, Any]:
-    """Contract 3: `base` (pid, version, listeners, ...) + counters + each provider's section.
+    """The admin stats: `base` (pid, version, listeners, ...) + counters + each provider's section.
 
     A provider's keys are merged over the section defaults, so a component reports only
     what it owns.

@@ -6,6 +6,7 @@ basics import only each other. A new top-level module has to be a basic or an en
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,23 @@ def test_a_backwards_import_is_caught(module, source):
 ])
 def test_imports_with_the_flow_pass(module, source):
     assert violations(module, source) == []
+
+
+def test_every_reference_to_the_architecture_names_a_section():
+    """Every section of docs/ARCHITECTURE.md that code, tests or docs cite by name exists."""
+    root = PACKAGE.parent
+    headings = {
+        line.lstrip("#").strip()
+        for line in (root / "docs" / "ARCHITECTURE.md").read_text().splitlines()
+        if line.startswith("#")
+    }
+    pattern = re.compile(r'ARCHITECTURE\.md[,:]?\s+(?:\(|section\s+)?"([^"]+)"')
+    sources = [*PACKAGE.rglob("*.py"), *(root / "tests").rglob("*.py"), *(root / "docs").glob("*.md"), root / "README.md"]
+    missing = [
+        f"{path.relative_to(root)}: {name}"
+        for path in sources
+        for name in pattern.findall(path.read_text(encoding="utf-8"))
+        if name not in headings
+    ]
+    assert missing == []
+    assert len(headings) > 5

@@ -1,6 +1,6 @@
 """`opik-cipx status [--json]`: a read-only snapshot of the running daemon.
 
-Reads `state.json`, then `GET /admin/stats` (architecture.md, contract 3). Exit 0 when the
+Reads `state.json`, then `GET /admin/stats` (docs/ARCHITECTURE.md, "Admin stats"). Exit 0 when the
 daemon is up or simply not running; exit 1 when `state.json` names a pid whose admin listener
 does not answer (crashed, killed or wedged). Never starts, stops or writes anything.
 """
@@ -112,7 +112,7 @@ def age(iso: Any, now: float) -> str:
 
 
 def render(stats: dict[str, Any], claude_code: str | None = None, log_path: str = "", now: float | None = None) -> str:
-    """Contract 3 as the human-readable report."""
+    """The admin stats as the human-readable report."""
     now = time.time() if now is None else now
     def section(name: str) -> dict[str, Any]:
         value = stats.get(name)

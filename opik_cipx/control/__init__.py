@@ -2,5 +2,5 @@
 
 `state.json` / `ports.json`, the supervisor units, Claude Code's settings, the executable, and
 the bring-up / restart / teardown steps `sync`, `restart` and `uninstall` share.
-See docs/ARCHITECTURE.md, "Control".
+See docs/ARCHITECTURE.md, "Layout".
 """

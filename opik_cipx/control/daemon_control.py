@@ -91,7 +91,7 @@ def is_healthy(port: int | None, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
 
 
 def fetch_stats(port: int | None, timeout_s: float = 2.0) -> dict[str, Any] | None:
-    """The `/admin/stats` document (contract 3), or None when the daemon does not answer."""
+    """The `/admin/stats` document (docs/ARCHITECTURE.md, "Admin stats"), or None when the daemon does not answer."""
     answer = admin_get(port, "/admin/stats", timeout_s) if port else None
     if answer is None or answer[0] != 200:
         return None

@@ -1,4 +1,4 @@
-"""Opik record shapes: TraceWrite / SpanWrite bodies wrapped as spool records (contract 2).
+"""Opik record shapes: TraceWrite / SpanWrite bodies wrapped as spool records (docs/ARCHITECTURE.md, "Spool records").
 
 Pure builders. Callers pass ids, times and already-computed metadata; this module only knows
 Opik's field names, its usage-key convention and how to bound oversized input/output.

@@ -1,6 +1,6 @@
 """The write-ahead spool (`spool/`): records wait here, durable, until Opik has acknowledged them.
 
-Contract 2 records come from the materializer thread through `append`, which never waits for
+Spool records (docs/ARCHITECTURE.md, "Spool records") come from the materializer thread through `append`, which never waits for
 the disk: they join a bounded in-memory queue (overflow is dropped whole and counted as
 `dropped_events_inmem`) and a writer thread group-commits them, one write and one fsync for
 everything queued, at most one commit per `commit_interval_s` while records keep coming.
@@ -68,7 +68,7 @@ class Batch:
 
 
 def encode(record: dict[str, Any]) -> bytes:
-    """One spool line; ValueError/TypeError for anything that is not a contract 2 record (or not JSON)."""
+    """One spool line; ValueError/TypeError for anything that is not a spool record (or not JSON)."""
     if not isinstance(record, dict) or record.get("kind") not in KINDS:
         raise ValueError(f"not a spool record (kind must be trace or span): {str(record)[:200]}")
     body = record.get("body")

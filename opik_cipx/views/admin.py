@@ -1,4 +1,4 @@
-"""The admin listener: `GET /admin/stats` (contract 3) and `GET /admin/health`.
+"""The admin listener: `GET /admin/stats` (docs/ARCHITECTURE.md, "Admin stats") and `GET /admin/health`.
 
 Short-lived commands (`status`, `sync`) read the daemon through it. Requests whose Host
 header is not a loopback name are refused, so a web page cannot reach it by DNS rebinding.

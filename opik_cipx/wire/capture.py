@@ -1,4 +1,4 @@
-"""The Capture record: one HTTP exchange as the gateway saw it (architecture.md, contract 1).
+"""The Capture record: one HTTP exchange as the gateway saw it (docs/ARCHITECTURE.md, "Capture").
 
 The gateway fills it from references to bytes the wire already holds; the response body is
 kept as the list of pieces that were forwarded and joined once, off the wire, on first use.

@@ -1,4 +1,4 @@
-"""`opik-cipx status`: the rendering of contract 3, exit codes, and that it is read-only."""
+"""`opik-cipx status`: the rendering of the admin stats, exit codes, and that it is read-only."""
 
 import json
 import os
