@@ -28,8 +28,8 @@ def wait_for_listener_closed(port: int) -> None:
     def refused() -> bool:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except ConnectionRefusedError:
-            return True
+        except (ConnectionRefusedError, ConnectionResetError):
+            return True  # reset: the listener closed while our connection sat in its backlog
         return False
 
     wait_for(refused, what=f"listener on port {port} closed")
