@@ -16,7 +16,7 @@ from opik_cipx.materialize.pricing import RATE_KEYS, load_price_table, normalize
 from opik_cipx.materialize.pricing import price_call as _price_call
 from opik_cipx.materialize.response import summarize_response
 from opik_cipx.wire.capture import Capture
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, REPO
 
 TABLE = load_price_table()
 
@@ -588,3 +588,12 @@ def test_recorded_sessions_cost_what_claude_code_reported(scenario):
     aborted_stream = (6 * 5 + 2006 * 6.25 + 18861 * 0.5 + 2 * 25) / 1e6 if scenario == "error" else 0.0
     # Claude Code leaves out the stream that died mid-way (error/004); its tokens were still sent and are priced here.
     assert scenario_cost(scenario) == pytest.approx(reported + aborted_stream, abs=1e-9)
+
+
+def test_the_readme_example_of_a_prices_table_loads_and_prices(tmp_path):
+    text = (REPO / "README.md").read_text()
+    start = text.index("```toml", text.index("A price the package does not have yet")) + len("```toml")
+    table = load_price_table(settings(tmp_path, text[start:text.index("```", start)]).prices)
+    assert price_call("claude-haiku-6", usage(200001), table).total_usd == pytest.approx(200001 * 1 / 1e6)
+    assert price_call("claude-sonnet-5-5", usage(read=1_000_000), table, at_ns=at("2027-01-01")).total_usd == \
+        pytest.approx(0.08)
