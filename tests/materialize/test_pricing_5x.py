@@ -91,11 +91,15 @@ def test_pricing_metadata_says_which_tier_rate_date_and_iterations_applied(tmp_p
     assert found["compaction/012"]["usage"]["prompt_tokens"] == 7 + 21619
 
 
+def store(home, scenario: str) -> None:
+    captures = CaptureStore(home / "captures", max_bytes=10**9, max_age_s=10**12, segment_bytes=10**7)
+    for _, capture in exchanges(scenario, FIXTURES_5X):
+        captures.append(capture)
+    captures.close()
+
+
 def test_replaying_old_captures_uses_the_rates_in_force_when_they_were_made(home):
-    store = CaptureStore(home / "captures", max_bytes=10**9, max_age_s=10**12, segment_bytes=10**7)
-    for _, capture in exchanges("sonnet_dated", FIXTURES_5X):
-        store.append(capture)
-    store.close()
+    store(home, "sonnet_dated")
     result = run_cli(home, "replay")
     assert result.returncode == 0, result.stderr
     costs = [record["body"]["total_estimated_cost"] for record in map(json.loads, result.stdout.splitlines())
@@ -110,3 +114,26 @@ def test_the_committed_fixtures_are_what_the_generator_writes():
     built = generator.build()
     committed = {str(path.relative_to(FIXTURES_5X)): path.read_text() for path in FIXTURES_5X.glob("*/*.json")}
     assert built == committed
+
+
+def test_a_config_override_with_a_tier_is_applied_by_the_daemons_assembly(home):
+    """`replay` builds the daemon's own materializer: here Haiku 5.5's tier moved to 150,000 tokens."""
+    store(home, "long_prompt")
+    (home / "config.toml").write_text('[[prices."claude-haiku-5-5".tiers]]\nname = "over_150k"\n'
+                                      'above_prompt_tokens = 150_000\ninput = 0.5\noutput = 2.5\n'
+                                      'cache_write_5m = 0.625\ncache_write_1h = 1\ncache_read = 0.05\n')
+    result = run_cli(home, "replay")
+    assert result.returncode == 0, result.stderr
+    (span,) = [r["body"] for r in map(json.loads, result.stdout.splitlines()) if r["body"].get("type") == "llm"]
+    assert span["total_estimated_cost"] == pytest.approx(usd(HAIKU_5_5, inp=150, w5m=11500, read=111625, out=62))
+    assert cc(span)["pricing"]["tier"] is None  # 123,275 prompt tokens: under the moved threshold
+
+
+def test_a_new_model_missing_a_rate_stops_the_daemons_assembly_with_one_line(home):
+    store(home, "long_prompt")
+    (home / "config.toml").write_text('[prices."claude-haiku-6"]\ninput = 0.2\noutput = 1\n')
+    result = run_cli(home, "replay")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (f"opik-cipx: bad setting in config file {home / 'config.toml'}: prices.claude-haiku-6: "
+                             "a model without a packaged price needs every rate; missing cache_write_5m, "
+                             "cache_write_1h, cache_read\n")
