@@ -148,7 +148,7 @@ def _cells(rates: Rates) -> str:
 def _span(start: str | None, end: str | None) -> str:
     if start is None:
         return f"until {end}"
-    return f"since {start}" if end is None else f"{start} to {end}"
+    return f"from {start}" if end is None else f"{start} to {end}"
 
 
 def _order(name: str) -> tuple:
