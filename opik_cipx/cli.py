@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "uninstall": "stop the daemon, remove the supervisor and settings entry, delete ~/.opik-cipx",
     "proxy": "run the gateway in the foreground (normally started by the supervisor)",
     "replay": "re-derive spans from stored raw captures (offline, read-only)",
+    "prices": "the price table in use (rates, tiers, sources, overrides) and unknown models the daemon saw",
 }
 
 

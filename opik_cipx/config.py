@@ -12,12 +12,17 @@ import tomllib
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any, Callable
 
 from opik_cipx.home import default_home
 
 PRICE_RATE_KEYS = ("input", "cache_write_5m", "cache_write_1h", "cache_read", "output")
+PRICE_NOTE_KEYS = ("source", "checked", "secondary", "note")  # documentation, shown by `opik-cipx prices`
+PRICE_CHANGE_KEYS = ("effective_from", *PRICE_RATE_KEYS, "fast_multiplier", "tiers", "note")
+PRICE_ROW_KEYS = (*PRICE_RATE_KEYS, "fast_multiplier", "tiers", "changes", *PRICE_NOTE_KEYS, "unconfirmed")
 TRUTHY = frozenset({"1", "true", "yes", "on"})
 FALSY = frozenset({"0", "false", "no", "off", ""})
 LOOPBACK_HOST = "127.0.0.1"
@@ -118,31 +123,153 @@ def _proxy_url(raw: Any) -> str:
     return url
 
 
-def parse_price_overrides(raw: Any) -> dict[str, dict[str, float]]:
-    """`[prices."<model>"]` tables as {model: {rate key: USD per million tokens}}.
+def parse_price_overrides(raw: Any) -> dict[str, dict[str, Any]]:
+    """`[prices."<model>"]` tables as {model: price row} (see `parse_price_row`).
 
     Raises ValueError naming the bad key, e.g. `prices.claude-foo-5.output: expected a number`.
     Whether a model needs every rate depends on the packaged table: pricing checks that.
     """
     if not isinstance(raw, dict):
         raise ValueError("prices: expected a table of models")
-    out = {}
-    for name, row in raw.items():
-        where = f"prices.{name}"
-        if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected a table with {', '.join(PRICE_RATE_KEYS)}")
-        out[str(name)] = {key: _price_rate(f"{where}.{key}", key, value) for key, value in row.items()}
+    return {str(name): parse_price_row(f"prices.{name}", row) for name, row in raw.items()}
+
+
+def checked_price_overrides(raw: Any) -> dict[str, Any]:
+    """The `[prices]` table as written, once `parse_price_overrides` accepts it (config load time)."""
+    parse_price_overrides(raw)
+    return raw
+
+
+def parse_price_row(where: str, row: Any) -> dict[str, Any]:
+    """One model's price, as `prices.json` and `[prices."<model>"]` write it, checked and normalised.
+
+    The result holds only what the row says: `rates` ({rate key: USD per million tokens}, maybe
+    partial), `fast_multiplier` (a number, or None for "no fast mode"), `tiers` (a list of
+    {name, above_prompt_tokens, rates} with all five rates, lowest threshold first), `changes`
+    (dated rows, oldest first, each with `effective_from`, `at_ns` and any of the above) and
+    the documentation keys (`source`, `checked`, `secondary`, `note`, `unconfirmed`).
+    Raises ValueError naming the bad key (`where` is its dotted path).
+    """
+    out = _price_fields(where, row, PRICE_ROW_KEYS)
+    if "changes" in row:
+        changes = row["changes"]
+        if not isinstance(changes, list) or not changes:
+            raise ValueError(f"{where}.changes: expected a list of tables ([[{_toml_path(where)}.changes]])")
+        parsed = [_price_change(f"{where}.changes[{i}]", change) for i, change in enumerate(changes)]
+        out["changes"] = sorted(parsed, key=lambda change: change["at_ns"])
     return out
 
 
-def _price_rate(where: str, key: str, value: object) -> float:
-    if key not in PRICE_RATE_KEYS:
-        raise ValueError(f"{where}: unknown key; expected one of {', '.join(PRICE_RATE_KEYS)}")
+def _price_change(where: str, change: Any) -> dict[str, Any]:
+    if not isinstance(change, dict):
+        raise ValueError(f"{where}: expected a table with effective_from and the prices it changes")
+    if "effective_from" not in change:
+        raise ValueError(f"{where}: missing effective_from (a date such as 2026-10-07)")
+    out = _price_fields(where, change, PRICE_CHANGE_KEYS)
+    label, at_ns = _effective_from(f"{where}.effective_from", change["effective_from"])
+    if not out.get("rates") and "fast_multiplier" not in out and "tiers" not in out:
+        raise ValueError(f"{where}: changes nothing; give at least one rate, fast_multiplier or tiers")
+    return {**out, "effective_from": label, "at_ns": at_ns}
+
+
+def _price_fields(where: str, row: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a table with {', '.join(PRICE_RATE_KEYS)}")
+    out: dict[str, Any] = {}
+    rates = {}
+    for key, value in row.items():
+        here = f"{where}.{key}"
+        if key not in allowed:
+            raise ValueError(f"{here}: unknown key; expected one of {', '.join(allowed)}")
+        if key in PRICE_RATE_KEYS:
+            rates[key] = _price_rate(here, value)
+        elif key == "fast_multiplier":
+            out[key] = _fast_multiplier(here, value)
+        elif key == "tiers":
+            out[key] = _price_tiers(here, value)
+        elif key == "unconfirmed":
+            if not isinstance(value, bool):
+                raise ValueError(f"{here}: expected true or false, got {value!r}")
+            out[key] = value
+        elif key in PRICE_NOTE_KEYS:
+            if not isinstance(value, str):
+                raise ValueError(f"{here}: expected a string, got {value!r}")
+            out[key] = value
+    if rates:
+        out["rates"] = rates
+    return out
+
+
+def _price_rate(where: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{where}: expected a number, got {value!r}")
     if value < 0:
         raise ValueError(f"{where}: must not be negative, got {value!r}")
     return float(value)
+
+
+def _fast_multiplier(where: str, value: object) -> float | None:
+    """A fast-mode multiplier (>= 1); `false` (config.toml) or null (prices.json): no fast mode."""
+    if value is None or value is False:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
+        raise ValueError(f"{where}: expected a number of at least 1, or false for no fast mode, got {value!r}")
+    return float(value)
+
+
+def _price_tiers(where: str, tiers: object) -> list[dict[str, Any]]:
+    if not isinstance(tiers, list):
+        raise ValueError(f"{where}: expected a list of tables ([[{_toml_path(where)}]])")
+    out = []
+    for i, tier in enumerate(tiers):
+        here = f"{where}[{i}]"
+        if not isinstance(tier, dict):
+            raise ValueError(f"{here}: expected a table with above_prompt_tokens and {', '.join(PRICE_RATE_KEYS)}")
+        for key in tier:
+            if key not in ("name", "above_prompt_tokens", *PRICE_RATE_KEYS):
+                raise ValueError(f"{here}.{key}: unknown key; expected name, above_prompt_tokens or a rate")
+        threshold = tier.get("above_prompt_tokens")
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
+            raise ValueError(f"{here}.above_prompt_tokens: expected a whole number of tokens of at least 1, "
+                             f"got {threshold!r}")
+        missing = [key for key in PRICE_RATE_KEYS if key not in tier]
+        if missing:
+            raise ValueError(f"{here}: a tier needs every rate; missing {', '.join(missing)}")
+        name = tier.get("name", f"prompt_over_{threshold}")
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"{here}.name: expected a non-empty string, got {name!r}")
+        rates = {key: _price_rate(f"{here}.{key}", tier[key]) for key in PRICE_RATE_KEYS}
+        out.append({"name": name.strip(), "above_prompt_tokens": threshold, "rates": rates})
+    thresholds = [tier["above_prompt_tokens"] for tier in out]
+    if len(set(thresholds)) != len(thresholds):
+        raise ValueError(f"{where}: two tiers have the same above_prompt_tokens")
+    return sorted(out, key=lambda tier: tier["above_prompt_tokens"])
+
+
+def _effective_from(where: str, value: object) -> tuple[str, int]:
+    """(label, epoch ns) of a date (midnight UTC) or a date-time (UTC unless it says otherwise)."""
+    moment = None
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            moment = None
+    if moment is None:
+        raise ValueError(f"{where}: expected a date such as 2026-10-07, got {value!r}")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    label = moment.date().isoformat() if moment.time() == dt_time(0) and moment.utcoffset() == timedelta(0) \
+        else moment.isoformat()
+    return label, int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+
+
+def _toml_path(where: str) -> str:
+    model, _, rest = where.removeprefix("prices.").partition(".")
+    return f'prices."{model}"' + (f".{rest}" if rest else "")
 
 
 @dataclass(frozen=True)
@@ -179,8 +306,8 @@ OPTIONS: tuple[Option, ...] = (
            "seconds a stopping daemon lets in-flight calls finish"),
     Option("tee_queue_max", None, _number(int, 1), 128,
            "captures held in memory for the materializer; beyond it they are dropped, counted"),
-    Option("prices", None, parse_price_overrides, {},
-           "[prices.\"<model>\"] tables of USD/MTok rates that add models to or override prices.json"),
+    Option("prices", None, checked_price_overrides, {},
+           "[prices.\"<model>\"] tables that add models to or override prices.json (rates, tiers, fast mode, dated changes)"),
     Option("captures.enabled", "CIPX_CAPTURES", parse_bool, True,
            "keep raw captures on disk for replay and the viewer"),
     Option("captures.max_mb", None, _number(int, 1), 512,

@@ -210,6 +210,7 @@ class Daemon:
             "opik": self.shipper.section,
             "queue": self.shipper.queue_section,
             "wal": self.spool.section,
+            "unknown_models": self.materializer.unknown_models.section,
             "telemetry": _telemetry,
         }
         return build_stats(base, self.counters, providers)

@@ -9,6 +9,7 @@ from opik_cipx.ids import derived_uuid7
 from opik_cipx.wire.capture import Capture
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code"
+FIXTURES_5X = Path(__file__).parent / "fixtures" / "claude-code-5x"  # derived from FIXTURES: see its README
 SCENARIOS = (
     "simple",
     "tools",
@@ -22,15 +23,15 @@ SCENARIOS = (
 
 
 @cache
-def request(scenario: str, number: str) -> dict:
+def request(scenario: str, number: str, root: Path = FIXTURES) -> dict:
     """One recorded request: {method, path, headers (dict), body (str), ...}."""
-    return json.loads((FIXTURES / scenario / f"{number}.json").read_text())
+    return json.loads((root / scenario / f"{number}.json").read_text())
 
 
-def requests(scenario: str) -> list[tuple[str, dict]]:
+def requests(scenario: str, root: Path = FIXTURES) -> list[tuple[str, dict]]:
     """(number, request) for every request of a scenario, in recorded order."""
-    paths = sorted(path for path in (FIXTURES / scenario).glob("[0-9][0-9][0-9].json"))
-    return [(path.stem, request(scenario, path.stem)) for path in paths]
+    paths = sorted(path for path in (root / scenario).glob("[0-9][0-9][0-9].json"))
+    return [(path.stem, request(scenario, path.stem, root)) for path in paths]
 
 
 def messages_requests() -> list[tuple[str, str, dict]]:
@@ -60,14 +61,14 @@ def body_json(req: dict) -> dict | None:
 
 
 @cache
-def response(scenario: str, number: str) -> dict:
+def response(scenario: str, number: str, root: Path = FIXTURES) -> dict:
     """What the recording's fake upstream answered: {status, headers (dict), body (str)}."""
-    return json.loads((FIXTURES / scenario / f"{number}.response.json").read_text())
+    return json.loads((root / scenario / f"{number}.response.json").read_text())
 
 
-def exchange(scenario: str, number: str) -> Capture:
+def exchange(scenario: str, number: str, root: Path = FIXTURES) -> Capture:
     """One recorded exchange as the gateway would have captured it (times from the recording)."""
-    req, resp = request(scenario, number), response(scenario, number)
+    req, resp = request(scenario, number, root), response(scenario, number, root)
     started = int(req["received_at"] * 1e9)
     capture = Capture(
         id=derived_uuid7(started // 1_000_000, "fixture", scenario, number),
@@ -85,9 +86,9 @@ def exchange(scenario: str, number: str) -> Capture:
     return capture
 
 
-def exchanges(scenario: str) -> list[tuple[str, Capture]]:
+def exchanges(scenario: str, root: Path = FIXTURES) -> list[tuple[str, Capture]]:
     """(number, capture) for every recorded exchange of a scenario, in recorded order."""
-    return [(number, exchange(scenario, number)) for number, _ in requests(scenario)]
+    return [(number, exchange(scenario, number, root)) for number, _ in requests(scenario, root)]
 
 
 def runs(scenario: str) -> dict[str, int]:

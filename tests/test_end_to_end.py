@@ -4,7 +4,9 @@ materialized off the wire, spooled, shipped to a fake Opik (or kept and shown in
 import http.client
 import json
 
-from tests.claude_code_corpus import request, requests, response
+import pytest
+
+from tests.claude_code_corpus import FIXTURES_5X, request, requests, response
 from tests.conftest import DaemonProcess, run_cli, wait_for
 from tests.fake_anthropic import fixture_reply
 from tests.fake_opik import API_KEY, WORKSPACE, FakeOpik
@@ -90,3 +92,50 @@ def test_kill_9_after_calls_then_restart_ships_the_same_ids_replay_derives(home,
         finally:
             assert daemon.stop() == 0
     assert opik.violations == []
+
+
+def test_an_unknown_claude_model_is_priced_as_the_newest_of_its_family_and_status_lists_it(home, upstream):
+    """A model newer than the price table (the fake Anthropic answers as `claude-opus-6`)."""
+    req, resp = request("subagent", "001", FIXTURES_5X), response("subagent", "001", FIXTURES_5X)
+    answer = {**resp, "body": resp["body"].replace('"model": "claude-opus-5-5"', '"model": "claude-opus-6"')}
+    assert answer["body"] != resp["body"]
+    with FakeOpik() as opik:
+        daemon = DaemonProcess(home, upstream.url, OPIK_CIPX_BASE_URL=opik.url, OPIK_CIPX_API_KEY=API_KEY,
+                               OPIK_CIPX_WORKSPACE=WORKSPACE)
+        try:
+            upstream.script(fixture_reply(answer), fixture_reply(answer))
+            conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+            headers = {k: v for k, v in req["headers"].items() if k.lower() not in ("host", "content-length")}
+            for _ in range(2):
+                conn.request("POST", req["path"], body=req["body"].encode(), headers=headers)
+                assert conn.getresponse().read() == answer["body"].encode()
+            stats = wait_for(lambda: (s := daemon.stats())["counters"]["events_materialized"] == 2 and s,
+                             what="both calls materialized")
+            assert stats["unknown_models"]["calls"] == 2
+            (entry,) = stats["unknown_models"]["ids"]
+            assert (entry["id"], entry["calls"], entry["priced_as"]) == ("claude-opus-6", 2, "claude-opus-5-5")
+
+            def llm_spans():
+                with opik.lock:
+                    return [v[-1] for v in opik.received.values() if v[-1].get("type") == "llm"]
+
+            spans = wait_for(lambda: len(llm_spans()) == 2 and llm_spans(), timeout_s=20, what="2 llm spans in Opik")
+            assert opik.violations == []
+            # Opus 5.5's published rates: $4 input, $5 5-minute cache write, $20 output per MTok
+            expected = (5 * 4 + 20779 * 5 + 88 * 20) / 1e6
+            for span in spans:
+                pricing = span["metadata"]["cc"]["pricing"]
+                assert span["model"] == "claude-opus-6" and span["total_estimated_cost"] == pytest.approx(expected)
+                assert pricing["estimated_from"] == "claude-opus-5-5" and pricing["unknown_model"] is True
+
+            status = run_cli(home, "status")
+            assert status.returncode == 0, status.stderr
+            assert ('  ! claude-opus-6: 2 call(s) priced as claude-opus-5-5 (estimated); '
+                    'add [prices."claude-opus-6"] to config.toml for its exact price') in status.stdout.splitlines()
+            prices = run_cli(home, "prices", "--json")
+            assert json.loads(prices.stdout)["daemon"]["unknown_models"]["ids"][0]["id"] == "claude-opus-6"
+            log = (home / "logs" / "cipx.log").read_text()
+            assert log.count("pricing: model 'claude-opus-6' is not in the price table") == 1  # once per new id
+            assert '[prices."claude-opus-6"]' in log
+        finally:
+            assert daemon.stop() == 0

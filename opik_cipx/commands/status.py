@@ -111,6 +111,22 @@ def age(iso: Any, now: float) -> str:
     return f"{duration(now - then)} ago"
 
 
+def unknown_model_lines(section: dict[str, Any]) -> list[str]:
+    """The model ids the price table does not know (the `unknown_models` stats section), or nothing."""
+    ids = [entry for entry in section.get("ids") or [] if isinstance(entry, dict) and entry.get("id")]
+    if not ids:
+        return []
+    out = [f"unknown models ({section.get('calls', 0)} call(s) not in the price table; `opik-cipx prices` shows it)"]
+    for entry in ids:
+        model, calls = entry["id"], entry.get("calls", 0)
+        if entry.get("priced_as"):
+            out.append(f"  ! {model}: {calls} call(s) priced as {entry['priced_as']} (estimated); "
+                       f"add [prices.\"{model}\"] to config.toml for its exact price")
+        else:
+            out.append(f"  ! {model}: {calls} call(s) with no cost: {entry.get('reason') or 'no price'}")
+    return out
+
+
 def render(stats: dict[str, Any], claude_code: str | None = None, log_path: str = "", now: float | None = None) -> str:
     """The admin stats as the human-readable report."""
     now = time.time() if now is None else now
@@ -151,6 +167,7 @@ def render(stats: dict[str, Any], claude_code: str | None = None, log_path: str 
     out.append("materializer")
     for name in ("lag_events", "inflight_raw", "ready_raw"):
         out.append(f"  {name:<12} {materializer.get(name, 0)}")
+    out.extend(unknown_model_lines(section("unknown_models")))
     out.append("opik")
     if opik.get("configured"):
         out.append(f"  {'base url':<12} {opik.get('base_url') or '?'}")

@@ -29,6 +29,7 @@ from opik_cipx.materialize.response import ResponseSummary, summarize_response
 from opik_cipx.materialize.sessions import valid_session_id
 from opik_cipx.materialize.spans import bounded, error_info, opik_usage, prompt_tokens, span_record, trace_record
 from opik_cipx.materialize.turns import FinishedTool, finished_tools, first_user_text, result_text, turn_anchor
+from opik_cipx.materialize.unknown_models import UnknownModels
 from opik_cipx.wire.capture import Capture, header_value
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class Materializer:
         that waits while an exchange is in flight, so the work runs in slices between calls."""
         self.config = config
         self.prices = prices
+        self.unknown_models = UnknownModels()  # model ids the price table does not know
         self._pause = pause or (lambda: None)
         self._sessions: OrderedDict[str, SessionState] = OrderedDict()
         self._account: dict[str, str | None] = {}
@@ -128,7 +130,8 @@ class Materializer:
         self._pause()
         summary = summarize_response(capture)
         model = summary.model or (body or {}).get("model")
-        cost = price_call(model, summary.usage, self.prices)
+        cost = price_call(model, summary.usage, self.prices, at_ns=capture.started_at_ns)  # rates in force then
+        self.unknown_models.note(cost)
         self._pause()
         attribution = categorize(capture.request_body)
         self._pause()

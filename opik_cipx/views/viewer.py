@@ -82,6 +82,7 @@ def call_row(capture: Capture, records: list[dict], segment: Path | None) -> dic
             completion_tokens=usage.get("completion_tokens"),
             cost_usd=span.get("total_estimated_cost"),
             unknown_model=cc["pricing"].get("unknown_model"),
+            estimated_from=cc["pricing"].get("estimated_from"),
             buckets={name: entry["chars"] for name, entry in cc["categories"].items()},
             trace_id=span["trace_id"],
             span_id=span["id"],
@@ -96,10 +97,15 @@ def _page(title: str, body: str) -> bytes:
     ).encode()
 
 
-def _fmt_cost(value: float | None, unknown: bool = False) -> str:
-    if unknown:
-        return '<span class=bad title="model not in the price table">unknown model</span>'
-    return "" if value is None else f"${value:.4f}"
+def _fmt_cost(row: dict[str, Any]) -> str:
+    value, estimated_from = row.get("cost_usd"), row.get("estimated_from")
+    if value is None:
+        return '<span class=bad title="model not in the price table">unknown model</span>' \
+            if row.get("unknown_model") else ""
+    if estimated_from:
+        title = html.escape(f"model not in the price table: priced as {estimated_from}", quote=True)
+        return f'<span title="{title}">&asymp;${value:.4f}</span>'
+    return f"${value:.4f}"
 
 
 def render_index(rows: list[dict[str, Any]]) -> bytes:
@@ -123,7 +129,7 @@ def render_index(rows: list[dict[str, Any]]) -> bytes:
             f"<tr><td>{when}</td><td>{link}</td><td>{html.escape(str(row.get('model') or ''))}</td>"
             f"<td>{status}</td><td class=num>{row['request_bytes']:,}</td>"
             f"<td class=num>{_int(row.get('prompt_tokens'))}</td><td class=num>{_int(row.get('completion_tokens'))}</td>"
-            f"<td class=num>{_fmt_cost(row.get('cost_usd'), bool(row.get('unknown_model')))}</td><td>{top}</td></tr>"
+            f"<td class=num>{_fmt_cost(row)}</td><td>{top}</td></tr>"
         )
     lines.append("</table>")
     return _page("opik-cipx viewer", "\n".join(lines))
@@ -143,7 +149,7 @@ def render_capture(capture: Capture, row: dict[str, Any] | None) -> bytes:
         parts.append(
             f"<p>model {html.escape(str(row.get('model')))} &middot; prompt tokens {_int(row.get('prompt_tokens'))}"
             f" &middot; output tokens {_int(row.get('completion_tokens'))} &middot; cost "
-            f"{_fmt_cost(row.get('cost_usd'), bool(row.get('unknown_model')))} &middot; trace {html.escape(row['trace_id'])}</p>"
+            f"{_fmt_cost(row)} &middot; trace {html.escape(row['trace_id'])}</p>"
         )
     parts.append("<table><tr><th>bucket</th><th class=num>chars</th><th class=num>share</th><th>largest parts</th></tr>")
     for bucket in BUCKETS:

@@ -141,3 +141,18 @@ def test_status_reports_claude_code_bypassing_the_proxy(machine):
     machine.settings_path.write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": "https://elsewhere.example"}}))
     result = machine.cli("status")
     assert "bypasses opik-cipx" in result.stdout and "elsewhere.example" in result.stdout
+
+
+def test_unknown_models_are_listed_with_how_they_were_priced_and_the_fix():
+    section = {"calls": 4, "ids": [
+        {"id": "claude-opus-6", "calls": 3, "priced_as": "claude-opus-5-5", "reason": None, "first_seen_at": "x"},
+        {"id": "gpt-4o", "calls": 1, "priced_as": None, "first_seen_at": "x",
+         "reason": 'not a Claude model id: add [prices."gpt-4o"] with all five rates to config.toml'}]}
+    lines = render(stats_doc(unknown_models=section), now=NOW).splitlines()
+    start = lines.index("unknown models (4 call(s) not in the price table; `opik-cipx prices` shows it)")
+    assert lines[start + 1] == ('  ! claude-opus-6: 3 call(s) priced as claude-opus-5-5 (estimated); '
+                                'add [prices."claude-opus-6"] to config.toml for its exact price')
+    assert lines[start + 2] == ('  ! gpt-4o: 1 call(s) with no cost: not a Claude model id: '
+                                'add [prices."gpt-4o"] with all five rates to config.toml')
+    assert lines[start + 3] == "opik"
+    assert not any(line.startswith("unknown models") for line in render(stats_doc(), now=NOW).splitlines())

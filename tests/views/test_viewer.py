@@ -66,3 +66,16 @@ def test_unknown_capture_and_host_guard(viewer):
     assert get(port, "/capture/01960000-0000-7000-8000-000000000000")[0] == 404
     assert get(port, "/", host="attacker.example")[0] == 403
     assert get(port, "/", host="localhost:1234")[0] == 200
+
+
+def test_estimated_and_unpriced_costs_say_so(viewer):
+    from opik_cipx.views.viewer import render_index
+
+    _, calls = viewer
+    row = next(r for r in calls.rows() if r.get("kind") == "main")
+    estimated = {**row, "model": "claude-opus-6", "unknown_model": True, "estimated_from": "claude-opus-5-5"}
+    unpriced = {**row, "model": "gpt-4o", "unknown_model": True, "estimated_from": None, "cost_usd": None}
+    page = render_index([estimated, unpriced]).decode()
+    assert (f'<span title="model not in the price table: priced as claude-opus-5-5">&asymp;${row["cost_usd"]:.4f}'
+            '</span>') in page
+    assert '<span class=bad title="model not in the price table">unknown model</span>' in page
