@@ -141,12 +141,7 @@ class Follower:
     # ---- the follower thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        backlog = count_log(self.store.directory, self._position, self.store.start_end)
-        with self._lock:
-            self._logged += backlog
-        if backlog:
-            log.info("capture log: materializing %d capture(s) stored before this start", backlog)
-        self._catch_up(self.store.start_end)
+        self._guarded(self._start_up)
         while True:
             try:
                 item = self._queue.get(timeout=IDLE_POLL_S)
@@ -154,18 +149,32 @@ class Follower:
                 item = None
             if item is _STOP:
                 break
-            try:
-                if item is None:
-                    if self._queue.empty():
-                        self._catch_up(self.store.end)  # handoffs dropped at the tail
-                else:
-                    self._take(*item)
-                self._checkpoint()
-            except Exception:  # a bug here must not stop materialization for good
-                self.counters.incr("panics_recovered")
-                log.exception("materializer: unexpected error; going on")
-        self._catch_up(self._stop_at)
-        self._final_checkpoint()
+            self._guarded(self._step, item)
+        self._guarded(self._catch_up, self._stop_at)
+        self._guarded(self._final_checkpoint)
+
+    def _guarded(self, step: Callable[..., None], *args: Any) -> None:
+        try:
+            step(*args)
+        except Exception:  # a bug here must not stop materialization for good
+            self.counters.incr("panics_recovered")
+            log.exception("materializer: unexpected error; going on")
+
+    def _start_up(self) -> None:
+        backlog = count_log(self.store.directory, self._position, self.store.start_end)
+        with self._lock:
+            self._logged += backlog
+        if backlog:
+            log.info("capture log: materializing %d capture(s) stored before this start", backlog)
+        self._catch_up(self.store.start_end)
+
+    def _step(self, item: tuple | None) -> None:
+        if item is None:
+            if self._queue.empty():
+                self._catch_up(self.store.end)  # handoffs dropped at the tail
+        else:
+            self._take(*item)
+        self._checkpoint()
 
     def _take(self, capture: Capture, appended: Appended | None, size: int) -> None:
         with self._lock:
@@ -189,6 +198,7 @@ class Follower:
                 if time.monotonic() > self._deadline or not self._materialize(entry.capture, entry.path):
                     return
                 self._advance(entry.end)
+                self._checkpoint()  # a long catch-up is checkpointed as it goes
         except OSError as exc:
             log.warning("capture log: cannot read it: %s; trying again later", exc.strerror or exc)
             return

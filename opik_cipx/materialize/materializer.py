@@ -62,7 +62,8 @@ AGENT_TOOLS = frozenset({"Agent", "Task"})
 MAX_SESSIONS = 256
 MAX_PENDING_TOOLS = 512
 MAX_AGENTS = 64
-MAX_TURNS = 16  # per session, by key: a prompt answered again later finds its turn
+MAX_TURNS = 8  # per session, by key: a prompt answered again later finds its turn
+SESSION_IDLE_S = 86400.0  # a session with no call for this long (capture time) is forgotten
 JOIN_WINDOW_S = 600.0  # a side or count_tokens call joins the current turn only this soon after it
 TOOL_SPAN_KINDS = frozenset({"main", "subagent", "compaction"})
 SESSION_FILE_RETRY_S = 5.0  # a session file not written yet is looked for again after this
@@ -136,6 +137,7 @@ class SessionState:
     emitted: "OrderedDict[str, None]" = field(default_factory=OrderedDict)  # tool_use ids with a final tool span
     last_main: dict[str, int] | None = None  # size of the previous main-loop call
     before_compaction: dict[str, int] | None = None
+    last_ns: int = 0  # start of the session's latest call
     info: dict = field(default_factory=dict)  # sessions/<id>.json, once the hook has written it
     info_checked: float = float("-inf")
 
@@ -168,7 +170,7 @@ class Materializer:
         attribution = categorize(capture.request_body)
         self._pause()
         session_id = kind.session_id or "unknown-session"
-        state = self._session(session_id)
+        state = self._session(session_id, capture.started_at_ns)
         info = self._session_info(state, session_id)
         identity = info.get("identity") if isinstance(info.get("identity"), dict) else self._account_identity()
         project = render_template(self.config.project_template, template_values(identity))
@@ -180,11 +182,18 @@ class Materializer:
 
     # -- structure ---------------------------------------------------------------------
 
-    def _session(self, session_id: str) -> SessionState:
+    def _session(self, session_id: str, now_ns: int) -> SessionState:
+        """The session's state, most recently used last; the least recently used beyond
+        `MAX_SESSIONS`, or idle for `SESSION_IDLE_S` by the captures' clock, are forgotten (so the
+        state, and the checkpoint holding it, stay small, and replay forgets them just the same)."""
         state = self._sessions.pop(session_id, None) or SessionState()
-        self._sessions[session_id] = state
-        while len(self._sessions) > MAX_SESSIONS:
+        state.last_ns = max(state.last_ns, now_ns)
+        while self._sessions and (
+            len(self._sessions) >= MAX_SESSIONS
+            or next(iter(self._sessions.values())).last_ns < now_ns - SESSION_IDLE_S * 1e9
+        ):
             self._sessions.popitem(last=False)
+        self._sessions[session_id] = state
         return state
 
     def _session_info(self, state: SessionState, session_id: str) -> dict:
@@ -596,6 +605,7 @@ class Materializer:
                 "emitted": list(state.emitted),
                 "last_main": state.last_main,
                 "before_compaction": state.before_compaction,
+                "last_ns": state.last_ns,
             })
         return {"turns": turns, "sessions": sessions}
 
@@ -605,7 +615,8 @@ class Materializer:
             turns = [Turn(**t) for t in doc["turns"]]
             sessions: OrderedDict[str, SessionState] = OrderedDict()
             for s in doc["sessions"]:
-                state = SessionState(last_main=s["last_main"], before_compaction=s["before_compaction"])
+                state = SessionState(last_main=s["last_main"], before_compaction=s["before_compaction"],
+                                     last_ns=int(s["last_ns"]))
                 for i in s["turns"]:
                     state.turns[turns[i].key] = turns[i]
                 state.current = turns[s["current"]] if s["current"] is not None else None

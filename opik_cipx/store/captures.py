@@ -36,6 +36,7 @@ NUMBERED = re.compile(r"^(\d{12})\.jsonl\.gz$")
 SEGMENT_MAX_AGE_S = 3600.0  # a quiet daemon still rotates, so age-based retention can act
 COMPRESS_LEVEL = 1  # the capture thread's job is to make a capture durable fast; zlib releases the GIL
 READ_CHUNK = 1 << 20
+RUN_BYTES = 256 * 1024
 
 
 class LogPosition(NamedTuple):
@@ -108,7 +109,13 @@ class CaptureStore:
             if written != len(member):
                 raise OSError(f"short write ({written} of {len(member)} bytes)")
         except OSError:
+            path, empty = self._path, self._size == 0
             self.close()
+            if empty:  # a full disk must not leave an empty segment per failed capture
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
             raise
         self._size += len(member)
         end = LogPosition(self._number, self._size)
@@ -197,7 +204,9 @@ HEADER_FIELDS = (
 def encode_member(capture: Capture) -> bytes:
     """One gzip member: header line + raw request body + raw response body.
 
-    The response pieces are compressed as they are, never joined first (no copy under the GIL).
+    The response is never joined whole: its pieces (a stream has thousands of small ones) are
+    compressed in runs of about `RUN_BYTES`, so no single copy holds the GIL for long and zlib,
+    which releases it, is not entered once per tiny piece.
     """
     header = {name: getattr(capture, name) for name in HEADER_FIELDS}
     parts = capture.response_parts
@@ -205,7 +214,15 @@ def encode_member(capture: Capture) -> bytes:
     header["response_body_len"] = sum(map(len, parts))
     packer = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, 31)
     out = [packer.compress(json.dumps(header).encode() + b"\n"), packer.compress(capture.request_body)]
-    out += [packer.compress(part) for part in parts]
+    run: list[bytes] = []
+    size = 0
+    for part in parts:
+        run.append(part)
+        size += len(part)
+        if size >= RUN_BYTES:
+            out.append(packer.compress(b"".join(run)))
+            run, size = [], 0
+    out.append(packer.compress(b"".join(run)))
     out.append(packer.flush())
     return b"".join(out)
 

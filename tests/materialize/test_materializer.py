@@ -419,3 +419,14 @@ def test_the_redacted_state_kept_across_restarts_holds_no_text(tmp_path):
     blob = json.dumps(materializer.snapshot())
     for text in ("say hello", "Hello! How", "Survey the project", "What have we done so far?", "echo hi"):
         assert text not in blob
+
+
+def test_a_session_idle_for_a_day_is_forgotten_by_the_captures_clock(tmp_path):
+    materializer = Materializer(config(tmp_path), load_price_table())
+    materializer.materialize(exchanges("tools")[1][1])
+    materializer.materialize(later(exchanges("simple")[1][1], 23))
+    assert len(materializer.snapshot()["sessions"]) == 2
+    materializer.materialize(later(exchanges("simple")[1][1], 25))
+    (session,) = materializer.snapshot()["sessions"]
+    assert session["id"] == json.loads(json.loads(exchanges("simple")[1][1].request_body)["metadata"]["user_id"])[
+        "session_id"]

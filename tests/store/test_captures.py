@@ -178,3 +178,34 @@ def test_a_failed_write_starts_a_new_segment_so_later_captures_stay_readable(tmp
     store.close()
     assert later.path != first.path
     assert [c.id for c in read_captures(tmp_path)] == ["0190-1", "0190-3"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(parts=st.lists(st.binary(max_size=600), max_size=2000))
+def test_a_response_of_any_pieces_reads_back_whole(tmp_path_factory, parts):
+    directory = tmp_path_factory.mktemp("log")
+    capture = make(1)
+    capture.response_parts = list(parts)
+    store = CaptureStore(directory, max_bytes=BIG, max_age_s=BIG, segment_bytes=BIG)
+    store.append(capture)
+    store.close()
+    (got,) = read_captures(directory)
+    assert got.response_body == b"".join(parts) and got.request_body == capture.request_body
+
+
+def test_a_full_disk_leaves_no_empty_segment_behind(tmp_path):
+    store = CaptureStore(tmp_path, max_bytes=BIG, max_age_s=BIG, segment_bytes=10**6)
+    store.append(make(1))
+    store.close()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    for n in range(3):
+        store._rotate()
+        store._fh.write = full
+        try:
+            store.append(make(n))
+        except OSError:
+            pass
+    assert len(list_segments(tmp_path)) == 1
