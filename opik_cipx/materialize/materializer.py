@@ -263,7 +263,9 @@ class Materializer:
             trace_id = self.config.parent_trace_id or derived_uuid7(
                 c.started_at_ns // 1_000_000, "trace", call.session_id, key
             )
-            prompt = _prompt(call.attribution.facts) if kind in ("main", "compaction") else ""
+            # Only a main call carries the turn's prompt (a compaction request's last slash
+            # command or prompt belongs to the turn before it).
+            prompt = _prompt(call.attribution.facts) if kind == "main" else ""
             turn = Turn(key=key, trace_id=trace_id, label=_span_name(call.kind), start_ns=c.started_at_ns,
                         end_ns=c.started_at_ns, prompt=prompt if self.config.capture_content else "")
         state.turns[key] = turn

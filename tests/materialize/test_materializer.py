@@ -159,6 +159,9 @@ def test_compaction_is_flagged_with_before_and_after_sizes(tmp_path):
     assert continued["delta_prompt_tokens"] == after["prompt_tokens"] - before["prompt_tokens"]
     assert (before["messages"], after["messages"]) == (12, 7)  # history replaced by the summary
     assert llm(records["010"])["trace_id"] != llm(records["012"])["trace_id"]
+    (trace,) = [r["body"] for r in records["010"] if r["kind"] == "trace"]
+    assert trace["name"] == "claude-code compaction" and "input" not in trace  # not the turn before's prompt
+    assert trace["output"]["response"]  # the summary
 
 
 def test_side_calls_and_count_tokens_are_flagged(tmp_path):
