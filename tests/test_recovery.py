@@ -188,7 +188,7 @@ def test_a_call_that_arrives_during_shutdown_is_materialized_at_the_next_start(h
     _, answer = load_fixture("simple", "001")
     body = request("simple", "001")["body"].encode()
     with FakeOpik() as opik:
-        opik.delay_s = 3.0  # a slow Opik keeps the shutdown busy after the materializer stopped
+        opik.delay_s = 10.0  # a slow Opik keeps the shutdown busy (5 s) after the materializer stopped
         daemon = DaemonProcess(home, upstream.url, **opik_env(opik))
         upstream.script(fixture_reply(answer), fixture_reply(answer))
         conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=15)
