@@ -305,15 +305,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("drain_timeout_s", None, _number(float, 0), 30.0,
            "seconds a stopping daemon lets in-flight calls finish"),
     Option("tee_queue_max", None, _number(int, 1), 128,
-           "captures held in memory for the materializer; beyond it they are dropped, counted"),
+           "finished exchanges held in memory until written to the capture log; beyond, dropped, counted"),
+    Option("tee_queue_max_mb", None, _number(float, 0.01), 256.0,
+           "body bytes held in memory until written to the capture log; beyond, dropped, counted"),
     Option("prices", None, checked_price_overrides, {},
            "[prices.\"<model>\"] tables that add models to or override prices.json (rates, tiers, fast mode, dated changes)"),
     Option("captures.enabled", "CIPX_CAPTURES", parse_bool, True,
-           "keep raw captures on disk for replay and the viewer"),
+           "keep raw captures on disk for replay and the viewer (off: only until materialized)"),
     Option("captures.max_mb", None, _number(int, 1), 512,
-           "disk budget for raw captures; oldest segments are deleted beyond it"),
+           "disk budget for raw captures; oldest segments are deleted beyond it (unmaterialized ones counted)"),
     Option("captures.max_age_days", None, _number(float, 0), 7.0,
-           "raw capture segments older than this are deleted"),
+           "materialized raw capture segments older than this are deleted"),
     Option("captures.segment_mb", None, _number(int, 1), 16,
            "raw capture segment size before rotation"),
     Option("logs.max_mb", None, _number(int, 1), 10, "gateway log size before rotation"),
@@ -378,6 +380,10 @@ class Settings:
     @property
     def sessions_dir(self) -> Path:
         return self.home / "sessions"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.home / "materializer" / "checkpoint.json"
 
     @property
     def state_path(self) -> Path:

@@ -1,11 +1,14 @@
 """The long-lived daemon behind `opik-cipx proxy`: listeners, workers, `state.json`, shutdown.
 
 Start order: gateway port first (a taken 9909 fails before anything is written), then the
-admin port, the worker, and finally `state.json`, the handshake `sync` and `status` wait for.
-Stop order on SIGTERM/SIGINT: stop accepting, let in-flight exchanges finish (bounded), drain
-the tee queue (bounded), commit the spool's queued records (bounded; what cannot be written is
-counted in `spans_dropped_term`), stop the shipper (unshipped records stay in the spool for
-the next start), close files, remove `state.json`.
+admin port, the workers (the follower restores its checkpoint first), and finally `state.json`,
+the handshake `sync` and `status` wait for.
+Stop order on SIGTERM/SIGINT: stop accepting, let in-flight exchanges finish (bounded), write
+the tee queue to the capture log, materialize the log and checkpoint (bounded: what is left is
+materialized at the next start), commit the spool's queued records (bounded; what cannot be
+written is counted in `spans_dropped_term`), stop the shipper (unshipped records stay in the
+spool for the next start), let a call on an open keep-alive connection finish (it goes to the
+capture log), close files, remove `state.json`.
 """
 
 import logging
@@ -24,12 +27,13 @@ from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import assign_picked_ports, claude_code_port
 from opik_cipx.home import private_dir, write_json
 from opik_cipx.logs import configure_daemon_logging
+from opik_cipx.materialize.follower import Follower
 from opik_cipx.materialize.materializer import Materializer, materializer_config
 from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.ship.destination import opik_config_path, resolve_destination
 from opik_cipx.ship.shipper import Shipper
 from opik_cipx.stats import Counters, build_stats, utc_iso
-from opik_cipx.store.captures import CaptureStore
+from opik_cipx.store.captures import Appended, CaptureStore
 from opik_cipx.store.spool import Spool
 from opik_cipx.views.admin import AdminHandler
 from opik_cipx.views.viewer import RecentCalls, ViewerHandler, call_row
@@ -85,19 +89,21 @@ class Daemon:
             )
         except (OSError, ssl.SSLError) as exc:
             raise StartupError(f"cannot load the CA bundle {settings.ca_bundle!r}: {exc}") from None
-        store = CaptureStore(
+        mib = 1024 * 1024
+        # The capture log exists whatever captures.enabled says; off, it keeps a capture only
+        # until it is materialized.
+        self.store = CaptureStore(
             settings.captures_dir,
-            max_bytes=settings.captures_max_mb * 1024 * 1024,
+            max_bytes=settings.captures_max_mb * mib,
             max_age_s=settings.captures_max_age_days * 86400,
-            segment_bytes=settings.captures_segment_mb * 1024 * 1024,
+            segment_bytes=settings.captures_segment_mb * mib,
+            keep=settings.captures_enabled,
         )
-        store.enforce_retention()  # also when captures are off: old ones still age out
-        self.store = store if settings.captures_enabled else None
         env = dict(os.environ)
         self.materializer = build_materializer(settings, env, pause=self._yield_to_wire)
         self.calls = RecentCalls()
-        self.pipeline = Pipeline([("materialize", self._materialize)], self.counters, settings.tee_queue_max,
-                                 wire_idle=lambda timeout_s: self.gateway.wait_idle(timeout_s))
+        self.pipeline = Pipeline([("capture", self._persist)], self.counters, settings.tee_queue_max,
+                                 max_bytes=int(settings.tee_queue_max_mb * mib))
         self.gateway = Gateway(self.pool, self.pipeline.offer, self.counters)
         host = settings.listen_host
         try:
@@ -119,7 +125,6 @@ class Daemon:
             raise StartupError(str(exc)) from None
         self._threads: list[threading.Thread] = []
         self.destination = resolve_destination(settings, opik_config_path(env))
-        mib = 1024 * 1024
         self.spool = Spool(
             settings.spool_dir,
             max_bytes=int(settings.spool_max_mb * mib),
@@ -136,35 +141,32 @@ class Daemon:
             retry_max_s=settings.opik_retry_max_s,
             auth_probe_s=settings.opik_auth_probe_s,
         )
+        self.follower = Follower(self.materializer, self.store, self.spool, self.counters,
+                                 settings.checkpoint_path, self._materialized, wire_idle=self.gateway.wait_idle)
 
     def _yield_to_wire(self) -> None:
         """Between slices of off-wire work: let an exchange in flight finish first (bounded)."""
-        if not self.pipeline.backlogged:
+        if not self.follower.backlogged:
             self.gateway.wait_idle(YIELD_MAX_S)
 
-    def _materialize(self, capture: Capture) -> None:
-        """The off-wire stage: keep the raw capture, derive its records, spool them, list the call."""
-        segment = self._persist_capture(capture)
-        self._yield_to_wire()
-        records = self.materializer.materialize(capture)
-        if records:
-            self.spool.append(records)
-        self.counters.incr("events_materialized")
-        self.calls.add(call_row(capture, records, segment))
-
-    def _persist_capture(self, capture: Capture) -> Path | None:
-        if self.store is None:
-            return None
+    def _persist(self, capture: Capture) -> None:
+        """The capture thread's stage: append to the capture log, hand over to the follower."""
+        appended: Appended | None = None
         try:
-            return self.store.append(capture)
+            appended = self.store.append(capture)
         except OSError as exc:
             self.counters.incr("raw_captures_dropped")
-            log.warning("capture store: cannot write capture %s: %s", capture.id, exc.strerror or exc)
-            return None
+            log.warning("capture log: cannot write capture %s: %s", capture.id, exc.strerror or exc)
+        self.follower.handoff(capture, appended)
+
+    def _materialized(self, capture: Capture, records: list[dict], segment: Path | None) -> None:
+        """After each capture is materialized (on the follower's thread): list the call."""
+        self.calls.add(call_row(capture, records, segment if self.settings.captures_enabled else None))
 
     def start(self) -> None:
         self.spool.start()
         self.shipper.start()
+        self.follower.start()
         self.pipeline.start()
         for server in (self.gateway_server, self.admin_server, self.viewer_server):
             thread = threading.Thread(
@@ -206,7 +208,7 @@ class Daemon:
             "project": self.destination.project,
         }
         providers = {
-            "materializer": self.pipeline.section,
+            "materializer": lambda: {**self.pipeline.section(), **self.follower.section()},
             "opik": self.shipper.section,
             "queue": self.shipper.queue_section,
             "wal": self.spool.section,
@@ -225,8 +227,10 @@ class Daemon:
         if not self.gateway.wait_idle(drain):
             log.warning("shutdown: %d exchange(s) still in flight after %.0fs; stopping anyway",
                         self.gateway.inflight, drain)
-        if not self.pipeline.stop(timeout_s=max(drain, 5.0)):
-            log.warning("shutdown: materializer did not drain its queue in time")
+        if not self.pipeline.drain(timeout_s=max(drain, 5.0)):
+            log.warning("shutdown: captures still waiting for the capture log")
+        if not self.follower.stop(timeout_s=max(drain, 5.0)):
+            log.warning("shutdown: the materializer did not catch up in time; the rest follows at the next start")
         unwritten = self.spool.close(timeout_s=5.0)
         if unwritten:
             self.counters.incr("spans_dropped_term", unwritten)
@@ -234,15 +238,16 @@ class Daemon:
         if not self.shipper.stop(timeout_s=5.0):
             log.warning("shutdown: a request to Opik is still in flight; its records stay in the spool")
         # An open keep-alive connection can still bring one last call in while the rest shuts
-        # down; let it finish too (it is no longer materialized: the pipeline has stopped).
+        # down; let it finish too (it goes to the capture log, materialized at the next start).
         if not self.gateway.wait_idle(max(1.0, drain_deadline - time.monotonic())):
             log.warning("shutdown: a call that arrived during shutdown is cut off")
+        if not self.pipeline.stop(timeout_s=5.0):
+            log.warning("shutdown: captures still waiting for the capture log are lost")
         for server in (self.admin_server, self.viewer_server):
             server.shutdown()
             server.server_close()
         self.pool.close()
-        if self.store:
-            self.store.close()
+        self.store.close()
         try:
             self.settings.state_path.unlink()
         except FileNotFoundError:

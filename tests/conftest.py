@@ -77,7 +77,10 @@ class DaemonProcess:
         def ready():
             if self.proc.poll() is not None:
                 pytest.fail(f"daemon exited {self.proc.returncode}: {self.stderr()}")
-            return state_path.exists() and json.loads(state_path.read_text())
+            if not state_path.exists():
+                return None
+            state = json.loads(state_path.read_text())
+            return state if state["pid"] == self.proc.pid else None  # not a killed predecessor's
 
         self.state = wait_for(ready, what="daemon state.json")
         self.port = self.state["ports"]["claude_code"]

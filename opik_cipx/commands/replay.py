@@ -1,10 +1,12 @@
 """`opik-cipx replay`: re-derive Opik records from the stored raw captures, offline.
 
-Read-only: it reads `captures/` and writes JSON lines (one spool record each) to stdout or
-`--out`; it never touches the daemon, the spool or Opik. Captures are replayed oldest first
-through a fresh materializer, so a session replayed from its first call gets the same ids
-the daemon derived. Starting mid-turn (`--since`, or after a daemon restart mid-turn) puts
-the rest of that turn in a trace of its own, as the restarted daemon did.
+Read-only: it reads the capture log (`captures/`) and writes JSON lines (one spool record
+each) to stdout or `--out`; it never touches the daemon, the spool or Opik. It reads the log
+the way the daemon's follower does (`store.captures.read_log`, in log order) through a fresh
+materializer built as the daemon builds it, so it derives the ids the daemon derived — across
+daemon restarts too, since the daemon carries its per-session state over in its checkpoint.
+Only where the log no longer starts where the daemon started (retention deleted older
+segments, or `--since`) can a turn that began before that point get another trace id.
 """
 
 import argparse
@@ -49,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from opik_cipx.daemon import StartupError, build_materializer
-    from opik_cipx.store.captures import list_segments, read_segment
+    from opik_cipx.store.captures import list_segments, read_log
 
     segments = list_segments(settings.captures_dir)
     if not segments:
@@ -68,27 +70,30 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         print(f"opik-cipx: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
         return 1
-    progress = Progress(sys.stderr, total_bytes=sum(size for _, size, _ in segments))
+    sizes = {path: size for path, size, _ in segments}
+    progress = Progress(sys.stderr, total_bytes=sum(sizes.values()))
     captures = records = failed = 0
+    current = None
     try:
-        for path, size, _ in segments:
+        for entry in read_log(settings.captures_dir):
+            if entry.path != current:
+                if current is not None:
+                    progress.advance(sizes.get(current, 0), captures)
+                current = entry.path
+            capture = entry.capture
+            if args.since and capture.started_at_ns < args.since:
+                continue
             try:
-                stored = list(read_segment(path))
-            except FileNotFoundError:
-                stored = []  # deleted by retention meanwhile
-            for capture in stored:
-                if args.since and capture.started_at_ns < args.since:
-                    continue
-                try:
-                    derived = materializer.materialize(capture)
-                except Exception:  # one bad capture must not end the replay
-                    failed += 1
-                    continue
-                for record in derived:
-                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    records += 1
-                captures += 1
-            progress.advance(size, captures)
+                derived = materializer.materialize(capture)
+            except Exception:  # one bad capture must not end the replay
+                failed += 1
+                continue
+            for record in derived:
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                records += 1
+            captures += 1
+        if current is not None:
+            progress.advance(sizes.get(current, 0), captures)
     except BrokenPipeError:
         return 0  # e.g. piped into `head`
     except OSError as exc:

@@ -20,8 +20,11 @@ from opik_cipx.stats import COUNTER_NAMES, PROBLEM_COUNTERS
 
 PROBLEM_HINTS = {
     "materializer_errors_total": "captures the materializer could not turn into spans; see `opik-cipx logs`",
-    "raw_captures_dropped": "raw captures not written to disk (disk full or unwritable?)",
-    "requests_dropped_queue_full": "the materializer fell behind and captures were dropped",
+    "raw_captures_dropped": "captures the capture log could not take (disk full or unwritable?): "
+                            "materialized from memory, but not crash-safe and not replayable",
+    "requests_dropped_queue_full": "calls lost before reaching the capture log: the tee queue was full "
+                                   "(tee_queue_max / tee_queue_max_mb)",
+    "captures_dropped_budget": "captures deleted by captures.max_mb before they were materialized",
     "spans_dropped_term": "spans lost at shutdown before they reached the spool",
     "unknown_endpoints": "routes opik-cipx does not recognise: often a Claude Code wire-format change ahead of an opik-cipx update",
     "panics_recovered": "a bug in opik-cipx: please report it with the log",
@@ -165,8 +168,10 @@ def render(stats: dict[str, Any], claude_code: str | None = None, log_path: str 
         if flagged:
             problems.append(name)
     out.append("materializer")
-    for name in ("lag_events", "inflight_raw", "ready_raw"):
-        out.append(f"  {name:<12} {materializer.get(name, 0)}")
+    for name, meaning in (("ready_raw", "finished calls in memory, not yet in the capture log"),
+                          ("lag_events", "captures in the log, not yet materialized"),
+                          ("inflight_raw", "being materialized")):
+        out.append(f"  {name:<12} {materializer.get(name, 0):>8}  {meaning}")
     out.extend(unknown_model_lines(section("unknown_models")))
     out.append("opik")
     if opik.get("configured"):

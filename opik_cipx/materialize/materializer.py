@@ -1,18 +1,34 @@
 """Capture -> Opik records: exact usage and cost, attributed buckets, trace/span structure.
 
-Runs on the pipeline thread, one capture at a time, in arrival order. Everything per call is
-a pure function of the capture (response summary, price, attribution, call kind); the only
+Runs on the follower's thread, one capture at a time, in capture-log order. Everything per call
+is a pure function of the capture (response summary, price, attribution, call kind); the only
 state is per Claude Code session, to put calls into traces:
 - one trace per user turn (`thread_id` = session id), opened by the turn's first call;
 - a `tool` span per finished tool call, under the llm span whose response asked for it;
-- subagent calls under the span of the `Agent` tool call that started them.
-Ids are UUIDv7 derived from the capture (and the turn / tool_use id), so materializing the
-same captures again yields the same ids, and Opik upserts instead of duplicating.
+- subagent calls under the span of the `Agent` tool call that started them; that span is
+  emitted as soon as the first subagent call hangs under it and again, same id, with its result;
+- `count_tokens` calls as `general` spans (no model, usage or cost) in the turn's trace.
+Ids are UUIDv7 derived from the log's content: an llm span from its capture, a tool span from
+its `tool_use` id and the time of the call that issued it, a trace from the session, the turn's
+key and the time of its first call. Materializing the same captures in the same order (after a
+restart from a checkpoint, or in `replay`) yields the same ids, and Opik upserts.
+
+Every version of a turn's trace carries at least what the one before had: the last main answer
+as output, the name from its prompt, the union of its tags, the latest end of its calls, the
+rolled-up metrics; `last_updated_at` only grows. A side, `count_tokens` or unmatched subagent
+call joins the current turn while that turn is recent (its last call ended at most
+`JOIN_WINDOW_S` before); otherwise it opens a trace of its own, named for its kind.
+
+`snapshot()` / `restore()` carry the per-session state across a restart (the follower keeps
+it in its checkpoint; docs/ARCHITECTURE.md, "Materializer checkpoint").
 """
 
+import dataclasses
+import hashlib
 import json
 import logging
 import time
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +41,18 @@ from opik_cipx.materialize.call_kind import CallKind, classify
 from opik_cipx.materialize.identity import claude_json_path, read_identity, render_template, template_values
 from opik_cipx.materialize.pricing import Cost, PriceTable, price_call
 from opik_cipx.materialize.redaction import redact_records
-from opik_cipx.materialize.response import ResponseSummary, summarize_response
+from opik_cipx.materialize.response import ResponseSummary, decode_body, summarize_response
 from opik_cipx.materialize.sessions import valid_session_id
 from opik_cipx.materialize.spans import bounded, error_info, opik_usage, prompt_tokens, span_record, trace_record
-from opik_cipx.materialize.turns import FinishedTool, finished_tools, first_user_text, result_text, turn_anchor
+from opik_cipx.materialize.turns import (
+    FinishedTool,
+    finished_tools,
+    first_user_digests,
+    request_digest,
+    result_text,
+    text_digest,
+    turn_anchor,
+)
 from opik_cipx.materialize.unknown_models import UnknownModels
 from opik_cipx.wire.capture import Capture, header_value
 
@@ -39,6 +63,9 @@ AGENT_TOOLS = frozenset({"Agent", "Task"})
 MAX_SESSIONS = 256
 MAX_PENDING_TOOLS = 512
 MAX_AGENTS = 64
+MAX_TURNS = 8  # per session, by key: a prompt answered again later finds its turn
+SESSION_IDLE_S = 86400.0  # a session with no call for this long (capture time) is forgotten
+JOIN_WINDOW_S = 600.0  # a side or count_tokens call joins the current turn only this soon after it
 TOOL_SPAN_KINDS = frozenset({"main", "subagent", "compaction"})
 SESSION_FILE_RETRY_S = 5.0  # a session file not written yet is looked for again after this
 IDENTITY_TTL_S = 60.0  # ~/.claude.json is re-read at most this often
@@ -71,37 +98,47 @@ def materializer_config(settings: Settings, env: dict[str, str], project_templat
 
 
 @dataclass
-class PendingTool:
-    span_id: str
-    turn: "Turn"
-    llm_span_id: str
-    issued_ns: int
-    name: str
-    input: Any
-
-
-@dataclass
 class Turn:
     key: str
     trace_id: str
+    label: str  # what opened it: "main", "compaction", "count_tokens", "side_call:title", ...
     start_ns: int
-    prompt: str
+    end_ns: int  # the latest end of a call of the turn
+    prompt: str = ""
+    output: Any = None  # the last main (or compaction) answer with text, bounded
+    tags: list[str] = field(default_factory=list)  # every tag any of its calls had, first seen first
+    updated_ns: int = 0  # `last_updated_at` of the last version emitted
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
     unknown_cost_calls: int = 0
+    count_tokens_calls: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
+class PendingTool:
+    tool_use_id: str
+    span_id: str
+    turn: Turn
+    llm_span_id: str
+    issued_ns: int
+    name: str
+    input: Any  # kept for Agent/Task calls only: brief matching, subagent type, the early span
+    shown: bool = False  # its span went out before its result, because a subagent hangs under it
+
+
+@dataclass
 class SessionState:
-    turn: Turn | None = None
+    turns: "OrderedDict[str, Turn]" = field(default_factory=OrderedDict)  # recent turns by key
+    current: Turn | None = None  # the turn side calls join while it is recent
     pending: "OrderedDict[str, PendingTool]" = field(default_factory=OrderedDict)
     agents: "OrderedDict[str, PendingTool]" = field(default_factory=OrderedDict)  # agent id -> its Agent call
-    emitted: "OrderedDict[str, None]" = field(default_factory=OrderedDict)  # tool_use ids with a tool span
+    emitted: "OrderedDict[str, None]" = field(default_factory=OrderedDict)  # tool_use ids with a final tool span
     last_main: dict[str, int] | None = None  # size of the previous main-loop call
     before_compaction: dict[str, int] | None = None
+    last_ns: int = 0  # start of the session's latest call
     info: dict = field(default_factory=dict)  # sessions/<id>.json, once the hook has written it
     info_checked: float = float("-inf")
 
@@ -136,7 +173,7 @@ class Materializer:
         attribution = categorize(capture.request_body)
         self._pause()
         session_id = kind.session_id or "unknown-session"
-        state = self._session(session_id)
+        state = self._session(session_id, capture.started_at_ns)
         info = self._session_info(state, session_id)
         identity = info.get("identity") if isinstance(info.get("identity"), dict) else self._account_identity()
         project = render_template(self.config.project_template, template_values(identity))
@@ -148,11 +185,18 @@ class Materializer:
 
     # -- structure ---------------------------------------------------------------------
 
-    def _session(self, session_id: str) -> SessionState:
+    def _session(self, session_id: str, now_ns: int) -> SessionState:
+        """The session's state, most recently used last; the least recently used beyond
+        `MAX_SESSIONS`, or idle for `SESSION_IDLE_S` by the captures' clock, are forgotten (so the
+        state, and the checkpoint holding it, stay small, and replay forgets them just the same)."""
         state = self._sessions.pop(session_id, None) or SessionState()
-        self._sessions[session_id] = state
-        while len(self._sessions) > MAX_SESSIONS:
+        state.last_ns = max(state.last_ns, now_ns)
+        while self._sessions and (
+            len(self._sessions) >= MAX_SESSIONS
+            or next(iter(self._sessions.values())).last_ns < now_ns - SESSION_IDLE_S * 1e9
+        ):
             self._sessions.popitem(last=False)
+        self._sessions[session_id] = state
         return state
 
     def _session_info(self, state: SessionState, session_id: str) -> dict:
@@ -180,17 +224,22 @@ class Materializer:
     def _build(self, call: "_Call", state: SessionState) -> list[dict]:
         c = call.capture
         started, ended = c.started_at_ns, c.ended_at_ns or c.started_at_ns
-        ms = started // 1_000_000
-        span_id = derived_uuid7(ms, "llm", c.id)
+        span_id = derived_uuid7(started // 1_000_000, "llm", c.id)
         records: list[dict] = []
         agent_call = self._agent_call(call, state) if call.kind.kind == "subagent" else None
         # A subagent belongs to the turn that launched it, even after the user moved on.
         turn = agent_call.turn if agent_call else self._turn_for(call, state)
         parent = agent_call.span_id if agent_call else self.config.root_span_id
+        if agent_call and not agent_call.shown and agent_call.tool_use_id not in state.emitted:
+            records.append(self._early_agent_span(agent_call, call))  # the parent this call names
+            agent_call.shown = True
         if call.kind.kind in TOOL_SPAN_KINDS:
             records += self._tool_spans(call, state, turn, parent)
         compaction = self._compaction_sizes(call, state)
-        records.append(self._llm_span(call, span_id, turn.trace_id, parent, compaction, agent_call))
+        if call.kind.kind == "count_tokens":
+            records.append(self._count_tokens_span(call, span_id, turn.trace_id, parent))
+        else:
+            records.append(self._llm_span(call, span_id, turn.trace_id, parent, compaction, agent_call))
         self._remember_tool_uses(call, state, span_id, turn, ended)
         self._tally(turn, call)
         if not self.config.parent_trace_id:
@@ -198,24 +247,35 @@ class Materializer:
         return records
 
     def _turn_for(self, call: "_Call", state: SessionState) -> Turn:
-        """The turn this call belongs to, opening a new one when a new prompt starts."""
+        """The turn this call belongs to: a main call's prompt names it (a new prompt opens one);
+        a compaction is its own; any other call joins the current turn while that is recent."""
         c, kind = call.capture, call.kind.kind
-        anchor = None
-        if kind == "compaction":
-            key = f"compaction:{c.id}"  # /compact is its own user action
-        elif kind == "main":
-            anchor = turn_anchor(call.body.get("messages") or [])
+        messages = call.body.get("messages") or []
+        if kind == "main":
+            anchor = turn_anchor(messages)
             key = f"main:{anchor.index}:{anchor.digest}" if anchor else f"call:{c.id}"
-        elif state.turn is not None:
-            return state.turn  # subagent and side calls join the turn in progress
+        elif kind == "compaction":
+            key = f"compaction:{request_digest(messages)}"  # /compact is its own user action
         else:
-            key = f"call:{c.id}"
-        if state.turn is None or state.turn.key != key:
+            current = state.current
+            if current is not None and c.started_at_ns - current.end_ns <= JOIN_WINDOW_S * 1e9:
+                return current
+            key = f"{kind}:{c.id}"
+        turn = state.turns.pop(key, None)
+        if turn is None:
             trace_id = self.config.parent_trace_id or derived_uuid7(
                 c.started_at_ns // 1_000_000, "trace", call.session_id, key
             )
-            state.turn = Turn(key=key, trace_id=trace_id, start_ns=c.started_at_ns, prompt=_prompt(call.attribution.facts))
-        return state.turn
+            # Only a main call carries the turn's prompt (a compaction request's last slash
+            # command or prompt belongs to the turn before it).
+            prompt = _prompt(call.attribution.facts) if kind == "main" else ""
+            turn = Turn(key=key, trace_id=trace_id, label=_span_name(call.kind), start_ns=c.started_at_ns,
+                        end_ns=c.started_at_ns, prompt=prompt if self.config.capture_content else "")
+        state.turns[key] = turn
+        while len(state.turns) > MAX_TURNS:
+            state.turns.popitem(last=False)
+        state.current = turn
+        return turn
 
     def _tool_spans(self, call: "_Call", state: SessionState, turn: Turn, parent: str | None) -> list[dict]:
         """A span per tool call finished in this request, once per tool call: a retried or
@@ -231,14 +291,14 @@ class Materializer:
         return out
 
     def _agent_call(self, call: "_Call", state: SessionState) -> PendingTool | None:
-        """The `Agent` tool call that started this subagent (matched by its brief)."""
+        """The `Agent` tool call that started this subagent (its brief is the Agent call's prompt)."""
         agent_id = call.kind.agent_id or ""
         if agent_id in state.agents:
             return state.agents[agent_id]
         agents = [p for p in state.pending.values() if p.name in AGENT_TOOLS]
-        brief = first_user_text(call.body.get("messages") or [])
+        briefs = first_user_digests(call.body.get("messages") or [])
         match = next(
-            (p for p in agents if isinstance(p.input, dict) and p.input.get("prompt") and p.input["prompt"] in brief),
+            (p for p in agents if isinstance(p.input, dict) and p.input.get("brief") in briefs),
             agents[0] if len(agents) == 1 else None,
         )
         if match is None:
@@ -253,17 +313,31 @@ class Materializer:
         for block in call.summary.content:
             if block.get("type") != "tool_use" or not block.get("id"):
                 continue
-            tool_use_id = str(block["id"])
+            tool_use_id, name = str(block["id"]), str(block.get("name", ""))
             state.pending[tool_use_id] = PendingTool(
+                tool_use_id=tool_use_id,
                 span_id=derived_uuid7(ended // 1_000_000, "tool", call.session_id, tool_use_id),
                 turn=turn,
                 llm_span_id=span_id,
                 issued_ns=ended,
-                name=str(block.get("name", "")),
-                input=block.get("input"),
+                name=name,
+                input=self._agent_input(block.get("input")) if name in AGENT_TOOLS else None,
             )
         while len(state.pending) > MAX_PENDING_TOOLS:
             state.pending.popitem(last=False)
+
+    def _agent_input(self, value: Any) -> dict[str, Any] | None:
+        """What an Agent call's input is kept for: the digest of its brief, its subagent type, and
+        (only when content is captured) the input itself, for the span shown while it runs."""
+        if not isinstance(value, dict):
+            return None
+        kept: dict[str, Any] = {
+            "brief": text_digest(str(value.get("prompt") or "").strip()),
+            "subagent_type": value.get("subagent_type"),
+        }
+        if self.config.capture_content:
+            kept["input"] = value
+        return kept
 
     def _compaction_sizes(self, call: "_Call", state: SessionState) -> dict[str, Any] | None:
         facts = call.attribution.facts.get("compaction") or {}
@@ -291,6 +365,21 @@ class Materializer:
         return result
 
     def _tally(self, turn: Turn, call: "_Call") -> None:
+        """Fold one call into its turn: everything here only grows, so each version of the trace
+        carries at least what the one before had."""
+        c = call.capture
+        ended = c.ended_at_ns or c.started_at_ns
+        turn.start_ns = min(turn.start_ns, c.started_at_ns)
+        turn.end_ns = max(turn.end_ns, ended)
+        turn.updated_ns = max(turn.updated_ns + 1000, ended)  # 1 us: the resolution Opik keeps
+        turn.tags += [tag for tag in self._tags(call) if tag not in turn.tags]
+        if call.kind.kind == "count_tokens":
+            turn.count_tokens_calls += 1
+            return
+        if call.kind.kind in ("main", "compaction") and self.config.capture_content:
+            text = "\n".join(b.get("text", "") for b in call.summary.content if b.get("type") == "text")
+            if text:
+                turn.output = bounded({"response": text}, self.config.max_io_chars)
         usage = call.summary.usage or {}
         turn.calls += 1
         turn.prompt_tokens += prompt_tokens(usage)
@@ -335,7 +424,7 @@ class Materializer:
             call=meta,
             usage=s.usage,
             pricing=cost.to_json(),
-            categories=_categories(call),
+            categories=_categories(call, prompt_tokens(s.usage or {}), cost.input_side_usd),
             output_categories=_output_categories(call),
             compaction=compaction or call.attribution.facts.get("compaction"),
         )
@@ -368,6 +457,57 @@ class Materializer:
             cost_version=cost.price_table_date,
             ttft_ms=(c.ttfb_ns - c.started_at_ns) / 1e6 if c.ttfb_ns else None,
             error_info=err,
+        )
+
+    def _count_tokens_span(self, call: "_Call", span_id: str, trace_id: str, parent: str | None) -> dict:
+        """A `count_tokens` call (`/context`): a `general` span with the count, no model, usage or cost."""
+        c, s = call.capture, call.summary
+        ended = c.ended_at_ns or c.started_at_ns
+        counted = _counted_tokens(c)
+        cc = self._common_cc(call)
+        cc.update(call=_call_meta(call), count_tokens={"input_tokens": counted},
+                  categories=_categories(call, counted or 0, None))
+        err = None
+        if s.error:
+            err = error_info(str(s.error.get("type", "error")), str(s.error.get("message", "")))
+        return span_record(
+            span_id=span_id,
+            trace_id=trace_id,
+            parent_span_id=parent,
+            project_name=call.project,
+            name="count_tokens",
+            span_type="general",
+            start_ns=c.started_at_ns,
+            end_ns=ended,
+            input=self._bounded_input(call),
+            output={"input_tokens": counted} if counted is not None else None,
+            metadata={"cc": cc},
+            tags=self._tags(call),
+            updated_ns=ended,
+            error_info=err,
+        )
+
+    def _early_agent_span(self, agent_call: PendingTool, call: "_Call") -> dict:
+        """The span of a running `Agent` tool call, so the subagent calls under it name a record
+        that exists; its result re-emits it under the same id, later `last_updated_at`."""
+        kept = agent_call.input or {}
+        tool_input = kept.get("input")
+        meta = {"tool": {"name": agent_call.name, "tool_use_id": agent_call.tool_use_id, "running": True,
+                         "subagent_type": kept.get("subagent_type")}}
+        return span_record(
+            span_id=agent_call.span_id,
+            trace_id=agent_call.turn.trace_id,
+            parent_span_id=agent_call.llm_span_id,
+            project_name=call.project,
+            name=agent_call.name,
+            span_type="tool",
+            start_ns=agent_call.issued_ns,
+            end_ns=None,
+            input=bounded(tool_input, self.config.max_io_chars) if isinstance(tool_input, dict) else None,
+            output=None,
+            metadata={"cc": meta},
+            tags=["claude-code", "tool"],
+            updated_ns=max(agent_call.issued_ns, call.capture.ended_at_ns or call.capture.started_at_ns),
         )
 
     def _bounded_input(self, call: "_Call") -> Any:
@@ -414,8 +554,7 @@ class Materializer:
         )
 
     def _trace(self, call: "_Call", turn: Turn) -> dict:
-        c = call.capture
-        ended = c.ended_at_ns or c.started_at_ns
+        """The turn's trace as it stands now (see `_tally`: every version carries more)."""
         cc = self._common_cc(call)
         cc["metrics_rollup"] = {
             "calls": turn.calls,
@@ -424,12 +563,9 @@ class Materializer:
             "cost_usd": round(turn.cost_usd, 9),
             "calls_with_unknown_cost": turn.unknown_cost_calls,
             "calls_by_kind": dict(turn.by_kind),
+            "count_tokens_calls": turn.count_tokens_calls,
         }
-        output = None
-        if call.kind.kind in ("main", "compaction"):
-            text = "\n".join(b.get("text", "") for b in call.summary.content if b.get("type") == "text")
-            output = {"response": text} if text else None
-        name = f"claude-code {call.kind.kind}"
+        name = f"claude-code {turn.label}"
         if self.config.capture_content and turn.prompt.strip():
             name = turn.prompt.strip().splitlines()[0][:80]
         return trace_record(
@@ -437,14 +573,72 @@ class Materializer:
             project_name=call.project,
             name=name,
             start_ns=turn.start_ns,
-            end_ns=ended,
+            end_ns=turn.end_ns,
             thread_id=call.session_id,
             input=bounded({"prompt": turn.prompt}, self.config.max_io_chars) if turn.prompt else None,
-            output=bounded(output, self.config.max_io_chars),
+            output=turn.output,
             metadata={"cc": cc},
-            tags=self._tags(call),
-            updated_ns=ended,
+            tags=list(turn.tags),
+            updated_ns=turn.updated_ns,
         )
+
+    # -- checkpoint --------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The per-session state as plain JSON values (a copy: later calls do not change it)."""
+        turns: list[dict] = []
+        index: dict[int, int] = {}
+
+        def ref(turn: Turn) -> int:
+            if id(turn) not in index:
+                index[id(turn)] = len(turns)
+                turns.append(json.loads(json.dumps(dataclasses.asdict(turn))))
+            return index[id(turn)]
+
+        def tool(p: PendingTool) -> dict:
+            doc = {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name != "turn"}
+            return {**json.loads(json.dumps(doc)), "turn": ref(p.turn)}
+
+        sessions = []
+        for session_id, state in self._sessions.items():
+            sessions.append({
+                "id": session_id,
+                "turns": [ref(t) for t in state.turns.values()],
+                "current": ref(state.current) if state.current is not None else None,
+                "pending": [tool(p) for p in state.pending.values()],
+                "agents": [[agent_id, tool(p)] for agent_id, p in state.agents.items()],
+                "emitted": list(state.emitted),
+                "last_main": state.last_main,
+                "before_compaction": state.before_compaction,
+                "last_ns": state.last_ns,
+            })
+        return {"turns": turns, "sessions": sessions}
+
+    def restore(self, doc: dict[str, Any]) -> None:
+        """Take back the state `snapshot` returned; ValueError (state unchanged) when it is not one."""
+        try:
+            turns = [Turn(**t) for t in doc["turns"]]
+            sessions: OrderedDict[str, SessionState] = OrderedDict()
+            for s in doc["sessions"]:
+                state = SessionState(last_main=s["last_main"], before_compaction=s["before_compaction"],
+                                     last_ns=int(s["last_ns"]))
+                for i in s["turns"]:
+                    state.turns[turns[i].key] = turns[i]
+                state.current = turns[s["current"]] if s["current"] is not None else None
+                tools: dict[str, PendingTool] = {}  # one object per tool call, as before the snapshot
+
+                def tool(p: dict) -> PendingTool:
+                    return tools.setdefault(p["tool_use_id"], PendingTool(**{**p, "turn": turns[p["turn"]]}))
+
+                for p in s["pending"]:
+                    state.pending[p["tool_use_id"]] = tool(p)
+                for agent_id, p in s["agents"]:
+                    state.agents[agent_id] = tool(p)
+                state.emitted = OrderedDict.fromkeys(s["emitted"])
+                sessions[s["id"]] = state
+        except (KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise ValueError(f"not a materializer snapshot: {exc!r}") from None
+        self._sessions = sessions
 
 
 @dataclass
@@ -525,12 +719,20 @@ def _share(part: float, whole: float, amount: float | None) -> float | None:
     return amount * part / whole if whole else 0.0
 
 
-def _categories(call: _Call) -> dict[str, Any]:
-    """Per bucket: chars (exact), tokens and cost (the bucket's share of the input side)."""
+def _counted_tokens(capture: Capture) -> int | None:
+    """`input_tokens` of a count_tokens answer, or None when it has none."""
+    try:
+        doc = json.loads(decode_body(capture.response_body, header_value(capture.response_headers, "content-encoding")))
+    except (OSError, EOFError, zlib.error, ValueError, RecursionError):
+        return None
+    value = doc.get("input_tokens") if isinstance(doc, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _categories(call: _Call, tokens: int, usd: float | None) -> dict[str, Any]:
+    """Per bucket: chars (exact), and the bucket's share of the input side's `tokens` and `usd`."""
     attribution = call.attribution
     total = attribution.total_chars
-    tokens = prompt_tokens(call.summary.usage or {})
-    usd = call.cost.input_side_usd
     out: dict[str, Any] = {}
     for bucket, chars in attribution.buckets.items():
         entry: dict[str, Any] = {

@@ -127,7 +127,7 @@ def span_record(
     name: str,
     span_type: str,
     start_ns: int,
-    end_ns: int,
+    end_ns: int | None,
     input: Any,
     output: Any,
     metadata: dict[str, Any],
@@ -147,11 +147,12 @@ def span_record(
         "name": name,
         "type": span_type,
         "start_time": iso_z(start_ns),
-        "end_time": iso_z(max(start_ns, end_ns)),
         "metadata": metadata,
         "tags": tags,
         "last_updated_at": iso_z(updated_ns),
     }
+    if end_ns is not None:  # None: still running
+        body["end_time"] = iso_z(max(start_ns, end_ns))
     if parent_span_id:
         body["parent_span_id"] = parent_span_id
     if input is not None:

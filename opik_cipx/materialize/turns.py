@@ -47,14 +47,25 @@ def message_text(message: dict) -> str:
     )
 
 
+def text_digest(text: str) -> str:
+    """A short stable digest of a text: identifies it across calls without keeping it."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def turn_anchor(messages: list) -> TurnAnchor | None:
     """The user message that opened the current turn, or None when there is none."""
     for index in range(len(messages) - 1, -1, -1):
         message = messages[index]
         if isinstance(message, dict) and _is_prompt_message(message):
-            digest = hashlib.sha256(message_text(message).encode()).hexdigest()[:16]
-            return TurnAnchor(index, digest)
+            return TurnAnchor(index, text_digest(message_text(message)))
     return None
+
+
+def request_digest(messages: list) -> str:
+    """The digest of a request's conversation as (message count, last message's text): the same
+    request sent again (a retry) gets the same one."""
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    return f"{len(messages)}:{text_digest(message_text(last))}"
 
 
 def finished_tools(messages: list) -> list[FinishedTool]:
@@ -103,9 +114,13 @@ def result_text(content: Any) -> str:
     return "" if content is None else json.dumps(content, ensure_ascii=False)
 
 
-def first_user_text(messages: list) -> str:
-    """All text of the first user message (a subagent's brief is in it)."""
+def first_user_digests(messages: list) -> set[str]:
+    """`text_digest` of each text block of the first user message: a subagent's brief (the
+    `prompt` of the Agent call that started it) is one of them."""
     for message in messages:
         if isinstance(message, dict) and message.get("role") == "user":
-            return message_text(message)
-    return ""
+            return {
+                text_digest(str(b.get("text", "")).strip())
+                for b in _blocks(message) if isinstance(b, dict) and b.get("type") == "text"
+            }
+    return set()

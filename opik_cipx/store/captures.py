@@ -1,100 +1,198 @@
-"""Raw captures on disk (`captures/`), for `replay` and the viewer, within a size and age budget.
+"""The capture log (`captures/`): every finished exchange, durable, in the order the tee saw it.
 
-A segment is a file of gzip members, one member per capture: a JSON header line (every
-Capture field but the bodies, plus their lengths) followed by the raw request and response
-bodies. Bodies are never JSON-escaped: escaping megabytes would hold the daemon's GIL for
-milliseconds, while zlib releases it. Every append is a complete member, so a reader can use
-a segment while it is still being written and a torn last member (crash mid-write) costs only
-that capture. Segments rotate by size; the oldest are deleted when the directory exceeds its
-byte budget or a segment outlives the age limit.
+The capture thread appends; the materializer follows the log
+(docs/ARCHITECTURE.md, "Capture log"). A segment `NNNNNNNNNNNN.jsonl.gz` is a file of gzip members, one per capture: a JSON
+header line (every Capture field but the bodies, plus their lengths) followed by the raw
+request and response bodies. Bodies are never JSON-escaped: escaping megabytes would hold the
+daemon's GIL for milliseconds, while zlib releases it. Each append is one `write` of a complete
+member, so it is in the page cache (and survives `kill -9`) when `append` returns, a reader can
+follow a segment while it is written, and a torn last member (a crash mid-write) costs only that
+capture. A `LogPosition` (segment number, byte offset) names a place in the log.
+
+Retention runs on the follower's thread with the position materialized through: segments
+behind it go beyond the byte budget or the age limit (or at once when captures are not kept);
+a segment not yet materialized is never aged out, and is deleted only when the byte budget
+forces it — then its captures are counted as lost. Segments named `<stamp>-<pid>-<seq>` come
+from versions before the log; they are read (replay, viewer) and treated as materialized.
 """
 
-import gzip
 import json
 import logging
 import os
+import re
+import threading
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from opik_cipx.home import open_private, private_dir
 from opik_cipx.wire.capture import Capture
 
 log = logging.getLogger(__name__)
 SUFFIX = ".jsonl.gz"
+NUMBERED = re.compile(r"^(\d{12})\.jsonl\.gz$")
 SEGMENT_MAX_AGE_S = 3600.0  # a quiet daemon still rotates, so age-based retention can act
+COMPRESS_LEVEL = 1  # the capture thread's job is to make a capture durable fast; zlib releases the GIL
+READ_CHUNK = 1 << 20
+RUN_BYTES = 256 * 1024
+
+
+class LogPosition(NamedTuple):
+    """A place in the capture log: everything before it comes first. Ordered."""
+
+    segment: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Appended:
+    """Where `CaptureStore.append` put a capture: its segment file and its [start, end) in the log."""
+
+    path: Path
+    start: LogPosition
+    end: LogPosition
+
+
+@dataclass
+class LogEntry:
+    """One capture read back from the log; positions are None for a segment from before the log."""
+
+    capture: Capture
+    path: Path
+    start: LogPosition | None
+    end: LogPosition | None
 
 
 class CaptureStore:
-    """Appends captures to rotating segments. Used from one thread (the pipeline worker)."""
+    """The capture log of one daemon: `append` from the capture thread, `retain` from the follower."""
 
-    def __init__(self, directory: Path, max_bytes: int, max_age_s: float, segment_bytes: int):
+    def __init__(self, directory: Path, max_bytes: int, max_age_s: float, segment_bytes: int, keep: bool = True):
+        """`keep=False` (captures.enabled = false): each capture gets a segment of its own, sealed at
+        once, and `retain` deletes it as soon as it is materialized."""
         self.directory = directory
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.segment_bytes = segment_bytes
+        self.keep = keep
+        self._lock = threading.Lock()
         self._fh = None
         self._path: Path | None = None
+        self._number = max((n for _, _, _, n in _segments(directory) if n is not None), default=0)
         self._size = 0
         self._opened_at = 0.0
-        self._seq = 0
+        self._active: int | None = None
+        self._counts: dict[int, int] = {}  # captures appended per segment, by this process
+        self._end = LogPosition(self._number + 1, 0)
+        self.start_end = self._end  # the log as this process found it ends here
 
-    def append(self, capture: Capture) -> Path:
-        """Persist one capture and return its segment; raises OSError when the disk refuses it."""
-        member = gzip.compress(encode_capture(capture), compresslevel=6, mtime=0)
+    @property
+    def end(self) -> LogPosition:
+        """The position after the last complete capture appended (or found at startup)."""
+        with self._lock:
+            return self._end
+
+    def append(self, capture: Capture) -> Appended:
+        """Persist one capture; raises OSError when the disk refuses it (the next append starts a
+        new segment, so a torn member never sits in front of later captures)."""
+        member = encode_member(capture)
         if (
             self._fh is None
             or self._size + len(member) > self.segment_bytes
             or time.monotonic() - self._opened_at > SEGMENT_MAX_AGE_S
         ):
             self._rotate()
+        start = LogPosition(self._number, self._size)
         try:
             written = self._fh.write(member)
             if written != len(member):
                 raise OSError(f"short write ({written} of {len(member)} bytes)")
         except OSError:
-            self.close()  # a torn member must not sit in front of the next captures
+            path, empty = self._path, self._size == 0
+            self.close()
+            if empty:  # a full disk must not leave an empty segment per failed capture
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
             raise
         self._size += len(member)
-        return self._path
+        end = LogPosition(self._number, self._size)
+        path = self._path
+        with self._lock:
+            self._counts[self._number] = self._counts.get(self._number, 0) + 1
+            self._end = end
+        if not self.keep:
+            self.close()
+        return Appended(path, start, end)
 
     def _rotate(self) -> None:
         self.close()
         private_dir(self.directory)
-        self._seq += 1
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        self._path = self.directory / f"{stamp}-{os.getpid()}-{self._seq:04d}{SUFFIX}"
-        self._fh = open_private(self._path)
-        self._size = 0
-        self._opened_at = time.monotonic()
-        self.enforce_retention()
-
-    def enforce_retention(self, now: float | None = None) -> list[Path]:
-        """Delete the oldest segments beyond the byte budget or age limit; return them."""
-        now = time.time() if now is None else now
-        segments = list_segments(self.directory)
-        total = sum(size for _, size, _ in segments)
-        removed = []
-        for path, size, mtime in segments:
-            if path == self._path:
+        while True:
+            self._number += 1
+            path = self.directory / f"{self._number:012d}{SUFFIX}"
+            try:
+                fh = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
+                break
+            except FileExistsError:
                 continue
-            if total > self.max_bytes or now - mtime > self.max_age_s:
-                try:
-                    path.unlink()
-                except FileNotFoundError:
-                    pass
-                total -= size
-                removed.append(path)
-        return removed
+        self._fh, self._path, self._size, self._opened_at = fh, path, 0, time.monotonic()
+        with self._lock:
+            self._active = self._number
+            self._end = LogPosition(self._number, 0)
 
     def close(self) -> None:
-        if self._fh is not None:
+        """Seal the segment being written (the next append opens a new one)."""
+        fh, self._fh = self._fh, None
+        with self._lock:
+            self._active = None
+        if fh is not None:
             try:
-                self._fh.close()
-            finally:
-                self._fh = None
-                self._path = None
+                fh.close()
+            except OSError:
+                pass
+
+    def retain(self, materialized: LogPosition, now: float | None = None) -> int:
+        """Apply retention, knowing everything before `materialized` was materialized.
+
+        Returns how many captures not yet materialized the byte budget forced out.
+        """
+        now = time.time() if now is None else now
+        with self._lock:
+            active = self._active
+        found = _segments(self.directory)
+        total = sum(size for _, size, _, _ in found)
+        lost = 0
+        for path, size, mtime, number in found:
+            if number is not None and number == active:
+                continue
+            done = number is None or number < materialized.segment or (
+                number == materialized.segment and size <= materialized.offset)
+            if done:
+                if self.keep and total <= self.max_bytes and now - mtime <= self.max_age_s:
+                    continue
+            elif total <= self.max_bytes:
+                continue
+            else:
+                skip = materialized.offset if number == materialized.segment else 0
+                with self._lock:
+                    counted = self._counts.get(number) if not skip else None
+                lost += counted if counted is not None else count_members(path, skip)
+                log.warning("capture log: over its %d-byte budget: deleting %s before it was materialized",
+                            self.max_bytes, path.name)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("capture log: cannot delete %s: %s", path.name, exc.strerror or exc)
+                continue
+            total -= size
+            with self._lock:
+                self._counts.pop(number, None)
+        return lost
 
 
 HEADER_FIELDS = (
@@ -103,16 +201,34 @@ HEADER_FIELDS = (
 )
 
 
-def encode_capture(capture: Capture) -> bytes:
-    """Header line + raw request body + raw response body."""
+def encode_member(capture: Capture) -> bytes:
+    """One gzip member: header line + raw request body + raw response body.
+
+    The response is never joined whole: its pieces (a stream has thousands of small ones) are
+    compressed in runs of about `RUN_BYTES`, so no single copy holds the GIL for long and zlib,
+    which releases it, is not entered once per tiny piece.
+    """
     header = {name: getattr(capture, name) for name in HEADER_FIELDS}
-    request, response = capture.request_body, capture.response_body
-    header["request_body_len"], header["response_body_len"] = len(request), len(response)
-    return b"".join((json.dumps(header).encode(), b"\n", request, response))
+    parts = capture.response_parts
+    header["request_body_len"] = len(capture.request_body)
+    header["response_body_len"] = sum(map(len, parts))
+    packer = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, 31)
+    out = [packer.compress(json.dumps(header).encode() + b"\n"), packer.compress(capture.request_body)]
+    run: list[bytes] = []
+    size = 0
+    for part in parts:
+        run.append(part)
+        size += len(part)
+        if size >= RUN_BYTES:
+            out.append(packer.compress(b"".join(run)))
+            run, size = [], 0
+    out.append(packer.compress(b"".join(run)))
+    out.append(packer.flush())
+    return b"".join(out)
 
 
 def decode_capture(data: bytes) -> Capture:
-    """Inverse of `encode_capture`; raises ValueError/KeyError/TypeError on a malformed record."""
+    """Inverse of `encode_member` (once inflated); raises ValueError/KeyError/TypeError on a malformed record."""
     newline = data.index(b"\n")
     header = json.loads(data[:newline])
     start = newline + 1
@@ -125,38 +241,133 @@ def decode_capture(data: bytes) -> Capture:
     return capture
 
 
-def list_segments(directory: Path) -> list[tuple[Path, int, float]]:
-    """(path, size, mtime) of every segment, oldest first."""
+def segment_number(path: Path) -> int | None:
+    """The number of a log segment; None for a segment from before the log (or not a segment)."""
+    match = NUMBERED.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def _segments(directory: Path) -> list[tuple[Path, int, float, int | None]]:
+    """(path, size, mtime, number) of every segment in log order: older unnumbered ones first."""
     out = []
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
         return []
     for entry in entries:
-        if entry.name.endswith(SUFFIX) and entry.is_file():
-            st = entry.stat()
-            out.append((Path(entry.path), st.st_size, st.st_mtime))
-    out.sort(key=lambda item: (item[2], item[0].name))
+        if entry.name.endswith(SUFFIX) and not entry.name.startswith(".") and entry.is_file():
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            path = Path(entry.path)
+            out.append((path, st.st_size, st.st_mtime, segment_number(path)))
+    out.sort(key=lambda s: (1, s[3], "") if s[3] is not None else (0, s[2], s[0].name))
     return out
+
+
+def list_segments(directory: Path) -> list[tuple[Path, int, float]]:
+    """(path, size, mtime) of every segment, in log order."""
+    return [(path, size, mtime) for path, size, mtime, _ in _segments(directory)]
+
+
+def _members(fh, offset: int, limit: int | None, keep: bool = True) -> Iterator[tuple[bytes, int, int]]:
+    """(inflated member, start, end) from `offset` of an open segment, up to `limit` bytes in.
+
+    Stops quietly at the end of the data or at a torn member; raises zlib.error on a corrupt one.
+    With `keep=False` the inflated bytes are thrown away (counting only).
+    """
+    fh.seek(offset)
+    buf, pos = b"", offset  # `buf` holds the bytes read from `pos` on and not yet inflated
+    while True:
+        inflater, parts, start = zlib.decompressobj(31), [], pos
+        while True:
+            if not buf:
+                want = READ_CHUNK if limit is None else min(READ_CHUNK, limit - pos)
+                buf = fh.read(want) if want > 0 else b""
+                if not buf:
+                    return  # the end, or a member cut off by a crash
+            out = inflater.decompress(buf)
+            if keep:
+                parts.append(out)
+            if inflater.eof:
+                used = len(buf) - len(inflater.unused_data)
+                pos, buf = pos + used, inflater.unused_data
+                yield b"".join(parts), start, pos
+                break
+            pos, buf = pos + len(buf), b""
+
+
+def count_members(path: Path, offset: int = 0) -> int:
+    """Complete captures in a segment from `offset` on (0 when it is gone or unreadable)."""
+    try:
+        with open(path, "rb") as fh:
+            return sum(1 for _ in _members(fh, offset, None, keep=False))
+    except (OSError, zlib.error):
+        return 0
+
+
+def count_log(directory: Path, start: LogPosition, until: LogPosition) -> int:
+    """How many captures the log holds from `start` up to `until` (inflated, not kept)."""
+    total = 0
+    for path, _, _, number in _segments(directory):
+        if number is None or number < start.segment or number > until.segment:
+            continue
+        offset = start.offset if number == start.segment else 0
+        limit = until.offset if number == until.segment else None
+        try:
+            with open(path, "rb") as fh:
+                total += sum(1 for _ in _members(fh, offset, limit, keep=False))
+        except (OSError, zlib.error):
+            continue
+    return total
+
+
+def read_log(directory: Path, start: LogPosition | None = None, until: LogPosition | None = None) -> Iterator[LogEntry]:
+    """The captures of the log in order, from `start` (None: the very beginning, segments from before
+    the log included) up to `until` (None: everything there is). A segment deleted meanwhile is
+    skipped; a torn or corrupt member ends its segment (logged, unless it is the last one)."""
+    found = _segments(directory)
+    for i, (path, _, _, number) in enumerate(found):
+        if number is None and start is not None:
+            continue
+        if number is not None:
+            if start is not None and number < start.segment:
+                continue
+            if until is not None and number > until.segment:
+                return
+        offset = start.offset if start is not None and number == start.segment else 0
+        limit = until.offset if until is not None and number == until.segment else None
+        try:
+            with open(path, "rb") as fh:
+                for data, begin, end in _members(fh, offset, limit):
+                    try:
+                        capture = decode_capture(data)
+                    except (ValueError, KeyError, TypeError):
+                        log.warning("capture segment %s: unreadable record skipped", path.name)
+                        continue
+                    if number is None:
+                        yield LogEntry(capture, path, None, None)
+                    else:
+                        yield LogEntry(capture, path, LogPosition(number, begin), LogPosition(number, end))
+        except FileNotFoundError:
+            continue  # deleted by retention meanwhile
+        except zlib.error:
+            if i + 1 < len(found):
+                log.warning("capture segment %s: corrupt member skipped with the rest of the file", path.name)
 
 
 def read_segment(path: Path) -> Iterator[Capture]:
     """Captures in one segment; a torn or corrupt member ends the segment quietly."""
-    data = path.read_bytes()
-    while data:
-        inflater = zlib.decompressobj(wbits=31)
-        try:
-            record = inflater.decompress(data)
-        except zlib.error:
-            log.warning("capture segment %s: corrupt member skipped with the rest of the file", path.name)
-            return
-        if not inflater.eof:
-            return  # torn last member
-        data = inflater.unused_data
-        try:
-            yield decode_capture(record)
-        except (ValueError, KeyError, TypeError):
-            log.warning("capture segment %s: unreadable record skipped", path.name)
+    try:
+        with open(path, "rb") as fh:
+            for data, _, _ in _members(fh, 0, None):
+                try:
+                    yield decode_capture(data)
+                except (ValueError, KeyError, TypeError):
+                    log.warning("capture segment %s: unreadable record skipped", path.name)
+    except zlib.error:
+        log.warning("capture segment %s: corrupt member skipped with the rest of the file", path.name)
 
 
 def find_capture(segment: Path, capture_id: str) -> Capture | None:
@@ -168,9 +379,6 @@ def find_capture(segment: Path, capture_id: str) -> Capture | None:
 
 
 def read_captures(directory: Path) -> Iterator[Capture]:
-    """Every stored capture, oldest segment first."""
-    for path, _, _ in list_segments(directory):
-        try:
-            yield from read_segment(path)
-        except FileNotFoundError:
-            continue
+    """Every stored capture, in log order."""
+    for entry in read_log(directory):
+        yield entry.capture

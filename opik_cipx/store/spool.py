@@ -1,7 +1,7 @@
 """The write-ahead spool (`spool/`): records wait here, durable, until Opik has acknowledged them.
 
 Spool records (docs/ARCHITECTURE.md, "Spool records") come from the materializer thread through `append`, which never waits for
-the disk: they join a bounded in-memory queue (overflow is dropped whole and counted as
+the disk (or `offer`, which waits for room instead of dropping): they join a bounded in-memory queue (overflow is dropped whole and counted as
 `dropped_events_inmem`) and a writer thread group-commits them, one write and one fsync for
 everything queued, at most one commit per `commit_interval_s` while records keep coming.
 A record is *acknowledged* once its commit returned: only then does the shipper see it, and
@@ -226,6 +226,32 @@ class Spool:
             self._appended_seq += len(lines)
             self._cond.notify_all()
             return self._appended_seq
+
+    def offer(self, records: list[dict[str, Any]], timeout_s: float) -> int | None:
+        """Like `append`, but wait up to `timeout_s` for room instead of dropping: None (nothing
+        dropped, nothing counted) when there was none or the spool is closing. The materializer
+        uses it: a record it cannot spool now is derived again from the capture log later."""
+        lines = [encode(record) for record in records]
+        size = sum(map(len, lines))
+        with self._cond:
+            def room() -> bool:
+                return self._stopping or self._inmem == 0 or (
+                    self._inmem + len(lines) <= self.inmem_max and self._inmem_bytes + size <= self.inmem_max_bytes)
+
+            if not self._cond.wait_for(room, timeout_s) or self._stopping:
+                return None
+            self._pending.extend(lines)
+            self._inmem += len(lines)
+            self._inmem_bytes += size
+            self._appended_seq += len(lines)
+            self._cond.notify_all()
+            return self._appended_seq
+
+    @property
+    def closing(self) -> bool:
+        """`close` was called: nothing more is taken."""
+        with self._cond:
+            return self._stopping
 
     @property
     def durable_seq(self) -> int:

@@ -70,7 +70,9 @@ def call_row(capture: Capture, records: list[dict], segment: Path | None) -> dic
         "client_aborted": capture.client_aborted,
         "upstream_error": capture.upstream_error,
     }
-    span = next((r["body"] for r in records if r["kind"] == "span" and r["body"].get("type") == "llm"), None)
+    # The call's own span: `llm`, or `general` for count_tokens (the others are its tool spans).
+    span = next((r["body"] for r in records if r["kind"] == "span" and r["body"].get("type") in ("llm", "general")),
+                None)
     if span:
         cc = span["metadata"]["cc"]
         usage = span.get("usage") or {}
@@ -81,8 +83,8 @@ def call_row(capture: Capture, records: list[dict], segment: Path | None) -> dic
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
             cost_usd=span.get("total_estimated_cost"),
-            unknown_model=cc["pricing"].get("unknown_model"),
-            estimated_from=cc["pricing"].get("estimated_from"),
+            unknown_model=(cc.get("pricing") or {}).get("unknown_model"),
+            estimated_from=(cc.get("pricing") or {}).get("estimated_from"),
             buckets={name: entry["chars"] for name, entry in cc["categories"].items()},
             trace_id=span["trace_id"],
             span_id=span["id"],

@@ -50,7 +50,10 @@ def test_every_record_validates_and_ids_are_deterministic(scenario, tmp_path):
             assert problems(record) == [], (number, problems(record))
             ids[record["body"]["id"]].append(record["kind"])
     spans = [i for i, kinds in ids.items() if "span" in kinds]
-    assert all(len(ids[i]) == 1 for i in spans)  # a span id is emitted once; traces are upserted
+    agents = {r["body"]["id"] for rs in first.values() for r in rs if r["body"].get("name") in ("Agent", "Task")}
+    # a span id is emitted once (an Agent span twice: while it runs, then with its result);
+    # traces are upserted
+    assert all(len(ids[i]) == (2 if i in agents else 1) for i in spans)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -156,6 +159,9 @@ def test_compaction_is_flagged_with_before_and_after_sizes(tmp_path):
     assert continued["delta_prompt_tokens"] == after["prompt_tokens"] - before["prompt_tokens"]
     assert (before["messages"], after["messages"]) == (12, 7)  # history replaced by the summary
     assert llm(records["010"])["trace_id"] != llm(records["012"])["trace_id"]
+    (trace,) = [r["body"] for r in records["010"] if r["kind"] == "trace"]
+    assert trace["name"] == "claude-code compaction" and "input" not in trace  # not the turn before's prompt
+    assert trace["output"]["response"]  # the summary
 
 
 def test_side_calls_and_count_tokens_are_flagged(tmp_path):
@@ -163,9 +169,21 @@ def test_side_calls_and_count_tokens_are_flagged(tmp_path):
     assert cc(llm(records["028"]))["call"]["side_kind"] == "web_search"
     assert llm(records["028"])["name"] == "side_call:web_search"
     assert cc(llm(records["028"]))["pricing"]["web_search_usd"] == pytest.approx(0.01)
-    compact = run("compact", tmp_path)
-    assert cc(llm(compact["014"]))["call"]["kind"] == "count_tokens"
     assert run("simple", tmp_path)["000"] == []  # HEAD / preconnect carries no model call
+
+
+def test_count_tokens_is_a_general_span_in_the_turn_counted_apart(tmp_path):
+    records = run("compact", tmp_path)
+    (span,) = [r["body"] for r in records["014"] if r["kind"] == "span"]
+    assert span["type"] == "general" and span["name"] == "count_tokens"
+    assert not {"model", "usage", "total_estimated_cost", "provider"} & set(span)
+    assert span["output"] == {"input_tokens": 323} and cc(span)["count_tokens"] == {"input_tokens": 323}
+    assert cc(span)["call"]["kind"] == "count_tokens"
+    assert sum(c["tokens"] for c in cc(span)["categories"].values()) == pytest.approx(323, abs=0.1)
+    assert span["trace_id"] == llm(records["012"])["trace_id"]  # /context right after the turn joins it
+    (trace,) = [r["body"] for r in records["027"] if r["kind"] == "trace"]
+    rollup = cc(trace)["metrics_rollup"]
+    assert rollup["count_tokens_calls"] == 14 and rollup["calls"] == 1 and "count_tokens" not in rollup["calls_by_kind"]
 
 
 def test_errors_and_partial_streams(tmp_path):
@@ -267,3 +285,151 @@ def test_redacted_spans_never_contain_text_of_any_shape(tmp_path, prompt, answer
     blob = json.dumps(records, ensure_ascii=False)
     for text in (prompt, answer, tool_input, tool_output, args):
         assert text not in blob
+
+
+def flat(records: dict[str, list[dict]]) -> list[dict]:
+    return [r for number in records for r in records[number]]
+
+
+def newest(versions: list[dict]) -> dict:
+    """The version Opik keeps: the greatest `last_updated_at`."""
+    return max(versions, key=lambda body: body["last_updated_at"])
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_version_of_a_trace_carries_at_least_what_the_one_before_had(scenario, tmp_path):
+    versions = defaultdict(list)
+    for record in flat(run(scenario, tmp_path)):
+        if record["kind"] == "trace":
+            versions[record["body"]["id"]].append(record["body"])
+    for trace_id, bodies in versions.items():
+        for before, after in zip(bodies, bodies[1:]):
+            assert after["last_updated_at"] > before["last_updated_at"]
+            assert after["end_time"] >= before["end_time"] and after["start_time"] <= before["start_time"]
+            assert after["name"] == before["name"]
+            assert set(before["tags"]) <= set(after["tags"])
+            assert "output" not in before or after.get("output") is not None
+            old, new = cc(before)["metrics_rollup"], cc(after)["metrics_rollup"]
+            assert all(new[k] >= old[k] for k in ("calls", "prompt_tokens", "completion_tokens", "cost_usd",
+                                                  "count_tokens_calls"))
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_the_final_trace_carries_the_turns_last_main_answer(scenario, tmp_path):
+    records = flat(run(scenario, tmp_path))
+    last_answer = {}
+    for record in records:
+        body = record["body"]
+        if body.get("type") == "llm" and cc(body)["call"]["kind"] in ("main", "compaction"):
+            text = "\n".join(b.get("text", "") for b in (body.get("output") or {}).get("content", [])
+                             if b.get("type") == "text")
+            if text:
+                last_answer[body["trace_id"]] = text
+    traces = defaultdict(list)
+    for record in records:
+        if record["kind"] == "trace":
+            traces[record["body"]["id"]].append(record["body"])
+    for trace_id, text in last_answer.items():
+        assert newest(traces[trace_id])["output"] == {"response": text}, trace_id
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_trace_and_parent_a_span_names_was_emitted_no_later(scenario, tmp_path):
+    seen: set[str] = set()
+    for record in flat(run(scenario, tmp_path)):
+        body = record["body"]
+        if record["kind"] == "span":
+            assert body["trace_id"] in seen, (scenario, body["name"])
+            assert body.get("parent_span_id") is None or body["parent_span_id"] in seen, (scenario, body["name"])
+        seen.add(body["id"])
+
+
+def test_an_agent_span_goes_out_when_its_subagent_starts_and_again_with_its_result(tmp_path):
+    records = run("subagent", tmp_path)
+    early = next(r["body"] for r in records["002"] if r["body"].get("name") == "Agent")
+    assert "end_time" not in early and "output" not in early and cc(early)["tool"]["running"] is True
+    assert early["input"]["subagent_type"] == "general-purpose"
+    assert [r["body"]["name"] for r in records["003"] + records["004"] if r["kind"] == "span"] == [
+        "Bash", "subagent", "Read", "subagent"]  # once only
+    final = next(r["body"] for r in records["005"] if r["body"].get("name") == "Agent")
+    assert final["id"] == early["id"] and final["last_updated_at"] > early["last_updated_at"]
+    assert "agentId:" in final["output"]["result"]
+    assert llm(records["002"])["parent_span_id"] == early["id"]
+
+
+def later(capture: Capture, hours: float) -> Capture:
+    return again(capture, int(hours * 3600 * 1000))
+
+
+def test_a_count_tokens_call_hours_later_gets_a_trace_of_its_own(tmp_path):
+    materializer = Materializer(config(tmp_path), load_price_table())
+    captured = dict(exchanges("compact"))
+    turn = materializer.materialize(captured["012"])
+    (answer,) = [r["body"] for r in turn if r["kind"] == "trace"]
+    burst = [materializer.materialize(later(captured[n], 3)) for n in ("014", "015", "016")]
+    traces = [r["body"] for rs in burst for r in rs if r["kind"] == "trace"]
+    assert {t["id"] for t in traces} != {answer["id"]} and len({t["id"] for t in traces}) == 1
+    assert traces[-1]["name"] == "claude-code count_tokens"
+    assert cc(traces[-1])["metrics_rollup"]["count_tokens_calls"] == 3
+    back = materializer.materialize(later(captured["012"], 3.1))  # the same prompt's turn goes on
+    (resumed,) = [r["body"] for r in back if r["kind"] == "trace"]
+    assert resumed["id"] == answer["id"] and resumed["output"] == answer["output"]
+
+
+def restarted(materializer: Materializer, tmp_path: Path, **overrides) -> Materializer:
+    """A new materializer (a restarted daemon) from the old one's snapshot, through JSON."""
+    fresh = Materializer(config(tmp_path, **overrides), load_price_table())
+    fresh.restore(json.loads(json.dumps(materializer.snapshot())))
+    return fresh
+
+
+ALL = [(scenario, number, capture) for scenario in SCENARIOS for number, capture in exchanges(scenario)]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scenario=st.sampled_from(SCENARIOS), cuts=st.sets(st.integers(0, 60), max_size=4))
+def test_a_restart_at_any_capture_boundary_changes_no_record(tmp_path, scenario, cuts):
+    captured = [capture for s, _, capture in ALL if s == scenario]
+    straight = Materializer(config(tmp_path), load_price_table())
+    expected = [straight.materialize(c) for c in captured]
+    materializer = Materializer(config(tmp_path), load_price_table())
+    got = []
+    for i, capture in enumerate(captured):
+        if i in cuts:
+            materializer = restarted(materializer, tmp_path)
+        got.append(materializer.materialize(capture))
+    assert got == expected
+
+
+def test_a_request_retried_after_a_restart_emits_no_second_tool_span(tmp_path):
+    materializer = Materializer(config(tmp_path), load_price_table())
+    captured = dict(exchanges("tools"))
+    for number in ("001", "002", "003", "004", "005"):
+        materializer.materialize(captured[number])
+    first = materializer.materialize(captured["006"])
+    retry = restarted(materializer, tmp_path).materialize(again(captured["006"], 1500))
+    assert [r["body"]["name"] for r in first if r["body"].get("type") == "tool"] == ["Bash"]
+    assert [r for r in retry if r["body"].get("type") == "tool"] == []
+    assert [r["body"]["id"] for r in retry if r["kind"] == "trace"] == [
+        r["body"]["id"] for r in first if r["kind"] == "trace"]
+
+
+def test_the_redacted_state_kept_across_restarts_holds_no_text(tmp_path):
+    materializer = Materializer(config(tmp_path, capture_content=False), load_price_table())
+    for scenario in SCENARIOS:
+        for _, capture in exchanges(scenario):
+            materializer.materialize(capture)
+    blob = json.dumps(materializer.snapshot())
+    for text in ("say hello", "Hello! How", "Survey the project", "What have we done so far?", "echo hi"):
+        assert text not in blob
+
+
+def test_a_session_idle_for_a_day_is_forgotten_by_the_captures_clock(tmp_path):
+    materializer = Materializer(config(tmp_path), load_price_table())
+    materializer.materialize(exchanges("tools")[1][1])
+    materializer.materialize(later(exchanges("simple")[1][1], 23))
+    assert len(materializer.snapshot()["sessions"]) == 2
+    materializer.materialize(later(exchanges("simple")[1][1], 25))
+    (session,) = materializer.snapshot()["sessions"]
+    assert session["id"] == json.loads(json.loads(exchanges("simple")[1][1].request_body)["metadata"]["user_id"])[
+        "session_id"]

@@ -2,7 +2,7 @@
 
 import json
 
-from opik_cipx.materialize.turns import finished_tools, first_user_text, result_text, turn_anchor
+from opik_cipx.materialize.turns import finished_tools, first_user_digests, result_text, text_digest, turn_anchor
 from tests.conftest import load_fixture
 
 
@@ -38,4 +38,4 @@ def test_agent_result_and_subagent_brief():
     (agent,) = finished_tools(messages("subagent", "005"))
     assert agent.name == "Agent"
     assert "agentId:" in result_text(agent.result)
-    assert agent.input["prompt"] in first_user_text(messages("subagent", "002"))
+    assert text_digest(agent.input["prompt"].strip()) in first_user_digests(messages("subagent", "002"))

@@ -1,11 +1,25 @@
-"""Raw captures on disk: round trip, torn tails, rotation and retention."""
+"""The capture log on disk: round trip, positions, torn tails, rotation, retention."""
 
+import gzip
 import os
 import stat
 import time
 
-from opik_cipx.store.captures import CaptureStore, list_segments, read_captures
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from opik_cipx.store.captures import (
+    CaptureStore,
+    LogPosition,
+    count_log,
+    encode_member,
+    list_segments,
+    read_captures,
+    read_log,
+)
 from opik_cipx.wire.capture import Capture, redact_headers
+
+BIG = 10**9
 
 
 def make(n: int, body: bytes = b'{"model":"claude-opus-4-8"}') -> Capture:
@@ -16,8 +30,12 @@ def make(n: int, body: bytes = b'{"model":"claude-opus-4-8"}') -> Capture:
     return c
 
 
+def ids(entries) -> list[str]:
+    return [e.capture.id for e in entries]
+
+
 def test_round_trip_keeps_text_and_binary_bodies(tmp_path):
-    store = CaptureStore(tmp_path / "captures", max_bytes=10**9, max_age_s=10**6, segment_bytes=10**6)
+    store = CaptureStore(tmp_path / "captures", max_bytes=BIG, max_age_s=BIG, segment_bytes=10**6)
     store.append(make(1))
     store.append(make(2, body="héllo".encode()))
     store.close()
@@ -27,12 +45,33 @@ def test_round_trip_keeps_text_and_binary_bodies(tmp_path):
     assert got[1].request_body == "héllo".encode()
     assert got[0].request_headers[0] == ["x-api-key", "[redacted]"]
     (segment,) = (tmp_path / "captures").iterdir()
+    assert segment.name == "000000000001.jsonl.gz"
     assert stat.S_IMODE(segment.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "captures").stat().st_mode) == 0o700
+    assert gzip.decompress(segment.read_bytes()).count(b"\n") >= 2  # plain gzip members, any tool reads them
+
+
+def test_positions_are_contiguous_and_reading_resumes_from_any_of_them(tmp_path):
+    store = CaptureStore(tmp_path, max_bytes=BIG, max_age_s=BIG, segment_bytes=700)
+    assert store.end == store.start_end == LogPosition(1, 0)
+    appended = [store.append(make(n, body=os.urandom(200))) for n in range(8)]
+    assert store.end == appended[-1].end
+    for before, after in zip(appended, appended[1:]):
+        assert after.start == before.end or (after.start == LogPosition(before.end.segment + 1, 0))
+    assert len({a.path for a in appended}) > 1  # rotated by size
+    entries = list(read_log(tmp_path))
+    assert [(e.start, e.end) for e in entries] == [(a.start, a.end) for a in appended]
+    assert ids(read_log(tmp_path, appended[3].start)) == [f"0190-{n}" for n in range(3, 8)]
+    assert ids(read_log(tmp_path, appended[3].end, appended[6].start)) == ["0190-4", "0190-5"]
+    assert count_log(tmp_path, appended[1].start, store.end) == 7
+    store.close()
+    again = CaptureStore(tmp_path, max_bytes=BIG, max_age_s=BIG, segment_bytes=700)
+    assert again.start_end == LogPosition(appended[-1].end.segment + 1, 0)  # a new start, a new segment
+    assert again.append(make(9)).start == again.start_end
 
 
 def test_torn_last_member_costs_only_that_capture(tmp_path):
-    store = CaptureStore(tmp_path, max_bytes=10**9, max_age_s=10**6, segment_bytes=10**6)
+    store = CaptureStore(tmp_path, max_bytes=BIG, max_age_s=BIG, segment_bytes=10**6)
     for n in range(3):
         store.append(make(n))
     store.close()
@@ -42,32 +81,83 @@ def test_torn_last_member_costs_only_that_capture(tmp_path):
     assert [c.id for c in read_captures(tmp_path)] == ["0190-0", "0190-1"]
 
 
-def test_rotation_and_byte_budget_delete_oldest_segments(tmp_path):
+@settings(max_examples=60, deadline=None)
+@given(cut=st.integers(min_value=0, max_value=10**6), sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=6))
+def test_a_crash_at_any_byte_leaves_a_readable_prefix(tmp_path_factory, cut, sizes):
+    directory = tmp_path_factory.mktemp("log")
+    store = CaptureStore(directory, max_bytes=BIG, max_age_s=BIG, segment_bytes=BIG)
+    appended = [store.append(make(n, body=os.urandom(size))) for n, size in enumerate(sizes)]
+    store.close()
+    path = appended[0].path
+    data = path.read_bytes()
+    cut %= len(data) + 1
+    path.write_bytes(data[:cut])
+    whole = [a for a in appended if a.end.offset <= cut]
+    got = list(read_log(directory))
+    assert [(e.capture.id, e.end) for e in got] == [(f"0190-{n}", a.end) for n, a in enumerate(whole)]
+
+
+def test_retention_deletes_materialized_segments_beyond_the_budget_oldest_first(tmp_path):
     body = os.urandom(20_000)  # incompressible, so sizes are predictable
-    store = CaptureStore(tmp_path, max_bytes=120_000, max_age_s=10**6, segment_bytes=40_000)
-    for n in range(20):
-        store.append(make(n, body=body))
+    store = CaptureStore(tmp_path, max_bytes=120_000, max_age_s=BIG, segment_bytes=40_000)
+    appended = [store.append(make(n, body=body)) for n in range(20)]
+    assert store.retain(appended[-1].end) == 0  # everything materialized: nothing counted as lost
     store.close()
-    segments = list_segments(tmp_path)
-    assert len(segments) > 1
-    assert sum(size for _, size, _ in segments) <= 120_000 + 40_000
-    ids = [c.id for c in read_captures(tmp_path)]
-    assert ids == [f"0190-{n}" for n in range(20 - len(ids), 20)]  # newest kept, in order
+    assert sum(size for _, size, _ in list_segments(tmp_path)) <= 120_000 + 40_000
+    kept = [c.id for c in read_captures(tmp_path)]
+    assert kept == [f"0190-{n}" for n in range(20 - len(kept), 20)]  # newest kept, in order
 
 
-def test_age_limit_deletes_old_segments(tmp_path):
-    store = CaptureStore(tmp_path, max_bytes=10**9, max_age_s=3600, segment_bytes=10**6)
-    store.append(make(1))
+def test_the_budget_deletes_unmaterialized_captures_only_when_forced_and_counts_them(tmp_path):
+    body = os.urandom(20_000)
+    store = CaptureStore(tmp_path, max_bytes=120_000, max_age_s=BIG, segment_bytes=40_000)
+    appended = [store.append(make(n, body=body)) for n in range(20)]
+    materialized = appended[2].end  # the follower is far behind
+    lost = store.retain(materialized)
+    remaining = list(read_log(tmp_path, materialized))
+    assert lost == 17 - len(remaining)  # every capture gone before it was materialized is counted
+    assert lost > 0 and sum(size for _, size, _ in list_segments(tmp_path)) <= 120_000 + 40_000
+
+
+def test_age_limit_spares_what_is_not_materialized(tmp_path):
+    store = CaptureStore(tmp_path, max_bytes=BIG, max_age_s=3600, segment_bytes=10**6)
+    first = store.append(make(1))
     store.close()
-    (old,) = [p for p, _, _ in list_segments(tmp_path)]
+    second = store.append(make(2))
+    store.close()
     past = time.time() - 7200
-    os.utime(old, (past, past))
-    assert store.enforce_retention() == [old]
+    for path in (first.path, second.path):
+        os.utime(path, (past, past))
+    assert store.retain(first.end) == 0  # only the first one was materialized
+    assert [c.id for c in read_captures(tmp_path)] == ["0190-2"]
+    store.retain(second.end)
     assert list(read_captures(tmp_path)) == []
 
 
+def test_captures_off_keeps_each_one_only_until_it_is_materialized(tmp_path):
+    store = CaptureStore(tmp_path, max_bytes=BIG, max_age_s=BIG, segment_bytes=10**6, keep=False)
+    first, second = store.append(make(1)), store.append(make(2))
+    assert first.path != second.path  # one sealed segment each
+    store.retain(first.end)
+    assert [c.id for c in read_captures(tmp_path)] == ["0190-2"]
+    store.retain(second.end)
+    assert list_segments(tmp_path) == []
+
+
+def test_segments_from_before_the_log_come_first_and_count_as_materialized(tmp_path):
+    legacy = tmp_path / "20260101T000000-123-0001.jsonl.gz"
+    legacy.write_bytes(encode_member(make(0)))
+    store = CaptureStore(tmp_path, max_bytes=BIG, max_age_s=BIG, segment_bytes=10**6, keep=False)
+    assert store.start_end == LogPosition(1, 0)
+    store.append(make(1))
+    assert ids(read_log(tmp_path)) == ["0190-0", "0190-1"]
+    assert ids(read_log(tmp_path, store.start_end)) == ["0190-1"]
+    store.retain(store.start_end)
+    assert not legacy.exists()  # captures off: materialized, so deleted
+
+
 def test_a_failed_write_starts_a_new_segment_so_later_captures_stay_readable(tmp_path):
-    store = CaptureStore(tmp_path, max_bytes=10**9, max_age_s=10**6, segment_bytes=10**6)
+    store = CaptureStore(tmp_path, max_bytes=BIG, max_age_s=BIG, segment_bytes=10**6)
     first = store.append(make(1))
 
     class Full:
@@ -83,7 +173,39 @@ def test_a_failed_write_starts_a_new_segment_so_later_captures_stay_readable(tmp
         raise AssertionError("the write error must reach the caller (it is counted there)")
     except OSError:
         pass
+    assert store.end == first.end
     later = store.append(make(3))
     store.close()
-    assert later != first
+    assert later.path != first.path
     assert [c.id for c in read_captures(tmp_path)] == ["0190-1", "0190-3"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(parts=st.lists(st.binary(max_size=600), max_size=2000))
+def test_a_response_of_any_pieces_reads_back_whole(tmp_path_factory, parts):
+    directory = tmp_path_factory.mktemp("log")
+    capture = make(1)
+    capture.response_parts = list(parts)
+    store = CaptureStore(directory, max_bytes=BIG, max_age_s=BIG, segment_bytes=BIG)
+    store.append(capture)
+    store.close()
+    (got,) = read_captures(directory)
+    assert got.response_body == b"".join(parts) and got.request_body == capture.request_body
+
+
+def test_a_full_disk_leaves_no_empty_segment_behind(tmp_path):
+    store = CaptureStore(tmp_path, max_bytes=BIG, max_age_s=BIG, segment_bytes=10**6)
+    store.append(make(1))
+    store.close()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    for n in range(3):
+        store._rotate()
+        store._fh.write = full
+        try:
+            store.append(make(n))
+        except OSError:
+            pass
+    assert len(list_segments(tmp_path)) == 1

@@ -21,7 +21,7 @@ def viewer(tmp_path):
     materializer = Materializer(config, load_price_table())
     calls = RecentCalls(limit=50)
     for _, capture in exchanges("mcp"):
-        segment = store.append(capture)
+        segment = store.append(capture).path
         calls.add(call_row(capture, materializer.materialize(capture), segment))
     store.close()
     server = LoopbackServer("viewer", "127.0.0.1", 0, type("H", (ViewerHandler,), {"calls": calls}))
