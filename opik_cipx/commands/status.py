@@ -128,6 +128,10 @@ def render(stats: dict[str, Any], claude_code: str | None = None, log_path: str 
     out.append(f"  {'project':<12} {stats.get('project') or '(not set)'}")
     if claude_code:
         out.append(f"  {'claude code':<12} {claude_code}")
+    lock = stats.get("home_lock")
+    if isinstance(lock, dict) and not lock.get("held", True):
+        out.append(f"  ! home lock not held ({lock.get('error') or 'unknown reason'}): a second "
+                   "`opik-cipx proxy` on this home would not be refused; free disk space, then `opik-cipx restart`")
     out.append("queue")
     out.append(f"  {'in-memory':<12} {queue.get('in_memory', 0)}")
     out.append(f"  {'ready':<12} {queue.get('ready', 0)}")
