@@ -10,7 +10,8 @@ Accepted records are kept by id (`received`, every version that arrived), each r
 `requests`. Scriptable: `down()` / `up()` (stop listening: connection refused), `delay_s`
 (slow answers), `script(...)` (one-shot answers such as 429 with `RateLimit-Reset`, 500, 401),
 `fail_with` (an answer repeated until cleared), `reject_ids` (400 for any request holding one
-of them, with a reason), `max_body_bytes` (413 beyond it).
+of them, with a reason), `answer_ids` (any answer, e.g. a 500 or a 409, for any request holding
+one of them), `max_body_bytes` (413 beyond it).
 """
 
 import gzip
@@ -58,6 +59,7 @@ class FakeOpik:
         self.max_body_bytes: int | None = None
         self.fail_with: Answer | None = None
         self.reject_ids: dict[str, str] = {}
+        self.answer_ids: dict[str, Answer] = {}
         self._script: deque[Answer] = deque()
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
@@ -132,6 +134,8 @@ class FakeOpik:
                 answer = self.fail_with
             elif rejected := [i for i in ids if i in self.reject_ids]:
                 answer = Answer(400, body=json.dumps({"errors": [self.reject_ids[i] for i in rejected]}).encode())
+            elif special := [i for i in ids if i in self.answer_ids]:
+                answer = self.answer_ids[special[0]]
             elif self.max_body_bytes is not None and len(raw) > self.max_body_bytes:
                 answer = Answer(413, body=b'{"errors":["Payload too large"]}')
             else:
