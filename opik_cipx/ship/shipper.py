@@ -18,8 +18,9 @@ and never doubled. The cursor moves only once every record of the batch is settl
   only if Opik, asked right then to store again the last record of that kind it accepted (an
   idempotent upsert: the probe), accepts it: Opik works and this record breaks it. If the probe
   fails too, every request fails: an outage, which quarantines nothing and waits as below. With
-  no accepted record of that kind yet there is no probe: the batch is read again once newer
-  records are in the spool, to find one;
+  no accepted record of that kind yet there is no probe: the record goes behind the rest of the
+  batch, and when it is the last one, the batch is read again once newer records are in the
+  spool, to find one;
 - 502/503/504 (a gateway in front of Opik), refused connections, timeouts, other answers: all
   of Opik is down or unreachable: exponential backoff with jitter (capped), then the same request;
 - 429: wait for `RateLimit-Reset` / `Retry-After`, then the same request again;
@@ -324,7 +325,9 @@ class Shipper:
                         self._quarantine(request, status, reply,
                                          f" ({request.failures} times, while Opik accepted another record)")
                         continue
-                    if probe is None and self._more_records_than(batch):
+                    if probe is None and len(work) > 1:
+                        work.rotate(-1)  # no record of its kind accepted yet: let the others go first
+                    elif probe is None and self._more_records_than(batch):
                         self._stop.wait(self._failed(reply))
                         return False  # read again: the newer records may give a probe
             if self._stop.wait(self._failed(reply)) or not self.spool.is_current(batch):

@@ -77,8 +77,8 @@ def test_ships_traces_then_spans_with_opik_headers_and_moves_the_cursor(rig, opi
     assert opik.violations == []  # path, bare Authorization, Comet-Workspace, gzip, UUIDv7, Z times
     assert [req.field for req in opik.requests] == ["traces", "spans"]
     assert len(opik.requests[0].ids) == 10 and len(opik.requests[1].ids) == 20
+    wait_for(lambda: r.shipper.queue_section() == IDLE, what="empty queue")  # Opik stored them before it answered
     assert r.counters.get("spans_shipped") == 30
-    wait_for(lambda: r.shipper.queue_section() == {"in_memory": 0, "ready": 0, "inflight": 0}, what="empty queue")
     section = r.shipper.section()
     assert section["configured"] and section["last_error"] is None and section["last_ok_at"].endswith("Z")
     assert section["base_url"] == opik.url and API_KEY not in json.dumps(section)
@@ -122,7 +122,7 @@ def test_429_waits_for_ratelimit_reset(rig, opik):
     ids = r.append(1)
     r.shipper.start()
     wait_for(lambda: "429" in (r.shipper.section()["last_error"] or ""), what="rate limit noticed")
-    wait_for(lambda: all_received(opik, ids), what="records at Opik")
+    wait_for(lambda: all_received(opik, ids) and r.shipper.queue_section() == IDLE, what="records at Opik")
     first, second = opik.requests[0], opik.requests[1]
     assert first.status == 429 and second.status == 204 and first.ids == second.ids
     assert second.at - first.at >= 0.95
@@ -160,11 +160,12 @@ def test_5xx_backs_off_exponentially_then_succeeds(rig, opik):
     r = rig(retry_base_s=0.05, retry_max_s=1.0)
     ids = r.append(1)
     r.shipper.start()
-    wait_for(lambda: all_received(opik, ids), what="records at Opik")
+    wait_for(lambda: all_received(opik, ids) and r.shipper.queue_section() == IDLE, what="records at Opik")
     times = [req.at for req in opik.requests]
     gaps = [b - a for a, b in zip(times, times[1:])]
-    assert [req.status for req in opik.requests] == [500] * 4 + [204, 204]
-    assert gaps[0] >= 0.025 and gaps[3] >= 0.2  # 0.05 * 2**n, jittered between half and all of it
+    statuses = [req.status for req in opik.requests]
+    assert statuses[:4] == [500] * 4 and set(statuses[4:]) == {204}  # a 5xx also splits a request: 2 or 3 more
+    assert gaps[0] >= 0.05 and gaps[3] >= 0.2  # 0.05 * 2**n, jittered between half and all of it, never below 0.05
     assert r.shipper.section()["last_error"] is None
 
 
@@ -203,7 +204,7 @@ def test_400_for_one_record_quarantines_it_and_ships_the_rest(rig, opik, tmp_pat
     r.shipper.start()
     good = [i for i in ids if i != bad]
     wait_for(lambda: all_received(opik, good), what="the other records")
-    wait_for(lambda: r.shipper.queue_section()["ready"] == 0, what="batch settled")
+    wait_for(lambda: r.shipper.queue_section() == IDLE, what="batch settled")
     assert bad not in opik.ids()
     (entry,) = [json.loads(line) for line in (tmp_path / "spool" / "quarantine.jsonl").read_text().splitlines()]
     assert entry["body"]["id"] == bad and entry["status"] == 400
@@ -253,6 +254,26 @@ def test_a_record_that_makes_opik_fail_with_500_is_isolated_and_the_rest_flows(r
     failed = [req for req in opik.requests if req.status == 500]
     assert len(failed) <= 2 * math.ceil(math.log2(30)) + ISOLATE_AFTER  # bisected, then a bounded few tries
     assert opik.violations == []
+
+
+def test_a_failing_first_record_waits_for_a_probe_from_newer_records(rig, opik, tmp_path):
+    r = rig()
+    poison = synthetic_capture()[1]  # the first span this shipper ever sees: no accepted span to probe with
+    opik.answer_ids[poison["body"]["id"]] = Answer(500, body=b"boom")
+    r.spool.append([poison])
+    r.spool.flush(5)
+    r.shipper.start()
+    wait_for(lambda: len(opik.requests) >= ISOLATE_AFTER + 2, what="the lone span retried")
+    assert not (tmp_path / "spool" / "quarantine.jsonl").exists()  # no evidence that Opik works: it waits
+    ids = r.append(3)  # newer records arrive behind it
+    wait_for(lambda: all_received(opik, ids), what="the newer records")
+    (entry,) = wait_for(lambda: (tmp_path / "spool" / "quarantine.jsonl").exists() and quarantined(tmp_path / "spool"),
+                        what="the poison set aside")
+    assert entry["body"]["id"] == poison["body"]["id"] and "while Opik accepted another record" in entry["reason"]
+    wait_for(lambda: r.shipper.queue_section() == IDLE, what="everything settled")
+    assert r.counters.get("spans_shipped") == 9  # each record counted once, though the batch was read again
+    resent = [versions for versions in opik.received.values() if len(versions) > 1]
+    assert len(resent) == 1 and resent[0][0] == resent[0][1]  # only the probe, the same version again: an upsert
 
 
 @pytest.mark.parametrize("answer", [Answer(500, body=b"database down"), Answer(503), None])
@@ -394,7 +415,7 @@ def test_daemon_drains_a_prefilled_spool_and_reports_it(home, upstream, opik):
                            OPIK_CIPX_WORKSPACE=WORKSPACE, OPIK_CIPX_PROJECT="{username}-cc")
     try:
         wait_for(lambda: all_received(opik, [r["body"]["id"] for r in records]), what="drained")
-        stats = wait_for(lambda: (s := daemon.stats())["queue"]["ready"] == 0 and s, what="stats caught up")
+        stats = wait_for(lambda: (s := daemon.stats())["queue"] == IDLE and s, what="stats caught up")
         assert stats["counters"]["spans_shipped"] == 60
         assert stats["opik"]["configured"] and stats["opik"]["base_url"] == opik.url
         assert stats["opik"]["last_ok_at"].endswith("Z") and stats["opik"]["last_error"] is None
