@@ -99,9 +99,10 @@ def record_suspect(status: int | None) -> bool:
     return status is not None and 500 <= status < 600 and status not in UNAVAILABLE
 
 
-def already_exists(reply: Reply) -> bool:
-    """A 409 saying the record is already stored (`EntityAlreadyExistsException`), not a mismatch."""
-    return reply.status == 409 and b"already exists" in reply.body.lower()
+def already_exists(kind: str, reply: Reply) -> bool:
+    """A 409 saying this record is stored already ("Trace already exists", "Span already exists":
+    `EntityAlreadyExistsException`), rather than a mismatch."""
+    return reply.status == 409 and f"{kind} already exists".encode() in reply.body.lower()
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -302,7 +303,7 @@ class Shipper:
             log.debug("shipper: %d %s(s) -> %s in %.0f ms", len(request.items), request.kind,
                       reply.status or reply.error, (time.monotonic() - started) * 1000)
             status, alone = reply.status, len(request.items) == 1
-            if status is not None and (200 <= status < 300 or (alone and already_exists(reply))):
+            if status is not None and (200 <= status < 300 or (alone and already_exists(request.kind, reply))):
                 work.popleft()
                 self._accepted(request)
                 continue

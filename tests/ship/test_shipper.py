@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from opik_cipx.ship.destination import NOT_CONFIGURED, Destination
-from opik_cipx.ship.shipper import ISOLATE_AFTER, MIN_WAIT_S, PATHS, Shipper, plan_requests, rate_limit_wait_s
+from opik_cipx.ship.shipper import (
+    ISOLATE_AFTER, MIN_WAIT_S, PATHS, Reply, Shipper, already_exists, plan_requests, rate_limit_wait_s, record_suspect,
+)
 from opik_cipx.stats import Counters
 from opik_cipx.store.spool import Spool, unshipped_records
 from tests.conftest import DaemonProcess, wait_for
@@ -139,6 +141,16 @@ def test_rate_limit_headers():
     for floored in ({"RateLimit-Reset": "0"}, {"RateLimit-Reset": "-5"}, {"RateLimit-Reset": "0.001"},
                     {"Retry-After": "Thu, 01 Jan 2015 00:00:00 GMT"}, {"RateLimit-Reset": "1999999990"}):
         assert rate_limit_wait_s(floored, now=2000000000.0) == MIN_WAIT_S == 1.0, floored
+
+
+def test_which_answers_mean_what():
+    assert already_exists("trace", Reply(409, {}, b'{"errors":["Trace already exists"]}'))
+    assert already_exists("span", Reply(409, {}, b'{"errors":["Span already exists"]}'))
+    assert not already_exists("span", Reply(409, {}, b'{"errors":["Project already exists"]}'))  # not this record
+    assert not already_exists("span", Reply(409, {}, b'{"errors":["parent_span_id does not match the existing span"]}'))
+    assert not already_exists("trace", Reply(200, {}, b"Trace already exists"))
+    assert [record_suspect(code) for code in (500, 501, 507, 502, 503, 504, 429, 400, None)] == \
+        [True, True, True, False, False, False, False, False, False]
 
 
 @pytest.mark.parametrize("headers", [{"RateLimit-Reset": "0"}, {"Retry-After": "Thu, 01 Jan 2015 00:00:00 GMT"},
