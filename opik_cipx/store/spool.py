@@ -203,16 +203,13 @@ def request_requeue(directory: Path) -> int:
     return moved
 
 
-def _requeue_entry(line: bytes) -> dict[str, Any] | None:
-    """The spool record of one quarantine line, or None when it is not one."""
+def _requeue_line(line: bytes) -> bytes | None:
+    """The spool line for one quarantine entry, or None when it holds no spool record."""
     try:
         entry = json.loads(line)
-    except ValueError:
+        return encode({"kind": entry["kind"], "body": entry["body"]})
+    except (ValueError, TypeError, KeyError):
         return None
-    if not isinstance(entry, dict) or entry.get("kind") not in KINDS:
-        return None
-    body = entry.get("body")
-    return {"kind": entry["kind"], "body": body} if isinstance(body, dict) and isinstance(body.get("id"), str) else None
 
 
 class Spool:
@@ -447,8 +444,8 @@ class Spool:
         taken = 0
         for path in paths:
             try:
-                lines = [encode(record) for line in path.read_bytes().splitlines()
-                         if (record := _requeue_entry(line)) is not None]
+                lines = [spool_line for line in path.read_bytes().splitlines()
+                         if (spool_line := _requeue_line(line)) is not None]
             except OSError as exc:
                 log.warning("spool: cannot read %s: %s", path.name, exc.strerror or exc)
                 return taken

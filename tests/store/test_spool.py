@@ -310,12 +310,12 @@ def test_requeued_records_go_back_into_the_spool_once_durable(spool_dir):
     os.replace(spool_dir / "quarantine.jsonl", spool_dir / "quarantine.jsonl.1")  # as the rotation leaves it
     newer = quarantine_some(spool, 3)
     with open(spool_dir / "quarantine.jsonl", "ab") as fh:
-        fh.write(b"{not json\n" + json.dumps({"kind": "log", "body": {"id": "x"}}).encode() + b"\n")
-    assert spool_module.quarantine_counts(spool_dir) == {"quarantined": 17, "retry_pending": 0}
-    assert spool_module.request_requeue(spool_dir) == 17
-    assert spool_module.quarantine_counts(spool_dir) == {"quarantined": 0, "retry_pending": 17}
+        fh.write(b'{not json\n{"kind":"log","body":{"id":"x"}}\n{"kind":"span","body":{"id":"y","ttft":NaN}}\n[1]\n')
+    assert spool_module.quarantine_counts(spool_dir) == {"quarantined": 19, "retry_pending": 0}
+    assert spool_module.request_requeue(spool_dir) == 19
+    assert spool_module.quarantine_counts(spool_dir) == {"quarantined": 0, "retry_pending": 19}
     assert not (spool_dir / "quarantine.jsonl").exists() and not (spool_dir / "quarantine.jsonl.1").exists()
-    assert spool.take_requeued() == 15  # the two lines that are no records are left out
+    assert spool.take_requeued() == 15  # the four lines that hold no spool record are left out
     assert spool_module.quarantine_counts(spool_dir) == {"quarantined": 0, "retry_pending": 0}
     assert drain(spool) == ids_of(older + newer)  # oldest first, behind nothing
     assert spool.section()["dropped_events_inmem"] == 0
