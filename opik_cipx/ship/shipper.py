@@ -241,8 +241,9 @@ class Shipper:
         self._last_error: str | None = None if destination.configured else NOT_CONFIGURED
         self._last_ok_at: float | None = None
         self._probes: dict[str, dict[str, Any]] = {}  # kind -> the last record of that kind Opik accepted
-        self._settled_at: Position | None = None  # the cursor `_settled` belongs to
-        self._settled: set[tuple[str, str, str]] = set()  # records accepted or set aside there
+        self._settled_at: Position | None = None  # the cursor `_settled` and `_set_aside` belong to
+        self._settled: set[tuple[str, str, str]] = set()  # records accepted there (a re-read skips them)
+        self._set_aside: set[tuple[str, str, str]] = set()  # records quarantined there
 
     def start(self) -> None:
         if self.client is not None:
@@ -271,6 +272,7 @@ class Shipper:
         """Records `ship --retry-quarantine` handed back: into the spool, behind what waits there."""
         count = self.spool.take_requeued()
         if count:
+            self._set_aside.clear()  # the same records may be back: a re-read must not skip them
             log.info("shipper: %d record(s) from the quarantine are back in the spool", count)
 
     def ship_once(self) -> bool:
@@ -279,7 +281,7 @@ class Shipper:
         if batch is None:
             return False
         if batch.start != self._settled_at:
-            self._settled_at, self._settled = batch.start, set()
+            self._settled_at, self._settled, self._set_aside = batch.start, set(), set()
         with self._lock:
             self._inflight = len(batch.records)
         try:
@@ -293,7 +295,8 @@ class Shipper:
     def _settle(self, batch: Batch) -> bool:
         """Post until every record is accepted or quarantined; False to read the batch again
         (stopped, dropped by the disk budget, or waiting for newer records to probe with)."""
-        waiting = [(kind, body, size) for kind, body, size in batch.records if _key(kind, body) not in self._settled]
+        done = self._settled | self._set_aside
+        waiting = [(kind, body, size) for kind, body, size in batch.records if _key(kind, body) not in done]
         work = deque(_Request(kind, items)
                      for kind, items in plan_requests(waiting, self.batch_max_records, self.batch_max_bytes))
         while work:
@@ -364,7 +367,7 @@ class Shipper:
         body = request.items[0][0]
         reason = (reply.body[:2000].decode("utf-8", "replace").strip() or f"HTTP {status}") + why
         self.spool.quarantine(request.kind, body, status, reason)
-        self._settled.add(_key(request.kind, body))
+        self._set_aside.add(_key(request.kind, body))
         log.warning("shipper: Opik refused %s %s (HTTP %d%s); set aside in quarantine.jsonl, "
                     "`opik-cipx ship --retry-quarantine` sends it again", request.kind, body["id"], status, why)
 
