@@ -34,23 +34,29 @@ def on_config_error(args: argparse.Namespace, exc: ConfigError) -> int:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     spool = settings.spool_dir
-    moved = request_requeue(spool) if quarantine_counts(spool)["quarantined"] else 0
+    counts = quarantine_counts(spool)
+    moved = request_requeue(spool) if counts["quarantined"] else 0
     if not moved:
-        print("opik-cipx: the quarantine is empty: nothing to retry")
+        pending = f" ({counts['retry_pending']} record(s) from an earlier retry still wait for the daemon)" \
+            if counts["retry_pending"] else ""
+        print(f"opik-cipx: the quarantine is empty: nothing to retry{pending}")
         return 0
     stats = fetch_stats(admin_port(settings, read_state(settings)))
     if stats is None:
         print(f"opik-cipx: {moved} record(s) handed back from the quarantine; the daemon ships them when it starts "
               "(`opik-cipx sync` starts it)")
         return 0
+    opik = stats.get("opik") if isinstance(stats.get("opik"), dict) else {}
+    if not opik.get("configured"):
+        print(f"opik-cipx: {moved} record(s) handed back from the quarantine; they are shipped once Opik is "
+              "configured (`opik-cipx status` says how)")
+        return 0
     deadline = time.monotonic() + TAKE_WAIT_S
     while quarantine_counts(spool)["retry_pending"] and time.monotonic() < deadline:
         time.sleep(POLL_S)
-    opik = stats.get("opik") if isinstance(stats.get("opik"), dict) else {}
     if quarantine_counts(spool)["retry_pending"]:
-        where = "once its shipper is free" if opik.get("configured") else "once Opik is configured"
         print(f"opik-cipx: {moved} record(s) handed back from the quarantine; the daemon puts them in the queue "
-              f"{where} (`opik-cipx status` shows them as retry pending)")
+              "once its shipper is free (`opik-cipx status` shows them as retry pending)")
     else:
         print(f"opik-cipx: {moved} record(s) are back in the queue to Opik; `opik-cipx status` shows them ship, "
               "and one Opik refuses again returns to the quarantine with its new reason")

@@ -70,3 +70,16 @@ def test_nothing_to_retry_and_the_flag_is_required(home):
     assert run_cli(home, "ship", "--retry-quarantine").stdout == "opik-cipx: the quarantine is empty: nothing to retry\n"
     bare = run_cli(home, "ship")
     assert bare.returncode == 2 and "--retry-quarantine" in bare.stderr
+
+
+def test_retry_quarantine_while_opik_is_not_configured_says_so_at_once(daemon):
+    record = prefill(daemon.home / "spool-elsewhere", 1)[0]
+    entry = {"at": "2026-11-27T00:00:00.000Z", "kind": "trace", "status": 400, "reason": "x", "body": record["body"]}
+    (daemon.home / "spool" / "quarantine.jsonl").write_text(json.dumps(entry) + "\n")
+    result = run_cli(daemon.home, "ship", "--retry-quarantine", timeout=5)
+    assert result.stdout == ("opik-cipx: 1 record(s) handed back from the quarantine; they are shipped once Opik is "
+                             "configured (`opik-cipx status` says how)\n")
+    assert daemon.stats()["opik"]["retry_pending"] == 1
+    again = run_cli(daemon.home, "ship", "--retry-quarantine")
+    assert again.stdout == ("opik-cipx: the quarantine is empty: nothing to retry "
+                            "(1 record(s) from an earlier retry still wait for the daemon)\n")
