@@ -1,6 +1,7 @@
 """The long-lived daemon behind `opik-cipx proxy`: listeners, workers, `state.json`, shutdown.
 
-Start order: gateway port first (a taken 9909 fails before anything is written), then the
+Start order: the home's daemon lock first (a second daemon on the same home exits 1 before it
+writes anything), then the gateway port (a taken 9909 fails before anything is written), the
 admin port, the workers (the follower restores its checkpoint first), and finally `state.json`,
 the handshake `sync` and `status` wait for.
 Stop order on SIGTERM/SIGINT: stop accepting, let in-flight exchanges finish (bounded), write
@@ -25,7 +26,7 @@ from opik_cipx import __version__
 from opik_cipx.config import Settings
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import assign_picked_ports, claude_code_port
-from opik_cipx.home import private_dir, write_json
+from opik_cipx.home import HomeLocked, lock_home, private_dir, write_json
 from opik_cipx.logs import configure_daemon_logging
 from opik_cipx.materialize.follower import Follower
 from opik_cipx.materialize.materializer import Materializer, materializer_config
@@ -74,8 +75,9 @@ def build_materializer(
 class Daemon:
     """Owns every listener and worker thread of one running proxy."""
 
-    def __init__(self, settings: Settings, port: int | None = None):
+    def __init__(self, settings: Settings, port: int | None = None, home_lock_error: str | None = None):
         self.settings = settings
+        self.home_lock_error = home_lock_error  # why this daemon runs without the home's lock
         self.counters = Counters()
         self.started_at = time.time()
         private_dir(settings.home)
@@ -206,6 +208,7 @@ class Daemon:
             "uptime_s": round(time.time() - self.started_at, 3),
             "listeners": listeners,
             "project": self.destination.project,
+            "home_lock": {"held": self.home_lock_error is None, "error": self.home_lock_error},
         }
         providers = {
             "materializer": lambda: {**self.pipeline.section(), **self.follower.section()},
@@ -267,13 +270,23 @@ def run_proxy(settings: Settings, port: int | None = None) -> int:
     os.umask(0o077)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     private_dir(settings.home)
+    try:
+        home_lock = lock_home(settings.home)
+    except HomeLocked as exc:
+        holder = f"pid {exc.pid}" if exc.pid else "another process"
+        print(f"opik-cipx: a daemon ({holder}) already runs on {settings.home}; nothing was started. "
+              "Run `opik-cipx status` to see it, or `opik-cipx restart` to replace it.", file=sys.stderr)
+        return 1
     configure_daemon_logging(
         settings.logs_dir, settings.logs_max_mb * 1024 * 1024, settings.logs_backups, debug=settings.opik_debug
     )
     for warning in settings.warnings:
         log.warning("%s", warning)
+    if home_lock.error:
+        log.warning("running without the home lock (%s): a second daemon on %s would not be refused",
+                    home_lock.error, settings.home)
     try:
-        daemon = Daemon(settings, port)
+        daemon = Daemon(settings, port, home_lock.error)
     except StartupError as exc:
         log.error("%s", exc)
         return 1
@@ -285,4 +298,5 @@ def run_proxy(settings: Settings, port: int | None = None) -> int:
         pass
     log.info("signal received: draining")
     daemon.shutdown()
+    home_lock.release()
     return 0

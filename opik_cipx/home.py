@@ -2,14 +2,18 @@
 
 Directories are 0700 and files 0600, whatever the process umask says. Small state files
 (`state.json`, `ports.json`, cursors) are replaced atomically: temp file, fsync, rename.
+One daemon per home: it holds an exclusive `flock` on `daemon.lock` for its lifetime.
 """
 
+import fcntl
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+LOCK_FILE = "daemon.lock"
 
 
 def default_home(env: dict[str, str]) -> Path:
@@ -61,3 +65,68 @@ def read_json(path: Path) -> object | None:
         return json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
+
+
+class HomeLocked(Exception):
+    """Another process holds the daemon lock of this home; `pid` is its pid when it could be read."""
+
+    def __init__(self, pid: int | None):
+        super().__init__(f"held by pid {pid}" if pid else "held by another process")
+        self.pid = pid
+
+
+@dataclass
+class HomeLock:
+    """The daemon lock of one home: `fd` while held; `error` says why it could not be taken."""
+
+    fd: int | None
+    error: str | None = None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def lock_home(home: Path) -> HomeLock:
+    """Take the exclusive lock on `home/daemon.lock` for as long as this process lives.
+
+    The kernel releases a `flock` when its holder dies, `kill -9` included, so the lock never
+    goes stale. Holding it, the daemon writes its pid into the file; raises `HomeLocked` (having
+    changed nothing) when another process holds it. A lock file that cannot be created or opened
+    (disk full, read-only home) gives an unheld `HomeLock` with the reason: the daemon starts
+    anyway, because the wire comes first, and reports it.
+    """
+    path = home / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+    except OSError as exc:
+        try:  # an existing lock file on a read-only home: locking needs no write access
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return HomeLock(None, f"cannot create {LOCK_FILE}: {exc.strerror or exc}")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _lock_holder(fd)
+        os.close(fd)
+        raise HomeLocked(pid) from None
+    except OSError as exc:  # e.g. a filesystem without flock
+        os.close(fd)
+        return HomeLock(None, f"cannot lock {LOCK_FILE}: {exc.strerror or exc}")
+    try:
+        if os.fstat(fd).st_mode & 0o777 != FILE_MODE:
+            os.fchmod(fd, FILE_MODE)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass  # held all the same; a second daemon just cannot name this pid
+    return HomeLock(fd)
+
+
+def _lock_holder(fd: int) -> int | None:
+    try:
+        raw = os.pread(fd, 32, 0).strip()
+    except OSError:
+        return None
+    return int(raw) if raw.isdigit() and int(raw) > 0 else None

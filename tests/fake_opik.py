@@ -2,15 +2,16 @@
 
 Checked: method and path, `Authorization` (the bare API key, no `Bearer`), `Comet-Workspace`,
 `Content-Encoding: gzip`, a JSON body `{"traces": [...]}` / `{"spans": [...]}` with 1..1000
-records and no id twice, each record valid against Opik's write schema (tests/opik_schema.py:
-UUIDv7 ids, ISO-8601 `Z` timestamps, known fields only, integer usage). A request that breaks a rule is
-answered 400 and listed in `violations`; tests assert that list stays empty.
+records and no id twice, each record valid against Opik's write models and their validation
+annotations (tests/opik_schema.py). A request that breaks a rule is answered 400 and listed in
+`violations`; tests assert that list stays empty.
 
 Accepted records are kept by id (`received`, every version that arrived), each request in
 `requests`. Scriptable: `down()` / `up()` (stop listening: connection refused), `delay_s`
 (slow answers), `script(...)` (one-shot answers such as 429 with `RateLimit-Reset`, 500, 401),
 `fail_with` (an answer repeated until cleared), `reject_ids` (400 for any request holding one
-of them, with a reason), `max_body_bytes` (413 beyond it).
+of them, with a reason), `answer_ids` (any answer, e.g. a 500 or a 409, for any request holding
+one of them), `max_body_bytes` (413 beyond it).
 """
 
 import gzip
@@ -21,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.opik_schema import problems
+from tests.opik_schema import batch_problems
 
 PATHS = {"/v1/private/traces/batch": "traces", "/v1/private/spans/batch": "spans"}
 API_KEY = "test-api-key"
@@ -45,23 +46,6 @@ class Request:
     status: int
 
 
-def problems_of(field_name: str, items: object) -> list[str]:
-    """What is wrong with the records of one batch body."""
-    if not isinstance(items, list) or not 1 <= len(items) <= 1000:
-        return [f"{field_name}: expected a list of 1..1000 records"]
-    out = []
-    ids = [item.get("id") if isinstance(item, dict) else None for item in items]
-    if len(set(ids)) != len(ids):
-        out.append(f"{field_name}: duplicate id in one batch")
-    kind = "span" if field_name == "spans" else "trace"
-    for item in items:
-        if not isinstance(item, dict):
-            out.append(f"{field_name}: record is not an object")
-            continue
-        out += [f"{item.get('id')}: {problem}" for problem in problems({"kind": kind, "body": item})]
-    return out
-
-
 class FakeOpik:
     def __init__(self, api_key: str | None = API_KEY, workspace: str = WORKSPACE, base_path: str = "/api"):
         self.api_key = api_key
@@ -75,6 +59,7 @@ class FakeOpik:
         self.max_body_bytes: int | None = None
         self.fail_with: Answer | None = None
         self.reject_ids: dict[str, str] = {}
+        self.answer_ids: dict[str, Answer] = {}
         self._script: deque[Answer] = deque()
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
@@ -135,7 +120,7 @@ class FakeOpik:
             items = doc.get(field_name) if field_name and isinstance(doc, dict) else None
             if field_name and (set(doc) != {field_name}):
                 problems.append(f"body keys {sorted(doc)}")
-            problems += problems_of(field_name or "?", items)
+            problems += batch_problems(field_name or "?", items)
         except (OSError, ValueError, EOFError) as exc:
             problems.append(f"body is not gzip JSON: {exc}")
         ids = [item.get("id") for item in items] if isinstance(items, list) else []
@@ -149,6 +134,8 @@ class FakeOpik:
                 answer = self.fail_with
             elif rejected := [i for i in ids if i in self.reject_ids]:
                 answer = Answer(400, body=json.dumps({"errors": [self.reject_ids[i] for i in rejected]}).encode())
+            elif special := [i for i in ids if i in self.answer_ids]:
+                answer = self.answer_ids[special[0]]
             elif self.max_body_bytes is not None and len(raw) > self.max_body_bytes:
                 answer = Answer(413, body=b'{"errors":["Payload too large"]}')
             else:

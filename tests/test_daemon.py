@@ -98,6 +98,54 @@ def test_picked_ports_are_kept_across_restarts(home, upstream):
         second.stop()
 
 
+def snapshot(root) -> dict:
+    """Every file under `root`: its bytes and modification time."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_second_proxy_on_the_same_home_is_refused_and_touches_nothing(daemon):
+    home = daemon.home
+    before = snapshot(home)
+    assert before["daemon.lock"][0] == f"{daemon.proc.pid}\n".encode()
+    second = run_cli(home, "proxy", "--port", "0", timeout=20)
+    assert second.returncode == 1
+    lines = second.stderr.splitlines()
+    assert len(lines) == 1 and f"pid {daemon.proc.pid}" in lines[0], second.stderr
+    assert "`opik-cipx status`" in lines[0] and "`opik-cipx restart`" in lines[0]
+    assert snapshot(home) == before  # state.json, ports.json, logs, spool, captures, the lock: all as they were
+    status = run_cli(home, "status", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["pid"] == daemon.proc.pid
+    assert daemon.stats()["home_lock"] == {"held": True, "error": None}
+
+
+def test_the_lock_dies_with_its_daemon_even_on_kill_9(home, upstream):
+    first = DaemonProcess(home, upstream.url)
+    first.kill()
+    second = DaemonProcess(home, upstream.url)
+    try:  # state.json of the dead one is still there until the new one replaces it
+        wait_for(lambda: json.loads((home / "state.json").read_text())["pid"] == second.proc.pid,
+                 what="the new daemon's state.json")
+        assert second.stats()["pid"] == second.proc.pid != first.proc.pid
+        assert (home / "daemon.lock").read_text() == f"{second.proc.pid}\n"
+    finally:
+        assert second.stop() == 0
+
+
+def test_a_lock_file_that_cannot_be_created_does_not_stop_the_daemon(home, upstream):
+    home.mkdir(parents=True)
+    (home / "daemon.lock").symlink_to(home / "no-such-dir" / "lock")  # unopenable, as on a full or read-only disk
+    daemon = DaemonProcess(home, upstream.url)
+    try:
+        lock = daemon.stats()["home_lock"]
+        assert lock["held"] is False and lock["error"].startswith("cannot create daemon.lock: ")
+        status = run_cli(home, "status")
+        assert status.returncode == 0 and "! home lock not held (cannot create daemon.lock" in status.stdout
+        assert "running without the home lock" in (home / "logs" / "cipx.log").read_text()
+    finally:
+        assert daemon.stop() == 0
+
+
 def test_disabled_proxy_exits_zero_at_once_even_with_a_broken_config(home):
     home.mkdir(parents=True)
     (home / "config.toml").write_text("this is = = not toml")

@@ -17,6 +17,7 @@ from opik_cipx.config import ConfigError, Settings
 from opik_cipx.control import claude_settings, lifecycle
 from opik_cipx.control.daemon_control import admin_port, fetch_stats, paths_only_settings, pid_alive, read_state
 from opik_cipx.stats import COUNTER_NAMES, PROBLEM_COUNTERS
+from opik_cipx.store.spool import QUARANTINE, quarantine_counts
 
 PROBLEM_HINTS = {
     "materializer_errors_total": "captures the materializer could not turn into spans; see `opik-cipx logs`",
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         else:
             print("opik-cipx: not running — run `opik-cipx sync` to start it")
             print(f"  claude code  {pointing}")
+            for line in quarantine_lines(quarantine_counts(settings.spool_dir)):
+                print(line)
         return 0
     port = admin_port(settings, state)
     stats = fetch_stats(port)
@@ -67,6 +70,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(render(stats, pointing, str(settings.logs_dir / "cipx.log")))
     return 0
+
+
+def quarantine_lines(counts: dict[str, Any]) -> list[str]:
+    """What waits in the quarantine and how to send it again; nothing when it is empty."""
+    out = []
+    if counts.get("quarantined"):
+        out.append(f"  ! quarantine: {counts['quarantined']} record(s) Opik refused wait in spool/{QUARANTINE} "
+                   "(with Opik's reason); fix the cause, then run `opik-cipx ship --retry-quarantine`")
+    if counts.get("retry_pending"):
+        out.append(f"  retry pending: {counts['retry_pending']} record(s) handed back, not yet in the queue")
+    return out
 
 
 def _claude_code_line(settings: Settings, state: dict[str, Any] | None) -> str:
@@ -147,6 +161,10 @@ def render(stats: dict[str, Any], claude_code: str | None = None, log_path: str 
     out.append(f"  {'project':<12} {stats.get('project') or '(not set)'}")
     if claude_code:
         out.append(f"  {'claude code':<12} {claude_code}")
+    lock = stats.get("home_lock")
+    if isinstance(lock, dict) and not lock.get("held", True):
+        out.append(f"  ! home lock not held ({lock.get('error') or 'unknown reason'}): a second "
+                   "`opik-cipx proxy` on this home would not be refused; free disk space, then `opik-cipx restart`")
     out.append("queue")
     out.append(f"  {'in-memory':<12} {queue.get('in_memory', 0)}")
     out.append(f"  {'ready':<12} {queue.get('ready', 0)}")
@@ -181,6 +199,7 @@ def render(stats: dict[str, Any], claude_code: str | None = None, log_path: str 
             out.append(f"  ! last error: {opik['last_error']}")
     else:
         out.append(f"  {opik.get('last_error') or 'Opik is not configured: spans stay in the local spool.'}")
+    out += quarantine_lines(opik)
     out.append(f"telemetry      {telemetry.get('reason') or ('on' if telemetry.get('enabled') else 'off')}")
     if problems:
         out.append(f"! {len(problems)} problem counter(s) nonzero: {', '.join(problems)}"

@@ -43,7 +43,9 @@ from opik_cipx.materialize.pricing import Cost, PriceTable, price_call
 from opik_cipx.materialize.redaction import redact_records
 from opik_cipx.materialize.response import ResponseSummary, decode_body, summarize_response
 from opik_cipx.materialize.sessions import valid_session_id
-from opik_cipx.materialize.spans import bounded, error_info, opik_usage, prompt_tokens, span_record, trace_record
+from opik_cipx.materialize.spans import (
+    bounded, call_error_info, opik_usage, prompt_tokens, span_record, tool_error_info, trace_record,
+)
 from opik_cipx.materialize.turns import (
     FinishedTool,
     finished_tools,
@@ -434,9 +436,9 @@ class Materializer:
                 cc.setdefault(key, value)
         err = None
         if s.error:
-            err = error_info(str(s.error.get("type", "error")), str(s.error.get("message", "")))
+            err = call_error_info(s.error, s.error_event)
         elif c.upstream_error:
-            err = error_info("upstream_error", c.upstream_error)
+            err = call_error_info({"type": "upstream_error", "message": c.upstream_error}, None)
         return span_record(
             span_id=span_id,
             trace_id=trace_id,
@@ -467,9 +469,7 @@ class Materializer:
         cc = self._common_cc(call)
         cc.update(call=_call_meta(call), count_tokens={"input_tokens": counted},
                   categories=_categories(call, counted or 0, None))
-        err = None
-        if s.error:
-            err = error_info(str(s.error.get("type", "error")), str(s.error.get("message", "")))
+        err = call_error_info(s.error, s.error_event) if s.error else None
         return span_record(
             span_id=span_id,
             trace_id=trace_id,
@@ -550,7 +550,7 @@ class Materializer:
             metadata={"cc": meta},
             tags=["claude-code", "tool"],
             updated_ns=c.ended_at_ns or c.started_at_ns,
-            error_info=error_info("tool_error", text[:500]) if tool.is_error else None,
+            error_info=tool_error_info(tool.name or "tool", text) if tool.is_error else None,
         )
 
     def _trace(self, call: "_Call", turn: Turn) -> dict:

@@ -11,8 +11,8 @@ base, and each `message_delta.usage` overwrites it field by field with its non-n
 `partial` is True when the exchange did not run to `message_stop`: a mid-stream `error`
 event, a stream that just stops, the client hanging up, or the upstream failing. The usage
 is then the last seen, and `error` says why, as `{"type", "message"}`: the API's own error
-object when there is one, else a type of `upstream_error`, `client_aborted`,
-`incomplete_stream`, `undecodable_body` or `http_error`.
+object when there is one (`error_event` keeps the whole error event or body), else a type of
+`upstream_error`, `client_aborted`, `incomplete_stream`, `undecodable_body` or `http_error`.
 """
 
 import json
@@ -37,6 +37,7 @@ class ResponseSummary:
     content: list[dict] = field(default_factory=list)
     partial: bool = False
     error: dict | None = None
+    error_event: dict | None = None  # the API's error event or error body, as received
     request_id: str | None = None
 
 
@@ -117,7 +118,7 @@ def _read_json(summary: ResponseSummary, body: bytes) -> None:
         summary.content = [block for block in message.get("content") or [] if isinstance(block, dict)]
     elif message.get("type") == "error":
         summary.kind = "json"
-        summary.error = _api_error(message.get("error"))
+        summary.error, summary.error_event = _api_error(message.get("error")), message
 
 
 def _read_stream(summary: ResponseSummary, body: bytes) -> None:
@@ -156,7 +157,7 @@ def _read_stream(summary: ResponseSummary, body: bytes) -> None:
         elif kind == "message_stop":
             completed = True
         elif kind == "error":
-            summary.error = _api_error(payload.get("error"))
+            summary.error, summary.error_event = _api_error(payload.get("error")), payload
     summary.content = [_finish_block(blocks[i], pieces.get(i, {})) for i in sorted(blocks)]
     if not completed:
         summary.partial = True

@@ -176,6 +176,27 @@ def span_record(
     return {"kind": "span", "body": body}
 
 
-def error_info(error_type: str, message: str) -> dict[str, str]:
-    """Opik's ErrorInfo (a traceback is required by the schema; API errors have none)."""
-    return {"exception_type": error_type, "message": message, "traceback": ""}
+ERROR_TEXT_MAX_CHARS = 2000  # the longest traceback an error span carries (the full text is in its output)
+
+
+def error_info(exception_type: str, message: str, traceback: str) -> dict[str, str]:
+    """Opik's ErrorInfo. Opik declares `exception_type` and `traceback` @NotBlank, so neither is ever
+    blank here (a blank traceback falls back to the exception type); the traceback is bounded."""
+    kind = exception_type.strip() or "error"
+    if len(traceback) > ERROR_TEXT_MAX_CHARS:
+        traceback = traceback[: ERROR_TEXT_MAX_CHARS - 1] + "\u2026"
+    return {"exception_type": kind, "message": message, "traceback": traceback if traceback.strip() else kind}
+
+
+def call_error_info(error: dict[str, str], event: dict[str, Any] | None) -> dict[str, str]:
+    """A failed or cut-off call: the error's type and message; as traceback, the API's error event
+    (or error body) as JSON when there was one, else the error's own line (transport errors:
+    the upstream_error line)."""
+    kind, message = str(error.get("type") or "api_error"), str(error.get("message") or "")
+    detail = json.dumps(event, ensure_ascii=False, separators=(",", ":")) if event is not None else message
+    return error_info(kind, message, detail)
+
+
+def tool_error_info(tool_name: str, result_text: str) -> dict[str, str]:
+    """A failed tool call: the start of its result as message; the tool name and result as traceback."""
+    return error_info("tool_error", result_text[:500], f"{tool_name}\n{result_text}")

@@ -3,17 +3,35 @@
 It takes a batch at the spool cursor and posts its traces, then its spans, to
 `{base}/v1/private/traces/batch` and `{base}/v1/private/spans/batch`: gzip-encoded, at most
 1000 records and `batch_max_bytes` per request, each id once per request (the newest
-`last_updated_at` wins). The cursor moves only once every record of the batch is settled:
-- 2xx or 409: accepted;
-- 400/422: the request is split until the offending record is alone, which then goes to the
-  quarantine file with the server's reason (413 splits the same way: a lone record too big
-  for Opik is quarantined too);
+`last_updated_at` wins). These endpoints upsert by id, so a record sent again is accepted again
+and never doubled. The cursor moves only once every record of the batch is settled:
+- 2xx: accepted;
+- 400/422 (validation), 413 (too big): the request is split until the offending record is
+  alone, which then goes to the quarantine file with Opik's reason;
+- 409: Opik holds a record under this id that conflicts with the one sent. Opik means it in two
+  ways: `IdentifierMismatchException` (the id belongs to another project or workspace, or the
+  span to another trace or parent) and `EntityAlreadyExistsException` ("... already exists").
+  The request is split as for 400; a lone record that "already exists" is accepted (Opik has
+  it), any other is quarantined with Opik's reason: sending it again cannot succeed;
+- 500 and the other 5xx but 502/503/504 (Opik failed on the request; one record can cause it):
+  wait, then split as for 400. A lone record that failed `ISOLATE_AFTER` times is quarantined
+  only if Opik, asked right then to store again the last record of that kind it accepted (an
+  idempotent upsert: the probe), accepts it: Opik works and this record breaks it. If the probe
+  fails too, every request fails: an outage, which quarantines nothing and waits as below. With
+  no accepted record of that kind yet there is no probe: the record goes behind the rest of the
+  batch, and when it is the last one, the batch is read again once newer records are in the
+  spool, to find one;
+- 502/503/504 (a gateway in front of Opik), refused connections, timeouts, other answers: all
+  of Opik is down or unreachable: exponential backoff with jitter (capped), then the same request;
 - 429: wait for `RateLimit-Reset` / `Retry-After`, then the same request again;
-- 5xx, other answers, network errors: exponential backoff with jitter, capped;
 - 401/402/403 (auth), 3xx/404/405 (wrong base URL): shipping pauses with a clear
   `last_error`; the same request is re-sent every `auth_probe_s` as the probe that resumes it.
+A wait after a 429 is never shorter than `MIN_WAIT_S` (1 s), whatever the headers say (0, a
+date in the past, garbage); a backoff never shorter than `retry_base_s` (1 s in the daemon).
 Re-sent records keep their ids and `last_updated_at`, so Opik upserts instead of duplicating.
-The API key goes only into the `Authorization` header: never into logs or stats.
+Between batches the thread takes in what `opik-cipx ship --retry-quarantine` handed back
+(`Spool.take_requeued`). The API key goes only into the `Authorization` header: never into
+logs or stats.
 """
 
 import gzip
@@ -35,7 +53,7 @@ from opik_cipx import __version__
 from opik_cipx.config import is_loopback_host
 from opik_cipx.ship.destination import NOT_CONFIGURED, OPIK_CLOUD_URL, Destination
 from opik_cipx.stats import Counters, utc_iso
-from opik_cipx.store.spool import KINDS, Batch, Spool
+from opik_cipx.store.spool import KINDS, Batch, Position, Spool
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +62,13 @@ FIELDS = {"trace": "traces", "span": "spans"}
 BATCH_MAX_RECORDS = 1000  # Opik's limit per batch request
 BATCH_MAX_BYTES = 4 * 1024 * 1024  # uncompressed JSON per request
 RATE_LIMIT_MAX_S = 3600.0
-IDLE_WAIT_S = 60.0
-SPLIT = frozenset({400, 413, 422})
+MIN_WAIT_S = 1.0  # the shortest wait after a 429, whatever RateLimit-Reset / Retry-After say
+IDLE_WAIT_S = 5.0  # between looks for new records and for `ship --retry-quarantine` requests
+ISOLATE_AFTER = 3  # 5xx answers for a lone record before the probe may set it aside
+SPLIT = frozenset({400, 409, 413, 422})
 AUTH = frozenset({401, 402, 403})
 WRONG_URL = frozenset({301, 302, 303, 307, 308, 404, 405})
+UNAVAILABLE = frozenset({502, 503, 504})  # from a gateway or load balancer: Opik itself is down
 
 Item = tuple[dict[str, Any], int]  # body, its size on disk
 
@@ -58,6 +79,30 @@ class Reply:
     headers: Mapping[str, str]
     body: bytes
     error: str | None = None
+
+
+@dataclass
+class _Request:
+    """One planned request of a batch, and how many 5xx answers it got."""
+
+    kind: str
+    items: list[Item]
+    failures: int = 0
+
+    def halves(self) -> list["_Request"]:
+        half = len(self.items) // 2
+        return [_Request(self.kind, self.items[:half]), _Request(self.kind, self.items[half:])]
+
+
+def record_suspect(status: int | None) -> bool:
+    """A 5xx that can come from one record of the request (not from a gateway in front of Opik)."""
+    return status is not None and 500 <= status < 600 and status not in UNAVAILABLE
+
+
+def already_exists(kind: str, reply: Reply) -> bool:
+    """A 409 saying this record is stored already ("Trace already exists", "Span already exists":
+    `EntityAlreadyExistsException`), rather than a mismatch."""
+    return reply.status == 409 and f"{kind} already exists".encode() in reply.body.lower()
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -106,6 +151,10 @@ class OpikClient:
             return Reply(None, {}, b"", f"{type(exc).__name__}: {reason}")
 
 
+def _key(kind: str, body: dict[str, Any]) -> tuple[str, str, str]:
+    return kind, body["id"], str(body.get("last_updated_at", ""))
+
+
 def plan_requests(
     records: list[tuple[str, dict[str, Any], int]], max_records: int, max_bytes: int
 ) -> list[tuple[str, list[Item]]]:
@@ -133,7 +182,11 @@ def plan_requests(
 
 
 def rate_limit_wait_s(headers: Mapping[str, str], now: float) -> float | None:
-    """Seconds a 429 asks us to wait: `RateLimit-Reset`, else `Retry-After` (seconds or a date)."""
+    """Seconds a 429 asks us to wait: `RateLimit-Reset`, else `Retry-After` (seconds or a date).
+
+    Never less than `MIN_WAIT_S` (a 0, a date in the past) nor more than `RATE_LIMIT_MAX_S`;
+    None when neither header says anything usable.
+    """
     for name in ("RateLimit-Reset", "Retry-After"):
         raw = (headers.get(name) or "").strip()
         if not raw:
@@ -147,7 +200,7 @@ def rate_limit_wait_s(headers: Mapping[str, str], now: float) -> float | None:
                 value = parsedate_to_datetime(raw).timestamp() - now
             except (TypeError, ValueError):
                 continue
-        return min(max(value, 0.0), RATE_LIMIT_MAX_S)
+        return min(max(value, MIN_WAIT_S), RATE_LIMIT_MAX_S)
     return None
 
 
@@ -187,7 +240,10 @@ class Shipper:
         self._paused = False
         self._last_error: str | None = None if destination.configured else NOT_CONFIGURED
         self._last_ok_at: float | None = None
-        self._quarantined = 0
+        self._probes: dict[str, dict[str, Any]] = {}  # kind -> the last record of that kind Opik accepted
+        self._settled_at: Position | None = None  # the cursor `_settled` and `_set_aside` belong to
+        self._settled: set[tuple[str, str, str]] = set()  # records accepted there (a re-read skips them)
+        self._set_aside: set[tuple[str, str, str]] = set()  # records quarantined there
 
     def start(self) -> None:
         if self.client is not None:
@@ -204,6 +260,7 @@ class Shipper:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                self._take_requeued()
                 if not self.ship_once():
                     self.spool.wait_ready(IDLE_WAIT_S, self._stop)
             except Exception:  # a bug must not end shipping for the daemon's lifetime
@@ -211,11 +268,20 @@ class Shipper:
                 log.exception("shipper: unexpected error; retrying in %.0fs", self.retry_max_s)
                 self._stop.wait(self.retry_max_s)
 
+    def _take_requeued(self) -> None:
+        """Records `ship --retry-quarantine` handed back: into the spool, behind what waits there."""
+        count = self.spool.take_requeued()
+        if count:
+            self._set_aside.clear()  # the same records may be back: a re-read must not skip them
+            log.info("shipper: %d record(s) from the quarantine are back in the spool", count)
+
     def ship_once(self) -> bool:
         """Ship the batch at the spool cursor; False when nothing was waiting."""
         batch = self.spool.read_batch(self.batch_max_records, self.batch_max_bytes)
         if batch is None:
             return False
+        if batch.start != self._settled_at:
+            self._settled_at, self._settled, self._set_aside = batch.start, set(), set()
         with self._lock:
             self._inflight = len(batch.records)
         try:
@@ -227,31 +293,67 @@ class Shipper:
         return True
 
     def _settle(self, batch: Batch) -> bool:
-        """Post until every record is accepted or quarantined; False when stopped or the batch was dropped."""
-        work = deque(plan_requests(batch.records, self.batch_max_records, self.batch_max_bytes))
+        """Post until every record is accepted or quarantined; False to read the batch again
+        (stopped, dropped by the disk budget, or waiting for newer records to probe with)."""
+        done = self._settled | self._set_aside
+        waiting = [(kind, body, size) for kind, body, size in batch.records if _key(kind, body) not in done]
+        work = deque(_Request(kind, items)
+                     for kind, items in plan_requests(waiting, self.batch_max_records, self.batch_max_bytes))
         while work:
-            kind, items = work[0]
+            request = work[0]
             started = time.monotonic()
-            reply = self.client.post(kind, [body for body, _ in items])
-            log.debug("shipper: %d %s(s) -> %s in %.0f ms", len(items), kind, reply.status or reply.error,
-                      (time.monotonic() - started) * 1000)
-            status = reply.status
-            if status is not None and (200 <= status < 300 or status == 409):
+            reply = self.client.post(request.kind, [body for body, _ in request.items])
+            log.debug("shipper: %d %s(s) -> %s in %.0f ms", len(request.items), request.kind,
+                      reply.status or reply.error, (time.monotonic() - started) * 1000)
+            status, alone = reply.status, len(request.items) == 1
+            if status is not None and (200 <= status < 300 or (alone and already_exists(request.kind, reply))):
                 work.popleft()
-                self._accepted(len(items))
-            elif status in SPLIT:
+                self._accepted(request)
+                continue
+            if status in SPLIT:  # a verdict on the records: split, or set the lone one aside
                 work.popleft()
-                if len(items) > 1:
-                    half = len(items) // 2
-                    work.extendleft([(kind, items[half:]), (kind, items[:half])])
+                if alone:
+                    self._quarantine(request, status, reply)
                 else:
-                    self._quarantine(kind, items[0][0], status, reply)
-            elif self._stop.wait(self._failed(reply)) or not self.spool.is_current(batch):
+                    work.extendleft(reversed(request.halves()))
+                continue
+            if record_suspect(status) and not alone:
+                work.popleft()
+                work.extendleft(reversed(request.halves()))  # each half tried after the wait below
+            elif record_suspect(status):
+                request.failures += 1
+                if request.failures >= ISOLATE_AFTER:
+                    probe = self._probe(request.kind)
+                    if probe:
+                        work.popleft()
+                        self._quarantine(request, status, reply,
+                                         f" ({request.failures} times, while Opik accepted another record)")
+                        continue
+                    if probe is None and len(work) > 1:
+                        work.rotate(-1)  # no record of its kind accepted yet: let the others go first
+                    elif probe is None and self._more_records_than(batch):
+                        self._stop.wait(self._failed(reply))
+                        return False  # read again: the newer records may give a probe
+            if self._stop.wait(self._failed(reply)) or not self.spool.is_current(batch):
                 return False
         return True
 
-    def _accepted(self, count: int) -> None:
-        self.counters.incr("spans_shipped", count)
+    def _probe(self, kind: str) -> bool | None:
+        """Does Opik accept, now, again, the last record of `kind` it accepted? None: there is none."""
+        body = self._probes.get(kind)
+        if body is None:
+            return None
+        reply = self.client.post(kind, [body])
+        log.debug("shipper: probe with %s %s -> %s", kind, body["id"], reply.status or reply.error)
+        return reply.status is not None and 200 <= reply.status < 300
+
+    def _more_records_than(self, batch: Batch) -> bool:
+        return self.spool.counts()[1] > len(batch.records) + batch.corrupt
+
+    def _accepted(self, request: _Request) -> None:
+        self.counters.incr("spans_shipped", len(request.items))
+        self._probes[request.kind] = request.items[-1][0]
+        self._settled.update(_key(request.kind, body) for body, _ in request.items)
         with self._lock:
             was_failing = self._last_error is not None
             self._failures = 0
@@ -261,12 +363,13 @@ class Shipper:
         if was_failing:
             log.info("shipper: Opik accepts records again")
 
-    def _quarantine(self, kind: str, body: dict[str, Any], status: int, reply: Reply) -> None:
-        reason = reply.body[:2000].decode("utf-8", "replace") or f"HTTP {status}"
-        self.spool.quarantine(kind, body, status, reason)
-        with self._lock:
-            self._quarantined += 1
-        log.warning("shipper: Opik rejected %s %s (HTTP %d); set aside in quarantine.jsonl", kind, body["id"], status)
+    def _quarantine(self, request: _Request, status: int, reply: Reply, why: str = "") -> None:
+        body = request.items[0][0]
+        reason = (reply.body[:2000].decode("utf-8", "replace").strip() or f"HTTP {status}") + why
+        self.spool.quarantine(request.kind, body, status, reason)
+        self._set_aside.add(_key(request.kind, body))
+        log.warning("shipper: Opik refused %s %s (HTTP %d%s); set aside in quarantine.jsonl, "
+                    "`opik-cipx ship --retry-quarantine` sends it again", request.kind, body["id"], status, why)
 
     def _failed(self, reply: Reply) -> float:
         """Record why the request failed; the seconds to wait before trying it again."""
@@ -275,7 +378,7 @@ class Shipper:
         paused = False
         if status == 429:
             wait = rate_limit_wait_s(reply.headers, time.time())
-            wait = self._backoff() if wait is None else wait
+            wait = max(MIN_WAIT_S, self._backoff()) if wait is None else wait
             error = f"Opik rate limit (HTTP 429); waiting {wait:.0f}s"
         elif status in AUTH:
             paused, wait = True, self.auth_probe_s
@@ -308,10 +411,11 @@ class Shipper:
         with self._lock:
             self._failures += 1
             ceiling = min(self.retry_max_s, self.retry_base_s * 2 ** min(self._failures - 1, 30))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+        return max(self.retry_base_s, ceiling / 2 + random.uniform(0, ceiling / 2))
 
     def section(self) -> dict[str, Any]:
         """The `opik` section of the admin stats (the API key is never part of it)."""
+        quarantine = self.spool.quarantine_counts()
         with self._lock:
             return {
                 "configured": self.destination.configured,
@@ -320,7 +424,7 @@ class Shipper:
                 "last_error": self._last_error,
                 "last_ok_at": utc_iso(self._last_ok_at) if self._last_ok_at else None,
                 "paused": self._paused,
-                "quarantined": self._quarantined,
+                **quarantine,
             }
 
     def queue_section(self) -> dict[str, int]:

@@ -14,6 +14,15 @@ whole batch, so a crash in between re-ships the same records, same ids and same
 `last_updated_at`: Opik upserts, nothing is skipped. Segments behind the cursor are deleted.
 Beyond the disk budget the oldest unshipped segments are dropped (`dropped_events_disk`).
 
+Records Opik refused for good wait in `quarantine.jsonl` (rotated once to `.1`) with the reason.
+`opik-cipx ship --retry-quarantine` hands them back (`request_requeue`): it renames the
+quarantine files to `requeue-<ns>-<n>.jsonl`, an atomic step that is safe with the daemon up
+or down (a record set aside meanwhile lands in one file or the other). The daemon's shipper
+thread, which alone writes the quarantine, then appends their records through the normal group
+commit (`take_requeued`, within `IDLE_WAIT_S` or at the next start) and deletes a requeue file
+only once all of its records are durable in a segment: a crash in between appends them again,
+and Opik upserts the same ids.
+
 Recovery: a torn last line (crash mid-write) is cut off and counted; a corrupt line is skipped
 and counted when read; everything after the cursor is shipped again. A disk error never
 reaches the caller: the spool turns `degraded`, keeps records in memory (bounded), retries,
@@ -40,6 +49,8 @@ SUFFIX = ".jsonl"
 CURSOR = "cursor.json"
 QUARANTINE = "quarantine.jsonl"
 QUARANTINE_MAX_BYTES = 16 * 1024 * 1024  # then rotated once to quarantine.jsonl.1
+REQUEUE_PREFIX = "requeue-"
+REQUEUE_WAIT_S = 5.0  # how long one look at the requeue files may wait for room or for the disk
 GROUP_MAX = 1000  # records that trigger a commit before the interval is over
 
 
@@ -153,6 +164,54 @@ def unshipped_records(directory: Path) -> int:
         return 0
 
 
+def _lines(path: Path) -> int:
+    """Newline-terminated lines in `path` (0 when it is missing or unreadable)."""
+    try:
+        with open(path, "rb") as fh:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+    except OSError:
+        return 0
+
+
+def quarantine_counts(directory: Path) -> dict[str, int]:
+    """`quarantined`: records set aside in the quarantine files; `retry_pending`: records handed
+    back by `ship --retry-quarantine` that the daemon has not put into the spool yet."""
+    try:
+        requeued = [p for p in directory.iterdir() if p.name.startswith(REQUEUE_PREFIX) and p.name.endswith(SUFFIX)]
+    except OSError:
+        requeued = []
+    return {
+        "quarantined": _lines(directory / QUARANTINE) + _lines(directory / (QUARANTINE + ".1")),
+        "retry_pending": sum(map(_lines, requeued)),
+    }
+
+
+def request_requeue(directory: Path) -> int:
+    """Hand every quarantined record back to the spool's owner: how many were handed back.
+
+    Renames the quarantine files (the older first) to requeue files the daemon takes in; works
+    whether the daemon runs or not.
+    """
+    moved, stamp = 0, time.time_ns()
+    for n, name in enumerate((QUARANTINE + ".1", QUARANTINE)):
+        target = directory / f"{REQUEUE_PREFIX}{stamp}-{n}{SUFFIX}"
+        try:
+            os.rename(directory / name, target)
+        except FileNotFoundError:
+            continue
+        moved += _lines(target)
+    return moved
+
+
+def _requeue_line(line: bytes) -> bytes | None:
+    """The spool line for one quarantine entry, or None when it holds no spool record."""
+    try:
+        entry = json.loads(line)
+        return encode({"kind": entry["kind"], "body": entry["body"]})
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
 class Spool:
     """The spool of one daemon: `append` from the materializer, `read_batch`/`commit` from the shipper."""
 
@@ -211,8 +270,7 @@ class Spool:
         lines = [encode(record) for record in records]
         size = sum(map(len, lines))
         with self._cond:
-            full = self._inmem + len(lines) > self.inmem_max or self._inmem_bytes + size > self.inmem_max_bytes
-            if full or self._stopping:
+            if not self._fits(len(lines), size) or self._stopping:
                 if not self._dropping:
                     why = "spool closed" if self._stopping else "in-memory queue full"
                     log.warning("spool: dropping records: %s", why)
@@ -220,12 +278,19 @@ class Spool:
                 self._dropped_inmem += len(lines)
                 return None
             self._dropping = False
-            self._pending.extend(lines)
-            self._inmem += len(lines)
-            self._inmem_bytes += size
-            self._appended_seq += len(lines)
-            self._cond.notify_all()
-            return self._appended_seq
+            return self._push(lines, size)
+
+    def _fits(self, count: int, size: int) -> bool:
+        return self._inmem + count <= self.inmem_max and self._inmem_bytes + size <= self.inmem_max_bytes
+
+    def _push(self, lines: list[bytes], size: int) -> int:
+        """Queue encoded lines for the writer (the condition held); their ticket."""
+        self._pending.extend(lines)
+        self._inmem += len(lines)
+        self._inmem_bytes += size
+        self._appended_seq += len(lines)
+        self._cond.notify_all()
+        return self._appended_seq
 
     def offer(self, records: list[dict[str, Any]], timeout_s: float) -> int | None:
         """Like `append`, but wait up to `timeout_s` for room instead of dropping: None (nothing
@@ -390,7 +455,64 @@ class Spool:
         except OSError as exc:
             log.warning("spool: cannot write the quarantine file: %s", exc.strerror or exc)
 
+    def take_requeued(self, wait_s: float = REQUEUE_WAIT_S) -> int:
+        """Append the records of the requeue files (`request_requeue`), oldest first; how many.
+
+        Waits (each step at most `wait_s`) for room in memory instead of dropping, and deletes a
+        file once its records are durable; what did not make it stays in the file for next time.
+        Runs on the shipper thread, the one thread that writes the quarantine.
+        """
+        try:
+            paths = sorted(p for p in self.directory.iterdir()
+                           if p.name.startswith(REQUEUE_PREFIX) and p.name.endswith(SUFFIX))
+        except OSError:
+            return 0
+        taken = 0
+        for path in paths:
+            try:
+                lines = [spool_line for line in path.read_bytes().splitlines()
+                         if (spool_line := _requeue_line(line)) is not None]
+            except OSError as exc:
+                log.warning("spool: cannot read %s: %s", path.name, exc.strerror or exc)
+                return taken
+            done = self._append_durably(lines, wait_s)
+            taken += done
+            try:
+                if done < len(lines):
+                    write_atomic(path, b"".join(lines[done:]))  # spool lines read back as quarantine entries
+                    return taken
+                path.unlink()
+            except OSError as exc:  # it will be appended again: same ids, Opik upserts
+                log.warning("spool: cannot update %s: %s", path.name, exc.strerror or exc)
+                return taken
+        return taken
+
+    def _append_durably(self, lines: list[bytes], wait_s: float) -> int:
+        """Queue `lines` in chunks that fit, each once there is room; how many leading lines are durable."""
+        done = 0
+        while done < len(lines):
+            chunk, size = [], 0
+            for line in lines[done:]:
+                if chunk and (len(chunk) >= max(1, min(GROUP_MAX, self.inmem_max // 2))
+                              or size + len(line) > self.inmem_max_bytes // 2):
+                    break
+                chunk.append(line)
+                size += len(line)
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._stopping or self._fits(len(chunk), size), wait_s) \
+                        or self._stopping:
+                    return done
+                ticket = self._push(chunk, size)
+            if not self.wait_durable(ticket, wait_s):
+                return done
+            done += len(chunk)
+        return done
+
     # ---- stats -------------------------------------------------------------------------
+
+    def quarantine_counts(self) -> dict[str, int]:
+        """Records in quarantine, and records handed back but not yet in the spool."""
+        return quarantine_counts(self.directory)
 
     def counts(self) -> tuple[int, int]:
         """(records in memory waiting for the disk, acknowledged records not yet shipped)."""

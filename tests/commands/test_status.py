@@ -80,6 +80,23 @@ def test_wal_trouble_opik_state_and_telemetry():
     assert "telemetry      on (CIPX_SENTRY_DSN set)" in text
 
 
+def test_a_daemon_running_without_the_home_lock_says_so():
+    assert "home lock" not in render(stats_doc(home_lock={"held": True, "error": None}), now=NOW)
+    text = render(stats_doc(home_lock={"held": False, "error": "cannot create daemon.lock: No space left on device"}),
+                  now=NOW)
+    assert ("  ! home lock not held (cannot create daemon.lock: No space left on device): a second `opik-cipx proxy` "
+            "on this home would not be refused; free disk space, then `opik-cipx restart`") in text.splitlines()
+
+
+def test_quarantined_records_are_counted_with_the_command_that_retries_them():
+    opik = default_sections()["opik"] | {"configured": True, "base_url": "http://o/api", "quarantined": 3,
+                                         "retry_pending": 2}
+    lines = render(stats_doc(opik=opik), now=NOW).splitlines()
+    assert ("  ! quarantine: 3 record(s) Opik refused wait in spool/quarantine.jsonl (with Opik's reason); "
+            "fix the cause, then run `opik-cipx ship --retry-quarantine`") in lines
+    assert "  retry pending: 2 record(s) handed back, not yet in the queue" in lines
+
+
 def test_render_survives_a_partial_document():
     text = render({"pid": 1}, now=NOW)
     assert text.startswith("opik-cipx ?: running (pid 1)")

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from opik_cipx.ids import derived_uuid7, is_uuid7
 from opik_cipx.materialize.materializer import Materializer, MaterializerConfig
 from opik_cipx.materialize.pricing import load_price_table
+from opik_cipx.materialize.redaction import REDACTED_TEXT
 from opik_cipx.wire.capture import Capture
-from tests.claude_code_corpus import SCENARIOS, cli_result, exchanges, runs
+from tests.claude_code_corpus import SCENARIOS, cli_result, exchanges, response, runs
 from tests.opik_schema import problems
 
 
@@ -95,6 +96,7 @@ def test_one_trace_per_user_turn_with_tool_spans_under_their_llm_span(tmp_path):
     assert all(t["parent_span_id"] in llm_ids for t in tools)
     failing = tools[-1]
     assert failing["error_info"]["exception_type"] == "tool_error" and cc(failing)["tool"]["is_error"]
+    assert failing["error_info"]["traceback"].startswith("Bash\nExit code 2")
     trace = [r["body"] for r in all_records if r["kind"] == "trace"][-1]
     assert trace["thread_id"] == cc(spans[0])["session"]["id"]
     assert cc(trace)["metrics_rollup"]["calls"] == 6
@@ -190,9 +192,11 @@ def test_errors_and_partial_streams(tmp_path):
     records = run("error", tmp_path)
     overloaded = llm(records["001"])
     assert overloaded["error_info"]["exception_type"] == "overloaded_error"
+    assert json.loads(overloaded["error_info"]["traceback"]) == json.loads(response("error", "001")["body"])
     assert "usage" not in overloaded and "total_estimated_cost" not in overloaded
     partial = llm(records["004"])
     assert cc(partial)["call"]["partial"] is True
+    assert json.loads(partial["error_info"]["traceback"])["error"]["type"] == "overloaded_error"  # the SSE error event
     assert partial["usage"]["prompt_tokens"] > 0  # tokens seen before the stream broke
     assert llm(records["005"])["output"]["content"][0]["text"] == "The command printed `hi`."
 
@@ -209,6 +213,8 @@ def test_redacted_mode_ships_no_prompt_or_completion_text(tmp_path):
             blob = json.dumps(record)
             for text in texts:
                 assert text not in blob, (scenario, text)
+    failing = [r["body"] for r in run("tools", tmp_path, capture_content=False)["006"] if r["body"].get("error_info")]
+    assert [f["error_info"]["traceback"] for f in failing] == [REDACTED_TEXT]  # Opik needs one; no tool output
     numbers = cc(llm(run("tools", tmp_path, capture_content=False)["006"]))
     assert numbers["categories"]["tool_io"]["chars"] > 0 and numbers["user_prompt"]["text_chars"] > 0
 

@@ -3,7 +3,10 @@
 import json
 
 from opik_cipx.ids import derived_uuid7
-from opik_cipx.materialize.spans import TRUNCATED_KEY, bounded, iso_z, opik_usage, span_record, trace_record
+from opik_cipx.materialize.spans import (
+    ERROR_TEXT_MAX_CHARS, TRUNCATED_KEY, bounded, call_error_info, error_info, iso_z, opik_usage, span_record,
+    tool_error_info, trace_record,
+)
 from tests.opik_schema import problems
 
 USAGE = {
@@ -52,7 +55,7 @@ def test_records_validate_against_opik_write_schemas():
         end_ns=1_795_485_201_000_000_000, input={"messages": []}, output={"content": []},
         metadata={"cc": {}}, tags=["claude-code"], updated_ns=1_795_485_201_000_000_000,
         model="claude-opus-4-8", usage=opik_usage(USAGE), total_estimated_cost=0.01, cost_version="2026-11-01",
-        ttft_ms=12.5, error_info={"exception_type": "overloaded_error", "message": "Overloaded", "traceback": ""},
+        ttft_ms=12.5, error_info=call_error_info({"type": "overloaded_error", "message": "Overloaded"}, None),
     )
     trace = trace_record(
         trace_id=trace_id, project_name="p", name="say hello", start_ns=1_795_485_200_000_000_000,
@@ -63,3 +66,23 @@ def test_records_validate_against_opik_write_schemas():
     assert span["body"]["provider"] == "anthropic"
     bad = {"kind": "span", "body": {**span["body"], "id": "not-a-uuid", "usage": {"x": 1.5}, "colour": "red"}}
     assert len(problems(bad)) == 3
+
+
+OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}, "request_id": "req_1"}
+
+
+def test_error_info_is_never_blank_where_opik_requires_text():
+    api = call_error_info(OVERLOADED["error"], OVERLOADED)
+    assert api["exception_type"] == "overloaded_error" and api["message"] == "Overloaded"
+    assert json.loads(api["traceback"]) == OVERLOADED  # the error event or body, as JSON
+    transport = call_error_info({"type": "upstream_error", "message": "ConnectionResetError: reset by peer"}, None)
+    assert transport["traceback"] == "ConnectionResetError: reset by peer"
+    tool = tool_error_info("Bash", "Exit code 2\nls: cannot access 'nope'")
+    assert tool == {"exception_type": "tool_error", "message": "Exit code 2\nls: cannot access 'nope'",
+                    "traceback": "Bash\nExit code 2\nls: cannot access 'nope'"}
+    assert tool_error_info("Bash", "")["traceback"] == "Bash\n"
+    for empty in (error_info("", "", ""), error_info("  ", "", " \n"), call_error_info({}, None)):
+        assert empty["exception_type"].strip() and empty["traceback"].strip()
+    long = tool_error_info("Bash", "x" * 100_000)
+    assert len(long["traceback"]) == ERROR_TEXT_MAX_CHARS and long["traceback"].endswith("\u2026")
+    assert len(long["message"]) == 500

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from opik_cipx.ship.destination import NOT_CONFIGURED, Destination
-from opik_cipx.ship.shipper import PATHS, Shipper, plan_requests, rate_limit_wait_s
+from opik_cipx.ship.shipper import (
+    ISOLATE_AFTER, MIN_WAIT_S, PATHS, Reply, Shipper, already_exists, plan_requests, rate_limit_wait_s, record_suspect,
+)
 from opik_cipx.stats import Counters
 from opik_cipx.store.spool import Spool, unshipped_records
 from tests.conftest import DaemonProcess, wait_for
@@ -16,6 +18,7 @@ from tests.fake_opik import API_KEY, WORKSPACE, Answer, FakeOpik
 from tests.spool_driver import prefill, synthetic_capture
 
 MIB = 1024 * 1024
+IDLE = {"in_memory": 0, "ready": 0, "inflight": 0}
 
 
 @pytest.fixture
@@ -76,8 +79,8 @@ def test_ships_traces_then_spans_with_opik_headers_and_moves_the_cursor(rig, opi
     assert opik.violations == []  # path, bare Authorization, Comet-Workspace, gzip, UUIDv7, Z times
     assert [req.field for req in opik.requests] == ["traces", "spans"]
     assert len(opik.requests[0].ids) == 10 and len(opik.requests[1].ids) == 20
+    wait_for(lambda: r.shipper.queue_section() == IDLE, what="empty queue")  # Opik stored them before it answered
     assert r.counters.get("spans_shipped") == 30
-    wait_for(lambda: r.shipper.queue_section() == {"in_memory": 0, "ready": 0, "inflight": 0}, what="empty queue")
     section = r.shipper.section()
     assert section["configured"] and section["last_error"] is None and section["last_ok_at"].endswith("Z")
     assert section["base_url"] == opik.url and API_KEY not in json.dumps(section)
@@ -121,7 +124,7 @@ def test_429_waits_for_ratelimit_reset(rig, opik):
     ids = r.append(1)
     r.shipper.start()
     wait_for(lambda: "429" in (r.shipper.section()["last_error"] or ""), what="rate limit noticed")
-    wait_for(lambda: all_received(opik, ids), what="records at Opik")
+    wait_for(lambda: all_received(opik, ids) and r.shipper.queue_section() == IDLE, what="records at Opik")
     first, second = opik.requests[0], opik.requests[1]
     assert first.status == 429 and second.status == 204 and first.ids == second.ids
     assert second.at - first.at >= 0.95
@@ -135,6 +138,33 @@ def test_rate_limit_headers():
     assert rate_limit_wait_s({"Retry-After": "Thu, 01 Jan 2099 00:00:00 GMT"}, now=0) == 3600  # capped
     assert rate_limit_wait_s({"Retry-After": "soon"}, now=0) is None
     assert rate_limit_wait_s({}, now=0) is None
+    for floored in ({"RateLimit-Reset": "0"}, {"RateLimit-Reset": "-5"}, {"RateLimit-Reset": "0.001"},
+                    {"Retry-After": "Thu, 01 Jan 2015 00:00:00 GMT"}, {"RateLimit-Reset": "1999999990"}):
+        assert rate_limit_wait_s(floored, now=2000000000.0) == MIN_WAIT_S == 1.0, floored
+
+
+def test_which_answers_mean_what():
+    assert already_exists("trace", Reply(409, {}, b'{"errors":["Trace already exists"]}'))
+    assert already_exists("span", Reply(409, {}, b'{"errors":["Span already exists"]}'))
+    assert not already_exists("span", Reply(409, {}, b'{"errors":["Project already exists"]}'))  # not this record
+    assert not already_exists("span", Reply(409, {}, b'{"errors":["parent_span_id does not match the existing span"]}'))
+    assert not already_exists("trace", Reply(200, {}, b"Trace already exists"))
+    assert [record_suspect(code) for code in (500, 501, 507, 502, 503, 504, 429, 400, None)] == \
+        [True, True, True, False, False, False, False, False, False]
+
+
+@pytest.mark.parametrize("headers", [{"RateLimit-Reset": "0"}, {"Retry-After": "Thu, 01 Jan 2015 00:00:00 GMT"},
+                                     {"Retry-After": "whenever"}, {}])
+def test_429_waits_at_least_a_second_whatever_the_headers_say(rig, opik, headers):
+    opik.fail_with = Answer(429, headers)
+    r = rig()  # backoff base 0.01 s: only the 429 floor keeps the pace down
+    ids = r.append(1)
+    r.shipper.start()
+    wait_for(lambda: len(opik.requests) >= 3, what="three answered requests")
+    opik.fail_with = None
+    wait_for(lambda: all_received(opik, ids), what="records at Opik")
+    times = [req.at for req in opik.requests]
+    assert all(b - a >= 0.95 for a, b in zip(times, times[1:3])), [b - a for a, b in zip(times, times[1:])]
 
 
 def test_5xx_backs_off_exponentially_then_succeeds(rig, opik):
@@ -142,11 +172,12 @@ def test_5xx_backs_off_exponentially_then_succeeds(rig, opik):
     r = rig(retry_base_s=0.05, retry_max_s=1.0)
     ids = r.append(1)
     r.shipper.start()
-    wait_for(lambda: all_received(opik, ids), what="records at Opik")
+    wait_for(lambda: all_received(opik, ids) and r.shipper.queue_section() == IDLE, what="records at Opik")
     times = [req.at for req in opik.requests]
     gaps = [b - a for a, b in zip(times, times[1:])]
-    assert [req.status for req in opik.requests] == [500] * 4 + [204, 204]
-    assert gaps[0] >= 0.025 and gaps[3] >= 0.2  # 0.05 * 2**n, jittered between half and all of it
+    statuses = [req.status for req in opik.requests]
+    assert statuses[:4] == [500] * 4 and set(statuses[4:]) == {204}  # a 5xx also splits a request: 2 or 3 more
+    assert gaps[0] >= 0.05 and gaps[3] >= 0.2  # 0.05 * 2**n, jittered between half and all of it, never below 0.05
     assert r.shipper.section()["last_error"] is None
 
 
@@ -185,7 +216,7 @@ def test_400_for_one_record_quarantines_it_and_ships_the_rest(rig, opik, tmp_pat
     r.shipper.start()
     good = [i for i in ids if i != bad]
     wait_for(lambda: all_received(opik, good), what="the other records")
-    wait_for(lambda: r.shipper.queue_section()["ready"] == 0, what="batch settled")
+    wait_for(lambda: r.shipper.queue_section() == IDLE, what="batch settled")
     assert bad not in opik.ids()
     (entry,) = [json.loads(line) for line in (tmp_path / "spool" / "quarantine.jsonl").read_text().splitlines()]
     assert entry["body"]["id"] == bad and entry["status"] == 400
@@ -211,6 +242,104 @@ def test_413_splits_the_batch_and_a_record_too_big_alone_is_quarantined(rig, opi
     assert huge[0]["body"]["id"] not in opik.ids()
     assert any(req.status == 413 for req in opik.requests)
     assert "quarantine.jsonl" in {p.name for p in (tmp_path / "spool").iterdir()}
+
+
+def quarantined(directory: Path) -> list[dict]:
+    return [json.loads(line) for line in (directory / "quarantine.jsonl").read_text().splitlines()]
+
+
+def test_a_record_that_makes_opik_fail_with_500_is_isolated_and_the_rest_flows(rig, opik, tmp_path):
+    r = rig(batch_max_records=30)
+    ids = r.append(40)  # 120 records, four batches
+    poison = ids[7 * 3 + 2]  # a tool span in the first batch
+    opik.answer_ids[poison] = Answer(500, body=b'{"errors":["java.lang.NullPointerException"]}')
+    r.shipper.start()
+    good = [i for i in ids if i != poison]
+    wait_for(lambda: all_received(opik, good), timeout_s=20, what="every other record, later batches included")
+    (entry,) = wait_for(lambda: (tmp_path / "spool" / "quarantine.jsonl").exists() and quarantined(tmp_path / "spool"),
+                        what="the poison set aside")
+    assert entry["body"]["id"] == poison and entry["status"] == 500
+    assert "NullPointerException" in entry["reason"] and f"{ISOLATE_AFTER} times" in entry["reason"]
+    wait_for(lambda: r.shipper.queue_section() == IDLE, what="the cursor past every batch")
+    assert poison not in opik.ids() and r.counters.get("spans_shipped") == 119
+    assert r.shipper.section()["quarantined"] == 1
+    failed = [req for req in opik.requests if req.status == 500]
+    assert len(failed) <= 2 * math.ceil(math.log2(30)) + ISOLATE_AFTER  # bisected, then a bounded few tries
+    assert opik.violations == []
+
+
+def test_a_failing_first_record_waits_for_a_probe_from_newer_records(rig, opik, tmp_path):
+    r = rig()
+    poison = synthetic_capture()[1]  # the first span this shipper ever sees: no accepted span to probe with
+    opik.answer_ids[poison["body"]["id"]] = Answer(500, body=b"boom")
+    r.spool.append([poison])
+    r.spool.flush(5)
+    r.shipper.start()
+    wait_for(lambda: len(opik.requests) >= ISOLATE_AFTER + 2, what="the lone span retried")
+    assert not (tmp_path / "spool" / "quarantine.jsonl").exists()  # no evidence that Opik works: it waits
+    ids = r.append(3)  # newer records arrive behind it
+    wait_for(lambda: all_received(opik, ids), what="the newer records")
+    (entry,) = wait_for(lambda: (tmp_path / "spool" / "quarantine.jsonl").exists() and quarantined(tmp_path / "spool"),
+                        what="the poison set aside")
+    assert entry["body"]["id"] == poison["body"]["id"] and "while Opik accepted another record" in entry["reason"]
+    wait_for(lambda: r.shipper.queue_section() == IDLE, what="everything settled")
+    assert r.counters.get("spans_shipped") == 9  # each record counted once, though the batch was read again
+    resent = [versions for versions in opik.received.values() if len(versions) > 1]
+    assert len(resent) == 1 and resent[0][0] == resent[0][1]  # only the probe, the same version again: an upsert
+
+
+@pytest.mark.parametrize("answer", [Answer(500, body=b"database down"), Answer(503), None])
+def test_an_outage_of_the_whole_opik_quarantines_nothing_and_drains_after(rig, opik, tmp_path, answer):
+    r = rig(batch_max_records=20)
+    ids = r.append(4)
+    r.shipper.start()
+    wait_for(lambda: all_received(opik, ids), what="records shipped before the outage")
+    if answer is None:
+        opik.down()
+    else:
+        opik.fail_with = answer
+    seen = len(opik.requests)
+    ids += r.append(30)
+    wait_for(lambda: r.shipper.section()["last_error"] is not None, what="the outage noticed")
+    if answer is not None:  # long enough to bisect down to lone records and probe with them
+        wait_for(lambda: len(opik.requests) - seen >= 40, timeout_s=20, what="many failed requests")
+        assert {req.status for req in opik.requests[seen:]} == {answer.status}
+        if answer.status == 500:  # lone records were reached, and the probe (an accepted record) failed too
+            assert any(len(req.ids) == 1 and req.ids[0] in ids[:12] for req in opik.requests[seen:])
+    assert r.shipper.section()["quarantined"] == 0 and not (tmp_path / "spool" / "quarantine.jsonl").exists()
+    if answer is None:
+        opik.up()
+    else:
+        opik.fail_with = None
+    wait_for(lambda: all_received(opik, ids), timeout_s=20, what="drained after the outage")
+    wait_for(lambda: r.shipper.queue_section() == IDLE, what="cursor at the end")
+    assert r.shipper.section()["quarantined"] == 0 and r.counters.get("spans_shipped") == len(ids)
+    assert opik.violations == []
+
+
+def test_409_already_exists_is_accepted_a_conflicting_record_is_quarantined(rig, opik, tmp_path):
+    r = rig()
+    first = synthetic_capture()
+    r.spool.append(first)
+    r.spool.flush(5)
+    r.shipper.start()
+    wait_for(lambda: all_received(opik, [rec["body"]["id"] for rec in first]), what="first call at Opik")
+    trace_id = first[0]["body"]["id"]  # Opik answers 409 for one record in two senses
+    opik.answer_ids[trace_id] = Answer(409, body=b'{"errors":["Trace already exists"]}')
+    conflicting = synthetic_capture()
+    conflicting[1]["body"]["id"] = first[1]["body"]["id"]  # an llm span id Opik holds under another trace
+    opik.answer_ids[first[1]["body"]["id"]] = Answer(409, body=b'{"errors":["trace_id does not match the existing span"]}')
+    ids = r.append(5)
+    r.spool.append([first[0], *conflicting])
+    r.spool.flush(5)
+    wait_for(lambda: all_received(opik, ids + [conflicting[0]["body"]["id"], conflicting[2]["body"]["id"]]),
+             what="the rest of the batch")
+    wait_for(lambda: r.shipper.queue_section() == IDLE, what="batch settled")
+    (entry,) = quarantined(tmp_path / "spool")
+    assert entry["status"] == 409 and entry["body"] == conflicting[1]["body"]
+    assert "trace_id does not match" in entry["reason"]
+    assert r.counters.get("spans_shipped") == 3 + 15 + 3  # the trace Opik already holds counts as shipped
+    assert [req.status for req in opik.requests if req.ids == [trace_id]][-1] == 409
 
 
 def test_401_pauses_shipping_until_a_probe_succeeds(rig, opik):
@@ -298,7 +427,7 @@ def test_daemon_drains_a_prefilled_spool_and_reports_it(home, upstream, opik):
                            OPIK_CIPX_WORKSPACE=WORKSPACE, OPIK_CIPX_PROJECT="{username}-cc")
     try:
         wait_for(lambda: all_received(opik, [r["body"]["id"] for r in records]), what="drained")
-        stats = wait_for(lambda: (s := daemon.stats())["queue"]["ready"] == 0 and s, what="stats caught up")
+        stats = wait_for(lambda: (s := daemon.stats())["queue"] == IDLE and s, what="stats caught up")
         assert stats["counters"]["spans_shipped"] == 60
         assert stats["opik"]["configured"] and stats["opik"]["base_url"] == opik.url
         assert stats["opik"]["last_ok_at"].endswith("Z") and stats["opik"]["last_error"] is None

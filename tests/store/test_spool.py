@@ -296,6 +296,46 @@ def test_quarantine_file_keeps_the_reason(spool_dir):
     assert entry["at"].endswith("Z")
 
 
+def quarantine_some(spool: Spool, captures: int) -> list[dict]:
+    records = [r for _ in range(captures) for r in synthetic_capture()]
+    for record in records:
+        spool.quarantine(record["kind"], record["body"], 500, "boom")
+    return records
+
+
+def test_requeued_records_go_back_into_the_spool_once_durable(spool_dir):
+    spool = make_spool(spool_dir, inmem_max=4)  # room for 4 at a time: taken in chunks, never dropped
+    spool.start()
+    older = quarantine_some(spool, 2)
+    os.replace(spool_dir / "quarantine.jsonl", spool_dir / "quarantine.jsonl.1")  # as the rotation leaves it
+    newer = quarantine_some(spool, 3)
+    with open(spool_dir / "quarantine.jsonl", "ab") as fh:
+        fh.write(b'{not json\n{"kind":"log","body":{"id":"x"}}\n{"kind":"span","body":{"id":"y","ttft":NaN}}\n[1]\n')
+    assert spool_module.quarantine_counts(spool_dir) == {"quarantined": 19, "retry_pending": 0}
+    assert spool_module.request_requeue(spool_dir) == 19
+    assert spool_module.quarantine_counts(spool_dir) == {"quarantined": 0, "retry_pending": 19}
+    assert not (spool_dir / "quarantine.jsonl").exists() and not (spool_dir / "quarantine.jsonl.1").exists()
+    assert spool.take_requeued() == 15  # the four lines that hold no spool record are left out
+    assert spool_module.quarantine_counts(spool_dir) == {"quarantined": 0, "retry_pending": 0}
+    assert drain(spool) == ids_of(older + newer)  # oldest first, behind nothing
+    assert spool.section()["dropped_events_inmem"] == 0
+    assert spool.close(5) == 0
+    assert spool_module.request_requeue(spool_dir) == 0  # nothing left to hand back
+
+
+def test_a_requeue_file_stays_until_its_records_are_durable(spool_dir):
+    spool = make_spool(spool_dir)  # the writer never runs: nothing becomes durable
+    records = quarantine_some(spool, 2)
+    spool_module.request_requeue(spool_dir)
+    (requeue,) = spool_dir.glob("requeue-*.jsonl")
+    assert spool.take_requeued(wait_s=0.2) == 0
+    assert spool_module.quarantine_counts(spool_dir)["retry_pending"] == 6  # a crash now loses nothing
+    spool.start()
+    assert spool.take_requeued() == 6 and not requeue.exists()
+    assert drain(spool) == ids_of(records) * 2  # appended twice: same ids, Opik upserts
+    assert spool.close(5) == 0
+
+
 @pytest.mark.parametrize("bad", [{"kind": "log", "body": {"id": "x"}}, {"kind": "span", "body": {}}, ["span"]])
 def test_append_refuses_what_is_not_a_spool_record(spool_dir, bad):
     with pytest.raises(ValueError):
