@@ -23,6 +23,7 @@ from opik_cipx.config import Settings
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import assign_picked_ports, claude_code_port
 from opik_cipx.home import private_dir, write_json
+from opik_cipx.ledger.store import Ledger
 from opik_cipx.logs import configure_daemon_logging
 from opik_cipx.materialize.materializer import Materializer, materializer_config
 from opik_cipx.materialize.pricing import load_price_table
@@ -95,6 +96,7 @@ class Daemon:
         self.store = store if settings.captures_enabled else None
         env = dict(os.environ)
         self.materializer = build_materializer(settings, env, pause=self._yield_to_wire)
+        self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, self.counters)
         self.calls = RecentCalls()
         self.pipeline = Pipeline([("materialize", self._materialize)], self.counters, settings.tee_queue_max,
                                  wire_idle=lambda timeout_s: self.gateway.wait_idle(timeout_s))
@@ -143,7 +145,8 @@ class Daemon:
             self.gateway.wait_idle(YIELD_MAX_S)
 
     def _materialize(self, capture: Capture) -> None:
-        """The off-wire stage: keep the raw capture, derive its records, spool them, list the call."""
+        """The off-wire stage: keep the raw capture, derive its records, spool them, list the call,
+        record it in the ledger."""
         segment = self._persist_capture(capture)
         self._yield_to_wire()
         records = self.materializer.materialize(capture)
@@ -151,6 +154,7 @@ class Daemon:
             self.spool.append(records)
         self.counters.incr("events_materialized")
         self.calls.add(call_row(capture, records, segment))
+        self.ledger.write(capture, records)
 
     def _persist_capture(self, capture: Capture) -> Path | None:
         if self.store is None:
@@ -224,7 +228,9 @@ class Daemon:
         if not self.gateway.wait_idle(drain):
             log.warning("shutdown: %d exchange(s) still in flight after %.0fs; stopping anyway",
                         self.gateway.inflight, drain)
-        if not self.pipeline.stop(timeout_s=max(drain, 5.0)):
+        if self.pipeline.stop(timeout_s=max(drain, 5.0)):
+            self.ledger.close()  # the materializer thread, its only user, has finished
+        else:
             log.warning("shutdown: materializer did not drain its queue in time")
         unwritten = self.spool.close(timeout_s=5.0)
         if unwritten:

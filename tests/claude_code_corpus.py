@@ -104,3 +104,40 @@ def runs(scenario: str) -> dict[str, int]:
 def cli_result(scenario: str, run: int) -> dict:
     """Claude Code's own `--output-format json` result of one invocation (its cost included)."""
     return json.loads((FIXTURES / scenario / f"cli_run{run}.stdout.json").read_text())
+
+
+def write_session_files(sessions_dir: Path) -> dict[str, dict]:
+    """`sessions/<id>.json` for every recorded session, as `sync` writes them from the
+    recorded SessionStart hooks (git remote and branch made up per project); id -> file."""
+    sessions_dir.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for hook in sorted(FIXTURES.glob("*/hook_SessionStart_*.json")):
+        doc = json.loads(hook.read_text())
+        project = doc["cwd"].rsplit("/", 1)[-1]
+        branch = "main" if hook.parent.name in ("simple", "tools", "mcp", "compact") else f"feat/{hook.parent.name}"
+        info = {
+            **doc,
+            "git": {"remote": f"https://github.com/acme/{project}.git", "branch": branch, "commit": "0" * 40},
+            "identity": {"user_email": None, "user_uuid": None, "display_name": None, "org_uuid": None,
+                         "org_name": None},
+            "written_at": "2026-11-24T00:00:00Z",
+        }
+        (sessions_dir / f"{doc['session_id']}.json").write_text(json.dumps(info))
+        out[doc["session_id"]] = info
+    return out
+
+
+def materialized(sessions_dir: Path) -> list[tuple[str, str, Capture, list[dict]]]:
+    """(scenario, number, capture, records) for every recorded exchange, through one
+    materializer as the daemon runs it, with the session files of `write_session_files`."""
+    from opik_cipx.materialize.materializer import Materializer, MaterializerConfig
+    from opik_cipx.materialize.pricing import load_price_table
+
+    write_session_files(sessions_dir)
+    config = MaterializerConfig("claude-code", True, 500_000, sessions_dir, sessions_dir / "no-claude.json")
+    materializer = Materializer(config, load_price_table())
+    return [
+        (scenario, number, capture, materializer.materialize(capture))
+        for scenario in SCENARIOS
+        for number, capture in exchanges(scenario)
+    ]

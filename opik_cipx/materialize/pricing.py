@@ -98,7 +98,7 @@ def price_call(model: str | None, usage: dict | None, table: PriceTable) -> Cost
     name, price = table.lookup(model) if isinstance(model, str) and model else (None, None)
     if price is None or not isinstance(usage, dict):
         return Cost(model=name, unknown_model=price is None, price_table_date=table.effective_date)
-    tokens = _token_counts(usage)
+    tokens = token_counts(usage)
     prompt = tokens["input"] + tokens["cache_write_5m"] + tokens["cache_write_1h"] + tokens["cache_read"]
     rates, modifiers = price.rates, []
     long_context = price.long_context_above is not None and prompt > price.long_context_above
@@ -138,7 +138,7 @@ def price_call(model: str | None, usage: dict | None, table: PriceTable) -> Cost
     )
 
 
-def _token_counts(usage: dict) -> dict[str, int]:
+def token_counts(usage: dict) -> dict[str, int]:
     """Tokens per rate class. Writes not covered by the TTL split are 5-minute writes."""
     split = usage.get("cache_creation")
     split = split if isinstance(split, dict) else {}
