@@ -22,7 +22,8 @@ COMMANDS: dict[str, str] = {
     "purge": "stop the daemon and wipe the spool (drops unshipped spans)",
     "uninstall": "stop the daemon, remove the supervisor and settings entry, delete ~/.opik-cipx",
     "proxy": "run the gateway in the foreground (normally started by the supervisor)",
-    "replay": "re-derive spans from stored raw captures (offline, read-only)",
+    "replay": "re-derive spans from stored raw captures (offline; --ledger rebuilds ledger.db)",
+    "report": "cost and tokens from the local ledger by day, session, project, model, bucket, ...",
 }
 
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from opik_cipx.ledger.periods import local_day
-from opik_cipx.materialize.materializer import AGENT_TOOLS
 from opik_cipx.materialize.pricing import token_counts
+from opik_cipx.materialize.turns import AGENT_TOOLS
 from opik_cipx.wire.capture import Capture
 
 OUTPUT = "output"

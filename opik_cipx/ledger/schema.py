@@ -3,6 +3,11 @@
 `PRAGMA user_version` holds the schema version; `MIGRATIONS[n]` takes a version-n file to
 version n+1. Migrations only ever add: a file written by an older opik-cipx is upgraded in
 place when it is opened, and one written by a newer opik-cipx is left alone.
+
+v1: `calls`, `details`, `launches`. v2: daily roll-ups (`daily_calls`, `daily_details`) and
+`days`, kept in step with the calls on every write, so a report over 100,000 calls sums a few
+thousand rows. The group keys of a report (`DIMENSIONS`) and its figures are SQL expressions
+defined once here and used for the roll-ups and for reading calls directly alike.
 """
 
 import sqlite3
@@ -74,6 +79,115 @@ CREATE TABLE launches (
 """
 
 
+# Report dimensions of a call: roll-up column -> expression over `calls c`. Unknown values are ''.
+DIMENSIONS = {
+    "day": "c.day",
+    "session": "coalesce(c.session_id, '')",
+    "project": "coalesce(c.project_dir, '')",
+    "branch": "coalesce(c.git_branch, '')",
+    "model": "coalesce(c.model, '')",
+    "kind": "c.kind || coalesce(':' || c.side_kind, '')",
+    "agent": ("CASE WHEN c.agent_type IS NOT NULL THEN c.agent_type "
+              "WHEN c.agent_id IS NOT NULL OR c.kind = 'subagent' THEN 'subagent' ELSE '' END"),
+}
+# Figures of a group of calls: column -> aggregate over `calls c`.
+CALL_FIGURES = {
+    "calls": "count(*)",
+    "unpriced_calls": "sum(c.unknown_model)",
+    "estimated_calls": "count(c.price_estimated_from)",
+    "input_tokens": "sum(c.input_tokens)",
+    "cache_creation_input_tokens": "sum(c.cache_creation_input_tokens)",
+    "cache_read_input_tokens": "sum(c.cache_read_input_tokens)",
+    "output_tokens": "sum(c.output_tokens)",
+    "cost_usd": "total(c.cost_usd)",
+}
+# A request bucket's share of each input token class is its share of the input side.
+_SHARE = "d.tokens / nullif(c.input_tokens + c.cache_creation_input_tokens + c.cache_read_input_tokens, 0)"
+_REQUEST = "d.bucket NOT IN ('output', 'web_search')"
+# Figures of a group of detail rows: column -> aggregate over `calls c JOIN details d`.
+DETAIL_FIGURES = {
+    "calls": "count(*)",
+    "input_tokens": f"total(CASE WHEN {_REQUEST} THEN {_SHARE} * c.input_tokens END)",
+    "cache_creation_input_tokens": f"total(CASE WHEN {_REQUEST} THEN {_SHARE} * c.cache_creation_input_tokens END)",
+    "cache_read_input_tokens": f"total(CASE WHEN {_REQUEST} THEN {_SHARE} * c.cache_read_input_tokens END)",
+    "output_tokens": "total(CASE WHEN d.bucket = 'output' THEN d.tokens END)",
+    "cost_usd": "total(d.cost_usd)",
+}
+# Report dimensions that are labels inside one bucket (rolled up besides the whole buckets).
+LABELLED = {"mcp": "tools_mcp", "skill": "skills", "tool": "tool_io"}
+ROLLED_UP_DETAILS = f"(d.detail = '' OR d.bucket IN ({', '.join(repr(b) for b in LABELLED.values())}))"
+
+V2 = f"""
+CREATE TABLE days (
+    day TEXT PRIMARY KEY,
+    first_ns INTEGER NOT NULL,
+    last_ns INTEGER NOT NULL,
+    calls INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE daily_calls (
+    {', '.join(f'{d} TEXT NOT NULL' for d in DIMENSIONS)},
+    calls INTEGER NOT NULL,
+    unpriced_calls INTEGER NOT NULL,
+    estimated_calls INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    cache_creation_input_tokens INTEGER NOT NULL,
+    cache_read_input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    PRIMARY KEY ({', '.join(DIMENSIONS)})
+) WITHOUT ROWID;
+CREATE TABLE daily_details (
+    {', '.join(f'{d} TEXT NOT NULL' for d in DIMENSIONS)},
+    bucket TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    calls INTEGER NOT NULL,
+    input_tokens REAL NOT NULL,
+    cache_creation_input_tokens REAL NOT NULL,
+    cache_read_input_tokens REAL NOT NULL,
+    output_tokens REAL NOT NULL,
+    cost_usd REAL NOT NULL,
+    PRIMARY KEY ({', '.join(DIMENSIONS)}, bucket, detail)
+) WITHOUT ROWID
+"""
+
+
+def roll_up(conn: sqlite3.Connection, where: str, params: tuple = (), sign: int = 1) -> None:
+    """Add (sign 1) or take away (sign -1) the calls matching `where` (over `calls c`) to the
+    roll-ups; rows left with no call are deleted."""
+    dims = ", ".join(DIMENSIONS)
+    exprs = ", ".join(DIMENSIONS.values())
+    for table, figures, source, extra in (
+        ("daily_calls", CALL_FIGURES, "calls c", ""),
+        ("daily_details", DETAIL_FIGURES, "calls c JOIN details d ON d.call_id = c.id", f" AND {ROLLED_UP_DETAILS}"),
+    ):
+        keys = dims + (", bucket, detail" if table == "daily_details" else "")
+        key_exprs = exprs + (", d.bucket, d.detail" if table == "daily_details" else "")
+        conn.execute(
+            f"INSERT INTO {table} ({keys}, {', '.join(figures)}) "
+            f"SELECT {key_exprs}, {', '.join(f'{sign} * {f}' for f in figures.values())} "
+            f"FROM {source} WHERE {where}{extra} GROUP BY {key_exprs} "
+            f"ON CONFLICT ({keys}) DO UPDATE SET {', '.join(f'{f} = {f} + excluded.{f}' for f in figures)}",
+            params,
+        )
+    conn.execute(
+        f"INSERT INTO days (day, first_ns, last_ns, calls) "
+        f"SELECT c.day, min(c.started_at_ns), max(c.started_at_ns), {sign} * count(*) FROM calls c "
+        f"WHERE {where} GROUP BY c.day "
+        "ON CONFLICT (day) DO UPDATE SET first_ns = min(first_ns, excluded.first_ns), "
+        "last_ns = max(last_ns, excluded.last_ns), calls = calls + excluded.calls",
+        params,
+    )
+    if sign < 0:
+        for table in ("daily_calls", "daily_details", "days"):
+            conn.execute(f"DELETE FROM {table} WHERE day IN (SELECT c.day FROM calls c WHERE {where}) AND calls <= 0",
+                         params)
+
+
+def _v2(conn: sqlite3.Connection) -> None:
+    _script(V2)(conn)
+    roll_up(conn, "1")
+
+
 def _script(sql: str) -> Callable[[sqlite3.Connection], None]:
     def run(conn: sqlite3.Connection) -> None:
         for statement in sql.split(";"):
@@ -84,7 +198,7 @@ def _script(sql: str) -> Callable[[sqlite3.Connection], None]:
 
 
 # MIGRATIONS[n] upgrades a version-n ledger to version n+1 (version 0: an empty file).
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_script(V1),)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_script(V1), _v2)
 LATEST = len(MIGRATIONS)
 
 

@@ -25,7 +25,7 @@ from typing import Iterable
 from opik_cipx.home import FILE_MODE, private_dir
 from opik_cipx.ledger.entry import Entry, ledger_entry
 from opik_cipx.ledger.periods import local_day
-from opik_cipx.ledger.schema import SchemaError, migrate
+from opik_cipx.ledger.schema import SchemaError, migrate, roll_up
 from opik_cipx.stats import Counters
 from opik_cipx.wire.capture import Capture
 
@@ -221,6 +221,7 @@ def upsert(conn: sqlite3.Connection, entry: Entry) -> None:
         ).lastrowid
     else:
         call_id = old[0]
+        roll_up(conn, "c.id = ?", (call_id,), sign=-1)
         conn.execute("DELETE FROM details WHERE call_id = ?", (call_id,))
         conn.execute(f"UPDATE calls SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
                      [*(call[c] for c in columns), call_id])
@@ -232,6 +233,7 @@ def upsert(conn: sqlite3.Connection, entry: Entry) -> None:
         "INSERT OR REPLACE INTO launches (tool_span_id, call_span_id, day) VALUES (?, ?, ?)",
         [(tool, llm, call["day"]) for tool, llm in entry.launches],
     )
+    roll_up(conn, "c.id = ?", (call_id,))
 
 
 def delete_before(conn: sqlite3.Connection, day: str) -> int:
@@ -240,7 +242,8 @@ def delete_before(conn: sqlite3.Connection, day: str) -> int:
     try:
         conn.execute("DELETE FROM details WHERE call_id IN (SELECT id FROM calls WHERE day < ?)", (day,))
         removed = conn.execute("DELETE FROM calls WHERE day < ?", (day,)).rowcount
-        conn.execute("DELETE FROM launches WHERE day < ?", (day,))
+        for table in ("launches", "daily_calls", "daily_details", "days"):
+            conn.execute(f"DELETE FROM {table} WHERE day < ?", (day,))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -28,13 +28,19 @@ from opik_cipx.materialize.redaction import redact_records
 from opik_cipx.materialize.response import ResponseSummary, summarize_response
 from opik_cipx.materialize.sessions import valid_session_id
 from opik_cipx.materialize.spans import bounded, error_info, opik_usage, prompt_tokens, span_record, trace_record
-from opik_cipx.materialize.turns import FinishedTool, finished_tools, first_user_text, result_text, turn_anchor
+from opik_cipx.materialize.turns import (
+    AGENT_TOOLS,
+    FinishedTool,
+    finished_tools,
+    first_user_text,
+    result_text,
+    turn_anchor,
+)
 from opik_cipx.wire.capture import Capture, header_value
 
 log = logging.getLogger(__name__)
 
 SPAN_ENDPOINTS = {"/v1/messages", "/v1/messages/count_tokens"}
-AGENT_TOOLS = frozenset({"Agent", "Task"})
 MAX_SESSIONS = 256
 MAX_PENDING_TOOLS = 512
 MAX_AGENTS = 64

@@ -1,0 +1,94 @@
+"""The ledger with the real daemon: the recorded corpus through the proxy, `report` against the
+spans the daemon spooled, a restart, and `kill -9` in the middle of the ledger writes."""
+
+import json
+import sqlite3
+
+from opik_cipx.ledger.store import open_reader
+from tests.claude_code_corpus import SCENARIOS, write_session_files
+from tests.conftest import DaemonProcess, run_cli, wait_for
+from tests.test_end_to_end import replay_scenario
+
+REPORTS = (("--by", "model"), ("--by", "session"), ("--by", "day,bucket"))
+
+
+def spooled_llm_costs(home) -> dict[str, float]:
+    """span id -> total_estimated_cost of every llm span in the spool (the newest version)."""
+    costs = {}
+    for segment in sorted((home / "spool").glob("*.jsonl")):
+        for line in segment.read_text().splitlines():
+            body = json.loads(line)["body"]
+            if body.get("type") == "llm":
+                costs[body["id"]] = body.get("total_estimated_cost") or 0.0
+    return costs
+
+
+def reports(home) -> dict[tuple, dict]:
+    out = {}
+    for args in REPORTS:
+        result = run_cli(home, "report", *args, "--json")
+        assert result.returncode == 0, result.stderr
+        out[args] = json.loads(result.stdout)
+    return out
+
+
+def send_corpus(daemon: DaemonProcess, upstream) -> int:
+    return sum(replay_scenario(daemon, upstream, scenario) for scenario in SCENARIOS)
+
+
+def test_report_totals_equal_the_spans_and_survive_a_restart(home, upstream):
+    write_session_files(home / "sessions")
+    daemon = DaemonProcess(home, upstream.url)
+    try:
+        calls = send_corpus(daemon, upstream)
+        wait_for(lambda: daemon.counter("events_materialized") == calls, timeout_s=30, what="every call materialized")
+        wait_for(lambda: daemon.stats()["queue"]["in_memory"] == 0, what="records in the spool")
+        spans = spooled_llm_costs(home)
+        assert len(spans) == calls == 71
+        before = reports(home)  # while the daemon runs and holds the ledger open
+        for args, doc in before.items():
+            assert abs(doc["total"]["cost_usd"] - sum(spans.values())) < 1e-9, args
+            assert abs(sum(row["cost_usd"] for row in doc["rows"]) - sum(spans.values())) < 1e-9, args
+            assert doc["total"]["calls"] == calls
+        assert {row["session"] for row in before[("--by", "session")]["rows"]} == {
+            json.loads(p.read_text())["session_id"] for p in (home / "sessions").glob("*.json")}
+        assert daemon.counter("ledger_write_errors") == 0
+    finally:
+        assert daemon.stop() == 0
+    assert reports(home) == before  # daemon down
+    daemon = DaemonProcess(home, upstream.url)
+    try:
+        assert reports(home) == before  # restarted: the ledger is not emptied
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_kill_9_mid_write_then_rematerializing_counts_nothing_twice(home, upstream):
+    write_session_files(home / "sessions")
+    daemon = DaemonProcess(home, upstream.url)
+    calls = send_corpus(daemon, upstream)
+    wait_for(lambda: daemon.counter("events_materialized") >= calls // 2, timeout_s=30, what="half materialized")
+    daemon.kill()  # kill -9 while the materializer is writing the ledger
+    conn = sqlite3.connect(home / "ledger.db")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    written = conn.execute("SELECT count(*) FROM calls").fetchone()[0]
+    conn.close()
+    assert 0 < written <= calls
+    daemon = DaemonProcess(home, upstream.url)
+    try:
+        # re-materialize every stored capture into the ledger the running daemon holds open
+        for _ in range(2):
+            rebuilt = run_cli(home, "replay", "--ledger")
+            assert rebuilt.returncode == 0, rebuilt.stderr
+        printed = run_cli(home, "replay")
+        records = [json.loads(line)["body"] for line in printed.stdout.splitlines()]
+        llm = {r["id"]: r.get("total_estimated_cost") or 0.0 for r in records if r.get("type") == "llm"}
+        assert len(llm) >= written  # every call already in the ledger has its capture stored
+        for args, doc in reports(home).items():
+            assert doc["total"]["calls"] == len(llm), args
+            assert abs(doc["total"]["cost_usd"] - sum(llm.values())) < 1e-9, args
+        conn = open_reader(home / "ledger.db")
+        assert conn.execute("SELECT count(DISTINCT capture_id) FROM calls").fetchone()[0] == len(llm)
+        conn.close()
+    finally:
+        assert daemon.stop() == 0
