@@ -33,7 +33,8 @@ from opik_cipx.stats import Counters, build_stats, utc_iso
 from opik_cipx.store.captures import CaptureStore
 from opik_cipx.store.spool import Spool
 from opik_cipx.views.admin import AdminHandler
-from opik_cipx.views.viewer import RecentCalls, ViewerHandler, call_row
+from opik_cipx.views.dashboard import Dashboard
+from opik_cipx.views.viewer import ViewerHandler
 from opik_cipx.wire.capture import Capture
 from opik_cipx.wire.gateway import Gateway, GatewayHandler
 from opik_cipx.wire.loopback import ListenError, LoopbackServer
@@ -97,7 +98,6 @@ class Daemon:
         env = dict(os.environ)
         self.materializer = build_materializer(settings, env, pause=self._yield_to_wire)
         self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, self.counters)
-        self.calls = RecentCalls()
         self.pipeline = Pipeline([("materialize", self._materialize)], self.counters, settings.tee_queue_max,
                                  wire_idle=lambda timeout_s: self.gateway.wait_idle(timeout_s))
         self.gateway = Gateway(self.pool, self.pipeline.offer, self.counters)
@@ -111,7 +111,8 @@ class Daemon:
             self.ports["claude_code"] = self.gateway_server.port
             admin_handler = type("Handler", (AdminHandler,), {"stats": staticmethod(self.stats)})
             self.admin_server = LoopbackServer("admin", host, self.ports["admin"], admin_handler)
-            viewer_handler = type("Handler", (ViewerHandler,), {"calls": self.calls})
+            pages = Dashboard(settings.ledger_path, settings.captures_dir)
+            viewer_handler = type("Handler", (ViewerHandler,), {"pages": pages})
             self.viewer_server = LoopbackServer("viewer", host, self.ports["viewer"], viewer_handler)
         except ListenError as exc:
             self.pool.close()
@@ -145,15 +146,14 @@ class Daemon:
             self.gateway.wait_idle(YIELD_MAX_S)
 
     def _materialize(self, capture: Capture) -> None:
-        """The off-wire stage: keep the raw capture, derive its records, spool them, list the call,
-        record it in the ledger."""
-        segment = self._persist_capture(capture)
+        """The off-wire stage: keep the raw capture, derive its records, spool them, record the
+        call in the ledger."""
+        self._persist_capture(capture)
         self._yield_to_wire()
         records = self.materializer.materialize(capture)
         if records:
             self.spool.append(records)
         self.counters.incr("events_materialized")
-        self.calls.add(call_row(capture, records, segment))
         self.ledger.write(capture, records)
 
     def _persist_capture(self, capture: Capture) -> Path | None:

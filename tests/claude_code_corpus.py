@@ -127,17 +127,23 @@ def write_session_files(sessions_dir: Path) -> dict[str, dict]:
     return out
 
 
-def materialized(sessions_dir: Path) -> list[tuple[str, str, Capture, list[dict]]]:
+def materialized(sessions_dir: Path, recent: bool = False) -> list[tuple[str, str, Capture, list[dict]]]:
     """(scenario, number, capture, records) for every recorded exchange, through one
-    materializer as the daemon runs it, with the session files of `write_session_files`."""
+    materializer as the daemon runs it, with the session files of `write_session_files`.
+    `recent`: every exchange moved in time (keeping their spacing) so the last ended a minute ago."""
+    import time
+
     from opik_cipx.materialize.materializer import Materializer, MaterializerConfig
     from opik_cipx.materialize.pricing import load_price_table
 
     write_session_files(sessions_dir)
     config = MaterializerConfig("claude-code", True, 500_000, sessions_dir, sessions_dir / "no-claude.json")
     materializer = Materializer(config, load_price_table())
-    return [
-        (scenario, number, capture, materializer.materialize(capture))
-        for scenario in SCENARIOS
-        for number, capture in exchanges(scenario)
-    ]
+    pairs = [(scenario, number, capture) for scenario in SCENARIOS for number, capture in exchanges(scenario)]
+    if recent:
+        shift = time.time_ns() - 60 * 10**9 - max(c.ended_at_ns for _, _, c in pairs)
+        for _, _, capture in pairs:
+            capture.started_at_ns += shift
+            capture.ttfb_ns += shift
+            capture.ended_at_ns += shift
+    return [(scenario, number, capture, materializer.materialize(capture)) for scenario, number, capture in pairs]

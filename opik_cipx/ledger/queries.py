@@ -182,3 +182,73 @@ def _grouped(conn: sqlite3.Connection, groups: list[str], detail: str | None, se
             for name in FIGURES[2:]:
                 row[name] = int(row[name])
     return rows
+
+
+# -- the dashboard's reads ---------------------------------------------------------------
+
+CALL_LIST_COLUMNS = (
+    "id", "capture_id", "started_at_ns", "ended_at_ns", "day", "session_id", "project_dir", "git_branch",
+    "git_remote", "model", "kind", "side_kind", "agent_id", "agent_type", "span_id", "parent_span_id", "status",
+    "error_type", "request_id", "input_tokens", "cache_creation_input_tokens", "cache_write_5m_tokens",
+    "cache_write_1h_tokens", "cache_read_input_tokens", "output_tokens", "cost_usd", "cost_input_usd",
+    "cost_cache_write_5m_usd", "cost_cache_write_1h_usd", "cost_cache_read_usd", "cost_output_usd",
+    "cost_web_search_usd", "warm_cache_cost_usd", "unknown_model", "price_estimated_from", "request_chars",
+    "duration_ms",
+)
+
+
+def _calls(conn: sqlite3.Connection, where: str, params: tuple, order: str, limit: int | None = None) -> list[dict]:
+    sql = f"SELECT {', '.join(CALL_LIST_COLUMNS)} FROM calls WHERE {where} ORDER BY {order}"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    return [dict(zip(CALL_LIST_COLUMNS, row)) for row in conn.execute(sql, params)]
+
+
+def recent_calls(conn: sqlite3.Connection, limit: int, before_ns: int | None = None) -> list[dict]:
+    """The newest calls (started before `before_ns`), newest first."""
+    return _calls(conn, "started_at_ns < ?", (MAX_NS if before_ns is None else before_ns,),
+                  "started_at_ns DESC, id DESC", limit)
+
+
+def session_calls(conn: sqlite3.Connection, session_id: str) -> list[dict]:
+    """Every call of one session, in the order they started."""
+    return _calls(conn, "session_id = ?", (session_id,), "started_at_ns, id")
+
+
+def find_call(conn: sqlite3.Connection, capture_id: str) -> dict | None:
+    rows = _calls(conn, "capture_id = ?", (capture_id,), "id")
+    return rows[0] if rows else None
+
+
+def call_details(conn: sqlite3.Connection, call_id: int) -> list[dict]:
+    """The bucket and label rows of one call."""
+    cursor = conn.execute(
+        "SELECT bucket, detail, chars, tokens, cost_usd FROM details WHERE call_id = ? ORDER BY bucket, detail",
+        (call_id,))
+    return [dict(zip(("bucket", "detail", "chars", "tokens", "cost_usd"), row)) for row in cursor]
+
+
+def launchers(conn: sqlite3.Connection, tool_span_ids: list[str]) -> dict[str, str]:
+    """Agent tool span id -> the span id of the call that launched it (for those known)."""
+    out = {}
+    for start in range(0, len(tool_span_ids), 500):
+        chunk = tool_span_ids[start:start + 500]
+        out.update(conn.execute(
+            f"SELECT tool_span_id, call_span_id FROM launches WHERE tool_span_id IN ({', '.join('?' * len(chunk))})",
+            chunk).fetchall())
+    return out
+
+
+def session_projects(conn: sqlite3.Connection, session_ids: list[str]) -> dict[str, str]:
+    """Session id -> its project directory (for those that have one)."""
+    out = {}
+    for session_id in session_ids:
+        row = conn.execute("SELECT max(project_dir) FROM calls WHERE session_id = ?", (session_id,)).fetchone()
+        if row and row[0]:
+            out[session_id] = row[0]
+    return out
+
+
+def first_day(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT min(day) FROM days").fetchone()
+    return row[0] if row else None
