@@ -13,11 +13,13 @@ transaction per call as the daemon writes.
 import argparse
 import dataclasses
 import os
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,16 +42,21 @@ def corpus_entries(tmp: Path) -> list[Entry]:
 
 
 def synthetic(entries: list[Entry], calls: int, days: int, now_ns: int) -> list[Entry]:
-    """`calls` entries copied from the corpus, evenly over the last `days` days; a session
-    spans 20 copies of the corpus (a few hundred calls)."""
+    """`calls` entries copied from the corpus over the last `days` days, each copy of the corpus
+    at a random moment (fixed seed), its calls a few seconds apart; a session spans 20 copies
+    of the corpus (a few hundred calls)."""
     out = []
     start = now_ns - days * DAY_NS
+    rng = random.Random(10)
+    copies = -(-calls // len(entries))
+    starts = sorted(start + rng.randrange(days * DAY_NS - len(entries) * 10**10) for _ in range(copies))
     for n in range(calls):
         copy, base = divmod(n, len(entries))
         entry = entries[base]
-        at = start + n * days * DAY_NS // calls
+        at = starts[copy] + base * 10**10
+        session = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{entry.call['session_id']}/{copy // 20}"))
         call = {**entry.call, "capture_id": f"bench-{n}", "started_at_ns": at, "ended_at_ns": at + 10**9,
-                "day": local_day(at), "session_id": f"{entry.call['session_id']}-{copy // 20}"}
+                "day": local_day(at), "session_id": session}
         out.append(dataclasses.replace(entry, call=call))
     return out
 

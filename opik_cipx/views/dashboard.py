@@ -148,7 +148,9 @@ class Dashboard:
         projects = session_projects(conn, [r["session"] for r in sessions if r["session"]])
         out.append(top_table("Sessions", "session", [
             (session_link(r["session"], projects.get(r["session"])), r) for r in sessions]))
-        for title, key in (("Projects", "project"), ("Models", "model"), ("MCP servers", "mcp"), ("Skills", "skill")):
+        rows = report(conn, ("project",), month).rows[:TOP_N]
+        out.append(top_table("Projects", "project", [(short_path(r["project"]), r) for r in rows]))
+        for title, key in (("Models", "model"), ("MCP servers", "mcp"), ("Skills", "skill")):
             rows = report(conn, (key,), month).rows[:TOP_N]
             out.append(top_table(title, key, [(esc(label_of(r[key])), r) for r in rows]))
         agents = [r for r in report(conn, ("agent",), month).rows if r["agent"] != "main"][:TOP_N]
@@ -301,6 +303,14 @@ def when(ns: int) -> str:
 
 def label_of(value: Any) -> str:
     return "(unknown)" if value is None else str(value)
+
+
+def short_path(path: str | None) -> str:
+    """The last two parts of a directory, the whole path on hover."""
+    if not path:
+        return "(unknown)"
+    tail = "/".join(path.rstrip("/").split("/")[-2:])
+    return f"<span title='{esc(path)}'>{'&hellip;/' if tail != path.strip('/') else ''}{esc(tail)}</span>"
 
 
 def kind_of(call: dict[str, Any]) -> str:
