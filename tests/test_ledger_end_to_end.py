@@ -92,3 +92,51 @@ def test_kill_9_mid_write_then_rematerializing_counts_nothing_twice(home, upstre
         conn.close()
     finally:
         assert daemon.stop() == 0
+
+
+HOLD_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+conn.execute("ROLLBACK")
+"""
+
+
+def test_a_corrupt_or_locked_ledger_never_stops_the_calls_or_their_spans(home, upstream):
+    import subprocess
+    import sys
+
+    home.mkdir(parents=True)
+    (home / "ledger.db").write_bytes(b"not a database " * 1000)
+    daemon = DaemonProcess(home, upstream.url)
+    try:
+        first = replay_scenario(daemon, upstream, "tools")
+        wait_for(lambda: daemon.counter("events_materialized") == first, what="tools materialized")
+        assert list(home.glob("ledger.db.corrupt-*"))  # moved aside, a new ledger started
+        assert daemon.counter("ledger_write_errors") == 1
+        holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(home / "ledger.db")],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "locked"
+            second = replay_scenario(daemon, upstream, "mcp")  # every byte still relayed (asserted inside)
+            wait_for(lambda: daemon.counter("events_materialized") == first + second, what="mcp materialized")
+            assert daemon.counter("ledger_write_errors") >= 2
+            assert daemon.counter("materializer_errors_total") == 0
+        finally:
+            holder.stdin.close()
+            holder.wait(10)
+
+        def ledger_calls() -> int:
+            return json.loads(run_cli(home, "report", "--json").stdout)["total"]["calls"]
+
+        wait_for(lambda: ledger_calls() == first + second, timeout_s=20, what="the waiting calls written, unprompted")
+        third = replay_scenario(daemon, upstream, "simple")
+        wait_for(lambda: ledger_calls() == first + second + third, what="the next call written")
+        assert daemon.counter("ledger_calls_dropped") == 0
+        assert "ledger:" in (home / "logs" / "cipx.log").read_text()
+    finally:
+        assert daemon.stop() == 0
+    spans = spooled_llm_costs(home)
+    assert len(spans) == first + second + third

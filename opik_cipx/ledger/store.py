@@ -8,7 +8,8 @@ by capture id inside one transaction, so writing a capture again (re-materializa
 
 The ledger must never stop materialization: `Ledger.write` never raises. A write that fails
 (another process holds the lock past the busy timeout, a full disk) keeps its entries in a
-bounded queue and retries with the next write after a pause; a file that is not a database
+bounded queue and retries after a pause (a one-shot timer thread, so the entries do not wait
+for the next call; the two threads take turns on a lock); a file that is not a database
 is moved aside (`ledger.db.corrupt-<UTC stamp>`) and a new one started. Each failure streak
 logs one line and counts `ledger_write_errors`; entries dropped from the full queue count
 `ledger_calls_dropped`. Rows older than the retention are deleted at most once an hour.
@@ -17,6 +18,7 @@ logs one line and counts `ledger_write_errors`; entries dropped from the full qu
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -81,10 +83,14 @@ class Ledger:
         self.retention_days = retention_days
         self.counters = counters or Counters()
         self._conn: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None  # (device, inode) the connection has open
         self._pending: deque[Entry] = deque()
         self._retry_at = 0.0
         self._failing: str | None = None  # the error of the current failure streak
         self._retention_at = 0.0
+        self._lock = threading.Lock()  # the writer thread and the retry timer take turns
+        self._timer: threading.Timer | None = None
+        self._closing = False
 
     def write(self, capture: Capture, records: list[dict]) -> None:
         """Record one exchange (nothing for an exchange without a model call). Never raises."""
@@ -99,6 +105,10 @@ class Ledger:
 
     def write_entries(self, entries: Iterable[Entry]) -> bool:
         """Upsert `entries` (after any still waiting) in one transaction; True once written."""
+        with self._lock:
+            return self._write(entries)
+
+    def _write(self, entries: Iterable[Entry]) -> bool:
         for entry in entries:
             if len(self._pending) >= MAX_PENDING:
                 self._pending.popleft()
@@ -124,17 +134,22 @@ class Ledger:
 
     def flush(self) -> bool:
         """Write what is waiting now, ignoring the pause after a failure; True when nothing waits."""
-        self._retry_at = 0.0
-        return self.write_entries([])
+        with self._lock:
+            self._retry_at = 0.0
+            return self._write([])
 
     def close(self) -> None:
         """Write what is waiting (bounded by the busy timeout) and close the file."""
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
         if self._pending and not self.flush():
             log.warning("ledger: %d call(s) could not be written before shutdown; "
                         "`opik-cipx replay --ledger` adds them from the stored captures", len(self._pending))
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     @property
     def pending(self) -> int:
@@ -143,8 +158,15 @@ class Ledger:
     # -- internals ---------------------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
+        """The open connection, reopened when the file was deleted or replaced meanwhile (a user
+        moved a damaged ledger away), so writes never go to a file nobody can read."""
+        if self._conn is not None and self._file != _identity(self.path):
+            log.info("ledger: %s was removed or replaced; opening it afresh", self.path)
+            self._conn.close()
+            self._conn = None
         if self._conn is None:
             self._conn = connect(self.path, WRITER_BUSY_TIMEOUT_S)
+            self._file = _identity(self.path)
         return self._conn
 
     def _transaction(self, conn: sqlite3.Connection, entries: Iterable[Entry]) -> None:
@@ -170,6 +192,7 @@ class Ledger:
     def _failed(self, exc: Exception) -> None:
         self.counters.incr("ledger_write_errors")
         self._retry_at = time.monotonic() + RETRY_PAUSE_S
+        self._retry_later()
         reason = _describe(exc)
         if isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorname", None) in CORRUPT:
             moved = self._move_aside()
@@ -181,6 +204,16 @@ class Ledger:
             log.warning("ledger: cannot write %s (%s); calls wait in memory (at most %d) and are retried "
                         "every %.0fs", self.path, reason, MAX_PENDING, RETRY_PAUSE_S)
         self._failing = reason
+
+    def _retry_later(self) -> None:
+        """Flush once the pause is over, unless a retry is already waiting."""
+        timer = self._timer
+        if self._closing or (timer is not None and timer.is_alive() and timer is not threading.current_thread()):
+            return
+        self._timer = threading.Timer(RETRY_PAUSE_S, self.flush)
+        self._timer.name = "cipx-ledger-retry"
+        self._timer.daemon = True
+        self._timer.start()
 
     def _move_aside(self) -> str:
         if self._conn is not None:
@@ -249,6 +282,14 @@ def delete_before(conn: sqlite3.Connection, day: str) -> int:
         conn.execute("ROLLBACK")
         raise
     return removed
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _describe(exc: BaseException) -> str:

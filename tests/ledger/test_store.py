@@ -3,6 +3,7 @@ stop the writer's caller (locked, corrupt, newer schema, a refused entry)."""
 
 import dataclasses
 import logging
+import os
 import sqlite3
 import stat
 import subprocess
@@ -15,6 +16,7 @@ from opik_cipx.ledger.entry import ledger_entry
 from opik_cipx.ledger.schema import LATEST
 from opik_cipx.ledger.store import WRITER_BUSY_TIMEOUT_S, Ledger, open_reader
 from tests.claude_code_corpus import materialized
+from tests.conftest import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +138,7 @@ def test_a_locked_ledger_delays_the_writer_at_most_the_busy_timeout_then_catches
     finally:
         holder.stdin.close()
         holder.wait(10)
-    assert ledger.flush() and ledger.pending == 0
+    wait_for(lambda: ledger.pending == 0, what="the waiting calls written by the retry timer")
     ledger.close()
     assert totals(path)[0] == 10
     messages = [r.getMessage() for r in caplog.records]
@@ -181,3 +183,32 @@ def test_readers_see_committed_rows_while_the_writer_holds_a_transaction(tmp_pat
     assert time.monotonic() - started < 1.0
     ledger._conn.execute("ROLLBACK")
     ledger.close()
+
+
+def test_retention_runs_at_most_once_an_hour(tmp_path, corpus, monkeypatch):
+    path = tmp_path / "ledger.db"
+    entries = [e for e in (ledger_entry(c, r) for _, _, c, r in corpus[:12]) if e]
+    ledger = Ledger(path, retention_days=10)
+    ledger.write_entries(entries[1:])  # the first write enforces the retention
+    old_ns = int((time.time() - 30 * 86400) * 1e9)
+    old = dataclasses.replace(entries[0], call={**entries[0].call, "capture_id": "old", "started_at_ns": old_ns,
+                                                "day": time.strftime("%Y-%m-%d", time.localtime(old_ns / 1e9))})
+    ledger.write_entries([old])
+    assert totals(path)[0] == len(entries)  # not again within the hour
+    later = time.monotonic() + 3601
+    monkeypatch.setattr("opik_cipx.ledger.store.time.monotonic", lambda: later)
+    ledger.write_entries([entries[1]])
+    ledger.close()
+    assert totals(path)[0] == len(entries) - 1
+
+
+def test_a_ledger_removed_under_the_writer_is_started_afresh(tmp_path, corpus):
+    path = tmp_path / "ledger.db"
+    entries = [e for e in (ledger_entry(c, r) for _, _, c, r in corpus[:12]) if e]
+    ledger = Ledger(path, retention_days=400)
+    ledger.write_entries(entries[:3])
+    for suffix in ("", "-wal", "-shm"):
+        os.replace(f"{path}{suffix}", f"{path}{suffix}.moved")  # the user moves it away
+    ledger.write_entries(entries[3:])
+    ledger.close()
+    assert totals(path)[0] == len(entries) - 3
