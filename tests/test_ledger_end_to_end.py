@@ -4,7 +4,7 @@ spans the daemon spooled, a restart, and `kill -9` in the middle of the ledger w
 import json
 import sqlite3
 
-from opik_cipx.ledger.store import open_reader
+from opik_cipx.ledger.db import open_reader
 from tests.claude_code_corpus import SCENARIOS, write_session_files
 from tests.conftest import DaemonProcess, run_cli, wait_for
 from tests.test_end_to_end import replay_scenario

@@ -20,7 +20,7 @@ from opik_cipx.config import Settings
 from opik_cipx.ledger.periods import parse_since, parse_until
 from opik_cipx.ledger.queries import BY_KEYS, DETAIL_KEYS, FIGURES, Report, ReportError, Selection, parse_by, report
 from opik_cipx.ledger.schema import SchemaError
-from opik_cipx.ledger.store import open_reader
+from opik_cipx.ledger.db import open_reader
 
 COLUMNS = (  # figure, table heading
     ("calls", "calls"),
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     try:
         if args.json:
-            print(json.dumps(to_json(result), indent=2))
+            print(dump_json(to_json(result)))
         elif args.csv:
             write_csv(result, sys.stdout)
         else:
@@ -96,6 +96,13 @@ def to_json(result: Report) -> dict[str, Any]:
         "rows": [{key: _figure(key, value) for key, value in row.items()} for row in result.rows],
         "total": {name: result.total[name] for name in FIGURES},
     }
+
+
+def dump_json(doc: dict[str, Any]) -> str:
+    """The document with one row per line (json's indenting encoder is ten times slower)."""
+    rows = ",\n    ".join(json.dumps(row) for row in doc["rows"])
+    return ('{\n  "rows": [' + (f"\n    {rows}\n  " if rows else "") + '],\n  "total": '
+            + json.dumps(doc["total"]) + "\n}")
 
 
 def write_csv(result: Report, stream) -> None:

@@ -1,10 +1,10 @@
-"""`$CIPX_HOME/ledger.db`: open it (0600, WAL, migrated) and upsert call entries into it.
+"""The ledger's writer: upserts call entries into `$CIPX_HOME/ledger.db`, enforces retention.
 
 One writer per process, used from one thread (the daemon's materializer, or `replay
---ledger`); any number of readers in other processes (`report`, the dashboard) read
-alongside it, which WAL allows without blocking either side. Every write is an upsert keyed
-by capture id inside one transaction, so writing a capture again (re-materialization,
-`replay --ledger`) replaces its rows instead of counting it twice.
+--ledger`); any number of readers in other processes (`report`, the dashboard; they open it
+with `ledger/db.py`) read alongside it, which WAL allows without blocking either side. Every
+write is an upsert keyed by capture id inside one transaction, so writing a capture again
+(re-materialization, `replay --ledger`) replaces its rows instead of counting it twice.
 
 The ledger must never stop materialization: `Ledger.write` never raises. A write that fails
 (another process holds the lock past the busy timeout, a full disk) keeps its entries in a
@@ -24,55 +24,22 @@ from collections import deque
 from pathlib import Path
 from typing import Iterable
 
-from opik_cipx.home import FILE_MODE, private_dir
+from opik_cipx.ledger.db import connect
 from opik_cipx.ledger.entry import Entry, ledger_entry
 from opik_cipx.ledger.periods import local_day
-from opik_cipx.ledger.schema import SchemaError, migrate, roll_up
+from opik_cipx.ledger.schema import SchemaError, roll_up
 from opik_cipx.stats import Counters
 from opik_cipx.wire.capture import Capture
 
 log = logging.getLogger(__name__)
 
-FILE_NAME = "ledger.db"
 WRITER_BUSY_TIMEOUT_S = 1.0  # the materializer waits at most this long for another writer
-READER_BUSY_TIMEOUT_S = 5.0
 RETRY_PAUSE_S = 5.0  # after a failed write, entries wait this long before the next attempt
 MAX_PENDING = 2000
 RETENTION_EVERY_S = 3600.0
 CORRUPT = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 # Errors that come from one entry's values, not from the file: that entry is dropped alone.
 ENTRY_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError)
-
-
-def connect(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
-    """A connection to the ledger at `path` (created 0600 if missing), in WAL mode, migrated.
-
-    Raises sqlite3.Error or SchemaError. SQLite creates `-wal` and `-shm` with the mode of the
-    database file, so all three stay owner-only.
-    """
-    private_dir(path.parent)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
-    if path.stat().st_mode & 0o777 != FILE_MODE:
-        os.chmod(path, FILE_MODE)
-    conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
-    try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")  # WAL: a commit survives a crash of the process
-        migrate(conn)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def open_reader(path: Path) -> sqlite3.Connection | None:
-    """A read-only use of the ledger (migrated first if an older opik-cipx wrote it); None when
-    there is no ledger yet. Raises sqlite3.Error or SchemaError."""
-    if not path.exists():
-        return None
-    conn = connect(path, READER_BUSY_TIMEOUT_S)
-    conn.execute("PRAGMA query_only = 1")
-    return conn
 
 
 class Ledger:

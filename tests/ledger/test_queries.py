@@ -18,7 +18,8 @@ from opik_cipx.ledger.queries import (
 from opik_cipx.ledger.schema import (
     CALL_FIGURES, DETAIL_FIGURES, DIMENSIONS, LABELLED, LATEST, ROLLED_UP_DETAILS, V1,
 )
-from opik_cipx.ledger.store import Ledger, delete_before, open_reader, upsert
+from opik_cipx.ledger.db import open_reader
+from opik_cipx.ledger.store import Ledger, delete_before, upsert
 from tests.claude_code_corpus import materialized
 
 DAY_NS = 86_400 * 10**9

@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from opik_cipx.ledger.queries import report
-from opik_cipx.ledger.store import Ledger, open_reader
+from opik_cipx.ledger.db import open_reader
+from opik_cipx.ledger.store import Ledger
 from opik_cipx.store.captures import CaptureStore
 from opik_cipx.views.charts import PALETTE
 from opik_cipx.views.dashboard import Dashboard
