@@ -4,10 +4,10 @@
 Run from the repository root: `python3 bench/bench_report.py [--calls N] [--keep DIR]`.
 Builds a ledger through the real writer from the recorded corpus' calls (materialized once),
 copied across 100 days (about 1,000 calls a day, sessions of a few hundred calls), then times
-each report in-process (median of 5) and the whole command as a subprocess, against a
-baseline measured in the same run: one full scan of the calls table
-(`SELECT count(*), total(cost_usd) FROM calls`). Also prints the write cost per call, one
-transaction per call as the daemon writes.
+each report in-process (median of 5), the dashboard's home and session pages, and the whole
+command as a subprocess, against a baseline measured in the same run: one full scan of the
+calls table (`SELECT count(*), total(cost_usd) FROM calls`). Also prints the write cost per
+call, one transaction per call as the daemon writes.
 """
 
 import argparse
@@ -30,6 +30,7 @@ from opik_cipx.ledger.periods import local_day  # noqa: E402
 from opik_cipx.ledger.queries import Selection, parse_by, report  # noqa: E402
 from opik_cipx.ledger.db import open_reader  # noqa: E402
 from opik_cipx.ledger.store import Ledger  # noqa: E402
+from opik_cipx.views.dashboard import Dashboard  # noqa: E402
 from tests.claude_code_corpus import materialized  # noqa: E402
 
 DAY_NS = 86_400 * 10**9
@@ -108,6 +109,12 @@ def main() -> int:
                 worst = max(worst, elapsed)
                 print(f"  report --by {by}{label}: {elapsed * 1000:7.1f} ms  ({elapsed / baseline:5.1f}x baseline)")
         conn.close()
+        pages = Dashboard(path, home / "captures")
+        for page in ("/", f"/session/{fake[-1].call['session_id']}"):
+            elapsed = timed(lambda: pages.route(page))
+            worst = max(worst, elapsed)
+            print(f"  dashboard {page.split('/')[1] or 'home'} page: {elapsed * 1000:7.1f} ms  "
+                  f"({elapsed / baseline:5.1f}x baseline)")
         env = {**os.environ, "CIPX_HOME": str(home), "PYTHONPATH": str(ROOT)}
         command = [sys.executable, "-m", "opik_cipx", "report", "--by", "day,bucket", "--json"]
         elapsed = timed(lambda: subprocess.run(command, env=env, capture_output=True, check=True), runs=3)

@@ -68,7 +68,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 result = report(conn, by, selection)
             finally:
                 conn.close()
-    except (sqlite3.Error, SchemaError, OSError) as exc:
+    except SchemaError as exc:
+        print(f"opik-cipx: cannot read {path}: {exc}", file=sys.stderr)
+        return 1
+    except (sqlite3.Error, OSError) as exc:
         print(f"opik-cipx: cannot read {path}: {exc}. If it is damaged, move it away and run "
               "`opik-cipx replay --ledger` to rebuild it from the stored captures", file=sys.stderr)
         return 1

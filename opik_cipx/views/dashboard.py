@@ -93,8 +93,10 @@ class Dashboard:
                 if route.startswith("/capture/"):
                     return self._call(conn, route[len("/capture/"):])
         except (sqlite3.Error, SchemaError, OSError) as exc:
-            message = (f"{self.ledger_path} cannot be read ({exc}). If it is damaged, move it away and run "
-                       "`opik-cipx replay --ledger` to rebuild it from the stored captures.")
+            message = f"{self.ledger_path} cannot be read: {exc}."
+            if not isinstance(exc, SchemaError):
+                message += (" If it is damaged, move it away and run `opik-cipx replay --ledger` to rebuild it "
+                            "from the stored captures.")
             return 503, HTML, page("ledger unavailable", f"<p class=bad>{esc(message)}</p>")
         return 404, HTML, page("not found", "<p>Nothing here. <a href=/>The dashboard</a> lists every call.</p>")
 
@@ -133,7 +135,7 @@ class Dashboard:
                 f"<div class=big>{usd(total['cost_usd'])}</div>"
                 f"<div>{total['calls']:,} calls &middot; {tokens(input_side(total))} input tokens &middot; "
                 f"{tokens(total['output_tokens'])} output tokens</div>"
-                f"<div class=muted>cache hit {percent(cache_hit(total))}</div></div>")
+                f"<div class=muted>cache hit {percent(cache_hit(total))}</div>{unpriced(total)}</div>")
         out.append("</div>")
         per_day: dict[str, dict[str, float]] = defaultdict(dict)
         for row in report(conn, ("day", "bucket"), month).rows:
@@ -187,7 +189,7 @@ class Dashboard:
             "<div class=cards><div class=card id=session-total><div class=muted>Session total</div>"
             f"<div class=big>{usd(total['cost_usd'])}</div><div>{total['calls']:,} calls &middot; "
             f"{tokens(input_side(total))} input tokens &middot; {tokens(total['output_tokens'])} output tokens"
-            f"</div><div class=muted>cache hit {percent(cache_hit(total))}</div></div></div>",
+            f"</div><div class=muted>cache hit {percent(cache_hit(total))}</div>{unpriced(total)}</div></div>",
         ]
         cumulative, context, running = {}, {}, 0.0
         for n, call in enumerate(calls, 1):
@@ -303,6 +305,14 @@ def when(ns: int) -> str:
 
 def label_of(value: Any) -> str:
     return "(unknown)" if value is None else str(value)
+
+
+def unpriced(total: dict[str, Any]) -> str:
+    """A warning when some calls used a model the price table does not know."""
+    if not total.get("unpriced_calls"):
+        return ""
+    return (f"<div class=bad>{total['unpriced_calls']:,} calls not priced: model missing from the price table "
+            "(add it under [prices.\"&lt;model&gt;\"] in config.toml)</div>")
 
 
 def short_path(path: str | None) -> str:

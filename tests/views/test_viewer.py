@@ -168,3 +168,33 @@ def test_without_a_ledger_and_with_a_damaged_one(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_calls_of_an_unknown_model_are_flagged_never_priced_at_zero(tmp_path, viewer):
+    import dataclasses
+
+    from opik_cipx.ledger.entry import ledger_entry
+    from tests.conftest import run_cli
+
+    _, _, corpus = viewer
+    _, _, capture, records = next(c for c in corpus if c[:2] == ("mcp", "002"))
+    entry = ledger_entry(capture, records)
+    mystery = dataclasses.replace(entry, call={**entry.call, "model": "claude-nova-9", "unknown_model": 1,
+                                               "cost_usd": None, "warm_cache_cost_usd": None},
+                                  details=tuple(dataclasses.replace(d, cost_usd=None) for d in entry.details))
+    home = tmp_path / "cipx-home"
+    ledger = Ledger(home / "ledger.db", retention_days=400)
+    ledger.write_entries([entry, dataclasses.replace(mystery, call={**mystery.call, "capture_id": "x"})])
+    ledger.close()
+    server = serve(home)
+    try:
+        _, page, _ = get(server.port, "/")
+        assert "1 calls not priced" in text(page) and "unknown model" in text(page)
+        _, call, _ = get(server.port, "/capture/x")
+        assert "unknown model" in text(call) and "claude-nova-9" in call
+    finally:
+        server.shutdown()
+        server.server_close()
+    table = run_cli(home, "report", "--by", "model").stdout
+    assert "1 call(s) used a model missing from the price table" in table
+    assert f"${entry.call['cost_usd']:,.4f}" in table.splitlines()[-2]  # the total: the priced call only
