@@ -51,6 +51,7 @@ STYLE = (
     ".num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}a{color:#1d4ed8}"
     "tr.sub td:first-child{padding-left:28px}tr.group td{background:#f5f3ff}"
     ".bad{color:#b91c1c;font-weight:600}.mono{font-family:ui-monospace,monospace;font-size:12px}"
+    "h1 .mono{word-break:break-all}.buckets td:first-child{white-space:nowrap}"
     "pre{white-space:pre-wrap;word-break:break-all;font:12px ui-monospace,monospace;border:1px solid #ddd;"
     "padding:8px;background:#fff}pre span{border-radius:2px}"
     "@media (max-width:700px){main{padding:8px}.card .big{font-size:20px}.grid{grid-template-columns:1fr}"
@@ -370,8 +371,8 @@ def nest(conn: sqlite3.Connection, calls: list[dict]) -> dict[str, list[list[dic
 def calls_table(calls: list[dict], show_session: bool, nested: dict[str, list[list[dict]]] | None = None) -> str:
     if not calls:
         return "<p class=muted>No calls.</p>"
-    head = ["time", "call", "model"] + (["session"] if show_session else []) + ["status"]
-    figures = ["input tok", "cache read", "output tok", "cost (USD)"]
+    head = ["time", "call", "<span class=wide>model</span>"] + (["session"] if show_session else []) + ["status"]
+    figures = ["input tok", "cache hit", "output tok", "cost (USD)"]
     out = ["<div class=scroll><table class=calls><tr>" + "".join(f"<th>{h}</th>" for h in head)
            + "".join(f"<th class=num>{h}</th>" for h in figures) + "</tr>"]
     head += figures
@@ -383,7 +384,7 @@ def calls_table(calls: list[dict], show_session: bool, nested: dict[str, list[li
         cells = [
             when(call["started_at_ns"]),
             f"<a href='/capture/{esc(call['capture_id'])}'>{esc(kind_of(call))}</a>",
-            esc(call["model"] or ""),
+            f"<span class=wide>{esc(call['model'] or '')}</span>",
             *([session_link(call["session_id"], call["project_dir"])] if show_session else []),
             status,
         ]
