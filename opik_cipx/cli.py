@@ -18,7 +18,7 @@ COMMANDS: dict[str, str] = {
     "sync": "install/refresh the supervisor, start the daemon, point Claude Code at it",
     "restart": "restart the daemon to pick up the binary on disk",
     "logs": "print and follow the gateway log",
-    "viewer": "print (--open: launch) the debug viewer URL",
+    "viewer": "print (--open: launch) the URL of the dashboard: cost totals, charts, every call",
     "purge": "stop the daemon and wipe the spool (drops unshipped spans)",
     "uninstall": "stop the daemon, remove the supervisor and settings entry, delete ~/.opik-cipx",
     "proxy": "run the gateway in the foreground (normally started by the supervisor)",
