@@ -108,7 +108,8 @@ def cli_result(scenario: str, run: int) -> dict:
 
 def write_session_files(sessions_dir: Path) -> dict[str, dict]:
     """`sessions/<id>.json` for every recorded session, as `sync` writes them from the
-    recorded SessionStart hooks (git remote and branch made up per project); id -> file."""
+    recorded SessionStart hooks (git remote and branch made up per project, one made-up
+    account); id -> file."""
     sessions_dir.mkdir(parents=True, exist_ok=True)
     out = {}
     for hook in sorted(FIXTURES.glob("*/hook_SessionStart_*.json")):
@@ -118,8 +119,8 @@ def write_session_files(sessions_dir: Path) -> dict[str, dict]:
         info = {
             **doc,
             "git": {"remote": f"https://github.com/acme/{project}.git", "branch": branch, "commit": "0" * 40},
-            "identity": {"user_email": None, "user_uuid": None, "display_name": None, "org_uuid": None,
-                         "org_name": None},
+            "identity": {"user_email": "dev@acme.test", "user_uuid": None, "display_name": None, "org_uuid": None,
+                         "org_name": "Acme"},
             "written_at": "2026-11-24T00:00:00Z",
         }
         (sessions_dir / f"{doc['session_id']}.json").write_text(json.dumps(info))

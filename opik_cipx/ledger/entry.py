@@ -3,7 +3,7 @@
 Pure: the same capture and records always give the same entry (the local day aside, which
 follows the machine's time zone), so re-materializing a capture rewrites identical rows.
 Everything comes from the call's span (`metadata.cc.call`, `.usage`, `.pricing`,
-`.categories`, `.output_categories`, `.session`) and its `total_estimated_cost`; the ledger
+`.categories`, `.output_categories`, `.session`, `.identity`) and its `total_estimated_cost`; the ledger
 never re-prices or re-attributes.
 
 Detail rows split the call's cost over buckets: each request bucket (and each labelled part
@@ -58,6 +58,7 @@ def ledger_entry(capture: Capture, records: list[dict]) -> Entry | None:
     call, usage, pricing = cc.get("call") or {}, cc.get("usage") or {}, cc.get("pricing") or {}
     session = cc.get("session") or {}
     git = session.get("git") if isinstance(session.get("git"), dict) else {}
+    identity = cc.get("identity") if isinstance(cc.get("identity"), dict) else {}
     tokens = token_counts(usage)
     breakdown = pricing.get("breakdown") or {}
     cost = span.get("total_estimated_cost")
@@ -73,6 +74,8 @@ def ledger_entry(capture: Capture, records: list[dict]) -> Entry | None:
         "project_dir": session.get("cwd"),
         "git_branch": git.get("branch"),
         "git_remote": git.get("remote"),
+        "user_email": identity.get("user_email"),
+        "org_name": identity.get("org_name"),
         "model": span.get("model") or pricing.get("model"),
         "kind": call.get("kind") or "unknown",
         "side_kind": call.get("side_kind"),

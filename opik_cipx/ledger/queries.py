@@ -188,7 +188,7 @@ def _grouped(conn: sqlite3.Connection, groups: list[str], detail: str | None, se
 
 CALL_LIST_COLUMNS = (
     "id", "capture_id", "started_at_ns", "ended_at_ns", "day", "session_id", "project_dir", "git_branch",
-    "git_remote", "model", "kind", "side_kind", "agent_id", "agent_type", "span_id", "parent_span_id", "status",
+    "git_remote", "user_email", "org_name", "model", "kind", "side_kind", "agent_id", "agent_type", "span_id", "parent_span_id", "status",
     "error_type", "request_id", "input_tokens", "cache_creation_input_tokens", "cache_write_5m_tokens",
     "cache_write_1h_tokens", "cache_read_input_tokens", "output_tokens", "cost_usd", "cost_input_usd",
     "cost_cache_write_5m_usd", "cost_cache_write_1h_usd", "cost_cache_read_usd", "cost_output_usd",

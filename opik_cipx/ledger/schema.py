@@ -24,6 +24,8 @@ CREATE TABLE calls (
     project_dir TEXT,
     git_branch TEXT,
     git_remote TEXT,
+    user_email TEXT,
+    org_name TEXT,
     model TEXT,
     kind TEXT NOT NULL,
     side_kind TEXT,

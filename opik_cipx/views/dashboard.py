@@ -185,7 +185,8 @@ class Dashboard:
             f"<h1>Session <span class=mono>{esc(session_id)}</span></h1>",
             f"<p class=muted>{esc(first['project_dir'] or 'project unknown')}"
             f"{' &middot; branch ' + esc(first['git_branch']) if first['git_branch'] else ''}"
-            f"{' &middot; ' + esc(first['git_remote']) if first['git_remote'] else ''} &middot; "
+            f"{' &middot; ' + esc(first['git_remote']) if first['git_remote'] else ''}"
+            f"{' &middot; ' + esc(account(first)) if account(first) else ''} &middot; "
             f"{when(first['started_at_ns'])} to {when(calls[-1]['started_at_ns'])}</p>",
             "<div class=cards><div class=card id=session-total><div class=muted>Session total</div>"
             f"<div class=big>{usd(total['cost_usd'])}</div><div>{total['calls']:,} calls &middot; "
@@ -314,6 +315,12 @@ def unpriced(total: dict[str, Any]) -> str:
         return ""
     return (f"<div class=bad>{total['unpriced_calls']:,} calls not priced: model missing from the price table "
             "(add it under [prices.\"&lt;model&gt;\"] in config.toml)</div>")
+
+
+def account(call: dict[str, Any]) -> str:
+    """The Claude account that made the call: `user@example.com (Org)`, or ''."""
+    email, org = call["user_email"], call["org_name"]
+    return f"{email or ''}{f' ({org})' if org else ''}".strip()
 
 
 def short_path(path: str | None) -> str:

@@ -38,6 +38,7 @@ def test_one_entry_per_model_call_with_the_span_cost_and_exact_usage(corpus):
         assert call["kind"] == cc["call"]["kind"] and call["session_id"] == cc["session"]["id"]
         assert call["project_dir"] == cc["session"]["cwd"] and call["project_dir"].startswith("/home/dev/code/")
         assert call["git_branch"] and call["git_remote"].startswith("https://github.com/acme/")
+        assert (call["user_email"], call["org_name"]) == ("dev@acme.test", "Acme")
         if call["cost_usd"] is not None:
             # the bucket rows of a call add up to its cost, output and search fees included
             parts = sum(d.cost_usd for d in entry.details if d.detail == "")

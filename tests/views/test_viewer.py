@@ -88,7 +88,7 @@ def test_session_page_nests_subagent_calls_under_their_launch(viewer):
     assert status == 200
     assert_self_contained(page, headers)
     assert "<polyline" in page and "cumulative cost" in page
-    assert "/home/dev/code/inventory-sync" in page and "feat/subagent" in page
+    assert "/home/dev/code/inventory-sync" in page and "feat/subagent" in page and "dev@acme.test (Acme)" in page
     rows = re.findall(r"<tr class='([^']*)'><td>[^<]*</td><td><a href='/capture/[^']+'>([^<]+)</a>", page)
     assert [(cls, kind.split()[0]) for cls, kind in rows] == [
         ("", "main"), ("sub", "subagent"), ("sub", "subagent"), ("sub", "subagent"), ("", "main")]
