@@ -423,7 +423,8 @@ def call_header(call: dict) -> list[str]:
     return [
         f"<h1>{esc(kind_of(call))} call &middot; {esc(call['model'] or 'model unknown')}</h1>",
         f"<p class=muted>{when(call['started_at_ns'])} &middot; session "
-        f"{session_link(call['session_id'], call['project_dir'])} &middot; HTTP {esc(call['status'])}{error}"
+        f"{session_link(call['session_id'], call['project_dir'])}"
+        f"{' &middot; ' + esc(account(call)) if account(call) else ''} &middot; HTTP {esc(call['status'])}{error}"
         f" &middot; request {esc(call['request_id'] or 'n/a')} &middot; capture "
         f"<span class=mono>{esc(call['capture_id'])}</span>{estimated}</p>",
     ]

@@ -105,7 +105,7 @@ def test_call_page_has_tokens_and_dollars_per_bucket_and_the_cache_split(viewer)
     words = text(page)
     for label in ("uncached input", "cache write, 5 min", "cache write, 1 hour", "cache read", "output"):
         assert label in words
-    assert "12,449 tokens written" in words and "would have cost" in words
+    assert "12,449 tokens written" in words and "would have cost" in words and "dev@acme.test (Acme)" in words
     buckets = page[page.index("class=buckets"):]
     assert "tools_builtin" in buckets and "$" in buckets and "chars" in buckets
     assert "The request, painted by bucket" in page
