@@ -18,12 +18,13 @@ COMMANDS: dict[str, str] = {
     "sync": "install/refresh the supervisor, start the daemon, point Claude Code at it",
     "restart": "restart the daemon to pick up the binary on disk",
     "logs": "print and follow the gateway log",
-    "viewer": "print (--open: launch) the debug viewer URL",
+    "viewer": "print (--open: launch) the URL of the dashboard: cost totals, charts, every call",
     "ship": "--retry-quarantine: send the records Opik refused once more, after fixing the cause",
     "purge": "stop the daemon and wipe the spool (drops unshipped spans)",
     "uninstall": "stop the daemon, remove the supervisor and settings entry, delete ~/.opik-cipx",
     "proxy": "run the gateway in the foreground (normally started by the supervisor)",
-    "replay": "re-derive spans from stored raw captures (offline, read-only)",
+    "replay": "re-derive spans from stored raw captures (offline; --ledger rebuilds ledger.db)",
+    "report": "cost and tokens from the local ledger by day, session, project, model, bucket, ...",
     "prices": "the price table in use (rates, tiers, sources, overrides) and unknown models the daemon saw",
 }
 

@@ -318,6 +318,8 @@ OPTIONS: tuple[Option, ...] = (
            "materialized raw capture segments older than this are deleted"),
     Option("captures.segment_mb", None, _number(int, 1), 16,
            "raw capture segment size before rotation"),
+    Option("ledger.retention_days", None, _number(float, 1), 400.0,
+           "days of calls kept in ledger.db for `report` and the dashboard; older days are deleted"),
     Option("logs.max_mb", None, _number(int, 1), 10, "gateway log size before rotation"),
     Option("logs.backups", None, _number(int, 0), 3, "rotated gateway logs kept"),
     Option("opik.base_url", "OPIK_CIPX_BASE_URL", opik_url, "",
@@ -384,6 +386,10 @@ class Settings:
     @property
     def checkpoint_path(self) -> Path:
         return self.home / "materializer" / "checkpoint.json"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.home / "ledger.db"
 
     @property
     def state_path(self) -> Path:

@@ -19,7 +19,6 @@ import ssl
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from opik_cipx import __version__
@@ -27,6 +26,7 @@ from opik_cipx.config import Settings
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import assign_picked_ports, claude_code_port
 from opik_cipx.home import HomeLocked, lock_home, private_dir, write_json
+from opik_cipx.ledger.store import Ledger
 from opik_cipx.logs import configure_daemon_logging
 from opik_cipx.materialize.follower import Follower
 from opik_cipx.materialize.materializer import Materializer, materializer_config
@@ -37,7 +37,8 @@ from opik_cipx.stats import Counters, build_stats, utc_iso
 from opik_cipx.store.captures import Appended, CaptureStore
 from opik_cipx.store.spool import Spool
 from opik_cipx.views.admin import AdminHandler
-from opik_cipx.views.viewer import RecentCalls, ViewerHandler, call_row
+from opik_cipx.views.dashboard import Dashboard
+from opik_cipx.views.viewer import ViewerHandler
 from opik_cipx.wire.capture import Capture
 from opik_cipx.wire.gateway import Gateway, GatewayHandler
 from opik_cipx.wire.loopback import ListenError, LoopbackServer
@@ -103,7 +104,7 @@ class Daemon:
         )
         env = dict(os.environ)
         self.materializer = build_materializer(settings, env, pause=self._yield_to_wire)
-        self.calls = RecentCalls()
+        self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, self.counters)
         self.pipeline = Pipeline([("capture", self._persist)], self.counters, settings.tee_queue_max,
                                  max_bytes=int(settings.tee_queue_max_mb * mib))
         self.gateway = Gateway(self.pool, self.pipeline.offer, self.counters)
@@ -117,7 +118,8 @@ class Daemon:
             self.ports["claude_code"] = self.gateway_server.port
             admin_handler = type("Handler", (AdminHandler,), {"stats": staticmethod(self.stats)})
             self.admin_server = LoopbackServer("admin", host, self.ports["admin"], admin_handler)
-            viewer_handler = type("Handler", (ViewerHandler,), {"calls": self.calls})
+            pages = Dashboard(settings.ledger_path, settings.captures_dir)
+            viewer_handler = type("Handler", (ViewerHandler,), {"pages": pages})
             self.viewer_server = LoopbackServer("viewer", host, self.ports["viewer"], viewer_handler)
         except ListenError as exc:
             self.pool.close()
@@ -161,9 +163,10 @@ class Daemon:
             log.warning("capture log: cannot write capture %s: %s", capture.id, exc.strerror or exc)
         self.follower.handoff(capture, appended)
 
-    def _materialized(self, capture: Capture, records: list[dict], segment: Path | None) -> None:
-        """After each capture is materialized (on the follower's thread): list the call."""
-        self.calls.add(call_row(capture, records, segment if self.settings.captures_enabled else None))
+    def _materialized(self, capture: Capture, records: list[dict]) -> None:
+        """After each capture is materialized (on the follower's thread): the call into the ledger,
+        an upsert by capture id, so a capture materialized again after a crash counts once."""
+        self.ledger.write(capture, records)
 
     def start(self) -> None:
         self.spool.start()
@@ -232,7 +235,9 @@ class Daemon:
                         self.gateway.inflight, drain)
         if not self.pipeline.drain(timeout_s=max(drain, 5.0)):
             log.warning("shutdown: captures still waiting for the capture log")
-        if not self.follower.stop(timeout_s=max(drain, 5.0)):
+        if self.follower.stop(timeout_s=max(drain, 5.0)):
+            self.ledger.close()  # the follower's thread, its only user, has finished
+        else:
             log.warning("shutdown: the materializer did not catch up in time; the rest follows at the next start")
         unwritten = self.spool.close(timeout_s=5.0)
         if unwritten:

@@ -20,6 +20,8 @@ COUNTER_NAMES = (
     "spans_dropped_term",
     "unknown_endpoints",
     "panics_recovered",
+    "ledger_write_errors",
+    "ledger_calls_dropped",
 )
 
 # Counters that mean something went wrong when nonzero; `status` flags them.
@@ -32,6 +34,8 @@ PROBLEM_COUNTERS = frozenset(
         "spans_dropped_term",
         "unknown_endpoints",
         "panics_recovered",
+        "ledger_write_errors",
+        "ledger_calls_dropped",
     }
 )
 

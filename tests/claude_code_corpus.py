@@ -105,3 +105,47 @@ def runs(scenario: str) -> dict[str, int]:
 def cli_result(scenario: str, run: int) -> dict:
     """Claude Code's own `--output-format json` result of one invocation (its cost included)."""
     return json.loads((FIXTURES / scenario / f"cli_run{run}.stdout.json").read_text())
+
+
+def write_session_files(sessions_dir: Path) -> dict[str, dict]:
+    """`sessions/<id>.json` for every recorded session, as `sync` writes them from the
+    recorded SessionStart hooks (git remote and branch made up per project, one made-up
+    account); id -> file."""
+    sessions_dir.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for hook in sorted(FIXTURES.glob("*/hook_SessionStart_*.json")):
+        doc = json.loads(hook.read_text())
+        project = doc["cwd"].rsplit("/", 1)[-1]
+        branch = "main" if hook.parent.name in ("simple", "tools", "mcp", "compact") else f"feat/{hook.parent.name}"
+        info = {
+            **doc,
+            "git": {"remote": f"https://github.com/acme/{project}.git", "branch": branch, "commit": "0" * 40},
+            "identity": {"user_email": "dev@acme.test", "user_uuid": None, "display_name": None, "org_uuid": None,
+                         "org_name": "Acme"},
+            "written_at": "2026-11-24T00:00:00Z",
+        }
+        (sessions_dir / f"{doc['session_id']}.json").write_text(json.dumps(info))
+        out[doc["session_id"]] = info
+    return out
+
+
+def materialized(sessions_dir: Path, recent: bool = False) -> list[tuple[str, str, Capture, list[dict]]]:
+    """(scenario, number, capture, records) for every recorded exchange, through one
+    materializer as the daemon runs it, with the session files of `write_session_files`.
+    `recent`: every exchange moved in time (keeping their spacing) so the last ended a minute ago."""
+    import time
+
+    from opik_cipx.materialize.materializer import Materializer, MaterializerConfig
+    from opik_cipx.materialize.pricing import load_price_table
+
+    write_session_files(sessions_dir)
+    config = MaterializerConfig("claude-code", True, 500_000, sessions_dir, sessions_dir / "no-claude.json")
+    materializer = Materializer(config, load_price_table())
+    pairs = [(scenario, number, capture) for scenario in SCENARIOS for number, capture in exchanges(scenario)]
+    if recent:
+        shift = time.time_ns() - 60 * 10**9 - max(c.ended_at_ns for _, _, c in pairs)
+        for _, _, capture in pairs:
+            capture.started_at_ns += shift
+            capture.ttfb_ns += shift
+            capture.ended_at_ns += shift
+    return [(scenario, number, capture, materializer.materialize(capture)) for scenario, number, capture in pairs]

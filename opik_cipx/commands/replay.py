@@ -7,50 +7,41 @@ materializer built as the daemon builds it, so it derives the ids the daemon der
 daemon restarts too, since the daemon carries its per-session state over in its checkpoint.
 Only where the log no longer starts where the daemon started (retention deleted older
 segments, or `--since`) can a turn that began before that point get another trace id.
+
+With `--ledger` it writes each call into `ledger.db` instead (an upsert keyed by capture id, as
+the daemon does, so a call already there is replaced, never counted twice): that rebuilds a
+deleted or corrupt ledger from what the captures still hold, and fills in calls the daemon
+could not write.
 """
 
 import argparse
 import io
 import json
 import os
-import re
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
 from opik_cipx.config import Settings
 from opik_cipx.home import open_private
+from opik_cipx.ledger.periods import parse_since
 
-RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_since(raw: str, now: float | None = None) -> int:
-    """Epoch ns from `2h` / `30m` / `7d` (ago) or an ISO date/time (UTC unless it says)."""
-    now = time.time() if now is None else now
-    match = RELATIVE.match(raw.strip())
-    if match:
-        return int((now - float(match.group(1)) * UNIT_S[match.group(2)]) * 1e9)
-    try:
-        moment = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"cannot read --since {raw!r}: use e.g. 2h, 30m, 7d or 2026-11-24T09:00"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return int(moment.timestamp() * 1e9)
+LEDGER_BATCH = 500  # calls per ledger transaction
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--since", type=parse_since, help="only captures from then on: 2h, 30m, 7d or an ISO time")
-    parser.add_argument("--out", help="write the JSON lines to this file instead of stdout")
+    parser.add_argument("--since", type=parse_since,
+                        help="only captures from then on: 2h, 30m, 7d or an ISO date/time (local unless it says Z or +hh:mm)")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--out", help="write the JSON lines to this file instead of stdout")
+    target.add_argument("--ledger", action="store_true",
+                        help="write the calls into ledger.db (replacing rows of the same captures) instead of printing records")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from opik_cipx.daemon import StartupError, build_materializer
+    from opik_cipx.ledger.entry import ledger_entry
+    from opik_cipx.ledger.store import Ledger
     from opik_cipx.store.captures import list_segments, read_log
 
     segments = list_segments(settings.captures_dir)
@@ -70,6 +61,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         print(f"opik-cipx: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
         return 1
+    ledger = Ledger(settings.ledger_path, settings.ledger_retention_days) if args.ledger else None
+    batch: list = []
     sizes = {path: size for path, size, _ in segments}
     progress = Progress(sys.stderr, total_bytes=sum(sizes.values()))
     captures = records = failed = 0
@@ -85,12 +78,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 continue
             try:
                 derived = materializer.materialize(capture)
+                entry = ledger_entry(capture, derived) if ledger else None
             except Exception:  # one bad capture must not end the replay
                 failed += 1
                 continue
-            for record in derived:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            if ledger is None:
+                for record in derived:
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    records += 1
+            elif entry is not None:
+                batch.append(entry)
                 records += 1
+                if len(batch) >= LEDGER_BATCH:
+                    ledger.write_entries(batch)
+                    batch = []
             captures += 1
         if current is not None:
             progress.advance(sizes.get(current, 0), captures)
@@ -103,8 +104,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         progress.done()
         if out is not sys.stdout:
             out.close()
-    print(f"replayed {captures} capture(s) into {records} record(s)" + (f" -> {args.out}" if args.out else ""),
-          file=sys.stderr)
+    if ledger:
+        ledger.write_entries(batch)
+        ledger.close()
+        print(f"replayed {captures} capture(s) into {records} call(s) -> {settings.ledger_path}", file=sys.stderr)
+        lost = ledger.counters.get("ledger_calls_dropped") + ledger.pending
+        if lost or ledger.counters.get("ledger_write_errors"):
+            print(f"opik-cipx: {lost} call(s) could not be written to {settings.ledger_path}; "
+                  "`opik-cipx logs` may say why (is the disk full?); run `opik-cipx replay --ledger` again",
+                  file=sys.stderr)
+            return 1
+    else:
+        print(f"replayed {captures} capture(s) into {records} record(s)" + (f" -> {args.out}" if args.out else ""),
+              file=sys.stderr)
     if failed:
         print(f"opik-cipx: {failed} capture(s) could not be materialized and were skipped "
               "(a materializer bug: please report it)", file=sys.stderr)

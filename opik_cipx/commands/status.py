@@ -29,6 +29,8 @@ PROBLEM_HINTS = {
     "spans_dropped_term": "spans lost at shutdown before they reached the spool",
     "unknown_endpoints": "routes opik-cipx does not recognise: often a Claude Code wire-format change ahead of an opik-cipx update",
     "panics_recovered": "a bug in opik-cipx: please report it with the log",
+    "ledger_write_errors": "ledger.db could not be written (locked, disk full, corrupt?); see `opik-cipx logs`",
+    "ledger_calls_dropped": "calls missing from ledger.db; `opik-cipx replay --ledger` adds them from the stored captures",
 }
 
 

@@ -1,4 +1,4 @@
-"""`opik-cipx viewer [--open]`: print (and open) the URL of the daemon's debug viewer."""
+"""`opik-cipx viewer [--open]`: print (and open) the URL of the daemon's dashboard (views/dashboard.py)."""
 
 import argparse
 import sys

@@ -48,7 +48,7 @@ BACKLOG_NO_DEFER = 32  # with this many captures waiting, it stops waiting for t
 SPOOL_WAIT_S = 1.0
 _STOP = object()
 
-Listener = Callable[[Capture, list[dict], Path | None], None]
+Listener = Callable[[Capture, list[dict]], None]
 
 
 class Follower:
@@ -62,7 +62,7 @@ class Follower:
         on_materialized: Listener,
         wire_idle: Callable[[float], bool] | None = None,
     ):
-        """`on_materialized(capture, records, segment)` runs after each capture (viewer, ledger);
+        """`on_materialized(capture, records)` runs after each capture (viewer, ledger);
         `wire_idle(timeout_s)` blocks until no exchange is in flight (True) or the timeout."""
         self.materializer = materializer
         self.store = store
@@ -181,12 +181,12 @@ class Follower:
             self._queued -= 1
             self._queued_bytes -= size
         if appended is None:
-            self._materialize(capture, None)  # not in the log: from memory, no position
+            self._materialize(capture)  # not in the log: from memory, no position
             return
         if appended.start > self._position:
             self._catch_up(appended.start)  # handoffs were dropped: read those from the log
         if appended.end > self._position and self._position >= appended.start:
-            if self._materialize(capture, appended.path):
+            if self._materialize(capture):
                 self._advance(appended.end)
 
     def _catch_up(self, until: LogPosition) -> None:
@@ -195,7 +195,7 @@ class Follower:
             return
         try:
             for entry in read_log(self.store.directory, self._position, until):
-                if time.monotonic() > self._deadline or not self._materialize(entry.capture, entry.path):
+                if time.monotonic() > self._deadline or not self._materialize(entry.capture):
                     return
                 self._advance(entry.end)
                 self._checkpoint()  # a long catch-up is checkpointed as it goes
@@ -210,7 +210,7 @@ class Follower:
         with self._lock:
             self._consumed += 1
 
-    def _materialize(self, capture: Capture, segment: Path | None) -> bool:
+    def _materialize(self, capture: Capture) -> bool:
         """Materialize and spool one capture; False when its records could not be spooled before
         the stop deadline (then the position stays before it)."""
         if self.wire_idle is not None and self._stop_at is None and not self.backlogged:
@@ -227,7 +227,7 @@ class Follower:
                 return False
             self.counters.incr("events_materialized")
             try:
-                self.on_materialized(capture, records, segment)
+                self.on_materialized(capture, records)
             except Exception:
                 log.exception("materializer: listener failed on capture %s", capture.id)
             return True

@@ -47,6 +47,7 @@ from opik_cipx.materialize.spans import (
     bounded, call_error_info, opik_usage, prompt_tokens, span_record, tool_error_info, trace_record,
 )
 from opik_cipx.materialize.turns import (
+    AGENT_TOOLS,
     FinishedTool,
     finished_tools,
     first_user_digests,
@@ -61,7 +62,6 @@ from opik_cipx.wire.capture import Capture, header_value
 log = logging.getLogger(__name__)
 
 SPAN_ENDPOINTS = {"/v1/messages", "/v1/messages/count_tokens"}
-AGENT_TOOLS = frozenset({"Agent", "Task"})
 MAX_SESSIONS = 256
 MAX_PENDING_TOOLS = 512
 MAX_AGENTS = 64
@@ -467,7 +467,7 @@ class Materializer:
         ended = c.ended_at_ns or c.started_at_ns
         counted = _counted_tokens(c)
         cc = self._common_cc(call)
-        cc.update(call=_call_meta(call), count_tokens={"input_tokens": counted},
+        cc.update(call=_call_meta(call), count_tokens={"model": call.body.get("model"), "input_tokens": counted},
                   categories=_categories(call, counted or 0, None))
         err = call_error_info(s.error, s.error_event) if s.error else None
         return span_record(

@@ -233,7 +233,7 @@ def price_call(model: str | None, usage: dict | None, table: PriceTable, at_ns: 
                 return _replace(base, unpriced_reason=f"usage.iterations[{index}] ran on {other.name}: {other.reason}")
             part_rates = other.price.at(at_ns)
             detail.update(model=other.name, priced_as=other.priced_as)
-        tokens = _token_counts(part)
+        tokens = token_counts(part)
         prompt = sum(tokens[key] for key in _INPUT_SIDE)
         tier = part_rates.tier_for(prompt)
         multiplier = _multiplier(part_rates, usage, table, modifiers)
@@ -284,7 +284,7 @@ def _multiplier(rates: Rates, usage: dict, table: PriceTable, modifiers: list[st
     return multiplier
 
 
-def _token_counts(usage: dict) -> dict[str, int]:
+def token_counts(usage: dict) -> dict[str, int]:
     """Tokens per rate class. Writes not covered by the TTL split are 5-minute writes."""
     split = usage.get("cache_creation")
     split = split if isinstance(split, dict) else {}

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+AGENT_TOOLS = frozenset({"Agent", "Task"})  # a call of one of these tools starts a subagent
+
 
 @dataclass(frozen=True)
 class TurnAnchor:

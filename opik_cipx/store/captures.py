@@ -370,12 +370,22 @@ def read_segment(path: Path) -> Iterator[Capture]:
         log.warning("capture segment %s: corrupt member skipped with the rest of the file", path.name)
 
 
-def find_capture(segment: Path, capture_id: str) -> Capture | None:
-    """The capture with `capture_id` in `segment`, or None (deleted by retention, or absent)."""
-    try:
-        return next((c for c in read_segment(segment) if c.id == capture_id), None)
-    except FileNotFoundError:
-        return None
+def find_capture(directory: Path, capture_id: str, started_at_ns: int) -> Capture | None:
+    """The stored capture with `capture_id`, or None (deleted by retention, or never stored).
+
+    Only segments written to after the exchange started can hold it (a capture is appended once
+    it is over), so older segments are not opened.
+    """
+    for path, _, mtime in list_segments(directory):
+        if mtime < started_at_ns / 1e9 - 1:
+            continue
+        try:
+            found = next((c for c in read_segment(path) if c.id == capture_id), None)
+        except FileNotFoundError:
+            continue
+        if found is not None:
+            return found
+    return None
 
 
 def read_captures(directory: Path) -> Iterator[Capture]:

@@ -38,7 +38,7 @@ def test_replay_rederives_the_same_records_read_only(home, tmp_path):
 def test_replay_since_filters_and_bad_input_is_a_clear_error(home):
     store_scenario(home, "simple")
     # simple/001 was recorded at 2026-11-24T01:53:20Z
-    assert run_cli(home, "replay", "--since", "2026-11-24T01:53").stdout.count("\n") == 2  # trace + llm span
+    assert run_cli(home, "replay", "--since", "2026-11-24T01:53Z").stdout.count("\n") == 2  # trace + llm span
     assert run_cli(home, "replay", "--since", "2026-11-24T01:54:00Z").stdout == ""
     assert run_cli(home, "replay", "--since", "30d").stdout.count("\n") == 2
     bad = run_cli(home, "replay", "--since", "yesterday-ish")
@@ -54,3 +54,22 @@ def test_viewer_prints_the_url_and_says_when_the_daemon_is_down(daemon):
     daemon.stop()
     down = run_cli(daemon.home, "viewer")
     assert down.returncode == 1 and "not running" in down.stderr and "opik-cipx sync" in down.stderr
+
+
+def test_replay_ledger_rebuilds_the_ledger_and_never_counts_a_call_twice(home):
+    import sqlite3
+
+    calls = store_scenario(home, "subagent") + store_scenario(home, "error")
+    printed = run_cli(home, "replay")
+    costs = [json.loads(line)["body"].get("total_estimated_cost") or 0.0 for line in printed.stdout.splitlines()]
+    for _ in range(2):
+        result = run_cli(home, "replay", "--ledger")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "" and f"-> {home / 'ledger.db'}" in result.stderr
+        conn = sqlite3.connect(home / "ledger.db")
+        count, cost = conn.execute("SELECT count(*), total(cost_usd) FROM calls").fetchone()
+        conn.close()
+        assert count == calls - 2  # the two preconnects are no calls
+        assert abs(cost - sum(costs)) < 1e-12
+    both = run_cli(home, "replay", "--ledger", "--out", str(home.parent / "x.jsonl"))
+    assert both.returncode == 2 and "not allowed with" in both.stderr

@@ -34,7 +34,7 @@ class Daemonish:
         self.listed: list[str] = []
         self.follower = Follower(Materializer(config, load_price_table()), self.store, self.spool, self.counters,
                                  home / "materializer" / "checkpoint.json",
-                                 lambda capture, records, segment: self.listed.append(capture.id))
+                                 lambda capture, records: self.listed.append(capture.id))
         self.spool.start()
         self.follower.start()
 

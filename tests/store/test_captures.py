@@ -209,3 +209,24 @@ def test_a_full_disk_leaves_no_empty_segment_behind(tmp_path):
         except OSError:
             pass
     assert len(list_segments(tmp_path)) == 1
+
+
+def test_find_capture_looks_only_in_segments_written_after_it_started(tmp_path):
+    from opik_cipx.store.captures import find_capture
+
+    store = CaptureStore(tmp_path, max_bytes=10**9, max_age_s=10**9, segment_bytes=400)
+    now_ns = time.time_ns()
+    captures = [make(n) for n in range(6)]
+    for capture in captures:
+        capture.started_at_ns = now_ns
+        store.append(capture)  # ~1 capture per segment
+    store.close()
+    segments = [p for p, _, _ in list_segments(tmp_path)]
+    assert len(segments) >= 3
+    old = segments[0]
+    os.utime(old, (time.time() - 3600, time.time() - 3600))  # written before the exchange started
+    first = next(read_captures(tmp_path)).id
+    assert find_capture(tmp_path, captures[-1].id, now_ns).id == captures[-1].id
+    assert find_capture(tmp_path, first, now_ns) is None  # its segment is not opened
+    assert find_capture(tmp_path, first, now_ns - 7200 * 10**9).id == first
+    assert find_capture(tmp_path, "0190-absent", 0) is None

@@ -1,81 +1,200 @@
-"""The debug viewer: list of recent calls, a request body painted by bucket, Host guard."""
+"""The viewer's dashboard over HTTP: home, calls, a session, a call, from a ledger and a capture
+store of the recorded corpus; the Host guard and the Content-Security-Policy."""
 
+import html
 import http.client
 import json
+import re
 import threading
 
 import pytest
 
-from opik_cipx.materialize.materializer import Materializer, MaterializerConfig
-from opik_cipx.materialize.pricing import load_price_table
+from opik_cipx.ledger.queries import report
+from opik_cipx.ledger.db import open_reader
+from opik_cipx.ledger.store import Ledger
 from opik_cipx.store.captures import CaptureStore
-from opik_cipx.views.viewer import RecentCalls, ViewerHandler, call_row
+from opik_cipx.views.charts import PALETTE
+from opik_cipx.views.dashboard import Dashboard
+from opik_cipx.views.viewer import ViewerHandler
 from opik_cipx.wire.loopback import LoopbackServer
-from tests.claude_code_corpus import exchanges
+from tests.claude_code_corpus import materialized
+
+SUBAGENT_SESSION = "1b15d3cd-b49e-410d-880f-1d1856a84f6c"
 
 
-@pytest.fixture
-def viewer(tmp_path):
-    store = CaptureStore(tmp_path / "captures", max_bytes=10**9, max_age_s=10**6, segment_bytes=10**7)
-    config = MaterializerConfig("claude-code", True, 500_000, tmp_path / "sessions", tmp_path / "none.json")
-    materializer = Materializer(config, load_price_table())
-    calls = RecentCalls(limit=50)
-    for _, capture in exchanges("mcp"):
-        segment = store.append(capture).path
-        calls.add(call_row(capture, materializer.materialize(capture), segment))
-    store.close()
-    server = LoopbackServer("viewer", "127.0.0.1", 0, type("H", (ViewerHandler,), {"calls": calls}))
+def serve(home):
+    pages = Dashboard(home / "ledger.db", home / "captures")
+    server = LoopbackServer("viewer", "127.0.0.1", 0, type("H", (ViewerHandler,), {"pages": pages}))
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    yield server.port, calls
+    return server
+
+
+@pytest.fixture(scope="module")
+def viewer(tmp_path_factory):
+    home = tmp_path_factory.mktemp("viewer") / "cipx-home"
+    corpus = materialized(home / "sessions", recent=True)
+    store = CaptureStore(home / "captures", max_bytes=10**9, max_age_s=10**9, segment_bytes=10**7)
+    ledger = Ledger(home / "ledger.db", retention_days=400)
+    for _, _, capture, records in corpus:
+        store.append(capture)
+        ledger.write(capture, records)
+    store.close()
+    ledger.close()
+    server = serve(home)
+    yield server.port, home, corpus
     server.shutdown()
     server.server_close()
 
 
-def get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
+def get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", path, headers={"Host": host})
     resp = conn.getresponse()
-    return resp.status, resp.read().decode()
+    return resp.status, resp.read().decode(), dict(resp.getheaders())
 
 
-def test_index_lists_recent_calls_with_cost(viewer):
-    port, calls = viewer
-    status, page = get(port, "/")
+def text(page: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", " ", page))
+
+
+def assert_self_contained(page: str, headers: dict) -> None:
+    assert headers["Content-Security-Policy"].startswith("default-src 'none'")
+    assert "<script" not in page.lower() and "@import" not in page and "url(" not in page
+    assert not re.search(r"""(?:src|href)=['"]?(?:https?:)?//""", page)  # nothing loaded from anywhere
+    assert "name=viewport" in page
+
+
+def test_home_shows_totals_a_30_day_chart_and_top_spenders(viewer):
+    port, home, corpus = viewer
+    status, page, headers = get(port, "/")
     assert status == 200
-    rows = calls.rows()
-    assert rows[0]["started_at_ns"] >= rows[-1]["started_at_ns"]  # newest first
-    main = next(r for r in rows if r.get("kind") == "main")
-    assert f"/capture/{main['capture_id']}" in page
-    assert f"${main['cost_usd']:.4f}" in page
-    status, api = get(port, "/api/calls")
-    assert json.loads(api)[0]["capture_id"] == rows[0]["capture_id"]
+    assert_self_contained(page, headers)
+    total = report(open_reader(home / "ledger.db"), ()).total
+    card = page[page.index("id='total-last-30-days'"):]
+    assert f"${total['cost_usd']:,.2f}" in card[:400] and f"{total['calls']:,} calls" in card[:600]
+    chart = page[page.index("Cost per day"):page.index("Top spenders")]
+    assert chart.count("<rect class=bar") >= 10  # one day, stacked by bucket
+    assert f"fill='{PALETTE['tools_builtin']}'" in chart and "tools_builtin" in text(chart)
+    for key in ("session", "project", "model", "mcp", "skill", "agent"):
+        assert f"id='top-{key}'" in page
+    assert "weather" in text(page[page.index("id='top-mcp'"):]) and "general-purpose" in text(page)
+    assert f"/session/{SUBAGENT_SESSION}" in page
+    assert page.count("href='/capture/") >= 20
 
 
-def test_capture_page_paints_every_character_once(viewer):
-    port, calls = viewer
-    row = next(r for r in calls.rows() if r.get("kind") == "main")
-    status, page = get(port, f"/capture/{row['capture_id']}")
+def test_session_page_nests_subagent_calls_under_their_launch(viewer):
+    port, home, _ = viewer
+    status, page, headers = get(port, f"/session/{SUBAGENT_SESSION}")
     assert status == 200
-    assert "tools_mcp" in page and "weather" in page and "notes" in page
-    assert page.count("<span style='background:") >= 100  # regions painted
-    assert "background:#fca5a5' title='unattributed" not in page  # nothing unattributed in this call
+    assert_self_contained(page, headers)
+    assert "<polyline" in page and "cumulative cost" in page
+    assert "/home/dev/code/inventory-sync" in page and "feat/subagent" in page and "dev@acme.test (Acme)" in page
+    rows = re.findall(r"<tr class='([^']*)'><td>[^<]*</td><td><a href='/capture/[^']+'>([^<]+)</a>", page)
+    assert [(cls, kind.split()[0]) for cls, kind in rows] == [
+        ("", "main"), ("sub", "subagent"), ("sub", "subagent"), ("sub", "subagent"), ("", "main")]
+    assert "general-purpose subagent" in text(page)
+    assert "Where the session's cost went" in page and "tools_builtin" in page
 
 
-def test_unknown_capture_and_host_guard(viewer):
-    port, _ = viewer
+def test_call_page_has_tokens_and_dollars_per_bucket_and_the_cache_split(viewer):
+    port, _, corpus = viewer
+    capture_id = next(c.id for s, n, c, _ in corpus if (s, n) == ("subagent", "002"))
+    status, page, headers = get(port, f"/capture/{capture_id}")
+    assert status == 200
+    assert_self_contained(page, headers)
+    words = text(page)
+    for label in ("uncached input", "cache write, 5 min", "cache write, 1 hour", "cache read", "output"):
+        assert label in words
+    assert "12,449 tokens written" in words and "would have cost" in words and "dev@acme.test (Acme)" in words
+    buckets = page[page.index("class=buckets"):]
+    assert "tools_builtin" in buckets and "$" in buckets and "chars" in buckets
+    assert "The request, painted by bucket" in page
+    assert page.count("<span style='background:") >= 50
+    assert "title='unattributed" not in page
+
+
+def test_a_call_whose_capture_is_gone_still_shows_its_numbers(viewer, tmp_path):
+    port, home, corpus = viewer
+    capture_id = next(c.id for s, n, c, _ in corpus if (s, n) == ("mcp", "001"))
+    server = serve(home)  # same ledger, pointed at an empty capture store below
+    server.RequestHandlerClass.pages.captures_dir = tmp_path / "no-captures"
+    try:
+        status, page, _ = get(server.port, f"/capture/{capture_id}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert status == 200 and "Tokens and cost" in page and "no longer stored" in page
+
+
+def test_exchanges_outside_the_ledger_and_unknown_ids(viewer):
+    port, _, corpus = viewer
+    preconnect = next(c.id for s, n, c, _ in corpus if (s, n) == ("simple", "000"))
+    status, page, _ = get(port, f"/capture/{preconnect}")
+    assert status == 200 and "Not in the ledger" in page and "painted by bucket" in page
     assert get(port, "/capture/01960000-0000-7000-8000-000000000000")[0] == 404
+    assert get(port, "/capture/not-an-id")[0] == 404
+    assert get(port, "/session/nobody")[0] == 404
+    assert get(port, "/nowhere")[0] == 404
+
+
+def test_all_calls_page_by_page_and_the_json_list(viewer):
+    port, _, _ = viewer
+    status, body, _ = get(port, "/api/calls")
+    rows = json.loads(body)
+    assert status == 200 and len(rows) == 71
+    assert rows[0]["started_at_ns"] >= rows[-1]["started_at_ns"]  # newest first
+    _, page, _ = get(port, "/calls")
+    assert page.count("href='/capture/") == 71 and "Older calls" not in page
+    _, older, _ = get(port, f"/calls?before={rows[9]['started_at_ns']}")
+    assert 0 < older.count("href='/capture/") <= 62
+
+
+def test_host_guard(viewer):
+    port, _, _ = viewer
     assert get(port, "/", host="attacker.example")[0] == 403
     assert get(port, "/", host="localhost:1234")[0] == 200
 
 
-def test_estimated_and_unpriced_costs_say_so(viewer):
-    from opik_cipx.views.viewer import render_index
+def test_without_a_ledger_and_with_a_damaged_one(tmp_path):
+    home = tmp_path / "cipx-home"
+    home.mkdir()
+    server = serve(home)
+    try:
+        status, page, _ = get(server.port, "/")
+        assert status == 200 and "No calls recorded yet" in page
+        (home / "ledger.db").write_bytes(b"not sqlite" * 500)
+        status, page, _ = get(server.port, "/")
+        assert status == 503 and "replay --ledger" in page
+    finally:
+        server.shutdown()
+        server.server_close()
 
-    _, calls = viewer
-    row = next(r for r in calls.rows() if r.get("kind") == "main")
-    estimated = {**row, "model": "claude-opus-6", "unknown_model": True, "estimated_from": "claude-opus-5-5"}
-    unpriced = {**row, "model": "gpt-4o", "unknown_model": True, "estimated_from": None, "cost_usd": None}
-    page = render_index([estimated, unpriced]).decode()
-    assert (f'<span title="model not in the price table: priced as claude-opus-5-5">&asymp;${row["cost_usd"]:.4f}'
-            '</span>') in page
-    assert '<span class=bad title="model not in the price table">unknown model</span>' in page
+
+def test_calls_of_an_unknown_model_are_flagged_never_priced_at_zero(tmp_path, viewer):
+    import dataclasses
+
+    from opik_cipx.ledger.entry import ledger_entry
+    from tests.conftest import run_cli
+
+    _, _, corpus = viewer
+    _, _, capture, records = next(c for c in corpus if c[:2] == ("mcp", "002"))
+    entry = ledger_entry(capture, records)
+    mystery = dataclasses.replace(entry, call={**entry.call, "model": "claude-nova-9", "unknown_model": 1,
+                                               "cost_usd": None, "warm_cache_cost_usd": None},
+                                  details=tuple(dataclasses.replace(d, cost_usd=None) for d in entry.details))
+    home = tmp_path / "cipx-home"
+    ledger = Ledger(home / "ledger.db", retention_days=400)
+    ledger.write_entries([entry, dataclasses.replace(mystery, call={**mystery.call, "capture_id": "x"})])
+    ledger.close()
+    server = serve(home)
+    try:
+        _, page, _ = get(server.port, "/")
+        assert "1 calls not priced" in text(page) and "unknown model" in text(page)
+        _, call, _ = get(server.port, "/capture/x")
+        assert "unknown model" in text(call) and "claude-nova-9" in call
+    finally:
+        server.shutdown()
+        server.server_close()
+    table = run_cli(home, "report", "--by", "model").stdout
+    assert "1 call(s) used a model missing from the price table" in table
+    assert f"${entry.call['cost_usd']:,.4f}" in table.splitlines()[-2]  # the total: the priced call only

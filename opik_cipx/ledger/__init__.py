@@ -1,0 +1,8 @@
+"""The ledger stage: a local SQLite record of every Messages API call, after `materialize`.
+
+`entry` derives a call's ledger rows from its capture and the records the materializer made
+for it (a pure function); `schema` holds the tables and their forward migrations; `db` opens
+`$CIPX_HOME/ledger.db` for anyone; `store` is the writer (upserts keyed by capture id,
+retries, retention); `queries` answers `report` and the dashboard; `periods` reads `7d` and
+ISO dates and names local days and weeks. See docs/ARCHITECTURE.md, "Ledger".
+"""

@@ -1,0 +1,254 @@
+"""Reading the ledger: grouped cost reports, and the calls behind the dashboard's pages.
+
+A report sums the daily roll-ups for every day that lies wholly inside the selected window
+and reads the calls themselves for the (at most few) days the window cuts through, so it is
+exact for any `--since` / `--until` and fast on a large ledger. Both paths use the same
+expressions (`schema.DIMENSIONS`, `CALL_FIGURES`, `DETAIL_FIGURES`).
+
+Group keys (`BY_KEYS`): `day`, `week`, `month`; call attributes `session`, `project`,
+`branch`, `model`, `kind`, `agent`; and at most one of `bucket` (every request bucket, plus
+`output` and `web_search`: together they partition a call's cost), `mcp` (the `tools_mcp`
+bucket by server), `skill` (the `skills` bucket by skill, `menu` being the skill list) and
+`tool` (the `tool_io` bucket by tool: tool inputs and results carried in the context). A row
+keyed by a bucket or label holds that part's share of each token class and of the cost; its
+`calls` counts the calls that carried it. The total always counts whole calls.
+"""
+
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+from opik_cipx.ledger.periods import month_of, week_of
+from opik_cipx.ledger.schema import CALL_FIGURES, DETAIL_FIGURES, DIMENSIONS, LABELLED
+
+TIME_KEYS = ("day", "week", "month")
+CALL_KEYS = ("session", "project", "branch", "model", "kind", "agent")
+DETAIL_KEYS = ("bucket", *LABELLED)
+BY_KEYS = (*TIME_KEYS, *CALL_KEYS, *DETAIL_KEYS)
+FIGURES = ("calls", "cost_usd", "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+           "output_tokens")
+NOTES = ("unpriced_calls", "estimated_calls")  # in the total only
+MAX_NS = 2**63 - 1
+
+
+class ReportError(ValueError):
+    """A report that cannot be made as asked; the message is one line fit for the user."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which calls a report covers: [since_ns, until_ns), one session, one project (and below)."""
+
+    since_ns: int | None = None
+    until_ns: int | None = None
+    session: str | None = None
+    project: str | None = None
+
+
+@dataclass
+class Report:
+    by: tuple[str, ...]
+    rows: list[dict[str, Any]] = field(default_factory=list)  # group keys + FIGURES
+    total: dict[str, Any] = field(default_factory=dict)  # FIGURES + NOTES
+
+
+def parse_by(raw: str) -> tuple[str, ...]:
+    """`day,model` -> ("day", "model"); raises ReportError naming what is wrong."""
+    keys = tuple(part.strip() for part in raw.split(",") if part.strip())
+    unknown = [k for k in keys if k not in BY_KEYS]
+    if unknown:
+        raise ReportError(f"cannot group by {', '.join(unknown)}: choose from {', '.join(BY_KEYS)}")
+    if len(set(keys)) != len(keys):
+        raise ReportError(f"--by {raw}: a key appears twice")
+    if sum(k in DETAIL_KEYS for k in keys) > 1:
+        raise ReportError(f"--by {raw}: choose one of {', '.join(DETAIL_KEYS)} (they split the same cost)")
+    return keys
+
+
+def report(conn: sqlite3.Connection, by: tuple[str, ...], selection: Selection = Selection()) -> Report:
+    """The calls of `selection` grouped by `by` (empty: the total only), rows sorted for reading:
+    time keys in time order, other keys by cost, largest first."""
+    out = Report(by=by)
+    detail = next((k for k in by if k in DETAIL_KEYS), None)
+    groups = list(dict.fromkeys("day" if k in TIME_KEYS else k for k in by if k not in DETAIL_KEYS))
+    total = _grouped(conn, [], None, selection)
+    out.total = {name: total[0][name] if total else 0 for name in (*FIGURES, *NOTES)}
+    if not by:
+        return out
+    merged: dict[tuple, dict[str, Any]] = {}
+    for row in _grouped(conn, groups, detail, selection):
+        key = tuple(_key_value(k, row) for k in by)
+        into = merged.setdefault(key, dict.fromkeys(FIGURES, 0))
+        for name in FIGURES:
+            into[name] += row[name]
+    out.rows = [{**dict(zip(by, key)), **figures} for key, figures in merged.items()]
+    _sort(out.rows, by)
+    return out
+
+
+def _key_value(key: str, row: dict[str, Any]) -> Any:
+    if key == "week":
+        return week_of(row["day"])
+    if key == "month":
+        return month_of(row["day"])
+    value = row["bucket"] if key == "bucket" else row["detail"] if key in LABELLED else row[key]
+    if key == "agent":
+        return value or "main"
+    return value or None
+
+
+def _sort(rows: list[dict[str, Any]], by: tuple[str, ...]) -> None:
+    """Time keys ascending; any other key by the cost of its group (within the keys before
+    it), largest first."""
+    group_cost: dict[tuple, float] = {}
+    for row in rows:
+        for depth in range(1, len(by) + 1):
+            prefix = tuple(row[k] for k in by[:depth])
+            group_cost[prefix] = group_cost.get(prefix, 0.0) + row["cost_usd"]
+
+    def order(row: dict[str, Any]) -> tuple:
+        parts = []
+        for depth, key in enumerate(by, 1):
+            value = row[key]
+            if key in TIME_KEYS:
+                parts.append((0, value or ""))
+            else:
+                parts.append((-group_cost[tuple(row[k] for k in by[:depth])], "" if value is None else str(value)))
+        return tuple(parts)
+
+    rows.sort(key=order)
+
+
+def _grouped(conn: sqlite3.Connection, groups: list[str], detail: str | None, sel: Selection) -> list[dict]:
+    """Figures per group: the roll-ups of the days wholly inside the window, plus the calls of
+    the days the window cuts through."""
+    params: dict[str, Any] = {"since": sel.since_ns or 0, "until": sel.until_ns or MAX_NS}
+    inside = "first_ns >= :since AND last_ns < :until"
+    whole_days = f"day IN (SELECT day FROM days WHERE {inside})"
+    cut_days = f"day IN (SELECT day FROM days WHERE last_ns >= :since AND first_ns < :until AND NOT ({inside}))"
+    figures = DETAIL_FIGURES if detail else CALL_FIGURES
+    rolled_filters, raw_filters = [], []
+    if sel.session is not None:
+        params["session"] = sel.session
+        rolled_filters.append("r.session = :session")
+        raw_filters.append(f"{DIMENSIONS['session']} = :session")
+    if sel.project is not None:
+        project = sel.project.rstrip("/") or "/"
+        params.update(project=project, prefix=project.rstrip("/") + "/", prefix_len=len(project.rstrip("/")) + 1)
+        for filters, column in ((rolled_filters, "r.project"), (raw_filters, DIMENSIONS["project"])):
+            filters.append(f"({column} = :project OR substr({column}, 1, :prefix_len) = :prefix)")
+    rolled_keys = [f"r.{g}" for g in groups]
+    raw_keys = [DIMENSIONS[g] for g in groups]
+    if detail == "bucket":
+        rolled_filters.append("r.detail = ''")
+        raw_filters.append("d.detail = ''")
+        rolled_keys.append("r.bucket")
+        raw_keys.append("d.bucket")
+    elif detail:
+        params["bucket"] = LABELLED[detail]
+        rolled_filters.append("r.bucket = :bucket AND r.detail <> ''")
+        raw_filters.append("d.bucket = :bucket AND d.detail <> ''")
+        rolled_keys.append("r.detail")
+        raw_keys.append("d.detail")
+    names = [*groups, *(["bucket"] if detail == "bucket" else ["detail"] if detail else [])]
+    table = "daily_details" if detail else "daily_calls"
+    source = "calls c JOIN details d ON d.call_id = c.id" if detail else "calls c"
+    columns = ", ".join(f"{k} AS {n}" for k, n in zip(rolled_keys, names))
+    rolled = (
+        f"SELECT {columns}{', ' if columns else ''}{', '.join(f'r.{f} AS {f}' for f in figures)} "
+        f"FROM {table} r WHERE r.{whole_days}" + "".join(f" AND {f}" for f in rolled_filters)
+    )
+    columns = ", ".join(f"{k} AS {n}" for k, n in zip(raw_keys, names))
+    raw = (
+        f"SELECT {columns}{', ' if columns else ''}{', '.join(f'{e} AS {f}' for f, e in figures.items())} "
+        f"FROM {source} WHERE c.{cut_days} AND c.started_at_ns >= :since AND c.started_at_ns < :until"
+        + "".join(f" AND {f}" for f in raw_filters)
+        + (f" GROUP BY {', '.join(raw_keys)}" if raw_keys else "")
+    )
+    outer_keys = ", ".join(names)
+    sql = (
+        f"SELECT {outer_keys}{', ' if outer_keys else ''}{', '.join(f'total({f}) AS {f}' for f in figures)} "
+        f"FROM ({rolled} UNION ALL {raw})" + (f" GROUP BY {outer_keys}" if outer_keys else "")
+    )
+    cursor = conn.execute(sql, params)
+    columns = [c[0] for c in cursor.description]
+    rows = [dict(zip(columns, values)) for values in cursor]
+    if not groups and not detail and rows and rows[0]["calls"] == 0:
+        return []
+    for row in rows:
+        for name in ("calls", *(n for n in NOTES if n in row)):
+            row[name] = int(row[name])
+        if not detail:
+            for name in FIGURES[2:]:
+                row[name] = int(row[name])
+    return rows
+
+
+# -- the dashboard's reads ---------------------------------------------------------------
+
+CALL_LIST_COLUMNS = (
+    "id", "capture_id", "started_at_ns", "ended_at_ns", "day", "session_id", "project_dir", "git_branch",
+    "git_remote", "user_email", "org_name", "model", "kind", "side_kind", "agent_id", "agent_type", "span_id", "parent_span_id", "status",
+    "error_type", "request_id", "input_tokens", "cache_creation_input_tokens", "cache_write_5m_tokens",
+    "cache_write_1h_tokens", "cache_read_input_tokens", "output_tokens", "cost_usd", "cost_input_usd",
+    "cost_cache_write_5m_usd", "cost_cache_write_1h_usd", "cost_cache_read_usd", "cost_output_usd",
+    "cost_web_search_usd", "warm_cache_cost_usd", "unknown_model", "price_estimated_from", "request_chars",
+    "duration_ms",
+)
+
+
+def _calls(conn: sqlite3.Connection, where: str, params: tuple, order: str, limit: int | None = None) -> list[dict]:
+    sql = f"SELECT {', '.join(CALL_LIST_COLUMNS)} FROM calls WHERE {where} ORDER BY {order}"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    return [dict(zip(CALL_LIST_COLUMNS, row)) for row in conn.execute(sql, params)]
+
+
+def recent_calls(conn: sqlite3.Connection, limit: int, before_ns: int | None = None) -> list[dict]:
+    """The newest calls (started before `before_ns`), newest first."""
+    return _calls(conn, "started_at_ns < ?", (MAX_NS if before_ns is None else before_ns,),
+                  "started_at_ns DESC, id DESC", limit)
+
+
+def session_calls(conn: sqlite3.Connection, session_id: str) -> list[dict]:
+    """Every call of one session, in the order they started."""
+    return _calls(conn, "session_id = ?", (session_id,), "started_at_ns, id")
+
+
+def find_call(conn: sqlite3.Connection, capture_id: str) -> dict | None:
+    rows = _calls(conn, "capture_id = ?", (capture_id,), "id")
+    return rows[0] if rows else None
+
+
+def call_details(conn: sqlite3.Connection, call_id: int) -> list[dict]:
+    """The bucket and label rows of one call."""
+    cursor = conn.execute(
+        "SELECT bucket, detail, chars, tokens, cost_usd FROM details WHERE call_id = ? ORDER BY bucket, detail",
+        (call_id,))
+    return [dict(zip(("bucket", "detail", "chars", "tokens", "cost_usd"), row)) for row in cursor]
+
+
+def launchers(conn: sqlite3.Connection, tool_span_ids: list[str]) -> dict[str, str]:
+    """Agent tool span id -> the span id of the call that launched it (for those known)."""
+    out = {}
+    for start in range(0, len(tool_span_ids), 500):
+        chunk = tool_span_ids[start:start + 500]
+        out.update(conn.execute(
+            f"SELECT tool_span_id, call_span_id FROM launches WHERE tool_span_id IN ({', '.join('?' * len(chunk))})",
+            chunk).fetchall())
+    return out
+
+
+def session_projects(conn: sqlite3.Connection, session_ids: list[str]) -> dict[str, str]:
+    """Session id -> its project directory (for those that have one)."""
+    out = {}
+    for session_id in session_ids:
+        row = conn.execute("SELECT max(project_dir) FROM calls WHERE session_id = ?", (session_id,)).fetchone()
+        if row and row[0]:
+            out[session_id] = row[0]
+    return out
+
+
+def first_day(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT min(day) FROM days").fetchone()
+    return row[0] if row else None

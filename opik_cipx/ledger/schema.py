@@ -1,0 +1,234 @@
+"""The ledger's tables (docs/ARCHITECTURE.md, "Ledger") and the forward migrations that build them.
+
+`PRAGMA user_version` holds the schema version; `MIGRATIONS[n]` takes a version-n file to
+version n+1. Migrations only ever add: a file written by an older opik-cipx is upgraded in
+place when it is opened, and one written by a newer opik-cipx is left alone.
+
+v1: `calls`, `details`, `launches`. v2: daily roll-ups (`daily_calls`, `daily_details`) and
+`days`, kept in step with the calls on every write, so a report over 100,000 calls sums a few
+thousand rows. The group keys of a report (`DIMENSIONS`) and its figures are SQL expressions
+defined once here and used for the roll-ups and for reading calls directly alike.
+"""
+
+import sqlite3
+from typing import Callable
+
+V1 = """
+CREATE TABLE calls (
+    id INTEGER PRIMARY KEY,
+    capture_id TEXT NOT NULL UNIQUE,
+    started_at_ns INTEGER NOT NULL,
+    ended_at_ns INTEGER NOT NULL,
+    day TEXT NOT NULL,
+    session_id TEXT,
+    project_dir TEXT,
+    git_branch TEXT,
+    git_remote TEXT,
+    user_email TEXT,
+    org_name TEXT,
+    model TEXT,
+    kind TEXT NOT NULL,
+    side_kind TEXT,
+    agent_id TEXT,
+    parent_agent_id TEXT,
+    agent_type TEXT,
+    trace_id TEXT,
+    span_id TEXT,
+    parent_span_id TEXT,
+    status INTEGER,
+    error_type TEXT,
+    request_id TEXT,
+    message_id TEXT,
+    stop_reason TEXT,
+    input_tokens INTEGER NOT NULL,
+    cache_creation_input_tokens INTEGER NOT NULL,
+    cache_write_5m_tokens INTEGER NOT NULL,
+    cache_write_1h_tokens INTEGER NOT NULL,
+    cache_read_input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cost_usd REAL,
+    cost_input_usd REAL,
+    cost_cache_write_5m_usd REAL,
+    cost_cache_write_1h_usd REAL,
+    cost_cache_read_usd REAL,
+    cost_output_usd REAL,
+    cost_web_search_usd REAL,
+    warm_cache_cost_usd REAL,
+    unknown_model INTEGER NOT NULL,
+    price_estimated_from TEXT,
+    price_table_date TEXT,
+    request_chars INTEGER NOT NULL,
+    ttfb_ms REAL,
+    duration_ms REAL
+);
+CREATE INDEX calls_started ON calls (started_at_ns);
+CREATE INDEX calls_day ON calls (day, started_at_ns);
+CREATE INDEX calls_session ON calls (session_id, started_at_ns);
+CREATE TABLE details (
+    call_id INTEGER NOT NULL,
+    bucket TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    chars INTEGER NOT NULL,
+    tokens REAL NOT NULL,
+    cost_usd REAL,
+    PRIMARY KEY (call_id, bucket, detail)
+) WITHOUT ROWID;
+CREATE TABLE launches (
+    tool_span_id TEXT PRIMARY KEY,
+    call_span_id TEXT NOT NULL,
+    day TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+# Report dimensions of a call: roll-up column -> expression over `calls c`. Unknown values are ''.
+DIMENSIONS = {
+    "day": "c.day",
+    "session": "coalesce(c.session_id, '')",
+    "project": "coalesce(c.project_dir, '')",
+    "branch": "coalesce(c.git_branch, '')",
+    "model": "coalesce(c.model, '')",
+    "kind": "c.kind || coalesce(':' || c.side_kind, '')",
+    "agent": ("CASE WHEN c.agent_type IS NOT NULL THEN c.agent_type "
+              "WHEN c.agent_id IS NOT NULL OR c.kind = 'subagent' THEN 'subagent' ELSE '' END"),
+}
+# Figures of a group of calls: column -> aggregate over `calls c`.
+CALL_FIGURES = {
+    "calls": "count(*)",
+    "unpriced_calls": "sum(c.unknown_model)",
+    "estimated_calls": "count(c.price_estimated_from)",
+    "input_tokens": "sum(c.input_tokens)",
+    "cache_creation_input_tokens": "sum(c.cache_creation_input_tokens)",
+    "cache_read_input_tokens": "sum(c.cache_read_input_tokens)",
+    "output_tokens": "sum(c.output_tokens)",
+    "cost_usd": "total(c.cost_usd)",
+}
+# A request bucket's share of each input token class is its share of the input side.
+_SHARE = "d.tokens / nullif(c.input_tokens + c.cache_creation_input_tokens + c.cache_read_input_tokens, 0)"
+_REQUEST = "d.bucket NOT IN ('output', 'web_search')"
+# Figures of a group of detail rows: column -> aggregate over `calls c JOIN details d`.
+DETAIL_FIGURES = {
+    "calls": "count(*)",
+    "input_tokens": f"total(CASE WHEN {_REQUEST} THEN {_SHARE} * c.input_tokens END)",
+    "cache_creation_input_tokens": f"total(CASE WHEN {_REQUEST} THEN {_SHARE} * c.cache_creation_input_tokens END)",
+    "cache_read_input_tokens": f"total(CASE WHEN {_REQUEST} THEN {_SHARE} * c.cache_read_input_tokens END)",
+    "output_tokens": "total(CASE WHEN d.bucket = 'output' THEN d.tokens END)",
+    "cost_usd": "total(d.cost_usd)",
+}
+# Report dimensions that are labels inside one bucket (rolled up besides the whole buckets).
+LABELLED = {"mcp": "tools_mcp", "skill": "skills", "tool": "tool_io"}
+ROLLED_UP_DETAILS = f"(d.detail = '' OR d.bucket IN ({', '.join(repr(b) for b in LABELLED.values())}))"
+
+V2 = f"""
+CREATE TABLE days (
+    day TEXT PRIMARY KEY,
+    first_ns INTEGER NOT NULL,
+    last_ns INTEGER NOT NULL,
+    calls INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE daily_calls (
+    {', '.join(f'{d} TEXT NOT NULL' for d in DIMENSIONS)},
+    calls INTEGER NOT NULL,
+    unpriced_calls INTEGER NOT NULL,
+    estimated_calls INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    cache_creation_input_tokens INTEGER NOT NULL,
+    cache_read_input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    PRIMARY KEY ({', '.join(DIMENSIONS)})
+) WITHOUT ROWID;
+CREATE TABLE daily_details (
+    {', '.join(f'{d} TEXT NOT NULL' for d in DIMENSIONS)},
+    bucket TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    calls INTEGER NOT NULL,
+    input_tokens REAL NOT NULL,
+    cache_creation_input_tokens REAL NOT NULL,
+    cache_read_input_tokens REAL NOT NULL,
+    output_tokens REAL NOT NULL,
+    cost_usd REAL NOT NULL,
+    PRIMARY KEY ({', '.join(DIMENSIONS)}, bucket, detail)
+) WITHOUT ROWID
+"""
+
+
+def roll_up(conn: sqlite3.Connection, where: str, params: tuple = (), sign: int = 1) -> None:
+    """Add (sign 1) or take away (sign -1) the calls matching `where` (over `calls c`) to the
+    roll-ups; rows left with no call are deleted."""
+    dims = ", ".join(DIMENSIONS)
+    exprs = ", ".join(DIMENSIONS.values())
+    for table, figures, source, extra in (
+        ("daily_calls", CALL_FIGURES, "calls c", ""),
+        ("daily_details", DETAIL_FIGURES, "calls c JOIN details d ON d.call_id = c.id", f" AND {ROLLED_UP_DETAILS}"),
+    ):
+        keys = dims + (", bucket, detail" if table == "daily_details" else "")
+        key_exprs = exprs + (", d.bucket, d.detail" if table == "daily_details" else "")
+        conn.execute(
+            f"INSERT INTO {table} ({keys}, {', '.join(figures)}) "
+            f"SELECT {key_exprs}, {', '.join(f'{sign} * {f}' for f in figures.values())} "
+            f"FROM {source} WHERE {where}{extra} GROUP BY {key_exprs} "
+            f"ON CONFLICT ({keys}) DO UPDATE SET {', '.join(f'{f} = {f} + excluded.{f}' for f in figures)}",
+            params,
+        )
+    conn.execute(
+        f"INSERT INTO days (day, first_ns, last_ns, calls) "
+        f"SELECT c.day, min(c.started_at_ns), max(c.started_at_ns), {sign} * count(*) FROM calls c "
+        f"WHERE {where} GROUP BY c.day "
+        "ON CONFLICT (day) DO UPDATE SET first_ns = min(first_ns, excluded.first_ns), "
+        "last_ns = max(last_ns, excluded.last_ns), calls = calls + excluded.calls",
+        params,
+    )
+    if sign < 0:
+        for table in ("daily_calls", "daily_details", "days"):
+            conn.execute(f"DELETE FROM {table} WHERE day IN (SELECT c.day FROM calls c WHERE {where}) AND calls <= 0",
+                         params)
+
+
+def _v2(conn: sqlite3.Connection) -> None:
+    _script(V2)(conn)
+    roll_up(conn, "1")
+
+
+def _script(sql: str) -> Callable[[sqlite3.Connection], None]:
+    def run(conn: sqlite3.Connection) -> None:
+        for statement in sql.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+
+    return run
+
+
+# MIGRATIONS[n] upgrades a version-n ledger to version n+1 (version 0: an empty file).
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_script(V1), _v2)
+LATEST = len(MIGRATIONS)
+
+
+class SchemaError(Exception):
+    """The ledger cannot be used by this version; the message is one line fit for the user."""
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the ledger to `LATEST` in one transaction; the version it had before.
+
+    Raises SchemaError when a newer opik-cipx wrote it. The connection is in autocommit mode.
+    """
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > LATEST:
+        raise SchemaError(
+            f"ledger schema v{version} was written by a newer opik-cipx (this one knows up to v{LATEST}); "
+            "upgrade opik-cipx"
+        )
+    if version == LATEST:
+        return version
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
+        for step in MIGRATIONS[current:]:
+            step(conn)
+        conn.execute(f"PRAGMA user_version = {LATEST}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return version

@@ -1,0 +1,265 @@
+"""The ledger's writer: upserts call entries into `$CIPX_HOME/ledger.db`, enforces retention.
+
+One writer per process, used from one thread (the daemon's materializer, or `replay
+--ledger`); any number of readers in other processes (`report`, the dashboard; they open it
+with `ledger/db.py`) read alongside it, which WAL allows without blocking either side. Every
+write is an upsert keyed by capture id inside one transaction, so writing a capture again
+(re-materialization, `replay --ledger`) replaces its rows instead of counting it twice.
+
+The ledger must never stop materialization: `Ledger.write` never raises. A write that fails
+(another process holds the lock past the busy timeout, a full disk) keeps its entries in a
+bounded queue and retries after a pause (a one-shot timer thread, so the entries do not wait
+for the next call; the two threads take turns on a lock); a file that is not a database
+is moved aside (`ledger.db.corrupt-<UTC stamp>`) and a new one started. Each failure streak
+logs one line and counts `ledger_write_errors`; entries dropped from the full queue count
+`ledger_calls_dropped`. Rows older than the retention are deleted at most once an hour.
+"""
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Iterable
+
+from opik_cipx.ledger.db import connect
+from opik_cipx.ledger.entry import Entry, ledger_entry
+from opik_cipx.ledger.periods import local_day
+from opik_cipx.ledger.schema import SchemaError, roll_up
+from opik_cipx.stats import Counters
+from opik_cipx.wire.capture import Capture
+
+log = logging.getLogger(__name__)
+
+WRITER_BUSY_TIMEOUT_S = 1.0  # the materializer waits at most this long for another writer
+RETRY_PAUSE_S = 5.0  # after a failed write, entries wait this long before the next attempt
+MAX_PENDING = 2000
+RETENTION_EVERY_S = 3600.0
+CORRUPT = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
+# Errors that come from one entry's values, not from the file: that entry is dropped alone.
+ENTRY_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError)
+
+
+class Ledger:
+    """The writer. `write` is called once per materialized capture, from one thread."""
+
+    def __init__(self, path: Path, retention_days: float, counters: Counters | None = None):
+        self.path = path
+        self.retention_days = retention_days
+        self.counters = counters or Counters()
+        self._conn: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None  # (device, inode) the connection has open
+        self._pending: deque[Entry] = deque()
+        self._retry_at = 0.0
+        self._failing: str | None = None  # the error of the current failure streak
+        self._retention_at = 0.0
+        self._lock = threading.Lock()  # the writer thread and the retry timer take turns
+        self._timer: threading.Timer | None = None
+        self._closing = False
+
+    def write(self, capture: Capture, records: list[dict]) -> None:
+        """Record one exchange (nothing for an exchange without a model call). Never raises."""
+        try:
+            entry = ledger_entry(capture, records)
+        except Exception:
+            self.counters.incr("ledger_write_errors")
+            log.exception("ledger: cannot derive the ledger rows of capture %s", capture.id)
+            return
+        if entry is not None:
+            self.write_entries([entry])
+
+    def write_entries(self, entries: Iterable[Entry]) -> bool:
+        """Upsert `entries` (after any still waiting) in one transaction; True once written."""
+        with self._lock:
+            return self._write(entries)
+
+    def _write(self, entries: Iterable[Entry]) -> bool:
+        for entry in entries:
+            if len(self._pending) >= MAX_PENDING:
+                self._pending.popleft()
+                self.counters.incr("ledger_calls_dropped")
+            self._pending.append(entry)
+        if not self._pending or time.monotonic() < self._retry_at:
+            return not self._pending
+        try:
+            conn = self._connection()
+            try:
+                self._transaction(conn, self._pending)
+            except ENTRY_ERRORS:
+                self._write_one_by_one(conn)
+            self._pending.clear()
+            self._enforce_retention(conn)
+        except (sqlite3.Error, SchemaError, OSError) as exc:
+            self._failed(exc)
+            return False
+        if self._failing:
+            log.info("ledger: writing again after: %s", self._failing)
+            self._failing = None
+        return True
+
+    def flush(self) -> bool:
+        """Write what is waiting now, ignoring the pause after a failure; True when nothing waits."""
+        with self._lock:
+            self._retry_at = 0.0
+            return self._write([])
+
+    def close(self) -> None:
+        """Write what is waiting (bounded by the busy timeout) and close the file."""
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._pending and not self.flush():
+            log.warning("ledger: %d call(s) could not be written before shutdown; "
+                        "`opik-cipx replay --ledger` adds them from the stored captures", len(self._pending))
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection, reopened when the file was deleted or replaced meanwhile (a user
+        moved a damaged ledger away), so writes never go to a file nobody can read."""
+        if self._conn is not None and self._file != _identity(self.path):
+            log.info("ledger: %s was removed or replaced; opening it afresh", self.path)
+            self._conn.close()
+            self._conn = None
+        if self._conn is None:
+            self._conn = connect(self.path, WRITER_BUSY_TIMEOUT_S)
+            self._file = _identity(self.path)
+        return self._conn
+
+    def _transaction(self, conn: sqlite3.Connection, entries: Iterable[Entry]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for entry in entries:
+                upsert(conn, entry)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _write_one_by_one(self, conn: sqlite3.Connection) -> None:
+        """An entry the schema refuses must not hold back the others: write each alone, drop it."""
+        for entry in self._pending:
+            try:
+                self._transaction(conn, [entry])
+            except ENTRY_ERRORS as exc:
+                self.counters.incr("ledger_calls_dropped")
+                log.error("ledger: the rows of capture %s were refused and dropped: %s",
+                          entry.call.get("capture_id"), _describe(exc))
+
+    def _failed(self, exc: Exception) -> None:
+        self.counters.incr("ledger_write_errors")
+        self._retry_at = time.monotonic() + RETRY_PAUSE_S
+        self._retry_later()
+        reason = _describe(exc)
+        if isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorname", None) in CORRUPT:
+            moved = self._move_aside()
+            log.error("ledger: %s is not a usable database (%s); moved it to %s and starting a new one. "
+                      "`opik-cipx replay --ledger` refills it from the stored captures", self.path, reason, moved)
+            self._retry_at = 0.0
+            return
+        if self._failing is None:
+            log.warning("ledger: cannot write %s (%s); calls wait in memory (at most %d) and are retried "
+                        "every %.0fs", self.path, reason, MAX_PENDING, RETRY_PAUSE_S)
+        self._failing = reason
+
+    def _retry_later(self) -> None:
+        """Flush once the pause is over, unless a retry is already waiting."""
+        timer = self._timer
+        if self._closing or (timer is not None and timer.is_alive() and timer is not threading.current_thread()):
+            return
+        self._timer = threading.Timer(RETRY_PAUSE_S, self.flush)
+        self._timer.name = "cipx-ledger-retry"
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _move_aside(self) -> str:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        try:
+            os.replace(self.path, target)
+        except OSError as exc:
+            return f"nowhere ({exc.strerror})"
+        for suffix in ("-wal", "-shm"):
+            try:
+                os.unlink(f"{self.path}{suffix}")
+            except FileNotFoundError:
+                pass
+        return target.name
+
+    def _enforce_retention(self, conn: sqlite3.Connection) -> None:
+        now = time.monotonic()
+        if now < self._retention_at:
+            return
+        self._retention_at = now + RETENTION_EVERY_S
+        removed = delete_before(conn, local_day(int((time.time() - self.retention_days * 86400) * 1e9)))
+        if removed:
+            log.info("ledger: %d call(s) older than %g days deleted", removed, self.retention_days)
+
+
+def upsert(conn: sqlite3.Connection, entry: Entry) -> None:
+    """Write one entry, replacing the rows of the same capture if it was written before."""
+    call = entry.call
+    old = conn.execute("SELECT id FROM calls WHERE capture_id = ?", (call["capture_id"],)).fetchone()
+    columns = list(call)
+    if old is None:
+        call_id = conn.execute(
+            f"INSERT INTO calls ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            [call[c] for c in columns],
+        ).lastrowid
+    else:
+        call_id = old[0]
+        roll_up(conn, "c.id = ?", (call_id,), sign=-1)
+        conn.execute("DELETE FROM details WHERE call_id = ?", (call_id,))
+        conn.execute(f"UPDATE calls SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
+                     [*(call[c] for c in columns), call_id])
+    conn.executemany(
+        "INSERT INTO details (call_id, bucket, detail, chars, tokens, cost_usd) VALUES (?, ?, ?, ?, ?, ?)",
+        [(call_id, d.bucket, d.detail, d.chars, d.tokens, d.cost_usd) for d in entry.details],
+    )
+    conn.executemany(
+        "INSERT OR REPLACE INTO launches (tool_span_id, call_span_id, day) VALUES (?, ?, ?)",
+        [(tool, llm, call["day"]) for tool, llm in entry.launches],
+    )
+    roll_up(conn, "c.id = ?", (call_id,))
+
+
+def delete_before(conn: sqlite3.Connection, day: str) -> int:
+    """Delete every call of a day before `day` (and its rows); the number of calls deleted."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DELETE FROM details WHERE call_id IN (SELECT id FROM calls WHERE day < ?)", (day,))
+        removed = conn.execute("DELETE FROM calls WHERE day < ?", (day,)).rowcount
+        for table in ("launches", "daily_calls", "daily_details", "days"):
+            conn.execute(f"DELETE FROM {table} WHERE day < ?", (day,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return removed
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc) or type(exc).__name__

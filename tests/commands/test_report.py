@@ -1,0 +1,105 @@
+"""`opik-cipx report` as a real subprocess over a ledger of the recorded corpus (no daemon)."""
+
+import csv
+import io
+import json
+
+import pytest
+
+from opik_cipx.ledger.store import Ledger
+from tests.claude_code_corpus import materialized
+from tests.conftest import run_cli
+
+FIGURES = ["calls", "cost_usd", "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+           "output_tokens"]
+
+
+@pytest.fixture(scope="module")
+def corpus_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("report") / "cipx-home"
+    corpus = materialized(home / "sessions")
+    ledger = Ledger(home / "ledger.db", retention_days=400)
+    for _, _, capture, records in corpus:
+        ledger.write(capture, records)
+    ledger.close()
+    spans = sum(r["body"].get("total_estimated_cost") or 0.0 for *_, records in corpus for r in records
+                if r["body"].get("type") == "llm")
+    return home, spans
+
+
+def test_json_has_exactly_the_documented_shape(corpus_home):
+    home, spans = corpus_home
+    result = run_cli(home, "report", "--by", "day,model", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert set(doc) == {"rows", "total"}
+    assert list(doc["total"]) == FIGURES
+    assert all(list(row) == ["day", "model", *FIGURES] for row in doc["rows"])
+    assert abs(doc["total"]["cost_usd"] - spans) < 1e-9
+    assert sum(row["calls"] for row in doc["rows"]) == doc["total"]["calls"] == 71
+
+
+def test_table_is_aligned_with_units_and_a_totals_row(corpus_home):
+    home, spans = corpus_home
+    result = run_cli(home, "report", "--by", "model")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["model", "calls", "input", "tok", "cache", "write", "tok", "cache", "read", "tok",
+                                "output", "tok", "cost", "USD", "cache", "hit"]
+    assert len(lines) == 6 and len({len(line) for line in lines}) == 1  # figures right-aligned
+    cost_end = lines[0].index("cost USD") + len("cost USD")
+    assert all(line[:cost_end][-5] == "." for line in lines[2:] if not line.startswith("-"))  # $x.xxxx
+    total = lines[-1]
+    assert total.startswith("total") and f"${spans:,.4f}" in total and total.endswith("%")
+    assert " 71 " in total
+
+
+def test_csv_lists_the_rows_then_the_total(corpus_home):
+    home, spans = corpus_home
+    result = run_cli(home, "report", "--by", "kind", "--csv")
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert rows[0] == ["kind", *FIGURES]
+    assert rows[-1][0] == "" and int(rows[-1][1]) == 71 and abs(float(rows[-1][2]) - spans) < 1e-9
+    kinds = {row[0]: int(row[1]) for row in rows[1:-1]}
+    assert kinds["count_tokens"] == 28 and kinds["main"] == 35 and kinds["side:web_search"] == 1
+
+
+def test_filters_by_session_project_and_window(corpus_home):
+    home, _ = corpus_home
+    session = "d746060a-2115-4917-833e-96568974e836"  # the mcp scenario
+    doc = json.loads(run_cli(home, "report", "--by", "mcp", "--session", session, "--json").stdout)
+    assert {row["mcp"] for row in doc["rows"]} == {"weather", "notes"} and doc["total"]["calls"] == 3
+    project = json.loads(run_cli(home, "report", "--project", "/home/dev/code/weather-dash", "--json").stdout)
+    assert project["total"] == doc["total"]
+    # the corpus was recorded on 2026-11-24 (UTC)
+    assert json.loads(run_cli(home, "report", "--since", "2026-11-25T00:00Z", "--json").stdout)["total"]["calls"] == 0
+    inside = run_cli(home, "report", "--since", "2026-11-23", "--until", "2026-11-25", "--json", TZ="UTC")
+    assert json.loads(inside.stdout)["total"]["calls"] == 71
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--by", "day,colour"], "cannot group by colour"),
+    (["--since", "last tuesday"], "cannot read --since"),
+    (["--json", "--csv"], "not allowed with"),
+])
+def test_bad_arguments_are_one_clear_line(corpus_home, args, message):
+    result = run_cli(corpus_home[0], "report", *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_without_a_ledger_it_says_how_one_appears(tmp_path):
+    result = run_cli(tmp_path / "fresh-home", "report", "--json")
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == {"rows": [], "total": dict.fromkeys(FIGURES, 0)}
+    assert "no ledger yet" in result.stderr and "replay --ledger" in result.stderr
+    assert not (tmp_path / "fresh-home").exists()
+
+
+def test_a_damaged_ledger_is_one_line_naming_the_fix(tmp_path):
+    home = tmp_path / "cipx-home"
+    home.mkdir()
+    (home / "ledger.db").write_bytes(b"garbage" * 1000)
+    result = run_cli(home, "report")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "ledger.db" in result.stderr and "replay --ledger" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,215 @@
+"""ledger.db: private WAL file, upserts keyed by capture id, retention, and failures that never
+stop the writer's caller (locked, corrupt, newer schema, a refused entry)."""
+
+import dataclasses
+import logging
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from opik_cipx.ledger.entry import ledger_entry
+from opik_cipx.ledger.schema import LATEST
+from opik_cipx.ledger.db import open_reader
+from opik_cipx.ledger.store import WRITER_BUSY_TIMEOUT_S, Ledger
+from tests.claude_code_corpus import materialized
+from tests.conftest import wait_for
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return materialized(tmp_path_factory.mktemp("sessions"))
+
+
+def write_all(ledger: Ledger, corpus) -> None:
+    for _, _, capture, records in corpus:
+        ledger.write(capture, records)
+
+
+def span_cost_sum(corpus) -> float:
+    return sum(r["body"].get("total_estimated_cost") or 0.0 for *_, records in corpus for r in records
+               if r["body"].get("type") == "llm")
+
+
+def totals(path) -> tuple[int, float, int]:
+    conn = open_reader(path)
+    try:
+        calls, cost = conn.execute("SELECT count(*), total(cost_usd) FROM calls").fetchone()
+        details = conn.execute("SELECT count(*) FROM details").fetchone()[0]
+    finally:
+        conn.close()
+    return calls, cost, details
+
+
+def test_private_wal_file_and_writing_a_capture_again_never_counts_it_twice(tmp_path, corpus):
+    path = tmp_path / "home" / "ledger.db"
+    ledger = Ledger(path, retention_days=400)
+    write_all(ledger, corpus)
+    for suffix in ("", "-wal", "-shm"):
+        assert stat.S_IMODE((tmp_path / "home" / f"ledger.db{suffix}").stat().st_mode) == 0o600, suffix
+    assert ledger._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert ledger._conn.execute("PRAGMA user_version").fetchone()[0] == LATEST
+    first = totals(path)
+    assert first[0] == 71 and first[1] == pytest.approx(span_cost_sum(corpus), abs=1e-12)
+    write_all(ledger, corpus)  # re-materialization
+    ledger.close()
+    assert totals(path) == pytest.approx(first)
+    assert ledger.counters.get("ledger_write_errors") == 0
+
+
+def test_a_changed_entry_replaces_the_old_rows(tmp_path, corpus):
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(path, retention_days=400)
+    _, _, capture, records = next(c for c in corpus if c[:2] == ("mcp", "002"))
+    entry = ledger_entry(capture, records)
+    ledger.write_entries([entry])
+    cheaper = dataclasses.replace(entry, call={**entry.call, "cost_usd": 0.5}, details=entry.details[:3])
+    ledger.write_entries([cheaper])
+    ledger.close()
+    assert totals(path) == (1, 0.5, 3)
+
+
+def test_days_beyond_the_retention_are_deleted(tmp_path, corpus):
+    path = tmp_path / "ledger.db"
+    entries = [ledger_entry(c, r) for _, _, c, r in corpus[:12]]
+    entries = [e for e in entries if e]
+    old_ns = int((time.time() - 30 * 86400) * 1e9)
+    old = dataclasses.replace(entries[0], call={**entries[0].call, "capture_id": "old", "started_at_ns": old_ns,
+                                                "day": time.strftime("%Y-%m-%d", time.localtime(old_ns / 1e9))})
+    ledger = Ledger(path, retention_days=10)
+    ledger.write_entries([old, *entries[1:]])
+    ledger.close()
+    calls, _, _ = totals(path)
+    assert calls == len(entries) - 1
+    conn = open_reader(path)
+    assert conn.execute("SELECT count(*) FROM calls WHERE capture_id = 'old'").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM details WHERE call_id NOT IN (SELECT id FROM calls)").fetchone()[0] == 0
+
+
+def test_a_corrupt_file_is_moved_aside_and_a_new_ledger_started(tmp_path, corpus, caplog):
+    path = tmp_path / "ledger.db"
+    path.write_bytes(b"this is not a database, it is a text file " * 200)
+    ledger = Ledger(path, retention_days=400)
+    with caplog.at_level(logging.WARNING, logger="opik_cipx.ledger.store"):
+        write_all(ledger, corpus)
+    ledger.close()
+    assert totals(path)[0] == 71  # nothing lost: the entry that met the corrupt file was written after
+    aside = list(tmp_path.glob("ledger.db.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not a database")
+    assert ledger.counters.get("ledger_write_errors") == 1
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "replay --ledger" in lines[0]
+
+
+HOLD_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA journal_mode = WAL")
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+conn.execute("ROLLBACK")
+"""
+
+
+def test_a_locked_ledger_delays_the_writer_at_most_the_busy_timeout_then_catches_up(tmp_path, corpus, caplog):
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(path, retention_days=400)
+    pairs = [(c, r) for _, _, c, r in corpus if any(x["body"].get("type") == "llm" for x in r)]
+    ledger.write(*pairs[0])
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with caplog.at_level(logging.INFO, logger="opik_cipx.ledger.store"):
+            started = time.monotonic()
+            ledger.write(*pairs[1])
+            blocked = time.monotonic() - started
+            started = time.monotonic()
+            for pair in pairs[2:10]:
+                ledger.write(*pair)  # in the pause after a failure: queued, no waiting
+            paused = time.monotonic() - started
+        assert WRITER_BUSY_TIMEOUT_S * 0.9 <= blocked < WRITER_BUSY_TIMEOUT_S + 1.0
+        assert paused < 0.5
+        assert ledger.pending == 9 and ledger.counters.get("ledger_write_errors") == 1
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+    wait_for(lambda: ledger.pending == 0, what="the waiting calls written by the retry timer")
+    ledger.close()
+    assert totals(path)[0] == 10
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "locked" in messages[0]
+
+
+def test_a_ledger_from_a_newer_version_is_left_alone(tmp_path, corpus, caplog):
+    path = tmp_path / "ledger.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {LATEST + 1}")
+    conn.close()
+    ledger = Ledger(path, retention_days=400)
+    with caplog.at_level(logging.WARNING, logger="opik_cipx.ledger.store"):
+        write_all(ledger, corpus[:20])
+        ledger.close()  # tries once more
+    assert ledger.counters.get("ledger_write_errors") == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert "newer opik-cipx" in messages[0] and len(messages) == 2 and "replay --ledger" in messages[1]
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == LATEST + 1
+
+
+def test_an_entry_the_schema_refuses_is_dropped_alone(tmp_path, corpus):
+    path = tmp_path / "ledger.db"
+    entries = [e for e in (ledger_entry(c, r) for _, _, c, r in corpus[:15]) if e]
+    broken = dataclasses.replace(entries[0], call={**entries[0].call, "capture_id": "broken", "day": None})
+    ledger = Ledger(path, retention_days=400)
+    assert ledger.write_entries([broken, *entries[1:]])
+    ledger.close()
+    assert totals(path)[0] == len(entries) - 1
+    assert ledger.counters.get("ledger_calls_dropped") == 1
+
+
+def test_readers_see_committed_rows_while_the_writer_holds_a_transaction(tmp_path, corpus):
+    path = tmp_path / "ledger.db"
+    assert open_reader(path) is None and not path.exists()
+    ledger = Ledger(path, retention_days=400)
+    write_all(ledger, corpus[:20])
+    ledger._conn.execute("BEGIN IMMEDIATE")
+    ledger._conn.execute("DELETE FROM calls")
+    started = time.monotonic()
+    assert totals(path)[0] == sum(1 for *_, records in corpus[:20] if records)
+    assert time.monotonic() - started < 1.0
+    ledger._conn.execute("ROLLBACK")
+    ledger.close()
+
+
+def test_retention_runs_at_most_once_an_hour(tmp_path, corpus, monkeypatch):
+    path = tmp_path / "ledger.db"
+    entries = [e for e in (ledger_entry(c, r) for _, _, c, r in corpus[:12]) if e]
+    ledger = Ledger(path, retention_days=10)
+    ledger.write_entries(entries[1:])  # the first write enforces the retention
+    old_ns = int((time.time() - 30 * 86400) * 1e9)
+    old = dataclasses.replace(entries[0], call={**entries[0].call, "capture_id": "old", "started_at_ns": old_ns,
+                                                "day": time.strftime("%Y-%m-%d", time.localtime(old_ns / 1e9))})
+    ledger.write_entries([old])
+    assert totals(path)[0] == len(entries)  # not again within the hour
+    later = time.monotonic() + 3601
+    monkeypatch.setattr("opik_cipx.ledger.store.time.monotonic", lambda: later)
+    ledger.write_entries([entries[1]])
+    ledger.close()
+    assert totals(path)[0] == len(entries) - 1
+
+
+def test_a_ledger_removed_under_the_writer_is_started_afresh(tmp_path, corpus):
+    path = tmp_path / "ledger.db"
+    entries = [e for e in (ledger_entry(c, r) for _, _, c, r in corpus[:12]) if e]
+    ledger = Ledger(path, retention_days=400)
+    ledger.write_entries(entries[:3])
+    for suffix in ("", "-wal", "-shm"):
+        os.replace(f"{path}{suffix}", f"{path}{suffix}.moved")  # the user moves it away
+    ledger.write_entries(entries[3:])
+    ledger.close()
+    assert totals(path)[0] == len(entries) - 3

@@ -1,0 +1,142 @@
+"""The ledger with the real daemon: the recorded corpus through the proxy, `report` against the
+spans the daemon spooled, a restart, and `kill -9` in the middle of the ledger writes."""
+
+import json
+import sqlite3
+
+from opik_cipx.ledger.db import open_reader
+from tests.claude_code_corpus import SCENARIOS, write_session_files
+from tests.conftest import DaemonProcess, run_cli, wait_for
+from tests.test_end_to_end import replay_scenario
+
+REPORTS = (("--by", "model"), ("--by", "session"), ("--by", "day,bucket"))
+
+
+def spooled_call_costs(home) -> dict[str, float]:
+    """span id -> total_estimated_cost of every llm span in the spool (the newest version)."""
+    costs = {}
+    for segment in sorted((home / "spool").glob("*.jsonl")):
+        for line in segment.read_text().splitlines():
+            body = json.loads(line)["body"]
+            if body.get("type") in ("llm", "general"):  # a Messages call; count_tokens is general
+                costs[body["id"]] = body.get("total_estimated_cost") or 0.0
+    return costs
+
+
+def reports(home) -> dict[tuple, dict]:
+    out = {}
+    for args in REPORTS:
+        result = run_cli(home, "report", *args, "--json")
+        assert result.returncode == 0, result.stderr
+        out[args] = json.loads(result.stdout)
+    return out
+
+
+def send_corpus(daemon: DaemonProcess, upstream) -> int:
+    return sum(replay_scenario(daemon, upstream, scenario) for scenario in SCENARIOS)
+
+
+def test_report_totals_equal_the_spans_and_survive_a_restart(home, upstream):
+    write_session_files(home / "sessions")
+    daemon = DaemonProcess(home, upstream.url)
+    try:
+        calls = send_corpus(daemon, upstream)
+        wait_for(lambda: daemon.counter("events_materialized") == calls, timeout_s=30, what="every call materialized")
+        wait_for(lambda: daemon.stats()["queue"]["in_memory"] == 0, what="records in the spool")
+        spans = spooled_call_costs(home)
+        assert len(spans) == calls == 71
+        before = reports(home)  # while the daemon runs and holds the ledger open
+        for args, doc in before.items():
+            assert abs(doc["total"]["cost_usd"] - sum(spans.values())) < 1e-9, args
+            assert abs(sum(row["cost_usd"] for row in doc["rows"]) - sum(spans.values())) < 1e-9, args
+            assert doc["total"]["calls"] == calls
+        assert {row["session"] for row in before[("--by", "session")]["rows"]} == {
+            json.loads(p.read_text())["session_id"] for p in (home / "sessions").glob("*.json")}
+        assert daemon.counter("ledger_write_errors") == 0
+    finally:
+        assert daemon.stop() == 0
+    assert reports(home) == before  # daemon down
+    daemon = DaemonProcess(home, upstream.url)
+    try:
+        assert reports(home) == before  # restarted: the ledger is not emptied
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_kill_9_mid_write_then_rematerializing_counts_nothing_twice(home, upstream):
+    write_session_files(home / "sessions")
+    daemon = DaemonProcess(home, upstream.url)
+    calls = send_corpus(daemon, upstream)
+    wait_for(lambda: daemon.counter("events_materialized") >= calls // 2, timeout_s=30, what="half materialized")
+    daemon.kill()  # kill -9 while the materializer is writing the ledger
+    conn = sqlite3.connect(home / "ledger.db")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    written = conn.execute("SELECT count(*) FROM calls").fetchone()[0]
+    conn.close()
+    assert 0 < written <= calls
+    daemon = DaemonProcess(home, upstream.url)
+    try:
+        # re-materialize every stored capture into the ledger the running daemon holds open
+        for _ in range(2):
+            rebuilt = run_cli(home, "replay", "--ledger")
+            assert rebuilt.returncode == 0, rebuilt.stderr
+        printed = run_cli(home, "replay")
+        records = [json.loads(line)["body"] for line in printed.stdout.splitlines()]
+        llm = {r["id"]: r.get("total_estimated_cost") or 0.0 for r in records if r.get("type") in ("llm", "general")}
+        assert len(llm) >= written  # every call already in the ledger has its capture stored
+        for args, doc in reports(home).items():
+            assert doc["total"]["calls"] == len(llm), args
+            assert abs(doc["total"]["cost_usd"] - sum(llm.values())) < 1e-9, args
+        conn = open_reader(home / "ledger.db")
+        assert conn.execute("SELECT count(DISTINCT capture_id) FROM calls").fetchone()[0] == len(llm)
+        conn.close()
+    finally:
+        assert daemon.stop() == 0
+
+
+HOLD_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+conn.execute("ROLLBACK")
+"""
+
+
+def test_a_corrupt_or_locked_ledger_never_stops_the_calls_or_their_spans(home, upstream):
+    import subprocess
+    import sys
+
+    home.mkdir(parents=True)
+    (home / "ledger.db").write_bytes(b"not a database " * 1000)
+    daemon = DaemonProcess(home, upstream.url)
+    try:
+        first = replay_scenario(daemon, upstream, "tools")
+        wait_for(lambda: daemon.counter("events_materialized") == first, what="tools materialized")
+        assert list(home.glob("ledger.db.corrupt-*"))  # moved aside, a new ledger started
+        assert daemon.counter("ledger_write_errors") == 1
+        holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(home / "ledger.db")],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "locked"
+            second = replay_scenario(daemon, upstream, "mcp")  # every byte still relayed (asserted inside)
+            wait_for(lambda: daemon.counter("events_materialized") == first + second, what="mcp materialized")
+            assert daemon.counter("ledger_write_errors") >= 2
+            assert daemon.counter("materializer_errors_total") == 0
+        finally:
+            holder.stdin.close()
+            holder.wait(10)
+
+        def ledger_calls() -> int:
+            return json.loads(run_cli(home, "report", "--json").stdout)["total"]["calls"]
+
+        wait_for(lambda: ledger_calls() == first + second, timeout_s=20, what="the waiting calls written, unprompted")
+        third = replay_scenario(daemon, upstream, "simple")
+        wait_for(lambda: ledger_calls() == first + second + third, what="the next call written")
+        assert daemon.counter("ledger_calls_dropped") == 0
+        assert "ledger:" in (home / "logs" / "cipx.log").read_text()
+    finally:
+        assert daemon.stop() == 0
+    spans = spooled_call_costs(home)
+    assert len(spans) == first + second + third
