@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "proxy": "run the gateway in the foreground (normally started by the supervisor)",
     "replay": "re-derive spans from stored raw captures (offline, read-only)",
     "prices": "the price table in use (rates, tiers, sources, overrides) and unknown models the daemon saw",
+    "config": "print a config.toml example: every setting with its help and default (--example)",
 }
 
 
