@@ -15,10 +15,11 @@ import ssl
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
 
-from opik_cipx import __version__
+from opik_cipx import __version__, telemetry
 from opik_cipx.config import Settings
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import assign_picked_ports, claude_code_port
@@ -46,6 +47,7 @@ SHUTDOWN_POLL_S = 0.1  # how often an idle listener checks for shutdown
 # lands on the wire. 100 us keeps it below the wire's own overhead (bench/bench_wire.py).
 GIL_SWITCH_INTERVAL_S = 0.0001
 YIELD_MAX_S = 0.2  # the longest one slice of off-wire work waits for the wire (streams are long)
+TELEMETRY_FLUSH_S = 2.0  # how long a stopping daemon lets queued error reports go out
 
 
 class StartupError(Exception):
@@ -70,8 +72,9 @@ def build_materializer(
 class Daemon:
     """Owns every listener and worker thread of one running proxy."""
 
-    def __init__(self, settings: Settings, port: int | None = None):
+    def __init__(self, settings: Settings, port: int | None = None, reporter: telemetry.Reporter | None = None):
         self.settings = settings
+        self.reporter = reporter or telemetry.Reporter(settings)  # not started: reports nothing
         self.counters = Counters()
         self.started_at = time.time()
         private_dir(settings.home)
@@ -118,6 +121,9 @@ class Daemon:
                     getattr(self, name).server_close()
             raise StartupError(str(exc)) from None
         self._threads: list[threading.Thread] = []
+        proxy = urllib.parse.urlsplit(settings.upstream_proxy) if settings.upstream_proxy else None
+        self._upstream = {"url": settings.upstream_url,  # a proxy's credentials never reach the stats
+                          "proxy": f"http://{proxy.netloc.rpartition('@')[2]}" if proxy else None}
         self.destination = resolve_destination(settings, opik_config_path(env))
         mib = 1024 * 1024
         self.spool = Spool(
@@ -203,6 +209,7 @@ class Daemon:
             "started_at": utc_iso(self.started_at),
             "uptime_s": round(time.time() - self.started_at, 3),
             "listeners": listeners,
+            "upstream": self._upstream,
             "project": self.destination.project,
         }
         providers = {
@@ -211,7 +218,7 @@ class Daemon:
             "queue": self.shipper.queue_section,
             "wal": self.spool.section,
             "unknown_models": self.materializer.unknown_models.section,
-            "telemetry": _telemetry,
+            "telemetry": self.reporter.section,
         }
         return build_stats(base, self.counters, providers)
 
@@ -250,15 +257,12 @@ class Daemon:
         log.info("opik-cipx stopped")
 
 
-def _telemetry() -> dict[str, Any]:
-    """This build sends no error telemetry; say so plainly, also to a user who set a DSN."""
-    if os.environ.get("CIPX_SENTRY_DSN"):
-        return {"enabled": False, "reason": "off (CIPX_SENTRY_DSN is set, but this build sends no telemetry)"}
-    return {"enabled": False, "reason": "off (no CIPX_SENTRY_DSN)"}
-
-
 def run_proxy(settings: Settings, port: int | None = None) -> int:
-    """Run the daemon in the foreground until SIGTERM/SIGINT; the exit code."""
+    """Run the daemon in the foreground until SIGTERM/SIGINT; the exit code.
+
+    An unexpected exception (a crash) is logged with its traceback, reported when telemetry is
+    on, and exits 1.
+    """
     os.umask(0o077)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     private_dir(settings.home)
@@ -267,8 +271,19 @@ def run_proxy(settings: Settings, port: int | None = None) -> int:
     )
     for warning in settings.warnings:
         log.warning("%s", warning)
+    reporter = telemetry.start(settings)
     try:
-        daemon = Daemon(settings, port)
+        return _serve(settings, port, reporter)
+    except Exception:
+        log.exception("opik-cipx crashed")
+        return 1
+    finally:
+        reporter.close(TELEMETRY_FLUSH_S)
+
+
+def _serve(settings: Settings, port: int | None, reporter: telemetry.Reporter) -> int:
+    try:
+        daemon = Daemon(settings, port, reporter)
     except StartupError as exc:
         log.error("%s", exc)
         return 1
