@@ -19,7 +19,7 @@ COMMANDS: dict[str, str] = {
     "restart": "restart the daemon to pick up the binary on disk",
     "logs": "print and follow the gateway log",
     "viewer": "print (--open: launch) the debug viewer URL",
-    "purge": "stop the daemon and wipe the spool (drops unshipped spans)",
+    "purge": "stop the daemon and wipe the spool (drops unshipped spans); --all: raw captures and the ledger too",
     "uninstall": "stop the daemon, remove the supervisor and settings entry, delete ~/.opik-cipx",
     "proxy": "run the gateway in the foreground (normally started by the supervisor)",
     "replay": "re-derive spans from stored raw captures (offline, read-only)",
