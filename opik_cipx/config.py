@@ -521,3 +521,27 @@ def example_toml() -> str:
             if not isinstance(opt.default, dict):  # a table of tables (prices): its help says how
                 out.append(f"# {name} = {_toml_value(opt.default)}")
     return "\n".join(out) + "\n"
+
+
+def settings_fingerprint(settings: Settings) -> dict[str, str]:
+    """Per option key, a short digest of its resolved value: never the value itself.
+
+    The daemon writes it to `state.json`; `sync` compares it with its own to tell the user which
+    settings of this environment the running daemon does not use. A digest (not the value) so
+    that an API key never lands in a file or a message.
+    """
+    import hashlib
+
+    def digest(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    return {opt.key: digest(settings.values[opt.attr]) for opt in OPTIONS}
+
+
+def differing_settings(settings: Settings, fingerprint: object) -> list[Option]:
+    """The options whose value in `settings` differs from a daemon's `fingerprint` (keys it knows)."""
+    if not isinstance(fingerprint, dict):
+        return []
+    ours = settings_fingerprint(settings)
+    return [opt for opt in OPTIONS if opt.key in fingerprint and fingerprint[opt.key] != ours[opt.key]]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from opik_cipx import __version__, telemetry
-from opik_cipx.config import Settings
+from opik_cipx.config import Settings, settings_fingerprint
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import assign_picked_ports, claude_code_port
 from opik_cipx.home import private_dir, write_json
@@ -190,7 +190,8 @@ class Daemon:
             log.info("opik: not configured; spans are kept in the spool")
 
     def state(self) -> dict[str, Any]:
-        """The `state.json` handshake; `executable*` let `sync` spot a replaced binary."""
+        """The `state.json` handshake; `executable*` let `sync` spot a replaced binary, `settings` (a
+        digest per option) settings of its environment the daemon does not use."""
         exe = current_executable()
         return {
             "pid": os.getpid(),
@@ -199,6 +200,7 @@ class Daemon:
             "version": __version__,
             "executable": str(exe.path),
             "executable_id": exe.identity,
+            "settings": settings_fingerprint(self.settings),
         }
 
     def stats(self) -> dict[str, Any]:
