@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "replay": "re-derive spans from stored raw captures (offline, read-only)",
     "prices": "the price table in use (rates, tiers, sources, overrides) and unknown models the daemon saw",
     "config": "print a config.toml example: every setting with its help and default (--example)",
+    "install": "make this copy the installed executable and link opik-cipx on PATH (install.sh runs it)",
 }
 
 

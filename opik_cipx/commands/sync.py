@@ -24,7 +24,7 @@ import os
 import sys
 
 from opik_cipx.config import ConfigError, Settings, differing_settings, is_truthy
-from opik_cipx.control import claude_settings, lifecycle
+from opik_cipx.control import claude_settings, install, lifecycle
 from opik_cipx.control.daemon_control import admin_port, is_healthy, paths_only_settings, read_state
 from opik_cipx.materialize.identity import claude_json_path
 from opik_cipx.materialize.sessions import parse_hook_input, read_hook_stdin, record_session
@@ -118,6 +118,13 @@ def _bring_up(settings: Settings, env: dict[str, str], report: _Report) -> None:
         report.info(lifecycle.summary(settings, outcome))
     if outcome.change is not None and outcome.change.outcome == "set":
         report.tell(NEXT_SESSION_HOOK if report.as_hook else NEXT_SESSION)
+    installed = install.installed_path(settings, env)
+    if installed.is_file():
+        linked, note = install.ensure_link(installed, env)
+        if linked:
+            report.tell(note)
+        elif note:
+            report.problem(note)
     drift = _settings_drift(settings, env, outcome.state or {})
     if drift and report.event in (None, "SessionStart"):
         report.tell(drift)
