@@ -148,13 +148,24 @@ def ensure_link(target: Path, env: dict[str, str]) -> tuple[bool, str | None]:
     if os.path.lexists(link):
         return False, f"{link} exists and is not a link to {target}; left as is (it is what `opik-cipx` runs)"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        _make_public_dir(directory)
         link.symlink_to(target)
     except OSError as exc:
         return False, f"cannot link {link} ({exc.strerror or exc}); run opik-cipx as {target}"
     if on_path(directory, env):
         return True, f"linked {link} -> {target}: `opik-cipx` is on your PATH"
     return True, f"linked {link} -> {target}; {directory} is not on your PATH: {profile_hint(directory, env)}"
+
+
+def _make_public_dir(directory: Path) -> None:
+    """Create `directory` and missing parents as 0755 (a bin directory is not private), whatever the umask."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        path.mkdir()
+        path.chmod(0o755)
 
 
 def remove_link(target: Path, env: dict[str, str]) -> list[Path]:

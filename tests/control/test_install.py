@@ -41,8 +41,13 @@ def test_the_link_goes_to_the_first_personal_bin_directory_on_path(user):
 
 def test_with_no_personal_bin_on_path_the_note_says_what_to_add(user):
     target = user / ".opik-cipx" / "bin" / "opik-cipx"
-    created, note = install.ensure_link(target, env_for(user))
+    old_umask = os.umask(0o077)  # as install.sh runs it
+    try:
+        created, note = install.ensure_link(target, env_for(user))
+    finally:
+        os.umask(old_umask)
     local = user / ".local" / "bin"
+    assert [os.stat(d).st_mode & 0o777 for d in (local.parent, local)] == [0o755, 0o755]  # not private, even so
     assert created and note == (f"linked {local}/opik-cipx -> {target}; {local} is not on your PATH: add the line "
                                 '`export PATH="$HOME/.local/bin:$PATH"` to ~/.profile, then open a new terminal')
 
