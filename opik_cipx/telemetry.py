@@ -54,8 +54,10 @@ MAX_CHAIN = 5
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _STOP = object()
 
+# The words `status` shows; docs/TELEMETRY.md quotes them (tests/test_telemetry.py keeps them equal).
 OFF_SWITCH = "off (CIPX_SENTRY=off)"
 OPT_IN = "off (opt-in: set CIPX_SENTRY_DSN to send error reports)"
+ON = "on (CIPX_SENTRY_DSN: error reports go to {host}; CIPX_SENTRY=off stops them)"
 
 
 def describe(settings: Settings) -> tuple[bool, str]:
@@ -64,8 +66,7 @@ def describe(settings: Settings) -> tuple[bool, str]:
         return False, OFF_SWITCH
     if not settings.telemetry_sentry_dsn:
         return False, OPT_IN
-    host = parse_sentry_dsn(settings.telemetry_sentry_dsn).host
-    return True, f"on (CIPX_SENTRY_DSN: error reports go to {host}; CIPX_SENTRY=off stops them)"
+    return True, ON.format(host=parse_sentry_dsn(settings.telemetry_sentry_dsn).host)
 
 
 def _module_of(frame: Any) -> str:

@@ -13,8 +13,8 @@ import pytest
 
 from opik_cipx import telemetry
 from opik_cipx.config import load_settings
-from opik_cipx.telemetry import OFF_SWITCH, OPT_IN, Reporter, build_event, describe, envelope, fingerprint
-from tests.conftest import wait_for
+from opik_cipx.telemetry import OFF_SWITCH, ON, OPT_IN, Reporter, build_event, describe, envelope, fingerprint
+from tests.conftest import REPO, wait_for
 from tests.fake_sentry import FakeSentry, parse_envelope
 
 SECRET = "sk-ant-api03-SECRET-in-a-local"
@@ -90,6 +90,16 @@ def test_status_words_for_each_setting(tmp_path):
     assert describe(settings_for(tmp_path, CIPX_SENTRY_DSN=dsn, CIPX_SENTRY="off")) == (False, OFF_SWITCH)
     enabled, reason = describe(settings_for(tmp_path, CIPX_SENTRY_DSN=dsn))
     assert enabled and reason == "on (CIPX_SENTRY_DSN: error reports go to o7.ingest.sentry.io; CIPX_SENTRY=off stops them)"
+
+
+def test_status_readme_skill_and_docs_tell_one_story():
+    table = (REPO / "docs" / "TELEMETRY.md").read_text()
+    for words in (OPT_IN, OFF_SWITCH, ON.format(host="<host>")):
+        assert f"`telemetry {words}`" in table, words
+    for doc in (REPO / "README.md", REPO / "skills" / "opik-cipx" / "SKILL.md"):
+        text = " ".join(doc.read_text().split())
+        assert "off unless" in text and "`CIPX_SENTRY_DSN`" in text and "`CIPX_SENTRY=off`" in text, doc
+        assert "status` says `telemetry on` or `off` and why" in text, doc
 
 
 @pytest.fixture
