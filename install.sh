@@ -1,9 +1,11 @@
 #!/usr/bin/env sh
 # Install opik-cipx from this checkout (or a given .pyz).
-#   ./install.sh                 build, install to ~/.opik-cipx/bin/opik-cipx, then `opik-cipx sync`:
+#   ./install.sh                 build it, install it as ~/.opik-cipx/bin/opik-cipx, link `opik-cipx` on PATH
+#                                (~/.local/bin, or ~/bin when only that is on PATH), then `opik-cipx sync`:
 #                                start the proxy and point Claude Code at it
-#   ./install.sh path/to.pyz     install that file only; run `opik-cipx sync` yourself
-# CIPX_INSTALL_DIR overrides the install directory; PYTHON picks the interpreter (3.11+).
+#   ./install.sh path/to.pyz     install that file (and the link) only; run `opik-cipx sync` yourself
+# CIPX_INSTALL_DIR overrides the install directory; PYTHON picks the interpreter (3.11+), which
+# the installed file's #! line then names.
 set -eu
 
 here=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
@@ -13,13 +15,11 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
   echo "Install a newer Python, or run: PYTHON=/path/to/python3.11 ./install.sh" >&2
   exit 1
 fi
-python=$(command -v "$python")
+python=$("$python" -c 'import os, sys; print(os.path.realpath(sys.executable))')  # a version manager's shim resolved
 
 home=${CIPX_HOME:-$HOME/.opik-cipx}
-dest_dir=${CIPX_INSTALL_DIR:-$home/bin}
-dest="$dest_dir/opik-cipx"
+dest=${CIPX_INSTALL_DIR:-$home/bin}/opik-cipx
 umask 077
-mkdir -p "$dest_dir"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -32,17 +32,16 @@ if [ $# -ge 1 ]; then
 else
   src=$("$python" "$here/build_zipapp.py" -o "$work/opik-cipx.pyz")
 fi
-cp "$src" "$dest.tmp.$$"
-chmod 0755 "$dest.tmp.$$"
-mv -f "$dest.tmp.$$" "$dest"
-echo "installed $dest"
+"$python" "$src" install
 
+on_path=$(command -v opik-cipx 2>/dev/null || true)
+if [ -n "$on_path" ] && [ "$on_path" -ef "$dest" ]; then run=opik-cipx; else run=$dest; fi  # what to type, in this shell
 if [ $# -ge 1 ]; then
-  echo "next: run '$python $dest sync' to start the proxy and point Claude Code at it."
+  echo "next: run '$run sync' to start the proxy and point Claude Code at it."
   exit 0
 fi
 if ! "$python" "$dest" sync </dev/null; then
-  echo "opik-cipx: installed, but the proxy did not come up; see '$dest status' and '$dest logs'." >&2
+  echo "opik-cipx: installed, but the proxy did not come up; see '$run status' and '$run logs'." >&2
   exit 1
 fi
-echo "next: start Claude Code as usual; '$dest status' shows what the proxy sees."
+echo "next: start Claude Code as usual; '$run status' shows what the proxy sees, '$run viewer' opens the local viewer."

@@ -7,8 +7,9 @@ Builds the pyz into a temporary HOME, brings the daemon up with one `sync` (deta
 supervisor, a free port, nothing touches the real ~/.claude or ~/.opik-cipx), then times N
 runs of `python3 opik-cipx.pyz sync` with a recorded SessionStart payload on stdin (its cwd
 set to this checkout, so the git look-ups run too): process start to exit, interpreter
-start-up included. Also times the hook launcher on top of it. Prints median and p90 against
-the 300 ms target and tears everything down.
+start-up included. Also times the hook launcher on top of it, once finding the pyz in the
+plugin tree and once running a plugin-only install's source (which checks the installed pyz is
+a build of it). Prints median and p90 against the 300 ms target and tears everything down.
 """
 
 import argparse
@@ -86,9 +87,16 @@ def main() -> int:
             (plugin / "bin" / "opik-cipx").symlink_to(pyz)
             launcher_env = {**env, "CLAUDE_PLUGIN_ROOT": str(plugin), "CIPX_PYTHON": sys.executable}
             launcher_ms = timed(["/bin/sh", str(launcher), "SessionStart"], launcher_env, hook, args.runs)
+            source = Path(tmp) / "plugin-source"  # a plugin-only install: the launcher runs the plugin's source,
+            (source / "scripts").mkdir(parents=True)  # which checks the installed pyz is a build of it
+            (source / "opik_cipx").symlink_to(ROOT / "opik_cipx")
+            source_env = {**launcher_env, "CLAUDE_PLUGIN_ROOT": str(source)}
+            timed(["/bin/sh", str(launcher), "SessionStart"], source_env, hook, 1)  # installs the build of it once
+            source_ms = timed(["/bin/sh", str(launcher), "SessionStart"], source_env, hook, args.runs)
             print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpu(s)")
             median = report("sync (pyz, hook stdin)", sync_ms)
             report("hook launcher -> sync", launcher_ms)
+            report("launcher -> plugin source", source_ms)
         finally:
             subprocess.run([sys.executable, str(pyz), "sync"], env={**env, "CIPX_DISABLED": "1"},
                            stdin=subprocess.DEVNULL, capture_output=True)

@@ -20,12 +20,14 @@ COMMANDS: dict[str, str] = {
     "logs": "print and follow the gateway log",
     "viewer": "print (--open: launch) the URL of the dashboard: cost totals, charts, every call",
     "ship": "--retry-quarantine: send the records Opik refused once more, after fixing the cause",
-    "purge": "stop the daemon and wipe the spool (drops unshipped spans)",
+    "purge": "stop the daemon and wipe the spool (drops unshipped spans); --all: raw captures and the ledger too",
     "uninstall": "stop the daemon, remove the supervisor and settings entry, delete ~/.opik-cipx",
     "proxy": "run the gateway in the foreground (normally started by the supervisor)",
     "replay": "re-derive spans from stored raw captures (offline; --ledger rebuilds ledger.db)",
     "report": "cost and tokens from the local ledger by day, session, project, model, bucket, ...",
     "prices": "the price table in use (rates, tiers, sources, overrides) and unknown models the daemon saw",
+    "config": "print a config.toml example: every setting with its help and default (--example)",
+    "install": "make this copy the installed executable and link opik-cipx on PATH (install.sh runs it)",
 }
 
 

@@ -19,10 +19,11 @@ import ssl
 import sys
 import threading
 import time
+import urllib.parse
 from typing import Any, Callable
 
-from opik_cipx import __version__
-from opik_cipx.config import Settings
+from opik_cipx import __version__, telemetry
+from opik_cipx.config import Settings, settings_fingerprint
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import assign_picked_ports, claude_code_port
 from opik_cipx.home import HomeLocked, lock_home, private_dir, write_json
@@ -52,6 +53,7 @@ SHUTDOWN_POLL_S = 0.1  # how often an idle listener checks for shutdown
 # lands on the wire. 100 us keeps it below the wire's own overhead (bench/bench_wire.py).
 GIL_SWITCH_INTERVAL_S = 0.0001
 YIELD_MAX_S = 0.2  # the longest one slice of off-wire work waits for the wire (streams are long)
+TELEMETRY_FLUSH_S = 2.0  # how long a stopping daemon lets queued error reports go out
 
 
 class StartupError(Exception):
@@ -76,9 +78,11 @@ def build_materializer(
 class Daemon:
     """Owns every listener and worker thread of one running proxy."""
 
-    def __init__(self, settings: Settings, port: int | None = None, home_lock_error: str | None = None):
+    def __init__(self, settings: Settings, port: int | None = None, home_lock_error: str | None = None,
+                 reporter: telemetry.Reporter | None = None):
         self.settings = settings
         self.home_lock_error = home_lock_error  # why this daemon runs without the home's lock
+        self.reporter = reporter or telemetry.Reporter(settings)  # not started: reports nothing
         self.counters = Counters()
         self.started_at = time.time()
         private_dir(settings.home)
@@ -128,6 +132,9 @@ class Daemon:
                     getattr(self, name).server_close()
             raise StartupError(str(exc)) from None
         self._threads: list[threading.Thread] = []
+        proxy = urllib.parse.urlsplit(settings.upstream_proxy) if settings.upstream_proxy else None
+        self._upstream = {"url": settings.upstream_url,  # a proxy's credentials never reach the stats
+                          "proxy": f"http://{proxy.netloc.rpartition('@')[2]}" if proxy else None}
         self.destination = resolve_destination(settings, opik_config_path(env))
         self.spool = Spool(
             settings.spool_dir,
@@ -191,7 +198,8 @@ class Daemon:
             log.info("opik: not configured; spans are kept in the spool")
 
     def state(self) -> dict[str, Any]:
-        """The `state.json` handshake; `executable*` let `sync` spot a replaced binary."""
+        """The `state.json` handshake; `executable*` let `sync` spot a replaced binary, `settings` (a
+        digest per option) settings of its environment the daemon does not use."""
         exe = current_executable()
         return {
             "pid": os.getpid(),
@@ -200,6 +208,7 @@ class Daemon:
             "version": __version__,
             "executable": str(exe.path),
             "executable_id": exe.identity,
+            "settings": settings_fingerprint(self.settings),
         }
 
     def stats(self) -> dict[str, Any]:
@@ -210,6 +219,7 @@ class Daemon:
             "started_at": utc_iso(self.started_at),
             "uptime_s": round(time.time() - self.started_at, 3),
             "listeners": listeners,
+            "upstream": self._upstream,
             "project": self.destination.project,
             "home_lock": {"held": self.home_lock_error is None, "error": self.home_lock_error},
         }
@@ -219,7 +229,7 @@ class Daemon:
             "queue": self.shipper.queue_section,
             "wal": self.spool.section,
             "unknown_models": self.materializer.unknown_models.section,
-            "telemetry": _telemetry,
+            "telemetry": self.reporter.section,
         }
         return build_stats(base, self.counters, providers)
 
@@ -263,15 +273,12 @@ class Daemon:
         log.info("opik-cipx stopped")
 
 
-def _telemetry() -> dict[str, Any]:
-    """This build sends no error telemetry; say so plainly, also to a user who set a DSN."""
-    if os.environ.get("CIPX_SENTRY_DSN"):
-        return {"enabled": False, "reason": "off (CIPX_SENTRY_DSN is set, but this build sends no telemetry)"}
-    return {"enabled": False, "reason": "off (no CIPX_SENTRY_DSN)"}
-
-
 def run_proxy(settings: Settings, port: int | None = None) -> int:
-    """Run the daemon in the foreground until SIGTERM/SIGINT; the exit code."""
+    """Run the daemon in the foreground until SIGTERM/SIGINT; the exit code.
+
+    An unexpected exception (a crash) is logged with its traceback, reported when telemetry is
+    on, and exits 1.
+    """
     os.umask(0o077)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     private_dir(settings.home)
@@ -290,8 +297,20 @@ def run_proxy(settings: Settings, port: int | None = None) -> int:
     if home_lock.error:
         log.warning("running without the home lock (%s): a second daemon on %s would not be refused",
                     home_lock.error, settings.home)
+    reporter = telemetry.start(settings)
     try:
-        daemon = Daemon(settings, port, home_lock.error)
+        return _serve(settings, port, reporter, home_lock.error)
+    except Exception:
+        log.exception("opik-cipx crashed")
+        return 1
+    finally:
+        reporter.close(TELEMETRY_FLUSH_S)
+        home_lock.release()
+
+
+def _serve(settings: Settings, port: int | None, reporter: telemetry.Reporter, home_lock_error: str | None) -> int:
+    try:
+        daemon = Daemon(settings, port, home_lock_error, reporter)
     except StartupError as exc:
         log.error("%s", exc)
         return 1
@@ -303,5 +322,4 @@ def run_proxy(settings: Settings, port: int | None = None) -> int:
         pass
     log.info("signal received: draining")
     daemon.shutdown()
-    home_lock.release()
     return 0

@@ -82,7 +82,8 @@ def default_sections() -> dict[str, Any]:
         },
         "materializer": {"lag_events": 0, "inflight_raw": 0, "ready_raw": 0},
         "unknown_models": {"calls": 0, "ids": []},
-        "telemetry": {"enabled": False, "reason": "off (no CIPX_SENTRY_DSN)"},
+        "telemetry": {"enabled": False, "reason": None, "sent": 0, "dropped": 0, "suppressed": 0,
+                      "last_error": None},
     }
 
 

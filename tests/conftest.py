@@ -57,16 +57,18 @@ def run_cli(home: Path, *args: str, timeout: float = 30, input: str | None = Non
 
 
 class DaemonProcess:
-    """`opik-cipx proxy --port 0` in a subprocess, up once `state.json` appears."""
+    """`opik-cipx proxy --port 0` in a subprocess, up once `state.json` appears.
 
-    def __init__(self, home: Path, upstream_url: str, **extra: str):
+    `module` runs instead of `opik_cipx` (tests/forced_errors.py plants a bug first)."""
+
+    def __init__(self, home: Path, upstream_url: str, module: str = "opik_cipx", **extra: str):
         self.home = home
         env = cli_env(home, **{"CIPX_UPSTREAM_URL": upstream_url, "CIPX_CA_BUNDLE": CA_BUNDLE, **extra})
         self.stderr_path = home.parent / "daemon.stderr"
         home.parent.mkdir(parents=True, exist_ok=True)
         with open(self.stderr_path, "ab") as stderr:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "opik_cipx", "proxy", "--port", "0"],
+                [sys.executable, "-m", module, "proxy", "--port", "0"],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

@@ -63,3 +63,21 @@ def test_every_subcommand_runs_from_the_pyz(pyz, tmp_path):
         assert f"opik-cipx {command}" in result.stdout
     status = subprocess.run([sys.executable, str(pyz), "status"], capture_output=True, text=True, env=env, timeout=30)
     assert status.returncode == 0 and "not running" in status.stdout
+
+
+def test_interpreter_line_and_the_source_it_was_built_from(pyz, tmp_path):
+    from opik_cipx.control import zipapp
+
+    custom = tmp_path / "custom.pyz"
+    result = subprocess.run([sys.executable, str(REPO / "build_zipapp.py"), "-o", str(custom), "-p",
+                             "/opt/python 3.12/bin/python3.12"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    data = custom.read_bytes()
+    assert data.startswith(b"#!/opt/python 3.12/bin/python3.12\n")
+    assert data.split(b"\n", 1)[1] == pyz.read_bytes().split(b"\n", 1)[1]
+    with zipfile.ZipFile(custom) as archive:
+        assert archive.comment == zipapp.source_comment(REPO / "opik_cipx")
+    swapped = tmp_path / "swapped.pyz"
+    swapped.write_bytes(zipapp.with_interpreter(data, sys.executable))
+    version = subprocess.run([sys.executable, str(swapped), "--version"], capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0 and version.stdout.startswith("opik-cipx ")

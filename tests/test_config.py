@@ -2,7 +2,7 @@
 
 import pytest
 
-from opik_cipx.config import ConfigError, load_settings
+from opik_cipx.config import ConfigError, SentryDsn, load_settings, parse_sentry_dsn
 
 
 def settings(tmp_path, toml: str | None = None, **env: str):
@@ -63,3 +63,32 @@ def test_bad_values_name_the_source_and_key(tmp_path, toml, env, fragment):
 
 def test_http_upstream_allowed_to_loopback(tmp_path):
     assert settings(tmp_path, CIPX_UPSTREAM_URL="http://127.0.0.1:8080/").upstream_url == "http://127.0.0.1:8080"
+
+
+def test_sentry_dsn_gives_the_envelope_endpoint_and_public_key():
+    dsn = parse_sentry_dsn("https://abc123@o42.ingest.sentry.io/4507")
+    assert dsn == SentryDsn("https://o42.ingest.sentry.io/api/4507/envelope/", "abc123", "o42.ingest.sentry.io")
+    hosted = parse_sentry_dsn("https://k:legacy-secret@sentry.corp.example:9000/errors/7/")
+    assert hosted.envelope_url == "https://sentry.corp.example:9000/errors/api/7/envelope/"
+    assert hosted.public_key == "k" and "legacy-secret" not in repr(hosted)
+    assert parse_sentry_dsn("http://k@127.0.0.1:8123/1").envelope_url == "http://127.0.0.1:8123/api/1/envelope/"
+
+
+@pytest.mark.parametrize("dsn, fragment", [
+    ("o42.ingest.sentry.io/1", "expected a Sentry DSN"),
+    ("https://o42.ingest.sentry.io/1", "expected a Sentry DSN"),  # no public key
+    ("https://k@o42.ingest.sentry.io/project", "project number"),
+    ("https://k@o42.ingest.sentry.io/1?x=1", "project number"),
+    ("http://k@sentry.corp.example/1", "only allowed to a loopback host"),
+])
+def test_bad_sentry_dsns_are_one_line_naming_the_variable(tmp_path, dsn, fragment):
+    with pytest.raises(ConfigError) as err:
+        settings(tmp_path, CIPX_SENTRY_DSN=dsn)
+    assert "environment variable CIPX_SENTRY_DSN" in str(err.value) and fragment in str(err.value)
+
+
+def test_telemetry_settings_from_the_file_and_the_off_switch(tmp_path):
+    s = settings(tmp_path, '[telemetry]\nsentry_dsn = "https://k@o1.ingest.sentry.io/2"\n')
+    assert s.telemetry_sentry_dsn == "https://k@o1.ingest.sentry.io/2" and s.telemetry_sentry is True
+    assert settings(tmp_path, CIPX_SENTRY="off").telemetry_sentry is False
+    assert settings(tmp_path, "").telemetry_sentry_dsn == ""

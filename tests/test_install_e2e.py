@@ -28,8 +28,8 @@ class Installed:
         self.m = machine
         self.pyz = machine.home / "bin" / "opik-cipx"
 
-    def install(self, *args: str):
-        env = self.m.env(PYTHON=sys.executable)
+    def install(self, *args: str, **extra: str):
+        env = self.m.env(PYTHON=sys.executable, **extra)
         env.pop("PYTHONPATH")  # the pyz must stand on its own
         result = subprocess.run([str(REPO / "install.sh"), *args], env=env, capture_output=True, text=True,
                                 timeout=120, stdin=subprocess.DEVNULL)
@@ -204,3 +204,82 @@ def test_uninstall_refuses_a_state_root_that_is_the_home_directory(installed):
     result = m.cli("uninstall", "--yes", CIPX_HOME=str(m.user_home))
     assert result.returncode == 1 and "refusing" in result.stderr
     assert m.user_home.exists() and m.settings_path.exists()
+
+
+def files_and_links(root: Path) -> dict[str, bytes]:
+    """Every file and symlink under `root` (a dangling link too), with its bytes or its target."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink():
+            out[str(path.relative_to(root))] = b"-> " + os.readlink(path).encode()
+        elif path.is_file():
+            out[str(path.relative_to(root))] = path.read_bytes()
+    return out
+
+
+def login_shell(m: Machine, command: str, **extra: str):
+    """`bash -lc COMMAND` as a new login of the machine's user: only HOME and what a login sets up."""
+    env = {"HOME": str(m.user_home), "PATH": "/usr/bin:/bin", "SHELL": "/bin/bash", **m.extra, **extra}
+    return subprocess.run(["bash", "-lc", command], env=env, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+SKEL = Path("/etc/skel")
+
+
+@pytest.mark.skipif(not (SKEL / ".profile").exists() or ".local/bin" not in (SKEL / ".profile").read_text(),
+                    reason="needs a skeleton ~/.profile that puts ~/.local/bin on PATH (Debian, Ubuntu)")
+def test_a_fresh_home_finds_opik_cipx_in_a_new_login_shell_and_uninstall_leaves_nothing(installed):
+    m = installed.m
+    shutil.copytree(SKEL, m.user_home, dirs_exist_ok=True)  # a home as `useradd -m` makes it
+    before = {k: v for k, v in files_and_links(m.user_home).items() if not k.startswith(".opik-cipx")}
+    result = installed.install()
+    assert result.returncode == 0, result.stderr
+    link = m.user_home / ".local" / "bin" / "opik-cipx"
+    assert f"linked {link} -> {installed.pyz}" in result.stdout
+
+    found = login_shell(m, "command -v opik-cipx")
+    assert found.returncode == 0 and found.stdout.strip() == str(link), found.stderr
+    status = login_shell(m, "opik-cipx status")
+    assert status.returncode == 0 and f"running (pid {m.state()['pid']})" in status.stdout, status.stderr
+
+    pid = m.state()["pid"]
+    gone = login_shell(m, "opik-cipx uninstall --yes")
+    assert gone.returncode == 0, gone.stderr
+    assert f"removed {link}" in gone.stdout
+    wait_gone(pid)
+    assert files_and_links(m.user_home) == before  # the link, the executable, the state: nothing of ours
+    assert login_shell(m, "command -v opik-cipx").returncode != 0
+
+
+def test_when_no_personal_bin_directory_is_on_path_install_says_the_line_that_puts_it_there(installed):
+    m = installed.m
+    result = installed.install()
+    assert result.returncode == 0, result.stderr
+    hint = 'add the line `export PATH="$HOME/.local/bin:$PATH"` to ~/.profile, then open a new terminal'
+    assert f"{m.user_home / '.local' / 'bin'} is not on your PATH: {hint}" in result.stdout
+    assert f"'{installed.pyz} status' shows what the proxy sees" in result.stdout  # not on PATH yet: the full path
+    assert login_shell(m, "command -v opik-cipx").returncode != 0
+    (m.user_home / ".profile").write_text('export PATH="$HOME/.local/bin:$PATH"\n')
+    found = login_shell(m, "command -v opik-cipx")
+    assert found.stdout.strip() == str(m.user_home / ".local" / "bin" / "opik-cipx"), found.stderr
+
+
+def test_an_existing_personal_bin_on_path_is_used_and_a_foreign_file_is_never_replaced(installed):
+    m = installed.m
+    own_bin = m.user_home / "bin"
+    own_bin.mkdir()
+    path = f"{own_bin}:{os.environ['PATH']}"  # ~/bin is on PATH, ~/.local/bin is not
+    result = installed.install(PATH=path)
+    assert result.returncode == 0, result.stderr
+    assert f"linked {own_bin / 'opik-cipx'} -> {installed.pyz}: `opik-cipx` is on your PATH" in result.stdout
+    assert "'opik-cipx status' shows what the proxy sees" in result.stdout
+    assert not (m.user_home / ".local").exists()
+
+    (own_bin / "opik-cipx").unlink()
+    (own_bin / "opik-cipx").write_text("#!/bin/sh\necho mine\n")
+    again = installed("install", PATH=path)
+    assert again.returncode == 0
+    assert f"{own_bin / 'opik-cipx'} exists and is not a link to {installed.pyz}; left as is" in again.stdout
+    assert installed("uninstall", "--yes", PATH=path).returncode == 0
+    assert (own_bin / "opik-cipx").read_text() == "#!/bin/sh\necho mine\n"  # not ours: kept

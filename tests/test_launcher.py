@@ -80,14 +80,58 @@ def test_path_executable_gets_sync_and_the_hook_stdin_whatever_the_event(tmp_pat
 
 
 @no_system_copy
-def test_plugin_tree_source_is_the_last_resort(tmp_path):
+def test_the_plugins_own_source_comes_before_an_executable_on_path(tmp_path):
     root = plugin_tree(tmp_path)
     (root / "opik_cipx").symlink_to(REPO / "opik_cipx")
-    env = {"PATH": str(tool_dir(tmp_path)), "HOME": str(tmp_path), "CIPX_HOME": str(tmp_path / "h"),
-           "CIPX_DISABLED": "1"}
+    bin_dir = tool_dir(tmp_path)
+    record = tmp_path / "record"
+    fake = bin_dir / "opik-cipx"
+    fake.write_text(f"#!/bin/sh\necho ran > {record}\n")
+    fake.chmod(0o755)
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "CIPX_HOME": str(tmp_path / "h"), "CIPX_DISABLED": "1"}
     result = launch(root, env, SESSION_START.read_text())
     assert result.returncode == 0 and result.stdout == ""
-    assert "disabled (CIPX_DISABLED)" in result.stderr
+    assert "disabled (CIPX_DISABLED)" in result.stderr and not record.exists()
+
+
+def plugin_source_tree(tmp_path: Path, name: str, version: str | None = None) -> Path:
+    """A plugin tree as Claude Code installs it from this repository: the launcher and the source."""
+    root = plugin_tree(tmp_path / name)
+    shutil.copytree(REPO / "opik_cipx", root / "opik_cipx", ignore=shutil.ignore_patterns("__pycache__"))
+    if version:
+        init = root / "opik_cipx" / "__init__.py"
+        init.write_text(init.read_text().replace(f'__version__ = "{__version__}"', f'__version__ = "{version}"'))
+    return root
+
+
+def test_a_plugin_only_install_runs_a_real_executable_and_picks_up_a_plugin_update(tmp_path, machine):
+    root = plugin_source_tree(tmp_path, "plugin-1")
+    env = machine.env(PATH=str(tool_dir(tmp_path)), CLAUDE_PLUGIN_ROOT=str(root), SHELL="/bin/sh")
+    env.pop("PYTHONPATH")
+    hook = SESSION_START.read_text()
+    first = launch(root, env, hook)
+    machine.remember_daemon()
+    installed = machine.home / "bin" / "opik-cipx"
+    link = machine.user_home / ".local" / "bin" / "opik-cipx"
+    assert first.returncode == 0, first.stderr
+    message = json.loads(first.stdout)["systemMessage"]  # the only thing on stdout, for the user
+    assert "from your next Claude Code session" in message and f"linked {link} -> {installed}" in message
+    assert f"installed {installed} (from {(root / 'opik_cipx').resolve()})" in first.stderr
+    state = machine.state()
+    assert state["executable"] == str(installed) and state["version"] == __version__
+    assert installed.read_bytes().startswith(f"#!{os.path.realpath(sys.executable)}\n".encode())
+    assert os.readlink(link) == str(installed)
+
+    again = launch(root, env, hook)
+    assert again.returncode == 0 and again.stdout == "" and machine.state() == state
+
+    update = plugin_source_tree(tmp_path, "plugin-2", version="9.1.0")  # Claude Code unpacks a new version
+    updated = launch(update, {**env, "CLAUDE_PLUGIN_ROOT": str(update)}, hook)
+    machine.remember_daemon()
+    assert updated.returncode == 0 and updated.stdout == "", updated.stderr
+    assert "executable changed" in updated.stderr
+    assert machine.state()["version"] == "9.1.0" and machine.state()["executable"] == str(installed)
+    wait_gone(state["pid"])
 
 
 def test_pyz_in_the_plugin_tree_brings_opik_cipx_up(tmp_path, machine):
@@ -100,10 +144,14 @@ def test_pyz_in_the_plugin_tree_brings_opik_cipx_up(tmp_path, machine):
     hook = SESSION_START.read_text()
     result = launch(root, env, hook)
     machine.remember_daemon()
-    assert result.returncode == 0 and result.stdout == "", result.stderr
+    assert result.returncode == 0, result.stderr
+    assert "from your next Claude Code session" in json.loads(result.stdout)["systemMessage"]
     state = machine.state()
-    assert state and state["executable"] == str((root / "bin" / "opik-cipx").resolve())
+    installed = machine.home / "bin" / "opik-cipx"  # a copy: the plugin's directory may go at its next update
+    assert state and state["executable"] == str(installed)
+    assert installed.read_bytes().endswith((root / "bin" / "opik-cipx").read_bytes().split(b"\n", 1)[1])
     assert machine.base_url() == f"http://127.0.0.1:{machine.port}"
+    assert launch(root, env, hook).stdout == ""  # an ordinary session start
     assert (machine.home / "sessions" / f"{json.loads(hook)['session_id']}.json").exists()
     assert launch(root, {**env, "CIPX_DISABLED": "1"}, hook).returncode == 0
     wait_gone(state["pid"])

@@ -16,21 +16,27 @@ from typing import Any
 from opik_cipx.config import ConfigError, Settings
 from opik_cipx.control import claude_settings, lifecycle
 from opik_cipx.control.daemon_control import admin_port, fetch_stats, paths_only_settings, pid_alive, read_state
+from opik_cipx.ship.destination import NOT_CONFIGURED
 from opik_cipx.stats import COUNTER_NAMES, PROBLEM_COUNTERS
 from opik_cipx.store.spool import QUARANTINE, quarantine_counts
 
+# Why a problem counter is nonzero and what fixes it; `{config}`, `{captures}` name the files.
 PROBLEM_HINTS = {
-    "materializer_errors_total": "captures the materializer could not turn into spans; see `opik-cipx logs`",
-    "raw_captures_dropped": "captures the capture log could not take (disk full or unwritable?): "
-                            "materialized from memory, but not crash-safe and not replayable",
-    "requests_dropped_queue_full": "calls lost before reaching the capture log: the tee queue was full "
-                                   "(tee_queue_max / tee_queue_max_mb)",
-    "captures_dropped_budget": "captures deleted by captures.max_mb before they were materialized",
-    "spans_dropped_term": "spans lost at shutdown before they reached the spool",
-    "unknown_endpoints": "routes opik-cipx does not recognise: often a Claude Code wire-format change ahead of an opik-cipx update",
-    "panics_recovered": "a bug in opik-cipx: please report it with the log",
-    "ledger_write_errors": "ledger.db could not be written (locked, disk full, corrupt?); see `opik-cipx logs`",
-    "ledger_calls_dropped": "calls missing from ledger.db; `opik-cipx replay --ledger` adds them from the stored captures",
+    "materializer_errors_total": "captures the materializer could not turn into spans (a bug): `opik-cipx logs` "
+                                 "has each traceback; please report it",
+    "raw_captures_dropped": "captures the capture log could not take, materialized from memory but not "
+                            "crash-safe or replayable: free disk space or fix the permissions of {captures}",
+    "requests_dropped_queue_full": "calls lost before reaching the capture log (the tee queue was full): raise "
+                                   "tee_queue_max in {config} (or tee_queue_max_mb), then run `opik-cipx restart`",
+    "captures_dropped_budget": "captures deleted by the disk budget before they were materialized: raise "
+                               "captures.max_mb in {config}, then run `opik-cipx restart`",
+    "spans_dropped_term": "spans lost at shutdown before they reached the spool: `opik-cipx logs` says why",
+    "unknown_endpoints": "routes opik-cipx does not know, often a newer Claude Code: update opik-cipx "
+                         "(install.sh or the plugin); `opik-cipx logs` names them",
+    "panics_recovered": "a bug in opik-cipx: `opik-cipx logs` has the traceback; please report it",
+    "ledger_write_errors": "ledger.db could not be written (locked, disk full, corrupt?): `opik-cipx logs` says why",
+    "ledger_calls_dropped": "calls missing from ledger.db: run `opik-cipx replay --ledger` to add them from the "
+                            "stored captures",
 }
 
 
@@ -53,6 +59,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         else:
             print("opik-cipx: not running — run `opik-cipx sync` to start it")
             print(f"  claude code  {pointing}")
+            print(f"  today        {today_line(settings)}")
             for line in quarantine_lines(quarantine_counts(settings.spool_dir)):
                 print(line)
         return 0
@@ -70,8 +77,36 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
     else:
-        print(render(stats, pointing, str(settings.logs_dir / "cipx.log")))
+        print(render(stats, settings, pointing, today=today_line(settings)))
     return 0
+
+
+def today_line(settings: Settings, now_ns: int | None = None) -> str:
+    """Today's calls and cost (the local day) from the ledger; read directly, so it works with
+    the daemon down."""
+    import sqlite3
+
+    from opik_cipx.ledger.db import open_reader
+    from opik_cipx.ledger.periods import day_start_ns, local_day
+    from opik_cipx.ledger.queries import Selection, report
+    from opik_cipx.ledger.schema import SchemaError
+
+    since = day_start_ns(local_day(time.time_ns() if now_ns is None else now_ns))
+    try:
+        conn = open_reader(settings.ledger_path)
+        if conn is None:
+            return "no calls recorded yet"
+        try:
+            total = report(conn, (), Selection(since_ns=since)).total
+        finally:
+            conn.close()
+    except (sqlite3.Error, SchemaError, OSError) as exc:
+        return (f"! cannot read {settings.ledger_path} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+                "`opik-cipx logs` may say why; `opik-cipx replay --ledger` rebuilds it from the stored captures")
+    line = f"{total['calls']} call(s), ${total['cost_usd'] or 0:,.4f}"
+    if total.get("unpriced_calls"):
+        line += f" (+ {total['unpriced_calls']} call(s) of a model with no price: `opik-cipx prices`)"
+    return line + " (`opik-cipx report` for more)"
 
 
 def quarantine_lines(counts: dict[str, Any]) -> list[str]:
@@ -88,12 +123,15 @@ def quarantine_lines(counts: dict[str, Any]) -> list[str]:
 def _claude_code_line(settings: Settings, state: dict[str, Any] | None) -> str:
     path = claude_settings.settings_path(dict(os.environ))
     url = lifecycle.our_url(settings, state)
-    value = claude_settings.current_value(path)
+    value, unusable = claude_settings.read_entry(path)
+    if unusable:
+        return f"! cannot tell: {path} is unusable ({unusable}); fix that file, then run `opik-cipx sync`"
     if value == url:
         suffix = "" if state else " — but nothing listens there: run `opik-cipx sync`"
         return f"-> {url} ({path}){suffix}"
     if value:
-        return f"bypasses opik-cipx: {path} sets {claude_settings.KEY}={value}"
+        return (f"! bypasses opik-cipx: {path} sets {claude_settings.KEY}={value}; remove that entry (or set it to "
+                f"{url}), then run `opik-cipx sync`")
     return f"not pointed at opik-cipx (no {claude_settings.KEY} in {path}); run `opik-cipx sync`"
 
 
@@ -146,8 +184,9 @@ def unknown_model_lines(section: dict[str, Any]) -> list[str]:
     return out
 
 
-def render(stats: dict[str, Any], claude_code: str | None = None, log_path: str = "", now: float | None = None) -> str:
-    """The admin stats as the human-readable report."""
+def render(stats: dict[str, Any], settings: Settings, claude_code: str = "", now: float | None = None,
+           today: str = "") -> str:
+    """The admin stats as the human-readable report; every `!` line names what fixes it."""
     now = time.time() if now is None else now
     def section(name: str) -> dict[str, Any]:
         value = stats.get(name)
@@ -155,36 +194,44 @@ def render(stats: dict[str, Any], claude_code: str | None = None, log_path: str 
 
     listeners, queue, wal = section("listeners"), section("queue"), section("wal")
     counters, materializer = section("counters"), section("materializer")
-    opik, telemetry = section("opik"), section("telemetry")
+    paths = {"config": settings.config_path, "captures": settings.captures_dir}
     out = [f"opik-cipx {stats.get('version', '?')}: running (pid {stats.get('pid', '?')})"]
     for name in ("claude_code", "admin", "viewer"):
         out.append(f"  {name:<12} {listeners.get(name) or 'not listening'}")
     out.append(f"  {'uptime':<12} {duration(stats.get('uptime_s') or 0)} (since {stats.get('started_at', '?')})")
+    out.append(f"  {'upstream':<12} {_upstream(section('upstream'))}")
     out.append(f"  {'project':<12} {stats.get('project') or '(not set)'}")
     if claude_code:
         out.append(f"  {'claude code':<12} {claude_code}")
     lock = stats.get("home_lock")
     if isinstance(lock, dict) and not lock.get("held", True):
         out.append(f"  ! home lock not held ({lock.get('error') or 'unknown reason'}): a second "
-                   "`opik-cipx proxy` on this home would not be refused; free disk space, then `opik-cipx restart`")
+                   f"`opik-cipx proxy` on this home would not be refused; free disk space or fix {settings.home}, "
+                   "then `opik-cipx restart`")
+    if today:
+        out.append(f"  {'today':<12} {today}")
     out.append("queue")
     out.append(f"  {'in-memory':<12} {queue.get('in_memory', 0)}")
     out.append(f"  {'ready':<12} {queue.get('ready', 0)}")
     out.append(f"  {'inflight':<12} {queue.get('inflight', 0)}")
     out.append(f"  {'wal hot':<12} {size(wal.get('hot_bytes'))} in {wal.get('segments', 0)} segment(s)")
-    out.append(f"  {'last sync':<12} {age(wal.get('last_sync_at'), now)}")
+    out.append(f"  {'last commit':<12} {age(wal.get('last_sync_at'), now)}")
     if wal.get("degraded") or wal.get("last_write_error"):
-        out.append(f"  ! wal degraded: {bool(wal.get('degraded'))} — disk writes to the spool are failing")
-        out.append(f"  ! last error: {wal.get('last_write_error') or '(none recorded)'}")
+        out.append(f"  ! spool degraded: writing {settings.spool_dir} fails ({wal.get('last_write_error') or 'no detail'}); "
+                   "records wait in memory and are written once it works: free disk space or fix that "
+                   "directory's permissions")
     dropped_mem, dropped_disk = wal.get("dropped_events_inmem") or 0, wal.get("dropped_events_disk") or 0
     if dropped_mem or dropped_disk:
-        out.append(f"  ! dropped events: {dropped_mem} in memory, {dropped_disk} on disk")
+        out.append(f"  ! dropped records: {dropped_mem} in memory, {dropped_disk} on disk: get shipping to Opik "
+                   f"going, or raise spool.inmem_max / spool.max_mb in {settings.config_path} and run "
+                   "`opik-cipx restart`")
     out.append("counters")
     problems = []
     for name in (*COUNTER_NAMES, *sorted(set(counters) - set(COUNTER_NAMES))):
         value = counters.get(name, 0)
         flagged = name in PROBLEM_COUNTERS and value
-        out.append(f"  {name:<28} {value:>8}" + (f"  ! {PROBLEM_HINTS.get(name, 'see the log')}" if flagged else ""))
+        hint = PROBLEM_HINTS.get(name, "`opik-cipx logs` says why").format(**paths)
+        out.append(f"  {name:<28} {value:>8}" + (f"  ! {hint}" if flagged else ""))
         if flagged:
             problems.append(name)
     out.append("materializer")
@@ -193,17 +240,45 @@ def render(stats: dict[str, Any], claude_code: str | None = None, log_path: str 
                           ("inflight_raw", "being materialized")):
         out.append(f"  {name:<12} {materializer.get(name, 0):>8}  {meaning}")
     out.extend(unknown_model_lines(section("unknown_models")))
-    out.append("opik")
-    if opik.get("configured"):
-        out.append(f"  {'base url':<12} {opik.get('base_url') or '?'}")
-        out.append(f"  {'last ok':<12} {age(opik.get('last_ok_at'), now)}")
-        if opik.get("last_error"):
-            out.append(f"  ! last error: {opik['last_error']}")
-    else:
-        out.append(f"  {opik.get('last_error') or 'Opik is not configured: spans stay in the local spool.'}")
-    out += quarantine_lines(opik)
-    out.append(f"telemetry      {telemetry.get('reason') or ('on' if telemetry.get('enabled') else 'off')}")
+    out.extend(opik_lines(section("opik"), settings, now))
+    out += quarantine_lines(section("opik"))
+    out.extend(telemetry_lines(section("telemetry"), settings))
     if problems:
-        out.append(f"! {len(problems)} problem counter(s) nonzero: {', '.join(problems)}"
-                   + (f" — see {log_path}" if log_path else ""))
+        out.append(f"! {len(problems)} problem counter(s) nonzero: {', '.join(problems)} — see "
+                   f"{settings.logs_dir / 'cipx.log'}")
     return "\n".join(out)
+
+
+def _upstream(upstream: dict[str, Any]) -> str:
+    url = upstream.get("url") or "?"
+    return f"{url} via {upstream['proxy']}" if upstream.get("proxy") else url
+
+
+def opik_lines(opik: dict[str, Any], settings: Settings, now: float) -> list[str]:
+    """Where records go and when Opik last accepted some (not the spool's own disk writes)."""
+    if not opik.get("configured"):
+        return ["opik", f"  {opik.get('last_error') or NOT_CONFIGURED}"]
+    where = opik.get("base_url") or "?"
+    if opik.get("workspace"):
+        where += f", workspace {opik['workspace']}"
+    out = ["opik", f"  {'destination':<12} {where}", f"  {'last shipped':<12} {age(opik.get('last_ok_at'), now)}"]
+    if opik.get("last_error"):
+        out.append(f"  ! {opik['last_error']}")
+        if opik.get("paused"):
+            out.append(f"    fix: opik.base_url / opik.api_key / opik.workspace in {settings.config_path} (or "
+                       "OPIK_CIPX_* or ~/.opik.config), then run `opik-cipx restart`")
+        else:
+            out.append(f"    shipping retries by itself; if it persists, check that Opik answers at opik.base_url "
+                       f"({settings.config_path}); `opik-cipx logs` shows each attempt")
+    return out
+
+
+def telemetry_lines(telemetry: dict[str, Any], settings: Settings) -> list[str]:
+    """On or off and why (README's words), what was sent, and what fixes a failing DSN."""
+    line = f"telemetry      {telemetry.get('reason') or ('on' if telemetry.get('enabled') else 'off')}"
+    counts = [f"{telemetry[key]} {key}" for key in ("sent", "dropped", "suppressed") if telemetry.get(key)]
+    out = [line + (f": {', '.join(counts)}" if counts else "")]
+    if telemetry.get("last_error"):
+        out.append(f"  ! last report failed: {telemetry['last_error']}; check telemetry.sentry_dsn in "
+                   f"{settings.config_path} (or CIPX_SENTRY_DSN)")
+    return out

@@ -2,8 +2,16 @@
 
 Idempotent, and fast when nothing changed (it runs on every Claude Code session start and
 prompt). Run from a Claude Code hook (JSON on stdin) it never fails the hook: it exits 0,
-prints nothing on stdout (a SessionStart hook's stdout becomes model context) and puts
-problems on stderr. Run by hand it reports on stdout and exits 1 when opik-cipx is not up.
+puts problems on stderr, and prints nothing on stdout (a SessionStart hook's stdout becomes
+model context) except, when the user must know something, one JSON object whose
+`systemMessage` Claude Code shows to the user and not to the model:
+- this sync just pointed Claude Code at opik-cipx (first install, or back after a failure):
+  calls go through opik-cipx from the next Claude Code session, the current one talks to
+  Anthropic directly (Claude Code read its settings before the hook ran);
+- at SessionStart, the running daemon uses other settings than this environment asks for
+  (`state.json` holds a digest per option, `config.settings_fingerprint`): which ones, and how
+  to apply them.
+Run by hand it reports on stdout and exits 1 when opik-cipx is not up.
 
 `CIPX_DISABLED` truthy (environment or config file) tears the install down instead.
 A config file that does not load never breaks Claude Code: a healthy daemon keeps running on
@@ -11,11 +19,12 @@ its old settings, and otherwise our `ANTHROPIC_BASE_URL` is removed (see lifecyc
 """
 
 import argparse
+import json
 import os
 import sys
 
-from opik_cipx.config import ConfigError, Settings, is_truthy
-from opik_cipx.control import claude_settings, lifecycle
+from opik_cipx.config import ConfigError, Settings, differing_settings, is_truthy
+from opik_cipx.control import claude_settings, install, lifecycle
 from opik_cipx.control.daemon_control import admin_port, is_healthy, paths_only_settings, read_state
 from opik_cipx.materialize.identity import claude_json_path
 from opik_cipx.materialize.sessions import parse_hook_input, read_hook_stdin, record_session
@@ -34,10 +43,19 @@ def on_config_error(args: argparse.Namespace, exc: ConfigError) -> int:
     return sync(paths_only_settings(env), env, config_error=str(exc))
 
 
+NEXT_SESSION_HOOK = ("set up: Claude Code's calls go through opik-cipx from your next Claude Code session; this one "
+                     "talks to Anthropic directly (it read its settings before opik-cipx was running). "
+                     "`opik-cipx status` shows what opik-cipx sees.")
+NEXT_SESSION = ("Claude Code sessions started from now on go through opik-cipx; a session that is already open "
+                "talks to Anthropic directly until you start a new one.")
+
+
 class _Report:
-    def __init__(self, as_hook: bool):
+    def __init__(self, hook: dict | None, as_hook: bool):
         self.as_hook = as_hook
+        self.event = (hook or {}).get("hook_event_name")
         self.failed = False
+        self.for_user: list[str] = []
 
     def info(self, line: str) -> None:
         print(f"opik-cipx: {line}", file=sys.stderr if self.as_hook else sys.stdout)
@@ -45,10 +63,22 @@ class _Report:
     def problem(self, line: str) -> None:
         print(f"opik-cipx: {line}", file=sys.stderr)
 
+    def tell(self, line: str) -> None:
+        """Something the user must read: by hand on stdout, as a hook in the `systemMessage`."""
+        if self.as_hook:
+            self.for_user.append(line)
+        else:
+            self.info(line)
+
+    def finish(self) -> None:
+        if self.for_user:
+            print(json.dumps({"systemMessage": "opik-cipx: " + "\n".join(self.for_user)}))
+
 
 def sync(settings: Settings, env: dict[str, str], config_error: str | None) -> int:
     raw = read_hook_stdin()
-    report = _Report(as_hook=raw is not None)
+    hook = parse_hook_input(raw) if raw is not None else None
+    report = _Report(hook, as_hook=raw is not None)
     try:
         if is_truthy(env.get("CIPX_DISABLED")) or (config_error is None and settings.disabled):
             for line in lifecycle.tear_down(settings, env):
@@ -60,7 +90,7 @@ def sync(settings: Settings, env: dict[str, str], config_error: str | None) -> i
         else:
             _keep_or_fail_open(settings, env, config_error, report)
         if raw is not None:
-            _record(settings, env, raw, report)
+            _record(settings, env, hook, report)
     except Exception as exc:  # fail open: a hook must never crash or leave a dead proxy configured
         report.failed = True
         report.problem(f"sync failed unexpectedly: {type(exc).__name__}: {exc}")
@@ -70,6 +100,8 @@ def sync(settings: Settings, env: dict[str, str], config_error: str | None) -> i
                 lifecycle.unpoint(settings, env, state)
         except Exception:  # noqa: BLE001 - best effort, already reporting a failure
             pass
+    finally:
+        report.finish()
     return 0 if report.as_hook or not report.failed else 1
 
 
@@ -81,8 +113,34 @@ def _bring_up(settings: Settings, env: dict[str, str], report: _Report) -> None:
         report.problem(line)
     if not outcome.ok:
         report.failed = True
-    elif not report.as_hook:
+        return
+    if not report.as_hook:
         report.info(lifecycle.summary(settings, outcome))
+    if outcome.change is not None and outcome.change.outcome == "set":
+        report.tell(NEXT_SESSION_HOOK if report.as_hook else NEXT_SESSION)
+    installed = install.installed_path(settings, env)
+    if installed.is_file():
+        linked, note = install.ensure_link(installed, env)
+        if linked:
+            report.tell(note)
+        elif note:
+            report.problem(note)
+    drift = _settings_drift(settings, env, outcome.state or {})
+    if drift and report.event in (None, "SessionStart"):
+        report.tell(drift)
+    elif drift:
+        report.problem(drift)
+
+
+def _settings_drift(settings: Settings, env: dict[str, str], state: dict) -> str | None:
+    """Which settings this environment asks for that the running daemon does not use, and the fix."""
+    differing = differing_settings(settings, state.get("settings"))
+    if not differing:
+        return None
+    names = ", ".join(f"{opt.key} ({opt.env})" if opt.env and opt.env in env else opt.key for opt in differing)
+    return (f"the running daemon does not use these settings of this environment: {names}. To apply them, put them "
+            f"in {settings.config_path} (a daemon run by systemd or launchd never sees your shell's environment), "
+            "then run `opik-cipx restart`.")
 
 
 def _keep_or_fail_open(settings: Settings, env: dict[str, str], config_error: str, report: _Report) -> None:
@@ -98,8 +156,7 @@ def _keep_or_fail_open(settings: Settings, env: dict[str, str], config_error: st
                    "Fix it, then run `opik-cipx sync`.")
 
 
-def _record(settings: Settings, env: dict[str, str], raw: bytes, report: _Report) -> None:
-    hook = parse_hook_input(raw)
+def _record(settings: Settings, env: dict[str, str], hook: dict | None, report: _Report) -> None:
     if hook is None:
         report.problem("the hook input on stdin is not a JSON object; no session metadata written")
         return

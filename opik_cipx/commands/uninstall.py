@@ -1,8 +1,9 @@
 """`opik-cipx uninstall [--yes]`: remove everything opik-cipx put on this machine. Destructive.
 
-Stops the daemon, removes the supervisor unit, our `ANTHROPIC_BASE_URL` (only if it is ours)
-and the hook scripts that carry our managed-file marker, then deletes `$CIPX_HOME` (the
-installed binary, logs, captures, sessions and the spool with any spans not yet shipped).
+Stops the daemon, removes the supervisor unit, our `ANTHROPIC_BASE_URL` (only if it is ours),
+the hook scripts that carry our managed-file marker and the `opik-cipx` link on PATH (only a
+symlink to our executable), then deletes `$CIPX_HOME` (the installed binary, logs, captures,
+sessions and the spool with any spans not yet shipped).
 Nothing of the user's is touched: other settings keys, hand-written hooks, a foreign
 `ANTHROPIC_BASE_URL`. A `$CIPX_HOME` that is the home directory or one of its parents is
 refused. The Claude Code plugin, if installed, stays until `/plugin uninstall`; its next
@@ -17,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from opik_cipx.config import ConfigError, Settings
-from opik_cipx.control import claude_settings, lifecycle
+from opik_cipx.control import claude_settings, install, lifecycle
 from opik_cipx.control.confirm import confirmed
 from opik_cipx.control.daemon_control import paths_only_settings
 
@@ -65,8 +66,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if refusal:
         print(f"opik-cipx: refusing to uninstall: {refusal}. Check CIPX_HOME.", file=sys.stderr)
         return 1
-    consequences = (f"This stops opik-cipx, removes its supervisor unit and Claude Code settings entry, and deletes "
-                    f"{home}\n(logs, captures and any spans not yet shipped to Opik).")
+    consequences = (f"This stops opik-cipx, removes its supervisor unit, Claude Code settings entry and `opik-cipx` "
+                    f"link on PATH, and deletes {home}\n(logs, captures and any spans not yet shipped to Opik).")
     if not args.yes and not confirmed("uninstall", consequences, "Uninstall opik-cipx?"):
         print("opik-cipx: nothing changed.", file=sys.stderr)
         return 1
@@ -74,6 +75,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"opik-cipx: {line}")
     for path in claude_settings.remove_managed_hook_scripts(env):
         print(f"opik-cipx: removed hook script {path}")
+    for link in install.remove_link(install.installed_path(settings, env), env):
+        print(f"opik-cipx: removed {link}")
     copy = _installed_copy(env, home)
     if copy is not None:
         copy.unlink(missing_ok=True)

@@ -66,9 +66,14 @@ def _save(path: Path, doc: dict) -> None:
 
 
 def current_value(path: Path) -> str | None:
-    doc, _ = _load(path)
+    return read_entry(path)[0]
+
+
+def read_entry(path: Path) -> tuple[str | None, str]:
+    """(our key's value or None, "") — or (None, why the file is unusable)."""
+    doc, why = _load(path)
     value = (doc or {}).get("env", {}).get(KEY)
-    return value if isinstance(value, str) else None
+    return (value if isinstance(value, str) else None), why
 
 
 def point_at_proxy(path: Path, url: str) -> Change:

@@ -6,8 +6,9 @@ whenever the daemon cannot be brought up healthy within the bound (bad config fi
 taken, crash at startup) our entry is removed again and Claude Code talks to Anthropic
 directly until the next successful `sync`.
 
-The fast path (daemon healthy, same executable, supervisor unit unchanged) is one read of
-`state.json`, one `stat`, one read of the unit file and one loopback request: no subprocess.
+The fast path (installed executable current, daemon healthy on it, supervisor unit unchanged)
+is one read of `state.json`, one `stat`, one read of the unit file and one loopback request (and,
+run from a source tree, a digest of it: control/install.py): no subprocess.
 The slow path runs under `sync.lock`, so two Claude Code sessions starting together do not
 both start a daemon.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opik_cipx.config import Settings
-from opik_cipx.control import claude_settings, executable
+from opik_cipx.control import claude_settings, executable, install
 from opik_cipx.control.daemon_control import (
     admin_port,
     is_healthy,
@@ -86,26 +87,37 @@ class _Lock:
 
 def bring_up(settings: Settings, env: dict[str, str], restart: bool = False,
              stop_timeout_s: float | None = SYNC_STOP_TIMEOUT_S) -> Outcome:
-    """Make sure a healthy daemon runs this executable under the right supervisor.
+    """Make sure a healthy daemon runs the installed executable (made the running code first:
+    control/install.py) under the right supervisor.
 
     `restart` forces a stop and start even when everything is current. `stop_timeout_s`
     bounds how long a replaced daemon may drain (None: its full `drain_timeout_s`).
     """
-    exe = executable.current()
     try:
         supervisor = Supervisor(detect_mode(env), settings, env)
     except SupervisorError as exc:
         return Outcome("failed", reason=str(exc))
+    exe, stale = install.target(settings, env)
+    notes = []
+    if stale:  # under the lock, so concurrent syncs write it once and the daemon sees one executable
+        try:
+            with _Lock(settings):
+                exe, installed = install.install(settings, env)
+        except (TimeoutError, OSError) as exc:
+            return Outcome("failed", reason=str(exc))
+        notes += [installed] if installed else []
     if not restart:
         state = read_state(settings)
         if state and is_healthy(admin_port(settings, state)) and not _stale_reason(state, exe) \
                 and not supervisor.needs_install(exe):
-            return Outcome("running", state)
+            return Outcome("running", state, notes=notes)
     try:
         with _Lock(settings):
-            return _bring_up_locked(settings, supervisor, exe, restart, stop_timeout_s)
+            outcome = _bring_up_locked(settings, supervisor, exe, restart, stop_timeout_s)
     except (TimeoutError, SupervisorError, OSError) as exc:
-        return Outcome("failed", reason=str(exc))
+        outcome = Outcome("failed", reason=str(exc))
+    outcome.notes[:0] = notes
+    return outcome
 
 
 def _bring_up_locked(settings: Settings, supervisor: Supervisor, exe: executable.Executable,

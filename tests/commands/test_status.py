@@ -3,146 +3,286 @@
 import json
 import os
 import signal
+import time
 
+from opik_cipx import __version__
 from opik_cipx.commands.status import age, duration, render, size
+from opik_cipx.config import load_settings
+from opik_cipx.ship.destination import NOT_CONFIGURED
 from opik_cipx.stats import COUNTER_NAMES, PROBLEM_COUNTERS, default_sections
+from opik_cipx.telemetry import OPT_IN
 from tests.conftest import wait_for
 from tests.lifecycle_helpers import machine, wait_gone  # noqa: F401 - fixture
 
-NOW = 1_800_000_000.0
+NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+SETTINGS = load_settings({"CIPX_HOME": "/h/.opik-cipx", "HOME": "/h"})
+CLAUDE_OK = "-> http://127.0.0.1:9909 (/h/.claude/settings.json)"
+OPIK_OK = {"configured": True, "base_url": "https://www.comet.com/opik/api", "workspace": "acme",
+           "last_ok_at": "2027-01-15T07:59:57Z", "last_error": None, "paused": False, "quarantined": 0}
+TELEMETRY_OFF = {"enabled": False, "reason": OPT_IN, "sent": 0, "dropped": 0, "suppressed": 0, "last_error": None}
 
 
 def stats_doc(**over) -> dict:
     doc = {
         "pid": 4242, "version": "9.9.9", "started_at": "2027-01-15T08:00:00.000Z", "uptime_s": 7384.2,
         "listeners": {"claude_code": "127.0.0.1:9909", "admin": "127.0.0.1:40001", "viewer": "127.0.0.1:40002"},
+        "upstream": {"url": "https://api.anthropic.com", "proxy": None},
         "project": "cc-ada", **default_sections(), "counters": dict.fromkeys(COUNTER_NAMES, 0),
+        "opik": OPIK_OK, "telemetry": TELEMETRY_OFF,
     }
+    doc["wal"] = doc["wal"] | {"segments": 1, "hot_bytes": 2048, "last_sync_at": "2027-01-15T07:59:58Z"}
     doc["counters"].update(requests_captured=12, events_materialized=10, spans_shipped=8)
     doc.update(over)
     return doc
 
 
-def test_header_listeners_queue_counters_and_sections():
-    text = render(stats_doc(), "-> http://127.0.0.1:9909 (settings.json)", "/h/logs/cipx.log", now=NOW)
-    lines = text.splitlines()
-    assert lines[0] == "opik-cipx 9.9.9: running (pid 4242)"
-    assert "  claude_code  127.0.0.1:9909" in lines and "  viewer       127.0.0.1:40002" in lines
-    assert "  uptime       2h 03m (since 2027-01-15T08:00:00.000Z)" in lines
-    assert "  project      cc-ada" in lines
-    assert "  claude code  -> http://127.0.0.1:9909 (settings.json)" in lines
-    for header in ("queue", "counters", "materializer", "opik"):
-        assert header in lines
-    for label in ("in-memory", "ready", "inflight", "wal hot", "last sync", "lag_events", "inflight_raw", "ready_raw"):
-        assert any(line.strip().startswith(label) for line in lines), label
-    assert "  last sync    never" in lines
-    assert any(line.split()[:2] == ["requests_captured", "12"] for line in lines)
-    assert "!" not in text  # healthy: nothing flagged
-    assert "  Opik is not configured: spans stay in the local spool." in lines  # an old daemon without a hint
-    assert lines[-1] == "telemetry      off (no CIPX_SENTRY_DSN)"
+TODAY = "3 call(s), $0.4200 (`opik-cipx report` for more)"
 
 
-def test_not_configured_shows_the_daemons_own_hint():
-    from opik_cipx.ship.destination import NOT_CONFIGURED
-
-    opik = {"configured": False, "base_url": None, "last_error": NOT_CONFIGURED, "last_ok_at": None}
-    text = render(stats_doc(opik=opik), "", "", now=NOW)
-    assert f"  {NOT_CONFIGURED}" in text.splitlines()
-    assert "config.toml" in text and "opik configure" in text
+def text_of(**over) -> str:
+    return render(stats_doc(**over), SETTINGS, CLAUDE_OK, now=NOW, today=TODAY)
 
 
-def test_problem_counters_are_flagged_with_a_hint():
+UP = """\
+opik-cipx 9.9.9: running (pid 4242)
+  claude_code  127.0.0.1:9909
+  admin        127.0.0.1:40001
+  viewer       127.0.0.1:40002
+  uptime       2h 03m (since 2027-01-15T08:00:00.000Z)
+  upstream     https://api.anthropic.com
+  project      cc-ada
+  claude code  -> http://127.0.0.1:9909 (/h/.claude/settings.json)
+  today        3 call(s), $0.4200 (`opik-cipx report` for more)
+queue
+  in-memory    0
+  ready        0
+  inflight     0
+  wal hot      2.0 KiB in 1 segment(s)
+  last commit  2s ago
+counters
+  requests_captured                  12
+  events_materialized                10
+  spans_shipped                       8
+  materializer_errors_total           0
+  raw_captures_dropped                0
+  requests_dropped_queue_full         0
+  captures_dropped_budget             0
+  spans_dropped_term                  0
+  unknown_endpoints                   0
+  panics_recovered                    0
+  ledger_write_errors                 0
+  ledger_calls_dropped                0
+materializer
+  ready_raw           0  finished calls in memory, not yet in the capture log
+  lag_events          0  captures in the log, not yet materialized
+  inflight_raw        0  being materialized
+opik
+  destination  https://www.comet.com/opik/api, workspace acme
+  last shipped 3s ago
+telemetry      off (opt-in: set CIPX_SENTRY_DSN to send error reports)"""
+
+
+def test_up_exact_wording():
+    assert text_of() == UP
+    assert "!" not in UP
+
+
+def replaced(text: str, old: str, new: str) -> str:
+    assert old in text
+    return text.replace(old, new)
+
+
+def test_degraded_exact_wording():
+    wal = stats_doc()["wal"] | {"degraded": True, "last_write_error": "OSError: [Errno 28] No space left on device",
+                                "dropped_events_inmem": 3}
+    expected = replaced(UP, "  last commit  2s ago\n", """\
+  last commit  2s ago
+  ! spool degraded: writing /h/.opik-cipx/spool fails (OSError: [Errno 28] No space left on device); records wait \
+in memory and are written once it works: free disk space or fix that directory's permissions
+  ! dropped records: 3 in memory, 0 on disk: get shipping to Opik going, or raise spool.inmem_max / spool.max_mb \
+in /h/.opik-cipx/config.toml and run `opik-cipx restart`
+""")
+    assert text_of(wal=wal) == expected
+
+
+def test_opik_unreachable_exact_wording():
+    error = ("cannot reach Opik at https://www.comet.com/opik/api: URLError: [Errno 111] Connection refused; "
+             "retrying in 4s")
+    opik = OPIK_OK | {"last_error": error, "last_ok_at": "2027-01-15T07:00:00Z"}
+    expected = replaced(UP, "  last shipped 3s ago\n", f"""\
+  last shipped 1h 00m ago
+  ! {error}
+    shipping retries by itself; if it persists, check that Opik answers at opik.base_url \
+(/h/.opik-cipx/config.toml); `opik-cipx logs` shows each attempt
+""")
+    assert text_of(opik=opik) == expected
+
+
+def test_opik_refusing_the_key_names_the_settings_and_restart():
+    opik = OPIK_OK | {"last_error": "Opik refused the credentials (HTTP 401) ...", "paused": True, "last_ok_at": None}
+    lines = text_of(opik=opik).splitlines()
+    at = lines.index("  last shipped never")
+    assert lines[at + 1:at + 3] == [
+        "  ! Opik refused the credentials (HTTP 401) ...",
+        "    fix: opik.base_url / opik.api_key / opik.workspace in /h/.opik-cipx/config.toml (or OPIK_CIPX_* or "
+        "~/.opik.config), then run `opik-cipx restart`"]
+
+
+def test_opik_not_configured_exact_wording():
+    opik = {"configured": False, "base_url": None, "workspace": "default", "last_error": NOT_CONFIGURED,
+            "last_ok_at": None, "paused": False, "quarantined": 0}
+    expected = replaced(UP, """\
+  destination  https://www.comet.com/opik/api, workspace acme
+  last shipped 3s ago
+""", f"  {NOT_CONFIGURED}\n")
+    assert text_of(opik=opik) == expected
+    assert "config.toml" in NOT_CONFIGURED and "opik configure" in NOT_CONFIGURED and "restart" in NOT_CONFIGURED
+    old_daemon = render(stats_doc(opik={"configured": False}), SETTINGS, now=NOW)  # a daemon without the hint
+    assert f"opik\n  {NOT_CONFIGURED}\n" in old_daemon
+
+
+def test_problem_counters_are_flagged_with_what_fixes_them():
     counters = dict.fromkeys(COUNTER_NAMES, 0)
     counters.update(unknown_endpoints=3, panics_recovered=1, requests_captured=5)
-    text = render(stats_doc(counters=counters), log_path="/h/logs/cipx.log", now=NOW)
+    text = text_of(counters=counters)
     flagged = {line.split()[0] for line in text.splitlines() if "  ! " in line and line.startswith("  ") and
                line.split()[0] in COUNTER_NAMES}
     assert flagged == {"unknown_endpoints", "panics_recovered"}
-    assert "wire-format change" in text
-    assert text.splitlines()[-1] == "! 2 problem counter(s) nonzero: unknown_endpoints, panics_recovered — see /h/logs/cipx.log"
+    assert "newer Claude Code: update opik-cipx (install.sh or the plugin)" in text
+    assert text.splitlines()[-1] == ("! 2 problem counter(s) nonzero: unknown_endpoints, panics_recovered — see "
+                                     "/h/.opik-cipx/logs/cipx.log")
     for name in PROBLEM_COUNTERS:
-        counters = dict.fromkeys(COUNTER_NAMES, 0) | {name: 1}
-        assert f"nonzero: {name}" in render(stats_doc(counters=counters), now=NOW)
+        line = next(line for line in text_of(counters=dict.fromkeys(COUNTER_NAMES, 0) | {name: 1}).splitlines()
+                    if line.split()[:1] == [name])
+        hint = line.split("  ! ", 1)[1]
+        assert "`opik-cipx " in hint or "/h/.opik-cipx/" in hint or "install.sh" in hint, hint  # a command or a file
+    assert "raise tee_queue_max in /h/.opik-cipx/config.toml" in text_of(
+        counters=dict.fromkeys(COUNTER_NAMES, 0) | {"requests_dropped_queue_full": 2})
+    assert "permissions of /h/.opik-cipx/captures" in text_of(
+        counters=dict.fromkeys(COUNTER_NAMES, 0) | {"raw_captures_dropped": 2})
 
 
-def test_wal_trouble_opik_state_and_telemetry():
-    wal = default_sections()["wal"] | {"hot_bytes": 300 * 1024 * 1024, "segments": 7, "degraded": True,
-                                       "last_write_error": "ENOSPC", "last_sync_at": "2027-01-15T07:59:00Z",
-                                       "dropped_events_disk": 4}
-    opik = {"configured": True, "base_url": "https://www.comet.com/opik/api", "last_error": "HTTP 401",
-            "last_ok_at": None}
-    text = render(stats_doc(wal=wal, opik=opik, telemetry={"enabled": True, "reason": "on (CIPX_SENTRY_DSN set)"}),
-                  now=NOW)
-    assert "  wal hot      300.0 MiB in 7 segment(s)" in text
-    assert "wal degraded: True" in text and "last error: ENOSPC" in text
-    assert "dropped events: 0 in memory, 4 on disk" in text
-    assert "https://www.comet.com/opik/api" in text and "last error: HTTP 401" in text and "not configured" not in text
-    assert "telemetry      on (CIPX_SENTRY_DSN set)" in text
+def test_upstream_through_a_proxy_and_telemetry_on_with_a_failing_dsn():
+    telemetry = {"enabled": True, "reason": "on (CIPX_SENTRY_DSN: error reports go to o1.ingest.sentry.io; "
+                 "CIPX_SENTRY=off stops them)", "sent": 2, "dropped": 1, "suppressed": 0,
+                 "last_error": "Sentry answered HTTP 403"}
+    lines = text_of(upstream={"url": "https://api.anthropic.com", "proxy": "http://proxy.corp:3128"},
+                    telemetry=telemetry).splitlines()
+    assert "  upstream     https://api.anthropic.com via http://proxy.corp:3128" in lines
+    assert lines[-2:] == [
+        "telemetry      on (CIPX_SENTRY_DSN: error reports go to o1.ingest.sentry.io; CIPX_SENTRY=off stops them): "
+        "2 sent, 1 dropped",
+        "  ! last report failed: Sentry answered HTTP 403; check telemetry.sentry_dsn in /h/.opik-cipx/config.toml "
+        "(or CIPX_SENTRY_DSN)"]
 
 
 def test_a_daemon_running_without_the_home_lock_says_so():
-    assert "home lock" not in render(stats_doc(home_lock={"held": True, "error": None}), now=NOW)
+    assert "home lock" not in render(stats_doc(home_lock={"held": True, "error": None}), SETTINGS, now=NOW)
     text = render(stats_doc(home_lock={"held": False, "error": "cannot create daemon.lock: No space left on device"}),
-                  now=NOW)
+                  SETTINGS, now=NOW)
     assert ("  ! home lock not held (cannot create daemon.lock: No space left on device): a second `opik-cipx proxy` "
-            "on this home would not be refused; free disk space, then `opik-cipx restart`") in text.splitlines()
+            "on this home would not be refused; free disk space or fix /h/.opik-cipx, then `opik-cipx restart`") in text.splitlines()
 
 
 def test_quarantined_records_are_counted_with_the_command_that_retries_them():
     opik = default_sections()["opik"] | {"configured": True, "base_url": "http://o/api", "quarantined": 3,
                                          "retry_pending": 2}
-    lines = render(stats_doc(opik=opik), now=NOW).splitlines()
+    lines = render(stats_doc(opik=opik), SETTINGS, now=NOW).splitlines()
     assert ("  ! quarantine: 3 record(s) Opik refused wait in spool/quarantine.jsonl (with Opik's reason); "
             "fix the cause, then run `opik-cipx ship --retry-quarantine`") in lines
     assert "  retry pending: 2 record(s) handed back, not yet in the queue" in lines
 
 
 def test_render_survives_a_partial_document():
-    text = render({"pid": 1}, now=NOW)
-    assert text.startswith("opik-cipx ?: running (pid 1)")
+    text = render({"pid": 1}, SETTINGS, now=NOW)
+    assert text.startswith("opik-cipx ?: running (pid 1)") and "  upstream     ?" in text
+    assert text.splitlines()[-1] == "telemetry      off"
+
+
+def test_today_comes_from_the_ledger_with_the_daemon_up_or_down(tmp_path):
+    from opik_cipx.commands.status import today_line
+    from opik_cipx.ledger.entry import ledger_entry
+    from opik_cipx.ledger.store import Ledger
+    from tests.claude_code_corpus import exchanges
+    from opik_cipx.materialize.materializer import Materializer
+    from opik_cipx.materialize.pricing import load_price_table
+    from tests.materialize.test_materializer import config
+
+    settings = load_settings({"CIPX_HOME": str(tmp_path / "home"), "HOME": str(tmp_path)})
+    assert today_line(settings) == "no calls recorded yet"
+    m = Materializer(config(tmp_path), load_price_table())
+    entries = []
+    for _, capture in exchanges("tools"):
+        capture.started_at_ns = capture.ended_at_ns = time.time_ns()  # today
+        entry = ledger_entry(capture, m.materialize(capture))
+        if entry:
+            entries.append(entry)
+    ledger = Ledger(settings.ledger_path, retention_days=400)
+    ledger.write_entries(entries)
+    ledger.close()
+    cost = sum(e.call["cost_usd"] or 0 for e in entries)
+    assert today_line(settings) == f"{len(entries)} call(s), ${cost:,.4f} (`opik-cipx report` for more)"
+    assert today_line(settings, now_ns=time.time_ns() + 2 * 86400 * 10**9).startswith("0 call(s), $0.0000")
+    settings.ledger_path.write_bytes(b"not a database" * 100)
+    assert today_line(settings).startswith(f"! cannot read {settings.ledger_path} (")
 
 
 def test_formatting_helpers():
     assert [duration(s) for s in (0, 59, 61, 3600, 90061)] == ["0s", "59s", "1m 01s", "1h 00m", "1d 1h"]
     assert size(0) == "0 B" and size(2048) == "2.0 KiB" and size(5 * 1024 ** 3) == "5.0 GiB"
     assert age(None, NOW) == "never"
-    assert age("2027-01-14T08:00:00Z", NOW) == "1d 0h ago"  # NOW is 2027-01-15T08:00:00Z
+    assert age("2027-01-14T08:00:00Z", NOW) == "1d 0h ago"
 
 
-def test_not_running_is_exit_0_and_writes_nothing(machine):
+def test_not_running_exact_wording_exit_0_and_writes_nothing(machine):
     before = sorted(p.name for p in machine.home.rglob("*"))
     result = machine.cli("status")
-    assert result.returncode == 0
-    assert "not running" in result.stdout and "opik-cipx sync" in result.stdout
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout == (
+        "opik-cipx: not running — run `opik-cipx sync` to start it\n"
+        f"  claude code  not pointed at opik-cipx (no ANTHROPIC_BASE_URL in {machine.settings_path}); "
+        "run `opik-cipx sync`\n"
+        "  today        no calls recorded yet\n")
     assert json.loads(machine.cli("status", "--json").stdout) == {"running": False}
     assert sorted(p.name for p in machine.home.rglob("*")) == before
     assert not machine.claude_dir.exists()
 
 
-def test_running_status_and_json_then_kill_9_is_wedged_exit_1(machine):
+def test_up_then_wedged_then_killed_exact_wording_against_real_processes(machine):
     assert machine.cli("sync").returncode == 0
-    pid = machine.state()["pid"]
+    state = machine.state()
+    pid, admin = state["pid"], state["ports"]["admin"]
     result = machine.cli("status")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("opik-cipx ") and f"running (pid {pid})" in result.stdout
-    assert f"claude_code  127.0.0.1:{machine.port}" in result.stdout
+    assert result.returncode == 0 and result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[:4] == [f"opik-cipx {__version__}: running (pid {pid})", f"  claude_code  127.0.0.1:{machine.port}",
+                         f"  admin        127.0.0.1:{admin}", f"  viewer       127.0.0.1:{state['ports']['viewer']}"]
+    assert lines[5:8] == ["  upstream     https://api.anthropic.com", "  project      claude-code",
+                          f"  claude code  -> http://127.0.0.1:{machine.port} ({machine.settings_path})"]
+    assert lines[-3:] == ["opik", f"  {NOT_CONFIGURED}", f"telemetry      {OPT_IN}"]
     raw = json.loads(machine.cli("status", "--json").stdout)
     assert raw["pid"] == pid and set(raw["counters"]) == set(COUNTER_NAMES)
 
     os.kill(pid, signal.SIGSTOP)  # alive but not answering
     try:
         wedged = machine.cli("status")
-        assert wedged.returncode == 1
-        assert f"pid {pid}" in wedged.stderr and "wedged" in wedged.stderr and "opik-cipx restart" in wedged.stderr
     finally:
         os.kill(pid, signal.SIGCONT)
+    assert wedged.returncode == 1 and wedged.stdout == ""
+    assert wedged.stderr == (
+        f"opik-cipx: state.json names pid {pid}, but its admin listener (127.0.0.1:{admin}) does not answer: "
+        "the daemon is wedged. Run `opik-cipx restart` (or `opik-cipx sync`); `opik-cipx logs` shows what "
+        "happened.\n")
 
     os.kill(pid, signal.SIGKILL)
     wait_gone(pid)
     state_before = (machine.home / "state.json").read_bytes()
     dead = machine.cli("status")
     assert dead.returncode == 1
-    assert f"pid {pid}" in dead.stderr and "crashed or was killed" in dead.stderr and "opik-cipx sync" in dead.stderr
+    assert dead.stderr == (
+        f"opik-cipx: state.json names pid {pid}, but its admin listener (127.0.0.1:{admin}) does not answer: "
+        f"process {pid} is gone (it crashed or was killed). Run `opik-cipx restart` (or `opik-cipx sync`); "
+        "`opik-cipx logs` shows what happened.\n")
     assert json.loads(machine.cli("status", "--json").stdout) == {"running": False, "wedged": True, "pid": pid}
     assert (machine.home / "state.json").read_bytes() == state_before  # read-only, even when wedged
 
@@ -153,11 +293,23 @@ def test_running_status_and_json_then_kill_9_is_wedged_exit_1(machine):
     wait_for(lambda: machine.cli("status").returncode == 0, timeout_s=10, what="status after repair")
 
 
+def test_an_unusable_claude_settings_file_is_named_with_its_fix(machine):
+    machine.claude_dir.mkdir()
+    machine.settings_path.write_text("{not json")
+    result = machine.cli("status")
+    assert result.returncode == 0
+    line = result.stdout.splitlines()[1]
+    assert line.startswith(f"  claude code  ! cannot tell: {machine.settings_path} is unusable (it is not valid JSON")
+    assert line.endswith("; fix that file, then run `opik-cipx sync`")
+
+
 def test_status_reports_claude_code_bypassing_the_proxy(machine):
     assert machine.cli("sync").returncode == 0
     machine.settings_path.write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": "https://elsewhere.example"}}))
     result = machine.cli("status")
-    assert "bypasses opik-cipx" in result.stdout and "elsewhere.example" in result.stdout
+    assert (f"  claude code  ! bypasses opik-cipx: {machine.settings_path} sets ANTHROPIC_BASE_URL="
+            f"https://elsewhere.example; remove that entry (or set it to http://127.0.0.1:{machine.port}), then run "
+            "`opik-cipx sync`") in result.stdout.splitlines()
 
 
 def test_unknown_models_are_listed_with_how_they_were_priced_and_the_fix():
@@ -165,11 +317,11 @@ def test_unknown_models_are_listed_with_how_they_were_priced_and_the_fix():
         {"id": "claude-opus-6", "calls": 3, "priced_as": "claude-opus-5-5", "reason": None, "first_seen_at": "x"},
         {"id": "gpt-4o", "calls": 1, "priced_as": None, "first_seen_at": "x",
          "reason": 'not a Claude model id: add [prices."gpt-4o"] with all five rates to config.toml'}]}
-    lines = render(stats_doc(unknown_models=section), now=NOW).splitlines()
+    lines = text_of(unknown_models=section).splitlines()
     start = lines.index("unknown models (4 call(s) not in the price table; `opik-cipx prices` shows it)")
     assert lines[start + 1] == ('  ! claude-opus-6: 3 call(s) priced as claude-opus-5-5 (estimated); '
                                 'add [prices."claude-opus-6"] to config.toml for its exact price')
     assert lines[start + 2] == ('  ! gpt-4o: 1 call(s) with no cost: not a Claude model id: '
                                 'add [prices."gpt-4o"] with all five rates to config.toml')
     assert lines[start + 3] == "opik"
-    assert not any(line.startswith("unknown models") for line in render(stats_doc(), now=NOW).splitlines())
+    assert not any(line.startswith("unknown models") for line in text_of().splitlines())

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from opik_cipx.commands.sync import NEXT_SESSION, NEXT_SESSION_HOOK
 from opik_cipx.materialize.sessions import git_info, read_hook_stdin, record_session, strip_credentials
 from tests.conftest import FIXTURES
 from tests.lifecycle_helpers import SESSION_START, machine, wait_gone  # noqa: F401 - fixture
@@ -114,11 +115,19 @@ def test_hook_stdin_reading_is_bounded():
 # --- sync as a process ----------------------------------------------------------------------
 
 
-def test_hook_sync_brings_the_daemon_up_quietly(machine):
+def test_hook_sync_brings_the_daemon_up_and_tells_the_user_once_that_the_next_session_is_proxied(machine):
     hook = SESSION_START.read_text()
-    result = machine.cli("sync", input=hook)
+    result = machine.cli("sync", input=hook, SHELL="/bin/bash")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == ""  # a SessionStart hook's stdout would become model context
+    # stdout is one JSON object whose systemMessage Claude Code shows to the user, never to the model
+    local_bin = machine.user_home / ".local" / "bin"
+    assert json.loads(result.stdout) == {"systemMessage": (
+        f"opik-cipx: {NEXT_SESSION_HOOK}\n"
+        f"linked {local_bin}/opik-cipx -> {machine.home}/bin/opik-cipx; {local_bin} is not on your PATH: add the "
+        'line `export PATH="$HOME/.local/bin:$PATH"` to ~/.profile, then open a new terminal')}
+    assert result.stdout.count("\n") == 1
+    again = machine.cli("sync", input=hook)
+    assert again.returncode == 0 and again.stdout == "" and again.stderr == ""  # a normal session start: silence
     state = machine.state()
     assert state and state["ports"]["claude_code"] == machine.port
     assert machine.stats()["pid"] == state["pid"]
@@ -132,6 +141,7 @@ def test_second_sync_is_a_noop(machine):
     machine.settings_path.write_text(json.dumps({"model": "opus", "env": {"A": "1"}}, indent=2) + "\n")
     first = machine.cli("sync")
     assert first.returncode == 0 and "started" in first.stdout, first.stderr
+    assert f"opik-cipx: {NEXT_SESSION}" in first.stdout.splitlines()
     state_before = (machine.home / "state.json").read_bytes()
     settings_before = machine.settings_path.stat().st_mtime_ns
     second = machine.cli("sync")
@@ -231,3 +241,31 @@ def test_garbage_hook_input_still_exits_zero(machine):
     assert machine.state() is not None
     result = machine.cli("sync", input=json.dumps({"session_id": "../x"}))
     assert result.returncode == 0 and "session_id" in result.stderr
+
+
+def test_settings_this_environment_asks_for_that_the_daemon_does_not_use_are_named(machine):
+    assert machine.cli("sync").returncode == 0
+    state = machine.state()
+    assert set(state["settings"]) >= {"capture_content", "opik.api_key"}
+    assert "sk-secret" not in json.dumps(state)
+    config = machine.home / "config.toml"
+    hook = SESSION_START.read_text()
+    drifted = machine.cli("sync", input=hook, CIPX_CAPTURE_CONTENT="false", OPIK_CIPX_API_KEY="sk-secret")
+    assert drifted.returncode == 0 and "sk-secret" not in drifted.stdout + drifted.stderr
+    assert json.loads(drifted.stdout) == {"systemMessage": (
+        "opik-cipx: the running daemon does not use these settings of this environment: capture_content "
+        "(CIPX_CAPTURE_CONTENT), opik.api_key (OPIK_CIPX_API_KEY). To apply them, put them in "
+        f"{config} (a daemon run by systemd or launchd never sees your shell's environment), then run "
+        "`opik-cipx restart`.")}
+    prompt = machine.cli("sync", input=json.dumps({"session_id": "s-2", "hook_event_name": "UserPromptSubmit"}),
+                         CIPX_CAPTURE_CONTENT="false")
+    assert prompt.stdout == "" and "capture_content (CIPX_CAPTURE_CONTENT)" in prompt.stderr  # not on every prompt
+
+    config.write_text("[logs]\nbackups = 5\n")  # the file changed since the daemon started
+    by_hand = machine.cli("sync")
+    assert by_hand.returncode == 0
+    assert ("opik-cipx: the running daemon does not use these settings of this environment: logs.backups. "
+            f"To apply them, put them in {config}") in by_hand.stdout
+    assert machine.state()["pid"] == state["pid"]  # told, not restarted behind the user's back
+    assert machine.cli("restart").returncode == 0
+    assert machine.cli("sync", input=hook).stdout == ""  # applied

@@ -1,0 +1,179 @@
+"""Putting opik-cipx in place: the installed executable and the `opik-cipx` link on PATH.
+
+**The installed executable** is `$CIPX_INSTALL_DIR/opik-cipx`, by default
+`$CIPX_HOME/bin/opik-cipx`; the daemon always runs from it, so `state.json` names a real file.
+`install` (run by install.sh, and by every `sync` and `restart`) makes it the code that is
+running: run from that file, nothing to do; run from another zipapp (a plugin's `bin/`, a
+download), that file is copied; run from a source tree (the plugin's own checkout, a developer's
+`python -m opik_cipx`), the tree is built into it (control/zipapp.py). It is rewritten only when
+it differs: a copy is compared byte for byte, a build by the source digest in its archive
+comment (a few milliseconds, so `sync` stays fast). Its `#!` line names the interpreter running
+`install`, which the hook launcher and install.sh have checked is Python 3.11 or newer.
+
+**The link on PATH** is a symlink named `opik-cipx` to the installed executable, in the first of
+`~/.local/bin` and `~/bin` that is on PATH; when neither is, in `~/.local/bin`, and the user is
+told the line to add to their shell profile. Only those two personal directories are used:
+never a system directory, never a directory another tool manages (`~/.cargo/bin`, pyenv
+shims). A file of that name that is not our link is left alone and reported. `uninstall`
+removes the link only when it is ours: a symlink whose target is the installed executable.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from opik_cipx.config import Settings
+from opik_cipx.control import executable, zipapp
+from opik_cipx.home import private_dir
+
+NAME = "opik-cipx"
+
+
+def installed_path(settings: Settings, env: dict[str, str]) -> Path:
+    """Where the executable the daemon runs lives."""
+    install_dir = env.get("CIPX_INSTALL_DIR", "").strip()
+    return (Path(install_dir).expanduser() if install_dir else settings.home / "bin") / NAME
+
+
+def _interpreter() -> str:
+    return os.path.realpath(sys.executable)
+
+
+def _is_current(here: executable.Executable, dest: Path) -> bool:
+    """True when `dest` already is the code at `here`."""
+    try:
+        if here.is_zipapp:
+            return dest.read_bytes() == zipapp.with_interpreter(here.path.read_bytes(), _interpreter())
+        comment = zipapp.source_comment(here.path)
+        with open(dest, "rb") as fh:
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - len(comment)))
+            return fh.read() == comment
+    except OSError:
+        return False
+
+
+def target(settings: Settings, env: dict[str, str]) -> tuple[executable.Executable, bool]:
+    """(the executable the daemon runs, whether `install` must write it first)."""
+    here, dest = executable.current(), installed_path(settings, env)
+    if here.is_zipapp and here.path == dest.resolve():
+        return here, False
+    return executable.Executable(dest.resolve(), True), not _is_current(here, dest)
+
+
+def install(settings: Settings, env: dict[str, str]) -> tuple[executable.Executable, str | None]:
+    """Make the installed executable the running code; (the executable the daemon should run, a note).
+
+    When the file cannot be written (read-only or full disk) the daemon runs from where this
+    process runs, and the note says why.
+    """
+    exe, stale = target(settings, env)
+    if not stale:
+        return exe, None
+    here, dest = executable.current(), installed_path(settings, env)
+    try:
+        data = (zipapp.with_interpreter(here.path.read_bytes(), _interpreter()) if here.is_zipapp
+                else zipapp.build_bytes(here.path, _interpreter()))
+        if dest.parent == settings.home / "bin":
+            private_dir(dest.parent)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{NAME}.{os.getpid()}.tmp")
+        try:
+            tmp.write_bytes(data)
+            tmp.chmod(0o755)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        return here, f"cannot install {dest} ({exc.strerror or exc}); the daemon runs from {here.path}"
+    return exe, f"installed {dest} (from {here.path})"
+
+
+def _home(env: dict[str, str]) -> Path:
+    return Path(env.get("HOME") or Path.home())
+
+
+def link_dirs(env: dict[str, str]) -> list[Path]:
+    """The personal bin directories a link may go in, in order of preference."""
+    home = _home(env)
+    return [home / ".local" / "bin", home / "bin"]
+
+
+def on_path(directory: Path, env: dict[str, str]) -> bool:
+    entries = [entry for entry in env.get("PATH", "").split(os.pathsep) if entry]
+    return any(os.path.realpath(entry) == os.path.realpath(directory) for entry in entries)
+
+
+def is_our_link(link: Path, target: Path) -> bool:
+    """True when `link` is a symlink to `target` (the installed executable)."""
+    try:
+        pointee = os.readlink(link)
+    except OSError:
+        return False
+    return Path(pointee) == target or os.path.realpath(link) == os.path.realpath(target)
+
+
+def profile_hint(directory: Path, env: dict[str, str]) -> str:
+    """What to add to the user's shell profile so `directory` is on PATH in new shells."""
+    home = _home(env)
+    shown = f"$HOME/{directory.relative_to(home)}" if home in directory.parents else str(directory)
+    shell = Path(env.get("SHELL", "")).name
+    if shell == "fish":
+        return f"run `fish_add_path {shown}` once"
+    if shell == "zsh":
+        profile = "~/.zprofile"
+    elif shell == "bash" and (home / ".bash_profile").exists():
+        profile = "~/.bash_profile"
+    else:
+        profile = "~/.profile"
+    return f"add the line `export PATH=\"{shown}:$PATH\"` to {profile}, then open a new terminal"
+
+
+def find_link(target: Path, env: dict[str, str]) -> Path | None:
+    """Our link, in whichever personal bin directory holds it."""
+    return next((d / NAME for d in link_dirs(env) if is_our_link(d / NAME, target)), None)
+
+
+def ensure_link(target: Path, env: dict[str, str]) -> tuple[bool, str | None]:
+    """Link `opik-cipx` to `target` on PATH unless a link of ours exists; (created it, a note).
+
+    The note of a new link says where it is and, when that directory is not on PATH, what to
+    add to the shell profile; without a new link, a note says why there is none.
+    """
+    if find_link(target, env) is not None:
+        return False, None
+    candidates = link_dirs(env)
+    directory = next((d for d in candidates if on_path(d, env)), candidates[0])
+    link = directory / NAME
+    if os.path.lexists(link):
+        return False, f"{link} exists and is not a link to {target}; left as is (it is what `opik-cipx` runs)"
+    try:
+        _make_public_dir(directory)
+        link.symlink_to(target)
+    except OSError as exc:
+        return False, f"cannot link {link} ({exc.strerror or exc}); run opik-cipx as {target}"
+    if on_path(directory, env):
+        return True, f"linked {link} -> {target}: `opik-cipx` is on your PATH"
+    return True, f"linked {link} -> {target}; {directory} is not on your PATH: {profile_hint(directory, env)}"
+
+
+def _make_public_dir(directory: Path) -> None:
+    """Create `directory` and missing parents as 0755 (a bin directory is not private), whatever the umask."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        path.mkdir()
+        path.chmod(0o755)
+
+
+def remove_link(target: Path, env: dict[str, str]) -> list[Path]:
+    """Delete our links to `target` (never anything else); the paths removed."""
+    removed = []
+    for directory in link_dirs(env):
+        link = directory / NAME
+        if is_our_link(link, target):
+            link.unlink()
+            removed.append(link)
+    return removed

@@ -1,0 +1,80 @@
+"""The one-file executable: build `opik-cipx` (a zipapp) from the package's source tree.
+
+Reproducible: files are added in sorted order with a fixed timestamp and mode, so the same
+source tree and interpreter line always give the same bytes. The archive comment names the
+source it was built from (`source_digest`), so `install` can tell cheaply whether an installed
+copy is a build of the source at hand without building it again.
+"""
+
+import hashlib
+import io
+import stat
+from pathlib import Path
+
+DEFAULT_INTERPRETER = "/usr/bin/env python3"
+FIXED_DATE = (1980, 1, 1, 0, 0, 0)
+ENTRY = b"import sys\nfrom opik_cipx.cli import main\nsys.exit(main())\n"
+COMMENT_PREFIX = b"opik-cipx source sha256:"
+
+
+def package_files(package: Path) -> list[Path]:
+    """The files of the package that go into the executable, sorted."""
+    return sorted(
+        p for p in package.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".json")
+    )
+
+
+def source_digest(package: Path) -> str:
+    """SHA-256 over the relative path and bytes of every packaged file: the identity of a source tree."""
+    digest = hashlib.sha256()
+    for path in package_files(package):
+        data = path.read_bytes()
+        digest.update(f"{path.relative_to(package).as_posix()}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def source_comment(package: Path) -> bytes:
+    """The archive comment a build of `package` ends with."""
+    return COMMENT_PREFIX + source_digest(package).encode()
+
+
+def _add(archive, name: str, data: bytes) -> None:
+    import zipfile
+
+    info = zipfile.ZipInfo(name, date_time=FIXED_DATE)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = (stat.S_IFREG | 0o644) << 16
+    archive.writestr(info, data, compresslevel=9)
+
+
+def build_bytes(package: Path, interpreter: str = DEFAULT_INTERPRETER) -> bytes:
+    """The executable built from `package` (the `opik_cipx` directory), run by `interpreter`."""
+    import zipfile  # only when building: `sync` imports this module on every session start
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        _add(archive, "__main__.py", ENTRY)
+        for path in package_files(package):
+            _add(archive, f"{package.name}/{path.relative_to(package).as_posix()}", path.read_bytes())
+        archive.comment = source_comment(package)
+    return with_interpreter(buffer.getvalue(), interpreter)
+
+
+def with_interpreter(data: bytes, interpreter: str) -> bytes:
+    """`data` (a zipapp, with or without a `#!` line) starting with `#!<interpreter>` instead.
+
+    Zip readers locate entries from the end of the file, so the first line may change length.
+    """
+    if data.startswith(b"#!"):
+        data = data[data.index(b"\n") + 1:]
+    return b"#!" + interpreter.encode() + b"\n" + data
+
+
+def build(output: Path, package: Path, interpreter: str = DEFAULT_INTERPRETER) -> Path:
+    """Write the executable built from `package` to `output` (mode 0755)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(build_bytes(package, interpreter))
+    output.chmod(0o755)
+    return output
