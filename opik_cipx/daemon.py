@@ -34,6 +34,7 @@ from opik_cipx.store.spool import Spool
 from opik_cipx.views.admin import AdminHandler
 from opik_cipx.views.viewer import RecentCalls, ViewerHandler, call_row
 from opik_cipx.wire.capture import Capture
+from opik_cipx.wire.connections import Limits, raise_fd_limit
 from opik_cipx.wire.gateway import Gateway, GatewayHandler
 from opik_cipx.wire.loopback import ListenError, LoopbackServer
 from opik_cipx.wire.tee import Pipeline
@@ -100,17 +101,21 @@ class Daemon:
                                  wire_idle=lambda timeout_s: self.gateway.wait_idle(timeout_s))
         self.gateway = Gateway(self.pool, self.pipeline.offer, self.counters)
         host = settings.listen_host
+        limits = Limits(settings.client_header_timeout_s, settings.client_body_timeout_s,
+                        settings.client_idle_timeout_s, settings.client_max_connections)
         try:
             handler = type("Handler", (GatewayHandler,), {"gateway": self.gateway})
             self.gateway_server = LoopbackServer(
-                "claude_code", host, claude_code_port(settings.ports_path) if port is None else port, handler
+                "claude_code", host, claude_code_port(settings.ports_path) if port is None else port, handler,
+                limits, self.counters,
             )
             self.ports = assign_picked_ports(settings.ports_path)
             self.ports["claude_code"] = self.gateway_server.port
             admin_handler = type("Handler", (AdminHandler,), {"stats": staticmethod(self.stats)})
-            self.admin_server = LoopbackServer("admin", host, self.ports["admin"], admin_handler)
+            self.admin_server = LoopbackServer("admin", host, self.ports["admin"], admin_handler, limits, self.counters)
             viewer_handler = type("Handler", (ViewerHandler,), {"calls": self.calls})
-            self.viewer_server = LoopbackServer("viewer", host, self.ports["viewer"], viewer_handler)
+            self.viewer_server = LoopbackServer("viewer", host, self.ports["viewer"], viewer_handler, limits,
+                                                self.counters)
         except ListenError as exc:
             self.pool.close()
             for name in ("gateway_server", "admin_server"):
@@ -260,6 +265,7 @@ def run_proxy(settings: Settings, port: int | None = None) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT; the exit code."""
     os.umask(0o077)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    raise_fd_limit()
     private_dir(settings.home)
     configure_daemon_logging(
         settings.logs_dir, settings.logs_max_mb * 1024 * 1024, settings.logs_backups, debug=settings.opik_debug

@@ -19,6 +19,9 @@ COUNTER_NAMES = (
     "spans_dropped_term",
     "unknown_endpoints",
     "panics_recovered",
+    "requests_refused",
+    "connections_refused",
+    "requests_timed_out",
 )
 
 # Counters that mean something went wrong when nonzero; `status` flags them.
@@ -30,6 +33,9 @@ PROBLEM_COUNTERS = frozenset(
         "spans_dropped_term",
         "unknown_endpoints",
         "panics_recovered",
+        "requests_refused",
+        "connections_refused",
+        "requests_timed_out",
     }
 )
 

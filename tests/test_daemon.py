@@ -20,7 +20,7 @@ CONTRACT_3 = {
 COUNTERS = {
     "requests_captured", "events_materialized", "spans_shipped", "materializer_errors_total",
     "raw_captures_dropped", "requests_dropped_queue_full", "spans_dropped_term", "unknown_endpoints",
-    "panics_recovered",
+    "panics_recovered", "requests_refused", "connections_refused", "requests_timed_out",
 }
 
 

@@ -25,6 +25,9 @@ PROBLEM_HINTS = {
     "spans_dropped_term": "spans lost at shutdown before they reached the spool",
     "unknown_endpoints": "routes opik-cipx does not recognise: often a Claude Code wire-format change ahead of an opik-cipx update",
     "panics_recovered": "a bug in opik-cipx: please report it with the log",
+    "requests_refused": "requests from a web page or not addressed to localhost were refused; see `opik-cipx logs`",
+    "connections_refused": "more clients at once than client_max_connections; some were turned away",
+    "requests_timed_out": "clients stalled mid-request past client_header_timeout_s / client_body_timeout_s",
 }
 
 

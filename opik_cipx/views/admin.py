@@ -1,30 +1,27 @@
 """The admin listener: `GET /admin/stats` (docs/ARCHITECTURE.md, "Admin stats") and `GET /admin/health`.
 
 Short-lived commands (`status`, `sync`) read the daemon through it. Requests whose Host
-header is not a loopback name are refused, so a web page cannot reach it by DNS rebinding.
+header is not a loopback name are refused (`LoopbackHandler`), so a web page cannot reach it by
+DNS rebinding. Any local user can read it: it carries no prompt, no file path, no credential.
 """
 
 import json
 import logging
-from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
 
-from opik_cipx.wire.loopback import host_is_loopback
+from opik_cipx.wire.loopback import LoopbackHandler
 
 log = logging.getLogger(__name__)
 
 
-class AdminHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class AdminHandler(LoopbackHandler):
     stats: Callable[[], dict[str, Any]]  # set on the subclass the daemon builds
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
-        log.debug("admin: " + format, *args)
+    @classmethod
+    def error_document(cls, status: int, message: str) -> tuple[str, bytes]:
+        return "application/json", json.dumps({"error": message}).encode() + b"\n"
 
     def do_GET(self) -> None:
-        if not host_is_loopback(self.headers.get("Host")):
-            self._send(403, {"error": "opik-cipx admin answers only to a loopback Host header"})
-            return
         route = self.path.split("?", 1)[0]
         if route == "/admin/health":
             self._send(200, {"ok": True})

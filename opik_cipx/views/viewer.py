@@ -13,7 +13,6 @@ import json
 import threading
 import urllib.parse
 from collections import deque
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from opik_cipx.materialize.attribution import BUCKETS, categorize
 from opik_cipx.materialize.spans import iso_z
 from opik_cipx.store.captures import find_capture
 from opik_cipx.wire.capture import Capture
-from opik_cipx.wire.loopback import host_is_loopback
+from opik_cipx.wire.loopback import LoopbackHandler
 
 COLOURS = {
     "system_prompt": "#dbeafe", "tools_builtin": "#e0e7ff", "tools_mcp": "#ede9fe", "skills": "#fae8ff",
@@ -178,17 +177,10 @@ def _int(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else ""
 
 
-class ViewerHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class ViewerHandler(LoopbackHandler):
     calls: RecentCalls  # set on the subclass the daemon builds
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
-        pass
-
     def do_GET(self) -> None:
-        if not host_is_loopback(self.headers.get("Host")):
-            self._send(403, "text/plain", b"opik-cipx viewer answers only to a loopback Host header\n")
-            return
         route = urllib.parse.unquote(self.path.split("?", 1)[0])
         if route == "/":
             self._send(200, "text/html; charset=utf-8", render_index(self.calls.rows()))
