@@ -22,7 +22,7 @@ from opik_cipx import __version__
 from opik_cipx.config import Settings
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import assign_picked_ports, claude_code_port
-from opik_cipx.home import private_dir, write_json
+from opik_cipx.home import private_dir, write_atomic, write_json
 from opik_cipx.logs import configure_daemon_logging
 from opik_cipx.materialize.materializer import Materializer, materializer_config
 from opik_cipx.materialize.pricing import load_price_table
@@ -31,6 +31,7 @@ from opik_cipx.ship.shipper import Shipper
 from opik_cipx.stats import Counters, build_stats, utc_iso
 from opik_cipx.store.captures import CaptureStore
 from opik_cipx.store.spool import Spool
+from opik_cipx.views.access import ViewerAccess, new_token, read_token, token_path
 from opik_cipx.views.admin import AdminHandler
 from opik_cipx.views.viewer import RecentCalls, ViewerHandler, call_row
 from opik_cipx.wire.capture import Capture
@@ -100,6 +101,10 @@ class Daemon:
         self.pipeline = Pipeline([("materialize", self._materialize)], self.counters, settings.tee_queue_max,
                                  wire_idle=lambda timeout_s: self.gateway.wait_idle(timeout_s))
         self.gateway = Gateway(self.pool, self.pipeline.offer, self.counters)
+        token = read_token(settings.home)
+        if token is None:
+            token = new_token()
+            write_atomic(token_path(settings.home), token.encode() + b"\n")
         host = settings.listen_host
         limits = Limits(settings.client_header_timeout_s, settings.client_body_timeout_s,
                         settings.client_idle_timeout_s, settings.client_max_connections)
@@ -113,7 +118,7 @@ class Daemon:
             self.ports["claude_code"] = self.gateway_server.port
             admin_handler = type("Handler", (AdminHandler,), {"stats": staticmethod(self.stats)})
             self.admin_server = LoopbackServer("admin", host, self.ports["admin"], admin_handler, limits, self.counters)
-            viewer_handler = type("Handler", (ViewerHandler,), {"calls": self.calls})
+            viewer_handler = type("Handler", (ViewerHandler,), {"calls": self.calls, "access": ViewerAccess(token)})
             self.viewer_server = LoopbackServer("viewer", host, self.ports["viewer"], viewer_handler, limits,
                                                 self.counters)
         except ListenError as exc:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from opik_cipx.views.access import cookie_name
 from tests.fake_anthropic import CA_BUNDLE, FakeAnthropic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,6 +93,11 @@ class DaemonProcess:
 
     def counter(self, name: str) -> int:
         return self.stats()["counters"][name]
+
+    def viewer_cookie(self) -> dict[str, str]:
+        """The header a browser signed in to this daemon's viewer sends."""
+        token = (self.home / "viewer.token").read_text().strip()
+        return {"Cookie": f"{cookie_name(self.state['ports']['viewer'])}={token}"}
 
     def stop(self, timeout: float = 20) -> int:
         if self.proc.poll() is None:

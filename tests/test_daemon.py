@@ -73,7 +73,7 @@ def test_admin_refuses_non_loopback_host_header(daemon):
 def test_state_files_are_private_and_state_json_is_the_handshake(daemon):
     home = daemon.home
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
-    for name in ("state.json", "ports.json", "logs/cipx.log"):
+    for name in ("state.json", "ports.json", "viewer.token", "logs/cipx.log"):
         assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
     assert stat.S_IMODE((home / "logs").stat().st_mode) == 0o700
     state = json.loads((home / "state.json").read_text())

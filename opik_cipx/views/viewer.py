@@ -1,6 +1,7 @@
 """The debug viewer: recent calls with their cost, and each request body coloured by bucket.
 
-Served by the daemon on the viewer port (127.0.0.1 only, loopback Host header required).
+Served by the daemon on the viewer port (127.0.0.1 only, loopback Host header required), and
+only to a browser holding the viewer token (`access.py`).
 The list comes from `RecentCalls`, a bounded in-memory ring the pipeline fills as captures are
 materialized, so rendering it costs nothing on the wire's behalf. The detail page re-reads one
 capture from the capture store and runs `categorize` on it, painting every region of the raw
@@ -14,11 +15,12 @@ import threading
 import urllib.parse
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from opik_cipx.materialize.attribution import BUCKETS, categorize
 from opik_cipx.materialize.spans import iso_z
 from opik_cipx.store.captures import find_capture
+from opik_cipx.views.access import ViewerAccess
 from opik_cipx.wire.capture import Capture
 from opik_cipx.wire.loopback import LoopbackHandler
 
@@ -178,9 +180,14 @@ def _int(value: Any) -> str:
 
 
 class ViewerHandler(LoopbackHandler):
-    calls: RecentCalls  # set on the subclass the daemon builds
+    calls: RecentCalls  # set on the subclass the daemon builds, like `access`
+    access: ViewerAccess
 
     def do_GET(self) -> None:
+        answer = self.access.check(self.path, self.headers, self.server.port)
+        if answer is not None:
+            self._send(answer.status, answer.content_type, answer.body, answer.headers)
+            return
         route = urllib.parse.unquote(self.path.split("?", 1)[0])
         if route == "/":
             self._send(200, "text/html; charset=utf-8", render_index(self.calls.rows()))
@@ -201,8 +208,10 @@ class ViewerHandler(LoopbackHandler):
             return
         self._send(200, "text/html; charset=utf-8", render_capture(capture, row))
 
-    def _send(self, status: int, content_type: str, body: bytes) -> None:
+    def _send(self, status: int, content_type: str, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
         self.send_response_only(status)
+        for name, value in headers:
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")

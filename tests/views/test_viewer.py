@@ -1,4 +1,4 @@
-"""The debug viewer: list of recent calls, a request body painted by bucket, Host guard."""
+"""The debug viewer: list of recent calls, a request body painted by bucket, Host and token guards."""
 
 import http.client
 import json
@@ -9,6 +9,7 @@ import pytest
 from opik_cipx.materialize.materializer import Materializer, MaterializerConfig
 from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.store.captures import CaptureStore
+from opik_cipx.views.access import ViewerAccess, cookie_name
 from opik_cipx.views.viewer import RecentCalls, ViewerHandler, call_row
 from opik_cipx.wire.loopback import LoopbackServer
 from tests.claude_code_corpus import exchanges
@@ -24,16 +25,21 @@ def viewer(tmp_path):
         segment = store.append(capture)
         calls.add(call_row(capture, materializer.materialize(capture), segment))
     store.close()
-    server = LoopbackServer("viewer", "127.0.0.1", 0, type("H", (ViewerHandler,), {"calls": calls}))
+    handler = type("H", (ViewerHandler,), {"calls": calls, "access": ViewerAccess(TOKEN)})
+    server = LoopbackServer("viewer", "127.0.0.1", 0, handler)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     yield server.port, calls
     server.shutdown()
     server.server_close()
 
 
+TOKEN = "t" * 43
+
+
 def get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
+    """GET as a browser that signed in with the token."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", path, headers={"Host": host})
+    conn.request("GET", path, headers={"Host": host, "Cookie": f"{cookie_name(port)}={TOKEN}"})
     resp = conn.getresponse()
     return resp.status, resp.read().decode()
 
@@ -66,3 +72,18 @@ def test_unknown_capture_and_host_guard(viewer):
     assert get(port, "/capture/01960000-0000-7000-8000-000000000000")[0] == 404
     assert get(port, "/", host="attacker.example")[0] == 403
     assert get(port, "/", host="localhost:1234")[0] == 200
+
+
+def test_a_browser_signs_in_once_then_uses_the_cookie(viewer):
+    port, _ = viewer
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/api/calls")
+    refused = conn.getresponse()
+    assert refused.status == 403 and b"opik-cipx viewer" in refused.read()
+    conn.request("GET", f"/?token={TOKEN}")
+    signed_in = conn.getresponse()
+    assert signed_in.status == 200 and b"url=/" in signed_in.read()
+    cookie = signed_in.getheader("Set-Cookie").split(";", 1)[0]
+    conn.request("GET", "/api/calls", headers={"Cookie": cookie})
+    listed = conn.getresponse()
+    assert listed.status == 200 and json.loads(listed.read())
