@@ -2,6 +2,9 @@
 
 Start order: gateway port first (a taken 9909 fails before anything is written), then the
 admin port, the worker, and finally `state.json`, the handshake `sync` and `status` wait for.
+A disk that refuses writes (full, read-only) does not stop the start: the wire comes up, the
+small state files (`ports.json`, `state.json`, `viewer.token`) wait in memory (`StateFiles`)
+and are written as soon as the disk takes them, and the `home` stats section says so.
 Stop order on SIGTERM/SIGINT: stop accepting, let in-flight exchanges finish (bounded), drain
 the tee queue (bounded), commit the spool's queued records (bounded; what cannot be written is
 counted in `spans_dropped_term`), stop the shipper (unshipped records stay in the spool for
@@ -20,10 +23,11 @@ from typing import Any, Callable
 
 from opik_cipx import __version__
 from opik_cipx.config import Settings
+from opik_cipx.control.daemon_control import home_id
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import assign_picked_ports, claude_code_port
-from opik_cipx.home import private_dir, write_atomic, write_json
-from opik_cipx.logs import configure_daemon_logging
+from opik_cipx.home import StateFiles, private_dir
+from opik_cipx.logs import DaemonLog
 from opik_cipx.materialize.materializer import Materializer, materializer_config
 from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.ship.destination import opik_config_path, resolve_destination
@@ -72,11 +76,13 @@ def build_materializer(
 class Daemon:
     """Owns every listener and worker thread of one running proxy."""
 
-    def __init__(self, settings: Settings, port: int | None = None):
+    def __init__(self, settings: Settings, port: int | None = None, log: DaemonLog | None = None):
         self.settings = settings
         self.counters = Counters()
         self.started_at = time.time()
-        private_dir(settings.home)
+        self.log = log
+        self.files = StateFiles(settings.home)
+        self.home_error = _home_error(settings.home)
         try:
             self.pool = UpstreamPool(
                 settings.upstream_url,
@@ -93,7 +99,10 @@ class Daemon:
             max_age_s=settings.captures_max_age_days * 86400,
             segment_bytes=settings.captures_segment_mb * 1024 * 1024,
         )
-        store.enforce_retention()  # also when captures are off: old ones still age out
+        try:
+            store.enforce_retention()  # also when captures are off: old ones still age out
+        except OSError as exc:
+            log.warning("capture store: cannot delete old captures: %s", exc.strerror or exc)
         self.store = store if settings.captures_enabled else None
         env = dict(os.environ)
         self.materializer = build_materializer(settings, env, pause=self._yield_to_wire)
@@ -104,7 +113,7 @@ class Daemon:
         token = read_token(settings.home)
         if token is None:
             token = new_token()
-            write_atomic(token_path(settings.home), token.encode() + b"\n")
+            self.files.write(token_path(settings.home), token.encode() + b"\n")
         host = settings.listen_host
         limits = Limits(settings.client_header_timeout_s, settings.client_body_timeout_s,
                         settings.client_idle_timeout_s, settings.client_max_connections)
@@ -114,9 +123,10 @@ class Daemon:
                 "claude_code", host, claude_code_port(settings.ports_path) if port is None else port, handler,
                 limits, self.counters,
             )
-            self.ports = assign_picked_ports(settings.ports_path)
+            self.ports = assign_picked_ports(settings.ports_path, self.files.write_json)
             self.ports["claude_code"] = self.gateway_server.port
-            admin_handler = type("Handler", (AdminHandler,), {"stats": staticmethod(self.stats)})
+            admin_handler = type("Handler", (AdminHandler,),
+                                 {"stats": staticmethod(self.stats), "state": staticmethod(self.state)})
             self.admin_server = LoopbackServer("admin", host, self.ports["admin"], admin_handler, limits, self.counters)
             viewer_handler = type("Handler", (ViewerHandler,), {"calls": self.calls, "access": ViewerAccess(token)})
             self.viewer_server = LoopbackServer("viewer", host, self.ports["viewer"], viewer_handler, limits,
@@ -182,7 +192,9 @@ class Daemon:
             )
             thread.start()
             self._threads.append(thread)
-        write_json(self.settings.state_path, self.state())
+        if not self.files.write_json(self.settings.state_path, self.state()):
+            log.warning("cannot write state files (%s); the proxy runs and keeps them in memory until the disk "
+                        "takes them", self.files.section()["last_error"])
         log.info(
             "opik-cipx %s listening: claude_code 127.0.0.1:%d, admin 127.0.0.1:%d, viewer 127.0.0.1:%d, upstream %s",
             __version__, self.ports["claude_code"], self.ports["admin"], self.ports["viewer"], self.settings.upstream_url,
@@ -193,11 +205,33 @@ class Daemon:
         else:
             log.info("opik: not configured; spans are kept in the spool")
 
+    def tick(self) -> None:
+        """Once a second on the main thread: write what the disk refused before, reattach the log file."""
+        for path in self.files.retry():
+            log.info("wrote %s: the disk takes writes again", path.name)
+        if self.log is not None:
+            self.log.retry()
+
+    def home_section(self) -> dict[str, Any]:
+        """The `home` stats section: what is kept in memory because the disk refused it, and why."""
+        files = self.files.section()
+        problems = []
+        if self.home_error:
+            problems.append(self.home_error)
+        if files["unsaved"]:
+            problems.append(f"{', '.join(files['unsaved'])} kept in memory, retried every second: {files['last_error']}")
+        log_problem = self.log.problem if self.log is not None else None
+        if log_problem:
+            problems.append(log_problem)
+        return {"degraded": bool(problems), "unsaved": files["unsaved"], "problems": problems}
+
     def state(self) -> dict[str, Any]:
-        """The `state.json` handshake; `executable*` let `sync` spot a replaced binary."""
+        """The `state.json` handshake (also served at `/admin/state`); `executable*` let `sync` spot a
+        replaced binary, `home` tells a command that asks the admin port that this daemon is its own."""
         exe = current_executable()
         return {
             "pid": os.getpid(),
+            "home": home_id(self.settings.home),
             "started_at": utc_iso(self.started_at),
             "ports": self.ports,
             "version": __version__,
@@ -220,6 +254,7 @@ class Daemon:
             "opik": self.shipper.section,
             "queue": self.shipper.queue_section,
             "wal": self.spool.section,
+            "home": self.home_section,
             "telemetry": _telemetry,
         }
         return build_stats(base, self.counters, providers)
@@ -253,9 +288,9 @@ class Daemon:
         if self.store:
             self.store.close()
         try:
-            self.settings.state_path.unlink()
-        except FileNotFoundError:
-            pass
+            self.files.discard(self.settings.state_path)
+        except OSError as exc:
+            log.warning("cannot remove state.json: %s", exc.strerror or exc)
         log.info("opik-cipx stopped")
 
 
@@ -266,19 +301,29 @@ def _telemetry() -> dict[str, Any]:
     return {"enabled": False, "reason": "off (no CIPX_SENTRY_DSN)"}
 
 
+def _home_error(home: Path) -> str | None:
+    """Create `$CIPX_HOME` (0700) if needed; why it cannot be, or None. The wire runs either way."""
+    try:
+        private_dir(home)
+    except OSError as exc:
+        return f"cannot prepare CIPX_HOME ({exc.strerror or type(exc).__name__})"
+    return None
+
+
 def run_proxy(settings: Settings, port: int | None = None) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT; the exit code."""
     os.umask(0o077)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     raise_fd_limit()
-    private_dir(settings.home)
-    configure_daemon_logging(
+    daemon_log = DaemonLog(
         settings.logs_dir, settings.logs_max_mb * 1024 * 1024, settings.logs_backups, debug=settings.opik_debug
     )
+    if daemon_log.problem:
+        log.warning("%s", daemon_log.problem)
     for warning in settings.warnings:
         log.warning("%s", warning)
     try:
-        daemon = Daemon(settings, port)
+        daemon = Daemon(settings, port, daemon_log)
     except StartupError as exc:
         log.error("%s", exc)
         return 1
@@ -287,7 +332,7 @@ def run_proxy(settings: Settings, port: int | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     daemon.start()
     while not stop.wait(1.0):
-        pass
+        daemon.tick()
     log.info("signal received: draining")
     daemon.shutdown()
     return 0

@@ -80,6 +80,7 @@ def default_sections() -> dict[str, Any]:
             "dropped_events_disk": 0,
         },
         "materializer": {"lag_events": 0, "inflight_raw": 0, "ready_raw": 0},
+        "home": {"degraded": False, "unsaved": [], "problems": []},
         "telemetry": {"enabled": False, "reason": "off (no CIPX_SENTRY_DSN)"},
     }
 

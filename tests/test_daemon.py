@@ -15,7 +15,7 @@ from tests.fake_anthropic import fixture_reply, split_sse, sse_reply
 
 CONTRACT_3 = {
     "pid", "version", "started_at", "uptime_s", "listeners", "project", "opik", "queue", "wal",
-    "counters", "materializer", "telemetry",
+    "counters", "materializer", "telemetry", "home",
 }
 COUNTERS = {
     "requests_captured", "events_materialized", "spans_shipped", "materializer_errors_total",
@@ -59,6 +59,7 @@ def test_stats_document_has_every_contract_field(daemon, upstream):
     assert set(stats["wal"]) >= {"hot_bytes", "segments", "last_sync_at", "degraded", "last_write_error",
                                  "dropped_events_inmem", "dropped_events_disk"}
     assert set(stats["materializer"]) == {"lag_events", "inflight_raw", "ready_raw"}
+    assert stats["home"] == {"degraded": False, "unsaved": [], "problems": []}
     assert stats["telemetry"]["enabled"] is False
     assert admin_get(daemon.admin_port, "/admin/health") == (200, {"ok": True})
 
@@ -78,7 +79,8 @@ def test_state_files_are_private_and_state_json_is_the_handshake(daemon):
     assert stat.S_IMODE((home / "logs").stat().st_mode) == 0o700
     state = json.loads((home / "state.json").read_text())
     assert state["pid"] == daemon.proc.pid
-    assert set(state) >= {"pid", "started_at", "ports", "version"}
+    assert set(state) >= {"pid", "started_at", "ports", "version", "home"}
+    assert admin_get(daemon.admin_port, "/admin/state") == (200, state)
     ports = json.loads((home / "ports.json").read_text())
     assert ports["claude_code"] == 9909  # `--port 0` is a per-run override, never persisted
     assert ports["admin"] == daemon.admin_port

@@ -16,6 +16,7 @@ from typing import Any
 from opik_cipx.config import ConfigError, Settings
 from opik_cipx.control import claude_settings, lifecycle
 from opik_cipx.control.daemon_control import admin_port, fetch_stats, paths_only_settings, pid_alive, read_state
+from opik_cipx.home import disk_full_or_read_only
 from opik_cipx.stats import COUNTER_NAMES, PROBLEM_COUNTERS
 
 PROBLEM_HINTS = {
@@ -50,6 +51,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         else:
             print("opik-cipx: not running — run `opik-cipx sync` to start it")
             print(f"  claude code  {pointing}")
+            full = disk_full_or_read_only(settings.home)
+            if full:
+                print(f"  ! CIPX_HOME {settings.home} {full}: a daemon started there cannot record where it "
+                      "listens, so this command cannot find it; free some space, then run `opik-cipx restart`")
         return 0
     port = admin_port(settings, state)
     stats = fetch_stats(port)
@@ -131,6 +136,10 @@ def render(stats: dict[str, Any], claude_code: str | None = None, log_path: str 
     out.append(f"  {'project':<12} {stats.get('project') or '(not set)'}")
     if claude_code:
         out.append(f"  {'claude code':<12} {claude_code}")
+    home_problems = section("home").get("problems") or []
+    if home_problems:
+        out.append("degraded: the disk under CIPX_HOME refuses writes (full or read-only?); the proxy still runs")
+        out += [f"  ! {problem}" for problem in home_problems]
     out.append("queue")
     out.append(f"  {'in-memory':<12} {queue.get('in_memory', 0)}")
     out.append(f"  {'ready':<12} {queue.get('ready', 0)}")

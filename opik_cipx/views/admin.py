@@ -1,4 +1,5 @@
-"""The admin listener: `GET /admin/stats` (docs/ARCHITECTURE.md, "Admin stats") and `GET /admin/health`.
+"""The admin listener: `GET /admin/stats` (docs/ARCHITECTURE.md, "Admin stats"), `GET /admin/health`
+and `GET /admin/state` (the `state.json` handshake, for when the disk refused to store it).
 
 Short-lived commands (`status`, `sync`) read the daemon through it. Requests whose Host
 header is not a loopback name are refused (`LoopbackHandler`), so a web page cannot reach it by
@@ -15,7 +16,8 @@ log = logging.getLogger(__name__)
 
 
 class AdminHandler(LoopbackHandler):
-    stats: Callable[[], dict[str, Any]]  # set on the subclass the daemon builds
+    stats: Callable[[], dict[str, Any]]  # set on the subclass the daemon builds, like `state`
+    state: Callable[[], dict[str, Any]]
 
     @classmethod
     def error_document(cls, status: int, message: str) -> tuple[str, bytes]:
@@ -27,6 +29,8 @@ class AdminHandler(LoopbackHandler):
             self._send(200, {"ok": True})
         elif route == "/admin/stats":
             self._send(200, self.stats())
+        elif route == "/admin/state":
+            self._send(200, self.state())
         else:
             self._send(404, {"error": f"unknown admin path {route}; try /admin/stats or /admin/health"})
 
