@@ -20,7 +20,7 @@ from opik_cipx.store.spool import unshipped_records
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    parser.set_defaults(on_config_error=on_config_error)
+    parser.set_defaults(on_config_error=on_config_error, writes_home=True)
 
 
 def on_config_error(args: argparse.Namespace, exc: ConfigError) -> int:

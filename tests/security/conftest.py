@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,23 @@ def tmpfs(tmp_path: Path):
         yield Tmpfs(path)
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def read_only_view():
+    """`with read_only_view(path):` the directory read-only for every new open (a read-only bind mount over
+    itself); files a running daemon already holds open stay writable, as on a disk remounted under it."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to bind-mount a directory read-only")
+
+    @contextmanager
+    def view(path: Path):
+        if subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True).returncode != 0:
+            pytest.skip("cannot bind-mount here (no CAP_SYS_ADMIN)")
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True, capture_output=True)
+            yield
+        finally:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+    return view
