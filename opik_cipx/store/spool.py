@@ -509,7 +509,7 @@ class Spool:
         try:
             self._recover()
         except OSError as exc:
-            self._write_failed(f"cannot open the spool directory {self.directory}", exc)
+            self._write_failed("cannot open the spool directory", exc)  # no path: it is shown in the admin stats
             return False
         self._write_ok()
         return True
