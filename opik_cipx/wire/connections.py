@@ -49,6 +49,7 @@ LINGER_S = 1.0  # after a refusal with an unread body: how long its rest is read
 LINGER_BYTES = 1024 * 1024
 FD_LIMIT_WANTED = 8192
 _BLANK_LINE = re.compile(rb"\n\r?\n")
+HEAD_CUT_OFF = "opik-cipx: the request head ended before its blank line (connection closed mid-head); nothing was forwarded"
 _LISTENER = object()
 
 
@@ -100,16 +101,16 @@ def read_head(rfile: io.BufferedIOBase) -> bytes | None:
         line = rfile.readline(MAX_HEAD_BYTES + 1 - total)
         total += len(line)
         if total > MAX_HEAD_BYTES:
-            raise HeadError(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
+            raise HeadError(431, f"opik-cipx: request head larger than {MAX_HEAD_BYTES} bytes")
         if not line.endswith(b"\n"):
             if not lines and not line:
                 return None
-            raise HeadError(400, "the request head ended before its blank line (connection closed mid-head)")
+            raise HeadError(400, HEAD_CUT_OFF)
         lines.append(line)
         if len(lines) > 1 and line in (b"\r\n", b"\n"):
             return b"".join(lines)
         if len(lines) > MAX_HEADER_LINES + 1:
-            raise HeadError(431, f"more than {MAX_HEADER_LINES} header lines")
+            raise HeadError(431, f"opik-cipx: more than {MAX_HEADER_LINES} header lines")
 
 
 def raise_fd_limit(wanted: int = FD_LIMIT_WANTED) -> None:
@@ -376,7 +377,7 @@ class ConnectionServer(socketserver.TCPServer):
             data = b""
         if not data:
             if pending.buf:  # the client ended its side inside the head: nothing is forwarded
-                self._refuse(pending, 400, "the request head ended before its blank line (connection closed mid-head)")
+                self._refuse(pending, 400, HEAD_CUT_OFF)
             else:
                 self._drop(pending)
             return
@@ -389,7 +390,7 @@ class ConnectionServer(socketserver.TCPServer):
         if end is None and len(pending.buf) <= MAX_HEAD_BYTES:
             return
         if end is None or end > MAX_HEAD_BYTES:
-            self._refuse(pending, 431, f"request head larger than {MAX_HEAD_BYTES} bytes")
+            self._refuse(pending, 431, f"opik-cipx: request head larger than {MAX_HEAD_BYTES} bytes")
             return
         self._dispatch(pending)
 
@@ -410,7 +411,7 @@ class ConnectionServer(socketserver.TCPServer):
             self._count("connections_refused")
             log.warning("%s listener: %d connections busy; refused a request (client_max_connections)",
                         self.name, self.limits.max_connections)
-            message = f"too many connections at once (more than {self.limits.max_connections}); retry shortly"
+            message = f"opik-cipx: too many connections at once (more than {self.limits.max_connections}); retry shortly"
             _send_and_close(pending.sock, self.RequestHandlerClass.canned_response(503, message))
             return
         pending.sock.setblocking(True)
