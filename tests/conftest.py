@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 
 from opik_cipx.views.access import cookie_name
+from opik_cipx.wire.connections import Limits
 from tests.fake_anthropic import CA_BUNDLE, FakeAnthropic
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code"
+LIMITS = Limits(header_timeout_s=30, body_timeout_s=120, idle_timeout_s=120, max_connections=256)  # the defaults
 
 
 def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.01, what: str = "condition"):

@@ -55,12 +55,12 @@ _LISTENER = object()
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-listener bounds on client connections (see the module docstring)."""
+    """Per-listener bounds on client connections (see the module docstring; defaults live in config.py)."""
 
-    header_timeout_s: float = 30.0
-    body_timeout_s: float = 120.0
-    idle_timeout_s: float = 120.0
-    max_connections: int = 256
+    header_timeout_s: float
+    body_timeout_s: float
+    idle_timeout_s: float
+    max_connections: int
 
     @property
     def max_pending(self) -> int:
@@ -122,6 +122,11 @@ def raise_fd_limit(wanted: int = FD_LIMIT_WANTED) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (OSError, ValueError) as exc:
         log.debug("cannot raise the open-file limit: %s", exc)
+
+
+def worth_logging(count: int) -> bool:
+    """Log the 1st, 2nd, 4th, 8th... occurrence only: a flood must not turn into disk writes on the wire."""
+    return count & (count - 1) == 0
 
 
 def error_response(status: int, reason: str, content_type: str, body: bytes) -> bytes:
@@ -200,16 +205,16 @@ class _ConnReader(io.RawIOBase):
 
     def __init__(self, sock: socket.socket, prefix: bytes):
         self._sock = sock
-        self._prefix = memoryview(prefix)
+        self._prefix: memoryview | None = memoryview(prefix) if prefix else None
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        if self._prefix:
+        if self._prefix is not None:
             n = min(len(buffer), len(self._prefix))
             buffer[:n] = self._prefix[:n]
-            self._prefix = self._prefix[n:]
+            self._prefix = self._prefix[n:] if n < len(self._prefix) else None
             return n
         return self._sock.recv_into(buffer)
 
@@ -273,10 +278,9 @@ class ConnectionServer(socketserver.TCPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address, handler: type["ConnectionHandler"], limits: Limits | None = None,
-                 counters: Counters | None = None):
-        self.limits = limits or Limits()
-        self.counters = counters
+    def __init__(self, address, handler: type["ConnectionHandler"], limits: Limits, counters: Counters | None = None):
+        self.limits = limits
+        self.counters = counters or Counters()
         self.name = getattr(self, "name", "listener")
         self._selector = selectors.DefaultSelector()
         self._lock = threading.Lock()
@@ -355,7 +359,7 @@ class ConnectionServer(socketserver.TCPServer):
     def _evict_oldest(self) -> bool:
         if not self._pending:
             return False
-        self._count("connections_refused")
+        self.counters.incr("connections_refused")
         self._drop(next(iter(self._pending.values())))
         return True
 
@@ -397,6 +401,7 @@ class ConnectionServer(socketserver.TCPServer):
     def _refuse(self, pending: _Pending, status: int, message: str) -> None:
         self._pending.pop(pending.sock.fileno(), None)
         self._selector.unregister(pending.sock)
+        pending.buf = bytearray()
         _send_and_close(pending.sock, self.RequestHandlerClass.canned_response(status, message))
 
     def _dispatch(self, pending: _Pending) -> None:
@@ -407,10 +412,13 @@ class ConnectionServer(socketserver.TCPServer):
             if room:
                 conn = Connection(pending.sock, pending.addr, bytes(pending.buf))
                 self._active.add(conn)
+        pending.buf = bytearray()  # its heap entry may outlive it until its deadline
         if not room:
-            self._count("connections_refused")
-            log.warning("%s listener: %d connections busy; refused a request (client_max_connections)",
-                        self.name, self.limits.max_connections)
+            self.counters.incr("connections_refused")
+            refused = self.counters.get("connections_refused")
+            if worth_logging(refused):
+                log.warning("%s listener: %d connections busy; refused a request (client_max_connections; %d so far)",
+                            self.name, self.limits.max_connections, refused)
             message = f"opik-cipx: too many connections at once (more than {self.limits.max_connections}); retry shortly"
             _send_and_close(pending.sock, self.RequestHandlerClass.canned_response(503, message))
             return
@@ -442,8 +450,9 @@ class ConnectionServer(socketserver.TCPServer):
             deadline, _, pending = heapq.heappop(self._deadlines)
             if pending.deadline == deadline and self._pending.get(pending.sock.fileno()) is pending:
                 if pending.buf:
-                    self._count("requests_timed_out")
+                    self.counters.incr("requests_timed_out")
                 self._drop(pending)
+                pending.buf = bytearray()
         if self._accept_paused_until and now >= self._accept_paused_until:
             self._accept_paused_until = 0.0
             self._selector.register(self.socket, selectors.EVENT_READ, _LISTENER)
@@ -455,12 +464,8 @@ class ConnectionServer(socketserver.TCPServer):
         for conn in late:
             phase = conn.phase
             if conn.cut(f"{phase} timeout") and phase != "idle":
-                self._count("requests_timed_out")
+                self.counters.incr("requests_timed_out")
                 log.info("%s listener: closed a connection whose request %s took too long", self.name, phase)
-
-    def _count(self, name: str) -> None:
-        if self.counters is not None:
-            self.counters.incr(name)
 
     # ---- hang-up watch ------------------------------------------------------------------
 
@@ -521,6 +526,7 @@ class ConnectionHandler(BaseHTTPRequestHandler):
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.rfile = io.BufferedReader(_ConnReader(conn.sock, conn.prefix))
         self.wfile = _ConnWriter(conn.sock)
+        conn.prefix = b""
 
     def handle_one_request(self) -> None:
         limits = self.server.limits

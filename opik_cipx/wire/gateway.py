@@ -28,6 +28,7 @@ from opik_cipx.ids import new_uuid7
 from opik_cipx.stats import Counters
 from opik_cipx.wire.capture import Capture, redact_headers
 from opik_cipx.wire.endpoints import is_known
+from opik_cipx.wire.connections import worth_logging
 from opik_cipx.wire.loopback import LoopbackHandler
 from opik_cipx.wire.upstream import UpstreamPool
 
@@ -173,8 +174,12 @@ class GatewayHandler(LoopbackHandler):
         return refusal
 
     def refuse(self, status: int, message: str) -> None:
-        self.gateway.counters.incr("requests_refused")
-        log.info("gateway: refused %s %s: %s", self.command, self.path.split("?", 1)[0][:200], message)
+        counters = self.gateway.counters
+        counters.incr("requests_refused")
+        refused = counters.get("requests_refused")
+        if worth_logging(refused):
+            log.warning("gateway: refused %s %s (%d so far): %s", self.command, self.path.split("?", 1)[0][:200],
+                        refused, message)
         super().refuse(status, message)
 
     @classmethod

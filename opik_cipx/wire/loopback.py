@@ -28,8 +28,8 @@ class ListenError(Exception):
 
 
 class LoopbackServer(ConnectionServer):
-    def __init__(self, name: str, host: str, port: int, handler: type["LoopbackHandler"],
-                 limits: Limits | None = None, counters: Counters | None = None):
+    def __init__(self, name: str, host: str, port: int, handler: type["LoopbackHandler"], limits: Limits,
+                 counters: Counters | None = None):
         if host != LOOPBACK_HOST:
             raise ListenError(
                 f"refusing to listen on {host!r} for {name}: opik-cipx only binds {LOOPBACK_HOST} "

@@ -12,6 +12,7 @@ from opik_cipx.store.captures import CaptureStore
 from opik_cipx.views.access import ViewerAccess, cookie_name
 from opik_cipx.views.viewer import RecentCalls, ViewerHandler, call_row
 from opik_cipx.wire.loopback import LoopbackServer
+from tests.conftest import LIMITS
 from tests.claude_code_corpus import exchanges
 
 
@@ -26,7 +27,7 @@ def viewer(tmp_path):
         calls.add(call_row(capture, materializer.materialize(capture), segment))
     store.close()
     handler = type("H", (ViewerHandler,), {"calls": calls, "access": ViewerAccess(TOKEN)})
-    server = LoopbackServer("viewer", "127.0.0.1", 0, handler)
+    server = LoopbackServer("viewer", "127.0.0.1", 0, handler, LIMITS)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     yield server.port, calls
     server.shutdown()

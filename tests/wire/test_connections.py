@@ -8,6 +8,7 @@ import io
 import socket
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from opik_cipx.stats import Counters
 from opik_cipx.wire.connections import MAX_HEAD_BYTES, HeadError, Limits, head_end, read_head
 from opik_cipx.wire.loopback import LoopbackHandler, LoopbackServer
-from tests.conftest import wait_for
+from tests.conftest import LIMITS, wait_for
 
 REQUEST = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -38,7 +39,7 @@ class Recorder(LoopbackHandler):
 def serve():
     servers = []
 
-    def start(limits: Limits = Limits()) -> tuple[LoopbackServer, type[Recorder], Counters]:
+    def start(limits: Limits = LIMITS) -> tuple[LoopbackServer, type[Recorder], Counters]:
         hold = threading.Event()
         hold.set()
         handler = type("H", (Recorder,), {"seen": [], "hold": hold})
@@ -158,7 +159,7 @@ def test_a_head_too_large_is_431(serve):
 
 
 def test_header_and_idle_deadlines_close_connections_and_count_only_stalled_heads(serve):
-    server, handler, counters = serve(Limits(header_timeout_s=0.3, idle_timeout_s=0.6))
+    server, handler, counters = serve(replace(LIMITS, header_timeout_s=0.3, idle_timeout_s=0.6))
     partial, silent = connect(server), connect(server)
     partial.sendall(b"GET / HTTP/1.1\r\n")
     started = time.monotonic()
@@ -170,7 +171,7 @@ def test_header_and_idle_deadlines_close_connections_and_count_only_stalled_head
 
 
 def test_keep_alive_idle_deadline_in_the_handler_thread(serve):
-    server, handler, _ = serve(Limits(idle_timeout_s=0.5))
+    server, handler, _ = serve(replace(LIMITS, idle_timeout_s=0.5))
     with connect(server) as sock:
         sock.sendall(REQUEST)
         sock.settimeout(5)
@@ -181,7 +182,7 @@ def test_keep_alive_idle_deadline_in_the_handler_thread(serve):
 
 
 def test_over_the_cap_idle_connections_are_reclaimed_then_requests_refused_503(serve):
-    server, handler, counters = serve(Limits(max_connections=2))
+    server, handler, counters = serve(replace(LIMITS, max_connections=2))
     idle = connect(server)
     idle.sendall(REQUEST)
     idle.settimeout(5)
