@@ -17,7 +17,10 @@ Bounds (`Limits`, from the `client_*` options):
   too (`max_pending`); beyond it the oldest waiting one is closed.
 Deadlines of handler threads are enforced by the loop: it shuts the socket down, so a blocked
 read ends as a closed connection. The loop also watches the client socket of an exchange that
-asked for it (`watch_hangup`) and reports the client leaving the moment it happens.
+asks for it (`ConnectionHandler.hangup_watch`) and reports the client leaving. It arms the watch
+at its next scan (`SCAN_INTERVAL_S`), from its own thread: a wire thread makes no extra system
+call for it (each one would hand the GIL to the materializer), and an exchange shorter than a
+scan costs nothing at all; a client that leaves is noticed within about `SCAN_INTERVAL_S`.
 """
 
 import errno
@@ -31,10 +34,9 @@ import socket
 import socketserver
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
-from typing import Callable, Iterator
+from typing import Callable
 
 from opik_cipx.stats import Counters
 
@@ -51,6 +53,7 @@ FD_LIMIT_WANTED = 8192
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 HEAD_CUT_OFF = "opik-cipx: the request head ended before its blank line (connection closed mid-head); nothing was forwarded"
 _LISTENER = object()
+INFINITY = float("inf")
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ class _Pending:
 
 
 class Connection:
-    """A client connection served by a handler thread; its phase and deadline are read by the loop."""
+    """A client connection served by a handler thread; its phase, deadline and hang-up watch are read by the loop."""
 
     def __init__(self, sock: socket.socket, addr, prefix: bytes):
         self.sock = sock
@@ -159,18 +162,63 @@ class Connection:
         self._lock = threading.Lock()
         self.phase: str | None = None
         self.since = time.monotonic()
-        self.deadline = float("inf")
+        self.deadline = INFINITY
         self.cut_reason: str | None = None
+        self.on_hangup: Callable[[], None] | None = None  # set by the handler while an exchange wants watching
+        self._armed_for: Callable[[], None] | None = None  # what the loop registered the socket for
+        self._spent: Callable[[], None] | None = None  # a watch ended by bytes from the client: not re-armed
+        self._released = False
+
+    def arm(self, selector: selectors.BaseSelector) -> None:
+        """On the loop thread: register the socket for the watch the handler wants now, or unregister it."""
+        with self._lock:
+            wanted = self.on_hangup
+            if self._released or wanted is self._armed_for or (wanted is not None and wanted is self._spent):
+                return
+            if self._armed_for is not None:
+                selector.unregister(self.sock)
+                self._armed_for = None
+            if wanted is not None:
+                selector.register(self.sock, selectors.EVENT_READ, self)
+                self._armed_for = wanted
+
+    def readable(self, selector: selectors.BaseSelector) -> Callable[[], None] | None:
+        """On the loop thread, the socket being readable: the callback to run if the client has left."""
+        with self._lock:
+            if self._released or self._armed_for is None:
+                return None
+            try:
+                data = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return None
+            except OSError:
+                data = b""  # reset
+            callback, self._armed_for, self._spent = self._armed_for, None, self._armed_for
+            selector.unregister(self.sock)  # bytes waiting (a pipelined request) end the watch too
+            return callback if not data and self.on_hangup is callback else None
+
+    def release(self, selector: selectors.BaseSelector) -> None:
+        """On the handler thread, before the socket closes: the loop lets go of it."""
+        with self._lock:
+            self._released = True
+            if self._armed_for is not None:
+                selector.unregister(self.sock)
+                self._armed_for = None
 
     def enter(self, phase: str | None, timeout_s: float | None = None) -> bool:
-        """Start `phase` (idle, head, body; None: no deadline); False if the loop already cut the connection."""
-        now = time.monotonic()
-        with self._lock:
-            if self.cut_reason:
-                return False
-            self.phase, self.since = phase, now
-            self.deadline = now + timeout_s if timeout_s is not None else float("inf")
-            return True
+        """Start `phase` (idle, head, body; None: no deadline); False if the loop already cut the connection.
+
+        Plain attribute writes, no lock: this runs several times per request on the wire, and the
+        loop only reads them (at worst it sees a deadline a moment late or early).
+        """
+        if self.cut_reason:
+            return False
+        if timeout_s is None:
+            self.deadline, self.phase = INFINITY, phase
+        else:
+            now = time.monotonic()
+            self.deadline, self.phase, self.since = now + timeout_s, phase, now
+        return True
 
     def cut(self, reason: str) -> bool:
         """End the connection from the loop thread: a blocked read in the handler returns end-of-stream."""
@@ -189,15 +237,6 @@ class Connection:
             _drain_and_close(self.sock)
         else:
             _close(self.sock)
-
-
-class _Watch:
-    __slots__ = ("sock", "fd", "callback")
-
-    def __init__(self, sock: socket.socket, callback: Callable[[], None]):
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.callback = callback
 
 
 class _ConnReader(io.RawIOBase):
@@ -442,6 +481,7 @@ class ConnectionServer(socketserver.TCPServer):
         finally:
             with self._lock:
                 self._active.discard(conn)
+            conn.release(self._selector)
             conn.close()
 
     def _expire(self, now: float) -> None:
@@ -460,50 +500,20 @@ class ConnectionServer(socketserver.TCPServer):
             return
         self._next_scan = now + SCAN_INTERVAL_S
         with self._lock:
-            late = [conn for conn in self._active if conn.deadline <= now]
-        for conn in late:
+            active = list(self._active)
+        for conn in active:
+            conn.arm(self._selector)
+        for conn in (conn for conn in active if conn.deadline <= now):
             phase = conn.phase
             if conn.cut(f"{phase} timeout") and phase != "idle":
                 self.counters.incr("requests_timed_out")
                 log.info("%s listener: closed a connection whose request %s took too long", self.name, phase)
 
-    # ---- hang-up watch ------------------------------------------------------------------
-
-    def watch_hangup(self, sock: socket.socket, callback: Callable[[], None]) -> _Watch | None:
-        """Call `callback` (on the loop thread) if the client closes `sock`; None if it cannot be watched.
-
-        Registering from a handler thread is safe: epoll/kqueue take registrations while the
-        loop waits, and other selectors see them at the loop's next turn (`poll_interval`).
-        """
-        watch = _Watch(sock, callback)
-        try:
-            self._selector.register(sock, selectors.EVENT_READ, watch)
-        except (KeyError, ValueError, OSError):
-            return None
-        return watch
-
-    def unwatch(self, watch: _Watch | None) -> None:
-        if watch is not None:
-            self._unregister_watch(watch)
-
-    def _unregister_watch(self, watch: _Watch) -> None:
-        try:
-            if self._selector.get_key(watch.fd).data is watch:
-                self._selector.unregister(watch.fd)
-        except (KeyError, ValueError, OSError):
-            pass
-
-    def _hangup(self, watch: _Watch) -> None:
-        try:
-            data = watch.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""  # reset or already closed
-        self._unregister_watch(watch)  # bytes waiting (a pipelined request) also end the watch
-        if not data:
+    def _hangup(self, conn: Connection) -> None:
+        callback = conn.readable(self._selector)
+        if callback is not None:
             try:
-                watch.callback()
+                callback()
             except Exception:  # the loop serves every connection: a bug here must not end it
                 log.exception("%s listener: hang-up callback failed", self.name)
 
@@ -513,7 +523,11 @@ class ConnectionHandler(BaseHTTPRequestHandler):
 
     Reads each head with `read_head` (a head cut off mid-way is a 400, never a request) and
     runs each phase of the connection under its deadline. Subclasses answer `do_<METHOD>`,
-    may refuse a request in `check_request` and shape error bodies in `error_document`.
+    may refuse a request in `check_request` and shape error bodies in `error_document`. A handler
+    reading a body brackets it with `self.conn.enter("body", limits.body_timeout_s)` and
+    `self.conn.enter(None)`; one waiting on something slow sets `self.conn.on_hangup` to a
+    callback the loop calls (on its thread) if the client closes the connection meanwhile (a
+    half-close counts, as with nginx), and clears it after.
     """
 
     protocol_version = "HTTP/1.1"
@@ -531,15 +545,22 @@ class ConnectionHandler(BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         limits = self.server.limits
         self.close_connection = True
-        if not self.conn.enter("idle", limits.idle_timeout_s) or not self.rfile.peek(1):
+        if not self.conn.enter("idle", limits.idle_timeout_s):
             return
-        if not self.conn.enter("head", limits.header_timeout_s):
+        buffered = self.rfile.peek(1)  # waits for the first byte of the next request
+        if not buffered:
             return
-        try:
-            head = read_head(self.rfile)
-        except HeadError as exc:
-            self.send_canned(exc.status, str(exc))
-            return
+        end = head_end(buffered)
+        if end is not None:  # the whole head is buffered (always so for the first one): no line-by-line read
+            head = self.rfile.read(end)
+        else:
+            if not self.conn.enter("head", limits.header_timeout_s):
+                return
+            try:
+                head = read_head(self.rfile)
+            except HeadError as exc:
+                self.send_canned(exc.status, str(exc))
+                return
         self.conn.enter(None)
         if head is None:
             return
@@ -566,15 +587,6 @@ class ConnectionHandler(BaseHTTPRequestHandler):
     def check_request(self) -> tuple[int, str] | None:
         """(status, message) to refuse the request before it is handled; None to handle it."""
         return None
-
-    @contextmanager
-    def body_deadline(self) -> Iterator[None]:
-        """Reading the request body: the whole of it must arrive within `body_timeout_s`."""
-        self.conn.enter("body", self.server.limits.body_timeout_s)
-        try:
-            yield
-        finally:
-            self.conn.enter(None)
 
     def refuse(self, status: int, message: str) -> None:
         """Answer `status` without reading the body, then close (lingering so the answer is read)."""

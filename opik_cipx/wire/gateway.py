@@ -10,7 +10,8 @@ Only Claude Code and other local programs are served, never a web page: a reques
 a target that is not a path is refused 403 (`browser_or_stranger`), not forwarded, not captured
 and counted in `requests_refused`. Claude Code sends none of these (tests/security prove it on
 the recorded corpus). While an exchange waits on the upstream, the connection loop watches the
-client socket: a client that leaves closes the upstream request at once (`_Departure`).
+client socket: a client that leaves closes the upstream request within a fraction of a second
+(`_Departure`).
 """
 
 import http.client
@@ -29,7 +30,7 @@ from opik_cipx.stats import Counters
 from opik_cipx.wire.capture import Capture, redact_headers
 from opik_cipx.wire.endpoints import is_known
 from opik_cipx.wire.connections import worth_logging
-from opik_cipx.wire.loopback import LoopbackHandler
+from opik_cipx.wire.loopback import LoopbackHandler, loopback_host
 from opik_cipx.wire.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -143,12 +144,27 @@ def decodable_accept_encoding(value: str) -> str:
 
 
 def browser_or_stranger(target: str, headers: Message) -> str | None:
-    """Why a request (Host already checked) must not be forwarded: it comes from a web page or is not
-    addressed to us; None for a local program such as Claude Code."""
-    if "origin" in headers:
+    """Why a request must not be forwarded: it comes from a web page or is not addressed to us; None for a
+    local program such as Claude Code. `"host"` when the Host is not one loopback name (the caller words it).
+
+    One pass over the raw headers: each `Message` lookup would walk (and clean) every header again.
+    """
+    hosts, origin, site, mode = [], False, False, None
+    for name, value in headers.raw_items():
+        lowered = name.lower()
+        if lowered == "host":
+            hosts.append(value)
+        elif lowered == "origin":
+            origin = True
+        elif lowered == "sec-fetch-site":
+            site = True
+        elif lowered == "sec-fetch-mode" and mode is None:
+            mode = value.strip().lower()
+    if not loopback_host(hosts):
+        return "host"
+    if origin:
         return "requests from web pages (Origin header) are refused"
-    mode = headers.get("Sec-Fetch-Mode")
-    if "sec-fetch-site" in headers or (mode is not None and mode.strip().lower() != NON_BROWSER_FETCH_MODE):
+    if site or (mode is not None and mode != NON_BROWSER_FETCH_MODE):
         return "requests from a web browser (Sec-Fetch-* headers) are refused"
     if not target.startswith("/"):
         return "the request target must be a path (this is not a forward proxy)"
@@ -166,12 +182,10 @@ class GatewayHandler(LoopbackHandler):
         raise AttributeError(name)
 
     def check_request(self) -> tuple[int, str] | None:
-        refusal = super().check_request()
-        if refusal is None:
-            reason = browser_or_stranger(self.path, self.headers)
-            refusal = (403, f"opik-cipx: {reason}; only Claude Code and local programs may use this proxy") \
-                if reason else None
-        return refusal
+        reason = browser_or_stranger(self.path, self.headers)
+        if reason == "host":
+            return self.not_loopback()
+        return (403, f"opik-cipx: {reason}; only Claude Code and local programs may use this proxy") if reason else None
 
     def refuse(self, status: int, message: str) -> None:
         counters = self.gateway.counters
@@ -211,17 +225,19 @@ class GatewayHandler(LoopbackHandler):
             path=self.path,
             request_headers=redact_headers(self.headers.items()),
         )
+        self.conn.enter("body", self.server.limits.body_timeout_s)
         try:
-            with self.body_deadline():
-                body = self._read_body()
+            body = self._read_body()
         except BadRequest as exc:
             self.close_connection = True  # the rest of the request is unread: the connection ends here
             self.conn.linger = True
             self._reply_error(exc.status, f"opik-cipx: {exc}", "invalid_request_error")
             return
         except OSError:
-            self.close_connection = True  # client went away mid-request: nothing to forward
+            self.close_connection = True  # client went away mid-request (or stalled past its deadline)
             return
+        finally:
+            self.conn.enter(None)
         capture.request_body = body
         if not is_known(self.command, self.path):
             gw.counters.incr("unknown_endpoints")
@@ -317,11 +333,11 @@ class GatewayHandler(LoopbackHandler):
 
     def _relay(self, gw: Gateway, capture: Capture, body: bytes) -> None:
         departure = _Departure()
-        watch = self.server.watch_hangup(self.connection, departure)
+        self.conn.on_hangup = departure  # watched by the connection loop meanwhile
         try:
             self._relay_watched(gw, capture, body, departure)
         finally:
-            self.server.unwatch(watch)
+            self.conn.on_hangup = None
         if departure.finish() and not capture.client_aborted:
             capture.client_aborted = True
             self.close_connection = True
@@ -443,7 +459,7 @@ class ClientDeparted(Exception):
 
 
 class _Departure:
-    """The client leaving mid-exchange, reported by the connection loop (`watch_hangup`).
+    """The client leaving mid-exchange, reported by the connection loop (`Connection.on_hangup`).
 
     The loop calls it on its own thread: it marks the exchange and shuts the upstream socket
     down, so a read blocked on a silent upstream ends at once and the upstream request is

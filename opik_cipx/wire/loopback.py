@@ -76,10 +76,13 @@ class LoopbackHandler(ConnectionHandler):
     """Base of the gateway, admin and viewer handlers: a request not addressed to loopback is refused 403."""
 
     def check_request(self) -> tuple[int, str] | None:
-        if not loopback_host(self.headers.get_all("Host")):
-            return 403, (f"opik-cipx: the {self.server.name} listener answers only requests addressed to "
-                         "localhost or 127.0.0.1 (one Host header, host[:port])")
+        if not loopback_host([value for name, value in self.headers.raw_items() if name.lower() == "host"]):
+            return self.not_loopback()
         return None
+
+    def not_loopback(self) -> tuple[int, str]:
+        return 403, (f"opik-cipx: the {self.server.name} listener answers only requests addressed to "
+                     "localhost or 127.0.0.1 (one Host header, host[:port])")
 
 
 def free_port() -> int:

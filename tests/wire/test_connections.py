@@ -202,25 +202,50 @@ def test_over_the_cap_idle_connections_are_reclaimed_then_requests_refused_503(s
         sock.close()
 
 
-def test_hang_up_watch_reports_the_client_leaving_at_once(serve):
-    server, _, _ = serve()
+class Watcher(LoopbackHandler):
+    """Waits (up to 5 s) inside a hang-up watch, as the gateway does while the upstream is silent."""
+
+    left: threading.Event
+
+    def do_GET(self) -> None:
+        self.conn.on_hangup = self.left.set
+        try:
+            self.left.wait(5)
+        finally:
+            self.conn.on_hangup = None
+
+
+@pytest.fixture
+def watcher():
     left = threading.Event()
-    client, accepted = socket.socketpair()
-    watch = server.watch_hangup(accepted, left.set)
-    assert watch is not None and not left.wait(0.1)
+    server = LoopbackServer("test", "127.0.0.1", 0, type("W", (Watcher,), {"left": left}), LIMITS)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    yield server, left
+    left.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_hang_up_watch_reports_the_client_leaving_within_a_second(watcher):
+    server, left = watcher
+    sock = connect(server)
+    sock.sendall(REQUEST)
+    time.sleep(0.5)  # the watch is armed by now (and had nothing to report)
+    assert not left.is_set()
     started = time.monotonic()
-    client.close()
+    sock.close()
     assert left.wait(2) and time.monotonic() - started < 1.0
-    server.unwatch(watch)  # already ended by the loop: harmless
-    accepted.close()
 
 
-def test_hang_up_watch_ignores_a_client_that_sends_more(serve):
-    server, _, _ = serve()
-    left = threading.Event()
-    client, accepted = socket.socketpair()
-    server.watch_hangup(accepted, left.set)
-    client.sendall(b"GET /next HTTP/1.1\r\n")  # a pipelined request is not a departure
-    client.close()
-    assert not left.wait(0.5)
-    accepted.close()
+def test_hang_up_watch_sees_a_client_that_left_before_it_was_armed(watcher):
+    server, left = watcher
+    with connect(server) as sock:
+        sock.sendall(REQUEST)
+    assert left.wait(2)
+
+
+def test_hang_up_watch_ignores_a_client_that_sends_more(watcher):
+    server, left = watcher
+    with connect(server) as sock:
+        sock.sendall(REQUEST + b"GET /next HTTP/1.1\r\n")  # a pipelined request is not a departure
+        assert not left.wait(0.6)
