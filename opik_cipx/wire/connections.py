@@ -1,5 +1,7 @@
 """Client connections of a listener: no thread is spent on a connection until its request head is in.
 
+(docs/ARCHITECTURE.md, "Threads": the listener loops and their handler threads.)
+
 One loop thread per listener (`serve_forever`) accepts connections and reads request heads
 without blocking. A connection gets a handler thread only once a whole head (request line to
 the blank line) has arrived; one that sends nothing, or stalls mid-head, costs a file
