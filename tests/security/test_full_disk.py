@@ -3,17 +3,23 @@
 The wire comes up and serves calls; `ports.json`, `state.json` and the viewer token wait in memory;
 `status` (which then finds the daemon through the admin port in `ports.json`) says what is
 degraded and why; no temporary file is left; once the disk takes writes again the state is
-written. Real disks: a tmpfs that fills up or is remounted read-only (needs root, else skipped).
+written. Real disks: a tmpfs that fills up or is remounted read-only (needs root, else skipped);
+and the same in process, without root, with every write failing ENOSPC.
 """
 
+import errno
 import http.client
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from opik_cipx import home as home_module
+from opik_cipx.config import load_settings
+from opik_cipx.daemon import Daemon
 from opik_cipx.wire.loopback import free_port
 from tests.conftest import REPO, DaemonProcess, cli_env, run_cli, wait_for
 from tests.fake_anthropic import CA_BUNDLE
@@ -112,3 +118,30 @@ def test_a_fresh_home_on_a_read_only_disk_still_brings_the_wire_up(tmpfs, upstre
         proc.terminate()
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_in_process_a_disk_that_refuses_every_write_still_brings_the_wire_up(tmp_path, upstream, monkeypatch):
+    """The same without root: every atomic write fails with ENOSPC until the disk "recovers"."""
+    home = tmp_path / "home"
+    settings = load_settings({"CIPX_HOME": str(home), "HOME": str(tmp_path), "CIPX_UPSTREAM_URL": upstream.url,
+                              "CIPX_CA_BUNDLE": CA_BUNDLE, "CIPX_CONFIG": os.devnull})
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(home_module.os, "fsync", no_space)
+    daemon = Daemon(settings, port=0)
+    daemon.start()
+    try:
+        assert call_through(daemon.gateway_server.port) == 200
+        section = daemon.stats()["home"]
+        assert section["degraded"] and set(section["unsaved"]) == {"ports.json", "state.json", "viewer.token"}
+        assert "No space left on device" in section["problems"][0]
+        assert not [p for p in home.rglob("*") if p.name.endswith(".tmp")]
+        monkeypatch.undo()
+        daemon.tick()
+        assert json.loads((home / "state.json").read_text())["ports"] == daemon.ports
+        assert (home / "viewer.token").exists() and (home / "ports.json").exists()
+        assert daemon.stats()["home"] == {"degraded": False, "unsaved": [], "problems": []}
+    finally:
+        daemon.shutdown()
