@@ -178,10 +178,13 @@ class Connection:
             if self._released or wanted is self._armed_for or (wanted is not None and wanted is self._spent):
                 return
             if self._armed_for is not None:
-                selector.unregister(self.sock)
+                _unregister(selector, self.sock)
                 self._armed_for = None
             if wanted is not None:
-                selector.register(self.sock, selectors.EVENT_READ, self)
+                try:
+                    selector.register(self.sock, selectors.EVENT_READ, self)
+                except (KeyError, ValueError, OSError):  # closed under us: nothing to watch
+                    return
                 self._armed_for = wanted
 
     def readable(self, selector: selectors.BaseSelector) -> Callable[[], None] | None:
@@ -196,7 +199,7 @@ class Connection:
             except OSError:
                 data = b""  # reset
             callback, self._armed_for, self._spent = self._armed_for, None, self._armed_for
-            selector.unregister(self.sock)  # bytes waiting (a pipelined request) end the watch too
+            _unregister(selector, self.sock)  # bytes waiting (a pipelined request) end the watch too
             return callback if not data and self.on_hangup is callback else None
 
     def release(self, selector: selectors.BaseSelector) -> None:
@@ -204,7 +207,7 @@ class Connection:
         with self._lock:
             self._released = True
             if self._armed_for is not None:
-                selector.unregister(self.sock)
+                _unregister(selector, self.sock)
                 self._armed_for = None
 
     def enter(self, phase: str | None, timeout_s: float | None = None) -> bool:
@@ -273,6 +276,13 @@ class _ConnWriter(io.BufferedIOBase):
         self._sock.sendall(data)
         with memoryview(data) as view:
             return view.nbytes
+
+
+def _unregister(selector: selectors.BaseSelector, sock: socket.socket) -> None:
+    try:
+        selector.unregister(sock)
+    except (KeyError, ValueError):
+        pass
 
 
 def _close(sock: socket.socket) -> None:
@@ -350,15 +360,26 @@ class ConnectionServer(socketserver.TCPServer):
                 if self._deadlines:
                     timeout = max(0.0, min(timeout, self._deadlines[0][0] - now))
                 for key, _ in self._selector.select(timeout):
-                    if key.data is _LISTENER:
-                        self._accept()
-                    elif isinstance(key.data, _Pending):
-                        self._read(key.data)
-                    else:
-                        self._hangup(key.data)
-                self._expire(time.monotonic())
+                    self._guarded(self._event, key.data)
+                self._guarded(self._expire, time.monotonic())
         finally:
             self._stopped.set()
+
+    def _event(self, data) -> None:
+        if data is _LISTENER:
+            self._accept()
+        elif isinstance(data, _Pending):
+            self._read(data)
+        else:
+            self._hangup(data)
+
+    def _guarded(self, step: Callable, arg) -> None:
+        """One step of the loop: a bug in it is logged and counted, never the end of the listener."""
+        try:
+            step(arg)
+        except Exception:
+            self.counters.incr("panics_recovered")
+            log.exception("%s listener: unexpected error in the connection loop", self.name)
 
     def shutdown(self) -> None:
         """Stop the loop (no new connections or heads); handler threads finish on their own."""
@@ -464,7 +485,15 @@ class ConnectionServer(socketserver.TCPServer):
             _send_and_close(pending.sock, self.RequestHandlerClass.canned_response(503, message))
             return
         pending.sock.setblocking(True)
-        threading.Thread(target=self._serve, args=(conn,), name=f"cipx-{self.name}-conn", daemon=True).start()
+        try:
+            threading.Thread(target=self._serve, args=(conn,), name=f"cipx-{self.name}-conn", daemon=True).start()
+        except RuntimeError:  # the system cannot start another thread
+            with self._lock:
+                self._active.discard(conn)
+            self.counters.incr("connections_refused")
+            pending.sock.setblocking(False)
+            _send_and_close(pending.sock, self.RequestHandlerClass.canned_response(
+                503, "opik-cipx: cannot start a thread for this connection (system limit); retry shortly"))
 
     def _reclaim_idle(self) -> bool:
         """Close the connection that has waited longest, idle, for its next request (lock held)."""

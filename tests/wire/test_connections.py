@@ -249,3 +249,20 @@ def test_hang_up_watch_ignores_a_client_that_sends_more(watcher):
     with connect(server) as sock:
         sock.sendall(REQUEST + b"GET /next HTTP/1.1\r\n")  # a pipelined request is not a departure
         assert not left.wait(0.6)
+
+
+def test_a_bug_in_the_loop_is_counted_and_the_listener_keeps_serving(serve, monkeypatch):
+    server, handler, counters = serve()
+    real_read, calls = server._read, []
+
+    def read_once_broken(pending):
+        calls.append(pending)
+        if len(calls) == 1:
+            raise RuntimeError("bug")
+        real_read(pending)
+
+    monkeypatch.setattr(server, "_read", read_once_broken)
+    with connect(server) as broken:
+        broken.sendall(REQUEST)
+        wait_for(lambda: counters.get("panics_recovered") == 1, what="the bug counted")
+    assert request(server).startswith(b"HTTP/1.1 200")
