@@ -80,7 +80,9 @@ class ViewerAccess:
         return hmac.compare_digest(offered.encode("utf-8", "surrogateescape"), self._token)
 
     def _sign_in(self, path: str, rest: list[tuple[str, str]], port: int) -> Answer:
-        clean = (path or "/") + ("?" + urllib.parse.urlencode(rest) if rest else "")
+        if not path.startswith("/") or path.startswith("//") or "\\" in path:
+            path = "/"  # never an onward URL to another host
+        clean = path + ("?" + urllib.parse.urlencode(rest) if rest else "")
         cookie = f"{cookie_name(port)}={self._token.decode()}; Path=/; HttpOnly; SameSite=Strict"
         target = html.escape(clean, quote=True)
         body = (f"<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=\"0; url={target}\">"

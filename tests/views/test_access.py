@@ -27,6 +27,9 @@ def test_the_token_url_signs_in_and_moves_on_to_the_clean_url():
     assert TOKEN.encode() not in answer.body  # the page itself never repeats the token
     bare = ViewerAccess(TOKEN).check(viewer_url(PORT, TOKEN).split(str(PORT), 1)[1], headers(), PORT)
     assert b'url=/"' in bare.body
+    for elsewhere in ("//evil.com/", "/\\evil.com", "http://evil.com/"):
+        onward = ViewerAccess(TOKEN).check(f"{elsewhere}?token={TOKEN}", headers(), PORT)
+        assert b'url=/"' in onward.body, elsewhere
 
 
 def test_the_cookie_admits_and_anything_else_is_403():
