@@ -25,10 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from opik_cipx.ledger.db import open_reader  # noqa: E402
 from opik_cipx.ledger.entry import Entry, ledger_entry  # noqa: E402
 from opik_cipx.ledger.periods import local_day  # noqa: E402
 from opik_cipx.ledger.queries import Selection, parse_by, report  # noqa: E402
-from opik_cipx.ledger.db import open_reader  # noqa: E402
 from opik_cipx.ledger.store import Ledger  # noqa: E402
 from opik_cipx.views.dashboard import Dashboard  # noqa: E402
 from tests.claude_code_corpus import materialized  # noqa: E402

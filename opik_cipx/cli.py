@@ -1,7 +1,9 @@
 """The `opik-cipx` command: one argparse dispatcher for the daemon and every helper command.
 
 Command modules are imported only when chosen, so a short-lived command such as `sync`
-(run on every Claude Code session start) loads only what it needs.
+(run on every Claude Code session start) loads only what it needs. A `$CIPX_HOME` that cannot be
+used (a file, unreadable; read-only for a command that writes there) is one line and exit 1
+before the command runs; a command may handle it itself (`on_home_error`, as `sync` does).
 """
 
 import argparse
@@ -11,6 +13,7 @@ import sys
 
 from opik_cipx import __version__
 from opik_cipx.config import ConfigError, is_truthy, load_settings
+from opik_cipx.home import default_home, home_problem
 
 # name (also its module under opik_cipx.commands) -> one-line help
 COMMANDS: dict[str, str] = {
@@ -57,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "proxy" and is_truthy(os.environ.get("CIPX_DISABLED")):
         return 0  # the kill switch wins over everything, even a broken config file
+    problem = home_problem(default_home(dict(os.environ)), write=getattr(args, "writes_home", False))
+    if problem:
+        if getattr(args, "on_home_error", None):
+            return args.on_home_error(args, problem)
+        print(f"opik-cipx: {problem}", file=sys.stderr)
+        return 1
     try:
         settings = load_settings(dict(os.environ))
     except ConfigError as exc:

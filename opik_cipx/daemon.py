@@ -3,7 +3,10 @@
 Start order: the home's daemon lock first (a second daemon on the same home exits 1 before it
 writes anything), then the gateway port (a taken 9909 fails before anything is written), the
 admin port, the workers (the follower restores its checkpoint first), and finally `state.json`,
-the handshake `sync` and `status` wait for.
+the handshake `sync` and `status` wait for. A disk that refuses writes (full, read-only) does not
+stop the start: the wire comes up, the small state files (`ports.json`, `state.json`,
+`viewer.token`) wait in memory (`StateFiles`) and are written as soon as the disk takes them,
+and the `home` stats section says so.
 Stop order on SIGTERM/SIGINT: stop accepting, let in-flight exchanges finish (bounded), write
 the tee queue to the capture log, materialize the log and checkpoint (bounded: what is left is
 materialized at the next start), commit the spool's queued records (bounded; what cannot be
@@ -20,15 +23,17 @@ import sys
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 from typing import Any, Callable
 
 from opik_cipx import __version__, telemetry
 from opik_cipx.config import Settings, settings_fingerprint
+from opik_cipx.control.daemon_control import home_id
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import assign_picked_ports, claude_code_port
-from opik_cipx.home import HomeLocked, lock_home, private_dir, write_json
+from opik_cipx.home import HomeLocked, StateFiles, lock_home, private_dir
 from opik_cipx.ledger.store import Ledger
-from opik_cipx.logs import configure_daemon_logging
+from opik_cipx.logs import DaemonLog
 from opik_cipx.materialize.follower import Follower
 from opik_cipx.materialize.materializer import Materializer, materializer_config
 from opik_cipx.materialize.pricing import load_price_table
@@ -37,10 +42,12 @@ from opik_cipx.ship.shipper import Shipper
 from opik_cipx.stats import Counters, build_stats, utc_iso
 from opik_cipx.store.captures import Appended, CaptureStore
 from opik_cipx.store.spool import Spool
+from opik_cipx.views.access import ViewerAccess, new_token, read_token, token_path
 from opik_cipx.views.admin import AdminHandler
 from opik_cipx.views.dashboard import Dashboard
 from opik_cipx.views.viewer import ViewerHandler
 from opik_cipx.wire.capture import Capture
+from opik_cipx.wire.connections import Limits, raise_fd_limit
 from opik_cipx.wire.gateway import Gateway, GatewayHandler
 from opik_cipx.wire.loopback import ListenError, LoopbackServer
 from opik_cipx.wire.tee import Pipeline
@@ -79,13 +86,15 @@ class Daemon:
     """Owns every listener and worker thread of one running proxy."""
 
     def __init__(self, settings: Settings, port: int | None = None, home_lock_error: str | None = None,
-                 reporter: telemetry.Reporter | None = None):
+                 reporter: telemetry.Reporter | None = None, log: DaemonLog | None = None):
         self.settings = settings
         self.home_lock_error = home_lock_error  # why this daemon runs without the home's lock
         self.reporter = reporter or telemetry.Reporter(settings)  # not started: reports nothing
+        self.log = log
+        self.files = StateFiles(settings.home)
+        self.home_error = _home_error(settings.home)
         self.counters = Counters()
         self.started_at = time.time()
-        private_dir(settings.home)
         try:
             self.pool = UpstreamPool(
                 settings.upstream_url,
@@ -112,19 +121,28 @@ class Daemon:
         self.pipeline = Pipeline([("capture", self._persist)], self.counters, settings.tee_queue_max,
                                  max_bytes=int(settings.tee_queue_max_mb * mib))
         self.gateway = Gateway(self.pool, self.pipeline.offer, self.counters)
+        token = read_token(settings.home)
+        if token is None:
+            token = new_token()
+            self.files.write(token_path(settings.home), token.encode() + b"\n")
         host = settings.listen_host
+        limits = Limits(settings.client_header_timeout_s, settings.client_body_timeout_s,
+                        settings.client_idle_timeout_s, settings.client_max_connections)
         try:
             handler = type("Handler", (GatewayHandler,), {"gateway": self.gateway})
             self.gateway_server = LoopbackServer(
-                "claude_code", host, claude_code_port(settings.ports_path) if port is None else port, handler
+                "claude_code", host, claude_code_port(settings.ports_path) if port is None else port, handler,
+                limits, self.counters,
             )
-            self.ports = assign_picked_ports(settings.ports_path)
+            self.ports = assign_picked_ports(settings.ports_path, self.files.write_json)
             self.ports["claude_code"] = self.gateway_server.port
-            admin_handler = type("Handler", (AdminHandler,), {"stats": staticmethod(self.stats)})
-            self.admin_server = LoopbackServer("admin", host, self.ports["admin"], admin_handler)
+            admin_handler = type("Handler", (AdminHandler,),
+                                 {"stats": staticmethod(self.stats), "state": staticmethod(self.state)})
+            self.admin_server = LoopbackServer("admin", host, self.ports["admin"], admin_handler, limits, self.counters)
             pages = Dashboard(settings.ledger_path, settings.captures_dir)
-            viewer_handler = type("Handler", (ViewerHandler,), {"pages": pages})
-            self.viewer_server = LoopbackServer("viewer", host, self.ports["viewer"], viewer_handler)
+            viewer_handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": ViewerAccess(token)})
+            self.viewer_server = LoopbackServer("viewer", host, self.ports["viewer"], viewer_handler, limits,
+                                                self.counters)
         except ListenError as exc:
             self.pool.close()
             for name in ("gateway_server", "admin_server"):
@@ -186,7 +204,9 @@ class Daemon:
             )
             thread.start()
             self._threads.append(thread)
-        write_json(self.settings.state_path, self.state())
+        if not self.files.write_json(self.settings.state_path, self.state()):
+            log.warning("cannot write state files (%s); the proxy runs and keeps them in memory until the disk "
+                        "takes them", self.files.section()["last_error"])
         log.info(
             "opik-cipx %s listening: claude_code 127.0.0.1:%d, admin 127.0.0.1:%d, viewer 127.0.0.1:%d, upstream %s",
             __version__, self.ports["claude_code"], self.ports["admin"], self.ports["viewer"], self.settings.upstream_url,
@@ -197,9 +217,30 @@ class Daemon:
         else:
             log.info("opik: not configured; spans are kept in the spool")
 
+    def tick(self) -> None:
+        """Once a second on the main thread: write what the disk refused before, reattach the log file."""
+        for path in self.files.retry():
+            log.info("wrote %s: the disk takes writes again", path.name)
+        if self.log is not None:
+            self.log.retry()
+
+    def home_section(self) -> dict[str, Any]:
+        """The `home` stats section: what is kept in memory because the disk refused it, and why."""
+        files = self.files.section()
+        problems = []
+        if self.home_error:
+            problems.append(self.home_error)
+        if files["unsaved"]:
+            problems.append(f"{', '.join(files['unsaved'])} kept in memory, retried every second: {files['last_error']}")
+        log_problem = self.log.problem if self.log is not None else None
+        if log_problem:
+            problems.append(log_problem)
+        return {"degraded": bool(problems), "unsaved": files["unsaved"], "problems": problems}
+
     def state(self) -> dict[str, Any]:
-        """The `state.json` handshake; `executable*` let `sync` spot a replaced binary, `settings` (a
-        digest per option) settings of its environment the daemon does not use."""
+        """The `state.json` handshake (also served at `/admin/state`); `executable*` let `sync` spot a
+        replaced binary, `settings` (a digest per option) the settings of its environment the daemon
+        does not use, `home` tells a command that asks the admin port that this daemon is its own."""
         exe = current_executable()
         return {
             "pid": os.getpid(),
@@ -209,6 +250,7 @@ class Daemon:
             "executable": str(exe.path),
             "executable_id": exe.identity,
             "settings": settings_fingerprint(self.settings),
+            "home": home_id(self.settings.home),
         }
 
     def stats(self) -> dict[str, Any]:
@@ -229,6 +271,7 @@ class Daemon:
             "queue": self.shipper.queue_section,
             "wal": self.spool.section,
             "unknown_models": self.materializer.unknown_models.section,
+            "home": self.home_section,
             "telemetry": self.reporter.section,
         }
         return build_stats(base, self.counters, providers)
@@ -267,10 +310,19 @@ class Daemon:
         self.pool.close()
         self.store.close()
         try:
-            self.settings.state_path.unlink()
-        except FileNotFoundError:
-            pass
+            self.files.discard(self.settings.state_path)
+        except OSError as exc:
+            log.warning("cannot remove state.json: %s", exc.strerror or exc)
         log.info("opik-cipx stopped")
+
+
+def _home_error(home: Path) -> str | None:
+    """Create `$CIPX_HOME` (0700) if needed; why it cannot be, or None. The wire runs either way."""
+    try:
+        private_dir(home)
+    except OSError as exc:
+        return f"cannot prepare CIPX_HOME ({exc.strerror or type(exc).__name__})"
+    return None
 
 
 def run_proxy(settings: Settings, port: int | None = None) -> int:
@@ -281,7 +333,8 @@ def run_proxy(settings: Settings, port: int | None = None) -> int:
     """
     os.umask(0o077)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    private_dir(settings.home)
+    raise_fd_limit()
+    _home_error(settings.home)  # the lock file goes in it; a home that cannot be made is reported by the daemon
     try:
         home_lock = lock_home(settings.home)
     except HomeLocked as exc:
@@ -289,9 +342,11 @@ def run_proxy(settings: Settings, port: int | None = None) -> int:
         print(f"opik-cipx: a daemon ({holder}) already runs on {settings.home}; nothing was started. "
               "Run `opik-cipx status` to see it, or `opik-cipx restart` to replace it.", file=sys.stderr)
         return 1
-    configure_daemon_logging(
+    daemon_log = DaemonLog(
         settings.logs_dir, settings.logs_max_mb * 1024 * 1024, settings.logs_backups, debug=settings.opik_debug
     )
+    if daemon_log.problem:
+        log.warning("%s", daemon_log.problem)
     for warning in settings.warnings:
         log.warning("%s", warning)
     if home_lock.error:
@@ -299,7 +354,7 @@ def run_proxy(settings: Settings, port: int | None = None) -> int:
                     home_lock.error, settings.home)
     reporter = telemetry.start(settings)
     try:
-        return _serve(settings, port, reporter, home_lock.error)
+        return _serve(settings, port, reporter, home_lock.error, daemon_log)
     except Exception:
         log.exception("opik-cipx crashed")
         return 1
@@ -308,9 +363,10 @@ def run_proxy(settings: Settings, port: int | None = None) -> int:
         home_lock.release()
 
 
-def _serve(settings: Settings, port: int | None, reporter: telemetry.Reporter, home_lock_error: str | None) -> int:
+def _serve(settings: Settings, port: int | None, reporter: telemetry.Reporter, home_lock_error: str | None,
+           daemon_log: DaemonLog) -> int:
     try:
-        daemon = Daemon(settings, port, home_lock_error, reporter)
+        daemon = Daemon(settings, port, home_lock_error, reporter, daemon_log)
     except StartupError as exc:
         log.error("%s", exc)
         return 1
@@ -319,7 +375,7 @@ def _serve(settings: Settings, port: int | None, reporter: telemetry.Reporter, h
         signal.signal(signum, lambda *_: stop.set())
     daemon.start()
     while not stop.wait(1.0):
-        pass
+        daemon.tick()
     log.info("signal received: draining")
     daemon.shutdown()
     return 0

@@ -1,13 +1,18 @@
 """The private state root (`$CIPX_HOME`, default `~/.opik-cipx`) and owner-only files in it.
 
 Directories are 0700 and files 0600, whatever the process umask says. Small state files
-(`state.json`, `ports.json`, cursors) are replaced atomically: temp file, fsync, rename.
-One daemon per home: it holds an exclusive `flock` on `daemon.lock` for its lifetime.
+(`state.json`, `ports.json`, cursors) are replaced atomically: temp file, fsync, rename; a
+failed write leaves no temp file behind. `StateFiles` keeps the daemon's own small files in
+memory while the disk refuses them (full, read-only) and writes them once it takes them again.
+`home_problem` says in one line why a `$CIPX_HOME` cannot be used. One daemon per home: it holds
+an exclusive `flock` on `daemon.lock` for its lifetime.
 """
 
 import fcntl
 import json
 import os
+import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,15 +53,22 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data` atomically (0600, fsynced before the rename)."""
     private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) as fh:
-        fh.write(data)
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) as fh:
+            fh.write(data)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
 
 
 def write_json(path: Path, value: object) -> None:
     """Atomically write `value` as indented JSON."""
-    write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(path, _json_bytes(value))
 
 
 def read_json(path: Path) -> object | None:
@@ -130,3 +142,105 @@ def _lock_holder(fd: int) -> int | None:
     except OSError:
         return None
     return int(raw) if raw.isdigit() and int(raw) > 0 else None
+
+
+def _json_bytes(value: object) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+
+
+def home_problem(home: Path, write: bool) -> str | None:
+    """Why `home` cannot serve as `$CIPX_HOME` (one line naming it), or None.
+
+    A missing home is fine (it is created on first use). `write`: it must also take new files.
+    """
+    try:
+        info = home.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"CIPX_HOME {home} cannot be used: {exc.strerror}"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"CIPX_HOME {home} is not a directory; remove that file or point CIPX_HOME at a directory"
+    if not os.access(home, os.R_OK | os.X_OK):
+        return f"CIPX_HOME {home} cannot be read by this user; fix its owner or permissions (chmod 700 {home})"
+    if write and not os.access(home, os.W_OK):
+        if disk_full_or_read_only(home) == "is on a read-only file system":
+            return f"CIPX_HOME {home} is on a read-only file system; remount it read-write or point CIPX_HOME elsewhere"
+        return f"CIPX_HOME {home} is not writable by this user; fix its owner or permissions (chmod 700 {home})"
+    return None
+
+
+def disk_full_or_read_only(path: Path) -> str | None:
+    """"is on a read-only file system" / "is on a full disk" for an existing `path`, else None."""
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return None
+    if info.f_flag & os.ST_RDONLY:
+        return "is on a read-only file system"
+    if info.f_bavail == 0:
+        return "is on a full disk"
+    return None
+
+
+class StateFiles:
+    """The daemon's small files (`state.json`, `ports.json`, ...), written atomically or kept in memory.
+
+    `write` tries at once; a write the disk refuses keeps the newest content in memory, and
+    `retry` (called every second by the daemon) writes it when the disk takes it again.
+    `section` reports what waits and why, with file names relative to the home only.
+    """
+
+    def __init__(self, home: Path):
+        self.home = home
+        self._lock = threading.Lock()
+        self._waiting: dict[Path, bytes] = {}
+        self._error: str | None = None
+
+    def write(self, path: Path, data: bytes) -> bool:
+        """True when `data` is on disk now; False when it waits in memory."""
+        with self._lock:
+            self._waiting[path] = data
+        return self._flush(path, data)
+
+    def write_json(self, path: Path, value: object) -> bool:
+        return self.write(path, _json_bytes(value))
+
+    def discard(self, path: Path) -> None:
+        """Forget `path` and remove it from disk if there (e.g. `state.json` at a clean exit)."""
+        with self._lock:
+            self._waiting.pop(path, None)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def retry(self) -> list[Path]:
+        """Write what waits; the paths written now."""
+        with self._lock:
+            waiting = list(self._waiting.items())
+        return [path for path, data in waiting if self._flush(path, data)]
+
+    def _flush(self, path: Path, data: bytes) -> bool:
+        try:
+            write_atomic(path, data)
+        except OSError as exc:
+            with self._lock:
+                self._error = f"cannot write {self._name(path)}: {exc.strerror or type(exc).__name__}"
+            return False
+        with self._lock:
+            if self._waiting.get(path) is data:
+                del self._waiting[path]
+            if not self._waiting:
+                self._error = None
+        return True
+
+    def _name(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.home))
+        except ValueError:
+            return path.name
+
+    def section(self) -> dict[str, object]:
+        with self._lock:
+            return {"unsaved": sorted(self._name(p) for p in self._waiting), "last_error": self._error}

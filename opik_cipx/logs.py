@@ -2,6 +2,10 @@
 
 Only the daemon logs to the file. Call sites pass ids, routes, counts and error classes;
 no code path logs a request or response body or a header value.
+
+A disk that refuses the log never stops the daemon: when the file cannot be opened, INFO and
+above go to stderr instead (the supervisor keeps it) and `DaemonLog.retry` attaches the file
+once it can; a write that fails (disk full) is dropped quietly, not printed as a traceback.
 """
 
 import logging
@@ -16,32 +20,68 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class _PrivateRotatingHandler(logging.handlers.RotatingFileHandler):
+    failure: str | None = None  # why the last write failed
+
     def _open(self):
         stream = super()._open()
         Path(self.baseFilename).chmod(FILE_MODE)
         return stream
 
+    def emit(self, record: logging.LogRecord) -> None:
+        self.failure = None
+        super().emit(record)
 
-def configure_daemon_logging(logs_dir: Path, max_bytes: int, backups: int, debug: bool = False) -> Path:
-    """Log INFO+ (DEBUG+ with `debug`) to `logs_dir/cipx.log`, WARNING+ also to stderr, and a
-    thread that dies of an exception as an error with its traceback."""
-    private_dir(logs_dir)
-    path = logs_dir / "cipx.log"
-    root = logging.getLogger("opik_cipx")
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
-    file_handler = _PrivateRotatingHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
-    file_handler.setFormatter(logging.Formatter(FORMAT))
-    root.addHandler(file_handler)
-    stderr = logging.StreamHandler(sys.stderr)
-    stderr.setLevel(logging.WARNING)
-    stderr.setFormatter(logging.Formatter("opik-cipx: %(levelname)s %(message)s"))
-    root.addHandler(stderr)
-    root.propagate = False
-    threading.excepthook = _log_thread_death
-    return path
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        self.failure = getattr(exc, "strerror", None) or type(exc).__name__
+
+
+class DaemonLog:
+    """The daemon's logging: INFO+ (DEBUG+ with `debug`) to `logs_dir/cipx.log`, WARNING+ also to
+    stderr, and a thread that dies of an exception as an error with its traceback."""
+
+    def __init__(self, logs_dir: Path, max_bytes: int, backups: int, debug: bool = False):
+        self.path = logs_dir / "cipx.log"
+        self._max_bytes, self._backups = max_bytes, backups
+        self._root = logging.getLogger("opik_cipx")
+        self._root.setLevel(logging.DEBUG if debug else logging.INFO)
+        for handler in list(self._root.handlers):
+            self._root.removeHandler(handler)
+            handler.close()
+        self._stderr = logging.StreamHandler(sys.stderr)
+        self._stderr.setFormatter(logging.Formatter("opik-cipx: %(levelname)s %(message)s"))
+        self._root.addHandler(self._stderr)
+        self._root.propagate = False
+        self._file: _PrivateRotatingHandler | None = None
+        self._open_error: str | None = None
+        threading.excepthook = _log_thread_death
+        self.retry()
+
+    def retry(self) -> None:
+        """Attach the log file if it is not attached yet (the disk may have recovered)."""
+        if self._file is not None:
+            return
+        try:
+            private_dir(self.path.parent)
+            handler = _PrivateRotatingHandler(self.path, maxBytes=self._max_bytes, backupCount=self._backups,
+                                              encoding="utf-8")
+        except OSError as exc:
+            self._open_error = exc.strerror or type(exc).__name__
+            self._stderr.setLevel(logging.INFO)
+            return
+        handler.setFormatter(logging.Formatter(FORMAT))
+        self._root.addHandler(handler)
+        self._file, self._open_error = handler, None
+        self._stderr.setLevel(logging.WARNING)
+
+    @property
+    def problem(self) -> str | None:
+        """Why the log file is not being written, or None."""
+        if self._open_error:
+            return f"cannot open logs/{self.path.name} ({self._open_error}): logging to stderr"
+        if self._file is not None and self._file.failure:
+            return f"cannot write logs/{self.path.name} ({self._file.failure}): log lines are lost"
+        return None
 
 
 def _log_thread_death(args: threading.ExceptHookArgs) -> None:

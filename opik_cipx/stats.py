@@ -22,6 +22,9 @@ COUNTER_NAMES = (
     "panics_recovered",
     "ledger_write_errors",
     "ledger_calls_dropped",
+    "requests_refused",
+    "connections_refused",
+    "requests_timed_out",
 )
 
 # Counters that mean something went wrong when nonzero; `status` flags them.
@@ -36,6 +39,9 @@ PROBLEM_COUNTERS = frozenset(
         "panics_recovered",
         "ledger_write_errors",
         "ledger_calls_dropped",
+        "requests_refused",
+        "connections_refused",
+        "requests_timed_out",
     }
 )
 
@@ -82,6 +88,7 @@ def default_sections() -> dict[str, Any]:
         },
         "materializer": {"lag_events": 0, "inflight_raw": 0, "ready_raw": 0},
         "unknown_models": {"calls": 0, "ids": []},
+        "home": {"degraded": False, "unsaved": [], "problems": []},
         "telemetry": {"enabled": False, "reason": None, "sent": 0, "dropped": 0, "suppressed": 0,
                       "last_error": None},
     }

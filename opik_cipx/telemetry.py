@@ -37,7 +37,7 @@ from types import TracebackType
 from typing import Any
 
 from opik_cipx import __version__
-from opik_cipx.config import Settings, SentryDsn, is_loopback_host, parse_sentry_dsn
+from opik_cipx.config import SentryDsn, Settings, is_loopback_host, parse_sentry_dsn
 from opik_cipx.stats import utc_iso
 
 PACKAGE = "opik_cipx"

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from opik_cipx.views.access import cookie_name
+from opik_cipx.wire.connections import Limits
 from tests.fake_anthropic import CA_BUNDLE, FakeAnthropic
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code"
+LIMITS = Limits(header_timeout_s=30, body_timeout_s=120, idle_timeout_s=120, max_connections=256)  # the defaults
 
 
 def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.01, what: str = "condition"):
@@ -97,6 +100,11 @@ class DaemonProcess:
 
     def counter(self, name: str) -> int:
         return self.stats()["counters"][name]
+
+    def viewer_cookie(self) -> dict[str, str]:
+        """The header a browser signed in to this daemon's viewer sends."""
+        token = (self.home / "viewer.token").read_text().strip()
+        return {"Cookie": f"{cookie_name(self.state['ports']['viewer'])}={token}"}
 
     def stop(self, timeout: float = 20) -> int:
         if self.proc.poll() is None:

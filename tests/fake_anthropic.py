@@ -6,9 +6,11 @@ was forwarded and whether upstream connections were reused.
 """
 
 import json
+import select
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,7 +25,8 @@ class Reply:
 
     `chunks`: body pieces, each written and flushed separately (chunked framing when
     `chunked`, else Content-Length of their sum). `hold_after`: after that many chunks, wait
-    for `gate` before sending the rest. `abort_after`: close the socket after that many chunks
+    for `gate` before sending the rest. While it waits (and during `delay_s`) the fake watches
+    its connection: a client (the proxy) that closes it is recorded in `FakeAnthropic.hangups`. `abort_after`: close the socket after that many chunks
     without finishing the body. `no_response`: close the connection without answering.
     `close_after`: close the connection after a complete answer, without announcing it (as a
     server dropping an idle keep-alive connection does). `interim`: 1xx statuses (e.g. 103
@@ -92,6 +95,8 @@ class FakeAnthropic:
         self.closed = 0
         self._lock = threading.Lock()
         self.finished = threading.Event()  # set after each reply is fully written
+        self.hangups: list[float] = []  # monotonic times the proxy closed a connection the fake was holding
+        self.hung_up = threading.Event()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -123,8 +128,8 @@ class FakeAnthropic:
                 with fake._lock:
                     fake.seen.append(Seen(self.command, self.path, list(self.headers.items()), body, self.conn_id))
                     reply = fake.replies.pop(0) if fake.replies else fake.default
-                if reply.delay_s:
-                    threading.Event().wait(reply.delay_s)
+                if reply.delay_s and not self._wait(threading.Event(), reply.delay_s):
+                    return
                 if reply.no_response:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -150,14 +155,32 @@ class FakeAnthropic:
                         self.close_connection = True
                         self.connection.shutdown(socket.SHUT_RDWR)
                         return
-                    if reply.hold_after is not None and i == reply.hold_after:
-                        reply.gate.wait(30)
+                    if reply.hold_after is not None and i == reply.hold_after and not self._wait(reply.gate, 30):
+                        return
                     self.wfile.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if reply.chunked else chunk)
                 if reply.chunked:
                     self.wfile.write(b"0\r\n\r\n")
                 if reply.close_after:
                     self.close_connection = True
                 fake.finished.set()
+
+            def _wait(self, gate: threading.Event, timeout_s: float) -> bool:
+                """Wait for `gate` (or the timeout); False, recorded, if the proxy closed the connection."""
+                deadline = time.monotonic() + timeout_s
+                while not gate.wait(0.01) and time.monotonic() < deadline:
+                    readable, _, _ = select.select([self.connection], [], [], 0)
+                    if readable:
+                        try:
+                            closed = not self.connection.recv(1)
+                        except (OSError, ssl.SSLError):
+                            closed = True
+                        if closed:
+                            with fake._lock:
+                                fake.hangups.append(time.monotonic())
+                            fake.hung_up.set()
+                            self.close_connection = True
+                            return False
+                return True
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

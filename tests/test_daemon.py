@@ -15,12 +15,13 @@ from tests.fake_anthropic import fixture_reply, split_sse, sse_reply
 
 CONTRACT_3 = {
     "pid", "version", "started_at", "uptime_s", "listeners", "project", "opik", "queue", "wal",
-    "counters", "materializer", "telemetry",
+    "counters", "materializer", "telemetry", "home",
 }
 COUNTERS = {
     "requests_captured", "events_materialized", "spans_shipped", "materializer_errors_total",
     "raw_captures_dropped", "requests_dropped_queue_full", "captures_dropped_budget", "spans_dropped_term",
-    "unknown_endpoints", "panics_recovered", "ledger_write_errors", "ledger_calls_dropped",
+    "unknown_endpoints", "panics_recovered", "ledger_write_errors", "ledger_calls_dropped", "requests_refused",
+    "connections_refused", "requests_timed_out",
 }
 
 
@@ -60,6 +61,7 @@ def test_stats_document_has_every_contract_field(daemon, upstream):
                                  "dropped_events_inmem", "dropped_events_disk"}
     assert set(stats["materializer"]) == {"lag_events", "inflight_raw", "ready_raw"}
     assert stats["unknown_models"] == {"calls": 0, "ids": []}
+    assert stats["home"] == {"degraded": False, "unsaved": [], "problems": []}
     assert stats["telemetry"]["enabled"] is False
     assert admin_get(daemon.admin_port, "/admin/health") == (200, {"ok": True})
 
@@ -74,12 +76,13 @@ def test_admin_refuses_non_loopback_host_header(daemon):
 def test_state_files_are_private_and_state_json_is_the_handshake(daemon):
     home = daemon.home
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
-    for name in ("state.json", "ports.json", "logs/cipx.log"):
+    for name in ("state.json", "ports.json", "viewer.token", "logs/cipx.log"):
         assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
     assert stat.S_IMODE((home / "logs").stat().st_mode) == 0o700
     state = json.loads((home / "state.json").read_text())
     assert state["pid"] == daemon.proc.pid
-    assert set(state) >= {"pid", "started_at", "ports", "version"}
+    assert set(state) >= {"pid", "started_at", "ports", "version", "home"}
+    assert admin_get(daemon.admin_port, "/admin/state") == (200, state)
     ports = json.loads((home / "ports.json").read_text())
     assert ports["claude_code"] == 9909  # `--port 0` is a per-run override, never persisted
     assert ports["admin"] == daemon.admin_port

@@ -32,12 +32,20 @@ def chromium(tmp: Path, *args: str) -> str:
     return result.stdout
 
 
-def dom(tmp: Path, url: str) -> str:
-    return chromium(tmp, "--dump-dom", url)
+def signed_in(url: str, home: Path) -> str:
+    """`url` as `opik-cipx viewer` hands it out: with the viewer token, which sets the cookie and
+    moves on to `url` itself (a navigation the browser follows within the virtual time budget)."""
+    token = (home / "viewer.token").read_text().strip()
+    return f"{url}{'&' if '?' in url else '?'}token={token}"
 
 
-def screenshot(tmp: Path, url: str, path: Path, width: int, height: int) -> tuple[int, int]:
-    chromium(tmp, f"--screenshot={path}", f"--window-size={width},{height}", url)
+def dom(tmp: Path, url: str, home: Path) -> str:
+    return chromium(tmp, "--virtual-time-budget=10000", "--dump-dom", signed_in(url, home))
+
+
+def screenshot(tmp: Path, url: str, home: Path, path: Path, width: int, height: int) -> tuple[int, int]:
+    chromium(tmp, "--virtual-time-budget=10000", f"--screenshot={path}", f"--window-size={width},{height}",
+             signed_in(url, home))
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a page was drawn, not a blank
     return struct.unpack(">II", data[16:24])
@@ -62,7 +70,8 @@ def test_dashboard_session_and_call_pages_render_in_chromium(home, upstream, tmp
         base = f"http://127.0.0.1:{daemon.state['ports']['viewer']}"
         total = json.loads(run_cli(home, "report", "--json").stdout)["total"]
 
-        home_page = dom(tmp_path, base + "/")
+        assert "needs the viewer token" in chromium(tmp_path, "--dump-dom", base + "/")  # not signed in
+        home_page = dom(tmp_path, base + "/", home)
         # every call was made today (7 and 30 days: also when the test runs across midnight)
         assert dashboard_totals(home_page)[1:] == [f"${total['cost_usd']:,.2f} {calls} calls"] * 2
         chart = home_page[home_page.index("Cost per day"):home_page.index("Top spenders")]
@@ -71,29 +80,29 @@ def test_dashboard_session_and_call_pages_render_in_chromium(home, upstream, tmp
             assert f'id="top-{key}"' in home_page
         assert "weather" in text_of(home_page) and "general-purpose" in text_of(home_page)
 
-        session = dom(tmp_path, f"{base}/session/{SUBAGENT_SESSION}")
+        session = dom(tmp_path, f"{base}/session/{SUBAGENT_SESSION}", home)
         assert "<polyline" in session and "cumulative cost" in session
         assert 'class="group"' in session and session.count('class="sub"') == 3
         session_cost = json.loads(run_cli(home, "report", "--session", SUBAGENT_SESSION, "--json").stdout)
         assert f"${session_cost['total']['cost_usd']:,.4f}" in text_of(session)
 
         capture_id = re.search(r"/capture/([0-9a-f-]+)\">subagent", session).group(1)
-        call = dom(tmp_path, f"{base}/capture/{capture_id}")
+        call = dom(tmp_path, f"{base}/capture/{capture_id}", home)
         words = text_of(call)
         assert "Tokens and cost" in words and "cache write, 5 min" in words and "would have cost" in words
         assert 'class="buckets"' in call and 'class="share"' in call and "painted by bucket" in words
 
         docs = tmp_path / "shots"
         docs.mkdir()
-        assert screenshot(tmp_path, base + "/", docs / "dashboard.png", 1280, 2000) == (1280, 2000)
-        assert screenshot(tmp_path, base + "/", docs / "phone.png", 390, 1600) == (390, 1600)
-        assert screenshot(tmp_path, f"{base}/session/{SUBAGENT_SESSION}", docs / "session.png", 390, 1600)[0] == 390
+        assert screenshot(tmp_path, base + "/", home, docs / "dashboard.png", 1280, 2000) == (1280, 2000)
+        assert screenshot(tmp_path, base + "/", home, docs / "phone.png", 390, 1600) == (390, 1600)
+        assert screenshot(tmp_path, f"{base}/session/{SUBAGENT_SESSION}", home, docs / "session.png", 390, 1600)[0] == 390
     finally:
         assert daemon.stop() == 0
     daemon = DaemonProcess(home, upstream.url)
     try:  # a restart empties nothing
         base = f"http://127.0.0.1:{daemon.state['ports']['viewer']}"
-        assert dashboard_totals(dom(tmp_path, base + "/")) == dashboard_totals(home_page)
-        assert f"/capture/{capture_id}" in dom(tmp_path, base + "/calls")
+        assert dashboard_totals(dom(tmp_path, base + "/", home)) == dashboard_totals(home_page)
+        assert f"/capture/{capture_id}" in dom(tmp_path, base + "/calls", home)
     finally:
         assert daemon.stop() == 0

@@ -64,9 +64,12 @@ def test_without_opik_spans_stay_in_the_spool_and_show_in_the_viewer(daemon, ups
     assert daemon.stats()["listeners"]["viewer"] == f"127.0.0.1:{viewer_port}"
     conn = http.client.HTTPConnection("127.0.0.1", viewer_port, timeout=10)
     conn.request("GET", "/api/calls")
+    refused = conn.getresponse()
+    assert (refused.status, refused.read()[:17]) == (403, b"opik-cipx viewer:")  # prompts: only with the token
+    conn.request("GET", "/api/calls", headers=daemon.viewer_cookie())
     rows = json.loads(conn.getresponse().read())
     assert len(rows) == calls and all(r["kind"] == "main" for r in rows)
-    conn.request("GET", f"/capture/{rows[0]['capture_id']}")
+    conn.request("GET", f"/capture/{rows[0]['capture_id']}", headers=daemon.viewer_cookie())
     page = conn.getresponse().read().decode()
     assert "mcp__weather__get_forecast" in page and "tools_mcp" in page
 

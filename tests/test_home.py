@@ -1,4 +1,6 @@
-"""The private home's daemon lock (`home.lock_home`): held, refused, or unavailable but not fatal."""
+"""`home.py`: atomic writes leave nothing behind, state files wait in memory for a disk that refuses
+them, a broken `$CIPX_HOME` is described in one line, and the daemon lock (`lock_home`) is held,
+refused, or unavailable but not fatal."""
 
 import errno
 import os
@@ -6,8 +8,61 @@ import stat
 
 import pytest
 
-from opik_cipx import home as home_module
-from opik_cipx.home import LOCK_FILE, HomeLocked, lock_home
+from opik_cipx import home
+from opik_cipx.home import LOCK_FILE, HomeLocked, StateFiles, home_problem, lock_home, write_atomic
+
+
+def refuse_writes(monkeypatch, err: int = errno.ENOSPC) -> None:
+    def fsync(fd):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(home.os, "fsync", fsync)
+
+
+def test_a_failed_atomic_write_leaves_no_temp_file_and_the_old_content(tmp_path, monkeypatch):
+    path = tmp_path / "state.json"
+    write_atomic(path, b"old")
+    refuse_writes(monkeypatch)
+    with pytest.raises(OSError):
+        write_atomic(path, b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+    assert path.read_bytes() == b"old"
+
+
+def test_state_files_wait_in_memory_and_are_written_when_the_disk_takes_them(tmp_path, monkeypatch):
+    files = StateFiles(tmp_path)
+    refuse_writes(monkeypatch)
+    assert not files.write_json(tmp_path / "state.json", {"pid": 1})
+    assert not files.write_json(tmp_path / "state.json", {"pid": 2})  # the newest content wins
+    assert not files.write(tmp_path / "viewer.token", b"t\n")
+    assert files.section() == {"unsaved": ["state.json", "viewer.token"],
+                               "last_error": "cannot write viewer.token: No space left on device"}
+    assert files.retry() == []
+    assert list(tmp_path.iterdir()) == []  # no temp file left behind
+    monkeypatch.undo()
+    assert sorted(p.name for p in files.retry()) == ["state.json", "viewer.token"]
+    assert (tmp_path / "state.json").read_text() == '{\n  "pid": 2\n}\n'
+    assert stat.S_IMODE((tmp_path / "viewer.token").stat().st_mode) == 0o600
+    assert files.section() == {"unsaved": [], "last_error": None}
+    files.discard(tmp_path / "state.json")
+    assert not (tmp_path / "state.json").exists()
+
+
+def test_home_problem_names_the_path_and_the_problem(tmp_path, monkeypatch):
+    assert home_problem(tmp_path / "missing", write=True) is None
+    assert home_problem(tmp_path, write=True) is None
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert home_problem(a_file, write=False) == (
+        f"CIPX_HOME {a_file} is not a directory; remove that file or point CIPX_HOME at a directory")
+    assert home_problem(a_file / "home", write=False) == f"CIPX_HOME {a_file / 'home'} cannot be used: Not a directory"
+    monkeypatch.setattr(home.os, "access", lambda path, mode: not mode & os.R_OK)
+    assert "cannot be read by this user" in home_problem(tmp_path, write=False)
+    monkeypatch.setattr(home.os, "access", lambda path, mode: not mode & os.W_OK)
+    assert home_problem(tmp_path, write=False) is None
+    assert home_problem(tmp_path, write=True) == (
+        f"CIPX_HOME {tmp_path} is not writable by this user; fix its owner or permissions (chmod 700 {tmp_path})")
+
 
 
 def test_the_holder_writes_its_pid_and_a_second_taker_is_refused_with_it(tmp_path):
@@ -41,7 +96,7 @@ def test_a_lock_file_that_cannot_be_created_is_reported_not_fatal(tmp_path, monk
     def refuse(*args, **kwargs):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(home_module.os, "open", refuse)
+    monkeypatch.setattr(home.os, "open", refuse)
     lock = lock_home(tmp_path)
     assert lock.fd is None and lock.error == f"cannot create {LOCK_FILE}: {os.strerror(code)}"
     lock.release()  # nothing to release
@@ -56,7 +111,7 @@ def test_an_existing_lock_file_on_a_read_only_home_is_still_locked(tmp_path, mon
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr(home_module.os, "open", read_only)
+    monkeypatch.setattr(home.os, "open", read_only)
     lock = lock_home(tmp_path)
     assert lock.fd is not None and lock.error is None
     with pytest.raises(HomeLocked):

@@ -17,8 +17,15 @@ from typing import Any
 from opik_cipx.commands.status import unknown_model_lines
 from opik_cipx.config import PRICE_RATE_KEYS, Settings
 from opik_cipx.control.daemon_control import admin_port, fetch_stats, read_state
-from opik_cipx.materialize.pricing import (FAMILIES, ModelPrice, PriceTable, Rates, load_price_table, model_family,
-                                           model_version)
+from opik_cipx.materialize.pricing import (
+    FAMILIES,
+    ModelPrice,
+    PriceTable,
+    Rates,
+    load_price_table,
+    model_family,
+    model_version,
+)
 
 COLUMNS = ("input", "5m write", "1h write", "cache read", "output", "fast")
 

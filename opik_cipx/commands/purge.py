@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all", action="store_true",
                         help="also delete the raw captures (captures/) and the local ledger (ledger.db)")
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    parser.set_defaults(on_config_error=on_config_error)
+    parser.set_defaults(on_config_error=on_config_error, writes_home=True)
 
 
 def on_config_error(args: argparse.Namespace, exc: ConfigError) -> int:

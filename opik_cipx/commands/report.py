@@ -17,10 +17,10 @@ import sys
 from typing import Any
 
 from opik_cipx.config import Settings
+from opik_cipx.ledger.db import open_reader
 from opik_cipx.ledger.periods import parse_since, parse_until
 from opik_cipx.ledger.queries import BY_KEYS, DETAIL_KEYS, FIGURES, Report, ReportError, Selection, parse_by, report
 from opik_cipx.ledger.schema import SchemaError
-from opik_cipx.ledger.db import open_reader
 
 COLUMNS = (  # figure, table heading
     ("calls", "calls"),

@@ -14,7 +14,7 @@ from opik_cipx.control import lifecycle
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.set_defaults(writes_home=True)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 from opik_cipx.config import ConfigError, Settings
 from opik_cipx.control import claude_settings, lifecycle
 from opik_cipx.control.daemon_control import admin_port, fetch_stats, paths_only_settings, pid_alive, read_state
+from opik_cipx.home import disk_full_or_read_only
 from opik_cipx.ship.destination import NOT_CONFIGURED
 from opik_cipx.stats import COUNTER_NAMES, PROBLEM_COUNTERS
 from opik_cipx.store.spool import QUARANTINE, quarantine_counts
@@ -37,6 +38,12 @@ PROBLEM_HINTS = {
     "ledger_write_errors": "ledger.db could not be written (locked, disk full, corrupt?): `opik-cipx logs` says why",
     "ledger_calls_dropped": "calls missing from ledger.db: run `opik-cipx replay --ledger` to add them from the "
                             "stored captures",
+    "requests_refused": "requests from a web page, or not addressed to localhost, were refused (not forwarded): "
+                        "`opik-cipx logs` names them",
+    "connections_refused": "more clients at once than client_max_connections: raise it in {config}, then run "
+                           "`opik-cipx restart`",
+    "requests_timed_out": "clients stalled mid-request past client_header_timeout_s / client_body_timeout_s "
+                          "({config}); `opik-cipx logs` has each",
 }
 
 
@@ -62,6 +69,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  today        {today_line(settings)}")
             for line in quarantine_lines(quarantine_counts(settings.spool_dir)):
                 print(line)
+            full = disk_full_or_read_only(settings.home)
+            if full:
+                print(f"  ! CIPX_HOME {settings.home} {full}: a daemon started there cannot record where it "
+                      "listens, so this command cannot find it; free some space, then run `opik-cipx restart`")
         return 0
     port = admin_port(settings, state)
     stats = fetch_stats(port)
@@ -210,6 +221,10 @@ def render(stats: dict[str, Any], settings: Settings, claude_code: str = "", now
                    "then `opik-cipx restart`")
     if today:
         out.append(f"  {'today':<12} {today}")
+    home_problems = section("home").get("problems") or []
+    if home_problems:
+        out.append("degraded: the disk under CIPX_HOME refuses writes (full or read-only?); the proxy still runs")
+        out += [f"  ! {problem}" for problem in home_problems]
     out.append("queue")
     out.append(f"  {'in-memory':<12} {queue.get('in_memory', 0)}")
     out.append(f"  {'ready':<12} {queue.get('ready', 0)}")

@@ -31,14 +31,15 @@ from opik_cipx.materialize.sessions import parse_hook_input, read_hook_stdin, re
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.set_defaults(on_config_error=on_config_error)
+    parser.set_defaults(on_config_error=on_config_error, on_home_error=on_config_error)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     return sync(settings, dict(os.environ), config_error=None)
 
 
-def on_config_error(args: argparse.Namespace, exc: ConfigError) -> int:
+def on_config_error(args: argparse.Namespace, exc: ConfigError | str) -> int:
+    """A config file that does not load, or a `$CIPX_HOME` that cannot be used: keep a healthy daemon, else fail open."""
     env = dict(os.environ)
     return sync(paths_only_settings(env), env, config_error=str(exc))
 
@@ -164,3 +165,6 @@ def _record(settings: Settings, env: dict[str, str], hook: dict | None, report: 
         record_session(settings.sessions_dir, hook, claude_json_path(env))
     except ValueError as exc:
         report.problem(f"{exc}; no session metadata written")
+    except OSError as exc:
+        report.problem(f"cannot write session metadata to {settings.sessions_dir}: {exc.strerror or exc}; "
+                       "calls are still proxied and counted")

@@ -6,7 +6,8 @@ symlink to our executable), then deletes `$CIPX_HOME` (the installed binary, log
 sessions and the spool with any spans not yet shipped).
 Nothing of the user's is touched: other settings keys, hand-written hooks, a foreign
 `ANTHROPIC_BASE_URL`. A `$CIPX_HOME` that is the home directory or one of its parents is
-refused. The Claude Code plugin, if installed, stays until `/plugin uninstall`; its next
+refused, and so is one that could not be deleted whole (read-only, not ours): that is checked
+before anything is stopped or changed, so a failed uninstall leaves a working install. The Claude Code plugin, if installed, stays until `/plugin uninstall`; its next
 session start would install opik-cipx again.
 """
 
@@ -21,11 +22,12 @@ from opik_cipx.config import ConfigError, Settings
 from opik_cipx.control import claude_settings, install, lifecycle
 from opik_cipx.control.confirm import confirmed
 from opik_cipx.control.daemon_control import paths_only_settings
+from opik_cipx.home import home_problem
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    parser.set_defaults(on_config_error=on_config_error)
+    parser.set_defaults(on_config_error=on_config_error, writes_home=True)
 
 
 def on_config_error(args: argparse.Namespace, exc: ConfigError) -> int:
@@ -59,12 +61,39 @@ def _installed_copy(env: dict[str, str], home: Path) -> Path | None:
         return None
 
 
+def cannot_delete(home: Path) -> str | None:
+    """Why `home` could not be deleted whole (checked before anything is touched), or None."""
+    problem = home_problem(home, write=True)
+    if problem or not home.exists():
+        return problem
+    if not os.access(home.parent, os.W_OK | os.X_OK):
+        return f"cannot delete {home}: its parent directory {home.parent} is not writable by this user"
+    for directory, subdirs, _ in os.walk(home, onerror=_raise):
+        for name in subdirs:
+            path = Path(directory, name)
+            if not path.is_symlink() and not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+                return f"cannot delete {path}: not writable by this user; fix its owner or permissions"
+    return None
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     env = dict(os.environ)
     home = settings.home
     refusal = unsafe_to_delete(home, env)
     if refusal:
         print(f"opik-cipx: refusing to uninstall: {refusal}. Check CIPX_HOME.", file=sys.stderr)
+        return 1
+    try:
+        blocked = cannot_delete(home)
+    except OSError as exc:
+        blocked = f"cannot read {exc.filename}: {exc.strerror}"
+    if blocked:
+        print(f"opik-cipx: nothing changed: {blocked}. Fix that, then run `opik-cipx uninstall` again.",
+              file=sys.stderr)
         return 1
     consequences = (f"This stops opik-cipx, removes its supervisor unit, Claude Code settings entry and `opik-cipx` "
                     f"link on PATH, and deletes {home}\n(logs, captures and any spans not yet shipped to Opik).")

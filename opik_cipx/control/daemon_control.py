@@ -2,7 +2,9 @@
 
 The daemon writes `state.json` once it is listening and removes it on a clean exit, so a
 `state.json` whose admin port does not answer means a daemon that crashed, was killed or is
-wedged. Everything here is bounded: every wait has a deadline, every request a timeout.
+wedged. A daemon whose disk refused `state.json` (full, read-only) serves the same document at
+`GET /admin/state` on the admin port recorded in `ports.json`; `read_state` asks it there.
+Everything here is bounded: every wait has a deadline, every request a timeout.
 """
 
 import json
@@ -28,11 +30,31 @@ def paths_only_settings(env: dict[str, str]) -> Settings:
 
 
 def read_state(settings: Settings) -> dict[str, Any] | None:
-    """`state.json` when it names a pid, else None."""
+    """`state.json` when it names a pid; else what a daemon of this home that could not write it
+    answers at `/admin/state`; else None."""
     state = read_json(settings.state_path)
-    if isinstance(state, dict) and isinstance(state.get("pid"), int) and state["pid"] > 0:
+    if _names_pid(state):
+        return state
+    port = _port(read_json(settings.ports_path), "admin")
+    answer = admin_get(port, "/admin/state") if port else None
+    if answer is None or answer[0] != 200:
+        return None
+    try:
+        state = json.loads(answer[1])
+    except ValueError:
+        return None
+    if _names_pid(state) and state.get("home") == home_id(settings.home):
         return state
     return None
+
+
+def home_id(home: Path) -> str:
+    """How `state.json` names the home a daemon serves (its absolute path)."""
+    return os.path.abspath(home)
+
+
+def _names_pid(state: object) -> bool:
+    return isinstance(state, dict) and isinstance(state.get("pid"), int) and state["pid"] > 0
 
 
 def _port(ports: object, name: str) -> int | None:

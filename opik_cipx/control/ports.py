@@ -5,8 +5,9 @@ free on first start and kept; one that has since been taken by another program i
 """
 
 from pathlib import Path
+from typing import Callable
 
-from opik_cipx.home import read_json, write_json
+from opik_cipx.home import read_json
 from opik_cipx.wire.loopback import free_port, port_is_free
 
 CLAUDE_CODE_PORT = 9909
@@ -29,13 +30,13 @@ def claude_code_port(path: Path) -> int:
     return saved_ports(path).get("claude_code", CLAUDE_CODE_PORT)
 
 
-def assign_picked_ports(path: Path) -> dict[str, int]:
-    """Ports for every listener; picks and records free ones for `admin` and `viewer`."""
+def assign_picked_ports(path: Path, write: Callable[[Path, object], object]) -> dict[str, int]:
+    """Ports for every listener; picks free ones for `admin` and `viewer` and records them with `write`."""
     saved = saved_ports(path)
     ports = {"claude_code": saved.get("claude_code", CLAUDE_CODE_PORT)}
     for name in PICKED:
         port = saved.get(name)
         ports[name] = port if port and port_is_free(port) else free_port()
     if ports != saved:
-        write_json(path, ports)
+        write(path, ports)
     return ports

@@ -30,7 +30,15 @@ from typing import Any, Callable
 from opik_cipx.home import read_json, write_atomic
 from opik_cipx.materialize.materializer import Materializer
 from opik_cipx.stats import Counters, utc_iso
-from opik_cipx.store.captures import Appended, CaptureStore, LogPosition, count_log, list_segments, read_log, segment_number
+from opik_cipx.store.captures import (
+    Appended,
+    CaptureStore,
+    LogPosition,
+    count_log,
+    list_segments,
+    read_log,
+    segment_number,
+)
 from opik_cipx.store.spool import Spool
 from opik_cipx.wire.capture import Capture
 from opik_cipx.wire.tee import capture_bytes
@@ -299,7 +307,10 @@ class Follower:
         if self._position == self._saved:
             return
         self._pending = (self._position, self._encode(), self._ticket)
-        if self.spool.wait_durable(self._ticket, max(0.0, self._deadline - time.monotonic())):
+        # A spool whose disk refuses writes acknowledges nothing soon: stop without the checkpoint
+        # (the next start materializes these captures again, under the same ids).
+        wait_s = 0.0 if self.spool.degraded else max(0.0, self._deadline - time.monotonic())
+        if self.spool.wait_durable(self._ticket, wait_s):
             self._write_pending()
 
     def _write_pending(self) -> None:

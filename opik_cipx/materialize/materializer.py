@@ -24,7 +24,6 @@ it in its checkpoint; docs/ARCHITECTURE.md, "Materializer checkpoint").
 """
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -44,7 +43,13 @@ from opik_cipx.materialize.redaction import redact_records
 from opik_cipx.materialize.response import ResponseSummary, decode_body, summarize_response
 from opik_cipx.materialize.sessions import valid_session_id
 from opik_cipx.materialize.spans import (
-    bounded, call_error_info, opik_usage, prompt_tokens, span_record, tool_error_info, trace_record,
+    bounded,
+    call_error_info,
+    opik_usage,
+    prompt_tokens,
+    span_record,
+    tool_error_info,
+    trace_record,
 )
 from opik_cipx.materialize.turns import (
     AGENT_TOOLS,

@@ -319,6 +319,12 @@ class Spool:
             return self._stopping
 
     @property
+    def degraded(self) -> bool:
+        """The disk refuses writes now: records wait in memory, acknowledgements may be far off."""
+        with self._cond:
+            return self._degraded
+
+    @property
     def durable_seq(self) -> int:
         """How many appended records (in ticket order) are acknowledged: written and fsynced."""
         with self._cond:
@@ -657,7 +663,7 @@ class Spool:
         try:
             self._recover()
         except OSError as exc:
-            self._write_failed(f"cannot open the spool directory {self.directory}", exc)
+            self._write_failed("cannot open the spool directory", exc)  # no path: it is shown in the admin stats
             return False
         self._write_ok()
         return True

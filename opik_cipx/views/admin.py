@@ -1,35 +1,36 @@
-"""The admin listener: `GET /admin/stats` (docs/ARCHITECTURE.md, "Admin stats") and `GET /admin/health`.
+"""The admin listener: `GET /admin/stats` (docs/ARCHITECTURE.md, "Admin stats"), `GET /admin/health`
+and `GET /admin/state` (the `state.json` handshake, for when the disk refused to store it).
 
 Short-lived commands (`status`, `sync`) read the daemon through it. Requests whose Host
-header is not a loopback name are refused, so a web page cannot reach it by DNS rebinding.
+header is not a loopback name are refused (`LoopbackHandler`), so a web page cannot reach it by
+DNS rebinding. Any local user can read it: it carries no prompt, no file path, no credential.
 """
 
 import json
 import logging
-from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
 
-from opik_cipx.wire.loopback import host_is_loopback
+from opik_cipx.wire.loopback import LoopbackHandler
 
 log = logging.getLogger(__name__)
 
 
-class AdminHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    stats: Callable[[], dict[str, Any]]  # set on the subclass the daemon builds
+class AdminHandler(LoopbackHandler):
+    stats: Callable[[], dict[str, Any]]  # set on the subclass the daemon builds, like `state`
+    state: Callable[[], dict[str, Any]]
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
-        log.debug("admin: " + format, *args)
+    @classmethod
+    def error_document(cls, status: int, message: str) -> tuple[str, bytes]:
+        return "application/json", json.dumps({"error": message}).encode() + b"\n"
 
     def do_GET(self) -> None:
-        if not host_is_loopback(self.headers.get("Host")):
-            self._send(403, {"error": "opik-cipx admin answers only to a loopback Host header"})
-            return
         route = self.path.split("?", 1)[0]
         if route == "/admin/health":
             self._send(200, {"ok": True})
         elif route == "/admin/stats":
             self._send(200, self.stats())
+        elif route == "/admin/state":
+            self._send(200, self.state())
         else:
             self._send(404, {"error": f"unknown admin path {route}; try /admin/stats or /admin/health"})
 

@@ -21,12 +21,20 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from opik_cipx.ids import is_uuid7, uuid7_unix_ms
+from opik_cipx.ledger.db import open_reader
 from opik_cipx.ledger.periods import day_start_ns, local_day
 from opik_cipx.ledger.queries import (
-    Selection, call_details, find_call, first_day, launchers, recent_calls, report, session_calls, session_projects,
+    Selection,
+    call_details,
+    find_call,
+    first_day,
+    launchers,
+    recent_calls,
+    report,
+    session_calls,
+    session_projects,
 )
 from opik_cipx.ledger.schema import SchemaError
-from opik_cipx.ledger.db import open_reader
 from opik_cipx.materialize.attribution import BUCKETS, categorize
 from opik_cipx.store.captures import find_capture
 from opik_cipx.views import charts

@@ -1,31 +1,33 @@
 """The viewer listener: the dashboard's pages (views/dashboard.py) on the viewer port.
 
-Served by the daemon on 127.0.0.1 only, and only to a loopback Host header. Pages are
-rendered from the ledger and the capture store; they carry no script, and the
-Content-Security-Policy forbids loading anything from anywhere.
+Served by the daemon on 127.0.0.1 only, to a loopback Host header (`LoopbackHandler`), and only
+to a browser holding the viewer token (`access.py`). Pages are rendered from the ledger and the
+capture store; they carry no script, and the Content-Security-Policy forbids loading anything
+from anywhere.
 """
 
-from http.server import BaseHTTPRequestHandler
+from typing import Iterable
 
+from opik_cipx.views.access import ViewerAccess
 from opik_cipx.views.dashboard import Dashboard
-from opik_cipx.wire.loopback import host_is_loopback
+from opik_cipx.wire.loopback import LoopbackHandler
 
 
-class ViewerHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    pages: Dashboard  # set on the subclass the daemon builds
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
-        pass
+class ViewerHandler(LoopbackHandler):
+    pages: Dashboard  # set on the subclass the daemon builds, like `access`
+    access: ViewerAccess
 
     def do_GET(self) -> None:
-        if not host_is_loopback(self.headers.get("Host")):
-            self._send(403, "text/plain", b"opik-cipx viewer answers only to a loopback Host header\n")
+        answer = self.access.check(self.path, self.headers, self.server.port)
+        if answer is not None:
+            self._send(answer.status, answer.content_type, answer.body, answer.headers)
             return
         self._send(*self.pages.route(self.path))
 
-    def _send(self, status: int, content_type: str, body: bytes) -> None:
+    def _send(self, status: int, content_type: str, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
         self.send_response_only(status)
+        for name, value in headers:
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")

@@ -4,6 +4,14 @@ Nothing here parses bodies. The request body is read whole (Content-Length, or d
 forwarded with the client's headers minus hop-by-hop ones, and each piece of the response is
 written to Claude Code and flushed as soon as `read1` returns it. The bytes already on the
 wire are referenced by a `Capture` that goes to the tee once the exchange is over.
+
+Only Claude Code and other local programs are served, never a web page: a request with an
+`Origin` header, a browser's `Sec-Fetch-Site` / `Sec-Fetch-Mode`, a Host that is not loopback or
+a target that is not a path is refused 403 (`browser_or_stranger`), not forwarded, not captured
+and counted in `requests_refused`. Claude Code sends none of these (tests/security prove it on
+the recorded corpus). While an exchange waits on the upstream, the connection loop watches the
+client socket: a client that leaves closes the upstream request within a fraction of a second
+(`_Departure`).
 """
 
 import http.client
@@ -14,13 +22,15 @@ import ssl
 import threading
 import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler
+from email.message import Message
 from typing import Callable, Iterator
 
 from opik_cipx.ids import new_uuid7
 from opik_cipx.stats import Counters
 from opik_cipx.wire.capture import Capture, redact_headers
+from opik_cipx.wire.connections import worth_logging
 from opik_cipx.wire.endpoints import is_known
+from opik_cipx.wire.loopback import LoopbackHandler, loopback_host
 from opik_cipx.wire.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -46,6 +56,12 @@ READ_SIZE = 64 * 1024
 # A pooled connection the server closed just as we reused it fails within a round trip; a
 # failure later than this may come after the upstream started work, so it is not retried.
 STALE_RETRY_WINDOW_S = 0.25
+# Anthropic's error type for each status the gateway answers itself.
+ERROR_TYPES = {400: "invalid_request_error", 403: "permission_error", 413: "request_too_large",
+               431: "invalid_request_error"}
+# What the fetch API sends for a script's cross-origin call; Node's fetch (undici) sends it too,
+# alone. Every other Sec-Fetch-Mode, and any Sec-Fetch-Site, comes from a browser.
+NON_BROWSER_FETCH_MODE = "cors"
 
 
 class BadRequest(Exception):
@@ -127,23 +143,62 @@ def decodable_accept_encoding(value: str) -> str:
     return ", ".join(kept) or "identity"
 
 
-class GatewayHandler(BaseHTTPRequestHandler):
+def browser_or_stranger(target: str, headers: Message) -> str | None:
+    """Why a request must not be forwarded: it comes from a web page or is not addressed to us; None for a
+    local program such as Claude Code. `"host"` when the Host is not one loopback name (the caller words it).
+
+    One pass over the raw headers: each `Message` lookup would walk (and clean) every header again.
+    """
+    hosts, origin, site, mode = [], False, False, None
+    for name, value in headers.raw_items():
+        lowered = name.lower()
+        if lowered == "host":
+            hosts.append(value)
+        elif lowered == "origin":
+            origin = True
+        elif lowered == "sec-fetch-site":
+            site = True
+        elif lowered == "sec-fetch-mode" and mode is None:
+            mode = value.strip().lower()
+    if not loopback_host(hosts):
+        return "host"
+    if origin:
+        return "requests from web pages (Origin header) are refused"
+    if site or (mode is not None and mode != NON_BROWSER_FETCH_MODE):
+        return "requests from a web browser (Sec-Fetch-* headers) are refused"
+    if not target.startswith("/"):
+        return "the request target must be a path (this is not a forward proxy)"
+    return None
+
+
+class GatewayHandler(LoopbackHandler):
     """One client connection; every method on every path is forwarded."""
 
-    protocol_version = "HTTP/1.1"
     gateway: Gateway  # set on the subclass the daemon builds
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def __getattr__(self, name: str):
         if name.startswith("do_"):
             return self._exchange
         raise AttributeError(name)
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
-        log.debug("client %s: " + format, self.client_address[0], *args)
+    def check_request(self) -> tuple[int, str] | None:
+        reason = browser_or_stranger(self.path, self.headers)
+        if reason == "host":
+            return self.not_loopback()
+        return (403, f"opik-cipx: {reason}; only Claude Code and local programs may use this proxy") if reason else None
+
+    def refuse(self, status: int, message: str) -> None:
+        counters = self.gateway.counters
+        counters.incr("requests_refused")
+        refused = counters.get("requests_refused")
+        if worth_logging(refused):
+            log.warning("gateway: refused %s %s (%d so far): %s", self.command, self.path.split("?", 1)[0][:200],
+                        refused, message)
+        super().refuse(status, message)
+
+    @classmethod
+    def error_document(cls, status: int, message: str) -> tuple[str, bytes]:
+        return "application/json", error_body(message, ERROR_TYPES.get(status, "api_error"))
 
     def _exchange(self) -> None:
         gw = self.gateway
@@ -170,15 +225,19 @@ class GatewayHandler(BaseHTTPRequestHandler):
             path=self.path,
             request_headers=redact_headers(self.headers.items()),
         )
+        self.conn.enter("body", self.server.limits.body_timeout_s)
         try:
             body = self._read_body()
         except BadRequest as exc:
             self.close_connection = True  # the rest of the request is unread: the connection ends here
+            self.conn.linger = True
             self._reply_error(exc.status, f"opik-cipx: {exc}", "invalid_request_error")
             return
         except OSError:
-            self.close_connection = True  # client went away mid-request: nothing to forward
+            self.close_connection = True  # client went away mid-request (or stalled past its deadline)
             return
+        finally:
+            self.conn.enter(None)
         capture.request_body = body
         if not is_known(self.command, self.path):
             gw.counters.incr("unknown_endpoints")
@@ -229,12 +288,15 @@ class GatewayHandler(BaseHTTPRequestHandler):
                 raise OSError("client closed the connection mid-body")
             parts.append(chunk)
 
-    def _send_upstream(self, gw: Gateway, body: bytes) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    def _send_upstream(
+        self, gw: Gateway, body: bytes, departure: "_Departure"
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Send the request and read the response head.
 
         A reused pooled connection that turns out to be closed is replaced once, and only when
         the failure shows the upstream cannot have acted on the request: an error while
-        sending, or a disconnect with no response byte within `STALE_RETRY_WINDOW_S`.
+        sending, or a disconnect with no response byte within `STALE_RETRY_WINDOW_S` (and never
+        once the client has left: that disconnect was ours).
         """
         framed = body or "content-length" in self.headers or "transfer-encoding" in self.headers
         headers = upstream_headers(self.headers.items(), gw.pool.target.host_header, len(body) if framed else None)
@@ -242,13 +304,15 @@ class GatewayHandler(BaseHTTPRequestHandler):
         while True:
             conn, reused = gw.pool.acquire()
             try:
+                if not departure.attach(conn):
+                    raise ClientDeparted()
                 try:
                     conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
                     for name, value in headers:
                         conn.putheader(name, value)
                     conn.endheaders(body or None)
                 except (ConnectionError, ssl.SSLEOFError):
-                    if not reused or retried:
+                    if not reused or retried or departure.departed:
                         raise
                     sent = None  # never reached the upstream
                 else:
@@ -256,19 +320,35 @@ class GatewayHandler(BaseHTTPRequestHandler):
                     try:
                         return conn, conn.getresponse()
                     except (http.client.RemoteDisconnected, ConnectionResetError, ssl.SSLEOFError):
-                        if not reused or retried or time.monotonic() - sent > STALE_RETRY_WINDOW_S:
+                        if not reused or retried or departure.departed or time.monotonic() - sent > STALE_RETRY_WINDOW_S:
                             raise
             except BaseException:
+                departure.detach()
                 gw.pool.discard(conn)
                 raise
+            departure.detach()
             gw.pool.discard(conn)
             retried = True
             log.debug("gateway: pooled upstream connection was closed by the server; retrying on a new one")
 
     def _relay(self, gw: Gateway, capture: Capture, body: bytes) -> None:
+        departure = _Departure()
+        self.conn.on_hangup = departure  # watched by the connection loop meanwhile
         try:
-            conn, resp = self._send_upstream(gw, body)
-        except (OSError, http.client.HTTPException) as exc:
+            self._relay_watched(gw, capture, body, departure)
+        finally:
+            self.conn.on_hangup = None
+        if departure.finish() and not capture.client_aborted:
+            capture.client_aborted = True
+            self.close_connection = True
+            log.info("gateway: client left while the upstream was silent; upstream request closed")
+
+    def _relay_watched(self, gw: Gateway, capture: Capture, body: bytes, departure: "_Departure") -> None:
+        try:
+            conn, resp = self._send_upstream(gw, body, departure)
+        except (OSError, http.client.HTTPException, ClientDeparted) as exc:
+            if departure.departed:
+                return  # the client is gone: nobody to answer, and the upstream error was ours
             capture.upstream_error = describe_upstream_error(exc)
             log.warning("gateway: upstream request failed: %s", capture.upstream_error)
             self._reply_error(502, f"opik-cipx: {capture.upstream_error}")
@@ -277,20 +357,36 @@ class GatewayHandler(BaseHTTPRequestHandler):
         capture.status = resp.status
         resp_headers = resp.getheaders()
         capture.response_headers = redact_headers(resp_headers)
-        if not self._stream_response(gw, capture, resp, resp_headers):
-            gw.pool.discard(conn)
+        settled = False
+
+        def settle() -> bool:
+            """The upstream response is complete: hand its connection back (before the client has the
+            last bytes, so its next call finds it pooled); False if the client had left."""
+            nonlocal settled
+            settled = True
+            if departure.finish():
+                gw.pool.discard(conn)
+                return False
+            resp.close()
+            (gw.pool.discard if resp.will_close else gw.pool.release)(conn)
+            return True
+
+        complete = self._stream_response(capture, resp, resp_headers, departure, settle)
+        if not settled:
+            if complete:
+                complete = settle()  # a response without a body
+            else:
+                departure.finish()
+                gw.pool.discard(conn)
+        if not complete:
             self.close_connection = True
-            return
-        resp.close()
-        if resp.will_close:
-            gw.pool.discard(conn)
-        else:
-            gw.pool.release(conn)
 
     def _stream_response(
-        self, gw: Gateway, capture: Capture, resp: http.client.HTTPResponse, resp_headers: list[tuple[str, str]]
+        self, capture: Capture, resp: http.client.HTTPResponse, resp_headers: list[tuple[str, str]],
+        departure: "_Departure", settle: Callable[[], bool],
     ) -> bool:
-        """Write the response to the client as it arrives; False when the exchange broke."""
+        """Write the response to the client as it arrives, calling `settle` once the upstream side is
+        complete (before the last write); False when the exchange broke."""
         has_body = self.command != "HEAD" and resp.status not in (204, 304) and resp.status >= 200
         chunked = has_body and resp.length is None
         if chunked and self.request_version == "HTTP/1.0":
@@ -318,20 +414,26 @@ class GatewayHandler(BaseHTTPRequestHandler):
             try:
                 data = resp.read1(READ_SIZE)
             except (OSError, http.client.HTTPException) as exc:
-                capture.upstream_error = describe_upstream_error(exc, mid_stream=True)
-                log.warning("gateway: upstream broke mid-response: %s", capture.upstream_error)
+                if not departure.departed:  # else the shutdown was ours
+                    capture.upstream_error = describe_upstream_error(exc, mid_stream=True)
+                    log.warning("gateway: upstream broke mid-response: %s", capture.upstream_error)
                 return False
             if not data and resp.length:  # EOF before the promised Content-Length
-                capture.upstream_error = "upstream connection failed mid-response: body shorter than its Content-Length"
-                log.warning("gateway: %s", capture.upstream_error)
+                if not departure.departed:
+                    capture.upstream_error = "upstream connection failed mid-response: body shorter than its Content-Length"
+                    log.warning("gateway: %s", capture.upstream_error)
+                return False
+            last = not data or resp.length == 0
+            if last and not settle():
                 return False
             try:
-                if not data:
+                if data:
+                    parts.append(data)
+                    write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+                if last:
                     if chunked:
                         write(b"0\r\n\r\n")
                     return True
-                parts.append(data)
-                write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
             except OSError:
                 capture.client_aborted = True
                 log.info("gateway: client disconnected mid-response; upstream connection closed")
@@ -350,6 +452,55 @@ class GatewayHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except OSError:
             self.close_connection = True
+
+
+class ClientDeparted(Exception):
+    """The client closed its connection before the upstream request was sent."""
+
+
+class _Departure:
+    """The client leaving mid-exchange, reported by the connection loop (`Connection.on_hangup`).
+
+    The loop calls it on its own thread: it marks the exchange and shuts the upstream socket
+    down, so a read blocked on a silent upstream ends at once and the upstream request is
+    closed. `attach`/`detach` bracket the use of one upstream connection; `finish` marks the
+    upstream side done. After either, the loop can no longer touch that connection (it may be
+    back in the pool), and after `finish` a client closing is no longer a departure.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._finished = False
+        self.departed = False
+
+    def attach(self, conn: http.client.HTTPConnection) -> bool:
+        """Watch `conn` on behalf of the client; False if the client has already left."""
+        with self._lock:
+            self._sock = conn.sock
+            return not self.departed
+
+    def detach(self) -> None:
+        with self._lock:
+            self._sock = None
+
+    def finish(self) -> bool:
+        """The upstream side is over; True if the client left before (the connection was shut down)."""
+        with self._lock:
+            self._sock = None
+            self._finished = True
+            return self.departed
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self.departed = True
+            if self._sock is not None:
+                try:  # the plain socket's shutdown: SSLSocket.shutdown would drop its TLS state under the reader
+                    socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 def describe_upstream_error(exc: BaseException, mid_stream: bool = False) -> str:

@@ -1,30 +1,35 @@
-"""A ThreadingHTTPServer that only ever listens on 127.0.0.1.
+"""Listeners that only ever listen on 127.0.0.1 and only answer requests addressed to loopback.
 
-Every opik-cipx listener (gateway, admin, viewer) is one of these. Anything but 127.0.0.1 is
+Every opik-cipx listener (gateway, admin, viewer) is a `LoopbackServer` (a `ConnectionServer`:
+bounded connections, see connections.py) serving a `LoopbackHandler`. Anything but 127.0.0.1 is
 refused before a socket is opened, and a port that is taken fails with a message naming it.
+Every request must carry exactly one Host header naming loopback (`loopback_host`), so a web
+page cannot reach a listener by DNS rebinding: it would have to send its own host name.
 """
 
 import errno
 import logging
+import re
 import socket
-import socketserver
 import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from opik_cipx.config import LOOPBACK_HOST, is_loopback_host
+from opik_cipx.config import LOOPBACK_HOST
+from opik_cipx.stats import Counters
+from opik_cipx.wire.connections import ConnectionHandler, ConnectionServer, Limits
 
 log = logging.getLogger(__name__)
+# `localhost`, `127.0.0.1` or `[::1]`, then an optional `:port` of digits: nothing else. Other
+# 127/8 addresses are not accepted: we bind 127.0.0.1 only, so a browser never sends them.
+_LOOPBACK_HOST = re.compile(r"(?:localhost|127\.0\.0\.1|\[::1\])(?::([0-9]{1,5}))?", re.ASCII | re.IGNORECASE)
 
 
 class ListenError(Exception):
     """A listener could not start; the message is one line fit for the user."""
 
 
-class LoopbackServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
-
-    def __init__(self, name: str, host: str, port: int, handler: type[BaseHTTPRequestHandler]):
+class LoopbackServer(ConnectionServer):
+    def __init__(self, name: str, host: str, port: int, handler: type["LoopbackHandler"], limits: Limits,
+                 counters: Counters | None = None):
         if host != LOOPBACK_HOST:
             raise ListenError(
                 f"refusing to listen on {host!r} for {name}: opik-cipx only binds {LOOPBACK_HOST} "
@@ -32,7 +37,7 @@ class LoopbackServer(ThreadingHTTPServer):
             )
         self.name = name
         try:
-            super().__init__((host, port), handler)
+            super().__init__((host, port), handler, limits, counters)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ListenError(
@@ -40,11 +45,6 @@ class LoopbackServer(ThreadingHTTPServer):
                     "stop it, or run `opik-cipx status` to see whether opik-cipx is already running"
                 ) from None
             raise ListenError(f"cannot listen on {host}:{port} ({name}): {exc.strerror}") from None
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host's FQDN, a DNS lookup that can stall startup.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
 
     @property
     def port(self) -> int:
@@ -59,16 +59,30 @@ class LoopbackServer(ThreadingHTTPServer):
             log.exception("%s listener: unexpected error", self.name)
 
 
-def host_is_loopback(host_header: str | None) -> bool:
-    """True for `127.0.0.1[:port]`, `localhost[:port]`, `[::1][:port]`."""
-    if not host_header:
+def loopback_host(values: list[str] | None) -> bool:
+    """True when a request's Host headers (`values`, all of them) are exactly one loopback `host[:port]`.
+
+    Accepted: `localhost`, `127.0.0.1` or `[::1]` (any case), optionally followed by `:` and a
+    port 1-65535, with only the optional whitespace HTTP allows around a header value. Refused:
+    no Host, two Host headers, userinfo or `@`, other names, extra colons or inner whitespace.
+    """
+    if not values or len(values) != 1:
         return False
-    host = host_header.strip()
-    if host.startswith("["):
-        host = host[1 : host.find("]")] if "]" in host else host
-    elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
-    return is_loopback_host(host)
+    match = _LOOPBACK_HOST.fullmatch(values[0].strip(" \t"))
+    return match is not None and (match.group(1) is None or 0 < int(match.group(1)) < 65536)
+
+
+class LoopbackHandler(ConnectionHandler):
+    """Base of the gateway, admin and viewer handlers: a request not addressed to loopback is refused 403."""
+
+    def check_request(self) -> tuple[int, str] | None:
+        if not loopback_host([value for name, value in self.headers.raw_items() if name.lower() == "host"]):
+            return self.not_loopback()
+        return None
+
+    def not_loopback(self) -> tuple[int, str]:
+        return 403, (f"opik-cipx: the {self.server.name} listener answers only requests addressed to "
+                     "localhost or 127.0.0.1 (one Host header, host[:port])")
 
 
 def free_port() -> int:

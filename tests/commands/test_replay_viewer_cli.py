@@ -47,10 +47,14 @@ def test_replay_since_filters_and_bad_input_is_a_clear_error(home):
     assert empty.returncode == 0 and "nothing to replay" in empty.stderr
 
 
-def test_viewer_prints_the_url_and_says_when_the_daemon_is_down(daemon):
+def test_viewer_prints_the_sign_in_url_and_says_when_the_daemon_is_down(daemon):
     result = run_cli(daemon.home, "viewer")
     assert result.returncode == 0
-    assert result.stdout.strip() == f"http://127.0.0.1:{daemon.state['ports']['viewer']}/"
+    token = (daemon.home / "viewer.token").read_text().strip()
+    assert result.stdout.strip() == f"http://127.0.0.1:{daemon.state['ports']['viewer']}/?token={token}"
+    (daemon.home / "viewer.token").unlink()
+    missing = run_cli(daemon.home, "viewer")
+    assert missing.returncode == 1 and "no viewer token in" in missing.stderr and "opik-cipx status" in missing.stderr
     daemon.stop()
     down = run_cli(daemon.home, "viewer")
     assert down.returncode == 1 and "not running" in down.stderr and "opik-cipx sync" in down.stderr

@@ -72,6 +72,9 @@ counters
   panics_recovered                    0
   ledger_write_errors                 0
   ledger_calls_dropped                0
+  requests_refused                    0
+  connections_refused                 0
+  requests_timed_out                  0
 materializer
   ready_raw           0  finished calls in memory, not yet in the capture log
   lag_events          0  captures in the log, not yet materialized
@@ -203,9 +206,9 @@ def test_today_comes_from_the_ledger_with_the_daemon_up_or_down(tmp_path):
     from opik_cipx.commands.status import today_line
     from opik_cipx.ledger.entry import ledger_entry
     from opik_cipx.ledger.store import Ledger
-    from tests.claude_code_corpus import exchanges
     from opik_cipx.materialize.materializer import Materializer
     from opik_cipx.materialize.pricing import load_price_table
+    from tests.claude_code_corpus import exchanges
     from tests.materialize.test_materializer import config
 
     settings = load_settings({"CIPX_HOME": str(tmp_path / "home"), "HOME": str(tmp_path)})

@@ -10,15 +10,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from opik_cipx.ledger.db import open_reader
 from opik_cipx.ledger.entry import OUTPUT, WEB_SEARCH, ledger_entry
 from opik_cipx.ledger.periods import local_day, month_of, week_of
 from opik_cipx.ledger.queries import (
-    BY_KEYS, DETAIL_KEYS, FIGURES, ReportError, Selection, parse_by, report,
+    BY_KEYS,
+    DETAIL_KEYS,
+    FIGURES,
+    ReportError,
+    Selection,
+    parse_by,
+    report,
 )
 from opik_cipx.ledger.schema import (
-    CALL_FIGURES, DETAIL_FIGURES, DIMENSIONS, LABELLED, LATEST, ROLLED_UP_DETAILS, V1,
+    CALL_FIGURES,
+    DETAIL_FIGURES,
+    DIMENSIONS,
+    LABELLED,
+    LATEST,
+    ROLLED_UP_DETAILS,
+    V1,
 )
-from opik_cipx.ledger.db import open_reader
 from opik_cipx.ledger.store import Ledger, delete_before, upsert
 from tests.claude_code_corpus import materialized
 

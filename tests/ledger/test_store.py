@@ -12,9 +12,9 @@ import time
 
 import pytest
 
+from opik_cipx.ledger.db import open_reader
 from opik_cipx.ledger.entry import ledger_entry
 from opik_cipx.ledger.schema import LATEST
-from opik_cipx.ledger.db import open_reader
 from opik_cipx.ledger.store import WRITER_BUSY_TIMEOUT_S, Ledger
 from tests.claude_code_corpus import materialized
 from tests.conftest import wait_for

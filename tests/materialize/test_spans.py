@@ -4,8 +4,16 @@ import json
 
 from opik_cipx.ids import derived_uuid7
 from opik_cipx.materialize.spans import (
-    ERROR_TEXT_MAX_CHARS, TRUNCATED_KEY, bounded, call_error_info, error_info, iso_z, opik_usage, span_record,
-    tool_error_info, trace_record,
+    ERROR_TEXT_MAX_CHARS,
+    TRUNCATED_KEY,
+    bounded,
+    call_error_info,
+    error_info,
+    iso_z,
+    opik_usage,
+    span_record,
+    tool_error_info,
+    trace_record,
 )
 from tests.opik_schema import problems
 

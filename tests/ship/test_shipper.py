@@ -9,7 +9,15 @@ import pytest
 
 from opik_cipx.ship.destination import NOT_CONFIGURED, Destination
 from opik_cipx.ship.shipper import (
-    ISOLATE_AFTER, MIN_WAIT_S, PATHS, Reply, Shipper, already_exists, plan_requests, rate_limit_wait_s, record_suspect,
+    ISOLATE_AFTER,
+    MIN_WAIT_S,
+    PATHS,
+    Reply,
+    Shipper,
+    already_exists,
+    plan_requests,
+    rate_limit_wait_s,
+    record_suspect,
 )
 from opik_cipx.stats import Counters
 from opik_cipx.store.spool import Spool, unshipped_records

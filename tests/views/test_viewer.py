@@ -1,5 +1,5 @@
 """The viewer's dashboard over HTTP: home, calls, a session, a call, from a ledger and a capture
-store of the recorded corpus; the Host guard and the Content-Security-Policy."""
+store of the recorded corpus; the Host and token guards and the Content-Security-Policy."""
 
 import html
 import http.client
@@ -9,22 +9,26 @@ import threading
 
 import pytest
 
-from opik_cipx.ledger.queries import report
 from opik_cipx.ledger.db import open_reader
+from opik_cipx.ledger.queries import report
 from opik_cipx.ledger.store import Ledger
 from opik_cipx.store.captures import CaptureStore
+from opik_cipx.views.access import ViewerAccess, cookie_name
 from opik_cipx.views.charts import PALETTE
 from opik_cipx.views.dashboard import Dashboard
 from opik_cipx.views.viewer import ViewerHandler
 from opik_cipx.wire.loopback import LoopbackServer
 from tests.claude_code_corpus import materialized
+from tests.conftest import LIMITS
 
 SUBAGENT_SESSION = "1b15d3cd-b49e-410d-880f-1d1856a84f6c"
+TOKEN = "t" * 43
 
 
 def serve(home):
     pages = Dashboard(home / "ledger.db", home / "captures")
-    server = LoopbackServer("viewer", "127.0.0.1", 0, type("H", (ViewerHandler,), {"pages": pages}))
+    handler = type("H", (ViewerHandler,), {"pages": pages, "access": ViewerAccess(TOKEN)})
+    server = LoopbackServer("viewer", "127.0.0.1", 0, handler, LIMITS)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return server
 
@@ -47,8 +51,9 @@ def viewer(tmp_path_factory):
 
 
 def get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str, dict]:
+    """GET as a browser that signed in with the token."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", path, headers={"Host": host})
+    conn.request("GET", path, headers={"Host": host, "Cookie": f"{cookie_name(port)}={TOKEN}"})
     resp = conn.getresponse()
     return resp.status, resp.read().decode(), dict(resp.getheaders())
 
@@ -198,3 +203,18 @@ def test_calls_of_an_unknown_model_are_flagged_never_priced_at_zero(tmp_path, vi
     table = run_cli(home, "report", "--by", "model").stdout
     assert "1 call(s) used a model missing from the price table" in table
     assert f"${entry.call['cost_usd']:,.4f}" in table.splitlines()[-2]  # the total: the priced call only
+
+
+def test_a_browser_signs_in_once_then_uses_the_cookie(viewer):
+    port, _, _ = viewer
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", f"/session/{SUBAGENT_SESSION}")
+    refused = conn.getresponse()
+    assert refused.status == 403 and b"opik-cipx viewer" in refused.read()
+    conn.request("GET", f"/session/{SUBAGENT_SESSION}?token={TOKEN}")
+    signed_in = conn.getresponse()
+    assert signed_in.status == 200 and f"url=/session/{SUBAGENT_SESSION}".encode() in signed_in.read()
+    cookie = signed_in.getheader("Set-Cookie").split(";", 1)[0]
+    conn.request("GET", f"/session/{SUBAGENT_SESSION}", headers={"Cookie": cookie})
+    page = conn.getresponse()
+    assert page.status == 200 and b"cumulative cost" in page.read()

@@ -10,7 +10,7 @@ from opik_cipx.stats import Counters
 from opik_cipx.wire.gateway import Gateway, GatewayHandler, decodable_accept_encoding, upstream_headers
 from opik_cipx.wire.loopback import LoopbackServer
 from opik_cipx.wire.upstream import UpstreamPool
-from tests.conftest import DaemonProcess
+from tests.conftest import LIMITS, DaemonProcess
 from tests.fake_anthropic import CA_BUNDLE
 
 
@@ -24,7 +24,7 @@ def test_unexpected_handler_error_is_recovered_as_502_and_counted(tmp_path):
     captured = []
     gateway = Gateway(ExplodingPool("https://127.0.0.1:1", ca_bundle=CA_BUNDLE), captured.append, counters)
     handler = type("H", (GatewayHandler,), {"gateway": gateway})
-    server = LoopbackServer("claude_code", "127.0.0.1", 0, handler)
+    server = LoopbackServer("claude_code", "127.0.0.1", 0, handler, LIMITS)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)

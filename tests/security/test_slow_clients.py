@@ -1,0 +1,187 @@
+"""Issue 12, items 4, 5 and 8: slow, stalled, cut-off and departing clients against the real daemon.
+
+- 1,000 stalled connections (silent, or stopped mid-head) hold no thread, and a normal call still
+  gets through (its latency against the idle figure is `bench/bench_stalled.py`'s job);
+- header, body and idle deadlines close what stalls, and the connection cap turns the excess away
+  with a 503 in Anthropic's shape;
+- a request head cut off before its blank line is never forwarded, credentials included;
+- a client that leaves while the upstream is silent closes the upstream request within a second.
+"""
+
+import http.client
+import json
+import resource
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from opik_cipx.store.captures import read_captures
+from tests.conftest import DaemonProcess, wait_for
+from tests.fake_anthropic import json_reply, sse_reply
+from tests.security.conftest import raw_exchange, write_config
+
+STALLED = 1000
+
+
+def threads(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        pytest.skip("counting a process's threads needs /proc")
+    return next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("Threads:"))
+
+
+def receive_until(sock: socket.socket, marker: bytes) -> bytes:
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+def call(port: int, body: bytes = b'{"model":"m"}') -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", "/v1/messages", body=body, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    resp.body = resp.read()
+    return resp
+
+
+@pytest.fixture
+def many_sockets():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = STALLED + 256
+    if soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            pytest.skip(f"needs {wanted} open files, the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_thousand_stalled_connections_hold_no_thread_and_a_call_gets_through(daemon, upstream, many_sockets):
+    pid = daemon.proc.pid
+    assert call(daemon.port).status == 200  # warm: the first call's connection thread has come and gone
+    idle_threads = threads(pid)
+    stalled = []
+    try:
+        for i in range(STALLED):
+            sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=10)
+            if i % 2:  # half send part of a head and stop; half send nothing at all
+                sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: sk-")
+            stalled.append(sock)
+        time.sleep(0.5)  # let the daemon's loop take them all in: this is the state being measured
+        assert threads(pid) <= idle_threads + 2
+        started = time.monotonic()
+        resp = call(daemon.port)
+        assert resp.status == 200 and resp.body == b'{"ok": true}'
+        assert time.monotonic() - started < 2.0
+        assert threads(pid) <= idle_threads + 2
+        assert len(upstream.seen) == 2  # nothing of the stalled heads was forwarded
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+@pytest.fixture
+def strict_daemon(home, upstream):
+    write_config(home, "client_header_timeout_s = 1\nclient_body_timeout_s = 1\nclient_idle_timeout_s = 1.5\n"
+                       "client_max_connections = 2\ndrain_timeout_s = 2\n")
+    daemon = DaemonProcess(home, upstream.url)
+    yield daemon
+    daemon.stop()
+
+
+def closed_after(sock: socket.socket) -> float:
+    """Seconds until the daemon closes `sock` without answering (fails on any answer)."""
+    started = time.monotonic()
+    sock.settimeout(10)
+    try:
+        data = sock.recv(65536)
+    except ConnectionResetError:
+        data = b""
+    assert data == b"", data[:200]
+    return time.monotonic() - started
+
+
+def test_header_body_and_idle_deadlines_close_stalled_clients(strict_daemon, upstream):
+    port = strict_daemon.port
+    head = socket.create_connection(("127.0.0.1", port))
+    head.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    body = socket.create_connection(("127.0.0.1", port))
+    body.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"model\":")
+    idle = socket.create_connection(("127.0.0.1", port))
+    assert 0.8 < closed_after(head) < 3
+    assert closed_after(body) < 3
+    assert closed_after(idle) < 3
+    assert upstream.seen == []
+    stats = strict_daemon.stats()
+    assert stats["counters"]["requests_timed_out"] == 2  # the idle one is routine, not a timeout
+    assert stats["counters"]["requests_captured"] == 0
+    for sock in (head, body, idle):
+        sock.close()
+
+
+def test_beyond_the_connection_cap_a_clean_503(strict_daemon, upstream):
+    held = [sse_reply([b"event: ping\ndata: {}\n\n", b"event: ping\ndata: {}\n\n"], hold_after=1) for _ in range(2)]
+    upstream.script(*held)
+    streams = []
+    for _ in range(2):
+        sock = socket.create_connection(("127.0.0.1", strict_daemon.port), timeout=10)
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
+        receive_until(sock, b"event: ping")
+        streams.append(sock)
+    answer = raw_exchange(strict_daemon.port, b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ")
+    error = json.loads(body)["error"]
+    assert error["type"] == "api_error" and error["message"].startswith("opik-cipx: too many connections")
+    assert len(upstream.seen) == 2
+    assert strict_daemon.counter("connections_refused") == 1
+    for reply in held:
+        reply.gate.set()
+    for sock in streams:
+        sock.close()
+    assert wait_for(lambda: call(strict_daemon.port).status == 200, what="served again")
+
+
+def test_a_head_cut_off_before_its_end_is_never_forwarded(daemon, upstream):
+    cut = (b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nx-api-key: sk-ant-api03-cut-off\r\n"
+           b"Content-Type: application/json\r\nContent-Le" % daemon.port)
+    answer = raw_exchange(daemon.port, cut, half_close=True)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400 ")
+    # the same on a kept-alive connection, after a complete call (the handler thread reads this head)
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
+        assert receive_until(sock, b'{"ok": true}').startswith(b"HTTP/1.1 200 ")
+        sock.sendall(cut)
+        sock.shutdown(socket.SHUT_WR)
+        rest = sock.recv(65536)
+        assert rest == b"" or rest.startswith(b"HTTP/1.1 400 ")
+    assert len(upstream.seen) == 1
+    assert "sk-ant-api03-cut-off" not in json.dumps([s.headers for s in upstream.seen])
+    wait_for(lambda: daemon.counter("requests_captured") == 1, what="only the complete call captured")
+
+
+@pytest.mark.parametrize("silent", ["before the response head", "mid-stream"])
+def test_a_client_leaving_while_the_upstream_is_silent_closes_the_upstream_request(daemon, upstream, silent):
+    if silent == "mid-stream":
+        upstream.script(sse_reply([b"event: message_start\ndata: {}\n\n", b"event: message_stop\ndata: {}\n\n"],
+                                  hold_after=1))  # a long thinking pause: nothing for 30 s
+    else:
+        upstream.script(json_reply(200, {"ok": True}, delay_s=30))  # a non-streaming call thinking
+    sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=10)
+    sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
+    if silent == "mid-stream":
+        receive_until(sock, b"message_start")
+    else:
+        wait_for(lambda: upstream.seen, what="request upstream")
+    left = time.monotonic()
+    sock.close()  # Claude Code's user pressed Esc
+    assert upstream.hung_up.wait(5)
+    assert upstream.hangups[0] - left < 1.0
+    capture = wait_for(lambda: [c for c in read_captures(daemon.home / "captures")], what="capture stored")[0]
+    assert capture.client_aborted and capture.upstream_error is None
+    assert daemon.stats()["counters"]["panics_recovered"] == 0

@@ -1,0 +1,268 @@
+"""The connection loop: heads read without a thread, deadlines, the connection cap, hang-up watch.
+
+A tiny handler on a real `LoopbackServer` (in-process, real sockets): every test counts what the
+handler saw, so "never handled" is checked, not assumed.
+"""
+
+import io
+import socket
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from opik_cipx.stats import Counters
+from opik_cipx.wire.connections import MAX_HEAD_BYTES, HeadError, Limits, head_end, read_head
+from opik_cipx.wire.loopback import LoopbackHandler, LoopbackServer
+from tests.conftest import LIMITS, wait_for
+
+REQUEST = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+class Recorder(LoopbackHandler):
+    """Answers 200 with the request's path; blocks while `hold` is clear."""
+
+    seen: list[str]
+    hold: threading.Event
+
+    def do_GET(self) -> None:
+        self.seen.append(self.path)
+        self.hold.wait(10)
+        body = self.path.encode()
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))  # one segment
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(limits: Limits = LIMITS) -> tuple[LoopbackServer, type[Recorder], Counters]:
+        hold = threading.Event()
+        hold.set()
+        handler = type("H", (Recorder,), {"seen": [], "hold": hold})
+        counters = Counters()
+        server = LoopbackServer("test", "127.0.0.1", 0, handler, limits, counters)
+        threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+        servers.append(server)
+        return server, handler, counters
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def connect(server: LoopbackServer) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=5)
+
+
+def answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (or 5 s)."""
+    chunks = []
+    try:
+        while data := sock.recv(65536):
+            chunks.append(data)
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return b"".join(chunks)
+
+
+def request(server: LoopbackServer, raw: bytes = REQUEST) -> bytes:
+    with connect(server) as sock:
+        sock.sendall(raw)
+        sock.settimeout(5)
+        head = sock.recv(65536)
+        return head
+
+
+def handler_threads(name: str = "test") -> int:
+    return sum(1 for t in threading.enumerate() if t.name == f"cipx-{name}-conn")
+
+
+# ---- where a head ends ----------------------------------------------------------------------
+
+def test_head_end_examples():
+    assert head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody") == len(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert head_end(b"GET / HTTP/1.1\nHost: a\n\n") == len(b"GET / HTTP/1.1\nHost: a\n\n")
+    assert head_end(b"GET / HTTP/1.1\r\nHost: a\r\n") is None
+    assert head_end(b"GET / HTTP/1.1\r\n") is None
+    assert head_end(b"GET / HTTP/1.1\r\n\r\n") == 18  # no headers at all
+
+
+def line_read(data: bytes) -> tuple[str, int]:
+    try:
+        head = read_head(io.BufferedReader(io.BytesIO(data)))
+    except HeadError as exc:
+        return f"error {exc.status}", 0
+    return ("none", 0) if head is None else ("head", len(head))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([b"GET / HTTP/1.1", b"Host: x", b"\r\n", b"\n", b"\r", b"a", b": ", b""]), max_size=14))
+def test_the_loop_and_the_handler_agree_on_where_a_head_ends(parts):
+    """The loop dispatches when `head_end` finds an end; the handler then reads exactly that head."""
+    data = b"".join(parts)
+    end = head_end(data)
+    outcome, length = line_read(data)
+    if end is None:
+        assert outcome in ("none", "error 400", "error 431")
+        assert outcome == "none" if not data else outcome != "head"
+    else:
+        assert (outcome, length) == ("head", end)
+
+
+def test_read_head_limits():
+    with pytest.raises(HeadError) as big:
+        read_head(io.BufferedReader(io.BytesIO(b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n")))
+    assert big.value.status == 431
+    with pytest.raises(HeadError) as many:
+        read_head(io.BufferedReader(io.BytesIO(b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n")))
+    assert many.value.status == 431
+    with pytest.raises(HeadError) as cut:
+        read_head(io.BufferedReader(io.BytesIO(b"GET / HTTP/1.1\r\nHost: a")))
+    assert cut.value.status == 400
+
+
+# ---- the loop -------------------------------------------------------------------------------
+
+def test_stalled_connections_take_no_thread_and_a_normal_request_still_passes(serve):
+    server, handler, _ = serve()
+    silent = [connect(server) for _ in range(150)]
+    partial = [connect(server) for _ in range(150)]
+    for sock in partial:
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and then nothing
+    assert request(server).startswith(b"HTTP/1.1 200")
+    assert handler.seen == ["/x"]
+    assert handler_threads() <= 1  # the normal request's thread, at most
+    for sock in silent + partial:
+        sock.close()
+
+
+def test_a_head_cut_off_mid_way_is_answered_400_and_never_handled(serve):
+    server, handler, _ = serve()
+    with connect(server) as sock:
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: sk-secret\r\nContent-Le")
+        sock.shutdown(socket.SHUT_WR)
+        assert answer(sock).startswith(b"HTTP/1.1 400 ")
+    assert handler.seen == []
+
+
+def test_a_head_too_large_is_431(serve):
+    server, handler, _ = serve()
+    with connect(server) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nX: " + b"a" * (MAX_HEAD_BYTES + 10))
+        assert answer(sock).startswith(b"HTTP/1.1 431 ")
+    assert handler.seen == []
+
+
+def test_header_and_idle_deadlines_close_connections_and_count_only_stalled_heads(serve):
+    server, handler, counters = serve(replace(LIMITS, header_timeout_s=0.3, idle_timeout_s=0.6))
+    partial, silent = connect(server), connect(server)
+    partial.sendall(b"GET / HTTP/1.1\r\n")
+    started = time.monotonic()
+    assert answer(partial) == b""  # closed without an answer
+    assert 0.25 < time.monotonic() - started < 2.5
+    assert answer(silent) == b""
+    assert counters.get("requests_timed_out") == 1  # a silent connection is routine, not a timeout
+    assert handler.seen == []
+
+
+def test_keep_alive_idle_deadline_in_the_handler_thread(serve):
+    server, handler, _ = serve(replace(LIMITS, idle_timeout_s=0.5))
+    with connect(server) as sock:
+        sock.sendall(REQUEST)
+        sock.settimeout(5)
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        assert answer(sock) == b""  # then closed for idling
+    wait_for(lambda: handler_threads() == 0, what="handler thread gone")
+
+
+def test_over_the_cap_idle_connections_are_reclaimed_then_requests_refused_503(serve):
+    server, handler, counters = serve(replace(LIMITS, max_connections=2))
+    idle = connect(server)
+    idle.sendall(REQUEST)
+    idle.settimeout(5)
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200")  # now idle, kept alive in its thread
+    handler.hold.clear()
+    busy = [connect(server) for _ in range(2)]
+    for sock in busy:
+        sock.sendall(REQUEST)
+    wait_for(lambda: len(handler.seen) == 3, what="two busy requests")
+    assert answer(idle) == b""  # closed to make room for the second busy one
+    refused = request(server)
+    assert refused.startswith(b"HTTP/1.1 503 ") and b"too many connections" in refused
+    assert counters.get("connections_refused") == 1
+    handler.hold.set()
+    for sock in busy:
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        sock.close()
+
+
+class Watcher(LoopbackHandler):
+    """Waits (up to 5 s) inside a hang-up watch, as the gateway does while the upstream is silent."""
+
+    left: threading.Event
+
+    def do_GET(self) -> None:
+        self.conn.on_hangup = self.left.set
+        try:
+            self.left.wait(5)
+        finally:
+            self.conn.on_hangup = None
+
+
+@pytest.fixture
+def watcher():
+    left = threading.Event()
+    server = LoopbackServer("test", "127.0.0.1", 0, type("W", (Watcher,), {"left": left}), LIMITS)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    yield server, left
+    left.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_hang_up_watch_reports_the_client_leaving_within_a_second(watcher):
+    server, left = watcher
+    sock = connect(server)
+    sock.sendall(REQUEST)
+    time.sleep(0.5)  # the watch is armed by now (and had nothing to report)
+    assert not left.is_set()
+    started = time.monotonic()
+    sock.close()
+    assert left.wait(2) and time.monotonic() - started < 1.0
+
+
+def test_hang_up_watch_sees_a_client_that_left_before_it_was_armed(watcher):
+    server, left = watcher
+    with connect(server) as sock:
+        sock.sendall(REQUEST)
+    assert left.wait(2)
+
+
+def test_hang_up_watch_ignores_a_client_that_sends_more(watcher):
+    server, left = watcher
+    with connect(server) as sock:
+        sock.sendall(REQUEST + b"GET /next HTTP/1.1\r\n")  # a pipelined request is not a departure
+        assert not left.wait(0.6)
+
+
+def test_a_bug_in_the_loop_is_counted_and_the_listener_keeps_serving(serve, monkeypatch):
+    server, handler, counters = serve()
+    real_read, calls = server._read, []
+
+    def read_once_broken(pending):
+        calls.append(pending)
+        if len(calls) == 1:
+            raise RuntimeError("bug")
+        real_read(pending)
+
+    monkeypatch.setattr(server, "_read", read_once_broken)
+    with connect(server) as broken:
+        broken.sendall(REQUEST)
+        wait_for(lambda: counters.get("panics_recovered") == 1, what="the bug counted")
+    assert request(server).startswith(b"HTTP/1.1 200")
