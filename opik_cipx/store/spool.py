@@ -300,17 +300,11 @@ class Spool:
         size = sum(map(len, lines))
         with self._cond:
             def room() -> bool:
-                return self._stopping or self._inmem == 0 or (
-                    self._inmem + len(lines) <= self.inmem_max and self._inmem_bytes + size <= self.inmem_max_bytes)
+                return self._stopping or self._inmem == 0 or self._fits(len(lines), size)
 
             if not self._cond.wait_for(room, timeout_s) or self._stopping:
                 return None
-            self._pending.extend(lines)
-            self._inmem += len(lines)
-            self._inmem_bytes += size
-            self._appended_seq += len(lines)
-            self._cond.notify_all()
-            return self._appended_seq
+            return self._push(lines, size)
 
     @property
     def closing(self) -> bool:
