@@ -104,7 +104,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _figure(name: str, value: Any) -> Any:
     """Token figures of a bucket or label are shares: two decimals; whole calls stay integers."""
-    if name != "cost_usd" and isinstance(value, float):
+    if not name.endswith("_usd") and isinstance(value, float):
         return round(value, 2)
     return value
 
