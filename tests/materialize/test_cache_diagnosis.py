@@ -227,3 +227,15 @@ def test_the_prefix_stops_at_the_last_breakpoint_and_skips_the_billing_header():
     assert prefix.ttl_s == 300 and prefix.settings == {"thinking": {"type": "adaptive"}, "effort": "high"}
     assert diagnose(None, prefix, {"input_tokens": 0}, None, 0, False) == {
         "read_share": None, "write_share": None, "uncached_share": None, "previous": None, "break": None}
+
+
+def test_a_checkpoint_from_before_cache_diagnoses_restores_with_no_lanes(tmp_path):
+    materializer = Materializer(config(tmp_path), load_price_table())
+    materializer.materialize(exchange("tools", "002"))
+    snapshot = json.loads(json.dumps(materializer.snapshot()))
+    for session in snapshot["sessions"]:
+        del session["cache"]  # as an older opik-cipx wrote it
+    fresh = Materializer(config(tmp_path), load_price_table())
+    fresh.restore(snapshot)
+    cache = cc(llm(fresh.materialize(exchange("tools", "003"))))["cache"]
+    assert cache["previous"] is None and cache["break"] is None  # compared with nothing, never a false break
