@@ -48,6 +48,11 @@ TTL_5M_S, TTL_1H_S = 300, 3600
 MAX_LANES = 16  # per session, the least recently used forgotten first
 MAX_ITEMS = 4096  # digests kept per lane; a divergence further in is not located
 _MTOK = 1_000_000
+# Tool definitions are most of a request and the same call after call: the digest of the last
+# definition seen under each name is kept (a pure function of it, so only the time changes),
+# and a definition equal to it (compared in C, no serialization) reuses it.
+_TOOL_MEMO: "OrderedDict[str, tuple[dict, str]]" = OrderedDict()
+_TOOL_MEMO_MAX = 512
 
 
 def lane_of(kind: CallKind) -> str | None:
@@ -87,7 +92,7 @@ def prefix_of(body: dict) -> Prefix:
     for tool in body.get("tools") or ():
         if not isinstance(tool, dict):
             continue
-        tools.append((str(tool.get("name") or ""), _digest(tool)))
+        tools.append((str(tool.get("name") or ""), _tool_digest(tool)))
         if "cache_control" in tool:
             marks.append(_ttl(tool["cache_control"]))
             last = (len(tools), 0, 0)
@@ -138,6 +143,20 @@ def prefix_of(body: dict) -> Prefix:
 
 def _ttl(mark: Any) -> int:
     return TTL_1H_S if isinstance(mark, dict) and mark.get("ttl") == "1h" else TTL_5M_S
+
+
+def _tool_digest(tool: dict) -> str:
+    name = str(tool.get("name") or "")
+    seen = _TOOL_MEMO.get(name)
+    if seen is not None and seen[0] == tool:
+        _TOOL_MEMO.move_to_end(name)
+        return seen[1]
+    digest = _digest(tool)
+    _TOOL_MEMO[name] = (tool, digest)
+    _TOOL_MEMO.move_to_end(name)
+    while len(_TOOL_MEMO) > _TOOL_MEMO_MAX:
+        _TOOL_MEMO.popitem(last=False)
+    return digest
 
 
 def _digest(value: Any) -> str:
