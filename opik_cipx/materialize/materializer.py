@@ -7,7 +7,9 @@ state is per Claude Code session, to put calls into traces:
 - a `tool` span per finished tool call, under the llm span whose response asked for it;
 - subagent calls under the span of the `Agent` tool call that started them; that span is
   emitted as soon as the first subagent call hangs under it and again, same id, with its result;
-- `count_tokens` calls as `general` spans (no model, usage or cost) in the turn's trace.
+- `count_tokens` calls as `general` spans (no model, usage or cost) in the turn's trace;
+- the previous call of each conversation of the session, for the cache diagnosis
+  (`cache_diagnosis.CacheLanes`).
 Ids are UUIDv7 derived from the log's content: an llm span from its capture, a tool span from
 its `tool_use` id and the time of the call that issued it, a trace from the session, the turn's
 key and the time of its first call. Materializing the same captures in the same order (after a
@@ -678,6 +680,7 @@ class _Call:
     identity: dict
     project: str
     rate_limits: dict | None = None  # parse_rate_limits of the response headers
+
 
 def _json_or_none(raw: bytes) -> dict | None:
     try:
