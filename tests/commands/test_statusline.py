@@ -1,6 +1,7 @@
 """`opik-cipx statusline`: exact session cost from the ledger, limits, width, colours, never a
 failure; `--install` / `uninstall` / `sync` and Claude Code's `statusLine` setting."""
 
+import contextlib
 import io
 import json
 import re
@@ -8,6 +9,8 @@ import sqlite3
 from collections import defaultdict
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from opik_cipx.commands import statusline
 from opik_cipx.ledger.store import Ledger
@@ -122,8 +125,6 @@ def test_a_terminal_on_stdin_gets_a_hint_instead_of_a_wait():
             return True
 
     out = io.StringIO()
-    import contextlib
-
     with contextlib.redirect_stdout(out):
         assert statusline.main(Terminal(), env={}) == 0
     assert out.getvalue().startswith("opik-cipx statusline: reads Claude Code's statusLine JSON on stdin")
@@ -244,3 +245,36 @@ def test_what_counts_as_our_status_line(value, ours):
     from opik_cipx.control.claude_settings import is_our_status_line
 
     assert is_our_status_line(value) is ours
+
+
+PARTS = st.lists(st.tuples(st.integers(0, 100), st.text(st.characters(blacklist_categories=("Cc",)), min_size=1,
+                                                      max_size=30)), min_size=1, max_size=12)
+
+
+@given(parts=PARTS, columns=st.integers(1, 200))
+def test_the_line_never_exceeds_the_columns_and_keeps_the_most_important_part(parts, columns):
+    coloured = [(importance, text, f"\033[1m{text}\033[0m") for importance, text in parts]
+    line = ANSI.sub("", statusline.fit(coloured, columns))
+    assert len(line) <= columns
+    top = max(importance for importance, _ in parts)
+    assert any(text[:columns] in line for importance, text in parts if importance == top)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+                    max_leaves=20)
+
+
+@settings(max_examples=60, deadline=None)
+@given(doc=st.dictionaries(st.sampled_from(["session_id", "context_window", "rate_limits", "model", "cost"]), JSON),
+       session=st.text(max_size=40))
+def test_any_document_claude_code_could_send_gives_one_line(tmp_path_factory, doc, session):
+    home = tmp_path_factory.getbasetemp() / "statusline-fuzz"
+    if not (home / "ledger.db").exists():
+        home.mkdir(exist_ok=True)
+        Ledger(home / "ledger.db", retention_days=400).write_entries([])
+    doc = {**doc, "session_id": session}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert statusline.main(io.StringIO(json.dumps(doc)), env={"CIPX_HOME": str(home)}, now=1.8e9) == 0
+    assert out.getvalue().count("\n") == 1 and "Traceback" not in out.getvalue()
