@@ -1,19 +1,19 @@
 """The `opik-cipx` command: one argparse dispatcher for the daemon and every helper command.
 
 Command modules are imported only when chosen, so a short-lived command such as `sync`
-(run on every Claude Code session start) loads only what it needs. A `$CIPX_HOME` that cannot be
-used (a file, unreadable; read-only for a command that writes there) is one line and exit 1
-before the command runs; a command may handle it itself (`on_home_error`, as `sync` does).
+(run on every Claude Code session start) loads only what it needs; `statusline` without options
+(run by Claude Code on every repaint) goes to its fast path before argparse or settings are
+loaded. A `$CIPX_HOME` that cannot be used (a file, unreadable; read-only for a command that
+writes there) is one line and exit 1 before the command runs; a command may handle it itself
+(`on_home_error`, as `sync` does).
 """
 
-import argparse
-import importlib
+from __future__ import annotations
+
 import os
 import sys
 
 from opik_cipx import __version__
-from opik_cipx.config import ConfigError, is_truthy, load_settings
-from opik_cipx.home import default_home, home_problem
 
 # name (also its module under opik_cipx.commands) -> one-line help
 COMMANDS: dict[str, str] = {
@@ -31,10 +31,15 @@ COMMANDS: dict[str, str] = {
     "prices": "the price table in use (rates, tiers, sources, overrides) and unknown models the daemon saw",
     "config": "print a config.toml example: every setting with its help and default (--example)",
     "install": "make this copy the installed executable and link opik-cipx on PATH (install.sh runs it)",
+    "statusline": "one line for Claude Code's status bar: session and today's cost, context, cache hits, limits "
+                  "(--install sets it up)",
 }
 
 
-def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:  # noqa: F821
+    import argparse
+    import importlib
+
     parser = argparse.ArgumentParser(
         prog="opik-cipx",
         description="Local cost-intelligence proxy for Claude Code: where did my tokens go, and what did they cost?",
@@ -53,6 +58,13 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv == ["statusline"]:
+        from opik_cipx.commands.statusline import main as statusline
+
+        return statusline()
+    from opik_cipx.config import ConfigError, is_truthy, load_settings
+    from opik_cipx.home import default_home, home_problem
+
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:

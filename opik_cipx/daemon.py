@@ -271,6 +271,7 @@ class Daemon:
             "queue": self.shipper.queue_section,
             "wal": self.spool.section,
             "unknown_models": self.materializer.unknown_models.section,
+            "rate_limits": self.materializer.rate_limits.section,
             "home": self.home_section,
             "telemetry": self.reporter.section,
         }

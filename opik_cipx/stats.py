@@ -88,6 +88,8 @@ def default_sections() -> dict[str, Any]:
         },
         "materializer": {"lag_events": 0, "inflight_raw": 0, "ready_raw": 0},
         "unknown_models": {"calls": 0, "ids": []},
+        "rate_limits": {"observed_at": None, "status": None, "representative_claim": None, "resets_at": None,
+                        "windows": {}},
         "home": {"degraded": False, "unsaved": [], "problems": []},
         "telemetry": {"enabled": False, "reason": None, "sent": 0, "dropped": 0, "suppressed": 0,
                       "last_error": None},

@@ -22,6 +22,7 @@ TABLE_RUNS = {
     "viewer": [("viewer",)],
     "report": [("report",), ("report", "--by", "session", "--json"), ("report", "--by", "mcp", "--csv")],
     "prices": [("prices",), ("prices", "--json")],
+    "statusline": [("statusline",)],
     "sync": [("sync",)],
     "restart": [("restart",)],
     "logs": [("logs", "-n", "5", "--no-follow")],

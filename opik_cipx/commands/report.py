@@ -4,8 +4,11 @@ Reads `ledger.db` directly, so it works with the daemon down (WAL: it never bloc
 writing meanwhile). A terminal table with a totals row by default; `--json` prints
 `{"rows": [...], "total": {...}}` (each row: its group keys under the names given to `--by`,
 then `calls`, `cost_usd`, `input_tokens`, `cache_creation_input_tokens`,
-`cache_read_input_tokens`, `output_tokens`); `--csv` the same as CSV, the total last with empty
-group keys. See `ledger/queries.py` for what each key means.
+`cache_read_input_tokens`, `output_tokens`; grouped by `cache_break` also `cache_breaks`,
+`cache_break_tokens`, `cache_break_usd`; grouped by one time key also `peak_utilization`,
+rate-limit window -> the highest utilization reported); `--csv` the same as CSV (a
+`peak:<window>` column per window), the total last with empty group keys. See
+`ledger/queries.py` for what each key means.
 """
 
 import argparse
@@ -19,7 +22,17 @@ from typing import Any
 from opik_cipx.config import Settings
 from opik_cipx.ledger.db import open_reader
 from opik_cipx.ledger.periods import parse_since, parse_until
-from opik_cipx.ledger.queries import BY_KEYS, DETAIL_KEYS, FIGURES, Report, ReportError, Selection, parse_by, report
+from opik_cipx.ledger.queries import (
+    BY_KEYS,
+    DETAIL_KEYS,
+    FIGURES,
+    Report,
+    ReportError,
+    Selection,
+    parse_by,
+    report,
+    report_figures,
+)
 from opik_cipx.ledger.schema import SchemaError
 
 COLUMNS = (  # figure, table heading
@@ -30,6 +43,8 @@ COLUMNS = (  # figure, table heading
     ("output_tokens", "output tok"),
     ("cost_usd", "cost USD"),
 )
+BREAK_COLUMNS = (("cache_breaks", "breaks"), ("cache_break_tokens", "rewritten tok"), ("cache_break_usd", "break USD"))
+PEAK = "peak_utilization"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +75,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         conn = open_reader(path)
         if conn is None:
-            result = Report(by=by, total=dict.fromkeys(FIGURES, 0))
+            result = Report(by=by, total=dict.fromkeys(report_figures(by), 0))
             print(f"opik-cipx: no ledger yet ({path}): it fills as Claude Code calls go through opik-cipx; "
                   "`opik-cipx replay --ledger` builds it from the stored captures", file=sys.stderr)
         else:
@@ -89,16 +104,24 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _figure(name: str, value: Any) -> Any:
     """Token figures of a bucket or label are shares: two decimals; whole calls stay integers."""
-    if name != "cost_usd" and isinstance(value, float):
+    if not name.endswith("_usd") and isinstance(value, float):
         return round(value, 2)
     return value
 
 
 def to_json(result: Report) -> dict[str, Any]:
+    total = {name: result.total[name] for name in report_figures(result.by)}
+    if PEAK in result.total:
+        total[PEAK] = result.total[PEAK]
     return {
         "rows": [{key: _figure(key, value) for key, value in row.items()} for row in result.rows],
-        "total": {name: result.total[name] for name in FIGURES},
+        "total": total,
     }
+
+
+def _windows(result: Report) -> list[str]:
+    """The rate-limit windows whose peaks the report shows (those of its total, in order)."""
+    return list(result.total.get(PEAK) or {})
 
 
 def dump_json(doc: dict[str, Any]) -> str:
@@ -109,12 +132,17 @@ def dump_json(doc: dict[str, Any]) -> str:
 
 
 def write_csv(result: Report, stream) -> None:
+    figures, windows = report_figures(result.by), _windows(result)
     writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow([*result.by, *FIGURES])
+    writer.writerow([*result.by, *figures, *(f"peak:{w}" for w in windows)])
+
+    def peaks(figures_of: dict[str, Any]) -> list[Any]:
+        return ["" if (figures_of.get(PEAK) or {}).get(w) is None else figures_of[PEAK][w] for w in windows]
+
     for row in result.rows:
         writer.writerow([*("" if row[k] is None else row[k] for k in result.by),
-                         *(_figure(f, row[f]) for f in FIGURES)])
-    writer.writerow([*("" for _ in result.by), *(result.total[f] for f in FIGURES)])
+                         *(_figure(f, row[f]) for f in figures), *peaks(row)])
+    writer.writerow([*("" for _ in result.by), *(result.total[f] for f in figures), *peaks(result.total)])
 
 
 def cache_hit(figures: dict[str, Any]) -> float | None:
@@ -123,21 +151,28 @@ def cache_hit(figures: dict[str, Any]) -> float | None:
     return figures["cache_read_input_tokens"] / prompt if prompt else None
 
 
-def _cells(figures: dict[str, Any]) -> list[str]:
+def _cells(figures: dict[str, Any], breaks: bool, windows: list[str]) -> list[str]:
     cells = [f"{figures['calls']:,}"]
     cells += [f"{round(figures[name]):,}" for name, _ in COLUMNS[1:5]]
     cells.append(f"${figures['cost_usd']:,.4f}")
     hit = cache_hit(figures)
     cells.append("" if hit is None else f"{hit:.1%}")
+    if breaks:
+        cells += [f"{figures['cache_breaks']:,}", f"{figures['cache_break_tokens']:,}",
+                  f"${figures['cache_break_usd']:,.4f}"]
+    peaks = figures.get(PEAK) or {}
+    cells += ["" if peaks.get(w) is None else f"{peaks[w]:.0%}" for w in windows]
     return cells
 
 
 def render_table(result: Report) -> str:
     """An aligned table: group keys left, figures right, the total last; notes below."""
-    headings = [*result.by, *(heading for _, heading in COLUMNS), "cache hit"]
-    rows = [[_label(row[k]) for k in result.by] + _cells(row) for row in result.rows]
+    breaks, windows = report_figures(result.by) != FIGURES, _windows(result)
+    headings = [*result.by, *(heading for _, heading in COLUMNS), "cache hit",
+                *((heading for _, heading in BREAK_COLUMNS) if breaks else ()), *(f"{w} peak" for w in windows)]
+    rows = [[_label(row[k]) for k in result.by] + _cells(row, breaks, windows) for row in result.rows]
     total = ["total", *([""] * (len(result.by) - 1))] if result.by else []
-    rows.append(total + _cells(result.total))
+    rows.append(total + _cells(result.total, breaks, windows))
     widths = [max(len(line[i]) for line in [headings, *rows]) for i in range(len(headings))]
     keys = len(result.by)
 
@@ -165,6 +200,9 @@ def _notes(result: Report) -> list[str]:
     if result.total.get("unpriced_calls"):
         notes.append(f"{result.total['unpriced_calls']} call(s) used a model missing from the price table: their "
                      "cost is not included (add it under [prices.\"<model>\"] in config.toml).")
+    if windows := _windows(result):
+        notes.append(f"`<window> peak`: the highest utilization each rate-limit window reported ({', '.join(windows)}); "
+                     "`opik-cipx status` shows the latest.")
     if result.total.get("estimated_calls"):
         notes.append(f"{result.total['estimated_calls']} call(s) were priced from a related model's rates "
                      "(an estimate).")

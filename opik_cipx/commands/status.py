@@ -17,6 +17,7 @@ from opik_cipx.config import ConfigError, Settings
 from opik_cipx.control import claude_settings, lifecycle
 from opik_cipx.control.daemon_control import admin_port, fetch_stats, paths_only_settings, pid_alive, read_state
 from opik_cipx.home import disk_full_or_read_only
+from opik_cipx.materialize.rate_limits import warning
 from opik_cipx.ship.destination import NOT_CONFIGURED
 from opik_cipx.stats import COUNTER_NAMES, PROBLEM_COUNTERS
 from opik_cipx.store.spool import QUARANTINE, quarantine_counts
@@ -221,6 +222,7 @@ def render(stats: dict[str, Any], settings: Settings, claude_code: str = "", now
                    "then `opik-cipx restart`")
     if today:
         out.append(f"  {'today':<12} {today}")
+    out.extend(rate_limit_lines(section("rate_limits"), now))
     home_problems = section("home").get("problems") or []
     if home_problems:
         out.append("degraded: the disk under CIPX_HOME refuses writes (full or read-only?); the proxy still runs")
@@ -262,6 +264,42 @@ def render(stats: dict[str, Any], settings: Settings, claude_code: str = "", now
         out.append(f"! {len(problems)} problem counter(s) nonzero: {', '.join(problems)} — see "
                    f"{settings.logs_dir / 'cipx.log'}")
     return "\n".join(out)
+
+
+def rate_limit_lines(section: dict[str, Any], now: float) -> list[str]:
+    """The latest value of every rate-limit window (the `rate_limits` stats section), or nothing:
+    utilization and time to reset, `!` past the surpassed threshold or when its status warns or
+    rejects; a window without a utilization (overage, fallback) shows its status and details."""
+    windows = section.get("windows") or {}
+    if not windows:
+        return []
+    overall = [f"status {section['status']}" if section.get("status") else "",
+               f"binding {section['representative_claim']}" if section.get("representative_claim") else "",
+               f"seen {age(section.get('observed_at'), now)}"]
+    out = [f"limits         {', '.join(part for part in overall if part)} (docs/RATE_LIMITS.md)"]
+    for name, window in windows.items():
+        if not isinstance(window, dict):
+            continue
+        parts = []
+        if window.get("utilization") is not None:
+            parts.append(f"{window['utilization']:.0%} used")
+            if window.get("limit") is not None and window.get("remaining") is not None:
+                parts[-1] += f" ({window['remaining']:,} of {window['limit']:,} left)"
+        elif window.get("status"):
+            parts.append(str(window["status"]))
+        details = ", ".join(f"{k}: {v}" for k, v in (window.get("other") or {}).items())
+        if details:
+            parts.append(details)
+        reset = window.get("resets_at")
+        if isinstance(reset, (int, float)):
+            parts.append(f"resets in {duration(reset - now)}" if reset > now else f"reset {duration(now - reset)} ago")
+        line = f"  {name:<12} {', '.join(parts)}"
+        if window.get("utilization") is not None and warning(window):
+            threshold = window.get("surpassed_threshold")
+            why = f"past the {threshold:.0%} warning threshold" if threshold is not None else f"status {window.get('status')}"
+            line += f"  ! {why}"
+        out.append(line)
+    return out
 
 
 def _upstream(upstream: dict[str, Any]) -> str:

@@ -1,11 +1,12 @@
 """`opik-cipx uninstall [--yes]`: remove everything opik-cipx put on this machine. Destructive.
 
 Stops the daemon, removes the supervisor unit, our `ANTHROPIC_BASE_URL` (only if it is ours),
-the hook scripts that carry our managed-file marker and the `opik-cipx` link on PATH (only a
-symlink to our executable), then deletes `$CIPX_HOME` (the installed binary, logs, captures,
+our `statusLine` (only one running `opik-cipx statusline`), the hook scripts that carry our
+managed-file marker and the `opik-cipx` link on PATH (only a symlink to our executable), then
+deletes `$CIPX_HOME` (the installed binary, logs, captures,
 sessions and the spool with any spans not yet shipped).
 Nothing of the user's is touched: other settings keys, hand-written hooks, a foreign
-`ANTHROPIC_BASE_URL`. A `$CIPX_HOME` that is the home directory or one of its parents is
+`ANTHROPIC_BASE_URL` or `statusLine`. A `$CIPX_HOME` that is the home directory or one of its parents is
 refused, and so is one that could not be deleted whole (read-only, not ours): that is checked
 before anything is stopped or changed, so a failed uninstall leaves a working install. The Claude Code plugin, if installed, stays until `/plugin uninstall`; its next
 session start would install opik-cipx again.
@@ -102,6 +103,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     for line in lifecycle.tear_down(settings, env):
         print(f"opik-cipx: {line}")
+    status_line = claude_settings.remove_status_line(claude_settings.settings_path(env))
+    if status_line.outcome == "removed":
+        print(f"opik-cipx: removed our statusLine from {status_line.path}")
     for path in claude_settings.remove_managed_hook_scripts(env):
         print(f"opik-cipx: removed hook script {path}")
     for link in install.remove_link(install.installed_path(settings, env), env):

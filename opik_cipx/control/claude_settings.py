@@ -1,4 +1,4 @@
-"""`env.ANTHROPIC_BASE_URL` in Claude Code's user settings (`~/.claude/settings.json`).
+"""`env.ANTHROPIC_BASE_URL` and `statusLine` in Claude Code's user settings (`~/.claude/settings.json`).
 
 The entry is ours when its value is exactly the URL we would write (the proxy's loopback
 address). We only ever add, keep or remove our own value: a user's own `ANTHROPIC_BASE_URL`
@@ -6,11 +6,17 @@ pointing elsewhere is reported, never changed. Every other key, and the order of
 the file is rewritten atomically as plain 2-space-indented JSON. A file that does not parse
 as a JSON object is left untouched.
 
+`statusLine` is set only on request (`opik-cipx statusline --install`): when the user has none,
+or replacing theirs with `force`. It is ours when it runs `<path>/opik-cipx statusline`;
+`uninstall` removes only ours, and `sync` never touches it.
+
 Also here: the managed-file marker, so `uninstall` removes our hook scripts from Claude Code's
 `hooks/` directory and never a hand-written one.
 """
 
 import json
+import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +29,7 @@ KEY = "ANTHROPIC_BASE_URL"
 class Change:
     """What happened to the entry: `set`, `kept`, `removed`, `absent`, `foreign` or `unusable`."""
 
-    outcome: str
+    outcome: str  # statusLine also: `replaced` (someone else's, forced)
     path: Path
     detail: str = ""  # the foreign value, or why the file is unusable
 
@@ -109,6 +115,55 @@ def stop_pointing_at_proxy(path: Path, url: str) -> Change:
         doc["env"] = rest
     else:
         del doc["env"]
+    _save(path, doc)
+    return Change("removed", path)
+
+
+STATUS_LINE = "statusLine"
+
+
+def status_line_command(executable: Path) -> str:
+    """The statusLine command that runs `executable`'s status line (a shell command line)."""
+    return f"{shlex.quote(str(executable))} statusline"
+
+
+def is_our_status_line(value: object) -> bool:
+    """True for a `statusLine` that runs an `opik-cipx` executable's `statusline` and nothing else."""
+    if not isinstance(value, dict) or value.get("type") != "command" or not isinstance(value.get("command"), str):
+        return False
+    try:
+        words = shlex.split(value["command"])
+    except ValueError:
+        return False
+    return len(words) == 2 and os.path.basename(words[0]) == "opik-cipx" and words[1] == "statusline"
+
+
+def set_status_line(path: Path, command: str, force: bool = False) -> Change:
+    """Set `statusLine` to run `command` when there is none (or `force`); ours is updated in place."""
+    doc, why = _load(path)
+    if doc is None:
+        return Change("unusable", path, why)
+    current = doc.get(STATUS_LINE)
+    wanted = {"type": "command", "command": command}
+    if current == wanted:
+        return Change("kept", path)
+    if current not in (None, "", {}) and not is_our_status_line(current) and not force:
+        return Change("foreign", path, json.dumps(current, ensure_ascii=False))
+    doc[STATUS_LINE] = {**(current if is_our_status_line(current) else {}), **wanted}
+    _save(path, doc)
+    return Change("replaced" if current not in (None, "", {}) and not is_our_status_line(current) else "set", path)
+
+
+def remove_status_line(path: Path) -> Change:
+    """Remove `statusLine` if it is ours; someone else's is `foreign` and stays."""
+    doc, why = _load(path)
+    if doc is None:
+        return Change("unusable", path, why)
+    if STATUS_LINE not in doc:
+        return Change("absent", path)
+    if not is_our_status_line(doc[STATUS_LINE]):
+        return Change("foreign", path, json.dumps(doc[STATUS_LINE], ensure_ascii=False))
+    del doc[STATUS_LINE]
     _save(path, doc)
     return Change("removed", path)
 

@@ -3,8 +3,8 @@
 Pure: the same capture and records always give the same entry (the local day aside, which
 follows the machine's time zone), so re-materializing a capture rewrites identical rows.
 Everything comes from the call's span (`metadata.cc.call`, `.usage`, `.pricing`,
-`.categories`, `.output_categories`, `.session`, `.identity`) and its `total_estimated_cost`; the ledger
-never re-prices or re-attributes.
+`.categories`, `.output_categories`, `.session`, `.identity`, `.cache`, `.rate_limits`) and its
+`total_estimated_cost`; the ledger never re-prices, re-attributes or re-diagnoses.
 
 Detail rows split the call's cost over buckets: each request bucket (and each labelled part
 of one) gets its character share of the input-side tokens and cost; `output` holds the output
@@ -42,11 +42,13 @@ class Detail:
 @dataclass(frozen=True)
 class Entry:
     """`call`: column -> value of the `calls` row; `details`: its bucket rows; `launches`:
-    (Agent tool span id, id of the llm span whose response asked for it) seen in the records."""
+    (Agent tool span id, id of the llm span whose response asked for it) seen in the records;
+    `rate_limits`: a row of `schema.RATE_LIMIT_COLUMNS` per window its response carried."""
 
     call: dict[str, Any]
     details: tuple[Detail, ...]
     launches: tuple[tuple[str, str], ...]
+    rate_limits: tuple[tuple, ...] = ()
 
 
 def ledger_entry(capture: Capture, records: list[dict]) -> Entry | None:
@@ -64,6 +66,8 @@ def ledger_entry(capture: Capture, records: list[dict]) -> Entry | None:
     cost = span.get("total_estimated_cost")
     error = span.get("error_info") or {}
     error_type = error.get("exception_type") or ("client_aborted" if capture.client_aborted else None)
+    cache = cc.get("cache") if isinstance(cc.get("cache"), dict) else {}
+    cache_break = cache.get("break") or {}
     started = capture.started_at_ns
     row = {
         "capture_id": capture.id,
@@ -111,6 +115,14 @@ def ledger_entry(capture: Capture, records: list[dict]) -> Entry | None:
         "request_chars": call.get("request_chars") or 0,
         "ttfb_ms": call.get("ttfb_ms"),
         "duration_ms": call.get("duration_ms"),
+        "cache_previous_capture_id": (cache.get("previous") or {}).get("capture_id"),
+        "cache_gap_s": (cache.get("previous") or {}).get("gap_s"),
+        "cache_break_cause": cache_break.get("cause"),
+        "cache_break_causes": ",".join(cache_break.get("causes") or ()) or None,
+        "cache_break_bucket": (cache_break.get("where") or {}).get("bucket"),
+        "cache_break_item": cache_break.get("item"),
+        "cache_break_tokens": cache_break.get("lost_tokens") or 0,
+        "cache_break_usd": cache_break.get("extra_cost_usd"),
     }
     details = _request_details(cc.get("categories") or {}, tokens, pricing.get("input_side_usd"))
     details += _output_details(cc.get("output_categories") or {}, tokens["output"], pricing.get("output_usd"))
@@ -121,7 +133,11 @@ def ledger_entry(capture: Capture, records: list[dict]) -> Entry | None:
         for body in _bodies(records)
         if body.get("type") == "tool" and body.get("name") in AGENT_TOOLS and body.get("parent_span_id")
     )
-    return Entry(call=row, details=tuple(details), launches=launches)
+    windows = ((cc.get("rate_limits") or {}).get("windows") or {}).items()
+    rate_limits = tuple((name, w.get("source") or "unified", w.get("utilization"), w.get("resets_at"), w.get("status"),
+                         w.get("surpassed_threshold"), w.get("limit"), w.get("remaining"))
+                        for name, w in windows if isinstance(w, dict))
+    return Entry(call=row, details=tuple(details), launches=launches, rate_limits=rate_limits)
 
 
 def _bodies(records: list[dict]) -> list[dict]:

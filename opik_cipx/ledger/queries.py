@@ -6,12 +6,18 @@ exact for any `--since` / `--until` and fast on a large ledger. Both paths use t
 expressions (`schema.DIMENSIONS`, `CALL_FIGURES`, `DETAIL_FIGURES`).
 
 Group keys (`BY_KEYS`): `day`, `week`, `month`; call attributes `session`, `project`,
-`branch`, `model`, `kind`, `agent`; and at most one of `bucket` (every request bucket, plus
+`branch`, `model`, `kind`, `agent`, `cache_break` (the cause of the call's cache break,
+`none` without one: docs/CACHE_DIAGNOSTICS.md); and at most one of `bucket` (every request bucket, plus
 `output` and `web_search`: together they partition a call's cost), `mcp` (the `tools_mcp`
 bucket by server), `skill` (the `skills` bucket by skill, `menu` being the skill list) and
 `tool` (the `tool_io` bucket by tool: tool inputs and results carried in the context). A row
 keyed by a bucket or label holds that part's share of each token class and of the cost; its
 `calls` counts the calls that carried it. The total always counts whole calls.
+
+Grouped by `cache_break` (without a bucket or label key), rows and total also carry
+`BREAK_FIGURES`: the breaks, the tokens written again and their extra cost. Grouped by one time
+key alone, when the calls reported rate limits, each row and the total carry `peak_utilization`:
+the highest utilization each rate-limit window reported in that period (docs/RATE_LIMITS.md).
 """
 
 import sqlite3
@@ -20,14 +26,16 @@ from typing import Any
 
 from opik_cipx.ledger.periods import month_of, week_of
 from opik_cipx.ledger.schema import CALL_FIGURES, DETAIL_FIGURES, DIMENSIONS, LABELLED
+from opik_cipx.materialize.rate_limits import window_order
 
 TIME_KEYS = ("day", "week", "month")
-CALL_KEYS = ("session", "project", "branch", "model", "kind", "agent")
+CALL_KEYS = ("session", "project", "branch", "model", "kind", "agent", "cache_break")
 DETAIL_KEYS = ("bucket", *LABELLED)
 BY_KEYS = (*TIME_KEYS, *CALL_KEYS, *DETAIL_KEYS)
 FIGURES = ("calls", "cost_usd", "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
            "output_tokens")
 NOTES = ("unpriced_calls", "estimated_calls")  # in the total only
+BREAK_FIGURES = ("cache_breaks", "cache_break_tokens", "cache_break_usd")  # grouped by cache_break
 MAX_NS = 2**63 - 1
 
 
@@ -70,20 +78,85 @@ def report(conn: sqlite3.Connection, by: tuple[str, ...], selection: Selection =
     time keys in time order, other keys by cost, largest first."""
     out = Report(by=by)
     detail = next((k for k in by if k in DETAIL_KEYS), None)
+    figures = report_figures(by)
     groups = list(dict.fromkeys("day" if k in TIME_KEYS else k for k in by if k not in DETAIL_KEYS))
     total = _grouped(conn, [], None, selection)
-    out.total = {name: total[0][name] if total else 0 for name in (*FIGURES, *NOTES)}
+    out.total = {name: total[0][name] if total else 0 for name in (*figures, *NOTES)}
+    peaks = peak_utilization(conn, selection) if len(by) == 1 and by[0] in TIME_KEYS else None
+    if peaks:
+        out.total["peak_utilization"] = _peak_of(peaks.values())
     if not by:
         return out
     merged: dict[tuple, dict[str, Any]] = {}
     for row in _grouped(conn, groups, detail, selection):
         key = tuple(_key_value(k, row) for k in by)
-        into = merged.setdefault(key, dict.fromkeys(FIGURES, 0))
-        for name in FIGURES:
+        into = merged.setdefault(key, dict.fromkeys(figures, 0))
+        for name in figures:
             into[name] += row[name]
-    out.rows = [{**dict(zip(by, key)), **figures} for key, figures in merged.items()]
+    out.rows = [{**dict(zip(by, key)), **values} for key, values in merged.items()]
+    if peaks:
+        periods: dict[Any, list[dict[str, float]]] = {}
+        for day, windows in peaks.items():
+            periods.setdefault(_key_value(by[0], {"day": day}), []).append(windows)
+        for row in out.rows:
+            row["peak_utilization"] = _peak_of(periods.get(row[by[0]], ()))
     _sort(out.rows, by)
     return out
+
+
+def report_figures(by: tuple[str, ...]) -> tuple[str, ...]:
+    """The figures of a report's rows and total: `FIGURES`, and `BREAK_FIGURES` by cache_break."""
+    if "cache_break" in by and not any(k in DETAIL_KEYS for k in by):
+        return (*FIGURES, *BREAK_FIGURES)
+    return FIGURES
+
+
+def _peak_of(per_day) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for windows in per_day:
+        for window, value in windows.items():
+            out[window] = max(out.get(window, value), value)
+    return dict(sorted(out.items(), key=lambda item: window_order(item[0])))
+
+
+def peak_utilization(conn: sqlite3.Connection, sel: Selection = Selection()) -> dict[str, dict[str, float]]:
+    """Day -> rate-limit window -> the highest utilization its calls in `sel` reported: the daily
+    peaks for whole days, the calls themselves for days the window cuts through or when only
+    one session or project counts."""
+    params: dict[str, Any] = {"since": sel.since_ns or 0, "until": sel.until_ns or MAX_NS}
+    inside = "first_ns >= :since AND last_ns < :until"
+    raw = ("SELECT r.day, r.window_name, max(r.utilization) FROM rate_limits r JOIN calls c ON c.id = r.call_id "
+           "WHERE r.utilization IS NOT NULL AND r.started_at_ns >= :since AND r.started_at_ns < :until")
+    if sel.session is None and sel.project is None:
+        sql = (f"SELECT day, window_name, peak_utilization FROM daily_rate_limits "
+               f"WHERE day IN (SELECT day FROM days WHERE {inside}) UNION ALL {raw} "
+               f"AND r.day IN (SELECT day FROM days WHERE last_ns >= :since AND first_ns < :until AND NOT ({inside})) "
+               "GROUP BY r.day, r.window_name")
+    else:
+        if sel.session is not None:
+            params["session"] = sel.session
+            raw += f" AND {DIMENSIONS['session']} = :session"
+        if sel.project is not None:
+            project = sel.project.rstrip("/") or "/"
+            params.update(project=project, prefix=project.rstrip("/") + "/", prefix_len=len(project.rstrip("/")) + 1)
+            raw += (f" AND ({DIMENSIONS['project']} = :project OR "
+                    f"substr({DIMENSIONS['project']}, 1, :prefix_len) = :prefix)")
+        sql = raw + " GROUP BY r.day, r.window_name"
+    out: dict[str, dict[str, float]] = {}
+    for day, window, peak in conn.execute(sql, params):
+        out.setdefault(day, {})[window] = peak
+    return out
+
+
+RATE_LIMIT_FIELDS = ("window_name", "source", "utilization", "resets_at", "status", "surpassed_threshold",
+                     "limit_value", "remaining", "started_at_ns")
+
+
+def latest_rate_limits(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """The newest value of every rate-limit window the ledger holds, in display order."""
+    rows = [dict(zip(RATE_LIMIT_FIELDS, row))
+            for row in conn.execute(f"SELECT {', '.join(RATE_LIMIT_FIELDS)} FROM latest_rate_limits")]
+    return sorted(rows, key=lambda row: window_order(row["window_name"]))
 
 
 def _key_value(key: str, row: dict[str, Any]) -> Any:
@@ -94,6 +167,8 @@ def _key_value(key: str, row: dict[str, Any]) -> Any:
     value = row["bucket"] if key == "bucket" else row["detail"] if key in LABELLED else row[key]
     if key == "agent":
         return value or "main"
+    if key == "cache_break":
+        return value or "none"
     return value or None
 
 
@@ -179,7 +254,7 @@ def _grouped(conn: sqlite3.Connection, groups: list[str], detail: str | None, se
         for name in ("calls", *(n for n in NOTES if n in row)):
             row[name] = int(row[name])
         if not detail:
-            for name in FIGURES[2:]:
+            for name in (*FIGURES[2:], "cache_breaks", "cache_break_tokens"):
                 row[name] = int(row[name])
     return rows
 
@@ -193,7 +268,8 @@ CALL_LIST_COLUMNS = (
     "cache_write_1h_tokens", "cache_read_input_tokens", "output_tokens", "cost_usd", "cost_input_usd",
     "cost_cache_write_5m_usd", "cost_cache_write_1h_usd", "cost_cache_read_usd", "cost_output_usd",
     "cost_web_search_usd", "warm_cache_cost_usd", "unknown_model", "price_estimated_from", "request_chars",
-    "duration_ms",
+    "duration_ms", "cache_previous_capture_id", "cache_gap_s", "cache_break_cause", "cache_break_causes",
+    "cache_break_bucket", "cache_break_item", "cache_break_tokens", "cache_break_usd",
 )
 
 

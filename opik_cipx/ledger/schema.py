@@ -6,8 +6,11 @@ place when it is opened, and one written by a newer opik-cipx is left alone.
 
 v1: `calls`, `details`, `launches`. v2: daily roll-ups (`daily_calls`, `daily_details`) and
 `days`, kept in step with the calls on every write, so a report over 100,000 calls sums a few
-thousand rows. The group keys of a report (`DIMENSIONS`) and its figures are SQL expressions
-defined once here and used for the roll-ups and for reading calls directly alike.
+thousand rows. v3: each call's cache diagnosis (`calls.cache_*`, the `cache_break` report key)
+and the rate limits its response carried (`rate_limits`, `latest_rate_limits`, and the daily
+peaks `daily_rate_limits`); the roll-ups are rebuilt with the new key. The group keys of a
+report (`DIMENSIONS`) and its figures are SQL expressions defined once here and used for the
+roll-ups and for reading calls directly alike.
 """
 
 import sqlite3
@@ -81,6 +84,17 @@ CREATE TABLE launches (
 """
 
 
+# The report dimensions of schema v2, as its migration created its roll-ups (never changes).
+V2_DIMENSIONS = {
+    "day": "c.day",
+    "session": "coalesce(c.session_id, '')",
+    "project": "coalesce(c.project_dir, '')",
+    "branch": "coalesce(c.git_branch, '')",
+    "model": "coalesce(c.model, '')",
+    "kind": "c.kind || coalesce(':' || c.side_kind, '')",
+    "agent": ("CASE WHEN c.agent_type IS NOT NULL THEN c.agent_type "
+              "WHEN c.agent_id IS NOT NULL OR c.kind = 'subagent' THEN 'subagent' ELSE '' END"),
+}
 # Report dimensions of a call: roll-up column -> expression over `calls c`. Unknown values are ''.
 DIMENSIONS = {
     "day": "c.day",
@@ -91,9 +105,10 @@ DIMENSIONS = {
     "kind": "c.kind || coalesce(':' || c.side_kind, '')",
     "agent": ("CASE WHEN c.agent_type IS NOT NULL THEN c.agent_type "
               "WHEN c.agent_id IS NOT NULL OR c.kind = 'subagent' THEN 'subagent' ELSE '' END"),
+    "cache_break": "coalesce(c.cache_break_cause, '')",  # '': no cache break
 }
 # Figures of a group of calls: column -> aggregate over `calls c`.
-CALL_FIGURES = {
+V2_CALL_FIGURES = {
     "calls": "count(*)",
     "unpriced_calls": "sum(c.unknown_model)",
     "estimated_calls": "count(c.price_estimated_from)",
@@ -102,6 +117,12 @@ CALL_FIGURES = {
     "cache_read_input_tokens": "sum(c.cache_read_input_tokens)",
     "output_tokens": "sum(c.output_tokens)",
     "cost_usd": "total(c.cost_usd)",
+}
+CALL_FIGURES = {
+    **V2_CALL_FIGURES,
+    "cache_breaks": "count(c.cache_break_cause)",
+    "cache_break_tokens": "total(c.cache_break_tokens)",
+    "cache_break_usd": "total(c.cache_break_usd)",
 }
 # A request bucket's share of each input token class is its share of the input side.
 _SHARE = "d.tokens / nullif(c.input_tokens + c.cache_creation_input_tokens + c.cache_read_input_tokens, 0)"
@@ -119,15 +140,13 @@ DETAIL_FIGURES = {
 LABELLED = {"mcp": "tools_mcp", "skill": "skills", "tool": "tool_io"}
 ROLLED_UP_DETAILS = f"(d.detail = '' OR d.bucket IN ({', '.join(repr(b) for b in LABELLED.values())}))"
 
-V2 = f"""
-CREATE TABLE days (
-    day TEXT PRIMARY KEY,
-    first_ns INTEGER NOT NULL,
-    last_ns INTEGER NOT NULL,
-    calls INTEGER NOT NULL
-) WITHOUT ROWID;
+
+def _roll_up_tables(dimensions: dict[str, str], figures: dict[str, str]) -> str:
+    """The `days`-keyed roll-up tables over `dimensions`, `daily_calls` with `figures`."""
+    extra = "".join(f"    {name} REAL NOT NULL,\n" for name in figures if name not in V2_CALL_FIGURES)
+    return f"""
 CREATE TABLE daily_calls (
-    {', '.join(f'{d} TEXT NOT NULL' for d in DIMENSIONS)},
+    {', '.join(f'{d} TEXT NOT NULL' for d in dimensions)},
     calls INTEGER NOT NULL,
     unpriced_calls INTEGER NOT NULL,
     estimated_calls INTEGER NOT NULL,
@@ -136,10 +155,10 @@ CREATE TABLE daily_calls (
     cache_read_input_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
-    PRIMARY KEY ({', '.join(DIMENSIONS)})
+{extra}    PRIMARY KEY ({', '.join(dimensions)})
 ) WITHOUT ROWID;
 CREATE TABLE daily_details (
-    {', '.join(f'{d} TEXT NOT NULL' for d in DIMENSIONS)},
+    {', '.join(f'{d} TEXT NOT NULL' for d in dimensions)},
     bucket TEXT NOT NULL,
     detail TEXT NOT NULL,
     calls INTEGER NOT NULL,
@@ -148,18 +167,73 @@ CREATE TABLE daily_details (
     cache_read_input_tokens REAL NOT NULL,
     output_tokens REAL NOT NULL,
     cost_usd REAL NOT NULL,
-    PRIMARY KEY ({', '.join(DIMENSIONS)}, bucket, detail)
+    PRIMARY KEY ({', '.join(dimensions)}, bucket, detail)
 ) WITHOUT ROWID
 """
 
 
-def roll_up(conn: sqlite3.Connection, where: str, params: tuple = (), sign: int = 1) -> None:
+DAYS = """
+CREATE TABLE days (
+    day TEXT PRIMARY KEY,
+    first_ns INTEGER NOT NULL,
+    last_ns INTEGER NOT NULL,
+    calls INTEGER NOT NULL
+) WITHOUT ROWID
+"""
+V2 = DAYS + ";" + _roll_up_tables(V2_DIMENSIONS, V2_CALL_FIGURES)
+
+# The rate-limit windows of a call, as RATE_LIMIT_COLUMNS (materialize/rate_limits.py).
+RATE_LIMIT_COLUMNS = ("window_name", "source", "utilization", "resets_at", "status", "surpassed_threshold",
+                      "limit_value", "remaining")
+_RATE_LIMIT_DEFS = """
+    window_name TEXT NOT NULL,
+    source TEXT NOT NULL,
+    utilization REAL,
+    resets_at INTEGER,
+    status TEXT,
+    surpassed_threshold REAL,
+    limit_value INTEGER,
+    remaining INTEGER,
+    started_at_ns INTEGER NOT NULL"""
+V3 = f"""
+ALTER TABLE calls ADD COLUMN cache_previous_capture_id TEXT;
+ALTER TABLE calls ADD COLUMN cache_gap_s REAL;
+ALTER TABLE calls ADD COLUMN cache_break_cause TEXT;
+ALTER TABLE calls ADD COLUMN cache_break_causes TEXT;
+ALTER TABLE calls ADD COLUMN cache_break_bucket TEXT;
+ALTER TABLE calls ADD COLUMN cache_break_item TEXT;
+ALTER TABLE calls ADD COLUMN cache_break_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE calls ADD COLUMN cache_break_usd REAL;
+CREATE TABLE rate_limits (
+    call_id INTEGER NOT NULL,{_RATE_LIMIT_DEFS},
+    day TEXT NOT NULL,
+    PRIMARY KEY (call_id, window_name)
+) WITHOUT ROWID;
+CREATE INDEX rate_limits_day ON rate_limits (day, window_name);
+CREATE TABLE latest_rate_limits ({_RATE_LIMIT_DEFS.replace("window_name TEXT NOT NULL", "window_name TEXT PRIMARY KEY")},
+    capture_id TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE daily_rate_limits (
+    day TEXT NOT NULL,
+    window_name TEXT NOT NULL,
+    peak_utilization REAL NOT NULL,
+    PRIMARY KEY (day, window_name)
+) WITHOUT ROWID;
+DROP TABLE daily_calls;
+DROP TABLE daily_details;
+DELETE FROM days
+"""
+
+
+def roll_up(conn: sqlite3.Connection, where: str, params: tuple = (), sign: int = 1,
+            dimensions: dict[str, str] = DIMENSIONS, call_figures: dict[str, str] = CALL_FIGURES) -> None:
     """Add (sign 1) or take away (sign -1) the calls matching `where` (over `calls c`) to the
-    roll-ups; rows left with no call are deleted."""
-    dims = ", ".join(DIMENSIONS)
-    exprs = ", ".join(DIMENSIONS.values())
+    roll-ups; rows left with no call are deleted. A migration passes the dimensions and figures
+    of its own version."""
+    dims = ", ".join(dimensions)
+    exprs = ", ".join(dimensions.values())
     for table, figures, source, extra in (
-        ("daily_calls", CALL_FIGURES, "calls c", ""),
+        ("daily_calls", call_figures, "calls c", ""),
         ("daily_details", DETAIL_FIGURES, "calls c JOIN details d ON d.call_id = c.id", f" AND {ROLLED_UP_DETAILS}"),
     ):
         keys = dims + (", bucket, detail" if table == "daily_details" else "")
@@ -187,6 +261,12 @@ def roll_up(conn: sqlite3.Connection, where: str, params: tuple = (), sign: int 
 
 def _v2(conn: sqlite3.Connection) -> None:
     _script(V2)(conn)
+    roll_up(conn, "1", dimensions=V2_DIMENSIONS, call_figures=V2_CALL_FIGURES)
+
+
+def _v3(conn: sqlite3.Connection) -> None:
+    _script(V3)(conn)
+    _script(_roll_up_tables(DIMENSIONS, CALL_FIGURES))(conn)
     roll_up(conn, "1")
 
 
@@ -200,7 +280,7 @@ def _script(sql: str) -> Callable[[sqlite3.Connection], None]:
 
 
 # MIGRATIONS[n] upgrades a version-n ledger to version n+1 (version 0: an empty file).
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_script(V1), _v2)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_script(V1), _v2, _v3)
 LATEST = len(MIGRATIONS)
 
 

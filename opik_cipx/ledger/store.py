@@ -27,7 +27,7 @@ from typing import Iterable
 from opik_cipx.ledger.db import connect
 from opik_cipx.ledger.entry import Entry, ledger_entry
 from opik_cipx.ledger.periods import local_day
-from opik_cipx.ledger.schema import SchemaError, roll_up
+from opik_cipx.ledger.schema import RATE_LIMIT_COLUMNS, SchemaError, roll_up
 from opik_cipx.stats import Counters
 from opik_cipx.wire.capture import Capture
 
@@ -234,6 +234,34 @@ def upsert(conn: sqlite3.Connection, entry: Entry) -> None:
         [(tool, llm, call["day"]) for tool, llm in entry.launches],
     )
     roll_up(conn, "c.id = ?", (call_id,))
+    _rate_limits(conn, call_id, entry)
+
+
+_RATE_LIMITS_INSERT = ", ".join(RATE_LIMIT_COLUMNS)
+_UPDATE_LATEST = ", ".join(f"{c} = excluded.{c}" for c in (*RATE_LIMIT_COLUMNS[1:], "started_at_ns", "capture_id"))
+
+
+def _rate_limits(conn: sqlite3.Connection, call_id: int, entry: Entry) -> None:
+    """The call's windows; the latest value of each window; each day's peak utilization (a
+    capture written again carries the same values, so the peak stays exact)."""
+    call = entry.call
+    conn.execute("DELETE FROM rate_limits WHERE call_id = ?", (call_id,))
+    if not entry.rate_limits:
+        return
+    started, day = call["started_at_ns"], call["day"]
+    conn.executemany(
+        f"INSERT INTO rate_limits (call_id, {_RATE_LIMITS_INSERT}, started_at_ns, day) "
+        f"VALUES (?, {', '.join('?' * len(RATE_LIMIT_COLUMNS))}, ?, ?)",
+        [(call_id, *row, started, day) for row in entry.rate_limits])
+    conn.executemany(
+        f"INSERT INTO latest_rate_limits ({_RATE_LIMITS_INSERT}, started_at_ns, capture_id) "
+        f"VALUES ({', '.join('?' * len(RATE_LIMIT_COLUMNS))}, ?, ?) "
+        f"ON CONFLICT (window_name) DO UPDATE SET {_UPDATE_LATEST} WHERE excluded.started_at_ns >= started_at_ns",
+        [(*row, started, call["capture_id"]) for row in entry.rate_limits])
+    conn.executemany(
+        "INSERT INTO daily_rate_limits (day, window_name, peak_utilization) VALUES (?, ?, ?) "
+        "ON CONFLICT (day, window_name) DO UPDATE SET peak_utilization = max(peak_utilization, excluded.peak_utilization)",
+        [(day, row[0], row[2]) for row in entry.rate_limits if row[2] is not None])
 
 
 def delete_before(conn: sqlite3.Connection, day: str) -> int:
@@ -242,7 +270,7 @@ def delete_before(conn: sqlite3.Connection, day: str) -> int:
     try:
         conn.execute("DELETE FROM details WHERE call_id IN (SELECT id FROM calls WHERE day < ?)", (day,))
         removed = conn.execute("DELETE FROM calls WHERE day < ?", (day,)).rowcount
-        for table in ("launches", "daily_calls", "daily_details", "days"):
+        for table in ("launches", "daily_calls", "daily_details", "days", "rate_limits", "daily_rate_limits"):
             conn.execute(f"DELETE FROM {table} WHERE day < ?", (day,))
         conn.execute("COMMIT")
     except BaseException:

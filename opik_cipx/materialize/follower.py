@@ -233,11 +233,11 @@ class Follower:
                 records = []
             if records and not self._spool(records):
                 return False
-            self.counters.incr("events_materialized")
             try:
                 self.on_materialized(capture, records)
             except Exception:
                 log.exception("materializer: listener failed on capture %s", capture.id)
+            self.counters.incr("events_materialized")  # after the ledger has it too
             return True
         finally:
             self._inflight = 0

@@ -7,7 +7,9 @@ state is per Claude Code session, to put calls into traces:
 - a `tool` span per finished tool call, under the llm span whose response asked for it;
 - subagent calls under the span of the `Agent` tool call that started them; that span is
   emitted as soon as the first subagent call hangs under it and again, same id, with its result;
-- `count_tokens` calls as `general` spans (no model, usage or cost) in the turn's trace.
+- `count_tokens` calls as `general` spans (no model, usage or cost) in the turn's trace;
+- the previous call of each conversation of the session, for the cache diagnosis
+  (`cache_diagnosis.CacheLanes`).
 Ids are UUIDv7 derived from the log's content: an llm span from its capture, a tool span from
 its `tool_use` id and the time of the call that issued it, a trace from the session, the turn's
 key and the time of its first call. Materializing the same captures in the same order (after a
@@ -36,9 +38,11 @@ from typing import Any, Callable
 from opik_cipx.config import Settings
 from opik_cipx.ids import derived_uuid7
 from opik_cipx.materialize.attribution import categorize, redacted
+from opik_cipx.materialize.cache_diagnosis import CacheLanes, lane_of
 from opik_cipx.materialize.call_kind import CallKind, classify
 from opik_cipx.materialize.identity import claude_json_path, read_identity, render_template, template_values
 from opik_cipx.materialize.pricing import Cost, PriceTable, price_call
+from opik_cipx.materialize.rate_limits import RateLimitObserver, parse_rate_limits
 from opik_cipx.materialize.redaction import redact_records
 from opik_cipx.materialize.response import ResponseSummary, decode_body, summarize_response
 from opik_cipx.materialize.sessions import valid_session_id
@@ -146,6 +150,7 @@ class SessionState:
     last_main: dict[str, int] | None = None  # size of the previous main-loop call
     before_compaction: dict[str, int] | None = None
     last_ns: int = 0  # start of the session's latest call
+    cache: CacheLanes = field(default_factory=CacheLanes)  # the previous call of each lane (cache_diagnosis)
     info: dict = field(default_factory=dict)  # sessions/<id>.json, once the hook has written it
     info_checked: float = float("-inf")
 
@@ -159,6 +164,7 @@ class Materializer:
         self.config = config
         self.prices = prices
         self.unknown_models = UnknownModels()  # model ids the price table does not know
+        self.rate_limits = RateLimitObserver()  # the latest value of every rate-limit window
         self._pause = pause or (lambda: None)
         self._sessions: OrderedDict[str, SessionState] = OrderedDict()
         self._account: dict[str, str | None] = {}
@@ -176,6 +182,8 @@ class Materializer:
         model = summary.model or (body or {}).get("model")
         cost = price_call(model, summary.usage, self.prices, at_ns=capture.started_at_ns)  # rates in force then
         self.unknown_models.note(cost)
+        limits = parse_rate_limits(capture.response_headers)
+        self.rate_limits.note(limits, capture.started_at_ns)
         self._pause()
         attribution = categorize(capture.request_body)
         self._pause()
@@ -184,7 +192,8 @@ class Materializer:
         info = self._session_info(state, session_id)
         identity = info.get("identity") if isinstance(info.get("identity"), dict) else self._account_identity()
         project = render_template(self.config.project_template, template_values(identity))
-        call = _Call(capture, body or {}, kind, summary, cost, attribution, session_id, info, identity, project)
+        call = _Call(capture, body or {}, kind, summary, cost, attribution, session_id, info, identity, project,
+                     rate_limits=limits)
         records = self._build(call, state)
         if not self.config.capture_content:
             records = redact_records(records, applied_ns=capture.ended_at_ns or capture.started_at_ns)
@@ -243,10 +252,14 @@ class Materializer:
         if call.kind.kind in TOOL_SPAN_KINDS:
             records += self._tool_spans(call, state, turn, parent)
         compaction = self._compaction_sizes(call, state)
+        cache = state.cache.observe(
+            lane_of(call.kind), call.body, call.summary.usage, call.cost.rates, c.started_at_ns, c.id,
+            compacted=bool((call.attribution.facts.get("compaction") or {}).get("continued_summary")),
+            attribution=call.attribution, raw_body=c.request_body)
         if call.kind.kind == "count_tokens":
             records.append(self._count_tokens_span(call, span_id, turn.trace_id, parent))
         else:
-            records.append(self._llm_span(call, span_id, turn.trace_id, parent, compaction, agent_call))
+            records.append(self._llm_span(call, span_id, turn.trace_id, parent, compaction, agent_call, cache))
         self._remember_tool_uses(call, state, span_id, turn, ended)
         self._tally(turn, call)
         if not self.config.parent_trace_id:
@@ -420,7 +433,8 @@ class Materializer:
         }
 
     def _llm_span(self, call: "_Call", span_id: str, trace_id: str, parent: str | None,
-                  compaction: dict[str, Any] | None, agent_call: PendingTool | None) -> dict:
+                  compaction: dict[str, Any] | None, agent_call: PendingTool | None,
+                  cache: dict[str, Any] | None) -> dict:
         c, s, cost = call.capture, call.summary, call.cost
         ended = c.ended_at_ns or c.started_at_ns
         cc = self._common_cc(call)
@@ -435,6 +449,10 @@ class Materializer:
             output_categories=_output_categories(call),
             compaction=compaction or call.attribution.facts.get("compaction"),
         )
+        if cache is not None:
+            cc["cache"] = cache
+        if call.rate_limits:
+            cc["rate_limits"] = call.rate_limits
         facts = call.attribution.facts if self.config.capture_content else redacted(call.attribution.facts)
         for key, value in facts.items():
             if key != "compaction":
@@ -474,6 +492,8 @@ class Materializer:
         cc = self._common_cc(call)
         cc.update(call=_call_meta(call), count_tokens={"model": call.body.get("model"), "input_tokens": counted},
                   categories=_categories(call, counted or 0, None))
+        if call.rate_limits:
+            cc["rate_limits"] = call.rate_limits
         err = call_error_info(s.error, s.error_event) if s.error else None
         return span_record(
             span_id=span_id,
@@ -616,6 +636,7 @@ class Materializer:
                 "last_main": state.last_main,
                 "before_compaction": state.before_compaction,
                 "last_ns": state.last_ns,
+                "cache": state.cache.snapshot(),
             })
         return {"turns": turns, "sessions": sessions}
 
@@ -626,7 +647,7 @@ class Materializer:
             sessions: OrderedDict[str, SessionState] = OrderedDict()
             for s in doc["sessions"]:
                 state = SessionState(last_main=s["last_main"], before_compaction=s["before_compaction"],
-                                     last_ns=int(s["last_ns"]))
+                                     last_ns=int(s["last_ns"]), cache=CacheLanes.restore(s.get("cache")))
                 for i in s["turns"]:
                     state.turns[turns[i].key] = turns[i]
                 state.current = turns[s["current"]] if s["current"] is not None else None
@@ -658,6 +679,7 @@ class _Call:
     info: dict
     identity: dict
     project: str
+    rate_limits: dict | None = None  # parse_rate_limits of the response headers
 
 
 def _json_or_none(raw: bytes) -> dict | None:

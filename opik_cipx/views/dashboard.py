@@ -215,7 +215,9 @@ class Dashboard:
         out.append(charts.legend(["cumulative cost (USD)", "context size of main-loop calls (input tokens)"],
                                  {"cumulative cost (USD)": "#1f77b4",
                                   "context size of main-loop calls (input tokens)": "#ff7f0e"}))
-        out.append("</section><section><h2>Where the session's cost went</h2>")
+        out.append("</section>")
+        out.append(breaks_section(calls))
+        out.append("<section><h2>Where the session's cost went</h2>")
         out.append(buckets_section(report(conn, ("bucket",), selection).rows, total["cost_usd"]))
         out.append("</section><section><h2>Calls</h2><p class=muted>In order; a subagent's calls are listed "
                    "under the call that launched it.</p>")
@@ -243,6 +245,7 @@ class Dashboard:
         if call:
             out += call_header(call)
             out.append(token_section(call))
+            out.append(cache_section(call))
             details = call_details(conn, call["id"])
             out.append("<section><h2>Where this call's cost went</h2>")
             out.append(buckets_section([
@@ -403,7 +406,11 @@ def calls_table(calls: list[dict], show_session: bool, nested: dict[str, list[li
             *([session_link(call["session_id"], call["project_dir"])] if show_session else []),
             status,
         ]
-        numbers = [tokens(input_side(call)), percent(cache_hit(call)), tokens(call["output_tokens"]), call_cost(call)]
+        hit = percent(cache_hit(call))
+        if call["cache_break_cause"]:
+            hit = (f"<span class=bad title='cache break: {esc(call['cache_break_cause'])}: "
+                   f"{esc(call['cache_break_item'] or '')}'>&#9888; {hit}</span>")
+        numbers = [tokens(input_side(call)), hit, tokens(call["output_tokens"]), call_cost(call)]
         return (f"<tr class='{cls}'>" + "".join(f"<td>{c}</td>" for c in cells)
                 + "".join(f"<td class=num>{n}</td>" for n in numbers) + "</tr>")
 
@@ -460,6 +467,62 @@ def token_section(call: dict) -> str:
     elif call["cost_usd"] is not None:
         out.append("<p id=warm>Nothing was written to the cache: a warm cache would not have made it cheaper.</p>")
     out.append("</section>")
+    return "".join(out)
+
+
+def cache_section(call: dict) -> str:
+    """The call's cache shares and, against the previous call of its conversation, its break."""
+    whole = input_side(call)
+    if not whole:
+        return ""
+    written = call["cache_write_5m_tokens"] + call["cache_write_1h_tokens"]
+    out = [f"<section id=cache><h2>Prompt cache</h2><p>Of the input side: {call['cache_read_input_tokens'] / whole:.1%} "
+           f"read from the cache, {written / whole:.1%} written to it, {call['input_tokens'] / whole:.1%} uncached."]
+    previous = call["cache_previous_capture_id"]
+    if previous:
+        out.append(f" Compared with <a href='/capture/{esc(previous)}'>the previous call of this conversation</a>, "
+                   f"{esc(_gap(call['cache_gap_s']))} earlier.")
+    else:
+        out.append(" The first call of its conversation in the ledger: nothing to compare it with.")
+    out.append("</p>")
+    if call["cache_break_cause"]:
+        causes = (call["cache_break_causes"] or call["cache_break_cause"]).split(",")
+        bucket, item = call["cache_break_bucket"], call["cache_break_item"] or ""
+        where = f" ({esc(bucket)})" if bucket and bucket not in item else ""
+        extra = f": {usd(call['cache_break_usd'])} more than reading them" if call["cache_break_usd"] is not None else ""
+        out.append(f"<p class=bad id=cache-break>Cache break: {esc(causes[0].replace('_', ' '))}, "
+                   f"{esc(item)}{where}. {tokens(call['cache_break_tokens'])} tokens "
+                   f"written again (or sent uncached) that the cache held{extra}.</p>")
+        if len(causes) > 1:
+            out.append(f"<p class=muted>Also: {esc(', '.join(c.replace('_', ' ') for c in causes[1:]))}.</p>")
+    elif previous:
+        out.append("<p id=cache-break>No cache break: it read what the previous call cached.</p>")
+    out.append("<p class=muted>How this is worked out: docs/CACHE_DIAGNOSTICS.md.</p></section>")
+    return "".join(out)
+
+
+def _gap(seconds: float | None) -> str:
+    if seconds is None:
+        return "some time"
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def breaks_section(calls: list[dict]) -> str:
+    """The session's cache breaks: when, why, where and what each cost."""
+    breaks = [c for c in calls if c["cache_break_cause"]]
+    if not breaks:
+        return "<section id=breaks><h2>Cache breaks</h2><p>None: every call read what the call before it cached.</p></section>"
+    cost = sum(c["cache_break_usd"] or 0.0 for c in breaks)
+    out = [f"<section id=breaks><h2>Cache breaks</h2><p>{len(breaks):,} call(s) paid to write what the cache "
+           f"should have held: {usd(cost)} more than reading it.</p><div class=scroll><table><tr><th>time</th>"
+           "<th>call</th><th>cause</th><th>what changed</th><th class=num>tokens again</th>"
+           "<th class=num>extra (USD)</th></tr>"]
+    for c in breaks:
+        out.append(f"<tr><td>{when(c['started_at_ns'])}</td><td><a href='/capture/{esc(c['capture_id'])}'>"
+                   f"{esc(kind_of(c))}</a></td><td>{esc(c['cache_break_cause'].replace('_', ' '))}</td>"
+                   f"<td>{esc(c['cache_break_item'] or '')}</td><td class=num>{tokens(c['cache_break_tokens'])}</td>"
+                   f"<td class=num>{usd(c['cache_break_usd'])}</td></tr>")
+    out.append("</table></div></section>")
     return "".join(out)
 
 

@@ -103,3 +103,37 @@ def test_a_damaged_ledger_is_one_line_naming_the_fix(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "ledger.db" in result.stderr and "replay --ledger" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_by_cache_break_gives_each_cause_with_what_the_breaks_cost(corpus_home):
+    home, _ = corpus_home
+    doc = json.loads(run_cli(home, "report", "--by", "cache_break", "--json").stdout)
+    assert list(doc["total"]) == [*FIGURES, "cache_breaks", "cache_break_tokens", "cache_break_usd"]
+    causes = {row["cache_break"]: row for row in doc["rows"]}
+    assert set(causes) == {"none", "unknown", "compaction"} and causes["none"]["cache_break_usd"] == 0
+    assert doc["total"]["cache_breaks"] == causes["unknown"]["cache_breaks"] + 1 > 1
+    table = run_cli(home, "report", "--by", "cache_break").stdout.splitlines()
+    assert table[0].split()[-6:] == ["hit", "breaks", "rewritten", "tok", "break", "USD"]
+    assert table[-1].endswith(f"${doc['total']['cache_break_usd']:,.4f}")
+    rows = list(csv.reader(io.StringIO(run_cli(home, "report", "--by", "cache_break", "--csv").stdout)))
+    assert rows[0] == ["cache_break", *FIGURES, "cache_breaks", "cache_break_tokens", "cache_break_usd"]
+
+
+def test_by_day_shows_each_rate_limit_windows_peak(tmp_path):
+    from tests.ledger.test_queries import rate_limit_entries
+
+    home = tmp_path / "cipx-home"
+    ledger = Ledger(home / "ledger.db", retention_days=10**6)
+    assert ledger.write_entries(rate_limit_entries(tmp_path))
+    ledger.close()
+    doc = json.loads(run_cli(home, "report", "--json").stdout)
+    (row,) = doc["rows"]
+    assert row["peak_utilization"] == doc["total"]["peak_utilization"] == {
+        "5h": 0.14, "7d": 0.81, "requests": 0.00025, "tokens": 0.00875, "input-tokens": 0.0105,
+        "output-tokens": 0.0, "7d_mythos": 0.4, "7d_oi": 0.05, "7d_opus": 0.21}
+    table = run_cli(home, "report").stdout.splitlines()
+    assert "5h peak" in table[0] and "7d_mythos peak" in table[0] and table[2].split()[-9:-7] == ["14%", "81%"]
+    assert any("highest utilization each rate-limit window reported" in line for line in table)
+    rows = list(csv.reader(io.StringIO(run_cli(home, "report", "--by", "week", "--csv").stdout)))
+    assert rows[0][-9:-7] == ["peak:5h", "peak:7d"] and rows[1][-9:-7] == ["0.14", "0.81"]
+    assert "peak_utilization" not in json.loads(run_cli(home, "report", "--by", "model", "--json").stdout)["total"]

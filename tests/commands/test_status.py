@@ -328,3 +328,30 @@ def test_unknown_models_are_listed_with_how_they_were_priced_and_the_fix():
                                 'add [prices."gpt-4o"] with all five rates to config.toml')
     assert lines[start + 3] == "opik"
     assert not any(line.startswith("unknown models") for line in text_of().splitlines())
+
+
+def test_rate_limits_exact_wording_with_warnings():
+    section = {
+        "observed_at": "2027-01-15T07:59:58.000Z", "status": "allowed_warning", "representative_claim": "five_hour",
+        "resets_at": NOW + 7980,
+        "windows": {
+            "5h": {"source": "unified", "utilization": 0.14, "resets_at": NOW + 7980, "status": "allowed"},
+            "7d": {"source": "unified", "utilization": 0.81, "resets_at": NOW + 273600, "status": "allowed_warning",
+                   "surpassed_threshold": 0.75},
+            "7d_mythos": {"source": "unified", "utilization": 1.02, "resets_at": NOW + 432000, "status": "rejected"},
+            "overage": {"source": "unified", "status": "rejected", "other": {"disabled-reason": "org_level_disabled"}},
+            "requests": {"source": "classic", "limit": 4000, "remaining": 3999, "utilization": 0.00025,
+                         "resets_at": NOW - 120},
+        },
+    }
+    expected = replaced(UP, "  today        3 call(s), $0.4200 (`opik-cipx report` for more)\n", """\
+  today        3 call(s), $0.4200 (`opik-cipx report` for more)
+limits         status allowed_warning, binding five_hour, seen 2s ago (docs/RATE_LIMITS.md)
+  5h           14% used, resets in 2h 13m
+  7d           81% used, resets in 3d 4h  ! past the 75% warning threshold
+  7d_mythos    102% used, resets in 5d 0h  ! status rejected
+  overage      rejected, disabled-reason: org_level_disabled
+  requests     0% used (3,999 of 4,000 left), reset 2m 00s ago
+""")
+    assert text_of(rate_limits=section) == expected
+    assert "limits" not in UP  # no window seen yet: no section

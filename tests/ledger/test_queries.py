@@ -21,6 +21,7 @@ from opik_cipx.ledger.queries import (
     Selection,
     parse_by,
     report,
+    report_figures,
 )
 from opik_cipx.ledger.schema import (
     CALL_FIGURES,
@@ -84,6 +85,7 @@ def dims(entry) -> dict:
         "day": c["day"], "week": week_of(c["day"]), "month": month_of(c["day"]),
         "session": c["session_id"], "project": c["project_dir"], "branch": c["git_branch"], "model": c["model"],
         "kind": c["kind"] + (f":{c['side_kind']}" if c["side_kind"] else ""), "agent": agent,
+        "cache_break": c["cache_break_cause"] or "none",
     }
 
 
@@ -98,8 +100,9 @@ def detail_figures(entry, d) -> dict:
 
 
 def brute_force(entries, by, sel: Selection) -> tuple[dict, dict]:
+    names = report_figures(by)
     rows: dict[tuple, dict] = {}
-    total = dict.fromkeys(FIGURES, 0)
+    total = dict.fromkeys(names, 0)
     detail = next((k for k in by if k in DETAIL_KEYS), None)
     for entry in entries:
         c = entry.call
@@ -109,8 +112,10 @@ def brute_force(entries, by, sel: Selection) -> tuple[dict, dict]:
             continue
         if sel.session is not None and c["session_id"] != sel.session:
             continue
-        figures = {"calls": 1, "cost_usd": c["cost_usd"] or 0.0, **{f: c[f] for f in FIGURES[2:]}}
-        for f in FIGURES:
+        figures = {"calls": 1, "cost_usd": c["cost_usd"] or 0.0, **{f: c[f] for f in FIGURES[2:]},
+                   "cache_breaks": int(c["cache_break_cause"] is not None),
+                   "cache_break_tokens": c["cache_break_tokens"], "cache_break_usd": c["cache_break_usd"] or 0.0}
+        for f in names:
             total[f] += figures[f]
         parts = [(None, figures)]
         if detail == "bucket":
@@ -120,15 +125,16 @@ def brute_force(entries, by, sel: Selection) -> tuple[dict, dict]:
                      if d.bucket == LABELLED[detail] and d.detail]
         for value, part in parts:
             key = tuple(value if k in DETAIL_KEYS else dims(entry)[k] for k in by)
-            into = rows.setdefault(key, dict.fromkeys(FIGURES, 0))
-            for f in FIGURES:
+            into = rows.setdefault(key, dict.fromkeys(names, 0))
+            for f in names:
                 into[f] += part[f]
     return rows, total
 
 
 def assert_figures_equal(got: dict, want: dict) -> None:
     assert got["calls"] == want["calls"]
-    for f in FIGURES[1:]:
+    assert set(got) - {"unpriced_calls", "estimated_calls", "peak_utilization"} >= set(want)
+    for f in set(want) - {"calls"}:
         assert got[f] == pytest.approx(want[f], rel=1e-9, abs=1e-9), f
 
 
@@ -265,8 +271,9 @@ def test_a_v1_ledger_is_migrated_with_its_calls_rolled_up(tmp_path, entries):
     path = tmp_path / "ledger.db"
     conn = sqlite3.connect(path, isolation_level=None)
     conn.executescript(V1 + "; PRAGMA user_version = 1;")
+    known = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
     for entry in entries:
-        columns = list(entry.call)
+        columns = [c for c in entry.call if c in known]  # the columns a v1 ledger had
         call_id = conn.execute(f"INSERT INTO calls ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                                [entry.call[c] for c in columns]).lastrowid
         conn.executemany("INSERT INTO details VALUES (?, ?, ?, ?, ?, ?)",
@@ -286,3 +293,110 @@ def test_a_v1_ledger_is_migrated_with_its_calls_rolled_up(tmp_path, entries):
     assert ledger.write_entries(entries[:5])
     ledger.close()
     assert report(open_reader(path), ()).total["calls"] == len(entries)
+
+
+def test_a_v2_ledger_gains_the_cache_and_rate_limit_columns_and_its_rollups_are_rebuilt(tmp_path, entries):
+    """A ledger written by schema v2 (before cache diagnoses and rate limits) is migrated in place."""
+    from opik_cipx.ledger.schema import MIGRATIONS
+
+    path = tmp_path / "ledger.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for step in MIGRATIONS[:2]:
+        step(conn)
+    conn.execute("PRAGMA user_version = 2")
+    known = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
+    for entry in entries:
+        columns = [c for c in entry.call if c in known]
+        call_id = conn.execute(f"INSERT INTO calls ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                               [entry.call[c] for c in columns]).lastrowid
+        conn.executemany("INSERT INTO details VALUES (?, ?, ?, ?, ?, ?)",
+                         [(call_id, d.bucket, d.detail, d.chars, d.tokens, d.cost_usd) for d in entry.details])
+    from opik_cipx.ledger.schema import V2_CALL_FIGURES, V2_DIMENSIONS, roll_up
+
+    roll_up(conn, "1", dimensions=V2_DIMENSIONS, call_figures=V2_CALL_FIGURES)  # as the v2 writer kept them
+    v2_total = conn.execute("SELECT sum(calls), total(cost_usd) FROM daily_calls").fetchone()
+    conn.close()
+    reader = open_reader(path)
+    assert reader.execute("PRAGMA user_version").fetchone()[0] == LATEST == 3
+    rollups_match_calls(reader)
+    (row,) = report(reader, ("cache_break",)).rows  # nothing was diagnosed before v3
+    assert row["cache_break"] == "none" and row["cache_breaks"] == 0
+    assert (row["calls"], row["cost_usd"]) == pytest.approx(tuple(v2_total))
+    assert reader.execute("SELECT count(*) FROM rate_limits").fetchone()[0] == 0
+    reader.close()
+    ledger = Ledger(path, retention_days=400)  # the writer carries on, diagnoses included
+    assert ledger.write_entries(entries)
+    ledger.close()
+    assert report(open_reader(path), ("cache_break",)).total["calls"] == len(entries)
+
+
+def test_cache_breaks_report_by_cause_with_their_extra_cost(tmp_path, corpus):
+    ledger = Ledger(tmp_path / "ledger.db", retention_days=400)
+    for _, _, capture, records in corpus:
+        ledger.write(capture, records)
+    ledger.close()
+    spans = [r["body"] for *_, records in corpus for r in records if r["body"].get("type") == "llm"]
+    breaks = [s["metadata"]["cc"]["cache"]["break"] for s in spans
+              if (s["metadata"]["cc"].get("cache") or {}).get("break")]
+    conn = open_reader(tmp_path / "ledger.db")
+    result = report(conn, ("cache_break",))
+    causes = {r["cache_break"]: r for r in result.rows}
+    assert set(causes) == {"none", "unknown", "compaction"}
+    assert causes["compaction"]["cache_breaks"] == 1 and causes["none"]["cache_breaks"] == 0
+    assert result.total["cache_breaks"] == len(breaks) == sum(r["cache_breaks"] for r in result.rows)
+    assert result.total["cache_break_usd"] == pytest.approx(sum(b["extra_cost_usd"] for b in breaks), rel=1e-12)
+    assert result.total["cache_break_tokens"] == sum(b["lost_tokens"] for b in breaks)
+    assert "cache_breaks" not in report(conn, ("cache_break", "bucket")).total  # shares of buckets: no break figures
+    (compaction,) = conn.execute("SELECT cache_break_bucket, cache_break_item, cache_gap_s FROM calls "
+                                 "WHERE cache_break_cause = 'compaction'").fetchall()
+    assert compaction[:2] == ("compaction", "message 0 block 1 changed (compaction: continued_summary)")
+    assert compaction[2] > 0
+
+
+def rate_limit_entries(tmp_path) -> list:
+    from opik_cipx.materialize.materializer import Materializer
+    from opik_cipx.materialize.pricing import load_price_table
+    from tests.claude_code_corpus import exchanges
+    from tests.materialize.test_materializer import config
+    from tests.materialize.test_rate_limits import RATE_LIMITS
+
+    materializer = Materializer(config(tmp_path), load_price_table())
+    return [ledger_entry(capture, materializer.materialize(capture))
+            for scenario in ("oauth", "api_key") for _, capture in exchanges(scenario, RATE_LIMITS)]
+
+
+def test_rate_limits_per_call_latest_per_window_and_daily_peaks(tmp_path):
+    from opik_cipx.ledger.queries import latest_rate_limits, peak_utilization
+
+    oauth1, oauth2, oauth3, api = rate_limit_entries(tmp_path)
+    day = oauth1.call["day"]
+    later = dataclasses.replace(oauth1, call={**oauth1.call, "capture_id": "later", "started_at_ns": oauth3.call[
+        "started_at_ns"] + 10**9})
+    ledger = Ledger(tmp_path / "ledger.db", retention_days=10**6)
+    assert ledger.write_entries([oauth3, later, oauth2, api])
+    assert ledger.write_entries([oauth3])  # written again: nothing doubles
+    ledger.close()
+    conn = open_reader(tmp_path / "ledger.db")
+    assert conn.execute("SELECT count(*) FROM rate_limits").fetchone()[0] == 7 + 6 + 6 + 4  # oauth 003 has 7d_mythos
+    latest = {row["window_name"]: row for row in latest_rate_limits(conn)}
+    assert list(latest)[:2] == ["5h", "7d"] and "7d_mythos" in latest and "requests" in latest
+    assert latest["5h"]["utilization"] == 0.12  # `later` (a copy of 001) started last
+    assert latest["7d_mythos"]["utilization"] == 0.4  # only 003 reported it
+    assert latest["requests"] == {"window_name": "requests", "source": "classic", "utilization": 0.00025,
+                                  "resets_at": latest["requests"]["resets_at"], "status": None,
+                                  "surpassed_threshold": None, "limit_value": 4000, "remaining": 3999,
+                                  "started_at_ns": api.call["started_at_ns"]}
+    peaks = peak_utilization(conn)
+    assert peaks == {day: {"5h": 0.14, "7d": 0.81, "7d_mythos": 0.4, "7d_oi": 0.05, "7d_opus": 0.21,
+                           "requests": 0.00025, "tokens": 0.00875, "input-tokens": 0.0105, "output-tokens": 0.0}}
+    assert peak_utilization(conn, Selection(session=oauth1.call["session_id"]))[day]["7d"] == 0.81
+    assert peak_utilization(conn, Selection(since_ns=oauth3.call["started_at_ns"] + 1))[day] == {
+        "5h": 0.12, "7d": 0.34, "7d_oi": 0.05, "7d_opus": 0.21}  # the day cut: read from the calls
+    result = report(conn, ("day",))
+    assert result.rows[0]["peak_utilization"]["7d"] == result.total["peak_utilization"]["7d"] == 0.81
+    assert list(result.rows[0]["peak_utilization"])[:2] == ["5h", "7d"]
+    assert "peak_utilization" not in report(conn, ("day", "model")).rows[0]
+    conn.execute("PRAGMA query_only = 0")
+    delete_before(conn, "9999-01-01")
+    assert conn.execute("SELECT count(*) FROM rate_limits").fetchone()[0] == 0
+    assert peak_utilization(conn) == {}

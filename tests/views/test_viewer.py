@@ -218,3 +218,25 @@ def test_a_browser_signs_in_once_then_uses_the_cookie(viewer):
     conn.request("GET", f"/session/{SUBAGENT_SESSION}", headers={"Cookie": cookie})
     page = conn.getresponse()
     assert page.status == 200 and b"cumulative cost" in page.read()
+
+
+def test_call_and_session_pages_explain_cache_breaks(viewer):
+    port, home, corpus = viewer
+    ids = {(s, n): c.id for s, n, c, _ in corpus}
+    status, page, _ = get(port, f"/capture/{ids[('compact', '012')]}")  # the first call after /compact
+    words = text(page)
+    assert status == 200 and "Prompt cache" in words
+    assert "Cache break: compaction, message 0 block 1 changed (compaction: continued_summary)." in words
+    assert f"href='/capture/{ids[('compact', '010')]}'" in page  # the call it is compared with
+    assert re.search(r"[\d,]+ tokens written again \(or sent uncached\) that the cache held: \$0\.\d+ more", words)
+    assert "No cache break: it read what the previous call cached." in text(get(port, f"/capture/{ids[('tools', '004')]}")[1])
+    assert "nothing to compare it with" in text(get(port, f"/capture/{ids[('tools', '001')]}")[1])
+    session = next(r["body"]["metadata"]["cc"]["session"]["id"] for s, n, _, rs in corpus
+                   if (s, n) == ("compact", "012") for r in rs if r["body"].get("type") == "llm")
+    status, page, _ = get(port, f"/session/{session}")
+    breaks = text(page[page.index("id=breaks"):page.index("Where the session's cost went")])
+    assert "2 call(s) paid to write what the cache should have held" in breaks  # 002 (corpus caveat) and 012
+    assert "compaction" in breaks and "unknown" in breaks
+    assert page.count("title='cache break: ") == 2  # flagged in the calls table
+    status, page, _ = get(port, f"/session/{SUBAGENT_SESSION}")
+    assert "Cache breaks" in page

@@ -1,0 +1,260 @@
+"""`opik-cipx statusline [--install [--force]]`: one line for Claude Code's status bar.
+
+Claude Code runs its `statusLine` command after each assistant message with a JSON document on
+stdin (`session_id`, `model`, `context_window`, `rate_limits`, `cost`, `workspace`, ...;
+https://code.claude.com/docs/en/statusline#available-data) and shows the first line it prints.
+This prints, from the ledger (read directly: the daemon may be down):
+- the session's exact cost so far, every call of the session id (subagents, side calls and
+  compactions share it), `+?` when some call has no price;
+- today's cost (the local day, every session);
+- the context used: the prompt of the session's latest main-loop call, of the window size
+  Claude Code reports (its own `used_percentage` until the ledger has a main call);
+- the session's cache hit ratio (cache reads over all input-side tokens);
+- each rate-limit window's utilization and time to reset (the latest values in the ledger;
+  Claude Code's own `rate_limits` when it has none), `!` past a warning threshold.
+Coloured with ANSI (not with `NO_COLOR`), cut to `COLUMNS` (80): the least important parts go
+first. It never fails Claude Code: on any problem it prints a short hint and exits 0.
+
+It runs on every repaint, so its fast path (`main`) imports only the standard library:
+`cli.main` hands `statusline` without options to it before loading settings
+(bench/bench_statusline.py). It reads `$CIPX_HOME/ledger.db` as `ledger/schema.py` defines it.
+`--install` sets `statusLine` in `~/.claude/settings.json` to run the installed executable,
+only when none is set (or with `--force`); `uninstall` removes it when it is ours.
+"""
+
+from __future__ import annotations  # argparse and Settings are imported by cli, never by the fast path
+
+import json
+import os
+import sqlite3
+import sys
+import time
+
+DEFAULT_COLUMNS = 80
+SEPARATOR = " · "
+KNOWN_WINDOWS = ("5h", "7d")  # the subscription's own windows: shown before the others
+GREEN, YELLOW, RED, DIM, RESET = "\033[32m", "\033[33m", "\033[31m", "\033[2m", "\033[0m"
+BUSY_TIMEOUT_S = 0.2  # never hold Claude Code's repaint up behind a writer
+SCHEMA_VERSION = 3  # the ledger version whose tables this reads
+
+
+def configure(parser: argparse.ArgumentParser) -> None:  # noqa: F821
+    parser.add_argument("--install", action="store_true",
+                        help="set statusLine in ~/.claude/settings.json to this command (only when none is set)")
+    parser.add_argument("--force", action="store_true", help="with --install: replace a statusLine set by something else")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:  # noqa: F821
+    if args.install:
+        return install(settings, args.force)
+    if args.force:
+        print("opik-cipx: --force goes with --install", file=sys.stderr)
+        return 2
+    return main()
+
+
+def main(stdin=None, env: dict[str, str] | None = None, now: float | None = None) -> int:
+    """Print the status line for the session on stdin; always 0."""
+    env = dict(os.environ) if env is None else env
+    stdin = sys.stdin if stdin is None else stdin
+    try:
+        line = render(stdin, env, time.time() if now is None else now)
+    except Exception as exc:  # never fail Claude Code's status bar
+        line = f"opik-cipx: status line unavailable ({type(exc).__name__}); `opik-cipx report` still works"
+    try:
+        print(line, flush=True)
+    except (BrokenPipeError, OSError):
+        pass
+    return 0
+
+
+def render(stdin, env: dict[str, str], now: float) -> str:
+    if stdin.isatty():
+        return ("opik-cipx statusline: reads Claude Code's statusLine JSON on stdin; "
+                "`opik-cipx statusline --install` sets it up")
+    try:
+        doc = json.loads(stdin.read(1 << 20) or "null")
+    except (ValueError, UnicodeDecodeError):
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("session_id"), str):
+        return "opik-cipx: no Claude Code session on stdin (run by Claude Code's statusLine)"
+    color = not env.get("NO_COLOR")
+    ledger = _ledger_path(env)
+    if not os.path.exists(ledger):
+        return "opik-cipx: no calls recorded yet (`opik-cipx sync` routes Claude Code through it)"
+    figures = read_ledger(ledger, doc["session_id"], now)
+    parts = _parts(doc, figures, now, color)
+    return fit(parts, _columns(env))
+
+
+def _ledger_path(env: dict[str, str]) -> str:
+    """`$CIPX_HOME/ledger.db` (home.default_home, without importing it: this path stays light)."""
+    home = env.get("CIPX_HOME", "").strip()
+    if home:
+        return os.path.join(os.path.expanduser(home), "ledger.db")
+    return os.path.join(env.get("HOME") or os.path.expanduser("~"), ".opik-cipx", "ledger.db")
+
+
+def _columns(env: dict[str, str]) -> int:
+    try:
+        columns = int(env.get("COLUMNS", ""))
+    except ValueError:
+        return DEFAULT_COLUMNS
+    return columns if columns > 0 else DEFAULT_COLUMNS
+
+
+def read_ledger(path: str, session_id: str, now: float) -> dict:
+    """The session's figures, today's cost and the latest rate-limit windows."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            conn.close()
+            from pathlib import Path
+
+            from opik_cipx.ledger.db import open_reader  # an older ledger: migrate it once
+
+            conn = open_reader(Path(path))
+        conn.execute("PRAGMA query_only = 1")
+        session = conn.execute(
+            "SELECT total(cost_usd), sum(unknown_model), total(input_tokens), "
+            "total(cache_creation_input_tokens), total(cache_read_input_tokens) FROM calls WHERE session_id = ?",
+            (session_id,)).fetchone()
+        context = conn.execute(
+            "SELECT input_tokens + cache_creation_input_tokens + cache_read_input_tokens FROM calls "
+            "WHERE session_id = ? AND kind = 'main' AND agent_id IS NULL AND input_tokens + "
+            "cache_creation_input_tokens + cache_read_input_tokens > 0 ORDER BY started_at_ns DESC LIMIT 1",
+            (session_id,)).fetchone()
+        today = conn.execute("SELECT total(cost_usd) FROM daily_calls WHERE day = ?",
+                             (time.strftime("%Y-%m-%d", time.localtime(now)),)).fetchone()
+        windows = conn.execute(
+            "SELECT window_name, utilization, resets_at, status, surpassed_threshold FROM latest_rate_limits "
+            "WHERE utilization IS NOT NULL AND (resets_at IS NULL OR resets_at > ?)", (now,)).fetchall()
+    finally:
+        conn.close()
+    cost, unpriced, uncached, written, read = session
+    return {
+        "cost": cost, "unpriced": unpriced or 0, "today": today[0],
+        "prompt": uncached + written + read, "read": read,
+        "context": context[0] if context else None,
+        "windows": [{"name": n, "utilization": u, "resets_at": r, "warning": s in ("allowed_warning", "rejected")
+                     or t is not None} for n, u, r, s, t in windows],
+    }
+
+
+def _parts(doc: dict, figures: dict, now: float, color: bool) -> list[tuple[int, str, str]]:
+    """(importance, plain text, coloured text) of each part, in display order."""
+    def paint(text: str, code: str) -> tuple[str, str]:
+        return text, f"{code}{text}{RESET}" if color else text
+
+    out = []
+    cost = f"${_usd(figures['cost'])}{'+?' if figures['unpriced'] else ''}"
+    out.append((100, *paint(cost, "\033[1m")))
+    out.append((40, *paint(f"today ${_usd(figures['today'])}", DIM)))
+    context = _context(doc, figures)
+    if context:
+        text, share = context
+        out.append((80, *paint(text, _level(share, 0.6, 0.85))))
+    if figures["prompt"]:
+        hit = figures["read"] / figures["prompt"]
+        out.append((50, *paint(f"cache {hit:.0%}", GREEN if hit >= 0.8 else YELLOW if hit >= 0.5 else RED)))
+    windows = figures["windows"] or _claude_code_windows(doc, now)
+    order = sorted(windows, key=lambda w: (KNOWN_WINDOWS.index(w["name"]) if w["name"] in KNOWN_WINDOWS
+                                           else len(KNOWN_WINDOWS), w["name"]))
+    for rank, window in enumerate(order):
+        used = window["utilization"]
+        text = f"{window['name']} {used:.0%}{'!' if window['warning'] else ''}"
+        if window.get("resets_at"):
+            text += f" {_until(window['resets_at'] - now)}"
+        importance = 90 if window["warning"] or used >= 0.8 else 70 - rank
+        out.append((importance, *paint(text, RED if window["warning"] else _level(used, 0.5, 0.8))))
+    return out
+
+
+def _context(doc: dict, figures: dict) -> tuple[str, float | None] | None:
+    window = doc.get("context_window") if isinstance(doc.get("context_window"), dict) else {}
+    size = window.get("context_window_size")
+    size = size if isinstance(size, (int, float)) and size > 0 else None
+    used = figures["context"]
+    if used is None:
+        percent = window.get("used_percentage")
+        if not isinstance(percent, (int, float)):
+            return None
+        return f"ctx {percent:.0f}%", percent / 100
+    if size is None:
+        return f"ctx {_tokens(used)}", None
+    return f"ctx {_tokens(used)}/{_tokens(size)} {used / size:.0%}", used / size
+
+
+def _claude_code_windows(doc: dict, now: float) -> list[dict]:
+    """Claude Code's own `rate_limits` (five_hour, seven_day), when the ledger has none."""
+    limits = doc.get("rate_limits") if isinstance(doc.get("rate_limits"), dict) else {}
+    out = []
+    for key, name in (("five_hour", "5h"), ("seven_day", "7d")):
+        window = limits.get(key)
+        if isinstance(window, dict) and isinstance(window.get("used_percentage"), (int, float)):
+            reset = window.get("resets_at") if isinstance(window.get("resets_at"), (int, float)) else None
+            if reset is None or reset > now:
+                out.append({"name": name, "utilization": window["used_percentage"] / 100, "resets_at": reset,
+                            "warning": False})
+    return out
+
+
+def fit(parts: list[tuple[int, str, str]], columns: int) -> str:
+    """The parts joined, the least important dropped until the plain text fits `columns`."""
+    kept = list(parts)
+    while len(kept) > 1 and len(SEPARATOR.join(plain for _, plain, _ in kept)) > columns:
+        kept.remove(min(kept, key=lambda part: part[0]))
+    if len(kept[0][1]) > columns:  # even the cost alone does not fit
+        return kept[0][1][:columns]
+    return SEPARATOR.join(painted for _, _, painted in kept)
+
+
+def _level(share: float | None, warn: float, alarm: float) -> str:
+    if share is None:
+        return DIM
+    return RED if share >= alarm else YELLOW if share >= warn else GREEN
+
+
+def _usd(value: float | None) -> str:
+    value = value or 0.0
+    return f"{value:,.2f}" if value >= 1 else f"{value:.4f}"
+
+
+def _tokens(n: float) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else f"{n:.0f}"
+
+
+def _until(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    days, hours, minutes = s // 86400, s % 86400 // 3600, s % 3600 // 60
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m" if minutes else f"{s}s"
+
+
+def install(settings: Settings, force: bool) -> int:  # noqa: F821
+    """Point Claude Code's `statusLine` at the installed executable."""
+    from opik_cipx.control import claude_settings
+    from opik_cipx.control.install import installed_path
+
+    env = dict(os.environ)
+    executable = installed_path(settings, env)
+    if not executable.exists():
+        print(f"opik-cipx: not installed yet (no {executable}): run `opik-cipx install` (or `opik-cipx sync`) "
+              "first, then `opik-cipx statusline --install`", file=sys.stderr)
+        return 1
+    path = claude_settings.settings_path(env)
+    change = claude_settings.set_status_line(path, claude_settings.status_line_command(executable), force)
+    if change.outcome == "unusable":
+        print(f"opik-cipx: {path} is unusable ({change.detail}); fix that file, then run "
+              "`opik-cipx statusline --install` again", file=sys.stderr)
+        return 1
+    if change.outcome == "foreign":
+        print(f"opik-cipx: {path} already has a statusLine ({change.detail}); left as is. "
+              "`opik-cipx statusline --install --force` replaces it", file=sys.stderr)
+        return 1
+    said = {"set": "set", "kept": "already set", "replaced": "replaced the previous"}[change.outcome]
+    print(f"opik-cipx: {said} statusLine in {path}: Claude Code shows the line from its next message")
+    return 0
