@@ -19,6 +19,10 @@ rolled-up metrics; `last_updated_at` only grows. A side, `count_tokens` or unmat
 call joins the current turn while that turn is recent (its last call ended at most
 `JOIN_WINDOW_S` before); otherwise it opens a trace of its own, named for its kind.
 
+Request bodies are read through a `RequestReader`: it keeps the previous request of each
+conversation (bounded, in memory) and parses and attributes only what is new in the next one,
+with exactly the result of reading it from scratch; it never enters the checkpoint.
+
 `snapshot()` / `restore()` carry the per-session state across a restart (the follower keeps
 it in its checkpoint; docs/ARCHITECTURE.md, "Materializer checkpoint").
 """
@@ -36,7 +40,8 @@ from typing import Any, Callable
 
 from opik_cipx.config import Settings
 from opik_cipx.ids import derived_uuid7
-from opik_cipx.materialize.attribution import categorize, redacted
+from opik_cipx.materialize.attribution import redacted
+from opik_cipx.materialize.attribution.incremental import RequestReader
 from opik_cipx.materialize.call_kind import CallKind, classify
 from opik_cipx.materialize.identity import claude_json_path, read_identity, render_template, template_values
 from opik_cipx.materialize.pricing import Cost, PriceTable, price_call
@@ -149,12 +154,14 @@ class Materializer:
     """Turns captures into spool records; keeps bounded per-session state between calls."""
 
     def __init__(self, config: MaterializerConfig, prices: PriceTable, pause: Callable[[], None] | None = None):
-        """`pause()` is called between the expensive steps of a capture: the daemon passes one
-        that waits while an exchange is in flight, so the work runs in slices between calls."""
+        """`pause()` is called between the steps of a capture (between the messages of a request
+        walked): the daemon passes one that waits while an exchange is in flight, so the work runs
+        in slices between calls."""
         self.config = config
         self.prices = prices
         self.unknown_models = UnknownModels()  # model ids the price table does not know
         self._pause = pause or (lambda: None)
+        self._requests = RequestReader()  # what the previous request of each conversation had
         self._sessions: OrderedDict[str, SessionState] = OrderedDict()
         self._account: dict[str, str | None] = {}
         self._account_read = float("-inf")
@@ -164,15 +171,14 @@ class Materializer:
         route = capture.path.split("?", 1)[0]
         if capture.method != "POST" or route not in SPAN_ENDPOINTS:
             return []
-        body = _json_or_none(capture.request_body)
+        request = self._requests.read(_conversation(capture), capture.request_body, self._pause)
+        body, attribution = request.body, request.attribution
         kind = classify(capture.method, capture.path, capture.request_headers, body)
         self._pause()
         summary = summarize_response(capture)
         model = summary.model or (body or {}).get("model")
         cost = price_call(model, summary.usage, self.prices, at_ns=capture.started_at_ns)  # rates in force then
         self.unknown_models.note(cost)
-        self._pause()
-        attribution = categorize(capture.request_body)
         self._pause()
         session_id = kind.session_id or "unknown-session"
         state = self._session(session_id, capture.started_at_ns)
@@ -655,12 +661,11 @@ class _Call:
     project: str
 
 
-def _json_or_none(raw: bytes) -> dict | None:
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
+def _conversation(capture: Capture) -> tuple:
+    """The requests one conversation sends (its session, agent and route): the key under which the
+    request reader compares a request with the one before it."""
+    return (header_value(capture.request_headers, "x-claude-code-session-id"),
+            header_value(capture.request_headers, "x-claude-code-agent-id"), capture.path.split("?", 1)[0])
 
 
 def _prompt(facts: dict) -> str:
