@@ -24,6 +24,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,8 +44,9 @@ RETAIN_INTERVAL_S = 60.0  # age-based retention also runs while nothing new arri
 IDLE_POLL_S = 0.5  # how often an idle follower looks for captures whose handoff was dropped
 HANDOFF_MAX = 16  # captures held in memory for the follower; beyond, it reads them from the log
 HANDOFF_MAX_BYTES = 64 * 1024 * 1024
-MAX_DEFER_S = 1.0  # the longest the follower waits for an idle wire before a capture
-BACKLOG_NO_DEFER = 32  # with this many captures waiting, it stops waiting for the wire
+MAX_DEFER_S = 1.0  # the longest the follower waits for a settled wire before a capture
+PAUSE_MAX_S = 0.05  # the longest one pause between the steps of a capture waits for it
+BACKLOG_MAX_S = 10.0  # once a capture waited this long, materializing stops waiting for the wire
 SPOOL_WAIT_S = 1.0
 _STOP = object()
 
@@ -63,7 +65,8 @@ class Follower:
         wire_idle: Callable[[float], bool] | None = None,
     ):
         """`on_materialized(capture, records, segment)` runs after each capture (viewer, ledger);
-        `wire_idle(timeout_s)` blocks until no exchange is in flight (True) or the timeout."""
+        `wire_idle(timeout_s)` blocks until the wire is settled — no young exchange in flight — (True)
+        or the timeout."""
         self.materializer = materializer
         self.store = store
         self.spool = spool
@@ -81,6 +84,7 @@ class Follower:
         self._snapped_at = self._retained_at = float("-inf")
         self._logged = 0  # captures in the log for the follower: the backlog at start + appended since
         self._consumed = 0  # of those, materialized (or given up on)
+        self._waiting: deque[float] = deque()  # when each capture of the lag reached the log (monotonic)
         self._lost = 0  # of those, deleted by the disk budget before they were materialized
         self._inflight = 0
         self._stop_at: LogPosition | None = None
@@ -111,6 +115,7 @@ class Follower:
         with self._lock:
             if appended is not None:
                 self._logged += 1
+                self._waiting.append(time.monotonic())
             full = self._queued >= HANDOFF_MAX or self._queued_bytes + size > HANDOFF_MAX_BYTES
             if not full:
                 self._queued += 1
@@ -131,8 +136,15 @@ class Follower:
 
     @property
     def backlogged(self) -> bool:
-        """So many captures wait that materializing stops yielding to the wire."""
-        return self.lag >= BACKLOG_NO_DEFER
+        """A capture has waited so long that materializing stops yielding to the wire."""
+        with self._lock:
+            return bool(self._waiting) and time.monotonic() - self._waiting[0] >= BACKLOG_MAX_S
+
+    def pause(self) -> None:
+        """Between the steps of a capture (the materializer calls it too): wait, bounded, while a
+        young exchange is in flight; not while stopping or backlogged."""
+        if self.wire_idle is not None and self._stop_at is None and not self.backlogged:
+            self.wire_idle(PAUSE_MAX_S)
 
     def section(self) -> dict[str, int]:
         """`lag_events` and `inflight_raw` of the `materializer` stats."""
@@ -164,6 +176,7 @@ class Follower:
         backlog = count_log(self.store.directory, self._position, self.store.start_end)
         with self._lock:
             self._logged += backlog
+            self._waiting.extend([time.monotonic()] * backlog)
         if backlog:
             log.info("capture log: materializing %d capture(s) stored before this start", backlog)
         self._catch_up(self.store.start_end)
@@ -209,6 +222,8 @@ class Follower:
         self._position = end
         with self._lock:
             self._consumed += 1
+            if self._waiting:
+                self._waiting.popleft()
 
     def _materialize(self, capture: Capture, segment: Path | None) -> bool:
         """Materialize and spool one capture; False when its records could not be spooled before
@@ -223,6 +238,7 @@ class Follower:
                 self.counters.incr("materializer_errors_total")
                 log.exception("materializer: cannot materialize capture %s", capture.id)
                 records = []
+            self.pause()
             if records and not self._spool(records):
                 return False
             self.counters.incr("events_materialized")
@@ -321,4 +337,6 @@ class Follower:
         if lost:
             with self._lock:
                 self._lost += lost
+                for _ in range(min(lost, len(self._waiting))):
+                    self._waiting.popleft()
             self.counters.incr("captures_dropped_budget", lost)

@@ -27,6 +27,7 @@ with exactly the result of reading it from scratch; it never enters the checkpoi
 it in its checkpoint; docs/ARCHITECTURE.md, "Materializer checkpoint").
 """
 
+import codecs
 import dataclasses
 import hashlib
 import json
@@ -77,6 +78,7 @@ TOOL_SPAN_KINDS = frozenset({"main", "subagent", "compaction"})
 SESSION_FILE_RETRY_S = 5.0  # a session file not written yet is looked for again after this
 IDENTITY_TTL_S = 60.0  # ~/.claude.json is re-read at most this often
 OUTPUT_BLOCKS = ("thinking", "text", "tool_use")
+PREVIEW_STEP = 32 * 1024  # bytes of a request decoded at once for a truncated input's preview
 
 
 @dataclass(frozen=True)
@@ -523,8 +525,7 @@ class Materializer:
         limit = self.config.max_io_chars
         if size <= limit:
             return _llm_input(call.body)
-        preview = call.capture.request_body[:limit].decode("utf-8", "ignore")
-        return bounded(_llm_input(call.body), limit, size=size, preview=preview)
+        return bounded(_llm_input(call.body), limit, size=size, preview=_decoded_start(call.capture.request_body, limit))
 
     def _tool_span(self, tool: FinishedTool, pending: PendingTool | None, call: "_Call", turn: Turn,
                    parent: str | None) -> dict:
@@ -666,6 +667,16 @@ def _conversation(capture: Capture) -> tuple:
     request reader compares a request with the one before it."""
     return (header_value(capture.request_headers, "x-claude-code-session-id"),
             header_value(capture.request_headers, "x-claude-code-agent-id"), capture.path.split("?", 1)[0])
+
+
+def _decoded_start(raw: bytes, limit: int) -> str:
+    """`raw[:limit].decode("utf-8", "ignore")`, decoded a window at a time (a long one in one call
+    holds the interpreter for a millisecond or more)."""
+    decoder = codecs.getincrementaldecoder("utf-8")("ignore")
+    view = memoryview(raw)[:limit]
+    pieces = [decoder.decode(view[at : at + PREVIEW_STEP], at + PREVIEW_STEP >= len(view))
+              for at in range(0, len(view), PREVIEW_STEP)]
+    return "".join(pieces)
 
 
 def _prompt(facts: dict) -> str:

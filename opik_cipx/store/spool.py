@@ -35,7 +35,9 @@ import logging
 import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -52,6 +54,7 @@ QUARANTINE_MAX_BYTES = 16 * 1024 * 1024  # then rotated once to quarantine.jsonl
 REQUEUE_PREFIX = "requeue-"
 REQUEUE_WAIT_S = 5.0  # how long one look at the requeue files may wait for room or for the disk
 GROUP_MAX = 1000  # records that trigger a commit before the interval is over
+STRING_STEP = 16 * 1024  # characters of one string escaped at once (about 0.1 ms)
 
 
 class Position(NamedTuple):
@@ -79,13 +82,58 @@ class Batch:
 
 
 def encode(record: dict[str, Any]) -> bytes:
-    """One spool line; ValueError/TypeError for anything that is not a spool record (or not JSON)."""
+    """One spool line; ValueError/TypeError for anything that is not a spool record (or not JSON).
+
+    Runs on the materializer's thread: a long string (a request of up to `spans.max_io_kb`, a
+    preview) is escaped in steps, so no single call holds the interpreter for long.
+    """
     if not isinstance(record, dict) or record.get("kind") not in KINDS:
         raise ValueError(f"not a spool record (kind must be trace or span): {str(record)[:200]}")
     body = record.get("body")
     if not isinstance(body, dict) or not isinstance(body.get("id"), str):
         raise ValueError(f"spool record body without an id: {str(record)[:200]}")
-    return json.dumps({"kind": record["kind"], "body": body}, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+    long: dict[str, str] = {}
+    line = json.dumps({"kind": record["kind"], "body": _set_aside(body, long, uuid.uuid4().hex)},
+                      separators=(",", ":"), allow_nan=False)
+    for marker, text in long.items():
+        line = line.replace(json.dumps(marker), _string_literal(text), 1)
+    return line.encode() + b"\n"
+
+
+def _set_aside(value: Any, long: dict[str, str], nonce: str) -> Any:
+    """`value` with each string longer than `STRING_STEP` replaced by a unique marker (kept in
+    `long`), so `json.dumps` never escapes a long text in one call; containers on the way to one
+    are copied, the record itself is not changed."""
+    if isinstance(value, str):
+        if len(value) <= STRING_STEP:
+            return value
+        marker = f"\x00{nonce}:{len(long)}\x00"
+        long[marker] = value
+        return marker
+    if isinstance(value, dict):
+        out = None
+        for key, item in value.items():
+            kept = _set_aside(item, long, nonce)
+            if kept is not item:
+                out = out if out is not None else dict(value)
+                out[key] = kept
+        return out if out is not None else value
+    if isinstance(value, list):
+        out = None
+        for index, item in enumerate(value):
+            kept = _set_aside(item, long, nonce)
+            if kept is not item:
+                out = out if out is not None else list(value)
+                out[index] = kept
+        return out if out is not None else value
+    return value
+
+
+def _string_literal(text: str) -> str:
+    """`json.dumps(text)`, escaped `STRING_STEP` characters at a time (escaping is per character,
+    so the pieces join into the same literal)."""
+    pieces = (encode_basestring_ascii(text[at : at + STRING_STEP])[1:-1] for at in range(0, len(text), STRING_STEP))
+    return '"' + "".join(pieces) + '"'
 
 
 def decode(line: bytes) -> tuple[str, dict[str, Any]] | None:
