@@ -253,7 +253,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=400, help="SSE events per stream")
     parser.add_argument("--interval-ms", type=float, default=5.0, help="between SSE events")
     parser.add_argument("--background-ms", type=float, default=150.0, help="between 1-2 MB background calls")
-    parser.add_argument("--background", choices=("growing", "cold"), default="growing")
+    parser.add_argument("--background", choices=("growing", "cold", "none"), default="growing")
     parser.add_argument("--mitmdump", default=shutil.which("mitmdump") or str(DEFAULT_MITMDUMP))
     args = parser.parse_args()
     if args.quick:
@@ -277,13 +277,14 @@ def main() -> int:
             results, load = {}, {}
             for target in targets:
                 before = admin_stats(admin_port)["counters"]["events_materialized"]
-                loader = start_background(tmp, target, args.background_ms, cold)
+                loader = start_background(tmp, target, args.background_ms, cold) if args.background != "none" else None
                 started = time.monotonic()
                 try:
                     results[target.name] = measure(target, args)
                 finally:
-                    loader.kill()
-                    loader.wait()
+                    if loader is not None:
+                        loader.kill()
+                        loader.wait()
                 if target.name == "opik-cipx":
                     stats = admin_stats(admin_port)
                     load = {"seconds": time.monotonic() - started,

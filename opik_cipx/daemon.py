@@ -50,7 +50,7 @@ SHUTDOWN_POLL_S = 0.1  # how often an idle listener checks for shutdown
 # it; CPython's default forces that only every 5 ms. With the materializer busy, that wait
 # lands on the wire. 100 us keeps it below the wire's own overhead (bench/bench_wire.py).
 GIL_SWITCH_INTERVAL_S = 0.0001
-WIRE_YOUNG_S = 0.05  # off-wire work waits while an exchange this young is in flight (streams are long)
+WIRE_QUIET_S = 0.05  # off-wire work waits until no exchange started for this long (streams are long)
 
 
 class StartupError(Exception):
@@ -144,14 +144,14 @@ class Daemon:
             auth_probe_s=settings.opik_auth_probe_s,
         )
         self.follower = Follower(self.materializer, self.store, self.spool, self.counters,
-                                 settings.checkpoint_path, self._materialized, wire_idle=self._wire_settled)
+                                 settings.checkpoint_path, self._materialized, wire_idle=self._wire_quiet)
 
     def _yield_to_wire(self) -> None:
-        """Between slices of off-wire work: let a young exchange finish first (bounded)."""
+        """Between slices of off-wire work: wait, bounded, for the wire to be quiet."""
         self.follower.pause()
 
-    def _wire_settled(self, timeout_s: float) -> bool:
-        return self.gateway.wait_settled(WIRE_YOUNG_S, timeout_s)
+    def _wire_quiet(self, timeout_s: float) -> bool:
+        return self.gateway.wait_quiet(WIRE_QUIET_S, timeout_s)
 
     def _persist(self, capture: Capture) -> None:
         """The capture thread's stage: append to the capture log, hand over to the follower."""

@@ -34,7 +34,7 @@ from opik_cipx.stats import Counters, utc_iso
 from opik_cipx.store.captures import Appended, CaptureStore, LogPosition, count_log, list_segments, read_log, segment_number
 from opik_cipx.store.spool import Spool
 from opik_cipx.wire.capture import Capture
-from opik_cipx.wire.tee import capture_bytes
+from opik_cipx.wire.tee import capture_bytes, off_wire_priority
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ RETAIN_INTERVAL_S = 60.0  # age-based retention also runs while nothing new arri
 IDLE_POLL_S = 0.5  # how often an idle follower looks for captures whose handoff was dropped
 HANDOFF_MAX = 16  # captures held in memory for the follower; beyond, it reads them from the log
 HANDOFF_MAX_BYTES = 64 * 1024 * 1024
-MAX_DEFER_S = 1.0  # the longest the follower waits for a settled wire before a capture
+MAX_DEFER_S = 1.0  # the longest the follower waits for a quiet wire before a capture
 PAUSE_MAX_S = 0.05  # the longest one pause between the steps of a capture waits for it
 BACKLOG_MAX_S = 10.0  # once a capture waited this long, materializing stops waiting for the wire
 SPOOL_WAIT_S = 1.0
@@ -65,7 +65,7 @@ class Follower:
         wire_idle: Callable[[float], bool] | None = None,
     ):
         """`on_materialized(capture, records, segment)` runs after each capture (viewer, ledger);
-        `wire_idle(timeout_s)` blocks until the wire is settled — no young exchange in flight — (True)
+        `wire_idle(timeout_s)` blocks until the wire is quiet — no exchange started lately — (True)
         or the timeout."""
         self.materializer = materializer
         self.store = store
@@ -141,8 +141,8 @@ class Follower:
             return bool(self._waiting) and time.monotonic() - self._waiting[0] >= BACKLOG_MAX_S
 
     def pause(self) -> None:
-        """Between the steps of a capture (the materializer calls it too): wait, bounded, while a
-        young exchange is in flight; not while stopping or backlogged."""
+        """Between the steps of a capture (the materializer calls it too): wait, bounded, for a
+        quiet wire; not while stopping or backlogged."""
         if self.wire_idle is not None and self._stop_at is None and not self.backlogged:
             self.wire_idle(PAUSE_MAX_S)
 
@@ -153,6 +153,7 @@ class Follower:
     # ---- the follower thread ---------------------------------------------------------------
 
     def _run(self) -> None:
+        off_wire_priority()
         self._guarded(self._start_up)
         while True:
             try:

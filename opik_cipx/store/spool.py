@@ -132,7 +132,7 @@ def _set_aside(value: Any, long: dict[str, str], nonce: str) -> Any:
 def _string_literal(text: str) -> str:
     """`json.dumps(text)`, escaped `STRING_STEP` characters at a time (escaping is per character,
     so the pieces join into the same literal)."""
-    pieces = (encode_basestring_ascii(text[at : at + STRING_STEP])[1:-1] for at in range(0, len(text), STRING_STEP))
+    pieces = [encode_basestring_ascii(text[at : at + STRING_STEP])[1:-1] for at in range(0, len(text), STRING_STEP)]
     return '"' + "".join(pieces) + '"'
 
 

@@ -65,42 +65,43 @@ class Gateway:
         self.counters = counters
         self.draining = False
         self._inflight = 0
-        self._started: dict[object, float] = {}  # monotonic start of each exchange in flight
+        self._last_start = float("-inf")  # monotonic time the latest exchange started
         self._idle = threading.Condition()
 
     @contextmanager
     def exchange(self) -> Iterator[None]:
-        token = object()
         with self._idle:
             self._inflight += 1
-            self._started[token] = time.monotonic()
+            self._last_start = time.monotonic()
         try:
             yield
         finally:
             with self._idle:
                 self._inflight -= 1
-                del self._started[token]
-                self._idle.notify_all()
+                if not self._inflight:
+                    self._idle.notify_all()
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Block until no exchange is in flight (True) or `timeout_s` passes (False)."""
         with self._idle:
             return self._idle.wait_for(lambda: self._inflight == 0, timeout=timeout_s)
 
-    def wait_settled(self, young_s: float, timeout_s: float) -> bool:
-        """Block until no exchange that started less than `young_s` ago is in flight (True), or
-        `timeout_s` passes (False). Off-wire work waits here: a young exchange moves its request
-        and, for most calls, its whole answer; an older one is a stream waiting for events."""
+    def wait_quiet(self, quiet_s: float, timeout_s: float) -> bool:
+        """Block until no exchange has started for `quiet_s` (True) or `timeout_s` passes (False).
+
+        Off-wire work waits here: it then never competes with a young exchange (the request, and
+        for most calls the whole answer) nor with the next call of a burst; a stream that started
+        earlier does not hold it up. Sleeps, never woken by the wire.
+        """
         deadline = time.monotonic() + timeout_s
-        with self._idle:
-            while True:
-                now = time.monotonic()
-                youngest = max(self._started.values(), default=None)
-                if youngest is None or now - youngest >= young_s:
-                    return True
-                if now >= deadline:
-                    return False
-                self._idle.wait(min(deadline, youngest + young_s) - now)
+        while True:
+            now = time.monotonic()
+            quiet_at = self._last_start + quiet_s
+            if now >= quiet_at:
+                return True
+            if now >= deadline:
+                return False
+            time.sleep(min(deadline, quiet_at) - now)
 
     @property
     def inflight(self) -> int:
