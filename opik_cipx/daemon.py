@@ -12,6 +12,7 @@ spool for the next start), let a call on an open keep-alive connection finish (i
 capture log), close files, remove `state.json`.
 """
 
+import gc
 import logging
 import os
 import signal
@@ -295,6 +296,9 @@ def run_proxy(settings: Settings, port: int | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    # What exists now (modules, settings, the price table) lives as long as the daemon: the cyclic
+    # collector skips it from here on, so a full collection, which holds the GIL, stays short.
+    gc.freeze()
     daemon.start()
     while not stop.wait(1.0):
         pass
