@@ -10,9 +10,7 @@ gateway.
 """
 
 import logging
-import os
 import queue
-import sys
 import threading
 import time
 from typing import Callable
@@ -24,22 +22,6 @@ log = logging.getLogger(__name__)
 
 Stage = Callable[[Capture], None]
 _STOP = object()
-
-
-OFF_WIRE_NICE = 10  # CPU priority of the threads that work off the wire, below the wire's
-
-
-def off_wire_priority() -> None:
-    """Lower the calling thread's CPU priority below the wire's threads (Linux: a thread has a nice
-    value of its own). On a busy machine the scheduler then runs a wire thread that woke up before
-    off-wire work; elsewhere, or when not allowed, nothing changes."""
-    if sys.platform != "linux":
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), OFF_WIRE_NICE))
-    except OSError:
-        pass
 
 
 def capture_bytes(capture: Capture) -> int:
@@ -101,7 +83,6 @@ class Pipeline:
             return {"ready_raw": self._waiting}
 
     def _run(self) -> None:
-        off_wire_priority()
         while True:
             item = self._queue.get()
             if item is _STOP:
