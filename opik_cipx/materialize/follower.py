@@ -21,9 +21,7 @@ before it is materialized.
 
 import json
 import logging
-import os
 import queue
-import sys
 import threading
 import time
 from collections import deque
@@ -50,24 +48,9 @@ MAX_DEFER_S = 1.0  # the longest the follower waits for a quiet wire before a ca
 PAUSE_MAX_S = 0.05  # the longest one pause between the steps of a capture waits for it
 BACKLOG_MAX_S = 10.0  # once a capture waited this long, materializing stops waiting for the wire
 SPOOL_WAIT_S = 1.0
-NICE = 10  # the materializer thread's CPU priority, below the wire's
 _STOP = object()
 
 Listener = Callable[[Capture, list[dict], Path | None], None]
-
-
-def _lower_priority() -> None:
-    """Lower the calling thread's CPU priority below the wire's threads (Linux: a thread has a nice
-    value of its own). On a busy machine the scheduler then runs a wire thread that woke up before
-    materializing; elsewhere, or when not allowed, nothing changes. (Not the capture thread: its
-    queue is bounded, and durability comes first.)"""
-    if sys.platform != "linux":
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), NICE))
-    except OSError:
-        pass
 
 
 class Follower:
@@ -170,7 +153,6 @@ class Follower:
     # ---- the follower thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        _lower_priority()
         self._guarded(self._start_up)
         while True:
             try:
