@@ -39,7 +39,7 @@ import uuid
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 from opik_cipx.home import open_private, private_dir, read_json, write_atomic
 from opik_cipx.stats import utc_iso
@@ -55,6 +55,7 @@ REQUEUE_PREFIX = "requeue-"
 REQUEUE_WAIT_S = 5.0  # how long one look at the requeue files may wait for room or for the disk
 GROUP_MAX = 1000  # records that trigger a commit before the interval is over
 STRING_STEP = 16 * 1024  # characters of one string escaped at once (about 0.1 ms)
+WRITE_RUN = 1024 * 1024  # bytes of spool lines joined for one write
 
 
 class Position(NamedTuple):
@@ -85,19 +86,39 @@ def encode(record: dict[str, Any]) -> bytes:
     """One spool line; ValueError/TypeError for anything that is not a spool record (or not JSON).
 
     Runs on the materializer's thread: a long string (a request of up to `spans.max_io_kb`, a
-    preview) is escaped in steps, so no single call holds the interpreter for long.
+    preview) is escaped in steps (`dumps`), so no single call holds the interpreter for long.
     """
     if not isinstance(record, dict) or record.get("kind") not in KINDS:
         raise ValueError(f"not a spool record (kind must be trace or span): {str(record)[:200]}")
     body = record.get("body")
     if not isinstance(body, dict) or not isinstance(body.get("id"), str):
         raise ValueError(f"spool record body without an id: {str(record)[:200]}")
+    return dumps({"kind": record["kind"], "body": body}).encode() + b"\n"
+
+
+def dumps(value: Any) -> str:
+    """`json.dumps(value, separators=(",", ":"), allow_nan=False)`, with every long string escaped
+    `STRING_STEP` characters at a time (off the wire, one long escape would hold the GIL for
+    milliseconds)."""
     long: dict[str, str] = {}
-    line = json.dumps({"kind": record["kind"], "body": _set_aside(body, long, uuid.uuid4().hex)},
-                      separators=(",", ":"), allow_nan=False)
-    for marker, text in long.items():
-        line = line.replace(json.dumps(marker), _string_literal(text), 1)
-    return line.encode() + b"\n"
+    text = json.dumps(_set_aside(value, long, uuid.uuid4().hex), separators=(",", ":"), allow_nan=False)
+    for marker, string in long.items():
+        text = text.replace(json.dumps(marker), _string_literal(string), 1)
+    return text
+
+
+def _runs(lines: list[bytes]) -> Iterator[bytes]:
+    """`lines` joined into runs of about `WRITE_RUN` bytes (a longer line alone)."""
+    run: list[bytes] = []
+    size = 0
+    for line in lines:
+        run.append(line)
+        size += len(line)
+        if size >= WRITE_RUN:
+            yield b"".join(run)
+            run, size = [], 0
+    if run:
+        yield b"".join(run)
 
 
 def _set_aside(value: Any, long: dict[str, str], nonce: str) -> Any:
@@ -613,9 +634,9 @@ class Spool:
             self._flush_wanted = False
         if not group:
             return True
-        data = b"".join(group)
+        size = sum(map(len, group))
         try:
-            self._write(data)
+            self._write(group, size)
         except OSError as exc:
             with self._cond:
                 self._pending[:0] = group
@@ -623,10 +644,10 @@ class Spool:
             return False
         now = time.time()
         with self._cond:
-            self._segments[self._active].size += len(data)
+            self._segments[self._active].size += size
             self._segments[self._active].lines += len(group)
             self._inmem -= len(group)
-            self._inmem_bytes -= len(data)
+            self._inmem_bytes -= size
             self._durable_seq += len(group)
             self._last_commit = time.monotonic()
             self._last_sync_at = now
@@ -636,15 +657,18 @@ class Spool:
         self._enforce_budget()
         return True
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, lines: list[bytes], size: int) -> None:
+        """Append `lines` (`size` bytes) and fsync; joined `WRITE_RUN` bytes at a time, since one
+        join of a whole group (up to `spool.inmem_max_mb`) would hold the GIL for milliseconds."""
         active = self._segments.get(self._active) if self._fh is not None else None
-        if active is None or (active.size and active.size + len(data) > self.segment_bytes):
+        if active is None or (active.size and active.size + size > self.segment_bytes):
             self._open_segment()
         good = self._segments[self._active].size
         try:
-            view = memoryview(data)
-            while view:
-                view = view[self._fh.write(view) :]
+            for run in _runs(lines):
+                view = memoryview(run)
+                while view:
+                    view = view[self._fh.write(view) :]
             os.fsync(self._fh.fileno())
         except OSError:
             try:  # cut the partial group off, so the retry starts on a line boundary
