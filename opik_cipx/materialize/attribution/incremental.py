@@ -1,4 +1,5 @@
-"""The requests of one conversation, parsed and attributed at the cost of what is new in each.
+"""The requests of one conversation, parsed and attributed at the cost of what is new in each
+(docs/ARCHITECTURE.md, "Request reader").
 
 Claude Code resends the whole conversation with every call: the next request of a session and
 agent is the previous one with messages appended, while the earlier messages, the system prompt
