@@ -15,9 +15,10 @@ ALPN, as our pool speaks HTTP/1.1), streaming bodies as they arrive like opik-ci
 client speaks plain HTTP to both proxies (as Claude Code does to opik-cipx) and TLS to the
 upstream directly. Added latency = through a proxy minus direct, from one run.
 
-Per target, while a background process sends the late calls (0.9-1.7 MB bodies, answered with a
-recorded SSE stream) of a long Claude Code session (bench/claude_session.py) through the same
-target every `--background-ms` — by default each as the first call of a session of its own
+The targets take turns, `--rounds` times (so a change in the machine's load hits all three), and
+each is measured while a background process sends the late calls (0.9-1.7 MB bodies, answered
+with a recorded SSE stream) of a long Claude Code session (bench/claude_session.py) through it
+every `--background-ms` — by default each as the first call of a session of its own
 (`cold`), so the materializer reads every body from scratch and is busy most of the time;
 `--background growing` sends them as one session, read at the cost of what is new:
   - per-SSE-event delay (receive time minus the upstream's send stamp) with 4 streams open (a
@@ -193,39 +194,48 @@ def concurrent_streams(target: Target, streams: int, events: int, interval_ms: f
 
 # -- the background load ---------------------------------------------------------------------
 
-def background(port: int, tls: bool, interval_ms: float, cold: bool, max_s: float, ready: str) -> None:
-    """(Its own process.) Send the late calls of a growing session through `port`, one every
-    `interval_ms`, until killed or `max_s` passed; write `ready` after the first call."""
+def background(target_file: str, interval_ms: float, cold: bool, max_s: float, ready: str) -> None:
+    """(Its own process.) Send the late calls of a long session, one every `interval_ms`, through
+    the target `target_file` names ("PORT TLS", rewritten between measurements), until killed or
+    `max_s` passed; write `ready` once the bodies are built."""
     sys.path.insert(0, str(ROOT / "bench"))
     from claude_session import growing_session, session_headers
 
     bodies = growing_session(200, 20)[100:]  # 0.9 to 1.7 MB
-    headers = dict(session_headers())
-    target = Target("load", port, tls)
-    conn = target.connect()
+    headers = {**dict(session_headers()), "x-bench-replay": "1", "Content-Type": "application/json"}
+    Path(ready).write_text("1")
     deadline = time.monotonic() + max_s
-    sent = 0
+    sent, named, conn = 0, "", None
     while time.monotonic() < deadline:
         started = time.monotonic()
-        body = bodies[sent % len(bodies)]
-        call_headers = {**headers, "x-bench-replay": "1", "Content-Type": "application/json"}
+        now = Path(target_file).read_text()
+        if now != named:
+            if conn is not None:
+                conn.close()
+            port, tls = now.split()
+            named, conn = now, Target("load", int(port), tls == "1").connect()
+        call_headers = dict(headers)
         if cold:
             call_headers["X-Claude-Code-Session-Id"] = f"00000000-0000-4000-8000-{sent:012d}"
-        conn.request("POST", "/v1/messages?beta=true", body=body, headers=call_headers)
+        conn.request("POST", "/v1/messages?beta=true", body=bodies[sent % len(bodies)], headers=call_headers)
         conn.getresponse().read()
         sent += 1
-        if sent == 1:
-            Path(ready).write_text("1")
         time.sleep(max(0.0, interval_ms / 1000 - (time.monotonic() - started)))
 
 
-def start_background(tmp: Path, target: Target, interval_ms: float, cold: bool) -> subprocess.Popen:
-    ready = tmp / f"ready-{target.name}"
+def start_background(tmp: Path, target_file: Path, interval_ms: float, cold: bool) -> subprocess.Popen:
+    ready = tmp / "background-ready"
     code = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench_wire; "
-            f"bench_wire.background({target.port}, {target.tls}, {interval_ms}, {cold}, 600, {str(ready)!r})")
+            f"bench_wire.background({str(target_file)!r}, {interval_ms}, {cold}, 1200, {str(ready)!r})")
     proc = subprocess.Popen([sys.executable, "-c", code])
     wait_file(ready, proc, timeout_s=120)
     return proc
+
+
+def point_background(target_file: Path, target: Target, interval_ms: float) -> None:
+    """Send the background calls through `target` from now on (after the call in flight)."""
+    target_file.write_text(f"{target.port} {int(target.tls)}")
+    time.sleep(3 * interval_ms / 1000)
 
 
 def admin_stats(admin_port: int) -> dict:
@@ -236,13 +246,14 @@ def admin_stats(admin_port: int) -> dict:
 
 # -- the run ---------------------------------------------------------------------------------
 
-def measure(target: Target, args: argparse.Namespace) -> dict:
-    """Streams first: the back-to-back calls leave the materializer a backlog of their own."""
-    out: dict = {}
-    out["sse4_errors"], out["sse4"] = concurrent_streams(target, 4, args.events, args.interval_ms)
-    out["sse32_errors"], out["sse32"] = concurrent_streams(target, 32, args.events // 2, args.interval_ms)
-    out["json"] = latencies(target, 100_000, args.calls)
-    return out
+def measure(target: Target, args: argparse.Namespace, out: dict) -> None:
+    """One round against `target`, added to `out`. Streams first: the back-to-back calls leave
+    the materializer a backlog of their own."""
+    for key, streams, events in (("sse4", 4, args.events), ("sse32", 32, args.events // 2)):
+        errors, delays = concurrent_streams(target, streams, events // args.rounds, args.interval_ms)
+        out[key] = out.get(key, []) + delays
+        out["errors"] = out.get("errors", 0) + errors
+    out["json"] = out.get("json", []) + latencies(target, 100_000, args.calls // args.rounds)
 
 
 def ms(value: float) -> str:
@@ -257,10 +268,11 @@ def main() -> int:
     parser.add_argument("--interval-ms", type=float, default=5.0, help="between SSE events")
     parser.add_argument("--background-ms", type=float, default=150.0, help="between 1-2 MB background calls")
     parser.add_argument("--background", choices=("cold", "growing", "none"), default="cold")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of the targets in turn")
     parser.add_argument("--mitmdump", default=shutil.which("mitmdump") or str(DEFAULT_MITMDUMP))
     args = parser.parse_args()
     if args.quick:
-        args.calls, args.events = 300, 100
+        args.calls, args.events, args.rounds = 300, 100, 1
     cold = args.background == "cold"
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -277,23 +289,25 @@ def main() -> int:
                 targets.append(Target("mitmproxy", mitm_port, False))
             else:
                 print(f"mitmdump not found at {args.mitmdump}: mitmproxy targets skipped")
-            results, load = {}, {}
-            for target in targets:
-                before = admin_stats(admin_port)["counters"]["events_materialized"]
-                loader = start_background(tmp, target, args.background_ms, cold) if args.background != "none" else None
-                started = time.monotonic()
-                try:
-                    results[target.name] = measure(target, args)
-                finally:
+            results: dict = {target.name: {} for target in targets}
+            target_file = tmp / "background-target"
+            target_file.write_text(f"{targets[0].port} {int(targets[0].tls)}")
+            loader = start_background(tmp, target_file, args.background_ms, cold) if args.background != "none" else None
+            if loader is not None:
+                procs.append(loader)
+            before = admin_stats(admin_port)["counters"]["events_materialized"]
+            busy = 0.0
+            for round_ in range(args.rounds):  # targets in turn, so a change of the machine's load hits them all
+                for target in targets[round_ % len(targets):] + targets[: round_ % len(targets)]:
                     if loader is not None:
-                        loader.kill()
-                        loader.wait()
-                if target.name == "opik-cipx":
-                    stats = admin_stats(admin_port)
-                    load = {"seconds": time.monotonic() - started,
-                            "materialized": stats["counters"]["events_materialized"] - before,
-                            "lag": stats["materializer"]["lag_events"],
-                            "dropped": stats["counters"]["requests_dropped_queue_full"]}
+                        point_background(target_file, target, args.background_ms)
+                    started = time.monotonic()
+                    measure(target, args, results[target.name])
+                    if target.name == "opik-cipx":
+                        busy += time.monotonic() - started
+            stats = admin_stats(admin_port)
+            load = {"seconds": busy, "materialized": stats["counters"]["events_materialized"] - before,
+                    "lag": stats["materializer"]["lag_events"], "dropped": stats["counters"]["requests_dropped_queue_full"]}
         finally:
             for proc in reversed(procs):
                 proc.terminate()
@@ -311,16 +325,16 @@ def report(results: dict, load: dict, args: argparse.Namespace) -> None:
             "none": "none"}[args.background]
     print(f"background: 0.9-1.7 MB Claude Code calls every {args.background_ms:.0f} ms through each target, {kind}; "
           f"{args.calls} calls of 100 KB back to back; SSE events every {args.interval_ms:.0f} ms")
-    if load:
-        print(f"opik-cipx materialized {load['materialized']} captures during its {load['seconds']:.1f} s "
-              f"(backlog at the end {load['lag']}, dropped {load['dropped']})")
+    print(f"{args.rounds} rounds of the three targets in turn; opik-cipx materialized {load['materialized']} captures "
+          f"in the run ({load['seconds']:.1f} s of it measuring opik-cipx; backlog at the end {load['lag']}, "
+          f"dropped {load['dropped']})")
     print(f"{'target':<11} {'100KB p50':>10} {'p99':>10} {'added p50':>10} {'added p99':>10} | "
           f"{'4 streams ev p50':>16} {'p99':>10} | {'32 streams err':>14} {'ev p99':>10}")
     for name, r in results.items():
         j, s4, s32 = r["json"], r["sse4"], r["sse32"]
         print(f"{name:<11} {ms(pct(j, 50))} {ms(pct(j, 99))} {ms(pct(j, 50) - pct(direct['json'], 50))} "
               f"{ms(pct(j, 99) - pct(direct['json'], 99))} | {ms(pct(s4, 50)):>16} {ms(pct(s4, 99))} | "
-              f"{r['sse32_errors'] + r['sse4_errors']:>14} {ms(pct(s32, 99))}")
+              f"{r['errors']:>14} {ms(pct(s32, 99))}")
     cipx = results["opik-cipx"]
     mitm = results.get("mitmproxy")
     added = pct(cipx["json"], 50) - pct(direct["json"], 50)
@@ -333,7 +347,7 @@ def report(results: dict, load: dict, args: argparse.Namespace) -> None:
     verdict("added p99 at 100 KB <= 2 ms", added99, 0.002)
     verdict(f"SSE event delay p99, 4 streams <= direct's + 1 ms ({ms(direct_ev99 + 0.001).strip()})", ev99,
             direct_ev99 + 0.001)
-    errors = cipx["sse32_errors"] + cipx["sse4_errors"]
+    errors = cipx["errors"]
     print(f"  32 concurrent streams, zero errors: {errors}  {'PASS' if errors == 0 else 'FAIL'}")
     if mitm:
         verdict(f"32 streams event p99 < mitmproxy's ({ms(pct(mitm['sse32'], 99)).strip()})",
