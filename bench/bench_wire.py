@@ -250,7 +250,7 @@ def measure(target: Target, args: argparse.Namespace, out: dict) -> None:
     """One round against `target`, added to `out`. Streams first: the back-to-back calls leave
     the materializer a backlog of their own."""
     for key, streams, events in (("sse4", 4, args.events), ("sse32", 32, args.events // 2)):
-        errors, delays = concurrent_streams(target, streams, events // args.rounds, args.interval_ms)
+        errors, delays = concurrent_streams(target, streams, events, args.interval_ms)
         out[key] = out.get(key, []) + delays
         out["errors"] = out.get("errors", 0) + errors
     out["json"] = out.get("json", []) + latencies(target, 100_000, args.calls // args.rounds)
@@ -263,12 +263,12 @@ def ms(value: float) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description="direct vs opik-cipx vs mitmproxy, measured in one run")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
-    parser.add_argument("--calls", type=int, default=2000, help="100 KB calls per target")
-    parser.add_argument("--events", type=int, default=400, help="SSE events per stream")
+    parser.add_argument("--calls", type=int, default=2000, help="100 KB calls per target, over all rounds")
+    parser.add_argument("--events", type=int, default=400, help="SSE events per stream of 4 (32 streams: half)")
     parser.add_argument("--interval-ms", type=float, default=5.0, help="between SSE events")
     parser.add_argument("--background-ms", type=float, default=150.0, help="between 1-2 MB background calls")
     parser.add_argument("--background", choices=("cold", "growing", "none"), default="cold")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds of the targets in turn")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the targets in turn")
     parser.add_argument("--mitmdump", default=shutil.which("mitmdump") or str(DEFAULT_MITMDUMP))
     args = parser.parse_args()
     if args.quick:
