@@ -145,7 +145,8 @@ class Daemon:
             auth_probe_s=settings.opik_auth_probe_s,
         )
         self.follower = Follower(self.materializer, self.store, self.spool, self.counters,
-                                 settings.checkpoint_path, self._materialized, wire_idle=self._wire_quiet)
+                                 settings.checkpoint_path, self._materialized, wire_idle=self._wire_quiet,
+                                 wire_empty=lambda: self.gateway.inflight == 0)
 
     def _yield_to_wire(self) -> None:
         """Between slices of off-wire work: wait, bounded, for the wire to be quiet."""

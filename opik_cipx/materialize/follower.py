@@ -19,6 +19,7 @@ of the capture log runs here too, with the checkpointed position, so a capture i
 before it is materialized.
 """
 
+import gc
 import json
 import logging
 import queue
@@ -47,6 +48,7 @@ HANDOFF_MAX_BYTES = 64 * 1024 * 1024
 MAX_DEFER_S = 1.0  # the longest the follower waits for a quiet wire before a capture
 PAUSE_MAX_S = 0.2  # the longest one pause between the steps of a capture waits for it
 BACKLOG_MAX_S = 10.0  # once a capture waited this long, materializing stops waiting for the wire
+GC_INTERVAL_S = 300.0  # a full garbage collection at most this often (when the wire is empty)
 SPOOL_WAIT_S = 1.0
 _STOP = object()
 
@@ -63,10 +65,12 @@ class Follower:
         checkpoint_path: Path,
         on_materialized: Listener,
         wire_idle: Callable[[float], bool] | None = None,
+        wire_empty: Callable[[], bool] | None = None,
     ):
         """`on_materialized(capture, records, segment)` runs after each capture (viewer, ledger);
         `wire_idle(timeout_s)` blocks until the wire is quiet — no exchange started lately — (True)
-        or the timeout."""
+        or the timeout; `wire_empty()` says no exchange is in flight at all. Given them, the follower
+        also keeps the cyclic garbage collector off the wire (see `pause`)."""
         self.materializer = materializer
         self.store = store
         self.spool = spool
@@ -74,6 +78,8 @@ class Follower:
         self.checkpoint_path = checkpoint_path
         self.on_materialized = on_materialized
         self.wire_idle = wire_idle
+        self.wire_empty = wire_empty
+        self._collected_at = time.monotonic()  # the last full garbage collection
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._queued = self._queued_bytes = 0
@@ -142,9 +148,18 @@ class Follower:
 
     def pause(self) -> None:
         """Between the steps of a capture (the materializer calls it too): wait, bounded, for a
-        quiet wire; not while stopping or backlogged."""
-        if self.wire_idle is not None and self._stop_at is None and not self.backlogged:
+        quiet wire; not while stopping or backlogged.
+
+        Then freeze what exists (`gc.freeze`, cheap): a request read keeps tens of thousands of
+        objects for the next one, and the collector, run by whichever thread allocates, would
+        walk them in passes of milliseconds (tens, for a full one) while the wire waits. Cycles
+        frozen meanwhile are collected when the wire is empty (`_collect_garbage`).
+        """
+        if self.wire_idle is None:
+            return
+        if self._stop_at is None and not self.backlogged:
             self.wire_idle(PAUSE_MAX_S)
+        gc.freeze()
 
     def section(self) -> dict[str, int]:
         """`lag_events` and `inflight_raw` of the `materializer` stats."""
@@ -185,9 +200,20 @@ class Follower:
         if item is None:
             if self._queue.empty():
                 self._catch_up(self.store.end)  # handoffs dropped at the tail
+                self._collect_garbage()
         else:
             self._take(*item)
         self._checkpoint()
+
+    def _collect_garbage(self) -> None:
+        """A full collection of everything frozen, at most every `GC_INTERVAL_S`, and only while
+        no exchange is in flight (it holds the GIL for tens of milliseconds)."""
+        if self.wire_empty is None or time.monotonic() - self._collected_at < GC_INTERVAL_S or not self.wire_empty():
+            return
+        self._collected_at = time.monotonic()
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
     def _take(self, capture: Capture, appended: Appended | None, size: int) -> None:
         with self._lock:
