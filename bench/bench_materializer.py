@@ -69,11 +69,12 @@ def per_call(session: list, config: MaterializerConfig, prices) -> list[float]:
 
 
 def off_wire_work(session: list, config: MaterializerConfig, prices, cold: bool) -> None:
-    """What the capture and materializer threads do with each capture of `session`."""
-    materializer = Materializer(config, prices)
+    """What the capture and materializer threads do with each capture of `session` (pausing as the
+    daemon's follower does: freezing what exists out of the garbage collector's reach)."""
+    materializer = Materializer(config, prices, pause=gc.freeze)
     for capture in session:
         if cold:
-            materializer = Materializer(config, prices)
+            materializer = Materializer(config, prices, pause=gc.freeze)
         encode_member(capture)
         for record in materializer.materialize(capture):
             encode(record)
