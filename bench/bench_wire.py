@@ -1,25 +1,41 @@
 #!/usr/bin/env python3
-"""Wire benchmark: the same calls made directly to a fast fake upstream and through opik-cipx.
+"""Wire benchmark: the same client, the same TLS upstream, direct, through opik-cipx and through
+mitmproxy, each while real Claude Code requests of 1-2 MB keep the materializer busy.
 
-Run from the repository root: `python3 bench/bench_wire.py [--quick]`.
+Run from the repository root: `python3 bench/bench_wire.py [--quick]`. mitmproxy is a bench-only
+dependency (`bench/requirements.txt`), run from its own venv as a separate process
+(`python3 -m venv .bench-venv && .bench-venv/bin/pip install -r bench/requirements.txt`, or
+`--mitmdump PATH`); without it the mitmproxy targets are skipped.
 
-Three processes: this client, the fake upstream (`bench/fake_upstream.py`, plain HTTP on
-loopback) and the real daemon (`python3 -m opik_cipx proxy`). Calls are paced `--gap-ms`
-apart, direct and proxied alike: Claude Code never sends its next call the instant the last
-one ends (a tool runs in between), and the daemon materializes each capture in such gaps.
-The busy-materializer case removes that slack on purpose. Measured in one run:
-  - p50/p99 latency of non-streaming calls with 100 KB and 1 MB request and response bodies;
-  - per-SSE-event delay (receive time minus the upstream's send time stamped in the event);
-  - 32 concurrent streams through the proxy (errors, event-delay p99);
-  - 100 KB latency while the materializer works through a backlog of 1 MB captures (sent
-    beforehand by another process, so no other wire traffic competes).
-It prints the added latency and ratios against the direct baseline, and the targets.
+Processes: this client; the fake upstream (`bench/fake_upstream.py`, TLS with the test
+certificate, like api.anthropic.com); the real daemon (`python3 -m opik_cipx proxy`), whose
+upstream leg is TLS verified against the test CA; `mitmdump` in reverse-proxy mode to the same
+upstream, its upstream leg TLS verified against the same CA (HTTP/1.1: the upstream offers no
+ALPN, as our pool speaks HTTP/1.1), streaming bodies as they arrive like opik-cipx does. The
+client speaks plain HTTP to both proxies (as Claude Code does to opik-cipx) and TLS to the
+upstream directly. Added latency = through a proxy minus direct, from one run.
+
+The targets take turns, `--rounds` times (so a change in the machine's load hits all three), and
+each is measured while a background process sends the late calls (0.9-1.7 MB bodies, answered
+with a recorded SSE stream) of a long Claude Code session (bench/claude_session.py) through it
+every `--background-ms` — by default each as the first call of a session of its own
+(`cold`), so the materializer reads every body from scratch and is busy most of the time;
+`--background growing` sends them as one session, read at the cost of what is new:
+  - per-SSE-event delay (receive time minus the upstream's send stamp) with 4 streams open (a
+    main loop and three subagents);
+  - 32 concurrent streams: errors and per-event delay;
+  - 100 KB request + 100 KB response, calls back to back on one keep-alive connection (last:
+    each becomes a capture the materializer works through afterwards).
+It prints each figure with its baseline and the targets with PASS/FAIL.
 """
 
 import argparse
 import http.client
 import json
 import os
+import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -28,6 +44,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+CA = ROOT / "tests" / "certs" / "ca.pem"
+DEFAULT_MITMDUMP = ROOT / ".bench-venv" / "bin" / "mitmdump"
 
 
 def pct(values: list[float], p: float) -> float:
@@ -35,7 +53,7 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def wait_file(path: Path, proc: subprocess.Popen, timeout_s: float = 15) -> str:
+def wait_file(path: Path, proc: subprocess.Popen, timeout_s: float = 30) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -46,6 +64,38 @@ def wait_file(path: Path, proc: subprocess.Popen, timeout_s: float = 15) -> str:
     raise SystemExit(f"timed out waiting for {path}")
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"process exited early with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+class Target:
+    """Where the client sends its calls: a port, plain HTTP or TLS."""
+
+    def __init__(self, name: str, port: int, tls: bool):
+        self.name, self.port, self.tls = name, port, tls
+
+    def connect(self, timeout: float = 60) -> http.client.HTTPConnection:
+        if self.tls:
+            return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout,
+                                               context=ssl.create_default_context(cafile=str(CA)))
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+
 def start_upstream(tmp: Path) -> tuple[subprocess.Popen, int]:
     port_file = tmp / "upstream.port"
     proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fake_upstream.py"), str(port_file)])
@@ -54,13 +104,27 @@ def start_upstream(tmp: Path) -> tuple[subprocess.Popen, int]:
 
 def start_proxy(tmp: Path, upstream_port: int) -> tuple[subprocess.Popen, int, int]:
     home = tmp / "cipx-home"
-    env = {**os.environ, "CIPX_HOME": str(home), "CIPX_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}",
-           "PYTHONPATH": str(ROOT), "OPIK_CIPX_BASE_URL": "", **json.loads(os.environ.get("BENCH_PROXY_ENV", "{}"))}
+    env = {**os.environ, "CIPX_HOME": str(home), "CIPX_UPSTREAM_URL": f"https://127.0.0.1:{upstream_port}",
+           "CIPX_CA_BUNDLE": str(CA), "PYTHONPATH": str(ROOT), "OPIK_CIPX_BASE_URL": "",
+           **json.loads(os.environ.get("BENCH_PROXY_ENV", "{}"))}
     proc = subprocess.Popen([sys.executable, "-m", "opik_cipx", "proxy", "--port", "0"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = json.loads(wait_file(home / "state.json", proc))
     return proc, state["ports"]["claude_code"], state["ports"]["admin"]
 
+
+def start_mitmproxy(tmp: Path, mitmdump: str, upstream_port: int) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [mitmdump, "--mode", f"reverse:https://127.0.0.1:{upstream_port}", "--listen-host", "127.0.0.1",
+         "--listen-port", str(port), "--set", f"ssl_verify_upstream_trusted_ca={CA}",
+         "--set", "stream_large_bodies=1", "--set", f"confdir={tmp / 'mitm'}", "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, proc)
+    return proc, port
+
+
+# -- calls -----------------------------------------------------------------------------------
 
 def call_json(conn: http.client.HTTPConnection, body: bytes, size: int) -> float:
     started = time.perf_counter()
@@ -73,22 +137,20 @@ def call_json(conn: http.client.HTTPConnection, body: bytes, size: int) -> float
     return elapsed
 
 
-def latencies(port: int, size: int, n: int, gap_s: float) -> list[float]:
+def latencies(target: Target, size: int, n: int) -> list[float]:
+    """`n` calls back to back on one keep-alive connection (after a warm-up)."""
     body = json.dumps({"model": "claude-opus-4-8", "messages": [{"role": "user", "content": "x" * size}]}).encode()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    for _ in range(5):
-        call_json(conn, body, size)  # warm up connections and pools
-    out = []
-    for _ in range(n):
-        time.sleep(gap_s)
-        out.append(call_json(conn, body, size))
+    conn = target.connect()
+    for _ in range(20):
+        call_json(conn, body, size)
+    out = [call_json(conn, body, size) for _ in range(n)]
     conn.close()
     return out
 
 
-def stream_delays(port: int, events: int, interval_ms: float) -> list[float]:
+def stream_delays(target: Target, events: int, interval_ms: float) -> list[float]:
     """Seconds between the upstream stamping each event and this client reading it."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn = target.connect()
     conn.request("POST", "/v1/messages", body=b'{"stream":true}',
                  headers={"x-bench-events": str(events), "x-bench-interval-ms": str(interval_ms)})
     resp = conn.getresponse()
@@ -110,12 +172,12 @@ def stream_delays(port: int, events: int, interval_ms: float) -> list[float]:
     return delays
 
 
-def concurrent_streams(port: int, streams: int, events: int, interval_ms: float) -> tuple[int, list[float]]:
+def concurrent_streams(target: Target, streams: int, events: int, interval_ms: float) -> tuple[int, list[float]]:
     errors, delays, lock = [0], [], threading.Lock()
 
     def one():
         try:
-            got = stream_delays(port, events, interval_ms)
+            got = stream_delays(target, events, interval_ms)
             with lock:
                 delays.extend(got)
         except Exception:
@@ -130,16 +192,50 @@ def concurrent_streams(port: int, streams: int, events: int, interval_ms: float)
     return errors[0], delays
 
 
-def fill_materializer_backlog(port: int, calls: int) -> None:
-    """From a separate process, send `calls` 1 MB calls back to back and wait for them all."""
-    code = (
-        "import http.client,json,sys\n"
-        "body=json.dumps({'model':'claude-opus-4-8','messages':[{'role':'user','content':'y'*1000000}]}).encode()\n"
-        f"c=http.client.HTTPConnection('127.0.0.1',{port},timeout=60)\n"
-        f"for _ in range({calls}):\n"
-        "  c.request('POST','/v1/messages',body=body,headers={'x-bench-size':'1000000'}); c.getresponse().read()\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
+# -- the background load ---------------------------------------------------------------------
+
+def background(target_file: str, interval_ms: float, cold: bool, max_s: float, ready: str) -> None:
+    """(Its own process.) Send the late calls of a long session, one every `interval_ms`, through
+    the target `target_file` names ("PORT TLS", rewritten between measurements), until killed or
+    `max_s` passed; write `ready` once the bodies are built."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from claude_session import growing_session, session_headers
+
+    bodies = growing_session(200, 20)[100:]  # 0.9 to 1.7 MB
+    headers = {**dict(session_headers()), "x-bench-replay": "1", "Content-Type": "application/json"}
+    Path(ready).write_text("1")
+    deadline = time.monotonic() + max_s
+    sent, named, conn = 0, "", None
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        now = Path(target_file).read_text()
+        if now != named:
+            if conn is not None:
+                conn.close()
+            port, tls = now.split()
+            named, conn = now, Target("load", int(port), tls == "1").connect()
+        call_headers = dict(headers)
+        if cold:
+            call_headers["X-Claude-Code-Session-Id"] = f"00000000-0000-4000-8000-{sent:012d}"
+        conn.request("POST", "/v1/messages?beta=true", body=bodies[sent % len(bodies)], headers=call_headers)
+        conn.getresponse().read()
+        sent += 1
+        time.sleep(max(0.0, interval_ms / 1000 - (time.monotonic() - started)))
+
+
+def start_background(tmp: Path, target_file: Path, interval_ms: float, cold: bool) -> subprocess.Popen:
+    ready = tmp / "background-ready"
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench_wire; "
+            f"bench_wire.background({str(target_file)!r}, {interval_ms}, {cold}, 1200, {str(ready)!r})")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    wait_file(ready, proc, timeout_s=120)
+    return proc
+
+
+def point_background(target_file: Path, target: Target, interval_ms: float) -> None:
+    """Send the background calls through `target` from now on (after the call in flight)."""
+    target_file.write_text(f"{target.port} {int(target.tls)}")
+    time.sleep(3 * interval_ms / 1000)
 
 
 def admin_stats(admin_port: int) -> dict:
@@ -148,66 +244,119 @@ def admin_stats(admin_port: int) -> dict:
     return json.loads(conn.getresponse().read())
 
 
-def lag_events(admin_port: int) -> int:
-    return admin_stats(admin_port)["materializer"]["lag_events"]
+# -- the run ---------------------------------------------------------------------------------
+
+def measure(target: Target, args: argparse.Namespace, out: dict) -> None:
+    """One round against `target`, added to `out`. Streams first: the back-to-back calls leave
+    the materializer a backlog of their own."""
+    for key, streams, events in (("sse4", 4, args.events), ("sse32", 32, args.events // 2)):
+        errors, delays = concurrent_streams(target, streams, events, args.interval_ms)
+        out[key] = out.get(key, []) + delays
+        out["errors"] = out.get("errors", 0) + errors
+    out["json"] = out.get("json", []) + latencies(target, 100_000, args.calls // args.rounds)
 
 
-def row(name: str, direct: list[float], proxied: list[float]) -> dict:
-    d50, d99, p50, p99 = (pct(direct, 50), pct(direct, 99), pct(proxied, 50), pct(proxied, 99))
-    print(f"{name:<28} direct p50 {d50*1e3:8.3f} ms  p99 {d99*1e3:8.3f} ms | proxied p50 {p50*1e3:8.3f} ms"
-          f"  p99 {p99*1e3:8.3f} ms | added p50 {(p50-d50)*1e3:7.3f} ms  ratio p50 {p50/d50:5.2f}x")
-    return {"direct_p50": d50, "direct_p99": d99, "proxied_p50": p50, "proxied_p99": p99}
+def ms(value: float) -> str:
+    return f"{value * 1e3:7.3f} ms"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="direct vs through opik-cipx, measured in one run")
+    parser = argparse.ArgumentParser(description="direct vs opik-cipx vs mitmproxy, measured in one run")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
-    parser.add_argument("--gap-ms", type=float, default=5.0, help="pause between non-streaming calls")
+    parser.add_argument("--calls", type=int, default=2000, help="100 KB calls per target, over all rounds")
+    parser.add_argument("--events", type=int, default=400, help="SSE events per stream of 4 (32 streams: half)")
+    parser.add_argument("--interval-ms", type=float, default=5.0, help="between SSE events")
+    parser.add_argument("--background-ms", type=float, default=150.0, help="between 1-2 MB background calls")
+    parser.add_argument("--background", choices=("cold", "growing", "none"), default="cold")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the targets in turn")
+    parser.add_argument("--mitmdump", default=shutil.which("mitmdump") or str(DEFAULT_MITMDUMP))
     args = parser.parse_args()
-    gap_s = args.gap_ms / 1000
-    n_small, n_large, n_events = (50, 10, 100) if args.quick else (400, 60, 400)
+    if args.quick:
+        args.calls, args.events, args.rounds = 300, 100, 1
+    cold = args.background == "cold"
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        upstream, up_port = start_upstream(tmp)
-        proxy, px_port, admin_port = start_proxy(tmp, up_port)
+        procs = []
         try:
-            results = {}
-            for size, n in ((100_000, n_small), (1_000_000, n_large)):
-                results[size] = row(f"json {size // 1000} KB", latencies(up_port, size, n, gap_s),
-                                    latencies(px_port, size, n, gap_s))
-            direct_ev, proxied_ev = stream_delays(up_port, n_events, 2), stream_delays(px_port, n_events, 2)
-            ev = row("sse per-event delay", direct_ev, proxied_ev)
-            errors, conc = concurrent_streams(px_port, 32, 50 if args.quick else 200, 5)
-            print(f"{'32 concurrent streams':<28} errors {errors}  event delay p50 {pct(conc, 50)*1e3:.3f} ms"
-                  f"  p99 {pct(conc, 99)*1e3:.3f} ms")
-            quiet = results[100_000]["proxied_p50"]
-            fill_materializer_backlog(px_port, 100)
-            lag_before = lag_events(admin_port)
-            busy = latencies(px_port, 100_000, n_small, gap_s)
-            lag_after = lag_events(admin_port)
-            busy_p50 = pct(busy, 50)
-            print(f"{'json 100 KB, materializer busy':<28} proxied p50 {busy_p50*1e3:8.3f} ms"
-                  f"  vs quiet {quiet*1e3:8.3f} ms  ratio {busy_p50/quiet:5.2f}x"
-                  f"  (materializer backlog {lag_before} -> {lag_after} captures)")
-            counters = admin_stats(admin_port)["counters"]
-            print(f"daemon counters: captured {counters['requests_captured']}, materialized "
-                  f"{counters['events_materialized']}, dropped (queue full) {counters['requests_dropped_queue_full']}")
-            added_small = (results[100_000]["proxied_p50"] - results[100_000]["direct_p50"]) * 1e3
-            added_ev99 = (ev["proxied_p99"] - ev["direct_p99"]) * 1e3
-            print()
-            print("targets:")
-            print(f"  added p50 at 100 KB <= 0.5 ms: {added_small:.3f} ms  {'PASS' if added_small <= 0.5 else 'MISS'}")
-            print(f"  per-event delay p99 <= 1 ms (added over direct): {added_ev99:.3f} ms"
-                  f"  {'PASS' if added_ev99 <= 1.0 else 'MISS'}")
-            print(f"  zero errors at 32 concurrent streams: {errors}  {'PASS' if errors == 0 else 'MISS'}")
-            ratio = busy_p50 / quiet
-            print(f"  wire latency within 10% while materializer busy: {ratio:.3f}x  {'PASS' if ratio <= 1.10 else 'MISS'}")
+            upstream, up_port = start_upstream(tmp)
+            procs.append(upstream)
+            proxy, px_port, admin_port = start_proxy(tmp, up_port)
+            procs.append(proxy)
+            targets = [Target("direct", up_port, True), Target("opik-cipx", px_port, False)]
+            if Path(args.mitmdump).exists():
+                mitm, mitm_port = start_mitmproxy(tmp, args.mitmdump, up_port)
+                procs.append(mitm)
+                targets.append(Target("mitmproxy", mitm_port, False))
+            else:
+                print(f"mitmdump not found at {args.mitmdump}: mitmproxy targets skipped")
+            results: dict = {target.name: {} for target in targets}
+            target_file = tmp / "background-target"
+            target_file.write_text(f"{targets[0].port} {int(targets[0].tls)}")
+            loader = start_background(tmp, target_file, args.background_ms, cold) if args.background != "none" else None
+            if loader is not None:
+                procs.append(loader)
+            before = admin_stats(admin_port)["counters"]["events_materialized"]
+            busy = 0.0
+            for round_ in range(args.rounds):  # targets in turn, so a change of the machine's load hits them all
+                for target in targets[round_ % len(targets):] + targets[: round_ % len(targets)]:
+                    if loader is not None:
+                        point_background(target_file, target, args.background_ms)
+                    started = time.monotonic()
+                    measure(target, args, results[target.name])
+                    if target.name == "opik-cipx":
+                        busy += time.monotonic() - started
+            stats = admin_stats(admin_port)
+            load = {"seconds": busy, "materialized": stats["counters"]["events_materialized"] - before,
+                    "lag": stats["materializer"]["lag_events"], "dropped": stats["counters"]["requests_dropped_queue_full"]}
         finally:
-            proxy.terminate()
-            proxy.wait(30)
-            upstream.kill()
-            upstream.wait()
+            for proc in reversed(procs):
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    report(results, load, args)
     return 0
+
+
+def report(results: dict, load: dict, args: argparse.Namespace) -> None:
+    direct = results["direct"]
+    kind = {"cold": "each of a new session (read from scratch)", "growing": "of one session (read incrementally)",
+            "none": "none"}[args.background]
+    print(f"background: 0.9-1.7 MB Claude Code calls every {args.background_ms:.0f} ms through each target, {kind}; "
+          f"{args.calls} calls of 100 KB back to back; SSE events every {args.interval_ms:.0f} ms")
+    print(f"{args.rounds} rounds of the three targets in turn; opik-cipx materialized {load['materialized']} captures "
+          f"in the run ({load['seconds']:.1f} s of it measuring opik-cipx; backlog at the end {load['lag']}, "
+          f"dropped {load['dropped']})")
+    print(f"{'target':<11} {'100KB p50':>10} {'p99':>10} {'added p50':>10} {'added p99':>10} | "
+          f"{'4 streams ev p50':>16} {'p99':>10} | {'32 streams err':>14} {'ev p99':>10}")
+    for name, r in results.items():
+        j, s4, s32 = r["json"], r["sse4"], r["sse32"]
+        print(f"{name:<11} {ms(pct(j, 50))} {ms(pct(j, 99))} {ms(pct(j, 50) - pct(direct['json'], 50))} "
+              f"{ms(pct(j, 99) - pct(direct['json'], 99))} | {ms(pct(s4, 50)):>16} {ms(pct(s4, 99))} | "
+              f"{r['errors']:>14} {ms(pct(s32, 99))}")
+    cipx = results["opik-cipx"]
+    mitm = results.get("mitmproxy")
+    added = pct(cipx["json"], 50) - pct(direct["json"], 50)
+    added99 = pct(cipx["json"], 99) - pct(direct["json"], 99)
+    ev99, direct_ev99 = pct(cipx["sse4"], 99), pct(direct["sse4"], 99)
+    print("\ntargets:")
+    if mitm:
+        mitm_added = pct(mitm["json"], 50) - pct(direct["json"], 50)
+        verdict(f"added p50 at 100 KB <= 0.5 x mitmproxy's ({ms(0.5 * mitm_added).strip()})", added, 0.5 * mitm_added)
+    verdict("added p99 at 100 KB <= 2 ms", added99, 0.002)
+    verdict(f"SSE event delay p99, 4 streams <= direct's + 1 ms ({ms(direct_ev99 + 0.001).strip()})", ev99,
+            direct_ev99 + 0.001)
+    errors = cipx["errors"]
+    print(f"  32 concurrent streams, zero errors: {errors}  {'PASS' if errors == 0 else 'FAIL'}")
+    if mitm:
+        verdict(f"32 streams event p99 < mitmproxy's ({ms(pct(mitm['sse32'], 99)).strip()})",
+                pct(cipx["sse32"], 99), pct(mitm["sse32"], 99), strict=True)
+
+
+def verdict(name: str, value: float, limit: float, strict: bool = False) -> None:
+    ok = value < limit if strict else value <= limit
+    print(f"  {name}: {ms(value).strip()}  {'PASS' if ok else 'FAIL'}")
 
 
 if __name__ == "__main__":

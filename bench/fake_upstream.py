@@ -1,16 +1,28 @@
 #!/usr/bin/env python3
-"""A fast fake Anthropic upstream for benchmarks (plain HTTP on loopback).
+"""A fast fake Anthropic upstream for benchmarks, on loopback, over TLS like the real one.
 
 `x-bench-size: N` answers N bytes of JSON with Content-Length; `x-bench-events: N` with
-`x-bench-interval-ms` streams N SSE events, each stamped with its send time (`time.time_ns`).
-Writes its port to the file named by argv[1] once listening.
+`x-bench-interval-ms` streams N SSE events, each stamped with its send time (`time.time_ns`);
+`x-bench-replay: 1` answers a recorded Claude Code SSE stream (bench/claude_session.py).
+Usage: fake_upstream.py PORT_FILE [--plain]; serves TLS with the test certificate
+(tests/certs, trusted through its ca.pem) unless `--plain`, and writes its port once listening.
 """
 
 import socket
+import ssl
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CERTS = ROOT / "tests" / "certs"
+sys.path.insert(0, str(ROOT / "bench"))
+
+from claude_session import sse_answer  # noqa: E402
+
+_, RECORDED = sse_answer()
+RECORDED_EVENTS = [event + b"\n\n" for event in RECORDED.split(b"\n\n") if event]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -27,7 +39,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         events = self.headers.get("x-bench-events")
-        if events:
+        if self.headers.get("x-bench-replay"):
+            self._chunked("text/event-stream; charset=utf-8", RECORDED_EVENTS)
+        elif events:
             self._stream(int(events), float(self.headers.get("x-bench-interval-ms", "1")))
         else:
             self._json(int(self.headers.get("x-bench-size", "100")))
@@ -43,22 +57,32 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _stream(self, events: int, interval_ms: float) -> None:
+    def _chunked(self, content_type: str, pieces) -> None:
         self.send_response_only(200)
-        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Type", content_type)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for _ in range(events):
-            time.sleep(interval_ms / 1000)
-            event = b'event: content_block_delta\ndata: {"t": %d}\n\n' % time.time_ns()
-            self.wfile.write(b"%x\r\n%b\r\n" % (len(event), event))
+        for piece in pieces:
+            self.wfile.write(b"%x\r\n%b\r\n" % (len(piece), piece))
         self.wfile.write(b"0\r\n\r\n")
+
+    def _stream(self, events: int, interval_ms: float) -> None:
+        def stamped():
+            for _ in range(events):
+                time.sleep(interval_ms / 1000)
+                yield b'event: content_block_delta\ndata: {"t": %d}\n\n' % time.time_ns()
+
+        self._chunked("text/event-stream", stamped())
 
 
 def main() -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     server.request_queue_size = 128
+    if "--plain" not in sys.argv:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(CERTS / "server.pem", CERTS / "server.key")
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     Path(sys.argv[1]).write_text(str(server.server_address[1]))
     server.serve_forever()
 

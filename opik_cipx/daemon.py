@@ -15,6 +15,7 @@ spool for the next start), let a call on an open keep-alive connection finish (i
 capture log), close files, remove `state.json`.
 """
 
+import gc
 import logging
 import os
 import signal
@@ -59,7 +60,7 @@ SHUTDOWN_POLL_S = 0.1  # how often an idle listener checks for shutdown
 # it; CPython's default forces that only every 5 ms. With the materializer busy, that wait
 # lands on the wire. 100 us keeps it below the wire's own overhead (bench/bench_wire.py).
 GIL_SWITCH_INTERVAL_S = 0.0001
-YIELD_MAX_S = 0.2  # the longest one slice of off-wire work waits for the wire (streams are long)
+WIRE_QUIET_S = 0.05  # off-wire work waits until no exchange started for this long (streams are long)
 TELEMETRY_FLUSH_S = 2.0  # how long a stopping daemon lets queued error reports go out
 
 
@@ -171,12 +172,15 @@ class Daemon:
             auth_probe_s=settings.opik_auth_probe_s,
         )
         self.follower = Follower(self.materializer, self.store, self.spool, self.counters,
-                                 settings.checkpoint_path, self._materialized, wire_idle=self.gateway.wait_idle)
+                                 settings.checkpoint_path, self._materialized, wire_idle=self._wire_quiet,
+                                 wire_empty=lambda: self.gateway.inflight == 0)
 
     def _yield_to_wire(self) -> None:
-        """Between slices of off-wire work: let an exchange in flight finish first (bounded)."""
-        if not self.follower.backlogged:
-            self.gateway.wait_idle(YIELD_MAX_S)
+        """Between slices of off-wire work: wait, bounded, for the wire to be quiet."""
+        self.follower.pause()
+
+    def _wire_quiet(self, timeout_s: float) -> bool:
+        return self.gateway.wait_quiet(WIRE_QUIET_S, timeout_s)
 
     def _persist(self, capture: Capture) -> None:
         """The capture thread's stage: append to the capture log, hand over to the follower."""
@@ -374,6 +378,9 @@ def _serve(settings: Settings, port: int | None, reporter: telemetry.Reporter, h
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    # What exists now (modules, settings, the price table) lives as long as the daemon: the cyclic
+    # collector skips it from here on, so a full collection, which holds the GIL, stays short.
+    gc.freeze()
     daemon.start()
     while not stop.wait(1.0):
         daemon.tick()

@@ -19,11 +19,13 @@ of the capture log runs here too, with the checkpointed position, so a capture i
 before it is materialized.
 """
 
+import gc
 import json
 import logging
 import queue
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,8 +53,10 @@ RETAIN_INTERVAL_S = 60.0  # age-based retention also runs while nothing new arri
 IDLE_POLL_S = 0.5  # how often an idle follower looks for captures whose handoff was dropped
 HANDOFF_MAX = 16  # captures held in memory for the follower; beyond, it reads them from the log
 HANDOFF_MAX_BYTES = 64 * 1024 * 1024
-MAX_DEFER_S = 1.0  # the longest the follower waits for an idle wire before a capture
-BACKLOG_NO_DEFER = 32  # with this many captures waiting, it stops waiting for the wire
+MAX_DEFER_S = 1.0  # the longest the follower waits for a quiet wire before a capture
+PAUSE_MAX_S = 0.2  # the longest one pause between the steps of a capture waits for it
+BACKLOG_MAX_S = 10.0  # once a capture waited this long, materializing stops waiting for the wire
+GC_INTERVAL_S = 300.0  # a full garbage collection at most this often (when the wire is empty)
 SPOOL_WAIT_S = 1.0
 _STOP = object()
 
@@ -69,9 +73,12 @@ class Follower:
         checkpoint_path: Path,
         on_materialized: Listener,
         wire_idle: Callable[[float], bool] | None = None,
+        wire_empty: Callable[[], bool] | None = None,
     ):
         """`on_materialized(capture, records)` runs after each capture (viewer, ledger);
-        `wire_idle(timeout_s)` blocks until no exchange is in flight (True) or the timeout."""
+        `wire_idle(timeout_s)` blocks until the wire is quiet — no exchange started lately — (True)
+        or the timeout; `wire_empty()` says no exchange is in flight at all. Given them, the follower
+        also keeps the cyclic garbage collector off the wire (see `pause`)."""
         self.materializer = materializer
         self.store = store
         self.spool = spool
@@ -79,6 +86,8 @@ class Follower:
         self.checkpoint_path = checkpoint_path
         self.on_materialized = on_materialized
         self.wire_idle = wire_idle
+        self.wire_empty = wire_empty
+        self._collected_at = time.monotonic()  # the last full garbage collection
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._queued = self._queued_bytes = 0
@@ -89,6 +98,7 @@ class Follower:
         self._snapped_at = self._retained_at = float("-inf")
         self._logged = 0  # captures in the log for the follower: the backlog at start + appended since
         self._consumed = 0  # of those, materialized (or given up on)
+        self._waiting: deque[float] = deque()  # when each capture of the lag reached the log (monotonic)
         self._lost = 0  # of those, deleted by the disk budget before they were materialized
         self._inflight = 0
         self._stop_at: LogPosition | None = None
@@ -119,6 +129,7 @@ class Follower:
         with self._lock:
             if appended is not None:
                 self._logged += 1
+                self._waiting.append(time.monotonic())
             full = self._queued >= HANDOFF_MAX or self._queued_bytes + size > HANDOFF_MAX_BYTES
             if not full:
                 self._queued += 1
@@ -139,8 +150,24 @@ class Follower:
 
     @property
     def backlogged(self) -> bool:
-        """So many captures wait that materializing stops yielding to the wire."""
-        return self.lag >= BACKLOG_NO_DEFER
+        """A capture has waited so long that materializing stops yielding to the wire."""
+        with self._lock:
+            return bool(self._waiting) and time.monotonic() - self._waiting[0] >= BACKLOG_MAX_S
+
+    def pause(self) -> None:
+        """Between the steps of a capture (the materializer calls it too): wait, bounded, for a
+        quiet wire; not while stopping or backlogged.
+
+        Then freeze what exists (`gc.freeze`, cheap): a request read keeps tens of thousands of
+        objects for the next one, and the collector, run by whichever thread allocates, would
+        walk them in passes of milliseconds (tens, for a full one) while the wire waits. Cycles
+        frozen meanwhile are collected when the wire is empty (`_collect_garbage`).
+        """
+        if self.wire_idle is None:
+            return
+        if self._stop_at is None and not self.backlogged:
+            self.wire_idle(PAUSE_MAX_S)
+        gc.freeze()
 
     def section(self) -> dict[str, int]:
         """`lag_events` and `inflight_raw` of the `materializer` stats."""
@@ -172,6 +199,7 @@ class Follower:
         backlog = count_log(self.store.directory, self._position, self.store.start_end)
         with self._lock:
             self._logged += backlog
+            self._waiting.extend([time.monotonic()] * backlog)
         if backlog:
             log.info("capture log: materializing %d capture(s) stored before this start", backlog)
         self._catch_up(self.store.start_end)
@@ -180,9 +208,20 @@ class Follower:
         if item is None:
             if self._queue.empty():
                 self._catch_up(self.store.end)  # handoffs dropped at the tail
+                self._collect_garbage()
         else:
             self._take(*item)
         self._checkpoint()
+
+    def _collect_garbage(self) -> None:
+        """A full collection of everything frozen, at most every `GC_INTERVAL_S`, and only while
+        no exchange is in flight (it holds the GIL for tens of milliseconds)."""
+        if self.wire_empty is None or time.monotonic() - self._collected_at < GC_INTERVAL_S or not self.wire_empty():
+            return
+        self._collected_at = time.monotonic()
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
     def _take(self, capture: Capture, appended: Appended | None, size: int) -> None:
         with self._lock:
@@ -217,6 +256,8 @@ class Follower:
         self._position = end
         with self._lock:
             self._consumed += 1
+            if self._waiting:
+                self._waiting.popleft()
 
     def _materialize(self, capture: Capture) -> bool:
         """Materialize and spool one capture; False when its records could not be spooled before
@@ -231,6 +272,7 @@ class Follower:
                 self.counters.incr("materializer_errors_total")
                 log.exception("materializer: cannot materialize capture %s", capture.id)
                 records = []
+            self.pause()
             if records and not self._spool(records):
                 return False
             try:
@@ -332,4 +374,6 @@ class Follower:
         if lost:
             with self._lock:
                 self._lost += lost
+                for _ in range(min(lost, len(self._waiting))):
+                    self._waiting.popleft()
             self.counters.incr("captures_dropped_budget", lost)

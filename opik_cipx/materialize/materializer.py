@@ -21,10 +21,15 @@ rolled-up metrics; `last_updated_at` only grows. A side, `count_tokens` or unmat
 call joins the current turn while that turn is recent (its last call ended at most
 `JOIN_WINDOW_S` before); otherwise it opens a trace of its own, named for its kind.
 
+Request bodies are read through a `RequestReader`: it keeps the previous request of each
+conversation (bounded, in memory) and parses and attributes only what is new in the next one,
+with exactly the result of reading it from scratch; it never enters the checkpoint.
+
 `snapshot()` / `restore()` carry the per-session state across a restart (the follower keeps
 it in its checkpoint; docs/ARCHITECTURE.md, "Materializer checkpoint").
 """
 
+import codecs
 import dataclasses
 import json
 import logging
@@ -37,7 +42,8 @@ from typing import Any, Callable
 
 from opik_cipx.config import Settings
 from opik_cipx.ids import derived_uuid7
-from opik_cipx.materialize.attribution import categorize, redacted
+from opik_cipx.materialize.attribution import redacted
+from opik_cipx.materialize.attribution.incremental import RequestReader
 from opik_cipx.materialize.cache_diagnosis import CacheLanes, lane_of
 from opik_cipx.materialize.call_kind import CallKind, classify
 from opik_cipx.materialize.identity import claude_json_path, read_identity, render_template, template_values
@@ -81,6 +87,7 @@ TOOL_SPAN_KINDS = frozenset({"main", "subagent", "compaction"})
 SESSION_FILE_RETRY_S = 5.0  # a session file not written yet is looked for again after this
 IDENTITY_TTL_S = 60.0  # ~/.claude.json is re-read at most this often
 OUTPUT_BLOCKS = ("thinking", "text", "tool_use")
+PREVIEW_STEP = 32 * 1024  # bytes of a request decoded at once for a truncated input's preview
 
 
 @dataclass(frozen=True)
@@ -159,13 +166,15 @@ class Materializer:
     """Turns captures into spool records; keeps bounded per-session state between calls."""
 
     def __init__(self, config: MaterializerConfig, prices: PriceTable, pause: Callable[[], None] | None = None):
-        """`pause()` is called between the expensive steps of a capture: the daemon passes one
-        that waits while an exchange is in flight, so the work runs in slices between calls."""
+        """`pause()` is called between the steps of a capture (between the messages of a request
+        walked): the daemon passes one that waits while an exchange is in flight, so the work runs
+        in slices between calls."""
         self.config = config
         self.prices = prices
         self.unknown_models = UnknownModels()  # model ids the price table does not know
         self.rate_limits = RateLimitObserver()  # the latest value of every rate-limit window
         self._pause = pause or (lambda: None)
+        self._requests = RequestReader()  # what the previous request of each conversation had
         self._sessions: OrderedDict[str, SessionState] = OrderedDict()
         self._account: dict[str, str | None] = {}
         self._account_read = float("-inf")
@@ -175,7 +184,8 @@ class Materializer:
         route = capture.path.split("?", 1)[0]
         if capture.method != "POST" or route not in SPAN_ENDPOINTS:
             return []
-        body = _json_or_none(capture.request_body)
+        request = self._requests.read(_conversation(capture), capture.request_body, self._pause)
+        body, attribution = request.body, request.attribution
         kind = classify(capture.method, capture.path, capture.request_headers, body)
         self._pause()
         summary = summarize_response(capture)
@@ -184,8 +194,6 @@ class Materializer:
         self.unknown_models.note(cost)
         limits = parse_rate_limits(capture.response_headers)
         self.rate_limits.note(limits, capture.started_at_ns)
-        self._pause()
-        attribution = categorize(capture.request_body)
         self._pause()
         session_id = kind.session_id or "unknown-session"
         state = self._session(session_id, capture.started_at_ns)
@@ -542,8 +550,7 @@ class Materializer:
         limit = self.config.max_io_chars
         if size <= limit:
             return _llm_input(call.body)
-        preview = call.capture.request_body[:limit].decode("utf-8", "ignore")
-        return bounded(_llm_input(call.body), limit, size=size, preview=preview)
+        return bounded(_llm_input(call.body), limit, size=size, preview=_decoded_start(call.capture.request_body, limit))
 
     def _tool_span(self, tool: FinishedTool, pending: PendingTool | None, call: "_Call", turn: Turn,
                    parent: str | None) -> dict:
@@ -682,12 +689,21 @@ class _Call:
     rate_limits: dict | None = None  # parse_rate_limits of the response headers
 
 
-def _json_or_none(raw: bytes) -> dict | None:
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
+def _conversation(capture: Capture) -> tuple:
+    """The requests one conversation sends (its session, agent and route): the key under which the
+    request reader compares a request with the one before it."""
+    return (header_value(capture.request_headers, "x-claude-code-session-id"),
+            header_value(capture.request_headers, "x-claude-code-agent-id"), capture.path.split("?", 1)[0])
+
+
+def _decoded_start(raw: bytes, limit: int) -> str:
+    """`raw[:limit].decode("utf-8", "ignore")`, decoded a window at a time (a long one in one call
+    holds the interpreter for a millisecond or more)."""
+    decoder = codecs.getincrementaldecoder("utf-8")("ignore")
+    view = memoryview(raw)[:limit]
+    pieces = [decoder.decode(view[at : at + PREVIEW_STEP], at + PREVIEW_STEP >= len(view))
+              for at in range(0, len(view), PREVIEW_STEP)]
+    return "".join(pieces)
 
 
 def _prompt(facts: dict) -> str:

@@ -53,7 +53,7 @@ from opik_cipx import __version__
 from opik_cipx.config import is_loopback_host
 from opik_cipx.ship.destination import NOT_CONFIGURED, OPIK_CLOUD_URL, Destination
 from opik_cipx.stats import Counters, utc_iso
-from opik_cipx.store.spool import KINDS, Batch, Position, Spool
+from opik_cipx.store.spool import KINDS, Batch, Position, Spool, dumps
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,8 @@ class OpikClient:
         self._opener = urllib.request.build_opener(*handlers)
 
     def post(self, kind: str, bodies: list[dict[str, Any]]) -> Reply:
-        payload = json.dumps({FIELDS[kind]: bodies}, separators=(",", ":")).encode()
+        # One record at a time, long strings in steps: one dumps of a 4 MB batch would hold the GIL.
+        payload = ("{" + json.dumps(FIELDS[kind]) + ":[" + ",".join(map(dumps, bodies)) + "]}").encode()
         headers = {
             "Content-Type": "application/json",
             "Content-Encoding": "gzip",

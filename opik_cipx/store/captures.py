@@ -204,16 +204,19 @@ HEADER_FIELDS = (
 def encode_member(capture: Capture) -> bytes:
     """One gzip member: header line + raw request body + raw response body.
 
-    The response is never joined whole: its pieces (a stream has thousands of small ones) are
-    compressed in runs of about `RUN_BYTES`, so no single copy holds the GIL for long and zlib,
-    which releases it, is not entered once per tiny piece.
+    Everything is compressed `RUN_BYTES` at a time: the request in slices (no copy), the
+    response's pieces (a stream has thousands of small ones) joined into runs of about that size.
+    zlib releases the GIL while it works; between runs the capture thread takes it back only
+    briefly, and never joins or copies a whole body.
     """
     header = {name: getattr(capture, name) for name in HEADER_FIELDS}
     parts = capture.response_parts
-    header["request_body_len"] = len(capture.request_body)
+    request = memoryview(capture.request_body)
+    header["request_body_len"] = len(request)
     header["response_body_len"] = sum(map(len, parts))
     packer = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, 31)
-    out = [packer.compress(json.dumps(header).encode() + b"\n"), packer.compress(capture.request_body)]
+    out = [packer.compress(json.dumps(header).encode() + b"\n")]
+    out += [packer.compress(request[at : at + RUN_BYTES]) for at in range(0, len(request), RUN_BYTES)]
     run: list[bytes] = []
     size = 0
     for part in parts:

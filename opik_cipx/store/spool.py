@@ -35,9 +35,11 @@ import logging
 import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 from opik_cipx.home import open_private, private_dir, read_json, write_atomic
 from opik_cipx.stats import utc_iso
@@ -52,6 +54,10 @@ QUARANTINE_MAX_BYTES = 16 * 1024 * 1024  # then rotated once to quarantine.jsonl
 REQUEUE_PREFIX = "requeue-"
 REQUEUE_WAIT_S = 5.0  # how long one look at the requeue files may wait for room or for the disk
 GROUP_MAX = 1000  # records that trigger a commit before the interval is over
+STRING_STEP = 16 * 1024  # characters of one string escaped at once (about 0.1 ms)
+WRITE_RUN = 1024 * 1024  # bytes of spool lines joined for one write
+SPLIT_DEPTH = 4  # container levels of a spool line encoded member by member
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 class Position(NamedTuple):
@@ -79,13 +85,88 @@ class Batch:
 
 
 def encode(record: dict[str, Any]) -> bytes:
-    """One spool line; ValueError/TypeError for anything that is not a spool record (or not JSON)."""
+    """One spool line; ValueError/TypeError for anything that is not a spool record (or not JSON).
+
+    Runs on the materializer's thread: a long string (a request of up to `spans.max_io_kb`, a
+    preview) is escaped in steps (`dumps`), so no single call holds the interpreter for long.
+    """
     if not isinstance(record, dict) or record.get("kind") not in KINDS:
         raise ValueError(f"not a spool record (kind must be trace or span): {str(record)[:200]}")
     body = record.get("body")
     if not isinstance(body, dict) or not isinstance(body.get("id"), str):
         raise ValueError(f"spool record body without an id: {str(record)[:200]}")
-    return json.dumps({"kind": record["kind"], "body": body}, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+    return dumps({"kind": record["kind"], "body": body}).encode() + b"\n"
+
+
+def dumps(value: Any) -> str:
+    """`json.dumps(value, separators=(",", ":"), allow_nan=False)`, in pieces: the containers of the
+    first `SPLIT_DEPTH` levels (a record, its body, a request as span input, its messages) one
+    member at a time, every long string `STRING_STEP` characters at a time. Off the wire, one call
+    that encodes a quarter of a megabyte holds the GIL for a millisecond."""
+    long: dict[str, str] = {}
+    text = _pieces(value, SPLIT_DEPTH, long, uuid.uuid4().hex)
+    for marker, string in long.items():
+        text = text.replace(_encode(marker), _string_literal(string), 1)
+    return text
+
+
+def _pieces(value: Any, depth: int, long: dict[str, str], nonce: str) -> str:
+    if depth and isinstance(value, list):
+        return "[" + ",".join([_pieces(item, depth - 1, long, nonce) for item in value]) + "]"
+    if depth and isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        return "{" + ",".join([_encode(key) + ":" + _pieces(item, depth - 1, long, nonce)
+                               for key, item in value.items()]) + "}"
+    return _encode(_set_aside(value, long, nonce))
+
+
+def _runs(lines: list[bytes]) -> Iterator[bytes]:
+    """`lines` joined into runs of about `WRITE_RUN` bytes (a longer line alone)."""
+    run: list[bytes] = []
+    size = 0
+    for line in lines:
+        run.append(line)
+        size += len(line)
+        if size >= WRITE_RUN:
+            yield b"".join(run)
+            run, size = [], 0
+    if run:
+        yield b"".join(run)
+
+
+def _set_aside(value: Any, long: dict[str, str], nonce: str) -> Any:
+    """`value` with each string longer than `STRING_STEP` replaced by a unique marker (kept in
+    `long`), so `json.dumps` never escapes a long text in one call; containers on the way to one
+    are copied, the record itself is not changed."""
+    if isinstance(value, str):
+        if len(value) <= STRING_STEP:
+            return value
+        marker = f"\x00{nonce}:{len(long)}\x00"
+        long[marker] = value
+        return marker
+    if isinstance(value, dict):
+        out = None
+        for key, item in value.items():
+            kept = _set_aside(item, long, nonce)
+            if kept is not item:
+                out = out if out is not None else dict(value)
+                out[key] = kept
+        return out if out is not None else value
+    if isinstance(value, list):
+        out = None
+        for index, item in enumerate(value):
+            kept = _set_aside(item, long, nonce)
+            if kept is not item:
+                out = out if out is not None else list(value)
+                out[index] = kept
+        return out if out is not None else value
+    return value
+
+
+def _string_literal(text: str) -> str:
+    """`json.dumps(text)`, escaped `STRING_STEP` characters at a time (escaping is per character,
+    so the pieces join into the same literal)."""
+    pieces = [encode_basestring_ascii(text[at : at + STRING_STEP])[1:-1] for at in range(0, len(text), STRING_STEP)]
+    return '"' + "".join(pieces) + '"'
 
 
 def decode(line: bytes) -> tuple[str, dict[str, Any]] | None:
@@ -565,9 +646,9 @@ class Spool:
             self._flush_wanted = False
         if not group:
             return True
-        data = b"".join(group)
+        size = sum(map(len, group))
         try:
-            self._write(data)
+            self._write(group, size)
         except OSError as exc:
             with self._cond:
                 self._pending[:0] = group
@@ -575,10 +656,10 @@ class Spool:
             return False
         now = time.time()
         with self._cond:
-            self._segments[self._active].size += len(data)
+            self._segments[self._active].size += size
             self._segments[self._active].lines += len(group)
             self._inmem -= len(group)
-            self._inmem_bytes -= len(data)
+            self._inmem_bytes -= size
             self._durable_seq += len(group)
             self._last_commit = time.monotonic()
             self._last_sync_at = now
@@ -588,15 +669,18 @@ class Spool:
         self._enforce_budget()
         return True
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, lines: list[bytes], size: int) -> None:
+        """Append `lines` (`size` bytes) and fsync; joined `WRITE_RUN` bytes at a time, since one
+        join of a whole group (up to `spool.inmem_max_mb`) would hold the GIL for milliseconds."""
         active = self._segments.get(self._active) if self._fh is not None else None
-        if active is None or (active.size and active.size + len(data) > self.segment_bytes):
+        if active is None or (active.size and active.size + size > self.segment_bytes):
             self._open_segment()
         good = self._segments[self._active].size
         try:
-            view = memoryview(data)
-            while view:
-                view = view[self._fh.write(view) :]
+            for run in _runs(lines):
+                view = memoryview(run)
+                while view:
+                    view = view[self._fh.write(view) :]
             os.fsync(self._fh.fileno())
         except OSError:
             try:  # cut the partial group off, so the retry starts on a line boundary

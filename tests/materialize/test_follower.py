@@ -5,6 +5,7 @@ Real capture log, real spool and real materializer under tmp_path; the recorded 
 """
 
 import json
+import time
 from pathlib import Path
 
 from opik_cipx.home import read_json
@@ -24,7 +25,7 @@ BIG = 10**9
 class Daemonish:
     """The pieces the daemon wires around a follower, on one home directory."""
 
-    def __init__(self, home: Path, keep: bool = True, inmem_max: int = 10_000):
+    def __init__(self, home: Path, keep: bool = True, inmem_max: int = 10_000, wire_idle=None):
         self.home = home
         self.counters = Counters()
         self.store = CaptureStore(home / "captures", max_bytes=BIG, max_age_s=BIG, segment_bytes=200_000, keep=keep)
@@ -34,7 +35,7 @@ class Daemonish:
         self.listed: list[str] = []
         self.follower = Follower(Materializer(config, load_price_table()), self.store, self.spool, self.counters,
                                  home / "materializer" / "checkpoint.json",
-                                 lambda capture, records: self.listed.append(capture.id))
+                                 lambda capture, records: self.listed.append(capture.id), wire_idle)
         self.spool.start()
         self.follower.start()
 
@@ -151,3 +152,25 @@ def test_a_full_spool_makes_the_follower_wait_instead_of_dropping(tmp_path, monk
     wait_for(lambda: len(d.listed) == len(exchanges("tools")), what="the rest, once the spool had room")
     d.stop()
     assert spooled(home) == straight("tools", tmp_path)
+
+
+def test_the_follower_waits_for_a_quiet_wire_until_a_capture_waited_too_long(tmp_path, monkeypatch):
+    """A wire that never quiets down (a burst that does not end) delays materializing, never
+    stops it: once a capture waited BACKLOG_MAX_S, the follower stops waiting for the wire."""
+    monkeypatch.setattr(follower_module, "BACKLOG_MAX_S", 0.5)
+    waits: list[float] = []
+
+    def never_quiet(timeout_s: float) -> bool:
+        waits.append(timeout_s)
+        time.sleep(min(timeout_s, 0.05))
+        return False
+
+    d = Daemonish(tmp_path, wire_idle=never_quiet)
+    captures = [capture for _, capture in exchanges("tools")]
+    for capture in captures:
+        d.capture(capture)
+    wait_for(lambda: len(d.listed) == len(captures), timeout_s=30, what="every capture materialized")
+    assert waits  # it did wait for the wire first
+    assert d.listed == [capture.id for capture in captures]
+    assert not d.follower.backlogged and d.follower.lag == 0
+    d.stop()

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from opik_cipx.ids import derived_uuid7, is_uuid7
+from opik_cipx.materialize.attribution.incremental import RequestReader
 from opik_cipx.materialize.materializer import Materializer, MaterializerConfig
 from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.materialize.redaction import REDACTED_TEXT
@@ -38,6 +39,18 @@ def llm(records: list[dict]) -> dict:
 
 def cc(body: dict) -> dict:
     return body["metadata"]["cc"]
+
+
+@pytest.mark.parametrize("redacted", [False, True])
+def test_requests_read_incrementally_give_the_records_of_reading_each_from_scratch(tmp_path, redacted):
+    """The request reader keeps each conversation's last request: the records (ids, metadata, every
+    byte of them) are those of a materializer that reads every request from scratch."""
+    kept = Materializer(config(tmp_path, capture_content=not redacted), load_price_table())
+    scratch = Materializer(config(tmp_path, capture_content=not redacted), load_price_table())
+    for scenario in SCENARIOS:
+        for number, capture in exchanges(scenario):
+            scratch._requests = RequestReader()  # nothing kept from the request before
+            assert json.dumps(kept.materialize(capture)) == json.dumps(scratch.materialize(capture)), (scenario, number)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

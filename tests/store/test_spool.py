@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
@@ -468,3 +468,22 @@ def test_daemon_with_an_unusable_spool_keeps_the_wire_working_and_recovers(home,
         assert (home / "spool").is_dir()
     finally:
         assert daemon.stop() == 0
+
+
+LONG_TEXT = st.text(alphabet=st.sampled_from(list('ab"\\\n\x01é—😀\u2028')), min_size=0, max_size=40).map(
+    lambda text: text * 900)  # up to 36,000 characters: longer than one escaping step
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | LONG_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(JSON_VALUES)
+def test_a_line_with_long_strings_is_exactly_json_dumps_and_the_record_is_untouched(value):
+    record = {"kind": "span", "body": {"id": "x", "input": value, "output": [value, {"v": value}]}}
+    before = json.dumps(record)
+    line = encode(record)
+    assert line == json.dumps(record, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+    assert json.dumps(record) == before

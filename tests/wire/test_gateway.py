@@ -5,8 +5,11 @@ import http.client
 import json
 import socket
 import threading
+import time
 
+from opik_cipx.stats import Counters
 from opik_cipx.store.captures import read_captures
+from opik_cipx.wire.gateway import Gateway
 from tests.conftest import DaemonProcess, load_fixture, wait_for
 from tests.fake_anthropic import Reply, fixture_reply, json_reply, split_sse, sse_reply
 
@@ -340,3 +343,15 @@ def test_set_cookie_reaches_the_client_but_not_the_capture(daemon, upstream):
     assert resp.getheader("Set-Cookie") == "sid=SECRETSESSION"
     capture = wait_for(lambda: list(read_captures(daemon.home / "captures")), what="capture on disk")[0]
     assert ["Set-Cookie", "[redacted]"] in capture.response_headers
+
+
+def test_off_wire_work_waits_for_a_quiet_wire_but_not_for_a_stream_that_started_earlier():
+    gateway = Gateway(pool=None, tee=lambda capture: None, counters=Counters())
+    assert gateway.wait_quiet(0.2, timeout_s=0)  # nothing ever started
+    with gateway.exchange():  # a call starts, and stays open like a stream
+        started = time.monotonic()
+        assert not gateway.wait_quiet(0.2, timeout_s=0.05)  # a young exchange: wait, up to the timeout
+        assert gateway.wait_quiet(0.2, timeout_s=5)  # quiet once it is 0.2 s old, though still open
+        assert time.monotonic() - started >= 0.2
+        with gateway.exchange():  # another call starts: not quiet again
+            assert not gateway.wait_quiet(0.2, timeout_s=0)

@@ -64,6 +64,55 @@ class Facts:
             name, {"calls": 0, "input_chars": 0, "result_chars": 0, "errors": 0, "sample_chars": ""}
         )
 
+    def copy(self, also: dict | None = None) -> tuple["Facts", dict | None]:
+        """A copy that walking on changes without changing this one, and the copy of `also`.
+
+        A record that only the message creating it tallies (a prompt, a loaded skill, a memory
+        file, a command) is shared: it is final once its message is painted. Copied are the
+        records later messages still change: `tool_io` and `mcp_servers` entries, `compaction`,
+        and `also` — a command of `commands` whose output may come in a later message (the
+        conversation's last local command).
+        """
+        new = Facts.__new__(Facts)
+        new.builtin_tools = list(self.builtin_tools)
+        new.mcp_servers = {name: {**record, "tools": list(record["tools"])} for name, record in self.mcp_servers.items()}
+        new.skill_menu = list(self.skill_menu)
+        new.skills_loaded = list(self.skills_loaded)
+        new.memory_files = list(self.memory_files)
+        new.agents_listed = list(self.agents_listed)
+        new.agents_custom = list(self.agents_custom)
+        new.commands = list(self.commands)
+        also_copy = None
+        if also is not None:
+            also_copy = dict(also)
+            new.commands = [also_copy if record is also else record for record in self.commands]
+        new.prompts = list(self.prompts)
+        new.turn_prompts = list(self.turn_prompts)
+        new.tool_io = {name: dict(record) for name, record in self.tool_io.items()}
+        new.compaction = dict(self.compaction)
+        return new, also_copy
+
+    def absorb(self, other: "Facts") -> bool:
+        """Add `other` — the facts of a later part of the same body, walked on fresh Facts — as if
+        that part had been walked on these. Only for parts that add to lists and to MCP server
+        records (system, tools, request parameters); False, nothing changed, for any other."""
+        fresh = Facts()
+        if (other.commands or other.prompts or other.turn_prompts or other.tool_io
+                or other.compaction != fresh.compaction):
+            return False
+        self.builtin_tools += other.builtin_tools
+        for name, record in other.mcp_servers.items():
+            mine = self.mcp_server(name)
+            mine["tools"] += record["tools"]
+            mine["chars"] += record["chars"]
+            mine["instructions_chars"] += record["instructions_chars"]
+        self.skill_menu += other.skill_menu
+        self.skills_loaded += other.skills_loaded
+        self.memory_files += other.memory_files
+        self.agents_listed += other.agents_listed
+        self.agents_custom += other.agents_custom
+        return True
+
     def to_json(self, buckets: dict[str, int], by_label: dict[str, dict[str, int]]) -> dict:
         turn = self.turn_prompts
         tool_io = self.tool_io

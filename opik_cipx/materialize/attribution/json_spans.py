@@ -62,8 +62,16 @@ class Cursor:
         `members` or `elements`) before asking for the next member, or leaves it to be skipped.
         """
         self._expect("{")
-        if self.peek() == "}":
-            self.pos += 1
+        return self.rest_of_object(first=True)
+
+    def rest_of_object(self, first: bool) -> Iterator[tuple[str, int]]:
+        """The remaining members of an object the cursor is inside: just after its `{` (`first`)
+        or just after a member's value. Same protocol as `members`."""
+        if first:
+            if self.peek() == "}":
+                self.pos += 1
+                return
+        elif self._after_item("}"):
             return
         while True:
             if self.peek() != '"':
@@ -81,8 +89,16 @@ class Cursor:
     def elements(self) -> Iterator[int]:
         """Yield the start of each element of the array at the cursor (same protocol as `members`)."""
         self._expect("[")
-        if self.peek() == "]":
-            self.pos += 1
+        return self.rest_of_array(first=True)
+
+    def rest_of_array(self, first: bool) -> Iterator[int]:
+        """The remaining elements of an array the cursor is inside: just after its `[` (`first`)
+        or just after an element. Same protocol as `elements`."""
+        if first:
+            if self.peek() == "]":
+                self.pos += 1
+                return
+        elif self._after_item("]"):
             return
         while True:
             start = self.pos = _WS.match(self.text, self.pos).end()

@@ -7,7 +7,7 @@ cover the body exactly once.
 
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from opik_cipx.materialize.attribution.json_spans import string_cuts
 
@@ -67,20 +67,30 @@ class Region:
     label: str | None = None
 
 
-@dataclass
 class Attribution:
     """Where every character of one request body went.
 
     `regions` are sorted, contiguous and cover [0, total_chars) exactly; `buckets` holds every
     bucket name (zero when empty) and sums to `total_chars`; `by_label[bucket][label]` sums the
-    labelled regions of a bucket; `facts` is the JSON-ready metadata of facts.py.
+    labelled regions of a bucket; `facts` is the JSON-ready metadata of facts.py. `regions` may be
+    given as a function that lists them, called on first use (the materializer never needs them).
     """
 
-    total_chars: int
-    regions: list[Region]
-    buckets: dict[str, int]
-    by_label: dict[str, dict[str, int]]
-    facts: dict
+    __slots__ = ("total_chars", "buckets", "by_label", "facts", "_regions")
+
+    def __init__(self, total_chars: int, regions: "list[Region] | Callable[[], list[Region]]",
+                 buckets: dict[str, int], by_label: dict[str, dict[str, int]], facts: dict):
+        self.total_chars = total_chars
+        self.buckets = buckets
+        self.by_label = by_label
+        self.facts = facts
+        self._regions = regions
+
+    @property
+    def regions(self) -> list[Region]:
+        if callable(self._regions):
+            self._regions = self._regions()
+        return self._regions
 
 
 class Canvas:
@@ -108,20 +118,23 @@ class Canvas:
         for piece, left, right in zip(pieces, [start, *cuts], [*cuts, end]):
             self.paint(left, right, piece.bucket, piece.label, piece.tally)
 
-    def regions(self) -> list[Region]:
+    def regions(self, start: int = 0, end: int | None = None, shift: int = 0) -> list[Region]:
+        """The regions of text[start:end] (all of it by default), every paint inside it, offsets
+        moved by `shift`."""
         out: list[Region] = []
-        pos = 0
-        for start, end, bucket, label in sorted(self._paint, key=itemgetter(0)):
-            if start > pos:
-                _append(out, pos, start, ENVELOPE, None)
-            _append(out, start, end, bucket, label)
-            pos = end
-        if pos < len(self.text):
-            _append(out, pos, len(self.text), ENVELOPE, None)
+        pos, end = start, len(self.text) if end is None else end
+        for left, right, bucket, label in sorted(self._paint, key=itemgetter(0)):
+            if left > pos:
+                append_region(out, pos + shift, left + shift, ENVELOPE, None)
+            append_region(out, left + shift, right + shift, bucket, label)
+            pos = right
+        if pos < end:
+            append_region(out, pos + shift, end + shift, ENVELOPE, None)
         return out
 
 
-def _append(out: list[Region], start: int, end: int, bucket: str, label: str | None) -> None:
+def append_region(out: list[Region], start: int, end: int, bucket: str, label: str | None) -> None:
+    """Append a region to `out`, merged into the last one when it continues it (same bucket and label)."""
     if out and out[-1].bucket == bucket and out[-1].label == label:
         out[-1] = Region(out[-1].start, end, bucket, label)
     else:

@@ -56,18 +56,27 @@ def _walk(cur: Cursor, canvas: Canvas, facts: Facts) -> bool:
         return False
     system, conversation = SystemPrompt(facts), Conversation(canvas, facts)
     for key, _ in cur.members():
-        if key == "system":
-            _system(cur, canvas, system)
-        elif key == "tools":
-            _tools(cur, canvas, facts)
-        elif key == "messages":
-            _messages(cur, canvas, conversation)
-        elif key in PARAMS:
-            cur.value()
-        else:
-            _unknown(cur, canvas)
+        member(key, cur, canvas, system, conversation)
     cur.finish()
     return True
+
+
+def member(key: str, cur: Cursor, canvas: Canvas, system: SystemPrompt, conversation: Conversation) -> None:
+    """Paint the value of the top-level member `key` at the cursor."""
+    if key == "system":
+        _system(cur, canvas, system)
+    elif key == "tools":
+        _tools(cur, canvas, system.facts)
+    elif key == "messages":
+        if cur.peek() != "[":
+            _unknown(cur, canvas)
+            return
+        for _ in cur.elements():
+            message(cur, canvas, conversation)
+    elif key in PARAMS:
+        cur.value()
+    else:
+        _unknown(cur, canvas)
 
 
 def _system(cur: Cursor, canvas: Canvas, system: SystemPrompt) -> None:
@@ -116,26 +125,23 @@ def _tools(cur: Cursor, canvas: Canvas, facts: Facts) -> None:
         canvas.paint(right, end, bucket, label, tally)
 
 
-def _messages(cur: Cursor, canvas: Canvas, conversation: Conversation) -> None:
-    if cur.peek() != "[":
+def message(cur: Cursor, canvas: Canvas, conversation: Conversation) -> None:
+    """Paint one element of `messages` (the cursor at its start), after those before it."""
+    if cur.peek() != "{":
         _unknown(cur, canvas)
         return
-    for _ in cur.elements():
-        if cur.peek() != "{":
+    role, role_seen, deferred = None, False, []
+    for key, _ in cur.members():
+        if key == "role":
+            role, role_seen = cur.value().value, True
+        elif key == "content" and role_seen:
+            _content(cur, canvas, conversation, role)
+        elif key == "content":  # content before role: read it once the role is known
+            deferred.append(cur.value().start)
+        else:
             _unknown(cur, canvas)
-            continue
-        role, role_seen, deferred = None, False, []
-        for key, _ in cur.members():
-            if key == "role":
-                role, role_seen = cur.value().value, True
-            elif key == "content" and role_seen:
-                _content(cur, canvas, conversation, role)
-            elif key == "content":  # content before role: read it once the role is known
-                deferred.append(cur.value().start)
-            else:
-                _unknown(cur, canvas)
-        for start in deferred:
-            _content(Cursor(cur.text, start), canvas, conversation, role)
+    for start in deferred:
+        _content(Cursor(cur.text, start), canvas, conversation, role)
 
 
 def _content(cur: Cursor, canvas: Canvas, conversation: Conversation, role: object) -> None:
@@ -177,12 +183,21 @@ def _summarise(text: str, canvas: Canvas | None, facts: Facts) -> Attribution:
         regions = canvas.regions()
     else:
         regions = [Region(0, len(text), UNATTRIBUTED)] if text else []
-    buckets = dict.fromkeys(BUCKETS, 0)
-    by_label: dict[str, dict[str, int]] = {bucket: {} for bucket in BUCKETS}
+    buckets, by_label = tallies()
+    add_regions(regions, buckets, by_label)
+    return Attribution(len(text), regions, buckets, by_label, facts.to_json(buckets, by_label))
+
+
+def tallies() -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Empty `buckets` and `by_label` (every bucket present)."""
+    return dict.fromkeys(BUCKETS, 0), {bucket: {} for bucket in BUCKETS}
+
+
+def add_regions(regions: list[Region], buckets: dict[str, int], by_label: dict[str, dict[str, int]]) -> None:
+    """Add the sizes of `regions` (in body order) to `buckets` and `by_label`."""
     for region in regions:
         size = region.end - region.start
         buckets[region.bucket] += size
         if region.label is not None:
             labels = by_label[region.bucket]
             labels[region.label] = labels.get(region.label, 0) + size
-    return Attribution(len(text), regions, buckets, by_label, facts.to_json(buckets, by_label))
