@@ -16,8 +16,10 @@ and never doubled. The cursor moves only once every record of the batch is settl
 - 500 and the other 5xx but 502/503/504 (Opik failed on the request; one record can cause it):
   wait, then split as for 400. A lone record that failed `ISOLATE_AFTER` times is quarantined
   only if Opik, asked right then to store again the last record of that kind it accepted (an
-  idempotent upsert: the probe), accepts it: Opik works and this record breaks it. If the probe
-  fails too, every request fails: an outage, which quarantines nothing and waits as below. With
+  idempotent upsert: the probe), accepts it, and then fails the record once more: Opik works and
+  this record breaks it. (An outage that ends between the record's failure and the probe gets
+  the record accepted on that last try.) If the probe fails too, every request fails: an
+  outage, which quarantines nothing and waits as below. With
   no accepted record of that kind yet there is no probe: the record goes behind the rest of the
   batch, and when it is the last one, the batch is read again once newer records are in the
   spool, to find one;
@@ -97,6 +99,12 @@ class _Request:
 def record_suspect(status: int | None) -> bool:
     """A 5xx that can come from one record of the request (not from a gateway in front of Opik)."""
     return status is not None and 500 <= status < 600 and status not in UNAVAILABLE
+
+
+def accepted(kind: str, reply: Reply, alone: bool) -> bool:
+    """Opik holds the records of the request now: a 2xx, or for a lone record, "already exists"."""
+    status = reply.status
+    return status is not None and (200 <= status < 300 or (alone and already_exists(kind, reply)))
 
 
 def already_exists(kind: str, reply: Reply) -> bool:
@@ -307,7 +315,7 @@ class Shipper:
             log.debug("shipper: %d %s(s) -> %s in %.0f ms", len(request.items), request.kind,
                       reply.status or reply.error, (time.monotonic() - started) * 1000)
             status, alone = reply.status, len(request.items) == 1
-            if status is not None and (200 <= status < 300 or (alone and already_exists(request.kind, reply))):
+            if accepted(request.kind, reply, alone):
                 work.popleft()
                 self._accepted(request)
                 continue
@@ -326,10 +334,16 @@ class Shipper:
                 if request.failures >= ISOLATE_AFTER:
                     probe = self._probe(request.kind)
                     if probe:
-                        work.popleft()
-                        self._quarantine(request, status, reply,
-                                         f" ({request.failures} times, while Opik accepted another record)")
-                        continue
+                        reply = self.client.post(request.kind, [request.items[0][0]])  # once more, Opik up
+                        if accepted(request.kind, reply, alone):  # the outage ended between failure and probe
+                            work.popleft()
+                            self._accepted(request)
+                            continue
+                        if record_suspect(reply.status):
+                            work.popleft()
+                            self._quarantine(request, reply.status, reply,
+                                             f" ({request.failures + 1} times, while Opik accepted another record)")
+                            continue
                     if probe is None and len(work) > 1:
                         work.rotate(-1)  # no record of its kind accepted yet: let the others go first
                     elif probe is None and self._more_records_than(batch):

@@ -267,12 +267,12 @@ def test_a_record_that_makes_opik_fail_with_500_is_isolated_and_the_rest_flows(r
     (entry,) = wait_for(lambda: (tmp_path / "spool" / "quarantine.jsonl").exists() and quarantined(tmp_path / "spool"),
                         what="the poison set aside")
     assert entry["body"]["id"] == poison and entry["status"] == 500
-    assert "NullPointerException" in entry["reason"] and f"{ISOLATE_AFTER} times" in entry["reason"]
+    assert "NullPointerException" in entry["reason"] and f"{ISOLATE_AFTER + 1} times" in entry["reason"]
     wait_for(lambda: r.shipper.queue_section() == IDLE, what="the cursor past every batch")
     assert poison not in opik.ids() and r.counters.get("spans_shipped") == 119
     assert r.shipper.section()["quarantined"] == 1
     failed = [req for req in opik.requests if req.status == 500]
-    assert len(failed) <= 2 * math.ceil(math.log2(30)) + ISOLATE_AFTER  # bisected, then a bounded few tries
+    assert len(failed) <= 2 * math.ceil(math.log2(30)) + ISOLATE_AFTER + 1  # bisected, then a bounded few tries
     assert opik.violations == []
 
 
@@ -294,6 +294,22 @@ def test_a_failing_first_record_waits_for_a_probe_from_newer_records(rig, opik, 
     assert r.counters.get("spans_shipped") == 9  # each record counted once, though the batch was read again
     resent = [versions for versions in opik.received.values() if len(versions) > 1]
     assert len(resent) == 1 and resent[0][0] == resent[0][1]  # only the probe, the same version again: an upsert
+
+
+def test_an_outage_that_ends_just_before_the_probe_quarantines_nothing(rig, opik, tmp_path):
+    r = rig()
+    ids = r.append(1)
+    r.shipper.start()
+    wait_for(lambda: all_received(opik, ids), what="a record to probe with")
+    lone = synthetic_capture()[1]
+    opik.script(*[Answer(500, body=b"database down")] * ISOLATE_AFTER)  # then Opik is back: the probe succeeds
+    r.spool.append([lone])
+    r.spool.flush(5)
+    wait_for(lambda: all_received(opik, [lone["body"]["id"]]), what="the record, once Opik is back")
+    wait_for(lambda: r.shipper.queue_section() == IDLE, what="everything settled")
+    assert not (tmp_path / "spool" / "quarantine.jsonl").exists() and r.shipper.section()["quarantined"] == 0
+    probe, last = opik.requests[-2:]  # the probe (an accepted span again), then the record once more
+    assert probe.ids != [lone["body"]["id"]] and probe.status == last.status == 204 and last.ids == [lone["body"]["id"]]
 
 
 @pytest.mark.parametrize("answer", [Answer(500, body=b"database down"), Answer(503), None])
