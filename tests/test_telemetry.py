@@ -141,6 +141,7 @@ def test_a_logged_exception_arrives_once_with_the_dsn_key(sentry, reporter_for):
     assert PROMPT.encode() not in got.raw and b"hunter2" not in got.raw
     log_error()  # the same error again: reported once per REPEAT_S
     wait_for(lambda: reporter.section()["suppressed"] == 1, what="the repeat suppressed")
+    wait_for(lambda: reporter.section()["sent"] == 1, what="sent counted once Sentry answered")
     assert reporter.section() | {"reason": None} == {"enabled": True, "reason": None, "sent": 1, "dropped": 0,
                                                     "suppressed": 1, "last_error": None}
     assert sentry.violations == []
