@@ -97,14 +97,7 @@ V2_DIMENSIONS = {
 }
 # Report dimensions of a call: roll-up column -> expression over `calls c`. Unknown values are ''.
 DIMENSIONS = {
-    "day": "c.day",
-    "session": "coalesce(c.session_id, '')",
-    "project": "coalesce(c.project_dir, '')",
-    "branch": "coalesce(c.git_branch, '')",
-    "model": "coalesce(c.model, '')",
-    "kind": "c.kind || coalesce(':' || c.side_kind, '')",
-    "agent": ("CASE WHEN c.agent_type IS NOT NULL THEN c.agent_type "
-              "WHEN c.agent_id IS NOT NULL OR c.kind = 'subagent' THEN 'subagent' ELSE '' END"),
+    **V2_DIMENSIONS,
     "cache_break": "coalesce(c.cache_break_cause, '')",  # '': no cache break
 }
 # Figures of a group of calls: column -> aggregate over `calls c`.
