@@ -102,10 +102,11 @@ def start_upstream(tmp: Path) -> tuple[subprocess.Popen, int]:
     return proc, int(wait_file(port_file, proc))
 
 
-def start_proxy(tmp: Path, upstream_port: int) -> tuple[subprocess.Popen, int, int]:
+def start_proxy(tmp: Path, upstream_port: int, code: Path) -> tuple[subprocess.Popen, int, int]:
+    """The daemon of the checkout `code`, its ports (Claude Code's, admin)."""
     home = tmp / "cipx-home"
     env = {**os.environ, "CIPX_HOME": str(home), "CIPX_UPSTREAM_URL": f"https://127.0.0.1:{upstream_port}",
-           "CIPX_CA_BUNDLE": str(CA), "PYTHONPATH": str(ROOT), "OPIK_CIPX_BASE_URL": "",
+           "CIPX_CA_BUNDLE": str(CA), "PYTHONPATH": str(code), "OPIK_CIPX_BASE_URL": "",
            **json.loads(os.environ.get("BENCH_PROXY_ENV", "{}"))}
     proc = subprocess.Popen([sys.executable, "-m", "opik_cipx", "proxy", "--port", "0"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -270,6 +271,9 @@ def main() -> int:
     parser.add_argument("--background", choices=("cold", "growing", "none"), default="cold")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the targets in turn")
     parser.add_argument("--mitmdump", default=shutil.which("mitmdump") or str(DEFAULT_MITMDUMP))
+    parser.add_argument("--daemon-from", type=Path, default=ROOT, metavar="CHECKOUT",
+                        help="run the daemon of another checkout (e.g. a `git worktree` of an older commit), "
+                             "for before/after figures measured by the same bench")
     args = parser.parse_args()
     if args.quick:
         args.calls, args.events, args.rounds = 300, 100, 1
@@ -280,7 +284,7 @@ def main() -> int:
         try:
             upstream, up_port = start_upstream(tmp)
             procs.append(upstream)
-            proxy, px_port, admin_port = start_proxy(tmp, up_port)
+            proxy, px_port, admin_port = start_proxy(tmp, up_port, args.daemon_from.resolve())
             procs.append(proxy)
             targets = [Target("direct", up_port, True), Target("opik-cipx", px_port, False)]
             if Path(args.mitmdump).exists():
