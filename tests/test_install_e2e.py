@@ -207,13 +207,16 @@ def test_uninstall_refuses_a_state_root_that_is_the_home_directory(installed):
 
 
 def files_and_links(root: Path) -> dict[str, bytes]:
-    """Every file and symlink under `root` (a dangling link too), with its bytes or its target."""
+    """Every file, symlink (a dangling one too) and directory under `root`, with its bytes, its
+    target, or b"dir"."""
     out = {}
     for path in sorted(root.rglob("*")):
         if path.is_symlink():
             out[str(path.relative_to(root))] = b"-> " + os.readlink(path).encode()
         elif path.is_file():
             out[str(path.relative_to(root))] = path.read_bytes()
+        elif path.is_dir():
+            out[str(path.relative_to(root))] = b"dir"
     return out
 
 
@@ -231,7 +234,8 @@ SKEL = Path("/etc/skel")
                     reason="needs a skeleton ~/.profile that puts ~/.local/bin on PATH (Debian, Ubuntu)")
 def test_a_fresh_home_finds_opik_cipx_in_a_new_login_shell_and_uninstall_leaves_nothing(installed):
     m = installed.m
-    shutil.copytree(SKEL, m.user_home, dirs_exist_ok=True)  # a home as `useradd -m` makes it
+    shutil.rmtree(m.claude_dir)  # a home as `useradd -m` makes it: no Claude Code settings yet
+    shutil.copytree(SKEL, m.user_home, dirs_exist_ok=True)
     before = {k: v for k, v in files_and_links(m.user_home).items() if not k.startswith(".opik-cipx")}
     result = installed.install()
     assert result.returncode == 0, result.stderr
@@ -248,7 +252,9 @@ def test_a_fresh_home_finds_opik_cipx_in_a_new_login_shell_and_uninstall_leaves_
     assert gone.returncode == 0, gone.stderr
     assert f"removed {link}" in gone.stdout
     wait_gone(pid)
-    assert files_and_links(m.user_home) == before  # the link, the executable, the state: nothing of ours
+    assert f"removed {m.settings_path} (left empty)" in gone.stdout and f"removed {m.claude_dir} (left empty)" in gone.stdout
+    # the link and the directories made for it, the executable, the state, Claude Code's settings: nothing of ours
+    assert files_and_links(m.user_home) == before
     assert login_shell(m, "command -v opik-cipx").returncode != 0
 
 

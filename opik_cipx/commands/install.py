@@ -30,7 +30,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"opik-cipx: {note}")
         return 1
     print(f"opik-cipx: {note or f'{dest} is already this version'}")
-    _, link_note = install.ensure_link(dest, env)
+    _, link_note = install.ensure_link(dest, env, settings.home)
     if link_note:
         print(f"opik-cipx: {link_note}")
     return 0

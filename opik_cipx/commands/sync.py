@@ -121,7 +121,7 @@ def _bring_up(settings: Settings, env: dict[str, str], report: _Report) -> None:
         report.tell(NEXT_SESSION_HOOK if report.as_hook else NEXT_SESSION)
     installed = install.installed_path(settings, env)
     if installed.is_file():
-        linked, note = install.ensure_link(installed, env)
+        linked, note = install.ensure_link(installed, env, settings.home)
         if linked:
             report.tell(note)
         elif note:

@@ -2,9 +2,10 @@
 
 Stops the daemon, removes the supervisor unit, our `ANTHROPIC_BASE_URL` (only if it is ours),
 our `statusLine` (only one running `opik-cipx statusline`), the hook scripts that carry our
-managed-file marker and the `opik-cipx` link on PATH (only a symlink to our executable), then
-deletes `$CIPX_HOME` (the installed binary, logs, captures,
-sessions and the spool with any spans not yet shipped).
+managed-file marker and the `opik-cipx` link on PATH (only a symlink to our executable) with the
+directories made for it if empty, then deletes `$CIPX_HOME` (the installed binary, logs,
+captures, sessions and the spool with any spans not yet shipped), and last a Claude Code
+settings file left as `{}`, and its `hooks/` and directory if left empty.
 Nothing of the user's is touched: other settings keys, hand-written hooks, a foreign
 `ANTHROPIC_BASE_URL` or `statusLine`. A `$CIPX_HOME` that is the home directory or one of its parents is
 refused, and so is one that could not be deleted whole (read-only, not ours): that is checked
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"opik-cipx: removed our statusLine from {status_line.path}")
     for path in claude_settings.remove_managed_hook_scripts(env):
         print(f"opik-cipx: removed hook script {path}")
-    for link in install.remove_link(install.installed_path(settings, env), env):
+    for link in install.remove_link(install.installed_path(settings, env), env, home):
         print(f"opik-cipx: removed {link}")
     copy = _installed_copy(env, home)
     if copy is not None:
@@ -117,6 +118,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if home.exists():
         shutil.rmtree(home)
         print(f"opik-cipx: deleted {home}")
+    for path in claude_settings.tidy(env):
+        print(f"opik-cipx: removed {path} (left empty)")
     print("opik-cipx: uninstalled. If the Claude Code plugin is installed, remove it too "
           "(/plugin uninstall opik-cipx@opik-enterprise), or its next session start installs opik-cipx again.")
     return 0

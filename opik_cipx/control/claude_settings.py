@@ -11,7 +11,9 @@ or replacing theirs with `force`. It is ours when it runs `<path>/opik-cipx stat
 `uninstall` removes only ours, and `sync` never touches it.
 
 Also here: the managed-file marker, so `uninstall` removes our hook scripts from Claude Code's
-`hooks/` directory and never a hand-written one.
+`hooks/` directory and never a hand-written one; and `tidy`, which `uninstall` runs last: a
+settings file our removals left as `{}` is deleted (Claude Code reads a missing file the same
+way), then `hooks/` and the configuration directory if they are left empty.
 """
 
 import json
@@ -200,4 +202,22 @@ def remove_managed_hook_scripts(env: dict[str, str]) -> list[Path]:
         if is_managed_script(path):
             path.unlink(missing_ok=True)
             removed.append(path)
+    return removed
+
+
+def tidy(env: dict[str, str]) -> list[Path]:
+    """After our entries and scripts are gone: delete a settings file that is exactly `{}`, then
+    `hooks/` and the configuration directory if empty; the paths removed."""
+    path = settings_path(env)
+    removed = []
+    doc, _ = _load(path)
+    if doc == {} and path.is_file() and not path.is_symlink():
+        path.unlink()
+        removed.append(path)
+    for directory in (hooks_dir(env), path.parent):
+        try:
+            directory.rmdir()  # only an empty directory goes
+        except OSError:
+            continue
+        removed.append(directory)
     return removed

@@ -16,17 +16,21 @@ told the line to add to their shell profile. Only those two personal directories
 never a system directory, never a directory another tool manages (`~/.cargo/bin`, pyenv
 shims). A file of that name that is not our link is left alone and reported. `uninstall`
 removes the link only when it is ours: a symlink whose target is the installed executable.
+The directories made to hold the link (`~/.local`, `~/.local/bin` on a fresh home) are listed in
+`$CIPX_HOME/made-dirs.json`; `uninstall` removes those that are empty then, and no others.
 """
 
+import json
 import os
 import sys
 from pathlib import Path
 
 from opik_cipx.config import Settings
 from opik_cipx.control import executable, zipapp
-from opik_cipx.home import private_dir
+from opik_cipx.home import private_dir, write_atomic
 
 NAME = "opik-cipx"
+MADE_DIRS = "made-dirs.json"  # in $CIPX_HOME: the directories made for the link
 
 
 def installed_path(settings: Settings, env: dict[str, str]) -> Path:
@@ -134,8 +138,9 @@ def find_link(target: Path, env: dict[str, str]) -> Path | None:
     return next((d / NAME for d in link_dirs(env) if is_our_link(d / NAME, target)), None)
 
 
-def ensure_link(target: Path, env: dict[str, str]) -> tuple[bool, str | None]:
+def ensure_link(target: Path, env: dict[str, str], home: Path) -> tuple[bool, str | None]:
     """Link `opik-cipx` to `target` on PATH unless a link of ours exists; (created it, a note).
+    Directories it makes are listed in `home` (`$CIPX_HOME`) for `remove_link`.
 
     The note of a new link says where it is and, when that directory is not on PATH, what to
     add to the shell profile; without a new link, a note says why there is none.
@@ -148,17 +153,23 @@ def ensure_link(target: Path, env: dict[str, str]) -> tuple[bool, str | None]:
     if os.path.lexists(link):
         return False, f"{link} exists and is not a link to {target}; left as is (it is what `opik-cipx` runs)"
     try:
-        _make_public_dir(directory)
+        made = _make_public_dir(directory)
         link.symlink_to(target)
     except OSError as exc:
         return False, f"cannot link {link} ({exc.strerror or exc}); run opik-cipx as {target}"
+    if made:
+        try:
+            write_atomic(home / MADE_DIRS, json.dumps([str(d) for d in made_dirs(home) + made]).encode())
+        except OSError:
+            pass  # the link works; uninstall will leave these directories
     if on_path(directory, env):
         return True, f"linked {link} -> {target}: `opik-cipx` is on your PATH"
     return True, f"linked {link} -> {target}; {directory} is not on your PATH: {profile_hint(directory, env)}"
 
 
-def _make_public_dir(directory: Path) -> None:
-    """Create `directory` and missing parents as 0755 (a bin directory is not private), whatever the umask."""
+def _make_public_dir(directory: Path) -> list[Path]:
+    """Create `directory` and missing parents as 0755 (a bin directory is not private), whatever
+    the umask; the directories made, outermost first."""
     missing = []
     while not directory.exists():
         missing.append(directory)
@@ -166,14 +177,31 @@ def _make_public_dir(directory: Path) -> None:
     for path in reversed(missing):
         path.mkdir()
         path.chmod(0o755)
+    return missing[::-1]
 
 
-def remove_link(target: Path, env: dict[str, str]) -> list[Path]:
-    """Delete our links to `target` (never anything else); the paths removed."""
+def made_dirs(home: Path) -> list[Path]:
+    """The directories `ensure_link` made, as listed in `home`; [] if none or unreadable."""
+    try:
+        listed = json.loads((home / MADE_DIRS).read_text())
+    except (OSError, ValueError):
+        return []
+    return [Path(entry) for entry in listed if isinstance(entry, str)] if isinstance(listed, list) else []
+
+
+def remove_link(target: Path, env: dict[str, str], home: Path) -> list[Path]:
+    """Delete our links to `target` (never anything else), then the directories made for them
+    that are empty now; the paths removed."""
     removed = []
     for directory in link_dirs(env):
         link = directory / NAME
         if is_our_link(link, target):
             link.unlink()
             removed.append(link)
+    for directory in sorted(made_dirs(home), key=lambda d: len(d.parts), reverse=True):
+        try:
+            directory.rmdir()  # only an empty directory goes
+        except OSError:
+            continue
+        removed.append(directory)
     return removed

@@ -15,6 +15,7 @@ from opik_cipx.control.claude_settings import (
     remove_managed_hook_scripts,
     settings_path,
     stop_pointing_at_proxy,
+    tidy,
 )
 from opik_cipx.materialize.identity import claude_json_path
 
@@ -142,3 +143,20 @@ def test_only_scripts_with_the_managed_marker_are_removed(tmp_path):
     assert sorted(removed) == sorted([ours, ours_no_shebang])
     assert mine.exists() and shebang_only.exists()
     assert remove_managed_hook_scripts({"HOME": str(tmp_path / "nowhere")}) == []
+
+
+def test_tidy_deletes_only_an_empty_settings_file_and_directories_left_empty(tmp_path):
+    env = {"HOME": str(tmp_path)}
+    claude = tmp_path / ".claude"
+    (claude / "hooks").mkdir(parents=True)
+    (claude / "settings.json").write_text('{\n  "model": "opus"\n}\n')
+    assert tidy(env) == [claude / "hooks"]  # the user's settings stay, and so does the directory holding them
+    assert (claude / "settings.json").read_text() == '{\n  "model": "opus"\n}\n'
+    (claude / "settings.json").write_text("{}\n")
+    (claude / "projects").mkdir()
+    assert tidy(env) == [claude / "settings.json"] and (claude / "projects").is_dir()
+    (claude / "projects").rmdir()
+    (claude / "settings.json").write_text("{} not json")
+    assert tidy(env) == [] and (claude / "settings.json").exists()  # unparseable: never touched
+    (claude / "settings.json").unlink()
+    assert tidy(env) == [claude] and not claude.exists()

@@ -25,25 +25,40 @@ def user(tmp_path) -> Path:
 
 
 def test_the_link_goes_to_the_first_personal_bin_directory_on_path(user):
-    target = user / ".opik-cipx" / "bin" / "opik-cipx"
+    state = user / ".opik-cipx"
+    target = state / "bin" / "opik-cipx"
     local, own = user / ".local" / "bin", user / "bin"
     both = env_for(user, f"{own}:/usr/bin:{local}")
-    created, note = install.ensure_link(target, both)
+    created, note = install.ensure_link(target, both, state)
     assert created and note == f"linked {local}/opik-cipx -> {target}: `opik-cipx` is on your PATH"
     assert os.readlink(local / "opik-cipx") == str(target) and not own.exists()
-    assert install.ensure_link(target, both) == (False, None)  # already there: nothing to say
-    assert install.ensure_link(target, env_for(user, str(own))) == (False, None)  # found, never a second link
-    assert install.remove_link(target, both) == [local / "opik-cipx"]
+    assert install.ensure_link(target, both, state) == (False, None)  # already there: nothing to say
+    assert install.ensure_link(target, env_for(user, str(own)), state) == (False, None)  # never a second link
+    assert install.remove_link(target, both, state) == [local / "opik-cipx", local, local.parent]  # made for it
     own.mkdir()
-    created, note = install.ensure_link(target, env_for(user, f"/usr/bin:{own}"))
+    created, note = install.ensure_link(target, env_for(user, f"/usr/bin:{own}"), state)
     assert created and (own / "opik-cipx").is_symlink() and "is on your PATH" in note
+
+
+def test_uninstall_removes_only_the_directories_it_made_and_only_when_empty(user):
+    state = user / ".opik-cipx"
+    target = state / "bin" / "opik-cipx"
+    (user / ".local").mkdir()  # the user's: stays, though empty at the end
+    created, _ = install.ensure_link(target, env_for(user), state)
+    local = user / ".local" / "bin"
+    assert created and install.made_dirs(state) == [local]
+    (local / "mytool").write_text("")  # the user put something of theirs beside our link
+    assert install.remove_link(target, env_for(user), state) == [local / "opik-cipx"]
+    (local / "mytool").unlink()
+    assert install.remove_link(target, env_for(user), state) == [local]
+    assert (user / ".local").is_dir()
 
 
 def test_with_no_personal_bin_on_path_the_note_says_what_to_add(user):
     target = user / ".opik-cipx" / "bin" / "opik-cipx"
     old_umask = os.umask(0o077)  # as install.sh runs it
     try:
-        created, note = install.ensure_link(target, env_for(user))
+        created, note = install.ensure_link(target, env_for(user), user / ".opik-cipx")
     finally:
         os.umask(old_umask)
     local = user / ".local" / "bin"
@@ -72,9 +87,9 @@ def test_only_our_own_link_is_ever_removed_or_replaced(user):
     local = user / ".local" / "bin"
     local.mkdir(parents=True)
     (local / "opik-cipx").symlink_to(user / "elsewhere" / "opik-cipx")
-    created, note = install.ensure_link(target, env_for(user, str(local)))
+    created, note = install.ensure_link(target, env_for(user, str(local)), user / ".opik-cipx")
     assert not created and note.startswith(f"{local}/opik-cipx exists and is not a link to {target}; left as is")
-    assert install.remove_link(target, env_for(user)) == []
+    assert install.remove_link(target, env_for(user), user / ".opik-cipx") == []
     assert os.readlink(local / "opik-cipx") == str(user / "elsewhere" / "opik-cipx")
 
 
