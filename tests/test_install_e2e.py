@@ -206,6 +206,15 @@ def test_uninstall_refuses_a_state_root_that_is_the_home_directory(installed):
     assert m.user_home.exists() and m.settings_path.exists()
 
 
+def test_uninstall_refuses_a_state_root_that_holds_claude_codes_configuration(installed):
+    m = installed.m
+    config = m.home / "claude"  # CLAUDE_CONFIG_DIR inside $CIPX_HOME: deleting it would take the user's settings
+    config.mkdir(parents=True)
+    (config / "settings.json").write_text("{}\n")
+    result = m.cli("uninstall", "--yes", CLAUDE_CONFIG_DIR=str(config))
+    assert result.returncode == 1 and "holds it" in result.stderr and (config / "settings.json").exists()
+
+
 def files_and_links(root: Path) -> dict[str, bytes]:
     """Every file, symlink (a dangling one too) and directory under `root`, with its bytes, its
     target, or b"dir"."""

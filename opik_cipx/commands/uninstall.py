@@ -43,8 +43,9 @@ def unsafe_to_delete(home: Path, env: dict[str, str]) -> str | None:
     user_home = Path(env.get("HOME") or Path.home()).resolve()
     if target == Path(target.anchor) or target == user_home or target in user_home.parents:
         return f"{home} is the root, your home directory or one of its parents"
-    if target == claude_settings.settings_path(env).parent.resolve():
-        return f"{home} is Claude Code's configuration directory"
+    config_dir = claude_settings.settings_path(env).parent.resolve()
+    if target == config_dir or target in config_dir.parents:
+        return f"{home} is Claude Code's configuration directory or holds it"
     return None
 
 
@@ -109,7 +110,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"opik-cipx: removed our statusLine from {status_line.path}")
     for path in claude_settings.remove_managed_hook_scripts(env):
         print(f"opik-cipx: removed hook script {path}")
-    for link in install.remove_link(install.installed_path(settings, env), env, home):
+    made = install.made_dirs(home, env)  # read before $CIPX_HOME goes
+    for link in install.remove_link(install.installed_path(settings, env), env):
         print(f"opik-cipx: removed {link}")
     copy = _installed_copy(env, home)
     if copy is not None:
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if home.exists():
         shutil.rmtree(home)
         print(f"opik-cipx: deleted {home}")
-    for path in claude_settings.tidy(env):
+    for path in install.remove_empty(made) + claude_settings.tidy(env):
         print(f"opik-cipx: removed {path} (left empty)")
     print("opik-cipx: uninstalled. If the Claude Code plugin is installed, remove it too "
           "(/plugin uninstall opik-cipx@opik-enterprise), or its next session start installs opik-cipx again.")

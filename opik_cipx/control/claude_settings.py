@@ -13,7 +13,7 @@ or replacing theirs with `force`. It is ours when it runs `<path>/opik-cipx stat
 Also here: the managed-file marker, so `uninstall` removes our hook scripts from Claude Code's
 `hooks/` directory and never a hand-written one; and `tidy`, which `uninstall` runs last: a
 settings file our removals left as `{}` is deleted (Claude Code reads a missing file the same
-way), then `hooks/` and the configuration directory if they are left empty.
+way), and then `hooks/` and the configuration directory if that left them empty.
 """
 
 import json
@@ -206,14 +206,16 @@ def remove_managed_hook_scripts(env: dict[str, str]) -> list[Path]:
 
 
 def tidy(env: dict[str, str]) -> list[Path]:
-    """After our entries and scripts are gone: delete a settings file that is exactly `{}`, then
-    `hooks/` and the configuration directory if empty; the paths removed."""
+    """After our entries and scripts are gone: delete a settings file that reads exactly `{}`,
+    then `hooks/` and the configuration directory if that left them empty; the paths removed."""
     path = settings_path(env)
-    removed = []
-    doc, _ = _load(path)
-    if doc == {} and path.is_file() and not path.is_symlink():
+    try:
+        if path.is_symlink() or path.read_text(encoding="utf-8").strip() != "{}":
+            return []
         path.unlink()
-        removed.append(path)
+    except (OSError, UnicodeDecodeError):
+        return []
+    removed = [path]
     for directory in (hooks_dir(env), path.parent):
         try:
             directory.rmdir()  # only an empty directory goes

@@ -17,7 +17,7 @@ never a system directory, never a directory another tool manages (`~/.cargo/bin`
 shims). A file of that name that is not our link is left alone and reported. `uninstall`
 removes the link only when it is ours: a symlink whose target is the installed executable.
 The directories made to hold the link (`~/.local`, `~/.local/bin` on a fresh home) are listed in
-`$CIPX_HOME/made-dirs.json`; `uninstall` removes those that are empty then, and no others.
+`$CIPX_HOME/made-dirs.json`; `uninstall` removes those that are empty at its end, and no others.
 """
 
 import json
@@ -153,15 +153,10 @@ def ensure_link(target: Path, env: dict[str, str], home: Path) -> tuple[bool, st
     if os.path.lexists(link):
         return False, f"{link} exists and is not a link to {target}; left as is (it is what `opik-cipx` runs)"
     try:
-        made = _make_public_dir(directory)
+        _remember(home, env, _make_public_dir(directory))
         link.symlink_to(target)
     except OSError as exc:
         return False, f"cannot link {link} ({exc.strerror or exc}); run opik-cipx as {target}"
-    if made:
-        try:
-            write_atomic(home / MADE_DIRS, json.dumps([str(d) for d in made_dirs(home) + made]).encode())
-        except OSError:
-            pass  # the link works; uninstall will leave these directories
     if on_path(directory, env):
         return True, f"linked {link} -> {target}: `opik-cipx` is on your PATH"
     return True, f"linked {link} -> {target}; {directory} is not on your PATH: {profile_hint(directory, env)}"
@@ -180,25 +175,43 @@ def _make_public_dir(directory: Path) -> list[Path]:
     return missing[::-1]
 
 
-def made_dirs(home: Path) -> list[Path]:
-    """The directories `ensure_link` made, as listed in `home`; [] if none or unreadable."""
+def _remember(home: Path, env: dict[str, str], made: list[Path]) -> None:
+    """Add `made` to the list in `home`; if it cannot be written, uninstall leaves them."""
+    if made:
+        try:
+            write_atomic(home / MADE_DIRS, json.dumps([str(d) for d in made_dirs(home, env) + made]).encode())
+        except OSError:
+            pass
+
+
+def made_dirs(home: Path, env: dict[str, str]) -> list[Path]:
+    """The directories `ensure_link` made, as listed in `home`: only personal bin directories and
+    their parents below the user's home; [] if none or unreadable."""
     try:
         listed = json.loads((home / MADE_DIRS).read_text())
     except (OSError, ValueError):
         return []
-    return [Path(entry) for entry in listed if isinstance(entry, str)] if isinstance(listed, list) else []
+    user_home = _home(env)
+    allowed = {d for bin_dir in link_dirs(env) for d in (bin_dir, *bin_dir.parents) if user_home in d.parents}
+    return [Path(entry) for entry in listed if isinstance(entry, str) and Path(entry) in allowed] \
+        if isinstance(listed, list) else []
 
 
-def remove_link(target: Path, env: dict[str, str], home: Path) -> list[Path]:
-    """Delete our links to `target` (never anything else), then the directories made for them
-    that are empty now; the paths removed."""
+def remove_link(target: Path, env: dict[str, str]) -> list[Path]:
+    """Delete our links to `target` (never anything else); the paths removed."""
     removed = []
     for directory in link_dirs(env):
         link = directory / NAME
         if is_our_link(link, target):
             link.unlink()
             removed.append(link)
-    for directory in sorted(made_dirs(home), key=lambda d: len(d.parts), reverse=True):
+    return removed
+
+
+def remove_empty(directories: list[Path]) -> list[Path]:
+    """Remove those of `directories` that are empty, innermost first; the paths removed."""
+    removed = []
+    for directory in sorted(directories, key=lambda d: len(d.parts), reverse=True):
         try:
             directory.rmdir()  # only an empty directory goes
         except OSError:

@@ -16,13 +16,13 @@ and never doubled. The cursor moves only once every record of the batch is settl
 - 500 and the other 5xx but 502/503/504 (Opik failed on the request; one record can cause it):
   wait, then split as for 400. A lone record that failed `ISOLATE_AFTER` times is quarantined
   only if Opik, asked right then to store again the last record of that kind it accepted (an
-  idempotent upsert: the probe), accepts it, and then fails the record once more: Opik works and
-  this record breaks it. (An outage that ends between the record's failure and the probe gets
-  the record accepted on that last try.) If the probe fails too, every request fails: an
-  outage, which quarantines nothing and waits as below. With
-  no accepted record of that kind yet there is no probe: the record goes behind the rest of the
-  batch, and when it is the last one, the batch is read again once newer records are in the
-  spool, to find one;
+  idempotent upsert: the probe), accepts it, and then fails the record once more with a 5xx of
+  this kind: Opik works and this record breaks it. Any other answer to that last try is taken
+  as this list says (an outage that ended between the record's failure and the probe gets it
+  accepted). If the probe fails too, every request fails: an outage, which quarantines nothing
+  and waits as below. With no accepted record of that kind yet there is no probe: the record
+  goes behind the rest of the batch, and when it is the last one, the batch is read again once
+  newer records are in the spool, to find one;
 - 502/503/504 (a gateway in front of Opik), refused connections, timeouts, other answers: all
   of Opik is down or unreachable: exponential backoff with jitter (capped), then the same request;
 - 429: wait for `RateLimit-Reset` / `Retry-After`, then the same request again;
@@ -338,6 +338,10 @@ class Shipper:
                         if accepted(request.kind, reply, alone):  # the outage ended between failure and probe
                             work.popleft()
                             self._accepted(request)
+                            continue
+                        if reply.status in SPLIT:  # a verdict on the record after all
+                            work.popleft()
+                            self._quarantine(request, reply.status, reply)
                             continue
                         if record_suspect(reply.status):
                             work.popleft()

@@ -145,18 +145,17 @@ def test_only_scripts_with_the_managed_marker_are_removed(tmp_path):
     assert remove_managed_hook_scripts({"HOME": str(tmp_path / "nowhere")}) == []
 
 
-def test_tidy_deletes_only_an_empty_settings_file_and_directories_left_empty(tmp_path):
+def test_tidy_deletes_only_an_empty_settings_file_and_directories_that_left_empty(tmp_path):
     env = {"HOME": str(tmp_path)}
     claude = tmp_path / ".claude"
     (claude / "hooks").mkdir(parents=True)
-    (claude / "settings.json").write_text('{\n  "model": "opus"\n}\n')
-    assert tidy(env) == [claude / "hooks"]  # the user's settings stay, and so does the directory holding them
-    assert (claude / "settings.json").read_text() == '{\n  "model": "opus"\n}\n'
+    for kept in ('{\n  "model": "opus"\n}\n', "", "{} not json"):
+        (claude / "settings.json").write_text(kept)
+        assert tidy(env) == [] and (claude / "settings.json").read_text() == kept  # the user's, or not ours to judge
     (claude / "settings.json").write_text("{}\n")
     (claude / "projects").mkdir()
-    assert tidy(env) == [claude / "settings.json"] and (claude / "projects").is_dir()
+    assert tidy(env) == [claude / "settings.json", claude / "hooks"] and (claude / "projects").is_dir()
     (claude / "projects").rmdir()
-    (claude / "settings.json").write_text("{} not json")
-    assert tidy(env) == [] and (claude / "settings.json").exists()  # unparseable: never touched
-    (claude / "settings.json").unlink()
-    assert tidy(env) == [claude] and not claude.exists()
+    assert tidy(env) == [] and claude.is_dir()  # no settings file of ours: the directory is not ours to remove
+    (claude / "settings.json").write_text("{}\n")
+    assert tidy(env) == [claude / "settings.json", claude] and not tmp_path.joinpath(".claude").exists()

@@ -1,6 +1,7 @@
 """control/install.py: the installed executable (built or copied, rewritten only when it differs) and
 the `opik-cipx` link on PATH (which directory, what to tell the user, only ever our own link)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -34,7 +35,8 @@ def test_the_link_goes_to_the_first_personal_bin_directory_on_path(user):
     assert os.readlink(local / "opik-cipx") == str(target) and not own.exists()
     assert install.ensure_link(target, both, state) == (False, None)  # already there: nothing to say
     assert install.ensure_link(target, env_for(user, str(own)), state) == (False, None)  # never a second link
-    assert install.remove_link(target, both, state) == [local / "opik-cipx", local, local.parent]  # made for it
+    assert install.remove_link(target, both) == [local / "opik-cipx"]
+    assert install.remove_empty(install.made_dirs(state, both)) == [local, local.parent]  # made for it
     own.mkdir()
     created, note = install.ensure_link(target, env_for(user, f"/usr/bin:{own}"), state)
     assert created and (own / "opik-cipx").is_symlink() and "is on your PATH" in note
@@ -43,28 +45,25 @@ def test_the_link_goes_to_the_first_personal_bin_directory_on_path(user):
 def test_uninstall_removes_only_the_directories_it_made_and_only_when_empty(user):
     state = user / ".opik-cipx"
     target = state / "bin" / "opik-cipx"
+    env = env_for(user)
     (user / ".local").mkdir()  # the user's: stays, though empty at the end
-    created, _ = install.ensure_link(target, env_for(user), state)
+    created, _ = install.ensure_link(target, env, state)
     local = user / ".local" / "bin"
-    assert created and install.made_dirs(state) == [local]
-    (local / "mytool").write_text("")  # the user put something of theirs beside our link
-    assert install.remove_link(target, env_for(user), state) == [local / "opik-cipx"]
+    assert created and install.made_dirs(state, env) == [local]
+    assert install.remove_link(target, env) == [local / "opik-cipx"]
+    (local / "mytool").write_text("")  # the user put something of theirs there meanwhile
+    assert install.remove_empty(install.made_dirs(state, env)) == [] and local.is_dir()
     (local / "mytool").unlink()
-    assert install.remove_link(target, env_for(user), state) == [local]
-    assert (user / ".local").is_dir()
+    assert install.remove_empty(install.made_dirs(state, env)) == [local] and (user / ".local").is_dir()
 
 
-def test_with_no_personal_bin_on_path_the_note_says_what_to_add(user):
-    target = user / ".opik-cipx" / "bin" / "opik-cipx"
-    old_umask = os.umask(0o077)  # as install.sh runs it
-    try:
-        created, note = install.ensure_link(target, env_for(user), user / ".opik-cipx")
-    finally:
-        os.umask(old_umask)
-    local = user / ".local" / "bin"
-    assert [os.stat(d).st_mode & 0o777 for d in (local.parent, local)] == [0o755, 0o755]  # not private, even so
-    assert created and note == (f"linked {local}/opik-cipx -> {target}; {local} is not on your PATH: add the line "
-                                '`export PATH="$HOME/.local/bin:$PATH"` to ~/.profile, then open a new terminal')
+def test_a_made_dirs_list_names_nothing_but_personal_bin_directories(user):
+    state = user / ".opik-cipx"
+    state.mkdir()
+    (user / "empty").mkdir()
+    listed = [str(user / "empty"), str(user), "/tmp", str(user / ".local" / "bin"), 7]
+    (state / install.MADE_DIRS).write_text(json.dumps(listed))
+    assert install.made_dirs(state, env_for(user)) == [user / ".local" / "bin"]
 
 
 @pytest.mark.parametrize("shell, bash_profile, expected", [
@@ -89,7 +88,7 @@ def test_only_our_own_link_is_ever_removed_or_replaced(user):
     (local / "opik-cipx").symlink_to(user / "elsewhere" / "opik-cipx")
     created, note = install.ensure_link(target, env_for(user, str(local)), user / ".opik-cipx")
     assert not created and note.startswith(f"{local}/opik-cipx exists and is not a link to {target}; left as is")
-    assert install.remove_link(target, env_for(user), user / ".opik-cipx") == []
+    assert install.remove_link(target, env_for(user)) == []
     assert os.readlink(local / "opik-cipx") == str(user / "elsewhere" / "opik-cipx")
 
 
