@@ -225,8 +225,9 @@ def test_sync_never_touches_it_and_uninstall_removes_only_ours(machine):  # noqa
     result = m.cli("uninstall", "--yes")
     assert result.returncode == 0, result.stderr
     assert f"removed our statusLine from {m.settings_path}" in result.stdout
-    assert "statusLine" not in m.settings()
+    assert not m.settings_path.exists()  # our entries were all it held
     theirs = {"type": "command", "command": "bash ~/.claude/statusline.sh"}
+    m.settings_path.parent.mkdir(parents=True, exist_ok=True)
     m.settings_path.write_text(json.dumps({"statusLine": theirs}))
     assert m.cli("uninstall", "--yes").returncode == 0
     assert m.settings() == {"statusLine": theirs}
