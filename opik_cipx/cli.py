@@ -57,7 +57,18 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:  # noqa: F821
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run one command; its exit status. A reader that leaves early (`| head`, `| grep -q`)
+    ends the command quietly with 141, as a shell reports a command killed by SIGPIPE."""
+    try:
+        code = _dispatch(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # a broken pipe shows here, not in the interpreter's own flush at exit
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 141
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv == ["statusline"]:
         from opik_cipx.commands.statusline import main as statusline
 
