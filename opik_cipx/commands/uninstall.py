@@ -24,6 +24,7 @@ from opik_cipx.config import ConfigError, Settings
 from opik_cipx.control import claude_settings, install, lifecycle
 from opik_cipx.control.confirm import confirmed
 from opik_cipx.control.daemon_control import paths_only_settings
+from opik_cipx.control.userfiles import remove_empty
 from opik_cipx.home import home_problem
 
 
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if home.exists():
         shutil.rmtree(home)
         print(f"opik-cipx: deleted {home}")
-    for path in install.remove_empty(made) + claude_settings.tidy(env):
+    for path in remove_empty(made) + claude_settings.tidy(env):
         print(f"opik-cipx: removed {path} (left empty)")
     print("opik-cipx: uninstalled. If the Claude Code plugin is installed, remove it too "
           "(/plugin uninstall opik-cipx@opik-enterprise), or its next session start installs opik-cipx again.")

@@ -22,7 +22,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from opik_cipx.control.userfiles import replace_file
+from opik_cipx.control.userfiles import remove_empty, replace_file
 
 KEY = "ANTHROPIC_BASE_URL"
 
@@ -215,11 +215,4 @@ def tidy(env: dict[str, str]) -> list[Path]:
         path.unlink()
     except (OSError, UnicodeDecodeError):
         return []
-    removed = [path]
-    for directory in (hooks_dir(env), path.parent):
-        try:
-            directory.rmdir()  # only an empty directory goes
-        except OSError:
-            continue
-        removed.append(directory)
-    return removed
+    return [path, *remove_empty([hooks_dir(env), path.parent])]

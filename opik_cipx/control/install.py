@@ -206,15 +206,3 @@ def remove_link(target: Path, env: dict[str, str]) -> list[Path]:
             link.unlink()
             removed.append(link)
     return removed
-
-
-def remove_empty(directories: list[Path]) -> list[Path]:
-    """Remove those of `directories` that are empty, innermost first; the paths removed."""
-    removed = []
-    for directory in sorted(directories, key=lambda d: len(d.parts), reverse=True):
-        try:
-            directory.rmdir()  # only an empty directory goes
-        except OSError:
-            continue
-        removed.append(directory)
-    return removed

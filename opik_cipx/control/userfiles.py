@@ -4,6 +4,7 @@ Unlike our own state (home.py: 0700/0600), these keep the mode they already have
 directories they live in are created with the usual permissions, never tightened. The write is
 atomic (temp file in the same directory, fsync, rename), and a symlinked file (dotfile
 managers) is written through to its target instead of being replaced by a regular file.
+`remove_empty` takes away directories made for such files, and only while they are empty.
 """
 
 import os
@@ -33,3 +34,15 @@ def replace_file(path: Path, data: bytes, default_mode: int = 0o644) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def remove_empty(directories: list[Path]) -> list[Path]:
+    """Remove those of `directories` that are empty, innermost first; the paths removed."""
+    removed = []
+    for directory in sorted(directories, key=lambda d: len(d.parts), reverse=True):
+        try:
+            directory.rmdir()  # only an empty directory goes
+        except OSError:
+            continue
+        removed.append(directory)
+    return removed

@@ -11,6 +11,7 @@ import pytest
 
 from opik_cipx.config import load_settings
 from opik_cipx.control import executable, install, zipapp
+from opik_cipx.control.userfiles import remove_empty
 from tests.conftest import REPO
 
 
@@ -36,7 +37,7 @@ def test_the_link_goes_to_the_first_personal_bin_directory_on_path(user):
     assert install.ensure_link(target, both, state) == (False, None)  # already there: nothing to say
     assert install.ensure_link(target, env_for(user, str(own)), state) == (False, None)  # never a second link
     assert install.remove_link(target, both) == [local / "opik-cipx"]
-    assert install.remove_empty(install.made_dirs(state, both)) == [local, local.parent]  # made for it
+    assert remove_empty(install.made_dirs(state, both)) == [local, local.parent]  # made for it
     own.mkdir()
     created, note = install.ensure_link(target, env_for(user, f"/usr/bin:{own}"), state)
     assert created and (own / "opik-cipx").is_symlink() and "is on your PATH" in note
@@ -52,9 +53,9 @@ def test_uninstall_removes_only_the_directories_it_made_and_only_when_empty(user
     assert created and install.made_dirs(state, env) == [local]
     assert install.remove_link(target, env) == [local / "opik-cipx"]
     (local / "mytool").write_text("")  # the user put something of theirs there meanwhile
-    assert install.remove_empty(install.made_dirs(state, env)) == [] and local.is_dir()
+    assert remove_empty(install.made_dirs(state, env)) == [] and local.is_dir()
     (local / "mytool").unlink()
-    assert install.remove_empty(install.made_dirs(state, env)) == [local] and (user / ".local").is_dir()
+    assert remove_empty(install.made_dirs(state, env)) == [local] and (user / ".local").is_dir()
 
 
 def test_a_made_dirs_list_names_nothing_but_personal_bin_directories(user):
