@@ -8,8 +8,12 @@ interpreter) and a ledger of 20,000 calls copied from the recorded corpus with r
 windows on every call (bench_report's copies: sessions of a few hundred calls), then runs the
 executable as Claude Code's `statusLine` command does (exec, the session's JSON on stdin, no
 daemon) N times, process start to exit. The baseline, measured in the same run (each run
-beside one of the status line's): a bare interpreter start, `python3 -c pass`. The target is 50 ms where the interpreter starts in 20 ms,
-so the run passes when the status line's median stays under 2.5 times the baseline's.
+beside one of the status line's): a bare interpreter start, `python3 -c pass`. The target is
+50 ms where the interpreter starts in 20 ms: the status line's own time (its median minus the
+baseline's) at most 30 ms. It is measured twice: as Claude Code runs it, and with `python3 -S`
+for both, as the site-packages' `.pth` files can import for every interpreter start modules the
+status line would import itself (json, re, pathlib), which hides their cost; the verdict is on
+the second.
 """
 
 import argparse
@@ -33,7 +37,7 @@ from bench_report import corpus_entries, synthetic  # noqa: E402
 from opik_cipx.ledger.store import Ledger  # noqa: E402
 
 TARGET_MS, REFERENCE_START_MS = 50.0, 20.0
-TARGET_RATIO = TARGET_MS / REFERENCE_START_MS
+OWN_BUDGET_MS = TARGET_MS - REFERENCE_START_MS
 WINDOWS = (("5h", "unified", 0.42, 3 * 3600), ("7d", "unified", 0.81, 3 * 86400), ("7d_oi", "unified", 0.05, 3 * 86400),
            ("7d_opus", "unified", 0.21, 3 * 86400))
 
@@ -74,20 +78,23 @@ def main() -> int:
         env.update(CIPX_HOME=str(home), COLUMNS="120")
         line = subprocess.run([str(pyz), "statusline"], env={**env, "NO_COLOR": "1"}, input=stdin.decode(),
                               capture_output=True, text=True).stdout.strip()
-        samples = [(timed([sys.executable, "-c", "pass"], env, b""), timed([str(pyz), "statusline"], env, stdin))
-                   for _ in range(args.runs)]  # interleaved: both see the same load
-        baseline = statistics.median(base for base, _ in samples)
-        statusline = statistics.median(line for _, line in samples)
-    ratio = statusline / baseline
-    verdict = "ok" if ratio <= TARGET_RATIO else "OVER TARGET"
+        samples = [(timed([sys.executable, *flags, "-c", "pass"], env, b""),
+                    timed([sys.executable, *flags, str(pyz), "statusline"], env, stdin))
+                   for _ in range(args.runs) for flags in ([], ["-S"])]  # interleaved: all see the same load
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpu(s); ledger of {args.calls:,} calls, "
           f"the session {calls:,} of them")
     print(f"  {line}")
-    print(f"python3 -c pass      median {baseline:6.1f} ms")
-    print(f"opik-cipx statusline median {statusline:6.1f} ms   {statusline - baseline:+.1f} ms, x{ratio:.2f} "
-          f"({args.runs} runs; target x{TARGET_RATIO:.1f}: {TARGET_MS:.0f} ms where python starts in "
-          f"{REFERENCE_START_MS:.0f} ms: {verdict})")
-    return 0 if ratio <= TARGET_RATIO else 1
+    own = 0.0
+    for flags, label in ((0, "as Claude Code runs it"), (1, "python3 -S (no site)")):
+        baseline = statistics.median(base for base, _ in samples[flags::2])
+        statusline = statistics.median(run for _, run in samples[flags::2])
+        own = statusline - baseline
+        print(f"{label:<24} python3 -c pass {baseline:6.1f} ms, opik-cipx statusline {statusline:6.1f} ms: "
+              f"its own {own:+.1f} ms (medians of {args.runs} runs)")
+    verdict = "ok" if own <= OWN_BUDGET_MS else "OVER TARGET"
+    print(f"own time without site {own:.1f} ms; target {OWN_BUDGET_MS:.0f} ms ({TARGET_MS:.0f} ms where python starts "
+          f"in {REFERENCE_START_MS:.0f} ms): {verdict}")
+    return 0 if own <= OWN_BUDGET_MS else 1
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def test_shebang_compression_and_fixed_metadata(pyz):
         infos = archive.infolist()
         names = [info.filename for info in infos]
         assert names[0] == "__main__.py" and "opik_cipx/cli.py" in names
-        assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+        assert not [n for n in names if "__pycache__" in n]
+        sources = {n for n in names if n.endswith(".py") and n != "__main__.py"}
+        assert {n for n in names if n.endswith(".pyc")} == {n + "c" for n in sources}  # each module compiled
         assert all(info.compress_type == zipfile.ZIP_DEFLATED for info in infos)
         assert {info.date_time for info in infos} == {(1980, 1, 1, 0, 0, 0)}
 
@@ -80,4 +82,23 @@ def test_interpreter_line_and_the_source_it_was_built_from(pyz, tmp_path):
     swapped = tmp_path / "swapped.pyz"
     swapped.write_bytes(zipapp.with_interpreter(data, sys.executable))
     version = subprocess.run([sys.executable, str(swapped), "--version"], capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0 and version.stdout.startswith("opik-cipx ")
+
+
+def run_in(pyz: Path, code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(pyz)!r}); {code}"],
+                          capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+
+
+def test_modules_load_compiled_and_another_interpreters_build_falls_back_to_the_source(pyz, tmp_path):
+    loaded = run_in(pyz, "import opik_cipx.cli as m; print(m.__file__)")
+    assert loaded.returncode == 0 and loaded.stdout.strip() == f"{pyz}/opik_cipx/cli.pyc", loaded.stderr
+    foreign = tmp_path / "foreign.pyz"  # as if built by another Python version: another magic number
+    with zipfile.ZipFile(pyz) as source, zipfile.ZipFile(foreign, "w") as out:
+        for info in source.infolist():
+            data = source.read(info)
+            out.writestr(info, b"\x00\x00" + data[2:] if info.filename.endswith(".pyc") else data)
+    loaded = run_in(foreign, "import opik_cipx.cli as m; print(m.__file__)")
+    assert loaded.returncode == 0 and loaded.stdout.strip() == f"{foreign}/opik_cipx/cli.py", loaded.stderr
+    version = subprocess.run([sys.executable, str(foreign), "--version"], capture_output=True, text=True, timeout=30)
     assert version.returncode == 0 and version.stdout.startswith("opik-cipx ")
