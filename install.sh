@@ -4,8 +4,8 @@
 #                                (~/.local/bin, or ~/bin when only that is on PATH), then `opik-cipx sync`:
 #                                start the proxy and point Claude Code at it
 #   ./install.sh path/to.pyz     install that file (and the link) only; run `opik-cipx sync` yourself
-# CIPX_INSTALL_DIR overrides the install directory; PYTHON picks the interpreter (3.11+), which
-# the installed file's #! line then names.
+# CIPX_INSTALL_DIR overrides the install directory; PYTHON picks the interpreter (3.11+, with its
+# sqlite3 module), which the installed file's #! line then names.
 set -eu
 
 here=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
@@ -13,6 +13,11 @@ python=${PYTHON:-python3}
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   echo "opik-cipx needs Python 3.11 or newer; '$python' is $("$python" --version 2>&1 || echo missing)." >&2
   echo "Install a newer Python, or run: PYTHON=/path/to/python3.11 ./install.sh" >&2
+  exit 1
+fi
+if ! "$python" -c 'import sqlite3' 2>/dev/null; then
+  echo "opik-cipx needs Python's sqlite3 module (its local ledger); '$python' was built without it." >&2
+  echo "Run with another Python 3.11+ (PYTHON=/usr/bin/python3 ./install.sh), or rebuild this one after installing SQLite's headers (Debian/Ubuntu: apt install libsqlite3-dev; Fedora: dnf install sqlite-devel)." >&2
   exit 1
 fi
 python=$("$python" -c 'import os, sys; print(os.path.realpath(sys.executable))')  # a version manager's shim resolved

@@ -56,16 +56,31 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:  # noqa: F821
     return parser
 
 
+NO_SQLITE = ("this Python ({python}) has no sqlite3 module, which opik-cipx needs for its local ledger: it was "
+             "built without SQLite's headers. Reinstall with another Python 3.11+ (PYTHON=/usr/bin/python3 "
+             "./install.sh), or rebuild this one after installing them (Debian/Ubuntu: apt install libsqlite3-dev)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit status. A reader that leaves early (`| head`, `| grep -q`)
-    ends the command quietly with 141, as a shell reports a command killed by SIGPIPE."""
+    ends the command quietly with 141, as a shell reports a command killed by SIGPIPE; a Python
+    without sqlite3 gets one line saying so (the status line: a short hint, exit 0)."""
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        code = _dispatch(sys.argv[1:] if argv is None else argv)
+        code = _dispatch(argv)
         sys.stdout.flush()  # a broken pipe shows here, not in the interpreter's own flush at exit
         return code
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 141
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("sqlite3", "_sqlite3"):
+            raise
+        if argv == ["statusline"]:  # Claude Code's repaint: a hint, never a failure
+            print("opik-cipx: this Python has no sqlite3 module")
+            return 0
+        print(f"opik-cipx: {NO_SQLITE.format(python=sys.executable)}", file=sys.stderr)
+        return 1
 
 
 def _dispatch(argv: list[str]) -> int:

@@ -115,6 +115,20 @@ def test_install_checks_python_version(installed, tmp_path):
     assert not installed.pyz.exists()
 
 
+def test_install_checks_that_python_has_sqlite3(installed, tmp_path):
+    blocker = tmp_path / "no-sqlite"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['_sqlite3'] = None\n")
+    python = tmp_path / "python-without-sqlite"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={blocker} exec {os.path.realpath(sys.executable)} \"$@\"\n")
+    python.chmod(0o755)
+    result = subprocess.run([str(REPO / "install.sh")], env=installed.m.env(PYTHON=str(python)),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and not installed.pyz.exists()
+    assert f"opik-cipx needs Python's sqlite3 module (its local ledger); '{python}' was built without it." \
+        in result.stderr and "apt install libsqlite3-dev" in result.stderr
+
+
 def test_restart_and_sync_pick_up_a_new_pyz(installed, tmp_path):
     m = installed.m
     assert installed.install().returncode == 0

@@ -66,6 +66,24 @@ def test_no_recent_python_is_a_hint_and_exit_0(tmp_path):
 
 
 @no_system_copy
+def test_a_python_without_sqlite3_is_passed_over_for_the_next_one(tmp_path):
+    root = plugin_tree(tmp_path)
+    bin_dir = tool_dir(tmp_path, python=None)
+    blocker = tmp_path / "no-sqlite"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['_sqlite3'] = None\n")
+    built_without = bin_dir / "python3"  # first on the list, as a Python built without SQLite's headers
+    built_without.write_text(f"#!/bin/sh\nPYTHONPATH={blocker} exec {os.path.realpath(sys.executable)} \"$@\"\n")
+    built_without.chmod(0o755)
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path / "home")}
+    result = launch(root, env)
+    assert result.returncode == 0 and "no Python 3.11 or newer with its sqlite3 module" in result.stderr
+    (bin_dir / "python3.14").symlink_to(os.path.realpath(sys.executable))  # a complete one further down the list
+    result = launch(root, env)
+    assert result.returncode == 0 and "executable not found" in result.stderr  # a Python was found: it went on
+
+
+@no_system_copy
 def test_path_executable_gets_sync_and_the_hook_stdin_whatever_the_event(tmp_path):
     root = plugin_tree(tmp_path)
     bin_dir = tool_dir(tmp_path)

@@ -96,7 +96,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def today_line(settings: Settings, now_ns: int | None = None) -> str:
     """Today's calls and cost (the local day) from the ledger; read directly, so it works with
     the daemon down."""
-    import sqlite3
+    try:
+        import sqlite3
+    except ModuleNotFoundError:
+        return "! no ledger: this Python has no sqlite3 module (`opik-cipx report` says what to do)"
 
     from opik_cipx.ledger.db import open_reader
     from opik_cipx.ledger.periods import day_start_ns, local_day
