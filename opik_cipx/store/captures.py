@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 from opik_cipx.home import open_private, private_dir
+from opik_cipx.store.runs import runs
 from opik_cipx.wire.capture import Capture
 
 log = logging.getLogger(__name__)
@@ -217,15 +218,7 @@ def encode_member(capture: Capture) -> bytes:
     packer = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, 31)
     out = [packer.compress(json.dumps(header).encode() + b"\n")]
     out += [packer.compress(request[at : at + RUN_BYTES]) for at in range(0, len(request), RUN_BYTES)]
-    run: list[bytes] = []
-    size = 0
-    for part in parts:
-        run.append(part)
-        size += len(part)
-        if size >= RUN_BYTES:
-            out.append(packer.compress(b"".join(run)))
-            run, size = [], 0
-    out.append(packer.compress(b"".join(run)))
+    out += [packer.compress(run) for run in runs(parts, RUN_BYTES)]
     out.append(packer.flush())
     return b"".join(out)
 

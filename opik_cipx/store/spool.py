@@ -39,10 +39,11 @@ import uuid
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 from opik_cipx.home import open_private, private_dir, read_json, write_atomic
 from opik_cipx.stats import utc_iso
+from opik_cipx.store.runs import runs
 
 log = logging.getLogger(__name__)
 
@@ -117,20 +118,6 @@ def _pieces(value: Any, depth: int, long: dict[str, str], nonce: str) -> str:
         return "{" + ",".join([_encode(key) + ":" + _pieces(item, depth - 1, long, nonce)
                                for key, item in value.items()]) + "}"
     return _encode(_set_aside(value, long, nonce))
-
-
-def _runs(lines: list[bytes]) -> Iterator[bytes]:
-    """`lines` joined into runs of about `WRITE_RUN` bytes (a longer line alone)."""
-    run: list[bytes] = []
-    size = 0
-    for line in lines:
-        run.append(line)
-        size += len(line)
-        if size >= WRITE_RUN:
-            yield b"".join(run)
-            run, size = [], 0
-    if run:
-        yield b"".join(run)
 
 
 def _set_aside(value: Any, long: dict[str, str], nonce: str) -> Any:
@@ -677,7 +664,7 @@ class Spool:
             self._open_segment()
         good = self._segments[self._active].size
         try:
-            for run in _runs(lines):
+            for run in runs(lines, WRITE_RUN):
                 view = memoryview(run)
                 while view:
                     view = view[self._fh.write(view) :]
