@@ -53,6 +53,13 @@ _MTOK = 1_000_000
 # and a definition equal to it (compared in C, no serialization) reuses it.
 _TOOL_MEMO: "OrderedDict[str, tuple[dict, str]]" = OrderedDict()
 _TOOL_MEMO_MAX = 512
+# The messages of a conversation repeat too, and the request reader (attribution/incremental.py)
+# hands an unchanged message over as the same parsed object call after call: its block digests
+# and breakpoints are kept by identity (the entry holds the object, so its id is not reused),
+# bounded by the characters serialized, as the reader bounds what it keeps.
+_MESSAGE_MEMO: "OrderedDict[int, tuple[dict, tuple[str, ...], tuple[tuple[int, int], ...], int]]" = OrderedDict()
+_MESSAGE_MEMO_MAX_CHARS = 32 * 1024 * 1024
+_message_memo_chars = 0
 
 
 def lane_of(kind: CallKind) -> str | None:
@@ -118,16 +125,12 @@ def prefix_of(body: dict) -> Prefix:
     messages = []
     count = 0
     for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        items = content if isinstance(content, list) else [content]
-        digests = []
-        for item in items:
-            digests.append(_digest(item) if not isinstance(item, str) else _digest_text(item))
-            count += 1
-            if isinstance(item, dict) and "cache_control" in item:
-                marks.append(_ttl(item["cache_control"]))
-                last = (len(tools), len(system), count)
-        messages.append(tuple(digests))
+        digests, breakpoints = _message_blocks(message)
+        for index, ttl in breakpoints:
+            marks.append(ttl)
+            last = (len(tools), len(system), count + index + 1)
+        count += len(digests)
+        messages.append(digests)
     if "cache_control" in body:  # automatic caching: a breakpoint after the last block
         marks.append(default_ttl)
         last = (len(tools), len(system), count)
@@ -159,10 +162,40 @@ def _tool_digest(tool: dict) -> str:
     return digest
 
 
+def _message_blocks(message: Any) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...]]:
+    """A message's digest per content block and its breakpoints (block index, TTL)."""
+    global _message_memo_chars
+    seen = _MESSAGE_MEMO.get(id(message))
+    if seen is not None and seen[0] is message:
+        _MESSAGE_MEMO.move_to_end(id(message))
+        return seen[1], seen[2]
+    content = message.get("content") if isinstance(message, dict) else None
+    items = content if isinstance(content, list) else [content]
+    digests, breakpoints, chars = [], [], 0
+    for index, item in enumerate(items):
+        text = item if isinstance(item, str) else _serialized(item)
+        digests.append(_digest_text(text))
+        chars += len(text)
+        if isinstance(item, dict) and "cache_control" in item:
+            breakpoints.append((index, _ttl(item["cache_control"])))
+    out = (tuple(digests), tuple(breakpoints))
+    if isinstance(message, dict):
+        _MESSAGE_MEMO[id(message)] = (message, *out, chars)
+        _message_memo_chars += chars
+        while _message_memo_chars > _MESSAGE_MEMO_MAX_CHARS:
+            _message_memo_chars -= _MESSAGE_MEMO.popitem(last=False)[1][3]
+    return out
+
+
 def _digest(value: Any) -> str:
+    return _digest_text(_serialized(value))
+
+
+def _serialized(value: Any) -> str:
+    """`value` as compact JSON, a block's `cache_control` left out (it moves; the content does not)."""
     if isinstance(value, dict) and "cache_control" in value:
         value = {k: v for k, v in value.items() if k != "cache_control"}
-    return _digest_text(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _digest_text(text: str) -> str:
