@@ -90,15 +90,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"opik-cipx: cannot read {path}: {exc}. If it is damaged, move it away and run "
               "`opik-cipx replay --ledger` to rebuild it from the stored captures", file=sys.stderr)
         return 1
-    try:
-        if args.json:
-            print(dump_json(to_json(result)))
-        elif args.csv:
-            write_csv(result, sys.stdout)
-        else:
-            print(render_table(result))
-    except BrokenPipeError:
-        pass
+    if args.json:
+        print(dump_json(to_json(result)))
+    elif args.csv:
+        write_csv(result, sys.stdout)
+    else:
+        print(render_table(result))
     return 0
 
 

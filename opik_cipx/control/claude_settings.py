@@ -73,10 +73,6 @@ def _save(path: Path, doc: dict) -> None:
     replace_file(path, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-def current_value(path: Path) -> str | None:
-    return read_entry(path)[0]
-
-
 def read_entry(path: Path) -> tuple[str | None, str]:
     """(our key's value or None, "") — or (None, why the file is unusable)."""
     doc, why = _load(path)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opik_cipx.ledger.periods import month_of, week_of
-from opik_cipx.ledger.schema import CALL_FIGURES, DETAIL_FIGURES, DIMENSIONS, LABELLED
+from opik_cipx.ledger.schema import CALL_FIGURES, DETAIL_FIGURES, DIMENSIONS, LABELLED, RATE_LIMIT_COLUMNS
 from opik_cipx.materialize.rate_limits import window_order
 
 TIME_KEYS = ("day", "week", "month")
@@ -148,8 +148,7 @@ def peak_utilization(conn: sqlite3.Connection, sel: Selection = Selection()) -> 
     return out
 
 
-RATE_LIMIT_FIELDS = ("window_name", "source", "utilization", "resets_at", "status", "surpassed_threshold",
-                     "limit_value", "remaining", "started_at_ns")
+RATE_LIMIT_FIELDS = (*RATE_LIMIT_COLUMNS, "started_at_ns")
 
 
 def latest_rate_limits(conn: sqlite3.Connection) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ costs None, with the reason. A cost is never made up as 0.
 import bisect
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from typing import Any
 
@@ -209,9 +209,9 @@ def price_call(model: str | None, usage: dict | None, table: PriceTable, at_ns: 
     base = Cost(model=found.name, unknown_model=found.priced_as != found.name, estimated_from=estimated,
                 price_table_date=table.effective_date)
     if found.price is None:
-        return _replace(base, unpriced_reason=found.reason)
+        return replace(base, unpriced_reason=found.reason)
     if not isinstance(usage, dict):
-        return _replace(base, unpriced_reason="the response carries no usage")
+        return replace(base, unpriced_reason="the response carries no usage")
     rates = found.price.at(at_ns)
     listed = usage.get("iterations")
     parts = [it for it in listed if isinstance(it, dict)] if isinstance(listed, list) else []
@@ -230,7 +230,7 @@ def price_call(model: str | None, usage: dict | None, table: PriceTable, at_ns: 
                 _canonical(part["model"], table.aliases) != found.name:
             other = table.resolve(part["model"])  # an advisor or fallback model served this iteration
             if other.price is None:
-                return _replace(base, unpriced_reason=f"usage.iterations[{index}] ran on {other.name}: {other.reason}")
+                return replace(base, unpriced_reason=f"usage.iterations[{index}] ran on {other.name}: {other.reason}")
             part_rates = other.price.at(at_ns)
             detail.update(model=other.name, priced_as=other.priced_as)
         tokens = token_counts(part)
@@ -252,7 +252,7 @@ def price_call(model: str | None, usage: dict | None, table: PriceTable, at_ns: 
     searches = _count(server_tools.get("web_search_requests")) if isinstance(server_tools, dict) else 0
     breakdown["web_search"] = searches * table.web_search_usd_per_1000 / 1000
     input_side = sum(breakdown[key] for key in _INPUT_SIDE)
-    return _replace(
+    return replace(
         base,
         rates_effective_from=rates.effective_from,
         total_usd=input_side + breakdown["output"] + breakdown["web_search"],
@@ -309,10 +309,6 @@ def _canonical(model: str, aliases: dict[str, str]) -> str:
 
 def _count(value: object) -> int:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 0
-
-
-def _replace(cost: Cost, **changes: Any) -> Cost:
-    return Cost(**{**cost.__dict__, **changes})
 
 
 def _model_price(layers: list[dict], overridden: bool) -> ModelPrice:

@@ -7,12 +7,9 @@ DNS rebinding. Any local user can read it: it carries no prompt, no file path, n
 """
 
 import json
-import logging
 from typing import Any, Callable
 
 from opik_cipx.wire.loopback import LoopbackHandler
-
-log = logging.getLogger(__name__)
 
 
 class AdminHandler(LoopbackHandler):

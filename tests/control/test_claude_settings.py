@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from opik_cipx.control.claude_settings import (
     MANAGED_MARKER,
-    current_value,
     point_at_proxy,
+    read_entry,
     remove_managed_hook_scripts,
     settings_path,
     stop_pointing_at_proxy,
@@ -90,7 +90,7 @@ def test_blank_file_counts_as_empty_and_removal_drops_an_env_we_emptied(tmp_path
     path = tmp_path / "settings.json"
     path.write_text("\n")
     assert point_at_proxy(path, URL).outcome == "set"
-    assert current_value(path) == URL
+    assert read_entry(path) == (URL, "")
     assert stop_pointing_at_proxy(path, URL).outcome == "removed"
     assert json.loads(path.read_text()) == {}
     assert stop_pointing_at_proxy(path, URL).outcome == "absent"
