@@ -35,14 +35,7 @@ def read_state(settings: Settings) -> dict[str, Any] | None:
     state = read_json(settings.state_path)
     if _names_pid(state):
         return state
-    port = _port(read_json(settings.ports_path), "admin")
-    answer = admin_get(port, "/admin/state") if port else None
-    if answer is None or answer[0] != 200:
-        return None
-    try:
-        state = json.loads(answer[1])
-    except ValueError:
-        return None
+    state = _admin_json(_port(read_json(settings.ports_path), "admin"), "/admin/state")
     if _names_pid(state) and state.get("home") == home_id(settings.home):
         return state
     return None
@@ -114,7 +107,12 @@ def is_healthy(port: int | None, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
 
 def fetch_stats(port: int | None, timeout_s: float = 2.0) -> dict[str, Any] | None:
     """The `/admin/stats` document (docs/ARCHITECTURE.md, "Admin stats"), or None when the daemon does not answer."""
-    answer = admin_get(port, "/admin/stats", timeout_s) if port else None
+    return _admin_json(port, "/admin/stats", timeout_s)
+
+
+def _admin_json(port: int | None, path: str, timeout_s: float = HEALTH_TIMEOUT_S) -> dict[str, Any] | None:
+    """The JSON object the admin listener answers 200 at `path`; None for any other answer or none."""
+    answer = admin_get(port, path, timeout_s) if port else None
     if answer is None or answer[0] != 200:
         return None
     try:

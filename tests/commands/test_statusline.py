@@ -279,3 +279,10 @@ def test_any_document_claude_code_could_send_gives_one_line(tmp_path_factory, do
     with contextlib.redirect_stdout(out):
         assert statusline.main(io.StringIO(json.dumps(doc)), env={"CIPX_HOME": str(home)}, now=1.8e9) == 0
     assert out.getvalue().count("\n") == 1 and "Traceback" not in out.getvalue()
+
+
+def test_the_status_line_reads_the_ledger_version_the_schema_writes():
+    from opik_cipx.commands.statusline import SCHEMA_VERSION
+    from opik_cipx.ledger.schema import LATEST
+
+    assert SCHEMA_VERSION == LATEST  # kept as a literal so the repaint does not load the schema module
