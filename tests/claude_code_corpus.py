@@ -129,6 +129,21 @@ def write_session_files(sessions_dir: Path) -> dict[str, dict]:
     return out
 
 
+@cache
+def corpus_now_ns() -> int:
+    """A fixed "now" one day after the last recorded exchange: the date a test of retention or
+    of "today" runs at, whatever the machine's clock says."""
+    return max(exchange(scenario, number).ended_at_ns
+               for scenario in SCENARIOS for number, _ in requests(scenario)) + 86400 * 10**9
+
+
+def corpus_clock():
+    """A `tests.fake_clock.FakeClock` at `corpus_now_ns()`."""
+    from tests.fake_clock import FakeClock
+
+    return FakeClock(corpus_now_ns())
+
+
 def materialized(sessions_dir: Path, recent: bool = False) -> list[tuple[str, str, Capture, list[dict]]]:
     """(scenario, number, capture, records) for every recorded exchange, through one
     materializer as the daemon runs it, with the session files of `write_session_files`.

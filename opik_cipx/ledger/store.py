@@ -24,6 +24,7 @@ from collections import deque
 from pathlib import Path
 from typing import Iterable
 
+from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.ledger.db import connect
 from opik_cipx.ledger.entry import Entry, ledger_entry
 from opik_cipx.ledger.periods import local_day
@@ -45,8 +46,10 @@ ENTRY_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataErro
 class Ledger:
     """The writer. `write` is called once per materialized capture, from one thread."""
 
-    def __init__(self, path: Path, retention_days: float, counters: Counters | None = None):
+    def __init__(self, path: Path, retention_days: float, counters: Counters | None = None,
+                 clock: Clock = SYSTEM):
         self.path = path
+        self.clock = clock
         self.retention_days = retention_days
         self.counters = counters or Counters()
         self._conn: sqlite3.Connection | None = None
@@ -81,7 +84,7 @@ class Ledger:
                 self._pending.popleft()
                 self.counters.incr("ledger_calls_dropped")
             self._pending.append(entry)
-        if not self._pending or time.monotonic() < self._retry_at:
+        if not self._pending or self.clock.monotonic() < self._retry_at:
             return not self._pending
         try:
             conn = self._connection()
@@ -158,7 +161,7 @@ class Ledger:
 
     def _failed(self, exc: Exception) -> None:
         self.counters.incr("ledger_write_errors")
-        self._retry_at = time.monotonic() + RETRY_PAUSE_S
+        self._retry_at = self.clock.monotonic() + RETRY_PAUSE_S
         self._retry_later()
         reason = _describe(exc)
         if isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorname", None) in CORRUPT:
@@ -186,7 +189,7 @@ class Ledger:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.clock.time()))
         target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         try:
             os.replace(self.path, target)
@@ -200,11 +203,11 @@ class Ledger:
         return target.name
 
     def _enforce_retention(self, conn: sqlite3.Connection) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if now < self._retention_at:
             return
         self._retention_at = now + RETENTION_EVERY_S
-        removed = delete_before(conn, local_day(int((time.time() - self.retention_days * 86400) * 1e9)))
+        removed = delete_before(conn, local_day(self.clock.time_ns() - int(self.retention_days * 86400e9)))
         if removed:
             log.info("ledger: %d call(s) older than %g days deleted", removed, self.retention_days)
 

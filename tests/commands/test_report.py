@@ -7,7 +7,7 @@ import json
 import pytest
 
 from opik_cipx.ledger.store import Ledger
-from tests.claude_code_corpus import materialized
+from tests.claude_code_corpus import corpus_clock, materialized
 from tests.conftest import run_cli
 
 FIGURES = ["calls", "cost_usd", "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
@@ -18,7 +18,7 @@ FIGURES = ["calls", "cost_usd", "input_tokens", "cache_creation_input_tokens", "
 def corpus_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("report") / "cipx-home"
     corpus = materialized(home / "sessions")
-    ledger = Ledger(home / "ledger.db", retention_days=400)
+    ledger = Ledger(home / "ledger.db", retention_days=400, clock=corpus_clock())
     for _, _, capture, records in corpus:
         ledger.write(capture, records)
     ledger.close()

@@ -33,7 +33,7 @@ from opik_cipx.ledger.schema import (
     V1,
 )
 from opik_cipx.ledger.store import Ledger, delete_before, upsert
-from tests.claude_code_corpus import materialized
+from tests.claude_code_corpus import corpus_clock, materialized
 
 DAY_NS = 86_400 * 10**9
 
@@ -68,7 +68,7 @@ START_NS = int((time.time() - 12 * 86400) * 1e9)
 @pytest.fixture(scope="module")
 def ledger_conn(tmp_path_factory, entries):
     path = tmp_path_factory.mktemp("ledger") / "ledger.db"
-    ledger = Ledger(path, retention_days=400)
+    ledger = Ledger(path, retention_days=400, clock=corpus_clock())
     assert ledger.write_entries(spread(entries, copies=3, days=10, start_ns=START_NS))
     ledger.close()
     conn = open_reader(path)
@@ -141,7 +141,7 @@ def assert_figures_equal(got: dict, want: dict) -> None:
 # -- tests -------------------------------------------------------------------------------
 
 def test_totals_equal_the_span_costs_and_rows_add_up_to_them(tmp_path, corpus):
-    ledger = Ledger(tmp_path / "ledger.db", retention_days=400)
+    ledger = Ledger(tmp_path / "ledger.db", retention_days=400, clock=corpus_clock())
     for _, _, capture, records in corpus:
         ledger.write(capture, records)
     ledger.close()
@@ -289,7 +289,7 @@ def test_a_v1_ledger_is_migrated_with_its_calls_rolled_up(tmp_path, entries):
     rollups_match_calls(reader)
     reader.close()
     # and the writer carries on from there
-    ledger = Ledger(path, retention_days=400)
+    ledger = Ledger(path, retention_days=400, clock=corpus_clock())
     assert ledger.write_entries(entries[:5])
     ledger.close()
     assert report(open_reader(path), ()).total["calls"] == len(entries)
@@ -324,14 +324,14 @@ def test_a_v2_ledger_gains_the_cache_and_rate_limit_columns_and_its_rollups_are_
     assert (row["calls"], row["cost_usd"]) == pytest.approx(tuple(v2_total))
     assert reader.execute("SELECT count(*) FROM rate_limits").fetchone()[0] == 0
     reader.close()
-    ledger = Ledger(path, retention_days=400)  # the writer carries on, diagnoses included
+    ledger = Ledger(path, retention_days=400, clock=corpus_clock())  # the writer carries on, diagnoses included
     assert ledger.write_entries(entries)
     ledger.close()
     assert report(open_reader(path), ("cache_break",)).total["calls"] == len(entries)
 
 
 def test_cache_breaks_report_by_cause_with_their_extra_cost(tmp_path, corpus):
-    ledger = Ledger(tmp_path / "ledger.db", retention_days=400)
+    ledger = Ledger(tmp_path / "ledger.db", retention_days=400, clock=corpus_clock())
     for _, _, capture, records in corpus:
         ledger.write(capture, records)
     ledger.close()

@@ -16,8 +16,9 @@ from opik_cipx.ledger.db import open_reader
 from opik_cipx.ledger.entry import ledger_entry
 from opik_cipx.ledger.schema import LATEST
 from opik_cipx.ledger.store import WRITER_BUSY_TIMEOUT_S, Ledger
-from tests.claude_code_corpus import materialized
+from tests.claude_code_corpus import corpus_clock, materialized
 from tests.conftest import wait_for
+from tests.fake_clock import DAY_NS, FakeClock, wall_ns_after
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,13 @@ def corpus(tmp_path_factory):
 def write_all(ledger: Ledger, corpus) -> None:
     for _, _, capture, records in corpus:
         ledger.write(capture, records)
+
+
+def aged(entry, clock: FakeClock, days: float):
+    """`entry` as a call made `days` before the clock's now."""
+    ns = clock.time_ns() - int(days * DAY_NS)
+    return dataclasses.replace(entry, call={**entry.call, "capture_id": "old", "started_at_ns": ns,
+                                            "day": time.strftime("%Y-%m-%d", time.localtime(ns / 1e9))})
 
 
 def span_cost_sum(corpus) -> float:
@@ -47,7 +55,7 @@ def totals(path) -> tuple[int, float, int]:
 
 def test_private_wal_file_and_writing_a_capture_again_never_counts_it_twice(tmp_path, corpus):
     path = tmp_path / "home" / "ledger.db"
-    ledger = Ledger(path, retention_days=400)
+    ledger = Ledger(path, retention_days=400, clock=corpus_clock())
     write_all(ledger, corpus)
     for suffix in ("", "-wal", "-shm"):
         assert stat.S_IMODE((tmp_path / "home" / f"ledger.db{suffix}").stat().st_mode) == 0o600, suffix
@@ -63,7 +71,7 @@ def test_private_wal_file_and_writing_a_capture_again_never_counts_it_twice(tmp_
 
 def test_a_changed_entry_replaces_the_old_rows(tmp_path, corpus):
     path = tmp_path / "ledger.db"
-    ledger = Ledger(path, retention_days=400)
+    ledger = Ledger(path, retention_days=400, clock=corpus_clock())
     _, _, capture, records = next(c for c in corpus if c[:2] == ("mcp", "002"))
     entry = ledger_entry(capture, records)
     ledger.write_entries([entry])
@@ -77,10 +85,9 @@ def test_days_beyond_the_retention_are_deleted(tmp_path, corpus):
     path = tmp_path / "ledger.db"
     entries = [ledger_entry(c, r) for _, _, c, r in corpus[:12]]
     entries = [e for e in entries if e]
-    old_ns = int((time.time() - 30 * 86400) * 1e9)
-    old = dataclasses.replace(entries[0], call={**entries[0].call, "capture_id": "old", "started_at_ns": old_ns,
-                                                "day": time.strftime("%Y-%m-%d", time.localtime(old_ns / 1e9))})
-    ledger = Ledger(path, retention_days=10)
+    clock = FakeClock(wall_ns_after(e.call["started_at_ns"] for e in entries))
+    old = aged(entries[0], clock, days=30)
+    ledger = Ledger(path, retention_days=10, clock=clock)
     ledger.write_entries([old, *entries[1:]])
     ledger.close()
     calls, _, _ = totals(path)
@@ -93,7 +100,7 @@ def test_days_beyond_the_retention_are_deleted(tmp_path, corpus):
 def test_a_corrupt_file_is_moved_aside_and_a_new_ledger_started(tmp_path, corpus, caplog):
     path = tmp_path / "ledger.db"
     path.write_bytes(b"this is not a database, it is a text file " * 200)
-    ledger = Ledger(path, retention_days=400)
+    ledger = Ledger(path, retention_days=400, clock=corpus_clock())
     with caplog.at_level(logging.WARNING, logger="opik_cipx.ledger.store"):
         write_all(ledger, corpus)
     ledger.close()
@@ -118,7 +125,7 @@ conn.execute("ROLLBACK")
 
 def test_a_locked_ledger_delays_the_writer_at_most_the_busy_timeout_then_catches_up(tmp_path, corpus, caplog):
     path = tmp_path / "ledger.db"
-    ledger = Ledger(path, retention_days=400)
+    ledger = Ledger(path, retention_days=400, clock=corpus_clock())
     pairs = [(c, r) for _, _, c, r in corpus if any(x["body"].get("type") == "llm" for x in r)]
     ledger.write(*pairs[0])
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], stdin=subprocess.PIPE,
@@ -151,7 +158,7 @@ def test_a_ledger_from_a_newer_version_is_left_alone(tmp_path, corpus, caplog):
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA user_version = {LATEST + 1}")
     conn.close()
-    ledger = Ledger(path, retention_days=400)
+    ledger = Ledger(path, retention_days=400, clock=corpus_clock())
     with caplog.at_level(logging.WARNING, logger="opik_cipx.ledger.store"):
         write_all(ledger, corpus[:20])
         ledger.close()  # tries once more
@@ -165,7 +172,7 @@ def test_an_entry_the_schema_refuses_is_dropped_alone(tmp_path, corpus):
     path = tmp_path / "ledger.db"
     entries = [e for e in (ledger_entry(c, r) for _, _, c, r in corpus[:15]) if e]
     broken = dataclasses.replace(entries[0], call={**entries[0].call, "capture_id": "broken", "day": None})
-    ledger = Ledger(path, retention_days=400)
+    ledger = Ledger(path, retention_days=400, clock=corpus_clock())
     assert ledger.write_entries([broken, *entries[1:]])
     ledger.close()
     assert totals(path)[0] == len(entries) - 1
@@ -175,7 +182,7 @@ def test_an_entry_the_schema_refuses_is_dropped_alone(tmp_path, corpus):
 def test_readers_see_committed_rows_while_the_writer_holds_a_transaction(tmp_path, corpus):
     path = tmp_path / "ledger.db"
     assert open_reader(path) is None and not path.exists()
-    ledger = Ledger(path, retention_days=400)
+    ledger = Ledger(path, retention_days=400, clock=corpus_clock())
     write_all(ledger, corpus[:20])
     ledger._conn.execute("BEGIN IMMEDIATE")
     ledger._conn.execute("DELETE FROM calls")
@@ -186,18 +193,15 @@ def test_readers_see_committed_rows_while_the_writer_holds_a_transaction(tmp_pat
     ledger.close()
 
 
-def test_retention_runs_at_most_once_an_hour(tmp_path, corpus, monkeypatch):
+def test_retention_runs_at_most_once_an_hour(tmp_path, corpus):
     path = tmp_path / "ledger.db"
     entries = [e for e in (ledger_entry(c, r) for _, _, c, r in corpus[:12]) if e]
-    ledger = Ledger(path, retention_days=10)
+    clock = FakeClock(wall_ns_after(e.call["started_at_ns"] for e in entries))
+    ledger = Ledger(path, retention_days=10, clock=clock)
     ledger.write_entries(entries[1:])  # the first write enforces the retention
-    old_ns = int((time.time() - 30 * 86400) * 1e9)
-    old = dataclasses.replace(entries[0], call={**entries[0].call, "capture_id": "old", "started_at_ns": old_ns,
-                                                "day": time.strftime("%Y-%m-%d", time.localtime(old_ns / 1e9))})
-    ledger.write_entries([old])
+    ledger.write_entries([aged(entries[0], clock, days=30)])
     assert totals(path)[0] == len(entries)  # not again within the hour
-    later = time.monotonic() + 3601
-    monkeypatch.setattr("opik_cipx.ledger.store.time.monotonic", lambda: later)
+    clock.advance(3601)
     ledger.write_entries([entries[1]])
     ledger.close()
     assert totals(path)[0] == len(entries) - 1
@@ -206,7 +210,7 @@ def test_retention_runs_at_most_once_an_hour(tmp_path, corpus, monkeypatch):
 def test_a_ledger_removed_under_the_writer_is_started_afresh(tmp_path, corpus):
     path = tmp_path / "ledger.db"
     entries = [e for e in (ledger_entry(c, r) for _, _, c, r in corpus[:12]) if e]
-    ledger = Ledger(path, retention_days=400)
+    ledger = Ledger(path, retention_days=400, clock=corpus_clock())
     ledger.write_entries(entries[:3])
     for suffix in ("", "-wal", "-shm"):
         os.replace(f"{path}{suffix}", f"{path}{suffix}.moved")  # the user moves it away

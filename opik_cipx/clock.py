@@ -1,0 +1,40 @@
+"""Time at the edges: the one object through which opik-cipx reads the clocks and waits.
+
+Everything that dates a record or waits for a deadline (shipper, spool, ledger retention,
+follower, capture store, connection deadlines, telemetry) takes a `Clock` and never calls
+`time` itself, so a test can run it on a clock of its own: a date chosen by the test, and time
+that moves when the test says, not while it sleeps (`tests/fake_clock.py`).
+
+`SYSTEM` is the machine's clocks. Converting a time that is already known (a local day from
+epoch ns, a UTC stamp) is not a clock read and stays a plain function.
+"""
+
+import threading
+import time
+
+
+class Clock:
+    """The machine's wall clock (epoch), its monotonic clock, and waits measured by the latter."""
+
+    def time(self) -> float:
+        """Wall-clock seconds since the epoch."""
+        return time.time()
+
+    def time_ns(self) -> int:
+        """Wall-clock nanoseconds since the epoch."""
+        return time.time_ns()
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back; only differences mean anything."""
+        return time.monotonic()
+
+    def wait(self, event: threading.Event, timeout: float | None) -> bool:
+        """Wait until `event` is set (True) or `timeout` seconds have passed (False)."""
+        return event.wait(timeout)
+
+    def sleep(self, seconds: float) -> None:
+        """Let `seconds` pass."""
+        time.sleep(seconds)
+
+
+SYSTEM = Clock()
