@@ -115,7 +115,9 @@ def today_line(settings: Settings, now_ns: int | None = None) -> str:
             total = report(conn, (), Selection(since_ns=since)).total
         finally:
             conn.close()
-    except (sqlite3.Error, SchemaError, OSError) as exc:
+    except SchemaError as exc:
+        return f"! {exc}"
+    except (sqlite3.Error, OSError) as exc:
         return (f"! cannot read {settings.ledger_path} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
                 "`opik-cipx logs` may say why; `opik-cipx replay --ledger` rebuilds it from the stored captures")
     line = f"{total['calls']} call(s), ${total['cost_usd'] or 0:,.4f}"

@@ -167,18 +167,22 @@ def test_claude_codes_own_limits_when_the_ledger_has_none(corpus_home):
     assert line.endswith(" · 5h 42% 16m")  # seven_day has reset already
 
 
-def test_an_older_ledger_is_migrated_once(tmp_path, corpus_home):
-    from opik_cipx.ledger.schema import MIGRATIONS
-
+@pytest.mark.parametrize("version, hint", [
+    (0, "opik-cipx: no calls recorded yet (`opik-cipx sync` routes Claude Code through it)"),
+    (statusline.SCHEMA_VERSION - 1, "opik-cipx: ledger.db is from an older opik-cipx; `opik-cipx restart` upgrades it"),
+    (statusline.SCHEMA_VERSION + 1, "opik-cipx: ledger.db is from a newer opik-cipx; upgrade this one"),
+])
+def test_a_ledger_of_another_version_is_a_hint_and_left_as_it_was(tmp_path, version, hint):
     home = tmp_path / "cipx-home"
     home.mkdir()
     conn = sqlite3.connect(home / "ledger.db", isolation_level=None)
-    for step in MIGRATIONS[:2]:
-        step(conn)
-    conn.execute("PRAGMA user_version = 2")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE calls (id INTEGER PRIMARY KEY)")
+    conn.execute(f"PRAGMA user_version = {version}")
     conn.close()
-    assert render(home, {"session_id": "s"}, now=0) == "$0.0000 · today $0.0000"
-    assert sqlite3.connect(home / "ledger.db").execute("PRAGMA user_version").fetchone()[0] == 3
+    before = (home / "ledger.db").read_bytes()
+    assert render(home, {"session_id": "s"}, now=0) == hint  # only the daemon migrates it
+    assert (home / "ledger.db").read_bytes() == before
 
 
 # -- Claude Code's settings ----------------------------------------------------------------------
