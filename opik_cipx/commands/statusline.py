@@ -15,9 +15,9 @@ This prints, from the ledger (read directly: the daemon may be down):
 Coloured with ANSI (not with `NO_COLOR`), cut to `COLUMNS` (80): the least important parts go
 first. It never fails Claude Code: on any problem it prints a short hint and exits 0.
 
-It runs on every repaint, so its fast path (`main`) imports only the standard library:
-`cli.main` hands `statusline` without options to it before loading settings
-(bench/bench_statusline.py). It reads `$CIPX_HOME/ledger.db` as `ledger/schema.py` defines it,
+It runs on every repaint, so its fast path (`main`) imports only the standard library and
+`ledger/figures` (which imports nothing): `cli.main` hands `statusline` without options to it
+before loading settings (bench/bench_statusline.py). It reads `$CIPX_HOME/ledger.db` as `ledger/schema.py` defines it,
 read-only and at that schema's version alone: only the daemon migrates the file, so a ledger of
 another version is a hint line.
 `--install` sets `statusLine` in `~/.claude/settings.json` to run the installed executable,
@@ -31,6 +31,8 @@ import os
 import sqlite3
 import sys
 import time
+
+from opik_cipx.ledger.figures import cache_hit  # imports nothing
 
 DEFAULT_COLUMNS = 80
 SEPARATOR = " · "
@@ -150,7 +152,8 @@ def read_ledger(path: str, session_id: str, now: float) -> dict:
     cost, unpriced, uncached, written, read = session
     return {
         "cost": cost, "unpriced": unpriced or 0, "today": today[0],
-        "prompt": uncached + written + read, "read": read,
+        "cache_hit": cache_hit({"input_tokens": uncached, "cache_creation_input_tokens": written,
+                                "cache_read_input_tokens": read}),
         "context": context[0] if context else None,
         "windows": [{"name": n, "utilization": u, "resets_at": r, "warning": s in ("allowed_warning", "rejected")
                      or t is not None} for n, u, r, s, t in windows],
@@ -170,8 +173,8 @@ def _parts(doc: dict, figures: dict, now: float, color: bool) -> list[tuple[int,
     if context:
         text, share = context
         out.append((80, *paint(text, _level(share, 0.6, 0.85))))
-    if figures["prompt"]:
-        hit = figures["read"] / figures["prompt"]
+    hit = figures["cache_hit"]
+    if hit is not None:
         out.append((50, *paint(f"cache {hit:.0%}", GREEN if hit >= 0.8 else YELLOW if hit >= 0.5 else RED)))
     windows = figures["windows"] or _claude_code_windows(doc, now)
     order = sorted(windows, key=lambda w: (KNOWN_WINDOWS.index(w["name"]) if w["name"] in KNOWN_WINDOWS

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 from opik_cipx.ids import is_uuid7, uuid7_unix_ms
 from opik_cipx.ledger.db import open_reader
+from opik_cipx.ledger.figures import UNKNOWN, cache_hit, input_side, label_of, unpriced_note
 from opik_cipx.ledger.periods import day_start_ns, local_day
 from opik_cipx.ledger.queries import (
     Selection,
@@ -303,29 +304,14 @@ def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
-def input_side(figures: dict[str, Any]) -> float:
-    return figures["input_tokens"] + figures["cache_creation_input_tokens"] + figures["cache_read_input_tokens"]
-
-
-def cache_hit(figures: dict[str, Any]) -> float | None:
-    whole = input_side(figures)
-    return figures["cache_read_input_tokens"] / whole if whole else None
-
-
 def when(ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
 
 
-def label_of(value: Any) -> str:
-    return "(unknown)" if value is None else str(value)
-
-
 def unpriced(total: dict[str, Any]) -> str:
     """A warning when some calls used a model the price table does not know."""
-    if not total.get("unpriced_calls"):
-        return ""
-    return (f"<div class=bad>{total['unpriced_calls']:,} calls not priced: model missing from the price table "
-            "(add it under [prices.\"&lt;model&gt;\"] in config.toml)</div>")
+    note = unpriced_note(total.get("unpriced_calls") or 0)
+    return f"<div class=bad>{esc(note)}</div>" if note else ""
 
 
 def account(call: dict[str, Any]) -> str:
@@ -337,7 +323,7 @@ def account(call: dict[str, Any]) -> str:
 def short_path(path: str | None) -> str:
     """The last two parts of a directory, the whole path on hover."""
     if not path:
-        return "(unknown)"
+        return UNKNOWN
     tail = "/".join(path.rstrip("/").split("/")[-2:])
     return f"<span title='{esc(path)}'>{'&hellip;/' if tail != path.strip('/') else ''}{esc(tail)}</span>"
 
@@ -351,7 +337,7 @@ def kind_of(call: dict[str, Any]) -> str:
 
 def session_link(session_id: str | None, project: str | None) -> str:
     if not session_id:
-        return "(unknown)"
+        return UNKNOWN
     name = f"{session_id[:8]}&hellip;" + (f" {esc(project.rstrip('/').rsplit('/', 1)[-1])}" if project else "")
     return f"<a href='/session/{urllib.parse.quote(session_id)}'>{name}</a>"
 

@@ -178,7 +178,10 @@ def test_without_a_ledger_and_with_a_damaged_one(tmp_path):
 def test_calls_of_an_unknown_model_are_flagged_never_priced_at_zero(tmp_path, viewer):
     import dataclasses
 
+    from opik_cipx.commands.status import today_line
+    from opik_cipx.config import load_settings
     from opik_cipx.ledger.entry import ledger_entry
+    from opik_cipx.ledger.figures import unpriced_note
     from tests.conftest import run_cli
 
     _, _, corpus = viewer
@@ -194,15 +197,19 @@ def test_calls_of_an_unknown_model_are_flagged_never_priced_at_zero(tmp_path, vi
     server = serve(home)
     try:
         _, page, _ = get(server.port, "/")
-        assert "1 calls not priced" in text(page) and "unknown model" in text(page)
+        assert unpriced_note(1) in text(page)
+        assert "unknown model" in text(page)
         _, call, _ = get(server.port, "/capture/x")
         assert "unknown model" in text(call) and "claude-nova-9" in call
     finally:
         server.shutdown()
         server.server_close()
     table = run_cli(home, "report", "--by", "model").stdout
-    assert "1 call(s) used a model missing from the price table" in table
+    assert f"{unpriced_note(1)}." in table  # the dashboard's words
     assert f"${entry.call['cost_usd']:,.4f}" in table.splitlines()[-2]  # the total: the priced call only
+    settings = load_settings({"CIPX_HOME": str(home), "HOME": str(tmp_path)})
+    assert today_line(settings, now_ns=entry.call["started_at_ns"]) == (
+        f"2 call(s), ${entry.call['cost_usd']:,.4f}; {unpriced_note(1)} (`opik-cipx report` for more)")
 
 
 def test_a_browser_signs_in_once_then_uses_the_cookie(viewer):
