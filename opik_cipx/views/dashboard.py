@@ -20,6 +20,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
+from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.ids import is_uuid7, uuid7_unix_ms
 from opik_cipx.ledger.db import open_reader
 from opik_cipx.ledger.figures import UNKNOWN, cache_hit, input_side, label_of, unpriced_note
@@ -77,11 +78,12 @@ TOKEN_CLASSES = (  # label, tokens column, cost column
 
 
 class Dashboard:
-    """The pages over one ledger and one capture store."""
+    """The pages over one ledger and one capture store; `clock` says which day is today."""
 
-    def __init__(self, ledger_path: Path, captures_dir: Path):
+    def __init__(self, ledger_path: Path, captures_dir: Path, clock: Clock = SYSTEM):
         self.ledger_path = ledger_path
         self.captures_dir = captures_dir
+        self.clock = clock
 
     def route(self, target: str) -> Response:
         """Answer `GET target` (path and query)."""
@@ -127,7 +129,7 @@ class Dashboard:
                     "call through opik-cipx lands here. `opik-cipx replay --ledger` adds the calls of the stored "
                     "raw captures.</p></section>")
             return 200, HTML, page("opik-cipx dashboard", body)
-        today = local_day(time.time_ns())
+        today = local_day(self.clock.time_ns())
         days = [(date.fromisoformat(today) - timedelta(days=n)).isoformat() for n in range(29, -1, -1)]
         month = Selection(since_ns=day_start_ns(days[0]))
         everything = report(conn, ())

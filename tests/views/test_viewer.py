@@ -1,5 +1,6 @@
 """The viewer's dashboard over HTTP: home, calls, a session, a call, from a ledger and a capture
-store of the recorded corpus; the Host and token guards and the Content-Security-Policy."""
+store of the recorded corpus (at its recorded dates, the dashboard's clock a day later: no test
+depends on today's date); the Host and token guards and the Content-Security-Policy."""
 
 import html
 import http.client
@@ -18,7 +19,7 @@ from opik_cipx.views.charts import PALETTE
 from opik_cipx.views.dashboard import Dashboard
 from opik_cipx.views.viewer import ViewerHandler
 from opik_cipx.wire.loopback import LoopbackServer
-from tests.claude_code_corpus import materialized
+from tests.claude_code_corpus import corpus_clock, materialized
 from tests.conftest import LIMITS
 
 SUBAGENT_SESSION = "1b15d3cd-b49e-410d-880f-1d1856a84f6c"
@@ -26,7 +27,7 @@ TOKEN = "t" * 43
 
 
 def serve(home):
-    pages = Dashboard(home / "ledger.db", home / "captures")
+    pages = Dashboard(home / "ledger.db", home / "captures", clock=corpus_clock())
     handler = type("H", (ViewerHandler,), {"pages": pages, "access": ViewerAccess(TOKEN)})
     server = LoopbackServer("viewer", "127.0.0.1", 0, handler, LIMITS)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
@@ -36,9 +37,9 @@ def serve(home):
 @pytest.fixture(scope="module")
 def viewer(tmp_path_factory):
     home = tmp_path_factory.mktemp("viewer") / "cipx-home"
-    corpus = materialized(home / "sessions", recent=True)
+    corpus = materialized(home / "sessions")
     store = CaptureStore(home / "captures", max_bytes=10**9, max_age_s=10**9, segment_bytes=10**7)
-    ledger = Ledger(home / "ledger.db", retention_days=400)
+    ledger = Ledger(home / "ledger.db", retention_days=400, clock=corpus_clock())
     for _, _, capture, records in corpus:
         store.append(capture)
         ledger.write(capture, records)
@@ -191,7 +192,7 @@ def test_calls_of_an_unknown_model_are_flagged_never_priced_at_zero(tmp_path, vi
                                                "cost_usd": None, "warm_cache_cost_usd": None},
                                   details=tuple(dataclasses.replace(d, cost_usd=None) for d in entry.details))
     home = tmp_path / "cipx-home"
-    ledger = Ledger(home / "ledger.db", retention_days=400)
+    ledger = Ledger(home / "ledger.db", retention_days=400, clock=corpus_clock())
     ledger.write_entries([entry, dataclasses.replace(mystery, call={**mystery.call, "capture_id": "x"})])
     ledger.close()
     server = serve(home)
