@@ -21,6 +21,7 @@ from typing import Any
 
 from opik_cipx.config import Settings
 from opik_cipx.ledger.db import open_reader
+from opik_cipx.ledger.figures import cache_hit, label_of, unpriced_note
 from opik_cipx.ledger.periods import parse_since, parse_until
 from opik_cipx.ledger.queries import (
     BY_KEYS,
@@ -142,12 +143,6 @@ def write_csv(result: Report, stream) -> None:
     writer.writerow([*("" for _ in result.by), *(result.total[f] for f in figures), *peaks(result.total)])
 
 
-def cache_hit(figures: dict[str, Any]) -> float | None:
-    """Cache reads over every input-side token; None without input."""
-    prompt = figures["input_tokens"] + figures["cache_creation_input_tokens"] + figures["cache_read_input_tokens"]
-    return figures["cache_read_input_tokens"] / prompt if prompt else None
-
-
 def _cells(figures: dict[str, Any], breaks: bool, windows: list[str]) -> list[str]:
     cells = [f"{figures['calls']:,}"]
     cells += [f"{round(figures[name]):,}" for name, _ in COLUMNS[1:5]]
@@ -167,7 +162,7 @@ def render_table(result: Report) -> str:
     breaks, windows = report_figures(result.by) != FIGURES, _windows(result)
     headings = [*result.by, *(heading for _, heading in COLUMNS), "cache hit",
                 *((heading for _, heading in BREAK_COLUMNS) if breaks else ()), *(f"{w} peak" for w in windows)]
-    rows = [[_label(row[k]) for k in result.by] + _cells(row, breaks, windows) for row in result.rows]
+    rows = [[label_of(row[k]) for k in result.by] + _cells(row, breaks, windows) for row in result.rows]
     total = ["total", *([""] * (len(result.by) - 1))] if result.by else []
     rows.append(total + _cells(result.total, breaks, windows))
     widths = [max(len(line[i]) for line in [headings, *rows]) for i in range(len(headings))]
@@ -185,18 +180,13 @@ def render_table(result: Report) -> str:
     return "\n".join(out)
 
 
-def _label(value: Any) -> str:
-    return "(unknown)" if value is None else str(value)
-
-
 def _notes(result: Report) -> list[str]:
     notes = []
     if any(k in DETAIL_KEYS for k in result.by):
         notes.append("Rows are each part's share of the calls that carried it (tokens by character share); "
                      "the total counts whole calls.")
-    if result.total.get("unpriced_calls"):
-        notes.append(f"{result.total['unpriced_calls']} call(s) used a model missing from the price table: their "
-                     "cost is not included (add it under [prices.\"<model>\"] in config.toml).")
+    if unpriced := unpriced_note(result.total.get("unpriced_calls") or 0):
+        notes.append(f"{unpriced}.")
     if windows := _windows(result):
         notes.append(f"`<window> peak`: the highest utilization each rate-limit window reported ({', '.join(windows)}); "
                      "`opik-cipx status` shows the latest.")

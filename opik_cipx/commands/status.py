@@ -102,6 +102,7 @@ def today_line(settings: Settings, now_ns: int | None = None) -> str:
         return "! no ledger: this Python has no sqlite3 module (`opik-cipx report` says what to do)"
 
     from opik_cipx.ledger.db import open_reader
+    from opik_cipx.ledger.figures import unpriced_note
     from opik_cipx.ledger.periods import day_start_ns, local_day
     from opik_cipx.ledger.queries import Selection, report
     from opik_cipx.ledger.schema import SchemaError
@@ -115,12 +116,14 @@ def today_line(settings: Settings, now_ns: int | None = None) -> str:
             total = report(conn, (), Selection(since_ns=since)).total
         finally:
             conn.close()
-    except (sqlite3.Error, SchemaError, OSError) as exc:
+    except SchemaError as exc:
+        return f"! {exc}"
+    except (sqlite3.Error, OSError) as exc:
         return (f"! cannot read {settings.ledger_path} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
                 "`opik-cipx logs` may say why; `opik-cipx replay --ledger` rebuilds it from the stored captures")
     line = f"{total['calls']} call(s), ${total['cost_usd'] or 0:,.4f}"
-    if total.get("unpriced_calls"):
-        line += f" (+ {total['unpriced_calls']} call(s) of a model with no price: `opik-cipx prices`)"
+    if unpriced := unpriced_note(total.get("unpriced_calls") or 0):
+        line += f"; {unpriced}"
     return line + " (`opik-cipx report` for more)"
 
 

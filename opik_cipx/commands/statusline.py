@@ -15,9 +15,11 @@ This prints, from the ledger (read directly: the daemon may be down):
 Coloured with ANSI (not with `NO_COLOR`), cut to `COLUMNS` (80): the least important parts go
 first. It never fails Claude Code: on any problem it prints a short hint and exits 0.
 
-It runs on every repaint, so its fast path (`main`) imports only the standard library:
-`cli.main` hands `statusline` without options to it before loading settings
-(bench/bench_statusline.py). It reads `$CIPX_HOME/ledger.db` as `ledger/schema.py` defines it.
+It runs on every repaint, so its fast path (`main`) imports only the standard library and
+`ledger/figures` (which imports nothing): `cli.main` hands `statusline` without options to it
+before loading settings (bench/bench_statusline.py). It reads `$CIPX_HOME/ledger.db` as `ledger/schema.py` defines it,
+read-only and at that schema's version alone: only the daemon migrates the file, so a ledger of
+another version is a hint line.
 `--install` sets `statusLine` in `~/.claude/settings.json` to run the installed executable,
 only when none is set (or with `--force`); `uninstall` removes it when it is ours.
 """
@@ -30,12 +32,15 @@ import sqlite3
 import sys
 import time
 
+from opik_cipx.ledger.figures import cache_hit  # imports nothing
+
 DEFAULT_COLUMNS = 80
 SEPARATOR = " · "
 KNOWN_WINDOWS = ("5h", "7d")  # the subscription's own windows: shown before the others
 GREEN, YELLOW, RED, DIM, RESET = "\033[32m", "\033[33m", "\033[31m", "\033[2m", "\033[0m"
 BUSY_TIMEOUT_S = 0.2  # never hold Claude Code's repaint up behind a writer
 SCHEMA_VERSION = 3  # the ledger version whose tables this reads (ledger/schema.LATEST; a test keeps them equal)
+NO_CALLS = "opik-cipx: no calls recorded yet (`opik-cipx sync` routes Claude Code through it)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:  # noqa: F821
@@ -81,8 +86,11 @@ def render(stdin, env: dict[str, str], now: float) -> str:
     color = not env.get("NO_COLOR")
     ledger = _ledger_path(env)
     if not os.path.exists(ledger):
-        return "opik-cipx: no calls recorded yet (`opik-cipx sync` routes Claude Code through it)"
-    figures = read_ledger(ledger, doc["session_id"], now)
+        return NO_CALLS
+    try:
+        figures = read_ledger(ledger, doc["session_id"], now)
+    except OtherSchema as exc:
+        return str(exc)
     parts = _parts(doc, figures, now, color)
     return fit(parts, _columns(env))
 
@@ -103,18 +111,28 @@ def _columns(env: dict[str, str]) -> int:
     return columns if columns > 0 else DEFAULT_COLUMNS
 
 
+class OtherSchema(Exception):
+    """The ledger is not of `SCHEMA_VERSION`: the message is the line to show instead."""
+
+
+def read_only_uri(path: str) -> str:
+    """`ledger/db.read_only_uri` (not imported: it loads the schema; a test keeps them equal)."""
+    escaped = os.path.abspath(path).replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+    return f"file://{escaped}?mode=ro"
+
+
 def read_ledger(path: str, session_id: str, now: float) -> dict:
-    """The session's figures, today's cost and the latest rate-limit windows."""
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    """The session's figures, today's cost and the latest rate-limit windows, read without
+    writing anything (only the daemon migrates the ledger). Raises OtherSchema."""
+    conn = sqlite3.connect(read_only_uri(path), uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     try:
-        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-            conn.close()
-            from pathlib import Path
-
-            from opik_cipx.ledger.db import open_reader  # an older ledger: migrate it once
-
-            conn = open_reader(Path(path))
-        conn.execute("PRAGMA query_only = 1")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            raise OtherSchema(NO_CALLS)
+        if version < SCHEMA_VERSION:
+            raise OtherSchema("opik-cipx: ledger.db is from an older opik-cipx; `opik-cipx restart` upgrades it")
+        if version > SCHEMA_VERSION:
+            raise OtherSchema("opik-cipx: ledger.db is from a newer opik-cipx; upgrade this one")
         session = conn.execute(
             "SELECT total(cost_usd), sum(unknown_model), total(input_tokens), "
             "total(cache_creation_input_tokens), total(cache_read_input_tokens) FROM calls WHERE session_id = ?",
@@ -134,7 +152,8 @@ def read_ledger(path: str, session_id: str, now: float) -> dict:
     cost, unpriced, uncached, written, read = session
     return {
         "cost": cost, "unpriced": unpriced or 0, "today": today[0],
-        "prompt": uncached + written + read, "read": read,
+        "cache_hit": cache_hit({"input_tokens": uncached, "cache_creation_input_tokens": written,
+                                "cache_read_input_tokens": read}),
         "context": context[0] if context else None,
         "windows": [{"name": n, "utilization": u, "resets_at": r, "warning": s in ("allowed_warning", "rejected")
                      or t is not None} for n, u, r, s, t in windows],
@@ -154,8 +173,8 @@ def _parts(doc: dict, figures: dict, now: float, color: bool) -> list[tuple[int,
     if context:
         text, share = context
         out.append((80, *paint(text, _level(share, 0.6, 0.85))))
-    if figures["prompt"]:
-        hit = figures["read"] / figures["prompt"]
+    hit = figures["cache_hit"]
+    if hit is not None:
         out.append((50, *paint(f"cache {hit:.0%}", GREEN if hit >= 0.8 else YELLOW if hit >= 0.5 else RED)))
     windows = figures["windows"] or _claude_code_windows(doc, now)
     order = sorted(windows, key=lambda w: (KNOWN_WINDOWS.index(w["name"]) if w["name"] in KNOWN_WINDOWS

@@ -1,7 +1,11 @@
-"""Opening `$CIPX_HOME/ledger.db`: owner-only, WAL journal, migrated to this version's schema.
+"""Opening `$CIPX_HOME/ledger.db`: the writer's connection (owner-only, WAL, migrated to this
+version's schema) and the readers' (read-only, never migrated).
 
-Kept apart from the writer so that readers (`report`, the dashboard, a status line) import
-only what reading needs.
+Kept apart from the writer so that readers (`report`, the dashboard, `status`) import only what
+reading needs. Only the writer (`ledger/store.Ledger`, `replay --ledger`) changes the file: a
+reader opens it with SQLite's `mode=ro`, so `report` run beside a daemon of another version, or
+of an older one not restarted yet, never alters the daemon's database (docs/ARCHITECTURE.md,
+"Ledger").
 """
 
 import os
@@ -9,13 +13,14 @@ import sqlite3
 from pathlib import Path
 
 from opik_cipx.home import FILE_MODE, private_dir
-from opik_cipx.ledger.schema import migrate
+from opik_cipx.ledger.schema import LATEST, SchemaError, migrate, unreadable_version
 
 READER_BUSY_TIMEOUT_S = 5.0
 
 
 def connect(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
-    """A connection to the ledger at `path` (created 0600 if missing), in WAL mode, migrated.
+    """The writer's connection to the ledger at `path` (created 0600 if missing), in WAL mode,
+    migrated.
 
     Raises sqlite3.Error or SchemaError. SQLite creates `-wal` and `-shm` with the mode of the
     database file, so all three stay owner-only.
@@ -35,11 +40,32 @@ def connect(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
     return conn
 
 
+def read_only_uri(path: str) -> str:
+    """The SQLite URI that opens `path` read-only (`%`, `?` and `#` of the path escaped)."""
+    escaped = os.path.abspath(path).replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+    return f"file://{escaped}?mode=ro"
+
+
 def open_reader(path: Path) -> sqlite3.Connection | None:
-    """A read-only use of the ledger (migrated first if an older opik-cipx wrote it); None when
-    there is no ledger yet. Raises sqlite3.Error or SchemaError."""
+    """A read-only connection to the ledger at this version's schema; None when there is no
+    ledger yet (no file, or one the writer has not given a schema yet).
+
+    Nothing is written to the file: a WAL ledger's `-wal` and `-shm` are created (empty,
+    with its mode) when no writer has them open. Raises sqlite3.Error, or SchemaError with one
+    line when an older or a newer opik-cipx wrote the file (`schema.unreadable_version`).
+    """
     if not path.exists():
         return None
-    conn = connect(path, READER_BUSY_TIMEOUT_S)
-    conn.execute("PRAGMA query_only = 1")
-    return conn
+    conn = sqlite3.connect(read_only_uri(str(path)), uri=True, timeout=READER_BUSY_TIMEOUT_S,
+                           isolation_level=None, check_same_thread=False)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except BaseException:
+        conn.close()
+        raise
+    if version == LATEST:
+        return conn
+    conn.close()
+    if version == 0:
+        return None
+    raise SchemaError(unreadable_version(version))

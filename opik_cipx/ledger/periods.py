@@ -10,6 +10,8 @@ import re
 import time
 from datetime import date, datetime, timedelta
 
+from opik_cipx.clock import SYSTEM
+
 RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -22,7 +24,7 @@ def parse_moment(raw: str, *, whole_day_end: bool = False, now: float | None = N
     `--until 2026-11-24` includes the 24th. Raises argparse.ArgumentTypeError with one line.
     """
     text = raw.strip()
-    now = time.time() if now is None else now
+    now = SYSTEM.time() if now is None else now
     match = RELATIVE.match(text)
     if match:
         return int((now - float(match.group(1)) * UNIT_S[match.group(2)]) * 1e9)

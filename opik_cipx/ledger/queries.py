@@ -133,15 +133,7 @@ def peak_utilization(conn: sqlite3.Connection, sel: Selection = Selection()) -> 
                f"AND r.day IN (SELECT day FROM days WHERE last_ns >= :since AND first_ns < :until AND NOT ({inside})) "
                "GROUP BY r.day, r.window_name")
     else:
-        if sel.session is not None:
-            params["session"] = sel.session
-            raw += f" AND {DIMENSIONS['session']} = :session"
-        if sel.project is not None:
-            project = sel.project.rstrip("/") or "/"
-            params.update(project=project, prefix=project.rstrip("/") + "/", prefix_len=len(project.rstrip("/")) + 1)
-            raw += (f" AND ({DIMENSIONS['project']} = :project OR "
-                    f"substr({DIMENSIONS['project']}, 1, :prefix_len) = :prefix)")
-        sql = raw + " GROUP BY r.day, r.window_name"
+        sql = raw + "".join(f" AND {f}" for f in _filters(sel, params, DIMENSIONS)) + " GROUP BY r.day, r.window_name"
     out: dict[str, dict[str, float]] = {}
     for day, window, peak in conn.execute(sql, params):
         out.setdefault(day, {})[window] = peak
@@ -193,6 +185,20 @@ def _sort(rows: list[dict[str, Any]], by: tuple[str, ...]) -> None:
     rows.sort(key=order)
 
 
+def _filters(sel: Selection, params: dict[str, Any], column: dict[str, str]) -> list[str]:
+    """The SQL conditions that keep the session and project of `sel`, over `column` (dimension ->
+    its expression: a roll-up column or `DIMENSIONS`); their values go into `params`."""
+    out = []
+    if sel.session is not None:
+        params["session"] = sel.session
+        out.append(f"{column['session']} = :session")
+    if sel.project is not None:
+        project = sel.project.rstrip("/") or "/"
+        params.update(project=project, prefix=project.rstrip("/") + "/", prefix_len=len(project.rstrip("/")) + 1)
+        out.append(f"({column['project']} = :project OR substr({column['project']}, 1, :prefix_len) = :prefix)")
+    return out
+
+
 def _grouped(conn: sqlite3.Connection, groups: list[str], detail: str | None, sel: Selection) -> list[dict]:
     """Figures per group: the roll-ups of the days wholly inside the window, plus the calls of
     the days the window cuts through."""
@@ -201,16 +207,8 @@ def _grouped(conn: sqlite3.Connection, groups: list[str], detail: str | None, se
     whole_days = f"day IN (SELECT day FROM days WHERE {inside})"
     cut_days = f"day IN (SELECT day FROM days WHERE last_ns >= :since AND first_ns < :until AND NOT ({inside}))"
     figures = DETAIL_FIGURES if detail else CALL_FIGURES
-    rolled_filters, raw_filters = [], []
-    if sel.session is not None:
-        params["session"] = sel.session
-        rolled_filters.append("r.session = :session")
-        raw_filters.append(f"{DIMENSIONS['session']} = :session")
-    if sel.project is not None:
-        project = sel.project.rstrip("/") or "/"
-        params.update(project=project, prefix=project.rstrip("/") + "/", prefix_len=len(project.rstrip("/")) + 1)
-        for filters, column in ((rolled_filters, "r.project"), (raw_filters, DIMENSIONS["project"])):
-            filters.append(f"({column} = :project OR substr({column}, 1, :prefix_len) = :prefix)")
+    rolled_filters = _filters(sel, params, {dimension: f"r.{dimension}" for dimension in DIMENSIONS})
+    raw_filters = _filters(sel, params, DIMENSIONS)
     rolled_keys = [f"r.{g}" for g in groups]
     raw_keys = [DIMENSIONS[g] for g in groups]
     if detail == "bucket":

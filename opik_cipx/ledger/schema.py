@@ -2,7 +2,9 @@
 
 `PRAGMA user_version` holds the schema version; `MIGRATIONS[n]` takes a version-n file to
 version n+1. Migrations only ever add: a file written by an older opik-cipx is upgraded in
-place when it is opened, and one written by a newer opik-cipx is left alone.
+place when the writer opens it (`db.connect`), and one written by a newer opik-cipx is left
+alone. Readers never migrate: they read `LATEST` only and say why not otherwise
+(`unreadable_version`).
 
 v1: `calls`, `details`, `launches`. v2: daily roll-ups (`daily_calls`, `daily_details`) and
 `days`, kept in step with the calls on every write, so a report over 100,000 calls sums a few
@@ -281,6 +283,15 @@ class SchemaError(Exception):
     """The ledger cannot be used by this version; the message is one line fit for the user."""
 
 
+def unreadable_version(version: int) -> str:
+    """Why this opik-cipx cannot read a ledger of schema `version` (not `LATEST`), in one line."""
+    if version > LATEST:
+        return (f"ledger schema v{version} was written by a newer opik-cipx (this one knows up to v{LATEST}); "
+                "upgrade opik-cipx")
+    return (f"ledger schema v{version} was written by an older opik-cipx (this one reads v{LATEST}); "
+            "a daemon of this version upgrades it in place when it starts (`opik-cipx restart`)")
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the ledger to `LATEST` in one transaction; the version it had before.
 
@@ -288,10 +299,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     """
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > LATEST:
-        raise SchemaError(
-            f"ledger schema v{version} was written by a newer opik-cipx (this one knows up to v{LATEST}); "
-            "upgrade opik-cipx"
-        )
+        raise SchemaError(unreadable_version(version))
     if version == LATEST:
         return version
     conn.execute("BEGIN IMMEDIATE")

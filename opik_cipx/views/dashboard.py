@@ -20,8 +20,10 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
+from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.ids import is_uuid7, uuid7_unix_ms
 from opik_cipx.ledger.db import open_reader
+from opik_cipx.ledger.figures import UNKNOWN, cache_hit, input_side, label_of, unpriced_note
 from opik_cipx.ledger.periods import day_start_ns, local_day
 from opik_cipx.ledger.queries import (
     Selection,
@@ -76,11 +78,12 @@ TOKEN_CLASSES = (  # label, tokens column, cost column
 
 
 class Dashboard:
-    """The pages over one ledger and one capture store."""
+    """The pages over one ledger and one capture store; `clock` says which day is today."""
 
-    def __init__(self, ledger_path: Path, captures_dir: Path):
+    def __init__(self, ledger_path: Path, captures_dir: Path, clock: Clock = SYSTEM):
         self.ledger_path = ledger_path
         self.captures_dir = captures_dir
+        self.clock = clock
 
     def route(self, target: str) -> Response:
         """Answer `GET target` (path and query)."""
@@ -126,7 +129,7 @@ class Dashboard:
                     "call through opik-cipx lands here. `opik-cipx replay --ledger` adds the calls of the stored "
                     "raw captures.</p></section>")
             return 200, HTML, page("opik-cipx dashboard", body)
-        today = local_day(time.time_ns())
+        today = local_day(self.clock.time_ns())
         days = [(date.fromisoformat(today) - timedelta(days=n)).isoformat() for n in range(29, -1, -1)]
         month = Selection(since_ns=day_start_ns(days[0]))
         everything = report(conn, ())
@@ -303,29 +306,14 @@ def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
-def input_side(figures: dict[str, Any]) -> float:
-    return figures["input_tokens"] + figures["cache_creation_input_tokens"] + figures["cache_read_input_tokens"]
-
-
-def cache_hit(figures: dict[str, Any]) -> float | None:
-    whole = input_side(figures)
-    return figures["cache_read_input_tokens"] / whole if whole else None
-
-
 def when(ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
 
 
-def label_of(value: Any) -> str:
-    return "(unknown)" if value is None else str(value)
-
-
 def unpriced(total: dict[str, Any]) -> str:
     """A warning when some calls used a model the price table does not know."""
-    if not total.get("unpriced_calls"):
-        return ""
-    return (f"<div class=bad>{total['unpriced_calls']:,} calls not priced: model missing from the price table "
-            "(add it under [prices.\"&lt;model&gt;\"] in config.toml)</div>")
+    note = unpriced_note(total.get("unpriced_calls") or 0)
+    return f"<div class=bad>{esc(note)}</div>" if note else ""
 
 
 def account(call: dict[str, Any]) -> str:
@@ -337,7 +325,7 @@ def account(call: dict[str, Any]) -> str:
 def short_path(path: str | None) -> str:
     """The last two parts of a directory, the whole path on hover."""
     if not path:
-        return "(unknown)"
+        return UNKNOWN
     tail = "/".join(path.rstrip("/").split("/")[-2:])
     return f"<span title='{esc(path)}'>{'&hellip;/' if tail != path.strip('/') else ''}{esc(tail)}</span>"
 
@@ -351,7 +339,7 @@ def kind_of(call: dict[str, Any]) -> str:
 
 def session_link(session_id: str | None, project: str | None) -> str:
     if not session_id:
-        return "(unknown)"
+        return UNKNOWN
     name = f"{session_id[:8]}&hellip;" + (f" {esc(project.rstrip('/').rsplit('/', 1)[-1])}" if project else "")
     return f"<a href='/session/{urllib.parse.quote(session_id)}'>{name}</a>"
 

@@ -123,7 +123,7 @@ def test_by_day_shows_each_rate_limit_windows_peak(tmp_path):
     from tests.ledger.test_queries import rate_limit_entries
 
     home = tmp_path / "cipx-home"
-    ledger = Ledger(home / "ledger.db", retention_days=10**6)
+    ledger = Ledger(home / "ledger.db", retention_days=10**6, clock=corpus_clock())
     assert ledger.write_entries(rate_limit_entries(tmp_path))
     ledger.close()
     doc = json.loads(run_cli(home, "report", "--json").stdout)

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opik_cipx.commands import statusline
+from opik_cipx.ledger.periods import local_day
 from opik_cipx.ledger.store import Ledger
-from tests.claude_code_corpus import materialized
+from tests.claude_code_corpus import corpus_clock, materialized
 from tests.conftest import run_cli
 from tests.lifecycle_helpers import machine  # noqa: F401 - fixture
 
@@ -23,10 +24,11 @@ ANSI = re.compile(r"\033\[[0-9;]*m")
 
 @pytest.fixture(scope="module")
 def corpus_home(tmp_path_factory):
-    """A home whose ledger holds the recorded corpus; session id -> the cost of its spans."""
+    """A home whose ledger holds the recorded corpus at its recorded dates; session id -> the
+    cost of its spans."""
     home = tmp_path_factory.mktemp("statusline") / "cipx-home"
-    corpus = materialized(home / "sessions", recent=True)
-    ledger = Ledger(home / "ledger.db", retention_days=400)
+    corpus = materialized(home / "sessions")
+    ledger = Ledger(home / "ledger.db", retention_days=400, clock=corpus_clock())
     costs: dict[str, float] = defaultdict(float)
     for _, _, capture, records in corpus:
         ledger.write(capture, records)
@@ -63,11 +65,14 @@ def test_context_cache_hits_and_todays_cost(corpus_home):
     read, prompt = conn.execute(
         "SELECT sum(cache_read_input_tokens), sum(input_tokens + cache_creation_input_tokens + "
         "cache_read_input_tokens) FROM calls WHERE session_id = ?", (session,)).fetchone()
-    today, = conn.execute("SELECT total(cost_usd) FROM calls").fetchone()  # all recorded a minute ago
-    line = line_for(home, {"session_id": session, "context_window": {"context_window_size": 200000,
-                                                                      "used_percentage": 3}})
+    last_ns, = conn.execute("SELECT max(started_at_ns) FROM calls").fetchone()
+    now = last_ns / 1e9 + 60  # a minute after the last recorded call: the corpus' day is today
+    today, = conn.execute("SELECT total(cost_usd) FROM calls WHERE day = ?", (local_day(last_ns),)).fetchone()
+    line = render(home, {"session_id": session, "context_window": {"context_window_size": 200000,
+                                                                    "used_percentage": 3}}, now)
     parts = line.split(" · ")
-    assert parts[1] == f"today ${today:,.2f}" if today >= 1 else f"today ${today:.4f}"
+    assert today > 0 and parts[0] == f"${costs[session]:.4f}"
+    assert parts[1] == (f"today ${today:,.2f}" if today >= 1 else f"today ${today:.4f}")
     assert parts[2] == f"ctx {last_prompt / 1000:.0f}k/200k {last_prompt / 200000:.0%}"
     assert parts[3] == f"cache {read / prompt:.0%}"
     # before the ledger has a main call of the session: Claude Code's own figure
@@ -140,7 +145,7 @@ def test_every_rate_limit_window_with_its_time_to_reset_a_new_name_too(tmp_path)
 
     home = tmp_path / "cipx-home"
     entries = rate_limit_entries(tmp_path)
-    ledger = Ledger(home / "ledger.db", retention_days=10**6)
+    ledger = Ledger(home / "ledger.db", retention_days=10**6, clock=corpus_clock())
     assert ledger.write_entries(entries)
     ledger.close()
     session = entries[0].call["session_id"]
@@ -167,18 +172,22 @@ def test_claude_codes_own_limits_when_the_ledger_has_none(corpus_home):
     assert line.endswith(" · 5h 42% 16m")  # seven_day has reset already
 
 
-def test_an_older_ledger_is_migrated_once(tmp_path, corpus_home):
-    from opik_cipx.ledger.schema import MIGRATIONS
-
+@pytest.mark.parametrize("version, hint", [
+    (0, "opik-cipx: no calls recorded yet (`opik-cipx sync` routes Claude Code through it)"),
+    (statusline.SCHEMA_VERSION - 1, "opik-cipx: ledger.db is from an older opik-cipx; `opik-cipx restart` upgrades it"),
+    (statusline.SCHEMA_VERSION + 1, "opik-cipx: ledger.db is from a newer opik-cipx; upgrade this one"),
+])
+def test_a_ledger_of_another_version_is_a_hint_and_left_as_it_was(tmp_path, version, hint):
     home = tmp_path / "cipx-home"
     home.mkdir()
     conn = sqlite3.connect(home / "ledger.db", isolation_level=None)
-    for step in MIGRATIONS[:2]:
-        step(conn)
-    conn.execute("PRAGMA user_version = 2")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE calls (id INTEGER PRIMARY KEY)")
+    conn.execute(f"PRAGMA user_version = {version}")
     conn.close()
-    assert render(home, {"session_id": "s"}, now=0) == "$0.0000 · today $0.0000"
-    assert sqlite3.connect(home / "ledger.db").execute("PRAGMA user_version").fetchone()[0] == 3
+    before = (home / "ledger.db").read_bytes()
+    assert render(home, {"session_id": "s"}, now=0) == hint  # only the daemon migrates it
+    assert (home / "ledger.db").read_bytes() == before
 
 
 # -- Claude Code's settings ----------------------------------------------------------------------
@@ -273,7 +282,7 @@ def test_any_document_claude_code_could_send_gives_one_line(tmp_path_factory, do
     home = tmp_path_factory.getbasetemp() / "statusline-fuzz"
     if not (home / "ledger.db").exists():
         home.mkdir(exist_ok=True)
-        Ledger(home / "ledger.db", retention_days=400).write_entries([])
+        Ledger(home / "ledger.db", retention_days=400, clock=corpus_clock()).write_entries([])
     doc = {**doc, "session_id": session}
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

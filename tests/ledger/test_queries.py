@@ -4,13 +4,12 @@ retention and migration."""
 
 import dataclasses
 import sqlite3
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from opik_cipx.ledger.db import open_reader
+from opik_cipx.ledger.db import connect, open_reader
 from opik_cipx.ledger.entry import OUTPUT, WEB_SEARCH, ledger_entry
 from opik_cipx.ledger.periods import local_day, month_of, week_of
 from opik_cipx.ledger.queries import (
@@ -29,11 +28,14 @@ from opik_cipx.ledger.schema import (
     DIMENSIONS,
     LABELLED,
     LATEST,
+    MIGRATIONS,
     ROLLED_UP_DETAILS,
-    V1,
+    V2_CALL_FIGURES,
+    V2_DIMENSIONS,
+    roll_up,
 )
 from opik_cipx.ledger.store import Ledger, delete_before, upsert
-from tests.claude_code_corpus import corpus_clock, materialized
+from tests.claude_code_corpus import corpus_clock, corpus_now_ns, materialized
 
 DAY_NS = 86_400 * 10**9
 
@@ -62,7 +64,7 @@ def spread(entries, copies: int, days: int, start_ns: int) -> list:
     return out
 
 
-START_NS = int((time.time() - 12 * 86400) * 1e9)
+START_NS = corpus_now_ns() - 12 * DAY_NS
 
 
 @pytest.fixture(scope="module")
@@ -266,19 +268,31 @@ def test_rewrites_and_retention_never_let_the_rollups_drift(tmp_path_factory, en
     assert total["cost_usd"] == pytest.approx(sum(e.call["cost_usd"] or 0 for e in written.values()), abs=1e-9)
 
 
-def test_a_v1_ledger_is_migrated_with_its_calls_rolled_up(tmp_path, entries):
-    """A ledger written by the first schema (calls and details only) gains the roll-ups."""
-    path = tmp_path / "ledger.db"
+def older_ledger(path, entries, version: int) -> None:
+    """A ledger as the writer of schema `version` (1 or 2) left it: WAL, that version's tables,
+    the calls of `entries` (the columns that version had) and, from v2, its roll-ups."""
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.executescript(V1 + "; PRAGMA user_version = 1;")
+    conn.execute("PRAGMA journal_mode = WAL")
+    for step in MIGRATIONS[:version]:
+        step(conn)
+    conn.execute(f"PRAGMA user_version = {version}")
     known = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
     for entry in entries:
-        columns = [c for c in entry.call if c in known]  # the columns a v1 ledger had
+        columns = [c for c in entry.call if c in known]
         call_id = conn.execute(f"INSERT INTO calls ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                                [entry.call[c] for c in columns]).lastrowid
         conn.executemany("INSERT INTO details VALUES (?, ?, ?, ?, ?, ?)",
                          [(call_id, d.bucket, d.detail, d.chars, d.tokens, d.cost_usd) for d in entry.details])
+    if version >= 2:
+        roll_up(conn, "1", dimensions=V2_DIMENSIONS, call_figures=V2_CALL_FIGURES)  # as the v2 writer kept them
     conn.close()
+
+
+def test_a_v1_ledger_is_migrated_by_the_writer_with_its_calls_rolled_up(tmp_path, entries):
+    """A ledger written by the first schema (calls and details only) gains the roll-ups."""
+    path = tmp_path / "ledger.db"
+    older_ledger(path, entries, version=1)
+    connect(path, busy_timeout_s=1.0).close()  # what the daemon's Ledger (and `replay --ledger`) opens
     reader = open_reader(path)
     assert reader.execute("PRAGMA user_version").fetchone()[0] == LATEST
     for by in (("model",), ("day", "bucket"), ("mcp",)):
@@ -296,26 +310,12 @@ def test_a_v1_ledger_is_migrated_with_its_calls_rolled_up(tmp_path, entries):
 
 
 def test_a_v2_ledger_gains_the_cache_and_rate_limit_columns_and_its_rollups_are_rebuilt(tmp_path, entries):
-    """A ledger written by schema v2 (before cache diagnoses and rate limits) is migrated in place."""
-    from opik_cipx.ledger.schema import MIGRATIONS
-
+    """A ledger written by schema v2 (before cache diagnoses and rate limits) is migrated in
+    place when the writer opens it."""
     path = tmp_path / "ledger.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    for step in MIGRATIONS[:2]:
-        step(conn)
-    conn.execute("PRAGMA user_version = 2")
-    known = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
-    for entry in entries:
-        columns = [c for c in entry.call if c in known]
-        call_id = conn.execute(f"INSERT INTO calls ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-                               [entry.call[c] for c in columns]).lastrowid
-        conn.executemany("INSERT INTO details VALUES (?, ?, ?, ?, ?, ?)",
-                         [(call_id, d.bucket, d.detail, d.chars, d.tokens, d.cost_usd) for d in entry.details])
-    from opik_cipx.ledger.schema import V2_CALL_FIGURES, V2_DIMENSIONS, roll_up
-
-    roll_up(conn, "1", dimensions=V2_DIMENSIONS, call_figures=V2_CALL_FIGURES)  # as the v2 writer kept them
-    v2_total = conn.execute("SELECT sum(calls), total(cost_usd) FROM daily_calls").fetchone()
-    conn.close()
+    older_ledger(path, entries, version=2)
+    v2_total = sqlite3.connect(path).execute("SELECT sum(calls), total(cost_usd) FROM daily_calls").fetchone()
+    connect(path, busy_timeout_s=1.0).close()
     reader = open_reader(path)
     assert reader.execute("PRAGMA user_version").fetchone()[0] == LATEST == 3
     rollups_match_calls(reader)
@@ -369,10 +369,11 @@ def test_rate_limits_per_call_latest_per_window_and_daily_peaks(tmp_path):
     from opik_cipx.ledger.queries import latest_rate_limits, peak_utilization
 
     oauth1, oauth2, oauth3, api = rate_limit_entries(tmp_path)
+    api = dataclasses.replace(api, call={**api.call, "project_dir": "/home/dev/code/api"})
     day = oauth1.call["day"]
     later = dataclasses.replace(oauth1, call={**oauth1.call, "capture_id": "later", "started_at_ns": oauth3.call[
         "started_at_ns"] + 10**9})
-    ledger = Ledger(tmp_path / "ledger.db", retention_days=10**6)
+    ledger = Ledger(tmp_path / "ledger.db", retention_days=10**6, clock=corpus_clock())
     assert ledger.write_entries([oauth3, later, oauth2, api])
     assert ledger.write_entries([oauth3])  # written again: nothing doubles
     ledger.close()
@@ -390,13 +391,16 @@ def test_rate_limits_per_call_latest_per_window_and_daily_peaks(tmp_path):
     assert peaks == {day: {"5h": 0.14, "7d": 0.81, "7d_mythos": 0.4, "7d_oi": 0.05, "7d_opus": 0.21,
                            "requests": 0.00025, "tokens": 0.00875, "input-tokens": 0.0105, "output-tokens": 0.0}}
     assert peak_utilization(conn, Selection(session=oauth1.call["session_id"]))[day]["7d"] == 0.81
+    assert peak_utilization(conn, Selection(project="/home/dev/code/")) == {day: {
+        "requests": 0.00025, "tokens": 0.00875, "input-tokens": 0.0105, "output-tokens": 0.0}}  # the API-key call's
     assert peak_utilization(conn, Selection(since_ns=oauth3.call["started_at_ns"] + 1))[day] == {
         "5h": 0.12, "7d": 0.34, "7d_oi": 0.05, "7d_opus": 0.21}  # the day cut: read from the calls
     result = report(conn, ("day",))
     assert result.rows[0]["peak_utilization"]["7d"] == result.total["peak_utilization"]["7d"] == 0.81
     assert list(result.rows[0]["peak_utilization"])[:2] == ["5h", "7d"]
     assert "peak_utilization" not in report(conn, ("day", "model")).rows[0]
-    conn.execute("PRAGMA query_only = 0")
-    delete_before(conn, "9999-01-01")
-    assert conn.execute("SELECT count(*) FROM rate_limits").fetchone()[0] == 0
-    assert peak_utilization(conn) == {}
+    conn.close()
+    writer = connect(tmp_path / "ledger.db", busy_timeout_s=1.0)
+    delete_before(writer, "9999-01-01")
+    assert writer.execute("SELECT count(*) FROM rate_limits").fetchone()[0] == 0
+    assert peak_utilization(writer) == {}

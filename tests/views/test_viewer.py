@@ -1,5 +1,6 @@
 """The viewer's dashboard over HTTP: home, calls, a session, a call, from a ledger and a capture
-store of the recorded corpus; the Host and token guards and the Content-Security-Policy."""
+store of the recorded corpus (at its recorded dates, the dashboard's clock a day later: no test
+depends on today's date); the Host and token guards and the Content-Security-Policy."""
 
 import html
 import http.client
@@ -18,7 +19,7 @@ from opik_cipx.views.charts import PALETTE
 from opik_cipx.views.dashboard import Dashboard
 from opik_cipx.views.viewer import ViewerHandler
 from opik_cipx.wire.loopback import LoopbackServer
-from tests.claude_code_corpus import materialized
+from tests.claude_code_corpus import corpus_clock, materialized
 from tests.conftest import LIMITS
 
 SUBAGENT_SESSION = "1b15d3cd-b49e-410d-880f-1d1856a84f6c"
@@ -26,7 +27,7 @@ TOKEN = "t" * 43
 
 
 def serve(home):
-    pages = Dashboard(home / "ledger.db", home / "captures")
+    pages = Dashboard(home / "ledger.db", home / "captures", clock=corpus_clock())
     handler = type("H", (ViewerHandler,), {"pages": pages, "access": ViewerAccess(TOKEN)})
     server = LoopbackServer("viewer", "127.0.0.1", 0, handler, LIMITS)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
@@ -36,9 +37,9 @@ def serve(home):
 @pytest.fixture(scope="module")
 def viewer(tmp_path_factory):
     home = tmp_path_factory.mktemp("viewer") / "cipx-home"
-    corpus = materialized(home / "sessions", recent=True)
+    corpus = materialized(home / "sessions")
     store = CaptureStore(home / "captures", max_bytes=10**9, max_age_s=10**9, segment_bytes=10**7)
-    ledger = Ledger(home / "ledger.db", retention_days=400)
+    ledger = Ledger(home / "ledger.db", retention_days=400, clock=corpus_clock())
     for _, _, capture, records in corpus:
         store.append(capture)
         ledger.write(capture, records)
@@ -178,7 +179,10 @@ def test_without_a_ledger_and_with_a_damaged_one(tmp_path):
 def test_calls_of_an_unknown_model_are_flagged_never_priced_at_zero(tmp_path, viewer):
     import dataclasses
 
+    from opik_cipx.commands.status import today_line
+    from opik_cipx.config import load_settings
     from opik_cipx.ledger.entry import ledger_entry
+    from opik_cipx.ledger.figures import unpriced_note
     from tests.conftest import run_cli
 
     _, _, corpus = viewer
@@ -188,21 +192,25 @@ def test_calls_of_an_unknown_model_are_flagged_never_priced_at_zero(tmp_path, vi
                                                "cost_usd": None, "warm_cache_cost_usd": None},
                                   details=tuple(dataclasses.replace(d, cost_usd=None) for d in entry.details))
     home = tmp_path / "cipx-home"
-    ledger = Ledger(home / "ledger.db", retention_days=400)
+    ledger = Ledger(home / "ledger.db", retention_days=400, clock=corpus_clock())
     ledger.write_entries([entry, dataclasses.replace(mystery, call={**mystery.call, "capture_id": "x"})])
     ledger.close()
     server = serve(home)
     try:
         _, page, _ = get(server.port, "/")
-        assert "1 calls not priced" in text(page) and "unknown model" in text(page)
+        assert unpriced_note(1) in text(page)
+        assert "unknown model" in text(page)
         _, call, _ = get(server.port, "/capture/x")
         assert "unknown model" in text(call) and "claude-nova-9" in call
     finally:
         server.shutdown()
         server.server_close()
     table = run_cli(home, "report", "--by", "model").stdout
-    assert "1 call(s) used a model missing from the price table" in table
+    assert f"{unpriced_note(1)}." in table  # the dashboard's words
     assert f"${entry.call['cost_usd']:,.4f}" in table.splitlines()[-2]  # the total: the priced call only
+    settings = load_settings({"CIPX_HOME": str(home), "HOME": str(tmp_path)})
+    assert today_line(settings, now_ns=entry.call["started_at_ns"]) == (
+        f"2 call(s), ${entry.call['cost_usd']:,.4f}; {unpriced_note(1)} (`opik-cipx report` for more)")
 
 
 def test_a_browser_signs_in_once_then_uses_the_cookie(viewer):
