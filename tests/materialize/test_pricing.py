@@ -103,6 +103,7 @@ def test_web_search_fee():
     ("claude-opus-5-5", {"speed": "fast"}, NOW, 2, ("fast x2",)),
     ("claude-opus-5", {"speed": "fast"}, NOW, 2, ("fast x2",)),
     ("claude-fable-5-2", {"speed": "fast"}, NOW, 2, ("fast x2",)),
+    ("claude-mythos-5-2", {"speed": "fast"}, NOW, 2, ("fast x2",)),
     ("claude-opus-4-8", {"speed": "fast"}, NOW, 2, ("fast x2",)),
     ("claude-opus-4-6", {"speed": "fast"}, at("2026-06-28T23:59:59"), 6, ("fast x6",)),
     ("claude-opus-4-7", {"speed": "fast"}, at("2026-07-23T12:00:00"), 6, ("fast x6",)),
@@ -131,6 +132,17 @@ def test_fast_mode_hand_computed():
     assert price_call("claude-opus-4-6", usage(1000, 1000, 10000, speed="fast", inference_geo="us"),
                       at_ns=at("2026-05-01")).total_usd == pytest.approx(0.231, abs=1e-9)
 
+
+
+def test_mythos_5_2_is_priced_like_fable_5_2_fast_mode_included():
+    use = usage(1000, 2000, 30000, 4000, 3000, 1000)
+    # $8 in, $10 5m write, $16 1h write, $0.20 read, $40 out: 1000*8 + 3000*10 + 1000*16 + 30000*0.2 + 2000*40
+    standard = price_call("claude-mythos-5-2", use)
+    assert standard.total_usd == pytest.approx(0.14, abs=1e-12)
+    assert standard.unknown_model is False and standard.estimated_from is None and standard.modifiers == ()
+    fast = price_call("claude-mythos-5-2-20261201", {**use, "speed": "fast"})  # x2 on every token class
+    assert fast.total_usd == pytest.approx(0.28, abs=1e-12) and fast.modifiers == ("fast x2",)
+    assert fast.rates["output"] == 80 and fast.rates["cache_read"] == 0.4
 
 @pytest.mark.parametrize("model, when", [
     ("claude-haiku-5-5", NOW), ("claude-sonnet-5-5", NOW), ("claude-haiku-4-5", NOW),
@@ -168,7 +180,7 @@ def test_an_id_of_no_known_family_has_no_cost_never_zero_and_says_why(model, rea
     ("claude-haiku-6-5", "claude-haiku-5-5"),
     ("claude-4-haiku", "claude-haiku-5-5"),
     ("us.anthropic.claude-fable-6-v1:0", "claude-fable-5-2"),
-    ("claude-mythos-5-2", "claude-mythos-5-1"),
+    ("claude-mythos-6", "claude-mythos-5-2"),
 ])
 def test_an_unknown_claude_id_is_priced_as_the_newest_of_its_family_and_flagged(model, newest):
     use = usage(1000, 2000, 30000, 4000, 3000, 1000)
@@ -225,7 +237,7 @@ FACTS = {
     ("claude-haiku-4-5",): (1, 1.25, 2, 0.1, 5),
     ("claude-3-5-haiku",): (0.8, 1, 1.6, 0.08, 4),
     ("claude-3-haiku",): (0.25, 0.3, 0.5, 0.03, 1.25),
-    ("claude-fable-5-2",): (8, 10, 16, 0.2, 40),
+    ("claude-fable-5-2", "claude-mythos-5-2"): (8, 10, 16, 0.2, 40),  # Mythos 5.2 priced like Fable 5.2
     ("claude-fable-5-1", "claude-mythos-5-1"): (10, 12.5, 20, 0.25, 50),
     ("claude-fable-5", "claude-mythos-5"): (10, 12.5, 20, 1, 50),
 }
@@ -234,7 +246,7 @@ TIERS = {
     "claude-sonnet-4-5": ("long_context", 200000, (6, 7.5, 12, 0.6, 22.5)),
     "claude-haiku-5-5": ("prompt_over_100k", 100000, (0.5, 0.625, 1, 0.05, 2.5)),
 }
-FAST_NOW = {"claude-opus-5-5": 2, "claude-opus-5": 2, "claude-opus-4-8": 2, "claude-fable-5-2": 2}
+FAST_NOW = {"claude-opus-5-5": 2, "claude-opus-5": 2, "claude-opus-4-8": 2, "claude-fable-5-2": 2, "claude-mythos-5-2": 2}
 
 
 def test_packaged_table_matches_the_published_rates():
@@ -244,9 +256,9 @@ def test_packaged_table_matches_the_published_rates():
              for name, price in TABLE.models.items() if price.at(NOW).tiers}
     assert tiers == {name: [tier] for name, tier in TIERS.items()}
     assert {n: p.at(NOW).fast_multiplier for n, p in TABLE.models.items() if p.at(NOW).fast_multiplier} == FAST_NOW
-    assert TABLE.effective_date == "2026-11-27" and TABLE.web_search_usd_per_1000 == 10
+    assert TABLE.effective_date == "2026-12-06" and TABLE.web_search_usd_per_1000 == 10
     assert TABLE.newest == {"opus": "claude-opus-5-5", "sonnet": "claude-sonnet-5-5", "haiku": "claude-haiku-5-5",
-                            "fable": "claude-fable-5-2", "mythos": "claude-mythos-5-1"}
+                            "fable": "claude-fable-5-2", "mythos": "claude-mythos-5-2"}
 
 
 def test_every_row_names_its_source_and_the_date_it_was_checked():
@@ -254,6 +266,9 @@ def test_every_row_names_its_source_and_the_date_it_was_checked():
         assert price.source and price.source.startswith("https://"), name
         assert datetime.fromisoformat(price.checked), name
     assert TABLE.models["claude-fable-5-2"].unconfirmed is True
+    mythos = TABLE.models["claude-mythos-5-2"]  # no Anthropic page gives its rates: the row says how it is priced
+    assert mythos.unconfirmed is True and mythos.note.startswith("priced like claude-fable-5-2")
+    assert "priced like claude-fable-5-2" in mythos.secondary
     assert TABLE.models["claude-opus-4-5"].secondary is None  # every rate from Anthropic's own pages
     assert TABLE.models["claude-sonnet-5-5"].secondary  # the cut's date is from secondary sources
 
