@@ -4,7 +4,8 @@ Prices are data (docs/PRICING.md): `prices.json` holds absolute USD per million 
 model, and `[prices."<model>"]` tables in config.toml add models or override what the package
 says; both are read by the same parser (`config.parse_price_row`). The rules are Anthropic's
 published ones:
-- cache writes are split by TTL (all 5-minute writes when the split is absent);
+- cache writes are split by TTL (all 5-minute writes when the split is absent; an iteration without
+  one takes the top level's proportion);
 - a model's rates can change on a date (`changes`): a call is priced at the rates in force when
   it started, so replaying an old capture gives the cost it had then;
 - a price tier (`tiers`) reprices the whole request once its prompt (input + cache reads + cache
@@ -223,6 +224,7 @@ def price_call(model: str | None, usage: dict | None, table: PriceTable, at_ns: 
                          "the top-level tokens are not added again")
     breakdown = dict.fromkeys(RATE_KEYS, 0.0)
     details, tiers, applied = [], [], {}
+    top_split = _write_split(usage) if parts else None  # for an iteration that lacks its own
     for index, part in enumerate(parts or [usage]):
         part_rates = rates
         detail: dict[str, Any] = {"type": str(part.get("type") or "message")} if parts else {}
@@ -234,6 +236,10 @@ def price_call(model: str | None, usage: dict | None, table: PriceTable, at_ns: 
             part_rates = other.price.at(at_ns)
             detail.update(model=other.name, priced_as=other.priced_as)
         tokens = token_counts(part)
+        if top_split and tokens["cache_write_5m"] and not isinstance(part.get("cache_creation"), dict):
+            tokens = _split_like(tokens, top_split)
+            modifiers.append(f"usage.iterations[{index}]: no cache_creation split; its writes split 5m/1h "
+                             "as the top level's")
         prompt = sum(tokens[key] for key in _INPUT_SIDE)
         tier = part_rates.tier_for(prompt)
         multiplier = _multiplier(part_rates, usage, table, modifiers)
@@ -300,6 +306,24 @@ def token_counts(usage: dict) -> dict[str, int]:
         "cache_read": _count(usage.get("cache_read_input_tokens")),
         "output": _count(usage.get("output_tokens")),
     }
+
+
+def _write_split(usage: dict) -> tuple[int, int] | None:
+    """The (5-minute, 1-hour) cache writes of a usage that has a `cache_creation` split and writes; else None."""
+    if not isinstance(usage.get("cache_creation"), dict):
+        return None
+    tokens = token_counts(usage)
+    split = (tokens["cache_write_5m"], tokens["cache_write_1h"])
+    return split if any(split) else None
+
+
+def _split_like(tokens: dict[str, int], split: tuple[int, int]) -> dict[str, int]:
+    """`tokens` with its cache writes shared between 5m and 1h in the proportion of `split`: the 1-hour
+    share rounded half up in integers, the 5-minute share the rest, so the two add up to the writes exactly."""
+    written = tokens["cache_write_5m"] + tokens["cache_write_1h"]
+    total = split[0] + split[1]
+    written_1h = (2 * written * split[1] + total) // (2 * total)
+    return {**tokens, "cache_write_5m": written - written_1h, "cache_write_1h": written_1h}
 
 
 def _canonical(model: str, aliases: dict[str, str]) -> str:

@@ -38,7 +38,7 @@ def test_the_packaged_table_with_no_daemon_running(home):
     result = run_cli(home, "prices")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "price table 2026-11-27: USD per million tokens, the rates in force now"
+    assert lines[0] == "price table 2026-12-06: USD per million tokens, the rates in force now"
     row = next(line for line in lines if line.startswith("claude-opus-5-5 "))
     assert row.split() == ["claude-opus-5-5", "4", "5", "8", "0.2", "20", "x2", "2026-11-27"]
     assert "    tier prompt_over_100k: a prompt over 100,000 tokens pays 0.5 / 0.625 / 1 / 0.05 / 2.5 for the whole " \

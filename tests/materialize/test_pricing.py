@@ -103,6 +103,7 @@ def test_web_search_fee():
     ("claude-opus-5-5", {"speed": "fast"}, NOW, 2, ("fast x2",)),
     ("claude-opus-5", {"speed": "fast"}, NOW, 2, ("fast x2",)),
     ("claude-fable-5-2", {"speed": "fast"}, NOW, 2, ("fast x2",)),
+    ("claude-mythos-5-2", {"speed": "fast"}, NOW, 2, ("fast x2",)),
     ("claude-opus-4-8", {"speed": "fast"}, NOW, 2, ("fast x2",)),
     ("claude-opus-4-6", {"speed": "fast"}, at("2026-06-28T23:59:59"), 6, ("fast x6",)),
     ("claude-opus-4-7", {"speed": "fast"}, at("2026-07-23T12:00:00"), 6, ("fast x6",)),
@@ -131,6 +132,17 @@ def test_fast_mode_hand_computed():
     assert price_call("claude-opus-4-6", usage(1000, 1000, 10000, speed="fast", inference_geo="us"),
                       at_ns=at("2026-05-01")).total_usd == pytest.approx(0.231, abs=1e-9)
 
+
+
+def test_mythos_5_2_is_priced_like_fable_5_2_fast_mode_included():
+    use = usage(1000, 2000, 30000, 4000, 3000, 1000)
+    # $8 in, $10 5m write, $16 1h write, $0.20 read, $40 out: 1000*8 + 3000*10 + 1000*16 + 30000*0.2 + 2000*40
+    standard = price_call("claude-mythos-5-2", use)
+    assert standard.total_usd == pytest.approx(0.14, abs=1e-12)
+    assert standard.unknown_model is False and standard.estimated_from is None and standard.modifiers == ()
+    fast = price_call("claude-mythos-5-2-20261201", {**use, "speed": "fast"})  # x2 on every token class
+    assert fast.total_usd == pytest.approx(0.28, abs=1e-12) and fast.modifiers == ("fast x2",)
+    assert fast.rates["output"] == 80 and fast.rates["cache_read"] == 0.4
 
 @pytest.mark.parametrize("model, when", [
     ("claude-haiku-5-5", NOW), ("claude-sonnet-5-5", NOW), ("claude-haiku-4-5", NOW),
@@ -168,7 +180,7 @@ def test_an_id_of_no_known_family_has_no_cost_never_zero_and_says_why(model, rea
     ("claude-haiku-6-5", "claude-haiku-5-5"),
     ("claude-4-haiku", "claude-haiku-5-5"),
     ("us.anthropic.claude-fable-6-v1:0", "claude-fable-5-2"),
-    ("claude-mythos-5-2", "claude-mythos-5-1"),
+    ("claude-mythos-6", "claude-mythos-5-2"),
 ])
 def test_an_unknown_claude_id_is_priced_as_the_newest_of_its_family_and_flagged(model, newest):
     use = usage(1000, 2000, 30000, 4000, 3000, 1000)
@@ -225,7 +237,7 @@ FACTS = {
     ("claude-haiku-4-5",): (1, 1.25, 2, 0.1, 5),
     ("claude-3-5-haiku",): (0.8, 1, 1.6, 0.08, 4),
     ("claude-3-haiku",): (0.25, 0.3, 0.5, 0.03, 1.25),
-    ("claude-fable-5-2",): (8, 10, 16, 0.2, 40),
+    ("claude-fable-5-2", "claude-mythos-5-2"): (8, 10, 16, 0.2, 40),  # Mythos 5.2 priced like Fable 5.2
     ("claude-fable-5-1", "claude-mythos-5-1"): (10, 12.5, 20, 0.25, 50),
     ("claude-fable-5", "claude-mythos-5"): (10, 12.5, 20, 1, 50),
 }
@@ -234,7 +246,7 @@ TIERS = {
     "claude-sonnet-4-5": ("long_context", 200000, (6, 7.5, 12, 0.6, 22.5)),
     "claude-haiku-5-5": ("prompt_over_100k", 100000, (0.5, 0.625, 1, 0.05, 2.5)),
 }
-FAST_NOW = {"claude-opus-5-5": 2, "claude-opus-5": 2, "claude-opus-4-8": 2, "claude-fable-5-2": 2}
+FAST_NOW = {"claude-opus-5-5": 2, "claude-opus-5": 2, "claude-opus-4-8": 2, "claude-fable-5-2": 2, "claude-mythos-5-2": 2}
 
 
 def test_packaged_table_matches_the_published_rates():
@@ -244,9 +256,9 @@ def test_packaged_table_matches_the_published_rates():
              for name, price in TABLE.models.items() if price.at(NOW).tiers}
     assert tiers == {name: [tier] for name, tier in TIERS.items()}
     assert {n: p.at(NOW).fast_multiplier for n, p in TABLE.models.items() if p.at(NOW).fast_multiplier} == FAST_NOW
-    assert TABLE.effective_date == "2026-11-27" and TABLE.web_search_usd_per_1000 == 10
+    assert TABLE.effective_date == "2026-12-06" and TABLE.web_search_usd_per_1000 == 10
     assert TABLE.newest == {"opus": "claude-opus-5-5", "sonnet": "claude-sonnet-5-5", "haiku": "claude-haiku-5-5",
-                            "fable": "claude-fable-5-2", "mythos": "claude-mythos-5-1"}
+                            "fable": "claude-fable-5-2", "mythos": "claude-mythos-5-2"}
 
 
 def test_every_row_names_its_source_and_the_date_it_was_checked():
@@ -254,6 +266,9 @@ def test_every_row_names_its_source_and_the_date_it_was_checked():
         assert price.source and price.source.startswith("https://"), name
         assert datetime.fromisoformat(price.checked), name
     assert TABLE.models["claude-fable-5-2"].unconfirmed is True
+    mythos = TABLE.models["claude-mythos-5-2"]  # no Anthropic page gives its rates: the row says how it is priced
+    assert mythos.unconfirmed is True and mythos.note.startswith("priced like claude-fable-5-2")
+    assert "priced like claude-fable-5-2" in mythos.secondary
     assert TABLE.models["claude-opus-4-5"].secondary is None  # every rate from Anthropic's own pages
     assert TABLE.models["claude-sonnet-5-5"].secondary  # the cut's date is from secondary sources
 
@@ -331,6 +346,89 @@ def test_fast_mode_and_geo_apply_to_every_iteration():
     its = [iteration("compaction", input=1000, output=10), iteration("message", input=100, output=10)]
     cost = price_call("claude-opus-5-5", {**its[1], "iterations": its, "speed": "fast", "inference_geo": "us"})
     assert cost.total_usd == pytest.approx((1100 * 4 + 20 * 20) * 2 * 1.1 / 1e6, abs=1e-12)
+
+
+
+# An iteration without its own 5m/1h split takes the top level's (Opus 5.5: $5 5m write, $8 1h write).
+SPLIT_NOTE = "usage.iterations[0]: no cache_creation split; its writes split 5m/1h as the top level's"
+
+
+def test_an_iteration_without_a_split_takes_the_top_levels():
+    message = iteration("message", input=10, output=100, read=20000, written=4000,
+                        cache_creation={"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 3000})
+    compaction = iteration("compaction", input=50000, output=2000, written=4000)  # no cache_creation
+    cost = price_call("claude-opus-5-5", {**message, "iterations": [compaction, message]})
+    # compaction: 50000*4 + 1000*5 + 3000*8 + 2000*20 = 269,000; message: 10*4 + 20000*0.2 + 1000*5 + 3000*8 + 100*20
+    # = 35,040 (as all 5-minute writes the compaction pass would have cost 260,000)
+    assert cost.total_usd == pytest.approx(0.30404, abs=1e-12)
+    assert cost.iterations[0]["tokens"] == {"input": 50000, "cache_write_5m": 1000, "cache_write_1h": 3000,
+                                            "cache_read": 0, "output": 2000}
+    assert cost.iterations[0]["usd"] == pytest.approx(0.269, abs=1e-12)
+    assert cost.iterations[0]["prompt_tokens"] == 54000  # the writes are shared out, never added or lost
+    assert SPLIT_NOTE in cost.modifiers
+
+
+def test_an_iteration_takes_a_1h_only_top_level_split_as_all_1h_writes():
+    message = iteration("message", input=5, output=40, read=1000, written=2000,
+                        cache_creation={"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 2000})
+    compaction = iteration("compaction", input=30000, output=1500, written=5000, cache_creation=None)  # null split
+    cost = price_call("claude-opus-5-5", {**message, "iterations": [compaction, message]})
+    # compaction: 30000*4 + 5000*8 + 1500*20 = 190,000; message: 5*4 + 1000*0.2 + 2000*8 + 40*20 = 17,020
+    assert cost.total_usd == pytest.approx(0.20702, abs=1e-12)
+    assert (cost.iterations[0]["tokens"]["cache_write_5m"], cost.iterations[0]["tokens"]["cache_write_1h"]) == (0, 5000)
+
+
+@pytest.mark.parametrize("top_5m, top_1h, written, expect_5m, expect_1h", [
+    (1000, 3000, 4000, 1000, 3000),  # the same count: the top level's split as it is
+    (1000, 3000, 400, 100, 300),  # fewer writes, in proportion
+    (1, 2, 1000, 333, 667),  # 666.67 1-hour writes round to 667; the 5-minute ones are the rest
+    (1, 1, 7, 3, 4),  # a half rounds up
+    (2, 1, 1, 1, 0),  # 0.33 rounds down
+    (2000, 0, 5000, 5000, 0),  # 5-minute-only top level
+])
+def test_a_missing_split_is_shared_in_proportion_and_the_writes_stay_exact(top_5m, top_1h, written, expect_5m, expect_1h):
+    top = iteration("message", written=top_5m + top_1h,
+                    cache_creation={"ephemeral_5m_input_tokens": top_5m, "ephemeral_1h_input_tokens": top_1h})
+    cost = price_call("claude-opus-5-5", {**top, "iterations": [iteration("compaction", written=written), top]})
+    tokens = cost.iterations[0]["tokens"]
+    assert (tokens["cache_write_5m"], tokens["cache_write_1h"]) == (expect_5m, expect_1h)
+    assert cost.iterations[0]["usd"] == pytest.approx((expect_5m * 5 + expect_1h * 8) / 1e6, abs=1e-15)
+
+
+@pytest.mark.parametrize("top, total", [
+    # no split anywhere: all 5-minute writes, as before: (100*4 + 3000*5 + 10*20) + (10*4 + 1000*5 + 10*20)
+    ({}, 0.02084),
+    ({"cache_creation": None}, 0.02084),
+    # a top-level split of no writes has no proportion to give: (100*4 + 3000*5 + 10*20) + (10*4 + 10*20)
+    ({"cache_creation_input_tokens": 0,
+      "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}}, 0.01584),
+])
+def test_without_a_top_level_split_an_iteration_s_writes_stay_5_minute_writes(top, total):
+    message = {**iteration("message", input=10, output=10, written=1000), **top}
+    compaction = iteration("compaction", input=100, output=10, written=3000)
+    cost = price_call("claude-opus-5-5", {**message, "iterations": [compaction, message]})
+    assert cost.total_usd == pytest.approx(total, abs=1e-12)
+    assert cost.iterations[0]["tokens"]["cache_write_1h"] == 0
+    assert not any("cache_creation split" in line for line in cost.modifiers)
+
+
+def test_an_iteration_with_its_own_split_keeps_it():
+    message = iteration("message", written=2000,
+                        cache_creation={"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 2000})
+    compaction = iteration("compaction", written=3000,
+                           cache_creation={"ephemeral_5m_input_tokens": 3000, "ephemeral_1h_input_tokens": 0})
+    cost = price_call("claude-opus-5-5", {**message, "iterations": [compaction, message]})
+    assert cost.total_usd == pytest.approx((3000 * 5 + 2000 * 8) / 1e6, abs=1e-12)
+    assert cost.modifiers == ("usage.iterations: 2 billed iteration(s) priced one by one; "
+                              "the top-level tokens are not added again",)
+
+
+def test_a_call_without_iterations_keeps_its_own_rule_for_a_missing_split():
+    # No iterations: writes the split does not cover are 5-minute writes (1000*5 + 500*8), as before.
+    use = usage(written=1500, w1h=500)
+    del use["cache_creation"]["ephemeral_5m_input_tokens"]
+    assert price_call("claude-opus-5-5", use).total_usd == pytest.approx(0.009, abs=1e-12)
+    assert price_call("claude-opus-5-5", usage(written=1500)).total_usd == pytest.approx(0.0075, abs=1e-12)
 
 
 # -- overrides from config.toml -----------------------------------------------------------------
@@ -547,6 +645,17 @@ def test_a_call_with_iterations_costs_the_sum_of_its_iterations_priced_alone(mod
     its = [{**part, "type": "message"} for part in parts]
     whole = price_call(model, {**its[-1], "iterations": its})
     assert whole.total_usd == pytest.approx(sum(price_call(model, part).total_usd for part in parts), rel=1e-12)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(top=st.tuples(TOKENS, TOKENS).filter(any), written=TOKENS)
+def test_a_shared_out_split_adds_up_to_the_iterations_writes(top, written):
+    message = iteration("message", written=sum(top),
+                        cache_creation={"ephemeral_5m_input_tokens": top[0], "ephemeral_1h_input_tokens": top[1]})
+    cost = price_call("claude-opus-5-5", {**message, "iterations": [iteration("compaction", written=written), message]})
+    tokens = cost.iterations[0]["tokens"]
+    assert tokens["cache_write_5m"] + tokens["cache_write_1h"] == written == cost.iterations[0]["prompt_tokens"]
+    assert abs(tokens["cache_write_1h"] - written * top[1] / sum(top)) <= 0.5
 
 
 @hsettings(max_examples=300, deadline=None)
