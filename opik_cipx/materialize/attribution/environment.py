@@ -1,6 +1,7 @@
 """Where a session works: the directory and git state a Claude Code request names.
 
-Claude Code tells the model where it runs in two sections of its prompt (docs/MARKERS.md):
+See ARCHITECTURE.md, *Workspace and repository*. Claude Code tells the model where it runs in
+two sections of its prompt (docs/MARKERS.md):
 - **the environment**: the main loop's `# Environment` section (`You have been invoked in the
   following environment:`, then ` - Primary working directory: <dir>`, ` - Is a git repository:
   true|false`, ` - Platform: <os>`, ... up to the first blank line), or the `<env>` block of
