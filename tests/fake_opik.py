@@ -336,13 +336,15 @@ class FakeOpik:
 
     @property
     def traces(self) -> dict[str, dict]:
-        """Trace id -> the trace as Opik holds it now."""
-        return self._store.records["traces"]
+        """Trace id -> the trace as Opik holds it now (a snapshot)."""
+        with self.lock:
+            return dict(self._store.records["traces"])
 
     @property
     def spans(self) -> dict[str, dict]:
-        """Span id -> the span as Opik holds it now."""
-        return self._store.records["spans"]
+        """Span id -> the span as Opik holds it now (a snapshot)."""
+        with self.lock:
+            return dict(self._store.records["spans"])
 
     def __enter__(self) -> "FakeOpik":
         self.up()
@@ -383,7 +385,8 @@ class FakeOpik:
             return sum(len(r.ids) for r in self.requests if r.stored)
 
     def arrivals(self) -> list[Received]:
-        """The requests Opik stored, in the order it did, as Cost Intelligence reads them."""
+        """The requests Opik stored, in the order it did, as Cost Intelligence reads them (its
+        `ingest` refuses `PATCH .../spans/{id}`, an endpoint it does not read)."""
         with self.lock:
             return [Received(r.method, r.path, r.body) for r in self.requests if r.stored]
 
