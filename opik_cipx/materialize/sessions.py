@@ -11,15 +11,14 @@ onto the session's spans. The schema (keep the materializer in step):
 Unknown values are null. SessionStart (re)writes the file, so a resumed session gets the
 current branch and commit; other events (UserPromptSubmit) only write it when it is missing,
 which covers sessions that started before opik-cipx was installed. Prompt text, which
-UserPromptSubmit carries, is never read into the record. Git runs with a short timeout and a
-failure only leaves the git fields null.
+UserPromptSubmit carries, is never read into the record. Git runs as `materialize/repository.py`
+runs it (2 s for the whole reading); a failure only leaves the git fields null.
 """
 
 import json
 import os
 import re
 import select
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,11 +26,10 @@ from typing import Any
 
 from opik_cipx.home import private_dir, write_json
 from opik_cipx.materialize.identity import read_identity
+from opik_cipx.materialize.repository import read_state, strip_credentials  # noqa: F401 - kept importable here
 
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 STDIN_LIMIT = 1 << 20
-GIT_TIMEOUT_S = 2.0
-_GIT_ENV_DROP = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR")
 
 
 def read_hook_stdin(fd: int = 0, timeout_s: float = 2.0) -> bytes | None:
@@ -80,49 +78,10 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def strip_credentials(url: str) -> str:
-    """`https://user:token@host/x` -> `https://host/x`; scp-style `git@host:x` is kept."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    netloc, slash, path = rest.partition("/")
-    return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"
-
-
-def _git(cwd: str, *args: str) -> str | None:
-    env = {key: value for key, value in os.environ.items() if key not in _GIT_ENV_DROP}
-    env.update(GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0", LC_ALL="C")
-    try:
-        done = subprocess.run(
-            ["git", "-C", cwd, *args], stdin=subprocess.DEVNULL, capture_output=True,
-            text=True, timeout=GIT_TIMEOUT_S, env=env,
-        )
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return None
-    return done.stdout if done.returncode == 0 else None
-
-
 def git_info(cwd: str | None) -> dict[str, str | None]:
     """Remote URL (origin, else the first; credentials stripped), branch and commit of `cwd`."""
-    info: dict[str, str | None] = {"remote": None, "branch": None, "commit": None}
-    if not cwd or not os.path.isdir(cwd):
-        return info
-    head = _git(cwd, "rev-parse", "HEAD", "--abbrev-ref", "HEAD")
-    if head is not None:
-        lines = head.split()
-        if len(lines) == 2:
-            info["commit"] = lines[0]
-            info["branch"] = lines[1] if lines[1] != "HEAD" else None  # detached HEAD
-    else:
-        branch = _git(cwd, "symbolic-ref", "-q", "--short", "HEAD")  # a branch with no commit yet
-        info["branch"] = _text(branch.strip()) if branch else None
-        if branch is None:
-            return info  # not a repository
-    remotes = _git(cwd, "config", "--get-regexp", r"^remote\..*\.url$") or ""
-    urls = dict(line.split(" ", 1) for line in remotes.splitlines() if " " in line)
-    url = urls.get("remote.origin.url") or next(iter(urls.values()), None)
-    info["remote"] = strip_credentials(url) if url else None
-    return info
+    state = read_state(cwd, dirty=False)
+    return {"remote": state.remote, "branch": state.branch, "commit": state.head_sha}
 
 
 def utc_now_iso() -> str:

@@ -1,0 +1,186 @@
+"""Where a session works: the directory and git state a Claude Code request names.
+
+See ARCHITECTURE.md, *Workspace and repository*. Claude Code tells the model where it runs in
+two sections of its prompt (docs/MARKERS.md):
+- **the environment**: the main loop's `# Environment` section (`You have been invoked in the
+  following environment:`, then ` - Primary working directory: <dir>`, ` - Is a git repository:
+  true|false`, ` - Platform: <os>`, ... up to the first blank line), or the `<env>` block of
+  subagent prompts and older builds (`Working directory: <dir>`, `Is directory a git repo:
+  Yes|No`, `Platform: <os>`, ... up to `</env>`);
+- **the git status**, only in a git repository: `This is the git status at the start of the
+  conversation. ...`, then `Current branch: <b>`, `Main branch (you will usually use this for
+  PRs): <m>`, `Git user: <name>`, `Status:` + `git status --short` lines or `(clean)`, and
+  `Recent commits:` + `git log --oneline -n 5` lines. Claude Code has carried it as the system
+  context entry `gitStatus: <text>` appended to the system prompt (2.1.x of early 2026), as the
+  `# gitStatus` key of the context reminder at the start of the first user message (1.0.x, and
+  again in later 2.1 builds), and as `<context name="gitStatus">` (early 2025). Its parts are
+  separated by blank lines in some builds and by single line breaks in others.
+
+`read_workspace(body)` reads both from a request body's `system` blocks and the context
+reminders of its first message; `parse_workspace(texts)` from given texts. Pure: any input
+gives a `Workspace` or None, never an exception. Only what the text says is kept (None where it
+says nothing); the git status is a snapshot Claude Code took when the session started, so it
+names the branch and state of that moment, not of the call. The first environment section
+counts (the main prompt comes before any text a user appends to it), the last git status (it
+follows any CLAUDE.md text in the context reminder, which could quote one).
+"""
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """What a request says about where Claude Code runs; None = not said."""
+
+    cwd: str | None = None  # the primary working directory
+    is_git: bool | None = None  # whether Claude Code found a git repository there
+    platform: str | None = None  # `linux`, `darwin`, `win32`
+    branch: str | None = None  # the current branch (None on a detached head)
+    main_branch: str | None = None  # the branch Claude Code takes for pull requests
+    dirty: bool | None = None  # uncommitted or untracked files, when the session started
+    head: str | None = None  # abbreviated id of the newest of the recent commits
+
+
+CONTEXT_REMINDER = "<system-reminder>\nAs you answer the user's questions, you can use the following context:"
+_ENV_INTRO = re.compile(r"^You have been invoked in the following environment: ?$", re.M)
+_ENV_BLOCK = re.compile(r"^<env>$", re.M)
+_ENV_KEY = re.compile(
+    r"^[ \t]*(?:- )?(?P<key>Primary working directory|Working directory|Is a git repository|Is directory a git repo|"
+    r"Platform):[ \t]*(?P<value>.*?)[ \t]*$",
+    re.I,
+)
+_GIT_INTRO = re.compile(
+    r"^(?:gitStatus: |# gitStatus\n|<context name=\"gitStatus\">)"
+    r"This is the git status at the start of the conversation\.",
+    re.M,
+)
+_BRANCH = re.compile(r"^Current branch:[ \t]*(.*?)[ \t]*$")
+_MAIN_BRANCH = re.compile(r"^Main branch(?: \([^)\n]*\))?:[ \t]*(.*?)[ \t]*$")
+_GIT_USER = re.compile(r"^Git user:")
+_STATUS = re.compile(r"^Status:[ \t]*(.*?)[ \t]*$")
+_COMMITS = re.compile(r"^Recent commits:[ \t]*$")
+_COMMIT = re.compile(r"^([0-9a-f]{4,64})(?: |$)")
+_CLEAN = "(clean)"
+# An absolute path (POSIX, `~`, a Windows drive or share): not a placeholder such as `(none)`.
+_PATH = re.compile(r"^(?:/|~|[A-Za-z]:[\\/]|\\\\)")
+_TRUE, _FALSE = frozenset({"true", "yes"}), frozenset({"false", "no"})
+
+
+def read_workspace(body: object) -> Workspace | None:
+    """The workspace a request body (parsed JSON) names, or None when it names none."""
+    return parse_workspace(_texts(body)) if isinstance(body, dict) else None
+
+
+def parse_workspace(texts: Iterable[str]) -> Workspace | None:
+    """The workspace `texts` name (in request order), or None when no section is there."""
+    environment: dict[str, object] | None = None
+    git: dict[str, object] | None = None
+    for text in texts:
+        if not isinstance(text, str):
+            continue
+        if environment is None:
+            environment = _environment(text)
+        status = _git_status(text)
+        git = status if status is not None else git
+    if environment is None and git is None:
+        return None
+    return Workspace(**(environment or {}), **(git or {}))
+
+
+def _texts(body: dict) -> list[str]:
+    system = body.get("system")
+    if isinstance(system, str):
+        texts = [system]
+    else:
+        texts = [block.get("text") for block in system if isinstance(block, dict)] if isinstance(system, list) else []
+    messages = body.get("messages")
+    first = messages[0] if isinstance(messages, list) and messages and isinstance(messages[0], dict) else {}
+    content = first.get("content")
+    blocks = [{"text": content}] if isinstance(content, str) else content if isinstance(content, list) else []
+    reminders = [block.get("text") for block in blocks if isinstance(block, dict)]
+    texts += [text for text in reminders if isinstance(text, str) and text.startswith(CONTEXT_REMINDER)]
+    return [text for text in texts if isinstance(text, str)]
+
+
+def _environment(text: str) -> dict[str, object] | None:
+    """Fields of the first environment section of `text`, or None when it has none."""
+    starts = [match.end() for match in (_ENV_INTRO.search(text), _ENV_BLOCK.search(text)) if match]
+    if not starts:
+        return None
+    fields: dict[str, object] = {}
+    for line in _lines_after(text, min(starts)):
+        if not line.strip() or line.strip() == "</env>":
+            break
+        match = _ENV_KEY.match(line)
+        if match is None:
+            continue
+        key, value = match.group("key").lower(), match.group("value")
+        if key.endswith("working directory"):
+            fields.setdefault("cwd", value if _PATH.match(value) else None)
+        elif key.startswith("is "):
+            fields.setdefault("is_git", _flag(value))
+        else:
+            fields.setdefault("platform", value or None)
+    return fields
+
+
+def _git_status(text: str) -> dict[str, object] | None:
+    """Fields of the last git status section of `text`, or None when it has none.
+
+    The section runs to the end of its `Recent commits:` list; without one, to the first line
+    that is none of its parts.
+    """
+    intro = None
+    for intro in _GIT_INTRO.finditer(text):
+        pass
+    if intro is None:
+        return None
+    fields: dict[str, object] = {}
+    status: list[str] = []
+    has_status = in_status = False
+    lines = _lines_after(text, intro.end())
+    for line in lines:
+        blank = not line.strip()
+        if in_status and not blank and not _COMMITS.match(line):
+            status.append(line.strip())
+            continue
+        in_status = False
+        if blank:
+            continue
+        if _COMMITS.match(line):
+            commit = _COMMIT.match(next(lines, ""))
+            fields["head"] = commit.group(1) if commit else None
+            break
+        if match := _BRANCH.match(line):
+            fields["branch"] = _branch(match.group(1))
+        elif match := _MAIN_BRANCH.match(line):
+            fields["main_branch"] = _branch(match.group(1))
+        elif match := _STATUS.match(line):
+            status, has_status = ([match.group(1)] if match.group(1) else []), True
+            in_status = True
+        elif not _GIT_USER.match(line):
+            break
+    if has_status:
+        fields["dirty"] = bool(status) and status != [_CLEAN]
+    return fields
+
+
+def _lines_after(text: str, position: int) -> Iterator[str]:
+    """The lines of `text` after the one holding `position`, read as they are asked for."""
+    start = text.find("\n", position)
+    while start >= 0:
+        end = text.find("\n", start + 1)
+        yield text[start + 1 : end if end >= 0 else len(text)]
+        start = end
+
+
+def _branch(value: str) -> str | None:
+    """A branch name; None for nothing or `HEAD` (what git names a detached head)."""
+    return value if value and value != "HEAD" else None
+
+
+def _flag(value: str) -> bool | None:
+    lowered = value.lower()
+    return True if lowered in _TRUE else False if lowered in _FALSE else None
