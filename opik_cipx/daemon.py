@@ -30,6 +30,7 @@ from typing import Any, Callable
 from opik_cipx import __version__, telemetry
 from opik_cipx.config import Settings, settings_fingerprint
 from opik_cipx.control.daemon_control import home_id
+from opik_cipx.control.detached import inherited_listener
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import assign_picked_ports, claude_code_port
 from opik_cipx.home import HomeLocked, StateFiles, lock_home, private_dir
@@ -133,7 +134,7 @@ class Daemon:
             handler = type("Handler", (GatewayHandler,), {"gateway": self.gateway})
             self.gateway_server = LoopbackServer(
                 "claude_code", host, claude_code_port(settings.ports_path) if port is None else port, handler,
-                limits, self.counters,
+                limits, self.counters, listener=inherited_listener() if port is None else None,
             )
             self.ports = assign_picked_ports(settings.ports_path, self.files.write_json)
             self.ports["claude_code"] = self.gateway_server.port

@@ -16,6 +16,7 @@ from typing import Any
 from opik_cipx.config import ConfigError, Settings
 from opik_cipx.control import claude_settings, lifecycle
 from opik_cipx.control.daemon_control import admin_port, fetch_stats, paths_only_settings, pid_alive, read_state
+from opik_cipx.control.supervisor import Supervisor, SupervisorError, detect_mode
 from opik_cipx.home import disk_full_or_read_only
 from opik_cipx.materialize.rate_limits import warning
 from opik_cipx.ship.destination import NOT_CONFIGURED
@@ -67,6 +68,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         else:
             print("opik-cipx: not running — run `opik-cipx sync` to start it")
             print(f"  claude code  {pointing}")
+            if supervision := supervision_line(settings, running=False):
+                print(f"  supervisor   {supervision}")
             print(f"  today        {today_line(settings)}")
             for line in quarantine_lines(quarantine_counts(settings.spool_dir)):
                 print(line)
@@ -83,14 +86,26 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"opik-cipx: state.json names pid {pid}, but its admin listener (127.0.0.1:{port}) does not answer: "
               f"{why}. Run `opik-cipx restart` (or `opik-cipx sync`); `opik-cipx logs` shows what happened.",
               file=sys.stderr)
+        if (supervision := supervision_line(settings, running=False)).startswith("!"):  # it gave up, say
+            print(f"  supervisor   {supervision}", file=sys.stderr)
         if args.json:
             print(json.dumps({"running": False, "wedged": True, "pid": pid}))
         return 1
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
     else:
-        print(render(stats, settings, pointing, today=today_line(settings)))
+        print(render(stats, settings, pointing, today=today_line(settings),
+                     supervision=supervision_line(settings, running=True)))
     return 0
+
+
+def supervision_line(settings: Settings, running: bool) -> str:
+    """What supervises the daemon and what happens when it dies (control/supervisor.py)."""
+    env = dict(os.environ)
+    try:
+        return Supervisor(detect_mode(env), settings, env).describe(running)
+    except SupervisorError as exc:
+        return f"! {exc}"
 
 
 def today_line(settings: Settings, now_ns: int | None = None) -> str:
@@ -203,7 +218,7 @@ def unknown_model_lines(section: dict[str, Any]) -> list[str]:
 
 
 def render(stats: dict[str, Any], settings: Settings, claude_code: str = "", now: float | None = None,
-           today: str = "") -> str:
+           today: str = "", supervision: str = "") -> str:
     """The admin stats as the human-readable report; every `!` line names what fixes it."""
     now = time.time() if now is None else now
     def section(name: str) -> dict[str, Any]:
@@ -221,6 +236,8 @@ def render(stats: dict[str, Any], settings: Settings, claude_code: str = "", now
     out.append(f"  {'project':<12} {stats.get('project') or '(not set)'}")
     if claude_code:
         out.append(f"  {'claude code':<12} {claude_code}")
+    if supervision:
+        out.append(f"  {'supervisor':<12} {supervision}")
     lock = stats.get("home_lock")
     if isinstance(lock, dict) and not lock.get("held", True):
         out.append(f"  ! home lock not held ({lock.get('error') or 'unknown reason'}): a second "
