@@ -16,6 +16,10 @@ model context) except, when the user must know something, one JSON object whose
   session cannot reach Anthropic, and a new one would.
 Run by hand it reports on stdout and exits 1 when opik-cipx is not up.
 
+Where install.sh registered our hooks in Claude Code's settings, `sync` keeps the launcher copy
+and their commands current; run by one of them while our plugin is enabled for the session, it
+does nothing at all: the plugin's hook, which runs beside it, does the work.
+
 `CIPX_DISABLED` truthy (environment or config file) tears the install down instead.
 A config file that does not load never breaks Claude Code: a healthy daemon keeps running on
 its old settings, and otherwise our `ANTHROPIC_BASE_URL` is removed (see lifecycle.py).
@@ -87,6 +91,8 @@ class _Report:
 def sync(settings: Settings, env: dict[str, str], config_error: str | None) -> int:
     raw = read_hook_stdin()
     hook = parse_hook_input(raw) if raw is not None else None
+    if raw is not None and _plugin_does_it(env, hook):
+        return 0
     report = _Report(hook, as_hook=raw is not None)
     try:
         if is_truthy(env.get("CIPX_DISABLED")) or (config_error is None and settings.disabled):
@@ -100,6 +106,8 @@ def sync(settings: Settings, env: dict[str, str], config_error: str | None) -> i
             _bring_up(settings, env, report)
         else:
             _keep_or_fail_open(settings, env, config_error, report)
+        if not env.get("CLAUDE_PLUGIN_ROOT"):
+            _refresh_hooks(settings, env, report)
         if raw is not None:
             _record(settings, env, hook, report)
     except Exception as exc:  # fail open: a hook must never crash or leave a dead proxy configured
@@ -143,6 +151,27 @@ def _bring_up(settings: Settings, env: dict[str, str], report: _Report) -> None:
         report.tell(drift)
     elif drift:
         report.problem(drift)
+
+
+def _plugin_does_it(env: dict[str, str], hook: dict | None) -> bool:
+    """As a hook that is not the plugin's (Claude Code sets `CLAUDE_PLUGIN_ROOT` for those), while our
+    plugin is enabled for the session: the plugin's own hook does the work, this one nothing."""
+    if env.get("CLAUDE_PLUGIN_ROOT"):
+        return False
+    project = env.get("CLAUDE_PROJECT_DIR") or (hook or {}).get("cwd")
+    return claude_settings.plugin_enabled(claude_settings.settings_files(env, project if isinstance(project, str)
+                                                                        else None))
+
+
+def _refresh_hooks(settings: Settings, env: dict[str, str], report: _Report) -> None:
+    """Where our hooks are registered (install.sh did), keep the launcher copy and their commands current."""
+    if not claude_settings.hooks_registered(claude_settings.settings_path(env)):
+        return
+    note, problem = install.ensure_hooks(settings, env, install.target(settings, env)[0])
+    if note:
+        report.info(note)
+    if problem:
+        report.problem(problem)
 
 
 def _goes_through_us(settings: Settings, env: dict[str, str]) -> bool:
