@@ -86,8 +86,10 @@ def test_kill_9_is_answered_by_a_new_daemon_and_a_daemon_that_keeps_dying_is_giv
         if kill < 5:
             assert status == 200, body
             sent += 1
-            new = daemon_pid(m)
-            assert new != pid and m.supervisor()["daemon_pid"] == new and m.supervisor()["restarts"] == kill
+            record = m.supervisor()
+            assert record["daemon_pid"] != pid and record["restarts"] == kill
+            # It answers as soon as it listens, a moment before it writes state.json.
+            wait_for(lambda: daemon_pid(m) == record["daemon_pid"], what="the new daemon's state.json")
             continue
         # The 5th death within 120 s: given up on, and said so to Claude Code and in `status`.
         assert (status, headers["x-should-retry"], json.loads(body)) == (
@@ -169,8 +171,8 @@ def test_a_killed_supervisor_leaves_the_daemon_serving_and_the_next_sync_takes_i
     third = wait_for(lambda: (r := m.supervisor()) and r["state"] == "running" and r["daemon_pid"] != pid and r,
                      what="the supervisor to start a daemon of its own")
     upstream.script(fixture_reply(response(SCENARIO, NUMBER)))
-    assert call(m.port)[0] == 200
-    assert daemon_pid(m) == third["daemon_pid"] and third["pid"] == second["pid"]
+    assert call(m.port)[0] == 200 and third["pid"] == second["pid"]
+    wait_for(lambda: daemon_pid(m) == third["daemon_pid"], what="the new daemon's state.json")
 
 
 def test_one_supervisor_per_home(machine_with_upstream):
