@@ -210,20 +210,25 @@ def wait_healthy(settings: Settings, timeout_s: float, proc: subprocess.Popen | 
 def start_detached(settings: Settings, argv: list[str], extra_env: dict[str, str]) -> subprocess.Popen:
     """Spawn `argv` (the detached supervisor) in its own session, away from this process and its terminal.
 
-    Its stderr goes to `logs/supervisor.log` (appended to; emptied first past 1 MiB), stdout to
-    /dev/null. It inherits this environment, and so does the daemon it starts.
+    Its stderr goes to `logs/supervisor.log` (appended to; emptied first past 1 MiB; /dev/null when
+    the disk refuses it), stdout to /dev/null. It inherits this environment, and so does the daemon
+    it starts.
     """
-    logs = private_dir(settings.logs_dir)
     env = dict(os.environ)
     for key, value in extra_env.items():
         env[key] = value + (os.pathsep + env[key] if key == "PYTHONPATH" and env.get(key) else "")
     env["CIPX_HOME"] = str(settings.home)
-    path = logs / "supervisor.log"
+    path = settings.logs_dir / "supervisor.log"
     try:
         rewind = path.stat().st_size > SUPERVISOR_LOG_MAX
     except OSError:
         rewind = False
-    with open_private(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if rewind else os.O_APPEND)) as stderr:
+    try:
+        private_dir(settings.logs_dir)
+        stderr = open_private(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if rewind else os.O_APPEND))
+    except OSError:  # a full or read-only disk: supervise all the same, unheard
+        stderr = open(os.devnull, "wb")
+    with stderr:
         return subprocess.Popen(
             argv,
             env=env,

@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import MutableMapping
 from typing import Any
 
 from opik_cipx.clock import SYSTEM, Clock
@@ -78,13 +79,14 @@ def describe_exit(returncode: int) -> str:
     return f"exited with status {returncode}"
 
 
-def inherited_listener(env: dict[str, str] = os.environ) -> socket.socket | None:  # noqa: B008 - read once, at start
-    """The listening socket a supervisor handed to this daemon (`CIPX_LISTEN_FD`), or None.
+def inherited_listener(env: MutableMapping[str, str] | None = None) -> socket.socket | None:
+    """The listening socket a supervisor handed to this daemon (`CIPX_LISTEN_FD` in `env`, by default
+    this process's environment), or None.
 
     The variable is removed from `env`, so nothing the daemon starts inherits it. Only a TCP
     socket listening on 127.0.0.1 is taken; anything else is closed and ignored.
     """
-    raw = env.pop(LISTEN_FD_ENV, "")
+    raw = (os.environ if env is None else env).pop(LISTEN_FD_ENV, "")
     if not raw.isdigit():
         return None
     try:
