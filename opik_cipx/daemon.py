@@ -208,7 +208,8 @@ class Daemon:
             )
             thread.start()
             self._threads.append(thread)
-        if not self.files.write_json(self.settings.state_path, self.state()):
+        # state.json (0600) alone carries the settings' keyed digests and their key (never /admin/state)
+        if not self.files.write_json(self.settings.state_path, {**self.state(), **settings_fingerprint(self.settings)}):
             log.warning("cannot write state files (%s); the proxy runs and keeps them in memory until the disk "
                         "takes them", self.files.section()["last_error"])
         log.info(
@@ -242,9 +243,9 @@ class Daemon:
         return {"degraded": bool(problems), "unsaved": files["unsaved"], "problems": problems}
 
     def state(self) -> dict[str, Any]:
-        """The `state.json` handshake (also served at `/admin/state`); `executable*` let `sync` spot a
-        replaced binary, `settings` (a digest per option) the settings of its environment the daemon
-        does not use, `home` tells a command that asks the admin port that this daemon is its own."""
+        """The `state.json` handshake as served at `/admin/state` (the file adds the settings' keyed
+        digests, `config.settings_fingerprint`); `executable*` let `sync` spot a replaced binary,
+        `home` tells a command that asks the admin port that this daemon is its own."""
         exe = current_executable()
         return {
             "pid": os.getpid(),
@@ -253,7 +254,6 @@ class Daemon:
             "version": __version__,
             "executable": str(exe.path),
             "executable_id": exe.identity,
-            "settings": settings_fingerprint(self.settings),
             "home": home_id(self.settings.home),
         }
 

@@ -82,7 +82,9 @@ def test_state_files_are_private_and_state_json_is_the_handshake(daemon):
     state = json.loads((home / "state.json").read_text())
     assert state["pid"] == daemon.proc.pid
     assert set(state) >= {"pid", "started_at", "ports", "version", "home"}
-    assert admin_get(daemon.admin_port, "/admin/state") == (200, state)
+    assert state["settings"] and state["settings_key"]  # for `sync`, in this owner-only file alone
+    public = {key: value for key, value in state.items() if key not in ("settings", "settings_key")}
+    assert admin_get(daemon.admin_port, "/admin/state") == (200, public)
     ports = json.loads((home / "ports.json").read_text())
     assert ports["claude_code"] == 9909  # `--port 0` is a per-run override, never persisted
     assert ports["admin"] == daemon.admin_port
