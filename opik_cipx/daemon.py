@@ -1,8 +1,8 @@
 """The long-lived daemon behind `opik-cipx proxy`: listeners, workers, `state.json`, shutdown.
 
 Start order: the home's daemon lock first (a second daemon on the same home exits 1 before it
-writes anything), then the gateway port (a taken 9909 fails before anything is written), the
-admin port, the workers (the follower restores its checkpoint first), and finally `state.json`,
+writes anything), paths of the wrong type in the home moved aside (`home.set_aside_wrong_types`),
+then the gateway port (a taken 9909 fails before anything is written), the admin port, the workers (the follower restores its checkpoint first), and finally `state.json`,
 the handshake `sync` and `status` wait for. A disk that refuses writes (full, read-only) does not
 stop the start: the wire comes up, the small state files (`ports.json`, `state.json`,
 `viewer.token`) wait in memory (`StateFiles`) and are written as soon as the disk takes them,
@@ -32,7 +32,7 @@ from opik_cipx.config import Settings, settings_fingerprint
 from opik_cipx.control.daemon_control import home_id
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import assign_picked_ports, claude_code_port
-from opik_cipx.home import HomeLocked, StateFiles, lock_home, private_dir
+from opik_cipx.home import HomeLocked, StateFiles, layout_notes, lock_home, private_dir, set_aside_wrong_types
 from opik_cipx.ledger.store import Ledger
 from opik_cipx.logs import DaemonLog
 from opik_cipx.materialize.follower import Follower
@@ -240,7 +240,8 @@ class Daemon:
         log_problem = self.log.problem if self.log is not None else None
         if log_problem:
             problems.append(log_problem)
-        return {"degraded": bool(problems), "unsaved": files["unsaved"], "problems": problems}
+        return {"degraded": bool(problems), "unsaved": files["unsaved"], "problems": problems,
+                "layout": layout_notes(self.settings.home)}
 
     def state(self) -> dict[str, Any]:
         """The `state.json` handshake as served at `/admin/state` (the file adds the settings' keyed
@@ -347,11 +348,14 @@ def run_proxy(settings: Settings, port: int | None = None) -> int:
         print(f"opik-cipx: a daemon ({holder}) already runs on {settings.home}; nothing was started. "
               "Run `opik-cipx status` to see it, or `opik-cipx restart` to replace it.", file=sys.stderr)
         return 1
+    set_aside = set_aside_wrong_types(settings.home)  # under the lock; `logs` a file included
     daemon_log = DaemonLog(
         settings.logs_dir, settings.logs_max_mb * 1024 * 1024, settings.logs_backups, debug=settings.opik_debug
     )
     if daemon_log.problem:
         log.warning("%s", daemon_log.problem)
+    for line in set_aside:
+        log.warning("CIPX_HOME: %s", line)
     for warning in settings.warnings:
         log.warning("%s", warning)
     if home_lock.error:

@@ -61,7 +61,7 @@ def test_stats_document_has_every_contract_field(daemon, upstream):
                                  "dropped_events_inmem", "dropped_events_disk"}
     assert set(stats["materializer"]) == {"lag_events", "inflight_raw", "ready_raw"}
     assert stats["unknown_models"] == {"calls": 0, "ids": []}
-    assert stats["home"] == {"degraded": False, "unsaved": [], "problems": []}
+    assert stats["home"] == {"degraded": False, "unsaved": [], "problems": [], "layout": []}
     assert stats["telemetry"]["enabled"] is False
     assert admin_get(daemon.admin_port, "/admin/health") == (200, {"ok": True})
 
