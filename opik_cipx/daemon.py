@@ -2,8 +2,9 @@
 
 Start order: the home's daemon lock first (a second daemon on the same home exits 1 before it
 writes anything), paths of the wrong type in the home moved aside (`home.set_aside_wrong_types`),
-then the gateway port (a taken 9909 fails before anything is written), the admin port, the workers (the follower restores its checkpoint first), and finally `state.json`,
-the handshake `sync` and `status` wait for. A disk that refuses writes (full, read-only) does not
+then the gateway port (a taken 9909 fails before anything is written), the admin port, the
+workers (the follower restores its checkpoint first), and finally `state.json`, the handshake
+`sync` and `status` wait for. A disk that refuses writes (full, read-only) does not
 stop the start: the wire comes up, the small state files (`ports.json`, `state.json`,
 `viewer.token`) wait in memory (`StateFiles`) and are written as soon as the disk takes them,
 and the `home` stats section says so.

@@ -13,6 +13,7 @@ and moved aside whole by `set_aside_wrong_types` (a starting daemon, docs/LIFECY
 daemon gets a fresh one and nothing is deleted; `layout_notes` says what waits for the user.
 """
 
+import errno
 import fcntl
 import json
 import os
@@ -307,13 +308,13 @@ def set_aside_wrong_types(home: Path, clock: Clock = SYSTEM) -> list[str]:
     lines = []
     for name, directory, why in _wrong_types(home):
         path = home / name
-        target = path.with_name(f"{path.name}.not-a-{'directory' if directory else 'file'}-{stamp}")
-        for n in range(2, 100):
-            if not os.path.lexists(target):
-                break
-            target = target.with_name(f"{path.name}.not-a-{'directory' if directory else 'file'}-{stamp}-{n}")
+        base = f"{path.name}.not-a-{'directory' if directory else 'file'}-{stamp}"
+        free = (path.with_name(n) for n in (base, *(f"{base}-{i}" for i in range(2, 100))))
+        target = next((candidate for candidate in free if not os.path.lexists(candidate)), None)
         try:
-            os.rename(path, target)
+            if target is None:
+                raise OSError(errno.EEXIST, "too many set aside already")
+            os.rename(path, target)  # never onto an existing path: lexists said it is free
         except OSError as exc:
             lines.append(f"{name} {why}, and cannot be moved aside ({exc.strerror or type(exc).__name__}): "
                          "move it away, then run `opik-cipx restart`")
@@ -329,15 +330,15 @@ def layout_notes(home: Path) -> list[str]:
     notes = [f"{name} {why}; a starting daemon moves it aside: run `opik-cipx restart`"
              for name, _, why in _wrong_types(home)]
     names = {name for name, _ in LAYOUT}
-    for folder in sorted({""} | {name.rpartition("/")[0] for name in names}):
+    for folder in sorted({name.rpartition("/")[0] for name in names}):  # "" (the home itself) first
         try:
             entries = sorted(entry.name for entry in os.scandir(home / folder))
         except OSError:
             continue
+        prefix = f"{folder}/" if folder else ""
         for entry in entries:
             found = _SET_ASIDE.fullmatch(entry)
-            name = f"{folder}/{found.group(1)}" if found and folder else found and found.group(1)
-            if found and name in names:
-                notes.append(f"{f'{folder}/' if folder else ''}{entry}: {name} was not a {found.group(2)} when a "
-                             "daemon started, so it was set aside; look at it, then delete it")
+            if found and prefix + found.group(1) in names:
+                notes.append(f"{prefix}{entry}: {prefix}{found.group(1)} was not a {found.group(2)} when a daemon "
+                             "started, so it was set aside; look at it, then delete it")
     return notes

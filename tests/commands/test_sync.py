@@ -258,7 +258,8 @@ def test_settings_this_environment_asks_for_that_the_daemon_does_not_use_are_nam
     assert hashlib.sha256(b'"sk-daemon"').hexdigest()[:16].encode() not in served  # what it served before
     config = machine.home / "config.toml"
     hook = SESSION_START.read_text()
-    drifted = machine.cli("sync", input=hook, CIPX_CAPTURE_CONTENT="false", **{**opik, "OPIK_CIPX_API_KEY": "sk-secret"})
+    drifted = machine.cli("sync", input=hook, CIPX_CAPTURE_CONTENT="false",
+                          **{**opik, "OPIK_CIPX_API_KEY": "sk-secret"})
     assert drifted.returncode == 0 and "sk-secret" not in drifted.stdout + drifted.stderr
     assert json.loads(drifted.stdout) == {"systemMessage": (
         "opik-cipx: the running daemon does not use these settings of this environment: capture_content "

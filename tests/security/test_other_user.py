@@ -55,7 +55,8 @@ def test_another_user_gets_no_prompt_from_the_viewer(daemon, upstream, other_use
 
 
 def test_admin_stats_carry_no_prompt_path_or_credential(home, upstream, other_user):
-    (home / "spool" / "000000000001.jsonl").mkdir(parents=True)  # so the spool fails, with an error that could name a path
+    # so the spool fails, with an error that could name a path
+    (home / "spool" / "000000000001.jsonl").mkdir(parents=True)
     daemon = DaemonProcess(home, upstream.url)
     try:
         send_secret(daemon)
