@@ -210,7 +210,8 @@ class Daemon:
             thread.start()
             self._threads.append(thread)
         # state.json (0600) alone carries the settings' keyed digests and their key (never /admin/state)
-        if not self.files.write_json(self.settings.state_path, {**self.state(), **settings_fingerprint(self.settings)}):
+        handshake = {**self.state(), **settings_fingerprint(self.settings)}
+        if not self.files.write_json(self.settings.state_path, handshake):
             log.warning("cannot write state files (%s); the proxy runs and keeps them in memory until the disk "
                         "takes them", self.files.section()["last_error"])
         log.info(

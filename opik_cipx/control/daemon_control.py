@@ -262,7 +262,5 @@ def _remove_state(settings: Settings, pid: int) -> None:
         return
     try:
         settings.state_path.unlink()
-    except FileNotFoundError:
-        pass
     except OSError:
-        pass  # not a file (a directory, say): the next daemon to start moves it aside
+        pass  # gone already, or not a file (a directory, say): the next daemon to start moves it aside
