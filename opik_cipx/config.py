@@ -543,25 +543,36 @@ def example_toml() -> str:
     return "\n".join(out) + "\n"
 
 
-def settings_fingerprint(settings: Settings) -> dict[str, str]:
-    """Per option key, a short digest of its resolved value: never the value itself.
+def settings_fingerprint(settings: Settings, key: str | None = None) -> dict[str, Any]:
+    """`{"settings_key": key, "settings": {option key: digest}}` for `state.json` (0600) only.
 
-    The daemon writes it to `state.json`; `sync` compares it with its own to tell the user which
-    settings of this environment the running daemon does not use. A digest (not the value) so
-    that an API key never lands in a file or a message.
+    Each digest is HMAC-SHA256 of the option's resolved value under `key` (16 hex digits), never
+    the value; `key` is new random bytes unless given, so the daemon draws one per start. Keyed,
+    so nobody without `state.json` can confirm a guessed API key against a digest; the admin
+    port, open to every local user, serves neither. `sync` recomputes the digests of its own
+    environment under the daemon's key to name the settings the running daemon does not use.
     """
     import hashlib
+    import hmac
+    import secrets
+
+    key = key or secrets.token_hex(32)
 
     def digest(value: Any) -> str:
         text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return hmac.new(key.encode(), text.encode(), hashlib.sha256).hexdigest()[:16]
 
-    return {opt.key: digest(settings.values[opt.attr]) for opt in OPTIONS}
+    return {"settings_key": key, "settings": {opt.key: digest(settings.values[opt.attr]) for opt in OPTIONS}}
 
 
-def differing_settings(settings: Settings, fingerprint: object) -> list[Option]:
-    """The options whose value in `settings` differs from a daemon's `fingerprint` (keys it knows)."""
-    if not isinstance(fingerprint, dict):
+def differing_settings(settings: Settings, state: object) -> list[Option]:
+    """The options whose value in `settings` differs from what a daemon's `state.json` (`state`)
+    says it uses; none when `state` lacks the digests or their key (an older daemon, or
+    `/admin/state`, which carries neither)."""
+    if not isinstance(state, dict):
         return []
-    ours = settings_fingerprint(settings)
-    return [opt for opt in OPTIONS if opt.key in fingerprint and fingerprint[opt.key] != ours[opt.key]]
+    theirs, key = state.get("settings"), state.get("settings_key")
+    if not isinstance(theirs, dict) or not isinstance(key, str) or not key:
+        return []
+    ours = settings_fingerprint(settings, key)["settings"]
+    return [opt for opt in OPTIONS if opt.key in theirs and theirs[opt.key] != ours[opt.key]]

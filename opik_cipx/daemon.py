@@ -1,9 +1,10 @@
 """The long-lived daemon behind `opik-cipx proxy`: listeners, workers, `state.json`, shutdown.
 
 Start order: the home's daemon lock first (a second daemon on the same home exits 1 before it
-writes anything), then the gateway port (a taken 9909 fails before anything is written), the
-admin port, the workers (the follower restores its checkpoint first), and finally `state.json`,
-the handshake `sync` and `status` wait for. A disk that refuses writes (full, read-only) does not
+writes anything), paths of the wrong type in the home moved aside (`home.set_aside_wrong_types`),
+then the gateway port (a taken 9909 fails before anything is written), the admin port, the
+workers (the follower restores its checkpoint first), and finally `state.json`, the handshake
+`sync` and `status` wait for. A disk that refuses writes (full, read-only) does not
 stop the start: the wire comes up, the small state files (`ports.json`, `state.json`,
 `viewer.token`) wait in memory (`StateFiles`) and are written as soon as the disk takes them,
 and the `home` stats section says so.
@@ -32,7 +33,7 @@ from opik_cipx.config import Settings, settings_fingerprint
 from opik_cipx.control.daemon_control import home_id
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import assign_picked_ports, claude_code_port
-from opik_cipx.home import HomeLocked, StateFiles, lock_home, private_dir
+from opik_cipx.home import HomeLocked, StateFiles, layout_notes, lock_home, private_dir, set_aside_wrong_types
 from opik_cipx.ledger.store import Ledger
 from opik_cipx.logs import DaemonLog
 from opik_cipx.materialize.follower import Follower
@@ -208,7 +209,9 @@ class Daemon:
             )
             thread.start()
             self._threads.append(thread)
-        if not self.files.write_json(self.settings.state_path, self.state()):
+        # state.json (0600) alone carries the settings' keyed digests and their key (never /admin/state)
+        handshake = {**self.state(), **settings_fingerprint(self.settings)}
+        if not self.files.write_json(self.settings.state_path, handshake):
             log.warning("cannot write state files (%s); the proxy runs and keeps them in memory until the disk "
                         "takes them", self.files.section()["last_error"])
         log.info(
@@ -239,12 +242,13 @@ class Daemon:
         log_problem = self.log.problem if self.log is not None else None
         if log_problem:
             problems.append(log_problem)
-        return {"degraded": bool(problems), "unsaved": files["unsaved"], "problems": problems}
+        return {"degraded": bool(problems), "unsaved": files["unsaved"], "problems": problems,
+                "layout": layout_notes(self.settings.home)}
 
     def state(self) -> dict[str, Any]:
-        """The `state.json` handshake (also served at `/admin/state`); `executable*` let `sync` spot a
-        replaced binary, `settings` (a digest per option) the settings of its environment the daemon
-        does not use, `home` tells a command that asks the admin port that this daemon is its own."""
+        """The `state.json` handshake as served at `/admin/state` (the file adds the settings' keyed
+        digests, `config.settings_fingerprint`); `executable*` let `sync` spot a replaced binary,
+        `home` tells a command that asks the admin port that this daemon is its own."""
         exe = current_executable()
         return {
             "pid": os.getpid(),
@@ -253,7 +257,6 @@ class Daemon:
             "version": __version__,
             "executable": str(exe.path),
             "executable_id": exe.identity,
-            "settings": settings_fingerprint(self.settings),
             "home": home_id(self.settings.home),
         }
 
@@ -347,11 +350,14 @@ def run_proxy(settings: Settings, port: int | None = None) -> int:
         print(f"opik-cipx: a daemon ({holder}) already runs on {settings.home}; nothing was started. "
               "Run `opik-cipx status` to see it, or `opik-cipx restart` to replace it.", file=sys.stderr)
         return 1
+    set_aside = set_aside_wrong_types(settings.home)  # under the lock; `logs` a file included
     daemon_log = DaemonLog(
         settings.logs_dir, settings.logs_max_mb * 1024 * 1024, settings.logs_backups, debug=settings.opik_debug
     )
     if daemon_log.problem:
         log.warning("%s", daemon_log.problem)
+    for line in set_aside:
+        log.warning("CIPX_HOME: %s", line)
     for warning in settings.warnings:
         log.warning("%s", warning)
     if home_lock.error:

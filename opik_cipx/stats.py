@@ -90,7 +90,7 @@ def default_sections() -> dict[str, Any]:
         "unknown_models": {"calls": 0, "ids": []},
         "rate_limits": {"observed_at": None, "status": None, "representative_claim": None, "resets_at": None,
                         "windows": {}},
-        "home": {"degraded": False, "unsaved": [], "problems": []},
+        "home": {"degraded": False, "unsaved": [], "problems": [], "layout": []},
         "telemetry": {"enabled": False, "reason": None, "sent": 0, "dropped": 0, "suppressed": 0,
                       "last_error": None},
     }

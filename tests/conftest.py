@@ -1,5 +1,6 @@
 """Shared test helpers: the daemon as a real subprocess, polling with deadlines, fixtures."""
 
+import http.client
 import json
 import os
 import signal
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from opik_cipx.views.access import cookie_name
 from opik_cipx.wire.connections import Limits
 from tests.fake_anthropic import CA_BUNDLE, FakeAnthropic
 
@@ -102,9 +102,17 @@ class DaemonProcess:
         return self.stats()["counters"][name]
 
     def viewer_cookie(self) -> dict[str, str]:
-        """The header a browser signed in to this daemon's viewer sends."""
+        """The header a browser signed in to this daemon's viewer sends: the cookie its sign-in set."""
         token = (self.home / "viewer.token").read_text().strip()
-        return {"Cookie": f"{cookie_name(self.state['ports']['viewer'])}={token}"}
+        conn = http.client.HTTPConnection("127.0.0.1", self.state["ports"]["viewer"], timeout=10)
+        try:
+            conn.request("GET", f"/?token={token}")
+            resp = conn.getresponse()
+            resp.read()
+        finally:
+            conn.close()
+        assert resp.status == 200, resp.status
+        return {"Cookie": resp.getheader("Set-Cookie").partition(";")[0]}
 
     def stop(self, timeout: float = 20) -> int:
         if self.proc.poll() is None:

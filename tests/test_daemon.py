@@ -61,7 +61,7 @@ def test_stats_document_has_every_contract_field(daemon, upstream):
                                  "dropped_events_inmem", "dropped_events_disk"}
     assert set(stats["materializer"]) == {"lag_events", "inflight_raw", "ready_raw"}
     assert stats["unknown_models"] == {"calls": 0, "ids": []}
-    assert stats["home"] == {"degraded": False, "unsaved": [], "problems": []}
+    assert stats["home"] == {"degraded": False, "unsaved": [], "problems": [], "layout": []}
     assert stats["telemetry"]["enabled"] is False
     assert admin_get(daemon.admin_port, "/admin/health") == (200, {"ok": True})
 
@@ -82,7 +82,9 @@ def test_state_files_are_private_and_state_json_is_the_handshake(daemon):
     state = json.loads((home / "state.json").read_text())
     assert state["pid"] == daemon.proc.pid
     assert set(state) >= {"pid", "started_at", "ports", "version", "home"}
-    assert admin_get(daemon.admin_port, "/admin/state") == (200, state)
+    assert state["settings"] and state["settings_key"]  # for `sync`, in this owner-only file alone
+    public = {key: value for key, value in state.items() if key not in ("settings", "settings_key")}
+    assert admin_get(daemon.admin_port, "/admin/state") == (200, public)
     ports = json.loads((home / "ports.json").read_text())
     assert ports["claude_code"] == 9909  # `--port 0` is a per-run override, never persisted
     assert ports["admin"] == daemon.admin_port

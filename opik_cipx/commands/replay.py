@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TextIO
 
 from opik_cipx.config import Settings
-from opik_cipx.home import open_private
+from opik_cipx.home import open_private, wrong_type
 from opik_cipx.ledger.periods import parse_since
 
 LEDGER_BATCH = 500  # calls per ledger transaction
@@ -44,6 +44,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from opik_cipx.ledger.store import Ledger
     from opik_cipx.store.captures import list_segments, read_log
 
+    why = wrong_type(settings.captures_dir, directory=True)
+    if why:
+        print(f"opik-cipx: {settings.captures_dir} {why}, so there is nothing to replay: move it away", file=sys.stderr)
+        return 1
     segments = list_segments(settings.captures_dir)
     if not segments:
         print(f"opik-cipx: no raw captures in {settings.captures_dir} (captures.enabled is "

@@ -16,7 +16,7 @@ from typing import Any
 from opik_cipx.config import ConfigError, Settings
 from opik_cipx.control import claude_settings, lifecycle
 from opik_cipx.control.daemon_control import admin_port, fetch_stats, paths_only_settings, pid_alive, read_state
-from opik_cipx.home import disk_full_or_read_only
+from opik_cipx.home import disk_full_or_read_only, layout_notes
 from opik_cipx.materialize.rate_limits import warning
 from opik_cipx.ship.destination import NOT_CONFIGURED
 from opik_cipx.stats import COUNTER_NAMES, PROBLEM_COUNTERS
@@ -70,6 +70,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  today        {today_line(settings)}")
             for line in quarantine_lines(quarantine_counts(settings.spool_dir)):
                 print(line)
+            for note in layout_notes(settings.home):
+                print(f"  ! {note}")
             full = disk_full_or_read_only(settings.home)
             if full:
                 print(f"  ! CIPX_HOME {settings.home} {full}: a daemon started there cannot record where it "
@@ -229,6 +231,7 @@ def render(stats: dict[str, Any], settings: Settings, claude_code: str = "", now
     if today:
         out.append(f"  {'today':<12} {today}")
     out.extend(rate_limit_lines(section("rate_limits"), now))
+    out += [f"  ! {note}" for note in section("home").get("layout") or []]
     home_problems = section("home").get("problems") or []
     if home_problems:
         out.append("degraded: the disk under CIPX_HOME refuses writes (full or read-only?); the proxy still runs")

@@ -182,7 +182,8 @@ def start_detached(settings: Settings, argv: list[str], extra_env: dict[str, str
     """Spawn the daemon in its own session, detached from this process and its terminal.
 
     Its stderr goes to `logs/daemon.stderr` (startup failures before logging is set up, such
-    as a bad config file); stdout to /dev/null.
+    as a bad config file); stdout to /dev/null. The caller holds `sync.lock`, taken once paths of
+    the wrong type in the home (`logs` a file, say) were moved aside (control/lifecycle.py).
     """
     logs = private_dir(settings.logs_dir)
     env = dict(os.environ)
@@ -261,5 +262,5 @@ def _remove_state(settings: Settings, pid: int) -> None:
         return
     try:
         settings.state_path.unlink()
-    except FileNotFoundError:
-        pass
+    except OSError:
+        pass  # gone already, or not a file (a directory, say): the next daemon to start moves it aside

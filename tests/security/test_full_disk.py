@@ -142,6 +142,6 @@ def test_in_process_a_disk_that_refuses_every_write_still_brings_the_wire_up(tmp
         daemon.tick()
         assert json.loads((home / "state.json").read_text())["ports"] == daemon.ports
         assert (home / "viewer.token").exists() and (home / "ports.json").exists()
-        assert daemon.stats()["home"] == {"degraded": False, "unsaved": [], "problems": []}
+        assert daemon.stats()["home"] == {"degraded": False, "unsaved": [], "problems": [], "layout": []}
     finally:
         daemon.shutdown()

@@ -14,7 +14,7 @@ from opik_cipx.ledger.db import open_reader
 from opik_cipx.ledger.queries import report
 from opik_cipx.ledger.store import Ledger
 from opik_cipx.store.captures import CaptureStore
-from opik_cipx.views.access import ViewerAccess, cookie_name
+from opik_cipx.views.access import ViewerAccess, cookie_name, cookie_value
 from opik_cipx.views.charts import PALETTE
 from opik_cipx.views.dashboard import Dashboard
 from opik_cipx.views.viewer import ViewerHandler
@@ -54,7 +54,7 @@ def viewer(tmp_path_factory):
 def get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str, dict]:
     """GET as a browser that signed in with the token."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", path, headers={"Host": host, "Cookie": f"{cookie_name(port)}={TOKEN}"})
+    conn.request("GET", path, headers={"Host": host, "Cookie": f"{cookie_name(port)}={cookie_value(TOKEN, port)}"})
     resp = conn.getresponse()
     return resp.status, resp.read().decode(), dict(resp.getheaders())
 
