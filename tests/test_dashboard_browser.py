@@ -89,7 +89,7 @@ def test_dashboard_session_and_call_pages_render_in_chromium(home, upstream, tmp
         capture_id = re.search(r"/capture/([0-9a-f-]+)\">subagent", session).group(1)
         call = dom(tmp_path, f"{base}/capture/{capture_id}", home)
         words = text_of(call)
-        assert "Tokens and cost" in words and "cache write, 5 min" in words and "would have cost" in words
+        assert "Tokens and cost" in words and "cache write 5m" in words and "would have cost" in words
         assert 'class="buckets"' in call and 'class="share"' in call and "painted by bucket" in words
 
         docs = tmp_path / "shots"

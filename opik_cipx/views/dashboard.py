@@ -23,7 +23,22 @@ from typing import Any, Iterator
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.ids import is_uuid7, uuid7_unix_ms
 from opik_cipx.ledger.db import open_reader
-from opik_cipx.ledger.figures import UNKNOWN, cache_hit, input_side, label_of, unpriced_note
+from opik_cipx.ledger.figures import (
+    CACHE_READ,
+    CACHE_WRITE_1H,
+    CACHE_WRITE_5M,
+    CACHE_WRITES,
+    INPUT_SIDE,
+    INPUT_SIDE_MEANS,
+    OUTPUT,
+    TOKEN_CLASSES,
+    UNCACHED,
+    UNKNOWN,
+    cache_hit,
+    input_side,
+    label_of,
+    unpriced_note,
+)
 from opik_cipx.ledger.periods import day_start_ns, local_day
 from opik_cipx.ledger.queries import (
     Selection,
@@ -68,12 +83,12 @@ STYLE = (
     "td,th{padding:3px 5px}.wide{display:none}}"
     + charts.CSS
 )
-TOKEN_CLASSES = (  # label, tokens column, cost column
-    ("uncached input", "input_tokens", "cost_input_usd"),
-    ("cache write, 5 min", "cache_write_5m_tokens", "cost_cache_write_5m_usd"),
-    ("cache write, 1 hour", "cache_write_1h_tokens", "cost_cache_write_1h_usd"),
-    ("cache read", "cache_read_input_tokens", "cost_cache_read_usd"),
-    ("output", "output_tokens", "cost_output_usd"),
+CALL_TOKENS = (  # label, tokens column, cost column
+    (TOKEN_CLASSES[UNCACHED], UNCACHED, "cost_input_usd"),
+    (CACHE_WRITES[CACHE_WRITE_5M], CACHE_WRITE_5M, "cost_cache_write_5m_usd"),
+    (CACHE_WRITES[CACHE_WRITE_1H], CACHE_WRITE_1H, "cost_cache_write_1h_usd"),
+    (TOKEN_CLASSES[CACHE_READ], CACHE_READ, "cost_cache_read_usd"),
+    (TOKEN_CLASSES[OUTPUT], OUTPUT, "cost_output_usd"),
 )
 
 
@@ -145,8 +160,7 @@ class Dashboard:
             out.append(
                 f"<div class=card id='total-{label.lower().replace(' ', '-')}'><div class=muted>{label}</div>"
                 f"<div class=big>{usd(total['cost_usd'])}</div>"
-                f"<div>{total['calls']:,} calls &middot; {tokens(input_side(total))} input tokens &middot; "
-                f"{tokens(total['output_tokens'])} output tokens</div>"
+                f"<div>{total['calls']:,} calls &middot; {token_figures(total)}</div>"
                 f"<div class=muted>cache hit {percent(cache_hit(total))}</div>{unpriced(total)}</div>")
         out.append("</div>")
         per_day: dict[str, dict[str, float]] = defaultdict(dict)
@@ -201,7 +215,7 @@ class Dashboard:
             f"{when(first['started_at_ns'])} to {when(calls[-1]['started_at_ns'])}</p>",
             "<div class=cards><div class=card id=session-total><div class=muted>Session total</div>"
             f"<div class=big>{usd(total['cost_usd'])}</div><div>{total['calls']:,} calls &middot; "
-            f"{tokens(input_side(total))} input tokens &middot; {tokens(total['output_tokens'])} output tokens"
+            f"{token_figures(total)}"
             f"</div><div class=muted>cache hit {percent(cache_hit(total))}</div>{unpriced(total)}</div></div>",
         ]
         cumulative, context, running = {}, {}, 0.0
@@ -213,11 +227,11 @@ class Dashboard:
         out.append("<section><h2>Cumulative cost and context size, call by call</h2>")
         out.append(charts.line_chart(len(calls), [
             ("cumulative cost (USD)", "#1f77b4", cumulative, "left", usd_axis),
-            ("context size of main-loop calls (input tokens)", "#ff7f0e", context, "right", compact),
+            ("context size of main-loop calls (input side)", "#ff7f0e", context, "right", compact),
         ], label="cumulative cost and context size per call"))
-        out.append(charts.legend(["cumulative cost (USD)", "context size of main-loop calls (input tokens)"],
+        out.append(charts.legend(["cumulative cost (USD)", "context size of main-loop calls (input side)"],
                                  {"cumulative cost (USD)": "#1f77b4",
-                                  "context size of main-loop calls (input tokens)": "#ff7f0e"}))
+                                  "context size of main-loop calls (input side)": "#ff7f0e"}))
         out.append("</section>")
         out.append(breaks_section(calls))
         out.append("<section><h2>Where the session's cost went</h2>")
@@ -302,6 +316,12 @@ def tokens(value: float) -> str:
     return f"{round(value):,}"
 
 
+def token_figures(figures: dict[str, Any]) -> str:
+    """`input side 32,012 · output 120 tokens`, input side explained on hover."""
+    return (f"<span title='{INPUT_SIDE_MEANS}'>{TOKEN_CLASSES[INPUT_SIDE]}</span> {tokens(figures[INPUT_SIDE])} "
+            f"&middot; {TOKEN_CLASSES[OUTPUT]} {tokens(figures[OUTPUT])} tokens")
+
+
 def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
@@ -378,7 +398,7 @@ def calls_table(calls: list[dict], show_session: bool, nested: dict[str, list[li
     if not calls:
         return "<p class=muted>No calls.</p>"
     head = ["time", "call", "<span class=wide>model</span>"] + (["session"] if show_session else []) + ["status"]
-    figures = ["input tok", "cache hit", "output tok", "cost (USD)"]
+    figures = [TOKEN_CLASSES[INPUT_SIDE], "cache hit", TOKEN_CLASSES[OUTPUT], "cost (USD)"]
     out = ["<div class=scroll><table class=calls><tr>" + "".join(f"<th>{h}</th>" for h in head)
            + "".join(f"<th class=num>{h}</th>" for h in figures) + "</tr>"]
     head += figures
@@ -398,7 +418,7 @@ def calls_table(calls: list[dict], show_session: bool, nested: dict[str, list[li
         if call["cache_break_cause"]:
             hit = (f"<span class=bad title='cache break: {esc(call['cache_break_cause'])}: "
                    f"{esc(call['cache_break_item'] or '')}'>&#9888; {hit}</span>")
-        numbers = [tokens(input_side(call)), hit, tokens(call["output_tokens"]), call_cost(call)]
+        numbers = [tokens(call[INPUT_SIDE]), hit, tokens(call[OUTPUT]), call_cost(call)]
         return (f"<tr class='{cls}'>" + "".join(f"<td>{c}</td>" for c in cells)
                 + "".join(f"<td class=num>{n}</td>" for n in numbers) + "</tr>")
 
@@ -436,17 +456,17 @@ def call_header(call: dict) -> list[str]:
 def token_section(call: dict) -> str:
     out = ["<section id=tokens><h2>Tokens and cost</h2><div class=scroll><table><tr><th>token class</th>"
            "<th class=num>tokens</th><th class=num>cost (USD)</th></tr>"]
-    for label, tokens_column, cost_column in TOKEN_CLASSES:
+    for label, tokens_column, cost_column in CALL_TOKENS:
         out.append(f"<tr><td>{label}</td><td class=num>{tokens(call[tokens_column])}</td>"
                    f"<td class=num>{usd(call[cost_column]) if call[cost_column] is not None else ''}</td></tr>")
     if call["cost_web_search_usd"]:
         out.append(f"<tr><td>web search fees</td><td></td><td class=num>{usd(call['cost_web_search_usd'])}</td></tr>")
-    total_tokens = input_side(call) + call["output_tokens"]
+    total_tokens = call[INPUT_SIDE] + call[OUTPUT]
     out.append(f"<tr><th>total</th><th class=num>{tokens(total_tokens)}</th><th class=num>{call_cost(call)}</th>"
                "</tr></table></div>")
     written = call["cache_write_5m_tokens"] + call["cache_write_1h_tokens"]
-    out.append(f"<p>Cache: {tokens(written)} tokens written, {tokens(call['cache_read_input_tokens'])} read, "
-               f"{tokens(call['input_tokens'])} uncached; cache hit {percent(cache_hit(call))}.</p>")
+    out.append(f"<p>Cache: {tokens(written)} tokens written, {tokens(call[CACHE_READ])} read, "
+               f"{tokens(call[UNCACHED])} uncached; cache hit {percent(cache_hit(call))}.</p>")
     warm = call["warm_cache_cost_usd"]
     if written and warm is not None and call["cost_usd"]:
         saved = 1 - warm / call["cost_usd"]
@@ -464,8 +484,8 @@ def cache_section(call: dict) -> str:
     if not whole:
         return ""
     written = call["cache_write_5m_tokens"] + call["cache_write_1h_tokens"]
-    out = [f"<section id=cache><h2>Prompt cache</h2><p>Of the input side: {call['cache_read_input_tokens'] / whole:.1%} "
-           f"read from the cache, {written / whole:.1%} written to it, {call['input_tokens'] / whole:.1%} uncached."]
+    out = [f"<section id=cache><h2>Prompt cache</h2><p>Of the input side: {call[CACHE_READ] / whole:.1%} "
+           f"read from the cache, {written / whole:.1%} written to it, {call[UNCACHED] / whole:.1%} uncached."]
     previous = call["cache_previous_capture_id"]
     if previous:
         out.append(f" Compared with <a href='/capture/{esc(previous)}'>the previous call of this conversation</a>, "
@@ -544,7 +564,7 @@ def buckets_section(rows: list[dict], total_cost: float, labels: dict[str, str] 
                else "<th class=num>calls</th>") + "<th class=num>tokens</th><th class=num>cost (USD)</th>"
                "<th class=num>share</th>" + ("<th>largest parts</th>" if labels is not None else "") + "</tr>")
     for r in rows:
-        tok = r["tokens"] if "tokens" in r else input_side(r) + r["output_tokens"]
+        tok = r["tokens"] if "tokens" in r else r[INPUT_SIDE] + r[OUTPUT]
         share = (r["cost_usd"] or 0.0) / total_cost if total_cost else 0.0
         out.append(
             f"<tr><td><i class=sw style='background:{PALETTE[r['bucket']]}'></i>{esc(r['bucket'])}</td>"
