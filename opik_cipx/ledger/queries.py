@@ -450,3 +450,20 @@ def session_projects(conn: sqlite3.Connection, session_ids: list[str]) -> dict[s
 def first_day(conn: sqlite3.Connection) -> str | None:
     row = conn.execute("SELECT min(day) FROM days").fetchone()
     return row[0] if row else None
+
+
+def last_day(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT max(day) FROM days").fetchone()
+    return row[0] if row else None
+
+
+def dimension_values(conn: sqlite3.Connection, keys: tuple[str, ...] = ("project", "model", "kind", "agent")
+                     ) -> dict[str, list[str]]:
+    """Every value the ledger holds for each report key of `keys` (those of `DIMENSIONS`), sorted:
+    what a filter can take (`main` for the main loop's agent; no unknown value)."""
+    out: dict[str, set[str]] = {key: set() for key in keys}
+    for row in conn.execute(f"SELECT DISTINCT {', '.join(keys)} FROM daily_calls"):
+        for key, value in zip(keys, row):
+            if value or key == "agent":
+                out[key].add(value or "main")
+    return {key: sorted(values) for key, values in out.items()}
