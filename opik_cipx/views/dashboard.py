@@ -1,73 +1,96 @@
-"""The dashboard the viewer serves: home, all calls, a session, a call (docs/ARCHITECTURE.md, "Ledger").
+"""The dashboard the viewer serves: home, calls, a session, a call, and exports
+(docs/ARCHITECTURE.md, "Ledger"; docs/REPORTS.md, "Dashboard").
 
 Everything comes from the ledger, so the pages show every call since install whatever the
-daemon restarts; a call page also paints the raw request by bucket while its capture is still
-stored. Pages are plain HTML with inline SVG charts (`views/charts.py`), put together from
-`views/markup.py` (the shell, values), `views/tables.py` and `views/request_view.py`: no
-script and no external resource, which the viewer's Content-Security-Policy enforces.
+daemon restarts; a call page also shows the raw request, folded by bucket, while its capture is
+still stored. Pages are plain HTML with inline SVG charts (`views/charts.py`), put together from
+`views/markup.py` (the shell, values), `views/home.py`, `views/tables.py` and
+`views/request_view.py`: no script and no external resource, which the viewer's
+Content-Security-Policy enforces.
+
+A URL's query sets a date range and filters (`views/filters.py`) that every link of the page
+keeps; `session` there, and `/session/<id>`, take the start of an id (several sessions that
+start so: a page listing them, status 300). `/report.json|csv?by=KEYS&...` exports what a
+chart or a list shows as `report --json|--csv` would (`ledger/export.py`), `/calls.json|csv`
+the calls of a selection (newest first, `limit`, `before`; `/api/calls`: the newest 500).
 
 `Dashboard.route(path)` answers one GET with (status, content type, body); each answer opens
 its own read-only connection, so viewer threads never share one.
 """
 
-import json
+import io
 import sqlite3
 import urllib.parse
-from collections import defaultdict
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.ids import is_uuid7, uuid7_unix_ms
 from opik_cipx.ledger.db import open_reader
-from opik_cipx.ledger.figures import cache_hit, input_side, label_of
-from opik_cipx.ledger.periods import day_start_ns, local_day
+from opik_cipx.ledger.export import calls_json, dump_json, report_json, write_calls_csv, write_report_csv
+from opik_cipx.ledger.figures import cache_hit, input_side
+from opik_cipx.ledger.periods import day_start_ns, last_day_before, local_day
 from opik_cipx.ledger.queries import (
+    CALLS_MAX,
+    AmbiguousSession,
+    ReportError,
     Selection,
+    SessionNotFound,
     call_details,
+    dimension_values,
     find_call,
+    find_session,
     first_day,
+    last_day,
+    parse_by,
     recent_calls,
     report,
     session_calls,
-    session_projects,
+    why_empty,
 )
 from opik_cipx.ledger.schema import SchemaError
 from opik_cipx.materialize.attribution import categorize
 from opik_cipx.store.captures import find_capture
 from opik_cipx.views import charts
-from opik_cipx.views.charts import SERIES, compact, usd_axis
+from opik_cipx.views.charts import compact, usd_axis
+from opik_cipx.views.filters import Filters, parse_filters, selection
+from opik_cipx.views.home import DEFAULT_DAYS, Scope, days_between, home_body
 from opik_cipx.views.markup import (
     HTML,
     account,
     esc,
+    export_links,
     page,
     percent,
-    session_link,
-    short_path,
     token_figures,
     unpriced,
     usd,
     when,
 )
-from opik_cipx.views.request_view import painted_request
+from opik_cipx.views.request_view import folded_request
 from opik_cipx.views.tables import (
+    FILTER_WORDS,
     breaks_section,
     buckets_section,
     cache_section,
     call_header,
     call_labels,
     calls_table,
+    filter_bar,
     nest,
     token_section,
-    top_table,
 )
 
 Response = tuple[int, str, bytes]
+TEXT = "text/plain; charset=utf-8"
+EXPORTS = {"/report.json", "/report.csv", "/calls.json", "/calls.csv", "/api/calls"}
 PAGE_CALLS = 100
-TOP_N = 8
+API_CALLS = 500
+NO_CALLS = ("<h1>Claude Code cost</h1><section><p>No calls recorded yet. Use Claude Code as usual: every call through "
+            "opik-cipx lands here. `opik-cipx replay --ledger` adds the calls of the stored raw captures.</p></section>")
 
 
 class Dashboard:
@@ -82,21 +105,23 @@ class Dashboard:
         """Answer `GET target` (path and query)."""
         parts = urllib.parse.urlsplit(target)
         route = urllib.parse.unquote(parts.path)
-        query = urllib.parse.parse_qs(parts.query)
+        filters = parse_filters(parts.query)
+        params = dict(urllib.parse.parse_qsl(parts.query))
         try:
             with self._reader() as conn:
-                if route == "/":
-                    return self._home(conn)
-                if route == "/calls":
-                    before = query.get("before", [""])[0]
-                    return self._all_calls(conn, int(before) if before.isdigit() else None)
-                if route == "/api/calls":
-                    rows = recent_calls(conn, 500) if conn else []
-                    return 200, "application/json", json.dumps(rows).encode()
-                if route.startswith("/session/"):
-                    return self._session(conn, route[len("/session/"):])
-                if route.startswith("/capture/"):
-                    return self._call(conn, route[len("/capture/"):])
+                try:
+                    if route == "/":
+                        return self._home(conn, filters)
+                    if route == "/calls":
+                        return self._calls(conn, filters, _number(params.get("before")))
+                    if route in EXPORTS:
+                        return self._export(conn, route, filters, params)
+                    if route.startswith("/session/"):
+                        return self._session(conn, route[len("/session/"):], filters)
+                    if route.startswith("/capture/"):
+                        return self._call(conn, route[len("/capture/"):], filters, params.get("unfold") == "1")
+                except (AmbiguousSession, SessionNotFound) as exc:
+                    return self._no_session(route, filters, exc)
         except (sqlite3.Error, SchemaError, OSError) as exc:
             message = f"{self.ledger_path} cannot be read: {exc}."
             if not isinstance(exc, SchemaError):
@@ -114,78 +139,132 @@ class Dashboard:
             if conn is not None:
                 conn.close()
 
-    # -- home ----------------------------------------------------------------------------
+    def _scope(self, conn: sqlite3.Connection, filters: Filters) -> tuple[Scope, list[str]]:
+        """What `filters` select today, and one line per range bound that could not be read.
+        Raises AmbiguousSession or SessionNotFound for a `session` that names not one."""
+        session_id = find_session(conn, filters.session) if filters.session else None
+        now_ns = self.clock.time_ns()
+        asked, errors = selection(filters, now_ns / 1e9, session_id)
+        today = local_day(now_ns)
+        if filters.with_range():
+            first, last = first_day(conn) or today, max(last_day(conn) or today, today)
+            if asked.since_ns is not None:
+                first = max(first, local_day(asked.since_ns))
+            if asked.until_ns is not None:
+                last = min(last, last_day_before(asked.until_ns))
+            days, listed = days_between(first, last), asked
+        else:
+            start = (date.fromisoformat(today) - timedelta(days=DEFAULT_DAYS - 1)).isoformat()
+            days, listed = days_between(start, today), replace(asked, since_ns=day_start_ns(start))
+        return Scope(filters, asked, listed, days, today), errors
 
-    def _home(self, conn: sqlite3.Connection | None) -> Response:
+    def _notices(self, conn: sqlite3.Connection, scope: Scope, errors: list[str], path: str) -> str:
+        """Bounds that could not be read, the session a view is narrowed to, and why it is empty."""
+        out = [f"<p class=bad>{esc(e)}: left out.</p>" for e in errors]
+        if scope.selection.session and path == "/":
+            out.append(f"<p>Session <span class=mono>{esc(scope.selection.session)}</span>: "
+                       f"<a href='{scope.filters.link('/session/' + scope.selection.session, session='')}'>"
+                       "its page, call by call &rarr;</a></p>")
+        if (scope.filters.items() and path == "/" and not report(conn, (), scope.listed).total["calls"]):
+            out.append(f"<p class=bad id=empty>Nothing to show: {esc(why_empty(conn, scope.listed)[0])}.</p>")
+        return f"<section class=notice>{''.join(out)}</section>" if out else ""
+
+    def _no_session(self, route: str, filters: Filters, exc: ReportError) -> Response:
+        """A session filter or page that names no session, or several: say so, list them."""
+        if route in EXPORTS:
+            return (400 if isinstance(exc, AmbiguousSession) else 404), TEXT, f"{exc}\n".encode()
+        on_page = route.startswith("/session/")
+        href: Callable[[str], str] = ((lambda c: filters.link("/session/" + c, session="")) if on_page
+                                      else (lambda c: filters.link(route, session=c)))
+        if isinstance(exc, AmbiguousSession):
+            items = "".join(f"<li><a href='{href(c)}'>{esc(c)}</a></li>" for c in exc.candidates)
+            body = f"<h1>Which session?</h1><p>{esc(exc)}:</p><ul id=candidates>{items}</ul>"
+            return 300, HTML, page("which session?", body, filters)
+        back = "" if on_page else f" <a href='{filters.link(route, session='')}'>Without this session filter</a>"
+        return 404, HTML, page("unknown session", f"<p class=bad>{esc(exc)}.</p><p>{back}</p>", filters)
+
+    # -- home and calls ------------------------------------------------------------------
+
+    def _home(self, conn: sqlite3.Connection | None, filters: Filters) -> Response:
         if conn is None:
-            body = ("<h1>Claude Code cost</h1><section><p>No calls recorded yet. Use Claude Code as usual: every "
-                    "call through opik-cipx lands here. `opik-cipx replay --ledger` adds the calls of the stored "
-                    "raw captures.</p></section>")
-            return 200, HTML, page("opik-cipx dashboard", body)
-        today = local_day(self.clock.time_ns())
-        days = [(date.fromisoformat(today) - timedelta(days=n)).isoformat() for n in range(29, -1, -1)]
-        month = Selection(since_ns=day_start_ns(days[0]))
-        everything = report(conn, ())
+            return 200, HTML, page("opik-cipx dashboard", NO_CALLS)
+        scope, errors = self._scope(conn, filters)
+        everything = report(conn, ()).total
         out = [
             "<h1>Claude Code cost</h1>",
-            f"<p class=muted>{everything.total['calls']:,} calls and {usd(everything.total['cost_usd'])} since "
-            f"{esc(first_day(conn) or today)} (ledger.db; local days). Reports: <span class=mono>opik-cipx report"
-            "</span>.</p>",
-            "<div class=cards>",
+            f"<p class=muted>{everything['calls']:,} calls and {usd(everything['cost_usd'])} since "
+            f"{esc(first_day(conn) or scope.today)} (ledger.db; local days). Reports: <span class=mono>opik-cipx "
+            "report</span>; the words: docs/REPORTS.md.</p>",
+            filter_bar("/", filters, scope.selection, scope.today, dimension_values(conn)),
+            self._notices(conn, scope, errors, "/"),
+            home_body(conn, scope),
         ]
-        for label, first in (("Today", days[-1]), ("Last 7 days", days[-7]), ("Last 30 days", days[0])):
-            total = report(conn, (), Selection(since_ns=day_start_ns(first))).total
-            out.append(
-                f"<div class=card id='total-{label.lower().replace(' ', '-')}'><div class=muted>{label}</div>"
-                f"<div class=big>{usd(total['cost_usd'])}</div>"
-                f"<div>{total['calls']:,} calls &middot; {token_figures(total)}</div>"
-                f"<div class=muted>cache hit {percent(cache_hit(total))}</div>{unpriced(total)}</div>")
-        out.append("</div>")
-        per_day: dict[str, dict[str, float]] = defaultdict(dict)
-        for row in report(conn, ("day", "bucket"), month).rows:
-            per_day[row["day"]][row["bucket"]] = row["cost_usd"]
-        series = [s for s in SERIES if any(values.get(s) for values in per_day.values())]
-        out.append("<section><h2>Cost per day, last 30 days, by bucket (USD)</h2>")
-        out.append(charts.stacked_bars([(d[5:], per_day.get(d, {})) for d in days], series,
-                                       label="cost per day for the last 30 days, stacked by bucket"))
-        out.append(charts.legend(series) + "</section>")
-        out.append("<h2>Top spenders, last 30 days</h2><div class=grid>")
-        sessions = report(conn, ("session",), month).rows[:TOP_N]
-        projects = session_projects(conn, [r["session"] for r in sessions if r["session"]])
-        out.append(top_table("Sessions", "session", [
-            (session_link(r["session"], projects.get(r["session"])), r) for r in sessions]))
-        rows = report(conn, ("project",), month).rows[:TOP_N]
-        out.append(top_table("Projects", "project", [(short_path(r["project"]), r) for r in rows]))
-        for title, key in (("Models", "model"), ("MCP servers", "mcp"), ("Skills", "skill")):
-            rows = report(conn, (key,), month).rows[:TOP_N]
-            out.append(top_table(title, key, [(esc(label_of(r[key])), r) for r in rows]))
-        agents = [r for r in report(conn, ("agent",), month).rows if r["agent"] != "main"][:TOP_N]
-        out.append(top_table("Subagent types", "agent", [(esc(r["agent"]), r) for r in agents]))
-        out.append("</div><section><h2>Latest calls</h2>")
-        out.append(calls_table(recent_calls(conn, 20), show_session=True))
-        out.append("<p><a href=/calls>All calls &rarr;</a></p></section>")
-        return 200, HTML, page("opik-cipx dashboard", "".join(out))
+        return 200, HTML, page("opik-cipx dashboard", "".join(out), filters)
 
-    def _all_calls(self, conn: sqlite3.Connection | None, before: int | None) -> Response:
-        rows = recent_calls(conn, PAGE_CALLS, before) if conn else []
-        out = ["<h1>All calls</h1><p class=muted>Newest first, every call in the ledger.</p><section>",
-               calls_table(rows, show_session=True)]
+    def _calls(self, conn: sqlite3.Connection | None, filters: Filters, before: int | None) -> Response:
+        if conn is None:
+            return 200, HTML, page("calls", "<h1>Calls</h1><p class=muted>No calls.</p>", filters)
+        scope, errors = self._scope(conn, filters)
+        rows = recent_calls(conn, PAGE_CALLS, before, scope.selection, filters.part)
+        what = ", ".join(f"{FILTER_WORDS[name]} {value}" for name, value in filters.items())
+        query = filters.query().replace("&", "&amp;")
+        out = [f"<h1>Calls</h1><p class=muted>Newest first{': ' + esc(what) if what else ', every call in the ledger'}"
+               f"{' (carried in the request)' if filters.part else ''}.</p>",
+               filter_bar("/calls", filters, scope.selection, scope.today, dimension_values(conn)),
+               self._notices(conn, scope, errors, "/calls"),
+               f"<section><h2>{'Calls' if not before else 'Older calls'}"
+               f"{export_links(f'/calls.json{query}', f'/calls.csv{query}', f'all of them (up to {CALLS_MAX:,})')}</h2>",
+               calls_table(rows, show_session=True, filters=filters)]
         if len(rows) == PAGE_CALLS:
-            out.append(f"<p><a href='/calls?before={rows[-1]['started_at_ns']}'>Older calls &rarr;</a></p>")
+            older = filters.link("/calls") + ("&amp;" if filters.items() else "?") + f"before={rows[-1]['started_at_ns']}"
+            out.append(f"<p><a href='{older}'>Older calls &rarr;</a></p>")
         out.append("</section>")
-        return 200, HTML, page("all calls", "".join(out))
+        return 200, HTML, page("calls", "".join(out), filters)
+
+    def _export(self, conn: sqlite3.Connection | None, route: str, filters: Filters, params: dict[str, str]) -> Response:
+        """A report (`by`) or the calls of what `filters` select, as JSON or CSV."""
+        csv_out = route.endswith(".csv")
+        kind = "application/json" if not csv_out else "text/csv; charset=utf-8"
+        scope, errors = self._scope(conn, filters) if conn else (None, [])
+        if errors:
+            return 400, TEXT, ("\n".join(errors) + "\n").encode()
+        if route.startswith("/report"):
+            try:
+                by = parse_by(params.get("by", ""))
+            except ReportError as exc:
+                return 400, TEXT, f"{exc}\n".encode()
+            result = report(conn, by, scope.selection) if conn else None
+            if result is None:
+                return 200, kind, b"" if csv_out else b'{"rows": [], "total": {}}'
+            if not csv_out:
+                return 200, kind, dump_json(report_json(result)).encode()
+            stream = io.StringIO()
+            write_report_csv(result, stream)
+            return 200, kind, stream.getvalue().encode()
+        limit = _number(params.get("limit")) or (API_CALLS if route == "/api/calls" else CALLS_MAX)
+        calls = recent_calls(conn, limit, _number(params.get("before")), scope.selection, filters.part) if conn else []
+        if not csv_out:
+            return 200, kind, calls_json(calls).encode()
+        stream = io.StringIO()
+        write_calls_csv(calls, stream)
+        return 200, kind, stream.getvalue().encode()
 
     # -- session -------------------------------------------------------------------------
 
-    def _session(self, conn: sqlite3.Connection | None, session_id: str) -> Response:
-        calls = session_calls(conn, session_id) if conn else []
-        if not calls:
-            return 404, HTML, page("unknown session", f"<p>No call of session {esc(session_id)} is in the ledger.</p>")
+    def _session(self, conn: sqlite3.Connection | None, prefix: str, filters: Filters) -> Response:
+        """One session (named by its id or the start of it), call by call."""
+        if conn is None:
+            raise SessionNotFound(f"no session in the ledger has an id starting with {prefix!r}")
+        session_id = find_session(conn, prefix)
+        calls = session_calls(conn, session_id)
         selection = Selection(session=session_id)
         total = report(conn, (), selection).total
         first = calls[0]
+        only = Filters(session=session_id)
         out = [
             f"<h1>Session <span class=mono>{esc(session_id)}</span></h1>",
+            f"<p><a href='{filters.link('/', session=session_id)}'>This session on the dashboard</a> (cost per day, "
+            f"models, MCP servers, skills) &middot; {export_links(only.link('/calls.json'), only.link('/calls.csv'), 'its calls')}</p>",
             f"<p class=muted>{esc(first['project_dir'] or 'project unknown')}"
             f"{' &middot; branch ' + esc(first['git_branch']) if first['git_branch'] else ''}"
             f"{' &middot; ' + esc(first['git_remote']) if first['git_remote'] else ''}"
@@ -211,18 +290,20 @@ class Dashboard:
                                  {"cumulative cost (USD)": "#1f77b4",
                                   "context size of main-loop calls (input side)": "#ff7f0e"}))
         out.append("</section>")
-        out.append(breaks_section(calls))
-        out.append("<section><h2>Where the session's cost went</h2>")
+        out.append(breaks_section(calls, filters))
+        by_bucket = Filters(session=session_id).query() + "&amp;by=bucket"
+        out.append(f"<section><h2>Where the session's cost went"
+                   f"{export_links(f'/report.json{by_bucket}', f'/report.csv{by_bucket}')}</h2>")
         out.append(buckets_section(report(conn, ("bucket",), selection).rows, total["cost_usd"]))
         out.append("</section><section><h2>Calls</h2><p class=muted>In order; a subagent's calls are listed "
                    "under the call that launched it.</p>")
-        out.append(calls_table(calls, show_session=False, nested=nest(conn, calls)))
+        out.append(calls_table(calls, show_session=False, nested=nest(conn, calls), filters=filters))
         out.append("</section>")
-        return 200, HTML, page(f"session {session_id}", "".join(out))
+        return 200, HTML, page(f"session {session_id}", "".join(out), filters)
 
     # -- call ----------------------------------------------------------------------------
 
-    def _call(self, conn: sqlite3.Connection | None, capture_id: str) -> Response:
+    def _call(self, conn: sqlite3.Connection | None, capture_id: str, filters: Filters, unfold: bool) -> Response:
         call = find_call(conn, capture_id) if conn else None
         if call:
             started = call["started_at_ns"]
@@ -234,13 +315,14 @@ class Dashboard:
         if call is None and capture is None:
             message = ("This call is neither in the ledger nor among the stored raw captures (deleted by "
                        "retention, or raw captures are off). The dashboard lists every call in the ledger.")
-            return 404, HTML, page("not found", f"<p>{esc(message)} <a href=/>Dashboard</a></p>")
+            return 404, HTML, page("not found", f"<p>{esc(message)} <a href='{filters.link('/')}'>Dashboard</a></p>",
+                                   filters)
         attribution = categorize(capture.request_body) if capture else None
         out = []
         if call:
-            out += call_header(call)
+            out += call_header(call, filters)
             out.append(token_section(call))
-            out.append(cache_section(call))
+            out.append(cache_section(call, filters))
             details = call_details(conn, call["id"])
             out.append("<section><h2>Where this call's cost went</h2>")
             out.append(buckets_section([
@@ -252,8 +334,13 @@ class Dashboard:
             out.append(f"<h1>{esc(capture.method)} {esc(capture.path)}</h1><p class=muted>Not in the ledger "
                        "(no Messages API call, or made before the ledger existed).</p>")
         if capture is not None:
-            out.append(painted_request(capture, attribution))
+            here = filters.link("/capture/" + capture_id)
+            out.append(folded_request(capture, attribution, unfold, here))
         else:
             out.append("<section><p class=muted>The raw request is no longer stored (raw captures are kept "
                        "within captures.max_mb / captures.max_age_days), so it cannot be painted.</p></section>")
-        return 200, HTML, page(f"call {capture_id}", "".join(out))
+        return 200, HTML, page(f"call {capture_id}", "".join(out), filters)
+
+
+def _number(raw: str | None) -> int | None:
+    return int(raw) if raw and raw.isdigit() else None

@@ -6,11 +6,11 @@ Content-Security-Policy enforces it). Times are local.
 
 import html
 import time
-import urllib.parse
 from typing import Any
 
 from opik_cipx.ledger.figures import INPUT_SIDE, INPUT_SIDE_MEANS, OUTPUT, TOKEN_CLASSES, UNKNOWN, unpriced_note
 from opik_cipx.views import charts
+from opik_cipx.views.filters import Filters
 
 HTML = "text/html; charset=utf-8"
 STYLE = (
@@ -19,7 +19,7 @@ STYLE = (
     "text-decoration:none}header b{margin-right:24px}main{max-width:1240px;margin:0 auto;padding:12px 16px}"
     "h1{font-size:22px;margin:8px 0}h2{font-size:17px;margin:22px 0 8px}"
     "section,.card{background:#fff;border:1px solid #e5e7eb;border-radius:6px;padding:12px;margin-bottom:14px}"
-    ".cards{display:flex;flex-wrap:wrap;gap:12px}.card{flex:1 1 220px;margin:0}.card .big{font-size:26px;"
+    ".cards{display:flex;flex-wrap:wrap;gap:12px;margin-bottom:14px}.card{flex:1 1 220px;margin:0}.card .big{font-size:26px;"
     "font-weight:600}.muted{color:#6b7280}.grid{display:grid;grid-template-columns:repeat(auto-fit,"
     "minmax(340px,1fr));gap:14px}.grid section{margin:0}.scroll{overflow-x:auto}"
     "table{border-collapse:collapse;width:100%}td,th{padding:4px 8px;border-bottom:1px solid #eee;"
@@ -30,19 +30,30 @@ STYLE = (
     "h1 .mono{word-break:break-all}.buckets td:first-child{white-space:nowrap}"
     "pre{white-space:pre-wrap;word-break:break-all;font:12px ui-monospace,monospace;border:1px solid #ddd;"
     "padding:8px;background:#fff}pre span{border-radius:2px}"
+    "form.filters{display:flex;flex-wrap:wrap;gap:6px 12px;align-items:end;margin:0}form.filters label{"
+    "display:flex;flex-direction:column;font-size:12px;color:#4b5563}form.filters input,form.filters select{"
+    "font:13px system-ui,sans-serif;padding:3px 4px;max-width:230px}form.filters button{padding:4px 14px}"
+    ".ranges a,.chips a{margin-right:12px}.chips span{display:inline-block;background:#eef2ff;border-radius:10px;"
+    "padding:1px 8px;margin:2px 6px 2px 0}.chips span a{margin:0 0 0 6px;text-decoration:none}"
+    ".export{font-size:12px;font-weight:400;margin-left:10px}h2 .export a{margin-left:6px}"
+    ".notice{background:#fffbeb;border-color:#f59e0b}"
+    "details.part{margin:2px 0;border-left:4px solid var(--c);padding-left:6px}details.part>summary{cursor:pointer;"
+    "font:12px ui-monospace,monospace;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}"
+    "details.part pre{margin:4px 0}.jump td{padding:2px 6px}.jump a{margin-right:6px}"
     "@media (max-width:700px){main{padding:8px}.card .big{font-size:20px}.grid{grid-template-columns:1fr}"
     "td,th{padding:3px 5px}.wide{display:none}}"
     + charts.CSS
 )
 
 
-def page(title: str, body: str) -> bytes:
+def page(title: str, body: str, filters: Filters = Filters()) -> bytes:
+    """The whole page: its header links keep `filters` (the calls list also its part filter)."""
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width,initial-scale=1'>"
         f"<title>{esc(title)}</title><style>{STYLE}</style></head><body><header><b>opik-cipx</b>"
-        "<a href=/>Dashboard</a><a href=/calls>All calls</a></header>"
-        f"<main>{body}</main></body></html>"
+        f"<a href='{filters.link('/', part=None)}'>Dashboard</a><a href='{filters.link('/calls')}'>All calls</a>"
+        f"</header><main>{body}</main></body></html>"
     ).encode()
 
 
@@ -110,8 +121,19 @@ def kind_of(call: dict[str, Any]) -> str:
     return kind
 
 
-def session_link(session_id: str | None, project: str | None) -> str:
+def session_name(session_id: str, project: str | None) -> str:
+    """`44faf0ae… api`: the start of the id everyone copies, and the project's last part."""
+    return f"{esc(session_id[:8])}&hellip;" + (f" {esc(project.rstrip('/').rsplit('/', 1)[-1])}" if project else "")
+
+
+def session_link(session_id: str | None, project: str | None, filters: Filters = Filters()) -> str:
+    """A link to the session's page (keeping `filters` for the way back)."""
     if not session_id:
         return UNKNOWN
-    name = f"{session_id[:8]}&hellip;" + (f" {esc(project.rstrip('/').rsplit('/', 1)[-1])}" if project else "")
-    return f"<a href='/session/{urllib.parse.quote(session_id)}'>{name}</a>"
+    return f"<a href='{filters.link('/session/' + session_id, session='', part=None)}'>{session_name(session_id, project)}</a>"
+
+
+def export_links(path_json: str, path_csv: str, label: str = "export") -> str:
+    """`export: JSON · CSV` next to a heading (the hrefs already carry their query)."""
+    return (f"<span class=export>{esc(label)}: <a href='{path_json}'>JSON</a> &middot; "
+            f"<a href='{path_csv}'>CSV</a></span>")

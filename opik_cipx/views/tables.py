@@ -1,9 +1,11 @@
-"""The tables and sections the dashboard's pages are made of: top lists, calls (subagents nested
-under the call that launched them), a call's tokens, cache and buckets, a session's cache breaks.
+"""The tables and sections the dashboard's pages are made of: the filter bar, top lists, calls
+(subagents nested under the call that launched them), a call's tokens, cache and buckets, a
+session's cache breaks.
 """
 
 import sqlite3
 from collections import defaultdict
+from datetime import date, timedelta
 from typing import Any
 
 from opik_cipx.ledger.figures import (
@@ -17,10 +19,13 @@ from opik_cipx.ledger.figures import (
     UNCACHED,
     cache_hit,
     input_side,
+    label_of,
 )
-from opik_cipx.ledger.queries import launchers
+from opik_cipx.ledger.periods import last_day_before, local_day
+from opik_cipx.ledger.queries import LABELLED, Selection, launchers
 from opik_cipx.views import charts
 from opik_cipx.views.charts import PALETTE, usd_axis
+from opik_cipx.views.filters import Filters
 from opik_cipx.views.markup import account, call_cost, esc, kind_of, percent, session_link, tokens, usd, when
 
 CALL_TOKENS = (  # label, tokens column, cost column
@@ -32,15 +37,54 @@ CALL_TOKENS = (  # label, tokens column, cost column
 )
 
 
-def top_table(title: str, key: str, rows: list[tuple[str, dict]]) -> str:
+FILTER_WORDS = {"since": "from", "until": "to", "project": "project", "model": "model", "kind": "kind",
+                "agent": "agent", "session": "session", "mcp": "MCP server", "skill": "skill", "tool": "tool"}
+
+
+def filter_bar(path: str, filters: Filters, selection: Selection, today: str, options: dict[str, list[str]]) -> str:
+    """The form that sets `path`'s range and filters (a GET: the URL keeps them), quick ranges,
+    and each filter set with a link that drops it."""
+    since = local_day(selection.since_ns) if selection.since_ns is not None else ""
+    until = last_day_before(selection.until_ns) if selection.until_ns is not None else ""
+    fields = [f"<label>from<input type=date name=since value='{since}'></label>",
+              f"<label>to<input type=date name=until value='{until}'></label>"]
+    for name in ("project", "model", "kind", "agent"):
+        current = getattr(filters, name)
+        values = options.get(name, []) + ([current] if current and current not in options.get(name, []) else [])
+        choices = "".join(f"<option{' selected' if v == current else ''}>{esc(v)}</option>" for v in values)
+        fields.append(f"<label>{name}<select name={name}><option value=''>any</option>{choices}</select></label>")
+    fields.append(f"<label>session<input name=session size=12 placeholder='id or its start' "
+                  f"value='{esc(filters.session)}'></label>")
+    if filters.part:
+        fields.append(f"<input type=hidden name={filters.part[0]} value='{esc(filters.part[1])}'>")
+    fields.append(f"<button type=submit>Apply</button><a href='{esc(path)}'>clear all</a>")
+    start = date.fromisoformat(today)
+    ranges = [("today", today), ("7 days", (start - timedelta(days=6)).isoformat()),
+              ("30 days", (start - timedelta(days=29)).isoformat())]
+    quick = "".join(f"<a href='{filters.link(path, since=first, until='')}'>{label}</a>" for label, first in ranges)
+    quick += f"<a href='{filters.link(path, since='', until='')}'>all time</a>"
+    chips = "".join(
+        f"<span>{FILTER_WORDS[name]} <b>{esc(value)}</b><a title='remove' href='"
+        f"{filters.link(path, **({'part': None} if name in LABELLED else {name: ''}))}'>&times;</a></span>"
+        for name, value in filters.items())
+    return (f"<section id=filters><form class=filters method=get action='{esc(path)}'>{''.join(fields)}</form>"
+            f"<p class=ranges>Range: {quick}</p>" + (f"<p class=chips>Showing: {chips}</p>" if chips else "")
+            + "</section>")
+
+
+def top_table(title: str, key: str, rows: list[tuple[str, str, dict]], export: str = "", empty: str = "") -> str:
+    """A top list: each row (name as HTML, the href of its filtered view or '', its figures) a link,
+    its calls, cost and a bar; `export` beside the heading, `empty` when there is no row."""
+    heading = f"<h2>{esc(title)}{export}</h2>"
     if not rows:
-        return f"<section id='top-{key}'><h2>{esc(title)}</h2><p class=muted>None in the last 30 days.</p></section>"
-    peak = max(r["cost_usd"] for _, r in rows)
-    lines = [f"<section id='top-{key}'><h2>{esc(title)}</h2><table><tr><th>{esc(key)}</th><th class=num>calls</th>"
+        return f"<section id='top-{key}'>{heading}<p class=muted>{esc(empty or 'None.')}</p></section>"
+    peak = max(r["cost_usd"] for _, _, r in rows)
+    lines = [f"<section id='top-{key}'>{heading}<table><tr><th>{esc(key)}</th><th class=num>calls</th>"
              "<th class=num>cost (USD)</th><th class=wide></th></tr>"]
-    for name, r in rows:
-        lines.append(f"<tr><td>{name}</td><td class=num>{r['calls']:,}</td><td class=num>{usd(r['cost_usd'])}</td>"
-                     f"<td class=wide>{charts.meter(r['cost_usd'], peak)}</td></tr>")
+    for name, href, r in rows:
+        cell = f"<a href='{href}'>{name}</a>" if href else name
+        lines.append(f"<tr><td>{cell}</td><td class=num>{r['calls']:,}</td>"
+                     f"<td class=num>{usd(r['cost_usd'])}</td><td class=wide>{charts.meter(r['cost_usd'], peak)}</td></tr>")
     lines.append("</table></section>")
     return "".join(lines)
 
@@ -62,7 +106,10 @@ def nest(conn: sqlite3.Connection, calls: list[dict]) -> dict[str, list[list[dic
     return out
 
 
-def calls_table(calls: list[dict], show_session: bool, nested: dict[str, list[list[dict]]] | None = None) -> str:
+def calls_table(calls: list[dict], show_session: bool, nested: dict[str, list[list[dict]]] | None = None,
+                filters: Filters = Filters()) -> str:
+    """Calls, one a row (each a link to its page, keeping `filters`), subagent calls `nested`
+    under the call that launched them."""
     if not calls:
         return "<p class=muted>No calls.</p>"
     head = ["time", "call", "<span class=wide>model</span>"] + (["session"] if show_session else []) + ["status"]
@@ -77,9 +124,9 @@ def calls_table(calls: list[dict], show_session: bool, nested: dict[str, list[li
             status += f" <span class=bad>{esc(call['error_type'])}</span>"
         cells = [
             when(call["started_at_ns"]),
-            f"<a href='/capture/{esc(call['capture_id'])}'>{esc(kind_of(call))}</a>",
+            f"<a href='{filters.link('/capture/' + call['capture_id'], part=None)}'>{esc(kind_of(call))}</a>",
             f"<span class=wide>{esc(call['model'] or '')}</span>",
-            *([session_link(call["session_id"], call["project_dir"])] if show_session else []),
+            *([session_link(call["session_id"], call["project_dir"], filters)] if show_session else []),
             status,
         ]
         hit = percent(cache_hit(call))
@@ -107,14 +154,14 @@ def calls_table(calls: list[dict], show_session: bool, nested: dict[str, list[li
     return "".join(out)
 
 
-def call_header(call: dict) -> list[str]:
+def call_header(call: dict, filters: Filters = Filters()) -> list[str]:
     error = f" &middot; <span class=bad>{esc(call['error_type'])}</span>" if call["error_type"] else ""
     estimated = (f" &middot; priced from {esc(call['price_estimated_from'])} (estimate)"
                  if call["price_estimated_from"] else "")
     return [
         f"<h1>{esc(kind_of(call))} call &middot; {esc(call['model'] or 'model unknown')}</h1>",
         f"<p class=muted>{when(call['started_at_ns'])} &middot; session "
-        f"{session_link(call['session_id'], call['project_dir'])}"
+        f"{session_link(call['session_id'], call['project_dir'], filters)}"
         f"{' &middot; ' + esc(account(call)) if account(call) else ''} &middot; HTTP {esc(call['status'])}{error}"
         f" &middot; request {esc(call['request_id'] or 'n/a')} &middot; capture "
         f"<span class=mono>{esc(call['capture_id'])}</span>{estimated}</p>",
@@ -146,7 +193,7 @@ def token_section(call: dict) -> str:
     return "".join(out)
 
 
-def cache_section(call: dict) -> str:
+def cache_section(call: dict, filters: Filters = Filters()) -> str:
     """The call's cache shares and, against the previous call of its conversation, its break."""
     whole = input_side(call)
     if not whole:
@@ -156,7 +203,7 @@ def cache_section(call: dict) -> str:
            f"read from the cache, {written / whole:.1%} written to it, {call[UNCACHED] / whole:.1%} uncached."]
     previous = call["cache_previous_capture_id"]
     if previous:
-        out.append(f" Compared with <a href='/capture/{esc(previous)}'>the previous call of this conversation</a>, "
+        out.append(f" Compared with <a href='{filters.link('/capture/' + previous)}'>the previous call of this conversation</a>, "
                    f"{esc(_gap(call['cache_gap_s']))} earlier.")
     else:
         out.append(" The first call of its conversation in the ledger: nothing to compare it with.")
@@ -183,7 +230,7 @@ def _gap(seconds: float | None) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def breaks_section(calls: list[dict]) -> str:
+def breaks_section(calls: list[dict], filters: Filters = Filters()) -> str:
     """The session's cache breaks: when, why, where and what each cost."""
     breaks = [c for c in calls if c["cache_break_cause"]]
     if not breaks:
@@ -194,7 +241,7 @@ def breaks_section(calls: list[dict]) -> str:
            "<th>call</th><th>cause</th><th>what changed</th><th class=num>tokens again</th>"
            "<th class=num>extra (USD)</th></tr>"]
     for c in breaks:
-        out.append(f"<tr><td>{when(c['started_at_ns'])}</td><td><a href='/capture/{esc(c['capture_id'])}'>"
+        out.append(f"<tr><td>{when(c['started_at_ns'])}</td><td><a href='{filters.link('/capture/' + c['capture_id'])}'>"
                    f"{esc(kind_of(c))}</a></td><td>{esc(c['cache_break_cause'].replace('_', ' '))}</td>"
                    f"<td>{esc(c['cache_break_item'] or '')}</td><td class=num>{tokens(c['cache_break_tokens'])}</td>"
                    f"<td class=num>{usd(c['cache_break_usd'])}</td></tr>")
@@ -215,8 +262,9 @@ def call_labels(details: list[dict], attribution: Any) -> dict[str, str]:
                 parts[bucket] = [(label, n, None) for label, n in labels.items()]
     for bucket, items in parts.items():
         items.sort(key=lambda item: -item[1])
-        out[bucket] = ", ".join(
-            f"{esc(label)} {n:,} chars" + (f" {usd(cost)}" if cost is not None else "") for label, n, cost in items[:6])
+        key = next((k for k, b in LABELLED.items() if b == bucket), "")
+        out[bucket] = ", ".join(f"{esc(label_of(label, key))} {n:,} chars" + (f" {usd(cost)}" if cost is not None else "")
+                                for label, n, cost in items[:6])
     return out
 
 
