@@ -4,8 +4,9 @@ Reads `ledger.db` directly, so it works with the daemon down (WAL: it never bloc
 writing meanwhile). A terminal table with a totals row by default, its token columns in the
 words of docs/REPORTS.md ("Words"); `--json` and `--csv` print the shape `ledger/export.py`
 defines (the dashboard exports the same). See `ledger/queries.py` for what each key means.
-`--session` takes a session id or its start (`44faf0ae`); a filter that matches no call says so
-in one line (exit 1), and so does a window without calls (exit 0, the empty report printed).
+`--session` takes a session id or its start (`44faf0ae`); `--project`, `--model`, `--kind` and
+`--agent` narrow as the dashboard's filters do. A filter that matches no call says so in one
+line (exit 1), and so does a window without calls (exit 0, the empty report printed).
 """
 
 import argparse
@@ -47,6 +48,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until", type=parse_until, help="before then (a date alone includes that day)")
     parser.add_argument("--session", metavar="ID", help="only this Claude Code session (its id, or the start of it)")
     parser.add_argument("--project", metavar="PATH", help="only calls made in this directory or below it")
+    parser.add_argument("--model", help="only calls of this model (as `--by model` lists them)")
+    parser.add_argument("--kind", help="only calls of this kind: main, subagent, compaction, side:<kind>, count_tokens")
+    parser.add_argument("--agent", help="only calls of this agent: main, or a subagent type (as `--by agent` lists them)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help='print {"rows": [...], "total": {...}}')
     output.add_argument("--csv", action="store_true", help="print CSV, the total on the last line")
@@ -62,6 +66,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         since_ns=args.since,
         until_ns=args.until,
         project=os.path.abspath(os.path.expanduser(args.project)) if args.project else None,
+        model=args.model,
+        kind=args.kind,
+        agent=args.agent,
     )
     path = settings.ledger_path
     empty: tuple[str, str | None] | None = None

@@ -169,3 +169,15 @@ def test_a_filter_or_a_window_without_calls_says_so(corpus_home):
     assert later.stderr == ("opik-cipx: no call was made from 2026-12-01 00:00 to now (the ledger holds calls from "
                             "2026-11-24 01:53 to 2026-11-24 01:54)\n")
     assert run_cli(home, "report", "--since", "2026-11-23", "--json", TZ="UTC").stderr == ""
+
+
+def test_model_kind_and_agent_narrow_as_the_dashboards_filters(corpus_home):
+    home, _ = corpus_home
+    kinds = {row["kind"]: row for row in json.loads(run_cli(home, "report", "--by", "kind", "--json").stdout)["rows"]}
+    main = json.loads(run_cli(home, "report", "--kind", "main", "--json").stdout)["total"]
+    assert main == {name: kinds["main"][name] for name in FIGURES}
+    haiku = json.loads(run_cli(home, "report", "--by", "agent", "--model", "claude-haiku-4-5-20251001", "--json").stdout)
+    assert [(row["agent"], row["calls"]) for row in haiku["rows"]] == [("code-auditor", 2)]
+    none = run_cli(home, "report", "--agent", "main", "--kind", "subagent", "--json")
+    assert none.returncode == 1 and none.stdout == "" and none.stderr == (
+        "opik-cipx: no call in the ledger matches kind subagent and agent main together\n")
