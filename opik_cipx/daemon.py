@@ -31,7 +31,7 @@ from opik_cipx import __version__, telemetry
 from opik_cipx.config import Settings, settings_fingerprint
 from opik_cipx.control.daemon_control import home_id
 from opik_cipx.control.executable import current as current_executable
-from opik_cipx.control.ports import assign_picked_ports, claude_code_port
+from opik_cipx.control.ports import claude_code_port, open_picked_listeners, record_ports
 from opik_cipx.home import HomeLocked, StateFiles, lock_home, private_dir
 from opik_cipx.ledger.store import Ledger
 from opik_cipx.logs import DaemonLog
@@ -135,20 +135,21 @@ class Daemon:
                 "claude_code", host, claude_code_port(settings.ports_path) if port is None else port, handler,
                 limits, self.counters,
             )
-            self.ports = assign_picked_ports(settings.ports_path, self.files.write_json)
-            self.ports["claude_code"] = self.gateway_server.port
             admin_handler = type("Handler", (AdminHandler,),
                                  {"stats": staticmethod(self.stats), "state": staticmethod(self.state)})
-            self.admin_server = LoopbackServer("admin", host, self.ports["admin"], admin_handler, limits, self.counters)
             pages = Dashboard(settings.ledger_path, settings.captures_dir)
             viewer_handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": ViewerAccess(token)})
-            self.viewer_server = LoopbackServer("viewer", host, self.ports["viewer"], viewer_handler, limits,
-                                                self.counters)
+            handlers = {"admin": admin_handler, "viewer": viewer_handler}
+            picked = open_picked_listeners(settings.ports_path, lambda name, port: LoopbackServer(
+                name, host, port, handlers[name], limits, self.counters))
+            self.admin_server, self.viewer_server = picked["admin"], picked["viewer"]
+            self.ports = record_ports(settings.ports_path, {name: server.port for name, server in picked.items()},
+                                      self.files.write_json)
+            self.ports["claude_code"] = self.gateway_server.port
         except ListenError as exc:
             self.pool.close()
-            for name in ("gateway_server", "admin_server"):
-                if hasattr(self, name):
-                    getattr(self, name).server_close()
+            if hasattr(self, "gateway_server"):
+                self.gateway_server.server_close()
             raise StartupError(str(exc)) from None
         self._threads: list[threading.Thread] = []
         proxy = urllib.parse.urlsplit(settings.upstream_proxy) if settings.upstream_proxy else None

@@ -166,6 +166,7 @@ def test_daemon_that_cannot_start_fails_open(machine):
     machine.settings_path.parent.mkdir(parents=True)
     machine.settings_path.write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": url, "KEEP": "me"}}))
     with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port is held for this test (ReservedPort)
         squatter.bind(("127.0.0.1", machine.port))
         squatter.listen()
         hook = machine.cli("sync", input=SESSION_START.read_text())
