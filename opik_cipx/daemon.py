@@ -23,7 +23,6 @@ import ssl
 import sys
 import threading
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,6 +42,7 @@ from opik_cipx.ship.shipper import Shipper
 from opik_cipx.stats import Counters, build_stats, utc_iso
 from opik_cipx.store.captures import Appended, CaptureStore
 from opik_cipx.store.spool import Spool
+from opik_cipx.urls import strip_credentials
 from opik_cipx.views.access import ViewerAccess, new_token, read_token, token_path
 from opik_cipx.views.admin import AdminHandler
 from opik_cipx.views.dashboard import Dashboard
@@ -152,9 +152,8 @@ class Daemon:
                 self.gateway_server.server_close()
             raise StartupError(str(exc)) from None
         self._threads: list[threading.Thread] = []
-        proxy = urllib.parse.urlsplit(settings.upstream_proxy) if settings.upstream_proxy else None
         self._upstream = {"url": settings.upstream_url,  # a proxy's credentials never reach the stats
-                          "proxy": f"http://{proxy.netloc.rpartition('@')[2]}" if proxy else None}
+                          "proxy": strip_credentials(settings.upstream_proxy) or None}
         self.destination = resolve_destination(settings, opik_config_path(env))
         self.spool = Spool(
             settings.spool_dir,

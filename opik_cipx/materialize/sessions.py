@@ -27,6 +27,7 @@ from typing import Any
 
 from opik_cipx.home import private_dir, write_json
 from opik_cipx.materialize.identity import read_identity
+from opik_cipx.urls import strip_credentials
 
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 STDIN_LIMIT = 1 << 20
@@ -78,15 +79,6 @@ def valid_session_id(value: object) -> bool:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
-
-
-def strip_credentials(url: str) -> str:
-    """`https://user:token@host/x` -> `https://host/x`; scp-style `git@host:x` is kept."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    netloc, slash, path = rest.partition("/")
-    return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"
 
 
 def _git(cwd: str, *args: str) -> str | None:
