@@ -109,6 +109,20 @@ def test_every_listener_refuses_a_loose_host(daemon, upstream, host):
         answer = raw_exchange(port, b"GET %b HTTP/1.1\r\n%b%b\r\n" % (path, host % {b"port": port}, extra))
         assert answer.startswith(b"HTTP/1.1 403 "), (name, answer[:200])
     assert upstream.seen == []
+    stats = daemon.stats()  # every listener counts its refusals, not only the gateway
+    assert stats["refusals"] == {"admin": {"403": 1}, "viewer": {"403": 1}, "claude_code": {"403": 1}}
+    assert stats["counters"]["requests_refused"] == 3
+
+
+def test_viewer_requests_without_the_token_are_refused_and_counted(daemon):
+    viewer = daemon.state["ports"]["viewer"]
+    for target in (b"/api/calls", b"/?token=" + b"x" * 43):  # none, then a wrong one
+        answer = raw_exchange(viewer, b"GET %b HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (target, viewer))
+        assert answer.startswith(b"HTTP/1.1 403 ") and b"Run `opik-cipx viewer`" in answer, answer[:200]
+    stats = daemon.stats()
+    assert stats["refusals"] == {"viewer": {"403": 2}} and stats["counters"]["requests_refused"] == 2
+    token = (daemon.home / "viewer.token").read_text().strip()
+    assert token not in (daemon.home / "logs" / "cipx.log").read_text()
 
 
 def base_url_requests() -> list[tuple[str, str, dict]]:

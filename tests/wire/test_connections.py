@@ -145,20 +145,42 @@ def test_stalled_connections_take_no_thread_and_a_normal_request_still_passes(se
 
 
 def test_a_head_cut_off_mid_way_is_answered_400_and_never_handled(serve):
-    server, handler, _ = serve()
+    server, handler, counters = serve()
     with connect(server) as sock:
         sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: sk-secret\r\nContent-Le")
         sock.shutdown(socket.SHUT_WR)
         assert answer(sock).startswith(b"HTTP/1.1 400 ")
     assert handler.seen == []
+    assert counters.refusals() == {"test": {"400": 1}}
 
 
 def test_a_head_too_large_is_431(serve):
-    server, handler, _ = serve()
+    server, handler, counters = serve()
     with connect(server) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nX: " + b"a" * (MAX_HEAD_BYTES + 10))
         assert answer(sock).startswith(b"HTTP/1.1 431 ")
     assert handler.seen == []
+    assert counters.refusals() == {"test": {"431": 1}} and counters.get("requests_refused") == 1
+
+
+@pytest.mark.parametrize("raw, status", [
+    (b"GET /x HTTP/1.1\r\nHost: evil.com\r\n\r\n", 403),  # not addressed to loopback
+    (b"DELETE /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 501),  # a method the listener does not serve
+    (b"GARBAGE\r\nHost: 127.0.0.1\r\n\r\n", 400),  # http.server's own refusal of a request line
+    (b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431),
+], ids=["host", "method", "request-line", "header-lines"])
+def test_every_refusal_of_a_handler_is_counted_in_the_listeners_own_error_document(serve, raw, status):
+    server, handler, counters = serve()
+    with connect(server) as sock:
+        sock.sendall(REQUEST)  # a kept-alive connection: the next head is the handler's to read
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        sock.sendall(raw)
+        head, _, body = answer(sock).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), head
+    assert b"Content-Type: text/plain; charset=utf-8" in head and b"Connection: close" in head
+    assert body.startswith(b"opik-cipx: ") and b"<html" not in body.lower()
+    assert handler.seen == ["/x"]
+    assert counters.refusals() == {"test": {str(status): 1}} and counters.get("requests_refused") == 1
 
 
 def test_header_and_idle_deadlines_close_connections_and_count_only_stalled_heads(serve):
