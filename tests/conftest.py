@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -20,6 +21,18 @@ from tests.fake_anthropic import CA_BUNDLE, FakeAnthropic
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code"
 LIMITS = Limits(header_timeout_s=30, body_timeout_s=120, idle_timeout_s=120, max_connections=256)  # the defaults
+
+
+# Compiled modules of the suite's subprocesses (hundreds of daemons, commands, installs), kept in one
+# cache outside the checkout: a user's interpreter compiles the package once, not at every start,
+# and neither should the suite's, even where the environment says PYTHONDONTWRITEBYTECODE.
+PYCACHE = Path(tempfile.gettempdir()) / f"opik-cipx-tests-pycache-{os.getuid()}"
+
+
+def pytest_configure(config) -> None:
+    """Before the workers start (they inherit it): subprocesses cache their compiled modules in PYCACHE."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ.setdefault("PYTHONPYCACHEPREFIX", str(PYCACHE))
 
 
 def _ephemeral_low(default: int = 32768) -> int:
