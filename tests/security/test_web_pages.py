@@ -5,6 +5,9 @@ to 127.0.0.1:9909 without a preflight, or rebind a name it controls to 127.0.0.1
 request is refused 403 in Anthropic's error shape, never reaches the upstream and is never
 captured. Claude Code sends none of the signs a browser sends: the recorded corpus proves it,
 and it still flows through byte for byte with either Host Claude Code may send.
+
+The gateway's checks run against it in process, as the daemon assembles it (tests/wire/conftest.py);
+the daemon itself where more than the gateway is tested: nothing on disk, every listener, the viewer.
 """
 
 import http.client
@@ -19,6 +22,7 @@ from tests.claude_code_corpus import SCENARIOS, requests, response
 from tests.conftest import wait_for
 from tests.fake_anthropic import fixture_reply
 from tests.security.conftest import raw_exchange
+from tests.wire.conftest import wire  # noqa: F401 - fixture
 
 CROSS_SITE_POST = (
     b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nOrigin: http://evil.com\r\n"
@@ -55,8 +59,8 @@ def test_a_cross_site_text_plain_post_is_refused_not_forwarded_not_captured(daem
     {"Host": "evil.com:9909"},  # DNS rebinding: the page's own name, now resolving to 127.0.0.1
     {"Host": "127.0.0.1.nip.io"},
 ], ids=lambda h: ",".join(f"{k}={v}" for k, v in h.items()))
-def test_browser_and_rebinding_requests_are_refused(daemon, upstream, headers):
-    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+def test_browser_and_rebinding_requests_are_refused(wire, upstream, headers):
+    conn = http.client.HTTPConnection("127.0.0.1", wire.port, timeout=10)
     conn.putrequest("POST", "/v1/messages", skip_host="Host" in headers)
     for name, value in {"Content-Type": "application/json", **headers}.items():
         conn.putheader(name, value)
@@ -66,26 +70,26 @@ def test_browser_and_rebinding_requests_are_refused(daemon, upstream, headers):
     assert resp.status == 403
     assert json.loads(resp.read())["error"]["message"].startswith("opik-cipx: ")
     assert upstream.seen == []
-    assert daemon.counter("requests_captured") == 0
+    assert wire.captures == [] and wire.counter("requests_refused") == 1  # not captured, counted
 
 
-def test_a_cors_preflight_is_refused_so_the_browser_never_sends_the_call(daemon, upstream):
-    answer = raw_exchange(daemon.port, b"OPTIONS /v1/messages HTTP/1.1\r\nHost: localhost:%d\r\nOrigin: https://evil.com\r\n"
-                          b"Access-Control-Request-Method: POST\r\n\r\n" % daemon.port)
+def test_a_cors_preflight_is_refused_so_the_browser_never_sends_the_call(wire, upstream):
+    answer = raw_exchange(wire.port, b"OPTIONS /v1/messages HTTP/1.1\r\nHost: localhost:%d\r\nOrigin: https://evil.com\r\n"
+                          b"Access-Control-Request-Method: POST\r\n\r\n" % wire.port)
     refused_in_anthropic_shape(answer)
     assert b"Access-Control-Allow-Origin" not in answer
     assert upstream.seen == []
 
 
-def test_node_fetch_which_sends_sec_fetch_mode_cors_alone_is_served(daemon, upstream):
-    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+def test_node_fetch_which_sends_sec_fetch_mode_cors_alone_is_served(wire, upstream):
+    conn = http.client.HTTPConnection("127.0.0.1", wire.port, timeout=10)
     conn.request("POST", "/v1/messages", body=b"{}", headers={"Sec-Fetch-Mode": "cors"})
     assert conn.getresponse().status == 200
     assert len(upstream.seen) == 1
 
 
-def test_an_absolute_form_target_is_refused(daemon, upstream):
-    answer = raw_exchange(daemon.port, b"GET http://evil.com/steal HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % daemon.port)
+def test_an_absolute_form_target_is_refused(wire, upstream):
+    answer = raw_exchange(wire.port, b"GET http://evil.com/steal HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % wire.port)
     assert "must be a path" in refused_in_anthropic_shape(answer)["error"]["message"]
     assert upstream.seen == []
 
@@ -146,13 +150,13 @@ def test_claude_code_sends_none_of_the_signs_of_a_browser():
 
 
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
-def test_the_recorded_corpus_still_flows_byte_identically(daemon, upstream, host):
+def test_the_recorded_corpus_still_flows_byte_identically(wire, upstream, host):
     recorded = base_url_requests()
-    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+    conn = http.client.HTTPConnection("127.0.0.1", wire.port, timeout=30)
     for scenario, number, req in recorded:
         upstream.script(fixture_reply(response(scenario, number)))
         conn.putrequest(req["method"], req["path"], skip_host=True, skip_accept_encoding=True)
-        conn.putheader("Host", f"{host}:{daemon.port}")
+        conn.putheader("Host", f"{host}:{wire.port}")
         for name, value in req["headers"].items():
             if name.lower() not in ("host", "connection", "content-length"):
                 conn.putheader(name, value)
@@ -169,4 +173,5 @@ def test_the_recorded_corpus_still_flows_byte_identically(daemon, upstream, host
         assert upstream.seen[-1].body == body, (scenario, number)
         assert upstream.seen[-1].path == req["path"]
     assert len(upstream.seen) == len(recorded)
-    assert daemon.counter("requests_refused") == 0
+    assert wire.counter("requests_refused") == 0
+    wait_for(lambda: len(wire.captures) == len(recorded), what="every exchange teed")  # after its answer
