@@ -83,16 +83,26 @@ def reserved_port():
     held.close()
 
 
-def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.01, what: str = "condition"):
-    """Poll `predicate` until it returns something truthy; fail the test at the deadline."""
+POLL_FIRST_S, POLL_MAX_S = 0.005, 0.1
+
+
+def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy; fail the test at the deadline.
+
+    The interval starts at 5 ms and grows by half each time up to 100 ms: a condition that holds
+    soon is seen soon, and a long wait does not spend the CPU the suite's parallel tests need (a
+    predicate often asks a daemon's admin listener, which works to answer).
+    """
     deadline = time.monotonic() + timeout_s
+    interval = POLL_FIRST_S
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)
+        time.sleep(interval)
+        interval = min(interval * 1.5, POLL_MAX_S)
 
 
 def load_fixture(scenario: str, number: str) -> tuple[dict, dict]:
