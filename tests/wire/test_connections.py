@@ -81,6 +81,12 @@ def request(server: LoopbackServer, raw: bytes = REQUEST) -> bytes:
         return head
 
 
+def phases(server: LoopbackServer) -> list[str | None]:
+    """The phase of each connection a handler thread serves (the loop reads them the same way)."""
+    with server._lock:
+        return [conn.phase for conn in server._active]
+
+
 def handler_threads(name: str = "test") -> int:
     return sum(1 for t in threading.enumerate() if t.name == f"cipx-{name}-conn")
 
@@ -211,7 +217,8 @@ def test_over_the_cap_idle_connections_are_reclaimed_then_requests_refused_503(s
     idle = connect(server)
     idle.sendall(REQUEST)
     idle.settimeout(5)
-    assert idle.recv(65536).startswith(b"HTTP/1.1 200")  # now idle, kept alive in its thread
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+    wait_for(lambda: phases(server) == ["idle"], what="the connection idle, kept alive in its thread")
     handler.hold.clear()
     busy = [connect(server) for _ in range(2)]
     for sock in busy:
