@@ -1,4 +1,6 @@
-"""Issue 12, items 4, 5 and 8: slow, stalled, cut-off and departing clients against the real daemon.
+"""Issue 12, items 4, 5 and 8: slow, stalled, cut-off and departing clients; against the real daemon
+where its threads and its `client_*` settings are the point, the rest against the gateway in process
+(tests/wire/conftest.py).
 
 - 1,000 stalled connections (silent, or stopped mid-head) hold no thread, and a normal call still
   gets through (its latency against the idle figure is `bench/bench_stalled.py`'s job);
@@ -18,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from opik_cipx.store.captures import read_captures
 from tests.conftest import DaemonProcess, wait_for
 from tests.fake_anthropic import json_reply, sse_reply
 from tests.security.conftest import raw_exchange, write_config
+from tests.wire.conftest import wire  # noqa: F401 - fixture
 
 STALLED = 1000
 
@@ -168,13 +170,13 @@ def test_beyond_the_connection_cap_a_clean_503(strict_daemon, upstream):
     assert wait_for(lambda: call(strict_daemon.port).status == 200, what="served again")
 
 
-def test_a_head_cut_off_before_its_end_is_never_forwarded(daemon, upstream):
+def test_a_head_cut_off_before_its_end_is_never_forwarded(wire, upstream):
     cut = (b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nx-api-key: sk-ant-api03-cut-off\r\n"
-           b"Content-Type: application/json\r\nContent-Le" % daemon.port)
-    answer = raw_exchange(daemon.port, cut, half_close=True)
+           b"Content-Type: application/json\r\nContent-Le" % wire.port)
+    answer = raw_exchange(wire.port, cut, half_close=True)
     assert answer == b"" or answer.startswith(b"HTTP/1.1 400 ")
     # the same on a kept-alive connection, after a complete call (the handler thread reads this head)
-    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", wire.port), timeout=10) as sock:
         sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
         assert receive_until(sock, b'{"ok": true}').startswith(b"HTTP/1.1 200 ")
         sock.sendall(cut)
@@ -183,24 +185,25 @@ def test_a_head_cut_off_before_its_end_is_never_forwarded(daemon, upstream):
         assert rest == b"" or rest.startswith(b"HTTP/1.1 400 ")
     assert len(upstream.seen) == 1
     assert "sk-ant-api03-cut-off" not in json.dumps([s.headers for s in upstream.seen])
-    wait_for(lambda: daemon.counter("requests_captured") == 1, what="only the complete call captured")
+    wait_for(lambda: len(wire.captures) == 1, what="the complete call teed")
+    assert wire.counter("requests_refused") == 2 and len(wire.captures) == 1  # the cut-off heads: refused, not captured
 
 
 @pytest.mark.parametrize("silent", ["before the response head", "mid-stream"])
-def test_a_client_leaving_while_the_upstream_is_silent_closes_the_upstream_request(daemon, upstream, silent):
+def test_a_client_leaving_while_the_upstream_is_silent_closes_the_upstream_request(wire, upstream, silent):
     if silent == "mid-stream":
         upstream.script(sse_reply([b"event: message_start\ndata: {}\n\n", b"event: message_stop\ndata: {}\n\n"],
                                   hold_after=1))  # a long thinking pause: nothing for 30 s
     else:
         upstream.script(json_reply(200, {"ok": True}, delay_s=30))  # a non-streaming call thinking
-    sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=10)
+    sock = socket.create_connection(("127.0.0.1", wire.port), timeout=10)
     sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
     if silent == "mid-stream":
         receive_until(sock, b"message_start")
     else:
         wait_for(lambda: upstream.seen, what="request upstream")
     sock.close()  # Claude Code's user pressed Esc
-    assert upstream.hung_up.wait(20)  # closed by the daemon: the upstream itself would stay silent for 30 s
-    capture = wait_for(lambda: [c for c in read_captures(daemon.home / "captures")], what="capture stored")[0]
+    assert upstream.hung_up.wait(20)  # closed by the wire: the upstream itself would stay silent for 30 s
+    capture = wait_for(lambda: list(wire.captures), what="capture teed")[0]
     assert capture.client_aborted and capture.upstream_error is None
-    assert daemon.stats()["counters"]["panics_recovered"] == 0
+    assert wire.counter("panics_recovered") == 0
