@@ -202,15 +202,17 @@ class Daemon:
         self.shipper.start()
         self.follower.start()
         self.pipeline.start()
+        # state.json before the listeners answer: a command that finds the admin port answering
+        # (through ports.json) can then rely on finding state.json too, unless the disk refused it.
+        if not self.files.write_json(self.settings.state_path, self.state()):
+            log.warning("cannot write state files (%s); the proxy runs and keeps them in memory until the disk "
+                        "takes them", self.files.section()["last_error"])
         for server in (self.gateway_server, self.admin_server, self.viewer_server):
             thread = threading.Thread(
                 target=server.serve_forever, args=(SHUTDOWN_POLL_S,), name=f"cipx-{server.name}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
-        if not self.files.write_json(self.settings.state_path, self.state()):
-            log.warning("cannot write state files (%s); the proxy runs and keeps them in memory until the disk "
-                        "takes them", self.files.section()["last_error"])
         log.info(
             "opik-cipx %s listening: claude_code 127.0.0.1:%d, admin 127.0.0.1:%d, viewer 127.0.0.1:%d, upstream %s",
             __version__, self.ports["claude_code"], self.ports["admin"], self.ports["viewer"], self.settings.upstream_url,
