@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from opik_cipx.views.access import cookie_name
 from opik_cipx.wire.connections import Limits
@@ -22,6 +23,12 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code"
 LIMITS = Limits(header_timeout_s=30, body_timeout_s=120, idle_timeout_s=120, max_connections=256)  # the defaults
 
+
+# Hypothesis's per-example deadline (200 ms) and its too-slow health check are wall-clock bounds:
+# on a loaded machine, with workers in parallel, they fail tests that are right. A test that
+# states its own settings keeps them.
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 # Compiled modules of the suite's subprocesses (hundreds of daemons, commands, installs), kept in one
 # cache outside the checkout: a user's interpreter compiles the package once, not at every start,
