@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from opik_cipx.home import default_home
+from opik_cipx.urls import strip_credentials
 
 PRICE_RATE_KEYS = ("input", "cache_write_5m", "cache_write_1h", "cache_read", "output")
 PRICE_NOTE_KEYS = ("source", "checked", "secondary", "note")  # documentation, shown by `opik-cipx prices`
@@ -134,8 +135,8 @@ def parse_sentry_dsn(text: str) -> SentryDsn:
         raise ValueError(f"{shape} (the last part of the path is the project number)")
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise ValueError("a Sentry DSN with plain http:// is only allowed to a loopback host; use https://")
-    netloc = parts.netloc.rpartition("@")[2]
-    return SentryDsn(f"{parts.scheme}://{netloc}{prefix}/api/{project}/envelope/", parts.username, parts.hostname)
+    origin = strip_credentials(f"{parts.scheme}://{parts.netloc}")  # the key goes in a header, not the URL
+    return SentryDsn(f"{origin}{prefix}/api/{project}/envelope/", parts.username, parts.hostname)
 
 
 def _sentry_dsn(raw: Any) -> str:

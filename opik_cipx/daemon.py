@@ -24,7 +24,6 @@ import ssl
 import sys
 import threading
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,7 +31,7 @@ from opik_cipx import __version__, telemetry
 from opik_cipx.config import Settings, settings_fingerprint
 from opik_cipx.control.daemon_control import home_id
 from opik_cipx.control.executable import current as current_executable
-from opik_cipx.control.ports import assign_picked_ports, claude_code_port
+from opik_cipx.control.ports import claude_code_port, open_picked_listeners, record_ports
 from opik_cipx.home import HomeLocked, StateFiles, layout_notes, lock_home, private_dir, set_aside_wrong_types
 from opik_cipx.ledger.store import Ledger
 from opik_cipx.logs import DaemonLog
@@ -44,6 +43,7 @@ from opik_cipx.ship.shipper import Shipper
 from opik_cipx.stats import Counters, build_stats, utc_iso
 from opik_cipx.store.captures import Appended, CaptureStore
 from opik_cipx.store.spool import Spool
+from opik_cipx.urls import strip_credentials
 from opik_cipx.views.access import ViewerAccess, new_token, read_token, token_path
 from opik_cipx.views.admin import AdminHandler
 from opik_cipx.views.dashboard import Dashboard
@@ -136,25 +136,25 @@ class Daemon:
                 "claude_code", host, claude_code_port(settings.ports_path) if port is None else port, handler,
                 limits, self.counters,
             )
-            self.ports = assign_picked_ports(settings.ports_path, self.files.write_json)
-            self.ports["claude_code"] = self.gateway_server.port
             admin_handler = type("Handler", (AdminHandler,),
                                  {"stats": staticmethod(self.stats), "state": staticmethod(self.state)})
-            self.admin_server = LoopbackServer("admin", host, self.ports["admin"], admin_handler, limits, self.counters)
             pages = Dashboard(settings.ledger_path, settings.captures_dir)
             viewer_handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": ViewerAccess(token)})
-            self.viewer_server = LoopbackServer("viewer", host, self.ports["viewer"], viewer_handler, limits,
-                                                self.counters)
+            handlers = {"admin": admin_handler, "viewer": viewer_handler}
+            picked = open_picked_listeners(settings.ports_path, lambda name, port: LoopbackServer(
+                name, host, port, handlers[name], limits, self.counters))
+            self.admin_server, self.viewer_server = picked["admin"], picked["viewer"]
+            self.ports = record_ports(settings.ports_path, {name: server.port for name, server in picked.items()},
+                                      self.files.write_json)
+            self.ports["claude_code"] = self.gateway_server.port
         except ListenError as exc:
             self.pool.close()
-            for name in ("gateway_server", "admin_server"):
-                if hasattr(self, name):
-                    getattr(self, name).server_close()
+            if hasattr(self, "gateway_server"):
+                self.gateway_server.server_close()
             raise StartupError(str(exc)) from None
         self._threads: list[threading.Thread] = []
-        proxy = urllib.parse.urlsplit(settings.upstream_proxy) if settings.upstream_proxy else None
         self._upstream = {"url": settings.upstream_url,  # a proxy's credentials never reach the stats
-                          "proxy": f"http://{proxy.netloc.rpartition('@')[2]}" if proxy else None}
+                          "proxy": strip_credentials(settings.upstream_proxy) or None}
         self.destination = resolve_destination(settings, opik_config_path(env))
         self.spool = Spool(
             settings.spool_dir,
@@ -203,17 +203,19 @@ class Daemon:
         self.shipper.start()
         self.follower.start()
         self.pipeline.start()
+        # state.json before the listeners answer: a command that finds the admin port answering
+        # (through ports.json) can then rely on finding state.json too, unless the disk refused it.
+        # It alone (0600) carries the settings' keyed digests and their key (never /admin/state).
+        handshake = {**self.state(), **settings_fingerprint(self.settings)}
+        if not self.files.write_json(self.settings.state_path, handshake):
+            log.warning("cannot write state files (%s); the proxy runs and keeps them in memory until the disk "
+                        "takes them", self.files.section()["last_error"])
         for server in (self.gateway_server, self.admin_server, self.viewer_server):
             thread = threading.Thread(
                 target=server.serve_forever, args=(SHUTDOWN_POLL_S,), name=f"cipx-{server.name}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
-        # state.json (0600) alone carries the settings' keyed digests and their key (never /admin/state)
-        handshake = {**self.state(), **settings_fingerprint(self.settings)}
-        if not self.files.write_json(self.settings.state_path, handshake):
-            log.warning("cannot write state files (%s); the proxy runs and keeps them in memory until the disk "
-                        "takes them", self.files.section()["last_error"])
         log.info(
             "opik-cipx %s listening: claude_code 127.0.0.1:%d, admin 127.0.0.1:%d, viewer 127.0.0.1:%d, upstream %s",
             __version__, self.ports["claude_code"], self.ports["admin"], self.ports["viewer"], self.settings.upstream_url,

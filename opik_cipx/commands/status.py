@@ -39,8 +39,9 @@ PROBLEM_HINTS = {
     "ledger_write_errors": "ledger.db could not be written (locked, disk full, corrupt?): `opik-cipx logs` says why",
     "ledger_calls_dropped": "calls missing from ledger.db: run `opik-cipx replay --ledger` to add them from the "
                             "stored captures",
-    "requests_refused": "requests from a web page, or not addressed to localhost, were refused (not forwarded): "
-                        "`opik-cipx logs` names them",
+    "requests_refused": "requests refused (a web page, not addressed to localhost, malformed, or the viewer "
+                        "without its token); nothing was forwarded: `status --json` counts them by listener "
+                        "(`refusals`), `opik-cipx logs` names them",
     "connections_refused": "more clients at once than client_max_connections: raise it in {config}, then run "
                            "`opik-cipx restart`",
     "requests_timed_out": "clients stalled mid-request past client_header_timeout_s / client_body_timeout_s "
