@@ -454,8 +454,8 @@ test_spool_never_loses_an_acknowledged_record = SpoolMachine.TestCase
 
 
 def test_daemon_with_an_unusable_spool_keeps_the_wire_working_and_recovers(home, upstream):
-    home.mkdir(parents=True)
-    (home / "spool").write_text("in the way")
+    segment = home / "spool" / "000000000001.jsonl"
+    segment.mkdir(parents=True)  # in the way of the first segment (a `spool` file would be set aside at start)
     daemon = DaemonProcess(home, upstream.url)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
@@ -463,9 +463,9 @@ def test_daemon_with_an_unusable_spool_keeps_the_wire_working_and_recovers(home,
         assert conn.getresponse().status == 200
         wal = daemon.stats()["wal"]
         assert wal["degraded"] is True and "spool" in wal["last_write_error"]
-        (home / "spool").unlink()
+        segment.rmdir()
         wait_for(lambda: not daemon.stats()["wal"]["degraded"], what="spool recovered")
-        assert (home / "spool").is_dir()
+        assert segment.is_file()
     finally:
         assert daemon.stop() == 0
 
