@@ -69,15 +69,17 @@ def per_call(session: list, config: MaterializerConfig, prices) -> list[float]:
 
 
 def off_wire_work(session: list, config: MaterializerConfig, prices, cold: bool) -> None:
-    """What the capture and materializer threads do with each capture of `session` (pausing as the
-    daemon's follower does: freezing what exists out of the garbage collector's reach)."""
-    materializer = Materializer(config, prices, pause=gc.freeze)
+    """What the capture and materializer threads do with each capture of `session` (freezing what
+    exists out of the garbage collector's reach as the daemon's follower does on a quiet wire:
+    after each capture; its pauses freeze only when they waited for the wire, which here is idle)."""
+    materializer = Materializer(config, prices)
     for capture in session:
         if cold:
-            materializer = Materializer(config, prices, pause=gc.freeze)
-        encode_member(capture)
+            materializer = Materializer(config, prices)
+        encode_member(capture, time.time_ns())
         for record in materializer.materialize(capture):
             encode(record)
+        gc.freeze()
 
 
 def longest_holds(work) -> dict[tuple[str, str], int]:

@@ -173,7 +173,7 @@ class Daemon:
         )
         self.follower = Follower(self.materializer, self.store, self.spool, self.counters,
                                  settings.checkpoint_path, self._materialized, wire_idle=self._wire_quiet,
-                                 wire_empty=lambda: self.gateway.inflight == 0)
+                                 wire_empty=lambda: self.gateway.inflight == 0, on_idle=self.ledger.retry_due)
 
     def _yield_to_wire(self) -> None:
         """Between slices of off-wire work: wait, bounded, for the wire to be quiet."""

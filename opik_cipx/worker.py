@@ -8,7 +8,7 @@ again (None: its `idle_s`, which None makes "until an item or a wake-up").
 One stop protocol: `stop(timeout_s)` sets the stop flag and the stop deadline under the worker's
 lock, wakes the thread, and waits at most `timeout_s` for it to finish; it returns whether the
 thread finished. The thread first takes every item already queued (nothing handed over is left
-behind), then runs `finish` and ends. A wait inside a step goes through `pause`, which returns
+behind), then runs `finish` and ends. A wait inside a step goes through `rest`, which returns
 early (True) once a stop is asked for.
 
 One guard: a step that raises is logged with its traceback under the owner's logger and counted
@@ -101,8 +101,8 @@ class Worker:
         with self._cond:
             return self._deadline
 
-    def pause(self, seconds: float) -> bool:
-        """Wait `seconds` unless a stop is asked for meanwhile; True when stopping."""
+    def rest(self, seconds: float) -> bool:
+        """Let `seconds` pass unless a stop is asked for meanwhile; True when stopping."""
         with self._cond:
             return self.clock.wait_for(self._cond, lambda: self._stopping, max(0.0, seconds))
 

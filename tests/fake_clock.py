@@ -37,7 +37,7 @@ class FakeClock(Clock):
 
     def advance(self, seconds: float) -> None:
         with self._lock:
-            step = int(seconds * 1e9)
+            step = math.ceil(seconds * 1e9)  # never less than asked: a wait of what is left ends
             self._wall_ns += step
             self._mono_ns += step
 

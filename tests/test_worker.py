@@ -78,14 +78,14 @@ def test_a_failing_step_is_logged_and_counted_and_the_worker_goes_on(caplog):
     assert "cipx-recorder: step failed; going on" in record.getMessage() and record.exc_info[0] is ValueError
 
 
-def test_a_pause_ends_at_its_time_or_at_once_on_stop():
+def test_a_rest_ends_at_its_time_or_at_once_on_stop():
     clock = FakeClock(10**18)
     worker = Recorder(clock)
     results = []
 
     def pause_twice():
-        results.append(worker.pause(2.0))
-        results.append(worker.pause(3600.0))
+        results.append(worker.rest(2.0))
+        results.append(worker.rest(3600.0))
 
     thread = threading.Thread(target=pause_twice, name="pauser")
     thread.start()
