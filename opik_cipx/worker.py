@@ -83,6 +83,10 @@ class Worker:
             return self.clock.wait_for(self._cond, lambda: self._finished, timeout_s)
 
     @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
+
+    @property
     def finished(self) -> bool:
         """The thread ran `finish` and ended (a worker that never started counts as finished)."""
         with self._cond:
@@ -123,8 +127,8 @@ class Worker:
         """Runs under the worker's lock when a stop is asked for (before the thread is woken)."""
 
     def begin(self) -> float | None:
-        """Runs first on the thread; returns like `step`."""
-        return None
+        """Runs first on the thread; returns like `step` (by default: step at once)."""
+        return 0.0
 
     def step(self, item: Any) -> float | None:
         raise NotImplementedError

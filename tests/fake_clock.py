@@ -22,7 +22,7 @@ class FakeClock(Clock):
         self._wall_ns = wall_ns
         self._mono_ns = 1000 * 10**9
         self._lock = threading.Lock()
-        self._deadlines: dict[str, float] = {}  # thread name -> monotonic deadline of its wait
+        self._deadlines: dict[str, float] = {}  # thread name -> monotonic ns deadline of its wait
 
     def time(self) -> float:
         return self.time_ns() / 1e9
@@ -46,7 +46,7 @@ class FakeClock(Clock):
         is not waiting on this clock."""
         with self._lock:
             deadline = self._deadlines.get(thread_name)
-        return None if deadline is None else max(0.0, deadline - self.monotonic())
+            return None if deadline is None else max(0, deadline - self._mono_ns) / 1e9
 
     def wait(self, event: threading.Event, timeout: float | None) -> bool:
         return self._wait(event.is_set, lambda: event.wait(POLL_S), timeout)
@@ -58,14 +58,15 @@ class FakeClock(Clock):
         self.advance(seconds)
 
     def _wait(self, done, pause, timeout: float | None) -> bool:
-        deadline = math.inf if timeout is None else self.monotonic() + timeout
         name = threading.current_thread().name
         with self._lock:
+            deadline = math.inf if timeout is None else self._mono_ns + math.ceil(timeout * 1e9)
             self._deadlines[name] = deadline
         try:
             while not (result := done()):
-                if self.monotonic() >= deadline:
-                    return result
+                with self._lock:
+                    if self._mono_ns >= deadline:
+                        return result
                 pause()  # real and short: wakes at once on a notify or a set event
             return result
         finally:

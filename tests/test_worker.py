@@ -19,6 +19,9 @@ class Recorder(Worker):
         self.finished_with: list | None = None
         self.gate = gate
 
+    def begin(self):
+        return None  # no first step of its own: the first comes with an item, a wake-up or the idle time
+
     def step(self, item):
         if self.gate is not None:
             self.gate.wait(10)

@@ -4,7 +4,9 @@ Real capture log, real spool and real materializer under tmp_path; the recorded 
 (The daemon-level crash tests, with a real `kill -9`, are in tests/test_recovery.py.)
 """
 
+import errno
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -143,12 +145,21 @@ def test_a_full_spool_makes_the_follower_wait_instead_of_dropping(tmp_path, monk
     monkeypatch.setattr(follower_module, "SPOOL_WAIT_S", 0.05)
     home = tmp_path / "home"
     d = Daemonish(home, inmem_max=3)  # fewer records than one capture makes: room only when empty
-    d.spool._commit_group = lambda: False  # the disk refuses everything for now
+    disk_full = threading.Event()
+    disk_full.set()
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if disk_full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)  # the disk refuses everything for now
     for _, capture in exchanges("tools"):
         d.capture(capture)
     wait_for(lambda: d.listed, what="the first capture spooled (alone, into an empty spool)")
     assert d.follower.lag >= 4 and d.spool.section()["dropped_events_inmem"] == 0
-    del d.spool._commit_group  # the disk is back
+    disk_full.clear()  # the disk is back
     d.spool.flush(5)
     wait_for(lambda: len(d.listed) == len(exchanges("tools")), what="the rest, once the spool had room")
     d.stop()
