@@ -90,7 +90,8 @@ class CaptureStore:
         self.segment_bytes = segment_bytes
         self.keep = keep
         self.clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # what other threads read: the end, the active segment, counts, stamps
+        self._io = threading.Lock()  # `append` and `close` take turns: never a seal during a write
         self._fh = None
         self._path: Path | None = None
         self._number = max((s.number for s in _segments(directory) if s.number is not None), default=0)
@@ -114,6 +115,10 @@ class CaptureStore:
         new segment, so a torn member never sits in front of later captures)."""
         logged_at_ns = self.clock.time_ns()
         member = encode_member(capture, logged_at_ns)
+        with self._io:
+            return self._write(member, logged_at_ns)
+
+    def _write(self, member: bytes, logged_at_ns: int) -> Appended:
         if (
             self._fh is None
             or self._size + len(member) > self.segment_bytes
@@ -128,7 +133,7 @@ class CaptureStore:
                 raise OSError(f"short write ({written} of {len(member)} bytes)")
         except OSError:
             path, empty = self._path, self._size == 0
-            self.close()
+            self._seal()
             if empty:  # a full disk must not leave an empty segment per failed capture
                 try:
                     path.unlink()
@@ -142,11 +147,11 @@ class CaptureStore:
             self._counts[self._number] = self._counts.get(self._number, 0) + 1
             self._end = end
         if not self.keep:
-            self.close()
+            self._seal()
         return Appended(path, start, end)
 
     def _rotate(self, logged_at_ns: int) -> None:
-        self.close()
+        self._seal()
         private_dir(self.directory)
         while True:
             self._number += 1
@@ -158,13 +163,18 @@ class CaptureStore:
                 continue
         self._fh, self._path, self._size = fh, path, 0
         self._opened_mono, self._opened_ns = self.clock.monotonic(), logged_at_ns
-        self._stamps[path] = logged_at_ns
         with self._lock:
+            self._stamps[path] = logged_at_ns
             self._active = self._number
             self._end = LogPosition(self._number, 0)
 
     def close(self) -> None:
-        """Seal the segment being written (the next append opens a new one)."""
+        """Seal the segment being written, once an append in progress is done (the next append
+        opens a new one)."""
+        with self._io:
+            self._seal()
+
+    def _seal(self) -> None:
         fh, self._fh = self._fh, None
         with self._lock:
             self._active = None
@@ -180,12 +190,14 @@ class CaptureStore:
         Returns how many captures not yet materialized the byte budget forced out.
         """
         now = self.clock.time_ns()
+        found = _segments(self.directory)
         with self._lock:
             active = self._active
-        found = _segments(self.directory)
-        self._stamps = {s.path: self._stamps[s.path] if s.path in self._stamps else first_stamp(s.path)
-                        for s in found}
-        until = written_until(found, self._stamps)
+            known = dict(self._stamps)
+        read = {s.path: first_stamp(s.path) for s in found if s.path not in known}  # once per segment
+        with self._lock:
+            self._stamps.update(read)
+        until = written_until(found, {**known, **read})
         total = sum(s.size for s in found)
         lost = 0
         for segment, last_ns in zip(found, until):
@@ -215,8 +227,8 @@ class CaptureStore:
                 log.warning("capture log: cannot delete %s: %s", path.name, exc.strerror or exc)
                 continue
             total -= size
-            self._stamps.pop(path, None)
             with self._lock:
+                self._stamps.pop(path, None)
                 self._counts.pop(number, None)
         return lost
 

@@ -3,6 +3,7 @@
 import gzip
 import os
 import stat
+import threading
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -260,3 +261,39 @@ def test_find_capture_looks_only_in_segments_written_after_it_started(tmp_path):
     assert find_capture(tmp_path, early.id, now_ns) is None  # its segment was written before: not opened
     assert find_capture(tmp_path, early.id, early.started_at_ns).id == early.id
     assert find_capture(tmp_path, "0190-absent", 0) is None
+
+
+class GatedFile:
+    """A segment file whose next write waits until the test lets it go on."""
+
+    def __init__(self, fh):
+        self.fh, self.writing, self.go_on = fh, threading.Event(), threading.Event()
+
+    def write(self, data):
+        self.writing.set()
+        self.go_on.wait(10)
+        return self.fh.write(data)
+
+    def close(self):
+        self.fh.close()
+
+
+def test_close_waits_for_an_append_in_progress(tmp_path):
+    """The capture thread may still be writing when the daemon's shutdown closes the log: the
+    seal waits for the write, so the capture is whole and readable."""
+    store = CaptureStore(tmp_path, max_bytes=BIG, max_age_s=BIG, segment_bytes=10**6)
+    store.append(make(1))
+    gated = store._fh = GatedFile(store._fh)
+    appended = []
+    writer = threading.Thread(target=lambda: appended.append(store.append(make(2))))
+    writer.start()
+    assert gated.writing.wait(10)  # the capture thread is in the middle of its write
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    closer.join(0.5)
+    assert closer.is_alive()  # the seal waits for the write ...
+    gated.go_on.set()
+    writer.join(10)
+    closer.join(10)
+    assert not closer.is_alive() and appended and appended[0].end == store.end  # ... which completes
+    assert [c.id for c in read_captures(tmp_path)] == ["0190-1", "0190-2"]
