@@ -142,6 +142,11 @@ class Spool:
 
     # ---- lifecycle ---------------------------------------------------------------------
 
+    @property
+    def writer(self) -> GroupCommit:
+        """The group-commit worker; `close` stops it (and closes the file) if it is still running."""
+        return self._writer
+
     def start(self) -> None:
         self._writer.start()
 
