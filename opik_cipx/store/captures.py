@@ -463,9 +463,3 @@ def find_capture(directory: Path, capture_id: str, started_at_ns: int) -> Captur
         if hit is not None:
             return hit
     return None
-
-
-def read_captures(directory: Path) -> Iterator[Capture]:
-    """Every stored capture, in log order."""
-    for entry in read_log(directory):
-        yield entry.capture

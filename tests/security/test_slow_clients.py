@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from opik_cipx.store.captures import read_captures
+from opik_cipx.store.captures import read_log
 from tests.conftest import DaemonProcess, wait_for
 from tests.fake_anthropic import json_reply, sse_reply
 from tests.security.conftest import raw_exchange, write_config
@@ -182,6 +182,6 @@ def test_a_client_leaving_while_the_upstream_is_silent_closes_the_upstream_reque
     sock.close()  # Claude Code's user pressed Esc
     assert upstream.hung_up.wait(5)
     assert upstream.hangups[0] - left < 1.0
-    capture = wait_for(lambda: [c for c in read_captures(daemon.home / "captures")], what="capture stored")[0]
+    capture = wait_for(lambda: [e.capture for e in read_log(daemon.home / "captures")], what="capture stored")[0]
     assert capture.client_aborted and capture.upstream_error is None
     assert daemon.stats()["counters"]["panics_recovered"] == 0

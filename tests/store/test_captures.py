@@ -16,7 +16,6 @@ from opik_cipx.store.captures import (
     find_capture,
     first_stamp,
     list_segments,
-    read_captures,
     read_log,
 )
 from opik_cipx.wire.capture import Capture, redact_headers
@@ -36,6 +35,11 @@ def make(n: int, body: bytes = b'{"model":"claude-opus-4-8"}') -> Capture:
 
 def ids(entries) -> list[str]:
     return [e.capture.id for e in entries]
+
+
+def read_captures(directory):
+    """Every stored capture, in log order, as the follower and `replay` read them."""
+    return [entry.capture for entry in read_log(directory)]
 
 
 def test_round_trip_keeps_text_and_binary_bodies(tmp_path):

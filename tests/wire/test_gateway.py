@@ -8,7 +8,7 @@ import threading
 import time
 
 from opik_cipx.stats import Counters
-from opik_cipx.store.captures import read_captures
+from opik_cipx.store.captures import read_log
 from opik_cipx.wire.gateway import Gateway
 from tests.conftest import DaemonProcess, load_fixture, wait_for
 from tests.fake_anthropic import Reply, fixture_reply, json_reply, split_sse, sse_reply
@@ -197,7 +197,7 @@ def test_client_abort_marks_capture_and_drops_upstream_connection(daemon, upstre
     held.gate.set()
 
     def aborted_capture():
-        return [c for c in read_captures(daemon.home / "captures") if c.client_aborted]
+        return [e.capture for e in read_log(daemon.home / "captures") if e.capture.client_aborted]
 
     capture = wait_for(aborted_capture, what="client_aborted capture on disk")[0]
     assert capture.status == 200
@@ -220,7 +220,7 @@ def test_every_auth_header_is_redacted_in_captures_on_disk_and_logs(daemon, upst
     conn.getresponse().read()
     assert upstream.seen[-1].header("x-api-key") == secrets["x-api-key"]
     assert upstream.seen[-1].header("Authorization") == secrets["Authorization"]
-    captures = wait_for(lambda: list(read_captures(daemon.home / "captures")), what="capture on disk")
+    captures = wait_for(lambda: [e.capture for e in read_log(daemon.home / "captures")], what="capture on disk")
     headers = {k.lower(): v for k, v in captures[0].request_headers}
     for name in secrets:
         assert headers[name.lower()] == "[redacted]"
@@ -294,7 +294,7 @@ def test_body_shorter_than_its_content_length_is_a_broken_exchange_not_a_hang(da
         raise AssertionError("a truncated body must not look complete")
     except http.client.IncompleteRead as exc:
         assert exc.partial == b'{"partial'  # the client sees the truncation at once, no timeout
-    capture = wait_for(lambda: [c for c in read_captures(daemon.home / "captures") if c.upstream_error],
+    capture = wait_for(lambda: [e.capture for e in read_log(daemon.home / "captures") if e.capture.upstream_error],
                        what="the broken exchange on disk")[0]
     assert "shorter than its Content-Length" in capture.upstream_error
 
@@ -341,7 +341,7 @@ def test_set_cookie_reaches_the_client_but_not_the_capture(daemon, upstream):
     resp = conn.getresponse()
     resp.read()
     assert resp.getheader("Set-Cookie") == "sid=SECRETSESSION"
-    capture = wait_for(lambda: list(read_captures(daemon.home / "captures")), what="capture on disk")[0]
+    capture = wait_for(lambda: [e.capture for e in read_log(daemon.home / "captures")], what="capture on disk")[0]
     assert ["Set-Cookie", "[redacted]"] in capture.response_headers
 
 
