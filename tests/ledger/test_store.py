@@ -207,9 +207,7 @@ def test_readers_see_committed_rows_while_the_writer_holds_a_transaction(tmp_pat
     write_all(ledger, corpus[:20])
     ledger._conn.execute("BEGIN IMMEDIATE")
     ledger._conn.execute("DELETE FROM calls")
-    started = time.monotonic()
-    assert totals(path)[0] == sum(1 for *_, records in corpus[:20] if records)
-    assert time.monotonic() - started < 1.0
+    assert totals(path)[0] == sum(1 for *_, records in corpus[:20] if records)  # a blocked reader would raise
     ledger._conn.execute("ROLLBACK")
     ledger.close()
 
