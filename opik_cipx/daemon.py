@@ -347,7 +347,9 @@ def _stop(stages: list[Stage]) -> None:
     for stage in stages:
         if not stage.worker.stop(stage.stop_s):
             log.warning("shutdown: %s did not finish in %.0fs; %s", stage.worker.name, stage.stop_s, stage.unfinished)
-        elif stage.release is not None:
+            continue
+        log.info("shutdown: %s stopped", stage.worker.name)
+        if stage.release is not None:
             stage.release()
 
 
