@@ -38,7 +38,7 @@ from opik_cipx.daemon import GIL_SWITCH_INTERVAL_S  # noqa: E402
 from opik_cipx.materialize.materializer import Materializer, MaterializerConfig  # noqa: E402
 from opik_cipx.materialize.pricing import load_price_table  # noqa: E402
 from opik_cipx.store.captures import encode_member  # noqa: E402
-from opik_cipx.store.spool import encode  # noqa: E402
+from opik_cipx.store.spool_lines import encode  # noqa: E402
 from tests.claude_code_corpus import SCENARIOS, exchanges  # noqa: E402
 
 RELEASES_GIL = ("compress", "decompress", "flush", "read", "write", "sleep", "acquire", "wait")

@@ -113,8 +113,11 @@ class Daemon:
         self.started_at = clock.time()
         env = dict(os.environ)
         self.destination = resolve_destination(settings, opik_config_path(env))
-        self._build_work(env)
+        # A bad price override stops the start before anything listens; the listeners are bound
+        # before the work writes anything (the spool's directory, the checkpoint).
+        self.materializer = build_materializer(settings, env, pause=self._yield_to_wire)
         self._build_wire(port)
+        self._build_work()
         # The workers, each list in the order a capture flows through it (see the module docstring).
         self.wire_stages = [Stage(self.pipeline, WORKER_STOP_S, self.store.close,
                                   "captures still waiting for the capture log are lost")]
@@ -125,9 +128,9 @@ class Daemon:
             Stage(self.shipper, WORKER_STOP_S, None, "a request to Opik is still in flight; its records stay in the spool"),
         ]
 
-    def _build_work(self, env: dict[str, str]) -> None:
-        """What runs off the wire: the capture log, the materializer and its follower, the ledger,
-        the spool and the shipper."""
+    def _build_work(self) -> None:
+        """What runs off the wire around the materializer: the capture log, the follower, the
+        ledger, the spool and the shipper."""
         settings, mib = self.settings, 1024 * 1024
         # The capture log exists whatever captures.enabled says; off, it keeps a capture only
         # until it is materialized.
@@ -135,7 +138,6 @@ class Daemon:
                                   max_age_s=settings.captures_max_age_days * 86400,
                                   segment_bytes=settings.captures_segment_mb * mib, keep=settings.captures_enabled,
                                   clock=self.clock)
-        self.materializer = build_materializer(settings, env, pause=self._yield_to_wire)
         self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, self.counters, clock=self.clock)
         self.spool = Spool(settings.spool_dir, max_bytes=int(settings.spool_max_mb * mib),
                            segment_bytes=int(settings.spool_segment_mb * mib), inmem_max=settings.spool_inmem_max,
