@@ -20,7 +20,7 @@ from opik_cipx.home import disk_full_or_read_only, layout_notes
 from opik_cipx.materialize.rate_limits import warning
 from opik_cipx.ship.destination import NOT_CONFIGURED
 from opik_cipx.stats import COUNTER_NAMES, PROBLEM_COUNTERS
-from opik_cipx.store.spool import QUARANTINE, quarantine_counts
+from opik_cipx.store.quarantine import QUARANTINE, quarantine_counts
 
 # Why a problem counter is nonzero and what fixes it; `{config}`, `{captures}` name the files.
 PROBLEM_HINTS = {
