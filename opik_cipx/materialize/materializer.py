@@ -34,7 +34,6 @@ import dataclasses
 import json
 import logging
 import time
-import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,7 @@ from opik_cipx.materialize.identity import claude_json_path, read_identity, rend
 from opik_cipx.materialize.pricing import Cost, PriceTable, price_call
 from opik_cipx.materialize.rate_limits import RateLimitObserver, parse_rate_limits
 from opik_cipx.materialize.redaction import redact_records
-from opik_cipx.materialize.response import ResponseSummary, decode_body, summarize_response
+from opik_cipx.materialize.response import ResponseSummary, counted_tokens, summarize_response
 from opik_cipx.materialize.sessions import valid_session_id
 from opik_cipx.materialize.spans import (
     bounded,
@@ -496,7 +495,7 @@ class Materializer:
         """A `count_tokens` call (`/context`): a `general` span with the count, no model, usage or cost."""
         c, s = call.capture, call.summary
         ended = c.ended_at_ns or c.started_at_ns
-        counted = _counted_tokens(c)
+        counted = counted_tokens(c)
         cc = self._common_cc(call)
         cc.update(call=_call_meta(call), count_tokens={"model": call.body.get("model"), "input_tokens": counted},
                   categories=_categories(call, counted or 0, None))
@@ -760,16 +759,6 @@ def _share(part: float, whole: float, amount: float | None) -> float | None:
     if amount is None:
         return None
     return amount * part / whole if whole else 0.0
-
-
-def _counted_tokens(capture: Capture) -> int | None:
-    """`input_tokens` of a count_tokens answer, or None when it has none."""
-    try:
-        doc = json.loads(decode_body(capture.response_body, header_value(capture.response_headers, "content-encoding")))
-    except (OSError, EOFError, zlib.error, ValueError, RecursionError):
-        return None
-    value = doc.get("input_tokens") if isinstance(doc, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _categories(call: _Call, tokens: int, usd: float | None) -> dict[str, Any]:
