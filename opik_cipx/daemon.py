@@ -35,6 +35,7 @@ from opik_cipx.control.ports import assign_picked_ports, claude_code_port
 from opik_cipx.home import HomeLocked, StateFiles, lock_home, private_dir
 from opik_cipx.ledger.store import Ledger
 from opik_cipx.logs import DaemonLog
+from opik_cipx.materialize.call import Materialized
 from opik_cipx.materialize.follower import Follower
 from opik_cipx.materialize.materializer import Materializer, materializer_config
 from opik_cipx.materialize.pricing import load_price_table
@@ -192,10 +193,10 @@ class Daemon:
             log.warning("capture log: cannot write capture %s: %s", capture.id, exc.strerror or exc)
         self.follower.handoff(capture, appended)
 
-    def _materialized(self, capture: Capture, records: list[dict]) -> None:
+    def _materialized(self, capture: Capture, result: Materialized) -> None:
         """After each capture is materialized (on the follower's thread): the call into the ledger,
         an upsert by capture id, so a capture materialized again after a crash counts once."""
-        self.ledger.write(capture, records)
+        self.ledger.write(result.call)
 
     def start(self) -> None:
         self.spool.start()

@@ -4,8 +4,10 @@ import json
 import re
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 from opik_cipx.ids import derived_uuid7
+from opik_cipx.materialize.call import Materialized
 from opik_cipx.wire.capture import Capture
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code"
@@ -144,10 +146,19 @@ def corpus_clock():
     return FakeClock(corpus_now_ns())
 
 
-def materialized(sessions_dir: Path, recent: bool = False) -> list[tuple[str, str, Capture, list[dict]]]:
-    """(scenario, number, capture, records) for every recorded exchange, through one
-    materializer as the daemon runs it, with the session files of `write_session_files`.
-    `recent`: every exchange moved in time (keeping their spacing) so the last ended a minute ago."""
+class Derived(NamedTuple):
+    """One recorded exchange and what the materializer made of it: `result.records`, `result.call`."""
+
+    scenario: str
+    number: str
+    capture: Capture
+    result: Materialized
+
+
+def materialized(sessions_dir: Path, recent: bool = False) -> list[Derived]:
+    """Every recorded exchange, in recorded order, through one materializer as the daemon runs it,
+    with the session files of `write_session_files`. `recent`: every exchange moved in time
+    (keeping their spacing) so the last ended a minute ago."""
     import time
 
     from opik_cipx.materialize.materializer import Materializer, MaterializerConfig
@@ -163,4 +174,4 @@ def materialized(sessions_dir: Path, recent: bool = False) -> list[tuple[str, st
             capture.started_at_ns += shift
             capture.ttfb_ns += shift
             capture.ended_at_ns += shift
-    return [(scenario, number, capture, materializer.materialize(capture)) for scenario, number, capture in pairs]
+    return [Derived(scenario, number, capture, materializer.materialize(capture)) for scenario, number, capture in pairs]

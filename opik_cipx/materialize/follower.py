@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from opik_cipx.home import read_json, write_atomic
+from opik_cipx.materialize.call import Materialized
 from opik_cipx.materialize.materializer import Materializer
 from opik_cipx.stats import Counters, utc_iso
 from opik_cipx.store.captures import (
@@ -60,7 +61,7 @@ GC_INTERVAL_S = 300.0  # a full garbage collection at most this often (when the 
 SPOOL_WAIT_S = 1.0
 _STOP = object()
 
-Listener = Callable[[Capture, list[dict]], None]
+Listener = Callable[[Capture, Materialized], None]
 
 
 class Follower:
@@ -75,7 +76,7 @@ class Follower:
         wire_idle: Callable[[float], bool] | None = None,
         wire_empty: Callable[[], bool] | None = None,
     ):
-        """`on_materialized(capture, records)` runs after each capture (viewer, ledger);
+        """`on_materialized(capture, result)` runs after each capture (viewer, ledger);
         `wire_idle(timeout_s)` blocks until the wire is quiet — no exchange started lately — (True)
         or the timeout; `wire_empty()` says no exchange is in flight at all. Given them, the follower
         also keeps the cyclic garbage collector off the wire (see `pause`)."""
@@ -267,16 +268,16 @@ class Follower:
         self._inflight = 1
         try:
             try:
-                records = self.materializer.materialize(capture)
+                result = self.materializer.materialize(capture)
             except Exception:
                 self.counters.incr("materializer_errors_total")
                 log.exception("materializer: cannot materialize capture %s", capture.id)
-                records = []
+                result = Materialized([])
             self.pause()
-            if records and not self._spool(records):
+            if result.records and not self._spool(result.records):
                 return False
             try:
-                self.on_materialized(capture, records)
+                self.on_materialized(capture, result)
             except Exception:
                 log.exception("materializer: listener failed on capture %s", capture.id)
             self.counters.incr("events_materialized")  # after the ledger has it too

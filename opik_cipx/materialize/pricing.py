@@ -21,6 +21,7 @@ costs None, with the reason. A cost is never made up as 0.
 import bisect
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from typing import Any
@@ -284,7 +285,7 @@ def _multiplier(rates: Rates, usage: dict, table: PriceTable, modifiers: list[st
     return multiplier
 
 
-def token_counts(usage: dict) -> dict[str, int]:
+def token_counts(usage: Mapping[str, Any]) -> dict[str, int]:
     """Tokens per rate class. Writes not covered by the TTL split are 5-minute writes."""
     split = usage.get("cache_creation")
     split = split if isinstance(split, dict) else {}

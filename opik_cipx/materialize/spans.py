@@ -5,8 +5,11 @@ Opik's field names, its usage-key convention and how to bound oversized input/ou
 """
 
 import json
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
+
+from opik_cipx.materialize.usage import Usage
 
 PROVIDER = "anthropic"
 TRUNCATED_KEY = "_opik_cipx_truncated"
@@ -19,42 +22,31 @@ def iso_z(ns: int) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def opik_usage(usage: dict[str, Any] | None) -> dict[str, int] | None:
+def opik_usage(usage: Usage | None) -> dict[str, int] | None:
     """Usage the way Opik reads Anthropic usage: OpenAI-style totals plus `original_usage.*`.
 
     `prompt_tokens` counts every input-side token (uncached input + cache reads + cache
-    writes), `completion_tokens` the output tokens (thinking included). Original keys are
-    flattened with dots; only integer values are kept, as the API requires.
+    writes), `completion_tokens` the output tokens (thinking included), both as the response's
+    top-level fields say. Original keys are flattened with dots; only integer values are kept, as
+    the API requires.
     """
-    if not usage:
+    if usage is None:
         return None
     out: dict[str, int] = {}
 
     def flatten(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):
             for key, inner in value.items():
                 flatten(f"{prefix}.{key}", inner)
         elif isinstance(value, int) and not isinstance(value, bool):
             out[prefix] = value
 
-    flatten("original_usage", usage)
-    prompt = prompt_tokens(usage)
-    completion = _int(usage.get("output_tokens"))
-    out.update(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    flatten("original_usage", usage.original)
+    completion = usage.original.get("output_tokens")
+    completion = completion if isinstance(completion, int) and not isinstance(completion, bool) else 0
+    out.update(prompt_tokens=usage.prompt_tokens, completion_tokens=completion,
+               total_tokens=usage.prompt_tokens + completion)
     return out
-
-
-def prompt_tokens(usage: dict[str, Any]) -> int:
-    """Input-side tokens of a call: uncached input + cache reads + cache writes."""
-    return (
-        _int(usage.get("input_tokens"))
-        + _int(usage.get("cache_read_input_tokens"))
-        + _int(usage.get("cache_creation_input_tokens"))
-    )
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def bounded(value: Any, limit_chars: int, size: int | None = None, preview: str | None = None) -> Any:
