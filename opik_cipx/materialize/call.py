@@ -22,6 +22,7 @@ from opik_cipx.materialize.identity import Identity
 from opik_cipx.materialize.pricing import Cost
 from opik_cipx.materialize.rate_limits import RateLimits
 from opik_cipx.materialize.response import ResponseSummary
+from opik_cipx.materialize.spans import exception_type
 from opik_cipx.materialize.usage import Usage
 
 OUTPUT_KINDS = ("thinking", "text", "tool_use")
@@ -195,11 +196,6 @@ class Materialized:
 
     records: list[dict]
     call: CallRecord | None = None
-
-
-def exception_type(kind: str) -> str:
-    """An error type as Opik's ErrorInfo carries it: never blank."""
-    return kind.strip() or "error"
 
 
 def _text(value: object) -> str | None:

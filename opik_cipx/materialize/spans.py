@@ -171,10 +171,15 @@ def span_record(
 ERROR_TEXT_MAX_CHARS = 2000  # the longest traceback an error span carries (the full text is in its output)
 
 
-def error_info(exception_type: str, message: str, traceback: str) -> dict[str, str]:
+def exception_type(kind: str) -> str:
+    """An error type as Opik's ErrorInfo carries it: never blank."""
+    return kind.strip() or "error"
+
+
+def error_info(error_type: str, message: str, traceback: str) -> dict[str, str]:
     """Opik's ErrorInfo. Opik declares `exception_type` and `traceback` @NotBlank, so neither is ever
     blank here (a blank traceback falls back to the exception type); the traceback is bounded."""
-    kind = exception_type.strip() or "error"
+    kind = exception_type(error_type)
     if len(traceback) > ERROR_TEXT_MAX_CHARS:
         traceback = traceback[: ERROR_TEXT_MAX_CHARS - 1] + "\u2026"
     return {"exception_type": kind, "message": message, "traceback": traceback if traceback.strip() else kind}
