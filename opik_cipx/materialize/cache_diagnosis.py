@@ -20,9 +20,9 @@ every call (`cch=`), and Anthropic keeps it out of the cache key (else no Claude
 ever read the cache).
 
 The diagnosis is a `CacheDiagnosis` (typed; `to_json()` is `metadata.cc.cache`). Reading a
-request's prefix digests what repeats only once: a `PrefixReader`, owned by one materializer and
-living as long as it does, keeps the digest of each tool definition and of each message object the
-request reader hands over again.
+request's prefix digests what repeats only once: tool definitions by value (`ToolDigests`, one
+for the process), messages by identity (a `PrefixReader`, owned by one materializer and living as
+long as it does).
 
 A conversation is a *lane*: the main loop (with its compactions), one subagent (by agent id),
 or one kind of side call. `CacheLanes` keeps, per lane, what the previous call cached: a
@@ -34,6 +34,7 @@ or `replay` diagnoses every call exactly as an uninterrupted run does.
 
 import hashlib
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -54,8 +55,8 @@ TTL_5M_S, TTL_1H_S = 300, 3600
 MAX_LANES = 16  # per session, the least recently used forgotten first
 MAX_ITEMS = 4096  # digests kept per lane; a divergence further in is not located
 _MTOK = 1_000_000
-TOOL_MEMO_MAX = 512  # tool definitions whose digest a PrefixReader keeps
-MESSAGE_MEMO_MAX_CHARS = 32 * 1024 * 1024  # characters of messages whose digests it keeps
+TOOL_MEMO_MAX = 512  # tool definitions whose digest is kept, one per name
+MESSAGE_MEMO_MAX_CHARS = 32 * 1024 * 1024  # characters of messages whose digests a PrefixReader keeps
 
 
 def lane_of(kind: CallKind) -> str | None:
@@ -86,22 +87,48 @@ class Prefix:
     ttl_s: int  # the shortest TTL among its breakpoints
 
 
+class ToolDigests:
+    """Tool definitions are most of a request and the same call after call, in every session: the
+    digest of the last definition seen under each name is kept (a pure function of the definition,
+    so any reader may share it), and a definition equal to it (compared in C, no serialization)
+    reuses it. Bounded (`TOOL_MEMO_MAX` names, the least recently used go first); thread-safe."""
+
+    def __init__(self) -> None:
+        self._memo: OrderedDict[str, tuple[dict, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def digest(self, tool: dict) -> str:
+        name = str(tool.get("name") or "")
+        with self._lock:
+            seen = self._memo.get(name)
+            if seen is not None and seen[0] == tool:
+                self._memo.move_to_end(name)
+                return seen[1]
+        digest = _digest(tool)
+        with self._lock:
+            self._memo[name] = (tool, digest)
+            self._memo.move_to_end(name)
+            while len(self._memo) > TOOL_MEMO_MAX:
+                self._memo.popitem(last=False)
+        return digest
+
+
+TOOL_DIGESTS = ToolDigests()
+
+
 class PrefixReader:
     """Reads the cache prefix of requests, digesting only what is new. Owned by one materializer
     (its lifetime), on one thread.
 
-    Tool definitions are most of a request and the same call after call: the digest of the last
-    definition seen under each name is kept (a pure function of it), and a definition equal to it
-    (compared in C, no serialization) reuses it. The messages of a conversation repeat too, and
-    the request reader (attribution/incremental.py) hands an unchanged message over as the same
-    parsed object call after call: its block digests and breakpoints are kept by identity. An entry
-    holds its message, so no other object can take its id while the entry exists, and it is used
-    only for that very object. Both are bounded (`TOOL_MEMO_MAX` names, `MESSAGE_MEMO_MAX_CHARS`
-    characters serialized, as the reader bounds what it keeps); the least recently used go first.
+    The messages of a conversation repeat, and the request reader (attribution/incremental.py)
+    hands an unchanged message over as the same parsed object call after call: its block digests
+    and breakpoints are kept by identity. An entry holds its message, so no other object can take
+    its id while the entry exists, and it is used only for that very object; the entries go with
+    the reader. Bounded by the characters serialized (`MESSAGE_MEMO_MAX_CHARS`, as the request
+    reader bounds what it keeps), the least recently used first. Tool definitions: `TOOL_DIGESTS`.
     """
 
     def __init__(self) -> None:
-        self._tools: OrderedDict[str, tuple[dict, str]] = OrderedDict()
         self._messages: OrderedDict[int, tuple[dict, tuple[str, ...], tuple[tuple[int, int], ...], int]] = \
             OrderedDict()
         self._message_chars = 0
@@ -115,7 +142,7 @@ class PrefixReader:
         for tool in body.get("tools") or ():
             if not isinstance(tool, dict):
                 continue
-            tools.append((str(tool.get("name") or ""), self._tool_digest(tool)))
+            tools.append((str(tool.get("name") or ""), TOOL_DIGESTS.digest(tool)))
             if "cache_control" in tool:
                 marks.append(_ttl(tool["cache_control"]))
                 last = (len(tools), 0, 0)
@@ -159,19 +186,6 @@ class PrefixReader:
             settings={"thinking": thinking if isinstance(thinking, dict) else None, "effort": effort},
             ttl_s=min(marks, default=TTL_5M_S),
         )
-
-    def _tool_digest(self, tool: dict) -> str:
-        name = str(tool.get("name") or "")
-        seen = self._tools.get(name)
-        if seen is not None and seen[0] == tool:
-            self._tools.move_to_end(name)
-            return seen[1]
-        digest = _digest(tool)
-        self._tools[name] = (tool, digest)
-        self._tools.move_to_end(name)
-        while len(self._tools) > TOOL_MEMO_MAX:
-            self._tools.popitem(last=False)
-        return digest
 
     def _message_blocks(self, message: Any) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...]]:
         """A message's digest per content block and its breakpoints (block index, TTL)."""

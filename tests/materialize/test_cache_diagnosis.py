@@ -252,8 +252,8 @@ def test_a_checkpoint_from_before_cache_diagnoses_restores_with_no_lanes(tmp_pat
 
 
 def test_the_digests_kept_live_and_die_with_their_reader():
-    """Each materializer owns its PrefixReader: what one kept is not another's, and nothing of a
-    request stays alive in the process once the reader that read it is gone."""
+    """Each materializer owns its PrefixReader: the messages it kept by identity stay alive only
+    as long as the reader does (the process-wide memo they replace kept them forever)."""
     import gc
     import weakref
 
