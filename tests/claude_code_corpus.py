@@ -166,7 +166,8 @@ def materialized(sessions_dir: Path, recent: bool = False) -> list[Derived]:
     if recent:
         return list(_materialize(recent=True))
     if _fingerprint(corpus()) != _corpus_fingerprint():
-        raise AssertionError("a test changed the shared corpus records (tests/claude_code_corpus.corpus): copy them first")
+        raise AssertionError("a test changed the shared corpus records (tests/claude_code_corpus.corpus): "
+                             "copy them before changing them")
     return list(corpus())
 
 

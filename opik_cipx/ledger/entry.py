@@ -171,7 +171,8 @@ def _output_details(call: CallRecord, output_tokens: int, output_usd: float | No
     for label, n in split:
         if n:
             share = n / total
-            out.append(Detail(OUTPUT, label, n, output_tokens * share, None if output_usd is None else output_usd * share))
+            usd = None if output_usd is None else output_usd * share
+            out.append(Detail(OUTPUT, label, n, output_tokens * share, usd))
     return out
 
 

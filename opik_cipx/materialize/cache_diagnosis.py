@@ -401,7 +401,8 @@ def diagnose(previous: dict[str, Any] | None, prefix: Prefix, usage: Usage, rate
         model=(previous["model"], prefix.model) if "model_changed" in causes else None,
         settings=(previous["settings"], prefix.settings) if settings_changed else None,
     )
-    return CacheDiagnosis(*shares, previous=before, cache_break=replace(found, item=_describe(found, gap_s, before.ttl_s)))
+    found = replace(found, item=_describe(found, gap_s, before.ttl_s))
+    return CacheDiagnosis(*shares, previous=before, cache_break=found)
 
 
 def _share(part: int, whole: int) -> float | None:

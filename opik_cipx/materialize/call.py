@@ -55,7 +55,7 @@ class Session:
         return cls(
             id=session_id,
             cwd=_text(info.get("cwd")),
-            git=Git(*(_text(git.get(key)) for key in ("remote", "branch", "commit"))) if isinstance(git, Mapping)
+            git=Git(*(_text(git.get(key)) for key in ("remote", "branch", "commit"))) if isinstance(git, dict)
             else None,
             transcript_path=_text(info.get("transcript_path")),
         )

@@ -8,7 +8,7 @@ no `oauthAccount`); missing fields are None, never empty strings.
 import json
 import socket
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 FIELDS = {
@@ -37,7 +37,7 @@ class Identity:
         return cls(**{key: _text(fields.get(key)) for key in FIELDS})
 
     def template_values(self) -> dict[str, str]:
-        return template_values(asdict(self))
+        return template_values({key: getattr(self, key) for key in FIELDS})
 
 
 def _text(value: object) -> str | None:

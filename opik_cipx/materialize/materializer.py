@@ -170,7 +170,8 @@ class Materializer:
         if agent_call:
             turn = agent_call.turn
         else:
-            prompt = _prompt(read.attribution.facts) if kind.kind == "main" else ""  # a compaction's is the turn before's
+            # Only a main call carries its turn's prompt (a compaction's belongs to the turn before it).
+            prompt = _prompt(read.attribution.facts) if kind.kind == "main" else ""
             turn = self._states.turn_for(state, session_id, kind, turn_key(kind.kind, messages, capture.id),
                                          capture.id, started, prompt)
         parent = agent_call.span_id if agent_call else self.config.root_span_id

@@ -230,10 +230,12 @@ def categories(call: CallRecord, tokens: int, usd: float | None) -> dict[str, An
     total = attribution.total_chars
     out: dict[str, Any] = {}
     for bucket, chars in attribution.buckets.items():
-        entry: dict[str, Any] = {"chars": chars, **_shares(chars, total, tokens, usd)}
+        entry: dict[str, Any] = {"chars": chars, "tokens": _tokens(chars, total, tokens),
+                                 "cost_usd": _usd(chars, total, usd)}
         labels = attribution.by_label.get(bucket)
         if labels:
-            entry["by"] = {label: {"chars": n, **_shares(n, total, tokens, usd)} for label, n in labels.items()}
+            entry["by"] = {label: {"chars": n, "tokens": _tokens(n, total, tokens), "cost_usd": _usd(n, total, usd)}
+                           for label, n in labels.items()}
         out[bucket] = entry
     return out
 
@@ -244,7 +246,8 @@ def output_categories(call: CallRecord) -> dict[str, Any]:
     total = sum(n for _, n in split)
     tokens = call.usage.output if call.usage else 0
     usd = call.cost.output_usd if call.cost else None
-    return {name: {"chars": n, **_shares(n, total, tokens, usd)} for name, n in split}
+    return {name: {"chars": n, "tokens": _tokens(n, total, tokens), "cost_usd": _usd(n, total, usd)}
+            for name, n in split}
 
 
 def _common_cc(call: CallRecord) -> dict[str, Any]:
@@ -308,11 +311,11 @@ def _mcp_server(tool_name: str) -> str | None:
     return rest.split("__", 1)[0] if "__" in rest else None
 
 
-def _shares(part: int, whole: int, tokens: int, usd: float | None) -> dict[str, float | None]:
-    """`part` characters' share of `tokens` and `usd` (None: unpriced) out of `whole` characters."""
-    return {"tokens": round(_share(part, whole, tokens), 2),
-            "cost_usd": None if usd is None else round(_share(part, whole, usd), 9)}
+def _tokens(part: int, whole: int, tokens: int) -> float:
+    """`part` characters' share of `tokens` out of `whole` characters."""
+    return round(tokens * part / whole if whole else 0.0, 2)
 
 
-def _share(part: int, whole: int, amount: float) -> float:
-    return amount * part / whole if whole else 0.0
+def _usd(part: int, whole: int, usd: float | None) -> float | None:
+    """`part` characters' share of `usd` (None: unpriced) out of `whole` characters."""
+    return None if usd is None else round(usd * part / whole if whole else 0.0, 9)

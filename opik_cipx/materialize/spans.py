@@ -5,7 +5,6 @@ Opik's field names, its usage-key convention and how to bound oversized input/ou
 """
 
 import json
-from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -35,7 +34,7 @@ def opik_usage(usage: Usage | None) -> dict[str, int] | None:
     out: dict[str, int] = {}
 
     def flatten(prefix: str, value: Any) -> None:
-        if isinstance(value, Mapping):
+        if isinstance(value, dict):
             for key, inner in value.items():
                 flatten(f"{prefix}.{key}", inner)
         elif isinstance(value, int) and not isinstance(value, bool):
