@@ -52,7 +52,7 @@ def throughput(captures_by_scenario: list[list], config: MaterializerConfig, pri
         for scenario in captures_by_scenario:
             materializer = Materializer(config, prices)  # fresh session state per pass
             for capture in scenario:
-                records += len(materializer.materialize(capture))
+                records += len(materializer.materialize(capture).records)
                 count += 1
                 size += len(capture.request_body)
     return count, size, records, time.perf_counter() - started
@@ -77,7 +77,7 @@ def off_wire_work(session: list, config: MaterializerConfig, prices, cold: bool)
         if cold:
             materializer = Materializer(config, prices)
         encode_member(capture, time.time_ns())
-        for record in materializer.materialize(capture):
+        for record in materializer.materialize(capture).records:
             encode(record)
         gc.freeze()
 

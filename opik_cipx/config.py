@@ -157,7 +157,8 @@ def _proxy_url(raw: Any) -> str:
 
 
 def parse_price_overrides(raw: Any) -> dict[str, dict[str, Any]]:
-    """`[prices."<model>"]` tables as {model: price row} (see `parse_price_row`).
+    """`[prices."<model>"]` tables as {model: price row} (see `parse_price_row`): the `prices`
+    setting, parsed once when the settings load; `pricing.load_price_table` takes it as it is.
 
     Raises ValueError naming the bad key, e.g. `prices.claude-foo-5.output: expected a number`.
     Whether a model needs every rate depends on the packaged table: pricing checks that.
@@ -165,12 +166,6 @@ def parse_price_overrides(raw: Any) -> dict[str, dict[str, Any]]:
     if not isinstance(raw, dict):
         raise ValueError("prices: expected a table of models")
     return {str(name): parse_price_row(f"prices.{name}", row) for name, row in raw.items()}
-
-
-def checked_price_overrides(raw: Any) -> dict[str, Any]:
-    """The `[prices]` table as written, once `parse_price_overrides` accepts it (config load time)."""
-    parse_price_overrides(raw)
-    return raw
 
 
 def parse_price_row(where: str, row: Any) -> dict[str, Any]:
@@ -349,7 +344,7 @@ OPTIONS: tuple[Option, ...] = (
            "finished exchanges held in memory until written to the capture log; beyond, dropped, counted"),
     Option("tee_queue_max_mb", None, _number(float, 0.01), 256.0,
            "body bytes held in memory until written to the capture log; beyond, dropped, counted"),
-    Option("prices", None, checked_price_overrides, {},
+    Option("prices", None, parse_price_overrides, {},
            "[prices.\"<model>\"] tables that add models to or override prices.json (rates, tiers, fast mode, dated changes)"),
     Option("captures.enabled", "CIPX_CAPTURES", parse_bool, True,
            "keep raw captures on disk for replay and the viewer (off: only until materialized)"),

@@ -46,6 +46,7 @@ from opik_cipx.control.ports import claude_code_port, open_picked_listeners, rec
 from opik_cipx.home import HomeLocked, StateFiles, layout_notes, lock_home, private_dir, set_aside_wrong_types
 from opik_cipx.ledger.store import Ledger
 from opik_cipx.logs import DaemonLog
+from opik_cipx.materialize.call import Materialized
 from opik_cipx.materialize.follower import Follower
 from opik_cipx.materialize.materializer import Materializer, materializer_config
 from opik_cipx.materialize.pricing import load_price_table
@@ -214,10 +215,10 @@ class Daemon:
             log.warning("capture log: cannot write capture %s: %s", capture.id, exc.strerror or exc)
         self.follower.handoff(capture, appended)
 
-    def _materialized(self, capture: Capture, records: list[dict]) -> None:
+    def _materialized(self, capture: Capture, result: Materialized) -> None:
         """After each capture is materialized (on the follower's thread): the call into the ledger,
         an upsert by capture id, so a capture materialized again after a crash counts once."""
-        self.ledger.write(capture, records)
+        self.ledger.write(result.call)
 
     def start(self) -> None:
         for stage in reversed(self.wire_stages + self.work_stages):  # a consumer before what feeds it

@@ -115,7 +115,7 @@ def straight_run() -> list[dict]:
     materializer = Materializer(config, load_price_table())
     captured = {(s, n): c for s in SCENARIOS for n, c in exchanges(s)}
     return [r for scenario, numbers, _ in planned() for n in numbers
-            for r in materializer.materialize(captured[(scenario, n)])]
+            for r in materializer.materialize(captured[(scenario, n)]).records]
 
 
 def partition(spans: list[dict]) -> set[frozenset[str]]:

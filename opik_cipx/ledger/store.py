@@ -31,8 +31,8 @@ from opik_cipx.ledger.db import connect
 from opik_cipx.ledger.entry import Entry, ledger_entry
 from opik_cipx.ledger.periods import local_day
 from opik_cipx.ledger.schema import RATE_LIMIT_COLUMNS, SchemaError, roll_up
+from opik_cipx.materialize.call import CallRecord
 from opik_cipx.stats import Counters
-from opik_cipx.wire.capture import Capture
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +63,17 @@ class Ledger:
         self._lock = threading.Lock()  # `close` may come from another thread than the writes
         self._closed = False
 
-    def write(self, capture: Capture, records: list[dict]) -> None:
-        """Record one exchange (nothing for an exchange without a model call). Never raises."""
+    def write(self, call: CallRecord | None) -> None:
+        """Record one call (nothing for an exchange without a model call: None). Never raises."""
+        if call is None:
+            return
         try:
-            entry = ledger_entry(capture, records)
+            entry = ledger_entry(call)
         except Exception:
             self.counters.incr("ledger_write_errors")
-            log.exception("ledger: cannot derive the ledger rows of capture %s", capture.id)
+            log.exception("ledger: cannot derive the ledger rows of capture %s", call.exchange.capture_id)
             return
-        if entry is not None:
-            self.write_entries([entry])
+        self.write_entries([entry])
 
     def write_entries(self, entries: Iterable[Entry]) -> bool:
         """Upsert `entries` (after any still waiting) in one transaction; True once written."""

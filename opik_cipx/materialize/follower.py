@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.home import read_json, write_atomic
+from opik_cipx.materialize.call import Materialized
 from opik_cipx.materialize.materializer import Materializer
 from opik_cipx.stats import Counters, utc_iso
 from opik_cipx.store.captures import (
@@ -65,7 +66,7 @@ BACKLOG_MAX_S = 10.0  # once the follower was behind this long, materializing st
 GC_INTERVAL_S = 300.0  # a full garbage collection at most this often (when the wire is empty)
 SPOOL_WAIT_S = 1.0
 
-Listener = Callable[[Capture, list[dict]], None]
+Listener = Callable[[Capture, Materialized], None]
 
 
 class Follower(Worker):
@@ -82,7 +83,7 @@ class Follower(Worker):
         on_idle: Callable[[], None] | None = None,
         clock: Clock = SYSTEM,
     ):
-        """`on_materialized(capture, records)` runs after each capture (the ledger);
+        """`on_materialized(capture, result)` runs after each capture (the ledger);
         `wire_idle(timeout_s)` blocks until the wire is quiet — no exchange started lately — (True)
         or the timeout; `wire_empty()` says no exchange is in flight at all. Given them, the follower
         also keeps the cyclic garbage collector off the wire (see `pause`). `on_idle()` runs on
@@ -277,12 +278,12 @@ class Follower(Worker):
         self._wait_for_wire(MAX_DEFER_S)
         self._inflight = 1
         try:
-            records = self.guarded(self._materialize, capture, counter="materializer_errors_total",
-                                   what=f"materializing capture {capture.id}", failed=[])
+            result = self.guarded(self._materialize, capture, counter="materializer_errors_total",
+                                  what=f"materializing capture {capture.id}", failed=Materialized([]))
             self.pause()
-            if records and not self._spool(records):
+            if result.records and not self._spool(result.records):
                 return False
-            self.guarded(self.on_materialized, capture, records, what=f"the listener on capture {capture.id}")
+            self.guarded(self.on_materialized, capture, result, what=f"the listener on capture {capture.id}")
             self.counters.incr("events_materialized")  # after the ledger has it too
             if self.wire_idle is not None:
                 gc.freeze()  # what this capture left behind, out of the collector's reach (see `pause`)
@@ -290,7 +291,7 @@ class Follower(Worker):
         finally:
             self._inflight = 0
 
-    def _materialize(self, capture: Capture) -> list[dict]:
+    def _materialize(self, capture: Capture) -> Materialized:
         return self.materializer.materialize(capture)
 
     def _spool(self, records: list[dict]) -> bool:

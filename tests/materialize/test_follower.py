@@ -62,7 +62,7 @@ def spooled(home: Path) -> list[dict]:
 def straight(scenario: str, tmp_path: Path) -> list[dict]:
     config = MaterializerConfig("claude-code", True, 500_000, tmp_path / "sessions", tmp_path / "none.json")
     materializer = Materializer(config, load_price_table())
-    return [r for _, c in exchanges(scenario) for r in materializer.materialize(c)]
+    return [r for _, c in exchanges(scenario) for r in materializer.materialize(c).records]
 
 
 def key(records: list[dict]) -> set[str]:
