@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from opik_cipx.home import default_home
+from opik_cipx.urls import strip_credentials
 
 PRICE_RATE_KEYS = ("input", "cache_write_5m", "cache_write_1h", "cache_read", "output")
 PRICE_NOTE_KEYS = ("source", "checked", "secondary", "note")  # documentation, shown by `opik-cipx prices`
@@ -134,8 +135,8 @@ def parse_sentry_dsn(text: str) -> SentryDsn:
         raise ValueError(f"{shape} (the last part of the path is the project number)")
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise ValueError("a Sentry DSN with plain http:// is only allowed to a loopback host; use https://")
-    netloc = parts.netloc.rpartition("@")[2]
-    return SentryDsn(f"{parts.scheme}://{netloc}{prefix}/api/{project}/envelope/", parts.username, parts.hostname)
+    origin = strip_credentials(f"{parts.scheme}://{parts.netloc}")  # the key goes in a header, not the URL
+    return SentryDsn(f"{origin}{prefix}/api/{project}/envelope/", parts.username, parts.hostname)
 
 
 def _sentry_dsn(raw: Any) -> str:
@@ -156,7 +157,8 @@ def _proxy_url(raw: Any) -> str:
 
 
 def parse_price_overrides(raw: Any) -> dict[str, dict[str, Any]]:
-    """`[prices."<model>"]` tables as {model: price row} (see `parse_price_row`).
+    """`[prices."<model>"]` tables as {model: price row} (see `parse_price_row`): the `prices`
+    setting, parsed once when the settings load; `pricing.load_price_table` takes it as it is.
 
     Raises ValueError naming the bad key, e.g. `prices.claude-foo-5.output: expected a number`.
     Whether a model needs every rate depends on the packaged table: pricing checks that.
@@ -164,12 +166,6 @@ def parse_price_overrides(raw: Any) -> dict[str, dict[str, Any]]:
     if not isinstance(raw, dict):
         raise ValueError("prices: expected a table of models")
     return {str(name): parse_price_row(f"prices.{name}", row) for name, row in raw.items()}
-
-
-def checked_price_overrides(raw: Any) -> dict[str, Any]:
-    """The `[prices]` table as written, once `parse_price_overrides` accepts it (config load time)."""
-    parse_price_overrides(raw)
-    return raw
 
 
 def parse_price_row(where: str, row: Any) -> dict[str, Any]:
@@ -348,7 +344,7 @@ OPTIONS: tuple[Option, ...] = (
            "finished exchanges held in memory until written to the capture log; beyond, dropped, counted"),
     Option("tee_queue_max_mb", None, _number(float, 0.01), 256.0,
            "body bytes held in memory until written to the capture log; beyond, dropped, counted"),
-    Option("prices", None, checked_price_overrides, {},
+    Option("prices", None, parse_price_overrides, {},
            "[prices.\"<model>\"] tables that add models to or override prices.json (rates, tiers, fast mode, dated changes)"),
     Option("captures.enabled", "CIPX_CAPTURES", parse_bool, True,
            "keep raw captures on disk for replay and the viewer (off: only until materialized)"),

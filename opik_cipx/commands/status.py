@@ -22,7 +22,7 @@ from opik_cipx.home import disk_full_or_read_only, layout_notes
 from opik_cipx.materialize.rate_limits import warning
 from opik_cipx.ship.destination import NOT_CONFIGURED
 from opik_cipx.stats import COUNTER_NAMES, PROBLEM_COUNTERS
-from opik_cipx.store.spool import QUARANTINE, quarantine_counts
+from opik_cipx.store.quarantine import QUARANTINE, quarantine_counts
 
 # Why a problem counter is nonzero and what fixes it; `{config}`, `{captures}` name the files.
 PROBLEM_HINTS = {
@@ -41,8 +41,9 @@ PROBLEM_HINTS = {
     "ledger_write_errors": "ledger.db could not be written (locked, disk full, corrupt?): `opik-cipx logs` says why",
     "ledger_calls_dropped": "calls missing from ledger.db: run `opik-cipx replay --ledger` to add them from the "
                             "stored captures",
-    "requests_refused": "requests from a web page, or not addressed to localhost, were refused (not forwarded): "
-                        "`opik-cipx logs` names them",
+    "requests_refused": "requests refused (a web page, not addressed to localhost, malformed, or the viewer "
+                        "without its token); nothing was forwarded: `status --json` counts them by listener "
+                        "(`refusals`), `opik-cipx logs` names them",
     "connections_refused": "more clients at once than client_max_connections: raise it in {config}, then run "
                            "`opik-cipx restart`",
     "requests_timed_out": "clients stalled mid-request past client_header_timeout_s / client_body_timeout_s "

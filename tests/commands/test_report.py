@@ -19,10 +19,10 @@ def corpus_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("report") / "cipx-home"
     corpus = materialized(home / "sessions")
     ledger = Ledger(home / "ledger.db", retention_days=400, clock=corpus_clock())
-    for _, _, capture, records in corpus:
-        ledger.write(capture, records)
+    for *_, result in corpus:
+        ledger.write(result.call)
     ledger.close()
-    spans = sum(r["body"].get("total_estimated_cost") or 0.0 for *_, records in corpus for r in records
+    spans = sum(r["body"].get("total_estimated_cost") or 0.0 for *_, result in corpus for r in result.records
                 if r["body"].get("type") == "llm")
     return home, spans
 

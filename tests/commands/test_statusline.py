@@ -30,9 +30,9 @@ def corpus_home(tmp_path_factory):
     corpus = materialized(home / "sessions")
     ledger = Ledger(home / "ledger.db", retention_days=400, clock=corpus_clock())
     costs: dict[str, float] = defaultdict(float)
-    for _, _, capture, records in corpus:
-        ledger.write(capture, records)
-        for record in records:
+    for *_, result in corpus:
+        ledger.write(result.call)
+        for record in result.records:
             body = record["body"]
             if body.get("type") in ("llm", "general"):
                 costs[body["metadata"]["cc"]["session"]["id"]] += body.get("total_estimated_cost") or 0.0

@@ -53,7 +53,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def entries(corpus):
-    return [e for e in (ledger_entry(c, r) for _, _, c, r in corpus) if e]
+    return [ledger_entry(r.call) for _, _, c, r in corpus if r.call]
 
 
 def spread(entries, copies: int, days: int, start_ns: int) -> list:
@@ -156,10 +156,10 @@ def assert_figures_equal(got: dict, want: dict) -> None:
 
 def test_totals_equal_the_span_costs_and_rows_add_up_to_them(tmp_path, corpus):
     ledger = Ledger(tmp_path / "ledger.db", retention_days=400, clock=corpus_clock())
-    for _, _, capture, records in corpus:
-        ledger.write(capture, records)
+    for *_, result in corpus:
+        ledger.write(result.call)
     ledger.close()
-    spans = sum(r["body"].get("total_estimated_cost") or 0.0 for *_, records in corpus for r in records
+    spans = sum(r["body"].get("total_estimated_cost") or 0.0 for *_, result in corpus for r in result.records
                 if r["body"].get("type") == "llm")
     conn = open_reader(tmp_path / "ledger.db")
     for by in ("model", "session", "day,bucket", "kind", "agent", "project,branch", "month"):
@@ -420,10 +420,10 @@ def test_a_v2_ledger_gains_the_cache_and_rate_limit_columns_and_its_rollups_are_
 
 def test_cache_breaks_report_by_cause_with_their_extra_cost(tmp_path, corpus):
     ledger = Ledger(tmp_path / "ledger.db", retention_days=400, clock=corpus_clock())
-    for _, _, capture, records in corpus:
-        ledger.write(capture, records)
+    for *_, result in corpus:
+        ledger.write(result.call)
     ledger.close()
-    spans = [r["body"] for *_, records in corpus for r in records if r["body"].get("type") == "llm"]
+    spans = [r["body"] for *_, result in corpus for r in result.records if r["body"].get("type") == "llm"]
     breaks = [s["metadata"]["cc"]["cache"]["break"] for s in spans
               if (s["metadata"]["cc"].get("cache") or {}).get("break")]
     conn = open_reader(tmp_path / "ledger.db")
@@ -449,7 +449,7 @@ def rate_limit_entries(tmp_path) -> list:
     from tests.materialize.test_rate_limits import RATE_LIMITS
 
     materializer = Materializer(config(tmp_path), load_price_table())
-    return [ledger_entry(capture, materializer.materialize(capture))
+    return [ledger_entry(materializer.materialize(capture).call)
             for scenario in ("oauth", "api_key") for _, capture in exchanges(scenario, RATE_LIMITS)]
 
 

@@ -45,9 +45,9 @@ def viewer(tmp_path_factory):
     corpus = materialized(home / "sessions")
     store = CaptureStore(home / "captures", max_bytes=10**9, max_age_s=10**9, segment_bytes=10**7)
     ledger = Ledger(home / "ledger.db", retention_days=400, clock=corpus_clock())
-    for _, _, capture, records in corpus:
+    for _, _, capture, result in corpus:
         store.append(capture)
-        ledger.write(capture, records)
+        ledger.write(result.call)
     store.close()
     ledger.close()
     server = serve(home)
@@ -297,8 +297,8 @@ def test_calls_of_an_unknown_model_are_flagged_never_priced_at_zero(tmp_path, vi
     from tests.conftest import run_cli
 
     _, _, corpus = viewer
-    _, _, capture, records = next(c for c in corpus if c[:2] == ("mcp", "002"))
-    entry = ledger_entry(capture, records)
+    _, _, capture, result = next(c for c in corpus if c[:2] == ("mcp", "002"))
+    entry = ledger_entry(result.call)
     mystery = dataclasses.replace(entry, call={**entry.call, "model": "claude-nova-9", "unknown_model": 1,
                                                "cost_usd": None, "warm_cache_cost_usd": None},
                                   details=tuple(dataclasses.replace(d, cost_usd=None) for d in entry.details))
@@ -352,7 +352,7 @@ def test_call_and_session_pages_explain_cache_breaks(viewer):
     assert "No cache break: it read what the previous call cached." in text(get(port, f"/capture/{ids[('tools', '004')]}")[1])
     assert "nothing to compare it with" in text(get(port, f"/capture/{ids[('tools', '001')]}")[1])
     session = next(r["body"]["metadata"]["cc"]["session"]["id"] for s, n, _, rs in corpus
-                   if (s, n) == ("compact", "012") for r in rs if r["body"].get("type") == "llm")
+                   if (s, n) == ("compact", "012") for r in rs.records if r["body"].get("type") == "llm")
     status, page, _ = get(port, f"/session/{session}")
     breaks = text(page[page.index("id=breaks"):page.index("Where the session's cost went")])
     assert "2 call(s) paid to write what the cache should have held" in breaks  # 002 (corpus caveat) and 012
