@@ -93,7 +93,7 @@ def report_figures(home: Path, *args: str) -> str:
 def history(tmp: Path, now_ns: int) -> list:
     """The corpus' calls copied onto the 20 days before today: a random share of them each day
     (fixed seed), with new capture ids and sessions."""
-    entries = [e for e in (ledger_entry(c, r) for _, _, c, r in materialized(tmp / "history")) if e]
+    entries = [ledger_entry(r.call) for _, _, _, r in materialized(tmp / "history") if r.call]
     rng, out, today = random.Random(25), [], date.fromisoformat(local_day(now_ns))
     for back in range(1, HISTORY_DAYS + 1):
         start = day_start_ns((today - timedelta(days=back)).isoformat()) + 9 * 3600 * 10**9
