@@ -85,7 +85,7 @@ def test_install_sync_status_request_and_a_noop_sync(installed, upstream):
     assert post(m.port) == 200
     assert upstream.seen and upstream.seen[-1].path == "/v1/messages"
     wait_for(lambda: m.stats()["counters"]["requests_captured"] == 1, what="requests_captured == 1")
-    assert "requests_captured" in installed("status").stdout
+    assert "requests_captured" in installed("status", "--verbose").stdout  # counters of work done: --verbose
 
     settings_bytes = m.settings_path.read_bytes()
     doc = json.loads(settings_bytes)
