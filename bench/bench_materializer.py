@@ -38,7 +38,7 @@ from opik_cipx.daemon import GIL_SWITCH_INTERVAL_S  # noqa: E402
 from opik_cipx.materialize.materializer import Materializer, MaterializerConfig  # noqa: E402
 from opik_cipx.materialize.pricing import load_price_table  # noqa: E402
 from opik_cipx.store.captures import encode_member  # noqa: E402
-from opik_cipx.store.spool import encode  # noqa: E402
+from opik_cipx.store.spool_lines import encode  # noqa: E402
 from tests.claude_code_corpus import SCENARIOS, exchanges  # noqa: E402
 
 RELEASES_GIL = ("compress", "decompress", "flush", "read", "write", "sleep", "acquire", "wait")
@@ -52,7 +52,7 @@ def throughput(captures_by_scenario: list[list], config: MaterializerConfig, pri
         for scenario in captures_by_scenario:
             materializer = Materializer(config, prices)  # fresh session state per pass
             for capture in scenario:
-                records += len(materializer.materialize(capture))
+                records += len(materializer.materialize(capture).records)
                 count += 1
                 size += len(capture.request_body)
     return count, size, records, time.perf_counter() - started
@@ -69,15 +69,17 @@ def per_call(session: list, config: MaterializerConfig, prices) -> list[float]:
 
 
 def off_wire_work(session: list, config: MaterializerConfig, prices, cold: bool) -> None:
-    """What the capture and materializer threads do with each capture of `session` (pausing as the
-    daemon's follower does: freezing what exists out of the garbage collector's reach)."""
-    materializer = Materializer(config, prices, pause=gc.freeze)
+    """What the capture and materializer threads do with each capture of `session` (freezing what
+    exists out of the garbage collector's reach as the daemon's follower does on a quiet wire:
+    after each capture; its pauses freeze only when they waited for the wire, which here is idle)."""
+    materializer = Materializer(config, prices)
     for capture in session:
         if cold:
-            materializer = Materializer(config, prices, pause=gc.freeze)
-        encode_member(capture)
-        for record in materializer.materialize(capture):
+            materializer = Materializer(config, prices)
+        encode_member(capture, time.time_ns())
+        for record in materializer.materialize(capture).records:
             encode(record)
+        gc.freeze()
 
 
 def longest_holds(work) -> dict[tuple[str, str], int]:

@@ -40,7 +40,7 @@ REPORTS = ("day", "model", "session", "project,branch", "day,bucket", "kind,agen
 
 
 def corpus_entries(tmp: Path) -> list[Entry]:
-    return [e for e in (ledger_entry(c, r) for _, _, c, r in materialized(tmp / "sessions")) if e]
+    return [ledger_entry(r.call) for _, _, c, r in materialized(tmp / "sessions") if r.call]
 
 
 def synthetic(entries: list[Entry], calls: int, days: int, now_ns: int) -> list[Entry]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from opik_cipx.home import default_home
+from opik_cipx.urls import strip_credentials
 
 PRICE_RATE_KEYS = ("input", "cache_write_5m", "cache_write_1h", "cache_read", "output")
 PRICE_NOTE_KEYS = ("source", "checked", "secondary", "note")  # documentation, shown by `opik-cipx prices`
@@ -134,8 +135,8 @@ def parse_sentry_dsn(text: str) -> SentryDsn:
         raise ValueError(f"{shape} (the last part of the path is the project number)")
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise ValueError("a Sentry DSN with plain http:// is only allowed to a loopback host; use https://")
-    netloc = parts.netloc.rpartition("@")[2]
-    return SentryDsn(f"{parts.scheme}://{netloc}{prefix}/api/{project}/envelope/", parts.username, parts.hostname)
+    origin = strip_credentials(f"{parts.scheme}://{parts.netloc}")  # the key goes in a header, not the URL
+    return SentryDsn(f"{origin}{prefix}/api/{project}/envelope/", parts.username, parts.hostname)
 
 
 def _sentry_dsn(raw: Any) -> str:
@@ -156,7 +157,8 @@ def _proxy_url(raw: Any) -> str:
 
 
 def parse_price_overrides(raw: Any) -> dict[str, dict[str, Any]]:
-    """`[prices."<model>"]` tables as {model: price row} (see `parse_price_row`).
+    """`[prices."<model>"]` tables as {model: price row} (see `parse_price_row`): the `prices`
+    setting, parsed once when the settings load; `pricing.load_price_table` takes it as it is.
 
     Raises ValueError naming the bad key, e.g. `prices.claude-foo-5.output: expected a number`.
     Whether a model needs every rate depends on the packaged table: pricing checks that.
@@ -164,12 +166,6 @@ def parse_price_overrides(raw: Any) -> dict[str, dict[str, Any]]:
     if not isinstance(raw, dict):
         raise ValueError("prices: expected a table of models")
     return {str(name): parse_price_row(f"prices.{name}", row) for name, row in raw.items()}
-
-
-def checked_price_overrides(raw: Any) -> dict[str, Any]:
-    """The `[prices]` table as written, once `parse_price_overrides` accepts it (config load time)."""
-    parse_price_overrides(raw)
-    return raw
 
 
 def parse_price_row(where: str, row: Any) -> dict[str, Any]:
@@ -348,7 +344,7 @@ OPTIONS: tuple[Option, ...] = (
            "finished exchanges held in memory until written to the capture log; beyond, dropped, counted"),
     Option("tee_queue_max_mb", None, _number(float, 0.01), 256.0,
            "body bytes held in memory until written to the capture log; beyond, dropped, counted"),
-    Option("prices", None, checked_price_overrides, {},
+    Option("prices", None, parse_price_overrides, {},
            "[prices.\"<model>\"] tables that add models to or override prices.json (rates, tiers, fast mode, dated changes)"),
     Option("captures.enabled", "CIPX_CAPTURES", parse_bool, True,
            "keep raw captures on disk for replay and the viewer (off: only until materialized)"),
@@ -543,25 +539,36 @@ def example_toml() -> str:
     return "\n".join(out) + "\n"
 
 
-def settings_fingerprint(settings: Settings) -> dict[str, str]:
-    """Per option key, a short digest of its resolved value: never the value itself.
+def settings_fingerprint(settings: Settings, key: str | None = None) -> dict[str, Any]:
+    """`{"settings_key": key, "settings": {option key: digest}}` for `state.json` (0600) only.
 
-    The daemon writes it to `state.json`; `sync` compares it with its own to tell the user which
-    settings of this environment the running daemon does not use. A digest (not the value) so
-    that an API key never lands in a file or a message.
+    Each digest is HMAC-SHA256 of the option's resolved value under `key` (16 hex digits), never
+    the value; `key` is new random bytes unless given, so the daemon draws one per start. Keyed,
+    so nobody without `state.json` can confirm a guessed API key against a digest; the admin
+    port, open to every local user, serves neither. `sync` recomputes the digests of its own
+    environment under the daemon's key to name the settings the running daemon does not use.
     """
     import hashlib
+    import hmac
+    import secrets
+
+    key = key or secrets.token_hex(32)
 
     def digest(value: Any) -> str:
         text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return hmac.new(key.encode(), text.encode(), hashlib.sha256).hexdigest()[:16]
 
-    return {opt.key: digest(settings.values[opt.attr]) for opt in OPTIONS}
+    return {"settings_key": key, "settings": {opt.key: digest(settings.values[opt.attr]) for opt in OPTIONS}}
 
 
-def differing_settings(settings: Settings, fingerprint: object) -> list[Option]:
-    """The options whose value in `settings` differs from a daemon's `fingerprint` (keys it knows)."""
-    if not isinstance(fingerprint, dict):
+def differing_settings(settings: Settings, state: object) -> list[Option]:
+    """The options whose value in `settings` differs from what a daemon's `state.json` (`state`)
+    says it uses; none when `state` lacks the digests or their key (an older daemon, or
+    `/admin/state`, which carries neither)."""
+    if not isinstance(state, dict):
         return []
-    ours = settings_fingerprint(settings)
-    return [opt for opt in OPTIONS if opt.key in fingerprint and fingerprint[opt.key] != ours[opt.key]]
+    theirs, key = state.get("settings"), state.get("settings_key")
+    if not isinstance(theirs, dict) or not isinstance(key, str) or not key:
+        return []
+    ours = settings_fingerprint(settings, key)["settings"]
+    return [opt for opt in OPTIONS if opt.key in theirs and theirs[opt.key] != ours[opt.key]]

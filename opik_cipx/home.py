@@ -6,19 +6,40 @@ failed write leaves no temp file behind. `StateFiles` keeps the daemon's own sma
 memory while the disk refuses them (full, read-only) and writes them once it takes them again.
 `home_problem` says in one line why a `$CIPX_HOME` cannot be used. One daemon per home: it holds
 an exclusive `flock` on `daemon.lock` for its lifetime.
+
+`LAYOUT` lists every path opik-cipx makes in the home and its type. One of the wrong type (a file
+where a directory belongs, or the reverse) is named in one line by `layout_problems` (commands)
+and moved aside whole by `set_aside_wrong_types` (a starting daemon, docs/LIFECYCLE.md), so the
+daemon gets a fresh one and nothing is deleted; `layout_notes` says what waits for the user.
 """
 
+import errno
 import fcntl
 import json
 import os
+import re
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from opik_cipx.clock import SYSTEM, Clock
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 LOCK_FILE = "daemon.lock"
+# Every path opik-cipx makes under $CIPX_HOME, relative to it, and whether it is a directory;
+# parents first. `daemon.lock` is not here: it is locked whatever it is, and moving it away
+# under a running daemon would let a second one in. `config.toml` is the user's.
+LAYOUT: tuple[tuple[str, bool], ...] = (
+    ("captures", True), ("spool", True), ("materializer", True), ("logs", True), ("sessions", True), ("bin", True),
+    ("ledger.db", False), ("ledger.db-wal", False), ("ledger.db-shm", False), ("state.json", False),
+    ("ports.json", False), ("viewer.token", False), ("viewer-open.html", False), ("sync.lock", False),
+    ("made-dirs.json", False), ("materializer/checkpoint.json", False), ("spool/cursor.json", False),
+    ("logs/cipx.log", False), ("logs/daemon.stderr", False),
+)
+_SET_ASIDE = re.compile(r"(.+)\.not-a-(directory|file)-(\d{8}T\d{6}Z)(?:-\d+)?")
 
 
 def default_home(env: dict[str, str]) -> Path:
@@ -244,3 +265,80 @@ class StateFiles:
     def section(self) -> dict[str, object]:
         with self._lock:
             return {"unsaved": sorted(self._name(p) for p in self._waiting), "last_error": self._error}
+
+
+def wrong_type(path: Path, directory: bool) -> str | None:
+    """How `path` fails to be a directory (`directory`) or a regular file, e.g. "is a file, not a
+    directory"; None when it is right, missing, or cannot be looked at (other checks say why)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "is a symbolic link to nothing" if directory and path.is_symlink() else None
+    except OSError:
+        return None
+    if directory:
+        if stat.S_ISDIR(mode):
+            return None
+        return "is a file, not a directory" if stat.S_ISREG(mode) else "is not a directory"
+    if stat.S_ISREG(mode):
+        return None
+    return "is a directory, not a file" if stat.S_ISDIR(mode) else "is not a regular file"
+
+
+def _wrong_types(home: Path) -> list[tuple[str, bool, str]]:
+    """(name, directory, why) of each `LAYOUT` path of the wrong type, parents first."""
+    out = []
+    for name, directory in LAYOUT:
+        why = wrong_type(home / name, directory)
+        if why and not any(name.startswith(f"{parent}/") for parent, _, _ in out):
+            out.append((name, directory, why))
+    return out
+
+
+def layout_problems(home: Path) -> list[str]:
+    """One line per path of the wrong type in `home`, naming it in full (for a command to print)."""
+    return [f"{home / name} {why}" for name, _, why in _wrong_types(home)]
+
+
+def set_aside_wrong_types(home: Path, clock: Clock = SYSTEM) -> list[str]:
+    """Move each path of the wrong type in `home` aside, whole, to `<name>.not-a-<directory|file>-<UTC
+    stamp>`, so whoever needs it makes a new one; one line per path (names relative to the home),
+    saying where it went or why it could not be moved. Run before a daemon starts."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(clock.time()))
+    lines = []
+    for name, directory, why in _wrong_types(home):
+        path = home / name
+        base = f"{path.name}.not-a-{'directory' if directory else 'file'}-{stamp}"
+        free = (path.with_name(n) for n in (base, *(f"{base}-{i}" for i in range(2, 100))))
+        target = next((candidate for candidate in free if not os.path.lexists(candidate)), None)
+        try:
+            if target is None:
+                raise OSError(errno.EEXIST, "too many set aside already")
+            os.rename(path, target)  # never onto an existing path: lexists said it is free
+        except OSError as exc:
+            lines.append(f"{name} {why}, and cannot be moved aside ({exc.strerror or type(exc).__name__}): "
+                         "move it away, then run `opik-cipx restart`")
+            continue
+        lines.append(f"{name} {why.replace('is ', 'was ', 1)}: moved to {target.relative_to(home)}; a new one is "
+                     "made in its place: look at it, then delete it")
+    return lines
+
+
+def layout_notes(home: Path) -> list[str]:
+    """What the user should look at in `home`'s layout, one line each with names relative to it
+    (fit for the admin port): paths of the wrong type now, and those set aside before."""
+    notes = [f"{name} {why}; a starting daemon moves it aside: run `opik-cipx restart`"
+             for name, _, why in _wrong_types(home)]
+    names = {name for name, _ in LAYOUT}
+    for folder in sorted({name.rpartition("/")[0] for name in names}):  # "" (the home itself) first
+        try:
+            entries = sorted(entry.name for entry in os.scandir(home / folder))
+        except OSError:
+            continue
+        prefix = f"{folder}/" if folder else ""
+        for entry in entries:
+            found = _SET_ASIDE.fullmatch(entry)
+            if found and prefix + found.group(1) in names:
+                notes.append(f"{prefix}{entry}: {prefix}{found.group(1)} was not a {found.group(2)} when a daemon "
+                             "started, so it was set aside; look at it, then delete it")
+    return notes

@@ -57,10 +57,28 @@ class Counters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values = dict.fromkeys(COUNTER_NAMES, 0)
+        self._refusals: dict[tuple[str, int], int] = {}
 
     def incr(self, name: str, amount: int = 1) -> None:
         with self._lock:
             self._values[name] += amount
+
+    def refused(self, listener: str, status: int) -> int:
+        """A request `listener` answered `status` itself instead of serving it: counted in
+        `requests_refused` and by listener and status (`refusals`); the total so far."""
+        with self._lock:
+            self._refusals[listener, status] = self._refusals.get((listener, status), 0) + 1
+            self._values["requests_refused"] += 1
+            return self._values["requests_refused"]
+
+    def refusals(self) -> dict[str, dict[str, int]]:
+        """`requests_refused` by listener, then by status (as a string: JSON keys)."""
+        with self._lock:
+            items = sorted(self._refusals.items())
+        out: dict[str, dict[str, int]] = {}
+        for (listener, status), count in items:
+            out.setdefault(listener, {})[str(status)] = count
+        return out
 
     def get(self, name: str) -> int:
         with self._lock:
@@ -90,7 +108,7 @@ def default_sections() -> dict[str, Any]:
         "unknown_models": {"calls": 0, "ids": []},
         "rate_limits": {"observed_at": None, "status": None, "representative_claim": None, "resets_at": None,
                         "windows": {}},
-        "home": {"degraded": False, "unsaved": [], "problems": []},
+        "home": {"degraded": False, "unsaved": [], "problems": [], "layout": []},
         "telemetry": {"enabled": False, "reason": None, "sent": 0, "dropped": 0, "suppressed": 0,
                       "last_error": None},
     }
@@ -113,4 +131,5 @@ def build_stats(
         sections.setdefault(name, {}).update(provide())
     doc.update(sections)
     doc["counters"] = counters.snapshot()
+    doc["refusals"] = counters.refusals()
     return doc

@@ -1,17 +1,21 @@
 """Shared test helpers: the daemon as a real subprocess, polling with deadlines, fixtures."""
 
+import http.client
+import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
-from opik_cipx.views.access import cookie_name
 from opik_cipx.wire.connections import Limits
 from tests.fake_anthropic import CA_BUNDLE, FakeAnthropic
 
@@ -20,16 +24,92 @@ FIXTURES = Path(__file__).parent / "fixtures" / "claude-code"
 LIMITS = Limits(header_timeout_s=30, body_timeout_s=120, idle_timeout_s=120, max_connections=256)  # the defaults
 
 
-def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.01, what: str = "condition"):
-    """Poll `predicate` until it returns something truthy; fail the test at the deadline."""
+# Hypothesis's per-example deadline (200 ms) and its too-slow health check are wall-clock bounds:
+# on a loaded machine, with workers in parallel, they fail tests that are right. A test that
+# states its own settings keeps them.
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
+
+# Compiled modules of the suite's subprocesses (hundreds of daemons, commands, installs), kept in one
+# cache outside the checkout: a user's interpreter compiles the package once, not at every start,
+# and neither should the suite's, even where the environment says PYTHONDONTWRITEBYTECODE.
+PYCACHE = Path(tempfile.gettempdir()) / f"opik-cipx-tests-pycache-{os.getuid()}"
+
+
+def pytest_configure(config) -> None:
+    """Before the workers start (they inherit it): subprocesses cache their compiled modules in PYCACHE."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ.setdefault("PYTHONPYCACHEPREFIX", str(PYCACHE))
+
+
+def _ephemeral_low(default: int = 32768) -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+# Ports a test may ask for by number: below the range the system assigns from (to a listener bound
+# to port 0, and to every outgoing connection), so nothing else on the machine takes one by chance.
+RESERVABLE = range(max(1024, _ephemeral_low() - 12_000), _ephemeral_low())
+_next_candidate = itertools.count(os.getpid() * 37)
+
+
+class ReservedPort:
+    """A loopback port held for one test, for a listener that must be on a known port (Claude Code's).
+
+    Held by a bound, non-listening socket with SO_REUSEADDR: a daemon (which binds with it too)
+    can listen on the port, while `ReservedPort` in any other process or test, which first binds
+    without it, cannot take the same port. So tests running in parallel, in one suite or in
+    several, never race for a port. `close()` when the test is over.
+    """
+
+    def __init__(self) -> None:
+        for _ in range(len(RESERVABLE)):
+            port = RESERVABLE[next(_next_candidate) % len(RESERVABLE)]
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind(("127.0.0.1", port))  # without SO_REUSEADDR: fails if any socket holds the port
+            except OSError:
+                sock.close()
+                continue
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # from now on a daemon may bind it too
+            self.port, self._sock = port, sock
+            return
+        raise RuntimeError(f"no free port in {RESERVABLE}")
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.fixture
+def reserved_port():
+    """A port number held for this test (`ReservedPort`)."""
+    held = ReservedPort()
+    yield held.port
+    held.close()
+
+
+POLL_FIRST_S, POLL_MAX_S = 0.005, 0.1
+
+
+def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy; fail the test at the deadline.
+
+    The interval starts at 5 ms and grows by half each time up to 100 ms: a condition that holds
+    soon is seen soon, and a long wait does not spend the CPU the suite's parallel tests need (a
+    predicate often asks a daemon's admin listener, which works to answer).
+    """
     deadline = time.monotonic() + timeout_s
+    interval = POLL_FIRST_S
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)
+        time.sleep(interval)
+        interval = min(interval * 1.5, POLL_MAX_S)
 
 
 def load_fixture(scenario: str, number: str) -> tuple[dict, dict]:
@@ -102,9 +182,17 @@ class DaemonProcess:
         return self.stats()["counters"][name]
 
     def viewer_cookie(self) -> dict[str, str]:
-        """The header a browser signed in to this daemon's viewer sends."""
+        """The header a browser signed in to this daemon's viewer sends: the cookie its sign-in set."""
         token = (self.home / "viewer.token").read_text().strip()
-        return {"Cookie": f"{cookie_name(self.state['ports']['viewer'])}={token}"}
+        conn = http.client.HTTPConnection("127.0.0.1", self.state["ports"]["viewer"], timeout=10)
+        try:
+            conn.request("GET", f"/?token={token}")
+            resp = conn.getresponse()
+            resp.read()
+        finally:
+            conn.close()
+        assert resp.status == 200, resp.status
+        return {"Cookie": resp.getheader("Set-Cookie").partition(";")[0]}
 
     def stop(self, timeout: float = 20) -> int:
         if self.proc.poll() is None:

@@ -2,8 +2,8 @@
 
 Every test gets its own HOME and `$CIPX_HOME` under tmp_path, the supervisor forced to
 `detached` (no systemd or launchd unit is ever installed for real), Claude Code's config dir
-inside that HOME, and a free port for the Claude Code listener so tests can run side by side.
-Daemons a test starts are killed in teardown.
+inside that HOME, and a port held for the Claude Code listener (`tests.conftest.ReservedPort`) so
+tests can run side by side. Daemons a test starts are killed, and the port let go, in teardown.
 """
 
 import json
@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from opik_cipx.control.daemon_control import is_our_process, pid_alive
-from opik_cipx.wire.loopback import free_port
-from tests.conftest import cli_env, wait_for
+from tests.conftest import ReservedPort, cli_env, wait_for
 from tests.fake_anthropic import CA_BUNDLE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,7 +34,8 @@ class Machine:
         self.home = root / ".opik-cipx"
         self.claude_dir = root / ".claude"
         self.settings_path = self.claude_dir / "settings.json"
-        self.port = free_port()
+        self._port = ReservedPort()
+        self.port = self._port.port
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "ports.json").write_text(json.dumps({"claude_code": self.port}))
         self.extra = {"CIPX_SUPERVISOR": "detached"}
@@ -101,6 +101,7 @@ class Machine:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        self._port.close()
 
 
 def wait_gone(pid: int, timeout_s: float = 15) -> None:

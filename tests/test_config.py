@@ -92,3 +92,22 @@ def test_telemetry_settings_from_the_file_and_the_off_switch(tmp_path):
     assert s.telemetry_sentry_dsn == "https://k@o1.ingest.sentry.io/2" and s.telemetry_sentry is True
     assert settings(tmp_path, CIPX_SENTRY="off").telemetry_sentry is False
     assert settings(tmp_path, "").telemetry_sentry_dsn == ""
+
+
+def test_the_settings_fingerprint_is_keyed_so_no_guess_can_be_confirmed_against_it(tmp_path):
+    import hashlib
+    import json
+
+    from opik_cipx.config import differing_settings, settings_fingerprint
+
+    daemon = settings(tmp_path, OPIK_CIPX_API_KEY="sk-guess-me")
+    state = settings_fingerprint(daemon)
+    assert set(state) == {"settings", "settings_key"} and len(state["settings_key"]) >= 64
+    for guess in ("sk-guess-me", json.dumps("sk-guess-me")):  # the digest the daemon used to publish
+        assert hashlib.sha256(guess.encode()).hexdigest()[:16] not in json.dumps(state)
+    assert settings_fingerprint(daemon)["settings"]["opik.api_key"] != state["settings"]["opik.api_key"]  # new key
+    assert differing_settings(settings(tmp_path, OPIK_CIPX_API_KEY="sk-guess-me"), state) == []
+    changed = settings(tmp_path, OPIK_CIPX_API_KEY="sk-another", CIPX_CAPTURE_CONTENT="false")
+    assert [opt.key for opt in differing_settings(changed, state)] == ["capture_content", "opik.api_key"]
+    assert differing_settings(changed, {"settings": state["settings"]}) == []  # without its key: cannot tell
+    assert differing_settings(changed, None) == []

@@ -117,3 +117,75 @@ def test_an_existing_lock_file_on_a_read_only_home_is_still_locked(tmp_path, mon
     with pytest.raises(HomeLocked):
         lock_home(tmp_path)
     lock.release()
+
+
+def test_the_layout_names_every_path_settings_and_commands_make(tmp_path):
+    from opik_cipx.config import load_settings
+    from opik_cipx.control.install import MADE_DIRS
+    from opik_cipx.views.access import OPEN_FILE, TOKEN_FILE
+
+    settings = load_settings({"CIPX_HOME": str(tmp_path), "CIPX_CONFIG": os.devnull})
+    made = [getattr(settings, name) for name in dir(type(settings))
+            if name.endswith(("_dir", "_path")) and name != "config_path"]
+    names = {str(path.relative_to(tmp_path)) for path in made}
+    names |= {"materializer", "ledger.db-wal", "ledger.db-shm", TOKEN_FILE, OPEN_FILE, MADE_DIRS, "sync.lock", "bin",
+              "logs/cipx.log", "logs/daemon.stderr", "spool/cursor.json"}
+    assert names == {name for name, _ in home.LAYOUT}
+    parents = [name for name, _ in home.LAYOUT]
+    assert all(parents.index(name.rpartition("/")[0]) < parents.index(name) for name in parents if "/" in name)
+
+
+def test_wrong_type_paths_are_set_aside_whole_and_noted_until_deleted(tmp_path):
+    from tests.fake_clock import FakeClock
+
+    root = tmp_path / "home"
+    root.mkdir()
+    for name, directory in home.LAYOUT:
+        if "/" in name:
+            continue
+        if directory:
+            (root / name).write_text(name)
+        else:
+            (root / name).mkdir()
+            (root / name / "inside").write_text(name)
+    (root / "spool.not-a-directory-20270115T080000Z").write_text("an earlier one")
+    (root / "notes.not-a-file-20270115T080000Z").write_text("not ours: not named")
+    assert len(home.layout_problems(root)) == len([name for name in home.LAYOUT if "/" not in name[0]])
+
+    notes = home.set_aside_wrong_types(root, FakeClock(1_800_000_000 * 10**9))  # 2027-01-15T08:00:00Z
+    assert len(notes) == len([name for name in home.LAYOUT if "/" not in name[0]])
+    assert "captures was a file, not a directory: moved to captures.not-a-directory-20270115T080000Z" in notes[0]
+    for name, directory in home.LAYOUT:
+        if "/" in name:
+            continue
+        kind = "directory" if directory else "file"
+        moved = root / f"{name}.not-a-{kind}-20270115T080000Z"
+        if name == "spool":
+            moved = root / "spool.not-a-directory-20270115T080000Z-2"  # an earlier one of that second is kept
+        assert (moved.read_text() if directory else (moved / "inside").read_text()) == name
+        assert not (root / name).exists()
+    assert home.layout_problems(root) == [] and home.set_aside_wrong_types(root) == []
+    layout = home.layout_notes(root)
+    assert "spool.not-a-directory-20270115T080000Z: spool was not a directory when a daemon started, so it was set " \
+           "aside; look at it, then delete it" in layout
+    assert not [line for line in layout if "notes" in line or str(root) in line]
+    for moved in root.glob("*.not-a-*"):
+        if moved.name.startswith("notes"):
+            continue
+        (moved.unlink() if moved.is_file() else __import__("shutil").rmtree(moved))
+    assert home.layout_notes(root) == []
+
+
+def test_a_nested_path_and_one_that_cannot_be_moved(tmp_path, monkeypatch):
+    root = tmp_path / "home"
+    (root / "spool" / "cursor.json").mkdir(parents=True)
+    assert home.layout_notes(root) == [
+        "spool/cursor.json is a directory, not a file; a starting daemon moves it aside: run `opik-cipx restart`"]
+
+    def refuse(src, dst):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(home.os, "rename", refuse)
+    assert home.set_aside_wrong_types(root) == [
+        "spool/cursor.json is a directory, not a file, and cannot be moved aside (Read-only file system): "
+        "move it away, then run `opik-cipx restart`"]

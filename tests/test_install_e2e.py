@@ -9,7 +9,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -70,7 +69,7 @@ def post(port: int) -> int:
     return resp.status
 
 
-def test_install_sync_status_request_and_a_fast_noop_sync(installed, upstream):
+def test_install_sync_status_request_and_a_noop_sync(installed, upstream):
     m = installed.m
     result = installed.install()
     assert result.returncode == 0, result.stderr
@@ -86,7 +85,7 @@ def test_install_sync_status_request_and_a_fast_noop_sync(installed, upstream):
     assert post(m.port) == 200
     assert upstream.seen and upstream.seen[-1].path == "/v1/messages"
     wait_for(lambda: m.stats()["counters"]["requests_captured"] == 1, what="requests_captured == 1")
-    assert "requests_captured" in installed("status").stdout
+    assert "requests_captured" in installed("status", "--verbose").stdout  # counters of work done: --verbose
 
     settings_bytes = m.settings_path.read_bytes()
     doc = json.loads(settings_bytes)
@@ -94,14 +93,10 @@ def test_install_sync_status_request_and_a_fast_noop_sync(installed, upstream):
     assert settings_bytes.decode() == json.dumps(doc, indent=2) + "\n"
 
     hook = SESSION_START.read_text()
-    timings = []
-    for _ in range(3):
-        started = time.monotonic()
+    for _ in range(3):  # how fast: bench/bench_sync.py
         again = installed("sync", input=hook)
-        timings.append(time.monotonic() - started)
         assert again.returncode == 0 and again.stdout == "" and again.stderr == ""
     assert m.state() == state and m.settings_path.read_bytes() == settings_bytes
-    assert sorted(timings)[1] < 1.0, timings  # the benchmark holds the real target (bench/bench_sync.py)
 
 
 def test_install_checks_python_version(installed, tmp_path):

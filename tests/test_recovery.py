@@ -115,7 +115,7 @@ def straight_run() -> list[dict]:
     materializer = Materializer(config, load_price_table())
     captured = {(s, n): c for s in SCENARIOS for n, c in exchanges(s)}
     return [r for scenario, numbers, _ in planned() for n in numbers
-            for r in materializer.materialize(captured[(scenario, n)])]
+            for r in materializer.materialize(captured[(scenario, n)]).records]
 
 
 def partition(spans: list[dict]) -> set[frozenset[str]]:
@@ -196,6 +196,8 @@ def test_a_call_that_arrives_during_shutdown_is_materialized_at_the_next_start(h
         wait_for(lambda: daemon.stats()["queue"]["inflight"] > 0, what="a post to Opik in flight")
         daemon.proc.send_signal(15)
         wait_for_listener_closed(daemon.port)
+        wait_for(lambda: "shutdown: cipx-materializer stopped" in (home / "logs" / "cipx.log").read_text(),
+                 what="the materializer stopped")  # the shipper's 5 s stop has begun
         conn.request("POST", "/v1/messages", body=body)  # the idle keep-alive connection brings one more
         assert conn.getresponse().read() == answer["body"].encode()
         assert daemon.proc.wait(30) == 0

@@ -115,7 +115,7 @@ def test_kill_9_is_answered_by_a_new_daemon_and_a_daemon_that_keeps_dying_is_giv
     wait_for(lambda: ledger_calls(m) == sent and len(spooled_llm_spans(m)) == sent, timeout_s=30,
              what="every answered call in the ledger and the spool")
     assert sent == 9
-    assert "detached supervisor (pid" in m.cli("status").stdout
+    assert "  supervisor   detached supervisor (pid" in m.cli("status", "--verbose").stdout
 
 
 def test_a_daemon_that_cannot_start_again_is_given_up_on_at_once_and_the_next_hook_run_repairs_it(

@@ -7,6 +7,9 @@ its `-wal` / `-shm` files) when there is one. `config.toml`, `logs/` and `sessio
 kept. Asks first, saying exactly what goes and what stays; `--yes` skips the question, and
 without it a stdin that is not a terminal is refused. A daemon that was running is started
 again on the empty state, so Claude Code is never left pointed at a proxy that is not there.
+A path of the wrong type in the home (`spool` a file, `ledger.db` a directory: `home.LAYOUT`)
+stops it before anything changes, with one line naming it; a starting daemon moves such paths
+aside.
 """
 
 import argparse
@@ -20,6 +23,7 @@ from opik_cipx.config import ConfigError, Settings
 from opik_cipx.control import lifecycle
 from opik_cipx.control.confirm import confirmed
 from opik_cipx.control.daemon_control import admin_port, fetch_stats, paths_only_settings, read_state, stop_daemon
+from opik_cipx.home import layout_problems
 from opik_cipx.store.spool import unshipped_records
 
 LEDGER_FILES = ("ledger.db", "ledger.db-wal", "ledger.db-shm")  # the local cost ledger, once there is one
@@ -61,6 +65,12 @@ def _ledger_files(settings: Settings) -> list[Path]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    problems = layout_problems(settings.home)
+    for problem in problems:
+        print(f"opik-cipx: {problem}; nothing was purged. `opik-cipx restart` moves it aside (or move it away "
+              "yourself), then run `opik-cipx purge` again", file=sys.stderr)
+    if problems:
+        return 1
     captures = f"{settings.captures_dir} ({size(_bytes_under(settings.captures_dir))} of raw captures: whole " \
                "prompts and responses)"
     lost = [f"{settings.spool_dir}: {_unshipped_now(settings)} record(s) (spans and traces) not yet shipped to Opik"]

@@ -20,11 +20,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from opik_cipx.config import Settings
-from opik_cipx.home import open_private
+from opik_cipx.home import open_private, wrong_type
 from opik_cipx.ledger.periods import parse_since
+
+if TYPE_CHECKING:
+    from opik_cipx.ledger.store import Ledger
+    from opik_cipx.materialize.materializer import Materializer
 
 LEDGER_BATCH = 500  # calls per ledger transaction
 
@@ -40,10 +44,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from opik_cipx.daemon import StartupError, build_materializer
-    from opik_cipx.ledger.entry import ledger_entry
     from opik_cipx.ledger.store import Ledger
-    from opik_cipx.store.captures import list_segments, read_log
+    from opik_cipx.store.captures import list_segments
 
+    why = wrong_type(settings.captures_dir, directory=True)
+    if why:
+        print(f"opik-cipx: {settings.captures_dir} {why}, so there is nothing to replay: move it away", file=sys.stderr)
+        return 1
     segments = list_segments(settings.captures_dir)
     if not segments:
         print(f"opik-cipx: no raw captures in {settings.captures_dir} (captures.enabled is "
@@ -62,39 +69,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"opik-cipx: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
         return 1
     ledger = Ledger(settings.ledger_path, settings.ledger_retention_days) if args.ledger else None
-    batch: list = []
     sizes = {path: size for path, size, _ in segments}
     progress = Progress(sys.stderr, total_bytes=sum(sizes.values()))
-    captures = records = failed = 0
-    current = None
     try:
-        for entry in read_log(settings.captures_dir):
-            if entry.path != current:
-                if current is not None:
-                    progress.advance(sizes.get(current, 0), captures)
-                current = entry.path
-            capture = entry.capture
-            if args.since and capture.started_at_ns < args.since:
-                continue
-            try:
-                derived = materializer.materialize(capture)
-                entry = ledger_entry(capture, derived) if ledger else None
-            except Exception:  # one bad capture must not end the replay
-                failed += 1
-                continue
-            if ledger is None:
-                for record in derived:
-                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    records += 1
-            elif entry is not None:
-                batch.append(entry)
-                records += 1
-                if len(batch) >= LEDGER_BATCH:
-                    ledger.write_entries(batch)
-                    batch = []
-            captures += 1
-        if current is not None:
-            progress.advance(sizes.get(current, 0), captures)
+        captures, written, failed = _replay(settings, materializer, args.since, out, ledger, sizes, progress)
     except BrokenPipeError:
         return 0  # e.g. piped into `head`
     except OSError as exc:
@@ -105,9 +83,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if out is not sys.stdout:
             out.close()
     if ledger:
-        ledger.write_entries(batch)
         ledger.close()
-        print(f"replayed {captures} capture(s) into {records} call(s) -> {settings.ledger_path}", file=sys.stderr)
+        print(f"replayed {captures} capture(s) into {written} call(s) -> {settings.ledger_path}", file=sys.stderr)
         lost = ledger.counters.get("ledger_calls_dropped") + ledger.pending
         if lost or ledger.counters.get("ledger_write_errors"):
             print(f"opik-cipx: {lost} call(s) could not be written to {settings.ledger_path}; "
@@ -115,13 +92,55 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                   file=sys.stderr)
             return 1
     else:
-        print(f"replayed {captures} capture(s) into {records} record(s)" + (f" -> {args.out}" if args.out else ""),
+        print(f"replayed {captures} capture(s) into {written} record(s)" + (f" -> {args.out}" if args.out else ""),
               file=sys.stderr)
     if failed:
         print(f"opik-cipx: {failed} capture(s) could not be materialized and were skipped "
               "(a materializer bug: please report it)", file=sys.stderr)
         return 1
     return 0
+
+
+def _replay(settings: Settings, materializer: "Materializer", since: int | None, out: TextIO,
+            ledger: "Ledger | None", sizes: dict, progress: "Progress") -> tuple[int, int, int]:
+    """Materialize the log from `since` on, writing each capture's records to `out`, or its call
+    to `ledger` (in batches); (captures, records or calls written, captures that failed)."""
+    from opik_cipx.ledger.entry import ledger_entry
+    from opik_cipx.store.captures import read_log
+
+    batch: list = []
+    captures = written = failed = 0
+    current = None
+    for logged in read_log(settings.captures_dir):
+        if logged.path != current:
+            if current is not None:
+                progress.advance(sizes.get(current, 0), captures)
+            current = logged.path
+        capture = logged.capture
+        if since and capture.started_at_ns < since:
+            continue
+        try:
+            result = materializer.materialize(capture)
+            entry = ledger_entry(result.call) if ledger and result.call else None
+        except Exception:  # one bad capture must not end the replay
+            failed += 1
+            continue
+        if ledger is None:
+            for record in result.records:
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                written += 1
+        elif entry is not None:
+            batch.append(entry)
+            written += 1
+            if len(batch) >= LEDGER_BATCH:
+                ledger.write_entries(batch)
+                batch = []
+        captures += 1
+    if current is not None:
+        progress.advance(sizes.get(current, 0), captures)
+    if ledger is not None:
+        ledger.write_entries(batch)
+    return captures, written, failed
 
 
 class Progress:

@@ -9,8 +9,8 @@ model context) except, when the user must know something, one JSON object whose
   calls go through opik-cipx from the next Claude Code session, the current one talks to
   Anthropic directly (Claude Code read its settings before the hook ran);
 - at SessionStart, the running daemon uses other settings than this environment asks for
-  (`state.json` holds a digest per option, `config.settings_fingerprint`): which ones, and how
-  to apply them;
+  (`state.json` holds a keyed digest per option, `config.settings_fingerprint`): which ones, and
+  how to apply them;
 - the session that runs the hook goes through opik-cipx (its `ANTHROPIC_BASE_URL`, which Claude
   Code passes to its hooks, is ours) while opik-cipx is down for good or switched off: that
   session cannot reach Anthropic, and a new one would.
@@ -182,7 +182,7 @@ def _goes_through_us(settings: Settings, env: dict[str, str]) -> bool:
 
 def _settings_drift(settings: Settings, env: dict[str, str], state: dict) -> str | None:
     """Which settings this environment asks for that the running daemon does not use, and the fix."""
-    differing = differing_settings(settings, state.get("settings"))
+    differing = differing_settings(settings, state)
     if not differing:
         return None
     names = ", ".join(f"{opt.key} ({opt.env})" if opt.env and opt.env in env else opt.key for opt in differing)

@@ -2,6 +2,10 @@
 
 The URL carries the viewer token from `$CIPX_HOME/viewer.token` (see views/access.py): opened
 once, it signs the browser in with a cookie and moves on to the URL without the token.
+
+`--open` never puts the token on a command line (any local user can read those, in
+`/proc/<pid>/cmdline` or `ps`): it writes `$CIPX_HOME/viewer-open.html` (0600, in the owner-only
+home), a page that forwards the browser to the URL, and opens that file, as Jupyter does.
 """
 
 import argparse
@@ -10,7 +14,8 @@ import webbrowser
 
 from opik_cipx.config import Settings
 from opik_cipx.control.daemon_control import is_healthy, listener_port, read_state
-from opik_cipx.views.access import read_token, token_path, viewer_url
+from opik_cipx.home import write_atomic
+from opik_cipx.views.access import OPEN_FILE, forwarding_page, read_token, token_path, viewer_url
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +39,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     url = viewer_url(port, token)
     print(url)
-    if args.open and not webbrowser.open(url):
-        print("opik-cipx: could not launch a browser here; open the URL above yourself.", file=sys.stderr)
+    if args.open:
+        _open(settings, url)
     return 0
+
+
+def _open(settings: Settings, url: str) -> None:
+    """Open `url` in the default browser through the forwarding page: the token stays off every argv."""
+    page = settings.home / OPEN_FILE
+    try:
+        write_atomic(page, forwarding_page(url))
+    except OSError as exc:
+        print(f"opik-cipx: cannot write {page} ({exc.strerror or type(exc).__name__}), so no browser was "
+              "started (its command line would show the token to other users); open the URL above yourself.",
+              file=sys.stderr)
+        return
+    if not webbrowser.open(page.as_uri()):
+        print("opik-cipx: could not launch a browser here; open the URL above yourself.", file=sys.stderr)

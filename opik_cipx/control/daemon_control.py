@@ -212,7 +212,8 @@ def start_detached(settings: Settings, argv: list[str], extra_env: dict[str, str
 
     Its stderr goes to `logs/supervisor.log` (appended to; emptied first past 1 MiB; /dev/null when
     the disk refuses it), stdout to /dev/null. It inherits this environment, and so does the daemon
-    it starts.
+    it starts. The caller holds `sync.lock`, taken once paths of the wrong type in the home (`logs`
+    a file, say) were moved aside (control/lifecycle.py).
     """
     env = dict(os.environ)
     for key, value in extra_env.items():
@@ -308,5 +309,5 @@ def _remove_state(settings: Settings, pid: int) -> None:
         return
     try:
         settings.state_path.unlink()
-    except FileNotFoundError:
-        pass
+    except OSError:
+        pass  # gone already, or not a file (a directory, say): the next daemon to start moves it aside

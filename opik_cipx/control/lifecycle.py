@@ -35,7 +35,7 @@ from opik_cipx.control.daemon_control import (
     wait_healthy,
 )
 from opik_cipx.control.supervisor import Supervisor, SupervisorError, detect_mode
-from opik_cipx.home import open_private, private_dir
+from opik_cipx.home import open_private, private_dir, set_aside_wrong_types
 
 START_TIMEOUT_S = 10.0  # how long a starting daemon gets to answer /admin/health
 SYNC_STOP_TIMEOUT_S = 10.0  # how long `sync` lets a daemon it replaces drain
@@ -64,10 +64,12 @@ def _stale_reason(state: dict[str, Any], exe: executable.Executable) -> str | No
 
 
 class _Lock:
-    """An exclusive `flock` on `$CIPX_HOME/sync.lock`, waited for with a deadline."""
+    """An exclusive `flock` on `$CIPX_HOME/sync.lock`, waited for with a deadline. Paths of the
+    wrong type in the home (this lock file a directory, `logs` a file) are moved aside first."""
 
     def __init__(self, settings: Settings, timeout_s: float = LOCK_TIMEOUT_S):
-        self.path = private_dir(settings.home) / "sync.lock"
+        set_aside_wrong_types(private_dir(settings.home))  # the daemon reports them (`status`)
+        self.path = settings.home / "sync.lock"
         self.timeout_s = timeout_s
 
     def __enter__(self) -> "_Lock":

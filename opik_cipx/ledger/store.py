@@ -8,11 +8,13 @@ write is an upsert keyed by capture id inside one transaction, so writing a capt
 
 The ledger must never stop materialization: `Ledger.write` never raises. A write that fails
 (another process holds the lock past the busy timeout, a full disk) keeps its entries in a
-bounded queue and retries after a pause (a one-shot timer thread, so the entries do not wait
-for the next call; the two threads take turns on a lock); a file that is not a database
-is moved aside (`ledger.db.corrupt-<UTC stamp>`) and a new one started. Each failure streak
-logs one line and counts `ledger_write_errors`; entries dropped from the full queue count
-`ledger_calls_dropped`. Rows older than the retention are deleted at most once an hour.
+bounded queue and retries them after a pause: at the next write, or earlier through
+`retry_due`, which the writer's thread runs when it is idle (the daemon's follower does, so the
+entries do not wait for the next call); a file that is not a database is moved aside
+(`ledger.db.corrupt-<UTC stamp>`) and a new one started. Each failure streak logs one line and
+counts `ledger_write_errors`; entries dropped from the full queue count `ledger_calls_dropped`.
+After `close` nothing opens the file again. Rows older than the retention are deleted at most
+once an hour.
 """
 
 import logging
@@ -29,8 +31,8 @@ from opik_cipx.ledger.db import connect
 from opik_cipx.ledger.entry import Entry, ledger_entry
 from opik_cipx.ledger.periods import local_day
 from opik_cipx.ledger.schema import RATE_LIMIT_COLUMNS, SchemaError, roll_up
+from opik_cipx.materialize.call import CallRecord
 from opik_cipx.stats import Counters
-from opik_cipx.wire.capture import Capture
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +60,20 @@ class Ledger:
         self._retry_at = 0.0
         self._failing: str | None = None  # the error of the current failure streak
         self._retention_at = 0.0
-        self._lock = threading.Lock()  # the writer thread and the retry timer take turns
-        self._timer: threading.Timer | None = None
-        self._closing = False
+        self._lock = threading.Lock()  # `close` may come from another thread than the writes
+        self._closed = False
 
-    def write(self, capture: Capture, records: list[dict]) -> None:
-        """Record one exchange (nothing for an exchange without a model call). Never raises."""
+    def write(self, call: CallRecord | None) -> None:
+        """Record one call (nothing for an exchange without a model call: None). Never raises."""
+        if call is None:
+            return
         try:
-            entry = ledger_entry(capture, records)
+            entry = ledger_entry(call)
         except Exception:
             self.counters.incr("ledger_write_errors")
-            log.exception("ledger: cannot derive the ledger rows of capture %s", capture.id)
+            log.exception("ledger: cannot derive the ledger rows of capture %s", call.exchange.capture_id)
             return
-        if entry is not None:
-            self.write_entries([entry])
+        self.write_entries([entry])
 
     def write_entries(self, entries: Iterable[Entry]) -> bool:
         """Upsert `entries` (after any still waiting) in one transaction; True once written."""
@@ -79,6 +81,12 @@ class Ledger:
             return self._write(entries)
 
     def _write(self, entries: Iterable[Entry]) -> bool:
+        if self._closed:
+            dropped = len(list(entries))
+            if dropped:
+                self.counters.incr("ledger_calls_dropped", dropped)
+                log.warning("ledger: %d call(s) came after it was closed; not written", dropped)
+            return False
         for entry in entries:
             if len(self._pending) >= MAX_PENDING:
                 self._pending.popleft()
@@ -108,15 +116,20 @@ class Ledger:
             self._retry_at = 0.0
             return self._write([])
 
-    def close(self) -> None:
-        """Write what is waiting (bounded by the busy timeout) and close the file."""
-        self._closing = True
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._pending and not self.flush():
-            log.warning("ledger: %d call(s) could not be written before shutdown; "
-                        "`opik-cipx replay --ledger` adds them from the stored captures", len(self._pending))
+    def retry_due(self) -> None:
+        """Write what is waiting if the pause after a failure is over (the writer's idle step)."""
         with self._lock:
+            if self._pending:
+                self._write([])
+
+    def close(self) -> None:
+        """Write what is waiting (bounded by the busy timeout) and close the file for good."""
+        with self._lock:
+            self._retry_at = 0.0
+            if self._pending and not self._write([]):
+                log.warning("ledger: %d call(s) could not be written before shutdown; "
+                            "`opik-cipx replay --ledger` adds them from the stored captures", len(self._pending))
+            self._closed = True
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -162,7 +175,6 @@ class Ledger:
     def _failed(self, exc: Exception) -> None:
         self.counters.incr("ledger_write_errors")
         self._retry_at = self.clock.monotonic() + RETRY_PAUSE_S
-        self._retry_later()
         reason = _describe(exc)
         if isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorname", None) in CORRUPT:
             moved = self._move_aside()
@@ -174,16 +186,6 @@ class Ledger:
             log.warning("ledger: cannot write %s (%s); calls wait in memory (at most %d) and are retried "
                         "every %.0fs", self.path, reason, MAX_PENDING, RETRY_PAUSE_S)
         self._failing = reason
-
-    def _retry_later(self) -> None:
-        """Flush once the pause is over, unless a retry is already waiting."""
-        timer = self._timer
-        if self._closing or (timer is not None and timer.is_alive() and timer is not threading.current_thread()):
-            return
-        self._timer = threading.Timer(RETRY_PAUSE_S, self.flush)
-        self._timer.name = "cipx-ledger-retry"
-        self._timer.daemon = True
-        self._timer.start()
 
     def _move_aside(self) -> str:
         if self._conn is not None:

@@ -31,6 +31,7 @@ import subprocess
 from dataclasses import dataclass
 
 from opik_cipx.clock import SYSTEM
+from opik_cipx.urls import strip_credentials
 
 GIT_TIMEOUT_S = 2.0
 OUTPUT_LIMIT = 1 << 20
@@ -107,15 +108,6 @@ def read_changes(cwd: str | None, start_sha: str | None, end_sha: str | None,
         lines_added=lines[1] if lines else None,
         lines_deleted=lines[2] if lines else None,
     )
-
-
-def strip_credentials(url: str) -> str:
-    """`https://user:token@host/x` -> `https://host/x`; scp-style `git@host:x` is kept."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    netloc, slash, path = rest.partition("/")
-    return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"
 
 
 def _remote(cwd: str, deadline: float) -> str | None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from opik_cipx.home import private_dir, write_json
 from opik_cipx.materialize.identity import read_identity
-from opik_cipx.materialize.repository import read_state, strip_credentials  # noqa: F401 - kept importable here
+from opik_cipx.materialize.repository import read_state
 
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 STDIN_LIMIT = 1 << 20

@@ -10,11 +10,11 @@ shipped anywhere; spans stay in the spool (bounded) and the stats say how to con
 
 import configparser
 import logging
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from opik_cipx.config import Settings, opik_url
+from opik_cipx.urls import strip_credentials
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,7 @@ class Destination:
     @property
     def display_url(self) -> str | None:
         """The base URL fit for logs and stats (any user:password@ removed)."""
-        if self.base_url is None:
-            return None
-        parts = urllib.parse.urlsplit(self.base_url)
-        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        return None if self.base_url is None else strip_credentials(self.base_url)
 
 
 def read_opik_config(path: Path) -> dict[str, str]:

@@ -1,16 +1,27 @@
 """Who may read the viewer: whoever can read `$CIPX_HOME/viewer.token` (0600), as with Jupyter.
 
 The viewer shows prompts and answers, so a loopback port is not enough: every other user of the
-machine can connect to it. `opik-cipx viewer` prints (and opens) a URL carrying the token once,
-`/?token=...`; that request sets an HttpOnly, SameSite=Strict cookie holding the token and sends
-the browser on to the same URL without it. Every later request must bring the cookie; anything
-else gets a 403 saying what to run. Tokens are compared in constant time.
+machine can connect to it. `opik-cipx viewer` prints a URL carrying the token, `/?token=...`
+(`--open` hands the browser a private local page that forwards it there: a command line is
+readable by every local user). That request sets an HttpOnly, SameSite=Strict cookie and sends
+the browser on to the same URL without the token. Every later request must bring the cookie;
+anything else gets a 403 saying what to run. Tokens and cookies are compared in constant time.
+
+The cookie is not the token: a browser sends the cookies of 127.0.0.1 to every port of it, so
+any local listener the browser visits receives it. Its value is an HMAC of the viewer's port
+keyed by the token (`cookie_value`): it admits a browser to this port only, and does not give
+the token away (nor, with it, a sign-in anywhere else). It is the same for every sign-in, so a
+restart signs nobody out; a new token (delete `viewer.token`, restart) signs everyone out. The
+sign-in link and the cookie are checked separately, so the link can change (become single-use)
+without touching signed-in browsers.
 
 The onward step is a page that navigates itself (meta refresh), not a 30x: a browser does not
 send a SameSite=Strict cookie on a redirect that a link on another site started (a token URL
 clicked in a chat app), while a navigation our own page starts is same-site.
 """
 
+import base64
+import hashlib
 import hmac
 import html
 import re
@@ -21,6 +32,8 @@ from email.message import Message
 from pathlib import Path
 
 TOKEN_FILE = "viewer.token"
+OPEN_FILE = "viewer-open.html"  # the page `viewer --open` hands the browser (holds the sign-in URL)
+_COOKIE_LABEL = b"opik-cipx viewer cookie 1\0"  # what the token signs: this, then the port
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{32,128}")
 DENIED = "opik-cipx viewer: this page needs the viewer token. Run `opik-cipx viewer` and open the URL it prints.\n"
 
@@ -45,6 +58,21 @@ def read_token(home: Path) -> str | None:
 def viewer_url(port: int, token: str) -> str:
     """The sign-in URL `opik-cipx viewer` prints."""
     return f"http://127.0.0.1:{port}/?token={token}"
+
+
+def cookie_value(token: str, port: int) -> str:
+    """What the cookie of a browser signed in to the viewer on `port` holds: HMAC-SHA256 of the
+    port under the token, URL-safe base64. One-way, so a captured cookie never yields the token."""
+    mac = hmac.new(token.encode("ascii"), _COOKIE_LABEL + str(port).encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+
+def forwarding_page(url: str) -> bytes:
+    """A local HTML page that sends the browser on to `url` at once (meta refresh, and a link)."""
+    target = html.escape(url, quote=True)
+    return (f"<!doctype html><meta charset=utf-8><meta name=referrer content=no-referrer>"
+            f"<meta http-equiv=refresh content=\"0; url={target}\"><title>opik-cipx viewer</title>"
+            f"<p>Opening the opik-cipx dashboard. <a href=\"{target}\">Continue</a></p>\n").encode()
 
 
 @dataclass
@@ -72,18 +100,23 @@ class ViewerAccess:
             if len(offered) == 1 and self._matches(offered[0]):
                 return self._sign_in(path, [(name, value) for name, value in params if name != "token"], port)
             return Answer(403, "text/plain; charset=utf-8", DENIED.encode())
-        if any(self._matches(value) for value in _cookie_values(headers, cookie_name(port))):
+        expected = self._cookie(port)
+        if any(hmac.compare_digest(value.encode("utf-8", "surrogateescape"), expected)
+               for value in _cookie_values(headers, cookie_name(port))):
             return None
         return Answer(403, "text/plain; charset=utf-8", DENIED.encode())
 
     def _matches(self, offered: str) -> bool:
         return hmac.compare_digest(offered.encode("utf-8", "surrogateescape"), self._token)
 
+    def _cookie(self, port: int) -> bytes:
+        return cookie_value(self._token.decode("ascii"), port).encode("ascii")
+
     def _sign_in(self, path: str, rest: list[tuple[str, str]], port: int) -> Answer:
         if not path.startswith("/") or path.startswith("//") or "\\" in path:
             path = "/"  # never an onward URL to another host
         clean = path + ("?" + urllib.parse.urlencode(rest) if rest else "")
-        cookie = f"{cookie_name(port)}={self._token.decode()}; Path=/; HttpOnly; SameSite=Strict"
+        cookie = f"{cookie_name(port)}={self._cookie(port).decode()}; Path=/; HttpOnly; SameSite=Strict"
         target = html.escape(clean, quote=True)
         body = (f"<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=\"0; url={target}\">"
                 f"<title>opik-cipx viewer</title><p>Signed in. <a href=\"{target}\">Continue</a></p>").encode()

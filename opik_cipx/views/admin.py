@@ -32,10 +32,4 @@ class AdminHandler(LoopbackHandler):
             self._send(404, {"error": f"unknown admin path {route}; try /admin/stats or /admin/health"})
 
     def _send(self, status: int, doc: dict[str, Any]) -> None:
-        body = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
-        self.send_response_only(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
+        self.send_whole(status, "application/json", json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")

@@ -1,7 +1,8 @@
 """The viewer listener: the dashboard's pages (views/dashboard.py) on the viewer port.
 
 Served by the daemon on 127.0.0.1 only, to a loopback Host header (`LoopbackHandler`), and only
-to a browser holding the viewer token (`access.py`). Pages are rendered from the ledger and the
+to a browser holding the viewer token (`access.py`); a request without it is refused 403 and
+counted in `requests_refused`, as every listener's refusals are. Pages are rendered from the ledger and the
 capture store; they carry no script, and the Content-Security-Policy forbids loading anything
 from anywhere.
 """
@@ -10,7 +11,10 @@ from typing import Iterable
 
 from opik_cipx.views.access import ViewerAccess
 from opik_cipx.views.dashboard import Dashboard
+from opik_cipx.wire.connections import count_refusal
 from opik_cipx.wire.loopback import LoopbackHandler
+
+CSP = ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
 
 
 class ViewerHandler(LoopbackHandler):
@@ -20,17 +24,12 @@ class ViewerHandler(LoopbackHandler):
     def do_GET(self) -> None:
         answer = self.access.check(self.path, self.headers, self.server.port)
         if answer is not None:
+            if answer.status >= 400:  # no token, or a wrong one: a refusal like any other listener's
+                count_refusal(self.server.counters, self.server.name, answer.status, "a request without the token",
+                              "no valid viewer token")
             self._send(answer.status, answer.content_type, answer.body, answer.headers)
             return
         self._send(*self.pages.route(self.path))
 
     def _send(self, status: int, content_type: str, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
-        self.send_response_only(status)
-        for name, value in headers:
-            self.send_header(name, value)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
-        self.end_headers()
-        self.wfile.write(body)
+        self.send_whole(status, content_type, body, [*headers, CSP])

@@ -37,8 +37,9 @@ import socketserver
 import threading
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import Callable
+from typing import Callable, Iterable
 
 from opik_cipx.stats import Counters
 
@@ -134,11 +135,31 @@ def worth_logging(count: int) -> bool:
     return count & (count - 1) == 0
 
 
-def error_response(status: int, reason: str, content_type: str, body: bytes) -> bytes:
-    """A complete response that closes the connection (for the loop, which has no handler)."""
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-            "Cache-Control: no-store\r\nConnection: close\r\n\r\n")
-    return head.encode("latin-1") + body
+def http_response(status: int, content_type: str, body: bytes, headers: Iterable[tuple[str, str]] = (),
+                  close: bool = False) -> bytes:
+    """One whole HTTP/1.1 response, framed: every answer a listener makes itself (errors, admin
+    documents, viewer pages) is built here, never a relayed upstream one.
+
+    `headers` first, then `Content-Type`, `Content-Length`, `Cache-Control: no-store`, and
+    `Connection: close` when `close`. Header values must be latin-1.
+    """
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Error"
+    lines = [f"HTTP/1.1 {status} {reason}", *(f"{name}: {value}" for name, value in headers),
+             f"Content-Type: {content_type}", f"Content-Length: {len(body)}", "Cache-Control: no-store"]
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def count_refusal(counters: Counters, listener: str, status: int, what: str, message: str) -> None:
+    """A request `listener` answers `status` itself instead of serving it: counted
+    (`Counters.refused`), logged at the 1st, 2nd, 4th... (`what`: the method and route, never a query)."""
+    refused = counters.refused(listener, status)
+    if worth_logging(refused):
+        log.warning("%s listener: refused %s with %d (%d refusals so far): %s", listener, what, status, refused, message)
 
 
 class _Pending:
@@ -461,6 +482,7 @@ class ConnectionServer(socketserver.TCPServer):
         self._dispatch(pending)
 
     def _refuse(self, pending: _Pending, status: int, message: str) -> None:
+        count_refusal(self.counters, self.name, status, "a request head", message)
         self._pending.pop(pending.sock.fileno(), None)
         self._selector.unregister(pending.sock)
         pending.buf = bytearray()
@@ -590,6 +612,7 @@ class ConnectionHandler(BaseHTTPRequestHandler):
             try:
                 head = read_head(self.rfile)
             except HeadError as exc:
+                count_refusal(self.server.counters, self.server.name, exc.status, "a request head", str(exc))
                 self.send_canned(exc.status, str(exc))
                 return
         self.conn.enter(None)
@@ -610,7 +633,7 @@ class ConnectionHandler(BaseHTTPRequestHandler):
             return
         method = getattr(self, f"do_{self.command}", None)
         if method is None:
-            self.send_error(501, f"Unsupported method ({self.command!r})")
+            self.refuse(501, f"opik-cipx: the {self.server.name} listener does not serve {self.command} requests")
             return
         method()
         self.wfile.flush()
@@ -620,11 +643,21 @@ class ConnectionHandler(BaseHTTPRequestHandler):
         return None
 
     def refuse(self, status: int, message: str) -> None:
-        """Answer `status` without reading the body, then close (lingering so the answer is read)."""
+        """Answer `status` without reading the body, then close (lingering so the answer is read).
+        Counted and logged as a refusal (`count_refusal`)."""
+        count_refusal(self.server.counters, self.server.name, status,
+                      f"{self.command} {self.path.split('?', 1)[0][:200]}", message)
         self.close_connection = True
         if "content-length" in self.headers or "transfer-encoding" in self.headers:
             self.conn.linger = True
         self.send_canned(status, message)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a malformed request line or header block, from `parse_request`):
+        the listener's error document, counted, instead of http.server's HTML page."""
+        text = f"opik-cipx: {message or HTTPStatus(code).phrase}"
+        count_refusal(self.server.counters, self.server.name, code, "a malformed request", HTTPStatus(code).phrase)
+        self.send_canned(code, text)
 
     def send_canned(self, status: int, message: str) -> None:
         self.close_connection = True
@@ -633,6 +666,10 @@ class ConnectionHandler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+    def send_whole(self, status: int, content_type: str, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
+        """Answer with one whole response of the handler's own (`http_response`), in one write."""
+        self.wfile.write(http_response(status, content_type, body, headers, close=self.close_connection))
+
     @classmethod
     def error_document(cls, status: int, message: str) -> tuple[str, bytes]:
         """(content type, body) of an error answer; subclasses speak their clients' language."""
@@ -640,8 +677,9 @@ class ConnectionHandler(BaseHTTPRequestHandler):
 
     @classmethod
     def canned_response(cls, status: int, message: str) -> bytes:
+        """The error answer that closes the connection (the loop sends it too: it has no handler)."""
         content_type, body = cls.error_document(status, message)
-        return error_response(status, cls.responses.get(status, ("Error",))[0], content_type, body)
+        return http_response(status, content_type, body, close=True)
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s: " + format, self.server.name, *args)

@@ -8,7 +8,7 @@ wire are referenced by a `Capture` that goes to the tee once the exchange is ove
 Only Claude Code and other local programs are served, never a web page: a request with an
 `Origin` header, a browser's `Sec-Fetch-Site` / `Sec-Fetch-Mode`, a Host that is not loopback or
 a target that is not a path is refused 403 (`browser_or_stranger`), not forwarded, not captured
-and counted in `requests_refused`. Claude Code sends none of these (tests/security prove it on
+and counted in `requests_refused` (as every listener's refusals are: `connections.count_refusal`). Claude Code sends none of these (tests/security prove it on
 the recorded corpus). While an exchange waits on the upstream, the connection loop watches the
 client socket: a client that leaves closes the upstream request within a fraction of a second
 (`_Departure`).
@@ -28,7 +28,6 @@ from typing import Callable, Iterator
 from opik_cipx.ids import new_uuid7
 from opik_cipx.stats import Counters
 from opik_cipx.wire.capture import Capture, redact_headers
-from opik_cipx.wire.connections import worth_logging
 from opik_cipx.wire.endpoints import is_known
 from opik_cipx.wire.loopback import LoopbackHandler, loopback_host
 from opik_cipx.wire.upstream import UpstreamPool
@@ -206,15 +205,6 @@ class GatewayHandler(LoopbackHandler):
             return self.not_loopback()
         return (403, f"opik-cipx: {reason}; only Claude Code and local programs may use this proxy") if reason else None
 
-    def refuse(self, status: int, message: str) -> None:
-        counters = self.gateway.counters
-        counters.incr("requests_refused")
-        refused = counters.get("requests_refused")
-        if worth_logging(refused):
-            log.warning("gateway: refused %s %s (%d so far): %s", self.command, self.path.split("?", 1)[0][:200],
-                        refused, message)
-        super().refuse(status, message)
-
     @classmethod
     def error_document(cls, status: int, message: str) -> tuple[str, bytes]:
         return "application/json", error_body(message, ERROR_TYPES.get(status, "api_error"))
@@ -248,9 +238,7 @@ class GatewayHandler(LoopbackHandler):
         try:
             body = self._read_body()
         except BadRequest as exc:
-            self.close_connection = True  # the rest of the request is unread: the connection ends here
-            self.conn.linger = True
-            self._reply_error(exc.status, f"opik-cipx: {exc}", "invalid_request_error")
+            self.refuse(exc.status, f"opik-cipx: {exc}")  # the rest of the request is unread: the connection ends here
             return
         except OSError:
             self.close_connection = True  # client went away mid-request (or stalled past its deadline)
@@ -458,17 +446,11 @@ class GatewayHandler(LoopbackHandler):
                 log.info("gateway: client disconnected mid-response; upstream connection closed")
                 return False
 
-    def _reply_error(self, status: int, message: str, error_type: str = "api_error") -> None:
-        body = error_body(message, error_type)
+    def _reply_error(self, status: int, message: str) -> None:
+        """The gateway's own answer when the upstream cannot give one (502), in Anthropic's error shape."""
         try:
-            self.send_response_only(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
             self._headers_sent = True
-            self.wfile.write(body)
+            self.send_whole(status, "application/json", error_body(message))
         except OSError:
             self.close_connection = True
 

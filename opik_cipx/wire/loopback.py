@@ -27,6 +27,10 @@ class ListenError(Exception):
     """A listener could not start; the message is one line fit for the user."""
 
 
+class PortTaken(ListenError):
+    """The port asked for is held by another socket."""
+
+
 class LoopbackServer(ConnectionServer):
     """`listener`: a socket already listening on `host` (handed over by the detached supervisor,
     control/detached.py) to serve instead of binding `port`."""
@@ -44,7 +48,7 @@ class LoopbackServer(ConnectionServer):
             super().__init__((host, port), handler, limits, counters)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise ListenError(
+                raise PortTaken(
                     f"port {port} on {host} ({name}) is already in use by another process; "
                     "stop it, or run `opik-cipx status` to see whether opik-cipx is already running"
                 ) from None
@@ -98,19 +102,3 @@ class LoopbackHandler(ConnectionHandler):
         return 403, (f"opik-cipx: the {self.server.name} listener answers only requests addressed to "
                      "localhost or 127.0.0.1 (one Host header, host[:port])")
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK_HOST, 0))
-        return sock.getsockname()[1]
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((LOOPBACK_HOST, port))
-        except OSError:
-            return False
-        return True

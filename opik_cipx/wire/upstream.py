@@ -80,7 +80,6 @@ class UpstreamPool:
         self.read_timeout_s = read_timeout_s
         self._idle: list[tuple[http.client.HTTPConnection, float]] = []
         self._lock = threading.Lock()
-        self.connections_opened = 0
 
     def acquire(self) -> tuple[http.client.HTTPConnection, bool]:
         """A connected connection and whether it was reused from the pool."""
@@ -109,8 +108,6 @@ class UpstreamPool:
         conn.connect()
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.sock.settimeout(self.read_timeout_s)
-        with self._lock:
-            self.connections_opened += 1
         return conn
 
     def release(self, conn: http.client.HTTPConnection) -> None:
@@ -132,11 +129,6 @@ class UpstreamPool:
             idle, self._idle = self._idle, []
         for conn, _ in idle:
             conn.close()
-
-    @property
-    def idle_count(self) -> int:
-        with self._lock:
-            return len(self._idle)
 
 
 def _still_open(conn: http.client.HTTPConnection) -> bool:

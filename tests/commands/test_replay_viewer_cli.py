@@ -1,9 +1,10 @@
 """`opik-cipx replay` and `opik-cipx viewer` as real subprocesses against a real daemon's state."""
 
 import json
+import time
 
 from opik_cipx.store.captures import CaptureStore
-from tests.claude_code_corpus import exchanges
+from tests.claude_code_corpus import exchange, exchanges
 from tests.conftest import run_cli
 from tests.opik_schema import problems
 
@@ -40,7 +41,11 @@ def test_replay_since_filters_and_bad_input_is_a_clear_error(home):
     # simple/001 was recorded at 2026-11-24T01:53:20Z
     assert run_cli(home, "replay", "--since", "2026-11-24T01:53Z").stdout.count("\n") == 2  # trace + llm span
     assert run_cli(home, "replay", "--since", "2026-11-24T01:54:00Z").stdout == ""
-    assert run_cli(home, "replay", "--since", "30d").stdout.count("\n") == 2
+    # A relative window counts back from the moment it is read; the capture's date is fixed, so
+    # the window is sized from both: the test holds on any date, a shifted wall clock included.
+    minutes = (time.time_ns() - exchange("simple", "001").started_at_ns) // (60 * 10**9)
+    assert run_cli(home, "replay", "--since", f"{minutes + 2}m").stdout.count("\n") == 2
+    assert run_cli(home, "replay", "--since", f"{minutes - 2}m").stdout == ""
     bad = run_cli(home, "replay", "--since", "yesterday-ish")
     assert bad.returncode == 2 and "cannot read --since" in bad.stderr and "Traceback" not in bad.stderr
     empty = run_cli(home.parent / "elsewhere", "replay")
@@ -64,6 +69,9 @@ def test_replay_ledger_rebuilds_the_ledger_and_never_counts_a_call_twice(home):
     import sqlite3
 
     calls = store_scenario(home, "subagent") + store_scenario(home, "error")
+    # The ledger keeps `retention_days` back from the clock of the moment, and these captures'
+    # dates are fixed: keep them whatever today's date is.
+    (home / "config.toml").write_text("[ledger]\nretention_days = 100000\n")
     printed = run_cli(home, "replay")
     costs = [json.loads(line)["body"].get("total_estimated_cost") or 0.0 for line in printed.stdout.splitlines()]
     for _ in range(2):

@@ -1,16 +1,19 @@
 """`opik-cipx sync`: session files from hook stdin, bring-up, idempotence, fail-open, teardown."""
 
+import hashlib
 import json
 import os
 import socket
 import subprocess
 import sys
-import time
+import threading
 
 import pytest
 
 from opik_cipx.commands.sync import NEXT_SESSION, NEXT_SESSION_HOOK
-from opik_cipx.materialize.sessions import git_info, read_hook_stdin, record_session, strip_credentials
+from opik_cipx.control.daemon_control import admin_get
+from opik_cipx.materialize.sessions import git_info, read_hook_stdin, record_session
+from opik_cipx.urls import strip_credentials
 from tests.conftest import FIXTURES
 from tests.lifecycle_helpers import SESSION_START, machine, wait_gone  # noqa: F401 - fixture
 
@@ -103,9 +106,11 @@ def test_hook_stdin_reading_is_bounded():
     assert read_hook_stdin(r) == b'{"session_id": "x"}'
     os.close(r)
     r, w = os.pipe()  # a pipe nobody writes to or closes
-    started = time.monotonic()
-    assert read_hook_stdin(r, timeout_s=0.2) is None
-    assert time.monotonic() - started < 2
+    result = []
+    reader = threading.Thread(target=lambda: result.append(read_hook_stdin(r, timeout_s=0.2)), daemon=True)
+    reader.start()
+    reader.join(30)  # a deadline for a read that never gives up, not a speed target
+    assert result == [None]
     os.close(r)
     os.close(w)
     with open(os.devnull, "rb") as null:
@@ -166,6 +171,7 @@ def test_daemon_that_cannot_start_fails_open(machine):
     machine.settings_path.parent.mkdir(parents=True)
     machine.settings_path.write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": url, "KEEP": "me"}}))
     with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port is held for this test (ReservedPort)
         squatter.bind(("127.0.0.1", machine.port))
         squatter.listen()
         hook = machine.cli("sync", input=SESSION_START.read_text())
@@ -244,13 +250,20 @@ def test_garbage_hook_input_still_exits_zero(machine):
 
 
 def test_settings_this_environment_asks_for_that_the_daemon_does_not_use_are_named(machine):
-    assert machine.cli("sync").returncode == 0
+    opik = {"OPIK_CIPX_BASE_URL": "http://127.0.0.1:9/api", "OPIK_CIPX_API_KEY": "sk-daemon"}  # nothing listens there
+    assert machine.cli("sync", **opik).returncode == 0
     state = machine.state()
-    assert set(state["settings"]) >= {"capture_content", "opik.api_key"}
-    assert "sk-secret" not in json.dumps(state)
+    assert set(state["settings"]) >= {"capture_content", "opik.api_key"} and state["settings_key"]
+    assert "sk-daemon" not in json.dumps(state)
+    served = b"".join(admin_get(state["ports"]["admin"], path)[1]
+                      for path in ("/admin/state", "/admin/stats", "/admin/health"))  # open to every local user
+    assert b'"settings' not in served and state["settings_key"].encode() not in served
+    assert not [digest for digest in state["settings"].values() if digest.encode() in served]
+    assert hashlib.sha256(b'"sk-daemon"').hexdigest()[:16].encode() not in served  # what it served before
     config = machine.home / "config.toml"
     hook = SESSION_START.read_text()
-    drifted = machine.cli("sync", input=hook, CIPX_CAPTURE_CONTENT="false", OPIK_CIPX_API_KEY="sk-secret")
+    drifted = machine.cli("sync", input=hook, CIPX_CAPTURE_CONTENT="false",
+                          **{**opik, "OPIK_CIPX_API_KEY": "sk-secret"})
     assert drifted.returncode == 0 and "sk-secret" not in drifted.stdout + drifted.stderr
     assert json.loads(drifted.stdout) == {"systemMessage": (
         "opik-cipx: the running daemon does not use these settings of this environment: capture_content "
@@ -258,11 +271,11 @@ def test_settings_this_environment_asks_for_that_the_daemon_does_not_use_are_nam
         f"{config} (a daemon run by systemd or launchd never sees your shell's environment), then run "
         "`opik-cipx restart`.")}
     prompt = machine.cli("sync", input=json.dumps({"session_id": "s-2", "hook_event_name": "UserPromptSubmit"}),
-                         CIPX_CAPTURE_CONTENT="false")
+                         CIPX_CAPTURE_CONTENT="false", **opik)
     assert prompt.stdout == "" and "capture_content (CIPX_CAPTURE_CONTENT)" in prompt.stderr  # not on every prompt
 
     config.write_text("[logs]\nbackups = 5\n")  # the file changed since the daemon started
-    by_hand = machine.cli("sync")
+    by_hand = machine.cli("sync", **opik)
     assert by_hand.returncode == 0
     assert ("opik-cipx: the running daemon does not use these settings of this environment: logs.backups. "
             f"To apply them, put them in {config}") in by_hand.stdout

@@ -11,14 +11,19 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 import build_zipapp
-from opik_cipx.config import ConfigError, load_settings
-from opik_cipx.materialize.pricing import RATE_KEYS, load_price_table, normalize_model
+from opik_cipx.config import ConfigError, load_settings, parse_price_overrides
+from opik_cipx.materialize.pricing import RATE_KEYS, PriceTable, load_price_table, normalize_model
 from opik_cipx.materialize.pricing import price_call as _price_call
 from opik_cipx.materialize.response import summarize_response
 from opik_cipx.wire.capture import Capture
 from tests.conftest import FIXTURES, REPO
 
 TABLE = load_price_table()
+
+
+def table_with(overrides: dict) -> PriceTable:
+    """The table with `[prices]` overrides as config.toml would carry them (parsed as the settings load)."""
+    return load_price_table(parse_price_overrides(overrides))
 
 
 def at(iso: str) -> int:
@@ -434,7 +439,7 @@ def test_a_call_without_iterations_keeps_its_own_rule_for_a_missing_split():
 # -- overrides from config.toml -----------------------------------------------------------------
 
 def test_override_adds_a_model_and_overrides_one_rate():
-    table = load_price_table({
+    table = table_with({
         "claude-foo-5": {"input": 2, "output": 10, "cache_write_5m": 2.5, "cache_write_1h": 4, "cache_read": 0.2},
         "claude-opus-5-5[1m]": {"output": 30},
     })
@@ -448,7 +453,7 @@ def test_override_adds_a_model_and_overrides_one_rate():
 
 
 def test_an_override_with_a_tier_and_a_fast_multiplier_is_applied():
-    table = load_price_table({"claude-opus-6": {
+    table = table_with({"claude-opus-6": {
         "input": 6, "cache_write_5m": 7.5, "cache_write_1h": 12, "cache_read": 0.3, "output": 30, "fast_multiplier": 3,
         "tiers": [{"above_prompt_tokens": 400000, "input": 12, "cache_write_5m": 15, "cache_write_1h": 24,
                    "cache_read": 0.6, "output": 60}]}})
@@ -463,7 +468,7 @@ def test_an_override_with_a_tier_and_a_fast_multiplier_is_applied():
 
 
 def test_an_override_with_a_dated_change_and_no_fast_mode():
-    table = load_price_table({"claude-opus-5-5": {
+    table = table_with({"claude-opus-5-5": {
         "fast_multiplier": False, "changes": [{"effective_from": "2027-01-01", "input": 3}]}})
     before = price_call("claude-opus-5-5", usage(1000, speed="fast"), table, at_ns=at("2026-12-31T23:59:59"))
     after = price_call("claude-opus-5-5", usage(1000, speed="fast"), table, at_ns=at("2027-01-01"))
@@ -473,7 +478,7 @@ def test_an_override_with_a_dated_change_and_no_fast_mode():
 
 
 def test_an_override_of_a_rate_wins_over_a_packaged_dated_change():
-    table = load_price_table({"claude-sonnet-5-5": {"cache_read": 0.15}})
+    table = table_with({"claude-sonnet-5-5": {"cache_read": 0.15}})
     for when in ("2026-10-01", "2026-11-01"):
         assert price_call("claude-sonnet-5-5", usage(read=1_000_000), table, at_ns=at(when)).total_usd == \
             pytest.approx(0.15)
@@ -509,14 +514,14 @@ def test_an_override_of_a_rate_wins_over_a_packaged_dated_change():
 ])
 def test_bad_overrides_name_the_key(overrides, message):
     with pytest.raises(ValueError) as err:
-        load_price_table(overrides)
+        table_with(overrides)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_missing_rates_are_listed():
     with pytest.raises(ValueError, match="missing cache_write_5m, cache_write_1h, cache_read"):
-        load_price_table({"claude-foo-5": {"input": 1, "output": 2}})
+        table_with({"claude-foo-5": {"input": 1, "output": 2}})
 
 
 def settings(tmp_path, toml: str):
@@ -530,7 +535,7 @@ def test_config_carries_price_overrides_without_unknown_key_warnings(tmp_path):
     s = settings(tmp_path, '[prices."claude-foo-5"]\ninput = 2\noutput = 10\ncache_write_5m = 2.5\n'
                            'cache_write_1h = 4\ncache_read = 0.2\n[prices.claude-opus-4-8]\noutput = 30\n')
     assert s.warnings == ()
-    assert s.prices["claude-opus-4-8"] == {"output": 30}
+    assert s.prices["claude-opus-4-8"] == {"rates": {"output": 30.0}}  # parsed once, here
     assert load_price_table(s.prices).models["claude-foo-5"].at(NOW).rates["cache_read"] == 0.2
     assert settings(tmp_path, "").prices == {}
 
@@ -664,7 +669,7 @@ def test_a_shared_out_split_adds_up_to_the_iterations_writes(top, written):
                        st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)))
 def test_a_malformed_override_is_one_line_naming_its_key(key, value):
     try:
-        load_price_table({"claude-opus-5": {key: value}})
+        table_with({"claude-opus-5": {key: value}})
     except ValueError as err:
         message = str(err)
         assert message.startswith(f"prices.claude-opus-5.{key}") and "\n" not in message

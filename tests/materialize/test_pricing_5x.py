@@ -51,7 +51,7 @@ def spans(tmp_path) -> dict[str, dict]:
     out = {}
     for scenario in SCENARIOS:
         for number, capture in exchanges(scenario, FIXTURES_5X):
-            out[f"{scenario}/{number}"] = llm(materializer.materialize(capture))
+            out[f"{scenario}/{number}"] = llm(materializer.materialize(capture).records)
     assert materializer.unknown_models.section() == {"calls": 0, "ids": []}
     return out
 

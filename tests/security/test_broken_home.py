@@ -3,8 +3,14 @@
 `CIPX_HOME` pointing at a file, at a read-only file system, at a directory this user cannot read.
 `uninstall` finds out before it touches anything: the user's settings keep pointing at the
 daemon, which keeps running.
+
+Issue 22, item 6: a path inside the home of the wrong type (`captures` a file, `ledger.db` a
+directory, ...). Commands name it in one line (`purge` changes nothing); a starting daemon moves
+it aside, says so in `status`, and serves every call.
 """
 
+import http.client
+import json
 import os
 import subprocess
 import tempfile
@@ -12,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, cli_env, run_cli
-from tests.lifecycle_helpers import SESSION_START, machine  # noqa: F401 - fixture
+from tests.conftest import REPO, DaemonProcess, cli_env, run_cli, wait_for
+from tests.lifecycle_helpers import SESSION_START, machine, machine_with_upstream  # noqa: F401 - fixture
 
 COMMANDS = [["status"], ["logs", "--no-follow"], ["viewer"], ["replay"], ["restart"], ["purge", "--yes"],
             ["uninstall", "--yes"], ["proxy", "--port", "0"], ["sync"]]
@@ -92,3 +98,91 @@ def test_cipx_home_this_user_cannot_read(other_user):
     finally:
         subprocess.run(["rm", "-rf", str(parent)], check=True)
         assert REPO.exists()
+
+
+# name -> what it should be (True: a directory); each is made the other type
+WRONG_TYPE = {"captures": True, "spool": True, "ledger.db": False, "logs": True, "sessions": True, "materializer": True}
+
+
+def make_wrong_type(home: Path, name: str) -> str:
+    """Make `home/name` the wrong type, holding something; the words commands use for it."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / name
+    if WRONG_TYPE[name]:
+        path.write_text(f"not the {name} directory\n")
+        return "is a file, not a directory"
+    path.mkdir()
+    (path / "kept").write_text(f"inside the {name} directory\n")
+    return "is a directory, not a file"
+
+
+def still_there(home: Path, name: str, path: Path | None = None) -> bool:
+    path = path or home / name
+    if WRONG_TYPE[name]:
+        return path.read_text() == f"not the {name} directory\n"
+    return (path / "kept").read_text() == f"inside the {name} directory\n"
+
+
+@pytest.mark.parametrize("name", WRONG_TYPE)
+def test_commands_name_a_path_of_the_wrong_type_in_one_line(machine, name):
+    home = machine.home
+    words = make_wrong_type(home, name)
+    status = machine.cli("status")
+    assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+    assert f"  ! {name} {words}; a starting daemon moves it aside: run `opik-cipx restart`" in status.stdout
+
+    report = machine.cli("report")
+    assert "Traceback" not in report.stderr and len(report.stderr.strip().splitlines()) <= 1, report.stderr
+    if name == "ledger.db":
+        assert report.returncode == 1 and f"cannot read {home / name}" in report.stderr
+    if name == "captures":
+        replay = machine.cli("replay")
+        assert replay.returncode == 1 and replay.stderr.splitlines() == [
+            f"opik-cipx: {home / name} {words}, so there is nothing to replay: move it away"]
+
+    purge = machine.cli("purge", "--yes")
+    assert purge.returncode == 1 and purge.stdout == ""
+    assert purge.stderr.splitlines() == [
+        f"opik-cipx: {home / name} {words}; nothing was purged. `opik-cipx restart` moves it aside (or move it "
+        "away yourself), then run `opik-cipx purge` again"]
+    assert still_there(home, name)  # nothing changed
+    assert machine.state() is None
+
+
+def test_a_starting_daemon_sets_wrong_type_paths_aside_and_serves_every_call(home, upstream):
+    for name in WRONG_TYPE:
+        make_wrong_type(home, name)
+    daemon = DaemonProcess(home, upstream.url)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+        conn.request("POST", "/v1/messages", body=b'{"model":"claude-opus-4-8","max_tokens":5,"messages":[]}',
+                     headers={"Content-Type": "application/json"})
+        assert conn.getresponse().status == 200  # the wire is up
+        wait_for(lambda: daemon.counter("events_materialized") == 1, what="the call materialized")
+        layout = daemon.stats()["home"]["layout"]
+        for name, directory in WRONG_TYPE.items():
+            assert not (home / name).exists() or (home / name).is_dir() == directory, name  # sessions: sync's
+            moved = sorted(home.glob(f"{name}.not-a-{'directory' if directory else 'file'}-*"))
+            assert len(moved) == 1 and still_there(home, name, moved[0]), name
+            assert (f"{moved[0].name}: {name} was not a {'directory' if directory else 'file'} when a daemon "
+                    "started, so it was set aside; look at it, then delete it") in layout
+        assert not [line for line in layout if str(home) in line]  # the admin port names no absolute path
+        assert any((home / "captures").glob("*.jsonl.gz")) and (home / "logs" / "cipx.log").is_file()
+        status = run_cli(home, "status")
+        assert status.returncode == 0 and all(f"  ! {line}" in status.stdout for line in layout)
+        report = run_cli(home, "report", "--json")
+        assert report.returncode == 0 and json.loads(report.stdout)["total"]["calls"] == 1
+    finally:
+        assert daemon.stop() == 0
+    assert "Traceback" not in daemon.stderr()
+
+
+def test_sync_starts_the_daemon_when_logs_is_a_file_and_sync_lock_a_directory(machine_with_upstream):
+    home = machine_with_upstream.home
+    make_wrong_type(home, "logs")
+    (home / "sync.lock").mkdir()
+    result = machine_with_upstream.cli("sync")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert (home / "logs" / "daemon.stderr").is_file() and (home / "sync.lock").is_file()
+    layout = machine_with_upstream.stats()["home"]["layout"]
+    assert [line.partition(".not-a-")[0] for line in layout] == ["logs", "sync.lock"]

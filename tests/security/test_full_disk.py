@@ -20,7 +20,6 @@ import pytest
 from opik_cipx import home as home_module
 from opik_cipx.config import load_settings
 from opik_cipx.daemon import Daemon
-from opik_cipx.wire.loopback import free_port
 from tests.conftest import REPO, DaemonProcess, cli_env, run_cli, wait_for
 from tests.fake_anthropic import CA_BUNDLE
 
@@ -99,11 +98,11 @@ def test_the_daemon_starts_serves_and_reports_on_a_disk_that_refuses_writes(tmpf
     assert b"Traceback" not in stderr and b"Logging error" not in stderr
 
 
-def test_a_fresh_home_on_a_read_only_disk_still_brings_the_wire_up(tmpfs, upstream):
+def test_a_fresh_home_on_a_read_only_disk_still_brings_the_wire_up(tmpfs, upstream, reserved_port):
     home = tmpfs.path / "home"
     home.mkdir(mode=0o700)
     tmpfs.remount("ro")
-    port = free_port()
+    port = reserved_port  # no ports.json can tell it: the disk refuses it
     proc = start_degraded(home, upstream.url, port)
     try:
         line = wait_for(lambda: proc.stderr.readline(), what="startup warning on stderr")
@@ -142,6 +141,6 @@ def test_in_process_a_disk_that_refuses_every_write_still_brings_the_wire_up(tmp
         daemon.tick()
         assert json.loads((home / "state.json").read_text())["ports"] == daemon.ports
         assert (home / "viewer.token").exists() and (home / "ports.json").exists()
-        assert daemon.stats()["home"] == {"degraded": False, "unsaved": [], "problems": []}
+        assert daemon.stats()["home"] == {"degraded": False, "unsaved": [], "problems": [], "layout": []}
     finally:
         daemon.shutdown()

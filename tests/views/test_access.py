@@ -1,4 +1,5 @@
-"""The viewer token: a one-time `?token=` URL signs a browser in with a cookie; nothing else gets in."""
+"""The viewer token: a `?token=` URL signs a browser in with a cookie that is not the token, bound to
+the viewer's port; nothing else gets in."""
 
 import stat
 from email.message import Message
@@ -17,11 +18,19 @@ def headers(*cookies: str) -> Message:
     return msg
 
 
+def signed_in_cookie(port: int = PORT, token: str = TOKEN) -> str:
+    """`name=value` of the cookie a sign-in on `port` sets."""
+    answer = ViewerAccess(token).check(f"/?token={token}", headers(), port)
+    name_value, _, attributes = dict(answer.headers)["Set-Cookie"].partition("; ")
+    assert attributes == "Path=/; HttpOnly; SameSite=Strict"
+    return name_value
+
+
 def test_the_token_url_signs_in_and_moves_on_to_the_clean_url():
     answer = ViewerAccess(TOKEN).check(f"/capture/abc?token={TOKEN}&x=1", headers(), PORT)
     assert answer.status == 200
     cookie = dict(answer.headers)["Set-Cookie"]
-    assert cookie == f"{cookie_name(PORT)}={TOKEN}; Path=/; HttpOnly; SameSite=Strict"
+    assert cookie == f"{signed_in_cookie()}; Path=/; HttpOnly; SameSite=Strict"
     assert dict(answer.headers)["Referrer-Policy"] == "no-referrer"
     assert b'http-equiv=refresh content="0; url=/capture/abc?x=1"' in answer.body
     assert TOKEN.encode() not in answer.body  # the page itself never repeats the token
@@ -32,18 +41,32 @@ def test_the_token_url_signs_in_and_moves_on_to_the_clean_url():
         assert b'url=/"' in onward.body, elsewhere
 
 
+def test_the_cookie_is_not_the_token_and_cannot_be_turned_into_it():
+    name, _, value = signed_in_cookie().partition("=")
+    assert name == cookie_name(PORT)
+    assert TOKEN not in value and value not in TOKEN and len(value) >= 43
+    assert value == signed_in_cookie().partition("=")[2]  # the same for every sign-in: restarts keep it
+    assert value != signed_in_cookie(token=new_token()).partition("=")[2]  # a new token signs everyone out
+    assert value != signed_in_cookie(PORT + 1).partition("=")[2]
+
+
 def test_the_cookie_admits_and_anything_else_is_403():
     access = ViewerAccess(TOKEN)
     name = cookie_name(PORT)
-    assert access.check("/api/calls", headers(f"theme=dark; {name}={TOKEN}"), PORT) is None
-    assert access.check("/", headers("a=b", f"{name}={TOKEN}"), PORT) is None  # a second Cookie header
+    cookie = signed_in_cookie()
+    value = cookie.partition("=")[2]
+    assert access.check("/api/calls", headers(f"theme=dark; {cookie}"), PORT) is None
+    assert access.check("/", headers("a=b", cookie), PORT) is None  # a second Cookie header
+    elsewhere = signed_in_cookie(PORT + 1)  # what a browser signed in on another port sends there
     for refused in [
         access.check("/api/calls", headers(), PORT),
-        access.check("/api/calls", headers(f"{name}={TOKEN[:-1]}x"), PORT),
-        access.check("/api/calls", headers(f"{cookie_name(PORT + 1)}={TOKEN}"), PORT),  # another daemon's cookie
+        access.check("/api/calls", headers(f"{name}={TOKEN}"), PORT),  # the token itself is no cookie
+        access.check("/api/calls", headers(f"{name}={value[:-1]}x"), PORT),
+        access.check("/api/calls", headers(elsewhere), PORT),  # another port's cookie...
+        access.check("/api/calls", headers(f"{name}={elsewhere.partition('=')[2]}"), PORT),  # ...under any name
         access.check("/api/calls", headers(f"{name}="), PORT),
         access.check(f"/?token={TOKEN}x", headers(), PORT),
-        access.check("/?token=", headers(f"{name}={TOKEN}"), PORT),  # a wrong token is refused, cookie or not
+        access.check("/?token=", headers(cookie), PORT),  # a wrong token is refused, cookie or not
         access.check(f"/?token={TOKEN}&token={TOKEN}", headers(), PORT),
         access.check("/?token=%FF%FE", headers(), PORT),
     ]:

@@ -1,4 +1,9 @@
-"""The wire path end to end: Claude Code-shaped client -> daemon subprocess -> real TLS fake upstream."""
+"""The wire path: a Claude Code-shaped client -> the gateway -> a real TLS fake upstream.
+
+The gateway runs in process as the daemon assembles it (tests/wire/conftest.py: real sockets, the
+real upstream pool); what the tee takes is checked on its captures. The daemon itself runs where
+it is what is tested: what reaches its capture log and its log file, its upstream proxy setting.
+"""
 
 import gzip
 import http.client
@@ -8,14 +13,15 @@ import threading
 import time
 
 from opik_cipx.stats import Counters
-from opik_cipx.store.captures import read_captures
+from opik_cipx.store.captures import read_log
 from opik_cipx.wire.gateway import Gateway
-from tests.conftest import DaemonProcess, load_fixture, wait_for
+from tests.conftest import load_fixture, wait_for
 from tests.fake_anthropic import Reply, fixture_reply, json_reply, split_sse, sse_reply
+from tests.wire.conftest import InProcessWire
 
 
-def client(daemon: DaemonProcess) -> http.client.HTTPConnection:
-    return http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+def client(wire) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection("127.0.0.1", wire.port, timeout=10)
 
 
 def fixture_headers(request: dict) -> dict[str, str]:
@@ -28,10 +34,10 @@ def post_fixture(conn: http.client.HTTPConnection, request: dict) -> http.client
     return conn.getresponse()
 
 
-def test_sse_stream_is_byte_identical_and_request_forwarded_verbatim(daemon, upstream):
+def test_sse_stream_is_byte_identical_and_request_forwarded_verbatim(wire, upstream):
     request, response = load_fixture("simple", "001")
     upstream.script(fixture_reply(response))
-    conn = client(daemon)
+    conn = client(wire)
     resp = post_fixture(conn, request)
     assert resp.status == 200
     assert resp.read() == response["body"].encode()
@@ -49,33 +55,33 @@ def test_sse_stream_is_byte_identical_and_request_forwarded_verbatim(daemon, ups
     assert seen.header("Connection") is None
 
 
-def test_json_response_keeps_content_length_and_bytes(daemon, upstream):
+def test_json_response_keeps_content_length_and_bytes(wire, upstream):
     request, response = load_fixture("error", "005")
     upstream.script(fixture_reply(response))
-    resp = post_fixture(client(daemon), request)
+    resp = post_fixture(client(wire), request)
     body = resp.read()
     assert body == response["body"].encode()
     assert resp.getheader("Content-Length") == str(len(body))
     assert resp.getheader("Transfer-Encoding") is None
 
 
-def test_gzip_response_is_forwarded_without_decoding(daemon, upstream):
+def test_gzip_response_is_forwarded_without_decoding(wire, upstream):
     payload = gzip.compress(b'{"id":"msg_1","usage":{"input_tokens":3}}' * 50)
     upstream.script(Reply(headers=[("content-type", "application/json"), ("content-encoding", "gzip")],
                           chunks=[payload[:100], payload[100:]], chunked=True))
-    conn = client(daemon)
+    conn = client(wire)
     conn.request("POST", "/v1/messages", body=b"{}", headers={"Accept-Encoding": "gzip, br"})
     resp = conn.getresponse()
     assert resp.getheader("Content-Encoding") == "gzip"
     assert resp.read() == payload
 
 
-def test_events_reach_the_client_before_the_upstream_stream_ends(daemon, upstream):
+def test_events_reach_the_client_before_the_upstream_stream_ends(wire, upstream):
     _, response = load_fixture("simple", "001")
     events = split_sse(response["body"])
     held = sse_reply(events, hold_after=3)
     upstream.script(held)
-    conn = client(daemon)
+    conn = client(wire)
     conn.request("POST", "/v1/messages?beta=true", body=b"{}", headers={"Content-Type": "application/json"})
     resp = conn.getresponse()
     received = b""
@@ -90,9 +96,9 @@ def test_events_reach_the_client_before_the_upstream_stream_ends(daemon, upstrea
     assert received + resp.read() == response["body"].encode()
 
 
-def test_upstream_connections_are_reused(daemon, upstream):
+def test_upstream_connections_are_reused(wire, upstream):
     for _ in range(3):
-        conn = client(daemon)  # a new client connection each time
+        conn = client(wire)  # a new client connection each time
         for _ in range(2):
             conn.request("POST", "/v1/messages/count_tokens?beta=true", body=b'{"model":"m"}')
             resp = conn.getresponse()
@@ -103,9 +109,9 @@ def test_upstream_connections_are_reused(daemon, upstream):
     assert upstream.connections == 1
 
 
-def test_upstream_closing_an_idle_connection_is_not_an_error(daemon, upstream):
+def test_upstream_closing_an_idle_connection_is_not_an_error(wire, upstream):
     upstream.script(json_reply(200, {"first": True}, close_after=True))
-    conn = client(daemon)
+    conn = client(wire)
     conn.request("GET", "/v1/models")
     assert conn.getresponse().read() == b'{"first": true}'
     wait_for(lambda: upstream.closed == 1, what="upstream to drop the idle connection")
@@ -115,9 +121,9 @@ def test_upstream_closing_an_idle_connection_is_not_an_error(daemon, upstream):
     assert upstream.connections == 2
 
 
-def test_request_bodies_by_content_length_and_chunked(daemon, upstream):
+def test_request_bodies_by_content_length_and_chunked(wire, upstream):
     body = json.dumps({"model": "claude-opus-4-8", "messages": [{"role": "user", "content": "x" * 70000}]}).encode()
-    conn = client(daemon)
+    conn = client(wire)
     conn.request("POST", "/v1/messages", body=body, headers={"Content-Type": "application/json"})
     assert conn.getresponse().read() == b'{"ok": true}'
     chunks = [body[:1000], body[1000:50000], body[50000:]]
@@ -130,32 +136,32 @@ def test_request_bodies_by_content_length_and_chunked(daemon, upstream):
     assert second.header("Transfer-Encoding") is None
 
 
-def test_529_passes_through_unchanged(daemon, upstream):
+def test_529_passes_through_unchanged(wire, upstream):
     request, response = load_fixture("error", "001")
     upstream.script(fixture_reply(response))
-    resp = post_fixture(client(daemon), request)
+    resp = post_fixture(client(wire), request)
     assert resp.status == 529
     assert resp.read() == response["body"].encode()
     assert resp.getheader("request-id") == response["headers"]["request-id"]
 
 
-def test_mid_stream_error_event_passes_through(daemon, upstream):
+def test_mid_stream_error_event_passes_through(wire, upstream):
     request, response = load_fixture("error", "004")
     upstream.script(fixture_reply(response))
-    resp = post_fixture(client(daemon), request)
+    resp = post_fixture(client(wire), request)
     assert resp.status == 200
     body = resp.read()
     assert body == response["body"].encode()
     assert b"event: error" in body
 
 
-def test_upstream_down_gives_502_in_anthropic_error_shape(home):
+def test_upstream_down_gives_502_in_anthropic_error_shape():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead_port = sock.getsockname()[1]  # bound, never listening: connections are refused
-        proc = DaemonProcess(home, f"https://127.0.0.1:{dead_port}")
+        wire = InProcessWire(f"https://127.0.0.1:{dead_port}")
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=10)
+            conn = client(wire)
             conn.request("POST", "/v1/messages", body=b"{}")
             resp = conn.getresponse()
             doc = json.loads(resp.read())
@@ -166,28 +172,29 @@ def test_upstream_down_gives_502_in_anthropic_error_shape(home):
             conn.request("GET", "/v1/models")  # the client connection stays usable
             assert conn.getresponse().status == 502
         finally:
-            assert proc.stop() == 0
+            wire.close()
+    assert [c.upstream_error for c in wire.captures] == [doc["error"]["message"].removeprefix("opik-cipx: ")] * 2
 
 
-def test_upstream_tls_failure_gives_502(home, upstream):
-    proc = DaemonProcess(home, upstream.url, CIPX_CA_BUNDLE="")
+def test_upstream_tls_failure_gives_502(upstream):
+    wire = InProcessWire(upstream.url, ca_bundle="")  # the system's trust only: the test CA is unknown
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=10)
+        conn = client(wire)
         conn.request("POST", "/v1/messages", body=b"{}")
         resp = conn.getresponse()
         assert resp.status == 502
         assert "CERTIFICATE_VERIFY_FAILED" in json.loads(resp.read())["error"]["message"]
         assert upstream.seen == []
     finally:
-        proc.stop()
+        wire.close()
 
 
-def test_client_abort_marks_capture_and_drops_upstream_connection(daemon, upstream):
+def test_client_abort_marks_capture_and_drops_upstream_connection(wire, upstream):
     _, response = load_fixture("simple", "001")
     events = split_sse(response["body"])
     held = sse_reply(events, hold_after=2)
     upstream.script(held)
-    sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=10)
+    sock = socket.create_connection(("127.0.0.1", wire.port), timeout=10)
     sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
     received = b""
     while b"message_start" not in received:
@@ -197,12 +204,12 @@ def test_client_abort_marks_capture_and_drops_upstream_connection(daemon, upstre
     held.gate.set()
 
     def aborted_capture():
-        return [c for c in read_captures(daemon.home / "captures") if c.client_aborted]
+        return [c for c in wire.captures if c.client_aborted]
 
-    capture = wait_for(aborted_capture, what="client_aborted capture on disk")[0]
+    capture = wait_for(aborted_capture, what="a client_aborted capture teed")[0]
     assert capture.status == 200
     # The next call must not get the dead upstream connection from the pool.
-    conn = client(daemon)
+    conn = client(wire)
     conn.request("GET", "/v1/models")
     assert conn.getresponse().read() == b'{"ok": true}'
     assert upstream.seen[-1].connection != upstream.seen[0].connection
@@ -220,7 +227,7 @@ def test_every_auth_header_is_redacted_in_captures_on_disk_and_logs(daemon, upst
     conn.getresponse().read()
     assert upstream.seen[-1].header("x-api-key") == secrets["x-api-key"]
     assert upstream.seen[-1].header("Authorization") == secrets["Authorization"]
-    captures = wait_for(lambda: list(read_captures(daemon.home / "captures")), what="capture on disk")
+    captures = wait_for(lambda: [e.capture for e in read_log(daemon.home / "captures")], what="capture on disk")
     headers = {k.lower(): v for k, v in captures[0].request_headers}
     for name in secrets:
         assert headers[name.lower()] == "[redacted]"
@@ -232,19 +239,19 @@ def test_every_auth_header_is_redacted_in_captures_on_disk_and_logs(daemon, upst
         assert value.split()[-1].encode() not in on_disk
 
 
-def test_unknown_endpoint_is_forwarded_and_counted(daemon, upstream):
-    conn = client(daemon)
+def test_unknown_endpoint_is_forwarded_and_counted(wire, upstream):
+    conn = client(wire)
     conn.request("GET", "/v1/brand-new-endpoint?x=1")
     assert conn.getresponse().read() == b'{"ok": true}'
     conn.request("HEAD", "/")
     conn.getresponse().read()
     assert upstream.seen[-2].path == "/v1/brand-new-endpoint?x=1"
-    assert daemon.counter("unknown_endpoints") == 1
+    assert wire.counter("unknown_endpoints") == 1
 
 
-def test_head_preconnect_passes_through(daemon, upstream):
+def test_head_preconnect_passes_through(wire, upstream):
     upstream.script(Reply(status=200, headers=[], chunks=[], chunked=False))
-    conn = client(daemon)
+    conn = client(wire)
     conn.request("HEAD", "/", headers={"User-Agent": "Bun/1.4.0"})
     resp = conn.getresponse()
     assert resp.status == 200 and resp.read() == b""
@@ -253,14 +260,14 @@ def test_head_preconnect_passes_through(daemon, upstream):
     assert conn.getresponse().read() == b'{"ok": true}'
 
 
-def test_concurrent_streams(daemon, upstream):
+def test_concurrent_streams(wire, upstream):
     _, response = load_fixture("tools", "001")
     n = 16
     upstream.script(*(fixture_reply(response) for _ in range(n)))
     results = []
 
     def one():
-        conn = client(daemon)
+        conn = client(wire)
         conn.request("POST", "/v1/messages", body=b"{}")
         results.append(conn.getresponse().read())
 
@@ -272,21 +279,21 @@ def test_concurrent_streams(daemon, upstream):
     assert results == [response["body"].encode()] * n
 
 
-def test_interim_1xx_responses_are_skipped_and_do_not_desync_the_pool(daemon, upstream):
+def test_interim_1xx_responses_are_skipped_and_do_not_desync_the_pool(wire, upstream):
     upstream.script(json_reply(200, {"first": True}, interim=[103]), json_reply(200, {"second": True}))
-    conn = client(daemon)
+    conn = client(wire)
     conn.request("POST", "/v1/messages", body=b"{}")
     resp = conn.getresponse()
     assert (resp.status, resp.read()) == (200, b'{"first": true}')
-    other = client(daemon)  # may reuse the same upstream connection: it must be in sync
+    other = client(wire)  # may reuse the same upstream connection: it must be in sync
     other.request("POST", "/v1/messages", body=b"{}")
     assert other.getresponse().read() == b'{"second": true}'
 
 
-def test_body_shorter_than_its_content_length_is_a_broken_exchange_not_a_hang(daemon, upstream):
+def test_body_shorter_than_its_content_length_is_a_broken_exchange_not_a_hang(wire, upstream):
     upstream.script(Reply(headers=[("content-type", "application/json")], chunks=[b'{"partial'],
                           chunked=False, declared_length=100))
-    conn = client(daemon)
+    conn = client(wire)
     conn.request("POST", "/v1/messages", body=b"{}")
     resp = conn.getresponse()
     try:
@@ -294,14 +301,13 @@ def test_body_shorter_than_its_content_length_is_a_broken_exchange_not_a_hang(da
         raise AssertionError("a truncated body must not look complete")
     except http.client.IncompleteRead as exc:
         assert exc.partial == b'{"partial'  # the client sees the truncation at once, no timeout
-    capture = wait_for(lambda: [c for c in read_captures(daemon.home / "captures") if c.upstream_error],
-                       what="the broken exchange on disk")[0]
+    capture = wait_for(lambda: [c for c in wire.captures if c.upstream_error], what="the broken exchange teed")[0]
     assert "shorter than its Content-Length" in capture.upstream_error
 
 
-def test_a_request_is_not_sent_twice_when_the_upstream_drops_it_late(daemon, upstream):
+def test_a_request_is_not_sent_twice_when_the_upstream_drops_it_late(wire, upstream):
     upstream.script(json_reply(200, {"warm": True}), Reply(no_response=True, delay_s=0.6))
-    conn = client(daemon)
+    conn = client(wire)
     conn.request("POST", "/v1/messages", body=b'{"n":1}')
     conn.getresponse().read()
     conn.request("POST", "/v1/messages", body=b'{"n":2}')  # reuses the pooled connection
@@ -310,9 +316,9 @@ def test_a_request_is_not_sent_twice_when_the_upstream_drops_it_late(daemon, ups
     assert [s.body for s in upstream.seen].count(b'{"n":2}') == 1  # never re-sent: it may have been acted on
 
 
-def test_a_pooled_connection_dropped_at_once_is_retried_transparently(daemon, upstream):
+def test_a_pooled_connection_dropped_at_once_is_retried_transparently(wire, upstream):
     upstream.script(json_reply(200, {"warm": True}), Reply(no_response=True), json_reply(200, {"ok": 2}))
-    conn = client(daemon)
+    conn = client(wire)
     conn.request("POST", "/v1/messages", body=b"{}")
     conn.getresponse().read()
     conn.request("POST", "/v1/messages", body=b"{}")
@@ -320,10 +326,10 @@ def test_a_pooled_connection_dropped_at_once_is_retried_transparently(daemon, up
     assert (resp.status, resp.read()) == (200, b'{"ok": 2}')
 
 
-def test_a_rechunked_response_never_carries_content_length_too(daemon, upstream):
+def test_a_rechunked_response_never_carries_content_length_too(wire, upstream):
     upstream.script(Reply(headers=[("content-type", "text/event-stream"), ("Content-Length", "999")],
                           chunks=[b"data: 1\n\n"], chunked=True))
-    sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=10)
+    sock = socket.create_connection(("127.0.0.1", wire.port), timeout=10)
     sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
     head = b""
     while b"\r\n\r\n" not in head:
@@ -333,15 +339,15 @@ def test_a_rechunked_response_never_carries_content_length_too(daemon, upstream)
     assert b"transfer-encoding: chunked" in lowered and b"content-length" not in lowered
 
 
-def test_set_cookie_reaches_the_client_but_not_the_capture(daemon, upstream):
+def test_set_cookie_reaches_the_client_but_not_the_capture(wire, upstream):
     upstream.script(Reply(headers=[("content-type", "application/json"), ("Set-Cookie", "sid=SECRETSESSION")],
                           chunks=[b"{}"], chunked=False))
-    conn = client(daemon)
+    conn = client(wire)
     conn.request("GET", "/v1/models")
     resp = conn.getresponse()
     resp.read()
     assert resp.getheader("Set-Cookie") == "sid=SECRETSESSION"
-    capture = wait_for(lambda: list(read_captures(daemon.home / "captures")), what="capture on disk")[0]
+    capture = wait_for(lambda: list(wire.captures), what="capture teed")[0]
     assert ["Set-Cookie", "[redacted]"] in capture.response_headers
 
 

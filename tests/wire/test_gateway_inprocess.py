@@ -6,8 +6,10 @@ import select
 import socket
 import threading
 
+import pytest
+
 from opik_cipx.stats import Counters
-from opik_cipx.wire.gateway import Gateway, GatewayHandler, decodable_accept_encoding, upstream_headers
+from opik_cipx.wire.gateway import MAX_BODY_BYTES, Gateway, GatewayHandler, decodable_accept_encoding, upstream_headers
 from opik_cipx.wire.loopback import LoopbackServer
 from opik_cipx.wire.upstream import UpstreamPool
 from tests.conftest import LIMITS, DaemonProcess
@@ -34,6 +36,35 @@ def test_unexpected_handler_error_is_recovered_as_502_and_counted(tmp_path):
         assert json.loads(resp.read())["error"]["message"].startswith("opik-cipx:")
         assert counters.get("panics_recovered") == 1
         assert len(captured) == 1  # the exchange is still teed
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("framing, status, error_type", [
+    (b"Content-Length: %d\r\n" % (MAX_BODY_BYTES + 1), 413, "request_too_large"),
+    (b"Content-Length: -1\r\n", 400, "invalid_request_error"),
+    (b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "invalid_request_error"),
+], ids=["too-large", "bad-length", "bad-chunk"])
+def test_unusable_request_framing_is_refused_in_anthropics_error_type_and_counted(framing, status, error_type):
+    counters, captured = Counters(), []
+    gateway = Gateway(UpstreamPool("https://127.0.0.1:1", ca_bundle=CA_BUNDLE), captured.append, counters)
+    server = LoopbackServer("claude_code", "127.0.0.1", 0, type("H", (GatewayHandler,), {"gateway": gateway}),
+                            LIMITS, counters)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        head = b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n" + framing
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(head if framing.endswith(b"zz\r\n") else head + b"\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        status_line, _, rest = answer.partition(b"\r\n")
+        assert status_line.startswith(b"HTTP/1.1 %d " % status)
+        error = json.loads(rest.partition(b"\r\n\r\n")[2])
+        assert error["type"] == "error" and error["error"]["type"] == error_type
+        assert counters.refusals() == {"claude_code": {str(status): 1}}
+        assert captured == []  # nothing forwarded, nothing captured
     finally:
         server.shutdown()
         server.server_close()

@@ -1,0 +1,98 @@
+"""`opik-cipx viewer --open`: the browser is started on a private local page that forwards it to the
+sign-in URL, so the token is on no command line (`/proc/*/cmdline` is readable by every local user).
+
+The browser is a fake one (`$BROWSER`, which Python's `webbrowser` honours): it records its argv and
+every process's command line while it runs, and the page it was given. Following that page signs a
+client in with a cookie that is not the token; with chromium on the machine, a real browser does it.
+"""
+
+import html
+import http.client
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+FAKE_BROWSER = """#!{python}
+import json, os, pathlib, sys, urllib.parse
+home = pathlib.Path(os.environ["CIPX_HOME"])
+token = (home / "viewer.token").read_text().strip()
+holders = []
+for proc in pathlib.Path("/proc").iterdir():
+    try:
+        if token.encode() in (proc / "cmdline").read_bytes():
+            holders.append(proc.name)
+    except OSError:
+        pass
+opened = urllib.parse.urlsplit(sys.argv[-1])
+page = pathlib.Path(urllib.parse.unquote(opened.path)).read_text() if opened.scheme == "file" else None
+pathlib.Path(os.environ["FAKE_BROWSER_LOG"]).write_text(
+    json.dumps({{"argv": sys.argv, "cmdline_holders": holders, "page": page}}))
+"""
+
+
+def fake_browser(tmp_path: Path) -> tuple[Path, Path]:
+    script = tmp_path / "fake-browser"
+    script.write_text(FAKE_BROWSER.format(python=sys.executable))
+    script.chmod(0o755)
+    return script, tmp_path / "browser.json"
+
+
+def get(port: int, path: str, cookie: str | None = None) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", path, headers={"Cookie": cookie} if cookie else {})
+    resp = conn.getresponse()
+    resp.read()
+    return resp
+
+
+def test_open_puts_no_token_on_a_command_line_and_its_page_signs_in(daemon, tmp_path):
+    script, log = fake_browser(tmp_path)
+    result = run_cli(daemon.home, "viewer", "--open", BROWSER=str(script), FAKE_BROWSER_LOG=str(log))
+    assert result.returncode == 0, result.stderr
+    token = (daemon.home / "viewer.token").read_text().strip()
+    port = daemon.state["ports"]["viewer"]
+    sign_in = f"http://127.0.0.1:{port}/?token={token}"
+    assert result.stdout.strip() == sign_in  # the printed link is unchanged
+
+    seen = json.loads(log.read_text())
+    assert seen["argv"][1:] and not any(token in arg for arg in seen["argv"])
+    assert seen["cmdline_holders"] == []  # no process on the machine carried the token in its argv
+    page_path = daemon.home / "viewer-open.html"
+    assert seen["argv"][-1] == page_path.as_uri()
+    assert stat.S_IMODE(page_path.stat().st_mode) == 0o600
+    forward = re.search(r'http-equiv=refresh content="0; url=([^"]+)"', seen["page"]).group(1)
+    assert html.unescape(forward) == sign_in
+
+    signed = get(port, urllib.parse.urlsplit(sign_in)._replace(scheme="", netloc="").geturl())
+    assert signed.status == 200
+    cookie = signed.getheader("Set-Cookie").partition(";")[0]
+    assert token not in cookie
+    assert get(port, "/api/calls", cookie).status == 200  # the cookie a real sign-in sets works
+    assert get(port, "/api/calls", f"{cookie.partition('=')[0]}={token}").status == 403  # the token does not
+
+
+def test_a_real_browser_follows_the_page_to_the_dashboard(daemon, tmp_path):
+    browser = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
+                    if shutil.which(name)), None)
+    if browser is None:
+        pytest.skip("no chromium on this machine (`.ci/run` installs Debian's)")
+    script, log = fake_browser(tmp_path)
+    assert run_cli(daemon.home, "viewer", "--open", BROWSER=str(script), FAKE_BROWSER_LOG=str(log)).returncode == 0
+    opened = json.loads(log.read_text())["argv"][-1]
+    flags = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}")
+    dom = subprocess.run([browser, *flags, "--virtual-time-budget=10000", "--dump-dom", opened],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "needs the viewer token" not in dom.stdout
+    assert "<h1>Claude Code cost</h1>" in dom.stdout  # the dashboard itself, signed in
