@@ -18,6 +18,7 @@ from typing import Any
 from opik_cipx.config import ConfigError, Settings
 from opik_cipx.control import claude_settings, lifecycle
 from opik_cipx.control.daemon_control import admin_port, fetch_stats, paths_only_settings, pid_alive, read_state
+from opik_cipx.control.supervisor import Supervisor, SupervisorError, detect_mode
 from opik_cipx.home import disk_full_or_read_only, layout_notes
 from opik_cipx.materialize.rate_limits import warning
 from opik_cipx.ship.destination import NOT_CONFIGURED
@@ -73,6 +74,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print("opik-cipx: not running — run `opik-cipx sync` to start it")
             print(f"  today        {today_line(settings)}")
             print(f"  claude code  {pointing}")
+            if supervision := supervision_line(settings, running=False):
+                print(f"  supervisor   {supervision}")
             for line in quarantine_lines(quarantine_counts(settings.spool_dir)):
                 print(line)
             for note in layout_notes(settings.home):
@@ -90,14 +93,26 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"opik-cipx: state.json names pid {pid}, but its admin listener (127.0.0.1:{port}) does not answer: "
               f"{why}. Run `opik-cipx restart` (or `opik-cipx sync`); `opik-cipx logs` shows what happened.",
               file=sys.stderr)
+        if (supervision := supervision_line(settings, running=False)).startswith("!"):  # it gave up, say
+            print(f"  supervisor   {supervision}", file=sys.stderr)
         if args.json:
             print(json.dumps({"running": False, "wedged": True, "pid": pid}))
         return 1
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
     else:
-        print(render(stats, settings, pointing, today=today_line(settings), verbose=args.verbose))
+        print(render(stats, settings, pointing, today=today_line(settings), verbose=args.verbose,
+                     supervision=supervision_line(settings, running=True)))
     return 0
+
+
+def supervision_line(settings: Settings, running: bool) -> str:
+    """What supervises the daemon and what happens when it dies (control/supervisor.py)."""
+    env = dict(os.environ)
+    try:
+        return Supervisor(detect_mode(env), settings, env).describe(running)
+    except SupervisorError as exc:
+        return f"! {exc}"
 
 
 def today_line(settings: Settings, now_ns: int | None = None) -> str:
@@ -210,10 +225,11 @@ def unknown_model_lines(section: dict[str, Any]) -> list[str]:
 
 
 def render(stats: dict[str, Any], settings: Settings, claude_code: str = "", now: float | None = None,
-           today: str = "", verbose: bool = False) -> str:
+           today: str = "", verbose: bool = False, supervision: str = "") -> str:
     """The admin stats as the human-readable report: health and today's cost first, then what
     needs doing, every `!` line naming what fixes it; the listeners, queue, every counter and
-    the materializer only `verbose`."""
+    the materializer only `verbose`. `supervision`: what starts the daemon again if it dies: shown
+    always when it is a problem (`!`), else only `verbose`."""
     now = time.time() if now is None else now
     def section(name: str) -> dict[str, Any]:
         value = stats.get(name)
@@ -222,12 +238,16 @@ def render(stats: dict[str, Any], settings: Settings, claude_code: str = "", now
     listeners = section("listeners")
     out = [f"  {label:<12} {value}" for label, value in (("today", today), ("claude code", claude_code)) if value]
     leading = len(out)  # their problems are counted below, not by their `!`
+    if supervision.startswith("!"):
+        out.append(f"  {'supervisor':<12} {supervision}")
     if verbose:
         for name in ("claude_code", "admin", "viewer"):
             out.append(f"  {name:<12} {listeners.get(name) or 'not listening'}")
         out.append(f"  {'uptime':<12} {duration(stats.get('uptime_s') or 0)} (since {stats.get('started_at', '?')})")
         out.append(f"  {'upstream':<12} {_upstream(section('upstream'))}")
         out.append(f"  {'project':<12} {stats.get('project') or '(not set)'}")
+        if supervision and not supervision.startswith("!"):
+            out.append(f"  {'supervisor':<12} {supervision}")
     lock = stats.get("home_lock")
     if isinstance(lock, dict) and not lock.get("held", True):
         out.append(f"  ! home lock not held ({lock.get('error') or 'unknown reason'}): a second "
