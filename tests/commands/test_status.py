@@ -306,6 +306,9 @@ def test_up_then_wedged_then_killed_exact_wording_against_real_processes(machine
         "the daemon is wedged. Run `opik-cipx restart` (or `opik-cipx sync`); `opik-cipx logs` shows what "
         "happened.\n")
 
+    supervisor = machine.supervisor()["pid"]  # first: it would start the daemon again at once
+    os.kill(supervisor, signal.SIGKILL)
+    wait_gone(supervisor)
     os.kill(pid, signal.SIGKILL)
     wait_gone(pid)
     state_before = (machine.home / "state.json").read_bytes()
