@@ -12,10 +12,10 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, Callable
 
+from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings, load_settings
 from opik_cipx.home import open_private, private_dir, read_json
 
@@ -71,20 +71,21 @@ def admin_port(settings: Settings, state: dict[str, Any] | None) -> int | None:
     return listener_port(settings, state, "admin")
 
 
-def admin_get(port: int, path: str, timeout_s: float = HEALTH_TIMEOUT_S) -> tuple[int, bytes] | None:
-    """(status, body) of `GET path` on the admin listener, or None if it does not answer.
+def admin_get(port: int, path: str, timeout_s: float = HEALTH_TIMEOUT_S,
+              clock: Clock = SYSTEM) -> tuple[int, bytes] | None:
+    """(status, body) of `GET path` on the admin listener, or None if it does not answer within `timeout_s`.
 
     A raw socket instead of http.client: `sync` runs on every session start and this keeps
     its import time down.
     """
     request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
-    deadline = time.monotonic() + timeout_s
+    deadline = clock.monotonic() + timeout_s
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
             sock.sendall(request)
             chunks = []
-            while time.monotonic() < deadline:
-                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            while clock.monotonic() < deadline:
+                sock.settimeout(max(deadline - clock.monotonic(), 0.001))
                 chunk = sock.recv(65536)
                 if not chunk:
                     break
@@ -188,12 +189,13 @@ def running_supervisor(settings: Settings) -> int | None:
 
 
 def wait_healthy(settings: Settings, timeout_s: float, proc: subprocess.Popen | None = None,
-                 failed: Callable[[], bool] | None = None) -> dict[str, Any] | None:
+                 failed: Callable[[], bool] | None = None, clock: Clock = SYSTEM) -> dict[str, Any] | None:
     """Wait until `state.json` names a pid whose admin listener answers; the state, or None.
 
     Gives up early when `proc` (a process this one started) has exited, or when `failed()` says so.
+    Polled every `POLL_S`: nothing tells another process that a daemon came up.
     """
-    deadline = time.monotonic() + timeout_s
+    deadline = clock.monotonic() + timeout_s
     while True:
         state = read_state(settings)
         if state and is_healthy(admin_port(settings, state), timeout_s=0.5):
@@ -202,9 +204,9 @@ def wait_healthy(settings: Settings, timeout_s: float, proc: subprocess.Popen | 
             return None
         if failed is not None and failed():
             return None
-        if time.monotonic() > deadline:
+        if clock.monotonic() > deadline:
             return None
-        time.sleep(POLL_S)
+        clock.sleep(POLL_S)
 
 
 def start_detached(settings: Settings, argv: list[str], extra_env: dict[str, str]) -> subprocess.Popen:
@@ -251,16 +253,16 @@ def startup_error(settings: Settings) -> str | None:
     return lines[-1] if lines else None
 
 
-def _wait_gone(pid: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
+def _wait_gone(pid: int, timeout_s: float, clock: Clock) -> bool:
+    deadline = clock.monotonic() + timeout_s
     while pid_alive(pid):
-        if time.monotonic() > deadline:
+        if clock.monotonic() > deadline:
             return False
-        time.sleep(POLL_S)
+        clock.sleep(POLL_S)
     return True
 
 
-def stop_daemon(settings: Settings, timeout_s: float | None = None) -> str:
+def stop_daemon(settings: Settings, timeout_s: float | None = None, clock: Clock = SYSTEM) -> str:
     """Stop the daemon named in `state.json`, and the detached supervisor that runs it: SIGTERM, wait
     (bounded), then SIGKILL.
 
@@ -288,15 +290,15 @@ def stop_daemon(settings: Settings, timeout_s: float | None = None) -> str:
                 os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    deadline = time.monotonic() + wait_s
-    gone = {pid: _wait_gone(pid, deadline - time.monotonic()) for pid in (daemon, supervisor) if pid is not None}
+    deadline = clock.monotonic() + wait_s
+    gone = {pid: _wait_gone(pid, deadline - clock.monotonic(), clock) for pid in (daemon, supervisor) if pid is not None}
     killed = [pid for pid in (supervisor, daemon) if pid is not None and not gone[pid]]  # the supervisor first:
     for pid in killed:  # it would start the daemon again
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        _wait_gone(pid, 5.0)
+        _wait_gone(pid, 5.0, clock)
     if daemon is not None:
         _remove_state(settings, daemon)
     return "killed" if killed else "stopped"

@@ -16,10 +16,10 @@ both start a daemon.
 import fcntl
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings
 from opik_cipx.control import claude_settings, executable, install
 from opik_cipx.control.daemon_control import (
@@ -40,6 +40,7 @@ from opik_cipx.home import open_private, private_dir, set_aside_wrong_types
 START_TIMEOUT_S = 10.0  # how long a starting daemon gets to answer /admin/health
 SYNC_STOP_TIMEOUT_S = 10.0  # how long `sync` lets a daemon it replaces drain
 LOCK_TIMEOUT_S = 30.0
+LOCK_POLL_S = 0.05
 
 
 @dataclass
@@ -64,26 +65,28 @@ def _stale_reason(state: dict[str, Any], exe: executable.Executable) -> str | No
 
 
 class _Lock:
-    """An exclusive `flock` on `$CIPX_HOME/sync.lock`, waited for with a deadline. Paths of the
-    wrong type in the home (this lock file a directory, `logs` a file) are moved aside first."""
+    """An exclusive `flock` on `$CIPX_HOME/sync.lock`, waited for with a deadline (polled: a `flock`
+    cannot be waited for with a timeout). Paths of the wrong type in the home (this lock file a
+    directory, `logs` a file) are moved aside first."""
 
-    def __init__(self, settings: Settings, timeout_s: float = LOCK_TIMEOUT_S):
-        set_aside_wrong_types(private_dir(settings.home))  # the daemon reports them (`status`)
+    def __init__(self, settings: Settings, timeout_s: float = LOCK_TIMEOUT_S, clock: Clock = SYSTEM):
+        set_aside_wrong_types(private_dir(settings.home), clock)  # the daemon reports them (`status`)
         self.path = settings.home / "sync.lock"
         self.timeout_s = timeout_s
+        self.clock = clock
 
     def __enter__(self) -> "_Lock":
         self.fh = open_private(self.path, os.O_WRONLY | os.O_CREAT)
-        deadline = time.monotonic() + self.timeout_s
+        deadline = self.clock.monotonic() + self.timeout_s
         while True:
             try:
                 fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return self
             except BlockingIOError:
-                if time.monotonic() > deadline:
+                if self.clock.monotonic() > deadline:
                     self.fh.close()
                     raise TimeoutError(f"another opik-cipx sync/restart held {self.path} for {self.timeout_s:.0f}s")
-                time.sleep(0.05)
+                self.clock.sleep(LOCK_POLL_S)
 
     def __exit__(self, *exc: object) -> None:
         self.fh.close()
