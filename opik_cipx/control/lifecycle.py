@@ -16,6 +16,7 @@ both start a daemon.
 import fcntl
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from opik_cipx.control import claude_settings, executable, install
 from opik_cipx.control.daemon_control import (
     CLAUDE_CODE_PORT,
     admin_port,
+    find_processes,
     is_healthy,
     listener_port,
     read_state,
@@ -202,25 +204,29 @@ def unpoint(settings: Settings, env: dict[str, str], state: dict[str, Any] | Non
     return claude_settings.stop_pointing_at_proxy(claude_settings.settings_path(env), our_url(settings, state))
 
 
-def tear_down(settings: Settings, env: dict[str, str]) -> list[str]:
-    """Remove the supervisor unit, stop the daemon and clear our settings entry; lines to report."""
-    lines = []
+def tear_down(settings: Settings, env: dict[str, str]) -> Iterator[str]:
+    """Remove the supervisor unit, stop the daemon and clear our settings entry; yields the lines to
+    report as it goes: `stopping ...` before the wait for a drain, `daemon stopped` once the daemon and
+    its supervisor are gone (control/daemon_control.stop_daemon)."""
     state = read_state(settings)
     try:
         supervisor = Supervisor(detect_mode(env), settings, env)
     except SupervisorError:
         supervisor = Supervisor("detached", settings, env)
     for path in supervisor.remove():
-        lines.append(f"removed the supervisor unit {path}")
+        yield f"removed the supervisor unit {path}"
+    running = find_processes(settings)
+    if running:
+        yield (f"stopping {running.describe()}: calls in flight get up to {settings.drain_timeout_s:g}s to "
+               "finish")
     result = stop_daemon(settings)
     if result != "not running":
-        lines.append(f"daemon {result}")
+        yield f"daemon {result}"
     change = unpoint(settings, env, state)
     if change.outcome == "removed":
-        lines.append(f"removed {claude_settings.KEY} from {change.path}: Claude Code talks to Anthropic directly")
+        yield f"removed {claude_settings.KEY} from {change.path}: Claude Code talks to Anthropic directly"
     elif change.outcome == "unusable":
-        lines.append(describe(change, our_url(settings, state)))
-    return lines
+        yield describe(change, our_url(settings, state))
 
 
 def up_and_point(settings: Settings, env: dict[str, str], restart: bool = False,
