@@ -38,6 +38,7 @@ LAYOUT: tuple[tuple[str, bool], ...] = (
     ("ledger.db", False), ("ledger.db-wal", False), ("ledger.db-shm", False), ("state.json", False),
     ("ports.json", False), ("viewer.token", False), ("viewer-open.html", False), ("sync.lock", False),
     ("made-dirs.json", False), ("claude-hooks.json", False), ("supervisor.json", False),
+    ("statusline-backup.json", False),
     ("materializer/checkpoint.json", False), ("spool/cursor.json", False),
     ("logs/cipx.log", False), ("logs/daemon.stderr", False), ("logs/supervisor.log", False),
 )

@@ -1,7 +1,8 @@
 """`opik-cipx uninstall [--yes]`: remove everything opik-cipx put on this machine. Destructive.
 
 Stops the daemon, removes the supervisor unit, our `ANTHROPIC_BASE_URL` (only if it is ours),
-our `statusLine` (only one running `opik-cipx statusline`), our Claude Code hooks (those running
+our `statusLine` (only one running `opik-cipx statusline`; a user's that `statusline --install --force`
+replaced is put back in its place), our Claude Code hooks (those running
 `opik-cipx-hook-launcher`, which install.sh added), the hook scripts that carry our
 managed-file marker and the `opik-cipx` link on PATH (only a symlink to our executable) with the
 directories made for it if empty, then deletes `$CIPX_HOME` (the installed binary, logs,
@@ -108,9 +109,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     for line in lifecycle.tear_down(settings, env):
         print(f"opik-cipx: {line}")
-    status_line = claude_settings.remove_status_line(claude_settings.settings_path(env))
+    status_line = claude_settings.remove_status_line(claude_settings.settings_path(env),
+                                                     home / claude_settings.STATUS_LINE_BACKUP)
     if status_line.outcome == "removed":
         print(f"opik-cipx: removed our statusLine from {status_line.path}")
+    elif status_line.outcome == "restored":
+        print(f"opik-cipx: put back your statusLine in {status_line.path} ({status_line.detail})")
     hooks = claude_settings.remove_hooks(claude_settings.settings_path(env), install.hooks_created(home))
     if hooks.outcome == "removed":
         print(f"opik-cipx: removed our Claude Code hooks from {hooks.path}")
