@@ -14,16 +14,18 @@ import pytest
 from opik_cipx.config import load_settings
 from opik_cipx.control.daemon_control import find_processes, lock_holder, pid_alive, stop_daemon
 from opik_cipx.home import LOCK_FILE, lock_home
+from tests.conftest import REPO
 from tests.fake_clock import FakeClock
 
 # A stand-in daemon: its command line reads as an opik-cipx `proxy` (is_our_daemon), it holds the home
 # lock as the daemon does, and says on stdout what it does. On SIGTERM it drains until told to end (a
 # line on stdin); `stubborn` ignores SIGTERM.
 FAKE_DAEMON = """
-import os, signal, sys
+import signal, sys
+from pathlib import Path
 from opik_cipx.home import lock_home
-home, mode = sys.argv[1], sys.argv[2]
-lock = lock_home(__import__("pathlib").Path(home))
+home, mode = Path(sys.argv[1]), sys.argv[2]
+lock = lock_home(home)
 if mode == "stubborn":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 else:
@@ -54,7 +56,7 @@ def fake_daemon(settings):
     def start(mode: str) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-c", FAKE_DAEMON, str(settings.home), mode, "opik-cipx", "proxy"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONPATH": os.getcwd()})
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
         started.append(proc)
         assert next_line(proc) == "ready\n"
         return proc
