@@ -20,6 +20,7 @@ from opik_cipx.views.access import OPEN_FILE, forwarding_page, read_token, token
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--open", action="store_true", help="also open it in the default browser")
+    parser.set_defaults(config_keys=())  # reads no setting: runs despite other bad settings (cli.py)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
