@@ -80,7 +80,7 @@ def test_kill_9_mid_write_then_rematerializing_counts_nothing_twice(home, upstre
         for _ in range(2):
             rebuilt = run_cli(home, "replay", "--ledger")
             assert rebuilt.returncode == 0, rebuilt.stderr
-        printed = run_cli(home, "replay")
+        printed = run_cli(home, "replay", "--records")
         records = [json.loads(line)["body"] for line in printed.stdout.splitlines()]
         llm = {r["id"]: r.get("total_estimated_cost") or 0.0 for r in records if r.get("type") in ("llm", "general")}
         assert len(llm) >= written  # every call already in the ledger has its capture stored
