@@ -57,6 +57,7 @@ from opik_cipx.store.captures import Appended, CaptureStore
 from opik_cipx.store.spool import Spool
 from opik_cipx.urls import strip_credentials
 from opik_cipx.views.access import ViewerAccess, new_token, read_token, token_path
+from opik_cipx.views.sign_in import SignInLinks
 from opik_cipx.views.admin import AdminHandler
 from opik_cipx.views.dashboard import Dashboard
 from opik_cipx.views.viewer import ViewerHandler
@@ -181,7 +182,8 @@ class Daemon:
             admin_handler = type("Handler", (AdminHandler,),
                                  {"stats": staticmethod(self.stats), "state": staticmethod(self.state)})
             pages = Dashboard(settings.ledger_path, settings.captures_dir, clock=self.clock)
-            viewer_handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": ViewerAccess(token)})
+            access = ViewerAccess(token, SignInLinks(settings.home, self.clock))
+            viewer_handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": access})
             handlers = {"admin": admin_handler, "viewer": viewer_handler}
             picked = open_picked_listeners(settings.ports_path, lambda name, port: LoopbackServer(
                 name, host, port, handlers[name], limits, self.counters))

@@ -29,6 +29,7 @@ import pytest
 from opik_cipx.ledger.entry import ledger_entry
 from opik_cipx.ledger.periods import day_start_ns, local_day
 from opik_cipx.ledger.store import Ledger
+from opik_cipx.views.sign_in import SignInLinks
 from tests.claude_code_corpus import SCENARIOS, materialized, write_session_files
 from tests.conftest import DaemonProcess, run_cli, wait_for
 from tests.test_end_to_end import replay_scenario
@@ -52,10 +53,9 @@ def chromium(tmp: Path, *args: str) -> str:
 
 
 def signed_in(url: str, home: Path) -> str:
-    """`url` as `opik-cipx viewer` hands it out: with the viewer token, which sets the cookie and
-    moves on to `url` itself (a navigation the browser follows within the virtual time budget)."""
-    token = (home / "viewer.token").read_text().strip()
-    return f"{url}{'&' if '?' in url else '?'}token={token}"
+    """`url` with a new one-time sign-in link (what `opik-cipx viewer` issues), which sets the cookie
+    and moves on to `url` itself (a navigation the browser follows within the virtual time budget)."""
+    return f"{url}{'&' if '?' in url else '?'}signin={SignInLinks(home).issue()}"
 
 
 def dom(tmp: Path, url: str, home: Path) -> str:
@@ -131,7 +131,7 @@ def test_the_dashboard_answers_questions_in_chromium(home, upstream, tmp_path, s
         calls = sum(replay_scenario(daemon, upstream, scenario) for scenario in SCENARIOS)
         wait_for(lambda: daemon.counter("events_materialized") == calls, timeout_s=30, what="every call materialized")
         base = f"http://127.0.0.1:{daemon.state['ports']['viewer']}"
-        assert "needs the viewer token" in chromium(tmp_path, "--dump-dom", base + "/")  # not signed in
+        assert "this browser is not signed in" in chromium(tmp_path, "--dump-dom", base + "/")  # not signed in
 
         home_page = dom(tmp_path, base + "/", home)
         today = re.search(r'href="/\?since=([\d-]+)">today</a>', home_page).group(1)  # the page's own today

@@ -100,6 +100,6 @@ def test_every_command_readme_shows_runs_on_a_fresh_machine(machine_with_upstrea
             result = m.cli(*(arg.format(tmp=tmp_path) for arg in argv), **env)
             assert result.returncode == 0, (argv, result.stdout, result.stderr)
             if argv == ("viewer",):
-                assert "/?token=" in result.stdout
+                assert "/?signin=" in result.stdout
     assert (tmp_path / "records.jsonl").stat().st_size > 0
     assert not m.home.exists()  # uninstall ran last

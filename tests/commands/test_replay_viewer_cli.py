@@ -1,11 +1,14 @@
 """`opik-cipx replay` and `opik-cipx viewer` as real subprocesses against a real daemon's state."""
 
+import http.client
 import json
+import re
 import time
+import urllib.parse
 
 from opik_cipx.store.captures import CaptureStore
 from tests.claude_code_corpus import exchange, exchanges
-from tests.conftest import run_cli
+from tests.conftest import DaemonProcess, run_cli
 from tests.opik_schema import problems
 
 
@@ -58,16 +61,52 @@ def test_replay_prints_a_summary_by_default_and_no_prompt(home):
     assert "survey" not in result.stdout and "input_schema" not in result.stdout  # the prompt, the tool schemas
 
 
-def test_viewer_prints_the_sign_in_url_and_says_when_the_daemon_is_down(daemon):
-    result = run_cli(daemon.home, "viewer")
-    assert result.returncode == 0
-    token = (daemon.home / "viewer.token").read_text().strip()
-    assert result.stdout.strip() == f"http://127.0.0.1:{daemon.state['ports']['viewer']}/?token={token}"
-    (daemon.home / "viewer.token").unlink()
-    missing = run_cli(daemon.home, "viewer")
-    assert missing.returncode == 1 and "no viewer token in" in missing.stderr and "opik-cipx status" in missing.stderr
-    daemon.stop()
-    down = run_cli(daemon.home, "viewer")
+def sign_in(url: str) -> tuple[int, str, str | None]:
+    """Open a sign-in URL as a browser without a cookie would: (status, body, the cookie it set)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request("GET", f"{parts.path}?{parts.query}")
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(), (resp.getheader("Set-Cookie") or "").partition(";")[0] or None
+    finally:
+        conn.close()
+
+
+def test_viewer_prints_a_one_time_sign_in_url_and_says_when_the_daemon_is_down(home, upstream):
+    """Each run prints a new link; a link works once (the cookie it set keeps working, across a
+    restart too); a second use is refused with a page that says to run `opik-cipx viewer`."""
+    daemon = DaemonProcess(home, upstream.url)
+    try:
+        port = daemon.state["ports"]["viewer"]
+        first, second = run_cli(home, "viewer"), run_cli(home, "viewer")
+        assert first.returncode == second.returncode == 0
+        link = first.stdout.strip()
+        assert re.fullmatch(rf"http://127\.0\.0\.1:{port}/\?signin=[A-Za-z0-9_-]{{32}}", link)
+        assert second.stdout.strip() != link  # a new link every time
+        assert (home / "viewer.token").read_text().strip() not in first.stdout  # the token is no link
+        status, _, cookie = sign_in(link)
+        assert status == 200 and cookie
+        status, body, again = sign_in(link)
+        assert (status, again) == (403, None)
+        assert "this sign-in link was used already" in body and "Run `opik-cipx viewer` for a new one" in body
+    finally:
+        assert daemon.stop() == 0
+    daemon = DaemonProcess(home, upstream.url)
+    try:
+        assert daemon.state["ports"]["viewer"] == port
+        assert sign_in(second.stdout.strip())[0] == 200  # a link not used yet survives the restart, once
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/api/calls", headers={"Cookie": cookie})
+        assert conn.getresponse().status == 200  # the first browser is still signed in
+        conn.close()
+        (home / "viewer.token").unlink()
+        missing = run_cli(home, "viewer")
+        assert missing.returncode == 1 and "no viewer token in" in missing.stderr
+        assert "opik-cipx status" in missing.stderr
+    finally:
+        assert daemon.stop() == 0
+    down = run_cli(home, "viewer")
     assert down.returncode == 1 and "not running" in down.stderr and "opik-cipx sync" in down.stderr
 
 

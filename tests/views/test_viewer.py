@@ -20,6 +20,7 @@ from opik_cipx.ledger.queries import Selection, report
 from opik_cipx.ledger.store import Ledger
 from opik_cipx.store.captures import CaptureStore
 from opik_cipx.views.access import ViewerAccess, cookie_name, cookie_value
+from opik_cipx.views.sign_in import SignInLinks
 from opik_cipx.views.charts import PALETTE
 from opik_cipx.views.dashboard import Dashboard
 from opik_cipx.views.viewer import ViewerHandler
@@ -33,7 +34,7 @@ TOKEN = "t" * 43
 
 def serve(home):
     pages = Dashboard(home / "ledger.db", home / "captures", clock=corpus_clock())
-    handler = type("H", (ViewerHandler,), {"pages": pages, "access": ViewerAccess(TOKEN)})
+    handler = type("H", (ViewerHandler,), {"pages": pages, "access": ViewerAccess(TOKEN, SignInLinks(home, corpus_clock()))})
     server = LoopbackServer("viewer", "127.0.0.1", 0, handler, LIMITS)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return server
@@ -326,12 +327,12 @@ def test_calls_of_an_unknown_model_are_flagged_never_priced_at_zero(tmp_path, vi
 
 
 def test_a_browser_signs_in_once_then_uses_the_cookie(viewer):
-    port, _, _ = viewer
+    port, home, _ = viewer
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", f"/session/{SUBAGENT_SESSION}")
     refused = conn.getresponse()
     assert refused.status == 403 and b"opik-cipx viewer" in refused.read()
-    conn.request("GET", f"/session/{SUBAGENT_SESSION}?token={TOKEN}")
+    conn.request("GET", f"/session/{SUBAGENT_SESSION}?signin={SignInLinks(home, corpus_clock()).issue()}")
     signed_in = conn.getresponse()
     assert signed_in.status == 200 and f"url=/session/{SUBAGENT_SESSION}".encode() in signed_in.read()
     cookie = signed_in.getheader("Set-Cookie").split(";", 1)[0]
