@@ -141,7 +141,8 @@ class Daemon:
                                   max_age_s=settings.captures_max_age_days * 86400,
                                   segment_bytes=settings.captures_segment_mb * mib, keep=settings.captures_enabled,
                                   clock=self.clock)
-        self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, self.counters, clock=self.clock)
+        self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, self.counters, clock=self.clock,
+                             keep_text=settings.capture_content)
         self.spool = Spool(settings.spool_dir, max_bytes=int(settings.spool_max_mb * mib),
                            segment_bytes=int(settings.spool_segment_mb * mib), inmem_max=settings.spool_inmem_max,
                            inmem_max_bytes=int(settings.spool_inmem_max_mb * mib),

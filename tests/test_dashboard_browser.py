@@ -41,6 +41,7 @@ pytestmark = pytest.mark.skipif(
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars")
 SUBAGENT_SESSION = "1b15d3cd-b49e-410d-880f-1d1856a84f6c"
+SUBAGENT_PROMPT = "Use a subagent to survey this project's layout and report back."
 HISTORY_DAYS = 20
 
 
@@ -148,6 +149,11 @@ def test_the_dashboard_answers_questions_in_chromium(home, upstream, tmp_path, s
             assert f'id="top-{key}"' in home_page
         assert "weather" in text_of(home_page) and "general-purpose" in text_of(home_page)
         assert ">menu<" not in home_page and "(the list of available skills)" in home_page
+        sessions = home_page[home_page.index('id="top-session"'):home_page.index('id="top-project"')]
+        names = re.findall(r'<td><a href="[^"]+">(.*?)</a></td>', sessions)
+        assert len(names) == 8 and all(  # each by its label (first prompt), project, start and the start of its id
+            re.fullmatch(r"<span title=\"[^\"]+\">[^<]+</span> <span class=\"muted about\">[\w-]+ · \d\d-\d\d \d\d:\d\d · "
+                         r"<span class=\"mono\" title=\"[0-9a-f-]{36}\">[0-9a-f]{8}</span></span>", name) for name in names)
 
         assert screenshot(tmp_path, base + "/", home, shots / "dashboard.png", 1280, 2000) == (1280, 2000)
         assert screenshot(tmp_path, base + "/", home, shots / "dashboard-phone.png", 390, 2400) == (390, 2400)
@@ -190,11 +196,13 @@ def test_the_dashboard_answers_questions_in_chromium(home, upstream, tmp_path, s
         # a session by the start of its id; a call's request folded by bucket
         session = dom(tmp_path, f"{base}/session/{SUBAGENT_SESSION[:8]}", home)
         assert "<polyline" in session and "cumulative cost" in session
+        assert f'<h1 id="session-label">{SUBAGENT_PROMPT}</h1>' in session
         assert 'class="group"' in session and session.count('class="sub"') == 3
         session_cost = json.loads(run_cli(home, "report", "--session", SUBAGENT_SESSION[:8], "--json").stdout)
         assert f"${session_cost['total']['cost_usd']:,.4f}" in text_of(session)
         capture_id = re.search(r"/capture/([0-9a-f-]+)\">subagent", session).group(1)
         words = text_of(dom(tmp_path, f"{base}/capture/{capture_id}", home))
+        assert f"session {SUBAGENT_PROMPT[:59]}\u2026 inventory-sync" in words  # the call page names its session
         assert "Tokens and cost" in words and "cache write 5m" in words and "would have cost" in words
         largest = max((c for c in json.loads(viewer_get(daemon, f"/calls.json?since={replayed}")[1])),
                       key=lambda c: c["request_chars"])

@@ -107,7 +107,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         print(f"opik-cipx: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
         return 1
-    ledger = Ledger(settings.ledger_path, settings.ledger_retention_days) if args.ledger else None
+    ledger = (Ledger(settings.ledger_path, settings.ledger_retention_days, keep_text=settings.capture_content)
+              if args.ledger else None)
     sizes = {path: size for path, size, _ in segments}
     progress = Progress(sys.stderr, total_bytes=sum(sizes.values()))
     try:
@@ -196,7 +197,7 @@ def _replay(settings: Settings, materializer: "Materializer", since: int | None,
             continue
         try:
             result = materializer.materialize(capture)
-            entry = ledger_entry(result.call) if ledger and result.call else None
+            entry = ledger_entry(result.call, ledger.keep_text) if ledger and result.call else None
         except Exception:  # one bad capture must not end the replay
             tally.failed += 1
             continue

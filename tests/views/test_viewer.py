@@ -186,9 +186,11 @@ def test_exports_give_what_is_shown_in_reports_shape(viewer, tmp_path):
 def test_a_session_is_found_by_the_start_of_its_id(viewer):
     port, _, _ = viewer
     status, page, _ = get(port, f"/session/{SUBAGENT_SESSION[:8]}")
-    assert status == 200 and f"<h1>Session <span class=mono>{SUBAGENT_SESSION}</span></h1>" in page
+    assert status == 200 and f"<p class=mono>session {SUBAGENT_SESSION}</p>" in page
     status, page, _ = get(port, "/session/1b?model=claude-opus-4-8")
     assert status == 300 and "starts 2 session ids" in text(page)
+    assert "Use a subagent to survey this project" in text(page)  # each candidate with its label
+    assert "Run echo hi and tell me what it printed." in text(page)
     candidates = re.findall(r"<li><a href='([^']+)'>", page)
     assert [html.unescape(c) for c in candidates] == [f"/session/{SUBAGENT_SESSION}?model=claude-opus-4-8",
                                                       "/session/1ba5440a-458d-4df7-b61b-c2cf3c262711?model=claude-opus-4-8"]
