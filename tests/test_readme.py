@@ -20,7 +20,8 @@ README = (REPO / "README.md").read_text()
 TABLE_RUNS = {
     "status": [("status",), ("status", "--json")],
     "viewer": [("viewer",)],
-    "report": [("report",), ("report", "--by", "session", "--json"), ("report", "--by", "mcp", "--csv")],
+    "report": [("report",), ("report", "--by", "session", "--json"), ("report", "--by", "mcp", "--csv"),
+               ("report", "--by", "cache_break")],
     "prices": [("prices",), ("prices", "--json")],
     "statusline": [("statusline",)],
     "sync": [("sync",)],
@@ -28,7 +29,7 @@ TABLE_RUNS = {
     "logs": [("logs", "-n", "5", "--no-follow")],
     "config": [("config", "--example")],
     "ship": [("ship", "--retry-quarantine")],
-    "replay": [("replay", "--ledger"), ("replay", "--out", "{tmp}/records.jsonl")],
+    "replay": [("replay",), ("replay", "--ledger"), ("replay", "--out", "{tmp}/records.jsonl")],
     "purge": [("purge", "--yes")],
     "uninstall": [("uninstall", "--yes")],
 }
