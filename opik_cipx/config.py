@@ -12,11 +12,12 @@ import math
 import tomllib
 import urllib.parse
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from opik_cipx.home import default_home
 from opik_cipx.urls import strip_credentials
@@ -289,7 +290,7 @@ def _effective_from(where: str, value: object) -> tuple[str, int]:
     if moment is None:
         raise ValueError(f"{where}: expected a date such as 2026-10-07, got {value!r}")
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     label = moment.date().isoformat() if moment.time() == dt_time(0) and moment.utcoffset() == timedelta(0) \
         else moment.isoformat()
     return label, int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000

@@ -33,9 +33,10 @@ import signal
 import ssl
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from opik_cipx import __version__, telemetry
 from opik_cipx.clock import SYSTEM, Clock

@@ -10,8 +10,8 @@ timestamp, or an HTTP-date; the caller bounds it.
 import math
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
-from typing import Mapping
 
 from opik_cipx.config import is_loopback_host
 

@@ -31,9 +31,10 @@ import logging
 import re
 import threading
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Mapping
+from typing import Any
 
 from opik_cipx import __version__
 from opik_cipx.clock import SYSTEM, Clock

@@ -16,7 +16,7 @@ roll-ups and for reading calls directly alike.
 """
 
 import sqlite3
-from typing import Callable
+from collections.abc import Callable
 
 V1 = """
 CREATE TABLE calls (

@@ -23,8 +23,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.ledger.db import connect

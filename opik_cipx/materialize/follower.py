@@ -28,8 +28,9 @@ import gc
 import json
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.home import read_json, write_atomic

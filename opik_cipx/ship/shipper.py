@@ -52,8 +52,9 @@ import threading
 import urllib.error
 import urllib.request
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from opik_cipx import __version__
 from opik_cipx.clock import SYSTEM, Clock

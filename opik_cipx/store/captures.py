@@ -30,9 +30,10 @@ import os
 import re
 import threading
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.home import open_private, private_dir

@@ -31,8 +31,9 @@ and recovers by itself once a write succeeds.
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.home import private_dir

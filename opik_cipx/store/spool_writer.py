@@ -10,7 +10,7 @@ queued, retrying until its deadline; what is still queued then is lost with the 
 """
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.stats import Counters

@@ -7,7 +7,7 @@ keep a minimum width and scroll sideways on a phone rather than shrink their tex
 
 import html
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from opik_cipx.materialize.attribution import BUCKETS
 

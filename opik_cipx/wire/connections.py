@@ -36,10 +36,10 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import Callable, Iterable
 
 from opik_cipx.stats import Counters
 

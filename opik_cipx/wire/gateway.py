@@ -21,9 +21,9 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from email.message import Message
-from typing import Callable, Iterator
 
 from opik_cipx.ids import new_uuid7
 from opik_cipx.stats import Counters

@@ -5,9 +5,10 @@ them on a `Canvas` at body offsets. Whatever no one paints is envelope, so the r
 cover the body exactly once.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from opik_cipx.materialize.attribution.json_spans import string_cuts
 
