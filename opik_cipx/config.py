@@ -346,7 +346,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("tee_queue_max_mb", None, _number(float, 0.01), 256.0,
            "body bytes held in memory until written to the capture log; beyond, dropped, counted"),
     Option("prices", None, parse_price_overrides, {},
-           "[prices.\"<model>\"] tables that add models to or override prices.json (rates, tiers, fast mode, dated changes)"),
+           "[prices.\"<model>\"] tables that add models to or override prices.json "
+           "(rates, tiers, fast mode, dated changes)"),
     Option("captures.enabled", "CIPX_CAPTURES", parse_bool, True,
            "keep raw captures on disk for replay and the viewer (off: only until materialized)"),
     Option("captures.max_mb", None, _number(int, 1), 512,

@@ -59,7 +59,8 @@ def run(args: argparse.Namespace, settings: Settings, clock: Clock = SYSTEM) -> 
     out = sys.stdout.buffer
     try:
         if not path.exists():
-            print(f"opik-cipx: no log yet at {path}: the daemon has not run here. Run `opik-cipx sync`.", file=sys.stderr)
+            print(f"opik-cipx: no log yet at {path}: the daemon has not run here. Run `opik-cipx sync`.",
+                  file=sys.stderr)
             _startup_errors(settings)
             return 1
         text, offset = last_lines(path, args.lines)

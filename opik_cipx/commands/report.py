@@ -50,7 +50,8 @@ PEAK = "peak_utilization"
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--by", default="day", metavar="KEYS",
-                        help=f"group by these keys, comma-separated for nested groups (default: day): {', '.join(BY_KEYS)}")
+                        help="group by these keys, comma-separated for nested groups (default: day): "
+                             f"{', '.join(BY_KEYS)}")
     parser.add_argument("--since", type=parse_since, help="from then on: 7d, 2h, 30m or an ISO date/time (local time)")
     parser.add_argument("--until", type=parse_until, help="before then (a date alone includes that day)")
     parser.add_argument("--session", metavar="ID", help="only this Claude Code session")
@@ -169,7 +170,8 @@ def render_table(result: Report) -> str:
     keys = len(result.by)
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < keys else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(c.ljust(w) if i < keys else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
     out = [line(headings), "  ".join("-" * w for w in widths)]
     out += [line(cells) for cells in rows[:-1]]
@@ -188,8 +190,8 @@ def _notes(result: Report) -> list[str]:
     if unpriced := unpriced_note(result.total.get("unpriced_calls") or 0):
         notes.append(f"{unpriced}.")
     if windows := _windows(result):
-        notes.append(f"`<window> peak`: the highest utilization each rate-limit window reported ({', '.join(windows)}); "
-                     "`opik-cipx status` shows the latest.")
+        notes.append("`<window> peak`: the highest utilization each rate-limit window reported "
+                     f"({', '.join(windows)}); `opik-cipx status` shows the latest.")
     if result.total.get("estimated_calls"):
         notes.append(f"{result.total['estimated_calls']} call(s) were priced from a related model's rates "
                      "(an estimate).")

@@ -122,7 +122,8 @@ def today_line(settings: Settings, now_ns: int | None = None) -> str:
     except SchemaError as exc:
         return f"! {exc}"
     except (sqlite3.Error, OSError) as exc:
-        return (f"! cannot read {settings.ledger_path} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return (f"! cannot read {settings.ledger_path} ({why}): "
                 "`opik-cipx logs` may say why; `opik-cipx replay --ledger` rebuilds it from the stored captures")
     line = f"{total['calls']} call(s), ${total['cost_usd'] or 0:,.4f}"
     if unpriced := unpriced_note(total.get("unpriced_calls") or 0):
@@ -244,7 +245,8 @@ def render(stats: dict[str, Any], settings: Settings, claude_code: str = "", now
     out.append(f"  {'wal hot':<12} {size(wal.get('hot_bytes'))} in {wal.get('segments', 0)} segment(s)")
     out.append(f"  {'last commit':<12} {age(wal.get('last_sync_at'), now)}")
     if wal.get("degraded") or wal.get("last_write_error"):
-        out.append(f"  ! spool degraded: writing {settings.spool_dir} fails ({wal.get('last_write_error') or 'no detail'}); "
+        out.append(f"  ! spool degraded: writing {settings.spool_dir} fails "
+                   f"({wal.get('last_write_error') or 'no detail'}); "
                    "records wait in memory and are written once it works: free disk space or fix that "
                    "directory's permissions")
     dropped_mem, dropped_disk = wal.get("dropped_events_inmem") or 0, wal.get("dropped_events_disk") or 0
@@ -306,7 +308,8 @@ def rate_limit_lines(section: dict[str, Any], now: float) -> list[str]:
         line = f"  {name:<12} {', '.join(parts)}"
         if window.get("utilization") is not None and warning(window):
             threshold = window.get("surpassed_threshold")
-            why = f"past the {threshold:.0%} warning threshold" if threshold is not None else f"status {window.get('status')}"
+            why = (f"past the {threshold:.0%} warning threshold" if threshold is not None
+                   else f"status {window.get('status')}")
             line += f"  ! {why}"
         out.append(line)
     return out

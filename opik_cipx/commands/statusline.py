@@ -46,7 +46,8 @@ NO_CALLS = "opik-cipx: no calls recorded yet (`opik-cipx sync` routes Claude Cod
 def configure(parser: argparse.ArgumentParser) -> None:  # noqa: F821
     parser.add_argument("--install", action="store_true",
                         help="set statusLine in ~/.claude/settings.json to this command (only when none is set)")
-    parser.add_argument("--force", action="store_true", help="with --install: replace a statusLine set by something else")
+    parser.add_argument("--force", action="store_true",
+                        help="with --install: replace a statusLine set by something else")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:  # noqa: F821

@@ -39,7 +39,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def on_config_error(args: argparse.Namespace, exc: ConfigError | str) -> int:
-    """A config file that does not load, or a `$CIPX_HOME` that cannot be used: keep a healthy daemon, else fail open."""
+    """A config file that does not load, or a `$CIPX_HOME` that cannot be used: keep a healthy daemon, else fail
+    open."""
     env = dict(os.environ)
     return sync(paths_only_settings(env), env, config_error=str(exc))
 

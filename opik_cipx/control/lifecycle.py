@@ -80,7 +80,8 @@ class _Lock:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     self.fh.close()
-                    raise TimeoutError(f"another opik-cipx sync/restart held {self.path} for {self.timeout_s:.0f}s")
+                    raise TimeoutError(
+                        f"another opik-cipx sync/restart held {self.path} for {self.timeout_s:.0f}s") from None
                 time.sleep(0.05)
 
     def __exit__(self, *exc: object) -> None:
@@ -169,7 +170,8 @@ def describe(change: claude_settings.Change, url: str) -> str | None:
     where = change.path
     if change.outcome == "foreign":
         return (f"{where} sets {claude_settings.KEY}={change.detail}, so Claude Code does not go through "
-                f"opik-cipx; left as is. To use opik-cipx, remove that entry (or set it to {url}) and run `opik-cipx sync`.")
+                f"opik-cipx; left as is. To use opik-cipx, remove that entry (or set it to {url}) "
+                "and run `opik-cipx sync`.")
     if change.outcome == "unusable":
         return f"{where} left untouched: {change.detail}. Fix the file, then run `opik-cipx sync`."
     return None
@@ -235,4 +237,5 @@ def summary(settings: Settings, outcome: Outcome) -> str:
     url = our_url(settings, outcome.state)
     pointed = "points at it" if outcome.change and outcome.change.outcome in ("set", "kept") else "does NOT point at it"
     where = f" ({outcome.change.path})" if outcome.change else ""
-    return f"{outcome.action} (pid {outcome.state['pid']}, version {outcome.state.get('version')}, {url}); Claude Code {pointed}{where}"
+    return (f"{outcome.action} (pid {outcome.state['pid']}, version {outcome.state.get('version')}, {url}); "
+            f"Claude Code {pointed}{where}")

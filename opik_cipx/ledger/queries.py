@@ -93,7 +93,7 @@ def report(conn: sqlite3.Connection, by: tuple[str, ...], selection: Selection =
         into = merged.setdefault(key, dict.fromkeys(figures, 0))
         for name in figures:
             into[name] += row[name]
-    out.rows = [{**dict(zip(by, key)), **values} for key, values in merged.items()]
+    out.rows = [{**dict(zip(by, key, strict=True)), **values} for key, values in merged.items()]
     if peaks:
         periods: dict[Any, list[dict[str, float]]] = {}
         for day, windows in peaks.items():
@@ -145,7 +145,7 @@ RATE_LIMIT_FIELDS = (*RATE_LIMIT_COLUMNS, "started_at_ns")
 
 def latest_rate_limits(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """The newest value of every rate-limit window the ledger holds, in display order."""
-    rows = [dict(zip(RATE_LIMIT_FIELDS, row))
+    rows = [dict(zip(RATE_LIMIT_FIELDS, row, strict=True))
             for row in conn.execute(f"SELECT {', '.join(RATE_LIMIT_FIELDS)} FROM latest_rate_limits")]
     return sorted(rows, key=lambda row: window_order(row["window_name"]))
 
@@ -225,12 +225,12 @@ def _grouped(conn: sqlite3.Connection, groups: list[str], detail: str | None, se
     names = [*groups, *(["bucket"] if detail == "bucket" else ["detail"] if detail else [])]
     table = "daily_details" if detail else "daily_calls"
     source = "calls c JOIN details d ON d.call_id = c.id" if detail else "calls c"
-    columns = ", ".join(f"{k} AS {n}" for k, n in zip(rolled_keys, names))
+    columns = ", ".join(f"{k} AS {n}" for k, n in zip(rolled_keys, names, strict=True))
     rolled = (
         f"SELECT {columns}{', ' if columns else ''}{', '.join(f'r.{f} AS {f}' for f in figures)} "
         f"FROM {table} r WHERE r.{whole_days}" + "".join(f" AND {f}" for f in rolled_filters)
     )
-    columns = ", ".join(f"{k} AS {n}" for k, n in zip(raw_keys, names))
+    columns = ", ".join(f"{k} AS {n}" for k, n in zip(raw_keys, names, strict=True))
     raw = (
         f"SELECT {columns}{', ' if columns else ''}{', '.join(f'{e} AS {f}' for f, e in figures.items())} "
         f"FROM {source} WHERE c.{cut_days} AND c.started_at_ns >= :since AND c.started_at_ns < :until"
@@ -244,7 +244,7 @@ def _grouped(conn: sqlite3.Connection, groups: list[str], detail: str | None, se
     )
     cursor = conn.execute(sql, params)
     columns = [c[0] for c in cursor.description]
-    rows = [dict(zip(columns, values)) for values in cursor]
+    rows = [dict(zip(columns, values, strict=True)) for values in cursor]
     if not groups and not detail and rows and rows[0]["calls"] == 0:
         return []
     for row in rows:
@@ -260,7 +260,8 @@ def _grouped(conn: sqlite3.Connection, groups: list[str], detail: str | None, se
 
 CALL_LIST_COLUMNS = (
     "id", "capture_id", "started_at_ns", "ended_at_ns", "day", "session_id", "project_dir", "git_branch",
-    "git_remote", "user_email", "org_name", "model", "kind", "side_kind", "agent_id", "agent_type", "span_id", "parent_span_id", "status",
+    "git_remote", "user_email", "org_name", "model", "kind", "side_kind", "agent_id", "agent_type", "span_id",
+    "parent_span_id", "status",
     "error_type", "request_id", "input_tokens", "cache_creation_input_tokens", "cache_write_5m_tokens",
     "cache_write_1h_tokens", "cache_read_input_tokens", "output_tokens", "cost_usd", "cost_input_usd",
     "cost_cache_write_5m_usd", "cost_cache_write_1h_usd", "cost_cache_read_usd", "cost_output_usd",
@@ -274,7 +275,7 @@ def _calls(conn: sqlite3.Connection, where: str, params: tuple, order: str, limi
     sql = f"SELECT {', '.join(CALL_LIST_COLUMNS)} FROM calls WHERE {where} ORDER BY {order}"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    return [dict(zip(CALL_LIST_COLUMNS, row)) for row in conn.execute(sql, params)]
+    return [dict(zip(CALL_LIST_COLUMNS, row, strict=True)) for row in conn.execute(sql, params)]
 
 
 def recent_calls(conn: sqlite3.Connection, limit: int, before_ns: int | None = None) -> list[dict]:
@@ -298,7 +299,7 @@ def call_details(conn: sqlite3.Connection, call_id: int) -> list[dict]:
     cursor = conn.execute(
         "SELECT bucket, detail, chars, tokens, cost_usd FROM details WHERE call_id = ? ORDER BY bucket, detail",
         (call_id,))
-    return [dict(zip(("bucket", "detail", "chars", "tokens", "cost_usd"), row)) for row in cursor]
+    return [dict(zip(("bucket", "detail", "chars", "tokens", "cost_usd"), row, strict=True)) for row in cursor]
 
 
 def launchers(conn: sqlite3.Connection, tool_span_ids: list[str]) -> dict[str, str]:

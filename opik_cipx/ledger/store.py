@@ -265,7 +265,8 @@ def _rate_limits(conn: sqlite3.Connection, call_id: int, entry: Entry) -> None:
         [(*row, started, call["capture_id"]) for row in entry.rate_limits])
     conn.executemany(
         "INSERT INTO daily_rate_limits (day, window_name, peak_utilization) VALUES (?, ?, ?) "
-        "ON CONFLICT (day, window_name) DO UPDATE SET peak_utilization = max(peak_utilization, excluded.peak_utilization)",
+        "ON CONFLICT (day, window_name) DO UPDATE SET "
+        "peak_utilization = max(peak_utilization, excluded.peak_utilization)",
         [(day, row[0], row[2]) for row in entry.rate_limits if row[2] is not None])
 
 

@@ -11,8 +11,8 @@ Records go to the spool with `Spool.offer`: when the spool has no room the follo
 (the log holds what arrives meanwhile) instead of dropping them.
 
 The checkpoint (`materializer/checkpoint.json`;
-docs/ARCHITECTURE.md, "Materializer checkpoint") holds the log position materialized through and the materializer's per-session
-state. It is written at most every `CHECKPOINT_INTERVAL_S`, and only once the spool has
+docs/ARCHITECTURE.md, "Materializer checkpoint") holds the log position materialized through and
+the materializer's per-session state. It is written at most every `CHECKPOINT_INTERVAL_S`, and only once the spool has
 acknowledged (fsynced) every record derived from the captures before that position. On start
 the state is restored and every capture after the position is materialized again: ids are
 derived, so records that had already reached the spool are upserted, never doubled. Retention

@@ -1,7 +1,8 @@
 """The capture log (`captures/`): every finished exchange, durable, in the order the tee saw it.
 
 The capture thread appends; the materializer follows the log
-(docs/ARCHITECTURE.md, "Capture log"). A segment `NNNNNNNNNNNN.jsonl.gz` is a file of gzip members, one per capture: a JSON
+(docs/ARCHITECTURE.md, "Capture log"). A segment `NNNNNNNNNNNN.jsonl.gz` is a file of gzip
+members, one per capture: a JSON
 header line (every Capture field but the bodies, plus their lengths) followed by the raw
 request and response bodies. Bodies are never JSON-escaped: escaping megabytes would hold the
 daemon's GIL for milliseconds, while zlib releases it. Each append is one `write` of a complete
@@ -201,7 +202,7 @@ class CaptureStore:
         until = written_until(found, {**known, **read})
         total = sum(s.size for s in found)
         lost = 0
-        for segment, last_ns in zip(found, until):
+        for segment, last_ns in zip(found, until, strict=True):
             path, size, number = segment
             if number is not None and number == active:
                 continue
@@ -454,7 +455,7 @@ def find_capture(directory: Path, capture_id: str, started_at_ns: int) -> Captur
     """
     found = _segments(directory)
     until = written_until(found, {s.path: first_stamp(s.path) for s in found})
-    for segment, last_ns in zip(found, until):
+    for segment, last_ns in zip(found, until, strict=True):
         if last_ns is not None and last_ns < started_at_ns - 10**9:
             continue
         try:

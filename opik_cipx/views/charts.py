@@ -140,7 +140,7 @@ def line_chart(count: int, lines: list[tuple[str, str, dict[int, float], str, Fo
             body.append(f"<polyline class=line fill=none stroke='{colour}' stroke-width=2 points='"
                         + " ".join(f"{x:.1f},{y:.1f}" for x, y in coords) + "'/>")
         if count <= 150:
-            for (n, v), (x, y) in zip(sorted(points.items()), coords):
+            for (n, v), (x, y) in zip(sorted(points.items()), coords, strict=True):
                 body.append(f"<circle cx={x:.1f} cy={y:.1f} r=3 fill='{colour}'>"
                             f"<title>{html.escape(f'call {n}: {name} {fmt(v)}')}</title></circle>")
     every = max(1, math.ceil(count / 12))

@@ -465,7 +465,8 @@ def cache_section(call: dict) -> str:
     if not whole:
         return ""
     written = call["cache_write_5m_tokens"] + call["cache_write_1h_tokens"]
-    out = [f"<section id=cache><h2>Prompt cache</h2><p>Of the input side: {call['cache_read_input_tokens'] / whole:.1%} "
+    out = ["<section id=cache><h2>Prompt cache</h2><p>Of the input side: "
+           f"{call['cache_read_input_tokens'] / whole:.1%} "
            f"read from the cache, {written / whole:.1%} written to it, {call['input_tokens'] / whole:.1%} uncached."]
     previous = call["cache_previous_capture_id"]
     if previous:
@@ -478,7 +479,8 @@ def cache_section(call: dict) -> str:
         causes = (call["cache_break_causes"] or call["cache_break_cause"]).split(",")
         bucket, item = call["cache_break_bucket"], call["cache_break_item"] or ""
         where = f" ({esc(bucket)})" if bucket and bucket not in item else ""
-        extra = f": {usd(call['cache_break_usd'])} more than reading them" if call["cache_break_usd"] is not None else ""
+        extra = (f": {usd(call['cache_break_usd'])} more than reading them"
+                 if call["cache_break_usd"] is not None else "")
         out.append(f"<p class=bad id=cache-break>Cache break: {esc(causes[0].replace('_', ' '))}, "
                    f"{esc(item)}{where}. {tokens(call['cache_break_tokens'])} tokens "
                    f"written again (or sent uncached) that the cache held{extra}.</p>")
@@ -493,14 +495,16 @@ def cache_section(call: dict) -> str:
 def _gap(seconds: float | None) -> str:
     if seconds is None:
         return "some time"
-    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+    return (f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
+            else f"{seconds / 3600:.1f} h")
 
 
 def breaks_section(calls: list[dict]) -> str:
     """The session's cache breaks: when, why, where and what each cost."""
     breaks = [c for c in calls if c["cache_break_cause"]]
     if not breaks:
-        return "<section id=breaks><h2>Cache breaks</h2><p>None: every call read what the call before it cached.</p></section>"
+        return ("<section id=breaks><h2>Cache breaks</h2>"
+                "<p>None: every call read what the call before it cached.</p></section>")
     cost = sum(c["cache_break_usd"] or 0.0 for c in breaks)
     out = [f"<section id=breaks><h2>Cache breaks</h2><p>{len(breaks):,} call(s) paid to write what the cache "
            f"should have held: {usd(cost)} more than reading it.</p><div class=scroll><table><tr><th>time</th>"

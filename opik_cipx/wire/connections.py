@@ -54,7 +54,8 @@ LINGER_S = 1.0  # after a refusal with an unread body: how long its rest is read
 LINGER_BYTES = 1024 * 1024
 FD_LIMIT_WANTED = 8192
 _BLANK_LINE = re.compile(rb"\n\r?\n")
-HEAD_CUT_OFF = "opik-cipx: the request head ended before its blank line (connection closed mid-head); nothing was forwarded"
+HEAD_CUT_OFF = ("opik-cipx: the request head ended before its blank line (connection closed mid-head); "
+                "nothing was forwarded")
 _LISTENER = object()
 INFINITY = float("inf")
 
@@ -120,7 +121,8 @@ def read_head(rfile: io.BufferedIOBase) -> bytes | None:
 
 
 def raise_fd_limit(wanted: int = FD_LIMIT_WANTED) -> None:
-    """Lift the soft open-file limit towards `wanted` (within the hard limit): waiting connections cost a descriptor each."""
+    """Lift the soft open-file limit towards `wanted` (within the hard limit): waiting connections cost a
+    descriptor each."""
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
@@ -159,7 +161,8 @@ def count_refusal(counters: Counters, listener: str, status: int, what: str, mes
     (`Counters.refused`), logged at the 1st, 2nd, 4th... (`what`: the method and route, never a query)."""
     refused = counters.refused(listener, status)
     if worth_logging(refused):
-        log.warning("%s listener: refused %s with %d (%d refusals so far): %s", listener, what, status, refused, message)
+        log.warning("%s listener: refused %s with %d (%d refusals so far): %s",
+                    listener, what, status, refused, message)
 
 
 class _Pending:
@@ -503,7 +506,8 @@ class ConnectionServer(socketserver.TCPServer):
             if worth_logging(refused):
                 log.warning("%s listener: %d connections busy; refused a request (client_max_connections; %d so far)",
                             self.name, self.limits.max_connections, refused)
-            message = f"opik-cipx: too many connections at once (more than {self.limits.max_connections}); retry shortly"
+            message = (f"opik-cipx: too many connections at once (more than {self.limits.max_connections}); "
+                       "retry shortly")
             _send_and_close(pending.sock, self.RequestHandlerClass.canned_response(503, message))
             return
         pending.sock.setblocking(True)

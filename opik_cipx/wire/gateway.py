@@ -8,10 +8,10 @@ wire are referenced by a `Capture` that goes to the tee once the exchange is ove
 Only Claude Code and other local programs are served, never a web page: a request with an
 `Origin` header, a browser's `Sec-Fetch-Site` / `Sec-Fetch-Mode`, a Host that is not loopback or
 a target that is not a path is refused 403 (`browser_or_stranger`), not forwarded, not captured
-and counted in `requests_refused` (as every listener's refusals are: `connections.count_refusal`). Claude Code sends none of these (tests/security prove it on
-the recorded corpus). While an exchange waits on the upstream, the connection loop watches the
-client socket: a client that leaves closes the upstream request within a fraction of a second
-(`_Departure`).
+and counted in `requests_refused` (as every listener's refusals are: `connections.count_refusal`).
+Claude Code sends none of these (tests/security prove it on the recorded corpus). While an
+exchange waits on the upstream, the connection loop watches the client socket: a client that
+leaves closes the upstream request within a fraction of a second (`_Departure`).
 """
 
 import http.client
@@ -327,7 +327,8 @@ class GatewayHandler(LoopbackHandler):
                     try:
                         return conn, conn.getresponse()
                     except (http.client.RemoteDisconnected, ConnectionResetError, ssl.SSLEOFError):
-                        if not reused or retried or departure.departed or time.monotonic() - sent > STALE_RETRY_WINDOW_S:
+                        if (not reused or retried or departure.departed
+                                or time.monotonic() - sent > STALE_RETRY_WINDOW_S):
                             raise
             except BaseException:
                 departure.detach()
@@ -427,7 +428,8 @@ class GatewayHandler(LoopbackHandler):
                 return False
             if not data and resp.length:  # EOF before the promised Content-Length
                 if not departure.departed:
-                    capture.upstream_error = "upstream connection failed mid-response: body shorter than its Content-Length"
+                    capture.upstream_error = ("upstream connection failed mid-response: "
+                                              "body shorter than its Content-Length")
                     log.warning("gateway: %s", capture.upstream_error)
                 return False
             last = not data or resp.length == 0

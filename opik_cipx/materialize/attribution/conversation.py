@@ -156,7 +156,7 @@ class Conversation:
             )
             command = records.get(index)
             previous = command[0] if command is not None and command[0]["kind"] == "prompt" else None
-        for item, item_pieces in zip(items, pieces):
+        for item, item_pieces in zip(items, pieces, strict=True):
             if item is not None:
                 self._string(item, item_pieces)
 
@@ -316,7 +316,7 @@ def _segments(text: str) -> list[tuple[int, int, int]]:
         found.append((pos, _kind(text[pos:])))
     starts = [0] + [start for start, _ in found[1:]]
     ends = starts[1:] + [len(text)]
-    return [(start, end, kind) for start, end, (_, kind) in zip(starts, ends, found)]
+    return [(start, end, kind) for start, end, (_, kind) in zip(starts, ends, found, strict=True)]
 
 
 def _kind(text: str) -> int:

@@ -132,11 +132,10 @@ def _git_status(text: str) -> dict[str, object] | None:
     The section runs to the end of its `Recent commits:` list; without one, to the first line
     that is none of its parts.
     """
-    intro = None
-    for intro in _GIT_INTRO.finditer(text):
-        pass
-    if intro is None:
+    intros = list(_GIT_INTRO.finditer(text))
+    if not intros:
         return None
+    intro = intros[-1]
     fields: dict[str, object] = {}
     status: list[str] = []
     has_status = in_status = False
