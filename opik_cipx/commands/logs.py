@@ -8,6 +8,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import ConfigError, Settings
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace, settings: Settings, clock: Clock = SYSTEM) -> 
     return 0
 
 
-def _follow(path: Path, offset: int, out, clock: Clock) -> None:
+def _follow(path: Path, offset: int, out: BinaryIO, clock: Clock) -> None:
     fh = open(path, "rb")
     fh.seek(offset)
     inode = os.fstat(fh.fileno()).st_ino

@@ -17,7 +17,7 @@ import json
 import os
 import sqlite3
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from opik_cipx.config import Settings
 from opik_cipx.ledger.db import open_reader
@@ -130,7 +130,7 @@ def dump_json(doc: dict[str, Any]) -> str:
             + json.dumps(doc["total"]) + "\n}")
 
 
-def write_csv(result: Report, stream) -> None:
+def write_csv(result: Report, stream: TextIO) -> None:
     figures, windows = report_figures(result.by), _windows(result)
     writer = csv.writer(stream, lineterminator="\n")
     writer.writerow([*result.by, *figures, *(f"peak:{w}" for w in windows)])

@@ -122,11 +122,11 @@ def _bring_up(settings: Settings, env: dict[str, str], report: _Report) -> None:
         report.tell(NEXT_SESSION_HOOK if report.as_hook else NEXT_SESSION)
     installed = install.installed_path(settings, env)
     if installed.is_file():
-        linked, note = install.ensure_link(installed, env, settings.home)
-        if linked:
-            report.tell(note)
-        elif note:
-            report.problem(note)
+        linked, link_note = install.ensure_link(installed, env, settings.home)
+        if link_note and linked:
+            report.tell(link_note)
+        elif link_note:
+            report.problem(link_note)
     drift = _settings_drift(settings, env, outcome.state or {})
     if drift and report.event in (None, "SessionStart"):
         report.tell(drift)

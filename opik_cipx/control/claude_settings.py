@@ -21,6 +21,7 @@ import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 from opik_cipx.control.userfiles import remove_empty, replace_file
 
@@ -125,7 +126,7 @@ def status_line_command(executable: Path) -> str:
     return f"{shlex.quote(str(executable))} statusline"
 
 
-def is_our_status_line(value: object) -> bool:
+def is_our_status_line(value: object) -> TypeGuard[dict]:
     """True for a `statusLine` that runs an `opik-cipx` executable's `statusline` and nothing else."""
     if not isinstance(value, dict) or value.get("type") != "command" or not isinstance(value.get("command"), str):
         return False

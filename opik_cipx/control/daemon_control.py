@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from opik_cipx.config import Settings, load_settings
 from opik_cipx.home import open_private, private_dir, read_json
@@ -25,7 +25,7 @@ POLL_S = 0.02
 
 def paths_only_settings(env: dict[str, str]) -> Settings:
     """Settings for lifecycle commands when the config is unusable: paths from `env`, defaults."""
-    keep = {key: env[key] for key in ("HOME", "CIPX_HOME") if key in env}
+    keep: dict[str, str] = {key: env[key] for key in ("HOME", "CIPX_HOME") if key in env}
     return load_settings({**keep, "CIPX_CONFIG": os.devnull})
 
 
@@ -46,7 +46,7 @@ def home_id(home: Path) -> str:
     return os.path.abspath(home)
 
 
-def _names_pid(state: object) -> bool:
+def _names_pid(state: object) -> TypeGuard[dict[str, Any]]:
     return isinstance(state, dict) and isinstance(state.get("pid"), int) and state["pid"] > 0
 
 

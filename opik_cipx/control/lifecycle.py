@@ -15,6 +15,7 @@ both start a daemon.
 
 import fcntl
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -128,7 +129,7 @@ def _bring_up_locked(settings: Settings, supervisor: Supervisor, exe: executable
     state = read_state(settings)
     healthy = state is not None and is_healthy(admin_port(settings, state))
     notes = []
-    if healthy and not restart:
+    if state is not None and healthy and not restart:
         stale = _stale_reason(state, exe)
         if stale:
             notes.append(f"restarting the daemon: {stale}")
@@ -149,7 +150,7 @@ def _bring_up_locked(settings: Settings, supervisor: Supervisor, exe: executable
     return Outcome("restarted" if healthy else "started", new_state, notes=notes)
 
 
-def _start_failure(settings: Settings, supervisor: Supervisor, proc) -> str:
+def _start_failure(settings: Settings, supervisor: Supervisor, proc: subprocess.Popen | None) -> str:
     detail = startup_error(settings)
     if proc is not None and proc.poll() is not None:
         why = f"the daemon exited with status {proc.returncode}"
@@ -173,8 +174,13 @@ def describe(change: claude_settings.Change, url: str) -> str | None:
                 f"opik-cipx; left as is. To use opik-cipx, remove that entry (or set it to {url}) "
                 "and run `opik-cipx sync`.")
     if change.outcome == "unusable":
-        return f"{where} left untouched: {change.detail}. Fix the file, then run `opik-cipx sync`."
+        return unusable(change)
     return None
+
+
+def unusable(change: claude_settings.Change) -> str:
+    """The line for a settings file left as it was because it could not be read or written."""
+    return f"{change.path} left untouched: {change.detail}. Fix the file, then run `opik-cipx sync`."
 
 
 def unpoint(settings: Settings, env: dict[str, str], state: dict[str, Any] | None = None) -> claude_settings.Change:
@@ -199,7 +205,7 @@ def tear_down(settings: Settings, env: dict[str, str]) -> list[str]:
     if change.outcome == "removed":
         lines.append(f"removed {claude_settings.KEY} from {change.path}: Claude Code talks to Anthropic directly")
     elif change.outcome == "unusable":
-        lines.append(describe(change, our_url(settings, state)))
+        lines.append(unusable(change))
     return lines
 
 
@@ -219,9 +225,10 @@ def up_and_point(settings: Settings, env: dict[str, str], restart: bool = False,
     return outcome, [line] if line else []
 
 
-def bring_up_and_report(settings: Settings, env: dict[str, str], **kwargs) -> int:
+def bring_up_and_report(settings: Settings, env: dict[str, str], restart: bool = False,
+                        stop_timeout_s: float | None = SYNC_STOP_TIMEOUT_S) -> int:
     """`up_and_point` for a command run by hand: print notes, problems and a summary; exit code."""
-    outcome, problems = up_and_point(settings, env, **kwargs)
+    outcome, problems = up_and_point(settings, env, restart, stop_timeout_s)
     for line in outcome.notes:
         print(f"opik-cipx: {line}")
     for line in problems:
@@ -234,6 +241,7 @@ def bring_up_and_report(settings: Settings, env: dict[str, str], **kwargs) -> in
 
 def summary(settings: Settings, outcome: Outcome) -> str:
     """One line: what happened, the pid, the URL and whether Claude Code points at it."""
+    assert outcome.state is not None  # an outcome that is not "failed" names its daemon
     url = our_url(settings, outcome.state)
     pointed = "points at it" if outcome.change and outcome.change.outcome in ("set", "kept") else "does NOT point at it"
     where = f" ({outcome.change.path})" if outcome.change else ""

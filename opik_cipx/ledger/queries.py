@@ -21,6 +21,7 @@ the highest utilization each rate-limit window reported in that period (docs/RAT
 """
 
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,7 +112,7 @@ def report_figures(by: tuple[str, ...]) -> tuple[str, ...]:
     return FIGURES
 
 
-def _peak_of(per_day) -> dict[str, float]:
+def _peak_of(per_day: Iterable[dict[str, float]]) -> dict[str, float]:
     out: dict[str, float] = {}
     for windows in per_day:
         for window, value in windows.items():
@@ -173,7 +174,7 @@ def _sort(rows: list[dict[str, Any]], by: tuple[str, ...]) -> None:
             group_cost[prefix] = group_cost.get(prefix, 0.0) + row["cost_usd"]
 
     def order(row: dict[str, Any]) -> tuple:
-        parts = []
+        parts: list[tuple[float, str]] = []
         for depth, key in enumerate(by, 1):
             value = row[key]
             if key in TIME_KEYS:
@@ -243,8 +244,8 @@ def _grouped(conn: sqlite3.Connection, groups: list[str], detail: str | None, se
         f"FROM ({rolled} UNION ALL {raw})" + (f" GROUP BY {outer_keys}" if outer_keys else "")
     )
     cursor = conn.execute(sql, params)
-    columns = [c[0] for c in cursor.description]
-    rows = [dict(zip(columns, values, strict=True)) for values in cursor]
+    column_names = [c[0] for c in cursor.description]
+    rows = [dict(zip(column_names, values, strict=True)) for values in cursor]
     if not groups and not detail and rows and rows[0]["calls"] == 0:
         return []
     for row in rows:
@@ -304,7 +305,7 @@ def call_details(conn: sqlite3.Connection, call_id: int) -> list[dict]:
 
 def launchers(conn: sqlite3.Connection, tool_span_ids: list[str]) -> dict[str, str]:
     """Agent tool span id -> the span id of the call that launched it (for those known)."""
-    out = {}
+    out: dict[str, str] = {}
     for start in range(0, len(tool_span_ids), 500):
         chunk = tool_span_ids[start:start + 500]
         out.update(conn.execute(

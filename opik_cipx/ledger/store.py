@@ -224,6 +224,7 @@ def upsert(conn: sqlite3.Connection, entry: Entry) -> None:
             f"INSERT INTO calls ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
             [call[c] for c in columns],
         ).lastrowid
+        assert call_id is not None  # an INSERT sets it
     else:
         call_id = old[0]
         roll_up(conn, "c.id = ?", (call_id,), sign=-1)

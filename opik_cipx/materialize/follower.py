@@ -255,6 +255,7 @@ class Follower(Worker):
             for entry in read_log(self.store.directory, self._position, until):
                 if self._past_deadline() or not self._process(entry.capture):
                     return
+                assert entry.end is not None  # read from a log position: no segment from before the log
                 self._advance(entry.end)
                 self._checkpoint()  # a long catch-up is checkpointed as it goes
         except OSError as exc:
@@ -367,6 +368,7 @@ class Follower(Worker):
             self._write_pending()
 
     def _write_pending(self) -> None:
+        assert self._pending is not None  # called with a snapshot waiting
         position, data, _ = self._pending
         self._pending = None
         try:

@@ -124,10 +124,10 @@ def line_chart(count: int, lines: list[tuple[str, str, dict[int, float], str, Fo
     for i in range(5):
         y = top + plot_h - plot_h * i / 4
         body.append(f"<line x1={left} x2={width - right} y1={y:.1f} y2={y:.1f} stroke='#e5e7eb'/>")
-        for side, x, anchor in (("left", left - 6, "end"), ("right", width - right + 6, "start")):
+        for side, tick_x, anchor in (("left", left - 6, "end"), ("right", width - right + 6, "start")):
             if side in formats:
                 colour = next(c for _, c, _, s, _ in lines if s == side)
-                body.append(f"<text x={x} y={y + 4:.1f} text-anchor={anchor} fill='{colour}'>"
+                body.append(f"<text x={tick_x} y={y + 4:.1f} text-anchor={anchor} fill='{colour}'>"
                             f"{html.escape(formats[side](peaks[side] * i / 4))}</text>")
 
     def xy(n: int, value: float, side: str) -> tuple[float, float]:

@@ -188,7 +188,7 @@ class Dashboard:
 
     def _session(self, conn: sqlite3.Connection | None, session_id: str) -> Response:
         calls = session_calls(conn, session_id) if conn else []
-        if not calls:
+        if not calls or conn is None:
             return 404, HTML, page("unknown session", f"<p>No call of session {esc(session_id)} is in the ledger.</p>")
         selection = Selection(session=session_id)
         total = report(conn, (), selection).total
@@ -247,6 +247,7 @@ class Dashboard:
         attribution = categorize(capture.request_body) if capture else None
         out = []
         if call:
+            assert conn is not None  # the call was read from it
             out += call_header(call)
             out.append(token_section(call))
             out.append(cache_section(call))
@@ -258,6 +259,7 @@ class Dashboard:
                 call["cost_usd"] or 0.0, labels=call_labels(details, attribution)))
             out.append("</section>")
         else:
+            assert capture is not None  # a call or a capture: the page is a 404 without either
             out.append(f"<h1>{esc(capture.method)} {esc(capture.path)}</h1><p class=muted>Not in the ledger "
                        "(no Messages API call, or made before the ledger existed).</p>")
         if capture is not None:

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
+from typing import Any, TypeVar
 
 from opik_cipx.stats import Counters
 
@@ -57,6 +58,7 @@ _BLANK_LINE = re.compile(rb"\n\r?\n")
 HEAD_CUT_OFF = ("opik-cipx: the request head ended before its blank line (connection closed mid-head); "
                 "nothing was forwarded")
 _LISTENER = object()
+_T = TypeVar("_T")
 INFINITY = float("inf")
 
 
@@ -170,7 +172,7 @@ class _Pending:
 
     __slots__ = ("sock", "addr", "buf", "deadline")
 
-    def __init__(self, sock: socket.socket, addr, deadline: float):
+    def __init__(self, sock: socket.socket, addr: tuple[str, int], deadline: float):
         self.sock = sock
         self.addr = addr
         self.buf = bytearray()
@@ -180,7 +182,7 @@ class _Pending:
 class Connection:
     """A client connection served by a handler thread; its phase, deadline and hang-up watch are read by the loop."""
 
-    def __init__(self, sock: socket.socket, addr, prefix: bytes):
+    def __init__(self, sock: socket.socket, addr: tuple[str, int], prefix: bytes):
         self.sock = sock
         self.addr = addr
         self.prefix = prefix  # bytes the loop already read: the first head, maybe more
@@ -278,7 +280,7 @@ class _ConnReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]  # BufferedReader passes a memoryview
         if self._prefix is not None:
             n = min(len(buffer), len(self._prefix))
             buffer[:n] = self._prefix[:n]
@@ -296,7 +298,7 @@ class _ConnWriter(io.BufferedIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]  # what handlers write
         self._sock.sendall(data)
         with memoryview(data) as view:
             return view.nbytes
@@ -352,8 +354,10 @@ class ConnectionServer(socketserver.TCPServer):
 
     allow_reuse_address = True
     request_queue_size = 128
+    RequestHandlerClass: type["ConnectionHandler"]
 
-    def __init__(self, address, handler: type["ConnectionHandler"], limits: Limits, counters: Counters | None = None):
+    def __init__(self, address: tuple[str, int], handler: type["ConnectionHandler"], limits: Limits,
+                 counters: Counters | None = None):
         self.limits = limits
         self.counters = counters or Counters()
         self.name = getattr(self, "name", "listener")
@@ -389,15 +393,16 @@ class ConnectionServer(socketserver.TCPServer):
         finally:
             self._stopped.set()
 
-    def _event(self, data) -> None:
+    def _event(self, data: object) -> None:
         if data is _LISTENER:
             self._accept()
         elif isinstance(data, _Pending):
             self._read(data)
         else:
+            assert isinstance(data, Connection)  # the only other thing the loop registers
             self._hangup(data)
 
-    def _guarded(self, step: Callable, arg) -> None:
+    def _guarded(self, step: Callable[[_T], None], arg: _T) -> None:
         """One step of the loop: a bug in it is logged and counted, never the end of the listener."""
         try:
             step(arg)
@@ -532,7 +537,7 @@ class ConnectionServer(socketserver.TCPServer):
 
     def _serve(self, conn: Connection) -> None:
         try:
-            self.RequestHandlerClass(conn, conn.addr, self)
+            self.RequestHandlerClass(conn, conn.addr, self)  # type: ignore[arg-type]  # setup() takes the Connection
         except Exception:
             self.handle_error(conn.sock, conn.addr)
         finally:
@@ -589,6 +594,7 @@ class ConnectionHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server: ConnectionServer
+    rfile: io.BufferedReader
 
     def setup(self) -> None:
         conn: Connection = self.request
@@ -609,7 +615,7 @@ class ConnectionHandler(BaseHTTPRequestHandler):
             return
         end = head_end(buffered)
         if end is not None:  # the whole head is buffered (always so for the first one): no line-by-line read
-            head = self.rfile.read(end)
+            head: bytes | None = self.rfile.read(end)
         else:
             if not self.conn.enter("head", limits.header_timeout_s):
                 return
@@ -624,7 +630,7 @@ class ConnectionHandler(BaseHTTPRequestHandler):
             return
         split = head.index(b"\n") + 1
         self.raw_requestline, headers = head[:split], head[split:]
-        rfile, self.rfile = self.rfile, io.BytesIO(headers)
+        rfile, self.rfile = self.rfile, io.BytesIO(headers)  # type: ignore[assignment]  # for parse_request only
         try:
             parsed = self.parse_request()
         finally:
@@ -685,5 +691,5 @@ class ConnectionHandler(BaseHTTPRequestHandler):
         content_type, body = cls.error_document(status, message)
         return http_response(status, content_type, body, close=True)
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s: " + format, self.server.name, *args)

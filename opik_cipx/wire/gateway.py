@@ -131,7 +131,7 @@ def error_body(message: str, error_type: str = "api_error") -> bytes:
 
 def upstream_headers(items: list[tuple[str, str]], host: str, body_len: int | None) -> list[tuple[str, str]]:
     """The client's headers as sent upstream: hop-by-hop dropped, Host and framing rewritten."""
-    listed = set()
+    listed: set[str] = set()
     for name, value in items:
         if name.lower() == "connection":
             listed.update(token.strip().lower() for token in value.split(","))
@@ -194,7 +194,7 @@ class GatewayHandler(LoopbackHandler):
 
     gateway: Gateway  # set on the subclass the daemon builds
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Callable[[], None]:
         if name.startswith("do_"):
             return self._exchange
         raise AttributeError(name)
@@ -274,7 +274,8 @@ class GatewayHandler(LoopbackHandler):
         return body
 
     def _read_chunked(self) -> bytes:
-        parts, total = [], 0
+        parts: list[bytes] = []
+        total = 0
         while True:
             line = self.rfile.readline(1024)
             if not line.endswith(b"\n"):

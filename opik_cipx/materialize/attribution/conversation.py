@@ -27,6 +27,7 @@ from opik_cipx.materialize.attribution.model import (
     USER_PROMPT,
     Canvas,
     Piece,
+    Tally,
 )
 
 STRUCTURAL = frozenset({"type", "cache_control", "id", "name", "tool_use_id", "is_error"})
@@ -105,7 +106,7 @@ class Conversation:
             payload = PAYLOAD.get(kind) if isinstance(kind, str) else None
             if isinstance(kind, str) and kind.endswith("tool_result"):
                 payload, opens_turn = RESULT_PAYLOAD, False
-            if payload is None:
+            if payload is None or not isinstance(kind, str):  # a payload is known only for a str kind
                 self.canvas.paint(block.start, block.end, UNATTRIBUTED)
                 user_items.append(None)
                 continue
@@ -292,7 +293,7 @@ class Conversation:
     def _string(self, field: Field, pieces: list[Piece]) -> None:
         self.canvas.paint_string(field.start, field.end, field.value, pieces)
 
-    def _whole(self, block: Block, key: str, bucket: str, label: str | None, tally=()) -> None:
+    def _whole(self, block: Block, key: str, bucket: str, label: str | None, tally: Tally = ()) -> None:
         field = block.fields.get(key)
         if field is not None:
             self.canvas.paint(field.start, field.end, bucket, label, tally)
