@@ -96,7 +96,8 @@ def test_dashboard_session_and_call_pages_render_in_chromium(home, upstream, tmp
         docs.mkdir()
         assert screenshot(tmp_path, base + "/", home, docs / "dashboard.png", 1280, 2000) == (1280, 2000)
         assert screenshot(tmp_path, base + "/", home, docs / "phone.png", 390, 1600) == (390, 1600)
-        assert screenshot(tmp_path, f"{base}/session/{SUBAGENT_SESSION}", home, docs / "session.png", 390, 1600)[0] == 390
+        session_shot = screenshot(tmp_path, f"{base}/session/{SUBAGENT_SESSION}", home, docs / "session.png", 390, 1600)
+        assert session_shot[0] == 390
     finally:
         assert daemon.stop() == 0
     daemon = DaemonProcess(home, upstream.url)

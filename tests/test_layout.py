@@ -156,7 +156,8 @@ def test_every_reference_to_the_architecture_names_a_section():
         if line.startswith("#")
     }
     pattern = re.compile(r'ARCHITECTURE\.md[,:]?\s+(?:\(|section\s+)?"([^"]+)"')
-    sources = [*PACKAGE.rglob("*.py"), *(root / "tests").rglob("*.py"), *(root / "docs").glob("*.md"), root / "README.md"]
+    sources = [*PACKAGE.rglob("*.py"), *(root / "tests").rglob("*.py"), *(root / "docs").glob("*.md"),
+               root / "README.md"]
     missing = [
         f"{path.relative_to(root)}: {name}"
         for path in sources

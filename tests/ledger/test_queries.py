@@ -177,7 +177,7 @@ def test_any_window_and_grouping_equals_the_brute_force_sum(ledger_conn, entries
     assert_figures_equal(result.total, want_total)
     if by:
         got = {tuple(None if r[k] is None else r[k] for k in by): r for r in result.rows}
-        want_rows = {tuple("main" if k == "agent" and v is None else v for k, v in zip(by, key)): f
+        want_rows = {tuple("main" if k == "agent" and v is None else v for k, v in zip(by, key, strict=True)): f
                      for key, f in want_rows.items()}
         assert set(got) == set(want_rows)
         for key, figures in want_rows.items():
@@ -188,7 +188,8 @@ def test_project_filter_takes_the_directory_and_below(ledger_conn):
     everything = report(ledger_conn, ("project",))
     only = report(ledger_conn, ("project",), Selection(project="/home/dev/code/greeter-cli/"))
     assert [r["project"] for r in only.rows] == ["/home/dev/code/greeter-cli"]
-    assert only.total["calls"] == next(r for r in everything.rows if r["project"] == "/home/dev/code/greeter-cli")["calls"]
+    greeter = next(r for r in everything.rows if r["project"] == "/home/dev/code/greeter-cli")
+    assert only.total["calls"] == greeter["calls"]
     assert report(ledger_conn, (), Selection(project="/home/dev/code")).total == everything.total
     assert report(ledger_conn, (), Selection(project="/home/dev/cod")).total["calls"] == 0
 
@@ -229,7 +230,7 @@ def rollups_match_calls(conn: sqlite3.Connection) -> None:
         kept = conn.execute(f"SELECT {keys}, {', '.join(figures)} FROM {table}").fetchall()
         assert len(kept) == len(fresh), table
         width = len(DIMENSIONS) + (2 if extra else 0)
-        for a, b in zip(sorted(kept, key=lambda r: r[:width]), sorted(fresh, key=lambda r: r[:width])):
+        for a, b in zip(sorted(kept, key=lambda r: r[:width]), sorted(fresh, key=lambda r: r[:width]), strict=True):
             assert a[:width] == b[:width]
             assert a[width:] == pytest.approx(b[width:], rel=1e-9, abs=1e-9)
     days = conn.execute("SELECT day, calls FROM days ORDER BY day").fetchall()

@@ -237,7 +237,8 @@ def test_call_and_session_pages_explain_cache_breaks(viewer):
     assert "Cache break: compaction, message 0 block 1 changed (compaction: continued_summary)." in words
     assert f"href='/capture/{ids[('compact', '010')]}'" in page  # the call it is compared with
     assert re.search(r"[\d,]+ tokens written again \(or sent uncached\) that the cache held: \$0\.\d+ more", words)
-    assert "No cache break: it read what the previous call cached." in text(get(port, f"/capture/{ids[('tools', '004')]}")[1])
+    page = text(get(port, f"/capture/{ids[('tools', '004')]}")[1])
+    assert "No cache break: it read what the previous call cached." in page
     assert "nothing to compare it with" in text(get(port, f"/capture/{ids[('tools', '001')]}")[1])
     session = next(r["body"]["metadata"]["cc"]["session"]["id"] for s, n, _, rs in corpus
                    if (s, n) == ("compact", "012") for r in rs.records if r["body"].get("type") == "llm")
