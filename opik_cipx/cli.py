@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "purge": "stop the daemon and wipe the spool (drops unshipped spans); --all: raw captures and the ledger too",
     "uninstall": "stop the daemon, remove the supervisor and settings entry, delete ~/.opik-cipx",
     "proxy": "run the gateway in the foreground (normally started by the supervisor)",
+    "supervise": "run the daemon and start it again when it dies (sync starts it where there is no systemd/launchd)",
     "replay": "re-derive spans from stored raw captures (offline; --ledger rebuilds ledger.db)",
     "report": "cost and tokens from the local ledger by day, session, project, model, bucket, ...",
     "prices": "the price table in use (rates, tiers, sources, overrides) and unknown models the daemon saw",

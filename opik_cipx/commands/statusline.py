@@ -9,7 +9,7 @@ This prints, from the ledger (read directly: the daemon may be down):
 - today's cost (the local day, every session);
 - the context used: the prompt of the session's latest main-loop call, of the window size
   Claude Code reports (its own `used_percentage` until the ledger has a main call);
-- the session's cache hit ratio (cache reads over all input-side tokens);
+- the session's cache hit ratio, `cache hit` (cache read over input side: docs/REPORTS.md, "Words");
 - each rate-limit window's utilization and time to reset (the latest values in the ledger;
   Claude Code's own `rate_limits` when it has none), `!` past a warning threshold.
 Coloured with ANSI (not with `NO_COLOR`), cut to `COLUMNS` (80): the least important parts go
@@ -32,7 +32,7 @@ import sqlite3
 import sys
 import time
 
-from opik_cipx.ledger.figures import cache_hit  # imports nothing
+from opik_cipx.ledger.figures import CACHE_READ, CACHE_WRITE, UNCACHED, cache_hit  # imports nothing
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; type checkers take it as True
 if TYPE_CHECKING:
@@ -160,8 +160,7 @@ def read_ledger(path: str, session_id: str, now: float) -> dict:
     cost, unpriced, uncached, written, read = session
     return {
         "cost": cost, "unpriced": unpriced or 0, "today": today[0],
-        "cache_hit": cache_hit({"input_tokens": uncached, "cache_creation_input_tokens": written,
-                                "cache_read_input_tokens": read}),
+        "cache_hit": cache_hit({UNCACHED: uncached, CACHE_WRITE: written, CACHE_READ: read}),
         "context": context[0] if context else None,
         "windows": [{"name": n, "utilization": u, "resets_at": r, "warning": s in ("allowed_warning", "rejected")
                      or t is not None} for n, u, r, s, t in windows],
@@ -183,7 +182,7 @@ def _parts(doc: dict, figures: dict, now: float, color: bool) -> list[tuple[int,
         out.append((80, *paint(text, _level(share, 0.6, 0.85))))
     hit = figures["cache_hit"]
     if hit is not None:
-        out.append((50, *paint(f"cache {hit:.0%}", GREEN if hit >= 0.8 else YELLOW if hit >= 0.5 else RED)))
+        out.append((50, *paint(f"cache hit {hit:.0%}", GREEN if hit >= 0.8 else YELLOW if hit >= 0.5 else RED)))
     windows = figures["windows"] or _claude_code_windows(doc, now)
     order = sorted(windows, key=lambda w: (KNOWN_WINDOWS.index(w["name"]) if w["name"] in KNOWN_WINDOWS
                                            else len(KNOWN_WINDOWS), w["name"]))

@@ -24,10 +24,13 @@ from typing import Any
 from opik_cipx.config import Settings
 from opik_cipx.control import claude_settings, executable, install
 from opik_cipx.control.daemon_control import (
+    CLAUDE_CODE_PORT,
     admin_port,
     is_healthy,
     listener_port,
     read_state,
+    read_supervisor,
+    running_supervisor,
     startup_error,
     stop_daemon,
     wait_healthy,
@@ -35,7 +38,6 @@ from opik_cipx.control.daemon_control import (
 from opik_cipx.control.supervisor import Supervisor, SupervisorError, detect_mode
 from opik_cipx.home import open_private, private_dir, set_aside_wrong_types
 
-CLAUDE_CODE_PORT = 9909  # ports.CLAUDE_CODE_PORT, without importing the listener code
 START_TIMEOUT_S = 10.0  # how long a starting daemon gets to answer /admin/health
 SYNC_STOP_TIMEOUT_S = 10.0  # how long `sync` lets a daemon it replaces drain
 LOCK_TIMEOUT_S = 30.0
@@ -113,7 +115,7 @@ def bring_up(settings: Settings, env: dict[str, str], restart: bool = False,
     if not restart:
         state = read_state(settings)
         if state and is_healthy(admin_port(settings, state)) and not _stale_reason(state, exe) \
-                and not supervisor.needs_install(exe):
+                and not supervisor.needs_install(exe) and supervisor.supervising():
             return Outcome("running", state, notes=notes)
     try:
         with _Lock(settings):
@@ -135,27 +137,45 @@ def _bring_up_locked(settings: Settings, supervisor: Supervisor, exe: executable
             notes.append(f"restarting the daemon: {stale}")
         elif supervisor.needs_install(exe):
             notes.append(f"restarting the daemon: the {supervisor.mode} unit changed")
+        elif not supervisor.supervising() and running_supervisor(settings) is None:
+            supervisor.start(exe)  # its supervisor was killed: a new one takes the running daemon over
+            note = f"started a supervisor for the running daemon (pid {state['pid']}), whose supervisor was gone"
+            return Outcome("running", state, notes=[note])
+        elif not supervisor.supervising():
+            notes.append("restarting the daemon: its supervisor is not supervising it")
         else:
             return Outcome("running", state)  # another sync brought it up while we waited
     elif state is not None and not healthy:
         notes.append(f"replacing daemon pid {state['pid']}: its admin listener does not answer")
-    if state is not None:
-        stop_daemon(settings, stop_timeout_s)
+    stop_daemon(settings, stop_timeout_s)  # and a supervisor that gave up
     if supervisor.needs_install(exe):
         supervisor.install(exe)
     proc = supervisor.start(exe)
-    new_state = wait_healthy(settings, START_TIMEOUT_S, proc)
+    new_state = wait_healthy(settings, START_TIMEOUT_S, proc, failed=lambda: _supervisor_failed(settings, proc))
     if new_state is None:
         return Outcome("failed", reason=_start_failure(settings, supervisor, proc), notes=notes)
     return Outcome("restarted" if healthy else "started", new_state, notes=notes)
 
 
+def _supervisor_failed(settings: Settings, proc: subprocess.Popen | None) -> bool:
+    """True once the detached supervisor `proc` reports that its daemon ended before it answered health:
+    `sync` says so at once, while the supervisor goes on trying (and answers on the port if it gives up)."""
+    record = read_supervisor(settings) if proc is not None else None
+    return bool(record and proc is not None and record["pid"] == proc.pid
+                and (record.get("deaths") or record.get("state") == "gave up"))
+
+
 def _start_failure(settings: Settings, supervisor: Supervisor, proc: subprocess.Popen | None) -> str:
     detail = startup_error(settings)
-    if proc is not None and proc.poll() is not None:
-        why = f"the daemon exited with status {proc.returncode}"
+    record = read_supervisor(settings) if proc is not None else None
+    if record and proc is not None and record["pid"] == proc.pid and record.get("deaths"):
+        why, detail = f"the daemon {record['deaths'][-1]['how']}", record["deaths"][-1].get("detail") or detail
+    elif record and proc is not None and record["pid"] == proc.pid and record.get("reason"):
+        return record["reason"]
+    elif proc is not None and proc.poll() is not None:
+        why = f"its supervisor exited with status {proc.returncode}"
     elif proc is not None:
-        why = f"the daemon (pid {proc.pid}) did not answer /admin/health within {START_TIMEOUT_S:.0f}s"
+        why = f"the daemon did not answer /admin/health within {START_TIMEOUT_S:.0f}s"
     else:
         why = f"the {supervisor.mode} service did not answer /admin/health within {START_TIMEOUT_S:.0f}s"
     return f"{why}: {detail}" if detail else f"{why}; see {settings.logs_dir / 'cipx.log'}"

@@ -10,6 +10,7 @@ page cannot reach a listener by DNS rebinding: it would have to send its own hos
 import errno
 import logging
 import re
+import socket
 import sys
 
 from opik_cipx.config import LOOPBACK_HOST
@@ -31,8 +32,12 @@ class PortTaken(ListenError):
 
 
 class LoopbackServer(ConnectionServer):
+    """`listener`: a socket already listening on `host` (handed over by the detached supervisor,
+    control/detached.py) to serve instead of binding `port`."""
+
     def __init__(self, name: str, host: str, port: int, handler: type["LoopbackHandler"], limits: Limits,
-                 counters: Counters | None = None):
+                 counters: Counters | None = None, listener: socket.socket | None = None):
+        self._listener = listener
         if host != LOOPBACK_HOST:
             raise ListenError(
                 f"refusing to listen on {host!r} for {name}: opik-cipx only binds {LOOPBACK_HOST} "
@@ -48,6 +53,16 @@ class LoopbackServer(ConnectionServer):
                     "stop it, or run `opik-cipx status` to see whether opik-cipx is already running"
                 ) from None
             raise ListenError(f"cannot listen on {host}:{port} ({name}): {exc.strerror}") from None
+
+    def server_bind(self) -> None:
+        if self._listener is None:
+            return super().server_bind()
+        self.socket.close()
+        self.socket, self.server_address = self._listener, self._listener.getsockname()
+
+    def server_activate(self) -> None:
+        if self._listener is None:
+            super().server_activate()
 
     @property
     def port(self) -> int:

@@ -73,7 +73,7 @@ def test_context_cache_hits_and_todays_cost(corpus_home):
     assert today > 0 and parts[0] == f"${costs[session]:.4f}"
     assert parts[1] == (f"today ${today:,.2f}" if today >= 1 else f"today ${today:.4f}")
     assert parts[2] == f"ctx {last_prompt / 1000:.0f}k/200k {last_prompt / 200000:.0%}"
-    assert parts[3] == f"cache {read / prompt:.0%}"
+    assert parts[3] == f"cache hit {read / prompt:.0%}"  # the words of docs/REPORTS.md
     # before the ledger has a main call of the session: Claude Code's own figure
     assert "ctx 3%" in line_for(home, {"session_id": "new-session", "context_window": {"used_percentage": 3}})
 
