@@ -127,7 +127,8 @@ def stacked_rows(rows: list[tuple[str, dict[str, float]]], series: list[str], *,
     body = []
     for n, (name, values) in enumerate(rows):
         y = top + n * row_height
-        body.append(f"<text x={left - 6} y={y + row_height - 5} text-anchor=end fill='#4b5563'>{html.escape(name)}</text>")
+        body.append(f"<text x={left - 6} y={y + row_height - 5} text-anchor=end fill='#4b5563'>"
+                    f"{html.escape(name)}</text>")
         x = float(left)
         for part in series:
             value = values.get(part, 0.0)

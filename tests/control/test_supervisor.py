@@ -75,7 +75,8 @@ def test_launchd_plist_keeps_alive_unless_clean_exit(tmp_path):
     assert plist["EnvironmentVariables"] == {"CIPX_HOME": "/home/ada/.opik-cipx"}
     assert plist["RunAtLoad"] is True
     assert plist["KeepAlive"] == {"SuccessfulExit": False}
-    assert plist["ThrottleInterval"] == 1  # launchd's default, 10 s, would leave Claude Code without its proxy that long
+    # launchd's default, 10 s, would leave Claude Code without its proxy that long
+    assert plist["ThrottleInterval"] == 1
     assert plist["ExitTimeOut"] == 40
     assert plist["StandardErrorPath"] == str(tmp_path / "daemon.stderr")
     assert data.startswith(b"<?xml") and b"<!DOCTYPE plist" in data

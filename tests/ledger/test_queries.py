@@ -124,8 +124,10 @@ def brute_force(entries, by, sel: Selection) -> tuple[dict, dict]:
                for name, value in (("model", sel.model), ("kind", sel.kind), ("agent", sel.agent))):
             continue
         figures = {"calls": 1, "cost_usd": c["cost_usd"] or 0.0, "uncached_input_tokens": c["input_tokens"],
-                   "cache_write_tokens": c["cache_creation_input_tokens"], "cache_read_tokens": c["cache_read_input_tokens"],
-                   "input_side_tokens": c["input_tokens"] + c["cache_creation_input_tokens"] + c["cache_read_input_tokens"],
+                   "cache_write_tokens": c["cache_creation_input_tokens"],
+                   "cache_read_tokens": c["cache_read_input_tokens"],
+                   "input_side_tokens": (c["input_tokens"] + c["cache_creation_input_tokens"]
+                                         + c["cache_read_input_tokens"]),
                    "output_tokens": c["output_tokens"],
                    "cache_breaks": int(c["cache_break_cause"] is not None),
                    "cache_break_tokens": c["cache_break_tokens"], "cache_break_usd": c["cache_break_usd"] or 0.0}
@@ -239,8 +241,9 @@ def test_a_session_is_named_by_its_whole_id_or_any_unique_start():
 
 def test_find_session_reads_the_candidates_from_the_ledger(ledger_conn, monkeypatch):
     # every session has copies here (`<id>-1`, `<id>-2`): a whole id still names its own
-    assert find_session(ledger_conn, "d746060a-2115-4917-833e-96568974e836") == "d746060a-2115-4917-833e-96568974e836"
-    assert find_session(ledger_conn, "d746060a-2115-4917-833e-96568974e836-2") == "d746060a-2115-4917-833e-96568974e836-2"
+    whole = "d746060a-2115-4917-833e-96568974e836"
+    assert find_session(ledger_conn, whole) == whole
+    assert find_session(ledger_conn, f"{whole}-2") == f"{whole}-2"
     with pytest.raises(AmbiguousSession) as ambiguous:  # the session and its copies (`-1`, `-2`)
         find_session(ledger_conn, "d746")
     assert ambiguous.value.candidates == ["d746060a-2115-4917-833e-96568974e836",
@@ -270,7 +273,8 @@ def test_recent_calls_take_the_filters_a_window_and_a_part(ledger_conn, entries)
     all_entries = spread(entries, copies=3, days=10, start_ns=START_NS)
     sel = Selection(since_ns=START_NS + DAY_NS, until_ns=START_NS + 6 * DAY_NS, kind="main")
     calls = recent_calls(ledger_conn, 1000, selection=sel)
-    want = [e for e in all_entries if e.call["kind"] == "main" and sel.since_ns <= e.call["started_at_ns"] < sel.until_ns]
+    want = [e for e in all_entries
+            if e.call["kind"] == "main" and sel.since_ns <= e.call["started_at_ns"] < sel.until_ns]
     assert sorted(c["capture_id"] for c in calls) == sorted(e.call["capture_id"] for e in want)
     assert [c["started_at_ns"] for c in calls] == sorted((c["started_at_ns"] for c in calls), reverse=True)
     assert all(c["input_side_tokens"] == c["uncached_input_tokens"] + c["cache_write_tokens"] + c["cache_read_tokens"]
