@@ -15,6 +15,10 @@ import sys
 
 from opik_cipx import __version__
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; type checkers take it as True
+if TYPE_CHECKING:
+    import argparse
+
 # name (also its module under opik_cipx.commands) -> one-line help
 COMMANDS: dict[str, str] = {
     "status": "snapshot the running daemon (--json for the raw admin stats)",
@@ -37,7 +41,7 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def build_parser(argv: list[str]) -> argparse.ArgumentParser:  # noqa: F821
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     import argparse
     import importlib
 

@@ -50,4 +50,5 @@ def test_the_status_line_on_a_python_without_sqlite3_is_a_hint(tmp_path):
     result = subprocess.run([sys.executable, "-m", "opik_cipx", "statusline"], input='{"session_id": "s"}',
                             capture_output=True, text=True, timeout=30,
                             env=cli_env(tmp_path / ".opik-cipx", **without_sqlite3(tmp_path)))
-    assert (result.returncode, result.stdout, result.stderr) == (0, "opik-cipx: this Python has no sqlite3 module\n", "")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0, "opik-cipx: this Python has no sqlite3 module\n", "")

@@ -13,8 +13,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, TypeGuard
 
 from opik_cipx.config import Settings, load_settings
 from opik_cipx.home import open_private, private_dir, read_json
@@ -28,7 +29,7 @@ SUPERVISOR_LOG_MAX = 1024 * 1024
 
 def paths_only_settings(env: dict[str, str]) -> Settings:
     """Settings for lifecycle commands when the config is unusable: paths from `env`, defaults."""
-    keep = {key: env[key] for key in ("HOME", "CIPX_HOME") if key in env}
+    keep: dict[str, str] = {key: env[key] for key in ("HOME", "CIPX_HOME") if key in env}
     return load_settings({**keep, "CIPX_CONFIG": os.devnull})
 
 
@@ -49,7 +50,7 @@ def home_id(home: Path) -> str:
     return os.path.abspath(home)
 
 
-def _names_pid(state: object) -> bool:
+def _names_pid(state: object) -> TypeGuard[dict[str, Any]]:
     return isinstance(state, dict) and isinstance(state.get("pid"), int) and state["pid"] > 0
 
 
@@ -226,7 +227,7 @@ def start_detached(settings: Settings, argv: list[str], extra_env: dict[str, str
         rewind = False
     try:
         private_dir(settings.logs_dir)
-        stderr = open_private(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if rewind else os.O_APPEND))
+        stderr: BinaryIO = open_private(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if rewind else os.O_APPEND))
     except OSError:  # a full or read-only disk: supervise all the same, unheard
         stderr = open(os.devnull, "wb")
     with stderr:
@@ -281,7 +282,8 @@ def stop_daemon(settings: Settings, timeout_s: float | None = None) -> str:
     if supervisor is None and daemon is None:
         return "not running"
     wait_s = settings.drain_timeout_s + 5 if timeout_s is None else timeout_s
-    adopted = supervisor is not None and record.get("state") == "adopting"  # a daemon it watches, not its child
+    # a daemon it watches, not its child
+    adopted = record is not None and supervisor is not None and record.get("state") == "adopting"
     for pid in (supervisor, daemon) if supervisor is None or adopted else (supervisor,):
         try:
             if pid is not None:
