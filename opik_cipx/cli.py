@@ -21,6 +21,10 @@ import sys
 
 from opik_cipx import __version__
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; type checkers take it as True
+if TYPE_CHECKING:
+    import argparse
+
 # name (also its module under opik_cipx.commands) -> one-line help
 COMMANDS: dict[str, str] = {
     "status": "snapshot the running daemon (--json for the raw admin stats)",
@@ -32,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "purge": "stop the daemon and wipe the spool (drops unshipped spans); --all: raw captures and the ledger too",
     "uninstall": "stop the daemon, remove the supervisor and settings entry, delete ~/.opik-cipx",
     "proxy": "run the gateway in the foreground (normally started by the supervisor)",
+    "supervise": "run the daemon and start it again when it dies (sync starts it where there is no systemd/launchd)",
     "replay": "re-derive spans from stored raw captures (offline; --ledger rebuilds ledger.db)",
     "report": "cost and tokens from the local ledger by day, session, project, model, bucket, ...",
     "prices": "the price table in use (rates, tiers, sources, overrides) and unknown models the daemon saw",
@@ -42,7 +47,7 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def build_parser(argv: list[str]) -> argparse.ArgumentParser:  # noqa: F821
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     import argparse
     import importlib
 

@@ -14,11 +14,12 @@ import math
 import tomllib
 import urllib.parse
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from opik_cipx.home import default_home
 from opik_cipx.urls import strip_credentials
@@ -291,7 +292,7 @@ def _effective_from(where: str, value: object) -> tuple[str, int]:
     if moment is None:
         raise ValueError(f"{where}: expected a date such as 2026-10-07, got {value!r}")
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     label = moment.date().isoformat() if moment.time() == dt_time(0) and moment.utcoffset() == timedelta(0) \
         else moment.isoformat()
     return label, int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
@@ -347,7 +348,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("tee_queue_max_mb", None, _number(float, 0.01), 256.0,
            "body bytes held in memory until written to the capture log; beyond, dropped, counted"),
     Option("prices", None, parse_price_overrides, {},
-           "[prices.\"<model>\"] tables that add models to or override prices.json (rates, tiers, fast mode, dated changes)"),
+           "[prices.\"<model>\"] tables that add models to or override prices.json "
+           "(rates, tiers, fast mode, dated changes)"),
     Option("captures.enabled", "CIPX_CAPTURES", parse_bool, True,
            "keep raw captures on disk for replay and the viewer (off: only until materialized)"),
     Option("captures.max_mb", None, _number(int, 1), 512,

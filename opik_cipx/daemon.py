@@ -33,14 +33,16 @@ import signal
 import ssl
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from opik_cipx import __version__, telemetry
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings, settings_fingerprint
 from opik_cipx.control.daemon_control import home_id
+from opik_cipx.control.detached import inherited_listener
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import claude_code_port, open_picked_listeners, record_ports
 from opik_cipx.home import HomeLocked, StateFiles, layout_notes, lock_home, private_dir, set_aside_wrong_types
@@ -128,7 +130,8 @@ class Daemon:
             Stage(self.follower, max(settings.drain_timeout_s, WORKER_STOP_S), self.ledger.close,
                   "the rest of the capture log is materialized at the next start"),
             Stage(self.spool.writer, WORKER_STOP_S, None, "records it could not write to the spool are lost"),
-            Stage(self.shipper, WORKER_STOP_S, None, "a request to Opik is still in flight; its records stay in the spool"),
+            Stage(self.shipper, WORKER_STOP_S, None,
+                  "a request to Opik is still in flight; its records stay in the spool"),
         ]
 
     def _build_work(self) -> None:
@@ -178,7 +181,7 @@ class Daemon:
             handler = type("Handler", (GatewayHandler,), {"gateway": self.gateway})
             self.gateway_server = LoopbackServer(
                 "claude_code", host, claude_code_port(settings.ports_path) if port is None else port, handler,
-                limits, self.counters,
+                limits, self.counters, listener=inherited_listener() if port is None else None,
             )
             admin_handler = type("Handler", (AdminHandler,),
                                  {"stats": staticmethod(self.stats), "state": staticmethod(self.state)})
@@ -241,7 +244,8 @@ class Daemon:
             self._threads.append(thread)
         log.info(
             "opik-cipx %s listening: claude_code 127.0.0.1:%d, admin 127.0.0.1:%d, viewer 127.0.0.1:%d, upstream %s",
-            __version__, self.ports["claude_code"], self.ports["admin"], self.ports["viewer"], self.settings.upstream_url,
+            __version__, self.ports["claude_code"], self.ports["admin"], self.ports["viewer"],
+            self.settings.upstream_url,
         )
         dest = self.destination
         if dest.configured:
@@ -263,7 +267,8 @@ class Daemon:
         if self.home_error:
             problems.append(self.home_error)
         if files["unsaved"]:
-            problems.append(f"{', '.join(files['unsaved'])} kept in memory, retried every second: {files['last_error']}")
+            problems.append(
+                f"{', '.join(files['unsaved'])} kept in memory, retried every second: {files['last_error']}")
         log_problem = self.log.problem if self.log is not None else None
         if log_problem:
             problems.append(log_problem)

@@ -15,6 +15,7 @@ daemon gets a fresh one and nothing is deleted; `layout_notes` says what waits f
 
 import errno
 import fcntl
+import io
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from opik_cipx.clock import SYSTEM, Clock
 
@@ -58,7 +60,7 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_APPEND):
+def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_APPEND) -> io.FileIO:
     """Open `path` for binary writing, created 0600 (existing files are tightened to 0600)."""
     fd = os.open(path, flags, FILE_MODE)
     try:
@@ -204,6 +206,13 @@ def disk_full_or_read_only(path: Path) -> str | None:
     return None
 
 
+class FilesSection(TypedDict):
+    """`StateFiles.section`: the files waiting in memory (relative to the home), and why."""
+
+    unsaved: list[str]
+    last_error: str | None
+
+
 class StateFiles:
     """The daemon's small files (`state.json`, `ports.json`, ...), written atomically or kept in memory.
 
@@ -262,7 +271,7 @@ class StateFiles:
         except ValueError:
             return path.name
 
-    def section(self) -> dict[str, object]:
+    def section(self) -> FilesSection:
         with self._lock:
             return {"unsaved": sorted(self._name(p) for p in self._waiting), "last_error": self._error}
 
@@ -287,7 +296,7 @@ def wrong_type(path: Path, directory: bool) -> str | None:
 
 def _wrong_types(home: Path) -> list[tuple[str, bool, str]]:
     """(name, directory, why) of each `LAYOUT` path of the wrong type, parents first."""
-    out = []
+    out: list[tuple[str, bool, str]] = []
     for name, directory in LAYOUT:
         why = wrong_type(home / name, directory)
         if why and not any(name.startswith(f"{parent}/") for parent, _, _ in out):

@@ -19,6 +19,9 @@ from hypothesis import HealthCheck, settings
 from opik_cipx.wire.connections import Limits
 from tests.fake_anthropic import CA_BUNDLE, FakeAnthropic
 
+# `machine` and `machine_with_upstream` for every test, never imported by name (a test's parameter
+# would redefine the import).
+pytest_plugins = ("tests.lifecycle_helpers",)
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code"
 LIMITS = Limits(header_timeout_s=30, body_timeout_s=120, idle_timeout_s=120, max_connections=256)  # the defaults

@@ -102,7 +102,8 @@ def _rates_json(rates: Rates) -> dict[str, Any]:
         "effective_from": rates.effective_from,
         "rates": rates.rates,
         "fast_multiplier": rates.fast_multiplier,
-        "tiers": [{"name": t.name, "above_prompt_tokens": t.above_prompt_tokens, "rates": t.rates} for t in rates.tiers],
+        "tiers": [{"name": t.name, "above_prompt_tokens": t.above_prompt_tokens, "rates": t.rates}
+                  for t in rates.tiers],
     }
 
 

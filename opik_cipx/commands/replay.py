@@ -42,13 +42,15 @@ LEDGER_BATCH = 500  # calls per ledger transaction
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--since", type=parse_since,
-                        help="only captures from then on: 2h, 30m, 7d or an ISO date/time (local unless it says Z or +hh:mm)")
+                        help="only captures from then on: 2h, 30m, 7d or an ISO date/time "
+                             "(local unless it says Z or +hh:mm)")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--records", action="store_true",
                         help="print the Opik records as JSON lines on stdout (whole prompts: the summary goes to stderr)")
     target.add_argument("--out", help="write the Opik records as JSON lines to this file")
     target.add_argument("--ledger", action="store_true",
-                        help="write the calls into ledger.db (replacing rows of the same captures) instead of printing records")
+                        help="write the calls into ledger.db (replacing rows of the same captures) "
+                             "instead of printing records")
 
 
 @dataclass

@@ -49,14 +49,16 @@ LABEL_WIDTH = 40  # a session's label in the table is cut to this
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--by", default="day", metavar="KEYS",
-                        help=f"group by these keys, comma-separated for nested groups (default: day): {', '.join(BY_KEYS)}")
+                        help="group by these keys, comma-separated for nested groups (default: day): "
+                             f"{', '.join(BY_KEYS)}")
     parser.add_argument("--since", type=parse_since, help="from then on: 7d, 2h, 30m or an ISO date/time (local time)")
     parser.add_argument("--until", type=parse_until, help="before then (a date alone includes that day)")
     parser.add_argument("--session", metavar="ID", help="only this Claude Code session (its id, or the start of it)")
     parser.add_argument("--project", metavar="PATH", help="only calls made in this directory or below it")
     parser.add_argument("--model", help="only calls of this model (as `--by model` lists them)")
     parser.add_argument("--kind", help="only calls of this kind: main, subagent, compaction, side:<kind>, count_tokens")
-    parser.add_argument("--agent", help="only calls of this agent: main, or a subagent type (as `--by agent` lists them)")
+    parser.add_argument("--agent",
+                        help="only calls of this agent: main, or a subagent type (as `--by agent` lists them)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help='print {"rows": [...], "total": {...}}')
     output.add_argument("--csv", action="store_true", help="print CSV, the total on the last line")
@@ -170,7 +172,8 @@ def render_table(result: Report) -> str:
     keys = len(key_headings)
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < keys else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(c.ljust(w) if i < keys else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
     out = [line(headings), "  ".join("-" * w for w in widths)]
     out += [line(cells) for cells in rows[:-1]]

@@ -18,6 +18,7 @@ from typing import Any
 from opik_cipx.config import ConfigError, Settings
 from opik_cipx.control import claude_settings, lifecycle
 from opik_cipx.control.daemon_control import admin_port, fetch_stats, paths_only_settings, pid_alive, read_state
+from opik_cipx.control.supervisor import Supervisor, SupervisorError, detect_mode
 from opik_cipx.home import disk_full_or_read_only, layout_notes
 from opik_cipx.materialize.rate_limits import warning
 from opik_cipx.ship.destination import NOT_CONFIGURED
@@ -73,6 +74,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print("opik-cipx: not running — run `opik-cipx sync` to start it")
             print(f"  today        {today_line(settings)}")
             print(f"  claude code  {pointing}")
+            if supervision := supervision_line(settings, running=False):
+                print(f"  supervisor   {supervision}")
             for line in quarantine_lines(quarantine_counts(settings.spool_dir)):
                 print(line)
             for note in layout_notes(settings.home):
@@ -90,14 +93,26 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"opik-cipx: state.json names pid {pid}, but its admin listener (127.0.0.1:{port}) does not answer: "
               f"{why}. Run `opik-cipx restart` (or `opik-cipx sync`); `opik-cipx logs` shows what happened.",
               file=sys.stderr)
+        if (supervision := supervision_line(settings, running=False)).startswith("!"):  # it gave up, say
+            print(f"  supervisor   {supervision}", file=sys.stderr)
         if args.json:
             print(json.dumps({"running": False, "wedged": True, "pid": pid}))
         return 1
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
     else:
-        print(render(stats, settings, pointing, today=today_line(settings), verbose=args.verbose))
+        print(render(stats, settings, pointing, today=today_line(settings), verbose=args.verbose,
+                     supervision=supervision_line(settings, running=True)))
     return 0
+
+
+def supervision_line(settings: Settings, running: bool) -> str:
+    """What supervises the daemon and what happens when it dies (control/supervisor.py)."""
+    env = dict(os.environ)
+    try:
+        return Supervisor(detect_mode(env), settings, env).describe(running)
+    except SupervisorError as exc:
+        return f"! {exc}"
 
 
 def today_line(settings: Settings, now_ns: int | None = None) -> str:
@@ -126,7 +141,8 @@ def today_line(settings: Settings, now_ns: int | None = None) -> str:
     except SchemaError as exc:
         return f"! {exc}"
     except (sqlite3.Error, OSError) as exc:
-        return (f"! cannot read {settings.ledger_path} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return (f"! cannot read {settings.ledger_path} ({why}): "
                 "`opik-cipx logs` may say why; `opik-cipx replay --ledger` rebuilds it from the stored captures")
     line = f"{total['calls']} call(s), ${total['cost_usd'] or 0:,.4f}"
     if unpriced := unpriced_note(total.get("unpriced_calls") or 0):
@@ -210,10 +226,11 @@ def unknown_model_lines(section: dict[str, Any]) -> list[str]:
 
 
 def render(stats: dict[str, Any], settings: Settings, claude_code: str = "", now: float | None = None,
-           today: str = "", verbose: bool = False) -> str:
+           today: str = "", verbose: bool = False, supervision: str = "") -> str:
     """The admin stats as the human-readable report: health and today's cost first, then what
     needs doing, every `!` line naming what fixes it; the listeners, queue, every counter and
-    the materializer only `verbose`."""
+    the materializer only `verbose`. `supervision`: what starts the daemon again if it dies: shown
+    always when it is a problem (`!`), else only `verbose`."""
     now = time.time() if now is None else now
     def section(name: str) -> dict[str, Any]:
         value = stats.get(name)
@@ -222,12 +239,16 @@ def render(stats: dict[str, Any], settings: Settings, claude_code: str = "", now
     listeners = section("listeners")
     out = [f"  {label:<12} {value}" for label, value in (("today", today), ("claude code", claude_code)) if value]
     leading = len(out)  # their problems are counted below, not by their `!`
+    if supervision.startswith("!"):
+        out.append(f"  {'supervisor':<12} {supervision}")
     if verbose:
         for name in ("claude_code", "admin", "viewer"):
             out.append(f"  {name:<12} {listeners.get(name) or 'not listening'}")
         out.append(f"  {'uptime':<12} {duration(stats.get('uptime_s') or 0)} (since {stats.get('started_at', '?')})")
         out.append(f"  {'upstream':<12} {_upstream(section('upstream'))}")
         out.append(f"  {'project':<12} {stats.get('project') or '(not set)'}")
+        if supervision and not supervision.startswith("!"):
+            out.append(f"  {'supervisor':<12} {supervision}")
     lock = stats.get("home_lock")
     if isinstance(lock, dict) and not lock.get("held", True):
         out.append(f"  ! home lock not held ({lock.get('error') or 'unknown reason'}): a second "
@@ -273,7 +294,8 @@ def queue_lines(queue: dict[str, Any], wal: dict[str, Any], settings: Settings, 
         out.append(f"  {'last commit':<12} {age(wal.get('last_sync_at'), now)}")
     problems = []
     if wal.get("degraded") or wal.get("last_write_error"):
-        problems.append(f"  ! spool degraded: writing {settings.spool_dir} fails ({wal.get('last_write_error') or 'no detail'}); "
+        problems.append(f"  ! spool degraded: writing {settings.spool_dir} fails "
+                        f"({wal.get('last_write_error') or 'no detail'}); "
                         "records wait in memory and are written once it works: free disk space or fix that "
                         "directory's permissions")
     dropped_mem, dropped_disk = wal.get("dropped_events_inmem") or 0, wal.get("dropped_events_disk") or 0
@@ -306,9 +328,12 @@ def materializer_lines(materializer: dict[str, Any], verbose: bool) -> list[str]
                 ("lag_events", "captures in the log, not yet materialized"),
                 ("inflight_raw", "being materialized"))
     if verbose:
-        return ["materializer", *(f"  {name:<12} {materializer.get(name, 0):>8}  {meaning}" for name, meaning in meanings)]
+        return ["materializer",
+                *(f"  {name:<12} {materializer.get(name, 0):>8}  {meaning}" for name, meaning in meanings)]
     lag = materializer.get("lag_events") or 0
-    return [f"materializer   catching up: {lag} capture(s) in the log, not yet materialized (lag_events)"] if lag else []
+    if not lag:
+        return []
+    return [f"materializer   catching up: {lag} capture(s) in the log, not yet materialized (lag_events)"]
 
 
 def rate_limit_lines(section: dict[str, Any], now: float) -> list[str]:
@@ -341,7 +366,8 @@ def rate_limit_lines(section: dict[str, Any], now: float) -> list[str]:
         line = f"  {name:<12} {', '.join(parts)}"
         if window.get("utilization") is not None and warning(window):
             threshold = window.get("surpassed_threshold")
-            why = f"past the {threshold:.0%} warning threshold" if threshold is not None else f"status {window.get('status')}"
+            why = (f"past the {threshold:.0%} warning threshold" if threshold is not None
+                   else f"status {window.get('status')}")
             line += f"  ! {why}"
         out.append(line)
     return out

@@ -1,7 +1,8 @@
 """`opik-cipx uninstall [--yes]`: remove everything opik-cipx put on this machine. Destructive.
 
 Stops the daemon, removes the supervisor unit, our `ANTHROPIC_BASE_URL` (only if it is ours),
-our `statusLine` (only one running `opik-cipx statusline`), the hook scripts that carry our
+our `statusLine` (only one running `opik-cipx statusline`), our Claude Code hooks (those running
+`opik-cipx-hook-launcher`, which install.sh added), the hook scripts that carry our
 managed-file marker and the `opik-cipx` link on PATH (only a symlink to our executable) with the
 directories made for it if empty, then deletes `$CIPX_HOME` (the installed binary, logs,
 captures, sessions and the spool with any spans not yet shipped), and last a Claude Code
@@ -9,8 +10,9 @@ settings file left as `{}`, and its `hooks/` and directory if left empty.
 Nothing of the user's is touched: other settings keys, hand-written hooks, a foreign
 `ANTHROPIC_BASE_URL` or `statusLine`. A `$CIPX_HOME` that is the home directory or one of its parents is
 refused, and so is one that could not be deleted whole (read-only, not ours): that is checked
-before anything is stopped or changed, so a failed uninstall leaves a working install. The Claude Code plugin, if installed, stays until `/plugin uninstall`; its next
-session start would install opik-cipx again.
+before anything is stopped or changed, so a failed uninstall leaves a working install. The Claude
+Code plugin, if installed, stays until `/plugin uninstall`; its next session start would install
+opik-cipx again.
 """
 
 import argparse
@@ -99,8 +101,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"opik-cipx: nothing changed: {blocked}. Fix that, then run `opik-cipx uninstall` again.",
               file=sys.stderr)
         return 1
-    consequences = (f"This stops opik-cipx, removes its supervisor unit, Claude Code settings entry and `opik-cipx` "
-                    f"link on PATH, and deletes {home}\n(logs, captures and any spans not yet shipped to Opik).")
+    consequences = (f"This stops opik-cipx, removes its supervisor unit, Claude Code settings entries and hooks and "
+                    f"`opik-cipx` link on PATH, and deletes {home}\n(logs, captures and any spans not yet shipped to "
+                    "Opik).")
     if not args.yes and not confirmed("uninstall", consequences, "Uninstall opik-cipx?"):
         print("opik-cipx: nothing changed.", file=sys.stderr)
         return 1
@@ -109,6 +112,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     status_line = claude_settings.remove_status_line(claude_settings.settings_path(env))
     if status_line.outcome == "removed":
         print(f"opik-cipx: removed our statusLine from {status_line.path}")
+    hooks = claude_settings.remove_hooks(claude_settings.settings_path(env), install.hooks_created(home))
+    if hooks.outcome == "removed":
+        print(f"opik-cipx: removed our Claude Code hooks from {hooks.path}")
     for path in claude_settings.remove_managed_hook_scripts(env):
         print(f"opik-cipx: removed hook script {path}")
     made = install.made_dirs(home, env)  # read before $CIPX_HOME goes

@@ -13,19 +13,23 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TypeGuard
 
 from opik_cipx.config import Settings, load_settings
 from opik_cipx.home import open_private, private_dir, read_json
 
 HEALTH_TIMEOUT_S = 1.0
 POLL_S = 0.02
+CLAUDE_CODE_PORT = 9909  # ports.CLAUDE_CODE_PORT, without importing the listener code
+SUPERVISOR_FILE = "supervisor.json"  # the detached supervisor's record (control/detached.py)
+SUPERVISOR_LOG_MAX = 1024 * 1024
 
 
 def paths_only_settings(env: dict[str, str]) -> Settings:
     """Settings for lifecycle commands when the config is unusable: paths from `env`, defaults."""
-    keep = {key: env[key] for key in ("HOME", "CIPX_HOME") if key in env}
+    keep: dict[str, str] = {key: env[key] for key in ("HOME", "CIPX_HOME") if key in env}
     return load_settings({**keep, "CIPX_CONFIG": os.devnull})
 
 
@@ -46,7 +50,7 @@ def home_id(home: Path) -> str:
     return os.path.abspath(home)
 
 
-def _names_pid(state: object) -> bool:
+def _names_pid(state: object) -> TypeGuard[dict[str, Any]]:
     return isinstance(state, dict) and isinstance(state.get("pid"), int) and state["pid"] > 0
 
 
@@ -149,8 +153,8 @@ def _command_line(pid: int) -> str | None:
     return out.stdout.strip() or None
 
 
-def is_our_daemon(pid: int) -> bool:
-    """True when `pid` is alive and its command line is an opik-cipx `proxy`.
+def is_our_process(pid: int, command: str) -> bool:
+    """True when `pid` is alive and its command line is an opik-cipx `command` (`proxy`, `supervise`).
 
     A `state.json` left behind by a killed daemon can name a pid the OS has since given to
     an unrelated process; that one must never be signalled.
@@ -158,13 +162,37 @@ def is_our_daemon(pid: int) -> bool:
     if not pid_alive(pid):
         return False
     cmdline = _command_line(pid)
-    return cmdline is not None and "opik" in cmdline and " proxy" in cmdline
+    return cmdline is not None and "opik" in cmdline and f" {command}" in cmdline
 
 
-def wait_healthy(settings: Settings, timeout_s: float, proc: subprocess.Popen | None = None) -> dict[str, Any] | None:
+def is_our_daemon(pid: int) -> bool:
+    return is_our_process(pid, "proxy")
+
+
+def read_supervisor(settings: Settings) -> dict[str, Any] | None:
+    """The detached supervisor's record (`supervisor.json`) with `alive`: whether its process runs; None without one.
+
+    `state` is `starting`, `adopting` (waiting for a daemon it did not start), `running`,
+    `restarting`, `stopping` or `gave up` (then `reason` says why); `deaths` the last few exits.
+    A supervisor that exits cleanly removes the file; one that could not start leaves it, dead, with its reason.
+    """
+    record = read_json(settings.home / SUPERVISOR_FILE)
+    if not _names_pid(record):
+        return None
+    return {**record, "alive": is_our_process(record["pid"], "supervise")}
+
+
+def running_supervisor(settings: Settings) -> int | None:
+    """The pid of this home's detached supervisor while it runs."""
+    record = read_supervisor(settings)
+    return record["pid"] if record and record["alive"] else None
+
+
+def wait_healthy(settings: Settings, timeout_s: float, proc: subprocess.Popen | None = None,
+                 failed: Callable[[], bool] | None = None) -> dict[str, Any] | None:
     """Wait until `state.json` names a pid whose admin listener answers; the state, or None.
 
-    Gives up early when `proc` (a daemon this process started) has exited.
+    Gives up early when `proc` (a process this one started) has exited, or when `failed()` says so.
     """
     deadline = time.monotonic() + timeout_s
     while True:
@@ -173,24 +201,36 @@ def wait_healthy(settings: Settings, timeout_s: float, proc: subprocess.Popen | 
             return state
         if proc is not None and proc.poll() is not None:
             return None
+        if failed is not None and failed():
+            return None
         if time.monotonic() > deadline:
             return None
         time.sleep(POLL_S)
 
 
 def start_detached(settings: Settings, argv: list[str], extra_env: dict[str, str]) -> subprocess.Popen:
-    """Spawn the daemon in its own session, detached from this process and its terminal.
+    """Spawn `argv` (the detached supervisor) in its own session, away from this process and its terminal.
 
-    Its stderr goes to `logs/daemon.stderr` (startup failures before logging is set up, such
-    as a bad config file); stdout to /dev/null. The caller holds `sync.lock`, taken once paths of
-    the wrong type in the home (`logs` a file, say) were moved aside (control/lifecycle.py).
+    Its stderr goes to `logs/supervisor.log` (appended to; emptied first past 1 MiB; /dev/null when
+    the disk refuses it), stdout to /dev/null. It inherits this environment, and so does the daemon
+    it starts. The caller holds `sync.lock`, taken once paths of the wrong type in the home (`logs`
+    a file, say) were moved aside (control/lifecycle.py).
     """
-    logs = private_dir(settings.logs_dir)
     env = dict(os.environ)
     for key, value in extra_env.items():
         env[key] = value + (os.pathsep + env[key] if key == "PYTHONPATH" and env.get(key) else "")
     env["CIPX_HOME"] = str(settings.home)
-    with open_private(logs / "daemon.stderr", os.O_WRONLY | os.O_CREAT | os.O_TRUNC) as stderr:
+    path = settings.logs_dir / "supervisor.log"
+    try:
+        rewind = path.stat().st_size > SUPERVISOR_LOG_MAX
+    except OSError:
+        rewind = False
+    try:
+        private_dir(settings.logs_dir)
+        stderr: BinaryIO = open_private(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if rewind else os.O_APPEND))
+    except OSError:  # a full or read-only disk: supervise all the same, unheard
+        stderr = open(os.devnull, "wb")
+    with stderr:
         return subprocess.Popen(
             argv,
             env=env,
@@ -222,37 +262,46 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
 
 
 def stop_daemon(settings: Settings, timeout_s: float | None = None) -> str:
-    """Stop the daemon named in `state.json`: SIGTERM, wait (bounded), then SIGKILL.
+    """Stop the daemon named in `state.json`, and the detached supervisor that runs it: SIGTERM, wait
+    (bounded), then SIGKILL.
 
-    The daemon drains in-flight calls for up to `drain_timeout_s` after SIGTERM, so the default
-    wait is that plus a margin. A clean exit is not restarted by the supervisor (systemd
-    `Restart=on-failure`, launchd `SuccessfulExit=false`). A stale `state.json` (dead pid, or a
-    pid that is not an opik-cipx daemon) is removed without signalling anything.
+    With a supervisor, only the supervisor is sent SIGTERM: it passes it on to its daemon and
+    does not restart it (a daemon stopped behind its back would count as one that stopped by
+    itself). The daemon drains in-flight calls for up to `drain_timeout_s` after SIGTERM, so the
+    default wait is that plus a margin. A clean exit is not restarted by systemd (`Restart=on-failure`)
+    or launchd (`SuccessfulExit=false`) either. A stale `state.json` (dead pid, or a pid that is
+    not an opik-cipx daemon) is removed without signalling anything.
     Returns "not running", "stopped" or "killed".
     """
+    record = read_supervisor(settings)
+    supervisor = record["pid"] if record and record["alive"] else None
     state = read_state(settings)
-    if state is None:
-        return "not running"
-    pid = state["pid"]
-    if pid == os.getpid() or not is_our_daemon(pid):
-        _remove_state(settings, pid)
+    daemon = state["pid"] if state and state["pid"] != os.getpid() and is_our_daemon(state["pid"]) else None
+    if state is not None and daemon is None:
+        _remove_state(settings, state["pid"])
+    if supervisor is None and daemon is None:
         return "not running"
     wait_s = settings.drain_timeout_s + 5 if timeout_s is None else timeout_s
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        _remove_state(settings, pid)
-        return "stopped"
-    if _wait_gone(pid, wait_s):
-        _remove_state(settings, pid)
-        return "stopped"
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    _wait_gone(pid, 5.0)
-    _remove_state(settings, pid)
-    return "killed"
+    # a daemon it watches, not its child
+    adopted = record is not None and supervisor is not None and record.get("state") == "adopting"
+    for pid in (supervisor, daemon) if supervisor is None or adopted else (supervisor,):
+        try:
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + wait_s
+    gone = {pid: _wait_gone(pid, deadline - time.monotonic()) for pid in (daemon, supervisor) if pid is not None}
+    killed = [pid for pid in (supervisor, daemon) if pid is not None and not gone[pid]]  # the supervisor first:
+    for pid in killed:  # it would start the daemon again
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _wait_gone(pid, 5.0)
+    if daemon is not None:
+        _remove_state(settings, daemon)
+    return "killed" if killed else "stopped"
 
 
 def _remove_state(settings: Settings, pid: int) -> None:

@@ -32,6 +32,7 @@ the highest utilization each rate-limit window reported in that period (docs/RAT
 
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -121,7 +122,7 @@ def report(conn: sqlite3.Connection, by: tuple[str, ...], selection: Selection =
         into = merged.setdefault(key, dict.fromkeys(figures, 0))
         for name in figures:
             into[name] += row[name]
-    out.rows = [{**dict(zip(by, key)), **values} for key, values in merged.items()]
+    out.rows = [{**dict(zip(by, key, strict=True)), **values} for key, values in merged.items()]
     if peaks:
         periods: dict[Any, list[dict[str, float]]] = {}
         for day, windows in peaks.items():
@@ -158,7 +159,7 @@ def report_figures(by: tuple[str, ...]) -> tuple[str, ...]:
     return FIGURES
 
 
-def _peak_of(per_day) -> dict[str, float]:
+def _peak_of(per_day: Iterable[dict[str, float]]) -> dict[str, float]:
     out: dict[str, float] = {}
     for windows in per_day:
         for window, value in windows.items():
@@ -192,7 +193,7 @@ RATE_LIMIT_FIELDS = (*RATE_LIMIT_COLUMNS, "started_at_ns")
 
 def latest_rate_limits(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """The newest value of every rate-limit window the ledger holds, in display order."""
-    rows = [dict(zip(RATE_LIMIT_FIELDS, row))
+    rows = [dict(zip(RATE_LIMIT_FIELDS, row, strict=True))
             for row in conn.execute(f"SELECT {', '.join(RATE_LIMIT_FIELDS)} FROM latest_rate_limits")]
     return sorted(rows, key=lambda row: window_order(row["window_name"]))
 
@@ -220,7 +221,7 @@ def _sort(rows: list[dict[str, Any]], by: tuple[str, ...]) -> None:
             group_cost[prefix] = group_cost.get(prefix, 0.0) + row["cost_usd"]
 
     def order(row: dict[str, Any]) -> tuple:
-        parts = []
+        parts: list[tuple[float, str]] = []
         for depth, key in enumerate(by, 1):
             value = row[key]
             if key in TIME_KEYS:
@@ -273,12 +274,12 @@ def _grouped(conn: sqlite3.Connection, groups: list[str], detail: str | None, se
     names = [*groups, *(["bucket"] if detail == "bucket" else ["detail"] if detail else [])]
     table = "daily_details" if detail else "daily_calls"
     source = "calls c JOIN details d ON d.call_id = c.id" if detail else "calls c"
-    columns = ", ".join(f"{k} AS {n}" for k, n in zip(rolled_keys, names))
+    columns = ", ".join(f"{k} AS {n}" for k, n in zip(rolled_keys, names, strict=True))
     rolled = (
         f"SELECT {columns}{', ' if columns else ''}{', '.join(f'r.{f} AS {f}' for f in figures)} "
         f"FROM {table} r WHERE r.{whole_days}" + "".join(f" AND {f}" for f in rolled_filters)
     )
-    columns = ", ".join(f"{k} AS {n}" for k, n in zip(raw_keys, names))
+    columns = ", ".join(f"{k} AS {n}" for k, n in zip(raw_keys, names, strict=True))
     raw = (
         f"SELECT {columns}{', ' if columns else ''}{', '.join(f'{e} AS {f}' for f, e in figures.items())} "
         f"FROM {source} WHERE c.{cut_days} AND c.started_at_ns >= :since AND c.started_at_ns < :until"
@@ -287,12 +288,13 @@ def _grouped(conn: sqlite3.Connection, groups: list[str], detail: str | None, se
     )
     outer_keys = ", ".join(names)
     sql = (
-        f"SELECT {outer_keys}{', ' if outer_keys else ''}{', '.join(f'total({f}) AS {_AS.get(f, f)}' for f in figures)} "
+        f"SELECT {outer_keys}{', ' if outer_keys else ''}"
+        f"{', '.join(f'total({f}) AS {_AS.get(f, f)}' for f in figures)} "
         f"FROM ({rolled} UNION ALL {raw})" + (f" GROUP BY {outer_keys}" if outer_keys else "")
     )
     cursor = conn.execute(sql, params)
-    columns = [c[0] for c in cursor.description]
-    rows = [dict(zip(columns, values)) for values in cursor]
+    column_names = [c[0] for c in cursor.description]
+    rows = [dict(zip(column_names, values, strict=True)) for values in cursor]
     if not groups and not detail and rows and rows[0]["calls"] == 0:
         return []
     for row in rows:
@@ -372,9 +374,9 @@ def why_empty(conn: sqlite3.Connection, sel: Selection) -> tuple[str, str | None
     they match calls, only not in the window)."""
     filters = sel.narrowed()
     for name, value in filters.items():
-        if not report(conn, (), Selection(**{name: value})).total["calls"]:
+        if not report(conn, (), Selection(**{name: value})).total["calls"]:  # type: ignore[arg-type]  # narrowed(): str fields only
             return _NOTHING[name].format(value), name
-    if len(filters) > 1 and not report(conn, (), Selection(**filters)).total["calls"]:
+    if len(filters) > 1 and not report(conn, (), Selection(**filters)).total["calls"]:  # type: ignore[arg-type]  # ditto
         together = " and ".join(f"{name} {value}" for name, value in filters.items())
         return f"no call in the ledger matches {together} together", ""
     first, last = conn.execute("SELECT min(first_ns), max(last_ns) FROM days").fetchone()
@@ -415,7 +417,7 @@ def _calls(conn: sqlite3.Connection, where: str, params: dict[str, Any], order: 
            f"WHERE {where} ORDER BY {order}")
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    rows = [dict(zip(CALL_COLUMNS, row)) for row in conn.execute(sql, params)]
+    rows = [dict(zip(CALL_COLUMNS, row, strict=True)) for row in conn.execute(sql, params)]
     for row in rows:
         row[INPUT_SIDE] = row[UNCACHED] + row[CACHE_WRITE] + row[CACHE_READ]
     return rows
@@ -451,12 +453,12 @@ def call_details(conn: sqlite3.Connection, call_id: int) -> list[dict]:
     cursor = conn.execute(
         "SELECT bucket, detail, chars, tokens, cost_usd FROM details WHERE call_id = ? ORDER BY bucket, detail",
         (call_id,))
-    return [dict(zip(("bucket", "detail", "chars", "tokens", "cost_usd"), row)) for row in cursor]
+    return [dict(zip(("bucket", "detail", "chars", "tokens", "cost_usd"), row, strict=True)) for row in cursor]
 
 
 def launchers(conn: sqlite3.Connection, tool_span_ids: list[str]) -> dict[str, str]:
     """Agent tool span id -> the span id of the call that launched it (for those known)."""
-    out = {}
+    out: dict[str, str] = {}
     for start in range(0, len(tool_span_ids), 500):
         chunk = tool_span_ids[start:start + 500]
         out.update(conn.execute(
@@ -481,7 +483,7 @@ def dimension_values(conn: sqlite3.Connection, keys: tuple[str, ...] = ("project
     what a filter can take (`main` for the main loop's agent; no unknown value)."""
     out: dict[str, set[str]] = {key: set() for key in keys}
     for row in conn.execute(f"SELECT DISTINCT {', '.join(keys)} FROM daily_calls"):
-        for key, value in zip(keys, row):
+        for key, value in zip(keys, row, strict=True):
             if value or key == "agent":
                 out[key].add(value or "main")
     return {key: sorted(values) for key, values in out.items()}

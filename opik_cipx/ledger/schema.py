@@ -18,7 +18,7 @@ and used for the roll-ups and for reading calls directly alike.
 """
 
 import sqlite3
-from typing import Callable
+from collections.abc import Callable
 
 V1 = """
 CREATE TABLE calls (
@@ -192,6 +192,7 @@ _RATE_LIMIT_DEFS = """
     limit_value INTEGER,
     remaining INTEGER,
     started_at_ns INTEGER NOT NULL"""
+_LATEST_RATE_LIMIT_DEFS = _RATE_LIMIT_DEFS.replace("window_name TEXT NOT NULL", "window_name TEXT PRIMARY KEY")
 V3 = f"""
 ALTER TABLE calls ADD COLUMN cache_previous_capture_id TEXT;
 ALTER TABLE calls ADD COLUMN cache_gap_s REAL;
@@ -207,7 +208,7 @@ CREATE TABLE rate_limits (
     PRIMARY KEY (call_id, window_name)
 ) WITHOUT ROWID;
 CREATE INDEX rate_limits_day ON rate_limits (day, window_name);
-CREATE TABLE latest_rate_limits ({_RATE_LIMIT_DEFS.replace("window_name TEXT NOT NULL", "window_name TEXT PRIMARY KEY")},
+CREATE TABLE latest_rate_limits ({_LATEST_RATE_LIMIT_DEFS},
     capture_id TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE daily_rate_limits (

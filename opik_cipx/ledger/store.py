@@ -28,8 +28,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.ledger.db import connect
@@ -230,6 +230,7 @@ def upsert(conn: sqlite3.Connection, entry: Entry) -> None:
             f"INSERT INTO calls ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
             [call[c] for c in columns],
         ).lastrowid
+        assert call_id is not None  # an INSERT sets it
     else:
         call_id = old[0]
         roll_up(conn, "c.id = ?", (call_id,), sign=-1)
@@ -300,7 +301,8 @@ def _rate_limits(conn: sqlite3.Connection, call_id: int, entry: Entry) -> None:
         [(*row, started, call["capture_id"]) for row in entry.rate_limits])
     conn.executemany(
         "INSERT INTO daily_rate_limits (day, window_name, peak_utilization) VALUES (?, ?, ?) "
-        "ON CONFLICT (day, window_name) DO UPDATE SET peak_utilization = max(peak_utilization, excluded.peak_utilization)",
+        "ON CONFLICT (day, window_name) DO UPDATE SET "
+        "peak_utilization = max(peak_utilization, excluded.peak_utilization)",
         [(day, row[0], row[2]) for row in entry.rate_limits if row[2] is not None])
 
 

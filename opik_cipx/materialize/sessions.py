@@ -20,7 +20,7 @@ import os
 import re
 import select
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,7 @@ def git_info(cwd: str | None) -> dict[str, str | None]:
 
 
 def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def session_record(hook: dict[str, Any], identity: dict[str, str | None], git: dict[str, str | None]) -> dict[str, Any]:

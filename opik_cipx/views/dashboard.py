@@ -21,11 +21,11 @@ its own read-only connection, so viewer threads never share one.
 import io
 import sqlite3
 import urllib.parse
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Callable, Iterator
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.ids import is_uuid7, uuid7_unix_ms
@@ -92,7 +92,8 @@ EXPORTS = {"/report.json", "/report.csv", "/calls.json", "/calls.csv", "/api/cal
 PAGE_CALLS = 100
 API_CALLS = 500
 NO_CALLS = ("<h1>Claude Code cost</h1><section><p>No calls recorded yet. Use Claude Code as usual: every call through "
-            "opik-cipx lands here. `opik-cipx replay --ledger` adds the calls of the stored raw captures.</p></section>")
+            "opik-cipx lands here. `opik-cipx replay --ledger` adds the calls of the stored raw captures."
+            "</p></section>")
 
 
 class Dashboard:
@@ -223,15 +224,18 @@ class Dashboard:
                filter_bar("/calls", filters, scope.selection, scope.today, dimension_values(conn)),
                self._notices(conn, scope, errors, "/calls"),
                f"<section><h2>{'Calls' if not before else 'Older calls'}"
-               f"{export_links(f'/calls.json{query}', f'/calls.csv{query}', f'all of them (up to {CALLS_MAX:,})')}</h2>",
+               + export_links(f"/calls.json{query}", f"/calls.csv{query}", f"all of them (up to {CALLS_MAX:,})")
+               + "</h2>",
                calls_table(rows, show_session=True, filters=filters)]
         if len(rows) == PAGE_CALLS:
-            older = filters.link("/calls") + ("&amp;" if filters.items() else "?") + f"before={rows[-1]['started_at_ns']}"
+            older = (filters.link("/calls") + ("&amp;" if filters.items() else "?")
+                     + f"before={rows[-1]['started_at_ns']}")
             out.append(f"<p><a href='{older}'>Older calls &rarr;</a></p>")
         out.append("</section>")
         return 200, HTML, page("calls", "".join(out), filters)
 
-    def _export(self, conn: sqlite3.Connection | None, route: str, filters: Filters, params: dict[str, str]) -> Response:
+    def _export(self, conn: sqlite3.Connection | None, route: str, filters: Filters,
+                params: dict[str, str]) -> Response:
         """A report (`by`) or the calls of what `filters` select, as JSON or CSV."""
         csv_out = route.endswith(".csv")
         kind = "application/json" if not csv_out else "text/csv; charset=utf-8"
@@ -243,7 +247,7 @@ class Dashboard:
                 by = parse_by(params.get("by", ""))
             except ReportError as exc:
                 return 400, TEXT, f"{exc}\n".encode()
-            result = report(conn, by, scope.selection) if conn else None
+            result = report(conn, by, scope.selection) if conn and scope else None
             if result is None:
                 return 200, kind, b"" if csv_out else b'{"rows": [], "total": {}}'
             if not csv_out:
@@ -252,7 +256,8 @@ class Dashboard:
             write_report_csv(result, stream)
             return 200, kind, stream.getvalue().encode()
         limit = _number(params.get("limit")) or (API_CALLS if route == "/api/calls" else CALLS_MAX)
-        calls = recent_calls(conn, limit, _number(params.get("before")), scope.selection, filters.part) if conn else []
+        calls = (recent_calls(conn, limit, _number(params.get("before")), scope.selection, filters.part)
+                 if conn and scope else [])
         if not csv_out:
             return 200, kind, calls_json(calls).encode()
         stream = io.StringIO()
@@ -275,7 +280,8 @@ class Dashboard:
         out = [
             *_session_heading(session_id, known),
             f"<p><a href='{filters.link('/', session=session_id)}'>This session on the dashboard</a> (cost per day, "
-            f"models, MCP servers, skills) &middot; {export_links(only.link('/calls.json'), only.link('/calls.csv'), 'its calls')}</p>",
+            "models, MCP servers, skills) &middot; "
+            f"{export_links(only.link('/calls.json'), only.link('/calls.csv'), 'its calls')}</p>",
             f"<p class=muted>{esc(first['project_dir'] or 'project unknown')}"
             f"{' &middot; branch ' + esc(first['git_branch']) if first['git_branch'] else ''}"
             f"{' &middot; ' + esc(first['git_remote']) if first['git_remote'] else ''}"
@@ -331,6 +337,7 @@ class Dashboard:
         attribution = categorize(capture.request_body) if capture else None
         out = []
         if call:
+            assert conn is not None  # the call was read from it
             out += call_header(call, filters)
             out.append(token_section(call))
             out.append(cache_section(call, filters))
@@ -342,6 +349,7 @@ class Dashboard:
                 call["cost_usd"] or 0.0, labels=call_labels(details, attribution)))
             out.append("</section>")
         else:
+            assert capture is not None  # a call or a capture: the page is a 404 without either
             out.append(f"<h1>{esc(capture.method)} {esc(capture.path)}</h1><p class=muted>Not in the ledger "
                        "(no Messages API call, or made before the ledger existed).</p>")
         if capture is not None:

@@ -145,7 +145,8 @@ def top_lists(conn: sqlite3.Connection, scope: Scope) -> str:
 
 def latest(conn: sqlite3.Connection, scope: Scope) -> str:
     query = scope.listed_filters.query()
-    export = export_links(f"/calls.json{_with(query, f'limit={LATEST}')}", f"/calls.csv{_with(query, f'limit={LATEST}')}")
+    export = export_links(f"/calls.json{_with(query, f'limit={LATEST}')}",
+                          f"/calls.csv{_with(query, f'limit={LATEST}')}")
     return (f"<section id=latest><h2>Latest calls{export}</h2>"
             + calls_table(recent_calls(conn, LATEST, selection=scope.listed), show_session=True, filters=scope.filters)
             + f"<p><a href='{scope.filters.link('/calls')}'>All calls &rarr;</a></p></section>")

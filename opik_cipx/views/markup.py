@@ -20,7 +20,8 @@ STYLE = (
     "text-decoration:none}header b{margin-right:24px}main{max-width:1240px;margin:0 auto;padding:12px 16px}"
     "h1{font-size:22px;margin:8px 0}h2{font-size:17px;margin:22px 0 8px}"
     "section,.card{background:#fff;border:1px solid #e5e7eb;border-radius:6px;padding:12px;margin-bottom:14px}"
-    ".cards{display:flex;flex-wrap:wrap;gap:12px;margin-bottom:14px}.card{flex:1 1 220px;margin:0}.card .big{font-size:26px;"
+    ".cards{display:flex;flex-wrap:wrap;gap:12px;margin-bottom:14px}.card{flex:1 1 220px;margin:0}"
+    ".card .big{font-size:26px;"
     "font-weight:600}.muted{color:#6b7280}.grid{display:grid;grid-template-columns:repeat(auto-fit,"
     "minmax(340px,1fr));gap:14px}.grid section{margin:0}.scroll{overflow-x:auto}"
     "table{border-collapse:collapse;width:100%}td,th{padding:4px 8px;border-bottom:1px solid #eee;"
@@ -144,8 +145,8 @@ def session_link(session_id: str | None, label: str | None, project: str | None,
     """A link to the session's page (keeping `filters` for the way back)."""
     if not session_id:
         return UNKNOWN
-    return (f"<a href='{filters.link('/session/' + session_id, session='', part=None)}'>"
-            f"{session_name(session_id, label, project)}</a>")
+    href = filters.link("/session/" + session_id, session="", part=None)
+    return f"<a href='{href}'>{session_name(session_id, label, project)}</a>"
 
 
 def export_links(path_json: str, path_csv: str, label: str = "export") -> str:

@@ -7,7 +7,7 @@ capture store; they carry no script, and the Content-Security-Policy forbids loa
 from anywhere.
 """
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from opik_cipx.views.access import ViewerAccess
 from opik_cipx.views.dashboard import Dashboard

@@ -176,7 +176,8 @@ def test_model_kind_and_agent_narrow_as_the_dashboards_filters(corpus_home):
     kinds = {row["kind"]: row for row in json.loads(run_cli(home, "report", "--by", "kind", "--json").stdout)["rows"]}
     main = json.loads(run_cli(home, "report", "--kind", "main", "--json").stdout)["total"]
     assert main == {name: kinds["main"][name] for name in FIGURES}
-    haiku = json.loads(run_cli(home, "report", "--by", "agent", "--model", "claude-haiku-4-5-20251001", "--json").stdout)
+    haiku = json.loads(
+        run_cli(home, "report", "--by", "agent", "--model", "claude-haiku-4-5-20251001", "--json").stdout)
     assert [(row["agent"], row["calls"]) for row in haiku["rows"]] == [("code-auditor", 2)]
     none = run_cli(home, "report", "--agent", "main", "--kind", "subagent", "--json")
     assert none.returncode == 1 and none.stdout == "" and none.stderr == (
