@@ -73,6 +73,23 @@ def sign_in(url: str) -> tuple[int, str, str | None]:
         conn.close()
 
 
+def test_replay_since_filters_and_bad_input_is_a_clear_error(home):
+    store_scenario(home, "simple")
+    # simple/001 was recorded at 2026-11-24T01:53:20Z
+    assert run_cli(home, "replay", "--records", "--since", "2026-11-24T01:53Z").stdout.count("\n") == 2  # trace, span
+    assert run_cli(home, "replay", "--records", "--since", "2026-11-24T01:54:00Z").stdout == ""
+    # A relative window counts back from the moment it is read; the capture's date is fixed, so
+    # the window is sized from both: the test holds on any date, a shifted wall clock included.
+    minutes = (time.time_ns() - exchange("simple", "001").started_at_ns) // (60 * 10**9)
+    assert run_cli(home, "replay", "--records", "--since", f"{minutes + 2}m").stdout.count("\n") == 2
+    assert run_cli(home, "replay", "--records", "--since", f"{minutes - 2}m").stdout == ""
+    assert "  calls     0" in run_cli(home, "replay", "--since", f"{minutes - 2}m").stdout.splitlines()  # the summary
+    bad = run_cli(home, "replay", "--since", "yesterday-ish")
+    assert bad.returncode == 2 and "cannot read --since" in bad.stderr and "Traceback" not in bad.stderr
+    empty = run_cli(home.parent / "elsewhere", "replay")
+    assert empty.returncode == 0 and "nothing to replay" in empty.stderr
+
+
 def test_viewer_prints_a_one_time_sign_in_url_and_says_when_the_daemon_is_down(home, upstream):
     """Each run prints a new link; a link works once (the cookie it set keeps working, across a
     restart too); a second use is refused with a page that says to run `opik-cipx viewer`."""
