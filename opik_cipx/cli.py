@@ -127,7 +127,7 @@ def _dispatch(argv: list[str]) -> int:
         if key in (reads or ()) or (key == "" and reads):
             print(f"opik-cipx: {line}", file=sys.stderr)
             return 2
-    for key, line in settings.unusable:
+    for _, line in settings.unusable:
         print(f"opik-cipx: warning: {line}; `{args.command}` does not use it, but the daemon will not start "
               "with it: fix it before `opik-cipx restart`", file=sys.stderr)
     try:

@@ -59,9 +59,9 @@ from opik_cipx.store.captures import Appended, CaptureStore
 from opik_cipx.store.spool import Spool
 from opik_cipx.urls import strip_credentials
 from opik_cipx.views.access import ViewerAccess, new_token, read_token, token_path
-from opik_cipx.views.sign_in import SignInLinks
 from opik_cipx.views.admin import AdminHandler
 from opik_cipx.views.dashboard import Dashboard
+from opik_cipx.views.sign_in import SignInLinks
 from opik_cipx.views.viewer import ViewerHandler
 from opik_cipx.wire.capture import Capture
 from opik_cipx.wire.connections import Limits, raise_fd_limit

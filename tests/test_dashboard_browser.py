@@ -151,9 +151,10 @@ def test_the_dashboard_answers_questions_in_chromium(home, upstream, tmp_path, s
         assert ">menu<" not in home_page and "(the list of available skills)" in home_page
         sessions = home_page[home_page.index('id="top-session"'):home_page.index('id="top-project"')]
         names = re.findall(r'<td><a href="[^"]+">(.*?)</a></td>', sessions)
-        assert len(names) == 8 and all(  # each by its label (first prompt), project, start and the start of its id
-            re.fullmatch(r"<span title=\"[^\"]+\">[^<]+</span> <span class=\"muted about\">[\w-]+ · \d\d-\d\d \d\d:\d\d · "
-                         r"<span class=\"mono\" title=\"[0-9a-f-]{36}\">[0-9a-f]{8}</span></span>", name) for name in names)
+        named = re.compile(  # each by its label (first prompt), project, start and the start of its id
+            r"<span title=\"[^\"]+\">[^<]+</span> <span class=\"muted about\">[\w-]+ · \d\d-\d\d \d\d:\d\d · "
+            r"<span class=\"mono\" title=\"[0-9a-f-]{36}\">[0-9a-f]{8}</span></span>")
+        assert len(names) == 8 and all(named.fullmatch(name) for name in names)
 
         assert screenshot(tmp_path, base + "/", home, shots / "dashboard.png", 1280, 2000) == (1280, 2000)
         assert screenshot(tmp_path, base + "/", home, shots / "dashboard-phone.png", 390, 2400) == (390, 2400)

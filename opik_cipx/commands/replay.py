@@ -46,7 +46,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(local unless it says Z or +hh:mm)")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--records", action="store_true",
-                        help="print the Opik records as JSON lines on stdout (whole prompts: the summary goes to stderr)")
+                        help="print the Opik records as JSON lines on stdout (whole prompts); the summary goes to "
+                             "stderr")
     target.add_argument("--out", help="write the Opik records as JSON lines to this file")
     target.add_argument("--ledger", action="store_true",
                         help="write the calls into ledger.db (replacing rows of the same captures) "
@@ -210,6 +211,7 @@ def _replay(settings: Settings, materializer: "Materializer", since: int | None,
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 tally.written += 1
         elif entry is not None:
+            assert ledger is not None  # an entry is made only for the ledger
             batch.append(entry)
             tally.written += 1
             if len(batch) >= LEDGER_BATCH:

@@ -165,7 +165,7 @@ def render_table(result: Report) -> str:
     key_headings, key_rows = _key_cells(result)
     headings = [*key_headings, *(heading for _, heading in COLUMNS), "cache hit",
                 *((heading for _, heading in BREAK_COLUMNS) if breaks else ()), *(f"{w} peak" for w in peaks)]
-    rows = [cells + _cells(row, breaks, peaks) for cells, row in zip(key_rows, result.rows)]
+    rows = [cells + _cells(row, breaks, peaks) for cells, row in zip(key_rows, result.rows, strict=True)]
     total = ["total", *([""] * (len(key_headings) - 1))] if result.by else []
     rows.append(total + _cells(result.total, breaks, peaks))
     widths = [max(len(line[i]) for line in [headings, *rows]) for i in range(len(headings))]

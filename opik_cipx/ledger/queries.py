@@ -142,7 +142,7 @@ def _with_sessions(conn: sqlite3.Connection, by: tuple[str, ...], rows: list[dic
     for row in rows:
         known = info.get(row["session"])
         named = dict.fromkeys(SESSION_KEYS) if known is None else dict(zip(SESSION_KEYS, (
-            known.label, known.project, known.started_at)))
+            known.label, known.project, known.started_at), strict=True))
         out.append({**{k: row[k] for k in by}, **named, **{k: v for k, v in row.items() if k not in by}})
     return out
 

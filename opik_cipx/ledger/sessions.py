@@ -8,9 +8,9 @@ tells it apart from the others shown with it (8 characters at least: what `--ses
 """
 
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable
 
 SHORT_ID = 8  # the start of an id that people copy
 

@@ -20,9 +20,9 @@ from opik_cipx.ledger.queries import Selection, report
 from opik_cipx.ledger.store import Ledger
 from opik_cipx.store.captures import CaptureStore
 from opik_cipx.views.access import ViewerAccess, cookie_name, cookie_value
-from opik_cipx.views.sign_in import SignInLinks
 from opik_cipx.views.charts import PALETTE
 from opik_cipx.views.dashboard import Dashboard
+from opik_cipx.views.sign_in import SignInLinks
 from opik_cipx.views.viewer import ViewerHandler
 from opik_cipx.wire.loopback import LoopbackServer
 from tests.claude_code_corpus import corpus_clock, materialized
@@ -34,7 +34,8 @@ TOKEN = "t" * 43
 
 def serve(home):
     pages = Dashboard(home / "ledger.db", home / "captures", clock=corpus_clock())
-    handler = type("H", (ViewerHandler,), {"pages": pages, "access": ViewerAccess(TOKEN, SignInLinks(home, corpus_clock()))})
+    access = ViewerAccess(TOKEN, SignInLinks(home, corpus_clock()))
+    handler = type("H", (ViewerHandler,), {"pages": pages, "access": access})
     server = LoopbackServer("viewer", "127.0.0.1", 0, handler, LIMITS)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return server
