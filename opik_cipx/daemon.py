@@ -61,6 +61,7 @@ from opik_cipx.urls import strip_credentials
 from opik_cipx.views.access import ViewerAccess, new_token, read_token, token_path
 from opik_cipx.views.admin import AdminHandler
 from opik_cipx.views.dashboard import Dashboard
+from opik_cipx.views.sign_in import SignInLinks
 from opik_cipx.views.viewer import ViewerHandler
 from opik_cipx.wire.capture import Capture
 from opik_cipx.wire.connections import Limits, raise_fd_limit
@@ -143,7 +144,8 @@ class Daemon:
                                   max_age_s=settings.captures_max_age_days * 86400,
                                   segment_bytes=settings.captures_segment_mb * mib, keep=settings.captures_enabled,
                                   clock=self.clock)
-        self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, self.counters, clock=self.clock)
+        self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, self.counters, clock=self.clock,
+                             keep_text=settings.capture_content)
         self.spool = Spool(settings.spool_dir, max_bytes=int(settings.spool_max_mb * mib),
                            segment_bytes=int(settings.spool_segment_mb * mib), inmem_max=settings.spool_inmem_max,
                            inmem_max_bytes=int(settings.spool_inmem_max_mb * mib),
@@ -184,7 +186,8 @@ class Daemon:
             admin_handler = type("Handler", (AdminHandler,),
                                  {"stats": staticmethod(self.stats), "state": staticmethod(self.state)})
             pages = Dashboard(settings.ledger_path, settings.captures_dir, clock=self.clock)
-            viewer_handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": ViewerAccess(token)})
+            access = ViewerAccess(token, SignInLinks(settings.home, self.clock))
+            viewer_handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": access})
             handlers = {"admin": admin_handler, "viewer": viewer_handler}
             picked = open_picked_listeners(settings.ports_path, lambda name, port: LoopbackServer(
                 name, host, port, handlers[name], limits, self.counters))

@@ -37,7 +37,8 @@ LOCK_FILE = "daemon.lock"
 LAYOUT: tuple[tuple[str, bool], ...] = (
     ("captures", True), ("spool", True), ("materializer", True), ("logs", True), ("sessions", True), ("bin", True),
     ("ledger.db", False), ("ledger.db-wal", False), ("ledger.db-shm", False), ("state.json", False),
-    ("ports.json", False), ("viewer.token", False), ("viewer-open.html", False), ("sync.lock", False),
+    ("ports.json", False), ("viewer.token", False), ("viewer-open.html", False), ("viewer-links", True),
+    ("sync.lock", False),
     ("made-dirs.json", False), ("materializer/checkpoint.json", False), ("spool/cursor.json", False),
     ("logs/cipx.log", False), ("logs/daemon.stderr", False),
 )

@@ -186,10 +186,11 @@ class DaemonProcess:
 
     def viewer_cookie(self) -> dict[str, str]:
         """The header a browser signed in to this daemon's viewer sends: the cookie its sign-in set."""
-        token = (self.home / "viewer.token").read_text().strip()
+        from opik_cipx.views.sign_in import SignInLinks
+
         conn = http.client.HTTPConnection("127.0.0.1", self.state["ports"]["viewer"], timeout=10)
         try:
-            conn.request("GET", f"/?token={token}")
+            conn.request("GET", f"/?signin={SignInLinks(self.home).issue()}")
             resp = conn.getresponse()
             resp.read()
         finally:

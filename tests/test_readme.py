@@ -19,7 +19,8 @@ README = (REPO / "README.md").read_text()
 TABLE_RUNS = {
     "status": [("status",), ("status", "--json")],
     "viewer": [("viewer",)],
-    "report": [("report",), ("report", "--by", "session", "--json"), ("report", "--by", "mcp", "--csv")],
+    "report": [("report",), ("report", "--by", "session", "--json"), ("report", "--by", "mcp", "--csv"),
+               ("report", "--by", "cache_break")],
     "prices": [("prices",), ("prices", "--json")],
     "statusline": [("statusline",)],
     "sync": [("sync",)],
@@ -27,7 +28,7 @@ TABLE_RUNS = {
     "logs": [("logs", "-n", "5", "--no-follow")],
     "config": [("config", "--example")],
     "ship": [("ship", "--retry-quarantine")],
-    "replay": [("replay", "--ledger"), ("replay", "--out", "{tmp}/records.jsonl")],
+    "replay": [("replay",), ("replay", "--ledger"), ("replay", "--out", "{tmp}/records.jsonl")],
     "purge": [("purge", "--yes")],
     "uninstall": [("uninstall", "--yes")],
 }
@@ -99,6 +100,6 @@ def test_every_command_readme_shows_runs_on_a_fresh_machine(machine_with_upstrea
             result = m.cli(*(arg.format(tmp=tmp_path) for arg in argv), **env)
             assert result.returncode == 0, (argv, result.stdout, result.stderr)
             if argv == ("viewer",):
-                assert "/?token=" in result.stdout
+                assert "/?signin=" in result.stdout
     assert (tmp_path / "records.jsonl").stat().st_size > 0
     assert not m.home.exists()  # uninstall ran last

@@ -179,7 +179,7 @@ def test_the_corpus_through_three_kill_9s_with_opik_down_arrives_once_and_whole(
         if answers:
             text = "\n".join(b["text"] for b in answers[-1]["output"]["content"] if b.get("type") == "text")
             assert newest(versions)["output"] == {"response": text}
-    replayed = run_cli(home, "replay")
+    replayed = run_cli(home, "replay", "--records")
     assert replayed.returncode == 0, replayed.stderr
     assert {json.loads(line)["body"]["id"] for line in replayed.stdout.splitlines()} == set(received)
 

@@ -32,6 +32,7 @@ COLUMNS = ("input", "5m write", "1h write", "cache read", "output", "fast")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the table and the unknown ids as one JSON object")
+    parser.set_defaults(config_keys=("prices",))  # reads the price overrides alone (cli.py)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -10,9 +10,11 @@ v1: `calls`, `details`, `launches`. v2: daily roll-ups (`daily_calls`, `daily_de
 `days`, kept in step with the calls on every write, so a report over 100,000 calls sums a few
 thousand rows. v3: each call's cache diagnosis (`calls.cache_*`, the `cache_break` report key)
 and the rate limits its response carried (`rate_limits`, `latest_rate_limits`, and the daily
-peaks `daily_rate_limits`); the roll-ups are rebuilt with the new key. The group keys of a
-report (`DIMENSIONS`) and its figures are SQL expressions defined once here and used for the
-roll-ups and for reading calls directly alike.
+peaks `daily_rate_limits`); the roll-ups are rebuilt with the new key. v4: `sessions`, what a
+session is known by (its title or first prompt, project and start), filled from the calls
+already there (without their texts, which only the captures hold: `replay --ledger` adds them).
+The group keys of a report (`DIMENSIONS`) and its figures are SQL expressions defined once here
+and used for the roll-ups and for reading calls directly alike.
 """
 
 import sqlite3
@@ -221,6 +223,25 @@ DELETE FROM days
 """
 
 
+# One row per session: when its first call started, its project (the first one a call of it
+# named), Claude Code's title for it (the latest title call's answer) and the opening prompt of
+# its first main turn, each text with the start of the call it came from (so any write order
+# keeps the same values). Texts are NULL when content capture is off (`ledger/entry.py`).
+V4 = """
+CREATE TABLE sessions (
+    session_id TEXT PRIMARY KEY,
+    started_at_ns INTEGER NOT NULL,
+    project_dir TEXT,
+    title TEXT,
+    title_at_ns INTEGER,
+    first_prompt TEXT,
+    first_prompt_at_ns INTEGER
+) WITHOUT ROWID;
+INSERT INTO sessions (session_id, started_at_ns, project_dir)
+SELECT session_id, min(started_at_ns), max(project_dir) FROM calls WHERE session_id IS NOT NULL GROUP BY session_id
+"""
+
+
 def roll_up(conn: sqlite3.Connection, where: str, params: tuple = (), sign: int = 1,
             dimensions: dict[str, str] = DIMENSIONS, call_figures: dict[str, str] = CALL_FIGURES) -> None:
     """Add (sign 1) or take away (sign -1) the calls matching `where` (over `calls c`) to the
@@ -276,7 +297,7 @@ def _script(sql: str) -> Callable[[sqlite3.Connection], None]:
 
 
 # MIGRATIONS[n] upgrades a version-n ledger to version n+1 (version 0: an empty file).
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_script(V1), _v2, _v3)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_script(V1), _v2, _v3, _script(V4))
 LATEST = len(MIGRATIONS)
 
 

@@ -52,6 +52,7 @@ from opik_cipx.ledger.queries import (
     why_empty,
 )
 from opik_cipx.ledger.schema import SchemaError
+from opik_cipx.ledger.sessions import SessionInfo, session_info
 from opik_cipx.materialize.attribution import categorize
 from opik_cipx.store.captures import find_capture
 from opik_cipx.views import charts
@@ -65,6 +66,7 @@ from opik_cipx.views.markup import (
     export_links,
     page,
     percent,
+    session_name,
     token_figures,
     unpriced,
     usd,
@@ -122,7 +124,7 @@ class Dashboard:
                     if route.startswith("/capture/"):
                         return self._call(conn, route[len("/capture/"):], filters, params.get("unfold") == "1")
                 except (AmbiguousSession, SessionNotFound) as exc:
-                    return self._no_session(route, filters, exc)
+                    return self._no_session(conn, route, filters, exc)
         except (sqlite3.Error, SchemaError, OSError) as exc:
             message = f"{self.ledger_path} cannot be read: {exc}."
             if not isinstance(exc, SchemaError):
@@ -163,22 +165,30 @@ class Dashboard:
         """Bounds that could not be read, the session a view is narrowed to, and why it is empty."""
         out = [f"<p class=bad>{esc(e)}: left out.</p>" for e in errors]
         if scope.selection.session and path == "/":
-            out.append(f"<p>Session <span class=mono>{esc(scope.selection.session)}</span>: "
+            known = session_info(conn, [scope.selection.session]).get(scope.selection.session)
+            name = f"<b>{esc(known.label)}</b> " if known and known.label else ""
+            out.append(f"<p>Session {name}<span class=mono>{esc(scope.selection.session)}</span>: "
                        f"<a href='{scope.filters.link('/session/' + scope.selection.session, session='')}'>"
                        "its page, call by call &rarr;</a></p>")
         if (scope.filters.items() and path == "/" and not report(conn, (), scope.listed).total["calls"]):
             out.append(f"<p class=bad id=empty>Nothing to show: {esc(why_empty(conn, scope.listed)[0])}.</p>")
         return f"<section class=notice>{''.join(out)}</section>" if out else ""
 
-    def _no_session(self, route: str, filters: Filters, exc: ReportError) -> Response:
-        """A session filter or page that names no session, or several: say so, list them."""
+    def _no_session(self, conn: sqlite3.Connection | None, route: str, filters: Filters,
+                    exc: ReportError) -> Response:
+        """A session filter or page that names no session, or several: say so, list them (with
+        what each is known by)."""
         if route in EXPORTS:
             return (400 if isinstance(exc, AmbiguousSession) else 404), TEXT, f"{exc}\n".encode()
         on_page = route.startswith("/session/")
         href: Callable[[str], str] = ((lambda c: filters.link("/session/" + c, session="")) if on_page
                                       else (lambda c: filters.link(route, session=c)))
         if isinstance(exc, AmbiguousSession):
-            items = "".join(f"<li><a href='{href(c)}'>{esc(c)}</a></li>" for c in exc.candidates)
+            known = session_info(conn, exc.candidates) if conn is not None else {}
+            items = "".join(
+                f"<li><a href='{href(c)}'><span class=mono>{esc(c)}</span></a>"
+                + (f" {session_name(c, known[c].label, known[c].project, known[c].started_at)}" if c in known else "")
+                + "</li>" for c in exc.candidates)
             body = f"<h1>Which session?</h1><p>{esc(exc)}:</p><ul id=candidates>{items}</ul>"
             return 300, HTML, page("which session?", body, filters)
         back = "" if on_page else f" <a href='{filters.link(route, session='')}'>Without this session filter</a>"
@@ -266,8 +276,9 @@ class Dashboard:
         total = report(conn, (), selection).total
         first = calls[0]
         only = Filters(session=session_id)
+        known = session_info(conn, [session_id]).get(session_id)
         out = [
-            f"<h1>Session <span class=mono>{esc(session_id)}</span></h1>",
+            *_session_heading(session_id, known),
             f"<p><a href='{filters.link('/', session=session_id)}'>This session on the dashboard</a> (cost per day, "
             "models, MCP servers, skills) &middot; "
             f"{export_links(only.link('/calls.json'), only.link('/calls.csv'), 'its calls')}</p>",
@@ -348,6 +359,17 @@ class Dashboard:
             out.append("<section><p class=muted>The raw request is no longer stored (raw captures are kept "
                        "within captures.max_mb / captures.max_age_days), so it cannot be painted.</p></section>")
         return 200, HTML, page(f"call {capture_id}", "".join(out), filters)
+
+
+def _session_heading(session_id: str, known: SessionInfo | None) -> list[str]:
+    """The session's label as the heading (its id without one), its id, and both its title and its
+    first prompt when it has both."""
+    if known is None or not known.label:
+        return [f"<h1>Session <span class=mono>{esc(session_id)}</span></h1>"]
+    out = [f"<h1 id=session-label>{esc(known.label)}</h1>", f"<p class=mono>session {esc(session_id)}</p>"]
+    if known.title and known.first_prompt:
+        out.append(f"<p class=muted id=first-prompt>First prompt: {esc(known.first_prompt)}</p>")
+    return out
 
 
 def _number(raw: str | None) -> int | None:

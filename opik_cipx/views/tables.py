@@ -127,7 +127,8 @@ def calls_table(calls: list[dict], show_session: bool, nested: dict[str, list[li
             when(call["started_at_ns"]),
             f"<a href='{filters.link('/capture/' + call['capture_id'], part=None)}'>{esc(kind_of(call))}</a>",
             f"<span class=wide>{esc(call['model'] or '')}</span>",
-            *([session_link(call["session_id"], call["project_dir"], filters)] if show_session else []),
+            *([session_link(call["session_id"], call["session_label"], call["project_dir"], filters)]
+              if show_session else []),
             status,
         ]
         hit = percent(cache_hit(call))
@@ -162,7 +163,7 @@ def call_header(call: dict, filters: Filters = Filters()) -> list[str]:
     return [
         f"<h1>{esc(kind_of(call))} call &middot; {esc(call['model'] or 'model unknown')}</h1>",
         f"<p class=muted>{when(call['started_at_ns'])} &middot; session "
-        f"{session_link(call['session_id'], call['project_dir'], filters)}"
+        f"{session_link(call['session_id'], call['session_label'], call['project_dir'], filters)}"
         f"{' &middot; ' + esc(account(call)) if account(call) else ''} &middot; HTTP {esc(call['status'])}{error}"
         f" &middot; request {esc(call['request_id'] or 'n/a')} &middot; capture "
         f"<span class=mono>{esc(call['capture_id'])}</span>{estimated}</p>",

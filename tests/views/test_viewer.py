@@ -22,6 +22,7 @@ from opik_cipx.store.captures import CaptureStore
 from opik_cipx.views.access import ViewerAccess, cookie_name, cookie_value
 from opik_cipx.views.charts import PALETTE
 from opik_cipx.views.dashboard import Dashboard
+from opik_cipx.views.sign_in import SignInLinks
 from opik_cipx.views.viewer import ViewerHandler
 from opik_cipx.wire.loopback import LoopbackServer
 from tests.claude_code_corpus import corpus_clock, materialized
@@ -33,7 +34,8 @@ TOKEN = "t" * 43
 
 def serve(home):
     pages = Dashboard(home / "ledger.db", home / "captures", clock=corpus_clock())
-    handler = type("H", (ViewerHandler,), {"pages": pages, "access": ViewerAccess(TOKEN)})
+    access = ViewerAccess(TOKEN, SignInLinks(home, corpus_clock()))
+    handler = type("H", (ViewerHandler,), {"pages": pages, "access": access})
     server = LoopbackServer("viewer", "127.0.0.1", 0, handler, LIMITS)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return server
@@ -188,9 +190,11 @@ def test_exports_give_what_is_shown_in_reports_shape(viewer, tmp_path):
 def test_a_session_is_found_by_the_start_of_its_id(viewer):
     port, _, _ = viewer
     status, page, _ = get(port, f"/session/{SUBAGENT_SESSION[:8]}")
-    assert status == 200 and f"<h1>Session <span class=mono>{SUBAGENT_SESSION}</span></h1>" in page
+    assert status == 200 and f"<p class=mono>session {SUBAGENT_SESSION}</p>" in page
     status, page, _ = get(port, "/session/1b?model=claude-opus-4-8")
     assert status == 300 and "starts 2 session ids" in text(page)
+    assert "Use a subagent to survey this project" in text(page)  # each candidate with its label
+    assert "Run echo hi and tell me what it printed." in text(page)
     candidates = re.findall(r"<li><a href='([^']+)'>", page)
     assert [html.unescape(c) for c in candidates] == [f"/session/{SUBAGENT_SESSION}?model=claude-opus-4-8",
                                                       "/session/1ba5440a-458d-4df7-b61b-c2cf3c262711?model=claude-opus-4-8"]
@@ -329,12 +333,12 @@ def test_calls_of_an_unknown_model_are_flagged_never_priced_at_zero(tmp_path, vi
 
 
 def test_a_browser_signs_in_once_then_uses_the_cookie(viewer):
-    port, _, _ = viewer
+    port, home, _ = viewer
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", f"/session/{SUBAGENT_SESSION}")
     refused = conn.getresponse()
     assert refused.status == 403 and b"opik-cipx viewer" in refused.read()
-    conn.request("GET", f"/session/{SUBAGENT_SESSION}?token={TOKEN}")
+    conn.request("GET", f"/session/{SUBAGENT_SESSION}?signin={SignInLinks(home, corpus_clock()).issue()}")
     signed_in = conn.getresponse()
     assert signed_in.status == 200 and f"url=/session/{SUBAGENT_SESSION}".encode() in signed_in.read()
     cookie = signed_in.getheader("Set-Cookie").split(";", 1)[0]
