@@ -84,7 +84,8 @@ def main() -> int:
                         f"{statistics.median(values) * 1000:.0f} ms, worst {max(values) * 1000:.0f} ms")
                 if death == 1:
                     worst = max(values)
-                    line += f" (target worst <= {TARGET_S * 1000:.0f} ms: {'ok' if worst <= TARGET_S else 'OVER TARGET'})"
+                    line += (f" (target worst <= {TARGET_S * 1000:.0f} ms: "
+                             f"{'ok' if worst <= TARGET_S else 'OVER TARGET'})")
                 print(line)
         finally:
             subprocess.run([*cli, "sync"], env={**env, "CIPX_DISABLED": "1"}, stdin=subprocess.DEVNULL,

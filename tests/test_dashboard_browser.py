@@ -29,6 +29,7 @@ import pytest
 from opik_cipx.ledger.entry import ledger_entry
 from opik_cipx.ledger.periods import day_start_ns, local_day
 from opik_cipx.ledger.store import Ledger
+from opik_cipx.views.sign_in import SignInLinks
 from tests.claude_code_corpus import SCENARIOS, materialized, write_session_files
 from tests.conftest import DaemonProcess, run_cli, wait_for
 from tests.test_end_to_end import replay_scenario
@@ -40,6 +41,7 @@ pytestmark = pytest.mark.skipif(
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars")
 SUBAGENT_SESSION = "1b15d3cd-b49e-410d-880f-1d1856a84f6c"
+SUBAGENT_PROMPT = "Use a subagent to survey this project's layout and report back."
 HISTORY_DAYS = 20
 
 
@@ -52,10 +54,9 @@ def chromium(tmp: Path, *args: str) -> str:
 
 
 def signed_in(url: str, home: Path) -> str:
-    """`url` as `opik-cipx viewer` hands it out: with the viewer token, which sets the cookie and
-    moves on to `url` itself (a navigation the browser follows within the virtual time budget)."""
-    token = (home / "viewer.token").read_text().strip()
-    return f"{url}{'&' if '?' in url else '?'}token={token}"
+    """`url` with a new one-time sign-in link (what `opik-cipx viewer` issues), which sets the cookie
+    and moves on to `url` itself (a navigation the browser follows within the virtual time budget)."""
+    return f"{url}{'&' if '?' in url else '?'}signin={SignInLinks(home).issue()}"
 
 
 def dom(tmp: Path, url: str, home: Path) -> str:
@@ -131,7 +132,7 @@ def test_the_dashboard_answers_questions_in_chromium(home, upstream, tmp_path, s
         calls = sum(replay_scenario(daemon, upstream, scenario) for scenario in SCENARIOS)
         wait_for(lambda: daemon.counter("events_materialized") == calls, timeout_s=30, what="every call materialized")
         base = f"http://127.0.0.1:{daemon.state['ports']['viewer']}"
-        assert "needs the viewer token" in chromium(tmp_path, "--dump-dom", base + "/")  # not signed in
+        assert "this browser is not signed in" in chromium(tmp_path, "--dump-dom", base + "/")  # not signed in
 
         home_page = dom(tmp_path, base + "/", home)
         today = re.search(r'href="/\?since=([\d-]+)">today</a>', home_page).group(1)  # the page's own today
@@ -148,6 +149,12 @@ def test_the_dashboard_answers_questions_in_chromium(home, upstream, tmp_path, s
             assert f'id="top-{key}"' in home_page
         assert "weather" in text_of(home_page) and "general-purpose" in text_of(home_page)
         assert ">menu<" not in home_page and "(the list of available skills)" in home_page
+        sessions = home_page[home_page.index('id="top-session"'):home_page.index('id="top-project"')]
+        names = re.findall(r'<td><a href="[^"]+">(.*?)</a></td>', sessions)
+        named = re.compile(  # each by its label (first prompt), project, start and the start of its id
+            r"<span title=\"[^\"]+\">[^<]+</span> <span class=\"muted about\">[\w-]+ · \d\d-\d\d \d\d:\d\d · "
+            r"<span class=\"mono\" title=\"[0-9a-f-]{36}\">[0-9a-f]{8}</span></span>")
+        assert len(names) == 8 and all(named.fullmatch(name) for name in names)
 
         assert screenshot(tmp_path, base + "/", home, shots / "dashboard.png", 1280, 2000) == (1280, 2000)
         assert screenshot(tmp_path, base + "/", home, shots / "dashboard-phone.png", 390, 2400) == (390, 2400)
@@ -190,11 +197,13 @@ def test_the_dashboard_answers_questions_in_chromium(home, upstream, tmp_path, s
         # a session by the start of its id; a call's request folded by bucket
         session = dom(tmp_path, f"{base}/session/{SUBAGENT_SESSION[:8]}", home)
         assert "<polyline" in session and "cumulative cost" in session
+        assert f'<h1 id="session-label">{SUBAGENT_PROMPT}</h1>' in session
         assert 'class="group"' in session and session.count('class="sub"') == 3
         session_cost = json.loads(run_cli(home, "report", "--session", SUBAGENT_SESSION[:8], "--json").stdout)
         assert f"${session_cost['total']['cost_usd']:,.4f}" in text_of(session)
         capture_id = re.search(r"/capture/([0-9a-f-]+)\">subagent", session).group(1)
         words = text_of(dom(tmp_path, f"{base}/capture/{capture_id}", home))
+        assert f"session {SUBAGENT_PROMPT[:59]}\u2026 inventory-sync" in words  # the call page names its session
         assert "Tokens and cost" in words and "cache write 5m" in words and "would have cost" in words
         largest = max((c for c in json.loads(viewer_get(daemon, f"/calls.json?since={replayed}")[1])),
                       key=lambda c: c["request_chars"])

@@ -15,7 +15,7 @@ import pytest
 
 from opik_cipx.control.claude_settings import MANAGED_MARKER
 from tests.conftest import REPO, wait_for
-from tests.lifecycle_helpers import SESSION_START, Machine, machine_with_upstream, wait_gone  # noqa: F401
+from tests.lifecycle_helpers import SESSION_START, Machine, wait_gone
 
 USER_SETTINGS = {"model": "opus", "permissions": {"allow": ["Bash(git status)"]}, "env": {"DISABLE_TELEMETRY": "1"}}
 
@@ -277,7 +277,8 @@ def test_a_fresh_home_finds_opik_cipx_in_a_new_login_shell_and_uninstall_leaves_
     assert gone.returncode == 0, gone.stderr
     assert f"removed {link}" in gone.stdout
     wait_gone(pid)
-    assert f"removed {m.settings_path} (left empty)" in gone.stdout and f"removed {m.claude_dir} (left empty)" in gone.stdout
+    assert f"removed {m.settings_path} (left empty)" in gone.stdout
+    assert f"removed {m.claude_dir} (left empty)" in gone.stdout
     # the link and the directories made for it, the executable, the state, Claude Code's settings: nothing of ours
     assert files_and_links(m.user_home) == before
     assert login_shell(m, "command -v opik-cipx").returncode != 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from opik_cipx.control.claude_settings import MANAGED_MARKER, PLUGIN_ID
 from tests.conftest import REPO
-from tests.lifecycle_helpers import SESSION_START, Machine, machine_with_upstream  # noqa: F401 - fixture
+from tests.lifecycle_helpers import SESSION_START, Machine
 
 LAUNCHER = REPO / "scripts" / "opik-cipx-hook-launcher"
 USER_GROUPS = {

@@ -14,7 +14,7 @@ from opik_cipx.control.down_answer import ANSWER
 from tests.claude_code_corpus import request, response
 from tests.conftest import wait_for
 from tests.fake_anthropic import fixture_reply
-from tests.lifecycle_helpers import SESSION_START, machine_with_upstream, wait_gone  # noqa: F401 - fixture
+from tests.lifecycle_helpers import SESSION_START, wait_gone
 
 SCENARIO, NUMBER = "simple", "001"  # one recorded main-loop call
 
@@ -74,7 +74,7 @@ def test_kill_9_is_answered_by_a_new_daemon_and_a_daemon_that_keeps_dying_is_giv
         status, _, body = call(m.port)
         assert status == 200 and body == response(SCENARIO, NUMBER)["body"].encode()
         sent += 1
-        wait_for(lambda: ledger_calls(m) == sent and len(spooled_llm_spans(m)) == sent, timeout_s=30,
+        wait_for(lambda: ledger_calls(m) == sent and len(spooled_llm_spans(m)) == sent, timeout_s=30,  # noqa: B023 - waited on here
                  what=f"call {sent} acknowledged: in the ledger, its span written to the spool")
         pid = daemon_pid(m)
         m.remember_daemon()
@@ -89,7 +89,7 @@ def test_kill_9_is_answered_by_a_new_daemon_and_a_daemon_that_keeps_dying_is_giv
             record = m.supervisor()
             assert record["daemon_pid"] != pid and record["restarts"] == kill
             # It answers as soon as it listens, a moment before it writes state.json.
-            wait_for(lambda: daemon_pid(m) == record["daemon_pid"], what="the new daemon's state.json")
+            wait_for(lambda: daemon_pid(m) == record["daemon_pid"], what="the new daemon's state.json")  # noqa: B023 - waited on here
             continue
         # The 5th death within 120 s: given up on, and said so to Claude Code and in `status`.
         assert (status, headers["x-should-retry"], json.loads(body)) == (

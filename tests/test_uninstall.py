@@ -17,7 +17,7 @@ from opik_cipx.ledger.store import Ledger
 from tests.claude_code_corpus import corpus_clock, materialized
 from tests.conftest import load_fixture, wait_for
 from tests.fake_anthropic import split_sse, sse_reply
-from tests.lifecycle_helpers import Machine, machine, machine_with_upstream  # noqa: F401 - fixtures
+from tests.lifecycle_helpers import Machine
 from tests.test_end_to_end import replay_scenario
 from tests.test_install_hooks import install_sh, write_settings
 

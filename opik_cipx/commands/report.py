@@ -4,7 +4,10 @@ Reads `ledger.db` directly, so it works with the daemon down (WAL: it never bloc
 writing meanwhile). A terminal table with a totals row by default, its token columns in the
 words of docs/REPORTS.md ("Words"); `--json` and `--csv` print the shape `ledger/export.py`
 defines (the dashboard exports the same). See `ledger/queries.py` for what each key means.
-`--session` takes a session id or its start (`44faf0ae`); `--project`, `--model`, `--kind` and
+By `session`, each session is shown by the start of its id (what `--session` takes), its start,
+its project's directory and its label (title or first prompt, `ledger/sessions.py`); JSON and CSV
+carry the whole id, label and project. `--session` takes a session id or its start (`44faf0ae`);
+`--project`, `--model`, `--kind` and
 `--agent` narrow as the dashboard's filters do. A filter that matches no call says so in one
 line (exit 1), and so does a window without calls (exit 0, the empty report printed).
 """
@@ -36,24 +39,30 @@ from opik_cipx.ledger.queries import (
     why_empty,
 )
 from opik_cipx.ledger.schema import SchemaError
+from opik_cipx.ledger.sessions import short_ids
 
 COLUMNS = (("calls", "calls"), *TOKEN_CLASSES.items(), ("cost_usd", "cost USD"))  # figure, table heading
 BREAK_COLUMNS = (("cache_breaks", "breaks"), ("cache_break_tokens", "rewritten tok"), ("cache_break_usd", "break USD"))
+SESSION_HEADINGS = ("session", "started", "project", "label")  # the columns of the `session` key
+LABEL_WIDTH = 40  # a session's label in the table is cut to this
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--by", default="day", metavar="KEYS",
-                        help=f"group by these keys, comma-separated for nested groups (default: day): {', '.join(BY_KEYS)}")
+                        help="group by these keys, comma-separated for nested groups (default: day): "
+                             f"{', '.join(BY_KEYS)}")
     parser.add_argument("--since", type=parse_since, help="from then on: 7d, 2h, 30m or an ISO date/time (local time)")
     parser.add_argument("--until", type=parse_until, help="before then (a date alone includes that day)")
     parser.add_argument("--session", metavar="ID", help="only this Claude Code session (its id, or the start of it)")
     parser.add_argument("--project", metavar="PATH", help="only calls made in this directory or below it")
     parser.add_argument("--model", help="only calls of this model (as `--by model` lists them)")
     parser.add_argument("--kind", help="only calls of this kind: main, subagent, compaction, side:<kind>, count_tokens")
-    parser.add_argument("--agent", help="only calls of this agent: main, or a subagent type (as `--by agent` lists them)")
+    parser.add_argument("--agent",
+                        help="only calls of this agent: main, or a subagent type (as `--by agent` lists them)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help='print {"rows": [...], "total": {...}}')
     output.add_argument("--csv", action="store_true", help="print CSV, the total on the last line")
+    parser.set_defaults(config_keys=())  # reads no setting: runs despite other bad settings (cli.py)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -129,19 +138,42 @@ def _cells(figures: dict[str, Any], breaks: bool, peak_windows: list[str]) -> li
     return cells
 
 
+def _key_cells(result: Report) -> tuple[list[str], list[list[str]]]:
+    """The headings and each row's cells of the group keys; a session is four columns."""
+    shorts = short_ids(row["session"] for row in result.rows if row.get("session")) if "session" in result.by else {}
+    headings = [heading for k in result.by for heading in (SESSION_HEADINGS if k == "session" else (k,))]
+
+    def cells(row: dict[str, Any]) -> list[str]:
+        out = []
+        for k in result.by:
+            if k != "session":
+                out.append(label_of(row[k], k))
+                continue
+            label = row["session_label"] or ""
+            out += [shorts.get(row["session"]) or label_of(None),
+                    (row["session_started_at"] or "")[:16].replace("T", " "),
+                    (row["session_project"] or "").rstrip("/").rsplit("/", 1)[-1],
+                    label if len(label) <= LABEL_WIDTH else label[:LABEL_WIDTH - 1].rstrip() + "\u2026"]
+        return out
+
+    return headings, [cells(row) for row in result.rows]
+
+
 def render_table(result: Report) -> str:
     """An aligned table: group keys left, figures right, the total last; notes below."""
     breaks, peaks = report_figures(result.by) != FIGURES, windows(result)
-    headings = [*result.by, *(heading for _, heading in COLUMNS), "cache hit",
+    key_headings, key_rows = _key_cells(result)
+    headings = [*key_headings, *(heading for _, heading in COLUMNS), "cache hit",
                 *((heading for _, heading in BREAK_COLUMNS) if breaks else ()), *(f"{w} peak" for w in peaks)]
-    rows = [[label_of(row[k], k) for k in result.by] + _cells(row, breaks, peaks) for row in result.rows]
-    total = ["total", *([""] * (len(result.by) - 1))] if result.by else []
+    rows = [cells + _cells(row, breaks, peaks) for cells, row in zip(key_rows, result.rows, strict=True)]
+    total = ["total", *([""] * (len(key_headings) - 1))] if result.by else []
     rows.append(total + _cells(result.total, breaks, peaks))
     widths = [max(len(line[i]) for line in [headings, *rows]) for i in range(len(headings))]
-    keys = len(result.by)
+    keys = len(key_headings)
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < keys else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(c.ljust(w) if i < keys else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
     out = [line(headings), "  ".join("-" * w for w in widths)]
     out += [line(cells) for cells in rows[:-1]]

@@ -141,7 +141,8 @@ def today_line(settings: Settings, now_ns: int | None = None) -> str:
     except SchemaError as exc:
         return f"! {exc}"
     except (sqlite3.Error, OSError) as exc:
-        return (f"! cannot read {settings.ledger_path} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return (f"! cannot read {settings.ledger_path} ({why}): "
                 "`opik-cipx logs` may say why; `opik-cipx replay --ledger` rebuilds it from the stored captures")
     line = f"{total['calls']} call(s), ${total['cost_usd'] or 0:,.4f}"
     if unpriced := unpriced_note(total.get("unpriced_calls") or 0):
@@ -293,7 +294,8 @@ def queue_lines(queue: dict[str, Any], wal: dict[str, Any], settings: Settings, 
         out.append(f"  {'last commit':<12} {age(wal.get('last_sync_at'), now)}")
     problems = []
     if wal.get("degraded") or wal.get("last_write_error"):
-        problems.append(f"  ! spool degraded: writing {settings.spool_dir} fails ({wal.get('last_write_error') or 'no detail'}); "
+        problems.append(f"  ! spool degraded: writing {settings.spool_dir} fails "
+                        f"({wal.get('last_write_error') or 'no detail'}); "
                         "records wait in memory and are written once it works: free disk space or fix that "
                         "directory's permissions")
     dropped_mem, dropped_disk = wal.get("dropped_events_inmem") or 0, wal.get("dropped_events_disk") or 0
@@ -326,9 +328,12 @@ def materializer_lines(materializer: dict[str, Any], verbose: bool) -> list[str]
                 ("lag_events", "captures in the log, not yet materialized"),
                 ("inflight_raw", "being materialized"))
     if verbose:
-        return ["materializer", *(f"  {name:<12} {materializer.get(name, 0):>8}  {meaning}" for name, meaning in meanings)]
+        return ["materializer",
+                *(f"  {name:<12} {materializer.get(name, 0):>8}  {meaning}" for name, meaning in meanings)]
     lag = materializer.get("lag_events") or 0
-    return [f"materializer   catching up: {lag} capture(s) in the log, not yet materialized (lag_events)"] if lag else []
+    if not lag:
+        return []
+    return [f"materializer   catching up: {lag} capture(s) in the log, not yet materialized (lag_events)"]
 
 
 def rate_limit_lines(section: dict[str, Any], now: float) -> list[str]:
@@ -361,7 +366,8 @@ def rate_limit_lines(section: dict[str, Any], now: float) -> list[str]:
         line = f"  {name:<12} {', '.join(parts)}"
         if window.get("utilization") is not None and warning(window):
             threshold = window.get("surpassed_threshold")
-            why = f"past the {threshold:.0%} warning threshold" if threshold is not None else f"status {window.get('status')}"
+            why = (f"past the {threshold:.0%} warning threshold" if threshold is not None
+                   else f"status {window.get('status')}")
             line += f"  ! {why}"
         out.append(line)
     return out

@@ -35,22 +35,30 @@ import time
 
 from opik_cipx.ledger.figures import CACHE_READ, CACHE_WRITE, UNCACHED, cache_hit  # imports nothing
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; type checkers take it as True
+if TYPE_CHECKING:
+    import argparse
+    from typing import TextIO
+
+    from opik_cipx.config import Settings
+
 DEFAULT_COLUMNS = 80
 SEPARATOR = " · "
 KNOWN_WINDOWS = ("5h", "7d")  # the subscription's own windows: shown before the others
 GREEN, YELLOW, RED, DIM, RESET = "\033[32m", "\033[33m", "\033[31m", "\033[2m", "\033[0m"
 BUSY_TIMEOUT_S = 0.2  # never hold Claude Code's repaint up behind a writer
-SCHEMA_VERSION = 3  # the ledger version whose tables this reads (ledger/schema.LATEST; a test keeps them equal)
+SCHEMA_VERSION = 4  # the ledger version whose tables this reads (ledger/schema.LATEST; a test keeps them equal)
 NO_CALLS = "opik-cipx: no calls recorded yet (`opik-cipx sync` routes Claude Code through it)"
 
 
-def configure(parser: argparse.ArgumentParser) -> None:  # noqa: F821
+def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--install", action="store_true",
                         help="set statusLine in ~/.claude/settings.json to this command (only when none is set)")
-    parser.add_argument("--force", action="store_true", help="with --install: replace a statusLine set by something else")
+    parser.add_argument("--force", action="store_true",
+                        help="with --install: replace a statusLine set by something else")
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:  # noqa: F821
+def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.install:
         return install(settings, args.force)
     if args.force:
@@ -59,7 +67,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:  # noqa: F821
     return main()
 
 
-def main(stdin=None, env: dict[str, str] | None = None, now: float | None = None) -> int:
+def main(stdin: TextIO | None = None, env: dict[str, str] | None = None, now: float | None = None) -> int:
     """Print the status line for the session on stdin; always 0."""
     env = dict(os.environ) if env is None else env
     stdin = sys.stdin if stdin is None else stdin
@@ -74,7 +82,7 @@ def main(stdin=None, env: dict[str, str] | None = None, now: float | None = None
     return 0
 
 
-def render(stdin, env: dict[str, str], now: float) -> str:
+def render(stdin: TextIO, env: dict[str, str], now: float) -> str:
     if stdin.isatty():
         return ("opik-cipx statusline: reads Claude Code's statusLine JSON on stdin; "
                 "`opik-cipx statusline --install` sets it up")
@@ -190,7 +198,7 @@ def _parts(doc: dict, figures: dict, now: float, color: bool) -> list[tuple[int,
 
 
 def _context(doc: dict, figures: dict) -> tuple[str, float | None] | None:
-    window = doc.get("context_window") if isinstance(doc.get("context_window"), dict) else {}
+    window = found if isinstance(found := doc.get("context_window"), dict) else {}
     size = window.get("context_window_size")
     size = size if isinstance(size, (int, float)) and size > 0 else None
     used = figures["context"]
@@ -206,7 +214,7 @@ def _context(doc: dict, figures: dict) -> tuple[str, float | None] | None:
 
 def _claude_code_windows(doc: dict, now: float) -> list[dict]:
     """Claude Code's own `rate_limits` (five_hour, seven_day), when the ledger has none."""
-    limits = doc.get("rate_limits") if isinstance(doc.get("rate_limits"), dict) else {}
+    limits = found if isinstance(found := doc.get("rate_limits"), dict) else {}
     out = []
     for key, name in (("five_hour", "5h"), ("seven_day", "7d")):
         window = limits.get(key)
@@ -253,7 +261,7 @@ def _until(seconds: float) -> str:
     return f"{minutes}m" if minutes else f"{s}s"
 
 
-def install(settings: Settings, force: bool) -> int:  # noqa: F821
+def install(settings: Settings, force: bool) -> int:
     """Point Claude Code's `statusLine` at the installed executable."""
     from opik_cipx.control import claude_settings
     from opik_cipx.control.install import installed_path

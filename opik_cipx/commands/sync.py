@@ -46,7 +46,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def on_config_error(args: argparse.Namespace, exc: ConfigError | str) -> int:
-    """A config file that does not load, or a `$CIPX_HOME` that cannot be used: keep a healthy daemon, else fail open."""
+    """A config file that does not load, or a `$CIPX_HOME` that cannot be used: keep a healthy daemon, else fail
+    open."""
     env = dict(os.environ)
     return sync(paths_only_settings(env), env, config_error=str(exc))
 
@@ -141,11 +142,11 @@ def _bring_up(settings: Settings, env: dict[str, str], report: _Report) -> None:
         report.tell(NEXT_SESSION_HOOK if report.as_hook else NEXT_SESSION)
     installed = install.installed_path(settings, env)
     if installed.is_file():
-        linked, note = install.ensure_link(installed, env, settings.home)
-        if linked:
-            report.tell(note)
-        elif note:
-            report.problem(note)
+        linked, link_note = install.ensure_link(installed, env, settings.home)
+        if link_note and linked:
+            report.tell(link_note)
+        elif link_note:
+            report.problem(link_note)
     drift = _settings_drift(settings, env, outcome.state or {})
     if drift and report.event in (None, "SessionStart"):
         report.tell(drift)

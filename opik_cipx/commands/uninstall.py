@@ -17,8 +17,9 @@ as they are (an older ledger is migrated by the daemon, docs/LIFECYCLE.md).
 Nothing of the user's is touched: other settings keys, hand-written hooks, a foreign
 `ANTHROPIC_BASE_URL` or `statusLine`. A `$CIPX_HOME` that is the home directory or one of its parents is
 refused, and so is one that could not be deleted whole (read-only, not ours): that is checked
-before anything is stopped or changed, so a failed uninstall leaves a working install. The Claude Code plugin, if installed, stays until `/plugin uninstall`; its next
-session start would install opik-cipx again.
+before anything is stopped or changed, so a failed uninstall leaves a working install. The Claude
+Code plugin, if installed, stays until `/plugin uninstall`; its next session start would install
+opik-cipx again.
 """
 
 import argparse

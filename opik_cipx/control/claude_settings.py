@@ -35,6 +35,7 @@ import sys
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 from opik_cipx.control.userfiles import remove_empty, replace_file
 from opik_cipx.home import read_json, write_atomic
@@ -142,7 +143,7 @@ def status_line_command(executable: Path) -> str:
     return f"{shlex.quote(str(executable))} statusline"
 
 
-def is_our_status_line(value: object) -> bool:
+def is_our_status_line(value: object) -> TypeGuard[dict]:
     """True for a `statusLine` that runs an `opik-cipx` executable's `statusline` and nothing else."""
     if not isinstance(value, dict) or value.get("type") != "command" or not isinstance(value.get("command"), str):
         return False
@@ -253,7 +254,9 @@ def set_hooks(path: Path, commands: dict[str, str]) -> Change:
     """Our hook for each event of `commands` (event -> command): added as a group of its own after the
     user's (`set`), an existing one of ours given that command (`updated`), or `kept`."""
     doc, why = _load(path)
-    hooks, shape = _hook_lists(doc) if doc is not None else (None, why)
+    if doc is None:
+        return Change("unusable", path, why)
+    hooks, shape = _hook_lists(doc)
     if hooks is None:
         return Change("unusable", path, shape)
     new_hooks, outcome = dict(hooks), "kept"
@@ -314,7 +317,8 @@ def settings_files(env: dict[str, str], project_dir: str | None) -> list[Path]:
     user's, the project's, the project's local ones, the machine's managed settings."""
     paths = [settings_path(env)]
     if project_dir:
-        paths += [Path(project_dir) / ".claude" / "settings.json", Path(project_dir) / ".claude" / "settings.local.json"]
+        paths += [Path(project_dir) / ".claude" / "settings.json",
+                  Path(project_dir) / ".claude" / "settings.local.json"]
     if sys.platform == "darwin":
         paths.append(Path("/Library/Application Support/ClaudeCode/managed-settings.json"))
     else:

@@ -13,9 +13,10 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, TypeGuard
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings, load_settings
@@ -32,7 +33,7 @@ SUPERVISOR_LOG_MAX = 1024 * 1024
 
 def paths_only_settings(env: dict[str, str]) -> Settings:
     """Settings for lifecycle commands when the config is unusable: paths from `env`, defaults."""
-    keep = {key: env[key] for key in ("HOME", "CIPX_HOME") if key in env}
+    keep: dict[str, str] = {key: env[key] for key in ("HOME", "CIPX_HOME") if key in env}
     return load_settings({**keep, "CIPX_CONFIG": os.devnull})
 
 
@@ -53,7 +54,7 @@ def home_id(home: Path) -> str:
     return os.path.abspath(home)
 
 
-def _names_pid(state: object) -> bool:
+def _names_pid(state: object) -> TypeGuard[dict[str, Any]]:
     return isinstance(state, dict) and isinstance(state.get("pid"), int) and state["pid"] > 0
 
 
@@ -232,7 +233,7 @@ def start_detached(settings: Settings, argv: list[str], extra_env: dict[str, str
         rewind = False
     try:
         private_dir(settings.logs_dir)
-        stderr = open_private(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if rewind else os.O_APPEND))
+        stderr: BinaryIO = open_private(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if rewind else os.O_APPEND))
     except OSError:  # a full or read-only disk: supervise all the same, unheard
         stderr = open(os.devnull, "wb")
     with stderr:
@@ -294,6 +295,11 @@ class Processes:
     def __bool__(self) -> bool:
         return self.supervisor is not None or bool(self.daemons)
 
+    @property
+    def pids(self) -> set[int]:
+        """Every pid found: the daemons and the supervisor."""
+        return set(self.daemons) | ({self.supervisor} if self.supervisor is not None else set())
+
     def describe(self) -> str:
         """`the daemon (pid N) and its supervisor (pid M)`, as a stop announces it."""
         daemon = f"the daemon (pid {', '.join(map(str, sorted(self.daemons)))})" if self.daemons else "the daemon"
@@ -314,7 +320,7 @@ def find_processes(settings: Settings) -> Processes:
         found.append(record.get("daemon_pid"))  # only while it runs: a dead one's record may be stale
     daemons = frozenset(pid for pid in found if isinstance(pid, int) and pid > 0 and pid != os.getpid()
                         and is_our_daemon(pid))
-    return Processes(supervisor, daemons, adopting=bool(record) and record.get("state") == "adopting")
+    return Processes(supervisor, daemons, adopting=record is not None and record.get("state") == "adopting")
 
 
 def _still_running(settings: Settings, pids: set[int]) -> set[int]:
@@ -356,10 +362,9 @@ def stop_daemon(settings: Settings, timeout_s: float | None = None, clock: Clock
         _remove_stale_state(settings)
         return "not running"
     wait_s = settings.drain_timeout_s + 5 if timeout_s is None else timeout_s
-    signalled = {running.supervisor} if running.supervisor is not None and not running.adopting else set()
-    for pid in signalled or {running.supervisor, *running.daemons} - {None}:
+    pids = running.pids
+    for pid in {running.supervisor} if running.supervisor is not None and not running.adopting else pids:
         _signal(pid, signal.SIGTERM)
-    pids = {running.supervisor, *running.daemons} - {None}
     left = _wait_gone(settings, pids, wait_s, clock)
     if not left:
         _remove_stale_state(settings)

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, BinaryIO
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import LOOPBACK_HOST, Settings
@@ -255,7 +255,8 @@ class DetachedSupervisor:
         """Start a daemon on `listener`; None when it cannot even be started (the interpreter is gone)."""
         env = {**self.env, LISTEN_FD_ENV: str(listener.fileno())}
         try:
-            stderr = open_private(private_dir(self.logs) / "daemon.stderr", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            stderr: BinaryIO = open_private(private_dir(self.logs) / "daemon.stderr",
+                                            os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         except OSError:  # a full or read-only disk: the daemon starts all the same (the wire comes first)
             stderr = open(os.devnull, "wb")
         try:

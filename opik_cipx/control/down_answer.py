@@ -50,7 +50,7 @@ def _recv(conn: socket.socket, deadline: float, clock: Clock) -> bytes:
     conn.settimeout(left)
     try:
         return conn.recv(65536)
-    except (socket.timeout, OSError):
+    except (TimeoutError, OSError):
         return b""
 
 
@@ -107,7 +107,7 @@ def serve(listener: socket.socket, stop: threading.Event, message: str = ANSWER,
     while not stop.is_set():
         try:
             conn, _ = listener.accept()
-        except socket.timeout:
+        except TimeoutError:
             continue
         except OSError:  # out of file descriptors, say: the backlog keeps the client until we can
             clock.wait(stop, ACCEPT_POLL_S)

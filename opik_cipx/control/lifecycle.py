@@ -15,6 +15,7 @@ both start a daemon.
 
 import fcntl
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -87,7 +88,8 @@ class _Lock:
             except BlockingIOError:
                 if self.clock.monotonic() > deadline:
                     self.fh.close()
-                    raise TimeoutError(f"another opik-cipx sync/restart held {self.path} for {self.timeout_s:.0f}s")
+                    raise TimeoutError(
+                        f"another opik-cipx sync/restart held {self.path} for {self.timeout_s:.0f}s") from None
                 self.clock.sleep(LOCK_POLL_S)
 
     def __exit__(self, *exc: object) -> None:
@@ -134,7 +136,7 @@ def _bring_up_locked(settings: Settings, supervisor: Supervisor, exe: executable
     state = read_state(settings)
     healthy = state is not None and is_healthy(admin_port(settings, state))
     notes = []
-    if healthy and not restart:
+    if state is not None and healthy and not restart:
         stale = _stale_reason(state, exe)
         if stale:
             notes.append(f"restarting the daemon: {stale}")
@@ -160,19 +162,20 @@ def _bring_up_locked(settings: Settings, supervisor: Supervisor, exe: executable
     return Outcome("restarted" if healthy else "started", new_state, notes=notes)
 
 
-def _supervisor_failed(settings: Settings, proc) -> bool:
+def _supervisor_failed(settings: Settings, proc: subprocess.Popen | None) -> bool:
     """True once the detached supervisor `proc` reports that its daemon ended before it answered health:
     `sync` says so at once, while the supervisor goes on trying (and answers on the port if it gives up)."""
     record = read_supervisor(settings) if proc is not None else None
-    return bool(record and record["pid"] == proc.pid and (record.get("deaths") or record.get("state") == "gave up"))
+    return bool(record and proc is not None and record["pid"] == proc.pid
+                and (record.get("deaths") or record.get("state") == "gave up"))
 
 
-def _start_failure(settings: Settings, supervisor: Supervisor, proc) -> str:
+def _start_failure(settings: Settings, supervisor: Supervisor, proc: subprocess.Popen | None) -> str:
     detail = startup_error(settings)
     record = read_supervisor(settings) if proc is not None else None
-    if record and record["pid"] == proc.pid and record.get("deaths"):
+    if record and proc is not None and record["pid"] == proc.pid and record.get("deaths"):
         why, detail = f"the daemon {record['deaths'][-1]['how']}", record["deaths"][-1].get("detail") or detail
-    elif record and record["pid"] == proc.pid and record.get("reason"):
+    elif record and proc is not None and record["pid"] == proc.pid and record.get("reason"):
         return record["reason"]
     elif proc is not None and proc.poll() is not None:
         why = f"its supervisor exited with status {proc.returncode}"
@@ -193,10 +196,16 @@ def describe(change: claude_settings.Change, url: str) -> str | None:
     where = change.path
     if change.outcome == "foreign":
         return (f"{where} sets {claude_settings.KEY}={change.detail}, so Claude Code does not go through "
-                f"opik-cipx; left as is. To use opik-cipx, remove that entry (or set it to {url}) and run `opik-cipx sync`.")
+                f"opik-cipx; left as is. To use opik-cipx, remove that entry (or set it to {url}) "
+                "and run `opik-cipx sync`.")
     if change.outcome == "unusable":
-        return f"{where} left untouched: {change.detail}. Fix the file, then run `opik-cipx sync`."
+        return unusable(change)
     return None
+
+
+def unusable(change: claude_settings.Change) -> str:
+    """The line for a settings file left as it was because it could not be read or written."""
+    return f"{change.path} left untouched: {change.detail}. Fix the file, then run `opik-cipx sync`."
 
 
 def unpoint(settings: Settings, env: dict[str, str], state: dict[str, Any] | None = None) -> claude_settings.Change:
@@ -226,7 +235,7 @@ def tear_down(settings: Settings, env: dict[str, str]) -> Iterator[str]:
     if change.outcome == "removed":
         yield f"removed {claude_settings.KEY} from {change.path}: Claude Code talks to Anthropic directly"
     elif change.outcome == "unusable":
-        yield describe(change, our_url(settings, state))
+        yield unusable(change)
 
 
 def up_and_point(settings: Settings, env: dict[str, str], restart: bool = False,
@@ -245,9 +254,10 @@ def up_and_point(settings: Settings, env: dict[str, str], restart: bool = False,
     return outcome, [line] if line else []
 
 
-def bring_up_and_report(settings: Settings, env: dict[str, str], **kwargs) -> int:
+def bring_up_and_report(settings: Settings, env: dict[str, str], restart: bool = False,
+                        stop_timeout_s: float | None = SYNC_STOP_TIMEOUT_S) -> int:
     """`up_and_point` for a command run by hand: print notes, problems and a summary; exit code."""
-    outcome, problems = up_and_point(settings, env, **kwargs)
+    outcome, problems = up_and_point(settings, env, restart, stop_timeout_s)
     for line in outcome.notes:
         print(f"opik-cipx: {line}")
     for line in problems:
@@ -260,7 +270,9 @@ def bring_up_and_report(settings: Settings, env: dict[str, str], **kwargs) -> in
 
 def summary(settings: Settings, outcome: Outcome) -> str:
     """One line: what happened, the pid, the URL and whether Claude Code points at it."""
+    assert outcome.state is not None  # an outcome that is not "failed" names its daemon
     url = our_url(settings, outcome.state)
     pointed = "points at it" if outcome.change and outcome.change.outcome in ("set", "kept") else "does NOT point at it"
     where = f" ({outcome.change.path})" if outcome.change else ""
-    return f"{outcome.action} (pid {outcome.state['pid']}, version {outcome.state.get('version')}, {url}); Claude Code {pointed}{where}"
+    return (f"{outcome.action} (pid {outcome.state['pid']}, version {outcome.state.get('version')}, {url}); "
+            f"Claude Code {pointed}{where}")

@@ -20,6 +20,10 @@ import hashlib
 import io
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import zipfile
 
 DEFAULT_INTERPRETER = "/usr/bin/env python3"
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
@@ -60,7 +64,7 @@ def source_comment(package: Path) -> bytes:
     return COMMENT_PREFIX + source_digest(package).encode()
 
 
-def _add(archive, name: str, data: bytes) -> None:
+def _add(archive: "zipfile.ZipFile", name: str, data: bytes) -> None:
     import zipfile
 
     info = zipfile.ZipInfo(name, date_time=FIXED_DATE)

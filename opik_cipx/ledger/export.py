@@ -1,10 +1,11 @@
 """Reports and call lists as JSON and CSV: one shape for `report --json/--csv` and the
 dashboard's exports (docs/REPORTS.md).
 
-A report is `{"rows": [...], "total": {...}}`: each row its group keys under the `--by` names,
-then its figures (`queries.report_figures`), and `peak_utilization` (rate-limit window -> the
-highest utilization) when grouped by one time key; in CSV a `peak:<window>` column per window
-and the total last, its group keys empty. Token figures of a bucket or label are shares, with
+A report is `{"rows": [...], "total": {...}}`: each row its group keys under the `--by` names
+(by `session`, also `session_label`, `session_project` and `session_started_at`), then its
+figures (`queries.report_figures`), and `peak_utilization` (rate-limit window -> the highest
+utilization) when grouped by one time key; in CSV a `peak:<window>` column per window and the
+total last, its group keys empty. Token figures of a bucket or label are shares, with
 two decimals. Call lists hold `CALL_EXPORT` per call. Values are the ledger's (None for what it
 does not know, `menu` for the skill list): the words tables show are `figures.label_of`'s.
 """
@@ -14,7 +15,7 @@ import json
 from typing import Any, TextIO
 
 from opik_cipx.ledger.figures import INPUT_SIDE
-from opik_cipx.ledger.queries import CALL_COLUMNS, Report, report_figures
+from opik_cipx.ledger.queries import CALL_COLUMNS, Report, report_figures, row_keys
 
 PEAK = "peak_utilization"
 CALL_EXPORT = tuple(name for name in (*CALL_COLUMNS[:CALL_COLUMNS.index("output_tokens")], INPUT_SIDE,
@@ -51,17 +52,17 @@ def dump_json(doc: dict[str, Any]) -> str:
 
 
 def write_report_csv(result: Report, stream: TextIO) -> None:
-    figures, names = report_figures(result.by), windows(result)
+    figures, names, keys = report_figures(result.by), windows(result), row_keys(result.by)
     writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow([*result.by, *figures, *(f"peak:{w}" for w in names)])
+    writer.writerow([*keys, *figures, *(f"peak:{w}" for w in names)])
 
     def peaks(figures_of: dict[str, Any]) -> list[Any]:
         return ["" if (figures_of.get(PEAK) or {}).get(w) is None else figures_of[PEAK][w] for w in names]
 
     for row in result.rows:
-        writer.writerow([*("" if row[k] is None else row[k] for k in result.by),
+        writer.writerow([*("" if row[k] is None else row[k] for k in keys),
                          *(_figure(f, row[f]) for f in figures), *peaks(row)])
-    writer.writerow([*("" for _ in result.by), *(result.total[f] for f in figures), *peaks(result.total)])
+    writer.writerow([*("" for _ in keys), *(result.total[f] for f in figures), *peaks(result.total)])
 
 
 def calls_json(calls: list[dict[str, Any]]) -> str:

@@ -14,6 +14,10 @@ bucket by server), `skill` (the `skills` bucket by skill, `menu` being the skill
 keyed by a bucket or label holds that part's share of each token class and of the cost; its
 `calls` counts the calls that carried it. The total always counts whole calls.
 
+Grouped by `session`, each row also carries what the session is known by (`SESSION_KEYS`,
+`ledger/sessions.py`): `session_label` (its title or first prompt, None when the ledger keeps
+neither), `session_project` and `session_started_at` (local ISO 8601).
+
 Token figures carry the names of `figures.TOKEN_CLASSES` (`uncached_input_tokens`,
 `cache_write_tokens`, `cache_read_tokens`, `input_side_tokens`, `output_tokens`), in reports and
 in call rows alike. A `Selection` narrows the calls by a window and by filters on the report
@@ -28,12 +32,14 @@ the highest utilization each rate-limit window reported in that period (docs/RAT
 
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from opik_cipx.ledger.figures import CACHE_READ, CACHE_WRITE, INPUT_SIDE, LEDGER_COLUMNS, OUTPUT, UNCACHED
 from opik_cipx.ledger.periods import month_of, week_of
 from opik_cipx.ledger.schema import CALL_FIGURES, DETAIL_FIGURES, DIMENSIONS, LABELLED, RATE_LIMIT_COLUMNS
+from opik_cipx.ledger.sessions import session_info
 from opik_cipx.materialize.rate_limits import window_order
 
 TIME_KEYS = ("day", "week", "month")
@@ -45,6 +51,7 @@ FIGURES = ("calls", "cost_usd", *TOKENS)
 _AS = {column: key for key, column in LEDGER_COLUMNS.items()}  # a roll-up's column -> its report key
 NOTES = ("unpriced_calls", "estimated_calls")  # in the total only
 BREAK_FIGURES = ("cache_breaks", "cache_break_tokens", "cache_break_usd")  # grouped by cache_break
+SESSION_KEYS = ("session_label", "session_project", "session_started_at")  # grouped by session
 MAX_NS = 2**63 - 1
 
 
@@ -78,7 +85,7 @@ FILTER_KEYS = ("session", "project", "model", "kind", "agent")  # Selection's fi
 @dataclass
 class Report:
     by: tuple[str, ...]
-    rows: list[dict[str, Any]] = field(default_factory=list)  # group keys + FIGURES
+    rows: list[dict[str, Any]] = field(default_factory=list)  # `row_keys(by)` + FIGURES
     total: dict[str, Any] = field(default_factory=dict)  # FIGURES + NOTES
 
 
@@ -115,7 +122,7 @@ def report(conn: sqlite3.Connection, by: tuple[str, ...], selection: Selection =
         into = merged.setdefault(key, dict.fromkeys(figures, 0))
         for name in figures:
             into[name] += row[name]
-    out.rows = [{**dict(zip(by, key)), **values} for key, values in merged.items()]
+    out.rows = [{**dict(zip(by, key, strict=True)), **values} for key, values in merged.items()]
     if peaks:
         periods: dict[Any, list[dict[str, float]]] = {}
         for day, windows in peaks.items():
@@ -123,7 +130,26 @@ def report(conn: sqlite3.Connection, by: tuple[str, ...], selection: Selection =
         for row in out.rows:
             row["peak_utilization"] = _peak_of(periods.get(row[by[0]], ()))
     _sort(out.rows, by)
+    if "session" in by:
+        out.rows = _with_sessions(conn, by, out.rows)
     return out
+
+
+def _with_sessions(conn: sqlite3.Connection, by: tuple[str, ...], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with what each session is known by after the group keys."""
+    info = session_info(conn, (row["session"] for row in rows))
+    out = []
+    for row in rows:
+        known = info.get(row["session"])
+        named = dict.fromkeys(SESSION_KEYS) if known is None else dict(zip(SESSION_KEYS, (
+            known.label, known.project, known.started_at), strict=True))
+        out.append({**{k: row[k] for k in by}, **named, **{k: v for k, v in row.items() if k not in by}})
+    return out
+
+
+def row_keys(by: tuple[str, ...]) -> tuple[str, ...]:
+    """What a report row holds before its figures: the group keys, and `SESSION_KEYS` by session."""
+    return (*by, *SESSION_KEYS) if "session" in by else by
 
 
 def report_figures(by: tuple[str, ...]) -> tuple[str, ...]:
@@ -133,7 +159,7 @@ def report_figures(by: tuple[str, ...]) -> tuple[str, ...]:
     return FIGURES
 
 
-def _peak_of(per_day) -> dict[str, float]:
+def _peak_of(per_day: Iterable[dict[str, float]]) -> dict[str, float]:
     out: dict[str, float] = {}
     for windows in per_day:
         for window, value in windows.items():
@@ -167,7 +193,7 @@ RATE_LIMIT_FIELDS = (*RATE_LIMIT_COLUMNS, "started_at_ns")
 
 def latest_rate_limits(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """The newest value of every rate-limit window the ledger holds, in display order."""
-    rows = [dict(zip(RATE_LIMIT_FIELDS, row))
+    rows = [dict(zip(RATE_LIMIT_FIELDS, row, strict=True))
             for row in conn.execute(f"SELECT {', '.join(RATE_LIMIT_FIELDS)} FROM latest_rate_limits")]
     return sorted(rows, key=lambda row: window_order(row["window_name"]))
 
@@ -195,7 +221,7 @@ def _sort(rows: list[dict[str, Any]], by: tuple[str, ...]) -> None:
             group_cost[prefix] = group_cost.get(prefix, 0.0) + row["cost_usd"]
 
     def order(row: dict[str, Any]) -> tuple:
-        parts = []
+        parts: list[tuple[float, str]] = []
         for depth, key in enumerate(by, 1):
             value = row[key]
             if key in TIME_KEYS:
@@ -248,12 +274,12 @@ def _grouped(conn: sqlite3.Connection, groups: list[str], detail: str | None, se
     names = [*groups, *(["bucket"] if detail == "bucket" else ["detail"] if detail else [])]
     table = "daily_details" if detail else "daily_calls"
     source = "calls c JOIN details d ON d.call_id = c.id" if detail else "calls c"
-    columns = ", ".join(f"{k} AS {n}" for k, n in zip(rolled_keys, names))
+    columns = ", ".join(f"{k} AS {n}" for k, n in zip(rolled_keys, names, strict=True))
     rolled = (
         f"SELECT {columns}{', ' if columns else ''}{', '.join(f'r.{f} AS {f}' for f in figures)} "
         f"FROM {table} r WHERE r.{whole_days}" + "".join(f" AND {f}" for f in rolled_filters)
     )
-    columns = ", ".join(f"{k} AS {n}" for k, n in zip(raw_keys, names))
+    columns = ", ".join(f"{k} AS {n}" for k, n in zip(raw_keys, names, strict=True))
     raw = (
         f"SELECT {columns}{', ' if columns else ''}{', '.join(f'{e} AS {f}' for f, e in figures.items())} "
         f"FROM {source} WHERE c.{cut_days} AND c.started_at_ns >= :since AND c.started_at_ns < :until"
@@ -262,12 +288,13 @@ def _grouped(conn: sqlite3.Connection, groups: list[str], detail: str | None, se
     )
     outer_keys = ", ".join(names)
     sql = (
-        f"SELECT {outer_keys}{', ' if outer_keys else ''}{', '.join(f'total({f}) AS {_AS.get(f, f)}' for f in figures)} "
+        f"SELECT {outer_keys}{', ' if outer_keys else ''}"
+        f"{', '.join(f'total({f}) AS {_AS.get(f, f)}' for f in figures)} "
         f"FROM ({rolled} UNION ALL {raw})" + (f" GROUP BY {outer_keys}" if outer_keys else "")
     )
     cursor = conn.execute(sql, params)
-    columns = [c[0] for c in cursor.description]
-    rows = [dict(zip(columns, values)) for values in cursor]
+    column_names = [c[0] for c in cursor.description]
+    rows = [dict(zip(column_names, values, strict=True)) for values in cursor]
     if not groups and not detail and rows and rows[0]["calls"] == 0:
         return []
     for row in rows:
@@ -347,9 +374,9 @@ def why_empty(conn: sqlite3.Connection, sel: Selection) -> tuple[str, str | None
     they match calls, only not in the window)."""
     filters = sel.narrowed()
     for name, value in filters.items():
-        if not report(conn, (), Selection(**{name: value})).total["calls"]:
+        if not report(conn, (), Selection(**{name: value})).total["calls"]:  # type: ignore[arg-type]  # narrowed(): str fields only
             return _NOTHING[name].format(value), name
-    if len(filters) > 1 and not report(conn, (), Selection(**filters)).total["calls"]:
+    if len(filters) > 1 and not report(conn, (), Selection(**filters)).total["calls"]:  # type: ignore[arg-type]  # ditto
         together = " and ".join(f"{name} {value}" for name, value in filters.items())
         return f"no call in the ledger matches {together} together", ""
     first, last = conn.execute("SELECT min(first_ns), max(last_ns) FROM days").fetchone()
@@ -367,27 +394,30 @@ def _moment(ns: int) -> str:
 
 # -- calls, for the dashboard ------------------------------------------------------------
 
-CALL_COLUMNS = (  # what a call row holds: the ledger's columns, token classes renamed (figures.py)
-    "id", "capture_id", "started_at_ns", "ended_at_ns", "day", "session_id", "project_dir", "git_branch",
-    "git_remote", "user_email", "org_name", "model", "kind", "side_kind", "agent_id", "agent_type", "span_id",
-    "parent_span_id", "status", "error_type", "request_id", UNCACHED, CACHE_WRITE, "cache_write_5m_tokens",
+CALL_COLUMNS = (  # what a call row holds: the ledger's columns, token classes renamed (figures.py); its session's label
+    "id", "capture_id", "started_at_ns", "ended_at_ns", "day", "session_id", "session_label", "project_dir",
+    "git_branch", "git_remote", "user_email", "org_name", "model", "kind", "side_kind", "agent_id", "agent_type",
+    "span_id", "parent_span_id", "status", "error_type", "request_id", UNCACHED, CACHE_WRITE, "cache_write_5m_tokens",
     "cache_write_1h_tokens", CACHE_READ, OUTPUT, "cost_usd", "cost_input_usd", "cost_cache_write_5m_usd",
     "cost_cache_write_1h_usd", "cost_cache_read_usd", "cost_output_usd", "cost_web_search_usd",
     "warm_cache_cost_usd", "unknown_model", "price_estimated_from", "request_chars", "duration_ms",
     "cache_previous_capture_id", "cache_gap_s", "cache_break_cause", "cache_break_causes", "cache_break_bucket",
     "cache_break_item", "cache_break_tokens", "cache_break_usd",
 )
-_SELECT_CALLS = ", ".join(f"c.{LEDGER_COLUMNS[name]} AS {name}" if name in LEDGER_COLUMNS else f"c.{name}"
+_CALL_EXPRESSIONS = {**{name: f"c.{column}" for name, column in LEDGER_COLUMNS.items()},
+                     "session_label": "coalesce(s.title, s.first_prompt)"}
+_SELECT_CALLS = ", ".join(f"{_CALL_EXPRESSIONS[name]} AS {name}" if name in _CALL_EXPRESSIONS else f"c.{name}"
                           for name in CALL_COLUMNS)
 CALLS_MAX = 10_000  # the most calls one read returns
 
 
 def _calls(conn: sqlite3.Connection, where: str, params: dict[str, Any], order: str,
            limit: int | None = None) -> list[dict]:
-    sql = f"SELECT {_SELECT_CALLS} FROM calls c WHERE {where} ORDER BY {order}"
+    sql = (f"SELECT {_SELECT_CALLS} FROM calls c LEFT JOIN sessions s ON s.session_id = c.session_id "
+           f"WHERE {where} ORDER BY {order}")
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    rows = [dict(zip(CALL_COLUMNS, row)) for row in conn.execute(sql, params)]
+    rows = [dict(zip(CALL_COLUMNS, row, strict=True)) for row in conn.execute(sql, params)]
     for row in rows:
         row[INPUT_SIDE] = row[UNCACHED] + row[CACHE_WRITE] + row[CACHE_READ]
     return rows
@@ -423,27 +453,17 @@ def call_details(conn: sqlite3.Connection, call_id: int) -> list[dict]:
     cursor = conn.execute(
         "SELECT bucket, detail, chars, tokens, cost_usd FROM details WHERE call_id = ? ORDER BY bucket, detail",
         (call_id,))
-    return [dict(zip(("bucket", "detail", "chars", "tokens", "cost_usd"), row)) for row in cursor]
+    return [dict(zip(("bucket", "detail", "chars", "tokens", "cost_usd"), row, strict=True)) for row in cursor]
 
 
 def launchers(conn: sqlite3.Connection, tool_span_ids: list[str]) -> dict[str, str]:
     """Agent tool span id -> the span id of the call that launched it (for those known)."""
-    out = {}
+    out: dict[str, str] = {}
     for start in range(0, len(tool_span_ids), 500):
         chunk = tool_span_ids[start:start + 500]
         out.update(conn.execute(
             f"SELECT tool_span_id, call_span_id FROM launches WHERE tool_span_id IN ({', '.join('?' * len(chunk))})",
             chunk).fetchall())
-    return out
-
-
-def session_projects(conn: sqlite3.Connection, session_ids: list[str]) -> dict[str, str]:
-    """Session id -> its project directory (for those that have one)."""
-    out = {}
-    for session_id in session_ids:
-        row = conn.execute("SELECT max(project_dir) FROM calls WHERE session_id = ?", (session_id,)).fetchone()
-        if row and row[0]:
-            out[session_id] = row[0]
     return out
 
 
@@ -463,7 +483,7 @@ def dimension_values(conn: sqlite3.Connection, keys: tuple[str, ...] = ("project
     what a filter can take (`main` for the main loop's agent; no unknown value)."""
     out: dict[str, set[str]] = {key: set() for key in keys}
     for row in conn.execute(f"SELECT DISTINCT {', '.join(keys)} FROM daily_calls"):
-        for key, value in zip(keys, row):
+        for key, value in zip(keys, row, strict=True):
             if value or key == "agent":
                 out[key].add(value or "main")
     return {key: sorted(values) for key, values in out.items()}

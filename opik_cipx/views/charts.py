@@ -9,7 +9,7 @@ bottom), which the page shows below 700 px (`CSS`).
 
 import html
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from opik_cipx.materialize.attribution import BUCKETS
 
@@ -127,7 +127,8 @@ def stacked_rows(rows: list[tuple[str, dict[str, float]]], series: list[str], *,
     body = []
     for n, (name, values) in enumerate(rows):
         y = top + n * row_height
-        body.append(f"<text x={left - 6} y={y + row_height - 5} text-anchor=end fill='#4b5563'>{html.escape(name)}</text>")
+        body.append(f"<text x={left - 6} y={y + row_height - 5} text-anchor=end fill='#4b5563'>"
+                    f"{html.escape(name)}</text>")
         x = float(left)
         for part in series:
             value = values.get(part, 0.0)
@@ -157,10 +158,10 @@ def line_chart(count: int, lines: list[tuple[str, str, dict[int, float], str, Fo
     for i in range(5):
         y = top + plot_h - plot_h * i / 4
         body.append(f"<line x1={left} x2={width - right} y1={y:.1f} y2={y:.1f} stroke='#e5e7eb'/>")
-        for side, x, anchor in (("left", left - 6, "end"), ("right", width - right + 6, "start")):
+        for side, tick_x, anchor in (("left", left - 6, "end"), ("right", width - right + 6, "start")):
             if side in formats:
                 colour = next(c for _, c, _, s, _ in lines if s == side)
-                body.append(f"<text x={x} y={y + 4:.1f} text-anchor={anchor} fill='{colour}'>"
+                body.append(f"<text x={tick_x} y={y + 4:.1f} text-anchor={anchor} fill='{colour}'>"
                             f"{html.escape(formats[side](peaks[side] * i / 4))}</text>")
 
     def xy(n: int, value: float, side: str) -> tuple[float, float]:
@@ -173,7 +174,7 @@ def line_chart(count: int, lines: list[tuple[str, str, dict[int, float], str, Fo
             body.append(f"<polyline class=line fill=none stroke='{colour}' stroke-width=2 points='"
                         + " ".join(f"{x:.1f},{y:.1f}" for x, y in coords) + "'/>")
         if count <= 150:
-            for (n, v), (x, y) in zip(sorted(points.items()), coords):
+            for (n, v), (x, y) in zip(sorted(points.items()), coords, strict=True):
                 body.append(f"<circle cx={x:.1f} cy={y:.1f} r=3 fill='{colour}'>"
                             f"<title>{html.escape(f'call {n}: {name} {fmt(v)}')}</title></circle>")
     every = max(1, math.ceil(count / 12))

@@ -21,11 +21,11 @@ its own read-only connection, so viewer threads never share one.
 import io
 import sqlite3
 import urllib.parse
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Callable, Iterator
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.ids import is_uuid7, uuid7_unix_ms
@@ -52,6 +52,7 @@ from opik_cipx.ledger.queries import (
     why_empty,
 )
 from opik_cipx.ledger.schema import SchemaError
+from opik_cipx.ledger.sessions import SessionInfo, session_info
 from opik_cipx.materialize.attribution import categorize
 from opik_cipx.store.captures import find_capture
 from opik_cipx.views import charts
@@ -65,6 +66,7 @@ from opik_cipx.views.markup import (
     export_links,
     page,
     percent,
+    session_name,
     token_figures,
     unpriced,
     usd,
@@ -90,7 +92,8 @@ EXPORTS = {"/report.json", "/report.csv", "/calls.json", "/calls.csv", "/api/cal
 PAGE_CALLS = 100
 API_CALLS = 500
 NO_CALLS = ("<h1>Claude Code cost</h1><section><p>No calls recorded yet. Use Claude Code as usual: every call through "
-            "opik-cipx lands here. `opik-cipx replay --ledger` adds the calls of the stored raw captures.</p></section>")
+            "opik-cipx lands here. `opik-cipx replay --ledger` adds the calls of the stored raw captures."
+            "</p></section>")
 
 
 class Dashboard:
@@ -121,7 +124,7 @@ class Dashboard:
                     if route.startswith("/capture/"):
                         return self._call(conn, route[len("/capture/"):], filters, params.get("unfold") == "1")
                 except (AmbiguousSession, SessionNotFound) as exc:
-                    return self._no_session(route, filters, exc)
+                    return self._no_session(conn, route, filters, exc)
         except (sqlite3.Error, SchemaError, OSError) as exc:
             message = f"{self.ledger_path} cannot be read: {exc}."
             if not isinstance(exc, SchemaError):
@@ -162,22 +165,30 @@ class Dashboard:
         """Bounds that could not be read, the session a view is narrowed to, and why it is empty."""
         out = [f"<p class=bad>{esc(e)}: left out.</p>" for e in errors]
         if scope.selection.session and path == "/":
-            out.append(f"<p>Session <span class=mono>{esc(scope.selection.session)}</span>: "
+            known = session_info(conn, [scope.selection.session]).get(scope.selection.session)
+            name = f"<b>{esc(known.label)}</b> " if known and known.label else ""
+            out.append(f"<p>Session {name}<span class=mono>{esc(scope.selection.session)}</span>: "
                        f"<a href='{scope.filters.link('/session/' + scope.selection.session, session='')}'>"
                        "its page, call by call &rarr;</a></p>")
         if (scope.filters.items() and path == "/" and not report(conn, (), scope.listed).total["calls"]):
             out.append(f"<p class=bad id=empty>Nothing to show: {esc(why_empty(conn, scope.listed)[0])}.</p>")
         return f"<section class=notice>{''.join(out)}</section>" if out else ""
 
-    def _no_session(self, route: str, filters: Filters, exc: ReportError) -> Response:
-        """A session filter or page that names no session, or several: say so, list them."""
+    def _no_session(self, conn: sqlite3.Connection | None, route: str, filters: Filters,
+                    exc: ReportError) -> Response:
+        """A session filter or page that names no session, or several: say so, list them (with
+        what each is known by)."""
         if route in EXPORTS:
             return (400 if isinstance(exc, AmbiguousSession) else 404), TEXT, f"{exc}\n".encode()
         on_page = route.startswith("/session/")
         href: Callable[[str], str] = ((lambda c: filters.link("/session/" + c, session="")) if on_page
                                       else (lambda c: filters.link(route, session=c)))
         if isinstance(exc, AmbiguousSession):
-            items = "".join(f"<li><a href='{href(c)}'>{esc(c)}</a></li>" for c in exc.candidates)
+            known = session_info(conn, exc.candidates) if conn is not None else {}
+            items = "".join(
+                f"<li><a href='{href(c)}'><span class=mono>{esc(c)}</span></a>"
+                + (f" {session_name(c, known[c].label, known[c].project, known[c].started_at)}" if c in known else "")
+                + "</li>" for c in exc.candidates)
             body = f"<h1>Which session?</h1><p>{esc(exc)}:</p><ul id=candidates>{items}</ul>"
             return 300, HTML, page("which session?", body, filters)
         back = "" if on_page else f" <a href='{filters.link(route, session='')}'>Without this session filter</a>"
@@ -213,15 +224,18 @@ class Dashboard:
                filter_bar("/calls", filters, scope.selection, scope.today, dimension_values(conn)),
                self._notices(conn, scope, errors, "/calls"),
                f"<section><h2>{'Calls' if not before else 'Older calls'}"
-               f"{export_links(f'/calls.json{query}', f'/calls.csv{query}', f'all of them (up to {CALLS_MAX:,})')}</h2>",
+               + export_links(f"/calls.json{query}", f"/calls.csv{query}", f"all of them (up to {CALLS_MAX:,})")
+               + "</h2>",
                calls_table(rows, show_session=True, filters=filters)]
         if len(rows) == PAGE_CALLS:
-            older = filters.link("/calls") + ("&amp;" if filters.items() else "?") + f"before={rows[-1]['started_at_ns']}"
+            older = (filters.link("/calls") + ("&amp;" if filters.items() else "?")
+                     + f"before={rows[-1]['started_at_ns']}")
             out.append(f"<p><a href='{older}'>Older calls &rarr;</a></p>")
         out.append("</section>")
         return 200, HTML, page("calls", "".join(out), filters)
 
-    def _export(self, conn: sqlite3.Connection | None, route: str, filters: Filters, params: dict[str, str]) -> Response:
+    def _export(self, conn: sqlite3.Connection | None, route: str, filters: Filters,
+                params: dict[str, str]) -> Response:
         """A report (`by`) or the calls of what `filters` select, as JSON or CSV."""
         csv_out = route.endswith(".csv")
         kind = "application/json" if not csv_out else "text/csv; charset=utf-8"
@@ -233,7 +247,7 @@ class Dashboard:
                 by = parse_by(params.get("by", ""))
             except ReportError as exc:
                 return 400, TEXT, f"{exc}\n".encode()
-            result = report(conn, by, scope.selection) if conn else None
+            result = report(conn, by, scope.selection) if conn and scope else None
             if result is None:
                 return 200, kind, b"" if csv_out else b'{"rows": [], "total": {}}'
             if not csv_out:
@@ -242,7 +256,8 @@ class Dashboard:
             write_report_csv(result, stream)
             return 200, kind, stream.getvalue().encode()
         limit = _number(params.get("limit")) or (API_CALLS if route == "/api/calls" else CALLS_MAX)
-        calls = recent_calls(conn, limit, _number(params.get("before")), scope.selection, filters.part) if conn else []
+        calls = (recent_calls(conn, limit, _number(params.get("before")), scope.selection, filters.part)
+                 if conn and scope else [])
         if not csv_out:
             return 200, kind, calls_json(calls).encode()
         stream = io.StringIO()
@@ -261,10 +276,12 @@ class Dashboard:
         total = report(conn, (), selection).total
         first = calls[0]
         only = Filters(session=session_id)
+        known = session_info(conn, [session_id]).get(session_id)
         out = [
-            f"<h1>Session <span class=mono>{esc(session_id)}</span></h1>",
+            *_session_heading(session_id, known),
             f"<p><a href='{filters.link('/', session=session_id)}'>This session on the dashboard</a> (cost per day, "
-            f"models, MCP servers, skills) &middot; {export_links(only.link('/calls.json'), only.link('/calls.csv'), 'its calls')}</p>",
+            "models, MCP servers, skills) &middot; "
+            f"{export_links(only.link('/calls.json'), only.link('/calls.csv'), 'its calls')}</p>",
             f"<p class=muted>{esc(first['project_dir'] or 'project unknown')}"
             f"{' &middot; branch ' + esc(first['git_branch']) if first['git_branch'] else ''}"
             f"{' &middot; ' + esc(first['git_remote']) if first['git_remote'] else ''}"
@@ -320,6 +337,7 @@ class Dashboard:
         attribution = categorize(capture.request_body) if capture else None
         out = []
         if call:
+            assert conn is not None  # the call was read from it
             out += call_header(call, filters)
             out.append(token_section(call))
             out.append(cache_section(call, filters))
@@ -331,6 +349,7 @@ class Dashboard:
                 call["cost_usd"] or 0.0, labels=call_labels(details, attribution)))
             out.append("</section>")
         else:
+            assert capture is not None  # a call or a capture: the page is a 404 without either
             out.append(f"<h1>{esc(capture.method)} {esc(capture.path)}</h1><p class=muted>Not in the ledger "
                        "(no Messages API call, or made before the ledger existed).</p>")
         if capture is not None:
@@ -340,6 +359,17 @@ class Dashboard:
             out.append("<section><p class=muted>The raw request is no longer stored (raw captures are kept "
                        "within captures.max_mb / captures.max_age_days), so it cannot be painted.</p></section>")
         return 200, HTML, page(f"call {capture_id}", "".join(out), filters)
+
+
+def _session_heading(session_id: str, known: SessionInfo | None) -> list[str]:
+    """The session's label as the heading (its id without one), its id, and both its title and its
+    first prompt when it has both."""
+    if known is None or not known.label:
+        return [f"<h1>Session <span class=mono>{esc(session_id)}</span></h1>"]
+    out = [f"<h1 id=session-label>{esc(known.label)}</h1>", f"<p class=mono>session {esc(session_id)}</p>"]
+    if known.title and known.first_prompt:
+        out.append(f"<p class=muted id=first-prompt>First prompt: {esc(known.first_prompt)}</p>")
+    return out
 
 
 def _number(raw: str | None) -> int | None:

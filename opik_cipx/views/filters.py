@@ -42,7 +42,7 @@ class Filters:
     def query(self, **changes: str | tuple[str, str] | None) -> str:
         """`?a=b&...` for these filters with `changes` (a name set to '' or None is dropped);
         '' when nothing is left."""
-        items = replace(self, **changes).items()
+        items = replace(self, **changes).items()  # type: ignore[arg-type]  # a name set to None is dropped as ''
         return "?" + urllib.parse.urlencode(items) if items else ""
 
     def link(self, path: str, **changes: str | tuple[str, str] | None) -> str:

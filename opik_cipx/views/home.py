@@ -14,7 +14,7 @@ from datetime import date, timedelta
 
 from opik_cipx.ledger.figures import cache_hit, label_of
 from opik_cipx.ledger.periods import day_start_ns, week_of
-from opik_cipx.ledger.queries import Selection, recent_calls, report, session_projects
+from opik_cipx.ledger.queries import Selection, recent_calls, report
 from opik_cipx.views import charts
 from opik_cipx.views.charts import SERIES
 from opik_cipx.views.filters import Filters
@@ -124,11 +124,10 @@ def top_lists(conn: sqlite3.Connection, scope: Scope) -> str:
                               "all rows")
         return top_table(title, key, rows, export, empty=f"None in {span}.")
 
-    sessions = report(conn, ("session",), listed).rows[:TOP_N]
-    projects = session_projects(conn, [r["session"] for r in sessions if r["session"]])
     out.append(table("Sessions", "session", [
-        (session_name(r["session"], projects.get(r["session"])) if r["session"] else label_of(None),
-         f.link("/", session=r["session"]) if r["session"] else "", r) for r in sessions]))
+        (session_name(r["session"], r["session_label"], r["session_project"], r["session_started_at"])
+         if r["session"] else label_of(None), f.link("/", session=r["session"]) if r["session"] else "", r)
+        for r in report(conn, ("session",), listed).rows[:TOP_N]]))
     out.append(table("Projects", "project", [
         (short_path(r["project"]), f.link("/", project=r["project"]) if r["project"] else "", r)
         for r in report(conn, ("project",), listed).rows[:TOP_N]]))
@@ -146,7 +145,8 @@ def top_lists(conn: sqlite3.Connection, scope: Scope) -> str:
 
 def latest(conn: sqlite3.Connection, scope: Scope) -> str:
     query = scope.listed_filters.query()
-    export = export_links(f"/calls.json{_with(query, f'limit={LATEST}')}", f"/calls.csv{_with(query, f'limit={LATEST}')}")
+    export = export_links(f"/calls.json{_with(query, f'limit={LATEST}')}",
+                          f"/calls.csv{_with(query, f'limit={LATEST}')}")
     return (f"<section id=latest><h2>Latest calls{export}</h2>"
             + calls_table(recent_calls(conn, LATEST, selection=scope.listed), show_session=True, filters=scope.filters)
             + f"<p><a href='{scope.filters.link('/calls')}'>All calls &rarr;</a></p></section>")

@@ -13,13 +13,15 @@ from opik_cipx.views import charts
 from opik_cipx.views.filters import Filters
 
 HTML = "text/html; charset=utf-8"
+LABEL_CHARS = 60  # a session's label in a table is cut to this
 STYLE = (
     "body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#111;background:#fafafa}"
     "header{background:#111827;color:#fff;padding:10px 16px}header a{color:#fff;margin-right:16px;"
     "text-decoration:none}header b{margin-right:24px}main{max-width:1240px;margin:0 auto;padding:12px 16px}"
     "h1{font-size:22px;margin:8px 0}h2{font-size:17px;margin:22px 0 8px}"
     "section,.card{background:#fff;border:1px solid #e5e7eb;border-radius:6px;padding:12px;margin-bottom:14px}"
-    ".cards{display:flex;flex-wrap:wrap;gap:12px;margin-bottom:14px}.card{flex:1 1 220px;margin:0}.card .big{font-size:26px;"
+    ".cards{display:flex;flex-wrap:wrap;gap:12px;margin-bottom:14px}.card{flex:1 1 220px;margin:0}"
+    ".card .big{font-size:26px;"
     "font-weight:600}.muted{color:#6b7280}.grid{display:grid;grid-template-columns:repeat(auto-fit,"
     "minmax(340px,1fr));gap:14px}.grid section{margin:0}.scroll{overflow-x:auto}"
     "table{border-collapse:collapse;width:100%}td,th{padding:4px 8px;border-bottom:1px solid #eee;"
@@ -36,7 +38,7 @@ STYLE = (
     ".ranges a,.chips a{margin-right:12px}.chips span{display:inline-block;background:#eef2ff;border-radius:10px;"
     "padding:1px 8px;margin:2px 6px 2px 0}.chips span a{margin:0 0 0 6px;text-decoration:none}"
     ".export{font-size:12px;font-weight:400;margin-left:10px}h2 .export a{margin-left:6px}"
-    ".notice{background:#fffbeb;border-color:#f59e0b}"
+    ".notice{background:#fffbeb;border-color:#f59e0b}td .about{display:block;font-size:12px}"
     "details.part{margin:2px 0;border-left:4px solid var(--c);padding-left:6px}details.part>summary{cursor:pointer;"
     "font:12px ui-monospace,monospace;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}"
     "details.part pre{margin:4px 0}.jump td{padding:2px 6px}.jump a{margin-right:6px}"
@@ -121,16 +123,30 @@ def kind_of(call: dict[str, Any]) -> str:
     return kind
 
 
-def session_name(session_id: str, project: str | None) -> str:
-    """`44faf0ae… api`: the start of the id everyone copies, and the project's last part."""
-    return f"{esc(session_id[:8])}&hellip;" + (f" {esc(project.rstrip('/').rsplit('/', 1)[-1])}" if project else "")
+def session_name(session_id: str, label: str | None, project: str | None = None, started: str | None = None) -> str:
+    """A session as people know it: its label (title or first prompt, cut to `LABEL_CHARS`), else
+    the start of its id; then, muted, its project's last part, its start (`started`: local ISO
+    8601, as reports give it) and the start of its id (what `--session` takes); the whole id and
+    label on hover."""
+    short = f"{session_id[:8]}&hellip;"
+    if label:
+        cut = label if len(label) <= LABEL_CHARS else label[:LABEL_CHARS - 1].rstrip() + "\u2026"
+        name = f"<span title='{esc(label)}'>{esc(cut)}</span>"
+    else:
+        name = short
+    about = [esc(project.rstrip("/").rsplit("/", 1)[-1]) if project else "",
+             esc(started[5:16].replace("T", " ")) if started else "",
+             f"<span class=mono title='{esc(session_id)}'>{esc(session_id[:8])}</span>" if label else ""]
+    about = [part for part in about if part]
+    return name + (f" <span class='muted about'>{' &middot; '.join(about)}</span>" if about else "")
 
 
-def session_link(session_id: str | None, project: str | None, filters: Filters = Filters()) -> str:
+def session_link(session_id: str | None, label: str | None, project: str | None, filters: Filters = Filters()) -> str:
     """A link to the session's page (keeping `filters` for the way back)."""
     if not session_id:
         return UNKNOWN
-    return f"<a href='{filters.link('/session/' + session_id, session='', part=None)}'>{session_name(session_id, project)}</a>"
+    href = filters.link("/session/" + session_id, session="", part=None)
+    return f"<a href='{href}'>{session_name(session_id, label, project)}</a>"
 
 
 def export_links(path_json: str, path_csv: str, label: str = "export") -> str:

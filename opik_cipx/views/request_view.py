@@ -85,7 +85,8 @@ def jump_list(parts: list[Part]) -> str:
         more = f" and {len(numbers) - MAX_JUMPS} more" if len(numbers) > MAX_JUMPS else ""
         rows.append(f"<tr><td><i class=sw style='background:{PALETTE.get(bucket, '#999')}'></i>{esc(bucket)}</td>"
                     f"<td class=num>{chars:,} chars</td><td>{links}{more}</td></tr>")
-    return f"<table class=jump id=jump><tr><th>bucket</th><th class=num>size</th><th>parts</th></tr>{''.join(rows)}</table>"
+    return ("<table class=jump id=jump><tr><th>bucket</th><th class=num>size</th><th>parts</th></tr>"
+            f"{''.join(rows)}</table>")
 
 
 def folded_request(capture: Capture, attribution: Any, unfold: bool, here: str) -> str:
@@ -103,10 +104,12 @@ def folded_request(capture: Capture, attribution: Any, unfold: bool, here: str) 
     for n, part in enumerate(parts, 1):
         size = part.end - part.start
         labels = part.labels()
-        named = ", ".join(labels[:MAX_LABELS]) + (f" and {len(labels) - MAX_LABELS} more" if len(labels) > MAX_LABELS else "")
+        named = ", ".join(labels[:MAX_LABELS]) + (
+            f" and {len(labels) - MAX_LABELS} more" if len(labels) > MAX_LABELS else "")
         opened = " open" if unfold or size <= FOLD_CHARS else ""
         out.append(f"<details class=part id=part-{n} style='--c:{PALETTE.get(part.bucket, '#999')}'{opened}><summary>"
-                   f"{n}. {esc(part.bucket)}{': ' + esc(named) if named else ''} &middot; {size:,} chars</summary><pre>")
+                   f"{n}. {esc(part.bucket)}{': ' + esc(named) if named else ''} &middot; {size:,} chars"
+                   "</summary><pre>")
         for region in part.regions:
             title = region.bucket + (f": {region.label}" if region.label else "")
             out.append(f"<span style='background:{tint(PALETTE[region.bucket])}' title='{esc(title)}'>"

@@ -84,7 +84,8 @@ def top_table(title: str, key: str, rows: list[tuple[str, str, dict]], export: s
     for name, href, r in rows:
         cell = f"<a href='{href}'>{name}</a>" if href else name
         lines.append(f"<tr><td>{cell}</td><td class=num>{r['calls']:,}</td>"
-                     f"<td class=num>{usd(r['cost_usd'])}</td><td class=wide>{charts.meter(r['cost_usd'], peak)}</td></tr>")
+                     f"<td class=num>{usd(r['cost_usd'])}</td>"
+                     f"<td class=wide>{charts.meter(r['cost_usd'], peak)}</td></tr>")
     lines.append("</table></section>")
     return "".join(lines)
 
@@ -126,7 +127,8 @@ def calls_table(calls: list[dict], show_session: bool, nested: dict[str, list[li
             when(call["started_at_ns"]),
             f"<a href='{filters.link('/capture/' + call['capture_id'], part=None)}'>{esc(kind_of(call))}</a>",
             f"<span class=wide>{esc(call['model'] or '')}</span>",
-            *([session_link(call["session_id"], call["project_dir"], filters)] if show_session else []),
+            *([session_link(call["session_id"], call["session_label"], call["project_dir"], filters)]
+              if show_session else []),
             status,
         ]
         hit = percent(cache_hit(call))
@@ -161,7 +163,7 @@ def call_header(call: dict, filters: Filters = Filters()) -> list[str]:
     return [
         f"<h1>{esc(kind_of(call))} call &middot; {esc(call['model'] or 'model unknown')}</h1>",
         f"<p class=muted>{when(call['started_at_ns'])} &middot; session "
-        f"{session_link(call['session_id'], call['project_dir'], filters)}"
+        f"{session_link(call['session_id'], call['session_label'], call['project_dir'], filters)}"
         f"{' &middot; ' + esc(account(call)) if account(call) else ''} &middot; HTTP {esc(call['status'])}{error}"
         f" &middot; request {esc(call['request_id'] or 'n/a')} &middot; capture "
         f"<span class=mono>{esc(call['capture_id'])}</span>{estimated}</p>",
@@ -203,7 +205,8 @@ def cache_section(call: dict, filters: Filters = Filters()) -> str:
            f"read from the cache, {written / whole:.1%} written to it, {call[UNCACHED] / whole:.1%} uncached."]
     previous = call["cache_previous_capture_id"]
     if previous:
-        out.append(f" Compared with <a href='{filters.link('/capture/' + previous)}'>the previous call of this conversation</a>, "
+        out.append(f" Compared with <a href='{filters.link('/capture/' + previous)}'>"
+                   "the previous call of this conversation</a>, "
                    f"{esc(_gap(call['cache_gap_s']))} earlier.")
     else:
         out.append(" The first call of its conversation in the ledger: nothing to compare it with.")
@@ -212,7 +215,8 @@ def cache_section(call: dict, filters: Filters = Filters()) -> str:
         causes = (call["cache_break_causes"] or call["cache_break_cause"]).split(",")
         bucket, item = call["cache_break_bucket"], call["cache_break_item"] or ""
         where = f" ({esc(bucket)})" if bucket and bucket not in item else ""
-        extra = f": {usd(call['cache_break_usd'])} more than reading them" if call["cache_break_usd"] is not None else ""
+        extra = (f": {usd(call['cache_break_usd'])} more than reading them"
+                 if call["cache_break_usd"] is not None else "")
         out.append(f"<p class=bad id=cache-break>Cache break: {esc(causes[0].replace('_', ' '))}, "
                    f"{esc(item)}{where}. {tokens(call['cache_break_tokens'])} tokens "
                    f"written again (or sent uncached) that the cache held{extra}.</p>")
@@ -227,21 +231,24 @@ def cache_section(call: dict, filters: Filters = Filters()) -> str:
 def _gap(seconds: float | None) -> str:
     if seconds is None:
         return "some time"
-    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+    return (f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
+            else f"{seconds / 3600:.1f} h")
 
 
 def breaks_section(calls: list[dict], filters: Filters = Filters()) -> str:
     """The session's cache breaks: when, why, where and what each cost."""
     breaks = [c for c in calls if c["cache_break_cause"]]
     if not breaks:
-        return "<section id=breaks><h2>Cache breaks</h2><p>None: every call read what the call before it cached.</p></section>"
+        return ("<section id=breaks><h2>Cache breaks</h2>"
+                "<p>None: every call read what the call before it cached.</p></section>")
     cost = sum(c["cache_break_usd"] or 0.0 for c in breaks)
     out = [f"<section id=breaks><h2>Cache breaks</h2><p>{len(breaks):,} call(s) paid to write what the cache "
            f"should have held: {usd(cost)} more than reading it.</p><div class=scroll><table><tr><th>time</th>"
            "<th>call</th><th>cause</th><th>what changed</th><th class=num>tokens again</th>"
            "<th class=num>extra (USD)</th></tr>"]
     for c in breaks:
-        out.append(f"<tr><td>{when(c['started_at_ns'])}</td><td><a href='{filters.link('/capture/' + c['capture_id'])}'>"
+        out.append(f"<tr><td>{when(c['started_at_ns'])}</td>"
+                   f"<td><a href='{filters.link('/capture/' + c['capture_id'])}'>"
                    f"{esc(kind_of(c))}</a></td><td>{esc(c['cache_break_cause'].replace('_', ' '))}</td>"
                    f"<td>{esc(c['cache_break_item'] or '')}</td><td class=num>{tokens(c['cache_break_tokens'])}</td>"
                    f"<td class=num>{usd(c['cache_break_usd'])}</td></tr>")
@@ -263,7 +270,8 @@ def call_labels(details: list[dict], attribution: Any) -> dict[str, str]:
     for bucket, items in parts.items():
         items.sort(key=lambda item: -item[1])
         key = next((k for k, b in LABELLED.items() if b == bucket), "")
-        out[bucket] = ", ".join(f"{esc(label_of(label, key))} {n:,} chars" + (f" {usd(cost)}" if cost is not None else "")
+        out[bucket] = ", ".join(f"{esc(label_of(label, key))} {n:,} chars"
+                                + (f" {usd(cost)}" if cost is not None else "")
                                 for label, n, cost in items[:6])
     return out
 

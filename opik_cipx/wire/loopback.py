@@ -68,7 +68,7 @@ class LoopbackServer(ConnectionServer):
     def port(self) -> int:
         return self.server_address[1]
 
-    def handle_error(self, request, client_address) -> None:
+    def handle_error(self, request: object, client_address: object) -> None:
         """A client that resets its connection is routine: one debug line, no traceback on stderr."""
         exc = sys.exc_info()[1]
         if isinstance(exc, OSError):
@@ -92,6 +92,8 @@ def loopback_host(values: list[str] | None) -> bool:
 
 class LoopbackHandler(ConnectionHandler):
     """Base of the gateway, admin and viewer handlers: a request not addressed to loopback is refused 403."""
+
+    server: LoopbackServer
 
     def check_request(self) -> tuple[int, str] | None:
         if not loopback_host([value for name, value in self.headers.raw_items() if name.lower() == "host"]):

@@ -176,8 +176,36 @@ def test_model_kind_and_agent_narrow_as_the_dashboards_filters(corpus_home):
     kinds = {row["kind"]: row for row in json.loads(run_cli(home, "report", "--by", "kind", "--json").stdout)["rows"]}
     main = json.loads(run_cli(home, "report", "--kind", "main", "--json").stdout)["total"]
     assert main == {name: kinds["main"][name] for name in FIGURES}
-    haiku = json.loads(run_cli(home, "report", "--by", "agent", "--model", "claude-haiku-4-5-20251001", "--json").stdout)
+    haiku = json.loads(
+        run_cli(home, "report", "--by", "agent", "--model", "claude-haiku-4-5-20251001", "--json").stdout)
     assert [(row["agent"], row["calls"]) for row in haiku["rows"]] == [("code-auditor", 2)]
     none = run_cli(home, "report", "--agent", "main", "--kind", "subagent", "--json")
     assert none.returncode == 1 and none.stdout == "" and none.stderr == (
         "opik-cipx: no call in the ledger matches kind subagent and agent main together\n")
+
+
+SESSION_KEYS = ["session", "session_label", "session_project", "session_started_at"]
+
+
+def test_by_session_each_row_carries_its_label_project_and_start(corpus_home):
+    """Sessions are no bare ids: table, JSON and CSV give each one's label (its first prompt
+    here: the corpus holds no title call), project and start time."""
+    home, _ = corpus_home
+    sessions = {json.loads(path.read_text())["session_id"]: json.loads(path.read_text())
+                for path in (home / "sessions").glob("*.json")}
+    doc = json.loads(run_cli(home, "report", "--by", "session", "--json").stdout)
+    rows = {row["session"]: row for row in doc["rows"]}
+    assert all(list(row) == [*SESSION_KEYS, *FIGURES] for row in doc["rows"])
+    subagent = rows["1b15d3cd-b49e-410d-880f-1d1856a84f6c"]
+    assert subagent["session_label"] == "Use a subagent to survey this project's layout and report back."
+    assert subagent["session_project"] == sessions[subagent["session"]]["cwd"] == "/home/dev/code/inventory-sync"
+    assert subagent["session_started_at"].startswith("20") and subagent["session_started_at"][19] in "+-Z"
+    assert all(row["session_label"] and row["session_project"] for row in doc["rows"])
+    table = run_cli(home, "report", "--by", "session").stdout.splitlines()
+    assert table[0].split()[:5] == ["session", "started", "project", "label", "calls"]
+    line = next(line for line in table if line.startswith("1b15d3cd "))
+    started = subagent["session_started_at"][:16].replace("T", " ")
+    assert f"1b15d3cd  {started}  inventory-sync" in line and "Use a subagent to survey this project's…" in line
+    rows_csv = list(csv.DictReader(io.StringIO(run_cli(home, "report", "--by", "session,model", "--csv").stdout)))
+    assert list(rows_csv[0])[:6] == ["session", "model", *SESSION_KEYS[1:], "calls"]
+    assert {row["session_label"] for row in rows_csv[:-1]} == {row["session_label"] for row in doc["rows"]}

@@ -12,7 +12,7 @@ from opik_cipx.ship.destination import NOT_CONFIGURED
 from opik_cipx.stats import COUNTER_NAMES, PROBLEM_COUNTERS, default_sections
 from opik_cipx.telemetry import OPT_IN
 from tests.conftest import wait_for
-from tests.lifecycle_helpers import machine, wait_gone  # noqa: F401 - fixture
+from tests.lifecycle_helpers import wait_gone
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 SETTINGS = load_settings({"CIPX_HOME": "/h/.opik-cipx", "HOME": "/h"})
@@ -209,7 +209,8 @@ def test_a_daemon_running_without_the_home_lock_says_so():
     text = render(stats_doc(home_lock={"held": False, "error": "cannot create daemon.lock: No space left on device"}),
                   SETTINGS, now=NOW)
     assert ("  ! home lock not held (cannot create daemon.lock: No space left on device): a second `opik-cipx proxy` "
-            "on this home would not be refused; free disk space or fix /h/.opik-cipx, then `opik-cipx restart`") in text.splitlines()
+            "on this home would not be refused; free disk space or fix /h/.opik-cipx, then `opik-cipx restart`"
+            ) in text.splitlines()
 
 
 def test_quarantined_records_are_counted_with_the_command_that_retries_them():

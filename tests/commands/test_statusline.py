@@ -17,7 +17,6 @@ from opik_cipx.ledger.periods import local_day
 from opik_cipx.ledger.store import Ledger
 from tests.claude_code_corpus import corpus_clock, materialized
 from tests.conftest import run_cli
-from tests.lifecycle_helpers import machine  # noqa: F401 - fixture
 
 ANSI = re.compile(r"\033\[[0-9;]*m")
 
@@ -271,7 +270,8 @@ def test_the_line_never_exceeds_the_columns_and_keeps_the_most_important_part(pa
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+                    lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=10), inner, max_size=4),
                     max_leaves=20)
 
 

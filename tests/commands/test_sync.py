@@ -16,7 +16,7 @@ from opik_cipx.materialize.sessions import git_info, read_hook_stdin, record_ses
 from opik_cipx.urls import strip_credentials
 from tests.conftest import FIXTURES
 from tests.fake_clock import FakeClock
-from tests.lifecycle_helpers import SESSION_START, machine, wait_gone  # noqa: F401 - fixture
+from tests.lifecycle_helpers import SESSION_START, wait_gone
 
 IDENTITY = {"emailAddress": "ada@example.com", "accountUuid": "u-1", "displayName": "Ada",
             "organizationUuid": "o-1", "organizationName": "Acme"}

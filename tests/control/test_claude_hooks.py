@@ -39,7 +39,8 @@ def test_added_after_the_users_hooks_once_and_removed_to_the_same_bytes(tmp_path
     before = write(path, user)
     assert set_hooks(path, COMMANDS).outcome == "set"
     doc = json.loads(path.read_text())
-    assert list(doc) == ["theme", "hooks", "model"] and list(doc["hooks"]) == ["UserPromptSubmit", "Stop", "SessionStart"]
+    assert list(doc) == ["theme", "hooks", "model"]
+    assert list(doc["hooks"]) == ["UserPromptSubmit", "Stop", "SessionStart"]
     assert doc["hooks"]["UserPromptSubmit"] == [*user["hooks"]["UserPromptSubmit"], ours("UserPromptSubmit")]
     assert doc["hooks"]["SessionStart"] == [ours("SessionStart")]
     assert set_hooks(path, COMMANDS).outcome == "kept" and json.loads(path.read_text()) == doc
@@ -52,8 +53,9 @@ def test_a_moved_launcher_is_updated_in_place_and_a_duplicate_goes(tmp_path):
     path = tmp_path / "settings.json"
     old = hook_command(Path("/old/place/opik-cipx-hook-launcher"), "SessionStart", {})
     mine = {"type": "command", "command": "mine"}
-    write(path, {"hooks": {"SessionStart": [{"matcher": "startup", "hooks": [mine, {"type": "command", "command": old}]},
-                                            {"hooks": [{"type": "command", "command": old}]}]}})
+    write(path, {"hooks": {"SessionStart": [
+        {"matcher": "startup", "hooks": [mine, {"type": "command", "command": old}]},
+        {"hooks": [{"type": "command", "command": old}]}]}})
     assert set_hooks(path, {"SessionStart": COMMANDS["SessionStart"]}).outcome == "updated"
     wanted = {"type": "command", "command": COMMANDS["SessionStart"], "timeout": 60}
     assert json.loads(path.read_text())["hooks"]["SessionStart"] == [{"matcher": "startup", "hooks": [mine, wanted]}]
@@ -103,7 +105,8 @@ handlers = st.fixed_dictionaries({"type": st.sampled_from(["command", "prompt"])
                                   "command": st.sampled_from(["echo hi", "~/.claude/hooks/x.sh", "npx tool"])},
                                  optional={"timeout": st.integers(1, 600)})
 groups = st.lists(st.fixed_dictionaries({"hooks": st.lists(handlers, max_size=3)},
-                                        optional={"matcher": st.sampled_from(["", "startup", "Bash|Edit"])}), max_size=3)
+                                        optional={"matcher": st.sampled_from(["", "startup", "Bash|Edit"])}),
+                  max_size=3)
 user_hooks = st.dictionaries(st.sampled_from(["SessionStart", "UserPromptSubmit", "PreToolUse", "Stop"]), groups,
                              max_size=4)
 

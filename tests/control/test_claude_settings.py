@@ -122,7 +122,8 @@ json_values = st.recursive(
 
 @hsettings(max_examples=60, deadline=None)
 @given(doc=st.dictionaries(st.text(max_size=8).filter(lambda k: k != "env"), json_values, max_size=5),
-       env=st.dictionaries(st.text(max_size=8).filter(lambda k: k != "ANTHROPIC_BASE_URL"), st.text(max_size=8), max_size=4))
+       env=st.dictionaries(st.text(max_size=8).filter(lambda k: k != "ANTHROPIC_BASE_URL"), st.text(max_size=8),
+                           max_size=4))
 def test_set_then_remove_restores_any_document(tmp_path_factory, doc, env):
     path = tmp_path_factory.mktemp("s") / "settings.json"
     original = {**doc, "env": env} if env else doc

@@ -55,7 +55,8 @@ def test_systemd_unit_restarts_on_failure_and_quotes_everything():
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
     unit = tmp_path / "opik-cipx.service"
-    unit.write_text(systemd_unit([sys.executable, str(Path(__file__)), "proxy"], {"CIPX_HOME": str(tmp_path / "h")}, 40))
+    unit.write_text(systemd_unit([sys.executable, str(Path(__file__)), "proxy"], {"CIPX_HOME": str(tmp_path / "h")},
+                                 40))
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "XDG_RUNTIME_DIR": str(runtime)}
@@ -74,7 +75,8 @@ def test_launchd_plist_keeps_alive_unless_clean_exit(tmp_path):
     assert plist["EnvironmentVariables"] == {"CIPX_HOME": "/home/ada/.opik-cipx"}
     assert plist["RunAtLoad"] is True
     assert plist["KeepAlive"] == {"SuccessfulExit": False}
-    assert plist["ThrottleInterval"] == 1  # launchd's default, 10 s, would leave Claude Code without its proxy that long
+    # launchd's default, 10 s, would leave Claude Code without its proxy that long
+    assert plist["ThrottleInterval"] == 1
     assert plist["ExitTimeOut"] == 40
     assert plist["StandardErrorPath"] == str(tmp_path / "daemon.stderr")
     assert data.startswith(b"<?xml") and b"<!DOCTYPE plist" in data

@@ -35,7 +35,8 @@ def test_parsing_keeps_the_first_of_each_known_name_and_one_part():
 def test_changes_drop_or_replace_filters_in_links():
     f = Filters(since="2026-11-01", model="claude-opus-4-8", part=("mcp", "weather"))
     assert f.query(model="") == "?since=2026-11-01&mcp=weather"
-    assert f.query(part=None, kind="side:web_search") == "?since=2026-11-01&model=claude-opus-4-8&kind=side%3Aweb_search"
+    assert (f.query(part=None, kind="side:web_search")
+            == "?since=2026-11-01&model=claude-opus-4-8&kind=side%3Aweb_search")
     assert f.link("/session/a b", since="", model="", part=None) == "/session/a%20b"
     assert Filters().query() == "" and not Filters().with_range() and f.with_range()
 

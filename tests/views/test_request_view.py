@@ -31,11 +31,11 @@ def test_parts_partition_the_regions_in_order(rs):
     parts = parts_of(rs)
     assert [r for p in parts for r in p.regions] == rs
     assert all(p.start == p.regions[0].start and p.end == p.regions[-1].end for p in parts)
-    assert all(a.end == b.start for a, b in zip(parts, parts[1:]))
+    assert all(a.end == b.start for a, b in zip(parts, parts[1:], strict=False))
     for p in parts:
         long = [r.bucket for r in p.regions if r.bucket != "envelope" or r.end - r.start > GLUE_CHARS]
         assert set(long) <= {p.bucket}  # one bucket a part; short envelope rides along
-    for a, b in zip(parts, parts[1:]):
+    for a, b in zip(parts, parts[1:], strict=False):
         assert a.bucket != b.bucket  # a run of one bucket is one part
 
 

@@ -22,6 +22,7 @@ from opik_cipx.store.captures import CaptureStore
 from opik_cipx.views.access import ViewerAccess, cookie_name, cookie_value
 from opik_cipx.views.charts import PALETTE
 from opik_cipx.views.dashboard import Dashboard
+from opik_cipx.views.sign_in import SignInLinks
 from opik_cipx.views.viewer import ViewerHandler
 from opik_cipx.wire.loopback import LoopbackServer
 from tests.claude_code_corpus import corpus_clock, materialized
@@ -33,7 +34,8 @@ TOKEN = "t" * 43
 
 def serve(home):
     pages = Dashboard(home / "ledger.db", home / "captures", clock=corpus_clock())
-    handler = type("H", (ViewerHandler,), {"pages": pages, "access": ViewerAccess(TOKEN)})
+    access = ViewerAccess(TOKEN, SignInLinks(home, corpus_clock()))
+    handler = type("H", (ViewerHandler,), {"pages": pages, "access": access})
     server = LoopbackServer("viewer", "127.0.0.1", 0, handler, LIMITS)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return server
@@ -141,7 +143,8 @@ def test_a_date_range_and_filters_narrow_every_figure_and_links_keep_them(viewer
     want = report(conn, (), sel).total
     card = page[page.index("id='total-range'"):]
     assert status == 200 and "Selected range, 2026-11-24 to 2026-11-24" in card[:300]
-    assert f"${want['cost_usd']:,.2f}" in card[:400] and f"{want['calls']:,} calls" in card[:600] and want["calls"] == 35
+    assert f"${want['cost_usd']:,.2f}" in card[:400] and f"{want['calls']:,} calls" in card[:600]
+    assert want["calls"] == 35
     assert "value='2026-11-24'" in page and "<option selected>main</option>" in page  # the form shows them
     links = [html.unescape(h) for h in re.findall(r"href='([^'#]+)'", page)]
     internal = [h for h in links if h.startswith(("/capture/", "/session/", "/calls"))]
@@ -149,7 +152,8 @@ def test_a_date_range_and_filters_narrow_every_figure_and_links_keep_them(viewer
     nav = re.findall(r"<header>.*?</header>", page)[0]
     assert f"href='/?{query.replace('&', '&amp;')}'" in nav
     status, empty, _ = get(port, "/?project=/home/dev/nowhere")
-    assert status == 200 and "Nothing to show: no call in the ledger was made in /home/dev/nowhere or below it." in text(empty)
+    assert status == 200
+    assert "Nothing to show: no call in the ledger was made in /home/dev/nowhere or below it." in text(empty)
     status, later, _ = get(port, "/?since=2026-12-01")
     assert "Nothing to show: no call was made from 2026-12-01 00:00 to now" in text(later)
     assert "cannot read since 'last tuesday'" in text(get(port, "/?since=last+tuesday")[1])
@@ -163,7 +167,8 @@ def test_exports_give_what_is_shown_in_reports_shape(viewer, tmp_path):
     conn = open_reader(home / "ledger.db")
     _, page, _ = get(port, "/?kind=main")
     chart_json = html.unescape(re.search(r"<section id=chart><h2>.*?href='(/report\.json[^']+)'", page).group(1))
-    assert chart_json == f"/report.json?since={(date(2026, 11, 25) - timedelta(days=29)).isoformat()}&kind=main&by=day,bucket"
+    since = (date(2026, 11, 25) - timedelta(days=29)).isoformat()
+    assert chart_json == f"/report.json?since={since}&kind=main&by=day,bucket"
     status, body, headers = get(port, chart_json)
     assert status == 200 and headers["Content-Type"] == "application/json"
     sel = Selection(since_ns=day_start_ns("2026-10-27"), kind="main")
@@ -185,9 +190,11 @@ def test_exports_give_what_is_shown_in_reports_shape(viewer, tmp_path):
 def test_a_session_is_found_by_the_start_of_its_id(viewer):
     port, _, _ = viewer
     status, page, _ = get(port, f"/session/{SUBAGENT_SESSION[:8]}")
-    assert status == 200 and f"<h1>Session <span class=mono>{SUBAGENT_SESSION}</span></h1>" in page
+    assert status == 200 and f"<p class=mono>session {SUBAGENT_SESSION}</p>" in page
     status, page, _ = get(port, "/session/1b?model=claude-opus-4-8")
     assert status == 300 and "starts 2 session ids" in text(page)
+    assert "Use a subagent to survey this project" in text(page)  # each candidate with its label
+    assert "Run echo hi and tell me what it printed." in text(page)
     candidates = re.findall(r"<li><a href='([^']+)'>", page)
     assert [html.unescape(c) for c in candidates] == [f"/session/{SUBAGENT_SESSION}?model=claude-opus-4-8",
                                                       "/session/1ba5440a-458d-4df7-b61b-c2cf3c262711?model=claude-opus-4-8"]
@@ -326,12 +333,12 @@ def test_calls_of_an_unknown_model_are_flagged_never_priced_at_zero(tmp_path, vi
 
 
 def test_a_browser_signs_in_once_then_uses_the_cookie(viewer):
-    port, _, _ = viewer
+    port, home, _ = viewer
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", f"/session/{SUBAGENT_SESSION}")
     refused = conn.getresponse()
     assert refused.status == 403 and b"opik-cipx viewer" in refused.read()
-    conn.request("GET", f"/session/{SUBAGENT_SESSION}?token={TOKEN}")
+    conn.request("GET", f"/session/{SUBAGENT_SESSION}?signin={SignInLinks(home, corpus_clock()).issue()}")
     signed_in = conn.getresponse()
     assert signed_in.status == 200 and f"url=/session/{SUBAGENT_SESSION}".encode() in signed_in.read()
     cookie = signed_in.getheader("Set-Cookie").split(";", 1)[0]
@@ -349,7 +356,8 @@ def test_call_and_session_pages_explain_cache_breaks(viewer):
     assert "Cache break: compaction, message 0 block 1 changed (compaction: continued_summary)." in words
     assert f"href='/capture/{ids[('compact', '010')]}'" in page  # the call it is compared with
     assert re.search(r"[\d,]+ tokens written again \(or sent uncached\) that the cache held: \$0\.\d+ more", words)
-    assert "No cache break: it read what the previous call cached." in text(get(port, f"/capture/{ids[('tools', '004')]}")[1])
+    page = text(get(port, f"/capture/{ids[('tools', '004')]}")[1])
+    assert "No cache break: it read what the previous call cached." in page
     assert "nothing to compare it with" in text(get(port, f"/capture/{ids[('tools', '001')]}")[1])
     session = next(r["body"]["metadata"]["cc"]["session"]["id"] for s, n, _, rs in corpus
                    if (s, n) == ("compact", "012") for r in rs.records if r["body"].get("type") == "llm")
