@@ -41,12 +41,17 @@ from typing import Any, BinaryIO
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import LOOPBACK_HOST, Settings
 from opik_cipx.control import claude_settings, down_answer
-from opik_cipx.control.daemon_control import CLAUDE_CODE_PORT, SUPERVISOR_FILE, listener_port, startup_error
+from opik_cipx.control.daemon_control import (
+    CLAUDE_CODE_PORT,
+    SUPERVISOR_FILE,
+    SUPERVISOR_LOCK,
+    listener_port,
+    startup_error,
+)
 from opik_cipx.home import LOCK_FILE, open_private, private_dir, read_json, write_json
 from opik_cipx.stats import utc_iso
 
 LISTEN_FD_ENV = "CIPX_LISTEN_FD"
-SUPERVISOR_LOCK = "supervisor.lock"
 MAX_DEATHS = 5  # deaths within WINDOW_S that make the supervisor give up (systemd's unit: the same)
 WINDOW_S = 120.0
 MAX_DELAY_S = 1.0
