@@ -220,8 +220,14 @@ class Daemon:
 
     def _materialized(self, capture: Capture, result: Materialized) -> None:
         """After each capture is materialized (on the follower's thread): the call into the ledger,
-        an upsert by capture id, so a capture materialized again after a crash counts once."""
-        self.ledger.write(result.call)
+        an upsert by capture id, so a capture materialized again after a crash counts once. A call
+        whose usage held a field that is no token count is flagged (`calls_flagged`, logged)."""
+        call = result.call
+        if call is not None and call.usage is not None and call.usage.malformed:
+            self.counters.incr("calls_flagged")
+            log.warning("capture %s: usage field(s) %s from upstream are no token count; the call is recorded "
+                        "with them as read", capture.id, ", ".join(call.usage.malformed))
+        self.ledger.write(call)
 
     def start(self) -> None:
         for stage in reversed(self.wire_stages + self.work_stages):  # a consumer before what feeds it

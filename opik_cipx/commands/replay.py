@@ -87,11 +87,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if ledger:
         ledger.close()
         print(f"replayed {captures} capture(s) into {written} call(s) -> {settings.ledger_path}", file=sys.stderr)
-        lost = ledger.counters.get("ledger_calls_dropped") + ledger.pending
-        if lost or ledger.counters.get("ledger_write_errors"):
-            print(f"opik-cipx: {lost} call(s) could not be written to {settings.ledger_path}; "
+        refused, unwritten = ledger.counters.get("ledger_calls_dropped"), ledger.pending
+        if refused:  # each was named above; replaying again would meet the same values
+            print(f"opik-cipx: {refused} call(s) skipped: the ledger refused their values", file=sys.stderr)
+        if unwritten or ledger.counters.get("ledger_write_errors"):
+            print(f"opik-cipx: {unwritten} call(s) could not be written to {settings.ledger_path}; "
                   "`opik-cipx logs` may say why (is the disk full?); run `opik-cipx replay --ledger` again",
                   file=sys.stderr)
+        if refused or unwritten or ledger.counters.get("ledger_write_errors"):
             return 1
     else:
         print(f"replayed {captures} capture(s) into {written} record(s)" + (f" -> {args.out}" if args.out else ""),

@@ -42,6 +42,11 @@ PROBLEM_HINTS = {
     "ledger_write_errors": "ledger.db could not be written (locked, disk full, corrupt?): `opik-cipx logs` says why",
     "ledger_calls_dropped": "calls missing from ledger.db: run `opik-cipx replay --ledger` to add them from the "
                             "stored captures",
+    "ledger_values_clamped": "calls whose numbers exceed what ledger.db holds (a usage value off the wire such as "
+                             "10**30): recorded with them clamped; `opik-cipx logs` names each capture",
+    "calls_flagged": "calls whose usage from upstream held a field that is no token count (a word, a negative or "
+                     "absurd number): recorded and shipped with the fields as read; `opik-cipx logs` names each "
+                     "capture and field",
     "requests_refused": "requests refused (a web page, not addressed to localhost, malformed, or the viewer "
                         "without its token); nothing was forwarded: `status --json` counts them by listener "
                         "(`refusals`), `opik-cipx logs` names them",

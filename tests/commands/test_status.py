@@ -81,6 +81,8 @@ counters
   panics_recovered                    0
   ledger_write_errors                 0
   ledger_calls_dropped                0
+  ledger_values_clamped               0
+  calls_flagged                       0
   requests_refused                    0
   connections_refused                 0
   requests_timed_out                  0
