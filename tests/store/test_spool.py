@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
 from opik_cipx.ship.destination import Destination
-from opik_cipx.ship.shipper import Reply, Shipper
+from opik_cipx.ship.opik_api import Reply, Route
+from opik_cipx.ship.shipper import Shipper
 from opik_cipx.stats import Counters
 from opik_cipx.store import spool_writer
 from opik_cipx.store.quarantine import quarantine_counts, request_requeue
@@ -356,7 +357,7 @@ class RecordingOpik:
         self.received: dict[str, dict] = {}
         self.crash_next = False
 
-    def post(self, kind: str, bodies: list[dict]) -> Reply:
+    def send(self, route: Route, bodies: list[dict], timeout_s: float) -> Reply:
         ids = [body["id"] for body in bodies]
         assert len(set(ids)) == len(ids), "duplicate id inside one request"
         for body in bodies:
