@@ -52,7 +52,7 @@ from opik_cipx.materialize.call import Materialized
 from opik_cipx.materialize.follower import Follower
 from opik_cipx.materialize.materializer import Materializer, materializer_config
 from opik_cipx.materialize.pricing import load_price_table
-from opik_cipx.ship.destination import opik_config_path, resolve_destination
+from opik_cipx.ship.destination import cost_intelligence, opik_config_path, resolve_destination
 from opik_cipx.ship.shipper import Shipper
 from opik_cipx.stats import Counters, build_stats, utc_iso
 from opik_cipx.store.captures import Appended, CaptureStore
@@ -252,7 +252,12 @@ class Daemon:
         )
         dest = self.destination
         if dest.configured:
-            log.info("opik: %s, workspace %s, project %s", dest.display_url, dest.workspace, dest.project)
+            log.info("opik: %s, workspace %s, project %s, %s endpoints", dest.display_url, dest.workspace,
+                     dest.project, dest.endpoints.replace("_", "-"))
+            unseen = cost_intelligence(dest)
+            log.info("opik: Cost Intelligence %s", f"does not see it: {'; '.join(unseen)}" if unseen else "sees it")
+            if dest.cleartext:
+                log.warning("opik: %s", dest.cleartext)
         else:
             log.info("opik: not configured; spans are kept in the spool")
 

@@ -97,8 +97,8 @@ class Counters:
 def default_sections() -> dict[str, Any]:
     """Every section of the admin stats with its zero/null values."""
     return {
-        "opik": {"configured": False, "base_url": None, "last_error": None, "last_ok_at": None,
-                 "quarantined": 0, "retry_pending": 0},
+        "opik": {"configured": False, "base_url": None, "endpoints": None, "cost_intelligence": None, "cleartext": None,
+                 "last_error": None, "last_ok_at": None, "quarantined": 0, "retry_pending": 0},
         "queue": {"in_memory": 0, "ready": 0, "inflight": 0},
         "wal": {
             "hot_bytes": 0,
