@@ -17,7 +17,8 @@ first to the last, each within a bounded time. A resource is closed only once ev
 uses it has finished: the ledger after the follower, the capture log after the capture thread;
 a worker that did not finish in time keeps its resources until the process exits.
 
-Stop order on SIGTERM/SIGINT: stop accepting, let in-flight exchanges finish (bounded), write
+Stop order on SIGTERM/SIGINT/SIGQUIT (and SIGHUP when the daemon has a terminal; SIGHUP without
+one, SIGUSR1 and SIGUSR2 are ignored: `catch_signals`): stop accepting, let in-flight exchanges finish (bounded), write
 the tee queue to the capture log, stop the work — materialize the log and checkpoint (what is
 left is materialized at the next start), commit the spool's queued records (what cannot be
 written is counted in `spans_dropped_term`), stop the shipper (unshipped records stay in the
@@ -78,6 +79,9 @@ SHUTDOWN_POLL_S = 0.1  # how often an idle listener checks for shutdown
 GIL_SWITCH_INTERVAL_S = 0.0001
 WIRE_QUIET_S = 0.05  # off-wire work waits until no exchange started for this long (streams are long)
 TELEMETRY_FLUSH_S = 2.0  # how long a stopping daemon lets queued error reports go out
+# Signals that end a process by default but mean nothing to the daemon: ignored, logged
+# (SIGHUP too when the daemon has no terminal). SIGPIPE Python ignores already.
+IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 WORKER_STOP_S = 5.0  # the least each worker gets to finish at shutdown (the follower: `drain_timeout_s` if longer)
 
 
@@ -387,7 +391,7 @@ def _home_error(home: Path) -> str | None:
 
 
 def run_proxy(settings: Settings, port: int | None = None) -> int:
-    """Run the daemon in the foreground until SIGTERM/SIGINT; the exit code.
+    """Run the daemon in the foreground until a signal stops it (`catch_signals`); the exit code.
 
     An unexpected exception (a crash) is logged with its traceback, reported when telemetry is
     on, and exits 1.
@@ -436,14 +440,52 @@ def _serve(settings: Settings, port: int | None, reporter: telemetry.Reporter, h
         log.error("%s", exc)
         return 1
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    catch_signals(stop, has_terminal())
     # What exists now (modules, settings, the price table) lives as long as the daemon: the cyclic
     # collector skips it from here on, so a full collection, which holds the GIL, stays short.
     gc.freeze()
     daemon.start()
     while not daemon.clock.wait(stop, 1.0):
         daemon.tick()
-    log.info("signal received: draining")
     daemon.shutdown()
     return 0
+
+
+def has_terminal() -> bool:
+    """This process has a controlling terminal: a `proxy` run by hand (a supervised one has none)."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY))
+    except OSError:
+        return False
+    return True
+
+
+def catch_signals(stop: threading.Event, terminal: bool) -> None:
+    """SIGTERM, SIGINT and SIGQUIT set `stop` (drain, then exit 0); so does SIGHUP when the daemon
+    has a terminal (it closed). Without one SIGHUP is ignored, as SIGUSR1 and SIGUSR2 always are:
+    each logged (docs/LIFECYCLE.md, "Signals").
+
+    A Python handler runs on the main thread wherever it is, and one that set `stop` there could
+    deadlock on the lock the main thread holds inside it; so the signal numbers go through a pipe
+    (`signal.set_wakeup_fd`) to a thread that acts on them."""
+    draining = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT} | ({signal.SIGHUP} if terminal else set())
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    for signum in (*draining, *IGNORED_SIGNALS):
+        signal.signal(signum, lambda *_: None)
+    signal.set_wakeup_fd(write_fd)
+
+    def relay() -> None:
+        while True:
+            for number in os.read(read_fd, 64):
+                name = signal.Signals(number).name
+                if number in draining:
+                    log.info("%s received: draining", name)
+                    stop.set()
+                elif number == signal.SIGHUP:
+                    log.info("SIGHUP ignored: this daemon has no terminal to lose (`opik-cipx restart` reloads "
+                             "the settings)")
+                else:
+                    log.info("%s ignored: it means nothing to opik-cipx", name)
+
+    threading.Thread(target=relay, name="cipx-signals", daemon=True).start()

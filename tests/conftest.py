@@ -145,9 +145,11 @@ def run_cli(home: Path, *args: str, timeout: float = 30, input: str | None = Non
 class DaemonProcess:
     """`opik-cipx proxy --port 0` in a subprocess, up once `state.json` appears.
 
-    `module` runs instead of `opik_cipx` (tests/forced_errors.py plants a bug first)."""
+    `module` runs instead of `opik_cipx` (tests/forced_errors.py plants a bug first); `popen`:
+    more `subprocess.Popen` arguments (a session of its own, a terminal)."""
 
-    def __init__(self, home: Path, upstream_url: str, module: str = "opik_cipx", **extra: str):
+    def __init__(self, home: Path, upstream_url: str, module: str = "opik_cipx", popen: dict | None = None,
+                 **extra: str):
         self.home = home
         env = cli_env(home, **{"CIPX_UPSTREAM_URL": upstream_url, "CIPX_CA_BUNDLE": CA_BUNDLE, **extra})
         self.stderr_path = home.parent / "daemon.stderr"
@@ -156,9 +158,7 @@ class DaemonProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", module, "proxy", "--port", "0"],
                 env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
+                **{"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": stderr, **(popen or {})},
             )
         state_path = home / "state.json"
 
