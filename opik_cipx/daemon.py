@@ -152,7 +152,7 @@ class Daemon:
                            segment_bytes=int(settings.spool_segment_mb * mib), inmem_max=settings.spool_inmem_max,
                            inmem_max_bytes=int(settings.spool_inmem_max_mb * mib),
                            commit_interval_s=settings.spool_commit_interval_s, counters=self.counters,
-                           clock=self.clock)
+                           clock=self.clock, keep=self.destination.configured)  # no Opik: nothing kept for it
         self.shipper = Shipper(self.spool, self.destination, self.counters, timeout_s=settings.opik_timeout_s,
                                retry_max_s=settings.opik_retry_max_s, auth_probe_s=settings.opik_auth_probe_s,
                                clock=self.clock)
@@ -263,7 +263,7 @@ class Daemon:
             if dest.cleartext:
                 log.warning("opik: %s", dest.cleartext)
         else:
-            log.info("opik: not configured; spans are kept in the spool")
+            log.info("opik: not configured; no record is kept for it")
 
     def tick(self) -> None:
         """Once a second on the main thread: write what the disk refused before, reattach the log file."""

@@ -108,6 +108,8 @@ def default_sections() -> dict[str, Any]:
             "last_write_error": None,
             "dropped_events_inmem": 0,
             "dropped_events_disk": 0,
+            "keep": True,
+            "discarded": 0,
         },
         "materializer": {"lag_events": 0, "inflight_raw": 0, "ready_raw": 0},
         "unknown_models": {"calls": 0, "ids": []},

@@ -93,6 +93,15 @@ def reserved_port():
     held.close()
 
 
+@pytest.fixture
+def opik_down():
+    """The settings of an Opik that refuses every connection (a port held, not listening): a daemon
+    keeps its records in the spool, where a test can read them (without Opik it keeps none)."""
+    held = ReservedPort()
+    yield {"OPIK_CIPX_BASE_URL": f"http://127.0.0.1:{held.port}/api"}
+    held.close()
+
+
 POLL_FIRST_S, POLL_MAX_S = 0.005, 0.1
 
 

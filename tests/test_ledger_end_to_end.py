@@ -36,9 +36,9 @@ def send_corpus(daemon: DaemonProcess, upstream) -> int:
     return sum(replay_scenario(daemon, upstream, scenario) for scenario in SCENARIOS)
 
 
-def test_report_totals_equal_the_spans_and_survive_a_restart(home, upstream):
+def test_report_totals_equal_the_spans_and_survive_a_restart(home, upstream, opik_down):
     write_session_files(home / "sessions")
-    daemon = DaemonProcess(home, upstream.url)
+    daemon = DaemonProcess(home, upstream.url, **opik_down)  # the spans wait in the spool
     try:
         calls = send_corpus(daemon, upstream)
         wait_for(lambda: daemon.counter("events_materialized") == calls, timeout_s=30, what="every call materialized")
@@ -56,7 +56,7 @@ def test_report_totals_equal_the_spans_and_survive_a_restart(home, upstream):
     finally:
         assert daemon.stop() == 0
     assert reports(home) == before  # daemon down
-    daemon = DaemonProcess(home, upstream.url)
+    daemon = DaemonProcess(home, upstream.url, **opik_down)
     try:
         assert reports(home) == before  # restarted: the ledger is not emptied
     finally:
@@ -104,13 +104,13 @@ conn.execute("ROLLBACK")
 """
 
 
-def test_a_corrupt_or_locked_ledger_never_stops_the_calls_or_their_spans(home, upstream):
+def test_a_corrupt_or_locked_ledger_never_stops_the_calls_or_their_spans(home, upstream, opik_down):
     import subprocess
     import sys
 
     home.mkdir(parents=True)
     (home / "ledger.db").write_bytes(b"not a database " * 1000)
-    daemon = DaemonProcess(home, upstream.url)
+    daemon = DaemonProcess(home, upstream.url, **opik_down)  # the spans wait in the spool
     try:
         first = replay_scenario(daemon, upstream, "tools")
         wait_for(lambda: daemon.counter("events_materialized") == first, what="tools materialized")

@@ -5,7 +5,8 @@ Each value is resolved on its own: `OPIK_CIPX_*` environment variable, then `con
 `api_key`, `workspace`, `project_name`; an `[opik_cc]` section overrides `[opik]`), then the
 default. Opik counts as configured when a base URL or a credential was set somewhere: a
 credential alone means Opik Cloud, a URL alone a self-hosted Opik without auth. With neither,
-nothing is shipped anywhere; spans stay in the spool (bounded) and the stats say how to configure it.
+nothing is shipped anywhere and nothing is spooled for Opik (`store/spool.py`, `keep=False`); the
+stats say how to configure it.
 
 The credential is the API key, or a device token (`opik.device_token`, never from
 `~/.opik.config`, which knows none): set, it is sent instead of the key, and records go only
@@ -35,9 +36,10 @@ AI_SPEND_WORKSPACE = re.compile(r"__ai_spend_.+__\Z")  # an organisation's AI Sp
 SECTIONS = ("opik", "opik_cc")  # later sections override earlier ones
 INI_KEYS = {"base_url": "url_override", "api_key": "api_key", "workspace": "workspace", "project": "project_name"}
 NOT_CONFIGURED = (
-    "Opik is not configured: spans are kept in the local spool (bounded by spool.max_mb) and not sent. "
-    "Set base_url / api_key / workspace under [opik] in ~/.opik-cipx/config.toml (or OPIK_CIPX_BASE_URL / "
-    "OPIK_CIPX_API_KEY / OPIK_CIPX_WORKSPACE), or run `opik configure`; then `opik-cipx restart`."
+    "Opik is not configured: nothing is sent, and no record is kept for it (the calls made meanwhile are in "
+    "`opik-cipx report`, never shipped). Set base_url / api_key / workspace under [opik] in "
+    "~/.opik-cipx/config.toml (or OPIK_CIPX_BASE_URL / OPIK_CIPX_API_KEY / OPIK_CIPX_WORKSPACE), or run "
+    "`opik configure`; then `opik-cipx restart`."
 )
 
 
