@@ -12,6 +12,7 @@ from opik_cipx.ship.shipper import Shipper
 from opik_cipx.stats import Counters, utc_iso
 from opik_cipx.store.spool import Spool
 from tests.conftest import DaemonProcess, wait_for
+from tests.cost_intelligence import ingest
 from tests.fake_opik import API_KEY, DEVICE_TOKEN, WORKSPACE, FakeOpik
 from tests.spool_driver import synthetic_capture
 
@@ -37,8 +38,11 @@ def turns(count: int, calls: int) -> list[dict]:
             for record in call[1:]:
                 record["body"]["trace_id"] = trace["id"]
             stamp = later(trace["last_updated_at"], n)
+            session = {"schema_version": 2, "harness": "claude_code", "session_id": "session-1",
+                       "identity": {"user_uuid": f"user-after-call-{n + 1}"}}
             version = {**trace, "name": f"turn, call {n + 1}", "end_time": stamp, "last_updated_at": stamp,
-                       "output": {"text": f"answer {n + 1}"}, "metadata": {"cc": {"calls": n + 1}}}
+                       "output": {"text": f"answer {n + 1}"},
+                       "metadata": {"cc": {"calls": n + 1}, "cipx": {"session": session}}}
             out += [{"kind": "trace", "body": version}, *call[1:]]
     return out
 
@@ -108,6 +112,9 @@ def test_with_a_device_token_a_trace_is_created_once_then_updated(tmp_path):
     assert_device_token_only(opik)
     assert all(len(opik.received[trace_id]) == 1 for trace_id in traces)  # one POST per trace id
     assert_opik_holds_the_newest(opik, records, device=True)
+    identities = ingest(opik.arrivals()).identities  # Cost Intelligence reads a trace's updates too
+    assert {trace_id: who.user_uuid for trace_id, who in identities.items()} == dict.fromkeys(traces,
+                                                                                                "user-after-call-3")
 
 
 @pytest.mark.parametrize("auth", ["api_key", "device_token"])
