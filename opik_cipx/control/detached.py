@@ -176,21 +176,23 @@ class DetachedSupervisor:
             self.clock.wait(self.stop, delay)
 
     def _catch_signals(self) -> None:
-        """SIGTERM/SIGINT set `stop`, SIGCHLD (a daemon ended) `wake`.
+        """SIGTERM/SIGINT/SIGQUIT set `stop`, SIGCHLD (a daemon ended) `wake`; SIGHUP, SIGUSR1
+        and SIGUSR2 are ignored (a process of its own session has no terminal to lose).
 
         A Python signal handler runs in the main thread wherever it happens to be, so one that set
         an Event could deadlock on the lock the main thread holds inside that Event; instead the
         signal numbers go through a pipe (`signal.set_wakeup_fd`) to a thread that sets them."""
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        stopping = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)  # SIGHUP, SIGUSR1/2: ignored (LIFECYCLE.md)
+        for signum in (*stopping, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
             signal.signal(signum, lambda *_: None)
         signal.set_wakeup_fd(write_fd)
 
         def relay() -> None:
             while True:
                 for signum in os.read(read_fd, 64):
-                    if signum != signal.SIGCHLD:
+                    if signum in stopping:
                         self.stop.set()
                     self.wake.set()
 
