@@ -2,18 +2,36 @@
 
 The gateway fills it from references to bytes the wire already holds; the response body is
 kept as the list of pieces that were forwarded and joined once, off the wire, on first use.
-Auth header values never enter a Capture: `redact_headers` replaces them at capture time.
+Secret header values never enter a Capture: `redact_headers` replaces them at capture time, by
+a rule on the header's name (docs/SECURITY.md, "What a Capture keeps of the headers").
 """
 
+import re
 from dataclasses import dataclass, field
 
 REDACTED = "[redacted]"
-SECRET_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie", "set-cookie"})
+# A header whose name holds one of these words, in any case and anywhere (`x-api-key`,
+# `Authorization`, `anthropic-api-key`, `x-goog-api-key`, `Set-Cookie`, `x-amz-security-token`,
+# ...), is kept as `[redacted]`; a name that only looks like one is redacted too.
+SECRET_WORDS = ("auth", "cookie", "credential", "key", "password", "secret", "session", "token")
+_SECRET_NAME = re.compile("|".join(SECRET_WORDS), re.IGNORECASE)
+# The exceptions, which the materializer reads and which grant nothing: Claude Code's session id,
+# and the rate-limit counters of the response (`anthropic-ratelimit-input-tokens-remaining`, ...).
+KEPT_NAMES = frozenset({"x-claude-code-session-id"})
+KEPT_PREFIX = "anthropic-ratelimit-"
+
+
+def is_secret_header(name: str) -> bool:
+    """True when the value of header `name` must not be kept (`SECRET_WORDS`, less `KEPT_NAMES` and `KEPT_PREFIX`)."""
+    if _SECRET_NAME.search(name) is None:
+        return False
+    lowered = name.lower()
+    return lowered not in KEPT_NAMES and not lowered.startswith(KEPT_PREFIX)
 
 
 def redact_headers(headers: list[tuple[str, str]]) -> list[list[str]]:
-    """Headers as [name, value] pairs, with every auth value replaced by `[redacted]`."""
-    return [[name, REDACTED if name.lower() in SECRET_HEADERS else value] for name, value in headers]
+    """Headers as [name, value] pairs, with the value of every secret header (`is_secret_header`) replaced by `[redacted]`."""
+    return [[name, REDACTED if is_secret_header(name) else value] for name, value in headers]
 
 
 def header_value(headers: list[list[str]], name: str) -> str | None:

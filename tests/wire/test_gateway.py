@@ -351,6 +351,27 @@ def test_set_cookie_reaches_the_client_but_not_the_capture(wire, upstream):
     assert ["Set-Cookie", "[redacted]"] in capture.response_headers
 
 
+
+def test_secret_headers_are_redacted_by_name_and_forwarded_as_sent(wire, upstream):
+    """Issue 22: `anthropic-api-key` and `x-goog-api-key` were stored as sent (only five names were redacted)."""
+    upstream.script(Reply(headers=[("content-type", "application/json"), ("x-upstream-token", "SECRETUP"),
+                                   ("anthropic-ratelimit-input-tokens-remaining", "39000")],
+                          chunks=[b"{}"], chunked=False))
+    sent = {"anthropic-api-key": "sk-ant-SECRETA", "x-goog-api-key": "SECRETG", "X-Auth-Token": "SECRETT",
+            "X-Claude-Code-Session-Id": "0b5c6c2e-5f8a-4ef4-9d0e-0d4b8e0b6a11"}
+    conn = client(wire)
+    conn.request("POST", "/v1/messages", body=b"{}", headers=sent)
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.getheader("x-upstream-token") == "SECRETUP"
+    assert all(upstream.seen[-1].header(name) == value for name, value in sent.items())
+    capture = wait_for(lambda: list(wire.captures), what="capture teed")[0]
+    request = dict(map(tuple, capture.request_headers))
+    assert [request[name] for name in sent] == ["[redacted]"] * 3 + [sent["X-Claude-Code-Session-Id"]]
+    response = dict(map(tuple, capture.response_headers))
+    assert response["x-upstream-token"] == "[redacted]"
+    assert response["anthropic-ratelimit-input-tokens-remaining"] == "39000"
+
 def test_off_wire_work_waits_for_a_quiet_wire_but_not_for_a_stream_that_started_earlier():
     gateway = Gateway(pool=None, tee=lambda capture: None, counters=Counters())
     assert gateway.wait_quiet(0.2, timeout_s=0)  # nothing ever started
