@@ -291,8 +291,7 @@ class Daemon:
         drain = self.settings.drain_timeout_s
         drain_deadline = time.monotonic() + drain
         self.gateway.draining = True
-        self.gateway_server.shutdown()
-        self.gateway_server.server_close()
+        self.gateway_server.stop_accepting()  # open connections may still bring a call (answered, then closed)
         if not self.gateway.wait_idle(drain):
             log.warning("shutdown: %d exchange(s) still in flight after %.0fs; stopping anyway",
                         self.gateway.inflight, drain)
@@ -314,7 +313,7 @@ class Daemon:
             log.warning("shutdown: a call that arrived during shutdown is cut off")
         if not self.pipeline.stop(timeout_s=5.0):
             log.warning("shutdown: captures still waiting for the capture log are lost")
-        for server in (self.admin_server, self.viewer_server):
+        for server in (self.gateway_server, self.admin_server, self.viewer_server):
             server.shutdown()
             server.server_close()
         self.pool.close()

@@ -1,7 +1,7 @@
 """The wire: forward each Claude Code exchange upstream and stream the answer straight back.
 
-Nothing here parses bodies. The request body is read whole (Content-Length, or de-chunked),
-forwarded with the client's headers minus hop-by-hop ones, and each piece of the response is
+Nothing here parses bodies. The connection loop has read the request whole (Content-Length, or
+de-chunked: connections.py); it is forwarded with the client's headers minus hop-by-hop ones, and each piece of the response is
 written to Claude Code and flushed as soon as `read1` returns it. The bytes already on the
 wire are referenced by a `Capture` that goes to the tee once the exchange is over.
 
@@ -61,14 +61,6 @@ ERROR_TYPES = {400: "invalid_request_error", 403: "permission_error", 413: "requ
 # What the fetch API sends for a script's cross-origin call; Node's fetch (undici) sends it too,
 # alone. Every other Sec-Fetch-Mode, and any Sec-Fetch-Site, comes from a browser.
 NON_BROWSER_FETCH_MODE = "cors"
-
-
-class BadRequest(Exception):
-    """The client's request framing is unusable; answered with 400 (or 413) and closed."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 class Gateway:
@@ -193,16 +185,18 @@ class GatewayHandler(LoopbackHandler):
     """One client connection; every method on every path is forwarded."""
 
     gateway: Gateway  # set on the subclass the daemon builds
+    max_body_bytes = MAX_BODY_BYTES
 
     def __getattr__(self, name: str):
         if name.startswith("do_"):
             return self._exchange
         raise AttributeError(name)
 
-    def check_request(self) -> tuple[int, str] | None:
-        reason = browser_or_stranger(self.path, self.headers)
+    @classmethod
+    def screen(cls, listener: str, command: str, target: str, headers: Message) -> tuple[int, str] | None:
+        reason = browser_or_stranger(target, headers)
         if reason == "host":
-            return self.not_loopback()
+            return cls.not_loopback(listener)
         return (403, f"opik-cipx: {reason}; only Claude Code and local programs may use this proxy") if reason else None
 
     @classmethod
@@ -226,7 +220,7 @@ class GatewayHandler(LoopbackHandler):
                     self._reply_error(502, "opik-cipx: internal proxy error; see `opik-cipx logs`")
 
     def _forward(self, gw: Gateway) -> None:
-        started = time.time_ns()
+        started = self.conn.head_at_ns
         capture = Capture(
             id=new_uuid7(started // 1_000_000),
             started_at_ns=started,
@@ -234,18 +228,7 @@ class GatewayHandler(LoopbackHandler):
             path=self.path,
             request_headers=redact_headers(self.headers.items()),
         )
-        self.conn.enter("body", self.server.limits.body_timeout_s)
-        try:
-            body = self._read_body()
-        except BadRequest as exc:
-            self.refuse(exc.status, f"opik-cipx: {exc}")  # the rest of the request is unread: the connection ends here
-            return
-        except OSError:
-            self.close_connection = True  # client went away mid-request (or stalled past its deadline)
-            return
-        finally:
-            self.conn.enter(None)
-        capture.request_body = body
+        capture.request_body = body = self.body
         if not is_known(self.command, self.path):
             gw.counters.incr("unknown_endpoints")
         try:
@@ -253,47 +236,6 @@ class GatewayHandler(LoopbackHandler):
         finally:
             capture.ended_at_ns = time.time_ns()
             gw.tee(capture)
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked()
-        raw = self.headers.get("Content-Length")
-        if raw is None:
-            return b""
-        try:
-            length = int(raw)
-        except ValueError:
-            raise BadRequest(400, f"invalid Content-Length {raw!r}") from None
-        if length < 0:
-            raise BadRequest(400, f"invalid Content-Length {raw!r}")
-        if length > MAX_BODY_BYTES:
-            raise BadRequest(413, f"request body of {length} bytes exceeds the {MAX_BODY_BYTES} byte limit")
-        body = self.rfile.read(length)
-        if len(body) != length:
-            raise OSError("client closed the connection mid-body")
-        return body
-
-    def _read_chunked(self) -> bytes:
-        parts, total = [], 0
-        while True:
-            line = self.rfile.readline(1024)
-            if not line.endswith(b"\n"):
-                raise OSError("client closed the connection mid-body")
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise BadRequest(400, "malformed chunked request body") from None
-            if size == 0:
-                while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers are hop-by-hop; dropped
-                return b"".join(parts)
-            total += size
-            if total > MAX_BODY_BYTES:
-                raise BadRequest(413, f"request body exceeds the {MAX_BODY_BYTES} byte limit")
-            chunk = self.rfile.read(size)
-            if len(chunk) != size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
-                raise OSError("client closed the connection mid-body")
-            parts.append(chunk)
 
     def _send_upstream(
         self, gw: Gateway, body: bytes, departure: "_Departure"

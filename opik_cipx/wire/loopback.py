@@ -78,12 +78,13 @@ def loopback_host(values: list[str] | None) -> bool:
 class LoopbackHandler(ConnectionHandler):
     """Base of the gateway, admin and viewer handlers: a request not addressed to loopback is refused 403."""
 
-    def check_request(self) -> tuple[int, str] | None:
-        if not loopback_host([value for name, value in self.headers.raw_items() if name.lower() == "host"]):
-            return self.not_loopback()
-        return None
+    @classmethod
+    def screen(cls, listener: str, command: str, target: str, headers) -> tuple[int, str] | None:
+        if not loopback_host([value for name, value in headers.raw_items() if name.lower() == "host"]):
+            return cls.not_loopback(listener)
+        return super().screen(listener, command, target, headers)
 
-    def not_loopback(self) -> tuple[int, str]:
-        return 403, (f"opik-cipx: the {self.server.name} listener answers only requests addressed to "
+    @staticmethod
+    def not_loopback(listener: str) -> tuple[int, str]:
+        return 403, (f"opik-cipx: the {listener} listener answers only requests addressed to "
                      "localhost or 127.0.0.1 (one Host header, host[:port])")
-
