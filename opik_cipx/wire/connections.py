@@ -19,6 +19,8 @@ Bounds (`Limits`, from the `client_*` options):
 - at most `max_connections` requests are served at once (handler threads busy); a whole request
   beyond it is refused at once with the handler's 503. Connections in the loop are bounded too
   (`max_pending`); beyond it the oldest is closed.
+`Expect: 100-continue` is answered by the loop, and only for a request the handler would serve
+(`ConnectionHandler.screen`, asked on the head); any other gets its refusal at once instead.
 Handler threads are pooled (`_Workers`): an idle one takes the next request at once, and one is
 started only when none is idle. The loop also watches the client socket of an exchange that asks
 for it (`ConnectionHandler.hangup_watch`) and reports the client leaving. It arms the watch at
@@ -29,6 +31,7 @@ costs nothing at all; a client that leaves is noticed within about `SCAN_INTERVA
 
 import errno
 import heapq
+import http.client
 import io
 import logging
 import queue
@@ -577,11 +580,28 @@ class ConnectionServer(socketserver.TCPServer):
         if framing.has_body:
             self._set_deadline(incoming, self.limits.body_timeout_s)
             if framing.expect_continue and waiting:
+                refusal = self._screen(head)
+                if refusal is not None:  # the client is told now, instead of sending a body for nothing
+                    self._refuse(incoming, *refusal)
+                    return False
                 try:
                     incoming.sock.send(CONTINUE)
                 except OSError:
                     pass
         return True
+
+    def _screen(self, head: bytes) -> tuple[int, str] | None:
+        """What the handler would refuse the request of `head` for before reading its body (its class's
+        `screen`, on the head parsed as http.server parses it); None when it would serve it."""
+        line, _, fields = head.partition(b"\n")
+        words = line.decode("latin-1").split()
+        if len(words) != 3:
+            return 400, "opik-cipx: malformed request line"
+        try:
+            headers = http.client.parse_headers(io.BytesIO(fields))
+        except http.client.HTTPException:
+            return 400, "opik-cipx: malformed header block"
+        return self.RequestHandlerClass.screen(self.name, words[0], words[1], headers)
 
     @staticmethod
     def _feed_body(incoming: _Incoming, data: bytes) -> bytes | None:

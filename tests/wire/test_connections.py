@@ -157,6 +157,23 @@ def test_a_kept_alive_connection_stalling_its_next_body_takes_no_slot(serve):
     for sock in stalled:
         sock.close()
 
+
+def test_100_continue_only_for_a_request_the_handler_would_serve(serve):
+    server, handler, counters = serve()
+    expect = b"Host: 127.0.0.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+    with connect(server) as sock:  # a method this listener does not serve: refused at once, never a 100
+        sock.sendall(b"PUT /x HTTP/1.1\r\n" + expect)
+        assert answer(sock).startswith(b"HTTP/1.1 501 ")
+    with connect(server) as sock:  # served: 100, then the body, then the answer
+        sock.sendall(b"POST /x HTTP/1.1\r\n" + expect)
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"body")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    with connect(server) as sock:  # the body came with the head: no 100 to send
+        sock.sendall(b"POST /x HTTP/1.1\r\n" + expect + b"body")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    assert handler.seen == ["/x", "/x"] and counters.refusals() == {"test": {"501": 1}}
+
 def test_a_head_cut_off_mid_way_is_answered_400_and_never_handled(serve):
     server, handler, counters = serve()
     with connect(server) as sock:

@@ -91,6 +91,28 @@ def test_a_length_sent_twice_with_one_value_is_one_length(wire, upstream):
     assert answer.startswith(b"HTTP/1.1 200 ") and upstream.seen[-1].body == b"{}"
 
 
+def expect_continue(port: int, extra: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n"
+                 b"Expect: 100-continue\r\n" + extra + b"\r\n")
+    return sock
+
+
+def test_100_continue_is_sent_only_to_a_request_that_will_be_served(wire, upstream):
+    """Issue 22, 'also': `100 Continue` went out before a request that was then refused."""
+    with expect_continue(wire.port, b"Origin: https://evil.example\r\n") as refused:
+        answer = refused.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 403 "), answer[:40]
+    with expect_continue(wire.port) as served:
+        assert served.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        served.sendall(b"{}")
+        answer = b""
+        while b'{"ok": true}' not in answer:
+            answer += served.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert [seen.body for seen in upstream.seen] == [b"{}"]
+    assert wire.counters.refusals() == {"claude_code": {"403": 1}}
+
 def test_hop_by_hop_and_connection_listed_headers_are_not_forwarded():
     items = [("Host", "127.0.0.1:9909"), ("Connection", "keep-alive, X-Trace"), ("X-Trace", "1"),
              ("Keep-Alive", "timeout=5"), ("TE", "trailers"), ("x-api-key", "k"),
