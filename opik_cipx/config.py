@@ -343,6 +343,8 @@ OPTIONS: tuple[Option, ...] = (
            "seconds a client connection may wait for its next request before it is closed"),
     Option("client_max_connections", None, _number(int, 1), 256,
            "requests served at once per listener (stalled and idle connections take none); beyond it, 503"),
+    Option("client_buffer_max_mb", None, _number(float, 1), 256.0,
+           "request bytes held at once per listener, read or in service; beyond, slow ones are dropped, then 503"),
     Option("drain_timeout_s", None, _number(float, 0), 30.0,
            "seconds a stopping daemon lets in-flight calls finish"),
     Option("tee_queue_max", None, _number(int, 1), 128,

@@ -129,7 +129,8 @@ class Daemon:
             self.files.write(token_path(settings.home), token.encode() + b"\n")
         host = settings.listen_host
         limits = Limits(settings.client_header_timeout_s, settings.client_body_timeout_s,
-                        settings.client_idle_timeout_s, settings.client_max_connections)
+                        settings.client_idle_timeout_s, settings.client_max_connections,
+                        max_buffered_bytes=int(settings.client_buffer_max_mb * mib))
         try:
             handler = type("Handler", (GatewayHandler,), {"gateway": self.gateway})
             self.gateway_server = LoopbackServer(

@@ -18,7 +18,14 @@ Bounds (`Limits`, from the `client_*` options):
 - body: the body must arrive within `body_timeout_s` of the end of the head;
 - at most `max_connections` requests are served at once (handler threads busy); a whole request
   beyond it is refused at once with the handler's 503. Connections in the loop are bounded too
-  (`max_pending`); beyond it the oldest is closed.
+  (`max_pending`); beyond it the oldest is closed;
+- at most `max_buffered_bytes` of requests are held at once: the bytes the loop has read of
+  requests still arriving, and the requests in service until their answer is over. Bytes that
+  would go beyond it first make room by turning away requests that have been arriving for
+  `stale_after_s` or longer, oldest first (a stalled body cannot keep its room from a request
+  that is ready); if that is not enough, the request they belong to is turned away. Turned away
+  is a 503, counted in `connections_refused`, after which what the client still sends is read and
+  dropped (bounded) so it reads the answer rather than a reset.
 `Expect: 100-continue` is answered by the loop, and only for a request the handler would serve
 (`ConnectionHandler.screen`, asked on the head); any other gets its refusal at once instead.
 Handler threads are pooled (`_Workers`): an idle one takes the next request at once, and one is
@@ -58,7 +65,10 @@ BODY_RECV_BYTES = 256 * 1024  # one read while a body arrives
 PENDING_PER_CONNECTION = 4  # connections in the loop, per handler thread allowed
 ACCEPT_BATCH = 64  # connections accepted per loop turn, so requests already in are not starved
 SCAN_INTERVAL_S = 0.2  # how often hang-up watches are armed
+DRAIN_S = 30.0  # after a refusal, how long what the client still sends is read and dropped
+DRAIN_BYTES = 80 * 1024 * 1024  # and how much of it at most (above the gateway's largest body)
 WORKER_IDLE_S = 60.0  # a handler thread with nothing to serve for this long ends
+STALE_AFTER_S = 1.0  # a request still arriving after this long may be dropped to make room for others
 FD_LIMIT_WANTED = 8192
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 HEAD_CUT_OFF = "opik-cipx: the request head ended before its blank line (connection closed mid-head); nothing was forwarded"
@@ -75,6 +85,8 @@ class Limits:
     body_timeout_s: float
     idle_timeout_s: float
     max_connections: int
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    stale_after_s: float = STALE_AFTER_S
 
     @property
     def max_pending(self) -> int:
@@ -148,7 +160,8 @@ def request_what(head: bytes | None) -> str:
 class _Incoming:
     """A connection in the loop: waiting for a request, or reading one, head then body (owned by the loop thread)."""
 
-    __slots__ = ("sock", "addr", "buf", "deadline", "head", "head_at_ns", "framing", "body", "left", "dechunker")
+    __slots__ = ("sock", "addr", "buf", "deadline", "head", "head_at_ns", "framing", "body", "left", "dechunker",
+                 "since", "held", "draining")
 
     def __init__(self, sock: socket.socket, addr, deadline: float):
         self.sock = sock
@@ -161,6 +174,9 @@ class _Incoming:
         self.body: io.BytesIO | None = None  # a Content-Length body so far
         self.left = 0  # its bytes still to come
         self.dechunker: Dechunker | None = None  # or a chunked one's
+        self.since = 0.0  # monotonic time the request's first byte arrived
+        self.held = 0  # its bytes counted against `max_buffered_bytes`
+        self.draining = 0  # after a refusal: bytes of the client's request still to read and drop, at most
 
     @property
     def started(self) -> bool:
@@ -178,13 +194,14 @@ class Connection:
     with `rest`: bytes the client sent after this request (a pipelined one).
     """
 
-    def __init__(self, sock: socket.socket, addr, head: bytes, head_at_ns: int, body: bytes, rest: bytes):
+    def __init__(self, sock: socket.socket, addr, head: bytes, head_at_ns: int, body: bytes, rest: bytes, held: int):
         self.sock = sock
         self.addr = addr
         self.head = head
         self.head_at_ns = head_at_ns  # wall clock, when the head was whole
         self.body = body
         self.rest = rest
+        self.held = held  # bytes counted against `max_buffered_bytes` until the answer is over
         self.keep_alive = False
         self._lock = threading.Lock()
         self.on_hangup: Callable[[], None] | None = None  # set by the handler while an exchange wants watching
@@ -312,19 +329,6 @@ def _close(sock: socket.socket) -> None:
     sock.close()
 
 
-def _send_and_close(sock: socket.socket, response: bytes) -> None:
-    """Best effort from the loop thread: never blocks."""
-    try:
-        sock.setblocking(False)
-        sock.send(response)
-        for _ in range(16):  # what the client already sent, so the close is not a reset
-            if not sock.recv(65536):
-                break
-    except OSError:
-        pass
-    _close(sock)
-
-
 class ConnectionServer(socketserver.TCPServer):
     """A TCP server whose loop reads whole requests itself and hands them to handler threads.
 
@@ -345,6 +349,7 @@ class ConnectionServer(socketserver.TCPServer):
         self._deadlines: list[tuple[float, int, _Incoming]] = []
         self._seq = 0
         self._active: set[Connection] = set()
+        self._held = 0  # request bytes held in the loop and by requests in service (`max_buffered_bytes`)
         self._returned: list[tuple[_Incoming, bytes]] = []  # kept-alive connections handed back by handler threads
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -509,10 +514,15 @@ class ConnectionServer(socketserver.TCPServer):
         incoming.deadline = time.monotonic() + timeout_s
         self._push_deadline(incoming)
 
-    def _forget(self, incoming: _Incoming) -> None:
-        """The loop lets go of `incoming` (its heap entry may outlive it until its deadline)."""
+    def _forget(self, incoming: _Incoming, release: bool = True) -> None:
+        """The loop lets go of `incoming` (its heap entry may outlive it until its deadline), and of the
+        bytes it held unless they go on being held (`release`: False for a request dispatched)."""
         if self._pending.pop(incoming.sock.fileno(), None) is not None:
             _unregister(self._selector, incoming.sock)
+        if release and incoming.held:
+            with self._lock:
+                self._held -= incoming.held
+        incoming.held = 0
         incoming.buf = bytearray()
         incoming.body = incoming.dechunker = None
 
@@ -521,6 +531,9 @@ class ConnectionServer(socketserver.TCPServer):
         incoming.sock.close()
 
     def _read(self, incoming: _Incoming) -> None:
+        if incoming.draining:
+            self._drain(incoming)
+            return
         size = HEAD_RECV_BYTES if incoming.head is None else BODY_RECV_BYTES
         if incoming.dechunker is None and incoming.head is not None:
             size = min(size, incoming.left)
@@ -539,6 +552,8 @@ class ConnectionServer(socketserver.TCPServer):
 
     def _take(self, incoming: _Incoming, data: bytes) -> None:
         """Bytes that arrived on `incoming`: its head, then its body; a whole request is dispatched."""
+        if not self._hold(incoming, len(data)):
+            return
         if incoming.head is None:
             searched = len(incoming.buf)
             if not searched:
@@ -618,31 +633,94 @@ class ConnectionServer(socketserver.TCPServer):
     def _refuse(self, incoming: _Incoming, status: int, message: str) -> None:
         count_refusal(self.counters, self.name, status, request_what(incoming.head), message)
         self._forget(incoming)
-        _send_and_close(incoming.sock, self.RequestHandlerClass.canned_response(status, message))
+        self._answer_and_drain(incoming.sock, incoming.addr, self.RequestHandlerClass.canned_response(status, message))
+
+    def _hold(self, incoming: _Incoming, size: int) -> bool:
+        """Count `size` more bytes held for `incoming`'s request. Beyond `max_buffered_bytes`, requests
+        arriving for `stale_after_s` or longer are dropped to make room, oldest first; if that is not
+        enough, this request is turned away with 503 (False)."""
+        if not incoming.started:
+            incoming.since = time.monotonic()
+        limit = self.limits.max_buffered_bytes
+        with self._lock:
+            fits = self._held + size <= limit
+        if not fits:
+            now = time.monotonic()
+            stale = sorted((other for other in self._pending.values() if other is not incoming and other.started
+                            and now - other.since >= self.limits.stale_after_s), key=lambda other: other.since)
+            for other in stale:
+                self._turn_away(other, f"opik-cipx: this request was still arriving after {now - other.since:.1f} s "
+                                       "and others needed its room (client_buffer_max_mb); retry shortly")
+                with self._lock:
+                    if self._held + size <= limit:
+                        break
+        with self._lock:
+            fits = self._held + size <= limit
+            if fits:
+                self._held += size
+        if not fits:
+            self._turn_away(incoming, f"opik-cipx: requests in progress already hold {limit // 2**20} MiB "
+                                      "(client_buffer_max_mb); retry shortly")
+            return False
+        incoming.held += size
+        return True
+
+    def _turn_away(self, incoming: _Incoming, message: str) -> None:
+        """Answer `incoming` 503 for want of room, counted in `connections_refused`."""
+        self.counters.incr("connections_refused")
+        refused = self.counters.get("connections_refused")
+        if worth_logging(refused):
+            log.warning("%s listener: %s (%d connections refused so far)", self.name, message.removeprefix("opik-cipx: "),
+                        refused)
+        self._forget(incoming)
+        self._answer_and_drain(incoming.sock, incoming.addr, self.RequestHandlerClass.canned_response(503, message))
 
     def _dispatch(self, incoming: _Incoming, rest: bytes) -> None:
-        conn = Connection(incoming.sock, incoming.addr, incoming.head, incoming.head_at_ns, incoming.body_bytes(), rest)
-        self._forget(incoming)
         with self._lock:
-            room = len(self._active) < self.limits.max_connections
-            if room:
-                self._active.add(conn)
+            room = len(self._active) < self.limits.max_connections  # only this thread adds to it
         if not room:
-            self.counters.incr("connections_refused")
-            refused = self.counters.get("connections_refused")
-            if worth_logging(refused):
-                log.warning("%s listener: %d requests in service; refused one (client_max_connections; %d so far)",
-                            self.name, self.limits.max_connections, refused)
-            message = f"opik-cipx: too many connections at once (more than {self.limits.max_connections}); retry shortly"
-            _send_and_close(conn.sock, self.RequestHandlerClass.canned_response(503, message))
+            self._turn_away(incoming, f"opik-cipx: too many connections at once (more than "
+                                      f"{self.limits.max_connections}); retry shortly")
             return
+        conn = Connection(incoming.sock, incoming.addr, incoming.head, incoming.head_at_ns, incoming.body_bytes(), rest,
+                          incoming.held)
+        self._forget(incoming, release=False)
+        with self._lock:
+            self._active.add(conn)
         conn.sock.setblocking(True)
         if not self._workers.run(conn):  # the system cannot start another thread
             with self._lock:
                 self._active.discard(conn)
+                self._held -= conn.held
             self.counters.incr("connections_refused")
-            _send_and_close(conn.sock, self.RequestHandlerClass.canned_response(
+            self._answer_and_drain(conn.sock, conn.addr, self.RequestHandlerClass.canned_response(
                 503, "opik-cipx: cannot start a thread for this connection (system limit); retry shortly"))
+
+    def _answer_and_drain(self, sock: socket.socket, addr, response: bytes) -> None:
+        """Send a refusal, then read and drop what the client still sends (at most `DRAIN_BYTES`, for
+        `DRAIN_S`) before closing: a client still sending its body then reads the answer, not a reset."""
+        try:
+            sock.setblocking(False)
+            sock.send(response)  # a few hundred bytes: the socket's buffer takes them at once
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        drain = _Incoming(sock, addr, time.monotonic() + DRAIN_S)
+        drain.draining = DRAIN_BYTES
+        self._watch(drain)
+        self._selector.register(sock, selectors.EVENT_READ, drain)
+
+    def _drain(self, incoming: _Incoming) -> None:
+        try:
+            data = incoming.sock.recv(BODY_RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        incoming.draining -= len(data)
+        if not data or incoming.draining <= 0:
+            self._drop(incoming)
 
     def _serve(self, conn: Connection) -> None:
         """On a handler thread: answer the request, then hand the connection back to the loop or close it."""
@@ -653,6 +731,7 @@ class ConnectionServer(socketserver.TCPServer):
         finally:
             with self._lock:
                 self._active.discard(conn)
+                self._held -= conn.held
             conn.release(self._selector)
             if conn.keep_alive and not self._stop:
                 self._hand_back(conn)

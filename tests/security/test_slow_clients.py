@@ -123,6 +123,7 @@ def test_stalled_bodies_on_new_and_kept_alive_connections_leave_claude_code_its_
             if i % 3 == 0:
                 sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
                 receive_until(sock, b'{"ok": true}')
+                wait_for(lambda: not wire.server._active, what="the call over, its slot given back")
             sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{\"mo")
             stalled.append(sock)
         request, response = load_fixture("simple", "001")

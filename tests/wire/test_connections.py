@@ -86,6 +86,12 @@ def request(server: LoopbackServer, raw: bytes = REQUEST) -> bytes:
         return head
 
 
+def idle(server: LoopbackServer) -> bool:
+    """No request in service: a handler that sent its answer has also given its slot back (a moment later)."""
+    with server._lock:
+        return not server._active
+
+
 def handler_threads(name: str = "test") -> int:
     return sum(1 for t in threading.enumerate() if t.name == f"cipx-{name}-conn")
 
@@ -136,6 +142,7 @@ def test_stalled_request_bodies_take_no_thread_and_no_slot(serve):
     wait_for(lambda: unread_by(server) in (0, None), what="every stalled head read")
     for _ in range(3):
         assert request(server).startswith(b"HTTP/1.1 200")
+        wait_for(lambda: idle(server), what="the slot given back")
     assert handler.seen == ["/x"] * 3  # only requests that were whole reached a handler
     assert counters.get("connections_refused") == 0
     for sock in stalled:
@@ -149,6 +156,7 @@ def test_a_kept_alive_connection_stalling_its_next_body_takes_no_slot(serve):
         sock = connect(server)
         sock.sendall(REQUEST)
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        wait_for(lambda: idle(server), what="the slot given back")
         sock.sendall(b"POST /y HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n")  # then nothing
         stalled.append(sock)
     wait_for(lambda: unread_by(server) in (0, None), what="every stalled head read")
@@ -157,6 +165,44 @@ def test_a_kept_alive_connection_stalling_its_next_body_takes_no_slot(serve):
     for sock in stalled:
         sock.close()
 
+
+
+def post(path: bytes, body: bytes, length: int | None = None) -> bytes:
+    return b"POST %b HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%b" % (
+        path, len(body) if length is None else length, body)
+
+
+def test_requests_held_at_once_are_capped_and_a_stalled_one_makes_room(serve):
+    """Issue 22, item 7: request bytes held across connections had no bound (~1 GB at 20 x 40 MB)."""
+    server, handler, counters = serve(replace(LIMITS, max_buffered_bytes=100_000, stale_after_s=0))
+    stalled = connect(server)
+    stalled.sendall(post(b"/stalled", b"a" * 90_000, length=95_000))
+    wait_for(lambda: unread_by(server) in (0, None), what="the stalled body read")
+    assert request(server, post(b"/x", b"b" * 50_000)).startswith(b"HTTP/1.1 200")  # room made for it
+    dropped = answer(stalled)  # the stalled one was dropped for it, and told so
+    assert dropped.startswith(b"HTTP/1.1 503 ") and b"still arriving" in dropped
+    assert handler.seen == ["/x"] and counters.get("connections_refused") == 1
+    stalled.close()
+
+
+def test_beyond_the_bytes_held_at_once_a_request_gets_503_until_others_are_done(serve):
+    server, handler, counters = serve(replace(LIMITS, max_buffered_bytes=100_000, stale_after_s=60))
+    handler.hold.clear()
+    served = connect(server)
+    served.sendall(post(b"/served", b"a" * 40_000))  # held while its handler works on it
+    slow = connect(server)
+    slow.sendall(post(b"/slow", b"b" * 30_000, length=35_000))  # still arriving, and young
+    wait_for(lambda: handler.seen == ["/served"] and unread_by(server) in (0, None), what="both taken in")
+    refused = request(server, post(b"/x", b"c" * 40_000))
+    assert refused.startswith(b"HTTP/1.1 503 ") and b"client_buffer_max_mb" in refused
+    assert counters.get("connections_refused") == 1
+    handler.hold.set()
+    assert served.recv(65536).startswith(b"HTTP/1.1 200")
+    slow.sendall(b"b" * 5_000)  # the slow one was kept: it completes
+    assert slow.recv(65536).startswith(b"HTTP/1.1 200")
+    assert request(server, post(b"/x", b"c" * 40_000)).startswith(b"HTTP/1.1 200")  # room again
+    for sock in (served, slow):
+        sock.close()
 
 def test_100_continue_only_for_a_request_the_handler_would_serve(serve):
     server, handler, counters = serve()
@@ -231,7 +277,7 @@ def test_a_kept_alive_connection_waits_in_the_loop_and_is_closed_at_its_idle_dea
         sock.sendall(REQUEST)
         sock.settimeout(5)
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-        wait_for(lambda: not server._active, what="the request served: nothing in a handler")
+        wait_for(lambda: idle(server), what="the request served: nothing in a handler")
         assert answer(sock) == b""  # then closed for idling, by the loop
     assert counters.get("requests_timed_out") == 0  # an idle connection is routine, not a timeout
 
