@@ -347,6 +347,8 @@ OPTIONS: tuple[Option, ...] = (
            "request bytes held at once per listener, read or in service; beyond, slow ones are dropped, then 503"),
     Option("drain_timeout_s", None, _number(float, 0), 30.0,
            "seconds a stopping daemon lets in-flight calls finish"),
+    Option("capture_response_max_mb", None, _number(float, 1), 32.0,
+           "response bytes kept per call for its records; beyond, its start and end (the client gets every byte)"),
     Option("tee_queue_max", None, _number(int, 1), 128,
            "finished exchanges held in memory until written to the capture log; beyond, dropped, counted"),
     Option("tee_queue_max_mb", None, _number(float, 0.01), 256.0,

@@ -122,7 +122,8 @@ class Daemon:
         self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, self.counters)
         self.pipeline = Pipeline([("capture", self._persist)], self.counters, settings.tee_queue_max,
                                  max_bytes=int(settings.tee_queue_max_mb * mib))
-        self.gateway = Gateway(self.pool, self.pipeline.offer, self.counters)
+        self.gateway = Gateway(self.pool, self.pipeline.offer, self.counters,
+                               response_keep_bytes=int(settings.capture_response_max_mb * mib))
         token = read_token(settings.home)
         if token is None:
             token = new_token()

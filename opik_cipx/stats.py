@@ -25,6 +25,7 @@ COUNTER_NAMES = (
     "requests_refused",
     "connections_refused",
     "requests_timed_out",
+    "responses_truncated",
 )
 
 # Counters that mean something went wrong when nonzero; `status` flags them.
@@ -59,9 +60,11 @@ class Counters:
         self._values = dict.fromkeys(COUNTER_NAMES, 0)
         self._refusals: dict[tuple[str, int], int] = {}
 
-    def incr(self, name: str, amount: int = 1) -> None:
+    def incr(self, name: str, amount: int = 1) -> int:
+        """Add `amount` to counter `name`; its new value."""
         with self._lock:
             self._values[name] += amount
+            return self._values[name]
 
     def refused(self, listener: str, status: int) -> int:
         """A request `listener` answered `status` itself instead of serving it: counted in

@@ -27,7 +27,8 @@ from typing import Callable, Iterator
 
 from opik_cipx.ids import new_uuid7
 from opik_cipx.stats import Counters
-from opik_cipx.wire.capture import Capture, redact_headers
+from opik_cipx.wire.capture import Capture, KeptResponse, redact_headers
+from opik_cipx.wire.connections import worth_logging
 from opik_cipx.wire.endpoints import is_known
 from opik_cipx.wire.loopback import LoopbackHandler, loopback_host
 from opik_cipx.wire.upstream import UpstreamPool
@@ -51,6 +52,7 @@ HOP_BY_HOP = frozenset(
 REWRITTEN = frozenset({"host", "content-length", "accept-encoding", "expect"})
 DECODABLE_ENCODINGS = ("gzip", "deflate", "identity")
 MAX_BODY_BYTES = 64 * 1024 * 1024
+RESPONSE_KEEP_BYTES = 32 * 1024 * 1024  # the default of capture_response_max_mb
 READ_SIZE = 64 * 1024
 # A pooled connection the server closed just as we reused it fails within a round trip; a
 # failure later than this may come after the upstream started work, so it is not retried.
@@ -66,10 +68,12 @@ NON_BROWSER_FETCH_MODE = "cors"
 class Gateway:
     """State shared by the gateway's handler threads: upstream pool, tee, counters, drain."""
 
-    def __init__(self, pool: UpstreamPool, tee: Callable[[Capture], None], counters: Counters):
+    def __init__(self, pool: UpstreamPool, tee: Callable[[Capture], None], counters: Counters,
+                 response_keep_bytes: int = RESPONSE_KEEP_BYTES):
         self.pool = pool
         self.tee = tee
         self.counters = counters
+        self.response_keep_bytes = response_keep_bytes  # of each response, for the capture
         self.draining = False
         self._inflight = 0
         self._last_start = float("-inf")  # monotonic time the latest exchange started
@@ -358,7 +362,20 @@ class GatewayHandler(LoopbackHandler):
             return False
         if not has_body:
             return True
-        parts, write = capture.response_parts, self.wfile.write
+        kept = KeptResponse(capture.response_parts, self.gateway.response_keep_bytes)
+        try:
+            return self._stream_body(capture, resp, departure, settle, kept.add, chunked)
+        finally:
+            if kept.finish(capture):
+                truncated = self.gateway.counters.incr("responses_truncated")
+                if worth_logging(truncated):
+                    log.info("gateway: a response of %d bytes kept in part for the capture (capture_response_max_mb; "
+                             "%d so far)", kept.total, truncated)
+
+    def _stream_body(self, capture: Capture, resp: http.client.HTTPResponse, departure: "_Departure",
+                     settle: Callable[[], bool], keep: Callable[[bytes], None], chunked: bool) -> bool:
+        """Forward the body piece by piece as it arrives (see `_stream_response`); `keep` each piece."""
+        write = self.wfile.write
         while True:
             try:
                 data = resp.read1(READ_SIZE)
@@ -377,7 +394,7 @@ class GatewayHandler(LoopbackHandler):
                 return False
             try:
                 if data:
-                    parts.append(data)
+                    keep(data)
                     write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
                 if last:
                     if chunked:

@@ -14,7 +14,7 @@ import pytest
 from opik_cipx.stats import Counters
 from opik_cipx.wire.capture import Capture
 from opik_cipx.wire.connections import Limits
-from opik_cipx.wire.gateway import Gateway, GatewayHandler
+from opik_cipx.wire.gateway import RESPONSE_KEEP_BYTES, Gateway, GatewayHandler
 from opik_cipx.wire.loopback import LoopbackServer
 from opik_cipx.wire.upstream import UpstreamPool
 from tests.conftest import LIMITS
@@ -22,11 +22,12 @@ from tests.fake_anthropic import CA_BUNDLE
 
 
 class InProcessWire:
-    def __init__(self, upstream_url: str, ca_bundle: str = CA_BUNDLE, proxy_url: str = "", limits: Limits = LIMITS):
+    def __init__(self, upstream_url: str, ca_bundle: str = CA_BUNDLE, proxy_url: str = "", limits: Limits = LIMITS,
+                 response_keep_bytes: int = RESPONSE_KEEP_BYTES):
         self.counters = Counters()
         self.captures: list[Capture] = []
         self.pool = UpstreamPool(upstream_url, proxy_url, ca_bundle)
-        self.gateway = Gateway(self.pool, self.captures.append, self.counters)
+        self.gateway = Gateway(self.pool, self.captures.append, self.counters, response_keep_bytes)
         handler = type("Handler", (GatewayHandler,), {"gateway": self.gateway})
         self.server = LoopbackServer("claude_code", "127.0.0.1", 0, handler, limits, self.counters)
         self.port = self.server.port
