@@ -26,6 +26,7 @@ COUNTER_NAMES = (
     "connections_refused",
     "requests_timed_out",
     "responses_truncated",
+    "connections_not_owner",
 )
 
 # Counters that mean something went wrong when nonzero; `status` flags them.
@@ -43,6 +44,7 @@ PROBLEM_COUNTERS = frozenset(
         "requests_refused",
         "connections_refused",
         "requests_timed_out",
+        "connections_not_owner",
     }
 )
 

@@ -46,6 +46,7 @@ PROBLEM_HINTS = {
                            "client_buffer_max_mb: raise it in {config}, then run `opik-cipx restart`",
     "requests_timed_out": "clients stalled mid-request past client_header_timeout_s / client_body_timeout_s "
                           "({config}); `opik-cipx logs` has each",
+    "connections_not_owner": "connections from another local user, refused: `opik-cipx logs` names their uid",
 }
 
 

@@ -38,6 +38,7 @@ costs nothing at all; a client that leaves is noticed within about `SCAN_INTERVA
 
 import errno
 import heapq
+import os
 import http.client
 import io
 import logging
@@ -56,6 +57,7 @@ from typing import Callable, Iterable
 
 from opik_cipx.stats import Counters
 from opik_cipx.wire.framing import CONTINUE, Dechunker, Framing, FramingError, request_framing
+from opik_cipx.wire.peer import PeerLookup
 
 log = logging.getLogger(__name__)
 
@@ -355,6 +357,8 @@ class ConnectionServer(socketserver.TCPServer):
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._workers = _Workers(f"cipx-{self.name}-conn", self._serve)
+        self.owner_uid = os.geteuid()
+        self._peers = PeerLookup()  # used by the loop thread only
         self._stop = False
         self._stopped = threading.Event()
         self._stopped.set()
@@ -448,6 +452,7 @@ class ConnectionServer(socketserver.TCPServer):
             _unregister(self._selector, incoming.sock)
             incoming.sock.close()
         self._workers.close()
+        self._peers.close()
         super().server_close()
         self._selector.close()
         self._wake_r.close()
@@ -473,9 +478,31 @@ class ConnectionServer(socketserver.TCPServer):
             except OSError:  # already reset by the client
                 sock.close()
                 continue
+            if not self._from_owner(sock, addr):
+                continue
             incoming = _Incoming(sock, addr, time.monotonic() + self.limits.idle_timeout_s)
             self._watch(incoming)
             self._selector.register(sock, selectors.EVENT_READ, incoming)
+
+    def _from_owner(self, sock: socket.socket, addr) -> bool:
+        """Whether the peer's socket belongs to the user the daemon runs as (where the system can tell:
+        `PeerLookup`); a connection from anyone else is answered 403, counted and closed. Once per
+        connection: the requests it carries after the first cost nothing more."""
+        if not self._peers.available:
+            return True
+        try:
+            uid = self._peers.uid(sock.getsockname(), addr)
+        except OSError:  # reset by the client already
+            uid = None
+        if uid == self.owner_uid:
+            return True
+        refused = self.counters.incr("connections_not_owner")
+        if worth_logging(refused):
+            log.warning("%s listener: refused a connection from uid %s, not the daemon's owner (%d so far)",
+                        self.name, "unknown" if uid is None else uid, refused)
+        message = "opik-cipx: this listener serves only the user who runs it"
+        self._answer_and_drain(sock, addr, self.RequestHandlerClass.canned_response(403, message))
+        return False
 
     def _watch(self, incoming: _Incoming) -> None:
         """Count `incoming` among the loop's connections, under its idle deadline."""

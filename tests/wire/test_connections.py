@@ -1,11 +1,13 @@
-"""The connection loop: heads read without a thread, deadlines, the connection cap, hang-up watch.
+"""The connection loop: whole requests read without a thread, deadlines, the caps, the owner check,
+Expect, the hang-up watch.
 
 A tiny handler on a real `LoopbackServer` (in-process, real sockets): every test counts what the
 handler saw, so "never handled" is checked, not assumed.
 """
 
-import io
+import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -104,6 +106,21 @@ def test_head_end_examples():
     assert head_end(b"GET / HTTP/1.1\r\nHost: a\r\n") is None
     assert head_end(b"GET / HTTP/1.1\r\n") is None
     assert head_end(b"GET / HTTP/1.1\r\n\r\n") == 18  # no headers at all
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from([b"GET / HTTP/1.1", b"Host: x", b"\r\n", b"\n", b"\r", b"a", b": "]), max_size=14),
+       st.lists(st.integers(1, 8), max_size=12))
+def test_a_head_ends_at_the_same_place_however_its_bytes_arrive(parts, cuts):
+    """The loop searches only what it had not searched (`head_end(buf, start)`), a few bytes back."""
+    data = b"".join(parts)
+    buf, at, found = b"", 0, None
+    for size in cuts + [len(data)]:
+        searched, buf, at = len(buf), buf + data[at:at + size], at + size
+        found = head_end(buf, searched)
+        if found is not None or at >= len(data):
+            break
+    assert found == head_end(data)
 
 
 # ---- the loop -------------------------------------------------------------------------------
@@ -219,6 +236,19 @@ def test_100_continue_only_for_a_request_the_handler_would_serve(serve):
         sock.sendall(b"POST /x HTTP/1.1\r\n" + expect + b"body")
         assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
     assert handler.seen == ["/x", "/x"] and counters.refusals() == {"test": {"501": 1}}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peers are identified on Linux only")
+def test_a_connection_from_another_user_is_refused_403_counted_and_never_handled(serve):
+    server, handler, counters = serve()
+    server.owner_uid = os.geteuid() + 1  # this process is now "another user" to the listener
+    with connect(server) as sock:
+        sock.sendall(REQUEST)
+        refused = answer(sock)
+    assert refused.startswith(b"HTTP/1.1 403 ") and b"serves only the user who runs it" in refused
+    assert handler.seen == [] and counters.get("connections_not_owner") == 1
+    server._peers.available = False  # where the system cannot tell (macOS): everyone is served
+    assert request(server).startswith(b"HTTP/1.1 200") and handler.seen == ["/x"]
 
 def test_a_head_cut_off_mid_way_is_answered_400_and_never_handled(serve):
     server, handler, counters = serve()
