@@ -43,7 +43,6 @@ import http.client
 import io
 import logging
 import queue
-import re
 import resource
 import selectors
 import socket
@@ -56,14 +55,11 @@ from http.server import BaseHTTPRequestHandler
 from typing import Callable, Iterable
 
 from opik_cipx.stats import Counters
-from opik_cipx.wire.framing import CONTINUE, Dechunker, Framing, FramingError, request_framing
+from opik_cipx.wire.framing import BODY_RECV_BYTES, CONTINUE, FramingError, RequestReader
 from opik_cipx.wire.peer import PeerLookup
 
 log = logging.getLogger(__name__)
 
-MAX_HEAD_BYTES = 64 * 1024  # request line + headers; Claude Code sends about 2 KB
-HEAD_RECV_BYTES = 64 * 1024  # one read while a head arrives
-BODY_RECV_BYTES = 256 * 1024  # one read while a body arrives
 PENDING_PER_CONNECTION = 4  # connections in the loop, per handler thread allowed
 ACCEPT_BATCH = 64  # connections accepted per loop turn, so requests already in are not starved
 SCAN_INTERVAL_S = 0.2  # how often hang-up watches are armed
@@ -72,7 +68,6 @@ DRAIN_BYTES = 80 * 1024 * 1024  # and how much of it at most (above the gateway'
 WORKER_IDLE_S = 60.0  # a handler thread with nothing to serve for this long ends
 STALE_AFTER_S = 1.0  # a request still arriving after this long may be dropped to make room for others
 FD_LIMIT_WANTED = 8192
-_BLANK_LINE = re.compile(rb"\n\r?\n")
 HEAD_CUT_OFF = "opik-cipx: the request head ended before its blank line (connection closed mid-head); nothing was forwarded"
 _LISTENER = object()
 _WAKE = object()
@@ -93,19 +88,6 @@ class Limits:
     @property
     def max_pending(self) -> int:
         return PENDING_PER_CONNECTION * self.max_connections
-
-
-def head_end(data: bytes | bytearray, start: int = 0) -> int | None:
-    """The index just past the blank line that ends the request head in `data`; None while incomplete.
-
-    The first line is the request line, whatever it holds; the head ends at the first empty
-    line (`\\r\\n` or `\\n`) after it. `start` skips bytes already searched (a few are re-read).
-    """
-    first = data.find(b"\n")
-    if first < 0:
-        return None
-    match = _BLANK_LINE.search(data, max(first, start - 2))
-    return match.end() if match else None
 
 
 def raise_fd_limit(wanted: int = FD_LIMIT_WANTED) -> None:
@@ -160,33 +142,121 @@ def request_what(head: bytes | None) -> str:
 
 
 class _Incoming:
-    """A connection in the loop: waiting for a request, or reading one, head then body (owned by the loop thread)."""
+    """A connection in the loop: waiting for a request, or reading one (owned by the loop thread)."""
 
-    __slots__ = ("sock", "addr", "buf", "deadline", "head", "head_at_ns", "framing", "body", "left", "dechunker",
-                 "since", "held", "draining")
+    __slots__ = ("sock", "addr", "deadline", "reader", "head_at_ns", "since", "held", "draining")
 
-    def __init__(self, sock: socket.socket, addr, deadline: float):
+    def __init__(self, sock: socket.socket, addr, deadline: float, max_body: int):
         self.sock = sock
         self.addr = addr
         self.deadline = deadline
-        self.buf = bytearray()  # the head so far
-        self.head: bytes | None = None  # the whole head, once in
-        self.head_at_ns = 0
-        self.framing: Framing | None = None
-        self.body: io.BytesIO | None = None  # a Content-Length body so far
-        self.left = 0  # its bytes still to come
-        self.dechunker: Dechunker | None = None  # or a chunked one's
+        self.reader = RequestReader(max_body)
+        self.head_at_ns = 0  # wall clock, when the head was whole
         self.since = 0.0  # monotonic time the request's first byte arrived
         self.held = 0  # its bytes counted against `max_buffered_bytes`
         self.draining = 0  # after a refusal: bytes of the client's request still to read and drop, at most
 
-    @property
-    def started(self) -> bool:
-        """A request has begun to arrive (and has not been dispatched)."""
-        return bool(self.buf) or self.head is not None
+    @classmethod
+    def after_refusal(cls, sock: socket.socket, addr, response: bytes) -> "_Incoming | None":
+        """Send `response` (a refusal), and the connection in which to read and drop what the client still
+        sends (`drain`, at most `DRAIN_BYTES` for `DRAIN_S`), so that a client still sending its body
+        reads the answer rather than a reset; None if the client is gone already."""
+        try:
+            sock.setblocking(False)
+            sock.send(response)  # a few hundred bytes: the socket's buffer takes them at once
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return None
+        drain = cls(sock, addr, time.monotonic() + DRAIN_S, 0)
+        drain.draining = DRAIN_BYTES
+        return drain
 
-    def body_bytes(self) -> bytes:
-        return self.dechunker.data if self.dechunker is not None else self.body.getvalue()
+    def drain(self) -> bool:
+        """After a refusal: read and drop what the client still sends; True once done (it closed, or enough came)."""
+        try:
+            data = self.sock.recv(BODY_RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            data = b""
+        self.draining -= len(data)
+        return not data or self.draining <= 0
+
+
+class _Waiting:
+    """The connections in the loop, oldest first, each under its deadline (owned by the loop thread)."""
+
+    def __init__(self, most: int):
+        self.most = most
+        self._by_fd: dict[int, _Incoming] = {}
+        self._deadlines: list[tuple[float, int, _Incoming]] = []  # a heap; entries of deadlines since moved stay
+        self._seq = 0
+
+    def full(self) -> bool:
+        return len(self._by_fd) >= self.most
+
+    def add(self, incoming: _Incoming) -> None:
+        self._by_fd[incoming.sock.fileno()] = incoming
+        self._push(incoming)
+
+    def holds(self, incoming: _Incoming) -> bool:
+        return self._by_fd.get(incoming.sock.fileno()) is incoming
+
+    def remove(self, incoming: _Incoming) -> bool:
+        return self._by_fd.pop(incoming.sock.fileno(), None) is not None
+
+    def oldest(self) -> _Incoming | None:
+        return next(iter(self._by_fd.values()), None)
+
+    def all(self) -> list[_Incoming]:
+        return list(self._by_fd.values())
+
+    def set_deadline(self, incoming: _Incoming, timeout_s: float) -> None:
+        incoming.deadline = time.monotonic() + timeout_s
+        self._push(incoming)
+
+    def next_deadline(self) -> float:
+        return self._deadlines[0][0] if self._deadlines else INFINITY
+
+    def expired(self, now: float) -> list[_Incoming]:
+        """The connections whose deadline has passed (still to be closed by the caller)."""
+        out = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, _, incoming = heapq.heappop(self._deadlines)
+            if incoming.deadline == deadline and self.holds(incoming):
+                out.append(incoming)
+        return out
+
+    def stale(self, now: float, after_s: float, besides: _Incoming) -> list[_Incoming]:
+        """Connections whose request has been arriving for `after_s` or longer, oldest first."""
+        return sorted((other for other in self._by_fd.values() if other is not besides and other.reader.started
+                       and now - other.since >= after_s), key=lambda other: other.since)
+
+    def _push(self, incoming: _Incoming) -> None:
+        self._seq += 1
+        heapq.heappush(self._deadlines, (incoming.deadline, self._seq, incoming))
+
+
+class _Budget:
+    """Request bytes held at once by a listener, within `limit` (`Limits.max_buffered_bytes`); any thread."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        """Count `size` more bytes, if they fit."""
+        with self._lock:
+            if self._held + size > self.limit:
+                return False
+            self._held += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self._held -= size
 
 
 class Connection:
@@ -316,6 +386,14 @@ class _Workers:
                         return
 
 
+def _wake_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair the loop listens on, so another thread can wake it (`ConnectionServer._wake`)."""
+    pair = socket.socketpair()
+    for sock in pair:
+        sock.setblocking(False)
+    return pair
+
+
 def _unregister(selector: selectors.BaseSelector, sock: socket.socket) -> None:
     try:
         selector.unregister(sock)
@@ -347,15 +425,11 @@ class ConnectionServer(socketserver.TCPServer):
         self.name = getattr(self, "name", "listener")
         self._selector = selectors.DefaultSelector()
         self._lock = threading.Lock()
-        self._pending: dict[int, _Incoming] = {}  # by fd, oldest first
-        self._deadlines: list[tuple[float, int, _Incoming]] = []
-        self._seq = 0
+        self._waiting = _Waiting(limits.max_pending)
+        self._budget = _Budget(limits.max_buffered_bytes)
         self._active: set[Connection] = set()
-        self._held = 0  # request bytes held in the loop and by requests in service (`max_buffered_bytes`)
         self._returned: list[tuple[_Incoming, bytes]] = []  # kept-alive connections handed back by handler threads
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wake_r, self._wake_w = _wake_pair()
         self._workers = _Workers(f"cipx-{self.name}-conn", self._serve)
         self.owner_uid = os.geteuid()
         self._peers = PeerLookup()  # used by the loop thread only
@@ -378,20 +452,15 @@ class ConnectionServer(socketserver.TCPServer):
             self._selector.register(self.socket, selectors.EVENT_READ, _LISTENER)
             self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
             while not self._stop:
-                now = time.monotonic()
-                timeout = poll_interval
-                if self._deadlines:
-                    timeout = max(0.0, min(timeout, self._deadlines[0][0] - now))
+                timeout = max(0.0, min(poll_interval, self._waiting.next_deadline() - time.monotonic()))
                 events = self._selector.select(timeout)
                 if self._returned:  # first: a connection handed back may be among the events
                     self._guarded(self._take_returned, None)
                 for key, _ in events:
                     self._guarded(self._event, key.data)
-                if not self._accepting and not self._accept_closed.is_set():
-                    self._close_listener()
                 self._guarded(self._expire, time.monotonic())
         finally:
-            if not self._accepting and not self._accept_closed.is_set():
+            if not self._accepting:
                 self._close_listener()
             self._stopped.set()
 
@@ -403,6 +472,8 @@ class ConnectionServer(socketserver.TCPServer):
                 self._wake_r.recv(4096)
             except OSError:
                 pass
+            if not self._accepting:
+                self._close_listener()
         elif isinstance(data, _Incoming):
             self._read(data)
         else:
@@ -433,6 +504,8 @@ class ConnectionServer(socketserver.TCPServer):
         self._accept_closed.wait()
 
     def _close_listener(self) -> None:
+        if self._accept_closed.is_set():
+            return
         _unregister(self._selector, self.socket)
         self.socket.close()
         self._accept_closed.set()
@@ -444,7 +517,7 @@ class ConnectionServer(socketserver.TCPServer):
         self._stopped.wait()
 
     def server_close(self) -> None:
-        for incoming in list(self._pending.values()):
+        for incoming in self._waiting.all():
             self._drop(incoming)
         with self._lock:
             returned, self._returned = self._returned, []
@@ -480,7 +553,8 @@ class ConnectionServer(socketserver.TCPServer):
                 continue
             if not self._from_owner(sock, addr):
                 continue
-            incoming = _Incoming(sock, addr, time.monotonic() + self.limits.idle_timeout_s)
+            incoming = _Incoming(sock, addr, time.monotonic() + self.limits.idle_timeout_s,
+                                 self.RequestHandlerClass.max_body_bytes)
             self._watch(incoming)
             self._selector.register(sock, selectors.EVENT_READ, incoming)
 
@@ -506,10 +580,9 @@ class ConnectionServer(socketserver.TCPServer):
 
     def _watch(self, incoming: _Incoming) -> None:
         """Count `incoming` among the loop's connections, under its idle deadline."""
-        if len(self._pending) >= self.limits.max_pending:
+        if self._waiting.full():
             self._evict_oldest()
-        self._pending[incoming.sock.fileno()] = incoming
-        self._push_deadline(incoming)
+        self._waiting.add(incoming)
 
     def _take_returned(self, _) -> None:
         """Connections handed back after their answer (`_hand_back`): idle again, or their next request."""
@@ -519,7 +592,7 @@ class ConnectionServer(socketserver.TCPServer):
         for incoming, rest in returned:
             incoming.deadline = now + self.limits.idle_timeout_s
             self._watch(incoming)
-            if rest and self._pending.get(incoming.sock.fileno()) is incoming:
+            if rest and self._waiting.holds(incoming):
                 self._take(incoming, rest)
 
     def _pause_accept(self) -> None:
@@ -527,31 +600,22 @@ class ConnectionServer(socketserver.TCPServer):
         self._accept_paused_until = time.monotonic() + 0.1
 
     def _evict_oldest(self) -> bool:
-        if not self._pending:
+        oldest = self._waiting.oldest()
+        if oldest is None:
             return False
         self.counters.incr("connections_refused")
-        self._drop(next(iter(self._pending.values())))
+        self._drop(oldest)
         return True
-
-    def _push_deadline(self, incoming: _Incoming) -> None:
-        self._seq += 1
-        heapq.heappush(self._deadlines, (incoming.deadline, self._seq, incoming))
-
-    def _set_deadline(self, incoming: _Incoming, timeout_s: float) -> None:
-        incoming.deadline = time.monotonic() + timeout_s
-        self._push_deadline(incoming)
 
     def _forget(self, incoming: _Incoming, release: bool = True) -> None:
         """The loop lets go of `incoming` (its heap entry may outlive it until its deadline), and of the
         bytes it held unless they go on being held (`release`: False for a request dispatched)."""
-        if self._pending.pop(incoming.sock.fileno(), None) is not None:
+        if self._waiting.remove(incoming):
             _unregister(self._selector, incoming.sock)
-        if release and incoming.held:
-            with self._lock:
-                self._held -= incoming.held
+        if release:
+            self._budget.give(incoming.held)
         incoming.held = 0
-        incoming.buf = bytearray()
-        incoming.body = incoming.dechunker = None
+        incoming.reader = RequestReader(0)  # the bytes it held go now, though its heap entry stays
 
     def _drop(self, incoming: _Incoming) -> None:
         self._forget(incoming)
@@ -559,106 +623,63 @@ class ConnectionServer(socketserver.TCPServer):
 
     def _read(self, incoming: _Incoming) -> None:
         if incoming.draining:
-            self._drain(incoming)
+            if incoming.drain():
+                self._drop(incoming)
             return
-        size = HEAD_RECV_BYTES if incoming.head is None else BODY_RECV_BYTES
-        if incoming.dechunker is None and incoming.head is not None:
-            size = min(size, incoming.left)
         try:
-            data = incoming.sock.recv(size)
+            data = incoming.sock.recv(incoming.reader.wanted)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
         if data:
             self._take(incoming, data)
-        elif incoming.head is None and incoming.buf:  # the client ended its side inside the head
+        elif incoming.reader.started and incoming.reader.head is None:  # the client ended its side inside the head
             self._refuse(incoming, 400, HEAD_CUT_OFF)
         else:  # nothing begun, or the client left mid-body: nothing was forwarded
             self._drop(incoming)
 
     def _take(self, incoming: _Incoming, data: bytes) -> None:
         """Bytes that arrived on `incoming`: its head, then its body; a whole request is dispatched."""
+        reader = incoming.reader
+        if not reader.started:
+            incoming.since = time.monotonic()
+            self._waiting.set_deadline(incoming, self.limits.header_timeout_s)
         if not self._hold(incoming, len(data)):
             return
-        if incoming.head is None:
-            searched = len(incoming.buf)
-            if not searched:
-                self._set_deadline(incoming, self.limits.header_timeout_s)
-            incoming.buf += data
-            end = head_end(incoming.buf, searched)
-            if end is None and len(incoming.buf) <= MAX_HEAD_BYTES:
-                return
-            if end is None or end > MAX_HEAD_BYTES:
-                self._refuse(incoming, 431, f"opik-cipx: request head larger than {MAX_HEAD_BYTES} bytes")
-                return
-            data = bytes(incoming.buf[end:])
-            if not self._begin_body(incoming, bytes(incoming.buf[:end]), waiting=not data):
-                return
-            incoming.buf = bytearray()
         try:
-            rest = self._feed_body(incoming, data)
+            if reader.head is None:
+                data = reader.take_head(data)
+                if data is None or not self._head_in(incoming, waiting=not data):
+                    return
+            rest = reader.take_body(data)
         except FramingError as exc:
             self._refuse(incoming, exc.status, f"opik-cipx: {exc}")
             return
         if rest is not None:
             self._dispatch(incoming, rest)
 
-    def _begin_body(self, incoming: _Incoming, head: bytes, waiting: bool) -> bool:
-        """The head is in: how its body is framed; False if the request was refused for it. `waiting`:
-        no byte of the body came with the head (a client sending `Expect: 100-continue` waits)."""
-        max_body = self.RequestHandlerClass.max_body_bytes
-        try:
-            framing = request_framing(head, max_body)
-        except FramingError as exc:
-            incoming.head = head
-            self._refuse(incoming, exc.status, f"opik-cipx: {exc}")
-            return False
-        incoming.head, incoming.head_at_ns, incoming.framing = head, time.time_ns(), framing
-        if framing.chunked:
-            incoming.dechunker = Dechunker(max_body)
-        else:
-            incoming.body, incoming.left = io.BytesIO(), framing.length
-        if framing.has_body:
-            self._set_deadline(incoming, self.limits.body_timeout_s)
-            if framing.expect_continue and waiting:
-                refusal = self._screen(head)
-                if refusal is not None:  # the client is told now, instead of sending a body for nothing
-                    self._refuse(incoming, *refusal)
-                    return False
-                try:
-                    incoming.sock.send(CONTINUE)
-                except OSError:
-                    pass
+    def _head_in(self, incoming: _Incoming, waiting: bool) -> bool:
+        """The head is whole: the body's deadline, and `100 Continue` when the client waits for it (no
+        byte of the body came with the head) and the handler would serve the request; False if refused."""
+        incoming.head_at_ns = time.time_ns()
+        reader = incoming.reader
+        if not reader.framing.has_body:
+            return True
+        self._waiting.set_deadline(incoming, self.limits.body_timeout_s)
+        if reader.framing.expect_continue and waiting:
+            refusal = self.RequestHandlerClass.screen_head(self.name, reader.head)
+            if refusal is not None:  # the client is told now, instead of sending a body for nothing
+                self._refuse(incoming, *refusal)
+                return False
+            try:
+                incoming.sock.send(CONTINUE)
+            except OSError:
+                pass
         return True
 
-    def _screen(self, head: bytes) -> tuple[int, str] | None:
-        """What the handler would refuse the request of `head` for before reading its body (its class's
-        `screen`, on the head parsed as http.server parses it); None when it would serve it."""
-        line, _, fields = head.partition(b"\n")
-        words = line.decode("latin-1").split()
-        if len(words) != 3:
-            return 400, "opik-cipx: malformed request line"
-        try:
-            headers = http.client.parse_headers(io.BytesIO(fields))
-        except http.client.HTTPException:
-            return 400, "opik-cipx: malformed header block"
-        return self.RequestHandlerClass.screen(self.name, words[0], words[1], headers)
-
-    @staticmethod
-    def _feed_body(incoming: _Incoming, data: bytes) -> bytes | None:
-        """Take body bytes; once the body is whole, the bytes after it (usually none), else None."""
-        if incoming.dechunker is not None:
-            used = incoming.dechunker.feed(data)
-            return data[used:] if incoming.dechunker.done else None
-        take = min(incoming.left, len(data))
-        if take:
-            incoming.body.write(memoryview(data)[:take])
-            incoming.left -= take
-        return None if incoming.left else data[take:]
-
     def _refuse(self, incoming: _Incoming, status: int, message: str) -> None:
-        count_refusal(self.counters, self.name, status, request_what(incoming.head), message)
+        count_refusal(self.counters, self.name, status, request_what(incoming.reader.head), message)
         self._forget(incoming)
         self._answer_and_drain(incoming.sock, incoming.addr, self.RequestHandlerClass.canned_response(status, message))
 
@@ -666,29 +687,17 @@ class ConnectionServer(socketserver.TCPServer):
         """Count `size` more bytes held for `incoming`'s request. Beyond `max_buffered_bytes`, requests
         arriving for `stale_after_s` or longer are dropped to make room, oldest first; if that is not
         enough, this request is turned away with 503 (False)."""
-        if not incoming.started:
-            incoming.since = time.monotonic()
-        limit = self.limits.max_buffered_bytes
-        with self._lock:
-            fits = self._held + size <= limit
-        if not fits:
+        if not self._budget.take(size):
             now = time.monotonic()
-            stale = sorted((other for other in self._pending.values() if other is not incoming and other.started
-                            and now - other.since >= self.limits.stale_after_s), key=lambda other: other.since)
-            for other in stale:
+            for other in self._waiting.stale(now, self.limits.stale_after_s, besides=incoming):
                 self._turn_away(other, f"opik-cipx: this request was still arriving after {now - other.since:.1f} s "
                                        "and others needed its room (client_buffer_max_mb); retry shortly")
-                with self._lock:
-                    if self._held + size <= limit:
-                        break
-        with self._lock:
-            fits = self._held + size <= limit
-            if fits:
-                self._held += size
-        if not fits:
-            self._turn_away(incoming, f"opik-cipx: requests in progress already hold {limit // 2**20} MiB "
-                                      "(client_buffer_max_mb); retry shortly")
-            return False
+                if self._budget.take(size):
+                    break
+            else:
+                self._turn_away(incoming, f"opik-cipx: requests in progress already hold {self._budget.limit >> 20} "
+                                          "MiB (client_buffer_max_mb); retry shortly")
+                return False
         incoming.held += size
         return True
 
@@ -709,7 +718,8 @@ class ConnectionServer(socketserver.TCPServer):
             self._turn_away(incoming, f"opik-cipx: too many connections at once (more than "
                                       f"{self.limits.max_connections}); retry shortly")
             return
-        conn = Connection(incoming.sock, incoming.addr, incoming.head, incoming.head_at_ns, incoming.body_bytes(), rest,
+        reader = incoming.reader
+        conn = Connection(incoming.sock, incoming.addr, reader.head, incoming.head_at_ns, reader.body(), rest,
                           incoming.held)
         self._forget(incoming, release=False)
         with self._lock:
@@ -718,36 +728,17 @@ class ConnectionServer(socketserver.TCPServer):
         if not self._workers.run(conn):  # the system cannot start another thread
             with self._lock:
                 self._active.discard(conn)
-                self._held -= conn.held
+            self._budget.give(conn.held)
             self.counters.incr("connections_refused")
             self._answer_and_drain(conn.sock, conn.addr, self.RequestHandlerClass.canned_response(
                 503, "opik-cipx: cannot start a thread for this connection (system limit); retry shortly"))
 
     def _answer_and_drain(self, sock: socket.socket, addr, response: bytes) -> None:
-        """Send a refusal, then read and drop what the client still sends (at most `DRAIN_BYTES`, for
-        `DRAIN_S`) before closing: a client still sending its body then reads the answer, not a reset."""
-        try:
-            sock.setblocking(False)
-            sock.send(response)  # a few hundred bytes: the socket's buffer takes them at once
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            sock.close()
-            return
-        drain = _Incoming(sock, addr, time.monotonic() + DRAIN_S)
-        drain.draining = DRAIN_BYTES
-        self._watch(drain)
-        self._selector.register(sock, selectors.EVENT_READ, drain)
-
-    def _drain(self, incoming: _Incoming) -> None:
-        try:
-            data = incoming.sock.recv(BODY_RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        incoming.draining -= len(data)
-        if not data or incoming.draining <= 0:
-            self._drop(incoming)
+        """Send a refusal and close once the client has stopped sending (`_Incoming.after_refusal`)."""
+        drain = _Incoming.after_refusal(sock, addr, response)
+        if drain is not None:
+            self._watch(drain)
+            self._selector.register(sock, selectors.EVENT_READ, drain)
 
     def _serve(self, conn: Connection) -> None:
         """On a handler thread: answer the request, then hand the connection back to the loop or close it."""
@@ -758,7 +749,7 @@ class ConnectionServer(socketserver.TCPServer):
         finally:
             with self._lock:
                 self._active.discard(conn)
-                self._held -= conn.held
+            self._budget.give(conn.held)
             conn.release(self._selector)
             if conn.keep_alive and not self._stop:
                 self._hand_back(conn)
@@ -767,7 +758,7 @@ class ConnectionServer(socketserver.TCPServer):
 
     def _hand_back(self, conn: Connection) -> None:
         """On the handler thread: the kept-alive connection goes back to the loop, to wait for its next request."""
-        incoming = _Incoming(conn.sock, conn.addr, INFINITY)  # the loop sets its idle deadline
+        incoming = _Incoming(conn.sock, conn.addr, INFINITY, self.RequestHandlerClass.max_body_bytes)  # deadline: the loop's
         entry = (incoming, conn.rest)
         # Listed, then registered, under the lock the loop takes them back with: an event of this
         # socket implies the entry is listed, and the loop never takes it back half done.
@@ -785,14 +776,12 @@ class ConnectionServer(socketserver.TCPServer):
 
     def _expire(self, now: float) -> None:
         """Close connections past their deadline; arm the hang-up watches handlers asked for."""
-        while self._deadlines and self._deadlines[0][0] <= now:
-            deadline, _, incoming = heapq.heappop(self._deadlines)
-            if incoming.deadline == deadline and self._pending.get(incoming.sock.fileno()) is incoming:
-                if incoming.started:
-                    self.counters.incr("requests_timed_out")
-                    log.info("%s listener: closed a connection whose request %s took too long", self.name,
-                             "head" if incoming.head is None else "body")
-                self._drop(incoming)
+        for incoming in self._waiting.expired(now):
+            if incoming.reader.started:
+                self.counters.incr("requests_timed_out")
+                log.info("%s listener: closed a connection whose request %s took too long", self.name,
+                         "head" if incoming.reader.head is None else "body")
+            self._drop(incoming)
         if self._accept_paused_until and now >= self._accept_paused_until:
             self._accept_paused_until = 0.0
             if self._accepting:
@@ -866,6 +855,19 @@ class ConnectionHandler(BaseHTTPRequestHandler):
         if not hasattr(cls, f"do_{command}"):
             return 501, f"opik-cipx: the {listener} listener does not serve {command} requests"
         return None
+
+    @classmethod
+    def screen_head(cls, listener: str, head: bytes) -> tuple[int, str] | None:
+        """`screen` on a whole head, parsed as http.server parses it: the loop asks before `100 Continue`."""
+        line, _, fields = head.partition(b"\n")
+        words = line.decode("latin-1").split()
+        if len(words) != 3:
+            return 400, "opik-cipx: malformed request line"
+        try:
+            headers = http.client.parse_headers(io.BytesIO(fields))
+        except http.client.HTTPException:
+            return 400, "opik-cipx: malformed header block"
+        return cls.screen(listener, words[0], words[1], headers)
 
     def refuse(self, status: int, message: str) -> None:
         """Answer `status` and close. Counted and logged as a refusal (`count_refusal`)."""

@@ -1,7 +1,7 @@
-"""Where a request ends: its body's framing, read from the head, and chunked bodies taken apart as they arrive.
+"""Where a request ends: its head, its body's framing, and the body, taken in as the bytes arrive.
 
 Pure code for the connection loop (connections.py), which reads every request whole before a
-handler sees it. Strict on purpose: anything two HTTP parsers could read differently is refused
+handler sees it (`RequestReader`). Strict on purpose: anything two HTTP parsers could read differently is refused
 400, never guessed at (a request-smuggling shape is one the loop and upstream would frame
 differently), so the loop and `http.server`'s header parser always agree on the request:
 - a header line must be `name:value` with a token for a name: no space before the colon, no
@@ -15,11 +15,15 @@ import io
 import re
 from dataclasses import dataclass
 
+MAX_HEAD_BYTES = 64 * 1024  # request line + headers; Claude Code sends about 2 KB
+_HEAD_END = re.compile(rb"\n\r?\n")
 _HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\r?")
 _DIGITS = re.compile(rb"[0-9]+")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+HEAD_RECV_BYTES = 64 * 1024  # one read while a head arrives
+BODY_RECV_BYTES = 256 * 1024  # one read while a body arrives
 MAX_HEADER_LINES = 100  # as http.client
 MAX_CHUNK_LINE = 1024  # a chunk-size line with its extensions
 MAX_TRAILERS = 64 * 1024
@@ -46,6 +50,79 @@ class Framing:
     @property
     def has_body(self) -> bool:
         return self.chunked or self.length > 0
+
+
+def head_end(data: bytes | bytearray, start: int = 0) -> int | None:
+    """The index just past the blank line that ends the request head in `data`; None while incomplete.
+
+    The first line is the request line, whatever it holds; the head ends at the first empty
+    line (`\\r\\n` or `\\n`) after it. `start` skips bytes already searched (a few are re-read).
+    """
+    first = data.find(b"\n")
+    if first < 0:
+        return None
+    match = _HEAD_END.search(data, max(first, start - 2))
+    return match.end() if match else None
+
+
+class RequestReader:
+    """One request, taken in as its bytes arrive: `take_head` until the head is whole (its framing is
+    then known: `framing`), then `take_body` until the body is. Raises `FramingError` for what
+    `request_framing` and `Dechunker` refuse, and 431 for a head over `MAX_HEAD_BYTES`."""
+
+    def __init__(self, max_body: int):
+        self.max_body = max_body
+        self.head: bytes | None = None
+        self.framing: Framing | None = None
+        self._buf = bytearray()  # the head so far
+        self._body: io.BytesIO | None = None  # a Content-Length body so far
+        self._left = 0  # its bytes still to come
+        self._dechunker: Dechunker | None = None  # or a chunked one
+
+    @property
+    def started(self) -> bool:
+        """A byte of the request has arrived."""
+        return bool(self._buf) or self.head is not None
+
+    @property
+    def wanted(self) -> int:
+        """How many bytes to read next, at most (never beyond a Content-Length body's end)."""
+        if self.head is None:
+            return HEAD_RECV_BYTES
+        return BODY_RECV_BYTES if self._dechunker is not None else min(BODY_RECV_BYTES, self._left)
+
+    def take_head(self, data: bytes) -> bytes | None:
+        """Add bytes of the head; once it is whole, the bytes that came after it (the body's start,
+        maybe empty), else None."""
+        searched = len(self._buf)
+        self._buf += data
+        end = head_end(self._buf, searched)
+        if end is None and len(self._buf) <= MAX_HEAD_BYTES:
+            return None
+        if end is None or end > MAX_HEAD_BYTES:
+            raise FramingError(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
+        self.head, after, self._buf = bytes(self._buf[:end]), bytes(self._buf[end:]), bytearray()
+        self.framing = request_framing(self.head, self.max_body)
+        if self.framing.chunked:
+            self._dechunker = Dechunker(self.max_body)
+        else:
+            self._body, self._left = io.BytesIO(), self.framing.length
+        return after
+
+    def take_body(self, data: bytes) -> bytes | None:
+        """Add bytes of the body; once it is whole, the bytes after it (usually none), else None."""
+        if self._dechunker is not None:
+            used = self._dechunker.feed(data)
+            return data[used:] if self._dechunker.done else None
+        take = min(self._left, len(data))
+        if take:
+            self._body.write(memoryview(data)[:take])
+            self._left -= take
+        return None if self._left else data[take:]
+
+    def body(self) -> bytes:
+        """The whole body (de-chunked)."""
+        return self._dechunker.data if self._dechunker is not None else self._body.getvalue()
 
 
 def request_framing(head: bytes, max_body: int) -> Framing:

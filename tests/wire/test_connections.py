@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opik_cipx.stats import Counters
-from opik_cipx.wire.connections import MAX_HEAD_BYTES, Connection, Limits, head_end
+from opik_cipx.wire.connections import Connection, Limits
+from opik_cipx.wire.framing import MAX_HEAD_BYTES, head_end
 from opik_cipx.wire.loopback import LoopbackHandler, LoopbackServer
 from tests.conftest import LIMITS, wait_for
 

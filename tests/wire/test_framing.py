@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from opik_cipx.wire.framing import MAX_HEADER_LINES, Dechunker, Framing, FramingError, request_framing
+from opik_cipx.wire.framing import (MAX_HEAD_BYTES, MAX_HEADER_LINES, Dechunker, Framing, FramingError, RequestReader,
+                                    request_framing)
 
 HEAD = b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 
@@ -104,3 +105,29 @@ def test_chunked_refusals(body, status):
     with pytest.raises(FramingError) as refused:
         Dechunker(max_body=1000).feed(body)
     assert refused.value.status == status
+
+
+@given(st.binary(max_size=300), st.booleans(), st.binary(max_size=20), st.lists(st.integers(1, 64), max_size=30))
+def test_a_request_is_read_the_same_whatever_pieces_it_arrives_in(body, chunked_body, after, cuts):
+    """`RequestReader` as the loop drives it: the head, then the body, then what follows the request."""
+    framing_line = b"Transfer-Encoding: chunked\r\n" if chunked_body else b"Content-Length: %d\r\n" % len(body)
+    head = HEAD + framing_line + b"\r\n"
+    stream = head + (chunked([body], [], False) if chunked_body else body) + after
+    reader, at, rest = RequestReader(max_body=1000), 0, None
+    for size in cuts + [len(stream)]:
+        data, at = stream[at:at + size], at + size
+        if reader.head is None:
+            data = reader.take_head(data)
+            if data is None:
+                continue
+        rest = reader.take_body(data)
+        if rest is not None:
+            break
+    assert (reader.head, reader.body()) == (head, body)
+    assert rest + stream[at:] == after
+
+
+def test_a_head_larger_than_its_bound_is_431():
+    with pytest.raises(FramingError) as refused:
+        RequestReader(1000).take_head(b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_HEAD_BYTES)
+    assert refused.value.status == 431
