@@ -26,8 +26,11 @@ Bounds (`Limits`, from the `client_*` options):
   that is ready); if that is not enough, the request they belong to is turned away. Turned away
   is a 503, counted in `connections_refused`, after which what the client still sends is read and
   dropped (bounded) so it reads the answer rather than a reset.
-`Expect: 100-continue` is answered by the loop, and only for a request the handler would serve
-(`ConnectionHandler.screen`, asked on the head); any other gets its refusal at once instead.
+Only the user who runs the daemon is served: on Linux a connection whose peer socket is another
+user's is answered 403 as it is accepted, counted in `connections_not_owner` and closed
+(`peer.py`); the requests it would carry are never read. `Expect: 100-continue` is answered by
+the loop, and only for a request the handler would serve (`ConnectionHandler.screen_head`);
+any other gets its refusal at once instead.
 Handler threads are pooled (`_Workers`): an idle one takes the next request at once, and one is
 started only when none is idle. The loop also watches the client socket of an exchange that asks
 for it (`ConnectionHandler.hangup_watch`) and reports the client leaving. It arms the watch at
@@ -38,10 +41,10 @@ costs nothing at all; a client that leaves is noticed within about `SCAN_INTERVA
 
 import errno
 import heapq
-import os
 import http.client
 import io
 import logging
+import os
 import queue
 import resource
 import selectors

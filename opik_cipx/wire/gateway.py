@@ -1,9 +1,10 @@
 """The wire: forward each Claude Code exchange upstream and stream the answer straight back.
 
 Nothing here parses bodies. The connection loop has read the request whole (Content-Length, or
-de-chunked: connections.py); it is forwarded with the client's headers minus hop-by-hop ones, and each piece of the response is
-written to Claude Code and flushed as soon as `read1` returns it. The bytes already on the
-wire are referenced by a `Capture` that goes to the tee once the exchange is over.
+de-chunked: connections.py); it is forwarded with the client's headers minus hop-by-hop ones,
+and each piece of the response is written to Claude Code and flushed as soon as `read1` returns
+it. The bytes already on the wire are referenced by a `Capture` that goes to the tee once the
+exchange is over; of a response over `response_keep_bytes`, only its two ends (`KeptResponse`).
 
 Only Claude Code and other local programs are served, never a web page: a request with an
 `Origin` header, a browser's `Sec-Fetch-Site` / `Sec-Fetch-Mode`, a Host that is not loopback or
