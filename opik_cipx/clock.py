@@ -11,6 +11,7 @@ epoch ns, a UTC stamp) is not a clock read and stays a plain function.
 
 import threading
 import time
+from collections.abc import Callable
 
 
 class Clock:
@@ -31,6 +32,11 @@ class Clock:
     def wait(self, event: threading.Event, timeout: float | None) -> bool:
         """Wait until `event` is set (True) or `timeout` seconds have passed (False)."""
         return event.wait(timeout)
+
+    def wait_for(self, cond: threading.Condition, predicate: Callable[[], bool], timeout: float | None) -> bool:
+        """With `cond` held: wait, releasing it meanwhile, until `predicate()` is true (True) or
+        `timeout` seconds have passed (False); whoever changes what `predicate` reads notifies `cond`."""
+        return cond.wait_for(predicate, timeout)
 
     def sleep(self, seconds: float) -> None:
         """Let `seconds` pass."""

@@ -2,18 +2,28 @@
 
 Start order: the home's daemon lock first (a second daemon on the same home exits 1 before it
 writes anything), paths of the wrong type in the home moved aside (`home.set_aside_wrong_types`),
-then the gateway port (a taken 9909 fails before anything is written), the admin port, the
-workers (the follower restores its checkpoint first), and finally `state.json`, the handshake
-`sync` and `status` wait for. A disk that refuses writes (full, read-only) does not
+then the gateway port (a taken 9909 fails before anything is written), the
+admin port, the workers (the follower restores its checkpoint first), and finally `state.json`,
+the handshake `sync` and `status` wait for. A disk that refuses writes (full, read-only) does not
 stop the start: the wire comes up, the small state files (`ports.json`, `state.json`,
 `viewer.token`) wait in memory (`StateFiles`) and are written as soon as the disk takes them,
 and the `home` stats section says so.
+
+The workers are declared in two lists, in the order a capture flows through them
+(docs/ARCHITECTURE.md, "Threads"): the wire's (the capture thread) and the work's (the
+follower, the spool's writer, the shipper); issue 26 moves the work to a process of its own.
+They start from the last to the first (a consumer is up before what feeds it) and stop from the
+first to the last, each within a bounded time. A resource is closed only once every worker that
+uses it has finished: the ledger after the follower, the capture log after the capture thread;
+a worker that did not finish in time keeps its resources until the process exits.
+
 Stop order on SIGTERM/SIGINT: stop accepting, let in-flight exchanges finish (bounded), write
-the tee queue to the capture log, materialize the log and checkpoint (bounded: what is left is
-materialized at the next start), commit the spool's queued records (bounded; what cannot be
+the tee queue to the capture log, stop the work — materialize the log and checkpoint (what is
+left is materialized at the next start), commit the spool's queued records (what cannot be
 written is counted in `spans_dropped_term`), stop the shipper (unshipped records stay in the
-spool for the next start), let a call on an open keep-alive connection finish (it goes to the
-capture log), close files, remove `state.json`.
+spool) —, let a call on an open keep-alive connection finish, stop the capture thread (that
+call goes to the capture log), close the listeners, the upstream pool and the files, remove
+`state.json`.
 """
 
 import gc
@@ -23,18 +33,22 @@ import signal
 import ssl
 import sys
 import threading
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from opik_cipx import __version__, telemetry
+from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings, settings_fingerprint
 from opik_cipx.control.daemon_control import home_id
+from opik_cipx.control.detached import inherited_listener
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import claude_code_port, open_picked_listeners, record_ports
 from opik_cipx.home import HomeLocked, StateFiles, layout_notes, lock_home, private_dir, set_aside_wrong_types
 from opik_cipx.ledger.store import Ledger
 from opik_cipx.logs import DaemonLog
+from opik_cipx.materialize.call import Materialized
 from opik_cipx.materialize.follower import Follower
 from opik_cipx.materialize.materializer import Materializer, materializer_config
 from opik_cipx.materialize.pricing import load_price_table
@@ -47,6 +61,7 @@ from opik_cipx.urls import strip_credentials
 from opik_cipx.views.access import ViewerAccess, new_token, read_token, token_path
 from opik_cipx.views.admin import AdminHandler
 from opik_cipx.views.dashboard import Dashboard
+from opik_cipx.views.sign_in import SignInLinks
 from opik_cipx.views.viewer import ViewerHandler
 from opik_cipx.wire.capture import Capture
 from opik_cipx.wire.connections import Limits, raise_fd_limit
@@ -54,6 +69,7 @@ from opik_cipx.wire.gateway import Gateway, GatewayHandler
 from opik_cipx.wire.loopback import ListenError, LoopbackServer
 from opik_cipx.wire.tee import Pipeline
 from opik_cipx.wire.upstream import UpstreamPool
+from opik_cipx.worker import Worker
 
 log = logging.getLogger(__name__)
 SHUTDOWN_POLL_S = 0.1  # how often an idle listener checks for shutdown
@@ -63,6 +79,7 @@ SHUTDOWN_POLL_S = 0.1  # how often an idle listener checks for shutdown
 GIL_SWITCH_INTERVAL_S = 0.0001
 WIRE_QUIET_S = 0.05  # off-wire work waits until no exchange started for this long (streams are long)
 TELEMETRY_FLUSH_S = 2.0  # how long a stopping daemon lets queued error reports go out
+WORKER_STOP_S = 5.0  # the least each worker gets to finish at shutdown (the follower: `drain_timeout_s` if longer)
 
 
 class StartupError(Exception):
@@ -88,40 +105,70 @@ class Daemon:
     """Owns every listener and worker thread of one running proxy."""
 
     def __init__(self, settings: Settings, port: int | None = None, home_lock_error: str | None = None,
-                 reporter: telemetry.Reporter | None = None, log: DaemonLog | None = None):
+                 reporter: telemetry.Reporter | None = None, log: DaemonLog | None = None,
+                 counters: Counters | None = None, clock: Clock = SYSTEM):
         self.settings = settings
+        self.clock = clock
         self.home_lock_error = home_lock_error  # why this daemon runs without the home's lock
-        self.reporter = reporter or telemetry.Reporter(settings)  # not started: reports nothing
+        self.counters = counters or Counters()
+        self.reporter = reporter or telemetry.Reporter(settings, self.counters, clock)  # not started: reports nothing
         self.log = log
         self.files = StateFiles(settings.home)
         self.home_error = _home_error(settings.home)
-        self.counters = Counters()
-        self.started_at = time.time()
-        try:
-            self.pool = UpstreamPool(
-                settings.upstream_url,
-                settings.upstream_proxy,
-                settings.ca_bundle,
-                settings.upstream_connect_timeout_s,
-                settings.upstream_timeout_s,
-            )
-        except (OSError, ssl.SSLError) as exc:
-            raise StartupError(f"cannot load the CA bundle {settings.ca_bundle!r}: {exc}") from None
-        mib = 1024 * 1024
+        self.started_at = clock.time()
+        env = dict(os.environ)
+        self.destination = resolve_destination(settings, opik_config_path(env))
+        # A bad price override stops the start before anything listens; the listeners are bound
+        # before the work writes anything (the spool's directory, the checkpoint).
+        self.materializer = build_materializer(settings, env, pause=self._yield_to_wire)
+        self._build_wire(port)
+        self._build_work()
+        # The workers, each list in the order a capture flows through it (see the module docstring).
+        self.wire_stages = [Stage(self.pipeline, WORKER_STOP_S, self.store.close,
+                                  "captures still waiting for the capture log are lost")]
+        self.work_stages = [
+            Stage(self.follower, max(settings.drain_timeout_s, WORKER_STOP_S), self.ledger.close,
+                  "the rest of the capture log is materialized at the next start"),
+            Stage(self.spool.writer, WORKER_STOP_S, None, "records it could not write to the spool are lost"),
+            Stage(self.shipper, WORKER_STOP_S, None,
+                  "a request to Opik is still in flight; its records stay in the spool"),
+        ]
+
+    def _build_work(self) -> None:
+        """What runs off the wire around the materializer: the capture log, the follower, the
+        ledger, the spool and the shipper."""
+        settings, mib = self.settings, 1024 * 1024
         # The capture log exists whatever captures.enabled says; off, it keeps a capture only
         # until it is materialized.
-        self.store = CaptureStore(
-            settings.captures_dir,
-            max_bytes=settings.captures_max_mb * mib,
-            max_age_s=settings.captures_max_age_days * 86400,
-            segment_bytes=settings.captures_segment_mb * mib,
-            keep=settings.captures_enabled,
-        )
-        env = dict(os.environ)
-        self.materializer = build_materializer(settings, env, pause=self._yield_to_wire)
-        self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, self.counters)
+        self.store = CaptureStore(settings.captures_dir, max_bytes=settings.captures_max_mb * mib,
+                                  max_age_s=settings.captures_max_age_days * 86400,
+                                  segment_bytes=settings.captures_segment_mb * mib, keep=settings.captures_enabled,
+                                  clock=self.clock)
+        self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, self.counters, clock=self.clock,
+                             keep_text=settings.capture_content)
+        self.spool = Spool(settings.spool_dir, max_bytes=int(settings.spool_max_mb * mib),
+                           segment_bytes=int(settings.spool_segment_mb * mib), inmem_max=settings.spool_inmem_max,
+                           inmem_max_bytes=int(settings.spool_inmem_max_mb * mib),
+                           commit_interval_s=settings.spool_commit_interval_s, counters=self.counters,
+                           clock=self.clock)
+        self.shipper = Shipper(self.spool, self.destination, self.counters, timeout_s=settings.opik_timeout_s,
+                               retry_max_s=settings.opik_retry_max_s, auth_probe_s=settings.opik_auth_probe_s,
+                               clock=self.clock)
+        self.follower = Follower(self.materializer, self.store, self.spool, self.counters, settings.checkpoint_path,
+                                 self._materialized, wire_idle=self._wire_quiet,
+                                 wire_empty=lambda: self.gateway.inflight == 0, on_idle=self.ledger.retry_due,
+                                 clock=self.clock)
+
+    def _build_wire(self, port: int | None) -> None:
+        """The upstream pool, the capture thread, the gateway and the three listeners."""
+        settings, mib = self.settings, 1024 * 1024
+        try:
+            self.pool = UpstreamPool(settings.upstream_url, settings.upstream_proxy, settings.ca_bundle,
+                                     settings.upstream_connect_timeout_s, settings.upstream_timeout_s)
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"cannot load the CA bundle {settings.ca_bundle!r}: {exc}") from None
         self.pipeline = Pipeline([("capture", self._persist)], self.counters, settings.tee_queue_max,
-                                 max_bytes=int(settings.tee_queue_max_mb * mib))
+                                 max_bytes=int(settings.tee_queue_max_mb * mib), clock=self.clock)
         self.gateway = Gateway(self.pool, self.pipeline.offer, self.counters,
                                response_keep_bytes=int(settings.capture_response_max_mb * mib))
         token = read_token(settings.home)
@@ -136,12 +183,13 @@ class Daemon:
             handler = type("Handler", (GatewayHandler,), {"gateway": self.gateway})
             self.gateway_server = LoopbackServer(
                 "claude_code", host, claude_code_port(settings.ports_path) if port is None else port, handler,
-                limits, self.counters,
+                limits, self.counters, listener=inherited_listener() if port is None else None,
             )
             admin_handler = type("Handler", (AdminHandler,),
                                  {"stats": staticmethod(self.stats), "state": staticmethod(self.state)})
-            pages = Dashboard(settings.ledger_path, settings.captures_dir)
-            viewer_handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": ViewerAccess(token)})
+            pages = Dashboard(settings.ledger_path, settings.captures_dir, clock=self.clock)
+            access = ViewerAccess(token, SignInLinks(settings.home, self.clock))
+            viewer_handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": access})
             handlers = {"admin": admin_handler, "viewer": viewer_handler}
             picked = open_picked_listeners(settings.ports_path, lambda name, port: LoopbackServer(
                 name, host, port, handlers[name], limits, self.counters))
@@ -157,26 +205,6 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self._upstream = {"url": settings.upstream_url,  # a proxy's credentials never reach the stats
                           "proxy": strip_credentials(settings.upstream_proxy) or None}
-        self.destination = resolve_destination(settings, opik_config_path(env))
-        self.spool = Spool(
-            settings.spool_dir,
-            max_bytes=int(settings.spool_max_mb * mib),
-            segment_bytes=int(settings.spool_segment_mb * mib),
-            inmem_max=settings.spool_inmem_max,
-            inmem_max_bytes=int(settings.spool_inmem_max_mb * mib),
-            commit_interval_s=settings.spool_commit_interval_s,
-        )
-        self.shipper = Shipper(
-            self.spool,
-            self.destination,
-            self.counters,
-            timeout_s=settings.opik_timeout_s,
-            retry_max_s=settings.opik_retry_max_s,
-            auth_probe_s=settings.opik_auth_probe_s,
-        )
-        self.follower = Follower(self.materializer, self.store, self.spool, self.counters,
-                                 settings.checkpoint_path, self._materialized, wire_idle=self._wire_quiet,
-                                 wire_empty=lambda: self.gateway.inflight == 0)
 
     def _yield_to_wire(self) -> None:
         """Between slices of off-wire work: wait, bounded, for the wire to be quiet."""
@@ -195,16 +223,14 @@ class Daemon:
             log.warning("capture log: cannot write capture %s: %s", capture.id, exc.strerror or exc)
         self.follower.handoff(capture, appended)
 
-    def _materialized(self, capture: Capture, records: list[dict]) -> None:
+    def _materialized(self, capture: Capture, result: Materialized) -> None:
         """After each capture is materialized (on the follower's thread): the call into the ledger,
         an upsert by capture id, so a capture materialized again after a crash counts once."""
-        self.ledger.write(capture, records)
+        self.ledger.write(result.call)
 
     def start(self) -> None:
-        self.spool.start()
-        self.shipper.start()
-        self.follower.start()
-        self.pipeline.start()
+        for stage in reversed(self.wire_stages + self.work_stages):  # a consumer before what feeds it
+            stage.worker.start()
         # state.json before the listeners answer: a command that finds the admin port answering
         # (through ports.json) can then rely on finding state.json too, unless the disk refused it.
         # It alone (0600) carries the settings' keyed digests and their key (never /admin/state).
@@ -220,7 +246,8 @@ class Daemon:
             self._threads.append(thread)
         log.info(
             "opik-cipx %s listening: claude_code 127.0.0.1:%d, admin 127.0.0.1:%d, viewer 127.0.0.1:%d, upstream %s",
-            __version__, self.ports["claude_code"], self.ports["admin"], self.ports["viewer"], self.settings.upstream_url,
+            __version__, self.ports["claude_code"], self.ports["admin"], self.ports["viewer"],
+            self.settings.upstream_url,
         )
         dest = self.destination
         if dest.configured:
@@ -242,7 +269,8 @@ class Daemon:
         if self.home_error:
             problems.append(self.home_error)
         if files["unsaved"]:
-            problems.append(f"{', '.join(files['unsaved'])} kept in memory, retried every second: {files['last_error']}")
+            problems.append(
+                f"{', '.join(files['unsaved'])} kept in memory, retried every second: {files['last_error']}")
         log_problem = self.log.problem if self.log is not None else None
         if log_problem:
             problems.append(log_problem)
@@ -270,7 +298,7 @@ class Daemon:
             "pid": os.getpid(),
             "version": __version__,
             "started_at": utc_iso(self.started_at),
-            "uptime_s": round(time.time() - self.started_at, 3),
+            "uptime_s": round(self.clock.time() - self.started_at, 3),
             "listeners": listeners,
             "upstream": self._upstream,
             "project": self.destination.project,
@@ -289,42 +317,57 @@ class Daemon:
         return build_stats(base, self.counters, providers)
 
     def shutdown(self) -> None:
-        """Stop accepting, drain in-flight exchanges and the tee queue, release everything."""
+        """Stop accepting, drain in-flight exchanges and the tee queue, stop the workers (see the
+        module docstring), release what no running worker uses any more."""
         drain = self.settings.drain_timeout_s
-        drain_deadline = time.monotonic() + drain
+        drain_deadline = self.clock.monotonic() + drain
         self.gateway.draining = True
         self.gateway_server.stop_accepting()  # open connections may still bring a call (answered, then closed)
         if not self.gateway.wait_idle(drain):
             log.warning("shutdown: %d exchange(s) still in flight after %.0fs; stopping anyway",
                         self.gateway.inflight, drain)
-        if not self.pipeline.drain(timeout_s=max(drain, 5.0)):
+        if not self.pipeline.drain(timeout_s=max(drain, WORKER_STOP_S)):
             log.warning("shutdown: captures still waiting for the capture log")
-        if self.follower.stop(timeout_s=max(drain, 5.0)):
-            self.ledger.close()  # the follower's thread, its only user, has finished
-        else:
-            log.warning("shutdown: the materializer did not catch up in time; the rest follows at the next start")
-        unwritten = self.spool.close(timeout_s=5.0)
+        _stop(self.work_stages)
+        unwritten = self.spool.close(0)  # its writer has stopped: what it could not write is lost
         if unwritten:
             self.counters.incr("spans_dropped_term", unwritten)
             log.warning("shutdown: %d record(s) could not be written to the spool and are lost", unwritten)
-        if not self.shipper.stop(timeout_s=5.0):
-            log.warning("shutdown: a request to Opik is still in flight; its records stay in the spool")
         # An open keep-alive connection can still bring one last call in while the rest shuts
         # down; let it finish too (it goes to the capture log, materialized at the next start).
-        if not self.gateway.wait_idle(max(1.0, drain_deadline - time.monotonic())):
+        if not self.gateway.wait_idle(max(1.0, drain_deadline - self.clock.monotonic())):
             log.warning("shutdown: a call that arrived during shutdown is cut off")
-        if not self.pipeline.stop(timeout_s=5.0):
-            log.warning("shutdown: captures still waiting for the capture log are lost")
+        _stop(self.wire_stages)
         for server in (self.gateway_server, self.admin_server, self.viewer_server):
             server.shutdown()
             server.server_close()
         self.pool.close()
-        self.store.close()
         try:
             self.files.discard(self.settings.state_path)
         except OSError as exc:
             log.warning("cannot remove state.json: %s", exc.strerror or exc)
         log.info("opik-cipx stopped")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A worker as the daemon starts and stops it."""
+
+    worker: Worker
+    stop_s: float  # how long it gets to finish at shutdown
+    release: Callable[[], None] | None  # closes what the worker alone used; runs only once it finished
+    unfinished: str  # what is left behind when it does not finish in time
+
+
+def _stop(stages: list[Stage]) -> None:
+    """Stop the stages first to last, each within its time; release what a finished one used."""
+    for stage in stages:
+        if not stage.worker.stop(stage.stop_s):
+            log.warning("shutdown: %s did not finish in %.0fs; %s", stage.worker.name, stage.stop_s, stage.unfinished)
+            continue
+        log.info("shutdown: %s stopped", stage.worker.name)
+        if stage.release is not None:
+            stage.release()
 
 
 def _home_error(home: Path) -> str | None:
@@ -366,21 +409,22 @@ def run_proxy(settings: Settings, port: int | None = None) -> int:
     if home_lock.error:
         log.warning("running without the home lock (%s): a second daemon on %s would not be refused",
                     home_lock.error, settings.home)
-    reporter = telemetry.start(settings)
+    counters = Counters()  # the reporter's own failures count where the daemon's do
+    reporter = telemetry.start(settings, counters)
     try:
-        return _serve(settings, port, reporter, home_lock.error, daemon_log)
+        return _serve(settings, port, reporter, home_lock.error, daemon_log, counters)
     except Exception:
         log.exception("opik-cipx crashed")
         return 1
     finally:
-        reporter.close(TELEMETRY_FLUSH_S)
+        reporter.stop(TELEMETRY_FLUSH_S)
         home_lock.release()
 
 
 def _serve(settings: Settings, port: int | None, reporter: telemetry.Reporter, home_lock_error: str | None,
-           daemon_log: DaemonLog) -> int:
+           daemon_log: DaemonLog, counters: Counters) -> int:
     try:
-        daemon = Daemon(settings, port, home_lock_error, reporter, daemon_log)
+        daemon = Daemon(settings, port, home_lock_error, reporter, daemon_log, counters)
     except StartupError as exc:
         log.error("%s", exc)
         return 1
@@ -391,7 +435,7 @@ def _serve(settings: Settings, port: int | None, reporter: telemetry.Reporter, h
     # collector skips it from here on, so a full collection, which holds the GIL, stays short.
     gc.freeze()
     daemon.start()
-    while not stop.wait(1.0):
+    while not daemon.clock.wait(stop, 1.0):
         daemon.tick()
     log.info("signal received: draining")
     daemon.shutdown()

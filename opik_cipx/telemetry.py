@@ -8,11 +8,12 @@ An unexpected exception is one the daemon logs with its traceback at ERROR or ab
 the gateway recovered, a pipeline (materializer) stage that failed, a listener or worker error,
 a thread that died, a crash at startup. `start` hangs a handler on the `opik_cipx` logger; on
 the thread that logged, it walks the traceback into an event (no I/O, no locks held while
-sending) and queues it. One sender thread (`cipx-telemetry`) posts each event as a Sentry
-envelope over urllib. Never on the wire's way: the queue is bounded (full: dropped, counted),
-the same error is reported at most once per `REPEAT_S`, at most `BURST` reports go out at once
-and one more every `REFILL_S`; a failed post is retried `len(RETRY_WAITS_S)` times, then
-dropped; a 429 silences reports for its `Retry-After`; `close` waits a bounded time and the
+sending) and queues it. One sender thread (`cipx-telemetry`, a `worker.Worker`) posts each
+event as a Sentry envelope over urllib (`outbound.opener`). Never on the wire's way: the queue
+is bounded (full: dropped, counted), the same error is reported at most once per `REPEAT_S`,
+at most `BURST` reports go out at once and one more every `REFILL_S`; a failed post is retried
+`len(RETRY_WAITS_S)` times, then dropped; a 429 silences reports for its `Retry-After`
+(seconds or an HTTP-date, `outbound.requested_wait_s`); `stop` waits a bounded time and the
 thread never keeps the process alive.
 
 What a report holds, and nothing else (`build_event`): the exception's type (and those it was
@@ -27,18 +28,21 @@ host name, a user name or an environment value.
 import errno
 import json
 import logging
-import queue
 import re
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from opik_cipx import __version__
-from opik_cipx.config import SentryDsn, Settings, is_loopback_host, parse_sentry_dsn
-from opik_cipx.stats import utc_iso
+from opik_cipx.clock import SYSTEM, Clock
+from opik_cipx.config import SentryDsn, Settings, parse_sentry_dsn
+from opik_cipx.outbound import Headers, opener, requested_wait_s
+from opik_cipx.stats import Counters, utc_iso
+from opik_cipx.worker import Worker
+
+log = logging.getLogger(__name__)
 
 PACKAGE = "opik_cipx"
 QUEUE_MAX = 16
@@ -52,7 +56,6 @@ RETRY_AFTER_MAX_S = 3600.0
 MAX_FRAMES = 50
 MAX_CHAIN = 5
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-_STOP = object()
 
 # The words `status` shows; docs/TELEMETRY.md quotes them (tests/test_telemetry.py keeps them equal).
 OFF_SWITCH = "off (CIPX_SENTRY=off)"
@@ -60,13 +63,21 @@ OPT_IN = "off (opt-in: set CIPX_SENTRY_DSN to send error reports)"
 ON = "on (CIPX_SENTRY_DSN: error reports go to {host}; CIPX_SENTRY=off stops them)"
 
 
+def destination(settings: Settings) -> tuple[SentryDsn | None, str]:
+    """Where reports go (None: nowhere), and why in `status`'s words; the DSN is parsed here only
+    (config validated it when it loaded the settings)."""
+    if not settings.telemetry_sentry:
+        return None, OFF_SWITCH
+    if not settings.telemetry_sentry_dsn:
+        return None, OPT_IN
+    dsn = parse_sentry_dsn(settings.telemetry_sentry_dsn)
+    return dsn, ON.format(host=dsn.host)
+
+
 def describe(settings: Settings) -> tuple[bool, str]:
     """(enabled, the reason in `status`'s words) for these settings."""
-    if not settings.telemetry_sentry:
-        return False, OFF_SWITCH
-    if not settings.telemetry_sentry_dsn:
-        return False, OPT_IN
-    return True, ON.format(host=parse_sentry_dsn(settings.telemetry_sentry_dsn).host)
+    dsn, reason = destination(settings)
+    return dsn is not None, reason
 
 
 def _module_of(frame: Any) -> str:
@@ -90,7 +101,7 @@ def _frames(tb: TracebackType | None) -> list[dict[str, Any]]:
     return out[-MAX_FRAMES:]
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def _chain(exc: BaseException | None) -> list[BaseException]:
     """`exc` and the exceptions it was raised from or during, oldest first (bounded)."""
     out: list[BaseException] = []
     while exc is not None and len(out) < MAX_CHAIN and all(exc is not seen for seen in out):
@@ -106,7 +117,7 @@ def build_event(exc: BaseException, where: str, environment: dict[str, Any], now
         value: dict[str, Any] = {"type": type(link).__qualname__, "module": type(link).__module__,
                                  "stacktrace": {"frames": _frames(link.__traceback__)},
                                  "mechanism": {"type": "logging", "handled": True}}
-        if isinstance(link, OSError) and link.errno in errno.errorcode:
+        if isinstance(link, OSError) and link.errno is not None and link.errno in errno.errorcode:
             value["value"] = errno.errorcode[link.errno]
         values.append(value)
     return {
@@ -154,42 +165,33 @@ class _Tally:
     last_error: str | None = None
 
 
-class Reporter:
+class Reporter(Worker):
     """The daemon's error reporter: a logging handler, a bounded queue and the sender thread."""
 
-    def __init__(self, settings: Settings):
-        self.enabled, self.reason = describe(settings)
-        self.dsn: SentryDsn | None = parse_sentry_dsn(settings.telemetry_sentry_dsn) if self.enabled else None
-        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_MAX)
+    def __init__(self, settings: Settings, counters: Counters | None = None, clock: Clock = SYSTEM):
+        super().__init__("telemetry", counters or Counters(), log, clock)
+        self.dsn, self.reason = destination(settings)
+        self.enabled = self.dsn is not None
+        self._opener = opener(self.dsn.envelope_url) if self.dsn else None
         self._lock = threading.Lock()
         self._tally = _Tally()
         self._seen: dict[tuple, float] = {}
-        self._tokens, self._refilled = float(BURST), time.monotonic()
-        self._silent_until = 0.0
-        self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cipx-telemetry", daemon=True)
+        self._tokens, self._refilled = float(BURST), clock.monotonic()
+        self._silent_until = float("-inf")
         self._handler = _Handler(self)
         self._environment: dict[str, Any] = {}
 
-    def start(self) -> "Reporter":
+    def start(self) -> None:
         """Begin reporting what the `opik_cipx` logger logs with a traceback (no-op when off)."""
         if self.enabled:
             self._environment = runtime_environment()
-            self._thread.start()
+            super().start()
             logging.getLogger(PACKAGE).addHandler(self._handler)
-        return self
 
-    def close(self, timeout_s: float) -> None:
+    def stop(self, timeout_s: float) -> bool:
         """Stop reporting; give queued reports at most `timeout_s` to go out (no retries meanwhile)."""
-        if not self._thread.is_alive():
-            return
         logging.getLogger(PACKAGE).removeHandler(self._handler)
-        self._closing.set()
-        try:
-            self._queue.put_nowait(_STOP)
-        except queue.Full:
-            pass  # the thread sees `_closing` after its current report
-        self._thread.join(timeout_s)
+        return super().stop(timeout_s)
 
     def capture(self, exc: BaseException, where: str) -> None:
         """Queue a report of `exc`, unless it repeats one, is over the rate limit or the queue is full.
@@ -197,8 +199,8 @@ class Reporter:
         Runs on the thread that logged `exc`: never raises, never waits.
         """
         try:
-            event = build_event(exc, where, self._environment, time.time())
-            key, now = fingerprint(event), time.monotonic()
+            event = build_event(exc, where, self._environment, self.clock.time())
+            key, now = fingerprint(event), self.clock.monotonic()
         except Exception:  # noqa: BLE001 - a report must never break the code that logged
             self._count("dropped")
             return
@@ -208,9 +210,7 @@ class Reporter:
                 return
             self._seen = {seen: at for seen, at in self._seen.items() if now - at < REPEAT_S}
             self._seen[key] = now
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
+        if not self.put(event, limit=QUEUE_MAX):
             self._count("dropped")
 
     def _count(self, name: str) -> None:
@@ -232,20 +232,15 @@ class Reporter:
             return {"enabled": self.enabled, "reason": self.reason, "sent": tally.sent, "dropped": tally.dropped,
                     "suppressed": tally.suppressed, "last_error": tally.last_error}
 
-    def _run(self) -> None:
-        while True:
-            event = self._queue.get()
-            if event is _STOP:
-                return
+    def step(self, event: dict[str, Any] | None) -> None:
+        if event is not None:
             self._deliver(event)
-            if self._closing.is_set() and self._queue.empty():
-                return
 
     def _deliver(self, event: dict[str, Any]) -> None:
         for wait_s in (*RETRY_WAITS_S, None):
-            if time.monotonic() < self._silent_until:
+            if self.clock.monotonic() < self._silent_until:
                 break
-            status, error, retry_after = self._post(envelope(event, time.time()))
+            status, error, retry_after = self._post(envelope(event, self.clock.time()))
             if status is not None and 200 <= status < 300:
                 with self._lock:
                     self._tally.sent += 1
@@ -254,21 +249,20 @@ class Reporter:
             with self._lock:
                 self._tally.last_error = error
             if status == 429:
-                self._silent_until = time.monotonic() + retry_after
+                self._silent_until = self.clock.monotonic() + retry_after
                 break
             if status is not None and 400 <= status < 500:
                 break  # the DSN or the event is refused: sending it again changes nothing
-            if wait_s is None or self._closing.wait(wait_s):
-                break
+            if wait_s is None or self.rest(wait_s):
+                break  # no retries once stopping
         self._count("dropped")
 
     def _post(self, body: bytes) -> tuple[int | None, str | None, float]:
-        """(status, one-line error, Retry-After seconds) of posting one envelope."""
+        """(status, one-line error, seconds Sentry asks us to wait) of posting one envelope."""
         import urllib.error
         import urllib.request
 
-        assert self.dsn is not None
-        handlers = [urllib.request.ProxyHandler({})] if is_loopback_host(self.dsn.host) else []
+        assert self.dsn is not None and self._opener is not None
         request = urllib.request.Request(self.dsn.envelope_url, data=body, method="POST", headers={
             "Content-Type": "application/x-sentry-envelope",
             "User-Agent": f"opik-cipx/{__version__}",
@@ -276,23 +270,19 @@ class Reporter:
                              f"sentry_key={self.dsn.public_key}",
         })
         try:
-            with urllib.request.build_opener(*handlers).open(request, timeout=REQUEST_TIMEOUT_S) as resp:
+            with self._opener.open(request, timeout=REQUEST_TIMEOUT_S) as resp:
                 resp.read()
                 return resp.status, None, 0.0
         except urllib.error.HTTPError as exc:
             with exc:
-                return exc.code, f"Sentry answered HTTP {exc.code}", _retry_after(exc.headers.get("Retry-After"))
+                return exc.code, f"Sentry answered HTTP {exc.code}", self._retry_after(exc.headers)
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or exc
             return None, f"cannot reach Sentry at {self.dsn.host}: {type(exc).__name__}: {reason}"[:300], 0.0
 
-
-def _retry_after(raw: str | None) -> float:
-    try:
-        seconds = float(raw) if raw else RETRY_AFTER_DEFAULT_S
-    except ValueError:
-        seconds = RETRY_AFTER_DEFAULT_S
-    return min(max(seconds, 1.0), RETRY_AFTER_MAX_S)
+    def _retry_after(self, headers: Headers) -> float:
+        wait = requested_wait_s(headers, self.clock.time())
+        return RETRY_AFTER_DEFAULT_S if wait is None else min(max(wait, 1.0), RETRY_AFTER_MAX_S)
 
 
 class _Handler(logging.Handler):
@@ -308,6 +298,8 @@ class _Handler(logging.Handler):
             self.reporter.capture(exc, record.name)
 
 
-def start(settings: Settings) -> Reporter:
+def start(settings: Settings, counters: Counters | None = None, clock: Clock = SYSTEM) -> Reporter:
     """The daemon's reporter, reporting already when `settings` opt in."""
-    return Reporter(settings).start()
+    reporter = Reporter(settings, counters, clock)
+    reporter.start()
+    return reporter

@@ -1,11 +1,14 @@
 """The recorded Claude Code 2.1.197 requests (tests/fixtures/claude-code), for golden tests."""
 
+import hashlib
 import json
 import re
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 from opik_cipx.ids import derived_uuid7
+from opik_cipx.materialize.call import Materialized
 from opik_cipx.wire.capture import Capture
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code"
@@ -144,18 +147,53 @@ def corpus_clock():
     return FakeClock(corpus_now_ns())
 
 
-def materialized(sessions_dir: Path, recent: bool = False) -> list[tuple[str, str, Capture, list[dict]]]:
-    """(scenario, number, capture, records) for every recorded exchange, through one
-    materializer as the daemon runs it, with the session files of `write_session_files`.
-    `recent`: every exchange moved in time (keeping their spacing) so the last ended a minute ago."""
+class Derived(NamedTuple):
+    """One recorded exchange and what the materializer made of it: `result.records`, `result.call`."""
+
+    scenario: str
+    number: str
+    capture: Capture
+    result: Materialized
+
+
+def materialized(sessions_dir: Path, recent: bool = False) -> list[Derived]:
+    """Every recorded exchange, in recorded order, through one materializer as the daemon runs it,
+    with the session files of `write_session_files` (also written to `sessions_dir`). Shared by
+    every caller in the test process (`corpus`): read-only, and checked to be unchanged. `recent`:
+    a fresh copy with every exchange moved in time (keeping their spacing) so that the last ended
+    a minute ago."""
+    write_session_files(sessions_dir)
+    if recent:
+        return list(_materialize(recent=True))
+    if _fingerprint(corpus()) != _corpus_fingerprint():
+        raise AssertionError("a test changed the shared corpus records (tests/claude_code_corpus.corpus): "
+                             "copy them before changing them")
+    return list(corpus())
+
+
+@cache
+def corpus() -> tuple[Derived, ...]:
+    """The recorded corpus materialized once per test process (see `materialized`): read-only."""
+    return _materialize(recent=False)
+
+
+@cache
+def _corpus_fingerprint() -> str:
+    return _fingerprint(corpus())
+
+
+def _fingerprint(items: tuple[Derived, ...]) -> str:
+    text = json.dumps([item.result.records for item in items], ensure_ascii=False)  # 30 ms
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _materialize(recent: bool) -> tuple[Derived, ...]:
+    import tempfile
     import time
 
     from opik_cipx.materialize.materializer import Materializer, MaterializerConfig
     from opik_cipx.materialize.pricing import load_price_table
 
-    write_session_files(sessions_dir)
-    config = MaterializerConfig("claude-code", True, 500_000, sessions_dir, sessions_dir / "no-claude.json")
-    materializer = Materializer(config, load_price_table())
     pairs = [(scenario, number, capture) for scenario in SCENARIOS for number, capture in exchanges(scenario)]
     if recent:
         shift = time.time_ns() - 60 * 10**9 - max(c.ended_at_ns for _, _, c in pairs)
@@ -163,4 +201,10 @@ def materialized(sessions_dir: Path, recent: bool = False) -> list[tuple[str, st
             capture.started_at_ns += shift
             capture.ttfb_ns += shift
             capture.ended_at_ns += shift
-    return [(scenario, number, capture, materializer.materialize(capture)) for scenario, number, capture in pairs]
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions_dir = Path(tmp)
+        write_session_files(sessions_dir)
+        config = MaterializerConfig("claude-code", True, 500_000, sessions_dir, sessions_dir / "no-claude.json")
+        materializer = Materializer(config, load_price_table())
+        return tuple(Derived(scenario, number, capture, materializer.materialize(capture))
+                     for scenario, number, capture in pairs)

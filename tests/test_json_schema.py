@@ -286,8 +286,8 @@ def test_enum_and_unique_items_use_json_equality(a, b):
 def corpus_records(tmp_path_factory) -> list[tuple[str, str, dict]]:
     """(scenario, number, spool record) for everything the daemon ships for the recorded corpus."""
     return [(scenario, number, record)
-            for scenario, number, _, records in materialized(tmp_path_factory.mktemp("sessions"))
-            for record in records]
+            for scenario, number, _, result in materialized(tmp_path_factory.mktemp("sessions"))
+            for record in result.records]
 
 
 def test_todays_spool_records_are_valid_items_of_opiks_batch_requests(corpus_records):

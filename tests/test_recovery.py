@@ -115,7 +115,7 @@ def straight_run() -> list[dict]:
     materializer = Materializer(config, load_price_table())
     captured = {(s, n): c for s in SCENARIOS for n, c in exchanges(s)}
     return [r for scenario, numbers, _ in planned() for n in numbers
-            for r in materializer.materialize(captured[(scenario, n)])]
+            for r in materializer.materialize(captured[(scenario, n)]).records]
 
 
 def partition(spans: list[dict]) -> set[frozenset[str]]:
@@ -137,8 +137,8 @@ def test_the_corpus_through_three_kill_9s_with_opik_down_arrives_once_and_whole(
             send(daemon, upstream, scenario, numbers)
             sent += len(numbers)
             if kill:
-                wait_for(lambda: (s := daemon.stats())["materializer"]["ready_raw"] == 0
-                         and s["counters"]["requests_captured"] == sent, what="the calls in the capture log")
+                wait_for(lambda: (s := daemon.stats())["materializer"]["ready_raw"] == 0  # noqa: B023 - waited on here
+                         and s["counters"]["requests_captured"] == sent, what="the calls in the capture log")  # noqa: B023
                 daemon.kill()
                 daemon = DaemonProcess(home, upstream.url, **opik_env(opik))
                 sent = 0
@@ -174,11 +174,12 @@ def test_the_corpus_through_three_kill_9s_with_opik_down_arrives_once_and_whole(
     for trace_id, versions in traces.items():  # the final version carries the turn's last answer
         answers = [s for s in sorted(llm, key=lambda s: s["start_time"])
                    if s["trace_id"] == trace_id and s["metadata"]["cc"]["call"]["kind"] in ("main", "compaction")
-                   and any(b.get("type") == "text" and b.get("text") for b in (s.get("output") or {}).get("content", []))]
+                   and any(b.get("type") == "text" and b.get("text")
+                           for b in (s.get("output") or {}).get("content", []))]
         if answers:
             text = "\n".join(b["text"] for b in answers[-1]["output"]["content"] if b.get("type") == "text")
             assert newest(versions)["output"] == {"response": text}
-    replayed = run_cli(home, "replay")
+    replayed = run_cli(home, "replay", "--records")
     assert replayed.returncode == 0, replayed.stderr
     assert {json.loads(line)["body"]["id"] for line in replayed.stdout.splitlines()} == set(received)
 
@@ -196,6 +197,8 @@ def test_a_call_that_arrives_during_shutdown_is_materialized_at_the_next_start(h
         wait_for(lambda: daemon.stats()["queue"]["inflight"] > 0, what="a post to Opik in flight")
         daemon.proc.send_signal(15)
         wait_for_listener_closed(daemon.port)
+        wait_for(lambda: "shutdown: cipx-materializer stopped" in (home / "logs" / "cipx.log").read_text(),
+                 what="the materializer stopped")  # the shipper's 5 s stop has begun
         conn.request("POST", "/v1/messages", body=body)  # the idle keep-alive connection brings one more
         assert conn.getresponse().read() == answer["body"].encode()
         assert daemon.proc.wait(30) == 0

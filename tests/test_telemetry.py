@@ -4,16 +4,18 @@ The sender runs against tests/fake_sentry.py (real HTTP on loopback); the daemon
 (a forced materializer error, a crash at startup, the off switch) are in test_daemon_telemetry.py.
 """
 
+import email.utils
 import errno
 import json
 import logging
-import time
+import threading
 
 import pytest
 
 from opik_cipx import telemetry
 from opik_cipx.config import load_settings
 from opik_cipx.telemetry import OFF_SWITCH, ON, OPT_IN, Reporter, build_event, describe, envelope, fingerprint
+from tests.claude_code_corpus import corpus_clock
 from tests.conftest import REPO, wait_for
 from tests.fake_sentry import FakeSentry, parse_envelope
 
@@ -89,7 +91,8 @@ def test_status_words_for_each_setting(tmp_path):
     dsn = "https://k@o7.ingest.sentry.io/3"
     assert describe(settings_for(tmp_path, CIPX_SENTRY_DSN=dsn, CIPX_SENTRY="off")) == (False, OFF_SWITCH)
     enabled, reason = describe(settings_for(tmp_path, CIPX_SENTRY_DSN=dsn))
-    assert enabled and reason == "on (CIPX_SENTRY_DSN: error reports go to o7.ingest.sentry.io; CIPX_SENTRY=off stops them)"
+    assert enabled
+    assert reason == "on (CIPX_SENTRY_DSN: error reports go to o7.ingest.sentry.io; CIPX_SENTRY=off stops them)"
 
 
 def test_status_readme_skill_and_docs_tell_one_story():
@@ -109,18 +112,17 @@ def sentry():
 
 
 @pytest.fixture
-def reporter_for(tmp_path, monkeypatch):
-    monkeypatch.setattr(telemetry, "RETRY_WAITS_S", (0.05, 0.05))
+def reporter_for(tmp_path):
     started = []
 
-    def make(dsn: str, **env) -> Reporter:
-        reporter = telemetry.start(settings_for(tmp_path, CIPX_SENTRY_DSN=dsn, **env))
+    def make(dsn: str, clock=None, **env) -> Reporter:
+        reporter = telemetry.start(settings_for(tmp_path, CIPX_SENTRY_DSN=dsn, **env), clock=clock or corpus_clock())
         started.append(reporter)
         return reporter
 
     yield make
     for reporter in started:
-        reporter.close(1.0)
+        reporter.stop(0)  # no handler left behind; a sender stuck on a hanging endpoint ends on its own
 
 
 def log_error(where: str = "opik_cipx.materialize.materializer") -> None:
@@ -157,11 +159,31 @@ def test_a_burst_of_distinct_errors_is_rate_limited(sentry, reporter_for):
 
 def test_a_failing_endpoint_is_retried_a_bounded_number_of_times_then_dropped(sentry, reporter_for):
     sentry.answers = [500] * 10
-    reporter = reporter_for(sentry.dsn())
+    clock = corpus_clock()
+    reporter = reporter_for(sentry.dsn(), clock)
     log_error()
+    for wait_s in telemetry.RETRY_WAITS_S:  # each retry after its wait, on the reporter's clock
+        wait_for(lambda: clock.waiting(reporter.name) == wait_s, what=f"a retry waiting {wait_s}s")  # noqa: B023 - waited on here
+        clock.advance(wait_s)
     wait_for(lambda: reporter.section()["dropped"] == 1, what="the report dropped")
     assert sentry.posts == 1 + len(telemetry.RETRY_WAITS_S)
     assert reporter.section()["last_error"] == "Sentry answered HTTP 500"
+
+
+def test_a_429_silences_reports_for_its_retry_after_also_as_an_http_date(sentry, reporter_for):
+    clock = corpus_clock()
+    sentry.answers = [429]
+    sentry.retry_after = email.utils.formatdate(clock.time() + 600, usegmt=True)
+    reporter = reporter_for(sentry.dsn(), clock)
+    log_error("opik_cipx.a")
+    wait_for(lambda: reporter.section()["dropped"] == 1, what="the 429 dropped")
+    clock.advance(599)
+    log_error("opik_cipx.b")  # Sentry asked for ten minutes: dropped without a request
+    wait_for(lambda: reporter.section()["dropped"] == 2, what="the silenced one dropped")
+    clock.advance(2)
+    log_error("opik_cipx.c")
+    wait_for(lambda: reporter.section()["sent"] == 1, what="sent once the ten minutes are over")
+    assert sentry.posts == 2
 
 
 def test_a_refused_dsn_is_not_retried_and_429_silences_reports(sentry, reporter_for):
@@ -184,9 +206,13 @@ def test_closing_never_waits_on_a_hanging_endpoint_and_the_queue_is_bounded(sent
     for i in range(telemetry.QUEUE_MAX + 5):
         log_error(f"opik_cipx.stage{i}")
     assert reporter.section()["dropped"] >= 4  # one is being posted, QUEUE_MAX wait, the rest are dropped
-    started = time.monotonic()
-    reporter.close(0.3)
-    assert time.monotonic() - started < 1.0
+    stopped = []
+    stopper = threading.Thread(target=lambda: stopped.append(reporter.stop(0.3)), name="stopper")
+    stopper.start()
+    wait_for(lambda: reporter.clock.waiting("stopper") is not None, what="stop waiting for the sender")
+    reporter.clock.advance(0.3)  # a bounded wait on the reporter's clock, never the endpoint's
+    stopper.join(5)
+    assert stopped == [False] and not stopper.is_alive()
 
 
 def test_off_means_no_handler_and_nothing_sent(sentry, reporter_for):

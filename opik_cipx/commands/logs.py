@@ -7,9 +7,10 @@ its start. Ctrl-C ends it.
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
+from typing import BinaryIO
 
+from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import ConfigError, Settings
 from opik_cipx.control.daemon_control import paths_only_settings
 
@@ -54,12 +55,13 @@ def last_lines(path: Path, count: int) -> tuple[bytes, int]:
         return b"".join(lines[-count:]), end
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: Settings, clock: Clock = SYSTEM) -> int:
     path = settings.logs_dir / "cipx.log"
     out = sys.stdout.buffer
     try:
         if not path.exists():
-            print(f"opik-cipx: no log yet at {path}: the daemon has not run here. Run `opik-cipx sync`.", file=sys.stderr)
+            print(f"opik-cipx: no log yet at {path}: the daemon has not run here. Run `opik-cipx sync`.",
+                  file=sys.stderr)
             _startup_errors(settings)
             return 1
         text, offset = last_lines(path, args.lines)
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if not settings.state_path.exists():
                 _startup_errors(settings)
             return 0
-        _follow(path, offset, out)
+        _follow(path, offset, out, clock)
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:  # `opik-cipx logs | head`
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _follow(path: Path, offset: int, out) -> None:
+def _follow(path: Path, offset: int, out: BinaryIO, clock: Clock) -> None:
     fh = open(path, "rb")
     fh.seek(offset)
     inode = os.fstat(fh.fileno()).st_ino
@@ -97,7 +99,7 @@ def _follow(path: Path, offset: int, out) -> None:
             fh = open(path, "rb")
             inode = os.fstat(fh.fileno()).st_ino
             continue
-        time.sleep(FOLLOW_POLL_S)
+        clock.sleep(FOLLOW_POLL_S)
 
 
 def _startup_errors(settings: Settings) -> None:

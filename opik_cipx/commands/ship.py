@@ -11,11 +11,11 @@ With the daemon up it takes them within seconds; with it down, when it starts.
 import argparse
 import os
 import sys
-import time
 
+from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import ConfigError, Settings
 from opik_cipx.control.daemon_control import admin_port, fetch_stats, paths_only_settings, read_state
-from opik_cipx.store.spool import QUARANTINE, quarantine_counts, request_requeue
+from opik_cipx.store.quarantine import QUARANTINE, quarantine_counts, request_requeue
 
 TAKE_WAIT_S = 10.0  # how long to wait for a running daemon to take the records in
 POLL_S = 0.1
@@ -32,10 +32,10 @@ def on_config_error(args: argparse.Namespace, exc: ConfigError) -> int:
     return run(args, paths_only_settings(dict(os.environ)))
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: Settings, clock: Clock = SYSTEM) -> int:
     spool = settings.spool_dir
     counts = quarantine_counts(spool)
-    moved = request_requeue(spool) if counts["quarantined"] else 0
+    moved = request_requeue(spool, clock.time_ns()) if counts["quarantined"] else 0
     if not moved:
         pending = f" ({counts['retry_pending']} record(s) from an earlier retry still wait for the daemon)" \
             if counts["retry_pending"] else ""
@@ -46,14 +46,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"opik-cipx: {moved} record(s) handed back from the quarantine; the daemon ships them when it starts "
               "(`opik-cipx sync` starts it)")
         return 0
-    opik = stats.get("opik") if isinstance(stats.get("opik"), dict) else {}
+    opik = found if isinstance(found := stats.get("opik"), dict) else {}
     if not opik.get("configured"):
         print(f"opik-cipx: {moved} record(s) handed back from the quarantine; they are shipped once Opik is "
               "configured (`opik-cipx status` says how)")
         return 0
-    deadline = time.monotonic() + TAKE_WAIT_S
-    while quarantine_counts(spool)["retry_pending"] and time.monotonic() < deadline:
-        time.sleep(POLL_S)
+    deadline = clock.monotonic() + TAKE_WAIT_S
+    while quarantine_counts(spool)["retry_pending"] and clock.monotonic() < deadline:
+        clock.sleep(POLL_S)
     if quarantine_counts(spool)["retry_pending"]:
         print(f"opik-cipx: {moved} record(s) handed back from the quarantine; the daemon puts them in the queue "
               "once its shipper is free (`opik-cipx status` shows them as retry pending)")

@@ -1,10 +1,10 @@
-"""One call's ledger rows, derived from its capture and the records the materializer made for it.
+"""One call's ledger rows, derived from its call record (docs/ARCHITECTURE.md, "Call record").
 
-Pure: the same capture and records always give the same entry (the local day aside, which
-follows the machine's time zone), so re-materializing a capture rewrites identical rows.
-Everything comes from the call's span (`metadata.cc.call`, `.usage`, `.pricing`,
-`.categories`, `.output_categories`, `.session`, `.identity`, `.cache`, `.rate_limits`) and its
-`total_estimated_cost`; the ledger never re-prices, re-attributes or re-diagnoses.
+Pure: the same record always gives the same entry (the local day aside, which follows the
+machine's time zone), so re-materializing a capture rewrites identical rows. Everything comes
+from the `CallRecord` the materializer made (exchange, kind, session, identity, usage, cost,
+attribution, output split, cache diagnosis, rate limits, launches): the ledger never reads an
+Opik record, and never re-prices, re-attributes or re-diagnoses.
 
 Detail rows split the call's cost over buckets: each request bucket (and each labelled part
 of one) gets its character share of the input-side tokens and cost; `output` holds the output
@@ -12,20 +12,32 @@ tokens and cost (labelled thinking / text / tool_use by character share); `web_s
 search fees. So the `''` rows of one call add up to its total cost. Labels are kept for every
 bucket except `system_prompt` sections and `tools_builtin` tool definitions, which are the
 same in every call (the call page paints them while the raw capture is stored).
+
+What a call says about its session's label (`SessionText`): a `side:title` call's answer is
+Claude Code's title for the session (JSON `{"title": ...}`, a `<title>` tag or plain text, as its
+title prompts have asked); a main-loop call's prompt (the typed text, else the slash command) is
+a candidate for the session's first prompt (the writer keeps the earliest). Both are one line of
+at most `LABEL_CHARS` characters; with content capture off (`keep_text` False) neither is kept,
+so the ledger holds no prompt or answer text.
 """
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from opik_cipx.ledger.periods import local_day
-from opik_cipx.materialize.pricing import token_counts
-from opik_cipx.materialize.turns import AGENT_TOOLS
-from opik_cipx.wire.capture import Capture
+from opik_cipx.materialize.call import CallRecord
+from opik_cipx.materialize.pricing import Cost
+from opik_cipx.materialize.usage import Usage
 
 OUTPUT = "output"
 WEB_SEARCH = "web_search"
 UNLABELLED_BUCKETS = frozenset({"system_prompt", "tools_builtin"})
 _MTOK = 1_000_000
+LABEL_CHARS = 200  # the longest title or first prompt the ledger keeps
+_TITLE_TAG = re.compile(r"<title>(.*?)</title>", re.S | re.I)
+_FENCE = re.compile(r"^```[a-z]*\s*|\s*```$")
 
 
 @dataclass(frozen=True)
@@ -40,156 +52,202 @@ class Detail:
 
 
 @dataclass(frozen=True)
+class SessionText:
+    """What one call says about its session's label: Claude Code's title, or its prompt (a
+    candidate for the first prompt); None when it says nothing."""
+
+    title: str | None = None
+    prompt: str | None = None
+
+
+@dataclass(frozen=True)
 class Entry:
     """`call`: column -> value of the `calls` row; `details`: its bucket rows; `launches`:
     (Agent tool span id, id of the llm span whose response asked for it) seen in the records;
-    `rate_limits`: a row of `schema.RATE_LIMIT_COLUMNS` per window its response carried."""
+    `rate_limits`: a row of `schema.RATE_LIMIT_COLUMNS` per window its response carried;
+    `session`: what it says about its session's label."""
 
     call: dict[str, Any]
     details: tuple[Detail, ...]
     launches: tuple[tuple[str, str], ...]
     rate_limits: tuple[tuple, ...] = ()
+    session: SessionText = SessionText()
 
 
-def ledger_entry(capture: Capture, records: list[dict]) -> Entry | None:
-    """The ledger rows of one exchange; None when it made no Messages API call span."""
-    span = next((body for body in _bodies(records) if _call_meta(body).get("capture_id") == capture.id), None)
-    if span is None:
+def ledger_entry(call: CallRecord, keep_text: bool = True) -> Entry:
+    """The ledger rows of one call; `keep_text` False (content capture off): no title or prompt."""
+    return Entry(call=_row(call), details=tuple(_details(call)), launches=tuple(call.launches),
+                 rate_limits=_rate_limits(call), session=session_text(call) if keep_text else SessionText())
+
+
+def session_text(call: CallRecord) -> SessionText:
+    """The title a `side:title` call answered, or the prompt of a main-loop call."""
+    kind = call.kind
+    if kind.kind == "side" and kind.side_kind == "title" and not call.error_type:
+        answer = "".join(b.get("text") or "" for b in call.response.content if b.get("type") == "text")
+        return SessionText(title=title_of(answer))
+    if kind.kind == "main" and not kind.agent_id:
+        return SessionText(prompt=one_line(_prompt(call.attribution.facts)))
+    return SessionText()
+
+
+def title_of(answer: str) -> str | None:
+    """The title in a title call's answer: `{"title": ...}` (fenced or not), `<title>...</title>`,
+    else its first line; None when there is none."""
+    text = _FENCE.sub("", answer.strip())
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        text = doc["title"] if isinstance(doc.get("title"), str) else ""
+    elif tag := _TITLE_TAG.search(text):
+        text = tag.group(1)
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return one_line(first.strip().strip("\"'`*#").strip())
+
+
+def one_line(text: str | None) -> str | None:
+    """`text` on one line (whitespace runs made one space), cut to `LABEL_CHARS`; None when empty."""
+    line = " ".join((text or "").split())
+    if not line:
         return None
-    cc = span["metadata"]["cc"]
-    call, usage, pricing = cc.get("call") or {}, cc.get("usage") or {}, cc.get("pricing") or {}
-    session = cc.get("session") or {}
-    git = session.get("git") if isinstance(session.get("git"), dict) else {}
-    identity = cc.get("identity") if isinstance(cc.get("identity"), dict) else {}
-    tokens = token_counts(usage)
-    breakdown = pricing.get("breakdown") or {}
-    cost = span.get("total_estimated_cost")
-    error = span.get("error_info") or {}
-    error_type = error.get("exception_type") or ("client_aborted" if capture.client_aborted else None)
-    cache = cc.get("cache") if isinstance(cc.get("cache"), dict) else {}
-    cache_break = cache.get("break") or {}
-    started = capture.started_at_ns
-    row = {
-        "capture_id": capture.id,
-        "started_at_ns": started,
-        "ended_at_ns": capture.ended_at_ns or started,
-        "day": local_day(started),
-        "session_id": session.get("id"),
-        "project_dir": session.get("cwd"),
-        "git_branch": git.get("branch"),
-        "git_remote": git.get("remote"),
-        "user_email": identity.get("user_email"),
-        "org_name": identity.get("org_name"),
-        "model": span.get("model") or pricing.get("model") or (cc.get("count_tokens") or {}).get("model"),
-        "kind": call.get("kind") or "unknown",
-        "side_kind": call.get("side_kind"),
-        "agent_id": call.get("agent_id"),
-        "parent_agent_id": call.get("parent_agent_id"),
-        "agent_type": call.get("subagent_type"),
-        "trace_id": span.get("trace_id"),
-        "span_id": span.get("id"),
-        "parent_span_id": span.get("parent_span_id"),
-        "status": capture.status,
-        "error_type": error_type,
-        "request_id": call.get("request_id"),
-        "message_id": call.get("message_id"),
-        "stop_reason": call.get("stop_reason"),
-        "input_tokens": tokens["input"],
-        "cache_creation_input_tokens": tokens["cache_write_5m"] + tokens["cache_write_1h"],
-        "cache_write_5m_tokens": tokens["cache_write_5m"],
-        "cache_write_1h_tokens": tokens["cache_write_1h"],
-        "cache_read_input_tokens": tokens["cache_read"],
-        "output_tokens": tokens["output"],
-        "cost_usd": cost,
-        "cost_input_usd": breakdown.get("input"),
-        "cost_cache_write_5m_usd": breakdown.get("cache_write_5m"),
-        "cost_cache_write_1h_usd": breakdown.get("cache_write_1h"),
-        "cost_cache_read_usd": breakdown.get("cache_read"),
-        "cost_output_usd": breakdown.get("output"),
-        "cost_web_search_usd": breakdown.get("web_search"),
-        "warm_cache_cost_usd": _warm_cache_cost(cost, tokens, breakdown, pricing.get("rates") or {}),
+    return line if len(line) <= LABEL_CHARS else line[:LABEL_CHARS - 1].rstrip() + "\u2026"
+
+
+def _prompt(facts: dict) -> str | None:
+    """What the user typed to open the turn: the prompt text, else the slash command."""
+    text = (facts.get("user_prompt") or {}).get("text")
+    if isinstance(text, str) and text.strip():
+        return text
+    commands = (facts.get("slash_commands") or {}).get("by_command") or []
+    if commands and isinstance(commands[-1], dict) and commands[-1].get("name"):
+        last = commands[-1]
+        return f"/{last['name']} {last.get('args') or ''}"
+    return None
+
+
+def _row(call: CallRecord) -> dict[str, Any]:
+    """The `calls` row."""
+    x, kind, usage, cost = call.exchange, call.kind, call.usage or NO_USAGE, call.cost
+    git, cache = call.session.git, call.cache
+    previous, found = (cache.previous, cache.cache_break) if cache else (None, None)
+    breakdown = cost.breakdown if cost else None
+    return {
+        "capture_id": x.capture_id,
+        "started_at_ns": x.started_at_ns,
+        "ended_at_ns": x.ended_at_ns,
+        "day": local_day(x.started_at_ns),
+        "session_id": call.session.id,
+        "project_dir": call.session.cwd,
+        "git_branch": git.branch if git else None,
+        "git_remote": git.remote if git else None,
+        "user_email": call.identity.user_email,
+        "org_name": call.identity.org_name,
+        "model": call.model,
+        "kind": kind.kind,
+        "side_kind": kind.side_kind,
+        "agent_id": kind.agent_id,
+        "parent_agent_id": kind.parent_agent_id,
+        "agent_type": call.agent.subagent_type if call.agent else None,
+        "trace_id": call.trace_id,
+        "span_id": call.span_id,
+        "parent_span_id": call.parent_span_id,
+        "status": x.status,
+        "error_type": call.error_type or ("client_aborted" if x.client_aborted else None),
+        "request_id": call.response.request_id,
+        "message_id": call.response.message_id,
+        "stop_reason": call.response.stop_reason,
+        "input_tokens": usage.input,
+        "cache_creation_input_tokens": usage.cache_write,
+        "cache_write_5m_tokens": usage.cache_write_5m,
+        "cache_write_1h_tokens": usage.cache_write_1h,
+        "cache_read_input_tokens": usage.cache_read,
+        "output_tokens": usage.output,
+        "cost_usd": cost.total_usd if cost else None,
+        "cost_input_usd": breakdown["input"] if breakdown else None,
+        "cost_cache_write_5m_usd": breakdown["cache_write_5m"] if breakdown else None,
+        "cost_cache_write_1h_usd": breakdown["cache_write_1h"] if breakdown else None,
+        "cost_cache_read_usd": breakdown["cache_read"] if breakdown else None,
+        "cost_output_usd": breakdown["output"] if breakdown else None,
+        "cost_web_search_usd": breakdown["web_search"] if breakdown else None,
+        "warm_cache_cost_usd": _warm_cache_cost(cost, usage),
         # unpriced: a model the table does not know and could not estimate (an estimate has a cost)
-        "unknown_model": int(bool(pricing.get("unknown_model")) and not pricing.get("estimated_from")),
-        "price_estimated_from": pricing.get("estimated_from"),
-        "price_table_date": pricing.get("price_table_date") or span.get("total_estimated_cost_version"),
-        "request_chars": call.get("request_chars") or 0,
-        "ttfb_ms": call.get("ttfb_ms"),
-        "duration_ms": call.get("duration_ms"),
-        "cache_previous_capture_id": (cache.get("previous") or {}).get("capture_id"),
-        "cache_gap_s": (cache.get("previous") or {}).get("gap_s"),
-        "cache_break_cause": cache_break.get("cause"),
-        "cache_break_causes": ",".join(cache_break.get("causes") or ()) or None,
-        "cache_break_bucket": (cache_break.get("where") or {}).get("bucket"),
-        "cache_break_item": cache_break.get("item"),
-        "cache_break_tokens": cache_break.get("lost_tokens") or 0,
-        "cache_break_usd": cache_break.get("extra_cost_usd"),
+        "unknown_model": int(bool(cost and cost.unknown_model and not cost.estimated_from)),
+        "price_estimated_from": cost.estimated_from if cost else None,
+        "price_table_date": cost.price_table_date if cost else None,
+        "request_chars": call.attribution.total_chars,
+        "ttfb_ms": x.ttfb_ms,
+        "duration_ms": x.duration_ms,
+        "cache_previous_capture_id": previous.capture_id if previous else None,
+        "cache_gap_s": previous.gap_s if previous else None,
+        "cache_break_cause": found.cause if found else None,
+        "cache_break_causes": (",".join(found.causes) or None) if found else None,
+        "cache_break_bucket": found.where.bucket if found and found.where else None,
+        "cache_break_item": found.item if found else None,
+        "cache_break_tokens": found.lost_tokens if found else 0,
+        "cache_break_usd": found.extra_cost_usd if found else None,
     }
-    details = _request_details(cc.get("categories") or {}, tokens, pricing.get("input_side_usd"))
-    details += _output_details(cc.get("output_categories") or {}, tokens["output"], pricing.get("output_usd"))
-    if pricing.get("web_search_usd"):
-        details.append(Detail(WEB_SEARCH, "", 0, 0.0, pricing["web_search_usd"]))
-    launches = tuple(
-        (body["id"], body["parent_span_id"])
-        for body in _bodies(records)
-        if body.get("type") == "tool" and body.get("name") in AGENT_TOOLS and body.get("parent_span_id")
-    )
-    windows = ((cc.get("rate_limits") or {}).get("windows") or {}).items()
-    rate_limits = tuple((name, w.get("source") or "unified", w.get("utilization"), w.get("resets_at"), w.get("status"),
-                         w.get("surpassed_threshold"), w.get("limit"), w.get("remaining"))
-                        for name, w in windows if isinstance(w, dict))
-    return Entry(call=row, details=tuple(details), launches=launches, rate_limits=rate_limits)
 
 
-def _bodies(records: list[dict]) -> list[dict]:
-    return [r["body"] for r in records if r.get("kind") == "span" and isinstance(r.get("body"), dict)]
+NO_USAGE = Usage(input=0, cache_write_5m=0, cache_write_1h=0, cache_read=0, output=0, prompt_tokens=0, original={})
 
 
-def _call_meta(body: dict) -> dict:
-    cc = (body.get("metadata") or {}).get("cc") or {}
-    call = cc.get("call")
-    return call if isinstance(call, dict) else {}
-
-
-def _warm_cache_cost(cost: float | None, tokens: dict[str, int], breakdown: dict, rates: dict) -> float | None:
+def _warm_cache_cost(cost: Cost | None, usage: Usage) -> float | None:
     """What the call would have cost had every token it wrote to the cache been read from it."""
-    if cost is None or "cache_read" not in rates:
+    if cost is None or cost.total_usd is None or not cost.breakdown or not cost.rates or "cache_read" not in cost.rates:
         return None
-    written = tokens["cache_write_5m"] + tokens["cache_write_1h"]
-    write_cost = (breakdown.get("cache_write_5m") or 0.0) + (breakdown.get("cache_write_1h") or 0.0)
-    return cost - write_cost + written * rates["cache_read"] / _MTOK
+    write_cost = cost.breakdown["cache_write_5m"] + cost.breakdown["cache_write_1h"]
+    return cost.total_usd - write_cost + usage.cache_write * cost.rates["cache_read"] / _MTOK
 
 
-def _request_details(categories: dict, tokens: dict[str, int], input_usd: float | None) -> list[Detail]:
-    """Each request bucket, and each labelled part of it, with its share of the input side."""
-    total = sum(int(entry.get("chars") or 0) for entry in categories.values())
-    prompt = tokens["input"] + tokens["cache_write_5m"] + tokens["cache_write_1h"] + tokens["cache_read"]
+def _details(call: CallRecord) -> list[Detail]:
+    """Each request bucket, and each labelled part of it, with its share of the input side; then
+    the output, all of it and by kind; then the search fees."""
+    usage, cost = call.usage or NO_USAGE, call.cost
+    out = _request_details(call, usage.input_side, cost.input_side_usd if cost else None)
+    out += _output_details(call, usage.output, cost.output_usd if cost else None)
+    if cost and cost.web_search_usd:
+        out.append(Detail(WEB_SEARCH, "", 0, 0.0, cost.web_search_usd))
+    return out
+
+
+def _request_details(call: CallRecord, prompt: int, input_usd: float | None) -> list[Detail]:
+    attribution = call.attribution
+    total = sum(attribution.buckets.values())
     out = []
 
     def detail(bucket: str, label: str, chars: int) -> Detail:
         share = chars / total
         return Detail(bucket, label, chars, prompt * share, None if input_usd is None else input_usd * share)
 
-    for bucket, entry in categories.items():
-        chars = int(entry.get("chars") or 0)
+    for bucket, chars in attribution.buckets.items():
         if not chars:
             continue
         out.append(detail(bucket, "", chars))
         if bucket not in UNLABELLED_BUCKETS:
-            for label, part in (entry.get("by") or {}).items():
-                if part.get("chars"):
-                    out.append(detail(bucket, label, int(part["chars"])))
+            for label, n in (attribution.by_label.get(bucket) or {}).items():
+                if n:
+                    out.append(detail(bucket, label, n))
     return out
 
 
-def _output_details(categories: dict, output_tokens: int, output_usd: float | None) -> list[Detail]:
-    """The output: all of it, then thinking / text / tool_use by character share."""
-    chars = {label: int(entry.get("chars") or 0) for label, entry in categories.items()}
-    total = sum(chars.values())
+def _output_details(call: CallRecord, output_tokens: int, output_usd: float | None) -> list[Detail]:
+    split = call.output.items()
+    total = sum(n for _, n in split)
     if not output_tokens and not total:
         return []
     out = [Detail(OUTPUT, "", total, float(output_tokens), output_usd)]
-    for label, n in chars.items():
+    for label, n in split:
         if n:
             share = n / total
-            out.append(Detail(OUTPUT, label, n, output_tokens * share, None if output_usd is None else output_usd * share))
+            usd = None if output_usd is None else output_usd * share
+            out.append(Detail(OUTPUT, label, n, output_tokens * share, usd))
     return out
+
+
+def _rate_limits(call: CallRecord) -> tuple[tuple, ...]:
+    """A row of `schema.RATE_LIMIT_COLUMNS` per window its response carried."""
+    windows = call.rate_limits.windows if call.rate_limits else ()
+    return tuple((w.name, w.source, w.utilization, w.resets_at, w.status, w.surpassed_threshold, w.limit, w.remaining)
+                 for w in windows)

@@ -8,11 +8,18 @@ write is an upsert keyed by capture id inside one transaction, so writing a capt
 
 The ledger must never stop materialization: `Ledger.write` never raises. A write that fails
 (another process holds the lock past the busy timeout, a full disk) keeps its entries in a
-bounded queue and retries after a pause (a one-shot timer thread, so the entries do not wait
-for the next call; the two threads take turns on a lock); a file that is not a database
-is moved aside (`ledger.db.corrupt-<UTC stamp>`) and a new one started. Each failure streak
-logs one line and counts `ledger_write_errors`; entries dropped from the full queue count
-`ledger_calls_dropped`. Rows older than the retention are deleted at most once an hour.
+bounded queue and retries them after a pause: at the next write, or earlier through
+`retry_due`, which the writer's thread runs when it is idle (the daemon's follower does, so the
+entries do not wait for the next call); a file that is not a database is moved aside
+(`ledger.db.corrupt-<UTC stamp>`) and a new one started. Each failure streak logs one line and
+counts `ledger_write_errors`; entries dropped from the full queue count `ledger_calls_dropped`.
+After `close` nothing opens the file again. Rows older than the retention are deleted at most
+once an hour.
+
+Each write also keeps the call's session row (`sessions`): its first start, its project, the
+latest title and the earliest first prompt, each kept by the start of the call it came from, so
+the rows are the same whatever order the calls arrive in. With `keep_text` False (content capture
+off) no title or prompt is written.
 """
 
 import logging
@@ -21,16 +28,16 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.ledger.db import connect
 from opik_cipx.ledger.entry import Entry, ledger_entry
 from opik_cipx.ledger.periods import local_day
 from opik_cipx.ledger.schema import RATE_LIMIT_COLUMNS, SchemaError, roll_up
+from opik_cipx.materialize.call import CallRecord
 from opik_cipx.stats import Counters
-from opik_cipx.wire.capture import Capture
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +54,9 @@ class Ledger:
     """The writer. `write` is called once per materialized capture, from one thread."""
 
     def __init__(self, path: Path, retention_days: float, counters: Counters | None = None,
-                 clock: Clock = SYSTEM):
+                 clock: Clock = SYSTEM, keep_text: bool = True):
         self.path = path
+        self.keep_text = keep_text
         self.clock = clock
         self.retention_days = retention_days
         self.counters = counters or Counters()
@@ -58,20 +66,20 @@ class Ledger:
         self._retry_at = 0.0
         self._failing: str | None = None  # the error of the current failure streak
         self._retention_at = 0.0
-        self._lock = threading.Lock()  # the writer thread and the retry timer take turns
-        self._timer: threading.Timer | None = None
-        self._closing = False
+        self._lock = threading.Lock()  # `close` may come from another thread than the writes
+        self._closed = False
 
-    def write(self, capture: Capture, records: list[dict]) -> None:
-        """Record one exchange (nothing for an exchange without a model call). Never raises."""
+    def write(self, call: CallRecord | None) -> None:
+        """Record one call (nothing for an exchange without a model call: None). Never raises."""
+        if call is None:
+            return
         try:
-            entry = ledger_entry(capture, records)
+            entry = ledger_entry(call, self.keep_text)
         except Exception:
             self.counters.incr("ledger_write_errors")
-            log.exception("ledger: cannot derive the ledger rows of capture %s", capture.id)
+            log.exception("ledger: cannot derive the ledger rows of capture %s", call.exchange.capture_id)
             return
-        if entry is not None:
-            self.write_entries([entry])
+        self.write_entries([entry])
 
     def write_entries(self, entries: Iterable[Entry]) -> bool:
         """Upsert `entries` (after any still waiting) in one transaction; True once written."""
@@ -79,6 +87,12 @@ class Ledger:
             return self._write(entries)
 
     def _write(self, entries: Iterable[Entry]) -> bool:
+        if self._closed:
+            dropped = len(list(entries))
+            if dropped:
+                self.counters.incr("ledger_calls_dropped", dropped)
+                log.warning("ledger: %d call(s) came after it was closed; not written", dropped)
+            return False
         for entry in entries:
             if len(self._pending) >= MAX_PENDING:
                 self._pending.popleft()
@@ -108,15 +122,20 @@ class Ledger:
             self._retry_at = 0.0
             return self._write([])
 
-    def close(self) -> None:
-        """Write what is waiting (bounded by the busy timeout) and close the file."""
-        self._closing = True
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._pending and not self.flush():
-            log.warning("ledger: %d call(s) could not be written before shutdown; "
-                        "`opik-cipx replay --ledger` adds them from the stored captures", len(self._pending))
+    def retry_due(self) -> None:
+        """Write what is waiting if the pause after a failure is over (the writer's idle step)."""
         with self._lock:
+            if self._pending:
+                self._write([])
+
+    def close(self) -> None:
+        """Write what is waiting (bounded by the busy timeout) and close the file for good."""
+        with self._lock:
+            self._retry_at = 0.0
+            if self._pending and not self._write([]):
+                log.warning("ledger: %d call(s) could not be written before shutdown; "
+                            "`opik-cipx replay --ledger` adds them from the stored captures", len(self._pending))
+            self._closed = True
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -162,7 +181,6 @@ class Ledger:
     def _failed(self, exc: Exception) -> None:
         self.counters.incr("ledger_write_errors")
         self._retry_at = self.clock.monotonic() + RETRY_PAUSE_S
-        self._retry_later()
         reason = _describe(exc)
         if isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorname", None) in CORRUPT:
             moved = self._move_aside()
@@ -174,16 +192,6 @@ class Ledger:
             log.warning("ledger: cannot write %s (%s); calls wait in memory (at most %d) and are retried "
                         "every %.0fs", self.path, reason, MAX_PENDING, RETRY_PAUSE_S)
         self._failing = reason
-
-    def _retry_later(self) -> None:
-        """Flush once the pause is over, unless a retry is already waiting."""
-        timer = self._timer
-        if self._closing or (timer is not None and timer.is_alive() and timer is not threading.current_thread()):
-            return
-        self._timer = threading.Timer(RETRY_PAUSE_S, self.flush)
-        self._timer.name = "cipx-ledger-retry"
-        self._timer.daemon = True
-        self._timer.start()
 
     def _move_aside(self) -> str:
         if self._conn is not None:
@@ -222,6 +230,7 @@ def upsert(conn: sqlite3.Connection, entry: Entry) -> None:
             f"INSERT INTO calls ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
             [call[c] for c in columns],
         ).lastrowid
+        assert call_id is not None  # an INSERT sets it
     else:
         call_id = old[0]
         roll_up(conn, "c.id = ?", (call_id,), sign=-1)
@@ -238,6 +247,35 @@ def upsert(conn: sqlite3.Connection, entry: Entry) -> None:
     )
     roll_up(conn, "c.id = ?", (call_id,))
     _rate_limits(conn, call_id, entry)
+    _session(conn, entry)
+
+
+_LATER_TITLE = "excluded.title_at_ns IS NOT NULL AND (title_at_ns IS NULL OR excluded.title_at_ns >= title_at_ns)"
+_EARLIER_PROMPT = ("excluded.first_prompt_at_ns IS NOT NULL AND "
+                   "(first_prompt_at_ns IS NULL OR excluded.first_prompt_at_ns < first_prompt_at_ns)")
+_KEEP_SESSION = f"""
+INSERT INTO sessions (session_id, started_at_ns, project_dir, title, title_at_ns, first_prompt, first_prompt_at_ns)
+VALUES (:session, :at, :project, :title, :title_at, :prompt, :prompt_at)
+ON CONFLICT (session_id) DO UPDATE SET
+    started_at_ns = min(started_at_ns, excluded.started_at_ns),
+    project_dir = coalesce(project_dir, excluded.project_dir),
+    title = CASE WHEN {_LATER_TITLE} THEN excluded.title ELSE title END,
+    title_at_ns = CASE WHEN {_LATER_TITLE} THEN excluded.title_at_ns ELSE title_at_ns END,
+    first_prompt = CASE WHEN {_EARLIER_PROMPT} THEN excluded.first_prompt ELSE first_prompt END,
+    first_prompt_at_ns = CASE WHEN {_EARLIER_PROMPT} THEN excluded.first_prompt_at_ns ELSE first_prompt_at_ns END
+"""
+
+
+def _session(conn: sqlite3.Connection, entry: Entry) -> None:
+    """The call's session: its first start, its project, the latest title, the earliest prompt."""
+    call, text = entry.call, entry.session
+    if call["session_id"] is None:
+        return
+    at = call["started_at_ns"]
+    conn.execute(_KEEP_SESSION, {
+        "session": call["session_id"], "at": at, "project": call["project_dir"],
+        "title": text.title, "title_at": at if text.title else None,
+        "prompt": text.prompt, "prompt_at": at if text.prompt else None})
 
 
 _RATE_LIMITS_INSERT = ", ".join(RATE_LIMIT_COLUMNS)
@@ -263,7 +301,8 @@ def _rate_limits(conn: sqlite3.Connection, call_id: int, entry: Entry) -> None:
         [(*row, started, call["capture_id"]) for row in entry.rate_limits])
     conn.executemany(
         "INSERT INTO daily_rate_limits (day, window_name, peak_utilization) VALUES (?, ?, ?) "
-        "ON CONFLICT (day, window_name) DO UPDATE SET peak_utilization = max(peak_utilization, excluded.peak_utilization)",
+        "ON CONFLICT (day, window_name) DO UPDATE SET "
+        "peak_utilization = max(peak_utilization, excluded.peak_utilization)",
         [(day, row[0], row[2]) for row in entry.rate_limits if row[2] is not None])
 
 
@@ -275,6 +314,9 @@ def delete_before(conn: sqlite3.Connection, day: str) -> int:
         removed = conn.execute("DELETE FROM calls WHERE day < ?", (day,)).rowcount
         for table in ("launches", "daily_calls", "daily_details", "days", "rate_limits", "daily_rate_limits"):
             conn.execute(f"DELETE FROM {table} WHERE day < ?", (day,))
+        if removed:  # a session goes with its last call
+            conn.execute("DELETE FROM sessions WHERE NOT EXISTS "
+                         "(SELECT 1 FROM calls c WHERE c.session_id = sessions.session_id)")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -1,35 +1,40 @@
 """The follower: materializes the capture log in order, spools the records, keeps a checkpoint.
 
-One thread ("cipx-materializer") owns the materializer. The capture thread hands it each capture
-it appended to the log (`handoff`, in memory, bounded); when handoffs were dropped, or at start,
-it reads the captures from the log instead, so a capture in the log is materialized exactly in
-log order whatever the materializer was doing when it arrived. A capture the log could not take
-(disk full) is still materialized from memory, but nothing recovers it after a crash.
+One worker thread ("cipx-materializer", see `worker.Worker`) owns the materializer. The capture
+thread hands it each capture it appended to the log (`handoff`, in memory, bounded); when
+handoffs were dropped, or at start, it reads the captures from the log instead, so a capture in
+the log is materialized exactly in log order whatever the materializer was doing when it
+arrived. A capture the log could not take (disk full) is still materialized from memory, but
+nothing recovers it after a crash.
 
 Records go to the spool with `Spool.offer`: when the spool has no room the follower waits
 (the log holds what arrives meanwhile) instead of dropping them.
 
 The checkpoint (`materializer/checkpoint.json`;
-docs/ARCHITECTURE.md, "Materializer checkpoint") holds the log position materialized through and the materializer's per-session
-state. It is written at most every `CHECKPOINT_INTERVAL_S`, and only once the spool has
+docs/ARCHITECTURE.md, "Materializer checkpoint") holds the log position materialized through and
+the materializer's per-session state. It is written at most every `CHECKPOINT_INTERVAL_S`, and only once the spool has
 acknowledged (fsynced) every record derived from the captures before that position. On start
 the state is restored and every capture after the position is materialized again: ids are
 derived, so records that had already reached the spool are upserted, never doubled. Retention
 of the capture log runs here too, with the checkpointed position, so a capture is never aged out
 before it is materialized.
+
+`stop` records where the log ends and the deadline under the worker's lock, in one step with the
+stop flag; the thread stops waiting for the wire at once (its waits are cut in short slices that
+look at the flag), materializes the log up to that position, checkpoints, and ends.
 """
 
 import gc
 import json
 import logging
-import queue
 import threading
-import time
-from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.home import read_json, write_atomic
+from opik_cipx.materialize.call import Materialized
 from opik_cipx.materialize.materializer import Materializer
 from opik_cipx.stats import Counters, utc_iso
 from opik_cipx.store.captures import (
@@ -44,6 +49,7 @@ from opik_cipx.store.captures import (
 from opik_cipx.store.spool import Spool
 from opik_cipx.wire.capture import Capture
 from opik_cipx.wire.tee import capture_bytes
+from opik_cipx.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +61,16 @@ HANDOFF_MAX = 16  # captures held in memory for the follower; beyond, it reads t
 HANDOFF_MAX_BYTES = 64 * 1024 * 1024
 MAX_DEFER_S = 1.0  # the longest the follower waits for a quiet wire before a capture
 PAUSE_MAX_S = 0.2  # the longest one pause between the steps of a capture waits for it
-BACKLOG_MAX_S = 10.0  # once a capture waited this long, materializing stops waiting for the wire
+WIRE_SLICE_S = 0.05  # a wait for the wire is cut in slices this long, so a stop reaches it
+FREEZE_AFTER_S = 0.001  # a pause that waited this long for the wire freezes what exists
+BACKLOG_MAX_S = 10.0  # once the follower was behind this long, materializing stops waiting for the wire
 GC_INTERVAL_S = 300.0  # a full garbage collection at most this often (when the wire is empty)
 SPOOL_WAIT_S = 1.0
-_STOP = object()
 
-Listener = Callable[[Capture, list[dict]], None]
+Listener = Callable[[Capture, Materialized], None]
 
 
-class Follower:
+class Follower(Worker):
     def __init__(
         self,
         materializer: Materializer,
@@ -74,52 +81,49 @@ class Follower:
         on_materialized: Listener,
         wire_idle: Callable[[float], bool] | None = None,
         wire_empty: Callable[[], bool] | None = None,
+        on_idle: Callable[[], None] | None = None,
+        clock: Clock = SYSTEM,
     ):
-        """`on_materialized(capture, records)` runs after each capture (viewer, ledger);
+        """`on_materialized(capture, result)` runs after each capture (the ledger);
         `wire_idle(timeout_s)` blocks until the wire is quiet — no exchange started lately — (True)
         or the timeout; `wire_empty()` says no exchange is in flight at all. Given them, the follower
-        also keeps the cyclic garbage collector off the wire (see `pause`)."""
+        also keeps the cyclic garbage collector off the wire (see `pause`). `on_idle()` runs on
+        the follower's thread whenever it has nothing to do (the ledger's retries)."""
+        super().__init__("materializer", counters, log, clock, idle_s=IDLE_POLL_S)
         self.materializer = materializer
         self.store = store
         self.spool = spool
-        self.counters = counters
         self.checkpoint_path = checkpoint_path
         self.on_materialized = on_materialized
         self.wire_idle = wire_idle
         self.wire_empty = wire_empty
-        self._collected_at = time.monotonic()  # the last full garbage collection
-        self._queue: queue.Queue = queue.Queue()
-        self._lock = threading.Lock()
+        self.on_idle = on_idle
+        self._collected_at = clock.monotonic()  # the last full garbage collection
+        self._lock = threading.Lock()  # the counts below, shared with the capture thread and the stats
         self._queued = self._queued_bytes = 0
+        self._logged = 0  # captures in the log for the follower: the backlog at start + appended since
+        self._consumed = 0  # of those, materialized (or given up on)
+        self._lost = 0  # of those, deleted by the disk budget before they were materialized
+        self._behind_since: float | None = None  # since when the lag has been above zero (monotonic)
+        self._inflight = 0
+        self._stop_at: LogPosition | None = None  # where the log ended when the stop was asked for
         self._position = store.start_end
         self._saved: LogPosition | None = None  # position of the checkpoint on disk
         self._ticket = 0  # spool ticket of the last records spooled
         self._pending: tuple[LogPosition, bytes, int] | None = None  # a snapshot waiting for the spool
         self._snapped_at = self._retained_at = float("-inf")
-        self._logged = 0  # captures in the log for the follower: the backlog at start + appended since
-        self._consumed = 0  # of those, materialized (or given up on)
-        self._waiting: deque[float] = deque()  # when each capture of the lag reached the log (monotonic)
-        self._lost = 0  # of those, deleted by the disk budget before they were materialized
-        self._inflight = 0
-        self._stop_at: LogPosition | None = None
-        self._deadline = float("inf")
-        self._thread = threading.Thread(target=self._run, name="cipx-materializer", daemon=True)
 
     # ---- lifecycle (daemon's main thread) ------------------------------------------------
 
     def start(self) -> None:
         """Restore the checkpoint (or decide where to start without one), then follow the log."""
         self._restore()
-        self._thread.start()
+        super().start()
 
-    def stop(self, timeout_s: float) -> bool:
-        """Materialize everything in the log now, checkpoint it, stop; False at the deadline (the
-        rest is materialized at the next start)."""
-        self._deadline = time.monotonic() + timeout_s
+    def on_stop(self) -> None:
+        """Materialize everything in the log now (up to where it ends at this moment), checkpoint
+        it, stop; the stop's deadline bounds it (the rest is materialized at the next start)."""
         self._stop_at = self.store.end
-        self._queue.put(_STOP)
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
 
     # ---- the capture thread --------------------------------------------------------------
 
@@ -129,7 +133,8 @@ class Follower:
         with self._lock:
             if appended is not None:
                 self._logged += 1
-                self._waiting.append(time.monotonic())
+                if self._behind_since is None:
+                    self._behind_since = self.clock.monotonic()
             full = self._queued >= HANDOFF_MAX or self._queued_bytes + size > HANDOFF_MAX_BYTES
             if not full:
                 self._queued += 1
@@ -138,7 +143,7 @@ class Follower:
             if appended is None:  # neither on disk nor in memory any more
                 self.counters.incr("requests_dropped_queue_full")
             return  # in the log: read from there
-        self._queue.put((capture, appended, size))
+        self.put((capture, appended, size))
 
     # ---- stats -----------------------------------------------------------------------------
 
@@ -146,79 +151,85 @@ class Follower:
     def lag(self) -> int:
         """Captures durable in the log and not yet materialized."""
         with self._lock:
-            return max(0, self._logged - self._consumed - self._lost)
+            return self._lag()
+
+    def _lag(self) -> int:
+        return max(0, self._logged - self._consumed - self._lost)
 
     @property
     def backlogged(self) -> bool:
-        """A capture has waited so long that materializing stops yielding to the wire."""
+        """The follower has been behind the log so long that materializing stops yielding to the
+        wire (until it has caught up)."""
         with self._lock:
-            return bool(self._waiting) and time.monotonic() - self._waiting[0] >= BACKLOG_MAX_S
-
-    def pause(self) -> None:
-        """Between the steps of a capture (the materializer calls it too): wait, bounded, for a
-        quiet wire; not while stopping or backlogged.
-
-        Then freeze what exists (`gc.freeze`, cheap): a request read keeps tens of thousands of
-        objects for the next one, and the collector, run by whichever thread allocates, would
-        walk them in passes of milliseconds (tens, for a full one) while the wire waits. Cycles
-        frozen meanwhile are collected when the wire is empty (`_collect_garbage`).
-        """
-        if self.wire_idle is None:
-            return
-        if self._stop_at is None and not self.backlogged:
-            self.wire_idle(PAUSE_MAX_S)
-        gc.freeze()
+            since = self._behind_since
+        return since is not None and self.clock.monotonic() - since >= BACKLOG_MAX_S
 
     def section(self) -> dict[str, int]:
         """`lag_events` and `inflight_raw` of the `materializer` stats."""
         return {"lag_events": self.lag, "inflight_raw": self._inflight}
 
+    # ---- yielding to the wire --------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Between the steps of a capture (the materializer calls it too): wait, bounded, for a
+        quiet wire; not while stopping or backlogged.
+
+        A pause that did wait freezes what exists (`gc.freeze`, cheap), as the follower does after
+        each capture: a request read keeps tens of thousands of objects for the next one, and the
+        collector, run by whichever thread allocates, would walk them in passes of milliseconds
+        (tens, for a full one) while the wire waits. Cycles frozen meanwhile are collected when
+        the wire is empty (`_collect_garbage`).
+        """
+        if self.wire_idle is None:
+            return
+        started = self.clock.monotonic()
+        self._wait_for_wire(PAUSE_MAX_S)
+        if self.clock.monotonic() - started >= FREEZE_AFTER_S:
+            gc.freeze()
+
+    def _wait_for_wire(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for a quiet wire, in slices, so that a stop ends the wait."""
+        if self.wire_idle is None:
+            return
+        deadline = self.clock.monotonic() + timeout_s
+        while not self.stopping and not self.backlogged:
+            left = deadline - self.clock.monotonic()
+            if left <= 0 or self.wire_idle(min(left, WIRE_SLICE_S)):
+                return
+
     # ---- the follower thread ---------------------------------------------------------------
 
-    def _run(self) -> None:
-        self._guarded(self._start_up)
-        while True:
-            try:
-                item = self._queue.get(timeout=IDLE_POLL_S)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                break
-            self._guarded(self._step, item)
-        self._guarded(self._catch_up, self._stop_at)
-        self._guarded(self._final_checkpoint)
-
-    def _guarded(self, step: Callable[..., None], *args: Any) -> None:
-        try:
-            step(*args)
-        except Exception:  # a bug here must not stop materialization for good
-            self.counters.incr("panics_recovered")
-            log.exception("materializer: unexpected error; going on")
-
-    def _start_up(self) -> None:
+    def begin(self) -> None:
         backlog = count_log(self.store.directory, self._position, self.store.start_end)
         with self._lock:
             self._logged += backlog
-            self._waiting.extend([time.monotonic()] * backlog)
+            if backlog and self._behind_since is None:
+                self._behind_since = self.clock.monotonic()
         if backlog:
             log.info("capture log: materializing %d capture(s) stored before this start", backlog)
         self._catch_up(self.store.start_end)
 
-    def _step(self, item: tuple | None) -> None:
-        if item is None:
-            if self._queue.empty():
-                self._catch_up(self.store.end)  # handoffs dropped at the tail
-                self._collect_garbage()
-        else:
+    def step(self, item: tuple | None) -> None:
+        if item is not None:
             self._take(*item)
+        elif not self.stopping:
+            self._catch_up(self.store.end)  # handoffs dropped at the tail
+            self._collect_garbage()
+            if self.on_idle is not None:
+                self.guarded(self.on_idle, what="the idle step")
         self._checkpoint()
+
+    def finish(self) -> None:
+        self.guarded(self._catch_up, self._stop_at)
+        self.guarded(self._final_checkpoint)
 
     def _collect_garbage(self) -> None:
         """A full collection of everything frozen, at most every `GC_INTERVAL_S`, and only while
         no exchange is in flight (it holds the GIL for tens of milliseconds)."""
-        if self.wire_empty is None or time.monotonic() - self._collected_at < GC_INTERVAL_S or not self.wire_empty():
+        now = self.clock.monotonic()
+        if self.wire_empty is None or now - self._collected_at < GC_INTERVAL_S or not self.wire_empty():
             return
-        self._collected_at = time.monotonic()
+        self._collected_at = now
         gc.unfreeze()
         gc.collect()
         gc.freeze()
@@ -228,61 +239,62 @@ class Follower:
             self._queued -= 1
             self._queued_bytes -= size
         if appended is None:
-            self._materialize(capture)  # not in the log: from memory, no position
+            self._process(capture)  # not in the log: from memory, no position
             return
         if appended.start > self._position:
             self._catch_up(appended.start)  # handoffs were dropped: read those from the log
         if appended.end > self._position and self._position >= appended.start:
-            if self._materialize(capture):
+            if self._process(capture):
                 self._advance(appended.end)
 
-    def _catch_up(self, until: LogPosition) -> None:
+    def _catch_up(self, until: LogPosition | None) -> None:
         """Materialize the log from the position up to `until`."""
-        if self._position >= until:
+        if until is None or self._position >= until:
             return
         try:
             for entry in read_log(self.store.directory, self._position, until):
-                if time.monotonic() > self._deadline or not self._materialize(entry.capture):
+                if self._past_deadline() or not self._process(entry.capture):
                     return
+                assert entry.end is not None  # read from a log position: no segment from before the log
                 self._advance(entry.end)
                 self._checkpoint()  # a long catch-up is checkpointed as it goes
         except OSError as exc:
             log.warning("capture log: cannot read it: %s; trying again later", exc.strerror or exc)
             return
-        if time.monotonic() <= self._deadline:
+        if not self._past_deadline():
             self._position = max(self._position, until)  # torn or deleted captures are passed over
+
+    def _past_deadline(self) -> bool:
+        return self.clock.monotonic() > self.deadline
 
     def _advance(self, end: LogPosition) -> None:
         self._position = end
         with self._lock:
             self._consumed += 1
-            if self._waiting:
-                self._waiting.popleft()
+            if self._lag() == 0:
+                self._behind_since = None
 
-    def _materialize(self, capture: Capture) -> bool:
+    def _process(self, capture: Capture) -> bool:
         """Materialize and spool one capture; False when its records could not be spooled before
         the stop deadline (then the position stays before it)."""
-        if self.wire_idle is not None and self._stop_at is None and not self.backlogged:
-            self.wire_idle(MAX_DEFER_S)
+        self._wait_for_wire(MAX_DEFER_S)
         self._inflight = 1
         try:
-            try:
-                records = self.materializer.materialize(capture)
-            except Exception:
-                self.counters.incr("materializer_errors_total")
-                log.exception("materializer: cannot materialize capture %s", capture.id)
-                records = []
+            result = self.guarded(self._materialize, capture, counter="materializer_errors_total",
+                                  what=f"materializing capture {capture.id}", failed=Materialized([]))
             self.pause()
-            if records and not self._spool(records):
+            if result.records and not self._spool(result.records):
                 return False
-            try:
-                self.on_materialized(capture, records)
-            except Exception:
-                log.exception("materializer: listener failed on capture %s", capture.id)
+            self.guarded(self.on_materialized, capture, result, what=f"the listener on capture {capture.id}")
             self.counters.incr("events_materialized")  # after the ledger has it too
+            if self.wire_idle is not None:
+                gc.freeze()  # what this capture left behind, out of the collector's reach (see `pause`)
             return True
         finally:
             self._inflight = 0
+
+    def _materialize(self, capture: Capture) -> Materialized:
+        return self.materializer.materialize(capture)
 
     def _spool(self, records: list[dict]) -> bool:
         """Spool the records, waiting while the spool has no room; False when it is closing or
@@ -292,7 +304,7 @@ class Follower:
             if ticket is not None:
                 self._ticket = ticket
                 return True
-            if self.spool.closing or time.monotonic() > self._deadline:
+            if self.spool.closing or self._past_deadline():
                 return False
 
     # ---- checkpoint ------------------------------------------------------------------------
@@ -328,7 +340,7 @@ class Follower:
     def _encode(self) -> bytes:
         doc: dict[str, Any] = {
             "version": CHECKPOINT_VERSION,
-            "written_at": utc_iso(time.time()),
+            "written_at": utc_iso(self.clock.time()),
             "position": {"segment": self._position.segment, "offset": self._position.offset},
             "state": self.materializer.snapshot(),
         }
@@ -336,7 +348,7 @@ class Follower:
 
     def _checkpoint(self) -> None:
         """Snapshot at most every interval; write it once the spool acknowledged its records."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self._pending is None and self._position != self._saved and now - self._snapped_at >= CHECKPOINT_INTERVAL_S:
             self._pending = (self._position, self._encode(), self._ticket)
             self._snapped_at = now
@@ -351,11 +363,12 @@ class Follower:
         self._pending = (self._position, self._encode(), self._ticket)
         # A spool whose disk refuses writes acknowledges nothing soon: stop without the checkpoint
         # (the next start materializes these captures again, under the same ids).
-        wait_s = 0.0 if self.spool.degraded else max(0.0, self._deadline - time.monotonic())
+        wait_s = 0.0 if self.spool.degraded else max(0.0, self.deadline - self.clock.monotonic())
         if self.spool.wait_durable(self._ticket, wait_s):
             self._write_pending()
 
     def _write_pending(self) -> None:
+        assert self._pending is not None  # called with a snapshot waiting
         position, data, _ = self._pending
         self._pending = None
         try:
@@ -367,13 +380,13 @@ class Follower:
         self._retain()
 
     def _retain(self) -> None:
-        self._retained_at = time.monotonic()
+        self._retained_at = self.clock.monotonic()
         if self._saved is None:
             return
         lost = self.store.retain(self._saved)
         if lost:
             with self._lock:
                 self._lost += lost
-                for _ in range(min(lost, len(self._waiting))):
-                    self._waiting.popleft()
+                if self._lag() == 0:
+                    self._behind_since = None
             self.counters.incr("captures_dropped_budget", lost)

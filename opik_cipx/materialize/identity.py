@@ -7,6 +7,8 @@ no `oauthAccount`); missing fields are None, never empty strings.
 
 import json
 import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 FIELDS = {
@@ -16,6 +18,30 @@ FIELDS = {
     "org_uuid": "organizationUuid",
     "org_name": "organizationName",
 }
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who ran a call (docs/ARCHITECTURE.md, "Call record"): the session's hook record, else this
+    machine's Claude Code account. A field that is absent, empty or not a string is None."""
+
+    user_email: str | None = None
+    user_uuid: str | None = None
+    display_name: str | None = None
+    org_uuid: str | None = None
+    org_name: str | None = None
+
+    @classmethod
+    def of(cls, fields: Mapping) -> "Identity":
+        """From a `read_identity` result or the `identity` object of a session file."""
+        return cls(**{key: _text(fields.get(key)) for key in FIELDS})
+
+    def template_values(self) -> dict[str, str]:
+        return template_values({key: getattr(self, key) for key in FIELDS})
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def claude_json_path(env: dict[str, str]) -> Path:
@@ -34,11 +60,7 @@ def read_identity(claude_json: Path) -> dict[str, str | None]:
         account = {}
     if not isinstance(account, dict):
         account = {}
-    out = {}
-    for key, source in FIELDS.items():
-        value = account.get(source)
-        out[key] = value if isinstance(value, str) and value else None
-    return out
+    return {key: _text(account.get(source)) for key, source in FIELDS.items()}
 
 
 def template_values(identity: dict[str, str | None]) -> dict[str, str]:

@@ -2,8 +2,8 @@
 
 Prices are data (docs/PRICING.md): `prices.json` holds absolute USD per million tokens for each
 model, and `[prices."<model>"]` tables in config.toml add models or override what the package
-says; both are read by the same parser (`config.parse_price_row`). The rules are Anthropic's
-published ones:
+says; both are read by the same parser (`config.parse_price_row`; config.toml's tables once, when
+the settings load). The rules are Anthropic's published ones:
 - cache writes are split by TTL (all 5-minute writes when the split is absent; an iteration without
   one takes the top level's proportion);
 - a model's rates can change on a date (`changes`): a call is priced at the rates in force when
@@ -22,12 +22,13 @@ costs None, with the reason. A cost is never made up as 0.
 import bisect
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from typing import Any
 
 from opik_cipx.config import PRICE_RATE_KEYS as RATE_KEYS
-from opik_cipx.config import parse_price_overrides, parse_price_row
+from opik_cipx.config import parse_price_row
 
 FAMILIES = ("opus", "sonnet", "haiku", "fable", "mythos")
 _TOKENS_PER_MTOK = 1_000_000
@@ -73,7 +74,7 @@ class ModelPrice:
 
     def at(self, at_ns: int) -> Rates:
         """The rates in force at `at_ns` (epoch ns)."""
-        starts = [period.from_ns for period in self.periods[1:]]
+        starts = [period.from_ns for period in self.periods[1:] if period.from_ns is not None]  # all but the first
         return self.periods[bisect.bisect_right(starts, at_ns)]
 
 
@@ -161,19 +162,19 @@ def model_version(name: str) -> tuple[int, ...]:
     return tuple(int(part) for part in name.split("-") if part.isdigit())
 
 
-def load_price_table(overrides: dict | None = None) -> PriceTable:
-    """The packaged table with the `[prices]` overrides from config.toml applied.
+def load_price_table(overrides: dict[str, dict[str, Any]] | None = None) -> PriceTable:
+    """The packaged table with the `[prices]` overrides from config.toml applied: `overrides` is
+    the `prices` setting, already parsed (`config.parse_price_overrides`).
 
     An override of a packaged model wins at every date over what it names (single rates,
     `fast_multiplier`, the whole `tiers` list); its `changes` apply from their dates on top.
-    A model the package does not know needs all five rates. Raises ValueError naming the bad
-    key, e.g. `prices.claude-foo-5.output: expected a number`.
+    A model the package does not know needs all five rates: ValueError naming it otherwise.
     """
     data = json.loads(resources.files(__package__).joinpath("prices.json").read_text(encoding="utf-8"))
     aliases = data["aliases"]
     rows = {name: [parse_price_row(f"prices.json models.{name}", row)] for name, row in data["models"].items()}
     overridden = set()
-    for raw_name, row in parse_price_overrides({} if overrides is None else overrides).items():
+    for raw_name, row in (overrides or {}).items():
         name = _canonical(raw_name, aliases)
         if name not in rows:
             missing = [key for key in RATE_KEYS if key not in row.get("rates", {})]
@@ -290,7 +291,7 @@ def _multiplier(rates: Rates, usage: dict, table: PriceTable, modifiers: list[st
     return multiplier
 
 
-def token_counts(usage: dict) -> dict[str, int]:
+def token_counts(usage: Mapping[str, Any]) -> dict[str, int]:
     """Tokens per rate class. Writes not covered by the TTL split are 5-minute writes."""
     split = usage.get("cache_creation")
     split = split if isinstance(split, dict) else {}

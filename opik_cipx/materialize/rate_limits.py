@@ -12,12 +12,16 @@ Anthropic answers every Messages call with its limits (docs/RATE_LIMITS.md):
 `parse_rate_limits` keeps every header with those prefixes, generically: a window name never
 seen before becomes a window like any other, so it shows in the span metadata, the ledger,
 `status` and the status line without a release. A classic window's utilization is derived as
-(limit - remaining) / limit, so every window has one number to compare. `RateLimitObserver`
-keeps the latest observation of each window for the admin stats. Pure parsing, no I/O.
+(limit - remaining) / limit, so every window has one number to compare. `RateLimits` is the
+typed view a call record carries: the document as parsed (what `metadata.cc.rate_limits` shows, in
+the headers' order) and its windows as typed values for readers. `RateLimitObserver` keeps the
+latest observation of each window for the admin stats. Pure parsing, no I/O.
 """
 
 import threading
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from opik_cipx.stats import utc_iso
@@ -75,6 +79,37 @@ def parse_rate_limits(headers: list[list[str]] | None) -> dict[str, Any] | None:
         out["other"] = other
     out["windows"] = {name: windows[name] for name in sorted(windows, key=window_order)}
     return out
+
+
+@dataclass(frozen=True)
+class RateLimitWindow:
+    """One window as one response reported it; what the headers did not say is None."""
+
+    name: str
+    source: str  # unified | classic
+    utilization: float | None = None
+    resets_at: int | None = None  # epoch seconds
+    status: str | None = None
+    surpassed_threshold: float | None = None
+    limit: int | None = None
+    remaining: int | None = None
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """The rate limits of one response: `document` as `parse_rate_limits` made it (read-only) and
+    its windows, typed, in display order."""
+
+    document: Mapping[str, Any]
+    windows: tuple[RateLimitWindow, ...]
+
+    @classmethod
+    def of(cls, document: Mapping[str, Any]) -> "RateLimits":
+        windows = tuple(
+            RateLimitWindow(name, w.get("source") or "unified", w.get("utilization"), w.get("resets_at"),
+                            w.get("status"), w.get("surpassed_threshold"), w.get("limit"), w.get("remaining"))
+            for name, w in document.get("windows", {}).items())
+        return cls(document, windows)
 
 
 def window_order(name: str) -> tuple:
@@ -135,7 +170,7 @@ def epoch_seconds(value: str) -> int | None:
     except ValueError:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp())
 
 

@@ -18,6 +18,7 @@ object when there is one (`error_event` keeps the whole error event or body), el
 import json
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 from opik_cipx.materialize.sse import parse_sse
 from opik_cipx.wire.capture import Capture, header_value
@@ -25,8 +26,11 @@ from opik_cipx.wire.capture import Capture, header_value
 _TEXT_DELTAS = {"text_delta": "text", "thinking_delta": "thinking", "signature_delta": "signature"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class ResponseSummary:
+    """What a response said. `usage`, `content` and the error objects are JSON off the wire:
+    read-only, like the summary itself."""
+
     status: int | None
     kind: str  # "stream" | "json" | "empty"
     model: str | None = None
@@ -36,19 +40,20 @@ class ResponseSummary:
     usage: dict | None = None
     content: list[dict] = field(default_factory=list)
     partial: bool = False
-    error: dict | None = None
+    error: dict | None = None  # {"type", "message"}, both strings
     error_event: dict | None = None  # the API's error event or error body, as received
     request_id: str | None = None
 
 
 def summarize_response(capture: Capture) -> ResponseSummary:
-    summary = ResponseSummary(
-        status=capture.status, kind="empty", request_id=header_value(capture.response_headers, "request-id")
-    )
+    summary: dict[str, Any] = {  # ResponseSummary's fields as they are read; content: [] unless read
+        "kind": "empty", "model": None, "message_id": None, "stop_reason": None, "stop_sequence": None,
+        "usage": None, "partial": False, "error": None, "error_event": None,
+    }
     try:
         body = decode_body(capture.response_body, header_value(capture.response_headers, "content-encoding"))
     except (OSError, EOFError, zlib.error, ValueError) as exc:
-        summary.error = _error("undecodable_body", f"cannot decode the response body: {exc}")
+        summary["error"] = _error("undecodable_body", f"cannot decode the response body: {exc}")
         body = b""
     content_type = (header_value(capture.response_headers, "content-type") or "").lower()
     if content_type.startswith("text/event-stream"):
@@ -56,7 +61,8 @@ def summarize_response(capture: Capture) -> ResponseSummary:
     elif body.strip():
         _read_json(summary, body)
     _note_how_it_ended(summary, capture)
-    return summary
+    return ResponseSummary(status=capture.status, request_id=header_value(capture.response_headers, "request-id"),
+                           **summary)
 
 
 def decode_body(body: bytes, content_encoding: str | None) -> bytes:
@@ -104,7 +110,7 @@ def merge_usage(usage: dict, update: dict) -> dict:
     return merged
 
 
-def _read_json(summary: ResponseSummary, body: bytes) -> None:
+def _read_json(summary: dict[str, Any], body: bytes) -> None:
     try:
         message = json.loads(body)
     except (ValueError, RecursionError):
@@ -112,17 +118,17 @@ def _read_json(summary: ResponseSummary, body: bytes) -> None:
     if not isinstance(message, dict):
         return
     if message.get("type") == "message":
-        summary.kind = "json"
+        summary["kind"] = "json"
         _take_message_fields(summary, message)
-        summary.usage = _usage(message)
-        summary.content = [block for block in message.get("content") or [] if isinstance(block, dict)]
+        summary["usage"] = _usage(message)
+        summary["content"] = [block for block in message.get("content") or [] if isinstance(block, dict)]
     elif message.get("type") == "error":
-        summary.kind = "json"
-        summary.error, summary.error_event = _api_error(message.get("error")), message
+        summary["kind"] = "json"
+        summary["error"], summary["error_event"] = _api_error(message.get("error")), message
 
 
-def _read_stream(summary: ResponseSummary, body: bytes) -> None:
-    summary.kind = "stream"
+def _read_stream(summary: dict[str, Any], body: bytes) -> None:
+    summary["kind"] = "stream"
     blocks: dict[int, dict] = {}
     pieces: dict[int, dict[str, list[str]]] = {}  # block index -> field -> streamed chunks
     completed = False
@@ -145,24 +151,24 @@ def _read_stream(summary: ResponseSummary, body: bytes) -> None:
         elif kind == "message_delta":
             delta = payload.get("delta")
             if isinstance(delta, dict):
-                summary.stop_reason = delta.get("stop_reason", summary.stop_reason)
-                summary.stop_sequence = delta.get("stop_sequence", summary.stop_sequence)
+                summary["stop_reason"] = delta.get("stop_reason", summary["stop_reason"])
+                summary["stop_sequence"] = delta.get("stop_sequence", summary["stop_sequence"])
             if isinstance(payload.get("usage"), dict):
-                summary.usage = merge_usage(summary.usage or {}, payload["usage"])
+                summary["usage"] = merge_usage(summary["usage"] or {}, payload["usage"])
         elif kind == "message_start":
             message = payload.get("message")
             if isinstance(message, dict):
                 _take_message_fields(summary, message)
-                summary.usage = _usage(message)
+                summary["usage"] = _usage(message)
         elif kind == "message_stop":
             completed = True
         elif kind == "error":
-            summary.error, summary.error_event = _api_error(payload.get("error")), payload
-    summary.content = [_finish_block(blocks[i], pieces.get(i, {})) for i in sorted(blocks)]
+            summary["error"], summary["error_event"] = _api_error(payload.get("error")), payload
+    summary["content"] = [_finish_block(blocks[i], pieces.get(i, {})) for i in sorted(blocks)]
     if not completed:
-        summary.partial = True
-        if summary.error is None:
-            summary.error = _error("incomplete_stream", "the stream ended without message_stop")
+        summary["partial"] = True
+        if summary["error"] is None:
+            summary["error"] = _error("incomplete_stream", "the stream ended without message_stop")
 
 
 def _add_delta(pieces: dict[str, list[str]], block: dict, delta: dict) -> None:
@@ -196,23 +202,23 @@ def _usage(message: dict) -> dict | None:
     return dict(usage) if isinstance(usage, dict) else None
 
 
-def _take_message_fields(summary: ResponseSummary, message: dict) -> None:
-    summary.model = message.get("model") or summary.model
-    summary.message_id = message.get("id") or summary.message_id
-    summary.stop_reason = message.get("stop_reason") or summary.stop_reason
-    summary.stop_sequence = message.get("stop_sequence") or summary.stop_sequence
+def _take_message_fields(summary: dict[str, Any], message: dict) -> None:
+    summary["model"] = message.get("model") or summary["model"]
+    summary["message_id"] = message.get("id") or summary["message_id"]
+    summary["stop_reason"] = message.get("stop_reason") or summary["stop_reason"]
+    summary["stop_sequence"] = message.get("stop_sequence") or summary["stop_sequence"]
 
 
-def _note_how_it_ended(summary: ResponseSummary, capture: Capture) -> None:
+def _note_how_it_ended(summary: dict[str, Any], capture: Capture) -> None:
     if capture.upstream_error or capture.client_aborted:
-        summary.partial = True
-    if summary.error is None or summary.error["type"] == "incomplete_stream":
+        summary["partial"] = True
+    if summary["error"] is None or summary["error"]["type"] == "incomplete_stream":
         if capture.upstream_error:
-            summary.error = _error("upstream_error", capture.upstream_error)
+            summary["error"] = _error("upstream_error", capture.upstream_error)
         elif capture.client_aborted:
-            summary.error = _error("client_aborted", "the client closed the connection before the response ended")
-    if summary.error is None and capture.status is not None and not 200 <= capture.status < 300:
-        summary.error = _error("http_error", f"HTTP {capture.status}")
+            summary["error"] = _error("client_aborted", "the client closed the connection before the response ended")
+    if summary["error"] is None and capture.status is not None and not 200 <= capture.status < 300:
+        summary["error"] = _error("http_error", f"HTTP {capture.status}")
 
 
 def _api_error(error: object) -> dict:
@@ -223,3 +229,13 @@ def _api_error(error: object) -> dict:
 
 def _error(kind: str, message: str) -> dict:
     return {"type": kind, "message": message}
+
+
+def counted_tokens(capture: Capture) -> int | None:
+    """`input_tokens` of a count_tokens answer, or None when it has none."""
+    try:
+        doc = json.loads(decode_body(capture.response_body, header_value(capture.response_headers, "content-encoding")))
+    except (OSError, EOFError, zlib.error, ValueError, RecursionError):
+        return None
+    value = doc.get("input_tokens") if isinstance(doc, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -5,8 +5,10 @@ Opik's field names, its usage-key convention and how to bound oversized input/ou
 """
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
+
+from opik_cipx.materialize.usage import Usage
 
 PROVIDER = "anthropic"
 TRUNCATED_KEY = "_opik_cipx_truncated"
@@ -15,18 +17,19 @@ TRUNCATED_KEY = "_opik_cipx_truncated"
 def iso_z(ns: int) -> str:
     """ISO-8601 UTC with microseconds and a `Z` suffix, from epoch nanoseconds."""
     seconds, micros = divmod(ns // 1000, 1_000_000)
-    dt = datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=micros)
+    dt = datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def opik_usage(usage: dict[str, Any] | None) -> dict[str, int] | None:
+def opik_usage(usage: Usage | None) -> dict[str, int] | None:
     """Usage the way Opik reads Anthropic usage: OpenAI-style totals plus `original_usage.*`.
 
     `prompt_tokens` counts every input-side token (uncached input + cache reads + cache
-    writes), `completion_tokens` the output tokens (thinking included). Original keys are
-    flattened with dots; only integer values are kept, as the API requires.
+    writes), `completion_tokens` the output tokens (thinking included), both as the response's
+    top-level fields say. Original keys are flattened with dots; only integer values are kept, as
+    the API requires.
     """
-    if not usage:
+    if usage is None:
         return None
     out: dict[str, int] = {}
 
@@ -37,24 +40,12 @@ def opik_usage(usage: dict[str, Any] | None) -> dict[str, int] | None:
         elif isinstance(value, int) and not isinstance(value, bool):
             out[prefix] = value
 
-    flatten("original_usage", usage)
-    prompt = prompt_tokens(usage)
-    completion = _int(usage.get("output_tokens"))
-    out.update(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    flatten("original_usage", usage.original)
+    completion = usage.original.get("output_tokens")
+    completion = completion if isinstance(completion, int) and not isinstance(completion, bool) else 0
+    out.update(prompt_tokens=usage.prompt_tokens, completion_tokens=completion,
+               total_tokens=usage.prompt_tokens + completion)
     return out
-
-
-def prompt_tokens(usage: dict[str, Any]) -> int:
-    """Input-side tokens of a call: uncached input + cache reads + cache writes."""
-    return (
-        _int(usage.get("input_tokens"))
-        + _int(usage.get("cache_read_input_tokens"))
-        + _int(usage.get("cache_creation_input_tokens"))
-    )
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def bounded(value: Any, limit_chars: int, size: int | None = None, preview: str | None = None) -> Any:
@@ -179,10 +170,15 @@ def span_record(
 ERROR_TEXT_MAX_CHARS = 2000  # the longest traceback an error span carries (the full text is in its output)
 
 
-def error_info(exception_type: str, message: str, traceback: str) -> dict[str, str]:
+def exception_type(kind: str) -> str:
+    """An error type as Opik's ErrorInfo carries it: never blank."""
+    return kind.strip() or "error"
+
+
+def error_info(error_type: str, message: str, traceback: str) -> dict[str, str]:
     """Opik's ErrorInfo. Opik declares `exception_type` and `traceback` @NotBlank, so neither is ever
     blank here (a blank traceback falls back to the exception type); the traceback is bounded."""
-    kind = exception_type.strip() or "error"
+    kind = exception_type(error_type)
     if len(traceback) > ERROR_TEXT_MAX_CHARS:
         traceback = traceback[: ERROR_TEXT_MAX_CHARS - 1] + "\u2026"
     return {"exception_type": kind, "message": message, "traceback": traceback if traceback.strip() else kind}

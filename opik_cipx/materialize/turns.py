@@ -63,6 +63,19 @@ def turn_anchor(messages: list) -> TurnAnchor | None:
     return None
 
 
+def turn_key(kind: str, messages: list, capture_id: str) -> str | None:
+    """The turn a call names (docs/ARCHITECTURE.md, "Spool records"): a main call the user message
+    that opened it (`main:<index>:<digest>`; `call:<capture id>` when there is none), a
+    compaction its request (`compaction:<count>:<digest>`: /compact is its own user action). None
+    for any other call: it names no turn of its own."""
+    if kind == "main":
+        anchor = turn_anchor(messages)
+        return f"main:{anchor.index}:{anchor.digest}" if anchor else f"call:{capture_id}"
+    if kind == "compaction":
+        return f"compaction:{request_digest(messages)}"
+    return None
+
+
 def request_digest(messages: list) -> str:
     """The digest of a request's conversation as (message count, last message's text): the same
     request sent again (a retry) gets the same one."""

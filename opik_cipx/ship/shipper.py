@@ -34,6 +34,13 @@ Re-sent records keep their ids and `last_updated_at`, so Opik upserts instead of
 Between batches the thread takes in what `opik-cipx ship --retry-quarantine` handed back
 (`Spool.take_requeued`). The API key goes only into the `Authorization` header: never into
 logs or stats.
+
+The thread is a `worker.Worker`: the spool wakes it when records become durable, it looks
+again every `IDLE_WAIT_S` otherwise, and every wait (backoff, 429, a paused Opik) goes through
+its clock and ends at once on `stop`. `_settle` reads as the list above: a reply either settles
+the request's records (`_settled_by`), splits the request, or counts against a lone record
+(`_isolate`, the probe), and anything unsettled waits (`_failed` says how long) before the same
+request goes again.
 """
 
 import gzip
@@ -42,20 +49,22 @@ import json
 import logging
 import random
 import threading
-import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections import deque
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from typing import Any, Mapping
+from typing import Any, TypeGuard
 
 from opik_cipx import __version__
-from opik_cipx.config import is_loopback_host
+from opik_cipx.clock import SYSTEM, Clock
+from opik_cipx.outbound import Headers, opener, requested_wait_s
 from opik_cipx.ship.destination import NOT_CONFIGURED, OPIK_CLOUD_URL, Destination
 from opik_cipx.stats import Counters, utc_iso
-from opik_cipx.store.spool import KINDS, Batch, Position, Spool, dumps
+from opik_cipx.store.spool import Spool
+from opik_cipx.store.spool_lines import KINDS, dumps
+from opik_cipx.store.spool_reader import Batch
+from opik_cipx.store.spool_segments import Position
+from opik_cipx.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +80,8 @@ SPLIT = frozenset({400, 409, 413, 422})
 AUTH = frozenset({401, 402, 403})
 WRONG_URL = frozenset({301, 302, 303, 307, 308, 404, 405})
 UNAVAILABLE = frozenset({502, 503, 504})  # from a gateway or load balancer: Opik itself is down
+# What `_isolate` decided for a lone record that keeps failing:
+SETTLED, WAIT, ROTATE, REREAD = "settled", "wait", "rotate", "reread"
 
 Item = tuple[dict[str, Any], int]  # body, its size on disk
 
@@ -78,7 +89,7 @@ Item = tuple[dict[str, Any], int]  # body, its size on disk
 @dataclass
 class Reply:
     status: int | None  # None: no HTTP answer (refused, reset, timeout, TLS)
-    headers: Mapping[str, str]
+    headers: Headers
     body: bytes
     error: str | None = None
 
@@ -91,12 +102,16 @@ class _Request:
     items: list[Item]
     failures: int = 0
 
+    @property
+    def alone(self) -> bool:
+        return len(self.items) == 1
+
     def halves(self) -> list["_Request"]:
         half = len(self.items) // 2
         return [_Request(self.kind, self.items[:half]), _Request(self.kind, self.items[half:])]
 
 
-def record_suspect(status: int | None) -> bool:
+def record_suspect(status: int | None) -> TypeGuard[int]:
     """A 5xx that can come from one record of the request (not from a gateway in front of Opik)."""
     return status is not None and 500 <= status < 600 and status not in UNAVAILABLE
 
@@ -113,22 +128,15 @@ def already_exists(kind: str, reply: Reply) -> bool:
     return reply.status == 409 and f"{kind} already exists".encode() in reply.body.lower()
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None  # a redirected POST would lose its body: report the 3xx instead
-
-
 class OpikClient:
     """Posts one batch request to Opik per call; retrying is the shipper's business."""
 
     def __init__(self, destination: Destination, timeout_s: float):
         assert destination.base_url is not None
         self.destination = destination
+        self.base_url = destination.base_url
         self.timeout_s = timeout_s
-        handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
-        if is_loopback_host(urllib.parse.urlsplit(destination.base_url).hostname or ""):
-            handlers.append(urllib.request.ProxyHandler({}))  # never send a local Opik through a proxy
-        self._opener = urllib.request.build_opener(*handlers)
+        self._opener = opener(destination.base_url)  # never a local Opik through a proxy
 
     def post(self, kind: str, bodies: list[dict[str, Any]]) -> Reply:
         # One record at a time, long strings in steps: one dumps of a 4 MB batch would hold the GIL.
@@ -143,7 +151,7 @@ class OpikClient:
         if self.destination.api_key:
             headers["Authorization"] = self.destination.api_key  # Opik takes the bare key, no "Bearer"
         request = urllib.request.Request(
-            self.destination.base_url + PATHS[kind], data=gzip.compress(payload, 6), headers=headers, method="POST"
+            self.base_url + PATHS[kind], data=gzip.compress(payload, 6), headers=headers, method="POST"
         )
         try:
             with self._opener.open(request, timeout=self.timeout_s) as resp:
@@ -190,30 +198,15 @@ def plan_requests(
     return out
 
 
-def rate_limit_wait_s(headers: Mapping[str, str], now: float) -> float | None:
-    """Seconds a 429 asks us to wait: `RateLimit-Reset`, else `Retry-After` (seconds or a date).
-
-    Never less than `MIN_WAIT_S` (a 0, a date in the past) nor more than `RATE_LIMIT_MAX_S`;
-    None when neither header says anything usable.
-    """
-    for name in ("RateLimit-Reset", "Retry-After"):
-        raw = (headers.get(name) or "").strip()
-        if not raw:
-            continue
-        try:
-            value = float(raw)
-            if value > 1e9:  # an epoch timestamp rather than a delay
-                value -= now
-        except ValueError:
-            try:
-                value = parsedate_to_datetime(raw).timestamp() - now
-            except (TypeError, ValueError):
-                continue
-        return min(max(value, MIN_WAIT_S), RATE_LIMIT_MAX_S)
-    return None
+def rate_limit_wait_s(headers: Headers, now: float) -> float | None:
+    """Seconds a 429 asks us to wait (`outbound.requested_wait_s`), never less than `MIN_WAIT_S`
+    (a 0, a date in the past) nor more than `RATE_LIMIT_MAX_S`; None when the headers say nothing
+    usable."""
+    wait = requested_wait_s(headers, now)
+    return None if wait is None else min(max(wait, MIN_WAIT_S), RATE_LIMIT_MAX_S)
 
 
-class Shipper:
+class Shipper(Worker):
     """Drains `spool` to the Opik `destination`; does nothing when Opik is not configured."""
 
     def __init__(
@@ -229,10 +222,12 @@ class Shipper:
         batch_max_records: int = BATCH_MAX_RECORDS,
         batch_max_bytes: int = BATCH_MAX_BYTES,
         client: OpikClient | None = None,
+        clock: Clock = SYSTEM,
     ):
+        super().__init__("shipper", counters, log, clock, idle_s=IDLE_WAIT_S)
+        self.failure_wait_s = retry_max_s  # a bug must not end shipping, nor make it spin
         self.spool = spool
         self.destination = destination
-        self.counters = counters
         self.retry_base_s = min(retry_base_s, retry_max_s)
         self.retry_max_s = retry_max_s
         self.auth_probe_s = auth_probe_s
@@ -241,8 +236,6 @@ class Shipper:
         if client is None and destination.configured:
             client = OpikClient(destination, timeout_s)
         self.client = client
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cipx-shipper", daemon=True)
         self._lock = threading.Lock()
         self._inflight = 0
         self._failures = 0
@@ -253,29 +246,15 @@ class Shipper:
         self._settled_at: Position | None = None  # the cursor `_settled` and `_set_aside` belong to
         self._settled: set[tuple[str, str, str]] = set()  # records accepted there (a re-read skips them)
         self._set_aside: set[tuple[str, str, str]] = set()  # records quarantined there
+        spool.subscribe(self.wake)  # records became durable: look at once
 
     def start(self) -> None:
         if self.client is not None:
-            self._thread.start()
+            super().start()
 
-    def stop(self, timeout_s: float) -> bool:
-        """Stop after the request in flight (unsettled records stay in the spool); False if still busy."""
-        self._stop.set()
-        self.spool.wake()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
-        return not self._thread.is_alive()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._take_requeued()
-                if not self.ship_once():
-                    self.spool.wait_ready(IDLE_WAIT_S, self._stop)
-            except Exception:  # a bug must not end shipping for the daemon's lifetime
-                self.counters.incr("panics_recovered")
-                log.exception("shipper: unexpected error; retrying in %.0fs", self.retry_max_s)
-                self._stop.wait(self.retry_max_s)
+    def step(self, _: None) -> float | None:
+        self._take_requeued()
+        return 0.0 if self.ship_once() else None
 
     def _take_requeued(self) -> None:
         """Records `ship --retry-quarantine` handed back: into the spool, behind what waits there."""
@@ -310,60 +289,75 @@ class Shipper:
                      for kind, items in plan_requests(waiting, self.batch_max_records, self.batch_max_bytes))
         while work:
             request = work[0]
-            started = time.monotonic()
-            reply = self.client.post(request.kind, [body for body, _ in request.items])
-            log.debug("shipper: %d %s(s) -> %s in %.0f ms", len(request.items), request.kind,
-                      reply.status or reply.error, (time.monotonic() - started) * 1000)
-            status, alone = reply.status, len(request.items) == 1
-            if accepted(request.kind, reply, alone):
+            reply = self._post(request.kind, [body for body, _ in request.items])
+            if self._settled_by(request, reply):
                 work.popleft()
-                self._accepted(request)
                 continue
-            if status in SPLIT:  # a verdict on the records: split, or set the lone one aside
+            if not request.alone and (reply.status in SPLIT or record_suspect(reply.status)):
                 work.popleft()
-                if alone:
-                    self._quarantine(request, status, reply)
-                else:
-                    work.extendleft(reversed(request.halves()))
-                continue
-            if record_suspect(status) and not alone:
-                work.popleft()
-                work.extendleft(reversed(request.halves()))  # each half tried after the wait below
-            elif record_suspect(status):
+                work.extendleft(reversed(request.halves()))  # a verdict on the records, or one may cause it
+                if reply.status in SPLIT:
+                    continue
+            elif record_suspect(reply.status):
                 request.failures += 1
-                if request.failures >= ISOLATE_AFTER:
-                    probe = self._probe(request.kind)
-                    if probe:
-                        reply = self.client.post(request.kind, [request.items[0][0]])  # once more, Opik up
-                        if accepted(request.kind, reply, alone):  # the outage ended between failure and probe
-                            work.popleft()
-                            self._accepted(request)
-                            continue
-                        if reply.status in SPLIT:  # a verdict on the record after all
-                            work.popleft()
-                            self._quarantine(request, reply.status, reply)
-                            continue
-                        if record_suspect(reply.status):
-                            work.popleft()
-                            self._quarantine(request, reply.status, reply,
-                                             f" ({request.failures + 1} times, while Opik accepted another record)")
-                            continue
-                    if probe is None and len(work) > 1:
-                        work.rotate(-1)  # no record of its kind accepted yet: let the others go first
-                    elif probe is None and self._more_records_than(batch):
-                        self._stop.wait(self._failed(reply))
-                        return False  # read again: the newer records may give a probe
-            if self._stop.wait(self._failed(reply)) or not self.spool.is_current(batch):
+                decision, reply = self._isolate(request, reply, batch, others=len(work) > 1)
+                if decision == SETTLED:
+                    work.popleft()
+                    continue
+                if decision == ROTATE:
+                    work.rotate(-1)  # no record of its kind accepted yet: let the others go first
+                elif decision == REREAD:
+                    self.rest(self._failed(reply))
+                    return False  # read again: the newer records may give a probe
+            if self.rest(self._failed(reply)) or not self.spool.is_current(batch):
                 return False
         return True
+
+    def _settled_by(self, request: _Request, reply: Reply) -> bool:
+        """Accepted, or a verdict that sets the lone record aside; either way, nothing to retry."""
+        if accepted(request.kind, reply, request.alone):
+            self._accepted(request)
+            return True
+        if request.alone and reply.status in SPLIT:
+            self._quarantine(request, reply.status, reply)
+            return True
+        return False
+
+    def _isolate(self, request: _Request, reply: Reply, batch: Batch, others: bool) -> tuple[str, Reply]:
+        """A lone record that got a 5xx it may cause: after `ISOLATE_AFTER` of them, the probe
+        decides (see the module docstring). The decision, and the reply to wait on."""
+        if request.failures < ISOLATE_AFTER:
+            return WAIT, reply
+        probe = self._probe(request.kind)
+        if probe is None:
+            if others:
+                return ROTATE, reply
+            return (REREAD if self._more_records_than(batch) else WAIT), reply
+        if not probe:
+            return WAIT, reply  # the probe failed too: an outage
+        reply = self._post(request.kind, [request.items[0][0]])  # once more, Opik up
+        if self._settled_by(request, reply):  # the outage ended between failure and probe, or a verdict
+            return SETTLED, reply
+        if record_suspect(reply.status):
+            self._quarantine(request, reply.status, reply,
+                             f" ({request.failures + 1} times, while Opik accepted another record)")
+            return SETTLED, reply
+        return WAIT, reply
+
+    def _post(self, kind: str, bodies: list[dict[str, Any]]) -> Reply:
+        assert self.client is not None, "shipping with no destination"  # `start` needs a client
+        started = self.clock.monotonic()
+        reply = self.client.post(kind, bodies)
+        log.debug("shipper: %d %s(s) -> %s in %.0f ms", len(bodies), kind, reply.status or reply.error,
+                  (self.clock.monotonic() - started) * 1000)
+        return reply
 
     def _probe(self, kind: str) -> bool | None:
         """Does Opik accept, now, again, the last record of `kind` it accepted? None: there is none."""
         body = self._probes.get(kind)
         if body is None:
             return None
-        reply = self.client.post(kind, [body])
-        log.debug("shipper: probe with %s %s -> %s", kind, body["id"], reply.status or reply.error)
+        reply = self._post(kind, [body])
         return reply.status is not None and 200 <= reply.status < 300
 
     def _more_records_than(self, batch: Batch) -> bool:
@@ -378,7 +372,7 @@ class Shipper:
             self._failures = 0
             self._paused = False
             self._last_error = None
-            self._last_ok_at = time.time()
+            self._last_ok_at = self.clock.time()
         if was_failing:
             log.info("shipper: Opik accepts records again")
 
@@ -396,7 +390,7 @@ class Shipper:
         url = self.destination.display_url
         paused = False
         if status == 429:
-            wait = rate_limit_wait_s(reply.headers, time.time())
+            wait = rate_limit_wait_s(reply.headers, self.clock.time())
             wait = max(MIN_WAIT_S, self._backoff()) if wait is None else wait
             error = f"Opik rate limit (HTTP 429); waiting {wait:.0f}s"
         elif status in AUTH:

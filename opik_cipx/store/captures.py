@@ -1,7 +1,8 @@
 """The capture log (`captures/`): every finished exchange, durable, in the order the tee saw it.
 
 The capture thread appends; the materializer follows the log
-(docs/ARCHITECTURE.md, "Capture log"). A segment `NNNNNNNNNNNN.jsonl.gz` is a file of gzip members, one per capture: a JSON
+(docs/ARCHITECTURE.md, "Capture log"). A segment `NNNNNNNNNNNN.jsonl.gz` is a file of gzip
+members, one per capture: a JSON
 header line (every Capture field but the bodies, plus their lengths) followed by the raw
 request and response bodies. Bodies are never JSON-escaped: escaping megabytes would hold the
 daemon's GIL for milliseconds, while zlib releases it. Each append is one `write` of a complete
@@ -14,19 +15,29 @@ behind it go beyond the byte budget or the age limit (or at once when captures a
 a segment not yet materialized is never aged out, and is deleted only when the byte budget
 forces it — then its captures are counted as lost. Segments named `<stamp>-<pid>-<seq>` come
 from versions before the log; they are read (replay, viewer) and treated as materialized.
+
+Ages are measured on the store's own clock, never by the file system's mtime (kernel time,
+which a copy, a backup restore or a clock that differs from the daemon's makes meaningless):
+each header carries `logged_at_ns`, when the store wrote it. A segment's captures were all
+logged between its first capture's stamp and the next segment's first (one capture thread, in
+log order), and within `SEGMENT_MAX_AGE_S` of its first (the store rotates at least that often,
+by either clock): `written_until` is the smaller bound. Both retention by age and `find_capture`
+use it. Reading a segment's first header inflates a few kilobytes, not the segment.
 """
 
+import io
 import json
 import logging
 import os
 import re
 import threading
-import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import BinaryIO, NamedTuple
 
+from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.home import open_private, private_dir
 from opik_cipx.store.runs import runs
 from opik_cipx.wire.capture import Capture
@@ -35,6 +46,8 @@ log = logging.getLogger(__name__)
 SUFFIX = ".jsonl.gz"
 NUMBERED = re.compile(r"^(\d{12})\.jsonl\.gz$")
 SEGMENT_MAX_AGE_S = 3600.0  # a quiet daemon still rotates, so age-based retention can act
+SEGMENT_MAX_AGE_NS = int(SEGMENT_MAX_AGE_S * 1e9)
+HEADER_MAX = 64 * 1024  # the most of a segment's first member inflated to find its header line
 COMPRESS_LEVEL = 1  # the capture thread's job is to make a capture durable fast; zlib releases the GIL
 READ_CHUNK = 1 << 20
 RUN_BYTES = 256 * 1024
@@ -69,20 +82,26 @@ class LogEntry:
 class CaptureStore:
     """The capture log of one daemon: `append` from the capture thread, `retain` from the follower."""
 
-    def __init__(self, directory: Path, max_bytes: int, max_age_s: float, segment_bytes: int, keep: bool = True):
+    def __init__(self, directory: Path, max_bytes: int, max_age_s: float, segment_bytes: int, keep: bool = True,
+                 clock: Clock = SYSTEM):
         """`keep=False` (captures.enabled = false): each capture gets a segment of its own, sealed at
-        once, and `retain` deletes it as soon as it is materialized."""
+        once, and `retain` deletes it as soon as it is materialized. `clock` stamps each capture
+        as it is logged and measures ages (see the module docstring)."""
         self.directory = directory
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.segment_bytes = segment_bytes
         self.keep = keep
-        self._lock = threading.Lock()
-        self._fh = None
+        self.clock = clock
+        self._lock = threading.Lock()  # what other threads read: the end, the active segment, counts, stamps
+        self._io = threading.Lock()  # `append` and `close` take turns: never a seal during a write
+        self._fh: io.FileIO | None = None
         self._path: Path | None = None
-        self._number = max((n for _, _, _, n in _segments(directory) if n is not None), default=0)
+        self._number = max((s.number for s in _segments(directory) if s.number is not None), default=0)
         self._size = 0
-        self._opened_at = 0.0
+        self._opened_mono = 0.0
+        self._opened_ns = 0  # the stamp of the segment's first capture
+        self._stamps: dict[Path, int | None] = {}  # first stamps read (or written) so far
         self._active: int | None = None
         self._counts: dict[int, int] = {}  # captures appended per segment, by this process
         self._end = LogPosition(self._number + 1, 0)
@@ -97,13 +116,20 @@ class CaptureStore:
     def append(self, capture: Capture) -> Appended:
         """Persist one capture; raises OSError when the disk refuses it (the next append starts a
         new segment, so a torn member never sits in front of later captures)."""
-        member = encode_member(capture)
+        logged_at_ns = self.clock.time_ns()
+        member = encode_member(capture, logged_at_ns)
+        with self._io:
+            return self._write(member, logged_at_ns)
+
+    def _write(self, member: bytes, logged_at_ns: int) -> Appended:
         if (
             self._fh is None
             or self._size + len(member) > self.segment_bytes
-            or time.monotonic() - self._opened_at > SEGMENT_MAX_AGE_S
+            or self.clock.monotonic() - self._opened_mono > SEGMENT_MAX_AGE_S
+            or not 0 <= logged_at_ns - self._opened_ns <= SEGMENT_MAX_AGE_NS  # by either clock
         ):
-            self._rotate()
+            self._rotate(logged_at_ns)
+        assert self._fh is not None and self._path is not None  # a segment is open: `_rotate` opened one
         start = LogPosition(self._number, self._size)
         try:
             written = self._fh.write(member)
@@ -111,7 +137,7 @@ class CaptureStore:
                 raise OSError(f"short write ({written} of {len(member)} bytes)")
         except OSError:
             path, empty = self._path, self._size == 0
-            self.close()
+            self._seal()
             if empty:  # a full disk must not leave an empty segment per failed capture
                 try:
                     path.unlink()
@@ -125,11 +151,11 @@ class CaptureStore:
             self._counts[self._number] = self._counts.get(self._number, 0) + 1
             self._end = end
         if not self.keep:
-            self.close()
+            self._seal()
         return Appended(path, start, end)
 
-    def _rotate(self) -> None:
-        self.close()
+    def _rotate(self, logged_at_ns: int) -> None:
+        self._seal()
         private_dir(self.directory)
         while True:
             self._number += 1
@@ -139,13 +165,20 @@ class CaptureStore:
                 break
             except FileExistsError:
                 continue
-        self._fh, self._path, self._size, self._opened_at = fh, path, 0, time.monotonic()
+        self._fh, self._path, self._size = fh, path, 0
+        self._opened_mono, self._opened_ns = self.clock.monotonic(), logged_at_ns
         with self._lock:
+            self._stamps[path] = logged_at_ns
             self._active = self._number
             self._end = LogPosition(self._number, 0)
 
     def close(self) -> None:
-        """Seal the segment being written (the next append opens a new one)."""
+        """Seal the segment being written, once an append in progress is done (the next append
+        opens a new one)."""
+        with self._io:
+            self._seal()
+
+    def _seal(self) -> None:
         fh, self._fh = self._fh, None
         with self._lock:
             self._active = None
@@ -155,31 +188,38 @@ class CaptureStore:
             except OSError:
                 pass
 
-    def retain(self, materialized: LogPosition, now: float | None = None) -> int:
+    def retain(self, materialized: LogPosition) -> int:
         """Apply retention, knowing everything before `materialized` was materialized.
 
         Returns how many captures not yet materialized the byte budget forced out.
         """
-        now = time.time() if now is None else now
+        now = self.clock.time_ns()
+        found = _segments(self.directory)
         with self._lock:
             active = self._active
-        found = _segments(self.directory)
-        total = sum(size for _, size, _, _ in found)
+            known = dict(self._stamps)
+        read = {s.path: first_stamp(s.path) for s in found if s.path not in known}  # once per segment
+        with self._lock:
+            self._stamps.update(read)
+        until = written_until(found, {**known, **read})
+        total = sum(s.size for s in found)
         lost = 0
-        for path, size, mtime, number in found:
+        for segment, last_ns in zip(found, until, strict=True):
+            path, size, number = segment
             if number is not None and number == active:
                 continue
             done = number is None or number < materialized.segment or (
                 number == materialized.segment and size <= materialized.offset)
             if done:
-                if self.keep and total <= self.max_bytes and now - mtime <= self.max_age_s:
+                aged = last_ns is not None and now - last_ns > self.max_age_s * 1e9
+                if self.keep and total <= self.max_bytes and not aged:
                     continue
             elif total <= self.max_bytes:
                 continue
             else:
                 skip = materialized.offset if number == materialized.segment else 0
                 with self._lock:
-                    counted = self._counts.get(number) if not skip else None
+                    counted = self._counts.get(number) if not skip and number is not None else None
                 lost += counted if counted is not None else count_members(path, skip)
                 log.warning("capture log: over its %d-byte budget: deleting %s before it was materialized",
                             self.max_bytes, path.name)
@@ -192,7 +232,9 @@ class CaptureStore:
                 continue
             total -= size
             with self._lock:
-                self._counts.pop(number, None)
+                self._stamps.pop(path, None)
+                if number is not None:
+                    self._counts.pop(number, None)
         return lost
 
 
@@ -202,8 +244,9 @@ HEADER_FIELDS = (
 )
 
 
-def encode_member(capture: Capture) -> bytes:
-    """One gzip member: header line + raw request body + raw response body.
+def encode_member(capture: Capture, logged_at_ns: int) -> bytes:
+    """One gzip member: header line (with `logged_at_ns`, the store's stamp) + raw request body +
+    raw response body.
 
     Everything is compressed `RUN_BYTES` at a time: the request in slices (no copy), the
     response's pieces (a stream has thousands of small ones) joined into runs of about that size.
@@ -211,6 +254,7 @@ def encode_member(capture: Capture) -> bytes:
     briefly, and never joins or copies a whole body.
     """
     header = {name: getattr(capture, name) for name in HEADER_FIELDS}
+    header["logged_at_ns"] = logged_at_ns
     parts = capture.response_parts
     request = memoryview(capture.request_body)
     header["request_body_len"] = len(request)
@@ -244,8 +288,14 @@ def segment_number(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _segments(directory: Path) -> list[tuple[Path, int, float, int | None]]:
-    """(path, size, mtime, number) of every segment in log order: older unnumbered ones first."""
+class SegmentFile(NamedTuple):
+    path: Path
+    size: int
+    number: int | None  # None for a segment from before the log
+
+
+def _segments(directory: Path) -> list[SegmentFile]:
+    """Every segment in log order: older unnumbered ones first (by name, which starts with a stamp)."""
     out = []
     try:
         entries = list(os.scandir(directory))
@@ -254,21 +304,54 @@ def _segments(directory: Path) -> list[tuple[Path, int, float, int | None]]:
     for entry in entries:
         if entry.name.endswith(SUFFIX) and not entry.name.startswith(".") and entry.is_file():
             try:
-                st = entry.stat()
+                size = entry.stat().st_size
             except FileNotFoundError:
                 continue
             path = Path(entry.path)
-            out.append((path, st.st_size, st.st_mtime, segment_number(path)))
-    out.sort(key=lambda s: (1, s[3], "") if s[3] is not None else (0, s[2], s[0].name))
+            out.append(SegmentFile(path, size, segment_number(path)))
+    out.sort(key=lambda s: (1, s.number, "") if s.number is not None else (0, 0, s.path.name))
     return out
 
 
-def list_segments(directory: Path) -> list[tuple[Path, int, float]]:
-    """(path, size, mtime) of every segment, in log order."""
-    return [(path, size, mtime) for path, size, mtime, _ in _segments(directory)]
+def list_segments(directory: Path) -> list[SegmentFile]:
+    """(path, size, number) of every segment, in log order."""
+    return _segments(directory)
 
 
-def _members(fh, offset: int, limit: int | None, keep: bool = True) -> Iterator[tuple[bytes, int, int]]:
+def first_stamp(path: Path) -> int | None:
+    """When the first capture of a segment was logged (epoch ns, the store's clock; for a capture
+    logged before the stamp existed, when its exchange ended); None when it has no readable one."""
+    try:
+        with open(path, "rb") as fh:
+            head = zlib.decompressobj(31).decompress(fh.read(HEADER_MAX), HEADER_MAX)
+        header = json.loads(head[: head.index(b"\n")])
+    except (OSError, zlib.error, ValueError):
+        return None
+    for name in ("logged_at_ns", "ended_at_ns", "started_at_ns"):
+        value = header.get(name) if isinstance(header, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def written_until(segments: list[SegmentFile], stamps: dict[Path, int | None]) -> list[int | None]:
+    """For each segment (in log order), a time by which all of its captures were logged: the next
+    segment's first stamp, and for a numbered one also its own first stamp plus
+    `SEGMENT_MAX_AGE_S`, whichever is earlier; None when neither is known."""
+    out: list[int | None] = []
+    for i, segment in enumerate(segments):
+        bounds = []
+        following = stamps.get(segments[i + 1].path) if i + 1 < len(segments) else None
+        own = stamps.get(segment.path)
+        if following is not None and (own is None or following >= own):  # a clock set back breaks the order
+            bounds.append(following)
+        if own is not None and segment.number is not None:
+            bounds.append(own + SEGMENT_MAX_AGE_NS)
+        out.append(min(bounds) if bounds else None)
+    return out
+
+
+def _members(fh: BinaryIO, offset: int, limit: int | None, keep: bool = True) -> Iterator[tuple[bytes, int, int]]:
     """(inflated member, start, end) from `offset` of an open segment, up to `limit` bytes in.
 
     Stops quietly at the end of the data or at a torn member; raises zlib.error on a corrupt one.
@@ -307,7 +390,7 @@ def count_members(path: Path, offset: int = 0) -> int:
 def count_log(directory: Path, start: LogPosition, until: LogPosition) -> int:
     """How many captures the log holds from `start` up to `until` (inflated, not kept)."""
     total = 0
-    for path, _, _, number in _segments(directory):
+    for path, _, number in _segments(directory):
         if number is None or number < start.segment or number > until.segment:
             continue
         offset = start.offset if number == start.segment else 0
@@ -325,7 +408,7 @@ def read_log(directory: Path, start: LogPosition | None = None, until: LogPositi
     the log included) up to `until` (None: everything there is). A segment deleted meanwhile is
     skipped; a torn or corrupt member ends its segment (logged, unless it is the last one)."""
     found = _segments(directory)
-    for i, (path, _, _, number) in enumerate(found):
+    for i, (path, _, number) in enumerate(found):
         if number is None and start is not None:
             continue
         if number is not None:
@@ -370,22 +453,19 @@ def read_segment(path: Path) -> Iterator[Capture]:
 def find_capture(directory: Path, capture_id: str, started_at_ns: int) -> Capture | None:
     """The stored capture with `capture_id`, or None (deleted by retention, or never stored).
 
-    Only segments written to after the exchange started can hold it (a capture is appended once
-    it is over), so older segments are not opened.
+    Only segments written to after the exchange started can hold it (a capture is logged once
+    it is over), so segments whose captures were all logged before then (`written_until`, with a
+    second's margin) are not opened.
     """
-    for path, _, mtime in list_segments(directory):
-        if mtime < started_at_ns / 1e9 - 1:
+    found = _segments(directory)
+    until = written_until(found, {s.path: first_stamp(s.path) for s in found})
+    for segment, last_ns in zip(found, until, strict=True):
+        if last_ns is not None and last_ns < started_at_ns - 10**9:
             continue
         try:
-            found = next((c for c in read_segment(path) if c.id == capture_id), None)
+            hit = next((c for c in read_segment(segment.path) if c.id == capture_id), None)
         except FileNotFoundError:
             continue
-        if found is not None:
-            return found
+        if hit is not None:
+            return hit
     return None
-
-
-def read_captures(directory: Path) -> Iterator[Capture]:
-    """Every stored capture, in log order."""
-    for entry in read_log(directory):
-        yield entry.capture

@@ -52,10 +52,12 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import Callable, Iterable
+from typing import Any, TypeVar
 
 from opik_cipx.stats import Counters
 from opik_cipx.wire.framing import BODY_RECV_BYTES, CONTINUE, FramingError, RequestReader
@@ -71,9 +73,11 @@ DRAIN_BYTES = 80 * 1024 * 1024  # and how much of it at most (above the gateway'
 WORKER_IDLE_S = 60.0  # a handler thread with nothing to serve for this long ends
 STALE_AFTER_S = 1.0  # a request still arriving after this long may be dropped to make room for others
 FD_LIMIT_WANTED = 8192
-HEAD_CUT_OFF = "opik-cipx: the request head ended before its blank line (connection closed mid-head); nothing was forwarded"
+HEAD_CUT_OFF = ("opik-cipx: the request head ended before its blank line (connection closed mid-head); "
+                "nothing was forwarded")
 _LISTENER = object()
 _WAKE = object()
+_T = TypeVar("_T")
 INFINITY = float("inf")
 
 
@@ -94,7 +98,8 @@ class Limits:
 
 
 def raise_fd_limit(wanted: int = FD_LIMIT_WANTED) -> None:
-    """Lift the soft open-file limit towards `wanted` (within the hard limit): waiting connections cost a descriptor each."""
+    """Lift the soft open-file limit towards `wanted` (within the hard limit): waiting connections cost a
+    descriptor each."""
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
@@ -133,7 +138,8 @@ def count_refusal(counters: Counters, listener: str, status: int, what: str, mes
     (`Counters.refused`), logged at the 1st, 2nd, 4th... (`what`: the method and route, never a query)."""
     refused = counters.refused(listener, status)
     if worth_logging(refused):
-        log.warning("%s listener: refused %s with %d (%d refusals so far): %s", listener, what, status, refused, message)
+        log.warning("%s listener: refused %s with %d (%d refusals so far): %s",
+                    listener, what, status, refused, message)
 
 
 def request_what(head: bytes | None) -> str:
@@ -149,7 +155,7 @@ class _Incoming:
 
     __slots__ = ("sock", "addr", "deadline", "reader", "head_at_ns", "since", "held", "draining")
 
-    def __init__(self, sock: socket.socket, addr, deadline: float, max_body: int):
+    def __init__(self, sock: socket.socket, addr: tuple[str, int], deadline: float, max_body: int):
         self.sock = sock
         self.addr = addr
         self.deadline = deadline
@@ -160,7 +166,7 @@ class _Incoming:
         self.draining = 0  # after a refusal: bytes of the client's request still to read and drop, at most
 
     @classmethod
-    def after_refusal(cls, sock: socket.socket, addr, response: bytes) -> "_Incoming | None":
+    def after_refusal(cls, sock: socket.socket, addr: tuple[str, int], response: bytes) -> "_Incoming | None":
         """Send `response` (a refusal), and the connection in which to read and drop what the client still
         sends (`drain`, at most `DRAIN_BYTES` for `DRAIN_S`), so that a client still sending its body
         reads the answer rather than a reset; None if the client is gone already."""
@@ -269,7 +275,8 @@ class Connection:
     with `rest`: bytes the client sent after this request (a pipelined one).
     """
 
-    def __init__(self, sock: socket.socket, addr, head: bytes, head_at_ns: int, body: bytes, rest: bytes, held: int):
+    def __init__(self, sock: socket.socket, addr: tuple[str, int], head: bytes, head_at_ns: int, body: bytes,
+                 rest: bytes, held: int):
         self.sock = sock
         self.addr = addr
         self.head = head
@@ -333,7 +340,7 @@ class _ConnWriter(io.BufferedIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]  # what handlers write
         self._sock.sendall(data)
         with memoryview(data) as view:
             return view.nbytes
@@ -421,8 +428,10 @@ class ConnectionServer(socketserver.TCPServer):
 
     allow_reuse_address = True
     request_queue_size = 128
+    RequestHandlerClass: type["ConnectionHandler"]
 
-    def __init__(self, address, handler: type["ConnectionHandler"], limits: Limits, counters: Counters | None = None):
+    def __init__(self, address: tuple[str, int], handler: type["ConnectionHandler"], limits: Limits,
+                 counters: Counters | None = None):
         self.limits = limits
         self.counters = counters or Counters()
         self.name = getattr(self, "name", "listener")
@@ -467,7 +476,7 @@ class ConnectionServer(socketserver.TCPServer):
                 self._close_listener()
             self._stopped.set()
 
-    def _event(self, data) -> None:
+    def _event(self, data: object) -> None:
         if data is _LISTENER:
             self._accept()
         elif data is _WAKE:
@@ -480,9 +489,10 @@ class ConnectionServer(socketserver.TCPServer):
         elif isinstance(data, _Incoming):
             self._read(data)
         else:
+            assert isinstance(data, Connection)  # the only other thing the loop registers
             self._hangup(data)
 
-    def _guarded(self, step: Callable, arg) -> None:
+    def _guarded(self, step: Callable[[_T], None], arg: _T) -> None:
         """One step of the loop: a bug in it is logged and counted, never the end of the listener."""
         try:
             step(arg)
@@ -561,7 +571,7 @@ class ConnectionServer(socketserver.TCPServer):
             self._watch(incoming)
             self._selector.register(sock, selectors.EVENT_READ, incoming)
 
-    def _from_owner(self, sock: socket.socket, addr) -> bool:
+    def _from_owner(self, sock: socket.socket, addr: tuple[str, int]) -> bool:
         """Whether the peer's socket belongs to the user the daemon runs as (where the system can tell:
         `PeerLookup`); a connection from anyone else is answered 403, counted and closed. Once per
         connection: the requests it carries after the first cost nothing more."""
@@ -587,7 +597,7 @@ class ConnectionServer(socketserver.TCPServer):
             self._evict_oldest()
         self._waiting.add(incoming)
 
-    def _take_returned(self, _) -> None:
+    def _take_returned(self, _: None) -> None:
         """Connections handed back after their answer (`_hand_back`): idle again, or their next request."""
         with self._lock:
             returned, self._returned = self._returned, []
@@ -652,9 +662,10 @@ class ConnectionServer(socketserver.TCPServer):
             return
         try:
             if reader.head is None:
-                data = reader.take_head(data)
-                if data is None or not self._head_in(incoming, waiting=not data):
+                after = reader.take_head(data)
+                if after is None or not self._head_in(incoming, waiting=not after):
                     return
+                data = after
             rest = reader.take_body(data)
         except FramingError as exc:
             self._refuse(incoming, exc.status, f"opik-cipx: {exc}")
@@ -666,12 +677,13 @@ class ConnectionServer(socketserver.TCPServer):
         """The head is whole: the body's deadline, and `100 Continue` when the client waits for it (no
         byte of the body came with the head) and the handler would serve the request; False if refused."""
         incoming.head_at_ns = time.time_ns()
-        reader = incoming.reader
-        if not reader.framing.has_body:
+        head, framing = incoming.reader.head, incoming.reader.framing
+        assert head is not None and framing is not None  # take_head sets both once the head is whole
+        if not framing.has_body:
             return True
         self._waiting.set_deadline(incoming, self.limits.body_timeout_s)
-        if reader.framing.expect_continue and waiting:
-            refusal = self.RequestHandlerClass.screen_head(self.name, reader.head)
+        if framing.expect_continue and waiting:
+            refusal = self.RequestHandlerClass.screen_head(self.name, head)
             if refusal is not None:  # the client is told now, instead of sending a body for nothing
                 self._refuse(incoming, *refusal)
                 return False
@@ -709,8 +721,8 @@ class ConnectionServer(socketserver.TCPServer):
         self.counters.incr("connections_refused")
         refused = self.counters.get("connections_refused")
         if worth_logging(refused):
-            log.warning("%s listener: %s (%d connections refused so far)", self.name, message.removeprefix("opik-cipx: "),
-                        refused)
+            log.warning("%s listener: %s (%d connections refused so far)", self.name,
+                        message.removeprefix("opik-cipx: "), refused)
         self._forget(incoming)
         self._answer_and_drain(incoming.sock, incoming.addr, self.RequestHandlerClass.canned_response(503, message))
 
@@ -722,6 +734,7 @@ class ConnectionServer(socketserver.TCPServer):
                                       f"{self.limits.max_connections}); retry shortly")
             return
         reader = incoming.reader
+        assert reader.head is not None  # only a whole request is dispatched
         conn = Connection(incoming.sock, incoming.addr, reader.head, incoming.head_at_ns, reader.body(), rest,
                           incoming.held)
         self._forget(incoming, release=False)
@@ -736,7 +749,7 @@ class ConnectionServer(socketserver.TCPServer):
             self._answer_and_drain(conn.sock, conn.addr, self.RequestHandlerClass.canned_response(
                 503, "opik-cipx: cannot start a thread for this connection (system limit); retry shortly"))
 
-    def _answer_and_drain(self, sock: socket.socket, addr, response: bytes) -> None:
+    def _answer_and_drain(self, sock: socket.socket, addr: tuple[str, int], response: bytes) -> None:
         """Send a refusal and close once the client has stopped sending (`_Incoming.after_refusal`)."""
         drain = _Incoming.after_refusal(sock, addr, response)
         if drain is not None:
@@ -746,7 +759,7 @@ class ConnectionServer(socketserver.TCPServer):
     def _serve(self, conn: Connection) -> None:
         """On a handler thread: answer the request, then hand the connection back to the loop or close it."""
         try:
-            self.RequestHandlerClass(conn, conn.addr, self)
+            self.RequestHandlerClass(conn, conn.addr, self)  # type: ignore[arg-type]  # setup() takes the Connection
         except Exception:
             self.handle_error(conn.sock, conn.addr)
         finally:
@@ -761,7 +774,8 @@ class ConnectionServer(socketserver.TCPServer):
 
     def _hand_back(self, conn: Connection) -> None:
         """On the handler thread: the kept-alive connection goes back to the loop, to wait for its next request."""
-        incoming = _Incoming(conn.sock, conn.addr, INFINITY, self.RequestHandlerClass.max_body_bytes)  # deadline: the loop's
+        # No deadline yet: the loop sets the idle one as it takes the connection back.
+        incoming = _Incoming(conn.sock, conn.addr, INFINITY, self.RequestHandlerClass.max_body_bytes)
         entry = (incoming, conn.rest)
         # Listed, then registered, under the lock the loop takes them back with: an event of this
         # socket implies the entry is listed, and the loop never takes it back half done.
@@ -853,7 +867,7 @@ class ConnectionHandler(BaseHTTPRequestHandler):
         return True
 
     @classmethod
-    def screen(cls, listener: str, command: str, target: str, headers) -> tuple[int, str] | None:
+    def screen(cls, listener: str, command: str, target: str, headers: Message) -> tuple[int, str] | None:
         """(status, message) to refuse a request on its head alone; None to serve it."""
         if not hasattr(cls, f"do_{command}"):
             return 501, f"opik-cipx: the {listener} listener does not serve {command} requests"
@@ -907,5 +921,5 @@ class ConnectionHandler(BaseHTTPRequestHandler):
         content_type, body = cls.error_document(status, message)
         return http_response(status, content_type, body, close=True)
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s: " + format, self.server.name, *args)

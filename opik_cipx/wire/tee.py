@@ -1,27 +1,25 @@
 """The tee: a bounded queue from the wire to the capture thread, and the thread that drains it.
 
 `offer` never blocks: a capture that would take the queue beyond its count or its byte budget
-is dropped and counted (`requests_dropped_queue_full`). The capture thread hands each capture
-to the stages in order, at once — it never defers to the wire: its job is to make a finished
-exchange durable within milliseconds (the daemon's stage compresses and appends it to the
-capture log, and zlib releases the GIL). A stage that raises is logged and counted, and the
-next capture goes on. Stages are plain callables, so work plugs in here without touching the
-gateway.
+is dropped and counted (`requests_dropped_queue_full`). The capture thread (a `Worker`) hands
+each capture to the stages in order, at once — it never defers to the wire: its job is to make
+a finished exchange durable within milliseconds (the daemon's stage compresses and appends it to
+the capture log, and zlib releases the GIL). A stage that raises is logged and counted by the
+worker's guard, and the next stage and capture go on. Stages are plain callables, so work plugs
+in here without touching the gateway.
 """
 
 import logging
-import queue
-import threading
-import time
-from typing import Callable
+from collections.abc import Callable
 
+from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.stats import Counters
 from opik_cipx.wire.capture import Capture
+from opik_cipx.worker import Worker
 
 log = logging.getLogger(__name__)
 
 Stage = Callable[[Capture], None]
-_STOP = object()
 
 
 def capture_bytes(capture: Capture) -> int:
@@ -29,18 +27,17 @@ def capture_bytes(capture: Capture) -> int:
     return len(capture.request_body) + sum(map(len, capture.response_parts))
 
 
-class Pipeline:
-    def __init__(self, stages: list[tuple[str, Stage]], counters: Counters, maxsize: int, max_bytes: int):
+class Pipeline(Worker):
+    def __init__(self, stages: list[tuple[str, Stage]], counters: Counters, maxsize: int, max_bytes: int,
+                 clock: Clock = SYSTEM):
         """At most `maxsize` captures and `max_bytes` of bodies wait; one capture larger than the
         whole budget is still taken when nothing else waits."""
+        super().__init__("capture", counters, log, clock)
         self.stages = stages
-        self.counters = counters
+        self.maxsize = maxsize
         self.max_bytes = max_bytes
-        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
-        self._cond = threading.Condition()
         self._bytes = 0  # bodies offered and not yet through the stages
         self._waiting = 0  # captures offered and not yet through the stages
-        self._thread = threading.Thread(target=self._run, name="cipx-capture", daemon=True)
 
     def offer(self, capture: Capture) -> None:
         """Hand a finished exchange to the stages, or drop and count it when the queue is full."""
@@ -49,32 +46,17 @@ class Pipeline:
             if self._waiting and self._bytes + size > self.max_bytes:
                 self.counters.incr("requests_dropped_queue_full")
                 return
-            try:
-                self._queue.put_nowait((capture, size))
-            except queue.Full:
+            if not self.put((capture, size), limit=self.maxsize):
                 self.counters.incr("requests_dropped_queue_full")
                 return
             self._bytes += size
             self._waiting += 1
         self.counters.incr("requests_captured")
 
-    def start(self) -> None:
-        self._thread.start()
-
     def drain(self, timeout_s: float) -> bool:
         """Wait until every capture offered so far went through the stages; False at the deadline."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._waiting == 0, timeout_s)
-
-    def stop(self, timeout_s: float) -> bool:
-        """Process what is queued, then stop; False if the worker did not finish in time."""
-        deadline = time.monotonic() + timeout_s
-        try:
-            self._queue.put(_STOP, timeout=timeout_s)
-        except queue.Full:
-            return False
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-        return not self._thread.is_alive()
+            return self.clock.wait_for(self._cond, lambda: self._waiting == 0, timeout_s)
 
     def section(self) -> dict[str, int]:
         """`ready_raw` of the `materializer` stats: finished exchanges not yet through the stages
@@ -82,19 +64,13 @@ class Pipeline:
         with self._cond:
             return {"ready_raw": self._waiting}
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            capture, size = item
-            for name, stage in self.stages:
-                try:
-                    stage(capture)
-                except Exception:
-                    self.counters.incr("materializer_errors_total")
-                    log.exception("pipeline: stage %s failed on capture %s", name, capture.id)
-            with self._cond:
-                self._bytes -= size
-                self._waiting -= 1
-                self._cond.notify_all()
+    def step(self, item: tuple[Capture, int] | None) -> None:
+        if item is None:
+            return
+        capture, size = item
+        for name, stage in self.stages:
+            self.guarded(stage, capture, what=f"stage {name} on capture {capture.id}")
+        with self._cond:
+            self._bytes -= size
+            self._waiting -= 1
+            self._cond.notify_all()

@@ -23,7 +23,8 @@ from tests.materialize.test_materializer import config
 def entries(tmp_path_factory):
     """The ledger entries of the recorded `tools` session."""
     materializer = Materializer(config(tmp_path_factory.mktemp("db")), load_price_table())
-    return [e for e in (ledger_entry(c, materializer.materialize(c)) for _, c in exchanges("tools")) if e]
+    results = (materializer.materialize(c) for _, c in exchanges("tools"))
+    return [ledger_entry(r.call) for r in results if r.call]
 
 
 def files_of(path) -> dict[str, bytes]:

@@ -15,9 +15,8 @@ import pytest
 from opik_cipx.ledger.db import open_reader
 from opik_cipx.ledger.entry import ledger_entry
 from opik_cipx.ledger.schema import LATEST
-from opik_cipx.ledger.store import WRITER_BUSY_TIMEOUT_S, Ledger
+from opik_cipx.ledger.store import RETRY_PAUSE_S, WRITER_BUSY_TIMEOUT_S, Ledger
 from tests.claude_code_corpus import corpus_clock, materialized
-from tests.conftest import wait_for
 from tests.fake_clock import DAY_NS, FakeClock, wall_ns_after
 
 
@@ -27,8 +26,8 @@ def corpus(tmp_path_factory):
 
 
 def write_all(ledger: Ledger, corpus) -> None:
-    for _, _, capture, records in corpus:
-        ledger.write(capture, records)
+    for *_, result in corpus:
+        ledger.write(result.call)
 
 
 def aged(entry, clock: FakeClock, days: float):
@@ -39,7 +38,7 @@ def aged(entry, clock: FakeClock, days: float):
 
 
 def span_cost_sum(corpus) -> float:
-    return sum(r["body"].get("total_estimated_cost") or 0.0 for *_, records in corpus for r in records
+    return sum(r["body"].get("total_estimated_cost") or 0.0 for *_, result in corpus for r in result.records
                if r["body"].get("type") == "llm")
 
 
@@ -72,8 +71,8 @@ def test_private_wal_file_and_writing_a_capture_again_never_counts_it_twice(tmp_
 def test_a_changed_entry_replaces_the_old_rows(tmp_path, corpus):
     path = tmp_path / "ledger.db"
     ledger = Ledger(path, retention_days=400, clock=corpus_clock())
-    _, _, capture, records = next(c for c in corpus if c[:2] == ("mcp", "002"))
-    entry = ledger_entry(capture, records)
+    _, _, capture, result = next(c for c in corpus if c[:2] == ("mcp", "002"))
+    entry = ledger_entry(result.call)
     ledger.write_entries([entry])
     cheaper = dataclasses.replace(entry, call={**entry.call, "cost_usd": 0.5}, details=entry.details[:3])
     ledger.write_entries([cheaper])
@@ -83,8 +82,7 @@ def test_a_changed_entry_replaces_the_old_rows(tmp_path, corpus):
 
 def test_days_beyond_the_retention_are_deleted(tmp_path, corpus):
     path = tmp_path / "ledger.db"
-    entries = [ledger_entry(c, r) for _, _, c, r in corpus[:12]]
-    entries = [e for e in entries if e]
+    entries = [ledger_entry(r.call) for _, _, c, r in corpus[:12] if r.call]
     clock = FakeClock(wall_ns_after(e.call["started_at_ns"] for e in entries))
     old = aged(entries[0], clock, days=30)
     ledger = Ledger(path, retention_days=10, clock=clock)
@@ -125,32 +123,54 @@ conn.execute("ROLLBACK")
 
 def test_a_locked_ledger_delays_the_writer_at_most_the_busy_timeout_then_catches_up(tmp_path, corpus, caplog):
     path = tmp_path / "ledger.db"
-    ledger = Ledger(path, retention_days=400, clock=corpus_clock())
-    pairs = [(c, r) for _, _, c, r in corpus if any(x["body"].get("type") == "llm" for x in r)]
-    ledger.write(*pairs[0])
+    clock = corpus_clock()
+    ledger = Ledger(path, retention_days=400, clock=clock)
+    calls = [r.call for _, _, c, r in corpus if r.call and r.call.kind.kind != "count_tokens"]
+    ledger.write(calls[0])
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with caplog.at_level(logging.INFO, logger="opik_cipx.ledger.store"):
             started = time.monotonic()
-            ledger.write(*pairs[1])
+            ledger.write(calls[1])
             blocked = time.monotonic() - started
-            started = time.monotonic()
-            for pair in pairs[2:10]:
-                ledger.write(*pair)  # in the pause after a failure: queued, no waiting
-            paused = time.monotonic() - started
-        assert WRITER_BUSY_TIMEOUT_S * 0.9 <= blocked < WRITER_BUSY_TIMEOUT_S + 1.0
-        assert paused < 0.5
+            for call in calls[2:10]:
+                ledger.write(call)  # in the pause after a failure: queued, not tried
+            ledger.retry_due()  # the pause is not over
+        assert blocked >= WRITER_BUSY_TIMEOUT_S * 0.9  # the one attempt waited for the lock
         assert ledger.pending == 9 and ledger.counters.get("ledger_write_errors") == 1
     finally:
         holder.stdin.close()
         holder.wait(10)
-    wait_for(lambda: ledger.pending == 0, what="the waiting calls written by the retry timer")
+    clock.advance(RETRY_PAUSE_S)
+    ledger.retry_due()  # the writer's idle step, once the pause is over: no need for another call
+    assert ledger.pending == 0
     ledger.close()
     assert totals(path)[0] == 10
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 1 and "locked" in messages[0]
+
+
+def test_nothing_opens_the_ledger_again_after_close(tmp_path, corpus, caplog):
+    path = tmp_path / "ledger.db"
+    path.mkdir()  # not a file SQLite can open: every write fails
+    clock = corpus_clock()
+    ledger = Ledger(path, retention_days=400, clock=clock)
+    call = next(r.call for *_, r in corpus if r.call)
+    ledger.write(call)
+    assert ledger.pending == 1
+    with caplog.at_level(logging.WARNING, logger="opik_cipx.ledger.store"):
+        ledger.close()  # tries once more, gives up: `replay --ledger` adds the call later
+    assert "replay --ledger" in caplog.records[-1].getMessage()
+    path.rmdir()  # the cause is gone after the daemon stopped using the ledger
+    clock.advance(RETRY_PAUSE_S + 1)
+    assert not ledger.flush()  # what a retry that fired while `close` ran would do next
+    assert not path.exists() and ledger._conn is None
+    ledger.retry_due()  # nor a late idle step
+    ledger.write(call)  # nor a call that comes late
+    assert not path.exists() and ledger._conn is None
+    assert ledger.counters.get("ledger_calls_dropped") == 1
 
 
 def test_a_ledger_from_a_newer_version_is_left_alone(tmp_path, corpus, caplog):
@@ -170,7 +190,7 @@ def test_a_ledger_from_a_newer_version_is_left_alone(tmp_path, corpus, caplog):
 
 def test_an_entry_the_schema_refuses_is_dropped_alone(tmp_path, corpus):
     path = tmp_path / "ledger.db"
-    entries = [e for e in (ledger_entry(c, r) for _, _, c, r in corpus[:15]) if e]
+    entries = [ledger_entry(r.call) for _, _, c, r in corpus[:15] if r.call]
     broken = dataclasses.replace(entries[0], call={**entries[0].call, "capture_id": "broken", "day": None})
     ledger = Ledger(path, retention_days=400, clock=corpus_clock())
     assert ledger.write_entries([broken, *entries[1:]])
@@ -186,16 +206,14 @@ def test_readers_see_committed_rows_while_the_writer_holds_a_transaction(tmp_pat
     write_all(ledger, corpus[:20])
     ledger._conn.execute("BEGIN IMMEDIATE")
     ledger._conn.execute("DELETE FROM calls")
-    started = time.monotonic()
-    assert totals(path)[0] == sum(1 for *_, records in corpus[:20] if records)
-    assert time.monotonic() - started < 1.0
+    assert totals(path)[0] == sum(1 for *_, result in corpus[:20] if result.call)  # a blocked reader would raise
     ledger._conn.execute("ROLLBACK")
     ledger.close()
 
 
 def test_retention_runs_at_most_once_an_hour(tmp_path, corpus):
     path = tmp_path / "ledger.db"
-    entries = [e for e in (ledger_entry(c, r) for _, _, c, r in corpus[:12]) if e]
+    entries = [ledger_entry(r.call) for _, _, c, r in corpus[:12] if r.call]
     clock = FakeClock(wall_ns_after(e.call["started_at_ns"] for e in entries))
     ledger = Ledger(path, retention_days=10, clock=clock)
     ledger.write_entries(entries[1:])  # the first write enforces the retention
@@ -209,7 +227,7 @@ def test_retention_runs_at_most_once_an_hour(tmp_path, corpus):
 
 def test_a_ledger_removed_under_the_writer_is_started_afresh(tmp_path, corpus):
     path = tmp_path / "ledger.db"
-    entries = [e for e in (ledger_entry(c, r) for _, _, c, r in corpus[:12]) if e]
+    entries = [ledger_entry(r.call) for _, _, c, r in corpus[:12] if r.call]
     ledger = Ledger(path, retention_days=400, clock=corpus_clock())
     ledger.write_entries(entries[:3])
     for suffix in ("", "-wal", "-shm"):

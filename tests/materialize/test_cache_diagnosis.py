@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from opik_cipx.materialize.cache_diagnosis import MAX_ITEMS, MAX_LANES, CacheLanes, diagnose, lane_of, prefix_of
+from opik_cipx.materialize.cache_diagnosis import MAX_ITEMS, MAX_LANES, CacheLanes, PrefixReader, diagnose, lane_of
 from opik_cipx.materialize.call_kind import CallKind
 from opik_cipx.materialize.materializer import Materializer
 from opik_cipx.materialize.pricing import load_price_table
+from opik_cipx.materialize.usage import read_usage
 from opik_cipx.wire.capture import Capture
 from tests.claude_code_corpus import FIXTURES, exchange, exchanges
 from tests.materialize.test_materializer import cc, config, llm, restarted
@@ -38,7 +39,7 @@ def pair(tmp_path, scenario: str, restart: bool = False) -> dict:
     materializer.materialize(exchange(scenario, "001", CACHE_BREAKS))
     if restart:
         materializer = restarted(materializer, tmp_path)
-    return cc(llm(materializer.materialize(exchange(scenario, "002", CACHE_BREAKS))))["cache"]
+    return cc(llm(materializer.materialize(exchange(scenario, "002", CACHE_BREAKS)).records))["cache"]
 
 
 def expected_cost(scenario: str, rates: dict) -> tuple[int, float]:
@@ -88,7 +89,7 @@ def test_the_committed_fixtures_are_what_the_generator_writes():
 def test_the_first_call_after_a_compaction_is_a_compaction_break(tmp_path):
     """The recorded /compact (compact/010) and the call after it (012): a new conversation."""
     materializer = Materializer(config(tmp_path), load_price_table())
-    caches = {n: cc(llm(materializer.materialize(c))).get("cache") for n, c in exchanges("compact")
+    caches = {n: cc(llm(materializer.materialize(c).records)).get("cache") for n, c in exchanges("compact")
               if n in ("001", "002", "004", "005", "007", "008", "010", "012")}
     assert caches["010"]["break"] is None  # the compaction request reads the conversation's cache
     found = caches["012"]["break"]
@@ -115,7 +116,7 @@ def rebill(capture: Capture, read: int) -> Capture:
 def run_pair(tmp_path, first: Capture, second: Capture) -> dict:
     materializer = Materializer(config(tmp_path), load_price_table())
     materializer.materialize(first)
-    return cc(llm(materializer.materialize(second)))["cache"]
+    return cc(llm(materializer.materialize(second).records))["cache"]
 
 
 def test_an_edited_message_is_located_to_its_block_and_bucket(tmp_path):
@@ -184,7 +185,8 @@ def test_lanes_keep_the_main_loop_subagents_and_side_calls_apart(tmp_path):
     assert lane_of(CallKind("side", side_kind="title")) == "side:title"
     assert lane_of(CallKind("count_tokens")) is None
     materializer = Materializer(config(tmp_path), load_price_table())
-    caches = {n: cc(llm(materializer.materialize(c)))["cache"] for n, c in exchanges("subagent") if c.method == "POST"}
+    caches = {n: cc(llm(materializer.materialize(c).records))["cache"]
+              for n, c in exchanges("subagent") if c.method == "POST"}
     # the main loop's second call (005) is compared with its first (001), not with the subagent's
     assert caches["005"]["previous"]["capture_id"] == exchange("subagent", "001").id
     assert caches["004"]["previous"]["capture_id"] == exchange("subagent", "003").id
@@ -193,9 +195,9 @@ def test_lanes_keep_the_main_loop_subagents_and_side_calls_apart(tmp_path):
 def test_the_lanes_are_bounded_and_hold_no_text():
     lanes = CacheLanes()
     body = json.loads(exchange("tools", "006").request_body)
-    usage = {"input_tokens": 1, "cache_read_input_tokens": 10, "cache_creation_input_tokens": 5}
+    usage = read_usage({"input_tokens": 1, "cache_read_input_tokens": 10, "cache_creation_input_tokens": 5})
     for n in range(MAX_LANES + 5):
-        lanes.observe(f"agent:{n}", body, usage, None, n, f"c{n}", compacted=False)
+        lanes.observe(f"agent:{n}", PrefixReader().prefix(body), usage, None, n, f"c{n}", compacted=False)
     snapshot = lanes.snapshot()
     assert [lane for lane, _ in snapshot] == [f"agent:{n}" for n in range(5, MAX_LANES + 5)]
     memory = snapshot[-1][1]
@@ -205,7 +207,7 @@ def test_the_lanes_are_bounded_and_hold_no_text():
     huge = copy.deepcopy(body)
     huge["messages"] = [{"role": "user", "content": [{"type": "text", "text": str(i)}]} for i in range(MAX_ITEMS)]
     huge["messages"][-1]["content"][0]["cache_control"] = {"type": "ephemeral"}
-    lanes.observe("main", huge, usage, None, 0, "big", compacted=False)
+    lanes.observe("main", PrefixReader().prefix(huge), usage, None, 0, "big", compacted=False)
     kept = dict(lanes.snapshot())["main"]
     assert len(kept["tools"]) + len(kept["system"]) + len(kept["messages"].split(",")) + kept[
         "messages"].count("|") == MAX_ITEMS
@@ -213,19 +215,19 @@ def test_the_lanes_are_bounded_and_hold_no_text():
 
 def test_no_cache_diagnosis_without_usage_or_for_count_tokens(tmp_path):
     materializer = Materializer(config(tmp_path), load_price_table())
-    records = {n: materializer.materialize(c) for n, c in exchanges("error")}
+    records = {n: materializer.materialize(c).records for n, c in exchanges("error")}
     assert "cache" not in cc(llm(records["001"]))  # a 529: nothing was read or written
     assert cc(llm(records["003"]))["cache"]["previous"] is None  # the failed calls are no reference
 
 
 def test_the_prefix_stops_at_the_last_breakpoint_and_skips_the_billing_header():
     body = json.loads(exchange("tools", "002").request_body)
-    prefix = prefix_of(body)
+    prefix = PrefixReader().prefix(body)
     blocks = sum(len(m) for m in prefix.messages)
     assert prefix.cached == (26, len(prefix.system), blocks)  # [u, s, a, u]: the breakpoint on the last user block
     assert all(label != "billing_header" for _, label, _ in prefix.system)
     assert prefix.ttl_s == 300 and prefix.settings == {"thinking": {"type": "adaptive"}, "effort": "high"}
-    assert diagnose(None, prefix, {"input_tokens": 0}, None, 0, False) == {
+    assert diagnose(None, prefix, read_usage({"input_tokens": 0}), None, 0, False).to_json() == {
         "read_share": None, "write_share": None, "uncached_share": None, "previous": None, "break": None}
 
 
@@ -233,8 +235,9 @@ def test_a_message_handed_over_again_as_the_same_object_gives_the_prefix_read_fr
     first = json.loads(exchange("tools", "002").request_body)
     following = json.loads(exchange("tools", "003").request_body)
     following["messages"][:len(first["messages"])] = first["messages"]  # as the request reader hands them over
-    prefix_of(first)  # its messages' digests are now kept
-    assert prefix_of(following) == prefix_of(json.loads(json.dumps(following)))
+    prefixes = PrefixReader()
+    prefixes.prefix(first)  # its messages' digests are now kept
+    assert prefixes.prefix(following) == PrefixReader().prefix(json.loads(json.dumps(following)))
 
 
 def test_a_checkpoint_from_before_cache_diagnoses_restores_with_no_lanes(tmp_path):
@@ -245,5 +248,25 @@ def test_a_checkpoint_from_before_cache_diagnoses_restores_with_no_lanes(tmp_pat
         del session["cache"]  # as an older opik-cipx wrote it
     fresh = Materializer(config(tmp_path), load_price_table())
     fresh.restore(snapshot)
-    cache = cc(llm(fresh.materialize(exchange("tools", "003"))))["cache"]
+    cache = cc(llm(fresh.materialize(exchange("tools", "003")).records))["cache"]
     assert cache["previous"] is None and cache["break"] is None  # compared with nothing, never a false break
+
+
+def test_the_digests_kept_live_and_die_with_their_reader():
+    """Each materializer owns its PrefixReader: the messages it kept by identity stay alive only
+    as long as the reader does (the process-wide memo they replace kept them forever)."""
+    import gc
+    import weakref
+
+    class Message(dict):  # a dict that can be watched
+        pass
+
+    body = json.loads(exchange("tools", "002").request_body)
+    body["messages"] = [Message(m) for m in body["messages"]]
+    watched = [weakref.ref(m) for m in body["messages"]]
+    reader = PrefixReader()
+    first = reader.prefix(body)
+    assert reader.prefix(body) == first == PrefixReader().prefix(json.loads(json.dumps(body)))
+    del body, reader
+    gc.collect()
+    assert [ref() for ref in watched] == [None] * len(watched)

@@ -4,8 +4,10 @@ Real capture log, real spool and real materializer under tmp_path; the recorded 
 (The daemon-level crash tests, with a real `kill -9`, are in tests/test_recovery.py.)
 """
 
+import errno
 import json
-import time
+import os
+import threading
 from pathlib import Path
 
 from opik_cipx.home import read_json
@@ -14,9 +16,9 @@ from opik_cipx.materialize.follower import Follower
 from opik_cipx.materialize.materializer import Materializer, MaterializerConfig
 from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.stats import Counters
-from opik_cipx.store.captures import CaptureStore, list_segments
+from opik_cipx.store.captures import CaptureStore, LogPosition, list_segments
 from opik_cipx.store.spool import Spool
-from tests.claude_code_corpus import exchanges
+from tests.claude_code_corpus import corpus_clock, exchanges
 from tests.conftest import wait_for
 
 BIG = 10**9
@@ -25,7 +27,7 @@ BIG = 10**9
 class Daemonish:
     """The pieces the daemon wires around a follower, on one home directory."""
 
-    def __init__(self, home: Path, keep: bool = True, inmem_max: int = 10_000, wire_idle=None):
+    def __init__(self, home: Path, keep: bool = True, inmem_max: int = 10_000, wire_idle=None, clock=None):
         self.home = home
         self.counters = Counters()
         self.store = CaptureStore(home / "captures", max_bytes=BIG, max_age_s=BIG, segment_bytes=200_000, keep=keep)
@@ -35,7 +37,8 @@ class Daemonish:
         self.listed: list[str] = []
         self.follower = Follower(Materializer(config, load_price_table()), self.store, self.spool, self.counters,
                                  home / "materializer" / "checkpoint.json",
-                                 lambda capture, records: self.listed.append(capture.id), wire_idle)
+                                 lambda capture, records: self.listed.append(capture.id), wire_idle,
+                                 **({"clock": clock} if clock else {}))
         self.spool.start()
         self.follower.start()
 
@@ -59,7 +62,7 @@ def spooled(home: Path) -> list[dict]:
 def straight(scenario: str, tmp_path: Path) -> list[dict]:
     config = MaterializerConfig("claude-code", True, 500_000, tmp_path / "sessions", tmp_path / "none.json")
     materializer = Materializer(config, load_price_table())
-    return [r for _, c in exchanges(scenario) for r in materializer.materialize(c)]
+    return [r for _, c in exchanges(scenario) for r in materializer.materialize(c).records]
 
 
 def key(records: list[dict]) -> set[str]:
@@ -142,35 +145,72 @@ def test_a_full_spool_makes_the_follower_wait_instead_of_dropping(tmp_path, monk
     monkeypatch.setattr(follower_module, "SPOOL_WAIT_S", 0.05)
     home = tmp_path / "home"
     d = Daemonish(home, inmem_max=3)  # fewer records than one capture makes: room only when empty
-    d.spool._commit_group = lambda: False  # the disk refuses everything for now
+    disk_full = threading.Event()
+    disk_full.set()
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if disk_full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)  # the disk refuses everything for now
     for _, capture in exchanges("tools"):
         d.capture(capture)
     wait_for(lambda: d.listed, what="the first capture spooled (alone, into an empty spool)")
     assert d.follower.lag >= 4 and d.spool.section()["dropped_events_inmem"] == 0
-    del d.spool._commit_group  # the disk is back
+    disk_full.clear()  # the disk is back
     d.spool.flush(5)
     wait_for(lambda: len(d.listed) == len(exchanges("tools")), what="the rest, once the spool had room")
     d.stop()
     assert spooled(home) == straight("tools", tmp_path)
 
 
-def test_the_follower_waits_for_a_quiet_wire_until_a_capture_waited_too_long(tmp_path, monkeypatch):
+def test_the_follower_waits_for_a_quiet_wire_until_it_was_behind_too_long(tmp_path):
     """A wire that never quiets down (a burst that does not end) delays materializing, never
-    stops it: once a capture waited BACKLOG_MAX_S, the follower stops waiting for the wire."""
-    monkeypatch.setattr(follower_module, "BACKLOG_MAX_S", 0.5)
+    stops it: once the follower has been behind for BACKLOG_MAX_S, it stops waiting for the wire."""
+    clock = corpus_clock()
     waits: list[float] = []
+    all_logged = threading.Event()
 
     def never_quiet(timeout_s: float) -> bool:
+        all_logged.wait(10)  # the whole burst is in the log before the follower gets anywhere
         waits.append(timeout_s)
-        time.sleep(min(timeout_s, 0.05))
+        clock.advance(timeout_s)  # busy for the whole wait
         return False
 
-    d = Daemonish(tmp_path, wire_idle=never_quiet)
-    captures = [capture for _, capture in exchanges("tools")]
+    d = Daemonish(tmp_path, wire_idle=never_quiet, clock=clock)
+    captures = [capture for scenario in ("tools", "subagent") for _, capture in exchanges(scenario)]
+    per_capture = follower_module.MAX_DEFER_S + follower_module.PAUSE_MAX_S
+    assert len(captures) * per_capture > follower_module.BACKLOG_MAX_S + per_capture
     for capture in captures:
         d.capture(capture)
+    all_logged.set()
     wait_for(lambda: len(d.listed) == len(captures), timeout_s=30, what="every capture materialized")
-    assert waits  # it did wait for the wire first
+    # It waited for the wire before each capture until it had been behind for BACKLOG_MAX_S, then no more.
+    assert follower_module.BACKLOG_MAX_S <= sum(waits) <= follower_module.BACKLOG_MAX_S + per_capture
+    assert max(waits) <= follower_module.WIRE_SLICE_S
     assert d.listed == [capture.id for capture in captures]
     assert not d.follower.backlogged and d.follower.lag == 0
     d.stop()
+
+
+def test_a_stop_reaches_a_follower_that_waits_for_a_busy_wire(tmp_path):
+    """The stop request (where the log ends, the deadline) is set with the stop flag under the
+    worker's lock, and the follower's wait for the wire looks at it between short slices: a stop
+    does not wait for the wire to calm down."""
+    waiting, never = threading.Event(), threading.Event()
+
+    def busy_wire(timeout_s: float) -> bool:
+        waiting.set()
+        return never.wait(timeout_s)  # the wire stays busy for as long as it is asked to wait
+
+    d = Daemonish(tmp_path, wire_idle=busy_wire)
+    (_, capture), *_ = exchanges("simple")
+    d.capture(capture)
+    assert waiting.wait(10)  # the follower waits for the wire before materializing the capture
+    assert d.follower.stop(timeout_s=0.5)  # done well within the stop deadline
+    assert d.listed == [capture.id]  # materialized at once, then checkpointed
+    checkpoint = read_json(tmp_path / "materializer" / "checkpoint.json")
+    assert LogPosition(**checkpoint["position"]) == d.store.end
+    assert d.spool.close(timeout_s=5) == 0

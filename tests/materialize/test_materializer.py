@@ -29,7 +29,7 @@ def config(tmp_path: Path, **overrides) -> MaterializerConfig:
 def run(scenario: str, tmp_path: Path, **overrides) -> dict[str, list[dict]]:
     """Fixture number -> the records its exchange produced."""
     materializer = Materializer(config(tmp_path, **overrides), load_price_table())
-    return {number: materializer.materialize(capture) for number, capture in exchanges(scenario)}
+    return {number: materializer.materialize(capture).records for number, capture in exchanges(scenario)}
 
 
 def llm(records: list[dict]) -> dict:
@@ -50,7 +50,8 @@ def test_requests_read_incrementally_give_the_records_of_reading_each_from_scrat
     for scenario in SCENARIOS:
         for number, capture in exchanges(scenario):
             scratch._requests = RequestReader()  # nothing kept from the request before
-            assert json.dumps(kept.materialize(capture)) == json.dumps(scratch.materialize(capture)), (scenario, number)
+            assert json.dumps(kept.materialize(capture).records) == json.dumps(
+                scratch.materialize(capture).records), (scenario, number)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -142,8 +143,8 @@ def test_a_repeated_request_does_not_repeat_its_tool_spans(tmp_path):
     captured = dict(exchanges("tools"))
     for number in ("001", "002", "003", "004", "005"):
         materializer.materialize(captured[number])
-    first = materializer.materialize(captured["006"])
-    retry = materializer.materialize(again(captured["006"], 1500))  # e.g. after a 529
+    first = materializer.materialize(captured["006"]).records
+    retry = materializer.materialize(again(captured["006"], 1500)).records  # e.g. after a 529
     assert [r["body"]["name"] for r in first if r["body"].get("type") == "tool"] == ["Bash"]
     assert [r for r in retry if r["body"].get("type") == "tool"] == []
 
@@ -151,14 +152,14 @@ def test_a_repeated_request_does_not_repeat_its_tool_spans(tmp_path):
 def test_a_subagent_stays_in_the_turn_that_launched_it_after_the_next_prompt(tmp_path):
     materializer = Materializer(config(tmp_path), load_price_table())
     captured = dict(exchanges("subagent"))
-    launch = llm(materializer.materialize(captured["001"]))
+    launch = llm(materializer.materialize(captured["001"]).records)
     body = json.loads(captured["001"].request_body)
     body["messages"][0]["content"][-1]["text"] = "meanwhile, something else entirely"
     meanwhile = again(captured["001"], 200, json.dumps(body).encode())
     meanwhile.response_parts = [exchanges("simple")[1][1].response_body]  # a plain text answer
-    other_turn = llm(materializer.materialize(meanwhile))
+    other_turn = llm(materializer.materialize(meanwhile).records)
     assert other_turn["trace_id"] != launch["trace_id"]
-    sub = llm(materializer.materialize(captured["002"]))
+    sub = llm(materializer.materialize(captured["002"]).records)
     assert sub["trace_id"] == launch["trace_id"]  # with its Agent tool call, not the newer turn
 
 
@@ -278,11 +279,14 @@ def test_redacted_spans_never_contain_text_of_any_shape(tmp_path, prompt, answer
         "model": "claude-opus-4-8", "stream": True, "context_management": {},  # a main-loop call
         "metadata": {"user_id": json.dumps({"session_id": "s-1"})},
         "messages": [
-            {"role": "user", "content": [{"type": "text", "text": prompt},
-                                         {"type": "text", "text": f"<command-name>/x</command-name><command-args>{args}</command-args>"}]},
-            {"role": "assistant", "content": [{"type": "text", "text": answer},
-                                              {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": tool_input}}]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": tool_output, "is_error": True}]},
+            {"role": "user", "content": [
+                {"type": "text", "text": prompt},
+                {"type": "text", "text": f"<command-name>/x</command-name><command-args>{args}</command-args>"}]},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": answer},
+                {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": tool_input}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": tool_output, "is_error": True}]},
         ],
     }
     events = [
@@ -300,7 +304,7 @@ def test_redacted_spans_never_contain_text_of_any_shape(tmp_path, prompt, answer
                       request_headers=[["X-Claude-Code-Session-Id", "s-1"]], request_body=json.dumps(body).encode(),
                       status=200, response_headers=[["content-type", "text/event-stream"]])
     capture.response_parts = [sse]
-    records = Materializer(config(tmp_path, capture_content=False), load_price_table()).materialize(capture)
+    records = Materializer(config(tmp_path, capture_content=False), load_price_table()).materialize(capture).records
     assert {r["body"].get("type") for r in records if r["kind"] == "span"} == {"llm", "tool"}
     blob = json.dumps(records, ensure_ascii=False)
     for text in (prompt, answer, tool_input, tool_output, args):
@@ -322,8 +326,8 @@ def test_every_version_of_a_trace_carries_at_least_what_the_one_before_had(scena
     for record in flat(run(scenario, tmp_path)):
         if record["kind"] == "trace":
             versions[record["body"]["id"]].append(record["body"])
-    for trace_id, bodies in versions.items():
-        for before, after in zip(bodies, bodies[1:]):
+    for bodies in versions.values():
+        for before, after in zip(bodies, bodies[1:], strict=False):
             assert after["last_updated_at"] > before["last_updated_at"]
             assert after["end_time"] >= before["end_time"] and after["start_time"] <= before["start_time"]
             assert after["name"] == before["name"]
@@ -384,14 +388,14 @@ def later(capture: Capture, hours: float) -> Capture:
 def test_a_count_tokens_call_hours_later_gets_a_trace_of_its_own(tmp_path):
     materializer = Materializer(config(tmp_path), load_price_table())
     captured = dict(exchanges("compact"))
-    turn = materializer.materialize(captured["012"])
+    turn = materializer.materialize(captured["012"]).records
     (answer,) = [r["body"] for r in turn if r["kind"] == "trace"]
-    burst = [materializer.materialize(later(captured[n], 3)) for n in ("014", "015", "016")]
+    burst = [materializer.materialize(later(captured[n], 3)).records for n in ("014", "015", "016")]
     traces = [r["body"] for rs in burst for r in rs if r["kind"] == "trace"]
     assert {t["id"] for t in traces} != {answer["id"]} and len({t["id"] for t in traces}) == 1
     assert traces[-1]["name"] == "claude-code count_tokens"
     assert cc(traces[-1])["metrics_rollup"]["count_tokens_calls"] == 3
-    back = materializer.materialize(later(captured["012"], 3.1))  # the same prompt's turn goes on
+    back = materializer.materialize(later(captured["012"], 3.1)).records  # the same prompt's turn goes on
     (resumed,) = [r["body"] for r in back if r["kind"] == "trace"]
     assert resumed["id"] == answer["id"] and resumed["output"] == answer["output"]
 
@@ -411,13 +415,13 @@ ALL = [(scenario, number, capture) for scenario in SCENARIOS for number, capture
 def test_a_restart_at_any_capture_boundary_changes_no_record(tmp_path, scenario, cuts):
     captured = [capture for s, _, capture in ALL if s == scenario]
     straight = Materializer(config(tmp_path), load_price_table())
-    expected = [straight.materialize(c) for c in captured]
+    expected = [straight.materialize(c).records for c in captured]
     materializer = Materializer(config(tmp_path), load_price_table())
     got = []
     for i, capture in enumerate(captured):
         if i in cuts:
             materializer = restarted(materializer, tmp_path)
-        got.append(materializer.materialize(capture))
+        got.append(materializer.materialize(capture).records)
     assert got == expected
 
 
@@ -426,8 +430,8 @@ def test_a_request_retried_after_a_restart_emits_no_second_tool_span(tmp_path):
     captured = dict(exchanges("tools"))
     for number in ("001", "002", "003", "004", "005"):
         materializer.materialize(captured[number])
-    first = materializer.materialize(captured["006"])
-    retry = restarted(materializer, tmp_path).materialize(again(captured["006"], 1500))
+    first = materializer.materialize(captured["006"]).records
+    retry = restarted(materializer, tmp_path).materialize(again(captured["006"], 1500)).records
     assert [r["body"]["name"] for r in first if r["body"].get("type") == "tool"] == ["Bash"]
     assert [r for r in retry if r["body"].get("type") == "tool"] == []
     assert [r["body"]["id"] for r in retry if r["kind"] == "trace"] == [

@@ -130,7 +130,7 @@ def test_every_window_of_the_fixtures_is_in_the_span_metadata_and_the_observer(t
     spans = {}
     for scenario in ("oauth", "api_key"):
         for number, capture in exchanges(scenario, RATE_LIMITS):
-            spans[f"{scenario}/{number}"] = llm(materializer.materialize(capture))
+            spans[f"{scenario}/{number}"] = llm(materializer.materialize(capture).records)
     last = cc(spans["oauth/003"])["rate_limits"]
     assert list(last["windows"]) == ["5h", "7d", "7d_mythos", "7d_oi", "7d_opus", "fallback", "overage"]
     assert last["status"] == "allowed_warning" and last["windows"]["7d"]["surpassed_threshold"] == 0.75
@@ -146,7 +146,7 @@ def test_every_window_of_the_fixtures_is_in_the_span_metadata_and_the_observer(t
 
 def test_a_call_without_rate_limit_headers_has_no_such_metadata(tmp_path):
     materializer = Materializer(config(tmp_path), load_price_table())
-    span = llm(materializer.materialize(exchanges("simple")[1][1]))
+    span = llm(materializer.materialize(exchanges("simple")[1][1]).records)
     assert "rate_limits" not in cc(span)
 
 

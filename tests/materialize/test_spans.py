@@ -15,6 +15,7 @@ from opik_cipx.materialize.spans import (
     tool_error_info,
     trace_record,
 )
+from opik_cipx.materialize.usage import read_usage
 from tests.opik_schema import problems
 
 USAGE = {
@@ -25,7 +26,7 @@ USAGE = {
 
 
 def test_usage_keys_as_opik_reads_anthropic_usage():
-    usage = opik_usage(USAGE)
+    usage = opik_usage(read_usage(USAGE))
     assert usage["prompt_tokens"] == 6 + 2006 + 18861
     assert usage["completion_tokens"] == 10
     assert usage["total_tokens"] == 6 + 2006 + 18861 + 10
@@ -33,7 +34,7 @@ def test_usage_keys_as_opik_reads_anthropic_usage():
     assert usage["original_usage.server_tool_use.web_search_requests"] == 1
     assert "original_usage.service_tier" not in usage  # only integers are allowed
     assert all(isinstance(v, int) for v in usage.values())
-    assert opik_usage(None) is None and opik_usage({}) is None
+    assert opik_usage(read_usage(None)) is None and opik_usage(read_usage({})) is None
 
 
 def test_timestamps_are_utc_z():
@@ -62,7 +63,8 @@ def test_records_validate_against_opik_write_schemas():
         project_name="p", name="main", span_type="llm", start_ns=1_795_485_200_000_000_000,
         end_ns=1_795_485_201_000_000_000, input={"messages": []}, output={"content": []},
         metadata={"cc": {}}, tags=["claude-code"], updated_ns=1_795_485_201_000_000_000,
-        model="claude-opus-4-8", usage=opik_usage(USAGE), total_estimated_cost=0.01, cost_version="2026-11-01",
+        model="claude-opus-4-8", usage=opik_usage(read_usage(USAGE)), total_estimated_cost=0.01,
+        cost_version="2026-11-01",
         ttft_ms=12.5, error_info=call_error_info({"type": "overloaded_error", "message": "Overloaded"}, None),
     )
     trace = trace_record(

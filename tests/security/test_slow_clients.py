@@ -3,7 +3,8 @@ where its threads and its `client_*` settings are the point, the rest against th
 (tests/wire/conftest.py).
 
 - 1,000 stalled connections (silent, stopped mid-head, or mid-body after a whole head) hold no
-  thread and no slot, and a normal call still gets through (its latency against the idle figure is `bench/bench_stalled.py`'s job);
+  thread and no slot, and a normal call still gets through (its latency against the idle figure
+  is `bench/bench_stalled.py`'s job);
 - header, body and idle deadlines close what stalls, and the connection cap turns the excess away
   with a 503 in Anthropic's shape;
 - a request head cut off before its blank line is never forwarded, credentials included;
@@ -24,7 +25,7 @@ import pytest
 from tests.conftest import LIMITS, DaemonProcess, load_fixture, wait_for
 from tests.fake_anthropic import fixture_reply, json_reply, sse_reply
 from tests.security.conftest import raw_exchange, write_config
-from tests.wire.conftest import InProcessWire, wire  # noqa: F401 - fixture
+from tests.wire.conftest import InProcessWire
 
 STALLED = 1000
 
@@ -191,7 +192,8 @@ def test_beyond_the_connection_cap_a_clean_503(strict_daemon, upstream):
         sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
         receive_until(sock, b"event: ping")
         streams.append(sock)
-    answer = raw_exchange(strict_daemon.port, b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
+    answer = raw_exchange(strict_daemon.port,
+                          b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503 ")
     error = json.loads(body)["error"]

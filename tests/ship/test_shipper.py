@@ -21,6 +21,7 @@ from opik_cipx.ship.shipper import (
 )
 from opik_cipx.stats import Counters
 from opik_cipx.store.spool import Spool, unshipped_records
+from tests.claude_code_corpus import corpus_clock
 from tests.conftest import DaemonProcess, wait_for
 from tests.fake_opik import API_KEY, WORKSPACE, Answer, FakeOpik
 from tests.spool_driver import prefill, synthetic_capture
@@ -39,6 +40,7 @@ class Rig:
     """A started Spool + Shipper pointed at the fake Opik, with test-sized intervals."""
 
     def __init__(self, directory: Path, opik: FakeOpik, spool_kw=None, **shipper_kw):
+        self.clock = shipper_kw.get("clock")
         self.spool = Spool(directory, **{"max_bytes": 64 * MIB, "segment_bytes": MIB, "inmem_max": 100_000,
                                          "inmem_max_bytes": 64 * MIB, "commit_interval_s": 0.01, "retry_s": 0.02,
                                          **(spool_kw or {})})
@@ -126,19 +128,29 @@ def test_one_id_once_per_request_and_the_newest_version_wins(rig, opik):
     assert opik.violations == []
 
 
+def waits_until(r: Rig, done) -> list[float]:
+    """Let the fake clock pass each wait the shipper asks for, in full, until `done()`: the waits."""
+    waits: list[float] = []
+    while not done():
+        wait = wait_for(lambda: done() or r.clock.waiting(r.shipper.name), what="the shipper waiting, or done")
+        if wait is True:
+            break
+        waits.append(wait)
+        r.clock.advance(wait)
+    return waits
+
+
 def test_429_waits_for_ratelimit_reset(rig, opik):
-    opik.script(Answer(429, {"RateLimit-Reset": "1"}))
-    r = rig()
+    opik.script(Answer(429, {"RateLimit-Reset": "7"}))
+    r = rig(clock=corpus_clock())
     ids = r.append(1)
     r.shipper.start()
-    wait_for(lambda: "429" in (r.shipper.section()["last_error"] or ""), what="rate limit noticed")
-    wait_for(lambda: all_received(opik, ids) and r.shipper.queue_section() == IDLE, what="records at Opik")
+    waits = waits_until(r, lambda: all_received(opik, ids))
+    assert waits == [7.0]  # as long as Opik asked, no longer
     first, second = opik.requests[0], opik.requests[1]
     assert first.status == 429 and second.status == 204 and first.ids == second.ids
-    assert second.at - first.at >= 0.95
+    wait_for(lambda: r.shipper.queue_section() == IDLE, what="the batch settled")
     assert r.shipper.section()["last_error"] is None
-
-
 def test_rate_limit_headers():
     assert rate_limit_wait_s({"RateLimit-Reset": "7"}, now=100.0) == 7
     assert rate_limit_wait_s({"Retry-After": "3"}, now=100.0) == 3
@@ -165,27 +177,29 @@ def test_which_answers_mean_what():
                                      {"Retry-After": "whenever"}, {}])
 def test_429_waits_at_least_a_second_whatever_the_headers_say(rig, opik, headers):
     opik.fail_with = Answer(429, headers)
-    r = rig()  # backoff base 0.01 s: only the 429 floor keeps the pace down
+    r = rig(clock=corpus_clock())  # backoff base 0.01 s: only the 429 floor keeps the pace down
     ids = r.append(1)
     r.shipper.start()
-    wait_for(lambda: len(opik.requests) >= 3, what="three answered requests")
+    waits = waits_until(r, lambda: len(opik.requests) >= 3)
+    assert waits == [MIN_WAIT_S] * 2
     opik.fail_with = None
-    wait_for(lambda: all_received(opik, ids), what="records at Opik")
-    times = [req.at for req in opik.requests]
-    assert all(b - a >= 0.95 for a, b in zip(times, times[1:3])), [b - a for a, b in zip(times, times[1:])]
+    assert waits_until(r, lambda: all_received(opik, ids)) == [MIN_WAIT_S]
+    statuses = [req.status for req in opik.requests]
+    assert statuses[:3] == [429] * 3 and statuses[3:] == [204, 204]  # the trace, then the spans
 
 
 def test_5xx_backs_off_exponentially_then_succeeds(rig, opik):
     opik.script(*[Answer(500, body=b"boom")] * 4)
-    r = rig(retry_base_s=0.05, retry_max_s=1.0)
+    r = rig(retry_base_s=0.05, retry_max_s=1.0, clock=corpus_clock())
     ids = r.append(1)
     r.shipper.start()
-    wait_for(lambda: all_received(opik, ids) and r.shipper.queue_section() == IDLE, what="records at Opik")
-    times = [req.at for req in opik.requests]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    waits = waits_until(r, lambda: all_received(opik, ids) and r.shipper.queue_section() == IDLE)
     statuses = [req.status for req in opik.requests]
     assert statuses[:4] == [500] * 4 and set(statuses[4:]) == {204}  # a 5xx also splits a request: 2 or 3 more
-    assert gaps[0] >= 0.05 and gaps[3] >= 0.2  # 0.05 * 2**n, jittered between half and all of it, never below 0.05
+    assert len(waits) == 4
+    for n, wait in enumerate(waits):  # 0.05 * 2**n, jittered between half and all of it, never below 0.05
+        ceiling = min(1.0, 0.05 * 2**n)
+        assert max(0.05, ceiling / 2) <= wait <= ceiling
     assert r.shipper.section()["last_error"] is None
 
 
@@ -352,7 +366,8 @@ def test_409_already_exists_is_accepted_a_conflicting_record_is_quarantined(rig,
     opik.answer_ids[trace_id] = Answer(409, body=b'{"errors":["Trace already exists"]}')
     conflicting = synthetic_capture()
     conflicting[1]["body"]["id"] = first[1]["body"]["id"]  # an llm span id Opik holds under another trace
-    opik.answer_ids[first[1]["body"]["id"]] = Answer(409, body=b'{"errors":["trace_id does not match the existing span"]}')
+    opik.answer_ids[first[1]["body"]["id"]] = Answer(
+        409, body=b'{"errors":["trace_id does not match the existing span"]}')
     ids = r.append(5)
     r.spool.append([first[0], *conflicting])
     r.spool.flush(5)

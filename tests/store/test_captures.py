@@ -3,7 +3,7 @@
 import gzip
 import os
 import stat
-import time
+import threading
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,11 +13,14 @@ from opik_cipx.store.captures import (
     LogPosition,
     count_log,
     encode_member,
+    find_capture,
+    first_stamp,
     list_segments,
-    read_captures,
     read_log,
 )
 from opik_cipx.wire.capture import Capture, redact_headers
+from tests.claude_code_corpus import corpus_now_ns
+from tests.fake_clock import FakeClock
 
 BIG = 10**9
 
@@ -32,6 +35,11 @@ def make(n: int, body: bytes = b'{"model":"claude-opus-4-8"}') -> Capture:
 
 def ids(entries) -> list[str]:
     return [e.capture.id for e in entries]
+
+
+def read_captures(directory):
+    """Every stored capture, in log order, as the follower and `replay` read them."""
+    return [entry.capture for entry in read_log(directory)]
 
 
 def test_round_trip_keeps_text_and_binary_bodies(tmp_path):
@@ -56,7 +64,7 @@ def test_positions_are_contiguous_and_reading_resumes_from_any_of_them(tmp_path)
     assert store.end == store.start_end == LogPosition(1, 0)
     appended = [store.append(make(n, body=os.urandom(200))) for n in range(8)]
     assert store.end == appended[-1].end
-    for before, after in zip(appended, appended[1:]):
+    for before, after in zip(appended, appended[1:], strict=False):
         assert after.start == before.end or (after.start == LogPosition(before.end.segment + 1, 0))
     assert len({a.path for a in appended}) > 1  # rotated by size
     entries = list(read_log(tmp_path))
@@ -120,18 +128,43 @@ def test_the_budget_deletes_unmaterialized_captures_only_when_forced_and_counts_
 
 
 def test_age_limit_spares_what_is_not_materialized(tmp_path):
-    store = CaptureStore(tmp_path, max_bytes=BIG, max_age_s=3600, segment_bytes=10**6)
+    clock = FakeClock(corpus_now_ns())
+    store = CaptureStore(tmp_path, max_bytes=BIG, max_age_s=3600, segment_bytes=10**6, clock=clock)
     first = store.append(make(1))
     store.close()
     second = store.append(make(2))
     store.close()
-    past = time.time() - 7200
-    for path in (first.path, second.path):
-        os.utime(path, (past, past))
+    clock.advance(3 * 3600)  # each written within an hour of its first capture: older than the limit
     assert store.retain(first.end) == 0  # only the first one was materialized
     assert [c.id for c in read_captures(tmp_path)] == ["0190-2"]
     store.retain(second.end)
     assert list(read_captures(tmp_path)) == []
+
+
+def test_ages_come_from_the_stores_own_clock_not_the_files_mtime(tmp_path):
+    clock = FakeClock(corpus_now_ns())
+    start = clock.time_ns()
+    store = CaptureStore(tmp_path, max_bytes=BIG, max_age_s=86400, segment_bytes=10**6, clock=clock)
+    first = store.append(make(1))
+    assert first_stamp(first.path) == start
+    clock.advance(600)
+    assert store.append(make(2)).path == first.path  # logged within the hour: the same segment
+    clock.advance(7200)
+    later = store.append(make(3))
+    assert later.path != first.path  # a segment is rotated once it is an hour old, by either clock
+    store.close()
+    os.utime(first.path, (0, 0))  # restored from a backup with its mtime lost: not a reason to delete it
+    os.utime(later.path, (4e9, 4e9))  # nor a date in the future one to keep it
+
+    def kept_at(seconds: int) -> list[str]:
+        clock.advance(start / 1e9 + seconds - clock.time())
+        assert store.retain(later.end) == 0
+        return [c.id for c in read_captures(tmp_path)]
+
+    # The first segment's captures were all logged by an hour after its first one.
+    assert kept_at(3600 + 86400 - 1) == ["0190-1", "0190-2", "0190-3"]
+    assert kept_at(3600 + 86400 + 1) == ["0190-3"]
+    assert kept_at(7800 + 3600 + 86400 + 1) == []
 
 
 def test_captures_off_keeps_each_one_only_until_it_is_materialized(tmp_path):
@@ -146,7 +179,7 @@ def test_captures_off_keeps_each_one_only_until_it_is_materialized(tmp_path):
 
 def test_segments_from_before_the_log_come_first_and_count_as_materialized(tmp_path):
     legacy = tmp_path / "20260101T000000-123-0001.jsonl.gz"
-    legacy.write_bytes(encode_member(make(0)))
+    legacy.write_bytes(encode_member(make(0), 0))
     store = CaptureStore(tmp_path, max_bytes=BIG, max_age_s=BIG, segment_bytes=10**6, keep=False)
     assert store.start_end == LogPosition(1, 0)
     store.append(make(1))
@@ -202,7 +235,7 @@ def test_a_full_disk_leaves_no_empty_segment_behind(tmp_path):
         raise OSError(28, "No space left on device")
 
     for n in range(3):
-        store._rotate()
+        store._rotate(store.clock.time_ns())
         store._fh.write = full
         try:
             store.append(make(n))
@@ -212,21 +245,59 @@ def test_a_full_disk_leaves_no_empty_segment_behind(tmp_path):
 
 
 def test_find_capture_looks_only_in_segments_written_after_it_started(tmp_path):
-    from opik_cipx.store.captures import find_capture
-
-    store = CaptureStore(tmp_path, max_bytes=10**9, max_age_s=10**9, segment_bytes=400)
-    now_ns = time.time_ns()
-    captures = [make(n) for n in range(6)]
+    clock = FakeClock(corpus_now_ns())
+    store = CaptureStore(tmp_path, max_bytes=BIG, max_age_s=BIG, segment_bytes=400, clock=clock)
+    early = make(0)
+    early.started_at_ns = clock.time_ns()
+    store.append(early)
+    clock.advance(7200)
+    captures = [make(n) for n in range(1, 6)]
     for capture in captures:
-        capture.started_at_ns = now_ns
+        capture.started_at_ns = clock.time_ns()
         store.append(capture)  # ~1 capture per segment
     store.close()
     segments = [p for p, _, _ in list_segments(tmp_path)]
     assert len(segments) >= 3
-    old = segments[0]
-    os.utime(old, (time.time() - 3600, time.time() - 3600))  # written before the exchange started
-    first = next(read_captures(tmp_path)).id
+    for path in segments:
+        os.utime(path, (0, 0))  # the file system's dates play no part
+    now_ns = clock.time_ns()
     assert find_capture(tmp_path, captures[-1].id, now_ns).id == captures[-1].id
-    assert find_capture(tmp_path, first, now_ns) is None  # its segment is not opened
-    assert find_capture(tmp_path, first, now_ns - 7200 * 10**9).id == first
+    assert find_capture(tmp_path, early.id, now_ns) is None  # its segment was written before: not opened
+    assert find_capture(tmp_path, early.id, early.started_at_ns).id == early.id
     assert find_capture(tmp_path, "0190-absent", 0) is None
+
+
+class GatedFile:
+    """A segment file whose next write waits until the test lets it go on."""
+
+    def __init__(self, fh):
+        self.fh, self.writing, self.go_on = fh, threading.Event(), threading.Event()
+
+    def write(self, data):
+        self.writing.set()
+        self.go_on.wait(10)
+        return self.fh.write(data)
+
+    def close(self):
+        self.fh.close()
+
+
+def test_close_waits_for_an_append_in_progress(tmp_path):
+    """The capture thread may still be writing when the daemon's shutdown closes the log: the
+    seal waits for the write, so the capture is whole and readable."""
+    store = CaptureStore(tmp_path, max_bytes=BIG, max_age_s=BIG, segment_bytes=10**6)
+    store.append(make(1))
+    gated = store._fh = GatedFile(store._fh)
+    appended = []
+    writer = threading.Thread(target=lambda: appended.append(store.append(make(2))))
+    writer.start()
+    assert gated.writing.wait(10)  # the capture thread is in the middle of its write
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    closer.join(0.5)
+    assert closer.is_alive()  # the seal waits for the write ...
+    gated.go_on.set()
+    writer.join(10)
+    closer.join(10)
+    assert not closer.is_alive() and appended and appended[0].end == store.end  # ... which completes
+    assert [c.id for c in read_captures(tmp_path)] == ["0190-1", "0190-2"]

@@ -13,7 +13,7 @@ import threading
 import time
 
 from opik_cipx.stats import Counters
-from opik_cipx.store.captures import read_captures
+from opik_cipx.store.captures import read_log
 from opik_cipx.wire.gateway import Gateway
 from tests.conftest import DaemonProcess, load_fixture, wait_for
 from tests.fake_anthropic import Reply, fixture_reply, json_reply, split_sse, sse_reply
@@ -227,7 +227,7 @@ def test_every_auth_header_is_redacted_in_captures_on_disk_and_logs(daemon, upst
     conn.getresponse().read()
     assert upstream.seen[-1].header("x-api-key") == secrets["x-api-key"]
     assert upstream.seen[-1].header("Authorization") == secrets["Authorization"]
-    captures = wait_for(lambda: list(read_captures(daemon.home / "captures")), what="capture on disk")
+    captures = wait_for(lambda: [e.capture for e in read_log(daemon.home / "captures")], what="capture on disk")
     headers = {k.lower(): v for k, v in captures[0].request_headers}
     for name in secrets:
         assert headers[name.lower()] == "[redacted]"
@@ -418,7 +418,7 @@ def test_the_capture_log_says_what_a_kept_in_part_response_is_missing(home, upst
         conn = client(daemon)
         conn.request("POST", "/v1/messages", body=b'{"stream":true}')
         assert conn.getresponse().read() == b"".join(chunks)
-        capture = wait_for(lambda: list(read_captures(home / "captures")), what="capture on disk")[0]
+        capture = wait_for(lambda: [e.capture for e in read_log(home / "captures")], what="capture on disk")[0]
         at, omitted = capture.response_omitted
         assert capture.response_body == b"".join(chunks)[:at] + b"".join(chunks)[at + omitted:]
         assert daemon.counter("responses_truncated") == 1

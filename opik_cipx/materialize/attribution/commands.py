@@ -30,8 +30,9 @@ def command(text: str, start: int, end: int, after_caveat: bool, facts: Facts) -
     name = _NAME.search(text, start, end)
     args = _ARGS.search(text, start, end)
     local = after_caveat or text[start:end].lstrip().startswith(NAME_TAG)
+    label = name.group(1).strip().lstrip("/") if name else "unknown"
     record = {
-        "name": name.group(1).strip().lstrip("/") if name else "unknown",
+        "name": label,
         "kind": "local" if local else "prompt",
         "args": args.group(1) if args else None,
         "args_chars": 0,
@@ -39,7 +40,7 @@ def command(text: str, start: int, end: int, after_caveat: bool, facts: Facts) -
         "chars": 0,
     }
     facts.commands.append(record)
-    label, whole = record["name"], ((record, "chars"),)
+    whole = ((record, "chars"),)
     if not args or args.start(1) == args.end(1):
         return record, [Piece(start, end, SLASH_COMMAND, label, whole)]
     return record, [

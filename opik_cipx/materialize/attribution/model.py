@@ -5,9 +5,10 @@ them on a `Canvas` at body offsets. Whatever no one paints is envelope, so the r
 cover the body exactly once.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from opik_cipx.materialize.attribution.json_spans import string_cuts
 
@@ -115,7 +116,7 @@ class Canvas:
         """
         pieces = [piece for piece in pieces if piece.end > piece.start] or pieces[:1]
         cuts = string_cuts(self.text, start, end, len(value), [piece.start for piece in pieces[1:]])
-        for piece, left, right in zip(pieces, [start, *cuts], [*cuts, end]):
+        for piece, left, right in zip(pieces, [start, *cuts], [*cuts, end], strict=False):  # no pieces: nothing painted
             self.paint(left, right, piece.bucket, piece.label, piece.tally)
 
     def regions(self, start: int = 0, end: int | None = None, shift: int = 0) -> list[Region]:
