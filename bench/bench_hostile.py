@@ -144,8 +144,8 @@ def big_requests(daemon: DaemonProcess) -> None:
     served = sum(1 for outcome, _ in results if outcome == 200)
     stats = wait_materialized(daemon, served, 120)
     after = status(daemon.proc.pid)
-    print(f"3. 20 concurrent 40 MB requests: {dict(Counter(outcome for outcome, _ in results))}; peak RSS when all were "
-          f"answered {mib(answered['VmHWM']):.0f} MiB, then {mib(after['VmHWM']):.0f} MiB once "
+    print(f"3. 20 concurrent 40 MB requests: {dict(Counter(outcome for outcome, _ in results))}; "
+          f"peak RSS when all were answered {mib(answered['VmHWM']):.0f} MiB, then {mib(after['VmHWM']):.0f} MiB once "
           f"{stats['counters']['events_materialized']} were materialized; captures dropped by the tee "
           f"{stats['counters']['requests_dropped_queue_full']}")
 

@@ -34,7 +34,8 @@ def is_secret_header(name: str) -> bool:
 
 
 def redact_headers(headers: list[tuple[str, str]]) -> list[list[str]]:
-    """Headers as [name, value] pairs, with the value of every secret header (`is_secret_header`) replaced by `[redacted]`."""
+    """Headers as [name, value] pairs, with the value of every secret header (`is_secret_header`)
+    replaced by `[redacted]`."""
     return [[name, REDACTED if is_secret_header(name) else value] for name, value in headers]
 
 

@@ -75,7 +75,7 @@ class RequestReader:
         self.head: bytes | None = None
         self.framing: Framing | None = None
         self._buf = bytearray()  # the head so far
-        self._body: io.BytesIO | None = None  # a Content-Length body so far
+        self._body = io.BytesIO()  # a Content-Length body so far
         self._left = 0  # its bytes still to come
         self._dechunker: Dechunker | None = None  # or a chunked one
 
@@ -106,7 +106,7 @@ class RequestReader:
         if self.framing.chunked:
             self._dechunker = Dechunker(self.max_body)
         else:
-            self._body, self._left = io.BytesIO(), self.framing.length
+            self._left = self.framing.length
         return after
 
     def take_body(self, data: bytes) -> bytes | None:

@@ -46,7 +46,7 @@ class PeerLookup:
         when no socket matches (the client has gone) or the system cannot say (`available`)."""
         if self._netlink is not None:
             try:
-                return self._ask_netlink(local, peer)
+                return self._ask_netlink(self._netlink, local, peer)
             except OSError:  # no sock_diag for TCP here (an old or locked-down kernel): the tables then
                 self._netlink.close()
                 self._netlink = None
@@ -54,7 +54,7 @@ class PeerLookup:
 
     def from_tables(self, local: Address, peer: Address) -> int | None:
         """`uid` from `/proc/net/tcp` and `tcp6`."""
-        for path, v6 in zip(self.tables, (False, True)):
+        for path, v6 in zip(self.tables, (False, True), strict=True):
             uid = scan_table(path, row_key(local, peer, v6))
             if uid is not None:
                 return uid
@@ -65,16 +65,16 @@ class PeerLookup:
             self._netlink.close()
             self._netlink = None
 
-    def _ask_netlink(self, local: Address, peer: Address) -> int | None:
+    def _ask_netlink(self, netlink: socket.socket, local: Address, peer: Address) -> int | None:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         # The peer's socket: its own address is our peer's, its remote address ours.
         sockid = (struct.pack("!HH", peer[1], local[1]) + socket.inet_aton(peer[0]) + bytes(12)
                   + socket.inet_aton(local[0]) + bytes(12) + struct.pack("=III", 0, _NO_COOKIE, _NO_COOKIE))
         request = _DIAG_REQUEST.pack(socket.AF_INET, socket.IPPROTO_TCP, 0, 0, _ALL_STATES) + sockid
-        self._netlink.send(_NL_HEADER.pack(_NL_HEADER.size + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST,
+        netlink.send(_NL_HEADER.pack(_NL_HEADER.size + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST,
                                            self._seq, 0) + request)
         while True:
-            answer = self._netlink.recv(8192)
+            answer = netlink.recv(8192)
             _, kind, _, seq, _ = _NL_HEADER.unpack_from(answer)
             if seq == self._seq:
                 break  # an answer to an earlier question that timed out is skipped
@@ -98,8 +98,8 @@ def _open_netlink() -> socket.socket | None:
 def _hex_address(host: str, v6: bool) -> str:
     """An IPv4 address as the kernel prints it in `/proc/net/tcp` (native-order words), or v4-mapped in `tcp6`."""
     if not v6:
-        return "%08X" % struct.unpack("=I", socket.inet_aton(host))[0]
-    return "".join("%08X" % word for word in struct.unpack("=4I", socket.inet_pton(socket.AF_INET6, "::ffff:" + host)))
+        return f'{struct.unpack("=I", socket.inet_aton(host))[0]:08X}'
+    return "".join(f"{word:08X}" for word in struct.unpack("=4I", socket.inet_pton(socket.AF_INET6, "::ffff:" + host)))
 
 
 def row_key(local: Address, peer: Address, v6: bool) -> bytes:

@@ -1,4 +1,5 @@
-"""What a Capture keeps (wire/capture.py): header values by a redaction rule, a response by its two ends beyond a limit."""
+"""What a Capture keeps (wire/capture.py): header values by a redaction rule, a response by its two
+ends beyond a limit."""
 
 from hypothesis import given
 from hypothesis import strategies as st

@@ -8,8 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from opik_cipx.wire.framing import (MAX_HEAD_BYTES, MAX_HEADER_LINES, Dechunker, Framing, FramingError, RequestReader,
-                                    request_framing)
+from opik_cipx.wire.framing import (
+    MAX_HEAD_BYTES,
+    MAX_HEADER_LINES,
+    Dechunker,
+    Framing,
+    FramingError,
+    RequestReader,
+    request_framing,
+)
 
 HEAD = b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 
@@ -25,7 +32,8 @@ def test_examples():
     assert framing(b"Content-Length: 7, 7\r\n") == Framing(length=7)
     assert framing(b"Transfer-Encoding: Chunked\r\n") == Framing(chunked=True)
     assert framing(b"Content-Length: 3\r\nExpect: 100-Continue\r\n") == Framing(length=3, expect_continue=True)
-    assert not request_framing(b"POST / HTTP/1.0\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n", 9).expect_continue
+    http_1_0 = b"POST / HTTP/1.0\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+    assert not request_framing(http_1_0, 9).expect_continue
 
 
 @pytest.mark.parametrize("fields, status", [

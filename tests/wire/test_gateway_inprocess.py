@@ -13,7 +13,6 @@ from opik_cipx.wire.gateway import MAX_BODY_BYTES, Gateway, GatewayHandler, deco
 from opik_cipx.wire.loopback import LoopbackServer
 from opik_cipx.wire.upstream import UpstreamPool
 from tests.conftest import LIMITS, DaemonProcess
-from tests.wire.conftest import wire  # noqa: F401 - fixture
 from tests.fake_anthropic import CA_BUNDLE
 
 
@@ -84,7 +83,8 @@ def test_unusable_request_framing_is_refused_in_anthropics_error_type_and_counte
 
 def test_a_length_sent_twice_with_one_value_is_one_length(wire, upstream):
     with socket.create_connection(("127.0.0.1", wire.port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\n{}")
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Length: 2\r\ncontent-length: 2\r\n\r\n{}")
         answer = b""
         while b'{"ok": true}' not in answer:
             answer += sock.recv(65536)
