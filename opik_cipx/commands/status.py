@@ -50,10 +50,11 @@ PROBLEM_HINTS = {
     "requests_refused": "requests refused (a web page, not addressed to localhost, malformed, or the viewer "
                         "without its token); nothing was forwarded: `status --json` counts them by listener "
                         "(`refusals`), `opik-cipx logs` names them",
-    "connections_refused": "more clients at once than client_max_connections: raise it in {config}, then run "
-                           "`opik-cipx restart`",
+    "connections_refused": "more requests at once than client_max_connections, or more request bytes than "
+                           "client_buffer_max_mb: raise it in {config}, then run `opik-cipx restart`",
     "requests_timed_out": "clients stalled mid-request past client_header_timeout_s / client_body_timeout_s "
                           "({config}); `opik-cipx logs` has each",
+    "connections_not_owner": "connections from another local user, refused: `opik-cipx logs` names their uid",
 }
 
 

@@ -86,6 +86,8 @@ counters
   requests_refused                    0
   connections_refused                 0
   requests_timed_out                  0
+  responses_truncated                 0
+  connections_not_owner               0
 materializer
   ready_raw           0  finished calls in memory, not yet in the capture log
   lag_events          0  captures in the log, not yet materialized
