@@ -33,6 +33,7 @@ def assert_same(reader: RequestReader, key, body: bytes) -> None:
     assert json.dumps(result.by_label) == json.dumps(want.by_label)
     assert json.dumps(result.facts) == json.dumps(want.facts)
     assert result.regions == want.regions
+    assert result.layout == want.layout
 
 
 def test_the_recorded_corpus_read_in_order_matches_reading_each_from_scratch():
