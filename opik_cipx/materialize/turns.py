@@ -63,6 +63,15 @@ def turn_anchor(messages: list) -> TurnAnchor | None:
     return None
 
 
+def continues_turn(messages: list) -> bool | None:
+    """Whether a main call follows an answer of its turn (a tool continuation), not the prompt that
+    opened it; None when no user message opened a turn."""
+    anchor = turn_anchor(messages) if isinstance(messages, list) else None
+    if anchor is None:
+        return None
+    return any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages[anchor.index + 1:])
+
+
 def turn_key(kind: str, messages: list, capture_id: str) -> str | None:
     """The turn a call names (docs/ARCHITECTURE.md, "Spool records"): a main call the user message
     that opened it (`main:<index>:<digest>`; `call:<capture id>` when there is none), a
