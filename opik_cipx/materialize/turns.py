@@ -64,12 +64,12 @@ def turn_anchor(messages: list) -> TurnAnchor | None:
 
 
 def continues_turn(messages: list) -> bool | None:
-    """Whether a main call follows an answer of its turn (a tool continuation), not the prompt that
-    opened it; None when no user message opened a turn."""
-    anchor = turn_anchor(messages) if isinstance(messages, list) else None
-    if anchor is None:
+    """Whether a main call continues its turn (its last user message carries tool results: it
+    follows an answer of the turn) rather than opens it with a prompt; None without a user message."""
+    if not isinstance(messages, list):
         return None
-    return any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages[anchor.index + 1:])
+    last = next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None)
+    return None if last is None else not _is_prompt_message(last)
 
 
 def turn_key(kind: str, messages: list, capture_id: str) -> str | None:

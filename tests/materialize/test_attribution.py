@@ -458,7 +458,7 @@ def test_every_listed_skill_and_agent_is_a_region_of_its_own():
     menu = [part.resource for part in parts(result, "skills", "menu")]
     assert menu == ["", *result.facts["skills"]["menu"]]  # the heading, then one region per skill
     listed = [part.resource for part in parts(result, "agents", "list")]
-    assert listed == ["", *result.facts["agents"]["listed"]]
+    assert listed == ["", *result.facts["agents"]["listed"], ""]  # the paragraph after the list: no agent's
     assert "code-auditor" in listed
     (loaded,) = parts(result, "skills", "release-notes")
     assert loaded.resource == "release-notes"

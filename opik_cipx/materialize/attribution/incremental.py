@@ -41,6 +41,7 @@ from opik_cipx.materialize.attribution.conversation import Conversation
 from opik_cipx.materialize.attribution.facts import Facts
 from opik_cipx.materialize.attribution.json_spans import Cursor
 from opik_cipx.materialize.attribution.model import Attribution, Canvas, Layout, Region, append_region
+from opik_cipx.materialize.attribution.prompt import Prompt, Run, owned, prompt
 from opik_cipx.materialize.attribution.request import add_regions, categorize, member, message, tallies
 from opik_cipx.materialize.attribution.system import SystemPrompt
 
@@ -114,6 +115,7 @@ class _Entry:
     messages: list[Any]  # parsed messages
     regions: list[list[Region]]  # [0]: the head's, [i]: message i-1's with the separator before it
     breakpoints: list[list[int]]  # the same for cache breakpoints
+    runs: list[list[Run]]  # [i]: message i's runs in the prompt (attribution/prompt.py)
     head_layout: Layout  # sections of the head
     states: dict[int, _State]  # by message boundary
     tail: _Tail | None = None  # set once the walk reached it
@@ -255,13 +257,13 @@ def _read(key: Hashable, body: bytes, previous: tuple[_Entry, int] | None,
     if previous is None:
         walk, head, head_regions, head_layout, head_bytes, head_chars = _head(body)
         entry = _Entry(key, body, [head_bytes], [head_chars], head, [], [head_regions], [head_layout.breakpoints],
-                       head_layout, {0: walk.keep()})
+                       [], head_layout, {0: walk.keep()})
     else:
         old, shared = previous
         start = max(count for count in old.states if count <= shared)
         entry = _Entry(key, body, old.bytes_at[: start + 1], old.chars_at[: start + 1], old.head,
-                       old.messages[:start], old.regions[: start + 1], old.breakpoints[: start + 1], old.head_layout,
-                       {count: state for count, state in old.states.items() if count <= start})
+                       old.messages[:start], old.regions[: start + 1], old.breakpoints[: start + 1], old.runs[:start],
+                       old.head_layout, {count: state for count, state in old.states.items() if count <= start})
         walk = _Walk(old.states[start])
     tail_at = _messages(entry, walk, pause)
     entry.tail = _tail(body, tail_at, walk, old.tail if old is not None else None)
@@ -275,7 +277,7 @@ def _read(key: Hashable, body: bytes, previous: tuple[_Entry, int] | None,
     for name, value in entry.tail.members:
         parsed[name] = value
     attribution = Attribution(entry.tail_chars_at + entry.tail.chars, _regions(entry), walk.buckets, walk.by_label,
-                              walk.facts.to_json(walk.buckets, walk.by_label), _layout(entry))
+                              walk.facts.to_json(walk.buckets, walk.by_label), _layout(entry), _prompt(entry))
     return entry, ReadRequest(parsed, attribution)
 
 
@@ -302,7 +304,7 @@ def _head(body: bytes) -> tuple[_Walk, list[tuple[str, Any]], list[Region], Layo
                     chars = cursor.pos + 1
                     regions = canvas.regions(0, chars)
                     add_regions(regions, walk.buckets, walk.by_label)
-                    layout = Layout(dict(canvas.sections), list(canvas.breakpoints), canvas.auto_cache)
+                    layout = Layout(dict(canvas.sections), list(canvas.breakpoints), [], canvas.auto_cache)
                     return walk, head, regions, layout, len(text.text[:chars].encode()), chars
                 head.append((name, _scan_once(text.text, cursor.pos)[0]))
                 member(name, cursor, canvas, walk.system, walk.conversation)
@@ -344,6 +346,7 @@ def _messages(entry: _Entry, walk: _Walk, pause: Callable[[], None]) -> int:
         entry.messages.append(value)
         entry.regions.append(regions)
         entry.breakpoints.append(canvas.breakpoints_in(pos, end, shift=text.char))
+        entry.runs.append(owned(regions))
         entry.bytes_at.append(byte)
         entry.chars_at.append(text.char + end)
         entry.states[count] = walk.keep()
@@ -410,7 +413,7 @@ def _tail(body: bytes, tail_at: int, walk: _Walk, old: _Tail | None) -> _Tail:
     regions = canvas.regions()
     buckets, by_label = tallies()
     add_regions(regions, buckets, by_label)
-    layout = Layout(dict(canvas.sections), list(canvas.breakpoints), canvas.auto_cache)
+    layout = Layout(dict(canvas.sections), list(canvas.breakpoints), [], canvas.auto_cache)
     return _Tail(memoryview(body)[tail_at:], len(text), system_in, facts, regions, buckets, by_label, members, layout,
                  close)
 
@@ -431,6 +434,19 @@ def _regions(entry: _Entry) -> Callable[[], list[Region]]:
     return listed
 
 
+def _prompt(entry: _Entry) -> Callable[[Layout], Prompt]:
+    """The body in prompt order, made when first asked for: the head's and tail's regions cut into
+    units, the messages' runs as kept."""
+    head, tail, shift, runs = entry.regions[0], entry.tail, entry.tail_chars_at, entry.runs
+    assert tail is not None  # the walk reached it
+
+    def made(layout: Layout) -> Prompt:
+        ends = [Region(r.start + shift, r.end + shift, r.bucket, r.label, r.part) for r in tail.regions]
+        return prompt(head + ends, layout, runs)
+
+    return made
+
+
 def _layout(entry: _Entry) -> Callable[[], Layout]:
     """The body's layout, made when first asked for."""
     head, parts, tail, shift, opened = entry.head_layout, entry.breakpoints, entry.tail, entry.tail_chars_at, \
@@ -442,6 +458,6 @@ def _layout(entry: _Entry) -> Callable[[], Layout]:
         sections["messages"] = (opened, shift + tail.close)
         sections.update({name: (start + shift, end + shift) for name, (start, end) in tail.layout.sections.items()})
         breakpoints = [at for part in parts for at in part] + [at + shift for at in tail.layout.breakpoints]
-        return Layout(sections, breakpoints, head.auto_cache or tail.layout.auto_cache)
+        return Layout(sections, breakpoints, entry.chars_at[1:], head.auto_cache or tail.layout.auto_cache)
 
     return made

@@ -11,7 +11,7 @@ its cache breakpoints are: the prompt's layout, which `cache_status` is placed o
 
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from opik_cipx.materialize.attribution.json_spans import string_cuts
 
@@ -105,11 +105,13 @@ class Layout(NamedTuple):
     """Where the prompt's parts lie in a body: `sections` maps `tools`, `system` and `messages` to
     the body characters [start, end) of their values (absent when the body has none);
     `breakpoints` are the body offsets where an item carrying a `cache_control` object ends (a
-    tool definition, a system block, a content block), in body order; `auto_cache`: the request
-    asks for caching at its end (a top-level `cache_control`)."""
+    tool definition, a system block, a content block), in body order; `message_ends` where each
+    element of `messages` ends; `auto_cache`: the request asks for caching at its end (a top-level
+    `cache_control`)."""
 
     sections: dict[str, tuple[int, int]]
     breakpoints: list[int]
+    message_ends: list[int]
     auto_cache: bool = False
 
 
@@ -119,21 +121,23 @@ class Attribution:
     `regions` are sorted, contiguous and cover [0, total_chars) exactly; `buckets` holds every
     bucket name (zero when empty) and sums to `total_chars`; `by_label[bucket][label]` sums the
     labelled regions of a bucket; `facts` is the JSON-ready metadata of facts.py; `layout` where
-    the prompt's parts and cache breakpoints are. `regions` and `layout` may be given as functions
-    that make them, called on first use.
+    the prompt's parts and cache breakpoints are; `prompt` the request in prompt order. `regions`,
+    `layout` and `prompt` (always) are given as functions that make them, called on first use.
     """
 
-    __slots__ = ("total_chars", "buckets", "by_label", "facts", "_regions", "_layout")
+    __slots__ = ("total_chars", "buckets", "by_label", "facts", "_regions", "_layout", "_prompt")
 
     def __init__(self, total_chars: int, regions: "list[Region] | Callable[[], list[Region]]",
                  buckets: dict[str, int], by_label: dict[str, dict[str, int]], facts: dict,
-                 layout: "Layout | Callable[[], Layout] | None" = None):
+                 layout: "Layout | Callable[[], Layout] | None" = None,
+                 prompt: "Callable[[Layout], Any] | None" = None):
         self.total_chars = total_chars
         self.buckets = buckets
         self.by_label = by_label
         self.facts = facts
         self._regions = regions
-        self._layout = layout if layout is not None else Layout({}, [])
+        self._layout = layout if layout is not None else Layout({}, [], [])
+        self._prompt = prompt
 
     @property
     def regions(self) -> list[Region]:
@@ -147,6 +151,14 @@ class Attribution:
             self._layout = self._layout()
         return self._layout
 
+    @property
+    def prompt(self) -> Any:
+        """The request in prompt order (`attribution.prompt.Prompt`), made from the layout when first
+        asked for."""
+        if callable(self._prompt):
+            self._prompt = self._prompt(self.layout)
+        return self._prompt
+
 
 class Canvas:
     """Regions painted over a body in any order; `regions()` fills every gap with envelope."""
@@ -156,6 +168,7 @@ class Canvas:
         self._paint: list[tuple[int, int, str, str | None, Part]] = []
         self.sections: dict[str, tuple[int, int]] = {}  # text offsets of the prompt's parts (Layout)
         self.breakpoints: list[int] = []  # text offsets where an item with a cache_control object ends
+        self.message_ends: list[int] = []  # text offsets where each element of `messages` ends
         self.auto_cache = False  # a top-level cache_control
 
     def paint(self, start: int, end: int, bucket: str, label: str | None = None, tally: Tally = (),

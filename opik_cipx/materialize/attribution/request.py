@@ -10,6 +10,7 @@ from opik_cipx.materialize.attribution import tools
 from opik_cipx.materialize.attribution.conversation import Block, Conversation
 from opik_cipx.materialize.attribution.facts import Facts
 from opik_cipx.materialize.attribution.json_spans import Cursor, Field
+from opik_cipx.materialize.attribution.prompt import prompt
 from opik_cipx.materialize.attribution.model import (
     BUCKETS,
     SECTIONS,
@@ -91,6 +92,7 @@ def _member(key: str, cur: Cursor, canvas: Canvas, system: SystemPrompt, convers
             return
         for _ in cur.elements():
             message(cur, canvas, conversation)
+            canvas.message_ends.append(cur.pos)
     elif key in PARAMS:
         cur.value()
     else:
@@ -211,13 +213,14 @@ def _unknown(cur: Cursor, canvas: Canvas) -> None:
 def _summarise(text: str, canvas: Canvas | None, facts: Facts) -> Attribution:
     if canvas is not None:
         regions = canvas.regions()
-        layout = Layout(dict(canvas.sections), list(canvas.breakpoints), canvas.auto_cache)
+        layout = Layout(dict(canvas.sections), list(canvas.breakpoints), list(canvas.message_ends), canvas.auto_cache)
     else:
         regions = [Region(0, len(text), UNATTRIBUTED)] if text else []
-        layout = Layout({}, [])
+        layout = Layout({}, [], [])
     buckets, by_label = tallies()
     add_regions(regions, buckets, by_label)
-    return Attribution(len(text), regions, buckets, by_label, facts.to_json(buckets, by_label), layout)
+    return Attribution(len(text), regions, buckets, by_label, facts.to_json(buckets, by_label), layout,
+                       lambda laid_out: prompt(regions, laid_out))
 
 
 def tallies() -> tuple[dict[str, int], dict[str, dict[str, int]]]:

@@ -14,6 +14,7 @@ from opik_cipx.materialize.attribution.model import SKILLS, Part, Piece
 MENU = "The following skills are available for use with the Skill tool:"
 BODY = "Base directory for this skill:"
 LIST_ENTRY = re.compile(r"^- ([^\s:][^:\n]*):", re.M)
+_BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")
 
 
 def menu(text: str, start: int, end: int, facts: Facts) -> list[Piece]:
@@ -24,12 +25,17 @@ def menu(text: str, start: int, end: int, facts: Facts) -> list[Piece]:
 
 def listing(text: str, start: int, end: int, bucket: str, label: str) -> tuple[list[str], list[Piece]]:
     """The names of the `- <name>:` entries of the list text[start:end], and its pieces: the text
-    before the first entry, then one per entry (its `resource` the name) up to the next."""
+    before the first entry, then one per entry (its `resource` the name) up to the next entry or
+    past the first blank line, and any text after the last entry on its own."""
     entries = list(LIST_ENTRY.finditer(text, start, end))
     pieces = [Piece(start, entries[0].start() if entries else end, bucket, label)]
     for index, entry in enumerate(entries):
         stop = entries[index + 1].start() if index + 1 < len(entries) else end
-        pieces.append(Piece(entry.start(), stop, bucket, label, (), Part(resource=entry.group(1))))
+        blank = _BLANK_LINES.search(text, entry.start(), stop)
+        cut = blank.end() if blank else stop
+        pieces.append(Piece(entry.start(), cut, bucket, label, (), Part(resource=entry.group(1))))
+        if cut < stop:
+            pieces.append(Piece(cut, stop, bucket, label))
     return [entry.group(1) for entry in entries], pieces
 
 
