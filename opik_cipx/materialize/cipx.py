@@ -12,9 +12,9 @@ Where cache boundaries fall (docs/OPIK.md, "Cache status"): Anthropic caches the
 tools then system then messages, up to `cache_control` breakpoints. The first `cache_read` tokens'
 worth of the prompt was read, the next `cache_creation` tokens' worth written (ending at the last
 breakpoint), the rest sent fresh. The write end is the last breakpoint; the read end is placed in
-proportion to the two counts within the cached prefix and moved to the nearest block boundary.
-Every tier with tokens keeps at least one character, so the contract's allocation rule gives every
-tier's tokens back to blocks.
+proportion to the two counts within the cached prefix, and moved to a block boundary when one is
+close. Every tier with tokens keeps at least one character, so the contract's allocation rule
+gives every tier's tokens back to blocks.
 """
 
 import bisect
@@ -154,8 +154,9 @@ def input_blocks(prompt: Prompt, tokens: tuple[int, int, int], agent: str = "") 
     write_end, read_end = boundaries(prompt.breakpoints, ends, tokens)
     limits = iter(((read_end, READ), (write_end, WRITE), (ends[-1] if ends else 0, FRESH)))
     limit, status = next(limits)
-    out: list[list] = []  # [kind, status, chars]
-    last: list | None = None
+    kinds: list[Kind] = []  # per block, in three lists: no new container per block while joining
+    statuses: list[str] = []
+    sizes: list[int] = []
     for (chars, _, owner), end in zip(runs, ends):
         kind = describe(owner.bucket, owner.label, owner.part, agent)
         start = end - chars
@@ -163,13 +164,15 @@ def input_blocks(prompt: Prompt, tokens: tuple[int, int, int], agent: str = "") 
             while limit <= start:
                 limit, status = next(limits)
             stop = min(end, limit)
-            if last is not None and last[1] is status and last[0] == kind:
-                last[2] += stop - start
+            if kinds and statuses[-1] is status and kinds[-1] == kind:
+                sizes[-1] += stop - start
             else:
-                last = [kind, status, stop - start]
-                out.append(last)
+                kinds.append(kind)
+                statuses.append(status)
+                sizes.append(stop - start)
             start = stop
-    return [Block(kind.category, "input", status, chars, *kind[1:]) for kind, status, chars in out]
+    return [Block(kind.category, "input", status, chars, *kind[1:]) for kind, status, chars in
+            zip(kinds, statuses, sizes)]
 
 
 def boundaries(breakpoints: list[int], ends: list[int], tokens: tuple[int, int, int]) -> tuple[int, int]:

@@ -75,6 +75,7 @@ _ENV_BLOCK_INTRO = "Here is useful information about the environment you are run
 _LINE_BREAKS = re.compile(r"\n(?:[ \t]*\n)*")  # a line's end and the blank lines after it
 _CONTEXT_END = "</context>"
 ENVIRONMENT, GIT_STATUS = Part(kind="environment"), Part(kind="git_status")
+_MARKERS = ("You have been invoked in the following environment:", "<env>", "This is the git status at the start")
 CARVED = frozenset({SYSTEM_PROMPT, SYSTEM_REMINDER})
 
 
@@ -221,6 +222,8 @@ def carve(text: str, pieces: list[Piece]) -> list[Piece]:
 
 def sections(text: str, start: int, end: int) -> list[tuple[int, int, Part]]:
     """The environment and git status sections within text[start:end], in order, not overlapping."""
+    if not any(text.find(marker, start, end) >= 0 for marker in _MARKERS):
+        return []
     found = []
     for match in _ENV_INTRO.finditer(text, start, end):
         heading = match.start() - len(_ENV_HEADING)

@@ -441,8 +441,7 @@ def _prompt(entry: _Entry) -> Callable[[Layout], Prompt]:
     assert tail is not None  # the walk reached it
 
     def made(layout: Layout) -> Prompt:
-        ends = [Region(r.start + shift, r.end + shift, r.bucket, r.label, r.part) for r in tail.regions]
-        return prompt(head + ends, layout, runs)
+        return prompt(((head, 0), (tail.regions, shift)), layout, runs)
 
     return made
 

@@ -10,8 +10,9 @@ the unit's closing envelope the piece before it; a unit of envelope only is a ru
 Everything outside the three values (the request's parameters and its own braces) comes last,
 each region a run of its own.
 
-Pure; `prompt(regions, layout)` for a whole body, and `owned(regions)` for one unit: the request
-reader keeps each message's runs, so a request costs runs only for what is new.
+Pure; `prompt(parts, layout)` for a whole body, and `owned(regions)` for one unit: the request
+reader keeps each message's runs, so a request costs runs only for what is new. A run's region
+keeps the offsets it was made with (only its size, bucket, label and part count).
 """
 
 from collections.abc import Iterable
@@ -51,29 +52,32 @@ def owned(regions: Iterable[Region]) -> list[Run]:
     return out
 
 
-def prompt(regions: Iterable[Region], layout: Layout, messages: list[list[Run]] | None = None) -> Prompt:
-    """The prompt of a body whose `regions` (sorted, contiguous) and `layout` are given. `messages`:
-    the runs of each message, already made (the request reader's); `regions` then leaves them out."""
+def prompt(parts: Iterable[tuple[Iterable[Region], int]], layout: Layout,
+           messages: list[list[Run]] | None = None) -> Prompt:
+    """The prompt of a body given as `parts`: (regions, the shift that makes their offsets body
+    offsets), in body order, together sorted and contiguous; `layout` in body offsets. `messages`:
+    the runs of each message, already made (the request reader's); `parts` then leave them out."""
     sections = layout.sections
     edges = {name: _unit_edges(name, start, end, layout, messages is None) for name, (start, end) in sections.items()}
     cuts = sorted((start, end, name) for name, units in edges.items() for start, end in units)
     units: dict[tuple[int, int], list[Region]] = {(start, end): [] for start, end, _ in cuts}
     rest: list[Run] = []
     at = 0
-    for region in regions:
-        start = region.start
-        while start < region.end:
-            while at < len(cuts) and cuts[at][1] <= start:
-                at += 1
-            inside = at < len(cuts) and cuts[at][0] <= start
-            stop = min(region.end, cuts[at][1] if inside else cuts[at][0] if at < len(cuts) else region.end)
-            piece = region if (start, stop) == (region.start, region.end) else \
-                Region(start, stop, region.bucket, region.label, region.part)
-            if inside:
-                units[cuts[at][:2]].append(piece)
-            else:
-                rest.append((stop - start, stop - start if region.bucket == ENVELOPE else 0, region))
-            start = stop
+    for regions, shift in parts:
+        for region in regions:
+            start, region_end = region.start + shift, region.end + shift
+            while start < region_end:
+                while at < len(cuts) and cuts[at][1] <= start:
+                    at += 1
+                inside = at < len(cuts) and cuts[at][0] <= start
+                stop = min(region_end, cuts[at][1] if inside else cuts[at][0] if at < len(cuts) else region_end)
+                piece = region if (start, stop) == (region.start + shift, region_end) else \
+                    Region(start, stop, region.bucket, region.label, region.part)
+                if inside:
+                    units[cuts[at][:2]].append(piece)
+                else:
+                    rest.append((stop - start, stop - start if region.bucket == ENVELOPE else 0, region))
+                start = stop
     runs: list[Run] = []
     for name in SECTIONS:
         for index, unit in enumerate(edges.get(name, ())):

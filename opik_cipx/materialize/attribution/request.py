@@ -220,7 +220,7 @@ def _summarise(text: str, canvas: Canvas | None, facts: Facts) -> Attribution:
     buckets, by_label = tallies()
     add_regions(regions, buckets, by_label)
     return Attribution(len(text), regions, buckets, by_label, facts.to_json(buckets, by_label), layout,
-                       lambda laid_out: prompt(regions, laid_out))
+                       lambda laid_out: prompt(((regions, 0),), laid_out))
 
 
 def tallies() -> tuple[dict[str, int], dict[str, dict[str, int]]]:
