@@ -521,6 +521,24 @@ def test_the_config_is_read_from_the_request():
     assert CallConfig.of(body, None) == CallConfig(
         effort=body["output_config"]["effort"], thinking_type="adaptive", max_tokens=body["max_tokens"],
         context_management=",".join(edit["type"] for edit in body["context_management"]["edits"]))
-    assert CallConfig.of({"speed": "fast", "max_tokens": True, "thinking": {"type": 3}}, None) == CallConfig(speed="fast")
+    odd = {"speed": "fast", "max_tokens": True, "thinking": {"type": 3}}
+    assert CallConfig.of(odd, None) == CallConfig(speed="fast")
     fast = read_usage({"input_tokens": 1, "speed": "fast"})
     assert CallConfig.of({}, fast).speed == "fast" and CallConfig.of({"output_config": "x"}, None) == CallConfig()
+
+
+def test_the_turn_digest_survives_a_restart_and_a_checkpoint_of_an_older_version(tmp_path):
+    captured = dict(exchanges("tools"))
+    before = Materializer(config(tmp_path, capture_content=False), load_price_table())
+    digest = before.materialize(captured["001"]).call.turn_digest
+    snapshot = before.snapshot()
+    assert [turn["prompt_sha256"] for turn in snapshot["turns"]] == [digest]  # a digest: no text in redacted mode
+    after = Materializer(config(tmp_path, capture_content=False), load_price_table())
+    after.restore(snapshot)
+    assert after.materialize(captured["002"]).call.turn_digest == digest
+    for turn in snapshot["turns"]:
+        del turn["prompt_sha256"]  # as an older version wrote it
+    older = Materializer(config(tmp_path), load_price_table())
+    older.restore(snapshot)
+    call = older.materialize(captured["002"]).call
+    assert call.turn_digest == sha256_hex(call.turn_key)  # its prompt is not kept: the turn key stands in

@@ -1,9 +1,10 @@
 """Skills: the menu in the `role:"system"` message and skill bodies loaded into the conversation.
 
 The menu is one piece per skill listed (`- <name>: <description>` to the next entry; the text
-before the first entry on its own), all labelled `menu`. A skill body is the text block starting `Base directory for this skill: <dir>` that follows
-a `Skill` tool_result (`Launching skill: <name>`) or a slash-invoked skill's command tags; its
-label is the directory's last component, the skill's name.
+before the first entry on its own), all labelled `menu`. A skill body is the text block starting
+`Base directory for this skill: <dir>` that follows a `Skill` tool_result (`Launching skill:
+<name>`) or a slash-invoked skill's command tags; its label is the directory's last component, the
+skill's name.
 """
 
 import re
