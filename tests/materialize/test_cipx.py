@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from opik_cipx.materialize import cipx
 from opik_cipx.materialize.attribution import BUCKETS, categorize
-from opik_cipx.materialize.attribution.model import ENVELOPE
+from opik_cipx.materialize.attribution.model import ENVELOPE, Part
 from opik_cipx.materialize.materializer import Materializer
 from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.materialize.usage import read_usage
@@ -266,3 +266,49 @@ def test_blocks_partition_the_request_and_map_onto_the_buckets(body, ascii_only,
     if attribution.total_chars >= 3:
         got = allocated(usage(*tokens), blocks)
         assert (got["cache_read"], got["cache_creation"], got["input"]) == pytest.approx(tokens)
+
+
+# --- categories of what the corpus does not hold ------------------------------------------------------
+
+def test_attachments_deferred_tools_and_memory_kinds_have_their_categories():
+    body = {"model": "m", "tools": [
+        {"name": "Bash", "input_schema": {}},
+        {"name": "NotebookEdit", "input_schema": {}, "defer_loading": True},
+        {"name": "mcp__linear__get", "input_schema": {}, "defer_loading": True}],
+        "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "url", "url": "https://x.test/shot.png"}},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBOR"}},
+            {"type": "document", "title": "spec.pdf", "source": {"type": "base64", "data": "JVBER"}},
+            {"type": "text", "text": "what is in these?"}]}]}
+    blocks = cipx.input_blocks(categorize(json.dumps(body).encode()).prompt, (0, 0, 10))
+    described = [(b.category, b.tool_name, b.tool_server, b.resource, b.kind) for b in blocks]
+    assert described[:3] == [("system_tools", "Bash", "", "", ""), ("system_tools_deferred", "NotebookEdit", "", "", ""),
+                             ("mcp_tools_deferred", "mcp__linear__get", "linear", "", "")]
+    assert [d for d in described if d[0] == "file_attachments"] == [
+        ("file_attachments", "", "", "https://x.test/shot.png", "image"), ("file_attachments", "", "", "", "image"),
+        ("file_attachments", "", "", "spec.pdf", "document")]
+    kinds = {path: cipx.describe("memory", path, Part(resource=path, subcategory=kind)).subcategory
+             for path, kind in [("/h/.claude/CLAUDE.md", "user"), ("/p/CLAUDE.md", "project"),
+                                ("/p/CLAUDE.local.md", "local"), ("/p/.claude/rules/style.md", "project"),
+                                ("/h/.claude/projects/-p/memory/MEMORY.md", "auto-memory"), ("/x.md", "unknown")]}
+    assert kinds == {"/h/.claude/CLAUDE.md": "user_global", "/p/CLAUDE.md": "project_instructions",
+                     "/p/CLAUDE.local.md": "project_instructions", "/p/.claude/rules/style.md": "rule",
+                     "/h/.claude/projects/-p/memory/MEMORY.md": "auto_memory", "/x.md": ""}
+
+
+def test_a_git_status_in_the_prompt_or_a_reminder_is_env_info():
+    from tests.materialize.test_environment import GIT_FIXTURES
+    from tests.claude_code_corpus import body_bytes, request
+
+    attribution = categorize(body_bytes(request("subagent", "001", GIT_FIXTURES)))
+    blocks = cipx.input_blocks(attribution.prompt, (1000, 100, 5))
+    env = [b.chars for b in blocks if b.category == "env_info"]
+    assert len(env) == 2 and all(env)  # the environment section, then the git status at the prompt's end
+    reminder = ("<system-reminder>\nAs you answer the user's questions, you can use the following context:\n"
+                "# gitStatus\nThis is the git status at the start of the conversation.\nCurrent branch: main\n\n"
+                "IMPORTANT: this context may or may not be relevant to your tasks.\n</system-reminder>\n")
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": reminder},
+                                                      {"type": "text", "text": "go"}]}]}
+    blocks = cipx.input_blocks(categorize(json.dumps(body).encode()).prompt, (0, 0, 5))
+    assert [b.category for b in blocks] == ["system_reminder", "env_info", "system_reminder", "user_prompts",
+                                            "envelope"]  # the request's own braces come last

@@ -6,7 +6,8 @@ prompt, then the messages. `Prompt.runs` lists every character of the body in th
 (`envelope` of the `chars`). The body is cut into units: the `tools` value, the `system` value, the
 `[` of `messages`, each message (with the separator before it), the rest of `messages` (its `]`).
 Within a unit, envelope joins the piece after it (the syntax that opens a piece goes with it), and
-the unit's closing envelope the piece before it; a unit of envelope only is a run of its own.
+the unit's closing envelope the piece before it; a unit of envelope only is a run of its own,
+except at a section's start or end, where it joins the run after or before it (the `[`, the `]`).
 Everything outside the three values (the request's parameters and its own braces) comes last,
 each region a run of its own.
 
@@ -80,12 +81,27 @@ def prompt(parts: Iterable[tuple[Iterable[Region], int]], layout: Layout,
                 start = stop
     runs: list[Run] = []
     for name in SECTIONS:
+        section: list[Run] = []
         for index, unit in enumerate(edges.get(name, ())):
-            runs += owned(units[unit])
+            section += owned(units[unit])
             if name == "messages" and index == 0 and messages is not None:
                 for message in messages:
-                    runs += message
+                    section += message
+        runs += _folded(section)
     return Prompt(runs + rest, _breakpoints(layout))
+
+
+def _folded(section: list[Run]) -> list[Run]:
+    """A section's runs with an envelope-only run at its start (the `[` of `messages`) joined to the
+    run after it, and one at its end (the `]`) to the run before it."""
+    if len(section) > 1 and section[0][0] == section[0][1]:
+        chars, envelope, owner = section[1]
+        section[1:2] = [(chars + section[0][0], envelope + section[0][1], owner)]
+        del section[0]
+    if len(section) > 1 and section[-1][0] == section[-1][1]:
+        chars, envelope, owner = section[-2]
+        section[-2:] = [(chars + section[-1][0], envelope + section[-1][1], owner)]
+    return section
 
 
 def _unit_edges(name: str, start: int, end: int, layout: Layout, cut_messages: bool) -> list[tuple[int, int]]:
