@@ -1,9 +1,11 @@
 #!/usr/bin/env sh
 # Install opik-cipx from this checkout (or a given .pyz).
 #   ./install.sh                 build it, install it as ~/.opik-cipx/bin/opik-cipx, link `opik-cipx` on PATH
-#                                (~/.local/bin, or ~/bin when only that is on PATH), then `opik-cipx sync`:
+#                                (~/.local/bin, or ~/bin when only that is on PATH), add the Claude Code hooks
+#                                that run `opik-cipx sync` at every session start and prompt (unless the
+#                                opik-cipx plugin, which has its own, is enabled), then `opik-cipx sync`:
 #                                start the proxy and point Claude Code at it
-#   ./install.sh path/to.pyz     install that file (and the link) only; run `opik-cipx sync` yourself
+#   ./install.sh path/to.pyz     install that file (and the link and hooks) only; run `opik-cipx sync` yourself
 # CIPX_INSTALL_DIR overrides the install directory; PYTHON picks the interpreter (3.11+, with its
 # sqlite3 module), which the installed file's #! line then names.
 set -eu

@@ -14,7 +14,8 @@ Run from the repository root: `python3 bench/bench_materializer.py [--seconds N]
   read from scratch, as after a restart); every C call on that thread is timed in thread CPU time
   (`sys.setprofile`, `time.thread_time_ns`: the OS running another process is not a hold),
   leaving out those that release the GIL (zlib, file I/O). Repeated three times, a call site's
-  hold is the least of its three longest. Target: none longer than 1 ms. Besides, a thread that sleeps 100 us in a loop while that work runs
+  hold is the least of its three longest. Target: none longer than 1 ms. Besides, a thread that sleeps 100 us in a
+  loop while that work runs
   reports how late it wakes (what a wire thread waiting for bytes sees), next to the same
   thread on an idle interpreter.
 """
@@ -182,7 +183,8 @@ def main() -> int:
     print()
     print("targets:")
     print(f"  >= 200 captures/s of real-size requests: {big_rate:,.0f}  {'PASS' if big_rate >= 200 else 'FAIL'}")
-    print(f"  growing session, time per call last/first <= 2: {last / first:.2f}  {'PASS' if last / first <= 2 else 'FAIL'}")
+    print(f"  growing session, time per call last/first <= 2: {last / first:.2f}  "
+          f"{'PASS' if last / first <= 2 else 'FAIL'}")
     longest = worst[0][1] / 1e6
     print(f"  no GIL hold off the wire longer than 1 ms: {longest:.3f} ms  {'PASS' if longest <= 1 else 'FAIL'}")
     return 0

@@ -64,7 +64,8 @@ def main() -> int:
         now = time.time()
         entries = synthetic(corpus_entries(Path(tmp)), args.calls, days=30, now_ns=int((now - 3600) * 1e9))
         entries = [dataclasses.replace(e, rate_limits=tuple(
-            (name, source, used, int(now) + reset, "allowed", None, None, None) for name, source, used, reset in WINDOWS))
+            (name, source, used, int(now) + reset, "allowed", None, None, None)
+            for name, source, used, reset in WINDOWS))
             for e in entries]
         ledger = Ledger(home / "ledger.db", retention_days=400)
         for start in range(0, len(entries), 1000):

@@ -71,7 +71,8 @@ def main() -> int:
         subprocess.run([sys.executable, str(ROOT / "build_zipapp.py"), "-o", str(pyz)], check=True,
                        capture_output=True)
         env = {key: value for key, value in os.environ.items()
-               if not key.startswith(("CIPX_", "OPIK_", "CLAUDE_", "XDG_")) and key not in ("PYTHONPATH", "ANTHROPIC_BASE_URL")}
+               if not key.startswith(("CIPX_", "OPIK_", "CLAUDE_", "XDG_"))
+               and key not in ("PYTHONPATH", "ANTHROPIC_BASE_URL")}
         env.update(HOME=str(user), CIPX_SUPERVISOR="detached")
         hook = json.dumps({**json.loads(HOOK.read_text()), "cwd": str(ROOT)}).encode()  # a real git checkout
         first = subprocess.run([sys.executable, str(pyz), "sync"], env=env, stdin=subprocess.DEVNULL,

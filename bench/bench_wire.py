@@ -129,7 +129,8 @@ def start_mitmproxy(tmp: Path, mitmdump: str, upstream_port: int) -> tuple[subpr
 
 def call_json(conn: http.client.HTTPConnection, body: bytes, size: int) -> float:
     started = time.perf_counter()
-    conn.request("POST", "/v1/messages", body=body, headers={"x-bench-size": str(size), "Content-Type": "application/json"})
+    conn.request("POST", "/v1/messages", body=body,
+                 headers={"x-bench-size": str(size), "Content-Type": "application/json"})
     resp = conn.getresponse()
     data = resp.read()
     elapsed = time.perf_counter() - started
@@ -311,7 +312,8 @@ def main() -> int:
                         busy += time.monotonic() - started
             stats = admin_stats(admin_port)
             load = {"seconds": busy, "materialized": stats["counters"]["events_materialized"] - before,
-                    "lag": stats["materializer"]["lag_events"], "dropped": stats["counters"]["requests_dropped_queue_full"]}
+                    "lag": stats["materializer"]["lag_events"],
+                    "dropped": stats["counters"]["requests_dropped_queue_full"]}
         finally:
             for proc in reversed(procs):
                 proc.terminate()

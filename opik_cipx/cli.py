@@ -6,6 +6,12 @@ Command modules are imported only when chosen, so a short-lived command such as 
 loaded. A `$CIPX_HOME` that cannot be used (a file, unreadable; read-only for a command that
 writes there) is one line and exit 1 before the command runs; a command may handle it itself
 (`on_home_error`, as `sync` does).
+
+A bad setting stops a command with one line and exit 2, unless the command handles it
+(`on_config_error`) or names the settings it reads (`config_keys`, the read-only `report`,
+`viewer` and `prices`): such a command stops only on a bad setting it reads, and otherwise runs
+with one warning line per bad setting on stderr (a running daemon keeps the settings it started
+with; the next start would stop on that line).
 """
 
 from __future__ import annotations
@@ -14,6 +20,10 @@ import os
 import sys
 
 from opik_cipx import __version__
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; type checkers take it as True
+if TYPE_CHECKING:
+    import argparse
 
 # name (also its module under opik_cipx.commands) -> one-line help
 COMMANDS: dict[str, str] = {
@@ -26,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "purge": "stop the daemon and wipe the spool (drops unshipped spans); --all: raw captures and the ledger too",
     "uninstall": "stop the daemon, remove the supervisor and settings entry, delete ~/.opik-cipx",
     "proxy": "run the gateway in the foreground (normally started by the supervisor)",
+    "supervise": "run the daemon and start it again when it dies (sync starts it where there is no systemd/launchd)",
     "replay": "re-derive spans from stored raw captures (offline; --ledger rebuilds ledger.db)",
     "report": "cost and tokens from the local ledger by day, session, project, model, bucket, ...",
     "prices": "the price table in use (rates, tiers, sources, overrides) and unknown models the daemon saw",
@@ -36,7 +47,7 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def build_parser(argv: list[str]) -> argparse.ArgumentParser:  # noqa: F821
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     import argparse
     import importlib
 
@@ -104,13 +115,21 @@ def _dispatch(argv: list[str]) -> int:
             return args.on_home_error(args, problem)
         print(f"opik-cipx: {problem}", file=sys.stderr)
         return 1
+    reads = getattr(args, "config_keys", None)  # the settings a read-only command reads; None: any
     try:
-        settings = load_settings(dict(os.environ))
+        settings = load_settings(dict(os.environ), tolerant=reads is not None)
     except ConfigError as exc:
         if getattr(args, "on_config_error", None):
             return args.on_config_error(args, exc)  # lifecycle commands must work with a broken config
         print(f"opik-cipx: {exc}", file=sys.stderr)
         return 2
+    for key, line in settings.unusable:
+        if key in (reads or ()) or (key == "" and reads):
+            print(f"opik-cipx: {line}", file=sys.stderr)
+            return 2
+    for _, line in settings.unusable:
+        print(f"opik-cipx: warning: {line}; `{args.command}` does not use it, but the daemon will not start "
+              "with it: fix it before `opik-cipx restart`", file=sys.stderr)
     try:
         return args.run(args, settings)
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ epoch ns, a UTC stamp) is not a clock read and stays a plain function.
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 class Clock:

@@ -3,7 +3,9 @@
 Every option is declared once in `OPTIONS` with its config key, its environment variable and
 a one-line help text. A bad value stops loading with one `ConfigError` line that names the
 file (or variable) and the key; unknown keys in the file are reported as warnings, so a
-config written for a newer version does not stop an older daemon.
+config written for a newer version does not stop an older daemon. A tolerant load (for the
+read-only commands that name the settings they read, cli.py) gives a bad value its default
+instead and lists it in `Settings.unusable`, with the line it would have stopped on.
 """
 
 import ipaddress
@@ -12,11 +14,12 @@ import math
 import tomllib
 import urllib.parse
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from opik_cipx.home import default_home
 from opik_cipx.urls import strip_credentials
@@ -289,7 +292,7 @@ def _effective_from(where: str, value: object) -> tuple[str, int]:
     if moment is None:
         raise ValueError(f"{where}: expected a date such as 2026-10-07, got {value!r}")
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     label = moment.date().isoformat() if moment.time() == dt_time(0) and moment.utcoffset() == timedelta(0) \
         else moment.isoformat()
     return label, int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
@@ -345,7 +348,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("tee_queue_max_mb", None, _number(float, 0.01), 256.0,
            "body bytes held in memory until written to the capture log; beyond, dropped, counted"),
     Option("prices", None, parse_price_overrides, {},
-           "[prices.\"<model>\"] tables that add models to or override prices.json (rates, tiers, fast mode, dated changes)"),
+           "[prices.\"<model>\"] tables that add models to or override prices.json "
+           "(rates, tiers, fast mode, dated changes)"),
     Option("captures.enabled", "CIPX_CAPTURES", parse_bool, True,
            "keep raw captures on disk for replay and the viewer (off: only until materialized)"),
     Option("captures.max_mb", None, _number(int, 1), 512,
@@ -400,6 +404,9 @@ class Settings:
     config_path: Path
     values: dict[str, Any]
     warnings: tuple[str, ...] = field(default=())
+    # (key, its one line) of each setting a tolerant load could not use and gave its default;
+    # key "" when the whole file could not be read
+    unusable: tuple[tuple[str, str], ...] = field(default=())
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -476,11 +483,19 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def load_settings(env: dict[str, str]) -> Settings:
-    """Resolve every option; raise `ConfigError` naming the file or variable and key."""
+def load_settings(env: dict[str, str], tolerant: bool = False) -> Settings:
+    """Resolve every option; raise `ConfigError` naming the file or variable and key. `tolerant`:
+    never raise; a value that cannot be used (or every value of a file that cannot be read)
+    takes its default and is listed in `unusable`."""
     home = default_home(env)
     config_path = Path(env.get("CIPX_CONFIG") or home / "config.toml").expanduser()
-    table = read_config_file(config_path)
+    unusable: list[tuple[str, str]] = []
+    try:
+        table = read_config_file(config_path)
+    except ConfigError as exc:
+        if not tolerant:
+            raise
+        table, unusable = {}, [("", str(exc))]
     values: dict[str, Any] = {}
     for opt in OPTIONS:
         if opt.env and opt.env in env:
@@ -494,11 +509,15 @@ def load_settings(env: dict[str, str]) -> Settings:
         try:
             values[opt.attr] = opt.parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"bad setting in {source}: {exc}") from None
+            error = ConfigError(f"bad setting in {source}: {exc}")
+            if not tolerant:
+                raise error from None
+            values[opt.attr] = opt.default
+            unusable.append((opt.key, str(error)))
     warnings = tuple(
         f"config file {config_path}: unknown key '{key}' ignored" for key in _unknown_keys(table)
     )
-    return Settings(home=home, config_path=config_path, values=values, warnings=warnings)
+    return Settings(home=home, config_path=config_path, values=values, warnings=warnings, unusable=tuple(unusable))
 
 
 EXAMPLE_HEADER = """\

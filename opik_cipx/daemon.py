@@ -33,14 +33,16 @@ import signal
 import ssl
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from opik_cipx import __version__, telemetry
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings, settings_fingerprint
 from opik_cipx.control.daemon_control import home_id
+from opik_cipx.control.detached import inherited_listener
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import claude_code_port, open_picked_listeners, record_ports
 from opik_cipx.home import HomeLocked, StateFiles, layout_notes, lock_home, private_dir, set_aside_wrong_types
@@ -59,6 +61,7 @@ from opik_cipx.urls import strip_credentials
 from opik_cipx.views.access import ViewerAccess, new_token, read_token, token_path
 from opik_cipx.views.admin import AdminHandler
 from opik_cipx.views.dashboard import Dashboard
+from opik_cipx.views.sign_in import SignInLinks
 from opik_cipx.views.viewer import ViewerHandler
 from opik_cipx.wire.capture import Capture
 from opik_cipx.wire.connections import Limits, raise_fd_limit
@@ -127,7 +130,8 @@ class Daemon:
             Stage(self.follower, max(settings.drain_timeout_s, WORKER_STOP_S), self.ledger.close,
                   "the rest of the capture log is materialized at the next start"),
             Stage(self.spool.writer, WORKER_STOP_S, None, "records it could not write to the spool are lost"),
-            Stage(self.shipper, WORKER_STOP_S, None, "a request to Opik is still in flight; its records stay in the spool"),
+            Stage(self.shipper, WORKER_STOP_S, None,
+                  "a request to Opik is still in flight; its records stay in the spool"),
         ]
 
     def _build_work(self) -> None:
@@ -140,7 +144,8 @@ class Daemon:
                                   max_age_s=settings.captures_max_age_days * 86400,
                                   segment_bytes=settings.captures_segment_mb * mib, keep=settings.captures_enabled,
                                   clock=self.clock)
-        self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, self.counters, clock=self.clock)
+        self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, self.counters, clock=self.clock,
+                             keep_text=settings.capture_content)
         self.spool = Spool(settings.spool_dir, max_bytes=int(settings.spool_max_mb * mib),
                            segment_bytes=int(settings.spool_segment_mb * mib), inmem_max=settings.spool_inmem_max,
                            inmem_max_bytes=int(settings.spool_inmem_max_mb * mib),
@@ -176,12 +181,13 @@ class Daemon:
             handler = type("Handler", (GatewayHandler,), {"gateway": self.gateway})
             self.gateway_server = LoopbackServer(
                 "claude_code", host, claude_code_port(settings.ports_path) if port is None else port, handler,
-                limits, self.counters,
+                limits, self.counters, listener=inherited_listener() if port is None else None,
             )
             admin_handler = type("Handler", (AdminHandler,),
                                  {"stats": staticmethod(self.stats), "state": staticmethod(self.state)})
             pages = Dashboard(settings.ledger_path, settings.captures_dir, clock=self.clock)
-            viewer_handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": ViewerAccess(token)})
+            access = ViewerAccess(token, SignInLinks(settings.home, self.clock))
+            viewer_handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": access})
             handlers = {"admin": admin_handler, "viewer": viewer_handler}
             picked = open_picked_listeners(settings.ports_path, lambda name, port: LoopbackServer(
                 name, host, port, handlers[name], limits, self.counters))
@@ -238,7 +244,8 @@ class Daemon:
             self._threads.append(thread)
         log.info(
             "opik-cipx %s listening: claude_code 127.0.0.1:%d, admin 127.0.0.1:%d, viewer 127.0.0.1:%d, upstream %s",
-            __version__, self.ports["claude_code"], self.ports["admin"], self.ports["viewer"], self.settings.upstream_url,
+            __version__, self.ports["claude_code"], self.ports["admin"], self.ports["viewer"],
+            self.settings.upstream_url,
         )
         dest = self.destination
         if dest.configured:
@@ -260,7 +267,8 @@ class Daemon:
         if self.home_error:
             problems.append(self.home_error)
         if files["unsaved"]:
-            problems.append(f"{', '.join(files['unsaved'])} kept in memory, retried every second: {files['last_error']}")
+            problems.append(
+                f"{', '.join(files['unsaved'])} kept in memory, retried every second: {files['last_error']}")
         log_problem = self.log.problem if self.log is not None else None
         if log_problem:
             problems.append(log_problem)

@@ -15,6 +15,7 @@ daemon gets a fresh one and nothing is deleted; `layout_notes` says what waits f
 
 import errno
 import fcntl
+import io
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from opik_cipx.clock import SYSTEM, Clock
 
@@ -30,14 +32,18 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 LOCK_FILE = "daemon.lock"
 # Every path opik-cipx makes under $CIPX_HOME, relative to it, and whether it is a directory;
-# parents first. `daemon.lock` is not here: it is locked whatever it is, and moving it away
-# under a running daemon would let a second one in. `config.toml` is the user's.
+# parents first. `daemon.lock` and `supervisor.lock` are not here: each is locked whatever it is,
+# and moving it away under its holder would let a second daemon or supervisor in. `config.toml`
+# is the user's.
 LAYOUT: tuple[tuple[str, bool], ...] = (
     ("captures", True), ("spool", True), ("materializer", True), ("logs", True), ("sessions", True), ("bin", True),
     ("ledger.db", False), ("ledger.db-wal", False), ("ledger.db-shm", False), ("state.json", False),
-    ("ports.json", False), ("viewer.token", False), ("viewer-open.html", False), ("sync.lock", False),
-    ("made-dirs.json", False), ("materializer/checkpoint.json", False), ("spool/cursor.json", False),
-    ("logs/cipx.log", False), ("logs/daemon.stderr", False),
+    ("ports.json", False), ("viewer.token", False), ("viewer-open.html", False), ("viewer-links", True),
+    ("sync.lock", False),
+    ("made-dirs.json", False), ("claude-hooks.json", False), ("supervisor.json", False),
+    ("statusline-backup.json", False),
+    ("materializer/checkpoint.json", False), ("spool/cursor.json", False),
+    ("logs/cipx.log", False), ("logs/daemon.stderr", False), ("logs/supervisor.log", False),
 )
 _SET_ASIDE = re.compile(r"(.+)\.not-a-(directory|file)-(\d{8}T\d{6}Z)(?:-\d+)?")
 
@@ -58,7 +64,7 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_APPEND):
+def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_APPEND) -> io.FileIO:
     """Open `path` for binary writing, created 0600 (existing files are tightened to 0600)."""
     fd = os.open(path, flags, FILE_MODE)
     try:
@@ -204,6 +210,13 @@ def disk_full_or_read_only(path: Path) -> str | None:
     return None
 
 
+class FilesSection(TypedDict):
+    """`StateFiles.section`: the files waiting in memory (relative to the home), and why."""
+
+    unsaved: list[str]
+    last_error: str | None
+
+
 class StateFiles:
     """The daemon's small files (`state.json`, `ports.json`, ...), written atomically or kept in memory.
 
@@ -262,7 +275,7 @@ class StateFiles:
         except ValueError:
             return path.name
 
-    def section(self) -> dict[str, object]:
+    def section(self) -> FilesSection:
         with self._lock:
             return {"unsaved": sorted(self._name(p) for p in self._waiting), "last_error": self._error}
 
@@ -287,7 +300,7 @@ def wrong_type(path: Path, directory: bool) -> str | None:
 
 def _wrong_types(home: Path) -> list[tuple[str, bool, str]]:
     """(name, directory, why) of each `LAYOUT` path of the wrong type, parents first."""
-    out = []
+    out: list[tuple[str, bool, str]] = []
     for name, directory in LAYOUT:
         why = wrong_type(home / name, directory)
         if why and not any(name.startswith(f"{parent}/") for parent, _, _ in out):

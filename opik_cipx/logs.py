@@ -89,5 +89,4 @@ def _log_thread_death(args: threading.ExceptHookArgs) -> None:
     if args.exc_type is SystemExit:
         return
     name = args.thread.name if args.thread is not None else "?"
-    logging.getLogger("opik_cipx").error("thread %s died", name,
-                                         exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+    logging.getLogger("opik_cipx").error("thread %s died", name, exc_info=args.exc_value)

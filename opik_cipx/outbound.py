@@ -10,12 +10,15 @@ timestamp, or an HTTP-date; the caller bounds it.
 import math
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
+from email.message import Message
 from email.utils import parsedate_to_datetime
-from typing import Mapping
 
 from opik_cipx.config import is_loopback_host
 
 EPOCH_AFTER = 1e9  # a value above this is a timestamp rather than a delay (2001-09-09)
+# An answer's headers: urllib's (an email Message) or a plain mapping.
+Headers = Mapping[str, str] | Message
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -31,7 +34,7 @@ def opener(url: str) -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(*handlers)
 
 
-def requested_wait_s(headers: Mapping[str, str], now: float) -> float | None:
+def requested_wait_s(headers: Headers, now: float) -> float | None:
     """Seconds an answer asks us to wait (`now`: epoch seconds), from `RateLimit-Reset`, else
     `Retry-After`; None when neither says anything usable. Not bounded: may be 0 or negative."""
     for name in ("RateLimit-Reset", "Retry-After"):

@@ -6,8 +6,9 @@ with zero/null values, so `status` can always render the full document.
 """
 
 import threading
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 COUNTER_NAMES = (
     "requests_captured",
@@ -48,7 +49,7 @@ PROBLEM_COUNTERS = frozenset(
 
 def utc_iso(ts: float) -> str:
     """A stats timestamp: ISO-8601 UTC with a `Z` suffix, millisecond precision."""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class Counters:

@@ -33,12 +33,12 @@ import threading
 import uuid
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Mapping
+from typing import Any
 
 from opik_cipx import __version__
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import SentryDsn, Settings, parse_sentry_dsn
-from opik_cipx.outbound import opener, requested_wait_s
+from opik_cipx.outbound import Headers, opener, requested_wait_s
 from opik_cipx.stats import Counters, utc_iso
 from opik_cipx.worker import Worker
 
@@ -101,7 +101,7 @@ def _frames(tb: TracebackType | None) -> list[dict[str, Any]]:
     return out[-MAX_FRAMES:]
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def _chain(exc: BaseException | None) -> list[BaseException]:
     """`exc` and the exceptions it was raised from or during, oldest first (bounded)."""
     out: list[BaseException] = []
     while exc is not None and len(out) < MAX_CHAIN and all(exc is not seen for seen in out):
@@ -117,7 +117,7 @@ def build_event(exc: BaseException, where: str, environment: dict[str, Any], now
         value: dict[str, Any] = {"type": type(link).__qualname__, "module": type(link).__module__,
                                  "stacktrace": {"frames": _frames(link.__traceback__)},
                                  "mechanism": {"type": "logging", "handled": True}}
-        if isinstance(link, OSError) and link.errno in errno.errorcode:
+        if isinstance(link, OSError) and link.errno is not None and link.errno in errno.errorcode:
             value["value"] = errno.errorcode[link.errno]
         values.append(value)
     return {
@@ -181,13 +181,12 @@ class Reporter(Worker):
         self._handler = _Handler(self)
         self._environment: dict[str, Any] = {}
 
-    def start(self) -> "Reporter":
+    def start(self) -> None:
         """Begin reporting what the `opik_cipx` logger logs with a traceback (no-op when off)."""
         if self.enabled:
             self._environment = runtime_environment()
             super().start()
             logging.getLogger(PACKAGE).addHandler(self._handler)
-        return self
 
     def stop(self, timeout_s: float) -> bool:
         """Stop reporting; give queued reports at most `timeout_s` to go out (no retries meanwhile)."""
@@ -281,7 +280,7 @@ class Reporter(Worker):
             reason = getattr(exc, "reason", None) or exc
             return None, f"cannot reach Sentry at {self.dsn.host}: {type(exc).__name__}: {reason}"[:300], 0.0
 
-    def _retry_after(self, headers: Mapping[str, str]) -> float:
+    def _retry_after(self, headers: Headers) -> float:
         wait = requested_wait_s(headers, self.clock.time())
         return RETRY_AFTER_DEFAULT_S if wait is None else min(max(wait, 1.0), RETRY_AFTER_MAX_S)
 
@@ -301,4 +300,6 @@ class _Handler(logging.Handler):
 
 def start(settings: Settings, counters: Counters | None = None, clock: Clock = SYSTEM) -> Reporter:
     """The daemon's reporter, reporting already when `settings` opt in."""
-    return Reporter(settings, counters, clock).start()
+    reporter = Reporter(settings, counters, clock)
+    reporter.start()
+    return reporter

@@ -21,7 +21,8 @@ import logging
 import math
 import threading
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.stats import Counters

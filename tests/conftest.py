@@ -19,6 +19,9 @@ from hypothesis import HealthCheck, settings
 from opik_cipx.wire.connections import Limits
 from tests.fake_anthropic import CA_BUNDLE, FakeAnthropic
 
+# `machine` and `machine_with_upstream` for every test, never imported by name (a test's parameter
+# would redefine the import).
+pytest_plugins = ("tests.lifecycle_helpers",)
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code"
 LIMITS = Limits(header_timeout_s=30, body_timeout_s=120, idle_timeout_s=120, max_connections=256)  # the defaults
@@ -183,10 +186,11 @@ class DaemonProcess:
 
     def viewer_cookie(self) -> dict[str, str]:
         """The header a browser signed in to this daemon's viewer sends: the cookie its sign-in set."""
-        token = (self.home / "viewer.token").read_text().strip()
+        from opik_cipx.views.sign_in import SignInLinks
+
         conn = http.client.HTTPConnection("127.0.0.1", self.state["ports"]["viewer"], timeout=10)
         try:
-            conn.request("GET", f"/?token={token}")
+            conn.request("GET", f"/?signin={SignInLinks(self.home).issue()}")
             resp = conn.getresponse()
             resp.read()
         finally:

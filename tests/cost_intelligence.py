@@ -62,7 +62,7 @@ DEFAULT_PROJECT = "Default Project"  # where Opik puts a record without project_
 BASE_TIERS = ("input", "cache_read", "cache_creation", "output")
 INPUT_TIERS = BASE_TIERS[:3]
 USAGE_FIELDS = dict(zip(BASE_TIERS, ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens",
-                                     "output_tokens")))
+                                     "output_tokens"), strict=True))
 CACHE_STATUS_TIERS = {"fresh": "input", "read": "cache_read", "write": "cache_creation"}
 RESIDUAL_INDEX = 65531  # + the tier's position in BASE_TIERS
 UNATTRIBUTED = "unattributed"

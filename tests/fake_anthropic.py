@@ -26,7 +26,8 @@ class Reply:
     `chunks`: body pieces, each written and flushed separately (chunked framing when
     `chunked`, else Content-Length of their sum). `hold_after`: after that many chunks, wait
     for `gate` before sending the rest. While it waits (and during `delay_s`) the fake watches
-    its connection: a client (the proxy) that closes it is recorded in `FakeAnthropic.hangups`. `abort_after`: close the socket after that many chunks
+    its connection: a client (the proxy) that closes it is recorded in `FakeAnthropic.hangups`. `abort_after`:
+    close the socket after that many chunks
     without finishing the body. `no_response`: close the connection without answering.
     `close_after`: close the connection after a complete answer, without announcing it (as a
     server dropping an idle keep-alive connection does). `interim`: 1xx statuses (e.g. 103
@@ -65,7 +66,8 @@ def split_sse(body: str) -> list[bytes]:
 
 def fixture_reply(response: dict) -> Reply:
     """Replay a recorded `NNN.response.json` as the fake upstream sent it."""
-    headers = [(k, v) for k, v in response["headers"].items() if k.lower() not in ("transfer-encoding", "content-length")]
+    headers = [(k, v) for k, v in response["headers"].items()
+               if k.lower() not in ("transfer-encoding", "content-length")]
     if response["headers"].get("content-type", "").startswith("text/event-stream"):
         return Reply(status=response["status"], headers=headers, chunks=split_sse(response["body"]))
     return Reply(status=response["status"], headers=headers, chunks=[response["body"].encode()], chunked=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from opik_cipx.control.daemon_control import pid_alive
+from opik_cipx.control.daemon_control import is_our_process, pid_alive
 from tests.conftest import ReservedPort, cli_env, wait_for
 from tests.fake_anthropic import CA_BUNDLE
 
@@ -71,6 +71,13 @@ class Machine:
         if state:
             self.pids.add(state["pid"])
 
+    def supervisor(self) -> dict | None:
+        """The detached supervisor's record (`supervisor.json`), if any."""
+        try:
+            return json.loads((self.home / "supervisor.json").read_text())
+        except (OSError, ValueError):
+            return None
+
     def stats(self) -> dict:
         port = self.state()["ports"]["admin"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/stats", timeout=5) as resp:
@@ -85,6 +92,9 @@ class Machine:
         return self.settings().get("env", {}).get("ANTHROPIC_BASE_URL")
 
     def kill_all(self) -> None:
+        supervisor = self.supervisor()  # first, with the daemon it runs (its process group): it would restart it
+        if supervisor and is_our_process(supervisor["pid"], "supervise"):
+            os.killpg(supervisor["pid"], signal.SIGKILL)
         self.remember_daemon()
         for pid in self.pids:
             try:

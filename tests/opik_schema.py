@@ -27,16 +27,16 @@ types Opik would coerce.
 """
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from opik_cipx.ids import is_uuid7
 
 JSON_NODE = (dict, list, str)
 SPAN_TYPES = {"general", "tool", "llm", "guardrail"}
 Z_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
-MIN_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
-MAX_TIME = datetime(2262, 4, 11, 23, 47, 16, tzinfo=timezone.utc)  # InRange default, exclusive
-MAX_UPDATED = datetime(2300, 1, 1, tzinfo=timezone.utc)  # InRange(before = MAX_ANALYTICS_DB)
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(2262, 4, 11, 23, 47, 16, tzinfo=UTC)  # InRange default, exclusive
+MAX_UPDATED = datetime(2300, 1, 1, tzinfo=UTC)  # InRange(before = MAX_ANALYTICS_DB)
 INT32 = (-(2**31), 2**31 - 1)
 BATCH_MAX = 1000
 ERROR_INFO_KEYS = {"exception_type", "message", "traceback"}

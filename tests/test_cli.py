@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import cli_env
+from tests.conftest import cli_env, run_cli
 
 
 @pytest.mark.parametrize("args", [["prices"], ["status"]])
@@ -50,4 +50,44 @@ def test_the_status_line_on_a_python_without_sqlite3_is_a_hint(tmp_path):
     result = subprocess.run([sys.executable, "-m", "opik_cipx", "statusline"], input='{"session_id": "s"}',
                             capture_output=True, text=True, timeout=30,
                             env=cli_env(tmp_path / ".opik-cipx", **without_sqlite3(tmp_path)))
-    assert (result.returncode, result.stdout, result.stderr) == (0, "opik-cipx: this Python has no sqlite3 module\n", "")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0, "opik-cipx: this Python has no sqlite3 module\n", "")
+
+
+BAD_KEY = "drain_timeout_s = -1\n"
+BAD_KEY_LINE = "bad setting in config file {config}, key 'drain_timeout_s': must be at least 0, got -1.0"
+
+
+@pytest.mark.parametrize("args, code", [(["report"], 0), (["prices"], 0), (["viewer"], 1)])
+def test_a_read_only_command_runs_despite_a_bad_key_it_does_not_read_and_names_it(tmp_path, args, code):
+    """A daemon keeps running on the settings it started with; `report`, `prices` and `viewer`
+    need none of a bad key, so they say which key is bad and go on."""
+    home = tmp_path / ".opik-cipx"
+    home.mkdir()
+    (home / "config.toml").write_text(BAD_KEY)
+    result = run_cli(home, *args)
+    assert result.returncode == code and "Traceback" not in result.stderr
+    warning = (f"opik-cipx: warning: {BAD_KEY_LINE.format(config=home / 'config.toml')}; `{args[0]}` does not use "
+               "it, but the daemon will not start with it: fix it before `opik-cipx restart`")
+    assert result.stderr.splitlines()[0] == warning
+    if args == ["viewer"]:  # past the settings: it says what its own trouble is
+        assert "no viewer port yet" in result.stderr.splitlines()[1]
+
+
+def test_a_command_that_reads_the_bad_key_still_stops_on_it_in_one_line(tmp_path):
+    home = tmp_path / ".opik-cipx"
+    home.mkdir()
+    (home / "config.toml").write_text('[prices."claude-x"]\ninput = "cheap"\n')
+    prices = run_cli(home, "prices")  # reads the price overrides
+    assert prices.returncode == 2 and prices.stdout == "" and prices.stderr.count("\n") == 1
+    assert prices.stderr.startswith(f"opik-cipx: bad setting in config file {home / 'config.toml'}, key 'prices'")
+    assert "claude-x" in prices.stderr
+    (home / "config.toml").write_text(BAD_KEY)
+    replay = run_cli(home, "replay")  # builds the daemon's materializer: every setting counts
+    assert (replay.returncode, replay.stderr) == (2, f"opik-cipx: {BAD_KEY_LINE.format(config=home / 'config.toml')}\n")
+    (home / "config.toml").write_text("a = = 1")
+    broken = run_cli(home, "prices")  # a file that is no TOML at all: the overrides cannot be read either
+    assert broken.returncode == 2 and "is not valid TOML" in broken.stderr and broken.stderr.count("\n") == 1
+    report = run_cli(home, "report")
+    assert report.returncode == 0 and "is not valid TOML" in report.stderr
+    assert "`report` does not use it" in report.stderr

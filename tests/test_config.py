@@ -61,6 +61,33 @@ def test_bad_values_name_the_source_and_key(tmp_path, toml, env, fragment):
         assert str(tmp_path / "home" / "config.toml") in message
 
 
+def test_a_tolerant_load_gives_bad_values_their_default_and_names_each(tmp_path):
+    toml = "drain_timeout_s = -1\ntee_queue_max = 7\n[captures]\nmax_mb = 'x'\n"
+    s = load_settings({"CIPX_HOME": str(_home(tmp_path, toml)), "CIPX_CAPTURE_CONTENT": "perhaps"}, tolerant=True)
+    assert (s.drain_timeout_s, s.captures_max_mb, s.capture_content) == (30.0, 512, True)  # defaults
+    assert s.tee_queue_max == 7  # good values are kept
+    assert [key for key, _ in s.unusable] == ["capture_content", "drain_timeout_s", "captures.max_mb"]
+    for key, line in s.unusable:
+        assert "\n" not in line
+        assert ("environment variable CIPX_CAPTURE_CONTENT" if key == "capture_content" else f"key '{key}'") in line
+    with pytest.raises(ConfigError):  # the strict load still stops at the first
+        settings(tmp_path, toml)
+
+
+def test_a_tolerant_load_of_a_file_that_is_no_toml_keeps_the_environment(tmp_path):
+    s = load_settings({"CIPX_HOME": str(_home(tmp_path, "a = = 1")), "CIPX_CAPTURES": "0"}, tolerant=True)
+    assert s.captures_enabled is False and s.drain_timeout_s == 30.0
+    ((key, line),) = s.unusable
+    assert key == "" and "is not valid TOML" in line
+
+
+def _home(tmp_path, toml: str):
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(toml)
+    return home
+
+
 def test_http_upstream_allowed_to_loopback(tmp_path):
     assert settings(tmp_path, CIPX_UPSTREAM_URL="http://127.0.0.1:8080/").upstream_url == "http://127.0.0.1:8080"
 

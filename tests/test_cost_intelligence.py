@@ -190,7 +190,7 @@ def test_a_tier_keeps_its_tokens_unless_its_blocks_are_all_empty(tokens, blocks)
     used = usage(*tokens)
     row = ingest([spans_created(span(S1, T1, call(used, blocks)))]).spends[S1]
     counted = [b for b in blocks if (b["category"], b["parent_category"]) != ("identity_context",) * 2]
-    for tier, billed in zip(TIERS, tokens):
+    for tier, billed in zip(TIERS, tokens, strict=True):
         in_tier = [b for b in counted if ci.base_tier(b["side"], b["cache_status"]) == tier]
         expected = 0 if in_tier and not any(b["chars"] for b in in_tier) else billed
         assert math.isclose(allocated(row)[tier], expected, rel_tol=1e-9, abs_tol=1e-6)

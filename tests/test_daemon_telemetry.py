@@ -48,7 +48,8 @@ def test_a_materializer_error_reaches_sentry_without_any_data(home, upstream, se
         wait_for(lambda: sentry.envelopes, what="the error report")
         assert daemon.counter("materializer_errors_total") == 1
         section = wait_for(lambda: (s := daemon.stats()["telemetry"])["sent"] == 1 and s, what="sent counted")
-        assert section["enabled"] is True and section["reason"].startswith("on (CIPX_SENTRY_DSN: error reports go to 127.0.0.1")
+        assert section["enabled"] is True
+        assert section["reason"].startswith("on (CIPX_SENTRY_DSN: error reports go to 127.0.0.1")
     finally:
         daemon.stop()
     [report] = sentry.envelopes

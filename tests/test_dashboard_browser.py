@@ -1,17 +1,36 @@
-"""The dashboard in a real browser: Debian's chromium, headless, loads the home page, a session
-page and a call page from a real daemon fed with the recorded corpus, before and after a
-restart; the rendered DOM must hold the totals and the charts, at desktop and phone width."""
+"""The dashboard in a real browser: Debian's chromium, headless, against a real daemon fed with the
+recorded corpus (today) over a ledger that already holds 20 days of copies of it (written relative
+to the clock, so no date is fixed). The rendered DOM must hold the totals, the charts, a date
+range and filters that agree with `report`, top-list links that narrow the view, exports in
+`report`'s shape and a call's request folded by bucket, before and after a restart.
 
+Screenshots at 1280 px and at phone width (390 px) go to `$CIPX_SCREENSHOTS` when set (a
+directory the caller chooses; docs/dashboard.png is the 1280 px home), else under the test's
+temporary directory."""
+
+import csv
+import dataclasses
+import http.client
+import io
 import json
+import os
+import random
 import re
 import shutil
 import struct
 import subprocess
+import time
+import uuid
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.claude_code_corpus import SCENARIOS, write_session_files
+from opik_cipx.ledger.entry import ledger_entry
+from opik_cipx.ledger.periods import day_start_ns, local_day
+from opik_cipx.ledger.store import Ledger
+from opik_cipx.views.sign_in import SignInLinks
+from tests.claude_code_corpus import SCENARIOS, materialized, write_session_files
 from tests.conftest import DaemonProcess, run_cli, wait_for
 from tests.test_end_to_end import replay_scenario
 
@@ -22,6 +41,8 @@ pytestmark = pytest.mark.skipif(
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars")
 SUBAGENT_SESSION = "1b15d3cd-b49e-410d-880f-1d1856a84f6c"
+SUBAGENT_PROMPT = "Use a subagent to survey this project's layout and report back."
+HISTORY_DAYS = 20
 
 
 def chromium(tmp: Path, *args: str) -> str:
@@ -33,10 +54,9 @@ def chromium(tmp: Path, *args: str) -> str:
 
 
 def signed_in(url: str, home: Path) -> str:
-    """`url` as `opik-cipx viewer` hands it out: with the viewer token, which sets the cookie and
-    moves on to `url` itself (a navigation the browser follows within the virtual time budget)."""
-    token = (home / "viewer.token").read_text().strip()
-    return f"{url}{'&' if '?' in url else '?'}token={token}"
+    """`url` with a new one-time sign-in link (what `opik-cipx viewer` issues), which sets the cookie
+    and moves on to `url` itself (a navigation the browser follows within the virtual time budget)."""
+    return f"{url}{'&' if '?' in url else '?'}signin={SignInLinks(home).issue()}"
 
 
 def dom(tmp: Path, url: str, home: Path) -> str:
@@ -55,54 +75,155 @@ def text_of(html: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).replace("&amp;", "&")
 
 
-def dashboard_totals(page: str) -> list[str]:
-    """The cost and call count of the three total cards."""
-    cards = re.findall(r'<div class="card" id="total-[^"]+">(.*?)</div></div>', page, re.S)
-    return [" ".join(re.findall(r"\$[\d,.]+|[\d,]+ calls", text_of(card))) for card in cards]
+def unescape(href: str) -> str:
+    return href.replace("&amp;", "&")
 
 
-def test_dashboard_session_and_call_pages_render_in_chromium(home, upstream, tmp_path):
+def card_figures(page: str, card: str) -> str:
+    """`$cost N calls` of one total card."""
+    found = re.search(rf'<div class="card" id="{card}">(.*?)</div></div>', page, re.S)
+    assert found, card
+    return " ".join(re.findall(r"\$[\d,.]+|[\d,]+ calls", text_of(found.group(1))))
+
+
+def report_figures(home: Path, *args: str) -> str:
+    total = json.loads(run_cli(home, "report", "--json", *args).stdout)["total"]
+    return f"${total['cost_usd']:,.2f} {total['calls']:,} calls"
+
+
+def history(tmp: Path, now_ns: int) -> list:
+    """The corpus' calls copied onto the 20 days before today: a random share of them each day
+    (fixed seed), with new capture ids and sessions."""
+    entries = [ledger_entry(r.call) for _, _, _, r in materialized(tmp / "history") if r.call]
+    rng, out, today = random.Random(25), [], date.fromisoformat(local_day(now_ns))
+    for back in range(1, HISTORY_DAYS + 1):
+        start = day_start_ns((today - timedelta(days=back)).isoformat()) + 9 * 3600 * 10**9
+        for n, entry in enumerate(rng.sample(entries, rng.randrange(10, len(entries)))):
+            at = start + n * 30 * 10**9
+            session = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{entry.call['session_id']}/{back}"))
+            out.append(dataclasses.replace(entry, call={
+                **entry.call, "capture_id": f"history-{back}-{n}", "started_at_ns": at, "ended_at_ns": at + 10**9,
+                "day": local_day(at), "session_id": session}))
+    return out
+
+
+def viewer_get(daemon: DaemonProcess, path: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.state["ports"]["viewer"], timeout=10)
+    conn.request("GET", path, headers=daemon.viewer_cookie())
+    resp = conn.getresponse()
+    return resp.status, resp.read().decode()
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    out = Path(os.environ.get("CIPX_SCREENSHOTS") or tmp_path / "shots")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def test_the_dashboard_answers_questions_in_chromium(home, upstream, tmp_path, shots):
     write_session_files(home / "sessions")
+    ledger = Ledger(home / "ledger.db", retention_days=400)
+    assert ledger.write_entries(history(tmp_path, time.time_ns()))
+    ledger.close()
     daemon = DaemonProcess(home, upstream.url)
     try:
+        replayed = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))  # what follows is newer
         calls = sum(replay_scenario(daemon, upstream, scenario) for scenario in SCENARIOS)
         wait_for(lambda: daemon.counter("events_materialized") == calls, timeout_s=30, what="every call materialized")
         base = f"http://127.0.0.1:{daemon.state['ports']['viewer']}"
-        total = json.loads(run_cli(home, "report", "--json").stdout)["total"]
+        assert "this browser is not signed in" in chromium(tmp_path, "--dump-dom", base + "/")  # not signed in
 
-        assert "needs the viewer token" in chromium(tmp_path, "--dump-dom", base + "/")  # not signed in
         home_page = dom(tmp_path, base + "/", home)
-        # every call was made today (7 and 30 days: also when the test runs across midnight)
-        assert dashboard_totals(home_page)[1:] == [f"${total['cost_usd']:,.2f} {calls} calls"] * 2
-        chart = home_page[home_page.index("Cost per day"):home_page.index("Top spenders")]
-        assert "<svg" in chart and chart.count('class="bar"') >= 10
-        for key in ("session", "project", "model", "mcp", "skill", "agent"):
+        today = re.search(r'href="/\?since=([\d-]+)">today</a>', home_page).group(1)  # the page's own today
+        first = date.fromisoformat(today)
+        for card, back in (("total-today", 0), ("total-last-7-days", 6), ("total-last-30-days", 29)):
+            assert card_figures(home_page, card) == report_figures(
+                home, "--since", (first - timedelta(days=back)).isoformat()), card
+        wide = home_page[home_page.index('class="only-wide"'):home_page.index('class="only-narrow"')]
+        assert wide.count('class="bar"') >= 5 * HISTORY_DAYS  # a day a column, stacked by bucket
+        narrow = home_page[home_page.index('class="only-narrow"'):home_page.index("Top spenders")]
+        rows = re.findall(r">(\d\d-\d\d)</text>(<rect class=\"bar\")?", narrow)
+        assert rows[-1] == (today[5:], '<rect class="bar"') and len(rows) == 30  # today last, with its bar
+        for key in ("session", "project", "model", "kind", "agent", "mcp", "skill"):
             assert f'id="top-{key}"' in home_page
         assert "weather" in text_of(home_page) and "general-purpose" in text_of(home_page)
+        assert ">menu<" not in home_page and "(the list of available skills)" in home_page
+        sessions = home_page[home_page.index('id="top-session"'):home_page.index('id="top-project"')]
+        names = re.findall(r'<td><a href="[^"]+">(.*?)</a></td>', sessions)
+        named = re.compile(  # each by its label (first prompt), project, start and the start of its id
+            r"<span title=\"[^\"]+\">[^<]+</span> <span class=\"muted about\">[\w-]+ · \d\d-\d\d \d\d:\d\d · "
+            r"<span class=\"mono\" title=\"[0-9a-f-]{36}\">[0-9a-f]{8}</span></span>")
+        assert len(names) == 8 and all(named.fullmatch(name) for name in names)
 
-        session = dom(tmp_path, f"{base}/session/{SUBAGENT_SESSION}", home)
+        assert screenshot(tmp_path, base + "/", home, shots / "dashboard.png", 1280, 2000) == (1280, 2000)
+        assert screenshot(tmp_path, base + "/", home, shots / "dashboard-phone.png", 390, 2400) == (390, 2400)
+
+        # a date range, then a filter on top of it: the cards say what `report` says
+        since, until = (first - timedelta(days=10)).isoformat(), (first - timedelta(days=3)).isoformat()
+        ranged = dom(tmp_path, f"{base}/?since={since}&until={until}", home)
+        assert card_figures(ranged, "total-range") == report_figures(home, "--since", since, "--until", until)
+        assert f"Selected range, {since} to {until}" in text_of(ranged)
+        assert len(re.findall(r'class="bar"', ranged[ranged.index('class="only-narrow"'):])) >= 8 * 5
+        main_only = dom(tmp_path, f"{base}/?since={since}&until={until}&kind=main", home)
+        assert card_figures(main_only, "total-range") == report_figures(
+            home, "--since", since, "--until", until, "--kind", "main")
+        assert "kind <b>main</b>" in main_only and '<option selected="">main</option>' in main_only
+
+        # every top-list row is a link to the view it narrows to, keeping the range and filters
+        model_link, model = re.search(r'<section id="top-model">.*?<td><a href="([^"]+)">([^<]+)</a>', main_only,
+                                      re.S).groups()
+        assert all(part in unescape(model_link) for part in (f"since={since}", f"until={until}", "kind=main"))
+        by_model = dom(tmp_path, base + unescape(model_link), home)
+        assert card_figures(by_model, "total-range") == report_figures(
+            home, "--since", since, "--until", until, "--kind", "main", "--model", model)
+        skill_link = re.search(r'<section id="top-skill">.*?<td><a href="([^"]+)">', home_page, re.S).group(1)
+        assert unescape(skill_link) == "/calls?skill=menu"  # the skill list: the calls that carried it
+        assert dom(tmp_path, base + "/calls?skill=menu", home).count('href="/capture/') > 10
+
+        # the exports give what is shown, in `report`'s shape
+        export = re.search(r'<section id="chart"><h2>.*?href="(/report\.json[^"]+)"', main_only, re.S).group(1)
+        shown = json.loads(re.search(r"<pre[^>]*>(.*?)</pre>", dom(tmp_path, base + unescape(export), home),
+                                     re.S).group(1).replace("&amp;", "&"))
+        assert shown == json.loads(run_cli(home, "report", "--by", "day,bucket", "--since", since, "--until", until,
+                                           "--kind", "main", "--json").stdout)
+        status, body = viewer_get(daemon, f"/report.csv?by=model&since={since}&until={until}")
+        assert status == 200 and body == run_cli(home, "report", "--by", "model", "--since", since, "--until", until,
+                                                 "--csv").stdout
+        status, body = viewer_get(daemon, f"/calls.csv?since={replayed}")
+        rows = list(csv.DictReader(io.StringIO(body)))
+        assert status == 200 and len(rows) == calls and {"input_side_tokens", "cache_read_tokens"} <= set(rows[0])
+
+        # a session by the start of its id; a call's request folded by bucket
+        session = dom(tmp_path, f"{base}/session/{SUBAGENT_SESSION[:8]}", home)
         assert "<polyline" in session and "cumulative cost" in session
+        assert f'<h1 id="session-label">{SUBAGENT_PROMPT}</h1>' in session
         assert 'class="group"' in session and session.count('class="sub"') == 3
-        session_cost = json.loads(run_cli(home, "report", "--session", SUBAGENT_SESSION, "--json").stdout)
+        session_cost = json.loads(run_cli(home, "report", "--session", SUBAGENT_SESSION[:8], "--json").stdout)
         assert f"${session_cost['total']['cost_usd']:,.4f}" in text_of(session)
-
         capture_id = re.search(r"/capture/([0-9a-f-]+)\">subagent", session).group(1)
-        call = dom(tmp_path, f"{base}/capture/{capture_id}", home)
-        words = text_of(call)
-        assert "Tokens and cost" in words and "cache write, 5 min" in words and "would have cost" in words
-        assert 'class="buckets"' in call and 'class="share"' in call and "painted by bucket" in words
-
-        docs = tmp_path / "shots"
-        docs.mkdir()
-        assert screenshot(tmp_path, base + "/", home, docs / "dashboard.png", 1280, 2000) == (1280, 2000)
-        assert screenshot(tmp_path, base + "/", home, docs / "phone.png", 390, 1600) == (390, 1600)
-        assert screenshot(tmp_path, f"{base}/session/{SUBAGENT_SESSION}", home, docs / "session.png", 390, 1600)[0] == 390
+        words = text_of(dom(tmp_path, f"{base}/capture/{capture_id}", home))
+        assert f"session {SUBAGENT_PROMPT[:59]}\u2026 inventory-sync" in words  # the call page names its session
+        assert "Tokens and cost" in words and "cache write 5m" in words and "would have cost" in words
+        largest = max((c for c in json.loads(viewer_get(daemon, f"/calls.json?since={replayed}")[1])),
+                      key=lambda c: c["request_chars"])
+        call = dom(tmp_path, f"{base}/capture/{largest['capture_id']}", home)
+        folds = re.findall(r'<details class="part" id="(part-\d+)"[^>]*?( open="")?>', call)
+        assert len(folds) >= 10 and sum(1 for _, opened in folds if not opened) >= 3  # the long parts folded
+        assert {f"#{part}" for part, _ in folds} == set(re.findall(r'href="(#part-\d+)"', call))  # the jump list
+        assert "tools_builtin" in text_of(call[call.index('id="jump"'):])
+        unfolded = dom(tmp_path, f"{base}/capture/{largest['capture_id']}?unfold=1", home)
+        assert unfolded.count(' open="">') == len(folds)
+        screenshot(tmp_path, f"{base}/capture/{largest['capture_id']}", home, shots / "call.png", 1280, 2400)
+        screenshot(tmp_path, f"{base}/session/{SUBAGENT_SESSION}", home, shots / "session-phone.png", 390, 1600)
     finally:
         assert daemon.stop() == 0
     daemon = DaemonProcess(home, upstream.url)
     try:  # a restart empties nothing
         base = f"http://127.0.0.1:{daemon.state['ports']['viewer']}"
-        assert dashboard_totals(dom(tmp_path, base + "/", home)) == dashboard_totals(home_page)
-        assert f"/capture/{capture_id}" in dom(tmp_path, base + "/calls", home)
+        again = dom(tmp_path, base + "/", home)
+        for card in ("total-today", "total-last-7-days", "total-last-30-days"):
+            assert card_figures(again, card) == card_figures(home_page, card)
+        assert f"/capture/{capture_id}" in dom(tmp_path, f"{base}/calls?kind=subagent", home)
     finally:
         assert daemon.stop() == 0

@@ -87,7 +87,7 @@ def test_kill_9_after_calls_then_restart_ships_the_same_ids_replay_derives(home,
         opik.up()
         daemon = DaemonProcess(home, upstream.url, **env)
         try:
-            replayed = run_cli(home, "replay")
+            replayed = run_cli(home, "replay", "--records")
             assert replayed.returncode == 0, replayed.stderr
             expected = {json.loads(line)["body"]["id"] for line in replayed.stdout.splitlines()}
             wait_for(lambda: expected <= opik.ids(), timeout_s=20, what="every record at Opik after the restart")

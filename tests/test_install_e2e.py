@@ -15,7 +15,7 @@ import pytest
 
 from opik_cipx.control.claude_settings import MANAGED_MARKER
 from tests.conftest import REPO, wait_for
-from tests.lifecycle_helpers import SESSION_START, Machine, machine_with_upstream, wait_gone  # noqa: F401
+from tests.lifecycle_helpers import SESSION_START, Machine, wait_gone
 
 USER_SETTINGS = {"model": "opus", "permissions": {"allow": ["Bash(git status)"]}, "env": {"DISABLE_TELEMETRY": "1"}}
 
@@ -85,11 +85,15 @@ def test_install_sync_status_request_and_a_noop_sync(installed, upstream):
     assert post(m.port) == 200
     assert upstream.seen and upstream.seen[-1].path == "/v1/messages"
     wait_for(lambda: m.stats()["counters"]["requests_captured"] == 1, what="requests_captured == 1")
-    assert "requests_captured" in installed("status").stdout
+    assert "requests_captured" in installed("status", "--verbose").stdout  # counters of work done: --verbose
 
     settings_bytes = m.settings_path.read_bytes()
     doc = json.loads(settings_bytes)
-    assert doc == {**USER_SETTINGS, "env": {"DISABLE_TELEMETRY": "1", "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{m.port}"}}
+    launcher = m.claude_dir / "hooks" / "opik-cipx-hook-launcher"
+    hooks = {event: [{"hooks": [{"type": "command", "command": f"{launcher} {event}", "timeout": 60}]}]
+             for event in ("SessionStart", "UserPromptSubmit")}
+    assert doc == {**USER_SETTINGS, "env": {"DISABLE_TELEMETRY": "1", "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{m.port}"},
+                   "hooks": hooks}
     assert settings_bytes.decode() == json.dumps(doc, indent=2) + "\n"
 
     hook = SESSION_START.read_text()
@@ -149,7 +153,9 @@ def test_restart_and_sync_pick_up_a_new_pyz(installed, tmp_path):
 def test_kill_9_is_reported_by_status_and_repaired_by_sync(installed):
     m = installed.m
     assert installed.install().returncode == 0
-    pid = m.state()["pid"]
+    pid, supervisor = m.state()["pid"], m.supervisor()["pid"]
+    os.kill(supervisor, signal.SIGKILL)  # first: it would start the daemon again at once (tests/test_supervision.py)
+    wait_gone(supervisor)
     os.kill(pid, signal.SIGKILL)
     wait_gone(pid)
     status = installed("status")
@@ -167,7 +173,8 @@ def test_kill_switch_points_claude_code_straight_at_anthropic(installed):
     assert result.returncode == 0 and result.stdout == ""
     wait_gone(pid)
     assert m.state() is None
-    assert m.settings() == USER_SETTINGS  # no ANTHROPIC_BASE_URL: Claude Code goes to api.anthropic.com
+    # no ANTHROPIC_BASE_URL: Claude Code goes to api.anthropic.com; our hooks stay, to bring it back when switched on
+    assert {k: v for k, v in m.settings().items() if k != "hooks"} == USER_SETTINGS
     assert installed("proxy", CIPX_DISABLED="1").returncode == 0  # the backstop
     assert installed("status").returncode == 0 and "not running" in installed("status").stdout
 
@@ -270,7 +277,8 @@ def test_a_fresh_home_finds_opik_cipx_in_a_new_login_shell_and_uninstall_leaves_
     assert gone.returncode == 0, gone.stderr
     assert f"removed {link}" in gone.stdout
     wait_gone(pid)
-    assert f"removed {m.settings_path} (left empty)" in gone.stdout and f"removed {m.claude_dir} (left empty)" in gone.stdout
+    assert f"removed {m.settings_path} (left empty)" in gone.stdout
+    assert f"removed {m.claude_dir} (left empty)" in gone.stdout
     # the link and the directories made for it, the executable, the state, Claude Code's settings: nothing of ours
     assert files_and_links(m.user_home) == before
     assert login_shell(m, "command -v opik-cipx").returncode != 0

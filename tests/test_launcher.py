@@ -12,7 +12,7 @@ import pytest
 from opik_cipx import __version__
 from opik_cipx.control.claude_settings import MANAGED_MARKER
 from tests.conftest import REPO
-from tests.lifecycle_helpers import SESSION_START, machine, wait_gone  # noqa: F401 - fixture
+from tests.lifecycle_helpers import SESSION_START, wait_gone
 
 LAUNCHER = REPO / "scripts" / "opik-cipx-hook-launcher"
 no_system_copy = pytest.mark.skipif(Path("/usr/local/bin/opik-cipx").exists(),
@@ -91,7 +91,8 @@ def test_path_executable_gets_sync_and_the_hook_stdin_whatever_the_event(tmp_pat
     fake = bin_dir / "opik-cipx"
     fake.write_text(f'#!/bin/sh\necho "$@" > {record}\n{shutil.which("cat")} >> {record}\necho noise\nexit 3\n')
     fake.chmod(0o755)
-    result = launch(root, {"PATH": str(bin_dir), "HOME": str(tmp_path)}, '{"session_id": "s"}', event="UserPromptSubmit")
+    result = launch(root, {"PATH": str(bin_dir), "HOME": str(tmp_path)}, '{"session_id": "s"}',
+                    event="UserPromptSubmit")
     assert result.returncode == 0  # even though the executable failed
     assert result.stdout == ""  # never model context
     assert record.read_text() == 'sync\n{"session_id": "s"}'
@@ -185,7 +186,7 @@ def test_plugin_manifests():
     assert entry["name"] == "opik-cipx" and entry["source"] == "./" and entry["version"] == __version__
     hooks = json.loads((REPO / "hooks" / "hooks.json").read_text())["hooks"]
     assert set(hooks) == {"SessionStart", "UserPromptSubmit"}
-    for event, groups in hooks.items():
+    for groups in hooks.values():
         [group] = groups
         [hook] = group["hooks"]
         assert hook["type"] == "command"

@@ -3,6 +3,8 @@
 docs/ARCHITECTURE.md, "Layout": a module imports from the basics, from its own stage and from
 stages before it; never from a later stage, never from `commands/` or an entry point. The
 basics import only each other. A new top-level module has to be a basic or an entry point.
+No class in the package is over `MAX_CLASS_LINES` lines, no function over `MAX_FUNCTION_LINES`
+(docs/DEVELOPING.md, "Style").
 """
 
 import ast
@@ -16,6 +18,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "opik_cipx"
 STAGES = ("wire", "store", "materialize", "ledger", "ship", "views", "control", "commands")
 BASICS = frozenset({"clock", "config", "home", "ids", "logs", "outbound", "stats", "telemetry", "urls", "worker"})
 ENTRY_POINTS = frozenset({"cli", "daemon", "__main__"})
+MAX_CLASS_LINES = 400
+MAX_FUNCTION_LINES = 80
 
 
 def place(module: str) -> str:
@@ -152,7 +156,8 @@ def test_every_reference_to_the_architecture_names_a_section():
         if line.startswith("#")
     }
     pattern = re.compile(r'ARCHITECTURE\.md[,:]?\s+(?:\(|section\s+)?"([^"]+)"')
-    sources = [*PACKAGE.rglob("*.py"), *(root / "tests").rglob("*.py"), *(root / "docs").glob("*.md"), root / "README.md"]
+    sources = [*PACKAGE.rglob("*.py"), *(root / "tests").rglob("*.py"), *(root / "docs").glob("*.md"),
+               root / "README.md"]
     missing = [
         f"{path.relative_to(root)}: {name}"
         for path in sources
@@ -161,3 +166,60 @@ def test_every_reference_to_the_architecture_names_a_section():
     ]
     assert missing == []
     assert len(headings) > 5
+
+
+def oversized(source: str) -> list[str]:
+    """`line name: N lines` for each class over `MAX_CLASS_LINES` and each function (methods and
+    nested functions included) over `MAX_FUNCTION_LINES` in `source`; a definition's lines run
+    from its first decorator to its last line, comments and docstring included."""
+    out = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                name = f"{prefix}{child.name}"
+                first = min([child.lineno, *(d.lineno for d in child.decorator_list)])
+                lines = child.end_lineno - first + 1
+                limit = MAX_CLASS_LINES if isinstance(child, ast.ClassDef) else MAX_FUNCTION_LINES
+                if lines > limit:
+                    out.append(f"{first} {name}: {lines} lines (at most {limit})")
+                visit(child, f"{name}.")
+            else:
+                visit(child, prefix)
+
+    visit(ast.parse(source), "")
+    return out
+
+
+def test_no_class_or_function_is_too_long():
+    problems = []
+    for module, path in package_modules():
+        problems += [f"{module}:{problem}" for problem in oversized(path.read_text(encoding="utf-8"))]
+    assert problems == []
+
+
+def _function(name: str, lines: int, indent: str = "") -> str:
+    """A function of exactly `lines` lines."""
+    return f"{indent}def {name}():\n" + f"{indent}    pass\n" * (lines - 1)
+
+
+def _class(name: str, lines: int) -> str:
+    """A class of exactly `lines` lines (methods of at most 10 lines)."""
+    body, left = [], lines - 1
+    while left:
+        body.append(_function(f"m{len(body)}", min(left, 10), "    "))
+        left -= min(left, 10)
+    return f"class {name}:\n" + "".join(body)
+
+
+def test_size_limits_count_from_the_decorator_to_the_last_line():
+    classes, functions = f"(at most {MAX_CLASS_LINES})", f"(at most {MAX_FUNCTION_LINES})"
+    assert oversized(_class("Big", MAX_CLASS_LINES) + _function("long", MAX_FUNCTION_LINES)) == []
+    assert oversized(_class("Big", MAX_CLASS_LINES + 1)) == [f"1 Big: {MAX_CLASS_LINES + 1} lines {classes}"]
+    decorated = "@decorated\n" + _function("long", MAX_FUNCTION_LINES)
+    assert oversized(decorated) == [f"1 long: {MAX_FUNCTION_LINES + 1} lines {functions}"]
+    method = "class Small:\n" + _function("long", MAX_FUNCTION_LINES + 1, "    ")
+    assert oversized(method) == [f"2 Small.long: {MAX_FUNCTION_LINES + 1} lines {functions}"]
+    nested = "def outer():\n" + _function("inner", MAX_FUNCTION_LINES + 1, "    ")
+    assert oversized(nested) == [f"1 outer: {MAX_FUNCTION_LINES + 2} lines {functions}",
+                                 f"2 outer.inner: {MAX_FUNCTION_LINES + 1} lines {functions}"]

@@ -52,6 +52,8 @@ def test_report_totals_equal_the_spans_and_survive_a_restart(home, upstream):
             assert doc["total"]["calls"] == calls
         assert {row["session"] for row in before[("--by", "session")]["rows"]} == {
             json.loads(p.read_text())["session_id"] for p in (home / "sessions").glob("*.json")}
+        assert all(row["session_label"] and row["session_project"] and row["session_started_at"]
+                   for row in before[("--by", "session")]["rows"])  # each session as people know it
         assert daemon.counter("ledger_write_errors") == 0
     finally:
         assert daemon.stop() == 0
@@ -61,6 +63,20 @@ def test_report_totals_equal_the_spans_and_survive_a_restart(home, upstream):
         assert reports(home) == before  # restarted: the ledger is not emptied
     finally:
         assert daemon.stop() == 0
+
+
+def test_without_content_capture_sessions_are_known_by_project_and_start_only(home, upstream):
+    write_session_files(home / "sessions")
+    daemon = DaemonProcess(home, upstream.url, CIPX_CAPTURE_CONTENT="false")
+    try:
+        calls = replay_scenario(daemon, upstream, "subagent")
+        wait_for(lambda: daemon.counter("events_materialized") == calls, timeout_s=30, what="every call materialized")
+    finally:
+        assert daemon.stop() == 0
+    (row,) = json.loads(run_cli(home, "report", "--by", "session", "--json").stdout)["rows"]
+    assert row["session_label"] is None and row["session_project"] == "/home/dev/code/inventory-sync"
+    assert row["session_started_at"]
+    assert b"survey" not in b"".join(p.read_bytes() for p in home.glob("ledger.db*"))  # the prompt is nowhere in it
 
 
 def test_kill_9_mid_write_then_rematerializing_counts_nothing_twice(home, upstream):
@@ -80,7 +96,7 @@ def test_kill_9_mid_write_then_rematerializing_counts_nothing_twice(home, upstre
         for _ in range(2):
             rebuilt = run_cli(home, "replay", "--ledger")
             assert rebuilt.returncode == 0, rebuilt.stderr
-        printed = run_cli(home, "replay")
+        printed = run_cli(home, "replay", "--records")
         records = [json.loads(line)["body"] for line in printed.stdout.splitlines()]
         llm = {r["id"]: r.get("total_estimated_cost") or 0.0 for r in records if r.get("type") in ("llm", "general")}
         assert len(llm) >= written  # every call already in the ledger has its capture stored

@@ -12,7 +12,6 @@ import tomllib
 from opik_cipx.config import load_settings
 from tests.claude_code_corpus import write_session_files
 from tests.conftest import REPO, wait_for
-from tests.lifecycle_helpers import machine_with_upstream  # noqa: F401 - fixture
 from tests.test_end_to_end import replay_scenario
 
 README = (REPO / "README.md").read_text()
@@ -20,7 +19,8 @@ README = (REPO / "README.md").read_text()
 TABLE_RUNS = {
     "status": [("status",), ("status", "--json")],
     "viewer": [("viewer",)],
-    "report": [("report",), ("report", "--by", "session", "--json"), ("report", "--by", "mcp", "--csv")],
+    "report": [("report",), ("report", "--by", "session", "--json"), ("report", "--by", "mcp", "--csv"),
+               ("report", "--by", "cache_break")],
     "prices": [("prices",), ("prices", "--json")],
     "statusline": [("statusline",)],
     "sync": [("sync",)],
@@ -28,7 +28,7 @@ TABLE_RUNS = {
     "logs": [("logs", "-n", "5", "--no-follow")],
     "config": [("config", "--example")],
     "ship": [("ship", "--retry-quarantine")],
-    "replay": [("replay", "--ledger"), ("replay", "--out", "{tmp}/records.jsonl")],
+    "replay": [("replay",), ("replay", "--ledger"), ("replay", "--out", "{tmp}/records.jsonl")],
     "purge": [("purge", "--yes")],
     "uninstall": [("uninstall", "--yes")],
 }
@@ -95,11 +95,11 @@ def test_every_command_readme_shows_runs_on_a_fresh_machine(machine_with_upstrea
     assert ["viewer", "--open"] in ran and ["restart"] in ran
     report = m.cli("report", "--json")
     assert json.loads(report.stdout)["total"]["calls"] == calls
-    for name, runs in TABLE_RUNS.items():
+    for runs in TABLE_RUNS.values():
         for argv in runs:
             result = m.cli(*(arg.format(tmp=tmp_path) for arg in argv), **env)
             assert result.returncode == 0, (argv, result.stdout, result.stderr)
             if argv == ("viewer",):
-                assert "/?token=" in result.stdout
+                assert "/?signin=" in result.stdout
     assert (tmp_path / "records.jsonl").stat().st_size > 0
     assert not m.home.exists()  # uninstall ran last

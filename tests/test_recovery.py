@@ -137,8 +137,8 @@ def test_the_corpus_through_three_kill_9s_with_opik_down_arrives_once_and_whole(
             send(daemon, upstream, scenario, numbers)
             sent += len(numbers)
             if kill:
-                wait_for(lambda: (s := daemon.stats())["materializer"]["ready_raw"] == 0
-                         and s["counters"]["requests_captured"] == sent, what="the calls in the capture log")
+                wait_for(lambda: (s := daemon.stats())["materializer"]["ready_raw"] == 0  # noqa: B023 - waited on here
+                         and s["counters"]["requests_captured"] == sent, what="the calls in the capture log")  # noqa: B023
                 daemon.kill()
                 daemon = DaemonProcess(home, upstream.url, **opik_env(opik))
                 sent = 0
@@ -174,11 +174,12 @@ def test_the_corpus_through_three_kill_9s_with_opik_down_arrives_once_and_whole(
     for trace_id, versions in traces.items():  # the final version carries the turn's last answer
         answers = [s for s in sorted(llm, key=lambda s: s["start_time"])
                    if s["trace_id"] == trace_id and s["metadata"]["cc"]["call"]["kind"] in ("main", "compaction")
-                   and any(b.get("type") == "text" and b.get("text") for b in (s.get("output") or {}).get("content", []))]
+                   and any(b.get("type") == "text" and b.get("text")
+                           for b in (s.get("output") or {}).get("content", []))]
         if answers:
             text = "\n".join(b["text"] for b in answers[-1]["output"]["content"] if b.get("type") == "text")
             assert newest(versions)["output"] == {"response": text}
-    replayed = run_cli(home, "replay")
+    replayed = run_cli(home, "replay", "--records")
     assert replayed.returncode == 0, replayed.stderr
     assert {json.loads(line)["body"]["id"] for line in replayed.stdout.splitlines()} == set(received)
 

@@ -91,7 +91,8 @@ def test_status_words_for_each_setting(tmp_path):
     dsn = "https://k@o7.ingest.sentry.io/3"
     assert describe(settings_for(tmp_path, CIPX_SENTRY_DSN=dsn, CIPX_SENTRY="off")) == (False, OFF_SWITCH)
     enabled, reason = describe(settings_for(tmp_path, CIPX_SENTRY_DSN=dsn))
-    assert enabled and reason == "on (CIPX_SENTRY_DSN: error reports go to o7.ingest.sentry.io; CIPX_SENTRY=off stops them)"
+    assert enabled
+    assert reason == "on (CIPX_SENTRY_DSN: error reports go to o7.ingest.sentry.io; CIPX_SENTRY=off stops them)"
 
 
 def test_status_readme_skill_and_docs_tell_one_story():
@@ -162,7 +163,7 @@ def test_a_failing_endpoint_is_retried_a_bounded_number_of_times_then_dropped(se
     reporter = reporter_for(sentry.dsn(), clock)
     log_error()
     for wait_s in telemetry.RETRY_WAITS_S:  # each retry after its wait, on the reporter's clock
-        wait_for(lambda: clock.waiting(reporter.name) == wait_s, what=f"a retry waiting {wait_s}s")
+        wait_for(lambda: clock.waiting(reporter.name) == wait_s, what=f"a retry waiting {wait_s}s")  # noqa: B023 - waited on here
         clock.advance(wait_s)
     wait_for(lambda: reporter.section()["dropped"] == 1, what="the report dropped")
     assert sentry.posts == 1 + len(telemetry.RETRY_WAITS_S)

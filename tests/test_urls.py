@@ -13,7 +13,8 @@ def test_examples():
     assert strip_credentials("http://u:p@proxy:3128") == "http://proxy:3128"
     assert strip_credentials("ssh://git@host:22/x.git") == "ssh://host:22/x.git"
     assert strip_credentials("git@github.com:acme/api.git") == "git@github.com:acme/api.git"  # scp-style: no authority
-    assert strip_credentials("https://host/path@x?q=a@b") == "https://host/path@x?q=a@b"  # an @ after the authority stays
+    # an @ after the authority stays
+    assert strip_credentials("https://host/path@x?q=a@b") == "https://host/path@x?q=a@b"
     assert strip_credentials("https://host?q=a@b") == "https://host?q=a@b"
     assert strip_credentials("https://a@b@host/x") == "https://host/x"  # the last @ ends the userinfo
     assert strip_credentials("") == ""

@@ -1,6 +1,7 @@
-"""`opik-cipx install`: make this copy the installed executable and put `opik-cipx` on PATH.
+"""`opik-cipx install`: make this copy the installed executable, put `opik-cipx` on PATH, and
+give Claude Code the hooks that run `opik-cipx sync` (unless our plugin, which has its own, is enabled).
 
-install.sh runs it with the zipapp it built (or was given); `sync` does the same on its own
+install.sh runs it with the zipapp it built (or was given); `sync` does the first two on its own
 (control/install.py), so a plugin-only install gets a real executable on its first session.
 Starts nothing: `opik-cipx sync` does that.
 """
@@ -9,7 +10,7 @@ import argparse
 import os
 
 from opik_cipx.config import ConfigError, Settings
-from opik_cipx.control import install
+from opik_cipx.control import claude_settings, install
 from opik_cipx.control.daemon_control import paths_only_settings
 
 
@@ -33,4 +34,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     _, link_note = install.ensure_link(dest, env, settings.home)
     if link_note:
         print(f"opik-cipx: {link_note}")
+    if claude_settings.plugin_enabled(claude_settings.settings_files(env, None)):
+        print(f"opik-cipx: the Claude Code plugin {claude_settings.PLUGIN_ID} is enabled: its hooks run "
+              "`opik-cipx sync`, so none are added to your settings")
+        return 0
+    note, problem = install.ensure_hooks(settings, env, exe)
+    for line in (note, problem):
+        if line:
+            print(f"opik-cipx: {line}")
     return 0

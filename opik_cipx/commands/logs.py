@@ -8,6 +8,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import ConfigError, Settings
@@ -59,7 +60,8 @@ def run(args: argparse.Namespace, settings: Settings, clock: Clock = SYSTEM) -> 
     out = sys.stdout.buffer
     try:
         if not path.exists():
-            print(f"opik-cipx: no log yet at {path}: the daemon has not run here. Run `opik-cipx sync`.", file=sys.stderr)
+            print(f"opik-cipx: no log yet at {path}: the daemon has not run here. Run `opik-cipx sync`.",
+                  file=sys.stderr)
             _startup_errors(settings)
             return 1
         text, offset = last_lines(path, args.lines)
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace, settings: Settings, clock: Clock = SYSTEM) -> 
     return 0
 
 
-def _follow(path: Path, offset: int, out, clock: Clock) -> None:
+def _follow(path: Path, offset: int, out: BinaryIO, clock: Clock) -> None:
     fh = open(path, "rb")
     fh.seek(offset)
     inode = os.fstat(fh.fileno()).st_ino

@@ -32,6 +32,7 @@ COLUMNS = ("input", "5m write", "1h write", "cache read", "output", "fast")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the table and the unknown ids as one JSON object")
+    parser.set_defaults(config_keys=("prices",))  # reads the price overrides alone (cli.py)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -101,7 +102,8 @@ def _rates_json(rates: Rates) -> dict[str, Any]:
         "effective_from": rates.effective_from,
         "rates": rates.rates,
         "fast_multiplier": rates.fast_multiplier,
-        "tiers": [{"name": t.name, "above_prompt_tokens": t.above_prompt_tokens, "rates": t.rates} for t in rates.tiers],
+        "tiers": [{"name": t.name, "above_prompt_tokens": t.above_prompt_tokens, "rates": t.rates}
+                  for t in rates.tiers],
     }
 
 

@@ -16,7 +16,8 @@ def _port(raw: str) -> int:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=_port, help="Claude Code listener port (default: ports.json, 9909; 0 = any free)")
+    parser.add_argument("--port", type=_port,
+                        help="Claude Code listener port (default: ports.json, 9909; 0 = any free)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace, settings: Settings, clock: Clock = SYSTEM) -> 
         print(f"opik-cipx: {moved} record(s) handed back from the quarantine; the daemon ships them when it starts "
               "(`opik-cipx sync` starts it)")
         return 0
-    opik = stats.get("opik") if isinstance(stats.get("opik"), dict) else {}
+    opik = found if isinstance(found := stats.get("opik"), dict) else {}
     if not opik.get("configured"):
         print(f"opik-cipx: {moved} record(s) handed back from the quarantine; they are shipped once Opik is "
               "configured (`opik-cipx status` says how)")

@@ -1,8 +1,10 @@
-"""`opik-cipx status [--json]`: a read-only snapshot of the running daemon.
+"""`opik-cipx status [--verbose] [--json]`: a read-only snapshot of the running daemon.
 
-Reads `state.json`, then `GET /admin/stats` (docs/ARCHITECTURE.md, "Admin stats"). Exit 0 when the
-daemon is up or simply not running; exit 1 when `state.json` names a pid whose admin listener
-does not answer (crashed, killed or wedged). Never starts, stops or writes anything.
+Reads `state.json`, then `GET /admin/stats` (docs/ARCHITECTURE.md, "Admin stats"). It leads with
+health (`healthy`, or how many `!` lines follow) and today's cost; problem counters show only
+when not zero; `--verbose` adds the listeners, the queue, every counter and the materializer.
+Exit 0 when the daemon is up or simply not running; exit 1 when `state.json` names a pid whose
+admin listener does not answer (crashed, killed or wedged). Never starts, stops or writes anything.
 """
 
 import argparse
@@ -16,6 +18,7 @@ from typing import Any
 from opik_cipx.config import ConfigError, Settings
 from opik_cipx.control import claude_settings, lifecycle
 from opik_cipx.control.daemon_control import admin_port, fetch_stats, paths_only_settings, pid_alive, read_state
+from opik_cipx.control.supervisor import Supervisor, SupervisorError, detect_mode
 from opik_cipx.home import disk_full_or_read_only, layout_notes
 from opik_cipx.materialize.rate_limits import warning
 from opik_cipx.ship.destination import NOT_CONFIGURED
@@ -51,6 +54,8 @@ PROBLEM_HINTS = {
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the raw /admin/stats document")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="also the listeners, the spool's queue, every counter and the materializer")
     parser.set_defaults(on_config_error=on_config_error)
 
 
@@ -67,8 +72,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(json.dumps({"running": False}))
         else:
             print("opik-cipx: not running — run `opik-cipx sync` to start it")
-            print(f"  claude code  {pointing}")
             print(f"  today        {today_line(settings)}")
+            print(f"  claude code  {pointing}")
+            if supervision := supervision_line(settings, running=False):
+                print(f"  supervisor   {supervision}")
             for line in quarantine_lines(quarantine_counts(settings.spool_dir)):
                 print(line)
             for note in layout_notes(settings.home):
@@ -86,14 +93,26 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"opik-cipx: state.json names pid {pid}, but its admin listener (127.0.0.1:{port}) does not answer: "
               f"{why}. Run `opik-cipx restart` (or `opik-cipx sync`); `opik-cipx logs` shows what happened.",
               file=sys.stderr)
+        if (supervision := supervision_line(settings, running=False)).startswith("!"):  # it gave up, say
+            print(f"  supervisor   {supervision}", file=sys.stderr)
         if args.json:
             print(json.dumps({"running": False, "wedged": True, "pid": pid}))
         return 1
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
     else:
-        print(render(stats, settings, pointing, today=today_line(settings)))
+        print(render(stats, settings, pointing, today=today_line(settings), verbose=args.verbose,
+                     supervision=supervision_line(settings, running=True)))
     return 0
+
+
+def supervision_line(settings: Settings, running: bool) -> str:
+    """What supervises the daemon and what happens when it dies (control/supervisor.py)."""
+    env = dict(os.environ)
+    try:
+        return Supervisor(detect_mode(env), settings, env).describe(running)
+    except SupervisorError as exc:
+        return f"! {exc}"
 
 
 def today_line(settings: Settings, now_ns: int | None = None) -> str:
@@ -122,7 +141,8 @@ def today_line(settings: Settings, now_ns: int | None = None) -> str:
     except SchemaError as exc:
         return f"! {exc}"
     except (sqlite3.Error, OSError) as exc:
-        return (f"! cannot read {settings.ledger_path} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return (f"! cannot read {settings.ledger_path} ({why}): "
                 "`opik-cipx logs` may say why; `opik-cipx replay --ledger` rebuilds it from the stored captures")
     line = f"{total['calls']} call(s), ${total['cost_usd'] or 0:,.4f}"
     if unpriced := unpriced_note(total.get("unpriced_calls") or 0):
@@ -206,74 +226,114 @@ def unknown_model_lines(section: dict[str, Any]) -> list[str]:
 
 
 def render(stats: dict[str, Any], settings: Settings, claude_code: str = "", now: float | None = None,
-           today: str = "") -> str:
-    """The admin stats as the human-readable report; every `!` line names what fixes it."""
+           today: str = "", verbose: bool = False, supervision: str = "") -> str:
+    """The admin stats as the human-readable report: health and today's cost first, then what
+    needs doing, every `!` line naming what fixes it; the listeners, queue, every counter and
+    the materializer only `verbose`. `supervision`: what starts the daemon again if it dies: shown
+    always when it is a problem (`!`), else only `verbose`."""
     now = time.time() if now is None else now
     def section(name: str) -> dict[str, Any]:
         value = stats.get(name)
         return value if isinstance(value, dict) else {}
 
-    listeners, queue, wal = section("listeners"), section("queue"), section("wal")
-    counters, materializer = section("counters"), section("materializer")
-    paths = {"config": settings.config_path, "captures": settings.captures_dir}
-    out = [f"opik-cipx {stats.get('version', '?')}: running (pid {stats.get('pid', '?')})"]
-    for name in ("claude_code", "admin", "viewer"):
-        out.append(f"  {name:<12} {listeners.get(name) or 'not listening'}")
-    out.append(f"  {'uptime':<12} {duration(stats.get('uptime_s') or 0)} (since {stats.get('started_at', '?')})")
-    out.append(f"  {'upstream':<12} {_upstream(section('upstream'))}")
-    out.append(f"  {'project':<12} {stats.get('project') or '(not set)'}")
-    if claude_code:
-        out.append(f"  {'claude code':<12} {claude_code}")
+    listeners = section("listeners")
+    out = [f"  {label:<12} {value}" for label, value in (("today", today), ("claude code", claude_code)) if value]
+    leading = len(out)  # their problems are counted below, not by their `!`
+    if supervision.startswith("!"):
+        out.append(f"  {'supervisor':<12} {supervision}")
+    if verbose:
+        for name in ("claude_code", "admin", "viewer"):
+            out.append(f"  {name:<12} {listeners.get(name) or 'not listening'}")
+        out.append(f"  {'uptime':<12} {duration(stats.get('uptime_s') or 0)} (since {stats.get('started_at', '?')})")
+        out.append(f"  {'upstream':<12} {_upstream(section('upstream'))}")
+        out.append(f"  {'project':<12} {stats.get('project') or '(not set)'}")
+        if supervision and not supervision.startswith("!"):
+            out.append(f"  {'supervisor':<12} {supervision}")
     lock = stats.get("home_lock")
     if isinstance(lock, dict) and not lock.get("held", True):
         out.append(f"  ! home lock not held ({lock.get('error') or 'unknown reason'}): a second "
                    f"`opik-cipx proxy` on this home would not be refused; free disk space or fix {settings.home}, "
                    "then `opik-cipx restart`")
-    if today:
-        out.append(f"  {'today':<12} {today}")
-    out.extend(rate_limit_lines(section("rate_limits"), now))
-    out += [f"  ! {note}" for note in section("home").get("layout") or []]
+    top, out = out, [f"  ! {note}" for note in section("home").get("layout") or []]
     home_problems = section("home").get("problems") or []
     if home_problems:
         out.append("degraded: the disk under CIPX_HOME refuses writes (full or read-only?); the proxy still runs")
         out += [f"  ! {problem}" for problem in home_problems]
-    out.append("queue")
-    out.append(f"  {'in-memory':<12} {queue.get('in_memory', 0)}")
-    out.append(f"  {'ready':<12} {queue.get('ready', 0)}")
-    out.append(f"  {'inflight':<12} {queue.get('inflight', 0)}")
-    out.append(f"  {'wal hot':<12} {size(wal.get('hot_bytes'))} in {wal.get('segments', 0)} segment(s)")
-    out.append(f"  {'last commit':<12} {age(wal.get('last_sync_at'), now)}")
-    if wal.get("degraded") or wal.get("last_write_error"):
-        out.append(f"  ! spool degraded: writing {settings.spool_dir} fails ({wal.get('last_write_error') or 'no detail'}); "
-                   "records wait in memory and are written once it works: free disk space or fix that "
-                   "directory's permissions")
-    dropped_mem, dropped_disk = wal.get("dropped_events_inmem") or 0, wal.get("dropped_events_disk") or 0
-    if dropped_mem or dropped_disk:
-        out.append(f"  ! dropped records: {dropped_mem} in memory, {dropped_disk} on disk: get shipping to Opik "
-                   f"going, or raise spool.inmem_max / spool.max_mb in {settings.config_path} and run "
-                   "`opik-cipx restart`")
-    out.append("counters")
-    problems = []
-    for name in (*COUNTER_NAMES, *sorted(set(counters) - set(COUNTER_NAMES))):
-        value = counters.get(name, 0)
-        flagged = name in PROBLEM_COUNTERS and value
-        hint = PROBLEM_HINTS.get(name, "`opik-cipx logs` says why").format(**paths)
-        out.append(f"  {name:<28} {value:>8}" + (f"  ! {hint}" if flagged else ""))
-        if flagged:
-            problems.append(name)
-    out.append("materializer")
-    for name, meaning in (("ready_raw", "finished calls in memory, not yet in the capture log"),
-                          ("lag_events", "captures in the log, not yet materialized"),
-                          ("inflight_raw", "being materialized")):
-        out.append(f"  {name:<12} {materializer.get(name, 0):>8}  {meaning}")
+    out += queue_lines(section("queue"), section("wal"), settings, now, verbose)
+    counters, problems = counter_lines(section("counters"), settings, verbose)
+    out += counters
+    out += materializer_lines(section("materializer"), verbose)
     out.extend(unknown_model_lines(section("unknown_models")))
     out.extend(opik_lines(section("opik"), settings, now))
     out += quarantine_lines(section("opik"))
     out.extend(telemetry_lines(section("telemetry"), settings))
+    flagged = (sum(_flagged(line) for line in top[leading:] + out) + today.startswith("!")
+               + bool(claude_code and not claude_code.startswith("->")))
     if problems:
         out.append(f"! {len(problems)} problem counter(s) nonzero: {', '.join(problems)} — see "
                    f"{settings.logs_dir / 'cipx.log'}")
-    return "\n".join(out)
+    health = "healthy" if not flagged else f"{flagged} problem(s): each `!` line says what fixes it"
+    head = f"opik-cipx {stats.get('version', '?')}: running (pid {stats.get('pid', '?')}), {health}"
+    return "\n".join([head, *top, *rate_limit_lines(section("rate_limits"), now), *out])
+
+
+def _flagged(line: str) -> bool:
+    """A line that names a problem (and its fix): `! ...`, or `... ! ...` indented."""
+    return line.lstrip().startswith("!") or "  ! " in line
+
+
+def queue_lines(queue: dict[str, Any], wal: dict[str, Any], settings: Settings, now: float, verbose: bool) -> list[str]:
+    """The spool's queue (only `verbose`) and its problems (always)."""
+    out = []
+    if verbose:
+        out.append("queue")
+        out.append(f"  {'in-memory':<12} {queue.get('in_memory', 0)}")
+        out.append(f"  {'ready':<12} {queue.get('ready', 0)}")
+        out.append(f"  {'inflight':<12} {queue.get('inflight', 0)}")
+        out.append(f"  {'wal hot':<12} {size(wal.get('hot_bytes'))} in {wal.get('segments', 0)} segment(s)")
+        out.append(f"  {'last commit':<12} {age(wal.get('last_sync_at'), now)}")
+    problems = []
+    if wal.get("degraded") or wal.get("last_write_error"):
+        problems.append(f"  ! spool degraded: writing {settings.spool_dir} fails "
+                        f"({wal.get('last_write_error') or 'no detail'}); "
+                        "records wait in memory and are written once it works: free disk space or fix that "
+                        "directory's permissions")
+    dropped_mem, dropped_disk = wal.get("dropped_events_inmem") or 0, wal.get("dropped_events_disk") or 0
+    if dropped_mem or dropped_disk:
+        problems.append(f"  ! dropped records: {dropped_mem} in memory, {dropped_disk} on disk: get shipping to Opik "
+                        f"going, or raise spool.inmem_max / spool.max_mb in {settings.config_path} and run "
+                        "`opik-cipx restart`")
+    return out + (["spool"] if problems and not verbose else []) + problems
+
+
+def counter_lines(counters: dict[str, Any], settings: Settings, verbose: bool) -> tuple[list[str], list[str]]:
+    """The counters (`verbose`: all of them; else the problem counters that are not zero), each
+    problem with what fixes it; and the names of those problems."""
+    paths = {"config": settings.config_path, "captures": settings.captures_dir}
+    out, problems = [], []
+    for name in (*COUNTER_NAMES, *sorted(set(counters) - set(COUNTER_NAMES))):
+        value = counters.get(name, 0)
+        flagged = name in PROBLEM_COUNTERS and value
+        if flagged:
+            problems.append(name)
+        if flagged or verbose:
+            hint = PROBLEM_HINTS.get(name, "`opik-cipx logs` says why").format(**paths)
+            out.append(f"  {name:<28} {value:>8}" + (f"  ! {hint}" if flagged else ""))
+    return (["counters", *out] if out else []), problems
+
+
+def materializer_lines(materializer: dict[str, Any], verbose: bool) -> list[str]:
+    """What the materializer has yet to do (`verbose`: always; else only calls it is catching up on)."""
+    meanings = (("ready_raw", "finished calls in memory, not yet in the capture log"),
+                ("lag_events", "captures in the log, not yet materialized"),
+                ("inflight_raw", "being materialized"))
+    if verbose:
+        return ["materializer",
+                *(f"  {name:<12} {materializer.get(name, 0):>8}  {meaning}" for name, meaning in meanings)]
+    lag = materializer.get("lag_events") or 0
+    if not lag:
+        return []
+    return [f"materializer   catching up: {lag} capture(s) in the log, not yet materialized (lag_events)"]
 
 
 def rate_limit_lines(section: dict[str, Any], now: float) -> list[str]:
@@ -306,7 +366,8 @@ def rate_limit_lines(section: dict[str, Any], now: float) -> list[str]:
         line = f"  {name:<12} {', '.join(parts)}"
         if window.get("utilization") is not None and warning(window):
             threshold = window.get("surpassed_threshold")
-            why = f"past the {threshold:.0%} warning threshold" if threshold is not None else f"status {window.get('status')}"
+            why = (f"past the {threshold:.0%} warning threshold" if threshold is not None
+                   else f"status {window.get('status')}")
             line += f"  ! {why}"
         out.append(line)
     return out

@@ -9,7 +9,7 @@ This prints, from the ledger (read directly: the daemon may be down):
 - today's cost (the local day, every session);
 - the context used: the prompt of the session's latest main-loop call, of the window size
   Claude Code reports (its own `used_percentage` until the ledger has a main call);
-- the session's cache hit ratio (cache reads over all input-side tokens);
+- the session's cache hit ratio, `cache hit` (cache read over input side: docs/REPORTS.md, "Words");
 - each rate-limit window's utilization and time to reset (the latest values in the ledger;
   Claude Code's own `rate_limits` when it has none), `!` past a warning threshold.
 Coloured with ANSI (not with `NO_COLOR`), cut to `COLUMNS` (80): the least important parts go
@@ -21,7 +21,8 @@ before loading settings (bench/bench_statusline.py). It reads `$CIPX_HOME/ledger
 read-only and at that schema's version alone: only the daemon migrates the file, so a ledger of
 another version is a hint line.
 `--install` sets `statusLine` in `~/.claude/settings.json` to run the installed executable,
-only when none is set (or with `--force`); `uninstall` removes it when it is ours.
+only when none is set (or with `--force`, keeping the replaced one in `$CIPX_HOME/statusline-backup.json`);
+`uninstall` removes it when it is ours, and puts the replaced one back (control/claude_settings.py).
 """
 
 from __future__ import annotations  # argparse and Settings are imported by cli, never by the fast path
@@ -32,24 +33,32 @@ import sqlite3
 import sys
 import time
 
-from opik_cipx.ledger.figures import cache_hit  # imports nothing
+from opik_cipx.ledger.figures import CACHE_READ, CACHE_WRITE, UNCACHED, cache_hit  # imports nothing
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; type checkers take it as True
+if TYPE_CHECKING:
+    import argparse
+    from typing import TextIO
+
+    from opik_cipx.config import Settings
 
 DEFAULT_COLUMNS = 80
 SEPARATOR = " · "
 KNOWN_WINDOWS = ("5h", "7d")  # the subscription's own windows: shown before the others
 GREEN, YELLOW, RED, DIM, RESET = "\033[32m", "\033[33m", "\033[31m", "\033[2m", "\033[0m"
 BUSY_TIMEOUT_S = 0.2  # never hold Claude Code's repaint up behind a writer
-SCHEMA_VERSION = 3  # the ledger version whose tables this reads (ledger/schema.LATEST; a test keeps them equal)
+SCHEMA_VERSION = 4  # the ledger version whose tables this reads (ledger/schema.LATEST; a test keeps them equal)
 NO_CALLS = "opik-cipx: no calls recorded yet (`opik-cipx sync` routes Claude Code through it)"
 
 
-def configure(parser: argparse.ArgumentParser) -> None:  # noqa: F821
+def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--install", action="store_true",
                         help="set statusLine in ~/.claude/settings.json to this command (only when none is set)")
-    parser.add_argument("--force", action="store_true", help="with --install: replace a statusLine set by something else")
+    parser.add_argument("--force", action="store_true",
+                        help="with --install: replace a statusLine set by something else")
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:  # noqa: F821
+def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.install:
         return install(settings, args.force)
     if args.force:
@@ -58,7 +67,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:  # noqa: F821
     return main()
 
 
-def main(stdin=None, env: dict[str, str] | None = None, now: float | None = None) -> int:
+def main(stdin: TextIO | None = None, env: dict[str, str] | None = None, now: float | None = None) -> int:
     """Print the status line for the session on stdin; always 0."""
     env = dict(os.environ) if env is None else env
     stdin = sys.stdin if stdin is None else stdin
@@ -73,7 +82,7 @@ def main(stdin=None, env: dict[str, str] | None = None, now: float | None = None
     return 0
 
 
-def render(stdin, env: dict[str, str], now: float) -> str:
+def render(stdin: TextIO, env: dict[str, str], now: float) -> str:
     if stdin.isatty():
         return ("opik-cipx statusline: reads Claude Code's statusLine JSON on stdin; "
                 "`opik-cipx statusline --install` sets it up")
@@ -152,8 +161,7 @@ def read_ledger(path: str, session_id: str, now: float) -> dict:
     cost, unpriced, uncached, written, read = session
     return {
         "cost": cost, "unpriced": unpriced or 0, "today": today[0],
-        "cache_hit": cache_hit({"input_tokens": uncached, "cache_creation_input_tokens": written,
-                                "cache_read_input_tokens": read}),
+        "cache_hit": cache_hit({UNCACHED: uncached, CACHE_WRITE: written, CACHE_READ: read}),
         "context": context[0] if context else None,
         "windows": [{"name": n, "utilization": u, "resets_at": r, "warning": s in ("allowed_warning", "rejected")
                      or t is not None} for n, u, r, s, t in windows],
@@ -175,7 +183,7 @@ def _parts(doc: dict, figures: dict, now: float, color: bool) -> list[tuple[int,
         out.append((80, *paint(text, _level(share, 0.6, 0.85))))
     hit = figures["cache_hit"]
     if hit is not None:
-        out.append((50, *paint(f"cache {hit:.0%}", GREEN if hit >= 0.8 else YELLOW if hit >= 0.5 else RED)))
+        out.append((50, *paint(f"cache hit {hit:.0%}", GREEN if hit >= 0.8 else YELLOW if hit >= 0.5 else RED)))
     windows = figures["windows"] or _claude_code_windows(doc, now)
     order = sorted(windows, key=lambda w: (KNOWN_WINDOWS.index(w["name"]) if w["name"] in KNOWN_WINDOWS
                                            else len(KNOWN_WINDOWS), w["name"]))
@@ -190,7 +198,7 @@ def _parts(doc: dict, figures: dict, now: float, color: bool) -> list[tuple[int,
 
 
 def _context(doc: dict, figures: dict) -> tuple[str, float | None] | None:
-    window = doc.get("context_window") if isinstance(doc.get("context_window"), dict) else {}
+    window = found if isinstance(found := doc.get("context_window"), dict) else {}
     size = window.get("context_window_size")
     size = size if isinstance(size, (int, float)) and size > 0 else None
     used = figures["context"]
@@ -206,7 +214,7 @@ def _context(doc: dict, figures: dict) -> tuple[str, float | None] | None:
 
 def _claude_code_windows(doc: dict, now: float) -> list[dict]:
     """Claude Code's own `rate_limits` (five_hour, seven_day), when the ledger has none."""
-    limits = doc.get("rate_limits") if isinstance(doc.get("rate_limits"), dict) else {}
+    limits = found if isinstance(found := doc.get("rate_limits"), dict) else {}
     out = []
     for key, name in (("five_hour", "5h"), ("seven_day", "7d")):
         window = limits.get(key)
@@ -253,7 +261,7 @@ def _until(seconds: float) -> str:
     return f"{minutes}m" if minutes else f"{s}s"
 
 
-def install(settings: Settings, force: bool) -> int:  # noqa: F821
+def install(settings: Settings, force: bool) -> int:
     """Point Claude Code's `statusLine` at the installed executable."""
     from opik_cipx.control import claude_settings
     from opik_cipx.control.install import installed_path
@@ -265,7 +273,13 @@ def install(settings: Settings, force: bool) -> int:  # noqa: F821
               "first, then `opik-cipx statusline --install`", file=sys.stderr)
         return 1
     path = claude_settings.settings_path(env)
-    change = claude_settings.set_status_line(path, claude_settings.status_line_command(executable), force)
+    backup = settings.home / claude_settings.STATUS_LINE_BACKUP
+    try:
+        change = claude_settings.set_status_line(path, claude_settings.status_line_command(executable), force, backup)
+    except OSError as exc:
+        print(f"opik-cipx: cannot keep a backup of your statusLine in {backup} ({exc.strerror or exc}); nothing "
+              "changed", file=sys.stderr)
+        return 1
     if change.outcome == "unusable":
         print(f"opik-cipx: {path} is unusable ({change.detail}); fix that file, then run "
               "`opik-cipx statusline --install` again", file=sys.stderr)
@@ -276,4 +290,6 @@ def install(settings: Settings, force: bool) -> int:  # noqa: F821
         return 1
     said = {"set": "set", "kept": "already set", "replaced": "replaced the previous"}[change.outcome]
     print(f"opik-cipx: {said} statusLine in {path}: Claude Code shows the line from its next message")
+    if change.outcome == "replaced":
+        print(f"opik-cipx: yours is kept in {backup}; `opik-cipx uninstall` puts it back")
     return 0

@@ -10,8 +10,15 @@ model context) except, when the user must know something, one JSON object whose
   Anthropic directly (Claude Code read its settings before the hook ran);
 - at SessionStart, the running daemon uses other settings than this environment asks for
   (`state.json` holds a keyed digest per option, `config.settings_fingerprint`): which ones, and
-  how to apply them.
+  how to apply them;
+- the session that runs the hook goes through opik-cipx (its `ANTHROPIC_BASE_URL`, which Claude
+  Code passes to its hooks, is ours) while opik-cipx is down for good or switched off: that
+  session cannot reach Anthropic, and a new one would.
 Run by hand it reports on stdout and exits 1 when opik-cipx is not up.
+
+Where install.sh registered our hooks in Claude Code's settings, `sync` keeps the launcher copy
+and their commands current; run by one of them while our plugin is enabled for the session, it
+does nothing at all: the plugin's hook, which runs beside it, does the work.
 
 `CIPX_DISABLED` truthy (environment or config file) tears the install down instead.
 A config file that does not load never breaks Claude Code: a healthy daemon keeps running on
@@ -39,7 +46,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def on_config_error(args: argparse.Namespace, exc: ConfigError | str) -> int:
-    """A config file that does not load, or a `$CIPX_HOME` that cannot be used: keep a healthy daemon, else fail open."""
+    """A config file that does not load, or a `$CIPX_HOME` that cannot be used: keep a healthy daemon, else fail
+    open."""
     env = dict(os.environ)
     return sync(paths_only_settings(env), env, config_error=str(exc))
 
@@ -49,6 +57,11 @@ NEXT_SESSION_HOOK = ("set up: Claude Code's calls go through opik-cipx from your
                      "`opik-cipx status` shows what opik-cipx sees.")
 NEXT_SESSION = ("Claude Code sessions started from now on go through opik-cipx; a session that is already open "
                 "talks to Anthropic directly until you start a new one.")
+DOWN_THIS_SESSION = ("opik-cipx is down and could not be started again. This Claude Code session goes through it and "
+                     "cannot reach Anthropic: start a new session (new ones talk to Anthropic directly). "
+                     "`opik-cipx status` says why.")
+OFF_THIS_SESSION = ("opik-cipx is off (CIPX_DISABLED). This Claude Code session was started going through it and "
+                    "cannot reach Anthropic: start a new session (new ones talk to Anthropic directly).")
 
 
 class _Report:
@@ -79,17 +92,23 @@ class _Report:
 def sync(settings: Settings, env: dict[str, str], config_error: str | None) -> int:
     raw = read_hook_stdin()
     hook = parse_hook_input(raw) if raw is not None else None
+    if raw is not None and _plugin_does_it(env, hook):
+        return 0
     report = _Report(hook, as_hook=raw is not None)
     try:
         if is_truthy(env.get("CIPX_DISABLED")) or (config_error is None and settings.disabled):
             for line in lifecycle.tear_down(settings, env):
                 report.info(line)
             report.info("disabled (CIPX_DISABLED): nothing is running and Claude Code talks to Anthropic directly")
+            if report.as_hook and _goes_through_us(settings, env):
+                report.tell(OFF_THIS_SESSION)
             return 0
         if config_error is None:
             _bring_up(settings, env, report)
         else:
             _keep_or_fail_open(settings, env, config_error, report)
+        if not env.get("CLAUDE_PLUGIN_ROOT"):
+            _refresh_hooks(settings, env, report)
         if raw is not None:
             _record(settings, env, hook, report)
     except Exception as exc:  # fail open: a hook must never crash or leave a dead proxy configured
@@ -114,6 +133,8 @@ def _bring_up(settings: Settings, env: dict[str, str], report: _Report) -> None:
         report.problem(line)
     if not outcome.ok:
         report.failed = True
+        if report.as_hook and _goes_through_us(settings, env):
+            report.tell(DOWN_THIS_SESSION)
         return
     if not report.as_hook:
         report.info(lifecycle.summary(settings, outcome))
@@ -121,16 +142,43 @@ def _bring_up(settings: Settings, env: dict[str, str], report: _Report) -> None:
         report.tell(NEXT_SESSION_HOOK if report.as_hook else NEXT_SESSION)
     installed = install.installed_path(settings, env)
     if installed.is_file():
-        linked, note = install.ensure_link(installed, env, settings.home)
-        if linked:
-            report.tell(note)
-        elif note:
-            report.problem(note)
+        linked, link_note = install.ensure_link(installed, env, settings.home)
+        if link_note and linked:
+            report.tell(link_note)
+        elif link_note:
+            report.problem(link_note)
     drift = _settings_drift(settings, env, outcome.state or {})
     if drift and report.event in (None, "SessionStart"):
         report.tell(drift)
     elif drift:
         report.problem(drift)
+
+
+def _plugin_does_it(env: dict[str, str], hook: dict | None) -> bool:
+    """As a hook that is not the plugin's (Claude Code sets `CLAUDE_PLUGIN_ROOT` for those), while our
+    plugin is enabled for the session: the plugin's own hook does the work, this one nothing."""
+    if env.get("CLAUDE_PLUGIN_ROOT"):
+        return False
+    project = env.get("CLAUDE_PROJECT_DIR") or (hook or {}).get("cwd")
+    return claude_settings.plugin_enabled(claude_settings.settings_files(env, project if isinstance(project, str)
+                                                                        else None))
+
+
+def _refresh_hooks(settings: Settings, env: dict[str, str], report: _Report) -> None:
+    """Where our hooks are registered (install.sh did), keep the launcher copy and their commands current."""
+    if not claude_settings.hooks_registered(claude_settings.settings_path(env)):
+        return
+    note, problem = install.ensure_hooks(settings, env, install.target(settings, env)[0])
+    if note:
+        report.info(note)
+    if problem:
+        report.problem(problem)
+
+
+def _goes_through_us(settings: Settings, env: dict[str, str]) -> bool:
+    """As a hook: whether the Claude Code session that runs it talks to our port (Claude Code gives
+    its hooks the environment it runs with, `ANTHROPIC_BASE_URL` from its settings included)."""
+    return env.get(claude_settings.KEY) == lifecycle.our_url(settings)
 
 
 def _settings_drift(settings: Settings, env: dict[str, str], state: dict) -> str | None:
@@ -155,6 +203,8 @@ def _keep_or_fail_open(settings: Settings, env: dict[str, str], config_error: st
     tail = f" Removed {claude_settings.KEY} from {change.path}." if change.outcome == "removed" else ""
     report.problem(f"{config_error}. opik-cipx is not running, so Claude Code talks to Anthropic directly.{tail} "
                    "Fix it, then run `opik-cipx sync`.")
+    if report.as_hook and _goes_through_us(settings, env):
+        report.tell(DOWN_THIS_SESSION)
 
 
 def _record(settings: Settings, env: dict[str, str], hook: dict | None, report: _Report) -> None:

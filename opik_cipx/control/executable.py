@@ -32,9 +32,13 @@ class Executable:
 
     def proxy_argv(self) -> list[str]:
         """The command line that runs the daemon from this same copy, with this interpreter."""
+        return self.command_argv("proxy")
+
+    def command_argv(self, command: str) -> list[str]:
+        """The command line that runs `opik-cipx COMMAND` from this same copy, with this interpreter."""
         if self.is_zipapp:
-            return [sys.executable, str(self.path), "proxy"]
-        return [sys.executable, "-m", "opik_cipx", "proxy"]
+            return [sys.executable, str(self.path), command]
+        return [sys.executable, "-m", "opik_cipx", command]
 
     def proxy_env(self) -> dict[str, str]:
         """Extra environment the daemon command needs (PYTHONPATH for a source checkout)."""

@@ -16,8 +16,17 @@ told the line to add to their shell profile. Only those two personal directories
 never a system directory, never a directory another tool manages (`~/.cargo/bin`, pyenv
 shims). A file of that name that is not our link is left alone and reported. `uninstall`
 removes the link only when it is ours: a symlink whose target is the installed executable.
-The directories made to hold the link (`~/.local`, `~/.local/bin` on a fresh home) are listed in
+The directories made to hold the link (`~/.local`, `~/.local/bin` on a fresh home), and Claude
+Code's `hooks/` directory when made for the launcher (below), are listed in
 `$CIPX_HOME/made-dirs.json`; `uninstall` removes those that are empty at its end, and no others.
+
+**Claude Code hooks for an install.sh user** (`ensure_hooks`): what the plugin gives a plugin
+user, a SessionStart and a UserPromptSubmit hook that run `sync` through the hook launcher. The
+launcher (carried in the executable: control/zipapp.py) is copied to Claude Code's `hooks/`
+directory, with the managed-file marker `uninstall` looks for, and the hooks are added to the
+user's `settings.json` beside their own (control/claude_settings.py). `opik-cipx install` (what
+install.sh runs) adds them, unless our plugin is enabled; `sync` keeps the copy and the commands
+current where they are registered. With both, the plugin's hooks do the work (LIFECYCLE.md).
 """
 
 import json
@@ -26,11 +35,13 @@ import sys
 from pathlib import Path
 
 from opik_cipx.config import Settings
-from opik_cipx.control import executable, zipapp
-from opik_cipx.home import private_dir, write_atomic
+from opik_cipx.control import claude_settings, executable, zipapp
+from opik_cipx.control.userfiles import replace_file
+from opik_cipx.home import default_home, private_dir, write_atomic
 
 NAME = "opik-cipx"
 MADE_DIRS = "made-dirs.json"  # in $CIPX_HOME: the directories made for the link
+HOOKS_CREATED = "claude-hooks.json"  # in $CIPX_HOME: what of Claude Code's `hooks` setting was made for ours
 
 
 def installed_path(settings: Settings, env: dict[str, str]) -> Path:
@@ -185,14 +196,16 @@ def _remember(home: Path, env: dict[str, str], made: list[Path]) -> None:
 
 
 def made_dirs(home: Path, env: dict[str, str]) -> list[Path]:
-    """The directories `ensure_link` made, as listed in `home`: only personal bin directories and
-    their parents below the user's home; [] if none or unreadable."""
+    """The directories `ensure_link` and `ensure_hooks` made, as listed in `home`: only personal bin
+    directories and their parents below the user's home, Claude Code's `hooks/` directory and the
+    one holding it; [] if none or unreadable."""
     try:
         listed = json.loads((home / MADE_DIRS).read_text())
     except (OSError, ValueError):
         return []
     user_home = _home(env)
     allowed = {d for bin_dir in link_dirs(env) for d in (bin_dir, *bin_dir.parents) if user_home in d.parents}
+    allowed |= {claude_settings.hooks_dir(env), claude_settings.hooks_dir(env).parent}
     return [Path(entry) for entry in listed if isinstance(entry, str) and Path(entry) in allowed] \
         if isinstance(listed, list) else []
 
@@ -206,3 +219,70 @@ def remove_link(target: Path, env: dict[str, str]) -> list[Path]:
             link.unlink()
             removed.append(link)
     return removed
+
+
+def launcher_bytes(exe: executable.Executable) -> bytes | None:
+    """The hook launcher that comes with `exe` (in the zipapp, or beside the package of a source tree)."""
+    if not exe.is_zipapp:
+        try:
+            return (exe.path.parent / zipapp.LAUNCHER).read_bytes()
+        except OSError:
+            return None
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(exe.path) as archive:
+            return archive.read(zipapp.LAUNCHER)
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return None
+
+
+def hook_variables(settings: Settings, env: dict[str, str]) -> dict[str, str]:
+    """What our hooks set for the launcher, so it runs this install: `CIPX_HOME` when it is not the
+    default one, `CIPX_CONFIG` and `CIPX_INSTALL_DIR` when they are set."""
+    variables = {name: env[name].strip() for name in ("CIPX_CONFIG", "CIPX_INSTALL_DIR") if env.get(name, "").strip()}
+    if settings.home.resolve() != default_home({"HOME": str(_home(env))}).resolve():
+        variables["CIPX_HOME"] = str(settings.home.resolve())
+    return variables
+
+
+def ensure_hooks(settings: Settings, env: dict[str, str], exe: executable.Executable) -> tuple[str | None, str | None]:
+    """Copy the launcher into Claude Code's `hooks/` and register our hooks; (a note for the user, a problem)."""
+    data = launcher_bytes(exe)
+    if data is None:
+        return None, f"{exe.path} carries no hook launcher; no Claude Code hooks registered"
+    launcher = claude_settings.hooks_dir(env) / claude_settings.HOOK_LAUNCHER
+    try:
+        _remember(settings.home, env, _make_public_dir(launcher.parent))  # uninstall takes them away again
+        if not launcher.is_file() or launcher.read_bytes() != data:
+            replace_file(launcher, data, default_mode=0o755)
+        if not os.access(launcher, os.X_OK):
+            launcher.chmod(0o755)
+    except OSError as exc:
+        return None, f"cannot write {launcher} ({exc.strerror or exc}); no Claude Code hooks registered"
+    variables = hook_variables(settings, env)
+    commands = {event: claude_settings.hook_command(launcher, event, variables)
+                for event in claude_settings.HOOK_EVENTS}
+    change = claude_settings.set_hooks(claude_settings.settings_path(env), commands)
+    if change.created:
+        try:
+            created = sorted(set(hooks_created(settings.home) or ()) | set(change.created))
+            write_atomic(settings.home / HOOKS_CREATED, json.dumps({"created": created}).encode())
+        except OSError:
+            pass  # uninstall then also takes out an empty `hooks` the user had
+    if change.outcome == "unusable":
+        return None, f"{change.path} left untouched: {change.detail}; no Claude Code hooks registered"
+    if change.outcome == "set":
+        return (f"added Claude Code hooks to {change.path}: every session start and prompt runs `opik-cipx sync` "
+                f"({launcher})"), None
+    return None, None
+
+
+def hooks_created(home: Path) -> list[str] | None:
+    """What `ensure_hooks` made in Claude Code's `hooks` setting to hold ours, as listed in `home`;
+    None when there is no list (then anything our removal leaves empty goes)."""
+    try:
+        listed = json.loads((home / HOOKS_CREATED).read_text())["created"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [name for name in listed if isinstance(name, str)] if isinstance(listed, list) else None

@@ -6,8 +6,8 @@ one whose saved port has since been taken by another program is bound to port 0 
 is never picked first and bound later: another process could take it in between.
 """
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from opik_cipx.home import read_json
 from opik_cipx.wire.loopback import LoopbackServer, PortTaken

@@ -1,11 +1,14 @@
-"""What keeps the daemon running: a systemd user unit, a launchd agent, or a detached process.
+"""What keeps the daemon running: a systemd user unit, a launchd agent, or a detached supervisor.
 
 - `systemd` (Linux with a user manager): `~/.config/systemd/user/opik-cipx.service`,
-  `Restart=on-failure`, enabled for `default.target` so it starts at login.
+  `Restart=on-failure` 100 ms after a death (at most 5 starts in 120 s), enabled for
+  `default.target` so it starts at login.
 - `launchd` (macOS): `~/Library/LaunchAgents/com.comet.opik-cipx.plist`, `RunAtLoad`, and
-  `KeepAlive` restarting it whenever it did not exit cleanly.
-- `detached` (containers, CI, no user manager): `sync` spawns `opik-cipx proxy` in its own
-  session and waits for the `state.json` handshake; the next `sync` restarts it if it died.
+  `KeepAlive` restarting it whenever it did not exit cleanly, at most once a second
+  (`ThrottleInterval`; launchd's default, 10 s, would leave Claude Code without its proxy that long).
+- `detached` (containers, CI, WSL, no user manager): `sync` spawns `opik-cipx supervise` in its own
+  session (control/detached.py), which holds Claude Code's port and runs the daemon as its child,
+  starting it again at once when it dies; `sync` waits for the `state.json` handshake.
 
 A clean exit (SIGTERM from `stop`, or `CIPX_DISABLED`) is never restarted by either manager.
 `CIPX_SUPERVISOR=systemd|launchd|detached` forces a mode (tests force `detached`); the
@@ -24,11 +27,13 @@ import sys
 from pathlib import Path
 
 from opik_cipx.config import Settings
-from opik_cipx.control.daemon_control import start_detached
+from opik_cipx.control.daemon_control import read_supervisor, start_detached
+from opik_cipx.control.detached import MAX_DEATHS, WINDOW_S
 from opik_cipx.control.executable import Executable
 from opik_cipx.control.userfiles import replace_file
 
 MODES = ("systemd", "launchd", "detached")
+SUPERVISING = ("starting", "adopting", "running", "restarting")  # detached supervisor states that mean "at work"
 SYSTEMD_UNIT = "opik-cipx.service"
 LAUNCHD_LABEL = "com.comet.opik-cipx"
 COMMAND_TIMEOUT_S = 20.0
@@ -84,8 +89,8 @@ def systemd_unit(argv: list[str], env: dict[str, str], stop_timeout_s: float) ->
         "# Managed by opik-cipx (`opik-cipx sync` writes it, `opik-cipx uninstall` removes it).",
         "[Unit]",
         "Description=opik-cipx cost-intelligence proxy for Claude Code",
-        "StartLimitIntervalSec=120",
-        "StartLimitBurst=5",
+        f"StartLimitIntervalSec={WINDOW_S:.0f}",  # gives up where the detached supervisor does
+        f"StartLimitBurst={MAX_DEATHS}",
         "",
         "[Service]",
         "Type=simple",
@@ -94,7 +99,7 @@ def systemd_unit(argv: list[str], env: dict[str, str], stop_timeout_s: float) ->
         "WorkingDirectory=/",
         "UMask=0077",
         "Restart=on-failure",
-        "RestartSec=2",
+        "RestartSec=100ms",
         "RestartPreventExitStatus=2",
         f"TimeoutStopSec={int(stop_timeout_s)}",
         "",
@@ -115,7 +120,7 @@ def launchd_plist(argv: list[str], env: dict[str, str], stop_timeout_s: float, s
             "WorkingDirectory": "/",
             "RunAtLoad": True,
             "KeepAlive": {"SuccessfulExit": False},
-            "ThrottleInterval": 5,
+            "ThrottleInterval": 1,
             "ExitTimeOut": int(stop_timeout_s),
             "ProcessType": "Background",
             "StandardOutPath": os.devnull,
@@ -207,7 +212,44 @@ class Supervisor:
             if not _run(["launchctl", "kickstart", self._launchd_target()], check=False):
                 _run(["launchctl", "bootstrap", f"gui/{os.getuid()}", str(self.unit_path())])
             return None
-        return start_detached(self.settings, exe.proxy_argv(), exe.proxy_env())
+        return start_detached(self.settings, exe.command_argv("supervise"), exe.proxy_env())
+
+    def supervising(self) -> bool:
+        """Whether something starts the daemon again if it dies: the unit, or a detached supervisor at work."""
+        if self.mode != "detached":
+            return True
+        record = read_supervisor(self.settings)
+        return bool(record and record["alive"] and record.get("state") in SUPERVISING)
+
+    def describe(self, daemon_running: bool) -> str:
+        """For `status`: what supervises the daemon and what happens when it dies (`! ` first: a problem;
+        "" when nothing runs and nothing failed)."""
+        if self.mode == "systemd":
+            return (f"systemd ({SYSTEMD_UNIT}): a daemon that dies is started again 0.1 s later (Claude Code retries "
+                    f"the calls refused meanwhile); after {MAX_DEATHS} deaths within {WINDOW_S:.0f}s systemd gives up")
+        if self.mode == "launchd":
+            return (f"launchd ({LAUNCHD_LABEL}): a daemon that dies is started again within a second; Claude Code "
+                    "retries the calls refused meanwhile")
+        record = read_supervisor(self.settings)
+        if record and record["alive"] and record.get("state") == "gave up":
+            return (f"! the supervisor (pid {record['pid']}) gave up at {record.get('gave_up_at', '?')}: "
+                    f"{record.get('reason')}. Claude Code sessions started before get an error naming opik-cipx, new "
+                    "ones talk to Anthropic directly; fix the cause (`opik-cipx logs`), then run `opik-cipx sync`")
+        if record and record["alive"] and record.get("state") == "adopting":
+            return (f"detached supervisor (pid {record['pid']}): watches daemon pid {record.get('daemon_pid')}, "
+                    "started before it, and starts a new one when it exits")
+        if record and record["alive"]:
+            deaths = record.get("deaths") or []
+            last = (f"; restarted {record.get('restarts', 0)} time(s), last at {deaths[-1]['at']}: the daemon "
+                    f"{deaths[-1]['how']}" if deaths else "")
+            return (f"detached supervisor (pid {record['pid']}): a daemon that dies is started again at once (calls "
+                    f"wait for it); after {MAX_DEATHS} deaths within {WINDOW_S:.0f}s it gives up{last}")
+        if record and record.get("reason"):
+            return f"! the last supervisor could not run: {record['reason']}; run `opik-cipx sync`"
+        if daemon_running:
+            return ("! none: the daemon's supervisor is gone, so nothing starts the daemon again if it dies; "
+                    "`opik-cipx sync` starts one")
+        return ""  # nothing runs, nothing to supervise
 
     def remove(self) -> list[Path]:
         """Deregister and delete our unit files (any mode's, when present); the paths removed.

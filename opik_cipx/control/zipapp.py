@@ -10,17 +10,28 @@ the building interpreter, as an unchecked hash-based .pyc (PEP 552). zipimport l
 of compiling the source on every run (a third of the status line's time); an interpreter of
 another version finds another magic number in it and compiles the source as before. Code
 objects name their file relative to the archive (`opik_cipx/cli.py`).
+
+The Claude Code hook launcher (`scripts/opik-cipx-hook-launcher` beside the package) goes in too,
+under the same name: `install` copies it out for the hooks of an install.sh user
+(control/install.py), whose checkout may be gone by then. The digest covers it.
 """
 
 import hashlib
 import io
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import zipfile
 
 DEFAULT_INTERPRETER = "/usr/bin/env python3"
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 ENTRY = b"import sys\nfrom opik_cipx.cli import main\nsys.exit(main())\n"
 COMMENT_PREFIX = b"opik-cipx source sha256:"
+
+
+LAUNCHER = "scripts/opik-cipx-hook-launcher"  # beside the package in a source tree; in the archive the same
 
 
 def package_files(package: Path) -> list[Path]:
@@ -31,12 +42,19 @@ def package_files(package: Path) -> list[Path]:
     )
 
 
+def extra_files(package: Path) -> list[tuple[str, Path]]:
+    """(archive name, path) of what goes in beside the package: the hook launcher, when the tree has it."""
+    launcher = package.parent / LAUNCHER
+    return [(LAUNCHER, launcher)] if launcher.is_file() else []
+
+
 def source_digest(package: Path) -> str:
     """SHA-256 over the relative path and bytes of every packaged file: the identity of a source tree."""
     digest = hashlib.sha256()
-    for path in package_files(package):
+    named = [(path.relative_to(package).as_posix(), path) for path in package_files(package)]
+    for name, path in named + extra_files(package):
         data = path.read_bytes()
-        digest.update(f"{path.relative_to(package).as_posix()}\0{len(data)}\0".encode())
+        digest.update(f"{name}\0{len(data)}\0".encode())
         digest.update(data)
     return digest.hexdigest()
 
@@ -46,7 +64,7 @@ def source_comment(package: Path) -> bytes:
     return COMMENT_PREFIX + source_digest(package).encode()
 
 
-def _add(archive, name: str, data: bytes) -> None:
+def _add(archive: "zipfile.ZipFile", name: str, data: bytes) -> None:
     import zipfile
 
     info = zipfile.ZipInfo(name, date_time=FIXED_DATE)
@@ -77,6 +95,8 @@ def build_bytes(package: Path, interpreter: str = DEFAULT_INTERPRETER) -> bytes:
             _add(archive, name, data)
             if path.suffix == ".py":
                 _add(archive, name + "c", compiled(name, data))
+        for name, path in extra_files(package):
+            _add(archive, name, path.read_bytes())
         archive.comment = source_comment(package)
     return with_interpreter(buffer.getvalue(), interpreter)
 

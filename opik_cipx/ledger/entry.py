@@ -12,8 +12,17 @@ tokens and cost (labelled thinking / text / tool_use by character share); `web_s
 search fees. So the `''` rows of one call add up to its total cost. Labels are kept for every
 bucket except `system_prompt` sections and `tools_builtin` tool definitions, which are the
 same in every call (the call page paints them while the raw capture is stored).
+
+What a call says about its session's label (`SessionText`): a `side:title` call's answer is
+Claude Code's title for the session (JSON `{"title": ...}`, a `<title>` tag or plain text, as its
+title prompts have asked); a main-loop call's prompt (the typed text, else the slash command) is
+a candidate for the session's first prompt (the writer keeps the earliest). Both are one line of
+at most `LABEL_CHARS` characters; with content capture off (`keep_text` False) neither is kept,
+so the ledger holds no prompt or answer text.
 """
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +35,9 @@ OUTPUT = "output"
 WEB_SEARCH = "web_search"
 UNLABELLED_BUCKETS = frozenset({"system_prompt", "tools_builtin"})
 _MTOK = 1_000_000
+LABEL_CHARS = 200  # the longest title or first prompt the ledger keeps
+_TITLE_TAG = re.compile(r"<title>(.*?)</title>", re.S | re.I)
+_FENCE = re.compile(r"^```[a-z]*\s*|\s*```$")
 
 
 @dataclass(frozen=True)
@@ -40,21 +52,79 @@ class Detail:
 
 
 @dataclass(frozen=True)
+class SessionText:
+    """What one call says about its session's label: Claude Code's title, or its prompt (a
+    candidate for the first prompt); None when it says nothing."""
+
+    title: str | None = None
+    prompt: str | None = None
+
+
+@dataclass(frozen=True)
 class Entry:
     """`call`: column -> value of the `calls` row; `details`: its bucket rows; `launches`:
     (Agent tool span id, id of the llm span whose response asked for it) seen in the records;
-    `rate_limits`: a row of `schema.RATE_LIMIT_COLUMNS` per window its response carried."""
+    `rate_limits`: a row of `schema.RATE_LIMIT_COLUMNS` per window its response carried;
+    `session`: what it says about its session's label."""
 
     call: dict[str, Any]
     details: tuple[Detail, ...]
     launches: tuple[tuple[str, str], ...]
     rate_limits: tuple[tuple, ...] = ()
+    session: SessionText = SessionText()
 
 
-def ledger_entry(call: CallRecord) -> Entry:
-    """The ledger rows of one call."""
+def ledger_entry(call: CallRecord, keep_text: bool = True) -> Entry:
+    """The ledger rows of one call; `keep_text` False (content capture off): no title or prompt."""
     return Entry(call=_row(call), details=tuple(_details(call)), launches=tuple(call.launches),
-                 rate_limits=_rate_limits(call))
+                 rate_limits=_rate_limits(call), session=session_text(call) if keep_text else SessionText())
+
+
+def session_text(call: CallRecord) -> SessionText:
+    """The title a `side:title` call answered, or the prompt of a main-loop call."""
+    kind = call.kind
+    if kind.kind == "side" and kind.side_kind == "title" and not call.error_type:
+        answer = "".join(b.get("text") or "" for b in call.response.content if b.get("type") == "text")
+        return SessionText(title=title_of(answer))
+    if kind.kind == "main" and not kind.agent_id:
+        return SessionText(prompt=one_line(_prompt(call.attribution.facts)))
+    return SessionText()
+
+
+def title_of(answer: str) -> str | None:
+    """The title in a title call's answer: `{"title": ...}` (fenced or not), `<title>...</title>`,
+    else its first line; None when there is none."""
+    text = _FENCE.sub("", answer.strip())
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        text = doc["title"] if isinstance(doc.get("title"), str) else ""
+    elif tag := _TITLE_TAG.search(text):
+        text = tag.group(1)
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return one_line(first.strip().strip("\"'`*#").strip())
+
+
+def one_line(text: str | None) -> str | None:
+    """`text` on one line (whitespace runs made one space), cut to `LABEL_CHARS`; None when empty."""
+    line = " ".join((text or "").split())
+    if not line:
+        return None
+    return line if len(line) <= LABEL_CHARS else line[:LABEL_CHARS - 1].rstrip() + "\u2026"
+
+
+def _prompt(facts: dict) -> str | None:
+    """What the user typed to open the turn: the prompt text, else the slash command."""
+    text = (facts.get("user_prompt") or {}).get("text")
+    if isinstance(text, str) and text.strip():
+        return text
+    commands = (facts.get("slash_commands") or {}).get("by_command") or []
+    if commands and isinstance(commands[-1], dict) and commands[-1].get("name"):
+        last = commands[-1]
+        return f"/{last['name']} {last.get('args') or ''}"
+    return None
 
 
 def _row(call: CallRecord) -> dict[str, Any]:

@@ -56,6 +56,12 @@ def local_day(ns: int) -> str:
     return time.strftime("%Y-%m-%d", time.localtime(ns / 1e9))
 
 
+def last_day_before(ns: int) -> str:
+    """The local day a window ending (exclusive) at `ns` ends on: `--until 2026-11-24` is the
+    24th (1 ms before, as float seconds lose a nanosecond)."""
+    return local_day(ns - 1_000_000)
+
+
 def day_start_ns(day: str) -> int:
     """Epoch ns of local midnight at the start of `day`."""
     return int(datetime.fromisoformat(day).astimezone().timestamp() * 1e9)

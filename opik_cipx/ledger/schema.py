@@ -10,13 +10,15 @@ v1: `calls`, `details`, `launches`. v2: daily roll-ups (`daily_calls`, `daily_de
 `days`, kept in step with the calls on every write, so a report over 100,000 calls sums a few
 thousand rows. v3: each call's cache diagnosis (`calls.cache_*`, the `cache_break` report key)
 and the rate limits its response carried (`rate_limits`, `latest_rate_limits`, and the daily
-peaks `daily_rate_limits`); the roll-ups are rebuilt with the new key. The group keys of a
-report (`DIMENSIONS`) and its figures are SQL expressions defined once here and used for the
-roll-ups and for reading calls directly alike.
+peaks `daily_rate_limits`); the roll-ups are rebuilt with the new key. v4: `sessions`, what a
+session is known by (its title or first prompt, project and start), filled from the calls
+already there (without their texts, which only the captures hold: `replay --ledger` adds them).
+The group keys of a report (`DIMENSIONS`) and its figures are SQL expressions defined once here
+and used for the roll-ups and for reading calls directly alike.
 """
 
 import sqlite3
-from typing import Callable
+from collections.abc import Callable
 
 V1 = """
 CREATE TABLE calls (
@@ -190,6 +192,7 @@ _RATE_LIMIT_DEFS = """
     limit_value INTEGER,
     remaining INTEGER,
     started_at_ns INTEGER NOT NULL"""
+_LATEST_RATE_LIMIT_DEFS = _RATE_LIMIT_DEFS.replace("window_name TEXT NOT NULL", "window_name TEXT PRIMARY KEY")
 V3 = f"""
 ALTER TABLE calls ADD COLUMN cache_previous_capture_id TEXT;
 ALTER TABLE calls ADD COLUMN cache_gap_s REAL;
@@ -205,7 +208,7 @@ CREATE TABLE rate_limits (
     PRIMARY KEY (call_id, window_name)
 ) WITHOUT ROWID;
 CREATE INDEX rate_limits_day ON rate_limits (day, window_name);
-CREATE TABLE latest_rate_limits ({_RATE_LIMIT_DEFS.replace("window_name TEXT NOT NULL", "window_name TEXT PRIMARY KEY")},
+CREATE TABLE latest_rate_limits ({_LATEST_RATE_LIMIT_DEFS},
     capture_id TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE daily_rate_limits (
@@ -217,6 +220,25 @@ CREATE TABLE daily_rate_limits (
 DROP TABLE daily_calls;
 DROP TABLE daily_details;
 DELETE FROM days
+"""
+
+
+# One row per session: when its first call started, its project (the first one a call of it
+# named), Claude Code's title for it (the latest title call's answer) and the opening prompt of
+# its first main turn, each text with the start of the call it came from (so any write order
+# keeps the same values). Texts are NULL when content capture is off (`ledger/entry.py`).
+V4 = """
+CREATE TABLE sessions (
+    session_id TEXT PRIMARY KEY,
+    started_at_ns INTEGER NOT NULL,
+    project_dir TEXT,
+    title TEXT,
+    title_at_ns INTEGER,
+    first_prompt TEXT,
+    first_prompt_at_ns INTEGER
+) WITHOUT ROWID;
+INSERT INTO sessions (session_id, started_at_ns, project_dir)
+SELECT session_id, min(started_at_ns), max(project_dir) FROM calls WHERE session_id IS NOT NULL GROUP BY session_id
 """
 
 
@@ -275,7 +297,7 @@ def _script(sql: str) -> Callable[[sqlite3.Connection], None]:
 
 
 # MIGRATIONS[n] upgrades a version-n ledger to version n+1 (version 0: an empty file).
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_script(V1), _v2, _v3)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_script(V1), _v2, _v3, _script(V4))
 LATEST = len(MIGRATIONS)
 
 

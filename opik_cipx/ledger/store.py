@@ -15,6 +15,11 @@ entries do not wait for the next call); a file that is not a database is moved a
 counts `ledger_write_errors`; entries dropped from the full queue count `ledger_calls_dropped`.
 After `close` nothing opens the file again. Rows older than the retention are deleted at most
 once an hour.
+
+Each write also keeps the call's session row (`sessions`): its first start, its project, the
+latest title and the earliest first prompt, each kept by the start of the call it came from, so
+the rows are the same whatever order the calls arrive in. With `keep_text` False (content capture
+off) no title or prompt is written.
 """
 
 import logging
@@ -23,8 +28,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.ledger.db import connect
@@ -49,8 +54,9 @@ class Ledger:
     """The writer. `write` is called once per materialized capture, from one thread."""
 
     def __init__(self, path: Path, retention_days: float, counters: Counters | None = None,
-                 clock: Clock = SYSTEM):
+                 clock: Clock = SYSTEM, keep_text: bool = True):
         self.path = path
+        self.keep_text = keep_text
         self.clock = clock
         self.retention_days = retention_days
         self.counters = counters or Counters()
@@ -68,7 +74,7 @@ class Ledger:
         if call is None:
             return
         try:
-            entry = ledger_entry(call)
+            entry = ledger_entry(call, self.keep_text)
         except Exception:
             self.counters.incr("ledger_write_errors")
             log.exception("ledger: cannot derive the ledger rows of capture %s", call.exchange.capture_id)
@@ -224,6 +230,7 @@ def upsert(conn: sqlite3.Connection, entry: Entry) -> None:
             f"INSERT INTO calls ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
             [call[c] for c in columns],
         ).lastrowid
+        assert call_id is not None  # an INSERT sets it
     else:
         call_id = old[0]
         roll_up(conn, "c.id = ?", (call_id,), sign=-1)
@@ -240,6 +247,35 @@ def upsert(conn: sqlite3.Connection, entry: Entry) -> None:
     )
     roll_up(conn, "c.id = ?", (call_id,))
     _rate_limits(conn, call_id, entry)
+    _session(conn, entry)
+
+
+_LATER_TITLE = "excluded.title_at_ns IS NOT NULL AND (title_at_ns IS NULL OR excluded.title_at_ns >= title_at_ns)"
+_EARLIER_PROMPT = ("excluded.first_prompt_at_ns IS NOT NULL AND "
+                   "(first_prompt_at_ns IS NULL OR excluded.first_prompt_at_ns < first_prompt_at_ns)")
+_KEEP_SESSION = f"""
+INSERT INTO sessions (session_id, started_at_ns, project_dir, title, title_at_ns, first_prompt, first_prompt_at_ns)
+VALUES (:session, :at, :project, :title, :title_at, :prompt, :prompt_at)
+ON CONFLICT (session_id) DO UPDATE SET
+    started_at_ns = min(started_at_ns, excluded.started_at_ns),
+    project_dir = coalesce(project_dir, excluded.project_dir),
+    title = CASE WHEN {_LATER_TITLE} THEN excluded.title ELSE title END,
+    title_at_ns = CASE WHEN {_LATER_TITLE} THEN excluded.title_at_ns ELSE title_at_ns END,
+    first_prompt = CASE WHEN {_EARLIER_PROMPT} THEN excluded.first_prompt ELSE first_prompt END,
+    first_prompt_at_ns = CASE WHEN {_EARLIER_PROMPT} THEN excluded.first_prompt_at_ns ELSE first_prompt_at_ns END
+"""
+
+
+def _session(conn: sqlite3.Connection, entry: Entry) -> None:
+    """The call's session: its first start, its project, the latest title, the earliest prompt."""
+    call, text = entry.call, entry.session
+    if call["session_id"] is None:
+        return
+    at = call["started_at_ns"]
+    conn.execute(_KEEP_SESSION, {
+        "session": call["session_id"], "at": at, "project": call["project_dir"],
+        "title": text.title, "title_at": at if text.title else None,
+        "prompt": text.prompt, "prompt_at": at if text.prompt else None})
 
 
 _RATE_LIMITS_INSERT = ", ".join(RATE_LIMIT_COLUMNS)
@@ -265,7 +301,8 @@ def _rate_limits(conn: sqlite3.Connection, call_id: int, entry: Entry) -> None:
         [(*row, started, call["capture_id"]) for row in entry.rate_limits])
     conn.executemany(
         "INSERT INTO daily_rate_limits (day, window_name, peak_utilization) VALUES (?, ?, ?) "
-        "ON CONFLICT (day, window_name) DO UPDATE SET peak_utilization = max(peak_utilization, excluded.peak_utilization)",
+        "ON CONFLICT (day, window_name) DO UPDATE SET "
+        "peak_utilization = max(peak_utilization, excluded.peak_utilization)",
         [(day, row[0], row[2]) for row in entry.rate_limits if row[2] is not None])
 
 
@@ -277,6 +314,9 @@ def delete_before(conn: sqlite3.Connection, day: str) -> int:
         removed = conn.execute("DELETE FROM calls WHERE day < ?", (day,)).rowcount
         for table in ("launches", "daily_calls", "daily_details", "days", "rate_limits", "daily_rate_limits"):
             conn.execute(f"DELETE FROM {table} WHERE day < ?", (day,))
+        if removed:  # a session goes with its last call
+            conn.execute("DELETE FROM sessions WHERE NOT EXISTS "
+                         "(SELECT 1 FROM calls c WHERE c.session_id = sessions.session_id)")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -28,6 +28,7 @@ import json
 import re
 import urllib.parse
 from dataclasses import dataclass
+from typing import TypedDict
 
 from opik_cipx.materialize.attribution.compaction import SUMMARY_PROMPT
 from opik_cipx.materialize.attribution.system import BILLING_HEADER, SUBAGENT_FLAG
@@ -54,11 +55,20 @@ class CallKind:
     retry_count: int | None = None
 
 
+class _Ids(TypedDict):
+    """The fields of a `CallKind` that every kind has: from the headers and the request metadata."""
+
+    agent_id: str | None
+    parent_agent_id: str | None
+    session_id: str | None
+    retry_count: int | None
+
+
 def classify(method: str, path: str, headers: list[list[str]], body: dict | None) -> CallKind:
     """The kind of one exchange; `body` is the parsed request JSON (None if it was not JSON)."""
     body = body if isinstance(body, dict) else None
     agent_id = header_value(headers, "x-claude-code-agent-id") or None
-    ids = {
+    ids: _Ids = {
         "agent_id": agent_id,
         "parent_agent_id": header_value(headers, "x-claude-code-parent-agent-id") or None,
         "session_id": header_value(headers, "x-claude-code-session-id") or _metadata_session(body),
@@ -86,7 +96,7 @@ def classify(method: str, path: str, headers: list[list[str]], body: dict | None
 
 
 def _side_kind(body: dict, system: list[str]) -> str:
-    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    tools = found if isinstance(found := body.get("tools"), list) else []
     tool_types = [tool.get("type") for tool in tools if isinstance(tool, dict)]
     if any(isinstance(kind, str) and kind.startswith("web_search") for kind in tool_types) or any(
         WEB_SEARCH_PROMPT in text for text in system

@@ -11,8 +11,8 @@ Records go to the spool with `Spool.offer`: when the spool has no room the follo
 (the log holds what arrives meanwhile) instead of dropping them.
 
 The checkpoint (`materializer/checkpoint.json`;
-docs/ARCHITECTURE.md, "Materializer checkpoint") holds the log position materialized through and the materializer's per-session
-state. It is written at most every `CHECKPOINT_INTERVAL_S`, and only once the spool has
+docs/ARCHITECTURE.md, "Materializer checkpoint") holds the log position materialized through and
+the materializer's per-session state. It is written at most every `CHECKPOINT_INTERVAL_S`, and only once the spool has
 acknowledged (fsynced) every record derived from the captures before that position. On start
 the state is restored and every capture after the position is materialized again: ids are
 derived, so records that had already reached the spool are upserted, never doubled. Retention
@@ -28,8 +28,9 @@ import gc
 import json
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.home import read_json, write_atomic
@@ -254,6 +255,7 @@ class Follower(Worker):
             for entry in read_log(self.store.directory, self._position, until):
                 if self._past_deadline() or not self._process(entry.capture):
                     return
+                assert entry.end is not None  # read from a log position: no segment from before the log
                 self._advance(entry.end)
                 self._checkpoint()  # a long catch-up is checkpointed as it goes
         except OSError as exc:
@@ -366,6 +368,7 @@ class Follower(Worker):
             self._write_pending()
 
     def _write_pending(self) -> None:
+        assert self._pending is not None  # called with a snapshot waiting
         position, data, _ = self._pending
         self._pending = None
         try:

@@ -19,9 +19,10 @@ per-session state across a restart (docs/ARCHITECTURE.md, "Materializer checkpoi
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings

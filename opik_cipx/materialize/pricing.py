@@ -74,7 +74,7 @@ class ModelPrice:
 
     def at(self, at_ns: int) -> Rates:
         """The rates in force at `at_ns` (epoch ns)."""
-        starts = [period.from_ns for period in self.periods[1:]]
+        starts = [period.from_ns for period in self.periods[1:] if period.from_ns is not None]  # all but the first
         return self.periods[bisect.bisect_right(starts, at_ns)]
 
 

@@ -21,7 +21,7 @@ latest observation of each window for the admin stats. Pure parsing, no I/O.
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from opik_cipx.stats import utc_iso
@@ -170,7 +170,7 @@ def epoch_seconds(value: str) -> int | None:
     except ValueError:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp())
 
 

@@ -29,6 +29,7 @@ import selectors
 import signal
 import subprocess
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from opik_cipx.clock import SYSTEM
 from opik_cipx.urls import strip_credentials
@@ -80,10 +81,10 @@ def read_state(cwd: str | None, timeout_s: float = GIT_TIMEOUT_S, dirty: bool = 
         head_sha, name = head.split()
         branch = name if name != "HEAD" else None  # detached
     elif head is None:  # no commit yet (its branch is still named), or not a repository
-        name = _run(cwd, ("symbolic-ref", "-q", "--short", "HEAD"), deadline)
-        if name is None:
+        ref = _run(cwd, ("symbolic-ref", "-q", "--short", "HEAD"), deadline)
+        if ref is None:
             return RepoState()
-        branch = name.strip() or None
+        branch = ref.strip() or None
     status = _run(cwd, ("status", "--porcelain", "--untracked-files=normal"), deadline) if dirty else None
     return RepoState(remote=_remote(cwd, deadline), branch=branch, head_sha=head_sha,
                      dirty=None if status is None else bool(status.strip()))
@@ -130,7 +131,7 @@ def _shortstat(output: str | None) -> tuple[int, int, int] | None:
     return files, added, deleted
 
 
-def _is_sha(value: str | None) -> bool:
+def _is_sha(value: str | None) -> TypeGuard[str]:
     """A full object id, so nothing read elsewhere can reach git as an option."""
     return isinstance(value, str) and _SHA.fullmatch(value) is not None
 
@@ -167,7 +168,8 @@ def _run(cwd: str, args: tuple[str, ...], deadline: float) -> str | None:
 def _read(process: subprocess.Popen, deadline: float, max_bytes: int) -> bytes | None:
     """All of `process`'s stdout, or None at the deadline or past `max_bytes`."""
     assert process.stdout is not None
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     with selectors.DefaultSelector() as selector:
         selector.register(process.stdout, selectors.EVENT_READ)
         while True:

@@ -291,8 +291,8 @@ class SessionStates:
                 state.current = turns[s["current"]] if s["current"] is not None else None
                 tools: dict[str, PendingTool] = {}  # one object per tool call, as before the snapshot
 
-                def tool(p: dict) -> PendingTool:
-                    return tools.setdefault(p["tool_use_id"], PendingTool(**{**p, "turn": turns[p["turn"]]}))
+                def tool(p: dict) -> PendingTool:  # called only in this iteration: `tools` is this one's
+                    return tools.setdefault(p["tool_use_id"], PendingTool(**{**p, "turn": turns[p["turn"]]}))  # noqa: B023
 
                 for p in s["pending"]:
                     state.pending[p["tool_use_id"]] = tool(p)

@@ -5,7 +5,7 @@ Opik's field names, its usage-key convention and how to bound oversized input/ou
 """
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from opik_cipx.materialize.usage import Usage
@@ -17,7 +17,7 @@ TRUNCATED_KEY = "_opik_cipx_truncated"
 def iso_z(ns: int) -> str:
     """ISO-8601 UTC with microseconds and a `Z` suffix, from epoch nanoseconds."""
     seconds, micros = divmod(ns // 1000, 1_000_000)
-    dt = datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=micros)
+    dt = datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

@@ -53,11 +53,11 @@ import urllib.error
 import urllib.request
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, TypeGuard
 
 from opik_cipx import __version__
 from opik_cipx.clock import SYSTEM, Clock
-from opik_cipx.outbound import opener, requested_wait_s
+from opik_cipx.outbound import Headers, opener, requested_wait_s
 from opik_cipx.ship.destination import NOT_CONFIGURED, OPIK_CLOUD_URL, Destination
 from opik_cipx.stats import Counters, utc_iso
 from opik_cipx.store.spool import Spool
@@ -89,7 +89,7 @@ Item = tuple[dict[str, Any], int]  # body, its size on disk
 @dataclass
 class Reply:
     status: int | None  # None: no HTTP answer (refused, reset, timeout, TLS)
-    headers: Mapping[str, str]
+    headers: Headers
     body: bytes
     error: str | None = None
 
@@ -111,7 +111,7 @@ class _Request:
         return [_Request(self.kind, self.items[:half]), _Request(self.kind, self.items[half:])]
 
 
-def record_suspect(status: int | None) -> bool:
+def record_suspect(status: int | None) -> TypeGuard[int]:
     """A 5xx that can come from one record of the request (not from a gateway in front of Opik)."""
     return status is not None and 500 <= status < 600 and status not in UNAVAILABLE
 
@@ -134,6 +134,7 @@ class OpikClient:
     def __init__(self, destination: Destination, timeout_s: float):
         assert destination.base_url is not None
         self.destination = destination
+        self.base_url = destination.base_url
         self.timeout_s = timeout_s
         self._opener = opener(destination.base_url)  # never a local Opik through a proxy
 
@@ -150,7 +151,7 @@ class OpikClient:
         if self.destination.api_key:
             headers["Authorization"] = self.destination.api_key  # Opik takes the bare key, no "Bearer"
         request = urllib.request.Request(
-            self.destination.base_url + PATHS[kind], data=gzip.compress(payload, 6), headers=headers, method="POST"
+            self.base_url + PATHS[kind], data=gzip.compress(payload, 6), headers=headers, method="POST"
         )
         try:
             with self._opener.open(request, timeout=self.timeout_s) as resp:
@@ -197,7 +198,7 @@ def plan_requests(
     return out
 
 
-def rate_limit_wait_s(headers: Mapping[str, str], now: float) -> float | None:
+def rate_limit_wait_s(headers: Headers, now: float) -> float | None:
     """Seconds a 429 asks us to wait (`outbound.requested_wait_s`), never less than `MIN_WAIT_S`
     (a 0, a date in the past) nor more than `RATE_LIMIT_MAX_S`; None when the headers say nothing
     usable."""
@@ -344,6 +345,7 @@ class Shipper(Worker):
         return WAIT, reply
 
     def _post(self, kind: str, bodies: list[dict[str, Any]]) -> Reply:
+        assert self.client is not None, "shipping with no destination"  # `start` needs a client
         started = self.clock.monotonic()
         reply = self.client.post(kind, bodies)
         log.debug("shipper: %d %s(s) -> %s in %.0f ms", len(bodies), kind, reply.status or reply.error,

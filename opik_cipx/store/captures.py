@@ -1,7 +1,8 @@
 """The capture log (`captures/`): every finished exchange, durable, in the order the tee saw it.
 
 The capture thread appends; the materializer follows the log
-(docs/ARCHITECTURE.md, "Capture log"). A segment `NNNNNNNNNNNN.jsonl.gz` is a file of gzip members, one per capture: a JSON
+(docs/ARCHITECTURE.md, "Capture log"). A segment `NNNNNNNNNNNN.jsonl.gz` is a file of gzip
+members, one per capture: a JSON
 header line (every Capture field but the bodies, plus their lengths) followed by the raw
 request and response bodies. Bodies are never JSON-escaped: escaping megabytes would hold the
 daemon's GIL for milliseconds, while zlib releases it. Each append is one `write` of a complete
@@ -24,15 +25,17 @@ by either clock): `written_until` is the smaller bound. Both retention by age an
 use it. Reading a segment's first header inflates a few kilobytes, not the segment.
 """
 
+import io
 import json
 import logging
 import os
 import re
 import threading
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import BinaryIO, NamedTuple
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.home import open_private, private_dir
@@ -92,7 +95,7 @@ class CaptureStore:
         self.clock = clock
         self._lock = threading.Lock()  # what other threads read: the end, the active segment, counts, stamps
         self._io = threading.Lock()  # `append` and `close` take turns: never a seal during a write
-        self._fh = None
+        self._fh: io.FileIO | None = None
         self._path: Path | None = None
         self._number = max((s.number for s in _segments(directory) if s.number is not None), default=0)
         self._size = 0
@@ -126,6 +129,7 @@ class CaptureStore:
             or not 0 <= logged_at_ns - self._opened_ns <= SEGMENT_MAX_AGE_NS  # by either clock
         ):
             self._rotate(logged_at_ns)
+        assert self._fh is not None and self._path is not None  # a segment is open: `_rotate` opened one
         start = LogPosition(self._number, self._size)
         try:
             written = self._fh.write(member)
@@ -200,7 +204,7 @@ class CaptureStore:
         until = written_until(found, {**known, **read})
         total = sum(s.size for s in found)
         lost = 0
-        for segment, last_ns in zip(found, until):
+        for segment, last_ns in zip(found, until, strict=True):
             path, size, number = segment
             if number is not None and number == active:
                 continue
@@ -215,7 +219,7 @@ class CaptureStore:
             else:
                 skip = materialized.offset if number == materialized.segment else 0
                 with self._lock:
-                    counted = self._counts.get(number) if not skip else None
+                    counted = self._counts.get(number) if not skip and number is not None else None
                 lost += counted if counted is not None else count_members(path, skip)
                 log.warning("capture log: over its %d-byte budget: deleting %s before it was materialized",
                             self.max_bytes, path.name)
@@ -229,7 +233,8 @@ class CaptureStore:
             total -= size
             with self._lock:
                 self._stamps.pop(path, None)
-                self._counts.pop(number, None)
+                if number is not None:
+                    self._counts.pop(number, None)
         return lost
 
 
@@ -345,7 +350,7 @@ def written_until(segments: list[SegmentFile], stamps: dict[Path, int | None]) -
     return out
 
 
-def _members(fh, offset: int, limit: int | None, keep: bool = True) -> Iterator[tuple[bytes, int, int]]:
+def _members(fh: BinaryIO, offset: int, limit: int | None, keep: bool = True) -> Iterator[tuple[bytes, int, int]]:
     """(inflated member, start, end) from `offset` of an open segment, up to `limit` bytes in.
 
     Stops quietly at the end of the data or at a torn member; raises zlib.error on a corrupt one.
@@ -453,7 +458,7 @@ def find_capture(directory: Path, capture_id: str, started_at_ns: int) -> Captur
     """
     found = _segments(directory)
     until = written_until(found, {s.path: first_stamp(s.path) for s in found})
-    for segment, last_ns in zip(found, until):
+    for segment, last_ns in zip(found, until, strict=True):
         if last_ns is not None and last_ns < started_at_ns - 10**9:
             continue
         try:

@@ -2,7 +2,7 @@
 milliseconds, where a run of a few hundred kilobytes does not (the capture log's compression,
 the spool's writes)."""
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 
 def runs(parts: Iterable[bytes], run_bytes: int) -> Iterator[bytes]:

@@ -31,8 +31,9 @@ and recovers by itself once a write succeeds.
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.home import private_dir
@@ -283,13 +284,12 @@ class Spool:
         if not lines:
             return True
         try:
-            self._append(lines, size)
+            segment = self._append(lines, size)
         except OSError as exc:
             self._write_failed("cannot write the spool", exc)
             return False
         now = self.clock.time()
         with self._lock:
-            segment = self._segments[self._active]
             segment.size += size
             segment.lines += len(lines)
             self._last_sync_at = now
@@ -300,12 +300,16 @@ class Spool:
             listener()
         return True
 
-    def _append(self, lines: list[bytes], size: int) -> None:
+    def _append(self, lines: list[bytes], size: int) -> Segment:
+        """Write `lines` to the active segment (a new one when it is full or sealed); returns that segment."""
         with self._lock:
-            active = self._segments.get(self._active) if self._file is not None and not self._file.sealed else None
+            number = self._active if self._file is not None and not self._file.sealed else None
+            active = self._segments.get(number) if number is not None else None
         if active is None or (active.size and active.size + size > self.segment_bytes):
             active = self._open_segment()
+        assert self._file is not None  # open, or just opened by `_open_segment`
         self._file.append(lines, active.size)
+        return active
 
     def _open_segment(self) -> Segment:
         if self._file is not None:

@@ -94,13 +94,13 @@ def _set_aside(value: Any, long: list[tuple[str, str]], nonce: str) -> Any:
                 out[key] = kept
         return out if out is not None else value
     if isinstance(value, list):
-        out = None
+        copied = None
         for index, item in enumerate(value):
             kept = _set_aside(item, long, nonce)
             if kept is not item:
-                out = out if out is not None else list(value)
-                out[index] = kept
-        return out if out is not None else value
+                copied = copied if copied is not None else list(value)
+                copied[index] = kept
+        return copied if copied is not None else value
     return value
 
 

@@ -6,6 +6,7 @@ group; `save_cursor` replaces the cursor atomically. No locks here: the spool ow
 """
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -118,7 +119,7 @@ class SegmentFile:
     def __init__(self, directory: Path, number: int):
         self.number = number
         path = segment_path(directory, number)
-        self._fh = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
+        self._fh: io.FileIO | None = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
         try:
             fd = os.open(directory, os.O_RDONLY)  # make the new name itself durable
             try:
@@ -138,15 +139,17 @@ class SegmentFile:
         """Append `lines` and fsync; joined `WRITE_RUN` bytes at a time, since one join of a whole
         group (up to `spool.inmem_max_mb`) would hold the GIL for milliseconds. On OSError the
         file is cut back to `good_size` bytes (or sealed when it cannot be) and the error raised."""
+        fh = self._fh
+        assert fh is not None, "append to a sealed segment"  # the spool opens a new one instead
         try:
             for run in runs(lines, WRITE_RUN):
                 view = memoryview(run)
                 while view:
-                    view = view[self._fh.write(view) :]
-            os.fsync(self._fh.fileno())
+                    view = view[fh.write(view) :]
+            os.fsync(fh.fileno())
         except OSError:
             try:  # cut the partial group off, so the retry starts on a line boundary
-                os.ftruncate(self._fh.fileno(), good_size)
+                os.ftruncate(fh.fileno(), good_size)
             except OSError:
                 self.close()  # cannot: seal it (its recorded size hides the tail), retry in a new one
             raise

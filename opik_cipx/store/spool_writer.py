@@ -10,7 +10,7 @@ queued, retrying until its deadline; what is still queued then is lost with the 
 """
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.stats import Counters
@@ -51,7 +51,8 @@ class GroupCommit(Worker):
         with self._cond:
             if not self._fits(len(lines), size) or self._stopping:
                 if not self._dropping:
-                    log.warning("spool: dropping records: %s", "spool closed" if self._stopping else "in-memory queue full")
+                    log.warning("spool: dropping records: %s",
+                                "spool closed" if self._stopping else "in-memory queue full")
                 self._dropping = True
                 self._dropped += len(lines)
                 return None
@@ -138,7 +139,8 @@ class GroupCommit(Worker):
         """Commit what is queued, retrying every `retry_s` until the stop deadline."""
         while not self._commit_pending() and self.clock.monotonic() < self.deadline:
             with self._cond:
-                self.clock.wait_for(self._cond, lambda: False, min(self.retry_s, self.deadline - self.clock.monotonic()))
+                self.clock.wait_for(self._cond, lambda: False,
+                                    min(self.retry_s, self.deadline - self.clock.monotonic()))
 
     def _commit_pending(self) -> bool:
         """Commit everything queued as one group; False when the disk refused it (kept queued)."""

@@ -1,22 +1,24 @@
-"""Who may read the viewer: whoever can read `$CIPX_HOME/viewer.token` (0600), as with Jupyter.
+"""Who may read the viewer: whoever can read `$CIPX_HOME` (0700), as with Jupyter.
 
 The viewer shows prompts and answers, so a loopback port is not enough: every other user of the
-machine can connect to it. `opik-cipx viewer` prints a URL carrying the token, `/?token=...`
-(`--open` hands the browser a private local page that forwards it there: a command line is
-readable by every local user). That request sets an HttpOnly, SameSite=Strict cookie and sends
-the browser on to the same URL without the token. Every later request must bring the cookie;
-anything else gets a 403 saying what to run. Tokens and cookies are compared in constant time.
+machine can connect to it. `opik-cipx viewer` prints a one-time sign-in URL, `/?signin=<code>`
+(`views/sign_in.py`: it works once, within an hour; `--open` hands the browser a private local
+page that forwards it there: a command line is readable by every local user). That request
+sets an HttpOnly, SameSite=Strict cookie and sends the browser on to the same URL without the
+code. Every later request must bring the cookie; anything else gets a 403 saying what to run: a
+spent or expired link, that `opik-cipx viewer` prints a new one. A browser that holds the cookie
+and opens a spent link (from its history, say) is simply sent on. Cookies are compared in
+constant time.
 
-The cookie is not the token: a browser sends the cookies of 127.0.0.1 to every port of it, so
-any local listener the browser visits receives it. Its value is an HMAC of the viewer's port
-keyed by the token (`cookie_value`): it admits a browser to this port only, and does not give
-the token away (nor, with it, a sign-in anywhere else). It is the same for every sign-in, so a
-restart signs nobody out; a new token (delete `viewer.token`, restart) signs everyone out. The
-sign-in link and the cookie are checked separately, so the link can change (become single-use)
-without touching signed-in browsers.
+The cookie is not the token (`$CIPX_HOME/viewer.token`, drawn by the daemon at its first start):
+a browser sends the cookies of 127.0.0.1 to every port of it, so any local listener the browser
+visits receives it. Its value is an HMAC of the viewer's port keyed by the token
+(`cookie_value`): it admits a browser to this port only, and does not give the token away. It is
+the same for every sign-in, so a restart signs nobody out; a new token (delete `viewer.token`,
+restart) signs everyone out. The token itself opens nothing: it only keys the cookie.
 
 The onward step is a page that navigates itself (meta refresh), not a 30x: a browser does not
-send a SameSite=Strict cookie on a redirect that a link on another site started (a token URL
+send a SameSite=Strict cookie on a redirect that a link on another site started (a sign-in URL
 clicked in a chat app), while a navigation our own page starts is same-site.
 """
 
@@ -31,11 +33,18 @@ from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
 
+from opik_cipx.views.sign_in import SignInLinks
+
 TOKEN_FILE = "viewer.token"
 OPEN_FILE = "viewer-open.html"  # the page `viewer --open` hands the browser (holds the sign-in URL)
 _COOKIE_LABEL = b"opik-cipx viewer cookie 1\0"  # what the token signs: this, then the port
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{32,128}")
-DENIED = "opik-cipx viewer: this page needs the viewer token. Run `opik-cipx viewer` and open the URL it prints.\n"
+SIGN_IN = "signin"  # the query parameter of a sign-in link
+LEGACY = "token"  # what older versions' links carried (the token itself): refused like a spent link
+DENIED = ("opik-cipx viewer: this browser is not signed in. Run `opik-cipx viewer` and open the one-time "
+          "sign-in link it prints.\n")
+SPENT = ("opik-cipx viewer: this sign-in link was used already or has expired: each link works once, within "
+         "an hour. Run `opik-cipx viewer` for a new one.\n")
 
 
 def token_path(home: Path) -> Path:
@@ -55,9 +64,9 @@ def read_token(home: Path) -> str | None:
     return text if _TOKEN.fullmatch(text) else None
 
 
-def viewer_url(port: int, token: str) -> str:
-    """The sign-in URL `opik-cipx viewer` prints."""
-    return f"http://127.0.0.1:{port}/?token={token}"
+def sign_in_url(port: int, code: str) -> str:
+    """The one-time sign-in URL `opik-cipx viewer` prints (`SignInLinks.issue` gives the code)."""
+    return f"http://127.0.0.1:{port}/?{SIGN_IN}={code}"
 
 
 def cookie_value(token: str, port: int) -> str:
@@ -86,28 +95,30 @@ class Answer:
 
 
 class ViewerAccess:
-    """Checks each viewer request against the token; one per daemon."""
+    """Checks each viewer request for the cookie, and redeems sign-in links; one per daemon."""
 
-    def __init__(self, token: str):
+    def __init__(self, token: str, links: SignInLinks):
         self._token = token.encode("ascii")
+        self.links = links
 
     def check(self, target: str, headers: Message, port: int) -> Answer | None:
         """None when the request may be answered; else the answer to send (sign-in page or 403)."""
         path, _, query = target.partition("?")
         params = urllib.parse.parse_qsl(query, keep_blank_values=True)
-        offered = [value for name, value in params if name == "token"]
+        offered = [value for name, value in params if name in (SIGN_IN, LEGACY)]
+        signed_in = self._signed_in(headers, port)
         if offered:
-            if len(offered) == 1 and self._matches(offered[0]):
-                return self._sign_in(path, [(name, value) for name, value in params if name != "token"], port)
-            return Answer(403, "text/plain; charset=utf-8", DENIED.encode())
-        expected = self._cookie(port)
-        if any(hmac.compare_digest(value.encode("utf-8", "surrogateescape"), expected)
-               for value in _cookie_values(headers, cookie_name(port))):
-            return None
-        return Answer(403, "text/plain; charset=utf-8", DENIED.encode())
+            rest = [(name, value) for name, value in params if name not in (SIGN_IN, LEGACY)]
+            link = offered[0] if len(offered) == 1 and any(name == SIGN_IN for name, _ in params) else None
+            if (link is not None and self.links.redeem(link)) or signed_in:
+                return self._sign_in(path, rest, port)
+            return Answer(403, "text/plain; charset=utf-8", SPENT.encode())
+        return None if signed_in else Answer(403, "text/plain; charset=utf-8", DENIED.encode())
 
-    def _matches(self, offered: str) -> bool:
-        return hmac.compare_digest(offered.encode("utf-8", "surrogateescape"), self._token)
+    def _signed_in(self, headers: Message, port: int) -> bool:
+        expected = self._cookie(port)
+        return any(hmac.compare_digest(value.encode("utf-8", "surrogateescape"), expected)
+                   for value in _cookie_values(headers, cookie_name(port)))
 
     def _cookie(self, port: int) -> bytes:
         return cookie_value(self._token.decode("ascii"), port).encode("ascii")

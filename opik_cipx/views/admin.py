@@ -7,7 +7,8 @@ DNS rebinding. Any local user can read it: it carries no prompt, no file path, n
 """
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from opik_cipx.wire.loopback import LoopbackHandler
 

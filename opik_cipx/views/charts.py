@@ -2,12 +2,14 @@
 
 No script, font or stylesheet from anywhere: every chart is markup the page carries, each
 mark has a `<title>` (the browser shows it on hover) and a legend names every colour. Charts
-keep a minimum width and scroll sideways on a phone rather than shrink their text.
+keep a minimum width and scroll sideways on a phone rather than shrink their text; a chart of
+many columns has a phone form instead (`stacked_rows`: one row per column, newest at the
+bottom), which the page shows below 700 px (`CSS`).
 """
 
 import html
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from opik_cipx.materialize.attribution import BUCKETS
 
@@ -22,9 +24,12 @@ SERIES = (*BUCKETS, "output", "web_search")
 assert set(PALETTE) == set(SERIES), "every bucket needs a colour"
 
 Format = Callable[[float], str]
-# The page's stylesheet gives charts their font and minimum width (they scroll on a phone).
+# The page's stylesheet gives charts their font and minimum width (they scroll on a phone), and
+# shows one of a pair (`only-wide`, `only-narrow`) by the screen's width.
 CSS = (".chart{margin:0;overflow-x:auto}.chart svg{min-width:760px;max-width:1000px;width:100%;height:auto;"
-       "font:13px system-ui,sans-serif}svg.share{width:100%;height:22px;display:block}"
+       "font:13px system-ui,sans-serif}.chart.rows svg{min-width:0;max-width:560px;font-size:12px}"
+       ".only-narrow{display:none}@media (max-width:700px){.only-wide{display:none}.only-narrow{display:block}}"
+       "svg.share{width:100%;height:22px;display:block}"
        "svg.meter{width:80px;height:8px}.legend span{display:inline-block;margin:2px 10px 2px 0;white-space:nowrap}"
        ".sw{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:baseline}")
 
@@ -60,9 +65,9 @@ def usd_axis(value: float) -> str:
     return f"${value:.{1 - math.floor(math.log10(abs(value)))}f}"
 
 
-def _svg(width: int, height: int, label: str, body: list[str]) -> str:
+def _svg(width: int, height: int, label: str, body: list[str], kind: str = "chart") -> str:
     return (
-        f"<figure class=chart><svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {width} {height}' "
+        f"<figure class='{kind}'><svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {width} {height}' "
         f"role=img aria-label='{html.escape(label, quote=True)}'>" + "".join(body) + "</svg></figure>"
     )
 
@@ -111,6 +116,35 @@ def stacked_bars(columns: list[tuple[str, dict[str, float]]], series: list[str],
     return _svg(width, height, label, body)
 
 
+def stacked_rows(rows: list[tuple[str, dict[str, float]]], series: list[str], *, label: str,
+                 fmt: Format = usd_axis, colours: dict[str, str] = PALETTE, width: int = 380,
+                 row_height: int = 18) -> str:
+    """`stacked_bars` turned sideways for a phone: one row per column (its name, its bar stacked
+    left to right in `series` order, its total), in the order given."""
+    left, right, top = 44, 58, 4
+    plot_w = width - left - right
+    peak = max((sum(v.values()) for _, v in rows), default=0.0) or 1.0
+    body = []
+    for n, (name, values) in enumerate(rows):
+        y = top + n * row_height
+        body.append(f"<text x={left - 6} y={y + row_height - 5} text-anchor=end fill='#4b5563'>"
+                    f"{html.escape(name)}</text>")
+        x = float(left)
+        for part in series:
+            value = values.get(part, 0.0)
+            if value <= 0:
+                continue
+            w = plot_w * value / peak
+            body.append(f"<rect class=bar x={x:.1f} y={y + 3} width={w:.2f} height={row_height - 6} "
+                        f"fill='{colours[part]}'><title>{html.escape(f'{name} {part}: {fmt(value)}')}</title></rect>")
+            x += w
+        total = sum(values.values())
+        if total > 0:
+            body.append(f"<text x={x + 4:.1f} y={y + row_height - 5} fill='#111'>{html.escape(fmt(total))}</text>")
+    body.append(f"<line x1={left} x2={left} y1={top} y2={top + len(rows) * row_height} stroke='#9ca3af'/>")
+    return _svg(width, top * 2 + len(rows) * row_height, label, body, "chart rows")
+
+
 def line_chart(count: int, lines: list[tuple[str, str, dict[int, float], str, Format]], *, label: str,
                width: int = 900, height: int = 260) -> str:
     """Points 1..`count` on x; each line is (name, colour, {x: y}, "left" | "right" axis, its
@@ -124,10 +158,10 @@ def line_chart(count: int, lines: list[tuple[str, str, dict[int, float], str, Fo
     for i in range(5):
         y = top + plot_h - plot_h * i / 4
         body.append(f"<line x1={left} x2={width - right} y1={y:.1f} y2={y:.1f} stroke='#e5e7eb'/>")
-        for side, x, anchor in (("left", left - 6, "end"), ("right", width - right + 6, "start")):
+        for side, tick_x, anchor in (("left", left - 6, "end"), ("right", width - right + 6, "start")):
             if side in formats:
                 colour = next(c for _, c, _, s, _ in lines if s == side)
-                body.append(f"<text x={x} y={y + 4:.1f} text-anchor={anchor} fill='{colour}'>"
+                body.append(f"<text x={tick_x} y={y + 4:.1f} text-anchor={anchor} fill='{colour}'>"
                             f"{html.escape(formats[side](peaks[side] * i / 4))}</text>")
 
     def xy(n: int, value: float, side: str) -> tuple[float, float]:
@@ -140,7 +174,7 @@ def line_chart(count: int, lines: list[tuple[str, str, dict[int, float], str, Fo
             body.append(f"<polyline class=line fill=none stroke='{colour}' stroke-width=2 points='"
                         + " ".join(f"{x:.1f},{y:.1f}" for x, y in coords) + "'/>")
         if count <= 150:
-            for (n, v), (x, y) in zip(sorted(points.items()), coords):
+            for (n, v), (x, y) in zip(sorted(points.items()), coords, strict=True):
                 body.append(f"<circle cx={x:.1f} cy={y:.1f} r=3 fill='{colour}'>"
                             f"<title>{html.escape(f'call {n}: {name} {fmt(v)}')}</title></circle>")
     every = max(1, math.ceil(count / 12))

@@ -36,10 +36,11 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import Callable, Iterable
+from typing import Any, TypeVar
 
 from opik_cipx.stats import Counters
 
@@ -54,8 +55,10 @@ LINGER_S = 1.0  # after a refusal with an unread body: how long its rest is read
 LINGER_BYTES = 1024 * 1024
 FD_LIMIT_WANTED = 8192
 _BLANK_LINE = re.compile(rb"\n\r?\n")
-HEAD_CUT_OFF = "opik-cipx: the request head ended before its blank line (connection closed mid-head); nothing was forwarded"
+HEAD_CUT_OFF = ("opik-cipx: the request head ended before its blank line (connection closed mid-head); "
+                "nothing was forwarded")
 _LISTENER = object()
+_T = TypeVar("_T")
 INFINITY = float("inf")
 
 
@@ -120,7 +123,8 @@ def read_head(rfile: io.BufferedIOBase) -> bytes | None:
 
 
 def raise_fd_limit(wanted: int = FD_LIMIT_WANTED) -> None:
-    """Lift the soft open-file limit towards `wanted` (within the hard limit): waiting connections cost a descriptor each."""
+    """Lift the soft open-file limit towards `wanted` (within the hard limit): waiting connections cost a
+    descriptor each."""
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
@@ -159,7 +163,8 @@ def count_refusal(counters: Counters, listener: str, status: int, what: str, mes
     (`Counters.refused`), logged at the 1st, 2nd, 4th... (`what`: the method and route, never a query)."""
     refused = counters.refused(listener, status)
     if worth_logging(refused):
-        log.warning("%s listener: refused %s with %d (%d refusals so far): %s", listener, what, status, refused, message)
+        log.warning("%s listener: refused %s with %d (%d refusals so far): %s",
+                    listener, what, status, refused, message)
 
 
 class _Pending:
@@ -167,7 +172,7 @@ class _Pending:
 
     __slots__ = ("sock", "addr", "buf", "deadline")
 
-    def __init__(self, sock: socket.socket, addr, deadline: float):
+    def __init__(self, sock: socket.socket, addr: tuple[str, int], deadline: float):
         self.sock = sock
         self.addr = addr
         self.buf = bytearray()
@@ -177,7 +182,7 @@ class _Pending:
 class Connection:
     """A client connection served by a handler thread; its phase, deadline and hang-up watch are read by the loop."""
 
-    def __init__(self, sock: socket.socket, addr, prefix: bytes):
+    def __init__(self, sock: socket.socket, addr: tuple[str, int], prefix: bytes):
         self.sock = sock
         self.addr = addr
         self.prefix = prefix  # bytes the loop already read: the first head, maybe more
@@ -275,7 +280,7 @@ class _ConnReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]  # BufferedReader passes a memoryview
         if self._prefix is not None:
             n = min(len(buffer), len(self._prefix))
             buffer[:n] = self._prefix[:n]
@@ -293,7 +298,7 @@ class _ConnWriter(io.BufferedIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]  # what handlers write
         self._sock.sendall(data)
         with memoryview(data) as view:
             return view.nbytes
@@ -349,8 +354,10 @@ class ConnectionServer(socketserver.TCPServer):
 
     allow_reuse_address = True
     request_queue_size = 128
+    RequestHandlerClass: type["ConnectionHandler"]
 
-    def __init__(self, address, handler: type["ConnectionHandler"], limits: Limits, counters: Counters | None = None):
+    def __init__(self, address: tuple[str, int], handler: type["ConnectionHandler"], limits: Limits,
+                 counters: Counters | None = None):
         self.limits = limits
         self.counters = counters or Counters()
         self.name = getattr(self, "name", "listener")
@@ -386,15 +393,16 @@ class ConnectionServer(socketserver.TCPServer):
         finally:
             self._stopped.set()
 
-    def _event(self, data) -> None:
+    def _event(self, data: object) -> None:
         if data is _LISTENER:
             self._accept()
         elif isinstance(data, _Pending):
             self._read(data)
         else:
+            assert isinstance(data, Connection)  # the only other thing the loop registers
             self._hangup(data)
 
-    def _guarded(self, step: Callable, arg) -> None:
+    def _guarded(self, step: Callable[[_T], None], arg: _T) -> None:
         """One step of the loop: a bug in it is logged and counted, never the end of the listener."""
         try:
             step(arg)
@@ -503,7 +511,8 @@ class ConnectionServer(socketserver.TCPServer):
             if worth_logging(refused):
                 log.warning("%s listener: %d connections busy; refused a request (client_max_connections; %d so far)",
                             self.name, self.limits.max_connections, refused)
-            message = f"opik-cipx: too many connections at once (more than {self.limits.max_connections}); retry shortly"
+            message = (f"opik-cipx: too many connections at once (more than {self.limits.max_connections}); "
+                       "retry shortly")
             _send_and_close(pending.sock, self.RequestHandlerClass.canned_response(503, message))
             return
         pending.sock.setblocking(True)
@@ -528,7 +537,7 @@ class ConnectionServer(socketserver.TCPServer):
 
     def _serve(self, conn: Connection) -> None:
         try:
-            self.RequestHandlerClass(conn, conn.addr, self)
+            self.RequestHandlerClass(conn, conn.addr, self)  # type: ignore[arg-type]  # setup() takes the Connection
         except Exception:
             self.handle_error(conn.sock, conn.addr)
         finally:
@@ -585,6 +594,7 @@ class ConnectionHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server: ConnectionServer
+    rfile: io.BufferedReader
 
     def setup(self) -> None:
         conn: Connection = self.request
@@ -605,7 +615,7 @@ class ConnectionHandler(BaseHTTPRequestHandler):
             return
         end = head_end(buffered)
         if end is not None:  # the whole head is buffered (always so for the first one): no line-by-line read
-            head = self.rfile.read(end)
+            head: bytes | None = self.rfile.read(end)
         else:
             if not self.conn.enter("head", limits.header_timeout_s):
                 return
@@ -620,7 +630,7 @@ class ConnectionHandler(BaseHTTPRequestHandler):
             return
         split = head.index(b"\n") + 1
         self.raw_requestline, headers = head[:split], head[split:]
-        rfile, self.rfile = self.rfile, io.BytesIO(headers)
+        rfile, self.rfile = self.rfile, io.BytesIO(headers)  # type: ignore[assignment]  # for parse_request only
         try:
             parsed = self.parse_request()
         finally:
@@ -681,5 +691,5 @@ class ConnectionHandler(BaseHTTPRequestHandler):
         content_type, body = cls.error_document(status, message)
         return http_response(status, content_type, body, close=True)
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s: " + format, self.server.name, *args)

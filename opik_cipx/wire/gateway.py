@@ -8,10 +8,10 @@ wire are referenced by a `Capture` that goes to the tee once the exchange is ove
 Only Claude Code and other local programs are served, never a web page: a request with an
 `Origin` header, a browser's `Sec-Fetch-Site` / `Sec-Fetch-Mode`, a Host that is not loopback or
 a target that is not a path is refused 403 (`browser_or_stranger`), not forwarded, not captured
-and counted in `requests_refused` (as every listener's refusals are: `connections.count_refusal`). Claude Code sends none of these (tests/security prove it on
-the recorded corpus). While an exchange waits on the upstream, the connection loop watches the
-client socket: a client that leaves closes the upstream request within a fraction of a second
-(`_Departure`).
+and counted in `requests_refused` (as every listener's refusals are: `connections.count_refusal`).
+Claude Code sends none of these (tests/security prove it on the recorded corpus). While an
+exchange waits on the upstream, the connection loop watches the client socket: a client that
+leaves closes the upstream request within a fraction of a second (`_Departure`).
 """
 
 import http.client
@@ -21,9 +21,9 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from email.message import Message
-from typing import Callable, Iterator
 
 from opik_cipx.ids import new_uuid7
 from opik_cipx.stats import Counters
@@ -131,7 +131,7 @@ def error_body(message: str, error_type: str = "api_error") -> bytes:
 
 def upstream_headers(items: list[tuple[str, str]], host: str, body_len: int | None) -> list[tuple[str, str]]:
     """The client's headers as sent upstream: hop-by-hop dropped, Host and framing rewritten."""
-    listed = set()
+    listed: set[str] = set()
     for name, value in items:
         if name.lower() == "connection":
             listed.update(token.strip().lower() for token in value.split(","))
@@ -194,7 +194,7 @@ class GatewayHandler(LoopbackHandler):
 
     gateway: Gateway  # set on the subclass the daemon builds
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Callable[[], None]:
         if name.startswith("do_"):
             return self._exchange
         raise AttributeError(name)
@@ -274,7 +274,8 @@ class GatewayHandler(LoopbackHandler):
         return body
 
     def _read_chunked(self) -> bytes:
-        parts, total = [], 0
+        parts: list[bytes] = []
+        total = 0
         while True:
             line = self.rfile.readline(1024)
             if not line.endswith(b"\n"):
@@ -327,7 +328,8 @@ class GatewayHandler(LoopbackHandler):
                     try:
                         return conn, conn.getresponse()
                     except (http.client.RemoteDisconnected, ConnectionResetError, ssl.SSLEOFError):
-                        if not reused or retried or departure.departed or time.monotonic() - sent > STALE_RETRY_WINDOW_S:
+                        if (not reused or retried or departure.departed
+                                or time.monotonic() - sent > STALE_RETRY_WINDOW_S):
                             raise
             except BaseException:
                 departure.detach()
@@ -427,7 +429,8 @@ class GatewayHandler(LoopbackHandler):
                 return False
             if not data and resp.length:  # EOF before the promised Content-Length
                 if not departure.departed:
-                    capture.upstream_error = "upstream connection failed mid-response: body shorter than its Content-Length"
+                    capture.upstream_error = ("upstream connection failed mid-response: "
+                                              "body shorter than its Content-Length")
                     log.warning("gateway: %s", capture.upstream_error)
                 return False
             last = not data or resp.length == 0

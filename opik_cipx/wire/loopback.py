@@ -10,6 +10,7 @@ page cannot reach a listener by DNS rebinding: it would have to send its own hos
 import errno
 import logging
 import re
+import socket
 import sys
 
 from opik_cipx.config import LOOPBACK_HOST
@@ -31,8 +32,12 @@ class PortTaken(ListenError):
 
 
 class LoopbackServer(ConnectionServer):
+    """`listener`: a socket already listening on `host` (handed over by the detached supervisor,
+    control/detached.py) to serve instead of binding `port`."""
+
     def __init__(self, name: str, host: str, port: int, handler: type["LoopbackHandler"], limits: Limits,
-                 counters: Counters | None = None):
+                 counters: Counters | None = None, listener: socket.socket | None = None):
+        self._listener = listener
         if host != LOOPBACK_HOST:
             raise ListenError(
                 f"refusing to listen on {host!r} for {name}: opik-cipx only binds {LOOPBACK_HOST} "
@@ -49,11 +54,21 @@ class LoopbackServer(ConnectionServer):
                 ) from None
             raise ListenError(f"cannot listen on {host}:{port} ({name}): {exc.strerror}") from None
 
+    def server_bind(self) -> None:
+        if self._listener is None:
+            return super().server_bind()
+        self.socket.close()
+        self.socket, self.server_address = self._listener, self._listener.getsockname()
+
+    def server_activate(self) -> None:
+        if self._listener is None:
+            super().server_activate()
+
     @property
     def port(self) -> int:
         return self.server_address[1]
 
-    def handle_error(self, request, client_address) -> None:
+    def handle_error(self, request: object, client_address: object) -> None:
         """A client that resets its connection is routine: one debug line, no traceback on stderr."""
         exc = sys.exc_info()[1]
         if isinstance(exc, OSError):
@@ -77,6 +92,8 @@ def loopback_host(values: list[str] | None) -> bool:
 
 class LoopbackHandler(ConnectionHandler):
     """Base of the gateway, admin and viewer handlers: a request not addressed to loopback is refused 403."""
+
+    server: LoopbackServer
 
     def check_request(self) -> tuple[int, str] | None:
         if not loopback_host([value for name, value in self.headers.raw_items() if name.lower() == "host"]):

@@ -10,7 +10,7 @@ in here without touching the gateway.
 """
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.stats import Counters

@@ -46,12 +46,13 @@ class FinalResponse(http.client.HTTPResponse):
     unread on a connection going back to the pool, for the next call to receive.
     """
 
-    def _read_status(self):
+    # http.client's private parts this relies on are not in its type stubs.
+    def _read_status(self) -> tuple[str, int, str]:
         while True:
-            version, status, reason = super()._read_status()
+            version, status, reason = super()._read_status()  # type: ignore[misc]
             if status == http.client.CONTINUE or status == 101 or not 100 <= status < 200:
                 return version, status, reason  # begin() skips a 100 itself
-            http.client._read_headers(self.fp)  # the interim response's header block
+            http.client._read_headers(self.fp)  # type: ignore[attr-defined]  # the interim response's header block
 
 
 def ssl_context(ca_bundle: str) -> ssl.SSLContext:

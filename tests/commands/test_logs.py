@@ -7,7 +7,6 @@ import sys
 
 from opik_cipx.commands.logs import last_lines
 from tests.conftest import wait_for
-from tests.lifecycle_helpers import machine  # noqa: F401 - fixture
 
 
 def test_last_lines_across_blocks(tmp_path):

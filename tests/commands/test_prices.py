@@ -60,7 +60,8 @@ def test_json_holds_every_model_with_its_periods_and_the_daemon_state(home):
                               "output": 0.5}
     assert haiku["tiers"][0]["above_prompt_tokens"] == 100000 and haiku["checked"] == "2026-11-27"
     sonnet = doc["models"]["claude-sonnet-5-5"]
-    assert [(p["effective_from"], p["rates"]["cache_read"]) for p in sonnet["periods"]] == [(None, 0.2), ("2026-10-07", 0.1)]
+    assert [(p["effective_from"], p["rates"]["cache_read"]) for p in sonnet["periods"]] == [
+        (None, 0.2), ("2026-10-07", 0.1)]
     assert doc["newest_by_family"]["opus"] == "claude-opus-5-5"
     assert doc["overrides"] == [] and doc["daemon"]["running"] is False and doc["daemon"]["unknown_models"] is None
 

@@ -7,7 +7,7 @@ import sys
 from opik_cipx.commands import purge
 from opik_cipx.config import load_settings
 from opik_cipx.store.spool import Spool
-from tests.lifecycle_helpers import machine, wait_gone  # noqa: F401 - fixture
+from tests.lifecycle_helpers import wait_gone
 from tests.spool_driver import prefill
 
 MIB = 1024 * 1024

@@ -10,8 +10,8 @@ from opik_cipx.ledger.store import Ledger
 from tests.claude_code_corpus import corpus_clock, materialized
 from tests.conftest import run_cli
 
-FIGURES = ["calls", "cost_usd", "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
-           "output_tokens"]
+FIGURES = ["calls", "cost_usd", "uncached_input_tokens", "cache_write_tokens", "cache_read_tokens", "input_side_tokens",
+           "output_tokens"]  # docs/REPORTS.md, "Words"
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,11 @@ def test_table_is_aligned_with_units_and_a_totals_row(corpus_home):
     result = run_cli(home, "report", "--by", "model")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["model", "calls", "input", "tok", "cache", "write", "tok", "cache", "read", "tok",
-                                "output", "tok", "cost", "USD", "cache", "hit"]
+    assert lines[0].split() == ["model", "calls", "uncached", "input", "cache", "write", "cache", "read", "input",
+                                "side", "output", "cost", "USD", "cache", "hit"]
+    assert lines[-1] == ("Tokens: input side = uncached input + cache write + cache read; cache hit = cache read / "
+                         "input side (docs/REPORTS.md).")
+    lines = lines[:-1]
     assert len(lines) == 6 and len({len(line) for line in lines}) == 1  # figures right-aligned
     cost_end = lines[0].index("cost USD") + len("cost USD")
     assert all(line[:cost_end][-5] == "." for line in lines[2:] if not line.startswith("-"))  # $x.xxxx
@@ -114,7 +117,7 @@ def test_by_cache_break_gives_each_cause_with_what_the_breaks_cost(corpus_home):
     assert doc["total"]["cache_breaks"] == causes["unknown"]["cache_breaks"] + 1 > 1
     table = run_cli(home, "report", "--by", "cache_break").stdout.splitlines()
     assert table[0].split()[-6:] == ["hit", "breaks", "rewritten", "tok", "break", "USD"]
-    assert table[-1].endswith(f"${doc['total']['cache_break_usd']:,.4f}")
+    assert table[-2].endswith(f"${doc['total']['cache_break_usd']:,.4f}")
     rows = list(csv.reader(io.StringIO(run_cli(home, "report", "--by", "cache_break", "--csv").stdout)))
     assert rows[0] == ["cache_break", *FIGURES, "cache_breaks", "cache_break_tokens", "cache_break_usd"]
 
@@ -137,3 +140,72 @@ def test_by_day_shows_each_rate_limit_windows_peak(tmp_path):
     rows = list(csv.reader(io.StringIO(run_cli(home, "report", "--by", "week", "--csv").stdout)))
     assert rows[0][-9:-7] == ["peak:5h", "peak:7d"] and rows[1][-9:-7] == ["0.14", "0.81"]
     assert "peak_utilization" not in json.loads(run_cli(home, "report", "--by", "model", "--json").stdout)["total"]
+
+
+def test_session_takes_the_start_of_an_id_and_says_when_it_names_none_or_several(corpus_home):
+    home, _ = corpus_home
+    whole = json.loads(run_cli(home, "report", "--session", "d746060a-2115-4917-833e-96568974e836", "--json").stdout)
+    short = run_cli(home, "report", "--session", "d746060a", "--json")  # the prefix everyone copies
+    assert short.returncode == 0 and short.stderr == "" and json.loads(short.stdout) == whole
+    assert whole["total"]["calls"] == 3
+    ambiguous = run_cli(home, "report", "--session", "1b")
+    assert ambiguous.returncode == 2 and ambiguous.stdout == ""
+    assert ambiguous.stderr == ("opik-cipx: --session '1b' starts 2 session ids (1b15d3cd-b49e-410d-880f-1d1856a84f6c, "
+                                "1ba5440a-458d-4df7-b61b-c2cf3c262711): give more of the id\n")
+    missing = run_cli(home, "report", "--session", "44faf0ae", "--json")
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert missing.stderr == ("opik-cipx: no session in the ledger has an id starting with '44faf0ae'; "
+                              "`opik-cipx report --by session` lists them\n")
+
+
+def test_a_filter_or_a_window_without_calls_says_so(corpus_home):
+    home, _ = corpus_home
+    nowhere = run_cli(home, "report", "--project", "/home/dev/code/nowhere", "--json")
+    assert nowhere.returncode == 1 and nowhere.stdout == ""
+    assert nowhere.stderr == ("opik-cipx: no call in the ledger was made in /home/dev/code/nowhere or below it; "
+                              "`opik-cipx report --by project` lists what the ledger holds\n")
+    later = run_cli(home, "report", "--since", "2026-12-01", "--json", TZ="UTC")  # the corpus: 2026-11-24
+    assert later.returncode == 0 and json.loads(later.stdout)["total"]["calls"] == 0  # scripts still get the shape
+    assert later.stderr == ("opik-cipx: no call was made from 2026-12-01 00:00 to now (the ledger holds calls from "
+                            "2026-11-24 01:53 to 2026-11-24 01:54)\n")
+    assert run_cli(home, "report", "--since", "2026-11-23", "--json", TZ="UTC").stderr == ""
+
+
+def test_model_kind_and_agent_narrow_as_the_dashboards_filters(corpus_home):
+    home, _ = corpus_home
+    kinds = {row["kind"]: row for row in json.loads(run_cli(home, "report", "--by", "kind", "--json").stdout)["rows"]}
+    main = json.loads(run_cli(home, "report", "--kind", "main", "--json").stdout)["total"]
+    assert main == {name: kinds["main"][name] for name in FIGURES}
+    haiku = json.loads(
+        run_cli(home, "report", "--by", "agent", "--model", "claude-haiku-4-5-20251001", "--json").stdout)
+    assert [(row["agent"], row["calls"]) for row in haiku["rows"]] == [("code-auditor", 2)]
+    none = run_cli(home, "report", "--agent", "main", "--kind", "subagent", "--json")
+    assert none.returncode == 1 and none.stdout == "" and none.stderr == (
+        "opik-cipx: no call in the ledger matches kind subagent and agent main together\n")
+
+
+SESSION_KEYS = ["session", "session_label", "session_project", "session_started_at"]
+
+
+def test_by_session_each_row_carries_its_label_project_and_start(corpus_home):
+    """Sessions are no bare ids: table, JSON and CSV give each one's label (its first prompt
+    here: the corpus holds no title call), project and start time."""
+    home, _ = corpus_home
+    sessions = {json.loads(path.read_text())["session_id"]: json.loads(path.read_text())
+                for path in (home / "sessions").glob("*.json")}
+    doc = json.loads(run_cli(home, "report", "--by", "session", "--json").stdout)
+    rows = {row["session"]: row for row in doc["rows"]}
+    assert all(list(row) == [*SESSION_KEYS, *FIGURES] for row in doc["rows"])
+    subagent = rows["1b15d3cd-b49e-410d-880f-1d1856a84f6c"]
+    assert subagent["session_label"] == "Use a subagent to survey this project's layout and report back."
+    assert subagent["session_project"] == sessions[subagent["session"]]["cwd"] == "/home/dev/code/inventory-sync"
+    assert subagent["session_started_at"].startswith("20") and subagent["session_started_at"][19] in "+-Z"
+    assert all(row["session_label"] and row["session_project"] for row in doc["rows"])
+    table = run_cli(home, "report", "--by", "session").stdout.splitlines()
+    assert table[0].split()[:5] == ["session", "started", "project", "label", "calls"]
+    line = next(line for line in table if line.startswith("1b15d3cd "))
+    started = subagent["session_started_at"][:16].replace("T", " ")
+    assert f"1b15d3cd  {started}  inventory-sync" in line and "Use a subagent to survey this project's…" in line
+    rows_csv = list(csv.DictReader(io.StringIO(run_cli(home, "report", "--by", "session,model", "--csv").stdout)))
+    assert list(rows_csv[0])[:6] == ["session", "model", *SESSION_KEYS[1:], "calls"]
+    assert {row["session_label"] for row in rows_csv[:-1]} == {row["session_label"] for row in doc["rows"]}

@@ -67,7 +67,8 @@ def test_retry_quarantine_with_the_daemon_down_ships_at_the_next_start(home, ups
 
 
 def test_nothing_to_retry_and_the_flag_is_required(home):
-    assert run_cli(home, "ship", "--retry-quarantine").stdout == "opik-cipx: the quarantine is empty: nothing to retry\n"
+    assert (run_cli(home, "ship", "--retry-quarantine").stdout
+            == "opik-cipx: the quarantine is empty: nothing to retry\n")
     bare = run_cli(home, "ship")
     assert bare.returncode == 2 and "--retry-quarantine" in bare.stderr
 

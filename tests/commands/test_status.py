@@ -12,7 +12,7 @@ from opik_cipx.ship.destination import NOT_CONFIGURED
 from opik_cipx.stats import COUNTER_NAMES, PROBLEM_COUNTERS, default_sections
 from opik_cipx.telemetry import OPT_IN
 from tests.conftest import wait_for
-from tests.lifecycle_helpers import machine, wait_gone  # noqa: F401 - fixture
+from tests.lifecycle_helpers import wait_gone
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 SETTINGS = load_settings({"CIPX_HOME": "/h/.opik-cipx", "HOME": "/h"})
@@ -44,15 +44,24 @@ def text_of(**over) -> str:
 
 
 UP = """\
-opik-cipx 9.9.9: running (pid 4242)
+opik-cipx 9.9.9: running (pid 4242), healthy
+  today        3 call(s), $0.4200 (`opik-cipx report` for more)
+  claude code  -> http://127.0.0.1:9909 (/h/.claude/settings.json)
+opik
+  destination  https://www.comet.com/opik/api, workspace acme
+  last shipped 3s ago
+telemetry      off (opt-in: set CIPX_SENTRY_DSN to send error reports)"""
+
+VERBOSE = """\
+opik-cipx 9.9.9: running (pid 4242), healthy
+  today        3 call(s), $0.4200 (`opik-cipx report` for more)
+  claude code  -> http://127.0.0.1:9909 (/h/.claude/settings.json)
   claude_code  127.0.0.1:9909
   admin        127.0.0.1:40001
   viewer       127.0.0.1:40002
   uptime       2h 03m (since 2027-01-15T08:00:00.000Z)
   upstream     https://api.anthropic.com
   project      cc-ada
-  claude code  -> http://127.0.0.1:9909 (/h/.claude/settings.json)
-  today        3 call(s), $0.4200 (`opik-cipx report` for more)
 queue
   in-memory    0
   ready        0
@@ -85,9 +94,17 @@ opik
 telemetry      off (opt-in: set CIPX_SENTRY_DSN to send error reports)"""
 
 
-def test_up_exact_wording():
+def test_up_leads_with_health_and_todays_cost_and_verbose_shows_everything():
     assert text_of() == UP
     assert "!" not in UP
+    assert render(stats_doc(), SETTINGS, CLAUDE_OK, now=NOW, today=TODAY, verbose=True) == VERBOSE
+
+
+def test_internals_show_without_verbose_only_when_they_matter():
+    lagging = text_of(materializer={"ready_raw": 2, "lag_events": 746, "inflight_raw": 1})
+    assert lagging == replaced(UP, "opik\n", "materializer   catching up: 746 capture(s) in the log, not yet "
+                                             "materialized (lag_events)\nopik\n")
+    assert "ready_raw" not in lagging and "queue" not in lagging  # the queue: --verbose
 
 
 def replaced(text: str, old: str, new: str) -> str:
@@ -98,14 +115,17 @@ def replaced(text: str, old: str, new: str) -> str:
 def test_degraded_exact_wording():
     wal = stats_doc()["wal"] | {"degraded": True, "last_write_error": "OSError: [Errno 28] No space left on device",
                                 "dropped_events_inmem": 3}
-    expected = replaced(UP, "  last commit  2s ago\n", """\
-  last commit  2s ago
+    problems = """\
   ! spool degraded: writing /h/.opik-cipx/spool fails (OSError: [Errno 28] No space left on device); records wait \
 in memory and are written once it works: free disk space or fix that directory's permissions
   ! dropped records: 3 in memory, 0 on disk: get shipping to Opik going, or raise spool.inmem_max / spool.max_mb \
 in /h/.opik-cipx/config.toml and run `opik-cipx restart`
-""")
-    assert text_of(wal=wal) == expected
+"""
+    expected = replaced(UP, "opik\n", f"spool\n{problems}opik\n")
+    assert text_of(wal=wal) == expected.replace("healthy", "2 problem(s): each `!` line says what fixes it")
+    verbose = render(stats_doc(wal=wal), SETTINGS, CLAUDE_OK, now=NOW, today=TODAY, verbose=True)
+    assert replaced(VERBOSE, "  last commit  2s ago\n", f"  last commit  2s ago\n{problems}") == verbose.replace(
+        "2 problem(s): each `!` line says what fixes it", "healthy")
 
 
 def test_opik_unreachable_exact_wording():
@@ -118,7 +138,7 @@ def test_opik_unreachable_exact_wording():
     shipping retries by itself; if it persists, check that Opik answers at opik.base_url \
 (/h/.opik-cipx/config.toml); `opik-cipx logs` shows each attempt
 """)
-    assert text_of(opik=opik) == expected
+    assert text_of(opik=opik) == replaced(expected, "healthy", "1 problem(s): each `!` line says what fixes it")
 
 
 def test_opik_refusing_the_key_names_the_settings_and_restart():
@@ -154,6 +174,11 @@ def test_problem_counters_are_flagged_with_what_fixes_them():
     assert "newer Claude Code: update opik-cipx (install.sh or the plugin)" in text
     assert text.splitlines()[-1] == ("! 2 problem counter(s) nonzero: unknown_endpoints, panics_recovered — see "
                                      "/h/.opik-cipx/logs/cipx.log")
+    assert text.splitlines()[0].endswith("2 problem(s): each `!` line says what fixes it")
+    shown = [line.split()[0] for line in text.splitlines() if line.split()[0] in COUNTER_NAMES]
+    assert shown == ["unknown_endpoints", "panics_recovered"]  # not the zeros, nor the counts of work done
+    verbose = render(stats_doc(counters=counters), SETTINGS, CLAUDE_OK, now=NOW, today=TODAY, verbose=True)
+    assert [line.split()[0] for line in verbose.splitlines() if line.split()[0] in COUNTER_NAMES] == list(COUNTER_NAMES)
     for name in PROBLEM_COUNTERS:
         line = next(line for line in text_of(counters=dict.fromkeys(COUNTER_NAMES, 0) | {name: 1}).splitlines()
                     if line.split()[:1] == [name])
@@ -169,8 +194,8 @@ def test_upstream_through_a_proxy_and_telemetry_on_with_a_failing_dsn():
     telemetry = {"enabled": True, "reason": "on (CIPX_SENTRY_DSN: error reports go to o1.ingest.sentry.io; "
                  "CIPX_SENTRY=off stops them)", "sent": 2, "dropped": 1, "suppressed": 0,
                  "last_error": "Sentry answered HTTP 403"}
-    lines = text_of(upstream={"url": "https://api.anthropic.com", "proxy": "http://proxy.corp:3128"},
-                    telemetry=telemetry).splitlines()
+    lines = render(stats_doc(upstream={"url": "https://api.anthropic.com", "proxy": "http://proxy.corp:3128"},
+                             telemetry=telemetry), SETTINGS, CLAUDE_OK, now=NOW, today=TODAY, verbose=True).splitlines()
     assert "  upstream     https://api.anthropic.com via http://proxy.corp:3128" in lines
     assert lines[-2:] == [
         "telemetry      on (CIPX_SENTRY_DSN: error reports go to o1.ingest.sentry.io; CIPX_SENTRY=off stops them): "
@@ -184,7 +209,8 @@ def test_a_daemon_running_without_the_home_lock_says_so():
     text = render(stats_doc(home_lock={"held": False, "error": "cannot create daemon.lock: No space left on device"}),
                   SETTINGS, now=NOW)
     assert ("  ! home lock not held (cannot create daemon.lock: No space left on device): a second `opik-cipx proxy` "
-            "on this home would not be refused; free disk space or fix /h/.opik-cipx, then `opik-cipx restart`") in text.splitlines()
+            "on this home would not be refused; free disk space or fix /h/.opik-cipx, then `opik-cipx restart`"
+            ) in text.splitlines()
 
 
 def test_quarantined_records_are_counted_with_the_command_that_retries_them():
@@ -197,8 +223,8 @@ def test_quarantined_records_are_counted_with_the_command_that_retries_them():
 
 
 def test_render_survives_a_partial_document():
-    text = render({"pid": 1}, SETTINGS, now=NOW)
-    assert text.startswith("opik-cipx ?: running (pid 1)") and "  upstream     ?" in text
+    text = render({"pid": 1}, SETTINGS, now=NOW, verbose=True)
+    assert text.startswith("opik-cipx ?: running (pid 1), healthy") and "  upstream     ?" in text
     assert text.splitlines()[-1] == "telemetry      off"
 
 
@@ -243,9 +269,9 @@ def test_not_running_exact_wording_exit_0_and_writes_nothing(machine):
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout == (
         "opik-cipx: not running — run `opik-cipx sync` to start it\n"
+        "  today        no calls recorded yet\n"
         f"  claude code  not pointed at opik-cipx (no ANTHROPIC_BASE_URL in {machine.settings_path}); "
-        "run `opik-cipx sync`\n"
-        "  today        no calls recorded yet\n")
+        "run `opik-cipx sync`\n")
     assert json.loads(machine.cli("status", "--json").stdout) == {"running": False}
     assert sorted(p.name for p in machine.home.rglob("*")) == before
     assert not machine.claude_dir.exists()
@@ -258,11 +284,15 @@ def test_up_then_wedged_then_killed_exact_wording_against_real_processes(machine
     result = machine.cli("status")
     assert result.returncode == 0 and result.stderr == ""
     lines = result.stdout.splitlines()
-    assert lines[:4] == [f"opik-cipx {__version__}: running (pid {pid})", f"  claude_code  127.0.0.1:{machine.port}",
-                         f"  admin        127.0.0.1:{admin}", f"  viewer       127.0.0.1:{state['ports']['viewer']}"]
-    assert lines[5:8] == ["  upstream     https://api.anthropic.com", "  project      claude-code",
-                          f"  claude code  -> http://127.0.0.1:{machine.port} ({machine.settings_path})"]
-    assert lines[-3:] == ["opik", f"  {NOT_CONFIGURED}", f"telemetry      {OPT_IN}"]
+    assert lines == [f"opik-cipx {__version__}: running (pid {pid}), healthy",
+                     "  today        no calls recorded yet",
+                     f"  claude code  -> http://127.0.0.1:{machine.port} ({machine.settings_path})",
+                     "opik", f"  {NOT_CONFIGURED}", f"telemetry      {OPT_IN}"]
+    lines = machine.cli("status", "--verbose").stdout.splitlines()
+    assert lines[3:6] == [f"  claude_code  127.0.0.1:{machine.port}", f"  admin        127.0.0.1:{admin}",
+                          f"  viewer       127.0.0.1:{state['ports']['viewer']}"]
+    assert lines[7:9] == ["  upstream     https://api.anthropic.com", "  project      claude-code"]
+    assert "counters" in lines and "materializer" in lines
     raw = json.loads(machine.cli("status", "--json").stdout)
     assert raw["pid"] == pid and set(raw["counters"]) == set(COUNTER_NAMES)
 
@@ -277,6 +307,9 @@ def test_up_then_wedged_then_killed_exact_wording_against_real_processes(machine
         "the daemon is wedged. Run `opik-cipx restart` (or `opik-cipx sync`); `opik-cipx logs` shows what "
         "happened.\n")
 
+    supervisor = machine.supervisor()["pid"]  # first: it would start the daemon again at once
+    os.kill(supervisor, signal.SIGKILL)
+    wait_gone(supervisor)
     os.kill(pid, signal.SIGKILL)
     wait_gone(pid)
     state_before = (machine.home / "state.json").read_bytes()
@@ -301,7 +334,7 @@ def test_an_unusable_claude_settings_file_is_named_with_its_fix(machine):
     machine.settings_path.write_text("{not json")
     result = machine.cli("status")
     assert result.returncode == 0
-    line = result.stdout.splitlines()[1]
+    line = result.stdout.splitlines()[2]
     assert line.startswith(f"  claude code  ! cannot tell: {machine.settings_path} is unusable (it is not valid JSON")
     assert line.endswith("; fix that file, then run `opik-cipx sync`")
 
@@ -344,8 +377,8 @@ def test_rate_limits_exact_wording_with_warnings():
                          "resets_at": NOW - 120},
         },
     }
-    expected = replaced(UP, "  today        3 call(s), $0.4200 (`opik-cipx report` for more)\n", """\
-  today        3 call(s), $0.4200 (`opik-cipx report` for more)
+    expected = replaced(UP, "  claude code  -> http://127.0.0.1:9909 (/h/.claude/settings.json)\n", """\
+  claude code  -> http://127.0.0.1:9909 (/h/.claude/settings.json)
 limits         status allowed_warning, binding five_hour, seen 2s ago (docs/RATE_LIMITS.md)
   5h           14% used, resets in 2h 13m
   7d           81% used, resets in 3d 4h  ! past the 75% warning threshold

@@ -17,7 +17,6 @@ from opik_cipx.ledger.periods import local_day
 from opik_cipx.ledger.store import Ledger
 from tests.claude_code_corpus import corpus_clock, materialized
 from tests.conftest import run_cli
-from tests.lifecycle_helpers import machine  # noqa: F401 - fixture
 
 ANSI = re.compile(r"\033\[[0-9;]*m")
 
@@ -74,7 +73,7 @@ def test_context_cache_hits_and_todays_cost(corpus_home):
     assert today > 0 and parts[0] == f"${costs[session]:.4f}"
     assert parts[1] == (f"today ${today:,.2f}" if today >= 1 else f"today ${today:.4f}")
     assert parts[2] == f"ctx {last_prompt / 1000:.0f}k/200k {last_prompt / 200000:.0%}"
-    assert parts[3] == f"cache {read / prompt:.0%}"
+    assert parts[3] == f"cache hit {read / prompt:.0%}"  # the words of docs/REPORTS.md
     # before the ledger has a main call of the session: Claude Code's own figure
     assert "ctx 3%" in line_for(home, {"session_id": "new-session", "context_window": {"used_percentage": 3}})
 
@@ -271,7 +270,8 @@ def test_the_line_never_exceeds_the_columns_and_keeps_the_most_important_part(pa
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+                    lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=10), inner, max_size=4),
                     max_leaves=20)
 
 

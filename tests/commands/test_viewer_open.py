@@ -1,5 +1,6 @@
 """`opik-cipx viewer --open`: the browser is started on a private local page that forwards it to the
-sign-in URL, so the token is on no command line (`/proc/*/cmdline` is readable by every local user).
+one-time sign-in URL, so neither the link nor the token is on a command line (`/proc/*/cmdline` is
+readable by every local user).
 
 The browser is a fake one (`$BROWSER`, which Python's `webbrowser` honours): it records its argv and
 every process's command line while it runs, and the page it was given. Following that page signs a
@@ -26,17 +27,18 @@ FAKE_BROWSER = """#!{python}
 import json, os, pathlib, sys, urllib.parse
 home = pathlib.Path(os.environ["CIPX_HOME"])
 token = (home / "viewer.token").read_text().strip()
+opened = urllib.parse.urlsplit(sys.argv[-1])
+page = pathlib.Path(urllib.parse.unquote(opened.path)).read_text() if opened.scheme == "file" else None
+secrets = [token] + ([page.split("signin=", 1)[1][:32]] if page and "signin=" in page else [])
 holders = []
 for proc in pathlib.Path("/proc").iterdir():
     try:
-        if token.encode() in (proc / "cmdline").read_bytes():
+        if any(secret.encode() in (proc / "cmdline").read_bytes() for secret in secrets):
             holders.append(proc.name)
     except OSError:
         pass
-opened = urllib.parse.urlsplit(sys.argv[-1])
-page = pathlib.Path(urllib.parse.unquote(opened.path)).read_text() if opened.scheme == "file" else None
 pathlib.Path(os.environ["FAKE_BROWSER_LOG"]).write_text(
-    json.dumps({{"argv": sys.argv, "cmdline_holders": holders, "page": page}}))
+    json.dumps({{"argv": sys.argv, "cmdline_holders": holders, "page": page, "secrets": len(secrets)}}))
 """
 
 
@@ -55,18 +57,19 @@ def get(port: int, path: str, cookie: str | None = None) -> http.client.HTTPResp
     return resp
 
 
-def test_open_puts_no_token_on_a_command_line_and_its_page_signs_in(daemon, tmp_path):
+def test_open_puts_no_link_on_a_command_line_and_its_page_signs_in_once(daemon, tmp_path):
     script, log = fake_browser(tmp_path)
     result = run_cli(daemon.home, "viewer", "--open", BROWSER=str(script), FAKE_BROWSER_LOG=str(log))
     assert result.returncode == 0, result.stderr
     token = (daemon.home / "viewer.token").read_text().strip()
     port = daemon.state["ports"]["viewer"]
-    sign_in = f"http://127.0.0.1:{port}/?token={token}"
-    assert result.stdout.strip() == sign_in  # the printed link is unchanged
+    sign_in = result.stdout.strip()  # the link it printed is the one it opened
+    assert sign_in.startswith(f"http://127.0.0.1:{port}/?signin=")
+    code = sign_in.rpartition("=")[2]
 
     seen = json.loads(log.read_text())
-    assert seen["argv"][1:] and not any(token in arg for arg in seen["argv"])
-    assert seen["cmdline_holders"] == []  # no process on the machine carried the token in its argv
+    assert seen["argv"][1:] and not any(token in arg or code in arg for arg in seen["argv"])
+    assert seen["secrets"] == 2 and seen["cmdline_holders"] == []  # no process carried the link or the token
     page_path = daemon.home / "viewer-open.html"
     assert seen["argv"][-1] == page_path.as_uri()
     assert stat.S_IMODE(page_path.stat().st_mode) == 0o600
@@ -75,6 +78,7 @@ def test_open_puts_no_token_on_a_command_line_and_its_page_signs_in(daemon, tmp_
 
     signed = get(port, urllib.parse.urlsplit(sign_in)._replace(scheme="", netloc="").geturl())
     assert signed.status == 200
+    assert get(port, urllib.parse.urlsplit(sign_in)._replace(scheme="", netloc="").geturl()).status == 403  # once
     cookie = signed.getheader("Set-Cookie").partition(";")[0]
     assert token not in cookie
     assert get(port, "/api/calls", cookie).status == 200  # the cookie a real sign-in sets works
@@ -94,5 +98,5 @@ def test_a_real_browser_follows_the_page_to_the_dashboard(daemon, tmp_path):
     dom = subprocess.run([browser, *flags, "--virtual-time-budget=10000", "--dump-dom", opened],
                          capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert "needs the viewer token" not in dom.stdout
+    assert "not signed in" not in dom.stdout
     assert "<h1>Claude Code cost</h1>" in dom.stdout  # the dashboard itself, signed in

@@ -1,5 +1,6 @@
 """Supervisor units as files (systemd, launchd), mode detection, and removal — nothing installed for real."""
 
+import json
 import os
 import plistlib
 import shutil
@@ -43,6 +44,8 @@ def test_systemd_unit_restarts_on_failure_and_quotes_everything():
     assert values["ExecStart"] == [f'"{sys.executable}" "/opt/my tools/opik-cipx" "proxy"']
     assert values["Environment"] == ['"CIPX_HOME=/home/ada/.opik-cipx"', '"PYTHONPATH=/src/100%%$$x"']
     assert values["Restart"] == ["on-failure"]
+    assert values["RestartSec"] == ["100ms"]  # back within a second (systemd's default; we had 2 s)
+    assert (values["StartLimitBurst"], values["StartLimitIntervalSec"]) == (["5"], ["120"])  # as detached gives up
     assert values["RestartPreventExitStatus"] == ["2"]  # a bad config file is not retried forever
     assert values["TimeoutStopSec"] == ["40"]
     assert values["WantedBy"] == ["default.target"]
@@ -52,7 +55,8 @@ def test_systemd_unit_restarts_on_failure_and_quotes_everything():
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
     unit = tmp_path / "opik-cipx.service"
-    unit.write_text(systemd_unit([sys.executable, str(Path(__file__)), "proxy"], {"CIPX_HOME": str(tmp_path / "h")}, 40))
+    unit.write_text(systemd_unit([sys.executable, str(Path(__file__)), "proxy"], {"CIPX_HOME": str(tmp_path / "h")},
+                                 40))
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "XDG_RUNTIME_DIR": str(runtime)}
@@ -71,6 +75,8 @@ def test_launchd_plist_keeps_alive_unless_clean_exit(tmp_path):
     assert plist["EnvironmentVariables"] == {"CIPX_HOME": "/home/ada/.opik-cipx"}
     assert plist["RunAtLoad"] is True
     assert plist["KeepAlive"] == {"SuccessfulExit": False}
+    # launchd's default, 10 s, would leave Claude Code without its proxy that long
+    assert plist["ThrottleInterval"] == 1
     assert plist["ExitTimeOut"] == 40
     assert plist["StandardErrorPath"] == str(tmp_path / "daemon.stderr")
     assert data.startswith(b"<?xml") and b"<!DOCTYPE plist" in data
@@ -138,3 +144,21 @@ def test_remove_deletes_leftover_units_without_calling_the_os_manager(tmp_path, 
     assert sorted(removed) == sorted([systemd_unit_path(env), launchd_plist_path(env)])
     assert unrelated.exists() and calls == []
     assert Supervisor("detached", settings, env).remove() == []
+
+
+def test_what_status_says_supervises_the_daemon(tmp_path):
+    env = {"HOME": str(tmp_path)}
+    settings = load_settings({"CIPX_HOME": str(tmp_path / "h")})
+    assert Supervisor("systemd", settings, env).describe(True).startswith(
+        "systemd (opik-cipx.service): a daemon that dies is started again 0.1 s later")
+    assert Supervisor("launchd", settings, env).describe(True).startswith(f"launchd ({LAUNCHD_LABEL}): ")
+    detached = Supervisor("detached", settings, env)
+    assert detached.describe(False) == ""  # nothing runs, nothing failed
+    assert detached.describe(True).startswith("! none: the daemon's supervisor is gone")
+    (tmp_path / "h").mkdir()
+    gone = 2**22 + 1  # above any pid this machine hands out
+    (tmp_path / "h" / "supervisor.json").write_text(json.dumps(
+        {"pid": gone, "state": "gave up", "reason": "port 9909 on 127.0.0.1 (claude_code) is already in use"}))
+    assert detached.describe(False) == ("! the last supervisor could not run: port 9909 on 127.0.0.1 (claude_code) is "
+                                        "already in use; run `opik-cipx sync`")
+    assert not detached.supervising()

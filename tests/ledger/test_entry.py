@@ -100,7 +100,8 @@ def test_warm_cache_cost_reads_what_the_call_wrote(corpus):
     entry = next(ledger_entry(r.call) for s, n, c, r in corpus if (s, n) == ("subagent", "002")).call
     written = entry["cache_write_5m_tokens"] + entry["cache_write_1h_tokens"]
     assert written == 12449
-    expected = entry["cost_usd"] - entry["cost_cache_write_5m_usd"] - entry["cost_cache_write_1h_usd"] + written * 0.5e-6
+    expected = (entry["cost_usd"] - entry["cost_cache_write_5m_usd"] - entry["cost_cache_write_1h_usd"]
+                + written * 0.5e-6)
     assert entry["warm_cache_cost_usd"] == pytest.approx(expected, rel=1e-12)
     assert entry["warm_cache_cost_usd"] < entry["cost_usd"] / 5
 
@@ -110,11 +111,13 @@ def call_with(corpus, categories: dict, usage: dict, input_usd: float, output_us
     base = next(r.call for s, n, c, r in corpus if (s, n) == ("simple", "001"))
     breakdown = {"input": input_usd, "cache_write_5m": 0.0, "cache_write_1h": 0.0, "cache_read": 0.0,
                  "output": output_usd, "web_search": search}
-    cost = Cost(model="m", unknown_model=False, price_table_date="2026-11-01", total_usd=input_usd + output_usd + search,
+    cost = Cost(model="m", unknown_model=False, price_table_date="2026-11-01",
+                total_usd=input_usd + output_usd + search,
                 input_side_usd=input_usd, output_usd=output_usd, web_search_usd=search, breakdown=breakdown,
                 rates={"cache_read": 0.5})
     buckets = {bucket: entry["chars"] for bucket, entry in categories.items()}
-    by_label = {bucket: {label: part["chars"] for label, part in entry["by"].items()} for bucket, entry in categories.items()}
+    by_label = {bucket: {label: part["chars"] for label, part in entry["by"].items()}
+                for bucket, entry in categories.items()}
     attribution = Attribution(sum(buckets.values()), [], buckets, by_label, {})
     return dataclasses.replace(base, attribution=attribution, usage=read_usage(usage), cost=cost,
                                output=OutputSplit(thinking=3, text=5))
@@ -126,7 +129,7 @@ def call_with(corpus, categories: dict, usage: dict, input_usd: float, output_us
     usd=st.tuples(st.floats(0, 100), st.floats(0, 100), st.sampled_from([0.0, 0.01, 0.05])),
 )
 def test_bucket_rows_partition_the_cost_and_tokens(corpus, chars, tokens, usd):
-    categories = {b: {"chars": n, "by": {"a": {"chars": n // 2}}} for b, n in zip(BUCKETS, chars)}
+    categories = {b: {"chars": n, "by": {"a": {"chars": n // 2}}} for b, n in zip(BUCKETS, chars, strict=True)}
     usage = {"input_tokens": tokens[0], "cache_creation_input_tokens": tokens[1], "cache_read_input_tokens": tokens[2],
              "output_tokens": tokens[3]}
     entry = ledger_entry(call_with(corpus, categories, usage, *usd))

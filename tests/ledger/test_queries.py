@@ -15,12 +15,18 @@ from opik_cipx.ledger.periods import local_day, month_of, week_of
 from opik_cipx.ledger.queries import (
     BY_KEYS,
     DETAIL_KEYS,
-    FIGURES,
+    AmbiguousSession,
     ReportError,
     Selection,
+    SessionNotFound,
+    find_session,
     parse_by,
+    pick_session,
+    prefix_bounds,
+    recent_calls,
     report,
     report_figures,
+    why_empty,
 )
 from opik_cipx.ledger.schema import (
     CALL_FIGURES,
@@ -95,9 +101,9 @@ def detail_figures(entry, d) -> dict:
     c = entry.call
     prompt = c["input_tokens"] + c["cache_creation_input_tokens"] + c["cache_read_input_tokens"]
     share = d.tokens / prompt if prompt and d.bucket not in (OUTPUT, WEB_SEARCH) else 0.0
-    return {"calls": 1, "cost_usd": d.cost_usd or 0.0, "input_tokens": share * c["input_tokens"],
-            "cache_creation_input_tokens": share * c["cache_creation_input_tokens"],
-            "cache_read_input_tokens": share * c["cache_read_input_tokens"],
+    return {"calls": 1, "cost_usd": d.cost_usd or 0.0, "uncached_input_tokens": share * c["input_tokens"],
+            "cache_write_tokens": share * c["cache_creation_input_tokens"],
+            "cache_read_tokens": share * c["cache_read_input_tokens"], "input_side_tokens": share * prompt,
             "output_tokens": d.tokens if d.bucket == OUTPUT else 0.0}
 
 
@@ -114,7 +120,15 @@ def brute_force(entries, by, sel: Selection) -> tuple[dict, dict]:
             continue
         if sel.session is not None and c["session_id"] != sel.session:
             continue
-        figures = {"calls": 1, "cost_usd": c["cost_usd"] or 0.0, **{f: c[f] for f in FIGURES[2:]},
+        if any(value is not None and dims(entry)[name] != value
+               for name, value in (("model", sel.model), ("kind", sel.kind), ("agent", sel.agent))):
+            continue
+        figures = {"calls": 1, "cost_usd": c["cost_usd"] or 0.0, "uncached_input_tokens": c["input_tokens"],
+                   "cache_write_tokens": c["cache_creation_input_tokens"],
+                   "cache_read_tokens": c["cache_read_input_tokens"],
+                   "input_side_tokens": (c["input_tokens"] + c["cache_creation_input_tokens"]
+                                         + c["cache_read_input_tokens"]),
+                   "output_tokens": c["output_tokens"],
                    "cache_breaks": int(c["cache_break_cause"] is not None),
                    "cache_break_tokens": c["cache_break_tokens"], "cache_break_usd": c["cache_break_usd"] or 0.0}
         for f in names:
@@ -166,18 +180,22 @@ def test_totals_equal_the_span_costs_and_rows_add_up_to_them(tmp_path, corpus):
     length=st.one_of(st.none(), st.integers(0, 12 * DAY_NS)),
     session=st.one_of(st.none(), st.sampled_from(["59a8bce3-81a8-46d0-a14b-a2d1e9557e40-1",
                                                   "d746060a-2115-4917-833e-96568974e836"])),
+    model=st.one_of(st.none(), st.sampled_from(["claude-opus-4-8", "claude-haiku-4-5-20251001"])),
+    kind=st.one_of(st.none(), st.sampled_from(["main", "subagent", "count_tokens", "side:web_search"])),
+    agent=st.one_of(st.none(), st.sampled_from(["main", "general-purpose", "code-auditor"])),
 )
-def test_any_window_and_grouping_equals_the_brute_force_sum(ledger_conn, entries, by, since, length, session):
+def test_any_window_and_grouping_equals_the_brute_force_sum(ledger_conn, entries, by, since, length, session,
+                                                            model, kind, agent):
     all_entries = spread(entries, copies=3, days=10, start_ns=START_NS)
     since_ns = None if since is None else START_NS + since
     until_ns = None if length is None else (since_ns or START_NS) + length
-    sel = Selection(since_ns=since_ns, until_ns=until_ns, session=session)
+    sel = Selection(since_ns=since_ns, until_ns=until_ns, session=session, model=model, kind=kind, agent=agent)
     result = report(ledger_conn, tuple(by), sel)
     want_rows, want_total = brute_force(all_entries, tuple(by), sel)
     assert_figures_equal(result.total, want_total)
     if by:
         got = {tuple(None if r[k] is None else r[k] for k in by): r for r in result.rows}
-        want_rows = {tuple("main" if k == "agent" and v is None else v for k, v in zip(by, key)): f
+        want_rows = {tuple("main" if k == "agent" and v is None else v for k, v in zip(by, key, strict=True)): f
                      for key, f in want_rows.items()}
         assert set(got) == set(want_rows)
         for key, figures in want_rows.items():
@@ -188,9 +206,84 @@ def test_project_filter_takes_the_directory_and_below(ledger_conn):
     everything = report(ledger_conn, ("project",))
     only = report(ledger_conn, ("project",), Selection(project="/home/dev/code/greeter-cli/"))
     assert [r["project"] for r in only.rows] == ["/home/dev/code/greeter-cli"]
-    assert only.total["calls"] == next(r for r in everything.rows if r["project"] == "/home/dev/code/greeter-cli")["calls"]
+    greeter = next(r for r in everything.rows if r["project"] == "/home/dev/code/greeter-cli")
+    assert only.total["calls"] == greeter["calls"]
     assert report(ledger_conn, (), Selection(project="/home/dev/code")).total == everything.total
     assert report(ledger_conn, (), Selection(project="/home/dev/cod")).total["calls"] == 0
+
+
+@given(prefix=st.text(min_size=1, max_size=6), other=st.text(max_size=8))
+def test_prefix_bounds_hold_exactly_the_strings_that_start_with_the_prefix(prefix, other):
+    low, high = prefix_bounds(prefix)
+    for text in (other, prefix + other, prefix[:-1] + other):
+        inside = low <= text and (high is None or text < high)
+        assert inside == text.startswith(prefix)
+        # SQLite compares text as UTF-8 bytes: the same order for any text that encodes
+        if "\ud800" <= text[:1] <= "\udfff" or any("\ud800" <= ch <= "\udfff" for ch in text + prefix):
+            continue
+        encoded = low.encode() <= text.encode() and (high is None or text.encode() < high.encode())
+        assert encoded == inside
+
+
+def test_a_session_is_named_by_its_whole_id_or_any_unique_start():
+    ids = ["1b15d3cd-b49e", "1ba5440a-458d", "d359249e-1c6d"]
+    assert pick_session("d3", ["d359249e-1c6d"]) == "d359249e-1c6d"
+    assert pick_session("1b15d3cd-b49e", ["1b15d3cd-b49e", "1b15d3cd-b49e-2"]) == "1b15d3cd-b49e"  # whole id wins
+    with pytest.raises(AmbiguousSession) as ambiguous:
+        pick_session("1b", ids[:2])
+    assert ambiguous.value.candidates == ids[:2]
+    assert str(ambiguous.value) == "'1b' starts 2 session ids (1b15d3cd-b49e, 1ba5440a-458d): give more of the id"
+    with pytest.raises(AmbiguousSession, match=r"starts 1\+ session ids \(d359249e-1c6d, \.\.\.\)"):
+        pick_session("d", ids[2:], more=True)  # one listed, more beyond the list: not unique
+    with pytest.raises(SessionNotFound, match="no session in the ledger has an id starting with '44faf0ae'"):
+        pick_session("44faf0ae", [])
+
+
+def test_find_session_reads_the_candidates_from_the_ledger(ledger_conn, monkeypatch):
+    # every session has copies here (`<id>-1`, `<id>-2`): a whole id still names its own
+    whole = "d746060a-2115-4917-833e-96568974e836"
+    assert find_session(ledger_conn, whole) == whole
+    assert find_session(ledger_conn, f"{whole}-2") == f"{whole}-2"
+    with pytest.raises(AmbiguousSession) as ambiguous:  # the session and its copies (`-1`, `-2`)
+        find_session(ledger_conn, "d746")
+    assert ambiguous.value.candidates == ["d746060a-2115-4917-833e-96568974e836",
+                                          "d746060a-2115-4917-833e-96568974e836-1",
+                                          "d746060a-2115-4917-833e-96568974e836-2"]
+    monkeypatch.setattr("opik_cipx.ledger.queries.SESSION_CANDIDATES", 4)
+    with pytest.raises(AmbiguousSession, match=r"'1' starts 4\+ session ids") as many:  # 6 do
+        find_session(ledger_conn, "1")
+    assert len(many.value.candidates) == 4
+    for missing in ("44faf0ae", "", "z"):
+        with pytest.raises(SessionNotFound):
+            find_session(ledger_conn, missing)
+
+
+def test_an_empty_selection_says_which_filter_matches_nothing(ledger_conn):
+    assert why_empty(ledger_conn, Selection(project="/home/dev/nowhere")) == (
+        "no call in the ledger was made in /home/dev/nowhere or below it", "project")
+    assert why_empty(ledger_conn, Selection(model="claude-opus-4-8", kind="side:nope"))[1] == "kind"
+    together = why_empty(ledger_conn, Selection(model="claude-haiku-4-5-20251001", kind="main"))  # haiku: subagents
+    assert together == ("no call in the ledger matches model claude-haiku-4-5-20251001 and kind main together", "")
+    why, culprit = why_empty(ledger_conn, Selection(since_ns=START_NS + 20 * DAY_NS, model="claude-opus-4-8"))
+    assert culprit is None and why.startswith("no call that matches the filters was made from ")
+    assert "(the ledger holds calls from " in why
+
+
+def test_recent_calls_take_the_filters_a_window_and_a_part(ledger_conn, entries):
+    all_entries = spread(entries, copies=3, days=10, start_ns=START_NS)
+    sel = Selection(since_ns=START_NS + DAY_NS, until_ns=START_NS + 6 * DAY_NS, kind="main")
+    calls = recent_calls(ledger_conn, 1000, selection=sel)
+    want = [e for e in all_entries
+            if e.call["kind"] == "main" and sel.since_ns <= e.call["started_at_ns"] < sel.until_ns]
+    assert sorted(c["capture_id"] for c in calls) == sorted(e.call["capture_id"] for e in want)
+    assert [c["started_at_ns"] for c in calls] == sorted((c["started_at_ns"] for c in calls), reverse=True)
+    assert all(c["input_side_tokens"] == c["uncached_input_tokens"] + c["cache_write_tokens"] + c["cache_read_tokens"]
+               for c in calls)
+    older = recent_calls(ledger_conn, 5, before_ns=calls[9]["started_at_ns"], selection=sel)
+    assert [c["capture_id"] for c in older] == [c["capture_id"] for c in calls[10:15]]
+    weather = recent_calls(ledger_conn, 1000, part=("mcp", "weather"))
+    assert len(weather) == sum(any(d.bucket == "tools_mcp" and d.detail == "weather" for d in e.details)
+                               for e in all_entries) > 0
 
 
 def test_rows_sort_by_time_then_by_cost(ledger_conn):
@@ -229,7 +322,7 @@ def rollups_match_calls(conn: sqlite3.Connection) -> None:
         kept = conn.execute(f"SELECT {keys}, {', '.join(figures)} FROM {table}").fetchall()
         assert len(kept) == len(fresh), table
         width = len(DIMENSIONS) + (2 if extra else 0)
-        for a, b in zip(sorted(kept, key=lambda r: r[:width]), sorted(fresh, key=lambda r: r[:width])):
+        for a, b in zip(sorted(kept, key=lambda r: r[:width]), sorted(fresh, key=lambda r: r[:width]), strict=True):
             assert a[:width] == b[:width]
             assert a[width:] == pytest.approx(b[width:], rel=1e-9, abs=1e-9)
     days = conn.execute("SELECT day, calls FROM days ORDER BY day").fetchall()
@@ -269,7 +362,7 @@ def test_rewrites_and_retention_never_let_the_rollups_drift(tmp_path_factory, en
 
 
 def older_ledger(path, entries, version: int) -> None:
-    """A ledger as the writer of schema `version` (1 or 2) left it: WAL, that version's tables,
+    """A ledger as the writer of schema `version` (1, 2 or 3) left it: WAL, that version's tables,
     the calls of `entries` (the columns that version had) and, from v2, its roll-ups."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
@@ -283,8 +376,10 @@ def older_ledger(path, entries, version: int) -> None:
                                [entry.call[c] for c in columns]).lastrowid
         conn.executemany("INSERT INTO details VALUES (?, ?, ?, ?, ?, ?)",
                          [(call_id, d.bucket, d.detail, d.chars, d.tokens, d.cost_usd) for d in entry.details])
-    if version >= 2:
+    if version == 2:
         roll_up(conn, "1", dimensions=V2_DIMENSIONS, call_figures=V2_CALL_FIGURES)  # as the v2 writer kept them
+    elif version == 3:
+        roll_up(conn, "1")
     conn.close()
 
 
@@ -317,7 +412,7 @@ def test_a_v2_ledger_gains_the_cache_and_rate_limit_columns_and_its_rollups_are_
     v2_total = sqlite3.connect(path).execute("SELECT sum(calls), total(cost_usd) FROM daily_calls").fetchone()
     connect(path, busy_timeout_s=1.0).close()
     reader = open_reader(path)
-    assert reader.execute("PRAGMA user_version").fetchone()[0] == LATEST == 3
+    assert reader.execute("PRAGMA user_version").fetchone()[0] == LATEST
     rollups_match_calls(reader)
     (row,) = report(reader, ("cache_break",)).rows  # nothing was diagnosed before v3
     assert row["cache_break"] == "none" and row["cache_breaks"] == 0

@@ -36,7 +36,7 @@ def usage_of(scenario: str, number: str) -> dict:
 def pair(tmp_path, scenario: str, restart: bool = False) -> dict:
     """`cc.cache` of the second call of a pair, materialized after the first."""
     materializer = Materializer(config(tmp_path), load_price_table())
-    materializer.materialize(exchange(scenario, "001", CACHE_BREAKS)).records
+    materializer.materialize(exchange(scenario, "001", CACHE_BREAKS))
     if restart:
         materializer = restarted(materializer, tmp_path)
     return cc(llm(materializer.materialize(exchange(scenario, "002", CACHE_BREAKS)).records))["cache"]
@@ -115,7 +115,7 @@ def rebill(capture: Capture, read: int) -> Capture:
 
 def run_pair(tmp_path, first: Capture, second: Capture) -> dict:
     materializer = Materializer(config(tmp_path), load_price_table())
-    materializer.materialize(first).records
+    materializer.materialize(first)
     return cc(llm(materializer.materialize(second).records))["cache"]
 
 
@@ -185,7 +185,8 @@ def test_lanes_keep_the_main_loop_subagents_and_side_calls_apart(tmp_path):
     assert lane_of(CallKind("side", side_kind="title")) == "side:title"
     assert lane_of(CallKind("count_tokens")) is None
     materializer = Materializer(config(tmp_path), load_price_table())
-    caches = {n: cc(llm(materializer.materialize(c).records))["cache"] for n, c in exchanges("subagent") if c.method == "POST"}
+    caches = {n: cc(llm(materializer.materialize(c).records))["cache"]
+              for n, c in exchanges("subagent") if c.method == "POST"}
     # the main loop's second call (005) is compared with its first (001), not with the subagent's
     assert caches["005"]["previous"]["capture_id"] == exchange("subagent", "001").id
     assert caches["004"]["previous"]["capture_id"] == exchange("subagent", "003").id
@@ -241,7 +242,7 @@ def test_a_message_handed_over_again_as_the_same_object_gives_the_prefix_read_fr
 
 def test_a_checkpoint_from_before_cache_diagnoses_restores_with_no_lanes(tmp_path):
     materializer = Materializer(config(tmp_path), load_price_table())
-    materializer.materialize(exchange("tools", "002")).records
+    materializer.materialize(exchange("tools", "002"))
     snapshot = json.loads(json.dumps(materializer.snapshot()))
     for session in snapshot["sessions"]:
         del session["cache"]  # as an older opik-cipx wrote it

@@ -66,7 +66,7 @@ def _pool() -> list[dict]:
     messages with agent lists, MCP instructions and re-attached files, tool calls and results)."""
     seen, out = set(), []
     for scenario in SCENARIOS:
-        for number, req in [(n, r) for s, n, r in MESSAGES if s == scenario]:
+        for req in [r for s, _, r in MESSAGES if s == scenario]:
             body = body_json(req)
             for message in (body or {}).get("messages") or []:
                 text = json.dumps(message, sort_keys=True)

@@ -53,7 +53,8 @@ def test_requests_read_incrementally_give_the_records_of_reading_each_from_scrat
     for scenario in SCENARIOS:
         for number, capture in exchanges(scenario):
             scratch._requests = RequestReader()  # nothing kept from the request before
-            assert json.dumps(kept.materialize(capture).records) == json.dumps(scratch.materialize(capture).records), (scenario, number)
+            assert json.dumps(kept.materialize(capture).records) == json.dumps(
+                scratch.materialize(capture).records), (scenario, number)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -144,7 +145,7 @@ def test_a_repeated_request_does_not_repeat_its_tool_spans(tmp_path):
     materializer = Materializer(config(tmp_path), load_price_table())
     captured = dict(exchanges("tools"))
     for number in ("001", "002", "003", "004", "005"):
-        materializer.materialize(captured[number]).records
+        materializer.materialize(captured[number])
     first = materializer.materialize(captured["006"]).records
     retry = materializer.materialize(again(captured["006"], 1500)).records  # e.g. after a 529
     assert [r["body"]["name"] for r in first if r["body"].get("type") == "tool"] == ["Bash"]
@@ -281,11 +282,14 @@ def test_redacted_spans_never_contain_text_of_any_shape(tmp_path, prompt, answer
         "model": "claude-opus-4-8", "stream": True, "context_management": {},  # a main-loop call
         "metadata": {"user_id": json.dumps({"session_id": "s-1"})},
         "messages": [
-            {"role": "user", "content": [{"type": "text", "text": prompt},
-                                         {"type": "text", "text": f"<command-name>/x</command-name><command-args>{args}</command-args>"}]},
-            {"role": "assistant", "content": [{"type": "text", "text": answer},
-                                              {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": tool_input}}]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": tool_output, "is_error": True}]},
+            {"role": "user", "content": [
+                {"type": "text", "text": prompt},
+                {"type": "text", "text": f"<command-name>/x</command-name><command-args>{args}</command-args>"}]},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": answer},
+                {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": tool_input}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": tool_output, "is_error": True}]},
         ],
     }
     events = [
@@ -325,8 +329,8 @@ def test_every_version_of_a_trace_carries_at_least_what_the_one_before_had(scena
     for record in flat(run(scenario, tmp_path)):
         if record["kind"] == "trace":
             versions[record["body"]["id"]].append(record["body"])
-    for trace_id, bodies in versions.items():
-        for before, after in zip(bodies, bodies[1:]):
+    for bodies in versions.values():
+        for before, after in zip(bodies, bodies[1:], strict=False):
             assert after["last_updated_at"] > before["last_updated_at"]
             assert after["end_time"] >= before["end_time"] and after["start_time"] <= before["start_time"]
             assert after["name"] == before["name"]
@@ -428,7 +432,7 @@ def test_a_request_retried_after_a_restart_emits_no_second_tool_span(tmp_path):
     materializer = Materializer(config(tmp_path), load_price_table())
     captured = dict(exchanges("tools"))
     for number in ("001", "002", "003", "004", "005"):
-        materializer.materialize(captured[number]).records
+        materializer.materialize(captured[number])
     first = materializer.materialize(captured["006"]).records
     retry = restarted(materializer, tmp_path).materialize(again(captured["006"], 1500)).records
     assert [r["body"]["name"] for r in first if r["body"].get("type") == "tool"] == ["Bash"]
@@ -441,7 +445,7 @@ def test_the_redacted_state_kept_across_restarts_holds_no_text(tmp_path):
     materializer = Materializer(config(tmp_path, capture_content=False), load_price_table())
     for scenario in SCENARIOS:
         for _, capture in exchanges(scenario):
-            materializer.materialize(capture).records
+            materializer.materialize(capture)
     blob = json.dumps(materializer.snapshot())
     for text in ("say hello", "Hello! How", "Survey the project", "What have we done so far?", "echo hi"):
         assert text not in blob
@@ -449,10 +453,10 @@ def test_the_redacted_state_kept_across_restarts_holds_no_text(tmp_path):
 
 def test_a_session_idle_for_a_day_is_forgotten_by_the_captures_clock(tmp_path):
     materializer = Materializer(config(tmp_path), load_price_table())
-    materializer.materialize(exchanges("tools")[1][1]).records
-    materializer.materialize(later(exchanges("simple")[1][1], 23)).records
+    materializer.materialize(exchanges("tools")[1][1])
+    materializer.materialize(later(exchanges("simple")[1][1], 23))
     assert len(materializer.snapshot()["sessions"]) == 2
-    materializer.materialize(later(exchanges("simple")[1][1], 25)).records
+    materializer.materialize(later(exchanges("simple")[1][1], 25))
     (session,) = materializer.snapshot()["sessions"]
     assert session["id"] == json.loads(json.loads(exchanges("simple")[1][1].request_body)["metadata"]["user_id"])[
         "session_id"]

@@ -3,7 +3,7 @@
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
@@ -28,7 +28,7 @@ def table_with(overrides: dict) -> PriceTable:
 
 def at(iso: str) -> int:
     """Epoch ns of a UTC date or date-time."""
-    return int(datetime.fromisoformat(iso).replace(tzinfo=timezone.utc).timestamp() * 1_000_000_000)
+    return int(datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp() * 1_000_000_000)
 
 
 NOW = at("2026-11-27T12:00:00")
@@ -233,7 +233,8 @@ def test_aliases():
 # here independently of prices.json: Anthropic's pricing page and model pages (see prices.json).
 FACTS = {
     ("claude-opus-4", "claude-opus-4-1"): (15, 18.75, 30, 1.5, 75),
-    ("claude-opus-4-5", "claude-opus-4-6", "claude-opus-4-7", "claude-opus-4-8", "claude-opus-5"): (5, 6.25, 10, 0.5, 25),
+    ("claude-opus-4-5", "claude-opus-4-6", "claude-opus-4-7", "claude-opus-4-8", "claude-opus-5"):
+        (5, 6.25, 10, 0.5, 25),
     ("claude-opus-5-5",): (4, 5, 8, 0.2, 20),
     ("claude-3-7-sonnet", "claude-sonnet-4", "claude-sonnet-4-5", "claude-sonnet-4-6"): (3, 3.75, 6, 0.3, 15),
     ("claude-sonnet-5",): (2, 2.5, 4, 0.2, 10),
@@ -251,11 +252,12 @@ TIERS = {
     "claude-sonnet-4-5": ("long_context", 200000, (6, 7.5, 12, 0.6, 22.5)),
     "claude-haiku-5-5": ("prompt_over_100k", 100000, (0.5, 0.625, 1, 0.05, 2.5)),
 }
-FAST_NOW = {"claude-opus-5-5": 2, "claude-opus-5": 2, "claude-opus-4-8": 2, "claude-fable-5-2": 2, "claude-mythos-5-2": 2}
+FAST_NOW = {"claude-opus-5-5": 2, "claude-opus-5": 2, "claude-opus-4-8": 2, "claude-fable-5-2": 2,
+            "claude-mythos-5-2": 2}
 
 
 def test_packaged_table_matches_the_published_rates():
-    expected = {m: dict(zip(RATE_KEYS, row)) for models, row in FACTS.items() for m in models}
+    expected = {m: dict(zip(RATE_KEYS, row, strict=True)) for models, row in FACTS.items() for m in models}
     assert {name: price.at(NOW).rates for name, price in TABLE.models.items()} == expected
     tiers = {name: [(t.name, t.above_prompt_tokens, tuple(t.rates[k] for k in RATE_KEYS)) for t in price.at(NOW).tiers]
              for name, price in TABLE.models.items() if price.at(NOW).tiers}
@@ -320,7 +322,8 @@ def test_iterations_are_priced_one_by_one_and_top_level_tokens_not_added_again()
     message = iteration("message", input=23000, output=1000, read=5000)
     cost = price_call("claude-opus-5-5", {**message, "iterations": [compaction, message]})
     # Opus 5.5 ($4 in, $0.20 read, $20 out) has no tier: (180000*4 + 3500*20) + (23000*4 + 5000*0.2 + 1000*20)
-    assert cost.total_usd == pytest.approx((180000 * 4 + 3500 * 20 + 23000 * 4 + 5000 * 0.2 + 1000 * 20) / 1e6, abs=1e-12)
+    assert cost.total_usd == pytest.approx((180000 * 4 + 3500 * 20 + 23000 * 4 + 5000 * 0.2 + 1000 * 20) / 1e6,
+                                           abs=1e-12)
     assert [it["type"] for it in cost.iterations] == ["compaction", "message"]
     assert cost.iterations[0]["usd"] == pytest.approx((180000 * 4 + 3500 * 20) / 1e6, abs=1e-12)
     assert cost.iterations[1]["prompt_tokens"] == 28000
@@ -391,7 +394,8 @@ def test_an_iteration_takes_a_1h_only_top_level_split_as_all_1h_writes():
     (2, 1, 1, 1, 0),  # 0.33 rounds down
     (2000, 0, 5000, 5000, 0),  # 5-minute-only top level
 ])
-def test_a_missing_split_is_shared_in_proportion_and_the_writes_stay_exact(top_5m, top_1h, written, expect_5m, expect_1h):
+def test_a_missing_split_is_shared_in_proportion_and_the_writes_stay_exact(top_5m, top_1h, written, expect_5m,
+                                                                         expect_1h):
     top = iteration("message", written=top_5m + top_1h,
                     cache_creation={"ephemeral_5m_input_tokens": top_5m, "ephemeral_1h_input_tokens": top_1h})
     cost = price_call("claude-opus-5-5", {**top, "iterations": [iteration("compaction", written=written), top]})
@@ -494,7 +498,8 @@ def test_an_override_of_a_rate_wins_over_a_packaged_dated_change():
     ({"claude-foo-5": {"input": 1, "output": 2}}, "prices.claude-foo-5: a model without a packaged price needs"),
     ({"claude-foo-5": 3}, "prices.claude-foo-5: expected a table"),
     ([1, 2], "prices: expected a table of models"),
-    ({"claude-opus-5": {"fast_multiplier": 0.5}}, "prices.claude-opus-5.fast_multiplier: expected a number of at least 1"),
+    ({"claude-opus-5": {"fast_multiplier": 0.5}},
+     "prices.claude-opus-5.fast_multiplier: expected a number of at least 1"),
     ({"claude-opus-5": {"fast_multiplier": "2x"}}, "prices.claude-opus-5.fast_multiplier: expected a number"),
     ({"claude-opus-5": {"tiers": {"above_prompt_tokens": 1}}},
      'prices.claude-opus-5.tiers: expected a list of tables ([[prices."claude-opus-5".tiers]])'),
@@ -506,7 +511,8 @@ def test_an_override_of_a_rate_wins_over_a_packaged_dated_change():
     ({"claude-opus-5": {"changes": [{"input": 1}]}}, "prices.claude-opus-5.changes[0]: missing effective_from"),
     ({"claude-opus-5": {"changes": [{"effective_from": "soon", "input": 1}]}},
      "prices.claude-opus-5.changes[0].effective_from: expected a date such as 2026-10-07"),
-    ({"claude-opus-5": {"changes": [{"effective_from": "2027-01-01"}]}}, "prices.claude-opus-5.changes[0]: changes nothing"),
+    ({"claude-opus-5": {"changes": [{"effective_from": "2027-01-01"}]}},
+     "prices.claude-opus-5.changes[0]: changes nothing"),
     ({"claude-opus-5": {"changes": [{"effective_from": "2027-01-01", "changes": []}]}},
      "prices.claude-opus-5.changes[0].changes: unknown key"),
     ({"claude-opus-5": {"changes": "2027"}}, 'prices.claude-opus-5.changes: expected a list of tables'),
@@ -621,7 +627,8 @@ def _bump(use: dict, path: tuple[str, ...], by: int) -> dict:
        by=st.integers(min_value=1, max_value=500_000), when=st.sampled_from([at("2026-01-01"), NOW, at("2028-01-01")]))
 def test_cost_never_falls_when_any_token_count_grows(model, use, field, by, when):
     use = _bump(use, field, 0)
-    assert price_call(model, _bump(use, field, by), at_ns=when).total_usd >= price_call(model, use, at_ns=when).total_usd
+    assert (price_call(model, _bump(use, field, by), at_ns=when).total_usd
+            >= price_call(model, use, at_ns=when).total_usd)
 
 
 @hsettings(max_examples=200, deadline=None)
@@ -666,7 +673,8 @@ def test_a_shared_out_split_adds_up_to_the_iterations_writes(top, written):
 @hsettings(max_examples=300, deadline=None)
 @given(key=st.sampled_from(["input", "output", "cache_read", "fast_multiplier", "tiers", "changes", "oops"]),
        value=st.one_of(st.text(max_size=5), st.booleans(), st.none(), st.floats(allow_nan=True), st.integers(-5, -1),
-                       st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)))
+                       st.lists(st.integers(), max_size=2),
+                       st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)))
 def test_a_malformed_override_is_one_line_naming_its_key(key, value):
     try:
         table_with({"claude-opus-5": {key: value}})
@@ -698,7 +706,8 @@ def scenario_cost(scenario: str) -> float:
 @pytest.mark.parametrize("scenario", ["simple", "tools", "subagent", "mcp", "skills_agents", "compact",
                                       "nonstream_and_others", "error"])
 def test_recorded_sessions_cost_what_claude_code_reported(scenario):
-    reported = sum(json.loads(p.read_text())["total_cost_usd"] for p in (FIXTURES / scenario).glob("cli_run*.stdout.json"))
+    reported = sum(json.loads(p.read_text())["total_cost_usd"]
+                   for p in (FIXTURES / scenario).glob("cli_run*.stdout.json"))
     aborted_stream = (6 * 5 + 2006 * 6.25 + 18861 * 0.5 + 2 * 25) / 1e6 if scenario == "error" else 0.0
     # Claude Code leaves out the stream that died mid-way (error/004); its tokens were still sent and are priced here.
     assert scenario_cost(scenario) == pytest.approx(reported + aborted_stream, abs=1e-9)

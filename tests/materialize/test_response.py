@@ -198,9 +198,11 @@ def test_stream_without_message_stop_is_incomplete():
 def test_tool_input_json_invalid_or_empty():
     body = sse(
         start({"input_tokens": 1, "output_tokens": 1}),
-        {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t0", "name": "A", "input": {}}},
+        {"type": "content_block_start", "index": 0,
+         "content_block": {"type": "tool_use", "id": "t0", "name": "A", "input": {}}},
         {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": ""}},
-        {"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t1", "name": "B", "input": {}}},
+        {"type": "content_block_start", "index": 1,
+         "content_block": {"type": "tool_use", "id": "t1", "name": "B", "input": {}}},
         {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"a": '}},
         {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "tru"}},
         {"type": "content_block_start", "index": 2, "content_block": {"type": "redacted_thinking", "data": "xyz"}},

@@ -63,7 +63,8 @@ def test_records_validate_against_opik_write_schemas():
         project_name="p", name="main", span_type="llm", start_ns=1_795_485_200_000_000_000,
         end_ns=1_795_485_201_000_000_000, input={"messages": []}, output={"content": []},
         metadata={"cc": {}}, tags=["claude-code"], updated_ns=1_795_485_201_000_000_000,
-        model="claude-opus-4-8", usage=opik_usage(read_usage(USAGE)), total_estimated_cost=0.01, cost_version="2026-11-01",
+        model="claude-opus-4-8", usage=opik_usage(read_usage(USAGE)), total_estimated_cost=0.01,
+        cost_version="2026-11-01",
         ttft_ms=12.5, error_info=call_error_info({"type": "overloaded_error", "message": "Overloaded"}, None),
     )
     trace = trace_record(

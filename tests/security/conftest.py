@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.wire.conftest import wire  # noqa: F401 - the in-process gateway fixture, for the attacks on it
+
 NOBODY_PYTHONS = ("/usr/bin/python3", "/bin/python3", "/usr/local/bin/python3")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, DaemonProcess, cli_env, run_cli, wait_for
-from tests.lifecycle_helpers import SESSION_START, machine, machine_with_upstream  # noqa: F401 - fixture
+from tests.lifecycle_helpers import SESSION_START
 
 COMMANDS = [["status"], ["logs", "--no-follow"], ["viewer"], ["replay"], ["restart"], ["purge", "--yes"],
             ["uninstall", "--yes"], ["proxy", "--port", "0"], ["sync"]]
@@ -74,8 +74,10 @@ def test_uninstall_checks_it_can_delete_everything_before_it_starts(tmp_path, mo
     (home / "spool").mkdir(parents=True)
     assert uninstall.cannot_delete(home) is None
     real_access = os.access
-    monkeypatch.setattr(uninstall.os, "access", lambda path, mode: Path(path).name != "spool" and real_access(path, mode))
-    assert uninstall.cannot_delete(home) == f"cannot delete {home / 'spool'}: not writable by this user; fix its owner or permissions"
+    monkeypatch.setattr(uninstall.os, "access",
+                        lambda path, mode: Path(path).name != "spool" and real_access(path, mode))
+    assert uninstall.cannot_delete(home) == (
+        f"cannot delete {home / 'spool'}: not writable by this user; fix its owner or permissions")
 
 
 def test_cipx_home_this_user_cannot_read(other_user):

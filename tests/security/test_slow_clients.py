@@ -23,7 +23,6 @@ import pytest
 from tests.conftest import DaemonProcess, wait_for
 from tests.fake_anthropic import json_reply, sse_reply
 from tests.security.conftest import raw_exchange, write_config
-from tests.wire.conftest import wire  # noqa: F401 - fixture
 
 STALLED = 1000
 
@@ -156,7 +155,8 @@ def test_beyond_the_connection_cap_a_clean_503(strict_daemon, upstream):
         sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
         receive_until(sock, b"event: ping")
         streams.append(sock)
-    answer = raw_exchange(strict_daemon.port, b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
+    answer = raw_exchange(strict_daemon.port,
+                          b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503 ")
     error = json.loads(body)["error"]

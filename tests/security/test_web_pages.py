@@ -22,7 +22,6 @@ from tests.claude_code_corpus import SCENARIOS, requests, response
 from tests.conftest import wait_for
 from tests.fake_anthropic import fixture_reply
 from tests.security.conftest import raw_exchange
-from tests.wire.conftest import wire  # noqa: F401 - fixture
 
 CROSS_SITE_POST = (
     b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nOrigin: http://evil.com\r\n"
@@ -143,7 +142,8 @@ def test_claude_code_sends_none_of_the_signs_of_a_browser():
     assert len(recorded) == 85  # every scenario, count_tokens and HEAD preconnects included
     for scenario, number, req in recorded:
         names = {name.lower() for name in req["headers"]}
-        assert not names & {"origin", "referer", "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest"}, (scenario, number)
+        browser = {"origin", "referer", "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest"}
+        assert not names & browser, (scenario, number)
         headers = http.client.parse_headers(io.BytesIO(
             "".join(f"{k}: {v}\r\n" for k, v in req["headers"].items()).encode() + b"\r\n"))
         assert browser_or_stranger(req["path"], headers) is None, (scenario, number)  # Host included

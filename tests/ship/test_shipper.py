@@ -366,7 +366,8 @@ def test_409_already_exists_is_accepted_a_conflicting_record_is_quarantined(rig,
     opik.answer_ids[trace_id] = Answer(409, body=b'{"errors":["Trace already exists"]}')
     conflicting = synthetic_capture()
     conflicting[1]["body"]["id"] = first[1]["body"]["id"]  # an llm span id Opik holds under another trace
-    opik.answer_ids[first[1]["body"]["id"]] = Answer(409, body=b'{"errors":["trace_id does not match the existing span"]}')
+    opik.answer_ids[first[1]["body"]["id"]] = Answer(
+        409, body=b'{"errors":["trace_id does not match the existing span"]}')
     ids = r.append(5)
     r.spool.append([first[0], *conflicting])
     r.spool.flush(5)

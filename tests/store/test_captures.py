@@ -64,7 +64,7 @@ def test_positions_are_contiguous_and_reading_resumes_from_any_of_them(tmp_path)
     assert store.end == store.start_end == LogPosition(1, 0)
     appended = [store.append(make(n, body=os.urandom(200))) for n in range(8)]
     assert store.end == appended[-1].end
-    for before, after in zip(appended, appended[1:]):
+    for before, after in zip(appended, appended[1:], strict=False):
         assert after.start == before.end or (after.start == LogPosition(before.end.segment + 1, 0))
     assert len({a.path for a in appended}) > 1  # rotated by size
     entries = list(read_log(tmp_path))

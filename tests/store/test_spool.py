@@ -262,7 +262,8 @@ def test_an_unusable_spool_directory_at_start_recovers_by_itself(spool_dir):
     spool = make_spool(spool_dir)
     spool.start()
     wal = spool.section()
-    assert wal["degraded"] and wal["last_write_error"] == "cannot open the spool directory: File exists"  # no path: stats are public
+    # no path: stats are public
+    assert wal["degraded"] and wal["last_write_error"] == "cannot open the spool directory: File exists"
     records = synthetic_capture()
     ticket = spool.append(records)
     assert spool.read_batch(1000, MIB) is None

@@ -2,21 +2,27 @@
 store of the recorded corpus (at its recorded dates, the dashboard's clock a day later: no test
 depends on today's date); the Host and token guards and the Content-Security-Policy."""
 
+import csv
 import html
 import http.client
+import io
 import json
 import re
 import threading
+import urllib.parse
+from datetime import date, timedelta
 
 import pytest
 
 from opik_cipx.ledger.db import open_reader
-from opik_cipx.ledger.queries import report
+from opik_cipx.ledger.periods import day_start_ns
+from opik_cipx.ledger.queries import Selection, report
 from opik_cipx.ledger.store import Ledger
 from opik_cipx.store.captures import CaptureStore
 from opik_cipx.views.access import ViewerAccess, cookie_name, cookie_value
 from opik_cipx.views.charts import PALETTE
 from opik_cipx.views.dashboard import Dashboard
+from opik_cipx.views.sign_in import SignInLinks
 from opik_cipx.views.viewer import ViewerHandler
 from opik_cipx.wire.loopback import LoopbackServer
 from tests.claude_code_corpus import corpus_clock, materialized
@@ -28,7 +34,8 @@ TOKEN = "t" * 43
 
 def serve(home):
     pages = Dashboard(home / "ledger.db", home / "captures", clock=corpus_clock())
-    handler = type("H", (ViewerHandler,), {"pages": pages, "access": ViewerAccess(TOKEN)})
+    access = ViewerAccess(TOKEN, SignInLinks(home, corpus_clock()))
+    handler = type("H", (ViewerHandler,), {"pages": pages, "access": access})
     server = LoopbackServer("viewer", "127.0.0.1", 0, handler, LIMITS)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return server
@@ -84,8 +91,119 @@ def test_home_shows_totals_a_30_day_chart_and_top_spenders(viewer):
     for key in ("session", "project", "model", "mcp", "skill", "agent"):
         assert f"id='top-{key}'" in page
     assert "weather" in text(page[page.index("id='top-mcp'"):]) and "general-purpose" in text(page)
-    assert f"/session/{SUBAGENT_SESSION}" in page
+    assert f"/?session={SUBAGENT_SESSION}" in page  # its row: the dashboard narrowed to it
     assert page.count("href='/capture/") >= 20
+    narrow = page[page.index("class=only-narrow"):page.index("Top spenders")]  # the chart on a phone
+    assert "<figure class='chart rows'>" in narrow
+    assert re.search(r">11-24</text><rect class=bar", narrow) and ">$1.91</text>" in narrow
+
+
+def top_rows(page: str) -> dict[str, list[tuple[str, str]]]:
+    """Top list -> its rows' (link, text)."""
+    out = {}
+    for key, section in re.findall(r"<section id='top-(\w+)'>(.*?)</section>", page, re.S):
+        out[key] = [(html.unescape(href), text(name).strip()) for href, name in
+                    re.findall(r"<tr><td><a href='([^']+)'>(.*?)</a></td>", section)]
+    return out
+
+
+def test_every_top_list_row_is_a_link_to_the_view_it_filters(viewer):
+    port, home, _ = viewer
+    conn = open_reader(home / "ledger.db")
+    _, page, _ = get(port, "/")
+    rows = top_rows(page)
+    assert set(rows) == {"session", "project", "model", "kind", "agent", "mcp", "skill"}
+    for key in rows:  # every row a link
+        section = page[page.index(f"<section id='top-{key}'>"):]
+        assert len(rows[key]) == section[:section.index("</section>")].count("<tr><td>") > 0, key
+    assert [name for _, name in rows["skill"]] == ["(the list of available skills)", "release-notes"]  # no skill `menu`
+    for key in ("model", "kind", "agent", "project", "session"):
+        href, _ = rows[key][-1]
+        value = urllib.parse.parse_qs(urllib.parse.urlsplit(href).query)[key][0]
+        status, narrowed, _ = get(port, href)
+        want = report(conn, (), Selection(**{key: value})).total
+        card = narrowed[narrowed.index("id='total-last-30-days'"):]
+        assert status == 200 and f"{want['calls']:,} calls" in card[:600], href
+        assert f"<b>{html.escape(value)}</b>" in narrowed  # the filter shown, with a link that drops it
+        kept = [urllib.parse.parse_qs(urllib.parse.urlsplit(h).query) for h, _ in top_rows(narrowed)["model"]]
+        assert kept and all(q[key] == [value] for q in kept)  # the model links keep this filter
+    href, name = rows["mcp"][0]
+    assert (href, name) == ("/calls?mcp=weather", "weather")
+    status, calls, _ = get(port, href)
+    assert status == 200 and calls.count("href='/capture/") == 3 and "MCP server <b>weather</b>" in calls
+
+
+def test_a_date_range_and_filters_narrow_every_figure_and_links_keep_them(viewer):
+    port, home, _ = viewer
+    conn = open_reader(home / "ledger.db")
+    query = "since=2026-11-24&until=2026-11-24&model=claude-opus-4-8&kind=main"  # in the order links write it
+    status, page, _ = get(port, f"/?{query}")
+    sel = Selection(since_ns=day_start_ns("2026-11-24"), until_ns=day_start_ns("2026-11-25"), kind="main",
+                    model="claude-opus-4-8")
+    want = report(conn, (), sel).total
+    card = page[page.index("id='total-range'"):]
+    assert status == 200 and "Selected range, 2026-11-24 to 2026-11-24" in card[:300]
+    assert f"${want['cost_usd']:,.2f}" in card[:400] and f"{want['calls']:,} calls" in card[:600]
+    assert want["calls"] == 35
+    assert "value='2026-11-24'" in page and "<option selected>main</option>" in page  # the form shows them
+    links = [html.unescape(h) for h in re.findall(r"href='([^'#]+)'", page)]
+    internal = [h for h in links if h.startswith(("/capture/", "/session/", "/calls"))]
+    assert internal and all("kind=main" in h and "model=claude-opus-4-8" in h for h in internal), internal[:3]
+    nav = re.findall(r"<header>.*?</header>", page)[0]
+    assert f"href='/?{query.replace('&', '&amp;')}'" in nav
+    status, empty, _ = get(port, "/?project=/home/dev/nowhere")
+    assert status == 200
+    assert "Nothing to show: no call in the ledger was made in /home/dev/nowhere or below it." in text(empty)
+    status, later, _ = get(port, "/?since=2026-12-01")
+    assert "Nothing to show: no call was made from 2026-12-01 00:00 to now" in text(later)
+    assert "cannot read since 'last tuesday'" in text(get(port, "/?since=last+tuesday")[1])
+
+
+def test_exports_give_what_is_shown_in_reports_shape(viewer, tmp_path):
+    from opik_cipx.ledger.export import CALL_EXPORT, report_json
+    from tests.conftest import run_cli
+
+    port, home, _ = viewer
+    conn = open_reader(home / "ledger.db")
+    _, page, _ = get(port, "/?kind=main")
+    chart_json = html.unescape(re.search(r"<section id=chart><h2>.*?href='(/report\.json[^']+)'", page).group(1))
+    since = (date(2026, 11, 25) - timedelta(days=29)).isoformat()
+    assert chart_json == f"/report.json?since={since}&kind=main&by=day,bucket"
+    status, body, headers = get(port, chart_json)
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    sel = Selection(since_ns=day_start_ns("2026-10-27"), kind="main")
+    assert json.loads(body) == json.loads(json.dumps(report_json(report(conn, ("day", "bucket"), sel))))
+    status, body, headers = get(port, "/report.csv?by=model&session=d746060a")  # a session's start works here too
+    rows = list(csv.reader(io.StringIO(body)))
+    assert status == 200 and headers["Content-Type"].startswith("text/csv") and rows[-1][1] == "3"
+    cli = run_cli(home, "report", "--by", "model", "--session", "d746060a", "--csv")
+    assert body == cli.stdout  # the same shape as `report --csv`
+    status, body, _ = get(port, "/calls.csv?mcp=weather")
+    rows = list(csv.reader(io.StringIO(body)))
+    assert rows[0] == list(CALL_EXPORT) and len(rows) == 4
+    calls = json.loads(get(port, "/calls.json?kind=count_tokens&limit=5")[1])
+    assert len(calls) == 5 and {c["kind"] for c in calls} == {"count_tokens"} and list(calls[0]) == list(CALL_EXPORT)
+    assert get(port, "/report.json?by=colour")[0] == 400
+    assert get(port, "/report.json?by=model&session=1b")[0] == 400  # two sessions start so
+
+
+def test_a_session_is_found_by_the_start_of_its_id(viewer):
+    port, _, _ = viewer
+    status, page, _ = get(port, f"/session/{SUBAGENT_SESSION[:8]}")
+    assert status == 200 and f"<p class=mono>session {SUBAGENT_SESSION}</p>" in page
+    status, page, _ = get(port, "/session/1b?model=claude-opus-4-8")
+    assert status == 300 and "starts 2 session ids" in text(page)
+    assert "Use a subagent to survey this project" in text(page)  # each candidate with its label
+    assert "Run echo hi and tell me what it printed." in text(page)
+    candidates = re.findall(r"<li><a href='([^']+)'>", page)
+    assert [html.unescape(c) for c in candidates] == [f"/session/{SUBAGENT_SESSION}?model=claude-opus-4-8",
+                                                      "/session/1ba5440a-458d-4df7-b61b-c2cf3c262711?model=claude-opus-4-8"]
+    status, page, _ = get(port, "/?session=1b")
+    assert status == 300 and f"href='/?session={SUBAGENT_SESSION}'" in page
+    status, page, _ = get(port, "/?session=44faf0ae")
+    assert status == 404 and "no session in the ledger has an id starting with '44faf0ae'" in text(page)
+    status, page, _ = get(port, f"/?session={SUBAGENT_SESSION[:8]}")
+    assert status == 200 and f"href='/session/{SUBAGENT_SESSION}'" in page  # its page, from the narrowed view
 
 
 def test_session_page_nests_subagent_calls_under_their_launch(viewer):
@@ -109,12 +227,12 @@ def test_call_page_has_tokens_and_dollars_per_bucket_and_the_cache_split(viewer)
     assert status == 200
     assert_self_contained(page, headers)
     words = text(page)
-    for label in ("uncached input", "cache write, 5 min", "cache write, 1 hour", "cache read", "output"):
+    for label in ("uncached input", "cache write 5m", "cache write 1h", "cache read", "output"):
         assert label in words
     assert "12,449 tokens written" in words and "would have cost" in words and "dev@acme.test (Acme)" in words
     buckets = page[page.index("class=buckets"):]
     assert "tools_builtin" in buckets and "$" in buckets and "chars" in buckets
-    assert "The request, painted by bucket" in page
+    assert "The request, by bucket" in page and "id=jump" in page
     assert page.count("<span style='background:") >= 50
     assert "title='unattributed" not in page
 
@@ -136,7 +254,7 @@ def test_exchanges_outside_the_ledger_and_unknown_ids(viewer):
     port, _, corpus = viewer
     preconnect = next(c.id for s, n, c, _ in corpus if (s, n) == ("simple", "000"))
     status, page, _ = get(port, f"/capture/{preconnect}")
-    assert status == 200 and "Not in the ledger" in page and "painted by bucket" in page
+    assert status == 200 and "Not in the ledger" in page and "The request, by bucket" in page
     assert get(port, "/capture/01960000-0000-7000-8000-000000000000")[0] == 404
     assert get(port, "/capture/not-an-id")[0] == 404
     assert get(port, "/session/nobody")[0] == 404
@@ -207,19 +325,20 @@ def test_calls_of_an_unknown_model_are_flagged_never_priced_at_zero(tmp_path, vi
         server.server_close()
     table = run_cli(home, "report", "--by", "model").stdout
     assert f"{unpriced_note(1)}." in table  # the dashboard's words
-    assert f"${entry.call['cost_usd']:,.4f}" in table.splitlines()[-2]  # the total: the priced call only
+    total = next(line for line in table.splitlines() if line.startswith("total"))
+    assert f"${entry.call['cost_usd']:,.4f}" in total  # the priced call only
     settings = load_settings({"CIPX_HOME": str(home), "HOME": str(tmp_path)})
     assert today_line(settings, now_ns=entry.call["started_at_ns"]) == (
         f"2 call(s), ${entry.call['cost_usd']:,.4f}; {unpriced_note(1)} (`opik-cipx report` for more)")
 
 
 def test_a_browser_signs_in_once_then_uses_the_cookie(viewer):
-    port, _, _ = viewer
+    port, home, _ = viewer
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", f"/session/{SUBAGENT_SESSION}")
     refused = conn.getresponse()
     assert refused.status == 403 and b"opik-cipx viewer" in refused.read()
-    conn.request("GET", f"/session/{SUBAGENT_SESSION}?token={TOKEN}")
+    conn.request("GET", f"/session/{SUBAGENT_SESSION}?signin={SignInLinks(home, corpus_clock()).issue()}")
     signed_in = conn.getresponse()
     assert signed_in.status == 200 and f"url=/session/{SUBAGENT_SESSION}".encode() in signed_in.read()
     cookie = signed_in.getheader("Set-Cookie").split(";", 1)[0]
@@ -237,7 +356,8 @@ def test_call_and_session_pages_explain_cache_breaks(viewer):
     assert "Cache break: compaction, message 0 block 1 changed (compaction: continued_summary)." in words
     assert f"href='/capture/{ids[('compact', '010')]}'" in page  # the call it is compared with
     assert re.search(r"[\d,]+ tokens written again \(or sent uncached\) that the cache held: \$0\.\d+ more", words)
-    assert "No cache break: it read what the previous call cached." in text(get(port, f"/capture/{ids[('tools', '004')]}")[1])
+    page = text(get(port, f"/capture/{ids[('tools', '004')]}")[1])
+    assert "No cache break: it read what the previous call cached." in page
     assert "nothing to compare it with" in text(get(port, f"/capture/{ids[('tools', '001')]}")[1])
     session = next(r["body"]["metadata"]["cc"]["session"]["id"] for s, n, _, rs in corpus
                    if (s, n) == ("compact", "012") for r in rs.records if r["body"].get("type") == "llm")

@@ -29,6 +29,7 @@ from opik_cipx.materialize.attribution.model import (
     Canvas,
     Part,
     Piece,
+    Tally,
 )
 
 STRUCTURAL = frozenset({"type", "cache_control", "id", "name", "tool_use_id", "is_error"})
@@ -108,7 +109,7 @@ class Conversation:
             payload = PAYLOAD.get(kind) if isinstance(kind, str) else None
             if isinstance(kind, str) and kind.endswith("tool_result"):
                 payload, opens_turn = RESULT_PAYLOAD, False
-            if payload is None:
+            if payload is None or not isinstance(kind, str):  # a payload is known only for a str kind
                 self.canvas.paint(block.start, block.end, UNATTRIBUTED)
                 user_items.append(None)
                 continue
@@ -159,7 +160,7 @@ class Conversation:
             )
             command = records.get(index)
             previous = command[0] if command is not None and command[0]["kind"] == "prompt" else None
-        for item, item_pieces in zip(items, pieces):
+        for item, item_pieces in zip(items, pieces, strict=True):
             if item is not None:
                 self._string(item, item_pieces)
 
@@ -300,7 +301,8 @@ class Conversation:
     def _string(self, field: Field, pieces: list[Piece]) -> None:
         self.canvas.paint_string(field.start, field.end, field.value, pieces)
 
-    def _whole(self, block: Block, key: str, bucket: str, label: str | None, tally=(), part: Part = NO_PART) -> None:
+    def _whole(self, block: Block, key: str, bucket: str, label: str | None, tally: Tally = (),
+               part: Part = NO_PART) -> None:
         field = block.fields.get(key)
         if field is not None:
             self.canvas.paint(field.start, field.end, bucket, label, tally, part)
@@ -324,7 +326,7 @@ def _segments(text: str) -> list[tuple[int, int, int]]:
         found.append((pos, _kind(text[pos:])))
     starts = [0] + [start for start, _ in found[1:]]
     ends = starts[1:] + [len(text)]
-    return [(start, end, kind) for start, end, (_, kind) in zip(starts, ends, found)]
+    return [(start, end, kind) for start, end, (_, kind) in zip(starts, ends, found, strict=True)]
 
 
 def _kind(text: str) -> int:

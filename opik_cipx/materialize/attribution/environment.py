@@ -30,6 +30,7 @@ follows any CLAUDE.md text in the context reminder, which could quote one).
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypedDict
 
 from opik_cipx.materialize.attribution.model import SYSTEM_PROMPT, SYSTEM_REMINDER, Part, Piece
 
@@ -45,6 +46,23 @@ class Workspace:
     main_branch: str | None = None  # the branch Claude Code takes for pull requests
     dirty: bool | None = None  # uncommitted or untracked files, when the session started
     head: str | None = None  # abbreviated id of the newest of the recent commits
+
+
+class _Environment(TypedDict, total=False):
+    """The `Workspace` fields an environment section gives."""
+
+    cwd: str | None
+    is_git: bool | None
+    platform: str | None
+
+
+class _GitStatus(TypedDict, total=False):
+    """The `Workspace` fields a git status section gives."""
+
+    branch: str | None
+    main_branch: str | None
+    dirty: bool | None
+    head: str | None
 
 
 CONTEXT_REMINDER = "<system-reminder>\nAs you answer the user's questions, you can use the following context:"
@@ -86,8 +104,8 @@ def read_workspace(body: object) -> Workspace | None:
 
 def parse_workspace(texts: Iterable[str]) -> Workspace | None:
     """The workspace `texts` name (in request order), or None when no section is there."""
-    environment: dict[str, object] | None = None
-    git: dict[str, object] | None = None
+    environment: _Environment | None = None
+    git: _GitStatus | None = None
     for text in texts:
         if not isinstance(text, str):
             continue
@@ -103,7 +121,7 @@ def parse_workspace(texts: Iterable[str]) -> Workspace | None:
 def _texts(body: dict) -> list[str]:
     system = body.get("system")
     if isinstance(system, str):
-        texts = [system]
+        texts: list[object] = [system]
     else:
         texts = [block.get("text") for block in system if isinstance(block, dict)] if isinstance(system, list) else []
     messages = body.get("messages")
@@ -115,12 +133,12 @@ def _texts(body: dict) -> list[str]:
     return [text for text in texts if isinstance(text, str)]
 
 
-def _environment(text: str) -> dict[str, object] | None:
+def _environment(text: str) -> _Environment | None:
     """Fields of the first environment section of `text`, or None when it has none."""
     starts = [match.end() for match in (_ENV_INTRO.search(text), _ENV_BLOCK.search(text)) if match]
     if not starts:
         return None
-    fields: dict[str, object] = {}
+    fields: _Environment = {}
     for line in _lines_after(text, min(starts)):
         if not line.strip() or line.strip() == "</env>":
             break
@@ -137,18 +155,17 @@ def _environment(text: str) -> dict[str, object] | None:
     return fields
 
 
-def _git_status(text: str) -> dict[str, object] | None:
+def _git_status(text: str) -> _GitStatus | None:
     """Fields of the last git status section of `text`, or None when it has none.
 
     The section runs to the end of its `Recent commits:` list; without one, to the first line
     that is none of its parts.
     """
-    intro = None
-    for intro in _GIT_INTRO.finditer(text):
-        pass
-    if intro is None:
+    intros = list(_GIT_INTRO.finditer(text))
+    if not intros:
         return None
-    fields: dict[str, object] = {}
+    intro = intros[-1]
+    fields: _GitStatus = {}
     status: list[str] = []
     has_status = in_status = False
     lines = _lines_after(text, intro.end())

@@ -75,7 +75,8 @@ class Facts:
         """
         new = Facts.__new__(Facts)
         new.builtin_tools = list(self.builtin_tools)
-        new.mcp_servers = {name: {**record, "tools": list(record["tools"])} for name, record in self.mcp_servers.items()}
+        new.mcp_servers = {name: {**record, "tools": list(record["tools"])}
+                           for name, record in self.mcp_servers.items()}
         new.skill_menu = list(self.skill_menu)
         new.skills_loaded = list(self.skills_loaded)
         new.memory_files = list(self.memory_files)

@@ -52,7 +52,7 @@ MAX_BYTES = 32 * 1024 * 1024  # request bodies kept, all entries together
 KEEP_LAST = 3  # states kept at the last message boundaries (a moved marker changes the last one or two)
 KEEP_EARLIER = 2  # states kept from earlier requests, besides the one after the head
 _SEPARATORS = frozenset(b" \t\n\r,]")
-_scan_once = json.JSONDecoder().scan_once
+_scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set by __init__, not in the stubs
 
 
 class ReadRequest(NamedTuple):
@@ -296,7 +296,7 @@ def _head(body: bytes) -> tuple[_Walk, list[tuple[str, Any]], list[Region], Layo
             if cursor.peek() != "{":
                 raise _Fallback("not a JSON object")
             cursor.pos += 1
-            head = []
+            head: list[tuple[str, Any]] = []
             for name, _ in cursor.rest_of_object(first=True):
                 if name == "messages":
                     if cursor.peek() != "[":
@@ -421,6 +421,7 @@ def _tail(body: bytes, tail_at: int, walk: _Walk, old: _Tail | None) -> _Tail:
 def _regions(entry: _Entry) -> Callable[[], list[Region]]:
     """The body's regions, listed when first asked for."""
     parts, tail, shift = entry.regions, entry.tail, entry.tail_chars_at
+    assert tail is not None  # asked for once the walk reached the tail
 
     def listed() -> list[Region]:
         out: list[Region] = []

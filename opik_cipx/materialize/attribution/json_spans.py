@@ -13,11 +13,11 @@ string can be split into pieces whose escapes stay inside the piece they belong 
 import json
 import re
 from collections.abc import Iterator
-from json.decoder import scanstring
+from json.decoder import scanstring  # type: ignore[attr-defined]  # public, but not in the stubs
 from typing import Any, NamedTuple
 
 _WS = re.compile(r"[ \t\n\r]*")
-_scan_once = json.JSONDecoder().scan_once
+_scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set by __init__, not in the stubs
 # One decoded character per match: a UTF-16 surrogate pair, one \uXXXX, or one short escape.
 _ESCAPE = re.compile(r"\\(?:u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|.)")
 
@@ -41,7 +41,7 @@ class Cursor:
 
     def peek(self) -> str:
         """The first character of the next value ('' at the end), after skipping whitespace."""
-        self.pos = _WS.match(self.text, self.pos).end()
+        self.pos = _WS.match(self.text, self.pos).end()  # type: ignore[union-attr]  # `*`: always matches
         return self.text[self.pos : self.pos + 1]
 
     def value(self) -> Field:
@@ -79,7 +79,7 @@ class Cursor:
             key_start = self.pos
             key, self.pos = scanstring(self.text, key_start + 1)
             self._expect(":")
-            value_start = self.pos = _WS.match(self.text, self.pos).end()
+            value_start = self.pos = _WS.match(self.text, self.pos).end()  # type: ignore[union-attr]  # `*`: always matches
             yield key, key_start
             if self.pos == value_start:
                 self.value()
@@ -101,7 +101,7 @@ class Cursor:
         elif self._after_item("]"):
             return
         while True:
-            start = self.pos = _WS.match(self.text, self.pos).end()
+            start = self.pos = _WS.match(self.text, self.pos).end()  # type: ignore[union-attr]  # `*`: always matches
             yield start
             if self.pos == start:
                 self.value()

@@ -9,9 +9,10 @@ The canvas also notes where the request's `system`, `tools` and `messages` value
 its cache breakpoints are: the prompt's layout, which `cache_status` is placed on.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from opik_cipx.materialize.attribution.json_spans import string_cuts
 
@@ -187,7 +188,7 @@ class Canvas:
         """
         pieces = [piece for piece in pieces if piece.end > piece.start] or pieces[:1]
         cuts = string_cuts(self.text, start, end, len(value), [piece.start for piece in pieces[1:]])
-        for piece, left, right in zip(pieces, [start, *cuts], [*cuts, end]):
+        for piece, left, right in zip(pieces, [start, *cuts], [*cuts, end], strict=False):  # no pieces: nothing painted
             self.paint(left, right, piece.bucket, piece.label, piece.tally, piece.part)
 
     def regions(self, start: int = 0, end: int | None = None, shift: int = 0) -> list[Region]:
