@@ -122,7 +122,7 @@ def block_json(block: Block) -> dict[str, Any]:
 @lru_cache(maxsize=4096)
 def _described(fields: tuple[str, ...]) -> dict[str, str]:
     """The non-empty fields of a block after its size (shared by the blocks that have them: read-only)."""
-    return {name: value for name, value in zip(FIELDS[4:], fields) if value}
+    return {name: value for name, value in zip(FIELDS[4:], fields, strict=True) if value}
 
 
 def blocks(call: CallRecord) -> list[Block]:
@@ -157,7 +157,7 @@ def input_blocks(prompt: Prompt, tokens: tuple[int, int, int], agent: str = "") 
     kinds: list[Kind] = []  # per block, in three lists: no new container per block while joining
     statuses: list[str] = []
     sizes: list[int] = []
-    for (chars, _, owner), end in zip(runs, ends):
+    for (chars, _, owner), end in zip(runs, ends, strict=True):
         kind = describe(owner.bucket, owner.label, owner.part, agent)
         start = end - chars
         while start < end:
@@ -172,7 +172,7 @@ def input_blocks(prompt: Prompt, tokens: tuple[int, int, int], agent: str = "") 
                 sizes.append(stop - start)
             start = stop
     return [Block(kind.category, "input", status, chars, *kind[1:]) for kind, status, chars in
-            zip(kinds, statuses, sizes)]
+            zip(kinds, statuses, sizes, strict=True)]
 
 
 def boundaries(breakpoints: list[int], ends: list[int], tokens: tuple[int, int, int]) -> tuple[int, int]:

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from opik_cipx.materialize.attribution import BUCKETS, Attribution, categorize, redacted
-from opik_cipx.materialize.attribution.model import Part
 from opik_cipx.materialize.attribution.compaction import SUMMARY_PROMPT
+from opik_cipx.materialize.attribution.model import Part
 from tests.claude_code_corpus import SCENARIOS, body_bytes, messages_requests, request
 from tests.materialize.test_environment import GIT_FIXTURES
 

@@ -5,7 +5,6 @@ import json
 import math
 from collections import Counter
 from itertools import accumulate
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -192,7 +191,8 @@ def test_the_write_ends_at_the_last_breakpoint_and_the_read_end_at_a_block_bound
     bare = categorize(body_of("nonstream_and_others", "032")).prompt
     ends = list(accumulate(run[0] for run in bare.runs))
     assert cipx.boundaries(bare.breakpoints, ends, (0, 500, 500)) == (round(ends[-1] / 2), 0)  # none is
-    edge = next(at for before, at, after in zip(ends, ends[1:], ends[2:]) if at - before > 20 and after - at > 20)
+    edge = next(at for before, at, after in zip(ends, ends[1:], ends[2:], strict=False)  # shorter and shorter
+                if at - before > 20 and after - at > 20)
     assert cipx.boundaries(bare.breakpoints, ends, (0, edge + 5, ends[-1] - edge - 5)) == (edge, 0)
 
 
@@ -282,7 +282,8 @@ def test_attachments_deferred_tools_and_memory_kinds_have_their_categories():
             {"type": "text", "text": "what is in these?"}]}]}
     blocks = cipx.input_blocks(categorize(json.dumps(body).encode()).prompt, (0, 0, 10))
     described = [(b.category, b.tool_name, b.tool_server, b.resource, b.kind) for b in blocks]
-    assert described[:3] == [("system_tools", "Bash", "", "", ""), ("system_tools_deferred", "NotebookEdit", "", "", ""),
+    assert described[:3] == [("system_tools", "Bash", "", "", ""),
+                             ("system_tools_deferred", "NotebookEdit", "", "", ""),
                              ("mcp_tools_deferred", "mcp__linear__get", "linear", "", "")]
     assert [d for d in described if d[0] == "file_attachments"] == [
         ("file_attachments", "", "", "https://x.test/shot.png", "image"), ("file_attachments", "", "", "", "image"),
@@ -297,8 +298,8 @@ def test_attachments_deferred_tools_and_memory_kinds_have_their_categories():
 
 
 def test_a_git_status_in_the_prompt_or_a_reminder_is_env_info():
-    from tests.materialize.test_environment import GIT_FIXTURES
     from tests.claude_code_corpus import body_bytes, request
+    from tests.materialize.test_environment import GIT_FIXTURES
 
     attribution = categorize(body_bytes(request("subagent", "001", GIT_FIXTURES)))
     blocks = cipx.input_blocks(attribution.prompt, (1000, 100, 5))

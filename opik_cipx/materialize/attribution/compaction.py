@@ -9,8 +9,8 @@ because they exist only because of the compaction. Without a continued-session s
 the request, such a section counts to tool_io under the tool's name.
 """
 
-from opik_cipx.materialize.attribution.facts import Facts
 from opik_cipx.materialize.attribution import tools
+from opik_cipx.materialize.attribution.facts import Facts
 from opik_cipx.materialize.attribution.model import COMPACTION, Part, Piece
 
 SUMMARY_PROMPT = "Your task is to create a detailed summary of the conversation so far"

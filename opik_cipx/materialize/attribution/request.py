@@ -10,7 +10,6 @@ from opik_cipx.materialize.attribution import tools
 from opik_cipx.materialize.attribution.conversation import Block, Conversation
 from opik_cipx.materialize.attribution.facts import Facts
 from opik_cipx.materialize.attribution.json_spans import Cursor, Field
-from opik_cipx.materialize.attribution.prompt import prompt
 from opik_cipx.materialize.attribution.model import (
     BUCKETS,
     SECTIONS,
@@ -20,6 +19,7 @@ from opik_cipx.materialize.attribution.model import (
     Layout,
     Region,
 )
+from opik_cipx.materialize.attribution.prompt import prompt
 from opik_cipx.materialize.attribution.system import SystemPrompt
 
 PARAMS = frozenset(
