@@ -146,15 +146,16 @@ def tier_tokens(usage: Usage | None) -> tuple[int, int, int]:
 
 def input_blocks(prompt: Prompt, tokens: tuple[int, int, int], agent: str = "") -> list[Block]:
     """The request's blocks: its runs (attribution/prompt.py) in prompt order with their cache status
-    for `tokens` (read, write, fresh), consecutive runs of one description and status joined; a run
-    that straddles a cache boundary is cut there. `agent`: the subagent type that names a custom
-    agent's definition."""
+    for `tokens` (read, write, fresh), consecutive runs of one description, bucket and status
+    joined; a run that straddles a cache boundary is cut there. `agent`: the subagent type that
+    names a custom agent's definition."""
     runs = prompt.runs
     ends = list(accumulate(map(itemgetter(0), runs)))
     write_end, read_end = boundaries(prompt.breakpoints, ends, tokens)
     limits = iter(((read_end, READ), (write_end, WRITE), (ends[-1] if ends else 0, FRESH)))
     limit, status = next(limits)
-    kinds: list[Kind] = []  # per block, in three lists: no new container per block while joining
+    kinds: list[Kind] = []  # per block, in four lists: no new container per block while joining
+    buckets: list[str] = []
     statuses: list[str] = []
     sizes: list[int] = []
     for (chars, _, owner), end in zip(runs, ends, strict=True):
@@ -164,10 +165,11 @@ def input_blocks(prompt: Prompt, tokens: tuple[int, int, int], agent: str = "") 
             while limit <= start:
                 limit, status = next(limits)
             stop = min(end, limit)
-            if kinds and statuses[-1] is status and kinds[-1] == kind:
+            if kinds and statuses[-1] is status and buckets[-1] == owner.bucket and kinds[-1] == kind:
                 sizes[-1] += stop - start
             else:
                 kinds.append(kind)
+                buckets.append(owner.bucket)
                 statuses.append(status)
                 sizes.append(stop - start)
             start = stop

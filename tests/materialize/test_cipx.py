@@ -242,21 +242,29 @@ def test_blocks_partition_the_request_and_map_onto_the_buckets(body, ascii_only,
         by_bucket[owner.bucket] += chars - envelope
         by_bucket[ENVELOPE] += envelope
     assert {b: n for b, n in attribution.buckets.items() if n} == {b: n for b, n in by_bucket.items() if n}
-    # blocks: the runs in order, each run's characters in blocks of its description
+    # blocks: the runs in prompt order, cut at the cache boundaries; a block is a stretch of runs of
+    # one description, one bucket (of their regions: envelope aside) and one cache status
     blocks = cipx.input_blocks(prompt, tokens)
-    assert sum(b.chars for b in blocks) == attribution.total_chars
-    by_kind = Counter()
+    ends = list(accumulate(run[0] for run in prompt.runs))
+    write_end, read_end = cipx.boundaries(prompt.breakpoints, ends, tokens)
+    expected: list[list] = []
+    position = 0
     for chars, _, owner in prompt.runs:
-        by_kind[cipx.describe(owner.bucket, owner.label, owner.part)] += chars
-    blocked = Counter()
-    for block in blocks:
-        blocked[cipx.Kind(block.category, *block[4:])] += block.chars
-    assert blocked == by_kind
+        for status, low, high in (("read", 0, read_end), ("write", read_end, write_end),
+                                  ("fresh", write_end, attribution.total_chars)):
+            size = min(position + chars, high) - max(position, low)
+            if size > 0:
+                key = (cipx.describe(owner.bucket, owner.label, owner.part), owner.bucket, status)
+                if expected and expected[-1][0] == key:
+                    expected[-1][1] += size
+                else:
+                    expected.append([key, size])
+        position += chars
+    assert [(cipx.Kind(b.category, *b[4:]), b.cache_status, b.chars) for b in blocks] == [
+        (kind, status, size) for (kind, _, status), size in expected]
     # cache status: read, then written, then fresh, each a stretch as long as its range
     statuses = statuses_of(blocks)
     assert statuses == sorted(statuses, key=STATUS_ORDER.__getitem__)
-    ends = list(accumulate(run[0] for run in prompt.runs))
-    write_end, read_end = cipx.boundaries(prompt.breakpoints, ends, tokens)
     lengths = Counter()
     for block in blocks:
         lengths[block.cache_status] += block.chars
