@@ -141,8 +141,9 @@ def _bring_up(settings: Settings, env: dict[str, str], report: _Report) -> None:
     if outcome.change is not None and outcome.change.outcome == "set":
         report.tell(NEXT_SESSION_HOOK if report.as_hook else NEXT_SESSION)
     installed = install.installed_path(settings, env)
-    if installed.is_file():
-        linked, link_note = install.ensure_link(installed, env, settings.home)
+    if installed.is_file() and install.find_link(installed, env) is None:
+        with lifecycle.serialised(settings):  # another sync may be making it: one does, and says so
+            linked, link_note = install.ensure_link(installed, env, settings.home)
         if link_note and linked:
             report.tell(link_note)
         elif link_note:
@@ -168,7 +169,8 @@ def _refresh_hooks(settings: Settings, env: dict[str, str], report: _Report) -> 
     """Where our hooks are registered (install.sh did), keep the launcher copy and their commands current."""
     if not claude_settings.hooks_registered(claude_settings.settings_path(env)):
         return
-    note, problem = install.ensure_hooks(settings, env, install.target(settings, env)[0])
+    with lifecycle.serialised(settings):  # its settings write must not undo another sync's
+        note, problem = install.ensure_hooks(settings, env, install.target(settings, env)[0])
     if note:
         report.info(note)
     if problem:

@@ -6,11 +6,14 @@ whenever the daemon cannot be brought up healthy within the bound (bad config fi
 taken, crash at startup) our entry is removed again and Claude Code talks to Anthropic
 directly until the next successful `sync`.
 
-The fast path (installed executable current, daemon healthy on it, supervisor unit unchanged)
-is one read of `state.json`, one `stat`, one read of the unit file and one loopback request (and,
-run from a source tree, a digest of it: control/install.py): no subprocess.
-The slow path runs under `sync.lock`, so two Claude Code sessions starting together do not
-both start a daemon.
+The fast path (installed executable current, daemon healthy on it, supervisor unit unchanged,
+Claude Code pointed at it) is one read of `state.json`, one `stat`, one read of the unit file,
+one loopback request and one read of Claude Code's settings (and, run from a source tree, a
+digest of it: control/install.py): no subprocess, no lock.
+Anything else runs under `sync.lock`, bring-up and the settings write in one hold, so of two
+Claude Code sessions starting together one starts the daemon and points Claude Code at it (and
+says so), and the other, having waited, finds both done. Every other change `sync` makes that
+another sync may be making too (the link on PATH, our hooks) is `serialised` the same way.
 """
 
 import fcntl
@@ -18,6 +21,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,10 +100,38 @@ class _Lock:
         self.fh.close()
 
 
-def bring_up(settings: Settings, env: dict[str, str], restart: bool = False,
-             stop_timeout_s: float | None = SYNC_STOP_TIMEOUT_S) -> Outcome:
+@contextmanager
+def serialised(settings: Settings) -> Iterator[None]:
+    """Hold `sync.lock` for a change another sync may be making at the same time, so that one makes it
+    (and says so) and the others find it made. When the lock cannot be had (another holder past the
+    deadline, a home that refuses the file) the change is made anyway: each is safe to make twice."""
+    with ExitStack() as held:
+        try:
+            held.enter_context(_Lock(settings))
+        except (TimeoutError, OSError):
+            pass
+        yield
+
+
+def _current(settings: Settings, env: dict[str, str], supervisor: Supervisor,
+             exe: executable.Executable) -> Outcome | None:
+    """The fast path: the running daemon when it is healthy, current, supervised and Claude Code points
+    at it, so that there is nothing to do; else None."""
+    state = read_state(settings)
+    if not (state and is_healthy(admin_port(settings, state)) and not _stale_reason(state, exe)
+            and not supervisor.needs_install(exe) and supervisor.supervising()):
+        return None
+    path = claude_settings.settings_path(env)
+    if claude_settings.read_entry(path)[0] != our_url(settings, state):
+        return None
+    return Outcome("running", state, change=claude_settings.Change("kept", path))
+
+
+def up_and_point(settings: Settings, env: dict[str, str], restart: bool = False,
+                 stop_timeout_s: float | None = SYNC_STOP_TIMEOUT_S) -> tuple[Outcome, list[str]]:
     """Make sure a healthy daemon runs the installed executable (made the running code first:
-    control/install.py) under the right supervisor.
+    control/install.py) under the right supervisor, then point Claude Code at it, or fail open;
+    (outcome, problem lines).
 
     `restart` forces a stop and start even when everything is current. `stop_timeout_s`
     bounds how long a replaced daemon may drain (None: its full `drain_timeout_s`).
@@ -107,28 +139,22 @@ def bring_up(settings: Settings, env: dict[str, str], restart: bool = False,
     try:
         supervisor = Supervisor(detect_mode(env), settings, env)
     except SupervisorError as exc:
-        return Outcome("failed", reason=str(exc))
+        return _point(settings, env, Outcome("failed", reason=str(exc)))
     exe, stale = install.target(settings, env)
+    if not stale and not restart and (outcome := _current(settings, env, supervisor, exe)) is not None:
+        return outcome, []
     notes = []
-    if stale:  # under the lock, so concurrent syncs write it once and the daemon sees one executable
+    with ExitStack() as held:
         try:
-            with _Lock(settings):
+            held.enter_context(_Lock(settings))
+            if stale:  # concurrent syncs write it once and the daemon sees one executable
                 exe, installed = install.install(settings, env)
-        except (TimeoutError, OSError) as exc:
-            return Outcome("failed", reason=str(exc))
-        notes += [installed] if installed else []
-    if not restart:
-        state = read_state(settings)
-        if state and is_healthy(admin_port(settings, state)) and not _stale_reason(state, exe) \
-                and not supervisor.needs_install(exe) and supervisor.supervising():
-            return Outcome("running", state, notes=notes)
-    try:
-        with _Lock(settings):
+                notes += [installed] if installed else []
             outcome = _bring_up_locked(settings, supervisor, exe, restart, stop_timeout_s)
-    except (TimeoutError, SupervisorError, OSError) as exc:
-        outcome = Outcome("failed", reason=str(exc))
-    outcome.notes[:0] = notes
-    return outcome
+        except (TimeoutError, SupervisorError, OSError) as exc:
+            outcome = Outcome("failed", reason=str(exc))
+        outcome.notes[:0] = notes
+        return _point(settings, env, outcome)  # still under the lock
 
 
 def _bring_up_locked(settings: Settings, supervisor: Supervisor, exe: executable.Executable,
@@ -238,10 +264,8 @@ def tear_down(settings: Settings, env: dict[str, str]) -> Iterator[str]:
         yield unusable(change)
 
 
-def up_and_point(settings: Settings, env: dict[str, str], restart: bool = False,
-                 stop_timeout_s: float | None = SYNC_STOP_TIMEOUT_S) -> tuple[Outcome, list[str]]:
-    """`bring_up`, then point Claude Code at the daemon, or fail open; (outcome, problem lines)."""
-    outcome = bring_up(settings, env, restart, stop_timeout_s)
+def _point(settings: Settings, env: dict[str, str], outcome: Outcome) -> tuple[Outcome, list[str]]:
+    """Point Claude Code at the daemon `outcome` brought up, or fail open; (outcome, problem lines)."""
     if not outcome.ok:
         outcome.change = unpoint(settings, env)
         tail = (f" Removed {claude_settings.KEY} from {outcome.change.path}, so Claude Code talks to Anthropic "
