@@ -14,13 +14,19 @@ Anything else runs under `sync.lock`, bring-up and the settings write in one hol
 Claude Code sessions starting together one starts the daemon and points Claude Code at it (and
 says so), and the other, having waited, finds both done. Every other change `sync` makes that
 another sync may be making too (the link on PATH, our hooks) is `serialised` the same way.
+
+`uninstall` wins over the hooks: it holds `$CIPX_HOME` itself (an exclusive `flock` on the
+directory, so that nobody creates a lock file in a directory being deleted) from before it stops
+the daemon until the home is gone, and every `sync` holds a share of it for its whole run: one
+that finds it held does nothing (`unless_uninstalling`), and the syncs under way are waited for
+(`uninstalling`). docs/LIFECYCLE.md, "`uninstall` wins over the hooks".
 """
 
 import fcntl
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +54,7 @@ START_TIMEOUT_S = 10.0  # how long a starting daemon gets to answer /admin/healt
 SYNC_STOP_TIMEOUT_S = 10.0  # how long `sync` lets a daemon it replaces drain
 LOCK_TIMEOUT_S = 30.0
 LOCK_POLL_S = 0.05
+UNINSTALL_WAIT_S = 60.0  # how long `uninstall` waits for the syncs under way (a hook's timeout)
 
 
 @dataclass
@@ -84,20 +91,82 @@ class _Lock:
 
     def __enter__(self) -> "_Lock":
         self.fh = open_private(self.path, os.O_WRONLY | os.O_CREAT)
-        deadline = self.clock.monotonic() + self.timeout_s
-        while True:
-            try:
-                fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except BlockingIOError:
-                if self.clock.monotonic() > deadline:
-                    self.fh.close()
-                    raise TimeoutError(
-                        f"another opik-cipx sync/restart held {self.path} for {self.timeout_s:.0f}s") from None
-                self.clock.sleep(LOCK_POLL_S)
+        if not _flock_within(self.fh.fileno(), fcntl.LOCK_EX, self.timeout_s, self.clock):
+            self.fh.close()
+            raise TimeoutError(f"another opik-cipx sync/restart held {self.path} for {self.timeout_s:.0f}s")
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.fh.close()
+
+
+def _flock_within(fd: int, operation: int, timeout_s: float, clock: Clock) -> bool:
+    """Take the `flock` `operation` on `fd`, polled until `timeout_s` has passed on `clock` (a `flock`
+    cannot be waited for with a timeout); whether it was taken."""
+    deadline = clock.monotonic() + timeout_s
+    while not _try_flock(fd, operation):
+        if clock.monotonic() > deadline:
+            return False
+        clock.sleep(LOCK_POLL_S)
+    return True
+
+
+def _try_flock(fd: int, operation: int) -> bool:
+    """Take the `flock` `operation` on `fd` if no other holder's conflicts with it; whether it was taken."""
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _open_home(settings: Settings) -> int | None:
+    """A descriptor of the `$CIPX_HOME` directory itself, None when there is none."""
+    try:
+        return os.open(settings.home, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+
+
+@contextmanager
+def unless_uninstalling(settings: Settings) -> Iterator[bool]:
+    """For a `sync`: hold a share of `$CIPX_HOME` for as long as it runs (True), or, while `uninstalling`
+    holds it, False at once: the sync then does nothing. Without a home, or on a file system without
+    `flock`, True and nothing held."""
+    fd = _open_home(settings)
+    try:
+        try:
+            free = fd is None or _try_flock(fd, fcntl.LOCK_SH)
+        except OSError:
+            free = True
+        yield free
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+@contextmanager
+def uninstalling(settings: Settings, waiting: Callable[[], None], timeout_s: float = UNINSTALL_WAIT_S,
+                 clock: Clock = SYSTEM) -> Iterator[None]:
+    """For `uninstall`, from before it stops anything until it deleted the home: hold `$CIPX_HOME` alone,
+    so that every `sync` started meanwhile does nothing (`unless_uninstalling`). The syncs under way are
+    waited for (`waiting()` is called first), at most `timeout_s`: then TimeoutError, nothing held.
+    Without a home, or on a file system without `flock`, nothing is held."""
+    fd = _open_home(settings)
+    try:
+        try:
+            taken = fd is None or _try_flock(fd, fcntl.LOCK_EX)
+            if fd is not None and not taken:
+                waiting()
+                taken = _flock_within(fd, fcntl.LOCK_EX, timeout_s, clock)
+        except OSError:
+            taken = True  # nothing to hold: a sync could start the daemon again meanwhile, as before
+        if not taken:
+            raise TimeoutError(f"an opik-cipx sync has been running for more than {timeout_s:.0f}s")
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 @contextmanager
