@@ -128,6 +128,15 @@ def _open_home(settings: Settings) -> int | None:
         return None
 
 
+def _hold_home(fd: int, operation: int) -> bool:
+    """Take the `flock` `operation` on the home's descriptor without waiting: False while another holder's
+    conflicts; True also on a file system without `flock` (nothing can be held, so nothing is waited for)."""
+    try:
+        return _try_flock(fd, operation)
+    except OSError:
+        return True
+
+
 @contextmanager
 def unless_uninstalling(settings: Settings) -> Iterator[bool]:
     """For a `sync`: hold a share of `$CIPX_HOME` for as long as it runs (True), or, while `uninstalling`
@@ -135,11 +144,7 @@ def unless_uninstalling(settings: Settings) -> Iterator[bool]:
     `flock`, True and nothing held."""
     fd = _open_home(settings)
     try:
-        try:
-            free = fd is None or _try_flock(fd, fcntl.LOCK_SH)
-        except OSError:
-            free = True
-        yield free
+        yield fd is None or _hold_home(fd, fcntl.LOCK_SH)
     finally:
         if fd is not None:
             os.close(fd)
@@ -148,21 +153,17 @@ def unless_uninstalling(settings: Settings) -> Iterator[bool]:
 @contextmanager
 def uninstalling(settings: Settings, waiting: Callable[[], None], timeout_s: float = UNINSTALL_WAIT_S,
                  clock: Clock = SYSTEM) -> Iterator[None]:
-    """For `uninstall`, from before it stops anything until it deleted the home: hold `$CIPX_HOME` alone,
-    so that every `sync` started meanwhile does nothing (`unless_uninstalling`). The syncs under way are
-    waited for (`waiting()` is called first), at most `timeout_s`: then TimeoutError, nothing held.
-    Without a home, or on a file system without `flock`, nothing is held."""
+    """For `uninstall`, from before it stops anything until it has deleted the home: hold `$CIPX_HOME`
+    alone, so that every `sync` started meanwhile does nothing (`unless_uninstalling`). The syncs under
+    way are waited for (`waiting()` is called first), at most `timeout_s`: then TimeoutError, nothing
+    held. Without a home, or on a file system without `flock`, nothing is held (a hook's `sync` could
+    then start the daemon again meanwhile, as it could before)."""
     fd = _open_home(settings)
     try:
-        try:
-            taken = fd is None or _try_flock(fd, fcntl.LOCK_EX)
-            if fd is not None and not taken:
-                waiting()
-                taken = _flock_within(fd, fcntl.LOCK_EX, timeout_s, clock)
-        except OSError:
-            taken = True  # nothing to hold: a sync could start the daemon again meanwhile, as before
-        if not taken:
-            raise TimeoutError(f"an opik-cipx sync has been running for more than {timeout_s:.0f}s")
+        if fd is not None and not _hold_home(fd, fcntl.LOCK_EX):
+            waiting()
+            if not _flock_within(fd, fcntl.LOCK_EX, timeout_s, clock):
+                raise TimeoutError(f"an opik-cipx sync has been running for more than {timeout_s:.0f}s")
         yield
     finally:
         if fd is not None:
