@@ -112,6 +112,10 @@ def call_section(call: CallRecord) -> dict[str, Any]:
         out["parent_tool_use_id"] = call.agent.tool_use_id
     if call.link_failure:
         out["link_failure_reason"] = call.link_failure
+    if call.response.omitted_bytes:  # the wire kept the response in part (materialize/response.py)
+        out["output_truncated"] = True
+        if call.response.usage_incomplete:
+            out["usage_incomplete"] = True
     return out
 
 
