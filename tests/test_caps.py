@@ -1,8 +1,6 @@
 """`[budget]` parsed and checked, and the local periods its caps count in (`opik_cipx/caps.py`)."""
 
 import os
-import time
-from datetime import datetime
 
 import pytest
 from hypothesis import given, settings
@@ -10,29 +8,9 @@ from hypothesis import strategies as st
 
 from opik_cipx.caps import Budget, Caps, parse_budget, period, read_budget
 from opik_cipx.config import load_settings
+from tests.time_zone import in_zone, local_ns
 
 HOUR_NS = 3600 * 10**9
-
-
-@pytest.fixture
-def zone():
-    """Run in a time zone of the test's choice (one with summer time), then restore the machine's."""
-    before = os.environ.get("TZ")
-
-    def use(name: str) -> None:
-        os.environ["TZ"] = name
-        time.tzset()
-
-    yield use
-    if before is None:
-        os.environ.pop("TZ", None)
-    else:
-        os.environ["TZ"] = before
-    time.tzset()
-
-
-def local_ns(*fields: int) -> int:
-    return int(datetime(*fields).timestamp()) * 10**9  # naive: local time
 
 
 def test_no_table_is_no_cap():
@@ -106,8 +84,19 @@ def test_read_budget_for_light_readers(tmp_path):
     assert read_budget(str(path)) is None  # the daemon and `opik-cipx budget` say why
 
 
-def test_day_week_and_month_labels_and_bounds(zone):
-    zone("Europe/Paris")
+@pytest.fixture
+def paris():
+    with in_zone("Europe/Paris"):
+        yield
+
+
+@pytest.fixture
+def new_york():
+    with in_zone("America/New_York"):
+        yield
+
+
+def test_day_week_and_month_labels_and_bounds(paris):
     ns = local_ns(2026, 12, 31, 23, 30)  # a Thursday
     day, week, month = (period(scope, ns) for scope in ("day", "week", "month"))
     assert (day.label, week.label, month.label) == ("2026-12-31", "2026-W53", "2026-12")
@@ -116,8 +105,7 @@ def test_day_week_and_month_labels_and_bounds(zone):
     assert month.start_ns == local_ns(2026, 12, 1) and month.end_ns == local_ns(2027, 1, 1)
 
 
-def test_a_local_day_is_23_or_25_hours_when_the_clocks_change(zone):
-    zone("America/New_York")
+def test_a_local_day_is_23_or_25_hours_when_the_clocks_change(new_york):
     spring, autumn = period("day", local_ns(2026, 3, 8, 12)), period("day", local_ns(2026, 11, 1, 12))
     assert spring.end_ns - spring.start_ns == 23 * HOUR_NS
     assert autumn.end_ns - autumn.start_ns == 25 * HOUR_NS
