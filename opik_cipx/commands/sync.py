@@ -13,7 +13,9 @@ model context) except, when the user must know something, one JSON object whose
   how to apply them;
 - the session that runs the hook goes through opik-cipx (its `ANTHROPIC_BASE_URL`, which Claude
   Code passes to its hooks, is ours) while opik-cipx is down for good or switched off: that
-  session cannot reach Anthropic, and a new one would.
+  session cannot reach Anthropic, and a new one would;
+- a spend cap of the session (`[budget]`, docs/BUDGETS.md) passed its warning share or was
+  reached: once per cap and period (`commands/budget.hook_warnings`).
 Run by hand it reports on stdout and exits 1 when opik-cipx is not up.
 
 Where install.sh registered our hooks in Claude Code's settings, `sync` keeps the launcher copy
@@ -28,11 +30,14 @@ its old settings, and otherwise our `ANTHROPIC_BASE_URL` is removed (see lifecyc
 import argparse
 import json
 import os
+import sqlite3
 import sys
 
+from opik_cipx.clock import SYSTEM
 from opik_cipx.config import ConfigError, Settings, differing_settings, is_truthy
 from opik_cipx.control import claude_settings, install, lifecycle
 from opik_cipx.control.daemon_control import admin_port, is_healthy, paths_only_settings, read_state
+from opik_cipx.ledger.schema import SchemaError
 from opik_cipx.materialize.identity import claude_json_path
 from opik_cipx.materialize.sessions import parse_hook_input, read_hook_stdin, record_session
 
@@ -111,6 +116,8 @@ def sync(settings: Settings, env: dict[str, str], config_error: str | None) -> i
             _refresh_hooks(settings, env, report)
         if raw is not None:
             _record(settings, env, hook, report)
+            if config_error is None and settings.budget.enabled:
+                _warn_budget(settings, hook, report)
     except Exception as exc:  # fail open: a hook must never crash or leave a dead proxy configured
         report.failed = True
         report.problem(f"sync failed unexpectedly: {type(exc).__name__}: {exc}")
@@ -205,6 +212,22 @@ def _keep_or_fail_open(settings: Settings, env: dict[str, str], config_error: st
                    "Fix it, then run `opik-cipx sync`.")
     if report.as_hook and _goes_through_us(settings, env):
         report.tell(DOWN_THIS_SESSION)
+
+
+def _warn_budget(settings: Settings, hook: dict | None, report: _Report) -> None:
+    """Past `warn_at` of a spend cap of this session, or at it: tell the user, once per cap and period."""
+    from opik_cipx.commands.budget import hook_warnings
+
+    hook = hook or {}
+    session, cwd = hook.get("session_id"), hook.get("cwd")
+    try:
+        lines = hook_warnings(settings, session if isinstance(session, str) else None,
+                              cwd if isinstance(cwd, str) else None, SYSTEM.time_ns())
+    except (sqlite3.Error, SchemaError, OSError) as exc:
+        report.problem(f"cannot read the spend caps' totals: {exc}")
+        return
+    for line in lines:
+        report.tell(line)
 
 
 def _record(settings: Settings, env: dict[str, str], hook: dict | None, report: _Report) -> None:

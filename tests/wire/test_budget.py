@@ -47,7 +47,8 @@ def check(g: Guard, session: str | None = SESSION, path: str = "/v1/messages?bet
     return g.check(method, path, headers(session, agent))
 
 
-NOON = local_ns(2026, 12, 9, 12)  # a Wednesday
+with in_zone("Europe/Paris"):
+    NOON = local_ns(2026, 12, 9, 12)  # a Wednesday, in Paris
 
 
 def test_before_the_ledger_was_read_every_request_goes_through_and_is_counted():
