@@ -38,7 +38,7 @@ LAYOUT: tuple[tuple[str, bool], ...] = (
     ("captures", True), ("spool", True), ("materializer", True), ("logs", True), ("sessions", True), ("bin", True),
     ("ledger.db", False), ("ledger.db-wal", False), ("ledger.db-shm", False), ("state.json", False),
     ("ports.json", False), ("viewer.token", False), ("viewer-open.html", False), ("viewer-links", True),
-    ("sync.lock", False),
+    ("sync.lock", False), ("budget-allow.json", False), ("budget-told.json", False),
     ("made-dirs.json", False), ("materializer/checkpoint.json", False), ("spool/cursor.json", False),
     ("logs/cipx.log", False), ("logs/daemon.stderr", False),
 )
