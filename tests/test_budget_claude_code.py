@@ -28,9 +28,10 @@ PROMPT_S = 120  # where the test gives up on one prompt (a slow machine's start 
 def claude_cli() -> str:
     path = os.environ.get("CIPX_TEST_CLAUDE") or str(INSTALLED)
     if not Path(path).exists():
+        npm = "found" if shutil.which("npm") else "missing"
         pytest.skip(f"the real Claude Code CLI is not installed: .ci/run installs @anthropic-ai/claude-code@{VERSION} "
-                    f"with npm into {INSTALLED.parent.parent.parent} (npm {'found' if shutil.which('npm') else 'missing'}"
-                    "), or set CIPX_TEST_CLAUDE to a claude executable")
+                    f"with npm into {INSTALLED.parent.parent.parent} (npm {npm}), or set CIPX_TEST_CLAUDE to a claude "
+                    "executable")
     probe = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
         pytest.skip(f"{path} --version fails ({probe.stderr.strip()[:200]}); reinstall it with npm")
