@@ -29,7 +29,7 @@ import logging
 import math
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from email.message import Message
@@ -170,7 +170,8 @@ class Guard:
         self._totals: dict[tuple[str, str | None], float] = {}  # (period label, project or None) -> usd
         self._sessions: dict[str, _Session] = {}
         self._largest = 0.0  # the most one call cost: how far an unrecorded call may move a total
-        self._unpriced: dict[str, float] = {}  # capture id of an ended billable call -> monotonic end
+        # capture id of an ended billable call, not recorded yet -> monotonic end, oldest first
+        self._unpriced: OrderedDict[str, float] = OrderedDict()
         self._now: tuple[Period, ...] = ()  # the current day, week and month
         self._undecided: str | None = "the spend recorded so far was not read yet"
         self._allowed: set[str] = set()
@@ -202,6 +203,7 @@ class Guard:
             return
         with self._cond:
             self._unpriced[capture_id] = self.clock.monotonic()
+            self._drop_stale()  # bounded, whatever the work does
 
     def _check(self, session_id: str | None) -> Block | None:
         now = self.clock.time_ns()
@@ -230,10 +232,18 @@ class Guard:
             self.waiting -= 1
         return self._decide(session_id, self.clock.time_ns())
 
-    def _unrecorded(self, before: float) -> int:
-        """Ended calls not recorded yet that ended before `before` (and not too long ago)."""
-        oldest = before - UNPRICED_MAX_S
-        return sum(1 for ended in self._unpriced.values() if oldest <= ended <= before)
+    def _unrecorded(self, before: float) -> bool:
+        """Whether a call that ended before `before` (and not too long ago) is not recorded yet.
+        Constant time: ended calls are kept in the order they ended, the stale ones dropped."""
+        self._drop_stale()
+        return bool(self._unpriced) and next(iter(self._unpriced.values())) <= before
+
+    def _drop_stale(self) -> None:
+        """Forget ended calls unrecorded for longer than `UNPRICED_MAX_S` (the work far behind, or
+        a capture it never reported): nothing waits for them."""
+        oldest = self.clock.monotonic() - UNPRICED_MAX_S
+        while self._unpriced and next(iter(self._unpriced.values())) < oldest:
+            self._unpriced.popitem(last=False)
 
     def _scopes(self, session_id: str | None, now: int) -> list[_Scope]:
         """Every cap that applies to a call of `session_id` now."""
@@ -267,7 +277,8 @@ class Guard:
 
     def _at_risk(self, session_id: str | None, now: int) -> bool:
         """Whether the calls not recorded yet could take a scope of this call to its cap."""
-        margin = self._unrecorded(self.clock.monotonic()) * self._largest
+        self._drop_stale()
+        margin = len(self._unpriced) * self._largest
         return any(scope.spent + margin >= scope.cap for scope in self._scopes(session_id, now))
 
     def _periods(self, now: int) -> tuple[Period, ...]:
@@ -325,9 +336,7 @@ class Guard:
         with self._cond:
             if self._unpriced.pop(capture_id, None) is not None:
                 self._cond.notify_all()
-            oldest = self.clock.monotonic() - UNPRICED_MAX_S
-            if len(self._unpriced) > 64:  # ended calls the work never reported (dropped captures)
-                self._unpriced = {cid: ended for cid, ended in self._unpriced.items() if ended >= oldest}
+            self._drop_stale()
 
     def _count(self, at_ns: int, usd: float, project: str | None) -> None:
         for scope in PERIODS:

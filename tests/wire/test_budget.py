@@ -9,7 +9,7 @@ from email.message import Message
 import pytest
 
 from opik_cipx.caps import parse_budget
-from opik_cipx.wire.budget import SETTLE_WAIT_S, Block, Guard, Seed, Spend
+from opik_cipx.wire.budget import SETTLE_WAIT_S, UNPRICED_MAX_S, Block, Guard, Seed, Spend
 from tests.conftest import wait_for
 from tests.fake_anthropic import sse_reply
 from tests.fake_clock import FakeClock
@@ -287,3 +287,11 @@ def test_the_gateway_answers_a_blocked_request_itself_and_captures_it_marked(cap
     assert (blocked.blocked, blocked.status, blocked.response_body) == ("day", 429, body)
     assert blocked.ended_at_ns is not None and blocked.ttfb_ns is not None
     assert [c.blocked for c in served.captures[1:]] == [None, None]
+
+
+def test_a_call_unrecorded_for_long_is_not_waited_for():
+    """The work far behind (or a capture it never reported): no request waits on it for ever."""
+    g, clock = guard({"day_usd": 5}, NOON, Seed(days=(("2026-12-09", None, 4.5),), largest_usd=0.8))
+    g.finished("c1", "POST", "/v1/messages", blocked=False)
+    clock.advance(UNPRICED_MAX_S + 1)
+    assert check(g) is None and g.section()["waited"] == 0
