@@ -120,6 +120,17 @@ def _midnight_ns(day: date) -> int:
     return int(datetime(day.year, day.month, day.day).timestamp()) * 1_000_000_000
 
 
+def duration(ns: int) -> str:
+    """A time to wait, as caps show it: `3h12m`, `2d4h`, `45m`, `20s`."""
+    s = max(0, int(ns // 1_000_000_000))
+    days, hours, minutes = s // 86400, s % 86400 // 3600, s % 3600 // 60
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m" if minutes else f"{s}s"
+
+
 def usd(value: float) -> str:
     """An amount as caps are shown: `$5.12`, `$1,204.00`, `$0.0032` below a dollar."""
     return f"${value:,.2f}" if abs(value) >= 1 or value == 0 else f"${value:.4f}"

@@ -120,7 +120,7 @@ def test_an_existing_lock_file_on_a_read_only_home_is_still_locked(tmp_path, mon
 
 
 def test_the_layout_names_every_path_settings_and_commands_make(tmp_path):
-    from opik_cipx.commands.budget import TOLD_FILE
+    from opik_cipx.commands.sync import TOLD_FILE
     from opik_cipx.config import load_settings
     from opik_cipx.control.budget_allow import FILE as ALLOW_FILE
     from opik_cipx.control.install import MADE_DIRS

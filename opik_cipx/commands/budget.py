@@ -11,10 +11,6 @@ and, with the daemon up, what its guard did (blocked, unable to decide).
 start), else the session that runs it, else the session blocked last; `--for 2h` lets every call
 through for that long; `--clear` ends every allowance. The daemon applies it within a second;
 the command waits until it has.
-
-`hook_warnings` is what `sync`, run as a Claude Code hook, tells the user once per cap and period:
-that a cap of this session passed `warn_at`, or was reached (`$CIPX_HOME/budget-told.json`
-remembers what was told).
 """
 
 import argparse
@@ -26,12 +22,11 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from opik_cipx.caps import Budget, period, usd
+from opik_cipx.caps import Budget, duration, period, usd
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings
 from opik_cipx.control import budget_allow
 from opik_cipx.control.daemon_control import admin_port, fetch_stats, read_state
-from opik_cipx.home import read_json, write_json
 from opik_cipx.ledger.db import open_reader
 from opik_cipx.ledger.periods import RELATIVE, UNIT_S
 from opik_cipx.ledger.queries import AmbiguousSession, SessionNotFound, find_session
@@ -45,11 +40,8 @@ from opik_cipx.ledger.spent import (
     standings,
 )
 from opik_cipx.stats import utc_iso
-from opik_cipx.wire.budget import duration
 
 APPLY_WAIT_S = 5.0  # how long `allow` waits for the daemon to apply what it wrote
-TOLD_FILE = "budget-told.json"
-TOLD_KEEP_S = 35 * 86400  # a warning told longer ago is forgotten (its period is over)
 NO_CAP = ("no spend cap is set: add a [budget] table to {path} (e.g. `day_usd = 20`; docs/BUDGETS.md), "
           "then run `opik-cipx restart`")
 
@@ -121,27 +113,10 @@ def _standings(settings: Settings, budget: Budget, session: str | None, now: int
             conn.close()
 
 
-def _name(row: Standing) -> str:
-    name = f"session {row.session_id[:8]}" if row.scope == "session" and row.session_id else row.scope
-    return f"{name} of {_home_path(row.project)}" if row.project else name
-
-
-def _home_path(path: str) -> str:
-    home = os.path.expanduser("~")
-    return "~" + path[len(home):] if path == home or path.startswith(home + "/") else path
-
-
-def _resets(row: Standing, now: int) -> str:
-    if row.resets_at_ns is None:
-        return "never (a new session starts at $0)"
-    moment = time.strftime("%a %d %b %H:%M", time.localtime(row.resets_at_ns / 1e9))
-    return f"{moment} (in {duration(row.resets_at_ns - now)})"
-
-
 def _table(budget: Budget, rows: list[Standing], now: int) -> str:
     head = ("cap", "spent", "of", "left", "level", "resets")
-    body = [(_name(r), usd(r.spent_usd), usd(r.cap_usd), usd(r.remaining_usd), r.level(budget.warn_at),
-             _resets(r, now)) for r in rows]
+    body = [(r.name, usd(r.spent_usd), usd(r.cap_usd), usd(r.remaining_usd), r.level(budget.warn_at), r.resets(now))
+            for r in rows]
     widths = [max(len(line[i]) for line in (head, *body)) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(w) if i in (0, 4, 5) else cell.rjust(w) for i, (cell, w) in
                        enumerate(zip(line, widths, strict=True))).rstrip() for line in (head, *body)]
@@ -280,42 +255,3 @@ def _applied(settings: Settings, serial: str | None, clock: Clock) -> str:
             return "the daemon has not applied it yet (it looks once a second): `opik-cipx status` shows it"
         clock.sleep(0.1)
 
-
-# ---- the hook's warnings --------------------------------------------------------------------------
-
-def hook_warnings(settings: Settings, session_id: str | None, directory: str | None, now: int) -> list[str]:
-    """What to tell the user, once per cap and period, of the caps of this session past `warn_at`
-    or reached. Raises sqlite3.Error, SchemaError, OSError (the hook reports them)."""
-    budget: Budget = settings.budget
-    conn = open_reader(settings.ledger_path)
-    if conn is None:
-        return []
-    try:
-        rows = standings(conn, budget, now, session_id=session_id, directory=directory)
-    finally:
-        conn.close()
-    path = settings.home / TOLD_FILE
-    told = found if isinstance(found := read_json(path), dict) else {}
-    out = []
-    for row in rows:
-        level = row.level(budget.warn_at)
-        key = f"{row.key(now)}:{level}"
-        if level == "ok" or key in told:
-            continue
-        told[key] = now
-        out.append(_warning(row, level, now))
-    if out:
-        write_json(path, {key: at for key, at in told.items()
-                          if isinstance(at, int) and at >= now - TOLD_KEEP_S * 1_000_000_000})
-    return out
-
-
-def _warning(row: Standing, level: str, now: int) -> str:
-    what = f"the {_name(row)} cap" if row.scope != "session" else "this session's cap"
-    spent = f"{usd(row.spent_usd)} of {usd(row.cap_usd)}"
-    resets = "" if row.resets_at_ns is None else f"; it resets {_resets(row, now)}"
-    if level == OVER:
-        return (f"{what} is reached ({spent}{resets}): new calls are kept from Anthropic. "
-                "`opik-cipx budget allow` lets this session go on.")
-    share = row.spent_usd / row.cap_usd
-    return f"{share:.0%} of {what} is spent ({spent}{resets}). `opik-cipx budget` shows every cap."

@@ -9,10 +9,12 @@ once a call is written. Periods are local days, ISO weeks and calendar months
 Imports only the standard library and `caps`: the status line's repaint uses it.
 """
 
+import os
 import sqlite3
+import time
 from dataclasses import dataclass
 
-from opik_cipx.caps import PERIODS, Budget, period
+from opik_cipx.caps import PERIODS, Budget, duration, period, usd
 
 OK, WARNING, OVER = "ok", "warning", "over"
 
@@ -42,6 +44,39 @@ class Standing:
         """Names this cap in this period: `day:2026-12-06`, `session:<id>`, `week:2026-W49:<project>`."""
         label = self.session_id if self.scope == "session" else period(self.scope, now_ns).label
         return ":".join(part for part in (self.scope, label, self.project) if part)
+
+    @property
+    def name(self) -> str:
+        """`day`, `session 44faf0ae`, `week of ~/code/app`."""
+        name = f"session {self.session_id[:8]}" if self.scope == "session" and self.session_id else self.scope
+        return f"{name} of {home_path(self.project)}" if self.project else name
+
+    def resets(self, now_ns: int) -> str:
+        """When it resets: `Thu 10 Dec 00:00 (in 3h12m)`; a session cap never does."""
+        if self.resets_at_ns is None:
+            return "never (a new session starts at $0)"
+        moment = time.strftime("%a %d %b %H:%M", time.localtime(self.resets_at_ns / 1e9))
+        return f"{moment} (in {duration(self.resets_at_ns - now_ns)})"
+
+    def warning(self, warn_at: float, now_ns: int) -> str | None:
+        """What to tell the user of this cap once it is past `warn_at` of it, or reached; else None."""
+        level = self.level(warn_at)
+        if level == OK:
+            return None
+        what = "this session's cap" if self.scope == "session" else f"the {self.name} cap"
+        spent = f"{usd(self.spent_usd)} of {usd(self.cap_usd)}"
+        resets = "" if self.resets_at_ns is None else f"; it resets {self.resets(now_ns)}"
+        if level == OVER:
+            return (f"{what} is reached ({spent}{resets}): new calls are kept from Anthropic. "
+                    "`opik-cipx budget allow` lets this session go on.")
+        share = self.spent_usd / self.cap_usd
+        return f"{share:.0%} of {what} is spent ({spent}{resets}). `opik-cipx budget` shows every cap."
+
+
+def home_path(path: str) -> str:
+    """`path` with the user's home as `~`."""
+    home = os.path.expanduser("~")
+    return "~" + path[len(home):] if path == home or path.startswith(home + "/") else path
 
 
 def standings(conn: sqlite3.Connection | None, budget: Budget, now_ns: int, session_id: str | None = None,

@@ -7,12 +7,10 @@ counts what it counts.
 """
 
 import sqlite3
-import time
 
 from opik_cipx.caps import Budget, period, usd
 from opik_cipx.ledger.spent import OVER, WARNING, Standing, recent_sessions, standings
 from opik_cipx.views.markup import esc, short_path
-from opik_cipx.wire.budget import duration
 
 COLOURS = {"ok": "#16a34a", WARNING: "#d97706", OVER: "#dc2626"}
 
@@ -36,11 +34,7 @@ def caps_section(conn: sqlite3.Connection, budget: Budget, now_ns: int) -> str:
 def _row(row: Standing, warn_at: float, now_ns: int) -> str:
     level = row.level(warn_at)
     name = f"session {row.session_id[:8]}" if row.scope == "session" and row.session_id else row.scope
-    if row.resets_at_ns is None:
-        resets = "never resets"
-    else:
-        moment = time.strftime("%a %d %b %H:%M", time.localtime(row.resets_at_ns / 1e9))
-        resets = f"resets {moment} (in {duration(row.resets_at_ns - now_ns)})"
+    resets = "never resets" if row.resets_at_ns is None else f"resets {row.resets(now_ns)}"
     share = min(1.0, row.spent_usd / row.cap_usd)
     label = f"{name}{' of ' + row.project if row.project else ''}: {share:.0%} of the cap"
     bar = (f"<svg class=cap style='display:block;width:100%;height:12px' xmlns='http://www.w3.org/2000/svg' "

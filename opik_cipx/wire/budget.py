@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from email.message import Message
 from typing import Any, NamedTuple
 
-from opik_cipx.caps import PERIODS, Budget, Period, period, periods, usd
+from opik_cipx.caps import PERIODS, Budget, Period, duration, period, periods, usd
 from opik_cipx.clock import SYSTEM, Clock
 
 log = logging.getLogger(__name__)
@@ -127,17 +127,6 @@ def block_message(scope: str, cap_usd: float, spent_usd: float, resets_at_ns: in
     return (f"opik-cipx kept this request from Anthropic: {spent}; {when}. To go on: run "
             f"`opik-cipx budget allow` (this session) or `opik-cipx budget allow --for 2h`, or raise {key} "
             f"in {settings_hint} and run `opik-cipx restart`.")
-
-
-def duration(ns: int) -> str:
-    """`3h12m`, `2d4h`, `45m`, `20s`."""
-    s = max(0, int(ns // 1_000_000_000))
-    days, hours, minutes = s // 86400, s % 86400 // 3600, s % 3600 // 60
-    if days:
-        return f"{days}d{hours}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m" if minutes else f"{s}s"
 
 
 class _Scope(NamedTuple):

@@ -154,27 +154,32 @@ def test_the_cli_runs_it(home):
     assert result.returncode == 2 and "budget.day_usd" in result.stderr
 
 
-def test_the_hook_tells_once_per_cap_and_period_past_warn_at_and_at_the_cap(home):
+def hook_says(home, monkeypatch, capsys, now: int, session: str, cwd: str) -> list[str]:
+    """What `sync`, run as a hook at `now`, puts in its `systemMessage` about the caps."""
+    report = _Report({"hook_event_name": "UserPromptSubmit"}, as_hook=True)
+    monkeypatch.setattr(sync, "SYSTEM", FakeClock(now))  # the hook's clock
+    _warn_budget(settings_of(home), {"session_id": session, "cwd": cwd}, report)
+    report.finish()
+    out = capsys.readouterr().out
+    return json.loads(out)["systemMessage"].removeprefix("opik-cipx: ").split("\n") if out else []
+
+
+def test_the_hook_tells_once_per_cap_and_period_past_warn_at_and_at_the_cap(home, monkeypatch, capsys):
     write_calls(home, [(NOW - HOUR, 4.2, S1, "/home/me/code/x", "main")])
-    settings = settings_of(home)
-    first = command.hook_warnings(settings, S1, "/home/me/code/x", NOW)
+    first = hook_says(home, monkeypatch, capsys, NOW, S1, "/home/me/code/x")
     assert first == ["84% of the day cap is spent ($4.20 of $5.00; it resets Thu 10 Dec 00:00 (in 3h12m)). "
                      "`opik-cipx budget` shows every cap."]
-    assert command.hook_warnings(settings, S1, "/home/me/code/x", NOW) == []  # once
+    assert hook_says(home, monkeypatch, capsys, NOW, S1, "/home/me/code/x") == []  # once
     write_calls(home, [(NOW - HOUR, 4.2, S1, "/home/me/code/x", "main"), (NOW - 60, 1.0, S1, "/home/me/code/x",
                                                                             "main")])
-    (over,) = command.hook_warnings(settings, S1, "/home/me/code/x", NOW)
+    (over,) = hook_says(home, monkeypatch, capsys, NOW, S1, "/home/me/code/x")
     assert over.startswith("the day cap is reached ($5.20 of $5.00") and "budget allow" in over
-    assert command.hook_warnings(settings, S1, "/home/me/code/x", NOW + 24 * HOUR) == []  # a new day: under again
+    assert hook_says(home, monkeypatch, capsys, NOW + 24 * HOUR, S1, "/home/me/code/x") == []  # a new day
 
 
-def test_sync_as_a_hook_puts_the_warning_in_its_system_message(home, capsys, monkeypatch):
+def test_the_hook_names_a_projects_cap(home, monkeypatch, capsys):
     write_calls(home, [(NOW - HOUR, 4.2, S1, "/srv/app/api", "main")])
-    report = _Report({"hook_event_name": "UserPromptSubmit"}, as_hook=True)
-    monkeypatch.setattr(sync, "SYSTEM", FakeClock(NOW))  # the hook's clock
-    _warn_budget(settings_of(home), {"session_id": S1, "cwd": "/srv/app/api"}, report)
-    report.finish()
-    message = json.loads(capsys.readouterr().out)["systemMessage"]
+    message = "\n".join(hook_says(home, monkeypatch, capsys, NOW, S1, "/srv/app/api"))
     assert "the day of /srv/app cap is reached ($4.20 of $1.00" in message
     assert "84% of the day cap" in message and "210% of" not in message
 
