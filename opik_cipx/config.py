@@ -369,6 +369,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("opik.base_url", "OPIK_CIPX_BASE_URL", opik_url, "",
            "Opik REST API root; unset: ~/.opik.config, else Opik Cloud when an API key is set"),
     Option("opik.api_key", "OPIK_CIPX_API_KEY", _text, "", "Opik API key (Opik Cloud); never logged"),
+    Option("opik.device_token", "OPIK_CIPX_DEVICE_TOKEN", _text, "",
+           "a device token for the organisation's AI Spend workspace, sent instead of the API key: records go "
+           "only to the endpoints it may call (traces one by one); never logged"),
     Option("opik.workspace", "OPIK_CIPX_WORKSPACE", _text, "", "Opik workspace; unset: ~/.opik.config, else 'default'"),
     Option("opik.project", "OPIK_CIPX_PROJECT", _text, "",
            "Opik project, with {field} templating; unset: ~/.opik.config, else 'claude-code'"),

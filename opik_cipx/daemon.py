@@ -17,7 +17,8 @@ first to the last, each within a bounded time. A resource is closed only once ev
 uses it has finished: the ledger after the follower, the capture log after the capture thread;
 a worker that did not finish in time keeps its resources until the process exits.
 
-Stop order on SIGTERM/SIGINT: stop accepting, let in-flight exchanges finish (bounded), write
+Stop order on SIGTERM/SIGINT/SIGQUIT (and SIGHUP when the daemon has a terminal; SIGHUP without
+one, SIGUSR1 and SIGUSR2 are ignored: `catch_signals`): stop accepting, let in-flight exchanges finish (bounded), write
 the tee queue to the capture log, stop the work — materialize the log and checkpoint (what is
 left is materialized at the next start), commit the spool's queued records (what cannot be
 written is counted in `spans_dropped_term`), stop the shipper (unshipped records stay in the
@@ -57,7 +58,7 @@ from opik_cipx.materialize.call import Materialized
 from opik_cipx.materialize.follower import Follower
 from opik_cipx.materialize.materializer import Materializer, materializer_config
 from opik_cipx.materialize.pricing import load_price_table
-from opik_cipx.ship.destination import opik_config_path, resolve_destination
+from opik_cipx.ship.destination import cost_intelligence, opik_config_path, resolve_destination
 from opik_cipx.ship.shipper import Shipper
 from opik_cipx.stats import Counters, build_stats, utc_iso
 from opik_cipx.store.captures import Appended, CaptureStore
@@ -86,6 +87,9 @@ GIL_SWITCH_INTERVAL_S = 0.0001
 WIRE_QUIET_S = 0.05  # off-wire work waits until no exchange started for this long (streams are long)
 SEED_RETRY_S = 30.0  # how often a guard that could not read the ledger at start tries again
 TELEMETRY_FLUSH_S = 2.0  # how long a stopping daemon lets queued error reports go out
+# Signals that end a process by default but mean nothing to the daemon: ignored, logged
+# (SIGHUP too when the daemon has no terminal). SIGPIPE Python ignores already.
+IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 WORKER_STOP_S = 5.0  # the least each worker gets to finish at shutdown (the follower: `drain_timeout_s` if longer)
 
 
@@ -161,7 +165,7 @@ class Daemon:
                            segment_bytes=int(settings.spool_segment_mb * mib), inmem_max=settings.spool_inmem_max,
                            inmem_max_bytes=int(settings.spool_inmem_max_mb * mib),
                            commit_interval_s=settings.spool_commit_interval_s, counters=self.counters,
-                           clock=self.clock)
+                           clock=self.clock, keep=self.destination.configured)  # no Opik: nothing kept for it
         self.shipper = Shipper(self.spool, self.destination, self.counters, timeout_s=settings.opik_timeout_s,
                                retry_max_s=settings.opik_retry_max_s, auth_probe_s=settings.opik_auth_probe_s,
                                clock=self.clock)
@@ -265,8 +269,14 @@ class Daemon:
 
     def _materialized(self, capture: Capture, result: Materialized) -> None:
         """After each capture is materialized (on the follower's thread): the call into the ledger,
-        an upsert by capture id, so a capture materialized again after a crash counts once."""
-        self.ledger.write(result.call)
+        an upsert by capture id, so a capture materialized again after a crash counts once. A call
+        whose usage held a field that is no token count is flagged (`calls_flagged`, logged)."""
+        call = result.call
+        if call is not None and call.usage is not None and call.usage.malformed:
+            self.counters.incr("calls_flagged")
+            log.warning("capture %s: usage field(s) %s from upstream are no token count; the call is recorded "
+                        "with them as read", capture.id, ", ".join(call.usage.malformed))
+        self.ledger.write(call)
         if self.guard is not None:
             self.guard.settle(capture.id)
 
@@ -295,9 +305,14 @@ class Daemon:
         )
         dest = self.destination
         if dest.configured:
-            log.info("opik: %s, workspace %s, project %s", dest.display_url, dest.workspace, dest.project)
+            log.info("opik: %s, workspace %s, project %s, %s endpoints", dest.display_url, dest.workspace,
+                     dest.project, dest.endpoints.replace("_", "-"))
+            unseen = cost_intelligence(dest)
+            log.info("opik: Cost Intelligence %s", f"does not see it: {'; '.join(unseen)}" if unseen else "sees it")
+            if dest.cleartext:
+                log.warning("opik: %s", dest.cleartext)
         else:
-            log.info("opik: not configured; spans are kept in the spool")
+            log.info("opik: not configured; no record is kept for it")
 
     def tick(self) -> None:
         """Once a second on the main thread: write what the disk refused before, reattach the log file,
@@ -438,7 +453,7 @@ def _home_error(home: Path) -> str | None:
 
 
 def run_proxy(settings: Settings, port: int | None = None) -> int:
-    """Run the daemon in the foreground until SIGTERM/SIGINT; the exit code.
+    """Run the daemon in the foreground until a signal stops it (`catch_signals`); the exit code.
 
     An unexpected exception (a crash) is logged with its traceback, reported when telemetry is
     on, and exits 1.
@@ -487,14 +502,52 @@ def _serve(settings: Settings, port: int | None, reporter: telemetry.Reporter, h
         log.error("%s", exc)
         return 1
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    catch_signals(stop, has_terminal())
     # What exists now (modules, settings, the price table) lives as long as the daemon: the cyclic
     # collector skips it from here on, so a full collection, which holds the GIL, stays short.
     gc.freeze()
     daemon.start()
     while not daemon.clock.wait(stop, 1.0):
         daemon.tick()
-    log.info("signal received: draining")
     daemon.shutdown()
     return 0
+
+
+def has_terminal() -> bool:
+    """This process has a controlling terminal: a `proxy` run by hand (a supervised one has none)."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY))
+    except OSError:
+        return False
+    return True
+
+
+def catch_signals(stop: threading.Event, terminal: bool) -> None:
+    """SIGTERM, SIGINT and SIGQUIT set `stop` (drain, then exit 0); so does SIGHUP when the daemon
+    has a terminal (it closed). Without one SIGHUP is ignored, as SIGUSR1 and SIGUSR2 always are:
+    each logged (docs/LIFECYCLE.md, "Signals").
+
+    A Python handler runs on the main thread wherever it is, and one that set `stop` there could
+    deadlock on the lock the main thread holds inside it; so the signal numbers go through a pipe
+    (`signal.set_wakeup_fd`) to a thread that acts on them."""
+    draining = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT} | ({signal.SIGHUP} if terminal else set())
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    for signum in (*draining, *IGNORED_SIGNALS):
+        signal.signal(signum, lambda *_: None)
+    signal.set_wakeup_fd(write_fd)
+
+    def relay() -> None:
+        while True:
+            for number in os.read(read_fd, 64):
+                name = signal.Signals(number).name
+                if number in draining:
+                    log.info("%s received: draining", name)
+                    stop.set()
+                elif number == signal.SIGHUP:
+                    log.info("SIGHUP ignored: this daemon has no terminal to lose (`opik-cipx restart` reloads "
+                             "the settings)")
+                else:
+                    log.info("%s ignored: it means nothing to opik-cipx", name)
+
+    threading.Thread(target=relay, name="cipx-signals", daemon=True).start()

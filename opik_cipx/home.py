@@ -32,15 +32,18 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 LOCK_FILE = "daemon.lock"
 # Every path opik-cipx makes under $CIPX_HOME, relative to it, and whether it is a directory;
-# parents first. `daemon.lock` is not here: it is locked whatever it is, and moving it away
-# under a running daemon would let a second one in. `config.toml` is the user's.
+# parents first. `daemon.lock` and `supervisor.lock` are not here: each is locked whatever it is,
+# and moving it away under its holder would let a second daemon or supervisor in. `config.toml`
+# is the user's.
 LAYOUT: tuple[tuple[str, bool], ...] = (
     ("captures", True), ("spool", True), ("materializer", True), ("logs", True), ("sessions", True), ("bin", True),
     ("ledger.db", False), ("ledger.db-wal", False), ("ledger.db-shm", False), ("state.json", False),
     ("ports.json", False), ("viewer.token", False), ("viewer-open.html", False), ("viewer-links", True),
     ("sync.lock", False), ("budget-allow.json", False), ("budget-told.json", False),
-    ("made-dirs.json", False), ("materializer/checkpoint.json", False), ("spool/cursor.json", False),
-    ("logs/cipx.log", False), ("logs/daemon.stderr", False),
+    ("made-dirs.json", False), ("claude-hooks.json", False), ("supervisor.json", False),
+    ("statusline-backup.json", False),
+    ("materializer/checkpoint.json", False), ("spool/cursor.json", False),
+    ("logs/cipx.log", False), ("logs/daemon.stderr", False), ("logs/supervisor.log", False),
 )
 _SET_ASIDE = re.compile(r"(.+)\.not-a-(directory|file)-(\d{8}T\d{6}Z)(?:-\d+)?")
 

@@ -23,6 +23,8 @@ COUNTER_NAMES = (
     "panics_recovered",
     "ledger_write_errors",
     "ledger_calls_dropped",
+    "ledger_values_clamped",
+    "calls_flagged",
     "requests_refused",
     "connections_refused",
     "requests_timed_out",
@@ -40,6 +42,8 @@ PROBLEM_COUNTERS = frozenset(
         "panics_recovered",
         "ledger_write_errors",
         "ledger_calls_dropped",
+        "ledger_values_clamped",
+        "calls_flagged",
         "requests_refused",
         "connections_refused",
         "requests_timed_out",
@@ -93,8 +97,8 @@ class Counters:
 def default_sections() -> dict[str, Any]:
     """Every section of the admin stats with its zero/null values."""
     return {
-        "opik": {"configured": False, "base_url": None, "last_error": None, "last_ok_at": None,
-                 "quarantined": 0, "retry_pending": 0},
+        "opik": {"configured": False, "base_url": None, "endpoints": None, "cost_intelligence": None, "cleartext": None,
+                 "last_error": None, "last_ok_at": None, "quarantined": 0, "retry_pending": 0},
         "queue": {"in_memory": 0, "ready": 0, "inflight": 0},
         "wal": {
             "hot_bytes": 0,
@@ -104,6 +108,8 @@ def default_sections() -> dict[str, Any]:
             "last_write_error": None,
             "dropped_events_inmem": 0,
             "dropped_events_disk": 0,
+            "keep": True,
+            "discarded": 0,
         },
         "materializer": {"lag_events": 0, "inflight_raw": 0, "ready_raw": 0},
         "unknown_models": {"calls": 0, "ids": []},

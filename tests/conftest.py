@@ -93,6 +93,15 @@ def reserved_port():
     held.close()
 
 
+@pytest.fixture
+def opik_down():
+    """The settings of an Opik that refuses every connection (a port held, not listening): a daemon
+    keeps its records in the spool, where a test can read them (without Opik it keeps none)."""
+    held = ReservedPort()
+    yield {"OPIK_CIPX_BASE_URL": f"http://127.0.0.1:{held.port}/api"}
+    held.close()
+
+
 POLL_FIRST_S, POLL_MAX_S = 0.005, 0.1
 
 
@@ -145,9 +154,11 @@ def run_cli(home: Path, *args: str, timeout: float = 30, input: str | None = Non
 class DaemonProcess:
     """`opik-cipx proxy --port 0` in a subprocess, up once `state.json` appears.
 
-    `module` runs instead of `opik_cipx` (tests/forced_errors.py plants a bug first)."""
+    `module` runs instead of `opik_cipx` (tests/forced_errors.py plants a bug first); `popen`:
+    more `subprocess.Popen` arguments (a session of its own, a terminal)."""
 
-    def __init__(self, home: Path, upstream_url: str, module: str = "opik_cipx", **extra: str):
+    def __init__(self, home: Path, upstream_url: str, module: str = "opik_cipx", popen: dict | None = None,
+                 **extra: str):
         self.home = home
         env = cli_env(home, **{"CIPX_UPSTREAM_URL": upstream_url, "CIPX_CA_BUNDLE": CA_BUNDLE, **extra})
         self.stderr_path = home.parent / "daemon.stderr"
@@ -156,9 +167,7 @@ class DaemonProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", module, "proxy", "--port", "0"],
                 env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
+                **{"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": stderr, **(popen or {})},
             )
         state_path = home / "state.json"
 

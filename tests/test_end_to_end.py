@@ -54,12 +54,12 @@ def test_calls_become_spans_in_opik_with_exact_cost(home, upstream):
             assert daemon.stop() == 0
 
 
-def test_without_opik_spans_stay_in_the_spool_and_show_in_the_viewer(daemon, upstream):
+def test_without_opik_no_record_is_kept_for_it_and_the_calls_show_in_the_viewer(daemon, upstream):
     calls = replay_scenario(daemon, upstream, "mcp")
     stats = wait_for(lambda: (s := daemon.stats())["counters"]["events_materialized"] == calls and s,
                      what="every call materialized")
     assert stats["opik"]["configured"] is False
-    wait_for(lambda: daemon.stats()["queue"]["ready"] > 0, what="records durable in the spool")
+    assert stats["queue"]["ready"] == 0 and stats["wal"]["discarded"] > 0  # issue 25: no spool without Opik
     viewer_port = daemon.state["ports"]["viewer"]
     assert daemon.stats()["listeners"]["viewer"] == f"127.0.0.1:{viewer_port}"
     conn = http.client.HTTPConnection("127.0.0.1", viewer_port, timeout=10)

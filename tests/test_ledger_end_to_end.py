@@ -36,9 +36,9 @@ def send_corpus(daemon: DaemonProcess, upstream) -> int:
     return sum(replay_scenario(daemon, upstream, scenario) for scenario in SCENARIOS)
 
 
-def test_report_totals_equal_the_spans_and_survive_a_restart(home, upstream):
+def test_report_totals_equal_the_spans_and_survive_a_restart(home, upstream, opik_down):
     write_session_files(home / "sessions")
-    daemon = DaemonProcess(home, upstream.url)
+    daemon = DaemonProcess(home, upstream.url, **opik_down)  # the spans wait in the spool
     try:
         calls = send_corpus(daemon, upstream)
         wait_for(lambda: daemon.counter("events_materialized") == calls, timeout_s=30, what="every call materialized")
@@ -58,7 +58,7 @@ def test_report_totals_equal_the_spans_and_survive_a_restart(home, upstream):
     finally:
         assert daemon.stop() == 0
     assert reports(home) == before  # daemon down
-    daemon = DaemonProcess(home, upstream.url)
+    daemon = DaemonProcess(home, upstream.url, **opik_down)
     try:
         assert reports(home) == before  # restarted: the ledger is not emptied
     finally:
@@ -120,13 +120,13 @@ conn.execute("ROLLBACK")
 """
 
 
-def test_a_corrupt_or_locked_ledger_never_stops_the_calls_or_their_spans(home, upstream):
+def test_a_corrupt_or_locked_ledger_never_stops_the_calls_or_their_spans(home, upstream, opik_down):
     import subprocess
     import sys
 
     home.mkdir(parents=True)
     (home / "ledger.db").write_bytes(b"not a database " * 1000)
-    daemon = DaemonProcess(home, upstream.url)
+    daemon = DaemonProcess(home, upstream.url, **opik_down)  # the spans wait in the spool
     try:
         first = replay_scenario(daemon, upstream, "tools")
         wait_for(lambda: daemon.counter("events_materialized") == first, what="tools materialized")
@@ -156,3 +156,49 @@ def test_a_corrupt_or_locked_ledger_never_stops_the_calls_or_their_spans(home, u
         assert daemon.stop() == 0
     spans = spooled_call_costs(home)
     assert len(spans) == first + second + third
+
+
+def test_an_absurd_usage_value_never_stops_the_ledger_and_sigterm_ends_cleanly(home, upstream):
+    """Issue 22.2: after a call reporting `10**30` output tokens, every later call was missing from
+    the ledger (with `ledger_write_errors` at 0 and `status` clean), and SIGTERM ended in a crash."""
+    import re
+
+    from tests.claude_code_corpus import request, requests, response
+    from tests.fake_anthropic import fixture_reply
+
+    numbers = [n for n, req in requests("simple") if req["path"].startswith("/v1/messages")]
+    absurd = dict(response("simple", numbers[0]))
+    absurd["body"] = re.sub(r'"output_tokens": *\d+', '"output_tokens": 1' + "0" * 30, absurd["body"])
+    daemon = DaemonProcess(home, upstream.url)
+    try:
+        upstream.script(fixture_reply(absurd))
+        conn = http_connection(daemon)
+        req = request("simple", numbers[0])
+        conn.request(req["method"], req["path"], body=req["body"].encode(), headers=forwarded(req))
+        assert conn.getresponse().read() == absurd["body"].encode()  # the wire relays it as it came
+        later = replay_scenario(daemon, upstream, "tools")
+        wait_for(lambda: daemon.counter("events_materialized") == 1 + later, what="every call materialized")
+
+        def ledger_calls() -> int:
+            return json.loads(run_cli(home, "report", "--json").stdout)["total"]["calls"]
+
+        wait_for(lambda: ledger_calls() == 1 + later, what="every call in the ledger, the absurd one included")
+        counters = daemon.stats()["counters"]
+        assert counters["calls_flagged"] == 1 and counters["ledger_values_clamped"] == 1
+        assert counters["ledger_calls_dropped"] == 0 and counters["materializer_errors_total"] == 0
+        status = run_cli(home, "status").stdout
+        assert "calls_flagged" in status and "! calls whose usage" in status
+    finally:
+        assert daemon.stop() == 0  # drained, not "opik-cipx crashed"
+    assert not (home / "state.json").exists()
+    assert "crashed" not in (home / "logs" / "cipx.log").read_text()
+
+
+def http_connection(daemon: DaemonProcess):
+    import http.client
+
+    return http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+
+
+def forwarded(req: dict) -> dict:
+    return {k: v for k, v in req["headers"].items() if k.lower() not in ("host", "content-length", "connection")}

@@ -41,8 +41,8 @@ def spooled_spans(home) -> list[dict]:
     return list(out.values())
 
 
-def test_every_rate_limit_window_reaches_status_json_status_and_the_spans(home, upstream):
-    daemon = DaemonProcess(home, upstream.url)
+def test_every_rate_limit_window_reaches_status_json_status_and_the_spans(home, upstream, opik_down):
+    daemon = DaemonProcess(home, upstream.url, **opik_down)  # the spans wait in the spool
     try:
         calls = send(daemon, upstream, RATE_LIMITS, "oauth") + send(daemon, upstream, RATE_LIMITS, "api_key")
         wait_for(lambda: daemon.counter("events_materialized") == calls, timeout_s=20, what="calls materialized")
@@ -69,8 +69,8 @@ def test_every_rate_limit_window_reaches_status_json_status_and_the_spans(home, 
         assert daemon.stop() == 0
 
 
-def test_cache_breaks_through_the_proxy_and_the_status_line_up_and_down(home, upstream):
-    daemon = DaemonProcess(home, upstream.url)
+def test_cache_breaks_through_the_proxy_and_the_status_line_up_and_down(home, upstream, opik_down):
+    daemon = DaemonProcess(home, upstream.url, **opik_down)  # the spans wait in the spool
     try:
         calls = send(daemon, upstream, CACHE_BREAKS, "tool_changed") + send(daemon, upstream, CACHE_BREAKS,
                                                                              "mcp_disconnected")

@@ -61,8 +61,10 @@ def daemon_pid(m) -> int | None:
 
 
 def test_kill_9_is_answered_by_a_new_daemon_and_a_daemon_that_keeps_dying_is_given_up_on_with_nothing_lost(
-        machine_with_upstream, upstream):
+        machine_with_upstream, upstream, opik_down):
     m = machine_with_upstream
+    # An Opik that is down: the spans wait in the spool, where this test counts them.
+    (m.home / "config.toml").write_text(f'[opik]\nbase_url = "{opik_down["OPIK_CIPX_BASE_URL"]}"\n')
     assert m.cli("sync").returncode == 0
     supervisor = m.supervisor()
     assert supervisor["state"] == "running" and supervisor["daemon_pid"] == daemon_pid(m)

@@ -135,11 +135,14 @@ def _problems(tally: Tally, settings: Settings, ledger: "Ledger | None") -> int:
     """One line on stderr for calls the ledger did not take and captures that could not be read; the exit code."""
     code = 0
     if ledger:
-        lost = ledger.counters.get("ledger_calls_dropped") + ledger.pending
-        if lost or ledger.counters.get("ledger_write_errors"):
-            print(f"opik-cipx: {lost} call(s) could not be written to {settings.ledger_path}; "
+        refused, unwritten = ledger.counters.get("ledger_calls_dropped"), ledger.pending
+        if refused:  # each was named in the log; replaying again would meet the same values
+            print(f"opik-cipx: {refused} call(s) skipped: the ledger refused their values", file=sys.stderr)
+        if unwritten or ledger.counters.get("ledger_write_errors"):
+            print(f"opik-cipx: {unwritten} call(s) could not be written to {settings.ledger_path}; "
                   "`opik-cipx logs` may say why (is the disk full?); run `opik-cipx replay --ledger` again",
                   file=sys.stderr)
+        if refused or unwritten or ledger.counters.get("ledger_write_errors"):
             code = 1
     if tally.failed:
         print(f"opik-cipx: {tally.failed} capture(s) could not be materialized and were skipped "

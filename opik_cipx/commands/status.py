@@ -43,6 +43,11 @@ PROBLEM_HINTS = {
     "ledger_write_errors": "ledger.db could not be written (locked, disk full, corrupt?): `opik-cipx logs` says why",
     "ledger_calls_dropped": "calls missing from ledger.db: run `opik-cipx replay --ledger` to add them from the "
                             "stored captures",
+    "ledger_values_clamped": "calls whose numbers exceed what ledger.db holds (a usage value off the wire such as "
+                             "10**30): recorded with them clamped; `opik-cipx logs` names each capture",
+    "calls_flagged": "calls whose usage from upstream held a field that is no token count (a word, a negative or "
+                     "absurd number): recorded and shipped with the fields as read; `opik-cipx logs` names each "
+                     "capture and field",
     "requests_refused": "requests refused (a web page, not addressed to localhost, malformed, or the viewer "
                         "without its token); nothing was forwarded: `status --json` counts them by listener "
                         "(`refusals`), `opik-cipx logs` names them",
@@ -287,6 +292,7 @@ def render(stats: dict[str, Any], settings: Settings, claude_code: str = "", now
     out.extend(unknown_model_lines(section("unknown_models")))
     out.extend(budget_lines(section("budget")))
     out.extend(opik_lines(section("opik"), settings, now))
+    out.extend(destination_lines(section("opik"), settings))
     out += quarantine_lines(section("opik"))
     out.extend(telemetry_lines(section("telemetry"), settings))
     flagged = (sum(_flagged(line) for line in top[leading:] + out) + today.startswith("!")
@@ -416,6 +422,32 @@ def opik_lines(opik: dict[str, Any], settings: Settings, now: float) -> list[str
         else:
             out.append(f"    shipping retries by itself; if it persists, check that Opik answers at opik.base_url "
                        f"({settings.config_path}); `opik-cipx logs` shows each attempt")
+    return out
+
+
+def destination_lines(opik: dict[str, Any], settings: Settings) -> list[str]:
+    """Whether Opik's Cost Intelligence sees what is shipped, and why not (docs/OPIK.md, "The
+    destination Cost Intelligence reads"): a problem only where it is meant to (a device token, an
+    AI Spend workspace); records crossing the network in clear, always a problem."""
+    out = []
+    verdict = opik.get("cost_intelligence")
+    if opik.get("configured") and isinstance(verdict, dict):
+        device = opik.get("endpoints") == "device_token"
+        workspace = str(opik.get("workspace") or "")
+        where = (f"project {verdict.get('project')}, workspace {workspace}, "
+                 f"{'device-token endpoints (traces one by one)' if device else 'batch endpoints'}")
+        why = "; ".join(verdict.get("why_not") or [])
+        if not why:
+            out.append(f"  {'cost intel.':<12} sees it: {where}")
+        elif device or workspace.startswith("__ai_spend_"):
+            out.append(f"  ! Cost Intelligence does not see what is shipped ({where}): {why}")
+            out.append(f'    fix: opik.project = "claude-code" and opik.workspace = the AI Spend workspace in '
+                       f"{settings.config_path} (or OPIK_CIPX_PROJECT / OPIK_CIPX_WORKSPACE), then run "
+                       "`opik-cipx restart`")
+        else:
+            out.append(f"  {'cost intel.':<12} does not see it ({where}): {why}")
+    if opik.get("cleartext"):
+        out.append(f"  ! {opik['cleartext']}")
     return out
 
 

@@ -24,7 +24,8 @@ loaded only when the config file mentions a budget. It reads `$CIPX_HOME/ledger.
 read-only and at that schema's version alone: only the daemon migrates the file, so a ledger of
 another version is a hint line.
 `--install` sets `statusLine` in `~/.claude/settings.json` to run the installed executable,
-only when none is set (or with `--force`); `uninstall` removes it when it is ours.
+only when none is set (or with `--force`, keeping the replaced one in `$CIPX_HOME/statusline-backup.json`);
+`uninstall` removes it when it is ours, and puts the replaced one back (control/claude_settings.py).
 """
 
 from __future__ import annotations  # argparse and Settings are imported by cli, never by the fast path
@@ -322,7 +323,13 @@ def install(settings: Settings, force: bool) -> int:
               "first, then `opik-cipx statusline --install`", file=sys.stderr)
         return 1
     path = claude_settings.settings_path(env)
-    change = claude_settings.set_status_line(path, claude_settings.status_line_command(executable), force)
+    backup = settings.home / claude_settings.STATUS_LINE_BACKUP
+    try:
+        change = claude_settings.set_status_line(path, claude_settings.status_line_command(executable), force, backup)
+    except OSError as exc:
+        print(f"opik-cipx: cannot keep a backup of your statusLine in {backup} ({exc.strerror or exc}); nothing "
+              "changed", file=sys.stderr)
+        return 1
     if change.outcome == "unusable":
         print(f"opik-cipx: {path} is unusable ({change.detail}); fix that file, then run "
               "`opik-cipx statusline --install` again", file=sys.stderr)
@@ -333,4 +340,6 @@ def install(settings: Settings, force: bool) -> int:
         return 1
     said = {"set": "set", "kept": "already set", "replaced": "replaced the previous"}[change.outcome]
     print(f"opik-cipx: {said} statusLine in {path}: Claude Code shows the line from its next message")
+    if change.outcome == "replaced":
+        print(f"opik-cipx: yours is kept in {backup}; `opik-cipx uninstall` puts it back")
     return 0

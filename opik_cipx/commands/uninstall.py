@@ -1,12 +1,19 @@
-"""`opik-cipx uninstall [--yes]`: remove everything opik-cipx put on this machine. Destructive.
+"""`opik-cipx uninstall [--yes] [--keep-ledger]`: remove everything opik-cipx put on this machine. Destructive.
 
-Stops the daemon, removes the supervisor unit, our `ANTHROPIC_BASE_URL` (only if it is ours),
-our `statusLine` (only one running `opik-cipx statusline`), our Claude Code hooks (those running
-`opik-cipx-hook-launcher`, which install.sh added), the hook scripts that carry our
-managed-file marker and the `opik-cipx` link on PATH (only a symlink to our executable) with the
-directories made for it if empty, then deletes `$CIPX_HOME` (the installed binary, logs,
-captures, sessions and the spool with any spans not yet shipped), and last a Claude Code
-settings file left as `{}`, and its `hooks/` and directory if left empty.
+Asks first (`--yes` skips it; without it a stdin that is not a terminal is refused), listing what
+goes: `ledger.db` (the whole cost history, with its calls, cost and first day), the raw captures, the
+spool, the rest of `$CIPX_HOME`, and what it takes out of Claude Code's settings and PATH.
+Then it stops the daemon, saying so before the wait (calls in flight may take `drain_timeout_s`)
+and `daemon stopped` only once the daemon and its supervisor are gone (control/daemon_control.stop_daemon);
+removes the supervisor unit, our `ANTHROPIC_BASE_URL` (only if it is ours), our `statusLine` (only
+one running `opik-cipx statusline`; a user's that `statusline --install --force` replaced is put back
+in its place), our Claude Code hooks (those running `opik-cipx-hook-launcher`, which install.sh
+added), the hook scripts that carry our managed-file marker and the `opik-cipx` link on PATH (only
+a symlink to our executable) with the directories made for it if empty, then deletes `$CIPX_HOME`,
+and last a Claude Code settings file left as `{}`, and its `hooks/` and directory if left empty.
+`--keep-ledger` keeps `ledger.db` and its `-wal` and `-shm` files (the `-wal` may hold calls not yet
+copied into `ledger.db`), alone in `$CIPX_HOME`: the next install's daemon and `report` read them
+as they are (an older ledger is migrated by the daemon, docs/LIFECYCLE.md).
 Nothing of the user's is touched: other settings keys, hand-written hooks, a foreign
 `ANTHROPIC_BASE_URL` or `statusLine`. A `$CIPX_HOME` that is the home directory or one of its parents is
 refused, and so is one that could not be deleted whole (read-only, not ours): that is checked
@@ -18,20 +25,28 @@ opik-cipx again.
 import argparse
 import os
 import shutil
+import sqlite3
 import sys
 import zipfile
 from pathlib import Path
 
-from opik_cipx.config import ConfigError, Settings
+from opik_cipx.commands.purge import LEDGER_FILES
+from opik_cipx.commands.status import size
+from opik_cipx.config import OPTIONS, ConfigError, Settings
 from opik_cipx.control import claude_settings, install, lifecycle
 from opik_cipx.control.confirm import confirmed
-from opik_cipx.control.daemon_control import paths_only_settings
+from opik_cipx.control.daemon_control import find_processes, paths_only_settings
 from opik_cipx.control.userfiles import remove_empty
 from opik_cipx.home import home_problem
+from opik_cipx.ledger import queries
+from opik_cipx.ledger.db import open_reader
+from opik_cipx.ledger.schema import SchemaError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    parser.add_argument("--keep-ledger", action="store_true",
+                        help="keep ledger.db, the cost history, in $CIPX_HOME: the next install reads it again")
     parser.set_defaults(on_config_error=on_config_error, writes_home=True)
 
 
@@ -86,6 +101,47 @@ def _raise(exc: OSError) -> None:
     raise exc
 
 
+def ledger_summary(path: Path) -> str:
+    """What `ledger.db` holds, for the question: `1,234 calls, $56.78, since 2026-11-24`, else its size."""
+    try:
+        conn = open_reader(path)
+        if conn is None:
+            return "no calls yet"
+        try:
+            total, first = queries.report(conn, ()).total, queries.first_day(conn)
+        finally:
+            conn.close()
+    except (sqlite3.Error, SchemaError):  # locked, damaged, or of another version: its size says enough
+        return size(sum(p.stat().st_size for p in _ledger_files(path.parent)))
+    return f"{total['calls']:,} calls, ${total['cost_usd'] or 0:,.2f}" + (f", since {first}" if first else "")
+
+
+def _ledger_files(home: Path) -> list[Path]:
+    return [home / name for name in LEDGER_FILES if (home / name).is_file() and not (home / name).is_symlink()]
+
+
+def consequences(settings: Settings, env: dict[str, str], keep_ledger: bool) -> str:
+    """What uninstalling deletes and removes, and what it keeps, as the question states it."""
+    home, ledger = settings.home, settings.ledger_path
+    gone = []
+    if ledger.is_file() and not keep_ledger:
+        gone.append(f"{ledger}: the whole cost history ({ledger_summary(ledger)}) that `report`, the dashboard and "
+                    "the status line show; `--keep-ledger` keeps it")
+    if settings.captures_dir.is_dir():
+        gone.append(f"{settings.captures_dir}: raw captures (whole prompts and responses)")
+    if settings.spool_dir.is_dir():
+        gone.append(f"{settings.spool_dir}: records not yet shipped to Opik, if any")
+    gone.append(f"the rest of {home}: the executable, config.toml, logs and session files")
+    text = ("This stops opik-cipx and deletes, for good:\n" + "".join(f"  - {line}\n" for line in gone)
+            + f"It removes our ANTHROPIC_BASE_URL, statusLine and hooks from {claude_settings.settings_path(env)} "
+            "(a statusLine of yours that `statusline --install --force` replaced is put back), the supervisor "
+            "unit, our hook scripts and the `opik-cipx` link on PATH.")
+    if keep_ledger and ledger.is_file():
+        text += (f"\nIt keeps {ledger} ({ledger_summary(ledger)}), alone in {home}: the next install reads it "
+                 "again.")
+    return text
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     env = dict(os.environ)
     home = settings.home
@@ -101,22 +157,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"opik-cipx: nothing changed: {blocked}. Fix that, then run `opik-cipx uninstall` again.",
               file=sys.stderr)
         return 1
-    consequences = (f"This stops opik-cipx, removes its supervisor unit, Claude Code settings entries and hooks and "
-                    f"`opik-cipx` link on PATH, and deletes {home}\n(logs, captures and any spans not yet shipped to "
-                    "Opik).")
-    if not args.yes and not confirmed("uninstall", consequences, "Uninstall opik-cipx?"):
+    if not args.yes and not confirmed("uninstall", consequences(settings, env, args.keep_ledger),
+                                      "Uninstall opik-cipx?"):
         print("opik-cipx: nothing changed.", file=sys.stderr)
         return 1
     for line in lifecycle.tear_down(settings, env):
-        print(f"opik-cipx: {line}")
-    status_line = claude_settings.remove_status_line(claude_settings.settings_path(env))
-    if status_line.outcome == "removed":
-        print(f"opik-cipx: removed our statusLine from {status_line.path}")
-    hooks = claude_settings.remove_hooks(claude_settings.settings_path(env), install.hooks_created(home))
-    if hooks.outcome == "removed":
-        print(f"opik-cipx: removed our Claude Code hooks from {hooks.path}")
-    for path in claude_settings.remove_managed_hook_scripts(env):
-        print(f"opik-cipx: removed hook script {path}")
+        print(f"opik-cipx: {line}", flush=True)  # as it happens: a drain can take a while
+    running = find_processes(settings)
+    if running:
+        print(f"opik-cipx: {running.describe()} still runs, so {home} was left in place (a Claude Code hook may "
+              "have started it again): run `opik-cipx uninstall` again", file=sys.stderr)
+        return 1
+    _clear_claude_code(settings, env)
     made = install.made_dirs(home, env)  # read before $CIPX_HOME goes
     for link in install.remove_link(install.installed_path(settings, env), env):
         print(f"opik-cipx: removed {link}")
@@ -125,10 +177,50 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         copy.unlink(missing_ok=True)
         print(f"opik-cipx: removed {copy}")
     if home.exists():
-        shutil.rmtree(home)
-        print(f"opik-cipx: deleted {home}")
+        _delete_home(settings, args.keep_ledger)
     for path in remove_empty(made) + claude_settings.tidy(env):
         print(f"opik-cipx: removed {path} (left empty)")
     print("opik-cipx: uninstalled. If the Claude Code plugin is installed, remove it too "
           "(/plugin uninstall opik-cipx@opik-enterprise), or its next session start installs opik-cipx again.")
     return 0
+
+
+def _clear_claude_code(settings: Settings, env: dict[str, str]) -> None:
+    """Our statusLine (a replaced one of the user's put back), hooks and hook scripts out of Claude Code's
+    configuration."""
+    path = claude_settings.settings_path(env)
+    status_line = claude_settings.remove_status_line(path, settings.home / claude_settings.STATUS_LINE_BACKUP)
+    if status_line.outcome == "removed":
+        print(f"opik-cipx: removed our statusLine from {path}")
+    elif status_line.outcome == "restored":
+        print(f"opik-cipx: put back your statusLine in {path} ({status_line.detail})")
+    hooks = claude_settings.remove_hooks(path, install.hooks_created(settings.home))
+    if hooks.outcome == "removed":
+        print(f"opik-cipx: removed our Claude Code hooks from {hooks.path}")
+    for script in claude_settings.remove_managed_hook_scripts(env):
+        print(f"opik-cipx: removed hook script {script}")
+
+
+def _delete_home(settings: Settings, keep_ledger: bool) -> None:
+    """Delete `$CIPX_HOME`, or with `keep_ledger` everything in it but the ledger's files."""
+    home = settings.home
+    if not keep_ledger or not _ledger_files(home):
+        shutil.rmtree(home)
+        print(f"opik-cipx: deleted {home}")
+        return
+    kept = _ledger_files(home)
+    for entry in os.scandir(home):
+        path = Path(entry.path)
+        if path in kept:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    print(f"opik-cipx: deleted everything in {home} but {', '.join(p.name for p in kept)} "
+          f"({ledger_summary(settings.ledger_path)}): the next install reads it again")
+    retention = next(option.default for option in OPTIONS if option.key == "ledger.retention_days")
+    if settings.ledger_retention_days > retention:
+        print(f"opik-cipx: the deleted config.toml kept {settings.ledger_retention_days:g} days of calls: put "
+              f"`ledger.retention_days = {settings.ledger_retention_days:g}` in the next install's config.toml "
+              f"before its daemon starts, or it deletes the calls older than {retention:g} days")

@@ -7,8 +7,10 @@ the file is rewritten atomically as plain 2-space-indented JSON. A file that doe
 as a JSON object is left untouched.
 
 `statusLine` is set only on request (`opik-cipx statusline --install`): when the user has none,
-or replacing theirs with `force`. It is ours when it runs `<path>/opik-cipx statusline`;
-`uninstall` removes only ours, and `sync` never touches it.
+or replacing theirs with `force`, after keeping theirs in a backup file (`$CIPX_HOME/
+statusline-backup.json`: the settings file and the value). It is ours when it runs
+`<path>/opik-cipx statusline`; `uninstall` removes only ours, and puts the backed-up one back in its
+place (so a file in Claude Code's 2-space layout reads byte for byte as before); `sync` never touches it.
 
 `hooks`: for an install.sh user, a SessionStart and a UserPromptSubmit hook running our hook
 launcher (what the plugin's `hooks/hooks.json` registers for a plugin user). Each is one group of
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import TypeGuard
 
 from opik_cipx.control.userfiles import remove_empty, replace_file
+from opik_cipx.home import read_json, write_atomic
 
 KEY = "ANTHROPIC_BASE_URL"
 
@@ -44,7 +47,7 @@ KEY = "ANTHROPIC_BASE_URL"
 class Change:
     """What happened to the entry: `set`, `kept`, `removed`, `absent`, `foreign` or `unusable`."""
 
-    outcome: str  # statusLine also: `replaced` (someone else's, forced); hooks also `updated`
+    outcome: str  # statusLine also: `replaced` (someone else's, forced), `restored`; hooks also `updated`
     path: Path
     detail: str = ""  # the foreign value, or why the file is unusable
     created: tuple[str, ...] = ()  # hooks: what `set_hooks` made to hold them (`hooks`, event names)
@@ -132,6 +135,7 @@ def stop_pointing_at_proxy(path: Path, url: str) -> Change:
 
 
 STATUS_LINE = "statusLine"
+STATUS_LINE_BACKUP = "statusline-backup.json"  # in $CIPX_HOME: the user's statusLine that `--install --force` replaced
 
 
 def status_line_command(executable: Path) -> str:
@@ -150,8 +154,12 @@ def is_our_status_line(value: object) -> TypeGuard[dict]:
     return len(words) == 2 and os.path.basename(words[0]) == "opik-cipx" and words[1] == "statusline"
 
 
-def set_status_line(path: Path, command: str, force: bool = False) -> Change:
-    """Set `statusLine` to run `command` when there is none (or `force`); ours is updated in place."""
+def set_status_line(path: Path, command: str, force: bool = False, backup: Path | None = None) -> Change:
+    """Set `statusLine` to run `command` when there is none (or `force`); ours is updated in place.
+
+    Someone else's, replaced with `force`, is first written to `backup` (`{"settings": path,
+    "statusLine": value}`) for `remove_status_line` to put back; raises OSError, having changed
+    nothing, when that file cannot be written."""
     doc, why = _load(path)
     if doc is None:
         return Change("unusable", path, why)
@@ -159,15 +167,19 @@ def set_status_line(path: Path, command: str, force: bool = False) -> Change:
     wanted = {"type": "command", "command": command}
     if current == wanted:
         return Change("kept", path)
-    if current not in (None, "", {}) and not is_our_status_line(current) and not force:
+    foreign = current not in (None, "", {}) and not is_our_status_line(current)
+    if foreign and not force:
         return Change("foreign", path, json.dumps(current, ensure_ascii=False))
+    if foreign and backup is not None:  # its keys in their order, so it goes back as it was
+        write_atomic(backup, json.dumps({"settings": str(path), STATUS_LINE: current}, ensure_ascii=False).encode())
     doc[STATUS_LINE] = {**(current if is_our_status_line(current) else {}), **wanted}
     _save(path, doc)
-    return Change("replaced" if current not in (None, "", {}) and not is_our_status_line(current) else "set", path)
+    return Change("replaced" if foreign else "set", path)
 
 
-def remove_status_line(path: Path) -> Change:
-    """Remove `statusLine` if it is ours; someone else's is `foreign` and stays."""
+def remove_status_line(path: Path, backup: Path | None = None) -> Change:
+    """Remove `statusLine` if it is ours (`removed`), or put back in its place the one `set_status_line`
+    kept in `backup` for this settings file (`restored`); someone else's is `foreign` and stays."""
     doc, why = _load(path)
     if doc is None:
         return Change("unusable", path, why)
@@ -175,6 +187,11 @@ def remove_status_line(path: Path) -> Change:
         return Change("absent", path)
     if not is_our_status_line(doc[STATUS_LINE]):
         return Change("foreign", path, json.dumps(doc[STATUS_LINE], ensure_ascii=False))
+    kept = read_json(backup) if backup is not None else None
+    if isinstance(kept, dict) and kept.get("settings") == str(path) and STATUS_LINE in kept:
+        doc[STATUS_LINE] = kept[STATUS_LINE]  # the same key, so the same place in the file
+        _save(path, doc)
+        return Change("restored", path, json.dumps(kept[STATUS_LINE], ensure_ascii=False))
     del doc[STATUS_LINE]
     _save(path, doc)
     return Change("removed", path)

@@ -7,23 +7,27 @@ wedged. A daemon whose disk refused `state.json` (full, read-only) serves the sa
 Everything here is bounded: every wait has a deadline, every request a timeout.
 """
 
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeGuard
 
+from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings, load_settings
-from opik_cipx.home import open_private, private_dir, read_json
+from opik_cipx.home import LOCK_FILE, open_private, private_dir, read_json
 
 HEALTH_TIMEOUT_S = 1.0
 POLL_S = 0.02
+KILL_WAIT_S = 5.0  # how long a process SIGKILLed gets to be gone
 CLAUDE_CODE_PORT = 9909  # ports.CLAUDE_CODE_PORT, without importing the listener code
 SUPERVISOR_FILE = "supervisor.json"  # the detached supervisor's record (control/detached.py)
+SUPERVISOR_LOCK = "supervisor.lock"  # held by the detached supervisor for its lifetime, as daemon.lock by the daemon
 SUPERVISOR_LOG_MAX = 1024 * 1024
 
 
@@ -72,20 +76,21 @@ def admin_port(settings: Settings, state: dict[str, Any] | None) -> int | None:
     return listener_port(settings, state, "admin")
 
 
-def admin_get(port: int, path: str, timeout_s: float = HEALTH_TIMEOUT_S) -> tuple[int, bytes] | None:
-    """(status, body) of `GET path` on the admin listener, or None if it does not answer.
+def admin_get(port: int, path: str, timeout_s: float = HEALTH_TIMEOUT_S,
+              clock: Clock = SYSTEM) -> tuple[int, bytes] | None:
+    """(status, body) of `GET path` on the admin listener, or None if it does not answer within `timeout_s`.
 
     A raw socket instead of http.client: `sync` runs on every session start and this keeps
     its import time down.
     """
     request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
-    deadline = time.monotonic() + timeout_s
+    deadline = clock.monotonic() + timeout_s
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
             sock.sendall(request)
             chunks = []
-            while time.monotonic() < deadline:
-                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            while clock.monotonic() < deadline:
+                sock.settimeout(max(deadline - clock.monotonic(), 0.001))
                 chunk = sock.recv(65536)
                 if not chunk:
                     break
@@ -189,12 +194,13 @@ def running_supervisor(settings: Settings) -> int | None:
 
 
 def wait_healthy(settings: Settings, timeout_s: float, proc: subprocess.Popen | None = None,
-                 failed: Callable[[], bool] | None = None) -> dict[str, Any] | None:
+                 failed: Callable[[], bool] | None = None, clock: Clock = SYSTEM) -> dict[str, Any] | None:
     """Wait until `state.json` names a pid whose admin listener answers; the state, or None.
 
     Gives up early when `proc` (a process this one started) has exited, or when `failed()` says so.
+    Polled every `POLL_S`: nothing tells another process that a daemon came up.
     """
-    deadline = time.monotonic() + timeout_s
+    deadline = clock.monotonic() + timeout_s
     while True:
         state = read_state(settings)
         if state and is_healthy(admin_port(settings, state), timeout_s=0.5):
@@ -203,9 +209,9 @@ def wait_healthy(settings: Settings, timeout_s: float, proc: subprocess.Popen | 
             return None
         if failed is not None and failed():
             return None
-        if time.monotonic() > deadline:
+        if clock.monotonic() > deadline:
             return None
-        time.sleep(POLL_S)
+        clock.sleep(POLL_S)
 
 
 def start_detached(settings: Settings, argv: list[str], extra_env: dict[str, str]) -> subprocess.Popen:
@@ -252,62 +258,141 @@ def startup_error(settings: Settings) -> str | None:
     return lines[-1] if lines else None
 
 
-def _wait_gone(pid: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while pid_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(POLL_S)
-    return True
+def lock_holder(path: Path) -> int | None:
+    """Who holds the `flock` on `path` (`daemon.lock`, `supervisor.lock`): the pid its holder wrote
+    into it, 0 when it wrote none; None when nobody holds it, or there is no such file.
+
+    The kernel drops a `flock` when its holder ends, `kill -9` included, so a held lock is the one
+    sign of a live daemon (or supervisor) that no file left behind can fake. Looking takes the lock
+    for a moment: a daemon starting in that moment finds the home taken and exits 1.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raw = os.pread(fd, 32, 0).strip()
+        return int(raw) if raw.isdigit() else 0
+    except OSError:
+        return None  # a filesystem without flock: nobody could hold it either
+    finally:
+        os.close(fd)  # releases the lock if this process took it
+    return None
 
 
-def stop_daemon(settings: Settings, timeout_s: float | None = None) -> str:
-    """Stop the daemon named in `state.json`, and the detached supervisor that runs it: SIGTERM, wait
-    (bounded), then SIGKILL.
+@dataclass(frozen=True)
+class Processes:
+    """What runs for a home: its detached supervisor (None without one) and the daemon pids found
+    (`state.json`, the supervisor's record, the holder of `daemon.lock`). `adopting`: the supervisor
+    watches a daemon it did not start, so it does not pass a stop on to it."""
+
+    supervisor: int | None
+    daemons: frozenset[int]
+    adopting: bool = False
+
+    def __bool__(self) -> bool:
+        return self.supervisor is not None or bool(self.daemons)
+
+    @property
+    def pids(self) -> set[int]:
+        """Every pid found: the daemons and the supervisor."""
+        return set(self.daemons) | ({self.supervisor} if self.supervisor is not None else set())
+
+    def describe(self) -> str:
+        """`the daemon (pid N) and its supervisor (pid M)`, as a stop announces it."""
+        daemon = f"the daemon (pid {', '.join(map(str, sorted(self.daemons)))})" if self.daemons else "the daemon"
+        return daemon + (f" and its supervisor (pid {self.supervisor})" if self.supervisor is not None else "")
+
+
+def find_processes(settings: Settings) -> Processes:
+    """The supervisor and daemon(s) of this home that run now. Only a process whose command line is an
+    opik-cipx `supervise` / `proxy` is named: a pid left in a file may belong to another program by now."""
+    record = read_supervisor(settings)
+    supervisor = record["pid"] if record and record["alive"] else None
+    holder = lock_holder(settings.home / SUPERVISOR_LOCK)
+    if supervisor is None and holder and is_our_process(holder, "supervise"):
+        supervisor, record = holder, None  # its record is not written yet, or not writable
+    state = read_state(settings)
+    found = [state["pid"] if state else None, lock_holder(settings.home / LOCK_FILE)]
+    if supervisor is not None and record:
+        found.append(record.get("daemon_pid"))  # only while it runs: a dead one's record may be stale
+    daemons = frozenset(pid for pid in found if isinstance(pid, int) and pid > 0 and pid != os.getpid()
+                        and is_our_daemon(pid))
+    return Processes(supervisor, daemons, adopting=record is not None and record.get("state") == "adopting")
+
+
+def _still_running(settings: Settings, pids: set[int]) -> set[int]:
+    """Which of `pids` still run, and the holder of the home's daemon or supervisor lock (0: one that did
+    not say its pid), whoever it is: those locks are held until the last process of either ends."""
+    left = {pid for pid in pids if pid_alive(pid)}
+    for name in (LOCK_FILE, SUPERVISOR_LOCK):
+        holder = lock_holder(settings.home / name)
+        if holder is not None:
+            left.add(holder if holder and pid_alive(holder) else 0)
+    return left
+
+
+def _wait_gone(settings: Settings, pids: set[int], timeout_s: float, clock: Clock) -> set[int]:
+    """Wait until nothing of `_still_running` is left, at most `timeout_s`; what is left (empty: all gone).
+    Polled: nothing tells a process that another one, not its child, has ended."""
+    deadline = clock.monotonic() + timeout_s
+    while (left := _still_running(settings, pids)) and clock.monotonic() < deadline:
+        clock.sleep(POLL_S)
+    return left
+
+
+def stop_daemon(settings: Settings, timeout_s: float | None = None, clock: Clock = SYSTEM) -> str:
+    """Stop this home's daemon and the detached supervisor that runs it: SIGTERM, wait (bounded), then
+    SIGKILL; return only once they are gone, or say they are not.
 
     With a supervisor, only the supervisor is sent SIGTERM: it passes it on to its daemon and
     does not restart it (a daemon stopped behind its back would count as one that stopped by
     itself). The daemon drains in-flight calls for up to `drain_timeout_s` after SIGTERM, so the
     default wait is that plus a margin. A clean exit is not restarted by systemd (`Restart=on-failure`)
-    or launchd (`SuccessfulExit=false`) either. A stale `state.json` (dead pid, or a pid that is
-    not an opik-cipx daemon) is removed without signalling anything.
-    Returns "not running", "stopped" or "killed".
+    or launchd (`SuccessfulExit=false`) either. Gone means: every pid found (`find_processes`) has
+    ended and nothing holds `daemon.lock` or `supervisor.lock`, so "stopped" is never said of a daemon
+    that still drains, even one whose `state.json` is missing. A stale `state.json` (dead pid, or a pid
+    that is not an opik-cipx daemon) is removed without signalling anything.
+    Returns "not running", "stopped", "killed" (it had to be SIGKILLed) or "still running (pid N)".
     """
-    record = read_supervisor(settings)
-    supervisor = record["pid"] if record and record["alive"] else None
-    state = read_state(settings)
-    daemon = state["pid"] if state and state["pid"] != os.getpid() and is_our_daemon(state["pid"]) else None
-    if state is not None and daemon is None:
-        _remove_state(settings, state["pid"])
-    if supervisor is None and daemon is None:
+    running = find_processes(settings)
+    if not running:
+        _remove_stale_state(settings)
         return "not running"
     wait_s = settings.drain_timeout_s + 5 if timeout_s is None else timeout_s
-    # a daemon it watches, not its child
-    adopted = record is not None and supervisor is not None and record.get("state") == "adopting"
-    for pid in (supervisor, daemon) if supervisor is None or adopted else (supervisor,):
-        try:
-            if pid is not None:
-                os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + wait_s
-    gone = {pid: _wait_gone(pid, deadline - time.monotonic()) for pid in (daemon, supervisor) if pid is not None}
-    killed = [pid for pid in (supervisor, daemon) if pid is not None and not gone[pid]]  # the supervisor first:
-    for pid in killed:  # it would start the daemon again
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        _wait_gone(pid, 5.0)
-    if daemon is not None:
-        _remove_state(settings, daemon)
-    return "killed" if killed else "stopped"
+    pids = running.pids
+    for pid in {running.supervisor} if running.supervisor is not None and not running.adopting else pids:
+        _signal(pid, signal.SIGTERM)
+    left = _wait_gone(settings, pids, wait_s, clock)
+    if not left:
+        _remove_stale_state(settings)
+        return "stopped"
+    # the supervisor first: it would start the daemon again
+    for pid in sorted(left - {0}, key=lambda pid: pid != running.supervisor):
+        if pid in pids or is_our_daemon(pid) or is_our_process(pid, "supervise"):
+            _signal(pid, signal.SIGKILL)
+    left = _wait_gone(settings, pids, KILL_WAIT_S, clock)
+    if left:
+        return f"still running (pid {', '.join(str(pid) for pid in sorted(left) if pid) or 'unknown'})"
+    _remove_stale_state(settings)
+    return "killed"
 
 
-def _remove_state(settings: Settings, pid: int) -> None:
-    """Remove `state.json` if it still names `pid` (a new daemon may already have replaced it)."""
-    state = read_state(settings)
-    if state is not None and state["pid"] != pid:
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _remove_stale_state(settings: Settings) -> None:
+    """Remove `state.json` unless it names a running daemon (one started since may already have replaced
+    the stopped one's)."""
+    state = read_json(settings.state_path)
+    pid = state.get("pid") if isinstance(state, dict) else None
+    if isinstance(pid, int) and pid > 0 and pid != os.getpid() and is_our_daemon(pid):
         return
     try:
         settings.state_path.unlink()

@@ -41,12 +41,17 @@ from typing import Any, BinaryIO
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import LOOPBACK_HOST, Settings
 from opik_cipx.control import claude_settings, down_answer
-from opik_cipx.control.daemon_control import CLAUDE_CODE_PORT, SUPERVISOR_FILE, listener_port, startup_error
+from opik_cipx.control.daemon_control import (
+    CLAUDE_CODE_PORT,
+    SUPERVISOR_FILE,
+    SUPERVISOR_LOCK,
+    listener_port,
+    startup_error,
+)
 from opik_cipx.home import LOCK_FILE, open_private, private_dir, read_json, write_json
 from opik_cipx.stats import utc_iso
 
 LISTEN_FD_ENV = "CIPX_LISTEN_FD"
-SUPERVISOR_LOCK = "supervisor.lock"
 MAX_DEATHS = 5  # deaths within WINDOW_S that make the supervisor give up (systemd's unit: the same)
 WINDOW_S = 120.0
 MAX_DELAY_S = 1.0
@@ -171,21 +176,23 @@ class DetachedSupervisor:
             self.clock.wait(self.stop, delay)
 
     def _catch_signals(self) -> None:
-        """SIGTERM/SIGINT set `stop`, SIGCHLD (a daemon ended) `wake`.
+        """SIGTERM/SIGINT/SIGQUIT set `stop`, SIGCHLD (a daemon ended) `wake`; SIGHUP, SIGUSR1
+        and SIGUSR2 are ignored (a process of its own session has no terminal to lose).
 
         A Python signal handler runs in the main thread wherever it happens to be, so one that set
         an Event could deadlock on the lock the main thread holds inside that Event; instead the
         signal numbers go through a pipe (`signal.set_wakeup_fd`) to a thread that sets them."""
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        stopping = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)  # SIGHUP, SIGUSR1/2: ignored (LIFECYCLE.md)
+        for signum in (*stopping, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
             signal.signal(signum, lambda *_: None)
         signal.set_wakeup_fd(write_fd)
 
         def relay() -> None:
             while True:
                 for signum in os.read(read_fd, 64):
-                    if signum != signal.SIGCHLD:
+                    if signum in stopping:
                         self.stop.set()
                     self.wake.set()
 

@@ -17,15 +17,17 @@ import fcntl
 import os
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings
 from opik_cipx.control import claude_settings, executable, install
 from opik_cipx.control.daemon_control import (
     CLAUDE_CODE_PORT,
     admin_port,
+    find_processes,
     is_healthy,
     listener_port,
     read_state,
@@ -41,6 +43,7 @@ from opik_cipx.home import open_private, private_dir, set_aside_wrong_types
 START_TIMEOUT_S = 10.0  # how long a starting daemon gets to answer /admin/health
 SYNC_STOP_TIMEOUT_S = 10.0  # how long `sync` lets a daemon it replaces drain
 LOCK_TIMEOUT_S = 30.0
+LOCK_POLL_S = 0.05
 
 
 @dataclass
@@ -65,27 +68,29 @@ def _stale_reason(state: dict[str, Any], exe: executable.Executable) -> str | No
 
 
 class _Lock:
-    """An exclusive `flock` on `$CIPX_HOME/sync.lock`, waited for with a deadline. Paths of the
-    wrong type in the home (this lock file a directory, `logs` a file) are moved aside first."""
+    """An exclusive `flock` on `$CIPX_HOME/sync.lock`, waited for with a deadline (polled: a `flock`
+    cannot be waited for with a timeout). Paths of the wrong type in the home (this lock file a
+    directory, `logs` a file) are moved aside first."""
 
-    def __init__(self, settings: Settings, timeout_s: float = LOCK_TIMEOUT_S):
-        set_aside_wrong_types(private_dir(settings.home))  # the daemon reports them (`status`)
+    def __init__(self, settings: Settings, timeout_s: float = LOCK_TIMEOUT_S, clock: Clock = SYSTEM):
+        set_aside_wrong_types(private_dir(settings.home), clock)  # the daemon reports them (`status`)
         self.path = settings.home / "sync.lock"
         self.timeout_s = timeout_s
+        self.clock = clock
 
     def __enter__(self) -> "_Lock":
         self.fh = open_private(self.path, os.O_WRONLY | os.O_CREAT)
-        deadline = time.monotonic() + self.timeout_s
+        deadline = self.clock.monotonic() + self.timeout_s
         while True:
             try:
                 fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return self
             except BlockingIOError:
-                if time.monotonic() > deadline:
+                if self.clock.monotonic() > deadline:
                     self.fh.close()
                     raise TimeoutError(
                         f"another opik-cipx sync/restart held {self.path} for {self.timeout_s:.0f}s") from None
-                time.sleep(0.05)
+                self.clock.sleep(LOCK_POLL_S)
 
     def __exit__(self, *exc: object) -> None:
         self.fh.close()
@@ -208,25 +213,29 @@ def unpoint(settings: Settings, env: dict[str, str], state: dict[str, Any] | Non
     return claude_settings.stop_pointing_at_proxy(claude_settings.settings_path(env), our_url(settings, state))
 
 
-def tear_down(settings: Settings, env: dict[str, str]) -> list[str]:
-    """Remove the supervisor unit, stop the daemon and clear our settings entry; lines to report."""
-    lines = []
+def tear_down(settings: Settings, env: dict[str, str]) -> Iterator[str]:
+    """Remove the supervisor unit, stop the daemon and clear our settings entry; yields the lines to
+    report as it goes: `stopping ...` before the wait for a drain, `daemon stopped` once the daemon and
+    its supervisor are gone (control/daemon_control.stop_daemon)."""
     state = read_state(settings)
     try:
         supervisor = Supervisor(detect_mode(env), settings, env)
     except SupervisorError:
         supervisor = Supervisor("detached", settings, env)
     for path in supervisor.remove():
-        lines.append(f"removed the supervisor unit {path}")
+        yield f"removed the supervisor unit {path}"
+    running = find_processes(settings)
+    if running:
+        yield (f"stopping {running.describe()}: calls in flight get up to {settings.drain_timeout_s:g}s to "
+               "finish")
     result = stop_daemon(settings)
     if result != "not running":
-        lines.append(f"daemon {result}")
+        yield f"daemon {result}"
     change = unpoint(settings, env, state)
     if change.outcome == "removed":
-        lines.append(f"removed {claude_settings.KEY} from {change.path}: Claude Code talks to Anthropic directly")
+        yield f"removed {claude_settings.KEY} from {change.path}: Claude Code talks to Anthropic directly"
     elif change.outcome == "unusable":
-        lines.append(unusable(change))
-    return lines
+        yield unusable(change)
 
 
 def up_and_point(settings: Settings, env: dict[str, str], restart: bool = False,

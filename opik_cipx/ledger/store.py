@@ -20,6 +20,12 @@ Each write also keeps the call's session row (`sessions`): its first start, its 
 latest title and the earliest first prompt, each kept by the start of the call it came from, so
 the rows are the same whatever order the calls arrive in. With `keep_text` False (content capture
 off) no title or prompt is written.
+
+One entry never holds back another (docs/ARCHITECTURE.md, "Ledger"): when a transaction fails
+because of an entry's values rather than the file, each entry is written alone. An integer
+SQLite cannot hold (beyond a signed 64-bit one: `10**30` output tokens off the wire) is clamped
+to that range and the row kept, counted in `ledger_values_clamped` and logged; an entry the
+schema still refuses is dropped, counted in `ledger_calls_dropped` and logged.
 """
 
 import logging
@@ -29,8 +35,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.ledger.db import connect
@@ -47,8 +54,11 @@ RETRY_PAUSE_S = 5.0  # after a failed write, entries wait this long before the n
 MAX_PENDING = 2000
 RETENTION_EVERY_S = 3600.0
 CORRUPT = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
-# Errors that come from one entry's values, not from the file: that entry is dropped alone.
-ENTRY_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError)
+# Errors that come from one entry's values, not from the file: each entry is then written alone.
+# OverflowError: an integer beyond SQLite's 64 bits, which `clamped` brings into range.
+ENTRY_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, OverflowError, ValueError,
+                TypeError)
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # what an SQLite INTEGER holds
 
 
 class Previous(NamedTuple):
@@ -200,14 +210,32 @@ class Ledger:
                                   entry.call.get("capture_id"))
 
     def _write_one_by_one(self, conn: sqlite3.Connection) -> None:
-        """An entry the schema refuses must not hold back the others: write each alone, drop it."""
+        """An entry whose values the database refuses must not hold back the others: write each
+        alone; one with an integer out of SQLite's range is written clamped, one still refused
+        is dropped."""
         for entry in self._pending:
             try:
                 self._transaction(conn, [entry])
+                continue
+            except OverflowError:
+                pass
             except ENTRY_ERRORS as exc:
-                self.counters.incr("ledger_calls_dropped")
-                log.error("ledger: the rows of capture %s were refused and dropped: %s",
-                          entry.call.get("capture_id"), _describe(exc))
+                self._drop(entry, exc)
+                continue
+            fixed, where = clamped(entry)
+            try:
+                self._transaction(conn, [fixed])
+            except ENTRY_ERRORS as exc:
+                self._drop(entry, exc)
+                continue
+            self.counters.incr("ledger_values_clamped")
+            log.warning("ledger: capture %s carries values beyond what the ledger holds (%s); recorded them "
+                        "clamped to %d", entry.call.get("capture_id"), ", ".join(where), INT_MAX)
+
+    def _drop(self, entry: Entry, exc: Exception) -> None:
+        self.counters.incr("ledger_calls_dropped")
+        log.error("ledger: the rows of capture %s were refused and dropped: %s",
+                  entry.call.get("capture_id"), _describe(exc))
 
     def _failed(self, exc: Exception) -> None:
         self.counters.incr("ledger_write_errors")
@@ -338,6 +366,23 @@ def _rate_limits(conn: sqlite3.Connection, call_id: int, entry: Entry) -> None:
         "ON CONFLICT (day, window_name) DO UPDATE SET "
         "peak_utilization = max(peak_utilization, excluded.peak_utilization)",
         [(day, row[0], row[2]) for row in entry.rate_limits if row[2] is not None])
+
+
+def clamped(entry: Entry) -> tuple[Entry, list[str]]:
+    """`entry` with every integer beyond what an SQLite INTEGER holds clamped into its range, and
+    where they were (column names; `details`, `rate_limits`)."""
+    where: list[str] = []
+
+    def clamp(value: Any, name: str) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
+            where.append(name)
+            return min(max(value, INT_MIN), INT_MAX)
+        return value
+
+    call = {column: clamp(value, column) for column, value in entry.call.items()}
+    details = tuple(replace(d, chars=clamp(d.chars, "details")) for d in entry.details)
+    rate_limits = tuple(tuple(clamp(value, "rate_limits") for value in row) for row in entry.rate_limits)
+    return replace(entry, call=call, details=details, rate_limits=rate_limits), sorted(set(where))
 
 
 def delete_before(conn: sqlite3.Connection, day: str) -> int:

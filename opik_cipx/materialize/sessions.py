@@ -19,33 +19,34 @@ import json
 import os
 import re
 import select
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.home import private_dir, write_json
 from opik_cipx.materialize.identity import read_identity
 from opik_cipx.materialize.repository import read_state
+from opik_cipx.stats import utc_iso
 
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 STDIN_LIMIT = 1 << 20
 
 
-def read_hook_stdin(fd: int = 0, timeout_s: float = 2.0) -> bytes | None:
+def read_hook_stdin(fd: int = 0, timeout_s: float = 2.0, clock: Clock = SYSTEM) -> bytes | None:
     """What a hook wrote to our stdin; None when stdin is a terminal, closed or empty.
 
-    Bounded: a stdin pipe that stays open without data is given up on after `timeout_s`.
+    Bounded: a stdin pipe that stays open without data is given up on after `timeout_s` (on
+    `clock`; each wait for data is a `select` for what is left of it).
     """
     try:
         if os.isatty(fd):
             return None
     except OSError:
         return None
-    deadline = time.monotonic() + timeout_s
+    deadline = clock.monotonic() + timeout_s
     chunks, size = [], 0
     while size < STDIN_LIMIT:
-        remaining = deadline - time.monotonic()
+        remaining = deadline - clock.monotonic()
         try:
             ready, _, _ = select.select([fd], [], [], max(remaining, 0))
             if not ready:
@@ -84,8 +85,9 @@ def git_info(cwd: str | None) -> dict[str, str | None]:
     return {"remote": state.remote, "branch": state.branch, "commit": state.head_sha}
 
 
-def utc_now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+def utc_now_iso(clock: Clock = SYSTEM) -> str:
+    """Now on `clock`, as `written_at` carries it: ISO-8601 UTC, milliseconds, `Z`."""
+    return utc_iso(clock.time())
 
 
 def session_record(hook: dict[str, Any], identity: dict[str, str | None], git: dict[str, str | None]) -> dict[str, Any]:

@@ -22,6 +22,11 @@ shipper thread, appends what `ship --retry-quarantine` handed back through the s
 deletes a requeue file only once all of its records are durable: a crash in between appends them
 again, and Opik upserts the same ids.
 
+A spool made with `keep=False` (the daemon's, when no Opik destination is configured) keeps no
+record: `append` and `offer` acknowledge at once and write nothing (counted in `discarded`), so
+no prompt text piles up for an Opik that will never get it. What a spool directory already holds
+stays as it is, for when Opik is configured again (`opik-cipx purge` deletes it).
+
 Recovery: a torn last line (crash mid-write) is cut off and counted; a corrupt line is skipped
 and counted when read; everything after the cursor is shipped again. A disk error never
 reaches the caller: the spool turns `degraded`, keeps records in memory (bounded), retries,
@@ -71,8 +76,10 @@ class Spool:
         retry_s: float = 1.0,
         counters: Counters | None = None,
         clock: Clock = SYSTEM,
+        keep: bool = True,
     ):
         self.directory = directory
+        self.keep = keep
         self.max_bytes = max_bytes
         self.segment_bytes = max(1, min(segment_bytes, max_bytes // 4))  # the budget can always drop one
         self.inmem_max = inmem_max
@@ -93,6 +100,7 @@ class Spool:
         self._last_write_error: str | None = None
         self._dropped_disk = 0
         self._corrupt = 0
+        self._discarded = 0  # records not kept (`keep=False`)
         self._listeners: list[Callable[[], None]] = []
         if not self._try_recover():
             self._writer.failed()  # retried by the writer until the directory can be used
@@ -105,13 +113,22 @@ class Spool:
         Returns the ticket `wait_durable` takes (acknowledged once `durable_seq` reaches it), or
         None when the in-memory queue is full and the records were dropped (counted).
         """
+        if not self.keep:
+            return self._discard(records)
         return self._writer.append([encode(record) for record in records])
 
     def offer(self, records: list[dict[str, Any]], timeout_s: float) -> int | None:
         """Like `append`, but wait up to `timeout_s` for room instead of dropping: None (nothing
         dropped, nothing counted) when there was none or the spool is closing. The materializer
         uses it: a record it cannot spool now is derived again from the capture log later."""
+        if not self.keep:
+            return self._discard(records)
         return self._writer.offer([encode(record) for record in records], timeout_s)
+
+    def _discard(self, records: list[dict[str, Any]]) -> int:
+        with self._lock:
+            self._discarded += len(records)
+        return self._writer.skip(len(records))
 
     @property
     def closing(self) -> bool:
@@ -272,6 +289,8 @@ class Spool:
                 "dropped_events_inmem": dropped_inmem,
                 "dropped_events_disk": self._dropped_disk,
                 "corrupt_records": self._corrupt,
+                "keep": self.keep,
+                "discarded": self._discarded,
             }
 
     # ---- the writer thread: one group ----------------------------------------------------

@@ -147,3 +147,28 @@ def test_replay_ledger_rebuilds_the_ledger_and_never_counts_a_call_twice(home):
         assert abs(cost - sum(costs)) < 1e-12
     both = run_cli(home, "replay", "--ledger", "--out", str(home.parent / "x.jsonl"))
     assert both.returncode == 2 and "not allowed with" in both.stderr
+
+
+def test_replay_ledger_records_an_absurd_usage_value_clamped_and_goes_on(home):
+    """Issue 22.2: `replay --ledger` crashed on a call whose usage held `10**30` output tokens."""
+    import dataclasses
+    import re
+    import sqlite3
+
+    store = CaptureStore(home / "captures", max_bytes=10**9, max_age_s=10**9, segment_bytes=200_000)
+    captured = exchanges("simple") + exchanges("tools")
+    absurd = captured[1][1]
+    body = re.sub(rb'"output_tokens": *\d+', b'"output_tokens": 1' + b"0" * 30, absurd.response_body)
+    captured[1] = (captured[1][0], dataclasses.replace(absurd, response_parts=[body]))
+    for _, capture in captured:
+        store.append(capture)
+    store.close()
+    (home / "config.toml").write_text("[ledger]\nretention_days = 100000\n")  # the captures' dates are fixed
+    result = run_cli(home, "replay", "--ledger")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "clamped" in result.stderr
+    conn = sqlite3.connect(home / "ledger.db")
+    rows = dict(conn.execute("SELECT capture_id, output_tokens FROM calls").fetchall())
+    conn.close()
+    assert len(rows) == len(captured) - 2  # every call, the absurd one included; the preconnects are no calls
+    assert rows[absurd.id] == 2**63 - 1

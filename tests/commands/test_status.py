@@ -81,6 +81,8 @@ counters
   panics_recovered                    0
   ledger_write_errors                 0
   ledger_calls_dropped                0
+  ledger_values_clamped               0
+  calls_flagged                       0
   requests_refused                    0
   connections_refused                 0
   requests_timed_out                  0
@@ -388,3 +390,42 @@ limits         status allowed_warning, binding five_hour, seen 2s ago (docs/RATE
 """)
     assert text_of(rate_limits=section) == expected
     assert "limits" not in UP  # no window seen yet: no section
+
+
+AI_SPEND = "__ai_spend_acme__"
+
+
+def test_status_says_whether_cost_intelligence_sees_what_is_shipped_and_why_not():
+    seen = OPIK_OK | {"workspace": AI_SPEND, "endpoints": "device_token",
+                      "cost_intelligence": {"project": "claude-code", "why_not": []}}
+    text = text_of(opik=seen)
+    assert ("  cost intel.  sees it: project claude-code, workspace __ai_spend_acme__, device-token endpoints "
+            "(traces one by one)\n") in text
+    assert "healthy" in text.splitlines()[0]
+    why = ["the workspace 'acme' is not an AI Spend workspace (named __ai_spend_<...>__)"]
+    elsewhere = OPIK_OK | {"endpoints": "batch", "cost_intelligence": {"project": "claude-code", "why_not": why}}
+    text = text_of(opik=elsewhere)  # an Opik of one's own: said, not a problem
+    assert ("  cost intel.  does not see it (project claude-code, workspace acme, batch endpoints): the workspace "
+            "'acme' is not an AI Spend workspace (named __ai_spend_<...>__)\n") in text
+    assert "healthy" in text.splitlines()[0]
+    why = ["the project '{username}-cc' is templated, one per user: Cost Intelligence reads only the project "
+           "'claude-code'"]
+    meant = OPIK_OK | {"workspace": AI_SPEND, "endpoints": "device_token",
+                       "cost_intelligence": {"project": "{username}-cc", "why_not": why}}
+    lines = text_of(opik=meant).splitlines()  # an AI Spend workspace, a device token: it is meant to be seen
+    at = next(i for i, line in enumerate(lines) if "Cost Intelligence does not see" in line)
+    assert lines[at] == ("  ! Cost Intelligence does not see what is shipped (project {username}-cc, workspace "
+                         "__ai_spend_acme__, device-token endpoints (traces one by one)): " + why[0])
+    assert lines[at + 1] == ('    fix: opik.project = "claude-code" and opik.workspace = the AI Spend workspace in '
+                             "/h/.opik-cipx/config.toml (or OPIK_CIPX_PROJECT / OPIK_CIPX_WORKSPACE), then run "
+                             "`opik-cipx restart`")
+    assert lines[0].endswith("1 problem(s): each `!` line says what fixes it")
+    assert "cost intel." not in text_of()  # a daemon that does not say
+
+
+def test_status_flags_an_opik_reached_in_clear():
+    cleartext = ("the Opik base URL http://opik.corp/api is plain http:// to a host that is not this machine: every "
+                 "record (prompts included) and the API key cross the network unencrypted; use https://")
+    lines = text_of(opik=OPIK_OK | {"cleartext": cleartext}).splitlines()
+    assert f"  ! {cleartext}" in lines
+    assert lines[0].endswith("1 problem(s): each `!` line says what fixes it")

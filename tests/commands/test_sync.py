@@ -12,9 +12,10 @@ import pytest
 
 from opik_cipx.commands.sync import NEXT_SESSION, NEXT_SESSION_HOOK
 from opik_cipx.control.daemon_control import admin_get
-from opik_cipx.materialize.sessions import git_info, read_hook_stdin, record_session
+from opik_cipx.materialize.sessions import git_info, read_hook_stdin, record_session, utc_now_iso
 from opik_cipx.urls import strip_credentials
 from tests.conftest import FIXTURES
+from tests.fake_clock import FakeClock
 from tests.lifecycle_helpers import SESSION_START, wait_gone
 
 IDENTITY = {"emailAddress": "ada@example.com", "accountUuid": "u-1", "displayName": "Ada",
@@ -115,6 +116,10 @@ def test_hook_stdin_reading_is_bounded():
     os.close(w)
     with open(os.devnull, "rb") as null:
         assert read_hook_stdin(null.fileno()) is None
+
+
+def test_written_at_is_read_from_the_clock():
+    assert utc_now_iso(FakeClock(1_800_000_000_123_456_789)) == "2027-01-15T08:00:00.123Z"
 
 
 # --- sync as a process ----------------------------------------------------------------------

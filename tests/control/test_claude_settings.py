@@ -4,15 +4,19 @@ import json
 import os
 import stat
 
+import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from opik_cipx.control.claude_settings import (
     MANAGED_MARKER,
+    is_our_status_line,
     point_at_proxy,
     read_entry,
     remove_managed_hook_scripts,
+    remove_status_line,
+    set_status_line,
     settings_path,
     stop_pointing_at_proxy,
     tidy,
@@ -127,6 +131,51 @@ def test_set_then_remove_restores_any_document(tmp_path_factory, doc, env):
     assert point_at_proxy(path, URL).outcome == "set"
     assert stop_pointing_at_proxy(path, URL).outcome == "removed"
     assert json.loads(path.read_text()) == original
+
+
+OURS = "/h/.opik-cipx/bin/opik-cipx statusline"
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(doc=st.dictionaries(st.text(max_size=8), json_values, max_size=5), theirs=json_values)
+def test_a_status_line_replaced_with_force_goes_back_in_its_place(tmp_path_factory, doc, theirs):
+    if theirs in (None, "", {}) or is_our_status_line(theirs):
+        return  # none to replace
+    directory = tmp_path_factory.mktemp("s")
+    path, backup = directory / "settings.json", directory / "home" / "statusline-backup.json"
+    original = (json.dumps({**doc, "statusLine": theirs}, indent=2, ensure_ascii=False) + "\n").encode()
+    path.write_bytes(original)
+    assert set_status_line(path, OURS, force=True, backup=backup).outcome == "replaced"
+    assert set_status_line(path, OURS, force=True, backup=backup).outcome == "kept"  # ours now: the backup stays
+    assert remove_status_line(path, backup).outcome == "restored"
+    assert path.read_bytes() == original
+
+
+def test_a_status_line_changed_since_stays_and_one_never_replaced_is_only_removed(tmp_path):
+    path, backup = tmp_path / "settings.json", tmp_path / "statusline-backup.json"
+    path.write_text(json.dumps({"statusLine": {"type": "command", "command": "mine.sh"}}))
+    assert set_status_line(path, OURS, force=True, backup=backup).outcome == "replaced"
+    newer = {"type": "command", "command": "newer.sh"}
+    path.write_text(json.dumps({"statusLine": newer}))  # the user's choice since
+    assert remove_status_line(path, backup).outcome == "foreign"
+    assert json.loads(path.read_text()) == {"statusLine": newer}
+    other = tmp_path / "other" / "settings.json"  # the backup is of another settings file
+    other.parent.mkdir()
+    other.write_text(json.dumps({"model": "opus"}))
+    assert set_status_line(other, OURS).outcome == "set"
+    assert remove_status_line(other, backup).outcome == "removed"
+    assert json.loads(other.read_text()) == {"model": "opus"}
+
+
+def test_no_backup_no_replacement(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"statusLine": {"type": "command", "command": "mine.sh"}}))
+    before = path.read_bytes()
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    with pytest.raises(OSError):
+        set_status_line(path, OURS, force=True, backup=blocked / "statusline-backup.json")
+    assert path.read_bytes() == before
 
 
 def test_only_scripts_with_the_managed_marker_are_removed(tmp_path):

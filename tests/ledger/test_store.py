@@ -235,3 +235,26 @@ def test_a_ledger_removed_under_the_writer_is_started_afresh(tmp_path, corpus):
     ledger.write_entries(entries[3:])
     ledger.close()
     assert totals(path)[0] == len(entries) - 3
+
+
+def test_a_value_sqlite_cannot_hold_is_clamped_and_never_blocks_the_next_call(tmp_path, corpus, caplog):
+    """Issue 22.2: `10**30` output tokens from the wire raised an OverflowError nothing caught; the
+    entry stayed at the head of the queue and every later call was missing from the ledger."""
+    path = tmp_path / "ledger.db"
+    calls = [r.call for *_, r in corpus if r.call and r.call.usage]
+    first = calls[0]
+    absurd = dataclasses.replace(first, usage=dataclasses.replace(first.usage, output=10**30,
+                                                                  malformed=("output_tokens",)))
+    ledger = Ledger(path, retention_days=400, clock=corpus_clock())
+    with caplog.at_level(logging.WARNING, logger="opik_cipx.ledger.store"):
+        ledger.write(absurd)
+        for call in calls[1:5]:
+            ledger.write(call)
+        ledger.close()  # what SIGTERM does: ends without raising
+    assert ledger.pending == 0 and totals(path)[0] == 5
+    conn = open_reader(path)
+    kept = conn.execute("SELECT output_tokens FROM calls WHERE capture_id = ?",
+                        (first.exchange.capture_id,)).fetchone()[0]
+    assert kept == 2**63 - 1  # recorded as well as the ledger can: clamped to the largest count it holds
+    assert ledger.counters.get("ledger_values_clamped") == 1 and ledger.counters.get("ledger_calls_dropped") == 0
+    assert [r.getMessage() for r in caplog.records if "clamped" in r.getMessage()]

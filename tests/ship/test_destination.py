@@ -67,3 +67,58 @@ def test_the_api_key_stays_out_of_repr_and_the_url_shown(tmp_path):
     d = destination(tmp_path, OPIK_CIPX_API_KEY="sekrit", OPIK_CIPX_BASE_URL="https://user:pw@opik.example/api")
     assert "sekrit" not in repr(d)
     assert d.display_url == "https://opik.example/api"
+
+
+def test_what_cost_intelligence_reads_and_why_not(tmp_path):
+    from opik_cipx.ship.destination import cost_intelligence
+
+    workspace = {"OPIK_CIPX_WORKSPACE": "__ai_spend_acme__", "OPIK_CIPX_BASE_URL": "https://opik.example/api"}
+    assert cost_intelligence(destination(tmp_path, **workspace)) == []  # the default project is 'claude-code'
+    templated = cost_intelligence(destination(tmp_path, OPIK_CIPX_PROJECT="{username}-cc", **workspace))
+    assert templated == ["the project '{username}-cc' is templated, one per user: Cost Intelligence reads only "
+                         "the project 'claude-code'"]
+    mine = cost_intelligence(destination(tmp_path, OPIK_CIPX_API_KEY="k", OPIK_CIPX_PROJECT="mine"))
+    assert len(mine) == 2 and "'mine'" in mine[0] and "'default' is not an AI Spend workspace" in mine[1]
+    under = cost_intelligence(destination(tmp_path, OPIK_CC_PARENT_TRACE_ID="0190f1a2-0000-7000-8000-000000000001",
+                                          **workspace))
+    assert len(under) == 1 and "counts no user" in under[0]
+    assert cost_intelligence(destination(tmp_path)) == ["Opik is not configured"]
+
+
+def test_a_device_token_alone_means_opik_cloud_and_is_the_credential(tmp_path):
+    d = destination(tmp_path, OPIK_CIPX_DEVICE_TOKEN="dev-token", OPIK_CIPX_API_KEY="key")
+    assert d.base_url == OPIK_CLOUD_URL and d.credential == "dev-token" and d.endpoints == "device_token"
+    assert "dev-token" not in repr(d)
+    d = destination(tmp_path, ini="[opik]\napi_key = key\n")
+    assert d.credential == "key" and d.endpoints == "batch"
+
+
+def test_plain_http_to_another_host_is_called_cleartext(tmp_path):
+    assert destination(tmp_path, OPIK_CIPX_BASE_URL="http://localhost:5173/api").cleartext is None
+    assert destination(tmp_path, OPIK_CIPX_BASE_URL="http://[::1]:5173/api").cleartext is None
+    assert destination(tmp_path, OPIK_CIPX_BASE_URL="https://opik.corp/api", OPIK_CIPX_API_KEY="k").cleartext is None
+    warned = destination(tmp_path, OPIK_CIPX_BASE_URL="http://u:pw@opik.corp/api", OPIK_CIPX_API_KEY="k").cleartext
+    assert warned.startswith("the Opik base URL http://opik.corp/api is plain http://") and "the API key" in warned
+    assert "pw" not in warned
+
+
+def test_the_daemon_warns_once_of_an_opik_reached_in_clear(home, upstream):
+    from tests.conftest import DaemonProcess, run_cli, wait_for
+
+    home.mkdir(parents=True)
+    (home / "config.toml").write_text("[opik]\ntimeout_s = 1\n")
+    daemon = DaemonProcess(home, upstream.url, OPIK_CIPX_BASE_URL="http://192.0.2.1:9/api",  # TEST-NET: no answer
+                           OPIK_CIPX_API_KEY="sekrit", OPIK_CIPX_WORKSPACE="__ai_spend_acme__")
+    try:
+        opik = daemon.stats()["opik"]
+        assert "cross the network unencrypted" in opik["cleartext"]
+        assert opik["cost_intelligence"] == {"project": "claude-code", "why_not": []}
+        status = run_cli(home, "status").stdout
+        assert "  ! the Opik base URL http://192.0.2.1:9/api is plain http://" in status
+        assert "  cost intel.  sees it: project claude-code, workspace __ai_spend_acme__, batch endpoints" in status
+        log = home / "logs" / "cipx.log"
+        wait_for(lambda: "unencrypted" in log.read_text(), what="the warning in the log")
+    finally:
+        assert daemon.stop() == 0
+    text = log.read_text()
+    assert text.count("unencrypted") == 1 and "sekrit" not in text

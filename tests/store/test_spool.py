@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
 from opik_cipx.ship.destination import Destination
-from opik_cipx.ship.shipper import Reply, Shipper
+from opik_cipx.ship.opik_api import Reply, Route
+from opik_cipx.ship.shipper import Shipper
 from opik_cipx.stats import Counters
 from opik_cipx.store import spool_writer
 from opik_cipx.store.quarantine import quarantine_counts, request_requeue
@@ -356,7 +357,7 @@ class RecordingOpik:
         self.received: dict[str, dict] = {}
         self.crash_next = False
 
-    def post(self, kind: str, bodies: list[dict]) -> Reply:
+    def send(self, route: Route, bodies: list[dict], timeout_s: float) -> Reply:
         ids = [body["id"] for body in bodies]
         assert len(set(ids)) == len(ids), "duplicate id inside one request"
         for body in bodies:
@@ -453,10 +454,10 @@ SpoolMachine.TestCase.settings = settings(
 test_spool_never_loses_an_acknowledged_record = SpoolMachine.TestCase
 
 
-def test_daemon_with_an_unusable_spool_keeps_the_wire_working_and_recovers(home, upstream):
+def test_daemon_with_an_unusable_spool_keeps_the_wire_working_and_recovers(home, upstream, opik_down):
     segment = home / "spool" / "000000000001.jsonl"
     segment.mkdir(parents=True)  # in the way of the first segment (a `spool` file would be set aside at start)
-    daemon = DaemonProcess(home, upstream.url)
+    daemon = DaemonProcess(home, upstream.url, **opik_down)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
         conn.request("POST", "/v1/messages", body=b"{}")
@@ -487,3 +488,23 @@ def test_a_line_with_long_strings_is_exactly_json_dumps_and_the_record_is_untouc
     line = encode(record)
     assert line == json.dumps(record, separators=(",", ":"), allow_nan=False).encode() + b"\n"
     assert json.dumps(record) == before
+
+
+def test_a_spool_that_keeps_nothing_acknowledges_at_once_and_leaves_what_was_there(spool_dir):
+    """Issue 25: without an Opik destination, records (prompt text) piled up in the spool."""
+    before = make_spool(spool_dir)
+    before.start()
+    kept = [r for _ in range(2) for r in synthetic_capture()]
+    assert before.wait_durable(before.append(kept), 5)
+    assert before.close(5) == 0
+    on_disk = {p.name: p.read_bytes() for p in segments(spool_dir)}
+    spool = make_spool(spool_dir, keep=False)
+    spool.start()
+    for _ in range(3):
+        ticket = spool.offer(synthetic_capture(), 1.0)
+        assert ticket is not None and spool.durable_seq >= ticket  # acknowledged without a write
+        assert spool.append(synthetic_capture()) is not None
+    assert spool.flush(5) and spool.counts() == (0, len(kept))  # what a configured daemon left still waits
+    assert spool.section()["discarded"] == 18 and spool.section()["keep"] is False
+    assert spool.close(5) == 0
+    assert {p.name: p.read_bytes() for p in segments(spool_dir)} == on_disk  # nothing new on disk
