@@ -14,7 +14,7 @@ from opik_cipx.ledger.entry import ledger_entry
 from opik_cipx.ledger.periods import local_day
 from opik_cipx.ledger.store import Ledger, Previous
 from opik_cipx.wire.budget import Guard
-from tests.claude_code_corpus import Derived, corpus
+from tests.claude_code_corpus import Derived, corpus, corpus_clock
 from tests.fake_clock import FakeClock
 from tests.time_zone import in_zone
 
@@ -118,7 +118,7 @@ def test_a_restart_keeps_the_totals_and_a_capture_written_again_counts_once(tmp_
 def test_the_ledger_says_what_a_row_it_replaced_held(tmp_path):
     d = billable("simple")[0]
     seen = []
-    ledger = Ledger(tmp_path / "ledger.db", 400, on_written=lambda e, p: seen.append(p))
+    ledger = Ledger(tmp_path / "ledger.db", 400, clock=corpus_clock(), on_written=lambda e, p: seen.append(p))
     ledger.write(d.result.call)
     ledger.write(d.result.call)
     call = d.result.call
@@ -134,7 +134,7 @@ def test_a_failing_listener_never_fails_a_write(tmp_path):
     def broken(entry, previous):
         raise RuntimeError("bug")
 
-    ledger = Ledger(tmp_path / "ledger.db", 400, on_written=broken)
+    ledger = Ledger(tmp_path / "ledger.db", 400, clock=corpus_clock(), on_written=broken)
     ledger.write(d.result.call)
     assert ledger.pending == 0
     assert ledger.read(lambda conn: conn.execute("SELECT count(*) FROM calls").fetchone()[0]) == 1

@@ -9,7 +9,7 @@ from opik_cipx.materialize.materializer import Materializer, MaterializerConfig
 from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.wire.budget import Block
 from opik_cipx.wire.capture import header_value
-from tests.claude_code_corpus import exchange, write_session_files
+from tests.claude_code_corpus import corpus_clock, exchange, write_session_files
 
 
 def blocked_capture(scenario: str, number: str, cap: str = "day"):
@@ -48,7 +48,7 @@ def test_a_blocked_call_is_a_call_of_kind_blocked_that_costs_nothing(tmp_path):
 
 def test_the_ledger_row_names_the_cap_and_report_by_kind_lists_it(tmp_path):
     m = materializer(tmp_path)
-    ledger = Ledger(tmp_path / "ledger.db", 4000)
+    ledger = Ledger(tmp_path / "ledger.db", 400, clock=corpus_clock())
     ledger.write(m.materialize(exchange("tools", "001")).call)
     ledger.write(m.materialize(blocked_capture("tools", "002", "project_week")).call)  # the next call, kept back
     ledger.close()
