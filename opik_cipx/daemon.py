@@ -176,15 +176,16 @@ class Daemon:
 
     def _build_wire(self, port: int | None) -> None:
         """The upstream pool, the capture thread, the gateway and the three listeners."""
-        settings = self.settings
+        settings, mib = self.settings, 1024 * 1024
         try:
             self.pool = UpstreamPool(settings.upstream_url, settings.upstream_proxy, settings.ca_bundle,
                                      settings.upstream_connect_timeout_s, settings.upstream_timeout_s)
         except (OSError, ssl.SSLError) as exc:
             raise StartupError(f"cannot load the CA bundle {settings.ca_bundle!r}: {exc}") from None
         self.pipeline = Pipeline([("capture", self._persist)], self.counters, settings.tee_queue_max,
-                                 max_bytes=int(settings.tee_queue_max_mb * 1024 * 1024), clock=self.clock)
-        self.gateway = Gateway(self.pool, self._teed if self.guard else self.pipeline.offer, self.counters)
+                                 max_bytes=int(settings.tee_queue_max_mb * mib), clock=self.clock)
+        self.gateway = Gateway(self.pool, self._teed if self.guard else self.pipeline.offer, self.counters,
+                               response_keep_bytes=int(settings.capture_response_max_mb * mib))
         self.gateway.budget = self.guard
         token = read_token(settings.home)
         if token is None:
@@ -192,7 +193,8 @@ class Daemon:
             self.files.write(token_path(settings.home), token.encode() + b"\n")
         host = settings.listen_host
         limits = Limits(settings.client_header_timeout_s, settings.client_body_timeout_s,
-                        settings.client_idle_timeout_s, settings.client_max_connections)
+                        settings.client_idle_timeout_s, settings.client_max_connections,
+                        max_buffered_bytes=int(settings.client_buffer_max_mb * mib))
         try:
             handler = type("Handler", (GatewayHandler,), {"gateway": self.gateway})
             self.gateway_server = LoopbackServer(
@@ -394,8 +396,7 @@ class Daemon:
         drain = self.settings.drain_timeout_s
         drain_deadline = self.clock.monotonic() + drain
         self.gateway.draining = True
-        self.gateway_server.shutdown()
-        self.gateway_server.server_close()
+        self.gateway_server.stop_accepting()  # open connections may still bring a call (answered, then closed)
         if not self.gateway.wait_idle(drain):
             log.warning("shutdown: %d exchange(s) still in flight after %.0fs; stopping anyway",
                         self.gateway.inflight, drain)
@@ -411,7 +412,7 @@ class Daemon:
         if not self.gateway.wait_idle(max(1.0, drain_deadline - self.clock.monotonic())):
             log.warning("shutdown: a call that arrived during shutdown is cut off")
         _stop(self.wire_stages)
-        for server in (self.admin_server, self.viewer_server):
+        for server in (self.gateway_server, self.admin_server, self.viewer_server):
             server.shutdown()
             server.server_close()
         self.pool.close()

@@ -28,6 +28,8 @@ COUNTER_NAMES = (
     "requests_refused",
     "connections_refused",
     "requests_timed_out",
+    "responses_truncated",
+    "connections_not_owner",
 )
 
 # Counters that mean something went wrong when nonzero; `status` flags them.
@@ -47,6 +49,7 @@ PROBLEM_COUNTERS = frozenset(
         "requests_refused",
         "connections_refused",
         "requests_timed_out",
+        "connections_not_owner",
     }
 )
 
@@ -64,9 +67,11 @@ class Counters:
         self._values = dict.fromkeys(COUNTER_NAMES, 0)
         self._refusals: dict[tuple[str, int], int] = {}
 
-    def incr(self, name: str, amount: int = 1) -> None:
+    def incr(self, name: str, amount: int = 1) -> int:
+        """Add `amount` to counter `name`; its new value."""
         with self._lock:
             self._values[name] += amount
+            return self._values[name]
 
     def refused(self, listener: str, status: int) -> int:
         """A request `listener` answered `status` itself instead of serving it: counted in

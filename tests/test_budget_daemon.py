@@ -1,11 +1,13 @@
 """A spend cap in a real daemon (docs/BUDGETS.md): recorded Claude Code calls through it to the TLS
 fake Anthropic until the day cap is reached, then a 429 that never reaches the upstream; the
 totals survive a restart; `opik-cipx budget allow` lets calls through again; the blocked request
-is a ledger row `report --by kind` lists, and a span the fake Opik accepts."""
+is a ledger row `report --by kind` lists, and a span the fake Opik accepts and Cost Intelligence
+does not count."""
 
 import http.client
 import json
 
+from tests import cost_intelligence as ci
 from tests.claude_code_corpus import corpus, request, response
 from tests.conftest import DaemonProcess, run_cli, wait_for
 from tests.fake_anthropic import fixture_reply
@@ -39,6 +41,10 @@ def day_spent(daemon: DaemonProcess) -> float:
 def blocked_spans(opik: FakeOpik) -> list[dict]:
     with opik.lock:
         return [v[-1] for v in opik.received.values() if v[-1].get("name") == "blocked"]
+
+
+def answered_spans(opik: FakeOpik) -> set[str]:
+    return {i for i, s in opik.spans.items() if s.get("type") == "llm" and s.get("name") != "blocked"}
 
 
 def test_a_day_cap_blocks_on_the_wire_survives_a_restart_and_allow_lets_calls_through(home, upstream):
@@ -79,6 +85,10 @@ def test_a_day_cap_blocks_on_the_wire_survives_a_restart_and_allow_lets_calls_th
                              what="the two blocked requests' spans at the fake Opik")
             assert opik.violations == []
             assert all(s["type"] == "llm" and s["total_estimated_cost"] == 0 and "blocked" in s["tags"]
-                       and s["metadata"]["cc"]["call"]["side_kind"] == "day" for s in spans)
+                       and s["metadata"]["cc"]["call"]["side_kind"] == "day" and "cipx" not in s["metadata"]
+                       for s in spans)
+            answered = wait_for(lambda: len(answered_spans(opik)) == 3 and answered_spans(opik), timeout_s=20,
+                                what="the three answered calls' spans at the fake Opik")
+            assert set(ci.ingest(opik.arrivals()).spends) == set(answered)  # the blocked ones are no spend
         finally:
             daemon.kill()

@@ -20,8 +20,8 @@ COUNTERS = {
     "requests_captured", "events_materialized", "spans_shipped", "materializer_errors_total",
     "raw_captures_dropped", "requests_dropped_queue_full", "captures_dropped_budget", "spans_dropped_term",
     "unknown_endpoints", "panics_recovered", "ledger_write_errors", "ledger_calls_dropped", "ledger_values_clamped",
-    "calls_flagged", "requests_refused",
-    "connections_refused", "requests_timed_out",
+    "calls_flagged", "requests_refused", "connections_refused", "requests_timed_out", "responses_truncated",
+    "connections_not_owner",
 }
 
 

@@ -17,7 +17,7 @@ from opik_cipx.ledger.store import Ledger
 from tests.claude_code_corpus import corpus_clock, materialized
 from tests.conftest import load_fixture, wait_for
 from tests.fake_anthropic import split_sse, sse_reply
-from tests.lifecycle_helpers import Machine
+from tests.lifecycle_helpers import SESSION_START, Machine
 from tests.test_end_to_end import replay_scenario
 from tests.test_install_hooks import install_sh, write_settings
 
@@ -97,6 +97,40 @@ def test_daemon_stopped_is_said_once_the_daemon_and_its_supervisor_are_gone(mach
         uninstall.kill()
     assert uninstall.returncode == 0, err
     assert "opik-cipx: uninstalled." in out and not m.home.exists()
+
+
+def test_a_hook_that_runs_sync_while_uninstall_stops_the_daemon_does_nothing(machine_with_upstream,  # noqa: F811
+                                                                                upstream):
+    """Claude Code runs `sync` at every prompt: one that comes while `uninstall` waits for the daemon to
+    drain must not start it again (before: it replaced the draining daemon and uninstall stopped with
+    `... still runs`)."""
+    m = machine_with_upstream
+    assert m.cli("sync").returncode == 0
+    daemon = wait_for(lambda: (state := m.state()) and state["pid"], what="state.json")
+    supervisor = m.supervisor()["pid"]
+    _, response = load_fixture("tools", "001")
+    held = sse_reply(split_sse(response["body"]), hold_after=2)
+    upstream.script(held)
+    conn = http.client.HTTPConnection("127.0.0.1", m.port, timeout=60)
+    conn.request("POST", "/v1/messages", body=b"{}")
+    stream = conn.getresponse()
+    first = stream.read1(65536)  # in flight: uninstall's stop waits for it
+    uninstall = subprocess.Popen([sys.executable, "-m", "opik_cipx", "uninstall", "--yes"], env=m.env(),
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert next_line(uninstall).startswith("opik-cipx: stopping the daemon")
+        wait_for(lambda: (m.supervisor() or {}).get("state") == "stopping", what="the supervisor to be stopping")
+        hook = m.cli("sync", input=SESSION_START.read_text())  # a prompt submitted meanwhile
+        assert (hook.returncode, hook.stdout, hook.stderr) == (0, "", "")
+        assert pid_alive(daemon) and pid_alive(supervisor)  # still draining our call, untouched
+        held.gate.set()
+        assert first + stream.read() == response["body"].encode()
+        out, err = uninstall.communicate(timeout=60)
+    finally:
+        uninstall.kill()
+    assert uninstall.returncode == 0, err
+    assert "opik-cipx: uninstalled." in out and not m.home.exists()
+    assert not pid_alive(daemon) and not pid_alive(supervisor) and m.base_url() is None
 
 
 def test_keep_ledger_keeps_the_cost_history_and_the_next_install_reports_it(machine_with_upstream,  # noqa: F811

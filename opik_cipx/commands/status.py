@@ -16,9 +16,9 @@ from datetime import datetime
 from typing import Any
 
 from opik_cipx.caps import usd
-from opik_cipx.config import ConfigError, Settings
+from opik_cipx.config import ConfigError, Settings, load_settings
 from opik_cipx.control import claude_settings, lifecycle
-from opik_cipx.control.daemon_control import admin_port, fetch_stats, paths_only_settings, pid_alive, read_state
+from opik_cipx.control.daemon_control import admin_port, fetch_stats, pid_alive, read_state
 from opik_cipx.control.supervisor import Supervisor, SupervisorError, detect_mode
 from opik_cipx.home import disk_full_or_read_only, layout_notes
 from opik_cipx.materialize.rate_limits import warning
@@ -51,10 +51,11 @@ PROBLEM_HINTS = {
     "requests_refused": "requests refused (a web page, not addressed to localhost, malformed, or the viewer "
                         "without its token); nothing was forwarded: `status --json` counts them by listener "
                         "(`refusals`), `opik-cipx logs` names them",
-    "connections_refused": "more clients at once than client_max_connections: raise it in {config}, then run "
-                           "`opik-cipx restart`",
+    "connections_refused": "more requests at once than client_max_connections, or more request bytes than "
+                           "client_buffer_max_mb: raise it in {config}, then run `opik-cipx restart`",
     "requests_timed_out": "clients stalled mid-request past client_header_timeout_s / client_body_timeout_s "
                           "({config}); `opik-cipx logs` has each",
+    "connections_not_owner": "connections from another local user, refused: `opik-cipx logs` names their uid",
 }
 
 
@@ -66,8 +67,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def on_config_error(args: argparse.Namespace, exc: ConfigError) -> int:
-    print(f"opik-cipx: warning: {exc}", file=sys.stderr)
-    return run(args, paths_only_settings(dict(os.environ)))
+    """A setting that does not load: one line naming each, and the status of the settings as they are
+    (the config file's other values, its path), each bad one at its default."""
+    settings = load_settings(dict(os.environ), tolerant=True)
+    for _, line in settings.unusable:
+        print(f"opik-cipx: warning: {line}; no daemon starts with it: fix it, then run `opik-cipx restart`",
+              file=sys.stderr)
+    return run(args, settings)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -22,6 +22,9 @@ Where install.sh registered our hooks in Claude Code's settings, `sync` keeps th
 and their commands current; run by one of them while our plugin is enabled for the session, it
 does nothing at all: the plugin's hook, which runs beside it, does the work.
 
+While `uninstall` runs it does nothing at all and exits 0 (lifecycle.py: `unless_uninstalling`), so a
+hook run meanwhile cannot start the daemon again.
+
 `CIPX_DISABLED` truthy (environment or config file) tears the install down instead.
 A config file that does not load never breaks Claude Code: a healthy daemon keeps running on
 its old settings, and otherwise our `ANTHROPIC_BASE_URL` is removed (see lifecycle.py).
@@ -102,6 +105,16 @@ def sync(settings: Settings, env: dict[str, str], config_error: str | None) -> i
     hook = parse_hook_input(raw) if raw is not None else None
     if raw is not None and _plugin_does_it(env, hook):
         return 0
+    with lifecycle.unless_uninstalling(settings) as free:
+        if not free:  # uninstall wins: nothing comes up, nothing is written, and a hook never fails
+            if raw is None:
+                print("opik-cipx: an uninstall is under way; nothing done")
+            return 0
+        return _sync(settings, env, config_error, raw, hook)
+
+
+def _sync(settings: Settings, env: dict[str, str], config_error: str | None, raw: bytes | None,
+          hook: dict | None) -> int:
     report = _Report(hook, as_hook=raw is not None)
     try:
         if is_truthy(env.get("CIPX_DISABLED")) or (config_error is None and settings.disabled):
@@ -151,8 +164,9 @@ def _bring_up(settings: Settings, env: dict[str, str], report: _Report) -> None:
     if outcome.change is not None and outcome.change.outcome == "set":
         report.tell(NEXT_SESSION_HOOK if report.as_hook else NEXT_SESSION)
     installed = install.installed_path(settings, env)
-    if installed.is_file():
-        linked, link_note = install.ensure_link(installed, env, settings.home)
+    if installed.is_file() and install.find_link(installed, env) is None:
+        with lifecycle.serialised(settings):  # another sync may be making it: one does, and says so
+            linked, link_note = install.ensure_link(installed, env, settings.home)
         if link_note and linked:
             report.tell(link_note)
         elif link_note:
@@ -178,7 +192,8 @@ def _refresh_hooks(settings: Settings, env: dict[str, str], report: _Report) -> 
     """Where our hooks are registered (install.sh did), keep the launcher copy and their commands current."""
     if not claude_settings.hooks_registered(claude_settings.settings_path(env)):
         return
-    note, problem = install.ensure_hooks(settings, env, install.target(settings, env)[0])
+    with lifecycle.serialised(settings):  # its settings write must not undo another sync's
+        note, problem = install.ensure_hooks(settings, env, install.target(settings, env)[0])
     if note:
         report.info(note)
     if problem:

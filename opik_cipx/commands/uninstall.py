@@ -3,8 +3,10 @@
 Asks first (`--yes` skips it; without it a stdin that is not a terminal is refused), listing what
 goes: `ledger.db` (the whole cost history, with its calls, cost and first day), the raw captures, the
 spool, the rest of `$CIPX_HOME`, and what it takes out of Claude Code's settings and PATH.
-Then it stops the daemon, saying so before the wait (calls in flight may take `drain_timeout_s`)
-and `daemon stopped` only once the daemon and its supervisor are gone (control/daemon_control.stop_daemon);
+Then it holds the home (control/lifecycle.py: `uninstalling`; a `sync` under way is waited for, and
+one run meanwhile, by a Claude Code hook, does nothing), stops the daemon, saying so before the wait
+(calls in flight may take `drain_timeout_s`) and `daemon stopped` only once the daemon and its
+supervisor are gone (control/daemon_control.stop_daemon);
 removes the supervisor unit, our `ANTHROPIC_BASE_URL` (only if it is ours), our `statusLine` (only
 one running `opik-cipx statusline`; a user's that `statusline --install --force` replaced is put back
 in its place), our Claude Code hooks (those running `opik-cipx-hook-launcher`, which install.sh
@@ -28,6 +30,7 @@ import shutil
 import sqlite3
 import sys
 import zipfile
+from contextlib import ExitStack
 from pathlib import Path
 
 from opik_cipx.commands.purge import LEDGER_FILES
@@ -161,12 +164,25 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                                       "Uninstall opik-cipx?"):
         print("opik-cipx: nothing changed.", file=sys.stderr)
         return 1
+    with ExitStack() as held:
+        try:
+            held.enter_context(lifecycle.uninstalling(settings, waiting=lambda: print(
+                "opik-cipx: waiting for the `opik-cipx sync` under way to finish", flush=True)))
+        except TimeoutError as exc:
+            print(f"opik-cipx: nothing changed: {exc}. Run `opik-cipx uninstall` again.", file=sys.stderr)
+            return 1
+        return _uninstall(args, settings, env)
+
+
+def _uninstall(args: argparse.Namespace, settings: Settings, env: dict[str, str]) -> int:
+    """Stop, remove and delete, holding the home (no `sync` brings anything up meanwhile)."""
+    home = settings.home
     for line in lifecycle.tear_down(settings, env):
         print(f"opik-cipx: {line}", flush=True)  # as it happens: a drain can take a while
     running = find_processes(settings)
     if running:
-        print(f"opik-cipx: {running.describe()} still runs, so {home} was left in place (a Claude Code hook may "
-              "have started it again): run `opik-cipx uninstall` again", file=sys.stderr)
+        print(f"opik-cipx: {running.describe()} still runs, so {home} was left in place: run `opik-cipx "
+              "uninstall` again", file=sys.stderr)
         return 1
     _clear_claude_code(settings, env)
     made = install.made_dirs(home, env)  # read before $CIPX_HOME goes

@@ -154,18 +154,22 @@ def ensure_link(target: Path, env: dict[str, str], home: Path) -> tuple[bool, st
     Directories it makes are listed in `home` (`$CIPX_HOME`) for `remove_link`.
 
     The note of a new link says where it is and, when that directory is not on PATH, what to
-    add to the shell profile; without a new link, a note says why there is none.
+    add to the shell profile; without a new link, a note says why there is none. Another process
+    making the same link (or its directories) meanwhile is no error: the one that made it says so.
     """
     if find_link(target, env) is not None:
         return False, None
     candidates = link_dirs(env)
     directory = next((d for d in candidates if on_path(d, env)), candidates[0])
     link = directory / NAME
+    taken = f"{link} exists and is not a link to {target}; left as is (it is what `opik-cipx` runs)"
     if os.path.lexists(link):
-        return False, f"{link} exists and is not a link to {target}; left as is (it is what `opik-cipx` runs)"
+        return False, taken
     try:
         _remember(home, env, _make_public_dir(directory))
         link.symlink_to(target)
+    except FileExistsError:
+        return False, None if is_our_link(link, target) else taken
     except OSError as exc:
         return False, f"cannot link {link} ({exc.strerror or exc}); run opik-cipx as {target}"
     if on_path(directory, env):
@@ -175,15 +179,20 @@ def ensure_link(target: Path, env: dict[str, str], home: Path) -> tuple[bool, st
 
 def _make_public_dir(directory: Path) -> list[Path]:
     """Create `directory` and missing parents as 0755 (a bin directory is not private), whatever
-    the umask; the directories made, outermost first."""
+    the umask; the directories this call made (not those another process made meanwhile), outermost first."""
     missing = []
     while not directory.exists():
         missing.append(directory)
         directory = directory.parent
+    made = []
     for path in reversed(missing):
-        path.mkdir()
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
         path.chmod(0o755)
-    return missing[::-1]
+        made.append(path)
+    return made
 
 
 def _remember(home: Path, env: dict[str, str], made: list[Path]) -> None:

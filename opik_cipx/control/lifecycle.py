@@ -6,18 +6,28 @@ whenever the daemon cannot be brought up healthy within the bound (bad config fi
 taken, crash at startup) our entry is removed again and Claude Code talks to Anthropic
 directly until the next successful `sync`.
 
-The fast path (installed executable current, daemon healthy on it, supervisor unit unchanged)
-is one read of `state.json`, one `stat`, one read of the unit file and one loopback request (and,
-run from a source tree, a digest of it: control/install.py): no subprocess.
-The slow path runs under `sync.lock`, so two Claude Code sessions starting together do not
-both start a daemon.
+The fast path (installed executable current, daemon healthy on it, supervisor unit unchanged,
+Claude Code pointed at it) is one read of `state.json`, one `stat`, one read of the unit file,
+one loopback request and one read of Claude Code's settings (and, run from a source tree, a
+digest of it: control/install.py): no subprocess, no lock.
+Anything else runs under `sync.lock`, bring-up and the settings write in one hold, so of two
+Claude Code sessions starting together one starts the daemon and points Claude Code at it (and
+says so), and the other, having waited, finds both done. Every other change `sync` makes that
+another sync may be making too (the link on PATH, our hooks) is `serialised` the same way.
+
+`uninstall` wins over the hooks: it holds `$CIPX_HOME` itself (an exclusive `flock` on the
+directory, so that nobody creates a lock file in a directory being deleted) from before it stops
+the daemon until the home is gone, and every `sync` holds a share of it for its whole run: one
+that finds it held does nothing (`unless_uninstalling`), and the syncs under way are waited for
+(`uninstalling`). docs/LIFECYCLE.md, "`uninstall` wins over the hooks".
 """
 
 import fcntl
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +54,7 @@ START_TIMEOUT_S = 10.0  # how long a starting daemon gets to answer /admin/healt
 SYNC_STOP_TIMEOUT_S = 10.0  # how long `sync` lets a daemon it replaces drain
 LOCK_TIMEOUT_S = 30.0
 LOCK_POLL_S = 0.05
+UNINSTALL_WAIT_S = 60.0  # how long `uninstall` waits for the syncs under way (a hook's timeout)
 
 
 @dataclass
@@ -80,26 +91,117 @@ class _Lock:
 
     def __enter__(self) -> "_Lock":
         self.fh = open_private(self.path, os.O_WRONLY | os.O_CREAT)
-        deadline = self.clock.monotonic() + self.timeout_s
-        while True:
-            try:
-                fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except BlockingIOError:
-                if self.clock.monotonic() > deadline:
-                    self.fh.close()
-                    raise TimeoutError(
-                        f"another opik-cipx sync/restart held {self.path} for {self.timeout_s:.0f}s") from None
-                self.clock.sleep(LOCK_POLL_S)
+        if not _flock_within(self.fh.fileno(), fcntl.LOCK_EX, self.timeout_s, self.clock):
+            self.fh.close()
+            raise TimeoutError(f"another opik-cipx sync/restart held {self.path} for {self.timeout_s:.0f}s")
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.fh.close()
 
 
-def bring_up(settings: Settings, env: dict[str, str], restart: bool = False,
-             stop_timeout_s: float | None = SYNC_STOP_TIMEOUT_S) -> Outcome:
+def _flock_within(fd: int, operation: int, timeout_s: float, clock: Clock) -> bool:
+    """Take the `flock` `operation` on `fd`, polled until `timeout_s` has passed on `clock` (a `flock`
+    cannot be waited for with a timeout); whether it was taken."""
+    deadline = clock.monotonic() + timeout_s
+    while not _try_flock(fd, operation):
+        if clock.monotonic() > deadline:
+            return False
+        clock.sleep(LOCK_POLL_S)
+    return True
+
+
+def _try_flock(fd: int, operation: int) -> bool:
+    """Take the `flock` `operation` on `fd` if no other holder's conflicts with it; whether it was taken."""
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _open_home(settings: Settings) -> int | None:
+    """A descriptor of the `$CIPX_HOME` directory itself, None when there is none."""
+    try:
+        return os.open(settings.home, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+
+
+def _hold_home(fd: int, operation: int) -> bool:
+    """Take the `flock` `operation` on the home's descriptor without waiting: False while another holder's
+    conflicts; True also on a file system without `flock` (nothing can be held, so nothing is waited for)."""
+    try:
+        return _try_flock(fd, operation)
+    except OSError:
+        return True
+
+
+@contextmanager
+def unless_uninstalling(settings: Settings) -> Iterator[bool]:
+    """For a `sync`: hold a share of `$CIPX_HOME` for as long as it runs (True), or, while `uninstalling`
+    holds it, False at once: the sync then does nothing. Without a home, or on a file system without
+    `flock`, True and nothing held."""
+    fd = _open_home(settings)
+    try:
+        yield fd is None or _hold_home(fd, fcntl.LOCK_SH)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+@contextmanager
+def uninstalling(settings: Settings, waiting: Callable[[], None], timeout_s: float = UNINSTALL_WAIT_S,
+                 clock: Clock = SYSTEM) -> Iterator[None]:
+    """For `uninstall`, from before it stops anything until it has deleted the home: hold `$CIPX_HOME`
+    alone, so that every `sync` started meanwhile does nothing (`unless_uninstalling`). The syncs under
+    way are waited for (`waiting()` is called first), at most `timeout_s`: then TimeoutError, nothing
+    held. Without a home, or on a file system without `flock`, nothing is held (a hook's `sync` could
+    then start the daemon again meanwhile, as it could before)."""
+    fd = _open_home(settings)
+    try:
+        if fd is not None and not _hold_home(fd, fcntl.LOCK_EX):
+            waiting()
+            if not _flock_within(fd, fcntl.LOCK_EX, timeout_s, clock):
+                raise TimeoutError(f"an opik-cipx sync has been running for more than {timeout_s:.0f}s")
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+@contextmanager
+def serialised(settings: Settings) -> Iterator[None]:
+    """Hold `sync.lock` for a change another sync may be making at the same time, so that one makes it
+    (and says so) and the others find it made. When the lock cannot be had (another holder past the
+    deadline, a home that refuses the file) the change is made anyway: each is safe to make twice."""
+    with ExitStack() as held:
+        try:
+            held.enter_context(_Lock(settings))
+        except (TimeoutError, OSError):
+            pass
+        yield
+
+
+def _current(settings: Settings, env: dict[str, str], supervisor: Supervisor,
+             exe: executable.Executable) -> Outcome | None:
+    """The fast path: the running daemon when it is healthy, current, supervised and Claude Code points
+    at it, so that there is nothing to do; else None."""
+    state = read_state(settings)
+    if not (state and is_healthy(admin_port(settings, state)) and not _stale_reason(state, exe)
+            and not supervisor.needs_install(exe) and supervisor.supervising()):
+        return None
+    path = claude_settings.settings_path(env)
+    if claude_settings.read_entry(path)[0] != our_url(settings, state):
+        return None
+    return Outcome("running", state, change=claude_settings.Change("kept", path))
+
+
+def up_and_point(settings: Settings, env: dict[str, str], restart: bool = False,
+                 stop_timeout_s: float | None = SYNC_STOP_TIMEOUT_S) -> tuple[Outcome, list[str]]:
     """Make sure a healthy daemon runs the installed executable (made the running code first:
-    control/install.py) under the right supervisor.
+    control/install.py) under the right supervisor, then point Claude Code at it, or fail open;
+    (outcome, problem lines).
 
     `restart` forces a stop and start even when everything is current. `stop_timeout_s`
     bounds how long a replaced daemon may drain (None: its full `drain_timeout_s`).
@@ -107,28 +209,22 @@ def bring_up(settings: Settings, env: dict[str, str], restart: bool = False,
     try:
         supervisor = Supervisor(detect_mode(env), settings, env)
     except SupervisorError as exc:
-        return Outcome("failed", reason=str(exc))
+        return _point(settings, env, Outcome("failed", reason=str(exc)))
     exe, stale = install.target(settings, env)
+    if not stale and not restart and (outcome := _current(settings, env, supervisor, exe)) is not None:
+        return outcome, []
     notes = []
-    if stale:  # under the lock, so concurrent syncs write it once and the daemon sees one executable
+    with ExitStack() as held:
         try:
-            with _Lock(settings):
+            held.enter_context(_Lock(settings))
+            if stale:  # concurrent syncs write it once and the daemon sees one executable
                 exe, installed = install.install(settings, env)
-        except (TimeoutError, OSError) as exc:
-            return Outcome("failed", reason=str(exc))
-        notes += [installed] if installed else []
-    if not restart:
-        state = read_state(settings)
-        if state and is_healthy(admin_port(settings, state)) and not _stale_reason(state, exe) \
-                and not supervisor.needs_install(exe) and supervisor.supervising():
-            return Outcome("running", state, notes=notes)
-    try:
-        with _Lock(settings):
+                notes += [installed] if installed else []
             outcome = _bring_up_locked(settings, supervisor, exe, restart, stop_timeout_s)
-    except (TimeoutError, SupervisorError, OSError) as exc:
-        outcome = Outcome("failed", reason=str(exc))
-    outcome.notes[:0] = notes
-    return outcome
+        except (TimeoutError, SupervisorError, OSError) as exc:
+            outcome = Outcome("failed", reason=str(exc))
+        outcome.notes[:0] = notes
+        return _point(settings, env, outcome)  # still under the lock
 
 
 def _bring_up_locked(settings: Settings, supervisor: Supervisor, exe: executable.Executable,
@@ -238,10 +334,8 @@ def tear_down(settings: Settings, env: dict[str, str]) -> Iterator[str]:
         yield unusable(change)
 
 
-def up_and_point(settings: Settings, env: dict[str, str], restart: bool = False,
-                 stop_timeout_s: float | None = SYNC_STOP_TIMEOUT_S) -> tuple[Outcome, list[str]]:
-    """`bring_up`, then point Claude Code at the daemon, or fail open; (outcome, problem lines)."""
-    outcome = bring_up(settings, env, restart, stop_timeout_s)
+def _point(settings: Settings, env: dict[str, str], outcome: Outcome) -> tuple[Outcome, list[str]]:
+    """Point Claude Code at the daemon `outcome` brought up, or fail open; (outcome, problem lines)."""
     if not outcome.ok:
         outcome.change = unpoint(settings, env)
         tail = (f" Removed {claude_settings.KEY} from {outcome.change.path}, so Claude Code talks to Anthropic "

@@ -43,7 +43,7 @@ from typing import Any
 from opik_cipx.materialize.attribution import Attribution
 from opik_cipx.materialize.attribution.facts import Facts
 from opik_cipx.materialize.attribution.json_spans import Cursor
-from opik_cipx.materialize.attribution.model import ENVELOPE, TOOLS_BUILTIN, TOOLS_MCP
+from opik_cipx.materialize.attribution.model import ENVELOPE, TOOLS_BUILTIN, TOOLS_MCP, Piece
 from opik_cipx.materialize.attribution.system import BILLING_HEADER, SystemPrompt
 from opik_cipx.materialize.attribution.tools import mcp_tool
 from opik_cipx.materialize.call_kind import CallKind
@@ -157,9 +157,8 @@ class PrefixReader:
             if isinstance(text, str) and text.startswith(BILLING_HEADER):
                 labeller.block(text)  # request metadata Anthropic keeps out of the cache key; it changes per call
             elif isinstance(text, str):
-                for piece in labeller.block(text):
-                    system.append((piece.bucket, piece.label or piece.bucket,
-                                   _digest_text(text[piece.start:piece.end])))
+                for bucket, label, start, end in _sections(labeller.block(text)):
+                    system.append((bucket, label or bucket, _digest_text(text[start:end])))
             else:
                 system.append(("unattributed", "block", _digest(block)))
             if "cache_control" in block:
@@ -209,6 +208,18 @@ class PrefixReader:
             while self._message_chars > MESSAGE_MEMO_MAX_CHARS:
                 self._message_chars -= self._messages.popitem(last=False)[1][3]
         return out
+
+
+def _sections(pieces: list[Piece]) -> list[tuple[str, str | None, int, int]]:
+    """A system block's sections: its pieces with the pieces of one bucket and label that follow
+    each other joined (a section's environment part is a piece of its own, not a section)."""
+    out: list[tuple[str, str | None, int, int]] = []
+    for piece in pieces:
+        if out and out[-1][:2] == (piece.bucket, piece.label) and out[-1][3] == piece.start:
+            out[-1] = (piece.bucket, piece.label, out[-1][2], piece.end)
+        else:
+            out.append((piece.bucket, piece.label, piece.start, piece.end))
+    return out
 
 
 def _ttl(mark: Any) -> int:

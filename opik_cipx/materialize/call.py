@@ -146,6 +146,63 @@ class AgentLink(NamedTuple):
     subagent_type: str | None  # as the Agent call named it
 
 
+NO_DISPATCH, AMBIGUOUS = "no_dispatch_captured", "ambiguous_prompt"  # why a subagent call has no AgentLink
+
+
+@dataclass(frozen=True)
+class CallConfig:
+    """How the request asked to be answered: `output_config.effort`, `thinking.type`, `max_tokens`,
+    the `context_management.edits[].type` values (comma-separated), and `speed` (`fast` when the
+    usage or the request says so). "" / 0 where the request says nothing."""
+
+    effort: str = ""
+    thinking_type: str = ""
+    max_tokens: int = 0
+    context_management: str = ""
+    speed: str = ""
+
+    @classmethod
+    def of(cls, request: Mapping[str, Any], usage: Usage | None) -> "CallConfig":
+        output, thinking = request.get("output_config"), request.get("thinking")
+        edits = request.get("context_management")
+        edits = edits.get("edits") if isinstance(edits, dict) else None
+        max_tokens = request.get("max_tokens")
+        fast = (usage is not None and usage.original.get("speed") == "fast") or request.get("speed") == "fast"
+        return cls(
+            effort=(_text(output.get("effort")) or "") if isinstance(output, dict) else "",
+            thinking_type=(_text(thinking.get("type")) or "") if isinstance(thinking, dict) else "",
+            max_tokens=max_tokens if type(max_tokens) is int else 0,
+            context_management=",".join(edit["type"] for edit in edits if isinstance(edit, dict)
+                                        and isinstance(edit.get("type"), str)) if isinstance(edits, list) else "",
+            speed="fast" if fast else "",
+        )
+
+
+TRIGGERS = ("user_turn", "tool_continuation", "subagent", "automated", "unknown")
+
+
+class Trigger(NamedTuple):
+    """What made the call: `name` one of `TRIGGERS`; `detail` the subagent type of a subagent call,
+    the kind of an automated one (`compaction`, a side call's kind)."""
+
+    name: str
+    detail: str = ""
+
+    @classmethod
+    def of(cls, kind: CallKind, continues_turn: bool | None, agent: AgentLink | None) -> "Trigger":
+        """`continues_turn`: a main call follows an answer of its turn (None: it names no turn)."""
+        if kind.kind == "main":
+            return cls("unknown" if continues_turn is None else "tool_continuation" if continues_turn
+                       else "user_turn")
+        if kind.kind == "subagent":
+            return cls("subagent", (agent.subagent_type or "") if agent else "")
+        if kind.kind == "compaction":
+            return cls("automated", "compaction")
+        if kind.kind == "side":
+            return cls("automated", kind.side_kind or "unknown")
+        return cls("unknown")
+
+
 class Launch(NamedTuple):
     """An `Agent`/`Task` tool span emitted with this call, and the llm span that asked for it."""
 
@@ -179,6 +236,10 @@ class CallRecord:
     agent: AgentLink | None = None  # a subagent call linked to the Agent call that launched it
     counted_tokens: int | None = None  # a count_tokens answer
     launches: tuple[Launch, ...] = ()
+    config: CallConfig = CallConfig()
+    trigger: Trigger = Trigger("unknown")
+    turn_digest: str = ""  # SHA-256 hex of the prompt that opened the turn (of its key when no prompt did)
+    link_failure: str | None = None  # a subagent call without `agent`: NO_DISPATCH or AMBIGUOUS
 
     @property
     def error_type(self) -> str | None:

@@ -31,7 +31,18 @@ from opik_cipx.materialize import opik_records
 from opik_cipx.materialize.attribution import Attribution
 from opik_cipx.materialize.attribution.incremental import RequestReader
 from opik_cipx.materialize.cache_diagnosis import CacheDiagnosis, PrefixReader, lane_of
-from opik_cipx.materialize.call import AgentLink, CallRecord, Exchange, Launch, Materialized, OutputSplit, Session, Size
+from opik_cipx.materialize.call import (
+    AgentLink,
+    CallConfig,
+    CallRecord,
+    Exchange,
+    Launch,
+    Materialized,
+    OutputSplit,
+    Session,
+    Size,
+    Trigger,
+)
 from opik_cipx.materialize.call_kind import CallKind, classify
 from opik_cipx.materialize.identity import Identity, claude_json_path, read_identity, render_template
 from opik_cipx.materialize.pricing import Cost, PriceTable, price_call
@@ -40,7 +51,7 @@ from opik_cipx.materialize.redaction import redact_records
 from opik_cipx.materialize.response import ResponseSummary, counted_tokens, summarize_response
 from opik_cipx.materialize.session_state import PendingTool, SessionState, SessionStates, Turn, tool_span_id
 from opik_cipx.materialize.sessions import valid_session_id
-from opik_cipx.materialize.turns import AGENT_TOOLS, turn_key
+from opik_cipx.materialize.turns import AGENT_TOOLS, continues_turn, turn_key
 from opik_cipx.materialize.unknown_models import UnknownModels
 from opik_cipx.materialize.usage import Usage, read_usage
 from opik_cipx.wire.capture import Capture, header_value
@@ -100,6 +111,7 @@ class _Placed(NamedTuple):
     early_agent: PendingTool | None  # that Agent call, when its span must go out now (before its result)
     parent_span_id: str | None
     tools: list[opik_records.PlacedTool]  # tool calls finished in this request
+    link_failure: str | None  # why a subagent call has no agent_call
 
 
 class Materializer:
@@ -169,7 +181,8 @@ class Materializer:
         launched it, even after the user moved on."""
         kind, started = read.kind, capture.started_at_ns
         messages = read.body.get("messages") or []
-        agent_call = self._states.agent_call(state, kind.agent_id or "", messages) if kind.kind == "subagent" else None
+        agent_call, link_failure = self._states.agent_call(state, kind.agent_id or "", messages) \
+            if kind.kind == "subagent" else (None, None)
         if agent_call:
             turn = agent_call.turn
         else:
@@ -190,7 +203,7 @@ class Materializer:
                     tool, pending.span_id if pending else tool_span_id(issued, session_id, tool.tool_use_id),
                     pending.turn.trace_id if pending else turn.trace_id,
                     pending.llm_span_id if pending else parent, issued))
-        return _Placed(turn, agent_call, early, parent, tools)
+        return _Placed(turn, agent_call, early, parent, tools, link_failure)
 
     def _call_record(self, capture: Capture, read: _Read, state: SessionState, session_id: str,
                      placed: _Placed) -> CallRecord:
@@ -229,6 +242,10 @@ class Materializer:
             agent=link,
             counted_tokens=counted_tokens(capture) if kind.kind == "count_tokens" else None,
             launches=tuple(launches),
+            config=CallConfig.of(read.body, usage),
+            trigger=Trigger.of(kind, continues_turn(read.body.get("messages") or []), link),
+            turn_digest=placed.turn.prompt_sha256,
+            link_failure=placed.link_failure,
         )
 
     def _cache(self, capture: Capture, read: _Read, state: SessionState, compacted: bool) -> CacheDiagnosis | None:

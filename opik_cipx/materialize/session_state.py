@@ -17,6 +17,7 @@ across a restart (docs/ARCHITECTURE.md, "Materializer checkpoint").
 """
 
 import dataclasses
+import hashlib
 import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any
 
 from opik_cipx.ids import derived_uuid7
 from opik_cipx.materialize.cache_diagnosis import CacheLanes
-from opik_cipx.materialize.call import CallRecord, Compaction, Size
+from opik_cipx.materialize.call import AMBIGUOUS, NO_DISPATCH, CallRecord, Compaction, Size
 from opik_cipx.materialize.call_kind import CallKind
 from opik_cipx.materialize.spans import bounded
 from opik_cipx.materialize.turns import AGENT_TOOLS, FinishedTool, finished_tools, first_user_digests, text_digest
@@ -56,6 +57,7 @@ class Turn:
     unknown_cost_calls: int = 0
     count_tokens_calls: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
+    prompt_sha256: str = ""  # of the prompt that opened it, else of its key (a digest: kept in redacted mode too)
 
 
 @dataclass
@@ -124,7 +126,8 @@ class SessionStates:
         if turn is None:
             trace_id = self.parent_trace_id or derived_uuid7(started_ns // 1_000_000, "trace", session_id, key)
             turn = Turn(key=key, trace_id=trace_id, label=span_name(kind), start_ns=started_ns, end_ns=started_ns,
-                        prompt=prompt if self.capture_content else "")
+                        prompt=prompt if self.capture_content else "",
+                        prompt_sha256=prompt_digest(prompt, key))
         state.turns[key] = turn
         while len(state.turns) > MAX_TURNS:
             state.turns.popitem(last=False)
@@ -132,10 +135,12 @@ class SessionStates:
         return turn
 
     @staticmethod
-    def agent_call(state: SessionState, agent_id: str, messages: list) -> PendingTool | None:
-        """The `Agent` tool call that started a subagent (its brief is the Agent call's prompt)."""
+    def agent_call(state: SessionState, agent_id: str, messages: list) -> tuple[PendingTool | None, str | None]:
+        """The `Agent` tool call that started a subagent (its brief is the Agent call's prompt), or
+        None and why: no Agent call is waiting (`NO_DISPATCH`), or several are and none has this
+        brief (`AMBIGUOUS`)."""
         if agent_id in state.agents:
-            return state.agents[agent_id]
+            return state.agents[agent_id], None
         agents = [p for p in state.pending.values() if p.name in AGENT_TOOLS]
         briefs = first_user_digests(messages)
         match = next(
@@ -143,12 +148,12 @@ class SessionStates:
             agents[0] if len(agents) == 1 else None,
         )
         if match is None:
-            return None
+            return None, AMBIGUOUS if agents else NO_DISPATCH
         if agent_id:
             state.agents[agent_id] = match
             while len(state.agents) > MAX_AGENTS:
                 state.agents.popitem(last=False)
-        return match
+        return match, None
 
     @staticmethod
     def finished_tools(state: SessionState, messages: list) -> list[tuple[FinishedTool, PendingTool | None]]:
@@ -275,6 +280,8 @@ class SessionStates:
         """Take back the state `snapshot` returned; ValueError (state unchanged) when it is not one."""
         try:
             turns = [Turn(**t) for t in doc["turns"]]
+            for turn in turns:  # a checkpoint of an older version has none: its prompt is not kept
+                turn.prompt_sha256 = turn.prompt_sha256 or prompt_digest("", turn.key)
             sessions: OrderedDict[str, SessionState] = OrderedDict()
             for s in doc["sessions"]:
                 state = SessionState(last_main=_size(s["last_main"]), before_compaction=_size(s["before_compaction"]),
@@ -296,6 +303,12 @@ class SessionStates:
         except (KeyError, TypeError, IndexError, AttributeError) as exc:
             raise ValueError(f"not a materializer snapshot: {exc!r}") from None
         self._sessions = sessions
+
+
+def prompt_digest(prompt: str, key: str) -> str:
+    """A turn's `prompt_sha256`: SHA-256 hex of the prompt that opened it, of its key when none did
+    (a compaction, a side call's own turn)."""
+    return hashlib.sha256((prompt or key).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def tool_span_id(issued_ns: int, session_id: str, tool_use_id: str) -> str:

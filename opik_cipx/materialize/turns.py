@@ -63,6 +63,15 @@ def turn_anchor(messages: list) -> TurnAnchor | None:
     return None
 
 
+def continues_turn(messages: list) -> bool | None:
+    """Whether a main call continues its turn (its last user message carries tool results: it
+    follows an answer of the turn) rather than opens it with a prompt; None without a user message."""
+    if not isinstance(messages, list):
+        return None
+    last = next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None)
+    return None if last is None else not _is_prompt_message(last)
+
+
 def turn_key(kind: str, messages: list, capture_id: str) -> str | None:
     """The turn a call names (docs/ARCHITECTURE.md, "Spool records"): a main call the user message
     that opened it (`main:<index>:<digest>`; `call:<capture id>` when there is none), a

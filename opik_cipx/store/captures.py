@@ -240,7 +240,7 @@ class CaptureStore:
 
 HEADER_FIELDS = (
     "id", "started_at_ns", "ttfb_ns", "ended_at_ns", "method", "path", "request_headers", "status",
-    "response_headers", "client_aborted", "upstream_error",
+    "response_headers", "client_aborted", "upstream_error", "response_omitted",
 )
 
 
@@ -278,7 +278,8 @@ def decode_capture(data: bytes) -> Capture:
     end = middle + int(header.pop("response_body_len"))
     if end != len(data):
         raise ValueError("body lengths do not match the record")
-    capture = Capture(**{name: header[name] for name in HEADER_FIELDS}, request_body=data[start:middle])
+    capture = Capture(**{name: header[name] for name in HEADER_FIELDS if name in header},  # older: fewer fields
+                      request_body=data[start:middle])
     capture.response_parts = [data[middle:end]]
     capture.blocked = header.get("blocked")
     return capture

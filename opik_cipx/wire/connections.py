@@ -1,35 +1,51 @@
-"""Client connections of a listener: no thread is spent on a connection until its request head is in.
+"""Client connections of a listener: a thread serves a request only once the whole request is in.
 
 (docs/ARCHITECTURE.md, "Threads": the listener loops and their handler threads.)
 
-One loop thread per listener (`serve_forever`) accepts connections and reads request heads
-without blocking. A connection gets a handler thread only once a whole head (request line to
-the blank line) has arrived; one that sends nothing, or stalls mid-head, costs a file
-descriptor, never a thread, and is closed at its deadline. A head cut off by the client before
-its blank line is answered 400 and never reaches a handler, so nothing incomplete is forwarded.
+One loop thread per listener (`serve_forever`) accepts connections and reads every request, head
+and body, without blocking. Only a whole request (request line to the last byte of its body,
+delimited by `framing.py`) is handed to a handler thread. A connection that sends nothing,
+stalls mid-head or mid-body, or waits between requests costs a file descriptor and the bytes it
+sent, never a thread or a slot, and is closed at its deadline; after its answer a kept-alive
+connection goes back to the loop. A head cut off by the client before its blank line is answered
+400, and a body whose framing is unusable 400 or 413: neither reaches a handler, so nothing
+incomplete is forwarded.
 
 Bounds (`Limits`, from the `client_*` options):
 - idle: a connection waiting for the first byte of a request (new, or kept alive between
   requests) is closed after `idle_timeout_s`;
 - head: the rest of a head must arrive within `header_timeout_s` of its first byte;
-- body: a handler reading a request body gives it `body_timeout_s` in total;
-- at most `max_connections` handler threads. Beyond it a connection kept alive idle in a thread
-  is closed to make room (the oldest first, as nginx does); if there is none, the new request
-  is refused at once with the handler's 503. Connections waiting for their head are bounded
-  too (`max_pending`); beyond it the oldest waiting one is closed.
-Deadlines of handler threads are enforced by the loop: it shuts the socket down, so a blocked
-read ends as a closed connection. The loop also watches the client socket of an exchange that
-asks for it (`ConnectionHandler.hangup_watch`) and reports the client leaving. It arms the watch
-at its next scan (`SCAN_INTERVAL_S`), from its own thread: a wire thread makes no extra system
-call for it (each one would hand the GIL to the materializer), and an exchange shorter than a
-scan costs nothing at all; a client that leaves is noticed within about `SCAN_INTERVAL_S`.
+- body: the body must arrive within `body_timeout_s` of the end of the head;
+- at most `max_connections` requests are served at once (handler threads busy); a whole request
+  beyond it is refused at once with the handler's 503. Connections in the loop are bounded too
+  (`max_pending`); beyond it the oldest is closed;
+- at most `max_buffered_bytes` of requests are held at once: the bytes the loop has read of
+  requests still arriving, and the requests in service until their answer is over. Bytes that
+  would go beyond it first make room by turning away requests that have been arriving for
+  `stale_after_s` or longer, oldest first (a stalled body cannot keep its room from a request
+  that is ready); if that is not enough, the request they belong to is turned away. Turned away
+  is a 503, counted in `connections_refused`, after which what the client still sends is read and
+  dropped (bounded) so it reads the answer rather than a reset.
+Only the user who runs the daemon is served: on Linux a connection whose peer socket is another
+user's is answered 403 as it is accepted, counted in `connections_not_owner` and closed
+(`peer.py`); the requests it would carry are never read. `Expect: 100-continue` is answered by
+the loop, and only for a request the handler would serve (`ConnectionHandler.screen_head`);
+any other gets its refusal at once instead.
+Handler threads are pooled (`_Workers`): an idle one takes the next request at once, and one is
+started only when none is idle. The loop also watches the client socket of an exchange that asks
+for it (`ConnectionHandler.hangup_watch`) and reports the client leaving. It arms the watch at
+its next scan (`SCAN_INTERVAL_S`), from its own thread: a wire thread makes no extra system call
+for it (each one would hand the GIL to the materializer), and an exchange shorter than a scan
+costs nothing at all; a client that leaves is noticed within about `SCAN_INTERVAL_S`.
 """
 
 import errno
 import heapq
+import http.client
 import io
 import logging
-import re
+import os
+import queue
 import resource
 import selectors
 import socket
@@ -38,26 +54,29 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any, TypeVar
 
 from opik_cipx.stats import Counters
+from opik_cipx.wire.framing import BODY_RECV_BYTES, CONTINUE, FramingError, RequestReader
+from opik_cipx.wire.peer import PeerLookup
 
 log = logging.getLogger(__name__)
 
-MAX_HEAD_BYTES = 64 * 1024  # request line + headers; Claude Code sends about 2 KB
-MAX_HEADER_LINES = 100  # as http.client
-PENDING_PER_CONNECTION = 4  # connections waiting for a head, per handler thread allowed
-ACCEPT_BATCH = 64  # connections accepted per loop turn, so heads already in are not starved
-SCAN_INTERVAL_S = 0.2  # how often handler deadlines are checked
-LINGER_S = 1.0  # after a refusal with an unread body: how long its rest is read and dropped
-LINGER_BYTES = 1024 * 1024
+PENDING_PER_CONNECTION = 4  # connections in the loop, per handler thread allowed
+ACCEPT_BATCH = 64  # connections accepted per loop turn, so requests already in are not starved
+SCAN_INTERVAL_S = 0.2  # how often hang-up watches are armed
+DRAIN_S = 30.0  # after a refusal, how long what the client still sends is read and dropped
+DRAIN_BYTES = 80 * 1024 * 1024  # and how much of it at most (above the gateway's largest body)
+WORKER_IDLE_S = 60.0  # a handler thread with nothing to serve for this long ends
+STALE_AFTER_S = 1.0  # a request still arriving after this long may be dropped to make room for others
 FD_LIMIT_WANTED = 8192
-_BLANK_LINE = re.compile(rb"\n\r?\n")
 HEAD_CUT_OFF = ("opik-cipx: the request head ended before its blank line (connection closed mid-head); "
                 "nothing was forwarded")
 _LISTENER = object()
+_WAKE = object()
 _T = TypeVar("_T")
 INFINITY = float("inf")
 
@@ -70,56 +89,12 @@ class Limits:
     body_timeout_s: float
     idle_timeout_s: float
     max_connections: int
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    stale_after_s: float = STALE_AFTER_S
 
     @property
     def max_pending(self) -> int:
         return PENDING_PER_CONNECTION * self.max_connections
-
-
-class HeadError(Exception):
-    """A request head that cannot be used: `status` is what the client is told."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-def head_end(data: bytes | bytearray, start: int = 0) -> int | None:
-    """The index just past the blank line that ends the request head in `data`; None while incomplete.
-
-    The first line is the request line, whatever it holds; the head ends at the first empty
-    line (`\\r\\n` or `\\n`) after it. `start` skips bytes already searched (a few are re-read).
-    """
-    first = data.find(b"\n")
-    if first < 0:
-        return None
-    match = _BLANK_LINE.search(data, max(first, start - 2))
-    return match.end() if match else None
-
-
-def read_head(rfile: io.BufferedIOBase) -> bytes | None:
-    """The next request head read from `rfile`, line by line; None at a clean end before any byte.
-
-    Raises `HeadError` 400 when the stream ends inside the head (the client closed mid-head)
-    and 431 when the head exceeds `MAX_HEAD_BYTES` or `MAX_HEADER_LINES`. Agrees with
-    `head_end` on where a head ends.
-    """
-    lines: list[bytes] = []
-    total = 0
-    while True:
-        line = rfile.readline(MAX_HEAD_BYTES + 1 - total)
-        total += len(line)
-        if total > MAX_HEAD_BYTES:
-            raise HeadError(431, f"opik-cipx: request head larger than {MAX_HEAD_BYTES} bytes")
-        if not line.endswith(b"\n"):
-            if not lines and not line:
-                return None
-            raise HeadError(400, HEAD_CUT_OFF)
-        lines.append(line)
-        if len(lines) > 1 and line in (b"\r\n", b"\n"):
-            return b"".join(lines)
-        if len(lines) > MAX_HEADER_LINES + 1:
-            raise HeadError(431, f"opik-cipx: more than {MAX_HEADER_LINES} header lines")
 
 
 def raise_fd_limit(wanted: int = FD_LIMIT_WANTED) -> None:
@@ -167,31 +142,150 @@ def count_refusal(counters: Counters, listener: str, status: int, what: str, mes
                     listener, what, status, refused, message)
 
 
-class _Pending:
-    """A connection whose request head is still arriving (owned by the loop thread)."""
+def request_what(head: bytes | None) -> str:
+    """How a refusal names a request in the log: its method and route (never the query), or "a request head"."""
+    if not head:
+        return "a request head"
+    method, _, rest = head.split(b"\n", 1)[0].decode("latin-1").partition(" ")
+    return f"{method[:20]} {rest.split(' ', 1)[0].split('?', 1)[0][:200]}"
 
-    __slots__ = ("sock", "addr", "buf", "deadline")
 
-    def __init__(self, sock: socket.socket, addr: tuple[str, int], deadline: float):
+class _Incoming:
+    """A connection in the loop: waiting for a request, or reading one (owned by the loop thread)."""
+
+    __slots__ = ("sock", "addr", "deadline", "reader", "head_at_ns", "since", "held", "draining")
+
+    def __init__(self, sock: socket.socket, addr: tuple[str, int], deadline: float, max_body: int):
         self.sock = sock
         self.addr = addr
-        self.buf = bytearray()
         self.deadline = deadline
+        self.reader = RequestReader(max_body)
+        self.head_at_ns = 0  # wall clock, when the head was whole
+        self.since = 0.0  # monotonic time the request's first byte arrived
+        self.held = 0  # its bytes counted against `max_buffered_bytes`
+        self.draining = 0  # after a refusal: bytes of the client's request still to read and drop, at most
+
+    @classmethod
+    def after_refusal(cls, sock: socket.socket, addr: tuple[str, int], response: bytes) -> "_Incoming | None":
+        """Send `response` (a refusal), and the connection in which to read and drop what the client still
+        sends (`drain`, at most `DRAIN_BYTES` for `DRAIN_S`), so that a client still sending its body
+        reads the answer rather than a reset; None if the client is gone already."""
+        try:
+            sock.setblocking(False)
+            sock.send(response)  # a few hundred bytes: the socket's buffer takes them at once
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return None
+        drain = cls(sock, addr, time.monotonic() + DRAIN_S, 0)
+        drain.draining = DRAIN_BYTES
+        return drain
+
+    def drain(self) -> bool:
+        """After a refusal: read and drop what the client still sends; True once done (it closed, or enough came)."""
+        try:
+            data = self.sock.recv(BODY_RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            data = b""
+        self.draining -= len(data)
+        return not data or self.draining <= 0
+
+
+class _Waiting:
+    """The connections in the loop, oldest first, each under its deadline (owned by the loop thread)."""
+
+    def __init__(self, most: int):
+        self.most = most
+        self._by_fd: dict[int, _Incoming] = {}
+        self._deadlines: list[tuple[float, int, _Incoming]] = []  # a heap; entries of deadlines since moved stay
+        self._seq = 0
+
+    def full(self) -> bool:
+        return len(self._by_fd) >= self.most
+
+    def add(self, incoming: _Incoming) -> None:
+        self._by_fd[incoming.sock.fileno()] = incoming
+        self._push(incoming)
+
+    def holds(self, incoming: _Incoming) -> bool:
+        return self._by_fd.get(incoming.sock.fileno()) is incoming
+
+    def remove(self, incoming: _Incoming) -> bool:
+        return self._by_fd.pop(incoming.sock.fileno(), None) is not None
+
+    def oldest(self) -> _Incoming | None:
+        return next(iter(self._by_fd.values()), None)
+
+    def all(self) -> list[_Incoming]:
+        return list(self._by_fd.values())
+
+    def set_deadline(self, incoming: _Incoming, timeout_s: float) -> None:
+        incoming.deadline = time.monotonic() + timeout_s
+        self._push(incoming)
+
+    def next_deadline(self) -> float:
+        return self._deadlines[0][0] if self._deadlines else INFINITY
+
+    def expired(self, now: float) -> list[_Incoming]:
+        """The connections whose deadline has passed (still to be closed by the caller)."""
+        out = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, _, incoming = heapq.heappop(self._deadlines)
+            if incoming.deadline == deadline and self.holds(incoming):
+                out.append(incoming)
+        return out
+
+    def stale(self, now: float, after_s: float, besides: _Incoming) -> list[_Incoming]:
+        """Connections whose request has been arriving for `after_s` or longer, oldest first."""
+        return sorted((other for other in self._by_fd.values() if other is not besides and other.reader.started
+                       and now - other.since >= after_s), key=lambda other: other.since)
+
+    def _push(self, incoming: _Incoming) -> None:
+        self._seq += 1
+        heapq.heappush(self._deadlines, (incoming.deadline, self._seq, incoming))
+
+
+class _Budget:
+    """Request bytes held at once by a listener, within `limit` (`Limits.max_buffered_bytes`); any thread."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        """Count `size` more bytes, if they fit."""
+        with self._lock:
+            if self._held + size > self.limit:
+                return False
+            self._held += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self._held -= size
 
 
 class Connection:
-    """A client connection served by a handler thread; its phase, deadline and hang-up watch are read by the loop."""
+    """A whole request, served by a handler thread; its hang-up watch is armed and reported by the loop.
 
-    def __init__(self, sock: socket.socket, addr: tuple[str, int], prefix: bytes):
+    `keep_alive` (set by the handler) hands the connection back to the loop after the answer,
+    with `rest`: bytes the client sent after this request (a pipelined one).
+    """
+
+    def __init__(self, sock: socket.socket, addr: tuple[str, int], head: bytes, head_at_ns: int, body: bytes,
+                 rest: bytes, held: int):
         self.sock = sock
         self.addr = addr
-        self.prefix = prefix  # bytes the loop already read: the first head, maybe more
-        self.linger = False  # the handler refused a request whose body is unread
+        self.head = head
+        self.head_at_ns = head_at_ns  # wall clock, when the head was whole
+        self.body = body
+        self.rest = rest
+        self.held = held  # bytes counted against `max_buffered_bytes` until the answer is over
+        self.keep_alive = False
         self._lock = threading.Lock()
-        self.phase: str | None = None
-        self.since = time.monotonic()
-        self.deadline = INFINITY
-        self.cut_reason: str | None = None
         self.on_hangup: Callable[[], None] | None = None  # set by the handler while an exchange wants watching
         self._armed_for: Callable[[], None] | None = None  # what the loop registered the socket for
         self._spent: Callable[[], None] | None = None  # a watch ended by bytes from the client: not re-armed
@@ -229,64 +323,12 @@ class Connection:
             return callback if not data and self.on_hangup is callback else None
 
     def release(self, selector: selectors.BaseSelector) -> None:
-        """On the handler thread, before the socket closes: the loop lets go of it."""
+        """On the handler thread, after the answer: the loop lets go of the watch."""
         with self._lock:
             self._released = True
             if self._armed_for is not None:
                 _unregister(selector, self.sock)
                 self._armed_for = None
-
-    def enter(self, phase: str | None, timeout_s: float | None = None) -> bool:
-        """Start `phase` (idle, head, body; None: no deadline); False if the loop already cut the connection.
-
-        Plain attribute writes, no lock: this runs several times per request on the wire, and the
-        loop only reads them (at worst it sees a deadline a moment late or early).
-        """
-        if self.cut_reason:
-            return False
-        if timeout_s is None:
-            self.deadline, self.phase = INFINITY, phase
-        else:
-            now = time.monotonic()
-            self.deadline, self.phase, self.since = now + timeout_s, phase, now
-        return True
-
-    def cut(self, reason: str) -> bool:
-        """End the connection from the loop thread: a blocked read in the handler returns end-of-stream."""
-        with self._lock:
-            if self.cut_reason:
-                return False
-            self.cut_reason = reason
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        return True
-
-    def close(self) -> None:
-        if self.linger and not self.cut_reason:
-            _drain_and_close(self.sock)
-        else:
-            _close(self.sock)
-
-
-class _ConnReader(io.RawIOBase):
-    """The client socket as a raw stream, starting with the bytes the loop read ahead."""
-
-    def __init__(self, sock: socket.socket, prefix: bytes):
-        self._sock = sock
-        self._prefix: memoryview | None = memoryview(prefix) if prefix else None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]  # BufferedReader passes a memoryview
-        if self._prefix is not None:
-            n = min(len(buffer), len(self._prefix))
-            buffer[:n] = self._prefix[:n]
-            self._prefix = self._prefix[n:] if n < len(self._prefix) else None
-            return n
-        return self._sock.recv_into(buffer)
 
 
 class _ConnWriter(io.BufferedIOBase):
@@ -304,6 +346,64 @@ class _ConnWriter(io.BufferedIOBase):
             return view.nbytes
 
 
+class _Workers:
+    """A listener's handler threads: an idle one takes the next request at once (no thread is started
+    on the wire), a new one only when none is idle; one left idle for `WORKER_IDLE_S` ends."""
+
+    def __init__(self, name: str, serve: Callable[[Connection], None]):
+        self._name = name
+        self._serve = serve
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._closed = False
+
+    def run(self, conn: Connection) -> bool:
+        """Serve `conn` on a worker; False if no thread could be started (a system limit)."""
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._queue.put(conn)
+                return True
+        try:
+            threading.Thread(target=self._work, args=(conn,), name=self._name, daemon=True).start()
+        except RuntimeError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """End the idle workers now and the busy ones after their request."""
+        with self._lock:
+            idle, self._idle, self._closed = self._idle, 0, True
+        for _ in range(idle):
+            self._queue.put(None)
+
+    def _work(self, conn: Connection | None) -> None:
+        while conn is not None:
+            self._serve(conn)
+            with self._lock:
+                if self._closed:
+                    return
+                self._idle += 1
+            try:
+                conn = self._queue.get(timeout=WORKER_IDLE_S)
+            except queue.Empty:
+                with self._lock:
+                    try:
+                        conn = self._queue.get_nowait()  # handed over just as the wait ended
+                    except queue.Empty:
+                        self._idle -= 1
+                        return
+
+
+def _wake_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair the loop listens on, so another thread can wake it (`ConnectionServer._wake`)."""
+    pair = socket.socketpair()
+    for sock in pair:
+        sock.setblocking(False)
+    return pair
+
+
 def _unregister(selector: selectors.BaseSelector, sock: socket.socket) -> None:
     try:
         selector.unregister(sock)
@@ -319,34 +419,8 @@ def _close(sock: socket.socket) -> None:
     sock.close()
 
 
-def _drain_and_close(sock: socket.socket) -> None:
-    """Close after a refusal without resetting the connection: stop writing, read and drop what the
-    client still sends (bounded), then close, so it reads our answer instead of a reset."""
-    try:
-        sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(LINGER_S)
-        deadline, left = time.monotonic() + LINGER_S, LINGER_BYTES
-        while left > 0 and time.monotonic() < deadline and (data := sock.recv(min(left, 65536))):
-            left -= len(data)
-    except OSError:
-        pass
-    sock.close()
-
-
-def _send_and_close(sock: socket.socket, response: bytes) -> None:
-    """Best effort from the loop thread: never blocks."""
-    try:
-        sock.send(response)
-        for _ in range(16):  # what the client already sent, so the close is not a reset
-            if not sock.recv(65536):
-                break
-    except OSError:
-        pass
-    _close(sock)
-
-
 class ConnectionServer(socketserver.TCPServer):
-    """A TCP server whose loop reads request heads itself and hands complete ones to handler threads.
+    """A TCP server whose loop reads whole requests itself and hands them to handler threads.
 
     `RequestHandlerClass` must be a `ConnectionHandler`. `serve_forever`, `shutdown` and
     `server_close` keep the meaning they have in `socketserver`.
@@ -363,13 +437,19 @@ class ConnectionServer(socketserver.TCPServer):
         self.name = getattr(self, "name", "listener")
         self._selector = selectors.DefaultSelector()
         self._lock = threading.Lock()
-        self._pending: dict[int, _Pending] = {}  # by fd, oldest first
-        self._deadlines: list[tuple[float, int, _Pending]] = []
-        self._seq = 0
+        self._waiting = _Waiting(limits.max_pending)
+        self._budget = _Budget(limits.max_buffered_bytes)
         self._active: set[Connection] = set()
+        self._returned: list[tuple[_Incoming, bytes]] = []  # kept-alive connections handed back by handler threads
+        self._wake_r, self._wake_w = _wake_pair()
+        self._workers = _Workers(f"cipx-{self.name}-conn", self._serve)
+        self.owner_uid = os.geteuid()
+        self._peers = PeerLookup()  # used by the loop thread only
         self._stop = False
         self._stopped = threading.Event()
         self._stopped.set()
+        self._accepting = True
+        self._accept_closed = threading.Event()
         self._accept_paused_until = 0.0
         self._next_scan = 0.0
         super().__init__(address, handler)
@@ -382,21 +462,31 @@ class ConnectionServer(socketserver.TCPServer):
         try:
             self.socket.setblocking(False)
             self._selector.register(self.socket, selectors.EVENT_READ, _LISTENER)
+            self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
             while not self._stop:
-                now = time.monotonic()
-                timeout = poll_interval
-                if self._deadlines:
-                    timeout = max(0.0, min(timeout, self._deadlines[0][0] - now))
-                for key, _ in self._selector.select(timeout):
+                timeout = max(0.0, min(poll_interval, self._waiting.next_deadline() - time.monotonic()))
+                events = self._selector.select(timeout)
+                if self._returned:  # first: a connection handed back may be among the events
+                    self._guarded(self._take_returned, None)
+                for key, _ in events:
                     self._guarded(self._event, key.data)
                 self._guarded(self._expire, time.monotonic())
         finally:
+            if not self._accepting:
+                self._close_listener()
             self._stopped.set()
 
     def _event(self, data: object) -> None:
         if data is _LISTENER:
             self._accept()
-        elif isinstance(data, _Pending):
+        elif data is _WAKE:
+            try:
+                self._wake_r.recv(4096)
+            except OSError:
+                pass
+            if not self._accepting:
+                self._close_listener()
+        elif isinstance(data, _Incoming):
             self._read(data)
         else:
             assert isinstance(data, Connection)  # the only other thing the loop registers
@@ -410,16 +500,49 @@ class ConnectionServer(socketserver.TCPServer):
             self.counters.incr("panics_recovered")
             log.exception("%s listener: unexpected error in the connection loop", self.name)
 
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # full: the loop is being woken already
+            pass
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket (the system refuses new connections) and go on serving the
+        connections already open until `shutdown`: a stopping daemon lets their calls in and finish."""
+        self._accepting = False
+        if self._stopped.is_set():
+            self._close_listener()
+        else:
+            self._wake()
+        self._accept_closed.wait()
+
+    def _close_listener(self) -> None:
+        if self._accept_closed.is_set():
+            return
+        _unregister(self._selector, self.socket)
+        self.socket.close()
+        self._accept_closed.set()
+
     def shutdown(self) -> None:
-        """Stop the loop (no new connections or heads); handler threads finish on their own."""
+        """Stop the loop (no new connections or requests); handler threads finish on their own."""
         self._stop = True
+        self._wake()
         self._stopped.wait()
 
     def server_close(self) -> None:
-        for pending in list(self._pending.values()):
-            self._drop(pending)
+        for incoming in self._waiting.all():
+            self._drop(incoming)
+        with self._lock:
+            returned, self._returned = self._returned, []
+        for incoming, _ in returned:
+            _unregister(self._selector, incoming.sock)
+            incoming.sock.close()
+        self._workers.close()
+        self._peers.close()
         super().server_close()
         self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def _accept(self) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -435,107 +558,206 @@ class ConnectionServer(socketserver.TCPServer):
                         self._pause_accept()
                     log.warning("%s listener: cannot accept: %s", self.name, exc.strerror)
                 return
-            if len(self._pending) >= self.limits.max_pending:
-                self._evict_oldest()
             sock.setblocking(False)
-            pending = _Pending(sock, addr, time.monotonic() + self.limits.idle_timeout_s)
-            self._pending[sock.fileno()] = pending
-            self._push_deadline(pending)
-            self._selector.register(sock, selectors.EVENT_READ, pending)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # already reset by the client
+                sock.close()
+                continue
+            if not self._from_owner(sock, addr):
+                continue
+            incoming = _Incoming(sock, addr, time.monotonic() + self.limits.idle_timeout_s,
+                                 self.RequestHandlerClass.max_body_bytes)
+            self._watch(incoming)
+            self._selector.register(sock, selectors.EVENT_READ, incoming)
+
+    def _from_owner(self, sock: socket.socket, addr: tuple[str, int]) -> bool:
+        """Whether the peer's socket belongs to the user the daemon runs as (where the system can tell:
+        `PeerLookup`); a connection from anyone else is answered 403, counted and closed. Once per
+        connection: the requests it carries after the first cost nothing more."""
+        if not self._peers.available:
+            return True
+        try:
+            uid = self._peers.uid(sock.getsockname(), addr)
+        except OSError:  # reset by the client already
+            uid = None
+        if uid == self.owner_uid:
+            return True
+        refused = self.counters.incr("connections_not_owner")
+        if worth_logging(refused):
+            log.warning("%s listener: refused a connection from uid %s, not the daemon's owner (%d so far)",
+                        self.name, "unknown" if uid is None else uid, refused)
+        message = "opik-cipx: this listener serves only the user who runs it"
+        self._answer_and_drain(sock, addr, self.RequestHandlerClass.canned_response(403, message))
+        return False
+
+    def _watch(self, incoming: _Incoming) -> None:
+        """Count `incoming` among the loop's connections, under its idle deadline."""
+        if self._waiting.full():
+            self._evict_oldest()
+        self._waiting.add(incoming)
+
+    def _take_returned(self, _: None) -> None:
+        """Connections handed back after their answer (`_hand_back`): idle again, or their next request."""
+        with self._lock:
+            returned, self._returned = self._returned, []
+        now = time.monotonic()
+        for incoming, rest in returned:
+            incoming.deadline = now + self.limits.idle_timeout_s
+            self._watch(incoming)
+            if rest and self._waiting.holds(incoming):
+                self._take(incoming, rest)
 
     def _pause_accept(self) -> None:
         self._selector.unregister(self.socket)
         self._accept_paused_until = time.monotonic() + 0.1
 
     def _evict_oldest(self) -> bool:
-        if not self._pending:
+        oldest = self._waiting.oldest()
+        if oldest is None:
             return False
         self.counters.incr("connections_refused")
-        self._drop(next(iter(self._pending.values())))
+        self._drop(oldest)
         return True
 
-    def _push_deadline(self, pending: _Pending) -> None:
-        self._seq += 1
-        heapq.heappush(self._deadlines, (pending.deadline, self._seq, pending))
+    def _forget(self, incoming: _Incoming, release: bool = True) -> None:
+        """The loop lets go of `incoming` (its heap entry may outlive it until its deadline), and of the
+        bytes it held unless they go on being held (`release`: False for a request dispatched)."""
+        if self._waiting.remove(incoming):
+            _unregister(self._selector, incoming.sock)
+        if release:
+            self._budget.give(incoming.held)
+        incoming.held = 0
+        incoming.reader = RequestReader(0)  # the bytes it held go now, though its heap entry stays
 
-    def _drop(self, pending: _Pending) -> None:
-        if self._pending.pop(pending.sock.fileno(), None) is not None:
-            self._selector.unregister(pending.sock)
-        pending.sock.close()
+    def _drop(self, incoming: _Incoming) -> None:
+        self._forget(incoming)
+        incoming.sock.close()
 
-    def _read(self, pending: _Pending) -> None:
+    def _read(self, incoming: _Incoming) -> None:
+        if incoming.draining:
+            if incoming.drain():
+                self._drop(incoming)
+            return
         try:
-            data = pending.sock.recv(65536)
-        except BlockingIOError:
+            data = incoming.sock.recv(incoming.reader.wanted)
+        except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
-        if not data:
-            if pending.buf:  # the client ended its side inside the head: nothing is forwarded
-                self._refuse(pending, 400, HEAD_CUT_OFF)
-            else:
-                self._drop(pending)
-            return
-        searched = len(pending.buf)
-        if not searched:
-            pending.deadline = time.monotonic() + self.limits.header_timeout_s
-            self._push_deadline(pending)
-        pending.buf += data
-        end = head_end(pending.buf, searched)
-        if end is None and len(pending.buf) <= MAX_HEAD_BYTES:
-            return
-        if end is None or end > MAX_HEAD_BYTES:
-            self._refuse(pending, 431, f"opik-cipx: request head larger than {MAX_HEAD_BYTES} bytes")
-            return
-        self._dispatch(pending)
+        if data:
+            self._take(incoming, data)
+        elif incoming.reader.started and incoming.reader.head is None:  # the client ended its side inside the head
+            self._refuse(incoming, 400, HEAD_CUT_OFF)
+        else:  # nothing begun, or the client left mid-body: nothing was forwarded
+            self._drop(incoming)
 
-    def _refuse(self, pending: _Pending, status: int, message: str) -> None:
-        count_refusal(self.counters, self.name, status, "a request head", message)
-        self._pending.pop(pending.sock.fileno(), None)
-        self._selector.unregister(pending.sock)
-        pending.buf = bytearray()
-        _send_and_close(pending.sock, self.RequestHandlerClass.canned_response(status, message))
-
-    def _dispatch(self, pending: _Pending) -> None:
-        self._pending.pop(pending.sock.fileno(), None)
-        self._selector.unregister(pending.sock)
-        with self._lock:
-            room = len(self._active) < self.limits.max_connections or self._reclaim_idle()
-            if room:
-                conn = Connection(pending.sock, pending.addr, bytes(pending.buf))
-                self._active.add(conn)
-        pending.buf = bytearray()  # its heap entry may outlive it until its deadline
-        if not room:
-            self.counters.incr("connections_refused")
-            refused = self.counters.get("connections_refused")
-            if worth_logging(refused):
-                log.warning("%s listener: %d connections busy; refused a request (client_max_connections; %d so far)",
-                            self.name, self.limits.max_connections, refused)
-            message = (f"opik-cipx: too many connections at once (more than {self.limits.max_connections}); "
-                       "retry shortly")
-            _send_and_close(pending.sock, self.RequestHandlerClass.canned_response(503, message))
+    def _take(self, incoming: _Incoming, data: bytes) -> None:
+        """Bytes that arrived on `incoming`: its head, then its body; a whole request is dispatched."""
+        reader = incoming.reader
+        if not reader.started:
+            incoming.since = time.monotonic()
+            self._waiting.set_deadline(incoming, self.limits.header_timeout_s)
+        if not self._hold(incoming, len(data)):
             return
-        pending.sock.setblocking(True)
         try:
-            threading.Thread(target=self._serve, args=(conn,), name=f"cipx-{self.name}-conn", daemon=True).start()
-        except RuntimeError:  # the system cannot start another thread
+            if reader.head is None:
+                after = reader.take_head(data)
+                if after is None or not self._head_in(incoming, waiting=not after):
+                    return
+                data = after
+            rest = reader.take_body(data)
+        except FramingError as exc:
+            self._refuse(incoming, exc.status, f"opik-cipx: {exc}")
+            return
+        if rest is not None:
+            self._dispatch(incoming, rest)
+
+    def _head_in(self, incoming: _Incoming, waiting: bool) -> bool:
+        """The head is whole: the body's deadline, and `100 Continue` when the client waits for it (no
+        byte of the body came with the head) and the handler would serve the request; False if refused."""
+        incoming.head_at_ns = time.time_ns()
+        head, framing = incoming.reader.head, incoming.reader.framing
+        assert head is not None and framing is not None  # take_head sets both once the head is whole
+        if not framing.has_body:
+            return True
+        self._waiting.set_deadline(incoming, self.limits.body_timeout_s)
+        if framing.expect_continue and waiting:
+            refusal = self.RequestHandlerClass.screen_head(self.name, head)
+            if refusal is not None:  # the client is told now, instead of sending a body for nothing
+                self._refuse(incoming, *refusal)
+                return False
+            try:
+                incoming.sock.send(CONTINUE)
+            except OSError:
+                pass
+        return True
+
+    def _refuse(self, incoming: _Incoming, status: int, message: str) -> None:
+        count_refusal(self.counters, self.name, status, request_what(incoming.reader.head), message)
+        self._forget(incoming)
+        self._answer_and_drain(incoming.sock, incoming.addr, self.RequestHandlerClass.canned_response(status, message))
+
+    def _hold(self, incoming: _Incoming, size: int) -> bool:
+        """Count `size` more bytes held for `incoming`'s request. Beyond `max_buffered_bytes`, requests
+        arriving for `stale_after_s` or longer are dropped to make room, oldest first; if that is not
+        enough, this request is turned away with 503 (False)."""
+        if not self._budget.take(size):
+            now = time.monotonic()
+            for other in self._waiting.stale(now, self.limits.stale_after_s, besides=incoming):
+                self._turn_away(other, f"opik-cipx: this request was still arriving after {now - other.since:.1f} s "
+                                       "and others needed its room (client_buffer_max_mb); retry shortly")
+                if self._budget.take(size):
+                    break
+            else:
+                self._turn_away(incoming, f"opik-cipx: requests in progress already hold {self._budget.limit >> 20} "
+                                          "MiB (client_buffer_max_mb); retry shortly")
+                return False
+        incoming.held += size
+        return True
+
+    def _turn_away(self, incoming: _Incoming, message: str) -> None:
+        """Answer `incoming` 503 for want of room, counted in `connections_refused`."""
+        self.counters.incr("connections_refused")
+        refused = self.counters.get("connections_refused")
+        if worth_logging(refused):
+            log.warning("%s listener: %s (%d connections refused so far)", self.name,
+                        message.removeprefix("opik-cipx: "), refused)
+        self._forget(incoming)
+        self._answer_and_drain(incoming.sock, incoming.addr, self.RequestHandlerClass.canned_response(503, message))
+
+    def _dispatch(self, incoming: _Incoming, rest: bytes) -> None:
+        with self._lock:
+            room = len(self._active) < self.limits.max_connections  # only this thread adds to it
+        if not room:
+            self._turn_away(incoming, f"opik-cipx: too many connections at once (more than "
+                                      f"{self.limits.max_connections}); retry shortly")
+            return
+        reader = incoming.reader
+        assert reader.head is not None  # only a whole request is dispatched
+        conn = Connection(incoming.sock, incoming.addr, reader.head, incoming.head_at_ns, reader.body(), rest,
+                          incoming.held)
+        self._forget(incoming, release=False)
+        with self._lock:
+            self._active.add(conn)
+        conn.sock.setblocking(True)
+        if not self._workers.run(conn):  # the system cannot start another thread
             with self._lock:
                 self._active.discard(conn)
+            self._budget.give(conn.held)
             self.counters.incr("connections_refused")
-            pending.sock.setblocking(False)
-            _send_and_close(pending.sock, self.RequestHandlerClass.canned_response(
+            self._answer_and_drain(conn.sock, conn.addr, self.RequestHandlerClass.canned_response(
                 503, "opik-cipx: cannot start a thread for this connection (system limit); retry shortly"))
 
-    def _reclaim_idle(self) -> bool:
-        """Close the connection that has waited longest, idle, for its next request (lock held)."""
-        idle = [conn for conn in self._active if conn.phase == "idle"]
-        for conn in sorted(idle, key=lambda c: c.since):
-            if conn.cut("reclaimed"):
-                self._active.discard(conn)
-                return True
-        return False
+    def _answer_and_drain(self, sock: socket.socket, addr: tuple[str, int], response: bytes) -> None:
+        """Send a refusal and close once the client has stopped sending (`_Incoming.after_refusal`)."""
+        drain = _Incoming.after_refusal(sock, addr, response)
+        if drain is not None:
+            self._watch(drain)
+            self._selector.register(sock, selectors.EVENT_READ, drain)
 
     def _serve(self, conn: Connection) -> None:
+        """On a handler thread: answer the request, then hand the connection back to the loop or close it."""
         try:
             self.RequestHandlerClass(conn, conn.addr, self)  # type: ignore[arg-type]  # setup() takes the Connection
         except Exception:
@@ -543,21 +765,44 @@ class ConnectionServer(socketserver.TCPServer):
         finally:
             with self._lock:
                 self._active.discard(conn)
+            self._budget.give(conn.held)
             conn.release(self._selector)
-            conn.close()
+            if conn.keep_alive and not self._stop:
+                self._hand_back(conn)
+            else:
+                _close(conn.sock)
+
+    def _hand_back(self, conn: Connection) -> None:
+        """On the handler thread: the kept-alive connection goes back to the loop, to wait for its next request."""
+        # No deadline yet: the loop sets the idle one as it takes the connection back.
+        incoming = _Incoming(conn.sock, conn.addr, INFINITY, self.RequestHandlerClass.max_body_bytes)
+        entry = (incoming, conn.rest)
+        # Listed, then registered, under the lock the loop takes them back with: an event of this
+        # socket implies the entry is listed, and the loop never takes it back half done.
+        with self._lock:
+            self._returned.append(entry)
+            try:
+                conn.sock.setblocking(False)
+                self._selector.register(conn.sock, selectors.EVENT_READ, incoming)
+            except (OSError, ValueError, KeyError):  # closed under us, or the loop is gone
+                self._returned.remove(entry)
+                _close(conn.sock)
+                return
+        if conn.rest:
+            self._wake()
 
     def _expire(self, now: float) -> None:
-        """Close waiting connections past their deadline, cut handler connections past theirs."""
-        while self._deadlines and self._deadlines[0][0] <= now:
-            deadline, _, pending = heapq.heappop(self._deadlines)
-            if pending.deadline == deadline and self._pending.get(pending.sock.fileno()) is pending:
-                if pending.buf:
-                    self.counters.incr("requests_timed_out")
-                self._drop(pending)
-                pending.buf = bytearray()
+        """Close connections past their deadline; arm the hang-up watches handlers asked for."""
+        for incoming in self._waiting.expired(now):
+            if incoming.reader.started:
+                self.counters.incr("requests_timed_out")
+                log.info("%s listener: closed a connection whose request %s took too long", self.name,
+                         "head" if incoming.reader.head is None else "body")
+            self._drop(incoming)
         if self._accept_paused_until and now >= self._accept_paused_until:
             self._accept_paused_until = 0.0
-            self._selector.register(self.socket, selectors.EVENT_READ, _LISTENER)
+            if self._accepting:
+                self._selector.register(self.socket, selectors.EVENT_READ, _LISTENER)
         if now < self._next_scan:
             return
         self._next_scan = now + SCAN_INTERVAL_S
@@ -565,11 +810,6 @@ class ConnectionServer(socketserver.TCPServer):
             active = list(self._active)
         for conn in active:
             conn.arm(self._selector)
-        for conn in (conn for conn in active if conn.deadline <= now):
-            phase = conn.phase
-            if conn.cut(f"{phase} timeout") and phase != "idle":
-                self.counters.incr("requests_timed_out")
-                log.info("%s listener: closed a connection whose request %s took too long", self.name, phase)
 
     def _hangup(self, conn: Connection) -> None:
         callback = conn.readable(self._selector)
@@ -581,85 +821,75 @@ class ConnectionServer(socketserver.TCPServer):
 
 
 class ConnectionHandler(BaseHTTPRequestHandler):
-    """Base of every handler served by a `ConnectionServer`.
+    """Base of every handler served by a `ConnectionServer`: one whole request per instance.
 
-    Reads each head with `read_head` (a head cut off mid-way is a 400, never a request) and
-    runs each phase of the connection under its deadline. Subclasses answer `do_<METHOD>`,
-    may refuse a request in `check_request` and shape error bodies in `error_document`. A handler
-    reading a body brackets it with `self.conn.enter("body", limits.body_timeout_s)` and
-    `self.conn.enter(None)`; one waiting on something slow sets `self.conn.on_hangup` to a
-    callback the loop calls (on its thread) if the client closes the connection meanwhile (a
-    half-close counts, as with nginx), and clears it after.
+    The loop has read the request: `self.body` is its body (de-chunked; also readable from
+    `self.rfile`). Subclasses answer `do_<METHOD>`, may refuse a request on its head alone in
+    `screen` (the loop asks it too, before it answers `Expect: 100-continue`), shape error bodies
+    in `error_document` and bound bodies with `max_body_bytes`. A handler waiting on something
+    slow sets `self.conn.on_hangup` to a callback the loop calls (on its thread) if the client
+    closes the connection meanwhile (a half-close counts, as with nginx), and clears it after.
     """
 
     protocol_version = "HTTP/1.1"
     server: ConnectionServer
-    rfile: io.BufferedReader
+    max_body_bytes = 1024 * 1024  # a listener's own pages take no body; the gateway's says more
 
     def setup(self) -> None:
         conn: Connection = self.request
         self.conn = conn
         self.request = self.connection = conn.sock
-        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.rfile = io.BufferedReader(_ConnReader(conn.sock, conn.prefix))
+        self.body = conn.body
+        self.rfile = io.BytesIO(conn.body)
         self.wfile = _ConnWriter(conn.sock)
-        conn.prefix = b""
 
-    def handle_one_request(self) -> None:
-        limits = self.server.limits
+    def handle(self) -> None:
+        """Answer the request; `conn.keep_alive` says whether the connection may carry another."""
         self.close_connection = True
-        if not self.conn.enter("idle", limits.idle_timeout_s):
-            return
-        buffered = self.rfile.peek(1)  # waits for the first byte of the next request
-        if not buffered:
-            return
-        end = head_end(buffered)
-        if end is not None:  # the whole head is buffered (always so for the first one): no line-by-line read
-            head: bytes | None = self.rfile.read(end)
-        else:
-            if not self.conn.enter("head", limits.header_timeout_s):
-                return
-            try:
-                head = read_head(self.rfile)
-            except HeadError as exc:
-                count_refusal(self.server.counters, self.server.name, exc.status, "a request head", str(exc))
-                self.send_canned(exc.status, str(exc))
-                return
-        self.conn.enter(None)
-        if head is None:
-            return
+        head = self.conn.head
         split = head.index(b"\n") + 1
-        self.raw_requestline, headers = head[:split], head[split:]
-        rfile, self.rfile = self.rfile, io.BytesIO(headers)  # type: ignore[assignment]  # for parse_request only
+        self.raw_requestline = head[:split]
+        body, self.rfile = self.rfile, io.BytesIO(head[split:])
         try:
             parsed = self.parse_request()
         finally:
-            self.rfile = rfile
-        if not parsed:
-            return
-        refusal = self.check_request()
-        if refusal is not None:
-            self.refuse(*refusal)
-            return
-        method = getattr(self, f"do_{self.command}", None)
-        if method is None:
-            self.refuse(501, f"opik-cipx: the {self.server.name} listener does not serve {self.command} requests")
-            return
-        method()
-        self.wfile.flush()
+            self.rfile = body
+        if parsed:
+            refusal = self.screen(self.server.name, self.command, self.path, self.headers)
+            if refusal is not None:
+                self.refuse(*refusal)
+            else:
+                getattr(self, f"do_{self.command}")()
+        self.conn.keep_alive = not self.close_connection
 
-    def check_request(self) -> tuple[int, str] | None:
-        """(status, message) to refuse the request before it is handled; None to handle it."""
+    def handle_expect_100(self) -> bool:
+        """The loop answered `Expect: 100-continue` (or had the body already): nothing to send here."""
+        return True
+
+    @classmethod
+    def screen(cls, listener: str, command: str, target: str, headers: Message) -> tuple[int, str] | None:
+        """(status, message) to refuse a request on its head alone; None to serve it."""
+        if not hasattr(cls, f"do_{command}"):
+            return 501, f"opik-cipx: the {listener} listener does not serve {command} requests"
         return None
 
+    @classmethod
+    def screen_head(cls, listener: str, head: bytes) -> tuple[int, str] | None:
+        """`screen` on a whole head, parsed as http.server parses it: the loop asks before `100 Continue`."""
+        line, _, fields = head.partition(b"\n")
+        words = line.decode("latin-1").split()
+        if len(words) != 3:
+            return 400, "opik-cipx: malformed request line"
+        try:
+            headers = http.client.parse_headers(io.BytesIO(fields))
+        except http.client.HTTPException:
+            return 400, "opik-cipx: malformed header block"
+        return cls.screen(listener, words[0], words[1], headers)
+
     def refuse(self, status: int, message: str) -> None:
-        """Answer `status` without reading the body, then close (lingering so the answer is read).
-        Counted and logged as a refusal (`count_refusal`)."""
+        """Answer `status` and close. Counted and logged as a refusal (`count_refusal`)."""
         count_refusal(self.server.counters, self.server.name, status,
                       f"{self.command} {self.path.split('?', 1)[0][:200]}", message)
-        self.close_connection = True
-        if "content-length" in self.headers or "transfer-encoding" in self.headers:
-            self.conn.linger = True
         self.send_canned(status, message)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:

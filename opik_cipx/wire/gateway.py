@@ -1,9 +1,10 @@
 """The wire: forward each Claude Code exchange upstream and stream the answer straight back.
 
-Nothing here parses bodies. The request body is read whole (Content-Length, or de-chunked),
-forwarded with the client's headers minus hop-by-hop ones, and each piece of the response is
-written to Claude Code and flushed as soon as `read1` returns it. The bytes already on the
-wire are referenced by a `Capture` that goes to the tee once the exchange is over.
+Nothing here parses bodies. The connection loop has read the request whole (Content-Length, or
+de-chunked: connections.py); it is forwarded with the client's headers minus hop-by-hop ones,
+and each piece of the response is written to Claude Code and flushed as soon as `read1` returns
+it. The bytes already on the wire are referenced by a `Capture` that goes to the tee once the
+exchange is over; of a response over `response_keep_bytes`, only its two ends (`KeptResponse`).
 
 Only Claude Code and other local programs are served, never a web page: a request with an
 `Origin` header, a browser's `Sec-Fetch-Site` / `Sec-Fetch-Mode`, a Host that is not loopback or
@@ -28,7 +29,8 @@ from email.message import Message
 from opik_cipx.ids import new_uuid7
 from opik_cipx.stats import Counters
 from opik_cipx.wire.budget import Block, Guard
-from opik_cipx.wire.capture import Capture, redact_headers
+from opik_cipx.wire.capture import Capture, KeptResponse, redact_headers
+from opik_cipx.wire.connections import worth_logging
 from opik_cipx.wire.endpoints import is_known
 from opik_cipx.wire.loopback import LoopbackHandler, loopback_host
 from opik_cipx.wire.upstream import UpstreamPool
@@ -52,6 +54,7 @@ HOP_BY_HOP = frozenset(
 REWRITTEN = frozenset({"host", "content-length", "accept-encoding", "expect"})
 DECODABLE_ENCODINGS = ("gzip", "deflate", "identity")
 MAX_BODY_BYTES = 64 * 1024 * 1024
+RESPONSE_KEEP_BYTES = 32 * 1024 * 1024  # the default of capture_response_max_mb
 READ_SIZE = 64 * 1024
 # A pooled connection the server closed just as we reused it fails within a round trip; a
 # failure later than this may come after the upstream started work, so it is not retried.
@@ -64,23 +67,17 @@ ERROR_TYPES = {400: "invalid_request_error", 403: "permission_error", 413: "requ
 NON_BROWSER_FETCH_MODE = "cors"
 
 
-class BadRequest(Exception):
-    """The client's request framing is unusable; answered with 400 (or 413) and closed."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
 class Gateway:
     """State shared by the gateway's handler threads: upstream pool, tee, counters, drain."""
 
     budget: Guard | None = None  # the spend caps' guard, set by the daemon when a cap is set
 
-    def __init__(self, pool: UpstreamPool, tee: Callable[[Capture], None], counters: Counters):
+    def __init__(self, pool: UpstreamPool, tee: Callable[[Capture], None], counters: Counters,
+                 response_keep_bytes: int = RESPONSE_KEEP_BYTES):
         self.pool = pool
         self.tee = tee
         self.counters = counters
+        self.response_keep_bytes = response_keep_bytes  # of each response, for the capture
         self.draining = False
         self._inflight = 0
         self._last_start = float("-inf")  # monotonic time the latest exchange started
@@ -196,16 +193,18 @@ class GatewayHandler(LoopbackHandler):
     """One client connection; every method on every path is forwarded."""
 
     gateway: Gateway  # set on the subclass the daemon builds
+    max_body_bytes = MAX_BODY_BYTES
 
     def __getattr__(self, name: str) -> Callable[[], None]:
         if name.startswith("do_"):
             return self._exchange
         raise AttributeError(name)
 
-    def check_request(self) -> tuple[int, str] | None:
-        reason = browser_or_stranger(self.path, self.headers)
+    @classmethod
+    def screen(cls, listener: str, command: str, target: str, headers: Message) -> tuple[int, str] | None:
+        reason = browser_or_stranger(target, headers)
         if reason == "host":
-            return self.not_loopback()
+            return cls.not_loopback(listener)
         return (403, f"opik-cipx: {reason}; only Claude Code and local programs may use this proxy") if reason else None
 
     @classmethod
@@ -229,7 +228,7 @@ class GatewayHandler(LoopbackHandler):
                     self._reply_error(502, "opik-cipx: internal proxy error; see `opik-cipx logs`")
 
     def _forward(self, gw: Gateway) -> None:
-        started = time.time_ns()
+        started = self.conn.head_at_ns
         capture = Capture(
             id=new_uuid7(started // 1_000_000),
             started_at_ns=started,
@@ -237,18 +236,7 @@ class GatewayHandler(LoopbackHandler):
             path=self.path,
             request_headers=redact_headers(self.headers.items()),
         )
-        self.conn.enter("body", self.server.limits.body_timeout_s)
-        try:
-            body = self._read_body()
-        except BadRequest as exc:
-            self.refuse(exc.status, f"opik-cipx: {exc}")  # the rest of the request is unread: the connection ends here
-            return
-        except OSError:
-            self.close_connection = True  # client went away mid-request (or stalled past its deadline)
-            return
-        finally:
-            self.conn.enter(None)
-        capture.request_body = body
+        capture.request_body = body = self.body
         if not is_known(self.command, self.path):
             gw.counters.incr("unknown_endpoints")
         try:
@@ -260,48 +248,6 @@ class GatewayHandler(LoopbackHandler):
         finally:
             capture.ended_at_ns = time.time_ns()
             gw.tee(capture)
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked()
-        raw = self.headers.get("Content-Length")
-        if raw is None:
-            return b""
-        try:
-            length = int(raw)
-        except ValueError:
-            raise BadRequest(400, f"invalid Content-Length {raw!r}") from None
-        if length < 0:
-            raise BadRequest(400, f"invalid Content-Length {raw!r}")
-        if length > MAX_BODY_BYTES:
-            raise BadRequest(413, f"request body of {length} bytes exceeds the {MAX_BODY_BYTES} byte limit")
-        body = self.rfile.read(length)
-        if len(body) != length:
-            raise OSError("client closed the connection mid-body")
-        return body
-
-    def _read_chunked(self) -> bytes:
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            line = self.rfile.readline(1024)
-            if not line.endswith(b"\n"):
-                raise OSError("client closed the connection mid-body")
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise BadRequest(400, "malformed chunked request body") from None
-            if size == 0:
-                while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers are hop-by-hop; dropped
-                return b"".join(parts)
-            total += size
-            if total > MAX_BODY_BYTES:
-                raise BadRequest(413, f"request body exceeds the {MAX_BODY_BYTES} byte limit")
-            chunk = self.rfile.read(size)
-            if len(chunk) != size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
-                raise OSError("client closed the connection mid-body")
-            parts.append(chunk)
 
     def _send_upstream(
         self, gw: Gateway, body: bytes, departure: "_Departure"
@@ -425,7 +371,20 @@ class GatewayHandler(LoopbackHandler):
             return False
         if not has_body:
             return True
-        parts, write = capture.response_parts, self.wfile.write
+        kept = KeptResponse(capture.response_parts, self.gateway.response_keep_bytes)
+        try:
+            return self._stream_body(capture, resp, departure, settle, kept.add, chunked)
+        finally:
+            if kept.finish(capture):
+                truncated = self.gateway.counters.incr("responses_truncated")
+                if worth_logging(truncated):
+                    log.info("gateway: a response of %d bytes kept in part for the capture (capture_response_max_mb; "
+                             "%d so far)", kept.total, truncated)
+
+    def _stream_body(self, capture: Capture, resp: http.client.HTTPResponse, departure: "_Departure",
+                     settle: Callable[[], bool], keep: Callable[[bytes], None], chunked: bool) -> bool:
+        """Forward the body piece by piece as it arrives (see `_stream_response`); `keep` each piece."""
+        write = self.wfile.write
         while True:
             try:
                 data = resp.read1(READ_SIZE)
@@ -445,7 +404,7 @@ class GatewayHandler(LoopbackHandler):
                 return False
             try:
                 if data:
-                    parts.append(data)
+                    keep(data)
                     write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
                 if last:
                     if chunked:

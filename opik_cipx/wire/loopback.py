@@ -12,6 +12,7 @@ import logging
 import re
 import socket
 import sys
+from email.message import Message
 
 from opik_cipx.config import LOOPBACK_HOST
 from opik_cipx.stats import Counters
@@ -95,12 +96,13 @@ class LoopbackHandler(ConnectionHandler):
 
     server: LoopbackServer
 
-    def check_request(self) -> tuple[int, str] | None:
-        if not loopback_host([value for name, value in self.headers.raw_items() if name.lower() == "host"]):
-            return self.not_loopback()
-        return None
+    @classmethod
+    def screen(cls, listener: str, command: str, target: str, headers: Message) -> tuple[int, str] | None:
+        if not loopback_host([value for name, value in headers.raw_items() if name.lower() == "host"]):
+            return cls.not_loopback(listener)
+        return super().screen(listener, command, target, headers)
 
-    def not_loopback(self) -> tuple[int, str]:
-        return 403, (f"opik-cipx: the {self.server.name} listener answers only requests addressed to "
+    @staticmethod
+    def not_loopback(listener: str) -> tuple[int, str]:
+        return 403, (f"opik-cipx: the {listener} listener answers only requests addressed to "
                      "localhost or 127.0.0.1 (one Host header, host[:port])")
-

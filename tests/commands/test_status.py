@@ -5,7 +5,8 @@ import os
 import signal
 import time
 
-from opik_cipx import __version__
+from opik_cipx import __version__, cli
+from opik_cipx.commands import status
 from opik_cipx.commands.status import age, duration, render, size
 from opik_cipx.config import load_settings
 from opik_cipx.ship.destination import NOT_CONFIGURED
@@ -86,6 +87,8 @@ counters
   requests_refused                    0
   connections_refused                 0
   requests_timed_out                  0
+  responses_truncated                 0
+  connections_not_owner               0
 materializer
   ready_raw           0  finished calls in memory, not yet in the capture log
   lag_events          0  captures in the log, not yet materialized
@@ -329,6 +332,35 @@ def test_up_then_wedged_then_killed_exact_wording_against_real_processes(machine
     new_pid = machine.state()["pid"]
     assert new_pid != pid
     wait_for(lambda: machine.cli("status").returncode == 0, timeout_s=10, what="status after repair")
+
+
+def test_a_bad_key_is_named_in_one_line_and_status_still_reads_the_rest_of_the_config_file(tmp_path, monkeypatch,
+                                                                                             capsys):
+    home = tmp_path / "state"
+    home.mkdir()
+    config = tmp_path / "cipx.toml"
+    config.write_text('tee_queue_max = "many"\ndrain_timeout_s = -1\n[opik]\nbase_url = "http://127.0.0.1:5173/api"\n'
+                      'workspace = "acme"\n')
+    for key in [key for key in os.environ if key.startswith(("CIPX_", "OPIK_", "CLAUDE_"))]:
+        monkeypatch.delenv(key)
+    for key, value in {"HOME": str(tmp_path), "CIPX_HOME": str(home), "CIPX_CONFIG": str(config),
+                       "CIPX_SUPERVISOR": "detached"}.items():
+        monkeypatch.setenv(key, value)
+    shown = []
+    real_run = status.run
+    monkeypatch.setattr(status, "run", lambda args, settings: shown.append(settings) or real_run(args, settings))
+
+    assert cli.main(["status"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("opik-cipx: not running")
+    lines = err.splitlines()
+    assert len(lines) == 2, err  # one line per bad key, each naming it
+    for line, key in zip(lines, ("drain_timeout_s", "tee_queue_max"), strict=True):
+        assert line.startswith(f"opik-cipx: warning: bad setting in config file {config}, key '{key}': "), err
+    settings, = shown
+    assert (settings.home, settings.config_path) == (home, config)
+    assert (settings.opik_base_url, settings.opik_workspace) == ("http://127.0.0.1:5173/api", "acme")
+    assert (settings.tee_queue_max, settings.drain_timeout_s) == (128, 30.0)  # the bad ones at their defaults
 
 
 def test_an_unusable_claude_settings_file_is_named_with_its_fix(machine):

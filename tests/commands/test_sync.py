@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -169,6 +170,65 @@ def test_concurrent_syncs_start_one_daemon(machine):
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
     assert sum("started" in out for out, _ in outputs) == 1, outputs
     assert sum("running" in out for out, _ in outputs) == 2, outputs
+
+
+class RacingSync:
+    """`opik-cipx sync` by hand that says where it is (tests/race_points.py), optionally paused in `pause`."""
+
+    def __init__(self, machine, pause: str | None = None):
+        self.signals, signals_w = os.pipe()
+        go_r, self.go_w = os.pipe()
+        extra = {"RACE_SIGNALS": str(signals_w), "RACE_GO": str(go_r), **({"RACE_PAUSE": pause} if pause else {})}
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.race_points", "sync"], env=machine.env(**extra),
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, pass_fds=(signals_w, go_r))
+        os.close(signals_w)
+        os.close(go_r)
+        self.machine = machine
+
+    def signal(self, timeout_s: float = 60) -> str:
+        """The next word it says: `paused`, `waits` or `done`."""
+        word = b""
+        while not word.endswith(b"\n"):
+            ready, _, _ = select.select([self.signals], [], [], timeout_s)
+            assert ready, "the sync said nothing"
+            byte = os.read(self.signals, 1)
+            assert byte, "the sync ended without a word"
+            word += byte
+        return word.decode().strip()
+
+    def go(self) -> None:
+        os.write(self.go_w, b"g")
+
+    def finish(self) -> tuple[str, str]:
+        try:
+            out, err = self.proc.communicate(timeout=60)
+        finally:
+            self.machine.remember_daemon()
+            os.close(self.signals)
+            os.close(self.go_w)
+        assert self.proc.returncode == 0, (out, err)
+        return out, err
+
+
+@pytest.mark.parametrize("pause", ["opik_cipx.control.claude_settings:_save", "opik_cipx.control.install:_remember"])
+def test_concurrent_syncs_point_claude_code_and_link_opik_cipx_once(machine, pause):
+    """Two sessions opening at once: one sync stopped just before it writes Claude Code's settings (or makes
+    the link on PATH), the other run meanwhile. That one waits for it, so exactly one says that Claude
+    Code now goes through opik-cipx, one made the link, and neither fails (before: both said it, or the
+    second said `cannot link ... File exists`)."""
+    first = RacingSync(machine, pause=pause)
+    assert first.signal() == "paused"
+    second = RacingSync(machine)
+    assert second.signal() in ("waits", "done")  # it waits for the first, or it is already through
+    first.go()
+    outputs = [first.finish(), second.finish()]
+    said = [line for out, _ in outputs for line in out.splitlines()]
+    assert said.count(f"opik-cipx: {NEXT_SESSION}") == 1, outputs
+    assert [line.startswith("opik-cipx: linked ") for line in said].count(True) == 1, outputs
+    assert [err for _, err in outputs] == ["", ""], outputs
+    assert machine.base_url() == f"http://127.0.0.1:{machine.port}"
+    assert (machine.user_home / ".local" / "bin" / "opik-cipx").resolve() == (machine.home / "bin" / "opik-cipx")
 
 
 def test_daemon_that_cannot_start_fails_open(machine):

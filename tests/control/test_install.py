@@ -82,6 +82,35 @@ def test_the_profile_hint_fits_the_shell(user, shell, bash_profile, expected):
     assert install.profile_hint(user / ".local" / "bin", env_for(user, shell=shell)) == expected
 
 
+@pytest.mark.parametrize("between", ["mkdir", "_remember"])
+def test_a_link_made_by_another_process_meanwhile_is_no_error(user, monkeypatch, between):
+    """`install` (install.sh) and a hook's `sync`, or two syncs without `sync.lock`: the other makes the
+    directories and the link between this one's look and its own mkdir (or symlink)."""
+    state = user / ".opik-cipx"
+    target = state / "bin" / "opik-cipx"
+    env = env_for(user)
+    others: list = []
+
+    def the_other_first(real):
+        def wrapper(*args, **kwargs):
+            if not others:  # the first call: the other process runs whole, right here
+                others.append(None)
+                others[0] = install.ensure_link(target, env, state)
+            return real(*args, **kwargs)
+        return wrapper
+
+    if between == "mkdir":
+        monkeypatch.setattr(Path, "mkdir", the_other_first(Path.mkdir))
+    else:
+        monkeypatch.setattr(install, "_remember", the_other_first(install._remember))
+    assert install.ensure_link(target, env, state) == (False, None)
+    created, note = others[0]
+    assert created and note.startswith(f"linked {user}/.local/bin/opik-cipx -> {target}")
+    local = user / ".local" / "bin"
+    assert os.readlink(local / "opik-cipx") == str(target)
+    assert install.made_dirs(state, env) == [local.parent, local]  # each listed once, by the one that made it
+
+
 def test_only_our_own_link_is_ever_removed_or_replaced(user):
     target = user / ".opik-cipx" / "bin" / "opik-cipx"
     local = user / ".local" / "bin"

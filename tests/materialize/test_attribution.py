@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 from opik_cipx.materialize.attribution import BUCKETS, Attribution, categorize, redacted
 from opik_cipx.materialize.attribution.compaction import SUMMARY_PROMPT
+from opik_cipx.materialize.attribution.model import Part
 from tests.claude_code_corpus import SCENARIOS, body_bytes, messages_requests, request
+from tests.materialize.test_environment import GIT_FIXTURES
 
 # Unattributed share of all Messages API body characters, per scenario (stated, not just bounded).
 UNATTRIBUTED_SHARE = {scenario: 0.0 for scenario in SCENARIOS}
@@ -245,8 +247,9 @@ def test_builtin_subagent_prompt_stays_system_prompt():
     result = attribution("subagent", "002")
     assert result.buckets["agents"] == 0
     assert result.facts["agents"]["custom"] == []
-    (preamble,) = region_texts("subagent", "002", "system_prompt", "preamble")
+    preamble, environment, _ = region_texts("subagent", "002", "system_prompt", "preamble")  # env: its own part
     assert preamble.startswith('"You are an agent for Claude Code')
+    assert environment.startswith("Here is useful information about the environment")
 
 
 def test_agent_list_arriving_mid_conversation():
@@ -430,6 +433,100 @@ def test_redacted_facts_drop_text_and_keep_counts():
     assert facts["slash_commands"]["by_command"][0]["args"] == "v1.3.0"  # the input is untouched
 
 
+# -- parts and layout: what a block of the request needs -------------------------------------
+
+
+def parts(result: Attribution, bucket: str, label: str | None = None) -> list:
+    """The parts of `bucket`'s regions (of `label` if given), in body order."""
+    return [r.part for r in result.regions if r.bucket == bucket and (label is None or r.label == label)]
+
+
+def test_every_listed_skill_and_agent_is_a_region_of_its_own():
+    result = attribution("skills_agents", "002")
+    menu = [part.resource for part in parts(result, "skills", "menu")]
+    assert menu == ["", *result.facts["skills"]["menu"]]  # the heading, then one region per skill
+    listed = [part.resource for part in parts(result, "agents", "list")]
+    assert listed == ["", *result.facts["agents"]["listed"], ""]  # the paragraph after the list: no agent's
+    assert "code-auditor" in listed
+    (loaded,) = parts(result, "skills", "release-notes")
+    assert loaded.resource == "release-notes"
+
+
+def test_tool_schemas_calls_and_results_name_their_tool_server_and_call():
+    result = attribution("mcp", "003")
+    schemas = {(p.tool_server, p.tool_name) for p in parts(result, "tools_mcp") if p.kind != "instructions"}
+    assert schemas == {("weather", "mcp__weather__get_forecast"), ("weather", "mcp__weather__get_alerts"),
+                       ("notes", "mcp__notes__search_notes"), ("notes", "mcp__notes__get_note")}
+    assert {p.tool_server for p in parts(result, "tools_mcp") if p.kind == "instructions"} == {"", "weather"}
+    assert all(p.tool_name == r.label and not p.tool_server for r in result.regions if r.bucket == "tools_builtin"
+               for p in [r.part])
+    calls = [p for p in parts(result, "tool_io") if p.kind == "tool_use"]
+    results = [p for p in parts(result, "tool_io") if p.kind == "tool_result"]
+    assert [p.tool_use_id for p in calls] == [p.tool_use_id for p in results] and len(calls) == 3
+    assert all(p.tool_use_id.startswith("toolu_") for p in calls)
+    assert [(p.tool_server, p.tool_name) for p in results] == [(mcp_server(p.tool_name), p.tool_name)
+                                                                for p in calls]
+
+
+def mcp_server(name: str) -> str:
+    return name.split("__")[1]
+
+
+def test_memory_files_carry_path_kind_and_digest():
+    result = attribution("skills_agents", "001")
+    files = result.facts["memory"]["files"]
+    assert [(p.resource, p.subcategory, p.sha256) for p in parts(result, "memory")] == [
+        (f["path"], f["kind"], f["sha256"]) for f in files]
+    assert [f["kind"] for f in files] == ["user", "project"]
+
+
+def test_prior_assistant_blocks_by_kind_and_the_compaction_texts():
+    kinds = {p.kind for p in parts(attribution("tools", "006"), "prior_assistant")}
+    assert kinds == {"text", "thinking"}
+    result = attribution("compact", "012")
+    reattached = parts(result, "compaction", "reattached_files")
+    assert reattached and all((p.kind, p.tool_name) == ("tool_result", "Read") for p in reattached)
+    assert parts(result, "compaction", "continued_summary") == [Part(kind="text")]
+
+
+def test_the_environment_and_git_status_sections_are_parts_of_their_own():
+    main = attribution("simple", "001")
+    (environment,) = [r for r in main.regions if r.part.kind == "environment"]
+    assert environment.label == "Environment"
+    body = request("simple", "001")["body"]
+    assert body[environment.start:environment.end].startswith("# Environment\\nYou have been invoked")
+    assert body[environment.end:].startswith("# Context management")
+    for number in ("001", "002"):  # a main loop and a subagent, in a repository
+        req = request("subagent", number, GIT_FIXTURES)
+        result = categorize(body_bytes(req))
+        (git,) = [r for r in result.regions if r.part.kind == "git_status"]
+        text = json.loads('"' + req["body"][git.start:git.end].removesuffix('"') + '"')
+        assert text.startswith("gitStatus: This is the git status") and text.endswith("a41b7f2 Start inventory-sync")
+        assert [r.part.kind for r in result.regions if r.part.kind in ("environment", "git_status")] == [
+            "environment", "git_status"]
+
+
+def test_the_layout_names_the_prompt_sections_and_every_cache_breakpoint():
+    for scenario, number in [("simple", "001"), ("tools", "006"), ("compact", "010"), ("nonstream_and_others", "028")]:
+        text = request(scenario, number)["body"]
+        body = json.loads(text)
+        layout = attribution(scenario, number).layout
+        assert {name: json.loads(text[start:end]) for name, (start, end) in layout.sections.items()} == {
+            name: body[name] for name in ("tools", "system", "messages") if name in body}
+        marked = [b for b in body["system"] if "cache_control" in b] + [
+            b for m in body["messages"] if isinstance(m["content"], list) for b in m["content"] if "cache_control" in b]
+        assert len(layout.breakpoints) == len(marked)
+        for at in layout.breakpoints:  # Claude Code writes cache_control last: the block ends right after it
+            assert text[:at].endswith('"cache_control":{"type":"ephemeral"}}')
+        system, messages = layout.sections["system"], layout.sections["messages"]
+        assert sum(system[0] < at < system[1] for at in layout.breakpoints) == sum(
+            "cache_control" in b for b in body["system"])
+        assert sum(messages[0] < at < messages[1] for at in layout.breakpoints) == len(marked) - sum(
+            "cache_control" in b for b in body["system"])
+        assert layout.breakpoints == sorted(layout.breakpoints)  # body order: messages come first here
+        assert not layout.auto_cache
+
+
 # -- arbitrary shapes (hypothesis) --------------------------------------------------------
 
 MARKERS = [
@@ -456,6 +553,11 @@ MARKERS = [
     "You are a Claude agent, built on Anthropic's Claude Agent SDK.",
     "\n# Section\n",
     "\n\nNotes:\n- Agent threads",
+    "# Environment\nYou have been invoked in the following environment: \n - Platform: linux\n\n",
+    "Here is useful information about the environment you are running in:\n<env>\nWorking directory: /w\n</env>\n",
+    "gitStatus: This is the git status at the start of the conversation.\nStatus:\nM a.py\n\nRecent commits:\n"
+    "abc1234 x\n",
+    "# gitStatus\nThis is the git status at the start of the conversation.\nCurrent branch: main\n",
     '"\\\u00e9\U0001f600\n\t\x00',
     # whole structures, so the splitting paths run with escapes inside them
     "<system-reminder>\nAs you answer:\n# claudeMd\nCodebase.\n\nContents of /p/CLAUDE.md (project instructions, "

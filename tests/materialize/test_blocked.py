@@ -1,6 +1,6 @@
 """A request a spend cap kept from Anthropic (`Capture.blocked`, docs/BUDGETS.md) is recorded like
-any exchange: a call of kind `blocked` naming the cap, costing exactly 0, a span in Opik, a
-ledger row that `report --by kind` lists."""
+any exchange: a call of kind `blocked` naming the cap, costing exactly 0, a span in Opik that Cost
+Intelligence does not count (no `metadata.cipx`), a ledger row that `report --by kind` lists."""
 
 from opik_cipx.ledger.db import connect
 from opik_cipx.ledger.queries import report
@@ -9,7 +9,9 @@ from opik_cipx.materialize.materializer import Materializer, MaterializerConfig
 from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.wire.budget import Block
 from opik_cipx.wire.capture import header_value
+from tests import cost_intelligence as ci
 from tests.claude_code_corpus import corpus_clock, exchange, write_session_files
+from tests.json_schema import opik_schema
 
 
 def blocked_capture(scenario: str, number: str, cap: str = "day"):
@@ -44,6 +46,19 @@ def test_a_blocked_call_is_a_call_of_kind_blocked_that_costs_nothing(tmp_path):
     assert span["name"] == "blocked" and span["type"] == "llm" and span["total_estimated_cost"] == 0.0
     assert "blocked" in span["tags"] and span["error_info"]["exception_type"] == "rate_limit_error"
     assert span["metadata"]["cc"]["call"]["kind"] == "blocked" and span["metadata"]["cc"]["call"]["side_kind"] == "day"
+
+
+def test_cost_intelligence_counts_the_call_before_and_not_the_blocked_one(tmp_path):
+    m = materializer(tmp_path)
+    answered = m.materialize(exchange("tools", "001")).records
+    blocked = m.materialize(blocked_capture("tools", "002")).records  # the next call, kept back
+    spans = {r["body"]["name"]: r["body"] for r in answered + blocked if r["kind"] == "span"
+             and r["body"]["type"] == "llm"}
+    assert set(spans) == {"main", "blocked"} and "cipx" not in spans["blocked"]["metadata"]
+    opik_schema("SpanBatch_Write").validate({"spans": list(spans.values())})
+    ingested = ci.ingest(ci.received_from_spool(answered + blocked))
+    assert set(ingested.spends) == {spans["main"]["id"]}  # the blocked call is no spend, not even of 0 tokens
+    assert sum(ingested.spends[spans["main"]["id"]].usage.values()) > 0
 
 
 def test_the_ledger_row_names_the_cap_and_report_by_kind_lists_it(tmp_path):

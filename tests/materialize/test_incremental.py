@@ -33,6 +33,14 @@ def assert_same(reader: RequestReader, key, body: bytes) -> None:
     assert json.dumps(result.by_label) == json.dumps(want.by_label)
     assert json.dumps(result.facts) == json.dumps(want.facts)
     assert result.regions == want.regions
+    assert result.layout == want.layout
+    assert described(result.prompt.runs) == described(want.prompt.runs)
+    assert result.prompt.breakpoints == want.prompt.breakpoints
+
+
+def described(runs: list) -> list:
+    """Runs by what they hold (the owner of an envelope-only run is a region cut to its unit or not)."""
+    return [(chars, envelope, owner.bucket, owner.label, owner.part) for chars, envelope, owner in runs]
 
 
 def test_the_recorded_corpus_read_in_order_matches_reading_each_from_scratch():

@@ -1,6 +1,7 @@
 """Capture -> Opik records over the recorded Claude Code corpus, materialized in recorded order."""
 
 import dataclasses
+import hashlib
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -11,9 +12,11 @@ from hypothesis import strategies as st
 
 from opik_cipx.ids import derived_uuid7, is_uuid7
 from opik_cipx.materialize.attribution.incremental import RequestReader
+from opik_cipx.materialize.call import AMBIGUOUS, NO_DISPATCH, CallConfig, Trigger
 from opik_cipx.materialize.materializer import Materializer, MaterializerConfig
 from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.materialize.redaction import REDACTED_TEXT
+from opik_cipx.materialize.usage import read_usage
 from opik_cipx.wire.capture import Capture
 from tests.claude_code_corpus import SCENARIOS, cli_result, exchanges, response, runs
 from tests.opik_schema import problems
@@ -457,3 +460,89 @@ def test_a_session_idle_for_a_day_is_forgotten_by_the_captures_clock(tmp_path):
     (session,) = materializer.snapshot()["sessions"]
     assert session["id"] == json.loads(json.loads(exchanges("simple")[1][1].request_body)["metadata"]["user_id"])[
         "session_id"]
+
+
+# -- what made each call (the call record's trigger, turn digest, config, agent link) --------------
+
+def calls(scenario: str, tmp_path: Path, materializer: Materializer | None = None) -> dict:
+    """Fixture number -> the call record of its exchange (model calls only)."""
+    materializer = materializer or Materializer(config(tmp_path), load_price_table())
+    out = {number: materializer.materialize(capture).call for number, capture in exchanges(scenario)}
+    return {number: call for number, call in out.items() if call is not None}
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_a_typed_prompt_starts_a_turn_and_every_later_call_of_it_continues_it(tmp_path):
+    tools = calls("tools", tmp_path)
+    assert [call.trigger for call in tools.values()] == [Trigger("user_turn")] + [Trigger("tool_continuation")] * 5
+    prompt = tools["001"].attribution.facts["user_prompt"]["text"]
+    assert {call.turn_digest for call in tools.values()} == {sha256_hex(prompt)}
+    compact = calls("compact", tmp_path)
+    assert compact["010"].trigger == Trigger("automated", "compaction")
+    assert compact["012"].trigger == Trigger("user_turn")  # after the summary and /compact's output
+    assert compact["012"].turn_digest == sha256_hex("What have we done so far?")
+    assert compact["029"].turn_digest == sha256_hex("/init")  # a slash command opened it
+    assert compact["010"].turn_digest == sha256_hex(compact["010"].turn_key)  # no prompt opened it
+    assert {call.trigger for n, call in compact.items() if call.kind.kind == "count_tokens"} == {Trigger("unknown")}
+    others = calls("nonstream_and_others", tmp_path)
+    sides = {call.trigger for call in others.values() if call.kind.kind == "side"}
+    assert sides == {Trigger("automated", "web_search"), Trigger("automated", "web_fetch")}
+
+
+def test_subagent_calls_name_their_type_their_dispatch_and_the_turn_of_the_prompt(tmp_path):
+    subagent = calls("subagent", tmp_path)
+    dispatch = next(block["id"] for block in subagent["001"].response.content if block.get("name") == "Agent")
+    for number in ("002", "003", "004"):
+        call = subagent[number]
+        assert call.trigger == Trigger("subagent", "general-purpose")
+        assert call.agent is not None and call.agent.tool_use_id == dispatch and call.link_failure is None
+        assert call.turn_digest == subagent["001"].turn_digest
+    custom = calls("skills_agents", tmp_path)["003"]
+    assert custom.trigger == Trigger("subagent", "code-auditor")
+
+
+def test_a_subagent_call_that_cannot_be_linked_says_why(tmp_path):
+    captured = dict(exchanges("subagent"))
+    alone = Materializer(config(tmp_path), load_price_table()).materialize(captured["002"]).call
+    assert (alone.agent, alone.link_failure, alone.trigger) == (None, NO_DISPATCH, Trigger("subagent"))
+    materializer = Materializer(config(tmp_path), load_price_table())
+    materializer.materialize(captured["001"])
+    second = again(captured["001"], 100)  # another Agent call waiting, with another id
+    second.response_parts = [captured["001"].response_body.replace(b'"toolu_', b'"toolu_x')]
+    materializer.materialize(second)
+    body = json.loads(captured["002"].request_body)
+    body["messages"][0]["content"][-1]["text"] = "a brief neither Agent call gave"
+    unlinked = materializer.materialize(again(captured["002"], 200, json.dumps(body).encode())).call
+    assert (unlinked.agent, unlinked.link_failure) == (None, AMBIGUOUS)
+
+
+def test_the_config_is_read_from_the_request():
+    tools = dict(exchanges("tools"))
+    body = json.loads(tools["001"].request_body)
+    assert CallConfig.of(body, None) == CallConfig(
+        effort=body["output_config"]["effort"], thinking_type="adaptive", max_tokens=body["max_tokens"],
+        context_management=",".join(edit["type"] for edit in body["context_management"]["edits"]))
+    odd = {"speed": "fast", "max_tokens": True, "thinking": {"type": 3}}
+    assert CallConfig.of(odd, None) == CallConfig(speed="fast")
+    fast = read_usage({"input_tokens": 1, "speed": "fast"})
+    assert CallConfig.of({}, fast).speed == "fast" and CallConfig.of({"output_config": "x"}, None) == CallConfig()
+
+
+def test_the_turn_digest_survives_a_restart_and_a_checkpoint_of_an_older_version(tmp_path):
+    captured = dict(exchanges("tools"))
+    before = Materializer(config(tmp_path, capture_content=False), load_price_table())
+    digest = before.materialize(captured["001"]).call.turn_digest
+    snapshot = before.snapshot()
+    assert [turn["prompt_sha256"] for turn in snapshot["turns"]] == [digest]  # a digest: no text in redacted mode
+    after = Materializer(config(tmp_path, capture_content=False), load_price_table())
+    after.restore(snapshot)
+    assert after.materialize(captured["002"]).call.turn_digest == digest
+    for turn in snapshot["turns"]:
+        del turn["prompt_sha256"]  # as an older version wrote it
+    older = Materializer(config(tmp_path), load_price_table())
+    older.restore(snapshot)
+    call = older.materialize(captured["002"]).call
+    assert call.turn_digest == sha256_hex(call.turn_key)  # its prompt is not kept: the turn key stands in

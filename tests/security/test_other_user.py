@@ -1,9 +1,11 @@
-"""Issue 12, item 1: another local user reads no captured prompt.
+"""Issue 12, item 1, and issue 22, item 9: another local user gets nothing in, and nothing out.
 
-A `db_password=...` goes through the proxy; then the `nobody` user asks the viewer for the call
-list, the capture page and the index, tries the token file and reads `/admin/stats`: the viewer
-answers 403 without the token, the token file is not readable to them, and the admin stats
-(open to every local user) carry no prompt, no path and no credential.
+The `nobody` user sends a prompt through the gateway and asks the admin and viewer listeners:
+every listener refuses the connection (the peer's socket is not the owner's) with a 403, nothing
+is forwarded, captured or counted as the owner's, and the refusals are counted. A
+`db_password=...` goes through the proxy from the owner; `nobody` cannot read the token file,
+and the admin stats carry no prompt, no path and no credential (where the peer check does not
+exist, on macOS, every local user can read them).
 """
 
 import http.client
@@ -27,9 +29,11 @@ def send_secret(daemon) -> None:
     wait_for(lambda: daemon.counter("events_materialized") == 1, what="call materialized")
 
 
-def fetch_as(other_user, url: str) -> tuple[int, str]:
+def fetch_as(other_user, url: str, cookie: str | None = None) -> tuple[int, str]:
+    headers = {"Cookie": cookie} if cookie else {}
     code = ("import urllib.request, urllib.error\n"
-            f"try:\n    r = urllib.request.urlopen({url!r}, timeout=10); print(r.status); print(r.read().decode())\n"
+            f"request = urllib.request.Request({url!r}, headers={headers!r})\n"
+            "try:\n    r = urllib.request.urlopen(request, timeout=10); print(r.status); print(r.read().decode())\n"
             "except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n")
     result = other_user(code)
     status, _, body = result.stdout.partition("\n")
@@ -37,18 +41,43 @@ def fetch_as(other_user, url: str) -> tuple[int, str]:
     return int(status), body
 
 
-def test_another_user_gets_no_prompt_from_the_viewer(daemon, upstream, other_user):
+NOT_OWNER = "serves only the user who runs it"
+
+
+def test_another_users_prompt_is_refused_by_the_gateway_not_forwarded_nor_captured(daemon, upstream, other_user):
+    """Issue 22, item 9: `nobody`'s prompt went into the owner's captures, ledger, dashboard and Opik."""
+    code = ("import http.client, json\n"
+            f"conn = http.client.HTTPConnection('127.0.0.1', {daemon.port}, timeout=10)\n"
+            "conn.request('POST', '/v1/messages?beta=true', body=json.dumps({'model': 'claude-opus-4-8', "
+            "'max_tokens': 5, 'messages': [{'role': 'user', 'content': 'nobody asks'}]}), "
+            "headers={'Content-Type': 'application/json', 'x-api-key': 'sk-ant-nobody'})\n"
+            "resp = conn.getresponse(); print(resp.status); print(resp.read().decode())\n")
+    result = other_user(code)
+    status, _, body = result.stdout.partition("\n")
+    assert status == "403", result.stdout + result.stderr
+    assert json.loads(body)["error"]["message"].startswith("opik-cipx: ") and NOT_OWNER in body
+    assert upstream.seen == []  # not forwarded
+    send_secret(daemon)  # the owner is served as before
+    stats = daemon.stats()
+    assert stats["counters"]["requests_captured"] == 1 and stats["counters"]["connections_not_owner"] == 1
+    assert len(upstream.seen) == 1 and b"nobody asks" not in upstream.seen[0].body
+
+
+def test_another_user_gets_nothing_from_any_listener(daemon, upstream, other_user):
     send_secret(daemon)
     viewer = f"http://127.0.0.1:{daemon.state['ports']['viewer']}"
     calls = json.loads(http_get(viewer + "/api/calls", daemon.viewer_cookie()))
     capture_id = calls[0]["capture_id"]
     assert SECRET in http_get(f"{viewer}/capture/{capture_id}", daemon.viewer_cookie())  # the owner sees it
 
-    for path in ("/api/calls", f"/capture/{capture_id}", "/", f"/?token={'x' * 43}"):
-        status, body = fetch_as(other_user, viewer + path)
-        assert status == 403, path
-        assert SECRET not in body and "hunter2" not in body
-        assert "Run `opik-cipx viewer`" in body
+    cookie = daemon.viewer_cookie()["Cookie"]  # even with the owner's cookie (replayed from a page of theirs)
+    admin = f"http://127.0.0.1:{daemon.admin_port}"
+    urls = [viewer + path for path in ("/api/calls", f"/capture/{capture_id}", "/", f"/?token={'x' * 43}")]
+    for url in [*urls, admin + "/admin/stats", admin + "/admin/health", admin + "/admin/state"]:
+        status, body = fetch_as(other_user, url, cookie if url.startswith(viewer) else None)
+        assert status == 403, url
+        assert SECRET not in body and "hunter2" not in body and NOT_OWNER in body
+    assert daemon.stats()["counters"]["connections_not_owner"] == 7
     token_path = daemon.home / "viewer.token"
     result = other_user(f"print(open({str(token_path)!r}).read())")
     assert result.returncode != 0 and "Permission denied" in result.stderr
@@ -67,10 +96,8 @@ def test_admin_stats_carry_no_prompt_path_or_credential(home, upstream, other_us
 
 def check_stats(daemon, other_user) -> None:
     admin = f"http://127.0.0.1:{daemon.admin_port}"
-    status, health = fetch_as(other_user, admin + "/admin/health")
-    assert (status, json.loads(health)) == (200, {"ok": True})  # health stays open
-    status, text = fetch_as(other_user, admin + "/admin/stats")
-    assert status == 200
+    assert fetch_as(other_user, admin + "/admin/stats")[0] == 403  # not theirs to read (on Linux)
+    text = http_get(admin + "/admin/stats", {})  # what every local user could read where peers are not checked
     token = (daemon.home / "viewer.token").read_text().strip()
     for secret in (SECRET, "hunter2", API_KEY, token, str(daemon.home), str(daemon.home.parent)):
         assert secret not in text

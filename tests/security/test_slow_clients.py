@@ -2,8 +2,9 @@
 where its threads and its `client_*` settings are the point, the rest against the gateway in process
 (tests/wire/conftest.py).
 
-- 1,000 stalled connections (silent, or stopped mid-head) hold no thread, and a normal call still
-  gets through (its latency against the idle figure is `bench/bench_stalled.py`'s job);
+- 1,000 stalled connections (silent, stopped mid-head, or mid-body after a whole head) hold no
+  thread and no slot, and a normal call still gets through (its latency against the idle figure
+  is `bench/bench_stalled.py`'s job);
 - header, body and idle deadlines close what stalls, and the connection cap turns the excess away
   with a 503 in Anthropic's shape;
 - a request head cut off before its blank line is never forwarded, credentials included;
@@ -16,13 +17,15 @@ import json
 import resource
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import DaemonProcess, wait_for
-from tests.fake_anthropic import json_reply, sse_reply
+from tests.conftest import LIMITS, DaemonProcess, load_fixture, wait_for
+from tests.fake_anthropic import fixture_reply, json_reply, sse_reply
 from tests.security.conftest import raw_exchange, write_config
+from tests.wire.conftest import InProcessWire
 
 STALLED = 1000
 
@@ -82,6 +85,8 @@ def many_sockets():
 
 
 def test_a_thousand_stalled_connections_hold_no_thread_and_a_call_gets_through(daemon, upstream, many_sockets):
+    """A third send nothing, a third part of a head, a third (more than `client_max_connections`) a whole
+    head and part of a body that never ends (issue 22, item 3: those held every slot, and calls got 503)."""
     pid = daemon.proc.pid
     assert call(daemon.port).status == 200  # warm: the first call's connection thread has come and gone
     idle_threads, idle_fds = threads(pid), open_fds(pid)
@@ -89,8 +94,10 @@ def test_a_thousand_stalled_connections_hold_no_thread_and_a_call_gets_through(d
     try:
         for i in range(STALLED):
             sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=10)
-            if i % 2:  # half send part of a head and stop; half send nothing at all
+            if i % 3 == 1:
                 sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: sk-")
+            elif i % 3 == 2:
+                sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{\"mo")
             stalled.append(sock)
         # The state being measured: the daemon's loop has accepted every connection and read every byte sent.
         wait_for(lambda: open_fds(pid) >= idle_fds + STALLED and unread_server_sides(daemon.port) in (0, None),
@@ -104,6 +111,36 @@ def test_a_thousand_stalled_connections_hold_no_thread_and_a_call_gets_through(d
         for sock in stalled:
             sock.close()
 
+
+
+def test_stalled_bodies_on_new_and_kept_alive_connections_leave_claude_code_its_slots(upstream):
+    """Issue 22, item 3, on the gateway in process with 4 slots: 12 clients stall a body (8 on new
+    connections, 4 on connections kept alive after a call), and Claude Code's calls still go through."""
+    wire = InProcessWire(upstream.url, limits=replace(LIMITS, max_connections=4))
+    stalled = []
+    try:
+        for i in range(12):
+            sock = socket.create_connection(("127.0.0.1", wire.port), timeout=10)
+            if i % 3 == 0:
+                sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
+                receive_until(sock, b'{"ok": true}')
+                wait_for(lambda: not wire.server._active, what="the call over, its slot given back")
+            sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{\"mo")
+            stalled.append(sock)
+        request, response = load_fixture("simple", "001")
+        upstream.script(fixture_reply(response), fixture_reply(response))
+        for _ in range(2):
+            conn = http.client.HTTPConnection("127.0.0.1", wire.port, timeout=10)
+            headers = {k: v for k, v in request["headers"].items() if k.lower() not in ("host", "content-length")}
+            conn.request("POST", request["path"], body=request["body"].encode(), headers=headers)
+            resp = conn.getresponse()
+            assert (resp.status, resp.read()) == (200, response["body"].encode())
+        assert len(upstream.seen) == 4 + 2  # the kept-alive clients' first calls, and Claude Code's
+        assert wire.counter("connections_refused") == 0
+    finally:
+        for sock in stalled:
+            sock.close()
+        wire.close()
 
 @pytest.fixture
 def strict_daemon(home, upstream):

@@ -15,7 +15,7 @@ import time
 from opik_cipx.stats import Counters
 from opik_cipx.store.captures import read_log
 from opik_cipx.wire.gateway import Gateway
-from tests.conftest import load_fixture, wait_for
+from tests.conftest import DaemonProcess, load_fixture, wait_for
 from tests.fake_anthropic import Reply, fixture_reply, json_reply, split_sse, sse_reply
 from tests.wire.conftest import InProcessWire
 
@@ -350,6 +350,80 @@ def test_set_cookie_reaches_the_client_but_not_the_capture(wire, upstream):
     capture = wait_for(lambda: list(wire.captures), what="capture teed")[0]
     assert ["Set-Cookie", "[redacted]"] in capture.response_headers
 
+
+
+def test_secret_headers_are_redacted_by_name_and_forwarded_as_sent(wire, upstream):
+    """Issue 22: `anthropic-api-key` and `x-goog-api-key` were stored as sent (only five names were redacted)."""
+    upstream.script(Reply(headers=[("content-type", "application/json"), ("x-upstream-token", "SECRETUP"),
+                                   ("anthropic-ratelimit-input-tokens-remaining", "39000")],
+                          chunks=[b"{}"], chunked=False))
+    sent = {"anthropic-api-key": "sk-ant-SECRETA", "x-goog-api-key": "SECRETG", "X-Auth-Token": "SECRETT",
+            "X-Claude-Code-Session-Id": "0b5c6c2e-5f8a-4ef4-9d0e-0d4b8e0b6a11"}
+    conn = client(wire)
+    conn.request("POST", "/v1/messages", body=b"{}", headers=sent)
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.getheader("x-upstream-token") == "SECRETUP"
+    assert all(upstream.seen[-1].header(name) == value for name, value in sent.items())
+    capture = wait_for(lambda: list(wire.captures), what="capture teed")[0]
+    request = dict(map(tuple, capture.request_headers))
+    assert [request[name] for name in sent] == ["[redacted]"] * 3 + [sent["X-Claude-Code-Session-Id"]]
+    response = dict(map(tuple, capture.response_headers))
+    assert response["x-upstream-token"] == "[redacted]"
+    assert response["anthropic-ratelimit-input-tokens-remaining"] == "39000"
+
+
+def big_stream(total: int) -> list[bytes]:
+    """An SSE message of about `total` bytes: usage at the start and in the last events, as Anthropic sends it."""
+    start = (b'event: message_start\ndata: {"type":"message_start","message":{"model":"claude-opus-4-8",'
+             b'"usage":{"input_tokens":10,"output_tokens":1}}}\n\n')
+    delta = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta",' \
+            b'"text":"' + b"x" * 900 + b'"}}\n\n'
+    end = (b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+           b'"usage":{"output_tokens":123456}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n')
+    middle = [delta * 60] * (total // len(delta * 60))
+    return [start, *middle, end]
+
+
+def test_a_response_over_the_cap_reaches_the_client_whole_and_is_kept_head_and_tail(upstream):
+    """Issue 22, item 7: a 100 MB response peaked at 829 MB RSS, all of it kept for materialization."""
+    wire = InProcessWire(upstream.url, response_keep_bytes=1024 * 1024)
+    try:
+        chunks = big_stream(5 * 1024 * 1024)
+        whole = b"".join(chunks)
+        upstream.script(sse_reply(chunks), sse_reply(chunks[:1] + chunks[-1:]))
+        for expected in (whole, chunks[0] + chunks[-1]):
+            conn = client(wire)
+            conn.request("POST", "/v1/messages", body=b'{"stream":true}')
+            assert conn.getresponse().read() == expected  # every byte forwarded
+        big, small = wait_for(lambda: wire.captures if len(wire.captures) == 2 else None, what="both teed")
+        at, omitted = big.response_omitted
+        kept = big.response_body
+        assert kept == whole[:at] + whole[at + omitted:]  # the start, then the end
+        assert 1024 * 1024 <= len(kept) < 1024 * 1024 + 128 * 1024 and at + omitted + len(kept) - at == len(whole)
+        assert kept.endswith(chunks[-1]) and kept.startswith(chunks[0])  # both usages are kept
+        assert small.response_omitted is None and small.response_body == chunks[0] + chunks[-1]
+        assert wire.counter("responses_truncated") == 1
+    finally:
+        wire.close()
+
+
+def test_the_capture_log_says_what_a_kept_in_part_response_is_missing(home, upstream):
+    home.mkdir(parents=True)
+    (home / "config.toml").write_text("capture_response_max_mb = 1\n")
+    daemon = DaemonProcess(home, upstream.url)
+    try:
+        chunks = big_stream(3 * 1024 * 1024)
+        upstream.script(sse_reply(chunks))
+        conn = client(daemon)
+        conn.request("POST", "/v1/messages", body=b'{"stream":true}')
+        assert conn.getresponse().read() == b"".join(chunks)
+        capture = wait_for(lambda: [e.capture for e in read_log(home / "captures")], what="capture on disk")[0]
+        at, omitted = capture.response_omitted
+        assert capture.response_body == b"".join(chunks)[:at] + b"".join(chunks)[at + omitted:]
+        assert daemon.counter("responses_truncated") == 1
+    finally:
+        daemon.stop()
 
 def test_off_wire_work_waits_for_a_quiet_wire_but_not_for_a_stream_that_started_earlier():
     gateway = Gateway(pool=None, tee=lambda capture: None, counters=Counters())

@@ -45,7 +45,17 @@ def test_unexpected_handler_error_is_recovered_as_502_and_counted(tmp_path):
     (b"Content-Length: %d\r\n" % (MAX_BODY_BYTES + 1), 413, "request_too_large"),
     (b"Content-Length: -1\r\n", 400, "invalid_request_error"),
     (b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "invalid_request_error"),
-], ids=["too-large", "bad-length", "bad-chunk"])
+    # issue 22, 'also': two different lengths (a request-smuggling shape; the first used to win)
+    (b"Content-Length: 2\r\nContent-Length: 5\r\n", 400, "invalid_request_error"),
+    (b"Content-Length: 2, 5\r\n", 400, "invalid_request_error"),
+    (b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n", 400, "invalid_request_error"),
+    (b"Content-Length: 1_0\r\n", 400, "invalid_request_error"),  # int() would read 10
+    (b"Content-Length: +2\r\n", 400, "invalid_request_error"),
+    (b"Transfer-Encoding: gzip, chunked\r\n", 400, "invalid_request_error"),
+    (b"Content-Length : 2\r\n", 400, "invalid_request_error"),  # space before the colon hides it from some parsers
+    (b"X-Pad: a\r\n Content-Length: 5\r\n", 400, "invalid_request_error"),  # an obsolete line folding
+], ids=["too-large", "bad-length", "bad-chunk", "two-lengths", "length-list", "length-and-chunked",
+        "underscore", "plus", "not-chunked", "space-before-colon", "folded"])
 def test_unusable_request_framing_is_refused_in_anthropics_error_type_and_counted(framing, status, error_type):
     counters, captured = Counters(), []
     gateway = Gateway(UpstreamPool("https://127.0.0.1:1", ca_bundle=CA_BUNDLE), captured.append, counters)
@@ -69,6 +79,39 @@ def test_unusable_request_framing_is_refused_in_anthropics_error_type_and_counte
         server.shutdown()
         server.server_close()
 
+
+
+def test_a_length_sent_twice_with_one_value_is_one_length(wire, upstream):
+    with socket.create_connection(("127.0.0.1", wire.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Length: 2\r\ncontent-length: 2\r\n\r\n{}")
+        answer = b""
+        while b'{"ok": true}' not in answer:
+            answer += sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 ") and upstream.seen[-1].body == b"{}"
+
+
+def expect_continue(port: int, extra: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n"
+                 b"Expect: 100-continue\r\n" + extra + b"\r\n")
+    return sock
+
+
+def test_100_continue_is_sent_only_to_a_request_that_will_be_served(wire, upstream):
+    """Issue 22, 'also': `100 Continue` went out before a request that was then refused."""
+    with expect_continue(wire.port, b"Origin: https://evil.example\r\n") as refused:
+        answer = refused.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 403 "), answer[:40]
+    with expect_continue(wire.port) as served:
+        assert served.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        served.sendall(b"{}")
+        answer = b""
+        while b'{"ok": true}' not in answer:
+            answer += served.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert [seen.body for seen in upstream.seen] == [b"{}"]
+    assert wire.counters.refusals() == {"claude_code": {"403": 1}}
 
 def test_hop_by_hop_and_connection_listed_headers_are_not_forwarded():
     items = [("Host", "127.0.0.1:9909"), ("Connection", "keep-alive, X-Trace"), ("X-Trace", "1"),

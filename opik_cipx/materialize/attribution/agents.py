@@ -8,7 +8,7 @@ for Claude."), or a custom agent's .md body followed by the harness's common tra
 
 from opik_cipx.materialize.attribution.facts import Facts, sha256
 from opik_cipx.materialize.attribution.model import AGENTS, SYSTEM_PROMPT, Piece
-from opik_cipx.materialize.attribution.skills import LIST_ENTRY
+from opik_cipx.materialize.attribution.skills import listing
 
 LIST = "Available agent types for the Agent tool:"
 BUILTIN_MARK = "Anthropic's official CLI for Claude"
@@ -19,8 +19,10 @@ _TRAILERS = (
 
 
 def agent_list(text: str, start: int, end: int, facts: Facts) -> list[Piece]:
-    facts.agents_listed.extend(LIST_ENTRY.findall(text, start, end))
-    return [Piece(start, end, AGENTS, "list")]
+    """The agent list text[start:end]: one piece per agent listed, all labelled `list`."""
+    names, pieces = listing(text, start, end, AGENTS, "list")
+    facts.agents_listed.extend(names)
+    return pieces
 
 
 def custom_definition(text: str, facts: Facts) -> list[Piece] | None:

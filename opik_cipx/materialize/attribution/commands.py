@@ -11,12 +11,13 @@ Everything of a command — tags, caveat, output, expansion — is slash_command
 import re
 
 from opik_cipx.materialize.attribution.facts import Facts
-from opik_cipx.materialize.attribution.model import SLASH_COMMAND, Piece
+from opik_cipx.materialize.attribution.model import SLASH_COMMAND, Part, Piece
 
 CAVEAT = "<local-command-caveat>"
 OUTPUTS = ("<local-command-stdout>", "<local-command-stderr>")
 NAME_TAG = "<command-name>"
 MESSAGE_TAG = "<command-message>"
+KINDS = {"local": Part(kind="local"), "prompt": Part(kind="prompt")}  # a piece's part, by the command's kind
 _NAME = re.compile(r"<command-name>(.*?)</command-name>", re.S)
 _ARGS = re.compile(r"<command-args>(.*?)</command-args>", re.S)
 
@@ -31,9 +32,10 @@ def command(text: str, start: int, end: int, after_caveat: bool, facts: Facts) -
     args = _ARGS.search(text, start, end)
     local = after_caveat or text[start:end].lstrip().startswith(NAME_TAG)
     label = name.group(1).strip().lstrip("/") if name else "unknown"
+    kind = KINDS["local" if local else "prompt"]
     record = {
         "name": label,
-        "kind": "local" if local else "prompt",
+        "kind": kind.kind,
         "args": args.group(1) if args else None,
         "args_chars": 0,
         "stdout_chars": 0,
@@ -42,11 +44,11 @@ def command(text: str, start: int, end: int, after_caveat: bool, facts: Facts) -
     facts.commands.append(record)
     whole = ((record, "chars"),)
     if not args or args.start(1) == args.end(1):
-        return record, [Piece(start, end, SLASH_COMMAND, label, whole)]
+        return record, [Piece(start, end, SLASH_COMMAND, label, whole, kind)]
     return record, [
-        Piece(start, args.start(1), SLASH_COMMAND, label, whole),
-        Piece(args.start(1), args.end(1), SLASH_COMMAND, label, ((record, "chars"), (record, "args_chars"))),
-        Piece(args.end(1), end, SLASH_COMMAND, label, whole),
+        Piece(start, args.start(1), SLASH_COMMAND, label, whole, kind),
+        Piece(args.start(1), args.end(1), SLASH_COMMAND, label, ((record, "chars"), (record, "args_chars")), kind),
+        Piece(args.end(1), end, SLASH_COMMAND, label, whole, kind),
     ]
 
 
@@ -55,4 +57,4 @@ def part(start: int, end: int, record: dict | None, output: bool = False) -> Pie
     if record is None:
         return Piece(start, end, SLASH_COMMAND, "unknown")
     tally = ((record, "chars"), (record, "stdout_chars")) if output else ((record, "chars"),)
-    return Piece(start, end, SLASH_COMMAND, record["name"], tally)
+    return Piece(start, end, SLASH_COMMAND, record["name"], tally, KINDS[record["kind"]])

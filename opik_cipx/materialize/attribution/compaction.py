@@ -9,23 +9,29 @@ because they exist only because of the compaction. Without a continued-session s
 the request, such a section counts to tool_io under the tool's name.
 """
 
+from opik_cipx.materialize.attribution import tools
 from opik_cipx.materialize.attribution.facts import Facts
-from opik_cipx.materialize.attribution.model import COMPACTION, Piece
+from opik_cipx.materialize.attribution.model import COMPACTION, Part, Piece
 
 SUMMARY_PROMPT = "Your task is to create a detailed summary of the conversation so far"
 CONTINUED = "This session is being continued from a previous conversation"
 REATTACHED = r"Called the (\S+) tool with the following input:"
 
 
+TEXT = Part(kind="text")
+
+
 def summary_prompt(start: int, end: int, facts: Facts) -> Piece:
     facts.compaction["request"] = True
-    return Piece(start, end, COMPACTION, "summary_prompt", ((facts.compaction, "prompt_chars"),))
+    return Piece(start, end, COMPACTION, "summary_prompt", ((facts.compaction, "prompt_chars"),), TEXT)
 
 
 def continued_summary(start: int, end: int, facts: Facts) -> Piece:
     facts.compaction["continued_summary"] = True
-    return Piece(start, end, COMPACTION, "continued_summary", ((facts.compaction, "summary_chars"),))
+    return Piece(start, end, COMPACTION, "continued_summary", ((facts.compaction, "summary_chars"),), TEXT)
 
 
-def reattached(start: int, end: int, facts: Facts) -> Piece:
-    return Piece(start, end, COMPACTION, "reattached_files", ((facts.compaction, "reattached_chars"),))
+def reattached(start: int, end: int, tool: str, facts: Facts) -> Piece:
+    """A file re-attached after the compaction: the result of calling `tool` on it."""
+    return Piece(start, end, COMPACTION, "reattached_files", ((facts.compaction, "reattached_chars"),),
+                 tools.part(tool, kind="tool_result"))

@@ -16,16 +16,18 @@ member a block type does not know, and a block type this module does not know, i
 import re
 from typing import NamedTuple
 
-from opik_cipx.materialize.attribution import agents, commands, compaction, memory, skills, tools
+from opik_cipx.materialize.attribution import agents, commands, compaction, environment, memory, skills, tools
 from opik_cipx.materialize.attribution.facts import SAMPLE_CHARS, Facts
 from opik_cipx.materialize.attribution.json_spans import Field
 from opik_cipx.materialize.attribution.model import (
+    NO_PART,
     PRIOR_ASSISTANT,
     SYSTEM_REMINDER,
     TOOL_IO,
     UNATTRIBUTED,
     USER_PROMPT,
     Canvas,
+    Part,
     Piece,
     Tally,
 )
@@ -42,6 +44,7 @@ PAYLOAD = {
     "document": frozenset({"source", "title", "context", "citations"}),
 }
 RESULT_PAYLOAD = frozenset({"content"})  # `tool_result` and every `*_tool_result` block type
+TEXT, THINKING = Part(kind="text"), Part(kind="thinking")
 SYSTEM_REMINDER_OPEN = "<system-reminder>"
 _REMINDER = re.compile(r"<system-reminder>.*?</system-reminder>\s*", re.S)
 _SYSTEM_SECTION = re.compile(
@@ -87,7 +90,7 @@ class Conversation:
         if role == "user":
             self._user([content], opens_turn=True)
         elif role == "assistant":
-            self._string(content, [Piece(0, len(content.value), PRIOR_ASSISTANT, "text")])
+            self._string(content, [Piece(0, len(content.value), PRIOR_ASSISTANT, "text", (), TEXT)])
         elif role == "system":
             self._string(content, self._system_text(content.value))
         else:
@@ -186,8 +189,8 @@ class Conversation:
         facts = self.facts
         if kind == REMINDER:
             if memory.CLAUDE_MD in text[start:end]:
-                return memory.claude_md(text, start, end, facts)
-            return [Piece(start, end, SYSTEM_REMINDER)]
+                return environment.carve(text, memory.claude_md(text, start, end, facts))
+            return environment.carve(text, [Piece(start, end, SYSTEM_REMINDER)])
         if kind == COMMAND:
             record, pieces = records[index]
             if record["kind"] == "local":
@@ -240,17 +243,18 @@ class Conversation:
             return tools.instructions(text, start, stop, self.facts)
         if title == skills.MENU:
             return skills.menu(text, start, stop, self.facts)
-        if self.continued:
-            return [compaction.reattached(start, stop, self.facts)]
         tool = heading.group(1)
-        return [Piece(start, stop, TOOL_IO, tool, ((self.facts.tool(tool), "result_chars"),))]
+        if self.continued:
+            return [compaction.reattached(start, stop, tool, self.facts)]
+        return [Piece(start, stop, TOOL_IO, tool, ((self.facts.tool(tool), "result_chars"),),
+                      tools.part(tool, kind="tool_result"))]
 
     def _text_block(self, role: object, block: Block) -> None:
         """A text block of an assistant or system message."""
         text = block.fields.get("text")
         if role == "assistant":
-            self._whole(block, "text", PRIOR_ASSISTANT, "text")
-            self._whole(block, "citations", PRIOR_ASSISTANT, "text")
+            self._whole(block, "text", PRIOR_ASSISTANT, "text", part=TEXT)
+            self._whole(block, "citations", PRIOR_ASSISTANT, "text", part=TEXT)
             return
         if text is not None and isinstance(text.value, str):
             self._string(text, self._system_text(text.value))
@@ -263,7 +267,7 @@ class Conversation:
         fields = block.fields
         if kind in ("thinking", "redacted_thinking"):
             for key in payload:
-                self._whole(block, key, PRIOR_ASSISTANT, "thinking")
+                self._whole(block, key, PRIOR_ASSISTANT, "thinking", part=THINKING)
         elif kind in ("tool_use", "server_tool_use", "mcp_tool_use"):
             name = _string_of(fields.get("name")) or "unknown"
             call_id = _string_of(fields.get("id"))
@@ -271,14 +275,17 @@ class Conversation:
                 self.tool_names[call_id] = name
             record = self.facts.tool(name)
             record["calls"] += 1
+            part = tools.part(name, kind="tool_use", tool_use_id=call_id or "")
             for key in payload:
-                self._whole(block, key, TOOL_IO, name, ((record, "input_chars"),))
+                self._whole(block, key, TOOL_IO, name, ((record, "input_chars"),), part)
         elif kind == "image" or kind == "document":
             bucket = PRIOR_ASSISTANT if role == "assistant" else USER_PROMPT
+            part = Part(kind=kind, resource=_attachment(fields))
             for key in payload:
-                self._whole(block, key, bucket, kind)
+                self._whole(block, key, bucket, kind, part=part)
         else:  # a tool result
-            name = self.tool_names.get(_string_of(fields.get("tool_use_id")) or "", "unknown")
+            call_id = _string_of(fields.get("tool_use_id")) or ""
+            name = self.tool_names.get(call_id, "unknown")
             record = self.facts.tool(name)
             error = fields.get("is_error")
             if error is not None and error.value is True:
@@ -286,17 +293,19 @@ class Conversation:
             content = fields.get("content")
             if content is not None:
                 record["sample_chars"] = _sample(content.value)
-            self._whole(block, "content", TOOL_IO, name, ((record, "result_chars"),))
+            part = tools.part(name, kind="tool_result", tool_use_id=call_id)
+            self._whole(block, "content", TOOL_IO, name, ((record, "result_chars"),), part)
 
     # -- painting -------------------------------------------------------------------------
 
     def _string(self, field: Field, pieces: list[Piece]) -> None:
         self.canvas.paint_string(field.start, field.end, field.value, pieces)
 
-    def _whole(self, block: Block, key: str, bucket: str, label: str | None, tally: Tally = ()) -> None:
+    def _whole(self, block: Block, key: str, bucket: str, label: str | None, tally: Tally = (),
+               part: Part = NO_PART) -> None:
         field = block.fields.get(key)
         if field is not None:
-            self.canvas.paint(field.start, field.end, bucket, label, tally)
+            self.canvas.paint(field.start, field.end, bucket, label, tally, part)
 
 
 def _segments(text: str) -> list[tuple[int, int, int]]:
@@ -341,6 +350,19 @@ def _kind(text: str) -> int:
 
 def _string_of(field: Field | None) -> str | None:
     return field.value if field is not None and isinstance(field.value, str) else None
+
+
+def _attachment(fields: dict[str, Field]) -> str:
+    """What names an image or document: its title, else its source's URL or file id ("" for data)."""
+    title = _string_of(fields.get("title"))
+    if title:
+        return title
+    field = fields.get("source")
+    source = field.value if field is not None and isinstance(field.value, dict) else {}
+    for key in ("url", "file_id"):
+        if isinstance(source.get(key), str):
+            return source[key]
+    return ""
 
 
 def _sample(content: object) -> str:

@@ -17,7 +17,9 @@ two sections of its prompt (docs/MARKERS.md):
   separated by blank lines in some builds and by single line breaks in others.
 
 `read_workspace(body)` reads both from a request body's `system` blocks and the context
-reminders of its first message; `parse_workspace(texts)` from given texts. Pure: any input
+reminders of its first message; `parse_workspace(texts)` from given texts; `carve(text, pieces)`
+splits both sections off the system prompt and reminder pieces of an attribution (part kinds
+`environment`, `git_status`: what Opik's Cost Intelligence calls `env_info`). Pure: any input
 gives a `Workspace` or None, never an exception. Only what the text says is kept (None where it
 says nothing); the git status is a snapshot Claude Code took when the session started, so it
 names the branch and state of that moment, not of the call. The first environment section
@@ -29,6 +31,8 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypedDict
+
+from opik_cipx.materialize.attribution.model import SYSTEM_PROMPT, SYSTEM_REMINDER, Part, Piece
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,13 @@ _CLEAN = "(clean)"
 # An absolute path (POSIX, `~`, a Windows drive or share): not a placeholder such as `(none)`.
 _PATH = re.compile(r"^(?:/|~|[A-Za-z]:[\\/]|\\\\)")
 _TRUE, _FALSE = frozenset({"true", "yes"}), frozenset({"false", "no"})
+_ENV_HEADING = "# Environment\n"
+_ENV_BLOCK_INTRO = "Here is useful information about the environment you are running in:\n"
+_LINE_BREAKS = re.compile(r"\n(?:[ \t]*\n)*")  # a line's end and the blank lines after it
+_CONTEXT_END = "</context>"
+ENVIRONMENT, GIT_STATUS = Part(kind="environment"), Part(kind="git_status")
+_MARKERS = ("You have been invoked in the following environment:", "<env>", "This is the git status at the start")
+CARVED = frozenset({SYSTEM_PROMPT, SYSTEM_REMINDER})
 
 
 def read_workspace(body: object) -> Workspace | None:
@@ -201,3 +212,103 @@ def _branch(value: str) -> str | None:
 def _flag(value: str) -> bool | None:
     lowered = value.lower()
     return True if lowered in _TRUE else False if lowered in _FALSE else None
+
+
+# --- where the sections are, for the attribution ---------------------------------------------------
+
+
+def carve(text: str, pieces: list[Piece]) -> list[Piece]:
+    """`pieces` with each environment and git status section inside a system prompt or reminder
+    piece split off as a piece of its own: same bucket, label and tally, part `ENVIRONMENT` or
+    `GIT_STATUS`. A section runs from its intro (the `# Environment` heading or the `<env>` intro
+    line just before it included) to the end of what `parse_workspace` reads of it, with the blank
+    lines after it."""
+    out: list[Piece] = []
+    for piece in pieces:
+        found = sections(text, piece.start, piece.end) if piece.bucket in CARVED else []
+        at = piece.start
+        for start, end, part in found:
+            if start > at:
+                out.append(piece._replace(start=at, end=start))
+            out.append(piece._replace(start=start, end=end, part=part))
+            at = end
+        if at < piece.end or not found:
+            out.append(piece._replace(start=at))
+    return out
+
+
+def sections(text: str, start: int, end: int) -> list[tuple[int, int, Part]]:
+    """The environment and git status sections within text[start:end], in order, not overlapping."""
+    if not any(text.find(marker, start, end) >= 0 for marker in _MARKERS):
+        return []
+    found = []
+    for match in _ENV_INTRO.finditer(text, start, end):
+        heading = match.start() - len(_ENV_HEADING)
+        first = heading if heading >= start and text.startswith(_ENV_HEADING, heading) else match.start()
+        found.append((first, _env_end(text, match.end(), end, "\n"), ENVIRONMENT))
+    for match in _ENV_BLOCK.finditer(text, start, end):
+        intro = match.start() - len(_ENV_BLOCK_INTRO)
+        first = intro if intro >= start and text.startswith(_ENV_BLOCK_INTRO, intro) else match.start()
+        found.append((first, _env_end(text, match.end(), end, "</env>"), ENVIRONMENT))
+    for match in _GIT_INTRO.finditer(text, start, end):
+        found.append((match.start(), _git_end(text, match.end(), end), GIT_STATUS))
+    out: list[tuple[int, int, Part]] = []
+    for section in sorted(found, key=lambda item: item[0]):
+        if not out or section[0] >= out[-1][1]:
+            out.append(section)
+    return out
+
+
+def _env_end(text: str, position: int, limit: int, closing: str) -> int:
+    """Where the environment section whose intro ends at `position` ends: at the first blank line
+    (after the `</env>` line for that form)."""
+    closed = closing == "\n"
+    end = _line_end(text, position, limit)
+    for line, line_end in _lines_between(text, end, limit):
+        if closed and not line.strip():
+            break
+        closed = closed or line.strip() == closing
+        end = line_end
+    return _after_blank_lines(text, end, limit)
+
+
+def _git_end(text: str, position: int, limit: int) -> int:
+    """Where the git status section whose intro ends at `position` ends, as `_git_status` reads it."""
+    end = _line_end(text, position, limit)
+    in_status = commits = False
+    for line, line_end in _lines_between(text, end, limit):
+        blank = not line.strip()
+        if commits and not _COMMIT.match(line) or line.strip() == _CONTEXT_END:
+            end = line_end if line.strip() == _CONTEXT_END else end
+            break
+        if commits or in_status and not blank and not _COMMITS.match(line):
+            end = line_end
+            continue
+        in_status = False
+        if blank:
+            continue
+        if _COMMITS.match(line):
+            commits, end = True, line_end
+        elif _BRANCH.match(line) or _MAIN_BRANCH.match(line) or _GIT_USER.match(line) or _STATUS.match(line):
+            in_status, end = bool(_STATUS.match(line)), line_end
+        else:
+            break
+    return _after_blank_lines(text, end, limit)
+
+
+def _lines_between(text: str, end: int, limit: int) -> Iterator[tuple[str, int]]:
+    """(line, its end) for each line after the one ending at `end`, within `limit`."""
+    while end < limit:
+        start = end + 1
+        end = _line_end(text, start, limit)
+        yield text[start:end], end
+
+
+def _line_end(text: str, position: int, limit: int) -> int:
+    found = text.find("\n", position, limit)
+    return limit if found < 0 else found
+
+
+def _after_blank_lines(text: str, end: int, limit: int) -> int:
+    match = _LINE_BREAKS.match(text, end, limit)
+    return match.end() if match else end

@@ -40,7 +40,8 @@ from typing import Any, NamedTuple
 from opik_cipx.materialize.attribution.conversation import Conversation
 from opik_cipx.materialize.attribution.facts import Facts
 from opik_cipx.materialize.attribution.json_spans import Cursor
-from opik_cipx.materialize.attribution.model import Attribution, Canvas, Region, append_region
+from opik_cipx.materialize.attribution.model import Attribution, Canvas, Layout, Region, append_region
+from opik_cipx.materialize.attribution.prompt import Prompt, Run, owned, prompt
 from opik_cipx.materialize.attribution.request import add_regions, categorize, member, message, tallies
 from opik_cipx.materialize.attribution.system import SystemPrompt
 
@@ -98,6 +99,8 @@ class _Tail:
     buckets: dict[str, int]
     by_label: dict[str, dict[str, int]]
     members: list[tuple[str, Any]]
+    layout: Layout  # offsets from the tail's start
+    close: int  # the end of the `]` that closes `messages`, from the tail's start
 
 
 @dataclass
@@ -111,6 +114,9 @@ class _Entry:
     head: list[tuple[str, Any]]  # parsed members before `messages`
     messages: list[Any]  # parsed messages
     regions: list[list[Region]]  # [0]: the head's, [i]: message i-1's with the separator before it
+    breakpoints: list[list[int]]  # the same for cache breakpoints
+    runs: list[list[Run]]  # [i]: message i's runs in the prompt (attribution/prompt.py)
+    head_layout: Layout  # sections of the head
     states: dict[int, _State]  # by message boundary
     tail: _Tail | None = None  # set once the walk reached it
     tail_chars_at: int = 0  # character offset of the tail
@@ -249,14 +255,15 @@ def _read(key: Hashable, body: bytes, previous: tuple[_Entry, int] | None,
           pause: Callable[[], None]) -> tuple[_Entry, ReadRequest]:
     old: _Entry | None = None
     if previous is None:
-        walk, head, head_regions, head_bytes, head_chars = _head(body)
-        entry = _Entry(key, body, [head_bytes], [head_chars], head, [], [head_regions], {0: walk.keep()})
+        walk, head, head_regions, head_layout, head_bytes, head_chars = _head(body)
+        entry = _Entry(key, body, [head_bytes], [head_chars], head, [], [head_regions], [head_layout.breakpoints],
+                       [], head_layout, {0: walk.keep()})
     else:
         old, shared = previous
         start = max(count for count in old.states if count <= shared)
         entry = _Entry(key, body, old.bytes_at[: start + 1], old.chars_at[: start + 1], old.head,
-                       old.messages[:start], old.regions[: start + 1],
-                       {count: state for count, state in old.states.items() if count <= start})
+                       old.messages[:start], old.regions[: start + 1], old.breakpoints[: start + 1], old.runs[:start],
+                       old.head_layout, {count: state for count, state in old.states.items() if count <= start})
         walk = _Walk(old.states[start])
     tail_at = _messages(entry, walk, pause)
     entry.tail = _tail(body, tail_at, walk, old.tail if old is not None else None)
@@ -270,13 +277,14 @@ def _read(key: Hashable, body: bytes, previous: tuple[_Entry, int] | None,
     for name, value in entry.tail.members:
         parsed[name] = value
     attribution = Attribution(entry.tail_chars_at + entry.tail.chars, _regions(entry), walk.buckets, walk.by_label,
-                              walk.facts.to_json(walk.buckets, walk.by_label))
+                              walk.facts.to_json(walk.buckets, walk.by_label), _layout(entry), _prompt(entry))
     return entry, ReadRequest(parsed, attribution)
 
 
-def _head(body: bytes) -> tuple[_Walk, list[tuple[str, Any]], list[Region], int, int]:
+def _head(body: bytes) -> tuple[_Walk, list[tuple[str, Any]], list[Region], Layout, int, int]:
     """Walk the members before `messages` up to its `[`, decoding more while the first window
-    ends inside them: the walk, the parsed members, regions, and the `[`'s end in bytes and chars."""
+    ends inside them: the walk, the parsed members, regions, layout, and the `[`'s end in bytes
+    and chars."""
     text = _Text(body, 0, 0)
     while True:
         text.more(0)
@@ -296,7 +304,8 @@ def _head(body: bytes) -> tuple[_Walk, list[tuple[str, Any]], list[Region], int,
                     chars = cursor.pos + 1
                     regions = canvas.regions(0, chars)
                     add_regions(regions, walk.buckets, walk.by_label)
-                    return walk, head, regions, len(text.text[:chars].encode()), chars
+                    layout = Layout(dict(canvas.sections), list(canvas.breakpoints), [], canvas.auto_cache)
+                    return walk, head, regions, layout, len(text.text[:chars].encode()), chars
                 head.append((name, _scan_once(text.text, cursor.pos)[0]))
                 member(name, cursor, canvas, walk.system, walk.conversation)
         except (ValueError, StopIteration):
@@ -336,6 +345,8 @@ def _messages(entry: _Entry, walk: _Walk, pause: Callable[[], None]) -> int:
         count += 1
         entry.messages.append(value)
         entry.regions.append(regions)
+        entry.breakpoints.append(canvas.breakpoints_in(pos, end, shift=text.char))
+        entry.runs.append(owned(regions))
         entry.bytes_at.append(byte)
         entry.chars_at.append(text.char + end)
         entry.states[count] = walk.keep()
@@ -391,6 +402,7 @@ def _tail(body: bytes, tail_at: int, walk: _Walk, old: _Tail | None) -> _Tail:
     cursor = Cursor(text)
     cursor.peek()
     cursor.pos += 1  # the `]` after the whitespace that follows the last message
+    close = cursor.pos
     members = []
     for name, _ in cursor.rest_of_object(first=False):
         if name == "messages":
@@ -401,7 +413,9 @@ def _tail(body: bytes, tail_at: int, walk: _Walk, old: _Tail | None) -> _Tail:
     regions = canvas.regions()
     buckets, by_label = tallies()
     add_regions(regions, buckets, by_label)
-    return _Tail(memoryview(body)[tail_at:], len(text), system_in, facts, regions, buckets, by_label, members)
+    layout = Layout(dict(canvas.sections), list(canvas.breakpoints), [], canvas.auto_cache)
+    return _Tail(memoryview(body)[tail_at:], len(text), system_in, facts, regions, buckets, by_label, members, layout,
+                 close)
 
 
 def _regions(entry: _Entry) -> Callable[[], list[Region]]:
@@ -413,9 +427,37 @@ def _regions(entry: _Entry) -> Callable[[], list[Region]]:
         out: list[Region] = []
         for part in parts:
             for region in part:
-                append_region(out, region.start, region.end, region.bucket, region.label)
+                append_region(out, region.start, region.end, region.bucket, region.label, region.part)
         for region in tail.regions:
-            append_region(out, region.start + shift, region.end + shift, region.bucket, region.label)
+            append_region(out, region.start + shift, region.end + shift, region.bucket, region.label, region.part)
         return out
 
     return listed
+
+
+def _prompt(entry: _Entry) -> Callable[[Layout], Prompt]:
+    """The body in prompt order, made when first asked for: the head's and tail's regions cut into
+    units, the messages' runs as kept."""
+    head, tail, shift, runs = entry.regions[0], entry.tail, entry.tail_chars_at, entry.runs
+    assert tail is not None  # the walk reached it
+
+    def made(layout: Layout) -> Prompt:
+        return prompt(((head, 0), (tail.regions, shift)), layout, runs)
+
+    return made
+
+
+def _layout(entry: _Entry) -> Callable[[], Layout]:
+    """The body's layout, made when first asked for."""
+    head, parts, tail, shift, opened = entry.head_layout, entry.breakpoints, entry.tail, entry.tail_chars_at, \
+        entry.chars_at[0] - 1
+    assert tail is not None  # the walk reached it
+
+    def made() -> Layout:
+        sections = dict(head.sections)
+        sections["messages"] = (opened, shift + tail.close)
+        sections.update({name: (start + shift, end + shift) for name, (start, end) in tail.layout.sections.items()})
+        breakpoints = [at for part in parts for at in part] + [at + shift for at in tail.layout.breakpoints]
+        return Layout(sections, breakpoints, entry.chars_at[1:], head.auto_cache or tail.layout.auto_cache)
+
+    return made

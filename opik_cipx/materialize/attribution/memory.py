@@ -9,7 +9,7 @@ its path; the reminder's wrapper text is system_reminder.
 import re
 
 from opik_cipx.materialize.attribution.facts import Facts, sha256
-from opik_cipx.materialize.attribution.model import MEMORY, SYSTEM_REMINDER, Piece
+from opik_cipx.materialize.attribution.model import MEMORY, SYSTEM_REMINDER, Part, Piece
 
 CLAUDE_MD = "# claudeMd\n"
 KINDS = {
@@ -52,14 +52,11 @@ def claude_md(text: str, start: int, end: int, facts: Facts) -> list[Piece]:
     for index, header in enumerate(headers):
         section_end = headers[index + 1].start() if index + 1 < len(headers) else stop
         path = header.group("path")
-        record = {
-            "path": path,
-            "kind": kind_of(header.group("kind"), path),
-            "chars": 0,
-            "sha256": sha256(text[header.end() : section_end].strip()),
-        }
+        part = Part(resource=path, subcategory=kind_of(header.group("kind"), path),
+                    sha256=sha256(text[header.end() : section_end].strip()))
+        record = {"path": path, "kind": part.subcategory, "chars": 0, "sha256": part.sha256}
         facts.memory_files.append(record)
-        pieces.append(Piece(header.start(), section_end, MEMORY, path, ((record, "chars"),)))
+        pieces.append(Piece(header.start(), section_end, MEMORY, path, ((record, "chars"),), part))
     pieces.append(Piece(stop, end, SYSTEM_REMINDER, "claudeMd"))
     return pieces
 

@@ -10,7 +10,16 @@ from opik_cipx.materialize.attribution import tools
 from opik_cipx.materialize.attribution.conversation import Block, Conversation
 from opik_cipx.materialize.attribution.facts import Facts
 from opik_cipx.materialize.attribution.json_spans import Cursor, Field
-from opik_cipx.materialize.attribution.model import BUCKETS, UNATTRIBUTED, Attribution, Canvas, Region
+from opik_cipx.materialize.attribution.model import (
+    BUCKETS,
+    SECTIONS,
+    UNATTRIBUTED,
+    Attribution,
+    Canvas,
+    Layout,
+    Region,
+)
+from opik_cipx.materialize.attribution.prompt import prompt
 from opik_cipx.materialize.attribution.system import SystemPrompt
 
 PARAMS = frozenset(
@@ -62,7 +71,17 @@ def _walk(cur: Cursor, canvas: Canvas, facts: Facts) -> bool:
 
 
 def member(key: str, cur: Cursor, canvas: Canvas, system: SystemPrompt, conversation: Conversation) -> None:
-    """Paint the value of the top-level member `key` at the cursor."""
+    """Paint the value of the top-level member `key` at the cursor (and note where a section lies)."""
+    cur.peek()
+    start = cur.pos
+    _member(key, cur, canvas, system, conversation)
+    if key in SECTIONS:
+        canvas.sections[key] = (start, cur.pos)
+    elif key == "cache_control" and canvas.text[start:start + 1] == "{":
+        canvas.auto_cache = True
+
+
+def _member(key: str, cur: Cursor, canvas: Canvas, system: SystemPrompt, conversation: Conversation) -> None:
     if key == "system":
         _system(cur, canvas, system)
     elif key == "tools":
@@ -73,6 +92,7 @@ def member(key: str, cur: Cursor, canvas: Canvas, system: SystemPrompt, conversa
             return
         for _ in cur.elements():
             message(cur, canvas, conversation)
+            canvas.message_ends.append(cur.pos)
     elif key in PARAMS:
         cur.value()
     else:
@@ -89,12 +109,17 @@ def _system(cur: Cursor, canvas: Canvas, system: SystemPrompt) -> None:
             if cur.peek() != "{":
                 _unknown(cur, canvas)
                 continue
+            marked = False
             for key, _ in cur.members():
                 if key == "text" and cur.peek() == '"':
                     field = cur.value()
                     canvas.paint_string(field.start, field.end, field.value, system.block(field.value))
-                elif key not in ("type", "cache_control"):
+                elif key == "cache_control":
+                    marked = cur.peek() == "{"
+                elif key != "type":
                     _unknown(cur, canvas)
+            if marked:
+                canvas.breakpoints.append(cur.pos)
     else:
         _unknown(cur, canvas)
 
@@ -108,21 +133,25 @@ def _tools(cur: Cursor, canvas: Canvas, facts: Facts) -> None:
         if cur.peek() != "{":
             _unknown(cur, canvas)
             continue
-        name, carve = None, None
+        name, carve, marked, deferred = None, None, False, False
         for key, key_start in cur.members():
             field = cur.value()
             if key == "name" and isinstance(field.value, str):
                 name = field.value
             elif key == "cache_control":
-                carve = (key_start, field.end)
+                carve, marked = (key_start, field.end), isinstance(field.value, dict)
+            elif key == "defer_loading":
+                deferred = field.value is True
         end = cur.pos
+        if marked:
+            canvas.breakpoints.append(end)
         if name is None:
             canvas.paint(start, end, UNATTRIBUTED)
             continue
-        bucket, label, tally = tools.definition(name, facts)
+        bucket, label, tally, part = tools.definition(name, deferred, facts)
         left, right = carve or (end, end)
-        canvas.paint(start, left, bucket, label, tally)
-        canvas.paint(right, end, bucket, label, tally)
+        canvas.paint(start, left, bucket, label, tally, part)
+        canvas.paint(right, end, bucket, label, tally, part)
 
 
 def message(cur: Cursor, canvas: Canvas, conversation: Conversation) -> None:
@@ -154,6 +183,9 @@ def _content(cur: Cursor, canvas: Canvas, conversation: Conversation, role: obje
             if cur.peek() == "{":
                 fields = _read_object(cur, canvas)
                 blocks.append(Block(start, cur.pos, fields))
+                marker = fields.get("cache_control")
+                if marker is not None and isinstance(marker.value, dict):
+                    canvas.breakpoints.append(cur.pos)
             else:
                 _unknown(cur, canvas)
         conversation.blocks(role, blocks)
@@ -181,11 +213,14 @@ def _unknown(cur: Cursor, canvas: Canvas) -> None:
 def _summarise(text: str, canvas: Canvas | None, facts: Facts) -> Attribution:
     if canvas is not None:
         regions = canvas.regions()
+        layout = Layout(dict(canvas.sections), list(canvas.breakpoints), list(canvas.message_ends), canvas.auto_cache)
     else:
         regions = [Region(0, len(text), UNATTRIBUTED)] if text else []
+        layout = Layout({}, [], [])
     buckets, by_label = tallies()
     add_regions(regions, buckets, by_label)
-    return Attribution(len(text), regions, buckets, by_label, facts.to_json(buckets, by_label))
+    return Attribution(len(text), regions, buckets, by_label, facts.to_json(buckets, by_label), layout,
+                       lambda laid_out: prompt(((regions, 0),), laid_out))
 
 
 def tallies() -> tuple[dict[str, int], dict[str, dict[str, int]]]:

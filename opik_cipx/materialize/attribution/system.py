@@ -4,12 +4,13 @@ The main prompt is labelled by its `# <heading>` sections (`# Harness`, `# Memor
 `# Environment`, ...), the text before the first heading as `preamble`; a `# MCP Server
 Instructions` section counts to tools_mcp by server. In a subagent request (billing header
 carries `cc_is_subagent=true`) the first prompt block after the header and identity line may be
-a custom agent definition (agents.py).
+a custom agent definition (agents.py). The environment and git status sections keep the label of
+the section they are in, as pieces of their own (environment.carve).
 """
 
 import re
 
-from opik_cipx.materialize.attribution import agents, tools
+from opik_cipx.materialize.attribution import agents, environment, tools
 from opik_cipx.materialize.attribution.facts import Facts
 from opik_cipx.materialize.attribution.model import SYSTEM_PROMPT, Piece
 
@@ -41,8 +42,8 @@ class SystemPrompt:
         if self.subagent and first_prompt:
             custom = agents.custom_definition(text, self.facts)
             if custom is not None:
-                return custom
-        return self._sections(text)
+                return environment.carve(text, custom)
+        return environment.carve(text, self._sections(text))
 
     def _sections(self, text: str) -> list[Piece]:
         headings = list(_SECTION.finditer(text))

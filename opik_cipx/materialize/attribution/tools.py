@@ -8,10 +8,11 @@ label is the whole `plugin_<plugin>_<server>` id rather than a guessed split.
 import re
 
 from opik_cipx.materialize.attribution.facts import Facts
-from opik_cipx.materialize.attribution.model import TOOLS_BUILTIN, TOOLS_MCP, Piece, Tally
+from opik_cipx.materialize.attribution.model import TOOLS_BUILTIN, TOOLS_MCP, Part, Piece, Tally
 
 MCP_PREFIX = "mcp__"
 MCP_INSTRUCTIONS = "# MCP Server Instructions"
+INSTRUCTIONS = Part(kind="instructions")
 _SERVER_HEADING = re.compile(r"^## (.+)$", re.M)
 
 
@@ -23,16 +24,24 @@ def mcp_tool(name: str) -> tuple[str, str] | None:
     return server, tool
 
 
-def definition(name: str, facts: Facts) -> tuple[str, str, Tally]:
-    """Bucket, label and tally of the tool definition called `name`."""
+def part(name: str, **fields: str) -> Part:
+    """The part of a piece about the tool `name` (its MCP server too, for an MCP tool)."""
     parsed = mcp_tool(name)
+    return Part(tool_name=name, tool_server=parsed[0] if parsed else "", **fields)
+
+
+def definition(name: str, deferred: bool, facts: Facts) -> tuple[str, str, Tally, Part]:
+    """Bucket, label, tally and part of the tool definition called `name` (`deferred`: loaded on
+    demand, `defer_loading`)."""
+    parsed = mcp_tool(name)
+    described = part(name, kind="deferred" if deferred else "")
     if parsed is None:
         facts.builtin_tools.append(name)
-        return TOOLS_BUILTIN, name, ()
+        return TOOLS_BUILTIN, name, (), described
     server, tool = parsed
     record = facts.mcp_server(server)
     record["tools"].append(tool)
-    return TOOLS_MCP, server, ((record, "chars"),)
+    return TOOLS_MCP, server, ((record, "chars"),), described
 
 
 def instructions(text: str, start: int, end: int, facts: Facts) -> list[Piece]:
@@ -41,11 +50,12 @@ def instructions(text: str, start: int, end: int, facts: Facts) -> list[Piece]:
     The section's own heading and preamble count to tools_mcp without a server label.
     """
     headings = list(_SERVER_HEADING.finditer(text, start, end))
-    pieces = [Piece(start, headings[0].start() if headings else end, TOOLS_MCP)]
+    pieces = [Piece(start, headings[0].start() if headings else end, TOOLS_MCP, None, (), INSTRUCTIONS)]
     for index, heading in enumerate(headings):
         stop = headings[index + 1].start() if index + 1 < len(headings) else end
         server = heading.group(1).strip()
         record = facts.mcp_server(server)
         tally = ((record, "chars"), (record, "instructions_chars"))
-        pieces.append(Piece(heading.start(), stop, TOOLS_MCP, server, tally))
+        pieces.append(Piece(heading.start(), stop, TOOLS_MCP, server, tally,
+                            Part(kind="instructions", tool_server=server)))
     return pieces

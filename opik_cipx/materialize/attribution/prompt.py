@@ -1,0 +1,141 @@
+"""The request in prompt order: what cache boundaries and blocks are placed on (docs/OPIK.md, "Blocks").
+
+Anthropic reads a request as one prompt, cached as a prefix: the tool definitions, then the system
+prompt, then the messages. `Prompt.runs` lists every character of the body in that order, as runs
+`(chars, envelope, owner)`: one region that is not envelope (`owner`) with the envelope around it
+(`envelope` of the `chars`). The body is cut into units: the `tools` value, the `system` value, the
+`[` of `messages`, each message (with the separator before it), the rest of `messages` (its `]`).
+Within a unit, envelope joins the piece after it (the syntax that opens a piece goes with it), and
+the unit's closing envelope the piece before it; a unit of envelope only is a run of its own,
+except at a section's start or end, where it joins the run after or before it (the `[`, the `]`).
+Everything outside the three values (the request's parameters and its own braces) comes last,
+each region a run of its own.
+
+Pure; `prompt(parts, layout)` for a whole body, and `owned(regions)` for one unit: the request
+reader keeps each message's runs, so a request costs runs only for what is new. A run's region
+keeps the offsets it was made with (only its size, bucket, label and part count).
+"""
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from opik_cipx.materialize.attribution.model import ENVELOPE, SECTIONS, Layout, Region
+
+Run = tuple[int, int, Region]  # (chars, envelope chars among them, the region they belong to)
+
+
+class Prompt(NamedTuple):
+    """Every character of a request in prompt order, and where its cache breakpoints end (prompt
+    positions, sorted; a top-level `cache_control` puts one at the end of the messages)."""
+
+    runs: list[Run]
+    breakpoints: list[int]
+
+
+def owned(regions: Iterable[Region]) -> list[Run]:
+    """The runs of one unit's regions (in body order)."""
+    out: list[Run] = []
+    waiting, last = 0, None
+    for region in regions:
+        size = region.end - region.start
+        if region.bucket == ENVELOPE:
+            waiting += size
+            last = last or region
+            continue
+        out.append((size + waiting, waiting, region))
+        waiting = 0
+    if waiting:
+        if out:
+            chars, envelope, region = out[-1]
+            out[-1] = (chars + waiting, envelope + waiting, region)
+        else:
+            out.append((waiting, waiting, last))  # type: ignore[arg-type]  # waiting > 0: last is set
+    return out
+
+
+def prompt(parts: Iterable[tuple[Iterable[Region], int]], layout: Layout,
+           messages: list[list[Run]] | None = None) -> Prompt:
+    """The prompt of a body given as `parts`: (regions, the shift that makes their offsets body
+    offsets), in body order, together sorted and contiguous; `layout` in body offsets. `messages`:
+    the runs of each message, already made (the request reader's); `parts` then leave them out."""
+    sections = layout.sections
+    edges = {name: _unit_edges(name, start, end, layout, messages is None) for name, (start, end) in sections.items()}
+    cuts = sorted((start, end, name) for name, units in edges.items() for start, end in units)
+    units: dict[tuple[int, int], list[Region]] = {(start, end): [] for start, end, _ in cuts}
+    rest: list[Run] = []
+    at = 0
+    for regions, shift in parts:
+        for region in regions:
+            start, region_end = region.start + shift, region.end + shift
+            while start < region_end:
+                while at < len(cuts) and cuts[at][1] <= start:
+                    at += 1
+                inside = at < len(cuts) and cuts[at][0] <= start
+                stop = min(region_end, cuts[at][1] if inside else cuts[at][0] if at < len(cuts) else region_end)
+                piece = region if (start, stop) == (region.start + shift, region_end) else \
+                    Region(start, stop, region.bucket, region.label, region.part)
+                if inside:
+                    units[cuts[at][:2]].append(piece)
+                else:
+                    rest.append((stop - start, stop - start if region.bucket == ENVELOPE else 0, region))
+                start = stop
+    runs: list[Run] = []
+    for name in SECTIONS:
+        section: list[Run] = []
+        for index, unit in enumerate(edges.get(name, ())):
+            section += owned(units[unit])
+            if name == "messages" and index == 0 and messages is not None:
+                for message in messages:
+                    section += message
+        runs += _folded(section)
+    return Prompt(runs + rest, _breakpoints(layout))
+
+
+def _folded(section: list[Run]) -> list[Run]:
+    """A section's runs with an envelope-only run at its start (the `[` of `messages`) joined to the
+    run after it, and one at its end (the `]`) to the run before it."""
+    if len(section) > 1 and section[0][0] == section[0][1]:
+        chars, envelope, owner = section[1]
+        section[1:2] = [(chars + section[0][0], envelope + section[0][1], owner)]
+        del section[0]
+    if len(section) > 1 and section[-1][0] == section[-1][1]:
+        chars, envelope, owner = section[-2]
+        section[-2:] = [(chars + section[-1][0], envelope + section[-1][1], owner)]
+    return section
+
+
+def _unit_edges(name: str, start: int, end: int, layout: Layout, cut_messages: bool) -> list[tuple[int, int]]:
+    """The units of a section's value [start, end): one for `tools` or `system`; for `messages`, its
+    `[`, each message (when `cut_messages`), and the rest."""
+    if name != "messages" or end - start < 2:
+        return [(start, end)]
+    opened = start + 1
+    ends = [at for at in layout.message_ends if opened < at < end]
+    last = ends[-1] if ends else opened
+    if not cut_messages:
+        ends = []
+    out = [(start, opened)]
+    previous = opened
+    for at in ends:
+        out.append((previous, at))
+        previous = at
+    if last < end:
+        out.append((last, end))
+    return out
+
+
+def _breakpoints(layout: Layout) -> list[int]:
+    starts, position = {}, 0
+    for name in SECTIONS:
+        if name in layout.sections:
+            starts[name] = position
+            position += layout.sections[name][1] - layout.sections[name][0]
+    out = []
+    for at in layout.breakpoints:
+        for name, (start, end) in layout.sections.items():
+            if start < at <= end:
+                out.append(starts[name] + at - start)
+    if layout.auto_cache and "messages" in starts:
+        start, end = layout.sections["messages"]
+        out.append(starts["messages"] + end - start - 1)  # before the array's `]`
+    return sorted(out)
