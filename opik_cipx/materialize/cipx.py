@@ -127,12 +127,18 @@ def block_json(block: Block) -> dict[str, Any]:
 
 
 def blocks_json(kinds: list[Kind], sides: Iterable[str], statuses: Iterable[str], sizes: list[int]) -> Encoded:
-    """Blocks given as columns, as `metadata.cipx.blocks`: JSON objects (`block_json`) whose text the
-    spool writes as it is, both made from a template per kind of block (its empty fields left out)."""
-    templates = list(map(_template, kinds, sides, statuses))
-    items = [dict(template, chars=chars) for (template, _, _), chars in zip(templates, sizes, strict=True)]
-    texts = [f"{head}{chars}{tail}" for (_, head, tail), chars in zip(templates, sizes, strict=True)]
-    return Encoded(items, f"[{','.join(texts)}]")
+    """Blocks given as columns, as `metadata.cipx.blocks`: JSON objects (`block_json`) with the text
+    the spool writes as it is. A session's next call repeats most blocks of the one before, so each
+    block's object and text are kept (`_block`)."""
+    made = list(map(_block, kinds, sides, statuses, sizes))
+    return Encoded(list(map(itemgetter(0), made)), f"[{','.join(map(itemgetter(1), made))}]")
+
+
+@lru_cache(maxsize=8192)
+def _block(kind: Kind, side: str, status: str, chars: int) -> tuple[dict[str, Any], str]:
+    """A block as JSON (shared by every record that has it: read-only) and as text."""
+    template, head, tail = _template(kind, side, status)
+    return dict(template, chars=chars), f"{head}{chars}{tail}"
 
 
 @lru_cache(maxsize=4096)

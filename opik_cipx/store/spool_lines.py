@@ -60,12 +60,13 @@ def dumps(value: Any) -> str:
     return "".join(parts)
 
 
-def _pieces(value: Any, out: list[str]) -> None:
+def _pieces(value: Any, out: list[str], large: bool = False) -> None:
+    """`value`'s JSON text onto `out` in pieces; `large`: its `_size` is known to pass `PIECE_CHARS`."""
     if isinstance(value, Encoded):
         out.append(value.text)
     elif isinstance(value, str):
         out.append(_string_literal(value))
-    elif _size(value) <= PIECE_CHARS:
+    elif not large and _size(value) <= PIECE_CHARS:
         out.append(_encode(value))
     elif isinstance(value, (list, tuple)):
         out.append("[")
@@ -100,7 +101,7 @@ def _members(members: list[Any], out: list[str], encode_run: Callable[[list[Any]
         first = False
         if keyed:
             out.append(_key(member[0]) + ":")
-        _pieces(member[1] if keyed else member, out)
+        _pieces(member[1] if keyed else member, out, large=True)
     if run:
         out.append(("" if first else ",") + encode_run(run))
 
