@@ -205,7 +205,7 @@ def _input_runs(prompt: Prompt, tokens: tuple[int, int, int], agent: str) -> tup
     keys = [(describe(owner.bucket, owner.label, owner.part, agent), owner.bucket) for _, _, owner in runs]
     firsts = [0, *compress(range(1, len(keys)), map(ne, keys[1:], keys))]  # each block's first run
     kinds = [keys[index][0] for index in firsts]
-    starts = [0, *(ends[index - 1] for index in firsts[1:])]
+    starts = list(map([0, *ends[:-1]].__getitem__, firsts))  # where each block starts
     for cut in (read_end, write_end):  # a block that straddles a cache boundary is cut there
         at = bisect.bisect_right(starts, cut) - 1
         if 0 < cut < total and starts[at] != cut:
