@@ -36,6 +36,7 @@ from opik_cipx.materialize.call import (
     CallConfig,
     CallRecord,
     Exchange,
+    Git,
     Launch,
     Materialized,
     OutputSplit,
@@ -142,6 +143,8 @@ class Materializer:
         read = self._read(capture)
         session_id = read.kind.session_id or "unknown-session"
         state = self._states.session(session_id, capture.started_at_ns)
+        self._states.note_workspace(state, read.kind.kind, read.body)
+        self._states.count_dispatches(state, read.summary.content)
         placed = self._place(capture, read, state, session_id)
         call = self._call_record(capture, read, state, session_id, placed)
         limit = self.config.max_io_chars
@@ -223,7 +226,7 @@ class Materializer:
         return CallRecord(
             exchange=_exchange(capture, read.body),
             kind=kind,
-            session=Session.of(session_id, info),
+            session=_session(session_id, info, state),
             identity=identity,
             project=render_template(self.config.project_template, identity.template_values()),
             trace_id=placed.turn.trace_id,
@@ -246,6 +249,7 @@ class Materializer:
             trigger=Trigger.of(kind, continues_turn(read.body.get("messages") or []), link),
             turn_digest=placed.turn.prompt_sha256,
             link_failure=placed.link_failure,
+            agent_counts=state.agent_counts,
         )
 
     def _cache(self, capture: Capture, read: _Read, state: SessionState, compacted: bool) -> CacheDiagnosis | None:
@@ -287,6 +291,17 @@ class Materializer:
     def restore(self, doc: dict[str, Any]) -> None:
         """Take back the state `snapshot` returned; ValueError (state unchanged) when it is not one."""
         self._states.restore(doc)
+
+
+def _session(session_id: str, info: dict, state: SessionState) -> Session:
+    """The call's session: the hook's record when there is one (it wins), else where the
+    session's requests say it works (docs/ARCHITECTURE.md, "Workspace and repository")."""
+    if info:
+        return Session.of(session_id, info)
+    workspace = state.workspace
+    if workspace is None:
+        return Session(session_id)
+    return Session(session_id, cwd=workspace.cwd, git=Git(branch=workspace.branch) if workspace.branch else None)
 
 
 def _exchange(capture: Capture, body: dict) -> Exchange:
