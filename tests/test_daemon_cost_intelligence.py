@@ -42,9 +42,10 @@ def git(cwd: Path, *args: str) -> str:
                           env={**os.environ, **GIT_ENV}).stdout.strip()
 
 
-def make_accounts_and_repositories(root: Path, sessions_dir: Path) -> dict[str, str]:
+def make_accounts_and_repositories(root: Path, sessions_dir: Path) -> dict[str, tuple[str, str]]:
     """A repository per recorded project under `root`, `~/.claude.json` files of the made-up
-    accounts, and `sessions/<id>.json` for every recorded SessionStart hook; session id -> remote."""
+    accounts, and `sessions/<id>.json` for every recorded SessionStart hook; session id -> (remote,
+    head)."""
     remotes = {}
     for hook_path in sorted(FIXTURES.glob("*/hook_SessionStart_*.json")):
         hook = json.loads(hook_path.read_text())
@@ -62,7 +63,7 @@ def make_accounts_and_repositories(root: Path, sessions_dir: Path) -> dict[str, 
         account.parent.mkdir(parents=True, exist_ok=True)
         account.write_text(json.dumps({"oauthAccount": ACCOUNTS[user]}))
         record_session(sessions_dir, {**hook, "cwd": str(repo)}, account)
-        remotes[hook["session_id"]] = f"https://git.acme.test/acme/{project}.git"
+        remotes[hook["session_id"]] = (f"https://git.acme.test/acme/{project}.git", git(repo, "rev-parse", "HEAD"))
     return remotes
 
 
@@ -81,6 +82,13 @@ def test_every_llm_span_the_daemon_ships_is_ingested_and_gives_back_its_usage(ho
                 return sum(span.get("type") == "llm" for span in opik.spans.values())
 
             wait_for(lambda: llm_spans() == expected, timeout_s=60, what=f"{expected} llm spans at the fake Opik")
+
+            def heads_read() -> bool:  # git's answers arrive as later versions of the traces
+                stored = [trace["metadata"]["cipx"]["session"] for trace in opik.traces.values()]
+                return all(session["repository"].get("head_sha") == remotes[session["session_id"]][1]
+                           for session in stored)
+
+            wait_for(heads_read, timeout_s=60, what="every trace with its repository's head")
             assert opik.violations == []
             ingested = ci.ingest(opik.arrivals())
             versions = [trace for received in opik.arrivals() if received.path.endswith("/traces/batch")
@@ -103,12 +111,15 @@ def test_every_llm_span_the_daemon_ships_is_ingested_and_gives_back_its_usage(ho
         assert (session["schema_version"], session["harness"], session["cipx_version"]) == (2, "claude_code",
                                                                                              __version__)
         assert session["session_id"] == trace["thread_id"] and session["repository"]["remote"] == remotes[
-            session["session_id"]]
+            session["session_id"]][0]
     users = ci.users(ingested)
     assert {uuid: (row.email, row.display_name) for uuid, row in users.items()} == {
         account["accountUuid"]: (account["emailAddress"], account["displayName"]) for account in ACCOUNTS.values()}
     assert users[ACCOUNTS["ada"]["accountUuid"]].billing_type == "stripe_subscription"
-    assert ci.by_repository(ingested).keys() == set(remotes.values())
+    assert ci.by_repository(ingested).keys() == {remote for remote, _ in remotes.values()}
+    for row in ingested.identities.values():  # the newest version: git's state of each turn
+        assert (row.head_sha, row.head_sha_end, row.commits_in_trace, row.dirty) == (
+            remotes[row.session_id][1], remotes[row.session_id][1], 0, False)
     everyone = sum(sum(tiers.values()) for tiers in ci.by_lane(ingested).values())
     per_user = sum(sum(tiers.values()) for tiers in ci.by_user(ingested).values())
     assert math.isclose(per_user, everyone, rel_tol=1e-9)

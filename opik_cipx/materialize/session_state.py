@@ -29,7 +29,7 @@ from typing import Any
 from opik_cipx.ids import derived_uuid7
 from opik_cipx.materialize.attribution.environment import Workspace, read_workspace
 from opik_cipx.materialize.cache_diagnosis import CacheLanes
-from opik_cipx.materialize.call import AMBIGUOUS, NO_DISPATCH, AgentCounts, CallRecord, Compaction, Size
+from opik_cipx.materialize.call import AMBIGUOUS, NO_DISPATCH, AgentCounts, CallRecord, Compaction, Git, Size
 from opik_cipx.materialize.call_kind import CallKind
 from opik_cipx.materialize.spans import bounded
 from opik_cipx.materialize.turns import AGENT_TOOLS, FinishedTool, finished_tools, first_user_digests, text_digest
@@ -91,6 +91,7 @@ class SessionState:
     info_checked: float = float("-inf")
     workspace: Workspace | None = None  # where the session works, as a request of it names it
     workspace_main: bool = False  # `workspace` is a main-loop request's (else a subagent's)
+    git_read: Git | None = None  # remote and head git first gave for a session no hook described
     agent_counts: AgentCounts = AgentCounts()  # running totals of subagent dispatches and links
     unlinked: "OrderedDict[str, None]" = field(default_factory=OrderedDict)  # agent ids counted as ambiguous
 
@@ -307,6 +308,7 @@ class SessionStates:
                 "cache": state.cache.snapshot(),
                 "workspace": dataclasses.asdict(state.workspace) if state.workspace else None,
                 "workspace_main": state.workspace_main,
+                "git_read": state.git_read.to_json() if state.git_read else None,
                 "agent_counts": list(state.agent_counts),
                 "unlinked": list(state.unlinked),
             })
@@ -320,11 +322,12 @@ class SessionStates:
                 turn.prompt_sha256 = turn.prompt_sha256 or prompt_digest("", turn.key)
             sessions: OrderedDict[str, SessionState] = OrderedDict()
             for s in doc["sessions"]:
-                workspace = s.get("workspace")  # these four: none in a checkpoint of an older version
+                workspace, git = s.get("workspace"), s.get("git_read")  # none in an older checkpoint
                 state = SessionState(last_main=_size(s["last_main"]), before_compaction=_size(s["before_compaction"]),
                                      last_ns=int(s["last_ns"]), cache=CacheLanes.restore(s.get("cache")),
                                      workspace=Workspace(**workspace) if workspace else None,
                                      workspace_main=bool(s.get("workspace_main")),
+                                     git_read=Git(**git) if git else None,
                                      agent_counts=AgentCounts(*map(int, s.get("agent_counts") or ())),
                                      unlinked=OrderedDict.fromkeys(s.get("unlinked") or ()))
                 for i in s["turns"]:

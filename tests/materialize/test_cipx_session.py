@@ -101,6 +101,6 @@ def test_the_workspace_and_agent_totals_survive_a_restart(tmp_path):
     assert trace["metadata"]["cc"]["session"]["git"]["branch"] == "survey-layout"
     older = first.snapshot()
     for session in older["sessions"]:  # a checkpoint written before these fields existed
-        for key in ("workspace", "workspace_main", "agent_counts", "unlinked"):
+        for key in ("workspace", "workspace_main", "git_read", "agent_counts", "unlinked"):
             del session[key]
     second.restore(older)
