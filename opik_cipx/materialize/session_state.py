@@ -194,13 +194,15 @@ class SessionStates:
 
     @staticmethod
     def note_workspace(state: SessionState, kind: str, body: dict) -> None:
-        """Where the session works, from the first main-loop request that names it (a subagent's
-        until then); side calls and `count_tokens` name none and are not read."""
-        if kind not in ("main", "subagent") or state.workspace_main or (state.workspace and kind != "main"):
+        """Where the session works, from its first main-loop request (a subagent's until then; a
+        subagent request is read only while the session has none); side calls and `count_tokens`
+        name none and are not read. So a session's requests are read once, whatever they say."""
+        if state.workspace_main or kind != "main" and (kind != "subagent" or state.workspace is not None):
             return
         found = read_workspace(body)
         if found is not None and found.cwd:
-            state.workspace, state.workspace_main = found, kind == "main"
+            state.workspace = found
+        state.workspace_main = kind == "main"
 
     def remember_tool_uses(self, state: SessionState, call: CallRecord, turn: Turn) -> None:
         """The answer's `tool_use` blocks wait for their results (their spans hang under its llm span)."""

@@ -127,6 +127,20 @@ def test_a_live_turn_gets_git_state_in_a_later_trace_version_without_waiting(tmp
             final["lines_added"], final["lines_deleted"]) == (head, end, 1, 1, 2, 0)
 
 
+def test_in_redacted_mode_the_later_version_carries_no_text_either(tmp_path, probe):
+    repo = make_repo(tmp_path / "repo")
+    head = commit(repo, {"app.py": "a\n"})
+    capture = captures_in(repo)[0]
+    materializer = Materializer(config(tmp_path, capture_content=False), load_price_table(),
+                                clock=FakeClock(capture.ended_at_ns), git=probe)
+    materializer.materialize(capture)
+    (version,) = wait_for(materializer.late_records, what="the trace version git's answer adds")
+    body = version["body"]
+    assert "input" not in body and "output" not in body
+    assert body["metadata"]["cc"]["privacy"]["capture_content"] is False
+    assert body["metadata"]["cipx"]["session"]["repository"]["head_sha"] == head
+
+
 def test_a_replay_of_old_captures_never_gets_todays_repository(tmp_path, probe):
     repo = make_repo(tmp_path / "repo")
     commit(repo, {"app.py": "a\n"})
