@@ -9,11 +9,15 @@ materializer takes what is known (`turn(turn_id)`) without waiting, and the turn
 it last looked (`answered()`), to emit their trace once more; `on_answer` wakes its thread.
 
 Only a directory owned by the daemon's user is read: one named by a request may be anyone's, and
-a repository's config can make git run programs (git refuses another user's repository too).
-Bounded: `MAX_TURNS` turns remembered, `QUEUE_MAX` waiting; a stop drops what waits.
+a repository's config can make git run programs (git refuses another user's repository too). A
+directory that gave nothing (not there, not the user's, not a repository) is not read again for
+`NOTHING_TTL_S`, and a turn read only there is not known (`turn` is None): its trace gets no
+later version. Bounded: `MAX_TURNS` turns and directories remembered, `QUEUE_MAX` waiting; a stop
+drops what waits.
 """
 
 import logging
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_TURNS = 64
 QUEUE_MAX = 16
+NOTHING_TTL_S = 60.0  # a directory git could say nothing about is read again only this much later
 
 
 @dataclass
@@ -53,6 +58,7 @@ class GitProbe(Worker):
         self._turns: OrderedDict[str, _Turn] = OrderedDict()
         self._waiting: dict[str, str] = {}  # turn id -> the directory to read, queued once
         self._answered: dict[str, None] = {}  # turn ids answered since `answered()` was last called
+        self._nothing: OrderedDict[str, float] = OrderedDict()  # directory -> when git said nothing of it
 
     # ---- the materializer's side ---------------------------------------------------------
 
@@ -71,7 +77,7 @@ class GitProbe(Worker):
         """What git said of the turn so far; None before its first reading answered."""
         with self._lock:
             found = self._turns.get(turn_id)
-            if found is None or found.start is None:
+            if found is None or found.start is None or found.start == (found.end or found.start) == RepoState():
                 return None
             start, end, changes = found.start, found.end or found.start, found.changes
         if changes is None and start.head_sha is not None and start.head_sha == end.head_sha:
@@ -99,7 +105,7 @@ class GitProbe(Worker):
             start = known.start if known else None
         if cwd is None or self.stopping:
             return
-        state = read_state(cwd, self.timeout_s) if self._readable(cwd) else RepoState()
+        state = self._read(cwd)
         changes = None
         if start is not None and start.head_sha and state.head_sha and start.head_sha != state.head_sha:
             changes = read_changes(cwd, start.head_sha, state.head_sha, self.timeout_s)
@@ -114,6 +120,19 @@ class GitProbe(Worker):
                 self._turns.popitem(last=False)
             self._answered[item] = None
         self.on_answer()
+
+    def _read(self, cwd: str) -> RepoState:
+        """The directory's state; nothing when it is no repository of the user's (remembered a while)."""
+        now = self.clock.monotonic()
+        if now - self._nothing.get(cwd, -math.inf) < NOTHING_TTL_S:
+            return RepoState()
+        state = read_state(cwd, self.timeout_s) if self._readable(cwd) else RepoState()
+        self._nothing.pop(cwd, None)
+        if state == RepoState():
+            self._nothing[cwd] = now
+            while len(self._nothing) > MAX_TURNS:
+                self._nothing.popitem(last=False)
+        return state
 
     def _readable(self, cwd: str) -> bool:
         """An absolute path to a directory the daemon's user owns."""

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from opik_cipx.materialize import git_probe
 from opik_cipx.materialize.call import TurnRepository
 from opik_cipx.materialize.git_probe import GitProbe
 from opik_cipx.materialize.materializer import Materializer
@@ -37,12 +38,10 @@ def probe():
     assert found.stop(30)
 
 
-def answer(probe: GitProbe, turn_id: str, cwd) -> TurnRepository:
+def answer(probe: GitProbe, turn_id: str, cwd) -> TurnRepository | None:
     probe.ask(turn_id, str(cwd))
     wait_for(lambda: turn_id in probe.answered(), what="git's answer")
-    found = probe.turn(turn_id)
-    assert found is not None
-    return found
+    return probe.turn(turn_id)
 
 
 def test_a_turn_is_read_at_its_start_and_at_its_latest_call(tmp_path, probe):
@@ -58,7 +57,8 @@ def test_a_turn_is_read_at_its_start_and_at_its_latest_call(tmp_path, probe):
     assert answer(probe, "t1", repo) == TurnRepository(
         remote="https://git.acme.test/acme/repo.git", branch="main", head_sha=start, head_sha_end=end, dirty=True,
         commits=1, files_added=1, files_deleted=1, lines_added=4, lines_deleted=2)
-    assert answer(probe, "t2", repo).head_sha == end  # another turn starts where this one ended
+    found = answer(probe, "t2", repo)
+    assert found is not None and found.head_sha == end  # another turn starts where this one ended
 
 
 def test_only_directories_the_daemons_user_owns_are_read(tmp_path):
@@ -67,10 +67,23 @@ def test_only_directories_the_daemons_user_owns_are_read(tmp_path):
     other = GitProbe(Counters(), timeout_s=30, owner_uid=os.getuid() + 1)
     other.start()
     try:
-        assert answer(other, "t", repo) == TurnRepository()
-        assert answer(other, "u", "relative/path") == TurnRepository()
+        assert answer(other, "t", repo) is None  # nothing known: the trace gets no later version
+        assert answer(other, "u", "relative/path") is None
     finally:
         assert other.stop(30)
+
+
+def test_a_directory_git_said_nothing_of_is_not_read_again_for_a_while(tmp_path, probe, monkeypatch):
+    monkeypatch.setattr(git_probe, "NOTHING_TTL_S", 1e9)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert answer(probe, "t1", plain) is None
+    git(plain, "init", "-q", "-b", "main")
+    head = commit(plain, {"app.py": "a\n"})
+    assert answer(probe, "t2", plain) is None  # remembered as nothing
+    monkeypatch.setattr(git_probe, "NOTHING_TTL_S", 0.0)
+    found = answer(probe, "t3", plain)
+    assert found is not None and found.head_sha == head
 
 
 def captures_in(repo):
