@@ -90,7 +90,7 @@ class SessionState:
     info: dict = field(default_factory=dict)  # sessions/<id>.json, once the hook has written it
     info_checked: float = float("-inf")
     workspace: Workspace | None = None  # where the session works, as a request of it names it
-    workspace_main: bool = False  # `workspace` is a main-loop request's (else a subagent's)
+    workspace_main: bool = False  # its first main-loop request was read: no request of it is read again
     git_read: Git | None = None  # remote and head git first gave for a session no hook described
     agent_counts: AgentCounts = AgentCounts()  # running totals of subagent dispatches and links
     unlinked: "OrderedDict[str, None]" = field(default_factory=OrderedDict)  # agent ids counted as ambiguous
@@ -147,7 +147,8 @@ class SessionStates:
     def agent_call(state: SessionState, agent_id: str, messages: list) -> tuple[PendingTool | None, str | None]:
         """The `Agent` tool call that started a subagent (its brief is the Agent call's prompt), or
         None and why: no Agent call is waiting (`NO_DISPATCH`), or several are and none has this
-        brief (`AMBIGUOUS`)."""
+        brief (`AMBIGUOUS`). A new agent id linked, or first found ambiguous, is counted in the
+        session's `agent_counts`."""
         if agent_id in state.agents:
             return state.agents[agent_id], None
         agents = [p for p in state.pending.values() if p.name in AGENT_TOOLS]
