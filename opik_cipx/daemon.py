@@ -132,7 +132,8 @@ class Daemon:
         self.destination = resolve_destination(settings, opik_config_path(env))
         # A bad price override stops the start before anything listens; the listeners are bound
         # before the work writes anything (the spool's directory, the checkpoint).
-        self.git_probe = GitProbe(self.counters, clock)  # repositories read off the wire, for the materializer
+        # repositories read off the wire, for the materializer
+        self.git_probe = GitProbe(self.counters, clock, wire_idle=self._wire_quiet)
         self.materializer = build_materializer(settings, env, pause=self._yield_to_wire, git=self.git_probe)
         # The spend caps' guard, when a cap is set: on the wire, fed from the ledger (docs/BUDGETS.md).
         self.guard = Guard(settings.budget, str(settings.config_path), clock) if settings.budget.enabled else None
