@@ -21,6 +21,7 @@ TABLE_RUNS = {
     "viewer": [("viewer",)],
     "report": [("report",), ("report", "--by", "session", "--json"), ("report", "--by", "mcp", "--csv"),
                ("report", "--by", "cache_break")],
+    "advise": [("advise",), ("advise", "--json")],
     "prices": [("prices",), ("prices", "--json")],
     "statusline": [("statusline",)],
     "sync": [("sync",)],
