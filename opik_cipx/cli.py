@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "report": "cost and tokens from the local ledger by day, session, project, model, bucket, ...",
     "advise": "what to change (unused MCP servers, skills, agents, memory files, cache, compaction, models) and "
               "what it would have saved",
+    "budget": "spend caps: what each counted, what is left, when it resets; `budget allow` goes on past one",
     "prices": "the price table in use (rates, tiers, sources, overrides) and unknown models the daemon saw",
     "config": "print a config.toml example: every setting with its help and default (--example)",
     "install": "make this copy the installed executable and link opik-cipx on PATH (install.sh runs it)",

@@ -31,6 +31,7 @@ import gc
 import logging
 import os
 import signal
+import sqlite3
 import ssl
 import sys
 import threading
@@ -42,12 +43,16 @@ from typing import Any
 from opik_cipx import __version__, telemetry
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings, settings_fingerprint
+from opik_cipx.control.budget_allow import AllowanceFile
 from opik_cipx.control.daemon_control import home_id
 from opik_cipx.control.detached import inherited_listener
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import claude_code_port, open_picked_listeners, record_ports
 from opik_cipx.home import HomeLocked, StateFiles, layout_notes, lock_home, private_dir, set_aside_wrong_types
-from opik_cipx.ledger.store import Ledger
+from opik_cipx.ledger.budget_feed import read_seed, spends
+from opik_cipx.ledger.entry import Entry
+from opik_cipx.ledger.schema import SchemaError
+from opik_cipx.ledger.store import Ledger, Previous
 from opik_cipx.logs import DaemonLog
 from opik_cipx.materialize.call import Materialized
 from opik_cipx.materialize.follower import Follower
@@ -64,6 +69,7 @@ from opik_cipx.views.admin import AdminHandler
 from opik_cipx.views.dashboard import Dashboard
 from opik_cipx.views.sign_in import SignInLinks
 from opik_cipx.views.viewer import ViewerHandler
+from opik_cipx.wire.budget import Guard
 from opik_cipx.wire.capture import Capture
 from opik_cipx.wire.connections import Limits, raise_fd_limit
 from opik_cipx.wire.gateway import Gateway, GatewayHandler
@@ -79,6 +85,7 @@ SHUTDOWN_POLL_S = 0.1  # how often an idle listener checks for shutdown
 # lands on the wire. 100 us keeps it below the wire's own overhead (bench/bench_wire.py).
 GIL_SWITCH_INTERVAL_S = 0.0001
 WIRE_QUIET_S = 0.05  # off-wire work waits until no exchange started for this long (streams are long)
+SEED_RETRY_S = 30.0  # how often a guard that could not read the ledger at start tries again
 TELEMETRY_FLUSH_S = 2.0  # how long a stopping daemon lets queued error reports go out
 # Signals that end a process by default but mean nothing to the daemon: ignored, logged
 # (SIGHUP too when the daemon has no terminal). SIGPIPE Python ignores already.
@@ -125,6 +132,10 @@ class Daemon:
         # A bad price override stops the start before anything listens; the listeners are bound
         # before the work writes anything (the spool's directory, the checkpoint).
         self.materializer = build_materializer(settings, env, pause=self._yield_to_wire)
+        # The spend caps' guard, when a cap is set: on the wire, fed from the ledger (docs/BUDGETS.md).
+        self.guard = Guard(settings.budget, str(settings.config_path), clock) if settings.budget.enabled else None
+        self.allowances = AllowanceFile(settings.home)
+        self._seed_at = float("-inf")
         self._build_wire(port)
         self._build_work()
         # The workers, each list in the order a capture flows through it (see the module docstring).
@@ -149,7 +160,7 @@ class Daemon:
                                   segment_bytes=settings.captures_segment_mb * mib, keep=settings.captures_enabled,
                                   clock=self.clock)
         self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, self.counters, clock=self.clock,
-                             keep_text=settings.capture_content)
+                             keep_text=settings.capture_content, on_written=self._spent if self.guard else None)
         self.spool = Spool(settings.spool_dir, max_bytes=int(settings.spool_max_mb * mib),
                            segment_bytes=int(settings.spool_segment_mb * mib), inmem_max=settings.spool_inmem_max,
                            inmem_max_bytes=int(settings.spool_inmem_max_mb * mib),
@@ -173,8 +184,9 @@ class Daemon:
             raise StartupError(f"cannot load the CA bundle {settings.ca_bundle!r}: {exc}") from None
         self.pipeline = Pipeline([("capture", self._persist)], self.counters, settings.tee_queue_max,
                                  max_bytes=int(settings.tee_queue_max_mb * mib), clock=self.clock)
-        self.gateway = Gateway(self.pool, self.pipeline.offer, self.counters,
+        self.gateway = Gateway(self.pool, self._teed if self.guard else self.pipeline.offer, self.counters,
                                response_keep_bytes=int(settings.capture_response_max_mb * mib))
+        self.gateway.budget = self.guard
         token = read_token(settings.home)
         if token is None:
             token = new_token()
@@ -191,7 +203,7 @@ class Daemon:
             )
             admin_handler = type("Handler", (AdminHandler,),
                                  {"stats": staticmethod(self.stats), "state": staticmethod(self.state)})
-            pages = Dashboard(settings.ledger_path, settings.captures_dir, clock=self.clock)
+            pages = Dashboard(settings.ledger_path, settings.captures_dir, clock=self.clock, budget=settings.budget)
             access = ViewerAccess(token, SignInLinks(settings.home, self.clock))
             viewer_handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": access})
             handlers = {"admin": admin_handler, "viewer": viewer_handler}
@@ -215,7 +227,37 @@ class Daemon:
         self.follower.pause()
 
     def _wire_quiet(self, timeout_s: float) -> bool:
+        if self.guard is not None and self.guard.waiting:
+            return True  # a request waits for the cost of calls that ended: record them at once
         return self.gateway.wait_quiet(WIRE_QUIET_S, timeout_s)
+
+    def _teed(self, capture: Capture) -> None:
+        """The gateway's tee with a guard: it learns that a billable call ended, unpriced yet."""
+        assert self.guard is not None  # the gateway tees here only with one
+        self.guard.finished(capture.id, capture.method, capture.path, capture.blocked is not None)
+        self.pipeline.offer(capture)
+
+    def _spent(self, entry: Entry, previous: Previous | None) -> None:
+        """A call the ledger wrote (on the follower's thread): into the guard's totals."""
+        assert self.guard is not None  # the ledger calls this only with one
+        self.guard.add(spends(entry, previous))
+
+    def _seed_guard(self) -> None:
+        """The guard's totals from the ledger, before anything is materialized; while the ledger
+        cannot be read, the guard lets every call through (counted) and this is tried again."""
+        if self.guard is None or self.clock.monotonic() - self._seed_at < SEED_RETRY_S:
+            return
+        self._seed_at = self.clock.monotonic()
+        now = self.clock.time_ns()
+        try:
+            seed = self.ledger.read(lambda conn: read_seed(conn, now))
+        except (sqlite3.Error, SchemaError, OSError) as exc:
+            reason = f"cannot read {self.settings.ledger_path.name}: {exc}"
+            self.guard.cannot_seed(reason)
+            log.warning("budget: %s; the caps are not enforced until it can be read", reason)
+            return
+        self.guard.seed(seed)
+        self._seed_at = float("inf")
 
     def _persist(self, capture: Capture) -> None:
         """The capture thread's stage: append to the capture log, hand over to the follower."""
@@ -237,8 +279,12 @@ class Daemon:
             log.warning("capture %s: usage field(s) %s from upstream are no token count; the call is recorded "
                         "with them as read", capture.id, ", ".join(call.usage.malformed))
         self.ledger.write(call)
+        if self.guard is not None:
+            self.guard.settle(capture.id)
 
     def start(self) -> None:
+        self._seed_guard()  # before the follower writes anything to the ledger
+        self._allow()
         for stage in reversed(self.wire_stages + self.work_stages):  # a consumer before what feeds it
             stage.worker.start()
         # state.json before the listeners answer: a command that finds the admin port answering
@@ -271,11 +317,22 @@ class Daemon:
             log.info("opik: not configured; no record is kept for it")
 
     def tick(self) -> None:
-        """Once a second on the main thread: write what the disk refused before, reattach the log file."""
+        """Once a second on the main thread: write what the disk refused before, reattach the log file,
+        take in the budget's allowances (and the ledger's spend, if the guard could not read it)."""
         for path in self.files.retry():
             log.info("wrote %s: the disk takes writes again", path.name)
         if self.log is not None:
             self.log.retry()
+        self._allow()
+        self._seed_guard()
+
+    def _allow(self) -> None:
+        """What `opik-cipx budget allow` wrote, into the guard once it changed."""
+        if self.guard is None:
+            return
+        allowed = self.allowances.poll()
+        if allowed is not None:
+            self.guard.allow(allowed.sessions, allowed.until_ns, allowed.serial)
 
     def home_section(self) -> dict[str, Any]:
         """The `home` stats section: what is kept in memory because the disk refused it, and why."""
@@ -329,6 +386,8 @@ class Daemon:
             "home": self.home_section,
             "telemetry": self.reporter.section,
         }
+        if self.guard is not None:
+            providers["budget"] = self.guard.section
         return build_stats(base, self.counters, providers)
 
     def shutdown(self) -> None:

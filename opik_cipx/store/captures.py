@@ -255,6 +255,8 @@ def encode_member(capture: Capture, logged_at_ns: int) -> bytes:
     """
     header = {name: getattr(capture, name) for name in HEADER_FIELDS}
     header["logged_at_ns"] = logged_at_ns
+    if capture.blocked is not None:  # the rare extra field: older readers ignore it
+        header["blocked"] = capture.blocked
     parts = capture.response_parts
     request = memoryview(capture.request_body)
     header["request_body_len"] = len(request)
@@ -279,6 +281,7 @@ def decode_capture(data: bytes) -> Capture:
     capture = Capture(**{name: header[name] for name in HEADER_FIELDS if name in header},  # older: fewer fields
                       request_body=data[start:middle])
     capture.response_parts = [data[middle:end]]
+    capture.blocked = header.get("blocked")
     return capture
 
 

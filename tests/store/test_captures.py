@@ -301,3 +301,18 @@ def test_close_waits_for_an_append_in_progress(tmp_path):
     closer.join(10)
     assert not closer.is_alive() and appended and appended[0].end == store.end  # ... which completes
     assert [c.id for c in read_captures(tmp_path)] == ["0190-1", "0190-2"]
+
+
+def test_a_blocked_capture_keeps_its_mark_and_others_read_as_before(tmp_path):
+    """The cap that kept a request from the upstream travels in the log (docs/BUDGETS.md); a
+    capture without one is written exactly as before, with no such field."""
+    store = CaptureStore(tmp_path / "captures", max_bytes=BIG, max_age_s=BIG, segment_bytes=10**6)
+    blocked = make(1)
+    blocked.blocked = "project_day"
+    store.append(blocked)
+    store.append(make(2))
+    store.close()
+    got = read_captures(tmp_path / "captures")
+    assert [c.blocked for c in got] == ["project_day", None]
+    (segment,) = (tmp_path / "captures").iterdir()
+    assert gzip.decompress(segment.read_bytes()).count(b'"blocked"') == 1
