@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`opik-cipx advise` latency on a ledger of 100,000 calls (target: 2 s, the command included).
 
-Run from the repository root: `python3 bench/bench_advise.py [--calls N] [--keep DIR]`.
+Run from the repository root: `python3 bench/bench_advise.py [--calls N] [--keep DIR]` (a ledger
+already in DIR is timed as it is).
 Builds the ledger as `bench_report.py` does (the recorded corpus' calls copied across 100 days
 through the real writer, sessions of a few hundred calls), then times `advise` in-process (median
 of 3) over the default period (7 days), 30 days and all 100 days, and the whole command as a
@@ -52,19 +53,24 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(args.keep) if args.keep else Path(tmp) / "home"
         home.mkdir(parents=True, exist_ok=True)
-        now = time.time_ns()
-        fake = synthetic(corpus_entries(Path(tmp)), args.calls, args.days, now)
         path = home / "ledger.db"
-        ledger = Ledger(path, retention_days=400)
-        started = time.perf_counter()
-        for i in range(0, len(fake), 1000):
-            ledger.write_entries(fake[i:i + 1000])
-        built = time.perf_counter() - started
-        ledger.close()
+        if path.exists():  # kept by an earlier run (--keep): timed as it is
+            conn = open_reader(path)
+            now = conn.execute("SELECT max(started_at_ns) FROM calls").fetchone()[0] + 60 * 10**9
+            count, built = conn.execute("SELECT count(*) FROM calls").fetchone()[0], 0.0
+        else:
+            now = time.time_ns()
+            fake = synthetic(corpus_entries(Path(tmp)), args.calls, args.days, now)
+            ledger = Ledger(path, retention_days=400)
+            started = time.perf_counter()
+            for i in range(0, len(fake), 1000):
+                ledger.write_entries(fake[i:i + 1000])
+            built, count = time.perf_counter() - started, len(fake)
+            ledger.close()
+            conn = open_reader(path)
         size_mb = sum(os.path.getsize(p) for p in home.glob("ledger.db*")) / 1e6
-        conn = open_reader(path)
         rows = conn.execute("SELECT (SELECT count(*) FROM call_parts), (SELECT count(*) FROM session_parts)").fetchone()
-        print(f"ledger: {len(fake):,} calls over {args.days} days, {size_mb:.0f} MB, built in {built:.1f} s; "
+        print(f"ledger: {count:,} calls over {args.days} days, {size_mb:.0f} MB, built in {built:.1f} s; "
               f"{rows[0]:,} call_parts rows, {rows[1]:,} session_parts rows")
         baseline = timed(lambda: conn.execute("SELECT count(*), total(cost_usd) FROM calls").fetchone())
         print(f"baseline (full scan of calls): {baseline * 1000:.1f} ms")

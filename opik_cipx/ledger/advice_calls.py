@@ -20,9 +20,19 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from opik_cipx.ledger.findings import CallGroup, CallRow, Finding, call_groups, calls, group_calls, tokens_json
+from opik_cipx.ledger.findings import (
+    PRICING_KEYS,
+    CallGroup,
+    CallRow,
+    Finding,
+    call_groups,
+    calls,
+    group_calls,
+    tokens_json,
+    window,
+)
 from opik_cipx.ledger.queries import Selection
-from opik_cipx.ledger.reprice import Repricer, Tokens, usd
+from opik_cipx.ledger.reprice import MTOK, Repricer, Tokens, usd
 from opik_cipx.materialize.pricing import model_family
 
 TTL_1H_S = 3600
@@ -70,44 +80,80 @@ def recovered_one_hour(back: Callable[[Tokens], Tokens], t: Tokens) -> Tokens:
 
 
 def cache_findings(conn: sqlite3.Connection, sel: Selection, repricer: Repricer) -> list[Finding]:
-    breaks = list(calls(conn, sel, "c.cache_break_cause IS NOT NULL AND c.cache_break_tokens > 0"))
-    return _by_cause(breaks, repricer) + _one_hour(conn, sel, repricer, breaks)
+    spared = list(calls(conn, sel, f"c.cache_break_causes = '{EXPIRED}' AND c.cache_gap_s <= {TTL_1H_S} "
+                                   "AND c.cache_break_tokens > 0"))
+    return _by_cause(conn, sel, repricer) + _one_hour(conn, sel, repricer, spared)
 
 
-def _by_cause(breaks: list[CallRow], repricer: Repricer) -> list[Finding]:
-    grouped: dict[str, list[CallRow]] = defaultdict(list)
-    for call in breaks:
-        grouped[call.break_cause or "unknown"].append(call)
-    out = []
-    for cause, group in grouped.items():
-        savings = [repricer.saving(c.priced, c.tokens, recovered(c)) for c in group]
-        items: dict[str, int] = defaultdict(int)
-        evidence: dict[str, Any] = {
-            "breaks": len(group), "lost_tokens": sum(c.break_tokens for c in group),
-            "sessions": len({c.session_id for c in group}),
-            "examples": [c.capture_id for c in sorted(group, key=lambda c: -c.started_at_ns)[:3]],
-            "assumes": ["each break would have read what its conversation's previous call had cached; nothing "
-                        "else in the call changes"]}
-        for c in group:
-            items[c.project_dir or "(unknown)"] += 1
-        evidence["projects"] = dict(items)
-        if None in savings:
-            evidence["unpriced_calls"] = savings.count(None)
-        out.append(Finding("cache_break", cause, sum(s for s in savings if s is not None), len(group), evidence,
-                           ACTIONS.get(cause, ACTIONS["unknown"]), min(c.started_at_ns for c in group)))
-    return out
+BREAKS = "c.cache_break_cause IS NOT NULL AND c.cache_break_tokens > 0"
+CAUSE = {"cause": "c.cache_break_cause"}
+REWRITTEN = "min(c.cache_break_tokens, c.cache_creation_input_tokens)"
+RECOVERED = (  # what `recovered` moves to cache reads, by class: fresh, 5-minute and 1-hour writes
+    f"total(min(c.cache_break_tokens - {REWRITTEN}, c.input_tokens))",
+    f"total(CASE WHEN c.cache_creation_input_tokens > 0 THEN {REWRITTEN} * 1.0 * c.cache_write_5m_tokens "
+    "/ c.cache_creation_input_tokens ELSE 0 END)",
+    f"total(CASE WHEN c.cache_creation_input_tokens > 0 THEN {REWRITTEN} * 1.0 * c.cache_write_1h_tokens "
+    "/ c.cache_creation_input_tokens ELSE 0 END)",
+)
 
 
-def expired_only(call: CallRow) -> bool:
-    """A break an hour-long cache would have spared: only its cache had expired, after at most an hour."""
-    return call.break_causes == EXPIRED and call.gap_s is not None and call.gap_s <= TTL_1H_S
+def _by_cause(conn: sqlite3.Connection, sel: Selection, repricer: Repricer) -> list[Finding]:
+    """Per cause: the breaks summed per model, pricing settings and day, priced at one set of rates
+    where they have it (moving tokens between classes keeps each prompt's size, so its tier),
+    else call by call."""
+    moved = _moved(conn, sel)
+    saving: dict[str, float] = defaultdict(float)
+    unpriced: dict[str, int] = defaultdict(int)
+    for group in call_groups(conn, sel, BREAKS, {}, CAUSE):
+        rates = group.rates(repricer)
+        cause = group.keys[0]
+        if rates is not None:
+            fresh, five, hour = moved[(*group.keys, group.model, group.speed, group.inference_geo, group.day)]
+            saving[cause] += (fresh * (rates["input"] - rates["cache_read"]) + five * (
+                rates["cache_write_5m"] - rates["cache_read"]) + hour * (rates["cache_write_1h"] - rates["cache_read"])
+                              ) / MTOK
+            continue
+        for c in group_calls(conn, sel, BREAKS, {}, CAUSE, group):
+            one = repricer.saving(c.priced, c.tokens, recovered(c))
+            saving[cause] += one or 0.0
+            unpriced[cause] += one is None
+    return [_cause_finding(conn, sel, cause, total, unpriced[cause]) for cause, total in saving.items()]
+
+
+def _moved(conn: sqlite3.Connection, sel: Selection) -> dict[tuple, tuple[float, float, float]]:
+    """`RECOVERED` per group of `call_groups(..., BREAKS, {}, CAUSE)`: (cause, model, speed, region, day) -> sums."""
+    params: dict[str, Any] = {}
+    keys = ", ".join([*CAUSE.values(), *PRICING_KEYS.values()])
+    return {tuple(row[:5]): tuple(row[5:]) for row in conn.execute(
+        f"SELECT {keys}, {', '.join(RECOVERED)} FROM calls c WHERE {window(sel, params)} AND {BREAKS} "
+        f"GROUP BY {keys}", params)}
+
+
+def _cause_finding(conn: sqlite3.Connection, sel: Selection, cause: str, saving: float, unpriced: int) -> Finding:
+    params: dict[str, Any] = {"cause": cause}
+    where = f"{window(sel, params)} AND {BREAKS} AND c.cache_break_cause = :cause"
+    breaks, lost, sessions, first = conn.execute(
+        f"SELECT count(*), total(c.cache_break_tokens), count(DISTINCT c.session_id), min(c.started_at_ns) "
+        f"FROM calls c WHERE {where}", params).fetchone()
+    evidence: dict[str, Any] = {
+        "breaks": breaks, "lost_tokens": int(lost), "sessions": sessions,
+        "projects": {project or "(unknown)": n for project, n in conn.execute(
+            f"SELECT c.project_dir, count(*) FROM calls c WHERE {where} GROUP BY 1", params)},
+        "examples": [row[0] for row in conn.execute(
+            f"SELECT c.capture_id FROM calls c WHERE {where} ORDER BY c.started_at_ns DESC LIMIT 3", params)],
+        "assumes": ["each break would have read what its conversation's previous call had cached; nothing "
+                    "else in the call changes"]}
+    if unpriced:
+        evidence["unpriced_calls"] = unpriced
+    return Finding("cache_break", cause, saving, breaks, evidence, ACTIONS.get(cause, ACTIONS["unknown"]), first)
 
 
 def _one_hour(conn: sqlite3.Connection, sel: Selection, repricer: Repricer, breaks: list[CallRow]) -> list[Finding]:
+    """`breaks`: those an hour-long cache would have spared (only the cache had expired, after a
+    pause of at most an hour)."""
     spared: dict[str, list[CallRow]] = defaultdict(list)
     for call in breaks:
-        if expired_only(call):
-            spared[call.project_dir or ""].append(call)
+        spared[call.project_dir or ""].append(call)
     if not spared:
         return []
     keys = {"project": "coalesce(c.project_dir, '')"}

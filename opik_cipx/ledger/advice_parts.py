@@ -36,13 +36,12 @@ from opik_cipx.ledger.findings import (
 )
 from opik_cipx.ledger.queries import MAX_NS, Selection
 from opik_cipx.ledger.reprice import Repricer, Tokens, summed, usd, without
+from opik_cipx.ledger.schema import PART_FIGURES, PROMPT, SESSION_PART_KEYS
 
 RARELY = 10  # rarely used: in at most one in this many of the sessions that listed it
 NAMES = {MCP: "mcp_server", SKILL: "skill", AGENT: "agent"}
 WORDS = {MCP: "MCP server", SKILL: "skill", AGENT: "agent", MEMORY_FILE: "memory file"}
-SESSION_PART_FIELDS = ("session_id", "project", "model", "speed", "inference_geo", "kind", "part", "name", "calls",
-                       "fresh_tokens", "read_tokens", "write_5m_tokens", "write_1h_tokens", "invocations", "loaded",
-                       "iterations", "prompt_max", "first_ns", "last_ns")
+SESSION_PART_FIELDS = (*SESSION_PART_KEYS, "calls", *PART_FIGURES, "iterations", "prompt_max", "first_ns", "last_ns")
 CHUNK = 500
 
 
@@ -79,31 +78,54 @@ Groups = dict[tuple[str, str, str], dict[str, Use]]  # (project, part, name) -> 
 
 
 def group_uses(conn: sqlite3.Connection, sel: Selection, repricer: Repricer) -> Groups:
-    """Every definition group of the calls of `sel`, per project and session."""
+    """Every definition group of the calls of `sel`, per project and session. Sessions wholly inside
+    `sel` are read from their sums (`session_parts`), the calls in `sel` of the others summed alike;
+    a session whose sums all have one set of rates is priced on them, any other call by call."""
     since, until = sel.since_ns or 0, sel.until_ns or MAX_NS
     params: dict[str, Any] = {"since": since, "until": until}
     sql = (f"SELECT {', '.join(SESSION_PART_FIELDS)} FROM session_parts sp WHERE sp.last_ns >= :since "
            f"AND sp.first_ns < :until" + project_condition("sp.project", sel.project, params))
     rows = [dict(zip(SESSION_PART_FIELDS, row, strict=True)) for row in conn.execute(sql, params)]
+    cut = sorted({row["session_id"] for row in rows if row["first_ns"] < since or row["last_ns"] >= until})
+    out: Groups = defaultdict(dict)
+    by_call = _add_sums([row for row in rows if row["session_id"] not in set(cut)], repricer, out)
+    for start in range(0, len(cut), CHUNK):
+        by_call |= _add_sums(_window_sums(conn, sel, cut[start:start + CHUNK]), repricer, out)
+    sessions = sorted(by_call)
+    for start in range(0, len(sessions), CHUNK):
+        _add_calls(conn, sel, repricer, sessions[start:start + CHUNK], out)
+    return out
+
+
+def _add_sums(rows: list[dict[str, Any]], repricer: Repricer, out: Groups) -> set[str]:
+    """Add the sums of the sessions whose every sum has one set of rates (`Repricer.steady`);
+    the other sessions, to be priced call by call."""
     by_call: set[str] = set()
     for row in rows:
-        inside = row["first_ns"] >= since and row["last_ns"] < until
-        row["rates"] = repricer.steady(row["model"], row["first_ns"], row["last_ns"], row["prompt_max"], row["speed"],
-                                       row["inference_geo"]) if inside and not row["iterations"] else None
+        row["rates"] = None if row["iterations"] else repricer.steady(
+            row["model"], row["first_ns"], row["last_ns"], row["prompt_max"], row["speed"], row["inference_geo"])
         if row["rates"] is None:
             by_call.add(row["session_id"])
-    out: Groups = defaultdict(dict)
     for row in rows:
         if row["session_id"] in by_call:
             continue
         tokens = Tokens(row["fresh_tokens"], row["write_5m_tokens"], row["write_1h_tokens"], row["read_tokens"])
         use = out[(row["project"], row["part"], row["name"])].setdefault(row["session_id"], Use())
-        use.add(row["calls"], tokens, usd(tokens, row["rates"]), row["invocations"], row["loaded"], row["first_ns"],
-                row["kind"])
-    sessions = sorted(by_call)
-    for start in range(0, len(sessions), CHUNK):
-        _add_calls(conn, sel, repricer, sessions[start:start + CHUNK], out)
-    return out
+        use.add(row["calls"], tokens, usd(tokens, row["rates"]), int(row["invocations"]), int(row["loaded"]),
+                row["first_ns"], row["kind"])
+    return by_call
+
+
+def _window_sums(conn: sqlite3.Connection, sel: Selection, sessions: list[str]) -> list[dict[str, Any]]:
+    """`session_parts`' rows of `sessions` made of their calls in `sel` alone."""
+    params: dict[str, Any] = {f"s{i}": s for i, s in enumerate(sessions)}
+    keys = ", ".join(SESSION_PART_KEYS.values())
+    sums = ", ".join(f"total(p.{f})" for f in PART_FIGURES)
+    sql = (f"SELECT {keys}, count(*), {sums}, count(c.usage_iterations), max({PROMPT}), min(c.started_at_ns), "
+           f"max(c.started_at_ns) FROM calls c JOIN call_parts p ON p.call_id = c.id WHERE {window(sel, params)} "
+           f"AND coalesce(c.session_id, '') IN ({', '.join(':' + k for k in params)}) GROUP BY {keys}")
+    names = (*SESSION_PART_KEYS, "calls", *PART_FIGURES, "iterations", "prompt_max", "first_ns", "last_ns")
+    return [dict(zip(names, row, strict=True)) for row in conn.execute(sql, params)]
 
 
 def _add_calls(conn: sqlite3.Connection, sel: Selection, repricer: Repricer, sessions: list[str], out: Groups) -> None:
@@ -230,13 +252,8 @@ def _examples(conn: sqlite3.Connection, sel: Selection, found: list[Finding]) ->
 def realised(conn: sqlite3.Connection, sel: Selection, before: Selection, repricer: Repricer) -> list[Finding]:
     """Groups a project's calls listed in `before` and none of its calls list in `sel`, with the saving
     since estimated at their cost per call before."""
-    now: dict[tuple[str, str], int] = {}
-    params: dict[str, Any] = {}
-    for project, kind, count in conn.execute(
-            f"SELECT coalesce(c.project_dir, ''), c.kind, count(*) FROM calls c WHERE {window(sel, params)} "
-            "GROUP BY 1, 2", params):
-        now[(project, kind)] = count
-    params = {"since": sel.since_ns or 0, "until": sel.until_ns or MAX_NS}
+    now: dict[tuple[str, str], int] | None = None  # calls per project and kind, read when needed
+    params: dict[str, Any] = {"since": sel.since_ns or 0, "until": sel.until_ns or MAX_NS}
     still = set(conn.execute(
         "SELECT DISTINCT project, part, name FROM session_parts sp WHERE sp.last_ns >= :since AND sp.first_ns < :until "
         "AND fresh_tokens + read_tokens + write_5m_tokens + write_1h_tokens > 0", params))
@@ -246,6 +263,7 @@ def realised(conn: sqlite3.Connection, sel: Selection, before: Selection, repric
         if not listed or (project, part, name) in still:
             continue
         kinds = set().union(*(u.kinds for u in listed))
+        now = _calls_now(conn, sel) if now is None else now
         calls_now = sum(now.get((project, kind), 0) for kind in kinds)
         if not calls_now:
             continue
@@ -260,3 +278,11 @@ def realised(conn: sqlite3.Connection, sel: Selection, before: Selection, repric
         out.append(Finding("no_longer_listed", subject, per_call * calls_now, calls_now, evidence, action,
                            sel.since_ns or 0))
     return out
+
+
+def _calls_now(conn: sqlite3.Connection, sel: Selection) -> dict[tuple[str, str], int]:
+    """The calls of `sel` per project and kind."""
+    params: dict[str, Any] = {}
+    return {(project, kind): count for project, kind, count in conn.execute(
+        f"SELECT coalesce(c.project_dir, ''), c.kind, count(*) FROM calls c WHERE {window(sel, params)} "
+        "GROUP BY 1, 2", params)}

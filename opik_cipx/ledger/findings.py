@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 from opik_cipx.ledger.queries import MAX_NS, Selection
 from opik_cipx.ledger.reprice import Priced, Repricer, Tokens
+from opik_cipx.ledger.schema import PROMPT
 
 WEEK_NS = 7 * 86400 * 10**9
 
@@ -115,7 +116,6 @@ def tokens_json(tokens: Tokens) -> dict[str, float]:
 
 # -- calls summed by what prices them alike ----------------------------------------------------
 
-PROMPT = "(c.input_tokens + c.cache_creation_input_tokens + c.cache_read_input_tokens)"
 PRICING_KEYS = {"model": "c.model", "speed": "c.speed", "inference_geo": "c.inference_geo", "day": "c.day"}
 
 

@@ -110,18 +110,19 @@ class Repricer:
                geo: str | None = None) -> dict[str, float] | None:
         """The one set of rates of every call of `model` started from `first_ns` to `last_ns` with a
         prompt of at most `prompt_max` tokens, or None when there is none (no price, a dated change
-        in between, a tier at or below `prompt_max`): then each call is priced on its own."""
+        in between that changes these rates, a tier at or below `prompt_max`): then each call is
+        priced on its own."""
         if not model:
             return None
         found = self.resolve(model)
         if found.price is None:
             return None
-        periods = found.price.periods
-        if any(p.from_ns is not None and first_ns < p.from_ns <= last_ns for p in periods):
+        moments = [first_ns, *(p.from_ns for p in found.price.periods
+                               if p.from_ns is not None and first_ns < p.from_ns <= last_ns)]
+        if any(t.above_prompt_tokens < prompt_max for at in moments for t in found.price.at(at).tiers):
             return None
-        if any(t.above_prompt_tokens < prompt_max for t in found.price.at(first_ns).tiers):
-            return None
-        return self.rates(model, first_ns, 0, speed, geo)
+        rates = self.rates(model, first_ns, 0, speed, geo)
+        return rates if all(self.rates(model, at, 0, speed, geo) == rates for at in moments[1:]) else None
 
     def cost(self, priced: Priced, tokens: Tokens) -> float | None:
         """What a call with these tokens costs (web search aside); None when it cannot be priced."""

@@ -269,6 +269,7 @@ ALTER TABLE calls ADD COLUMN inference_geo TEXT;
 ALTER TABLE calls ADD COLUMN usage_iterations TEXT;
 ALTER TABLE calls ADD COLUMN history_read_tokens REAL NOT NULL DEFAULT 0;
 ALTER TABLE calls ADD COLUMN messages_read_tokens REAL NOT NULL DEFAULT 0;
+CREATE INDEX calls_breaks ON calls (started_at_ns) WHERE cache_break_cause IS NOT NULL;
 CREATE TABLE call_parts (
     call_id INTEGER NOT NULL,
     part TEXT NOT NULL,
