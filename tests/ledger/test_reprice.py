@@ -98,3 +98,13 @@ def test_one_set_of_rates_only_where_every_call_has_the_same(calls):
     at = long.exchange.started_at_ns
     assert repricer.steady(long.model, at, at, 1000) is not None
     assert repricer.steady(long.model, at, at, long.usage.prompt_tokens) is None  # a tier it reaches
+
+
+def test_a_dated_change_that_leaves_the_rates_alike_keeps_one_set_of_rates():
+    """claude-opus-4-8's 2026-11-30 change removes fast mode: the standard rates stay, the fast ones do not."""
+    repricer = Repricer(TABLE)
+    change = next(p.from_ns for p in TABLE.resolve("claude-opus-4-8").price.periods if p.from_ns)
+    day = 86400 * 10**9
+    assert repricer.steady("claude-opus-4-8", change - day, change + day, 1000) == repricer.rates(
+        "claude-opus-4-8", change + day, 1000)
+    assert repricer.steady("claude-opus-4-8", change - day, change + day, 1000, speed="fast") is None
