@@ -97,7 +97,8 @@ def render(advice: Advice) -> str:
 def _finding(finding: Finding) -> list[str]:
     saving = "(not computable)" if finding.saving_usd is None else f"${finding.saving_usd:,.4f}"
     saving = saving.rjust(16)
-    return [f"  {saving}  {finding.kind}: {finding.subject} ({finding.calls:,} calls)",
+    calls = "1 call" if finding.calls == 1 else f"{finding.calls:,} calls"
+    return [f"  {saving}  {finding.kind}: {finding.subject} ({calls})",
             f"{'':20}{finding.action}"]
 
 

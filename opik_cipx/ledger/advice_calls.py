@@ -20,6 +20,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from opik_cipx.ledger.advice_parts import OWN
+from opik_cipx.ledger.call_parts import AGENT
 from opik_cipx.ledger.findings import (
     PRICING_KEYS,
     CallGroup,
@@ -263,5 +265,8 @@ def _action(job: str, target: str) -> str:
         return (f"have Claude Code make its background calls on {target}: set ANTHROPIC_DEFAULT_HAIKU_MODEL={target} "
                 "(ANTHROPIC_SMALL_FAST_MODEL in older versions) in the `env` of its settings.json")
     agent = job.removeprefix("subagent ")
+    if agent in OWN[AGENT]:
+        return (f"run Claude Code's {agent} subagent on {target}: CLAUDE_CODE_SUBAGENT_MODEL={target} in the `env` of "
+                "its settings.json (every subagent)")
     return (f"run the {agent} subagent on {target}: `model: haiku` in the front matter of its definition "
             f"(.claude/agents/{agent}.md), or CLAUDE_CODE_SUBAGENT_MODEL={target} for every subagent")

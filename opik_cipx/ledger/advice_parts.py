@@ -39,6 +39,12 @@ from opik_cipx.ledger.reprice import Repricer, Tokens, summed, usd, without
 from opik_cipx.ledger.schema import PART_FIGURES, PROMPT, SESSION_PART_KEYS
 
 RARELY = 10  # rarely used: in at most one in this many of the sessions that listed it
+# Claude Code's own skills and agent types (as Claude Code 2.1.197 lists them): they cannot be
+# removed, so they are never a finding (`report --by skill` shows what they cost).
+OWN = {SKILL: frozenset({"claude-api", "code-review", "deep-research", "fewer-permission-prompts", "init",
+                         "keybindings-help", "loop", "review", "run", "security-review", "simplify", "update-config",
+                         "verify"}),
+       AGENT: frozenset({"claude", "Explore", "general-purpose", "Plan", "statusline-setup"})}
 NAMES = {MCP: "mcp_server", SKILL: "skill", AGENT: "agent"}
 WORDS = {MCP: "MCP server", SKILL: "skill", AGENT: "agent", MEMORY_FILE: "memory file"}
 SESSION_PART_FIELDS = (*SESSION_PART_KEYS, "calls", *PART_FIGURES, "iterations", "prompt_max", "first_ns", "last_ns")
@@ -164,7 +170,7 @@ def findings(conn: sqlite3.Connection, sel: Selection, repricer: Repricer) -> li
 def _unused(project: str, part: str, name: str, sessions: dict[str, Use]) -> Finding | None:
     listed = {s: u for s, u in sessions.items() if u.listed}
     used = [s for s, u in sessions.items() if u.uses]
-    if not listed or (used and len(used) * RARELY > len(listed)):
+    if not listed or (used and len(used) * RARELY > len(listed)) or name in OWN.get(part, ()):
         return None
     kind = f"{'rarely_used' if used else 'unused'}_{NAMES[part]}"
     spared = [u for s, u in listed.items() if s not in used]
@@ -204,9 +210,9 @@ def _action(part: str, name: str, project: str, used: list[str]) -> str:
     keep = f"; it was used in {len(used)} session(s)" if used else ""
     if part == SKILL:
         return (f"remove the skill {name}{where}: delete or move .claude/skills/{name}/ (or ~/.claude/skills/{name}/), "
-                f"or disable the plugin that brings it{keep}; Claude Code's own skills cannot be removed")
+                f"or disable the plugin that brings it{keep}")
     return (f"remove the agent {name}{where}: delete or move .claude/agents/{name}.md (or ~/.claude/agents/{name}.md), "
-            f"or disable the plugin that brings it{keep}; Claude Code's own agent types cannot be removed")
+            f"or disable the plugin that brings it{keep}")
 
 
 def _memory(path: str, sessions: dict[str, Use], weeks: float) -> Finding | None:

@@ -163,6 +163,7 @@ def test_a_skill_never_used_is_flagged_and_the_used_ones_are_not(corpus_advice):
     assert finding.evidence["project"] == "/home/dev/code/release-bot"
     flagged = {f.subject for f in advice.findings if f.kind.endswith(("_skill", "_agent"))}
     assert not flagged & {"release-notes", "code-auditor"}  # called in its sessions
+    assert not flagged & {"update-config", "Explore"}  # Claude Code's own: they cannot be removed
 
 
 # -- models ---------------------------------------------------------------------------------------
@@ -184,6 +185,8 @@ def test_subagents_and_side_calls_on_a_large_model_are_priced_on_the_small_one(c
     assert sum(f.calls for f in findings) == len(jobs)
     assert expected > 0 and sum(f.saving_usd for f in findings) == pytest.approx(expected, abs=1e-6)
     assert all(target in f.action for f in findings)
+    own = found(advice, "model_choice", "subagent general-purpose on claude-opus-4-8")
+    assert "CLAUDE_CODE_SUBAGENT_MODEL" in own.action and ".claude/agents" not in own.action  # Claude Code's own
 
 
 # -- cache ----------------------------------------------------------------------------------------
