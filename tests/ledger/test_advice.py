@@ -346,3 +346,27 @@ def test_a_finding_says_whether_its_captures_are_still_stored(tmp_path):
     none = found(advise(conn, sel, Repricer(TABLE), corpus_now_ns(), tmp_path / "nothing"), "unused_mcp_server",
                  "calendar").evidence["captures"]
     assert none.startswith("none stored")
+
+
+def test_a_server_used_in_one_session_of_eleven_is_rarely_used(tmp_path):
+    """The recorded `mcp` session (it calls `notes` in its second call), and ten more sessions made
+    of its first call alone (it lists `notes` and calls only `weather`): `notes` is rarely used, and
+    what it saves is its cost in those ten calls."""
+    calls = derived(tmp_path, FIXTURES, "mcp", ("001", "002", "003"))
+    first, span = calls[0]
+    copies = []
+    for n in range(10):
+        entry = moved(ledger_entry(first), (n + 1) * 3600 * 10**9)
+        call = {**entry.call, "capture_id": f"{entry.call['capture_id']}-{n}", "session_id": f"copy-{n}"}
+        copies.append(entry.__class__(**{**entry.__dict__, "call": call}))
+    path = tmp_path / "ledger.db"
+    writer = Ledger(path, retention_days=400, clock=corpus_clock())
+    assert writer.write_entries([ledger_entry(c) for c, _ in calls] + copies)
+    writer.close()
+    advice = advice_of(open_reader(path))
+    notes = found(advice, "rarely_used_mcp_server", "notes")
+    assert notes.calls == 10 and notes.evidence["used_in_sessions"] == 1 and notes.evidence["sessions"] == 11
+    expected = 10 * without_blocks(first, span, lambda b: b.get("tool_server") == "notes"
+                                   and b["category"].startswith("mcp_"))
+    assert expected > 0 and notes.saving_usd == pytest.approx(expected, abs=1e-6)
+    assert not [f for f in advice.findings if f.subject == "weather"]  # called in every session
