@@ -208,7 +208,8 @@ class Daemon:
             )
             admin_handler = type("Handler", (AdminHandler,),
                                  {"stats": staticmethod(self.stats), "state": staticmethod(self.state)})
-            pages = Dashboard(settings.ledger_path, settings.captures_dir, clock=self.clock, budget=settings.budget)
+            pages = Dashboard(settings.ledger_path, settings.captures_dir, clock=self.clock, budget=settings.budget,
+                              prices=settings.prices)
             access = ViewerAccess(token, SignInLinks(settings.home, self.clock))
             viewer_handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": access})
             handlers = {"admin": admin_handler, "viewer": viewer_handler}

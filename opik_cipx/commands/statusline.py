@@ -52,7 +52,7 @@ SEPARATOR = " · "
 KNOWN_WINDOWS = ("5h", "7d")  # the subscription's own windows: shown before the others
 GREEN, YELLOW, RED, DIM, RESET = "\033[32m", "\033[33m", "\033[31m", "\033[2m", "\033[0m"
 BUSY_TIMEOUT_S = 0.2  # never hold Claude Code's repaint up behind a writer
-SCHEMA_VERSION = 4  # the ledger version whose tables this reads (ledger/schema.LATEST; a test keeps them equal)
+SCHEMA_VERSION = 5  # the ledger version whose tables this reads (ledger/schema.LATEST; a test keeps them equal)
 NO_CALLS = "opik-cipx: no calls recorded yet (`opik-cipx sync` routes Claude Code through it)"
 
 

@@ -35,7 +35,9 @@ from opik_cipx.ledger.schema import (
     LABELLED,
     LATEST,
     MIGRATIONS,
+    PART_FIGURES,
     ROLLED_UP_DETAILS,
+    SESSION_PART_KEYS,
     V2_CALL_FIGURES,
     V2_DIMENSIONS,
     roll_up,
@@ -327,6 +329,16 @@ def rollups_match_calls(conn: sqlite3.Connection) -> None:
             assert a[width:] == pytest.approx(b[width:], rel=1e-9, abs=1e-9)
     days = conn.execute("SELECT day, calls FROM days ORDER BY day").fetchall()
     assert days == conn.execute("SELECT day, count(*) FROM calls GROUP BY day ORDER BY day").fetchall()
+    keys = ", ".join(SESSION_PART_KEYS.values())
+    fresh = conn.execute(f"SELECT {keys}, count(*), {', '.join(f'total(p.{f})' for f in PART_FIGURES)} "
+                         f"FROM calls c JOIN call_parts p ON p.call_id = c.id GROUP BY {keys}").fetchall()
+    kept = conn.execute(f"SELECT {', '.join(SESSION_PART_KEYS)}, calls, {', '.join(PART_FIGURES)} "
+                        "FROM session_parts").fetchall()
+    assert len(kept) == len(fresh), "session_parts"
+    width = len(SESSION_PART_KEYS)
+    for a, b in zip(sorted(kept), sorted(fresh), strict=True):
+        assert a[:width] == b[:width]
+        assert a[width:] == pytest.approx(b[width:], rel=1e-9, abs=1e-9)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
