@@ -315,10 +315,11 @@ def test_a_kept_alive_connection_waits_in_the_loop_and_is_closed_at_its_idle_dea
 
 def test_over_the_cap_a_whole_request_is_refused_503_and_idle_connections_keep_their_place(serve):
     server, handler, counters = serve(replace(LIMITS, max_connections=2))
-    idle = connect(server)
-    idle.sendall(REQUEST)
-    idle.settimeout(5)
-    assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+    kept = connect(server)
+    kept.sendall(REQUEST)
+    kept.settimeout(5)
+    assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+    wait_for(lambda: idle(server), what="the answered request's slot given back")
     handler.hold.clear()
     busy = [connect(server) for _ in range(2)]
     for sock in busy:
@@ -331,9 +332,9 @@ def test_over_the_cap_a_whole_request_is_refused_503_and_idle_connections_keep_t
     for sock in busy:
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         sock.close()
-    idle.sendall(REQUEST)  # the idle connection held no slot, and was not closed to make room
-    assert idle.recv(65536).startswith(b"HTTP/1.1 200")
-    idle.close()
+    kept.sendall(REQUEST)  # the kept-alive connection held no slot, and was not closed to make room
+    assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+    kept.close()
 
 
 class Watcher(LoopbackHandler):
