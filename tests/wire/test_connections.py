@@ -21,7 +21,7 @@ from opik_cipx.stats import Counters
 from opik_cipx.wire.connections import Connection, Limits
 from opik_cipx.wire.framing import MAX_HEAD_BYTES, head_end
 from opik_cipx.wire.loopback import LoopbackHandler, LoopbackServer
-from tests.conftest import LIMITS, wait_for
+from tests.conftest import LIMITS, examples, wait_for
 
 REQUEST = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -109,7 +109,7 @@ def test_head_end_examples():
     assert head_end(b"GET / HTTP/1.1\r\n\r\n") == 18  # no headers at all
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.lists(st.sampled_from([b"GET / HTTP/1.1", b"Host: x", b"\r\n", b"\n", b"\r", b"a", b": "]), max_size=14),
        st.lists(st.integers(1, 8), max_size=12))
 def test_a_head_ends_at_the_same_place_however_its_bytes_arrive(parts, cuts):
