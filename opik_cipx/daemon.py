@@ -56,6 +56,7 @@ from opik_cipx.ledger.store import Ledger, Previous
 from opik_cipx.logs import DaemonLog
 from opik_cipx.materialize.call import Materialized
 from opik_cipx.materialize.follower import Follower
+from opik_cipx.materialize.git_probe import GitProbe
 from opik_cipx.materialize.materializer import Materializer, materializer_config
 from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.ship.destination import cost_intelligence, opik_config_path, resolve_destination
@@ -98,7 +99,7 @@ class StartupError(Exception):
 
 
 def build_materializer(
-    settings: Settings, env: dict[str, str], pause: Callable[[], None] | None = None
+    settings: Settings, env: dict[str, str], pause: Callable[[], None] | None = None, git: GitProbe | None = None
 ) -> Materializer:
     """The materializer the daemon runs (`replay` builds the same one, so the ids match).
 
@@ -109,7 +110,7 @@ def build_materializer(
     except ValueError as exc:
         raise StartupError(f"bad setting in config file {settings.config_path}: {exc}") from None
     project = resolve_destination(settings, opik_config_path(env)).project
-    return Materializer(materializer_config(settings, env, project), prices, pause=pause)
+    return Materializer(materializer_config(settings, env, project), prices, pause=pause, git=git)
 
 
 class Daemon:
@@ -131,7 +132,9 @@ class Daemon:
         self.destination = resolve_destination(settings, opik_config_path(env))
         # A bad price override stops the start before anything listens; the listeners are bound
         # before the work writes anything (the spool's directory, the checkpoint).
-        self.materializer = build_materializer(settings, env, pause=self._yield_to_wire)
+        # repositories read off the wire, for the materializer
+        self.git_probe = GitProbe(self.counters, clock, wire_idle=self._wire_quiet)
+        self.materializer = build_materializer(settings, env, pause=self._yield_to_wire, git=self.git_probe)
         # The spend caps' guard, when a cap is set: on the wire, fed from the ledger (docs/BUDGETS.md).
         self.guard = Guard(settings.budget, str(settings.config_path), clock) if settings.budget.enabled else None
         self.allowances = AllowanceFile(settings.home)
@@ -144,6 +147,7 @@ class Daemon:
         self.work_stages = [
             Stage(self.follower, max(settings.drain_timeout_s, WORKER_STOP_S), self.ledger.close,
                   "the rest of the capture log is materialized at the next start"),
+            Stage(self.git_probe, WORKER_STOP_S, None, "a git reading is still running"),
             Stage(self.spool.writer, WORKER_STOP_S, None, "records it could not write to the spool are lost"),
             Stage(self.shipper, WORKER_STOP_S, None,
                   "a request to Opik is still in flight; its records stay in the spool"),
@@ -173,6 +177,7 @@ class Daemon:
                                  self._materialized, wire_idle=self._wire_quiet,
                                  wire_empty=lambda: self.gateway.inflight == 0, on_idle=self.ledger.retry_due,
                                  clock=self.clock)
+        self.git_probe.on_answer = self.follower.wake  # its answer's trace versions go out from the follower
 
     def _build_wire(self, port: int | None) -> None:
         """The upstream pool, the capture thread, the gateway and the three listeners."""
@@ -203,7 +208,8 @@ class Daemon:
             )
             admin_handler = type("Handler", (AdminHandler,),
                                  {"stats": staticmethod(self.stats), "state": staticmethod(self.state)})
-            pages = Dashboard(settings.ledger_path, settings.captures_dir, clock=self.clock, budget=settings.budget)
+            pages = Dashboard(settings.ledger_path, settings.captures_dir, clock=self.clock, budget=settings.budget,
+                              prices=settings.prices)
             access = ViewerAccess(token, SignInLinks(settings.home, self.clock))
             viewer_handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": access})
             handlers = {"admin": admin_handler, "viewer": viewer_handler}

@@ -21,11 +21,11 @@ import logging
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from email.message import Message
 
+from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.ids import new_uuid7
 from opik_cipx.stats import Counters
 from opik_cipx.wire.budget import Block, Guard
@@ -73,12 +73,13 @@ class Gateway:
     budget: Guard | None = None  # the spend caps' guard, set by the daemon when a cap is set
 
     def __init__(self, pool: UpstreamPool, tee: Callable[[Capture], None], counters: Counters,
-                 response_keep_bytes: int = RESPONSE_KEEP_BYTES):
+                 response_keep_bytes: int = RESPONSE_KEEP_BYTES, clock: Clock = SYSTEM):
         self.pool = pool
         self.tee = tee
         self.counters = counters
         self.response_keep_bytes = response_keep_bytes  # of each response, for the capture
         self.draining = False
+        self.clock = clock  # capture times, the quiet wait
         self._inflight = 0
         self._last_start = float("-inf")  # monotonic time the latest exchange started
         self._idle = threading.Condition()
@@ -87,7 +88,7 @@ class Gateway:
     def exchange(self) -> Iterator[None]:
         with self._idle:
             self._inflight += 1
-            self._last_start = time.monotonic()
+            self._last_start = self.clock.monotonic()
         try:
             yield
         finally:
@@ -106,17 +107,22 @@ class Gateway:
 
         Off-wire work waits here: it then never competes with a young exchange (the request, and
         for most calls the whole answer) nor with the next call of a burst; a stream that started
-        earlier does not hold it up. Sleeps, never woken by the wire.
+        earlier does not hold it up. Waits on the clock until the quiet is due; the wire only
+        wakes it when its last exchange ends.
         """
-        deadline = time.monotonic() + timeout_s
-        while True:
-            now = time.monotonic()
-            quiet_at = self._last_start + quiet_s
-            if now >= quiet_at:
-                return True
-            if now >= deadline:
-                return False
-            time.sleep(min(deadline, quiet_at) - now)
+        clock = self.clock
+        deadline = clock.monotonic() + timeout_s
+
+        def quiet() -> bool:
+            return clock.monotonic() >= self._last_start + quiet_s
+
+        with self._idle:
+            while not quiet():
+                now = clock.monotonic()
+                if now >= deadline:
+                    return False
+                clock.wait_for(self._idle, quiet, min(deadline, self._last_start + quiet_s) - now)
+            return True
 
     @property
     def inflight(self) -> int:
@@ -246,7 +252,7 @@ class GatewayHandler(LoopbackHandler):
             else:
                 self._answer_blocked(capture, block)
         finally:
-            capture.ended_at_ns = time.time_ns()
+            capture.ended_at_ns = gw.clock.time_ns()
             gw.tee(capture)
 
     def _send_upstream(
@@ -277,12 +283,12 @@ class GatewayHandler(LoopbackHandler):
                         raise
                     sent = None  # never reached the upstream
                 else:
-                    sent = time.monotonic()
+                    sent = gw.clock.monotonic()
                     try:
                         return conn, conn.getresponse()
                     except (http.client.RemoteDisconnected, ConnectionResetError, ssl.SSLEOFError):
                         if (not reused or retried or departure.departed
-                                or time.monotonic() - sent > STALE_RETRY_WINDOW_S):
+                                or gw.clock.monotonic() - sent > STALE_RETRY_WINDOW_S):
                             raise
             except BaseException:
                 departure.detach()
@@ -315,7 +321,7 @@ class GatewayHandler(LoopbackHandler):
             log.warning("gateway: upstream request failed: %s", capture.upstream_error)
             self._reply_error(502, f"opik-cipx: {capture.upstream_error}")
             return
-        capture.ttfb_ns = time.time_ns()
+        capture.ttfb_ns = gw.clock.time_ns()
         capture.status = resp.status
         resp_headers = resp.getheaders()
         capture.response_headers = redact_headers(resp_headers)
@@ -419,7 +425,7 @@ class GatewayHandler(LoopbackHandler):
         """A request a spend cap keeps from the upstream: the guard's answer, captured as an
         upstream one would be, marked with the cap (docs/BUDGETS.md)."""
         status, headers, body = block.answer()
-        capture.ttfb_ns, capture.status, capture.blocked = time.time_ns(), status, block.tag
+        capture.ttfb_ns, capture.status, capture.blocked = self.gateway.clock.time_ns(), status, block.tag
         capture.response_headers = [[name, value] for name, value in [*headers, ("content-type", "application/json")]]
         capture.response_parts.append(body)
         try:

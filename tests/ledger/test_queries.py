@@ -35,13 +35,16 @@ from opik_cipx.ledger.schema import (
     LABELLED,
     LATEST,
     MIGRATIONS,
+    PART_FIGURES,
     ROLLED_UP_DETAILS,
+    SESSION_PART_KEYS,
     V2_CALL_FIGURES,
     V2_DIMENSIONS,
     roll_up,
 )
 from opik_cipx.ledger.store import Ledger, delete_before, upsert
 from tests.claude_code_corpus import corpus_clock, corpus_now_ns, materialized
+from tests.conftest import examples
 
 DAY_NS = 86_400 * 10**9
 
@@ -172,7 +175,7 @@ def test_totals_equal_the_span_costs_and_rows_add_up_to_them(tmp_path, corpus):
             assert sum(r["calls"] for r in result.rows) == result.total["calls"] == 71
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     by=st.lists(st.sampled_from(BY_KEYS), min_size=0, max_size=3, unique=True).filter(
         lambda keys: sum(k in DETAIL_KEYS for k in keys) <= 1),
@@ -327,9 +330,19 @@ def rollups_match_calls(conn: sqlite3.Connection) -> None:
             assert a[width:] == pytest.approx(b[width:], rel=1e-9, abs=1e-9)
     days = conn.execute("SELECT day, calls FROM days ORDER BY day").fetchall()
     assert days == conn.execute("SELECT day, count(*) FROM calls GROUP BY day ORDER BY day").fetchall()
+    keys = ", ".join(SESSION_PART_KEYS.values())
+    fresh = conn.execute(f"SELECT {keys}, count(*), {', '.join(f'total(p.{f})' for f in PART_FIGURES)} "
+                         f"FROM calls c JOIN call_parts p ON p.call_id = c.id GROUP BY {keys}").fetchall()
+    kept = conn.execute(f"SELECT {', '.join(SESSION_PART_KEYS)}, calls, {', '.join(PART_FIGURES)} "
+                        "FROM session_parts").fetchall()
+    assert len(kept) == len(fresh), "session_parts"
+    width = len(SESSION_PART_KEYS)
+    for a, b in zip(sorted(kept), sorted(fresh), strict=True):
+        assert a[:width] == b[:width]
+        assert a[width:] == pytest.approx(b[width:], rel=1e-9, abs=1e-9)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(st.tuples(st.sampled_from(["write", "rewrite", "retain"]), st.integers(0, 40)),
                     min_size=1, max_size=25))
 def test_rewrites_and_retention_never_let_the_rollups_drift(tmp_path_factory, entries, ops):
@@ -464,7 +477,8 @@ def test_rate_limits_per_call_latest_per_window_and_daily_peaks(tmp_path):
     from opik_cipx.ledger.queries import latest_rate_limits, peak_utilization
 
     oauth1, oauth2, oauth3, api = rate_limit_entries(tmp_path)
-    api = dataclasses.replace(api, call={**api.call, "project_dir": "/home/dev/code/api"})
+    # the recorded prompts name /home/dev/code/...: the API-key call alone is put elsewhere
+    api = dataclasses.replace(api, call={**api.call, "project_dir": "/srv/code/api"})
     day = oauth1.call["day"]
     later = dataclasses.replace(oauth1, call={**oauth1.call, "capture_id": "later", "started_at_ns": oauth3.call[
         "started_at_ns"] + 10**9})
@@ -486,7 +500,7 @@ def test_rate_limits_per_call_latest_per_window_and_daily_peaks(tmp_path):
     assert peaks == {day: {"5h": 0.14, "7d": 0.81, "7d_mythos": 0.4, "7d_oi": 0.05, "7d_opus": 0.21,
                            "requests": 0.00025, "tokens": 0.00875, "input-tokens": 0.0105, "output-tokens": 0.0}}
     assert peak_utilization(conn, Selection(session=oauth1.call["session_id"]))[day]["7d"] == 0.81
-    assert peak_utilization(conn, Selection(project="/home/dev/code/")) == {day: {
+    assert peak_utilization(conn, Selection(project="/srv/code/")) == {day: {
         "requests": 0.00025, "tokens": 0.00875, "input-tokens": 0.0105, "output-tokens": 0.0}}  # the API-key call's
     assert peak_utilization(conn, Selection(since_ns=oauth3.call["started_at_ns"] + 1))[day] == {
         "5h": 0.12, "7d": 0.34, "7d_oi": 0.05, "7d_opus": 0.21}  # the day cut: read from the calls

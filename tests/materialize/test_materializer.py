@@ -12,13 +12,14 @@ from hypothesis import strategies as st
 
 from opik_cipx.ids import derived_uuid7, is_uuid7
 from opik_cipx.materialize.attribution.incremental import RequestReader
-from opik_cipx.materialize.call import AMBIGUOUS, NO_DISPATCH, CallConfig, Trigger
+from opik_cipx.materialize.call import AMBIGUOUS, NO_DISPATCH, AgentCounts, CallConfig, Trigger
 from opik_cipx.materialize.materializer import Materializer, MaterializerConfig
 from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.materialize.redaction import REDACTED_TEXT
 from opik_cipx.materialize.usage import read_usage
 from opik_cipx.wire.capture import Capture, KeptResponse
 from tests.claude_code_corpus import SCENARIOS, cli_result, exchanges, response, runs
+from tests.conftest import examples
 from tests.opik_schema import problems
 
 
@@ -275,7 +276,7 @@ SECRET = st.text(alphabet=st.characters(codec="utf-8", categories=("L", "N")), m
     lambda t: "Z" + t)  # a leading marker keeps generated text from colliding with metadata keys
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(prompt=SECRET, answer=SECRET, tool_input=SECRET, tool_output=SECRET, args=SECRET)
 def test_redacted_spans_never_contain_text_of_any_shape(tmp_path, prompt, answer, tool_input, tool_output, args):
     body = {
@@ -413,7 +414,7 @@ def restarted(materializer: Materializer, tmp_path: Path, **overrides) -> Materi
 ALL = [(scenario, number, capture) for scenario in SCENARIOS for number, capture in exchanges(scenario)]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(scenario=st.sampled_from(SCENARIOS), cuts=st.sets(st.integers(0, 60), max_size=4))
 def test_a_restart_at_any_capture_boundary_changes_no_record(tmp_path, scenario, cuts):
     captured = [capture for s, _, capture in ALL if s == scenario]
@@ -517,6 +518,10 @@ def test_a_subagent_call_that_cannot_be_linked_says_why(tmp_path):
     body["messages"][0]["content"][-1]["text"] = "a brief neither Agent call gave"
     unlinked = materializer.materialize(again(captured["002"], 200, json.dumps(body).encode())).call
     assert (unlinked.agent, unlinked.link_failure) == (None, AMBIGUOUS)
+    # the session's totals: two Agent calls, none linked, one agent ambiguous (counted once)
+    assert unlinked.agent_counts == AgentCounts(dispatched=2, linked=0, ambiguous=1)
+    later = materializer.materialize(again(captured["002"], 300, json.dumps(body).encode())).call
+    assert later.agent_counts == AgentCounts(dispatched=2, linked=0, ambiguous=1)
 
 
 def test_the_config_is_read_from_the_request():
