@@ -19,9 +19,10 @@ gives every tier's tokens back to blocks.
 
 import bisect
 import json
+from collections.abc import Iterable
 from functools import lru_cache
-from itertools import accumulate
-from operator import itemgetter
+from itertools import accumulate, compress
+from operator import itemgetter, ne, sub
 from typing import Any, NamedTuple
 
 from opik_cipx.materialize.attribution.model import (
@@ -44,6 +45,7 @@ from opik_cipx.materialize.attribution.prompt import Prompt
 from opik_cipx.materialize.attribution.tools import mcp_tool
 from opik_cipx.materialize.call import CallRecord
 from opik_cipx.materialize.usage import Usage
+from opik_cipx.store.spool_lines import Encoded
 
 READ, WRITE, FRESH = "read", "write", "fresh"
 MEMORY_KINDS = {"user": "user_global", "project": "project_instructions", "local": "project_instructions",
@@ -85,9 +87,13 @@ class Kind(NamedTuple):
     sha256: str = ""
 
 
+Columns = tuple[list[Kind], list[str], list[str], list[int]]  # per block: kind, side, cache status, chars
+_json = json.JSONEncoder(separators=(",", ":")).encode  # as the spool encodes
+
+
 def metadata(call: CallRecord) -> dict[str, Any]:
     """`metadata.cipx` of the call's llm span."""
-    return {"call": call_section(call), "blocks": [block_json(block) for block in blocks(call)]}
+    return {"call": call_section(call), "blocks": blocks_json(*_columns(call))}
 
 
 def call_section(call: CallRecord) -> dict[str, Any]:
@@ -106,30 +112,63 @@ def call_section(call: CallRecord) -> dict[str, Any]:
         out["parent_tool_use_id"] = call.agent.tool_use_id
     if call.link_failure:
         out["link_failure_reason"] = call.link_failure
+    if call.response.omitted_bytes:  # the wire kept the response in part (materialize/response.py)
+        out["output_truncated"] = True
+        if call.response.usage_incomplete:
+            out["usage_incomplete"] = True
     return out
 
 
 def block_json(block: Block) -> dict[str, Any]:
     """A block as JSON, its empty fields left out."""
-    out: dict[str, Any] = {"category": block.category, "side": block.side}
-    if block.cache_status:
-        out["cache_status"] = block.cache_status
-    out["chars"] = block.chars
-    out.update(_described(block[4:]))
-    return out
+    item = _template(Kind(block.category, *block[4:]), block.side, block.cache_status)[0].copy()
+    item["chars"] = block.chars
+    return item
+
+
+def blocks_json(kinds: list[Kind], sides: Iterable[str], statuses: Iterable[str], sizes: list[int]) -> Encoded:
+    """Blocks given as columns, as `metadata.cipx.blocks`: JSON objects (`block_json`) with the text
+    the spool writes as it is. A session's next call repeats most blocks of the one before, so each
+    block's object and text are kept (`_block`)."""
+    made = list(map(_block, kinds, sides, statuses, sizes))
+    return Encoded(list(map(itemgetter(0), made)), f"[{','.join(map(itemgetter(1), made))}]")
+
+
+@lru_cache(maxsize=8192)
+def _block(kind: Kind, side: str, status: str, chars: int) -> tuple[dict[str, Any], str]:
+    """A block as JSON (shared by every record that has it: read-only) and as text."""
+    template, head, tail = _template(kind, side, status)
+    return dict(template, chars=chars), f"{head}{chars}{tail}"
 
 
 @lru_cache(maxsize=4096)
-def _described(fields: tuple[str, ...]) -> dict[str, str]:
-    """The non-empty fields of a block after its size (shared by the blocks that have them: read-only)."""
-    return {name: value for name, value in zip(FIELDS[4:], fields, strict=True) if value}
+def _template(kind: Kind, side: str, status: str) -> tuple[dict[str, Any], str, str]:
+    """A block of this kind, side and status as JSON with `chars` 0 (copied, never changed), and its
+    text before and after the size."""
+    head: dict[str, Any] = {"category": kind.category, "side": side}
+    if status:
+        head["cache_status"] = status
+    rest = {name: value for name, value in zip(FIELDS[4:], kind[1:], strict=True) if value}
+    text = _json(head)[:-1] + ',"chars":'
+    return {**head, "chars": 0, **rest}, text, "," + _json(rest)[1:] if rest else "}"
 
 
 def blocks(call: CallRecord) -> list[Block]:
     """The call's blocks: the request's, in prompt order, then the answer's."""
+    return [Block(kind.category, side, status, chars, *kind[1:]) for kind, side, status, chars in
+            zip(*_columns(call), strict=True)]
+
+
+def _columns(call: CallRecord) -> Columns:
     agent = call.agent.subagent_type if call.agent is not None else None
-    return (input_blocks(call.attribution.prompt, tier_tokens(call.usage), agent or "")
-            + output_blocks(call.response.content, call.usage))
+    kinds, statuses, sizes = _input_runs(call.attribution.prompt, tier_tokens(call.usage), agent or "")
+    sides = ["input"] * len(kinds)
+    for block in output_blocks(call.response.content, call.usage):
+        kinds.append(Kind(block.category, *block[4:]))
+        sides.append(block.side)
+        statuses.append(block.cache_status)
+        sizes.append(block.chars)
+    return kinds, sides, statuses, sizes
 
 
 def tier_tokens(usage: Usage | None) -> tuple[int, int, int]:
@@ -149,32 +188,32 @@ def input_blocks(prompt: Prompt, tokens: tuple[int, int, int], agent: str = "") 
     for `tokens` (read, write, fresh), consecutive runs of one description, bucket and status
     joined; a run that straddles a cache boundary is cut there. `agent`: the subagent type that
     names a custom agent's definition."""
-    runs = prompt.runs
-    ends = list(accumulate(map(itemgetter(0), runs)))
-    write_end, read_end = boundaries(prompt.breakpoints, ends, tokens)
-    limits = iter(((read_end, READ), (write_end, WRITE), (ends[-1] if ends else 0, FRESH)))
-    limit, status = next(limits)
-    kinds: list[Kind] = []  # per block, in four lists: no new container per block while joining
-    buckets: list[str] = []
-    statuses: list[str] = []
-    sizes: list[int] = []
-    for (chars, _, owner), end in zip(runs, ends, strict=True):
-        kind = describe(owner.bucket, owner.label, owner.part, agent)
-        start = end - chars
-        while start < end:
-            while limit <= start:
-                limit, status = next(limits)
-            stop = min(end, limit)
-            if kinds and statuses[-1] is status and buckets[-1] == owner.bucket and kinds[-1] == kind:
-                sizes[-1] += stop - start
-            else:
-                kinds.append(kind)
-                buckets.append(owner.bucket)
-                statuses.append(status)
-                sizes.append(stop - start)
-            start = stop
+    kinds, statuses, sizes = _input_runs(prompt, tokens, agent)
     return [Block(kind.category, "input", status, chars, *kind[1:]) for kind, status, chars in
             zip(kinds, statuses, sizes, strict=True)]
+
+
+def _input_runs(prompt: Prompt, tokens: tuple[int, int, int], agent: str) -> tuple[list[Kind], list[str], list[int]]:
+    """`input_blocks` as three lists: each block's kind, cache status and size. Per run, only its
+    description is looked up in Python; grouping, cutting and sizes are list operations."""
+    runs = prompt.runs if all(map(itemgetter(0), prompt.runs)) else [run for run in prompt.runs if run[0]]
+    if not runs:
+        return [], [], []
+    ends = list(accumulate(map(itemgetter(0), runs)))
+    total = ends[-1]
+    write_end, read_end = boundaries(prompt.breakpoints, ends, tokens)
+    keys = [(describe(owner.bucket, owner.label, owner.part, agent), owner.bucket) for _, _, owner in runs]
+    firsts = [0, *compress(range(1, len(keys)), map(ne, keys[1:], keys))]  # each block's first run
+    kinds = [keys[index][0] for index in firsts]
+    starts = list(map([0, *ends[:-1]].__getitem__, firsts))  # where each block starts
+    for cut in (read_end, write_end):  # a block that straddles a cache boundary is cut there
+        at = bisect.bisect_right(starts, cut) - 1
+        if 0 < cut < total and starts[at] != cut:
+            starts.insert(at + 1, cut)
+            kinds.insert(at + 1, kinds[at])
+    read, written = bisect.bisect_left(starts, read_end), bisect.bisect_left(starts, write_end)
+    statuses = [READ] * read + [WRITE] * (written - read) + [FRESH] * (len(starts) - written)
+    return kinds, statuses, list(map(sub, [*starts[1:], total], starts))
 
 
 def boundaries(breakpoints: list[int], ends: list[int], tokens: tuple[int, int, int]) -> tuple[int, int]:

@@ -230,6 +230,8 @@ def call_meta(call: CallRecord) -> dict[str, Any]:
         "stop_reason": s.stop_reason,
         "retry_count": k.retry_count,
         "partial": s.partial,
+        "response_omitted_bytes": s.omitted_bytes,
+        "usage_incomplete": s.usage_incomplete,
         "client_aborted": x.client_aborted,
         "upstream_error": x.upstream_error,
         "ttfb_ms": x.ttfb_ms,

@@ -13,6 +13,17 @@ event, a stream that just stops, the client hanging up, or the upstream failing.
 is then the last seen, and `error` says why, as `{"type", "message"}`: the API's own error
 object when there is one (`error_event` keeps the whole error event or body), else a type of
 `upstream_error`, `client_aborted`, `incomplete_stream`, `undecodable_body` or `http_error`.
+
+A response the wire kept in part (`Capture.response_omitted = [at, bytes]`: its start, then its
+last 256 KiB or so) is never parsed across the splice at `at`: the events of `body[:at]` (its
+trailing partial event dropped), then those of `body[at:]` from its first blank line on (the
+event torn at its start dropped), the missing ones in between read as if never sent. Usage is
+`message_start`'s merged with the final `message_delta`'s, so it is whole when that delta is in
+the tail. `omitted_bytes` says the content is incomplete (a block the gap cut has its two sides
+joined, and its tool input is not parsed); `usage_incomplete` says the final usage was not read:
+no `message_delta` after the gap, a compressed body (only its start decodes) or a JSON one (it
+cannot be parsed). The usage, and so the cost, is then what `message_start` said: the input side
+exact, the output a lower bound (none at all for JSON).
 """
 
 import json
@@ -20,7 +31,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from opik_cipx.materialize.sse import parse_sse
+from opik_cipx.materialize.sse import SSEEvent, SSEParser, parse_sse
 from opik_cipx.wire.capture import Capture, header_value
 
 _TEXT_DELTAS = {"text_delta": "text", "thinking_delta": "thinking", "signature_delta": "signature"}
@@ -43,6 +54,8 @@ class ResponseSummary:
     error: dict | None = None  # {"type", "message"}, both strings
     error_event: dict | None = None  # the API's error event or error body, as received
     request_id: str | None = None
+    omitted_bytes: int = 0  # bytes of the response the wire did not keep: content is missing (module docstring)
+    usage_incomplete: bool = False  # kept in part and its final usage not read: the output tokens are undercounted
 
 
 def summarize_response(capture: Capture) -> ResponseSummary:
@@ -50,17 +63,33 @@ def summarize_response(capture: Capture) -> ResponseSummary:
         "kind": "empty", "model": None, "message_id": None, "stop_reason": None, "stop_sequence": None,
         "usage": None, "partial": False, "error": None, "error_event": None,
     }
+    raw = capture.response_body
+    at, omitted = _omitted(capture.response_omitted, len(raw))
+    encoding = header_value(capture.response_headers, "content-encoding")
+    encoded = any(coding.strip().lower() not in ("", "identity") for coding in (encoding or "").split(","))
     try:
-        body = decode_body(capture.response_body, header_value(capture.response_headers, "content-encoding"))
+        body = decode_body(raw[:at] if omitted and encoded else raw, encoding)  # a compressed tail cannot decode
     except (OSError, EOFError, zlib.error, ValueError) as exc:
         summary["error"] = _error("undecodable_body", f"cannot decode the response body: {exc}")
         body = b""
     content_type = (header_value(capture.response_headers, "content-type") or "").lower()
     if content_type.startswith("text/event-stream"):
-        _read_stream(summary, body)
-    elif body.strip():
+        if not omitted:
+            _read_stream(summary, parse_sse(body))
+        elif encoded:  # only the start decoded
+            events = _whole_events(body)
+            _read_stream(summary, events, len(events), tail_read=False)
+        else:
+            events = _whole_events(body[:at])
+            _read_stream(summary, events + _events_after_gap(body[at:]), len(events))
+    elif body.strip() and not omitted:
         _read_json(summary, body)
+    elif omitted and body.strip():
+        summary["kind"] = "json"  # its usage is its last member, after the gap: the body is not JSON as kept
     _note_how_it_ended(summary, capture)
+    if omitted:
+        summary.update(omitted_bytes=omitted, usage_incomplete=not summary.pop("usage_final", False))
+    summary.pop("usage_final", None)
     return ResponseSummary(status=capture.status, request_id=header_value(capture.response_headers, "request-id"),
                            **summary)
 
@@ -127,12 +156,38 @@ def _read_json(summary: dict[str, Any], body: bytes) -> None:
         summary["error"], summary["error_event"] = _api_error(message.get("error")), message
 
 
-def _read_stream(summary: dict[str, Any], body: bytes) -> None:
+def _omitted(omitted: object, size: int) -> tuple[int, int]:
+    """(at, bytes) of a capture's `response_omitted`, `at` within the body; (size, 0) when whole."""
+    if not isinstance(omitted, (list, tuple)) or len(omitted) != 2 or not all(type(n) is int for n in omitted):
+        return size, 0
+    at, missing = omitted
+    return (min(max(at, 0), size), missing) if missing > 0 else (size, 0)
+
+
+def _whole_events(head: bytes) -> list[SSEEvent]:
+    """The events of a body's start that end before it is cut (the last, torn, one left out)."""
+    return SSEParser().feed(head)
+
+
+def _events_after_gap(tail: bytes) -> list[SSEEvent]:
+    """The events of a body's end from its first blank line on (what comes before it belongs to an
+    event whose start is gone; a blank line is `\n\n` or `\r\n\r\n`, as Anthropic writes them)."""
+    ends = [found + len(blank) for blank in (b"\n\n", b"\r\n\r\n") if (found := tail.find(blank)) >= 0]
+    return parse_sse(tail[min(ends):]) if ends else []
+
+
+def _read_stream(summary: dict[str, Any], events: list[SSEEvent], gap: int | None = None,
+                 tail_read: bool = True) -> None:
+    """The summary of a stream's `events`. Of one kept in part, `gap` events came before the gap,
+    and `tail_read` is False when nothing after it could be read; `summary["usage_final"]` then
+    says whether a `message_delta`'s usage came after the gap."""
     summary["kind"] = "stream"
     blocks: dict[int, dict] = {}
     pieces: dict[int, dict[str, list[str]]] = {}  # block index -> field -> streamed chunks
+    before_gap: set[int] = set()  # blocks started before the gap
+    cut: set[int] = set()  # those continued after it
     completed = False
-    for event in parse_sse(body):
+    for number, event in enumerate(events):
         try:
             payload = json.loads(event.data)
         except (ValueError, RecursionError):
@@ -140,14 +195,19 @@ def _read_stream(summary: dict[str, Any], body: bytes) -> None:
         if not isinstance(payload, dict):
             continue
         kind = payload.get("type")
+        after = gap is not None and number >= gap
         if kind == "content_block_delta":
             index, delta = payload.get("index"), payload.get("delta")
             if isinstance(index, int) and index in blocks and isinstance(delta, dict):
                 _add_delta(pieces.setdefault(index, {}), blocks[index], delta)
+                if after and index in before_gap:
+                    cut.add(index)
         elif kind == "content_block_start":
             index, block = payload.get("index"), payload.get("content_block")
             if isinstance(index, int) and isinstance(block, dict):
                 blocks[index] = dict(block)
+                if gap is not None and not after:
+                    before_gap.add(index)
         elif kind == "message_delta":
             delta = payload.get("delta")
             if isinstance(delta, dict):
@@ -155,6 +215,7 @@ def _read_stream(summary: dict[str, Any], body: bytes) -> None:
                 summary["stop_sequence"] = delta.get("stop_sequence", summary["stop_sequence"])
             if isinstance(payload.get("usage"), dict):
                 summary["usage"] = merge_usage(summary["usage"] or {}, payload["usage"])
+                summary["usage_final"] = after
         elif kind == "message_start":
             message = payload.get("message")
             if isinstance(message, dict):
@@ -164,8 +225,8 @@ def _read_stream(summary: dict[str, Any], body: bytes) -> None:
             completed = True
         elif kind == "error":
             summary["error"], summary["error_event"] = _api_error(payload.get("error")), payload
-    summary["content"] = [_finish_block(blocks[i], pieces.get(i, {})) for i in sorted(blocks)]
-    if not completed:
+    summary["content"] = [_finish_block(blocks[i], pieces.get(i, {}), i not in cut) for i in sorted(blocks)]
+    if not completed and tail_read:
         summary["partial"] = True
         if summary["error"] is None:
             summary["error"] = _error("incomplete_stream", "the stream ended without message_stop")
@@ -182,14 +243,17 @@ def _add_delta(pieces: dict[str, list[str]], block: dict, delta: dict) -> None:
         block.setdefault("citations", []).append(delta["citation"])
 
 
-def _finish_block(block: dict, pieces: dict[str, list[str]]) -> dict:
-    """Join the streamed chunks onto the block; tool input JSON is parsed, or kept raw when invalid."""
+def _finish_block(block: dict, pieces: dict[str, list[str]], whole: bool = True) -> dict:
+    """Join the streamed chunks onto the block; tool input JSON is parsed, or kept raw when invalid
+    or not `whole` (a gap in the capture cut it)."""
     for name, chunks in pieces.items():
         if name != "partial_json":
             block[name] = str(block.get(name) or "") + "".join(chunks)
     raw = "".join(pieces.get("partial_json", ()))
     if raw.strip():
         try:
+            if not whole:
+                raise ValueError("a gap in the capture")
             block["input"] = json.loads(raw)
         except (ValueError, RecursionError):
             block["input_raw"] = raw

@@ -17,7 +17,7 @@ from opik_cipx.materialize.materializer import Materializer, MaterializerConfig
 from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.materialize.redaction import REDACTED_TEXT
 from opik_cipx.materialize.usage import read_usage
-from opik_cipx.wire.capture import Capture
+from opik_cipx.wire.capture import Capture, KeptResponse
 from tests.claude_code_corpus import SCENARIOS, cli_result, exchanges, response, runs
 from tests.conftest import examples
 from tests.opik_schema import problems
@@ -551,3 +551,35 @@ def test_the_turn_digest_survives_a_restart_and_a_checkpoint_of_an_older_version
     older.restore(snapshot)
     call = older.materialize(captured["002"]).call
     assert call.turn_digest == sha256_hex(call.turn_key)  # its prompt is not kept: the turn key stands in
+
+
+@pytest.mark.parametrize("final_usage", [True, False])
+def test_a_response_kept_in_part_says_so_on_its_span_and_prices_the_usage_it_read(tmp_path, final_usage):
+    """Issue 22, item 7: the wire keeps a response over its cap by its two ends (`KeptResponse`)."""
+    recorded = dict(exchanges("simple"))["001"]
+    events = [event + b"\n\n" for event in recorded.response_body.split(b"\n\n") if event.strip()]
+    delta = next(event for event in events if b'"text_delta"' in event)
+    if not final_usage:
+        events = [event for event in events if b"message_delta" not in event]
+    at = events.index(delta)
+    body = b"".join(events[:at] + [delta] * 30_000 + events[at:])
+    capture = dataclasses.replace(recorded, response_parts=[])
+    keeper = KeptResponse(capture.response_parts, 1024 * 1024)
+    for start in range(0, len(body), 1000):
+        keeper.add(body[start : start + 1000])
+    assert keeper.finish(capture)
+    materializer = Materializer(config(tmp_path), load_price_table())
+    span = llm(materializer.materialize(capture).records)
+    whole = llm(Materializer(config(tmp_path), load_price_table()).materialize(recorded).records)
+    call, cipx_call = cc(span)["call"], span["metadata"]["cipx"]["call"]
+    assert call["response_omitted_bytes"] == capture.response_omitted[1] > 0
+    assert call["usage_incomplete"] is (not final_usage) and call["partial"] is False
+    assert cipx_call["output_truncated"] is True and cipx_call.get("usage_incomplete", False) is (not final_usage)
+    assert (cc(whole)["call"]["response_omitted_bytes"], cc(whole)["call"]["usage_incomplete"]) == (0, False)
+    assert "output_truncated" not in whole["metadata"]["cipx"]["call"]
+    if final_usage:  # the same usage and cost as the whole response's
+        assert span["usage"] == whole["usage"] and span["total_estimated_cost"] == whole["total_estimated_cost"]
+    else:  # message_start's: the input side exact, the output a lower bound
+        assert span["usage"]["prompt_tokens"] == whole["usage"]["prompt_tokens"]
+        assert span["usage"]["completion_tokens"] < whole["usage"]["completion_tokens"]
+    assert not problems({"kind": "span", "body": span})

@@ -1,15 +1,17 @@
 """Response summaries from real recorded traffic, encoded bodies, and broken exchanges."""
 
 import gzip
+import hashlib
 import json
 import zlib
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opik_cipx.materialize.response import merge_usage, summarize_response
-from opik_cipx.wire.capture import Capture
+from opik_cipx.wire import capture as capture_module
+from opik_cipx.wire.capture import Capture, KeptResponse
 from tests.conftest import FIXTURES, load_fixture
 
 SSE = [["content-type", "text/event-stream; charset=utf-8"], ["request-id", "req_test"]]
@@ -276,3 +278,138 @@ def test_merge_takes_the_last_non_null_value_and_never_sums(start_usage, deltas)
         seen = [d["cache_creation"][key] for d in deltas if d.get("cache_creation", {}).get(key) is not None]
         expected = seen[-1] if seen else start_usage.get("cache_creation", {}).get(key)
         assert merged.get("cache_creation", {}).get(key) == expected
+
+
+# --- a response the wire kept in part (issue 22, item 7) -------------------------------------------
+
+def delta_text(number: int) -> str:
+    """280 characters that say which delta they are (and compress no better than hex)."""
+    return f"<{number:05d}>" + (hashlib.sha256(str(number).encode()).hexdigest() * 5)[:273]
+
+
+def big_stream(deltas: int, final_usage: bool = True) -> bytes:
+    """A streamed answer: one long text block, then a short tool call, then the final usage."""
+    text = [{"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": delta_text(n)}}
+            for n in range(deltas)]
+    tool = [{"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1",
+                                                                          "name": "Read", "input": {}}},
+            {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta",
+                                                                  "partial_json": '{"file_path": "/a"}'}},
+            {"type": "content_block_stop", "index": 1}]
+    end = [{"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 98765}}]
+    return sse(start({"input_tokens": 7, "cache_read_input_tokens": 50_000, "output_tokens": 2}),
+               {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+               *text, {"type": "content_block_stop", "index": 0}, *tool, *(end if final_usage else []), STOP)
+
+
+def kept_in_part(body: bytes, headers: list[list[str]], limit: int, piece: int = 1000) -> Capture:
+    """The capture the wire makes of `body` arriving in `piece`-byte pieces, over a cap of `limit`."""
+    kept = capture(b"", headers)
+    kept.response_parts = []
+    keeper = KeptResponse(kept.response_parts, limit)
+    for at in range(0, len(body), piece):
+        keeper.add(body[at : at + piece])
+    assert keeper.finish(kept)
+    return kept
+
+
+def whole_deltas(text: str) -> list[int]:
+    """Which deltas a text joins, checking that it holds only whole ones (none torn by the gap)."""
+    assert len(text) % 280 == 0
+    numbers = [int(text[at + 1 : at + 6]) for at in range(0, len(text), 280)]
+    assert all(text[at : at + 280] == delta_text(n) for at, n in zip(range(0, len(text), 280), numbers, strict=True))
+    return numbers
+
+
+def test_a_stream_kept_in_part_is_read_on_each_side_of_the_gap_with_its_final_usage():
+    body = big_stream(8000)  # about 3 MB
+    kept = kept_in_part(body, SSE, limit=1024 * 1024)
+    s = summarize_response(kept)
+    at, omitted = kept.response_omitted
+    assert (s.omitted_bytes, s.usage_incomplete, s.partial, s.error) == (omitted, False, False, None)
+    assert s.usage == {"input_tokens": 7, "cache_read_input_tokens": 50_000, "output_tokens": 98765}
+    assert s.stop_reason == "tool_use"
+    numbers = whole_deltas(s.content[0]["text"])
+    jump = next(i for i in range(1, len(numbers)) if numbers[i] != numbers[i - 1] + 1)
+    assert numbers[:jump] == list(range(jump)) and numbers[jump:] == list(range(numbers[jump], 8000))
+    event = [sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": delta_text(n)}})
+             for n in (jump - 1, jump)]
+    assert body.index(event[0]) + len(event[0]) <= at < body.index(event[1]) + len(event[1])  # whole events only
+    assert s.content[1] == {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"file_path": "/a"}}
+
+
+def test_a_tool_input_the_gap_cut_is_kept_raw_never_parsed_across_it():
+    chunks = [{"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta",
+                                                                    "partial_json": f'"{n:07d}", '}}
+              for n in range(200_000)]
+    body = sse(start({"input_tokens": 3, "output_tokens": 1}),
+               {"type": "content_block_start", "index": 0,
+                "content_block": {"type": "tool_use", "id": "t", "name": "Write", "input": {}}},
+               {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta",
+                                                                     "partial_json": '{"lines": ['}},
+               *chunks, {"type": "content_block_delta", "index": 0,
+                         "delta": {"type": "input_json_delta", "partial_json": '"end"]}'}},
+               {"type": "content_block_stop", "index": 0},
+               {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 5}}, STOP)
+    s = summarize_response(kept_in_part(body, SSE, limit=1024 * 1024, piece=4096))
+    block = s.content[0]
+    assert block["input"] == {} and block["input_parse_error"] and block["input_raw"].endswith('"end"]}')
+    assert (s.usage["output_tokens"], s.usage_incomplete) == (5, False)
+
+
+def test_without_a_final_usage_after_the_gap_the_usage_is_message_starts_and_says_so():
+    s = summarize_response(kept_in_part(big_stream(8000, final_usage=False), SSE, limit=1024 * 1024))
+    assert s.usage_incomplete and s.omitted_bytes and not s.partial
+    assert s.usage == {"input_tokens": 7, "cache_read_input_tokens": 50_000, "output_tokens": 2}
+
+
+def test_a_compressed_stream_kept_in_part_is_read_up_to_the_gap_only():
+    packer = zlib.compressobj(wbits=31)  # gzip, flushed per event the way a streaming server sends it
+    events = [e + b"\n\n" for e in big_stream(8000).split(b"\n\n") if e]
+    sent = b"".join(packer.compress(e) + packer.flush(zlib.Z_SYNC_FLUSH) for e in events) + packer.flush()
+    s = summarize_response(kept_in_part(sent, SSE + [["content-encoding", "gzip"]], limit=512 * 1024))
+    assert s.usage_incomplete and s.omitted_bytes and (s.partial, s.error) == (False, None)
+    assert s.usage["output_tokens"] == 2 and s.model == "claude-opus-4-8"
+    numbers = whole_deltas(s.content[0]["text"])
+    assert numbers == list(range(len(numbers))) and 0 < len(numbers) < 8000
+
+
+def test_a_json_answer_kept_in_part_is_not_parsed_and_its_usage_is_incomplete():
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-opus-4-8",
+               "content": [{"type": "text", "text": "x" * 3_000_000}], "stop_reason": "end_turn",
+               "usage": {"input_tokens": 1, "output_tokens": 700_000}}
+    s = summarize_response(kept_in_part(json.dumps(message).encode(), [["content-type", "application/json"]],
+                                        limit=1024 * 1024))
+    assert (s.kind, s.usage, s.content, s.usage_incomplete, s.partial, s.error) == ("json", None, [], True, False, None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 700), st.integers(0, 9000), st.integers(1, 400), st.booleans())
+def test_any_gap_gives_whole_deltas_and_the_final_usage_exactly_when_it_was_kept(piece, limit, tail, crlf):
+    """Small sizes (the kept tail is `tail` bytes), so gaps fall anywhere: inside an event, a line
+    ending, a UTF-8 character, the final `message_delta`."""
+    body = big_stream(40).replace(b"<", "é<".encode())
+    if crlf:
+        body = body.replace(b"\n", b"\r\n")
+    saved, capture_module.TAIL_BYTES = capture_module.TAIL_BYTES, tail
+    try:
+        kept = capture(b"", SSE)
+        kept.response_parts = []
+        keeper = KeptResponse(kept.response_parts, limit)
+        for at in range(0, len(body), piece):
+            keeper.add(body[at : at + piece])
+        if not keeper.finish(kept):
+            return
+    finally:
+        capture_module.TAIL_BYTES = saved
+    s = summarize_response(kept)
+    at, _ = kept.response_omitted
+    text = "".join(block["text"] for block in s.content if block["type"] == "text").replace("é", "")
+    numbers = whole_deltas(text)
+    assert numbers == sorted(set(numbers))
+    final = b'"usage": {"output_tokens": 98765}}'
+    tail_body = kept.response_body[at:]
+    blank = b"\r\n\r\n" if crlf else b"\n\n"
+    after_first_blank = tail_body[tail_body.find(blank) + len(blank):] if blank in tail_body else b""
+    assert s.usage_incomplete == (final + blank not in after_first_blank)
+    assert s.usage_incomplete or s.usage["output_tokens"] == 98765
