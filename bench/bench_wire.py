@@ -108,7 +108,9 @@ def start_proxy(tmp: Path, upstream_port: int, code: Path) -> tuple[subprocess.P
     env = {**os.environ, "CIPX_HOME": str(home), "CIPX_UPSTREAM_URL": f"https://127.0.0.1:{upstream_port}",
            "CIPX_CA_BUNDLE": str(CA), "PYTHONPATH": str(code), "OPIK_CIPX_BASE_URL": "",
            **json.loads(os.environ.get("BENCH_PROXY_ENV", "{}"))}
-    proc = subprocess.Popen([sys.executable, "-m", "opik_cipx", "proxy", "--port", "0"], env=env,
+    # Run from the checkout itself: `-m` puts the working directory first on sys.path, so from
+    # another directory (the repository root) it would import that directory's opik_cipx instead.
+    proc = subprocess.Popen([sys.executable, "-m", "opik_cipx", "proxy", "--port", "0"], env=env, cwd=code,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = json.loads(wait_file(home / "state.json", proc))
     return proc, state["ports"]["claude_code"], state["ports"]["admin"]
