@@ -21,7 +21,7 @@ def broken_read(self, key, request_body: bytes, *args, **kwargs):
     raise ValueError("cannot attribute " + bytes(request_body).decode("utf-8", "replace")[:2000])
 
 
-def broken_build_materializer(*args, **kwargs):
+def broken_check_prices(*args, **kwargs):
     raise RuntimeError(f"planted crash at startup under {os.environ.get('HOME')}")
 
 
@@ -29,5 +29,5 @@ if __name__ == "__main__":
     if os.environ.get("FORCED_ERROR") == "materializer":
         RequestReader.read = broken_read
     elif os.environ.get("FORCED_ERROR") == "startup":
-        daemon.build_materializer = broken_build_materializer
+        daemon.check_prices = broken_check_prices
     sys.exit(main())

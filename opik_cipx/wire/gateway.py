@@ -77,14 +77,12 @@ class Gateway:
         self.response_keep_bytes = response_keep_bytes  # of each response, for the capture
         self.draining = False
         self._inflight = 0
-        self._last_start = float("-inf")  # monotonic time the latest exchange started
         self._idle = threading.Condition()
 
     @contextmanager
     def exchange(self) -> Iterator[None]:
         with self._idle:
             self._inflight += 1
-            self._last_start = time.monotonic()
         try:
             yield
         finally:
@@ -97,23 +95,6 @@ class Gateway:
         """Block until no exchange is in flight (True) or `timeout_s` passes (False)."""
         with self._idle:
             return self._idle.wait_for(lambda: self._inflight == 0, timeout=timeout_s)
-
-    def wait_quiet(self, quiet_s: float, timeout_s: float) -> bool:
-        """Block until no exchange has started for `quiet_s` (True) or `timeout_s` passes (False).
-
-        Off-wire work waits here: it then never competes with a young exchange (the request, and
-        for most calls the whole answer) nor with the next call of a burst; a stream that started
-        earlier does not hold it up. Sleeps, never woken by the wire.
-        """
-        deadline = time.monotonic() + timeout_s
-        while True:
-            now = time.monotonic()
-            quiet_at = self._last_start + quiet_s
-            if now >= quiet_at:
-                return True
-            if now >= deadline:
-                return False
-            time.sleep(min(deadline, quiet_at) - now)
 
     @property
     def inflight(self) -> int:
