@@ -27,6 +27,11 @@ every `--background-ms` — by default each as the first call of a session of it
   - 100 KB request + 100 KB response, calls back to back on one keep-alive connection (last:
     each becomes a capture the materializer works through afterwards).
 It prints each figure with its baseline and the targets with PASS/FAIL.
+
+`--cap` adds a fourth target: a second daemon with every spend cap set (`[budget]`, caps that
+never bite: docs/BUDGETS.md), so each call is checked by the budget guard and fed to it; its
+added p50 is compared with the daemon's without a cap, in the same run (issue 23's target:
+not worse beyond noise; `bench/bench_budget.py` times the check alone).
 """
 
 import argparse
@@ -102,9 +107,19 @@ def start_upstream(tmp: Path) -> tuple[subprocess.Popen, int]:
     return proc, int(wait_file(port_file, proc))
 
 
-def start_proxy(tmp: Path, upstream_port: int, code: Path) -> tuple[subprocess.Popen, int, int]:
-    """The daemon of the checkout `code`, its ports (Claude Code's, admin)."""
-    home = tmp / "cipx-home"
+CAPS = """[budget]
+session_usd = 1e9
+day_usd = 1e9
+week_usd = 1e9
+month_usd = 1e9
+"""
+
+
+def start_proxy(tmp: Path, upstream_port: int, code: Path, config: str = "") -> tuple[subprocess.Popen, int, int]:
+    """The daemon of the checkout `code` (with `config` as its config.toml), its ports (Claude Code's, admin)."""
+    home = tmp / ("cipx-home-cap" if config else "cipx-home")
+    home.mkdir()
+    (home / "config.toml").write_text(config)
     env = {**os.environ, "CIPX_HOME": str(home), "CIPX_UPSTREAM_URL": f"https://127.0.0.1:{upstream_port}",
            "CIPX_CA_BUNDLE": str(CA), "PYTHONPATH": str(code), "OPIK_CIPX_BASE_URL": "",
            **json.loads(os.environ.get("BENCH_PROXY_ENV", "{}"))}
@@ -274,6 +289,8 @@ def main() -> int:
     parser.add_argument("--background", choices=("cold", "growing", "none"), default="cold")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the targets in turn")
     parser.add_argument("--mitmdump", default=shutil.which("mitmdump") or str(DEFAULT_MITMDUMP))
+    parser.add_argument("--cap", action="store_true",
+                        help="also measure a daemon with every spend cap set (caps that never bite)")
     parser.add_argument("--daemon-from", type=Path, default=ROOT, metavar="CHECKOUT",
                         help="run the daemon of another checkout (e.g. a `git worktree` of an older commit), "
                              "for before/after figures measured by the same bench")
@@ -290,6 +307,10 @@ def main() -> int:
             proxy, px_port, admin_port = start_proxy(tmp, up_port, args.daemon_from.resolve())
             procs.append(proxy)
             targets = [Target("direct", up_port, True), Target("opik-cipx", px_port, False)]
+            if args.cap:
+                capped, cap_port, _ = start_proxy(tmp, up_port, args.daemon_from.resolve(), CAPS)
+                procs.append(capped)
+                targets.append(Target("cipx+cap", cap_port, False))
             if Path(args.mitmdump).exists():
                 mitm, mitm_port = start_mitmproxy(tmp, args.mitmdump, up_port)
                 procs.append(mitm)
@@ -345,6 +366,11 @@ def report(results: dict, load: dict, args: argparse.Namespace) -> None:
               f"{r['errors']:>14} {ms(pct(s32, 99))}")
     cipx = results["opik-cipx"]
     mitm = results.get("mitmproxy")
+    if "cipx+cap" in results:
+        capped = pct(results["cipx+cap"]["json"], 50) - pct(direct["json"], 50)
+        uncapped = pct(cipx["json"], 50) - pct(direct["json"], 50)
+        print(f"\nwith every spend cap set: added p50 {ms(capped).strip()} vs {ms(uncapped).strip()} without "
+              f"(difference {ms(capped - uncapped).strip()}; issue 23: not worse beyond noise)")
     added = pct(cipx["json"], 50) - pct(direct["json"], 50)
     added99 = pct(cipx["json"], 99) - pct(direct["json"], 99)
     ev99, direct_ev99 = pct(cipx["sse4"], 99), pct(direct["sse4"], 99)

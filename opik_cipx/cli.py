@@ -39,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "supervise": "run the daemon and start it again when it dies (sync starts it where there is no systemd/launchd)",
     "replay": "re-derive spans from stored raw captures (offline; --ledger rebuilds ledger.db)",
     "report": "cost and tokens from the local ledger by day, session, project, model, bucket, ...",
+    "budget": "spend caps: what each counted, what is left, when it resets; `budget allow` goes on past one",
     "prices": "the price table in use (rates, tiers, sources, overrides) and unknown models the daemon saw",
     "config": "print a config.toml example: every setting with its help and default (--example)",
     "install": "make this copy the installed executable and link opik-cipx on PATH (install.sh runs it)",

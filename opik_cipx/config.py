@@ -21,6 +21,7 @@ from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 
+from opik_cipx.caps import Budget, parse_budget
 from opik_cipx.home import default_home
 from opik_cipx.urls import strip_credentials
 
@@ -354,6 +355,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("prices", None, parse_price_overrides, {},
            "[prices.\"<model>\"] tables that add models to or override prices.json "
            "(rates, tiers, fast mode, dated changes)"),
+    Option("budget", None, parse_budget, Budget(),
+           "[budget] spend caps in USD, off unless set: session_usd, day_usd, week_usd, month_usd, warn_at = 0.8; "
+           "per project [budget.projects.\"<dir>\"] (docs/BUDGETS.md)"),
     Option("captures.enabled", "CIPX_CAPTURES", parse_bool, True,
            "keep raw captures on disk for replay and the viewer (off: only until materialized)"),
     Option("captures.max_mb", None, _number(int, 1), 512,
@@ -560,7 +564,7 @@ def example_toml() -> str:
             name = opt.key.rpartition(".")[2]
             env = f" (env {opt.env})" if opt.env else ""
             out.append(f"\n# {opt.help}{env}")
-            if not isinstance(opt.default, dict):  # a table of tables (prices): its help says how
+            if not isinstance(opt.default, (dict, Budget)):  # a table (prices, budget): its help says how
                 out.append(f"# {name} = {_toml_value(opt.default)}")
     return "\n".join(out) + "\n"
 

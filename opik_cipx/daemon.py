@@ -32,6 +32,7 @@ import gc
 import logging
 import os
 import signal
+import sqlite3
 import ssl
 import sys
 import threading
@@ -41,12 +42,14 @@ from typing import Any
 from opik_cipx import __version__, telemetry
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings, settings_fingerprint
+from opik_cipx.control.budget_allow import AllowanceFile
 from opik_cipx.control.daemon_control import home_id
 from opik_cipx.control.detached import inherited_listener
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import claude_code_port, open_picked_listeners, record_ports
-from opik_cipx.control.work_process import WorkProcess, work_argv
+from opik_cipx.control.work_process import Handler, WorkProcess, work_argv
 from opik_cipx.home import HomeLocked, StateFiles, layout_notes, lock_home, private_dir, set_aside_wrong_types
+from opik_cipx.ledger.budget_feed import read_seed
 from opik_cipx.link import PROTOCOL
 from opik_cipx.logs import DaemonLog
 from opik_cipx.materialize.pricing import load_price_table
@@ -56,6 +59,7 @@ from opik_cipx.store.captures import CaptureStore, LogPosition
 from opik_cipx.urls import strip_credentials
 from opik_cipx.views.access import new_token, read_token, token_path
 from opik_cipx.views.admin import AdminHandler
+from opik_cipx.wire.budget import Guard, Seed, Spend
 from opik_cipx.wire.capture import Capture
 from opik_cipx.wire.connections import Limits, raise_fd_limit
 from opik_cipx.wire.gateway import Gateway, GatewayHandler
@@ -76,6 +80,7 @@ TELEMETRY_FLUSH_S = 2.0  # how long a stopping daemon lets queued error reports 
 IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 WORKER_STOP_S = 5.0  # the least each worker gets to finish at shutdown
 STATS_WAIT_S = 1.0  # how long `/admin/stats` waits for the work process's part (else its last one)
+LEDGER_READ_TIMEOUT_S = 1.0  # the wire's one read of the ledger at start (the budget guard's seed)
 
 
 class StartupError(Exception):
@@ -111,6 +116,9 @@ class Daemon:
         env = dict(os.environ)
         self.destination = resolve_destination(settings, opik_config_path(env))
         check_prices(settings)
+        # The spend caps' guard, when a cap is set: on the wire, fed by the work process (docs/BUDGETS.md).
+        self.guard = Guard(settings.budget, str(settings.config_path), clock) if settings.budget.enabled else None
+        self.allowances = AllowanceFile(settings.home)
         self._build_wire(port)
         # The capture log exists whatever captures.enabled says; off, a capture is kept only until
         # it is materialized.
@@ -119,8 +127,10 @@ class Daemon:
         self.stages = [Stage(self.pipeline, WORKER_STOP_S, self.store.close,
                              "captures still waiting for the capture log are lost")]
         self.totals = ProcessTotals()  # what the work processes counted, across their restarts
+        handlers: dict[str, Handler] = {"spent": self._spent, "settled": self._settled, "budget_seed": self._seeded,
+                    "budget_unread": self._unseeded} if self.guard is not None else {}
         self.work = WorkProcess(work, env, self._hello, pass_fds=(self.viewer_server.socket.fileno(),),
-                                clock=clock) if work else None
+                                handlers=handlers, clock=clock) if work else None
 
     def _build_wire(self, port: int | None) -> None:
         """The upstream pool, the capture thread, the gateway and the three listeners (the viewer's is
@@ -133,8 +143,9 @@ class Daemon:
             raise StartupError(f"cannot load the CA bundle {settings.ca_bundle!r}: {exc}") from None
         self.pipeline = Pipeline([("capture", self._persist)], self.counters, settings.tee_queue_max,
                                  max_bytes=int(settings.tee_queue_max_mb * mib), clock=self.clock)
-        self.gateway = Gateway(self.pool, self.pipeline.offer, self.counters,
+        self.gateway = Gateway(self.pool, self._teed if self.guard else self.pipeline.offer, self.counters,
                                response_keep_bytes=int(settings.capture_response_max_mb * mib))
+        self.gateway.budget = self.guard
         token = read_token(settings.home)
         if token is None:
             token = new_token()
@@ -178,6 +189,62 @@ class Daemon:
         return ("hello", PROTOCOL, config, self.destination, viewer, self.store.tail(), self.store.start_end.segment,
                 skip)
 
+    # ---- the budget guard: decided here, fed by the work process (docs/BUDGETS.md) ---------
+
+    def _teed(self, capture: Capture) -> None:
+        """The gateway's tee with a guard: it learns that a billable call ended, unpriced yet."""
+        assert self.guard is not None  # the gateway tees here only with one
+        self.guard.finished(capture.id, capture.method, capture.path, capture.blocked is not None)
+        self.pipeline.offer(capture)
+
+    def _seed_guard(self) -> None:
+        """The guard's totals from the ledger as it is, read once before the listeners answer, so
+        the first request after a start is decided too; the work process sends its own reading
+        when it starts (`_seeded`), which replaces this one. A ledger that is not there yet holds
+        nothing; one that cannot be read leaves the guard undecided until the work's reading."""
+        assert self.guard is not None
+        path = self.settings.ledger_path
+        if not path.exists():
+            self.guard.seed(Seed())
+            return
+        try:  # read-write (WAL needs it) but never created, migrated or written: the work owns it
+            conn = sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, timeout=LEDGER_READ_TIMEOUT_S)
+            try:
+                conn.execute("PRAGMA query_only = ON")
+                seed = read_seed(conn, self.clock.time_ns())
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            self.guard.cannot_seed(f"cannot read {path.name}: {exc}")
+            return
+        self.guard.seed(seed)
+
+    def _seeded(self, seed: Seed) -> None:
+        """(The link's thread.) The work process read the ledger before writing to it: its totals
+        replace the guard's (what an earlier work process reported is in them)."""
+        assert self.guard is not None
+        self.guard.seed(seed)
+
+    def _unseeded(self, reason: str) -> None:
+        """(The link's thread.) The work process cannot read the ledger; a guard that has totals
+        keeps deciding from them (the ledger's next readable state replaces them)."""
+        assert self.guard is not None
+        deciding = self.guard.section()["deciding"]
+        if not deciding:
+            self.guard.cannot_seed(reason)
+        log.warning("budget: %s; %s", reason, "the caps are decided from the totals read before" if deciding
+                    else "the caps are not enforced until it can be read")
+
+    def _spent(self, spends: list[Spend]) -> None:
+        """(The link's thread.) Calls the work process wrote to the ledger: into the guard's totals."""
+        assert self.guard is not None
+        self.guard.add(spends)
+
+    def _settled(self, capture_id: str) -> None:
+        """(The link's thread.) The work process is done with this capture, recorded or not."""
+        assert self.guard is not None
+        self.guard.settle(capture_id)
+
     def _persist(self, capture: Capture) -> None:
         """The capture thread's stage: append to the capture log, tell the work process where it ends."""
         try:
@@ -190,6 +257,9 @@ class Daemon:
             self.work.send("log", appended.tail)
 
     def start(self) -> None:
+        if self.guard is not None:
+            self._seed_guard()
+            self._allow()
         for stage in reversed(self.stages):  # a consumer before what feeds it
             stage.worker.start()
         if self.work is not None:
@@ -224,11 +294,21 @@ class Daemon:
             log.info("opik: not configured; no record is kept for it")
 
     def tick(self) -> None:
-        """Once a second on the main thread: write what the disk refused before, reattach the log file."""
+        """Once a second on the main thread: write what the disk refused before, reattach the log file,
+        take in the budget's allowances."""
         for path in self.files.retry():
             log.info("wrote %s: the disk takes writes again", path.name)
         if self.log is not None:
             self.log.retry()
+        self._allow()
+
+    def _allow(self) -> None:
+        """What `opik-cipx budget allow` wrote, into the guard once it changed."""
+        if self.guard is None:
+            return
+        allowed = self.allowances.poll()
+        if allowed is not None:
+            self.guard.allow(allowed.sessions, allowed.until_ns, allowed.serial)
 
     def home_section(self) -> dict[str, Any]:
         """The `home` stats section: what is kept in memory because the disk refused it, and why."""
@@ -276,6 +356,8 @@ class Daemon:
         }
         providers = {"materializer": self.pipeline.section, "home": self.home_section,
                      "telemetry": self.reporter.section}
+        if self.guard is not None:
+            providers["budget"] = self.guard.section
         if self.work is not None:
             reply = self.work.stats(STATS_WAIT_S)
             if reply is not None:

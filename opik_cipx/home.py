@@ -39,7 +39,7 @@ LAYOUT: tuple[tuple[str, bool], ...] = (
     ("captures", True), ("spool", True), ("materializer", True), ("logs", True), ("sessions", True), ("bin", True),
     ("ledger.db", False), ("ledger.db-wal", False), ("ledger.db-shm", False), ("state.json", False),
     ("ports.json", False), ("viewer.token", False), ("viewer-open.html", False), ("viewer-links", True),
-    ("sync.lock", False),
+    ("sync.lock", False), ("budget-allow.json", False), ("budget-told.json", False),
     ("made-dirs.json", False), ("claude-hooks.json", False), ("supervisor.json", False),
     ("statusline-backup.json", False),
     ("materializer/checkpoint.json", False), ("spool/cursor.json", False),

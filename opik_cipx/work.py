@@ -26,6 +26,7 @@ import fcntl
 import logging
 import os
 import socket
+import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -36,7 +37,10 @@ from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings
 from opik_cipx.control.work_process import PROTOCOL_MISMATCH
 from opik_cipx.home import open_private
-from opik_cipx.ledger.store import Ledger
+from opik_cipx.ledger.budget_feed import read_seed, spends
+from opik_cipx.ledger.entry import Entry
+from opik_cipx.ledger.schema import SchemaError
+from opik_cipx.ledger.store import Ledger, Previous
 from opik_cipx.link import PROTOCOL, WORK_FD_ENV, Link
 from opik_cipx.logs import DaemonLog
 from opik_cipx.materialize.call import Materialized
@@ -64,6 +68,7 @@ WORK_NICE = 10  # the work process's CPU priority below the wire's (os.nice)
 WORKER_STOP_S = 5.0  # the least each worker gets to finish at shutdown (the follower: `drain_timeout_s` if longer)
 TELEMETRY_FLUSH_S = 2.0
 SHUTDOWN_POLL_S = 0.1
+SEED_RETRY_S = 30.0  # how often a work process that could not read the ledger for the budget tries again
 
 
 class StartupError(Exception):
@@ -94,8 +99,10 @@ class Work:
         self.counters, self.reporter, self.clock = counters, reporter, clock
         mib = 1024 * 1024
         self.materializer = build_materializer(settings, dict(os.environ), destination.project)
+        self.budget = settings.budget.enabled  # the wire's guard counts what this process records
+        self._seed_at = float("-inf")
         self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, counters, clock=clock,
-                             keep_text=settings.capture_content)
+                             keep_text=settings.capture_content, on_written=self._spent if self.budget else None)
         self.spool = Spool(settings.spool_dir, max_bytes=int(settings.spool_max_mb * mib),
                            segment_bytes=int(settings.spool_segment_mb * mib), inmem_max=settings.spool_inmem_max,
                            inmem_max_bytes=int(settings.spool_inmem_max_mb * mib),
@@ -108,7 +115,7 @@ class Work:
                            max_age_s=settings.captures_max_age_days * 86400, keep=settings.captures_enabled,
                            clock=clock)
         self.follower = Follower(self.materializer, keeper, self.spool, counters, settings.checkpoint_path,
-                                 self._materialized, on_idle=self.ledger.retry_due, on_working=self._working,
+                                 self._materialized, on_idle=self._idle, on_working=self._working,
                                  clock=clock)
         self.stages = [
             Stage(self.follower, max(settings.drain_timeout_s, WORKER_STOP_S), self.ledger.close,
@@ -123,7 +130,7 @@ class Work:
     def serve_viewer(self, fd: int, token: str) -> None:
         """The dashboard on the listening socket the wire holds (`fd`, inherited)."""
         settings = self.settings
-        pages = Dashboard(settings.ledger_path, settings.captures_dir, clock=self.clock)
+        pages = Dashboard(settings.ledger_path, settings.captures_dir, clock=self.clock, budget=settings.budget)
         access = ViewerAccess(token, SignInLinks(settings.home, self.clock))
         handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": access})
         limits = Limits(settings.client_header_timeout_s, settings.client_body_timeout_s,
@@ -137,9 +144,37 @@ class Work:
         self._viewer_thread.start()
 
     def start(self, tail: LogTail, own_from: int, skip: list[LogPosition]) -> None:
+        self._seed_budget()  # before the follower writes anything to the ledger
         for stage in reversed(self.stages[1:]):  # a consumer before what feeds it
             stage.worker.start()
         self.follower.start_at(tail, own_from, set(skip))
+
+    def _idle(self) -> None:
+        """(The follower's thread, nothing to materialize.) The ledger's retries; the budget's seed
+        when the ledger could not be read for it before."""
+        self.ledger.retry_due()
+        self._seed_budget()
+
+    def _seed_budget(self) -> None:
+        """The wire's budget guard gets what the ledger holds, read under the ledger's lock, so the
+        spends written after it follow it on the link in order (docs/BUDGETS.md); while the ledger
+        cannot be read, the wire is told and this is tried again every `SEED_RETRY_S`."""
+        if not self.budget or self.clock.monotonic() - self._seed_at < SEED_RETRY_S:
+            return
+        self._seed_at = self.clock.monotonic()
+        now = self.clock.time_ns()
+        try:
+            self.ledger.read(lambda conn: self.link.send("budget_seed", read_seed(conn, now)))
+        except (sqlite3.Error, SchemaError, OSError) as exc:
+            reason = f"cannot read {self.settings.ledger_path.name}: {exc}"
+            self.link.send("budget_unread", reason)
+            log.warning("budget: %s; trying again in %.0fs", reason, SEED_RETRY_S)
+            return
+        self._seed_at = float("inf")
+
+    def _spent(self, entry: Entry, previous: Previous | None) -> None:
+        """A call the ledger wrote (under its lock, on the follower's thread): to the wire's guard."""
+        self.link.send("spent", spends(entry, previous))
 
     def _working(self, position: LogPosition | None) -> None:
         self.link.send("working", tuple(position) if position is not None else None)
@@ -154,6 +189,8 @@ class Work:
             log.warning("capture %s: usage field(s) %s from upstream are no token count; the call is recorded "
                         "with them as read", capture.id, ", ".join(call.usage.malformed))
         self.ledger.write(call)
+        if self.budget:
+            self.link.send("settled", capture.id)
 
     def stats(self) -> dict[str, Any]:
         """What the wire's admin stats take from this process: sections, counters and refusals."""

@@ -120,7 +120,9 @@ def test_an_existing_lock_file_on_a_read_only_home_is_still_locked(tmp_path, mon
 
 
 def test_the_layout_names_every_path_settings_and_commands_make(tmp_path):
+    from opik_cipx.commands.sync import TOLD_FILE
     from opik_cipx.config import load_settings
+    from opik_cipx.control.budget_allow import FILE as ALLOW_FILE
     from opik_cipx.control.claude_settings import STATUS_LINE_BACKUP
     from opik_cipx.control.daemon_control import SUPERVISOR_FILE
     from opik_cipx.control.install import HOOKS_CREATED, MADE_DIRS
@@ -133,7 +135,7 @@ def test_the_layout_names_every_path_settings_and_commands_make(tmp_path):
     names = {str(path.relative_to(tmp_path)) for path in made}
     names |= {"materializer", "ledger.db-wal", "ledger.db-shm", TOKEN_FILE, OPEN_FILE, LINKS_DIR, MADE_DIRS,
               "sync.lock", "bin", "logs/cipx.log", "logs/daemon.stderr", "spool/cursor.json", HOOKS_CREATED,
-              SUPERVISOR_FILE, "logs/supervisor.log", STATUS_LINE_BACKUP}
+              SUPERVISOR_FILE, "logs/supervisor.log", STATUS_LINE_BACKUP, ALLOW_FILE, TOLD_FILE}
     assert names == {name for name, _ in home.LAYOUT}
     parents = [name for name, _ in home.LAYOUT]
     assert all(parents.index(name.rpartition("/")[0]) < parents.index(name) for name in parents if "/" in name)

@@ -16,8 +16,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "opik_cipx"
 # The stages in the order a call flows through them; a stage may import from those before it.
 STAGES = ("wire", "store", "materialize", "ledger", "ship", "views", "control", "commands")
-BASICS = frozenset({"clock", "config", "home", "ids", "link", "logs", "outbound", "stats", "telemetry", "urls",
-                    "worker"})
+BASICS = frozenset({"caps", "clock", "config", "home", "ids", "link", "logs", "outbound", "stats", "telemetry",
+                    "urls", "worker"})
 ENTRY_POINTS = frozenset({"cli", "daemon", "work", "__main__"})
 MAX_CLASS_LINES = 400
 MAX_FUNCTION_LINES = 80

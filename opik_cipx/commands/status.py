@@ -15,6 +15,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+from opik_cipx.caps import usd
 from opik_cipx.config import ConfigError, Settings, load_settings
 from opik_cipx.control import claude_settings, lifecycle
 from opik_cipx.control.daemon_control import admin_port, fetch_stats, pid_alive, read_state
@@ -236,6 +237,26 @@ def unknown_model_lines(section: dict[str, Any]) -> list[str]:
     return out
 
 
+def budget_lines(section: dict[str, Any]) -> list[str]:
+    """The spend caps the daemon enforces (the `budget` stats section; none without a cap), and why
+    it cannot, when it cannot (docs/BUDGETS.md)."""
+    if not section.get("enabled"):
+        return []
+    caps = [f"{cap['scope']} {usd(cap['spent_usd'])} of {usd(cap['cap_usd'])}" if cap.get("spent_usd") is not None
+            else f"{cap['scope']} cap {usd(cap['cap_usd'])}" for cap in section.get("caps") or []]
+    if section.get("project_caps"):
+        caps.append(f"{section['project_caps']} project(s) with caps of their own")
+    out = [f"budget         {' · '.join(caps) or 'caps set'}; {section.get('blocked', 0)} request(s) blocked "
+           "(`opik-cipx budget` shows every cap)"]
+    if not section.get("deciding"):
+        out.append(f"  ! not enforcing the caps: {section.get('undecided_reason')}; {section.get('undecided', 0)} "
+                   "request(s) let through unchecked. It retries every 30s; `opik-cipx logs` says more")
+    if section.get("errors"):
+        out.append(f"  ! {section['errors']} request(s) let through because the guard failed to decide: "
+                   "`opik-cipx logs` has the traceback; please report it")
+    return out
+
+
 def render(stats: dict[str, Any], settings: Settings, claude_code: str = "", now: float | None = None,
            today: str = "", verbose: bool = False, supervision: str = "") -> str:
     """The admin stats as the human-readable report: health and today's cost first, then what
@@ -275,6 +296,7 @@ def render(stats: dict[str, Any], settings: Settings, claude_code: str = "", now
     out += counters
     out += materializer_lines(section("materializer"), verbose)
     out.extend(unknown_model_lines(section("unknown_models")))
+    out.extend(budget_lines(section("budget")))
     out.extend(opik_lines(section("opik"), settings, now))
     out.extend(destination_lines(section("opik"), settings))
     out += quarantine_lines(section("opik"))

@@ -11,13 +11,16 @@ This prints, from the ledger (read directly: the daemon may be down):
   Claude Code reports (its own `used_percentage` until the ledger has a main call);
 - the session's cache hit ratio, `cache hit` (cache read over input side: docs/REPORTS.md, "Words");
 - each rate-limit window's utilization and time to reset (the latest values in the ledger;
-  Claude Code's own `rate_limits` when it has none), `!` past a warning threshold.
+  Claude Code's own `rate_limits` when it has none), `!` past a warning threshold;
+- with a spend cap set (`[budget]`, docs/BUDGETS.md), what is left of the tightest cap of this
+  session (`left $1.20 day`), yellow past `warn_at`, red once reached (`day cap reached`).
 Coloured with ANSI (not with `NO_COLOR`), cut to `COLUMNS` (80): the least important parts go
 first. It never fails Claude Code: on any problem it prints a short hint and exits 0.
 
 It runs on every repaint, so its fast path (`main`) imports only the standard library and
 `ledger/figures` (which imports nothing): `cli.main` hands `statusline` without options to it
-before loading settings (bench/bench_statusline.py). It reads `$CIPX_HOME/ledger.db` as `ledger/schema.py` defines it,
+before loading settings (bench/bench_statusline.py). The caps (`caps`, `ledger/spent`) are
+loaded only when the config file mentions a budget. It reads `$CIPX_HOME/ledger.db` as `ledger/schema.py` defines it,
 read-only and at that schema's version alone: only the daemon migrates the file, so a ledger of
 another version is a hint line.
 `--install` sets `statusLine` in `~/.claude/settings.json` to run the installed executable,
@@ -38,8 +41,10 @@ from opik_cipx.ledger.figures import CACHE_READ, CACHE_WRITE, UNCACHED, cache_hi
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; type checkers take it as True
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
     from typing import TextIO
 
+    from opik_cipx.caps import Budget
     from opik_cipx.config import Settings
 
 DEFAULT_COLUMNS = 80
@@ -97,11 +102,35 @@ def render(stdin: TextIO, env: dict[str, str], now: float) -> str:
     if not os.path.exists(ledger):
         return NO_CALLS
     try:
-        figures = read_ledger(ledger, doc["session_id"], now)
+        figures = read_ledger(ledger, doc["session_id"], now, _budget(env), _directory(doc))
     except OtherSchema as exc:
         return str(exc)
     parts = _parts(doc, figures, now, color)
     return fit(parts, _columns(env))
+
+
+def _budget(env: dict[str, str]) -> Budget | None:
+    """The `[budget]` of the config file, loaded only when the file mentions one (`caps` and the
+    TOML parser cost more than the rest of a repaint)."""
+    path = os.path.expanduser(env["CIPX_CONFIG"]) if env.get("CIPX_CONFIG") else \
+        os.path.join(os.path.dirname(_ledger_path(env)), "config.toml")
+    try:
+        with open(path, "rb") as fh:
+            if b"budget" not in fh.read():
+                return None
+    except OSError:
+        return None
+    from opik_cipx.caps import read_budget
+
+    budget = read_budget(path)
+    return budget if budget is not None and budget.enabled else None
+
+
+def _directory(doc: dict) -> str | None:
+    """Where the session works: the directory Claude Code was started in."""
+    workspace = found if isinstance(found := doc.get("workspace"), dict) else {}
+    directory = workspace.get("project_dir") or doc.get("cwd")
+    return directory if isinstance(directory, str) else None
 
 
 def _ledger_path(env: dict[str, str]) -> str:
@@ -130,9 +159,11 @@ def read_only_uri(path: str) -> str:
     return f"file://{escaped}?mode=ro"
 
 
-def read_ledger(path: str, session_id: str, now: float) -> dict:
-    """The session's figures, today's cost and the latest rate-limit windows, read without
-    writing anything (only the daemon migrates the ledger). Raises OtherSchema."""
+def read_ledger(path: str, session_id: str, now: float, budget: Budget | None = None,
+                directory: str | None = None) -> dict:
+    """The session's figures, today's cost, the latest rate-limit windows and, given a budget,
+    each cap of the session's, read without writing anything (only the daemon migrates the
+    ledger). Raises OtherSchema."""
     conn = sqlite3.connect(read_only_uri(path), uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -156,6 +187,12 @@ def read_ledger(path: str, session_id: str, now: float) -> dict:
         windows = conn.execute(
             "SELECT window_name, utilization, resets_at, status, surpassed_threshold FROM latest_rate_limits "
             "WHERE utilization IS NOT NULL AND (resets_at IS NULL OR resets_at > ?)", (now,)).fetchall()
+        caps = []
+        if budget is not None:
+            from opik_cipx.ledger.spent import standings
+
+            caps = [(s.scope, s.cap_usd, s.spent_usd, s.level(budget.warn_at))
+                    for s in standings(conn, budget, int(now * 1e9), session_id, directory)]
     finally:
         conn.close()
     cost, unpriced, uncached, written, read = session
@@ -165,6 +202,7 @@ def read_ledger(path: str, session_id: str, now: float) -> dict:
         "context": context[0] if context else None,
         "windows": [{"name": n, "utilization": u, "resets_at": r, "warning": s in ("allowed_warning", "rejected")
                      or t is not None} for n, u, r, s, t in windows],
+        "caps": caps,
     }
 
 
@@ -194,7 +232,19 @@ def _parts(doc: dict, figures: dict, now: float, color: bool) -> list[tuple[int,
             text += f" {_until(window['resets_at'] - now)}"
         importance = 90 if window["warning"] or used >= 0.8 else 70 - rank
         out.append((importance, *paint(text, RED if window["warning"] else _level(used, 0.5, 0.8))))
+    if figures.get("caps"):
+        out.insert(1, _cap_part(figures["caps"], paint))
     return out
+
+
+def _cap_part(caps: list[tuple[str, float, float, str]],
+              paint: Callable[[str, str], tuple[str, str]]) -> tuple[int, str, str]:
+    """What is left of the tightest spend cap: (importance, plain, coloured)."""
+    scope, cap, spent, level = min(caps, key=lambda c: c[1] - c[2])
+    if level == "over":
+        return (95, *paint(f"{scope} cap reached", RED))
+    return (95 if level == "warning" else 60, *paint(f"left ${_usd(cap - spent)} {scope}",
+                                                      YELLOW if level == "warning" else GREEN))
 
 
 def _context(doc: dict, figures: dict) -> tuple[str, float | None] | None:

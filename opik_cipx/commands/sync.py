@@ -13,7 +13,9 @@ model context) except, when the user must know something, one JSON object whose
   how to apply them;
 - the session that runs the hook goes through opik-cipx (its `ANTHROPIC_BASE_URL`, which Claude
   Code passes to its hooks, is ours) while opik-cipx is down for good or switched off: that
-  session cannot reach Anthropic, and a new one would.
+  session cannot reach Anthropic, and a new one would;
+- a spend cap of the session (`[budget]`, docs/BUDGETS.md) passed its warning share or was
+  reached: once per cap and period (`$CIPX_HOME/budget-told.json` remembers what was told).
 Run by hand it reports on stdout and exits 1 when opik-cipx is not up.
 
 Where install.sh registered our hooks in Claude Code's settings, `sync` keeps the launcher copy
@@ -31,11 +33,15 @@ its old settings, and otherwise our `ANTHROPIC_BASE_URL` is removed (see lifecyc
 import argparse
 import json
 import os
+import sqlite3
 import sys
 
+from opik_cipx.clock import SYSTEM
 from opik_cipx.config import ConfigError, Settings, differing_settings, is_truthy
 from opik_cipx.control import claude_settings, install, lifecycle
 from opik_cipx.control.daemon_control import admin_port, is_healthy, paths_only_settings, read_state
+from opik_cipx.home import read_json, write_json
+from opik_cipx.ledger.schema import SchemaError
 from opik_cipx.materialize.identity import claude_json_path
 from opik_cipx.materialize.sessions import parse_hook_input, read_hook_stdin, record_session
 
@@ -55,6 +61,8 @@ def on_config_error(args: argparse.Namespace, exc: ConfigError | str) -> int:
     return sync(paths_only_settings(env), env, config_error=str(exc))
 
 
+TOLD_FILE = "budget-told.json"  # the spend cap warnings told, by cap, period and level
+TOLD_KEEP_S = 35 * 86400  # a warning told longer ago is forgotten (its period is over)
 NEXT_SESSION_HOOK = ("set up: Claude Code's calls go through opik-cipx from your next Claude Code session; this one "
                      "talks to Anthropic directly (it read its settings before opik-cipx was running). "
                      "`opik-cipx status` shows what opik-cipx sees.")
@@ -124,6 +132,8 @@ def _sync(settings: Settings, env: dict[str, str], config_error: str | None, raw
             _refresh_hooks(settings, env, report)
         if raw is not None:
             _record(settings, env, hook, report)
+            if config_error is None and settings.budget.enabled:
+                _warn_budget(settings, hook, report)
     except Exception as exc:  # fail open: a hook must never crash or leave a dead proxy configured
         report.failed = True
         report.problem(f"sync failed unexpectedly: {type(exc).__name__}: {exc}")
@@ -220,6 +230,39 @@ def _keep_or_fail_open(settings: Settings, env: dict[str, str], config_error: st
                    "Fix it, then run `opik-cipx sync`.")
     if report.as_hook and _goes_through_us(settings, env):
         report.tell(DOWN_THIS_SESSION)
+
+
+def _warn_budget(settings: Settings, hook: dict | None, report: _Report) -> None:
+    """Past `warn_at` of a spend cap of this session, or at it: tell the user, once per cap and
+    period (`budget-told.json`: what was told, for 35 days)."""
+    from opik_cipx.ledger.db import open_reader
+    from opik_cipx.ledger.spent import standings
+
+    hook, now = hook or {}, SYSTEM.time_ns()
+    session, cwd = hook.get("session_id"), hook.get("cwd")
+    try:
+        conn = open_reader(settings.ledger_path)
+        if conn is None:
+            return
+        try:
+            rows = standings(conn, settings.budget, now, session_id=session if isinstance(session, str) else None,
+                             directory=cwd if isinstance(cwd, str) else None)
+        finally:
+            conn.close()
+        path = settings.home / TOLD_FILE
+        told = found if isinstance(found := read_json(path), dict) else {}
+        fresh = {f"{row.key(now)}:{row.level(settings.budget.warn_at)}": line for row in rows
+                 if (line := row.warning(settings.budget.warn_at, now)) is not None}
+        fresh = {key: line for key, line in fresh.items() if key not in told}
+        if fresh:
+            keep = now - TOLD_KEEP_S * 1_000_000_000
+            write_json(path, {**{k: at for k, at in told.items() if isinstance(at, int) and at >= keep},
+                              **dict.fromkeys(fresh, now)})
+    except (sqlite3.Error, SchemaError, OSError) as exc:
+        report.problem(f"cannot read the spend caps' totals: {exc}")
+        return
+    for line in fresh.values():
+        report.tell(line)
 
 
 def _record(settings: Settings, env: dict[str, str], hook: dict | None, report: _Report) -> None:

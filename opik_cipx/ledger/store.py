@@ -34,10 +34,10 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.ledger.db import connect
@@ -61,12 +61,28 @@ ENTRY_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataErro
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # what an SQLite INTEGER holds
 
 
+class Previous(NamedTuple):
+    """What the calls row of a capture written again held before: the spend it counted."""
+
+    started_at_ns: int
+    cost_usd: float | None
+    session_id: str | None
+    project_dir: str | None
+
+
+Written = Callable[[Entry, Previous | None], None]
+T = TypeVar("T")
+
+
 class Ledger:
     """The writer. `write` is called once per materialized capture, from one thread."""
 
     def __init__(self, path: Path, retention_days: float, counters: Counters | None = None,
-                 clock: Clock = SYSTEM, keep_text: bool = True):
+                 clock: Clock = SYSTEM, keep_text: bool = True, on_written: Written | None = None):
+        """`on_written(entry, previous)` runs for each entry once its transaction committed, with
+        what its capture's row held before when it replaced one (the budget guard's feed)."""
         self.path = path
+        self.on_written = on_written
         self.keep_text = keep_text
         self.clock = clock
         self.retention_days = retention_days
@@ -155,6 +171,14 @@ class Ledger:
     def pending(self) -> int:
         return len(self._pending)
 
+    def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """`query` run on the writer's connection (the file created and migrated first, as a write
+        would): what the daemon reads at start. Raises sqlite3.Error, SchemaError or OSError."""
+        with self._lock:
+            if self._closed:
+                raise sqlite3.OperationalError("the ledger is closed")
+            return query(self._connection())
+
     # -- internals ---------------------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
@@ -172,12 +196,18 @@ class Ledger:
     def _transaction(self, conn: sqlite3.Connection, entries: Iterable[Entry]) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for entry in entries:
-                upsert(conn, entry)
+            written = [(entry, upsert(conn, entry)) for entry in entries]
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        if self.on_written is not None:
+            for entry, previous in written:
+                try:
+                    self.on_written(entry, previous)
+                except Exception:  # a listener never undoes or fails a write that committed
+                    log.exception("ledger: the listener on written calls failed on capture %s",
+                                  entry.call.get("capture_id"))
 
     def _write_one_by_one(self, conn: sqlite3.Connection) -> None:
         """An entry whose values the database refuses must not hold back the others: write each
@@ -249,10 +279,12 @@ class Ledger:
             log.info("ledger: %d call(s) older than %g days deleted", removed, self.retention_days)
 
 
-def upsert(conn: sqlite3.Connection, entry: Entry) -> None:
-    """Write one entry, replacing the rows of the same capture if it was written before."""
+def upsert(conn: sqlite3.Connection, entry: Entry) -> Previous | None:
+    """Write one entry, replacing the rows of the same capture if it was written before; what
+    that row held (None for a new capture)."""
     call = entry.call
-    old = conn.execute("SELECT id FROM calls WHERE capture_id = ?", (call["capture_id"],)).fetchone()
+    old = conn.execute("SELECT id, started_at_ns, cost_usd, session_id, project_dir FROM calls WHERE capture_id = ?",
+                       (call["capture_id"],)).fetchone()
     columns = list(call)
     if old is None:
         call_id = conn.execute(
@@ -277,6 +309,7 @@ def upsert(conn: sqlite3.Connection, entry: Entry) -> None:
     roll_up(conn, "c.id = ?", (call_id,))
     _rate_limits(conn, call_id, entry)
     _session(conn, entry)
+    return Previous(*old[1:]) if old is not None else None
 
 
 _LATER_TITLE = "excluded.title_at_ns IS NOT NULL AND (title_at_ns IS NULL OR excluded.title_at_ns >= title_at_ns)"

@@ -2,7 +2,9 @@
 
 Kinds: `main` (the agent loop), `subagent`, `compaction`, `side` (a helper call: web search,
 web fetch, title generation, quota probe, or `unknown`), `count_tokens` (`/context`),
-`preconnect` (`HEAD`), `other` (any non-model route).
+`preconnect` (`HEAD`), `other` (any non-model route), and `blocked`: a model call a spend cap
+kept from Anthropic (the gateway marked its capture; `side_kind` names the cap, `day`,
+`session`, `project_week`, ...: docs/BUDGETS.md), whatever kind it would have been.
 
 Markers, strongest first (Claude Code 2.1.197 traffic, tests/fixtures/claude-code/README.md):
 - compaction: the last user message holds `Your task is to create a detailed summary of the
@@ -46,8 +48,8 @@ _LEGACY_SESSION = re.compile(r"_session_([0-9a-fA-F-]{36})")
 
 @dataclass(frozen=True)
 class CallKind:
-    kind: str  # main | subagent | compaction | side | count_tokens | preconnect | other
-    side_kind: str | None = None  # web_search | web_fetch | title | quota_probe | unknown
+    kind: str  # main | subagent | compaction | side | count_tokens | preconnect | other | blocked
+    side_kind: str | None = None  # web_search | web_fetch | title | quota_probe | unknown; blocked: the cap
     subagent: bool = False
     agent_id: str | None = None
     parent_agent_id: str | None = None
@@ -64,8 +66,10 @@ class _Ids(TypedDict):
     retry_count: int | None
 
 
-def classify(method: str, path: str, headers: list[list[str]], body: dict | None) -> CallKind:
-    """The kind of one exchange; `body` is the parsed request JSON (None if it was not JSON)."""
+def classify(method: str, path: str, headers: list[list[str]], body: dict | None,
+             blocked: str | None = None) -> CallKind:
+    """The kind of one exchange; `body` is the parsed request JSON (None if it was not JSON);
+    `blocked` the cap that kept it from Anthropic (`Capture.blocked`)."""
     body = body if isinstance(body, dict) else None
     agent_id = header_value(headers, "x-claude-code-agent-id") or None
     ids: _Ids = {
@@ -75,6 +79,8 @@ def classify(method: str, path: str, headers: list[list[str]], body: dict | None
         "retry_count": _int(header_value(headers, "x-stainless-retry-count")),
     }
     route = _route(path)
+    if blocked is not None:
+        return CallKind("blocked", side_kind=blocked, subagent=agent_id is not None, **ids)
     if method.upper() == "HEAD":
         return CallKind("preconnect", **ids)
     if route.endswith("/v1/messages/count_tokens"):

@@ -59,6 +59,7 @@ from opik_cipx.wire.capture import Capture, header_value
 log = logging.getLogger(__name__)
 
 SPAN_ENDPOINTS = {"/v1/messages", "/v1/messages/count_tokens"}
+NOTHING_USED = {"input_tokens": 0, "output_tokens": 0}  # a blocked call's: it costs exactly 0
 TOOL_SPAN_KINDS = frozenset({"main", "subagent", "compaction"})
 SESSION_FILE_RETRY_S = 5.0  # a session file not written yet is looked for again after this
 IDENTITY_TTL_S = 60.0  # ~/.claude.json is re-read at most this often
@@ -161,12 +162,13 @@ class Materializer:
     def _read(self, capture: Capture) -> _Read:
         request = self._requests.read(_conversation(capture), capture.request_body, self._pause)
         body = request.body or {}
-        kind = classify(capture.method, capture.path, capture.request_headers, request.body)
+        kind = classify(capture.method, capture.path, capture.request_headers, request.body, capture.blocked)
         self._pause()
         summary = summarize_response(capture)
         model = summary.model or body.get("model")
         model = model if isinstance(model, str) and model else None
-        cost = price_call(model, summary.usage, self.prices, at_ns=capture.started_at_ns)  # rates in force then
+        used = NOTHING_USED if capture.blocked else summary.usage
+        cost = price_call(model, used, self.prices, at_ns=capture.started_at_ns)  # rates in force then
         self.unknown_models.note(cost)
         limits = parse_rate_limits(capture.response_headers)
         self.rate_limits.note(limits, capture.started_at_ns)

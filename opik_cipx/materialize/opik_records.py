@@ -41,7 +41,9 @@ def tags(call: CallRecord) -> list[str]:
 
 def llm_span(call: CallRecord, limit: int, capture_content: bool) -> dict:
     """The call's `llm` span: exact usage and cost, its request and answer, `metadata.cc`, and
-    `metadata.cipx` (what Opik's Cost Intelligence reads: materialize/cipx.py)."""
+    `metadata.cipx` (what Opik's Cost Intelligence reads: materialize/cipx.py), except on a call a
+    spend cap kept from Anthropic: it spent nothing, so Cost Intelligence must not count it
+    (docs/BUDGETS.md, "Recorded like any call")."""
     x, s, cost = call.exchange, call.response, call.cost
     assert cost is not None  # only count_tokens calls have no price, and they get count_tokens_span
     cc = _common_cc(call)
@@ -75,7 +77,7 @@ def llm_span(call: CallRecord, limit: int, capture_content: bool) -> dict:
         end_ns=x.ended_at_ns,
         input=_bounded_input(call, limit),
         output=bounded(_llm_output(call), limit),
-        metadata={"cc": cc, "cipx": cipx.metadata(call)},
+        metadata={"cc": cc} if call.kind.kind == "blocked" else {"cc": cc, "cipx": cipx.metadata(call)},
         tags=tags(call),
         updated_ns=x.ended_at_ns,
         model=call.model,

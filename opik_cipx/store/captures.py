@@ -231,6 +231,8 @@ def record_buffers(capture: Capture, logged_at_ns: int) -> list[Any]:
     stamp), the request body, the response's pieces; nothing is copied or joined."""
     header: dict[str, Any] = {name: getattr(capture, name) for name in HEADER_FIELDS}
     header["logged_at_ns"] = logged_at_ns
+    if capture.blocked is not None:  # the rare extra field: older readers ignore it
+        header["blocked"] = capture.blocked
     parts = capture.response_parts
     header["request_body_len"] = len(capture.request_body)
     header["response_body_len"] = sum(map(len, parts))
@@ -273,6 +275,7 @@ def _capture(header: dict[str, Any], request: bytes, response: bytes) -> Capture
     capture = Capture(**{name: header[name] for name in HEADER_FIELDS if name in header},  # older: fewer fields
                       request_body=request)
     capture.response_parts = [response]
+    capture.blocked = header.get("blocked")
     return capture
 
 

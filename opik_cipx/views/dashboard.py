@@ -27,6 +27,7 @@ from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 
+from opik_cipx.caps import NO_BUDGET, Budget
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.ids import is_uuid7, uuid7_unix_ms
 from opik_cipx.ledger.db import open_reader
@@ -56,6 +57,7 @@ from opik_cipx.ledger.sessions import SessionInfo, session_info
 from opik_cipx.materialize.attribution import categorize
 from opik_cipx.store.captures import find_capture
 from opik_cipx.views import charts
+from opik_cipx.views.caps import caps_section
 from opik_cipx.views.charts import compact, usd_axis
 from opik_cipx.views.filters import Filters, parse_filters, selection
 from opik_cipx.views.home import DEFAULT_DAYS, Scope, days_between, home_body
@@ -99,10 +101,11 @@ NO_CALLS = ("<h1>Claude Code cost</h1><section><p>No calls recorded yet. Use Cla
 class Dashboard:
     """The pages over one ledger and one capture store; `clock` says which day is today."""
 
-    def __init__(self, ledger_path: Path, captures_dir: Path, clock: Clock = SYSTEM):
+    def __init__(self, ledger_path: Path, captures_dir: Path, clock: Clock = SYSTEM, budget: Budget = NO_BUDGET):
         self.ledger_path = ledger_path
         self.captures_dir = captures_dir
         self.clock = clock
+        self.budget = budget  # the spend caps, shown as bars on the home page
 
     def route(self, target: str) -> Response:
         """Answer `GET target` (path and query)."""
@@ -206,6 +209,7 @@ class Dashboard:
             f"<p class=muted>{everything['calls']:,} calls and {usd(everything['cost_usd'])} since "
             f"{esc(first_day(conn) or scope.today)} (ledger.db; local days). Reports: <span class=mono>opik-cipx "
             "report</span>; the words: docs/REPORTS.md.</p>",
+            caps_section(conn, self.budget, self.clock.time_ns()),
             filter_bar("/", filters, scope.selection, scope.today, dimension_values(conn)),
             self._notices(conn, scope, errors, "/"),
             home_body(conn, scope),

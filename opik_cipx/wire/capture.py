@@ -59,6 +59,7 @@ class Capture:
     ttfb_ns: int | None = None
     ended_at_ns: int | None = None
     status: int | None = None
+    blocked: str | None = None  # the spend cap that kept it from the upstream (`wire/budget.Block.tag`)
     response_headers: list[list[str]] = field(default_factory=list)
     response_parts: list[bytes] = field(default_factory=list, repr=False)
     client_aborted: bool = False

@@ -28,6 +28,7 @@ from email.message import Message
 
 from opik_cipx.ids import new_uuid7
 from opik_cipx.stats import Counters
+from opik_cipx.wire.budget import Block, Guard
 from opik_cipx.wire.capture import Capture, KeptResponse, redact_headers
 from opik_cipx.wire.connections import worth_logging
 from opik_cipx.wire.endpoints import is_known
@@ -68,6 +69,8 @@ NON_BROWSER_FETCH_MODE = "cors"
 
 class Gateway:
     """State shared by the gateway's handler threads: upstream pool, tee, counters, drain."""
+
+    budget: Guard | None = None  # the spend caps' guard, set by the daemon when a cap is set
 
     def __init__(self, pool: UpstreamPool, tee: Callable[[Capture], None], counters: Counters,
                  response_keep_bytes: int = RESPONSE_KEEP_BYTES):
@@ -218,7 +221,11 @@ class GatewayHandler(LoopbackHandler):
         if not is_known(self.command, self.path):
             gw.counters.incr("unknown_endpoints")
         try:
-            self._relay(gw, capture, body)
+            block = gw.budget.check(self.command, self.path, self.headers) if gw.budget else None
+            if block is None:
+                self._relay(gw, capture, body)
+            else:
+                self._answer_blocked(capture, block)
         finally:
             capture.ended_at_ns = time.time_ns()
             gw.tee(capture)
@@ -388,6 +395,20 @@ class GatewayHandler(LoopbackHandler):
                 capture.client_aborted = True
                 log.info("gateway: client disconnected mid-response; upstream connection closed")
                 return False
+
+    def _answer_blocked(self, capture: Capture, block: Block) -> None:
+        """A request a spend cap keeps from the upstream: the guard's answer, captured as an
+        upstream one would be, marked with the cap (docs/BUDGETS.md)."""
+        status, headers, body = block.answer()
+        capture.ttfb_ns, capture.status, capture.blocked = time.time_ns(), status, block.tag
+        capture.response_headers = [[name, value] for name, value in [*headers, ("content-type", "application/json")]]
+        capture.response_parts.append(body)
+        try:
+            self._headers_sent = True
+            self.send_whole(status, "application/json", body, headers)
+        except OSError:
+            capture.client_aborted = True
+            self.close_connection = True
 
     def _reply_error(self, status: int, message: str) -> None:
         """The gateway's own answer when the upstream cannot give one (502), in Anthropic's error shape."""

@@ -392,3 +392,22 @@ def test_retention_never_touches_a_segment_the_wire_may_still_write(tmp_path):
     store.close()
     keeper.retain(appended.end, store.tail().sealed_below)
     assert list_segments(tmp_path) == []
+
+
+def test_a_blocked_capture_keeps_its_mark_and_others_read_as_before(tmp_path):
+    """The cap that kept a request from the upstream travels in the log, raw and compacted
+    (docs/BUDGETS.md); a capture without one is written exactly as before, with no such field."""
+    store = CaptureStore(tmp_path / "captures", segment_bytes=10**6)
+    blocked = make(1)
+    blocked.blocked = "project_day"
+    store.append(blocked)
+    store.append(make(2))
+    store.close()
+    got = read_captures(tmp_path / "captures")
+    assert [c.blocked for c in got] == ["project_day", None]
+    (segment,) = (tmp_path / "captures").iterdir()
+    assert segment.read_bytes().count(b'"blocked"') == 1
+    keeper = LogKeeper(tmp_path / "captures", max_bytes=BIG, max_age_s=BIG)
+    compacted = keeper.compact(LogPosition(2, 0), store.tail().sealed_below)
+    assert compacted is not None and gzip.decompress(compacted.read_bytes()).count(b'"blocked"') == 1
+    assert [c.blocked for c in read_captures(tmp_path / "captures")] == ["project_day", None]
