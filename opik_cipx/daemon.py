@@ -50,6 +50,8 @@ from opik_cipx.control.ports import claude_code_port, open_picked_listeners, rec
 from opik_cipx.control.work_process import Handler, WorkProcess, work_argv
 from opik_cipx.home import HomeLocked, StateFiles, layout_notes, lock_home, private_dir, set_aside_wrong_types
 from opik_cipx.ledger.budget_feed import read_seed
+from opik_cipx.ledger.db import open_reader
+from opik_cipx.ledger.schema import SchemaError
 from opik_cipx.link import PROTOCOL
 from opik_cipx.logs import DaemonLog
 from opik_cipx.materialize.pricing import load_price_table
@@ -80,7 +82,6 @@ TELEMETRY_FLUSH_S = 2.0  # how long a stopping daemon lets queued error reports 
 IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 WORKER_STOP_S = 5.0  # the least each worker gets to finish at shutdown
 STATS_WAIT_S = 1.0  # how long `/admin/stats` waits for the work process's part (else its last one)
-LEDGER_READ_TIMEOUT_S = 1.0  # the wire's one read of the ledger at start (the budget guard's seed)
 
 
 class StartupError(Exception):
@@ -201,20 +202,18 @@ class Daemon:
         """The guard's totals from the ledger as it is, read once before the listeners answer, so
         the first request after a start is decided too; the work process sends its own reading
         when it starts (`_seeded`), which replaces this one. A ledger that is not there yet holds
-        nothing; one that cannot be read leaves the guard undecided until the work's reading."""
+        nothing; one that cannot be read (or of another schema) leaves the guard undecided until the
+        work's reading."""
         assert self.guard is not None
         path = self.settings.ledger_path
-        if not path.exists():
-            self.guard.seed(Seed())
-            return
-        try:  # read-write (WAL needs it) but never created, migrated or written: the work owns it
-            conn = sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, timeout=LEDGER_READ_TIMEOUT_S)
+        try:
+            conn = open_reader(path)
             try:
-                conn.execute("PRAGMA query_only = ON")
-                seed = read_seed(conn, self.clock.time_ns())
+                seed = read_seed(conn, self.clock.time_ns()) if conn is not None else Seed()
             finally:
-                conn.close()
-        except sqlite3.Error as exc:
+                if conn is not None:
+                    conn.close()
+        except (sqlite3.Error, SchemaError) as exc:
             self.guard.cannot_seed(f"cannot read {path.name}: {exc}")
             return
         self.guard.seed(seed)
