@@ -45,6 +45,7 @@ from opik_cipx.link import PROTOCOL, WORK_FD_ENV, Link
 from opik_cipx.logs import DaemonLog
 from opik_cipx.materialize.call import Materialized
 from opik_cipx.materialize.follower import Follower
+from opik_cipx.materialize.git_probe import GitProbe
 from opik_cipx.materialize.materializer import Materializer, materializer_config
 from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.ship.destination import Destination, opik_config_path, resolve_destination
@@ -75,7 +76,8 @@ class StartupError(Exception):
     """The work cannot start; the message is one line fit for the user."""
 
 
-def build_materializer(settings: Settings, env: dict[str, str], project: str | None = None) -> Materializer:
+def build_materializer(settings: Settings, env: dict[str, str], project: str | None = None,
+                       git: GitProbe | None = None) -> Materializer:
     """The materializer the work process runs (`replay` builds the same one, so the ids match); the
     project template is the destination's (resolved from `settings` and `env` when not given).
 
@@ -86,7 +88,7 @@ def build_materializer(settings: Settings, env: dict[str, str], project: str | N
         raise StartupError(f"bad setting in config file {settings.config_path}: {exc}") from None
     if project is None:
         project = resolve_destination(settings, opik_config_path(env)).project
-    return Materializer(materializer_config(settings, env, project), prices)
+    return Materializer(materializer_config(settings, env, project), prices, git=git)
 
 
 class Work:
@@ -98,7 +100,10 @@ class Work:
         self.settings, self.destination, self.link = settings, destination, link
         self.counters, self.reporter, self.clock = counters, reporter, clock
         mib = 1024 * 1024
-        self.materializer = build_materializer(settings, dict(os.environ), destination.project)
+        # Repositories read off the wire, for the materializer; in a process of its own, a git
+        # reading waits for no quiet wire (starting git holds only this process's interpreter lock).
+        self.git_probe = GitProbe(counters, clock)
+        self.materializer = build_materializer(settings, dict(os.environ), destination.project, git=self.git_probe)
         self.budget = settings.budget.enabled  # the wire's guard counts what this process records
         self._seed_at = float("-inf")
         self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, counters, clock=clock,
@@ -117,9 +122,11 @@ class Work:
         self.follower = Follower(self.materializer, keeper, self.spool, counters, settings.checkpoint_path,
                                  self._materialized, on_idle=self._idle, on_working=self._working,
                                  clock=clock)
+        self.git_probe.on_answer = self.follower.wake  # its answer's trace versions go out from the follower
         self.stages = [
             Stage(self.follower, max(settings.drain_timeout_s, WORKER_STOP_S), self.ledger.close,
                   "the rest of the capture log is materialized at the next start"),
+            Stage(self.git_probe, WORKER_STOP_S, None, "a git reading is still running"),
             Stage(self.spool.writer, WORKER_STOP_S, None, "records it could not write to the spool are lost"),
             Stage(self.shipper, WORKER_STOP_S, None,
                   "a request to Opik is still in flight; its records stay in the spool"),

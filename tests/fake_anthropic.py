@@ -13,8 +13,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from tests.quiet_server import QuietThreadingHTTPServer
 
 CERTS = Path(__file__).parent / "certs"
 CA_BUNDLE = str(CERTS / "ca.pem")
@@ -188,8 +190,7 @@ class FakeAnthropic:
                             return False
                 return True
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = QuietThreadingHTTPServer(("127.0.0.1", 0), Handler)
         if tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(CERTS / "server.pem", CERTS / "server.key")

@@ -91,13 +91,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from opik_cipx.ids import is_uuid7
 from tests.cost_intelligence import Received
 from tests.json_schema import opik_schema
 from tests.opik_schema import batch_problems, blank, problems
+from tests.quiet_server import QuietThreadingHTTPServer
 
 API_KEY = "test-api-key"
 DEVICE_TOKEN = "test-device-token"
@@ -357,7 +358,6 @@ class FakeOpik:
         """Listen (again, on the same port after `down`)."""
         handler = type("Handler", (_Handler,), {"fake": self})
         self._server = _Server(("127.0.0.1", self.port), handler)
-        self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._stopping = threading.Event()
         threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
@@ -498,7 +498,7 @@ class FakeOpik:
         return store.update(endpoint.kind, path_id, body)
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(QuietThreadingHTTPServer):
     request_queue_size = 128  # many shipper threads may connect at once
 
 

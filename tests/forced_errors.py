@@ -4,11 +4,13 @@
 message holds the request body and whose frame holds an API key in a local variable. `FORCED_ERROR=startup`:
 the daemon crashes while it assembles itself, with `$HOME` in the message.
 `FORCED_ERROR=slow_attribution`: reading a request whose body holds `SLOW_MARKER` first holds the
-GIL in slices of tens of milliseconds (one C call each, as a huge body's parse would) until the
-file `release` appears in `$FORCED_SLOW_DIR` (at most `SLOW_MAX_S`), having created `started`
-there. Anything else runs opik-cipx unchanged.
+GIL in slices of `SLOW_SLICE_S` (each one C call that does not let it go, as a huge body's parse
+would, but sleeping: the test measures whose GIL it is, not how busy the machine's cores are)
+until the file `release` appears in `$FORCED_SLOW_DIR` (at most `SLOW_MAX_S`), having created
+`started` there. Anything else runs opik-cipx unchanged.
 """
 
+import ctypes
 import os
 import sys
 import time
@@ -21,6 +23,7 @@ from opik_cipx.materialize.attribution.incremental import RequestReader
 PLANTED_KEY = "sk-ant-api03-planted-in-a-local-variable"
 SLOW_MARKER = b"FORCED-SLOW-ATTRIBUTION"
 SLOW_MAX_S = 60.0
+SLOW_SLICE_S = 0.1
 read = RequestReader.read
 
 
@@ -34,8 +37,9 @@ def slow_read(self, key, request_body: bytes, *args, **kwargs):
         where = Path(os.environ["FORCED_SLOW_DIR"])
         (where / "started").write_text(str(os.getpid()))
         deadline = time.monotonic() + SLOW_MAX_S
+        hold = ctypes.PyDLL(None).usleep  # a PyDLL function is called with the GIL held
         while not (where / "release").exists() and time.monotonic() < deadline:
-            sum(range(2_000_000))  # one C call: the GIL is not let go until it returns
+            hold(int(SLOW_SLICE_S * 1e6))
     return read(self, key, request_body, *args, **kwargs)
 
 

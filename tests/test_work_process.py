@@ -4,10 +4,10 @@ happens to the work process never reaches a stream.
 - The work process is `kill -9`ed while eight streams are open and three calls wait to be
   materialized: every stream completes byte-exact, the wire starts a new work process, which
   materializes every exchange, and nothing is counted twice, in the ledger or at Opik.
-- A request whose attribution takes seconds (holding the work process's GIL, as a huge body's
-  parse would: tests/forced_errors.py) does not delay the events of streams running meanwhile
-  beyond what the same streams see before and after it, in the same run (the absolute figures
-  are bench/bench_wire.py's).
+- A request whose attribution takes seconds (holding the work process's GIL in 100 ms slices, as
+  a huge body's parse would: tests/forced_errors.py) does not delay the events of streams running
+  meanwhile beyond what the same streams see before and after it, in the same run (the absolute
+  figures, with the work process using the CPU too, are bench/bench_wire.py's).
 """
 
 import http.client
@@ -207,9 +207,9 @@ def test_streams_beside_an_attribution_that_takes_seconds_are_not_held_up(home, 
                  and daemon.stats()["materializer"]["lag_events"] == 0, timeout_s=60, what="every exchange recorded")
         assert daemon.counter("materializer_errors_total") == 0 and daemon.stats()["work"]["restarts"] == 0
         baseline = max(p99(before), p99(after))
-        # In one process the streams would wait for the GIL the attribution holds (slices of tens
-        # of ms, seconds in all); here they see what the same streams see before and after it.
-        assert p99(during) <= 2 * baseline + 0.005, (p99(before), p99(during), p99(after))
+        # In one process the streams would wait for the GIL the attribution holds (slices of 100 ms,
+        # seconds in all); here they see what the same streams see before and after it.
+        assert p99(during) <= 3 * baseline + 0.010, (p99(before), p99(during), p99(after))
     finally:
         (slow_dir / "release").touch()
         assert daemon.stop() == 0

@@ -62,6 +62,25 @@ class Session:
 
 
 @dataclass(frozen=True)
+class TurnRepository:
+    """What git said of the repository of the call's session during its turn (read off the wire by
+    `materialize/git_probe`; None = not known): the state at the turn's first call (`head_sha`)
+    and at its latest call probed (`head_sha_end`, `dirty`), and what the commits between the two
+    changed (ARCHITECTURE.md, "Workspace and repository")."""
+
+    remote: str | None = None
+    branch: str | None = None
+    head_sha: str | None = None
+    head_sha_end: str | None = None
+    dirty: bool | None = None
+    commits: int | None = None
+    files_added: int | None = None
+    files_deleted: int | None = None
+    lines_added: int | None = None
+    lines_deleted: int | None = None
+
+
+@dataclass(frozen=True)
 class Exchange:
     """What the wire saw of the call (the capture's scalars and its request)."""
 
@@ -147,6 +166,15 @@ class AgentLink(NamedTuple):
 
 
 NO_DISPATCH, AMBIGUOUS = "no_dispatch_captured", "ambiguous_prompt"  # why a subagent call has no AgentLink
+
+
+class AgentCounts(NamedTuple):
+    """A session's running totals: `Agent`/`Task` calls its answers made, subagents linked to one
+    (by agent id), subagents whose link was ambiguous (several waiting, none with their brief)."""
+
+    dispatched: int = 0
+    linked: int = 0
+    ambiguous: int = 0
 
 
 @dataclass(frozen=True)
@@ -240,6 +268,8 @@ class CallRecord:
     trigger: Trigger = Trigger("unknown")
     turn_digest: str = ""  # SHA-256 hex of the prompt that opened the turn (of its key when no prompt did)
     link_failure: str | None = None  # a subagent call without `agent`: NO_DISPATCH or AMBIGUOUS
+    agent_counts: AgentCounts = AgentCounts()  # its session's, this call's answer included
+    repository: TurnRepository | None = None  # git's view of its turn, when the probe has answered
 
     @property
     def error_type(self) -> str | None:

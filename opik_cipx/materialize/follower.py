@@ -155,6 +155,9 @@ class Follower(Worker):
             self._catch_up(None)
             if self.on_idle is not None:
                 self.guarded(self.on_idle, what="the idle step")
+        late = self.guarded(self.materializer.late_records, what="the trace versions git answered for", failed=[])
+        if late:
+            self._spool(late)
         self._checkpoint()
 
     def finish(self) -> None:

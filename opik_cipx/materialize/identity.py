@@ -1,8 +1,11 @@
 """Who is using Claude Code: the OAuth account Claude Code keeps in `~/.claude.json`.
 
-Used for `sessions/<id>.json`, the `cc.identity.*` span metadata, the `user:<email>` tag and
-`{field}` templating of the Opik project name. Every field may be missing (API-key users have
-no `oauthAccount`); missing fields are None, never empty strings.
+Used for `sessions/<id>.json`, the `cc.identity.*` span metadata, `metadata.cipx.session.identity`
+of traces, the `user:<email>` tag and `{field}` templating of the Opik project name. Every field
+may be missing (API-key users have no `oauthAccount`); missing fields are None, never empty
+strings. Of the plan and billing fields Cost Intelligence reads, the account record holds only
+`billingType` (docs/OPIK.md, "Session"); the plan (`subscriptionType`) sits beside the OAuth
+tokens in Claude Code's credentials, which opik-cipx never reads.
 """
 
 import json
@@ -17,6 +20,7 @@ FIELDS = {
     "display_name": "displayName",
     "org_uuid": "organizationUuid",
     "org_name": "organizationName",
+    "billing_type": "billingType",
 }
 
 
@@ -30,6 +34,7 @@ class Identity:
     display_name: str | None = None
     org_uuid: str | None = None
     org_name: str | None = None
+    billing_type: str | None = None  # e.g. `stripe_subscription`
 
     @classmethod
     def of(cls, fields: Mapping) -> "Identity":

@@ -17,8 +17,10 @@ materializing the same captures in the same order (after a restart from a checkp
 per-session state across a restart (docs/ARCHITECTURE.md, "Materializer checkpoint").
 """
 
+import dataclasses
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,14 +38,17 @@ from opik_cipx.materialize.call import (
     CallConfig,
     CallRecord,
     Exchange,
+    Git,
     Launch,
     Materialized,
     OutputSplit,
     Session,
     Size,
     Trigger,
+    TurnRepository,
 )
 from opik_cipx.materialize.call_kind import CallKind, classify
+from opik_cipx.materialize.git_probe import GitProbe
 from opik_cipx.materialize.identity import Identity, claude_json_path, read_identity, render_template
 from opik_cipx.materialize.pricing import Cost, PriceTable, price_call
 from opik_cipx.materialize.rate_limits import RateLimitObserver, RateLimits, parse_rate_limits
@@ -63,6 +68,8 @@ NOTHING_USED = {"input_tokens": 0, "output_tokens": 0}  # a blocked call's: it c
 TOOL_SPAN_KINDS = frozenset({"main", "subagent", "compaction"})
 SESSION_FILE_RETRY_S = 5.0  # a session file not written yet is looked for again after this
 IDENTITY_TTL_S = 60.0  # ~/.claude.json is re-read at most this often
+LIVE_S = 120.0  # git is asked about a call only if it ended at most this long before it is materialized
+AWAITING_MAX = 16  # turns whose latest call is kept for the trace version git's answer adds
 
 
 @dataclass(frozen=True)
@@ -118,10 +125,11 @@ class Materializer:
     """Turns captures into call records and spool records; keeps bounded per-session state between calls."""
 
     def __init__(self, config: MaterializerConfig, prices: PriceTable, pause: Callable[[], None] | None = None,
-                 clock: Clock = SYSTEM):
+                 clock: Clock = SYSTEM, git: GitProbe | None = None):
         """`pause()` is called between the steps of a capture (between the messages of a request
         walked): the daemon passes one that waits while an exchange is in flight, so the work runs
-        in slices between calls. `clock` times the re-reading of session and account files."""
+        in slices between calls. `clock` times the re-reading of session and account files, and
+        says which calls are live; `git` reads their repositories off the wire (none: no git)."""
         self.config = config
         self.prices = prices
         self.unknown_models = UnknownModels()  # model ids the price table does not know
@@ -133,6 +141,10 @@ class Materializer:
         self._states = SessionStates(config.capture_content, config.max_io_chars, config.parent_trace_id)
         self._account = Identity()
         self._account_read = float("-inf")
+        self._git = git
+        # turn id -> (its latest call asked git about, as its trace's latest version carries it; the
+        # turn; its session's state)
+        self._awaiting: OrderedDict[str, tuple[CallRecord, Turn, SessionState]] = OrderedDict()
 
     def materialize(self, capture: Capture) -> Materialized:
         """The call record and spool records of one exchange (none for routes that carry no model call)."""
@@ -142,6 +154,8 @@ class Materializer:
         read = self._read(capture)
         session_id = read.kind.session_id or "unknown-session"
         state = self._states.session(session_id, capture.started_at_ns)
+        self._states.note_workspace(state, read.kind.kind, read.body)
+        self._states.count_dispatches(state, read.summary.content)
         placed = self._place(capture, read, state, session_id)
         call = self._call_record(capture, read, state, session_id, placed)
         limit = self.config.max_io_chars
@@ -153,6 +167,7 @@ class Materializer:
             records.append(opik_records.llm_span(call, limit, self.config.capture_content))
         self._states.remember_tool_uses(state, call, placed.turn)
         self._states.tally(placed.turn, call, opik_records.tags(call))
+        self._ask_git(capture, call, placed.turn, state)
         if not self.config.parent_trace_id:
             records.insert(0, opik_records.trace(call, placed.turn, limit, self.config.capture_content))
         if not self.config.capture_content:
@@ -223,7 +238,7 @@ class Materializer:
         return CallRecord(
             exchange=_exchange(capture, read.body),
             kind=kind,
-            session=Session.of(session_id, info),
+            session=_session(session_id, info, state),
             identity=identity,
             project=render_template(self.config.project_template, identity.template_values()),
             trace_id=placed.turn.trace_id,
@@ -246,7 +261,48 @@ class Materializer:
             trigger=Trigger.of(kind, continues_turn(read.body.get("messages") or []), link),
             turn_digest=placed.turn.prompt_sha256,
             link_failure=placed.link_failure,
+            agent_counts=state.agent_counts,
+            repository=self._git.turn(placed.turn.trace_id) if self._git else None,
         )
+
+    def _ask_git(self, capture: Capture, call: CallRecord, turn: Turn, state: SessionState) -> None:
+        """Ask git about the turn's repository, for a live call only: a replay, or a capture
+        materialized long after it ended, must not get the repository as it is now."""
+        if self._git is None or not call.session.cwd or self.config.parent_trace_id:
+            return
+        if self._clock.time_ns() - call.exchange.ended_at_ns > LIVE_S * 1e9:
+            return
+        self._git.ask(turn.trace_id, call.session.cwd)
+        self._awaiting.pop(turn.trace_id, None)
+        self._awaiting[turn.trace_id] = (call, turn, state)
+        while len(self._awaiting) > AWAITING_MAX:
+            self._awaiting.popitem(last=False)
+
+    def late_records(self) -> list[dict]:
+        """One more version of each trace git has answered about since its latest call (docs/OPIK.md,
+        "Repository state"): what that call's version could not carry yet. A session no hook
+        described keeps git's first remote and head as its own."""
+        if self._git is None:
+            return []
+        records = []
+        for turn_id in self._git.answered():
+            kept = self._awaiting.get(turn_id)
+            found = self._git.turn(turn_id)
+            if kept is None or found is None:
+                continue
+            call, turn, state = kept
+            wire = not state.info
+            if wire and state.git_read is None and (found.remote or found.head_sha):
+                state.git_read = Git(remote=found.remote, commit=found.head_sha)
+            if found == call.repository:
+                continue
+            session = _with_git(call.session, found) if wire else call.session
+            call = dataclasses.replace(call, repository=found, session=session)
+            self._awaiting[turn_id] = (call, turn, state)  # what its trace now carries
+            turn.updated_ns += 1000  # 1 us: the resolution Opik keeps
+            version = [opik_records.trace(call, turn, self.config.max_io_chars, self.config.capture_content)]
+            records += version if self.config.capture_content else redact_records(version, call.exchange.ended_at_ns)
+        return records
 
     def _cache(self, capture: Capture, read: _Read, state: SessionState, compacted: bool) -> CacheDiagnosis | None:
         """The call against the previous call of its conversation; None for a call without usage
@@ -287,6 +343,25 @@ class Materializer:
     def restore(self, doc: dict[str, Any]) -> None:
         """Take back the state `snapshot` returned; ValueError (state unchanged) when it is not one."""
         self._states.restore(doc)
+
+
+def _session(session_id: str, info: dict, state: SessionState) -> Session:
+    """The call's session: the hook's record when there is one (it wins), else where the
+    session's requests say it works (docs/ARCHITECTURE.md, "Workspace and repository")."""
+    if info:
+        return Session.of(session_id, info)
+    workspace, read = state.workspace, state.git_read
+    if workspace is None:
+        return Session(session_id)
+    git = Git(remote=read.remote if read else None, branch=workspace.branch, commit=read.commit if read else None)
+    return Session(session_id, cwd=workspace.cwd, git=git if git != Git() else None)
+
+
+def _with_git(session: Session, found: TurnRepository) -> Session:
+    """A session no hook described, with the remote and head git gave where it knew none."""
+    git = session.git or Git()
+    return dataclasses.replace(session, git=Git(remote=git.remote or found.remote, branch=git.branch,
+                                                commit=git.commit or found.head_sha))
 
 
 def _exchange(capture: Capture, body: dict) -> Exchange:

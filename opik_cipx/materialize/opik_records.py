@@ -11,7 +11,7 @@ import codecs
 import json
 from typing import Any, NamedTuple
 
-from opik_cipx.materialize import cipx
+from opik_cipx.materialize import cipx, cipx_session
 from opik_cipx.materialize.attribution import redacted
 from opik_cipx.materialize.call import CallRecord
 from opik_cipx.materialize.session_state import PendingTool, Turn, span_name
@@ -172,7 +172,8 @@ def tool_span(placed: PlacedTool, call: CallRecord, limit: int) -> dict:
 
 
 def trace(call: CallRecord, turn: Turn, limit: int, capture_content: bool) -> dict:
-    """The turn's trace as it stands after `call` (every version carries more: `SessionStates.tally`)."""
+    """The turn's trace as it stands after `call` (every version carries more: `SessionStates.tally`),
+    with `metadata.cipx.session` (materialize/cipx_session.py)."""
     cc = _common_cc(call)
     cc["metrics_rollup"] = {
         "calls": turn.calls,
@@ -195,7 +196,7 @@ def trace(call: CallRecord, turn: Turn, limit: int, capture_content: bool) -> di
         thread_id=call.session.id,
         input=bounded({"prompt": turn.prompt}, limit) if turn.prompt else None,
         output=turn.output,
-        metadata={"cc": cc},
+        metadata={"cc": cc, "cipx": {"session": cipx_session.section(call)}},
         tags=list(turn.tags),
         updated_ns=turn.updated_ns,
     )

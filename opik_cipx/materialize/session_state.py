@@ -9,7 +9,10 @@ are a function of the log's content (docs/ARCHITECTURE.md, "Spool records"):
 - the `tool_use` blocks of each answer wait as pending tool calls until a request carries their
   results; each finished one gets its span once;
 - a subagent call is matched to the `Agent` call that launched it (by its brief);
-- the main loop's last size, to measure a compaction.
+- the main loop's last size, to measure a compaction;
+- where the session works, as its first main-loop request names it (`Workspace`), for sessions
+  no hook described, and the session's running totals of subagent dispatches and links
+  (`AgentCounts`), both for `metadata.cipx.session`.
 Bounded (the checkpoint holds it all): `MAX_SESSIONS` sessions, a session idle for
 `SESSION_IDLE_S` by the captures' clock forgotten, and per session `MAX_TURNS` turns,
 `MAX_PENDING_TOOLS` pending tool calls, `MAX_AGENTS` agents. `snapshot()` / `restore()` carry it
@@ -24,8 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opik_cipx.ids import derived_uuid7
+from opik_cipx.materialize.attribution.environment import Workspace, read_workspace
 from opik_cipx.materialize.cache_diagnosis import CacheLanes
-from opik_cipx.materialize.call import AMBIGUOUS, NO_DISPATCH, CallRecord, Compaction, Size
+from opik_cipx.materialize.call import AMBIGUOUS, NO_DISPATCH, AgentCounts, CallRecord, Compaction, Git, Size
 from opik_cipx.materialize.call_kind import CallKind
 from opik_cipx.materialize.spans import bounded
 from opik_cipx.materialize.turns import AGENT_TOOLS, FinishedTool, finished_tools, first_user_digests, text_digest
@@ -85,6 +89,11 @@ class SessionState:
     cache: CacheLanes = field(default_factory=CacheLanes)  # the previous call of each lane (cache_diagnosis)
     info: dict = field(default_factory=dict)  # sessions/<id>.json, once the hook has written it
     info_checked: float = float("-inf")
+    workspace: Workspace | None = None  # where the session works, as a request of it names it
+    workspace_main: bool = False  # its first main-loop request was read: no request of it is read again
+    git_read: Git | None = None  # remote and head git first gave for a session no hook described
+    agent_counts: AgentCounts = AgentCounts()  # running totals of subagent dispatches and links
+    unlinked: "OrderedDict[str, None]" = field(default_factory=OrderedDict)  # agent ids counted as ambiguous
 
 
 class SessionStates:
@@ -138,7 +147,8 @@ class SessionStates:
     def agent_call(state: SessionState, agent_id: str, messages: list) -> tuple[PendingTool | None, str | None]:
         """The `Agent` tool call that started a subagent (its brief is the Agent call's prompt), or
         None and why: no Agent call is waiting (`NO_DISPATCH`), or several are and none has this
-        brief (`AMBIGUOUS`)."""
+        brief (`AMBIGUOUS`). A new agent id linked, or first found ambiguous, is counted in the
+        session's `agent_counts`."""
         if agent_id in state.agents:
             return state.agents[agent_id], None
         agents = [p for p in state.pending.values() if p.name in AGENT_TOOLS]
@@ -148,8 +158,14 @@ class SessionStates:
             agents[0] if len(agents) == 1 else None,
         )
         if match is None:
+            if agents and agent_id and agent_id not in state.unlinked:
+                state.agent_counts = state.agent_counts._replace(ambiguous=state.agent_counts.ambiguous + 1)
+                state.unlinked[agent_id] = None
+                while len(state.unlinked) > MAX_AGENTS:
+                    state.unlinked.popitem(last=False)
             return None, AMBIGUOUS if agents else NO_DISPATCH
         if agent_id:
+            state.agent_counts = state.agent_counts._replace(linked=state.agent_counts.linked + 1)
             state.agents[agent_id] = match
             while len(state.agents) > MAX_AGENTS:
                 state.agents.popitem(last=False)
@@ -168,6 +184,26 @@ class SessionStates:
             while len(state.emitted) > MAX_EMITTED:
                 state.emitted.popitem(last=False)
         return out
+
+    @staticmethod
+    def count_dispatches(state: SessionState, content: list[dict]) -> None:
+        """Add the `Agent`/`Task` calls of an answer not seen before to the session's dispatches."""
+        new = sum(1 for block in content if block.get("type") == "tool_use" and block.get("name") in AGENT_TOOLS
+                  and str(block.get("id")) not in state.pending and str(block.get("id")) not in state.emitted)
+        if new:
+            state.agent_counts = state.agent_counts._replace(dispatched=state.agent_counts.dispatched + new)
+
+    @staticmethod
+    def note_workspace(state: SessionState, kind: str, body: dict) -> None:
+        """Where the session works, from its first main-loop request (a subagent's until then; a
+        subagent request is read only while the session has none); side calls and `count_tokens`
+        name none and are not read. So a session's requests are read once, whatever they say."""
+        if state.workspace_main or kind != "main" and (kind != "subagent" or state.workspace is not None):
+            return
+        found = read_workspace(body)
+        if found is not None and found.cwd:
+            state.workspace = found
+        state.workspace_main = kind == "main"
 
     def remember_tool_uses(self, state: SessionState, call: CallRecord, turn: Turn) -> None:
         """The answer's `tool_use` blocks wait for their results (their spans hang under its llm span)."""
@@ -273,6 +309,11 @@ class SessionStates:
                 "before_compaction": state.before_compaction.to_json() if state.before_compaction else None,
                 "last_ns": state.last_ns,
                 "cache": state.cache.snapshot(),
+                "workspace": dataclasses.asdict(state.workspace) if state.workspace else None,
+                "workspace_main": state.workspace_main,
+                "git_read": state.git_read.to_json() if state.git_read else None,
+                "agent_counts": list(state.agent_counts),
+                "unlinked": list(state.unlinked),
             })
         return {"turns": turns, "sessions": sessions}
 
@@ -284,8 +325,14 @@ class SessionStates:
                 turn.prompt_sha256 = turn.prompt_sha256 or prompt_digest("", turn.key)
             sessions: OrderedDict[str, SessionState] = OrderedDict()
             for s in doc["sessions"]:
+                workspace, git = s.get("workspace"), s.get("git_read")  # none in an older checkpoint
                 state = SessionState(last_main=_size(s["last_main"]), before_compaction=_size(s["before_compaction"]),
-                                     last_ns=int(s["last_ns"]), cache=CacheLanes.restore(s.get("cache")))
+                                     last_ns=int(s["last_ns"]), cache=CacheLanes.restore(s.get("cache")),
+                                     workspace=Workspace(**workspace) if workspace else None,
+                                     workspace_main=bool(s.get("workspace_main")),
+                                     git_read=Git(**git) if git else None,
+                                     agent_counts=AgentCounts(*map(int, s.get("agent_counts") or ())),
+                                     unlinked=OrderedDict.fromkeys(s.get("unlinked") or ()))
                 for i in s["turns"]:
                     state.turns[turns[i].key] = turns[i]
                 state.current = turns[s["current"]] if s["current"] is not None else None

@@ -5,7 +5,7 @@ onto the session's spans. The schema (keep the materializer in step):
 
     {"session_id", "cwd", "transcript_path", "source", "hook_event_name",
      "git": {"remote", "branch", "commit"},
-     "identity": {"user_email", "user_uuid", "display_name", "org_uuid", "org_name"},
+     "identity": {"user_email", "user_uuid", "display_name", "org_uuid", "org_name", "billing_type"},
      "written_at": "<ISO-8601 UTC>Z"}
 
 Unknown values are null. SessionStart (re)writes the file, so a resumed session gets the

@@ -48,7 +48,7 @@ def test_session_record_from_every_recorded_session_start(tmp_path):
         assert record["cwd"] == hook["cwd"] and record["transcript_path"] == hook["transcript_path"]
         assert record["git"] == {"remote": None, "branch": None, "commit": None}  # /home/dev/... is not here
         assert record["identity"] == {"user_email": "ada@example.com", "user_uuid": "u-1", "display_name": "Ada",
-                                      "org_uuid": "o-1", "org_name": "Acme"}
+                                      "org_uuid": "o-1", "org_name": "Acme", "billing_type": None}
         assert record["written_at"].endswith("Z") and "T" in record["written_at"]
     assert oct((tmp_path / "sessions").stat().st_mode & 0o777) == oct(0o700)
     assert oct(path.stat().st_mode & 0o777) == oct(0o600)

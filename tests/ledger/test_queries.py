@@ -464,7 +464,8 @@ def test_rate_limits_per_call_latest_per_window_and_daily_peaks(tmp_path):
     from opik_cipx.ledger.queries import latest_rate_limits, peak_utilization
 
     oauth1, oauth2, oauth3, api = rate_limit_entries(tmp_path)
-    api = dataclasses.replace(api, call={**api.call, "project_dir": "/home/dev/code/api"})
+    # the recorded prompts name /home/dev/code/...: the API-key call alone is put elsewhere
+    api = dataclasses.replace(api, call={**api.call, "project_dir": "/srv/code/api"})
     day = oauth1.call["day"]
     later = dataclasses.replace(oauth1, call={**oauth1.call, "capture_id": "later", "started_at_ns": oauth3.call[
         "started_at_ns"] + 10**9})
@@ -486,7 +487,7 @@ def test_rate_limits_per_call_latest_per_window_and_daily_peaks(tmp_path):
     assert peaks == {day: {"5h": 0.14, "7d": 0.81, "7d_mythos": 0.4, "7d_oi": 0.05, "7d_opus": 0.21,
                            "requests": 0.00025, "tokens": 0.00875, "input-tokens": 0.0105, "output-tokens": 0.0}}
     assert peak_utilization(conn, Selection(session=oauth1.call["session_id"]))[day]["7d"] == 0.81
-    assert peak_utilization(conn, Selection(project="/home/dev/code/")) == {day: {
+    assert peak_utilization(conn, Selection(project="/srv/code/")) == {day: {
         "requests": 0.00025, "tokens": 0.00875, "input-tokens": 0.0105, "output-tokens": 0.0}}  # the API-key call's
     assert peak_utilization(conn, Selection(since_ns=oauth3.call["started_at_ns"] + 1))[day] == {
         "5h": 0.12, "7d": 0.34, "7d_oi": 0.05, "7d_opus": 0.21}  # the day cut: read from the calls

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from opik_cipx.ids import derived_uuid7, is_uuid7
 from opik_cipx.materialize.attribution.incremental import RequestReader
-from opik_cipx.materialize.call import AMBIGUOUS, NO_DISPATCH, CallConfig, Trigger
+from opik_cipx.materialize.call import AMBIGUOUS, NO_DISPATCH, AgentCounts, CallConfig, Trigger
 from opik_cipx.materialize.materializer import Materializer, MaterializerConfig
 from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.materialize.redaction import REDACTED_TEXT
@@ -517,6 +517,10 @@ def test_a_subagent_call_that_cannot_be_linked_says_why(tmp_path):
     body["messages"][0]["content"][-1]["text"] = "a brief neither Agent call gave"
     unlinked = materializer.materialize(again(captured["002"], 200, json.dumps(body).encode())).call
     assert (unlinked.agent, unlinked.link_failure) == (None, AMBIGUOUS)
+    # the session's totals: two Agent calls, none linked, one agent ambiguous (counted once)
+    assert unlinked.agent_counts == AgentCounts(dispatched=2, linked=0, ambiguous=1)
+    later = materializer.materialize(again(captured["002"], 300, json.dumps(body).encode())).call
+    assert later.agent_counts == AgentCounts(dispatched=2, linked=0, ambiguous=1)
 
 
 def test_the_config_is_read_from_the_request():
