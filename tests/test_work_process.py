@@ -213,3 +213,31 @@ def test_streams_beside_an_attribution_that_takes_seconds_are_not_held_up(home, 
     finally:
         (slow_dir / "release").touch()
         assert daemon.stop() == 0
+
+
+# ---- the budget guard across a death of the work process ------------------------------------
+
+def test_a_cap_blocks_while_the_work_process_is_dead_and_its_totals_come_back_once(home, upstream):
+    """The guard decides on the wire: killed work or not, a reached cap blocks; the new work
+    process's reading of the ledger replaces the totals, so they are the ledger's, not doubled."""
+    from tests.test_budget_daemon import SCENARIO, call_cost, day_spent, post
+
+    cost = call_cost()
+    home.mkdir(parents=True)
+    (home / "config.toml").write_text(f"[budget]\nday_usd = {cost * 1.5}\n")
+    upstream.default = fixture_reply(response(SCENARIO, "001"))
+    daemon = DaemonProcess(home, upstream.url)
+    try:
+        assert post(daemon)[0] == 200 and post(daemon)[0] == 200
+        wait_for(lambda: day_spent(daemon) >= cost * 2 - 1e-5, what="both calls counted")
+        os.kill(daemon.work_pid, signal.SIGKILL)
+        assert post(daemon)[0] == 429  # whatever the work process is doing
+        wait_for(lambda: daemon.stats()["work"]["restarts"] == 1 and daemon.stats()["work"]["state"] == "running",
+                 timeout_s=30, what="a new work process")
+        assert post(daemon)[0] == 429
+        wait_for(lambda: len(ledger_captures(home)) == 4, what="the two calls and the two blocked in the ledger")
+        assert abs(day_spent(daemon) - cost * 2) < 1e-6  # the ledger's two calls: nothing lost, nothing twice
+        assert [s.path for s in upstream.seen].count("/v1/messages?beta=true") == 2
+        assert daemon.stats()["budget"]["blocked"] == 2
+    finally:
+        assert daemon.stop() == 0
