@@ -39,6 +39,8 @@ COMMANDS: dict[str, str] = {
     "supervise": "run the daemon and start it again when it dies (sync starts it where there is no systemd/launchd)",
     "replay": "re-derive spans from stored raw captures (offline; --ledger rebuilds ledger.db)",
     "report": "cost and tokens from the local ledger by day, session, project, model, bucket, ...",
+    "advise": "what to change (unused MCP servers, skills, agents, memory files, cache, compaction, models) and "
+              "what it would have saved",
     "budget": "spend caps: what each counted, what is left, when it resets; `budget allow` goes on past one",
     "prices": "the price table in use (rates, tiers, sources, overrides) and unknown models the daemon saw",
     "config": "print a config.toml example: every setting with its help and default (--example)",

@@ -6,12 +6,18 @@ follower, capture store, connection deadlines, telemetry) takes a `Clock` and ne
 that moves when the test says, not while it sleeps (`tests/fake_clock.py`).
 
 `SYSTEM` is the machine's clocks. Converting a time that is already known (a local day from
-epoch ns, a UTC stamp) is not a clock read and stays a plain function.
+epoch ns, a UTC stamp) is not a clock read and stays a plain function. The status line's fast
+path reads the clock here too, so this module imports only `time` when it runs.
 """
 
-import threading
+from __future__ import annotations  # threading and Callable are for the type checker alone
+
 import time
-from collections.abc import Callable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable
 
 
 class Clock:

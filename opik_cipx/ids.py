@@ -6,8 +6,9 @@ Opik requires UUIDv7 ids. Records built from a capture derive their ids from the
 
 import hashlib
 import os
-import time
 import uuid
+
+from opik_cipx.clock import SYSTEM
 
 
 def _uuid7(unix_ms: int, tail: bytes) -> str:
@@ -24,7 +25,7 @@ def _uuid7(unix_ms: int, tail: bytes) -> str:
 def new_uuid7(unix_ms: int | None = None) -> str:
     """A fresh random UUIDv7 for `unix_ms` (now when omitted)."""
     if unix_ms is None:
-        unix_ms = time.time_ns() // 1_000_000
+        unix_ms = SYSTEM.time_ns() // 1_000_000
     return _uuid7(unix_ms, os.urandom(10))
 
 

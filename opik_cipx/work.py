@@ -137,7 +137,8 @@ class Work:
     def serve_viewer(self, fd: int, token: str) -> None:
         """The dashboard on the listening socket the wire holds (`fd`, inherited)."""
         settings = self.settings
-        pages = Dashboard(settings.ledger_path, settings.captures_dir, clock=self.clock, budget=settings.budget)
+        pages = Dashboard(settings.ledger_path, settings.captures_dir, clock=self.clock, budget=settings.budget,
+                          prices=settings.prices)
         access = ViewerAccess(token, SignInLinks(settings.home, self.clock))
         handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": access})
         limits = Limits(settings.client_header_timeout_s, settings.client_body_timeout_s,

@@ -29,9 +29,19 @@ LIMITS = Limits(header_timeout_s=30, body_timeout_s=120, idle_timeout_s=120, max
 
 # Hypothesis's per-example deadline (200 ms) and its too-slow health check are wall-clock bounds:
 # on a loaded machine, with workers in parallel, they fail tests that are right. A test that
-# states its own settings keeps them.
-settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("suite")
+# states its own settings keeps them. How many examples a property tries: the suite runs half the
+# count a test names (`examples`) and 50 where it names none, so the whole suite keeps to its time;
+# `HYPOTHESIS_PROFILE=thorough` runs four times the named count, and 400 (docs/DEVELOPING.md).
+THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=50)
+settings.register_profile("thorough", settings.get_profile("suite"), max_examples=400)
+settings.load_profile("thorough" if THOROUGH else "suite")
+
+
+def examples(named: int) -> int:
+    """The `max_examples` of a property whose test names `named`: half of it in the suite (at least
+    10), four times it in a thorough run."""
+    return named * 4 if THOROUGH else max(10, named // 2)
 
 # Compiled modules of the suite's subprocesses (hundreds of daemons, commands, installs), kept in one
 # cache outside the checkout: a user's interpreter compiles the package once, not at every start,

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from opik_cipx.caps import Budget, Caps, parse_budget, period, read_budget
 from opik_cipx.config import load_settings
+from tests.conftest import examples
 from tests.time_zone import in_zone, local_ns
 
 HOUR_NS = 3600 * 10**9
@@ -113,7 +114,7 @@ def test_a_local_day_is_23_or_25_hours_when_the_clocks_change(new_york):
     assert period("day", autumn.end_ns).label == "2026-11-02"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(ns=st.integers(min_value=946_684_800 * 10**9, max_value=4_102_444_800 * 10**9),
        scope=st.sampled_from(("day", "week", "month")))
 def test_periods_contain_their_moment_and_follow_each_other(ns, scope):

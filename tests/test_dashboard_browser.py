@@ -227,3 +227,39 @@ def test_the_dashboard_answers_questions_in_chromium(home, upstream, tmp_path, s
         assert f"/capture/{capture_id}" in dom(tmp_path, f"{base}/calls?kind=subagent", home)
     finally:
         assert daemon.stop() == 0
+
+
+def test_the_savings_section_shows_what_advise_finds(home, upstream, tmp_path):
+    """The derived `unused_server` session (a third MCP server listed and never called) moved to an
+    hour ago: the home page's Savings section names the server with `advise`'s saving over the same
+    30 days, and a filter `advise` does not take says so instead."""
+    from tests.ledger.test_advice import ADVICE, derived
+
+    calls = derived(tmp_path, ADVICE, "unused_server", ("001", "002", "003"))
+    shift = time.time_ns() - 3600 * 10**9 - calls[0][0].exchange.started_at_ns
+    entries = []
+    for call, _ in calls:
+        entry = ledger_entry(call)
+        at = entry.call["started_at_ns"] + shift
+        entries.append(dataclasses.replace(entry, call={**entry.call, "started_at_ns": at, "ended_at_ns": at + 10**9,
+                                                        "day": local_day(at)}))
+    ledger = Ledger(home / "ledger.db", retention_days=400)
+    assert ledger.write_entries(entries)
+    ledger.close()
+    daemon = DaemonProcess(home, upstream.url)
+    try:
+        base = f"http://127.0.0.1:{daemon.state['ports']['viewer']}"
+        page = dom(tmp_path, base + "/", home)
+        today = date.fromisoformat(re.search(r'href="/\?since=([\d-]+)">today</a>', page).group(1))
+        section = text_of(page[page.index('id="savings">') + len('id="savings">'):]).strip()
+        assert section.startswith("Savings, last 30 days")
+        advice = json.loads(run_cli(home, "advise", "--json", "--since",
+                                    (today - timedelta(days=29)).isoformat()).stdout)["findings"]
+        calendar = next(f for f in advice if f["subject"] == "calendar")
+        row = re.search(r"(\$[\d.]+) unused_mcp_server calendar 3 remove the MCP server calendar", section)
+        assert row and row.group(1) == f"${calendar['saving_usd']:.4f}"
+        assert f"of {len(advice)} findings" in section
+        narrowed = text_of(dom(tmp_path, base + "/?model=claude-opus-4-8", home))
+        assert "Savings cover whole projects: without the model filter they show here." in narrowed
+    finally:
+        daemon.stop()

@@ -4,7 +4,8 @@ docs/ARCHITECTURE.md, "Layout": a module imports from the basics, from its own s
 stages before it; never from a later stage, never from `commands/` or an entry point. The
 basics import only each other. A new top-level module has to be a basic or an entry point.
 No class in the package is over `MAX_CLASS_LINES` lines, no function over `MAX_FUNCTION_LINES`
-(docs/DEVELOPING.md, "Style").
+(docs/DEVELOPING.md, "Style"). Only `clock.py` reads the clocks or sleeps (`CLOCK_READS`); everything
+else asks a `clock.Clock`, so a test can give it a clock of its own.
 """
 
 import ast
@@ -21,6 +22,14 @@ BASICS = frozenset({"caps", "clock", "config", "home", "ids", "link", "logs", "o
 ENTRY_POINTS = frozenset({"cli", "daemon", "work", "__main__"})
 MAX_CLASS_LINES = 400
 MAX_FUNCTION_LINES = 80
+# What reads the machine's clocks or waits on them; converting a known instant (`time.localtime`,
+# `time.strftime`, `datetime.fromtimestamp`) is not a read and stays allowed everywhere.
+CLOCK_READS = frozenset({
+    *(f"time.{name}" for name in ("time", "time_ns", "monotonic", "monotonic_ns", "perf_counter",
+                                  "perf_counter_ns", "sleep")),
+    "datetime.datetime.now", "datetime.datetime.utcnow", "datetime.datetime.today", "datetime.date.today",
+})
+CLOCK_MODULE = "opik_cipx.clock"
 
 
 def place(module: str) -> str:
@@ -224,3 +233,55 @@ def test_size_limits_count_from_the_decorator_to_the_last_line():
     nested = "def outer():\n" + _function("inner", MAX_FUNCTION_LINES + 1, "    ")
     assert oversized(nested) == [f"1 outer: {MAX_FUNCTION_LINES + 2} lines {functions}",
                                  f"2 outer.inner: {MAX_FUNCTION_LINES + 1} lines {functions}"]
+
+
+def clock_reads(source: str) -> list[str]:
+    """`line name` of each use of a `CLOCK_READS` function in `source`, called or passed on, by
+    whatever name an import gave it (`import time as t`, `from time import monotonic`)."""
+    tree = ast.parse(source)
+    bound: dict[str, str] = {}  # a name an import binds -> the dotted name it stands for
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                top = alias.name.split(".")[0]  # `import a.b` binds `a`; `import a.b as x` binds x to a.b
+                bound[alias.asname or top] = alias.name if alias.asname else top
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                bound[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+
+    def dotted(node: ast.expr) -> str | None:
+        if isinstance(node, ast.Name):
+            return bound.get(node.id)
+        if isinstance(node, ast.Attribute):
+            base = dotted(node.value)
+            return None if base is None else f"{base}.{node.attr}"
+        return None
+
+    found = [(node.lineno, node.col_offset, name) for node in ast.walk(tree)
+             if isinstance(node, (ast.Name, ast.Attribute)) and (name := dotted(node)) in CLOCK_READS]
+    return [f"{line} {name}" for line, _, name in sorted(found)]
+
+
+def test_only_clock_py_reads_the_clocks():
+    problems = []
+    for module, path in package_modules():
+        if module != CLOCK_MODULE:
+            problems += [f"{module}:{read}" for read in clock_reads(path.read_text(encoding="utf-8"))]
+    assert problems == [], "read the clocks through opik_cipx.clock (a Clock, SYSTEM by default)"
+
+
+@pytest.mark.parametrize("source, found", [
+    ("import time\ntime.sleep(1)", ["2 time.sleep"]),
+    ("import time as t\nstarted = t.perf_counter()", ["2 time.perf_counter"]),
+    ("from time import monotonic as mono\ndef f():\n    return mono()", ["3 time.monotonic"]),
+    ("import time\nthreading.Timer(1, f, kwargs={'clock': time.time_ns})", ["2 time.time_ns"]),
+    ("import datetime\ndatetime.datetime.now(datetime.UTC)", ["2 datetime.datetime.now"]),
+    ("from datetime import date, datetime\ndate.today()\ndatetime.utcnow()",
+     ["2 datetime.date.today", "3 datetime.datetime.utcnow"]),
+    ("import time\ntime.strftime('%Y-%m-%d', time.localtime(0))", []),
+    ("from datetime import UTC, datetime\ndatetime.fromtimestamp(0, UTC)", []),
+    ("from datetime import time as dt_time\ndt_time(1, 2)", []),
+    ("from opik_cipx.clock import SYSTEM\nSYSTEM.time()\nSYSTEM.sleep(1)", []),
+])
+def test_a_direct_clock_read_is_found_under_any_name(source, found):
+    assert clock_reads(source) == found

@@ -21,6 +21,7 @@ TABLE_RUNS = {
     "viewer": [("viewer",)],
     "report": [("report",), ("report", "--by", "session", "--json"), ("report", "--by", "mcp", "--csv"),
                ("report", "--by", "cache_break")],
+    "advise": [("advise",), ("advise", "--json")],
     "budget": [("budget",), ("budget", "--json"), ("budget", "allow", "--for", "1m")],
     "prices": [("prices",), ("prices", "--json")],
     "statusline": [("statusline",)],

@@ -11,9 +11,9 @@ Read-only: never starts, stops or writes anything.
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
+from opik_cipx.clock import SYSTEM
 from opik_cipx.commands.status import unknown_model_lines
 from opik_cipx.config import PRICE_RATE_KEYS, Settings
 from opik_cipx.control.daemon_control import admin_port, fetch_stats, read_state
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         print(f"opik-cipx: bad setting in config file {settings.config_path}: {exc}", file=sys.stderr)
         return 2
-    now_ns = time.time_ns()
+    now_ns = SYSTEM.time_ns()
     daemon = daemon_unknown_models(settings)
     if args.json:
         print(json.dumps(document(table, settings, now_ns, daemon), indent=2, sort_keys=True))

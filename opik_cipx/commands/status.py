@@ -11,11 +11,11 @@ import argparse
 import json
 import os
 import sys
-import time
 from datetime import datetime
 from typing import Any
 
 from opik_cipx.caps import usd
+from opik_cipx.clock import SYSTEM
 from opik_cipx.config import ConfigError, Settings, load_settings
 from opik_cipx.control import claude_settings, lifecycle
 from opik_cipx.control.daemon_control import admin_port, fetch_stats, pid_alive, read_state
@@ -141,7 +141,7 @@ def today_line(settings: Settings, now_ns: int | None = None) -> str:
     from opik_cipx.ledger.queries import Selection, report
     from opik_cipx.ledger.schema import SchemaError
 
-    since = day_start_ns(local_day(time.time_ns() if now_ns is None else now_ns))
+    since = day_start_ns(local_day(SYSTEM.time_ns() if now_ns is None else now_ns))
     try:
         conn = open_reader(settings.ledger_path)
         if conn is None:
@@ -263,7 +263,7 @@ def render(stats: dict[str, Any], settings: Settings, claude_code: str = "", now
     needs doing, every `!` line naming what fixes it; the listeners, queue, every counter and
     the materializer only `verbose`. `supervision`: what starts the daemon again if it dies: shown
     always when it is a problem (`!`), else only `verbose`."""
-    now = time.time() if now is None else now
+    now = SYSTEM.time() if now is None else now
     def section(name: str) -> dict[str, Any]:
         value = stats.get(name)
         return value if isinstance(value, dict) else {}

@@ -17,8 +17,8 @@ This prints, from the ledger (read directly: the daemon may be down):
 Coloured with ANSI (not with `NO_COLOR`), cut to `COLUMNS` (80): the least important parts go
 first. It never fails Claude Code: on any problem it prints a short hint and exits 0.
 
-It runs on every repaint, so its fast path (`main`) imports only the standard library and
-`ledger/figures` (which imports nothing): `cli.main` hands `statusline` without options to it
+It runs on every repaint, so its fast path (`main`) imports only the standard library,
+`clock` and `ledger/figures` (which import nothing more): `cli.main` hands `statusline` without options to it
 before loading settings (bench/bench_statusline.py). The caps (`caps`, `ledger/spent`) are
 loaded only when the config file mentions a budget. It reads `$CIPX_HOME/ledger.db` as `ledger/schema.py` defines it,
 read-only and at that schema's version alone: only the daemon migrates the file, so a ledger of
@@ -36,6 +36,7 @@ import sqlite3
 import sys
 import time
 
+from opik_cipx.clock import SYSTEM
 from opik_cipx.ledger.figures import CACHE_READ, CACHE_WRITE, UNCACHED, cache_hit  # imports nothing
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; type checkers take it as True
@@ -52,7 +53,7 @@ SEPARATOR = " · "
 KNOWN_WINDOWS = ("5h", "7d")  # the subscription's own windows: shown before the others
 GREEN, YELLOW, RED, DIM, RESET = "\033[32m", "\033[33m", "\033[31m", "\033[2m", "\033[0m"
 BUSY_TIMEOUT_S = 0.2  # never hold Claude Code's repaint up behind a writer
-SCHEMA_VERSION = 4  # the ledger version whose tables this reads (ledger/schema.LATEST; a test keeps them equal)
+SCHEMA_VERSION = 5  # the ledger version whose tables this reads (ledger/schema.LATEST; a test keeps them equal)
 NO_CALLS = "opik-cipx: no calls recorded yet (`opik-cipx sync` routes Claude Code through it)"
 
 
@@ -77,7 +78,7 @@ def main(stdin: TextIO | None = None, env: dict[str, str] | None = None, now: fl
     env = dict(os.environ) if env is None else env
     stdin = sys.stdin if stdin is None else stdin
     try:
-        line = render(stdin, env, time.time() if now is None else now)
+        line = render(stdin, env, SYSTEM.time() if now is None else now)
     except Exception as exc:  # never fail Claude Code's status bar
         line = f"opik-cipx: status line unavailable ({type(exc).__name__}); `opik-cipx report` still works"
     try:

@@ -29,6 +29,9 @@ DEFAULT_INTERPRETER = "/usr/bin/env python3"
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 ENTRY = b"import sys\nfrom opik_cipx.cli import main\nsys.exit(main())\n"
 COMMENT_PREFIX = b"opik-cipx source sha256:"
+# zlib's default: level 9 made a build (every first `sync` from a source tree) 0.17 s slower, the
+# deflating taking 4x as long, for an executable 0.7 % smaller.
+COMPRESS_LEVEL = 6
 
 
 LAUNCHER = "scripts/opik-cipx-hook-launcher"  # beside the package in a source tree; in the archive the same
@@ -70,7 +73,7 @@ def _add(archive: "zipfile.ZipFile", name: str, data: bytes) -> None:
     info = zipfile.ZipInfo(name, date_time=FIXED_DATE)
     info.compress_type = zipfile.ZIP_DEFLATED
     info.external_attr = (stat.S_IFREG | 0o644) << 16
-    archive.writestr(info, data, compresslevel=9)
+    archive.writestr(info, data, compresslevel=COMPRESS_LEVEL)
 
 
 def compiled(name: str, source: bytes) -> bytes:

@@ -19,6 +19,11 @@ title prompts have asked); a main-loop call's prompt (the typed text, else the s
 a candidate for the session's first prompt (the writer keeps the earliest). Both are one line of
 at most `LABEL_CHARS` characters; with content capture off (`keep_text` False) neither is kept,
 so the ledger holds no prompt or answer text.
+
+What `advise` reads (`Entry.parts`, and the `calls` columns of schema v5): the definition groups of
+the request with their tokens by cache tier and whether the call used them, the conversation it
+read from the cache (`ledger/call_parts.py`), and what re-pricing the call needs besides its token
+counts (the usage's `speed`, `inference_geo` and `iterations`).
 """
 
 import json
@@ -26,6 +31,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from opik_cipx.ledger.call_parts import CallFacts, PartRow, call_facts
 from opik_cipx.ledger.periods import local_day
 from opik_cipx.materialize.call import CallRecord
 from opik_cipx.materialize.pricing import Cost
@@ -65,19 +71,23 @@ class Entry:
     """`call`: column -> value of the `calls` row; `details`: its bucket rows; `launches`:
     (Agent tool span id, id of the llm span whose response asked for it) seen in the records;
     `rate_limits`: a row of `schema.RATE_LIMIT_COLUMNS` per window its response carried;
-    `session`: what it says about its session's label."""
+    `session`: what it says about its session's label; `parts`: its definition groups
+    (`call_parts.PartRow`)."""
 
     call: dict[str, Any]
     details: tuple[Detail, ...]
     launches: tuple[tuple[str, str], ...]
     rate_limits: tuple[tuple, ...] = ()
     session: SessionText = SessionText()
+    parts: tuple[PartRow, ...] = ()
 
 
 def ledger_entry(call: CallRecord, keep_text: bool = True) -> Entry:
     """The ledger rows of one call; `keep_text` False (content capture off): no title or prompt."""
-    return Entry(call=_row(call), details=tuple(_details(call)), launches=tuple(call.launches),
-                 rate_limits=_rate_limits(call), session=session_text(call) if keep_text else SessionText())
+    facts = call_facts(call)
+    return Entry(call=_row(call, facts), details=tuple(_details(call)), launches=tuple(call.launches),
+                 rate_limits=_rate_limits(call), session=session_text(call) if keep_text else SessionText(),
+                 parts=facts.parts)
 
 
 def session_text(call: CallRecord) -> SessionText:
@@ -127,7 +137,7 @@ def _prompt(facts: dict) -> str | None:
     return None
 
 
-def _row(call: CallRecord) -> dict[str, Any]:
+def _row(call: CallRecord, facts: CallFacts) -> dict[str, Any]:
     """The `calls` row."""
     x, kind, usage, cost = call.exchange, call.kind, call.usage or NO_USAGE, call.cost
     git, cache = call.session.git, call.cache
@@ -187,6 +197,22 @@ def _row(call: CallRecord) -> dict[str, Any]:
         "cache_break_item": found.item if found else None,
         "cache_break_tokens": found.lost_tokens if found else 0,
         "cache_break_usd": found.extra_cost_usd if found else None,
+        **_repricing(usage),
+        "history_read_tokens": facts.history_read,
+        "messages_read_tokens": facts.messages_read,
+    }
+
+
+def _repricing(usage: Usage) -> dict[str, Any]:
+    """What pricing reads from a usage besides its token counts: fast mode, the inference region,
+    and the billed iterations (as JSON), each None when the usage has none."""
+    original = usage.original
+    iterations = original.get("iterations")
+    return {
+        "speed": original["speed"] if isinstance(original.get("speed"), str) else None,
+        "inference_geo": original["inference_geo"] if isinstance(original.get("inference_geo"), str) else None,
+        "usage_iterations": json.dumps(iterations, separators=(",", ":")) if isinstance(iterations, list) and iterations
+        else None,
     }
 
 

@@ -13,6 +13,11 @@ and the rate limits its response carried (`rate_limits`, `latest_rate_limits`, a
 peaks `daily_rate_limits`); the roll-ups are rebuilt with the new key. v4: `sessions`, what a
 session is known by (its title or first prompt, project and start), filled from the calls
 already there (without their texts, which only the captures hold: `replay --ledger` adds them).
+v5: what `advise` reads (docs/ADVICE.md): each call's definition groups with their tokens by cache
+tier and use (`call_parts`), rolled up per session (`session_parts`), the conversation it read from
+the cache and what re-pricing it needs (`calls.speed`, `inference_geo`, `usage_iterations`,
+`history_read_tokens`, `messages_read_tokens`). Calls written before have none of it (`replay
+--ledger` adds it from the stored captures).
 The group keys of a report (`DIMENSIONS`) and its figures are SQL expressions defined once here
 and used for the roll-ups and for reading calls directly alike.
 """
@@ -242,6 +247,89 @@ SELECT session_id, min(started_at_ns), max(project_dir) FROM calls WHERE session
 """
 
 
+# Schema v5, for `advise` (ledger/call_parts.py says what each value is). `call_parts`: one row per
+# definition group of a call; `session_parts`: the same summed per session, project, model, pricing
+# settings, call kind and group, with what decides whether a sum can be priced at one set of rates
+# (the longest prompt, the first and last start, the calls whose usage lists iterations).
+PART_FIGURES = ("fresh_tokens", "read_tokens", "write_5m_tokens", "write_1h_tokens", "invocations", "loaded")
+SESSION_PART_KEYS = {
+    "session_id": "coalesce(c.session_id, '')",
+    "project": "coalesce(c.project_dir, '')",
+    "model": "coalesce(c.model, '')",
+    "speed": "coalesce(c.speed, '')",
+    "inference_geo": "coalesce(c.inference_geo, '')",
+    "kind": "c.kind",
+    "part": "p.part",
+    "name": "p.name",
+}
+PROMPT = "(c.input_tokens + c.cache_creation_input_tokens + c.cache_read_input_tokens)"
+V5 = """
+ALTER TABLE calls ADD COLUMN speed TEXT;
+ALTER TABLE calls ADD COLUMN inference_geo TEXT;
+ALTER TABLE calls ADD COLUMN usage_iterations TEXT;
+ALTER TABLE calls ADD COLUMN history_read_tokens REAL NOT NULL DEFAULT 0;
+ALTER TABLE calls ADD COLUMN messages_read_tokens REAL NOT NULL DEFAULT 0;
+CREATE INDEX calls_breaks ON calls (started_at_ns) WHERE cache_break_cause IS NOT NULL;
+CREATE TABLE call_parts (
+    call_id INTEGER NOT NULL,
+    part TEXT NOT NULL,
+    name TEXT NOT NULL,
+    fresh_tokens REAL NOT NULL,
+    read_tokens REAL NOT NULL,
+    write_5m_tokens REAL NOT NULL,
+    write_1h_tokens REAL NOT NULL,
+    invocations INTEGER NOT NULL,
+    loaded INTEGER NOT NULL,
+    PRIMARY KEY (call_id, part, name)
+) WITHOUT ROWID;
+CREATE TABLE session_parts (
+    session_id TEXT NOT NULL,
+    project TEXT NOT NULL,
+    model TEXT NOT NULL,
+    speed TEXT NOT NULL,
+    inference_geo TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    part TEXT NOT NULL,
+    name TEXT NOT NULL,
+    calls INTEGER NOT NULL,
+    fresh_tokens REAL NOT NULL,
+    read_tokens REAL NOT NULL,
+    write_5m_tokens REAL NOT NULL,
+    write_1h_tokens REAL NOT NULL,
+    invocations INTEGER NOT NULL,
+    loaded INTEGER NOT NULL,
+    iterations INTEGER NOT NULL,
+    prompt_max INTEGER NOT NULL,
+    first_ns INTEGER NOT NULL,
+    last_ns INTEGER NOT NULL,
+    PRIMARY KEY (part, name, session_id, project, model, speed, inference_geo, kind)
+) WITHOUT ROWID
+"""
+
+
+def roll_up_parts(conn: sqlite3.Connection, where: str, params: tuple = (), sign: int = 1) -> None:
+    """Add (sign 1) or take away (sign -1) the definition groups of the calls matching `where` (over
+    `calls c`) to `session_parts`; rows left with no call are deleted. The longest prompt and the
+    first and last start only ever widen (a call written again has the same values)."""
+    keys = ", ".join(SESSION_PART_KEYS)
+    exprs = ", ".join(SESSION_PART_KEYS.values())
+    sums = ", ".join(f"{sign} * total(p.{f})" for f in PART_FIGURES)
+    conn.execute(
+        f"INSERT INTO session_parts ({keys}, calls, {', '.join(PART_FIGURES)}, iterations, prompt_max, first_ns, "
+        f"last_ns) SELECT {exprs}, {sign} * count(*), {sums}, {sign} * count(c.usage_iterations), max({PROMPT}), "
+        f"min(c.started_at_ns), max(c.started_at_ns) FROM calls c JOIN call_parts p ON p.call_id = c.id "
+        f"WHERE {where} GROUP BY {exprs} "
+        f"ON CONFLICT ({keys}) DO UPDATE SET calls = calls + excluded.calls, "
+        + ", ".join(f"{f} = {f} + excluded.{f}" for f in (*PART_FIGURES, "iterations"))
+        + ", prompt_max = max(prompt_max, excluded.prompt_max), first_ns = min(first_ns, excluded.first_ns), "
+        "last_ns = max(last_ns, excluded.last_ns)",
+        params,
+    )
+    if sign < 0:
+        conn.execute("DELETE FROM session_parts WHERE calls <= 0 AND (part, name) IN (SELECT p.part, p.name "
+                     f"FROM calls c JOIN call_parts p ON p.call_id = c.id WHERE {where})", params)
+
+
 def roll_up(conn: sqlite3.Connection, where: str, params: tuple = (), sign: int = 1,
             dimensions: dict[str, str] = DIMENSIONS, call_figures: dict[str, str] = CALL_FIGURES) -> None:
     """Add (sign 1) or take away (sign -1) the calls matching `where` (over `calls c`) to the
@@ -297,7 +385,7 @@ def _script(sql: str) -> Callable[[sqlite3.Connection], None]:
 
 
 # MIGRATIONS[n] upgrades a version-n ledger to version n+1 (version 0: an empty file).
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_script(V1), _v2, _v3, _script(V4))
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_script(V1), _v2, _v3, _script(V4), _script(V5))
 LATEST = len(MIGRATIONS)
 
 

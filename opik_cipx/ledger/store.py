@@ -43,7 +43,7 @@ from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.ledger.db import connect
 from opik_cipx.ledger.entry import Entry, ledger_entry
 from opik_cipx.ledger.periods import local_day
-from opik_cipx.ledger.schema import RATE_LIMIT_COLUMNS, SchemaError, roll_up
+from opik_cipx.ledger.schema import RATE_LIMIT_COLUMNS, SchemaError, roll_up, roll_up_parts
 from opik_cipx.materialize.call import CallRecord
 from opik_cipx.stats import Counters
 
@@ -295,7 +295,9 @@ def upsert(conn: sqlite3.Connection, entry: Entry) -> Previous | None:
     else:
         call_id = old[0]
         roll_up(conn, "c.id = ?", (call_id,), sign=-1)
+        roll_up_parts(conn, "c.id = ?", (call_id,), sign=-1)
         conn.execute("DELETE FROM details WHERE call_id = ?", (call_id,))
+        conn.execute("DELETE FROM call_parts WHERE call_id = ?", (call_id,))
         conn.execute(f"UPDATE calls SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
                      [*(call[c] for c in columns), call_id])
     conn.executemany(
@@ -306,7 +308,11 @@ def upsert(conn: sqlite3.Connection, entry: Entry) -> Previous | None:
         "INSERT OR REPLACE INTO launches (tool_span_id, call_span_id, day) VALUES (?, ?, ?)",
         [(tool, llm, call["day"]) for tool, llm in entry.launches],
     )
+    conn.executemany(
+        "INSERT INTO call_parts (call_id, part, name, fresh_tokens, read_tokens, write_5m_tokens, write_1h_tokens, "
+        "invocations, loaded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [(call_id, *row) for row in entry.parts])
     roll_up(conn, "c.id = ?", (call_id,))
+    roll_up_parts(conn, "c.id = ?", (call_id,))
     _rate_limits(conn, call_id, entry)
     _session(conn, entry)
     return Previous(*old[1:]) if old is not None else None
@@ -390,6 +396,7 @@ def delete_before(conn: sqlite3.Connection, day: str) -> int:
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute("DELETE FROM details WHERE call_id IN (SELECT id FROM calls WHERE day < ?)", (day,))
+        _forget_parts(conn, day)
         removed = conn.execute("DELETE FROM calls WHERE day < ?", (day,)).rowcount
         for table in ("launches", "daily_calls", "daily_details", "days", "rate_limits", "daily_rate_limits"):
             conn.execute(f"DELETE FROM {table} WHERE day < ?", (day,))
@@ -401,6 +408,13 @@ def delete_before(conn: sqlite3.Connection, day: str) -> int:
         conn.execute("ROLLBACK")
         raise
     return removed
+
+
+def _forget_parts(conn: sqlite3.Connection, day: str) -> None:
+    """Take the definition groups of the calls of days before `day` out of `call_parts` and of their
+    sessions' sums (`session_parts`), before the calls go."""
+    roll_up_parts(conn, "c.day < ?", (day,), sign=-1)
+    conn.execute("DELETE FROM call_parts WHERE call_id IN (SELECT id FROM calls c WHERE c.day < ?)", (day,))
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

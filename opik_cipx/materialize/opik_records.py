@@ -15,7 +15,16 @@ from opik_cipx.materialize import cipx, cipx_session
 from opik_cipx.materialize.attribution import redacted
 from opik_cipx.materialize.call import CallRecord
 from opik_cipx.materialize.session_state import PendingTool, Turn, span_name
-from opik_cipx.materialize.spans import bounded, call_error_info, opik_usage, span_record, tool_error_info, trace_record
+from opik_cipx.materialize.spans import (
+    LlmFields,
+    Span,
+    bounded,
+    call_error_info,
+    opik_usage,
+    span_record,
+    tool_error_info,
+    trace_record,
+)
 from opik_cipx.materialize.turns import FinishedTool, result_text
 
 PREVIEW_STEP = 32 * 1024  # bytes of a request decoded at once for a truncated input's preview
@@ -66,7 +75,7 @@ def llm_span(call: CallRecord, limit: int, capture_content: bool) -> dict:
     for key, value in facts.items():
         if key != "compaction":
             cc.setdefault(key, value)
-    return span_record(
+    return span_record(Span(
         span_id=call.span_id,
         trace_id=call.trace_id,
         parent_span_id=call.parent_span_id,
@@ -80,13 +89,15 @@ def llm_span(call: CallRecord, limit: int, capture_content: bool) -> dict:
         metadata={"cc": cc} if call.kind.kind == "blocked" else {"cc": cc, "cipx": cipx.metadata(call)},
         tags=tags(call),
         updated_ns=x.ended_at_ns,
-        model=call.model,
-        usage=opik_usage(call.usage),
-        total_estimated_cost=cost.total_usd,
-        cost_version=cost.price_table_date,
-        ttft_ms=(x.ttfb_ns - x.started_at_ns) / 1e6 if x.ttfb_ns else None,
         error_info=call_error_info(s.error, s.error_event) if s.error else None,
-    )
+        llm=LlmFields(
+            model=call.model,
+            usage=opik_usage(call.usage),
+            total_estimated_cost=cost.total_usd,
+            cost_version=cost.price_table_date,
+            ttft_ms=(x.ttfb_ns - x.started_at_ns) / 1e6 if x.ttfb_ns else None,
+        ),
+    ))
 
 
 def count_tokens_span(call: CallRecord, limit: int) -> dict:
@@ -97,7 +108,7 @@ def count_tokens_span(call: CallRecord, limit: int) -> dict:
               categories=categories(call, counted or 0, None))
     if call.rate_limits is not None:
         cc["rate_limits"] = call.rate_limits.document
-    return span_record(
+    return span_record(Span(
         span_id=call.span_id,
         trace_id=call.trace_id,
         parent_span_id=call.parent_span_id,
@@ -112,7 +123,7 @@ def count_tokens_span(call: CallRecord, limit: int) -> dict:
         tags=tags(call),
         updated_ns=x.ended_at_ns,
         error_info=call_error_info(s.error, s.error_event) if s.error else None,
-    )
+    ))
 
 
 def early_agent_span(agent_call: PendingTool, call: CallRecord, limit: int) -> dict:
@@ -122,7 +133,7 @@ def early_agent_span(agent_call: PendingTool, call: CallRecord, limit: int) -> d
     tool_input = kept.get("input")
     meta = {"tool": {"name": agent_call.name, "tool_use_id": agent_call.tool_use_id, "running": True,
                      "subagent_type": kept.get("subagent_type")}}
-    return span_record(
+    return span_record(Span(
         span_id=agent_call.span_id,
         trace_id=agent_call.turn.trace_id,
         parent_span_id=agent_call.llm_span_id,
@@ -136,7 +147,7 @@ def early_agent_span(agent_call: PendingTool, call: CallRecord, limit: int) -> d
         metadata={"cc": meta},
         tags=list(TOOL_TAGS),
         updated_ns=max(agent_call.issued_ns, call.exchange.ended_at_ns),
-    )
+    ))
 
 
 def tool_span(placed: PlacedTool, call: CallRecord, limit: int) -> dict:
@@ -153,7 +164,7 @@ def tool_span(placed: PlacedTool, call: CallRecord, limit: int) -> dict:
             "result_chars": len(text),
         }
     }
-    return span_record(
+    return span_record(Span(
         span_id=placed.span_id,
         trace_id=placed.trace_id,
         parent_span_id=placed.parent_span_id,
@@ -168,7 +179,7 @@ def tool_span(placed: PlacedTool, call: CallRecord, limit: int) -> dict:
         tags=list(TOOL_TAGS),
         updated_ns=x.ended_at_ns,
         error_info=tool_error_info(tool.name or "tool", text) if tool.is_error else None,
-    )
+    ))
 
 
 def trace(call: CallRecord, turn: Turn, limit: int, capture_content: bool) -> dict:

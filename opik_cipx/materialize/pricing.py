@@ -21,6 +21,7 @@ costs None, with the reason. A cost is never made up as 0.
 
 import bisect
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -333,7 +334,10 @@ def _canonical(model: str, aliases: dict[str, str]) -> str:
 
 
 def _count(value: object) -> int:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 0
+    """A token count as priced: a positive finite number, else 0 (JSON allows `Infinity`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    return int(value) if 0 < value < math.inf else 0
 
 
 def _model_price(layers: list[dict], overridden: bool) -> ModelPrice:

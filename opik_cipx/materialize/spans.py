@@ -5,6 +5,7 @@ Opik's field names, its usage-key convention and how to bound oversized input/ou
 """
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -109,61 +110,74 @@ def trace_record(
     return {"kind": "trace", "body": body}
 
 
-def span_record(
-    *,
-    span_id: str,
-    trace_id: str,
-    parent_span_id: str | None,
-    project_name: str,
-    name: str,
-    span_type: str,
-    start_ns: int,
-    end_ns: int | None,
-    input: Any,
-    output: Any,
-    metadata: dict[str, Any],
-    tags: list[str],
-    updated_ns: int,
-    model: str | None = None,
-    usage: dict[str, int] | None = None,
-    total_estimated_cost: float | None = None,
-    cost_version: str | None = None,
-    ttft_ms: float | None = None,
-    error_info: dict[str, str] | None = None,
-) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class LlmFields:
+    """What only an `llm` span carries: the model, and the usage and cost Opik charts."""
+
+    model: str | None
+    usage: dict[str, int] | None  # `opik_usage`
+    total_estimated_cost: float | None
+    cost_version: str | None  # the price table's date
+    ttft_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A span's fields, in Opik's words (SpanWrite), before `span_record` makes them its body."""
+
+    span_id: str
+    trace_id: str
+    parent_span_id: str | None
+    project_name: str
+    name: str
+    span_type: str  # "llm", "tool" or "general"
+    start_ns: int
+    end_ns: int | None  # None: still running
+    input: Any
+    output: Any
+    metadata: dict[str, Any]
+    tags: list[str]
+    updated_ns: int
+    error_info: dict[str, str] | None = None
+    llm: LlmFields | None = None  # an `llm` span's own fields
+
+
+def span_record(span: Span) -> dict[str, Any]:
+    """The spool record of `span`: Opik's SpanWrite body, absent values left out."""
     body: dict[str, Any] = {
-        "id": span_id,
-        "trace_id": trace_id,
-        "project_name": project_name,
-        "name": name,
-        "type": span_type,
-        "start_time": iso_z(start_ns),
-        "metadata": metadata,
-        "tags": tags,
-        "last_updated_at": iso_z(updated_ns),
+        "id": span.span_id,
+        "trace_id": span.trace_id,
+        "project_name": span.project_name,
+        "name": span.name,
+        "type": span.span_type,
+        "start_time": iso_z(span.start_ns),
+        "metadata": span.metadata,
+        "tags": span.tags,
+        "last_updated_at": iso_z(span.updated_ns),
     }
-    if end_ns is not None:  # None: still running
-        body["end_time"] = iso_z(max(start_ns, end_ns))
-    if parent_span_id:
-        body["parent_span_id"] = parent_span_id
-    if input is not None:
-        body["input"] = input
-    if output is not None:
-        body["output"] = output
-    if span_type == "llm":
+    if span.end_ns is not None:
+        body["end_time"] = iso_z(max(span.start_ns, span.end_ns))
+    if span.parent_span_id:
+        body["parent_span_id"] = span.parent_span_id
+    if span.input is not None:
+        body["input"] = span.input
+    if span.output is not None:
+        body["output"] = span.output
+    if span.span_type == "llm":
         body["provider"] = PROVIDER
-        if model:
-            body["model"] = model
-    if usage:
-        body["usage"] = usage
-    if total_estimated_cost is not None:
-        body["total_estimated_cost"] = total_estimated_cost
-        if cost_version:
-            body["total_estimated_cost_version"] = cost_version
-    if ttft_ms is not None:
-        body["ttft"] = ttft_ms
-    if error_info:
-        body["error_info"] = error_info
+    if (llm := span.llm) is not None:
+        if llm.model:
+            body["model"] = llm.model
+        if llm.usage:
+            body["usage"] = llm.usage
+        if llm.total_estimated_cost is not None:
+            body["total_estimated_cost"] = llm.total_estimated_cost
+            if llm.cost_version:
+                body["total_estimated_cost_version"] = llm.cost_version
+        if llm.ttft_ms is not None:
+            body["ttft"] = llm.ttft_ms
+    if span.error_info:
+        body["error_info"] = span.error_info
     return {"kind": "span", "body": body}
 
 

@@ -7,9 +7,9 @@ exactly. Bounded: beyond `MAX_IDS` distinct ids, further ones are only counted.
 
 import logging
 import threading
-import time
 from typing import Any
 
+from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.materialize.pricing import Cost
 from opik_cipx.stats import utc_iso
 
@@ -21,7 +21,8 @@ MAX_ID_CHARS = 120  # model ids come off the wire: never log or keep an unbounde
 class UnknownModels:
     """Thread-safe tally of unknown model ids: calls, how they were priced, when first seen."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM) -> None:
+        self.clock = clock  # dates the first call of each id
         self._lock = threading.Lock()
         self._ids: dict[str, dict[str, Any]] = {}
         self._calls = 0
@@ -41,7 +42,7 @@ class UnknownModels:
                 return
             self._ids[model] = {"id": model, "calls": 1, "priced_as": cost.estimated_from,
                                 "reason": cost.unpriced_reason if cost.estimated_from is None else None,
-                                "first_seen_at": utc_iso(time.time())}
+                                "first_seen_at": utc_iso(self.clock.time())}
         if cost.estimated_from:
             log.warning("pricing: model %r is not in the price table; its calls are priced as %s (flagged "
                         "estimated_from). For the exact price add [prices.\"%s\"] to config.toml "

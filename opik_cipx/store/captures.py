@@ -328,9 +328,11 @@ def list_segments(directory: Path) -> list[SegmentFile]:
     return _segments(directory)
 
 
-def first_stamp(path: Path) -> int | None:
+def first_stamp(path: Path, names: tuple[str, ...] = ("logged_at_ns", "ended_at_ns", "started_at_ns")) -> int | None:
     """When the first capture of a segment was logged (epoch ns, the store's clock; for a capture
-    logged before the stamp existed, when its exchange ended); None when it has no readable one."""
+    logged before the stamp existed, when its exchange ended); None when it has no readable one.
+    `names`: the header fields to take it from, the first present wins (`("started_at_ns",)`: when
+    its exchange started)."""
     try:
         with open(path, "rb") as fh:
             if is_raw(path):
@@ -340,7 +342,7 @@ def first_stamp(path: Path) -> int | None:
         header = json.loads(head[: head.index(b"\n")])
     except (OSError, zlib.error, ValueError):
         return None
-    for name in ("logged_at_ns", "ended_at_ns", "started_at_ns"):
+    for name in names:
         value = header.get(name) if isinstance(header, dict) else None
         if isinstance(value, int) and not isinstance(value, bool):
             return value

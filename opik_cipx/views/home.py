@@ -1,6 +1,6 @@
 """The dashboard's home page under a URL's range and filters (`Scope`): total cards, cost per
 day by bucket, the top lists (each row a link to the view filtered by it), the latest calls, and
-an export beside each of them.
+an export beside each of them; then what would have saved most (`savings`, docs/ADVICE.md).
 
 Without a range the cards are today, 7 and 30 days, and the chart and lists cover the last 30
 days; with one, a card for the range, and the chart and lists cover its days (by week beyond
@@ -11,10 +11,13 @@ import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
+from pathlib import Path
 
+from opik_cipx.ledger.advice import advise
 from opik_cipx.ledger.figures import cache_hit, label_of
 from opik_cipx.ledger.periods import day_start_ns, week_of
 from opik_cipx.ledger.queries import Selection, recent_calls, report
+from opik_cipx.ledger.reprice import Repricer
 from opik_cipx.views import charts
 from opik_cipx.views.charts import SERIES
 from opik_cipx.views.filters import Filters
@@ -31,6 +34,8 @@ from opik_cipx.views.markup import (
 from opik_cipx.views.tables import calls_table, top_table
 
 TOP_N = 8
+SAVINGS_SHOWN = 5
+WHOLE_PROJECTS = ("since", "until", "project")  # the filters `advise` takes
 LATEST = 20
 DEFAULT_DAYS = 30
 MAX_DAY_COLUMNS = 92
@@ -150,3 +155,28 @@ def latest(conn: sqlite3.Connection, scope: Scope) -> str:
     return (f"<section id=latest><h2>Latest calls{export}</h2>"
             + calls_table(recent_calls(conn, LATEST, selection=scope.listed), show_session=True, filters=scope.filters)
             + f"<p><a href='{scope.filters.link('/calls')}'>All calls &rarr;</a></p></section>")
+
+
+def savings(conn: sqlite3.Connection, scope: Scope, repricer: Repricer, now_ns: int, captures_dir: Path) -> str:
+    """`opik-cipx advise` over what the chart covers (docs/ADVICE.md): the findings that would have
+    saved most, with their action. `advise` selects by project alone, so other filters hide it."""
+    span = "last 30 days" if not scope.filters.with_range() else "the selected range"
+    head = f"<section id=savings><h2>Savings, {span}</h2>"
+    others = [name for name, _ in scope.filters.items() if name not in WHOLE_PROJECTS]
+    if others:
+        return (head + f"<p class=muted>Savings cover whole projects: without the {esc(', '.join(others))} "
+                "filter they show here.</p></section>")
+    listed = scope.listed
+    found = advise(conn, Selection(since_ns=listed.since_ns, until_ns=listed.until_ns, project=listed.project),
+                   repricer, now_ns, captures_dir).findings
+    if not found:
+        return head + "<p class=muted>Nothing in this period would have saved anything.</p></section>"
+    rows = "".join(
+        f"<tr><td class=num>{'not computable' if f.saving_usd is None else usd(f.saving_usd)}</td>"
+        f"<td>{esc(f.kind)}</td><td>{esc(f.subject)}</td><td class=num>{f.calls:,}</td><td>{esc(f.action)}</td></tr>"
+        for f in found[:SAVINGS_SHOWN])
+    return (head + "<div class=scroll><table class=savings><tr><th class=num>saving</th><th>finding</th>"
+            "<th>subject</th><th class=num>calls</th><th>what to change</th></tr>" + rows + "</table></div>"
+            f"<p class=muted>{min(len(found), SAVINGS_SHOWN)} of {len(found)} findings: each saving is the period's "
+            "calls priced again without the change (docs/ADVICE.md); <span class=mono>opik-cipx advise --json</span> "
+            "lists them all with their evidence.</p></section>")

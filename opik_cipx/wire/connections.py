@@ -51,7 +51,6 @@ import selectors
 import socket
 import socketserver
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email.message import Message
@@ -59,6 +58,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any, TypeVar
 
+from opik_cipx.clock import SYSTEM
 from opik_cipx.stats import Counters
 from opik_cipx.wire.framing import BODY_RECV_BYTES, CONTINUE, FramingError, RequestReader
 from opik_cipx.wire.peer import PeerLookup
@@ -177,7 +177,7 @@ class _Incoming:
         except OSError:
             sock.close()
             return None
-        drain = cls(sock, addr, time.monotonic() + DRAIN_S, 0)
+        drain = cls(sock, addr, SYSTEM.monotonic() + DRAIN_S, 0)
         drain.draining = DRAIN_BYTES
         return drain
 
@@ -222,7 +222,7 @@ class _Waiting:
         return list(self._by_fd.values())
 
     def set_deadline(self, incoming: _Incoming, timeout_s: float) -> None:
-        incoming.deadline = time.monotonic() + timeout_s
+        incoming.deadline = SYSTEM.monotonic() + timeout_s
         self._push(incoming)
 
     def next_deadline(self) -> float:
@@ -464,13 +464,13 @@ class ConnectionServer(socketserver.TCPServer):
             self._selector.register(self.socket, selectors.EVENT_READ, _LISTENER)
             self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
             while not self._stop:
-                timeout = max(0.0, min(poll_interval, self._waiting.next_deadline() - time.monotonic()))
+                timeout = max(0.0, min(poll_interval, self._waiting.next_deadline() - SYSTEM.monotonic()))
                 events = self._selector.select(timeout)
                 if self._returned:  # first: a connection handed back may be among the events
                     self._guarded(self._take_returned, None)
                 for key, _ in events:
                     self._guarded(self._event, key.data)
-                self._guarded(self._expire, time.monotonic())
+                self._guarded(self._expire, SYSTEM.monotonic())
         finally:
             if not self._accepting:
                 self._close_listener()
@@ -566,7 +566,7 @@ class ConnectionServer(socketserver.TCPServer):
                 continue
             if not self._from_owner(sock, addr):
                 continue
-            incoming = _Incoming(sock, addr, time.monotonic() + self.limits.idle_timeout_s,
+            incoming = _Incoming(sock, addr, SYSTEM.monotonic() + self.limits.idle_timeout_s,
                                  self.RequestHandlerClass.max_body_bytes)
             self._watch(incoming)
             self._selector.register(sock, selectors.EVENT_READ, incoming)
@@ -601,7 +601,7 @@ class ConnectionServer(socketserver.TCPServer):
         """Connections handed back after their answer (`_hand_back`): idle again, or their next request."""
         with self._lock:
             returned, self._returned = self._returned, []
-        now = time.monotonic()
+        now = SYSTEM.monotonic()
         for incoming, rest in returned:
             incoming.deadline = now + self.limits.idle_timeout_s
             self._watch(incoming)
@@ -610,7 +610,7 @@ class ConnectionServer(socketserver.TCPServer):
 
     def _pause_accept(self) -> None:
         self._selector.unregister(self.socket)
-        self._accept_paused_until = time.monotonic() + 0.1
+        self._accept_paused_until = SYSTEM.monotonic() + 0.1
 
     def _evict_oldest(self) -> bool:
         oldest = self._waiting.oldest()
@@ -656,7 +656,7 @@ class ConnectionServer(socketserver.TCPServer):
         """Bytes that arrived on `incoming`: its head, then its body; a whole request is dispatched."""
         reader = incoming.reader
         if not reader.started:
-            incoming.since = time.monotonic()
+            incoming.since = SYSTEM.monotonic()
             self._waiting.set_deadline(incoming, self.limits.header_timeout_s)
         if not self._hold(incoming, len(data)):
             return
@@ -676,7 +676,7 @@ class ConnectionServer(socketserver.TCPServer):
     def _head_in(self, incoming: _Incoming, waiting: bool) -> bool:
         """The head is whole: the body's deadline, and `100 Continue` when the client waits for it (no
         byte of the body came with the head) and the handler would serve the request; False if refused."""
-        incoming.head_at_ns = time.time_ns()
+        incoming.head_at_ns = SYSTEM.time_ns()
         head, framing = incoming.reader.head, incoming.reader.framing
         assert head is not None and framing is not None  # take_head sets both once the head is whole
         if not framing.has_body:
@@ -703,7 +703,7 @@ class ConnectionServer(socketserver.TCPServer):
         arriving for `stale_after_s` or longer are dropped to make room, oldest first; if that is not
         enough, this request is turned away with 503 (False)."""
         if not self._budget.take(size):
-            now = time.monotonic()
+            now = SYSTEM.monotonic()
             for other in self._waiting.stale(now, self.limits.stale_after_s, besides=incoming):
                 self._turn_away(other, f"opik-cipx: this request was still arriving after {now - other.since:.1f} s "
                                        "and others needed its room (client_buffer_max_mb); retry shortly")

@@ -21,11 +21,11 @@ import logging
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from email.message import Message
 
+from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.ids import new_uuid7
 from opik_cipx.stats import Counters
 from opik_cipx.wire.budget import Block, Guard
@@ -73,12 +73,13 @@ class Gateway:
     budget: Guard | None = None  # the spend caps' guard, set by the daemon when a cap is set
 
     def __init__(self, pool: UpstreamPool, tee: Callable[[Capture], None], counters: Counters,
-                 response_keep_bytes: int = RESPONSE_KEEP_BYTES):
+                 response_keep_bytes: int = RESPONSE_KEEP_BYTES, clock: Clock = SYSTEM):
         self.pool = pool
         self.tee = tee
         self.counters = counters
         self.response_keep_bytes = response_keep_bytes  # of each response, for the capture
         self.draining = False
+        self.clock = clock  # capture times
         self._inflight = 0
         self._idle = threading.Condition()
 
@@ -227,7 +228,7 @@ class GatewayHandler(LoopbackHandler):
             else:
                 self._answer_blocked(capture, block)
         finally:
-            capture.ended_at_ns = time.time_ns()
+            capture.ended_at_ns = gw.clock.time_ns()
             gw.tee(capture)
 
     def _send_upstream(
@@ -258,12 +259,12 @@ class GatewayHandler(LoopbackHandler):
                         raise
                     sent = None  # never reached the upstream
                 else:
-                    sent = time.monotonic()
+                    sent = gw.clock.monotonic()
                     try:
                         return conn, conn.getresponse()
                     except (http.client.RemoteDisconnected, ConnectionResetError, ssl.SSLEOFError):
                         if (not reused or retried or departure.departed
-                                or time.monotonic() - sent > STALE_RETRY_WINDOW_S):
+                                or gw.clock.monotonic() - sent > STALE_RETRY_WINDOW_S):
                             raise
             except BaseException:
                 departure.detach()
@@ -296,7 +297,7 @@ class GatewayHandler(LoopbackHandler):
             log.warning("gateway: upstream request failed: %s", capture.upstream_error)
             self._reply_error(502, f"opik-cipx: {capture.upstream_error}")
             return
-        capture.ttfb_ns = time.time_ns()
+        capture.ttfb_ns = gw.clock.time_ns()
         capture.status = resp.status
         resp_headers = resp.getheaders()
         capture.response_headers = redact_headers(resp_headers)
@@ -400,7 +401,7 @@ class GatewayHandler(LoopbackHandler):
         """A request a spend cap keeps from the upstream: the guard's answer, captured as an
         upstream one would be, marked with the cap (docs/BUDGETS.md)."""
         status, headers, body = block.answer()
-        capture.ttfb_ns, capture.status, capture.blocked = time.time_ns(), status, block.tag
+        capture.ttfb_ns, capture.status, capture.blocked = self.gateway.clock.time_ns(), status, block.tag
         capture.response_headers = [[name, value] for name, value in [*headers, ("content-type", "application/json")]]
         capture.response_parts.append(body)
         try:

@@ -12,9 +12,10 @@ import select
 import socket
 import ssl
 import threading
-import time
 import urllib.parse
 from dataclasses import dataclass
+
+from opik_cipx.clock import SYSTEM, Clock
 
 IDLE_TTL_S = 55.0  # below common server idle timeouts, so we rarely race a server-side close
 MAX_IDLE = 32
@@ -73,18 +74,20 @@ class UpstreamPool:
         ca_bundle: str = "",
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 600.0,
+        clock: Clock = SYSTEM,
     ):
         self.target = Endpoint.from_url(upstream_url)
         self.proxy = Endpoint.from_url(proxy_url) if proxy_url else None
         self._ctx = ssl_context(ca_bundle) if self.target.scheme == "https" else None
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
+        self.clock = clock  # the idle connections' ages
         self._idle: list[tuple[http.client.HTTPConnection, float]] = []
         self._lock = threading.Lock()
 
     def acquire(self) -> tuple[http.client.HTTPConnection, bool]:
         """A connected connection and whether it was reused from the pool."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         while True:
             with self._lock:
                 if not self._idle:
@@ -117,7 +120,7 @@ class UpstreamPool:
             return
         with self._lock:
             if len(self._idle) < MAX_IDLE:
-                self._idle.append((conn, time.monotonic()))
+                self._idle.append((conn, self.clock.monotonic()))
                 return
         conn.close()
 

@@ -16,7 +16,7 @@ from opik_cipx.commands import statusline
 from opik_cipx.ledger.periods import local_day
 from opik_cipx.ledger.store import Ledger
 from tests.claude_code_corpus import corpus_clock, materialized
-from tests.conftest import run_cli
+from tests.conftest import examples, run_cli
 
 ANSI = re.compile(r"\033\[[0-9;]*m")
 
@@ -275,7 +275,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
                     max_leaves=20)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(doc=st.dictionaries(st.sampled_from(["session_id", "context_window", "rate_limits", "model", "cost"]), JSON),
        session=st.text(max_size=40))
 def test_any_document_claude_code_could_send_gives_one_line(tmp_path_factory, doc, session):

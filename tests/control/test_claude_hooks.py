@@ -17,6 +17,7 @@ from opik_cipx.control.claude_settings import (
     remove_hooks,
     set_hooks,
 )
+from tests.conftest import examples
 
 LAUNCHER = Path("/home/ada/.claude/hooks/opik-cipx-hook-launcher")
 COMMANDS = {event: hook_command(LAUNCHER, event, {}) for event in HOOK_EVENTS}
@@ -111,7 +112,7 @@ user_hooks = st.dictionaries(st.sampled_from(["SessionStart", "UserPromptSubmit"
                              max_size=4)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(other=st.dictionaries(st.sampled_from(["model", "theme", "permissions", "statusLine"]), json_values, max_size=3),
        hooks=st.none() | user_hooks)
 def test_adding_then_removing_ours_gives_back_the_users_file_byte_for_byte(tmp_path_factory, other, hooks):

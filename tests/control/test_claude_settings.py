@@ -22,6 +22,7 @@ from opik_cipx.control.claude_settings import (
     tidy,
 )
 from opik_cipx.materialize.identity import claude_json_path
+from tests.conftest import examples
 
 URL = "http://127.0.0.1:9909"
 USER_SETTINGS = {
@@ -120,7 +121,7 @@ json_values = st.recursive(
 )
 
 
-@hsettings(max_examples=60, deadline=None)
+@hsettings(max_examples=examples(60), deadline=None)
 @given(doc=st.dictionaries(st.text(max_size=8).filter(lambda k: k != "env"), json_values, max_size=5),
        env=st.dictionaries(st.text(max_size=8).filter(lambda k: k != "ANTHROPIC_BASE_URL"), st.text(max_size=8),
                            max_size=4))
@@ -136,7 +137,7 @@ def test_set_then_remove_restores_any_document(tmp_path_factory, doc, env):
 OURS = "/h/.opik-cipx/bin/opik-cipx statusline"
 
 
-@hsettings(max_examples=60, deadline=None)
+@hsettings(max_examples=examples(60), deadline=None)
 @given(doc=st.dictionaries(st.text(max_size=8), json_values, max_size=5), theirs=json_values)
 def test_a_status_line_replaced_with_force_goes_back_in_its_place(tmp_path_factory, doc, theirs):
     if theirs in (None, "", {}) or is_our_status_line(theirs):

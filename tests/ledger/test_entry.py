@@ -2,6 +2,7 @@
 against the span records made from the same call)."""
 
 import dataclasses
+import json
 
 import pytest
 from hypothesis import given
@@ -146,7 +147,10 @@ def full_call(corpus):
     break, rate limits, a git session and an identity."""
     base = next(r.call for s, n, c, r in corpus if (s, n) == ("subagent", "002"))
     usage = {"input_tokens": 3, "cache_creation_input_tokens": 7, "cache_read_input_tokens": 11,
-             "cache_creation": {"ephemeral_5m_input_tokens": 5, "ephemeral_1h_input_tokens": 2}, "output_tokens": 13}
+             "cache_creation": {"ephemeral_5m_input_tokens": 5, "ephemeral_1h_input_tokens": 2}, "output_tokens": 13,
+             "speed": "fast", "inference_geo": "us",
+             "iterations": [{"type": "message", "input_tokens": 3, "cache_creation_input_tokens": 7,
+                             "cache_read_input_tokens": 11, "output_tokens": 13}]}
     cost = price_call("claude-opus-99", usage, load_price_table(), base.exchange.started_at_ns)
     where = Divergence("messages", "changed", bucket="tool_io", label="Bash", message=3, block=1)
     cache_break = CacheBreak("messages_changed", ("messages_changed",), 100, 11, 7, 0.001, where, "message 3 block 1")
@@ -190,6 +194,10 @@ def test_a_call_with_every_part_set_fills_every_column(corpus, tmp_path):
     assert entry.rate_limits == (("5h", "unified", 0.5, 1795493182, "allowed_warning", 0.4, None, None),
                                  ("requests", "classic", 0.1, None, None, None, 10, 9))
     assert all(value is not None for row in entry.details for value in dataclasses.astuple(row))
+    assert (entry.call["speed"], entry.call["inference_geo"]) == ("fast", "us")
+    assert json.loads(entry.call["usage_iterations"]) == call.usage.original["iterations"]
+    assert {(row.part, row.name) for row in entry.parts} >= {("memory", "/home/dev/code/inventory-sync/CLAUDE.md"),
+                                                            ("agent", "Explore")}  # it runs as Explore
 
 
 def test_a_count_tokens_call_has_no_price_and_no_output_rows(corpus):

@@ -35,13 +35,16 @@ from opik_cipx.ledger.schema import (
     LABELLED,
     LATEST,
     MIGRATIONS,
+    PART_FIGURES,
     ROLLED_UP_DETAILS,
+    SESSION_PART_KEYS,
     V2_CALL_FIGURES,
     V2_DIMENSIONS,
     roll_up,
 )
 from opik_cipx.ledger.store import Ledger, delete_before, upsert
 from tests.claude_code_corpus import corpus_clock, corpus_now_ns, materialized
+from tests.conftest import examples
 
 DAY_NS = 86_400 * 10**9
 
@@ -172,7 +175,7 @@ def test_totals_equal_the_span_costs_and_rows_add_up_to_them(tmp_path, corpus):
             assert sum(r["calls"] for r in result.rows) == result.total["calls"] == 71
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     by=st.lists(st.sampled_from(BY_KEYS), min_size=0, max_size=3, unique=True).filter(
         lambda keys: sum(k in DETAIL_KEYS for k in keys) <= 1),
@@ -327,9 +330,19 @@ def rollups_match_calls(conn: sqlite3.Connection) -> None:
             assert a[width:] == pytest.approx(b[width:], rel=1e-9, abs=1e-9)
     days = conn.execute("SELECT day, calls FROM days ORDER BY day").fetchall()
     assert days == conn.execute("SELECT day, count(*) FROM calls GROUP BY day ORDER BY day").fetchall()
+    keys = ", ".join(SESSION_PART_KEYS.values())
+    fresh = conn.execute(f"SELECT {keys}, count(*), {', '.join(f'total(p.{f})' for f in PART_FIGURES)} "
+                         f"FROM calls c JOIN call_parts p ON p.call_id = c.id GROUP BY {keys}").fetchall()
+    kept = conn.execute(f"SELECT {', '.join(SESSION_PART_KEYS)}, calls, {', '.join(PART_FIGURES)} "
+                        "FROM session_parts").fetchall()
+    assert len(kept) == len(fresh), "session_parts"
+    width = len(SESSION_PART_KEYS)
+    for a, b in zip(sorted(kept), sorted(fresh), strict=True):
+        assert a[:width] == b[:width]
+        assert a[width:] == pytest.approx(b[width:], rel=1e-9, abs=1e-9)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(st.tuples(st.sampled_from(["write", "rewrite", "retain"]), st.integers(0, 40)),
                     min_size=1, max_size=25))
 def test_rewrites_and_retention_never_let_the_rollups_drift(tmp_path_factory, entries, ops):

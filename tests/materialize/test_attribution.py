@@ -12,6 +12,7 @@ from opik_cipx.materialize.attribution import BUCKETS, Attribution, categorize, 
 from opik_cipx.materialize.attribution.compaction import SUMMARY_PROMPT
 from opik_cipx.materialize.attribution.model import Part
 from tests.claude_code_corpus import SCENARIOS, body_bytes, messages_requests, request
+from tests.conftest import examples
 from tests.materialize.test_environment import GIT_FIXTURES
 
 # Unattributed share of all Messages API body characters, per scenario (stated, not just bounded).
@@ -618,7 +619,7 @@ requests = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests, st.booleans(), st.sampled_from([None, 1]))
 def test_regions_partition_arbitrary_requests(body, ascii_only, indent):
     text = json.dumps(body, ensure_ascii=ascii_only, indent=indent)
@@ -633,7 +634,7 @@ def test_regions_partition_arbitrary_requests(body, ascii_only, indent):
     redacted(result.facts)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=300))
 def test_categorize_never_raises_on_bytes(body):
     result = categorize(body)

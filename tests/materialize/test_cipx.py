@@ -18,6 +18,7 @@ from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.materialize.usage import read_usage
 from tests import cost_intelligence as ci
 from tests.claude_code_corpus import exchanges, materialized
+from tests.conftest import examples
 from tests.json_schema import opik_schema
 from tests.materialize.test_attribution import requests as generated_requests
 from tests.materialize.test_materializer import config
@@ -224,7 +225,7 @@ def test_writes_of_either_ttl_and_iterations_are_allocated_whole(split, tier):
 tier_counts = st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(0, 10**6))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(generated_requests, st.booleans(), tier_counts)
 def test_blocks_partition_the_request_and_map_onto_the_buckets(body, ascii_only, tokens):
     text = json.dumps(body, ensure_ascii=ascii_only)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from opik_cipx.materialize.attribution import categorize, incremental
 from opik_cipx.materialize.attribution.incremental import RequestReader, parse_body
 from tests.claude_code_corpus import SCENARIOS, body_bytes, body_json, messages_requests, request
+from tests.conftest import examples
 
 MESSAGES = messages_requests()
 
@@ -49,7 +50,7 @@ def test_the_recorded_corpus_read_in_order_matches_reading_each_from_scratch():
         assert_same(reader, key_of(req), body_bytes(req))
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(20), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.permutations(range(len(MESSAGES))), st.booleans())
 def test_the_corpus_in_any_order_and_under_any_key_matches(order, one_key):
     reader = RequestReader()
@@ -130,7 +131,8 @@ STEP = st.one_of(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=examples(25), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.integers(0, len(BASES) - 1), st.lists(STEP, min_size=1, max_size=8))
 def test_generated_growing_sessions_match_reading_each_request_from_scratch(base_index, steps):
     """Sessions that grow by appending real messages, with the marker moving, retries, edited earlier

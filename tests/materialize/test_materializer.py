@@ -19,6 +19,7 @@ from opik_cipx.materialize.redaction import REDACTED_TEXT
 from opik_cipx.materialize.usage import read_usage
 from opik_cipx.wire.capture import Capture
 from tests.claude_code_corpus import SCENARIOS, cli_result, exchanges, response, runs
+from tests.conftest import examples
 from tests.opik_schema import problems
 
 
@@ -275,7 +276,7 @@ SECRET = st.text(alphabet=st.characters(codec="utf-8", categories=("L", "N")), m
     lambda t: "Z" + t)  # a leading marker keeps generated text from colliding with metadata keys
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(prompt=SECRET, answer=SECRET, tool_input=SECRET, tool_output=SECRET, args=SECRET)
 def test_redacted_spans_never_contain_text_of_any_shape(tmp_path, prompt, answer, tool_input, tool_output, args):
     body = {
@@ -413,7 +414,7 @@ def restarted(materializer: Materializer, tmp_path: Path, **overrides) -> Materi
 ALL = [(scenario, number, capture) for scenario in SCENARIOS for number, capture in exchanges(scenario)]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(scenario=st.sampled_from(SCENARIOS), cuts=st.sets(st.integers(0, 60), max_size=4))
 def test_a_restart_at_any_capture_boundary_changes_no_record(tmp_path, scenario, cuts):
     captured = [capture for s, _, capture in ALL if s == scenario]

@@ -16,7 +16,7 @@ from opik_cipx.materialize.pricing import RATE_KEYS, PriceTable, load_price_tabl
 from opik_cipx.materialize.pricing import price_call as _price_call
 from opik_cipx.materialize.response import summarize_response
 from opik_cipx.wire.capture import Capture
-from tests.conftest import FIXTURES, REPO
+from tests.conftest import FIXTURES, REPO, examples
 
 TABLE = load_price_table()
 
@@ -622,7 +622,7 @@ def _bump(use: dict, path: tuple[str, ...], by: int) -> dict:
     return out
 
 
-@hsettings(max_examples=300, deadline=None)
+@hsettings(max_examples=examples(300), deadline=None)
 @given(model=st.sampled_from(sorted(TABLE.models)), use=USAGES, field=st.sampled_from(FIELDS),
        by=st.integers(min_value=1, max_value=500_000), when=st.sampled_from([at("2026-01-01"), NOW, at("2028-01-01")]))
 def test_cost_never_falls_when_any_token_count_grows(model, use, field, by, when):
@@ -631,7 +631,7 @@ def test_cost_never_falls_when_any_token_count_grows(model, use, field, by, when
             >= price_call(model, use, at_ns=when).total_usd)
 
 
-@hsettings(max_examples=200, deadline=None)
+@hsettings(max_examples=examples(200), deadline=None)
 @given(model=st.sampled_from(sorted(n for n, p in TABLE.models.items() if p.at(NOW).tiers)),
        split=st.lists(st.integers(min_value=0, max_value=10), min_size=4, max_size=4).filter(any),
        output=TOKENS, above=st.booleans())
@@ -651,7 +651,7 @@ def test_the_tier_boundary_reprices_the_whole_request(model, split, output, abov
     assert cost.tier == (tier.name if above else None)
 
 
-@hsettings(max_examples=200, deadline=None)
+@hsettings(max_examples=examples(200), deadline=None)
 @given(model=st.sampled_from(sorted(TABLE.models)), parts=st.lists(USAGES, min_size=1, max_size=4))
 def test_a_call_with_iterations_costs_the_sum_of_its_iterations_priced_alone(model, parts):
     its = [{**part, "type": "message"} for part in parts]
@@ -659,7 +659,7 @@ def test_a_call_with_iterations_costs_the_sum_of_its_iterations_priced_alone(mod
     assert whole.total_usd == pytest.approx(sum(price_call(model, part).total_usd for part in parts), rel=1e-12)
 
 
-@hsettings(max_examples=300, deadline=None)
+@hsettings(max_examples=examples(300), deadline=None)
 @given(top=st.tuples(TOKENS, TOKENS).filter(any), written=TOKENS)
 def test_a_shared_out_split_adds_up_to_the_iterations_writes(top, written):
     message = iteration("message", written=sum(top),
@@ -670,7 +670,7 @@ def test_a_shared_out_split_adds_up_to_the_iterations_writes(top, written):
     assert abs(tokens["cache_write_1h"] - written * top[1] / sum(top)) <= 0.5
 
 
-@hsettings(max_examples=300, deadline=None)
+@hsettings(max_examples=examples(300), deadline=None)
 @given(key=st.sampled_from(["input", "output", "cache_read", "fast_multiplier", "tiers", "changes", "oops"]),
        value=st.one_of(st.text(max_size=5), st.booleans(), st.none(), st.floats(allow_nan=True), st.integers(-5, -1),
                        st.lists(st.integers(), max_size=2),

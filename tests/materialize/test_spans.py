@@ -6,6 +6,8 @@ from opik_cipx.ids import derived_uuid7
 from opik_cipx.materialize.spans import (
     ERROR_TEXT_MAX_CHARS,
     TRUNCATED_KEY,
+    LlmFields,
+    Span,
     bounded,
     call_error_info,
     error_info,
@@ -58,15 +60,15 @@ def test_oversized_values_are_cut_with_an_explicit_marker():
 
 def test_records_validate_against_opik_write_schemas():
     trace_id = derived_uuid7(1_795_485_200_000, "trace", "s")
-    span = span_record(
+    span = span_record(Span(
         span_id=derived_uuid7(1_795_485_200_000, "llm", "c"), trace_id=trace_id, parent_span_id=None,
         project_name="p", name="main", span_type="llm", start_ns=1_795_485_200_000_000_000,
         end_ns=1_795_485_201_000_000_000, input={"messages": []}, output={"content": []},
         metadata={"cc": {}}, tags=["claude-code"], updated_ns=1_795_485_201_000_000_000,
-        model="claude-opus-4-8", usage=opik_usage(read_usage(USAGE)), total_estimated_cost=0.01,
-        cost_version="2026-11-01",
-        ttft_ms=12.5, error_info=call_error_info({"type": "overloaded_error", "message": "Overloaded"}, None),
-    )
+        error_info=call_error_info({"type": "overloaded_error", "message": "Overloaded"}, None),
+        llm=LlmFields(model="claude-opus-4-8", usage=opik_usage(read_usage(USAGE)), total_estimated_cost=0.01,
+                      cost_version="2026-11-01", ttft_ms=12.5),
+    ))
     trace = trace_record(
         trace_id=trace_id, project_name="p", name="say hello", start_ns=1_795_485_200_000_000_000,
         end_ns=1_795_485_201_000_000_000, thread_id="sess", input={"prompt": "hi"}, output=None,
@@ -74,6 +76,9 @@ def test_records_validate_against_opik_write_schemas():
     )
     assert problems(span) == [] and problems(trace) == []
     assert span["body"]["provider"] == "anthropic"
+    llm = {"model": "claude-opus-4-8", "total_estimated_cost": 0.01, "total_estimated_cost_version": "2026-11-01",
+           "ttft": 12.5}
+    assert {key: span["body"][key] for key in llm} == llm
     bad = {"kind": "span", "body": {**span["body"], "id": "not-a-uuid", "usage": {"x": 1.5}, "colour": "red"}}
     assert len(problems(bad)) == 3
 

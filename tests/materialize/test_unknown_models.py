@@ -4,6 +4,7 @@ import logging
 
 from opik_cipx.materialize.pricing import load_price_table, price_call
 from opik_cipx.materialize.unknown_models import MAX_IDS, UnknownModels
+from tests.fake_clock import FakeClock
 
 TABLE = load_price_table()
 
@@ -13,15 +14,18 @@ def cost(model: str):
 
 
 def test_known_models_are_not_counted_and_unknown_ones_are_logged_once(caplog):
-    tally = UnknownModels()
+    clock = FakeClock(1_800_000_000 * 10**9)
+    tally = UnknownModels(clock)
     with caplog.at_level(logging.WARNING, logger="opik_cipx.materialize.unknown_models"):
         for model in ("claude-opus-5-5", "claude-opus-6", "claude-opus-6", "gpt-4o", "claude-haiku-5-5"):
             tally.note(cost(model))
+            clock.advance(60)
     section = tally.section()
     assert section["calls"] == 3
     assert [(e["id"], e["calls"], e["priced_as"]) for e in section["ids"]] == [
         ("claude-opus-6", 2, "claude-opus-5-5"), ("gpt-4o", 1, None)]
     assert section["ids"][1]["reason"].startswith("not a Claude model id")
+    assert [e["first_seen_at"] for e in section["ids"]] == ["2027-01-15T08:01:00.000Z", "2027-01-15T08:03:00.000Z"]
     assert [r.getMessage().split(";")[0].split(" has ")[0] for r in caplog.records] == [
         "pricing: model 'claude-opus-6' is not in the price table", "pricing: model 'gpt-4o'"]
     assert all("\n" not in r.getMessage() for r in caplog.records)

@@ -2,7 +2,7 @@
 
 import re
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from opik_cipx.materialize.materializer import Materializer
@@ -29,6 +29,7 @@ VALUES = st.one_of(st.none(), st.integers(-5, 10**20), st.just(10**30), st.boole
                    st.text(max_size=4), st.lists(st.integers(), max_size=1))
 
 
+@example(fields={"output_tokens": float("inf")}, split={"ephemeral_5m_input_tokens": float("-inf")})  # JSON's Infinity
 @given(fields=st.fixed_dictionaries({}, optional={name: VALUES for name in TOKEN_FIELDS}),
        split=st.one_of(st.none(), VALUES, st.fixed_dictionaries({}, optional={name: VALUES for name in SPLIT_FIELDS})))
 def test_any_usage_is_read_and_every_field_that_is_no_count_is_named(fields, split):

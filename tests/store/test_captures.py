@@ -22,6 +22,7 @@ from opik_cipx.store.captures import (
 )
 from opik_cipx.wire.capture import Capture, redact_headers
 from tests.claude_code_corpus import corpus_now_ns
+from tests.conftest import examples
 from tests.fake_clock import FakeClock
 
 BIG = 10**9
@@ -96,7 +97,7 @@ def test_torn_last_member_costs_only_that_capture(tmp_path):
     assert [c.id for c in read_captures(tmp_path)] == ["0190-0", "0190-1"]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(cut=st.integers(min_value=0, max_value=10**6), sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=6))
 def test_a_crash_at_any_byte_leaves_a_readable_prefix(tmp_path_factory, cut, sizes):
     directory = tmp_path_factory.mktemp("log")
@@ -244,7 +245,7 @@ def test_short_writes_are_resumed_where_they_stopped(tmp_path, monkeypatch):
     assert got[0].request_body == capture.request_body and got[0].response_body == b"".join(capture.response_parts)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(parts=st.lists(st.binary(max_size=600), max_size=2000))
 def test_a_response_of_any_pieces_reads_back_whole(tmp_path_factory, parts):
     directory = tmp_path_factory.mktemp("log")

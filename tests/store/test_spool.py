@@ -24,7 +24,7 @@ from opik_cipx.store import spool_writer
 from opik_cipx.store.quarantine import quarantine_counts, request_requeue
 from opik_cipx.store.spool import Spool
 from opik_cipx.store.spool_lines import encode
-from tests.conftest import DaemonProcess, wait_for
+from tests.conftest import DaemonProcess, examples, wait_for
 from tests.spool_driver import synthetic_capture
 
 MIB = 1024 * 1024
@@ -449,7 +449,7 @@ class SpoolMachine(RuleBasedStateMachine):
 
 
 SpoolMachine.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=examples(150), stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_spool_never_loses_an_acknowledged_record = SpoolMachine.TestCase
 
@@ -480,7 +480,7 @@ JSON_VALUES = st.recursive(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(JSON_VALUES)
 def test_a_line_with_long_strings_is_exactly_json_dumps_and_the_record_is_untouched(value):
     record = {"kind": "span", "body": {"id": "x", "input": value, "output": [value, {"v": value}]}}

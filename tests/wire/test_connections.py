@@ -21,7 +21,7 @@ from opik_cipx.stats import Counters
 from opik_cipx.wire.connections import Connection, Limits
 from opik_cipx.wire.framing import MAX_HEAD_BYTES, head_end
 from opik_cipx.wire.loopback import LoopbackHandler, LoopbackServer
-from tests.conftest import LIMITS, wait_for
+from tests.conftest import LIMITS, examples, wait_for
 
 REQUEST = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -109,7 +109,7 @@ def test_head_end_examples():
     assert head_end(b"GET / HTTP/1.1\r\n\r\n") == 18  # no headers at all
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.lists(st.sampled_from([b"GET / HTTP/1.1", b"Host: x", b"\r\n", b"\n", b"\r", b"a", b": "]), max_size=14),
        st.lists(st.integers(1, 8), max_size=12))
 def test_a_head_ends_at_the_same_place_however_its_bytes_arrive(parts, cuts):
@@ -315,10 +315,11 @@ def test_a_kept_alive_connection_waits_in_the_loop_and_is_closed_at_its_idle_dea
 
 def test_over_the_cap_a_whole_request_is_refused_503_and_idle_connections_keep_their_place(serve):
     server, handler, counters = serve(replace(LIMITS, max_connections=2))
-    idle = connect(server)
-    idle.sendall(REQUEST)
-    idle.settimeout(5)
-    assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+    kept = connect(server)
+    kept.sendall(REQUEST)
+    kept.settimeout(5)
+    assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+    wait_for(lambda: idle(server), what="the answered request's slot given back")
     handler.hold.clear()
     busy = [connect(server) for _ in range(2)]
     for sock in busy:
@@ -331,9 +332,9 @@ def test_over_the_cap_a_whole_request_is_refused_503_and_idle_connections_keep_t
     for sock in busy:
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         sock.close()
-    idle.sendall(REQUEST)  # the idle connection held no slot, and was not closed to make room
-    assert idle.recv(65536).startswith(b"HTTP/1.1 200")
-    idle.close()
+    kept.sendall(REQUEST)  # the kept-alive connection held no slot, and was not closed to make room
+    assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+    kept.close()
 
 
 class Watcher(LoopbackHandler):

@@ -1,4 +1,4 @@
-"""Gateway behaviour that needs a hand on its internals: panics, upstream proxy (CONNECT)."""
+"""Gateway behaviour that needs a hand on its internals: panics, upstream proxy (CONNECT), the pool's idle TTL."""
 
 import http.client
 import json
@@ -11,9 +11,10 @@ import pytest
 from opik_cipx.stats import Counters
 from opik_cipx.wire.gateway import MAX_BODY_BYTES, Gateway, GatewayHandler, decodable_accept_encoding, upstream_headers
 from opik_cipx.wire.loopback import LoopbackServer
-from opik_cipx.wire.upstream import UpstreamPool
+from opik_cipx.wire.upstream import IDLE_TTL_S, UpstreamPool
 from tests.conftest import LIMITS, DaemonProcess
 from tests.fake_anthropic import CA_BUNDLE
+from tests.fake_clock import FakeClock
 
 
 class ExplodingPool(UpstreamPool):
@@ -177,3 +178,23 @@ def test_upstream_proxy_is_used_with_connect(home, upstream):
     finally:
         proc.stop()
         proxy.sock.close()
+
+
+def test_a_pooled_connection_is_reused_until_it_has_been_idle_for_the_ttl(upstream):
+    clock = FakeClock(0)
+    pool = UpstreamPool(upstream.url, ca_bundle=CA_BUNDLE, clock=clock)
+
+    def call() -> tuple[http.client.HTTPConnection, bool]:
+        conn, reused = pool.acquire()
+        conn.request("POST", "/v1/messages", body=b"{}")
+        assert conn.getresponse().read() == b'{"ok": true}'
+        pool.release(conn)
+        return conn, reused
+
+    first, reused = call()
+    assert not reused
+    clock.advance(IDLE_TTL_S - 1)
+    assert call() == (first, True)  # idle for less than the TTL: reused
+    clock.advance(IDLE_TTL_S)
+    fresh, reused = call()  # idle for the TTL: closed, a new one opened
+    assert fresh is not first and not reused and first.sock is None
