@@ -23,7 +23,7 @@ every `--background-ms` — by default each as the first call of a session of it
 `--background growing` sends them as one session, read at the cost of what is new:
   - per-SSE-event delay (receive time minus the upstream's send stamp) with 4 streams open (a
     main loop and three subagents);
-  - 32 concurrent streams: errors and per-event delay;
+  - 32 and 64 concurrent streams: errors and per-event delay;
   - 100 KB request + 100 KB response, calls back to back on one keep-alive connection (last:
     each becomes a capture the materializer works through afterwards).
 It prints each figure with its baseline and the targets with PASS/FAIL.
@@ -123,7 +123,9 @@ def start_proxy(tmp: Path, upstream_port: int, code: Path, config: str = "") -> 
     env = {**os.environ, "CIPX_HOME": str(home), "CIPX_UPSTREAM_URL": f"https://127.0.0.1:{upstream_port}",
            "CIPX_CA_BUNDLE": str(CA), "PYTHONPATH": str(code), "OPIK_CIPX_BASE_URL": "",
            **json.loads(os.environ.get("BENCH_PROXY_ENV", "{}"))}
-    proc = subprocess.Popen([sys.executable, "-m", "opik_cipx", "proxy", "--port", "0"], env=env,
+    # Run from the checkout itself: `-m` puts the working directory first on sys.path, so from
+    # another directory (the repository root) it would import that directory's opik_cipx instead.
+    proc = subprocess.Popen([sys.executable, "-m", "opik_cipx", "proxy", "--port", "0"], env=env, cwd=code,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = json.loads(wait_file(home / "state.json", proc))
     return proc, state["ports"]["claude_code"], state["ports"]["admin"]
@@ -266,11 +268,21 @@ def admin_stats(admin_port: int) -> dict:
 def measure(target: Target, args: argparse.Namespace, out: dict) -> None:
     """One round against `target`, added to `out`. Streams first: the back-to-back calls leave
     the materializer a backlog of their own."""
-    for key, streams, events in (("sse4", 4, args.events), ("sse32", 32, args.events // 2)):
+    for key, streams, events in (("sse4", 4, args.events), ("sse32", 32, args.events // 2),
+                                 ("sse64", 64, args.events // 4)):
         errors, delays = concurrent_streams(target, streams, events, args.interval_ms)
         out[key] = out.get(key, []) + delays
-        out["errors"] = out.get("errors", 0) + errors
+        out[f"errors_{key}"] = out.get(f"errors_{key}", 0) + errors
     out["json"] = out.get("json", []) + latencies(target, 100_000, args.calls // args.rounds)
+
+
+def rss_mib(pid: int | None) -> tuple[float, float] | None:
+    """A process's resident set now and at its peak (MiB), from /proc (Linux); None elsewhere."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    except (OSError, TypeError):
+        return None
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
 def ms(value: float) -> str:
@@ -334,7 +346,9 @@ def main() -> int:
             stats = admin_stats(admin_port)
             load = {"seconds": busy, "materialized": stats["counters"]["events_materialized"] - before,
                     "lag": stats["materializer"]["lag_events"],
-                    "dropped": stats["counters"]["requests_dropped_queue_full"]}
+                    "dropped": stats["counters"]["requests_dropped_queue_full"],
+                    "rss": {"wire": rss_mib(proxy.pid), "work": rss_mib((stats.get("work") or {}).get("pid"))},
+                    "loadavg": os.getloadavg()}
         finally:
             for proc in reversed(procs):
                 proc.terminate()
@@ -354,14 +368,18 @@ def report(results: dict, load: dict, args: argparse.Namespace) -> None:
           f"{args.calls} calls of 100 KB back to back; SSE events every {args.interval_ms:.0f} ms")
     print(f"{args.rounds} rounds of the three targets in turn; opik-cipx materialized {load['materialized']} captures "
           f"in the run ({load['seconds']:.1f} s of it measuring opik-cipx; backlog at the end {load['lag']}, "
-          f"dropped {load['dropped']})")
+          f"dropped {load['dropped']}); load average at the end {' '.join(f'{x:.1f}' for x in load['loadavg'])}")
+    for name, rss in load["rss"].items():
+        if rss is not None:
+            print(f"opik-cipx {name} process: RSS {rss[0]:.1f} MiB at the end, peak {rss[1]:.1f} MiB")
     print(f"{'target':<11} {'100KB p50':>10} {'p99':>10} {'added p50':>10} {'added p99':>10} | "
-          f"{'4 streams ev p50':>16} {'p99':>10} | {'32 streams err':>14} {'ev p99':>10}")
+          f"{'4 streams ev p50':>16} {'p99':>10} | {'32 streams err':>14} {'ev p99':>10} | "
+          f"{'64 streams err':>14} {'ev p99':>10}")
     for name, r in results.items():
-        j, s4, s32 = r["json"], r["sse4"], r["sse32"]
+        j, s4, s32, s64 = r["json"], r["sse4"], r["sse32"], r["sse64"]
         print(f"{name:<11} {ms(pct(j, 50))} {ms(pct(j, 99))} {ms(pct(j, 50) - pct(direct['json'], 50))} "
               f"{ms(pct(j, 99) - pct(direct['json'], 99))} | {ms(pct(s4, 50)):>16} {ms(pct(s4, 99))} | "
-              f"{r['errors']:>14} {ms(pct(s32, 99))}")
+              f"{r['errors_sse32']:>14} {ms(pct(s32, 99))} | {r['errors_sse64']:>14} {ms(pct(s64, 99))}")
     cipx = results["opik-cipx"]
     mitm = results.get("mitmproxy")
     if "cipx+cap" in results:
@@ -379,11 +397,12 @@ def report(results: dict, load: dict, args: argparse.Namespace) -> None:
     verdict("added p99 at 100 KB <= 2 ms", added99, 0.002)
     verdict(f"SSE event delay p99, 4 streams <= direct's + 1 ms ({ms(direct_ev99 + 0.001).strip()})", ev99,
             direct_ev99 + 0.001)
-    errors = cipx["errors"]
-    print(f"  32 concurrent streams, zero errors: {errors}  {'PASS' if errors == 0 else 'FAIL'}")
-    if mitm:
-        verdict(f"32 streams event p99 < mitmproxy's ({ms(pct(mitm['sse32'], 99)).strip()})",
-                pct(cipx["sse32"], 99), pct(mitm["sse32"], 99), strict=True)
+    for streams in (32, 64):
+        errors = cipx[f"errors_sse{streams}"]
+        print(f"  {streams} concurrent streams, zero errors: {errors}  {'PASS' if errors == 0 else 'FAIL'}")
+        if mitm:
+            verdict(f"{streams} streams event p99 < mitmproxy's ({ms(pct(mitm[f'sse{streams}'], 99)).strip()})",
+                    pct(cipx[f"sse{streams}"], 99), pct(mitm[f"sse{streams}"], 99), strict=True)
 
 
 def verdict(name: str, value: float, limit: float, strict: bool = False) -> None:

@@ -1,30 +1,31 @@
-"""The long-lived daemon behind `opik-cipx proxy`: listeners, workers, `state.json`, shutdown.
+"""The long-lived daemon behind `opik-cipx proxy`: the wire process (listeners, the capture log's
+appends, the admin listener, `state.json`), which runs the work process and shuts both down.
+
+The daemon is two processes (docs/ARCHITECTURE.md, "Processes and threads"). This one, the wire,
+holds every connection of Claude Code and nothing else that could hold them up: the listeners and
+their handler threads, the upstream pool, the tee and the capture thread, which appends each
+finished exchange to the capture log as it is (no compression, no parsing), the admin listener.
+Everything else (materializing, the ledger, the spool, shipping, the dashboard) runs in the work
+process (work.py), which this one starts, tells where the log ends after each capture, asks for
+its stats, and starts again when it dies (control/work_process.py); its viewer listener is bound
+here and handed over, so its port never changes.
 
 Start order: the home's daemon lock first (a second daemon on the same home exits 1 before it
 writes anything), paths of the wrong type in the home moved aside (`home.set_aside_wrong_types`),
-then the gateway port (a taken 9909 fails before anything is written), the
-admin port, the workers (the follower restores its checkpoint first), and finally `state.json`,
-the handshake `sync` and `status` wait for. A disk that refuses writes (full, read-only) does not
-stop the start: the wire comes up, the small state files (`ports.json`, `state.json`,
-`viewer.token`) wait in memory (`StateFiles`) and are written as soon as the disk takes them,
-and the `home` stats section says so.
-
-The workers are declared in two lists, in the order a capture flows through them
-(docs/ARCHITECTURE.md, "Threads"): the wire's (the capture thread) and the work's (the
-follower, the spool's writer, the shipper); issue 26 moves the work to a process of its own.
-They start from the last to the first (a consumer is up before what feeds it) and stop from the
-first to the last, each within a bounded time. A resource is closed only once every worker that
-uses it has finished: the ledger after the follower, the capture log after the capture thread;
-a worker that did not finish in time keeps its resources until the process exits.
+the price table checked (a bad `[prices]` line stops the start), then the gateway port (a taken
+9909 fails before anything is written), the admin and viewer ports, the capture thread, the work
+process, and finally `state.json`, the handshake `sync` and `status` wait for. A disk that
+refuses writes (full, read-only) does not stop the start: the wire comes up, the small state
+files (`ports.json`, `state.json`, `viewer.token`) wait in memory (`StateFiles`) and are written
+as soon as the disk takes them, and the `home` stats section says so.
 
 Stop order on SIGTERM/SIGINT/SIGQUIT (and SIGHUP when the daemon has a terminal; SIGHUP without
-one, SIGUSR1 and SIGUSR2 are ignored: `catch_signals`): stop accepting, let in-flight exchanges finish (bounded), write
-the tee queue to the capture log, stop the work — materialize the log and checkpoint (what is
-left is materialized at the next start), commit the spool's queued records (what cannot be
-written is counted in `spans_dropped_term`), stop the shipper (unshipped records stay in the
-spool) —, let a call on an open keep-alive connection finish, stop the capture thread (that
-call goes to the capture log), close the listeners, the upstream pool and the files, remove
-`state.json`.
+one, SIGUSR1 and SIGUSR2 are ignored: `catch_signals`): stop accepting, let in-flight exchanges
+finish (bounded), write the tee queue to the capture log, stop the work process (it materializes
+the log up to where it ends, checkpoints, commits the spool and stops the shipper; what is left is
+materialized at the next start), let a call on an open keep-alive connection finish, stop the
+capture thread (that call goes to the capture log), close the listeners, the upstream pool and
+the files, remove `state.json`.
 """
 
 import gc
@@ -35,8 +36,6 @@ import sqlite3
 import ssl
 import sys
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,77 +47,64 @@ from opik_cipx.control.daemon_control import home_id
 from opik_cipx.control.detached import inherited_listener
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import claude_code_port, open_picked_listeners, record_ports
+from opik_cipx.control.work_process import Handler, WorkProcess, work_argv
 from opik_cipx.home import HomeLocked, StateFiles, layout_notes, lock_home, private_dir, set_aside_wrong_types
-from opik_cipx.ledger.budget_feed import read_seed, spends
-from opik_cipx.ledger.entry import Entry
+from opik_cipx.ledger.budget_feed import read_seed
+from opik_cipx.ledger.db import open_reader
 from opik_cipx.ledger.schema import SchemaError
-from opik_cipx.ledger.store import Ledger, Previous
+from opik_cipx.link import PROTOCOL
 from opik_cipx.logs import DaemonLog
-from opik_cipx.materialize.call import Materialized
-from opik_cipx.materialize.follower import Follower
-from opik_cipx.materialize.git_probe import GitProbe
-from opik_cipx.materialize.materializer import Materializer, materializer_config
 from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.ship.destination import cost_intelligence, opik_config_path, resolve_destination
-from opik_cipx.ship.shipper import Shipper
-from opik_cipx.stats import Counters, build_stats, utc_iso
-from opik_cipx.store.captures import Appended, CaptureStore
-from opik_cipx.store.spool import Spool
+from opik_cipx.stats import Counters, ProcessTotals, build_stats, utc_iso
+from opik_cipx.store.captures import CaptureStore, LogPosition
 from opik_cipx.urls import strip_credentials
-from opik_cipx.views.access import ViewerAccess, new_token, read_token, token_path
+from opik_cipx.views.access import new_token, read_token, token_path
 from opik_cipx.views.admin import AdminHandler
-from opik_cipx.views.dashboard import Dashboard
-from opik_cipx.views.sign_in import SignInLinks
-from opik_cipx.views.viewer import ViewerHandler
-from opik_cipx.wire.budget import Guard
+from opik_cipx.wire.budget import Guard, Seed, Spend
 from opik_cipx.wire.capture import Capture
 from opik_cipx.wire.connections import Limits, raise_fd_limit
 from opik_cipx.wire.gateway import Gateway, GatewayHandler
-from opik_cipx.wire.loopback import ListenError, LoopbackServer
+from opik_cipx.wire.loopback import ListenError, LoopbackHandler, LoopbackServer
 from opik_cipx.wire.tee import Pipeline
 from opik_cipx.wire.upstream import UpstreamPool
-from opik_cipx.worker import Worker
+from opik_cipx.worker import Stage, stop_stages
 
 log = logging.getLogger(__name__)
 SHUTDOWN_POLL_S = 0.1  # how often an idle listener checks for shutdown
 # A wire thread that wakes (bytes arrived) waits for the GIL until the running thread yields
-# it; CPython's default forces that only every 5 ms. With the materializer busy, that wait
-# lands on the wire. 100 us keeps it below the wire's own overhead (bench/bench_wire.py).
+# it; CPython's default forces that only every 5 ms. 100 us keeps a wire thread's wait for
+# another one (or for the capture thread) below the wire's own overhead (bench/bench_wire.py).
 GIL_SWITCH_INTERVAL_S = 0.0001
-WIRE_QUIET_S = 0.05  # off-wire work waits until no exchange started for this long (streams are long)
-SEED_RETRY_S = 30.0  # how often a guard that could not read the ledger at start tries again
 TELEMETRY_FLUSH_S = 2.0  # how long a stopping daemon lets queued error reports go out
 # Signals that end a process by default but mean nothing to the daemon: ignored, logged
 # (SIGHUP too when the daemon has no terminal). SIGPIPE Python ignores already.
 IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
-WORKER_STOP_S = 5.0  # the least each worker gets to finish at shutdown (the follower: `drain_timeout_s` if longer)
+WORKER_STOP_S = 5.0  # the least each worker gets to finish at shutdown
+STATS_WAIT_S = 1.0  # how long `/admin/stats` waits for the work process's part (else its last one)
 
 
 class StartupError(Exception):
     """The daemon cannot start; the message is one line fit for the user."""
 
 
-def build_materializer(
-    settings: Settings, env: dict[str, str], pause: Callable[[], None] | None = None, git: GitProbe | None = None
-) -> Materializer:
-    """The materializer the daemon runs (`replay` builds the same one, so the ids match).
-
-    Raises StartupError when a `[prices]` override cannot be applied to the packaged table.
-    """
+def check_prices(settings: Settings) -> None:
+    """A `[prices]` override that cannot be applied stops the start (StartupError), before anything
+    listens: the work process, which prices every call, would refuse it."""
     try:
-        prices = load_price_table(settings.prices)
+        load_price_table(settings.prices)
     except ValueError as exc:
         raise StartupError(f"bad setting in config file {settings.config_path}: {exc}") from None
-    project = resolve_destination(settings, opik_config_path(env)).project
-    return Materializer(materializer_config(settings, env, project), prices, pause=pause, git=git)
 
 
 class Daemon:
-    """Owns every listener and worker thread of one running proxy."""
+    """Owns every listener and thread of the wire process, and the work process."""
 
     def __init__(self, settings: Settings, port: int | None = None, home_lock_error: str | None = None,
                  reporter: telemetry.Reporter | None = None, log: DaemonLog | None = None,
-                 counters: Counters | None = None, clock: Clock = SYSTEM):
+                 counters: Counters | None = None, clock: Clock = SYSTEM, work: list[str] | None = None):
+        """`work`: the work process's command line (`control/work_process.work_argv`); None runs the
+        wire alone (tests of the wire in process)."""
         self.settings = settings
         self.clock = clock
         self.home_lock_error = home_lock_error  # why this daemon runs without the home's lock
@@ -130,57 +116,26 @@ class Daemon:
         self.started_at = clock.time()
         env = dict(os.environ)
         self.destination = resolve_destination(settings, opik_config_path(env))
-        # A bad price override stops the start before anything listens; the listeners are bound
-        # before the work writes anything (the spool's directory, the checkpoint).
-        # repositories read off the wire, for the materializer
-        self.git_probe = GitProbe(self.counters, clock, wire_idle=self._wire_quiet)
-        self.materializer = build_materializer(settings, env, pause=self._yield_to_wire, git=self.git_probe)
-        # The spend caps' guard, when a cap is set: on the wire, fed from the ledger (docs/BUDGETS.md).
+        check_prices(settings)
+        # The spend caps' guard, when a cap is set: on the wire, fed by the work process (docs/BUDGETS.md).
         self.guard = Guard(settings.budget, str(settings.config_path), clock) if settings.budget.enabled else None
         self.allowances = AllowanceFile(settings.home)
-        self._seed_at = float("-inf")
         self._build_wire(port)
-        self._build_work()
-        # The workers, each list in the order a capture flows through it (see the module docstring).
-        self.wire_stages = [Stage(self.pipeline, WORKER_STOP_S, self.store.close,
-                                  "captures still waiting for the capture log are lost")]
-        self.work_stages = [
-            Stage(self.follower, max(settings.drain_timeout_s, WORKER_STOP_S), self.ledger.close,
-                  "the rest of the capture log is materialized at the next start"),
-            Stage(self.git_probe, WORKER_STOP_S, None, "a git reading is still running"),
-            Stage(self.spool.writer, WORKER_STOP_S, None, "records it could not write to the spool are lost"),
-            Stage(self.shipper, WORKER_STOP_S, None,
-                  "a request to Opik is still in flight; its records stay in the spool"),
-        ]
-
-    def _build_work(self) -> None:
-        """What runs off the wire around the materializer: the capture log, the follower, the
-        ledger, the spool and the shipper."""
-        settings, mib = self.settings, 1024 * 1024
-        # The capture log exists whatever captures.enabled says; off, it keeps a capture only
-        # until it is materialized.
-        self.store = CaptureStore(settings.captures_dir, max_bytes=settings.captures_max_mb * mib,
-                                  max_age_s=settings.captures_max_age_days * 86400,
-                                  segment_bytes=settings.captures_segment_mb * mib, keep=settings.captures_enabled,
-                                  clock=self.clock)
-        self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, self.counters, clock=self.clock,
-                             keep_text=settings.capture_content, on_written=self._spent if self.guard else None)
-        self.spool = Spool(settings.spool_dir, max_bytes=int(settings.spool_max_mb * mib),
-                           segment_bytes=int(settings.spool_segment_mb * mib), inmem_max=settings.spool_inmem_max,
-                           inmem_max_bytes=int(settings.spool_inmem_max_mb * mib),
-                           commit_interval_s=settings.spool_commit_interval_s, counters=self.counters,
-                           clock=self.clock, keep=self.destination.configured)  # no Opik: nothing kept for it
-        self.shipper = Shipper(self.spool, self.destination, self.counters, timeout_s=settings.opik_timeout_s,
-                               retry_max_s=settings.opik_retry_max_s, auth_probe_s=settings.opik_auth_probe_s,
-                               clock=self.clock)
-        self.follower = Follower(self.materializer, self.store, self.spool, self.counters, settings.checkpoint_path,
-                                 self._materialized, wire_idle=self._wire_quiet,
-                                 wire_empty=lambda: self.gateway.inflight == 0, on_idle=self.ledger.retry_due,
-                                 clock=self.clock)
-        self.git_probe.on_answer = self.follower.wake  # its answer's trace versions go out from the follower
+        # The capture log exists whatever captures.enabled says; off, a capture is kept only until
+        # it is materialized.
+        self.store = CaptureStore(settings.captures_dir, segment_bytes=settings.captures_segment_mb * 1024 * 1024,
+                                  keep=settings.captures_enabled, clock=clock)
+        self.stages = [Stage(self.pipeline, WORKER_STOP_S, self.store.close,
+                             "captures still waiting for the capture log are lost")]
+        self.totals = ProcessTotals()  # what the work processes counted, across their restarts
+        handlers: dict[str, Handler] = {"spent": self._spent, "settled": self._settled, "budget_seed": self._seeded,
+                    "budget_unread": self._unseeded} if self.guard is not None else {}
+        self.work = WorkProcess(work, env, self._hello, pass_fds=(self.viewer_server.socket.fileno(),),
+                                handlers=handlers, clock=clock) if work else None
 
     def _build_wire(self, port: int | None) -> None:
-        """The upstream pool, the capture thread, the gateway and the three listeners."""
+        """The upstream pool, the capture thread, the gateway and the three listeners (the viewer's is
+        bound here and served by the work process)."""
         settings, mib = self.settings, 1024 * 1024
         try:
             self.pool = UpstreamPool(settings.upstream_url, settings.upstream_proxy, settings.ca_bundle,
@@ -196,6 +151,7 @@ class Daemon:
         if token is None:
             token = new_token()
             self.files.write(token_path(settings.home), token.encode() + b"\n")
+        self.viewer_token = token
         host = settings.listen_host
         limits = Limits(settings.client_header_timeout_s, settings.client_body_timeout_s,
                         settings.client_idle_timeout_s, settings.client_max_connections,
@@ -208,11 +164,7 @@ class Daemon:
             )
             admin_handler = type("Handler", (AdminHandler,),
                                  {"stats": staticmethod(self.stats), "state": staticmethod(self.state)})
-            pages = Dashboard(settings.ledger_path, settings.captures_dir, clock=self.clock, budget=settings.budget,
-                              prices=settings.prices)
-            access = ViewerAccess(token, SignInLinks(settings.home, self.clock))
-            viewer_handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": access})
-            handlers = {"admin": admin_handler, "viewer": viewer_handler}
+            handlers = {"admin": admin_handler, "viewer": LoopbackHandler}  # the viewer: served by the work
             picked = open_picked_listeners(settings.ports_path, lambda name, port: LoopbackServer(
                 name, host, port, handlers[name], limits, self.counters))
             self.admin_server, self.viewer_server = picked["admin"], picked["viewer"]
@@ -228,14 +180,17 @@ class Daemon:
         self._upstream = {"url": settings.upstream_url,  # a proxy's credentials never reach the stats
                           "proxy": strip_credentials(settings.upstream_proxy) or None}
 
-    def _yield_to_wire(self) -> None:
-        """Between slices of off-wire work: wait, bounded, for the wire to be quiet."""
-        self.follower.pause()
+    def _hello(self, skip: list[LogPosition]) -> tuple:
+        """The first message of each work process: the settings this daemon started with, the
+        destination, the viewer's socket and token, where the log ends, what to pass over."""
+        s = self.settings
+        config = {"home": s.home, "config_path": s.config_path, "values": s.values, "warnings": s.warnings,
+                  "unusable": s.unusable}
+        viewer = (self.viewer_server.socket.fileno(), self.viewer_token)
+        return ("hello", PROTOCOL, config, self.destination, viewer, self.store.tail(), self.store.start_end.segment,
+                skip)
 
-    def _wire_quiet(self, timeout_s: float) -> bool:
-        if self.guard is not None and self.guard.waiting:
-            return True  # a request waits for the cost of calls that ended: record them at once
-        return self.gateway.wait_quiet(WIRE_QUIET_S, timeout_s)
+    # ---- the budget guard: decided here, fed by the work process (docs/BUDGETS.md) ---------
 
     def _teed(self, capture: Capture) -> None:
         """The gateway's tee with a guard: it learns that a billable call ended, unpriced yet."""
@@ -243,56 +198,71 @@ class Daemon:
         self.guard.finished(capture.id, capture.method, capture.path, capture.blocked is not None)
         self.pipeline.offer(capture)
 
-    def _spent(self, entry: Entry, previous: Previous | None) -> None:
-        """A call the ledger wrote (on the follower's thread): into the guard's totals."""
-        assert self.guard is not None  # the ledger calls this only with one
-        self.guard.add(spends(entry, previous))
-
     def _seed_guard(self) -> None:
-        """The guard's totals from the ledger, before anything is materialized; while the ledger
-        cannot be read, the guard lets every call through (counted) and this is tried again."""
-        if self.guard is None or self.clock.monotonic() - self._seed_at < SEED_RETRY_S:
-            return
-        self._seed_at = self.clock.monotonic()
-        now = self.clock.time_ns()
+        """The guard's totals from the ledger as it is, read once before the listeners answer, so
+        the first request after a start is decided too; the work process sends its own reading
+        when it starts (`_seeded`), which replaces this one. A ledger that is not there yet holds
+        nothing; one that cannot be read (or of another schema) leaves the guard undecided until the
+        work's reading."""
+        assert self.guard is not None
+        path = self.settings.ledger_path
         try:
-            seed = self.ledger.read(lambda conn: read_seed(conn, now))
-        except (sqlite3.Error, SchemaError, OSError) as exc:
-            reason = f"cannot read {self.settings.ledger_path.name}: {exc}"
-            self.guard.cannot_seed(reason)
-            log.warning("budget: %s; the caps are not enforced until it can be read", reason)
+            conn = open_reader(path)
+            try:
+                seed = read_seed(conn, self.clock.time_ns()) if conn is not None else Seed()
+            finally:
+                if conn is not None:
+                    conn.close()
+        except (sqlite3.Error, SchemaError) as exc:
+            self.guard.cannot_seed(f"cannot read {path.name}: {exc}")
             return
         self.guard.seed(seed)
-        self._seed_at = float("inf")
+
+    def _seeded(self, seed: Seed) -> None:
+        """(The link's thread.) The work process read the ledger before writing to it: its totals
+        replace the guard's (what an earlier work process reported is in them)."""
+        assert self.guard is not None
+        self.guard.seed(seed)
+
+    def _unseeded(self, reason: str) -> None:
+        """(The link's thread.) The work process cannot read the ledger; a guard that has totals
+        keeps deciding from them (the ledger's next readable state replaces them)."""
+        assert self.guard is not None
+        deciding = self.guard.section()["deciding"]
+        if not deciding:
+            self.guard.cannot_seed(reason)
+        log.warning("budget: %s; %s", reason, "the caps are decided from the totals read before" if deciding
+                    else "the caps are not enforced until it can be read")
+
+    def _spent(self, spends: list[Spend]) -> None:
+        """(The link's thread.) Calls the work process wrote to the ledger: into the guard's totals."""
+        assert self.guard is not None
+        self.guard.add(spends)
+
+    def _settled(self, capture_id: str) -> None:
+        """(The link's thread.) The work process is done with this capture, recorded or not."""
+        assert self.guard is not None
+        self.guard.settle(capture_id)
 
     def _persist(self, capture: Capture) -> None:
-        """The capture thread's stage: append to the capture log, hand over to the follower."""
-        appended: Appended | None = None
+        """The capture thread's stage: append to the capture log, tell the work process where it ends."""
         try:
             appended = self.store.append(capture)
         except OSError as exc:
             self.counters.incr("raw_captures_dropped")
             log.warning("capture log: cannot write capture %s: %s", capture.id, exc.strerror or exc)
-        self.follower.handoff(capture, appended)
-
-    def _materialized(self, capture: Capture, result: Materialized) -> None:
-        """After each capture is materialized (on the follower's thread): the call into the ledger,
-        an upsert by capture id, so a capture materialized again after a crash counts once. A call
-        whose usage held a field that is no token count is flagged (`calls_flagged`, logged)."""
-        call = result.call
-        if call is not None and call.usage is not None and call.usage.malformed:
-            self.counters.incr("calls_flagged")
-            log.warning("capture %s: usage field(s) %s from upstream are no token count; the call is recorded "
-                        "with them as read", capture.id, ", ".join(call.usage.malformed))
-        self.ledger.write(call)
-        if self.guard is not None:
-            self.guard.settle(capture.id)
+            return
+        if self.work is not None:
+            self.work.send("log", appended.tail)
 
     def start(self) -> None:
-        self._seed_guard()  # before the follower writes anything to the ledger
-        self._allow()
-        for stage in reversed(self.wire_stages + self.work_stages):  # a consumer before what feeds it
+        if self.guard is not None:
+            self._seed_guard()
+            self._allow()
+        for stage in reversed(self.stages):  # a consumer before what feeds it
             stage.worker.start()
+        if self.work is not None:
+            self.work.start()
         # state.json before the listeners answer: a command that finds the admin port answering
         # (through ports.json) can then rely on finding state.json too, unless the disk refused it.
         # It alone (0600) carries the settings' keyed digests and their key (never /admin/state).
@@ -300,7 +270,7 @@ class Daemon:
         if not self.files.write_json(self.settings.state_path, handshake):
             log.warning("cannot write state files (%s); the proxy runs and keeps them in memory until the disk "
                         "takes them", self.files.section()["last_error"])
-        for server in (self.gateway_server, self.admin_server, self.viewer_server):
+        for server in (self.gateway_server, self.admin_server):
             thread = threading.Thread(
                 target=server.serve_forever, args=(SHUTDOWN_POLL_S,), name=f"cipx-{server.name}", daemon=True
             )
@@ -324,13 +294,12 @@ class Daemon:
 
     def tick(self) -> None:
         """Once a second on the main thread: write what the disk refused before, reattach the log file,
-        take in the budget's allowances (and the ledger's spend, if the guard could not read it)."""
+        take in the budget's allowances."""
         for path in self.files.retry():
             log.info("wrote %s: the disk takes writes again", path.name)
         if self.log is not None:
             self.log.retry()
         self._allow()
-        self._seed_guard()
 
     def _allow(self) -> None:
         """What `opik-cipx budget allow` wrote, into the guard once it changed."""
@@ -371,6 +340,8 @@ class Daemon:
         }
 
     def stats(self) -> dict[str, Any]:
+        """The admin stats: this process's own, and the work process's sections and counters (asked
+        now, at most `STATS_WAIT_S`; else the last it sent, marked `stale`)."""
         listeners = {name: f"127.0.0.1:{self.ports[name]}" for name in ("claude_code", "admin", "viewer")}
         base = {
             "pid": os.getpid(),
@@ -382,23 +353,21 @@ class Daemon:
             "project": self.destination.project,
             "home_lock": {"held": self.home_lock_error is None, "error": self.home_lock_error},
         }
-        providers = {
-            "materializer": lambda: {**self.pipeline.section(), **self.follower.section()},
-            "opik": self.shipper.section,
-            "queue": self.shipper.queue_section,
-            "wal": self.spool.section,
-            "unknown_models": self.materializer.unknown_models.section,
-            "rate_limits": self.materializer.rate_limits.section,
-            "home": self.home_section,
-            "telemetry": self.reporter.section,
-        }
+        providers = {"materializer": self.pipeline.section, "home": self.home_section,
+                     "telemetry": self.reporter.section}
         if self.guard is not None:
             providers["budget"] = self.guard.section
-        return build_stats(base, self.counters, providers)
+        if self.work is not None:
+            reply = self.work.stats(STATS_WAIT_S)
+            if reply is not None:
+                self.totals.report(reply)
+            work = {**self.work.section(), "stale": bool(reply is None or reply.get("stale"))}
+            providers["work"] = lambda: work
+        return build_stats(base, self.counters, providers, self.totals)
 
     def shutdown(self) -> None:
-        """Stop accepting, drain in-flight exchanges and the tee queue, stop the workers (see the
-        module docstring), release what no running worker uses any more."""
+        """Stop accepting, drain in-flight exchanges and the tee queue, stop the work process, the
+        capture thread (see the module docstring), release what no running thread uses any more."""
         drain = self.settings.drain_timeout_s
         drain_deadline = self.clock.monotonic() + drain
         self.gateway.draining = True
@@ -408,46 +377,25 @@ class Daemon:
                         self.gateway.inflight, drain)
         if not self.pipeline.drain(timeout_s=max(drain, WORKER_STOP_S)):
             log.warning("shutdown: captures still waiting for the capture log")
-        _stop(self.work_stages)
-        unwritten = self.spool.close(0)  # its writer has stopped: what it could not write is lost
-        if unwritten:
-            self.counters.incr("spans_dropped_term", unwritten)
-            log.warning("shutdown: %d record(s) could not be written to the spool and are lost", unwritten)
+        if self.work is not None and not self.work.stop(("stop", self.store.tail()),
+                                                          max(drain, WORKER_STOP_S) + 3 * WORKER_STOP_S):
+            log.warning("shutdown: the work process did not stop cleanly; the rest of the capture log is "
+                        "materialized at the next start")
         # An open keep-alive connection can still bring one last call in while the rest shuts
         # down; let it finish too (it goes to the capture log, materialized at the next start).
         if not self.gateway.wait_idle(max(1.0, drain_deadline - self.clock.monotonic())):
             log.warning("shutdown: a call that arrived during shutdown is cut off")
-        _stop(self.wire_stages)
-        for server in (self.gateway_server, self.admin_server, self.viewer_server):
+        stop_stages(self.stages, log)
+        for server in (self.gateway_server, self.admin_server):
             server.shutdown()
             server.server_close()
+        self.viewer_server.server_close()
         self.pool.close()
         try:
             self.files.discard(self.settings.state_path)
         except OSError as exc:
             log.warning("cannot remove state.json: %s", exc.strerror or exc)
         log.info("opik-cipx stopped")
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A worker as the daemon starts and stops it."""
-
-    worker: Worker
-    stop_s: float  # how long it gets to finish at shutdown
-    release: Callable[[], None] | None  # closes what the worker alone used; runs only once it finished
-    unfinished: str  # what is left behind when it does not finish in time
-
-
-def _stop(stages: list[Stage]) -> None:
-    """Stop the stages first to last, each within its time; release what a finished one used."""
-    for stage in stages:
-        if not stage.worker.stop(stage.stop_s):
-            log.warning("shutdown: %s did not finish in %.0fs; %s", stage.worker.name, stage.stop_s, stage.unfinished)
-            continue
-        log.info("shutdown: %s stopped", stage.worker.name)
-        if stage.release is not None:
-            stage.release()
 
 
 def _home_error(home: Path) -> str | None:
@@ -504,7 +452,7 @@ def run_proxy(settings: Settings, port: int | None = None) -> int:
 def _serve(settings: Settings, port: int | None, reporter: telemetry.Reporter, home_lock_error: str | None,
            daemon_log: DaemonLog, counters: Counters) -> int:
     try:
-        daemon = Daemon(settings, port, home_lock_error, reporter, daemon_log, counters)
+        daemon = Daemon(settings, port, home_lock_error, reporter, daemon_log, counters, work=work_argv())
     except StartupError as exc:
         log.error("%s", exc)
         return 1

@@ -36,13 +36,34 @@ class _PrivateRotatingHandler(logging.handlers.RotatingFileHandler):
         self.failure = getattr(exc, "strerror", None) or type(exc).__name__
 
 
+class _PrivateWatchedHandler(logging.handlers.WatchedFileHandler):
+    """Appends to the log another process rotates, opening it again once it was rotated."""
+
+    failure: str | None = None
+
+    def _open(self):
+        stream = super()._open()
+        Path(self.baseFilename).chmod(FILE_MODE)
+        return stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.failure = None
+        super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        self.failure = getattr(exc, "strerror", None) or type(exc).__name__
+
+
 class DaemonLog:
     """The daemon's logging: INFO+ (DEBUG+ with `debug`) to `logs_dir/cipx.log`, WARNING+ also to
-    stderr, and a thread that dies of an exception as an error with its traceback."""
+    stderr, and a thread that dies of an exception as an error with its traceback. The wire process
+    rotates the file; the work process (`rotate=False`) appends to it, each line one write, and
+    follows it across a rotation."""
 
-    def __init__(self, logs_dir: Path, max_bytes: int, backups: int, debug: bool = False):
+    def __init__(self, logs_dir: Path, max_bytes: int, backups: int, debug: bool = False, rotate: bool = True):
         self.path = logs_dir / "cipx.log"
-        self._max_bytes, self._backups = max_bytes, backups
+        self._max_bytes, self._backups, self._rotate = max_bytes, backups, rotate
         self._root = logging.getLogger("opik_cipx")
         self._root.setLevel(logging.DEBUG if debug else logging.INFO)
         for handler in list(self._root.handlers):
@@ -52,7 +73,7 @@ class DaemonLog:
         self._stderr.setFormatter(logging.Formatter("opik-cipx: %(levelname)s %(message)s"))
         self._root.addHandler(self._stderr)
         self._root.propagate = False
-        self._file: _PrivateRotatingHandler | None = None
+        self._file: _PrivateRotatingHandler | _PrivateWatchedHandler | None = None
         self._open_error: str | None = None
         threading.excepthook = _log_thread_death
         self.retry()
@@ -63,8 +84,10 @@ class DaemonLog:
             return
         try:
             private_dir(self.path.parent)
-            handler = _PrivateRotatingHandler(self.path, maxBytes=self._max_bytes, backupCount=self._backups,
-                                              encoding="utf-8")
+            handler: _PrivateRotatingHandler | _PrivateWatchedHandler = (
+                _PrivateRotatingHandler(self.path, maxBytes=self._max_bytes, backupCount=self._backups,
+                                        encoding="utf-8")
+                if self._rotate else _PrivateWatchedHandler(self.path, encoding="utf-8"))
         except OSError as exc:
             self._open_error = exc.strerror or type(exc).__name__
             self._stderr.setLevel(logging.INFO)

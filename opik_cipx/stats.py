@@ -127,21 +127,82 @@ def default_sections() -> dict[str, Any]:
 
 
 SectionProvider = Callable[[], dict[str, Any]]
+TELEMETRY_COUNTS = ("sent", "dropped", "suppressed")
+
+
+class ProcessTotals:
+    """What the work processes reported (docs/ARCHITECTURE.md, "Processes and threads"): the latest
+    stats of the running one, and the counters and refusals of those that ended, up to the last
+    stats each sent, so a restart of the work process does not take its counts back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._latest: dict[str, Any] = {}
+        self._carried: dict[str, int] = {}
+        self._carried_refusals: dict[str, dict[str, int]] = {}
+
+    def report(self, reply: dict[str, Any]) -> None:
+        """A work process's stats (`pid`, `sections`, `counters`, `refusals`)."""
+        with self._lock:
+            if reply.get("pid") != self._pid and self._latest:
+                _add(self._carried, self._latest.get("counters") or {})
+                for listener, by_status in (self._latest.get("refusals") or {}).items():
+                    _add(self._carried_refusals.setdefault(listener, {}), by_status)
+            self._pid, self._latest = reply.get("pid"), reply
+
+    def sections(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return dict(self._latest.get("sections") or {})
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return _add(dict(self._carried), self._latest.get("counters") or {})
+
+    def refusals(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            out = {listener: dict(by_status) for listener, by_status in self._carried_refusals.items()}
+            for listener, by_status in (self._latest.get("refusals") or {}).items():
+                _add(out.setdefault(listener, {}), by_status)
+            return out
+
+
+def _add(into: dict[str, int], more: dict[str, int]) -> dict[str, int]:
+    for name, value in more.items():
+        if isinstance(value, int):
+            into[name] = into.get(name, 0) + value
+    return into
 
 
 def build_stats(
-    base: dict[str, Any], counters: Counters, providers: dict[str, SectionProvider]
+    base: dict[str, Any], counters: Counters, providers: dict[str, SectionProvider],
+    totals: ProcessTotals | None = None,
 ) -> dict[str, Any]:
-    """The admin stats: `base` (pid, version, listeners, ...) + counters + each provider's section.
+    """The admin stats: `base` (pid, version, listeners, ...) + counters + each provider's section,
+    and what the work processes reported (`totals`): their sections under this process's own, their
+    counters and refusals added to this process's (their telemetry counts too).
 
     A provider's keys are merged over the section defaults, so a component reports only
     what it owns.
     """
     doc = dict(base)
     sections = default_sections()
+    reported = totals.sections() if totals is not None else {}
+    for name, section in reported.items():
+        if isinstance(section, dict):
+            sections.setdefault(name, {}).update(section)
     for name, provide in providers.items():
-        sections.setdefault(name, {}).update(provide())
+        own = provide()
+        if name == "telemetry" and "telemetry" in reported:
+            other = reported["telemetry"]
+            own = {**own, **{key: (own.get(key) or 0) + (other.get(key) or 0) for key in TELEMETRY_COUNTS},
+                   "last_error": own.get("last_error") or other.get("last_error")}
+        sections.setdefault(name, {}).update(own)
     doc.update(sections)
-    doc["counters"] = counters.snapshot()
-    doc["refusals"] = counters.refusals()
+    doc["counters"] = _add(counters.snapshot(), totals.counters()) if totals is not None else counters.snapshot()
+    refusals = counters.refusals()
+    if totals is not None:
+        for listener, by_status in totals.refusals().items():
+            _add(refusals.setdefault(listener, {}), by_status)
+    doc["refusals"] = refusals
     return doc

@@ -1,4 +1,4 @@
-"""One worker model for the daemon's background threads (docs/ARCHITECTURE.md, "Threads").
+"""One worker model for the daemon's background threads (docs/ARCHITECTURE.md, "Processes and threads").
 
 A `Worker` is a named daemon thread with a queue and a wake-up. It runs `step(item)` for each
 item `put` on its queue, in order, and `step(None)` when woken (`wake`) or when the wait its
@@ -22,6 +22,7 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from opik_cipx.clock import SYSTEM, Clock
@@ -162,3 +163,24 @@ class Worker:
         if wait is _FAILED:
             return self.failure_wait_s
         return self.idle_s if wait is None else wait
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A worker as a process starts and stops it (docs/ARCHITECTURE.md, "Processes and threads")."""
+
+    worker: Worker
+    stop_s: float  # how long it gets to finish at shutdown
+    release: Callable[[], None] | None  # closes what the worker alone used; runs only once it finished
+    unfinished: str  # what is left behind when it does not finish in time
+
+
+def stop_stages(stages: list[Stage], log: logging.Logger) -> None:
+    """Stop the stages first to last, each within its time; release what a finished one used."""
+    for stage in stages:
+        if not stage.worker.stop(stage.stop_s):
+            log.warning("shutdown: %s did not finish in %.0fs; %s", stage.worker.name, stage.stop_s, stage.unfinished)
+            continue
+        log.info("shutdown: %s stopped", stage.worker.name)
+        if stage.release is not None:
+            stage.release()

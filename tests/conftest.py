@@ -192,6 +192,10 @@ class DaemonProcess:
         self.state = wait_for(ready, what="daemon state.json")
         self.port = self.state["ports"]["claude_code"]
         self.admin_port = self.state["ports"]["admin"]
+        # The wire answers from here on; the work process comes up beside it (it writes the log and
+        # its checkpoint as it starts): a test starts once both run.
+        self.work_pid = wait_for(lambda: (w := self.stats().get("work") or {}).get("state") == "running"
+                                 and w["pid"], what="the daemon's work process")
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")

@@ -11,6 +11,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -34,7 +35,9 @@ class Reply:
     `close_after`: close the connection after a complete answer, without announcing it (as a
     server dropping an idle keep-alive connection does). `interim`: 1xx statuses (e.g. 103
     Early Hints) sent before the answer. `declared_length`: a Content-Length that differs
-    from the body actually sent (then the connection is closed).
+    from the body actually sent (then the connection is closed). `stream`: the body's pieces made
+    as they are sent, instead of `chunks` (chunked framing; e.g. events stamped with their send
+    time, paced by the generator).
     """
 
     status: int = 200
@@ -49,6 +52,7 @@ class Reply:
     delay_s: float = 0.0
     interim: list[int] = field(default_factory=list)
     declared_length: int | None = None
+    stream: Callable[[], Iterable[bytes]] | None = None
 
 
 def sse_reply(events: list[bytes], **kw) -> Reply:
@@ -154,7 +158,7 @@ class FakeAnthropic:
                 if self.command == "HEAD":
                     fake.finished.set()
                     return
-                for i, chunk in enumerate(reply.chunks):
+                for i, chunk in enumerate(reply.stream() if reply.stream else reply.chunks):
                     if reply.abort_after is not None and i == reply.abort_after:
                         self.close_connection = True
                         self.connection.shutdown(socket.SHUT_RDWR)

@@ -85,9 +85,9 @@ class Tally:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from opik_cipx.daemon import StartupError, build_materializer
     from opik_cipx.ledger.store import Ledger
     from opik_cipx.store.captures import list_segments
+    from opik_cipx.work import StartupError, build_materializer
 
     why = wrong_type(settings.captures_dir, directory=True)
     if why:

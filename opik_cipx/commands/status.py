@@ -281,6 +281,7 @@ def render(stats: dict[str, Any], settings: Settings, claude_code: str = "", now
         out.append(f"  {'project':<12} {stats.get('project') or '(not set)'}")
         if supervision and not supervision.startswith("!"):
             out.append(f"  {'supervisor':<12} {supervision}")
+    out += work_lines(section("work"), section("materializer"), now, verbose)
     lock = stats.get("home_lock")
     if isinstance(lock, dict) and not lock.get("held", True):
         out.append(f"  ! home lock not held ({lock.get('error') or 'unknown reason'}): a second "
@@ -354,6 +355,32 @@ def counter_lines(counters: dict[str, Any], settings: Settings, verbose: bool) -
             hint = PROBLEM_HINTS.get(name, "`opik-cipx logs` says why").format(**paths)
             out.append(f"  {name:<28} {value:>8}" + (f"  ! {hint}" if flagged else ""))
     return (["counters", *out] if out else []), problems
+
+
+def work_lines(work: dict[str, Any], materializer: dict[str, Any], now: float, verbose: bool) -> list[str]:
+    """The work process the daemon runs beside its wire (docs/LIFECYCLE.md, "When the work process
+    dies"): its pid, restarts and lag (`verbose`); its last death once it died (the wire restarted
+    it); a `!` line while it is down."""
+    if not work:
+        return []
+    lag = materializer.get("lag_events") or 0
+    restarts = work.get("restarts") or 0
+    deaths = work.get("deaths") or []
+    out = []
+    if verbose:
+        out.append(f"  {'work':<12} pid {work.get('pid') or '-'}, {work.get('state', '?')} since "
+                   f"{work.get('started_at') or '?'}, {restarts} restart(s), {lag} capture(s) behind")
+    if deaths and isinstance(deaths[-1], dict):
+        last = deaths[-1]
+        out.append(f"  {'work died':<12} {restarts} time(s), last {age(last.get('at'), now)} ({last.get('how')}); "
+                   "the wire started it again and nothing was lost (`opik-cipx logs` says why)")
+    state = work.get("state")
+    if state not in ("running", "starting", "stopping"):
+        wait = work.get("next_start_in_s")
+        out.append(f"  ! work process {state}" + (f" (next start in {wait:g}s)" if wait else "")
+                   + ": calls still go through and wait in the capture log; if it keeps dying, "
+                   "`opik-cipx logs` says why and `opik-cipx restart` starts both processes afresh")
+    return out
 
 
 def materializer_lines(materializer: dict[str, Any], verbose: bool) -> list[str]:

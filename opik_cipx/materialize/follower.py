@@ -1,11 +1,12 @@
 """The follower: materializes the capture log in order, spools the records, keeps a checkpoint.
 
-One worker thread ("cipx-materializer", see `worker.Worker`) owns the materializer. The capture
-thread hands it each capture it appended to the log (`handoff`, in memory, bounded); when
-handoffs were dropped, or at start, it reads the captures from the log instead, so a capture in
-the log is materialized exactly in log order whatever the materializer was doing when it
-arrived. A capture the log could not take (disk full) is still materialized from memory, but
-nothing recovers it after a crash.
+It runs in the work process (docs/ARCHITECTURE.md, "Processes and threads"): one worker thread
+("cipx-materializer", see `worker.Worker`) owns the materializer and reads every capture back
+from the log the wire appends to. The wire tells it, through the link, where the log ends after
+each capture (`note`); the follower then reads every complete record after its position, so a
+note that never arrives only delays it to its next look (`IDLE_POLL_S`). A record that is not
+whole yet is waited for while the wire may still write its segment; in a sealed segment it is a
+torn tail (a crash mid-write), passed over with the rest of that segment.
 
 Records go to the spool with `Spool.offer`: when the spool has no room the follower waits
 (the log holds what arrives meanwhile) instead of dropping them.
@@ -16,15 +17,14 @@ the materializer's per-session state. It is written at most every `CHECKPOINT_IN
 acknowledged (fsynced) every record derived from the captures before that position. On start
 the state is restored and every capture after the position is materialized again: ids are
 derived, so records that had already reached the spool are upserted, never doubled. Retention
-of the capture log runs here too, with the checkpointed position, so a capture is never aged out
-before it is materialized.
+and compaction of the capture log (`store/capture_keeper.py`) run here too, with the
+checkpointed position, so a capture is never aged out before it is materialized.
 
-`stop` records where the log ends and the deadline under the worker's lock, in one step with the
-stop flag; the thread stops waiting for the wire at once (its waits are cut in short slices that
-look at the flag), materializes the log up to that position, checkpoints, and ends.
+`stop` records where the log ends (the last tail the wire told) and the deadline under the
+worker's lock, in one step with the stop flag; the thread materializes the log up to that
+position, checkpoints, and ends.
 """
 
-import gc
 import json
 import logging
 import threading
@@ -37,18 +37,10 @@ from opik_cipx.home import read_json, write_atomic
 from opik_cipx.materialize.call import Materialized
 from opik_cipx.materialize.materializer import Materializer
 from opik_cipx.stats import Counters, utc_iso
-from opik_cipx.store.captures import (
-    Appended,
-    CaptureStore,
-    LogPosition,
-    count_log,
-    list_segments,
-    read_log,
-    segment_number,
-)
+from opik_cipx.store.capture_keeper import LogKeeper
+from opik_cipx.store.captures import LogPosition, LogTail, count_log, list_segments, read_segment_entries
 from opik_cipx.store.spool import Spool
 from opik_cipx.wire.capture import Capture
-from opik_cipx.wire.tee import capture_bytes
 from opik_cipx.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -56,94 +48,82 @@ log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
 CHECKPOINT_INTERVAL_S = 1.0
 RETAIN_INTERVAL_S = 60.0  # age-based retention also runs while nothing new arrives
-IDLE_POLL_S = 0.5  # how often an idle follower looks for captures whose handoff was dropped
-HANDOFF_MAX = 16  # captures held in memory for the follower; beyond, it reads them from the log
-HANDOFF_MAX_BYTES = 64 * 1024 * 1024
-MAX_DEFER_S = 1.0  # the longest the follower waits for a quiet wire before a capture
-PAUSE_MAX_S = 0.2  # the longest one pause between the steps of a capture waits for it
-WIRE_SLICE_S = 0.05  # a wait for the wire is cut in slices this long, so a stop reaches it
-FREEZE_AFTER_S = 0.001  # a pause that waited this long for the wire freezes what exists
-BACKLOG_MAX_S = 10.0  # once the follower was behind this long, materializing stops waiting for the wire
-GC_INTERVAL_S = 300.0  # a full garbage collection at most this often (when the wire is empty)
+IDLE_POLL_S = 0.5  # how often an idle follower looks at the log for captures no note announced
 SPOOL_WAIT_S = 1.0
 
 Listener = Callable[[Capture, Materialized], None]
+Working = Callable[[LogPosition | None], None]
 
 
 class Follower(Worker):
     def __init__(
         self,
         materializer: Materializer,
-        store: CaptureStore,
+        keeper: LogKeeper,
         spool: Spool,
         counters: Counters,
         checkpoint_path: Path,
         on_materialized: Listener,
-        wire_idle: Callable[[float], bool] | None = None,
-        wire_empty: Callable[[], bool] | None = None,
         on_idle: Callable[[], None] | None = None,
+        on_working: Working | None = None,
         clock: Clock = SYSTEM,
     ):
-        """`on_materialized(capture, result)` runs after each capture (the ledger);
-        `wire_idle(timeout_s)` blocks until the wire is quiet — no exchange started lately — (True)
-        or the timeout; `wire_empty()` says no exchange is in flight at all. Given them, the follower
-        also keeps the cyclic garbage collector off the wire (see `pause`). `on_idle()` runs on
-        the follower's thread whenever it has nothing to do (the ledger's retries)."""
+        """`on_materialized(capture, result)` runs after each capture (the ledger); `on_idle()` on the
+        follower's thread whenever it has nothing to do (the ledger's retries); `on_working(position)`
+        before each capture with where it starts in the log, and with None once it is done (the wire
+        learns which capture a death of the work process interrupted)."""
         super().__init__("materializer", counters, log, clock, idle_s=IDLE_POLL_S)
         self.materializer = materializer
-        self.store = store
+        self.keeper = keeper
+        self.directory = keeper.directory
         self.spool = spool
         self.checkpoint_path = checkpoint_path
         self.on_materialized = on_materialized
-        self.wire_idle = wire_idle
-        self.wire_empty = wire_empty
         self.on_idle = on_idle
-        self._collected_at = clock.monotonic()  # the last full garbage collection
-        self._lock = threading.Lock()  # the counts below, shared with the capture thread and the stats
-        self._queued = self._queued_bytes = 0
+        self.on_working = on_working
+        self._lock = threading.Lock()  # the counts and the tail below, shared with the link and the stats
+        self._tail = LogTail(LogPosition(0, 0), 0, 0)  # where the wire said the log ends
         self._logged = 0  # captures in the log for the follower: the backlog at start + appended since
         self._consumed = 0  # of those, materialized (or given up on)
         self._lost = 0  # of those, deleted by the disk budget before they were materialized
-        self._behind_since: float | None = None  # since when the lag has been above zero (monotonic)
         self._inflight = 0
         self._stop_at: LogPosition | None = None  # where the log ended when the stop was asked for
-        self._position = store.start_end
+        self._position = LogPosition(0, 0)
         self._saved: LogPosition | None = None  # position of the checkpoint on disk
         self._ticket = 0  # spool ticket of the last records spooled
         self._pending: tuple[LogPosition, bytes, int] | None = None  # a snapshot waiting for the spool
         self._snapped_at = self._retained_at = float("-inf")
+        self._skip: set[LogPosition] = set()
 
-    # ---- lifecycle (daemon's main thread) ------------------------------------------------
+    # ---- lifecycle (the work process's main thread) ----------------------------------------
 
-    def start(self) -> None:
-        """Restore the checkpoint (or decide where to start without one), then follow the log."""
-        self._restore()
+    def start_at(self, tail: LogTail, own_from: int, skip: set[LogPosition] | None = None) -> None:
+        """Restore the checkpoint (or decide where to start without one), then follow the log, which
+        ends at `tail` as the wire last said; segments from `own_from` on are the running wire's. A
+        capture starting at a position in `skip` is passed over (counted in
+        `materializer_errors_total`): the work process died twice on it."""
+        self._tail = tail
+        self._skip = set(skip or ())
+        self._restore(own_from)
         super().start()
 
     def on_stop(self) -> None:
-        """Materialize everything in the log now (up to where it ends at this moment), checkpoint
+        """Materialize everything in the log now (up to where the wire last said it ends), checkpoint
         it, stop; the stop's deadline bounds it (the rest is materialized at the next start)."""
-        self._stop_at = self.store.end
-
-    # ---- the capture thread --------------------------------------------------------------
-
-    def handoff(self, capture: Capture, appended: Appended | None) -> None:
-        """A capture the capture thread appended to the log (`appended`), or could not (None)."""
-        size = capture_bytes(capture)
         with self._lock:
-            if appended is not None:
-                self._logged += 1
-                if self._behind_since is None:
-                    self._behind_since = self.clock.monotonic()
-            full = self._queued >= HANDOFF_MAX or self._queued_bytes + size > HANDOFF_MAX_BYTES
-            if not full:
-                self._queued += 1
-                self._queued_bytes += size
-        if full:
-            if appended is None:  # neither on disk nor in memory any more
-                self.counters.incr("requests_dropped_queue_full")
-            return  # in the log: read from there
-        self.put((capture, appended, size))
+            self._stop_at = self._tail.end
+
+    # ---- the link ----------------------------------------------------------------------------
+
+    def note(self, tail: LogTail) -> None:
+        """The wire appended to the log (or sealed a segment): it ends at `tail` now."""
+        with self._lock:
+            if tail.seq > self._tail.seq:
+                self._logged += tail.seq - self._tail.seq
+            if tail.end > self._tail.end or tail.sealed_below > self._tail.sealed_below or tail.seq > self._tail.seq:
+                self._tail = LogTail(max(tail.end, self._tail.end), max(tail.seq, self._tail.seq),
+                                     max(tail.sealed_below, self._tail.sealed_below))
+        self.wake()
 
     # ---- stats -----------------------------------------------------------------------------
 
@@ -156,65 +136,23 @@ class Follower(Worker):
     def _lag(self) -> int:
         return max(0, self._logged - self._consumed - self._lost)
 
-    @property
-    def backlogged(self) -> bool:
-        """The follower has been behind the log so long that materializing stops yielding to the
-        wire (until it has caught up)."""
-        with self._lock:
-            since = self._behind_since
-        return since is not None and self.clock.monotonic() - since >= BACKLOG_MAX_S
-
-    def section(self) -> dict[str, int]:
-        """`lag_events` and `inflight_raw` of the `materializer` stats."""
+    def section(self) -> dict[str, Any]:
+        """`lag_events` and `inflight_raw` of the `materializer` stats, and where the follower is."""
         return {"lag_events": self.lag, "inflight_raw": self._inflight}
-
-    # ---- yielding to the wire --------------------------------------------------------------
-
-    def pause(self) -> None:
-        """Between the steps of a capture (the materializer calls it too): wait, bounded, for a
-        quiet wire; not while stopping or backlogged.
-
-        A pause that did wait freezes what exists (`gc.freeze`, cheap), as the follower does after
-        each capture: a request read keeps tens of thousands of objects for the next one, and the
-        collector, run by whichever thread allocates, would walk them in passes of milliseconds
-        (tens, for a full one) while the wire waits. Cycles frozen meanwhile are collected when
-        the wire is empty (`_collect_garbage`).
-        """
-        if self.wire_idle is None:
-            return
-        started = self.clock.monotonic()
-        self._wait_for_wire(PAUSE_MAX_S)
-        if self.clock.monotonic() - started >= FREEZE_AFTER_S:
-            gc.freeze()
-
-    def _wait_for_wire(self, timeout_s: float) -> None:
-        """Wait up to `timeout_s` for a quiet wire, in slices, so that a stop ends the wait."""
-        if self.wire_idle is None:
-            return
-        deadline = self.clock.monotonic() + timeout_s
-        while not self.stopping and not self.backlogged:
-            left = deadline - self.clock.monotonic()
-            if left <= 0 or self.wire_idle(min(left, WIRE_SLICE_S)):
-                return
 
     # ---- the follower thread ---------------------------------------------------------------
 
     def begin(self) -> None:
-        backlog = count_log(self.store.directory, self._position, self.store.start_end)
+        backlog = count_log(self.directory, self._position, None)
         with self._lock:
             self._logged += backlog
-            if backlog and self._behind_since is None:
-                self._behind_since = self.clock.monotonic()
         if backlog:
             log.info("capture log: materializing %d capture(s) stored before this start", backlog)
-        self._catch_up(self.store.start_end)
+        self._catch_up(None)
 
-    def step(self, item: tuple | None) -> None:
-        if item is not None:
-            self._take(*item)
-        elif not self.stopping:
-            self._catch_up(self.store.end)  # handoffs dropped at the tail
-            self._collect_garbage()
+    def step(self, item: Any) -> None:
+        if not self.stopping:
+            self._catch_up(None)
             if self.on_idle is not None:
                 self.guarded(self.on_idle, what="the idle step")
         late = self.guarded(self.materializer.late_records, what="the trace versions git answered for", failed=[])
@@ -226,46 +164,53 @@ class Follower(Worker):
         self.guarded(self._catch_up, self._stop_at)
         self.guarded(self._final_checkpoint)
 
-    def _collect_garbage(self) -> None:
-        """A full collection of everything frozen, at most every `GC_INTERVAL_S`, and only while
-        no exchange is in flight (it holds the GIL for tens of milliseconds)."""
-        now = self.clock.monotonic()
-        if self.wire_empty is None or now - self._collected_at < GC_INTERVAL_S or not self.wire_empty():
-            return
-        self._collected_at = now
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
-
-    def _take(self, capture: Capture, appended: Appended | None, size: int) -> None:
+    def _sealed_below(self) -> int:
         with self._lock:
-            self._queued -= 1
-            self._queued_bytes -= size
-        if appended is None:
-            self._process(capture)  # not in the log: from memory, no position
-            return
-        if appended.start > self._position:
-            self._catch_up(appended.start)  # handoffs were dropped: read those from the log
-        if appended.end > self._position and self._position >= appended.start:
-            if self._process(capture):
-                self._advance(appended.end)
+            return self._tail.sealed_below
 
     def _catch_up(self, until: LogPosition | None) -> None:
-        """Materialize the log from the position up to `until`."""
-        if until is None or self._position >= until:
-            return
+        """Materialize every complete capture of the log from the position on (up to `until`)."""
         try:
-            for entry in read_log(self.store.directory, self._position, until):
-                if self._past_deadline() or not self._process(entry.capture):
-                    return
-                assert entry.end is not None  # read from a log position: no segment from before the log
-                self._advance(entry.end)
-                self._checkpoint()  # a long catch-up is checkpointed as it goes
+            for path, _, number in list_segments(self.directory):
+                if number is None or number < self._position.segment:
+                    continue
+                if until is not None and number > until.segment:
+                    break
+                if number > self._position.segment:
+                    self._position = LogPosition(number, 0)
+                limit = until.offset if until is not None and number == until.segment else None
+                for entry in read_segment_entries(path, number, self._position.offset, limit):
+                    if self._past_deadline() or not self._take(entry.capture, entry.start, entry.end):
+                        return
+                if until is not None and number == until.segment:
+                    break
+                if number >= self._sealed_below():
+                    break  # the wire may still write it: what is not whole yet will be
+                self._position = LogPosition(number + 1, 0)  # sealed: a torn tail is passed over
         except OSError as exc:
             log.warning("capture log: cannot read it: %s; trying again later", exc.strerror or exc)
             return
-        if not self._past_deadline():
-            self._position = max(self._position, until)  # torn or deleted captures are passed over
+        with self._lock:
+            if self._position >= self._tail.end and until is None:
+                self._logged = self._consumed + self._lost  # caught up: whatever was counted, nothing waits
+
+    def _take(self, capture: Capture, start: LogPosition | None, end: LogPosition | None) -> bool:
+        assert start is not None and end is not None  # read from a numbered segment
+        if start in self._skip:
+            self.counters.incr("materializer_errors_total")
+            log.error("capture %s at %s:%d was being materialized when the work process died twice: passed over",
+                      capture.id, start.segment, start.offset)
+        else:
+            if self.on_working is not None:
+                self.on_working(start)
+            processed = self._process(capture)
+            if self.on_working is not None:
+                self.on_working(None)
+            if not processed:
+                return False
+        self._advance(end)
+        self._checkpoint()  # a long catch-up is checkpointed as it goes
+        return True
 
     def _past_deadline(self) -> bool:
         return self.clock.monotonic() > self.deadline
@@ -274,24 +219,18 @@ class Follower(Worker):
         self._position = end
         with self._lock:
             self._consumed += 1
-            if self._lag() == 0:
-                self._behind_since = None
 
     def _process(self, capture: Capture) -> bool:
         """Materialize and spool one capture; False when its records could not be spooled before
         the stop deadline (then the position stays before it)."""
-        self._wait_for_wire(MAX_DEFER_S)
         self._inflight = 1
         try:
             result = self.guarded(self._materialize, capture, counter="materializer_errors_total",
                                   what=f"materializing capture {capture.id}", failed=Materialized([]))
-            self.pause()
             if result.records and not self._spool(result.records):
                 return False
             self.guarded(self.on_materialized, capture, result, what=f"the listener on capture {capture.id}")
             self.counters.incr("events_materialized")  # after the ledger has it too
-            if self.wire_idle is not None:
-                gc.freeze()  # what this capture left behind, out of the collector's reach (see `pause`)
             return True
         finally:
             self._inflight = 0
@@ -312,10 +251,9 @@ class Follower(Worker):
 
     # ---- checkpoint ------------------------------------------------------------------------
 
-    def _restore(self) -> None:
+    def _restore(self, own_from: int) -> None:
         path = self.checkpoint_path
         doc = read_json(path)
-        numbered = any(segment_number(p) is not None for p, _, _ in list_segments(self.store.directory))
         position = None
         if isinstance(doc, dict) and doc.get("version") == CHECKPOINT_VERSION:
             try:
@@ -324,19 +262,20 @@ class Follower(Worker):
             except (KeyError, TypeError, ValueError) as exc:
                 log.warning("materializer checkpoint %s is unreadable (%s)", path, exc)
                 position = None
-        if position is not None and position > self.store.start_end:
+        if position is not None and position > self._tail.end:
             log.warning("capture log: it is behind the materializer checkpoint (deleted by hand?); "
                         "following it from its end")
-            position = self.store.start_end
+            position = self._tail.end
         if position is not None:
             self._position = self._saved = position
-        elif path.exists() or numbered:
-            # Lost or unreadable: derive everything the log still holds again (Opik upserts).
-            log.warning("materializer checkpoint %s is missing or unreadable: materializing the whole "
-                        "capture log again", path)
-            self._position = LogPosition(0, 0)
         else:
-            self._position = self.store.start_end  # first start (older captures: materialized by then)
+            # No checkpoint: derive everything the log holds (Opik and the ledger upsert). At a
+            # first start that is what the wire logged before this process came up.
+            numbered = [n for _, _, n in list_segments(self.directory) if n is not None]
+            if path.exists() or any(n < own_from for n in numbered):
+                log.warning("materializer checkpoint %s is missing or unreadable: materializing the whole "
+                            "capture log again", path)
+            self._position = LogPosition(0, 0)
         self._pending = (self._position, self._encode(), self._ticket)
         self._write_pending()
 
@@ -386,10 +325,11 @@ class Follower(Worker):
         self._retained_at = self.clock.monotonic()
         if self._saved is None:
             return
-        lost = self.store.retain(self._saved)
+        sealed_below = self._sealed_below()
+        lost = self.keeper.retain(self._saved, sealed_below)
         if lost:
             with self._lock:
                 self._lost += lost
-                if self._lag() == 0:
-                    self._behind_since = None
             self.counters.incr("captures_dropped_budget", lost)
+        if not self.stopping:
+            self.keeper.compact(self._saved, sealed_below)

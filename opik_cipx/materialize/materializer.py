@@ -294,9 +294,9 @@ class Materializer:
             wire = not state.info
             if wire and state.git_read is None and (found.remote or found.head_sha):
                 state.git_read = Git(remote=found.remote, commit=found.head_sha)
-            if found == call.repository:
-                continue
             session = _with_git(call.session, found) if wire else call.session
+            if found == call.repository and session == call.session:
+                continue  # (a call made after git answered has the answer, but not yet the session's git)
             call = dataclasses.replace(call, repository=found, session=session)
             self._awaiting[turn_id] = (call, turn, state)  # what its trace now carries
             turn.updated_ns += 1000  # 1 us: the resolution Opik keeps

@@ -1,20 +1,22 @@
 """The capture log (`captures/`): every finished exchange, durable, in the order the tee saw it.
 
-The capture thread appends; the materializer follows the log
-(docs/ARCHITECTURE.md, "Capture log"). A segment `NNNNNNNNNNNN.jsonl.gz` is a file of gzip
-members, one per capture: a JSON
-header line (every Capture field but the bodies, plus their lengths) followed by the raw
-request and response bodies. Bodies are never JSON-escaped: escaping megabytes would hold the
-daemon's GIL for milliseconds, while zlib releases it. Each append is one `write` of a complete
-member, so it is in the page cache (and survives `kill -9`) when `append` returns, a reader can
-follow a segment while it is written, and a torn last member (a crash mid-write) costs only that
-capture. A `LogPosition` (segment number, byte offset) names a place in the log.
+The wire process appends (`CaptureStore`, on its capture thread); the work process follows the
+log, keeps it within its budget and compacts it (`store/capture_keeper.py`; docs/ARCHITECTURE.md,
+"Capture log"). A capture is one record: a JSON header line (every Capture field but the
+bodies, plus their lengths and `logged_at_ns`) followed by the raw request and response bodies.
+Bodies are never JSON-escaped or compressed by the wire: it writes a record as the buffers it
+already holds, with `writev` (no copy, no compression; the system call runs without the GIL),
+into `NNNNNNNNNNNN.raw`. Each record is appended whole before `append` returns, so it is in the
+page cache (and survives `kill -9`), a reader can follow a segment while it is written (a record
+is complete once all the bytes its header announces are there), and a torn last record (a crash
+mid-write) costs only that capture. A `LogPosition` (segment number, byte offset) names a place
+in the log; every segment numbered below a `LogTail`'s `sealed_below` will never be written again.
 
-Retention runs on the follower's thread with the position materialized through: segments
-behind it go beyond the byte budget or the age limit (or at once when captures are not kept);
-a segment not yet materialized is never aged out, and is deleted only when the byte budget
-forces it — then its captures are counted as lost. Segments named `<stamp>-<pid>-<seq>` come
-from versions before the log; they are read (replay, viewer) and treated as materialized.
+Once a raw segment is sealed and materialized, the work process compacts it into
+`NNNNNNNNNNNN.jsonl.gz`, one gzip member per record (the format of every segment written before
+the log was split from the wire, still read as it is); where both files exist, the compacted one
+is the segment. Segments named `<stamp>-<pid>-<seq>.jsonl.gz` come from versions before the log;
+they are read (replay, viewer) and treated as materialized.
 
 Ages are measured on the store's own clock, never by the file system's mtime (kernel time,
 which a copy, a backup restore or a clock that differs from the daemon's makes meaningless):
@@ -22,7 +24,7 @@ each header carries `logged_at_ns`, when the store wrote it. A segment's capture
 logged between its first capture's stamp and the next segment's first (one capture thread, in
 log order), and within `SEGMENT_MAX_AGE_S` of its first (the store rotates at least that often,
 by either clock): `written_until` is the smaller bound. Both retention by age and `find_capture`
-use it. Reading a segment's first header inflates a few kilobytes, not the segment.
+use it. Reading a segment's first header reads (or inflates) a few kilobytes, not the segment.
 """
 
 import io
@@ -35,7 +37,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.home import open_private, private_dir
@@ -43,14 +45,17 @@ from opik_cipx.store.runs import runs
 from opik_cipx.wire.capture import Capture
 
 log = logging.getLogger(__name__)
-SUFFIX = ".jsonl.gz"
-NUMBERED = re.compile(r"^(\d{12})\.jsonl\.gz$")
+SUFFIX = ".jsonl.gz"  # a compacted segment (and every segment written before the raw log)
+RAW_SUFFIX = ".raw"  # a segment as the wire writes it
+NUMBERED = re.compile(r"^(\d{12})(\.jsonl\.gz|\.raw)$")
 SEGMENT_MAX_AGE_S = 3600.0  # a quiet daemon still rotates, so age-based retention can act
 SEGMENT_MAX_AGE_NS = int(SEGMENT_MAX_AGE_S * 1e9)
-HEADER_MAX = 64 * 1024  # the most of a segment's first member inflated to find its header line
-COMPRESS_LEVEL = 1  # the capture thread's job is to make a capture durable fast; zlib releases the GIL
+HEADER_MAX = 64 * 1024  # the most of a compacted segment's first member inflated to find its header line
+HEADER_LINE_MAX = 4 * 1024 * 1024  # a raw header line longer than this is corrupt (headers are capped far below)
+COMPRESS_LEVEL = 1  # compaction runs off the wire, but on the same cores: speed first
 READ_CHUNK = 1 << 20
 RUN_BYTES = 256 * 1024
+IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
 
 
 class LogPosition(NamedTuple):
@@ -60,13 +65,25 @@ class LogPosition(NamedTuple):
     offset: int
 
 
+class LogTail(NamedTuple):
+    """Where the log ends: `end`, after `seq` captures appended by this store, and every segment
+    numbered below `sealed_below` closed for good (the store has none open when it equals the
+    last segment's number + 1)."""
+
+    end: LogPosition
+    seq: int
+    sealed_below: int
+
+
 @dataclass(frozen=True)
 class Appended:
-    """Where `CaptureStore.append` put a capture: its segment file and its [start, end) in the log."""
+    """Where `CaptureStore.append` put a capture: its segment file, its [start, end) in the log,
+    and the log's tail after it."""
 
     path: Path
     start: LogPosition
     end: LogPosition
+    tail: LogTail
 
 
 @dataclass
@@ -80,20 +97,17 @@ class LogEntry:
 
 
 class CaptureStore:
-    """The capture log of one daemon: `append` from the capture thread, `retain` from the follower."""
+    """The writer of the capture log (the wire's capture thread): `append`, `close`, `tail`."""
 
-    def __init__(self, directory: Path, max_bytes: int, max_age_s: float, segment_bytes: int, keep: bool = True,
-                 clock: Clock = SYSTEM):
+    def __init__(self, directory: Path, segment_bytes: int, keep: bool = True, clock: Clock = SYSTEM):
         """`keep=False` (captures.enabled = false): each capture gets a segment of its own, sealed at
-        once, and `retain` deletes it as soon as it is materialized. `clock` stamps each capture
-        as it is logged and measures ages (see the module docstring)."""
+        once (the work process deletes it once materialized). `clock` stamps each capture as it is
+        logged (see the module docstring)."""
         self.directory = directory
-        self.max_bytes = max_bytes
-        self.max_age_s = max_age_s
         self.segment_bytes = segment_bytes
         self.keep = keep
         self.clock = clock
-        self._lock = threading.Lock()  # what other threads read: the end, the active segment, counts, stamps
+        self._lock = threading.Lock()  # what other threads read: the tail
         self._io = threading.Lock()  # `append` and `close` take turns: never a seal during a write
         self._fh: io.FileIO | None = None
         self._path: Path | None = None
@@ -101,30 +115,31 @@ class CaptureStore:
         self._size = 0
         self._opened_mono = 0.0
         self._opened_ns = 0  # the stamp of the segment's first capture
-        self._stamps: dict[Path, int | None] = {}  # first stamps read (or written) so far
-        self._active: int | None = None
-        self._counts: dict[int, int] = {}  # captures appended per segment, by this process
-        self._end = LogPosition(self._number + 1, 0)
-        self.start_end = self._end  # the log as this process found it ends here
+        self._tail = LogTail(LogPosition(self._number + 1, 0), 0, self._number + 1)
+        self.start_end = self._tail.end  # the log as this process found it ends here
 
     @property
     def end(self) -> LogPosition:
         """The position after the last complete capture appended (or found at startup)."""
+        return self.tail().end
+
+    def tail(self) -> LogTail:
         with self._lock:
-            return self._end
+            return self._tail
 
     def append(self, capture: Capture) -> Appended:
         """Persist one capture; raises OSError when the disk refuses it (the next append starts a
-        new segment, so a torn member never sits in front of later captures)."""
+        new segment, so a torn record never sits in front of later captures)."""
         logged_at_ns = self.clock.time_ns()
-        member = encode_member(capture, logged_at_ns)
+        buffers = record_buffers(capture, logged_at_ns)
+        size = sum(map(len, buffers))
         with self._io:
-            return self._write(member, logged_at_ns)
+            return self._write(buffers, size, logged_at_ns)
 
-    def _write(self, member: bytes, logged_at_ns: int) -> Appended:
+    def _write(self, buffers: list[Any], size: int, logged_at_ns: int) -> Appended:
         if (
             self._fh is None
-            or self._size + len(member) > self.segment_bytes
+            or self._size + size > self.segment_bytes
             or self.clock.monotonic() - self._opened_mono > SEGMENT_MAX_AGE_S
             or not 0 <= logged_at_ns - self._opened_ns <= SEGMENT_MAX_AGE_NS  # by either clock
         ):
@@ -132,9 +147,7 @@ class CaptureStore:
         assert self._fh is not None and self._path is not None  # a segment is open: `_rotate` opened one
         start = LogPosition(self._number, self._size)
         try:
-            written = self._fh.write(member)
-            if written != len(member):
-                raise OSError(f"short write ({written} of {len(member)} bytes)")
+            write_all(self._fh.fileno(), buffers, size)
         except OSError:
             path, empty = self._path, self._size == 0
             self._seal()
@@ -144,22 +157,20 @@ class CaptureStore:
                 except OSError:
                     pass
             raise
-        self._size += len(member)
-        end = LogPosition(self._number, self._size)
-        path = self._path
-        with self._lock:
-            self._counts[self._number] = self._counts.get(self._number, 0) + 1
-            self._end = end
+        self._size += size
+        end, path = LogPosition(self._number, self._size), self._path
         if not self.keep:
             self._seal()
-        return Appended(path, start, end)
+        with self._lock:
+            tail = self._tail = LogTail(end, self._tail.seq + 1, self._tail.sealed_below)
+        return Appended(path, start, end, tail)
 
     def _rotate(self, logged_at_ns: int) -> None:
         self._seal()
         private_dir(self.directory)
         while True:
             self._number += 1
-            path = self.directory / f"{self._number:012d}{SUFFIX}"
+            path = self.directory / f"{self._number:012d}{RAW_SUFFIX}"
             try:
                 fh = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
                 break
@@ -168,9 +179,7 @@ class CaptureStore:
         self._fh, self._path, self._size = fh, path, 0
         self._opened_mono, self._opened_ns = self.clock.monotonic(), logged_at_ns
         with self._lock:
-            self._stamps[path] = logged_at_ns
-            self._active = self._number
-            self._end = LogPosition(self._number, 0)
+            self._tail = LogTail(LogPosition(self._number, 0), self._tail.seq, self._number)
 
     def close(self) -> None:
         """Seal the segment being written, once an append in progress is done (the next append
@@ -180,62 +189,35 @@ class CaptureStore:
 
     def _seal(self) -> None:
         fh, self._fh = self._fh, None
-        with self._lock:
-            self._active = None
         if fh is not None:
+            with self._lock:
+                self._tail = self._tail._replace(sealed_below=self._number + 1)
             try:
                 fh.close()
             except OSError:
                 pass
 
-    def retain(self, materialized: LogPosition) -> int:
-        """Apply retention, knowing everything before `materialized` was materialized.
 
-        Returns how many captures not yet materialized the byte budget forced out.
-        """
-        now = self.clock.time_ns()
-        found = _segments(self.directory)
-        with self._lock:
-            active = self._active
-            known = dict(self._stamps)
-        read = {s.path: first_stamp(s.path) for s in found if s.path not in known}  # once per segment
-        with self._lock:
-            self._stamps.update(read)
-        until = written_until(found, {**known, **read})
-        total = sum(s.size for s in found)
-        lost = 0
-        for segment, last_ns in zip(found, until, strict=True):
-            path, size, number = segment
-            if number is not None and number == active:
-                continue
-            done = number is None or number < materialized.segment or (
-                number == materialized.segment and size <= materialized.offset)
-            if done:
-                aged = last_ns is not None and now - last_ns > self.max_age_s * 1e9
-                if self.keep and total <= self.max_bytes and not aged:
-                    continue
-            elif total <= self.max_bytes:
-                continue
-            else:
-                skip = materialized.offset if number == materialized.segment else 0
-                with self._lock:
-                    counted = self._counts.get(number) if not skip and number is not None else None
-                lost += counted if counted is not None else count_members(path, skip)
-                log.warning("capture log: over its %d-byte budget: deleting %s before it was materialized",
-                            self.max_bytes, path.name)
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("capture log: cannot delete %s: %s", path.name, exc.strerror or exc)
-                continue
-            total -= size
-            with self._lock:
-                self._stamps.pop(path, None)
-                if number is not None:
-                    self._counts.pop(number, None)
-        return lost
+def write_all(fd: int, buffers: list[Any], size: int) -> None:
+    """Write `buffers` (`size` bytes in all) to `fd` in order, `IOV_MAX` at a time, resuming after a
+    short write; raises OSError when the system refuses (a short write that makes no progress is
+    one: ENOSPC)."""
+    written = 0
+    at = 0  # the first buffer not wholly written
+    skip = 0  # bytes of it already written
+    while written < size:
+        batch = buffers[at : at + IOV_MAX]
+        if skip:
+            batch[0] = memoryview(batch[0])[skip:]
+        done = os.writev(fd, batch)
+        if done <= 0:
+            raise OSError(28, f"short write ({written} of {size} bytes)")
+        written += done
+        done += skip
+        while at < len(buffers) and done >= len(buffers[at]):
+            done -= len(buffers[at])
+            at += 1
+        skip = done
 
 
 HEADER_FIELDS = (
@@ -244,29 +226,37 @@ HEADER_FIELDS = (
 )
 
 
-def encode_member(capture: Capture, logged_at_ns: int) -> bytes:
-    """One gzip member: header line (with `logged_at_ns`, the store's stamp) + raw request body +
-    raw response body.
-
-    Everything is compressed `RUN_BYTES` at a time: the request in slices (no copy), the
-    response's pieces (a stream has thousands of small ones) joined into runs of about that size.
-    zlib releases the GIL while it works; between runs the capture thread takes it back only
-    briefly, and never joins or copies a whole body.
-    """
-    header = {name: getattr(capture, name) for name in HEADER_FIELDS}
+def record_buffers(capture: Capture, logged_at_ns: int) -> list[Any]:
+    """One record as buffers to write in order: its header line (with `logged_at_ns`, the store's
+    stamp), the request body, the response's pieces; nothing is copied or joined."""
+    header: dict[str, Any] = {name: getattr(capture, name) for name in HEADER_FIELDS}
     header["logged_at_ns"] = logged_at_ns
     if capture.blocked is not None:  # the rare extra field: older readers ignore it
         header["blocked"] = capture.blocked
     parts = capture.response_parts
-    request = memoryview(capture.request_body)
-    header["request_body_len"] = len(request)
+    header["request_body_len"] = len(capture.request_body)
     header["response_body_len"] = sum(map(len, parts))
+    line = json.dumps(header).encode() + b"\n"
+    return [line, capture.request_body, *parts] if capture.request_body else [line, *parts]
+
+
+def compress_record(buffers: list[Any]) -> bytes:
+    """A record (`record_buffers`, or the pieces of one read back) as one gzip member, compressed
+    `RUN_BYTES` at a time: zlib releases the GIL while it works."""
     packer = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, 31)
-    out = [packer.compress(json.dumps(header).encode() + b"\n")]
-    out += [packer.compress(request[at : at + RUN_BYTES]) for at in range(0, len(request), RUN_BYTES)]
-    out += [packer.compress(run) for run in runs(parts, RUN_BYTES)]
+    out = []
+    for buffer in buffers:
+        view = memoryview(buffer)
+        out += [packer.compress(view[at : at + RUN_BYTES]) for at in range(0, len(view), RUN_BYTES)]
     out.append(packer.flush())
     return b"".join(out)
+
+
+def encode_member(capture: Capture, logged_at_ns: int) -> bytes:
+    """One capture as a gzip member of a compacted segment (header line + raw request body + raw
+    response body); the response's pieces are joined in runs, never whole."""
+    head, *rest = record_buffers(capture, logged_at_ns)
+    return compress_record([head, *runs(rest, RUN_BYTES)])
 
 
 def decode_capture(data: bytes) -> Capture:
@@ -278,9 +268,13 @@ def decode_capture(data: bytes) -> Capture:
     end = middle + int(header.pop("response_body_len"))
     if end != len(data):
         raise ValueError("body lengths do not match the record")
+    return _capture(header, data[start:middle], data[middle:end])
+
+
+def _capture(header: dict[str, Any], request: bytes, response: bytes) -> Capture:
     capture = Capture(**{name: header[name] for name in HEADER_FIELDS if name in header},  # older: fewer fields
-                      request_body=data[start:middle])
-    capture.response_parts = [data[middle:end]]
+                      request_body=request)
+    capture.response_parts = [response]
     capture.blocked = header.get("blocked")
     return capture
 
@@ -291,6 +285,11 @@ def segment_number(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def is_raw(path: Path) -> bool:
+    """A segment as the wire writes it (not compacted)."""
+    return path.name.endswith(RAW_SUFFIX)
+
+
 class SegmentFile(NamedTuple):
     path: Path
     size: int
@@ -298,22 +297,30 @@ class SegmentFile(NamedTuple):
 
 
 def _segments(directory: Path) -> list[SegmentFile]:
-    """Every segment in log order: older unnumbered ones first (by name, which starts with a stamp)."""
-    out = []
+    """Every segment in log order: older unnumbered ones first (by name, which starts with a stamp);
+    of a number both raw and compacted (a compaction that did not get to delete the raw one), the
+    compacted one."""
+    found: dict[Any, SegmentFile] = {}
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
         return []
     for entry in entries:
-        if entry.name.endswith(SUFFIX) and not entry.name.startswith(".") and entry.is_file():
-            try:
-                size = entry.stat().st_size
-            except FileNotFoundError:
-                continue
-            path = Path(entry.path)
-            out.append(SegmentFile(path, size, segment_number(path)))
-    out.sort(key=lambda s: (1, s.number, "") if s.number is not None else (0, 0, s.path.name))
-    return out
+        if entry.name.startswith(".") or not entry.name.endswith((SUFFIX, RAW_SUFFIX)) or not entry.is_file():
+            continue
+        path = Path(entry.path)
+        number = segment_number(path)
+        if number is None and is_raw(path):
+            continue
+        try:
+            size = entry.stat().st_size
+        except FileNotFoundError:
+            continue
+        key = number if number is not None else entry.name
+        if key in found and is_raw(path):
+            continue
+        found[key] = SegmentFile(path, size, number)
+    return sorted(found.values(), key=lambda s: (1, s.number, "") if s.number is not None else (0, 0, s.path.name))
 
 
 def list_segments(directory: Path) -> list[SegmentFile]:
@@ -328,7 +335,10 @@ def first_stamp(path: Path, names: tuple[str, ...] = ("logged_at_ns", "ended_at_
     its exchange started)."""
     try:
         with open(path, "rb") as fh:
-            head = zlib.decompressobj(31).decompress(fh.read(HEADER_MAX), HEADER_MAX)
+            if is_raw(path):
+                head = fh.readline(HEADER_LINE_MAX)
+            else:
+                head = zlib.decompressobj(31).decompress(fh.read(HEADER_MAX), HEADER_MAX)
         header = json.loads(head[: head.index(b"\n")])
     except (OSError, zlib.error, ValueError):
         return None
@@ -357,7 +367,7 @@ def written_until(segments: list[SegmentFile], stamps: dict[Path, int | None]) -
 
 
 def _members(fh: BinaryIO, offset: int, limit: int | None, keep: bool = True) -> Iterator[tuple[bytes, int, int]]:
-    """(inflated member, start, end) from `offset` of an open segment, up to `limit` bytes in.
+    """(inflated member, start, end) from `offset` of an open compacted segment, up to `limit` bytes in.
 
     Stops quietly at the end of the data or at a torn member; raises zlib.error on a corrupt one.
     With `keep=False` the inflated bytes are thrown away (counting only).
@@ -383,37 +393,112 @@ def _members(fh: BinaryIO, offset: int, limit: int | None, keep: bool = True) ->
             pos, buf = pos + len(buf), b""
 
 
+def _raw_records(fh: BinaryIO, offset: int, limit: int | None,
+                 keep: bool = True) -> Iterator[tuple[Capture | None, int, int]]:
+    """(capture, start, end) of each complete record from `offset` of an open raw segment, up to
+    `limit` bytes in; the capture is None with `keep=False` (counting only: the bodies are skipped).
+
+    Stops quietly at the first record that is not whole (still being written, or torn) or whose
+    header does not read (corrupt: what follows cannot be told apart)."""
+    fh.seek(offset)
+    size, pos = os.fstat(fh.fileno()).st_size, offset
+    while limit is None or pos < limit:
+        line = fh.readline(HEADER_LINE_MAX)
+        if not line.endswith(b"\n"):
+            return
+        try:
+            header = json.loads(line)
+            request_len, response_len = int(header.pop("request_body_len")), int(header.pop("response_body_len"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return
+        end = pos + len(line) + request_len + response_len
+        if end > size:  # not whole when the reading began: perhaps by now
+            size = os.fstat(fh.fileno()).st_size
+        if end > size or (limit is not None and end > limit):
+            return
+        capture = None
+        if keep:
+            request, response = fh.read(request_len), fh.read(response_len)
+            if len(request) != request_len or len(response) != response_len:
+                return
+            try:
+                capture = _capture(header, request, response)
+            except TypeError:
+                return
+        else:
+            fh.seek(end)
+        yield capture, pos, end
+        pos = end
+
+
+def _read(path: Path, offset: int, limit: int | None, keep: bool = True) -> Iterator[tuple[Capture | None, int, int]]:
+    """(capture, start, end) of each capture of a segment of either kind from `offset` (see
+    `_raw_records`, `_members`): a compacted member that does not decode is skipped and logged;
+    raises OSError, and zlib.error on a corrupt compacted member."""
+    with open(path, "rb") as fh:
+        if is_raw(path):
+            yield from _raw_records(fh, offset, limit, keep)
+            return
+        for data, begin, end in _members(fh, offset, limit, keep):
+            if not keep:
+                yield None, begin, end
+                continue
+            try:
+                capture = decode_capture(data)
+            except (ValueError, KeyError, TypeError):
+                log.warning("capture segment %s: unreadable record skipped", path.name)
+                continue
+            yield capture, begin, end
+
+
 def count_members(path: Path, offset: int = 0) -> int:
     """Complete captures in a segment from `offset` on (0 when it is gone or unreadable)."""
     try:
-        with open(path, "rb") as fh:
-            return sum(1 for _ in _members(fh, offset, None, keep=False))
+        return sum(1 for _ in _read(path, offset, None, keep=False))
     except (OSError, zlib.error):
         return 0
 
 
-def count_log(directory: Path, start: LogPosition, until: LogPosition) -> int:
-    """How many captures the log holds from `start` up to `until` (inflated, not kept)."""
+def count_log(directory: Path, start: LogPosition, until: LogPosition | None) -> int:
+    """How many captures the log holds from `start` up to `until` (None: the end; read, not kept)."""
     total = 0
     for path, _, number in _segments(directory):
-        if number is None or number < start.segment or number > until.segment:
+        if number is None or number < start.segment or (until is not None and number > until.segment):
             continue
         offset = start.offset if number == start.segment else 0
-        limit = until.offset if number == until.segment else None
-        try:
-            with open(path, "rb") as fh:
-                total += sum(1 for _ in _members(fh, offset, limit, keep=False))
-        except (OSError, zlib.error):
-            continue
+        limit = until.offset if until is not None and number == until.segment else None
+        total += count_members(path, offset) if limit is None else _count_until(path, offset, limit)
     return total
+
+
+def _count_until(path: Path, offset: int, limit: int) -> int:
+    try:
+        return sum(1 for _ in _read(path, offset, limit, keep=False))
+    except (OSError, zlib.error):
+        return 0
+
+
+def read_segment_entries(path: Path, number: int | None, offset: int = 0,
+                         limit: int | None = None) -> Iterator[LogEntry]:
+    """The captures of one segment from `offset` (up to `limit`), in order; a compacted segment that
+    turns out corrupt ends quietly (the caller decides whether that is worth a warning). Raises
+    OSError (FileNotFoundError: deleted meanwhile)."""
+    try:
+        for capture, begin, end in _read(path, offset, limit):
+            assert capture is not None  # read with `keep`
+            if number is None:
+                yield LogEntry(capture, path, None, None)
+            else:
+                yield LogEntry(capture, path, LogPosition(number, begin), LogPosition(number, end))
+    except zlib.error:
+        log.warning("capture segment %s: corrupt member skipped with the rest of the file", path.name)
 
 
 def read_log(directory: Path, start: LogPosition | None = None, until: LogPosition | None = None) -> Iterator[LogEntry]:
     """The captures of the log in order, from `start` (None: the very beginning, segments from before
     the log included) up to `until` (None: everything there is). A segment deleted meanwhile is
-    skipped; a torn or corrupt member ends its segment (logged, unless it is the last one)."""
-    found = _segments(directory)
-    for i, (path, _, number) in enumerate(found):
+    skipped; a torn or corrupt record ends its segment."""
+    for path, _, number in _segments(directory):
         if number is None and start is not None:
             continue
         if number is not None:
@@ -424,35 +509,15 @@ def read_log(directory: Path, start: LogPosition | None = None, until: LogPositi
         offset = start.offset if start is not None and number == start.segment else 0
         limit = until.offset if until is not None and number == until.segment else None
         try:
-            with open(path, "rb") as fh:
-                for data, begin, end in _members(fh, offset, limit):
-                    try:
-                        capture = decode_capture(data)
-                    except (ValueError, KeyError, TypeError):
-                        log.warning("capture segment %s: unreadable record skipped", path.name)
-                        continue
-                    if number is None:
-                        yield LogEntry(capture, path, None, None)
-                    else:
-                        yield LogEntry(capture, path, LogPosition(number, begin), LogPosition(number, end))
+            yield from read_segment_entries(path, number, offset, limit)
         except FileNotFoundError:
-            continue  # deleted by retention meanwhile
-        except zlib.error:
-            if i + 1 < len(found):
-                log.warning("capture segment %s: corrupt member skipped with the rest of the file", path.name)
+            continue  # deleted by retention (or compacted) meanwhile
 
 
 def read_segment(path: Path) -> Iterator[Capture]:
-    """Captures in one segment; a torn or corrupt member ends the segment quietly."""
-    try:
-        with open(path, "rb") as fh:
-            for data, _, _ in _members(fh, 0, None):
-                try:
-                    yield decode_capture(data)
-                except (ValueError, KeyError, TypeError):
-                    log.warning("capture segment %s: unreadable record skipped", path.name)
-    except zlib.error:
-        log.warning("capture segment %s: corrupt member skipped with the rest of the file", path.name)
+    """Captures in one segment; a torn or corrupt record ends the segment quietly."""
+    for entry in read_segment_entries(path, segment_number(path)):
+        yield entry.capture
 
 
 def find_capture(directory: Path, capture_id: str, started_at_ns: int) -> Capture | None:

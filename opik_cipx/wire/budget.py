@@ -12,8 +12,11 @@ decide on (`undecided`: the ledger could not be read at start).
 
 The totals come from the work side, in step with the ledger: `add` takes a `Spend` per call the
 ledger wrote (and one taking back the old cost of a capture written again, so a re-materialized
-capture counts once); `seed` takes what the ledger held at start. Both are plain values with a
-JSON form, so they can cross a process boundary once the wire runs alone (issue 26).
+capture counts once); `seed` takes what the ledger holds, and replaces the totals: the wire
+reads it once at start, and each work process sends its own reading before it writes, then its
+spends, over the link between the daemon's two processes (docs/ARCHITECTURE.md,
+"Processes and threads"), so a work process that died between a write and its report leaves no
+drift.
 
 A call's cost is known only once it is materialized, after it ended. So that a call starting
 just after another crossed a cap is still blocked, the wire tells the guard when each billable
@@ -286,8 +289,10 @@ class Guard:
     # ---- the work side -------------------------------------------------------------------
 
     def seed(self, seed: Seed) -> None:
-        """Start from what the ledger held (before any `add`); the guard decides from now on."""
+        """Start from what the ledger holds (the calls `add` counted before are in it: replaced); the
+        guard decides from now on."""
         with self._cond:
+            self._totals, self._sessions, self._largest = {}, {}, 0.0
             for day, directory, usd in seed.days:
                 self._count(_day_ns(day), usd, self.budget.project_of(directory))
             for session_id, directory, usd, last_ns in seed.sessions:

@@ -1,6 +1,6 @@
 """Client connections of a listener: a thread serves a request only once the whole request is in.
 
-(docs/ARCHITECTURE.md, "Threads": the listener loops and their handler threads.)
+(docs/ARCHITECTURE.md, "Processes and threads": the listener loops and their handler threads.)
 
 One loop thread per listener (`serve_forever`) accepts connections and reads every request, head
 and body, without blocking. Only a whole request (request line to the last byte of its body,

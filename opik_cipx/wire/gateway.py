@@ -79,16 +79,14 @@ class Gateway:
         self.counters = counters
         self.response_keep_bytes = response_keep_bytes  # of each response, for the capture
         self.draining = False
-        self.clock = clock  # capture times, the quiet wait
+        self.clock = clock  # capture times
         self._inflight = 0
-        self._last_start = float("-inf")  # monotonic time the latest exchange started
         self._idle = threading.Condition()
 
     @contextmanager
     def exchange(self) -> Iterator[None]:
         with self._idle:
             self._inflight += 1
-            self._last_start = self.clock.monotonic()
         try:
             yield
         finally:
@@ -101,28 +99,6 @@ class Gateway:
         """Block until no exchange is in flight (True) or `timeout_s` passes (False)."""
         with self._idle:
             return self._idle.wait_for(lambda: self._inflight == 0, timeout=timeout_s)
-
-    def wait_quiet(self, quiet_s: float, timeout_s: float) -> bool:
-        """Block until no exchange has started for `quiet_s` (True) or `timeout_s` passes (False).
-
-        Off-wire work waits here: it then never competes with a young exchange (the request, and
-        for most calls the whole answer) nor with the next call of a burst; a stream that started
-        earlier does not hold it up. Waits on the clock until the quiet is due; the wire only
-        wakes it when its last exchange ends.
-        """
-        clock = self.clock
-        deadline = clock.monotonic() + timeout_s
-
-        def quiet() -> bool:
-            return clock.monotonic() >= self._last_start + quiet_s
-
-        with self._idle:
-            while not quiet():
-                now = clock.monotonic()
-                if now >= deadline:
-                    return False
-                clock.wait_for(self._idle, quiet, min(deadline, self._last_start + quiet_s) - now)
-            return True
 
     @property
     def inflight(self) -> int:

@@ -13,7 +13,7 @@ from tests.opik_schema import problems
 
 
 def store_scenario(home, scenario: str) -> int:
-    store = CaptureStore(home / "captures", max_bytes=10**9, max_age_s=10**9, segment_bytes=200_000)
+    store = CaptureStore(home / "captures", segment_bytes=200_000)
     captured = exchanges(scenario)
     for _, capture in captured:
         store.append(capture)
@@ -155,7 +155,7 @@ def test_replay_ledger_records_an_absurd_usage_value_clamped_and_goes_on(home):
     import re
     import sqlite3
 
-    store = CaptureStore(home / "captures", max_bytes=10**9, max_age_s=10**9, segment_bytes=200_000)
+    store = CaptureStore(home / "captures", segment_bytes=200_000)
     captured = exchanges("simple") + exchanges("tools")
     absurd = captured[1][1]
     body = re.sub(rb'"output_tokens": *\d+', b'"output_tokens": 1' + b"0" * 30, absurd.response_body)

@@ -99,6 +99,24 @@ opik
 telemetry      off (opt-in: set CIPX_SENTRY_DSN to send error reports)"""
 
 
+def test_the_work_process_its_pid_restarts_and_lag_its_last_death_and_a_down_one_flagged():
+    running = {"pid": 4343, "state": "running", "started_at": "2027-01-15T07:58:00.000Z", "restarts": 0,
+               "deaths": [], "next_start_in_s": None, "stale": False}
+    assert text_of(work=running) == UP  # a healthy work process says nothing unless asked
+    verbose = render(stats_doc(work=running, materializer={"lag_events": 3}), SETTINGS, CLAUDE_OK, now=NOW,
+                     today=TODAY, verbose=True)
+    assert ("  work         pid 4343, running since 2027-01-15T07:58:00.000Z, 0 restart(s), 3 capture(s) "
+            "behind") in verbose
+    died = {**running, "restarts": 1, "deaths": [{"at": "2027-01-15T07:59:50.000Z", "pid": 4300,
+                                                    "how": "killed by SIGKILL", "ran_s": 12.0, "working": None}]}
+    text = text_of(work=died)
+    assert ("  work died    1 time(s), last 10s ago (killed by SIGKILL); the wire started it again and nothing "
+            "was lost (`opik-cipx logs` says why)") in text and "healthy" in text.splitlines()[0]
+    down = text_of(work={**died, "pid": None, "state": "restarting", "next_start_in_s": 0.5})
+    assert down.splitlines()[0].endswith("1 problem(s): each `!` line says what fixes it")
+    assert "  ! work process restarting (next start in 0.5s): calls still go through" in down
+
+
 def test_up_leads_with_health_and_todays_cost_and_verbose_shows_everything():
     assert text_of() == UP
     assert "!" not in UP

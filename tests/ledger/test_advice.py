@@ -329,14 +329,14 @@ def test_a_finding_says_whether_its_captures_are_still_stored(tmp_path):
     calls = derived(tmp_path, ADVICE, "unused_server", ("001", "002", "003"))
     conn = ledger(tmp_path, [call for call, _ in calls])
     sel = Selection(since_ns=0, until_ns=corpus_now_ns())
-    kept = CaptureStore(tmp_path / "captures", max_bytes=10**9, max_age_s=10**9, segment_bytes=10**6,
+    kept = CaptureStore(tmp_path / "captures", segment_bytes=10**6,
                         clock=FakeClock(calls[0][0].exchange.ended_at_ns))
     kept.append(exchange("unused_server", "001", ADVICE))
     kept.close()
     advice = advise(conn, sel, Repricer(TABLE), corpus_now_ns(), tmp_path / "captures")
     assert found(advice, "unused_mcp_server", "calendar").evidence["captures"] == "stored"
     retained = tmp_path / "retained"
-    later = CaptureStore(retained, max_bytes=10**9, max_age_s=10**9, segment_bytes=10**6,
+    later = CaptureStore(retained, segment_bytes=10**6,
                          clock=FakeClock(calls[-1][0].exchange.ended_at_ns + 1))  # the older ones were deleted
     later.append(exchange("unused_server", "003", ADVICE))
     later.close()

@@ -1,7 +1,9 @@
-"""The follower in-process: log order, catching up from disk, the checkpoint, restarts, retention.
+"""The follower in-process: log order, reading the log back, the checkpoint, restarts, retention.
 
 Real capture log, real spool and real materializer under tmp_path; the recorded corpus as input.
-(The daemon-level crash tests, with a real `kill -9`, are in tests/test_recovery.py.)
+The wire's side is played by a `CaptureStore` and the notes it would send over the link.
+(The daemon-level crash tests, with a real `kill -9`, are in tests/test_recovery.py and
+tests/test_work_process.py.)
 """
 
 import errno
@@ -16,42 +18,54 @@ from opik_cipx.materialize.follower import Follower
 from opik_cipx.materialize.materializer import Materializer, MaterializerConfig
 from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.stats import Counters
-from opik_cipx.store.captures import CaptureStore, LogPosition, list_segments
+from opik_cipx.store.capture_keeper import LogKeeper
+from opik_cipx.store.captures import CaptureStore, LogPosition, encode_member, list_segments
 from opik_cipx.store.spool import Spool
-from tests.claude_code_corpus import corpus_clock, exchanges
+from tests.claude_code_corpus import exchanges
 from tests.conftest import wait_for
 
 BIG = 10**9
 
 
 class Daemonish:
-    """The pieces the daemon wires around a follower, on one home directory."""
+    """The pieces the work process wires around a follower, on one home directory, and the wire's
+    capture log beside it."""
 
-    def __init__(self, home: Path, keep: bool = True, inmem_max: int = 10_000, wire_idle=None, clock=None):
+    def __init__(self, home: Path, keep: bool = True, inmem_max: int = 10_000, skip=None, clock=None):
         self.home = home
         self.counters = Counters()
-        self.store = CaptureStore(home / "captures", max_bytes=BIG, max_age_s=BIG, segment_bytes=200_000, keep=keep)
+        self.store = CaptureStore(home / "captures", segment_bytes=200_000, keep=keep)
         self.spool = Spool(home / "spool", max_bytes=BIG, segment_bytes=10**7, inmem_max=inmem_max,
                            inmem_max_bytes=BIG, commit_interval_s=0.01)
         config = MaterializerConfig("claude-code", True, 500_000, home / "sessions", home / "none.json")
         self.listed: list[str] = []
-        self.follower = Follower(Materializer(config, load_price_table()), self.store, self.spool, self.counters,
+        self.working: list = []
+        keeper = LogKeeper(home / "captures", max_bytes=BIG, max_age_s=BIG, keep=keep)
+        self.follower = Follower(Materializer(config, load_price_table()), keeper, self.spool, self.counters,
                                  home / "materializer" / "checkpoint.json",
-                                 lambda capture, records: self.listed.append(capture.id), wire_idle,
-                                 **({"clock": clock} if clock else {}))
+                                 lambda capture, records: self.listed.append(capture.id),
+                                 on_working=self.working.append, **({"clock": clock} if clock else {}))
         self.spool.start()
-        self.follower.start()
+        self.follower.start_at(self.store.tail(), self.store.start_end.segment, skip)
 
-    def capture(self, capture, handoff: bool = True) -> None:
-        """What the capture thread does (optionally losing the in-memory handoff)."""
+    def capture(self, capture, note: bool = True):
+        """What the wire's capture thread does (optionally its note to the work process lost)."""
         appended = self.store.append(capture)
-        if handoff:
-            self.follower.handoff(capture, appended)
+        if note:
+            self.follower.note(appended.tail)
+        return appended
 
     def stop(self) -> None:
+        self.store.close()
+        self.follower.note(self.store.tail())
         assert self.follower.stop(timeout_s=20)
         assert self.spool.close(timeout_s=5) == 0
-        self.store.close()
+
+
+def at_end(position: LogPosition, end: LogPosition) -> bool:
+    """`position` is where the log ends: at `end`, or, once the segment `end` is in was sealed and
+    read to its end, at the start of the next one (the follower may be at either)."""
+    return position == end or position == LogPosition(end.segment + 1, 0)
 
 
 def spooled(home: Path) -> list[dict]:
@@ -69,11 +83,11 @@ def key(records: list[dict]) -> set[str]:
     return {json.dumps(r, sort_keys=True) for r in records}
 
 
-def test_captures_handed_over_or_not_are_materialized_in_log_order(tmp_path):
+def test_captures_noted_or_not_are_materialized_in_log_order(tmp_path):
     d = Daemonish(tmp_path / "home")
     captured = exchanges("subagent")
     for i, (_, capture) in enumerate(captured):
-        d.capture(capture, handoff=i % 2 == 0)  # every other handoff lost: read back from the log
+        d.capture(capture, note=i % 2 == 0)  # every other note lost: found in the log all the same
     wait_for(lambda: len(d.listed) == len(captured), what="every capture materialized")
     assert d.listed == [c.id for _, c in captured]
     assert d.follower.section() == {"lag_events": 0, "inflight_raw": 0}
@@ -90,8 +104,8 @@ def test_a_restart_resumes_after_the_checkpoint_with_the_same_records(tmp_path):
     wait_for(lambda: len(first.listed) == 4, what="four materialized")
     first.stop()
     checkpoint = read_json(home / "materializer" / "checkpoint.json")
-    assert checkpoint["position"]["offset"] > 0 and checkpoint["state"]["sessions"]
-    logged_meanwhile = CaptureStore(home / "captures", max_bytes=BIG, max_age_s=BIG, segment_bytes=200_000)
+    assert LogPosition(**checkpoint["position"]) > LogPosition(1, 0) and checkpoint["state"]["sessions"]
+    logged_meanwhile = CaptureStore(home / "captures", segment_bytes=200_000)
     for _, capture in captured[4:]:
         logged_meanwhile.append(capture)  # in the log, never materialized (the daemon died)
     logged_meanwhile.close()
@@ -119,10 +133,9 @@ def test_a_lost_checkpoint_means_the_whole_log_again_which_only_upserts(tmp_path
 
 def test_the_first_start_leaves_captures_of_older_versions_alone(tmp_path):
     home = tmp_path / "home"
-    old = CaptureStore(home / "captures", max_bytes=BIG, max_age_s=BIG, segment_bytes=BIG)
-    appended = old.append(exchanges("simple")[1][1])
-    old.close()
-    appended.path.rename(appended.path.with_name("20260101T000000-99-0001.jsonl.gz"))
+    (home / "captures").mkdir(parents=True)
+    legacy = home / "captures" / "20260101T000000-99-0001.jsonl.gz"
+    legacy.write_bytes(encode_member(exchanges("simple")[1][1], 0))
     d = Daemonish(home)
     d.capture(exchanges("tools")[0][1])
     wait_for(lambda: d.listed, what="the new capture materialized")
@@ -166,51 +179,37 @@ def test_a_full_spool_makes_the_follower_wait_instead_of_dropping(tmp_path, monk
     assert spooled(home) == straight("tools", tmp_path)
 
 
-def test_the_follower_waits_for_a_quiet_wire_until_it_was_behind_too_long(tmp_path):
-    """A wire that never quiets down (a burst that does not end) delays materializing, never
-    stops it: once the follower has been behind for BACKLOG_MAX_S, it stops waiting for the wire."""
-    clock = corpus_clock()
-    waits: list[float] = []
-    all_logged = threading.Event()
-
-    def never_quiet(timeout_s: float) -> bool:
-        all_logged.wait(10)  # the whole burst is in the log before the follower gets anywhere
-        waits.append(timeout_s)
-        clock.advance(timeout_s)  # busy for the whole wait
-        return False
-
-    d = Daemonish(tmp_path, wire_idle=never_quiet, clock=clock)
-    captures = [capture for scenario in ("tools", "subagent") for _, capture in exchanges(scenario)]
-    per_capture = follower_module.MAX_DEFER_S + follower_module.PAUSE_MAX_S
-    assert len(captures) * per_capture > follower_module.BACKLOG_MAX_S + per_capture
+def test_a_stop_materializes_the_log_up_to_where_the_wire_said_it_ends(tmp_path):
+    d = Daemonish(tmp_path)
+    captures = [capture for _, capture in exchanges("tools")]
     for capture in captures:
-        d.capture(capture)
-    all_logged.set()
-    wait_for(lambda: len(d.listed) == len(captures), timeout_s=30, what="every capture materialized")
-    # It waited for the wire before each capture until it had been behind for BACKLOG_MAX_S, then no more.
-    assert follower_module.BACKLOG_MAX_S <= sum(waits) <= follower_module.BACKLOG_MAX_S + per_capture
-    assert max(waits) <= follower_module.WIRE_SLICE_S
+        d.capture(capture, note=False)  # the follower has not looked yet
+    d.store.close()
+    d.follower.note(d.store.tail())  # the wire's stop says where the log ends ...
+    assert d.follower.stop(timeout_s=20)  # ... and the follower gets there before it stops
     assert d.listed == [capture.id for capture in captures]
-    assert not d.follower.backlogged and d.follower.lag == 0
-    d.stop()
-
-
-def test_a_stop_reaches_a_follower_that_waits_for_a_busy_wire(tmp_path):
-    """The stop request (where the log ends, the deadline) is set with the stop flag under the
-    worker's lock, and the follower's wait for the wire looks at it between short slices: a stop
-    does not wait for the wire to calm down."""
-    waiting, never = threading.Event(), threading.Event()
-
-    def busy_wire(timeout_s: float) -> bool:
-        waiting.set()
-        return never.wait(timeout_s)  # the wire stays busy for as long as it is asked to wait
-
-    d = Daemonish(tmp_path, wire_idle=busy_wire)
-    (_, capture), *_ = exchanges("simple")
-    d.capture(capture)
-    assert waiting.wait(10)  # the follower waits for the wire before materializing the capture
-    assert d.follower.stop(timeout_s=0.5)  # done well within the stop deadline
-    assert d.listed == [capture.id]  # materialized at once, then checkpointed
     checkpoint = read_json(tmp_path / "materializer" / "checkpoint.json")
-    assert LogPosition(**checkpoint["position"]) == d.store.end
+    assert at_end(LogPosition(**checkpoint["position"]), d.store.end)
     assert d.spool.close(timeout_s=5) == 0
+
+
+def test_the_wire_learns_which_capture_is_being_materialized(tmp_path):
+    d = Daemonish(tmp_path)
+    appended = [d.capture(capture) for _, capture in exchanges("simple")]
+    wait_for(lambda: len(d.listed) == len(appended), what="materialized")
+    d.stop()
+    assert d.working == [position for a in appended for position in (a.start, None)]
+
+
+def test_a_capture_the_work_process_died_on_twice_is_passed_over(tmp_path):
+    home = tmp_path / "home"
+    captured = [capture for _, capture in exchanges("tools")]
+    store = CaptureStore(home / "captures", segment_bytes=200_000)
+    appended = [store.append(capture) for capture in captured]
+    store.close()
+    d = Daemonish(home, skip={appended[2].start})
+    wait_for(lambda: len(d.listed) == len(captured) - 1, what="the others materialized")
+    d.stop()
+    assert d.listed == [c.id for i, c in enumerate(captured) if i != 2]
+    assert d.counters.get("materializer_errors_total") == 1
+    assert d.follower.lag == 0

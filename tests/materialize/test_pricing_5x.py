@@ -92,7 +92,7 @@ def test_pricing_metadata_says_which_tier_rate_date_and_iterations_applied(tmp_p
 
 
 def store(home, scenario: str) -> None:
-    captures = CaptureStore(home / "captures", max_bytes=10**9, max_age_s=10**12, segment_bytes=10**7)
+    captures = CaptureStore(home / "captures", segment_bytes=10**7)
     for _, capture in exchanges(scenario, FIXTURES_5X):
         captures.append(capture)
     captures.close()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from opik_cipx.store.captures import list_segments
 from tests.conftest import REPO, DaemonProcess, cli_env, run_cli, wait_for
 from tests.lifecycle_helpers import SESSION_START
 
@@ -169,7 +170,7 @@ def test_a_starting_daemon_sets_wrong_type_paths_aside_and_serves_every_call(hom
             assert (f"{moved[0].name}: {name} was not a {'directory' if directory else 'file'} when a daemon "
                     "started, so it was set aside; look at it, then delete it") in layout
         assert not [line for line in layout if str(home) in line]  # the admin port names no absolute path
-        assert any((home / "captures").glob("*.jsonl.gz")) and (home / "logs" / "cipx.log").is_file()
+        assert list_segments(home / "captures") and (home / "logs" / "cipx.log").is_file()
         status = run_cli(home, "status")
         assert status.returncode == 0 and all(f"  ! {line}" in status.stdout for line in layout)
         report = run_cli(home, "report", "--json")

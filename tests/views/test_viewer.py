@@ -45,7 +45,7 @@ def serve(home):
 def viewer(tmp_path_factory):
     home = tmp_path_factory.mktemp("viewer") / "cipx-home"
     corpus = materialized(home / "sessions")
-    store = CaptureStore(home / "captures", max_bytes=10**9, max_age_s=10**9, segment_bytes=10**7)
+    store = CaptureStore(home / "captures", segment_bytes=10**7)
     ledger = Ledger(home / "ledger.db", retention_days=400, clock=corpus_clock())
     for _, _, capture, result in corpus:
         store.append(capture)

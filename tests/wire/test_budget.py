@@ -159,6 +159,20 @@ def test_a_capture_written_again_counts_once():
     assert g.section()["caps"][0]["spent_usd"] == pytest.approx(3.0)
 
 
+def test_a_new_reading_of_the_ledger_replaces_the_totals_it_holds():
+    """Each work process sends what the ledger holds before it writes: what the guard counted from
+    an earlier one is in it, so the totals are replaced, never added to (nor lost)."""
+    g, _ = guard({"day_usd": 5, "session_usd": 4}, NOON, Seed(days=(("2026-12-09", None, 1.0),),
+                                                            sessions=((SESSION, None, 1.0, NOON),)))
+    g.add([Spend(NOON, 2.5, SESSION, capture_id="c1")])
+    assert check(g) is None
+    g.seed(Seed(days=(("2026-12-09", None, 3.5),), sessions=((SESSION, None, 3.5, NOON),), largest_usd=2.5))
+    assert [(c["scope"], c["spent_usd"]) for c in g.section()["caps"]][1] == ("day", pytest.approx(3.5))
+    assert check(g) is None  # 3.5 of 4 and of 5: below both caps, as the ledger says
+    g.add([Spend(NOON, 1.0, SESSION, capture_id="c2")])
+    assert check(g).scope == "session"
+
+
 def test_allowances_let_a_session_or_everything_through():
     g, clock = guard({"day_usd": 1}, NOON, Seed(days=(("2026-12-09", None, 2.0),)))
     g.allow([SESSION], 0, "s1")

@@ -1,0 +1,331 @@
+"""The work process: everything the daemon does off the wire.
+
+(docs/ARCHITECTURE.md, "Processes and threads".)
+
+The wire process starts it (control/work_process.py) as its own command line run again, with the
+link's end inherited (`link.WORK_FD_ENV`), and sends it a hello: the settings the wire started
+with (a config file edited since does not change a running daemon), the Opik destination, the
+viewer's listening socket and token, where the capture log ends. It then follows the log the
+wire appends to: the follower materializes each capture, the ledger gets its call, the spool
+its records, the shipper sends them to Opik; the viewer (the dashboard) answers on the socket
+the wire holds, so its port stays the same across restarts of this process and a browser's
+request waits in the backlog meanwhile.
+
+It runs at a lower CPU priority (`WORK_NICE`): in a process of its own it holds no lock the wire
+waits for, so the scheduler can put the wire's threads first. One work process per home at a
+time: `work.lock`, taken before anything is opened (a predecessor whose wire was killed ends
+when it sees its link close; the next one waits for it here).
+
+It stops when the wire says so (`stop`: the log ends there; materialize it, checkpoint, commit
+the spool, stop the shipper, exit 0) or on SIGTERM, SIGINT or SIGQUIT (the same, with the log's
+end as last told); a link that closes (the wire is gone) ends it at once, as a `kill -9` would:
+the next work process picks up from the checkpoint.
+"""
+
+import fcntl
+import logging
+import os
+import socket
+import sqlite3
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from opik_cipx import telemetry
+from opik_cipx.clock import SYSTEM, Clock
+from opik_cipx.config import Settings
+from opik_cipx.control.work_process import PROTOCOL_MISMATCH
+from opik_cipx.home import open_private
+from opik_cipx.ledger.budget_feed import read_seed, spends
+from opik_cipx.ledger.entry import Entry
+from opik_cipx.ledger.schema import SchemaError
+from opik_cipx.ledger.store import Ledger, Previous
+from opik_cipx.link import PROTOCOL, WORK_FD_ENV, Link
+from opik_cipx.logs import DaemonLog
+from opik_cipx.materialize.call import Materialized
+from opik_cipx.materialize.follower import Follower
+from opik_cipx.materialize.git_probe import GitProbe
+from opik_cipx.materialize.materializer import Materializer, materializer_config
+from opik_cipx.materialize.pricing import load_price_table
+from opik_cipx.ship.destination import Destination, opik_config_path, resolve_destination
+from opik_cipx.ship.shipper import Shipper
+from opik_cipx.stats import Counters, default_sections
+from opik_cipx.store.capture_keeper import LogKeeper
+from opik_cipx.store.captures import LogPosition, LogTail
+from opik_cipx.store.spool import Spool
+from opik_cipx.views.access import ViewerAccess
+from opik_cipx.views.dashboard import Dashboard
+from opik_cipx.views.sign_in import SignInLinks
+from opik_cipx.views.viewer import ViewerHandler
+from opik_cipx.wire.capture import Capture
+from opik_cipx.wire.connections import Limits
+from opik_cipx.wire.loopback import LoopbackServer
+from opik_cipx.worker import Stage, stop_stages
+
+log = logging.getLogger(__name__)
+WORK_LOCK = "work.lock"
+WORK_NICE = 10  # the work process's CPU priority below the wire's (os.nice)
+WORKER_STOP_S = 5.0  # the least each worker gets to finish at shutdown (the follower: `drain_timeout_s` if longer)
+TELEMETRY_FLUSH_S = 2.0
+SHUTDOWN_POLL_S = 0.1
+SEED_RETRY_S = 30.0  # how often a work process that could not read the ledger for the budget tries again
+
+
+class StartupError(Exception):
+    """The work cannot start; the message is one line fit for the user."""
+
+
+def build_materializer(settings: Settings, env: dict[str, str], project: str | None = None,
+                       git: GitProbe | None = None) -> Materializer:
+    """The materializer the work process runs (`replay` builds the same one, so the ids match); the
+    project template is the destination's (resolved from `settings` and `env` when not given).
+
+    Raises StartupError when a `[prices]` override cannot be applied to the packaged table."""
+    try:
+        prices = load_price_table(settings.prices)
+    except ValueError as exc:
+        raise StartupError(f"bad setting in config file {settings.config_path}: {exc}") from None
+    if project is None:
+        project = resolve_destination(settings, opik_config_path(env)).project
+    return Materializer(materializer_config(settings, env, project), prices, git=git)
+
+
+class Work:
+    """Everything the work process runs; the follower, the spool's writer and the shipper stop in
+    that order, each within its time (docs/ARCHITECTURE.md, "Processes and threads")."""
+
+    def __init__(self, settings: Settings, destination: Destination, link: Link, counters: Counters,
+                 reporter: telemetry.Reporter, clock: Clock = SYSTEM):
+        self.settings, self.destination, self.link = settings, destination, link
+        self.counters, self.reporter, self.clock = counters, reporter, clock
+        mib = 1024 * 1024
+        # Repositories read off the wire, for the materializer; in a process of its own, a git
+        # reading waits for no quiet wire (starting git holds only this process's interpreter lock).
+        self.git_probe = GitProbe(counters, clock)
+        self.materializer = build_materializer(settings, dict(os.environ), destination.project, git=self.git_probe)
+        self.budget = settings.budget.enabled  # the wire's guard counts what this process records
+        self._seed_at = float("-inf")
+        self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, counters, clock=clock,
+                             keep_text=settings.capture_content, on_written=self._spent if self.budget else None)
+        self.spool = Spool(settings.spool_dir, max_bytes=int(settings.spool_max_mb * mib),
+                           segment_bytes=int(settings.spool_segment_mb * mib), inmem_max=settings.spool_inmem_max,
+                           inmem_max_bytes=int(settings.spool_inmem_max_mb * mib),
+                           commit_interval_s=settings.spool_commit_interval_s, counters=counters,
+                           clock=clock, keep=destination.configured)  # no Opik: nothing kept for it
+        self.shipper = Shipper(self.spool, destination, counters, timeout_s=settings.opik_timeout_s,
+                               retry_max_s=settings.opik_retry_max_s, auth_probe_s=settings.opik_auth_probe_s,
+                               clock=clock)
+        keeper = LogKeeper(settings.captures_dir, max_bytes=settings.captures_max_mb * mib,
+                           max_age_s=settings.captures_max_age_days * 86400, keep=settings.captures_enabled,
+                           clock=clock)
+        self.follower = Follower(self.materializer, keeper, self.spool, counters, settings.checkpoint_path,
+                                 self._materialized, on_idle=self._idle, on_working=self._working,
+                                 clock=clock)
+        self.git_probe.on_answer = self.follower.wake  # its answer's trace versions go out from the follower
+        self.stages = [
+            Stage(self.follower, max(settings.drain_timeout_s, WORKER_STOP_S), self.ledger.close,
+                  "the rest of the capture log is materialized at the next start"),
+            Stage(self.git_probe, WORKER_STOP_S, None, "a git reading is still running"),
+            Stage(self.spool.writer, WORKER_STOP_S, None, "records it could not write to the spool are lost"),
+            Stage(self.shipper, WORKER_STOP_S, None,
+                  "a request to Opik is still in flight; its records stay in the spool"),
+        ]
+        self.viewer: LoopbackServer | None = None
+        self._viewer_thread: threading.Thread | None = None
+
+    def serve_viewer(self, fd: int, token: str) -> None:
+        """The dashboard on the listening socket the wire holds (`fd`, inherited)."""
+        settings = self.settings
+        pages = Dashboard(settings.ledger_path, settings.captures_dir, clock=self.clock, budget=settings.budget,
+                          prices=settings.prices)
+        access = ViewerAccess(token, SignInLinks(settings.home, self.clock))
+        handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": access})
+        limits = Limits(settings.client_header_timeout_s, settings.client_body_timeout_s,
+                        settings.client_idle_timeout_s, settings.client_max_connections,
+                        max_buffered_bytes=int(settings.client_buffer_max_mb * 1024 * 1024))
+        listener = socket.socket(fileno=fd)
+        self.viewer = LoopbackServer("viewer", settings.listen_host, 0, handler, limits, self.counters,
+                                     listener=listener)
+        self._viewer_thread = threading.Thread(target=self.viewer.serve_forever, args=(SHUTDOWN_POLL_S,),
+                                               name="cipx-viewer", daemon=True)
+        self._viewer_thread.start()
+
+    def start(self, tail: LogTail, own_from: int, skip: list[LogPosition]) -> None:
+        self._seed_budget()  # before the follower writes anything to the ledger
+        for stage in reversed(self.stages[1:]):  # a consumer before what feeds it
+            stage.worker.start()
+        self.follower.start_at(tail, own_from, set(skip))
+
+    def _idle(self) -> None:
+        """(The follower's thread, nothing to materialize.) The ledger's retries; the budget's seed
+        when the ledger could not be read for it before."""
+        self.ledger.retry_due()
+        self._seed_budget()
+
+    def _seed_budget(self) -> None:
+        """The wire's budget guard gets what the ledger holds, read under the ledger's lock, so the
+        spends written after it follow it on the link in order (docs/BUDGETS.md); while the ledger
+        cannot be read, the wire is told and this is tried again every `SEED_RETRY_S`."""
+        if not self.budget or self.clock.monotonic() - self._seed_at < SEED_RETRY_S:
+            return
+        self._seed_at = self.clock.monotonic()
+        now = self.clock.time_ns()
+        try:
+            self.ledger.read(lambda conn: self.link.send("budget_seed", read_seed(conn, now)))
+        except (sqlite3.Error, SchemaError, OSError) as exc:
+            reason = f"cannot read {self.settings.ledger_path.name}: {exc}"
+            self.link.send("budget_unread", reason)
+            log.warning("budget: %s; trying again in %.0fs", reason, SEED_RETRY_S)
+            return
+        self._seed_at = float("inf")
+
+    def _spent(self, entry: Entry, previous: Previous | None) -> None:
+        """A call the ledger wrote (under its lock, on the follower's thread): to the wire's guard."""
+        self.link.send("spent", spends(entry, previous))
+
+    def _working(self, position: LogPosition | None) -> None:
+        self.link.send("working", tuple(position) if position is not None else None)
+
+    def _materialized(self, capture: Capture, result: Materialized) -> None:
+        """After each capture is materialized (on the follower's thread): the call into the ledger,
+        an upsert by capture id, so a capture materialized again after a crash counts once. A call
+        whose usage held a field that is no token count is flagged (`calls_flagged`, logged)."""
+        call = result.call
+        if call is not None and call.usage is not None and call.usage.malformed:
+            self.counters.incr("calls_flagged")
+            log.warning("capture %s: usage field(s) %s from upstream are no token count; the call is recorded "
+                        "with them as read", capture.id, ", ".join(call.usage.malformed))
+        self.ledger.write(call)
+        if self.budget:
+            self.link.send("settled", capture.id)
+
+    def stats(self) -> dict[str, Any]:
+        """What the wire's admin stats take from this process: sections, counters and refusals."""
+        sections = default_sections()
+        for name, provide in (("materializer", self.follower.section), ("opik", self.shipper.section),
+                              ("queue", self.shipper.queue_section), ("wal", self.spool.section),
+                              ("unknown_models", self.materializer.unknown_models.section),
+                              ("rate_limits", self.materializer.rate_limits.section),
+                              ("telemetry", self.reporter.section)):
+            sections[name].update(provide())
+        return {"pid": os.getpid(), "sections": sections, "counters": self.counters.snapshot(),
+                "refusals": self.counters.refusals()}
+
+    def shutdown(self) -> None:
+        """Stop the viewer, then the work in its order, each within its time."""
+        if self.viewer is not None:
+            self.viewer.shutdown()
+            self.viewer.server_close()
+        stop_stages(self.stages, log)
+        unwritten = self.spool.close(0)  # its writer has stopped: what it could not write is lost
+        if unwritten:
+            self.counters.incr("spans_dropped_term", unwritten)
+            log.warning("shutdown: %d record(s) could not be written to the spool and are lost", unwritten)
+
+
+def hold_work_lock(home: Path) -> int | None:
+    """Take `work.lock` (waiting while a predecessor still holds it); its descriptor, or None when the
+    file cannot be made (a full or read-only disk: the work runs all the same)."""
+    try:
+        fh = open_private(home / WORK_LOCK, os.O_RDWR | os.O_CREAT)
+    except OSError as exc:
+        log.warning("running without %s: %s", WORK_LOCK, exc.strerror or exc)
+        return None
+    fd = os.dup(fh.fileno())
+    fh.close()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info("waiting for the previous work process to end")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        return fd  # a file system without flock
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass
+    return fd
+
+
+def run_work(env: dict[str, str] | None = None) -> int:
+    """The work process's main: its exit status (0 once stopped as asked)."""
+    fd = (os.environ if env is None else env).pop(WORK_FD_ENV, "")
+    if not fd.isdigit():
+        print("opik-cipx: the work process is started by the daemon (`opik-cipx proxy`), not by hand",
+              file=sys.stderr)
+        return 2
+    link = Link(socket.socket(fileno=int(fd)), blocking=True)
+    hello = link.recv()
+    if hello is None or hello[0] != "hello":
+        return 1
+    if hello[1] != PROTOCOL:
+        print(f"opik-cipx: the work process speaks link protocol {PROTOCOL}, the daemon {hello[1]}: restart the "
+              "daemon (`opik-cipx restart`)", file=sys.stderr)
+        return PROTOCOL_MISMATCH
+    _, _, config, destination, viewer, tail, own_from, skip = hello
+    settings = Settings(**config)
+    os.umask(0o077)
+    DaemonLog(settings.logs_dir, settings.logs_max_mb * 1024 * 1024, settings.logs_backups,
+              debug=settings.opik_debug, rotate=False)
+    try:
+        os.nice(WORK_NICE)
+    except OSError:
+        pass
+    lock = hold_work_lock(settings.home)
+    counters = Counters()
+    reporter = telemetry.start(settings, counters)
+    try:
+        return _serve(settings, destination, link, counters, reporter, viewer, (tail, own_from, skip))
+    except Exception:
+        log.exception("opik-cipx work process crashed")
+        return 1
+    finally:
+        reporter.stop(TELEMETRY_FLUSH_S)
+        if lock is not None:
+            os.close(lock)
+
+
+def _serve(settings: Settings, destination: Destination, link: Link, counters: Counters,
+           reporter: telemetry.Reporter, viewer: tuple[int, str] | None, where: tuple) -> int:
+    from opik_cipx.daemon import catch_signals
+
+    try:
+        work = Work(settings, destination, link, counters, reporter)
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+    stop = threading.Event()
+    catch_signals(stop, terminal=False)
+    if viewer is not None:
+        work.serve_viewer(*viewer)
+    work.start(*where)
+    threading.Thread(target=_listen, args=(link, work, stop), name="cipx-link", daemon=True).start()
+    link.send("ready", os.getpid())
+    log.info("work process ready (pid %d)", os.getpid())
+    while not work.clock.wait(stop, 1.0):
+        pass
+    work.shutdown()
+    log.info("work process stopped")
+    return 0
+
+
+def _listen(link: Link, work: Work, stop: threading.Event) -> None:
+    """What the wire says: where the log ends now, a stats request, stop. A link that closes means
+    the wire is gone: the process ends at once (the next work process starts from the checkpoint)."""
+    while True:
+        message = link.recv()
+        if message is None:
+            if not stop.is_set():
+                log.warning("the wire process is gone: the work process ends now")
+                os._exit(0)
+            return
+        kind = message[0]
+        if kind == "log":
+            work.follower.note(message[1])
+        elif kind == "stats":
+            link.send("stats", message[1], work.stats())
+        elif kind == "stop":
+            work.follower.note(message[1])
+            stop.set()
