@@ -8,9 +8,8 @@ later one as its end, and what the commits between the two heads changed (`read_
 materializer takes what is known (`turn(turn_id)`) without waiting, and the turns answered since
 it last looked (`answered()`), to emit their trace once more; `on_answer` wakes its thread.
 
-Each reading waits, at most `QUIET_WAIT_S`, for a quiet wire (`wire_idle`, as the follower does:
-starting a process holds the interpreter lock a moment). Only a directory owned by the daemon's
-user is read: one named by a request may be anyone's, and
+The probe runs in the work process, so starting git costs the wire nothing. Only a directory
+owned by the daemon's user is read: one named by a request may be anyone's, and
 a repository's config can make git run programs (git refuses another user's repository too). A
 directory that gave nothing (not there, not the user's, not a repository) is not read again for
 `NOTHING_TTL_S`, and a turn read only there is not known (`turn` is None): its trace gets no
@@ -37,8 +36,6 @@ log = logging.getLogger(__name__)
 MAX_TURNS = 64
 QUEUE_MAX = 16
 NOTHING_TTL_S = 60.0  # a directory git could say nothing about is read again only this much later
-QUIET_WAIT_S = 1.0  # the longest a reading waits for a quiet wire
-WIRE_SLICE_S = 0.05  # that wait is cut in slices this long, so a stop reaches it
 
 
 @dataclass
@@ -52,12 +49,10 @@ class _Turn:
 
 class GitProbe(Worker):
     def __init__(self, counters: Counters, clock: Clock = SYSTEM, timeout_s: float = GIT_TIMEOUT_S,
-                 owner_uid: int | None = None, wire_idle: Callable[[float], bool] | None = None):
-        """`owner_uid`: whose directories are read (the daemon's user by default); `wire_idle(timeout_s)`
-        blocks until no exchange started lately (True) or the timeout."""
+                 owner_uid: int | None = None):
+        """`owner_uid`: whose directories are read (the daemon's user by default)."""
         super().__init__("git", counters, log, clock)
         self.timeout_s = timeout_s
-        self.wire_idle = wire_idle
         self.owner_uid = os.getuid() if owner_uid is None else owner_uid
         self.on_answer: Callable[[], None] = lambda: None
         self._lock = threading.Lock()  # the tables below, shared with the materializer's thread
@@ -111,7 +106,6 @@ class GitProbe(Worker):
             start = known.start if known else None
         if cwd is None or self.stopping:
             return
-        self._wait_for_wire()
         state = self._read(cwd)
         changes = None
         if start is not None and start.head_sha and state.head_sha and start.head_sha != state.head_sha:
@@ -127,15 +121,6 @@ class GitProbe(Worker):
                 self._turns.popitem(last=False)
             self._answered[item] = None
         self.on_answer()
-
-    def _wait_for_wire(self) -> None:
-        if self.wire_idle is None:
-            return
-        deadline = self.clock.monotonic() + QUIET_WAIT_S
-        while not self.stopping:
-            left = deadline - self.clock.monotonic()
-            if left <= 0 or self.wire_idle(min(left, WIRE_SLICE_S)):
-                return
 
     def _read(self, cwd: str) -> RepoState:
         """The directory's state; nothing when it is no repository of the user's (remembered a while)."""

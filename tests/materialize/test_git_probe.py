@@ -4,7 +4,6 @@ repositories in tmp dirs; and the materializer's use of it (only for live calls,
 import dataclasses
 import json
 import os
-import threading
 
 import pytest
 
@@ -85,30 +84,6 @@ def test_a_directory_git_said_nothing_of_is_not_read_again_for_a_while(tmp_path,
     monkeypatch.setattr(git_probe, "NOTHING_TTL_S", 0.0)
     found = answer(probe, "t3", plain)
     assert found is not None and found.head_sha == head
-
-
-def test_a_reading_waits_for_a_quiet_wire_but_not_for_ever(tmp_path, monkeypatch):
-    repo = make_repo(tmp_path / "repo")
-    head = commit(repo, {"app.py": "a\n"})
-    asked: list[float] = []
-    quiet = threading.Event()
-
-    def wire_idle(timeout_s: float) -> bool:
-        asked.append(timeout_s)
-        return quiet.wait(timeout_s)
-
-    monkeypatch.setattr(git_probe, "QUIET_WAIT_S", 0.3)
-    probe = GitProbe(Counters(), timeout_s=30, wire_idle=wire_idle)
-    probe.start()
-    try:
-        found = answer(probe, "busy", repo)  # the wire never calms down: read after the wait anyway
-        assert found is not None and found.head_sha == head and len(asked) > 1
-        assert all(timeout <= git_probe.WIRE_SLICE_S for timeout in asked)  # slices, so a stop reaches it
-        quiet.set()
-        asked.clear()
-        assert answer(probe, "quiet", repo) is not None and len(asked) == 1
-    finally:
-        assert probe.stop(30)
 
 
 def captures_in(repo):
