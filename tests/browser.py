@@ -106,7 +106,7 @@ class Browser:
             if event["method"] == "Page.frameNavigated" and params["frame"]["id"] == frame:
                 urls[params["frame"]["loaderId"]] = params["frame"]["url"]
             elif (event["method"] == "Page.lifecycleEvent" and params["frameId"] == frame
-                  and params["name"] == "load" and until(urls.get(params["loaderId"], ""))):
+                  and params["name"] == "load" and params["loaderId"] in urls and until(urls[params["loaderId"]])):
                 return urls[params["loaderId"]]
 
     def html(self) -> str:
