@@ -2,7 +2,9 @@
 recorded corpus (today) over a ledger that already holds 20 days of copies of it (written relative
 to the clock, so no date is fixed). The rendered DOM must hold the totals, the charts, a date
 range and filters that agree with `report`, top-list links that narrow the view, exports in
-`report`'s shape and a call's request folded by bucket, before and after a restart.
+`report`'s shape and a call's request folded by bucket, before and after a restart. Each test
+drives one browser with a fresh profile over the DevTools protocol (`tests/browser.py`): turned
+away before it signs in, then signed in by a one-time link, whose cookie admits the pages after it.
 
 Screenshots at 1280 px and at phone width (390 px) go to `$CIPX_SCREENSHOTS` when set (a
 directory the caller chooses; docs/dashboard.png is the 1280 px home), else under the test's
@@ -16,9 +18,7 @@ import json
 import os
 import random
 import re
-import shutil
 import struct
-import subprocess
 import time
 import uuid
 from datetime import date, timedelta
@@ -30,43 +30,35 @@ from opik_cipx.ledger.entry import ledger_entry
 from opik_cipx.ledger.periods import day_start_ns, local_day
 from opik_cipx.ledger.store import Ledger
 from opik_cipx.views.sign_in import SignInLinks
+from tests.browser import EXECUTABLE, Browser
 from tests.claude_code_corpus import SCENARIOS, materialized, write_session_files
 from tests.conftest import DaemonProcess, run_cli, wait_for
 from tests.test_end_to_end import replay_scenario
 
-BROWSER = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
-                if shutil.which(name)), None)
 pytestmark = pytest.mark.skipif(
-    BROWSER is None, reason="no chromium on this machine (`.ci/run` installs Debian's: apt-get install chromium)")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars")
+    EXECUTABLE is None, reason="no chromium on this machine (`.ci/run` installs Debian's: apt-get install chromium)")
 SUBAGENT_SESSION = "1b15d3cd-b49e-410d-880f-1d1856a84f6c"
 SUBAGENT_PROMPT = "Use a subagent to survey this project's layout and report back."
 HISTORY_DAYS = 20
 
 
-def chromium(tmp: Path, *args: str) -> str:
-    profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"  # a fresh profile every run
-    result = subprocess.run([BROWSER, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
+def sign_in(browser: Browser, base: str, home: Path) -> str:
+    """Open a new one-time sign-in link (what `opik-cipx viewer` issues): the viewer sets the cookie
+    and its page moves the browser on to `/` without the code. The DOM of that home page."""
+    assert browser.open(f"{base}/?signin={SignInLinks(home).issue()}", until=lambda url: "signin=" not in url) == \
+        f"{base}/"
+    return browser.html()
 
 
-def signed_in(url: str, home: Path) -> str:
-    """`url` with a new one-time sign-in link (what `opik-cipx viewer` issues), which sets the cookie
-    and moves on to `url` itself (a navigation the browser follows within the virtual time budget)."""
-    return f"{url}{'&' if '?' in url else '?'}signin={SignInLinks(home).issue()}"
+def dom(browser: Browser, url: str) -> str:
+    browser.open(url)
+    return browser.html()
 
 
-def dom(tmp: Path, url: str, home: Path) -> str:
-    return chromium(tmp, "--virtual-time-budget=10000", "--dump-dom", signed_in(url, home))
-
-
-def screenshot(tmp: Path, url: str, home: Path, path: Path, width: int, height: int) -> tuple[int, int]:
-    chromium(tmp, "--virtual-time-budget=10000", f"--screenshot={path}", f"--window-size={width},{height}",
-             signed_in(url, home))
-    data = path.read_bytes()
+def screenshot(browser: Browser, url: str, path: Path, width: int, height: int) -> tuple[int, int]:
+    browser.open(url)
+    data = browser.screenshot(width, height)
+    path.write_bytes(data)
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a page was drawn, not a blank
     return struct.unpack(">II", data[16:24])
 
@@ -115,13 +107,20 @@ def viewer_get(daemon: DaemonProcess, path: str) -> tuple[int, str]:
 
 
 @pytest.fixture
+def browser(tmp_path):
+    """One Chromium for the test, with a profile of its own: no cookie from another test."""
+    with Browser(tmp_path / "browser-profile") as opened:
+        yield opened
+
+
+@pytest.fixture
 def shots(tmp_path) -> Path:
     out = Path(os.environ.get("CIPX_SCREENSHOTS") or tmp_path / "shots")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
-def test_the_dashboard_answers_questions_in_chromium(home, upstream, tmp_path, shots):
+def test_the_dashboard_answers_questions_in_chromium(home, upstream, tmp_path, shots, browser):
     write_session_files(home / "sessions")
     ledger = Ledger(home / "ledger.db", retention_days=400)
     assert ledger.write_entries(history(tmp_path, time.time_ns()))
@@ -132,9 +131,9 @@ def test_the_dashboard_answers_questions_in_chromium(home, upstream, tmp_path, s
         calls = sum(replay_scenario(daemon, upstream, scenario) for scenario in SCENARIOS)
         wait_for(lambda: daemon.counter("events_materialized") == calls, timeout_s=30, what="every call materialized")
         base = f"http://127.0.0.1:{daemon.state['ports']['viewer']}"
-        assert "this browser is not signed in" in chromium(tmp_path, "--dump-dom", base + "/")  # not signed in
+        assert "this browser is not signed in" in dom(browser, base + "/")  # not signed in
 
-        home_page = dom(tmp_path, base + "/", home)
+        home_page = sign_in(browser, base, home)
         today = re.search(r'href="/\?since=([\d-]+)">today</a>', home_page).group(1)  # the page's own today
         first = date.fromisoformat(today)
         for card, back in (("total-today", 0), ("total-last-7-days", 6), ("total-last-30-days", 29)):
@@ -156,16 +155,16 @@ def test_the_dashboard_answers_questions_in_chromium(home, upstream, tmp_path, s
             r"<span class=\"mono\" title=\"[0-9a-f-]{36}\">[0-9a-f]{8}</span></span>")
         assert len(names) == 8 and all(named.fullmatch(name) for name in names)
 
-        assert screenshot(tmp_path, base + "/", home, shots / "dashboard.png", 1280, 2000) == (1280, 2000)
-        assert screenshot(tmp_path, base + "/", home, shots / "dashboard-phone.png", 390, 2400) == (390, 2400)
+        assert screenshot(browser, base + "/", shots / "dashboard.png", 1280, 2000) == (1280, 2000)
+        assert screenshot(browser, base + "/", shots / "dashboard-phone.png", 390, 2400) == (390, 2400)
 
         # a date range, then a filter on top of it: the cards say what `report` says
         since, until = (first - timedelta(days=10)).isoformat(), (first - timedelta(days=3)).isoformat()
-        ranged = dom(tmp_path, f"{base}/?since={since}&until={until}", home)
+        ranged = dom(browser, f"{base}/?since={since}&until={until}")
         assert card_figures(ranged, "total-range") == report_figures(home, "--since", since, "--until", until)
         assert f"Selected range, {since} to {until}" in text_of(ranged)
         assert len(re.findall(r'class="bar"', ranged[ranged.index('class="only-narrow"'):])) >= 8 * 5
-        main_only = dom(tmp_path, f"{base}/?since={since}&until={until}&kind=main", home)
+        main_only = dom(browser, f"{base}/?since={since}&until={until}&kind=main")
         assert card_figures(main_only, "total-range") == report_figures(
             home, "--since", since, "--until", until, "--kind", "main")
         assert "kind <b>main</b>" in main_only and '<option selected="">main</option>' in main_only
@@ -174,16 +173,16 @@ def test_the_dashboard_answers_questions_in_chromium(home, upstream, tmp_path, s
         model_link, model = re.search(r'<section id="top-model">.*?<td><a href="([^"]+)">([^<]+)</a>', main_only,
                                       re.S).groups()
         assert all(part in unescape(model_link) for part in (f"since={since}", f"until={until}", "kind=main"))
-        by_model = dom(tmp_path, base + unescape(model_link), home)
+        by_model = dom(browser, base + unescape(model_link))
         assert card_figures(by_model, "total-range") == report_figures(
             home, "--since", since, "--until", until, "--kind", "main", "--model", model)
         skill_link = re.search(r'<section id="top-skill">.*?<td><a href="([^"]+)">', home_page, re.S).group(1)
         assert unescape(skill_link) == "/calls?skill=menu"  # the skill list: the calls that carried it
-        assert dom(tmp_path, base + "/calls?skill=menu", home).count('href="/capture/') > 10
+        assert dom(browser, base + "/calls?skill=menu").count('href="/capture/') > 10
 
         # the exports give what is shown, in `report`'s shape
         export = re.search(r'<section id="chart"><h2>.*?href="(/report\.json[^"]+)"', main_only, re.S).group(1)
-        shown = json.loads(re.search(r"<pre[^>]*>(.*?)</pre>", dom(tmp_path, base + unescape(export), home),
+        shown = json.loads(re.search(r"<pre[^>]*>(.*?)</pre>", dom(browser, base + unescape(export)),
                                      re.S).group(1).replace("&amp;", "&"))
         assert shown == json.loads(run_cli(home, "report", "--by", "day,bucket", "--since", since, "--until", until,
                                            "--kind", "main", "--json").stdout)
@@ -195,41 +194,42 @@ def test_the_dashboard_answers_questions_in_chromium(home, upstream, tmp_path, s
         assert status == 200 and len(rows) == calls and {"input_side_tokens", "cache_read_tokens"} <= set(rows[0])
 
         # a session by the start of its id; a call's request folded by bucket
-        session = dom(tmp_path, f"{base}/session/{SUBAGENT_SESSION[:8]}", home)
+        session = dom(browser, f"{base}/session/{SUBAGENT_SESSION[:8]}")
         assert "<polyline" in session and "cumulative cost" in session
         assert f'<h1 id="session-label">{SUBAGENT_PROMPT}</h1>' in session
         assert 'class="group"' in session and session.count('class="sub"') == 3
         session_cost = json.loads(run_cli(home, "report", "--session", SUBAGENT_SESSION[:8], "--json").stdout)
         assert f"${session_cost['total']['cost_usd']:,.4f}" in text_of(session)
         capture_id = re.search(r"/capture/([0-9a-f-]+)\">subagent", session).group(1)
-        words = text_of(dom(tmp_path, f"{base}/capture/{capture_id}", home))
+        words = text_of(dom(browser, f"{base}/capture/{capture_id}"))
         assert f"session {SUBAGENT_PROMPT[:59]}\u2026 inventory-sync" in words  # the call page names its session
         assert "Tokens and cost" in words and "cache write 5m" in words and "would have cost" in words
         largest = max((c for c in json.loads(viewer_get(daemon, f"/calls.json?since={replayed}")[1])),
                       key=lambda c: c["request_chars"])
-        call = dom(tmp_path, f"{base}/capture/{largest['capture_id']}", home)
+        call = dom(browser, f"{base}/capture/{largest['capture_id']}")
         folds = re.findall(r'<details class="part" id="(part-\d+)"[^>]*?( open="")?>', call)
         assert len(folds) >= 10 and sum(1 for _, opened in folds if not opened) >= 3  # the long parts folded
         assert {f"#{part}" for part, _ in folds} == set(re.findall(r'href="(#part-\d+)"', call))  # the jump list
         assert "tools_builtin" in text_of(call[call.index('id="jump"'):])
-        unfolded = dom(tmp_path, f"{base}/capture/{largest['capture_id']}?unfold=1", home)
+        unfolded = dom(browser, f"{base}/capture/{largest['capture_id']}?unfold=1")
         assert unfolded.count(' open="">') == len(folds)
-        screenshot(tmp_path, f"{base}/capture/{largest['capture_id']}", home, shots / "call.png", 1280, 2400)
-        screenshot(tmp_path, f"{base}/session/{SUBAGENT_SESSION}", home, shots / "session-phone.png", 390, 1600)
+        screenshot(browser, f"{base}/capture/{largest['capture_id']}", shots / "call.png", 1280, 2400)
+        screenshot(browser, f"{base}/session/{SUBAGENT_SESSION}", shots / "session-phone.png", 390, 1600)
     finally:
         assert daemon.stop() == 0
     daemon = DaemonProcess(home, upstream.url)
     try:  # a restart empties nothing
         base = f"http://127.0.0.1:{daemon.state['ports']['viewer']}"
+        sign_in(browser, base, home)  # a cookie is per port, and a saved port may be taken meanwhile
         month = f"/?since={(first - timedelta(days=29)).isoformat()}&until={today}"  # fixed dates: midnight may pass
-        again = dom(tmp_path, base + month, home)
+        again = dom(browser, base + month)
         assert card_figures(again, "total-range") == card_figures(home_page, "total-last-30-days")
-        assert f"/capture/{capture_id}" in dom(tmp_path, f"{base}/calls?kind=subagent", home)
+        assert f"/capture/{capture_id}" in dom(browser, f"{base}/calls?kind=subagent")
     finally:
         assert daemon.stop() == 0
 
 
-def test_the_savings_section_shows_what_advise_finds(home, upstream, tmp_path):
+def test_the_savings_section_shows_what_advise_finds(home, upstream, tmp_path, browser):
     """The derived `unused_server` session (a third MCP server listed and never called) moved to an
     hour ago: the home page's Savings section names the server with `advise`'s saving over the same
     30 days, and a filter `advise` does not take says so instead."""
@@ -249,7 +249,7 @@ def test_the_savings_section_shows_what_advise_finds(home, upstream, tmp_path):
     daemon = DaemonProcess(home, upstream.url)
     try:
         base = f"http://127.0.0.1:{daemon.state['ports']['viewer']}"
-        page = dom(tmp_path, base + "/", home)
+        page = sign_in(browser, base, home)
         today = date.fromisoformat(re.search(r'href="/\?since=([\d-]+)">today</a>', page).group(1))
         section = text_of(page[page.index('id="savings">') + len('id="savings">'):]).strip()
         assert section.startswith("Savings, last 30 days")
@@ -259,7 +259,7 @@ def test_the_savings_section_shows_what_advise_finds(home, upstream, tmp_path):
         row = re.search(r"(\$[\d.]+) unused_mcp_server calendar 3 remove the MCP server calendar", section)
         assert row and row.group(1) == f"${calendar['saving_usd']:.4f}"
         assert f"of {len(advice)} findings" in section
-        narrowed = text_of(dom(tmp_path, base + "/?model=claude-opus-4-8", home))
+        narrowed = text_of(dom(browser, base + "/?model=claude-opus-4-8"))
         assert "Savings cover whole projects: without the model filter they show here." in narrowed
     finally:
         daemon.stop()
