@@ -54,7 +54,6 @@ from opik_cipx.ledger.db import open_reader
 from opik_cipx.ledger.schema import SchemaError
 from opik_cipx.link import PROTOCOL
 from opik_cipx.logs import DaemonLog
-from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.ship.destination import cost_intelligence, opik_config_path, resolve_destination
 from opik_cipx.stats import Counters, ProcessTotals, build_stats, utc_iso
 from opik_cipx.store.captures import CaptureStore, LogPosition
@@ -90,7 +89,13 @@ class StartupError(Exception):
 
 def check_prices(settings: Settings) -> None:
     """A `[prices]` override that cannot be applied stops the start (StartupError), before anything
-    listens: the work process, which prices every call, would refuse it."""
+    listens: the work process, which prices every call, would refuse it. Without one there is
+    nothing of the user's to check (the packaged table is the tests'), and the wire does not load
+    the pricing at all."""
+    if not settings.prices:
+        return
+    from opik_cipx.materialize.pricing import load_price_table  # a work-side module: only with overrides
+
     try:
         load_price_table(settings.prices)
     except ValueError as exc:

@@ -55,9 +55,8 @@ from opik_cipx.store.capture_keeper import LogKeeper
 from opik_cipx.store.captures import LogPosition, LogTail
 from opik_cipx.store.spool import Spool
 from opik_cipx.views.access import ViewerAccess
-from opik_cipx.views.dashboard import Dashboard
 from opik_cipx.views.sign_in import SignInLinks
-from opik_cipx.views.viewer import ViewerHandler
+from opik_cipx.views.viewer import DashboardOnDemand, ViewerHandler
 from opik_cipx.wire.capture import Capture
 from opik_cipx.wire.connections import Limits
 from opik_cipx.wire.loopback import LoopbackServer
@@ -137,8 +136,8 @@ class Work:
     def serve_viewer(self, fd: int, token: str) -> None:
         """The dashboard on the listening socket the wire holds (`fd`, inherited)."""
         settings = self.settings
-        pages = Dashboard(settings.ledger_path, settings.captures_dir, clock=self.clock, budget=settings.budget,
-                          prices=settings.prices)
+        pages = DashboardOnDemand(settings.ledger_path, settings.captures_dir, clock=self.clock,
+                                  budget=settings.budget, prices=settings.prices)
         access = ViewerAccess(token, SignInLinks(settings.home, self.clock))
         handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": access})
         limits = Limits(settings.client_header_timeout_s, settings.client_body_timeout_s,

@@ -10,6 +10,8 @@ else asks a `clock.Clock`, so a test can give it a clock of its own.
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,13 @@ CLOCK_READS = frozenset({
     "datetime.datetime.now", "datetime.datetime.utcnow", "datetime.datetime.today", "datetime.date.today",
 })
 CLOCK_MODULE = "opik_cipx.clock"
+# What each process of the daemon leaves unimported at start: the wire none of the work side's,
+# the work process not the dashboard (docs/ARCHITECTURE.md, "Imports at start").
+NOT_AT_START = {
+    "opik_cipx.daemon": ("opik_cipx.materialize", "opik_cipx.ledger.entry", "opik_cipx.ledger.store",
+                         "opik_cipx.ship.shipper", "opik_cipx.views.dashboard", "urllib.request"),
+    "opik_cipx.work": ("opik_cipx.views.dashboard",),
+}
 
 
 def place(module: str) -> str:
@@ -285,3 +294,12 @@ def test_only_clock_py_reads_the_clocks():
 ])
 def test_a_direct_clock_read_is_found_under_any_name(source, found):
     assert clock_reads(source) == found
+
+
+@pytest.mark.parametrize("entry", sorted(NOT_AT_START))
+def test_each_daemon_process_imports_only_what_its_start_needs(entry):
+    loaded = subprocess.run([sys.executable, "-c", f"import sys, {entry}; print(*sys.modules)"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert entry in loaded
+    assert [name for name in loaded if name.startswith(tuple(f"{out}." for out in NOT_AT_START[entry]))
+            or name in NOT_AT_START[entry]] == []
