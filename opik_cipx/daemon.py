@@ -43,8 +43,8 @@ from opik_cipx import __version__, telemetry
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings, settings_fingerprint
 from opik_cipx.control.budget_allow import AllowanceFile
+from opik_cipx.control.children import inherited_listener
 from opik_cipx.control.daemon_control import home_id
-from opik_cipx.control.detached import inherited_listener
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import claude_code_port, open_picked_listeners, record_ports
 from opik_cipx.control.work_process import Handler, WorkProcess, work_argv

@@ -36,8 +36,9 @@ CLOCK_MODULE = "opik_cipx.clock"
 # the work process not the dashboard (docs/ARCHITECTURE.md, "Imports at start").
 NOT_AT_START = {
     "opik_cipx.daemon": ("opik_cipx.materialize", "opik_cipx.ledger.entry", "opik_cipx.ledger.store",
-                         "opik_cipx.ship.shipper", "opik_cipx.views.dashboard", "urllib.request"),
-    "opik_cipx.work": ("opik_cipx.views.dashboard",),
+                         "opik_cipx.ship.shipper", "opik_cipx.views.dashboard", "opik_cipx.control.detached",
+                         "urllib.request"),
+    "opik_cipx.work": ("opik_cipx.views.dashboard", "opik_cipx.control.detached"),
 }
 
 
