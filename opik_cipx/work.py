@@ -50,6 +50,7 @@ from opik_cipx.materialize.materializer import Materializer, materializer_config
 from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.ship.destination import Destination, opik_config_path, resolve_destination
 from opik_cipx.ship.shipper import Shipper
+from opik_cipx.signals import catch_signals
 from opik_cipx.stats import Counters, default_sections
 from opik_cipx.store.capture_keeper import LogKeeper
 from opik_cipx.store.captures import LogPosition, LogTail
@@ -288,15 +289,13 @@ def run_work(env: dict[str, str] | None = None) -> int:
 
 def _serve(settings: Settings, destination: Destination, link: Link, counters: Counters,
            reporter: telemetry.Reporter, viewer: tuple[int, str] | None, where: tuple) -> int:
-    from opik_cipx.daemon import catch_signals
-
     try:
         work = Work(settings, destination, link, counters, reporter)
     except StartupError as exc:
         log.error("%s", exc)
         return 1
     stop = threading.Event()
-    catch_signals(stop, terminal=False)
+    catch_signals(stop, False, log)
     if viewer is not None:
         work.serve_viewer(*viewer)
     work.start(*where)

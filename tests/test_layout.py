@@ -19,8 +19,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "opik_cipx"
 # The stages in the order a call flows through them; a stage may import from those before it.
 STAGES = ("wire", "store", "materialize", "ledger", "ship", "views", "control", "commands")
-BASICS = frozenset({"caps", "clock", "config", "home", "ids", "link", "logs", "outbound", "stats", "telemetry",
-                    "urls", "worker"})
+BASICS = frozenset({"caps", "clock", "config", "home", "ids", "link", "logs", "outbound", "signals", "stats",
+                    "telemetry", "urls", "worker"})
 ENTRY_POINTS = frozenset({"cli", "daemon", "work", "__main__"})
 MAX_CLASS_LINES = 400
 MAX_FUNCTION_LINES = 80
@@ -38,7 +38,7 @@ NOT_AT_START = {
     "opik_cipx.daemon": ("opik_cipx.materialize", "opik_cipx.ledger.entry", "opik_cipx.ledger.store",
                          "opik_cipx.ship.shipper", "opik_cipx.views.dashboard", "opik_cipx.control.detached",
                          "urllib.request"),
-    "opik_cipx.work": ("opik_cipx.views.dashboard", "opik_cipx.control.detached"),
+    "opik_cipx.work": ("opik_cipx.views.dashboard", "opik_cipx.control.detached", "opik_cipx.daemon"),
 }
 
 
