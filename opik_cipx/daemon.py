@@ -87,8 +87,8 @@ class StartupError(Exception):
 def check_prices(settings: Settings) -> None:
     """A `[prices]` override that cannot be applied stops the start (StartupError), before anything
     listens: the work process, which prices every call, would refuse it. Without one there is
-    nothing of the user's to check (the packaged table is the tests'), and the wire does not load
-    the pricing at all."""
+    nothing of the user's to check (the tests check the packaged table), and the wire does not
+    load the pricing at all."""
     if not settings.prices:
         return
     from opik_cipx.materialize.pricing import load_price_table  # a work-side module: only with overrides
