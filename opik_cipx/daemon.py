@@ -20,7 +20,7 @@ files (`ports.json`, `state.json`, `viewer.token`) wait in memory (`StateFiles`)
 as soon as the disk takes them, and the `home` stats section says so.
 
 Stop order on SIGTERM/SIGINT/SIGQUIT (and SIGHUP when the daemon has a terminal; SIGHUP without
-one, SIGUSR1 and SIGUSR2 are ignored: `catch_signals`): stop accepting, let in-flight exchanges
+one, SIGUSR1 and SIGUSR2 are ignored: `signals.catch_signals`): stop accepting, let in-flight exchanges
 finish (bounded), write the tee queue to the capture log, stop the work process (it materializes
 the log up to where it ends, checkpoints, commits the spool and stops the shipper; what is left is
 materialized at the next start), let a call on an open keep-alive connection finish, stop the
@@ -31,7 +31,6 @@ the files, remove `state.json`.
 import gc
 import logging
 import os
-import signal
 import sqlite3
 import ssl
 import sys
@@ -43,8 +42,8 @@ from opik_cipx import __version__, telemetry
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings, settings_fingerprint
 from opik_cipx.control.budget_allow import AllowanceFile
+from opik_cipx.control.children import inherited_listener
 from opik_cipx.control.daemon_control import home_id
-from opik_cipx.control.detached import inherited_listener
 from opik_cipx.control.executable import current as current_executable
 from opik_cipx.control.ports import claude_code_port, open_picked_listeners, record_ports
 from opik_cipx.control.work_process import Handler, WorkProcess, work_argv
@@ -54,8 +53,8 @@ from opik_cipx.ledger.db import open_reader
 from opik_cipx.ledger.schema import SchemaError
 from opik_cipx.link import PROTOCOL
 from opik_cipx.logs import DaemonLog
-from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.ship.destination import cost_intelligence, opik_config_path, resolve_destination
+from opik_cipx.signals import catch_signals, has_terminal
 from opik_cipx.stats import Counters, ProcessTotals, build_stats, utc_iso
 from opik_cipx.store.captures import CaptureStore, LogPosition
 from opik_cipx.urls import strip_credentials
@@ -77,9 +76,6 @@ SHUTDOWN_POLL_S = 0.1  # how often an idle listener checks for shutdown
 # another one (or for the capture thread) below the wire's own overhead (bench/bench_wire.py).
 GIL_SWITCH_INTERVAL_S = 0.0001
 TELEMETRY_FLUSH_S = 2.0  # how long a stopping daemon lets queued error reports go out
-# Signals that end a process by default but mean nothing to the daemon: ignored, logged
-# (SIGHUP too when the daemon has no terminal). SIGPIPE Python ignores already.
-IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 WORKER_STOP_S = 5.0  # the least each worker gets to finish at shutdown
 STATS_WAIT_S = 1.0  # how long `/admin/stats` waits for the work process's part (else its last one)
 
@@ -90,7 +86,13 @@ class StartupError(Exception):
 
 def check_prices(settings: Settings) -> None:
     """A `[prices]` override that cannot be applied stops the start (StartupError), before anything
-    listens: the work process, which prices every call, would refuse it."""
+    listens: the work process, which prices every call, would refuse it. Without one there is
+    nothing of the user's to check (the tests check the packaged table), and the wire does not
+    load the pricing at all."""
+    if not settings.prices:
+        return
+    from opik_cipx.materialize.pricing import load_price_table  # a work-side module: only with overrides
+
     try:
         load_price_table(settings.prices)
     except ValueError as exc:
@@ -408,7 +410,7 @@ def _home_error(home: Path) -> str | None:
 
 
 def run_proxy(settings: Settings, port: int | None = None) -> int:
-    """Run the daemon in the foreground until a signal stops it (`catch_signals`); the exit code.
+    """Run the daemon in the foreground until a signal stops it (`signals.catch_signals`); the exit code.
 
     An unexpected exception (a crash) is logged with its traceback, reported when telemetry is
     on, and exits 1.
@@ -457,7 +459,7 @@ def _serve(settings: Settings, port: int | None, reporter: telemetry.Reporter, h
         log.error("%s", exc)
         return 1
     stop = threading.Event()
-    catch_signals(stop, has_terminal())
+    catch_signals(stop, has_terminal(), log)
     # What exists now (modules, settings, the price table) lives as long as the daemon: the cyclic
     # collector skips it from here on, so a full collection, which holds the GIL, stays short.
     gc.freeze()
@@ -466,43 +468,3 @@ def _serve(settings: Settings, port: int | None, reporter: telemetry.Reporter, h
         daemon.tick()
     daemon.shutdown()
     return 0
-
-
-def has_terminal() -> bool:
-    """This process has a controlling terminal: a `proxy` run by hand (a supervised one has none)."""
-    try:
-        os.close(os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY))
-    except OSError:
-        return False
-    return True
-
-
-def catch_signals(stop: threading.Event, terminal: bool) -> None:
-    """SIGTERM, SIGINT and SIGQUIT set `stop` (drain, then exit 0); so does SIGHUP when the daemon
-    has a terminal (it closed). Without one SIGHUP is ignored, as SIGUSR1 and SIGUSR2 always are:
-    each logged (docs/LIFECYCLE.md, "Signals").
-
-    A Python handler runs on the main thread wherever it is, and one that set `stop` there could
-    deadlock on the lock the main thread holds inside it; so the signal numbers go through a pipe
-    (`signal.set_wakeup_fd`) to a thread that acts on them."""
-    draining = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT} | ({signal.SIGHUP} if terminal else set())
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
-    for signum in (*draining, *IGNORED_SIGNALS):
-        signal.signal(signum, lambda *_: None)
-    signal.set_wakeup_fd(write_fd)
-
-    def relay() -> None:
-        while True:
-            for number in os.read(read_fd, 64):
-                name = signal.Signals(number).name
-                if number in draining:
-                    log.info("%s received: draining", name)
-                    stop.set()
-                elif number == signal.SIGHUP:
-                    log.info("SIGHUP ignored: this daemon has no terminal to lose (`opik-cipx restart` reloads "
-                             "the settings)")
-                else:
-                    log.info("%s ignored: it means nothing to opik-cipx", name)
-
-    threading.Thread(target=relay, name="cipx-signals", daemon=True).start()

@@ -38,9 +38,12 @@ from typing import Any
 from opik_cipx import __version__
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import SentryDsn, Settings, parse_sentry_dsn
-from opik_cipx.outbound import Headers, opener, requested_wait_s
 from opik_cipx.stats import Counters, utc_iso
 from opik_cipx.worker import Worker
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; type checkers take it as True
+if TYPE_CHECKING:
+    from opik_cipx.outbound import Headers
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +175,11 @@ class Reporter(Worker):
         super().__init__("telemetry", counters or Counters(), log, clock)
         self.dsn, self.reason = destination(settings)
         self.enabled = self.dsn is not None
-        self._opener = opener(self.dsn.envelope_url) if self.dsn else None
+        self._opener = None
+        if self.dsn:
+            from opik_cipx.outbound import opener  # urllib.request: loaded only by a daemon that reports
+
+            self._opener = opener(self.dsn.envelope_url)
         self._lock = threading.Lock()
         self._tally = _Tally()
         self._seen: dict[tuple, float] = {}
@@ -280,7 +287,9 @@ class Reporter(Worker):
             reason = getattr(exc, "reason", None) or exc
             return None, f"cannot reach Sentry at {self.dsn.host}: {type(exc).__name__}: {reason}"[:300], 0.0
 
-    def _retry_after(self, headers: Headers) -> float:
+    def _retry_after(self, headers: "Headers") -> float:
+        from opik_cipx.outbound import requested_wait_s  # loaded with the opener, in `__init__`
+
         wait = requested_wait_s(headers, self.clock.time())
         return RETRY_AFTER_DEFAULT_S if wait is None else min(max(wait, 1.0), RETRY_AFTER_MAX_S)
 

@@ -50,14 +50,14 @@ from opik_cipx.materialize.materializer import Materializer, materializer_config
 from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.ship.destination import Destination, opik_config_path, resolve_destination
 from opik_cipx.ship.shipper import Shipper
+from opik_cipx.signals import catch_signals
 from opik_cipx.stats import Counters, default_sections
 from opik_cipx.store.capture_keeper import LogKeeper
 from opik_cipx.store.captures import LogPosition, LogTail
 from opik_cipx.store.spool import Spool
 from opik_cipx.views.access import ViewerAccess
-from opik_cipx.views.dashboard import Dashboard
 from opik_cipx.views.sign_in import SignInLinks
-from opik_cipx.views.viewer import ViewerHandler
+from opik_cipx.views.viewer import DashboardOnDemand, ViewerHandler
 from opik_cipx.wire.capture import Capture
 from opik_cipx.wire.connections import Limits
 from opik_cipx.wire.loopback import LoopbackServer
@@ -137,8 +137,8 @@ class Work:
     def serve_viewer(self, fd: int, token: str) -> None:
         """The dashboard on the listening socket the wire holds (`fd`, inherited)."""
         settings = self.settings
-        pages = Dashboard(settings.ledger_path, settings.captures_dir, clock=self.clock, budget=settings.budget,
-                          prices=settings.prices)
+        pages = DashboardOnDemand(settings.ledger_path, settings.captures_dir, clock=self.clock,
+                                  budget=settings.budget, prices=settings.prices)
         access = ViewerAccess(token, SignInLinks(settings.home, self.clock))
         handler = type("Handler", (ViewerHandler,), {"pages": pages, "access": access})
         limits = Limits(settings.client_header_timeout_s, settings.client_body_timeout_s,
@@ -289,15 +289,13 @@ def run_work(env: dict[str, str] | None = None) -> int:
 
 def _serve(settings: Settings, destination: Destination, link: Link, counters: Counters,
            reporter: telemetry.Reporter, viewer: tuple[int, str] | None, where: tuple) -> int:
-    from opik_cipx.daemon import catch_signals
-
     try:
         work = Work(settings, destination, link, counters, reporter)
     except StartupError as exc:
         log.error("%s", exc)
         return 1
     stop = threading.Event()
-    catch_signals(stop, terminal=False)
+    catch_signals(stop, False, log)
     if viewer is not None:
         work.serve_viewer(*viewer)
     work.start(*where)

@@ -10,6 +10,8 @@ else asks a `clock.Clock`, so a test can give it a clock of its own.
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +19,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "opik_cipx"
 # The stages in the order a call flows through them; a stage may import from those before it.
 STAGES = ("wire", "store", "materialize", "ledger", "ship", "views", "control", "commands")
-BASICS = frozenset({"caps", "clock", "config", "home", "ids", "link", "logs", "outbound", "stats", "telemetry",
-                    "urls", "worker"})
+BASICS = frozenset({"caps", "clock", "config", "home", "ids", "link", "logs", "outbound", "signals", "stats",
+                    "telemetry", "urls", "worker"})
 ENTRY_POINTS = frozenset({"cli", "daemon", "work", "__main__"})
 MAX_CLASS_LINES = 400
 MAX_FUNCTION_LINES = 80
@@ -30,6 +32,14 @@ CLOCK_READS = frozenset({
     "datetime.datetime.now", "datetime.datetime.utcnow", "datetime.datetime.today", "datetime.date.today",
 })
 CLOCK_MODULE = "opik_cipx.clock"
+# What each process of the daemon leaves unimported at start: the wire none of the work side's,
+# the work process not the dashboard (docs/ARCHITECTURE.md, "Imports at start").
+NOT_AT_START = {
+    "opik_cipx.daemon": ("opik_cipx.materialize", "opik_cipx.ledger.entry", "opik_cipx.ledger.store",
+                         "opik_cipx.ship.shipper", "opik_cipx.views.dashboard", "opik_cipx.control.detached",
+                         "urllib.request"),
+    "opik_cipx.work": ("opik_cipx.views.dashboard", "opik_cipx.control.detached", "opik_cipx.daemon"),
+}
 
 
 def place(module: str) -> str:
@@ -285,3 +295,12 @@ def test_only_clock_py_reads_the_clocks():
 ])
 def test_a_direct_clock_read_is_found_under_any_name(source, found):
     assert clock_reads(source) == found
+
+
+@pytest.mark.parametrize("entry", sorted(NOT_AT_START))
+def test_each_daemon_process_imports_only_what_its_start_needs(entry):
+    loaded = subprocess.run([sys.executable, "-c", f"import sys, {entry}; print(*sys.modules)"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert entry in loaded
+    assert [name for name in loaded if name.startswith(tuple(f"{out}." for out in NOT_AT_START[entry]))
+            or name in NOT_AT_START[entry]] == []

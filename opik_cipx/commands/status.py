@@ -17,7 +17,7 @@ from typing import Any
 from opik_cipx.caps import usd
 from opik_cipx.clock import SYSTEM
 from opik_cipx.config import ConfigError, Settings, load_settings
-from opik_cipx.control import claude_settings, lifecycle
+from opik_cipx.control import claude_settings
 from opik_cipx.control.daemon_control import admin_port, fetch_stats, pid_alive, read_state
 from opik_cipx.control.supervisor import Supervisor, SupervisorError, detect_mode
 from opik_cipx.home import disk_full_or_read_only, layout_notes
@@ -175,7 +175,7 @@ def quarantine_lines(counts: dict[str, Any]) -> list[str]:
 
 def _claude_code_line(settings: Settings, state: dict[str, Any] | None) -> str:
     path = claude_settings.settings_path(dict(os.environ))
-    url = lifecycle.our_url(settings, state)
+    url = claude_settings.our_url(settings, state)
     value, unusable = claude_settings.read_entry(path)
     if unusable:
         return f"! cannot tell: {path} is unusable ({unusable}); fix that file, then run `opik-cipx sync`"

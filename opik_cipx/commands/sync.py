@@ -203,7 +203,7 @@ def _refresh_hooks(settings: Settings, env: dict[str, str], report: _Report) -> 
 def _goes_through_us(settings: Settings, env: dict[str, str]) -> bool:
     """As a hook: whether the Claude Code session that runs it talks to our port (Claude Code gives
     its hooks the environment it runs with, `ANTHROPIC_BASE_URL` from its settings included)."""
-    return env.get(claude_settings.KEY) == lifecycle.our_url(settings)
+    return env.get(claude_settings.KEY) == claude_settings.our_url(settings)
 
 
 def _settings_drift(settings: Settings, env: dict[str, str], state: dict) -> str | None:

@@ -35,8 +35,10 @@ import sys
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
+from opik_cipx.config import Settings
+from opik_cipx.control.daemon_control import CLAUDE_CODE_PORT, listener_port
 from opik_cipx.control.userfiles import remove_empty, replace_file
 from opik_cipx.home import read_json, write_atomic
 
@@ -63,6 +65,11 @@ def settings_path(env: dict[str, str]) -> Path:
 
 def proxy_url(port: int) -> str:
     return f"http://127.0.0.1:{port}"
+
+
+def our_url(settings: Settings, state: dict[str, Any] | None = None) -> str:
+    """The URL `sync` writes: the running daemon's Claude Code port, else the configured one."""
+    return proxy_url(listener_port(settings, state, "claude_code") or CLAUDE_CODE_PORT)
 
 
 def _load(path: Path) -> tuple[dict | None, str]:

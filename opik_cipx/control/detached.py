@@ -4,14 +4,14 @@ again when it dies (docs/LIFECYCLE.md, "Supervision").
 Without systemd or launchd (containers, CI, WSL) `sync` starts this small process in its own
 session. It:
 - **holds Claude Code's port**: it binds the listening socket before the first daemon starts and
-  hands it to every daemon it starts (`CIPX_LISTEN_FD`, `inherited_listener`). A request that
-  arrives while a daemon restarts waits in the socket's backlog and is answered by the next
-  daemon: never refused, never retried by Claude Code;
+  hands it to every daemon it starts (`CIPX_LISTEN_FD`, `control/children.inherited_listener`). A
+  request that arrives while a daemon restarts waits in the socket's backlog and is answered by
+  the next daemon: never refused, never retried by Claude Code;
 - **restarts a daemon that died** (a crash, `kill -9`, the OOM killer) at once, then, while it
-  keeps dying, after `restart_delay`; it gives up at the 5th death within 120 s, and at once on
-  exit status 2 (a configuration error, or an executable that is gone). A clean exit (status 0:
-  SIGTERM from someone else, the `disabled` switch) is not restarted, as systemd's
-  `Restart=on-failure` does not restart one;
+  keeps dying, after `control/children.restart_delay`; it gives up at the 5th death within
+  120 s, and at once on exit status 2 (a configuration error, or an executable that is gone). A
+  clean exit (status 0: SIGTERM from someone else, the `disabled` switch) is not restarted, as
+  systemd's `Restart=on-failure` does not restart one;
 - **once it gave up**, removes our `ANTHROPIC_BASE_URL` from Claude Code's settings (new sessions
   talk to Anthropic directly) and answers every request on the port with an error Claude Code
   shows at once (control/down_answer.py), until `sync`, `restart` or `uninstall` stops it;
@@ -35,12 +35,12 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import MutableMapping
 from typing import Any, BinaryIO
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import LOOPBACK_HOST, Settings
 from opik_cipx.control import claude_settings, down_answer
+from opik_cipx.control.children import LISTEN_FD_ENV, WINDOW_S, describe_exit, restart_delay
 from opik_cipx.control.daemon_control import (
     CLAUDE_CODE_PORT,
     SUPERVISOR_FILE,
@@ -51,62 +51,10 @@ from opik_cipx.control.daemon_control import (
 from opik_cipx.home import LOCK_FILE, open_private, private_dir, read_json, write_json
 from opik_cipx.stats import utc_iso
 
-LISTEN_FD_ENV = "CIPX_LISTEN_FD"
-MAX_DEATHS = 5  # deaths within WINDOW_S that make the supervisor give up (systemd's unit: the same)
-WINDOW_S = 120.0
-MAX_DELAY_S = 1.0
 CONFIG_ERROR = 2  # `proxy` with a config file that does not load; Python with a missing script
 STOP_GRACE_S = 5.0  # on top of drain_timeout_s, before a stopping daemon is killed
 WATCH_BACKSTOP_S = 5.0  # the supervisor wakes on SIGCHLD; this only bounds a wait that somehow missed it
 DEATHS_KEPT = 5
-
-
-def restart_delay(deaths: list[float], now: float) -> float | None:
-    """Seconds to wait before starting the daemon again, or None to give up.
-
-    `deaths`: monotonic times at which the daemon died, the latest included. The first death
-    within `WINDOW_S` restarts at once, the next ones after 0.25, 0.5, 1 s; the `MAX_DEATHS`th gives up.
-    """
-    recent = sum(1 for at in deaths if now - at < WINDOW_S)
-    if recent >= MAX_DEATHS:
-        return None
-    return 0.0 if recent <= 1 else min(0.25 * 2 ** (recent - 2), MAX_DELAY_S)
-
-
-def describe_exit(returncode: int) -> str:
-    """How a daemon ended, as `status` shows it: `killed by SIGKILL` or `exited with status 1`."""
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"killed by {name}"
-    return f"exited with status {returncode}"
-
-
-def inherited_listener(env: MutableMapping[str, str] | None = None) -> socket.socket | None:
-    """The listening socket a supervisor handed to this daemon (`CIPX_LISTEN_FD` in `env`, by default
-    this process's environment), or None.
-
-    The variable is removed from `env`, so nothing the daemon starts inherits it. Only a TCP
-    socket listening on 127.0.0.1 is taken; anything else is closed and ignored.
-    """
-    raw = (os.environ if env is None else env).pop(LISTEN_FD_ENV, "")
-    if not raw.isdigit():
-        return None
-    try:
-        sock = socket.socket(fileno=int(raw))
-    except OSError:
-        return None
-    try:
-        if (sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM
-                and sock.getsockname()[0] == LOOPBACK_HOST
-                and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
-            return sock
-    except OSError:
-        pass
-    sock.close()
-    return None
 
 
 def open_listener(port: int) -> socket.socket:

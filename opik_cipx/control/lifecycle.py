@@ -35,11 +35,9 @@ from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings
 from opik_cipx.control import claude_settings, executable, install
 from opik_cipx.control.daemon_control import (
-    CLAUDE_CODE_PORT,
     admin_port,
     find_processes,
     is_healthy,
-    listener_port,
     read_state,
     read_supervisor,
     running_supervisor,
@@ -192,7 +190,7 @@ def _current(settings: Settings, env: dict[str, str], supervisor: Supervisor,
             and not supervisor.needs_install(exe) and supervisor.supervising()):
         return None
     path = claude_settings.settings_path(env)
-    if claude_settings.read_entry(path)[0] != our_url(settings, state):
+    if claude_settings.read_entry(path)[0] != claude_settings.our_url(settings, state):
         return None
     return Outcome("running", state, change=claude_settings.Change("kept", path))
 
@@ -282,11 +280,6 @@ def _start_failure(settings: Settings, supervisor: Supervisor, proc: subprocess.
     return f"{why}: {detail}" if detail else f"{why}; see {settings.logs_dir / 'cipx.log'}"
 
 
-def our_url(settings: Settings, state: dict[str, Any] | None = None) -> str:
-    """The URL `sync` writes: the running daemon's Claude Code port, else the configured one."""
-    return claude_settings.proxy_url(listener_port(settings, state, "claude_code") or CLAUDE_CODE_PORT)
-
-
 def describe(change: claude_settings.Change, url: str) -> str | None:
     """One line for the user about a settings change worth mentioning, else None."""
     where = change.path
@@ -306,7 +299,8 @@ def unusable(change: claude_settings.Change) -> str:
 
 def unpoint(settings: Settings, env: dict[str, str], state: dict[str, Any] | None = None) -> claude_settings.Change:
     """Remove our `ANTHROPIC_BASE_URL` (only if it is ours)."""
-    return claude_settings.stop_pointing_at_proxy(claude_settings.settings_path(env), our_url(settings, state))
+    return claude_settings.stop_pointing_at_proxy(claude_settings.settings_path(env),
+                                                  claude_settings.our_url(settings, state))
 
 
 def tear_down(settings: Settings, env: dict[str, str]) -> Iterator[str]:
@@ -342,7 +336,7 @@ def _point(settings: Settings, env: dict[str, str], outcome: Outcome) -> tuple[O
                 "directly." if outcome.change.outcome == "removed" else "")
         return outcome, [f"cannot bring the daemon up: {outcome.reason}.{tail} "
                          "See `opik-cipx logs`, then run `opik-cipx sync` again."]
-    url = our_url(settings, outcome.state)
+    url = claude_settings.our_url(settings, outcome.state)
     outcome.change = claude_settings.point_at_proxy(claude_settings.settings_path(env), url)
     line = describe(outcome.change, url)
     return outcome, [line] if line else []
@@ -365,7 +359,7 @@ def bring_up_and_report(settings: Settings, env: dict[str, str], restart: bool =
 def summary(settings: Settings, outcome: Outcome) -> str:
     """One line: what happened, the pid, the URL and whether Claude Code points at it."""
     assert outcome.state is not None  # an outcome that is not "failed" names its daemon
-    url = our_url(settings, outcome.state)
+    url = claude_settings.our_url(settings, outcome.state)
     pointed = "points at it" if outcome.change and outcome.change.outcome in ("set", "kept") else "does NOT point at it"
     where = f" ({outcome.change.path})" if outcome.change else ""
     return (f"{outcome.action} (pid {outcome.state['pid']}, version {outcome.state.get('version')}, {url}); "

@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 
 from opik_cipx.config import Settings
+from opik_cipx.control.children import MAX_DEATHS, WINDOW_S
 from opik_cipx.control.daemon_control import read_supervisor, start_detached
-from opik_cipx.control.detached import MAX_DEATHS, WINDOW_S
 from opik_cipx.control.executable import Executable
 from opik_cipx.control.userfiles import replace_file
 

@@ -5,7 +5,7 @@ The wire process runs everything off the wire (materializing, the ledger, the sp
 the viewer) in a child process: its own interpreter, its own GIL, a lower CPU priority. One
 thread of the wire ("cipx-work") starts it, reads what it says over the link, and when it ends
 without being asked to, starts it again: at once, then after 0.25, 0.5 and 1 s while it keeps
-dying (`control/detached.restart_delay`), and every `GAVE_UP_DELAY_S` once it died 5 times
+dying (`control/children.restart_delay`), and every `GAVE_UP_DELAY_S` once it died 5 times
 within 120 s: the wire never gives up on it, and never waits for it. What the wire writes to
 the capture log meanwhile waits there; the next work process materializes it.
 
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from opik_cipx.clock import SYSTEM, Clock
-from opik_cipx.control.detached import LISTEN_FD_ENV, describe_exit, restart_delay
+from opik_cipx.control.children import LISTEN_FD_ENV, describe_exit, restart_delay
 from opik_cipx.link import WORK_FD_ENV, Link
 from opik_cipx.stats import utc_iso
 from opik_cipx.store.captures import LogPosition

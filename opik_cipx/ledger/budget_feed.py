@@ -7,12 +7,19 @@ capture written again (materialized anew after a restart), one taking back what 
 counted. The guard's totals so stay equal to the ledger's, whatever is materialized twice.
 """
 
+from __future__ import annotations  # Entry and Previous are for the type checker alone
+
 import sqlite3
 
 from opik_cipx.caps import period
-from opik_cipx.ledger.entry import Entry
-from opik_cipx.ledger.store import Previous
 from opik_cipx.wire.budget import SESSION_KEEP_S, Seed, Spend
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; type checkers take it as True
+if TYPE_CHECKING:
+    # The wire process reads the seed at start (`read_seed`) and must not load the work side's
+    # modules (the ledger's writer, the call record) to do it (docs/ARCHITECTURE.md, "Imports at start").
+    from opik_cipx.ledger.entry import Entry
+    from opik_cipx.ledger.store import Previous
 
 
 def spends(entry: Entry, previous: Previous | None) -> list[Spend]:

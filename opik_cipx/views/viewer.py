@@ -7,18 +7,50 @@ capture store; they carry no script, and the Content-Security-Policy forbids loa
 from anywhere.
 """
 
-from collections.abc import Iterable
+from __future__ import annotations  # Dashboard is imported at the first page (`DashboardOnDemand`)
 
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from opik_cipx.caps import NO_BUDGET, Budget
+from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.views.access import ViewerAccess
-from opik_cipx.views.dashboard import Dashboard
 from opik_cipx.wire.connections import count_refusal
 from opik_cipx.wire.loopback import LoopbackHandler
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; type checkers take it as True
+if TYPE_CHECKING:
+    from opik_cipx.views.dashboard import Dashboard, Response
 
 CSP = ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
 
 
+class DashboardOnDemand:
+    """The dashboard (`views/dashboard.Dashboard`, same arguments), made at the first page asked
+    for: most work processes never show one, and its modules are about an eighth of what the work
+    process imports at start (docs/ARCHITECTURE.md, "Imports at start")."""
+
+    def __init__(self, ledger_path: Path, captures_dir: Path, clock: Clock = SYSTEM, budget: Budget = NO_BUDGET,
+                 prices: dict[str, dict[str, Any]] | None = None):
+        self._args = (ledger_path, captures_dir, clock, budget, prices)
+        self._lock = threading.Lock()  # handler threads: one makes it
+        self._dashboard: Dashboard | None = None
+
+    def route(self, target: str) -> Response:
+        """`Dashboard.route`."""
+        if self._dashboard is None:
+            with self._lock:
+                if self._dashboard is None:
+                    from opik_cipx.views.dashboard import Dashboard  # at the first page: see the class
+
+                    self._dashboard = Dashboard(*self._args)
+        return self._dashboard.route(target)
+
+
 class ViewerHandler(LoopbackHandler):
-    pages: Dashboard  # set on the subclass the daemon builds, like `access`
+    pages: Dashboard | DashboardOnDemand  # set on the subclass the daemon builds, like `access`
     access: ViewerAccess
 
     def do_GET(self) -> None:

@@ -12,16 +12,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from opik_cipx.control import down_answer
-from opik_cipx.control.detached import (
+from opik_cipx.control.children import (
     LISTEN_FD_ENV,
     MAX_DEATHS,
     MAX_DELAY_S,
     WINDOW_S,
     describe_exit,
     inherited_listener,
-    open_listener,
     restart_delay,
 )
+from opik_cipx.control.detached import open_listener
 from tests.conftest import wait_for
 
 
