@@ -143,12 +143,6 @@ def load_fixture(scenario: str, number: str) -> tuple[dict, dict]:
     )
 
 
-# The interpreter the tests run opik-cipx with: `-S`, no site-packages (the runtime is the standard
-# library alone, found through `cli_env`'s PYTHONPATH): a process starts in ~25 ms less CPU, and the
-# suite starts hundreds. The daemon's work process inherits the flag (`work_process.work_argv`).
-PYTHON = (sys.executable, "-S")
-
-
 def cli_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CIPX_", "OPIK_"))}
     env.update({"CIPX_HOME": str(home), "HOME": str(home.parent), "PYTHONPATH": str(REPO)})
@@ -158,7 +152,7 @@ def cli_env(home: Path, **extra: str) -> dict[str, str]:
 
 def run_cli(home: Path, *args: str, timeout: float = 30, input: str | None = None, **extra: str):
     return subprocess.run(
-        [*PYTHON, "-m", "opik_cipx", *args],
+        [sys.executable, "-m", "opik_cipx", *args],
         env=cli_env(home, **extra),
         capture_output=True,
         text=True,
@@ -181,7 +175,7 @@ class DaemonProcess:
         home.parent.mkdir(parents=True, exist_ok=True)
         with open(self.stderr_path, "ab") as stderr:
             self.proc = subprocess.Popen(
-                [*PYTHON, "-m", module, "proxy", "--port", "0"],
+                [sys.executable, "-m", module, "proxy", "--port", "0"],
                 env=env,
                 **{"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": stderr, **(popen or {})},
             )

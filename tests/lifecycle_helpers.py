@@ -10,13 +10,14 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from opik_cipx.control.daemon_control import is_our_process, pid_alive
-from tests.conftest import PYTHON, ReservedPort, cli_env, wait_for
+from tests.conftest import ReservedPort, cli_env, wait_for
 from tests.fake_anthropic import CA_BUNDLE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,7 +58,7 @@ class Machine:
 
     def cli(self, *args: str, input: str | None = None, **extra: str):
         """`python -m opik_cipx ARGS` from this checkout."""
-        return self.run([*PYTHON, "-m", "opik_cipx", *args], input=input, **extra)
+        return self.run([sys.executable, "-m", "opik_cipx", *args], input=input, **extra)
 
     def state(self) -> dict | None:
         try:

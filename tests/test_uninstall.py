@@ -7,6 +7,7 @@ import json
 import os
 import select
 import subprocess
+import sys
 from types import SimpleNamespace
 
 from opik_cipx.control.daemon_control import pid_alive
@@ -14,7 +15,7 @@ from opik_cipx.ledger import queries
 from opik_cipx.ledger.db import open_reader
 from opik_cipx.ledger.store import Ledger
 from tests.claude_code_corpus import corpus_clock, materialized
-from tests.conftest import PYTHON, load_fixture, wait_for
+from tests.conftest import load_fixture, wait_for
 from tests.fake_anthropic import split_sse, sse_reply
 from tests.lifecycle_helpers import SESSION_START, Machine
 from tests.test_end_to_end import replay_scenario
@@ -28,7 +29,7 @@ def answered(m: Machine, *args: str, answer: str) -> subprocess.CompletedProcess
     main, terminal = os.openpty()
     try:
         os.write(main, answer.encode() + b"\n")  # typed ahead: the terminal keeps it for the question
-        return subprocess.run([*PYTHON, "-m", "opik_cipx", "uninstall", *args], env=m.env(), stdin=terminal,
+        return subprocess.run([sys.executable, "-m", "opik_cipx", "uninstall", *args], env=m.env(), stdin=terminal,
                               capture_output=True, text=True, timeout=60)
     finally:
         os.close(main)
@@ -81,7 +82,7 @@ def test_daemon_stopped_is_said_once_the_daemon_and_its_supervisor_are_gone(mach
     conn.request("POST", "/v1/messages", body=b"{}")
     stream = conn.getresponse()
     first = stream.read1(65536)  # in flight: the daemon drains it before it can exit
-    uninstall = subprocess.Popen([*PYTHON, "-m", "opik_cipx", "uninstall", "--yes"], env=m.env(),
+    uninstall = subprocess.Popen([sys.executable, "-m", "opik_cipx", "uninstall", "--yes"], env=m.env(),
                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert next_line(uninstall) == (f"opik-cipx: stopping the daemon (pid {daemon}) and its supervisor (pid "
@@ -114,7 +115,7 @@ def test_a_hook_that_runs_sync_while_uninstall_stops_the_daemon_does_nothing(mac
     conn.request("POST", "/v1/messages", body=b"{}")
     stream = conn.getresponse()
     first = stream.read1(65536)  # in flight: uninstall's stop waits for it
-    uninstall = subprocess.Popen([*PYTHON, "-m", "opik_cipx", "uninstall", "--yes"], env=m.env(),
+    uninstall = subprocess.Popen([sys.executable, "-m", "opik_cipx", "uninstall", "--yes"], env=m.env(),
                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert next_line(uninstall).startswith("opik-cipx: stopping the daemon")

@@ -3,9 +3,10 @@
 import os
 import signal
 import subprocess
+import sys
 
 from opik_cipx.commands.logs import last_lines
-from tests.conftest import PYTHON, wait_for
+from tests.conftest import wait_for
 
 
 def test_last_lines_across_blocks(tmp_path):
@@ -39,7 +40,7 @@ def test_follow_survives_rotation_and_stops_on_ctrl_c(machine):
     logs.mkdir()
     log = logs / "cipx.log"
     log.write_text("old 1\nold 2\n")
-    proc = subprocess.Popen([*PYTHON, "-m", "opik_cipx", "logs", "-n", "1"], env=machine.env(),
+    proc = subprocess.Popen([sys.executable, "-m", "opik_cipx", "logs", "-n", "1"], env=machine.env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         os.set_blocking(proc.stdout.fileno(), False)
