@@ -156,11 +156,20 @@ def lock_home(home: Path) -> HomeLock:
     try:
         if os.fstat(fd).st_mode & 0o777 != FILE_MODE:
             os.fchmod(fd, FILE_MODE)
+    except OSError:
+        pass
+    write_holder(fd)
+    return HomeLock(fd)
+
+
+def write_holder(fd: int) -> None:
+    """Name this process in the lock file `fd` it holds; best effort: on failure the lock is held
+    all the same, and the next process that finds it taken just cannot name the holder."""
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     except OSError:
-        pass  # held all the same; a second daemon just cannot name this pid
-    return HomeLock(fd)
+        pass
 
 
 def _lock_holder(fd: int) -> int | None:

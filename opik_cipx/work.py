@@ -36,7 +36,7 @@ from opik_cipx import telemetry
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings
 from opik_cipx.control.work_process import PROTOCOL_MISMATCH
-from opik_cipx.home import open_private
+from opik_cipx.home import open_private, write_holder
 from opik_cipx.ledger.budget_feed import read_seed, spends
 from opik_cipx.ledger.entry import Entry
 from opik_cipx.ledger.schema import SchemaError
@@ -241,11 +241,7 @@ def hold_work_lock(home: Path) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_EX)
     except OSError:
         return fd  # a file system without flock
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except OSError:
-        pass
+    write_holder(fd)
     return fd
 
 

@@ -48,7 +48,7 @@ from opik_cipx.control.daemon_control import (
     listener_port,
     startup_error,
 )
-from opik_cipx.home import LOCK_FILE, open_private, private_dir, read_json, write_json
+from opik_cipx.home import LOCK_FILE, open_private, private_dir, read_json, write_holder, write_json
 from opik_cipx.stats import utc_iso
 
 CONFIG_ERROR = 2  # `proxy` with a config file that does not load; Python with a missing script
@@ -164,11 +164,7 @@ class DetachedSupervisor:
             print(f"opik-cipx: a supervisor (pid {holder or '?'}) already runs on {self.home}; nothing was started.",
                   file=sys.stderr)
             return None
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except OSError:
-            pass
+        write_holder(fd)
         return fd
 
     def _adopt(self) -> None:
