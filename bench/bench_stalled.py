@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_wire import latencies, pct, start_proxy, start_upstream  # noqa: E402
+from bench_wire import ROOT, Target, latencies, pct, start_proxy, start_upstream  # noqa: E402
 
 
 def threads(pid: int) -> int | None:
@@ -47,7 +47,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="latency with stalled connections vs idle, measured in one run")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     parser.add_argument("--stalled", type=int, default=1000, help="connections to hold open")
-    parser.add_argument("--gap-ms", type=float, default=5.0, help="pause between calls")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < args.stalled + 256:
@@ -56,19 +55,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         upstream, up_port = start_upstream(tmp)
-        proxy, px_port, _ = start_proxy(tmp, up_port)
+        proxy, px_port, _ = start_proxy(tmp, up_port, ROOT)
+        target = Target("opik-cipx", px_port, tls=False)
         stalled: list[socket.socket] = []
         try:
-            before = latencies(px_port, 100_000, n, args.gap_ms / 1000)
+            before = latencies(target, 100_000, n)
             threads_idle = threads(proxy.pid)
             stalled = stall(px_port, args.stalled)
             time.sleep(1.0)  # the daemon has taken every one of them in
             threads_stalled = threads(proxy.pid)
-            loaded = latencies(px_port, 100_000, n, args.gap_ms / 1000)
+            loaded = latencies(target, 100_000, n)
             for sock in stalled:
                 sock.close()
             stalled = []
-            after = latencies(px_port, 100_000, n, args.gap_ms / 1000)
+            after = latencies(target, 100_000, n)
         finally:
             for sock in stalled:
                 sock.close()
