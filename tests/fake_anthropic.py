@@ -5,6 +5,7 @@ its headers, body and the id of the TCP connection it arrived on, so tests can c
 was forwarded and whether upstream connections were reused.
 """
 
+import itertools
 import json
 import select
 import socket
@@ -37,7 +38,8 @@ class Reply:
     Early Hints) sent before the answer. `declared_length`: a Content-Length that differs
     from the body actually sent (then the connection is closed). `stream`: the body's pieces made
     as they are sent, instead of `chunks` (chunked framing; e.g. events stamped with their send
-    time, paced by the generator).
+    time). `pace_s`: a wait before each piece, as a model's output comes (watching the
+    connection as `hold_after` does).
     """
 
     status: int = 200
@@ -53,6 +55,7 @@ class Reply:
     interim: list[int] = field(default_factory=list)
     declared_length: int | None = None
     stream: Callable[[], Iterable[bytes]] | None = None
+    pace_s: float = 0.0
 
 
 def sse_reply(events: list[bytes], **kw) -> Reply:
@@ -158,7 +161,13 @@ class FakeAnthropic:
                 if self.command == "HEAD":
                     fake.finished.set()
                     return
-                for i, chunk in enumerate(reply.stream() if reply.stream else reply.chunks):
+                pieces = iter(reply.stream() if reply.stream else reply.chunks)
+                for i in itertools.count():
+                    if reply.pace_s and not self._wait(threading.Event(), reply.pace_s):
+                        return
+                    chunk = next(pieces, None)  # made now, after the pause: a stamp says when it left
+                    if chunk is None:
+                        break
                     if reply.abort_after is not None and i == reply.abort_after:
                         self.close_connection = True
                         self.connection.shutdown(socket.SHUT_RDWR)

@@ -392,7 +392,8 @@ class FakeOpik:
 
     def answer(self, method: str, path: str, headers, raw: bytes) -> Answer | None:
         """Opik's answer to one request; None: drop the connection unanswered (the fake went down)."""
-        time.sleep(self.delay_s)
+        if self.delay_s and self._stopping.wait(self.delay_s):
+            return None
         route = path[len(self.base_path):] if path.startswith(self.base_path) else path
         endpoint, path_id = endpoint_of(method, route)
         body = None

@@ -138,9 +138,8 @@ CONCURRENT = 4
 
 
 def stamped_events() -> Iterator[bytes]:
-    """An SSE stream whose events carry the moment the fake upstream sent them."""
+    """An SSE stream whose events carry the moment the fake upstream sent them (paced by its Reply)."""
     for _ in range(EVENTS):
-        time.sleep(INTERVAL_S)  # the pace of a model's output
         yield b'event: ping\ndata: {"t": %d}\n\n' % time.monotonic_ns()
 
 
@@ -164,7 +163,8 @@ def event_delays(port: int) -> list[float]:
 
 def streams_delays(port: int, upstream) -> list[float]:
     """`CONCURRENT` streams at once: every event's delay."""
-    upstream.script(*(Reply(headers=[("content-type", "text/event-stream")], stream=stamped_events)
+    upstream.script(*(Reply(headers=[("content-type", "text/event-stream")], stream=stamped_events,
+                                    pace_s=INTERVAL_S)
                       for _ in range(CONCURRENT)))
     out: list[list[float]] = []
     threads = [threading.Thread(target=lambda: out.append(event_delays(port))) for _ in range(CONCURRENT)]

@@ -295,7 +295,7 @@ def test_foreign_base_url_is_reported_and_kept(machine):
 
 
 def test_stale_state_naming_an_unrelated_process_is_never_signalled(machine):
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    bystander = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
         (machine.home / "state.json").write_text(json.dumps({"pid": bystander.pid, "ports": {"admin": 1}}))
         assert machine.cli("sync").returncode == 0
@@ -303,7 +303,7 @@ def test_stale_state_naming_an_unrelated_process_is_never_signalled(machine):
         assert machine.state()["pid"] != bystander.pid
     finally:
         bystander.kill()
-        bystander.wait()
+        bystander.communicate()  # reaps it and closes its stdin
 
 
 def test_garbage_hook_input_still_exits_zero(machine):
