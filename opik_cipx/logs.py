@@ -19,7 +19,9 @@ from opik_cipx.home import FILE_MODE, private_dir
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-class _PrivateRotatingHandler(logging.handlers.RotatingFileHandler):
+class _Private(logging.FileHandler):
+    """A file handler whose file is the owner's alone and that remembers why its last write failed."""
+
     failure: str | None = None  # why the last write failed
 
     def _open(self):
@@ -36,23 +38,12 @@ class _PrivateRotatingHandler(logging.handlers.RotatingFileHandler):
         self.failure = getattr(exc, "strerror", None) or type(exc).__name__
 
 
-class _PrivateWatchedHandler(logging.handlers.WatchedFileHandler):
+class _PrivateRotatingHandler(_Private, logging.handlers.RotatingFileHandler):
+    """Appends to the log and rotates it."""
+
+
+class _PrivateWatchedHandler(_Private, logging.handlers.WatchedFileHandler):
     """Appends to the log another process rotates, opening it again once it was rotated."""
-
-    failure: str | None = None
-
-    def _open(self):
-        stream = super()._open()
-        Path(self.baseFilename).chmod(FILE_MODE)
-        return stream
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.failure = None
-        super().emit(record)
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        exc = sys.exc_info()[1]
-        self.failure = getattr(exc, "strerror", None) or type(exc).__name__
 
 
 class DaemonLog:
