@@ -11,7 +11,6 @@ subprocess, against a baseline measured in the same run: one full scan of the ca
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_report import corpus_entries, synthetic  # noqa: E402
+from bench_report import corpus_entries, synthetic, timed  # noqa: E402
 
 from opik_cipx.ledger.advice import advise  # noqa: E402
 from opik_cipx.ledger.db import open_reader  # noqa: E402
@@ -33,15 +32,6 @@ from opik_cipx.materialize.pricing import load_price_table  # noqa: E402
 
 TARGET_S = 2.0
 PERIODS = (("7 days (the default)", 7), ("30 days", 30), ("all 100 days", 101))
-
-
-def timed(fn, runs: int = 3) -> float:
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
 
 
 def main() -> int:
