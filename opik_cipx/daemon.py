@@ -198,7 +198,8 @@ class Daemon:
         """The gateway's tee with a guard: it learns that a billable call ended, unpriced yet."""
         assert self.guard is not None  # the gateway tees here only with one
         self.guard.finished(capture.id, capture.method, capture.path, capture.blocked is not None)
-        self.pipeline.offer(capture)
+        if not self.pipeline.offer(capture):  # dropped: never recorded, so nothing may wait for it
+            self.guard.settle(capture.id)
 
     def _seed_guard(self) -> None:
         """The guard's totals from the ledger as it is, read once before the listeners answer, so
@@ -253,6 +254,8 @@ class Daemon:
         except OSError as exc:
             self.counters.incr("raw_captures_dropped")
             log.warning("capture log: cannot write capture %s: %s", capture.id, exc.strerror or exc)
+            if self.guard is not None:  # never recorded: nothing may wait for it
+                self.guard.settle(capture.id)
             return
         if self.work is not None:
             self.work.send("log", appended.tail)

@@ -22,8 +22,8 @@ A call's cost is known only once it is materialized, after it ended. So that a c
 just after another crossed a cap is still blocked, the wire tells the guard when each billable
 call ends (`finished`) and the work when it has recorded it (`settle`): a request whose scope
 could reach its cap with the calls still unrecorded (each counted at the largest cost seen)
-waits for them, at most `SETTLE_WAIT_S`, and the work stops yielding to the wire meanwhile
-(`waiting`). Far from every cap nothing waits. Overshoot is then what calls in flight when the
+waits for them, at most `SETTLE_WAIT_S` (`waiting` counts the requests doing so). Far from every
+cap nothing waits. Overshoot is then what calls in flight when the
 cap was crossed cost, plus any that ended unrecorded for longer than `UNPRICED_MAX_S`.
 """
 

@@ -72,7 +72,7 @@ class Gateway:
 
     budget: Guard | None = None  # the spend caps' guard, set by the daemon when a cap is set
 
-    def __init__(self, pool: UpstreamPool, tee: Callable[[Capture], None], counters: Counters,
+    def __init__(self, pool: UpstreamPool, tee: Callable[[Capture], object], counters: Counters,
                  response_keep_bytes: int = RESPONSE_KEEP_BYTES, clock: Clock = SYSTEM):
         self.pool = pool
         self.tee = tee

@@ -39,19 +39,18 @@ class Pipeline(Worker):
         self._bytes = 0  # bodies offered and not yet through the stages
         self._waiting = 0  # captures offered and not yet through the stages
 
-    def offer(self, capture: Capture) -> None:
-        """Hand a finished exchange to the stages, or drop and count it when the queue is full."""
+    def offer(self, capture: Capture) -> bool:
+        """Hand a finished exchange to the stages (True), or drop and count it when the queue is full."""
         size = capture_bytes(capture)
         with self._cond:
-            if self._waiting and self._bytes + size > self.max_bytes:
+            full = self._waiting and self._bytes + size > self.max_bytes
+            if full or not self.put((capture, size), limit=self.maxsize):
                 self.counters.incr("requests_dropped_queue_full")
-                return
-            if not self.put((capture, size), limit=self.maxsize):
-                self.counters.incr("requests_dropped_queue_full")
-                return
+                return False
             self._bytes += size
             self._waiting += 1
         self.counters.incr("requests_captured")
+        return True
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until every capture offered so far went through the stages; False at the deadline."""
