@@ -159,9 +159,11 @@ def test_a_replay_of_old_captures_never_gets_todays_repository(tmp_path, probe):
     commit(repo, {"app.py": "a\n"})
     captures = captures_in(repo)
     clock = FakeClock(captures[-1].ended_at_ns + 86400 * 10**9)  # a day later: a replay
+    asked: list[tuple] = []
+    probe.ask = lambda *turn: asked.append(turn)  # the probe answers on its own thread: see what it is asked
     materializer = Materializer(config(tmp_path), load_price_table(), clock=clock, git=probe)
     for capture in captures:
         for record in materializer.materialize(capture).records:
             if record["kind"] == "trace":
                 assert record["body"]["metadata"]["cipx"]["session"]["repository"] == {"branch": "survey-layout"}
-    assert materializer.late_records() == [] and probe.answered() == []
+    assert asked == [] and materializer.late_records() == [] and probe.answered() == []  # git never asked
