@@ -44,6 +44,7 @@ from opik_cipx.materialize.attribution.model import (
 from opik_cipx.materialize.attribution.prompt import Prompt
 from opik_cipx.materialize.attribution.tools import mcp_tool
 from opik_cipx.materialize.call import CallRecord
+from opik_cipx.materialize.pricing import count
 from opik_cipx.materialize.usage import Usage
 from opik_cipx.store.spool_lines import Encoded
 
@@ -177,8 +178,8 @@ def tier_tokens(usage: Usage | None) -> tuple[int, int, int]:
     if usage is None:
         return 0, 0, 0
     original = usage.original
-    return (_count(original.get("cache_read_input_tokens")), _count(original.get("cache_creation_input_tokens")),
-            _count(original.get("input_tokens")))
+    return (count(original.get("cache_read_input_tokens")), count(original.get("cache_creation_input_tokens")),
+            count(original.get("input_tokens")))
 
 
 # --- the request, in prompt order ------------------------------------------------------------------
@@ -312,7 +313,7 @@ def output_blocks(content: list[dict], usage: Usage | None) -> list[Block]:
     answer with billed output and no characters weighs each block 1, or is one `unknown` block of 1,
     so the output tier keeps its tokens."""
     out = [block for block in map(_output_block, content) if block is not None]
-    if usage is not None and _count(usage.original.get("output_tokens")) and not any(block.chars for block in out):
+    if usage is not None and count(usage.original.get("output_tokens")) and not any(block.chars for block in out):
         out = [block._replace(chars=1) for block in out] or [Block("unknown", "output", "", 1)]
     return out
 
@@ -344,5 +345,3 @@ def _length(value: object) -> int:
     return len(value) if isinstance(value, str) else 0
 
 
-def _count(value: object) -> int:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 0

@@ -257,7 +257,7 @@ def price_call(model: str | None, usage: dict | None, table: PriceTable, at_ns: 
             details.append({**detail, "tokens": tokens, "prompt_tokens": prompt,
                             "tier": tier.name if tier else None, "usd": sum(usd.values())})
     server_tools = usage.get("server_tool_use")
-    searches = _count(server_tools.get("web_search_requests")) if isinstance(server_tools, dict) else 0
+    searches = count(server_tools.get("web_search_requests")) if isinstance(server_tools, dict) else 0
     breakdown["web_search"] = searches * table.web_search_usd_per_1000 / 1000
     input_side = sum(breakdown[key] for key in _INPUT_SIDE)
     return replace(
@@ -296,17 +296,17 @@ def token_counts(usage: Mapping[str, Any]) -> dict[str, int]:
     """Tokens per rate class. Writes not covered by the TTL split are 5-minute writes."""
     split = usage.get("cache_creation")
     split = split if isinstance(split, dict) else {}
-    written_1h = _count(split.get("ephemeral_1h_input_tokens"))
+    written_1h = count(split.get("ephemeral_1h_input_tokens"))
     written_5m = max(
-        _count(split.get("ephemeral_5m_input_tokens")),
-        _count(usage.get("cache_creation_input_tokens")) - written_1h,
+        count(split.get("ephemeral_5m_input_tokens")),
+        count(usage.get("cache_creation_input_tokens")) - written_1h,
     )
     return {
-        "input": _count(usage.get("input_tokens")),
+        "input": count(usage.get("input_tokens")),
         "cache_write_5m": written_5m,
         "cache_write_1h": written_1h,
-        "cache_read": _count(usage.get("cache_read_input_tokens")),
-        "output": _count(usage.get("output_tokens")),
+        "cache_read": count(usage.get("cache_read_input_tokens")),
+        "output": count(usage.get("output_tokens")),
     }
 
 
@@ -333,7 +333,7 @@ def _canonical(model: str, aliases: dict[str, str]) -> str:
     return aliases.get(name, name)
 
 
-def _count(value: object) -> int:
+def count(value: object) -> int:
     """A token count as priced: a positive finite number, else 0 (JSON allows `Infinity`)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return 0

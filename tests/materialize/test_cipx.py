@@ -322,3 +322,10 @@ def test_a_git_status_in_the_prompt_or_a_reminder_is_env_info():
     blocks = cipx.input_blocks(categorize(json.dumps(body).encode()).prompt, (0, 0, 5))
     assert [b.category for b in blocks] == ["system_reminder", "env_info", "system_reminder", "user_prompts",
                                             "envelope"]  # the request's own braces come last
+
+
+def test_a_token_count_of_infinity_reads_as_no_count():
+    """JSON allows `Infinity`: a response carrying it must not stop the call's metadata (OverflowError before)."""
+    usage = read_usage({"input_tokens": float("inf"), "cache_read_input_tokens": 5, "output_tokens": float("inf")})
+    assert cipx.tier_tokens(usage) == (5, 0, 0)
+    assert cipx.output_blocks([], usage) == []
