@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from opik_cipx.materialize.pricing import PriceTable, Resolution, price_call, token_counts
+from opik_cipx.materialize.pricing import PriceTable, Resolution, iteration_tokens, price_call, write_split
 
 MTOK = 1_000_000
 RATE_KEYS = ("input", "cache_write_5m", "cache_write_1h", "cache_read", "output")
@@ -155,8 +155,8 @@ def usage_of(tokens: Tokens, priced: Priced) -> dict[str, Any]:
     return usage
 
 
-def _iteration_tokens(iteration: dict) -> Tokens:
-    counts = token_counts(iteration)
+def _iteration_tokens(iteration: dict, top_split: tuple[int, int] | None) -> Tokens:
+    counts, _ = iteration_tokens(iteration, top_split)
     return Tokens(counts["input"], counts["cache_write_5m"], counts["cache_write_1h"], counts["cache_read"],
                   counts["output"])
 
@@ -167,10 +167,11 @@ def iterations_saving(repricer: Repricer, priced: Priced, actual: Tokens, change
     change applies to the top level and to each `message` iteration (the ones that describe this
     request's prompt; a `compaction` iteration is kept as billed), counts rounded to whole tokens."""
     iterations = json.loads(priced.iterations or "[]")
+    top_split = write_split(usage_of(actual, priced))  # an iteration without a split is priced with it
     changed = []
     for iteration in iterations:
         if isinstance(iteration, dict) and iteration.get("type", "message") == "message":
-            iteration = {**usage_of(change(_iteration_tokens(iteration)), priced), "type": "message",
+            iteration = {**usage_of(change(_iteration_tokens(iteration, top_split)), priced), "type": "message",
                          **({"model": iteration["model"]} if model is None and "model" in iteration else {})}
         changed.append(iteration)
     before = price_call(priced.model, {**usage_of(actual, priced), "iterations": iterations}, repricer.table,

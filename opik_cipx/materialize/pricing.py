@@ -226,7 +226,7 @@ def price_call(model: str | None, usage: dict | None, table: PriceTable, at_ns: 
                          "the top-level tokens are not added again")
     breakdown = dict.fromkeys(RATE_KEYS, 0.0)
     details, tiers, applied = [], [], {}
-    top_split = _write_split(usage) if parts else None  # for an iteration that lacks its own
+    top_split = write_split(usage) if parts else None  # for an iteration that lacks its own
     for index, part in enumerate(parts or [usage]):
         part_rates = rates
         detail: dict[str, Any] = {"type": str(part.get("type") or "message")} if parts else {}
@@ -237,9 +237,8 @@ def price_call(model: str | None, usage: dict | None, table: PriceTable, at_ns: 
                 return replace(base, unpriced_reason=f"usage.iterations[{index}] ran on {other.name}: {other.reason}")
             part_rates = other.price.at(at_ns)
             detail.update(model=other.name, priced_as=other.priced_as)
-        tokens = token_counts(part)
-        if top_split and tokens["cache_write_5m"] and not isinstance(part.get("cache_creation"), dict):
-            tokens = _split_like(tokens, top_split)
+        tokens, shared = iteration_tokens(part, top_split)
+        if shared:
             modifiers.append(f"usage.iterations[{index}]: no cache_creation split; its writes split 5m/1h "
                              "as the top level's")
         prompt = sum(tokens[key] for key in _INPUT_SIDE)
@@ -310,7 +309,16 @@ def token_counts(usage: Mapping[str, Any]) -> dict[str, int]:
     }
 
 
-def _write_split(usage: dict) -> tuple[int, int] | None:
+def iteration_tokens(part: dict, top_split: tuple[int, int] | None) -> tuple[dict[str, int], bool]:
+    """A billed iteration's tokens as `price_call` prices them, and whether its cache writes were
+    shared 5m/1h as the top level's `top_split` (`write_split`) for want of a split of its own."""
+    tokens = token_counts(part)
+    if top_split and tokens["cache_write_5m"] and not isinstance(part.get("cache_creation"), dict):
+        return _split_like(tokens, top_split), True
+    return tokens, False
+
+
+def write_split(usage: dict) -> tuple[int, int] | None:
     """The (5-minute, 1-hour) cache writes of a usage that has a `cache_creation` split and writes; else None."""
     if not isinstance(usage.get("cache_creation"), dict):
         return None

@@ -108,3 +108,13 @@ def test_a_dated_change_that_leaves_the_rates_alike_keeps_one_set_of_rates():
     assert repricer.steady("claude-opus-4-8", change - day, change + day, 1000) == repricer.rates(
         "claude-opus-4-8", change + day, 1000)
     assert repricer.steady("claude-opus-4-8", change - day, change + day, 1000, speed="fast") is None
+
+
+def test_iterations_without_a_split_of_their_own_save_nothing_unchanged():
+    """`price_call` shares such an iteration's writes 5m/1h as the top level's: so must the repricing,
+    or an unchanged call shows a saving (1-hour writes read as 5-minute ones)."""
+    iterations = json.dumps([{"type": "message", "input_tokens": 10, "cache_creation_input_tokens": 10_000,
+                              "cache_read_input_tokens": 0, "output_tokens": 50}])
+    call = Priced("claude-opus-4-8", 1_780_000_000 * 10**9, iterations=iterations)
+    actual = Tokens(10, 0, 10_000, 0, 50)  # the top level: every write a 1-hour one
+    assert Repricer(TABLE).saving(call, actual, lambda t: t) == pytest.approx(0, abs=1e-12)
