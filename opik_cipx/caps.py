@@ -208,14 +208,3 @@ def read_budget(config_path: str) -> Budget | None:
         return parse_budget(raw) if raw is not None else None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError):
         return None
-
-
-def config_path(env: dict[str, str]) -> str:
-    """Where the settings live (`config.load_settings` reads the same): `CIPX_CONFIG`, else
-    `$CIPX_HOME/config.toml`."""
-    if env.get("CIPX_CONFIG"):
-        return os.path.expanduser(env["CIPX_CONFIG"])
-    home = env.get("CIPX_HOME", "").strip()
-    root = os.path.expanduser(home) if home else os.path.join(env.get("HOME") or os.path.expanduser("~"),
-                                                              ".opik-cipx")
-    return os.path.join(root, "config.toml")
