@@ -35,6 +35,7 @@ from opik_cipx.ledger.call_parts import CallFacts, PartRow, call_facts
 from opik_cipx.ledger.periods import local_day
 from opik_cipx.materialize.call import CallRecord
 from opik_cipx.materialize.pricing import Cost
+from opik_cipx.materialize.turns import turn_prompt
 from opik_cipx.materialize.usage import Usage
 
 OUTPUT = "output"
@@ -97,7 +98,7 @@ def session_text(call: CallRecord) -> SessionText:
         answer = "".join(b.get("text") or "" for b in call.response.content if b.get("type") == "text")
         return SessionText(title=title_of(answer))
     if kind.kind == "main" and not kind.agent_id:
-        return SessionText(prompt=one_line(_prompt(call.attribution.facts)))
+        return SessionText(prompt=one_line(turn_prompt(call.attribution.facts)))
     return SessionText()
 
 
@@ -123,18 +124,6 @@ def one_line(text: str | None) -> str | None:
     if not line:
         return None
     return line if len(line) <= LABEL_CHARS else line[:LABEL_CHARS - 1].rstrip() + "\u2026"
-
-
-def _prompt(facts: dict) -> str | None:
-    """What the user typed to open the turn: the prompt text, else the slash command."""
-    text = (facts.get("user_prompt") or {}).get("text")
-    if isinstance(text, str) and text.strip():
-        return text
-    commands = (facts.get("slash_commands") or {}).get("by_command") or []
-    if commands and isinstance(commands[-1], dict) and commands[-1].get("name"):
-        last = commands[-1]
-        return f"/{last['name']} {last.get('args') or ''}"
-    return None
 
 
 def _row(call: CallRecord, facts: CallFacts) -> dict[str, Any]:

@@ -56,7 +56,7 @@ from opik_cipx.materialize.redaction import redact_records
 from opik_cipx.materialize.response import ResponseSummary, counted_tokens, summarize_response
 from opik_cipx.materialize.session_state import PendingTool, SessionState, SessionStates, Turn, tool_span_id
 from opik_cipx.materialize.sessions import valid_session_id
-from opik_cipx.materialize.turns import AGENT_TOOLS, continues_turn, turn_key
+from opik_cipx.materialize.turns import AGENT_TOOLS, continues_turn, turn_key, turn_prompt
 from opik_cipx.materialize.unknown_models import UnknownModels
 from opik_cipx.materialize.usage import Usage, read_usage
 from opik_cipx.wire.capture import Capture, header_value
@@ -202,7 +202,7 @@ class Materializer:
             turn = agent_call.turn
         else:
             # Only a main call carries its turn's prompt (a compaction's belongs to the turn before it).
-            prompt = _prompt(read.attribution.facts) if kind.kind == "main" else ""
+            prompt = turn_prompt(read.attribution.facts) if kind.kind == "main" else ""
             turn = self._states.turn_for(state, session_id, kind, turn_key(kind.kind, messages, capture.id),
                                          capture.id, started, prompt)
         parent = agent_call.span_id if agent_call else self.config.root_span_id
@@ -385,18 +385,6 @@ def _conversation(capture: Capture) -> tuple:
     request reader compares a request with the one before it."""
     return (header_value(capture.request_headers, "x-claude-code-session-id"),
             header_value(capture.request_headers, "x-claude-code-agent-id"), capture.path.split("?", 1)[0])
-
-
-def _prompt(facts: dict) -> str:
-    """What the user typed to open the turn: the prompt text, else the slash command."""
-    text = (facts.get("user_prompt") or {}).get("text")
-    if text:
-        return text
-    commands = (facts.get("slash_commands") or {}).get("by_command") or []
-    if commands:
-        last = commands[-1]
-        return f"/{last.get('name')} {last.get('args') or ''}".strip()
-    return ""
 
 
 def _text(value: object) -> str | None:

@@ -148,3 +148,16 @@ def first_user_digests(messages: list) -> set[str]:
                 for b in _blocks(message) if isinstance(b, dict) and b.get("type") == "text"
             }
     return set()
+
+
+def turn_prompt(facts: dict) -> str:
+    """What the user typed to open the turn, from a request's attribution facts: the prompt text,
+    else the last slash command with its arguments; "" when neither is there."""
+    text = (facts.get("user_prompt") or {}).get("text")
+    if isinstance(text, str) and text.strip():
+        return text
+    commands = (facts.get("slash_commands") or {}).get("by_command") or []
+    if commands and isinstance(commands[-1], dict) and commands[-1].get("name"):
+        last = commands[-1]
+        return f"/{last['name']} {last.get('args') or ''}".strip()
+    return ""
