@@ -47,6 +47,8 @@ class PeerLookup:
         if self._netlink is not None:
             try:
                 return self._ask_netlink(self._netlink, local, peer)
+            except TimeoutError:  # a late answer (skipped when it comes): this once from the tables
+                return self.from_tables(local, peer)
             except OSError:  # no sock_diag for TCP here (an old or locked-down kernel): the tables then
                 self._netlink.close()
                 self._netlink = None
@@ -91,7 +93,7 @@ def _open_netlink() -> socket.socket | None:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
     except (AttributeError, OSError):  # not Linux, or netlink refused
         return None
-    sock.settimeout(1.0)  # the kernel answers at once; never wait long on the loop thread
+    sock.settimeout(0.1)  # the kernel answers at once; never wait long on the loop thread
     return sock
 
 

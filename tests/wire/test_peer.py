@@ -57,6 +57,22 @@ def test_without_netlink_the_tables_answer(accepted, monkeypatch):
     assert lookup.available and lookup.uid(local, peer) == os.geteuid()
 
 
+def test_a_netlink_answer_that_is_late_is_answered_from_the_tables_and_netlink_kept(accepted, monkeypatch):
+    """A slow answer must not cost the connection loop more than the socket's short timeout, nor
+    netlink itself (a timeout closed it for good, leaving every later lookup to the slower tables)."""
+    silent, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # sends go nowhere, no answer comes
+    silent.settimeout(0.01)
+    monkeypatch.setattr(peer_module, "_open_netlink", lambda: silent)
+    lookup = PeerLookup()
+    try:
+        local, peer = accepted()
+        assert lookup.uid(local, peer) == os.geteuid()  # from the tables
+        assert lookup._netlink is silent  # kept for the next lookup
+    finally:
+        lookup.close()
+        other.close()
+
+
 def test_with_neither_nothing_can_be_said(monkeypatch):
     monkeypatch.setattr(peer_module, "_open_netlink", lambda: None)
     assert not PeerLookup(tables=("/nonexistent/tcp", "/nonexistent/tcp6")).available
