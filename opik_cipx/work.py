@@ -309,7 +309,11 @@ def _listen(link: Link, work: Work, stop: threading.Event) -> None:
     """What the wire says: where the log ends now, a stats request, stop. A link that closes means
     the wire is gone: the process ends at once (the next work process starts from the checkpoint)."""
     while True:
-        message = link.recv()
+        try:
+            message = link.recv()
+        except ValueError as exc:  # a frame this end cannot read: the link is no use any more
+            log.error("the link to the wire: %s", exc)
+            message = None
         if message is None:
             if not stop.is_set():
                 log.warning("the wire process is gone: the work process ends now")

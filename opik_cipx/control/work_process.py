@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 GAVE_UP_DELAY_S = 30.0  # between starts once the work process died 5 times within 120 s
 PUMP_S = 1.0  # the link thread's longest wait (it also writes out what the link queued)
 DEATHS_KEPT = 5
+STATS_KEPT = 16  # answers to stats requests kept at most (one asked and timed out is dropped once 16 newer were asked)
 PROTOCOL_MISMATCH = 3  # the work process's exit status when the executable on disk speaks another protocol
 Handler = Callable[..., None]
 
@@ -211,6 +212,8 @@ class WorkProcess:
             with self._lock:
                 self._last = reply
                 self._replies[ask] = reply
+                for late in [key for key in self._replies if key <= self._asked - STATS_KEPT]:
+                    del self._replies[late]  # an answer no one waits for any more
                 self._lock.notify_all()
         elif kind in self.handlers:
             try:
