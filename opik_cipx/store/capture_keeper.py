@@ -100,10 +100,13 @@ class LogKeeper:
             if number >= min(materialized.segment, sealed_below):
                 return None
             try:
-                return compact_segment(path, number)
+                compacted = compact_segment(path, number)  # the raw segment is gone
             except OSError as exc:
                 log.warning("capture log: cannot compact %s: %s", path.name, exc.strerror or exc)
                 return None
+            with self._lock:
+                self._stamps.pop(path, None)
+            return compacted
         return None
 
     def _remove_leftovers(self) -> None:
