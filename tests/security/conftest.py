@@ -68,6 +68,20 @@ def other_user():
     return run
 
 
+def remount(path: Path, options: str, attempts: int = 5) -> None:
+    """`mount -o remount,<options> path`, tried again when it fails. With 8 workers it once failed
+    with status 32 while other workers mounted and unmounted: mount(8) looks the mount point up in
+    /proc/self/mountinfo, which a concurrent change can make it read inconsistently (the likely
+    cause). The last failure is raised."""
+    for attempt in range(attempts):
+        try:
+            subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True, capture_output=True)
+            return
+        except subprocess.CalledProcessError:
+            if attempt == attempts - 1:
+                raise
+
+
 class Tmpfs:
     """A small tmpfs mounted for the test: it can fill up, turn read-only and recover."""
 
@@ -75,7 +89,7 @@ class Tmpfs:
         self.path = path
 
     def remount(self, option: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,{option}", str(self.path)], check=True, capture_output=True)
+        remount(self.path, option)
 
     def fill(self) -> Path:
         """Take every free byte; the file to delete to make room again."""
@@ -118,7 +132,7 @@ def read_only_view():
         if subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True).returncode != 0:
             pytest.skip("cannot bind-mount here (no CAP_SYS_ADMIN)")
         try:
-            subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True, capture_output=True)
+            remount(path, "bind,ro")
             yield
         finally:
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
