@@ -1,0 +1,122 @@
+"""An `opik-cipx` command run in the test's own process, for tests about what it prints, its exit
+status and the files it leaves, not about processes (docs/DEVELOPING.md, "Tests": which to use).
+
+`run_in_process(argv, env, input)` answers as `subprocess.run([python, "-m", "opik_cipx", *argv],
+env=env, input=input, capture_output=True, text=True)` would: `os.environ` is `env` for the call
+(the local time zone follows its `TZ`), stdin holds `input` (empty when None, as /dev/null), stdout
+and stderr are pipes of their own (not terminals: no colours, argparse at 80 columns), written
+through text streams encoded as the interpreter's own (`sys.stdout.buffer` exists), decoded as
+`subprocess` decodes them; `SystemExit` becomes the return code as the interpreter makes it. An
+exception the command does not catch is raised into the test (a subprocess would print it and exit
+1: a test about a traceback runs a subprocess). Everything is put back afterwards: the environment,
+the time zone, the standard streams.
+
+What a command must not leave in a long-lived process fails the call instead of leaking into the
+next test: a thread of the package still running, a changed signal handler, logging setup,
+excepthook, working directory, umask, GIL switch interval or frozen garbage collection.
+"""
+
+import gc
+import io
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+from opik_cipx.cli import main
+
+ENCODING = "utf-8"  # what an interpreter under the suite's UTF-8 locale writes to a pipe
+
+
+def run_in_process(argv: Sequence[str], env: Mapping[str, str],
+                   input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`opik-cipx ARGV` with `env` as its environment and `input` on stdin; what it printed and returned."""
+    before, threads = _global_state(), set(threading.enumerate())
+    saved_env, saved_streams = dict(os.environ), _streams()
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding=ENCODING, errors="surrogateescape")
+    stderr = io.TextIOWrapper(io.BytesIO(), encoding=ENCODING, errors="backslashreplace")
+    stdin = io.TextIOWrapper(io.BytesIO((input or "").encode(ENCODING)), encoding=ENCODING, errors="surrogateescape")
+    _set_environ(env)
+    # The `__std*__` too: argparse and shutil ask `sys.__stdout__` for the terminal's width.
+    sys.stdin = sys.__stdin__ = stdin
+    sys.stdout = sys.__stdout__ = stdout
+    sys.stderr = sys.__stderr__ = stderr
+    try:
+        code = _exit_status(argv)
+        stdout.flush()
+        stderr.flush()
+    finally:
+        sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__ = saved_streams
+        _set_environ(saved_env)
+    _check_left_nothing(before, threads)
+    return subprocess.CompletedProcess(["opik-cipx", *argv], code, _decoded(stdout), _decoded(stderr))
+
+
+def _exit_status(argv: Sequence[str]) -> int:
+    """`main(argv)`'s status, a `SystemExit` turned into one as the interpreter turns it."""
+    try:
+        return main(list(argv))
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+
+
+def _streams() -> tuple:
+    return sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__
+
+
+def _set_environ(env: Mapping[str, str]) -> None:
+    os.environ.clear()
+    os.environ.update(env)
+    time.tzset()  # the local time zone is read from TZ once, not at every conversion
+
+
+def _decoded(stream: io.TextIOWrapper) -> str:
+    """What `subprocess.run(text=True)` reads from the pipe: universal newlines (csv's \\r\\n is \\n)."""
+    data = stream.buffer.getvalue().decode(ENCODING)  # type: ignore[attr-defined]  # a BytesIO
+    return data.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _global_state() -> dict[str, object]:
+    """What a command could change for the rest of its process, by name."""
+    package = logging.getLogger("opik_cipx")
+    return {
+        "working directory": os.getcwd(),
+        "umask": _umask(),
+        "signal handlers": {signum: signal.getsignal(signum) for signum in signal.valid_signals()
+                            if signum not in (signal.SIGKILL, signal.SIGSTOP)},
+        "root logger": (logging.root.level, list(logging.root.handlers), logging.root.manager.disable),
+        "opik_cipx logger": (package.level, list(package.handlers), package.propagate, package.disabled),
+        "threading.excepthook": threading.excepthook,
+        "sys.excepthook": sys.excepthook,
+        "GIL switch interval": sys.getswitchinterval(),
+        "frozen objects": gc.get_freeze_count(),
+    }
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _check_left_nothing(before: dict[str, object], threads: set[threading.Thread]) -> None:
+    after = _global_state()
+    changed = [name for name in before if after[name] != before[name]]
+    assert not changed, f"the command changed its process's {', '.join(changed)}: {before} -> {after}"
+    left = [thread.name for thread in threading.enumerate()
+            if thread not in threads and thread.is_alive() and _of_the_package(thread)]
+    assert not left, f"the command returned with its threads still running: {left}"
+
+
+def _of_the_package(thread: threading.Thread) -> bool:
+    """Whether opik-cipx started `thread` (a test's servers start threads of their own meanwhile)."""
+    target = getattr(thread, "_target", None)  # private, and stable in CPython: what `run` calls
+    module = getattr(target, "__module__", None) or type(thread).__module__
+    return module.split(".")[0] == "opik_cipx"
