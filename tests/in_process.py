@@ -25,7 +25,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from opik_cipx.cli import main
 
@@ -35,25 +36,45 @@ ENCODING = "utf-8"  # what an interpreter under the suite's UTF-8 locale writes 
 def run_in_process(argv: Sequence[str], env: Mapping[str, str],
                    input: str | None = None) -> subprocess.CompletedProcess[str]:
     """`opik-cipx ARGV` with `env` as its environment and `input` on stdin; what it printed and returned."""
-    before, threads = _global_state(), set(threading.enumerate())
-    saved_env, saved_streams = dict(os.environ), _streams()
     stdout = io.TextIOWrapper(io.BytesIO(), encoding=ENCODING, errors="surrogateescape")
     stderr = io.TextIOWrapper(io.BytesIO(), encoding=ENCODING, errors="backslashreplace")
     stdin = io.TextIOWrapper(io.BytesIO((input or "").encode(ENCODING)), encoding=ENCODING, errors="surrogateescape")
-    _set_environ(env)
-    # The `__std*__` too: argparse and shutil ask `sys.__stdout__` for the terminal's width.
-    sys.stdin = sys.__stdin__ = stdin
-    sys.stdout = sys.__stdout__ = stdout
-    sys.stderr = sys.__stderr__ = stderr
-    try:
-        code = _exit_status(argv)
-        stdout.flush()
-        stderr.flush()
-    finally:
-        sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__ = saved_streams
-        _set_environ(saved_env)
-    _check_left_nothing(before, threads)
+    threads, saved_env, saved_streams = set(threading.enumerate()), dict(os.environ), _streams()
+    with _fresh_logging():
+        before = _global_state()
+        _set_environ(env)
+        # The `__std*__` too: argparse and shutil ask `sys.__stdout__` for the terminal's width.
+        sys.stdin = sys.__stdin__ = stdin
+        sys.stdout = sys.__stdout__ = stdout
+        sys.stderr = sys.__stderr__ = stderr
+        try:
+            code = _exit_status(argv)
+            stdout.flush()
+            stderr.flush()
+        finally:
+            sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__ = saved_streams
+            _set_environ(saved_env)
+        after = _global_state()
+    _check_left_nothing(before, after, threads)
     return subprocess.CompletedProcess(["opik-cipx", *argv], code, _decoded(stdout), _decoded(stderr))
+
+
+@contextmanager
+def _fresh_logging() -> Iterator[None]:
+    """The root and the package's loggers as a fresh interpreter has them for the block: no handler
+    (a warning goes to the stderr of the moment, as `logging.lastResort`), not pytest's capture nor
+    what an in-process daemon of an earlier test set up; then as they were."""
+    loggers = (logging.root, logging.getLogger("opik_cipx"))
+    saved = [(logger, logger.level, logger.handlers, logger.propagate, logger.disabled) for logger in loggers]
+    for logger, level in zip(loggers, (logging.WARNING, logging.NOTSET), strict=True):
+        logger.handlers, logger.propagate, logger.disabled = [], True, False
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, level, handlers, propagate, disabled in saved:
+            logger.handlers, logger.propagate, logger.disabled = handlers, propagate, disabled
+            logger.setLevel(level)
 
 
 def _exit_status(argv: Sequence[str]) -> int:
@@ -91,7 +112,8 @@ def _global_state() -> dict[str, object]:
         "umask": _umask(),
         "signal handlers": {signum: signal.getsignal(signum) for signum in signal.valid_signals()
                             if signum not in (signal.SIGKILL, signal.SIGSTOP)},
-        "root logger": (logging.root.level, list(logging.root.handlers), logging.root.manager.disable),
+        "root logger": (logging.root.level, list(logging.root.handlers), logging.root.manager.disable,
+                        logging.lastResort),
         "opik_cipx logger": (package.level, list(package.handlers), package.propagate, package.disabled),
         "threading.excepthook": threading.excepthook,
         "sys.excepthook": sys.excepthook,
@@ -106,8 +128,7 @@ def _umask() -> int:
     return mask
 
 
-def _check_left_nothing(before: dict[str, object], threads: set[threading.Thread]) -> None:
-    after = _global_state()
+def _check_left_nothing(before: dict[str, object], after: dict[str, object], threads: set[threading.Thread]) -> None:
     changed = [name for name in before if after[name] != before[name]]
     assert not changed, f"the command changed its process's {', '.join(changed)}: {before} -> {after}"
     left = [thread.name for thread in threading.enumerate()

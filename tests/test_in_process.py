@@ -1,7 +1,9 @@
 """`tests/in_process.py`: a command run in the test's process answers as its subprocess does, and
 what it would leave in a long-lived process fails the call."""
 
+import io
 import json
+import logging
 import os
 import signal
 import threading
@@ -72,3 +74,17 @@ def test_a_signal_handler_left_set_fails_the_call(home, monkeypatch):
             run_command(home, "config", "--example")
     finally:
         signal.signal(signal.SIGUSR1, before)
+
+
+def test_a_warning_the_package_logs_goes_to_the_commands_stderr_as_in_a_fresh_interpreter(home, monkeypatch):
+    """No handler: `logging.lastResort` writes the message alone, whatever pytest or an earlier
+    in-process daemon attached to the root or the package's logger."""
+    monkeypatch.setattr(config_command, "run", lambda args, settings: logging.getLogger(
+        "opik_cipx.ledger.store").warning("ledger: %d call(s) clamped", 1) or 0)
+    logging.getLogger("opik_cipx").addHandler(stray := logging.StreamHandler(io.StringIO()))
+    try:
+        result = run_command(home, "config", "--example")
+    finally:
+        logging.getLogger("opik_cipx").removeHandler(stray)
+    assert (result.returncode, result.stderr) == (0, "ledger: 1 call(s) clamped\n")
+    assert stray.stream.getvalue() == ""
