@@ -164,10 +164,11 @@ def run_cli(home: Path, *args: str, timeout: float = 30, input: str | None = Non
     )
 
 
-def run_command(home: Path, *args: str, input: str | None = None, **extra: str) -> subprocess.CompletedProcess[str]:
+def run_command(home: Path, *args: str, input: str | None = None, cwd: Path | None = None,
+                **extra: str) -> subprocess.CompletedProcess[str]:
     """`opik-cipx ARGS` in this process, in the environment `run_cli` gives its subprocess, with the
     same answer (`tests/in_process.py`): for a test about what a command prints, returns and writes."""
-    return run_in_process(args, cli_env(home, **extra), input)
+    return run_in_process(args, cli_env(home, **extra), input, cwd)
 
 
 class DaemonProcess:

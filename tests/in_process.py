@@ -1,8 +1,8 @@
 """An `opik-cipx` command run in the test's own process, for tests about what it prints, its exit
 status and the files it leaves, not about processes (docs/DEVELOPING.md, "Tests": which to use).
 
-`run_in_process(argv, env, input)` answers as `subprocess.run([python, "-m", "opik_cipx", *argv],
-env=env, input=input, capture_output=True, text=True)` would: `os.environ` is `env` for the call
+`run_in_process(argv, env, input, cwd)` answers as `subprocess.run([python, "-m", "opik_cipx", *argv],
+env=env, input=input, cwd=cwd, capture_output=True, text=True)` would: `os.environ` is `env` for the call
 (the local time zone follows its `TZ`), stdin holds `input` (empty when None, as /dev/null), stdout
 and stderr are pipes of their own (not terminals: no colours, argparse at 80 columns), written
 through text streams encoded as the interpreter's own (`sys.stdout.buffer` exists), decoded as
@@ -16,6 +16,7 @@ next test: a thread of the package still running, a changed signal handler, logg
 excepthook, working directory, umask, GIL switch interval or frozen garbage collection.
 """
 
+import contextlib
 import gc
 import io
 import logging
@@ -33,14 +34,15 @@ from opik_cipx.cli import main
 ENCODING = "utf-8"  # what an interpreter under the suite's UTF-8 locale writes to a pipe
 
 
-def run_in_process(argv: Sequence[str], env: Mapping[str, str],
-                   input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """`opik-cipx ARGV` with `env` as its environment and `input` on stdin; what it printed and returned."""
+def run_in_process(argv: Sequence[str], env: Mapping[str, str], input: str | None = None,
+                   cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess[str]:
+    """`opik-cipx ARGV` with `env` as its environment, `input` on stdin and `cwd` (else the test's) as
+    its working directory; what it printed and returned."""
     stdout = io.TextIOWrapper(io.BytesIO(), encoding=ENCODING, errors="surrogateescape")
     stderr = io.TextIOWrapper(io.BytesIO(), encoding=ENCODING, errors="backslashreplace")
     stdin = io.TextIOWrapper(io.BytesIO((input or "").encode(ENCODING)), encoding=ENCODING, errors="surrogateescape")
     threads, saved_env, saved_streams = set(threading.enumerate()), dict(os.environ), _streams()
-    with _fresh_logging():
+    with _fresh_logging(), contextlib.chdir(cwd or os.getcwd()):
         before = _global_state()
         _set_environ(env)
         # The `__std*__` too: argparse and shutil ask `sys.__stdout__` for the terminal's width.
