@@ -9,7 +9,8 @@ through text streams encoded as the interpreter's own (`sys.stdout.buffer` exist
 `subprocess` decodes them; `SystemExit` becomes the return code as the interpreter makes it. An
 exception the command does not catch is raised into the test (a subprocess would print it and exit
 1: a test about a traceback runs a subprocess). Everything is put back afterwards: the environment,
-the time zone, the standard streams.
+the time zone, the standard streams. These are the process's for the call: a thread of the test
+that prints meanwhile (the fakes' servers print nothing) would print into the command's output.
 
 What a command must not leave in a long-lived process fails the call instead of leaking into the
 next test: a thread of the package still running, a changed signal handler, logging setup,
