@@ -1,20 +1,23 @@
 """An `opik-cipx` command run in the test's own process, for tests about what it prints, its exit
 status and the files it leaves, not about processes (docs/DEVELOPING.md, "Tests": which to use).
 
-`run_in_process(argv, env, input, cwd)` answers as `subprocess.run([python, "-m", "opik_cipx", *argv],
-env=env, input=input, cwd=cwd, capture_output=True, text=True)` would: `os.environ` is `env` for the call
-(the local time zone follows its `TZ`), stdin holds `input` (empty when None, as /dev/null), stdout
-and stderr are pipes of their own (not terminals: no colours, argparse at 80 columns), written
-through text streams encoded as the interpreter's own (`sys.stdout.buffer` exists), decoded as
-`subprocess` decodes them; `SystemExit` becomes the return code as the interpreter makes it. An
-exception the command does not catch is raised into the test (a subprocess would print it and exit
-1: a test about a traceback runs a subprocess). Everything is put back afterwards: the environment,
-the time zone, the standard streams. These are the process's for the call: a thread of the test
-that prints meanwhile (the fakes' servers print nothing) would print into the command's output.
+`run_in_process(argv, env, input, cwd)` answers as `subprocess.run([python, "-m", "opik_cipx",
+*argv], env=env, input=input, cwd=cwd, capture_output=True, text=True)` would: `os.environ` is
+`env` for the call (the local time zone follows its `TZ`), the working directory is `cwd`, stdin
+holds `input` (empty when None, as /dev/null), stdout and stderr are pipes of their own (not
+terminals: no colours, argparse at 80 columns), written through text streams encoded as the
+interpreter's own (`sys.stdout.buffer` exists), decoded as `subprocess` decodes them; the package
+logs as in a fresh interpreter; `SystemExit` becomes the return code as the interpreter makes it.
+An exception the command does not catch is raised into the test (a subprocess would print it and
+exit 1: a test about a traceback runs a subprocess). Everything is put back afterwards: the
+environment, the time zone, the working directory, the standard streams, logging. These are the
+process's for the call: a thread of the test that prints meanwhile (the fakes' servers print
+nothing) would print into the command's output.
 
 What a command must not leave in a long-lived process fails the call instead of leaking into the
-next test: a thread of the package still running, a changed signal handler, logging setup,
-excepthook, working directory, umask, GIL switch interval or frozen garbage collection.
+next test: a thread it started still running (a thread started by one it started too), a changed
+signal handler, logging setup, excepthook, working directory, umask, GIL switch interval or frozen
+garbage collection.
 """
 
 import contextlib
@@ -42,8 +45,8 @@ def run_in_process(argv: Sequence[str], env: Mapping[str, str], input: str | Non
     stdout = io.TextIOWrapper(io.BytesIO(), encoding=ENCODING, errors="surrogateescape")
     stderr = io.TextIOWrapper(io.BytesIO(), encoding=ENCODING, errors="backslashreplace")
     stdin = io.TextIOWrapper(io.BytesIO((input or "").encode(ENCODING)), encoding=ENCODING, errors="surrogateescape")
-    threads, saved_env, saved_streams = set(threading.enumerate()), dict(os.environ), _streams()
-    with _fresh_logging(), contextlib.chdir(cwd or os.getcwd()):
+    saved_env, saved_streams = dict(os.environ), _streams()
+    with _fresh_logging(), contextlib.chdir(cwd or os.getcwd()), _threads_started() as started:
         before = _global_state()
         _set_environ(env)
         # The `__std*__` too: argparse and shutil ask `sys.__stdout__` for the terminal's width.
@@ -58,7 +61,7 @@ def run_in_process(argv: Sequence[str], env: Mapping[str, str], input: str | Non
             sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__ = saved_streams
             _set_environ(saved_env)
         after = _global_state()
-    _check_left_nothing(before, after, threads)
+    _check_left_nothing(before, after, started)
     return subprocess.CompletedProcess(["opik-cipx", *argv], code, _decoded(stdout), _decoded(stderr))
 
 
@@ -103,7 +106,7 @@ def _set_environ(env: Mapping[str, str]) -> None:
 
 def _decoded(stream: io.TextIOWrapper) -> str:
     """What `subprocess.run(text=True)` reads from the pipe: universal newlines (csv's \\r\\n is \\n)."""
-    data = stream.buffer.getvalue().decode(ENCODING)  # type: ignore[attr-defined]  # a BytesIO
+    data = stream.buffer.getvalue().decode(ENCODING)  # a BytesIO
     return data.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -131,16 +134,27 @@ def _umask() -> int:
     return mask
 
 
-def _check_left_nothing(before: dict[str, object], after: dict[str, object], threads: set[threading.Thread]) -> None:
+@contextmanager
+def _threads_started() -> Iterator[list[threading.Thread]]:
+    """The threads started in the block by the calling thread, or by one of those: the command's,
+    not those a test's servers start meanwhile to answer it."""
+    caller, started, start = threading.current_thread(), [], threading.Thread.start
+
+    def recorded(thread: threading.Thread) -> None:
+        if threading.current_thread() in (caller, *started):
+            started.append(thread)
+        start(thread)
+
+    threading.Thread.start = recorded  # for the block only
+    try:
+        yield started
+    finally:
+        threading.Thread.start = start
+
+
+def _check_left_nothing(before: dict[str, object], after: dict[str, object], started: list[threading.Thread]) -> None:
     changed = [name for name in before if after[name] != before[name]]
     assert not changed, f"the command changed its process's {', '.join(changed)}: {before} -> {after}"
-    left = [thread.name for thread in threading.enumerate()
-            if thread not in threads and thread.is_alive() and _of_the_package(thread)]
-    assert not left, f"the command returned with its threads still running: {left}"
+    left = [thread.name for thread in started if thread.is_alive()]
+    assert not left, f"the command returned with threads it started still running: {left}"
 
-
-def _of_the_package(thread: threading.Thread) -> bool:
-    """Whether opik-cipx started `thread` (a test's servers start threads of their own meanwhile)."""
-    target = getattr(thread, "_target", None)  # private, and stable in CPython: what `run` calls
-    module = getattr(target, "__module__", None) or type(thread).__module__
-    return module.split(".")[0] == "opik_cipx"

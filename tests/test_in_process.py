@@ -61,6 +61,23 @@ def test_a_thread_of_the_package_still_running_fails_the_call(home, monkeypatch)
         stop.set()
 
 
+def test_a_thread_started_by_a_thread_it_started_counts_too(home, monkeypatch):
+    stop = threading.Event()
+
+    def hands_a_thread_on(args, settings):
+        first = threading.Thread(target=lambda: threading.Thread(target=stop.wait, name="cipx-grandchild").start())
+        first.start()
+        first.join()  # the first is gone; the one it started is not
+        return 0
+
+    monkeypatch.setattr(config_command, "run", hands_a_thread_on)
+    try:
+        with pytest.raises(AssertionError, match=r"still running: \['cipx-grandchild'\]"):
+            run_command(home, "config", "--example")
+    finally:
+        stop.set()
+
+
 def test_a_signal_handler_left_set_fails_the_call(home, monkeypatch):
     before = signal.getsignal(signal.SIGUSR1)
 
