@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, settings
 
 from opik_cipx.wire.connections import Limits
 from tests.fake_anthropic import CA_BUNDLE, FakeAnthropic
+from tests.in_process import run_in_process
 
 # `machine` and `machine_with_upstream` for every test, never imported by name (a test's parameter
 # would redefine the import).
@@ -151,6 +152,8 @@ def cli_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def run_cli(home: Path, *args: str, timeout: float = 30, input: str | None = None, **extra: str):
+    """`python -m opik_cipx ARGS` in a subprocess: for a test about the process or the executable
+    (docs/DEVELOPING.md, "Tests"); `run_command` runs the same in this process."""
     return subprocess.run(
         [sys.executable, "-m", "opik_cipx", *args],
         env=cli_env(home, **extra),
@@ -159,6 +162,13 @@ def run_cli(home: Path, *args: str, timeout: float = 30, input: str | None = Non
         timeout=timeout,
         input=input,
     )
+
+
+def run_command(home: Path, *args: str, input: str | None = None, cwd: Path | None = None,
+                **extra: str) -> subprocess.CompletedProcess[str]:
+    """`opik-cipx ARGS` in this process, in the environment `run_cli` gives its subprocess, with the
+    same answer (`tests/in_process.py`): for a test about what a command prints, returns and writes."""
+    return run_in_process(args, cli_env(home, **extra), input, cwd)
 
 
 class DaemonProcess:

@@ -19,6 +19,7 @@ import pytest
 from opik_cipx.control.daemon_control import is_our_process, pid_alive
 from tests.conftest import ReservedPort, cli_env, wait_for
 from tests.fake_anthropic import CA_BUNDLE
+from tests.in_process import run_in_process
 
 REPO = Path(__file__).resolve().parent.parent
 SESSION_START = sorted((REPO / "tests" / "fixtures" / "claude-code" / "simple").glob("hook_SessionStart_*.json"))[0]
@@ -57,8 +58,15 @@ class Machine:
         return result
 
     def cli(self, *args: str, input: str | None = None, **extra: str):
-        """`python -m opik_cipx ARGS` from this checkout."""
+        """`python -m opik_cipx ARGS` from this checkout, in a subprocess."""
         return self.run([sys.executable, "-m", "opik_cipx", *args], input=input, **extra)
+
+    def command(self, *args: str, input: str | None = None, **extra: str) -> subprocess.CompletedProcess[str]:
+        """`opik-cipx ARGS` in this process, as `cli` would run it (`tests/in_process.py`): for a
+        command that starts no process (docs/DEVELOPING.md, "Tests")."""
+        result = run_in_process(args, self.env(**extra), input)
+        self.remember_daemon()
+        return result
 
     def state(self) -> dict | None:
         try:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.claude_code_corpus import corpus, response
-from tests.conftest import REPO, DaemonProcess, run_cli, wait_for
+from tests.conftest import REPO, DaemonProcess, run_command, wait_for
 from tests.fake_anthropic import fixture_reply
 
 VERSION = "2.1.197"  # the version .ci/run installs and docs/BUDGETS.md records as verified
@@ -104,7 +104,7 @@ def test_claude_code_stops_at_the_cap_shows_why_and_goes_on_once_allowed(tmp_pat
         # it ends at once: within 5 s of our answer (its own start, slow on a loaded machine, is not counted)
         assert after_block_s <= 5.0, after_block_s
 
-        allowed = run_cli(home, "budget", "allow")  # the session blocked last
+        allowed = run_command(home, "budget", "allow")  # the session blocked last
         assert allowed.returncode == 0 and "the daemon applied it" in allowed.stdout, allowed.stdout + allowed.stderr
         third = claude.ask("--continue", "and now?")
         assert third.returncode == 0, third.stdout + third.stderr

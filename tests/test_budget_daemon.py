@@ -9,7 +9,7 @@ import json
 
 from tests import cost_intelligence as ci
 from tests.claude_code_corpus import corpus, request, response
-from tests.conftest import DaemonProcess, run_cli, wait_for
+from tests.conftest import DaemonProcess, run_command, wait_for
 from tests.fake_anthropic import fixture_reply
 from tests.fake_opik import API_KEY, WORKSPACE, FakeOpik
 
@@ -69,16 +69,16 @@ def test_a_day_cap_blocks_on_the_wire_survives_a_restart_and_allow_lets_calls_th
 
             daemon = DaemonProcess(home, upstream.url, **shipping)  # a restart: the totals come back from the ledger
             assert post(daemon)[0] == 429
-            result = run_cli(home, "budget", "allow", "--for", "1h")
+            result = run_command(home, "budget", "allow", "--for", "1h")
             assert result.returncode == 0 and "the daemon applied it" in result.stdout, result.stdout + result.stderr
             assert post(daemon)[0] == 200
             assert [s.path for s in upstream.seen].count("/v1/messages?beta=true") == 3
             wait_for(lambda: day_spent(daemon) >= cost * 3 - 1e-5, what="the allowed call counted")
-            report = json.loads(run_cli(home, "report", "--by", "kind", "--json").stdout)
+            report = json.loads(run_command(home, "report", "--by", "kind", "--json").stdout)
             kinds = {row["kind"]: row for row in report["rows"]}
             assert kinds["blocked:day"]["calls"] == 2 and kinds["blocked:day"]["cost_usd"] == 0
             assert kinds["main"]["calls"] == 3
-            status = run_cli(home, "status").stdout
+            status = run_command(home, "status").stdout
             assert "budget" in status and "2 request(s) blocked" not in status  # this daemon blocked one
             assert "1 request(s) blocked" in status
             spans = wait_for(lambda: len(blocked_spans(opik)) == 2 and blocked_spans(opik), timeout_s=20,

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import cli_env, run_cli
+from tests.conftest import cli_env, run_command
 
 
 @pytest.mark.parametrize("args", [["prices"], ["status"]])
@@ -65,7 +65,7 @@ def test_a_read_only_command_runs_despite_a_bad_key_it_does_not_read_and_names_i
     home = tmp_path / ".opik-cipx"
     home.mkdir()
     (home / "config.toml").write_text(BAD_KEY)
-    result = run_cli(home, *args)
+    result = run_command(home, *args)
     assert result.returncode == code and "Traceback" not in result.stderr
     warning = (f"opik-cipx: warning: {BAD_KEY_LINE.format(config=home / 'config.toml')}; `{args[0]}` does not use "
                "it, but the daemon will not start with it: fix it before `opik-cipx restart`")
@@ -78,16 +78,16 @@ def test_a_command_that_reads_the_bad_key_still_stops_on_it_in_one_line(tmp_path
     home = tmp_path / ".opik-cipx"
     home.mkdir()
     (home / "config.toml").write_text('[prices."claude-x"]\ninput = "cheap"\n')
-    prices = run_cli(home, "prices")  # reads the price overrides
+    prices = run_command(home, "prices")  # reads the price overrides
     assert prices.returncode == 2 and prices.stdout == "" and prices.stderr.count("\n") == 1
     assert prices.stderr.startswith(f"opik-cipx: bad setting in config file {home / 'config.toml'}, key 'prices'")
     assert "claude-x" in prices.stderr
     (home / "config.toml").write_text(BAD_KEY)
-    replay = run_cli(home, "replay")  # builds the daemon's materializer: every setting counts
+    replay = run_command(home, "replay")  # builds the daemon's materializer: every setting counts
     assert (replay.returncode, replay.stderr) == (2, f"opik-cipx: {BAD_KEY_LINE.format(config=home / 'config.toml')}\n")
     (home / "config.toml").write_text("a = = 1")
-    broken = run_cli(home, "prices")  # a file that is no TOML at all: the overrides cannot be read either
+    broken = run_command(home, "prices")  # a file that is no TOML at all: the overrides cannot be read either
     assert broken.returncode == 2 and "is not valid TOML" in broken.stderr and broken.stderr.count("\n") == 1
-    report = run_cli(home, "report")
+    report = run_command(home, "report")
     assert report.returncode == 0 and "is not valid TOML" in report.stderr
     assert "`report` does not use it" in report.stderr

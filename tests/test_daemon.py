@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 
-from tests.conftest import REPO, DaemonProcess, load_fixture, run_cli, wait_for
+from tests.conftest import REPO, DaemonProcess, load_fixture, run_cli, run_command, wait_for
 from tests.fake_anthropic import fixture_reply, split_sse, sse_reply
 
 CONTRACT_3 = {
@@ -119,7 +119,7 @@ def test_a_second_proxy_on_the_same_home_is_refused_and_touches_nothing(daemon):
     assert len(lines) == 1 and f"pid {daemon.proc.pid}" in lines[0], second.stderr
     assert "`opik-cipx status`" in lines[0] and "`opik-cipx restart`" in lines[0]
     assert snapshot(home) == before  # state.json, ports.json, logs, spool, captures, the lock: all as they were
-    status = run_cli(home, "status", "--json")
+    status = run_command(home, "status", "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["pid"] == daemon.proc.pid
     assert daemon.stats()["home_lock"] == {"held": True, "error": None}
 
@@ -144,7 +144,7 @@ def test_a_lock_file_that_cannot_be_created_does_not_stop_the_daemon(home, upstr
     try:
         lock = daemon.stats()["home_lock"]
         assert lock["held"] is False and lock["error"].startswith("cannot create daemon.lock: ")
-        status = run_cli(home, "status")
+        status = run_command(home, "status")
         assert status.returncode == 0 and "! home lock not held (cannot create daemon.lock" in status.stdout
         assert "running without the home lock" in (home / "logs" / "cipx.log").read_text()
     finally:

@@ -32,7 +32,7 @@ from opik_cipx.ledger.store import Ledger
 from opik_cipx.views.sign_in import SignInLinks
 from tests.browser import EXECUTABLE, Browser
 from tests.claude_code_corpus import SCENARIOS, materialized, write_session_files
-from tests.conftest import DaemonProcess, run_cli, wait_for
+from tests.conftest import DaemonProcess, run_command, wait_for
 from tests.test_end_to_end import replay_scenario
 
 pytestmark = pytest.mark.skipif(
@@ -79,7 +79,7 @@ def card_figures(page: str, card: str) -> str:
 
 
 def report_figures(home: Path, *args: str) -> str:
-    total = json.loads(run_cli(home, "report", "--json", *args).stdout)["total"]
+    total = json.loads(run_command(home, "report", "--json", *args).stdout)["total"]
     return f"${total['cost_usd']:,.2f} {total['calls']:,} calls"
 
 
@@ -184,11 +184,11 @@ def test_the_dashboard_answers_questions_in_chromium(home, upstream, tmp_path, s
         export = re.search(r'<section id="chart"><h2>.*?href="(/report\.json[^"]+)"', main_only, re.S).group(1)
         shown = json.loads(re.search(r"<pre[^>]*>(.*?)</pre>", dom(browser, base + unescape(export)),
                                      re.S).group(1).replace("&amp;", "&"))
-        assert shown == json.loads(run_cli(home, "report", "--by", "day,bucket", "--since", since, "--until", until,
-                                           "--kind", "main", "--json").stdout)
+        assert shown == json.loads(run_command(home, "report", "--by", "day,bucket", "--since", since, "--until",
+                                               until, "--kind", "main", "--json").stdout)
         status, body = viewer_get(daemon, f"/report.csv?by=model&since={since}&until={until}")
-        assert status == 200 and body == run_cli(home, "report", "--by", "model", "--since", since, "--until", until,
-                                                 "--csv").stdout
+        assert status == 200 and body == run_command(home, "report", "--by", "model", "--since", since, "--until",
+                                                     until, "--csv").stdout
         status, body = viewer_get(daemon, f"/calls.csv?since={replayed}")
         rows = list(csv.DictReader(io.StringIO(body)))
         assert status == 200 and len(rows) == calls and {"input_side_tokens", "cache_read_tokens"} <= set(rows[0])
@@ -198,7 +198,7 @@ def test_the_dashboard_answers_questions_in_chromium(home, upstream, tmp_path, s
         assert "<polyline" in session and "cumulative cost" in session
         assert f'<h1 id="session-label">{SUBAGENT_PROMPT}</h1>' in session
         assert 'class="group"' in session and session.count('class="sub"') == 3
-        session_cost = json.loads(run_cli(home, "report", "--session", SUBAGENT_SESSION[:8], "--json").stdout)
+        session_cost = json.loads(run_command(home, "report", "--session", SUBAGENT_SESSION[:8], "--json").stdout)
         assert f"${session_cost['total']['cost_usd']:,.4f}" in text_of(session)
         capture_id = re.search(r"/capture/([0-9a-f-]+)\">subagent", session).group(1)
         words = text_of(dom(browser, f"{base}/capture/{capture_id}"))
@@ -253,8 +253,8 @@ def test_the_savings_section_shows_what_advise_finds(home, upstream, tmp_path, b
         today = date.fromisoformat(re.search(r'href="/\?since=([\d-]+)">today</a>', page).group(1))
         section = text_of(page[page.index('id="savings">') + len('id="savings">'):]).strip()
         assert section.startswith("Savings, last 30 days")
-        advice = json.loads(run_cli(home, "advise", "--json", "--since",
-                                    (today - timedelta(days=29)).isoformat()).stdout)["findings"]
+        advice = json.loads(run_command(home, "advise", "--json", "--since",
+                                        (today - timedelta(days=29)).isoformat()).stdout)["findings"]
         calendar = next(f for f in advice if f["subject"] == "calendar")
         row = re.search(r"(\$[\d.]+) unused_mcp_server calendar 3 remove the MCP server calendar", section)
         assert row and row.group(1) == f"${calendar['saving_usd']:.4f}"

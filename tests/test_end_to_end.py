@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.claude_code_corpus import FIXTURES_5X, request, requests, response
-from tests.conftest import DaemonProcess, run_cli, wait_for
+from tests.conftest import DaemonProcess, run_command, wait_for
 from tests.fake_anthropic import fixture_reply
 from tests.fake_opik import API_KEY, WORKSPACE, FakeOpik
 
@@ -87,7 +87,7 @@ def test_kill_9_after_calls_then_restart_ships_the_same_ids_replay_derives(home,
         opik.up()
         daemon = DaemonProcess(home, upstream.url, **env)
         try:
-            replayed = run_cli(home, "replay", "--records")
+            replayed = run_command(home, "replay", "--records")
             assert replayed.returncode == 0, replayed.stderr
             expected = {json.loads(line)["body"]["id"] for line in replayed.stdout.splitlines()}
             wait_for(lambda: expected <= opik.ids(), timeout_s=20, what="every record at Opik after the restart")
@@ -131,11 +131,11 @@ def test_an_unknown_claude_model_is_priced_as_the_newest_of_its_family_and_statu
                 assert span["model"] == "claude-opus-6" and span["total_estimated_cost"] == pytest.approx(expected)
                 assert pricing["estimated_from"] == "claude-opus-5-5" and pricing["unknown_model"] is True
 
-            status = run_cli(home, "status")
+            status = run_command(home, "status")
             assert status.returncode == 0, status.stderr
             assert ('  ! claude-opus-6: 2 call(s) priced as claude-opus-5-5 (estimated); '
                     'add [prices."claude-opus-6"] to config.toml for its exact price') in status.stdout.splitlines()
-            prices = run_cli(home, "prices", "--json")
+            prices = run_command(home, "prices", "--json")
             assert json.loads(prices.stdout)["daemon"]["unknown_models"]["ids"][0]["id"] == "claude-opus-6"
             log = (home / "logs" / "cipx.log").read_text()
             assert log.count("pricing: model 'claude-opus-6' is not in the price table") == 1  # once per new id

@@ -6,7 +6,7 @@ import sqlite3
 
 from opik_cipx.ledger.db import open_reader
 from tests.claude_code_corpus import SCENARIOS, write_session_files
-from tests.conftest import DaemonProcess, run_cli, wait_for
+from tests.conftest import DaemonProcess, run_command, wait_for
 from tests.test_end_to_end import replay_scenario
 
 REPORTS = (("--by", "model"), ("--by", "session"), ("--by", "day,bucket"))
@@ -26,7 +26,7 @@ def spooled_call_costs(home) -> dict[str, float]:
 def reports(home) -> dict[tuple, dict]:
     out = {}
     for args in REPORTS:
-        result = run_cli(home, "report", *args, "--json")
+        result = run_command(home, "report", *args, "--json")
         assert result.returncode == 0, result.stderr
         out[args] = json.loads(result.stdout)
     return out
@@ -73,7 +73,7 @@ def test_without_content_capture_sessions_are_known_by_project_and_start_only(ho
         wait_for(lambda: daemon.counter("events_materialized") == calls, timeout_s=30, what="every call materialized")
     finally:
         assert daemon.stop() == 0
-    (row,) = json.loads(run_cli(home, "report", "--by", "session", "--json").stdout)["rows"]
+    (row,) = json.loads(run_command(home, "report", "--by", "session", "--json").stdout)["rows"]
     assert row["session_label"] is None and row["session_project"] == "/home/dev/code/inventory-sync"
     assert row["session_started_at"]
     assert b"survey" not in b"".join(p.read_bytes() for p in home.glob("ledger.db*"))  # the prompt is nowhere in it
@@ -94,9 +94,9 @@ def test_kill_9_mid_write_then_rematerializing_counts_nothing_twice(home, upstre
     try:
         # re-materialize every stored capture into the ledger the running daemon holds open
         for _ in range(2):
-            rebuilt = run_cli(home, "replay", "--ledger")
+            rebuilt = run_command(home, "replay", "--ledger")
             assert rebuilt.returncode == 0, rebuilt.stderr
-        printed = run_cli(home, "replay", "--records")
+        printed = run_command(home, "replay", "--records")
         records = [json.loads(line)["body"] for line in printed.stdout.splitlines()]
         llm = {r["id"]: r.get("total_estimated_cost") or 0.0 for r in records if r.get("type") in ("llm", "general")}
         assert len(llm) >= written  # every call already in the ledger has its capture stored
@@ -145,7 +145,7 @@ def test_a_corrupt_or_locked_ledger_never_stops_the_calls_or_their_spans(home, u
             holder.wait(10)
 
         def ledger_calls() -> int:
-            return json.loads(run_cli(home, "report", "--json").stdout)["total"]["calls"]
+            return json.loads(run_command(home, "report", "--json").stdout)["total"]["calls"]
 
         wait_for(lambda: ledger_calls() == first + second, timeout_s=20, what="the waiting calls written, unprompted")
         third = replay_scenario(daemon, upstream, "simple")
@@ -180,13 +180,13 @@ def test_an_absurd_usage_value_never_stops_the_ledger_and_sigterm_ends_cleanly(h
         wait_for(lambda: daemon.counter("events_materialized") == 1 + later, what="every call materialized")
 
         def ledger_calls() -> int:
-            return json.loads(run_cli(home, "report", "--json").stdout)["total"]["calls"]
+            return json.loads(run_command(home, "report", "--json").stdout)["total"]["calls"]
 
         wait_for(lambda: ledger_calls() == 1 + later, what="every call in the ledger, the absurd one included")
         counters = daemon.stats()["counters"]
         assert counters["calls_flagged"] == 1 and counters["ledger_values_clamped"] == 1
         assert counters["ledger_calls_dropped"] == 0 and counters["materializer_errors_total"] == 0
-        status = run_cli(home, "status").stdout
+        status = run_command(home, "status").stdout
         assert "calls_flagged" in status and "! calls whose usage" in status
     finally:
         assert daemon.stop() == 0  # drained, not "opik-cipx crashed"

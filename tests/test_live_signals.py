@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.claude_code_corpus import FIXTURES, request, requests, response
-from tests.conftest import DaemonProcess, run_cli, wait_for
+from tests.conftest import DaemonProcess, run_command, wait_for
 from tests.fake_anthropic import fixture_reply
 
 RATE_LIMITS = FIXTURES.parent / "rate-limits"
@@ -46,7 +46,7 @@ def test_every_rate_limit_window_reaches_status_json_status_and_the_spans(home, 
     try:
         calls = send(daemon, upstream, RATE_LIMITS, "oauth") + send(daemon, upstream, RATE_LIMITS, "api_key")
         wait_for(lambda: daemon.counter("events_materialized") == calls, timeout_s=20, what="calls materialized")
-        result = run_cli(home, "status", "--json")
+        result = run_command(home, "status", "--json")
         assert result.returncode == 0, result.stderr
         limits = json.loads(result.stdout)["rate_limits"]
         assert set(limits["windows"]) == ALL_WINDOWS  # 7d_mythos: a name no release knows
@@ -54,7 +54,7 @@ def test_every_rate_limit_window_reaches_status_json_status_and_the_spans(home, 
         assert limits["windows"]["7d"]["surpassed_threshold"] == 0.75
         assert limits["windows"]["requests"] == {**limits["windows"]["requests"], "limit": 4000, "remaining": 3999}
         assert "REDACTED" not in result.stdout and "Bearer" not in result.stdout
-        text = run_cli(home, "status").stdout.splitlines()
+        text = run_command(home, "status").stdout.splitlines()
         at = next(i for i, line in enumerate(text) if line.startswith("limits "))
         assert text[at].startswith("limits         status allowed_warning, binding five_hour, seen ")
         shown = {line.split()[0]: line for line in text[at + 1:at + 1 + len(ALL_WINDOWS)]}
@@ -75,7 +75,7 @@ def test_cache_breaks_through_the_proxy_and_the_status_line_up_and_down(home, up
         calls = send(daemon, upstream, CACHE_BREAKS, "tool_changed") + send(daemon, upstream, CACHE_BREAKS,
                                                                              "mcp_disconnected")
         wait_for(lambda: daemon.counter("events_materialized") == calls, timeout_s=20, what="calls materialized")
-        doc = json.loads(run_cli(home, "report", "--by", "cache_break", "--json").stdout)
+        doc = json.loads(run_command(home, "report", "--by", "cache_break", "--json").stdout)
         causes = {row["cache_break"]: row for row in doc["rows"]}
         assert set(causes) == {"none", "tools_changed"} and causes["tools_changed"]["cache_breaks"] == 2
         wait_for(lambda: len(spooled_spans(home)) == calls, what="spans in the spool")
@@ -96,6 +96,6 @@ def test_cache_breaks_through_the_proxy_and_the_status_line_up_and_down(home, up
 
 
 def status_line(home, session: str) -> str:
-    result = run_cli(home, "statusline", input=json.dumps({"session_id": session}), NO_COLOR="1")
+    result = run_command(home, "statusline", input=json.dumps({"session_id": session}), NO_COLOR="1")
     assert result.returncode == 0 and result.stderr == ""
     return result.stdout.rstrip("\n")

@@ -12,7 +12,7 @@ from pathlib import Path
 from opik_cipx.materialize.materializer import Materializer, MaterializerConfig
 from opik_cipx.materialize.pricing import load_price_table
 from tests.claude_code_corpus import SCENARIOS, exchanges, request, requests, response
-from tests.conftest import DaemonProcess, load_fixture, run_cli, wait_for
+from tests.conftest import DaemonProcess, load_fixture, run_command, wait_for
 from tests.fake_anthropic import fixture_reply, json_reply, split_sse, sse_reply
 from tests.fake_opik import API_KEY, WORKSPACE, FakeOpik
 from tests.test_daemon import wait_for_listener_closed
@@ -179,7 +179,7 @@ def test_the_corpus_through_three_kill_9s_with_opik_down_arrives_once_and_whole(
         if answers:
             text = "\n".join(b["text"] for b in answers[-1]["output"]["content"] if b.get("type") == "text")
             assert newest(versions)["output"] == {"response": text}
-    replayed = run_cli(home, "replay", "--records")
+    replayed = run_command(home, "replay", "--records")
     assert replayed.returncode == 0, replayed.stderr
     assert {json.loads(line)["body"]["id"] for line in replayed.stdout.splitlines()} == set(received)
 

@@ -9,12 +9,10 @@ import http.client
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.claude_code_corpus import request, requests, response
-from tests.conftest import DaemonProcess, cli_env, run_cli, wait_for
+from tests.conftest import DaemonProcess, run_command, wait_for
 from tests.fake_anthropic import fixture_reply
 from tests.fake_opik import API_KEY, WORKSPACE, FakeOpik
 from tests.test_daemon_cost_intelligence import git
@@ -80,15 +78,14 @@ def test_every_call_of_a_session_no_hook_described_carries_its_directory_and_bra
         rows = db.execute("SELECT kind, project_dir, git_branch FROM calls ORDER BY started_at_ns").fetchall()
     assert rows == [("main", str(repo), BRANCH)] + [("subagent", str(repo), BRANCH)] * 3 + [("main", str(repo), BRANCH)]
     # report --by project,branch, and --project as the user types it
-    result = run_cli(home, "report", "--by", "project,branch", "--json")
+    result = run_command(home, "report", "--by", "project,branch", "--json")
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(result.stdout)["rows"]
     assert (row["project"], row["branch"], row["calls"]) == (str(repo), BRANCH, calls)
     for typed, cwd in ((f"{repo}/", home.parent), ("inventory-sync", repo.parent), (".", repo),
                        ("~/code/inventory-sync", home.parent)):
-        result = subprocess.run([sys.executable, "-m", "opik_cipx", "report", "--project", typed, "--json"],
-                                cwd=cwd, env=cli_env(home), capture_output=True, text=True, timeout=60)
+        result = run_command(home, "report", "--project", typed, "--json", cwd=cwd)
         assert result.returncode == 0 and json.loads(result.stdout)["total"]["calls"] == calls, (typed, result.stderr)
-    result = run_cli(home, "report", "--project", str(repo.parent / "elsewhere"))
+    result = run_command(home, "report", "--project", str(repo.parent / "elsewhere"))
     assert result.returncode == 1 and "no call in the ledger was made in" in result.stderr
 

@@ -103,7 +103,7 @@ def test_kill_9_is_answered_by_a_new_daemon_and_a_daemon_that_keeps_dying_is_giv
     assert record["reason"] == "the daemon died 5 times within 120s (the last killed by SIGKILL)"
     assert all(death["how"] == "killed by SIGKILL" and death["detail"] is None for death in record["deaths"])
     assert m.base_url() is None  # new Claude Code sessions go straight to Anthropic
-    status = m.cli("status")
+    status = m.command("status")
     assert status.returncode == 1
     assert (f"supervisor   ! the supervisor (pid {record['pid']}) gave up at {record['gave_up_at']}: the daemon "
             "died 5 times within 120s (the last killed by SIGKILL)") in status.stderr
@@ -117,7 +117,7 @@ def test_kill_9_is_answered_by_a_new_daemon_and_a_daemon_that_keeps_dying_is_giv
     wait_for(lambda: ledger_calls(m) == sent and len(spooled_llm_spans(m)) == sent, timeout_s=30,
              what="every answered call in the ledger and the spool")
     assert sent == 9
-    assert "  supervisor   detached supervisor (pid" in m.cli("status", "--verbose").stdout
+    assert "  supervisor   detached supervisor (pid" in m.command("status", "--verbose").stdout
 
 
 def test_a_daemon_that_cannot_start_again_is_given_up_on_at_once_and_the_next_hook_run_repairs_it(
@@ -159,7 +159,7 @@ def test_a_killed_supervisor_leaves_the_daemon_serving_and_the_next_sync_takes_i
     upstream.script(fixture_reply(response(SCENARIO, NUMBER)))
     assert call(m.port)[0] == 200 and daemon_pid(m) == pid  # the daemon did not notice
     assert ("supervisor   ! none: the daemon's supervisor is gone, so nothing starts the daemon again if it dies"
-            in m.cli("status").stdout)
+            in m.command("status").stdout)
 
     synced = m.cli("sync", input=SESSION_START.read_text())
     assert synced.returncode == 0 and f"started a supervisor for the running daemon (pid {pid})" in synced.stderr

@@ -140,7 +140,7 @@ def test_keep_ledger_keeps_the_cost_history_and_the_next_install_reports_it(mach
     calls = replay_scenario(SimpleNamespace(port=m.port), upstream, "tools")
 
     def report() -> dict:
-        result = m.cli("report", "--by", "model", "--json")
+        result = m.command("report", "--by", "model", "--json")
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
@@ -163,12 +163,12 @@ def test_a_status_line_replaced_with_force_comes_back_byte_for_byte(machine_with
     theirs = {"type": "command", "command": "bash ~/.claude/statusline.sh", "padding": 0}
     original = write_settings(m, {"model": "opus", "statusLine": theirs, "env": {"FOO": "1"}})
     assert install_sh(m).returncode == 0  # our hooks and ANTHROPIC_BASE_URL go in too
-    assert m.cli("statusline", "--install").returncode == 1  # theirs is not replaced without --force
-    forced = m.cli("statusline", "--install", "--force")
+    assert m.command("statusline", "--install").returncode == 1  # theirs is not replaced without --force
+    forced = m.command("statusline", "--install", "--force")
     assert forced.returncode == 0, forced.stderr
     assert f"yours is kept in {m.home / 'statusline-backup.json'}; `opik-cipx uninstall` puts it back" in forced.stdout
     assert m.settings()["statusLine"]["command"] == f"{m.home / 'bin' / 'opik-cipx'} statusline"
-    assert m.cli("statusline", "--install", "--force").returncode == 0  # ours again: the backup stays theirs
+    assert m.command("statusline", "--install", "--force").returncode == 0  # ours again: the backup stays theirs
 
     gone = m.cli("uninstall", "--yes")
     assert gone.returncode == 0, gone.stderr

@@ -22,7 +22,7 @@ from pathlib import Path
 from opik_cipx.ledger.db import open_reader
 from tests import cost_intelligence as ci
 from tests.claude_code_corpus import request, response
-from tests.conftest import DaemonProcess, load_fixture, run_cli, wait_for
+from tests.conftest import DaemonProcess, load_fixture, run_command, wait_for
 from tests.fake_anthropic import Reply, fixture_reply, split_sse, sse_reply
 from tests.fake_opik import API_KEY, WORKSPACE, FakeOpik
 from tests.forced_errors import SLOW_MARKER
@@ -113,7 +113,7 @@ def test_a_kill_9_of_the_work_process_during_eight_open_streams_loses_and_double
                 return work["state"] == "running" and work["pid"] not in (None, daemon.work_pid) and work
             work = wait_for(restarted, timeout_s=30, what="a new work process")
             assert work["restarts"] == 1 and "SIGKILL" in work["deaths"][-1]["how"]
-            status = run_cli(home, "status", "--verbose").stdout
+            status = run_command(home, "status", "--verbose").stdout
             assert f"  work         pid {work['pid']}, running since" in status and "1 restart(s)" in status
             assert "  work died    1 time(s)" in status and "(killed by SIGKILL)" in status
             exchanges = STREAMS + 3

@@ -1,12 +1,12 @@
-"""`opik-cipx advise` as a real subprocess over a ledger (no daemon): the documented JSON shape, the
-table, and one clear line when there is nothing to read."""
+"""`opik-cipx advise` over a ledger (no daemon), in the test's process (`run_command`): the
+documented JSON shape, the table, and one clear line when there is nothing to read."""
 
 import json
 
 from opik_cipx.ledger.entry import ledger_entry
 from opik_cipx.ledger.store import Ledger
 from tests.claude_code_corpus import corpus_clock
-from tests.conftest import run_cli
+from tests.conftest import run_command
 from tests.ledger.test_advice import ADVICE, derived
 
 PERIOD = ("--since", "2026-11-20", "--until", "2026-11-30")  # the recorded corpus is of 2026-11-24
@@ -24,7 +24,7 @@ def home_with_calendar(tmp_path):
 
 def test_json_and_table_name_the_unused_server_with_its_action(tmp_path):
     home = home_with_calendar(tmp_path)
-    result = run_cli(home, "advise", "--json", *PERIOD)
+    result = run_command(home, "advise", "--json", *PERIOD)
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert set(doc) == {"findings", "realised"}
@@ -34,7 +34,7 @@ def test_json_and_table_name_the_unused_server_with_its_action(tmp_path):
     calendar = next(f for f in doc["findings"] if f["subject"] == "calendar")
     assert calendar["kind"] == "unused_mcp_server" and calendar["calls"] == 3 and calendar["saving_usd"] > 0
     assert calendar["evidence"]["captures"].startswith("none stored")
-    table = run_cli(home, "advise", *PERIOD, "--project", "/home/dev/code/weather-dash")
+    table = run_command(home, "advise", *PERIOD, "--project", "/home/dev/code/weather-dash")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].startswith("What to change, 2026-11-20 00:00 to 2026-12-01 00:00 (11 days)")  # --until: whole day
@@ -45,12 +45,12 @@ def test_json_and_table_name_the_unused_server_with_its_action(tmp_path):
 def test_no_ledger_and_an_empty_period_each_say_so_in_one_line(tmp_path):
     empty = tmp_path / "empty-home"
     empty.mkdir()
-    result = run_cli(empty, "advise", *PERIOD)
+    result = run_command(empty, "advise", *PERIOD)
     assert result.returncode == 0 and result.stdout == ""
     assert result.stderr.startswith("opik-cipx: no ledger yet") and result.stderr.count("\n") == 1
     home = home_with_calendar(tmp_path)
-    nothing = run_cli(home, "advise", "--since", "2026-10-01", "--until", "2026-10-02")
+    nothing = run_command(home, "advise", "--since", "2026-10-01", "--until", "2026-10-02")
     assert nothing.returncode == 0, nothing.stderr
     assert "  nothing: " in nothing.stdout
-    bad = run_cli(home, "advise", "--since", "yesterday-ish")
+    bad = run_command(home, "advise", "--since", "yesterday-ish")
     assert bad.returncode == 2 and "cannot read --since" in bad.stderr and "Traceback" not in bad.stderr

@@ -19,7 +19,7 @@ from opik_cipx.ledger.periods import local_day
 from opik_cipx.ledger.store import Ledger
 from opik_cipx.views.caps import caps_section
 from tests.claude_code_corpus import corpus
-from tests.conftest import run_cli
+from tests.conftest import run_command
 from tests.fake_clock import FakeClock
 from tests.time_zone import in_zone, local_ns
 
@@ -145,12 +145,12 @@ def test_the_session_a_claude_code_command_runs_in_is_the_one_allowed(home, caps
 
 def test_the_cli_runs_it(home):
     write_calls(home, SPENT)
-    result = run_cli(home, "budget", "--json")
+    result = run_command(home, "budget", "--json")
     assert result.returncode == 0 and json.loads(result.stdout)["enabled"] is True
-    result = run_cli(home, "budget", "--for", "2h")
+    result = run_command(home, "budget", "--for", "2h")
     assert result.returncode == 2 and "go with `opik-cipx budget allow`" in result.stderr
     (home / "config.toml").write_text("[budget]\nday_usd = -1\n")
-    result = run_cli(home, "budget")
+    result = run_command(home, "budget")
     assert result.returncode == 2 and "budget.day_usd" in result.stderr
 
 

@@ -4,7 +4,7 @@ import re
 import tomllib
 
 from opik_cipx.config import OPTIONS, example_toml, load_settings
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_command
 
 
 def uncommented(text: str) -> str:
@@ -45,7 +45,7 @@ def test_the_command_prints_it_even_with_a_broken_config_file(tmp_path):
     home = tmp_path / "h"
     home.mkdir()
     (home / "config.toml").write_text("tee_queue_max = = 1\n")
-    result = run_cli(home, "config", "--example")
+    result = run_command(home, "config", "--example")
     assert result.returncode == 0 and result.stdout == example_toml() and result.stderr == ""
-    bare = run_cli(home, "config")
+    bare = run_command(home, "config")
     assert bare.returncode == 2 and "--example" in bare.stderr

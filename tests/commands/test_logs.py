@@ -22,7 +22,7 @@ def test_last_lines_across_blocks(tmp_path):
 
 
 def test_missing_log_says_what_to_do(machine):
-    result = machine.cli("logs", "--no-follow")
+    result = machine.command("logs", "--no-follow")
     assert result.returncode == 1 and "no log yet" in result.stderr and "opik-cipx sync" in result.stderr
 
 
@@ -30,9 +30,9 @@ def test_no_follow_prints_the_tail(machine):
     logs = machine.home / "logs"
     logs.mkdir()
     (logs / "cipx.log").write_text("".join(f"entry {i}\n" for i in range(10)))
-    result = machine.cli("logs", "-n", "3", "--no-follow")
+    result = machine.command("logs", "-n", "3", "--no-follow")
     assert result.returncode == 0 and result.stdout == "entry 7\nentry 8\nentry 9\n"
-    assert machine.cli("logs", "-n", "-2").returncode == 2
+    assert machine.command("logs", "-n", "-2").returncode == 2
 
 
 def test_follow_survives_rotation_and_stops_on_ctrl_c(machine):

@@ -1,10 +1,11 @@
-"""`opik-cipx prices [--json]` as a real subprocess: the table in use, overrides, bad overrides, no daemon."""
+"""`opik-cipx prices [--json]` in the test's process (`run_command`): the table in use, overrides,
+bad overrides, no daemon."""
 
 import json
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_command
 
 TIERED_OVERRIDE = """
 [prices."claude-opus-6"]
@@ -35,7 +36,7 @@ def write_config(home, text: str) -> None:
 
 
 def test_the_packaged_table_with_no_daemon_running(home):
-    result = run_cli(home, "prices")
+    result = run_command(home, "prices")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "price table 2026-12-06: USD per million tokens, the rates in force now"
@@ -52,7 +53,7 @@ def test_the_packaged_table_with_no_daemon_running(home):
 
 
 def test_json_holds_every_model_with_its_periods_and_the_daemon_state(home):
-    result = run_cli(home, "prices", "--json")
+    result = run_command(home, "prices", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     haiku = doc["models"]["claude-haiku-5-5"]
@@ -68,7 +69,7 @@ def test_json_holds_every_model_with_its_periods_and_the_daemon_state(home):
 
 def test_overrides_with_a_tier_are_applied_and_shown(home):
     write_config(home, TIERED_OVERRIDE)
-    doc = json.loads(run_cli(home, "prices", "--json").stdout)
+    doc = json.loads(run_command(home, "prices", "--json").stdout)
     assert doc["overrides"] == ["claude-opus-6", "claude-sonnet-5-5"]
     opus = doc["models"]["claude-opus-6"]
     assert opus["overridden"] and opus["fast_multiplier"] == 2 and opus["source"] == "https://example.com/launch"
@@ -77,7 +78,7 @@ def test_overrides_with_a_tier_are_applied_and_shown(home):
                                         "output": 60}}]
     assert doc["newest_by_family"]["opus"] == "claude-opus-6"
     assert [p["rates"]["cache_read"] for p in doc["models"]["claude-sonnet-5-5"]["periods"]] == [0.15, 0.15]
-    text = run_cli(home, "prices").stdout.splitlines()
+    text = run_command(home, "prices").stdout.splitlines()
     assert any(line.startswith("claude-opus-6 ") and line.endswith("[override]") for line in text)
     assert f"overrides from {home / 'config.toml'}: claude-opus-6, claude-sonnet-5-5" in text
 
@@ -93,7 +94,7 @@ def test_overrides_with_a_tier_are_applied_and_shown(home):
 ])
 def test_a_malformed_override_is_refused_with_one_line_naming_the_key(home, toml, message):
     write_config(home, toml)
-    result = run_cli(home, "prices")
+    result = run_command(home, "prices")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and message in result.stderr
     assert result.stderr.startswith(f"opik-cipx: bad setting in config file {home / 'config.toml'}")

@@ -1,4 +1,4 @@
-"""`opik-cipx replay` and `opik-cipx viewer` as real subprocesses against a real daemon's state."""
+"""`opik-cipx replay` and `opik-cipx viewer` in the test's process (`run_command`) against a real daemon's state."""
 
 import http.client
 import json
@@ -8,7 +8,7 @@ import urllib.parse
 
 from opik_cipx.store.captures import CaptureStore
 from tests.claude_code_corpus import exchange, exchanges
-from tests.conftest import DaemonProcess, run_cli
+from tests.conftest import DaemonProcess, run_command
 from tests.opik_schema import problems
 
 
@@ -24,7 +24,7 @@ def store_scenario(home, scenario: str) -> int:
 def test_replay_rederives_the_same_records_read_only(home, tmp_path):
     store_scenario(home, "subagent")
     before = sorted(p.relative_to(home) for p in home.rglob("*"))
-    first = run_cli(home, "replay", "--records")
+    first = run_command(home, "replay", "--records")
     assert first.returncode == 0, first.stderr
     records = [json.loads(line) for line in first.stdout.splitlines()]
     assert records and all(problems(r) == [] for r in records)
@@ -32,7 +32,7 @@ def test_replay_rederives_the_same_records_read_only(home, tmp_path):
         "main", "subagent"}
     assert f"  written   {len(records)} Opik record(s) to stdout" in first.stderr.splitlines()  # the summary
     out = tmp_path / "replayed.jsonl"
-    second = run_cli(home, "replay", "--out", str(out))
+    second = run_command(home, "replay", "--out", str(out))
     assert second.returncode == 0 and second.stderr == ""
     assert out.read_text() == first.stdout  # same captures => same ids and content
     assert out.stat().st_mode & 0o777 == 0o600  # it holds prompts and responses
@@ -44,9 +44,9 @@ def test_replay_prints_a_summary_by_default_and_no_prompt(home):
     """Captures read, calls by kind, their cost, sessions, errors, and what was written where:
     a few lines, where it used to print every record with its whole prompt and tool schemas."""
     captures = store_scenario(home, "subagent") + store_scenario(home, "error")
-    records = [json.loads(line)["body"] for line in run_cli(home, "replay", "--records").stdout.splitlines()]
+    records = [json.loads(line)["body"] for line in run_command(home, "replay", "--records").stdout.splitlines()]
     cost = sum(r.get("total_estimated_cost") or 0.0 for r in records if r.get("type") == "llm")
-    result = run_cli(home, "replay")
+    result = run_command(home, "replay")
     assert result.returncode == 0 and result.stderr == ""
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"replayed {captures} capture(s) from {home / 'captures'}, calls from ")
@@ -76,17 +76,19 @@ def sign_in(url: str) -> tuple[int, str, str | None]:
 def test_replay_since_filters_and_bad_input_is_a_clear_error(home):
     store_scenario(home, "simple")
     # simple/001 was recorded at 2026-11-24T01:53:20Z
-    assert run_cli(home, "replay", "--records", "--since", "2026-11-24T01:53Z").stdout.count("\n") == 2  # trace, span
-    assert run_cli(home, "replay", "--records", "--since", "2026-11-24T01:54:00Z").stdout == ""
+    since = run_command(home, "replay", "--records", "--since", "2026-11-24T01:53Z")
+    assert since.stdout.count("\n") == 2  # trace, span
+    assert run_command(home, "replay", "--records", "--since", "2026-11-24T01:54:00Z").stdout == ""
     # A relative window counts back from the moment it is read; the capture's date is fixed, so
     # the window is sized from both: the test holds on any date, a shifted wall clock included.
     minutes = (time.time_ns() - exchange("simple", "001").started_at_ns) // (60 * 10**9)
-    assert run_cli(home, "replay", "--records", "--since", f"{minutes + 2}m").stdout.count("\n") == 2
-    assert run_cli(home, "replay", "--records", "--since", f"{minutes - 2}m").stdout == ""
-    assert "  calls     0" in run_cli(home, "replay", "--since", f"{minutes - 2}m").stdout.splitlines()  # the summary
-    bad = run_cli(home, "replay", "--since", "yesterday-ish")
+    assert run_command(home, "replay", "--records", "--since", f"{minutes + 2}m").stdout.count("\n") == 2
+    assert run_command(home, "replay", "--records", "--since", f"{minutes - 2}m").stdout == ""
+    summary = run_command(home, "replay", "--since", f"{minutes - 2}m").stdout.splitlines()
+    assert "  calls     0" in summary
+    bad = run_command(home, "replay", "--since", "yesterday-ish")
     assert bad.returncode == 2 and "cannot read --since" in bad.stderr and "Traceback" not in bad.stderr
-    empty = run_cli(home.parent / "elsewhere", "replay")
+    empty = run_command(home.parent / "elsewhere", "replay")
     assert empty.returncode == 0 and "nothing to replay" in empty.stderr
 
 
@@ -96,7 +98,7 @@ def test_viewer_prints_a_one_time_sign_in_url_and_says_when_the_daemon_is_down(h
     daemon = DaemonProcess(home, upstream.url)
     try:
         port = daemon.state["ports"]["viewer"]
-        first, second = run_cli(home, "viewer"), run_cli(home, "viewer")
+        first, second = run_command(home, "viewer"), run_command(home, "viewer")
         assert first.returncode == second.returncode == 0
         link = first.stdout.strip()
         assert re.fullmatch(rf"http://127\.0\.0\.1:{port}/\?signin=[A-Za-z0-9_-]{{32}}", link)
@@ -118,12 +120,12 @@ def test_viewer_prints_a_one_time_sign_in_url_and_says_when_the_daemon_is_down(h
         assert conn.getresponse().status == 200  # the first browser is still signed in
         conn.close()
         (home / "viewer.token").unlink()
-        missing = run_cli(home, "viewer")
+        missing = run_command(home, "viewer")
         assert missing.returncode == 1 and "no viewer token in" in missing.stderr
         assert "opik-cipx status" in missing.stderr
     finally:
         assert daemon.stop() == 0
-    down = run_cli(home, "viewer")
+    down = run_command(home, "viewer")
     assert down.returncode == 1 and "not running" in down.stderr and "opik-cipx sync" in down.stderr
 
 
@@ -134,10 +136,10 @@ def test_replay_ledger_rebuilds_the_ledger_and_never_counts_a_call_twice(home):
     # The ledger keeps `retention_days` back from the clock of the moment, and these captures'
     # dates are fixed: keep them whatever today's date is.
     (home / "config.toml").write_text("[ledger]\nretention_days = 100000\n")
-    printed = run_cli(home, "replay", "--records")
+    printed = run_command(home, "replay", "--records")
     costs = [json.loads(line)["body"].get("total_estimated_cost") or 0.0 for line in printed.stdout.splitlines()]
     for _ in range(2):
-        result = run_cli(home, "replay", "--ledger")
+        result = run_command(home, "replay", "--ledger")
         assert result.returncode == 0, result.stderr
         assert result.stderr == "" and f"  written   {calls - 2} call(s) into {home / 'ledger.db'}" in result.stdout
         conn = sqlite3.connect(home / "ledger.db")
@@ -145,7 +147,7 @@ def test_replay_ledger_rebuilds_the_ledger_and_never_counts_a_call_twice(home):
         conn.close()
         assert count == calls - 2  # the two preconnects are no calls
         assert abs(cost - sum(costs)) < 1e-12
-    both = run_cli(home, "replay", "--ledger", "--out", str(home.parent / "x.jsonl"))
+    both = run_command(home, "replay", "--ledger", "--out", str(home.parent / "x.jsonl"))
     assert both.returncode == 2 and "not allowed with" in both.stderr
 
 
@@ -164,7 +166,7 @@ def test_replay_ledger_records_an_absurd_usage_value_clamped_and_goes_on(home):
         store.append(capture)
     store.close()
     (home / "config.toml").write_text("[ledger]\nretention_days = 100000\n")  # the captures' dates are fixed
-    result = run_cli(home, "replay", "--ledger")
+    result = run_command(home, "replay", "--ledger")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "clamped" in result.stderr
     conn = sqlite3.connect(home / "ledger.db")

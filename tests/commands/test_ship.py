@@ -1,8 +1,9 @@
-"""`opik-cipx ship --retry-quarantine` against the real daemon and the fake Opik, daemon up and down."""
+"""`opik-cipx ship --retry-quarantine` (in the test's process: `run_command`) against the real daemon and the
+fake Opik, daemon up and down."""
 
 import json
 
-from tests.conftest import DaemonProcess, run_cli, wait_for
+from tests.conftest import DaemonProcess, run_command, wait_for
 from tests.fake_opik import API_KEY, WORKSPACE, FakeOpik
 from tests.spool_driver import prefill
 
@@ -22,11 +23,11 @@ def test_retry_quarantine_with_the_daemon_up_ships_what_opik_refused_before(home
         daemon = start(home, upstream, opik)
         try:
             wait_for(lambda: daemon.stats()["opik"]["quarantined"] == 1, what="the record set aside")
-            status = run_cli(home, "status")
+            status = run_command(home, "status")
             assert QUARANTINE_LINE in status.stdout and "`opik-cipx ship --retry-quarantine`" in status.stdout
             assert bad not in opik.ids()
             del opik.reject_ids[bad]  # the user fixed the cause
-            result = run_cli(home, "ship", "--retry-quarantine")
+            result = run_command(home, "ship", "--retry-quarantine")
             assert result.returncode == 0, result.stderr
             assert result.stdout.startswith("opik-cipx: 1 record(s) are back in the queue to Opik")
             wait_for(lambda: bad in opik.ids(), what="the record at Opik")
@@ -35,7 +36,7 @@ def test_retry_quarantine_with_the_daemon_up_ships_what_opik_refused_before(home
             stats = wait_for(lambda: (s := daemon.stats())["queue"] == idle and s, what="spool drained")
             assert stats["opik"]["quarantined"] == 0 and stats["opik"]["retry_pending"] == 0
             assert stats["counters"]["spans_shipped"] == 15
-            assert "! quarantine" not in run_cli(home, "status").stdout
+            assert "! quarantine" not in run_command(home, "status").stdout
             assert not list((home / "spool").glob("requeue-*"))
         finally:
             assert daemon.stop() == 0
@@ -50,26 +51,26 @@ def test_retry_quarantine_with_the_daemon_down_ships_at_the_next_start(home, ups
         daemon = start(home, upstream, opik)
         wait_for(lambda: daemon.stats()["opik"]["quarantined"] == 1, what="the trace set aside")
         assert daemon.stop() == 0
-        status = run_cli(home, "status")
+        status = run_command(home, "status")
         assert "not running" in status.stdout and QUARANTINE_LINE in status.stdout
         opik.reject_ids.clear()
-        result = run_cli(home, "ship", "--retry-quarantine")
+        result = run_command(home, "ship", "--retry-quarantine")
         assert result.returncode == 0, result.stderr
         assert "1 record(s) handed back from the quarantine; the daemon ships them when it starts" in result.stdout
-        assert "retry pending: 1 record(s)" in run_cli(home, "status").stdout
+        assert "retry pending: 1 record(s)" in run_command(home, "status").stdout
         daemon = start(home, upstream, opik)
         try:
             wait_for(lambda: bad in opik.ids(), what="the trace at Opik")
-            assert json.loads(run_cli(home, "status", "--json").stdout)["opik"]["retry_pending"] == 0
+            assert json.loads(run_command(home, "status", "--json").stdout)["opik"]["retry_pending"] == 0
         finally:
             assert daemon.stop() == 0
         assert opik.violations == []
 
 
 def test_nothing_to_retry_and_the_flag_is_required(home):
-    assert (run_cli(home, "ship", "--retry-quarantine").stdout
+    assert (run_command(home, "ship", "--retry-quarantine").stdout
             == "opik-cipx: the quarantine is empty: nothing to retry\n")
-    bare = run_cli(home, "ship")
+    bare = run_command(home, "ship")
     assert bare.returncode == 2 and "--retry-quarantine" in bare.stderr
 
 
@@ -77,10 +78,10 @@ def test_retry_quarantine_while_opik_is_not_configured_says_so_at_once(daemon):
     record = prefill(daemon.home / "spool-elsewhere", 1)[0]
     entry = {"at": "2026-11-27T00:00:00.000Z", "kind": "trace", "status": 400, "reason": "x", "body": record["body"]}
     (daemon.home / "spool" / "quarantine.jsonl").write_text(json.dumps(entry) + "\n")
-    result = run_cli(daemon.home, "ship", "--retry-quarantine", timeout=5)
+    result = run_command(daemon.home, "ship", "--retry-quarantine")  # the wording says it did not wait
     assert result.stdout == ("opik-cipx: 1 record(s) handed back from the quarantine; they are shipped once Opik is "
                              "configured (`opik-cipx status` says how)\n")
     assert daemon.stats()["opik"]["retry_pending"] == 1
-    again = run_cli(daemon.home, "ship", "--retry-quarantine")
+    again = run_command(daemon.home, "ship", "--retry-quarantine")
     assert again.stdout == ("opik-cipx: the quarantine is empty: nothing to retry "
                             "(1 record(s) from an earlier retry still wait for the daemon)\n")

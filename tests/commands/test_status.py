@@ -288,14 +288,14 @@ def test_formatting_helpers():
 
 def test_not_running_exact_wording_exit_0_and_writes_nothing(machine):
     before = sorted(p.name for p in machine.home.rglob("*"))
-    result = machine.cli("status")
+    result = machine.command("status")
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout == (
         "opik-cipx: not running — run `opik-cipx sync` to start it\n"
         "  today        no calls recorded yet\n"
         f"  claude code  not pointed at opik-cipx (no ANTHROPIC_BASE_URL in {machine.settings_path}); "
         "run `opik-cipx sync`\n")
-    assert json.loads(machine.cli("status", "--json").stdout) == {"running": False}
+    assert json.loads(machine.command("status", "--json").stdout) == {"running": False}
     assert sorted(p.name for p in machine.home.rglob("*")) == before
     assert not machine.claude_dir.exists()
 
@@ -304,24 +304,24 @@ def test_up_then_wedged_then_killed_exact_wording_against_real_processes(machine
     assert machine.cli("sync").returncode == 0
     state = machine.state()
     pid, admin = state["pid"], state["ports"]["admin"]
-    result = machine.cli("status")
+    result = machine.command("status")
     assert result.returncode == 0 and result.stderr == ""
     lines = result.stdout.splitlines()
     assert lines == [f"opik-cipx {__version__}: running (pid {pid}), healthy",
                      "  today        no calls recorded yet",
                      f"  claude code  -> http://127.0.0.1:{machine.port} ({machine.settings_path})",
                      "opik", f"  {NOT_CONFIGURED}", f"telemetry      {OPT_IN}"]
-    lines = machine.cli("status", "--verbose").stdout.splitlines()
+    lines = machine.command("status", "--verbose").stdout.splitlines()
     assert lines[3:6] == [f"  claude_code  127.0.0.1:{machine.port}", f"  admin        127.0.0.1:{admin}",
                           f"  viewer       127.0.0.1:{state['ports']['viewer']}"]
     assert lines[7:9] == ["  upstream     https://api.anthropic.com", "  project      claude-code"]
     assert "counters" in lines and "materializer" in lines
-    raw = json.loads(machine.cli("status", "--json").stdout)
+    raw = json.loads(machine.command("status", "--json").stdout)
     assert raw["pid"] == pid and set(raw["counters"]) == set(COUNTER_NAMES)
 
     os.kill(pid, signal.SIGSTOP)  # alive but not answering
     try:
-        wedged = machine.cli("status")
+        wedged = machine.command("status")
     finally:
         os.kill(pid, signal.SIGCONT)
     assert wedged.returncode == 1 and wedged.stdout == ""
@@ -336,20 +336,20 @@ def test_up_then_wedged_then_killed_exact_wording_against_real_processes(machine
     os.kill(pid, signal.SIGKILL)
     wait_gone(pid)
     state_before = (machine.home / "state.json").read_bytes()
-    dead = machine.cli("status")
+    dead = machine.command("status")
     assert dead.returncode == 1
     assert dead.stderr == (
         f"opik-cipx: state.json names pid {pid}, but its admin listener (127.0.0.1:{admin}) does not answer: "
         f"process {pid} is gone (it crashed or was killed). Run `opik-cipx restart` (or `opik-cipx sync`); "
         "`opik-cipx logs` shows what happened.\n")
-    assert json.loads(machine.cli("status", "--json").stdout) == {"running": False, "wedged": True, "pid": pid}
+    assert json.loads(machine.command("status", "--json").stdout) == {"running": False, "wedged": True, "pid": pid}
     assert (machine.home / "state.json").read_bytes() == state_before  # read-only, even when wedged
 
     repaired = machine.cli("sync")
     assert repaired.returncode == 0, repaired.stderr
     new_pid = machine.state()["pid"]
     assert new_pid != pid
-    wait_for(lambda: machine.cli("status").returncode == 0, timeout_s=10, what="status after repair")
+    wait_for(lambda: machine.command("status").returncode == 0, timeout_s=10, what="status after repair")
 
 
 def test_a_bad_key_is_named_in_one_line_and_status_still_reads_the_rest_of_the_config_file(tmp_path, monkeypatch,
@@ -384,7 +384,7 @@ def test_a_bad_key_is_named_in_one_line_and_status_still_reads_the_rest_of_the_c
 def test_an_unusable_claude_settings_file_is_named_with_its_fix(machine):
     machine.claude_dir.mkdir()
     machine.settings_path.write_text("{not json")
-    result = machine.cli("status")
+    result = machine.command("status")
     assert result.returncode == 0
     line = result.stdout.splitlines()[2]
     assert line.startswith(f"  claude code  ! cannot tell: {machine.settings_path} is unusable (it is not valid JSON")
@@ -394,7 +394,7 @@ def test_an_unusable_claude_settings_file_is_named_with_its_fix(machine):
 def test_status_reports_claude_code_bypassing_the_proxy(machine):
     assert machine.cli("sync").returncode == 0
     machine.settings_path.write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": "https://elsewhere.example"}}))
-    result = machine.cli("status")
+    result = machine.command("status")
     assert (f"  claude code  ! bypasses opik-cipx: {machine.settings_path} sets ANTHROPIC_BASE_URL="
             f"https://elsewhere.example; remove that entry (or set it to http://127.0.0.1:{machine.port}), then run "
             "`opik-cipx sync`") in result.stdout.splitlines()

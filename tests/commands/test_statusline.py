@@ -1,5 +1,7 @@
 """`opik-cipx statusline`: exact session cost from the ledger, limits, width, colours, never a
-failure; `--install` / `uninstall` / `sync` and Claude Code's `statusLine` setting."""
+failure; `--install` / `uninstall` / `sync` and Claude Code's `statusLine` setting. The command
+runs in the test's process (`run_command`), but for the test of colours and width, which runs it as
+Claude Code does on each repaint: a fresh process whose only argument sends it to its fast path."""
 
 import contextlib
 import io
@@ -16,7 +18,7 @@ from opik_cipx.commands import statusline
 from opik_cipx.ledger.periods import local_day
 from opik_cipx.ledger.store import Ledger
 from tests.claude_code_corpus import corpus_clock, materialized
-from tests.conftest import examples, run_cli
+from tests.conftest import examples, run_cli, run_command
 
 ANSI = re.compile(r"\033\[[0-9;]*m")
 
@@ -40,7 +42,7 @@ def corpus_home(tmp_path_factory):
 
 
 def line_for(home, doc, **env) -> str:
-    result = run_cli(home, "statusline", input=json.dumps(doc), NO_COLOR="1", **env)
+    result = run_command(home, "statusline", input=json.dumps(doc), NO_COLOR="1", **env)
     assert result.returncode == 0 and result.stderr == ""
     (line,) = result.stdout.splitlines()
     return line
@@ -97,7 +99,7 @@ def test_colours_unless_no_color_and_the_width_is_honoured(corpus_home):
                                    '{"session_id": "x"' + " " * 2_000_000 + "}"])
 def test_garbage_on_stdin_is_a_hint_and_exit_0(corpus_home, stdin):
     home, _ = corpus_home
-    result = run_cli(home, "statusline", input=stdin)
+    result = run_command(home, "statusline", input=stdin)
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout == "opik-cipx: no Claude Code session on stdin (run by Claude Code's statusLine)\n"
 
@@ -111,7 +113,7 @@ def test_no_or_a_broken_ledger_is_a_hint_and_exit_0(tmp_path, ledger, hint):
     home.mkdir()
     if ledger is not None:
         (home / "ledger.db").write_bytes(ledger)
-    result = run_cli(home, "statusline", input='{"session_id": "s"}')
+    result = run_command(home, "statusline", input='{"session_id": "s"}')
     assert (result.returncode, result.stdout, result.stderr) == (0, hint, "")
 
 
@@ -201,33 +203,33 @@ def installed(m) -> str:
 
 def test_install_sets_it_only_when_none_is_set_or_forced(machine):  # noqa: F811
     m = machine
-    missing = m.cli("statusline", "--install")
+    missing = m.command("statusline", "--install")
     assert missing.returncode == 1 and "run `opik-cipx install`" in missing.stderr
     assert not m.settings_path.exists()
     command = installed(m)
     m.claude_dir.mkdir()
     m.settings_path.write_text(json.dumps({"model": "opus", "env": {"FOO": "1"}}))
-    first = m.cli("statusline", "--install")
+    first = m.command("statusline", "--install")
     assert first.returncode == 0 and "set statusLine in" in first.stdout
     assert m.settings() == {"model": "opus", "env": {"FOO": "1"},
                             "statusLine": {"type": "command", "command": command}}
-    again = m.cli("statusline", "--install")
+    again = m.command("statusline", "--install")
     assert again.returncode == 0 and "already set" in again.stdout
     theirs = {"type": "command", "command": "~/.claude/my-line.sh", "padding": 0}
     m.settings_path.write_text(json.dumps({"statusLine": theirs}))
-    refused = m.cli("statusline", "--install")
+    refused = m.command("statusline", "--install")
     assert refused.returncode == 1 and "already has a statusLine" in refused.stderr and "--force" in refused.stderr
     assert m.settings()["statusLine"] == theirs
-    forced = m.cli("statusline", "--install", "--force")
+    forced = m.command("statusline", "--install", "--force")
     assert forced.returncode == 0 and "replaced the previous statusLine" in forced.stdout
     assert m.settings()["statusLine"] == {"type": "command", "command": command}
-    assert m.cli("statusline", "--force").returncode == 2
+    assert m.command("statusline", "--force").returncode == 2
 
 
 def test_sync_never_touches_it_and_uninstall_removes_only_ours(machine):  # noqa: F811
     m = machine
     command = installed(m)
-    assert m.cli("statusline", "--install").returncode == 0
+    assert m.command("statusline", "--install").returncode == 0
     assert m.cli("sync").returncode == 0  # starts the daemon, points Claude Code at it
     assert m.settings()["statusLine"] == {"type": "command", "command": command}
     result = m.cli("uninstall", "--yes")

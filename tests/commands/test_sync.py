@@ -257,7 +257,7 @@ def test_bad_config_file_fails_open_and_a_healthy_daemon_keeps_running(machine):
     kept = machine.cli("sync", input=SESSION_START.read_text())
     assert kept.returncode == 0 and str(config) in kept.stderr and "opik-cipx restart" in kept.stderr
     assert machine.state()["pid"] == pid and machine.base_url() is not None
-    assert "warning" in machine.cli("status").stderr  # status still reads the daemon
+    assert "warning" in machine.command("status").stderr  # status still reads the daemon
 
     assert machine.cli("sync", CIPX_DISABLED="1").returncode == 0  # the kill switch works despite the file
     wait_gone(pid)

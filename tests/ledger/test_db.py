@@ -116,22 +116,22 @@ def test_every_reader_says_in_one_line_that_the_daemon_will_upgrade_it_and_chang
     """`report`, `status`, the status line and the dashboard on a ledger of schema v2 that a
     running older daemon may still be writing."""
     from opik_cipx.views.dashboard import Dashboard
-    from tests.conftest import run_cli
+    from tests.conftest import run_command
 
     home = tmp_path / "cipx-home"
     home.mkdir()
     path = home / "ledger.db"
     older_ledger(path, entries, version=2)
     before = path.read_bytes()
-    report = run_cli(home, "report")
+    report = run_command(home, "report")
     assert report.returncode == 1 and report.stdout == "" and "Traceback" not in report.stderr
     assert report.stderr == (f"opik-cipx: cannot read {path}: ledger schema v2 was written by an older opik-cipx "
                              f"(this one reads v{LATEST}); a daemon of this version upgrades it in place when it "
                              "starts (`opik-cipx restart`)\n")
-    status = run_cli(home, "status")
+    status = run_command(home, "status")
     assert status.returncode == 0
     assert "  today        ! ledger schema v2 was written by an older opik-cipx" in status.stdout
-    statusline = run_cli(home, "statusline", input='{"session_id": "s"}')
+    statusline = run_command(home, "statusline", input='{"session_id": "s"}')
     assert (statusline.returncode, statusline.stdout) == (
         0, "opik-cipx: ledger.db is from an older opik-cipx; `opik-cipx restart` upgrades it\n")
     code, _, page = Dashboard(path, home / "captures").route("/")

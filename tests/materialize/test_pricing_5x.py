@@ -11,7 +11,7 @@ from opik_cipx.materialize.materializer import Materializer
 from opik_cipx.materialize.pricing import load_price_table
 from opik_cipx.store.captures import CaptureStore
 from tests.claude_code_corpus import FIXTURES_5X, exchanges
-from tests.conftest import run_cli
+from tests.conftest import run_command
 from tests.materialize.test_materializer import cc, config, llm
 
 # Published USD per million tokens (Anthropic's model pages; see prices.json for the sources).
@@ -100,7 +100,7 @@ def store(home, scenario: str) -> None:
 
 def test_replaying_old_captures_uses_the_rates_in_force_when_they_were_made(home):
     store(home, "sonnet_dated")
-    result = run_cli(home, "replay", "--records")
+    result = run_command(home, "replay", "--records")
     assert result.returncode == 0, result.stderr
     costs = [record["body"]["total_estimated_cost"] for record in map(json.loads, result.stdout.splitlines())
              if record["body"].get("type") == "llm"]
@@ -122,7 +122,7 @@ def test_a_config_override_with_a_tier_is_applied_by_the_daemons_assembly(home):
     (home / "config.toml").write_text('[[prices."claude-haiku-5-5".tiers]]\nname = "over_150k"\n'
                                       'above_prompt_tokens = 150_000\ninput = 0.5\noutput = 2.5\n'
                                       'cache_write_5m = 0.625\ncache_write_1h = 1\ncache_read = 0.05\n')
-    result = run_cli(home, "replay", "--records")
+    result = run_command(home, "replay", "--records")
     assert result.returncode == 0, result.stderr
     (span,) = [r["body"] for r in map(json.loads, result.stdout.splitlines()) if r["body"].get("type") == "llm"]
     assert span["total_estimated_cost"] == pytest.approx(usd(HAIKU_5_5, inp=150, w5m=11500, read=111625, out=62))
@@ -132,7 +132,7 @@ def test_a_config_override_with_a_tier_is_applied_by_the_daemons_assembly(home):
 def test_a_new_model_missing_a_rate_stops_the_daemons_assembly_with_one_line(home):
     store(home, "long_prompt")
     (home / "config.toml").write_text('[prices."claude-haiku-6"]\ninput = 0.2\noutput = 1\n')
-    result = run_cli(home, "replay", "--records")
+    result = run_command(home, "replay", "--records")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == (f"opik-cipx: bad setting in config file {home / 'config.toml'}: prices.claude-haiku-6: "
                              "a model without a packaged price needs every rate; missing cache_write_5m, "

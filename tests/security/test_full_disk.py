@@ -20,7 +20,7 @@ import pytest
 from opik_cipx import home as home_module
 from opik_cipx.config import load_settings
 from opik_cipx.daemon import Daemon
-from tests.conftest import REPO, DaemonProcess, cli_env, run_cli, wait_for
+from tests.conftest import REPO, DaemonProcess, cli_env, run_command, wait_for
 from tests.fake_anthropic import CA_BUNDLE
 
 
@@ -49,7 +49,7 @@ def call_through(port: int) -> int:
 
 
 def running_status(home: Path) -> dict | None:
-    result = run_cli(home, "status", "--json")
+    result = run_command(home, "status", "--json")
     doc = json.loads(result.stdout) if result.stdout.strip() else {}
     return doc if doc.get("pid") else None
 
@@ -76,7 +76,7 @@ def test_the_daemon_starts_serves_and_reports_on_a_disk_that_refuses_writes(tmpf
         assert call_through(port) == 200  # the wire works
         assert upstream.seen
 
-        text = run_cli(home, "status").stdout
+        text = run_command(home, "status").stdout
         assert "degraded: the disk under CIPX_HOME refuses writes" in text and reason in text
         assert not (home / "state.json").exists() and not (home / "viewer.token").exists()
         assert not [p for p in home.rglob("*") if p.name.endswith(".tmp")]  # no temp file left behind
@@ -109,7 +109,7 @@ def test_a_fresh_home_on_a_read_only_disk_still_brings_the_wire_up(tmpfs, upstre
         assert b"logging to stderr" in line  # logs/ cannot even be created
         assert wait_for(lambda: b"kept in memory" in proc.stderr.readline(), what="state kept in memory")
         assert call_through(port) == 200
-        status = run_cli(home, "status")
+        status = run_command(home, "status")
         assert status.returncode == 0 and "is on a read-only file system" in status.stdout
         assert list(home.iterdir()) == []
     finally:

@@ -103,7 +103,7 @@ def test_plain_http_to_another_host_is_called_cleartext(tmp_path):
 
 
 def test_the_daemon_warns_once_of_an_opik_reached_in_clear(home, upstream):
-    from tests.conftest import DaemonProcess, run_cli, wait_for
+    from tests.conftest import DaemonProcess, run_command, wait_for
 
     home.mkdir(parents=True)
     (home / "config.toml").write_text("[opik]\ntimeout_s = 1\n")
@@ -113,7 +113,7 @@ def test_the_daemon_warns_once_of_an_opik_reached_in_clear(home, upstream):
         opik = daemon.stats()["opik"]
         assert "cross the network unencrypted" in opik["cleartext"]
         assert opik["cost_intelligence"] == {"project": "claude-code", "why_not": []}
-        status = run_cli(home, "status").stdout
+        status = run_command(home, "status").stdout
         assert "  ! the Opik base URL http://192.0.2.1:9/api is plain http://" in status
         assert "  cost intel.  sees it: project claude-code, workspace __ai_spend_acme__, batch endpoints" in status
         log = home / "logs" / "cipx.log"

@@ -586,7 +586,7 @@ def test_a_record_slower_than_the_timeout_gets_a_longer_one(rig, opik):
 
 def test_a_daemon_without_opik_keeps_no_record_for_it(home, upstream):
     """Issue 25: without Opik, the spool held 256 KB of prompt text after 12 calls, with no age limit."""
-    from tests.conftest import run_cli
+    from tests.conftest import run_command
     from tests.test_end_to_end import replay_scenario
 
     daemon = DaemonProcess(home, upstream.url)
@@ -595,8 +595,9 @@ def test_a_daemon_without_opik_keeps_no_record_for_it(home, upstream):
         stats = wait_for(lambda: (s := daemon.stats())["counters"]["events_materialized"] == calls and s,
                          what="every call materialized")
         assert stats["wal"]["hot_bytes"] == 0 and stats["queue"] == IDLE and stats["wal"]["discarded"] > calls
-        assert json.loads(run_cli(home, "report", "--json").stdout)["total"]["calls"] == calls  # the ledger has them
-        assert "no record is kept for it" in run_cli(home, "status").stdout
+        report = json.loads(run_command(home, "report", "--json").stdout)
+        assert report["total"]["calls"] == calls  # the ledger has them
+        assert "no record is kept for it" in run_command(home, "status").stdout
     finally:
         assert daemon.stop() == 0
     assert not [p for p in (home / "spool").glob("*.jsonl") if p.stat().st_size]

@@ -161,7 +161,7 @@ def test_a_date_range_and_filters_narrow_every_figure_and_links_keep_them(viewer
 
 def test_exports_give_what_is_shown_in_reports_shape(viewer, tmp_path):
     from opik_cipx.ledger.export import CALL_EXPORT, report_json
-    from tests.conftest import run_cli
+    from tests.conftest import run_command
 
     port, home, _ = viewer
     conn = open_reader(home / "ledger.db")
@@ -176,7 +176,7 @@ def test_exports_give_what_is_shown_in_reports_shape(viewer, tmp_path):
     status, body, headers = get(port, "/report.csv?by=model&session=d746060a")  # a session's start works here too
     rows = list(csv.reader(io.StringIO(body)))
     assert status == 200 and headers["Content-Type"].startswith("text/csv") and rows[-1][1] == "3"
-    cli = run_cli(home, "report", "--by", "model", "--session", "d746060a", "--csv")
+    cli = run_command(home, "report", "--by", "model", "--session", "d746060a", "--csv")
     assert body == cli.stdout  # the same shape as `report --csv`
     status, body, _ = get(port, "/calls.csv?mcp=weather")
     rows = list(csv.reader(io.StringIO(body)))
@@ -301,7 +301,7 @@ def test_calls_of_an_unknown_model_are_flagged_never_priced_at_zero(tmp_path, vi
     from opik_cipx.config import load_settings
     from opik_cipx.ledger.entry import ledger_entry
     from opik_cipx.ledger.figures import unpriced_note
-    from tests.conftest import run_cli
+    from tests.conftest import run_command
 
     _, _, corpus = viewer
     _, _, capture, result = next(c for c in corpus if c[:2] == ("mcp", "002"))
@@ -323,7 +323,7 @@ def test_calls_of_an_unknown_model_are_flagged_never_priced_at_zero(tmp_path, vi
     finally:
         server.shutdown()
         server.server_close()
-    table = run_cli(home, "report", "--by", "model").stdout
+    table = run_command(home, "report", "--by", "model").stdout
     assert f"{unpriced_note(1)}." in table  # the dashboard's words
     total = next(line for line in table.splitlines() if line.startswith("total"))
     assert f"${entry.call['cost_usd']:,.4f}" in total  # the priced call only
