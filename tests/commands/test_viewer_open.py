@@ -10,17 +10,15 @@ client in with a cookie that is not the token; with chromium on the machine, a r
 import html
 import http.client
 import json
-import os
 import re
-import shutil
 import stat
-import subprocess
 import sys
 import urllib.parse
 from pathlib import Path
 
 import pytest
 
+from tests.browser import EXECUTABLE, Browser
 from tests.conftest import run_cli
 
 FAKE_BROWSER = """#!{python}
@@ -86,17 +84,14 @@ def test_open_puts_no_link_on_a_command_line_and_its_page_signs_in_once(daemon, 
 
 
 def test_a_real_browser_follows_the_page_to_the_dashboard(daemon, tmp_path):
-    browser = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
-                    if shutil.which(name)), None)
-    if browser is None:
+    if EXECUTABLE is None:
         pytest.skip("no chromium on this machine (`.ci/run` installs Debian's)")
     script, log = fake_browser(tmp_path)
     assert run_cli(daemon.home, "viewer", "--open", BROWSER=str(script), FAKE_BROWSER_LOG=str(log)).returncode == 0
     opened = json.loads(log.read_text())["argv"][-1]
-    flags = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}")
-    dom = subprocess.run([browser, *flags, "--virtual-time-budget=10000", "--dump-dom", opened],
-                         capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert "not signed in" not in dom.stdout
-    assert "<h1>Claude Code cost</h1>" in dom.stdout  # the dashboard itself, signed in
+    base = f"http://127.0.0.1:{daemon.state['ports']['viewer']}"
+    with Browser(tmp_path / "profile") as browser:  # the page's refresh, the sign-in, then the dashboard
+        assert browser.open(opened, until=lambda url: url.startswith(base) and "signin=" not in url) == f"{base}/"
+        page = browser.html()
+    assert "not signed in" not in page
+    assert "<h1>Claude Code cost</h1>" in page  # the dashboard itself, signed in
