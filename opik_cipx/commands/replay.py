@@ -86,8 +86,9 @@ class Tally:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from opik_cipx.ledger.store import Ledger
+    from opik_cipx.materialize.materializer import build_materializer
+    from opik_cipx.ship.destination import opik_config_path, resolve_destination
     from opik_cipx.store.captures import list_segments
-    from opik_cipx.work import StartupError, build_materializer
 
     why = wrong_type(settings.captures_dir, directory=True)
     if why:
@@ -98,9 +99,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"opik-cipx: no raw captures in {settings.captures_dir} (captures.enabled is "
               f"{str(settings.captures_enabled).lower()}); nothing to replay.", file=sys.stderr)
         return 0
+    env = dict(os.environ)
+    project = resolve_destination(settings, opik_config_path(env)).project  # the daemon's, so the ids match
     try:
-        materializer = build_materializer(settings, dict(os.environ))
-    except StartupError as exc:
+        materializer = build_materializer(settings, env, project)
+    except ValueError as exc:
         print(f"opik-cipx: {exc}", file=sys.stderr)
         return 2
     try:

@@ -50,7 +50,7 @@ from opik_cipx.materialize.call import (
 from opik_cipx.materialize.call_kind import CallKind, classify
 from opik_cipx.materialize.git_probe import GitProbe
 from opik_cipx.materialize.identity import Identity, claude_json_path, read_identity, render_template
-from opik_cipx.materialize.pricing import Cost, PriceTable, price_call
+from opik_cipx.materialize.pricing import Cost, PriceTable, load_price_table, price_call
 from opik_cipx.materialize.rate_limits import RateLimitObserver, RateLimits, parse_rate_limits
 from opik_cipx.materialize.redaction import redact_records
 from opik_cipx.materialize.response import ResponseSummary, counted_tokens, summarize_response
@@ -389,3 +389,16 @@ def _conversation(capture: Capture) -> tuple:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def build_materializer(settings: Settings, env: dict[str, str], project_template: str,
+                       git: GitProbe | None = None) -> Materializer:
+    """The materializer the work process runs (`replay` builds the same one, so the ids match).
+
+    Raises ValueError, one line naming the config file, when a `[prices]` override cannot be
+    applied to the packaged table."""
+    try:
+        prices = load_price_table(settings.prices)
+    except ValueError as exc:
+        raise ValueError(f"bad setting in config file {settings.config_path}: {exc}") from None
+    return Materializer(materializer_config(settings, env, project_template), prices, git=git)
