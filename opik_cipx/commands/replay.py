@@ -85,7 +85,6 @@ class Tally:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from opik_cipx.ledger.store import Ledger
     from opik_cipx.materialize.materializer import build_materializer
     from opik_cipx.ship.destination import opik_config_path, resolve_destination
     from opik_cipx.store.captures import list_segments
@@ -113,8 +112,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         print(f"opik-cipx: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
         return 1
-    ledger = (Ledger(settings.ledger_path, settings.ledger_retention_days, keep_text=settings.capture_content)
-              if args.ledger else None)
+    ledger: Ledger | None = None
+    if args.ledger:
+        from opik_cipx.ledger import store  # the ledger's writer only for --ledger
+
+        ledger = store.Ledger(settings.ledger_path, settings.ledger_retention_days, keep_text=settings.capture_content)
     sizes = {path: size for path, size, _ in segments}
     progress = Progress(sys.stderr, total_bytes=sum(sizes.values()))
     try:
