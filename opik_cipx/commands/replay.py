@@ -89,6 +89,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from opik_cipx.ship.destination import opik_config_path, resolve_destination
     from opik_cipx.store.captures import list_segments
 
+    if args.ledger:  # the ledger's writer only for --ledger, first: a Python without sqlite3 says so at once
+        from opik_cipx.ledger import store
+
     why = wrong_type(settings.captures_dir, directory=True)
     if why:
         print(f"opik-cipx: {settings.captures_dir} {why}, so there is nothing to replay: move it away", file=sys.stderr)
@@ -114,8 +117,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     ledger: Ledger | None = None
     if args.ledger:
-        from opik_cipx.ledger import store  # the ledger's writer only for --ledger
-
         ledger = store.Ledger(settings.ledger_path, settings.ledger_retention_days, keep_text=settings.capture_content)
     sizes = {path: size for path, size, _ in segments}
     progress = Progress(sys.stderr, total_bytes=sum(sizes.values()))
