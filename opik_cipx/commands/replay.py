@@ -193,8 +193,10 @@ def _replay(settings: Settings, materializer: "Materializer", since: int | None,
             ledger: "Ledger | None", sizes: dict, progress: "Progress") -> Tally:
     """Materialize the log from `since` on, writing each capture's records to `out` (if any), or
     its call to `ledger` (in batches); what was read and written."""
-    from opik_cipx.ledger.entry import ledger_entry
     from opik_cipx.store.captures import read_log
+
+    if ledger is not None:  # the ledger's rows only for --ledger
+        from opik_cipx.ledger.entry import ledger_entry
 
     batch: list = []
     tally = Tally()
