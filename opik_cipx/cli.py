@@ -61,7 +61,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"opik-cipx {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
-    for name, help_text in COMMANDS.items():
+    # A known command needs only its own parser (what it prints and parses is the same); the list
+    # of all of them is built for the help, a bad command name and no command at all.
+    for name, help_text in COMMANDS.items() if chosen not in COMMANDS else [(chosen, COMMANDS[chosen])]:
         command = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
             module = importlib.import_module(f"opik_cipx.commands.{name}")
@@ -105,6 +107,11 @@ def _dispatch(argv: list[str]) -> int:
     from opik_cipx.config import ConfigError, is_truthy, load_settings
     from opik_cipx.home import default_home, home_problem
 
+    if argv[:1] == ["proxy"]:
+        from opik_cipx.link import WORK_FD_ENV
+
+        if WORK_FD_ENV in os.environ:  # the daemon's work process: its settings come over the link, not from here
+            return _work(home_problem(default_home(dict(os.environ)), write=False))
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
@@ -137,3 +144,14 @@ def _dispatch(argv: list[str]) -> int:
         return args.run(args, settings)
     except KeyboardInterrupt:
         return 130
+
+
+def _work(problem: str | None) -> int:
+    """The daemon's work process (work.py), started by the wire as its own command line run again:
+    no parser and no settings of its own (a config file that no longer loads does not stop it)."""
+    if problem:
+        print(f"opik-cipx: {problem}", file=sys.stderr)
+        return 1
+    from opik_cipx.work import run_work
+
+    return run_work()

@@ -11,9 +11,7 @@ instead and lists it in `Settings.unusable`, with the line it would have stopped
 import ipaddress
 import json
 import math
-import tomllib
 import urllib.parse
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -101,6 +99,8 @@ def _upstream_url(raw: Any) -> str:
 def _uuid_or_empty(raw: Any) -> str:
     text = _text(raw)
     if text:
+        import uuid  # only for an id that is set: uuid (and platform) cost every command's start
+
         try:
             uuid.UUID(text)
         except ValueError:
@@ -488,6 +488,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
         return {}
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    import tomllib  # only where there is a file: its parser costs every start of a command without one
+
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

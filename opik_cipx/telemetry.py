@@ -30,7 +30,6 @@ import json
 import logging
 import re
 import threading
-import uuid
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -123,6 +122,8 @@ def build_event(exc: BaseException, where: str, environment: dict[str, Any], now
         if isinstance(link, OSError) and link.errno is not None and link.errno in errno.errorcode:
             value["value"] = errno.errorcode[link.errno]
         values.append(value)
+    import uuid  # only with a DSN: uuid (and platform) cost each daemon process's start
+
     return {
         "event_id": uuid.uuid4().hex,
         "timestamp": now,

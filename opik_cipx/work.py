@@ -46,9 +46,8 @@ from opik_cipx.logs import DaemonLog
 from opik_cipx.materialize.call import Materialized
 from opik_cipx.materialize.follower import Follower
 from opik_cipx.materialize.git_probe import GitProbe
-from opik_cipx.materialize.materializer import Materializer, materializer_config
-from opik_cipx.materialize.pricing import load_price_table
-from opik_cipx.ship.destination import Destination, opik_config_path, resolve_destination
+from opik_cipx.materialize.materializer import build_materializer
+from opik_cipx.ship.destination import Destination
 from opik_cipx.ship.shipper import Shipper
 from opik_cipx.signals import catch_signals
 from opik_cipx.stats import Counters, default_sections
@@ -76,21 +75,6 @@ class StartupError(Exception):
     """The work cannot start; the message is one line fit for the user."""
 
 
-def build_materializer(settings: Settings, env: dict[str, str], project: str | None = None,
-                       git: GitProbe | None = None) -> Materializer:
-    """The materializer the work process runs (`replay` builds the same one, so the ids match); the
-    project template is the destination's (resolved from `settings` and `env` when not given).
-
-    Raises StartupError when a `[prices]` override cannot be applied to the packaged table."""
-    try:
-        prices = load_price_table(settings.prices)
-    except ValueError as exc:
-        raise StartupError(f"bad setting in config file {settings.config_path}: {exc}") from None
-    if project is None:
-        project = resolve_destination(settings, opik_config_path(env)).project
-    return Materializer(materializer_config(settings, env, project), prices, git=git)
-
-
 class Work:
     """Everything the work process runs; the follower, the spool's writer and the shipper stop in
     that order, each within its time (docs/ARCHITECTURE.md, "Processes and threads")."""
@@ -103,7 +87,10 @@ class Work:
         # Repositories read off the wire, for the materializer; in a process of its own, a git
         # reading waits for no quiet wire (starting git holds only this process's interpreter lock).
         self.git_probe = GitProbe(counters, clock)
-        self.materializer = build_materializer(settings, dict(os.environ), destination.project, git=self.git_probe)
+        try:
+            self.materializer = build_materializer(settings, dict(os.environ), destination.project, git=self.git_probe)
+        except ValueError as exc:  # a `[prices]` override that cannot be applied
+            raise StartupError(str(exc)) from None
         self.budget = settings.budget.enabled  # the wire's guard counts what this process records
         self._seed_at = float("-inf")
         self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, counters, clock=clock,

@@ -241,3 +241,16 @@ def test_a_cap_blocks_while_the_work_process_is_dead_and_its_totals_come_back_on
         assert daemon.stats()["budget"]["blocked"] == 2
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_work_process_started_again_runs_on_the_settings_of_its_wire_whatever_the_config_file_says(daemon):
+    """The work process is the wire's command line run again; `cli` hands it to `run_work` before
+    any parser or settings (docs/ARCHITECTURE.md, "Imports at start"): a config file broken since
+    the wire started neither stops a new work process nor changes what it runs with."""
+    (daemon.home / "config.toml").write_text("this is = = not toml")
+    first = daemon.work_pid
+    os.kill(first, signal.SIGKILL)
+    work = wait_for(lambda: (w := daemon.stats()["work"])["state"] == "running" and w["pid"] != first and w,
+                    timeout_s=30, what="a new work process")
+    assert work["restarts"] == 1 and [death["how"] for death in work["deaths"]] == ["killed by SIGKILL"]
+    assert "Traceback" not in daemon.stderr() and "not valid TOML" not in daemon.stderr()

@@ -85,9 +85,12 @@ class Tally:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from opik_cipx.ledger.store import Ledger
+    from opik_cipx.materialize.materializer import build_materializer
+    from opik_cipx.ship.destination import opik_config_path, resolve_destination
     from opik_cipx.store.captures import list_segments
-    from opik_cipx.work import StartupError, build_materializer
+
+    if args.ledger:  # the ledger's writer only for --ledger, first: a Python without sqlite3 says so at once
+        from opik_cipx.ledger import store
 
     why = wrong_type(settings.captures_dir, directory=True)
     if why:
@@ -98,9 +101,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"opik-cipx: no raw captures in {settings.captures_dir} (captures.enabled is "
               f"{str(settings.captures_enabled).lower()}); nothing to replay.", file=sys.stderr)
         return 0
+    env = dict(os.environ)
+    project = resolve_destination(settings, opik_config_path(env)).project  # the daemon's, so the ids match
     try:
-        materializer = build_materializer(settings, dict(os.environ))
-    except StartupError as exc:
+        materializer = build_materializer(settings, env, project)
+    except ValueError as exc:
         print(f"opik-cipx: {exc}", file=sys.stderr)
         return 2
     try:
@@ -110,8 +115,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         print(f"opik-cipx: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
         return 1
-    ledger = (Ledger(settings.ledger_path, settings.ledger_retention_days, keep_text=settings.capture_content)
-              if args.ledger else None)
+    ledger: Ledger | None = None
+    if args.ledger:
+        ledger = store.Ledger(settings.ledger_path, settings.ledger_retention_days, keep_text=settings.capture_content)
     sizes = {path: size for path, size, _ in segments}
     progress = Progress(sys.stderr, total_bytes=sum(sizes.values()))
     try:
@@ -187,8 +193,10 @@ def _replay(settings: Settings, materializer: "Materializer", since: int | None,
             ledger: "Ledger | None", sizes: dict, progress: "Progress") -> Tally:
     """Materialize the log from `since` on, writing each capture's records to `out` (if any), or
     its call to `ledger` (in batches); what was read and written."""
-    from opik_cipx.ledger.entry import ledger_entry
     from opik_cipx.store.captures import read_log
+
+    if ledger is not None:  # the ledger's rows only for --ledger
+        from opik_cipx.ledger.entry import ledger_entry
 
     batch: list = []
     tally = Tally()

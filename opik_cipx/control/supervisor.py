@@ -20,8 +20,6 @@ environment of the shell that ran `sync`, so its other settings come from `confi
 """
 
 import os
-import plistlib
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,16 +48,22 @@ def detect_mode(env: dict[str, str]) -> str:
         return forced
     if forced not in ("", "auto"):
         raise SupervisorError(f"CIPX_SUPERVISOR={forced!r} is not one of auto, {', '.join(MODES)}")
-    if sys.platform == "darwin" and shutil.which("launchctl"):
+    if sys.platform == "darwin" and _on_path("launchctl"):
         return "launchd"
     if sys.platform.startswith("linux") and _systemd_user_manager(env):
         return "systemd"
     return "detached"
 
 
+def _on_path(program: str) -> bool:
+    import shutil  # (and bz2 and lzma, which it loads) only where a program is looked up
+
+    return shutil.which(program) is not None
+
+
 def _systemd_user_manager(env: dict[str, str]) -> bool:
     """A booted systemd with this user's manager reachable (what `systemctl --user` needs)."""
-    if not os.path.isdir("/run/systemd/system") or not shutil.which("systemctl"):
+    if not os.path.isdir("/run/systemd/system") or not _on_path("systemctl"):
         return False
     runtime = env.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
     return os.path.exists(os.path.join(runtime, "systemd", "private"))
@@ -112,6 +116,8 @@ def systemd_unit(argv: list[str], env: dict[str, str], stop_timeout_s: float) ->
 
 def launchd_plist(argv: list[str], env: dict[str, str], stop_timeout_s: float, stderr_path: Path) -> bytes:
     """The XML of `com.comet.opik-cipx.plist` (keys sorted, so the same input gives the same bytes)."""
+    import plistlib  # (and the XML parser) on macOS only
+
     return plistlib.dumps(
         {
             "Label": LAUNCHD_LABEL,

@@ -117,16 +117,15 @@ class WorkProcess:
             self._stopped.wait(timeout_s)
             return proc is None or proc.returncode == 0
         link.send(*message)
-        try:
-            proc.wait(timeout_s)
-            clean = proc.returncode == 0
-        except subprocess.TimeoutExpired:
-            log.warning("work process pid %d did not finish within %.0fs: killed", proc.pid, timeout_s)
-            proc.kill()
-            proc.wait()
-            clean = False
+        # The thread reaps it once its link closes (at its exit) and then says it stopped: an event to
+        # wait on, where `proc.wait(timeout)` polls with sleeps.
+        if self._stopped.wait(timeout_s) or proc.poll() is not None:
+            return proc.returncode == 0
+        log.warning("work process pid %d did not finish within %.0fs: killed", proc.pid, timeout_s)
+        proc.kill()
+        proc.wait()
         self._stopped.wait(PUMP_S * 2)
-        return clean
+        return False
 
     @property
     def pid(self) -> int | None:

@@ -5,7 +5,6 @@ ledger); weeks are ISO weeks (`2026-W48`, Monday first); months are `2026-11`. A
 without an offset is local time; `Z` or `+02:00` say otherwise.
 """
 
-import argparse
 import re
 import time
 from datetime import date, datetime, timedelta
@@ -31,6 +30,8 @@ def parse_moment(raw: str, *, whole_day_end: bool = False, now: float | None = N
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
+        import argparse  # for its error type: the daemon's processes read periods but parse no arguments
+
         raise argparse.ArgumentTypeError(
             f"cannot read {flag} {raw!r}: use e.g. 2h, 30m, 7d or 2026-11-24T09:00"
         ) from None

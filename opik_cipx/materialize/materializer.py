@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings
@@ -48,9 +48,8 @@ from opik_cipx.materialize.call import (
     TurnRepository,
 )
 from opik_cipx.materialize.call_kind import CallKind, classify
-from opik_cipx.materialize.git_probe import GitProbe
 from opik_cipx.materialize.identity import Identity, claude_json_path, read_identity, render_template
-from opik_cipx.materialize.pricing import Cost, PriceTable, price_call
+from opik_cipx.materialize.pricing import Cost, PriceTable, load_price_table, price_call
 from opik_cipx.materialize.rate_limits import RateLimitObserver, RateLimits, parse_rate_limits
 from opik_cipx.materialize.redaction import redact_records
 from opik_cipx.materialize.response import ResponseSummary, counted_tokens, summarize_response
@@ -60,6 +59,9 @@ from opik_cipx.materialize.turns import AGENT_TOOLS, continues_turn, turn_key, t
 from opik_cipx.materialize.unknown_models import UnknownModels
 from opik_cipx.materialize.usage import Usage, read_usage
 from opik_cipx.wire.capture import Capture, header_value
+
+if TYPE_CHECKING:  # the work process passes one; replay, which runs no git, need not load it
+    from opik_cipx.materialize.git_probe import GitProbe
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +127,7 @@ class Materializer:
     """Turns captures into call records and spool records; keeps bounded per-session state between calls."""
 
     def __init__(self, config: MaterializerConfig, prices: PriceTable, pause: Callable[[], None] | None = None,
-                 clock: Clock = SYSTEM, git: GitProbe | None = None):
+                 clock: Clock = SYSTEM, git: "GitProbe | None" = None):
         """`pause()` is called between the steps of a capture (between the messages of a request
         walked): the daemon passes one that waits while an exchange is in flight, so the work runs
         in slices between calls. `clock` times the re-reading of session and account files, and
@@ -389,3 +391,16 @@ def _conversation(capture: Capture) -> tuple:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def build_materializer(settings: Settings, env: dict[str, str], project_template: str,
+                       git: "GitProbe | None" = None) -> Materializer:
+    """The materializer the work process runs (`replay` builds the same one, so the ids match).
+
+    Raises ValueError, one line naming the config file, when a `[prices]` override cannot be
+    applied to the packaged table."""
+    try:
+        prices = load_price_table(settings.prices)
+    except ValueError as exc:
+        raise ValueError(f"bad setting in config file {settings.config_path}: {exc}") from None
+    return Materializer(materializer_config(settings, env, project_template), prices, git=git)

@@ -25,7 +25,6 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from importlib import resources
 from typing import Any
 
 from opik_cipx.config import PRICE_RATE_KEYS as RATE_KEYS
@@ -171,7 +170,11 @@ def load_price_table(overrides: dict[str, dict[str, Any]] | None = None) -> Pric
     `fast_multiplier`, the whole `tiers` list); its `changes` apply from their dates on top.
     A model the package does not know needs all five rates: ValueError naming it otherwise.
     """
-    data = json.loads(resources.files(__package__).joinpath("prices.json").read_text(encoding="utf-8"))
+    import pkgutil  # read through the module's loader (a directory or the zipapp), once a process
+
+    packaged = pkgutil.get_data(__package__, "prices.json")  # importlib.resources would load zipfile and more
+    assert packaged is not None  # the loader of a package on disk or in a zip reads files
+    data = json.loads(packaged.decode("utf-8"))
     aliases = data["aliases"]
     rows = {name: [parse_price_row(f"prices.json models.{name}", row)] for name, row in data["models"].items()}
     overridden = set()

@@ -16,7 +16,6 @@ Intelligence reads"); `cleartext` whether records and the credential would cross
 unencrypted (docs/SECURITY.md).
 """
 
-import configparser
 import logging
 import re
 import urllib.parse
@@ -111,6 +110,10 @@ def cost_intelligence(destination: Destination) -> list[str]:
 
 def read_opik_config(path: Path) -> dict[str, str]:
     """Non-empty destination values from the Opik SDK config file; `{}` when absent or unreadable."""
+    if not path.exists():
+        return {}
+    import configparser  # only for a file to read: most starts of a daemon or a command have none
+
     parser = configparser.ConfigParser(interpolation=None)
     try:
         if not parser.read(path, encoding="utf-8"):

@@ -4,10 +4,13 @@ paused, and how long to wait before the same request goes again (the shipper's l
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from opik_cipx.outbound import Headers, requested_wait_s
 from opik_cipx.ship.destination import OPIK_CLOUD_URL, Destination
 from opik_cipx.ship.opik_api import TRACES_BATCH, Reply, Route, is_opik_answer, too_slow
+
+if TYPE_CHECKING:
+    from opik_cipx.outbound import Headers
 
 AUTH = frozenset({401, 402, 403})
 WRONG_URL = frozenset({301, 302, 303, 307, 308, 404, 405})
@@ -22,10 +25,12 @@ class Failure:
     paused: bool  # waiting for the user to fix something (credentials, URL); probed every `auth_probe_s`
 
 
-def rate_limit_wait_s(headers: Headers, now: float) -> float | None:
+def rate_limit_wait_s(headers: "Headers", now: float) -> float | None:
     """Seconds a 429 asks us to wait (`outbound.requested_wait_s`), never less than `MIN_WAIT_S`
     (a 0, a date in the past) nor more than `RATE_LIMIT_MAX_S`; None when the headers say nothing
     usable."""
+    from opik_cipx.outbound import requested_wait_s  # loaded with the client's opener: a 429 came through it
+
     wait = requested_wait_s(headers, now)
     return None if wait is None else min(max(wait, MIN_WAIT_S), RATE_LIMIT_MAX_S)
 

@@ -17,18 +17,17 @@ at the base URL (a web front end) and stores nothing. A request that timed out, 
 504, says Opik is too slow for it (`too_slow`).
 """
 
-import gzip
 import http.client
 import json
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from opik_cipx import __version__
-from opik_cipx.outbound import Headers, opener
 from opik_cipx.ship.destination import Destination
 from opik_cipx.store.spool_lines import dumps
+
+if TYPE_CHECKING:
+    from opik_cipx.outbound import Headers
 
 FIELDS = {"trace": "traces", "span": "spans"}
 # What `PATCH .../traces/{id}` may carry (Opik's TraceUpdate); `id`, `start_time` and
@@ -61,7 +60,7 @@ TRACE_UPDATE = Route("trace", "PATCH", "/v1/private/traces/{id}", False)
 @dataclass
 class Reply:
     status: int | None  # None: no HTTP answer (refused, reset, timeout, TLS)
-    headers: Headers
+    headers: "Headers"
     body: bytes
     error: str | None = None
     timed_out: bool = False  # no answer within the request's timeout
@@ -116,9 +115,16 @@ class OpikClient:
         assert destination.base_url is not None
         self.destination = destination
         self.base_url = destination.base_url
+        # urllib.request (and what it loads) only for a destination: without one, no client is made
+        from opik_cipx.outbound import opener
+
         self._opener = opener(destination.base_url)  # never a local Opik through a proxy
 
     def send(self, route: Route, bodies: list[dict[str, Any]], timeout_s: float) -> Reply:
+        import gzip
+        import urllib.error
+        import urllib.request  # loaded by the opener in __init__
+
         path = route.path
         if route.batch:
             # One record at a time, long strings in steps: one dumps of a 4 MB batch would hold the GIL.
