@@ -9,6 +9,7 @@ else asks a `clock.Clock`, so a test can give it a clock of its own.
 """
 
 import ast
+import functools
 import re
 import subprocess
 import sys
@@ -68,6 +69,10 @@ def rank(where: str) -> int:
     return -1 if where == "basics" else STAGES.index(where)
 
 
+# The checks below walk every module of the package; parsed once per process, not once per check.
+parse = functools.cache(ast.parse)
+
+
 def imported_modules(module: str, source: str, is_package: bool) -> list[tuple[int, str]]:
     """(line, absolute dotted name) of every import in `source`, relative ones resolved.
 
@@ -76,7 +81,7 @@ def imported_modules(module: str, source: str, is_package: bool) -> list[tuple[i
     """
     package = module if is_package else module.rpartition(".")[0]
     out = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parse(source)):
         if isinstance(node, ast.Import):
             out += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -213,7 +218,7 @@ def oversized(source: str) -> list[str]:
             else:
                 visit(child, prefix)
 
-    visit(ast.parse(source), "")
+    visit(parse(source), "")
     return out
 
 
@@ -254,7 +259,7 @@ def test_size_limits_count_from_the_decorator_to_the_last_line():
 def clock_reads(source: str) -> list[str]:
     """`line name` of each use of a `CLOCK_READS` function in `source`, called or passed on, by
     whatever name an import gave it (`import time as t`, `from time import monotonic`)."""
-    tree = ast.parse(source)
+    tree = parse(source)
     bound: dict[str, str] = {}  # a name an import binds -> the dotted name it stands for
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
