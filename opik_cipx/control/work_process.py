@@ -118,8 +118,10 @@ class WorkProcess:
             return proc is None or proc.returncode == 0
         link.send(*message)
         # The thread reaps it once its link closes (at its exit) and then says it stopped: an event to
-        # wait on, where `proc.wait(timeout)` polls with sleeps.
-        if self._stopped.wait(timeout_s) or proc.poll() is not None:
+        # wait on, where `proc.wait(timeout)` polls with sleeps. A thread that ended without reaping
+        # it (an error) leaves it running: killed below like a late one.
+        self._stopped.wait(timeout_s)
+        if proc.poll() is not None:
             return proc.returncode == 0
         log.warning("work process pid %d did not finish within %.0fs: killed", proc.pid, timeout_s)
         proc.kill()
