@@ -19,10 +19,9 @@ gives every tier's tokens back to blocks.
 
 import bisect
 import json
-from collections.abc import Iterable
 from functools import lru_cache
-from itertools import accumulate, compress
-from operator import itemgetter, ne, sub
+from itertools import accumulate, repeat
+from operator import itemgetter, sub
 from typing import Any, NamedTuple
 
 from opik_cipx.materialize.attribution.model import (
@@ -41,7 +40,7 @@ from opik_cipx.materialize.attribution.model import (
     USER_PROMPT,
     Part,
 )
-from opik_cipx.materialize.attribution.prompt import Prompt
+from opik_cipx.materialize.attribution.prompt import Prompt, Run
 from opik_cipx.materialize.attribution.tools import mcp_tool
 from opik_cipx.materialize.call import CallRecord
 from opik_cipx.materialize.pricing import count
@@ -88,13 +87,41 @@ class Kind(NamedTuple):
     sha256: str = ""
 
 
-Columns = tuple[list[Kind], list[str], list[str], list[int]]  # per block: kind, side, cache status, chars
+class _Groups:
+    """A prompt's runs grouped into blocks before cache boundaries cut them: consecutive runs of one
+    description and bucket. Kept in the prompt's memo for the conversation's next request, which
+    groups again only the runs after those the two share (`_grouped`), with the JSON of the first
+    groups as whole `read` blocks (what a growing session's next call reads from the cache)."""
+
+    __slots__ = ("runs", "kinds", "buckets", "firsts", "starts", "total", "items", "texts")
+
+    def __init__(self, runs: list[Run], kinds: list[Kind], buckets: list[str], firsts: list[int], starts: list[int],
+                 items: list[dict[str, Any]], texts: list[str]):
+        self.runs = runs  # the prompt's runs of at least one character
+        self.kinds, self.buckets = kinds, buckets  # per group: its description and bucket
+        self.firsts, self.starts = firsts, starts  # per group: its first run, its start in the prompt
+        self.total = 0
+        self.items, self.texts = items, texts  # the first groups as whole `read` blocks (`_block`), made as needed
+
+
+class _Placed(NamedTuple):
+    """The request's blocks: the groups cut at the cache boundaries. Blocks [0, `read`) were read,
+    [`read`, `written`) written, the rest fresh; blocks [0, `whole`) are groups no cut changed."""
+
+    groups: _Groups
+    kinds: list[Kind]
+    sizes: list[int]
+    read: int
+    written: int
+    whole: int
+
+
 _json = json.JSONEncoder(separators=(",", ":")).encode  # as the spool encodes
 
 
 def metadata(call: CallRecord) -> dict[str, Any]:
     """`metadata.cipx` of the call's llm span."""
-    return {"call": call_section(call), "blocks": blocks_json(*_columns(call))}
+    return {"call": call_section(call), "blocks": _blocks_encoded(call)}
 
 
 def call_section(call: CallRecord) -> dict[str, Any]:
@@ -127,12 +154,39 @@ def block_json(block: Block) -> dict[str, Any]:
     return item
 
 
-def blocks_json(kinds: list[Kind], sides: Iterable[str], statuses: Iterable[str], sizes: list[int]) -> Encoded:
-    """Blocks given as columns, as `metadata.cipx.blocks`: JSON objects (`block_json`) with the text
-    the spool writes as it is. A session's next call repeats most blocks of the one before, so each
-    block's object and text are kept (`_block`)."""
-    made = list(map(_block, kinds, sides, statuses, sizes))
-    return Encoded(list(map(itemgetter(0), made)), f"[{','.join(map(itemgetter(1), made))}]")
+def _blocks_encoded(call: CallRecord) -> Encoded:
+    """`metadata.cipx.blocks`: JSON objects (`block_json`) with the text the spool writes as it is."""
+    items, texts = _input_json(_placed(call))
+    made = [_block(Kind(block.category, *block[4:]), block.side, block.cache_status, block.chars)
+            for block in output_blocks(call.response.content, call.usage)]
+    items += map(itemgetter(0), made)
+    texts += map(itemgetter(1), made)
+    return Encoded(items, f"[{','.join(texts)}]")
+
+
+def input_json(prompt: Prompt, tokens: tuple[int, int, int], agent: str = "") -> Encoded:
+    """`input_blocks` as JSON objects (`block_json`) with their text, as `metadata.cipx.blocks` has them."""
+    items, texts = _input_json(_cut(_grouped(prompt, agent), prompt.breakpoints, tokens))
+    return Encoded(items, f"[{','.join(texts)}]")
+
+
+def _input_json(placed: "_Placed") -> tuple[list[dict[str, Any]], list[str]]:
+    """The request's blocks as JSON objects and texts: the leading `read` blocks that are whole groups
+    from the groups kept for the conversation (`_Groups.items`, made once per group), the rest block
+    by block (`_block`)."""
+    groups, kinds, sizes, read, written = placed.groups, placed.kinds, placed.sizes, placed.read, placed.written
+    kept = min(read, placed.whole)
+    if len(groups.items) < kept:
+        made = list(map(_block, kinds[len(groups.items):kept], repeat("input"), repeat(READ),
+                        sizes[len(groups.items):kept]))
+        groups.items += map(itemgetter(0), made)
+        groups.texts += map(itemgetter(1), made)
+    statuses = [READ] * (read - kept) + [WRITE] * (written - read) + [FRESH] * (len(kinds) - written)
+    made = list(map(_block, kinds[kept:], repeat("input"), statuses, sizes[kept:]))
+    items, texts = groups.items[:kept], groups.texts[:kept]
+    items += map(itemgetter(0), made)
+    texts += map(itemgetter(1), made)
+    return items, texts
 
 
 @lru_cache(maxsize=8192)
@@ -156,20 +210,8 @@ def _template(kind: Kind, side: str, status: str) -> tuple[dict[str, Any], str, 
 
 def blocks(call: CallRecord) -> list[Block]:
     """The call's blocks: the request's, in prompt order, then the answer's."""
-    return [Block(kind.category, side, status, chars, *kind[1:]) for kind, side, status, chars in
-            zip(*_columns(call), strict=True)]
-
-
-def _columns(call: CallRecord) -> Columns:
-    agent = call.agent.subagent_type if call.agent is not None else None
-    kinds, statuses, sizes = _input_runs(call.attribution.prompt, tier_tokens(call.usage), agent or "")
-    sides = ["input"] * len(kinds)
-    for block in output_blocks(call.response.content, call.usage):
-        kinds.append(Kind(block.category, *block[4:]))
-        sides.append(block.side)
-        statuses.append(block.cache_status)
-        sizes.append(block.chars)
-    return kinds, sides, statuses, sizes
+    placed = _placed(call)
+    return [*_input(placed), *output_blocks(call.response.content, call.usage)]
 
 
 def tier_tokens(usage: Usage | None) -> tuple[int, int, int]:
@@ -189,32 +231,88 @@ def input_blocks(prompt: Prompt, tokens: tuple[int, int, int], agent: str = "") 
     for `tokens` (read, write, fresh), consecutive runs of one description, bucket and status
     joined; a run that straddles a cache boundary is cut there. `agent`: the subagent type that
     names a custom agent's definition."""
-    kinds, statuses, sizes = _input_runs(prompt, tokens, agent)
+    return _input(_cut(_grouped(prompt, agent), prompt.breakpoints, tokens))
+
+
+def _input(placed: _Placed) -> list[Block]:
+    statuses = [READ] * placed.read + [WRITE] * (placed.written - placed.read) + [FRESH] * (len(placed.kinds) -
+                                                                                         placed.written)
     return [Block(kind.category, "input", status, chars, *kind[1:]) for kind, status, chars in
-            zip(kinds, statuses, sizes, strict=True)]
+            zip(placed.kinds, statuses, placed.sizes, strict=True)]
 
 
-def _input_runs(prompt: Prompt, tokens: tuple[int, int, int], agent: str) -> tuple[list[Kind], list[str], list[int]]:
-    """`input_blocks` as three lists: each block's kind, cache status and size. Per run, only its
-    description is looked up in Python; grouping, cutting and sizes are list operations."""
+def _placed(call: CallRecord) -> _Placed:
+    agent = call.agent.subagent_type if call.agent is not None else None
+    prompt = call.attribution.prompt
+    return _cut(_grouped(prompt, agent or ""), prompt.breakpoints, tier_tokens(call.usage))
+
+
+def _grouped(prompt: Prompt, agent: str) -> _Groups:
+    """The prompt's runs grouped (`_Groups`): those after the runs it shares with the request the
+    prompt's memo kept groups for (of the same `agent`) grouped again, the groups before kept."""
     runs = prompt.runs if all(map(itemgetter(0), prompt.runs)) else [run for run in prompt.runs if run[0]]
-    if not runs:
-        return [], [], []
-    ends = list(accumulate(map(itemgetter(0), runs)))
-    total = ends[-1]
-    write_end, read_end = boundaries(prompt.breakpoints, ends, tokens)
-    keys = [(describe(owner.bucket, owner.label, owner.part, agent), owner.bucket) for _, _, owner in runs]
-    firsts = [0, *compress(range(1, len(keys)), map(ne, keys[1:], keys))]  # each block's first run
-    kinds = [keys[index][0] for index in firsts]
-    starts = list(map([0, *ends[:-1]].__getitem__, firsts))  # where each block starts
+    kept = prompt.memo.get((_Groups, agent))
+    again = 0  # the first group made again: the last one all of whose runs are shared may go on
+    if kept is not None:
+        shared = _shared(kept.runs, runs)
+        again = max(0, bisect.bisect_right(kept.firsts, shared - 1) - 1)
+    if again:
+        assert kept is not None
+        groups = _Groups(runs, kept.kinds[:again], kept.buckets[:again], kept.firsts[:again], kept.starts[:again],
+                         kept.items[:again], kept.texts[:again])
+        run, position = kept.firsts[again], kept.starts[again]
+    else:
+        groups, run, position = _Groups(runs, [], [], [], [], [], []), 0, 0
+    kinds, buckets, firsts, starts = groups.kinds, groups.buckets, groups.firsts, groups.starts
+    last = (kinds[-1], buckets[-1]) if kinds else None
+    for index in range(run, len(runs)):
+        size, _, owner = runs[index]
+        key = (describe(owner.bucket, owner.label, owner.part, agent), owner.bucket)
+        if key != last:
+            kinds.append(key[0])
+            buckets.append(owner.bucket)
+            firsts.append(index)
+            starts.append(position)
+            last = key
+        position += size
+    groups.total = position
+    prompt.memo[(_Groups, agent)] = groups
+    return groups
+
+
+def _shared(old: list[Run], new: list[Run]) -> int:
+    """How many leading runs two prompts share (slices compared in C, halving the range)."""
+    high = min(len(old), len(new))
+    if old[:high] == new[:high]:
+        return high
+    low = 0  # old[:low] == new[:low] and old[:high] != new[:high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        if old[low:middle] == new[low:middle]:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def _cut(groups: _Groups, breakpoints: list[int], tokens: tuple[int, int, int]) -> _Placed:
+    """The groups as blocks with their cache status for `tokens` (read, write, fresh): a group that
+    straddles a cache boundary is cut there. List operations only, but for the two cuts."""
+    if not groups.runs:
+        return _Placed(groups, [], [], 0, 0, 0)
+    total = groups.total
+    write_end, read_end = boundaries(breakpoints, list(accumulate(map(itemgetter(0), groups.runs))), tokens)
+    kinds, starts, whole = groups.kinds, groups.starts, len(groups.kinds)
     for cut in (read_end, write_end):  # a block that straddles a cache boundary is cut there
         at = bisect.bisect_right(starts, cut) - 1
         if 0 < cut < total and starts[at] != cut:
+            if whole == len(groups.kinds):
+                kinds, starts = list(kinds), list(starts)  # the kept groups stay as they are
             starts.insert(at + 1, cut)
             kinds.insert(at + 1, kinds[at])
+            whole = min(whole, at)
     read, written = bisect.bisect_left(starts, read_end), bisect.bisect_left(starts, write_end)
-    statuses = [READ] * read + [WRITE] * (written - read) + [FRESH] * (len(starts) - written)
-    return kinds, statuses, list(map(sub, [*starts[1:], total], starts))
+    return _Placed(groups, kinds, list(map(sub, [*starts[1:], total], starts)), read, written, whole)
 
 
 def boundaries(breakpoints: list[int], ends: list[int], tokens: tuple[int, int, int]) -> tuple[int, int]:

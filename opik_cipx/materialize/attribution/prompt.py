@@ -13,11 +13,13 @@ each region a run of its own.
 
 Pure; `prompt(parts, layout)` for a whole body, and `owned(regions)` for one unit: the request
 reader keeps each message's runs, so a request costs runs only for what is new. A run's region
-keeps the offsets it was made with (only its size, bucket, label and part count).
+keeps the offsets it was made with (only its size, bucket, label and part count). A prompt's
+`memo` is kept across a conversation's requests by the request reader: what is derived from the
+runs (materialize/cipx.py's blocks) is kept there for the next request, which shares most runs.
 """
 
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from opik_cipx.materialize.attribution.model import ENVELOPE, SECTIONS, Layout, Region
 
@@ -26,10 +28,13 @@ Run = tuple[int, int, Region]  # (chars, envelope chars among them, the region t
 
 class Prompt(NamedTuple):
     """Every character of a request in prompt order, and where its cache breakpoints end (prompt
-    positions, sorted; a top-level `cache_control` puts one at the end of the messages)."""
+    positions, sorted; a top-level `cache_control` puts one at the end of the messages). `memo`:
+    the conversation's, shared with its earlier and later requests (never changes a result: what
+    is kept there is checked against the runs before it is used)."""
 
     runs: list[Run]
     breakpoints: list[int]
+    memo: dict[Any, Any]
 
 
 def owned(regions: Iterable[Region]) -> list[Run]:
@@ -54,10 +59,11 @@ def owned(regions: Iterable[Region]) -> list[Run]:
 
 
 def prompt(parts: Iterable[tuple[Iterable[Region], int]], layout: Layout,
-           messages: list[list[Run]] | None = None) -> Prompt:
+           messages: list[list[Run]] | None = None, memo: dict[Any, Any] | None = None) -> Prompt:
     """The prompt of a body given as `parts`: (regions, the shift that makes their offsets body
     offsets), in body order, together sorted and contiguous; `layout` in body offsets. `messages`:
-    the runs of each message, already made (the request reader's); `parts` then leave them out."""
+    the runs of each message, already made (the request reader's); `parts` then leave them out.
+    `memo`: the conversation's (a new one when not given)."""
     sections = layout.sections
     edges = {name: _unit_edges(name, start, end, layout, messages is None) for name, (start, end) in sections.items()}
     cuts = sorted((start, end, name) for name, units in edges.items() for start, end in units)
@@ -88,7 +94,7 @@ def prompt(parts: Iterable[tuple[Iterable[Region], int]], layout: Layout,
                 for message in messages:
                     section += message
         runs += _folded(section)
-    return Prompt(runs + rest, _breakpoints(layout))
+    return Prompt(runs + rest, _breakpoints(layout), {} if memo is None else memo)
 
 
 def _folded(section: list[Run]) -> list[Run]:
