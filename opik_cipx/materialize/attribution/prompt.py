@@ -58,43 +58,69 @@ def owned(regions: Iterable[Region]) -> list[Run]:
     return out
 
 
-def prompt(parts: Iterable[tuple[Iterable[Region], int]], layout: Layout,
+def prompt(parts: Iterable[tuple[list[Region], int]], layout: Layout,
            messages: list[list[Run]] | None = None, memo: dict[Any, Any] | None = None) -> Prompt:
     """The prompt of a body given as `parts`: (regions, the shift that makes their offsets body
-    offsets), in body order, together sorted and contiguous; `layout` in body offsets. `messages`:
-    the runs of each message, already made (the request reader's); `parts` then leave them out.
-    `memo`: the conversation's (a new one when not given)."""
+    offsets), in body order, together sorted and contiguous, a unit lying within one part; `layout`
+    in body offsets. `messages`: the runs of each message, already made (the request reader's);
+    `parts` then leave them out (the first part ends with the `[` of `messages`). `memo`: the
+    conversation's (a new one when not given), where each part's runs are kept (`_stretch`)."""
     sections = layout.sections
     edges = {name: _unit_edges(name, start, end, layout, messages is None) for name, (start, end) in sections.items()}
     cuts = sorted((start, end, name) for name, units in edges.items() for start, end in units)
-    units: dict[tuple[int, int], list[Region]] = {(start, end): [] for start, end, _ in cuts}
-    rest: list[Run] = []
-    at = 0
-    for regions, shift in parts:
-        for region in regions:
-            start, region_end = region.start + shift, region.end + shift
-            while start < region_end:
-                while at < len(cuts) and cuts[at][1] <= start:
-                    at += 1
-                inside = at < len(cuts) and cuts[at][0] <= start
-                stop = min(region_end, cuts[at][1] if inside else cuts[at][0] if at < len(cuts) else region_end)
-                piece = region if (start, stop) == (region.start + shift, region_end) else \
-                    Region(start, stop, region.bucket, region.label, region.part)
-                if inside:
-                    units[cuts[at][:2]].append(piece)
-                else:
-                    rest.append((stop - start, stop - start if region.bucket == ENVELOPE else 0, region))
-                start = stop
+    memo = {} if memo is None else memo
+    stretches = [_stretch(regions, shift, cuts, memo, index) for index, (regions, shift) in enumerate(parts)]
     runs: list[Run] = []
     for name in SECTIONS:
         section: list[Run] = []
-        for index, unit in enumerate(edges.get(name, ())):
-            section += owned(units[unit])
+        for index, (by_section, _) in enumerate(stretches):
+            section += by_section.get(name, ())
             if name == "messages" and index == 0 and messages is not None:
                 for message in messages:
                     section += message
         runs += _folded(section)
-    return Prompt(runs + rest, _breakpoints(layout), {} if memo is None else memo)
+    for _, rest in stretches:
+        runs += rest
+    return Prompt(runs, _breakpoints(layout), memo)
+
+
+Stretch = tuple[dict[str, list[Run]], list[Run]]  # a part's runs: of its units, by section, in order; and the rest
+
+
+def _stretch(regions: list[Region], shift: int, cuts: list[tuple[int, int, str]], memo: dict[Any, Any],
+             index: int) -> Stretch:
+    """The runs of the `index`th part, `regions` shifted by `shift`, cut at the units `cuts` (body
+    offsets, sorted): kept in `memo` with the regions and the cuts relative to the part, and used
+    again for a part of the same regions and relative cuts (a request's head and tail repeat)."""
+    if not regions:
+        return {}, []
+    low, high = regions[0].start + shift, regions[-1].end + shift
+    mine = [(start - shift, end - shift, name) for start, end, name in cuts if start < high and end > low]
+    kept = memo.get((_stretch, index))
+    if kept is not None and kept[1] == mine and kept[0] == regions:
+        return kept[2]
+    units: dict[tuple[int, int], list[Region]] = {(start, end): [] for start, end, _ in mine}
+    rest: list[Run] = []
+    at = 0
+    for region in regions:
+        start, region_end = region.start, region.end
+        while start < region_end:
+            while at < len(mine) and mine[at][1] <= start:
+                at += 1
+            inside = at < len(mine) and mine[at][0] <= start
+            stop = min(region_end, mine[at][1] if inside else mine[at][0] if at < len(mine) else region_end)
+            piece = region if (start, stop) == (region.start, region_end) else \
+                Region(start, stop, region.bucket, region.label, region.part)
+            if inside:
+                units[mine[at][:2]].append(piece)
+            else:
+                rest.append((stop - start, stop - start if region.bucket == ENVELOPE else 0, region))
+            start = stop
+    by_section: dict[str, list[Run]] = {}
+    for start, end, name in mine:
+        by_section.setdefault(name, []).extend(owned(units[start, end]))
+    memo[(_stretch, index)] = (regions, mine, (by_section, rest))
+    return by_section, rest
 
 
 def _folded(section: list[Run]) -> list[Run]:
