@@ -20,8 +20,8 @@ gives every tier's tokens back to blocks.
 import bisect
 import json
 from functools import lru_cache
-from itertools import accumulate, repeat
-from operator import itemgetter, sub
+from itertools import repeat
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from opik_cipx.materialize.attribution.model import (
@@ -93,14 +93,13 @@ class _Groups:
     groups again only the runs after those the two share (`_grouped`), with the JSON of the first
     groups as whole `read` blocks (what a growing session's next call reads from the cache)."""
 
-    __slots__ = ("runs", "kinds", "buckets", "firsts", "starts", "total", "items", "texts")
+    __slots__ = ("runs", "ends", "kinds", "buckets", "firsts", "starts", "sizes", "items", "texts")
 
-    def __init__(self, runs: list[Run], kinds: list[Kind], buckets: list[str], firsts: list[int], starts: list[int],
-                 items: list[dict[str, Any]], texts: list[str]):
-        self.runs = runs  # the prompt's runs of at least one character
+    def __init__(self, runs: list[Run], ends: list[int], kinds: list[Kind], buckets: list[str], firsts: list[int],
+                 starts: list[int], sizes: list[int], items: list[dict[str, Any]], texts: list[str]):
+        self.runs, self.ends = runs, ends  # the prompt's runs; where each ends
         self.kinds, self.buckets = kinds, buckets  # per group: its description and bucket
-        self.firsts, self.starts = firsts, starts  # per group: its first run, its start in the prompt
-        self.total = 0
+        self.firsts, self.starts, self.sizes = firsts, starts, sizes  # per group: its first run, start and size
         self.items, self.texts = items, texts  # the first groups as whole `read` blocks (`_block`), made as needed
 
 
@@ -250,7 +249,7 @@ def _placed(call: CallRecord) -> _Placed:
 def _grouped(prompt: Prompt, agent: str) -> _Groups:
     """The prompt's runs grouped (`_Groups`): those after the runs it shares with the request the
     prompt's memo kept groups for (of the same `agent`) grouped again, the groups before kept."""
-    runs = prompt.runs if all(map(itemgetter(0), prompt.runs)) else [run for run in prompt.runs if run[0]]
+    runs = prompt.runs
     kept = prompt.memo.get((_Groups, agent))
     again = 0  # the first group made again: the last one all of whose runs are shared may go on
     if kept is not None:
@@ -258,24 +257,31 @@ def _grouped(prompt: Prompt, agent: str) -> _Groups:
         again = max(0, bisect.bisect_right(kept.firsts, shared - 1) - 1)
     if again:
         assert kept is not None
-        groups = _Groups(runs, kept.kinds[:again], kept.buckets[:again], kept.firsts[:again], kept.starts[:again],
-                         kept.items[:again], kept.texts[:again])
-        run, position = kept.firsts[again], kept.starts[again]
+        run = kept.firsts[again]
+        groups = _Groups(runs, kept.ends[:run], kept.kinds[:again], kept.buckets[:again], kept.firsts[:again],
+                         kept.starts[:again], kept.sizes[:again], kept.items[:again], kept.texts[:again])
+        position = kept.starts[again]
     else:
-        groups, run, position = _Groups(runs, [], [], [], [], [], []), 0, 0
-    kinds, buckets, firsts, starts = groups.kinds, groups.buckets, groups.firsts, groups.starts
+        groups, run, position = _Groups(runs, [], [], [], [], [], [], [], []), 0, 0
+    ends, kinds, buckets, firsts, starts, sizes = \
+        groups.ends, groups.kinds, groups.buckets, groups.firsts, groups.starts, groups.sizes
     last = (kinds[-1], buckets[-1]) if kinds else None
     for index in range(run, len(runs)):
         size, _, owner = runs[index]
-        key = (describe(owner.bucket, owner.label, owner.part, agent), owner.bucket)
-        if key != last:
-            kinds.append(key[0])
-            buckets.append(owner.bucket)
-            firsts.append(index)
-            starts.append(position)
-            last = key
-        position += size
-    groups.total = position
+        if size:  # (a run of no characters is no block)
+            key = (describe(owner.bucket, owner.label, owner.part, agent), owner.bucket)
+            if key != last:
+                if len(sizes) < len(starts):
+                    sizes.append(position - starts[-1])
+                kinds.append(key[0])
+                buckets.append(owner.bucket)
+                firsts.append(index)
+                starts.append(position)
+                last = key
+            position += size
+        ends.append(position)
+    if len(sizes) < len(starts):
+        sizes.append(position - starts[-1])
     prompt.memo[(_Groups, agent)] = groups
     return groups
 
@@ -298,21 +304,22 @@ def _shared(old: list[Run], new: list[Run]) -> int:
 def _cut(groups: _Groups, breakpoints: list[int], tokens: tuple[int, int, int]) -> _Placed:
     """The groups as blocks with their cache status for `tokens` (read, write, fresh): a group that
     straddles a cache boundary is cut there. List operations only, but for the two cuts."""
-    if not groups.runs:
+    total = groups.ends[-1] if groups.ends else 0
+    if not total:
         return _Placed(groups, [], [], 0, 0, 0)
-    total = groups.total
-    write_end, read_end = boundaries(breakpoints, list(accumulate(map(itemgetter(0), groups.runs))), tokens)
-    kinds, starts, whole = groups.kinds, groups.starts, len(groups.kinds)
+    write_end, read_end = boundaries(breakpoints, groups.ends, tokens)
+    kinds, starts, sizes, whole = groups.kinds, groups.starts, groups.sizes, len(groups.kinds)
     for cut in (read_end, write_end):  # a block that straddles a cache boundary is cut there
         at = bisect.bisect_right(starts, cut) - 1
         if 0 < cut < total and starts[at] != cut:
             if whole == len(groups.kinds):
-                kinds, starts = list(kinds), list(starts)  # the kept groups stay as they are
+                kinds, starts, sizes = list(kinds), list(starts), list(sizes)  # the kept groups stay as they are
             starts.insert(at + 1, cut)
             kinds.insert(at + 1, kinds[at])
+            sizes[at:at + 1] = [cut - starts[at], starts[at] + sizes[at] - cut]
             whole = min(whole, at)
     read, written = bisect.bisect_left(starts, read_end), bisect.bisect_left(starts, write_end)
-    return _Placed(groups, kinds, list(map(sub, [*starts[1:], total], starts)), read, written, whole)
+    return _Placed(groups, kinds, sizes, read, written, whole)
 
 
 def boundaries(breakpoints: list[int], ends: list[int], tokens: tuple[int, int, int]) -> tuple[int, int]:
