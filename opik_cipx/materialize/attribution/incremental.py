@@ -35,6 +35,7 @@ import codecs
 import json
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, NamedTuple
 
 from opik_cipx.materialize.attribution.conversation import Conversation
@@ -459,7 +460,7 @@ def _layout(entry: _Entry) -> Callable[[], Layout]:
         sections = dict(head.sections)
         sections["messages"] = (opened, shift + tail.close)
         sections.update({name: (start + shift, end + shift) for name, (start, end) in tail.layout.sections.items()})
-        breakpoints = [at for part in parts for at in part] + [at + shift for at in tail.layout.breakpoints]
+        breakpoints = [*chain.from_iterable(parts), *(at + shift for at in tail.layout.breakpoints)]
         return Layout(sections, breakpoints, entry.chars_at[1:], head.auto_cache or tail.layout.auto_cache)
 
     return made

@@ -18,7 +18,9 @@ keeps the offsets it was made with (only its size, bucket, label and part count)
 runs (materialize/cipx.py's blocks) is kept there for the next request, which shares most runs.
 """
 
+import bisect
 from collections.abc import Iterable
+from itertools import chain
 from typing import Any, NamedTuple
 
 from opik_cipx.materialize.attribution.model import ENVELOPE, SECTIONS, Layout, Region
@@ -76,8 +78,7 @@ def prompt(parts: Iterable[tuple[list[Region], int]], layout: Layout,
         for index, (by_section, _) in enumerate(stretches):
             section += by_section.get(name, ())
             if name == "messages" and index == 0 and messages is not None:
-                for message in messages:
-                    section += message
+                section += chain.from_iterable(messages)
         runs += _folded(section)
     for _, rest in stretches:
         runs += rest
@@ -141,8 +142,8 @@ def _unit_edges(name: str, start: int, end: int, layout: Layout, cut_messages: b
     `[`, each message (when `cut_messages`), and the rest."""
     if name != "messages" or end - start < 2:
         return [(start, end)]
-    opened = start + 1
-    ends = [at for at in layout.message_ends if opened < at < end]
+    opened, message_ends = start + 1, layout.message_ends  # (in body order: sorted)
+    ends = message_ends[bisect.bisect_right(message_ends, opened):bisect.bisect_left(message_ends, end)]
     last = ends[-1] if ends else opened
     if not cut_messages:
         ends = []
