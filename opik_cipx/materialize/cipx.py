@@ -7,6 +7,9 @@ Pure functions of the call record, never of `metadata.cc`:
   parameters: `attribution.prompt`, each run one region with the envelope around it) with their
   `cache_status`, consecutive runs of one description and status joined (`input_blocks`); then
   one block per content block of the answer (`output_blocks`). `block_json` omits empty fields.
+  The runs are grouped once per conversation where they repeat: the groups are kept in the
+  prompt's memo (docs/ARCHITECTURE.md, "Request reader"), and a request groups again only the
+  runs it does not share with the one before, so its blocks cost Python work only for what is new.
 
 Where cache boundaries fall (docs/OPIK.md, "Cache status"): Anthropic caches the prompt as a prefix,
 tools then system then messages, up to `cache_control` breakpoints. The first `cache_read` tokens'
