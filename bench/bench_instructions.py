@@ -79,9 +79,9 @@ def instructions(tree: Path, measure: str) -> int:
     """Instructions counted in `measure` for `tree` (a child process under callgrind)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
-        subprocess.run(["valgrind", "--tool=callgrind", "--collect-atstart=no", "--toggle-collect=sys_call_tracing",
-                        f"--callgrind-out-file={out}", sys.executable, __file__, "--child", measure, "--tree", str(tree)],
-                       check=True, env=dict(os.environ, PYTHONHASHSEED="0"), stdout=subprocess.DEVNULL,
+        command = ["valgrind", "--tool=callgrind", "--collect-atstart=no", "--toggle-collect=sys_call_tracing",
+                   f"--callgrind-out-file={out}", sys.executable, __file__, "--child", measure, "--tree", str(tree)]
+        subprocess.run(command, check=True, env=dict(os.environ, PYTHONHASHSEED="0"), stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         for line in out.read_text().splitlines():
             if line.startswith(("summary:", "totals:")):
