@@ -24,6 +24,7 @@ import bisect
 import json
 from functools import lru_cache
 from itertools import repeat
+from json.encoder import encode_basestring_ascii
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -118,7 +119,6 @@ class _Placed(NamedTuple):
     whole: int
 
 
-_json = json.JSONEncoder(separators=(",", ":")).encode  # as the spool encodes
 
 
 def metadata(call: CallRecord) -> dict[str, Any]:
@@ -201,13 +201,15 @@ def _block(kind: Kind, side: str, status: str, chars: int) -> tuple[dict[str, An
 @lru_cache(maxsize=4096)
 def _template(kind: Kind, side: str, status: str) -> tuple[dict[str, Any], str, str]:
     """A block of this kind, side and status as JSON with `chars` 0 (copied, never changed), and its
-    text before and after the size."""
+    text before and after the size, as the spool's encoder writes it (member names here need no
+    escaping; values are strings)."""
     head: dict[str, Any] = {"category": kind.category, "side": side}
     if status:
         head["cache_status"] = status
     rest = {name: value for name, value in zip(FIELDS[4:], kind[1:], strict=True) if value}
-    text = _json(head)[:-1] + ',"chars":'
-    return {**head, "chars": 0, **rest}, text, "," + _json(rest)[1:] if rest else "}"
+    text = "{" + ",".join(f'"{name}":{encode_basestring_ascii(value)}' for name, value in head.items())
+    rest_text = "".join(f',"{name}":{encode_basestring_ascii(value)}' for name, value in rest.items())
+    return {**head, "chars": 0, **rest}, text + ',"chars":', rest_text + "}"
 
 
 def blocks(call: CallRecord) -> list[Block]:
