@@ -260,12 +260,13 @@ def _grouped(prompt: Prompt, agent: str) -> _Groups:
     if kept is not None:
         shared = _shared(kept.runs, runs)
         again = max(0, bisect.bisect_right(kept.firsts, shared - 1) - 1)
-    if again:
+    if again:  # the kept groups cut back in place (only the memo holds them)
         assert kept is not None
-        run = kept.firsts[again]
-        groups = _Groups(runs, kept.ends[:run], kept.kinds[:again], kept.buckets[:again], kept.firsts[:again],
-                         kept.starts[:again], kept.sizes[:again], kept.items[:again], kept.texts[:again])
-        position = kept.starts[again]
+        groups, run, position = kept, kept.firsts[again], kept.starts[again]
+        for column in (kept.kinds, kept.buckets, kept.firsts, kept.starts, kept.sizes, kept.items, kept.texts):
+            del column[again:]
+        del kept.ends[run:]
+        kept.runs = runs
     else:
         groups, run, position = _Groups(runs, [], [], [], [], [], [], [], []), 0, 0
     ends, kinds, buckets, firsts, starts, sizes = \
