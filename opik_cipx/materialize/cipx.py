@@ -119,8 +119,6 @@ class _Placed(NamedTuple):
     whole: int
 
 
-
-
 def metadata(call: CallRecord) -> dict[str, Any]:
     """`metadata.cipx` of the call's llm span."""
     return {"call": call_section(call), "blocks": _blocks_encoded(call)}
@@ -172,7 +170,7 @@ def input_json(prompt: Prompt, tokens: tuple[int, int, int], agent: str = "") ->
     return Encoded(items, f"[{','.join(texts)}]")
 
 
-def _input_json(placed: "_Placed") -> tuple[list[dict[str, Any]], list[str]]:
+def _input_json(placed: _Placed) -> tuple[list[dict[str, Any]], list[str]]:
     """The request's blocks as JSON objects and texts: the leading `read` blocks that are whole groups
     from the groups kept for the conversation (`_Groups.items`, made once per group), the rest block
     by block (`_block`)."""
