@@ -7,6 +7,9 @@ Pure functions of the call record, never of `metadata.cc`:
   parameters: `attribution.prompt`, each run one region with the envelope around it) with their
   `cache_status`, consecutive runs of one description and status joined (`input_blocks`); then
   one block per content block of the answer (`output_blocks`). `block_json` omits empty fields.
+  The runs are grouped once per conversation where they repeat: the groups are kept in the
+  prompt's memo (docs/ARCHITECTURE.md, "Request reader"), and a request groups again only the
+  runs it does not share with the one before, so its blocks cost Python work only for what is new.
 
 Where cache boundaries fall (docs/OPIK.md, "Cache status"): Anthropic caches the prompt as a prefix,
 tools then system then messages, up to `cache_control` breakpoints. The first `cache_read` tokens'
@@ -19,10 +22,10 @@ gives every tier's tokens back to blocks.
 
 import bisect
 import json
-from collections.abc import Iterable
 from functools import lru_cache
-from itertools import accumulate, compress
-from operator import itemgetter, ne, sub
+from itertools import repeat
+from json.encoder import encode_basestring_ascii
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from opik_cipx.materialize.attribution.model import (
@@ -41,7 +44,7 @@ from opik_cipx.materialize.attribution.model import (
     USER_PROMPT,
     Part,
 )
-from opik_cipx.materialize.attribution.prompt import Prompt
+from opik_cipx.materialize.attribution.prompt import Prompt, Run
 from opik_cipx.materialize.attribution.tools import mcp_tool
 from opik_cipx.materialize.call import CallRecord
 from opik_cipx.materialize.pricing import count
@@ -88,13 +91,37 @@ class Kind(NamedTuple):
     sha256: str = ""
 
 
-Columns = tuple[list[Kind], list[str], list[str], list[int]]  # per block: kind, side, cache status, chars
-_json = json.JSONEncoder(separators=(",", ":")).encode  # as the spool encodes
+class _Groups:
+    """A prompt's runs grouped into blocks before cache boundaries cut them: consecutive runs of one
+    description and bucket. Kept in the prompt's memo for the conversation's next request, which
+    groups again only the runs after those the two share (`_grouped`), with the JSON of the first
+    groups as whole `read` blocks (what a growing session's next call reads from the cache)."""
+
+    __slots__ = ("runs", "ends", "kinds", "buckets", "firsts", "starts", "sizes", "items", "texts")
+
+    def __init__(self, runs: list[Run], ends: list[int], kinds: list[Kind], buckets: list[str], firsts: list[int],
+                 starts: list[int], sizes: list[int], items: list[dict[str, Any]], texts: list[str]):
+        self.runs, self.ends = runs, ends  # the prompt's runs; where each ends
+        self.kinds, self.buckets = kinds, buckets  # per group: its description and bucket
+        self.firsts, self.starts, self.sizes = firsts, starts, sizes  # per group: its first run, start and size
+        self.items, self.texts = items, texts  # the first groups as whole `read` blocks (`_block`), made as needed
+
+
+class _Placed(NamedTuple):
+    """The request's blocks: the groups cut at the cache boundaries. Blocks [0, `read`) were read,
+    [`read`, `written`) written, the rest fresh; blocks [0, `whole`) are groups no cut changed."""
+
+    groups: _Groups
+    kinds: list[Kind]
+    sizes: list[int]
+    read: int
+    written: int
+    whole: int
 
 
 def metadata(call: CallRecord) -> dict[str, Any]:
     """`metadata.cipx` of the call's llm span."""
-    return {"call": call_section(call), "blocks": blocks_json(*_columns(call))}
+    return {"call": call_section(call), "blocks": _blocks_encoded(call)}
 
 
 def call_section(call: CallRecord) -> dict[str, Any]:
@@ -127,12 +154,39 @@ def block_json(block: Block) -> dict[str, Any]:
     return item
 
 
-def blocks_json(kinds: list[Kind], sides: Iterable[str], statuses: Iterable[str], sizes: list[int]) -> Encoded:
-    """Blocks given as columns, as `metadata.cipx.blocks`: JSON objects (`block_json`) with the text
-    the spool writes as it is. A session's next call repeats most blocks of the one before, so each
-    block's object and text are kept (`_block`)."""
-    made = list(map(_block, kinds, sides, statuses, sizes))
-    return Encoded(list(map(itemgetter(0), made)), f"[{','.join(map(itemgetter(1), made))}]")
+def _blocks_encoded(call: CallRecord) -> Encoded:
+    """`metadata.cipx.blocks`: JSON objects (`block_json`) with the text the spool writes as it is."""
+    items, texts = _input_json(_placed(call))
+    made = [_block(Kind(block.category, *block[4:]), block.side, block.cache_status, block.chars)
+            for block in output_blocks(call.response.content, call.usage)]
+    items += map(itemgetter(0), made)
+    texts += map(itemgetter(1), made)
+    return Encoded(items, f"[{','.join(texts)}]")
+
+
+def input_json(prompt: Prompt, tokens: tuple[int, int, int], agent: str = "") -> Encoded:
+    """`input_blocks` as JSON objects (`block_json`) with their text, as `metadata.cipx.blocks` has them."""
+    items, texts = _input_json(_cut(_grouped(prompt, agent), prompt.breakpoints, tokens))
+    return Encoded(items, f"[{','.join(texts)}]")
+
+
+def _input_json(placed: _Placed) -> tuple[list[dict[str, Any]], list[str]]:
+    """The request's blocks as JSON objects and texts: the leading `read` blocks that are whole groups
+    from the groups kept for the conversation (`_Groups.items`, made once per group), the rest block
+    by block (`_block`)."""
+    groups, kinds, sizes, read, written = placed.groups, placed.kinds, placed.sizes, placed.read, placed.written
+    kept = min(read, placed.whole)
+    if len(groups.items) < kept:
+        made = list(map(_block, kinds[len(groups.items):kept], repeat("input"), repeat(READ),
+                        sizes[len(groups.items):kept]))
+        groups.items += map(itemgetter(0), made)
+        groups.texts += map(itemgetter(1), made)
+    statuses = [READ] * (read - kept) + [WRITE] * (written - read) + [FRESH] * (len(kinds) - written)
+    made = list(map(_block, kinds[kept:], repeat("input"), statuses, sizes[kept:]))
+    items, texts = groups.items[:kept], groups.texts[:kept]
+    items += map(itemgetter(0), made)
+    texts += map(itemgetter(1), made)
+    return items, texts
 
 
 @lru_cache(maxsize=8192)
@@ -145,31 +199,21 @@ def _block(kind: Kind, side: str, status: str, chars: int) -> tuple[dict[str, An
 @lru_cache(maxsize=4096)
 def _template(kind: Kind, side: str, status: str) -> tuple[dict[str, Any], str, str]:
     """A block of this kind, side and status as JSON with `chars` 0 (copied, never changed), and its
-    text before and after the size."""
+    text before and after the size, as the spool's encoder writes it (member names here need no
+    escaping; values are strings)."""
     head: dict[str, Any] = {"category": kind.category, "side": side}
     if status:
         head["cache_status"] = status
     rest = {name: value for name, value in zip(FIELDS[4:], kind[1:], strict=True) if value}
-    text = _json(head)[:-1] + ',"chars":'
-    return {**head, "chars": 0, **rest}, text, "," + _json(rest)[1:] if rest else "}"
+    text = "{" + ",".join(f'"{name}":{encode_basestring_ascii(value)}' for name, value in head.items())
+    rest_text = "".join(f',"{name}":{encode_basestring_ascii(value)}' for name, value in rest.items())
+    return {**head, "chars": 0, **rest}, text + ',"chars":', rest_text + "}"
 
 
 def blocks(call: CallRecord) -> list[Block]:
     """The call's blocks: the request's, in prompt order, then the answer's."""
-    return [Block(kind.category, side, status, chars, *kind[1:]) for kind, side, status, chars in
-            zip(*_columns(call), strict=True)]
-
-
-def _columns(call: CallRecord) -> Columns:
-    agent = call.agent.subagent_type if call.agent is not None else None
-    kinds, statuses, sizes = _input_runs(call.attribution.prompt, tier_tokens(call.usage), agent or "")
-    sides = ["input"] * len(kinds)
-    for block in output_blocks(call.response.content, call.usage):
-        kinds.append(Kind(block.category, *block[4:]))
-        sides.append(block.side)
-        statuses.append(block.cache_status)
-        sizes.append(block.chars)
-    return kinds, sides, statuses, sizes
+    placed = _placed(call)
+    return [*_input(placed), *output_blocks(call.response.content, call.usage)]
 
 
 def tier_tokens(usage: Usage | None) -> tuple[int, int, int]:
@@ -189,32 +233,97 @@ def input_blocks(prompt: Prompt, tokens: tuple[int, int, int], agent: str = "") 
     for `tokens` (read, write, fresh), consecutive runs of one description, bucket and status
     joined; a run that straddles a cache boundary is cut there. `agent`: the subagent type that
     names a custom agent's definition."""
-    kinds, statuses, sizes = _input_runs(prompt, tokens, agent)
+    return _input(_cut(_grouped(prompt, agent), prompt.breakpoints, tokens))
+
+
+def _input(placed: _Placed) -> list[Block]:
+    statuses = [READ] * placed.read + [WRITE] * (placed.written - placed.read) + [FRESH] * (len(placed.kinds) -
+                                                                                         placed.written)
     return [Block(kind.category, "input", status, chars, *kind[1:]) for kind, status, chars in
-            zip(kinds, statuses, sizes, strict=True)]
+            zip(placed.kinds, statuses, placed.sizes, strict=True)]
 
 
-def _input_runs(prompt: Prompt, tokens: tuple[int, int, int], agent: str) -> tuple[list[Kind], list[str], list[int]]:
-    """`input_blocks` as three lists: each block's kind, cache status and size. Per run, only its
-    description is looked up in Python; grouping, cutting and sizes are list operations."""
-    runs = prompt.runs if all(map(itemgetter(0), prompt.runs)) else [run for run in prompt.runs if run[0]]
-    if not runs:
-        return [], [], []
-    ends = list(accumulate(map(itemgetter(0), runs)))
-    total = ends[-1]
-    write_end, read_end = boundaries(prompt.breakpoints, ends, tokens)
-    keys = [(describe(owner.bucket, owner.label, owner.part, agent), owner.bucket) for _, _, owner in runs]
-    firsts = [0, *compress(range(1, len(keys)), map(ne, keys[1:], keys))]  # each block's first run
-    kinds = [keys[index][0] for index in firsts]
-    starts = list(map([0, *ends[:-1]].__getitem__, firsts))  # where each block starts
+def _placed(call: CallRecord) -> _Placed:
+    agent = call.agent.subagent_type if call.agent is not None else None
+    prompt = call.attribution.prompt
+    return _cut(_grouped(prompt, agent or ""), prompt.breakpoints, tier_tokens(call.usage))
+
+
+def _grouped(prompt: Prompt, agent: str) -> _Groups:
+    """The prompt's runs grouped (`_Groups`): those after the runs it shares with the request the
+    prompt's memo kept groups for (of the same `agent`) grouped again, the groups before kept."""
+    runs = prompt.runs
+    kept = prompt.memo.get((_Groups, agent))
+    again = 0  # the first group made again: the last one all of whose runs are shared may go on
+    if kept is not None:
+        shared = _shared(kept.runs, runs)
+        again = max(0, bisect.bisect_right(kept.firsts, shared - 1) - 1)
+    if again:  # the kept groups cut back in place (only the memo holds them)
+        assert kept is not None
+        groups, run, position = kept, kept.firsts[again], kept.starts[again]
+        for column in (kept.kinds, kept.buckets, kept.firsts, kept.starts, kept.sizes, kept.items, kept.texts):
+            del column[again:]
+        del kept.ends[run:]
+        kept.runs = runs
+    else:
+        groups, run, position = _Groups(runs, [], [], [], [], [], [], [], []), 0, 0
+    ends, kinds, buckets, firsts, starts, sizes = \
+        groups.ends, groups.kinds, groups.buckets, groups.firsts, groups.starts, groups.sizes
+    last = (kinds[-1], buckets[-1]) if kinds else None
+    for index in range(run, len(runs)):
+        size, _, owner = runs[index]
+        if size:  # (a run of no characters is no block)
+            key = (describe(owner.bucket, owner.label, owner.part, agent), owner.bucket)
+            if key != last:
+                if len(sizes) < len(starts):
+                    sizes.append(position - starts[-1])
+                kinds.append(key[0])
+                buckets.append(owner.bucket)
+                firsts.append(index)
+                starts.append(position)
+                last = key
+            position += size
+        ends.append(position)
+    if len(sizes) < len(starts):
+        sizes.append(position - starts[-1])
+    prompt.memo[(_Groups, agent)] = groups
+    return groups
+
+
+def _shared(old: list[Run], new: list[Run]) -> int:
+    """How many leading runs two prompts share (slices compared in C, halving the range)."""
+    high = min(len(old), len(new))
+    if old[:high] == new[:high]:
+        return high
+    low = 0  # old[:low] == new[:low] and old[:high] != new[:high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        if old[low:middle] == new[low:middle]:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def _cut(groups: _Groups, breakpoints: list[int], tokens: tuple[int, int, int]) -> _Placed:
+    """The groups as blocks with their cache status for `tokens` (read, write, fresh): a group that
+    straddles a cache boundary is cut there. List operations only, but for the two cuts."""
+    total = groups.ends[-1] if groups.ends else 0
+    if not total:
+        return _Placed(groups, [], [], 0, 0, 0)
+    write_end, read_end = boundaries(breakpoints, groups.ends, tokens)
+    kinds, starts, sizes, whole = groups.kinds, groups.starts, groups.sizes, len(groups.kinds)
     for cut in (read_end, write_end):  # a block that straddles a cache boundary is cut there
         at = bisect.bisect_right(starts, cut) - 1
         if 0 < cut < total and starts[at] != cut:
+            if whole == len(groups.kinds):
+                kinds, starts, sizes = list(kinds), list(starts), list(sizes)  # the kept groups stay as they are
             starts.insert(at + 1, cut)
             kinds.insert(at + 1, kinds[at])
+            sizes[at:at + 1] = [cut - starts[at], starts[at] + sizes[at] - cut]
+            whole = min(whole, at)
     read, written = bisect.bisect_left(starts, read_end), bisect.bisect_left(starts, write_end)
-    statuses = [READ] * read + [WRITE] * (written - read) + [FRESH] * (len(starts) - written)
-    return kinds, statuses, list(map(sub, [*starts[1:], total], starts))
+    return _Placed(groups, kinds, sizes, read, written, whole)
 
 
 def boundaries(breakpoints: list[int], ends: list[int], tokens: tuple[int, int, int]) -> tuple[int, int]:

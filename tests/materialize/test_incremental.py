@@ -1,5 +1,6 @@
 """RequestReader: reading a conversation's requests incrementally gives exactly what reading each
-from scratch gives (parsed body, regions, buckets, by_label, facts), and walks only what is new."""
+from scratch gives (parsed body, regions, buckets, by_label, facts, and the blocks of
+`metadata.cipx` made from the prompt the conversation's memo carries), and walks only what is new."""
 
 import copy
 import json
@@ -8,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from opik_cipx.materialize import cipx
 from opik_cipx.materialize.attribution import categorize, incremental
 from opik_cipx.materialize.attribution.incremental import RequestReader, parse_body
 from tests.claude_code_corpus import SCENARIOS, body_bytes, body_json, messages_requests, request
@@ -37,6 +39,21 @@ def assert_same(reader: RequestReader, key, body: bytes) -> None:
     assert result.layout == want.layout
     assert described(result.prompt.runs) == described(want.prompt.runs)
     assert result.prompt.breakpoints == want.prompt.breakpoints
+    assert_same_blocks(result.prompt, want.prompt)
+
+
+def assert_same_blocks(kept, scratch) -> None:
+    """The blocks of a prompt whose memo holds the conversation's earlier requests' (cipx keeps the
+    groups of the runs shared and their JSON) are those of the same prompt made from scratch,
+    whatever the cache boundaries: mostly read, all written, nothing cached, a boundary mid-prompt."""
+    total = sum(chars for chars, _, _ in scratch.runs)
+    for tokens in ((total * 6 // 10, total * 3 // 10, total // 10), (0, total, 1), (0, 0, 5), (total // 2, 0, total),
+                   (total - 2, 1, 1)):
+        want = cipx.input_json(scratch._replace(memo={}), tokens)
+        got = cipx.input_json(kept, tokens)
+        assert got.text == want.text
+        assert got == want == json.loads(want.text)
+        assert want == [cipx.block_json(block) for block in cipx.input_blocks(scratch._replace(memo={}), tokens)]
 
 
 def described(runs: list) -> list:

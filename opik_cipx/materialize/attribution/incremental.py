@@ -35,6 +35,7 @@ import codecs
 import json
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, NamedTuple
 
 from opik_cipx.materialize.attribution.conversation import Conversation
@@ -118,6 +119,7 @@ class _Entry:
     runs: list[list[Run]]  # [i]: message i's runs in the prompt (attribution/prompt.py)
     head_layout: Layout  # sections of the head
     states: dict[int, _State]  # by message boundary
+    memo: dict[Any, Any]  # the conversation's prompt memo (attribution/prompt.py), from its first request on
     tail: _Tail | None = None  # set once the walk reached it
     tail_chars_at: int = 0  # character offset of the tail
 
@@ -257,13 +259,14 @@ def _read(key: Hashable, body: bytes, previous: tuple[_Entry, int] | None,
     if previous is None:
         walk, head, head_regions, head_layout, head_bytes, head_chars = _head(body)
         entry = _Entry(key, body, [head_bytes], [head_chars], head, [], [head_regions], [head_layout.breakpoints],
-                       [], head_layout, {0: walk.keep()})
+                       [], head_layout, {0: walk.keep()}, {})
     else:
         old, shared = previous
         start = max(count for count in old.states if count <= shared)
         entry = _Entry(key, body, old.bytes_at[: start + 1], old.chars_at[: start + 1], old.head,
                        old.messages[:start], old.regions[: start + 1], old.breakpoints[: start + 1], old.runs[:start],
-                       old.head_layout, {count: state for count, state in old.states.items() if count <= start})
+                       old.head_layout, {count: state for count, state in old.states.items() if count <= start},
+                       old.memo)
         walk = _Walk(old.states[start])
     tail_at = _messages(entry, walk, pause)
     entry.tail = _tail(body, tail_at, walk, old.tail if old is not None else None)
@@ -438,11 +441,11 @@ def _regions(entry: _Entry) -> Callable[[], list[Region]]:
 def _prompt(entry: _Entry) -> Callable[[Layout], Prompt]:
     """The body in prompt order, made when first asked for: the head's and tail's regions cut into
     units, the messages' runs as kept."""
-    head, tail, shift, runs = entry.regions[0], entry.tail, entry.tail_chars_at, entry.runs
+    head, tail, shift, runs, memo = entry.regions[0], entry.tail, entry.tail_chars_at, entry.runs, entry.memo
     assert tail is not None  # the walk reached it
 
     def made(layout: Layout) -> Prompt:
-        return prompt(((head, 0), (tail.regions, shift)), layout, runs)
+        return prompt(((head, 0), (tail.regions, shift)), layout, runs, memo)
 
     return made
 
@@ -457,7 +460,7 @@ def _layout(entry: _Entry) -> Callable[[], Layout]:
         sections = dict(head.sections)
         sections["messages"] = (opened, shift + tail.close)
         sections.update({name: (start + shift, end + shift) for name, (start, end) in tail.layout.sections.items()})
-        breakpoints = [at for part in parts for at in part] + [at + shift for at in tail.layout.breakpoints]
+        breakpoints = [*chain.from_iterable(parts), *(at + shift for at in tail.layout.breakpoints)]
         return Layout(sections, breakpoints, entry.chars_at[1:], head.auto_cache or tail.layout.auto_cache)
 
     return made

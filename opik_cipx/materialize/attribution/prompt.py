@@ -13,11 +13,15 @@ each region a run of its own.
 
 Pure; `prompt(parts, layout)` for a whole body, and `owned(regions)` for one unit: the request
 reader keeps each message's runs, so a request costs runs only for what is new. A run's region
-keeps the offsets it was made with (only its size, bucket, label and part count).
+keeps the offsets it was made with (only its size, bucket, label and part count). A prompt's
+`memo` is kept across a conversation's requests by the request reader: what is derived from the
+runs (materialize/cipx.py's blocks) is kept there for the next request, which shares most runs.
 """
 
+import bisect
 from collections.abc import Iterable
-from typing import NamedTuple
+from itertools import chain
+from typing import Any, NamedTuple
 
 from opik_cipx.materialize.attribution.model import ENVELOPE, SECTIONS, Layout, Region
 
@@ -26,10 +30,13 @@ Run = tuple[int, int, Region]  # (chars, envelope chars among them, the region t
 
 class Prompt(NamedTuple):
     """Every character of a request in prompt order, and where its cache breakpoints end (prompt
-    positions, sorted; a top-level `cache_control` puts one at the end of the messages)."""
+    positions, sorted; a top-level `cache_control` puts one at the end of the messages). `memo`:
+    the conversation's, shared with its earlier and later requests (never changes a result: what
+    is kept there is checked against the runs before it is used)."""
 
     runs: list[Run]
     breakpoints: list[int]
+    memo: dict[Any, Any]
 
 
 def owned(regions: Iterable[Region]) -> list[Run]:
@@ -53,42 +60,68 @@ def owned(regions: Iterable[Region]) -> list[Run]:
     return out
 
 
-def prompt(parts: Iterable[tuple[Iterable[Region], int]], layout: Layout,
-           messages: list[list[Run]] | None = None) -> Prompt:
+def prompt(parts: Iterable[tuple[list[Region], int]], layout: Layout,
+           messages: list[list[Run]] | None = None, memo: dict[Any, Any] | None = None) -> Prompt:
     """The prompt of a body given as `parts`: (regions, the shift that makes their offsets body
-    offsets), in body order, together sorted and contiguous; `layout` in body offsets. `messages`:
-    the runs of each message, already made (the request reader's); `parts` then leave them out."""
+    offsets), in body order, together sorted and contiguous, a unit lying within one part; `layout`
+    in body offsets. `messages`: the runs of each message, already made (the request reader's);
+    `parts` then leave them out (the first part ends with the `[` of `messages`). `memo`: the
+    conversation's (a new one when not given), where each part's runs are kept (`_stretch`)."""
     sections = layout.sections
     edges = {name: _unit_edges(name, start, end, layout, messages is None) for name, (start, end) in sections.items()}
     cuts = sorted((start, end, name) for name, units in edges.items() for start, end in units)
-    units: dict[tuple[int, int], list[Region]] = {(start, end): [] for start, end, _ in cuts}
-    rest: list[Run] = []
-    at = 0
-    for regions, shift in parts:
-        for region in regions:
-            start, region_end = region.start + shift, region.end + shift
-            while start < region_end:
-                while at < len(cuts) and cuts[at][1] <= start:
-                    at += 1
-                inside = at < len(cuts) and cuts[at][0] <= start
-                stop = min(region_end, cuts[at][1] if inside else cuts[at][0] if at < len(cuts) else region_end)
-                piece = region if (start, stop) == (region.start + shift, region_end) else \
-                    Region(start, stop, region.bucket, region.label, region.part)
-                if inside:
-                    units[cuts[at][:2]].append(piece)
-                else:
-                    rest.append((stop - start, stop - start if region.bucket == ENVELOPE else 0, region))
-                start = stop
+    memo = {} if memo is None else memo
+    stretches = [_stretch(regions, shift, cuts, memo, index) for index, (regions, shift) in enumerate(parts)]
     runs: list[Run] = []
     for name in SECTIONS:
         section: list[Run] = []
-        for index, unit in enumerate(edges.get(name, ())):
-            section += owned(units[unit])
+        for index, (by_section, _) in enumerate(stretches):
+            section += by_section.get(name, ())
             if name == "messages" and index == 0 and messages is not None:
-                for message in messages:
-                    section += message
+                section += chain.from_iterable(messages)
         runs += _folded(section)
-    return Prompt(runs + rest, _breakpoints(layout))
+    for _, rest in stretches:
+        runs += rest
+    return Prompt(runs, _breakpoints(layout), memo)
+
+
+Stretch = tuple[dict[str, list[Run]], list[Run]]  # a part's runs: of its units, by section, in order; and the rest
+
+
+def _stretch(regions: list[Region], shift: int, cuts: list[tuple[int, int, str]], memo: dict[Any, Any],
+             index: int) -> Stretch:
+    """The runs of the `index`th part, `regions` shifted by `shift`, cut at the units `cuts` (body
+    offsets, sorted): kept in `memo` with the regions and the cuts relative to the part, and used
+    again for a part of the same regions and relative cuts (a request's head and tail repeat)."""
+    if not regions:
+        return {}, []
+    low, high = regions[0].start + shift, regions[-1].end + shift
+    mine = [(start - shift, end - shift, name) for start, end, name in cuts if start < high and end > low]
+    kept = memo.get((_stretch, index))
+    if kept is not None and kept[1] == mine and kept[0] == regions:
+        return kept[2]
+    units: dict[tuple[int, int], list[Region]] = {(start, end): [] for start, end, _ in mine}
+    rest: list[Run] = []
+    at = 0
+    for region in regions:
+        start, region_end = region.start, region.end
+        while start < region_end:
+            while at < len(mine) and mine[at][1] <= start:
+                at += 1
+            inside = at < len(mine) and mine[at][0] <= start
+            stop = min(region_end, mine[at][1] if inside else mine[at][0] if at < len(mine) else region_end)
+            piece = region if (start, stop) == (region.start, region_end) else \
+                Region(start, stop, region.bucket, region.label, region.part)
+            if inside:
+                units[mine[at][:2]].append(piece)
+            else:
+                rest.append((stop - start, stop - start if region.bucket == ENVELOPE else 0, region))
+            start = stop
+    by_section: dict[str, list[Run]] = {}
+    for start, end, name in mine:
+        by_section.setdefault(name, []).extend(owned(units[start, end]))
+    memo[(_stretch, index)] = (regions, mine, (by_section, rest))
+    return by_section, rest
 
 
 def _folded(section: list[Run]) -> list[Run]:
@@ -109,8 +142,8 @@ def _unit_edges(name: str, start: int, end: int, layout: Layout, cut_messages: b
     `[`, each message (when `cut_messages`), and the rest."""
     if name != "messages" or end - start < 2:
         return [(start, end)]
-    opened = start + 1
-    ends = [at for at in layout.message_ends if opened < at < end]
+    opened, message_ends = start + 1, layout.message_ends  # (in body order: sorted)
+    ends = message_ends[bisect.bisect_right(message_ends, opened):bisect.bisect_left(message_ends, end)]
     last = ends[-1] if ends else opened
     if not cut_messages:
         ends = []
