@@ -1,6 +1,7 @@
 """`tests/in_process.py`: a command run in the test's process answers as its subprocess does, and
 what it would leave in a long-lived process fails the call."""
 
+import gc
 import io
 import json
 import logging
@@ -105,3 +106,17 @@ def test_a_warning_the_package_logs_goes_to_the_commands_stderr_as_in_a_fresh_in
         logging.getLogger("opik_cipx").removeHandler(stray)
     assert (result.returncode, result.stderr) == (0, "ledger: 1 call(s) clamped\n")
     assert stray.stream.getvalue() == ""
+
+
+def test_objects_frozen_by_the_command_fail_the_call(home, monkeypatch):
+    def freezes(args, settings):
+        gc.freeze()
+        return 0
+
+    monkeypatch.setattr(config_command, "run", freezes)
+    try:
+        with pytest.raises(AssertionError, match="frozen objects"):
+            run_command(home, "config", "--example")
+    finally:
+        gc.unfreeze()
+        gc.freeze()  # frozen again, as the suite leaves what it collected (tests/conftest.py)
