@@ -98,6 +98,7 @@ from opik_cipx.ids import is_uuid7
 from tests.cost_intelligence import Received
 from tests.json_schema import opik_schema
 from tests.opik_schema import batch_problems, blank, problems
+from tests.ports import ReservedPort
 from tests.quiet_server import QuietThreadingHTTPServer
 
 API_KEY = "test-api-key"
@@ -329,6 +330,7 @@ class FakeOpik:
         self._script: deque[Answer] = deque()
         self._server: _Server | None = None
         self._stopping = threading.Event()
+        self._held: ReservedPort | None = None
         self.port = 0
 
     @property
@@ -353,12 +355,19 @@ class FakeOpik:
 
     def __exit__(self, *exc) -> None:
         self.down()
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
     def up(self) -> None:
-        """Listen (again, on the same port after `down`)."""
+        """Listen (again, on the same port after `down`). The port stays held from the first `up` to
+        the end of the `with` block: while down, a connection is refused, never answered by another
+        test's server that was given the freed port."""
+        if self._held is None:
+            self._held = ReservedPort()
+            self.port = self._held.port
         handler = type("Handler", (_Handler,), {"fake": self})
         self._server = _Server(("127.0.0.1", self.port), handler)
-        self.port = self._server.server_address[1]
         self._stopping = threading.Event()
         threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
 

@@ -328,21 +328,20 @@ def test_a_slow_opik_may_store_late_what_the_client_gave_up_on(opik):
 
 
 def test_going_down_drops_a_held_request_unanswered():
-    fake = FakeOpik()
-    fake.up()
-    fake.slow = Slow(above=0, delay_s=60.0, stored=True)
-    outcome: list = []
+    with FakeOpik() as fake:
+        fake.slow = Slow(above=0, delay_s=60.0, stored=True)
+        outcome: list = []
 
-    def call() -> None:
-        try:
-            outcome.append(send(fake, "POST", "/v1/private/spans/batch", {"spans": [span(S1)]}, timeout=30))
-        except (OSError, urllib.error.URLError) as exc:
-            outcome.append(exc)
+        def call() -> None:
+            try:
+                outcome.append(send(fake, "POST", "/v1/private/spans/batch", {"spans": [span(S1)]}, timeout=30))
+            except (OSError, urllib.error.URLError) as exc:
+                outcome.append(exc)
 
-    thread = threading.Thread(target=call)
-    thread.start()
-    wait_for(lambda: fake.held == 1, what="the request held")
-    fake.down()
-    thread.join(timeout=20)
-    assert not thread.is_alive() and isinstance(outcome[0], Exception)
-    assert fake.requests == [] and not fake.spans and fake.held == 0
+        thread = threading.Thread(target=call)
+        thread.start()
+        wait_for(lambda: fake.held == 1, what="the request held")
+        fake.down()
+        thread.join(timeout=20)
+        assert not thread.is_alive() and isinstance(outcome[0], Exception)
+        assert fake.requests == [] and not fake.spans and fake.held == 0
