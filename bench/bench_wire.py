@@ -252,8 +252,11 @@ def start_background(tmp: Path, target_file: Path, interval_ms: float, cold: boo
 
 
 def point_background(target_file: Path, target: Target, interval_ms: float) -> None:
-    """Send the background calls through `target` from now on (after the call in flight)."""
-    target_file.write_text(f"{target.port} {int(target.tls)}")
+    """Send the background calls through `target` from now on (after the call in flight). The file
+    is replaced whole: the sender, reading it before every call, never sees it half written."""
+    fresh = target_file.with_name(target_file.name + ".new")
+    fresh.write_text(f"{target.port} {int(target.tls)}")
+    fresh.replace(target_file)
     time.sleep(3 * interval_ms / 1000)
 
 
