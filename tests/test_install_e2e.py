@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from opik_cipx import __version__
 from opik_cipx.control.claude_settings import MANAGED_MARKER
 from tests.conftest import REPO, wait_for
 from tests.lifecycle_helpers import SESSION_START, Machine, install_prebuilt, install_sh, wait_gone
@@ -152,10 +153,10 @@ def test_restart_and_sync_pick_up_a_new_pyz(installed, tmp_path):
     wait_gone(first["pid"])
     assert m.stats()["version"] == "9.0.1"
 
-    assert installed.install(str(build_variant(tmp_path, "9.0.2"))).returncode == 0
+    assert installed.install(str(installed.built)).returncode == 0  # another again: this tree's own version
     synced = installed("sync", input=SESSION_START.read_text())
     assert synced.returncode == 0 and "executable changed" in synced.stderr
-    assert m.state()["version"] == "9.0.2" and m.state()["pid"] != second["pid"]
+    assert m.state()["version"] == __version__ != "9.0.1" and m.state()["pid"] != second["pid"]
     assert m.base_url() == f"http://127.0.0.1:{m.port}"
 
 

@@ -3,7 +3,8 @@ user's own, run as Claude Code runs them (`/bin/sh -c`, the hook's JSON on stdin
 the plugin when it is enabled, and gone, the user's settings exactly as before, after `uninstall`.
 
 Each install is what bare `./install.sh` does (install, then `sync`), with the executable built once
-for the run (`install_prebuilt`): these tests are about the hooks, not the build.
+for the run (`install_prebuilt`), or `./install.sh PYZ` alone where no daemon is needed: these tests
+are about the hooks, not the build.
 """
 
 import json
@@ -13,7 +14,7 @@ import zipfile
 
 from opik_cipx.control.claude_settings import MANAGED_MARKER, PLUGIN_ID
 from tests.conftest import REPO
-from tests.lifecycle_helpers import SESSION_START, Machine, install_prebuilt
+from tests.lifecycle_helpers import SESSION_START, Machine, install_prebuilt, install_sh
 
 LAUNCHER = REPO / "scripts" / "opik-cipx-hook-launcher"
 USER_GROUPS = {
@@ -88,7 +89,7 @@ def test_install_sh_adds_the_hooks_once_they_run_sync_and_uninstall_restores_the
 def test_what_was_made_for_the_hooks_goes_with_them_and_what_the_user_had_stays(machine_with_upstream, built_pyz):
     m = machine_with_upstream
     original = write_settings(m, {"model": "opus", "hooks": {"SessionStart": []}})  # an empty list of theirs
-    assert install_prebuilt(m, built_pyz).returncode == 0
+    assert install_sh(m, str(built_pyz)).returncode == 0  # the hooks are install's: no daemon needed
     assert (m.claude_dir / "hooks" / "opik-cipx-hook-launcher").is_file()
     assert m.cli("uninstall", "--yes").returncode == 0
     assert sorted(p.name for p in m.claude_dir.iterdir()) == ["settings.json"]

@@ -91,15 +91,20 @@ def test_cipx_home_this_user_cannot_read(other_user):
         home.mkdir(mode=0o700)  # root's, private
         env = {k: v for k, v in cli_env(home).items() if k in ("CIPX_HOME", "PYTHONPATH")}
         env["HOME"] = str(parent)
-        for command in (["status"], ["purge", "--yes"], ["uninstall", "--yes"]):
-            code = (f"import os, subprocess, sys; os.environ.update({env!r}); "
-                    f"r = subprocess.run([sys.executable, '-m', 'opik_cipx', *{command!r}], capture_output=True, "
-                    "text=True, cwd='/'); print(r.returncode); sys.stderr.write(r.stderr)")
-            result = other_user(code)
-            assert result.stdout.strip() == "1", (command, result.stdout, result.stderr)
-            lines = result.stderr.strip().splitlines()
-            assert lines == [f"opik-cipx: CIPX_HOME {home} cannot be read by this user; "
-                             f"fix its owner or permissions (chmod 700 {home})"], result.stderr
+        commands = [["status"], ["purge", "--yes"], ["uninstall", "--yes"]]
+        # Each command in a process of its own, started by one of that user's; their compiled modules
+        # in a cache that user can write (the suite's is root's: each would compile the stdlib again).
+        code = (f"import json, os, shutil, subprocess, sys, tempfile; os.environ.update({env!r}); "
+                "cache = os.environ['PYTHONPYCACHEPREFIX'] = tempfile.mkdtemp(); "
+                "runs = [subprocess.run([sys.executable, '-m', 'opik_cipx', *command], capture_output=True, "
+                f"text=True, cwd='/') for command in {commands!r}]; shutil.rmtree(cache); "
+                "print(json.dumps([[r.returncode, r.stderr] for r in runs]))")
+        result = other_user(code)
+        assert result.returncode == 0, result.stderr
+        for command, (returncode, stderr) in zip(commands, json.loads(result.stdout), strict=True):
+            assert returncode == 1, (command, returncode, stderr)
+            assert stderr.strip().splitlines() == [f"opik-cipx: CIPX_HOME {home} cannot be read by this user; "
+                                                   f"fix its owner or permissions (chmod 700 {home})"], stderr
     finally:
         subprocess.run(["rm", "-rf", str(parent)], check=True)
         assert REPO.exists()
