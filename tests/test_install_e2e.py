@@ -1,10 +1,10 @@
 """End to end, as a user runs it: install.sh, the installed pyz, a request through the proxy, upgrades,
 crashes, the kill switch and uninstall — real subprocesses, a temporary HOME, detached supervisor.
 
-Bare `./install.sh`, as README says, builds the executable and runs `sync`: the first test and the
-fresh-machine test run it so. The others install the executable built once for the run
-(`built_pyz`) as bare `./install.sh` would (`install_prebuilt`), or with `./install.sh PYZ` alone
-where no daemon is needed: what they test is what the install does, not the build.
+Bare `./install.sh`, as README says, builds the executable and runs `sync`: the first test runs it
+so (and the checks it makes before it builds). The others install the executable built once for
+the run (`built_pyz`) as bare `./install.sh` would (`install_prebuilt`), or with `./install.sh PYZ`
+alone where no daemon is needed: what they test is what the install does, not the build.
 """
 
 import http.client
@@ -273,7 +273,7 @@ def test_a_fresh_home_finds_opik_cipx_in_a_new_login_shell_and_uninstall_leaves_
     shutil.rmtree(m.claude_dir)  # a home as `useradd -m` makes it: no Claude Code settings yet
     shutil.copytree(SKEL, m.user_home, dirs_exist_ok=True)
     before = {k: v for k, v in files_and_links(m.user_home).items() if not k.startswith(".opik-cipx")}
-    result = installed.install()
+    result = installed.install_built()
     assert result.returncode == 0, result.stderr
     link = m.user_home / ".local" / "bin" / "opik-cipx"
     assert f"linked {link} -> {installed.pyz}" in result.stdout
