@@ -10,6 +10,7 @@ are about the hooks, not the build.
 import json
 import os
 import subprocess
+import sys
 import zipfile
 
 from opik_cipx.control.claude_settings import MANAGED_MARKER, PLUGIN_ID
@@ -27,8 +28,14 @@ USER_SETTINGS = {"model": "opus", "hooks": USER_GROUPS, "permissions": {"allow":
 
 def claude_code_runs(m: Machine, command: str, hook: dict, **extra: str):
     """A hook command as Claude Code runs it: `/bin/sh -c`, the hook's JSON on stdin, Claude Code's
-    environment (not the test's PYTHONPATH, nor the variables that point a test at its own home)."""
-    env = {"PATH": os.environ["PATH"], "HOME": str(m.user_home), **m.extra, **extra}
+    environment (not the test's PYTHONPATH, nor the variables that point a test at its own home).
+    Its PATH finds this interpreter as `python3` first (a version manager's shim, as on the
+    development VM, would cost the suite a shell and the manager at each of the launcher's runs)."""
+    python_dir = m.user_home.parent / "python3-on-path"
+    if not python_dir.exists():
+        python_dir.mkdir()
+        (python_dir / "python3").symlink_to(os.path.realpath(sys.executable))
+    env = {"PATH": f"{python_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(m.user_home), **m.extra, **extra}
     return subprocess.run(["/bin/sh", "-c", command], input=json.dumps(hook), env=env, capture_output=True,
                           text=True, timeout=60)
 
