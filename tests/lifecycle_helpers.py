@@ -130,13 +130,18 @@ class Machine:
         self._port.close()
 
 
-def install_sh(m: Machine, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    """`./install.sh ARGS` on the machine, run by this interpreter (`PYTHON`), without the test's
-    PYTHONPATH: the pyz stands on its own."""
+def _install_sh_env(m: Machine, **extra: str) -> dict[str, str]:
+    """install.sh's environment: this interpreter as `PYTHON`, not the test's PYTHONPATH (the pyz
+    stands on its own)."""
     env = m.env(PYTHON=sys.executable, **extra)
     env.pop("PYTHONPATH")
-    result = subprocess.run([str(REPO / "install.sh"), *args], env=env, capture_output=True, text=True, timeout=120,
-                            stdin=subprocess.DEVNULL)
+    return env
+
+
+def install_sh(m: Machine, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    """`./install.sh ARGS` on the machine."""
+    result = subprocess.run([str(REPO / "install.sh"), *args], env=_install_sh_env(m, **extra), capture_output=True,
+                            text=True, timeout=120, stdin=subprocess.DEVNULL)
     m.remember_daemon()
     return result
 
@@ -149,8 +154,7 @@ def install_prebuilt(m: Machine, pyz: Path, **extra: str) -> subprocess.Complete
     installed = install_sh(m, str(pyz), **extra)
     if installed.returncode != 0:
         return installed
-    env = m.env(**extra)
-    env.pop("PYTHONPATH")
+    env = _install_sh_env(m, **extra)
     dest = Path(env.get("CIPX_INSTALL_DIR") or m.home / "bin") / "opik-cipx"
     synced = subprocess.run([os.path.realpath(sys.executable), str(dest), "sync"], env=env, capture_output=True,
                             text=True, timeout=120, stdin=subprocess.DEVNULL)
