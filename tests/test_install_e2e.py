@@ -153,7 +153,7 @@ def test_restart_and_sync_pick_up_a_new_pyz(installed, tmp_path):
     wait_gone(first["pid"])
     assert m.stats()["version"] == "9.0.1"
 
-    assert installed.install(str(installed.built)).returncode == 0  # another again: this tree's own version
+    assert installed.install(str(installed.built)).returncode == 0  # new again: this tree, not 9.0.1
     synced = installed("sync", input=SESSION_START.read_text())
     assert synced.returncode == 0 and "executable changed" in synced.stderr
     assert m.state()["version"] == __version__ != "9.0.1" and m.state()["pid"] != second["pid"]
