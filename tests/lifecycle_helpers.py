@@ -4,8 +4,15 @@ Every test gets its own HOME and `$CIPX_HOME` under tmp_path, the supervisor for
 `detached` (no systemd or launchd unit is ever installed for real), Claude Code's config dir
 inside that HOME, and a port held for the Claude Code listener (`tests.conftest.ReservedPort`) so
 tests can run side by side. Daemons a test starts are killed, and the port let go, in teardown.
+
+The executable: `built_pyz` is this tree built once per run by `build_zipapp.py` (as a bare
+`./install.sh` builds it) and shared by the xdist workers, for the tests whose point is not the
+build: `install_prebuilt` does what bare `./install.sh` does with it, and `Machine.put_executable`
+installs it as a first `sync` from this checkout would build it (so that `sync` builds nothing).
+The tests where the build, a new version or bare `./install.sh` itself is the point build their own.
 """
 
+import fcntl
 import json
 import os
 import signal
@@ -16,7 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from opik_cipx.control import zipapp
 from opik_cipx.control.daemon_control import is_our_process, pid_alive
+from opik_cipx.home import private_dir
 from tests.conftest import ReservedPort, cli_env, wait_for
 from tests.fake_anthropic import CA_BUNDLE
 from tests.in_process import run_in_process
@@ -68,6 +77,15 @@ class Machine:
         self.remember_daemon()
         return result
 
+    def put_executable(self, pyz: Path) -> Path:
+        """Install `pyz` (a build of this tree: `built_pyz`) where `sync` installs the executable, with
+        the bytes a first `sync` from this checkout would build there; that `sync` then builds nothing."""
+        dest = self.home / "bin" / "opik-cipx"
+        private_dir(dest.parent)
+        dest.write_bytes(zipapp.with_interpreter(pyz.read_bytes(), os.path.realpath(sys.executable)))
+        dest.chmod(0o755)
+        return dest
+
     def state(self) -> dict | None:
         try:
             return json.loads((self.home / "state.json").read_text())
@@ -110,6 +128,58 @@ class Machine:
             except ProcessLookupError:
                 pass
         self._port.close()
+
+
+def _install_sh_env(m: Machine, **extra: str) -> dict[str, str]:
+    """install.sh's environment: this interpreter as `PYTHON`, not the test's PYTHONPATH (the pyz
+    stands on its own)."""
+    env = m.env(PYTHON=sys.executable, **extra)
+    env.pop("PYTHONPATH")
+    return env
+
+
+def install_sh(m: Machine, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    """`./install.sh ARGS` on the machine."""
+    result = subprocess.run([str(REPO / "install.sh"), *args], env=_install_sh_env(m, **extra), capture_output=True,
+                            text=True, timeout=120, stdin=subprocess.DEVNULL)
+    m.remember_daemon()
+    return result
+
+
+def install_prebuilt(m: Machine, pyz: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    """What bare `./install.sh` does, but with `pyz` built already (`built_pyz`): `./install.sh PYZ`,
+    then the `sync` install.sh would run next (the installed executable, stdin empty, install.sh's
+    environment). Its result carries both outputs and the first failure's status, not the last
+    line bare install.sh prints (tests of that line run it bare)."""
+    installed = install_sh(m, str(pyz), **extra)
+    if installed.returncode != 0:
+        return installed
+    env = _install_sh_env(m, **extra)
+    dest = Path(env.get("CIPX_INSTALL_DIR") or m.home / "bin") / "opik-cipx"
+    synced = subprocess.run([os.path.realpath(sys.executable), str(dest), "sync"], env=env, capture_output=True,
+                            text=True, timeout=120, stdin=subprocess.DEVNULL)
+    m.remember_daemon()
+    return subprocess.CompletedProcess(installed.args, synced.returncode, installed.stdout + synced.stdout,
+                                       installed.stderr + synced.stderr)
+
+
+@pytest.fixture(scope="session")
+def built_pyz(tmp_path_factory) -> Path:
+    """This tree built by `build_zipapp.py`, once per run: the first worker to ask builds it, under a
+    lock, in the directory the run's workers share (`-n 0`: the run's own). Read only: install it
+    (`install_sh`, `install_prebuilt`, `Machine.put_executable`) or copy it."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    pyz = shared / "opik-cipx.pyz"
+    with open(shared / "opik-cipx.pyz.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not pyz.exists():
+            partial = shared / f"opik-cipx.pyz.{os.getpid()}.tmp"
+            build = subprocess.run([sys.executable, str(REPO / "build_zipapp.py"), "-o", str(partial)],
+                                   capture_output=True, text=True, timeout=60)
+            assert build.returncode == 0, build.stderr
+            os.replace(partial, pyz)
+    return pyz
 
 
 def wait_gone(pid: int, timeout_s: float = 15) -> None:

@@ -1,6 +1,10 @@
 """`uninstall` says what it destroys and does only that: the question lists the ledger (the whole cost
 history), `--keep-ledger` keeps it for the next install, `daemon stopped` is said once the daemon and its
-supervisor are gone, and a status line that `statusline --install --force` replaced comes back."""
+supervisor are gone, and a status line that `statusline --install --force` replaced comes back.
+
+The executable is the one built once for the run (`built_pyz`), installed as bare `./install.sh` or a
+first `sync` would install it: these tests are about uninstall, not the build.
+"""
 
 import http.client
 import json
@@ -17,9 +21,9 @@ from opik_cipx.ledger.store import Ledger
 from tests.claude_code_corpus import corpus_clock, materialized
 from tests.conftest import load_fixture, wait_for
 from tests.fake_anthropic import split_sse, sse_reply
-from tests.lifecycle_helpers import SESSION_START, Machine
+from tests.lifecycle_helpers import SESSION_START, Machine, install_prebuilt
 from tests.test_end_to_end import replay_scenario
-from tests.test_install_hooks import install_sh, write_settings
+from tests.test_install_hooks import write_settings
 
 LEDGER = ("ledger.db", "ledger.db-wal", "ledger.db-shm")
 
@@ -70,8 +74,9 @@ def next_line(proc: subprocess.Popen, timeout_s: float = 60) -> str:
 
 
 def test_daemon_stopped_is_said_once_the_daemon_and_its_supervisor_are_gone(machine_with_upstream,  # noqa: F811
-                                                                              upstream):
+                                                                              upstream, built_pyz):
     m = machine_with_upstream
+    m.put_executable(built_pyz)
     assert m.cli("sync").returncode == 0
     daemon = wait_for(lambda: (state := m.state()) and state["pid"], what="state.json")
     supervisor = m.supervisor()["pid"]
@@ -100,11 +105,12 @@ def test_daemon_stopped_is_said_once_the_daemon_and_its_supervisor_are_gone(mach
 
 
 def test_a_hook_that_runs_sync_while_uninstall_stops_the_daemon_does_nothing(machine_with_upstream,  # noqa: F811
-                                                                                upstream):
+                                                                                upstream, built_pyz):
     """Claude Code runs `sync` at every prompt: one that comes while `uninstall` waits for the daemon to
     drain must not start it again (before: it replaced the draining daemon and uninstall stopped with
     `... still runs`)."""
     m = machine_with_upstream
+    m.put_executable(built_pyz)
     assert m.cli("sync").returncode == 0
     daemon = wait_for(lambda: (state := m.state()) and state["pid"], what="state.json")
     supervisor = m.supervisor()["pid"]
@@ -134,9 +140,9 @@ def test_a_hook_that_runs_sync_while_uninstall_stops_the_daemon_does_nothing(mac
 
 
 def test_keep_ledger_keeps_the_cost_history_and_the_next_install_reports_it(machine_with_upstream,  # noqa: F811
-                                                                              upstream):
+                                                                              upstream, built_pyz):
     m = machine_with_upstream
-    assert install_sh(m).returncode == 0
+    assert install_prebuilt(m, built_pyz).returncode == 0
     calls = replay_scenario(SimpleNamespace(port=m.port), upstream, "tools")
 
     def report() -> dict:
@@ -153,16 +159,16 @@ def test_keep_ledger_keeps_the_cost_history_and_the_next_install_reports_it(mach
     assert m.base_url() is None and not (m.claude_dir / "hooks").exists()
 
     (m.home / "ports.json").write_text(json.dumps({"claude_code": m.port}))  # this test's port, not 9909
-    assert install_sh(m).returncode == 0  # the next install
+    assert install_prebuilt(m, built_pyz).returncode == 0  # the next install
     assert report() == before
     assert m.stats()["counters"]["ledger_write_errors"] == 0
 
 
-def test_a_status_line_replaced_with_force_comes_back_byte_for_byte(machine_with_upstream):  # noqa: F811
+def test_a_status_line_replaced_with_force_comes_back_byte_for_byte(machine_with_upstream, built_pyz):  # noqa: F811
     m = machine_with_upstream
     theirs = {"type": "command", "command": "bash ~/.claude/statusline.sh", "padding": 0}
     original = write_settings(m, {"model": "opus", "statusLine": theirs, "env": {"FOO": "1"}})
-    assert install_sh(m).returncode == 0  # our hooks and ANTHROPIC_BASE_URL go in too
+    assert install_prebuilt(m, built_pyz).returncode == 0  # our hooks and ANTHROPIC_BASE_URL go in too
     assert m.command("statusline", "--install").returncode == 1  # theirs is not replaced without --force
     forced = m.command("statusline", "--install", "--force")
     assert forced.returncode == 0, forced.stderr

@@ -54,7 +54,8 @@ def test_sync_as_a_hook_with_a_broken_home_fails_open_and_exits_0(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_cipx_home_on_a_read_only_disk_uninstall_changes_nothing(machine, read_only_view):
+def test_cipx_home_on_a_read_only_disk_uninstall_changes_nothing(machine, read_only_view, built_pyz):
+    machine.put_executable(built_pyz)  # what the first `sync` would build: not the point here
     assert machine.cli("sync").returncode == 0
     pid = machine.state()["pid"]
     pointed = machine.settings_path.read_bytes()
@@ -90,15 +91,20 @@ def test_cipx_home_this_user_cannot_read(other_user):
         home.mkdir(mode=0o700)  # root's, private
         env = {k: v for k, v in cli_env(home).items() if k in ("CIPX_HOME", "PYTHONPATH")}
         env["HOME"] = str(parent)
-        for command in (["status"], ["purge", "--yes"], ["uninstall", "--yes"]):
-            code = (f"import os, subprocess, sys; os.environ.update({env!r}); "
-                    f"r = subprocess.run([sys.executable, '-m', 'opik_cipx', *{command!r}], capture_output=True, "
-                    "text=True, cwd='/'); print(r.returncode); sys.stderr.write(r.stderr)")
-            result = other_user(code)
-            assert result.stdout.strip() == "1", (command, result.stdout, result.stderr)
-            lines = result.stderr.strip().splitlines()
-            assert lines == [f"opik-cipx: CIPX_HOME {home} cannot be read by this user; "
-                             f"fix its owner or permissions (chmod 700 {home})"], result.stderr
+        commands = [["status"], ["purge", "--yes"], ["uninstall", "--yes"]]
+        # Each command in a process of its own, started by one of that user's; their compiled modules
+        # in a cache that user can write (the suite's is root's: each would compile the stdlib again).
+        code = (f"import json, os, shutil, subprocess, sys, tempfile; os.environ.update({env!r}); "
+                "cache = os.environ['PYTHONPYCACHEPREFIX'] = tempfile.mkdtemp(); "
+                "runs = [subprocess.run([sys.executable, '-m', 'opik_cipx', *command], capture_output=True, "
+                f"text=True, cwd='/') for command in {commands!r}]; shutil.rmtree(cache); "
+                "print(json.dumps([[r.returncode, r.stderr] for r in runs]))")
+        result = other_user(code)
+        assert result.returncode == 0, result.stderr
+        for command, (returncode, stderr) in zip(commands, json.loads(result.stdout), strict=True):
+            assert returncode == 1, (command, returncode, stderr)
+            assert stderr.strip().splitlines() == [f"opik-cipx: CIPX_HOME {home} cannot be read by this user; "
+                                                   f"fix its owner or permissions (chmod 700 {home})"], stderr
     finally:
         subprocess.run(["rm", "-rf", str(parent)], check=True)
         assert REPO.exists()
@@ -181,7 +187,8 @@ def test_a_starting_daemon_sets_wrong_type_paths_aside_and_serves_every_call(hom
     assert "Traceback" not in daemon.stderr()
 
 
-def test_sync_starts_the_daemon_when_logs_is_a_file_and_sync_lock_a_directory(machine_with_upstream):
+def test_sync_starts_the_daemon_when_logs_is_a_file_and_sync_lock_a_directory(machine_with_upstream, built_pyz):
+    machine_with_upstream.put_executable(built_pyz)  # what the first `sync` would build: not the point here
     home = machine_with_upstream.home
     make_wrong_type(home, "logs")
     (home / "sync.lock").mkdir()
