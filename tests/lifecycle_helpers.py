@@ -186,15 +186,25 @@ def wait_gone(pid: int, timeout_s: float = 15) -> None:
     wait_for(lambda: not pid_alive(pid), timeout_s=timeout_s, what=f"pid {pid} to exit")
 
 
+def _machine(request: pytest.FixtureRequest, root: Path, upstream_url: str | None = None) -> Machine:
+    """A `Machine` with this tree's executable installed (`Machine.put_executable`), so that its first
+    `sync` builds nothing (about 0.3 s of CPU each), unless the test is marked `no_executable`: the
+    first sync's build, or no executable at all, is what it tests."""
+    m = Machine(root, upstream_url)
+    if request.node.get_closest_marker("no_executable") is None:
+        m.put_executable(request.getfixturevalue("built_pyz"))
+    return m
+
+
 @pytest.fixture
-def machine(tmp_path: Path):
-    m = Machine(tmp_path / "user")
+def machine(request: pytest.FixtureRequest, tmp_path: Path):
+    m = _machine(request, tmp_path / "user")
     yield m
     m.kill_all()
 
 
 @pytest.fixture
-def machine_with_upstream(tmp_path: Path, upstream):
-    m = Machine(tmp_path / "user", upstream.url)
+def machine_with_upstream(request: pytest.FixtureRequest, tmp_path: Path, upstream):
+    m = _machine(request, tmp_path / "user", upstream.url)
     yield m
     m.kill_all()

@@ -24,6 +24,10 @@ from opik_cipx.control.claude_settings import MANAGED_MARKER
 from tests.conftest import REPO, wait_for
 from tests.lifecycle_helpers import SESSION_START, Machine, install_prebuilt, install_sh, wait_gone
 
+# Each scenario starts on a machine with nothing of ours on it: the first install or sync builds
+# or installs the executable (tests.lifecycle_helpers, `no_executable`).
+pytestmark = pytest.mark.no_executable
+
 USER_SETTINGS = {"model": "opus", "permissions": {"allow": ["Bash(git status)"]}, "env": {"DISABLE_TELEMETRY": "1"}}
 
 

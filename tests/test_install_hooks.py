@@ -13,9 +13,15 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from opik_cipx.control.claude_settings import MANAGED_MARKER, PLUGIN_ID
 from tests.conftest import REPO
 from tests.lifecycle_helpers import SESSION_START, Machine, install_prebuilt, install_sh
+
+# Each scenario starts on a machine with nothing of ours on it: the first install or sync builds
+# or installs the executable (tests.lifecycle_helpers, `no_executable`).
+pytestmark = pytest.mark.no_executable
 
 LAUNCHER = REPO / "scripts" / "opik-cipx-hook-launcher"
 USER_GROUPS = {

@@ -14,6 +14,10 @@ from opik_cipx.control.claude_settings import MANAGED_MARKER
 from tests.conftest import REPO
 from tests.lifecycle_helpers import SESSION_START, wait_gone
 
+# Each scenario starts on a machine with nothing of ours on it: the first install or sync builds
+# or installs the executable (tests.lifecycle_helpers, `no_executable`).
+pytestmark = pytest.mark.no_executable
+
 LAUNCHER = REPO / "scripts" / "opik-cipx-hook-launcher"
 no_system_copy = pytest.mark.skipif(Path("/usr/local/bin/opik-cipx").exists(),
                                     reason="an opik-cipx in /usr/local/bin would be found")

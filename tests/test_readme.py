@@ -9,10 +9,16 @@ import re
 import shlex
 import tomllib
 
+import pytest
+
 from opik_cipx.config import load_settings
 from tests.claude_code_corpus import write_session_files
 from tests.conftest import REPO, wait_for
 from tests.test_end_to_end import replay_scenario
+
+# Each scenario starts on a machine with nothing of ours on it: the first install or sync builds
+# or installs the executable (tests.lifecycle_helpers, `no_executable`).
+pytestmark = pytest.mark.no_executable
 
 README = (REPO / "README.md").read_text()
 # How each command of README's table is run here (names the table's first column must list).

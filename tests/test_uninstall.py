@@ -14,6 +14,8 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import pytest
+
 from opik_cipx.control.daemon_control import pid_alive
 from opik_cipx.ledger import queries
 from opik_cipx.ledger.db import open_reader
@@ -24,6 +26,10 @@ from tests.fake_anthropic import split_sse, sse_reply
 from tests.lifecycle_helpers import SESSION_START, Machine, install_prebuilt
 from tests.test_end_to_end import replay_scenario
 from tests.test_install_hooks import write_settings
+
+# Each scenario starts on a machine with nothing of ours on it: the first install or sync builds
+# or installs the executable (tests.lifecycle_helpers, `no_executable`).
+pytestmark = pytest.mark.no_executable
 
 LEDGER = ("ledger.db", "ledger.db-wal", "ledger.db-shm")
 

@@ -201,6 +201,7 @@ def installed(m) -> str:
     return f"{executable} statusline"
 
 
+@pytest.mark.no_executable  # `--install` with nothing installed says to install first
 def test_install_sets_it_only_when_none_is_set_or_forced(machine):  # noqa: F811
     m = machine
     missing = m.command("statusline", "--install")

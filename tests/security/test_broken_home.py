@@ -54,8 +54,7 @@ def test_sync_as_a_hook_with_a_broken_home_fails_open_and_exits_0(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_cipx_home_on_a_read_only_disk_uninstall_changes_nothing(machine, read_only_view, built_pyz):
-    machine.put_executable(built_pyz)  # what the first `sync` would build: not the point here
+def test_cipx_home_on_a_read_only_disk_uninstall_changes_nothing(machine, read_only_view):
     assert machine.cli("sync").returncode == 0
     pid = machine.state()["pid"]
     pointed = machine.settings_path.read_bytes()
@@ -187,8 +186,7 @@ def test_a_starting_daemon_sets_wrong_type_paths_aside_and_serves_every_call(hom
     assert "Traceback" not in daemon.stderr()
 
 
-def test_sync_starts_the_daemon_when_logs_is_a_file_and_sync_lock_a_directory(machine_with_upstream, built_pyz):
-    machine_with_upstream.put_executable(built_pyz)  # what the first `sync` would build: not the point here
+def test_sync_starts_the_daemon_when_logs_is_a_file_and_sync_lock_a_directory(machine_with_upstream):
     home = machine_with_upstream.home
     make_wrong_type(home, "logs")
     (home / "sync.lock").mkdir()
