@@ -20,9 +20,10 @@ def build(output: Path) -> Path:
     return output
 
 
-@pytest.fixture(scope="module")
-def pyz(tmp_path_factory) -> Path:
-    return build(tmp_path_factory.mktemp("build") / "opik-cipx.pyz")
+@pytest.fixture
+def pyz(built_pyz: Path) -> Path:
+    """The run's build of this tree (`tests.lifecycle_helpers.built_pyz`, `build_zipapp.py` as above): read only."""
+    return built_pyz
 
 
 def test_same_tree_gives_the_same_bytes(pyz, tmp_path):
