@@ -5,6 +5,7 @@ Every test in `tests/security/` runs one attack of issue 12 against the real dae
 mount) skip with the reason when the machine cannot provide it.
 """
 
+import functools
 import os
 import shutil
 import socket
@@ -50,16 +51,26 @@ def _complete(data: bytes) -> bool:
     return False
 
 
-@pytest.fixture
-def other_user():
-    """Run a Python snippet as the `nobody` user: `other_user(code) -> CompletedProcess`."""
+@functools.cache
+def _as_nobody() -> tuple[str, str] | str:
+    """(runuser, a python `nobody` can run), or why there is none: probed once per test process."""
     runuser = shutil.which("runuser")
     if os.geteuid() != 0 or runuser is None:
-        pytest.skip("needs root and runuser to act as another local user")
+        return "needs root and runuser to act as another local user"
     python = next((p for p in NOBODY_PYTHONS if os.path.exists(p)), None)
     if python is None or subprocess.run([runuser, "-u", "nobody", "--", python, "-c", "pass"],
                                         capture_output=True).returncode != 0:
-        pytest.skip("the nobody user cannot run a system python3 here")
+        return "the nobody user cannot run a system python3 here"
+    return runuser, python
+
+
+@pytest.fixture
+def other_user():
+    """Run a Python snippet as the `nobody` user: `other_user(code) -> CompletedProcess`."""
+    found = _as_nobody()
+    if isinstance(found, str):
+        pytest.skip(found)
+    runuser, python = found
 
     def run(code: str) -> subprocess.CompletedProcess:
         return subprocess.run([runuser, "-u", "nobody", "--", python, "-c", code], capture_output=True, text=True,
