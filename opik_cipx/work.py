@@ -22,6 +22,8 @@ end as last told); a link that closes (the wire is gone) ends it at once, as a `
 the next work process picks up from the checkpoint.
 """
 
+from __future__ import annotations  # Entry is for the type checker alone
+
 import fcntl
 import logging
 import os
@@ -30,18 +32,15 @@ import sqlite3
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opik_cipx import telemetry
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings
-from opik_cipx.control.work_process import PROTOCOL_MISMATCH
 from opik_cipx.home import open_private, write_holder
-from opik_cipx.ledger.budget_feed import read_seed, spends
-from opik_cipx.ledger.entry import Entry
 from opik_cipx.ledger.schema import SchemaError
 from opik_cipx.ledger.store import Ledger, Previous
-from opik_cipx.link import PROTOCOL, WORK_FD_ENV, Link
+from opik_cipx.link import PROTOCOL, PROTOCOL_MISMATCH, WORK_FD_ENV, Link
 from opik_cipx.logs import DaemonLog
 from opik_cipx.materialize.call import Materialized
 from opik_cipx.materialize.follower import Follower
@@ -61,6 +60,9 @@ from opik_cipx.wire.capture import Capture
 from opik_cipx.wire.connections import Limits
 from opik_cipx.wire.loopback import LoopbackServer
 from opik_cipx.worker import Stage, stop_stages
+
+if TYPE_CHECKING:
+    from opik_cipx.ledger.entry import Entry
 
 log = logging.getLogger(__name__)
 WORK_LOCK = "work.lock"
@@ -156,6 +158,8 @@ class Work:
         cannot be read, the wire is told and this is tried again every `SEED_RETRY_S`."""
         if not self.budget or self.clock.monotonic() - self._seed_at < SEED_RETRY_S:
             return
+        from opik_cipx.ledger.budget_feed import read_seed  # with a spend cap only: it loads the wire's guard
+
         self._seed_at = self.clock.monotonic()
         now = self.clock.time_ns()
         try:
@@ -169,6 +173,8 @@ class Work:
 
     def _spent(self, entry: Entry, previous: Previous | None) -> None:
         """A call the ledger wrote (under its lock, on the follower's thread): to the wire's guard."""
+        from opik_cipx.ledger.budget_feed import spends  # loaded by the seed, before the first write
+
         self.link.send("spent", spends(entry, previous))
 
     def _working(self, position: LogPosition | None) -> None:
