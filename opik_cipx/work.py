@@ -42,10 +42,9 @@ from opik_cipx.ledger.schema import SchemaError
 from opik_cipx.ledger.store import Ledger, Previous
 from opik_cipx.link import PROTOCOL, PROTOCOL_MISMATCH, WORK_FD_ENV, Link
 from opik_cipx.logs import DaemonLog
-from opik_cipx.materialize.call import Materialized
 from opik_cipx.materialize.follower import Follower
 from opik_cipx.materialize.git_probe import GitProbe
-from opik_cipx.materialize.materializer import build_materializer
+from opik_cipx.materialize.on_demand import MaterializerOnDemand
 from opik_cipx.ship.destination import Destination
 from opik_cipx.ship.shipper import Shipper
 from opik_cipx.signals import catch_signals
@@ -63,6 +62,8 @@ from opik_cipx.worker import Stage, stop_stages
 
 if TYPE_CHECKING:
     from opik_cipx.ledger.entry import Entry
+    from opik_cipx.materialize.call import Materialized
+    from opik_cipx.materialize.materializer import Materializer
 
 log = logging.getLogger(__name__)
 WORK_LOCK = "work.lock"
@@ -89,10 +90,15 @@ class Work:
         # Repositories read off the wire, for the materializer; in a process of its own, a git
         # reading waits for no quiet wire (starting git holds only this process's interpreter lock).
         self.git_probe = GitProbe(counters, clock)
-        try:
-            self.materializer = build_materializer(settings, dict(os.environ), destination.project, git=self.git_probe)
-        except ValueError as exc:  # a `[prices]` override that cannot be applied
-            raise StartupError(str(exc)) from None
+        self._env = dict(os.environ)
+        # Built at the first capture (docs/ARCHITECTURE.md, "Imports at start"); with `[prices]`
+        # overrides now, so one that cannot be applied stops the start.
+        self.materializer = MaterializerOnDemand(self._build_materializer)
+        if settings.prices:
+            try:
+                self.materializer.built()
+            except ValueError as exc:
+                raise StartupError(str(exc)) from None
         self.budget = settings.budget.enabled  # the wire's guard counts what this process records
         self._seed_at = float("-inf")
         self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, counters, clock=clock,
@@ -122,6 +128,11 @@ class Work:
         ]
         self.viewer: LoopbackServer | None = None
         self._viewer_thread: threading.Thread | None = None
+
+    def _build_materializer(self) -> Materializer:
+        from opik_cipx.materialize.materializer import build_materializer  # see `self.materializer`
+
+        return build_materializer(self.settings, self._env, self.destination.project, git=self.git_probe)
 
     def serve_viewer(self, fd: int, token: str) -> None:
         """The dashboard on the listening socket the wire holds (`fd`, inherited)."""
@@ -198,8 +209,8 @@ class Work:
         sections = default_sections()
         for name, provide in (("materializer", self.follower.section), ("opik", self.shipper.section),
                               ("queue", self.shipper.queue_section), ("wal", self.spool.section),
-                              ("unknown_models", self.materializer.unknown_models.section),
-                              ("rate_limits", self.materializer.rate_limits.section),
+                              ("unknown_models", self.materializer.unknown_models_section),
+                              ("rate_limits", self.materializer.rate_limits_section),
                               ("telemetry", self.reporter.section)):
             sections[name].update(provide())
         return {"pid": os.getpid(), "sections": sections, "counters": self.counters.snapshot(),
