@@ -22,7 +22,7 @@ end as last told); a link that closes (the wire is gone) ends it at once, as a `
 the next work process picks up from the checkpoint.
 """
 
-from __future__ import annotations  # Entry is for the type checker alone
+from __future__ import annotations  # the ledger's and the call record's types are for the type checker alone
 
 import fcntl
 import logging

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def empty_state() -> dict[str, Any]:
-    """What a materializer that has seen no session snapshots (`session_state.SessionStates`)."""
+    """The snapshot of a materializer that has seen no session (`session_state.SessionStates.snapshot`)."""
     return {"turns": [], "sessions": []}
 
 
