@@ -6,7 +6,6 @@ Opik requires UUIDv7 ids. Records built from a capture derive their ids from the
 
 import hashlib
 import os
-import uuid
 
 from opik_cipx.clock import SYSTEM
 
@@ -19,7 +18,8 @@ def _uuid7(unix_ms: int, tail: bytes) -> str:
     value |= 0x7 << 76  # version
     value &= ~(0x3 << 62)
     value |= 0x2 << 62  # RFC 4122 variant
-    return str(uuid.UUID(int=value))
+    digits = f"{value:032x}"  # as str(uuid.UUID(int=value)) writes it, without loading uuid (and platform)
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def new_uuid7(unix_ms: int | None = None) -> str:
@@ -37,11 +37,15 @@ def derived_uuid7(unix_ms: int, *parts: str) -> str:
 
 def uuid7_unix_ms(value: str) -> int:
     """The millisecond timestamp embedded in a UUIDv7 string."""
+    import uuid  # reading ids is the dashboard's; making them, each process's start
+
     return uuid.UUID(value).int >> 80
 
 
 def is_uuid7(value: str) -> bool:
     """True when `value` is a canonical version-7, RFC 4122 variant UUID string."""
+    import uuid  # as in `uuid7_unix_ms`
+
     try:
         parsed = uuid.UUID(value)
     except (ValueError, TypeError, AttributeError):

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 WORK_FD_ENV = "CIPX_WORK_FD"  # the work process's end of the link, inherited
 PROTOCOL = 1  # the messages' vocabulary; a work process of another one refuses to run
+PROTOCOL_MISMATCH = 3  # the work process's exit status when the executable on disk speaks another protocol
 PENDING_MAX = 4 * 1024 * 1024
 FRAME = struct.Struct("!I")
 RECV_BYTES = 256 * 1024

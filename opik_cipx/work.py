@@ -22,6 +22,8 @@ end as last told); a link that closes (the wire is gone) ends it at once, as a `
 the next work process picks up from the checkpoint.
 """
 
+from __future__ import annotations  # the ledger's and the call record's types are for the type checker alone
+
 import fcntl
 import logging
 import os
@@ -30,23 +32,19 @@ import sqlite3
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opik_cipx import telemetry
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.config import Settings
-from opik_cipx.control.work_process import PROTOCOL_MISMATCH
 from opik_cipx.home import open_private, write_holder
-from opik_cipx.ledger.budget_feed import read_seed, spends
-from opik_cipx.ledger.entry import Entry
 from opik_cipx.ledger.schema import SchemaError
 from opik_cipx.ledger.store import Ledger, Previous
-from opik_cipx.link import PROTOCOL, WORK_FD_ENV, Link
+from opik_cipx.link import PROTOCOL, PROTOCOL_MISMATCH, WORK_FD_ENV, Link
 from opik_cipx.logs import DaemonLog
-from opik_cipx.materialize.call import Materialized
 from opik_cipx.materialize.follower import Follower
 from opik_cipx.materialize.git_probe import GitProbe
-from opik_cipx.materialize.materializer import build_materializer
+from opik_cipx.materialize.on_demand import MaterializerOnDemand
 from opik_cipx.ship.destination import Destination
 from opik_cipx.ship.shipper import Shipper
 from opik_cipx.signals import catch_signals
@@ -61,6 +59,11 @@ from opik_cipx.wire.capture import Capture
 from opik_cipx.wire.connections import Limits
 from opik_cipx.wire.loopback import LoopbackServer
 from opik_cipx.worker import Stage, stop_stages
+
+if TYPE_CHECKING:
+    from opik_cipx.ledger.entry import Entry
+    from opik_cipx.materialize.call import Materialized
+    from opik_cipx.materialize.materializer import Materializer
 
 log = logging.getLogger(__name__)
 WORK_LOCK = "work.lock"
@@ -87,10 +90,15 @@ class Work:
         # Repositories read off the wire, for the materializer; in a process of its own, a git
         # reading waits for no quiet wire (starting git holds only this process's interpreter lock).
         self.git_probe = GitProbe(counters, clock)
-        try:
-            self.materializer = build_materializer(settings, dict(os.environ), destination.project, git=self.git_probe)
-        except ValueError as exc:  # a `[prices]` override that cannot be applied
-            raise StartupError(str(exc)) from None
+        self._env = dict(os.environ)
+        # Built at the first capture (docs/ARCHITECTURE.md, "Imports at start"); with `[prices]`
+        # overrides now, so one that cannot be applied stops the start.
+        self.materializer = MaterializerOnDemand(self._build_materializer)
+        if settings.prices:
+            try:
+                self.materializer.built()
+            except ValueError as exc:
+                raise StartupError(str(exc)) from None
         self.budget = settings.budget.enabled  # the wire's guard counts what this process records
         self._seed_at = float("-inf")
         self.ledger = Ledger(settings.ledger_path, settings.ledger_retention_days, counters, clock=clock,
@@ -120,6 +128,11 @@ class Work:
         ]
         self.viewer: LoopbackServer | None = None
         self._viewer_thread: threading.Thread | None = None
+
+    def _build_materializer(self) -> Materializer:
+        from opik_cipx.materialize.materializer import build_materializer  # see `self.materializer`
+
+        return build_materializer(self.settings, self._env, self.destination.project, git=self.git_probe)
 
     def serve_viewer(self, fd: int, token: str) -> None:
         """The dashboard on the listening socket the wire holds (`fd`, inherited)."""
@@ -156,6 +169,8 @@ class Work:
         cannot be read, the wire is told and this is tried again every `SEED_RETRY_S`."""
         if not self.budget or self.clock.monotonic() - self._seed_at < SEED_RETRY_S:
             return
+        from opik_cipx.ledger.budget_feed import read_seed  # with a spend cap only: it loads the wire's guard
+
         self._seed_at = self.clock.monotonic()
         now = self.clock.time_ns()
         try:
@@ -169,6 +184,8 @@ class Work:
 
     def _spent(self, entry: Entry, previous: Previous | None) -> None:
         """A call the ledger wrote (under its lock, on the follower's thread): to the wire's guard."""
+        from opik_cipx.ledger.budget_feed import spends  # loaded by the seed, before the first write
+
         self.link.send("spent", spends(entry, previous))
 
     def _working(self, position: LogPosition | None) -> None:
@@ -192,8 +209,8 @@ class Work:
         sections = default_sections()
         for name, provide in (("materializer", self.follower.section), ("opik", self.shipper.section),
                               ("queue", self.shipper.queue_section), ("wal", self.spool.section),
-                              ("unknown_models", self.materializer.unknown_models.section),
-                              ("rate_limits", self.materializer.rate_limits.section),
+                              ("unknown_models", self.materializer.unknown_models_section),
+                              ("rate_limits", self.materializer.rate_limits_section),
                               ("telemetry", self.reporter.section)):
             sections[name].update(provide())
         return {"pid": os.getpid(), "sections": sections, "counters": self.counters.snapshot(),

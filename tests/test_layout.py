@@ -38,9 +38,16 @@ CLOCK_MODULE = "opik_cipx.clock"
 NOT_AT_START = {
     "opik_cipx.daemon": ("opik_cipx.materialize", "opik_cipx.ledger.entry", "opik_cipx.ledger.store",
                          "opik_cipx.ship.shipper", "opik_cipx.views.dashboard", "opik_cipx.control.detached",
-                         "urllib.request", "tomllib", "configparser", "importlib.resources"),
+                         "urllib.request", "tomllib", "configparser", "importlib.resources", "uuid", "platform"),
     "opik_cipx.work": ("opik_cipx.views.dashboard", "opik_cipx.control.detached", "opik_cipx.daemon",
-                       "urllib.request", "gzip", "tomllib", "configparser", "importlib.resources", "argparse"),
+                       "urllib.request", "gzip", "tomllib", "configparser", "importlib.resources", "argparse",
+                       # the materializer and the ledger's row builders until the first capture, the
+                       # budget's feed without a cap
+                       "opik_cipx.materialize.materializer", "opik_cipx.materialize.call",
+                       "opik_cipx.materialize.pricing", "opik_cipx.materialize.attribution",
+                       "opik_cipx.materialize.session_state", "opik_cipx.ledger.entry",
+                       "opik_cipx.ledger.call_parts", "opik_cipx.ledger.budget_feed", "opik_cipx.wire.budget",
+                       "opik_cipx.control", "uuid", "platform"),
 }
 # What a short command, and the settings every command loads, leave for the path that needs them.
 COMMAND_NOT_AT_START = {

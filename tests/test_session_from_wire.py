@@ -55,8 +55,11 @@ def test_every_call_of_a_session_no_hook_described_carries_its_directory_and_bra
             calls = replay(daemon, upstream, repo)
             wait_for(lambda: sum(s.get("type") == "llm" for s in opik.spans.values()) == calls, timeout_s=60,
                      what="every call's llm span at the fake Opik")
+            # A call materialized after git answered carries the repository before the session has git's
+            # remote and head; the follower's next step sends the trace's version with both.
             (trace,) = wait_for(lambda: [t for t in opik.traces.values()
-                                         if t["metadata"]["cipx"]["session"]["repository"].get("head_sha") == head],
+                                         if t["metadata"]["cipx"]["session"]["repository"].get("head_sha") == head
+                                         and (t["metadata"]["cc"]["session"]["git"] or {}).get("commit") == head],
                                 timeout_s=60, what="the trace with git's answer")
             spans = [s for s in opik.spans.values() if s.get("type") == "llm"]
             assert opik.violations == []

@@ -28,7 +28,7 @@ from typing import Any
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.control.children import LISTEN_FD_ENV, describe_exit, restart_delay
-from opik_cipx.link import WORK_FD_ENV, Link
+from opik_cipx.link import PROTOCOL_MISMATCH, WORK_FD_ENV, Link
 from opik_cipx.stats import utc_iso
 from opik_cipx.store.captures import LogPosition
 
@@ -38,7 +38,6 @@ GAVE_UP_DELAY_S = 30.0  # between starts once the work process died 5 times with
 PUMP_S = 1.0  # the link thread's longest wait (it also writes out what the link queued)
 DEATHS_KEPT = 5
 STATS_KEPT = 16  # answers to stats requests kept at most (one asked and timed out is dropped once 16 newer were asked)
-PROTOCOL_MISMATCH = 3  # the work process's exit status when the executable on disk speaks another protocol
 Handler = Callable[..., None]
 
 

@@ -28,6 +28,8 @@ to that range and the row kept, counted in `ledger_values_clamped` and logged; a
 schema still refuses is dropped, counted in `ledger_calls_dropped` and logged.
 """
 
+from __future__ import annotations  # Entry and CallRecord are for the type checker alone
+
 import logging
 import os
 import sqlite3
@@ -37,15 +39,17 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.ledger.db import connect
-from opik_cipx.ledger.entry import Entry, ledger_entry
 from opik_cipx.ledger.periods import local_day
 from opik_cipx.ledger.schema import RATE_LIMIT_COLUMNS, SchemaError, roll_up, roll_up_parts
-from opik_cipx.materialize.call import CallRecord
 from opik_cipx.stats import Counters
+
+if TYPE_CHECKING:
+    from opik_cipx.ledger.entry import Entry
+    from opik_cipx.materialize.call import CallRecord
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +74,7 @@ class Previous(NamedTuple):
     project_dir: str | None
 
 
-Written = Callable[[Entry, Previous | None], None]
+Written = Callable[["Entry", Previous | None], None]
 T = TypeVar("T")
 
 
@@ -100,6 +104,9 @@ class Ledger:
         """Record one call (nothing for an exchange without a model call: None). Never raises."""
         if call is None:
             return
+        # At the first call: a work process that records none does not load the rows' builders.
+        from opik_cipx.ledger.entry import ledger_entry
+
         try:
             entry = ledger_entry(call, self.keep_text)
         except Exception:

@@ -30,18 +30,21 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.home import read_json, write_atomic
-from opik_cipx.materialize.call import Materialized
-from opik_cipx.materialize.materializer import Materializer
 from opik_cipx.stats import Counters, utc_iso
 from opik_cipx.store.capture_keeper import LogKeeper
 from opik_cipx.store.captures import LogPosition, LogTail, count_log, list_segments, read_segment_entries
 from opik_cipx.store.spool import Spool
 from opik_cipx.wire.capture import Capture
 from opik_cipx.worker import Worker
+
+if TYPE_CHECKING:
+    from opik_cipx.materialize.call import Materialized
+    from opik_cipx.materialize.materializer import Materializer
+    from opik_cipx.materialize.on_demand import MaterializerOnDemand
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +54,14 @@ RETAIN_INTERVAL_S = 60.0  # age-based retention also runs while nothing new arri
 IDLE_POLL_S = 0.5  # how often an idle follower looks at the log for captures no note announced
 SPOOL_WAIT_S = 1.0
 
-Listener = Callable[[Capture, Materialized], None]
+Listener = Callable[[Capture, "Materialized"], None]
 Working = Callable[[LogPosition | None], None]
 
 
 class Follower(Worker):
     def __init__(
         self,
-        materializer: Materializer,
+        materializer: "Materializer | MaterializerOnDemand",
         keeper: LogKeeper,
         spool: Spool,
         counters: Counters,
@@ -223,6 +226,8 @@ class Follower(Worker):
     def _process(self, capture: Capture) -> bool:
         """Materialize and spool one capture; False when its records could not be spooled before
         the stop deadline (then the position stays before it)."""
+        from opik_cipx.materialize.call import Materialized  # loaded with the materializer, at the first capture
+
         self._inflight = 1
         try:
             result = self.guarded(self._materialize, capture, counter="materializer_errors_total",
@@ -235,7 +240,7 @@ class Follower(Worker):
         finally:
             self._inflight = 0
 
-    def _materialize(self, capture: Capture) -> Materialized:
+    def _materialize(self, capture: Capture) -> "Materialized":
         return self.materializer.materialize(capture)
 
     def _spool(self, records: list[dict]) -> bool:

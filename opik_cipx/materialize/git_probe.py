@@ -24,12 +24,15 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from opik_cipx.clock import SYSTEM, Clock
-from opik_cipx.materialize.call import TurnRepository
 from opik_cipx.materialize.repository import GIT_TIMEOUT_S, RepoChanges, RepoState, read_changes, read_state
 from opik_cipx.stats import Counters
 from opik_cipx.worker import Worker
+
+if TYPE_CHECKING:
+    from opik_cipx.materialize.call import TurnRepository
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ class GitProbe(Worker):
             with self._lock:
                 self._waiting.pop(turn_id, None)
 
-    def turn(self, turn_id: str) -> TurnRepository | None:
+    def turn(self, turn_id: str) -> "TurnRepository | None":
         """What git said of the turn so far; None before its first reading answered."""
         with self._lock:
             found = self._turns.get(turn_id)
@@ -84,6 +87,8 @@ class GitProbe(Worker):
         if changes is None and start.head_sha is not None and start.head_sha == end.head_sha:
             changes = RepoChanges(commits=0, files_added=0, files_deleted=0, lines_added=0, lines_deleted=0)
         changes = changes or RepoChanges()
+        from opik_cipx.materialize.call import TurnRepository  # the materializer asks: it is loaded
+
         return TurnRepository(
             remote=end.remote or start.remote, branch=end.branch, head_sha=start.head_sha,
             head_sha_end=end.head_sha, dirty=end.dirty, commits=changes.commits, files_added=changes.files_added,

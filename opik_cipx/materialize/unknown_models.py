@@ -7,11 +7,13 @@ exactly. Bounded: beyond `MAX_IDS` distinct ids, further ones are only counted.
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opik_cipx.clock import SYSTEM, Clock
-from opik_cipx.materialize.pricing import Cost
 from opik_cipx.stats import utc_iso
+
+if TYPE_CHECKING:
+    from opik_cipx.materialize.pricing import Cost
 
 log = logging.getLogger(__name__)
 MAX_IDS = 64
@@ -27,7 +29,7 @@ class UnknownModels:
         self._ids: dict[str, dict[str, Any]] = {}
         self._calls = 0
 
-    def note(self, cost: Cost) -> None:
+    def note(self, cost: "Cost") -> None:
         """Count `cost` if its model is not in the table; log the first call of each new id."""
         if not cost.unknown_model or not cost.model:
             return
