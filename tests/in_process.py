@@ -46,7 +46,7 @@ def run_in_process(argv: Sequence[str], env: Mapping[str, str], input: str | Non
     stderr = io.TextIOWrapper(io.BytesIO(), encoding=ENCODING, errors="backslashreplace")
     stdin = io.TextIOWrapper(io.BytesIO((input or "").encode(ENCODING)), encoding=ENCODING, errors="surrogateescape")
     saved_env, saved_streams = dict(os.environ), _streams()
-    with _fresh_logging(), contextlib.chdir(cwd or os.getcwd()), _threads_started() as started:
+    with _fresh_logging(), contextlib.chdir(cwd or os.getcwd()), _threads_started() as started, _freezes() as froze:
         before = _global_state()
         _set_environ(env)
         # The `__std*__` too: argparse and shutil ask `sys.__stdout__` for the terminal's width.
@@ -61,7 +61,7 @@ def run_in_process(argv: Sequence[str], env: Mapping[str, str], input: str | Non
             sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__ = saved_streams
             _set_environ(saved_env)
         after = _global_state()
-    _check_left_nothing(before, after, started)
+    _check_left_nothing(before, after, started, froze)
     return subprocess.CompletedProcess(["opik-cipx", *argv], code, _decoded(stdout), _decoded(stderr))
 
 
@@ -124,7 +124,6 @@ def _global_state() -> dict[str, object]:
         "threading.excepthook": threading.excepthook,
         "sys.excepthook": sys.excepthook,
         "GIL switch interval": sys.getswitchinterval(),
-        "frozen objects": gc.get_freeze_count(),
     }
 
 
@@ -152,11 +151,26 @@ def _threads_started() -> Iterator[list[threading.Thread]]:
         threading.Thread.start = start
 
 
-def _check_left_nothing(before: dict[str, object], after: dict[str, object], started: list[threading.Thread]) -> None:
-    # The suite freezes what collection built (tests/conftest.py): the count of frozen objects falls
-    # as some of them are freed, and only a command that freezes more makes it grow.
-    changed = [name for name in before if after[name] != before[name]
-               and not (name == "frozen objects" and after[name] < before[name])]
+@contextmanager
+def _freezes() -> Iterator[list[None]]:
+    """The calls to `gc.freeze` in the block. (Not the count of frozen objects: `gc.get_freeze_count`
+    walks them all, about 12 ms where the whole suite was collected and frozen: tests/conftest.py.)"""
+    calls, freeze = [], gc.freeze
+
+    def counted() -> None:
+        calls.append(None)
+        freeze()
+
+    gc.freeze = counted  # for the block only
+    try:
+        yield calls
+    finally:
+        gc.freeze = freeze
+
+
+def _check_left_nothing(before: dict[str, object], after: dict[str, object], started: list[threading.Thread],
+                        froze: list[None]) -> None:
+    changed = [name for name in before if after[name] != before[name]] + (["frozen objects"] if froze else [])
     assert not changed, f"the command changed its process's {', '.join(changed)}: {before} -> {after}"
     left = [thread.name for thread in started if thread.is_alive()]
     assert not left, f"the command returned with threads it started still running: {left}"

@@ -206,7 +206,7 @@ def test_a_title_comes_back_on_one_bounded_line_however_it_is_wrapped(title):
     assert bare is None or ("\n" not in bare and 0 < len(bare) <= LABEL_CHARS)
 
 
-@given(st.lists(st.from_regex(r"[0-9a]{12}", fullmatch=True), min_size=1, max_size=30))  # ids of one length
+@given(st.lists(st.text("0123456789a", min_size=12, max_size=12), min_size=1, max_size=30))  # ids of one length
 def test_short_ids_are_unique_starts_of_at_least_eight_characters(ids):
     shorts = short_ids(ids)
     assert set(shorts) == set(ids)

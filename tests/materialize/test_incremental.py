@@ -4,14 +4,17 @@ from scratch gives (parsed body, regions, buckets, by_label, facts, and the bloc
 
 import copy
 import json
+from functools import cache
+from typing import NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from opik_cipx.materialize import cipx
-from opik_cipx.materialize.attribution import categorize, incremental
+from opik_cipx.materialize.attribution import Attribution, categorize, incremental
 from opik_cipx.materialize.attribution.incremental import RequestReader, parse_body
+from opik_cipx.store.spool_lines import Encoded
 from tests.claude_code_corpus import SCENARIOS, body_bytes, body_json, messages_requests, request
 from tests.conftest import examples
 
@@ -23,37 +26,63 @@ def key_of(req: dict) -> tuple:
     return headers.get("x-claude-code-session-id"), headers.get("x-claude-code-agent-id"), req["path"]
 
 
-def assert_same(reader: RequestReader, key, body: bytes) -> None:
-    got = reader.read(key, body)
+class Scratch(NamedTuple):
+    """What reading a body from scratch gives: its parse, its attribution, and its prompt's blocks as
+    `metadata.cipx` has them at each of the `token_splits` cache boundaries."""
+
+    body: dict | None
+    attribution: Attribution
+    blocks: list[tuple[tuple[int, int, int], Encoded]]
+
+
+def token_splits(total: int) -> tuple[tuple[int, int, int], ...]:
+    """Cache boundaries over a prompt of `total` characters: mostly read, all written, nothing
+    cached, a boundary mid-prompt, the last characters only."""
+    return ((total * 6 // 10, total * 3 // 10, total // 10), (0, total, 1), (0, 0, 5), (total // 2, 0, total),
+            (total - 2, 1, 1))
+
+
+def scratch(body: bytes) -> Scratch:
     want = categorize(body)
-    assert got.body == parse_body(body)
+    total = sum(chars for chars, _, _ in want.prompt.runs)
+    blocks = []
+    for tokens in token_splits(total):
+        encoded = cipx.input_json(want.prompt._replace(memo={}), tokens)
+        assert encoded == json.loads(encoded.text)
+        assert encoded == [cipx.block_json(block) for block in cipx.input_blocks(want.prompt._replace(memo={}), tokens)]
+        blocks.append((tokens, encoded))
+    return Scratch(parse_body(body), want, blocks)
+
+
+@cache
+def recorded_scratch(index: int) -> Scratch:
+    """`scratch` of the recorded request `MESSAGES[index]`, made once per test process: read-only."""
+    return scratch(body_bytes(MESSAGES[index][2]))
+
+
+def assert_same(reader: RequestReader, key, body: bytes, want: Scratch | None = None) -> None:
+    """Reading `body` under `key` gives what reading it from scratch gives (`want`, when it is known)."""
+    got = reader.read(key, body)
+    want = want or scratch(body)
+    assert got.body == want.body
     if got.body is not None:
-        assert list(got.body) == list(parse_body(body))
-    result = got.attribution
-    assert result.total_chars == want.total_chars
-    assert result.buckets == want.buckets
+        assert list(got.body) == list(want.body)
+    result, attribution = got.attribution, want.attribution
+    assert result.total_chars == attribution.total_chars
+    assert result.buckets == attribution.buckets
     # dict order is part of the record Opik gets: compare as JSON text
-    assert json.dumps(result.by_label) == json.dumps(want.by_label)
-    assert json.dumps(result.facts) == json.dumps(want.facts)
-    assert result.regions == want.regions
-    assert result.layout == want.layout
-    assert described(result.prompt.runs) == described(want.prompt.runs)
-    assert result.prompt.breakpoints == want.prompt.breakpoints
-    assert_same_blocks(result.prompt, want.prompt)
-
-
-def assert_same_blocks(kept, scratch) -> None:
-    """The blocks of a prompt whose memo holds the conversation's earlier requests' (cipx keeps the
-    groups of the runs shared and their JSON) are those of the same prompt made from scratch,
-    whatever the cache boundaries: mostly read, all written, nothing cached, a boundary mid-prompt."""
-    total = sum(chars for chars, _, _ in scratch.runs)
-    for tokens in ((total * 6 // 10, total * 3 // 10, total // 10), (0, total, 1), (0, 0, 5), (total // 2, 0, total),
-                   (total - 2, 1, 1)):
-        want = cipx.input_json(scratch._replace(memo={}), tokens)
-        got = cipx.input_json(kept, tokens)
-        assert got.text == want.text
-        assert got == want == json.loads(want.text)
-        assert want == [cipx.block_json(block) for block in cipx.input_blocks(scratch._replace(memo={}), tokens)]
+    assert json.dumps(result.by_label) == json.dumps(attribution.by_label)
+    assert json.dumps(result.facts) == json.dumps(attribution.facts)
+    assert result.regions == attribution.regions
+    assert result.layout == attribution.layout
+    assert described(result.prompt.runs) == described(attribution.prompt.runs)
+    assert result.prompt.breakpoints == attribution.prompt.breakpoints
+    # the blocks of a prompt whose memo holds the conversation's earlier requests' (cipx keeps the
+    # groups of the runs shared and their JSON) are those of the same prompt made from scratch
+    for tokens, encoded in want.blocks:
+        made = cipx.input_json(result.prompt, tokens)
+        assert made.text == encoded.text
+        assert made == encoded
 
 
 def described(runs: list) -> list:
@@ -63,8 +92,8 @@ def described(runs: list) -> list:
 
 def test_the_recorded_corpus_read_in_order_matches_reading_each_from_scratch():
     reader = RequestReader()
-    for _, _, req in MESSAGES:
-        assert_same(reader, key_of(req), body_bytes(req))
+    for index, (_, _, req) in enumerate(MESSAGES):
+        assert_same(reader, key_of(req), body_bytes(req), recorded_scratch(index))
 
 
 @settings(max_examples=examples(20), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -73,7 +102,7 @@ def test_the_corpus_in_any_order_and_under_any_key_matches(order, one_key):
     reader = RequestReader()
     for index in order[:25]:
         _, _, req = MESSAGES[index]
-        assert_same(reader, "k" if one_key else key_of(req), body_bytes(req))
+        assert_same(reader, "k" if one_key else key_of(req), body_bytes(req), recorded_scratch(index))
 
 
 # -- generated growing sessions ------------------------------------------------------------

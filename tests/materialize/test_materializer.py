@@ -3,7 +3,9 @@
 import dataclasses
 import hashlib
 import json
+import tempfile
 from collections import defaultdict
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -31,9 +33,21 @@ def config(tmp_path: Path, **overrides) -> MaterializerConfig:
 
 
 def run(scenario: str, tmp_path: Path, **overrides) -> dict[str, list[dict]]:
-    """Fixture number -> the records its exchange produced."""
+    """Fixture number -> the records its exchange produced (a new materializer's)."""
     materializer = Materializer(config(tmp_path, **overrides), load_price_table())
     return {number: materializer.materialize(capture).records for number, capture in exchanges(scenario)}
+
+
+def recorded(scenario: str) -> dict[str, list[dict]]:
+    """`run(scenario, <an empty directory>)` with the default config: a fresh copy of the records one
+    materializer made once per test process (tests that only read them need not make them again)."""
+    return json.loads(_recorded_json(scenario))
+
+
+@cache
+def _recorded_json(scenario: str) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.dumps(run(scenario, Path(tmp)))
 
 
 def llm(records: list[dict]) -> dict:
@@ -61,7 +75,7 @@ def test_requests_read_incrementally_give_the_records_of_reading_each_from_scrat
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_every_record_validates_and_ids_are_deterministic(scenario, tmp_path):
     first = run(scenario, tmp_path)
-    again = run(scenario, tmp_path)
+    again = recorded(scenario)  # made by another materializer
     assert first == again  # same captures => same records, ids included
     ids = defaultdict(list)
     for number, records in first.items():
@@ -76,8 +90,8 @@ def test_every_record_validates_and_ids_are_deterministic(scenario, tmp_path):
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_costs_match_claude_codes_own_total_per_invocation(scenario, tmp_path):
-    records = run(scenario, tmp_path)
+def test_costs_match_claude_codes_own_total_per_invocation(scenario):
+    records = recorded(scenario)
     per_run = defaultdict(float)
     for number, run_no in runs(scenario).items():
         for record in records.get(number, []):
@@ -88,8 +102,8 @@ def test_costs_match_claude_codes_own_total_per_invocation(scenario, tmp_path):
         assert total == pytest.approx(cli_result(scenario, run_no)["total_cost_usd"], abs=1e-9), run_no
 
 
-def test_buckets_partition_the_request_and_tokens_follow_chars(tmp_path):
-    span = llm(run("mcp", tmp_path)["001"])
+def test_buckets_partition_the_request_and_tokens_follow_chars():
+    span = llm(recorded("mcp")["001"])
     categories = cc(span)["categories"]
     assert sum(c["chars"] for c in categories.values()) == cc(span)["call"]["request_chars"]
     assert categories["unattributed"]["chars"] == 0
@@ -101,8 +115,8 @@ def test_buckets_partition_the_request_and_tokens_follow_chars(tmp_path):
     assert sum(o["tokens"] for o in output.values()) == pytest.approx(span["usage"]["completion_tokens"], abs=0.1)
 
 
-def test_one_trace_per_user_turn_with_tool_spans_under_their_llm_span(tmp_path):
-    records = run("tools", tmp_path)
+def test_one_trace_per_user_turn_with_tool_spans_under_their_llm_span():
+    records = recorded("tools")
     all_records = [r for number in sorted(records) for r in records[number]]
     traces = {r["body"]["id"] for r in all_records if r["kind"] == "trace"}
     assert len(traces) == 1
@@ -120,8 +134,8 @@ def test_one_trace_per_user_turn_with_tool_spans_under_their_llm_span(tmp_path):
     assert cc(trace)["metrics_rollup"]["calls"] == 6
 
 
-def test_subagent_calls_nest_under_the_agent_tool_span(tmp_path):
-    records = run("subagent", tmp_path)
+def test_subagent_calls_nest_under_the_agent_tool_span():
+    records = recorded("subagent")
     agent_span = next(r["body"] for r in records["005"] if r["body"].get("name") == "Agent")
     for number in ("002", "003", "004"):
         sub = llm(records[number])
@@ -167,8 +181,8 @@ def test_a_subagent_stays_in_the_turn_that_launched_it_after_the_next_prompt(tmp
     assert sub["trace_id"] == launch["trace_id"]  # with its Agent tool call, not the newer turn
 
 
-def test_compaction_is_flagged_with_before_and_after_sizes(tmp_path):
-    records = run("compact", tmp_path)
+def test_compaction_is_flagged_with_before_and_after_sizes():
+    records = recorded("compact")
     request = cc(llm(records["010"]))
     assert request["call"]["kind"] == "compaction"
     assert request["compaction"]["request"] is True
@@ -184,16 +198,16 @@ def test_compaction_is_flagged_with_before_and_after_sizes(tmp_path):
     assert trace["output"]["response"]  # the summary
 
 
-def test_side_calls_and_count_tokens_are_flagged(tmp_path):
-    records = run("nonstream_and_others", tmp_path)
+def test_side_calls_and_count_tokens_are_flagged():
+    records = recorded("nonstream_and_others")
     assert cc(llm(records["028"]))["call"]["side_kind"] == "web_search"
     assert llm(records["028"])["name"] == "side_call:web_search"
     assert cc(llm(records["028"]))["pricing"]["web_search_usd"] == pytest.approx(0.01)
-    assert run("simple", tmp_path)["000"] == []  # HEAD / preconnect carries no model call
+    assert recorded("simple")["000"] == []  # HEAD / preconnect carries no model call
 
 
-def test_count_tokens_is_a_general_span_in_the_turn_counted_apart(tmp_path):
-    records = run("compact", tmp_path)
+def test_count_tokens_is_a_general_span_in_the_turn_counted_apart():
+    records = recorded("compact")
     (span,) = [r["body"] for r in records["014"] if r["kind"] == "span"]
     assert span["type"] == "general" and span["name"] == "count_tokens"
     assert not {"model", "usage", "total_estimated_cost", "provider"} & set(span)
@@ -207,8 +221,8 @@ def test_count_tokens_is_a_general_span_in_the_turn_counted_apart(tmp_path):
     assert rollup["count_tokens_calls"] == 14 and rollup["calls"] == 1 and "count_tokens" not in rollup["calls_by_kind"]
 
 
-def test_errors_and_partial_streams(tmp_path):
-    records = run("error", tmp_path)
+def test_errors_and_partial_streams():
+    records = recorded("error")
     overloaded = llm(records["001"])
     assert overloaded["error_info"]["exception_type"] == "overloaded_error"
     assert json.loads(overloaded["error_info"]["traceback"]) == json.loads(response("error", "001")["body"])
@@ -223,8 +237,9 @@ def test_errors_and_partial_streams(tmp_path):
 def test_redacted_mode_ships_no_prompt_or_completion_text(tmp_path):
     texts = ["say hello", "Hello! How", "Exit code 2", "echo hi", "What have we done so far?", "v1.3.0",
              "Compacted (ctrl+o", "notes.txt lists TODOs"]
+    made = {}
     for scenario in SCENARIOS:
-        records = run(scenario, tmp_path, capture_content=False)
+        records = made[scenario] = run(scenario, tmp_path, capture_content=False)
         for record in (r for rs in records.values() for r in rs):
             body = record["body"]
             assert "input" not in body and "output" not in body
@@ -232,9 +247,9 @@ def test_redacted_mode_ships_no_prompt_or_completion_text(tmp_path):
             blob = json.dumps(record)
             for text in texts:
                 assert text not in blob, (scenario, text)
-    failing = [r["body"] for r in run("tools", tmp_path, capture_content=False)["006"] if r["body"].get("error_info")]
+    failing = [r["body"] for r in made["tools"]["006"] if r["body"].get("error_info")]
     assert [f["error_info"]["traceback"] for f in failing] == [REDACTED_TEXT]  # Opik needs one; no tool output
-    numbers = cc(llm(run("tools", tmp_path, capture_content=False)["006"]))
+    numbers = cc(llm(made["tools"]["006"]))
     assert numbers["categories"]["tool_io"]["chars"] > 0 and numbers["user_prompt"]["text_chars"] > 0
 
 
@@ -325,9 +340,9 @@ def newest(versions: list[dict]) -> dict:
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_every_version_of_a_trace_carries_at_least_what_the_one_before_had(scenario, tmp_path):
+def test_every_version_of_a_trace_carries_at_least_what_the_one_before_had(scenario):
     versions = defaultdict(list)
-    for record in flat(run(scenario, tmp_path)):
+    for record in flat(recorded(scenario)):
         if record["kind"] == "trace":
             versions[record["body"]["id"]].append(record["body"])
     for bodies in versions.values():
@@ -343,8 +358,8 @@ def test_every_version_of_a_trace_carries_at_least_what_the_one_before_had(scena
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_the_final_trace_carries_the_turns_last_main_answer(scenario, tmp_path):
-    records = flat(run(scenario, tmp_path))
+def test_the_final_trace_carries_the_turns_last_main_answer(scenario):
+    records = flat(recorded(scenario))
     last_answer = {}
     for record in records:
         body = record["body"]
@@ -362,9 +377,9 @@ def test_the_final_trace_carries_the_turns_last_main_answer(scenario, tmp_path):
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_every_trace_and_parent_a_span_names_was_emitted_no_later(scenario, tmp_path):
+def test_every_trace_and_parent_a_span_names_was_emitted_no_later(scenario):
     seen: set[str] = set()
-    for record in flat(run(scenario, tmp_path)):
+    for record in flat(recorded(scenario)):
         body = record["body"]
         if record["kind"] == "span":
             assert body["trace_id"] in seen, (scenario, body["name"])
@@ -372,8 +387,8 @@ def test_every_trace_and_parent_a_span_names_was_emitted_no_later(scenario, tmp_
         seen.add(body["id"])
 
 
-def test_an_agent_span_goes_out_when_its_subagent_starts_and_again_with_its_result(tmp_path):
-    records = run("subagent", tmp_path)
+def test_an_agent_span_goes_out_when_its_subagent_starts_and_again_with_its_result():
+    records = recorded("subagent")
     early = next(r["body"] for r in records["002"] if r["body"].get("name") == "Agent")
     assert "end_time" not in early and "output" not in early and cc(early)["tool"]["running"] is True
     assert early["input"]["subagent_type"] == "general-purpose"
@@ -418,8 +433,7 @@ ALL = [(scenario, number, capture) for scenario in SCENARIOS for number, capture
 @given(scenario=st.sampled_from(SCENARIOS), cuts=st.sets(st.integers(0, 60), max_size=4))
 def test_a_restart_at_any_capture_boundary_changes_no_record(tmp_path, scenario, cuts):
     captured = [capture for s, _, capture in ALL if s == scenario]
-    straight = Materializer(config(tmp_path), load_price_table())
-    expected = [straight.materialize(c).records for c in captured]
+    expected = list(recorded(scenario).values())  # a materializer that never restarts
     materializer = Materializer(config(tmp_path), load_price_table())
     got = []
     for i, capture in enumerate(captured):
