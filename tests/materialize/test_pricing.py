@@ -10,7 +10,6 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-import build_zipapp
 from opik_cipx.config import ConfigError, load_settings, parse_price_overrides
 from opik_cipx.materialize.pricing import RATE_KEYS, PriceTable, load_price_table, normalize_model
 from opik_cipx.materialize.pricing import price_call as _price_call
@@ -681,8 +680,8 @@ def test_a_malformed_override_is_one_line_naming_its_key(key, value):
     except ValueError as err:
         message = str(err)
         assert message.startswith(f"prices.claude-opus-5.{key}") and "\n" not in message
-def test_price_table_loads_from_the_zipapp(tmp_path):
-    pyz = build_zipapp.build(tmp_path / "opik-cipx.pyz")
+def test_price_table_loads_from_the_zipapp(tmp_path, built_pyz):
+    pyz = built_pyz  # build_zipapp.py's build of this tree, made once per run
     code = "from opik_cipx.materialize.pricing import load_price_table; print(len(load_price_table().models))"
     out = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(pyz)!r}); {code}"],
                          capture_output=True, text=True, timeout=30, cwd=tmp_path)
