@@ -3,6 +3,7 @@ the `opik-cipx` link on PATH (which directory, what to tell the user, only ever 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -149,8 +150,11 @@ def test_from_source_it_builds_once_and_again_only_when_the_source_changes(user,
     assert install.install(settings, env)[1] == f"installed {dest} (from {package})"
 
 
-def test_from_another_zipapp_it_copies_with_this_interpreter_and_the_copy_runs(user, tmp_path, monkeypatch):
-    pyz = zipapp.build(tmp_path / "plugin" / "bin" / "opik-cipx", REPO / "opik_cipx")
+def test_from_another_zipapp_it_copies_with_this_interpreter_and_the_copy_runs(user, tmp_path, monkeypatch,
+                                                                               built_pyz):
+    pyz = tmp_path / "plugin" / "bin" / "opik-cipx"  # a plugin release carries the built executable
+    pyz.parent.mkdir(parents=True)
+    shutil.copy2(built_pyz, pyz)
     monkeypatch.setattr(executable, "current", lambda: executable.Executable(pyz, True))
     settings, env = settings_for(user), {**env_for(user), "CIPX_INSTALL_DIR": str(user / "tools")}
     exe, note = install.install(settings, env)
