@@ -270,3 +270,22 @@ def daemon(home: Path, upstream: FakeAnthropic):
         proc.stop()
     finally:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def preinstall():
+    """`preinstall(home)`: the executable `sync` or `restart` from this tree would build
+    (`$CIPX_HOME/bin/opik-cipx`, control/install.py), put in place first: built once per worker,
+    so a test whose point is not that build saves it (0.35 s of CPU); `sync` finds it current and
+    runs the daemon from it as from its own build. A test about the build keeps a fresh home."""
+    from opik_cipx.control import zipapp
+
+    data = zipapp.build_bytes(REPO / "opik_cipx", os.path.realpath(sys.executable))
+
+    def put(home: Path) -> None:
+        (home / "bin").mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = home / "bin" / "opik-cipx"
+        path.write_bytes(data)
+        path.chmod(0o755)
+
+    return put

@@ -77,10 +77,12 @@ def test_a_proxy_run_by_hand_drains_when_its_terminal_closes(home, upstream):
         daemon.kill()
 
 
-def test_under_the_detached_supervisor_hup_and_usr_signals_to_the_group_change_nothing_and_quit_stops_both(machine):
+def test_under_the_detached_supervisor_hup_and_usr_signals_to_the_group_change_nothing_and_quit_stops_both(
+        machine, preinstall):
     from opik_cipx.control.daemon_control import pid_alive
     from tests.lifecycle_helpers import wait_gone
 
+    preinstall(machine.home)  # the executable sync would build first (not what this test proves)
     assert machine.cli("sync").returncode == 0
     supervisor, daemon = machine.supervisor()["pid"], machine.state()["pid"]
     for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):

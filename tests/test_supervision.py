@@ -1,6 +1,8 @@
 """Supervision of a detached daemon, as a user's machine runs it: `sync` starts the supervisor,
 the daemon is `kill -9`ed, killed again and again, stopped behind its back, left without its
-executable; the supervisor itself is killed. Real processes, a temporary HOME (tests/lifecycle_helpers.py)."""
+executable; the supervisor itself is killed. Real processes, a temporary HOME (tests/lifecycle_helpers.py),
+the executable `sync` would build from this tree put in place first (`tests.conftest.preinstall`: the
+build is not what these tests prove; rebuilding a deleted one is)."""
 
 import http.client
 import json
@@ -63,13 +65,14 @@ def daemon_pid(m) -> int | None:
 
 
 @pytest.fixture(scope="module")
-def synced(tmp_path_factory):
+def synced(tmp_path_factory, preinstall):
     """A machine one `sync` brought up, for the tests of this module that only look at its
     supervisor and daemon (their processes, a second `supervise` refused): none kills, stops or
     signals them or changes a file, so each finds what that `sync` left, whichever of them run, in
     any order, on any worker. A test that kills, stops or breaks something syncs its own machine."""
     with FakeAnthropic(tls=True) as upstream:
         m = Machine(tmp_path_factory.mktemp("synced") / "user", upstream.url)
+        preinstall(m.home)
         try:
             synced = m.cli("sync")
             assert synced.returncode == 0, synced.stderr
@@ -79,8 +82,9 @@ def synced(tmp_path_factory):
 
 
 def test_kill_9_is_answered_by_a_new_daemon_and_a_daemon_that_keeps_dying_is_given_up_on_with_nothing_lost(
-        machine_with_upstream, upstream, opik_down):
+        machine_with_upstream, upstream, opik_down, preinstall):
     m = machine_with_upstream
+    preinstall(m.home)
     # An Opik that is down: the spans wait in the spool, where this test counts them.
     (m.home / "config.toml").write_text(f'[opik]\nbase_url = "{opik_down["OPIK_CIPX_BASE_URL"]}"\n')
     assert m.cli("sync").returncode == 0
@@ -139,8 +143,9 @@ def test_kill_9_is_answered_by_a_new_daemon_and_a_daemon_that_keeps_dying_is_giv
 
 
 def test_a_daemon_that_cannot_start_again_is_given_up_on_at_once_and_the_next_hook_run_repairs_it(
-        machine_with_upstream, upstream):
+        machine_with_upstream, upstream, preinstall):
     m = machine_with_upstream
+    preinstall(m.home)
     assert m.cli("sync").returncode == 0
     executable = m.home / "bin" / "opik-cipx"
     executable.unlink()  # deleted, say, by a clean-up of the user's
@@ -167,8 +172,9 @@ def test_a_daemon_that_cannot_start_again_is_given_up_on_at_once_and_the_next_ho
 
 
 def test_a_killed_supervisor_leaves_the_daemon_serving_and_the_next_sync_takes_it_over(
-        machine_with_upstream, upstream):
+        machine_with_upstream, upstream, preinstall):
     m = machine_with_upstream
+    preinstall(m.home)
     assert m.cli("sync").returncode == 0
     first = m.supervisor()
     pid = daemon_pid(m)
@@ -195,8 +201,9 @@ def test_a_killed_supervisor_leaves_the_daemon_serving_and_the_next_sync_takes_i
     wait_for(lambda: daemon_pid(m) == third["daemon_pid"], what="the new daemon's state.json")
 
 
-def test_a_daemon_stopped_behind_the_supervisors_back_stays_stopped_and_says_so(machine_with_upstream):
+def test_a_daemon_stopped_behind_the_supervisors_back_stays_stopped_and_says_so(machine_with_upstream, preinstall):
     m = machine_with_upstream
+    preinstall(m.home)
     assert m.cli("sync").returncode == 0
     pid = daemon_pid(m)
     os.kill(pid, signal.SIGTERM)  # a clean stop, as systemd's Restart=on-failure would not restart either
@@ -207,8 +214,10 @@ def test_a_daemon_stopped_behind_the_supervisors_back_stays_stopped_and_says_so(
     assert (status, headers["x-should-retry"]) == (503, "false")
 
 
-def test_stop_and_the_kill_switch_stop_the_supervisor_and_tell_a_session_that_went_through_it(machine_with_upstream):
+def test_stop_and_the_kill_switch_stop_the_supervisor_and_tell_a_session_that_went_through_it(
+        machine_with_upstream, preinstall):
     m = machine_with_upstream
+    preinstall(m.home)
     assert m.cli("sync").returncode == 0
     record, pid = m.supervisor(), daemon_pid(m)
     our_url = f"http://127.0.0.1:{m.port}"
@@ -222,8 +231,10 @@ def test_stop_and_the_kill_switch_stop_the_supervisor_and_tell_a_session_that_we
     assert unrelated.returncode == 0 and unrelated.stdout == ""
 
 
-def test_a_session_that_goes_through_a_daemon_that_cannot_come_up_is_told_to_start_a_new_one(machine_with_upstream):
+def test_a_session_that_goes_through_a_daemon_that_cannot_come_up_is_told_to_start_a_new_one(
+        machine_with_upstream, preinstall):
     m = machine_with_upstream
+    preinstall(m.home)
     assert m.cli("sync").returncode == 0
     broken = {"CIPX_CA_BUNDLE": str(m.home / "missing.pem")}  # every start now fails
     assert m.cli("restart", **broken).returncode == 1

@@ -124,6 +124,9 @@ def test_written_at_is_read_from_the_clock():
 
 
 # --- sync as a process ----------------------------------------------------------------------
+# A machine's first `sync` from this tree builds the executable it runs the daemon from; the tests
+# below whose point is not that build start with it in place (`tests.conftest.preinstall`). The build
+# on a first sync is proven where it is the point: the first session's hook, and syncs racing.
 
 
 def test_hook_sync_brings_the_daemon_up_and_tells_the_user_once_that_the_next_session_is_proxied(machine):
@@ -147,7 +150,8 @@ def test_hook_sync_brings_the_daemon_up_and_tells_the_user_once_that_the_next_se
     assert session["source"] == "startup"
 
 
-def test_second_sync_is_a_noop(machine):
+def test_second_sync_is_a_noop(machine, preinstall):
+    preinstall(machine.home)
     machine.settings_path.parent.mkdir(parents=True)
     machine.settings_path.write_text(json.dumps({"model": "opus", "env": {"A": "1"}}, indent=2) + "\n")
     first = machine.cli("sync")
@@ -231,7 +235,8 @@ def test_concurrent_syncs_point_claude_code_and_link_opik_cipx_once(machine, pau
     assert (machine.user_home / ".local" / "bin" / "opik-cipx").resolve() == (machine.home / "bin" / "opik-cipx")
 
 
-def test_daemon_that_cannot_start_fails_open(machine):
+def test_daemon_that_cannot_start_fails_open(machine, preinstall):
+    preinstall(machine.home)
     url = f"http://127.0.0.1:{machine.port}"
     machine.settings_path.parent.mkdir(parents=True)
     machine.settings_path.write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": url, "KEEP": "me"}}))
@@ -249,7 +254,8 @@ def test_daemon_that_cannot_start_fails_open(machine):
     assert machine.base_url() is None and machine.state() is None
 
 
-def test_bad_config_file_fails_open_and_a_healthy_daemon_keeps_running(machine):
+def test_bad_config_file_fails_open_and_a_healthy_daemon_keeps_running(machine, preinstall):
+    preinstall(machine.home)
     assert machine.cli("sync").returncode == 0
     pid = machine.state()["pid"]
     config = machine.home / "config.toml"
@@ -268,7 +274,8 @@ def test_bad_config_file_fails_open_and_a_healthy_daemon_keeps_running(machine):
     assert machine.cli("sync").returncode == 1
 
 
-def test_disabled_tears_down_and_leaves_claude_code_on_anthropic(machine):
+def test_disabled_tears_down_and_leaves_claude_code_on_anthropic(machine, preinstall):
+    preinstall(machine.home)
     machine.settings_path.parent.mkdir(parents=True)
     machine.settings_path.write_text(json.dumps({"theme": "dark"}))
     assert machine.cli("sync").returncode == 0
@@ -284,7 +291,8 @@ def test_disabled_tears_down_and_leaves_claude_code_on_anthropic(machine):
     assert machine.state() is None and machine.base_url() is None
 
 
-def test_foreign_base_url_is_reported_and_kept(machine):
+def test_foreign_base_url_is_reported_and_kept(machine, preinstall):
+    preinstall(machine.home)
     machine.settings_path.parent.mkdir(parents=True)
     machine.settings_path.write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": "https://gateway.corp.example"}}))
     result = machine.cli("sync", input=SESSION_START.read_text())
@@ -294,7 +302,8 @@ def test_foreign_base_url_is_reported_and_kept(machine):
     assert machine.base_url() == "https://gateway.corp.example"
 
 
-def test_stale_state_naming_an_unrelated_process_is_never_signalled(machine):
+def test_stale_state_naming_an_unrelated_process_is_never_signalled(machine, preinstall):
+    preinstall(machine.home)
     bystander = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
         (machine.home / "state.json").write_text(json.dumps({"pid": bystander.pid, "ports": {"admin": 1}}))
@@ -306,7 +315,8 @@ def test_stale_state_naming_an_unrelated_process_is_never_signalled(machine):
         bystander.communicate()  # reaps it and closes its stdin
 
 
-def test_garbage_hook_input_still_exits_zero(machine):
+def test_garbage_hook_input_still_exits_zero(machine, preinstall):
+    preinstall(machine.home)
     result = machine.cli("sync", input="not json at all")
     assert result.returncode == 0 and "not a JSON object" in result.stderr
     assert machine.state() is not None
@@ -314,7 +324,8 @@ def test_garbage_hook_input_still_exits_zero(machine):
     assert result.returncode == 0 and "session_id" in result.stderr
 
 
-def test_settings_this_environment_asks_for_that_the_daemon_does_not_use_are_named(machine):
+def test_settings_this_environment_asks_for_that_the_daemon_does_not_use_are_named(machine, preinstall):
+    preinstall(machine.home)
     opik = {"OPIK_CIPX_BASE_URL": "http://127.0.0.1:9/api", "OPIK_CIPX_API_KEY": "sk-daemon"}  # nothing listens there
     assert machine.cli("sync", **opik).returncode == 0
     state = machine.state()
