@@ -126,7 +126,7 @@ def test_written_at_is_read_from_the_clock():
 # --- sync as a process ----------------------------------------------------------------------
 # A machine's first `sync` from this tree builds the executable it runs the daemon from; the tests
 # below whose point is not that build start with it in place (`tests.conftest.preinstall`). The build
-# on a first sync is proven where it is the point: the first session's hook, and syncs racing.
+# on a first sync is proven where it is the point: the first session's hook, and three syncs at once.
 
 
 def test_hook_sync_brings_the_daemon_up_and_tells_the_user_once_that_the_next_session_is_proxied(machine):
@@ -216,11 +216,12 @@ class RacingSync:
 
 
 @pytest.mark.parametrize("pause", ["opik_cipx.control.claude_settings:_save", "opik_cipx.control.install:_remember"])
-def test_concurrent_syncs_point_claude_code_and_link_opik_cipx_once(machine, pause):
+def test_concurrent_syncs_point_claude_code_and_link_opik_cipx_once(machine, pause, preinstall):
     """Two sessions opening at once: one sync stopped just before it writes Claude Code's settings (or makes
     the link on PATH), the other run meanwhile. That one waits for it, so exactly one says that Claude
     Code now goes through opik-cipx, one made the link, and neither fails (before: both said it, or the
     second said `cannot link ... File exists`)."""
+    preinstall(machine.home)
     first = RacingSync(machine, pause=pause)
     assert first.signal() == "paused"
     second = RacingSync(machine)
