@@ -7,10 +7,12 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 
+import pytest
+
+from opik_cipx.views.access import read_token
 from tests.conftest import REPO, DaemonProcess, load_fixture, run_cli, run_command, wait_for
-from tests.fake_anthropic import fixture_reply, split_sse, sse_reply
+from tests.fake_anthropic import FakeAnthropic, fixture_reply, split_sse, sse_reply
 
 CONTRACT_3 = {
     "pid", "version", "started_at", "uptime_s", "listeners", "project", "opik", "queue", "wal",
@@ -46,6 +48,24 @@ def admin_get(port: int, path: str, host: str | None = None) -> tuple[int, dict]
     return resp.status, json.loads(resp.read())
 
 
+@pytest.fixture(scope="module")
+def idle_daemon(tmp_path_factory):
+    """One daemon for the tests of this module that only look at it: its files, its admin
+    listener's answers, a second `proxy` refused on its home. None of them sends it a call, stops,
+    kills, reconfigures or breaks it, so each finds it as a fresh daemon is (no capture, nothing
+    written since it started), whichever of them run, in any order, on any worker. A test that
+    sends calls, signals or stops a daemon starts its own."""
+    with FakeAnthropic(tls=True) as upstream:
+        daemon = DaemonProcess(tmp_path_factory.mktemp("idle-daemon") / "cipx-home", upstream.url)
+        try:
+            yield daemon
+        finally:
+            try:
+                daemon.stop()
+            finally:
+                daemon.kill()
+
+
 def test_stats_document_has_every_contract_field(daemon, upstream):
     conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=5)
     conn.request("POST", "/v1/messages", body=b"{}")
@@ -66,14 +86,18 @@ def test_stats_document_has_every_contract_field(daemon, upstream):
     assert admin_get(daemon.admin_port, "/admin/health") == (200, {"ok": True})
 
 
-def test_admin_refuses_non_loopback_host_header(daemon):
+def test_admin_refuses_non_loopback_host_header(idle_daemon):
+    daemon = idle_daemon
     assert admin_get(daemon.admin_port, "/admin/health", host="evil.example:80")[0] == 403
     assert admin_get(daemon.admin_port, "/admin/stats", host="127.0.0.1.nip.io")[0] == 403
     assert admin_get(daemon.admin_port, "/admin/stats", host=f"localhost:{daemon.admin_port}")[0] == 200
     assert admin_get(daemon.admin_port, "/admin/stats", host="[::1]")[0] == 200
 
 
-def test_state_files_are_private_and_state_json_is_the_handshake(daemon):
+def test_state_files_are_private_and_state_json_is_the_handshake(idle_daemon):
+    """What a running daemon has written (a clean stop removing state.json:
+    test_a_stop_with_an_idle_keepalive_client_is_prompt_clean_and_logs_no_bodies)."""
+    daemon = idle_daemon
     home = daemon.home
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     for name in ("state.json", "ports.json", "viewer.token", "logs/cipx.log"):
@@ -87,20 +111,22 @@ def test_state_files_are_private_and_state_json_is_the_handshake(daemon):
     assert admin_get(daemon.admin_port, "/admin/state") == (200, public)
     ports = json.loads((home / "ports.json").read_text())
     assert ports["claude_code"] == 9909  # `--port 0` is a per-run override, never persisted
-    assert ports["admin"] == daemon.admin_port
-    assert daemon.stop() == 0
-    assert not (home / "state.json").exists()
+    assert ports["admin"] == daemon.admin_port  # the port it picked, recorded for the next start
+    token = read_token(home)  # the viewer's, made at the first start (kept: tests/views/test_access.py)
+    assert token and len(token) >= 43
 
 
-def test_picked_ports_are_kept_across_restarts(home, upstream):
-    first = DaemonProcess(home, upstream.url)
-    admin = first.admin_port
-    assert first.stop() == 0
-    second = DaemonProcess(home, upstream.url)
+def test_picked_ports_are_kept_across_restarts(home, upstream, reserved_port):
+    """The next start listens on the ports the last one recorded (recording them:
+    test_state_files_are_private_and_state_json_is_the_handshake), set up here on disk."""
+    home.mkdir(parents=True, mode=0o700)
+    (home / "ports.json").write_text(json.dumps({"claude_code": 9909, "admin": reserved_port}))
+    daemon = DaemonProcess(home, upstream.url)
     try:
-        assert second.admin_port == admin
+        assert daemon.admin_port == reserved_port
+        assert json.loads((home / "ports.json").read_text())["admin"] == reserved_port
     finally:
-        second.stop()
+        assert daemon.stop() == 0
 
 
 def snapshot(root) -> dict:
@@ -109,7 +135,8 @@ def snapshot(root) -> dict:
             if p.is_file()}
 
 
-def test_a_second_proxy_on_the_same_home_is_refused_and_touches_nothing(daemon):
+def test_a_second_proxy_on_the_same_home_is_refused_and_touches_nothing(idle_daemon):
+    daemon = idle_daemon
     home = daemon.home
     before = snapshot(home)
     assert before["daemon.lock"][0] == f"{daemon.proc.pid}\n".encode()
@@ -212,51 +239,23 @@ def test_sigterm_lets_an_in_flight_stream_finish(daemon, upstream):
     assert daemon.proc.wait(15) == 0
 
 
-def test_sigterm_with_idle_keepalive_clients_exits_promptly(daemon):
-    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=5)
-    conn.request("GET", "/v1/models")
-    conn.getresponse().read()  # connection stays open, idle
-    assert daemon.stop() == 0  # within DaemonProcess.stop's 20 s: the 30 s drain is not waited out
-
-
-def test_log_has_no_bodies(daemon, upstream):
+def test_a_stop_with_an_idle_keepalive_client_is_prompt_clean_and_logs_no_bodies(daemon, upstream):
     request, response = load_fixture("simple", "001")
     upstream.script(fixture_reply(response))
     conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
     conn.request("POST", request["path"], body=request["body"].encode())
-    conn.getresponse().read()
-    daemon.stop()
+    assert conn.getresponse().read() == response["body"].encode()
+    conn.request("GET", "/v1/models")
+    conn.getresponse().read()  # connection stays open, idle
+    # within DaemonProcess.stop's 20 s: the 30 s drain is not waited out
+    assert daemon.stop() == 0, "an idle keep-alive client held the stop"
+    assert not (daemon.home / "state.json").exists(), "a clean stop leaves no state.json"
     log = (daemon.home / "logs" / "cipx.log").read_text()
     assert "listening" in log
-    assert "say hello" not in log and "Hello! How" not in log
+    assert "say hello" not in log and "Hello! How" not in log, "a body in the log"
 
 
 def test_python_dash_m_and_version():
     result = subprocess.run([sys.executable, "-m", "opik_cipx", "--version"], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0 and result.stdout.startswith("opik-cipx ")
-
-
-def test_a_call_arriving_on_a_keepalive_connection_during_shutdown_still_completes(home, upstream):
-    from tests.fake_opik import API_KEY, WORKSPACE, FakeOpik
-
-    _, response = load_fixture("simple", "001")
-    with FakeOpik() as opik:
-        opik.delay_s = 3.0  # a slow Opik keeps the shutdown busy for seconds
-        daemon = DaemonProcess(home, upstream.url, OPIK_CIPX_BASE_URL=opik.url, OPIK_CIPX_API_KEY=API_KEY,
-                               OPIK_CIPX_WORKSPACE=WORKSPACE)
-        upstream.script(fixture_reply(response))
-        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=15)
-        conn.request("POST", "/v1/messages", body=b"{}")
-        conn.getresponse().read()
-        wait_for(lambda: daemon.stats()["queue"]["inflight"] > 0, what="a post to Opik in flight")
-        daemon.proc.send_signal(15)
-        wait_for_listener_closed(daemon.port)
-        held = sse_reply(split_sse(response["body"]), hold_after=2)
-        upstream.script(held)
-        conn.request("POST", "/v1/messages", body=b"{}")  # the idle keep-alive connection brings one more
-        resp = conn.getresponse()
-        first = resp.read1(65536)
-        threading.Timer(6.5, held.gate.set).start()  # outlives the rest of shutdown (shipper stop: 5 s)
-        assert first + resp.read() == response["body"].encode()
-        assert daemon.proc.wait(30) == 0

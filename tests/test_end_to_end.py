@@ -55,11 +55,16 @@ def test_calls_become_spans_in_opik_with_exact_cost(home, upstream):
 
 
 def test_without_opik_no_record_is_kept_for_it_and_the_calls_show_in_the_viewer(daemon, upstream):
+    """Issue 25: without Opik, the spool held 256 KB of prompt text after 12 calls, with no age limit."""
     calls = replay_scenario(daemon, upstream, "mcp")
     stats = wait_for(lambda: (s := daemon.stats())["counters"]["events_materialized"] == calls and s,
                      what="every call materialized")
     assert stats["opik"]["configured"] is False
-    assert stats["queue"]["ready"] == 0 and stats["wal"]["discarded"] > 0  # issue 25: no spool without Opik
+    assert stats["wal"]["hot_bytes"] == 0 and stats["wal"]["discarded"] > calls  # issue 25: no spool without Opik
+    assert stats["queue"] == {"in_memory": 0, "ready": 0, "inflight": 0}
+    report = json.loads(run_command(daemon.home, "report", "--json").stdout)
+    assert report["total"]["calls"] == calls  # the ledger has them
+    assert "no record is kept for it" in run_command(daemon.home, "status").stdout
     viewer_port = daemon.state["ports"]["viewer"]
     assert daemon.stats()["listeners"]["viewer"] == f"127.0.0.1:{viewer_port}"
     conn = http.client.HTTPConnection("127.0.0.1", viewer_port, timeout=10)
@@ -72,6 +77,8 @@ def test_without_opik_no_record_is_kept_for_it_and_the_calls_show_in_the_viewer(
     conn.request("GET", f"/capture/{rows[0]['capture_id']}", headers=daemon.viewer_cookie())
     page = conn.getresponse().read().decode()
     assert "mcp__weather__get_forecast" in page and "tools_mcp" in page
+    assert daemon.stop() == 0
+    assert not [p for p in (daemon.home / "spool").glob("*.jsonl") if p.stat().st_size]
 
 
 def test_kill_9_after_calls_then_restart_ships_the_same_ids_replay_derives(home, upstream):

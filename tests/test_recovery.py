@@ -6,6 +6,7 @@ docs/ARCHITECTURE.md, "Capture log" and "Materializer checkpoint".
 
 import http.client
 import json
+import threading
 from collections import defaultdict
 from pathlib import Path
 
@@ -184,13 +185,16 @@ def test_the_corpus_through_three_kill_9s_with_opik_down_arrives_once_and_whole(
     assert {json.loads(line)["body"]["id"] for line in replayed.stdout.splitlines()} == set(received)
 
 
-def test_a_call_that_arrives_during_shutdown_is_materialized_at_the_next_start(home, upstream):
+def test_a_call_that_arrives_during_shutdown_completes_and_is_materialized_at_the_next_start(home, upstream):
+    """SIGTERM, then, once the materializer has stopped and while the shipper's stop (5 s) keeps the
+    shutdown busy, a call on the idle keep-alive connection: a stream that outlives the rest of the
+    shutdown is relayed whole, the daemon exits 0, and the next start materializes the call."""
     _, answer = load_fixture("simple", "001")
     body = request("simple", "001")["body"].encode()
     with FakeOpik() as opik:
         opik.delay_s = 10.0  # a slow Opik keeps the shutdown busy (5 s) after the materializer stopped
         daemon = DaemonProcess(home, upstream.url, **opik_env(opik))
-        upstream.script(fixture_reply(answer), fixture_reply(answer))
+        upstream.script(fixture_reply(answer))
         conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=15)
         conn.request("POST", "/v1/messages", body=body)
         conn.getresponse().read()
@@ -199,9 +203,14 @@ def test_a_call_that_arrives_during_shutdown_is_materialized_at_the_next_start(h
         wait_for_listener_closed(daemon.port)
         wait_for(lambda: "shutdown: cipx-materializer stopped" in (home / "logs" / "cipx.log").read_text(),
                  what="the materializer stopped")  # the shipper's 5 s stop has begun
+        held = sse_reply(split_sse(answer["body"]), hold_after=2)
+        upstream.script(held)
         conn.request("POST", "/v1/messages", body=body)  # the idle keep-alive connection brings one more
-        assert conn.getresponse().read() == answer["body"].encode()
-        assert daemon.proc.wait(30) == 0
+        resp = conn.getresponse()
+        first = resp.read1(65536)
+        threading.Timer(6.5, held.gate.set).start()  # outlives the rest of shutdown (shipper stop: 5 s)
+        assert first + resp.read() == answer["body"].encode(), "the late stream relayed whole"
+        assert daemon.proc.wait(30) == 0, "the daemon's exit after the late stream"
         opik.delay_s = 0.0
         again = DaemonProcess(home, upstream.url, **opik_env(opik))
         try:

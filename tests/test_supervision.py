@@ -1,6 +1,8 @@
 """Supervision of a detached daemon, as a user's machine runs it: `sync` starts the supervisor,
 the daemon is `kill -9`ed, killed again and again, stopped behind its back, left without its
-executable; the supervisor itself is killed. Real processes, a temporary HOME (tests/lifecycle_helpers.py)."""
+executable; the supervisor itself is killed. Real processes, a temporary HOME (tests/lifecycle_helpers.py),
+the executable `sync` would build from this tree put in place first (the `machine` fixtures do it:
+the build is not what these tests prove; rebuilding a deleted one is)."""
 
 import http.client
 import json
@@ -9,12 +11,14 @@ import signal
 import sqlite3
 import sys
 
+import pytest
+
 from opik_cipx.commands.sync import DOWN_THIS_SESSION, OFF_THIS_SESSION
 from opik_cipx.control.down_answer import ANSWER
 from tests.claude_code_corpus import request, response
 from tests.conftest import wait_for
-from tests.fake_anthropic import fixture_reply
-from tests.lifecycle_helpers import SESSION_START, wait_gone
+from tests.fake_anthropic import FakeAnthropic, fixture_reply
+from tests.lifecycle_helpers import SESSION_START, Machine, wait_gone
 
 SCENARIO, NUMBER = "simple", "001"  # one recorded main-loop call
 
@@ -58,6 +62,23 @@ def spooled_llm_spans(m) -> set[str]:
 def daemon_pid(m) -> int | None:
     state = m.state()
     return state["pid"] if state else None
+
+
+@pytest.fixture(scope="module")
+def synced(tmp_path_factory, built_pyz):
+    """A machine one `sync` brought up, for the tests of this module that only look at its
+    supervisor and daemon (their processes, a second `supervise` refused): none kills, stops or
+    signals them or changes a file, so each finds what that `sync` left, whichever of them run, in
+    any order, on any worker. A test that kills, stops or breaks something syncs its own machine."""
+    with FakeAnthropic(tls=True) as upstream:
+        m = Machine(tmp_path_factory.mktemp("synced") / "user", upstream.url)
+        m.put_executable(built_pyz)
+        try:
+            synced = m.cli("sync")
+            assert synced.returncode == 0, synced.stderr
+            yield m
+        finally:
+            m.kill_all()
 
 
 def test_kill_9_is_answered_by_a_new_daemon_and_a_daemon_that_keeps_dying_is_given_up_on_with_nothing_lost(
@@ -177,17 +198,6 @@ def test_a_killed_supervisor_leaves_the_daemon_serving_and_the_next_sync_takes_i
     wait_for(lambda: daemon_pid(m) == third["daemon_pid"], what="the new daemon's state.json")
 
 
-def test_one_supervisor_per_home(machine_with_upstream):
-    m = machine_with_upstream
-    assert m.cli("sync").returncode == 0
-    record = m.supervisor()
-    second = m.cli("supervise")
-    assert second.returncode == 1
-    assert second.stderr == (f"opik-cipx: a supervisor (pid {record['pid']}) already runs on {m.home}; "
-                             "nothing was started.\n")
-    assert m.supervisor() == record
-
-
 def test_a_daemon_stopped_behind_the_supervisors_back_stays_stopped_and_says_so(machine_with_upstream):
     m = machine_with_upstream
     assert m.cli("sync").returncode == 0
@@ -200,7 +210,8 @@ def test_a_daemon_stopped_behind_the_supervisors_back_stays_stopped_and_says_so(
     assert (status, headers["x-should-retry"]) == (503, "false")
 
 
-def test_stop_and_the_kill_switch_stop_the_supervisor_and_tell_a_session_that_went_through_it(machine_with_upstream):
+def test_stop_and_the_kill_switch_stop_the_supervisor_and_tell_a_session_that_went_through_it(
+        machine_with_upstream):
     m = machine_with_upstream
     assert m.cli("sync").returncode == 0
     record, pid = m.supervisor(), daemon_pid(m)
@@ -215,7 +226,8 @@ def test_stop_and_the_kill_switch_stop_the_supervisor_and_tell_a_session_that_we
     assert unrelated.returncode == 0 and unrelated.stdout == ""
 
 
-def test_a_session_that_goes_through_a_daemon_that_cannot_come_up_is_told_to_start_a_new_one(machine_with_upstream):
+def test_a_session_that_goes_through_a_daemon_that_cannot_come_up_is_told_to_start_a_new_one(
+        machine_with_upstream):
     m = machine_with_upstream
     assert m.cli("sync").returncode == 0
     broken = {"CIPX_CA_BUNDLE": str(m.home / "missing.pem")}  # every start now fails
@@ -231,10 +243,19 @@ def test_a_session_that_goes_through_a_daemon_that_cannot_come_up_is_told_to_sta
     assert call(m.port)[0] == 503
 
 
-def test_the_supervisor_runs_in_a_session_of_its_own_with_its_daemon(machine_with_upstream):
+def test_one_supervisor_per_home(synced):
+    m = synced
+    record = m.supervisor()
+    second = m.cli("supervise")
+    assert second.returncode == 1
+    assert second.stderr == (f"opik-cipx: a supervisor (pid {record['pid']}) already runs on {m.home}; "
+                             "nothing was started.\n")
+    assert m.supervisor() == record
+
+
+def test_the_supervisor_runs_in_a_session_of_its_own_with_its_daemon(synced):
     """Closing the terminal that ran `sync`, or ending the Claude Code that ran the hook, does not end it."""
-    m = machine_with_upstream
-    assert m.cli("sync").returncode == 0
+    m = synced
     pid = m.supervisor()["pid"]
     assert os.getsid(pid) == pid and os.getpgid(pid) == pid
     assert os.getpgid(daemon_pid(m)) == pid  # its daemon goes with it when its group is killed

@@ -219,7 +219,12 @@ def test_streams_beside_an_attribution_that_takes_seconds_are_not_held_up(home, 
 
 def test_a_cap_blocks_while_the_work_process_is_dead_and_its_totals_come_back_once(home, upstream):
     """The guard decides on the wire: killed work or not, a reached cap blocks; the new work
-    process's reading of the ledger replaces the totals, so they are the ledger's, not doubled."""
+    process's reading of the ledger replaces the totals, so they are the ledger's, not doubled.
+
+    The config file that set the cap is broken before the kill: the work process is the wire's
+    command line run again, which `cli` hands to `run_work` before any parser or settings
+    (docs/ARCHITECTURE.md, "Imports at start"), so a file broken since the wire started neither
+    stops the new work process nor changes what it runs with (the cap it counts against)."""
     from tests.test_budget_daemon import SCENARIO, call_cost, day_spent, post
 
     cost = call_cost()
@@ -230,27 +235,19 @@ def test_a_cap_blocks_while_the_work_process_is_dead_and_its_totals_come_back_on
     try:
         assert post(daemon)[0] == 200 and post(daemon)[0] == 200
         wait_for(lambda: day_spent(daemon) >= cost * 2 - 1e-5, what="both calls counted")
-        os.kill(daemon.work_pid, signal.SIGKILL)
+        (home / "config.toml").write_text("this is = = not toml")
+        first = daemon.work_pid
+        os.kill(first, signal.SIGKILL)
         assert post(daemon)[0] == 429  # whatever the work process is doing
-        wait_for(lambda: daemon.stats()["work"]["restarts"] == 1 and daemon.stats()["work"]["state"] == "running",
-                 timeout_s=30, what="a new work process")
+        work = wait_for(lambda: (w := daemon.stats()["work"])["state"] == "running" and w["pid"] != first and w,
+                        timeout_s=30, what="a new work process, the config file broken")
+        assert work["restarts"] == 1 and [death["how"] for death in work["deaths"]] == ["killed by SIGKILL"]
         assert post(daemon)[0] == 429
         wait_for(lambda: len(ledger_captures(home)) == 4, what="the two calls and the two blocked in the ledger")
         assert abs(day_spent(daemon) - cost * 2) < 1e-6  # the ledger's two calls: nothing lost, nothing twice
         assert [s.path for s in upstream.seen].count("/v1/messages?beta=true") == 2
         assert daemon.stats()["budget"]["blocked"] == 2
+        stderr = daemon.stderr()
+        assert "Traceback" not in stderr and "not valid TOML" not in stderr, "the new work process read the file"
     finally:
         assert daemon.stop() == 0
-
-
-def test_a_work_process_started_again_runs_on_the_settings_of_its_wire_whatever_the_config_file_says(daemon):
-    """The work process is the wire's command line run again; `cli` hands it to `run_work` before
-    any parser or settings (docs/ARCHITECTURE.md, "Imports at start"): a config file broken since
-    the wire started neither stops a new work process nor changes what it runs with."""
-    (daemon.home / "config.toml").write_text("this is = = not toml")
-    first = daemon.work_pid
-    os.kill(first, signal.SIGKILL)
-    work = wait_for(lambda: (w := daemon.stats()["work"])["state"] == "running" and w["pid"] != first and w,
-                    timeout_s=30, what="a new work process")
-    assert work["restarts"] == 1 and [death["how"] for death in work["deaths"]] == ["killed by SIGKILL"]
-    assert "Traceback" not in daemon.stderr() and "not valid TOML" not in daemon.stderr()

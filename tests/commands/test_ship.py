@@ -15,6 +15,14 @@ def start(home, upstream, opik: FakeOpik) -> DaemonProcess:
                          OPIK_CIPX_WORKSPACE=WORKSPACE)
 
 
+def quarantined(home, record: dict, reason: str) -> None:
+    """`record` in `spool/quarantine.jsonl`, as a daemon sets aside a record Opik refused with 400."""
+    (home / "spool").mkdir(parents=True, exist_ok=True)
+    entry = {"at": "2026-11-27T00:00:00.000Z", "kind": record["kind"], "status": 400, "reason": reason,
+             "body": record["body"]}
+    (home / "spool" / "quarantine.jsonl").write_text(json.dumps(entry) + "\n")
+
+
 def test_retry_quarantine_with_the_daemon_up_ships_what_opik_refused_before(home, upstream):
     records = prefill(home / "spool", 5)
     bad = records[4]["body"]["id"]
@@ -44,16 +52,14 @@ def test_retry_quarantine_with_the_daemon_up_ships_what_opik_refused_before(home
 
 
 def test_retry_quarantine_with_the_daemon_down_ships_at_the_next_start(home, upstream):
-    records = prefill(home / "spool", 2)
-    bad = records[0]["body"]["id"]
+    """The quarantine a stopped daemon left (a daemon setting a record aside: the test above), set up
+    on disk: the retry waits for the next start, which ships the record."""
+    record = prefill(home / "spool-elsewhere", 1)[0]
+    bad = record["body"]["id"]
+    quarantined(home, record, "name: must not be blank")
     with FakeOpik() as opik:
-        opik.reject_ids[bad] = "name: must not be blank"
-        daemon = start(home, upstream, opik)
-        wait_for(lambda: daemon.stats()["opik"]["quarantined"] == 1, what="the trace set aside")
-        assert daemon.stop() == 0
         status = run_command(home, "status")
         assert "not running" in status.stdout and QUARANTINE_LINE in status.stdout
-        opik.reject_ids.clear()
         result = run_command(home, "ship", "--retry-quarantine")
         assert result.returncode == 0, result.stderr
         assert "1 record(s) handed back from the quarantine; the daemon ships them when it starts" in result.stdout
@@ -75,9 +81,7 @@ def test_nothing_to_retry_and_the_flag_is_required(home):
 
 
 def test_retry_quarantine_while_opik_is_not_configured_says_so_at_once(daemon):
-    record = prefill(daemon.home / "spool-elsewhere", 1)[0]
-    entry = {"at": "2026-11-27T00:00:00.000Z", "kind": "trace", "status": 400, "reason": "x", "body": record["body"]}
-    (daemon.home / "spool" / "quarantine.jsonl").write_text(json.dumps(entry) + "\n")
+    quarantined(daemon.home, prefill(daemon.home / "spool-elsewhere", 1)[0], "x")
     result = run_command(daemon.home, "ship", "--retry-quarantine")  # the wording says it did not wait
     assert result.stdout == ("opik-cipx: 1 record(s) handed back from the quarantine; they are shipped once Opik is "
                              "configured (`opik-cipx status` says how)\n")

@@ -11,6 +11,7 @@ import errno
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,16 +21,33 @@ import pytest
 from opik_cipx import home as home_module
 from opik_cipx.config import load_settings
 from opik_cipx.daemon import Daemon
-from tests.conftest import REPO, DaemonProcess, cli_env, run_command, wait_for
-from tests.fake_anthropic import CA_BUNDLE
+from tests.conftest import REPO, DaemonProcess, ReservedPort, cli_env, run_command, wait_for
+from tests.fake_anthropic import CA_BUNDLE, FakeAnthropic
 
 
-def first_install(home: Path, upstream_url: str) -> dict:
-    """A normal first start (ports.json, viewer.token written), then a clean stop."""
-    daemon = DaemonProcess(home, upstream_url)
-    ports = json.loads((home / "ports.json").read_text())
-    assert daemon.stop() == 0
-    return ports
+@pytest.fixture(scope="module")
+def first_install(tmp_path_factory) -> Path:
+    """A home as a normal first start leaves it (ports.json, viewer.token, the ledger, the logs...),
+    then a clean stop: made once for the module; each test copies it onto its own disk
+    (`installed_on`) and never changes it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs (the tests of this module that use it)")
+    with FakeAnthropic(tls=True) as upstream:
+        home = tmp_path_factory.mktemp("first-install") / "home"
+        daemon = DaemonProcess(home, upstream.url)
+        assert daemon.stop() == 0
+    return home
+
+
+def installed_on(disk: Path, first_install: Path, ports: list[ReservedPort]) -> Path:
+    """A copy of `first_install` on `disk`, its picked ports those held for this test (as if the first
+    start had got them), so no other process can have taken them since."""
+    home = disk / "home"
+    shutil.copytree(first_install, home, symlinks=True)
+    saved = json.loads((home / "ports.json").read_text())
+    assert set(saved) == {"claude_code", "admin", "viewer"}
+    (home / "ports.json").write_text(json.dumps({**saved, "admin": ports[0].port, "viewer": ports[1].port}))
+    return home
 
 
 def start_degraded(home: Path, upstream_url: str, port: int = 0) -> subprocess.Popen:
@@ -55,9 +73,9 @@ def running_status(home: Path) -> dict | None:
 
 
 @pytest.mark.parametrize("bad_day", ["full", "read-only"])
-def test_the_daemon_starts_serves_and_reports_on_a_disk_that_refuses_writes(tmpfs, upstream, bad_day):
-    home = tmpfs.path / "home"
-    first_install(home, upstream.url)
+def test_the_daemon_starts_serves_and_reports_on_a_disk_that_refuses_writes(tmpfs, upstream, bad_day, first_install):
+    ports = [ReservedPort(), ReservedPort()]
+    home = installed_on(tmpfs.path, first_install, ports)
     (home / "viewer.token").unlink()  # so the token, too, has to wait in memory
     filler = tmpfs.fill() if bad_day == "full" else None
     if bad_day == "read-only":
@@ -94,6 +112,8 @@ def test_the_daemon_starts_serves_and_reports_on_a_disk_that_refuses_writes(tmpf
             subprocess.run(["mount", "-o", "remount,rw", str(tmpfs.path)], capture_output=True)
         proc.terminate()
         _, stderr = proc.communicate(timeout=30)
+        for held in ports:
+            held.close()
     assert proc.returncode == 0
     assert b"Traceback" not in stderr and b"Logging error" not in stderr
 

@@ -582,22 +582,3 @@ def test_a_record_slower_than_the_timeout_gets_a_longer_one(rig, opik):
     section = r.shipper.section()
     assert section["last_error"] is None and section["request_timeout_s"] >= 1.0
     assert r.counters.get("spans_shipped") == 3
-
-
-def test_a_daemon_without_opik_keeps_no_record_for_it(home, upstream):
-    """Issue 25: without Opik, the spool held 256 KB of prompt text after 12 calls, with no age limit."""
-    from tests.conftest import run_command
-    from tests.test_end_to_end import replay_scenario
-
-    daemon = DaemonProcess(home, upstream.url)
-    try:
-        calls = replay_scenario(daemon, upstream, "tools")
-        stats = wait_for(lambda: (s := daemon.stats())["counters"]["events_materialized"] == calls and s,
-                         what="every call materialized")
-        assert stats["wal"]["hot_bytes"] == 0 and stats["queue"] == IDLE and stats["wal"]["discarded"] > calls
-        report = json.loads(run_command(home, "report", "--json").stdout)
-        assert report["total"]["calls"] == calls  # the ledger has them
-        assert "no record is kept for it" in run_command(home, "status").stdout
-    finally:
-        assert daemon.stop() == 0
-    assert not [p for p in (home / "spool").glob("*.jsonl") if p.stat().st_size]
