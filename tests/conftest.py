@@ -1,5 +1,6 @@
 """Shared test helpers: the daemon as a real subprocess, polling with deadlines, fixtures."""
 
+import fcntl
 import gc
 import http.client
 import json
@@ -44,16 +45,26 @@ def examples(named: int) -> int:
     10), four times it in a thorough run."""
     return named * 4 if THOROUGH else max(10, named // 2)
 
-# Compiled modules of the suite's subprocesses (hundreds of daemons, commands, installs), kept in one
-# cache outside the checkout: a user's interpreter compiles the package once, not at every start,
-# and neither should the suite's, even where the environment says PYTHONDONTWRITEBYTECODE.
-PYCACHE = Path(tempfile.gettempdir()) / f"opik-cipx-tests-pycache-{os.getuid()}"
-
 
 def pytest_configure(config) -> None:
-    """Before the workers start (they inherit it): subprocesses cache their compiled modules in PYCACHE."""
+    """Before the workers start (they inherit it): the suite's interpreters (its workers and the
+    hundreds of daemons, commands and installs they start) keep the compiled modules of the package
+    and the tests beside them, in `__pycache__` (ignored by git), as a user's interpreter would, even
+    where the environment says PYTHONDONTWRITEBYTECODE; the standard library and the test
+    dependencies use those their installation compiled."""
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    os.environ.setdefault("PYTHONPYCACHEPREFIX", str(PYCACHE))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session):
+    """The xdist workers collect one at a time: on a fresh checkout the first compiles the test
+    modules, rewriting their asserts (about 4 s of CPU), and the others load what it wrote (about
+    1 s each), where four compiling the same at once cost four times that on two cores."""
+    if not hasattr(session.config, "workerinput"):
+        return (yield)
+    with open(Path(tempfile.gettempdir()) / f"opik-cipx-tests-collect-{os.getuid()}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return (yield)
 
 
 def pytest_collection_finish(session) -> None:
@@ -233,6 +244,6 @@ def daemon(home: Path, upstream: FakeAnthropic):
 
 # What Hypothesis computes once and keeps in its storage directory (the Unicode tables its text
 # strategies draw from, about 1.3 s of CPU; the constants of the package's modules, 0.5 s) is kept
-# outside the checkout, like PYCACHE: a new clone's workers would each compute it again.
+# outside the checkout: a new clone's workers would each compute it again.
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY",
                       str(Path(tempfile.gettempdir()) / f"opik-cipx-tests-hypothesis-{os.getuid()}"))

@@ -91,12 +91,10 @@ def test_cipx_home_this_user_cannot_read(other_user):
         env = {k: v for k, v in cli_env(home).items() if k in ("CIPX_HOME", "PYTHONPATH")}
         env["HOME"] = str(parent)
         commands = [["status"], ["purge", "--yes"], ["uninstall", "--yes"]]
-        # Each command in a process of its own, started by one of that user's; their compiled modules
-        # in a cache that user can write (the suite's is root's: each would compile the stdlib again).
-        code = (f"import json, os, shutil, subprocess, sys, tempfile; os.environ.update({env!r}); "
-                "cache = os.environ['PYTHONPYCACHEPREFIX'] = tempfile.mkdtemp(); "
+        # Each command in a process of its own, started by one of that user's.
+        code = (f"import json, os, subprocess, sys; os.environ.update({env!r}); "
                 "runs = [subprocess.run([sys.executable, '-m', 'opik_cipx', *command], capture_output=True, "
-                f"text=True, cwd='/') for command in {commands!r}]; shutil.rmtree(cache); "
+                f"text=True, cwd='/') for command in {commands!r}]; "
                 "print(json.dumps([[r.returncode, r.stderr] for r in runs]))")
         result = other_user(code)
         assert result.returncode == 0, result.stderr
