@@ -47,6 +47,14 @@ def test_the_environment_and_the_time_zone_are_the_commands_for_the_call(home, m
     assert (dict(os.environ), time.tzname) == before
 
 
+def assert_the_call_fails(home, monkeypatch, run, match: str) -> None:
+    """`config --example` in process, its `run` replaced by `run`: the harness fails the call with
+    an AssertionError matching `match`."""
+    monkeypatch.setattr(config_command, "run", run)
+    with pytest.raises(AssertionError, match=match):
+        run_command(home, "config", "--example")
+
+
 def test_a_thread_of_the_package_still_running_fails_the_call(home, monkeypatch):
     stop = threading.Event()
 
@@ -54,10 +62,8 @@ def test_a_thread_of_the_package_still_running_fails_the_call(home, monkeypatch)
         threading.Thread(target=SYSTEM.wait, args=(stop, None), name="cipx-left-behind", daemon=True).start()
         return 0
 
-    monkeypatch.setattr(config_command, "run", leaves_a_thread)
     try:
-        with pytest.raises(AssertionError, match="cipx-left-behind"):
-            run_command(home, "config", "--example")
+        assert_the_call_fails(home, monkeypatch, leaves_a_thread, "cipx-left-behind")
     finally:
         stop.set()
 
@@ -71,10 +77,8 @@ def test_a_thread_started_by_a_thread_it_started_counts_too(home, monkeypatch):
         first.join()  # the first is gone; the one it started is not
         return 0
 
-    monkeypatch.setattr(config_command, "run", hands_a_thread_on)
     try:
-        with pytest.raises(AssertionError, match=r"still running: \['cipx-grandchild'\]"):
-            run_command(home, "config", "--example")
+        assert_the_call_fails(home, monkeypatch, hands_a_thread_on, r"still running: \['cipx-grandchild'\]")
     finally:
         stop.set()
 
@@ -86,10 +90,8 @@ def test_a_signal_handler_left_set_fails_the_call(home, monkeypatch):
         signal.signal(signal.SIGUSR1, lambda *_: None)
         return 0
 
-    monkeypatch.setattr(config_command, "run", sets_a_handler)
     try:
-        with pytest.raises(AssertionError, match="signal handlers"):
-            run_command(home, "config", "--example")
+        assert_the_call_fails(home, monkeypatch, sets_a_handler, "signal handlers")
     finally:
         signal.signal(signal.SIGUSR1, before)
 
@@ -113,10 +115,8 @@ def test_objects_frozen_by_the_command_fail_the_call(home, monkeypatch):
         gc.freeze()
         return 0
 
-    monkeypatch.setattr(config_command, "run", freezes)
     try:
-        with pytest.raises(AssertionError, match="frozen objects"):
-            run_command(home, "config", "--example")
+        assert_the_call_fails(home, monkeypatch, freezes, "frozen objects")
     finally:
         gc.unfreeze()
         gc.freeze()  # frozen again, as the suite leaves what it collected (tests/conftest.py)
