@@ -6,7 +6,6 @@ docs/ARCHITECTURE.md, "Capture log" and "Materializer checkpoint".
 
 import http.client
 import json
-import threading
 from collections import defaultdict
 from pathlib import Path
 
@@ -208,7 +207,10 @@ def test_a_call_that_arrives_during_shutdown_completes_and_is_materialized_at_th
         conn.request("POST", "/v1/messages", body=body)  # the idle keep-alive connection brings one more
         resp = conn.getresponse()
         first = resp.read1(65536)
-        threading.Timer(6.5, held.gate.set).start()  # outlives the rest of shutdown (shipper stop: 5 s)
+        log_path = home / "logs" / "cipx.log"
+        wait_for(lambda: "shutdown: cipx-shipper " in log_path.read_text(), timeout_s=20,
+                 what="the shipper's stop over (stopped, or given up on after 5 s)")  # the rest of the shutdown
+        held.gate.set()  # the stream outlived it
         assert first + resp.read() == answer["body"].encode(), "the late stream relayed whole"
         assert daemon.proc.wait(30) == 0, "the daemon's exit after the late stream"
         opik.delay_s = 0.0
