@@ -13,6 +13,7 @@ differently), so the loop and `http.server`'s header parser always agree on the 
 
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers; Claude Code sends about 2 KB
@@ -171,17 +172,21 @@ def request_framing(head: bytes, max_body: int) -> Framing:
 
 
 class Dechunker:
-    """A chunked body taken apart as its bytes arrive: `feed` them in order; `data` is the body once `done`.
+    """A chunked body taken apart as its bytes arrive: `feed` them in order; `data` is the body once `done`,
+    or, with a `sink`, each run of body bytes goes to it as it is taken (a response relayed as it
+    arrives: `relay.py`) and `data` stays empty.
 
     Raises `FramingError` 400 for malformed framing (a size that is not hex, a chunk not followed by
     its line end, an over-long size line or trailer section) and 413 once the body would exceed
-    `max_body`. Trailers are read and dropped (they are hop-by-hop).
+    `max_body` (None: no bound). Trailers are read and dropped (they are hop-by-hop).
     """
 
-    def __init__(self, max_body: int):
+    def __init__(self, max_body: int | None, sink: Callable[[bytes], object] | None = None):
         self.max_body = max_body
         self.done = False
         self._body = io.BytesIO()
+        self._sink = sink or self._body.write
+        self._size = 0
         self._line = bytearray()  # the start of a size line, chunk end or trailer section
         self._left = 0  # data bytes of the current chunk still to come
         self._state = "size"  # size, data, end (the line end after a chunk's data), trailers
@@ -193,17 +198,17 @@ class Dechunker:
     @property
     def size(self) -> int:
         """Body bytes taken so far."""
-        return self._body.tell()
+        return self._size
 
     def feed(self, data: bytes) -> int:
         """Take bytes of the body; the number used (less than `len(data)` only once `done`: the rest
-        belongs to what follows the request)."""
-        view = memoryview(data)
-        at = 0
-        while at < len(view) and not self.done:
+        belongs to what follows the body)."""
+        view, at, end = memoryview(data), 0, len(data)
+        while at < end and not self.done:
             if self._state == "data":
-                take = min(self._left, len(view) - at)
-                self._body.write(view[at:at + take])
+                take = min(self._left, end - at)
+                self._sink(data if take == end else data[at:at + take])
+                self._size += take
                 at += take
                 self._left -= take
                 if not self._left:
@@ -211,12 +216,12 @@ class Dechunker:
                 continue
             before = len(self._line)
             self._line += view[at:at + _LINE_ROOM[self._state] - before]
-            end = self._line_end()
-            if end is None:
+            line_end = self._line_end()
+            if line_end is None:
                 at += len(self._line) - before
                 continue
-            at += end - before
-            self._take_line(bytes(self._line[:end]))
+            at += line_end - before
+            self._take_line(bytes(self._line[:line_end]))
             self._line.clear()
         return at
 
@@ -228,17 +233,17 @@ class Dechunker:
                 return 1 if line[0] == 10 else 2
             if line == b"\r":
                 return None
-            raise FramingError(400, "malformed chunked request body (a chunk longer than its size)")
+            raise FramingError(400, "malformed chunked body (a chunk longer than its size)")
         if self._state == "size":
             end = line.find(b"\n", 0, MAX_CHUNK_LINE + 1)
             if end < 0 and len(line) > MAX_CHUNK_LINE:
-                raise FramingError(400, "malformed chunked request body (a chunk-size line too long)")
+                raise FramingError(400, "malformed chunked body (a chunk-size line too long)")
             return end + 1 if end >= 0 else None
         if line.startswith(b"\r\n") or line.startswith(b"\n"):  # no trailers
             return 1 if line[0] == 10 else 2
         match = _BLANK_LINE.search(line, 0, MAX_TRAILERS + 2)
         if match is None and len(line) > MAX_TRAILERS:
-            raise FramingError(400, "chunked request trailers too large")
+            raise FramingError(400, "chunked trailers too large")
         return match.end() if match else None
 
     def _take_line(self, line: bytes) -> None:
@@ -249,8 +254,8 @@ class Dechunker:
         else:
             match = _CHUNK_SIZE.fullmatch(line)
             if match is None:
-                raise FramingError(400, "malformed chunked request body (a chunk size that is not hex)")
+                raise FramingError(400, "malformed chunked body (a chunk size that is not hex)")
             self._left = int(match.group(1), 16)
-            if self.size + self._left > self.max_body:
+            if self.max_body is not None and self._size + self._left > self.max_body:
                 raise FramingError(413, f"request body exceeds the {self.max_body} byte limit")
             self._state = "data" if self._left else "trailers"
