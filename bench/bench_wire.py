@@ -93,6 +93,7 @@ class Target:
 
     def __init__(self, name: str, port: int, tls: bool):
         self.name, self.port, self.tls = name, port, tls
+        self.kept: list[http.client.HTTPConnection] = []  # the streams' connections, kept alive across rounds
 
     def connect(self, timeout: float = 60) -> http.client.HTTPConnection:
         if self.tls:
@@ -167,9 +168,8 @@ def latencies(target: Target, size: int, n: int) -> list[float]:
     return out
 
 
-def stream_delays(target: Target, events: int, interval_ms: float) -> list[float]:
+def stream_delays(conn: http.client.HTTPConnection, events: int, interval_ms: float) -> list[float]:
     """Seconds between the upstream stamping each event and this client reading it."""
-    conn = target.connect()
     conn.request("POST", "/v1/messages", body=b'{"stream":true}',
                  headers={"x-bench-events": str(events), "x-bench-interval-ms": str(interval_ms)})
     resp = conn.getresponse()
@@ -185,25 +185,29 @@ def stream_delays(target: Target, events: int, interval_ms: float) -> list[float
             for line in event.split(b"\n"):
                 if line.startswith(b"data: "):
                     delays.append((now - json.loads(line[6:])["t"]) / 1e9)
-    conn.close()
     if len(delays) != events:
         raise RuntimeError(f"got {len(delays)} of {events} events")
     return delays
 
 
 def concurrent_streams(target: Target, streams: int, events: int, interval_ms: float) -> tuple[int, list[float]]:
+    """`streams` streams at once, each on a connection kept alive from the target's earlier streams, as
+    Claude Code keeps its connections (a connection that failed is opened again next time)."""
     errors, delays, lock = [0], [], threading.Lock()
+    while len(target.kept) < streams:
+        target.kept.append(target.connect())
 
-    def one():
+    def one(conn: http.client.HTTPConnection) -> None:
         try:
-            got = stream_delays(target, events, interval_ms)
+            got = stream_delays(conn, events, interval_ms)
             with lock:
                 delays.extend(got)
         except Exception:
+            conn.close()
             with lock:
                 errors[0] += 1
 
-    threads = [threading.Thread(target=one) for _ in range(streams)]
+    threads = [threading.Thread(target=one, args=(conn,)) for conn in target.kept[:streams]]
     for t in threads:
         t.start()
     for t in threads:
