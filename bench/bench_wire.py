@@ -26,6 +26,9 @@ every `--background-ms` — by default each as the first call of a session of it
   - 32 and 64 concurrent streams: errors and per-event delay;
   - 100 KB request + 100 KB response, calls back to back on one keep-alive connection (last:
     each becomes a capture the materializer works through afterwards).
+Every call carries the headers Claude Code sends (recorded: 20 with Host and Content-Length),
+every answer 23 like the API's (`fake_upstream.API_HEADERS`); each stream keeps its connection
+across rounds, for every target, as Claude Code keeps its own.
 It prints each figure with its baseline and the targets with PASS/FAIL.
 
 `--cap` adds a fourth target: a second daemon with every spend cap set (`[budget]`, caps that
@@ -145,10 +148,20 @@ def start_mitmproxy(tmp: Path, mitmdump: str, upstream_port: int) -> tuple[subpr
 
 # -- calls -----------------------------------------------------------------------------------
 
+def claude_code_headers() -> dict[str, str]:
+    """The headers Claude Code sends with a call (recorded from the real CLI), less those http.client
+    writes itself (Host, Content-Length) and those about the connection."""
+    recorded = json.loads((ROOT / "tests" / "fixtures" / "claude-code" / "simple" / "001.json").read_text())["headers"]
+    return {name: value for name, value in recorded.items()
+            if name.lower() not in ("host", "content-length", "connection")}
+
+
+CLAUDE_CODE_HEADERS = claude_code_headers()
+
+
 def call_json(conn: http.client.HTTPConnection, body: bytes, size: int) -> float:
     started = time.perf_counter()
-    conn.request("POST", "/v1/messages", body=body,
-                 headers={"x-bench-size": str(size), "Content-Type": "application/json"})
+    conn.request("POST", "/v1/messages", body=body, headers={**CLAUDE_CODE_HEADERS, "x-bench-size": str(size)})
     resp = conn.getresponse()
     data = resp.read()
     elapsed = time.perf_counter() - started
@@ -171,7 +184,8 @@ def latencies(target: Target, size: int, n: int) -> list[float]:
 def stream_delays(conn: http.client.HTTPConnection, events: int, interval_ms: float) -> list[float]:
     """Seconds between the upstream stamping each event and this client reading it."""
     conn.request("POST", "/v1/messages", body=b'{"stream":true}',
-                 headers={"x-bench-events": str(events), "x-bench-interval-ms": str(interval_ms)})
+                 headers={**CLAUDE_CODE_HEADERS, "x-bench-events": str(events),
+                          "x-bench-interval-ms": str(interval_ms)})
     resp = conn.getresponse()
     delays, buf = [], b""
     while True:
