@@ -60,7 +60,7 @@ from typing import Any, TypeVar
 
 from opik_cipx.clock import SYSTEM
 from opik_cipx.stats import Counters
-from opik_cipx.wire.framing import BODY_RECV_BYTES, CONTINUE, FramingError, RequestReader
+from opik_cipx.wire.framing import BODY_RECV_BYTES, CONTINUE, FramingError, RequestReader, header_fields
 from opik_cipx.wire.peer import PeerLookup
 
 log = logging.getLogger(__name__)
@@ -865,19 +865,10 @@ class ConnectionHandler(BaseHTTPRequestHandler):
 
     def _take_headers(self, block: bytes) -> None:
         """`self.headers` from the head's header block, and what its `Connection` says, as http.server's
-        `parse_request` would have them, without the email package's parser (about 100 us for Claude
-        Code's 21 headers, for every request on the wire; this takes about 6): the loop has checked
-        every line already (`framing.request_framing`: each is `name:value`, none folded, at most 100).
-        `Expect` needs nothing here (`handle_expect_100`)."""
-        headers = http.client.HTTPMessage()
-        for line in block.split(b"\n"):
-            line = line.removesuffix(b"\r")
-            if not line:
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            headers.set_raw(name, value.lstrip(" \t"))
-        self.headers = headers
-        connection = headers.get("Connection", "").lower()
+        `parse_request` would have them, but split by `framing.header_fields`: the loop has checked every
+        line already (`framing.request_framing`). `Expect` needs nothing here (`handle_expect_100`)."""
+        self.headers = header_fields(block)
+        connection = self.headers.get("Connection", "").lower()
         if connection == "close":
             self.close_connection = True
         elif connection == "keep-alive" and self.protocol_version >= "HTTP/1.1":

