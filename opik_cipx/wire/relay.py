@@ -149,10 +149,22 @@ class StreamRelay:
     # ---- the relay thread -----------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:  # a bug in the loop itself: every body ends, none waits for ever
+            log.exception("relay: unexpected error; the responses in flight are cut off")
+        finally:
+            with self._lock:
+                self._closing = True  # a body handed over from now on is refused at once
+                incoming, self._incoming = self._incoming, []
+            for body in [*incoming, *self._bodies]:
+                self._end(body, Outcome(False, upstream_error=ConnectionAbortedError("opik-cipx is stopping")))
+
+    def _loop(self) -> None:
         selector = self._selector
         assert selector is not None  # made with the thread
         next_scan = self.clock.monotonic() + self._scan_s
-        while True:
+        while not self._closing:
             events = selector.select(0 if self._again else self._scan_s)
             for key, _ in events:
                 if key.data is _WAKE:
@@ -168,12 +180,6 @@ class StreamRelay:
                 next_scan = now + self._scan_s
                 for body in [body for body in self._bodies if body.pending is None and body.deadline <= now]:
                     self._end(body, Outcome(False, upstream_error=TimeoutError()))
-            if self._closing:
-                with self._lock:
-                    incoming, self._incoming = self._incoming, []
-                for body in [*incoming, *self._bodies]:
-                    self._end(body, Outcome(False, upstream_error=ConnectionAbortedError("opik-cipx is stopping")))
-                return
 
     def _guarded(self, step: Callable[..., None], body: _Body, *args: object) -> None:
         """One body's step: a bug in it breaks that body (logged), never the relay."""
@@ -191,19 +197,19 @@ class StreamRelay:
         with self._lock:
             incoming, self._incoming = self._incoming, []
         for body in incoming:
-            self._bodies.add(body)
-            body.deadline = self.clock.monotonic() + self.read_timeout_s
-            try:
-                body.client.setblocking(False)
-                self._watch(body, body.upstream)
-            except (OSError, ValueError) as exc:  # a socket closed under us
-                self._end(body, Outcome(False, upstream_error=exc))
-                continue
-            first, body.first = body.first, b""
-            if first:
-                self._guarded(self._forward, body, [first], False)
-            if body.outcome is None and body.pending is None:
-                self._again.append(body)
+            self._guarded(self._start, body)
+
+    def _start(self, body: _Body) -> None:
+        """A body handed over: watch its upstream, forward the bytes read ahead, read what waits."""
+        self._bodies.add(body)
+        body.deadline = self.clock.monotonic() + self.read_timeout_s
+        body.client.setblocking(False)
+        self._watch(body, body.upstream)
+        first, body.first = body.first, b""
+        if first:
+            self._forward(body, [first], False)
+        if body.outcome is None and body.pending is None:
+            self._again.append(body)
 
     def _ready(self, body: _Body, sock: object) -> None:
         if body.outcome is not None:

@@ -7,6 +7,7 @@ run the same relay over TLS from the fake Anthropic API (test_gateway.py).
 """
 
 import http.client
+import selectors
 import socket
 import threading
 
@@ -14,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from opik_cipx.wire import relay as relay_module
 from opik_cipx.wire.framing import Dechunker
 from opik_cipx.wire.relay import StreamRelay
 
@@ -244,3 +246,47 @@ def test_close_cuts_off_the_bodies_in_flight_and_refuses_new_ones():
         assert relay_threads() == before  # close() waited for the thread's end
     finally:
         body.close()
+
+
+def test_a_bug_in_one_bodys_step_cuts_off_that_body_only(relay, monkeypatch):
+    healthy, doomed = Body(relay), Body(relay)
+    forward = StreamRelay._forward
+
+    def faulty(self, body, reads, eof):
+        if any(b"boom" in data for data in reads):
+            raise RuntimeError("a planted bug")
+        forward(self, body, reads, eof)
+
+    monkeypatch.setattr(StreamRelay, "_forward", faulty)
+    try:
+        doomed.upstream.sendall(chunk(b"boom"))
+        outcome = doomed.result()
+        assert not outcome.complete and isinstance(outcome.upstream_error, RuntimeError)
+        healthy.upstream.sendall(chunk(b"data: fine\n\n") + LAST)
+        assert healthy.read_chunked() == b"data: fine\n\n" and healthy.result().complete
+    finally:
+        healthy.close()
+        doomed.close()
+
+
+def test_a_bug_in_the_loop_itself_ends_every_body_and_refuses_the_next(monkeypatch):
+    class Faulty(selectors.DefaultSelector):
+        def select(self, timeout=None):
+            if self.get_map() and len(self.get_map()) > 2:  # the wake socket and two bodies: break
+                raise RuntimeError("a planted bug in the loop")
+            return super().select(timeout)
+
+    monkeypatch.setattr(relay_module.selectors, "DefaultSelector", Faulty)
+    relay = StreamRelay(read_timeout_s=10.0)
+    first, second = Body(relay), Body(relay)
+    try:
+        for body in (first, second):
+            outcome = body.result()
+            assert not outcome.complete and isinstance(outcome.upstream_error, ConnectionAbortedError)
+        late = Body(relay)
+        assert isinstance(late.result().upstream_error, ConnectionAbortedError)
+        late.close()
+    finally:
+        first.close()
+        second.close()
+        relay.close()

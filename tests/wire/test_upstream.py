@@ -32,7 +32,7 @@ class _Sock:
 
 
 def read(response_class: type[http.client.HTTPResponse], data: bytes, method: str) -> tuple:
-    response = response_class(_Sock(data), method=method)  # type: ignore[arg-type]  # a socket's makefile is all it uses
+    response = response_class(_Sock(data), method=method)  # a socket's makefile is all it uses
     response.begin()
     assert response.fp is not None
     return (response.status, response.reason, response.version, response.headers.items(), response.chunked,
