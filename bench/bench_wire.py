@@ -26,6 +26,9 @@ every `--background-ms` — by default each as the first call of a session of it
   - 32 and 64 concurrent streams: errors and per-event delay;
   - 100 KB request + 100 KB response, calls back to back on one keep-alive connection (last:
     each becomes a capture the materializer works through afterwards).
+Every call carries the headers Claude Code sends (recorded: 20 with Host and Content-Length),
+every answer 23 like the API's (`fake_upstream.API_HEADERS`); each stream keeps its connection
+across rounds, for every target, as Claude Code keeps its own.
 It prints each figure with its baseline and the targets with PASS/FAIL.
 
 `--cap` adds a fourth target: a second daemon with every spend cap set (`[budget]`, caps that
@@ -38,6 +41,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -93,6 +97,7 @@ class Target:
 
     def __init__(self, name: str, port: int, tls: bool):
         self.name, self.port, self.tls = name, port, tls
+        self.kept: list[StreamSocket] = []  # the streams' connections, kept alive across rounds
 
     def connect(self, timeout: float = 60) -> http.client.HTTPConnection:
         if self.tls:
@@ -144,10 +149,20 @@ def start_mitmproxy(tmp: Path, mitmdump: str, upstream_port: int) -> tuple[subpr
 
 # -- calls -----------------------------------------------------------------------------------
 
+def claude_code_headers() -> dict[str, str]:
+    """The headers Claude Code sends with a call (recorded from the real CLI), less those http.client
+    writes itself (Host, Content-Length) and those about the connection."""
+    recorded = json.loads((ROOT / "tests" / "fixtures" / "claude-code" / "simple" / "001.json").read_text())["headers"]
+    return {name: value for name, value in recorded.items()
+            if name.lower() not in ("host", "content-length", "connection")}
+
+
+CLAUDE_CODE_HEADERS = claude_code_headers()
+
+
 def call_json(conn: http.client.HTTPConnection, body: bytes, size: int) -> float:
     started = time.perf_counter()
-    conn.request("POST", "/v1/messages", body=body,
-                 headers={"x-bench-size": str(size), "Content-Type": "application/json"})
+    conn.request("POST", "/v1/messages", body=body, headers={**CLAUDE_CODE_HEADERS, "x-bench-size": str(size)})
     resp = conn.getresponse()
     data = resp.read()
     elapsed = time.perf_counter() - started
@@ -167,43 +182,104 @@ def latencies(target: Target, size: int, n: int) -> list[float]:
     return out
 
 
-def stream_delays(target: Target, events: int, interval_ms: float) -> list[float]:
-    """Seconds between the upstream stamping each event and this client reading it."""
-    conn = target.connect()
-    conn.request("POST", "/v1/messages", body=b'{"stream":true}',
-                 headers={"x-bench-events": str(events), "x-bench-interval-ms": str(interval_ms)})
-    resp = conn.getresponse()
-    delays, buf = [], b""
+class StreamSocket:
+    """A connection the streams of a target are read on, kept alive across rounds, read as cheaply as
+    Python reads a socket: the response head found by its blank line, the body de-chunked here, each
+    event's stamp found by a regular expression. Read through http.client (about 40 us of Python per
+    event), 64 streams at once made this client's own threads queue for its GIL and added several ms
+    to the tail of every target, the direct connection's included, once the streams started
+    together (docs/DEVELOPING.md, "What the wire bench shows")."""
+
+    def __init__(self, target: Target):
+        self.target = target
+        self.sock: socket.socket | None = None
+
+    def request(self, events: int, interval_ms: float) -> bytes:
+        fields = {**CLAUDE_CODE_HEADERS, "Host": f"127.0.0.1:{self.target.port}", "x-bench-events": str(events),
+                  "x-bench-interval-ms": str(interval_ms), "Content-Length": str(len(STREAM_BODY))}
+        return (b"POST /v1/messages HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()).encode()
+                + b"\r\n" + STREAM_BODY)
+
+    def delays(self, events: int, interval_ms: float) -> list[float]:
+        """Seconds between the upstream stamping each event and this client reading it."""
+        if self.sock is None:
+            sock = socket.create_connection(("127.0.0.1", self.target.port), timeout=60)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.target.tls:
+                sock = ssl.create_default_context(cafile=str(CA)).wrap_socket(sock, server_hostname="127.0.0.1")
+            self.sock = sock
+        self.sock.sendall(self.request(events, interval_ms))
+        raw, head, text, delays = bytearray(), None, b"", []
+        while True:
+            piece = self.sock.recv(65536)
+            now = time.time_ns()
+            if not piece:
+                raise RuntimeError("the connection closed mid-response")
+            raw += piece
+            if head is None:
+                end = raw.find(b"\r\n\r\n")
+                if end < 0:
+                    continue
+                head = bytes(raw[:end])
+                del raw[:end + 4]
+                if not head.startswith(b"HTTP/1.1 200") or b"chunked" not in head.lower():
+                    raise RuntimeError(f"unexpected response head {head[:60]!r}")
+            data, last = dechunk(raw)
+            events_text = text + data
+            cut = events_text.rfind(b"\n\n") + 2
+            text = events_text[cut:]
+            delays.extend((now - int(stamp)) / 1e9 for stamp in STAMP.findall(events_text, 0, cut))
+            if last:
+                break
+        if len(delays) != events:
+            raise RuntimeError(f"got {len(delays)} of {events} events")
+        return delays
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+STREAM_BODY = b'{"stream":true}'
+STAMP = re.compile(rb'"t": (\d+)')
+
+
+def dechunk(raw: bytearray) -> tuple[bytes, bool]:
+    """Take the whole chunks at the start of `raw` out of it: their data, and whether the last chunk
+    was among them (no trailers: neither the fake upstream nor a proxy sends any)."""
+    out = []
     while True:
-        piece = resp.read1(65536)
-        now = time.time_ns()
-        if not piece:
-            break
-        buf += piece
-        while b"\n\n" in buf:
-            event, buf = buf.split(b"\n\n", 1)
-            for line in event.split(b"\n"):
-                if line.startswith(b"data: "):
-                    delays.append((now - json.loads(line[6:])["t"]) / 1e9)
-    conn.close()
-    if len(delays) != events:
-        raise RuntimeError(f"got {len(delays)} of {events} events")
-    return delays
+        end = raw.find(b"\r\n")
+        if end < 0:
+            return b"".join(out), False
+        size = int(bytes(raw[:end]).split(b";")[0], 16)
+        if len(raw) < end + 2 + size + 2:
+            return b"".join(out), False
+        out.append(bytes(raw[end + 2:end + 2 + size]))
+        del raw[:end + 2 + size + 2]
+        if size == 0:
+            return b"".join(out), True
 
 
 def concurrent_streams(target: Target, streams: int, events: int, interval_ms: float) -> tuple[int, list[float]]:
+    """`streams` streams at once, each on a connection kept alive from the target's earlier streams, as
+    Claude Code keeps its connections (a connection that failed is opened again next time)."""
     errors, delays, lock = [0], [], threading.Lock()
+    while len(target.kept) < streams:
+        target.kept.append(StreamSocket(target))
 
-    def one():
+    def one(conn: StreamSocket) -> None:
         try:
-            got = stream_delays(target, events, interval_ms)
+            got = conn.delays(events, interval_ms)
             with lock:
                 delays.extend(got)
         except Exception:
+            conn.close()
             with lock:
                 errors[0] += 1
 
-    threads = [threading.Thread(target=one) for _ in range(streams)]
+    threads = [threading.Thread(target=one, args=(conn,)) for conn in target.kept[:streams]]
     for t in threads:
         t.start()
     for t in threads:

@@ -395,6 +395,7 @@ class Daemon:
             server.shutdown()
             server.server_close()
         self.viewer_server.server_close()
+        self.gateway.close()
         self.pool.close()
         try:
             self.files.discard(self.settings.state_path)

@@ -6,6 +6,11 @@ A stream socket pair: the wire process keeps one end, the work process inherits 
 code as the same user, so a message is trusted as the process's own data would be; one that
 does not decode (another version of opik-cipx on the other end) is logged and dropped.
 
+Where the work process is in the capture log (the capture it is materializing) does not go over
+the link: it would wake the wire's link thread twice per capture, for a position the wire reads
+only after the work process has died. It is kept in a `WorkingSlot` instead: a few bytes of
+memory both processes map, written by the work with no system call, read by the wire at a death.
+
 The wire's end never blocks (`Link(..., blocking=False)`): `send` writes what the socket takes at
 once and queues the rest (at most `PENDING_MAX` bytes; a message beyond is dropped and `send`
 says so), and `pump`, on the wire's link thread, writes the queue out as the socket drains while
@@ -13,17 +18,22 @@ it reads. The work's end blocks: it is the work's to wait.
 """
 
 import logging
+import mmap
+import os
 import pickle
 import select
 import socket
 import struct
+import tempfile
 import threading
+import zlib
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 WORK_FD_ENV = "CIPX_WORK_FD"  # the work process's end of the link, inherited
-PROTOCOL = 1  # the messages' vocabulary; a work process of another one refuses to run
+WORKING_FD_ENV = "CIPX_WORKING_FD"  # the file of its `WorkingSlot`, inherited
+PROTOCOL = 2  # the messages' vocabulary (2: `working` is a slot, not a message); another one refuses to run
 PROTOCOL_MISMATCH = 3  # the work process's exit status when the executable on disk speaks another protocol
 PENDING_MAX = 4 * 1024 * 1024
 FRAME = struct.Struct("!I")
@@ -152,3 +162,43 @@ class Link:
             self.sock.close()
         except OSError:
             pass
+
+
+class WorkingSlot:
+    """The capture the work process is materializing (`(segment, offset)`), or None, in memory the wire
+    and the work process both map: a file no name points to, made by the wire for each work process
+    it starts and inherited by it (`WORKING_FD_ENV`).
+
+    The work process `set`s it before and after each capture (a store into memory: no system call,
+    nothing for the wire to wake for); the wire `get`s it once the work process has died, to pass
+    over a capture it died on twice. The position carries a checksum, so a store cut short by a
+    kill reads as None rather than as another position.
+    """
+
+    _LAYOUT = struct.Struct("<QQI")  # segment, offset, crc32 of the two
+
+    def __init__(self, fd: int):
+        self._map = mmap.mmap(fd, self._LAYOUT.size)
+
+    @classmethod
+    def create(cls) -> tuple["WorkingSlot", int]:
+        """(The wire.) A new slot, empty, and the descriptor of its file, for the work process to inherit
+        (the caller closes it once passed)."""
+        with tempfile.TemporaryFile() as file:
+            fd = os.dup(file.fileno())
+        os.ftruncate(fd, cls._LAYOUT.size)
+        return cls(fd), fd
+
+    def set(self, position: tuple[int, int] | None) -> None:
+        if position is None:
+            self._map[:] = bytes(self._LAYOUT.size)
+            return
+        segment, offset = position
+        self._map[:] = self._LAYOUT.pack(segment, offset, zlib.crc32(struct.pack("<QQ", segment, offset)))
+
+    def get(self) -> tuple[int, int] | None:
+        segment, offset, check = self._LAYOUT.unpack(self._map[:])
+        return (segment, offset) if check == zlib.crc32(struct.pack("<QQ", segment, offset)) else None
+
+    def close(self) -> None:
+        self._map.close()

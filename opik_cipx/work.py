@@ -40,7 +40,7 @@ from opik_cipx.config import Settings
 from opik_cipx.home import open_private, write_holder
 from opik_cipx.ledger.schema import SchemaError
 from opik_cipx.ledger.store import Ledger, Previous
-from opik_cipx.link import PROTOCOL, PROTOCOL_MISMATCH, WORK_FD_ENV, Link
+from opik_cipx.link import PROTOCOL, PROTOCOL_MISMATCH, WORK_FD_ENV, WORKING_FD_ENV, Link, WorkingSlot
 from opik_cipx.logs import DaemonLog
 from opik_cipx.materialize.follower import Follower
 from opik_cipx.materialize.git_probe import GitProbe
@@ -83,8 +83,9 @@ class Work:
     that order, each within its time (docs/ARCHITECTURE.md, "Processes and threads")."""
 
     def __init__(self, settings: Settings, destination: Destination, link: Link, counters: Counters,
-                 reporter: telemetry.Reporter, clock: Clock = SYSTEM):
+                 reporter: telemetry.Reporter, clock: Clock = SYSTEM, working: WorkingSlot | None = None):
         self.settings, self.destination, self.link = settings, destination, link
+        self.working = working  # where the wire looks for the capture this process died on
         self.counters, self.reporter, self.clock = counters, reporter, clock
         mib = 1024 * 1024
         # Repositories read off the wire, for the materializer; in a process of its own, a git
@@ -189,7 +190,8 @@ class Work:
         self.link.send("spent", spends(entry, previous))
 
     def _working(self, position: LogPosition | None) -> None:
-        self.link.send("working", tuple(position) if position is not None else None)
+        if self.working is not None:
+            self.working.set(position)
 
     def _materialized(self, capture: Capture, result: Materialized) -> None:
         """After each capture is materialized (on the follower's thread): the call into the ledger,
@@ -251,12 +253,14 @@ def hold_work_lock(home: Path) -> int | None:
 
 def run_work(env: dict[str, str] | None = None) -> int:
     """The work process's main: its exit status (0 once stopped as asked)."""
-    fd = (os.environ if env is None else env).pop(WORK_FD_ENV, "")
+    environ = os.environ if env is None else env
+    fd = environ.pop(WORK_FD_ENV, "")
     if not fd.isdigit():
         print("opik-cipx: the work process is started by the daemon (`opik-cipx proxy`), not by hand",
               file=sys.stderr)
         return 2
     link = Link(socket.socket(fileno=int(fd)), blocking=True)
+    working = _working_slot(environ.pop(WORKING_FD_ENV, ""))
     hello = link.recv()
     if hello is None or hello[0] != "hello":
         return 1
@@ -277,7 +281,7 @@ def run_work(env: dict[str, str] | None = None) -> int:
     counters = Counters()
     reporter = telemetry.start(settings, counters)
     try:
-        return _serve(settings, destination, link, counters, reporter, viewer, (tail, own_from, skip))
+        return _serve(settings, destination, link, counters, reporter, viewer, (tail, own_from, skip), working)
     except Exception:
         log.exception("opik-cipx work process crashed")
         return 1
@@ -287,10 +291,25 @@ def run_work(env: dict[str, str] | None = None) -> int:
             os.close(lock)
 
 
-def _serve(settings: Settings, destination: Destination, link: Link, counters: Counters,
-           reporter: telemetry.Reporter, viewer: tuple[int, str] | None, where: tuple) -> int:
+def _working_slot(fd: str) -> WorkingSlot | None:
+    """The working slot the wire made for this process (`link.WorkingSlot`); None without one."""
+    if not fd.isdigit():
+        return None
     try:
-        work = Work(settings, destination, link, counters, reporter)
+        return WorkingSlot(int(fd))
+    except OSError as exc:
+        print(f"opik-cipx: the work process cannot map its working slot ({exc.strerror or exc}); a capture it "
+              "dies on will not be passed over", file=sys.stderr)
+        return None
+    finally:
+        os.close(int(fd))
+
+
+def _serve(settings: Settings, destination: Destination, link: Link, counters: Counters,
+           reporter: telemetry.Reporter, viewer: tuple[int, str] | None, where: tuple,
+           working: WorkingSlot | None) -> int:
+    try:
+        work = Work(settings, destination, link, counters, reporter, working=working)
     except StartupError as exc:
         log.error("%s", exc)
         return 1

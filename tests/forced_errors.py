@@ -7,7 +7,8 @@ the daemon crashes while it assembles itself, with `$HOME` in the message.
 GIL in slices of `SLOW_SLICE_S` (each one C call that does not let it go, as a huge body's parse
 would, but sleeping: the test measures whose GIL it is, not how busy the machine's cores are)
 until the file `release` appears in `$FORCED_SLOW_DIR` (at most `SLOW_MAX_S`), having created
-`started` there. Anything else runs opik-cipx unchanged.
+`started` there. `FORCED_ERROR=poison`: the work process dies at once (exit status `POISON_EXIT`)
+reading a request whose body holds `POISON_MARKER`. Anything else runs opik-cipx unchanged.
 """
 
 import ctypes
@@ -24,6 +25,8 @@ PLANTED_KEY = "sk-ant-api03-planted-in-a-local-variable"
 SLOW_MARKER = b"FORCED-SLOW-ATTRIBUTION"
 SLOW_MAX_S = 60.0
 SLOW_SLICE_S = 0.1
+POISON_MARKER = b"FORCED-POISON-CAPTURE"
+POISON_EXIT = 70
 read = RequestReader.read
 
 
@@ -43,6 +46,12 @@ def slow_read(self, key, request_body: bytes, *args, **kwargs):
     return read(self, key, request_body, *args, **kwargs)
 
 
+def poisoned_read(self, key, request_body: bytes, *args, **kwargs):
+    if POISON_MARKER in bytes(request_body):
+        os._exit(POISON_EXIT)  # as a crash in C would end it: no handler, no log line
+    return read(self, key, request_body, *args, **kwargs)
+
+
 def broken_check_prices(*args, **kwargs):
     raise RuntimeError(f"planted crash at startup under {os.environ.get('HOME')}")
 
@@ -52,6 +61,8 @@ if __name__ == "__main__":
         RequestReader.read = broken_read
     elif os.environ.get("FORCED_ERROR") == "slow_attribution":
         RequestReader.read = slow_read
+    elif os.environ.get("FORCED_ERROR") == "poison":
+        RequestReader.read = poisoned_read
     elif os.environ.get("FORCED_ERROR") == "startup":
         daemon.check_prices = broken_check_prices
     sys.exit(main())

@@ -2,6 +2,7 @@
 end never blocks (it queues, then drops beyond its bound, never half a message), a message that
 does not decode costs only itself, a closed end is seen by the other."""
 
+import os
 import pickle
 import socket
 
@@ -79,3 +80,23 @@ def test_a_frame_beyond_any_message_is_refused(pair):
     work.sock.sendall(FRAME.pack(link.MESSAGE_MAX + 1))
     with pytest.raises(ValueError, match="another language"):
         pump_all(wire, lambda got: False)
+
+
+def test_the_working_slot_is_shared_by_both_ends_and_a_torn_write_reads_as_none():
+    wire, fd = link.WorkingSlot.create()
+    try:
+        assert os.readlink(f"/proc/self/fd/{fd}").endswith("(deleted)")  # a file no name points to
+        assert os.fstat(fd).st_mode & 0o777 == 0o600
+        work = link.WorkingSlot(fd)  # as the work process maps what it inherited
+        assert wire.get() is None
+        work.set((7, 123456789))
+        assert wire.get() == (7, 123456789)
+        os.pwrite(fd, b"\x08", 0)  # the segment's first byte changed, as a kill in the middle of a write would leave it
+        assert wire.get() is None
+        work.set((7, 1))
+        work.set(None)
+        assert wire.get() is None
+        work.close()
+    finally:
+        os.close(fd)
+        wire.close()

@@ -25,7 +25,7 @@ from tests.claude_code_corpus import request, response
 from tests.conftest import DaemonProcess, load_fixture, run_command, wait_for
 from tests.fake_anthropic import Reply, fixture_reply, split_sse, sse_reply
 from tests.fake_opik import API_KEY, WORKSPACE, FakeOpik
-from tests.forced_errors import SLOW_MARKER
+from tests.forced_errors import POISON_EXIT, POISON_MARKER, SLOW_MARKER
 
 STREAMS = 8
 
@@ -212,6 +212,31 @@ def test_streams_beside_an_attribution_that_takes_seconds_are_not_held_up(home, 
         assert p99(during) <= 3 * baseline + 0.010, (p99(before), p99(during), p99(after))
     finally:
         (slow_dir / "release").touch()
+        assert daemon.stop() == 0
+
+
+def test_a_capture_the_work_process_dies_on_twice_is_passed_over_and_the_next_calls_are_recorded(home, upstream):
+    """The position of the capture in work is in the working slot (link.WorkingSlot), not a message:
+    the wire still knows where each death happened."""
+    daemon = DaemonProcess(home, upstream.url, module="tests.forced_errors", FORCED_ERROR="poison")
+    try:
+        poison = request("simple", "001")
+        doc = json.loads(poison["body"])
+        doc["messages"].append({"role": "user", "content": POISON_MARKER.decode()})
+        for body in (json.dumps(doc).encode(), poison["body"].encode()):  # the poisoned call, then a good one
+            upstream.script(fixture_reply(response("simple", "001")))
+            conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+            conn.request("POST", poison["path"], body=body, headers=forwarded(poison))
+            assert conn.getresponse().read() == response("simple", "001")["body"].encode()
+            conn.close()
+        wait_for(lambda: daemon.counter("events_materialized") >= 1 and daemon.counter("materializer_errors_total"),
+                 timeout_s=60, what="the good call recorded past the poisoned one")
+        work = daemon.stats()["work"]
+        deaths = work["deaths"]
+        assert work["restarts"] == 2 and [death["how"] for death in deaths] == [f"exited with status {POISON_EXIT}"] * 2
+        assert deaths[0]["working"] == deaths[1]["working"] and deaths[0]["working"][1] >= 0
+        assert daemon.counter("materializer_errors_total") == 1 and len(ledger_captures(home)) == 1
+    finally:
         assert daemon.stop() == 0
 
 

@@ -10,14 +10,16 @@ within 120 s: the wire never gives up on it, and never waits for it. What the wi
 the capture log meanwhile waits there; the next work process materializes it.
 
 The child is the wire's own command line run again (so a launcher that plants a bug for a test
-plants it there too) with the link's end inherited (`link.WORK_FD_ENV`), in a session of its
-own: a Ctrl-C in the terminal of a `proxy` run by hand reaches the wire only, which stops the
-work in its order. A capture the work process was materializing when it died twice in a row is
-passed over by the next one (`skip`, counted as a materializer error), so one poisonous capture
-cannot keep the work down.
+plants it there too) with the link's end and its working slot inherited (`link.WORK_FD_ENV`,
+`link.WORKING_FD_ENV`), in a session of its own: a Ctrl-C in the terminal of a `proxy` run by
+hand reaches the wire only, which stops the work in its order. A capture the work process was
+materializing when it died twice in a row (its working slot says which) is passed over by the
+next one (`skip`, counted as a materializer error), so one poisonous capture cannot keep the
+work down.
 """
 
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -28,7 +30,7 @@ from typing import Any
 
 from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.control.children import LISTEN_FD_ENV, describe_exit, restart_delay
-from opik_cipx.link import PROTOCOL_MISMATCH, WORK_FD_ENV, Link
+from opik_cipx.link import PROTOCOL_MISMATCH, WORK_FD_ENV, WORKING_FD_ENV, Link, WorkingSlot
 from opik_cipx.stats import utc_iso
 from opik_cipx.store.captures import LogPosition
 
@@ -46,12 +48,13 @@ class WorkProcess:
 
     `hello(skip)` builds the first message each new work process gets (its settings, where the log
     ends, the positions to pass over); `handlers` answer the kinds of message it sends beyond
-    those this class handles itself (`ready`, `stats`, `working`)."""
+    those this class handles itself (`ready`, `stats`)."""
 
     def __init__(self, argv: list[str], env: dict[str, str], hello: Callable[[list[LogPosition]], tuple],
                  pass_fds: tuple[int, ...] = (), handlers: dict[str, Handler] | None = None, clock: Clock = SYSTEM):
         self.argv = argv
-        self.env = {key: value for key, value in env.items() if key not in (LISTEN_FD_ENV, WORK_FD_ENV)}
+        self.env = {key: value for key, value in env.items()
+                    if key not in (LISTEN_FD_ENV, WORK_FD_ENV, WORKING_FD_ENV)}
         self.hello = hello
         self.pass_fds = pass_fds
         self.handlers = dict(handlers or {})
@@ -63,7 +66,7 @@ class WorkProcess:
         self._stopped = threading.Event()  # the thread is done (stopped, or could not start one)
         self._wake = threading.Event()
         self._deaths: list[float] = []
-        self._working: LogPosition | None = None
+        self._working: WorkingSlot | None = None  # the running work process's (`link.WorkingSlot`)
         self._skip: list[LogPosition] = []
         self._replies: dict[int, dict[str, Any]] = {}
         self._asked = 0
@@ -158,25 +161,40 @@ class WorkProcess:
             with self._lock:
                 self.record.update(state="stopped", pid=None, next_start_in_s=None)
                 self._link, self._proc = None, None
+                if self._working is not None:
+                    self._working.close()
+                    self._working = None
             self._stopped.set()
 
     def _spawn(self) -> tuple[subprocess.Popen, Link] | None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = {**self.env, WORK_FD_ENV: str(theirs.fileno())}
         try:
-            proc = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    pass_fds=(theirs.fileno(), *self.pass_fds), start_new_session=True)
+            working, working_fd = WorkingSlot.create()
         except OSError as exc:
-            log.error("cannot start the work process (%s): %s; trying again in %.0fs", self.argv[0],
+            log.error("cannot make the work process's working slot: %s; trying again in %.0fs",
                       exc.strerror or exc, GAVE_UP_DELAY_S)
             ours.close()
             theirs.close()
             return None
-        theirs.close()
+        env = {**self.env, WORK_FD_ENV: str(theirs.fileno()), WORKING_FD_ENV: str(working_fd)}
+        try:
+            proc = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    pass_fds=(theirs.fileno(), working_fd, *self.pass_fds), start_new_session=True)
+        except OSError as exc:
+            log.error("cannot start the work process (%s): %s; trying again in %.0fs", self.argv[0],
+                      exc.strerror or exc, GAVE_UP_DELAY_S)
+            ours.close()
+            working.close()
+            return None
+        finally:
+            theirs.close()
+            os.close(working_fd)
         link = Link(ours, blocking=False)
         with self._lock:
             self._proc, self._link = proc, link
-            self._working = None
+            if self._working is not None:
+                self._working.close()
+            self._working = working
             self._replies.clear()
             self.record.update(pid=proc.pid, state="starting", started_at=utc_iso(self.clock.time()),
                                next_start_in_s=None)
@@ -204,9 +222,6 @@ class WorkProcess:
         if kind == "ready":
             with self._lock:
                 self.record["state"] = "running"
-        elif kind == "working":
-            with self._lock:
-                self._working = LogPosition(*args[0]) if args[0] is not None else None
         elif kind == "stats":
             ask, reply = args
             with self._lock:
@@ -238,7 +253,8 @@ class WorkProcess:
         self._deaths = [at for at in self._deaths if now - at < 120.0] + [now]
         how = describe_exit(returncode)
         with self._lock:
-            working = self._working
+            at = self._working.get() if self._working is not None else None
+            working = LogPosition(*at) if at is not None else None
             deaths = self.record["deaths"]
             previous = deaths[-1].get("working") if deaths else None
             death = {"at": utc_iso(self.clock.time()), "pid": pid, "how": how, "ran_s": round(ran_s, 1),

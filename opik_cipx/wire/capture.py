@@ -8,6 +8,7 @@ Secret header values never enter a Capture: `redact_headers` replaces them at ca
 a rule on the header's name (docs/SECURITY.md, "What a Capture keeps of the headers").
 """
 
+import functools
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ KEPT_NAMES = frozenset({"x-claude-code-session-id"})
 KEPT_PREFIX = "anthropic-ratelimit-"
 
 
+@functools.lru_cache(maxsize=1024)  # on the wire for every header of every exchange: the names repeat
 def is_secret_header(name: str) -> bool:
     """True when the value of header `name` must not be kept (`SECRET_WORDS`, less `KEPT_NAMES` and `KEPT_PREFIX`)."""
     if _SECRET_NAME.search(name) is None:

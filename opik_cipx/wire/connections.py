@@ -60,7 +60,7 @@ from typing import Any, TypeVar
 
 from opik_cipx.clock import SYSTEM
 from opik_cipx.stats import Counters
-from opik_cipx.wire.framing import BODY_RECV_BYTES, CONTINUE, FramingError, RequestReader
+from opik_cipx.wire.framing import BODY_RECV_BYTES, CONTINUE, FramingError, RequestReader, header_fields
 from opik_cipx.wire.peer import PeerLookup
 
 log = logging.getLogger(__name__)
@@ -849,18 +849,30 @@ class ConnectionHandler(BaseHTTPRequestHandler):
         head = self.conn.head
         split = head.index(b"\n") + 1
         self.raw_requestline = head[:split]
-        body, self.rfile = self.rfile, io.BytesIO(head[split:])
+        body, self.rfile = self.rfile, io.BytesIO(b"\r\n")  # the request line only: `_take_headers` below
         try:
             parsed = self.parse_request()
         finally:
             self.rfile = body
         if parsed:
+            self._take_headers(head[split:])
             refusal = self.screen(self.server.name, self.command, self.path, self.headers)
             if refusal is not None:
                 self.refuse(*refusal)
             else:
                 getattr(self, f"do_{self.command}")()
         self.conn.keep_alive = not self.close_connection
+
+    def _take_headers(self, block: bytes) -> None:
+        """`self.headers` from the head's header block, and what its `Connection` says, as http.server's
+        `parse_request` would have them, but split by `framing.header_fields`: the loop has checked every
+        line already (`framing.request_framing`). `Expect` needs nothing here (`handle_expect_100`)."""
+        self.headers = header_fields(block)
+        connection = self.headers.get("Connection", "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive" and self.protocol_version >= "HTTP/1.1":
+            self.close_connection = False
 
     def handle_expect_100(self) -> bool:
         """The loop answered `Expect: 100-continue` (or had the body already): nothing to send here."""

@@ -33,6 +33,7 @@ from opik_cipx.wire.capture import Capture, KeptResponse, redact_headers
 from opik_cipx.wire.connections import worth_logging
 from opik_cipx.wire.endpoints import is_known
 from opik_cipx.wire.loopback import LoopbackHandler, loopback_host
+from opik_cipx.wire.relay import Outcome, StreamRelay
 from opik_cipx.wire.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ NON_BROWSER_FETCH_MODE = "cors"
 
 
 class Gateway:
-    """State shared by the gateway's handler threads: upstream pool, tee, counters, drain."""
+    """State shared by the gateway's handler threads: upstream pool, stream relay, tee, counters, drain."""
 
     budget: Guard | None = None  # the spend caps' guard, set by the daemon when a cap is set
 
@@ -80,6 +81,7 @@ class Gateway:
         self.response_keep_bytes = response_keep_bytes  # of each response, for the capture
         self.draining = False
         self.clock = clock  # capture times
+        self.relay = StreamRelay(pool.read_timeout_s, clock)  # bodies that arrive over time
         self._inflight = 0
         self._idle = threading.Condition()
 
@@ -104,6 +106,10 @@ class Gateway:
     def inflight(self) -> int:
         with self._idle:
             return self._inflight
+
+    def close(self) -> None:
+        """Stop the relay thread (after `wait_idle`: a body still relayed is cut off)."""
+        self.relay.close()
 
 
 def error_body(message: str, error_type: str = "api_error") -> bytes:
@@ -303,19 +309,20 @@ class GatewayHandler(LoopbackHandler):
         capture.response_headers = redact_headers(resp_headers)
         settled = False
 
-        def settle() -> bool:
+        def settle(reusable: bool = True) -> bool:
             """The upstream response is complete: hand its connection back (before the client has the
-            last bytes, so its next call finds it pooled); False if the client had left."""
+            last bytes, so its next call finds it pooled) unless it must close or is not `reusable`
+            (bytes came after the response); False if the client had left."""
             nonlocal settled
             settled = True
             if departure.finish():
                 gw.pool.discard(conn)
                 return False
             resp.close()
-            (gw.pool.discard if resp.will_close else gw.pool.release)(conn)
+            (gw.pool.discard if resp.will_close or not reusable else gw.pool.release)(conn)
             return True
 
-        complete = self._stream_response(capture, resp, resp_headers, departure, settle)
+        complete = self._stream_response(capture, conn, resp, resp_headers, departure, settle)
         if not settled:
             if complete:
                 complete = settle()  # a response without a body
@@ -326,8 +333,8 @@ class GatewayHandler(LoopbackHandler):
             self.close_connection = True
 
     def _stream_response(
-        self, capture: Capture, resp: http.client.HTTPResponse, resp_headers: list[tuple[str, str]],
-        departure: "_Departure", settle: Callable[[], bool],
+        self, capture: Capture, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
+        resp_headers: list[tuple[str, str]], departure: "_Departure", settle: Callable[[bool], bool],
     ) -> bool:
         """Write the response to the client as it arrives, calling `settle` once the upstream side is
         complete (before the last write); False when the exchange broke."""
@@ -355,7 +362,9 @@ class GatewayHandler(LoopbackHandler):
             return True
         kept = KeptResponse(capture.response_parts, self.gateway.response_keep_bytes)
         try:
-            return self._stream_body(capture, resp, departure, settle, kept.add, chunked)
+            if resp.length is None:  # chunked, or until the upstream closes: it arrives over time
+                return self._relay_body(capture, conn, resp, departure, settle, kept.add, chunked)
+            return self._read_body(capture, resp, departure, settle, kept.add)
         finally:
             if kept.finish(capture):
                 truncated = self.gateway.counters.incr("responses_truncated")
@@ -363,9 +372,30 @@ class GatewayHandler(LoopbackHandler):
                     log.info("gateway: a response of %d bytes kept in part for the capture (capture_response_max_mb; "
                              "%d so far)", kept.total, truncated)
 
-    def _stream_body(self, capture: Capture, resp: http.client.HTTPResponse, departure: "_Departure",
-                     settle: Callable[[], bool], keep: Callable[[bytes], None], chunked: bool) -> bool:
-        """Forward the body piece by piece as it arrives (see `_stream_response`); `keep` each piece."""
+    def _relay_body(self, capture: Capture, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
+                    departure: "_Departure", settle: Callable[[bool], bool], keep: Callable[[bytes], None],
+                    chunked: bool) -> bool:
+        """Hand a body that arrives over time to the relay thread (`relay.py`) and wait for its end."""
+        upstream = conn.sock
+        upstream.setblocking(False)
+        outcome = self.gateway.relay.relay(upstream, read_ahead(resp), bool(resp.chunked), self.conn.sock, chunked,
+                                           keep, settle)
+        return self._settle_outcome(capture, outcome, departure)
+
+    def _settle_outcome(self, capture: Capture, outcome: Outcome, departure: "_Departure") -> bool:
+        """Record how a relayed body ended on the capture (and the log); whether it is complete."""
+        if outcome.client_gone:
+            capture.client_aborted = True
+            log.info("gateway: client disconnected mid-response; upstream connection closed")
+        elif outcome.upstream_error is not None and not departure.departed:  # else the shutdown was ours
+            capture.upstream_error = describe_upstream_error(outcome.upstream_error, mid_stream=True)
+            log.warning("gateway: upstream broke mid-response: %s", capture.upstream_error)
+        return outcome.complete
+
+    def _read_body(self, capture: Capture, resp: http.client.HTTPResponse, departure: "_Departure",
+                   settle: Callable[[bool], bool], keep: Callable[[bytes], None]) -> bool:
+        """Forward a body of known length piece by piece as it arrives (see `_stream_response`); `keep`
+        each piece."""
         write = self.wfile.write
         while True:
             try:
@@ -382,15 +412,13 @@ class GatewayHandler(LoopbackHandler):
                     log.warning("gateway: %s", capture.upstream_error)
                 return False
             last = not data or resp.length == 0
-            if last and not settle():
+            if last and not settle(True):
                 return False
             try:
                 if data:
                     keep(data)
-                    write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+                    write(data)
                 if last:
-                    if chunked:
-                        write(b"0\r\n\r\n")
                     return True
             except OSError:
                 capture.client_aborted = True
@@ -467,6 +495,20 @@ class _Departure:
                     socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+def read_ahead(resp: http.client.HTTPResponse) -> bytes:
+    """The body's first bytes, which http.client read along with the head, taken out of its buffer (the
+    upstream socket must be non-blocking: with nothing buffered, this must not wait for the body)."""
+    fp = resp.fp
+    if fp is None:
+        return b""
+    try:
+        data: bytes = fp.peek()
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+        return b""
+    fp.read(len(data))
+    return data
 
 
 def describe_upstream_error(exc: BaseException, mid_stream: bool = False) -> str:

@@ -12,13 +12,14 @@ from tests.conftest import wait_for
 # there are none it "dies on the capture at 1:0", else it runs until the wire says stop.
 CHILD = """
 import os, socket, sys
-from opik_cipx.link import WORK_FD_ENV, Link
+from opik_cipx.link import WORK_FD_ENV, WORKING_FD_ENV, Link, WorkingSlot
 link = Link(socket.socket(fileno=int(os.environ[WORK_FD_ENV])), blocking=True)
+working = WorkingSlot(int(os.environ[WORKING_FD_ENV]))
 _, skip = link.recv()
 with open(sys.argv[1], "a") as out:
     out.write(repr(skip) + "\\n")
 if not skip:
-    link.send("working", (1, 0))
+    working.set((1, 0))
     os._exit(1)
 link.send("ready", os.getpid())
 while (message := link.recv()) is not None and message[0] != "stop":

@@ -40,6 +40,7 @@ class InProcessWire:
         self.server.shutdown()
         self.server.server_close()
         self.gateway.wait_idle(5)
+        self.gateway.close()
         self.pool.close()
 
 

@@ -5,12 +5,14 @@ A tiny handler on a real `LoopbackServer` (in-process, real sockets): every test
 handler saw, so "never handled" is checked, not assumed.
 """
 
+import io
 import os
 import socket
 import sys
 import threading
 import time
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -415,3 +417,54 @@ def test_a_bug_in_the_loop_is_counted_and_the_listener_keeps_serving(serve, monk
         broken.sendall(REQUEST)
         wait_for(lambda: counters.get("panics_recovered") == 1, what="the bug counted")
     assert request(server).startswith(b"HTTP/1.1 200")
+
+
+class _Recorded(LoopbackHandler):
+    """Serves nothing: keeps the headers and keep-alive verdict a handler starts from."""
+
+    seen: list = []
+
+    def do_POST(self) -> None:
+        self.seen.append((self.headers.items(), [self.headers.get(name) for name in ("host", "X-Mixed")],
+                          self.close_connection))
+
+
+class _Stdlib(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def __init__(self) -> None:  # no socket: the head is given
+        pass
+
+
+_NAME = st.text("abcxyzABCXYZ0123456789-_!#$%&'*+.^`|~", min_size=1, max_size=12)
+_VALUE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, blacklist_characters="\x7f"), max_size=20)
+
+
+@settings(max_examples=60)
+@given(st.lists(st.tuples(_NAME, st.sampled_from(["", " ", "  ", "\t"]), _VALUE), max_size=12),
+       st.sampled_from([None, "close", "keep-alive", "Keep-Alive", "CLOSE", "upgrade"]),
+       st.sampled_from(["HTTP/1.1", "HTTP/1.0"]), st.booleans())
+def test_a_handler_reads_the_headers_and_keep_alive_as_http_server_does(fields, connection, version, lf_only):
+    """The loop's handler splits the header block itself (`ConnectionHandler._take_headers`); what it
+    gets is what http.server's email-based `parse_request` would make of the same head."""
+    end = "\n" if lf_only else "\r\n"
+    lines = [f"Host: 127.0.0.1:9{end}", *(f"{name}:{space}{value.rstrip()}{end}" for name, space, value in fields)]
+    if connection is not None:
+        lines.append(f"Connection: {connection}{end}")
+    head = (f"POST /v1/messages {version}{end}" + "".join(lines) + end).encode("latin-1")
+    split = head.index(b"\n") + 1
+
+    stdlib = _Stdlib()
+    stdlib.raw_requestline, stdlib.rfile = head[:split], io.BytesIO(head[split:])
+    assert stdlib.parse_request()
+
+    near, far = socket.socketpair()
+    try:
+        _Recorded.seen = []
+        server = type("Server", (), {"name": "claude_code", "counters": Counters()})()
+        _Recorded(Connection(near, ("127.0.0.1", 1), head, 0, b"", b"", 0), ("127.0.0.1", 1), server)
+    finally:
+        near.close()
+        far.close()
+    assert _Recorded.seen == [(stdlib.headers.items(), [stdlib.headers.get(name) for name in ("host", "X-Mixed")],
+                               stdlib.close_connection)]

@@ -102,6 +102,19 @@ def test_a_chunked_body_is_the_same_whatever_pieces_it_arrives_in(pieces, traile
     assert at == len(encoded) and stream[at:] == after
 
 
+@given(st.lists(st.binary(min_size=1, max_size=40), max_size=6), st.lists(st.integers(1, 30), max_size=20))
+def test_a_dechunker_with_a_sink_hands_out_the_body_as_it_comes_and_keeps_none(pieces, cuts):
+    """A response relayed as it arrives (`relay.py`): the runs of body bytes, in order, and nothing held."""
+    stream, runs = chunked(pieces, [], False), []
+    dechunker, at = Dechunker(max_body=None, sink=runs.append), 0
+    for size in cuts + [len(stream)]:
+        if dechunker.done:
+            break
+        at += dechunker.feed(stream[at:at + size])
+    assert dechunker.done and b"".join(runs) == b"".join(pieces) and dechunker.size == len(b"".join(pieces))
+    assert all(isinstance(run, bytes) for run in runs) and dechunker.data == b""
+
+
 @pytest.mark.parametrize("body, status", [
     (b"zz\r\n", 400),
     (b"5\r\nabcdefgh\r\n", 400),  # longer than its size
