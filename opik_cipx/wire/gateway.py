@@ -386,7 +386,7 @@ class GatewayHandler(LoopbackHandler):
         """Record how a relayed body ended on the capture (and the log); whether it is complete."""
         if outcome.client_gone:
             capture.client_aborted = True
-            log.info("gateway: client disconnected mid-response; upstream connection closed")
+            log.info("gateway: client disconnected or stopped reading mid-response; upstream connection closed")
         elif outcome.upstream_error is not None and not departure.departed:  # else the shutdown was ours
             capture.upstream_error = describe_upstream_error(outcome.upstream_error, mid_stream=True)
             log.warning("gateway: upstream broke mid-response: %s", capture.upstream_error)

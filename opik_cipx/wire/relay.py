@@ -17,7 +17,8 @@ handing it over would cost two wake-ups for nothing.
 Bounds: a client that does not read holds at most one turn's bytes (`TURN_BYTES`) of its body in
 the relay, and its upstream is not read again until the client has taken them (the upstream then
 waits, as it would for the client itself). An upstream silent for `read_timeout_s` while its body
-is read ends that body, as the socket's timeout did on a handler thread. One body is read for at
+is read ends that body, as the socket's timeout did on a handler thread; so does a client that
+takes none of what waits for it for as long (on a handler thread it held the thread for ever). One body is read for at
 most `TURN_BYTES` per turn, so a fast one cannot keep the others waiting.
 """
 
@@ -46,7 +47,8 @@ _WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, In
 @dataclass(frozen=True)
 class Outcome:
     """How a relayed body ended: `complete`, or broken by the upstream (`upstream_error`: the exception,
-    as http.client would raise it) or by the client (`client_gone`)."""
+    as http.client would raise it) or by the client (`client_gone`: it left, or took nothing for the
+    timeout)."""
 
     complete: bool
     upstream_error: BaseException | None = None
@@ -178,8 +180,10 @@ class StreamRelay:
             now = self.clock.monotonic()
             if now >= next_scan:
                 next_scan = now + self._scan_s
-                for body in [body for body in self._bodies if body.pending is None and body.deadline <= now]:
-                    self._end(body, Outcome(False, upstream_error=TimeoutError()))
+                for body in [body for body in self._bodies if body.deadline <= now]:
+                    stalled = body.pending is not None  # the client took nothing, else the upstream sent nothing
+                    self._end(body, Outcome(False, client_gone=True) if stalled
+                              else Outcome(False, upstream_error=TimeoutError()))
 
     def _guarded(self, step: Callable[..., None], body: _Body, *args: object) -> None:
         """One body's step: a bug in it breaks that body (logged), never the relay."""
@@ -291,12 +295,15 @@ class StreamRelay:
             self._end(body, Outcome(False, client_gone=True))
             return
         if sent < len(out):
+            if sent or body.pending is None:  # the client's turn: it must take something within the timeout
+                body.deadline = self.clock.monotonic() + self.read_timeout_s
             self._watch(body, body.client)
             body.pending = out[sent:]
             return
         if body.pending is not None:
             body.pending = None
             if not body.settled:
+                body.deadline = self.clock.monotonic() + self.read_timeout_s
                 self._watch(body, body.upstream)
                 self._again.append(body)
         if body.settled:

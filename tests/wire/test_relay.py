@@ -176,6 +176,26 @@ def test_an_upstream_silent_past_its_timeout_ends_its_body():
         relay.close()
 
 
+def test_a_client_that_takes_nothing_past_the_timeout_ends_its_body():
+    relay = StreamRelay(read_timeout_s=0.3)
+    body = Body(relay)
+
+    def flood() -> None:  # more than both sockets' buffers and a turn of the relay
+        try:
+            for _ in range(200):
+                body.upstream.sendall(chunk(b"x" * 65536))
+        except OSError:
+            pass  # closed by the test's end
+
+    threading.Thread(target=flood, daemon=True).start()
+    try:
+        outcome = body.result()
+        assert not outcome.complete and outcome.client_gone and body.settled == []
+    finally:
+        body.close()
+        relay.close()
+
+
 def test_bytes_after_the_last_chunk_keep_the_connection_out_of_the_pool(relay):
     body = Body(relay)
     try:
