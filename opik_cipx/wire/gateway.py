@@ -387,6 +387,9 @@ class GatewayHandler(LoopbackHandler):
         if outcome.client_gone:
             capture.client_aborted = True
             log.info("gateway: client disconnected or stopped reading mid-response; upstream connection closed")
+        elif outcome.stopped:
+            capture.upstream_error = "cut off mid-response: opik-cipx stopped relaying before the response ended"
+            log.warning("gateway: %s", capture.upstream_error)
         elif outcome.upstream_error is not None and not departure.departed:  # else the shutdown was ours
             capture.upstream_error = describe_upstream_error(outcome.upstream_error, mid_stream=True)
             log.warning("gateway: upstream broke mid-response: %s", capture.upstream_error)

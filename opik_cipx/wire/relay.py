@@ -47,12 +47,16 @@ _WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, In
 @dataclass(frozen=True)
 class Outcome:
     """How a relayed body ended: `complete`, or broken by the upstream (`upstream_error`: the exception,
-    as http.client would raise it) or by the client (`client_gone`: it left, or took nothing for the
-    timeout)."""
+    as http.client would raise it), by the client (`client_gone`: it left, or took nothing for the
+    timeout) or by the relay's own end (`stopped`: the daemon stopping, or a bug in its loop)."""
 
     complete: bool
     upstream_error: BaseException | None = None
     client_gone: bool = False
+    stopped: bool = False
+
+
+STOPPED = Outcome(False, stopped=True)
 
 
 Settle = Callable[[bool], bool]  # the upstream side is over (reusable: no stray bytes after it); False: the client left
@@ -116,7 +120,7 @@ class StreamRelay:
         body = _Body(upstream, client, first, chunked_in, chunked_out, keep, settle)
         with self._lock:
             if self._closing:
-                return Outcome(False, upstream_error=ConnectionAbortedError("opik-cipx is stopping"))
+                return STOPPED
             if self._thread is None:
                 self._selector = selectors.DefaultSelector()
                 self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
@@ -160,7 +164,7 @@ class StreamRelay:
                 self._closing = True  # a body handed over from now on is refused at once
                 incoming, self._incoming = self._incoming, []
             for body in [*incoming, *self._bodies]:
-                self._end(body, Outcome(False, upstream_error=ConnectionAbortedError("opik-cipx is stopping")))
+                self._end(body, STOPPED)
 
     def _loop(self) -> None:
         selector = self._selector

@@ -11,6 +11,8 @@ import json
 import socket
 import threading
 
+import pytest
+
 from opik_cipx.store.captures import read_log
 from tests.conftest import DaemonProcess, load_fixture, wait_for
 from tests.fake_anthropic import Reply, fixture_reply, json_reply, split_sse, sse_reply
@@ -91,6 +93,28 @@ def test_events_reach_the_client_before_the_upstream_stream_ends(wire, upstream)
     assert not held.gate.is_set()  # upstream is still holding the rest of the stream
     held.gate.set()
     assert received + resp.read() == response["body"].encode()
+
+
+def test_a_stream_still_relayed_when_the_relay_stops_is_cut_off_and_says_so(wire, upstream):
+    """The daemon stops its relay only after the drain; a stream still open then ends without its last
+    chunk, and its capture says the proxy stopped, not that the upstream failed."""
+    _, response = load_fixture("simple", "001")
+    events = split_sse(response["body"])
+    held = sse_reply(events, hold_after=3)
+    upstream.script(held)
+    conn = client(wire)
+    conn.request("POST", "/v1/messages?beta=true", body=b"{}", headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.read1(65536)
+    wire.gateway.close()
+    try:
+        with pytest.raises(http.client.IncompleteRead):
+            resp.read()
+        capture = wait_for(lambda: wire.captures and wire.captures[-1], what="the capture")
+        assert capture.upstream_error == "cut off mid-response: opik-cipx stopped relaying before the response ended"
+        assert not capture.client_aborted
+    finally:
+        held.gate.set()
 
 
 def test_upstream_connections_are_reused(wire, upstream):
