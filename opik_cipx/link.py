@@ -193,12 +193,15 @@ class WorkingSlot:
         if position is None:
             self._map[:] = bytes(self._LAYOUT.size)
             return
-        segment, offset = position
-        self._map[:] = self._LAYOUT.pack(segment, offset, zlib.crc32(struct.pack("<QQ", segment, offset)))
+        self._map[:] = self._LAYOUT.pack(*position, _checksum(*position))
 
     def get(self) -> tuple[int, int] | None:
         segment, offset, check = self._LAYOUT.unpack(self._map[:])
-        return (segment, offset) if check == zlib.crc32(struct.pack("<QQ", segment, offset)) else None
+        return (segment, offset) if check == _checksum(segment, offset) else None
 
     def close(self) -> None:
         self._map.close()
+
+
+def _checksum(segment: int, offset: int) -> int:
+    return zlib.crc32(struct.pack("<QQ", segment, offset))

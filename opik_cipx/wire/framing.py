@@ -20,11 +20,12 @@ from dataclasses import dataclass
 
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers; Claude Code sends about 2 KB
 _HEAD_END = re.compile(rb"\n\r?\n")
-_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\r?")
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # a header name
+_HEADER_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(.*?)[ \t]*\r?")
 _DIGITS = re.compile(rb"[0-9]+")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
-_FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FIELD_NAME = re.compile(_TOKEN)
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 HEAD_RECV_BYTES = 64 * 1024  # one read while a head arrives
 BODY_RECV_BYTES = 256 * 1024  # one read while a body arrives

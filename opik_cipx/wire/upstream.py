@@ -46,8 +46,8 @@ class FinalResponse(http.client.HTTPResponse):
     skips only 100), its header block split by `framing.header_fields` rather than parsed by the
     email package (about 90 us less for the API's two dozen headers, on the wire for every call).
 
-    Past a 103, a 103 would otherwise be taken as the whole response and the real one left unread
-    on a connection going back to the pool, for the next call to receive. `begin` is http.client's
+    Without the first, a 103 would be taken as the whole response and the real one left unread on
+    a connection going back to the pool, for the next call to receive. `begin` is http.client's
     (Python 3.11-3.13) but for those two points: status, version, headers, framing and `will_close`
     come out the same (tests/wire/test_upstream.py holds it to http.client's on any head).
     """
