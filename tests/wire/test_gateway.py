@@ -75,14 +75,20 @@ def test_gzip_response_is_forwarded_without_decoding(wire, upstream):
     assert resp.read() == payload
 
 
-def test_events_reach_the_client_before_the_upstream_stream_ends(wire, upstream):
+def held_stream(wire, upstream) -> tuple[Reply, list[bytes], http.client.HTTPResponse]:
+    """A recorded stream through the gateway whose upstream holds back all but its first 3 events until
+    `gate` is set: (the reply, its events, the client's response)."""
     _, response = load_fixture("simple", "001")
     events = split_sse(response["body"])
     held = sse_reply(events, hold_after=3)
     upstream.script(held)
     conn = client(wire)
     conn.request("POST", "/v1/messages?beta=true", body=b"{}", headers={"Content-Type": "application/json"})
-    resp = conn.getresponse()
+    return held, events, conn.getresponse()
+
+
+def test_events_reach_the_client_before_the_upstream_stream_ends(wire, upstream):
+    held, events, resp = held_stream(wire, upstream)
     received = b""
     expected_first = b"".join(events[:3])
     while len(received) < len(expected_first):
@@ -92,19 +98,13 @@ def test_events_reach_the_client_before_the_upstream_stream_ends(wire, upstream)
     assert received == expected_first
     assert not held.gate.is_set()  # upstream is still holding the rest of the stream
     held.gate.set()
-    assert received + resp.read() == response["body"].encode()
+    assert received + resp.read() == b"".join(events)
 
 
 def test_a_stream_still_relayed_when_the_relay_stops_is_cut_off_and_says_so(wire, upstream):
     """The daemon stops its relay only after the drain; a stream still open then ends without its last
     chunk, and its capture says the proxy stopped, not that the upstream failed."""
-    _, response = load_fixture("simple", "001")
-    events = split_sse(response["body"])
-    held = sse_reply(events, hold_after=3)
-    upstream.script(held)
-    conn = client(wire)
-    conn.request("POST", "/v1/messages?beta=true", body=b"{}", headers={"Content-Type": "application/json"})
-    resp = conn.getresponse()
+    held, _, resp = held_stream(wire, upstream)
     assert resp.read1(65536)
     wire.gateway.close()
     try:

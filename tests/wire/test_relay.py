@@ -10,6 +10,7 @@ import http.client
 import selectors
 import socket
 import threading
+from contextlib import closing
 
 import pytest
 from hypothesis import given, settings
@@ -69,12 +70,17 @@ class Body:
         for sock in (self.upstream, self.client, *self._near):
             sock.close()
 
+    def __enter__(self) -> "Body":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 @pytest.fixture
 def relay():
-    made = StreamRelay(read_timeout_s=10.0)
-    yield made
-    made.close()
+    with closing(StreamRelay(read_timeout_s=10.0)) as made:
+        yield made
 
 
 def read_until(sock: socket.socket, wanted: bytes) -> bytes:
@@ -116,23 +122,17 @@ def test_every_stream_is_moved_by_one_thread_event_by_event(relay):
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.binary(min_size=1, max_size=3000), max_size=8), st.lists(st.integers(1, 700), max_size=12))
 def test_a_body_reaches_the_client_whole_whatever_pieces_the_upstream_sends(pieces, cuts):
-    relay = StreamRelay(read_timeout_s=10.0)
     stream = b"".join(chunk(piece) for piece in pieces) + LAST
     first, at = stream[:cuts[0]] if cuts else b"", cuts[0] if cuts else 0
-    body = Body(relay, first=first)
-    try:
+    with closing(StreamRelay(read_timeout_s=10.0)) as relay, Body(relay, first=first) as body:
         for size in cuts[1:] + [len(stream)]:
             body.upstream.sendall(stream[at:at + size])
             at += size
         assert body.read_chunked() == b"".join(pieces)
         assert body.result().complete and b"".join(body.kept) == b"".join(pieces) and body.settled == [True]
-    finally:
-        body.close()
-        relay.close()
 
 
 def test_a_client_that_does_not_read_holds_up_only_its_own_body(relay):
-    stalled, flowing = Body(relay), Body(relay)
     big = chunk(b"x" * 65536)
     written = [0]
 
@@ -145,9 +145,9 @@ def test_a_client_that_does_not_read_holds_up_only_its_own_body(relay):
         except OSError:
             pass
 
-    flooder = threading.Thread(target=flood, daemon=True)
-    flooder.start()
-    try:
+    with Body(relay) as stalled, Body(relay) as flowing:
+        flooder = threading.Thread(target=flood, daemon=True)
+        flooder.start()
         for event in range(20):
             flowing.upstream.sendall(chunk(b"data: %d\n\n" % event))
             read_until(flowing.client, b"data: %d\n\n" % event)
@@ -157,119 +157,86 @@ def test_a_client_that_does_not_read_holds_up_only_its_own_body(relay):
         assert flooder.is_alive() and written[0] < 200  # the stalled body's upstream waits for its client
         assert len(stalled.read_chunked()) == 200 * 65536  # once the client reads, every byte arrives
         assert stalled.result().complete
-    finally:
-        stalled.close()
-        flowing.close()
 
 
 def test_an_upstream_silent_past_its_timeout_ends_its_body():
-    relay = StreamRelay(read_timeout_s=0.3)
-    body = Body(relay)
-    try:
+    with closing(StreamRelay(read_timeout_s=0.3)) as relay, Body(relay) as body:
         body.upstream.sendall(chunk(b"data: 1\n\n"))
         read_until(body.client, b"data: 1\n\n")
         outcome = body.result()
         assert not outcome.complete and isinstance(outcome.upstream_error, TimeoutError)
         assert body.settled == []  # the connection is not handed back: the handler closes it
-    finally:
-        body.close()
-        relay.close()
 
 
 def test_a_client_that_takes_nothing_past_the_timeout_ends_its_body():
-    relay = StreamRelay(read_timeout_s=0.3)
-    body = Body(relay)
+    with closing(StreamRelay(read_timeout_s=0.3)) as relay, Body(relay) as body:
 
-    def flood() -> None:  # more than both sockets' buffers and a turn of the relay
-        try:
-            for _ in range(200):
-                body.upstream.sendall(chunk(b"x" * 65536))
-        except OSError:
-            pass  # closed by the test's end
+        def flood() -> None:  # more than both sockets' buffers and a turn of the relay
+            try:
+                for _ in range(200):
+                    body.upstream.sendall(chunk(b"x" * 65536))
+            except OSError:
+                pass  # closed by the test's end
 
-    threading.Thread(target=flood, daemon=True).start()
-    try:
+        threading.Thread(target=flood, daemon=True).start()
         outcome = body.result()
         assert not outcome.complete and outcome.client_gone and body.settled == []
-    finally:
-        body.close()
-        relay.close()
 
 
 def test_bytes_after_the_last_chunk_keep_the_connection_out_of_the_pool(relay):
-    body = Body(relay)
-    try:
+    with Body(relay) as body:
         body.upstream.sendall(chunk(b"data: 1\n\n") + LAST + b"HTTP/1.1 200 OK\r\n")
         assert body.read_chunked() == b"data: 1\n\n"
         assert body.result().complete and body.settled == [False]
-    finally:
-        body.close()
 
 
 def test_an_upstream_closing_inside_a_chunked_body_breaks_it(relay):
-    body = Body(relay)
-    try:
+    with Body(relay) as body:
         body.upstream.sendall(chunk(b"data: 1\n\n") + b"40\r\npart")
         body.upstream.close()
         outcome = body.result()
         assert not outcome.complete and isinstance(outcome.upstream_error, http.client.IncompleteRead)
         assert body.settled == []
-    finally:
-        body.close()
 
 
 def test_a_body_that_runs_until_the_upstream_closes_is_complete_at_its_close(relay):
-    body = Body(relay, first=b"the first bytes, ", chunked_in=False, chunked_out=False)
-    try:
+    with Body(relay, first=b"the first bytes, ", chunked_in=False, chunked_out=False) as body:
         body.upstream.sendall(b"then the rest")
         body.upstream.close()
         outcome = body.result()
         assert outcome.complete and body.settled == [False]  # a connection that closed is never reused
         assert read_until(body.client, b"rest") == b"the first bytes, then the rest"
-    finally:
-        body.close()
 
 
 def test_the_bytes_read_ahead_can_be_the_whole_body(relay):
-    body = Body(relay, first=chunk(b"all") + LAST)
-    try:
+    with Body(relay, first=chunk(b"all") + LAST) as body:
         assert body.read_chunked() == b"all"
         assert body.result().complete and body.settled == [True]
-    finally:
-        body.close()
 
 
 def test_a_client_gone_ends_its_body(relay):
-    body = Body(relay)
-    try:
+    with Body(relay) as body:
         body.client.close()
         body.upstream.sendall(chunk(b"data: 1\n\n"))
         outcome = body.result()
         assert not outcome.complete and outcome.client_gone and body.settled == []
-    finally:
-        body.close()
 
 
 def test_close_cuts_off_the_bodies_in_flight_and_refuses_new_ones():
     before = relay_threads()
     relay = StreamRelay(read_timeout_s=10.0)
-    body = Body(relay)
-    try:
+    with Body(relay) as body:
         body.upstream.sendall(chunk(b"data: 1\n\n"))
         read_until(body.client, b"data: 1\n\n")
         relay.close()
         outcome = body.result()
         assert not outcome.complete and outcome.stopped and outcome.upstream_error is None
-        late = Body(relay)
-        assert late.result().stopped
-        late.close()
+        with Body(relay) as late:
+            assert late.result().stopped
         assert relay_threads() == before  # close() waited for the thread's end
-    finally:
-        body.close()
 
 
 def test_a_bug_in_one_bodys_step_cuts_off_that_body_only(relay, monkeypatch):
-    healthy, doomed = Body(relay), Body(relay)
     forward = StreamRelay._forward
 
     def faulty(self, body, reads, eof):
@@ -278,15 +245,12 @@ def test_a_bug_in_one_bodys_step_cuts_off_that_body_only(relay, monkeypatch):
         forward(self, body, reads, eof)
 
     monkeypatch.setattr(StreamRelay, "_forward", faulty)
-    try:
+    with Body(relay) as healthy, Body(relay) as doomed:
         doomed.upstream.sendall(chunk(b"boom"))
         outcome = doomed.result()
         assert not outcome.complete and isinstance(outcome.upstream_error, RuntimeError)
         healthy.upstream.sendall(chunk(b"data: fine\n\n") + LAST)
         assert healthy.read_chunked() == b"data: fine\n\n" and healthy.result().complete
-    finally:
-        healthy.close()
-        doomed.close()
 
 
 def test_a_bug_in_the_loop_itself_ends_every_body_and_refuses_the_next(monkeypatch):
@@ -297,16 +261,9 @@ def test_a_bug_in_the_loop_itself_ends_every_body_and_refuses_the_next(monkeypat
             return super().select(timeout)
 
     monkeypatch.setattr(relay_module.selectors, "DefaultSelector", Faulty)
-    relay = StreamRelay(read_timeout_s=10.0)
-    first, second = Body(relay), Body(relay)
-    try:
+    with closing(StreamRelay(read_timeout_s=10.0)) as relay, Body(relay) as first, Body(relay) as second:
         for body in (first, second):
             outcome = body.result()
             assert not outcome.complete and outcome.stopped and outcome.upstream_error is None
-        late = Body(relay)
-        assert late.result().stopped
-        late.close()
-    finally:
-        first.close()
-        second.close()
-        relay.close()
+        with Body(relay) as late:
+            assert late.result().stopped
