@@ -134,6 +134,8 @@ class Daemon:
                     "budget_unread": self._unseeded} if self.guard is not None else {}
         self.work = WorkProcess(work, env, self._hello, pass_fds=(self.viewer_server.socket.fileno(),),
                                 handlers=handlers, clock=clock) if work else None
+        if self.work is not None:
+            self.pipeline.after = self.work.flush_note  # a note held back goes when due
 
     def _build_wire(self, port: int | None) -> None:
         """The upstream pool, the capture thread, the gateway and the three listeners (the viewer's is
@@ -258,7 +260,7 @@ class Daemon:
                 self.guard.settle(capture.id)
             return
         if self.work is not None:
-            self.work.send("log", appended.tail)
+            self.work.note(appended.tail)
 
     def start(self) -> None:
         if self.guard is not None:

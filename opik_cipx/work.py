@@ -193,18 +193,21 @@ class Work:
         if self.working is not None:
             self.working.set(position)
 
-    def _materialized(self, capture: Capture, result: Materialized) -> None:
-        """After each capture is materialized (on the follower's thread): the call into the ledger,
-        an upsert by capture id, so a capture materialized again after a crash counts once. A call
-        whose usage held a field that is no token count is flagged (`calls_flagged`, logged)."""
-        call = result.call
-        if call is not None and call.usage is not None and call.usage.malformed:
-            self.counters.incr("calls_flagged")
-            log.warning("capture %s: usage field(s) %s from upstream are no token count; the call is recorded "
-                        "with them as read", capture.id, ", ".join(call.usage.malformed))
-        self.ledger.write(call)
+    def _materialized(self, run: list[tuple[Capture, Materialized]]) -> None:
+        """After each run of captures is materialized (on the follower's thread): their calls into the
+        ledger in one transaction, upserts by capture id, so a capture materialized again after a crash
+        counts once; then the wire's guard learns they are recorded. A call whose usage held a field
+        that is no token count is flagged (`calls_flagged`, logged)."""
+        for capture, result in run:
+            call = result.call
+            if call is not None and call.usage is not None and call.usage.malformed:
+                self.counters.incr("calls_flagged")
+                log.warning("capture %s: usage field(s) %s from upstream are no token count; the call is "
+                            "recorded with them as read", capture.id, ", ".join(call.usage.malformed))
+        self.ledger.write_calls(result.call for _, result in run)
         if self.budget:
-            self.link.send("settled", capture.id)
+            for capture, _ in run:
+                self.link.send("settled", capture.id)
 
     def stats(self) -> dict[str, Any]:
         """What the wire's admin stats take from this process: sections, counters and refusals."""

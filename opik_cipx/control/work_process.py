@@ -16,6 +16,11 @@ hand reaches the wire only, which stops the work in its order. A capture the wor
 materializing when it died twice in a row (its working slot says which) is passed over by the
 next one (`skip`, counted as a materializer error), so one poisonous capture cannot keep the
 work down.
+
+Where the capture log ends is told at most every `NOTE_INTERVAL_S` (`note`, `flush_note`, on the
+capture thread): after each capture, a message woke both processes' threads, which on two cores
+cost the calls in flight more than the work itself did. The follower takes what a note announces
+in one run.
 """
 
 import logging
@@ -32,12 +37,13 @@ from opik_cipx.clock import SYSTEM, Clock
 from opik_cipx.control.children import LISTEN_FD_ENV, describe_exit, restart_delay
 from opik_cipx.link import PROTOCOL_MISMATCH, WORK_FD_ENV, WORKING_FD_ENV, Link, WorkingSlot
 from opik_cipx.stats import utc_iso
-from opik_cipx.store.captures import LogPosition
+from opik_cipx.store.captures import LogPosition, LogTail
 
 log = logging.getLogger(__name__)
 
 GAVE_UP_DELAY_S = 30.0  # between starts once the work process died 5 times within 120 s
 PUMP_S = 1.0  # the link thread's longest wait (it also writes out what the link queued)
+NOTE_INTERVAL_S = 0.02  # the most often the work process is told where the capture log ends
 DEATHS_KEPT = 5
 STATS_KEPT = 16  # answers to stats requests kept at most (one asked and timed out is dropped once 16 newer were asked)
 Handler = Callable[..., None]
@@ -71,6 +77,8 @@ class WorkProcess:
         self._replies: dict[int, dict[str, Any]] = {}
         self._asked = 0
         self._last: dict[str, Any] | None = None  # the latest stats reply, kept for when none comes in time
+        self._held: LogTail | None = None  # a note not sent yet (the capture thread's)
+        self._noted_at = float("-inf")
         self.record: dict[str, Any] = {"pid": None, "state": "starting", "started_at": None, "restarts": 0,
                                        "deaths": [], "next_start_in_s": None}
         self._thread = threading.Thread(target=self._run, name="cipx-work", daemon=True)
@@ -86,6 +94,26 @@ class WorkProcess:
         with self._lock:
             link = self._link
         return link is not None and link.send(*message)
+
+    def note(self, tail: LogTail) -> None:
+        """(The capture thread.) The capture log ends at `tail` now: told to the work process at once
+        if no note went in the last `NOTE_INTERVAL_S`, else when `flush_note` finds it due. A note
+        the link cannot take is not retried: the next one, or the follower's own look, carries it."""
+        self._held = tail
+        self.flush_note()
+
+    def flush_note(self) -> float | None:
+        """(The capture thread, after each capture and when the wait it returned is over.) Send the
+        held note if it is due; the seconds until it is, or None when none is held."""
+        if self._held is None:
+            return None
+        now = self.clock.monotonic()
+        wait = self._noted_at + NOTE_INTERVAL_S - now
+        if wait > 0:
+            return wait
+        self.send("log", self._held)
+        self._held, self._noted_at = None, now
+        return None
 
     def stats(self, timeout_s: float) -> dict[str, Any] | None:
         """The work process's stats (`sections`, `counters`, `refusals`), asked for now and waited for

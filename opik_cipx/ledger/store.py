@@ -102,18 +102,27 @@ class Ledger:
 
     def write(self, call: CallRecord | None) -> None:
         """Record one call (nothing for an exchange without a model call: None). Never raises."""
-        if call is None:
+        self.write_calls([call])
+
+    def write_calls(self, calls: Iterable[CallRecord | None]) -> None:
+        """Record calls in one transaction (a None, an exchange without a model call, records
+        nothing; a call whose rows cannot be derived is counted and logged, the others written).
+        Never raises."""
+        real = [call for call in calls if call is not None]
+        if not real:
             return
         # At the first call: a work process that records none does not load the rows' builders.
         from opik_cipx.ledger.entry import ledger_entry
 
-        try:
-            entry = ledger_entry(call, self.keep_text)
-        except Exception:
-            self.counters.incr("ledger_write_errors")
-            log.exception("ledger: cannot derive the ledger rows of capture %s", call.exchange.capture_id)
-            return
-        self.write_entries([entry])
+        entries = []
+        for call in real:
+            try:
+                entries.append(ledger_entry(call, self.keep_text))
+            except Exception:
+                self.counters.incr("ledger_write_errors")
+                log.exception("ledger: cannot derive the ledger rows of capture %s", call.exchange.capture_id)
+        if entries:
+            self.write_entries(entries)
 
     def write_entries(self, entries: Iterable[Entry]) -> bool:
         """Upsert `entries` (after any still waiting) in one transaction; True once written."""

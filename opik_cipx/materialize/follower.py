@@ -3,13 +3,18 @@
 It runs in the work process (docs/ARCHITECTURE.md, "Processes and threads"): one worker thread
 ("cipx-materializer", see `worker.Worker`) owns the materializer and reads every capture back
 from the log the wire appends to. The wire tells it, through the link, where the log ends after
-each capture (`note`); the follower then reads every complete record after its position, so a
+its captures (`note`, at most every 20 ms); the follower then reads every complete record after its position, so a
 note that never arrives only delays it to its next look (`IDLE_POLL_S`). A record that is not
 whole yet is waited for while the wire may still write its segment; in a sealed segment it is a
 torn tail (a crash mid-write), passed over with the rest of that segment.
 
 Records go to the spool with `Spool.offer`: when the spool has no room the follower waits
 (the log holds what arrives meanwhile) instead of dropping them.
+
+Captures are materialized in runs (`BATCH_MAX` captures, or what `BATCH_MAX_S` allows, whichever
+is less; a catch-up that finds fewer makes a shorter run): the listener (the ledger) takes each
+run at once, in one transaction, and `events_materialized` counts it after the listener. Per
+capture, a transaction cost the work process about a quarter of its time on small calls.
 
 The checkpoint (`materializer/checkpoint.json`;
 docs/ARCHITECTURE.md, "Materializer checkpoint") holds the log position materialized through and
@@ -50,11 +55,13 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT_INTERVAL_S = 1.0
+BATCH_MAX = 64  # captures handed to the listener at once, at most
+BATCH_MAX_S = 0.1  # a run ends once it has taken this long, so the first of it is not held back
 RETAIN_INTERVAL_S = 60.0  # age-based retention also runs while nothing new arrives
 IDLE_POLL_S = 0.5  # how often an idle follower looks at the log for captures no note announced
 SPOOL_WAIT_S = 1.0
 
-Listener = Callable[[Capture, "Materialized"], None]
+Listener = Callable[[list[tuple[Capture, "Materialized"]]], None]
 Working = Callable[[LogPosition | None], None]
 
 
@@ -71,7 +78,8 @@ class Follower(Worker):
         on_working: Working | None = None,
         clock: Clock = SYSTEM,
     ):
-        """`on_materialized(capture, result)` runs after each capture (the ledger); `on_idle()` on the
+        """`on_materialized(run)` runs after each run of captures, with each capture and its result (the
+        ledger), before they count as materialized and before a checkpoint covers them; `on_idle()` on the
         follower's thread whenever it has nothing to do (the ledger's retries); `on_working(position)`
         before each capture with where it starts in the log, and with None once it is done (the wire
         learns which capture a death of the work process interrupted)."""
@@ -97,6 +105,8 @@ class Follower(Worker):
         self._pending: tuple[LogPosition, bytes, int] | None = None  # a snapshot waiting for the spool
         self._snapped_at = self._retained_at = float("-inf")
         self._skip: set[LogPosition] = set()
+        self._run: list[tuple[Capture, Materialized]] = []  # materialized, not yet given to the listener
+        self._run_since = 0.0
 
     # ---- lifecycle (the work process's main thread) ----------------------------------------
 
@@ -174,6 +184,15 @@ class Follower(Worker):
     def _catch_up(self, until: LogPosition | None) -> None:
         """Materialize every complete capture of the log from the position on (up to `until`)."""
         try:
+            self._follow(until)
+        finally:
+            self._end_run()
+        with self._lock:
+            if self._position >= self._tail.end and until is None:
+                self._logged = self._consumed + self._lost  # caught up: whatever was counted, nothing waits
+
+    def _follow(self, until: LogPosition | None) -> None:
+        try:
             for path, _, number in list_segments(self.directory):
                 if number is None or number < self._position.segment:
                     continue
@@ -192,10 +211,6 @@ class Follower(Worker):
                 self._position = LogPosition(number + 1, 0)  # sealed: a torn tail is passed over
         except OSError as exc:
             log.warning("capture log: cannot read it: %s; trying again later", exc.strerror or exc)
-            return
-        with self._lock:
-            if self._position >= self._tail.end and until is None:
-                self._logged = self._consumed + self._lost  # caught up: whatever was counted, nothing waits
 
     def _take(self, capture: Capture, start: LogPosition | None, end: LogPosition | None) -> bool:
         assert start is not None and end is not None  # read from a numbered segment
@@ -212,7 +227,8 @@ class Follower(Worker):
             if not processed:
                 return False
         self._advance(end)
-        self._checkpoint()  # a long catch-up is checkpointed as it goes
+        if len(self._run) >= BATCH_MAX or (self._run and self.clock.monotonic() - self._run_since >= BATCH_MAX_S):
+            self._end_run()
         return True
 
     def _past_deadline(self) -> bool:
@@ -224,8 +240,8 @@ class Follower(Worker):
             self._consumed += 1
 
     def _process(self, capture: Capture) -> bool:
-        """Materialize and spool one capture; False when its records could not be spooled before
-        the stop deadline (then the position stays before it)."""
+        """Materialize and spool one capture, into the run; False when its records could not be
+        spooled before the stop deadline (then the position stays before it)."""
         from opik_cipx.materialize.call import Materialized  # loaded with the materializer, at the first capture
 
         self._inflight = 1
@@ -234,25 +250,35 @@ class Follower(Worker):
                                   what=f"materializing capture {capture.id}", failed=Materialized([]))
             if result.records and not self._spool(result.records):
                 return False
-            self.guarded(self.on_materialized, capture, result, what=f"the listener on capture {capture.id}")
-            self.counters.incr("events_materialized")  # after the ledger has it too
+            if not self._run:
+                self._run_since = self.clock.monotonic()
+            self._run.append((capture, result))
             return True
         finally:
             self._inflight = 0
+
+    def _end_run(self) -> None:
+        """The run to the listener, then counted (after the ledger has it too), then checkpointed."""
+        run, self._run = self._run, []
+        if run:
+            self.guarded(self.on_materialized, run, what=f"the listener on {len(run)} capture(s) from {run[0][0].id}")
+            self.counters.incr("events_materialized", len(run))
+        self._checkpoint()  # a long catch-up is checkpointed as it goes
 
     def _materialize(self, capture: Capture) -> "Materialized":
         return self.materializer.materialize(capture)
 
     def _spool(self, records: list[dict]) -> bool:
-        """Spool the records, waiting while the spool has no room; False when it is closing or
-        the stop deadline passed first."""
-        while True:
-            ticket = self.spool.offer(records, SPOOL_WAIT_S)
-            if ticket is not None:
-                self._ticket = ticket
-                return True
+        """Spool the records, waiting while the spool has no room (the run so far goes to the listener
+        first: a wait ends it); False when it is closing or the stop deadline passed first."""
+        ticket = self.spool.offer(records, 0)
+        while ticket is None:
+            self._end_run()
             if self.spool.closing or self._past_deadline():
                 return False
+            ticket = self.spool.offer(records, SPOOL_WAIT_S)
+        self._ticket = ticket
+        return True
 
     # ---- checkpoint ------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ each capture to the stages in order, at once — it never defers to the wire: it
 a finished exchange durable within milliseconds (the daemon's stage compresses and appends it to
 the capture log, and zlib releases the GIL). A stage that raises is logged and counted by the
 worker's guard, and the next stage and capture go on. Stages are plain callables, so work plugs
-in here without touching the gateway.
+in here without touching the gateway; `after` (the daemon's note to the work process) runs on the
+thread after each capture and when the wait it asked for is over.
 """
 
 import logging
@@ -29,11 +30,13 @@ def capture_bytes(capture: Capture) -> int:
 
 class Pipeline(Worker):
     def __init__(self, stages: list[tuple[str, Stage]], counters: Counters, maxsize: int, max_bytes: int,
-                 clock: Clock = SYSTEM):
+                 clock: Clock = SYSTEM, after: Callable[[], float | None] | None = None):
         """At most `maxsize` captures and `max_bytes` of bodies wait; one capture larger than the
-        whole budget is still taken when nothing else waits."""
+        whole budget is still taken when nothing else waits. `after()` returns the seconds until it
+        wants to run again (None: after the next capture)."""
         super().__init__("capture", counters, log, clock)
         self.stages = stages
+        self.after = after
         self.maxsize = maxsize
         self.max_bytes = max_bytes
         self._bytes = 0  # bodies offered and not yet through the stages
@@ -63,13 +66,13 @@ class Pipeline(Worker):
         with self._cond:
             return {"ready_raw": self._waiting}
 
-    def step(self, item: tuple[Capture, int] | None) -> None:
-        if item is None:
-            return
-        capture, size = item
-        for name, stage in self.stages:
-            self.guarded(stage, capture, what=f"stage {name} on capture {capture.id}")
-        with self._cond:
-            self._bytes -= size
-            self._waiting -= 1
-            self._cond.notify_all()
+    def step(self, item: tuple[Capture, int] | None) -> float | None:
+        if item is not None:
+            capture, size = item
+            for name, stage in self.stages:
+                self.guarded(stage, capture, what=f"stage {name} on capture {capture.id}")
+            with self._cond:
+                self._bytes -= size
+                self._waiting -= 1
+                self._cond.notify_all()
+        return None if self.after is None else self.after()

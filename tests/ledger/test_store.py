@@ -258,3 +258,31 @@ def test_a_value_sqlite_cannot_hold_is_clamped_and_never_blocks_the_next_call(tm
     assert kept == 2**63 - 1  # recorded as well as the ledger can: clamped to the largest count it holds
     assert ledger.counters.get("ledger_values_clamped") == 1 and ledger.counters.get("ledger_calls_dropped") == 0
     assert [r.getMessage() for r in caplog.records if "clamped" in r.getMessage()]
+
+
+def test_calls_written_together_take_one_transaction_and_one_that_cannot_be_derived_holds_back_none(
+        tmp_path, corpus, monkeypatch, caplog):
+    from opik_cipx.ledger import entry as entry_module
+
+    calls = [r.call for *_, r in corpus if r.call][:6]
+    broken = calls[2].exchange.capture_id
+    real = entry_module.ledger_entry
+
+    def derive(call, keep_text):
+        if call.exchange.capture_id == broken:
+            raise KeyError("a bug in the rows' builders")
+        return real(call, keep_text)
+
+    monkeypatch.setattr(entry_module, "ledger_entry", derive)
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(path, retention_days=400, clock=corpus_clock())
+    ledger.write(calls[0])
+    statements: list[str] = []
+    ledger._connection().set_trace_callback(statements.append)
+    with caplog.at_level(logging.ERROR, logger="opik_cipx.ledger.store"):
+        ledger.write_calls([None, *calls[1:]])
+    ledger.close()
+    assert statements.count("COMMIT") == 1
+    assert totals(path)[0] == len(calls) - 1
+    assert ledger.counters.get("ledger_write_errors") == 1
+    assert [r for r in caplog.records if broken in r.getMessage()]

@@ -39,14 +39,19 @@ class Daemonish:
                            inmem_max_bytes=BIG, commit_interval_s=0.01)
         config = MaterializerConfig("claude-code", True, 500_000, home / "sessions", home / "none.json")
         self.listed: list[str] = []
+        self.runs: list[tuple[list[str], int]] = []  # each run's captures, and what was counted before it
         self.working: list = []
         keeper = LogKeeper(home / "captures", max_bytes=BIG, max_age_s=BIG, keep=keep)
         self.follower = Follower(Materializer(config, load_price_table()), keeper, self.spool, self.counters,
                                  home / "materializer" / "checkpoint.json",
-                                 lambda capture, records: self.listed.append(capture.id),
+                                 self._listen,
                                  on_working=self.working.append, **({"clock": clock} if clock else {}))
         self.spool.start()
         self.follower.start_at(self.store.tail(), self.store.start_end.segment, skip)
+
+    def _listen(self, run) -> None:
+        self.runs.append(([capture.id for capture, _ in run], self.counters.get("events_materialized")))
+        self.listed.extend(capture.id for capture, _ in run)
 
     def capture(self, capture, note: bool = True):
         """What the wire's capture thread does (optionally its note to the work process lost)."""
@@ -215,3 +220,22 @@ def test_a_capture_the_work_process_died_on_twice_is_passed_over(tmp_path):
     assert d.listed == [c.id for i, c in enumerate(captured) if i != 2]
     assert d.counters.get("materializer_errors_total") == 1
     assert d.follower.lag == 0
+
+
+def test_captures_found_together_reach_the_listener_in_runs_each_counted_after_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(follower_module, "BATCH_MAX", 3)
+    monkeypatch.setattr(follower_module, "BATCH_MAX_S", 3600.0)  # runs end by their count alone here
+    home = tmp_path / "home"
+    captured = [capture.id for _, capture in exchanges("tools")]
+    store = CaptureStore(home / "captures", segment_bytes=200_000)
+    for _, capture in exchanges("tools"):
+        store.append(capture)  # in the log before the follower starts: one catch-up finds them all
+    store.close()
+    d = Daemonish(home)
+    wait_for(lambda: len(d.listed) == len(captured), what="every capture materialized")
+    d.stop()
+    assert len(captured) > 6
+    assert [ids for ids, _ in d.runs] == [captured[at : at + 3] for at in range(0, len(captured), 3)]
+    # The ledger has each run before it counts as materialized (what `events_materialized` waits mean).
+    assert [counted for _, counted in d.runs] == list(range(0, len(captured), 3))
+    assert d.counters.get("events_materialized") == len(captured)
