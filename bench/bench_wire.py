@@ -31,6 +31,10 @@ every answer 23 like the API's (`fake_upstream.API_HEADERS`); each stream keeps 
 across rounds, for every target, as Claude Code keeps its own.
 It prints each figure with its baseline and the targets with PASS/FAIL.
 
+`--wire-alone` adds a target: the same daemon while its work process is stopped (SIGSTOP for that
+target's turn, SIGCONT after: the captures wait in the log and are materialized afterwards), so
+what the wire itself adds is measured beside what it adds while its own work shares the cores.
+
 `--cap` adds a fourth target: a second daemon with every spend cap set (`[budget]`, caps that
 never bite: docs/BUDGETS.md), so each call is checked by the budget guard and fed to it; its
 added p50 is compared with the daemon's without a cap, in the same run (issue 23's target:
@@ -43,6 +47,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -95,8 +100,9 @@ def wait_port(port: int, proc: subprocess.Popen, timeout_s: float = 30) -> None:
 class Target:
     """Where the client sends its calls: a port, plain HTTP or TLS."""
 
-    def __init__(self, name: str, port: int, tls: bool):
+    def __init__(self, name: str, port: int, tls: bool, paused: int | None = None):
         self.name, self.port, self.tls = name, port, tls
+        self.paused = paused  # a process stopped during this target's turn (the daemon's work process)
         self.kept: list[StreamSocket] = []  # the streams' connections, kept alive across rounds
 
     def connect(self, timeout: float = 60) -> http.client.HTTPConnection:
@@ -378,6 +384,8 @@ def main() -> int:
     parser.add_argument("--background", choices=("cold", "growing", "none"), default="cold")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the targets in turn")
     parser.add_argument("--mitmdump", default=shutil.which("mitmdump") or str(DEFAULT_MITMDUMP))
+    parser.add_argument("--wire-alone", action="store_true",
+                        help="also measure the daemon with its work process stopped (the wire's own cost)")
     parser.add_argument("--cap", action="store_true",
                         help="also measure a daemon with every spend cap set (caps that never bite)")
     parser.add_argument("--daemon-from", type=Path, default=ROOT, metavar="CHECKOUT",
@@ -396,6 +404,8 @@ def main() -> int:
             proxy, px_port, admin_port = start_proxy(tmp, up_port, args.daemon_from.resolve())
             procs.append(proxy)
             targets = [Target("direct", up_port, True), Target("opik-cipx", px_port, False)]
+            if args.wire_alone:
+                targets.append(Target("cipx-wire", px_port, False, paused=admin_stats(admin_port)["work"]["pid"]))
             if args.cap:
                 capped, cap_port, _ = start_proxy(tmp, up_port, args.daemon_from.resolve(), CAPS)
                 procs.append(capped)
@@ -419,7 +429,13 @@ def main() -> int:
                     if loader is not None:
                         point_background(target_file, target, args.background_ms)
                     started = time.monotonic()
-                    measure(target, args, results[target.name])
+                    if target.paused:
+                        os.kill(target.paused, signal.SIGSTOP)
+                    try:
+                        measure(target, args, results[target.name])
+                    finally:
+                        if target.paused:
+                            os.kill(target.paused, signal.SIGCONT)
                     if target.name == "opik-cipx":
                         busy += time.monotonic() - started
             stats = admin_stats(admin_port)
@@ -445,9 +461,10 @@ def report(results: dict, load: dict, args: argparse.Namespace) -> None:
             "none": "none"}[args.background]
     print(f"background: 0.9-1.7 MB Claude Code calls every {args.background_ms:.0f} ms through each target, {kind}; "
           f"{args.calls} calls of 100 KB back to back; SSE events every {args.interval_ms:.0f} ms")
-    print(f"{args.rounds} rounds of the three targets in turn; opik-cipx materialized {load['materialized']} captures "
-          f"in the run ({load['seconds']:.1f} s of it measuring opik-cipx; backlog at the end {load['lag']}, "
-          f"dropped {load['dropped']}); load average at the end {' '.join(f'{x:.1f}' for x in load['loadavg'])}")
+    print(f"{args.rounds} rounds of the {len(results)} targets in turn; opik-cipx materialized "
+          f"{load['materialized']} captures in the run ({load['seconds']:.1f} s of it measuring opik-cipx; "
+          f"backlog at the end {load['lag']}, dropped {load['dropped']}); "
+          f"load average at the end {' '.join(f'{x:.1f}' for x in load['loadavg'])}")
     for name, rss in load["rss"].items():
         if rss is not None:
             print(f"opik-cipx {name} process: RSS {rss[0]:.1f} MiB at the end, peak {rss[1]:.1f} MiB")
@@ -468,6 +485,11 @@ def report(results: dict, load: dict, args: argparse.Namespace) -> None:
               f"(difference {ms(capped - uncapped).strip()}; issue 23: not worse beyond noise)")
     added = pct(cipx["json"], 50) - pct(direct["json"], 50)
     added99 = pct(cipx["json"], 99) - pct(direct["json"], 99)
+    if "cipx-wire" in results:
+        alone = pct(results["cipx-wire"]["json"], 50) - pct(direct["json"], 50)
+        versus = f" = {alone / (pct(mitm['json'], 50) - pct(direct['json'], 50)):.2f} x mitmproxy's" if mitm else ""
+        print(f"\nthe wire alone (its work process stopped): added p50 {ms(alone).strip()}{versus}, against "
+              f"{ms(added).strip()} with the work sharing the cores")
     ev99, direct_ev99 = pct(cipx["sse4"], 99), pct(direct["sse4"], 99)
     print("\ntargets:")
     if mitm:
