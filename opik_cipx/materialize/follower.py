@@ -3,10 +3,10 @@
 It runs in the work process (docs/ARCHITECTURE.md, "Processes and threads"): one worker thread
 ("cipx-materializer", see `worker.Worker`) owns the materializer and reads every capture back
 from the log the wire appends to. The wire tells it, through the link, where the log ends after
-its captures (`note`, at most every 20 ms); the follower then reads every complete record after its position, so a
-note that never arrives only delays it to its next look (`IDLE_POLL_S`). A record that is not
-whole yet is waited for while the wire may still write its segment; in a sealed segment it is a
-torn tail (a crash mid-write), passed over with the rest of that segment.
+its captures (`note`, at most every 20 ms); the follower then reads every complete record after
+its position, so a note that never arrives only delays it to its next look (`IDLE_POLL_S`). A
+record that is not whole yet is waited for while the wire may still write its segment; in a
+sealed segment it is a torn tail (a crash mid-write), passed over with the rest of that segment.
 
 Records go to the spool with `Spool.offer`: when the spool has no room the follower waits
 (the log holds what arrives meanwhile) instead of dropping them.
